@@ -1,0 +1,323 @@
+"""Dosing: regimens and NONMEM-style event records -> a padded per-patient event table.
+
+Records follow NONMEM conventions: ``EVID`` 0 observation, 1 dose, 2 other, 3 reset,
+4 reset-and-dose; ``AMT``; ``RATE`` (> 0 zero-order rate, 0 bolus, -2 duration modelled by the
+parameter ``D_<cmt>``); ``CMT`` (1-based state number or state name); ``ADDL``/``II`` additional
+doses; ``SS=1`` steady state (resets the system, then sets it to the steady state of repeated
+doses every ``II``). The table is padded to the largest record count so a batch of patients with
+different regimens runs under one ``vmap``; padding rows have ``evid = 0`` and ``time = +inf``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+
+class DosingError(ValueError):
+    """A dosing record is invalid; the message names the row, the column and the fix."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Regimen:
+    """A dose, optionally repeated ``addl`` more times every ``ii`` hours.
+
+    ``rate`` > 0 gives a zero-order infusion at that rate; alternatively give ``duration``.
+    ``rate=-2`` takes the duration from the model parameter ``D_<cmt>`` (NONMEM ``RATE=-2``).
+    ``ss=True`` starts the regimen at steady state.
+    """
+
+    amt: float
+    cmt: str | int = 0
+    time: float = 0.0
+    ii: float = 0.0
+    addl: int = 0
+    rate: float = 0.0
+    duration: float | None = None
+    ss: bool = False
+
+    def to_frame(self) -> pd.DataFrame:
+        rate = self.rate
+        if self.duration is not None:
+            if self.rate:
+                raise DosingError("Regimen: give either rate or duration, not both")
+            if not self.duration > 0:
+                raise DosingError(f"Regimen: duration must be > 0, got {self.duration}")
+            rate = self.amt / self.duration
+        return pd.DataFrame(
+            {
+                "TIME": [float(self.time)],
+                "EVID": [1],
+                "AMT": [float(self.amt)],
+                "CMT": [self.cmt],
+                "RATE": [float(rate)],
+                "ADDL": [int(self.addl)],
+                "II": [float(self.ii)],
+                "SS": [int(self.ss)],
+            }
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class EventTable:
+    """Padded event records, arrays of shape ``[n_patients, n_records]``.
+
+    ``cmt`` indexes ``state_names``; ADDL is already expanded; EVID 4 is split into a reset
+    record followed by a dose record.
+    """
+
+    time: np.ndarray
+    amt: np.ndarray
+    rate: np.ndarray
+    cmt: np.ndarray
+    evid: np.ndarray
+    ss: np.ndarray
+    ii: np.ndarray
+    state_names: tuple[str, ...]
+
+    @property
+    def n_patients(self) -> int:
+        return self.time.shape[0]
+
+    @property
+    def n_records(self) -> int:
+        return self.time.shape[1]
+
+    @property
+    def has_infusion(self) -> bool:
+        return bool(np.any((self.rate != 0) & (self.evid == 1)))
+
+    @property
+    def has_reset(self) -> bool:
+        return bool(np.any(self.evid == 3))
+
+    @property
+    def has_ss(self) -> bool:
+        return bool(np.any(self.ss & (self.evid == 1)))
+
+    def select(self, index: Any) -> EventTable:
+        """Rows for a subset of patients (e.g. a chunk)."""
+        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        return EventTable(
+            **{k: (v if k == "state_names" else v[index]) for k, v in fields.items()}
+        )
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        return {
+            f.name: getattr(self, f.name)
+            for f in dataclasses.fields(self)
+            if f.name != "state_names"
+        }
+
+
+_COLUMNS = ("TIME", "EVID", "AMT", "CMT", "RATE", "ADDL", "II", "SS")
+
+
+def _err(row: int, column: str, msg: str) -> DosingError:
+    return DosingError(f"dosing record row {row}, column {column}: {msg}")
+
+
+def _numeric(df: pd.DataFrame, col: str, default: float) -> np.ndarray:
+    if col not in df:
+        return np.full(len(df), default, dtype=float)
+    values = pd.to_numeric(df[col], errors="coerce")
+    bad = values.isna() & df[col].notna()
+    if bad.any():
+        r = int(np.flatnonzero(bad.to_numpy())[0])
+        raise _err(r + 1, col, f"value {df[col].iloc[r]!r} is not a number")
+    return values.fillna(default).to_numpy(dtype=float)
+
+
+def _cmt_index(value: Any, row: int, state_names: Sequence[str], targets: Sequence[str]) -> int:
+    if isinstance(value, str) and not value.strip().lstrip("-").isdigit():
+        if value not in state_names:
+            raise _err(row, "CMT", f"unknown compartment {value!r}; use one of {list(targets)}")
+        idx = state_names.index(value)
+    else:
+        num = int(float(value))
+        if not 1 <= num <= len(state_names):
+            raise _err(
+                row,
+                "CMT",
+                f"unknown compartment number {num}; this model has compartments 1..."
+                f"{len(state_names)} ({', '.join(state_names)})",
+            )
+        idx = num - 1
+    if state_names[idx] not in targets:
+        raise _err(
+            row,
+            "CMT",
+            f"compartment {state_names[idx]!r} cannot receive doses; use one of {list(targets)}",
+        )
+    return idx
+
+
+def records_from_frame(
+    df: pd.DataFrame, state_names: Sequence[str], dose_targets: Sequence[str]
+) -> list[pd.DataFrame]:
+    """Validate NONMEM-style records and split them per patient (ID order kept).
+
+    Rows are numbered from 1 as in the file (header excluded). Raises :class:`DosingError`.
+    """
+    df = df.reset_index(drop=True)
+    df.columns = [str(c).upper() for c in df.columns]
+    if "TIME" not in df:
+        raise DosingError("dosing records: missing column TIME (hours since start)")
+    if "AMT" not in df:
+        raise DosingError("dosing records: missing column AMT (dose amount)")
+    ids = df["ID"].to_numpy() if "ID" in df else np.zeros(len(df), dtype=int)
+    time = _numeric(df, "TIME", np.nan)
+    amt = _numeric(df, "AMT", 0.0)
+    evid = _numeric(df, "EVID", np.nan)
+    evid = np.where(np.isnan(evid), np.where(amt > 0, 1.0, 0.0), evid)
+    rate = _numeric(df, "RATE", 0.0)
+    addl = _numeric(df, "ADDL", 0.0)
+    ii = _numeric(df, "II", 0.0)
+    ss = _numeric(df, "SS", 0.0)
+    default_cmt = state_names.index(dose_targets[0]) + 1 if dose_targets else 1
+    cmt_raw = df["CMT"].to_numpy() if "CMT" in df else np.full(len(df), default_cmt)
+    cmt = np.zeros(len(df), dtype=int)
+    for i in range(len(df)):
+        row = i + 1
+        if np.isnan(time[i]):
+            raise _err(row, "TIME", "missing time")
+        if evid[i] not in (0, 1, 2, 3, 4):
+            raise _err(row, "EVID", f"EVID {evid[i]:g} is not one of 0, 1, 2, 3, 4")
+        dose = evid[i] in (1, 4)
+        if not dose:
+            continue
+        if not np.isfinite(amt[i]) or amt[i] < 0:
+            raise _err(row, "AMT", f"dose amount {amt[i]:g} must be a finite number >= 0")
+        if rate[i] < 0 and rate[i] != -2:
+            raise _err(row, "RATE", f"RATE {rate[i]:g} must be >= 0 or -2 (modelled duration)")
+        if addl[i] < 0 or addl[i] != int(addl[i]):
+            raise _err(row, "ADDL", f"ADDL {addl[i]:g} must be a non-negative integer")
+        if ii[i] < 0:
+            raise _err(row, "II", f"II {ii[i]:g} must be >= 0")
+        if addl[i] > 0 and ii[i] <= 0:
+            raise _err(row, "II", f"ADDL={addl[i]:g} needs an interdose interval II > 0")
+        if ss[i] not in (0, 1):
+            raise _err(row, "SS", f"SS={ss[i]:g} is not supported; use 0 or 1")
+        if ss[i] == 1 and ii[i] <= 0:
+            raise _err(row, "II", "SS=1 needs the dosing interval II > 0")
+        if ss[i] == 1 and rate[i] > 0 and amt[i] / rate[i] > ii[i]:
+            raise _err(row, "RATE", "SS=1 infusion lasts longer than II; not supported")
+        cmt[i] = _cmt_index(cmt_raw[i], row, state_names, dose_targets)
+    out = []
+    for pid in pd.unique(ids):
+        rows = np.flatnonzero(ids == pid)
+        t = time[rows]
+        bad = np.flatnonzero(np.diff(t) < 0)
+        if bad.size:
+            raise _err(
+                int(rows[bad[0] + 1]) + 1,
+                "TIME",
+                f"time {t[bad[0] + 1]:g} is earlier than the previous record ({t[bad[0]]:g}) "
+                "of the same patient; sort records by TIME within ID",
+            )
+        if np.any(np.diff(rows) != 1):
+            first_gap = int(rows[np.flatnonzero(np.diff(rows) != 1)[0] + 1]) + 1
+            raise _err(first_gap, "ID", "records of one patient must be contiguous")
+        recs = []
+        for i in rows:
+            if evid[i] in (3, 4):
+                recs.append((time[i], 0.0, 0.0, 0, 3, 0, 0.0))
+            if evid[i] in (1, 4):
+                n = int(addl[i]) + 1
+                for k in range(n):
+                    recs.append(
+                        (time[i] + k * ii[i], amt[i], rate[i], cmt[i], 1,
+                         int(ss[i]) if k == 0 else 0, ii[i])
+                    )
+        frame = pd.DataFrame(recs, columns=["TIME", "AMT", "RATE", "CMT", "EVID", "SS", "II"])
+        out.append(frame.sort_values("TIME", kind="stable").reset_index(drop=True))
+    return out
+
+
+def _pad(per_patient: list[pd.DataFrame], state_names: Sequence[str]) -> EventTable:
+    n = len(per_patient)
+    e = max(1, max((len(f) for f in per_patient), default=0))
+    time = np.full((n, e), np.inf)
+    amt = np.zeros((n, e))
+    rate = np.zeros((n, e))
+    cmt = np.zeros((n, e), dtype=np.int32)
+    evid = np.zeros((n, e), dtype=np.int32)
+    ss = np.zeros((n, e), dtype=bool)
+    ii = np.zeros((n, e))
+    for i, f in enumerate(per_patient):
+        k = len(f)
+        if not k:
+            continue
+        time[i, :k] = f["TIME"]
+        amt[i, :k] = f["AMT"]
+        rate[i, :k] = f["RATE"]
+        cmt[i, :k] = f["CMT"]
+        evid[i, :k] = f["EVID"]
+        ss[i, :k] = f["SS"].astype(bool)
+        ii[i, :k] = f["II"]
+    return EventTable(time, amt, rate, cmt, evid, ss, ii, tuple(state_names))
+
+
+def _regimens_frame(regs: Sequence[Regimen], targets: Sequence[str]) -> pd.DataFrame:
+    frames = []
+    for r in regs:
+        f = r.to_frame()
+        if r.cmt == 0 and targets:  # default compartment: the model's first dose target
+            f["CMT"] = targets[0]
+        frames.append(f)
+    return pd.concat(frames, ignore_index=True).sort_values("TIME", kind="stable")
+
+
+def event_table(
+    dosing: Any,
+    state_names: Sequence[str],
+    dose_targets: Sequence[str],
+    n_patients: int | None = None,
+) -> EventTable:
+    """Build an :class:`EventTable` from any supported dosing description.
+
+    ``dosing`` may be a :class:`Regimen`, a list of them (same for every patient), a list of
+    per-patient lists, a NONMEM-style :class:`pandas.DataFrame` (one patient per ``ID``), an
+    existing :class:`EventTable`, or ``None`` (no doses). Shared regimens are broadcast to
+    ``n_patients``.
+    """
+    if isinstance(dosing, EventTable):
+        table = dosing
+    elif dosing is None:
+        table = _pad([pd.DataFrame(columns=_COLUMNS)] * (n_patients or 1), state_names)
+    elif isinstance(dosing, pd.DataFrame):
+        table = _pad(records_from_frame(dosing, state_names, dose_targets), state_names)
+    else:
+        regs = [dosing] if isinstance(dosing, Regimen) else list(dosing)
+        if regs and all(isinstance(r, Regimen) for r in regs):
+            shared = records_from_frame(_regimens_frame(regs, dose_targets), state_names,
+                                        dose_targets)
+            table = _pad(shared, state_names)
+        elif all(isinstance(r, (list, tuple)) for r in regs):
+            per = []
+            for i, pr in enumerate(regs):
+                if not all(isinstance(r, Regimen) for r in pr):
+                    raise DosingError(f"patient {i}: expected a list of Regimen objects")
+                frame = _regimens_frame(pr, dose_targets) if pr else pd.DataFrame(columns=_COLUMNS)
+                per += records_from_frame(frame, state_names, dose_targets) if pr else [frame]
+            table = _pad(per, state_names)
+        else:
+            raise DosingError(
+                "dosing must be a Regimen, a list of Regimens, a list of per-patient lists of "
+                f"Regimens, a NONMEM-style DataFrame or an EventTable; got {type(dosing).__name__}"
+            )
+    if n_patients is not None and table.n_patients != n_patients:
+        if table.n_patients == 1:
+            table = table.select(np.zeros(n_patients, dtype=int))
+        else:
+            raise DosingError(
+                f"dosing describes {table.n_patients} patients but the population has "
+                f"{n_patients}; give one regimen for all or one per patient"
+            )
+    if tuple(table.state_names) != tuple(state_names):
+        raise DosingError("event table was built for a different model (state names differ)")
+    return table

@@ -1,0 +1,64 @@
+"""Pieces shared by the ODE engines: applying a state change, checking a solution."""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+
+from cohort.engine.events import BOLUS, RATE, RESET, SS_BOLUS, SS_INFUSION
+from cohort.engine.status import Status
+from cohort.models.base import Model, Tree
+
+
+def apply_change(
+    model: Model,
+    y: Tree,
+    u: Tree,
+    last_reset,
+    change: dict,
+    due,
+    y_init: Tree,
+    y_ss: Tree | None = None,
+):
+    """Apply one change record where ``due`` is true (elementwise: scalars or ``[N]`` arrays).
+
+    Resets restore the baseline state and stop infusions; SS records replace the state with the
+    precomputed steady-state trough ``y_ss`` (then the dose is added or the infusion started).
+    """
+    kind, cmt, t = change["kind"], change["cmt"], change["time"]
+    is_ss = (kind == SS_BOLUS) | (kind == SS_INFUSION)
+    is_reset = due & ((kind == RESET) | is_ss)
+    target = y_ss if y_ss is not None else y_init
+    y = {s: jnp.where(is_reset, jnp.where(is_ss, target[s], y_init[s]), y[s]) for s in y}
+    u = {s: jnp.where(is_reset, 0.0, u[s]) for s in u}
+    last_reset = jnp.where(is_reset, t, last_reset)
+    bolus = due & ((kind == BOLUS) | (kind == SS_BOLUS))
+    take_rate = due & ((kind == RATE) | (kind == SS_INFUSION)) & (change["start"] >= last_reset)
+    for i, s in enumerate(model.state_names):
+        y[s] = y[s] + jnp.where(bolus & (cmt == i), change["amount"], 0.0)
+        u[s] = u[s] + jnp.where(take_rate & (cmt == i), change["rate"], 0.0)
+    return y, u, last_reset
+
+
+def invalid_parameters(model: Model, p: Tree):
+    """True where a patient's parameters are non-finite or outside their declared range."""
+    bad = False
+    for q in model.parameters:
+        v = p[q.name]
+        bad = bad | ~jnp.isfinite(v) | (v < q.lower) | (v > q.upper)
+    return bad
+
+
+def solution_status(x: jnp.ndarray, solver_code, axis_t: int = 0):
+    """Combine a solver code with checks on saved states ``x`` (time on ``axis_t``)."""
+    finite = jnp.all(jnp.isfinite(x), axis=(axis_t, axis_t + 1))
+    scale = jnp.max(jnp.abs(jnp.where(jnp.isfinite(x), x, 0.0)), axis=(axis_t, axis_t + 1))
+    negative = jnp.any(x < -(1e-6 * scale + 1e-9), axis=(axis_t, axis_t + 1))
+    code = jnp.where(solver_code != 0, solver_code, Status.OK)
+    code = jnp.where((code == Status.OK) & ~finite, Status.NONFINITE, code)
+    return jnp.where((code == Status.OK) & negative, Status.NEGATIVE, code)
+
+
+def first_ss_index(kind):
+    """Index of the first steady-state record (or 0) and whether one exists."""
+    is_ss = (kind == SS_BOLUS) | (kind == SS_INFUSION)
+    return jnp.argmax(is_ss, axis=-1), jnp.any(is_ss, axis=-1)

@@ -1,0 +1,102 @@
+"""Resolve dosing records against a patient's parameters into time-ordered state changes.
+
+Bioavailability, lag times and modelled infusion durations depend on parameters, so this runs
+inside JAX (per patient, ``vmap``-able). Every engine consumes the same change list, which is
+what makes their results comparable.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax.numpy as jnp
+
+from cohort.models.base import Model, Tree
+
+PAD, BOLUS, RATE, RESET, SS_BOLUS, SS_INFUSION = 0, 1, 2, 3, 4, 5
+
+
+class Changes(NamedTuple):
+    """Time-sorted state changes of one patient (arrays of equal length ``R``).
+
+    ``kind``: PAD, BOLUS (add ``amount`` to ``cmt``), RATE (add ``rate`` to the zero-order input
+    of ``cmt`` if the infusion began at ``start`` >= the last reset), RESET (state to baseline,
+    infusions off), SS_BOLUS / SS_INFUSION (reset then steady state of doses every ``ii``).
+    """
+
+    time: jnp.ndarray
+    kind: jnp.ndarray
+    cmt: jnp.ndarray
+    amount: jnp.ndarray
+    rate: jnp.ndarray
+    start: jnp.ndarray
+    ii: jnp.ndarray
+    dur: jnp.ndarray
+
+
+def _per_cmt(model: Model, mapping: dict[str, str], cmt, p: Tree, default: float, what: str):
+    """Value of the per-compartment parameter (F, ALAG, D_<cmt>) for each record's ``cmt``."""
+    out = jnp.full(cmt.shape, default, dtype=jnp.result_type(float))
+    for i, name in enumerate(model.state_names):
+        pname = mapping.get(name)
+        if pname is None:
+            continue
+        out = jnp.where(cmt == i, p[pname], out)
+    return out
+
+
+def resolve(model: Model, ev: dict, p: Tree, with_infusion: bool) -> Changes:
+    """Turn one patient's padded records ``ev`` (arrays ``[E]``) into sorted :class:`Changes`."""
+    dose = ev["evid"] == 1
+    f = _per_cmt(model, model.bioavailability, ev["cmt"], p, 1.0, "F")
+    lag = _per_cmt(model, model.lag, ev["cmt"], p, 0.0, "ALAG")
+    t = jnp.where(dose, ev["time"] + lag, ev["time"])
+    amount = f * ev["amt"]
+    is_ss = dose & ev["ss"]
+    kind = jnp.where(ev["evid"] == 3, RESET, PAD)
+    zeros = jnp.zeros_like(t)
+    if not with_infusion:
+        kind = jnp.where(dose, jnp.where(is_ss, SS_BOLUS, BOLUS), kind)
+        order = jnp.argsort(t, stable=True)
+        ch = Changes(t, kind, ev["cmt"], amount, zeros, t, ev["ii"], zeros)
+        return Changes(*(a[order] for a in ch))
+    dur_param = {s: model.duration.get(s, f"D_{s}") for s in model.state_names}
+    dur_param = {s: n for s, n in dur_param.items() if n in p}
+    modelled = _per_cmt(model, dur_param, ev["cmt"], p, jnp.nan, "D")
+    infusion = dose & (ev["rate"] != 0)
+    # NONMEM: with a given RATE, F scales the duration; with RATE=-2, F scales the rate.
+    dur = jnp.where(ev["rate"] > 0, amount / jnp.where(ev["rate"] > 0, ev["rate"], 1.0), modelled)
+    rate = jnp.where(ev["rate"] > 0, ev["rate"], amount / jnp.where(dur > 0, dur, 1.0))
+    kind = jnp.where(
+        dose,
+        jnp.where(infusion, jnp.where(is_ss, SS_INFUSION, RATE), jnp.where(is_ss, SS_BOLUS, BOLUS)),
+        kind,
+    )
+    rate = jnp.where(infusion, rate, 0.0)
+    dur = jnp.where(infusion, dur, 0.0)
+    end_kind = jnp.where(infusion, RATE, PAD)
+    end_t = jnp.where(infusion, t + dur, jnp.inf)
+    both = Changes(
+        jnp.concatenate([t, end_t]),
+        jnp.concatenate([kind, end_kind]),
+        jnp.concatenate([ev["cmt"], ev["cmt"]]),
+        jnp.concatenate([jnp.where(infusion, 0.0, amount), zeros]),
+        jnp.concatenate([rate, -rate]),
+        jnp.concatenate([t, t]),
+        jnp.concatenate([ev["ii"], ev["ii"]]),
+        jnp.concatenate([dur, dur]),
+    )
+    order = jnp.argsort(both.time, stable=True)
+    return Changes(*(a[order] for a in both))
+
+
+def missing_duration_params(model: Model, table) -> list[str]:
+    """Names of ``D_<cmt>`` parameters that RATE=-2 records need (checked before solving)."""
+    import numpy as np
+
+    need = set()
+    mask = (table.evid == 1) & (table.rate == -2)
+    for c in np.unique(table.cmt[mask]):
+        s = model.state_names[int(c)]
+        need.add(model.duration.get(s, f"D_{s}"))
+    return sorted(need)

@@ -1,0 +1,93 @@
+"""Normalise user inputs (population, times) into arrays, with errors that say what to fix."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+
+from cohort.models.base import Model
+
+
+class InputError(ValueError):
+    """Bad simulation input; the message names the field and the fix."""
+
+
+def grid(start: float, stop: float, step: float) -> np.ndarray:
+    """Evenly spaced save times from ``start`` to ``stop`` inclusive."""
+    if not step > 0:
+        raise InputError(f"grid: step must be > 0, got {step}")
+    if stop < start:
+        raise InputError(f"grid: stop ({stop}) is before start ({start})")
+    n = int(round((stop - start) / step))
+    return start + step * np.arange(n + 1)
+
+
+def check_times(times: Any) -> np.ndarray:
+    t = np.asarray(times, dtype=float).reshape(-1)
+    if t.size == 0:
+        raise InputError("times: give at least one save time")
+    if not np.all(np.isfinite(t)):
+        raise InputError("times: all save times must be finite numbers")
+    if np.any(np.diff(t) <= 0):
+        i = int(np.flatnonzero(np.diff(t) <= 0)[0]) + 1
+        raise InputError(f"times: must be strictly increasing (entry {i}: {t[i]:g} after "
+                         f"{t[i - 1]:g})")
+    return t
+
+
+def population_arrays(model: Model, population: Any, n: int | None) -> dict[str, np.ndarray]:
+    """Parameters per patient as float64 arrays of length N, defaults filled in.
+
+    ``population`` may be an ``xr.Dataset`` (dim ``patient``), a DataFrame (one row per
+    patient), a dict of scalars/arrays, or ``None`` (all defaults; then ``n`` is required).
+    Extra names are rejected unless they are ``D_<cmt>`` infusion durations or covariates in a
+    Dataset/DataFrame (which are carried along but ignored by the model).
+    """
+    if population is None:
+        if n is None:
+            raise InputError("population: give a population or the number of patients n")
+        population = {}
+    strict = isinstance(population, dict)
+    if isinstance(population, xr.Dataset):
+        cols = {k: population[k].values for k in population.data_vars
+                if population[k].dims == ("patient",)}
+    elif isinstance(population, pd.DataFrame):
+        cols = {k: population[k].to_numpy() for k in population.columns}
+    elif isinstance(population, dict):
+        cols = dict(population)
+    else:
+        raise InputError(
+            "population must be an xarray Dataset, a pandas DataFrame, a dict or None; got "
+            f"{type(population).__name__}"
+        )
+    known = set(model.parameter_names)
+    extra = [k for k in cols if k not in known and not str(k).startswith("D_")]
+    if strict and extra:
+        raise InputError(
+            f"population: unknown parameter(s) {extra} for model {model.name!r}; "
+            f"parameters are {sorted(known)}"
+        )
+    sizes = {k: np.size(v) for k, v in cols.items() if np.ndim(v) > 0}
+    lengths = set(sizes.values())
+    if len(lengths) > 1:
+        raise InputError(f"population: parameter arrays have different lengths {sizes}")
+    size = lengths.pop() if lengths else None
+    if n is None:
+        n = size if size is not None else 1
+    elif size is not None and size != n:
+        raise InputError(f"population: {size} patients given but n={n}")
+    out = {}
+    for q in model.parameters:
+        v = cols.get(q.name, q.default)
+        try:
+            arr = np.asarray(v, dtype=float)
+        except (TypeError, ValueError):
+            raise InputError(f"population: parameter {q.name!r} is not numeric") from None
+        out[q.name] = np.broadcast_to(arr, (n,)).copy()
+    for k, v in cols.items():
+        if str(k).startswith("D_"):
+            out[str(k)] = np.broadcast_to(np.asarray(v, dtype=float), (n,)).copy()
+    return out

@@ -1,0 +1,184 @@
+"""The model contract: named states and parameters with units, a per-patient right-hand side.
+
+Equations are written once, per patient, with elementwise ``jnp`` operations on dicts keyed by
+state/parameter name. The same ``rhs`` therefore runs on scalars (under ``vmap`` in the diffrax
+path) and on ``[N]``-shaped arrays (the structure-of-arrays fast path); the engine decides how to
+batch, never the model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import jax.numpy as jnp
+
+Tree = dict[str, Any]
+
+
+@dataclasses.dataclass(frozen=True)
+class State:
+    """A named state variable (compartment amount, response level, ...)."""
+
+    name: str
+    units: str
+    description: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class Parameter:
+    """A named model parameter with units, a typical default and a plausible positive range."""
+
+    name: str
+    units: str
+    default: float
+    description: str = ""
+    lower: float = 0.0
+    upper: float = float("inf")
+
+
+@dataclasses.dataclass(frozen=True)
+class Output:
+    """A derived quantity reported by a simulation (e.g. ``conc = central / V``)."""
+
+    name: str
+    units: str
+    fn: Callable[[Tree, Tree], Any]
+    description: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class LinearPK:
+    """Structure of a linear mammillary PK system, which admits an exact (closed-form) solution.
+
+    ``n_cmt`` disposition compartments (central + up to two peripherals) with clearances and
+    volumes named by the ``*_param`` fields, optionally fed by a first-order ``depot``.
+    """
+
+    n_cmt: int
+    cl: str = "CL"
+    volumes: tuple[str, ...] = ("V",)
+    flows: tuple[str, ...] = ()
+    ka: str | None = None
+    central: str = "central"
+    peripherals: tuple[str, ...] = ()
+    depot: str | None = None
+
+
+class Model:
+    """Base class of every cohort model.
+
+    Subclasses set ``name``, ``states``, ``parameters``, ``outputs`` and ``dose_targets`` and
+    implement :meth:`rhs`. Optional hooks: :meth:`initial` (baseline state, e.g. ``R0 = kin/kout``),
+    ``bioavailability``/``lag``/``duration`` maps from a dosable state to the parameter giving
+    its F, ALAG or modelled infusion duration (NONMEM ``RATE=-2``), and ``linear_pk`` when the
+    PK part is linear so that the closed-form engine applies.
+    """
+
+    name: str = "model"
+    description: str = ""
+    states: tuple[State, ...] = ()
+    parameters: tuple[Parameter, ...] = ()
+    outputs: tuple[Output, ...] = ()
+    dose_targets: tuple[str, ...] = ()
+    bioavailability: Mapping[str, str] = {}
+    lag: Mapping[str, str] = {}
+    duration: Mapping[str, str] = {}
+    linear_pk: LinearPK | None = None
+    stiff: bool = False
+
+    # -- the equations -------------------------------------------------------------------------
+    def rhs(self, t: Any, y: Tree, p: Tree, u: Tree) -> Tree:
+        """Time derivative of every state. ``u`` holds the zero-order input rate per state."""
+        raise NotImplementedError
+
+    def initial(self, p: Tree) -> Tree:
+        """State at time zero before any dose; compartments empty by default."""
+        like = p[self.parameters[0].name]
+        return {s.name: jnp.zeros_like(like) for s in self.states}
+
+    # -- names, units and lookups --------------------------------------------------------------
+    @property
+    def state_names(self) -> tuple[str, ...]:
+        return tuple(s.name for s in self.states)
+
+    @property
+    def parameter_names(self) -> tuple[str, ...]:
+        return tuple(p.name for p in self.parameters)
+
+    @property
+    def output_names(self) -> tuple[str, ...]:
+        return tuple(o.name for o in self.outputs)
+
+    def defaults(self) -> dict[str, float]:
+        return {p.name: p.default for p in self.parameters}
+
+    def units(self) -> dict[str, str]:
+        out = {s.name: s.units for s in self.states}
+        out.update({p.name: p.units for p in self.parameters})
+        out.update({o.name: o.units for o in self.outputs})
+        return out
+
+    def output(self, name: str, y: Tree, p: Tree) -> Any:
+        """Evaluate a named output, or return a state by name."""
+        for o in self.outputs:
+            if o.name == name:
+                return o.fn(y, p)
+        if name in y:
+            return y[name]
+        raise KeyError(
+            f"model {self.name!r} has no output or state {name!r}; "
+            f"choose from {list(self.output_names + self.state_names)}"
+        )
+
+    def fingerprint(self) -> str:
+        """A short hash identifying the model structure and defaults (for provenance)."""
+        text = repr(
+            (
+                type(self).__qualname__,
+                self.name,
+                self.states,
+                self.parameters,
+                self.dose_targets,
+                self.linear_pk,
+            )
+        )
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(name={self.name!r}, states={list(self.state_names)}, "
+            f"parameters={list(self.parameter_names)})"
+        )
+
+
+_REGISTRY: dict[str, Callable[[], Model]] = {}
+
+
+def register(name: str) -> Callable[[Callable[[], Model]], Callable[[], Model]]:
+    """Register a model factory under ``name`` (plugin registry; factories, not instances)."""
+
+    def deco(factory: Callable[[], Model]) -> Callable[[], Model]:
+        if name in _REGISTRY:
+            raise ValueError(f"model {name!r} is already registered")
+        _REGISTRY[name] = factory
+        return factory
+
+    return deco
+
+
+def get(name: str) -> Model:
+    """Return a fresh instance of the registered model ``name``."""
+    try:
+        factory = _REGISTRY[name]
+    except KeyError:
+        raise KeyError(
+            f"unknown model {name!r}; available models: {', '.join(sorted(_REGISTRY))}"
+        ) from None
+    return factory()
+
+
+def available() -> list[str]:
+    return sorted(_REGISTRY)

@@ -1,0 +1,168 @@
+"""Chunk-aligned, resumable zarr v3 stores (dims ``patient``, ``time``; one chunk per batch).
+
+The full layout (every array, its dims, units and provenance attrs) is created first; each
+batch then writes whole chunks along ``patient`` and only afterwards flags its ``chunk_done``
+entry, so a crash loses at most the batch in flight and a rerun skips finished chunks. Arrays
+are written through zarr directly (the region-write semantics of ``xr.Dataset.to_zarr(region=)``
+without its per-call overhead, which dominated at 10^6 patients); xarray reads the store back
+since every array carries ``dimension_names``. Outputs use Blosc-LZ4 with byte shuffle: in
+DESIGN §5 measurements it wrote ~5x faster than zarr's default zstd at a modest size cost.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import xarray as xr
+import zarr
+from zarr.codecs import BloscCodec
+
+
+class StoreError(RuntimeError):
+    """A store cannot be created, resumed or read; the message says why and what to do."""
+
+
+OUTPUT_CODEC = BloscCodec(cname="lz4", clevel=5, shuffle="shuffle")
+
+
+class ResultStore:
+    """A result store being written batch by batch."""
+
+    def __init__(self, path: str | os.PathLike, group: zarr.Group, chunk_size: int):
+        self.path = Path(path)
+        self.group = group
+        self.chunk_size = chunk_size
+
+    @property
+    def n_chunks(self) -> int:
+        return self.group["chunk_done"].shape[0]
+
+    @classmethod
+    def create(
+        cls,
+        path: str | os.PathLike,
+        *,
+        n_patients: int,
+        times: np.ndarray,
+        time_units: str,
+        outputs: dict[str, dict[str, str]],
+        parameters: dict[str, dict[str, str]],
+        dtype: str,
+        chunk_size: int,
+        attrs: dict[str, Any],
+        resume: bool = False,
+        overwrite: bool = False,
+    ) -> ResultStore:
+        """Create the layout, or reopen it for resuming when ``resume`` and the spec matches."""
+        path = Path(path)
+        if path.exists():
+            if resume:
+                return cls.reopen(path, attrs["spec_hash"], chunk_size)
+            if not overwrite:
+                raise StoreError(
+                    f"output {str(path)!r} already exists; pass resume=True (CLI --resume) to "
+                    "continue an interrupted run, overwrite=True (--overwrite) to replace it, "
+                    "or choose another path"
+                )
+        g = zarr.open_group(str(path), mode="w", zarr_format=3)
+        n_chunks = max(1, math.ceil(n_patients / chunk_size))
+        pc = g.create_array(
+            "patient", shape=(n_patients,), dtype="int64", chunks=(chunk_size,),
+            dimension_names=["patient"],
+        )
+        pc[:] = np.arange(n_patients)
+        pc.attrs.update({"long_name": "virtual patient index"})
+        tc = g.create_array(
+            "time", shape=(len(times),), dtype="float64", dimension_names=["time"],
+        )
+        tc[:] = np.asarray(times, dtype=float)
+        tc.attrs.update({"units": time_units, "long_name": "time since start"})
+        for name, meta in outputs.items():
+            a = g.create_array(
+                name, shape=(n_patients, len(times)), dtype=dtype,
+                chunks=(chunk_size, len(times)), dimension_names=["patient", "time"],
+                compressors=OUTPUT_CODEC, fill_value=np.nan,
+            )
+            a.attrs.update(meta)
+        for name, meta in parameters.items():
+            a = g.create_array(
+                name, shape=(n_patients,), dtype="float64", chunks=(chunk_size,),
+                dimension_names=["patient"], fill_value=np.nan,
+            )
+            a.attrs.update(meta)
+        st = g.create_array(
+            "status", shape=(n_patients,), dtype="int8", chunks=(chunk_size,),
+            dimension_names=["patient"], fill_value=-1,
+        )
+        st.attrs.update({
+            "long_name": "per-patient solve status",
+            "flag_values": attrs.get("status_codes", []),
+            "flag_meanings": attrs.get("status_meanings", ""),
+            "comment": "-1: not computed yet",
+        })
+        done = g.create_array(
+            "chunk_done", shape=(n_chunks,), dtype="bool", chunks=(n_chunks,),
+            dimension_names=["chunk"], fill_value=False,
+        )
+        done.attrs.update({"long_name": "batch finished and fully written"})
+        g.attrs.update(_jsonable(attrs))
+        return cls(path, g, chunk_size)
+
+    @classmethod
+    def reopen(cls, path: Path, spec_hash: str, chunk_size: int) -> ResultStore:
+        try:
+            g = zarr.open_group(str(path), mode="r+")
+        except Exception as exc:  # zarr raises several types for a non-store directory
+            raise StoreError(f"{str(path)!r} is not a cohort result store: {exc}") from None
+        old = g.attrs.get("spec_hash")
+        if old != spec_hash:
+            raise StoreError(
+                f"cannot resume {str(path)!r}: it was written for different inputs "
+                f"(spec hash {old} != {spec_hash}); use a new output path or overwrite=True"
+            )
+        if int(g.attrs.get("chunk_size", -1)) != chunk_size:
+            raise StoreError(
+                f"cannot resume {str(path)!r}: it was written with chunk_size "
+                f"{g.attrs.get('chunk_size')}, not {chunk_size}"
+            )
+        return cls(path, g, chunk_size)
+
+    def done_chunks(self) -> np.ndarray:
+        return np.asarray(self.group["chunk_done"][:], dtype=bool)
+
+    def write_chunk(self, k: int, outputs: dict[str, np.ndarray], status: np.ndarray,
+                    params: dict[str, np.ndarray]) -> None:
+        """Write batch ``k`` (arrays with the patient axis first), then mark it done."""
+        sl = slice(k * self.chunk_size, k * self.chunk_size + len(status))
+        for name, arr in outputs.items():
+            self.group[name][sl, :] = arr
+        for name, arr in params.items():
+            self.group[name][sl] = arr
+        self.group["status"][sl] = status.astype(np.int8)
+        self.group["chunk_done"][k] = True
+
+    def finish(self) -> None:
+        zarr.consolidate_metadata(str(self.path))
+
+
+def _jsonable(d: dict) -> dict:
+    return json.loads(json.dumps(d, default=str))
+
+
+def open_result(path: str | os.PathLike) -> xr.Dataset:
+    """Open a result store lazily as an :class:`xarray.Dataset`."""
+    path = Path(path)
+    if not path.exists():
+        raise StoreError(f"no result store at {str(path)!r}")
+    try:
+        ds = xr.open_zarr(str(path), consolidated=None)
+    except Exception as exc:
+        raise StoreError(f"{str(path)!r} is not a readable zarr store: {exc}") from None
+    if "chunk_done" in ds and not bool(ds["chunk_done"].all()):
+        ds.attrs["incomplete"] = "some batches were not written; rerun with resume=True"
+    return ds
