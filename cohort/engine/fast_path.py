@@ -58,21 +58,24 @@ def _substep(model, p, ch, y_init, y_ss, carry, t_b):
     """Advance every patient to ``t_b``, stopping at (and applying) each change on the way."""
 
     def pending(c):
-        tc, _, _, ptr, _ = c
-        nxt = _take(ch, ptr)["time"]
-        return jnp.any((tc < t_b) | (nxt <= t_b))
+        return jnp.any(_take(ch, c[3])["time"] <= t_b)
 
     def body(c):
         tc, y, u, ptr, last_reset = c
         change = _take(ch, ptr)
-        target = jnp.minimum(change["time"], t_b)
-        y = _rk4(model, tc, y, p, u, target - tc)
         due = change["time"] <= t_b
+        target = jnp.where(due, change["time"], tc)
+        y = _rk4(model, tc, y, p, u, target - tc)
         y, u, last_reset = apply_change(model, y, u, last_reset, change, due, y_init, y_ss)
         ptr = jnp.minimum(ptr + due.astype(ptr.dtype), ch.time.shape[1] - 1)
         return target, y, u, ptr, last_reset
 
-    return jax.lax.while_loop(pending, body, carry)
+    # Common case: no patient has a record in this substep -> a single RK4 step.
+    c = jax.lax.cond(pending(carry), lambda c: jax.lax.while_loop(pending, body, c),
+                     lambda c: c, carry)
+    tc, y, u, ptr, last_reset = c
+    y = _rk4(model, tc, y, p, u, t_b - tc)
+    return jnp.broadcast_to(t_b, tc.shape).astype(tc.dtype), y, u, ptr, last_reset
 
 
 def _advance(model, p, ch, y_init, y_ss, carry, t_a, t_b, n_sub: int):

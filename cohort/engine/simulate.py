@@ -73,11 +73,11 @@ def _solver(model: Model, method: str, times: tuple, t_first: float, infusion: b
             return {o: v.T for o, v in out.items()}, status
     elif method == "closed_form":
         def run(p, ev):
-            tj = jnp.asarray(t_arr, dtype)
-            states = jax.vmap(lambda q, e: closed_form.solve_patient(model, q, e, tj, infusion))(
-                p, ev
-            )
-            return finish(states, jnp.zeros(states.shape[0], jnp.int32), p)
+            out = closed_form.solve_batch(model, p, ev, t_arr, t_first, infusion, outputs)
+            status = jnp.zeros(next(iter(p.values())).shape[0], jnp.int32)
+            for o in outputs:
+                status = jnp.where(~jnp.all(jnp.isfinite(out[o]), 0), Status.NONFINITE, status)
+            return {o: v.T for o, v in out.items()}, status
     else:
         def run(p, ev):
             tj = jnp.asarray(t_arr, dtype)
