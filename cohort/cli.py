@@ -12,8 +12,11 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
-                  help="cohort: GPU-accelerated virtual-patient cohorts.")
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="cohort: GPU-accelerated virtual-patient cohorts.",
+)
 console = Console()
 
 # Parameters that are fractions, lags or shape constants keep their typical value in the
@@ -44,9 +47,14 @@ def _lognormal_population(model, n: int, seed: int, cv: float) -> dict[str, np.n
 
 
 def _progress() -> Progress:
-    return Progress(TextColumn("[bold]{task.description}"), BarColumn(),
-                    TextColumn("{task.completed:,}/{task.total:,} patients"),
-                    TimeElapsedColumn(), TimeRemainingColumn(), console=console)
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed:,}/{task.total:,} patients"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+    )
 
 
 def _run(model, pop, dosing, times, **kw):
@@ -79,12 +87,17 @@ def _summary(ds, outputs) -> Table:
         v = np.asarray(ds[o].values)[ok]
         cmax = np.nanmax(v, axis=1)
         auc = np.trapezoid(v, t, axis=1)
-        table.add_row(o, ds[o].attrs.get("units", ""),
-                      *(f"{x:.4g}" for x in np.nanquantile(cmax, [0.05, 0.5, 0.95])),
-                      f"{np.nanmedian(auc):.4g}", f"{np.nanmedian(v[:, -1]):.4g}")
+        table.add_row(
+            o,
+            ds[o].attrs.get("units", ""),
+            *(f"{x:.4g}" for x in np.nanquantile(cmax, [0.05, 0.5, 0.95])),
+            f"{np.nanmedian(auc):.4g}",
+            f"{np.nanmedian(v[:, -1]):.4g}",
+        )
     counts = pd.Series(np.asarray(ds["status"].values)).value_counts().sort_index()
     table.caption = "status: " + ", ".join(
-        f"{STATUS_MEANINGS.get(int(k), k)}={int(c):,}" for k, c in counts.items())
+        f"{STATUS_MEANINGS.get(int(k), k)}={int(c):,}" for k, c in counts.items()
+    )
     return table
 
 
@@ -104,13 +117,24 @@ def demo(
     dose = cohort.Regimen(amt=320, cmt="depot", ii=12, addl=13)
     times = cohort.grid(0, 168, 0.5)
     t0 = time.perf_counter()
-    ds = _run(model, pop, dose, times, method="fast", out=str(out), overwrite=True, seed=seed,
-              chunk_size=min(n, 5_000))
+    ds = _run(
+        model,
+        pop,
+        dose,
+        times,
+        method="fast",
+        out=str(out),
+        overwrite=True,
+        seed=seed,
+        chunk_size=min(n, 5_000),
+    )
     dt = time.perf_counter() - t0
     console.print(_summary(ds, ["conc", "response"]))
     plots.band(ds, ["conc", "response"], plot)
-    console.print(f"{n:,} patients x 7 days in {dt:.1f} s "
-                  f"({n * 7 / dt:,.0f} patient-days/s, incl. compile and zarr writes)")
+    console.print(
+        f"{n:,} patients x 7 days in {dt:.1f} s "
+        f"({n * 7 / dt:,.0f} patient-days/s, incl. compile and zarr writes)"
+    )
     console.print(f"store: [bold]{out}[/]   figure: [bold]{plot}[/]")
 
 
@@ -121,7 +145,7 @@ def simulate(
     seed: int = typer.Option(1, help="random seed"),
     iiv: float = typer.Option(0.3, help="log-normal between-patient CV on positive parameters"),
     population: Path = typer.Option(None, help="CSV with one row per patient (parameters)"),
-    dosing: Path = typer.Option(None, help="NONMEM-style CSV (ID TIME AMT EVID CMT RATE ADDL II SS)"),
+    dosing: Path = typer.Option(None, help="NONMEM-style CSV (ID TIME AMT EVID CMT ...)"),
     amt: float = typer.Option(100.0, help="dose amount (when no --dosing file)"),
     cmt: str = typer.Option(None, help="dosing compartment name (default: first dosable)"),
     ii: float = typer.Option(24.0, help="dosing interval [h]"),
@@ -158,17 +182,29 @@ def simulate(
     else:
         if cmt is not None and cmt not in m.dose_targets:
             _fail(f"--cmt: {cmt!r} cannot be dosed in {m.name}; use one of {list(m.dose_targets)}")
-        dose = cohort.Regimen(amt=amt, cmt=cmt or m.dose_targets[0], ii=ii if addl else 0.0,
-                              addl=addl, rate=rate)
+        dose = cohort.Regimen(
+            amt=amt, cmt=cmt or m.dose_targets[0], ii=ii if addl else 0.0, addl=addl, rate=rate
+        )
     if step <= 0 or t_end <= 0:
         _fail("--step and --t-end must be > 0")
     options = cohort.FastOptions(dt=dt) if method == "fast" else None
     if dt <= 0:
         _fail(f"--dt must be > 0, got {dt}")
     t0 = time.perf_counter()
-    ds = _run(m, pop, dose, cohort.grid(0, t_end, step), method=method, dtype=dtype,
-              out=str(out), resume=resume, overwrite=overwrite, seed=seed,
-              chunk_size=chunk_size, options=options)
+    ds = _run(
+        m,
+        pop,
+        dose,
+        cohort.grid(0, t_end, step),
+        method=method,
+        dtype=dtype,
+        out=str(out),
+        resume=resume,
+        overwrite=overwrite,
+        seed=seed,
+        chunk_size=chunk_size,
+        options=options,
+    )
     console.print(_summary(ds, list(m.output_names)))
     console.print(f"done in {time.perf_counter() - t0:.1f} s -> [bold]{out}[/]")
 
@@ -185,20 +221,35 @@ def info(store: Path = typer.Argument(..., help="result store written by cohort"
     console.print(f"[bold]{store}[/]: " + ", ".join(f"{k}={v:,}" for k, v in ds.sizes.items()))
     table = Table("variable", "dims", "units", "description")
     for name, var in ds.data_vars.items():
-        table.add_row(name, ",".join(var.dims), var.attrs.get("units", ""),
-                      var.attrs.get("long_name", ""))
+        table.add_row(
+            name, ",".join(var.dims), var.attrs.get("units", ""), var.attrs.get("long_name", "")
+        )
     console.print(table)
-    for key in ("model", "model_hash", "method", "solver_settings", "dtype", "seed",
-                "cohort_version", "created", "spec_hash", "incomplete"):
+    for key in (
+        "model",
+        "model_hash",
+        "method",
+        "solver_settings",
+        "dtype",
+        "seed",
+        "cohort_version",
+        "created",
+        "spec_hash",
+        "incomplete",
+    ):
         if key in ds.attrs:
             console.print(f"  {key}: {ds.attrs[key]}")
     if "status" in ds:
         from cohort.engine.status import STATUS_MEANINGS
 
         counts = pd.Series(ds["status"].values).value_counts().sort_index()
-        console.print("  status: " + ", ".join(
-            f"{STATUS_MEANINGS.get(int(k), 'not computed')}={int(c):,}"
-            for k, c in counts.items()))
+        console.print(
+            "  status: "
+            + ", ".join(
+                f"{STATUS_MEANINGS.get(int(k), 'not computed')}={int(c):,}"
+                for k, c in counts.items()
+            )
+        )
 
 
 @app.command()
@@ -210,8 +261,7 @@ def models(name: str = typer.Argument(None, help="show one model in detail")):
         table = Table("model", "states", "outputs", "description")
         for key in cohort.models.available():
             m = cohort.models.get(key)
-            table.add_row(key, ", ".join(m.state_names), ", ".join(m.output_names),
-                          m.description)
+            table.add_row(key, ", ".join(m.state_names), ", ".join(m.output_names), m.description)
         console.print(table)
         return
     try:
@@ -224,8 +274,7 @@ def models(name: str = typer.Argument(None, help="show one model in detail")):
         st.add_row(s.name, s.units, s.description)
     pt = Table("parameter", "units", "default", "range", "description", title="parameters")
     for q in m.parameters:
-        pt.add_row(q.name, q.units, f"{q.default:g}", f"[{q.lower:g}, {q.upper:g}]",
-                   q.description)
+        pt.add_row(q.name, q.units, f"{q.default:g}", f"[{q.lower:g}, {q.upper:g}]", q.description)
     ot = Table("output", "units", "description", title="outputs")
     for o in m.outputs:
         ot.add_row(o.name, o.units, o.description)

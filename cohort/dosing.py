@@ -102,9 +102,7 @@ class EventTable:
     def select(self, index: Any) -> EventTable:
         """Rows for a subset of patients (e.g. a chunk)."""
         fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-        return EventTable(
-            **{k: (v if k == "state_names" else v[index]) for k, v in fields.items()}
-        )
+        return EventTable(**{k: (v if k == "state_names" else v[index]) for k, v in fields.items()})
 
     def arrays(self) -> dict[str, np.ndarray]:
         return {
@@ -230,8 +228,15 @@ def records_from_frame(
                 n = int(addl[i]) + 1
                 for k in range(n):
                     recs.append(
-                        (time[i] + k * ii[i], amt[i], rate[i], cmt[i], 1,
-                         int(ss[i]) if k == 0 else 0, ii[i])
+                        (
+                            time[i] + k * ii[i],
+                            amt[i],
+                            rate[i],
+                            cmt[i],
+                            1,
+                            int(ss[i]) if k == 0 else 0,
+                            ii[i],
+                        )
                     )
         frame = pd.DataFrame(recs, columns=["TIME", "AMT", "RATE", "CMT", "EVID", "SS", "II"])
         out.append(frame.sort_values("TIME", kind="stable").reset_index(drop=True))
@@ -294,8 +299,9 @@ def event_table(
     else:
         regs = [dosing] if isinstance(dosing, Regimen) else list(dosing)
         if regs and all(isinstance(r, Regimen) for r in regs):
-            shared = records_from_frame(_regimens_frame(regs, dose_targets), state_names,
-                                        dose_targets)
+            shared = records_from_frame(
+                _regimens_frame(regs, dose_targets), state_names, dose_targets
+            )
             table = _pad(shared, state_names)
         elif all(isinstance(r, (list, tuple)) for r in regs):
             per = []

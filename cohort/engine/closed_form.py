@@ -15,7 +15,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from cohort.engine.events import BOLUS, RATE, RESET, SS_BOLUS, SS_INFUSION, Changes, resolve
+from cohort.engine.events import (
+    BOLUS,
+    RATE,
+    RESET,
+    SS_BOLUS,
+    SS_INFUSION,
+    resolve,
+    take,
+    with_sentinel,
+)
 from cohort.models.base import Model, Tree
 
 
@@ -84,9 +93,9 @@ def _apply(change, due, a, u, last_reset, r, w):
     u = jnp.where(is_reset, 0.0, u)
     last_reset = jnp.where(is_reset, t, last_reset)
     a = a + jnp.where(due & (kind == BOLUS), change["amount"], 0.0) * wc
-    take = due & ((kind == RATE) | (kind == SS_INFUSION)) & (change["start"] >= last_reset)
+    take_rate = due & ((kind == RATE) | (kind == SS_INFUSION)) & (change["start"] >= last_reset)
     onehot = jax.nn.one_hot(cmt, u.shape[0], dtype=u.dtype, axis=0)  # [S, N]
-    u = u + jnp.where(take, change["rate"], 0.0) * onehot
+    u = u + jnp.where(take_rate, change["rate"], 0.0) * onehot
     # Steady state: the geometric series of identical doses every II up to this one.
     ii, dur = change["ii"], change["dur"]
     denom = -jnp.expm1(r * ii)
@@ -105,8 +114,15 @@ def _propagate(a, u, r, w, dt, with_infusion):
     return a
 
 
-def solve_batch(model: Model, p: Tree, ev: dict, times, t_first: float, with_infusion: bool,
-                outputs: tuple[str, ...]):
+def solve_batch(
+    model: Model,
+    p: Tree,
+    ev: dict,
+    times,
+    t_first: float,
+    with_infusion: bool,
+    outputs: tuple[str, ...],
+):
     """Exact outputs ``{name: [T, N]}`` for a batch (structure of arrays, ``p`` values ``[N]``).
 
     One ``lax.scan`` over the save grid; inside an interval, patients whose change records fall
@@ -115,26 +131,21 @@ def solve_batch(model: Model, p: Tree, ev: dict, times, t_first: float, with_inf
     """
     ch = jax.vmap(lambda e, q: resolve(model, e, q, with_infusion))(ev, p)
     n = ch.time.shape[0]
-    ch = Changes(*(jnp.concatenate([a, jnp.full((n, 1), jnp.inf if f == "time" else 0,
-                                                a.dtype)], 1) for f, a in zip(ch._fields, ch)))
+    ch = with_sentinel(ch)
     r, dirs, w = jax.vmap(lambda q: modes(model, q))(p)  # [N,M], [N,S,M], [N,M,S]
     r, dirs, w = r.T, jnp.transpose(dirs, (1, 2, 0)), jnp.transpose(w, (1, 2, 0))
     dtype = r.dtype
     names = model.state_names
 
-    def take(ptr):
-        return {f: jnp.take_along_axis(getattr(ch, f), ptr[:, None], 1)[:, 0]
-                for f in ch._fields}
-
     def advance(c, t_b, decay=None):
         """Apply every record due by ``t_b`` (exactly at its time), then propagate to ``t_b``."""
 
         def pending(c):
-            return jnp.any(take(c[3])["time"] <= t_b)
+            return jnp.any(take(ch, c[3])["time"] <= t_b)
 
         def body(c):
             tc, a, u, ptr, last_reset = c
-            change = take(ptr)
+            change = take(ch, ptr)
             due = change["time"] <= t_b
             target = jnp.where(due, change["time"], tc)
             a = _propagate(a, u, r, w, target - tc, with_infusion)
@@ -148,8 +159,9 @@ def solve_batch(model: Model, p: Tree, ev: dict, times, t_first: float, with_inf
         if decay is None or with_infusion:
             a = _propagate(a, u, r, w, t_b - tc, with_infusion)
         else:  # uniform grid, no records in this interval: the precomputed one-step decay
-            a = jax.lax.cond(any_due, lambda a: _propagate(a, u, r, w, t_b - tc, False),
-                             lambda a: a * decay, a)
+            a = jax.lax.cond(
+                any_due, lambda a: _propagate(a, u, r, w, t_b - tc, False), lambda a: a * decay, a
+            )
         return jnp.broadcast_to(t_b, tc.shape).astype(tc.dtype), a, u, ptr, last_reset
 
     def observe(a):
@@ -158,9 +170,13 @@ def solve_batch(model: Model, p: Tree, ev: dict, times, t_first: float, with_inf
 
     m = r.shape[0]
     t_first = min(float(t_first), float(times[0]))
-    c = (jnp.full(n, t_first, dtype), jnp.zeros((m, n), dtype),
-         jnp.zeros((len(names), n), dtype), jnp.zeros(n, jnp.int32),
-         jnp.full(n, -jnp.inf, dtype))
+    c = (
+        jnp.full(n, t_first, dtype),
+        jnp.zeros((m, n), dtype),
+        jnp.zeros((len(names), n), dtype),
+        jnp.zeros(n, jnp.int32),
+        jnp.full(n, -jnp.inf, dtype),
+    )
     c = advance(c, jnp.asarray(times[0], dtype))
     tgrid = jnp.asarray(times, dtype)
     steps = np.diff(np.asarray(times, dtype=float))

@@ -75,9 +75,17 @@ def solve_patient(
 
     def integrate(y, u, ta, tb, ts):
         sol = dfx.diffeqsolve(
-            term, solver, ta, tb, None, y, args=(p, u),
-            saveat=dfx.SaveAt(ts=ts, t1=True), stepsize_controller=controller,
-            max_steps=opts.max_steps, throw=False,
+            term,
+            solver,
+            ta,
+            tb,
+            None,
+            y,
+            args=(p, u),
+            saveat=dfx.SaveAt(ts=ts, t1=True),
+            stepsize_controller=controller,
+            max_steps=opts.max_steps,
+            throw=False,
         )
         return sol.ys, _code(sol.result)
 
@@ -95,10 +103,14 @@ def solve_patient(
 
         def cycle(y):
             # Dose at 0, (infusion until dur), wash out until II: one dosing interval.
-            y = {s: y[s] + jnp.where(~infusion & (c["cmt"] == i), c["amount"], 0.0)
-                 for i, s in enumerate(names)}
-            u = {s: jnp.where(infusion & (c["cmt"] == i), c["rate"], 0.0)
-                 for i, s in enumerate(names)}
+            y = {
+                s: y[s] + jnp.where(~infusion & (c["cmt"] == i), c["amount"], 0.0)
+                for i, s in enumerate(names)
+            }
+            u = {
+                s: jnp.where(infusion & (c["cmt"] == i), c["rate"], 0.0)
+                for i, s in enumerate(names)
+            }
             ys, code1 = integrate(y, u, 0.0, dur, dummy)
             y = {s: v[-1] for s, v in ys.items()}
             ys, code2 = integrate(y, u_zero, dur, c["ii"], dummy)
@@ -111,8 +123,9 @@ def solve_patient(
         def body(state):
             i, y, _, _ = state
             y_new, code = cycle(y)
-            delta = max(jnp.max(jnp.abs(y_new[s] - y[s]) / (jnp.abs(y_new[s]) + opts.atol))
-                        for s in names)
+            delta = max(
+                jnp.max(jnp.abs(y_new[s] - y[s]) / (jnp.abs(y_new[s]) + opts.atol)) for s in names
+            )
             return i + 1, y_new, delta, code
 
         init = (0, y_init, jnp.asarray(jnp.inf, dtype), jnp.asarray(Status.OK))

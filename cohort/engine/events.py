@@ -100,3 +100,20 @@ def missing_duration_params(model: Model, table) -> list[str]:
         s = model.state_names[int(c)]
         need.add(model.duration.get(s, f"D_{s}"))
     return sorted(need)
+
+
+def with_sentinel(ch: Changes) -> Changes:
+    """Append a padding record (time +inf) to batched changes ``[N, R]``, so a per-patient
+    pointer to the next record always has somewhere to stop."""
+    n = ch.time.shape[0]
+    return Changes(
+        *(
+            jnp.concatenate([a, jnp.full((n, 1), jnp.inf if f == "time" else 0, a.dtype)], 1)
+            for f, a in zip(ch._fields, ch)
+        )
+    )
+
+
+def take(ch: Changes, ptr) -> dict:
+    """Each patient's record at its pointer ``ptr [N]`` from batched changes ``[N, R]``."""
+    return {f: jnp.take_along_axis(getattr(ch, f), ptr[:, None], axis=1)[:, 0] for f in ch._fields}

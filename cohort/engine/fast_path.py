@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from cohort.engine.common import apply_change, first_ss_index
-from cohort.engine.events import SS_INFUSION, Changes, resolve
+from cohort.engine.events import SS_INFUSION, Changes, resolve, take, with_sentinel
 from cohort.models.base import Model, Tree
 
 
@@ -50,19 +50,15 @@ def _rk4(model: Model, t, y: Tree, p: Tree, u: Tree, h):
     return {s: y[s] + (h / 6.0) * (k1[s] + 2.0 * k2[s] + 2.0 * k3[s] + k4[s]) for s in y}
 
 
-def _take(ch: Changes, ptr) -> dict:
-    return {f: jnp.take_along_axis(getattr(ch, f), ptr[:, None], axis=1)[:, 0] for f in ch._fields}
-
-
 def _substep(model, p, ch, y_init, y_ss, carry, t_b):
     """Advance every patient to ``t_b``, stopping at (and applying) each change on the way."""
 
     def pending(c):
-        return jnp.any(_take(ch, c[3])["time"] <= t_b)
+        return jnp.any(take(ch, c[3])["time"] <= t_b)
 
     def body(c):
         tc, y, u, ptr, last_reset = c
-        change = _take(ch, ptr)
+        change = take(ch, ptr)
         due = change["time"] <= t_b
         target = jnp.where(due, change["time"], tc)
         y = _rk4(model, tc, y, p, u, target - tc)
@@ -71,8 +67,9 @@ def _substep(model, p, ch, y_init, y_ss, carry, t_b):
         return target, y, u, ptr, last_reset
 
     # Common case: no patient has a record in this substep -> a single RK4 step.
-    c = jax.lax.cond(pending(carry), lambda c: jax.lax.while_loop(pending, body, c),
-                     lambda c: c, carry)
+    c = jax.lax.cond(
+        pending(carry), lambda c: jax.lax.while_loop(pending, body, c), lambda c: c, carry
+    )
     tc, y, u, ptr, last_reset = c
     y = _rk4(model, tc, y, p, u, t_b - tc)
     return jnp.broadcast_to(t_b, tc.shape).astype(tc.dtype), y, u, ptr, last_reset
@@ -124,8 +121,13 @@ def _steady_state(model, p, ch, y_init, n_sub, opts: FastOptions):
         i, y, _ = s
         y_new = cycle(y)
         delta = max(
-            jnp.max(jnp.where(jnp.isfinite(y_new[k]),
-                              jnp.abs(y_new[k] - y[k]) / (jnp.abs(y_new[k]) + 1e-12), 0.0))
+            jnp.max(
+                jnp.where(
+                    jnp.isfinite(y_new[k]),
+                    jnp.abs(y_new[k] - y[k]) / (jnp.abs(y_new[k]) + 1e-12),
+                    0.0,
+                )
+            )
             for k in names
         )
         return i + 1, y_new, delta
@@ -157,9 +159,7 @@ def solve_batch(
     n_sub = max(1, math.ceil(float(np.max(np.diff(times), initial=0.0)) / opts.dt - 1e-9))
     ch = jax.vmap(lambda e, q: resolve(model, e, q, with_infusion))(ev, p)
     n = ch.time.shape[0]
-    # A trailing padding record (time +inf) so the per-patient pointer always has a sentinel.
-    ch = Changes(*(jnp.concatenate([a, jnp.full((n, 1), jnp.inf if f == "time" else 0,
-                                                a.dtype)], 1) for f, a in zip(ch._fields, ch)))
+    ch = with_sentinel(ch)
     dtype = jnp.result_type(*jax.tree_util.tree_leaves(p))
     names = model.state_names
     y_init = model.initial(p)

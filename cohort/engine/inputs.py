@@ -33,8 +33,9 @@ def check_times(times: Any) -> np.ndarray:
         raise InputError("times: all save times must be finite numbers")
     if np.any(np.diff(t) <= 0):
         i = int(np.flatnonzero(np.diff(t) <= 0)[0]) + 1
-        raise InputError(f"times: must be strictly increasing (entry {i}: {t[i]:g} after "
-                         f"{t[i - 1]:g})")
+        raise InputError(
+            f"times: must be strictly increasing (entry {i}: {t[i]:g} after {t[i - 1]:g})"
+        )
     return t
 
 
@@ -52,8 +53,11 @@ def population_arrays(model: Model, population: Any, n: int | None) -> dict[str,
         population = {}
     strict = isinstance(population, dict)
     if isinstance(population, xr.Dataset):
-        cols = {k: population[k].values for k in population.data_vars
-                if population[k].dims == ("patient",)}
+        cols = {
+            k: population[k].values
+            for k in population.data_vars
+            if population[k].dims == ("patient",)
+        }
     elif isinstance(population, pd.DataFrame):
         cols = {k: population[k].to_numpy() for k in population.columns}
     elif isinstance(population, dict):

@@ -49,8 +49,17 @@ def _choose_method(model: Model, method: str) -> str:
 
 
 @functools.lru_cache(maxsize=32)
-def _solver(model: Model, method: str, times: tuple, t_first: float, infusion: bool,
-            ss_interval: float, options: Any, outputs: tuple, dtype: str) -> Callable:
+def _solver(
+    model: Model,
+    method: str,
+    times: tuple,
+    t_first: float,
+    infusion: bool,
+    ss_interval: float,
+    options: Any,
+    outputs: tuple,
+    dtype: str,
+) -> Callable:
     """A jitted ``(params, events) -> (outputs [N, T] each, status [N])`` for one batch shape."""
     t_arr = np.asarray(times)
 
@@ -61,17 +70,23 @@ def _solver(model: Model, method: str, times: tuple, t_first: float, infusion: b
         return {o: model.output(o, y, pp).astype(dtype) for o in outputs}, status
 
     if method == "fast":
+
         def run(p, ev):
             out, finite, min_scaled = fast_path.solve_batch(
                 model, p, ev, t_arr, t_first, infusion, ss_interval, options, outputs
             )
-            status = jnp.where(~finite, Status.NONFINITE,
-                               jnp.where(min_scaled < -1e-6, Status.NEGATIVE, Status.OK))
+            status = jnp.where(
+                ~finite, Status.NONFINITE, jnp.where(min_scaled < -1e-6, Status.NEGATIVE, Status.OK)
+            )
             for o in outputs:
-                status = jnp.where((status == Status.OK) & ~jnp.all(jnp.isfinite(out[o]), 0),
-                                   Status.NONFINITE, status)
+                status = jnp.where(
+                    (status == Status.OK) & ~jnp.all(jnp.isfinite(out[o]), 0),
+                    Status.NONFINITE,
+                    status,
+                )
             return {o: v.T for o, v in out.items()}, status
     elif method == "closed_form":
+
         def run(p, ev):
             out = closed_form.solve_batch(model, p, ev, t_arr, t_first, infusion, outputs)
             status = jnp.zeros(next(iter(p.values())).shape[0], jnp.int32)
@@ -79,6 +94,7 @@ def _solver(model: Model, method: str, times: tuple, t_first: float, infusion: b
                 status = jnp.where(~jnp.all(jnp.isfinite(out[o]), 0), Status.NONFINITE, status)
             return {o: v.T for o, v in out.items()}, status
     else:
+
         def run(p, ev):
             tj = jnp.asarray(t_arr, dtype)
             states, code = jax.vmap(
@@ -87,6 +103,7 @@ def _solver(model: Model, method: str, times: tuple, t_first: float, infusion: b
                 )
             )(p, ev)
             return finish(states, code, p)
+
     return jax.jit(run)
 
 
@@ -105,8 +122,11 @@ class _Plan:
 
 def _spec_hash(plan: _Plan) -> str:
     h = hashlib.sha256()
-    h.update(repr((plan.model.fingerprint(), plan.method, plan.outputs, plan.dtype,
-                   plan.options)).encode())
+    h.update(
+        repr(
+            (plan.model.fingerprint(), plan.method, plan.outputs, plan.dtype, plan.options)
+        ).encode()
+    )
     h.update(np.ascontiguousarray(plan.times).tobytes())
     for k in sorted(plan.params):
         h.update(k.encode())
@@ -193,10 +213,17 @@ def simulate(
     attrs = _provenance(plan, seed)
     if out is not None:
         store = ResultStore.create(
-            out, n_patients=n_pat, times=times, time_units=time_units,
+            out,
+            n_patients=n_pat,
+            times=times,
+            time_units=time_units,
             outputs={o: _output_attrs(model, o) for o in outputs},
             parameters={k: _param_attrs(model, k) for k in params},
-            dtype=dtype, chunk_size=chunk_size, attrs=attrs, resume=resume, overwrite=overwrite,
+            dtype=dtype,
+            chunk_size=chunk_size,
+            attrs=attrs,
+            resume=resume,
+            overwrite=overwrite,
         )
         _run_chunks(plan, store.done_chunks(), store.write_chunk, progress)
         store.finish()
@@ -223,8 +250,17 @@ def _run_chunks(plan: _Plan, done: np.ndarray, sink, progress) -> None:
     ss_interval = float(np.max(np.where(plan.table.ss, plan.table.ii, 0.0), initial=0.0))
     finite_t = plan.table.time[np.isfinite(plan.table.time)]
     t_first = float(min(plan.times[0], finite_t.min() if finite_t.size else plan.times[0]))
-    solver = _solver(plan.model, plan.method, tuple(plan.times.tolist()), t_first, infusion,
-                     ss_interval, plan.options, plan.outputs, plan.dtype)
+    solver = _solver(
+        plan.model,
+        plan.method,
+        tuple(plan.times.tolist()),
+        t_first,
+        infusion,
+        ss_interval,
+        plan.options,
+        plan.outputs,
+        plan.dtype,
+    )
     defaults = plan.model.defaults()
     bounds = {q.name: (q.lower, q.upper) for q in plan.model.parameters}
     finished = int(np.sum([min(cs, n_pat - k * cs) for k in range(n_chunks) if done[k]]))
@@ -284,8 +320,11 @@ def _param_attrs(model: Model, name: str) -> dict[str, str]:
 
 
 def _provenance(plan: _Plan, seed: int | None) -> dict[str, Any]:
-    opts = plan.options.describe(plan.model) if hasattr(plan.options, "describe") else {
-        "engine": "closed_form", "solver": "exact modal solution"}
+    opts = (
+        plan.options.describe(plan.model)
+        if hasattr(plan.options, "describe")
+        else {"engine": "closed_form", "solver": "exact modal solution"}
+    )
     return {
         "title": f"cohort simulation of {plan.model.name}",
         "cohort_version": cohort.__version__,
@@ -309,12 +348,19 @@ def _dataset(plan: _Plan, outs, status, attrs, time_units: str) -> xr.Dataset:
     n_pat = len(status)
     data = {o: (("patient", "time"), v, _output_attrs(plan.model, o)) for o, v in outs.items()}
     data.update({k: (("patient",), v, _param_attrs(plan.model, k)) for k, v in plan.params.items()})
-    data["status"] = (("patient",), status, {
-        "long_name": "per-patient solve status", "flag_values": attrs["status_codes"],
-        "flag_meanings": attrs["status_meanings"]})
+    data["status"] = (
+        ("patient",),
+        status,
+        {
+            "long_name": "per-patient solve status",
+            "flag_values": attrs["status_codes"],
+            "flag_meanings": attrs["status_meanings"],
+        },
+    )
     coords = {
         "patient": ("patient", np.arange(n_pat), {"long_name": "virtual patient index"}),
         "time": ("time", plan.times, {"units": time_units, "long_name": "time since start"}),
     }
-    return xr.Dataset(data, coords=coords, attrs={**attrs, "solver_settings": str(
-        attrs["solver_settings"])})
+    return xr.Dataset(
+        data, coords=coords, attrs={**attrs, "solver_settings": str(attrs["solver_settings"])}
+    )

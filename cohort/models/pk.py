@@ -35,9 +35,8 @@ class LinearCompartmentPK(Model):
         self.n_cmt, self.oral = n_cmt, oral
         route = "oral" if oral else "iv"
         self.name = f"pk{n_cmt}_{route}"
-        self.description = (
-            f"{n_cmt}-compartment linear PK, "
-            + ("first-order absorption with F and lag" if oral else "IV bolus/infusion")
+        self.description = f"{n_cmt}-compartment linear PK, " + (
+            "first-order absorption with F and lag" if oral else "IV bolus/infusion"
         )
         vol = "V" if n_cmt == 1 else "V1"
         params = [Parameter("CL", "L/h", 2.8, "elimination clearance", 1e-4, 1e3)]

@@ -72,42 +72,66 @@ class ResultStore:
         g = zarr.open_group(str(path), mode="w", zarr_format=3)
         n_chunks = max(1, math.ceil(n_patients / chunk_size))
         pc = g.create_array(
-            "patient", shape=(n_patients,), dtype="int64", chunks=(chunk_size,),
+            "patient",
+            shape=(n_patients,),
+            dtype="int64",
+            chunks=(chunk_size,),
             dimension_names=["patient"],
         )
         pc[:] = np.arange(n_patients)
         pc.attrs.update({"long_name": "virtual patient index"})
         tc = g.create_array(
-            "time", shape=(len(times),), dtype="float64", dimension_names=["time"],
+            "time",
+            shape=(len(times),),
+            dtype="float64",
+            dimension_names=["time"],
         )
         tc[:] = np.asarray(times, dtype=float)
         tc.attrs.update({"units": time_units, "long_name": "time since start"})
         for name, meta in outputs.items():
             a = g.create_array(
-                name, shape=(n_patients, len(times)), dtype=dtype,
-                chunks=(chunk_size, len(times)), dimension_names=["patient", "time"],
-                compressors=OUTPUT_CODEC, fill_value=np.nan,
+                name,
+                shape=(n_patients, len(times)),
+                dtype=dtype,
+                chunks=(chunk_size, len(times)),
+                dimension_names=["patient", "time"],
+                compressors=OUTPUT_CODEC,
+                fill_value=np.nan,
             )
             a.attrs.update(meta)
         for name, meta in parameters.items():
             a = g.create_array(
-                name, shape=(n_patients,), dtype="float64", chunks=(chunk_size,),
-                dimension_names=["patient"], fill_value=np.nan,
+                name,
+                shape=(n_patients,),
+                dtype="float64",
+                chunks=(chunk_size,),
+                dimension_names=["patient"],
+                fill_value=np.nan,
             )
             a.attrs.update(meta)
         st = g.create_array(
-            "status", shape=(n_patients,), dtype="int8", chunks=(chunk_size,),
-            dimension_names=["patient"], fill_value=-1,
+            "status",
+            shape=(n_patients,),
+            dtype="int8",
+            chunks=(chunk_size,),
+            dimension_names=["patient"],
+            fill_value=-1,
         )
-        st.attrs.update({
-            "long_name": "per-patient solve status",
-            "flag_values": attrs.get("status_codes", []),
-            "flag_meanings": attrs.get("status_meanings", ""),
-            "comment": "-1: not computed yet",
-        })
+        st.attrs.update(
+            {
+                "long_name": "per-patient solve status",
+                "flag_values": attrs.get("status_codes", []),
+                "flag_meanings": attrs.get("status_meanings", ""),
+                "comment": "-1: not computed yet",
+            }
+        )
         done = g.create_array(
-            "chunk_done", shape=(n_chunks,), dtype="bool", chunks=(n_chunks,),
-            dimension_names=["chunk"], fill_value=False,
+            "chunk_done",
+            shape=(n_chunks,),
+            dtype="bool",
+            chunks=(n_chunks,),
+            dimension_names=["chunk"],
+            fill_value=False,
         )
         done.attrs.update({"long_name": "batch finished and fully written"})
         g.attrs.update(_jsonable(attrs))
@@ -135,8 +159,13 @@ class ResultStore:
     def done_chunks(self) -> np.ndarray:
         return np.asarray(self.group["chunk_done"][:], dtype=bool)
 
-    def write_chunk(self, k: int, outputs: dict[str, np.ndarray], status: np.ndarray,
-                    params: dict[str, np.ndarray]) -> None:
+    def write_chunk(
+        self,
+        k: int,
+        outputs: dict[str, np.ndarray],
+        status: np.ndarray,
+        params: dict[str, np.ndarray],
+    ) -> None:
         """Write batch ``k`` (arrays with the patient axis first), then mark it done."""
         sl = slice(k * self.chunk_size, k * self.chunk_size + len(status))
         for name, arr in outputs.items():
