@@ -1,0 +1,77 @@
+"""CLI: demo writes a store + figure + table; bad arguments give clear errors, not tracebacks."""
+
+import numpy as np
+from typer.testing import CliRunner
+
+import cohort
+from cohort.cli import app
+
+runner = CliRunner()
+
+
+def flat(res) -> str:
+    """CLI output with rich's line wrapping undone."""
+    return " ".join(res.output.split())
+
+
+def test_demo_writes_store_plot_and_summary(tmp_path):
+    out, png = tmp_path / "demo.zarr", tmp_path / "demo.png"
+    res = runner.invoke(app, ["demo", "--n", "200", "--out", str(out), "--plot", str(png)])
+    assert res.exit_code == 0, res.output
+    assert "Cmax" in flat(res) and "ok=200" in flat(res)
+    ds = cohort.open_result(out)
+    assert ds.sizes["patient"] == 200 and ds.sizes["time"] == 337
+    assert bool(ds.chunk_done.all()) and int((ds.status == 0).sum()) == 200
+    assert png.stat().st_size > 10_000
+    assert np.all(np.isfinite(ds.conc.values)) and float(ds.conc.max()) > 1.0
+
+
+def test_simulate_info_and_resume(tmp_path):
+    out = tmp_path / "x.zarr"
+    args = [
+        "simulate",
+        "--model",
+        "pk1_oral",
+        "--n",
+        "50",
+        "--amt",
+        "500",
+        "--ii",
+        "12",
+        "--addl",
+        "2",
+        "--t-end",
+        "48",
+        "-o",
+        str(out),
+    ]
+    res = runner.invoke(app, args)
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(app, args)
+    assert res.exit_code == 2 and "already exists" in flat(res)
+    res = runner.invoke(app, [*args, "--resume"])
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(app, ["info", str(out)])
+    assert res.exit_code == 0 and "mg/L" in flat(res) and "closed_form" in flat(res)
+
+
+def test_bad_arguments_are_clear(tmp_path):
+    cases = [
+        (["simulate", "--model", "nope"], "unknown model 'nope'"),
+        (["simulate", "--model", "pk1_oral", "--cmt", "periph"], "--cmt"),
+        (["simulate", "--method", "magic", "-o", str(tmp_path / "a.zarr")], "method"),
+        (["simulate", "--n", "0"], "--n must be >= 1"),
+        (["simulate", "--dosing", str(tmp_path / "missing.csv")], "no such file"),
+        (["info", str(tmp_path / "none.zarr")], "no result store"),
+        (["models", "pk7"], "unknown model"),
+    ]
+    for args, text in cases:
+        res = runner.invoke(app, args)
+        assert res.exit_code == 2, (args, res.output)
+        assert text in flat(res), (args, res.output)
+        assert "Traceback" not in res.output
+
+
+def test_models_listing():
+    res = runner.invoke(app, ["models", "pk2_oral"])
+    assert res.exit_code == 0 and "L/h" in res.output and "depot" in res.output
