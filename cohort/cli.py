@@ -156,7 +156,7 @@ def simulate(
     out: Path = typer.Option(Path("runs/simulation.zarr"), "--out", "-o", help="zarr store"),
     method: str = typer.Option("auto", help="auto | closed_form | diffrax | fast"),
     dtype: str = typer.Option("float64", help="float64 | float32"),
-    dt: float = typer.Option(1 / 12, help="fast path step [h]"),
+    dt: float = typer.Option(None, help="fast path step (default: the model's)"),
     chunk_size: int = typer.Option(None, help="patients per batch"),
     resume: bool = typer.Option(False, help="continue an interrupted run into --out"),
     overwrite: bool = typer.Option(False, help="replace an existing --out"),
@@ -188,7 +188,7 @@ def simulate(
     if step <= 0 or t_end <= 0:
         _fail("--step and --t-end must be > 0")
     options = cohort.FastOptions(dt=dt) if method == "fast" else None
-    if dt <= 0:
+    if dt is not None and dt <= 0:
         _fail(f"--dt must be > 0, got {dt}")
     t0 = time.perf_counter()
     ds = _run(

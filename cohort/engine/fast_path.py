@@ -26,14 +26,21 @@ from cohort.models.base import Model, Tree
 
 @dataclasses.dataclass(frozen=True)
 class FastOptions:
-    """``dt``: largest RK4 step in model time units (default 5 minutes for hour-based models)."""
+    """``dt``: largest RK4 step in model time units (``None``: the model's ``fast_dt``)."""
 
-    dt: float = 1.0 / 12.0
+    dt: float | None = None
     ss_max_cycles: int = 1000
     ss_rtol: float = 1e-10
 
     def describe(self, model: Model) -> dict:
-        return {"engine": "fast", "solver": "RK4 (fixed step, structure of arrays)", "dt": self.dt}
+        return {"engine": "fast", "solver": "RK4 (fixed step, structure of arrays)",
+                "dt": self.step(model)}
+
+    def step(self, model: Model) -> float:
+        dt = model.fast_dt if self.dt is None else self.dt
+        if not dt > 0:
+            raise ValueError(f"FastOptions.dt must be > 0, got {dt}")
+        return float(dt)
 
 
 def _rk4(model: Model, t, y: Tree, p: Tree, u: Tree, h):
@@ -151,12 +158,13 @@ def solve_batch(
 
     ``times`` is a concrete increasing grid, ``t_first`` the earliest record time (if before
     ``times[0]``) and ``ss_interval`` the largest SS dosing interval in the batch (0 if none);
-    all are static so substep counts are Python ints derived from ``opts.dt``.
+    all are static so substep counts are Python ints derived from the step ``dt``.
     Returns ``(outputs, finite, min_scaled)`` where ``finite`` says every state stayed finite and
     ``min_scaled`` is the most negative state value relative to that state's largest magnitude.
     """
     times = np.asarray(times, dtype=float)
-    n_sub = max(1, math.ceil(float(np.max(np.diff(times), initial=0.0)) / opts.dt - 1e-9))
+    dt = opts.step(model)
+    n_sub = max(1, math.ceil(float(np.max(np.diff(times), initial=0.0)) / dt - 1e-9))
     ch = jax.vmap(lambda e, q: resolve(model, e, q, with_infusion))(ev, p)
     n = ch.time.shape[0]
     ch = with_sentinel(ch)
@@ -165,7 +173,7 @@ def solve_batch(
     y_init = model.initial(p)
     y_ss = None
     if ss_interval > 0:
-        n_ss = max(1, math.ceil(ss_interval / opts.dt - 1e-9))
+        n_ss = max(1, math.ceil(ss_interval / dt - 1e-9))
         y_ss = _steady_state(model, p, ch, y_init, n_ss, opts)
     t_first = min(float(t_first), float(times[0]))
     carry = (
@@ -176,7 +184,7 @@ def solve_batch(
         jnp.full(n, -jnp.inf, dtype),
     )
     # Records before the first save time: integrate up to it in steps of at most dt.
-    n_lead = max(1, math.ceil((times[0] - t_first) / opts.dt - 1e-9))
+    n_lead = max(1, math.ceil((times[0] - t_first) / dt - 1e-9))
     carry = _advance(model, p, ch, y_init, y_ss, carry, t_first, float(times[0]), n_lead)
     tgrid = jnp.asarray(times, dtype)
 

@@ -170,7 +170,7 @@ def simulate(
     overwrite: bool = False,
     options: Any = None,
     seed: int | None = None,
-    time_units: str = "h",
+    time_units: str | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> xr.Dataset:
     """Simulate every patient of ``population`` under ``dosing`` and save ``outputs`` at ``times``.
@@ -187,6 +187,7 @@ def simulate(
     if times is None:
         raise InputError("times: give the save times, e.g. cohort.grid(0, 24, 0.25)")
     times = check_times(times)
+    time_units = time_units or model.time_units
     if dtype not in ("float32", "float64"):
         raise InputError(f"dtype: must be 'float32' or 'float64', got {dtype!r}")
     method = _choose_method(model, method)
@@ -205,6 +206,11 @@ def simulate(
         options = {"fast": fast_path.FastOptions(), "diffrax": diffrax_path.DiffraxOptions()}.get(
             method
         )
+    if method == "fast":
+        try:
+            options.step(model)
+        except ValueError as exc:
+            raise InputError(f"options: {exc}") from None
     if chunk_size is None:
         chunk_size = min(n_pat, 100_000 if method in ("fast", "closed_form") else 10_000)
     if chunk_size < 1:

@@ -88,6 +88,8 @@ class Model:
     duration: Mapping[str, str] = {}
     linear_pk: LinearPK | None = None
     stiff: bool = False
+    time_units: str = "h"
+    fast_dt: float = 1.0 / 12.0  # default fixed step of the fast path, in ``time_units``
 
     # -- the equations -------------------------------------------------------------------------
     def rhs(self, t: Any, y: Tree, p: Tree, u: Tree) -> Tree:
