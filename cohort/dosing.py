@@ -131,12 +131,17 @@ def _numeric(df: pd.DataFrame, col: str, default: float) -> np.ndarray:
 
 
 def _cmt_index(value: Any, row: int, state_names: Sequence[str], targets: Sequence[str]) -> int:
-    if isinstance(value, str) and not value.strip().lstrip("-").isdigit():
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        raise _err(row, "CMT", f"missing compartment on a dose record; use one of {list(targets)}")
+    if isinstance(value, str) and not value.strip().lstrip("-").replace(".", "", 1).isdigit():
         if value not in state_names:
             raise _err(row, "CMT", f"unknown compartment {value!r}; use one of {list(targets)}")
         idx = state_names.index(value)
     else:
-        num = int(float(value))
+        num = float(value)
+        if num != int(num):
+            raise _err(row, "CMT", f"compartment number {value!r} is not an integer")
+        num = int(num)
         if not 1 <= num <= len(state_names):
             raise _err(
                 row,
@@ -188,6 +193,10 @@ def records_from_frame(
         dose = evid[i] in (1, 4)
         if not dose:
             continue
+        if not np.isfinite(rate[i]):
+            raise _err(row, "RATE", f"RATE {rate[i]:g} must be finite")
+        if not np.isfinite(ii[i]):
+            raise _err(row, "II", f"II {ii[i]:g} must be finite")
         if not np.isfinite(amt[i]) or amt[i] < 0:
             raise _err(row, "AMT", f"dose amount {amt[i]:g} must be a finite number >= 0")
         if rate[i] < 0 and rate[i] != -2:

@@ -10,6 +10,7 @@ fall in ``[start, end)`` (right-continuous at doses). Solves use ``throw=False``
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any
 
 import diffrax as dfx
@@ -95,11 +96,11 @@ def solve_patient(
     y_ss = None
     code0 = jnp.asarray(Status.OK)
     if has_ss:
-        k_ss, _ = first_ss_index(ch.kind)
+        k_ss, has_ss_record = first_ss_index(ch.kind)
         c = record(k_ss)
+        c["ii"] = jnp.where(has_ss_record, c["ii"], 1.0)  # patients without SS: no cycling
         infusion = c["kind"] == SS_INFUSION
         dur = jnp.where(infusion, c["dur"], 0.0)
-        dummy = jnp.zeros((1,), dtype)
 
         def cycle(y):
             # Dose at 0, (infusion until dur), wash out until II: one dosing interval.
@@ -111,20 +112,29 @@ def solve_patient(
                 s: jnp.where(infusion & (c["cmt"] == i), c["rate"], 0.0)
                 for i, s in enumerate(names)
             }
-            ys, code1 = integrate(y, u, 0.0, dur, dummy)
+            ys, code1 = integrate(y, u, 0.0, dur, jnp.reshape(dur, (1,)))
             y = {s: v[-1] for s, v in ys.items()}
-            ys, code2 = integrate(y, u_zero, dur, c["ii"], dummy)
+            ys, code2 = integrate(y, u_zero, dur, c["ii"], jnp.reshape(c["ii"], (1,)))
             return {s: v[-1] for s, v in ys.items()}, jnp.maximum(code1, code2)
 
         def cond(state):
             i, y, delta, code = state
-            return (i < opts.ss_max_cycles) & (delta > opts.ss_rtol) & (code == Status.OK)
+            return (
+                has_ss_record
+                & (i < opts.ss_max_cycles)
+                & (delta > opts.ss_rtol)
+                & (code == Status.OK)
+            )
 
         def body(state):
             i, y, _, _ = state
             y_new, code = cycle(y)
-            delta = max(
-                jnp.max(jnp.abs(y_new[s] - y[s]) / (jnp.abs(y_new[s]) + opts.atol)) for s in names
+            delta = functools.reduce(
+                jnp.maximum,
+                [
+                    jnp.max(jnp.abs(y_new[s] - y[s]) / (jnp.abs(y_new[s]) + opts.atol))
+                    for s in names
+                ],
             )
             return i + 1, y_new, delta, code
 

@@ -36,7 +36,8 @@ class Changes(NamedTuple):
 
 def _per_cmt(model: Model, mapping: dict[str, str], cmt, p: Tree, default: float, what: str):
     """Value of the per-compartment parameter (F, ALAG, D_<cmt>) for each record's ``cmt``."""
-    out = jnp.full(cmt.shape, default, dtype=jnp.result_type(float))
+    dtype = jnp.result_type(*(p[k] for k in p))
+    out = jnp.full(cmt.shape, default, dtype=dtype)
     for i, name in enumerate(model.state_names):
         pname = mapping.get(name)
         if pname is None:

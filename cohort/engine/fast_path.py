@@ -13,6 +13,7 @@ reference is measured in tests and benchmarks.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 
 import jax
@@ -33,8 +34,11 @@ class FastOptions:
     ss_rtol: float = 1e-10
 
     def describe(self, model: Model) -> dict:
-        return {"engine": "fast", "solver": "RK4 (fixed step, structure of arrays)",
-                "dt": self.step(model)}
+        return {
+            "engine": "fast",
+            "solver": "RK4 (fixed step, structure of arrays)",
+            "dt": self.step(model),
+        }
 
     def step(self, model: Model) -> float:
         dt = model.fast_dt if self.dt is None else self.dt
@@ -94,8 +98,11 @@ def _advance(model, p, ch, y_init, y_ss, carry, t_a, t_b, n_sub: int):
 def _steady_state(model, p, ch, y_init, n_sub, opts: FastOptions):
     """Trough state before the first SS dose: iterate one dosing interval to its fixed point."""
     n = ch.time.shape[0]
-    k_ss, _ = first_ss_index(ch.kind)
+    k_ss, has_ss = first_ss_index(ch.kind)
     c = {f: jnp.take_along_axis(getattr(ch, f), k_ss[:, None], 1)[:, 0] for f in ch._fields}
+    c["ii"] = jnp.where(has_ss, c["ii"], 1.0)  # a nominal interval for patients without SS
+    c["amount"] = jnp.where(has_ss, c["amount"], 0.0)
+    c["rate"] = jnp.where(has_ss, c["rate"], 0.0)
     infusion = c["kind"] == SS_INFUSION
     dur = jnp.where(infusion, c["dur"], 0.0)
     zero = jnp.zeros_like(c["ii"])
@@ -127,15 +134,19 @@ def _steady_state(model, p, ch, y_init, n_sub, opts: FastOptions):
     def body(s):
         i, y, _ = s
         y_new = cycle(y)
-        delta = max(
-            jnp.max(
-                jnp.where(
-                    jnp.isfinite(y_new[k]),
-                    jnp.abs(y_new[k] - y[k]) / (jnp.abs(y_new[k]) + 1e-12),
-                    0.0,
+        # Patients without an SS record (has_ss False) do not hold the loop open.
+        delta = functools.reduce(
+            jnp.maximum,
+            [
+                jnp.max(
+                    jnp.where(
+                        jnp.isfinite(y_new[k]) & has_ss,
+                        jnp.abs(y_new[k] - y[k]) / (jnp.abs(y_new[k]) + 1e-12),
+                        0.0,
+                    )
                 )
-            )
-            for k in names
+                for k in names
+            ],
         )
         return i + 1, y_new, delta
 

@@ -288,7 +288,8 @@ def _run_chunks(plan: _Plan, done: np.ndarray, sink, progress) -> None:
             p = {name: np.where(invalid, defaults.get(name, 1.0), v) for name, v in raw.items()}
             p = {name: jnp.asarray(v, plan.dtype) for name, v in p.items()}
             ev = {name: jnp.asarray(v[pad]) for name, v in plan.table.arrays().items()}
-            ev["time"] = ev["time"].astype(plan.dtype)
+            for key in ("time", "amt", "rate", "ii"):
+                ev[key] = ev[key].astype(plan.dtype)
             outs, status = solver(p, ev)  # dispatched asynchronously
 
             def write(k=k, outs=outs, status=status, invalid=invalid, m=m, idx=idx):

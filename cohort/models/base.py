@@ -9,6 +9,7 @@ batch, never the model.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -172,14 +173,16 @@ def register(name: str) -> Callable[[Callable[[], Model]], Callable[[], Model]]:
 
 
 def get(name: str) -> Model:
-    """Return a fresh instance of the registered model ``name``."""
-    try:
-        factory = _REGISTRY[name]
-    except KeyError:
-        raise KeyError(
-            f"unknown model {name!r}; available models: {', '.join(sorted(_REGISTRY))}"
-        ) from None
-    return factory()
+    """The registered model ``name`` (one shared instance per name: models are immutable, and
+    sharing lets the engine reuse compiled solvers across calls)."""
+    if name not in _REGISTRY:
+        raise KeyError(f"unknown model {name!r}; available models: {', '.join(sorted(_REGISTRY))}")
+    return _instance(name)
+
+
+@functools.cache
+def _instance(name: str) -> Model:
+    return _REGISTRY[name]()
 
 
 def available() -> list[str]:

@@ -1,0 +1,432 @@
+"""Population prior specs (``priors/*.toml``): parsing and validation with clear errors.
+
+A spec declares covariates (marginal distributions + a Gaussian-copula correlation), parameters
+(typical value × covariate effects × exp(η), η ~ N(0, Ω)), bounds, plausibility filters and
+optional targets to match; every number carries a ``citation``. Files are read with
+``tomllib`` only. Every error names the file and the key, and says what is allowed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cohort.population.expr import ExpressionError, names_in
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+
+class SpecError(ValueError):
+    """A prior spec is malformed; the message names the file, the key and the fix."""
+
+
+DISTRIBUTIONS = {
+    "normal": ("mean", "sd"),
+    "lognormal": ("median", "cv"),
+    "truncnormal": ("mean", "sd", "lower", "upper"),
+    "uniform": ("lower", "upper"),
+    "beta": ("alpha", "beta"),
+    "categorical": ("categories", "probabilities"),
+    "empirical": ("quantiles",),
+    "constant": ("value",),
+}
+_COV_OPTIONAL = {
+    "units",
+    "citation",
+    "description",
+    "lower",
+    "upper",
+    "probabilities",
+    "scale",
+    "loc",
+}
+EFFECTS = {
+    "power": ("covariate", "reference", "coefficient"),
+    "linear": ("covariate", "reference", "coefficient"),
+    "exponential": ("covariate", "reference", "coefficient"),
+    "categorical": ("covariate", "factors"),
+    "expression": ("expression",),
+}
+_TOP = {"population", "covariates", "correlation", "parameters", "iiv", "filters", "targets"}
+
+
+@dataclasses.dataclass(frozen=True)
+class Covariate:
+    name: str
+    distribution: str
+    args: dict[str, Any]
+    units: str
+    citation: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Effect:
+    type: str
+    args: dict[str, Any]
+
+
+@dataclasses.dataclass(frozen=True)
+class ParameterSpec:
+    name: str
+    typical: float
+    units: str
+    citation: str
+    effects: tuple[Effect, ...] = ()
+    lower: float = -np.inf
+    upper: float = np.inf
+
+
+@dataclasses.dataclass(frozen=True)
+class Filter:
+    name: str
+    expression: str
+    lower: float = -np.inf
+    upper: float = np.inf
+
+
+@dataclasses.dataclass(frozen=True)
+class Target:
+    """Observed distribution that the virtual population's ``expression`` should match."""
+
+    name: str
+    expression: str
+    distribution: str  # normal | lognormal | data
+    args: dict[str, Any]
+
+
+@dataclasses.dataclass(frozen=True)
+class PopulationSpec:
+    path: str
+    name: str
+    model: str | None
+    citation: str
+    covariates: tuple[Covariate, ...]
+    correlation_vars: tuple[str, ...]
+    correlation: np.ndarray
+    parameters: tuple[ParameterSpec, ...]
+    eta_names: tuple[str, ...]
+    omega: np.ndarray
+    filters: tuple[Filter, ...]
+    targets: tuple[Target, ...]
+    digest: str
+
+    @property
+    def covariate_names(self) -> tuple[str, ...]:
+        return tuple(c.name for c in self.covariates)
+
+    @property
+    def parameter_names(self) -> tuple[str, ...]:
+        return tuple(p.name for p in self.parameters)
+
+
+def _err(path, key, msg) -> SpecError:
+    return SpecError(f"{path}: [{key}] {msg}")
+
+
+def _num(path, key, v, positive=False) -> float:
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise _err(path, key, f"must be a number, got {v!r}")
+    v = float(v)
+    if not np.isfinite(v):
+        raise _err(path, key, "must be finite")
+    if positive and v <= 0:
+        raise _err(path, key, f"must be > 0, got {v:g}")
+    return v
+
+
+def _check_keys(path, key, table: dict, allowed: set[str]):
+    unknown = sorted(set(table) - allowed)
+    if unknown:
+        raise _err(path, key, f"unknown key(s) {unknown}; allowed: {sorted(allowed)}")
+
+
+def _covariate(path, name, t) -> Covariate:
+    key = f"covariates.{name}"
+    if not isinstance(t, dict):
+        raise _err(path, key, "must be a table")
+    dist = t.get("distribution")
+    if dist not in DISTRIBUTIONS:
+        raise _err(
+            path,
+            f"{key}.distribution",
+            f"unknown distribution {dist!r}; choose from {sorted(DISTRIBUTIONS)}",
+        )
+    required = DISTRIBUTIONS[dist]
+    _check_keys(path, key, t, {"distribution", *required} | _COV_OPTIONAL)
+    for r in required:
+        if r not in t and not (dist == "empirical" and r == "probabilities"):
+            raise _err(path, key, f"distribution {dist!r} needs key {r!r}")
+    if "units" not in t:
+        raise _err(path, f"{key}.units", 'missing unit (use "1" for dimensionless)')
+    if not t.get("citation"):
+        raise _err(path, f"{key}.citation", "every number needs a citation")
+    args = {k: t[k] for k in t if k not in ("distribution", "units", "citation", "description")}
+    if dist in ("normal", "truncnormal"):
+        args["mean"] = _num(path, f"{key}.mean", t["mean"])
+        args["sd"] = _num(path, f"{key}.sd", t["sd"], positive=True)
+    if dist == "lognormal":
+        args["median"] = _num(path, f"{key}.median", t["median"], positive=True)
+        args["cv"] = _num(path, f"{key}.cv", t["cv"], positive=True)
+    if dist in ("truncnormal", "uniform") or "lower" in t or "upper" in t:
+        lo = _num(path, f"{key}.lower", t.get("lower", -np.inf)) if "lower" in t else -np.inf
+        hi = _num(path, f"{key}.upper", t.get("upper", np.inf)) if "upper" in t else np.inf
+        if not lo < hi:
+            raise _err(path, key, f"lower ({lo:g}) must be below upper ({hi:g})")
+        args["lower"], args["upper"] = lo, hi
+    if dist == "beta":
+        args["alpha"] = _num(path, f"{key}.alpha", t["alpha"], positive=True)
+        args["beta"] = _num(path, f"{key}.beta", t["beta"], positive=True)
+        args["loc"] = _num(path, f"{key}.loc", t.get("loc", 0.0))
+        args["scale"] = _num(path, f"{key}.scale", t.get("scale", 1.0), positive=True)
+    if dist == "categorical":
+        cats, probs = t["categories"], t["probabilities"]
+        if not isinstance(cats, list) or not cats or len(cats) != len(probs):
+            raise _err(path, key, "categories and probabilities must be lists of equal length")
+        probs = np.array([_num(path, f"{key}.probabilities", p) for p in probs])
+        if np.any(probs < 0) or abs(probs.sum() - 1) > 1e-6:
+            raise _err(
+                path, f"{key}.probabilities", f"must be >= 0 and sum to 1 (sum {probs.sum():g})"
+            )
+        args["probabilities"] = probs
+    if dist == "empirical":
+        q = np.asarray([_num(path, f"{key}.quantiles", v) for v in t["quantiles"]])
+        if q.size < 2 or np.any(np.diff(q) < 0):
+            raise _err(path, f"{key}.quantiles", "needs >= 2 non-decreasing values")
+        p = np.asarray(t.get("probabilities", np.linspace(0, 1, q.size)), dtype=float)
+        if p.size != q.size or np.any(np.diff(p) <= 0) or p[0] < 0 or p[-1] > 1:
+            raise _err(
+                path,
+                f"{key}.probabilities",
+                "must increase within [0, 1] and match quantiles in length",
+            )
+        args["quantiles"], args["probabilities"] = q, p
+    if dist == "constant":
+        args["value"] = _num(path, f"{key}.value", t["value"])
+    return Covariate(name, dist, args, str(t["units"]), str(t["citation"]))
+
+
+def _effect(path, key, e, covariates) -> Effect:
+    if not isinstance(e, dict) or e.get("type") not in EFFECTS:
+        raise _err(path, f"{key}.type", f"effect type must be one of {sorted(EFFECTS)}")
+    kind = e["type"]
+    _check_keys(path, key, e, {"type", "citation", *EFFECTS[kind]})
+    for r in EFFECTS[kind]:
+        if r not in e:
+            raise _err(path, key, f"effect {kind!r} needs key {r!r}")
+    args = {k: v for k, v in e.items() if k not in ("type", "citation")}
+    if "covariate" in args and args["covariate"] not in covariates:
+        raise _err(
+            path,
+            f"{key}.covariate",
+            f"unknown covariate {args['covariate']!r}; defined: {sorted(covariates)}",
+        )
+    if kind in ("power", "linear", "exponential"):
+        args["reference"] = _num(path, f"{key}.reference", e["reference"], positive=kind == "power")
+        args["coefficient"] = _num(path, f"{key}.coefficient", e["coefficient"])
+    if kind == "categorical":
+        if not isinstance(e["factors"], dict):
+            raise _err(path, f"{key}.factors", "must be a table category = factor")
+        args["factors"] = {
+            str(k): _num(path, f"{key}.factors.{k}", v, positive=True)
+            for k, v in e["factors"].items()
+        }
+    if kind == "expression":
+        try:
+            unknown = names_in(e["expression"]) - set(covariates)
+        except ExpressionError as exc:
+            raise _err(path, f"{key}.expression", str(exc)) from None
+        if unknown:
+            raise _err(path, f"{key}.expression", f"unknown covariate(s) {sorted(unknown)}")
+    return Effect(kind, args)
+
+
+def _matrix(path, key, m, size, what) -> np.ndarray:
+    try:
+        a = np.asarray(m, dtype=float)
+    except (TypeError, ValueError):
+        raise _err(path, key, f"{what} must be a numeric square matrix") from None
+    if a.shape != (size, size):
+        raise _err(path, key, f"{what} must be {size}x{size}, got shape {a.shape}")
+    if not np.allclose(a, a.T):
+        raise _err(path, key, f"{what} must be symmetric")
+    if np.min(np.linalg.eigvalsh(a)) <= 0:
+        raise _err(
+            path,
+            key,
+            f"{what} is not positive definite (smallest eigenvalue "
+            f"{np.min(np.linalg.eigvalsh(a)):.3g})",
+        )
+    return a
+
+
+def load_spec(path: str | Path) -> PopulationSpec:
+    """Read and validate a TOML prior spec."""
+    path = Path(path)
+    if not path.exists():
+        raise SpecError(f"{path}: no such spec file")
+    raw_bytes = path.read_bytes()
+    try:
+        raw = tomllib.loads(raw_bytes.decode())
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise SpecError(f"{path}: not valid TOML: {exc}") from None
+    return parse_spec(raw, str(path), hashlib.sha256(raw_bytes).hexdigest()[:16])
+
+
+def parse_spec(raw: dict, path: str = "<spec>", digest: str | None = None) -> PopulationSpec:
+    _check_keys(path, "top level", raw, _TOP)
+    meta = raw.get("population", {})
+    _check_keys(path, "population", meta, {"name", "description", "model", "citation"})
+    if not meta.get("name"):
+        raise _err(path, "population.name", "missing name")
+    covs = raw.get("covariates", {})
+    covariates = tuple(_covariate(path, n, t) for n, t in covs.items())
+    cov_names = {c.name for c in covariates}
+    corr = raw.get("correlation", {})
+    _check_keys(path, "correlation", corr, {"variables", "matrix", "citation"})
+    cvars = tuple(corr.get("variables", ()))
+    for v in cvars:
+        if v not in cov_names:
+            raise _err(path, "correlation.variables", f"unknown covariate {v!r}")
+    if len(set(cvars)) != len(cvars):
+        raise _err(path, "correlation.variables", "variables must be distinct")
+    if cvars:
+        if not corr.get("citation"):
+            raise _err(path, "correlation.citation", "every number needs a citation")
+        cm = _matrix(
+            path, "correlation.matrix", corr.get("matrix"), len(cvars), "correlation matrix"
+        )
+        if not np.allclose(np.diag(cm), 1.0):
+            raise _err(path, "correlation.matrix", "diagonal must be 1")
+    else:
+        cm = np.zeros((0, 0))
+    params = []
+    for name, t in raw.get("parameters", {}).items():
+        key = f"parameters.{name}"
+        if not isinstance(t, dict):
+            raise _err(path, key, "must be a table")
+        _check_keys(
+            path,
+            key,
+            t,
+            {"typical", "units", "citation", "effects", "lower", "upper", "description"},
+        )
+        if "typical" not in t:
+            raise _err(path, f"{key}.typical", "missing typical value")
+        if "units" not in t:
+            raise _err(path, f"{key}.units", 'missing unit (use "1" for dimensionless)')
+        if not t.get("citation"):
+            raise _err(path, f"{key}.citation", "every number needs a citation")
+        effects = tuple(
+            _effect(path, f"{key}.effects[{i}]", e, cov_names)
+            for i, e in enumerate(t.get("effects", []))
+        )
+        lo = _num(path, f"{key}.lower", t["lower"]) if "lower" in t else -np.inf
+        hi = _num(path, f"{key}.upper", t["upper"]) if "upper" in t else np.inf
+        params.append(
+            ParameterSpec(
+                name,
+                _num(path, f"{key}.typical", t["typical"]),
+                str(t["units"]),
+                str(t["citation"]),
+                effects,
+                lo,
+                hi,
+            )
+        )
+    pnames = {p.name for p in params}
+    iiv = raw.get("iiv", {})
+    _check_keys(path, "iiv", iiv, {"parameters", "omega", "sd", "citation"})
+    eta = tuple(iiv.get("parameters", ()))
+    for v in eta:
+        if v not in pnames:
+            raise _err(
+                path, "iiv.parameters", f"unknown parameter {v!r}; defined: {sorted(pnames)}"
+            )
+    if eta:
+        if not iiv.get("citation"):
+            raise _err(path, "iiv.citation", "every number needs a citation")
+        if ("omega" in iiv) == ("sd" in iiv):
+            raise _err(path, "iiv", "give exactly one of omega (variance matrix) or sd (list)")
+        if "sd" in iiv:
+            sd = [_num(path, "iiv.sd", s) for s in iiv["sd"]]
+            if len(sd) != len(eta) or min(sd) <= 0:
+                raise _err(path, "iiv.sd", f"needs {len(eta)} positive standard deviations")
+            omega = np.diag(np.square(sd))
+        else:
+            omega = _matrix(path, "iiv.omega", iiv["omega"], len(eta), "omega")
+    else:
+        omega = np.zeros((0, 0))
+    known = cov_names | pnames
+    filters = []
+    for i, f in enumerate(raw.get("filters", [])):
+        key = f"filters[{i}]"
+        _check_keys(path, key, f, {"name", "expression", "lower", "upper", "citation"})
+        if "expression" not in f:
+            raise _err(path, f"{key}.expression", "missing expression")
+        try:
+            unknown = names_in(f["expression"]) - known
+        except ExpressionError as exc:
+            raise _err(path, f"{key}.expression", str(exc)) from None
+        if unknown:
+            raise _err(path, f"{key}.expression", f"unknown name(s) {sorted(unknown)}")
+        lo = _num(path, f"{key}.lower", f["lower"]) if "lower" in f else -np.inf
+        hi = _num(path, f"{key}.upper", f["upper"]) if "upper" in f else np.inf
+        filters.append(Filter(str(f.get("name", f["expression"])), f["expression"], lo, hi))
+    targets = []
+    for i, t in enumerate(raw.get("targets", [])):
+        key = f"targets[{i}]"
+        _check_keys(
+            path,
+            key,
+            t,
+            {
+                "name",
+                "expression",
+                "distribution",
+                "mean",
+                "sd",
+                "median",
+                "cv",
+                "values",
+                "citation",
+            },
+        )
+        dist = t.get("distribution")
+        if dist not in ("normal", "lognormal", "data"):
+            raise _err(path, f"{key}.distribution", "must be normal, lognormal or data")
+        if "expression" not in t:
+            raise _err(path, f"{key}.expression", "missing expression")
+        if not t.get("citation"):
+            raise _err(path, f"{key}.citation", "every number needs a citation")
+        try:
+            unknown = names_in(t["expression"]) - known
+        except ExpressionError as exc:
+            raise _err(path, f"{key}.expression", str(exc)) from None
+        if unknown:
+            raise _err(path, f"{key}.expression", f"unknown name(s) {sorted(unknown)}")
+        args = {k: t[k] for k in ("mean", "sd", "median", "cv", "values") if k in t}
+        targets.append(Target(str(t.get("name", t["expression"])), t["expression"], dist, args))
+    digest = digest or hashlib.sha256(repr(raw).encode()).hexdigest()[:16]
+    return PopulationSpec(
+        path,
+        str(meta["name"]),
+        meta.get("model"),
+        str(meta.get("citation", "")),
+        covariates,
+        cvars,
+        cm,
+        tuple(params),
+        eta,
+        omega,
+        tuple(filters),
+        tuple(targets),
+        digest,
+    )

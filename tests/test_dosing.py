@@ -1,0 +1,210 @@
+"""NONMEM-style dosing records: validation messages, resets (EVID 3/4) and RATE=-2."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import cohort
+from cohort import DosingError, InputError, Regimen
+
+PK1_IV = cohort.models.get("pk1_iv")
+PK2_ORAL = cohort.models.get("pk2_oral")  # states: depot, central, periph
+TIMES = cohort.grid(0.0, 24.0, 0.5)
+
+
+def records(**cols):
+    """One patient's records; defaults: a 100 mg bolus into CMT 1 at 0 and an observation."""
+    base = {"ID": [1, 1], "TIME": [0.0, 2.0], "AMT": [100.0, 0.0], "EVID": [1, 0], "CMT": [1, 2]}
+    base.update(cols)
+    return pd.DataFrame(base)
+
+
+def reject(df, row, column, match="", model=PK2_ORAL, n=1):
+    pattern = rf"row {row}, column {column}\b.*{match}"
+    with pytest.raises(DosingError, match=pattern):
+        cohort.simulate(model, None, df, TIMES, n=n)
+
+
+# -- malformed records --------------------------------------------------------------------------
+def test_negative_amount():
+    reject(records(AMT=[-5.0, 0.0]), 1, "AMT", "finite number >= 0")
+    reject(records(AMT=[100.0, 0.0, -1.0], ID=[1, 1, 1], TIME=[0.0, 1.0, 2.0], EVID=[1, 0, 1],
+                   CMT=[1, 2, 2]), 3, "AMT")
+
+
+def test_addl_without_interval():
+    reject(records(ADDL=[2, 0], II=[0.0, 0.0]), 1, "II", "needs an interdose interval")
+    reject(records(ADDL=[2, 0], II=[-12.0, 0.0]), 1, "II")
+
+
+def test_unknown_compartment_number():
+    reject(records(CMT=[4, 2]), 1, "CMT", "unknown compartment number 4")
+    reject(records(CMT=[0, 2]), 1, "CMT", "unknown compartment number 0")
+
+
+def test_unknown_compartment_name():
+    reject(records(CMT=["gut", 2]), 1, "CMT", "unknown compartment 'gut'")
+
+
+@pytest.mark.parametrize("cmt", ["periph", 3])
+def test_non_dosable_compartment(cmt):
+    # pk2_oral doses go to depot or central; the peripheral compartment cannot receive doses.
+    reject(records(CMT=[cmt, 2]), 1, "CMT", "cannot receive doses")
+
+
+def test_time_not_monotone_within_id():
+    df = pd.DataFrame({"ID": [1, 1, 2, 2, 2], "TIME": [0.0, 4.0, 0.0, 6.0, 5.0],
+                       "AMT": [10.0, 0, 10.0, 0, 0], "EVID": [1, 0, 1, 0, 0], "CMT": 1})
+    reject(df, 5, "TIME", "earlier than the previous record", n=2)
+
+
+def test_non_numeric_values():
+    reject(records(AMT=["ten", 0]), 1, "AMT", "not a number")
+    reject(records(TIME=[0.0, "2h"]), 2, "TIME", "not a number")
+    reject(records(II=[12.0, "x"], ADDL=[1, 0]), 2, "II", "not a number")
+
+
+@pytest.mark.parametrize(
+    ("cols", "column"),
+    [
+        ({"EVID": [7, 0]}, "EVID"),
+        ({"RATE": [-1.0, 0.0]}, "RATE"),
+        ({"ADDL": [1.5, 0], "II": [12.0, 0.0]}, "ADDL"),
+        ({"SS": [2, 0], "II": [12.0, 0.0]}, "SS"),
+        ({"SS": [1, 0], "II": [0.0, 0.0]}, "II"),
+        ({"TIME": [np.nan, 2.0]}, "TIME"),
+        ({"AMT": [np.inf, 0.0]}, "AMT"),
+    ],
+)
+def test_other_invalid_fields(cols, column):
+    reject(records(**cols), 1, column)
+
+
+def test_records_of_a_patient_must_be_contiguous():
+    df = pd.DataFrame({"ID": [1, 2, 1], "TIME": [0.0, 0.0, 1.0], "AMT": [1.0, 1.0, 1.0],
+                       "EVID": 1, "CMT": 1})
+    reject(df, 3, "ID", n=2)
+
+
+def test_patient_count_mismatch():
+    df = pd.DataFrame({"ID": [1, 2], "TIME": 0.0, "AMT": 1.0, "EVID": 1, "CMT": 1})
+    with pytest.raises(DosingError, match="2 patients but the population has 3"):
+        cohort.simulate(PK2_ORAL, None, df, TIMES, n=3)
+
+
+# Malformed records that are currently accepted or fail without naming row and column.
+def test_missing_cmt_on_a_dose_row_names_row_and_column():
+    # Currently a bare ValueError("cannot convert float NaN to integer") from _cmt_index.
+    reject(records(CMT=[np.nan, 2]), 1, "CMT")
+
+
+def test_fractional_cmt_is_rejected():
+    # Currently CMT=1.7 is silently truncated to compartment 1.
+    reject(records(CMT=[1.7, 2]), 1, "CMT")
+
+
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")
+def test_infinite_interval_is_rejected():
+    # Currently II=inf with ADDL=1 makes the first dose time 0 + 0*inf = nan: the dose silently
+    # disappears and the patient is reported with status OK and zero concentrations.
+    reject(records(ADDL=[1, 0], II=[np.inf, 0.0]), 1, "II")
+
+
+# -- accepted spellings ---------------------------------------------------------------------------
+def test_cmt_name_number_and_regimen_agree():
+    dose = {"ID": [1, 1], "TIME": [0.0, 6.0], "AMT": [100.0, 50.0], "EVID": [1, 1]}
+    by_number = pd.DataFrame({**dose, "CMT": [1, 2]})
+    by_name = pd.DataFrame({**dose, "cmt": ["depot", "central"]})  # lower-case column too
+    by_text = pd.DataFrame({**dose, "CMT": ["1", "2"]})
+    regs = [Regimen(100.0, "depot"), Regimen(50.0, "central", time=6.0)]
+    runs = [cohort.simulate(PK2_ORAL, None, d, TIMES, n=1, method="closed_form").conc.values
+            for d in (by_number, by_name, by_text, regs)]
+    for r in runs[1:]:
+        np.testing.assert_array_equal(r, runs[0])
+    assert runs[0].max() > 1.0
+
+
+# -- EVID 3 / EVID 4 / RATE=-2 against analytic solutions ------------------------------------------
+CL, V = 2.0, 20.0
+K = CL / V
+D_CENTRAL = np.array([1.0, 1.0, 1.0, 2.5, 4.0, 1.0])
+
+
+def bolus(t, dose):
+    return np.where(t >= 0, dose / V * np.exp(-K * np.maximum(t, 0.0)), 0.0)
+
+
+def infusion(t, rate, dur):
+    t = np.asarray(t, float)
+    during = rate / CL * (1.0 - np.exp(-K * np.clip(t, 0.0, dur)))
+    after = rate / CL * (1.0 - np.exp(-K * dur)) * np.exp(-K * np.maximum(t - dur, 0.0))
+    return np.where(t < 0, 0.0, np.where(t <= dur, during, after))
+
+
+RESET_RECORDS = pd.DataFrame(
+    [
+        # ID 1: bolus, reset (EVID 3) at 5, new bolus at 10
+        (1, 0.0, 100.0, 1, 1, 0.0),
+        (1, 5.0, 0.0, 3, 1, 0.0),
+        (1, 10.0, 50.0, 1, "central", 0.0),
+        # ID 2: 10-h infusion interrupted by a reset at 4; its scheduled end must not go negative
+        (2, 0.0, 100.0, 1, 1, 10.0),
+        (2, 4.0, 0.0, 3, 1, 0.0),
+        # ID 3: bolus, then reset-and-dose (EVID 4) at 8
+        (3, 0.0, 100.0, 1, 1, 0.0),
+        (3, 8.0, 70.0, 4, 1, 0.0),
+        # ID 4: RATE=-2 infusion, duration D_central = 2.5 h
+        (4, 1.0, 100.0, 1, 1, -2.0),
+        # ID 5: bolus, then EVID 4 with a RATE=-2 infusion (D_central = 4 h) at 6
+        (5, 0.0, 80.0, 1, 1, 0.0),
+        (5, 6.0, 120.0, 4, 1, -2.0),
+        # ID 6: observation and other-type records only
+        (6, 0.0, 0.0, 0, 1, 0.0),
+        (6, 3.0, 0.0, 2, 1, 0.0),
+    ],
+    columns=["ID", "TIME", "AMT", "EVID", "CMT", "RATE"],
+)
+
+
+def reset_reference(t):
+    ref = np.zeros((6, len(t)))
+    ref[0] = np.where(t < 5.0, bolus(t, 100.0), 0.0) + bolus(t - 10.0, 50.0)
+    ref[1] = np.where(t < 4.0, infusion(t, 10.0, 10.0), 0.0)
+    ref[2] = np.where(t < 8.0, bolus(t, 100.0), bolus(t - 8.0, 70.0))
+    ref[3] = infusion(t - 1.0, 100.0 / 2.5, 2.5)
+    ref[4] = np.where(t < 6.0, bolus(t, 80.0), infusion(t - 6.0, 120.0 / 4.0, 4.0))
+    return ref
+
+
+@pytest.mark.parametrize("method", ["closed_form", "diffrax", "fast"])
+def test_reset_reset_dose_and_modelled_duration(method):
+    pop = {"CL": CL, "V": V, "D_central": D_CENTRAL}
+    ds = cohort.simulate(PK1_IV, pop, RESET_RECORDS, TIMES, method=method)
+    np.testing.assert_array_equal(ds.status.values, 0)
+    got = ds.conc.values
+    ref = reset_reference(TIMES)
+    scale = ref.max(axis=1, keepdims=True)
+    scale[5] = 1.0
+    np.testing.assert_array_less(np.abs(got - ref) / scale, 1e-6)
+    # Resets give exact zeros (right-continuous: already zero at the reset time itself).
+    assert np.all(got[0][(TIMES >= 5.0) & (TIMES < 10.0)] == 0.0)
+    assert np.all(got[1][TIMES >= 4.0] == 0.0)
+    assert np.all(got[5] == 0.0)
+    # EVID 4 at t = 8 reports the new dose only.
+    assert got[2][TIMES == 8.0][0] == pytest.approx(70.0 / V, rel=1e-12)
+    # The duration parameter is reported with the other parameters.
+    np.testing.assert_array_equal(ds.D_central.values, D_CENTRAL)
+
+
+def test_rate_minus_two_needs_duration_parameter():
+    df = pd.DataFrame({"ID": [1], "TIME": [0.0], "AMT": [100.0], "EVID": [1], "CMT": [1],
+                       "RATE": [-2.0]})
+    with pytest.raises(InputError, match="D_central"):
+        cohort.simulate(PK1_IV, {"CL": CL, "V": V}, df, TIMES)
+    with pytest.raises(InputError, match="D_depot"):
+        cohort.simulate(PK2_ORAL, None, df, TIMES, n=1)
+    # Unknown population names are rejected, but D_<cmt> durations are accepted.
+    with pytest.raises(InputError, match="unknown parameter"):
+        cohort.simulate(PK1_IV, {"CL": CL, "DUR": 2.0}, df, TIMES)

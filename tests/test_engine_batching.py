@@ -1,0 +1,144 @@
+"""Batching: a padded, vmapped batch of mixed regimens behaves like independent patients."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import cohort
+from cohort import Regimen, Status
+
+PK2_ORAL = cohort.models.get("pk2_oral")
+PK1_ORAL = cohort.models.get("pk1_oral")
+PKPD = cohort.models.get("pk2_oral_idr")
+TIMES = cohort.grid(0.0, 36.0, 1.0)
+METHODS = ("closed_form", "diffrax", "fast")
+
+
+
+def random_cohort(rng, n):
+    def ln(mu, cv):
+        return mu * np.exp(cv * rng.standard_normal(n))
+
+    return {
+        "CL": ln(3.0, 0.4), "V1": ln(30.0, 0.3), "Q": ln(4.0, 0.4), "V2": ln(60.0, 0.3),
+        "KA": ln(1.0, 0.5), "F": rng.uniform(0.3, 1.0, n), "ALAG": rng.uniform(0.0, 1.5, n),
+    }
+
+
+N_MIXED = 12
+MIXED_POP = random_cohort(np.random.default_rng(20240611), N_MIXED)
+TEMPLATES = [
+    [Regimen(320.0, "depot", ii=12.0, addl=2)],
+    [Regimen(90.0, "central", time=2.5, rate=30.0), Regimen(200.0, "depot", time=10.0)],
+    [],  # no doses at all
+    [Regimen(100.0, "depot", time=5.25), Regimen(50.0, "central", time=5.25),
+     Regimen(100.0, "depot", time=17.6, ii=6.0, addl=1)],
+    # a dose before the first save time, then an infusion between grid points
+    [Regimen(400.0, "depot", time=-3.0), Regimen(60.0, "central", time=20.2, duration=1.7)],
+]
+MIXED_DOSING = [TEMPLATES[i % len(TEMPLATES)] for i in range(N_MIXED)]
+
+
+def run(model, pop, dosing, method, times=TIMES, **kw):
+    return cohort.simulate(model, pop, dosing, times, method=method, **kw)
+
+
+@pytest.mark.parametrize(
+    "method", ["closed_form", "fast", pytest.param("diffrax", marks=pytest.mark.slow)]
+)
+def test_mixed_batch_equals_per_patient_loop(method):
+    batch = run(PK2_ORAL, MIXED_POP, MIXED_DOSING, method)
+    np.testing.assert_array_equal(batch.status.values, 0)
+    conc = batch.conc.values
+    assert np.all(conc[2] == 0.0)  # the undosed patient stays empty
+    assert conc[0].max() > 1.0 and conc[4, 0] > 1.0  # real doses went in (incl. before t=0)
+    for i, regs in enumerate(TEMPLATES):  # one single-patient run per distinct regimen
+        pop = {k: v[i : i + 1] for k, v in MIXED_POP.items()}
+        single = run(PK2_ORAL, pop, [regs], method)
+        assert single.status.values[0] == 0
+        # Same equations on different padding/batch shapes: equal to rounding.
+        np.testing.assert_allclose(conc[i], single.conc.values[0], rtol=1e-10,
+                                   atol=1e-12 * conc[i].max(), err_msg=f"patient {i}")
+
+
+def test_methods_agree_on_random_mixed_batch():
+    ref = run(PK2_ORAL, MIXED_POP, MIXED_DOSING, "closed_form").conc.values
+    scale = ref.max(axis=1, keepdims=True) + 1e-300
+    dfx = run(PK2_ORAL, MIXED_POP, MIXED_DOSING, "diffrax").conc.values
+    fast = run(PK2_ORAL, MIXED_POP, MIXED_DOSING, "fast").conc.values
+    assert np.max(np.abs(dfx - ref) / scale) < 1e-6
+    # RK4 with dt = 5 min, split exactly at doses: fourth order, well below 1e-5.
+    assert np.max(np.abs(fast - ref) / scale) < 1e-5
+
+
+def test_fast_float32_pkpd_close_to_float64_diffrax():
+    rng = np.random.default_rng(7)
+    n = 8
+    pop = random_cohort(rng, n) | {
+        "KIN": 10.0 * np.exp(0.2 * rng.standard_normal(n)),
+        "KOUT": 0.1 * np.exp(0.2 * rng.standard_normal(n)),
+        "IMAX": rng.uniform(0.5, 0.95, n),
+        "EC50": 5.0 * np.exp(0.3 * rng.standard_normal(n)),
+    }
+    dosing = Regimen(320.0, "depot", ii=12.0, addl=3)
+    ref = run(PKPD, pop, dosing, "diffrax")
+    f32 = run(PKPD, pop, dosing, "fast", dtype="float32")
+    assert f32.conc.dtype == np.float32 and f32.response.dtype == np.float32
+    assert ref.conc.dtype == np.float64
+    np.testing.assert_array_equal(ref.status.values, 0)
+    np.testing.assert_array_equal(f32.status.values, 0)
+    for name in ("conc", "response"):
+        a, b = ref[name].values, f32[name].values.astype(np.float64)
+        scale = np.max(np.abs(a), axis=1, keepdims=True)
+        err = np.max(np.abs(a - b) / scale, axis=1)
+        assert np.all(err < 1e-3), (name, err)
+    # The PD actually responds (inhibition lowers the response below baseline KIN/KOUT).
+    baseline = pop["KIN"] / pop["KOUT"]
+    assert np.all(ref.response.values.min(axis=1) < 0.9 * baseline)
+
+
+BAD_POP = {
+    "CL": np.array([3.0, 3.0, 1e3, np.nan, 2.0]),
+    "V": np.array([30.0, 30.0, 1e-3, 30.0, 25.0]),
+    "KA": np.array([1.0, 1e5, 1.0, 1.0, 0.7]),
+}
+BAD = [1, 2, 3]  # KA above its bound; CL/V = 1e6 /h (in bounds, absurdly stiff); CL = nan
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_bad_patients_are_isolated(method):
+    dosing = [[Regimen(100.0, "depot", ii=12.0, addl=1)]] * 3 + [
+        [Regimen(100.0, "depot", time=4.0), Regimen(10.0, "central", time=7.0, duration=2.0)]
+    ] * 2
+    opts = cohort.DiffraxOptions(max_steps=2048) if method == "diffrax" else None
+    bad = run(PK1_ORAL, BAD_POP, dosing, method, options=opts)
+    clean_pop = {k: v.copy() for k, v in BAD_POP.items()}
+    for k in clean_pop:  # replace the bad patients by defaults: same batch shape, clean run
+        clean_pop[k][BAD] = PK1_ORAL.defaults()[k]
+    clean = run(PK1_ORAL, clean_pop, dosing, method, options=opts)
+    np.testing.assert_array_equal(clean.status.values, 0)
+    status = bad.status.values
+    assert status[1] == Status.INVALID_PARAMETERS
+    assert status[3] == Status.INVALID_PARAMETERS
+    if method == "closed_form":
+        assert status[2] == Status.OK  # exact solution: stiffness is no problem
+    else:
+        assert status[2] != Status.OK
+    good = [0, 4]
+    np.testing.assert_array_equal(status[good], 0)
+    assert np.all(np.isnan(bad.conc.values[status != 0]))
+    # Neighbours of failing patients are bit-for-bit those of the clean run.
+    np.testing.assert_array_equal(bad.conc.values[good], clean.conc.values[good])
+    # Parameters are reported as given (not replaced by defaults).
+    assert bad.KA.values[1] == 1e5 and np.isnan(bad.CL.values[3])
+
+
+@pytest.mark.parametrize("method", ("closed_form", "fast"))
+def test_chunk_size_does_not_change_results(method):
+    whole = run(PK2_ORAL, MIXED_POP, MIXED_DOSING, method)
+    chunked = run(PK2_ORAL, MIXED_POP, MIXED_DOSING, method, chunk_size=5)  # 5 + 5 + 2 (padded)
+    assert chunked.attrs["chunk_size"] == 5
+    np.testing.assert_array_equal(whole.status.values, chunked.status.values)
+    np.testing.assert_array_equal(whole.conc.values, chunked.conc.values)
+    np.testing.assert_array_equal(chunked.CL.values, MIXED_POP["CL"])

@@ -1,0 +1,206 @@
+"""Virtual population generation: marginals, correlations, effects, filters, errors, matching."""
+
+import textwrap
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from cohort.population import SpecError, generate, load_spec, match
+
+SPEC = """
+[population]
+name = "test"
+[covariates.WT]
+distribution = "normal"
+mean = 70.0
+sd = 12.0
+units = "kg"
+citation = "test"
+[covariates.AGE]
+distribution = "lognormal"
+median = 40.0
+cv = 0.3
+units = "y"
+citation = "test"
+[covariates.HT]
+distribution = "normal"
+mean = 170.0
+sd = 9.0
+units = "cm"
+citation = "test"
+[covariates.SEX]
+distribution = "categorical"
+categories = ["F", "M"]
+probabilities = [0.4, 0.6]
+units = "1"
+citation = "test"
+[covariates.EGFR]
+distribution = "truncnormal"
+mean = 90.0
+sd = 25.0
+lower = 30.0
+upper = 150.0
+units = "mL/min/1.73m2"
+citation = "test"
+[correlation]
+variables = ["WT", "HT", "AGE"]
+matrix = [[1.0, 0.6, 0.2], [0.6, 1.0, -0.1], [0.2, -0.1, 1.0]]
+citation = "test"
+[parameters.CL]
+typical = 3.0
+units = "L/h"
+citation = "test"
+effects = [
+  { type = "power", covariate = "WT", reference = 70.0, coefficient = 0.75 },
+  { type = "categorical", covariate = "SEX", factors = { M = 1.2 } },
+]
+[parameters.V]
+typical = 30.0
+units = "L"
+citation = "test"
+effects = [{ type = "power", covariate = "WT", reference = 70.0, coefficient = 1.0 }]
+[iiv]
+parameters = ["CL", "V"]
+omega = [[0.09, 0.03], [0.03, 0.04]]
+citation = "test"
+"""
+
+
+@pytest.fixture(scope="module")
+def spec_path(tmp_path_factory):
+    p = tmp_path_factory.mktemp("spec") / "test.toml"
+    p.write_text(SPEC)
+    return p
+
+
+@pytest.fixture(scope="module")
+def big(spec_path):
+    return generate(spec_path, 100_000, seed=3)
+
+
+def _within_3se(x, mean, sd):
+    n = x.size
+    assert abs(x.mean() - mean) < 3 * sd / np.sqrt(n), (x.mean(), mean)
+    assert abs(x.std(ddof=1) - sd) < 3 * sd / np.sqrt(2 * (n - 1)), (x.std(ddof=1), sd)
+
+
+def test_marginals_match_spec(big):
+    _within_3se(big.WT.values, 70.0, 12.0)
+    _within_3se(big.HT.values, 170.0, 9.0)
+    s = np.sqrt(np.log1p(0.3**2))
+    _within_3se(np.log(big.AGE.values), np.log(40.0), s)
+    tn = stats.truncnorm((30 - 90) / 25, (150 - 90) / 25, loc=90, scale=25)
+    _within_3se(big.EGFR.values, tn.mean(), tn.std())
+    p_m = np.mean(big.SEX.values == 1)
+    assert abs(p_m - 0.6) < 3 * np.sqrt(0.24 / 1e5)
+    assert big.WT.attrs["units"] == "kg" and big.SEX.attrs["categories"] == ["F", "M"]
+
+
+def test_correlations_match_spec(big):
+    z = np.stack([big.WT.values, big.HT.values, np.log(big.AGE.values)])
+    target = np.array([[1.0, 0.6, 0.2], [0.6, 1.0, -0.1], [0.2, -0.1, 1.0]])
+    assert np.max(np.abs(np.corrcoef(z) - target)) < 0.02
+
+
+def test_parameter_model_effects_and_omega(big):
+    sex = np.where(big.SEX.values == 1, 1.2, 1.0)
+    eta_cl = np.log(big.CL.values / (3.0 * (big.WT.values / 70) ** 0.75 * sex))
+    eta_v = np.log(big.V.values / (30.0 * big.WT.values / 70))
+    cov = np.cov(np.stack([eta_cl, eta_v]))
+    np.testing.assert_allclose(cov, [[0.09, 0.03], [0.03, 0.04]], atol=0.003)
+    assert abs(eta_cl.mean()) < 3 * 0.3 / np.sqrt(1e5)
+
+
+def test_bit_identical_across_chunk_sizes(spec_path):
+    a = generate(spec_path, 5_000, seed=11, chunk_size=5_000)
+    b = generate(spec_path, 5_000, seed=11, chunk_size=333)
+    for k in a.data_vars:
+        assert np.array_equal(a[k].values, b[k].values), k
+    c = generate(spec_path, 5_000, seed=12)
+    assert not np.array_equal(a.CL.values, c.CL.values)
+
+
+def test_streaming_store_equals_memory(spec_path, tmp_path):
+    mem = generate(spec_path, 3_000, seed=5, chunk_size=700)
+    disk = generate(spec_path, 3_000, seed=5, chunk_size=700, out=tmp_path / "pop.zarr")
+    for k in mem.data_vars:
+        assert np.array_equal(mem[k].values, disk[k].values), k
+    assert disk.CL.attrs["units"] == "L/h" and disk.attrs["seed"] == 5
+
+
+def test_filters_resample_until_n_accepted(tmp_path):
+    spec = SPEC + textwrap.dedent("""
+        [[filters]]
+        name = "half-life"
+        expression = "0.693 * V / CL"
+        lower = 6.0
+        upper = 8.0
+        """)
+    p = tmp_path / "f.toml"
+    p.write_text(spec)
+    ds = generate(p, 2_000, seed=1)
+    thalf = 0.693 * ds.V.values / ds.CL.values
+    assert ds.sizes["patient"] == 2_000
+    assert thalf.min() >= 6.0 and thalf.max() <= 8.0
+    assert 0.05 < ds.attrs["acceptance_rate"] < 0.9
+
+
+@pytest.mark.parametrize(
+    "edit, key, words",
+    [
+        (("matrix = [[1.0, 0.6, 0.2], [0.6, 1.0, -0.1], [0.2, -0.1, 1.0]]",
+          "matrix = [[1.0, 0.99, 0.99], [0.99, 1.0, -0.9], [0.99, -0.9, 1.0]]"),
+         "correlation.matrix", "positive definite"),
+        (('distribution = "lognormal"', 'distribution = "lognormall"'),
+         "covariates.AGE.distribution", "unknown distribution"),
+        (('units = "cm"\n', ""), "covariates.HT.units", "missing unit"),
+        (("sd = 9.0", "sd = -9.0"), "covariates.HT.sd", "must be > 0"),
+        (("typical = 30.0", "typicl = 30.0"), "parameters.V", "unknown key"),
+        (('covariate = "WT", reference = 70.0, coefficient = 1.0',
+          'covariate = "WGT", reference = 70.0, coefficient = 1.0'),
+         "effects[0].covariate", "unknown covariate"),
+    ],
+)
+def test_malformed_specs_name_file_and_key(tmp_path, edit, key, words):
+    p = tmp_path / "bad.toml"
+    assert edit[0] in SPEC
+    p.write_text(SPEC.replace(edit[0], edit[1], 1))
+    with pytest.raises(SpecError) as exc:
+        load_spec(p)
+    msg = str(exc.value)
+    assert str(p) in msg and key in msg and words in msg, msg
+
+
+def test_unsafe_expression_rejected(tmp_path):
+    p = tmp_path / "evil.toml"
+    p.write_text(SPEC + '[[filters]]\nexpression = "__import__(\'os\').system(\'true\')"\n')
+    with pytest.raises(SpecError, match="only the functions"):
+        load_spec(p)
+
+
+def test_match_targets_reduces_ks(big):
+    from cohort.population.spec import Target
+
+    target = [Target("CL", "CL", "normal", {"mean": 3.6, "sd": 0.5})]
+    res = match(big, target, method="acceptance", seed=0)
+    assert res.ks_after["CL"] < 0.03 < res.ks_before["CL"]
+    sel = big.CL.values[res.selected]
+    assert abs(sel.mean() - 3.6) < 0.05 and abs(sel.std() - 0.5) < 0.05
+    w = match(big, target, method="weights")
+    assert w.ks_after["CL"] < 0.03 and abs(np.sum(w.weights * big.CL.values) - 3.6) < 0.05
+
+
+@pytest.mark.parametrize("name", ["adult_pk_oral", "neonate_phenobarbital"])
+def test_shipped_specs_generate(name):
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "priors" / f"{name}.toml"
+    spec = load_spec(path)
+    ds = generate(spec, 20_000, seed=2)
+    assert set(spec.parameter_names) <= set(ds.data_vars)
+    if name == "neonate_phenobarbital":
+        # V/WGT = 0.984258 (1 + 0.15892 [APGR < 5]) exp(eta): check the APGAR factor.
+        r = np.log(ds.V.values / ds.WGT.values / 0.984258)
+        low = ds.APGR.values < 5
+        assert abs((r[low].mean() - r[~low].mean()) - np.log(1.158920)) < 0.01

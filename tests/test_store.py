@@ -1,0 +1,161 @@
+"""zarr result stores: round trip, provenance, refusing to clobber, crash and resume."""
+
+from __future__ import annotations
+
+import datetime
+
+import numpy as np
+import pytest
+import xarray as xr
+
+import cohort
+from cohort import Regimen
+from cohort.store import ResultStore, StoreError
+
+MODEL = cohort.models.get("pk1_iv")
+N = 10
+CHUNK = 3  # chunks of 3, 3, 3 and 1 patients
+POP = {"CL": np.linspace(1.0, 5.0, N), "V": np.linspace(15.0, 40.0, N)}
+DOSE = Regimen(100.0, "central", ii=12.0, addl=1)
+TIMES = cohort.grid(0.0, 24.0, 1.0)
+VARS = ("conc", "status", "CL", "V")
+
+
+def run(out=None, pop=POP, dose=DOSE, chunk_size=CHUNK, **kw):
+    return cohort.simulate(MODEL, pop, dose, TIMES, method="closed_form", chunk_size=chunk_size,
+                           out=out, **kw)
+
+
+def assert_same_store(a: xr.Dataset, b: xr.Dataset):
+    for name in (*VARS, "chunk_done", "patient", "time"):
+        np.testing.assert_array_equal(a[name].values, b[name].values, err_msg=name)
+        assert a[name].dtype == b[name].dtype, name
+
+
+def test_round_trip_values_and_provenance(tmp_path):
+    mem = run()
+    ds = run(tmp_path / "x.zarr")
+    assert ds.conc.dims == ("patient", "time")
+    for name in VARS:
+        np.testing.assert_array_equal(ds[name].values, mem[name].values, err_msg=name)
+    np.testing.assert_array_equal(ds.time.values, TIMES)
+    np.testing.assert_array_equal(ds.patient.values, np.arange(N))
+    np.testing.assert_array_equal(ds.status.values, 0)
+    assert ds.conc.values[0, 0] == pytest.approx(100.0 / POP["V"][0], rel=1e-12)
+    assert bool(ds.chunk_done.all()) and ds.chunk_done.size == 4
+    assert "incomplete" not in ds.attrs
+    # Units and provenance.
+    assert ds.conc.attrs["units"] == "mg/L"
+    assert ds.CL.attrs["units"] == "L/h" and ds.time.attrs["units"] == "h"
+    assert ds.attrs["model"] == "pk1_iv"
+    assert ds.attrs["model_hash"] == MODEL.fingerprint()
+    assert ds.attrs["cohort_version"] == cohort.__version__
+    assert ds.attrs["spec_hash"] == mem.attrs["spec_hash"] and len(ds.attrs["spec_hash"]) > 8
+    assert ds.attrs["method"] == "closed_form" and ds.attrs["chunk_size"] == CHUNK
+    created = datetime.datetime.fromisoformat(ds.attrs["created"])
+    age = datetime.datetime.now(datetime.timezone.utc) - created
+    assert datetime.timedelta(0) <= age < datetime.timedelta(minutes=10)
+    # open_result reads the same thing back.
+    again = cohort.open_result(tmp_path / "x.zarr")
+    assert_same_store(again, ds)
+
+
+def test_existing_path_is_not_clobbered(tmp_path):
+    path = tmp_path / "x.zarr"
+    first = run(path).conc.values
+    with pytest.raises(StoreError, match="already exists"):
+        run(path, dose=Regimen(200.0, "central"))
+    np.testing.assert_array_equal(cohort.open_result(path).conc.values, first)
+    # overwrite=True replaces it.
+    ds = run(path, dose=Regimen(200.0, "central"), overwrite=True)
+    assert ds.conc.values[0, 0] == pytest.approx(200.0 / POP["V"][0], rel=1e-12)
+
+
+def test_crash_then_resume_equals_clean_run(tmp_path, monkeypatch):
+    clean = run(tmp_path / "clean.zarr")
+    path = tmp_path / "x.zarr"
+    calls = []
+
+    def crash_after_two_chunks(done, total):
+        calls.append(done)
+        assert total == N
+        if done >= 2 * CHUNK:
+            raise RuntimeError("simulated crash")
+
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        run(path, progress=crash_after_two_chunks)
+    assert calls == [0, 3, 6]
+    partial = cohort.open_result(path)
+    np.testing.assert_array_equal(partial.chunk_done.values, [True, True, False, False])
+    assert "incomplete" in partial.attrs
+    np.testing.assert_array_equal(partial.status.values[: 2 * CHUNK], 0)
+    np.testing.assert_array_equal(partial.status.values[2 * CHUNK :], -1)  # not computed yet
+    np.testing.assert_array_equal(partial.conc.values[: 2 * CHUNK],
+                                  clean.conc.values[: 2 * CHUNK])
+    chunk_files = [path / "conc" / "c" / str(k) / "0" for k in (0, 1)]
+    stamps = [f.stat().st_mtime_ns for f in chunk_files]
+
+    written = []
+    original = ResultStore.write_chunk
+
+    def spy(self, k, *args, **kw):
+        written.append(k)
+        return original(self, k, *args, **kw)
+
+    monkeypatch.setattr(ResultStore, "write_chunk", spy)
+    resumed_calls = []
+    ds = run(path, resume=True, progress=lambda done, total: resumed_calls.append(done))
+    # Only the unfinished chunks were computed and written.
+    assert written == [2, 3]
+    assert resumed_calls == [6, 9, 10]
+    assert [f.stat().st_mtime_ns for f in chunk_files] == stamps
+    assert "incomplete" not in ds.attrs
+    assert_same_store(ds, clean)
+    assert ds.attrs["spec_hash"] == clean.attrs["spec_hash"]
+
+    # Resuming a finished store computes nothing.
+    written.clear()
+    again = run(path, resume=True)
+    assert written == []
+    assert_same_store(again, clean)
+
+
+def test_resume_with_different_inputs_is_refused(tmp_path):
+    path = tmp_path / "x.zarr"
+    run(path)
+    with pytest.raises(StoreError, match="different inputs"):
+        run(path, dose=Regimen(150.0, "central", ii=12.0, addl=1), resume=True)
+    with pytest.raises(StoreError, match="different inputs"):
+        run(path, pop={"CL": POP["CL"] * 1.01, "V": POP["V"]}, resume=True)
+    with pytest.raises(StoreError, match="chunk_size"):
+        run(path, chunk_size=4, resume=True)
+
+
+def test_store_errors_for_missing_or_foreign_paths(tmp_path):
+    with pytest.raises(StoreError, match="no result store"):
+        cohort.open_result(tmp_path / "missing.zarr")
+    foreign = tmp_path / "notastore"
+    foreign.mkdir()
+    (foreign / "readme.txt").write_text("hello")
+    with pytest.raises(StoreError):
+        run(foreign, resume=True)
+
+
+def test_torn_chunk_is_recomputed_on_resume(tmp_path, monkeypatch):
+    clean = run(tmp_path / "clean.zarr")
+    path = tmp_path / "x.zarr"
+    original = ResultStore.write_chunk
+
+    def torn(self, k, outputs, status, params):
+        if k == 1:  # die after writing garbage outputs, before chunk_done is flagged
+            self.group["conc"][k * CHUNK : (k + 1) * CHUNK, :] = -1.0
+            raise OSError("disk vanished")
+        return original(self, k, outputs, status, params)
+
+    monkeypatch.setattr(ResultStore, "write_chunk", torn)
+    with pytest.raises(OSError, match="disk vanished"):
+        run(path)
+    done = cohort.open_result(path).chunk_done.values
+    assert done[0] and not done[1]
+    monkeypatch.setattr(ResultStore, "write_chunk", original)
+    assert_same_store(run(path, resume=True), clean)
