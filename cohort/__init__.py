@@ -15,7 +15,7 @@ class CohortWarning(UserWarning):
     """Warnings raised by cohort itself (turned into errors in the test suite)."""
 
 
-from cohort import dosing, models  # noqa: E402
+from cohort import dosing, models, population  # noqa: E402
 from cohort.dosing import DosingError, Regimen  # noqa: E402
 from cohort.engine import (  # noqa: E402
     DiffraxOptions,
@@ -39,5 +39,6 @@ __all__ = [
     "grid",
     "models",
     "open_result",
+    "population",
     "simulate",
 ]

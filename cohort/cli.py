@@ -171,7 +171,16 @@ def simulate(
     if population is not None:
         if not population.exists():
             _fail(f"--population: no such file {population}")
-        pop = {c: v.to_numpy() for c, v in pd.read_csv(population).items()}
+        if population.suffix == ".zarr" or population.is_dir():
+            import xarray as xr
+
+            pop_ds = xr.open_zarr(str(population), consolidated=False)
+            pop = {k: pop_ds[k].values for k in m.parameter_names if k in pop_ds}
+            if not pop:
+                _fail(f"--population: {population} has none of {m.name}'s parameters "
+                      f"{list(m.parameter_names)}")
+        else:
+            pop = {c: v.to_numpy() for c, v in pd.read_csv(population).items()}
         n = len(next(iter(pop.values())))
     else:
         pop = _lognormal_population(m, n, seed, iiv)
@@ -207,6 +216,44 @@ def simulate(
     )
     console.print(_summary(ds, list(m.output_names)))
     console.print(f"done in {time.perf_counter() - t0:.1f} s -> [bold]{out}[/]")
+
+
+@app.command()
+def generate(
+    spec: Path = typer.Argument(..., help="prior spec, e.g. priors/adult_pk_oral.toml"),
+    n: int = typer.Option(10_000, help="number of virtual patients"),
+    seed: int = typer.Option(1, help="random seed"),
+    out: Path = typer.Option(Path("runs/population.zarr"), "--out", "-o", help="zarr store"),
+    chunk_size: int = typer.Option(200_000, help="patients per chunk"),
+    overwrite: bool = typer.Option(False, help="replace an existing --out"),
+    plot: Path = typer.Option(None, help="PNG with covariate/parameter histograms"),
+):
+    """Generate a virtual population from a prior spec into a zarr store."""
+    from cohort import population as popmod
+
+    t0 = time.perf_counter()
+    try:
+        with _progress() as bar:
+            task = bar.add_task("generating", total=n)
+            ds = popmod.generate(spec, n, seed, chunk_size=chunk_size, out=out,
+                                 overwrite=overwrite,
+                                 progress=lambda d, t: bar.update(task, completed=d, total=t))
+    except (popmod.SpecError, popmod.PopulationError) as exc:
+        _fail(str(exc))
+    dt = time.perf_counter() - t0
+    table = Table("variable", "units", "p5", "median", "p95", title=ds.attrs["population"])
+    for k in ds.data_vars:
+        v = np.asarray(ds[k].values)
+        table.add_row(k, ds[k].attrs.get("units", ""),
+                      *(f"{x:.4g}" for x in np.quantile(v, [0.05, 0.5, 0.95])))
+    console.print(table)
+    console.print(f"{n:,} patients in {dt:.2f} s, acceptance rate "
+                  f"{ds.attrs['acceptance_rate']:.1%} -> [bold]{out}[/]")
+    if plot is not None:
+        from cohort import plots
+
+        plots.histograms(ds, plot)
+        console.print(f"figure: [bold]{plot}[/]")
 
 
 @app.command()

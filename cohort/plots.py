@@ -34,3 +34,24 @@ def band(ds: xr.Dataset, outputs: list[str], path: str | Path, q=(0.05, 0.5, 0.9
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def histograms(ds: xr.Dataset, path: str | Path, max_points: int = 100_000) -> Path:
+    """One histogram per patient-level variable (covariates and parameters), saved as PNG."""
+    names = [k for k in ds.data_vars if ds[k].dims == ("patient",)]
+    cols = min(4, len(names))
+    rows = -(-len(names) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.6 * rows), squeeze=False)
+    for ax, name in zip(axes.flat, names):
+        v = np.asarray(ds[name].values[:max_points], dtype=float)
+        ax.hist(v[np.isfinite(v)], bins=50, color="tab:blue", alpha=0.8)
+        ax.set_title(f"{name} [{ds[name].attrs.get('units', '')}]", fontsize=9)
+    for ax in list(axes.flat)[len(names):]:
+        ax.axis("off")
+    fig.suptitle(str(ds.attrs.get("population", "")))
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
