@@ -21,6 +21,7 @@ from cohort.engine.events import (
     RESET,
     SS_BOLUS,
     SS_INFUSION,
+    interval_flags,
     resolve,
     take,
     with_sentinel,
@@ -137,7 +138,7 @@ def solve_batch(
     dtype = r.dtype
     names = model.state_names
 
-    def advance(c, t_b, decay=None):
+    def advance(c, t_b, grid_step: bool = True):
         """Apply every record due by ``t_b`` (exactly at its time), then propagate to ``t_b``."""
 
         def pending(c):
@@ -153,16 +154,24 @@ def solve_batch(
             ptr = jnp.minimum(ptr + due.astype(ptr.dtype), ch.time.shape[1] - 1)
             return target, a, u, ptr, last_reset
 
-        any_due = pending(c)
-        c = jax.lax.cond(any_due, lambda c: jax.lax.while_loop(pending, body, c), lambda c: c, c)
-        tc, a, u, ptr, last_reset = c
-        if decay is None or with_infusion:
-            a = _propagate(a, u, r, w, t_b - tc, with_infusion)
-        else:  # uniform grid, no records in this interval: the precomputed one-step decay
-            a = jax.lax.cond(
-                any_due, lambda a: _propagate(a, u, r, w, t_b - tc, False), lambda a: a * decay, a
-            )
+        ptr0 = c[3]
+        tc, a, u, ptr, last_reset = jax.lax.while_loop(pending, body, c)
+        exact = _propagate(a, u, r, w, t_b - tc, with_infusion)
+        if grid_step:
+            # Patients without a record in this interval take the same plain step as in
+            # `plain`, so results do not depend on which other patients share the batch.
+            exact = jnp.where(ptr == ptr0, _plain_step(a, u, tc, t_b), exact)
+        a = exact
         return jnp.broadcast_to(t_b, tc.shape).astype(tc.dtype), a, u, ptr, last_reset
+
+    steps = np.diff(np.asarray(times, dtype=float))
+    uniform = steps.size > 0 and np.allclose(steps, steps[0], rtol=0, atol=1e-12 * abs(steps[0]))
+    decay = jnp.exp(r * jnp.asarray(steps[0], dtype)) if uniform and not with_infusion else None
+
+    def _plain_step(a, u, t_a, t_b):
+        if decay is not None:  # uniform grid, no infusions: the precomputed one-step decay
+            return a * decay
+        return _propagate(a, u, r, w, t_b - t_a, with_infusion)
 
     def observe(a):
         y = {s: sum(dirs[i, k] * a[k] for k in range(a.shape[0])) for i, s in enumerate(names)}
@@ -177,16 +186,20 @@ def solve_batch(
         jnp.zeros(n, jnp.int32),
         jnp.full(n, -jnp.inf, dtype),
     )
-    c = advance(c, jnp.asarray(times[0], dtype))
+    c = advance(c, jnp.asarray(times[0], dtype), grid_step=False)
     tgrid = jnp.asarray(times, dtype)
-    steps = np.diff(np.asarray(times, dtype=float))
-    uniform = steps.size > 0 and np.allclose(steps, steps[0], rtol=0, atol=1e-12 * abs(steps[0]))
-    decay = jnp.exp(r * steps[0]) if uniform else None
+    has_event = interval_flags(ch.time, tgrid)
 
-    def step(c, t_b):
-        c = advance(c, t_b, decay)
+    def step(c, i):
+        t_b = tgrid[i + 1]
+
+        def plain(c):
+            tc, a, u, ptr, last_reset = c
+            return jnp.broadcast_to(t_b, tc.shape), _plain_step(a, u, tc, t_b), u, ptr, last_reset
+
+        c = jax.lax.cond(has_event[i], lambda c: advance(c, t_b), plain, c)
         return c, observe(c[1])
 
     first = observe(c[1])
-    _, rest = jax.lax.scan(step, c, tgrid[1:])
+    _, rest = jax.lax.scan(step, c, jnp.arange(len(times) - 1))
     return {o: jnp.concatenate([first[o][None], rest[o]]) for o in outputs}

@@ -118,3 +118,14 @@ def with_sentinel(ch: Changes) -> Changes:
 def take(ch: Changes, ptr) -> dict:
     """Each patient's record at its pointer ``ptr [N]`` from batched changes ``[N, R]``."""
     return {f: jnp.take_along_axis(getattr(ch, f), ptr[:, None], axis=1)[:, 0] for f in ch._fields}
+
+
+def interval_flags(change_time, tgrid):
+    """``flags[i]``: some patient has a change record in ``(tgrid[i], tgrid[i+1]]``.
+
+    Lets the engines take a plain, control-flow-free step through the (common) intervals in
+    which no patient has a dose, infusion switch or reset.
+    """
+    idx = jnp.searchsorted(tgrid, change_time.reshape(-1), side="left") - 1
+    flags = jnp.zeros(tgrid.shape[0] - 1, bool)
+    return flags.at[idx].set(True, mode="drop") if idx.size else flags

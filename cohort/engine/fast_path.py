@@ -21,7 +21,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from cohort.engine.common import apply_change, first_ss_index
-from cohort.engine.events import SS_INFUSION, Changes, resolve, take, with_sentinel
+from cohort.engine.events import (
+    SS_INFUSION,
+    Changes,
+    interval_flags,
+    resolve,
+    take,
+    with_sentinel,
+)
 from cohort.models.base import Model, Tree
 
 
@@ -86,11 +93,16 @@ def _substep(model, p, ch, y_init, y_ss, carry, t_b):
     return jnp.broadcast_to(t_b, tc.shape).astype(tc.dtype), y, u, ptr, last_reset
 
 
-def _advance(model, p, ch, y_init, y_ss, carry, t_a, t_b, n_sub: int):
-    h = (t_b - t_a) / n_sub
+def _sub_end(t_a, t_b, n_sub: int, k):
+    """End time of substep ``k`` of ``n_sub`` equal substeps of ``[t_a, t_b]`` (exactly ``t_b``
+    for the last one, so intervals chain without rounding drift). Both the plain and the
+    event-splitting path use it, which keeps results bit-identical across batch compositions."""
+    return jnp.where(k + 1 == n_sub, t_b, t_a + (k + 1) * ((t_b - t_a) / n_sub))
 
-    def sub(i, c):
-        return _substep(model, p, ch, y_init, y_ss, c, t_a + (i + 1) * h)
+
+def _advance(model, p, ch, y_init, y_ss, carry, t_a, t_b, n_sub: int):
+    def sub(k, c):
+        return _substep(model, p, ch, y_init, y_ss, c, _sub_end(t_a, t_b, n_sub, k))
 
     return jax.lax.fori_loop(0, n_sub, sub, carry)
 
@@ -171,7 +183,7 @@ def solve_batch(
     ``times[0]``) and ``ss_interval`` the largest SS dosing interval in the batch (0 if none);
     all are static so substep counts are Python ints derived from the step ``dt``.
     Returns ``(outputs, finite, min_scaled)`` where ``finite`` says every state stayed finite and
-    ``min_scaled`` is the most negative state value relative to that state's largest magnitude.
+    ``min_scaled`` is the most negative state value relative to the largest state value.
     """
     times = np.asarray(times, dtype=float)
     dt = opts.step(model)
@@ -202,22 +214,39 @@ def solve_batch(
     def observe(y):
         return {o: model.output(o, y, p).astype(dtype) for o in outputs}
 
-    def health(flags, y):
-        finite, lo, hi = flags
+    has_event = interval_flags(ch.time, tgrid)
+
+    def plain(c, i):
+        """No change record in this interval for anyone: ``n_sub`` bare RK4 steps."""
+        tc, y, u, ptr, last_reset = c
+
+        def sub(k, state):
+            t, y = state
+            t_next = jnp.broadcast_to(_sub_end(tgrid[i], tgrid[i + 1], n_sub, k), t.shape)
+            return t_next, _rk4(model, t, y, p, u, t_next - t)
+
+        tc, y = jax.lax.fori_loop(0, n_sub, sub, (tc, y)) if n_sub > 1 else sub(0, (tc, y))
+        return tc, y, u, ptr, last_reset
+
+    def eventful(c, i):
+        return _advance(model, p, ch, y_init, y_ss, c, tgrid[i], tgrid[i + 1], n_sub)
+
+    def extremes(lo, hi, y):
         for s in names:
-            finite = finite & jnp.isfinite(y[s])
-            lo = jnp.minimum(lo, jnp.where(jnp.isfinite(y[s]), y[s], 0.0))
-            hi = jnp.maximum(hi, jnp.where(jnp.isfinite(y[s]), jnp.abs(y[s]), 0.0))
-        return finite, lo, hi
+            lo, hi = jnp.minimum(lo, y[s]), jnp.maximum(hi, y[s])
+        return lo, hi
 
     def interval(c, i):
-        c, flags = c
-        c = _advance(model, p, ch, y_init, y_ss, c, tgrid[i], tgrid[i + 1], n_sub)
-        return (c, health(flags, c[1])), observe(c[1])
+        c, (lo, hi) = c
+        c = jax.lax.cond(has_event[i], eventful, plain, c, i)
+        return (c, extremes(lo, hi, c[1])), observe(c[1])
 
-    flags = health((jnp.ones(n, bool), jnp.zeros(n, dtype), jnp.zeros(n, dtype)), carry[1])
+    lo, hi = extremes(jnp.zeros(n, dtype), jnp.zeros(n, dtype), carry[1])
     first = observe(carry[1])
-    (carry, flags), rest = jax.lax.scan(interval, (carry, flags), jnp.arange(len(times) - 1))
+    (carry, (lo, hi)), rest = jax.lax.scan(interval, (carry, (lo, hi)), jnp.arange(len(times) - 1))
     out = {o: jnp.concatenate([first[o][None], rest[o]]) for o in outputs}
-    finite, lo, hi = flags
+    # NaN propagates through the states (and through min/max), so final checks suffice.
+    finite = jnp.isfinite(lo) & jnp.isfinite(hi)
+    for s in names:
+        finite = finite & jnp.isfinite(carry[1][s])
     return out, finite, lo / jnp.maximum(hi, 1e-30)

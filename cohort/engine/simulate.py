@@ -60,14 +60,17 @@ def _solver(
     outputs: tuple,
     dtype: str,
 ) -> Callable:
-    """A jitted ``(params, events) -> (outputs [N, T] each, status [N])`` for one batch shape."""
+    """A jitted ``(params, events) -> (outputs [T, N] each, status [N])`` for one batch shape.
+
+    Outputs stay time-major as the scans produce them; the consumer's copy into the
+    patient-major result does the transpose for free."""
     t_arr = np.asarray(times)
 
     def finish(states, code, p):  # states [N, T, S]
         y = {s: states[..., i] for i, s in enumerate(model.state_names)}
         status = jax.vmap(solution_status)(states, code)
         pp = {k: v[:, None] for k, v in p.items()}
-        return {o: model.output(o, y, pp).astype(dtype) for o in outputs}, status
+        return {o: model.output(o, y, pp).astype(dtype).T for o in outputs}, status
 
     if method == "fast":
 
@@ -84,7 +87,7 @@ def _solver(
                     Status.NONFINITE,
                     status,
                 )
-            return {o: v.T for o, v in out.items()}, status
+            return out, status
     elif method == "closed_form":
 
         def run(p, ev):
@@ -92,7 +95,7 @@ def _solver(
             status = jnp.zeros(next(iter(p.values())).shape[0], jnp.int32)
             for o in outputs:
                 status = jnp.where(~jnp.all(jnp.isfinite(out[o]), 0), Status.NONFINITE, status)
-            return {o: v.T for o, v in out.items()}, status
+            return out, status
     else:
 
         def run(p, ev):
@@ -235,13 +238,15 @@ def simulate(
         store.finish()
         return open_result(out)
     n_chunks = math.ceil(n_pat / chunk_size)
-    res_out = {o: np.empty((n_pat, len(times)), dtype) for o in outputs}
+    # Time-major buffers: the engines produce [T, N] blocks, so copies stay contiguous; the
+    # Dataset exposes them as (patient, time) through a transposed view (no extra copy).
+    res_out = {o: np.empty((len(times), n_pat), dtype) for o in outputs}
     res_status = np.empty(n_pat, np.int8)
 
     def keep(k, o, status, _params):
         sl = slice(k * chunk_size, k * chunk_size + len(status))
         for name, arr in o.items():
-            res_out[name][sl] = arr
+            res_out[name][:, sl] = arr.T
         res_status[sl] = status
 
     _run_chunks(plan, np.zeros(n_chunks, bool), keep, progress)
@@ -293,10 +298,15 @@ def _run_chunks(plan: _Plan, done: np.ndarray, sink, progress) -> None:
             outs, status = solver(p, ev)  # dispatched asynchronously
 
             def write(k=k, outs=outs, status=status, invalid=invalid, m=m, idx=idx):
-                o = {name: np.array(v[:m]) for name, v in outs.items()}
                 st = np.where(invalid, int(Status.INVALID_PARAMETERS), np.asarray(status))[:m]
-                for name in o:
-                    o[name][st != 0] = np.nan
+                bad = st != 0
+                o = {}
+                for name, v in outs.items():
+                    arr = np.asarray(v)[:, :m]  # [T, m], a view of the device buffer
+                    if bad.any():
+                        arr = arr.copy()
+                        arr[:, bad] = np.nan
+                    o[name] = arr.T  # patient-major view; the sink's copy transposes
                 sink(k, o, st.astype(np.int8), {n_: v[idx] for n_, v in plan.params.items()})
                 return m
 
@@ -353,7 +363,7 @@ def _provenance(plan: _Plan, seed: int | None) -> dict[str, Any]:
 
 def _dataset(plan: _Plan, outs, status, attrs, time_units: str) -> xr.Dataset:
     n_pat = len(status)
-    data = {o: (("patient", "time"), v, _output_attrs(plan.model, o)) for o, v in outs.items()}
+    data = {o: (("patient", "time"), v.T, _output_attrs(plan.model, o)) for o, v in outs.items()}
     data.update({k: (("patient",), v, _param_attrs(plan.model, k)) for k, v in plan.params.items()})
     data["status"] = (
         ("patient",),
