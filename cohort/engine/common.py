@@ -48,14 +48,20 @@ def invalid_parameters(model: Model, p: Tree):
     return bad
 
 
-def solution_status(x: jnp.ndarray, solver_code, axis_t: int = 0):
-    """Combine a solver code with checks on saved states ``x`` (time on ``axis_t``)."""
-    finite = jnp.all(jnp.isfinite(x), axis=(axis_t, axis_t + 1))
-    scale = jnp.max(jnp.abs(jnp.where(jnp.isfinite(x), x, 0.0)), axis=(axis_t, axis_t + 1))
-    negative = jnp.any(x < -(1e-6 * scale + 1e-9), axis=(axis_t, axis_t + 1))
+def solution_status(x: jnp.ndarray, solver_code, nonnegative: jnp.ndarray | None = None):
+    """Combine a solver code with checks on one patient's saved states ``x [T, S]``.
+
+    ``nonnegative [S]`` marks the states whose negative values (beyond round-off relative to
+    the largest state) make the solution invalid.
+    """
+    finite = jnp.all(jnp.isfinite(x))
+    scale = jnp.max(jnp.abs(jnp.where(jnp.isfinite(x), x, 0.0)))
+    neg = x < -(1e-6 * scale + 1e-9)
+    if nonnegative is not None:
+        neg = neg & nonnegative
     code = jnp.where(solver_code != 0, solver_code, Status.OK)
     code = jnp.where((code == Status.OK) & ~finite, Status.NONFINITE, code)
-    return jnp.where((code == Status.OK) & negative, Status.NEGATIVE, code)
+    return jnp.where((code == Status.OK) & jnp.any(neg), Status.NEGATIVE, code)
 
 
 def first_ss_index(kind):

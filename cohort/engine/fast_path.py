@@ -183,7 +183,8 @@ def solve_batch(
     ``times[0]``) and ``ss_interval`` the largest SS dosing interval in the batch (0 if none);
     all are static so substep counts are Python ints derived from the step ``dt``.
     Returns ``(outputs, finite, min_scaled)`` where ``finite`` says every state stayed finite and
-    ``min_scaled`` is the most negative state value relative to the largest state value.
+    ``min_scaled`` is the most negative value of a non-negative state relative to the largest
+    state magnitude.
     """
     times = np.asarray(times, dtype=float)
     dt = opts.step(model)
@@ -231,9 +232,13 @@ def solve_batch(
     def eventful(c, i):
         return _advance(model, p, ch, y_init, y_ss, c, tgrid[i], tgrid[i + 1], n_sub)
 
+    nonneg = {st.name for st in model.states if st.nonnegative}
+
     def extremes(lo, hi, y):
         for s in names:
-            lo, hi = jnp.minimum(lo, y[s]), jnp.maximum(hi, y[s])
+            hi = jnp.maximum(hi, jnp.abs(y[s]))
+            if s in nonneg:
+                lo = jnp.minimum(lo, y[s])
         return lo, hi
 
     def interval(c, i):

@@ -68,7 +68,8 @@ def _solver(
 
     def finish(states, code, p):  # states [N, T, S]
         y = {s: states[..., i] for i, s in enumerate(model.state_names)}
-        status = jax.vmap(solution_status)(states, code)
+        nonneg = jnp.array([st.nonnegative for st in model.states])
+        status = jax.vmap(lambda x, c: solution_status(x, c, nonneg))(states, code)
         pp = {k: v[:, None] for k, v in p.items()}
         return {o: model.output(o, y, pp).astype(dtype).T for o in outputs}, status
 

@@ -1,6 +1,6 @@
 """Model registry: ``cohort.models.get(name)``; ``available()`` lists names."""
 
-from cohort.models import pd, pk  # noqa: F401  (registers the built-in models)
+from cohort.models import glucose, pd, pk  # noqa: F401  (registers the built-in models)
 from cohort.models.base import (
     LinearPK,
     Model,

@@ -21,11 +21,16 @@ Tree = dict[str, Any]
 
 @dataclasses.dataclass(frozen=True)
 class State:
-    """A named state variable (compartment amount, response level, ...)."""
+    """A named state variable (compartment amount, response level, ...).
+
+    ``nonnegative`` states (amounts, concentrations) going below zero mark a patient's solve as
+    failed; states that are legitimately signed (e.g. insulin action relative to basal) opt out.
+    """
 
     name: str
     units: str
     description: str = ""
+    nonnegative: bool = True
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,0 +1,42 @@
+"""Glucose–insulin models: the Bergman minimal model and the UVA/Padova S2008 simulator.
+
+Importing this package registers ``bergman`` and ``uva_padova``. Helpers: :func:`fit_ivgtt`
+(minimal-model analysis of an IVGTT), :func:`reference_patients` (simglucose's 30 patients),
+:func:`sample_patients` (new patients from a prior fitted to them), :func:`meal_records` and
+:func:`insulin_records` (dosing records in the model's units).
+"""
+
+from cohort.models.glucose.bergman import Bergman, IVGTTFit, fit_ivgtt, predict_ivgtt
+from cohort.models.glucose.meals import EAT_RATE, combine, insulin_records, meal_records
+from cohort.models.glucose.patients import (
+    GROUPS,
+    PatientPrior,
+    PatientSamplingError,
+    as_population,
+    derive_basal,
+    patient_prior,
+    reference_patients,
+    sample_patients,
+)
+from cohort.models.glucose.uva_padova import PMOL_PER_U, UvaPadova
+
+__all__ = [
+    "EAT_RATE",
+    "GROUPS",
+    "PMOL_PER_U",
+    "Bergman",
+    "IVGTTFit",
+    "PatientPrior",
+    "PatientSamplingError",
+    "UvaPadova",
+    "combine",
+    "derive_basal",
+    "fit_ivgtt",
+    "insulin_records",
+    "meal_records",
+    "patient_prior",
+    "as_population",
+    "predict_ivgtt",
+    "reference_patients",
+    "sample_patients",
+]

@@ -1,0 +1,206 @@
+"""UVA/Padova virtual patients: the 30 reference patients and a population prior fitted to them.
+
+The reference table is simglucose 0.2.11's ``vpatient_params.csv`` (MIT licence, see
+``data/LICENSE-simglucose.txt``; parameters of the UVA/Padova S2008 simulator, Dalla Man et al.
+2007, Kovatchev et al. 2009). The prior is a multivariate normal on the log (``b``, ``d``:
+logit) of the *primary* parameters, mean and covariance estimated per group (10 patients each)
+with shrinkage towards the diagonal, because 10 patients cannot determine a full-rank
+covariance of 25 parameters. Parameters that the basal steady state determines (``kp1``,
+``Vm0``, ``u2ss`` and the basal states) are recomputed from the draw as in Dalla Man 2007, so
+every sampled patient starts exactly at its basal steady state.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from importlib import resources
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pandas as pd
+
+from cohort.models.glucose.uva_padova import UvaPadova
+
+GROUPS = ("adolescent", "adult", "child")
+PRIMARY = (
+    "BW", "EGPb", "Gb", "Ib", "kabs", "kmax", "kmin", "b", "d", "Vg", "Vi", "Vmx", "Km0",
+    "k2", "k1", "p2u", "m1", "m2", "ki", "kp2", "kp3", "kd", "ksc", "ka1", "ka2",
+)  # fmt: skip
+LOGIT = frozenset({"b", "d"})  # fractions in (0, 1)
+FIXED = ("HEb", "f", "ke1", "ke2", "Fsnc")  # constant across the 30 reference patients
+
+
+class PatientSamplingError(RuntimeError):
+    """Too many prior draws were implausible (e.g. negative basal tissue glucose)."""
+
+
+@functools.lru_cache(maxsize=1)
+def _table() -> pd.DataFrame:
+    path = resources.files("cohort.models.glucose") / "data" / "uva_padova_patients.csv"
+    with path.open("r") as fh:
+        df = pd.read_csv(fh)
+    df.insert(1, "group", df["Name"].str.split("#").str[0])
+    return df
+
+
+def reference_patients(group: str | None = None) -> pd.DataFrame:
+    """The 30 simglucose patients (or one ``group``), one row each, usable as a population.
+
+    Columns are simglucose's (``Name``, model parameters such as ``kp1``/``Vm0``/``u2ss``, basal
+    values such as ``Gpb``/``EGPb``, initial states ``x0_*``) plus ``group``.
+    """
+    df = _table()
+    if group is not None:
+        _check_group(group)
+        df = df[df["group"] == group]
+    return df.reset_index(drop=True).copy()
+
+
+def as_population(df: pd.DataFrame) -> dict[str, np.ndarray]:
+    """The UVA/Padova model parameters of ``df`` as a dict of arrays (a strict population)."""
+    return {k: df[k].to_numpy(float) for k in UvaPadova().parameter_names if k in df}
+
+
+def _check_group(group: str) -> None:
+    if group not in GROUPS:
+        raise ValueError(f"unknown patient group {group!r}; choose from {GROUPS}")
+
+
+def derive_basal(df: pd.DataFrame) -> pd.DataFrame:
+    """Recompute steady-state-dependent parameters from the primary ones (Dalla Man 2007).
+
+    Adds/overwrites ``Gpb, Ipb, m30, m4, Ilb, Gtb, Vm0, kp1, u2ss, isc1ss, isc2ss, Rdb, CL``:
+    basal plasma glucose ``Gb·Vg`` balances production (``EGPb``), utilisation and renal loss;
+    basal insulin ``Ib·Vi`` is what the basal delivery ``u2ss`` sustains.
+    """
+    out = df.copy()
+    heb = out["HEb"]
+    out["Gpb"] = out["Gb"] * out["Vg"]
+    out["Ipb"] = out["Ib"] * out["Vi"]
+    out["m30"] = heb * out["m1"] / (1.0 - heb)
+    out["m4"] = (2.0 / 3.0) * heb * out["m2"]
+    out["Ilb"] = out["m2"] * out["Ipb"] / (out["m1"] + out["m30"])
+    renal = out["ke1"] * np.maximum(out["Gpb"] - out["ke2"], 0.0)
+    out["Gtb"] = (out["Fsnc"] + renal - out["EGPb"] + out["k1"] * out["Gpb"]) / out["k2"]
+    out["Vm0"] = (out["EGPb"] - out["Fsnc"] - renal) * (out["Km0"] + out["Gtb"]) / out["Gtb"]
+    out["kp1"] = out["EGPb"] + out["kp2"] * out["Gpb"] + out["kp3"] * out["Ib"]
+    clearance = out["m2"] + out["m4"] - out["m1"] * out["m2"] / (out["m1"] + out["m30"])
+    out["u2ss"] = out["Ipb"] * clearance
+    out["isc1ss"] = out["u2ss"] / (out["ka1"] + out["kd"])
+    out["isc2ss"] = out["kd"] * out["isc1ss"] / out["ka2"]
+    out["Rdb"] = out["EGPb"]
+    out["CL"] = out["m4"] * out["Vi"] * out["BW"] / 0.4
+    return out
+
+
+def _plausible(df: pd.DataFrame) -> np.ndarray:
+    """Draws whose basal state is physiological (positive tissue glucose and utilisation, slower
+    minimal than maximal gastric emptying) and whose parameters lie within the model's bounds."""
+    ok = (df["Gtb"] > 0) & (df["Vm0"] > 0) & (df["kmin"] < df["kmax"]) & (df["kp1"] > 0)
+    for q in UvaPadova.parameters:
+        if q.name in df:
+            ok &= df[q.name].between(q.lower, q.upper)
+    return ok.to_numpy()
+
+
+def _to_latent(values: np.ndarray, names) -> np.ndarray:
+    z = np.log(values)
+    for j, name in enumerate(names):
+        if name in LOGIT:
+            z[:, j] = np.log(values[:, j] / (1.0 - values[:, j]))
+    return z
+
+
+def _from_latent(z: np.ndarray, names) -> np.ndarray:
+    v = np.exp(z)
+    for j, name in enumerate(names):
+        if name in LOGIT:
+            v[:, j] = 1.0 / (1.0 + np.exp(-z[:, j]))
+    return v
+
+
+@dataclasses.dataclass(frozen=True)
+class PatientPrior:
+    """Gaussian prior on transformed primary parameters (log, or logit for ``b``/``d``)."""
+
+    group: str
+    names: tuple[str, ...]
+    mean: np.ndarray  # [P]
+    cov: np.ndarray  # [P, P]
+    fixed: dict[str, float]
+
+
+def patient_prior(group: str, shrinkage: float = 0.1) -> PatientPrior:
+    """Prior estimated from the 10 reference patients of ``group``.
+
+    ``cov = (1 - shrinkage)·S + shrinkage·diag(S)`` with ``S`` the sample covariance (ddof 1) of
+    the transformed primary parameters; ``shrinkage > 0`` makes it full rank.
+    """
+    _check_group(group)
+    if not 0.0 < shrinkage <= 1.0:
+        raise ValueError(f"shrinkage must be in (0, 1], got {shrinkage}")
+    df = reference_patients(group)
+    z = _to_latent(df[list(PRIMARY)].to_numpy(float), PRIMARY)
+    s = np.cov(z, rowvar=False)
+    cov = (1.0 - shrinkage) * s + shrinkage * np.diag(np.diag(s))
+    fixed = {k: float(df[k].iloc[0]) for k in FIXED}
+    return PatientPrior(group, PRIMARY, z.mean(0), cov, fixed)
+
+
+_BLOCK = 256  # patients per jitted draw (a fixed shape: compiled once)
+
+
+@functools.partial(jax.jit, static_argnums=(2, 3))
+def _standard_normal_draws(seed, start, attempts: int, dim: int):
+    """N(0, I) draws ``[_BLOCK, attempts, dim]`` for patients ``start ...``; patient ``i``, attempt
+    ``a`` uses ``fold_in(fold_in(PRNGKey(seed), i), a)``."""
+    key = jax.random.PRNGKey(seed)
+
+    def one(i, a):
+        k = jax.random.fold_in(jax.random.fold_in(key, i), a)
+        return jax.random.normal(k, (dim,), jnp.float64)
+
+    idx = start + jnp.arange(_BLOCK)
+    return jax.vmap(lambda i: jax.vmap(lambda a: one(i, a))(jnp.arange(attempts)))(idx)
+
+
+def sample_patients(
+    group: str, n: int, seed: int, shrinkage: float = 0.1, max_attempts: int = 16
+) -> pd.DataFrame:
+    """Draw ``n`` new virtual patients of ``group`` at their basal steady state.
+
+    Patient ``i`` is drawn from ``jax.random.fold_in(PRNGKey(seed), i)`` (implausible draws are
+    redrawn from further folds), so a patient does not depend on ``n``: the first ``m`` of ``n``
+    patients equal those of a call with ``n = m``. Returns one row per patient with ``Name``,
+    ``group``, every UVA/Padova parameter and the basal values (``Gpb``, ``Gtb``, ...).
+    """
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    prior = patient_prior(group, shrinkage)
+    chol = np.linalg.cholesky(prior.cov + 1e-12 * np.eye(len(prior.names)))
+    blocks = [
+        np.asarray(_standard_normal_draws(seed, start, max_attempts, len(prior.names)))
+        for start in range(0, n, _BLOCK)
+    ]
+    eps = np.concatenate(blocks)[:n]  # [n, attempts, P]
+    z = prior.mean + eps @ chol.T
+    frame = pd.DataFrame(
+        _from_latent(z.reshape(-1, len(prior.names)), prior.names), columns=list(prior.names)
+    )
+    for k, v in prior.fixed.items():
+        frame[k] = v
+    frame = derive_basal(frame)
+    ok = _plausible(frame).reshape(n, max_attempts)
+    if not ok.any(axis=1).all():
+        bad = int(np.flatnonzero(~ok.any(axis=1))[0])
+        raise PatientSamplingError(
+            f"patient {bad}: no plausible draw in {max_attempts} attempts; raise max_attempts "
+            "or shrinkage"
+        )
+    pick = np.arange(n) * max_attempts + np.argmax(ok, axis=1)
+    out = frame.iloc[pick].reset_index(drop=True)
+    out.insert(0, "group", group)
+    out.insert(0, "Name", [f"{group}#s{seed}-{i:05d}" for i in range(n)])
+    return out
