@@ -329,5 +329,11 @@ def models(name: str = typer.Argument(None, help="show one model in detail")):
     console.print(f"dose targets: {', '.join(m.dose_targets)}")
 
 
+# Commands defined in their own modules (they import console/_fail/_progress from here).
+from cohort.cli_trial import report, trial  # noqa: E402
+
+app.command()(trial)
+app.command()(report)
+
 if __name__ == "__main__":
     app()

@@ -1,0 +1,211 @@
+"""``analyze``: per-replicate comparisons, power with Monte Carlo CIs, PTA by arm.
+
+Each ``[[analysis.tests]]`` entry is run for every non-control arm against the control arm in
+every replicate (no multiplicity adjustment: report power per comparison). With
+``[analysis.sequential]`` the test is repeated at each interim look on the patients enrolled so
+far; a replicate stops at the first look whose statistic crosses the Lan–DeMets boundary
+(efficacy) or falls below the futility bound, and its estimate and p-value are those of that
+look. Power is the fraction of replicates that reject, with a Wilson 95 % Monte Carlo CI.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+from scipy import stats as sp_stats
+
+from cohort.population.expr import evaluate
+from cohort.trial import sequential, stats
+from cohort.trial.run import TrialResult
+
+
+@dataclasses.dataclass
+class Analysis:
+    """Per-replicate results (``replicates``: dims ``comparison`` x ``replicate``), the power
+    table (one row per comparison), PTA by arm and the group-sequential boundaries used."""
+
+    replicates: xr.Dataset
+    summary: pd.DataFrame
+    pta: pd.DataFrame
+    bounds: np.ndarray | None = None
+
+
+def _covariate(result: TrialResult, name: str) -> np.ndarray:
+    if name in result.patients:
+        return result.grid(name)
+    raise KeyError(f"analysis covariate {name!r} is neither an endpoint nor a covariate")
+
+
+def compare(result: TrialResult, test, treat: int, control: int) -> dict[str, np.ndarray]:
+    """One test (``spec.tests`` entry) of arm ``treat`` vs ``control`` in every replicate."""
+    spec = result.spec
+    y = result.grid(test.endpoint)
+    if test.log:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            y = np.where(y > 0, np.log(y), np.nan)
+    arm = result.grid("arm")
+    kw = {"alpha": spec.alpha, "sided": spec.sided}
+    if test.test == "ancova":
+        kw["covariate"] = _covariate(result, test.covariate)
+    if test.test == "logrank":
+        kw["event"] = result.grid(f"{test.endpoint}_event")
+    base = stats.TESTS[test.test]
+
+    def fn(*args, **kwargs):
+        # Orient z so that positive = benefit (``direction``), for one-sided p-values and the
+        # group-sequential efficacy / futility boundaries.
+        res = base(*args, **kwargs)
+        if test.direction == "lower":
+            res["z"] = -res["z"]
+            if spec.sided == 1:
+                res["p"] = sp_stats.norm.sf(res["z"])
+        return res
+
+    order = result.grid("enrol_index")
+    if spec.sequential is None:
+        res = fn(y, arm, treat, control, np.ones(y.shape, bool), **kw)
+        res["reject"] = (res["p"] < spec.alpha).astype(float)
+        res["look"] = np.zeros(len(y))
+        return res
+    seq = spec.sequential
+    per_look = [fn(y, arm, treat, control, order < round(f * spec.n), **kw) for f in seq.looks]
+    z = np.column_stack([r["z"] for r in per_look])
+    bounds = sequential.boundaries(seq.looks, spec.alpha, spec.sided, seq.spending)
+    dec = sequential.decide(np.nan_to_num(z), bounds, spec.sided, seq.futility)
+    rows = np.arange(len(y))
+    res = {k: np.stack([r[k] for r in per_look], axis=1)[rows, dec["look"]] for k in stats.FIELDS}
+    res["reject"] = dec["reject"].astype(float)
+    res["look"] = dec["look"].astype(float)
+    res["futile"] = dec["futile"].astype(float)
+    return res
+
+
+def analyze(result: TrialResult, out: str | Path | None = None) -> Analysis:
+    """Statistics of every replicate, power per comparison and PTA per arm.
+
+    With ``out`` (or a result opened from a store) the per-replicate dataset is also written
+    to the store's ``analysis`` group."""
+    spec = result.spec
+    names = spec.arm_names
+    control = names.index(spec.control)
+    blocks, labels, rows = [], [], []
+    for test in spec.tests:
+        for treat, arm in enumerate(names):
+            if treat == control:
+                continue
+            res = compare(result, test, treat, control)
+            kind = f"{test.test}, log" if test.log else test.test
+            label = f"{test.endpoint}: {arm} vs {spec.control} ({kind})"
+            labels.append(label)
+            blocks.append(res)
+            pw = stats.power_summary(np.where(np.isfinite(res["p"]), res["reject"], np.nan))
+            rows.append(
+                {
+                    "comparison": label,
+                    "endpoint": test.endpoint,
+                    "test": test.test,
+                    "arm": arm,
+                    "dose": spec.arms[treat].dose,
+                    "primary": test.primary,
+                    "estimate_mean": float(np.nanmean(res["estimate"])),
+                    "estimate_q05": float(np.nanquantile(res["estimate"], 0.05)),
+                    "estimate_q95": float(np.nanquantile(res["estimate"], 0.95)),
+                    "ci_width_mean": float(np.nanmean(res["ci_high"] - res["ci_low"])),
+                    "n_mean": float(np.nanmean(res["n_treat"] + res["n_control"])),
+                    "power": pw["power"],
+                    "power_mc_low": pw["mc_low"],
+                    "power_mc_high": pw["mc_high"],
+                    "replicates": pw["replicates"],
+                }
+            )
+    reps = xr.Dataset(
+        {k: (("comparison", "replicate"), np.stack([b[k] for b in blocks])) for k in blocks[0]}
+        if blocks
+        else {},
+        coords={"comparison": labels, "replicate": np.arange(spec.replicates)},
+        attrs={"alpha": spec.alpha, "sided": spec.sided, "control": spec.control},
+    )
+    bounds = None
+    if spec.sequential is not None:
+        s = spec.sequential
+        bounds = sequential.boundaries(s.looks, spec.alpha, spec.sided, s.spending)
+        reps.attrs["looks"] = list(s.looks)
+        reps.attrs["boundaries"] = bounds.tolist()
+    analysis = Analysis(reps, pd.DataFrame(rows), pta(result), bounds)
+    target = out or result.path
+    if target is not None:
+        # Integer comparison index on disk: zarr v3 has no stable fixed-width string dtype.
+        stored = reps.assign_coords(comparison=np.arange(len(labels)))
+        stored.attrs["comparison_labels"] = json.dumps(labels)
+        stored.attrs.pop("boundaries", None)
+        stored.attrs.pop("looks", None)
+        stored.to_zarr(str(target), group="analysis", mode="w", consolidated=False)
+    return analysis
+
+
+def pta(result: TrialResult) -> pd.DataFrame:
+    """Probability of target attainment per arm for each ``[[pta]]`` target (pooled over
+    replicates; patients with a missing endpoint are left out). Arms ordered by dose give the
+    dose–PTA curve."""
+    spec = result.spec
+    env = {k: np.asarray(result.patients[k].values) for k in result.patients.data_vars}
+    arm = env["arm"]
+    rows = []
+    for name, target in spec.pta:
+        hit = evaluate(target, env)
+        known = np.ones(len(arm), bool)
+        for k in _names(target):
+            known &= np.isfinite(env[k])
+        for i, a in enumerate(spec.arms):
+            sel = known & (arm == i)
+            p = float(np.mean(hit[sel] > 0)) if sel.any() else np.nan
+            rows.append(
+                {
+                    "target": name,
+                    "expression": target,
+                    "arm": a.name,
+                    "dose": a.dose,
+                    "pta": p,
+                    "n": int(sel.sum()),
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+def _names(expr: str) -> set[str]:
+    from cohort.population.expr import names_in
+
+    return names_in(expr)
+
+
+def sample_size(
+    spec,
+    sizes: list[int] | None = None,
+    replicates: int | None = None,
+    seed: int | None = None,
+) -> pd.DataFrame:
+    """Power of the primary comparison(s) for each total sample size in ``sizes`` (default:
+    ``[analysis] sample_sizes``); the column ``meets_target`` marks where power >= target.
+    Each size is a full vectorized trial simulation with the same seed."""
+    from cohort.trial.run import run
+    from cohort.trial.spec import TrialSpec, load
+
+    if not isinstance(spec, TrialSpec):
+        spec = load(spec)
+    sizes = list(sizes or spec.sample_sizes)
+    if not sizes:
+        raise ValueError("sample_size: give sizes or [analysis] sample_sizes in the spec")
+    frames = []
+    for n in sizes:
+        res = analyze(run(spec, seed=seed, replicates=replicates, n=n))
+        tab = res.summary[res.summary["primary"]].copy()
+        tab.insert(0, "n", n)
+        frames.append(tab)
+    table = pd.concat(frames, ignore_index=True)
+    table["meets_target"] = table["power"] >= spec.power_target
+    return table

@@ -1,0 +1,248 @@
+"""``report``: a Markdown (or self-contained HTML) trial report with tables and PNG figures.
+
+Markdown writes the figures next to the report (``<stem>_figures/``); HTML embeds them as
+base64 data so the single file opens anywhere. Sections: design, power per comparison (with
+Monte Carlo CIs), group-sequential boundaries, PTA by dose, bands per arm, forest plot, power
+curve, Kaplan–Meier curves for time-to-event endpoints, optional sample-size and escalation
+tables.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from cohort.trial.analysis import Analysis, analyze
+from cohort.trial.run import TrialResult, open_trial
+
+MAX_BAND_PATIENTS = 20_000
+
+
+def _md_table(df: pd.DataFrame) -> str:
+    def fmt(v):
+        if isinstance(v, (float, np.floating)):
+            return f"{v:.4g}"
+        return str(v)
+
+    head = "| " + " | ".join(map(str, df.columns)) + " |"
+    rule = "|" + "---|" * len(df.columns)
+    body = ["| " + " | ".join(fmt(v) for v in row) + " |" for row in df.itertuples(index=False)]
+    return "\n".join([head, rule, *body])
+
+
+def _figures(
+    result: TrialResult, analysis: Analysis, folder: Path, sizes: pd.DataFrame | None
+) -> list[tuple[str, Path]]:
+    from cohort.trial import figures  # matplotlib only when a report is drawn
+
+    spec, out = result.spec, []
+    folder.mkdir(parents=True, exist_ok=True)
+    arm_all = np.asarray(result.patients["arm"].values)
+    rows = np.asarray(result.patients["sim_row"].values)[:MAX_BAND_PATIENTS]
+    order = np.argsort(rows)  # zarr-backed indexing wants increasing rows
+    take, arm = rows[order], arm_all[:MAX_BAND_PATIENTS][order]
+    times = np.asarray(result.simulation["time"].values)
+    names = list(spec.arm_names)
+    for o in sorted({e.output for e in spec.endpoints if e.output}):
+        v = np.asarray(result.simulation[o][take].values, float)
+        units = result.simulation[o].attrs.get("units", "")
+        out.append(
+            (
+                f"{o} by arm",
+                figures.bands(times, v, arm, names, f"{o} [{units}]", folder / f"bands_{o}.png"),
+            )
+        )
+    if analysis.replicates.sizes.get("comparison", 0):
+        out.append(
+            (
+                "Forest plot of effects",
+                figures.forest(analysis.summary, analysis.replicates, folder / "forest.png"),
+            )
+        )
+    s = analysis.summary
+    if sizes is not None and len(sizes):
+        for comp, g in sizes.groupby("comparison", sort=False):
+            path = folder / f"power_n_{len(out)}.png"
+            out.append(
+                (
+                    f"Power vs N: {comp}",
+                    figures.power_curve(
+                        g["n"].values,
+                        g["power"].values,
+                        g["power_mc_low"].values,
+                        g["power_mc_high"].values,
+                        "total sample size",
+                        spec.power_target,
+                        path,
+                    ),
+                )
+            )
+    elif len(s):
+        prim = s[s["primary"]]
+        if len(prim) > 1:
+            out.append(
+                (
+                    "Power of the primary test by dose",
+                    figures.power_curve(
+                        prim["dose"].values,
+                        prim["power"].values,
+                        prim["power_mc_low"].values,
+                        prim["power_mc_high"].values,
+                        "dose",
+                        spec.power_target,
+                        folder / "power_dose.png",
+                    ),
+                )
+            )
+    if len(analysis.pta):
+        out.append(("Dose–PTA curve", figures.pta_curve(analysis.pta, folder / "pta.png")))
+    for e in spec.endpoints:
+        if e.type == "tte":
+            d = np.asarray(result.patients[e.name].values)
+            ev = np.asarray(result.patients[f"{e.name}_event"].values)
+            path = folder / f"km_{e.name}.png"
+            out.append(
+                (
+                    f"Kaplan–Meier: {e.name}",
+                    figures.kaplan_meier(d, ev, arm_all, names, e.name, path),
+                )
+            )
+    return out
+
+
+def _design_table(result: TrialResult) -> pd.DataFrame:
+    spec = result.spec
+    arm = np.asarray(result.patients["arm"].values)
+    return pd.DataFrame(
+        {
+            "arm": list(spec.arm_names),
+            "dose": [a.dose for a in spec.arms],
+            "ratio": list(spec.ratio),
+            "mean patients / trial": [
+                float(np.sum(arm == i)) / spec.replicates for i in range(len(spec.arms))
+            ],
+        }
+    )
+
+
+def report(
+    result: TrialResult | str | Path,
+    path: str | Path,
+    analysis: Analysis | None = None,
+    sample_sizes: pd.DataFrame | None = None,
+    escalation: pd.DataFrame | None = None,
+    dose_pta: pd.DataFrame | None = None,
+) -> Path:
+    """Write the report for ``result`` (a :class:`TrialResult` or a trial store path) to
+    ``path`` (``.md`` or ``.html``) and return it. Optional tables/figures: a sample-size search
+    (:func:`sample_size`), escalation operating characteristics (:func:`escalate`) and a dose
+    sweep (:func:`dose_pta`)."""
+    if not isinstance(result, TrialResult):
+        result = open_trial(result)
+    analysis = analysis or analyze(result)
+    spec = result.spec
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    folder = path.parent / f"{path.stem}_figures"
+    figs = _figures(result, analysis, folder, sample_sizes)
+    if dose_pta is not None and len(dose_pta):
+        from cohort.trial import figures
+
+        path_fig = figures.pta_curve(dose_pta, folder / "pta_sweep.png")
+        figs.append(("Dose–PTA curve (dose sweep, same patients at every dose)", path_fig))
+    pd_attrs = result.patients.attrs
+    intro = (
+        f"{spec.description}\n\nModel `{spec.model}` "
+        f"({result.simulation.attrs.get('method', '')}), "
+        f"{spec.replicates} replicate trials × {spec.n} patients, seed {spec.seed}, spec "
+        f"`{spec.path}` (hash {spec.digest}). Eligible fraction of candidates: "
+        f"{float(pd_attrs.get('eligible_fraction', 1.0)):.1%}. Dropout hazard "
+        f"{spec.dropout_hazard:g} per time unit, estimand {spec.estimand}."
+    )
+    tables: list[tuple[str, pd.DataFrame]] = [("Design", _design_table(result))]
+    cols = [
+        "comparison",
+        "estimate_mean",
+        "estimate_q05",
+        "estimate_q95",
+        "n_mean",
+        "power",
+        "power_mc_low",
+        "power_mc_high",
+    ]
+    if len(analysis.summary):
+        tables.append(("Power per comparison (95 % Monte Carlo CI)", analysis.summary[cols]))
+    if analysis.bounds is not None:
+        looks = spec.sequential.looks
+        tables.append(
+            (
+                "Group-sequential efficacy boundaries (z)",
+                pd.DataFrame({"information fraction": looks, "z boundary": analysis.bounds}),
+            )
+        )
+    if len(analysis.pta):
+        tables.append(
+            (
+                "Probability of target attainment",
+                analysis.pta[["target", "arm", "dose", "pta", "n"]],
+            )
+        )
+    if sample_sizes is not None:
+        tables.append(
+            (
+                "Sample-size search",
+                sample_sizes[
+                    ["n", "comparison", "power", "power_mc_low", "power_mc_high", "meets_target"]
+                ],
+            )
+        )
+    if dose_pta is not None:
+        tables.append(("Dose–PTA sweep", dose_pta))
+    if escalation is not None:
+        tables.append(
+            (
+                f"Dose escalation ({escalation.attrs.get('design', '')}); none selected: "
+                f"{escalation.attrs.get('none_selected', 0):.1%}",
+                escalation,
+            )
+        )
+    if path.suffix.lower() == ".html":
+        path.write_text(_html(spec.name, intro, tables, figs))
+    else:
+        parts = [f"# Trial report: {spec.name}", "", intro, ""]
+        for title, df in tables:
+            parts += [f"## {title}", "", _md_table(df), ""]
+        for title, fig in figs:
+            parts += [
+                f"## {title}",
+                "",
+                f"![{title}]({fig.relative_to(path.parent).as_posix()})",
+                "",
+            ]
+        path.write_text("\n".join(parts))
+    return path
+
+
+def _html(name: str, intro: str, tables, figs) -> str:
+    body = [f"<h1>Trial report: {html.escape(name)}</h1>", f"<p>{html.escape(intro)}</p>"]
+    for title, df in tables:
+        body += [
+            f"<h2>{html.escape(title)}</h2>",
+            df.to_html(index=False, float_format=lambda v: f"{v:.4g}"),
+        ]
+    for title, fig in figs:
+        data = base64.b64encode(fig.read_bytes()).decode()
+        body += [
+            f"<h2>{html.escape(title)}</h2>",
+            f'<img alt="{html.escape(title)}" src="data:image/png;base64,{data}">',
+        ]
+    style = (
+        "body{font-family:sans-serif;max-width:960px;margin:auto}"
+        "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:2px 6px}"
+    )
+    head = f"<meta charset='utf-8'><title>{html.escape(name)}</title><style>{style}</style>"
+    return f"<!doctype html><html><head>{head}</head><body>{''.join(body)}</body></html>"

@@ -1,0 +1,373 @@
+"""Trial specs (``experiments/*.toml``): parsing and validation into frozen dataclasses.
+
+Specs are data: every table and key is checked here, and errors name the file and the key
+(``experiments/x.toml: [arms[2].regimens[0].amt] must be a number``) so a user can fix the spec
+without reading code. Expressions (inclusion criteria, strata, PTA targets, toxicity) are parsed
+with the safe evaluator of :mod:`cohort.population.expr`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from pathlib import Path
+from typing import Any
+
+import tomllib
+
+from cohort.population.expr import ExpressionError, names_in
+from cohort.trial.schema import (  # noqa: F401  (re-exported: the spec's public types)
+    ENDPOINT_TYPES,
+    ESCALATION,
+    ESTIMANDS,
+    SPENDING,
+    TESTS,
+    Adaptive,
+    Arm,
+    Assay,
+    Endpoint,
+    Escalation,
+    Sequential,
+    Test,
+    TrialSpec,
+    TrialSpecError,
+)
+
+
+class _Reader:
+    """Typed accessors that raise :class:`TrialSpecError` naming ``path`` and the key."""
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def err(self, key: str, msg: str) -> TrialSpecError:
+        return TrialSpecError(f"{self.path}: [{key}] {msg}")
+
+    def keys(self, key: str, table: Any, allowed: set[str]) -> dict:
+        if not isinstance(table, dict):
+            raise self.err(key, f"must be a table, got {type(table).__name__}")
+        unknown = sorted(set(table) - allowed)
+        if unknown:
+            raise self.err(key, f"unknown key(s) {unknown}; allowed: {sorted(allowed)}")
+        return table
+
+    def num(self, key: str, v: Any, lo: float | None = None, hi: float | None = None) -> float:
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            raise self.err(key, f"must be a number, got {v!r}")
+        if lo is not None and v < lo or hi is not None and v > hi:
+            raise self.err(key, f"must be in [{lo}, {hi}], got {v!r}")
+        return float(v)
+
+    def int_(self, key: str, v: Any, lo: int = 0) -> int:
+        if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+            raise self.err(key, f"must be an integer >= {lo}, got {v!r}")
+        return v
+
+    def choice(self, key: str, v: Any, options: tuple[str, ...]) -> str:
+        if v not in options:
+            raise self.err(key, f"{v!r} is not one of {list(options)}")
+        return v
+
+    def expr(self, key: str, v: Any, known: set[str] | None = None) -> str:
+        if not isinstance(v, str):
+            raise self.err(key, f"must be an expression string, got {v!r}")
+        try:
+            names = names_in(v)
+        except ExpressionError as exc:
+            raise self.err(key, str(exc)) from None
+        if known is not None and names - known:
+            raise self.err(key, f"unknown name(s) {sorted(names - known)}; known: {sorted(known)}")
+        return v
+
+
+def load(path: str | Path) -> TrialSpec:
+    """Read and validate a trial spec file."""
+    path = Path(path)
+    if not path.exists():
+        raise TrialSpecError(f"{path}: no such trial spec")
+    data = path.read_bytes()
+    try:
+        raw = tomllib.loads(data.decode())
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise TrialSpecError(f"{path}: not valid TOML: {exc}") from None
+    return parse(raw, str(path), base=path.parent, digest=hashlib.sha256(data).hexdigest()[:16])
+
+
+_TOP = {
+    "trial",
+    "population",
+    "arms",
+    "allocation",
+    "sampling",
+    "dropout",
+    "endpoints",
+    "analysis",
+    "pta",
+    "escalation",
+}
+
+
+def parse(raw: dict, path: str = "<spec>", base: Path | None = None, digest: str = "") -> TrialSpec:
+    """Validate a spec given as a dict (the parsed TOML); ``base`` resolves relative paths."""
+    r = _Reader(path)
+    r.keys("top level", raw, _TOP)
+    t = r.keys(
+        "trial",
+        raw.get("trial", {}),
+        {"name", "description", "model", "method", "n", "replicates", "seed", "dtype", "grid_step"},
+    )
+    if not t.get("name"):
+        raise r.err("trial.name", "missing")
+    if not t.get("model"):
+        raise r.err("trial.model", "missing (a model name, see `cohort models`)")
+    from cohort.models import available
+
+    if t["model"] not in available():
+        raise r.err("trial.model", f"unknown model {t['model']!r}; see `cohort models`")
+    method = r.choice("trial.method", t.get("method", "auto"), ("auto", "closed_form", "fast"))
+    pop = r.keys("population", raw.get("population", {}), {"prior", "inclusion", "exclusion"})
+    if "prior" not in pop:
+        raise r.err("population.prior", "missing (path of a priors/*.toml spec)")
+    prior = Path(pop["prior"])
+    if not prior.is_absolute() and base is not None:
+        prior = base / prior
+    if not prior.exists():
+        raise r.err("population.prior", f"no such prior spec {str(prior)!r}")
+    arms = _arms(r, raw.get("arms"))
+    names = [a.name for a in arms]
+    al = r.keys(
+        "allocation", raw.get("allocation", {}), {"ratio", "block_size", "strata", "adaptive"}
+    )
+    ratio = tuple(
+        r.int_(f"allocation.ratio[{i}]", x, 1)
+        for i, x in enumerate(al.get("ratio", [1] * len(arms)))
+    )
+    if len(ratio) != len(arms):
+        raise r.err("allocation.ratio", f"needs one entry per arm ({len(arms)}), got {len(ratio)}")
+    block = r.int_("allocation.block_size", al.get("block_size", sum(ratio) * 2))
+    if block and block % sum(ratio):
+        raise r.err("allocation.block_size", f"must be a multiple of sum(ratio) = {sum(ratio)}")
+    strata = tuple(r.expr(f"allocation.strata[{i}]", s) for i, s in enumerate(al.get("strata", [])))
+    sa = r.keys("sampling", raw.get("sampling", {}), {"times", "assay"})
+    times = tuple(r.num(f"sampling.times[{i}]", x, 0) for i, x in enumerate(sa.get("times", [])))
+    if not times or list(times) != sorted(set(times)):
+        raise r.err("sampling.times", "give strictly increasing observation times")
+    assays = tuple(_assay(r, i, a) for i, a in enumerate(sa.get("assay", [])))
+    do = r.keys("dropout", raw.get("dropout", {}), {"hazard", "estimand"})
+    endpoints = _endpoints(r, raw.get("endpoints"))
+    ep_names = {e.name for e in endpoints}
+    an = r.keys(
+        "analysis",
+        raw.get("analysis", {}),
+        {"alpha", "sided", "control", "tests", "sequential", "power_target", "sample_sizes"},
+    )
+    control = an.get("control", next((a.name for a in arms if a.control), names[0]))
+    if control not in names:
+        raise r.err("analysis.control", f"unknown arm {control!r}; arms: {names}")
+    tests = tuple(_test(r, i, x, ep_names) for i, x in enumerate(an.get("tests", [])))
+    seq = None
+    if "sequential" in an:
+        s = r.keys("analysis.sequential", an["sequential"], {"looks", "spending", "futility"})
+        looks = tuple(r.num("analysis.sequential.looks", x, 0, 1) for x in s.get("looks", []))
+        if not looks or looks[-1] != 1.0 or list(looks) != sorted(set(looks)) or looks[0] <= 0:
+            raise r.err("analysis.sequential.looks", "increasing information fractions ending at 1")
+        fut = s.get("futility")
+        seq = Sequential(
+            looks,
+            r.choice("analysis.sequential.spending", s.get("spending", SPENDING[0]), SPENDING),
+            None if fut is None else r.num("analysis.sequential.futility", fut),
+        )
+    adaptive = _adaptive(r, al["adaptive"], endpoints) if "adaptive" in al else None
+    pta = []
+    for i, p in enumerate(raw.get("pta", [])):
+        r.keys(f"pta[{i}]", p, {"name", "target"})
+        pta.append(
+            (str(p.get("name", f"pta{i}")), r.expr(f"pta[{i}].target", p.get("target"), ep_names))
+        )
+    esc = None
+    if "escalation" in raw:
+        e = r.keys(
+            "escalation",
+            raw["escalation"],
+            {"design", "toxicity", "target", "cohort_size", "max_patients", "pool", "skeleton"},
+        )
+        skeleton = tuple(
+            r.num(f"escalation.skeleton[{i}]", x, 0.001, 0.999)
+            for i, x in enumerate(e.get("skeleton", []))
+        )
+        if skeleton and (len(skeleton) != len(arms) or list(skeleton) != sorted(set(skeleton))):
+            raise r.err("escalation.skeleton", "one increasing prior DLT probability per arm")
+        esc = Escalation(
+            r.choice("escalation.design", e.get("design"), ESCALATION),
+            r.expr("escalation.toxicity", e.get("toxicity"), ep_names),
+            r.num("escalation.target", e.get("target", 0.3), 0.01, 0.99),
+            r.int_("escalation.cohort_size", e.get("cohort_size", 3), 1),
+            r.int_("escalation.max_patients", e.get("max_patients", 36), 1),
+            r.int_("escalation.pool", e.get("pool", 200), 10),
+            skeleton,
+        )
+    return TrialSpec(
+        path=path,
+        digest=digest,
+        name=str(t["name"]),
+        description=str(t.get("description", "")),
+        model=t["model"],
+        method=method,
+        n=r.int_("trial.n", t.get("n", 100), 2),
+        replicates=r.int_("trial.replicates", t.get("replicates", 100), 1),
+        seed=r.int_("trial.seed", t.get("seed", 0)),
+        dtype=r.choice("trial.dtype", t.get("dtype", "float64"), ("float32", "float64")),
+        grid_step=r.num("trial.grid_step", t.get("grid_step", 0.5), 1e-6),
+        prior=str(prior),
+        inclusion=tuple(
+            r.expr(f"population.inclusion[{i}]", x) for i, x in enumerate(pop.get("inclusion", []))
+        ),
+        exclusion=tuple(
+            r.expr(f"population.exclusion[{i}]", x) for i, x in enumerate(pop.get("exclusion", []))
+        ),
+        arms=arms,
+        ratio=ratio,
+        block_size=block,
+        strata=strata,
+        times=times,
+        assays=assays,
+        dropout_hazard=r.num("dropout.hazard", do.get("hazard", 0.0), 0),
+        estimand=r.choice("dropout.estimand", do.get("estimand", ESTIMANDS[0]), ESTIMANDS),
+        endpoints=endpoints,
+        tests=tests,
+        alpha=r.num("analysis.alpha", an.get("alpha", 0.05), 1e-6, 0.5),
+        sided=int(r.choice("analysis.sided", an.get("sided", 2), (1, 2))),
+        control=control,
+        sequential=seq,
+        power_target=r.num("analysis.power_target", an.get("power_target", 0.8), 0.01, 0.999),
+        sample_sizes=tuple(
+            r.int_("analysis.sample_sizes", x, 2) for x in an.get("sample_sizes", [])
+        ),
+        pta=tuple(pta),
+        escalation=esc,
+        raw=raw,
+        adaptive=adaptive,
+    )
+
+
+def _arms(r: _Reader, arms: Any) -> tuple[Arm, ...]:
+    if not isinstance(arms, list) or not arms:
+        raise r.err("arms", "give at least one [[arms]] table")
+    out = []
+    for i, a in enumerate(arms):
+        r.keys(f"arms[{i}]", a, {"name", "regimens", "dose", "control"})
+        if not a.get("name"):
+            raise r.err(f"arms[{i}].name", "missing")
+        regs = []
+        for j, g in enumerate(a.get("regimens", [])):
+            key = f"arms[{i}].regimens[{j}]"
+            r.keys(key, g, {"amt", "cmt", "time", "ii", "addl", "rate", "duration", "ss"})
+            if "amt" not in g:
+                raise r.err(f"{key}.amt", "missing")
+            for k in ("amt", "time", "ii", "rate", "duration"):
+                if k in g:
+                    r.num(f"{key}.{k}", g[k], 0)
+            regs.append(dict(g))
+        dose = a.get("dose", sum(float(g["amt"]) * (1 + int(g.get("addl", 0))) for g in regs))
+        out.append(
+            Arm(
+                str(a["name"]),
+                tuple(regs),
+                r.num(f"arms[{i}].dose", dose),
+                bool(a.get("control", False)),
+            )
+        )
+    if len({a.name for a in out}) != len(out):
+        raise r.err("arms", "arm names must be distinct")
+    return tuple(out)
+
+
+def _assay(r: _Reader, i: int, a: Any) -> Assay:
+    r.keys(f"sampling.assay[{i}]", a, {"output", "proportional", "additive", "lloq"})
+    if not a.get("output"):
+        raise r.err(f"sampling.assay[{i}].output", "missing")
+    return Assay(
+        str(a["output"]),
+        *(
+            r.num(f"sampling.assay[{i}].{k}", a.get(k, 0.0), 0)
+            for k in ("proportional", "additive", "lloq")
+        ),
+    )
+
+
+_EP_KEYS = {f.name for f in dataclasses.fields(Endpoint)}
+
+
+def _endpoints(r: _Reader, eps: Any) -> tuple[Endpoint, ...]:
+    if not isinstance(eps, list) or not eps:
+        raise r.err("endpoints", "give at least one [[endpoints]] table")
+    out: list[Endpoint] = []
+    for i, e in enumerate(eps):
+        key = f"endpoints[{i}]"
+        r.keys(key, e, _EP_KEYS)
+        if not e.get("name"):
+            raise r.err(f"{key}.name", "missing")
+        kind = r.choice(f"{key}.type", e.get("type"), ENDPOINT_TYPES)
+        vals = {k: v for k, v in e.items() if k not in ("name", "type", "output", "of", "observed")}
+        for k, v in vals.items():
+            r.num(f"{key}.{k}", v)
+        if kind == "responder":
+            if e.get("of") not in {x.name for x in out}:
+                raise r.err(f"{key}.of", "must name an earlier endpoint")
+            if ("above" in e) == ("below" in e):
+                raise r.err(key, "a responder endpoint needs exactly one of 'above' or 'below'")
+        elif not e.get("output"):
+            raise r.err(f"{key}.output", "missing (a model output, e.g. 'conc')")
+        if kind in ("ctrough", "value", "change") and "time" not in e:
+            raise r.err(f"{key}.time", f"a {kind} endpoint needs the observation time")
+        if kind == "tte" and not e.get("baseline_hazard", 0) > 0:
+            raise r.err(f"{key}.baseline_hazard", "a tte endpoint needs a baseline hazard > 0")
+        out.append(
+            Endpoint(
+                name=str(e["name"]),
+                type=kind,
+                **{k: float(v) for k, v in vals.items()},
+                **{k: str(e[k]) for k in ("output", "of") if k in e},
+                observed=bool(e.get("observed", True)),
+            )
+        )
+    if len({e.name for e in out}) != len(out):
+        raise r.err("endpoints", "endpoint names must be distinct")
+    return tuple(out)
+
+
+def _test(r: _Reader, i: int, x: Any, endpoints: set[str]) -> Test:
+    key = f"analysis.tests[{i}]"
+    r.keys(key, x, {"endpoint", "test", "covariate", "log", "primary", "direction"})
+    if x.get("endpoint") not in endpoints:
+        raise r.err(
+            f"{key}.endpoint", f"unknown endpoint {x.get('endpoint')!r}; {sorted(endpoints)}"
+        )
+    test = r.choice(f"{key}.test", x.get("test", "ttest"), TESTS)
+    if test == "ancova" and not x.get("covariate"):
+        raise r.err(f"{key}.covariate", "ANCOVA needs a covariate (a covariate or endpoint name)")
+    return Test(
+        x["endpoint"],
+        test,
+        str(x.get("covariate", "")),
+        bool(x.get("log", False)),
+        bool(x.get("primary", i == 0)),
+        r.choice(f"{key}.direction", x.get("direction", "higher"), ("higher", "lower")),
+    )
+
+
+def _adaptive(r: _Reader, a: Any, endpoints: tuple[Endpoint, ...]) -> Adaptive:
+    key = "allocation.adaptive"
+    r.keys(key, a, {"endpoint", "burn_in", "batch", "power", "direction", "draws"})
+    binary = [e.name for e in endpoints if e.type == "responder"]
+    if a.get("endpoint") not in binary:
+        raise r.err(f"{key}.endpoint", f"must name a responder (binary) endpoint: {binary}")
+    power = a.get("power")
+    return Adaptive(
+        a["endpoint"],
+        r.int_(f"{key}.burn_in", a.get("burn_in", 20), 1),
+        r.int_(f"{key}.batch", a.get("batch", 10), 1),
+        None if power is None else r.num(f"{key}.power", power, 0, 10),
+        r.choice(f"{key}.direction", a.get("direction", "higher"), ("higher", "lower")),
+        r.int_(f"{key}.draws", a.get("draws", 1000), 10),
+    )

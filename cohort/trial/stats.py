@@ -1,0 +1,183 @@
+"""Per-replicate treatment comparisons with scipy / statsmodels / lifelines.
+
+Every function takes arrays of shape ``[replicates, n]`` (endpoint, arm index, optional
+covariate / event flag, and a mask of patients included at this analysis) and returns a dict
+of ``[replicates]`` arrays: ``estimate`` (treatment minus control; log hazard ratio for
+``logrank``), ``se``, ``ci_low``/``ci_high`` (1 - alpha, two-sided), ``p`` (per ``sided``),
+``z`` (the signed standard-normal equivalent of the test statistic, positive when the treatment
+is higher, used by group-sequential boundaries) and the group sizes. Tests are the library
+routines; only their vectorisation over replicates lives here.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+from scipy import stats
+
+FIELDS = ("estimate", "se", "ci_low", "ci_high", "p", "z", "n_treat", "n_control")
+
+
+def _empty(reps: int) -> dict[str, np.ndarray]:
+    return {k: np.full(reps, np.nan) for k in FIELDS}
+
+
+def _z_from_p_one_sided(p_upper: np.ndarray) -> np.ndarray:
+    return stats.norm.isf(np.clip(p_upper, 1e-300, 1.0))
+
+
+def _p(z_upper_p: np.ndarray, sided: int) -> np.ndarray:
+    return z_upper_p if sided == 1 else np.minimum(1.0, 2 * np.minimum(z_upper_p, 1 - z_upper_p))
+
+
+def ttest(y, arm, treat, control, mask, alpha=0.05, sided=2, **_) -> dict[str, np.ndarray]:
+    """Student two-sample t-test (``scipy.stats.ttest_ind_from_stats``, vectorised)."""
+    ok = mask & np.isfinite(y)
+    a, b = ok & (arm == treat), ok & (arm == control)
+    na, nb = a.sum(1), b.sum(1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ma = np.where(a, y, 0).sum(1) / na
+        mb = np.where(b, y, 0).sum(1) / nb
+        va = np.where(a, (y - ma[:, None]) ** 2, 0).sum(1) / (na - 1)
+        vb = np.where(b, (y - mb[:, None]) ** 2, 0).sum(1) / (nb - 1)
+        res = stats.ttest_ind_from_stats(
+            ma, np.sqrt(va), na, mb, np.sqrt(vb), nb, alternative="greater"
+        )
+        df = na + nb - 2
+        se = np.sqrt(((na - 1) * va + (nb - 1) * vb) / df * (1 / na + 1 / nb))
+    est = ma - mb
+    q = stats.t.ppf(1 - alpha / 2, df)
+    return {
+        "estimate": est,
+        "se": se,
+        "ci_low": est - q * se,
+        "ci_high": est + q * se,
+        "p": _p(res.pvalue, sided),
+        "z": _z_from_p_one_sided(res.pvalue),
+        "n_treat": na.astype(float),
+        "n_control": nb.astype(float),
+    }
+
+
+def ancova(y, arm, treat, control, mask, covariate, alpha=0.05, sided=2, **_):
+    """ANCOVA: ordinary least squares ``y ~ 1 + treatment + covariate`` (statsmodels)."""
+    import statsmodels.api as sm
+
+    out = _empty(len(y))
+    for r in range(len(y)):
+        sel = (
+            mask[r]
+            & np.isfinite(y[r])
+            & np.isfinite(covariate[r])
+            & np.isin(arm[r], (treat, control))
+        )
+        x = np.column_stack([np.ones(sel.sum()), arm[r, sel] == treat, covariate[r, sel]])
+        n_t = int(x[:, 1].sum())
+        if n_t < 2 or len(x) - n_t < 2 or len(x) < 5:
+            continue  # too few patients for the three-parameter model
+        fit = sm.OLS(y[r, sel], x.astype(float)).fit()
+        t_val, df = fit.tvalues[1], fit.df_resid
+        p_upper = stats.t.sf(t_val, df)
+        lo, hi = fit.conf_int(alpha)[1]
+        out["estimate"][r], out["se"][r] = fit.params[1], fit.bse[1]
+        out["ci_low"][r], out["ci_high"][r] = lo, hi
+        out["p"][r] = _p(p_upper, sided)
+        out["z"][r] = _z_from_p_one_sided(p_upper)
+        out["n_treat"][r] = np.sum(x[:, 1])
+        out["n_control"][r] = len(x) - np.sum(x[:, 1])
+    return out
+
+
+def responder(y, arm, treat, control, mask, alpha=0.05, sided=2, **_):
+    """Difference in responder proportions: Wald test and Newcombe CI (statsmodels)."""
+    from statsmodels.stats.proportion import (
+        confint_proportions_2indep,
+        test_proportions_2indep,
+    )
+
+    ok = mask & np.isfinite(y)
+    a, b = ok & (arm == treat), ok & (arm == control)
+    na, nb = a.sum(1), b.sum(1)
+    ka, kb = np.where(a, y, 0).sum(1), np.where(b, y, 0).sum(1)
+    out = _empty(len(y))
+    out["n_treat"], out["n_control"] = na.astype(float), nb.astype(float)
+    for r in range(len(y)):
+        if na[r] == 0 or nb[r] == 0:
+            continue
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            res = test_proportions_2indep(
+                ka[r], na[r], kb[r], nb[r], method="wald", alternative="larger"
+            )
+            lo, hi = confint_proportions_2indep(
+                ka[r], na[r], kb[r], nb[r], method="newcomb", alpha=alpha
+            )
+        est = ka[r] / na[r] - kb[r] / nb[r]
+        p_upper = res.pvalue if np.isfinite(res.pvalue) else 0.5
+        out["estimate"][r], out["ci_low"][r], out["ci_high"][r] = est, lo, hi
+        out["se"][r] = np.sqrt(
+            ka[r] / na[r] * (1 - ka[r] / na[r]) / na[r]
+            + kb[r] / nb[r] * (1 - kb[r] / nb[r]) / nb[r]
+        )
+        out["p"][r] = _p(p_upper, sided)
+        out["z"][r] = _z_from_p_one_sided(p_upper)
+    return out
+
+
+def logrank(y, arm, treat, control, mask, event, alpha=0.05, sided=2, **_):
+    """Log-rank test (statsmodels ``survdiff``) with the exponential-model log hazard ratio.
+
+    The estimate is log(events/person-time) treatment minus control (the MLE under constant
+    hazards) with SE sqrt(1/d_t + 1/d_c); the p-value and ``z`` come from the log-rank test,
+    signed by the estimate."""
+    from statsmodels.duration.survfunc import survdiff
+
+    out = _empty(len(y))
+    q = stats.norm.ppf(1 - alpha / 2)
+    for r in range(len(y)):
+        ok = mask[r] & np.isfinite(y[r]) & np.isin(arm[r], (treat, control))
+        a, b = ok & (arm[r] == treat), ok & (arm[r] == control)
+        da, db = event[r, a].sum(), event[r, b].sum()
+        out["n_treat"][r], out["n_control"][r] = a.sum(), b.sum()
+        if da == 0 or db == 0:
+            continue
+        chisq, p_two = survdiff(y[r, ok], event[r, ok], (arm[r, ok] == treat).astype(int))
+        est = np.log(da / y[r, a].sum()) - np.log(db / y[r, b].sum())
+        se = np.sqrt(1 / da + 1 / db)
+        z = np.sign(est) * np.sqrt(chisq)
+        out["estimate"][r], out["se"][r] = est, se
+        out["ci_low"][r], out["ci_high"][r] = est - q * se, est + q * se
+        out["z"][r] = z
+        out["p"][r] = p_two if sided == 2 else stats.norm.sf(z)
+    return out
+
+
+TESTS = {"ttest": ttest, "ancova": ancova, "responder": responder, "logrank": logrank}
+
+
+def power_summary(reject: np.ndarray, conf: float = 0.95) -> dict[str, float]:
+    """Fraction of replicates that reject H0 (NaN = not analysable, left out) and its Wilson
+    Monte Carlo CI (statsmodels ``proportion_confint``)."""
+    from statsmodels.stats.proportion import proportion_confint
+
+    reject = np.asarray(reject, float)
+    ok = np.isfinite(reject)
+    k, n = int(np.sum(reject[ok] > 0)), int(ok.sum())
+    lo, hi = proportion_confint(k, n, alpha=1 - conf, method="wilson") if n else (np.nan, np.nan)
+    return {
+        "power": k / n if n else np.nan,
+        "mc_low": float(lo),
+        "mc_high": float(hi),
+        "replicates": n,
+    }
+
+
+def analytic_power_ttest(
+    delta: float, sd: float, n_per_arm: int, alpha: float, sided: int = 2
+) -> float:
+    """Power of the two-sample t-test from the noncentral t (statsmodels ``TTestIndPower``)."""
+    from statsmodels.stats.power import TTestIndPower
+
+    alt = "two-sided" if sided == 2 else "larger"
+    return float(TTestIndPower().power(delta / sd, n_per_arm, alpha, ratio=1.0, alternative=alt))

@@ -1,0 +1,405 @@
+"""In-silico trials: design statistics (type I error, power), randomization, specs, reports."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import cohort.trial as ct
+from cohort.trial import design, escalation, sequential, stats
+from cohort.trial.spec import TrialSpecError, parse
+
+ROOT = Path(__file__).resolve().parents[1]
+THEO = ROOT / "experiments" / "theophylline_dose_ranging.toml"
+IDR = ROOT / "experiments" / "pkpd_idr_sequential.toml"
+
+
+def _mc_tol(p: float, n: int, k: float = 3.0) -> float:
+    return k * math.sqrt(p * (1 - p) / n)
+
+
+# --- group-sequential design -------------------------------------------------------------
+
+
+def test_obrien_fleming_boundaries_match_published_values():
+    # Lan-DeMets OBF spending, two-sided 0.05 (Jennison & Turnbull 2000, table 2.3 / gsDesign)
+    np.testing.assert_allclose(sequential.boundaries((0.5, 1.0), 0.05), [2.963, 1.969], atol=2e-3)
+    np.testing.assert_allclose(
+        sequential.boundaries((1 / 3, 2 / 3, 1.0), 0.05), [3.710, 2.511, 1.993], atol=2e-3
+    )
+
+
+def test_group_sequential_type_one_error_under_null():
+    res = sequential.simulate_normal(50, 0.0, 1.0, (0.5, 1.0), 0.05, replicates=2000, seed=11)
+    rate = res["reject"].mean()
+    assert abs(rate - 0.05) < _mc_tol(0.05, 2000), rate
+    assert np.all(res["look"] <= 1)
+
+
+def test_group_sequential_stops_early_under_alternative():
+    res = sequential.simulate_normal(100, 0.5, 1.0, (0.5, 1.0), replicates=500, seed=3)
+    assert res["n_used"].mean() < 200  # some trials stop at the interim
+    assert res["reject"].mean() > 0.8
+
+
+# --- power vs analytic -------------------------------------------------------------------
+
+
+def test_two_arm_power_matches_analytic_formula():
+    n_arm, delta, sd, reps = 50, 0.5, 1.0, 1000
+    res = sequential.simulate_normal(n_arm, delta, sd, (1.0,), 0.05, replicates=reps, seed=5)
+    analytic = stats.analytic_power_ttest(delta, sd, n_arm, 0.05)
+    summary = stats.power_summary(res["reject"])
+    assert abs(summary["power"] - analytic) < _mc_tol(analytic, reps), (summary, analytic)
+    assert summary["mc_low"] < analytic < summary["mc_high"]
+
+
+def test_ttest_vectorised_matches_scipy():
+    from scipy.stats import ttest_ind
+
+    gen = np.random.default_rng(0)
+    y = gen.normal(size=(3, 40))
+    arm = np.tile(np.arange(40) % 2, (3, 1))
+    res = stats.ttest(y, arm, 1, 0, np.ones(y.shape, bool))
+    for r in range(3):
+        ref = ttest_ind(y[r, arm[r] == 1], y[r, arm[r] == 0])
+        assert res["p"][r] == pytest.approx(ref.pvalue, rel=1e-10)
+        lo, hi = ref.confidence_interval(0.95)
+        assert (res["ci_low"][r], res["ci_high"][r]) == pytest.approx((lo, hi), rel=1e-10)
+
+
+# --- randomization -----------------------------------------------------------------------
+
+
+def test_block_randomization_reproducible_and_balanced():
+    strata = np.zeros((50, 101), np.int64)
+    a1 = design.allocate(strata, (1, 1), 4, design.rng(3, "allocation"))
+    a2 = design.allocate(strata, (1, 1), 4, design.rng(3, "allocation"))
+    a3 = design.allocate(strata, (1, 1), 4, design.rng(4, "allocation"))
+    np.testing.assert_array_equal(a1, a2)
+    assert not np.array_equal(a1, a3)
+    diff = np.cumsum(np.where(a1 == 1, 1, -1), axis=1)
+    assert np.all(np.abs(diff) <= 2)
+    assert np.all(diff[:, 3::4] == 0)  # balanced at the end of every block
+
+
+def test_unequal_ratio_blocks():
+    arm = design.allocate(np.zeros((20, 60), np.int64), (2, 1), 6, design.rng(1, "allocation"))
+    counts = np.stack([(arm == k).sum(1) for k in (0, 1)], 1)
+    np.testing.assert_array_equal(counts, np.tile([40, 20], (20, 1)))
+
+
+def test_stratification_honoured():
+    gen = np.random.default_rng(2)
+    strata = gen.integers(0, 3, size=(40, 90))
+    arm = design.allocate(strata, (1, 1), 4, design.rng(9, "allocation"))
+    for s in range(3):
+        for r in range(40):
+            seq = arm[r][strata[r] == s]
+            diff = np.cumsum(np.where(seq == 1, 1, -1))
+            assert np.all(np.abs(diff) <= 2)  # balanced within each stratum at all times
+
+
+@pytest.fixture(scope="module")
+def small_trial(tmp_path_factory):
+    out = tmp_path_factory.mktemp("trial") / "trial.zarr"
+    return ct.run(THEO, out=out, replicates=4, n=40)
+
+
+def test_trial_reproducible_by_seed_and_strata_recorded(small_trial):
+    again = ct.run(THEO, replicates=4, n=40)
+    for k in ("arm", "auc", "cmax", "dropout_time"):
+        np.testing.assert_array_equal(small_trial.patients[k].values, again.patients[k].values)
+    wt = small_trial.patients["WT"].values
+    np.testing.assert_array_equal(small_trial.patients["stratum"].values, (wt >= 70).astype(int))
+    assert np.all((wt >= 50) & (wt <= 100))  # inclusion criteria
+    assert np.all(small_trial.patients["CL"].values <= 6)  # exclusion criterion
+    other = ct.run(THEO, replicates=4, n=40, seed=99)
+    assert not np.array_equal(small_trial.patients["arm"].values, other.patients["arm"].values)
+
+
+def test_trial_store_round_trip_and_analysis(small_trial):
+    analysis = ct.analyze(small_trial)
+    opened = ct.open_trial(small_trial.path)
+    np.testing.assert_array_equal(opened.patients["auc"].values, small_trial.patients["auc"].values)
+    assert opened.spec.replicates == 4 and opened.spec.n == 40
+    assert set(analysis.summary["arm"]) == {"200 mg", "300 mg", "400 mg"}
+    placebo = small_trial.patients["auc"].values[small_trial.patients["arm"].values == 0]
+    assert np.nanmax(np.abs(placebo)) < 5  # placebo: assay noise only
+    assert analysis.pta["pta"].between(0, 1).all()
+
+
+def test_report_renders_png(small_trial, tmp_path):
+    import matplotlib.image as mpimg
+
+    path = ct.report(small_trial, tmp_path / "report.md")
+    text = path.read_text()
+    figs = sorted((tmp_path / "report_figures").glob("*.png"))
+    assert len(figs) >= 3 and "![" in text and "| comparison |" in text
+    img = mpimg.imread(figs[0])
+    assert img.shape[0] > 100 and img.std() > 0.01  # non-empty drawing
+    html = ct.report(small_trial, tmp_path / "report.html").read_text()
+    assert html.count("data:image/png;base64,") == len(figs)
+
+
+# --- spec validation ---------------------------------------------------------------------
+
+
+def _raw():
+    import tomllib
+
+    return tomllib.loads(THEO.read_text())
+
+
+@pytest.mark.parametrize(
+    ("mutate", "key"),
+    [
+        (lambda r: r["trial"].update(bogus=1), "[trial]"),
+        (lambda r: r.pop("arms"), "[arms]"),
+        (lambda r: r["allocation"].update(ratio=[1, 1]), "[allocation.ratio]"),
+        (lambda r: r["allocation"].update(block_size=5), "[allocation.block_size]"),
+        (
+            lambda r: r["analysis"]["tests"][0].update(endpoint="nope"),
+            "[analysis.tests[0].endpoint]",
+        ),
+        (lambda r: r["population"].update(inclusion=["WT.__class__"]), "[population.inclusion[0]]"),
+        (lambda r: r["arms"][1]["regimens"][0].update(amt="x"), "[arms[1].regimens[0].amt]"),
+        (lambda r: r["trial"].update(model="nope"), "[trial.model]"),
+        (lambda r: r["pta"][0].update(target="auc2 > 1"), "[pta[0].target]"),
+    ],
+)
+def test_spec_errors_name_file_and_key(mutate, key):
+    raw = _raw()
+    mutate(raw)
+    with pytest.raises(TrialSpecError) as err:
+        parse(raw, "experiments/x.toml", base=THEO.parent)
+    assert "experiments/x.toml" in str(err.value) and key in str(err.value)
+
+
+def test_missing_spec_file():
+    with pytest.raises(TrialSpecError, match="no such trial spec"):
+        ct.load("experiments/does_not_exist.toml")
+
+
+# --- escalation --------------------------------------------------------------------------
+
+
+def test_three_plus_three_rules():
+    draws = np.arange(36)
+    none = np.zeros((4, 36), bool)
+    assert escalation._three_plus_three(none, draws, 3, 36)[0] == 3
+    assert escalation._three_plus_three(~none, draws, 3, 36)[0] == -1
+    tox = none.copy()
+    tox[2] = True  # level 2 always toxic -> MTD is level 1 (expanded to 6)
+    mtd, n, _ = escalation._three_plus_three(tox, draws, 3, 36)
+    assert mtd == 1 and n[1] == 6 and n[3] == 0
+
+
+def test_boin_boundaries_published():
+    le, ld = escalation.boin_bounds(0.3)  # Liu & Yuan (2015), table 1: 0.236 / 0.358
+    assert (le, ld) == pytest.approx((0.236, 0.358), abs=1e-3)
+
+
+@pytest.mark.slow
+def test_idr_sequential_experiment_runs(tmp_path):
+    res = ct.run(IDR, replicates=20, n=60)
+    analysis = ct.analyze(res)
+    assert analysis.bounds is not None and len(analysis.summary) == 8
+    assert np.isfinite(res.patients["flare"].values).all()
+    path = ct.report(res, tmp_path / "r.md", analysis=analysis)
+    assert (tmp_path / "r_figures" / "km_flare.png").stat().st_size > 1000
+    assert path.exists()
+
+
+@pytest.mark.slow
+def test_trial_power_reaches_analytic_within_mc_error_on_pk_trial():
+    # Full pipeline on a PK endpoint: log-AUC t-test; power vs the analytic formula using the
+    # simulated between-patient SD (1,000 replicates x 24 patients).
+    spec = ct.load(THEO)
+    spec = spec.with_(
+        arms=spec.arms[1:3],
+        ratio=(1, 1),
+        block_size=4,
+        control="200 mg",
+        n=24,
+        replicates=1000,
+        tests=(ct.spec.Test("auc", "ttest", log=True, primary=True),),
+        pta=(),
+        dropout_hazard=0.0,
+    )
+    res = ct.run(spec)
+    analysis = ct.analyze(res)
+    y = np.log(res.grid("auc"))
+    arm = res.grid("arm")
+    sd = np.sqrt(0.5 * (np.nanvar(y[arm == 0], ddof=1) + np.nanvar(y[arm == 1], ddof=1)))
+    delta = np.nanmean(y[arm == 1]) - np.nanmean(y[arm == 0])
+    analytic = stats.analytic_power_ttest(delta, sd, 12, 0.05)
+    assert abs(analysis.summary["power"].iloc[0] - analytic) < _mc_tol(analytic, 1000) + 0.01
+
+
+@pytest.mark.slow
+def test_group_sequential_type_one_error_full_pipeline():
+    # Two identical 300 mg arms (H0 true), log-AUC t-test, OBF with one interim: 2,000 trials.
+    from cohort.trial.schema import Arm, Sequential, Test
+
+    spec = ct.load(THEO)
+    same = spec.arms[2]
+    spec = spec.with_(
+        arms=(same, Arm("300 mg B", same.regimens, 300.0)),
+        ratio=(1, 1),
+        block_size=4,
+        control="300 mg",
+        n=100,
+        replicates=2000,
+        pta=(),
+        sequential=Sequential((0.5, 1.0)),
+        tests=(Test("auc", "ttest", log=True, primary=True),),
+    )
+    power = ct.analyze(ct.run(spec)).summary["power"].iloc[0]
+    assert abs(power - 0.05) < _mc_tol(0.05, 2000), power
+
+
+@pytest.mark.slow
+def test_sample_size_search_and_escalation():
+    table = ct.sample_size(THEO, sizes=[12, 48], replicates=30)
+    assert list(table["n"].unique()) == [12, 48]
+    esc = ct.escalate(ROOT / "experiments" / "theophylline_escalation.toml", replicates=100)
+    assert esc["p_select"].sum() + esc.attrs["none_selected"] == pytest.approx(1.0)
+    assert np.all(np.diff(esc["p_dlt"]) >= 0)  # toxicity rises with dose
+
+
+def test_cli_trial_and_report(tmp_path):
+    import typer
+    from typer.testing import CliRunner
+
+    from cohort.cli_trial import report, trial
+
+    app = typer.Typer()
+    app.command()(trial)
+    app.command()(report)
+    store = tmp_path / "t.zarr"
+    args = ["trial", str(THEO), "-o", str(store), "--replicates", "4", "--n", "40"]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, res.output
+    assert "power per comparison" in res.output
+    res = CliRunner().invoke(app, ["report", str(store), "-o", str(tmp_path / "r.md")])
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "r.md").exists()
+    bad = CliRunner().invoke(app, ["trial", str(tmp_path / "missing.toml")])
+    assert bad.exit_code == 2 and "no such trial spec" in bad.output
+
+
+# --- endpoints ---------------------------------------------------------------------------
+
+
+def _compute(eps, y, times, dropout, estimand="complete_case", lloq=0.0):
+    from cohort.trial import endpoints as E
+
+    obs = {"conc": y.copy()}
+    blq = {"conc": y < lloq}
+    return E.compute(
+        eps,
+        obs,
+        blq,
+        {"conc": lloq},
+        times,
+        {"conc": y},
+        times,
+        dropout,
+        estimand,
+        np.random.default_rng(0),
+    )
+
+
+def test_exposure_endpoints_blq_and_estimands():
+    from cohort.trial.schema import Endpoint
+
+    times = np.array([0.0, 1.0, 2.0, 4.0])
+    y = np.array([[0.0, 4.0, 2.0, 0.1], [0.0, 2.0, 1.0, 0.5]])
+    eps = (
+        Endpoint("auc", "auc", "conc", start=0, end=4),
+        Endpoint("cmax", "cmax", "conc", start=0, end=4),
+        Endpoint("trough", "ctrough", "conc", time=4.0),
+        Endpoint("resp", "responder", of="cmax", above=3.0),
+    )
+    dropout = np.array([np.inf, 3.0])
+    out = _compute(eps, y, times, dropout, lloq=0.2)
+    # BLQ (0.1 < 0.2) counts as 0 in AUC and LLOQ/2 = 0.1 for a trough
+    assert out["auc"][0] == pytest.approx(np.trapezoid([0, 4, 2, 0], times))
+    assert out["trough"][0] == pytest.approx(0.1)
+    assert out["cmax"][0] == 4.0 and out["resp"][0] == 1.0
+    assert np.isnan(out["auc"][1]) and np.isnan(out["resp"][1])  # dropped out at t = 3
+    hyp = _compute(eps, y, times, dropout, "hypothetical", lloq=0.2)
+    assert hyp["cmax"][1] == 2.0 and hyp["resp"][1] == 0.0
+
+
+def test_time_to_event_constant_hazard_is_exponential():
+    from cohort.trial.schema import Endpoint
+
+    times = np.linspace(0, 100, 201)
+    n, h0 = 20_000, 0.01
+    y = np.zeros((n, len(times)))
+    ep = (Endpoint("tte", "tte", "conc", baseline_hazard=h0, coefficient=0.5),)
+    out = _compute(ep, y, times, np.full(n, np.inf))
+    frac = out["tte_event"].mean()
+    expected = 1 - np.exp(-h0 * 100)
+    assert abs(frac - expected) < _mc_tol(expected, n)
+    ev = out["tte"][out["tte_event"] == 1]
+    assert ev.max() <= 100 and np.all(out["tte"][out["tte_event"] == 0] == 100)
+
+
+def test_assay_error_model():
+    from cohort.trial import endpoints as E
+    from cohort.trial.schema import Assay
+
+    true = np.full((50_000, 1), 10.0)
+    obs, blq = E.observe(true, Assay("conc", 0.1, 0.5, lloq=9.0), np.random.default_rng(1))
+    assert np.std(obs) == pytest.approx(np.sqrt(1.0**2 + 0.5**2), rel=0.02)
+    assert blq.mean() == pytest.approx(
+        0.5 * (1 + math.erf(-1 / math.sqrt(1.25) / math.sqrt(2))), abs=0.01
+    )
+
+
+def test_response_adaptive_randomization_favours_better_arm():
+    from cohort.trial.schema import Adaptive
+
+    spec = ct.load(THEO).with_(replicates=1, n=40)  # x 4 arms = the fixture's compiled shape
+    rar = spec.with_(adaptive=Adaptive("in_range", burn_in=8, batch=8, power=1.0))
+    res = ct.run(rar)
+    arm = res.grid("arm")
+    late = arm[:, 8:]
+    # in_range (trough > 5 mg/L) is most likely at 400 mg (arm 3), never on placebo (arm 0)
+    assert (late == 3).mean() > (late == 0).mean()
+    assert res.simulation.sizes["patient"] == 4 * 40  # potential outcomes under every arm
+    hit = res.grid("in_range")
+    assert np.nanmean(hit[arm == 0]) == 0.0
+    again = ct.run(rar)
+    np.testing.assert_array_equal(again.grid("arm"), arm)
+    assert len(ct.analyze(res).summary) == 6
+
+
+def test_dose_pta_sweep_monotone_for_trough_target():
+    table = ct.dose_pta(THEO, [100, 300, 450, 600], pool=40)  # 160 rows: fixture's compiled shape
+    trough = table[table["target"] == "Ctrough >= 5 mg/L"]["pta"].to_numpy()
+    assert np.all(np.diff(trough) >= 0) and trough[0] < 0.05 and trough[-1] > 0.9
+
+
+@pytest.mark.parametrize("design_name", ["boin", "crm"])
+def test_model_based_escalation_selects_dose_nearest_target(design_name):
+    gen = np.random.default_rng(4)
+    probs = np.array([0.05, 0.10, 0.25, 0.50, 0.70])
+    u = gen.random(2000)  # one latent tolerance per patient: monotone toxicity in dose
+    tox = u[None, :] < probs[:, None]
+    picks = np.zeros(len(probs) + 1)
+    skel = escalation.crm_skeleton(5, 0.25)
+    for _ in range(200):
+        draws = gen.integers(0, 2000, 30)
+        if design_name == "boin":
+            mtd = escalation._boin(tox, draws, 3, 30, 0.25)[0]
+        else:
+            mtd = escalation._crm(tox, draws, 3, 30, 0.25, skel)[0]
+        picks[mtd] += 1
+    assert np.argmax(picks[:5]) == 2 and picks[2] / 200 > 0.45
