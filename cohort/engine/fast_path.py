@@ -55,6 +55,11 @@ class FastOptions:
 
 
 def _rk4(model: Model, t, y: Tree, p: Tree, u: Tree, h):
+    # Without infusions the input rates are all zero: pass Python zeros, which XLA folds away
+    # (an [N] array of zeros per state would be read at every one of the 4 stages).
+    if u is None:
+        u = dict.fromkeys(y, 0.0)
+
     def f(tt, yy):
         return model.rhs(tt, yy, p, u)
 
@@ -68,7 +73,7 @@ def _rk4(model: Model, t, y: Tree, p: Tree, u: Tree, h):
     return {s: y[s] + (h / 6.0) * (k1[s] + 2.0 * k2[s] + 2.0 * k3[s] + k4[s]) for s in y}
 
 
-def _substep(model, p, ch, y_init, y_ss, carry, t_b):
+def _substep(model, p, ch, y_init, y_ss, carry, t_b, with_infusion: bool = True):
     """Advance every patient to ``t_b``, stopping at (and applying) each change on the way."""
 
     def pending(c):
@@ -79,7 +84,7 @@ def _substep(model, p, ch, y_init, y_ss, carry, t_b):
         change = take(ch, ptr)
         due = change["time"] <= t_b
         target = jnp.where(due, change["time"], tc)
-        y = _rk4(model, tc, y, p, u, target - tc)
+        y = _rk4(model, tc, y, p, u if with_infusion else None, target - tc)
         y, u, last_reset = apply_change(model, y, u, last_reset, change, due, y_init, y_ss)
         ptr = jnp.minimum(ptr + due.astype(ptr.dtype), ch.time.shape[1] - 1)
         return target, y, u, ptr, last_reset
@@ -89,7 +94,7 @@ def _substep(model, p, ch, y_init, y_ss, carry, t_b):
         pending(carry), lambda c: jax.lax.while_loop(pending, body, c), lambda c: c, carry
     )
     tc, y, u, ptr, last_reset = c
-    y = _rk4(model, tc, y, p, u, t_b - tc)
+    y = _rk4(model, tc, y, p, u if with_infusion else None, t_b - tc)
     return jnp.broadcast_to(t_b, tc.shape).astype(tc.dtype), y, u, ptr, last_reset
 
 
@@ -100,9 +105,9 @@ def _sub_end(t_a, t_b, n_sub: int, k):
     return jnp.where(k + 1 == n_sub, t_b, t_a + (k + 1) * ((t_b - t_a) / n_sub))
 
 
-def _advance(model, p, ch, y_init, y_ss, carry, t_a, t_b, n_sub: int):
+def _advance(model, p, ch, y_init, y_ss, carry, t_a, t_b, n_sub: int, with_infusion=True):
     def sub(k, c):
-        return _substep(model, p, ch, y_init, y_ss, c, _sub_end(t_a, t_b, n_sub, k))
+        return _substep(model, p, ch, y_init, y_ss, c, _sub_end(t_a, t_b, n_sub, k), with_infusion)
 
     return jax.lax.fori_loop(0, n_sub, sub, carry)
 
@@ -209,7 +214,9 @@ def solve_batch(
     )
     # Records before the first save time: integrate up to it in steps of at most dt.
     n_lead = max(1, math.ceil((times[0] - t_first) / dt - 1e-9))
-    carry = _advance(model, p, ch, y_init, y_ss, carry, t_first, float(times[0]), n_lead)
+    carry = _advance(
+        model, p, ch, y_init, y_ss, carry, t_first, float(times[0]), n_lead, with_infusion
+    )
     tgrid = jnp.asarray(times, dtype)
 
     def observe(y):
@@ -224,13 +231,13 @@ def solve_batch(
         def sub(k, state):
             t, y = state
             t_next = jnp.broadcast_to(_sub_end(tgrid[i], tgrid[i + 1], n_sub, k), t.shape)
-            return t_next, _rk4(model, t, y, p, u, t_next - t)
+            return t_next, _rk4(model, t, y, p, u if with_infusion else None, t_next - t)
 
         tc, y = jax.lax.fori_loop(0, n_sub, sub, (tc, y)) if n_sub > 1 else sub(0, (tc, y))
         return tc, y, u, ptr, last_reset
 
     def eventful(c, i):
-        return _advance(model, p, ch, y_init, y_ss, c, tgrid[i], tgrid[i + 1], n_sub)
+        return _advance(model, p, ch, y_init, y_ss, c, tgrid[i], tgrid[i + 1], n_sub, with_infusion)
 
     nonneg = {st.name for st in model.states if st.nonnegative}
 
