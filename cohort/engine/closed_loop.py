@@ -29,7 +29,6 @@ from typing import Any, NamedTuple, Protocol
 import jax
 import jax.numpy as jnp
 
-from cohort.engine.fast_path import _rk4
 from cohort.models.base import Model, Tree
 
 
@@ -91,37 +90,58 @@ class Sensor:
 class ClosedLoopOptions:
     """``period`` control/CGM period (min), ``dt`` RK4 step (min; divides ``period`` and is
     at most 1 so minute-wise meal inputs are exact), ``sensor`` (``None``: the controller sees
-    ``Gsub`` exactly), ``pump_increment`` (U; ``None``: no quantisation), ``max_rate`` (U/min)."""
+    ``Gsub`` exactly), ``pump_increment`` (U; ``None``: no quantisation), ``max_rate`` (U/min).
+    ``one_sided``: evaluate RK4's end stages just inside each step (see :func:`_rk4`; ``False``
+    reproduces the open-loop fast path to round-off, at its lower accuracy around meals)."""
 
     period: float = 5.0
     dt: float = 1.0
     sensor: Sensor | None = None
     pump_increment: float | None = None
     max_rate: float = math.inf
+    one_sided: bool = True
 
     def substeps(self) -> int:
-        n = round(self.period / self.dt)
-        if self.dt <= 0 or self.dt > 1.0 or abs(n * self.dt - self.period) > 1e-9 * self.period:
+        """RK4 steps per control period (validates ``dt``)."""
+        n = round(self.period / self.dt) if self.dt > 0 else 0
+        per_minute = 1.0 / self.dt if self.dt > 0 else 0.0
+        if (
+            not 0 < self.dt <= 1.0
+            or n < 1
+            or abs(n * self.dt - self.period) > 1e-9 * self.period
+            or abs(per_minute - round(per_minute)) > 1e-9
+        ):
             raise ValueError(
-                f"dt ({self.dt}) must be in (0, 1] min and divide the period ({self.period})"
+                f"dt ({self.dt}) must divide 1 min and the control period ({self.period} min)"
             )
-        if round(1.0 / self.dt) * self.dt != 1.0 and abs(1.0 / self.dt - round(1.0 / self.dt)):
-            raise ValueError(f"dt ({self.dt}) must divide 1 min")
         return n
 
 
-def meal_rate(meals: MealInputs, t_mid):
-    """Carbohydrate eaten (mg/min) during the minute containing ``t_mid`` (all patients)."""
+class _Eating(NamedTuple):
+    """Per-meal eating windows: ``rate`` g/min until ``full_end``, then ``rest`` g for 1 min."""
+
+    start: jax.Array
+    full_end: jax.Array
+    rate: jax.Array
+    rest: jax.Array
+    profile: jax.Array
+
+
+def eating_windows(meals: MealInputs) -> _Eating:
+    """simglucose's eating: whole minutes at ``eat_rate``, the remainder in one more minute."""
     full = jnp.floor(meals.grams / meals.eat_rate + 1e-12)
-    full_end = meals.start + full
     rest = meals.grams - full * meals.eat_rate
-    t = t_mid
-    eating = (t >= meals.start) & (t < full_end)
-    finishing = (t >= full_end) & (t < full_end + 1.0)
-    grams_per_min = jnp.where(eating, meals.eat_rate, 0.0) + jnp.where(finishing, rest, 0.0)
-    minute = jnp.floor(t).astype(jnp.int32)
-    n_prof = meals.profile.shape[0]
-    prof = jnp.where(minute < n_prof, meals.profile[jnp.clip(minute, 0, n_prof - 1)], 0.0)
+    return _Eating(meals.start, meals.start + full, meals.eat_rate, rest, meals.profile)
+
+
+def meal_rate(w: _Eating, t_mid):
+    """Carbohydrate eaten (mg/min) during the minute containing ``t_mid`` (all patients)."""
+    eating = (t_mid >= w.start) & (t_mid < w.full_end)
+    finishing = (t_mid >= w.full_end) & (t_mid < w.full_end + 1.0)
+    grams_per_min = jnp.where(eating, w.rate, 0.0) + jnp.where(finishing, w.rest, 0.0)
+    minute = jnp.floor(t_mid).astype(jnp.int32)
+    n_prof = w.profile.shape[0]
+    prof = jnp.where(minute < n_prof, w.profile[jnp.clip(minute, 0, n_prof - 1)], 0.0)
     return 1000.0 * (jnp.sum(grams_per_min, axis=-1) + prof)
 
 
@@ -177,6 +197,28 @@ def _quantise(rate, residual, period: float, increment: float | None):
     return delivered / period, amount - delivered
 
 
+def _rk4(model: Model, t, y: Tree, p: Tree, u: Tree, h, inset: float):
+    """One RK4 step whose end stages are evaluated ``inset`` inside ``[t, t + h]``.
+
+    Meal inputs switch only at whole minutes, which are step boundaries, so within a step the
+    right-hand side is smooth; evaluating its end stages at the one-sided limits (rather than
+    at the switching instants themselves, where the UVA/Padova meal bookkeeping takes the mean
+    of both sides) keeps RK4's fourth order across meals. ``inset = 0`` gives plain RK4.
+    """
+
+    def f(tt, yy):
+        return model.rhs(tt, yy, p, u)
+
+    def axpy(a, k):
+        return {s: y[s] + a * k[s] for s in y}
+
+    k1 = f(t + inset, y)
+    k2 = f(t + 0.5 * h, axpy(0.5 * h, k1))
+    k3 = f(t + 0.5 * h, axpy(0.5 * h, k2))
+    k4 = f(t + h - inset, axpy(h, k3))
+    return {s: y[s] + (h / 6.0) * (k1[s] + 2.0 * k2[s] + 2.0 * k3[s] + k4[s]) for s in y}
+
+
 def basal_rate(p: Tree):
     """Basal insulin rate (U/min) that holds each patient at its basal steady state."""
     return p["u2ss"] * p["BW"] / 6000.0
@@ -215,8 +257,11 @@ def solve_closed_loop(
     basal = basal_rate(p)
     n = basal.shape[0]
     keys = _sensor_keys(seed, patient_ids)
+    windows = eating_windows(meals)
     nonneg = {st.name for st in model.states if st.nonnegative}
     zeros = jnp.zeros(n, basal.dtype)
+    # a few ulps of the latest time at float32, negligible (1e-6 of a step) at float64
+    inset = (1e-6 if basal.dtype == jnp.float64 else 2e-3) * h if options.one_sided else 0.0
 
     def extremes(lo, hi, y):
         for s in names:
@@ -243,8 +288,8 @@ def solve_closed_loop(
             ins = rate + _bolus_rate(meals, t_mid)
             u = {s: zeros for s in names}
             u[insulin_target] = ins
-            u[meal_target] = meal_rate(meals, t_mid)
-            return _rk4(model, t, y, p, u, h), delivered + ins * h
+            u[meal_target] = meal_rate(windows, t_mid)
+            return _rk4(model, t, y, p, u, h, inset), delivered + ins * h
 
         return jax.lax.fori_loop(0, n_sub, step, (y, zeros))
 

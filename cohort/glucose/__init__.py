@@ -1,5 +1,13 @@
-"""Glucose-control analysis: glycaemic outcome metrics (time in range, risk indices, CVGA)."""
+"""Glucose-control analysis: glycaemic outcome metrics (time in range, risk indices, CVGA),
+meal scenarios, insulin controllers and closed-loop cohort runs (:func:`run`)."""
 
+from cohort.glucose.controllers import (
+    PID,
+    BasalBolus,
+    HybridClosedLoop,
+    OpenLoop,
+    controller,
+)
 from cohort.glucose.metrics import (
     CVGA_LETTERS,
     CVGA_ZONES,
@@ -9,13 +17,34 @@ from cohort.glucose.metrics import (
     risk_function,
     time_weights,
 )
+from cohort.glucose.scenarios import (
+    MealScenario,
+    fixed_scenario,
+    profile_scenario,
+    random_scenario,
+    scenario,
+    single_meal,
+)
+from cohort.glucose.simulate import run
 
 __all__ = [
     "CVGA_LETTERS",
     "CVGA_ZONES",
+    "PID",
+    "BasalBolus",
+    "HybridClosedLoop",
+    "MealScenario",
+    "OpenLoop",
+    "controller",
     "cvga",
     "cvga_counts",
+    "fixed_scenario",
     "glycemic_metrics",
+    "profile_scenario",
+    "random_scenario",
     "risk_function",
+    "run",
+    "scenario",
+    "single_meal",
     "time_weights",
 ]

@@ -1,0 +1,201 @@
+"""UVA/Padova cohort throughput vs simglucose, and accuracy vs the adaptive diffrax reference.
+
+Cohort: ``--n`` adults sampled from the prior (``sample_patients("adult", n, seed)``), one day,
+three meals (45/70/80 g at 7/12/18 h, eaten at 5 g/min) with boluses of ``g/15`` U in the
+meal's first minute, basal at steady state; glucose saved every 5 min.
+
+Rows (timed after a warm-up run, so compilation is excluded; end to end = dosing table, solve
+and the xarray result):
+
+* ``cohort_fast_f64`` / ``_f32``: ``cohort.simulate(method="fast")`` (open loop, records);
+* ``closed_loop_*``: ``cohort.glucose.run`` (controller in the loop every 5 min, 1-min RK4 with
+  one-sided end stages unless ``dt0.5``; the open-loop runs use the same meals and boluses as
+  the records, basal-bolus adds its own meal boluses);
+* ``simglucose``: simglucose 0.2.11's bare ``T1DPatient`` loop (1-min steps, the same meals and
+  boluses) on ``--sg-n`` reference adults, extrapolated per patient-day (install it for the
+  benchmark only: ``pip install simglucose "setuptools<81"``).
+
+Accuracy: max |ΔGsub| (mg/dL) over the first ``--ref-n`` patients and all save times against
+``cohort.simulate(method="diffrax")`` (float64, rtol 1e-8 / atol 1e-10), for the fast path and
+the closed loop (open loop, same meals and boluses) at dt = 1, 0.5 and 0.25 min.
+
+    python benchmarks/bench_glucose.py            # N = 10,000 (about 2 min on 2 CPU cores)
+    python benchmarks/bench_glucose.py --quick    # N = 500 smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import time
+
+import numpy as np
+from _common import RESULTS_DIR, OtherLoad, machine_info, short_error, write_json
+
+import cohort
+from cohort.engine.closed_loop import ClosedLoopOptions
+from cohort.glucose import controllers, scenarios
+from cohort.glucose.simulate import run
+from cohort.models.glucose import (
+    combine,
+    insulin_records,
+    meal_records,
+    reference_patients,
+    sample_patients,
+)
+
+MEALS = ((7.0, 45.0), (12.0, 70.0), (18.0, 80.0))
+BOLUS_G_PER_U = 15.0
+TIMES = np.arange(0.0, 1441.0, 5.0)
+SEED = 20261125
+
+
+def _dosing():
+    t = [60.0 * h for h, _ in MEALS]
+    g = [grams for _, grams in MEALS]
+    return combine(meal_records(t, g), insulin_records(t, [x / BOLUS_G_PER_U for x in g]))
+
+
+def _scenario(n: int):
+    return scenarios.fixed_scenario(n, 1, MEALS, bolus=[g / BOLUS_G_PER_U for _, g in MEALS])
+
+
+def _timed(fn, repeats: int = 1):
+    fn()  # warm-up (compilation)
+    best = np.inf
+    with OtherLoad() as load:
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            res = fn()
+            best = min(best, time.perf_counter() - t0)
+    return res, best, load.value
+
+
+def _simglucose(n: int) -> dict:
+    try:
+        from simglucose.patient.t1dpatient import Action, T1DPatient
+    except Exception as exc:  # noqa: BLE001 - optional dependency
+        return {"error": short_error(exc)}
+    meals = {int(60 * h): g for h, g in MEALS}
+    names = reference_patients("adult")["Name"].tolist()[:n]
+    traces, t0 = {}, time.perf_counter()
+    for name in names:
+        patient = T1DPatient.withName(name)
+        basal = patient._params.u2ss * patient._params.BW / 6000
+        out = [patient.observation.Gsub]
+        while patient.t < 1440:
+            t = int(round(patient.t))
+            bolus = meals.get(t, 0.0) / BOLUS_G_PER_U
+            patient.step(Action(insulin=basal + bolus, CHO=meals.get(t, 0)))
+            out.append(patient.observation.Gsub)
+        traces[name] = np.asarray(out)[::5]
+    wall = time.perf_counter() - t0
+    return {"patients": n, "wall_s": wall, "s_per_patient_day": wall / n, "traces": traces}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--n", type=int, default=10_000)
+    ap.add_argument("--ref-n", type=int, default=50)
+    ap.add_argument("--sg-n", type=int, default=3)
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args()
+    n = 500 if args.quick else args.n
+    pop = sample_patients("adult", n, seed=SEED)
+    dosing = _dosing()
+    rows: dict[str, dict] = {}
+
+    def cohort_fast(dtype):
+        return cohort.simulate(
+            "uva_padova", pop, dosing, TIMES, method="fast", dtype=dtype, outputs=["Gsub"]
+        )
+
+    for dtype in ("float64", "float32"):
+        ds, wall, load = _timed(lambda dtype=dtype: cohort_fast(dtype))
+        rows[f"cohort_fast_{dtype[-2:]}"] = _row(n, wall, load, ds.status.values)
+
+    sc = _scenario(n)
+    open_loop, bb = controllers.OpenLoop(), controllers.BasalBolus()
+    for name, ctrl, kw in (
+        ("closed_loop_open_f64", open_loop, {}),
+        ("closed_loop_open_f64_dt0.5", open_loop, {"options": ClosedLoopOptions(dt=0.5)}),
+        ("closed_loop_open_f32", open_loop, {"dtype": "float32"}),
+        ("closed_loop_basal_bolus_f64", bb, {}),
+    ):
+        ds, wall, load = _timed(lambda ctrl=ctrl, kw=kw: run(pop, sc, ctrl, days=1, **kw))
+        rows[name] = _row(n, wall, load, ds.status.values)
+        rows[name]["tir_70_180_mean"] = float(ds.tir_70_180.mean())
+
+    sg = _simglucose(args.sg_n)
+    accuracy = _accuracy(pop.iloc[: args.ref_n], dosing)
+    if "traces" in sg:
+        ref = reference_patients("adult").iloc[: args.sg_n]
+        ours = cohort.simulate("uva_padova", ref, dosing, TIMES, method="diffrax", outputs=["Gsub"])
+        diff = [np.max(np.abs(ours.Gsub.values[i] - sg["traces"][nm])) for i, nm in
+                enumerate(ref["Name"])]  # fmt: skip
+        accuracy["diffrax_vs_simglucose_max_abs"] = float(np.max(diff))
+        sg.pop("traces")
+        for r in rows.values():
+            r["ratio_vs_simglucose"] = r["patient_days_per_s"] * sg["s_per_patient_day"]
+    payload = {
+        "benchmark": "bench_glucose",
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "n_patients": n,
+        "days": 1,
+        "save_step_min": 5.0,
+        "meals": MEALS,
+        "bolus_g_per_U": BOLUS_G_PER_U,
+        "rows": rows,
+        "simglucose": sg,
+        "accuracy_max_abs_dG_mg_dl": accuracy,
+        "machine": machine_info(),
+    }
+    name = args.out or ("bench_glucose_quick.json" if args.quick else "bench_glucose.json")
+    write_json(RESULTS_DIR / name, payload)
+    for k, r in rows.items():
+        print(f"{k:26s} {r['patient_days_per_s']:12,.0f} patient-days/s "
+              f"ratio {r.get('ratio_vs_simglucose', float('nan')):10,.0f}x")  # fmt: skip
+    print("simglucose s/patient-day:", sg.get("s_per_patient_day"))
+    print("accuracy:", accuracy)
+
+
+def _row(n, wall, load, status) -> dict:
+    return {
+        "wall_s": wall,
+        "patient_days_per_s": n / wall,
+        "other_load_cores": load,
+        "status_ok": int(np.sum(status == 0)),
+    }
+
+
+def _accuracy(pop, dosing) -> dict:
+    n = len(pop)
+    ref = cohort.simulate("uva_padova", pop, dosing, TIMES, method="diffrax", outputs=["Gsub"])
+    ok = ref.status.values == 0
+    out = {"ref_patients": n, "ref_ok": int(ok.sum())}
+    g_ref = ref.Gsub.values
+    for dt in (1.0, 0.5, 0.25):
+        fast = cohort.simulate(
+            "uva_padova", pop, dosing, TIMES, method="fast", outputs=["Gsub"],
+            options=cohort.FastOptions(dt=dt),
+        )  # fmt: skip
+        good = ok & (fast.status.values == 0)
+        out[f"fast_dt{dt:g}"] = float(np.max(np.abs(fast.Gsub.values - g_ref)[good]))
+        cl = run(pop, _scenario(n), controllers.OpenLoop(), days=1,
+                 options=ClosedLoopOptions(dt=dt), out_dtype="float64")  # fmt: skip
+        good = ok & (cl.status.values == 0)
+        if dt == 1.0:
+            cl32 = run(pop, _scenario(n), controllers.OpenLoop(), days=1, dtype="float32",
+                       out_dtype="float64")  # fmt: skip
+            good32 = good & (cl32.status.values == 0)
+            out["closed_loop_f32_dt1"] = float(np.max(np.abs(cl32.Gsub.values - g_ref)[good32]))
+        out[f"closed_loop_dt{dt:g}"] = float(np.max(np.abs(cl.Gsub.values - g_ref)[good]))
+        out[f"closed_loop_dt{dt:g}_median_patient"] = float(
+            np.median(np.max(np.abs(cl.Gsub.values - g_ref), axis=1)[good])
+        )
+    return out
+
+
+if __name__ == "__main__":
+    main()

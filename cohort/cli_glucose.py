@@ -1,0 +1,114 @@
+"""CLI command ``cohort glucose``: a closed-loop UVA/Padova cohort (typer function; registered
+in cli.py with ``app.command()(glucose)``)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import typer
+from rich.table import Table
+
+from cohort.cli import _fail, _progress, console
+
+_METRICS = (
+    ("tir_70_180", "TIR 70–180 %"),
+    ("tbr_70", "TBR <70 %"),
+    ("tbr_54", "TBR <54 %"),
+    ("tar_180", "TAR >180 %"),
+    ("tar_250", "TAR >250 %"),
+    ("mean", "mean mg/dL"),
+    ("cv", "CV %"),
+    ("gmi", "GMI %"),
+    ("lbgi", "LBGI"),
+    ("hbgi", "HBGI"),
+)
+
+
+def _metrics_table(ds) -> Table:
+    from cohort.glucose.metrics import cvga_counts
+
+    ok = ds["status"].values == 0
+    table = Table(title=f"glycaemic metrics — {int(ok.sum()):,}/{ds.sizes['patient']:,} patients")
+    for col in ("metric", "mean", "median", "p5", "p95"):
+        table.add_column(col, justify="left" if col == "metric" else "right")
+    for name, label in _METRICS:
+        v = np.asarray(ds[name].values, float)[ok]
+        if v.size == 0:
+            continue
+        p5, med, p95 = np.nanquantile(v, [0.05, 0.5, 0.95])
+        table.add_row(label, f"{np.nanmean(v):.2f}", f"{med:.2f}", f"{p5:.2f}", f"{p95:.2f}")
+    counts = cvga_counts(ds["cvga_zone"].isel(patient=np.flatnonzero(ok)), letters=True)
+    zones = "  ".join(f"{z}:{int(c)}" for z, c in zip(counts.zone.values, counts.values))
+    table.caption = f"CVGA {zones}"
+    return table
+
+
+def glucose(
+    patients: str = typer.Option("adult", help="adolescent | adult | child"),
+    n: int = typer.Option(10, help="virtual patients (reference patients if --n <= 10)"),
+    days: float = typer.Option(1.0, help="simulated days"),
+    controller: str = typer.Option("basal-bolus", help="open-loop | basal-bolus | pid | hybrid"),
+    scenario: str = typer.Option("random", help="fixed (45/70/80 g) | random (simglucose-like)"),
+    seed: int = typer.Option(0, help="seed of patients, meals and sensor noise"),
+    cgm_noise: bool = typer.Option(True, help="CGM sensor noise (Johnson SU, simglucose Dexcom)"),
+    pump_increment: float = typer.Option(0.05, help="pump quantisation in U (0: none)"),
+    period: float = typer.Option(5.0, help="control / CGM period in min"),
+    out: Path = typer.Option(None, "--out", "-o", help="zarr store for the trajectories"),
+    overwrite: bool = typer.Option(False, help="replace an existing --out"),
+    plots: Path = typer.Option(None, help="folder for glucose-band and CVGA figures"),
+):
+    """Closed-loop UVA/Padova cohort: meals, CGM and an insulin controller in the loop."""
+    from cohort.engine.closed_loop import ClosedLoopOptions, Sensor
+    from cohort.engine.inputs import InputError
+    from cohort.glucose.simulate import run
+    from cohort.models.glucose import GROUPS, reference_patients, sample_patients
+    from cohort.store import StoreError
+
+    if patients not in GROUPS:
+        _fail(f"--patients must be one of {GROUPS}, got {patients!r}")
+    if n < 1 or days <= 0:
+        _fail("--n must be >= 1 and --days > 0")
+    pop = (
+        reference_patients(patients).iloc[:n]
+        if n <= 10
+        else sample_patients(patients, n, seed=seed)
+    )
+    options = ClosedLoopOptions(
+        period=period,
+        sensor=Sensor() if cgm_noise else None,
+        pump_increment=pump_increment or None,
+    )
+    t0 = time.perf_counter()
+    try:
+        with _progress() as bar:
+            task = bar.add_task(f"glucose {controller}", total=len(pop))
+
+            def update(done: int, total: int) -> None:
+                bar.update(task, completed=done, total=total)
+
+            ds = run(
+                pop,
+                scenario,
+                controller,
+                days=days,
+                seed=seed,
+                out=None if out is None else str(out),
+                options=options,
+                overwrite=overwrite,
+                progress=update,
+            )
+    except (InputError, StoreError, ValueError) as exc:
+        _fail(str(exc))
+    wall = time.perf_counter() - t0
+    console.print(_metrics_table(ds))
+    console.print(
+        f"{len(pop):,} patients × {days:g} days in {wall:.1f} s "
+        f"({len(pop) * days / wall:,.0f} patient-days/s)" + (f" → {out}" if out else "")
+    )
+    if plots is not None:
+        from cohort.glucose.plots import cvga_plot, glucose_band
+
+        for p in (glucose_band(ds, plots / "glucose_band.png"), cvga_plot(ds, plots / "cvga.png")):
+            console.print(f"wrote {p}")

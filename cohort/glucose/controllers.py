@@ -1,0 +1,179 @@
+"""Insulin controllers for closed-loop cohorts: pure control laws on ``[N]`` arrays.
+
+Each controller is a frozen dataclass (its tuning) with ``init(patients, basal, period)`` giving
+a NamedTuple state (per-patient constants included) and ``__call__(state, obs, t) ->
+(state, rate)``, the **total** insulin rate in U/min, basal included (see
+:mod:`cohort.engine.closed_loop` for the convention). Patient-specific therapy parameters follow
+clinical rules of thumb from the basal rate when not given: total daily insulin
+``TDI = tdi_factor·1440·basal`` (basal ≈ half of TDI), carb ratio ``CR = 500/TDI`` g/U, correction
+factor ``CF = 1800/TDI`` mg/dL/U.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from cohort.engine.closed_loop import Observation
+from cohort.models.base import Tree
+
+
+class Therapy(NamedTuple):
+    """Per-patient therapy constants (``[N]``): basal U/min, CR g/U, CF mg/dL/U."""
+
+    basal: jax.Array
+    carb_ratio: jax.Array
+    correction_factor: jax.Array
+
+
+def therapy(
+    basal, tdi_factor: float = 2.0, carb_ratio: float | None = None, cf: float | None = None
+) -> Therapy:
+    """Rule-of-thumb therapy from the basal rate (or fixed ``carb_ratio``/``cf`` if given)."""
+    tdi = tdi_factor * 1440.0 * basal
+    cr = 500.0 / tdi if carb_ratio is None else jnp.full_like(basal, carb_ratio)
+    cfac = 1800.0 / tdi if cf is None else jnp.full_like(basal, cf)
+    return Therapy(basal, cr, cfac)
+
+
+@dataclasses.dataclass(frozen=True)
+class OpenLoop:
+    """Basal only: the patient's steady-state basal rate, whatever the glucose."""
+
+    name = "open-loop"
+
+    def init(self, patients: Tree, basal, period: float) -> Therapy:
+        return therapy(basal)
+
+    def __call__(self, state: Therapy, obs: Observation, t):
+        return state, state.basal
+
+
+@dataclasses.dataclass(frozen=True)
+class BasalBolus:
+    """Basal plus a bolus at each announced meal: ``carbs/CR`` and, if CGM is above
+    ``correction_threshold``, ``(CGM - target)/CF`` (simglucose's BBController rule). The bolus
+    is delivered over the control period in which the meal starts."""
+
+    target: float = 140.0
+    correction_threshold: float = 150.0
+    tdi_factor: float = 2.0
+    carb_ratio: float | None = None
+    correction_factor: float | None = None
+    name = "basal-bolus"
+
+    def init(self, patients: Tree, basal, period: float) -> tuple[Therapy, float]:
+        return therapy(basal, self.tdi_factor, self.carb_ratio, self.correction_factor), period
+
+    def __call__(self, state, obs: Observation, t):
+        th, period = state
+        meal = obs.meal_announced > 0
+        correction = jnp.where(
+            obs.cgm > self.correction_threshold, (obs.cgm - self.target) / th.correction_factor, 0
+        )
+        bolus = jnp.where(meal, obs.meal_announced / th.carb_ratio + correction, 0.0)
+        return state, th.basal + bolus / period
+
+
+class PIDState(NamedTuple):
+    basal: jax.Array
+    integral: jax.Array  # mg/dL·min
+    previous: jax.Array  # mg/dL, last CGM
+    period: float
+
+
+@dataclasses.dataclass(frozen=True)
+class PID:
+    """PID on CGM, relative to basal: ``rate = basal·max(0, 1 + kp·e + ki·∫e + kd·de/dt)`` with
+    ``e = CGM - target`` (mg/dL). Gains are per mg/dL, so they scale with each patient's basal
+    (a proxy for insulin sensitivity). The integral is clamped to ``±integral_limit`` (no
+    wind-up during suspension or long hyperglycaemia). No meal announcement is used."""
+
+    target: float = 120.0
+    kp: float = 0.01
+    ki: float = 2e-5
+    kd: float = 2.0
+    integral_limit: float = 1e4
+    name = "pid"
+
+    def init(self, patients: Tree, basal, period: float) -> PIDState:
+        zero = jnp.zeros_like(basal)
+        return PIDState(basal, zero, patients["Gb"] + zero, period)
+
+    def __call__(self, state: PIDState, obs: Observation, t):
+        e = obs.cgm - self.target
+        lim = self.integral_limit
+        integral = jnp.clip(state.integral + e * state.period, -lim, lim)
+        slope = (obs.cgm - state.previous) / state.period
+        gain = 1.0 + self.kp * e + self.ki * integral + self.kd * slope
+        rate = state.basal * jnp.maximum(gain, 0.0)
+        return state._replace(integral=integral, previous=obs.cgm), rate
+
+
+class HybridState(NamedTuple):
+    therapy: Therapy
+    previous: jax.Array  # mg/dL, last CGM
+    trend: jax.Array  # mg/dL/min, smoothed CGM slope
+    iob: jax.Array  # U, insulin on board above basal
+    period: float
+
+
+@dataclasses.dataclass(frozen=True)
+class HybridClosedLoop:
+    """Model-free predictive hybrid closed loop: meal boluses as :class:`BasalBolus`, plus an
+    automatic correction planned on a glucose prediction, re-planned every period (receding
+    horizon, MPC-like without an explicit model).
+
+    Each period: the CGM slope is smoothed (``trend``), glucose is predicted ``horizon`` min
+    ahead linearly; the correction insulin ``(G_pred - target)/CF - IOB`` (if positive) is
+    spread over ``spread`` min; basal is scaled down linearly from 1 at ``target`` to 0 at
+    ``suspend_below`` (predictive low-glucose suspend). Insulin on board above basal decays
+    exponentially with ``iob_time`` min (a one-compartment proxy of insulin action).
+    """
+
+    target: float = 120.0
+    horizon: float = 30.0
+    spread: float = 60.0
+    suspend_below: float = 80.0
+    iob_time: float = 120.0
+    smoothing: float = 0.5
+    tdi_factor: float = 2.0
+    name = "hybrid"
+
+    def init(self, patients: Tree, basal, period: float) -> HybridState:
+        zero = jnp.zeros_like(basal)
+        th = therapy(basal, self.tdi_factor)
+        return HybridState(th, patients["Gb"] + zero, zero, zero, period)
+
+    def __call__(self, state: HybridState, obs: Observation, t):
+        th, period = state.therapy, state.period
+        slope = (obs.cgm - state.previous) / period
+        trend = self.smoothing * state.trend + (1.0 - self.smoothing) * slope
+        predicted = obs.cgm + self.horizon * trend
+        needed = (predicted - self.target) / th.correction_factor - state.iob
+        correction = jnp.maximum(needed, 0.0) / self.spread
+        span = self.target - self.suspend_below
+        basal_factor = jnp.clip((predicted - self.suspend_below) / span, 0.0, 1.0)
+        bolus = obs.meal_announced / th.carb_ratio
+        rate = basal_factor * th.basal + correction + bolus / period
+        decay = jnp.exp(-period / self.iob_time)
+        iob = state.iob * decay + (rate - th.basal) * period
+        return HybridState(th, obs.cgm, trend, iob, period), rate
+
+
+CONTROLLERS = {
+    "open-loop": OpenLoop,
+    "basal-bolus": BasalBolus,
+    "pid": PID,
+    "hybrid": HybridClosedLoop,
+}
+
+
+def controller(name: str, **tuning):
+    """A controller by CLI name (``open-loop``, ``basal-bolus``, ``pid``, ``hybrid``)."""
+    if name not in CONTROLLERS:
+        raise ValueError(f"unknown controller {name!r}; choose from {sorted(CONTROLLERS)}")
+    return CONTROLLERS[name](**tuning)

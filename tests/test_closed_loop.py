@@ -1,0 +1,153 @@
+"""Closed-loop glucose cohorts: agreement with the fast path, controller efficacy, seeding,
+batch independence, scenarios and the zarr round trip."""
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import cohort
+from cohort.engine.closed_loop import ClosedLoopOptions, Sensor
+from cohort.glucose import controllers, scenarios
+from cohort.glucose.simulate import run
+from cohort.models.glucose import combine, insulin_records, meal_records, reference_patients
+
+DATA = Path(__file__).parent / "data"
+SIMGLUCOSE_POINTS = {200: 127.24, 300: 78.47, 500: 61.38}  # DESIGN §6, adolescent#001
+NOISY = ClosedLoopOptions(sensor=Sensor(delay=5.0), pump_increment=0.05)
+N = 6  # one batch shape for most tests: a single compilation per controller
+
+
+@pytest.fixture(scope="module")
+def adolescents():
+    return reference_patients("adolescent").iloc[:N].reset_index(drop=True)
+
+
+@pytest.fixture(scope="module")
+def meal_day(adolescents):
+    """Two days of seeded random meals (skipped meals, jitter) for the six patients."""
+    return scenarios.random_scenario(N, 2, seed=7)
+
+
+@pytest.fixture(scope="module")
+def open_loop_run(adolescents, meal_day):
+    return run(adolescents, meal_day, controllers.OpenLoop(), days=2)
+
+
+def _simglucose_scenario(options):
+    """adolescent#001, 80 g at 100 min with an 80/6 U bolus in that minute (DESIGN §6)."""
+    df = reference_patients().iloc[[0]]
+    sc = scenarios.single_meal(1, 100.0, 80.0, 80.0 / 6.0)
+    return df, run(df, sc, "open-loop", options=options, out_dtype="float64")
+
+
+def test_open_loop_equals_fast_path_simglucose_scenario():
+    df, ds = _simglucose_scenario(ClosedLoopOptions(one_sided=False))
+    dosing = combine(meal_records(100.0, 80.0), insulin_records(100.0, 80.0 / 6.0))
+    times = ds.time.values
+    ref = cohort.simulate("uva_padova", df, dosing, times, method="fast", outputs=["Gsub"])
+    assert ds.status.values.tolist() == [0]
+    assert np.max(np.abs(ds.Gsub.values - ref.Gsub.values)) < 0.01  # measured 2e-14
+    basal = df["u2ss"].iloc[0] * df["BW"].iloc[0] / 6000.0
+    assert float(ds.insulin.sel(time=100.0)[0]) == pytest.approx(basal + 80 / 6 / 5, rel=1e-12)
+
+
+def test_one_sided_rk4_tracks_simglucose():
+    """The default (one-sided end stages) follows simglucose's per-minute meal bookkeeping."""
+    _, ds = _simglucose_scenario(ClosedLoopOptions())
+    ref = pd.read_csv(DATA / "simglucose_adolescent001_meal80g.csv", comment="#")
+    ref = ref[ref["time"] % 5 == 0]
+    ours = ds.Gsub.sel(time=ref["time"].to_numpy()).values[0]
+    assert np.max(np.abs(ours - ref["Gsub"].to_numpy())) < 1e-3  # measured 1.1e-4; fast path 5e-3
+    for minute, expected in SIMGLUCOSE_POINTS.items():
+        assert float(ds.Gsub.sel(time=minute)[0]) == pytest.approx(expected, abs=0.5)
+
+
+def test_pid_reduces_hyperglycaemia(adolescents, meal_day, open_loop_run):
+    pid = run(adolescents, meal_day, controllers.PID(), days=2)
+    assert (pid.status.values == 0).all()
+    assert float(pid.tar_180.mean()) < float(open_loop_run.tar_180.mean()) - 20.0
+    assert float(pid["mean"].mean()) < float(open_loop_run["mean"].mean())
+
+
+def test_basal_bolus_and_hybrid_beat_open_loop(adolescents, meal_day, open_loop_run):
+    bb = run(adolescents, meal_day, "basal-bolus", days=2)
+    hybrid = run(adolescents, meal_day, "hybrid", days=2)
+    tir_open = float(open_loop_run.tir_70_180.mean())
+    assert float(bb.tir_70_180.mean()) > tir_open + 20.0
+    assert float(hybrid.tir_70_180.mean()) > tir_open + 20.0
+    # Boluses are given exactly at announced meals: insulin above basal only in meal periods.
+    basal = (adolescents["u2ss"] * adolescents["BW"] / 6000.0).to_numpy()[:, None]
+    above = bb.insulin.values > basal * (1 + 1e-6)
+    meal_periods = np.zeros_like(above)
+    t = bb.time.values
+    for i in range(N):
+        for s in meal_day.start[i][np.isfinite(meal_day.start[i])]:
+            meal_periods[i, (t <= s) & (s < t + 5.0)] = True
+    assert np.array_equal(above, meal_periods)
+
+
+def test_reproducible_by_seed_and_independent_of_batch(adolescents, meal_day):
+    a = run(adolescents, meal_day, "pid", days=2, seed=3, options=NOISY)
+    b = run(adolescents, meal_day, "pid", days=2, seed=3, options=NOISY)
+    c = run(adolescents, meal_day, "pid", days=2, seed=4, options=NOISY)
+    np.testing.assert_array_equal(a.CGM.values, b.CGM.values)
+    assert not np.allclose(a.CGM.values, c.CGM.values)
+    noise = a.CGM.values - a.Gsub.values
+    assert 3.0 < np.std(noise) < 30.0  # Johnson-SU sensor noise of a few mg/dL
+    # pump quantisation: whole 0.05 U per 5-min period
+    units = a.insulin.values[:, :-1] * 5.0 / 0.05
+    np.testing.assert_allclose(units, np.round(units), atol=1e-3)
+    # Chunks of 4 (second chunk padded) give every patient the same trajectory and noise.
+    d = run(adolescents, meal_day, "pid", days=2, seed=3, options=NOISY, chunk_size=4)
+    np.testing.assert_allclose(d.CGM.values, a.CGM.values, rtol=1e-6, atol=0)
+    np.testing.assert_allclose(d.Gsub.values, a.Gsub.values, rtol=1e-6, atol=0)
+
+
+def test_random_scenario_is_seeded_per_patient():
+    big = scenarios.random_scenario(50, 3, seed=1)
+    small = scenarios.random_scenario(5, 3, seed=1)
+    k = small.start.shape[1]
+    np.testing.assert_array_equal(big.start[:5, :k][np.isfinite(small.start)],
+                                  small.start[np.isfinite(small.start)])  # fmt: skip
+    starts = big.start[np.isfinite(big.start)]
+    assert np.all(starts == np.round(starts)) and starts.max() < 3 * 1440
+    eaten = np.isfinite(big.start).sum(axis=1)
+    assert eaten.min() < eaten.max()  # meals are skipped at random
+    assert not np.array_equal(big.start, scenarios.random_scenario(50, 3, seed=2).start)
+
+
+def test_profile_scenario_equals_schedule():
+    """A cohort-level rate profile of 5 g/min for 10 min is the same as a 50 g meal."""
+    df = reference_patients().iloc[[0, 0]]
+    profile = np.zeros(400)
+    profile[60:70] = 5.0
+    sc_profile = scenarios.profile_scenario(2, profile)
+    # the same array shapes for both runs: one compilation
+    sc_meal = dataclasses.replace(scenarios.single_meal(2, 60.0, 50.0), profile=0 * profile)
+    a = run(df, sc_profile, "open-loop", days=0.25, out_dtype="float64")
+    b = run(df, sc_meal, "open-loop", days=0.25, out_dtype="float64")
+    np.testing.assert_allclose(a.Gsub.values, b.Gsub.values, rtol=1e-12)
+    assert float(a.Gsub.max()) > 180.0
+
+
+def test_zarr_output_round_trip(tmp_path):
+    df = reference_patients("adult").iloc[:4]
+    sc = scenarios.fixed_scenario(4, 1)
+    mem = run(df, sc, "basal-bolus", days=1, chunk_size=2)
+    ds = run(df, sc, "basal-bolus", days=1, out=str(tmp_path / "g.zarr"), chunk_size=2)
+    np.testing.assert_array_equal(ds.Gsub.values, mem.Gsub.values)
+    np.testing.assert_allclose(ds.tir_70_180.values, mem.tir_70_180.values)
+    np.testing.assert_array_equal(ds.cvga_zone.values, mem.cvga_zone.values)
+    assert ds.Gsub.attrs["units"] == "mg/dL" and ds.time.attrs["units"] == "min"
+    assert ds.attrs["model"] == "uva_padova"
+
+
+def test_bad_options_are_reported():
+    df = reference_patients().iloc[[0]]
+    with pytest.raises(cohort.InputError, match="dt"):
+        run(df, scenarios.fixed_scenario(1, 1), "pid", options=ClosedLoopOptions(dt=0.7))
+    with pytest.raises(ValueError, match="unknown controller"):
+        run(df, scenarios.fixed_scenario(1, 1), "mpc")
