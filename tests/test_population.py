@@ -182,6 +182,8 @@ def test_unsafe_expression_rejected(tmp_path):
 def test_match_targets_reduces_ks(big):
     from cohort.population.spec import Target
 
+    big = big.isel(patient=slice(0, 30_000))
+
     target = [Target("CL", "CL", "normal", {"mean": 3.6, "sd": 0.5})]
     res = match(big, target, method="acceptance", seed=0)
     assert res.ks_after["CL"] < 0.03 < res.ks_before["CL"]
