@@ -11,7 +11,8 @@ Rows (each timed after a warm-up run, so compilation is excluded):
 * ``naive_diffrax`` (the baseline): ``jax.jit(jax.vmap(diffeqsolve))``, Tsit5 + PID
   controller (rtol 1e-6, atol 1e-9), ``SaveAt(ts=...)``, the ODE as a 4-vector, the dose as the
   initial depot amount;
-* ``cohort_diffrax``: ``cohort.simulate(method="diffrax")`` with the same tolerances;
+* ``cohort_diffrax``: ``cohort.simulate(method="diffrax")`` with the same tolerances, on the
+  first ``--diffrax-n`` (20,000: two chunks of 10,000) patients, extrapolated to the cohort;
 * ``cohort_fast_f64`` / ``cohort_fast_f32``: the structure-of-arrays RK4 path (dt = 1/12 h);
 * PK only (``pk2_oral``): ``cohort_closed_form`` vs ``naive_diffrax_pk`` (3-state system).
 
