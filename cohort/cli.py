@@ -330,9 +330,11 @@ def models(name: str = typer.Argument(None, help="show one model in detail")):
 
 
 # Commands defined in their own modules (they import console/_fail/_progress from here).
+from cohort.cli_fit import fit  # noqa: E402
 from cohort.cli_glucose import glucose  # noqa: E402
 from cohort.cli_trial import report, trial  # noqa: E402
 
+app.command()(fit)
 app.command()(glucose)
 app.command()(trial)
 app.command()(report)

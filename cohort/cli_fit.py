@@ -1,0 +1,184 @@
+"""``cohort fit``: fit an NLME model to a NONMEM-style CSV (registered by :mod:`cohort.cli`)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from cohort.cli import _fail, console
+
+
+def _covariates(specs: list[str] | None, names: list[str]) -> dict:
+    """``PARAM~COLUMN[:kind[:ref[:fixed]]]`` options grouped by parameter."""
+    from cohort.inference import Covariate, SpecError
+
+    out: dict[str, list] = {}
+    for text in specs or []:
+        head, _, rest = text.partition(":")
+        param, sep, column = head.partition("~")
+        if not sep or not column:
+            _fail(
+                f"--covariate {text!r}: use PARAM~COLUMN[:kind[:ref[:fixed]]], e.g. CL~WT:power:70"
+            )
+        if param not in names:
+            _fail(f"--covariate {text!r}: {param!r} is not an estimated parameter ({names})")
+        parts = rest.split(":") if rest else []
+        try:
+            kind = parts[0] if parts and parts[0] else "power"
+            ref = float(parts[1]) if len(parts) > 1 and parts[1] else None
+            fixed = float(parts[2]) if len(parts) > 2 and parts[2] else None
+            cov = Covariate(column, kind=kind, ref=ref, fixed=fixed)
+        except (ValueError, SpecError) as exc:
+            _fail(f"--covariate {text!r}: {exc}")
+        out.setdefault(param, []).append(cov)
+    return out
+
+
+def _spec(
+    model_name: str,
+    params: str | None,
+    iiv: str | None,
+    error: str,
+    omega: str,
+    covariate: list[str] | None,
+):
+    import cohort
+    from cohort.inference import NLME, ErrorModel, Param, SpecError
+    from cohort.inference.spec import default_params
+
+    try:
+        model = cohort.models.get(model_name)
+    except KeyError as exc:
+        _fail(str(exc.args[0]))
+    names = (
+        [p.strip() for p in params.split(",")]
+        if params
+        else [p.name for p in default_params(model)]
+    )
+    with_iiv = set(p.strip() for p in iiv.split(",")) if iiv else set(names)
+    unknown = with_iiv - set(names)
+    if unknown:
+        _fail(f"--iiv: {sorted(unknown)} are not among the estimated parameters {names}")
+    covs = _covariates(covariate, names)
+    try:
+        ps = tuple(Param(n, iiv=n in with_iiv, covariates=tuple(covs.get(n, ()))) for n in names)
+        return NLME(model=model, params=ps, error=ErrorModel(error), omega=omega)
+    except SpecError as exc:
+        _fail(str(exc))
+
+
+def fit(
+    data: Path = typer.Argument(..., help="NONMEM-style CSV (ID TIME DV AMT EVID CMT ...)"),
+    model: str = typer.Option("pk1_oral", help="model name (see `cohort models`)"),
+    method: str = typer.Option("nuts", help="nuts | svi | ml"),
+    out: Path = typer.Option(Path("fit.nc"), "--out", "-o", help="result file (.nc or .zarr)"),
+    report: Path = typer.Option(None, help="directory for GOF/VPC/individual plots and CSVs"),
+    params: str = typer.Option(None, help="estimated parameters, e.g. CL,V,KA (default: all)"),
+    iiv: str = typer.Option(None, help="parameters with random effects (default: all)"),
+    covariate: list[str] = typer.Option(
+        None, help="covariate effect PARAM~COLUMN[:power|exp|binary[:ref[:fixed]]] (repeatable)"
+    ),
+    error: str = typer.Option("additive", help="additive | proportional | combined | log-additive"),
+    omega: str = typer.Option("diagonal", help="diagonal | full"),
+    chains: int = typer.Option(4, help="NUTS chains"),
+    warmup: int = typer.Option(1000, help="NUTS warmup iterations per chain"),
+    draws: int = typer.Option(1000, help="posterior draws per chain (SVI: in total)"),
+    steps: int = typer.Option(10_000, help="SVI optimisation steps"),
+    guide: str = typer.Option("multivariate", help="SVI guide: normal | multivariate | lowrank"),
+    approx: str = typer.Option("foce", help="ML approximation: foce | laplace"),
+    se: str = typer.Option("hessian", help="ML standard errors: hessian | sandwich | none"),
+    seed: int = typer.Option(0, help="random seed"),
+):
+    """Fit a population model (ML, NUTS or SVI) and write estimates, EBEs and diagnostics."""
+    import warnings
+
+    import cohort
+    from cohort.inference import SpecError
+    from cohort.inference import fit as run_fit
+
+    if method not in ("nuts", "svi", "ml"):
+        _fail(f"--method must be nuts, svi or ml; got {method!r}")
+    if out.suffix not in (".nc", ".zarr"):
+        _fail(f"--out {out}: use a .nc (netCDF) or .zarr path")
+    if not data.exists():
+        _fail(f"no such file {data}")
+    spec = _spec(model, params, iiv, error, omega, covariate)
+    t0 = time.perf_counter()
+    with console.status(f"fitting {spec.model.name} ({method})") as status:
+
+        def progress(stage: str) -> None:
+            console.log(stage)
+            status.update(f"fitting {spec.model.name}: {stage}")
+
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", cohort.CohortWarning)
+            try:
+                result = run_fit(
+                    spec,
+                    data,
+                    method,
+                    chains=chains,
+                    warmup=warmup,
+                    draws=draws,
+                    steps=steps,
+                    guide=guide,
+                    approx=approx,
+                    se=se,
+                    seed=seed,
+                    progress=progress,
+                )
+            except (cohort.DosingError, SpecError, ValueError) as exc:
+                status.stop()
+                _fail(str(exc))
+    console.print(_table(result))
+    for w in caught:
+        if issubclass(w.category, cohort.CohortWarning):
+            console.print(f"[bold yellow]warning:[/] {w.message}")
+    path = result.save(out)
+    line = f"{method} fit in {time.perf_counter() - t0:.1f} s -> [bold]{path}[/]"
+    if result.ofv is not None:
+        line += f"   OFV {result.ofv:.3f} (−2LL without N·log 2π)"
+    console.print(line)
+    if report is not None:
+        from cohort.inference import plots
+
+        files = plots.report(result, report)
+        console.print("report: " + ", ".join(str(f) for f in files))
+
+
+def _table(result) -> Table:
+    s = result.summary
+    title = f"{result.bound.spec.model.name}: {result.method} ({result.bound.n_subjects} subjects)"
+    if "estimate" in s:
+        table = Table("parameter", "estimate", "SE", "RSE %", "units", title=title)
+        for name, row in s.iterrows():
+            if name.startswith("log_") or bool(row["fixed"]):
+                continue
+            table.add_row(
+                name,
+                f"{row['estimate']:.4g}",
+                f"{row['se']:.3g}",
+                f"{row['rse_percent']:.1f}",
+                str(row["units"]),
+            )
+        return table
+    table = Table(
+        "parameter", "mean", "sd", "5 %", "95 %", "R-hat", "ESS bulk", "units", title=title
+    )
+    for name, row in s.iterrows():
+        if name.startswith("log_"):
+            continue
+        table.add_row(
+            name,
+            f"{row['mean']:.4g}",
+            f"{row['sd']:.3g}",
+            f"{row['hdi_5%']:.4g}",
+            f"{row['hdi_95%']:.4g}",
+            f"{row['r_hat']:.3f}",
+            f"{row['ess_bulk']:.0f}",
+            str(row["units"]),
+        )
+    return table

@@ -1,0 +1,221 @@
+"""The validated dataset: NONMEM records plus the arrays that inference and simulation need.
+
+Observations are padded per subject to ``[n_subjects, max_obs]`` arrays (with a mask), so a
+likelihood is one vectorized expression over every subject; doses go to the engine's padded
+:class:`~cohort.dosing.EventTable` through the dosing module's own validation.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from cohort.data.reader import (
+    DataError,
+    Problem,
+    as_data_error,
+    dose_frame,
+    read_table,
+    validate,
+)
+from cohort.dosing import DosingError, EventTable, event_table
+from cohort.models.base import Model
+
+
+@dataclasses.dataclass(frozen=True)
+class Observations:
+    """Observations padded per subject, arrays ``[n_subjects, max_obs]``.
+
+    ``time`` is padded with each subject's last observation time (so it stays non-decreasing,
+    as ODE save times must); ``mask`` marks real observations; ``cens`` those below the LLOQ
+    (likelihood M3, ``lloq`` holds the limit); ``row`` the 1-based data row (0 for padding).
+    """
+
+    time: np.ndarray
+    dv: np.ndarray
+    mask: np.ndarray
+    cens: np.ndarray
+    lloq: np.ndarray
+    row: np.ndarray
+
+    @property
+    def count(self) -> np.ndarray:
+        return self.mask.sum(axis=1)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Dataset:
+    """A validated NONMEM-style dataset (build it with :func:`read_nonmem`).
+
+    ``records`` holds the normalised rows (``ROW`` = 1-based input row); ``covariate_names``
+    the numeric non-standard columns; ``model`` the model the compartments were checked
+    against (None until one is given).
+    """
+
+    records: pd.DataFrame
+    covariate_names: tuple[str, ...]
+    model: Model | None = None
+
+    # -- sizes and subjects --------------------------------------------------------------------
+    @functools.cached_property
+    def ids(self) -> np.ndarray:
+        return pd.unique(self.records["ID"].to_numpy())
+
+    @property
+    def n_subjects(self) -> int:
+        return len(self.ids)
+
+    @property
+    def n_observations(self) -> int:
+        return int(self.observations.mask.sum())
+
+    def __repr__(self) -> str:
+        model = self.model.name if self.model is not None else None
+        return (
+            f"Dataset({self.n_subjects} subjects, {self.n_observations} observations, "
+            f"{int(self.records['EVID'].isin((1, 4)).sum())} dose records, "
+            f"covariates={list(self.covariate_names)}, model={model!r})"
+        )
+
+    def with_model(self, model: Model) -> Dataset:
+        """The same data checked against ``model`` (compartments, dose records)."""
+        if model is self.model:
+            return self
+        checked = validate(_as_input(self.records), model)
+        checked["ROW"] = self.records["ROW"].to_numpy()
+        return Dataset(checked, self.covariate_names, model)
+
+    def subset(self, ids: Any) -> Dataset:
+        """The records of the subjects ``ids`` (in data order)."""
+        keep = self.records["ID"].isin(np.atleast_1d(ids))
+        if not keep.any():
+            raise DataError([Problem(None, "ID", f"no subject with ID in {ids!r}")])
+        return Dataset(self.records[keep].reset_index(drop=True), self.covariate_names, self.model)
+
+    # -- arrays --------------------------------------------------------------------------------
+    @functools.cached_property
+    def covariates(self) -> pd.DataFrame:
+        """Baseline (first-record) covariate values, one row per subject (index ``ID``)."""
+        frame = self.records[["ID", *self.covariate_names]]
+        return frame.groupby("ID", sort=False).first().reindex(self.ids)
+
+    def time_varying(self, columns: tuple[str, ...] | list[str]) -> list[str]:
+        """The ``columns`` whose value changes within some subject."""
+        frame = self.records[["ID", *columns]]
+        varying = frame.groupby("ID", sort=False).nunique(dropna=False).max()
+        return [c for c in columns if varying.get(c, 1) > 1]
+
+    @functools.cached_property
+    def observations(self) -> Observations:
+        rec = self.records
+        obs = rec[(rec["EVID"] == 0) & (rec["MDV"] == 0)]
+        index = {pid: k for k, pid in enumerate(self.ids)}
+        subj = obs["ID"].map(index).to_numpy()
+        n = self.n_subjects
+        counts = np.bincount(subj, minlength=n)
+        width = max(1, int(counts.max(initial=0)))
+        slot = obs.groupby("ID", sort=False).cumcount().to_numpy()
+        time = np.zeros((n, width))
+        arrays = {
+            "dv": np.zeros((n, width)),
+            "mask": np.zeros((n, width), bool),
+            "cens": np.zeros((n, width), bool),
+            "lloq": np.zeros((n, width)),
+            "row": np.zeros((n, width), np.int64),
+        }
+        time[subj, slot] = obs["TIME"].to_numpy()
+        arrays["dv"][subj, slot] = obs["DV"].to_numpy()
+        arrays["mask"][subj, slot] = True
+        arrays["cens"][subj, slot] = obs["CENS"].to_numpy() == 1
+        arrays["lloq"][subj, slot] = np.nan_to_num(obs["LLOQ"].to_numpy(), nan=0.0)
+        arrays["row"][subj, slot] = obs["ROW"].to_numpy()
+        # Pad times with the subject's last observation time (non-decreasing save times).
+        last = np.where(counts > 0, time[np.arange(n), np.maximum(counts - 1, 0)], 0.0)
+        pad = ~arrays["mask"]
+        time = np.where(pad, last[:, None], time)
+        return Observations(time=time, **arrays)
+
+    def event_table(self, model: Model | None = None) -> EventTable:
+        """Doses as the engine's padded event table (one row per subject, data order)."""
+        model = self._model(model)
+        try:
+            return event_table(
+                dose_frame(self.records, model), model.state_names, model.dose_targets
+            )
+        except DosingError as exc:
+            raise as_data_error(exc, self.records) from None
+
+    def to_frame(self) -> pd.DataFrame:
+        """The normalised NONMEM records (``DV`` NaN where missing) without the ROW column."""
+        return self.records.drop(columns=["ROW"]).copy()
+
+    def _model(self, model: Model | None) -> Model:
+        model = model or self.model
+        if model is None:
+            raise DataError(
+                [Problem(None, "CMT", "no model given; pass model= to read_nonmem or here")]
+            )
+        return model
+
+
+def _as_input(records: pd.DataFrame) -> pd.DataFrame:
+    """Records back in input form (CENS/LLOQ only where meaningful)."""
+    frame = records.drop(columns=["ROW"])
+    if not (frame["CENS"] == 1).any():
+        frame = frame.drop(columns=["CENS", "LLOQ"])
+    return frame
+
+
+def read_nonmem(
+    source: str | Path | pd.DataFrame,
+    model: Model | str | None = None,
+    *,
+    drop: tuple[str, ...] | list[str] = (),
+) -> Dataset:
+    """Read and validate a NONMEM-style dataset from a file or a pandas DataFrame.
+
+    Columns: ``ID TIME DV AMT`` (required), ``EVID MDV CMT RATE ADDL II SS`` (NONMEM defaults
+    when absent), ``BLQ``/``CENS`` (1 = below the limit of quantification) with ``LLOQ``
+    (or DV holding the limit); every other numeric column is a covariate. ``drop`` names columns
+    to ignore (e.g. text comments). With ``model`` the compartments and dose records are
+    checked against it. Raises :class:`DataError` listing every problem with row and column.
+    """
+    if isinstance(model, str):
+        from cohort.models import get
+
+        model = get(model)
+    if isinstance(source, pd.DataFrame):
+        raw = source.copy()
+    else:
+        raw = read_table(source)
+    upper = {c: str(c).strip().upper() for c in raw.columns}
+    dropped = {str(d).upper() for d in drop}
+    raw = raw[[c for c in raw.columns if upper[c] not in dropped]]
+    records = validate(raw, model)
+    covariates = tuple(
+        c
+        for c in records.columns
+        if c
+        not in (
+            "ROW",
+            "ID",
+            "TIME",
+            "DV",
+            "AMT",
+            "EVID",
+            "MDV",
+            "CMT",
+            "RATE",
+            "ADDL",
+            "II",
+            "SS",
+            "CENS",
+            "LLOQ",
+        )
+    )
+    return Dataset(records, covariates, model)

@@ -1,0 +1,315 @@
+"""Read and validate NONMEM-style datasets (CSV or whitespace-separated, or a DataFrame).
+
+Every problem found is collected with its row and column before anything is raised, so a user
+fixes a file in one pass instead of one error per run. Rows are numbered from 1 as in the file
+(header excluded), the convention of :func:`cohort.dosing.records_from_frame`, whose dose-record
+checks (RATE, ADDL, II, SS, dose compartments) are reused rather than duplicated here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from cohort.dosing import DosingError, records_from_frame
+from cohort.models.base import Model
+
+# Data items with a fixed meaning; every other numeric column is a covariate.
+STANDARD = ("ID", "TIME", "DV", "AMT", "EVID", "MDV", "CMT", "RATE", "ADDL", "II", "SS")
+CENSORING = ("BLQ", "CENS", "LLOQ")
+REQUIRED = ("ID", "TIME", "DV", "AMT")
+_MISSING = {"", ".", "NA", "NAN", "NULL"}
+_MAX_LISTED = 25
+
+
+@dataclasses.dataclass(frozen=True)
+class Problem:
+    """One violation: the 1-based data row (None for whole-file problems), column and message."""
+
+    row: int | None
+    column: str
+    message: str
+
+    def __str__(self) -> str:
+        where = f"row {self.row}, column {self.column}" if self.row else f"column {self.column}"
+        return f"{where}: {self.message}"
+
+
+class DataError(DosingError):
+    """The dataset is invalid. ``problems`` lists every violation with its row and column."""
+
+    def __init__(self, problems: list[Problem]):
+        self.problems = list(problems)
+        shown = "\n  ".join(str(p) for p in self.problems[:_MAX_LISTED])
+        more = len(self.problems) - _MAX_LISTED
+        tail = f"\n  ... and {more} more" if more > 0 else ""
+        if len(self.problems) == 1:
+            super().__init__(f"dataset {self.problems[0]}")
+        else:
+            super().__init__(f"dataset: {len(self.problems)} problems\n  {shown}{tail}")
+
+
+def read_table(path: str | Path) -> pd.DataFrame:
+    """Raw cells of a NONMEM-style file as strings (comma- or whitespace-separated)."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError([Problem(None, "file", f"no such file {str(path)!r}")])
+    with path.open() as fh:
+        header = fh.readline()
+    sep = "," if "," in header else r"\s+"
+    return pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False, skipinitialspace=True)
+
+
+def _cells_missing(raw: pd.Series) -> np.ndarray:
+    if raw.dtype == object or pd.api.types.is_string_dtype(raw):
+        text = raw.astype(str).str.strip().str.upper()
+        return (raw.isna() | text.isin(_MISSING)).to_numpy()
+    return raw.isna().to_numpy()
+
+
+def _numbers(raw: pd.Series, column: str, rows: np.ndarray, problems: list[Problem]) -> np.ndarray:
+    """Numeric values (NaN where missing); non-numeric cells become problems."""
+    missing = _cells_missing(raw)
+    text = raw.where(~missing) if raw.dtype == object else raw
+    values = pd.to_numeric(text, errors="coerce").to_numpy(dtype=float)
+    for i in np.flatnonzero(np.isnan(values) & ~missing):
+        problems.append(Problem(int(rows[i]), column, f"value {raw.iloc[i]!r} is not a number"))
+    return values
+
+
+def _cmt_problem(value: Any, model: Model, dose: bool) -> str | None:
+    """Why ``value`` is not a valid compartment of ``model`` (None when it is)."""
+    names = model.state_names
+    targets = model.dose_targets if dose else names + model.output_names
+    try:
+        num = float(value)
+    except (TypeError, ValueError):
+        num = None
+    if num is None:
+        if value not in targets:
+            kind = "dose compartment" if dose else "compartment"
+            return f"unknown {kind} {value!r}; use one of {list(targets)}"
+        return None
+    if num != int(num) or not 1 <= num <= len(names):
+        return (
+            f"unknown compartment number {value}; model {model.name!r} has compartments "
+            f"1..{len(names)} ({', '.join(names)})"
+        )
+    if dose and names[int(num) - 1] not in model.dose_targets:
+        return (
+            f"compartment {int(num)} ({names[int(num) - 1]!r}) cannot receive doses; "
+            f"use one of {list(model.dose_targets)}"
+        )
+    return None
+
+
+def _order_problems(ids: np.ndarray, time: np.ndarray, rows: np.ndarray) -> list[Problem]:
+    out: list[Problem] = []
+    seen: dict[Any, int] = {}
+    for i in range(len(ids)):
+        if i and ids[i] != ids[i - 1] and ids[i] in seen:
+            out.append(
+                Problem(
+                    int(rows[i]),
+                    "ID",
+                    f"records of ID {ids[i]} are split (also at row {seen[ids[i]]}); "
+                    "keep each subject's records contiguous",
+                )
+            )
+        seen.setdefault(ids[i], int(rows[i]))
+        if i and ids[i] == ids[i - 1] and time[i] < time[i - 1]:
+            out.append(
+                Problem(
+                    int(rows[i]),
+                    "TIME",
+                    f"time {time[i]:g} is earlier than the previous record ({time[i - 1]:g}) of "
+                    f"ID {ids[i]}; sort records by TIME within ID",
+                )
+            )
+    return out
+
+
+def _duplicates(frame: pd.DataFrame, rows: np.ndarray) -> list[Problem]:
+    keys = [c for c in ("ID", "TIME", "EVID", "CMT", "AMT", "DV", "RATE") if c in frame]
+    dup = frame.duplicated(subset=keys, keep="first").to_numpy()
+    first = frame.reset_index(drop=True).groupby(keys, dropna=False, sort=False).ngroup()
+    first_row = {g: int(rows[i]) for i, g in reversed(list(enumerate(first)))}
+    return [
+        Problem(
+            int(rows[i]),
+            "ID",
+            f"duplicate of row {first_row[first.iloc[i]]} (same {keys}); remove one of them",
+        )
+        for i in np.flatnonzero(dup)
+    ]
+
+
+def validate(raw: pd.DataFrame, model: Model | None = None) -> pd.DataFrame:
+    """Check NONMEM records and return them normalised (upper-case names, EVID/MDV filled).
+
+    Raises :class:`DataError` listing every problem. The returned frame has a ``ROW`` column
+    (1-based row of the input), float columns for the standard items, ``CENS``/``LLOQ``, the
+    compartment column as given (numbers or state names) and one column per covariate.
+    """
+    raw = raw.reset_index(drop=True)
+    raw.columns = [str(c).strip().upper() for c in raw.columns]
+    rows = np.arange(1, len(raw) + 1)
+    dupe_cols = raw.columns[raw.columns.duplicated()].tolist()
+    missing = [c for c in REQUIRED if c not in raw]
+    problems = [Problem(None, c, "column appears more than once") for c in dupe_cols]
+    problems += [Problem(None, c, f"missing column {c}{_HINTS.get(c, '')}") for c in missing]
+    if problems:
+        raise DataError(problems)
+    if len(raw) == 0:
+        raise DataError([Problem(None, "ID", "the dataset has no rows")])
+    out = pd.DataFrame({"ROW": rows})
+    for col in ("ID", "TIME", "DV", "AMT", "EVID", "MDV", "RATE", "ADDL", "II", "SS", *CENSORING):
+        if col in raw:
+            out[col] = _numbers(raw[col], col, rows, problems)
+    covariates = [c for c in raw.columns if c not in STANDARD + CENSORING + ("DVID", "C")]
+    for col in covariates:
+        out[col] = _numbers(raw[col], col, rows, problems)
+    ids = out["ID"].to_numpy()
+    if np.all(np.isfinite(ids)) and np.all(ids == np.round(ids)):
+        out["ID"] = ids.astype(np.int64)
+    amt = np.nan_to_num(out["AMT"].to_numpy(), nan=0.0)
+    out["AMT"] = amt
+    if "EVID" not in out:
+        out["EVID"] = np.where(amt > 0, 1.0, 0.0)
+    evid = out["EVID"].to_numpy()
+    for i in np.flatnonzero(~np.isin(evid, (0, 1, 2, 3, 4)) & ~np.isnan(evid)):
+        problems.append(Problem(int(rows[i]), "EVID", f"EVID {evid[i]:g} is not 0, 1, 2, 3 or 4"))
+    dv_missing = np.isnan(out["DV"].to_numpy())
+    if "MDV" not in out:
+        out["MDV"] = np.where((evid != 0) | dv_missing, 1.0, 0.0)
+    mdv = out["MDV"].to_numpy()
+    for i in np.flatnonzero(~np.isin(mdv, (0, 1))):
+        problems.append(Problem(int(rows[i]), "MDV", f"MDV {mdv[i]:g} is not 0 or 1"))
+    dose = np.isin(evid, (1, 4))
+    dv = out["DV"].to_numpy()
+    for i in np.flatnonzero(dose & ~dv_missing & (dv != 0)):
+        problems.append(
+            Problem(
+                int(rows[i]),
+                "DV",
+                f"DV {dv[i]:g} on a dose record (EVID {evid[i]:g}); put the observation on its "
+                "own row with EVID=0 and set DV to 0 or '.' here",
+            )
+        )
+    for i in np.flatnonzero((evid != 0) & (mdv == 0)):
+        problems.append(
+            Problem(int(rows[i]), "MDV", "MDV=0 on a non-observation record; set MDV=1")
+        )
+    obs = (evid == 0) & (mdv == 0)
+    for i in np.flatnonzero(obs & dv_missing):
+        problems.append(
+            Problem(int(rows[i]), "DV", "observation record without a DV; give DV or set MDV=1")
+        )
+    amt_missing = _cells_missing(raw["AMT"])
+    for i in np.flatnonzero(dose & (amt_missing | (amt < 0))):
+        problems.append(Problem(int(rows[i]), "AMT", "dose record needs an amount AMT >= 0"))
+    for col in ("ID", "TIME"):
+        v = out[col].to_numpy()
+        for i in np.flatnonzero(_cells_missing(raw[col])):
+            problems.append(Problem(int(rows[i]), col, f"missing {col}"))
+        for i in np.flatnonzero(np.isinf(v)):
+            problems.append(Problem(int(rows[i]), col, f"{col} must be finite"))
+    _censoring(out, obs, rows, problems)
+    if "CMT" in raw:
+        out["CMT"] = _compartments(raw["CMT"], dose, obs, rows, model, problems)
+    if not any(p.column in ("ID", "TIME") for p in problems):
+        problems += _order_problems(out["ID"].to_numpy(), out["TIME"].to_numpy(), rows)
+        frame = out.assign(CMT=out["CMT"].astype(str)) if "CMT" in out else out
+        problems += _duplicates(frame, rows)
+    if problems:
+        raise DataError(sorted(problems, key=lambda p: (p.row or 0, p.column)))
+    if model is not None:
+        dose_records(out, model)  # RATE/ADDL/II/SS rules of the dosing module
+    return out
+
+
+_HINTS = {
+    "ID": " (subject identifier)",
+    "TIME": " (time since the first record, in the model's time units)",
+    "DV": " (observed value; '.' or 0 on dose rows)",
+    "AMT": " (dose amount; 0 on observation rows)",
+}
+
+
+def _censoring(out: pd.DataFrame, obs: np.ndarray, rows: np.ndarray, problems: list) -> None:
+    """Fill ``CENS`` (1: below the LLOQ, M3) and ``LLOQ``; DV is the LLOQ where none given."""
+    cens = np.zeros(len(out))
+    for col in ("BLQ", "CENS"):
+        if col in out:
+            v = out[col].to_numpy()
+            for i in np.flatnonzero(~np.isin(v, (0, 1)) & ~np.isnan(v)):
+                problems.append(
+                    Problem(int(rows[i]), col, f"{col}={v[i]:g}; use 1 (below LLOQ) or 0")
+                )
+            cens = np.maximum(cens, np.nan_to_num(v, nan=0.0))
+    lloq = out["LLOQ"].to_numpy() if "LLOQ" in out else np.full(len(out), np.nan)
+    lloq = np.where(np.isnan(lloq) & (cens == 1), out["DV"].to_numpy(), lloq)
+    for i in np.flatnonzero(obs & (cens == 1) & ~(lloq > 0)):
+        problems.append(
+            Problem(
+                int(rows[i]),
+                "LLOQ",
+                "censored observation needs a positive LLOQ "
+                "(an LLOQ column, or DV holding the LLOQ)",
+            )
+        )
+    out["CENS"] = cens
+    out["LLOQ"] = lloq
+    out.drop(columns=[c for c in ("BLQ",) if c in out], inplace=True)
+
+
+def _compartments(raw, dose, obs, rows, model, problems) -> pd.Series:
+    values = raw.where(~pd.Series(_cells_missing(raw))).reset_index(drop=True)
+    parsed = pd.to_numeric(values, errors="coerce")
+    values = (
+        parsed
+        if parsed.notna().sum() == values.notna().sum()
+        else values.where(parsed.isna(), parsed)
+    )
+    if model is None:
+        return values
+    for i in range(len(values)):
+        v = values.iloc[i]
+        if (dose[i] or obs[i]) and not pd.isna(v):
+            msg = _cmt_problem(v, model, bool(dose[i]))
+            if msg:
+                problems.append(Problem(int(rows[i]), "CMT", msg))
+    return values
+
+
+def dose_frame(records: pd.DataFrame, model: Model) -> pd.DataFrame:
+    """The dose-relevant columns of ``records`` as the dosing module expects them."""
+    cols = ("ID", "TIME", "EVID", "AMT", "CMT", "RATE", "ADDL", "II", "SS")
+    frame = records[[c for c in cols if c in records]].copy()
+    if "CMT" in frame:  # observation rows may name outputs; the dosing module ignores them
+        is_dose = frame["EVID"].isin((1, 4)).to_numpy()
+        frame["CMT"] = frame["CMT"].where(is_dose, model.dose_targets[0])
+    return frame
+
+
+def as_data_error(exc: DosingError, records: pd.DataFrame) -> DataError:
+    """A dosing-module error re-expressed with the dataset's own row numbers."""
+    text = str(exc)
+    m = re.match(r"dosing record row (\d+), column (\w+): (.*)", text, re.S)
+    if m:
+        row = int(records["ROW"].iloc[int(m.group(1)) - 1])
+        return DataError([Problem(row, m.group(2), m.group(3))])
+    return DataError([Problem(None, "records", text)])
+
+
+def dose_records(records: pd.DataFrame, model: Model) -> list[pd.DataFrame]:
+    """Per-subject expanded dose records for ``model`` (validated by the dosing module)."""
+    try:
+        return records_from_frame(dose_frame(records, model), model.state_names, model.dose_targets)
+    except DosingError as exc:
+        raise as_data_error(exc, records) from None

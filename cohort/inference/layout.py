@@ -1,0 +1,118 @@
+"""Which population parameters are free, how they map to an unconstrained vector, and how they
+are reported (names, natural scale, units) — shared by the ML, NUTS and SVI fits."""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+import numpy as np
+from numpyro.distributions import constraints
+from numpyro.distributions.transforms import biject_to
+
+from cohort.inference.problem import BoundModel, Pop
+
+_CORR = biject_to(constraints.corr_cholesky)
+
+
+class Layout:
+    """Free parts of :class:`Pop` for one bound model, and their reporting."""
+
+    def __init__(self, bm: BoundModel):
+        spec = bm.spec
+        self.bm = bm
+        self.theta_free = np.array([k for k, p in enumerate(spec.params) if not p.fixed], int)
+        self.gamma_free = np.array([g for g, e in enumerate(bm.effects) if e.fixed is None], int)
+        comps = spec.error.components
+        self.sigma_free = np.array([i for i, c in enumerate(("add", "prop")) if c in comps], int)
+        self.full = spec.omega == "full" and bm.n_eta > 1
+        self.eta_names = tuple(spec.params[k].name for k in bm.iiv)
+
+    # -- unconstrained vector ------------------------------------------------------------------
+    def to_free(self, pop: Pop) -> dict:
+        u = {
+            "theta": pop.theta[self.theta_free],
+            "gamma": pop.gamma[self.gamma_free],
+            "log_omega": jnp.log(pop.omega),
+            "log_sigma": jnp.log(pop.sigma[self.sigma_free]),
+        }
+        if self.full:
+            u["corr"] = _CORR.inv(pop.corr)
+        return u
+
+    def from_free(self, u: dict, base: Pop) -> Pop:
+        theta = base.theta.at[self.theta_free].set(u["theta"])
+        gamma = base.gamma.at[self.gamma_free].set(u["gamma"])
+        sigma = base.sigma.at[self.sigma_free].set(jnp.exp(u["log_sigma"]))
+        corr = _CORR(u["corr"]) if self.full else base.corr
+        return Pop(theta, gamma, jnp.exp(u["log_omega"]), corr, sigma)
+
+    # -- reporting -----------------------------------------------------------------------------
+    def report(self, pop: Pop) -> dict:
+        """Named population estimates on their natural scales (NONMEM/nlme quantities)."""
+        spec, bm = self.bm.spec, self.bm
+        out = {}
+        for k, p in enumerate(spec.params):
+            out[p.name] = jnp.exp(pop.theta[k])
+            out[f"log_{p.name}"] = pop.theta[k]
+        for g, e in enumerate(bm.effects):
+            out[e.label] = jnp.expm1(pop.gamma[g]) if e.kind == "binary" else pop.gamma[g]
+        omega = bm.omega_chol(pop) @ bm.omega_chol(pop).T
+        for i, name in enumerate(self.eta_names):
+            out[f"omega_{name}"] = pop.omega[i]
+            out[f"omega2_{name}"] = omega[i, i]
+        if self.full:
+            corr = pop.corr @ pop.corr.T
+            for i in range(len(self.eta_names)):
+                for j in range(i):
+                    out[f"corr_{self.eta_names[j]}_{self.eta_names[i]}"] = corr[i, j]
+        for i in self.sigma_free:
+            out[("sigma_add", "sigma_prop")[i]] = pop.sigma[i]
+        return out
+
+    def report_names(self) -> list[str]:
+        """Names of :meth:`report` in order (without evaluating anything)."""
+        spec, bm = self.bm.spec, self.bm
+        names = []
+        for p in spec.params:
+            names += [p.name, f"log_{p.name}"]
+        names += [e.label for e in bm.effects]
+        for name in self.eta_names:
+            names += [f"omega_{name}", f"omega2_{name}"]
+        if self.full:
+            q = len(self.eta_names)
+            names += [
+                f"corr_{self.eta_names[j]}_{self.eta_names[i]}" for i in range(q) for j in range(i)
+            ]
+        names += [("sigma_add", "sigma_prop")[i] for i in self.sigma_free]
+        return names
+
+    def units(self) -> dict:
+        spec, bm = self.bm.spec, self.bm
+        out = {}
+        for p in spec.params:
+            out[p.name] = spec.units(p.name)
+            unit = spec.units(p.name)
+            out[f"log_{p.name}"] = f"log({unit})" if unit else "1"
+        for e in bm.effects:
+            out[e.label] = "1"
+        for name in self.eta_names:
+            out[f"omega_{name}"] = "1 (SD of log parameter)"
+            out[f"omega2_{name}"] = "1 (variance of log parameter)"
+        dv_units = _output_units(spec)
+        out["sigma_add"] = "1 (SD of log DV)" if spec.error.kind == "log-additive" else dv_units
+        out["sigma_prop"] = "1 (fraction of prediction)"
+        return out
+
+    def fixed_names(self) -> set:
+        spec = self.bm.spec
+        names = {p.name for p in spec.params if p.fixed}
+        names |= {f"log_{p.name}" for p in spec.params if p.fixed}
+        names |= {e.label for e in self.bm.effects if e.fixed is not None}
+        return names
+
+
+def _output_units(spec) -> str:
+    m = spec.model
+    for o in m.outputs:
+        if o.name == spec.output:
+            return o.units
+    return m.units().get(spec.output, "")

@@ -1,0 +1,147 @@
+"""Posterior draws -> population parameters, individual parameters, predictions, InferenceData.
+
+Every population variable is named (``CL``, ``log_CL``, ``omega_CL``, ``sigma_add`` ...) and
+carries ``units``; individual values are ``<P>_ind`` on dims ``(chain, draw, subject)``.
+"""
+
+from __future__ import annotations
+
+import arviz as az
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from cohort.inference import likelihood
+from cohort.inference.layout import Layout
+from cohort.inference.problem import BoundModel, Pop
+
+INTERNAL_SITES = ("z", "phi", "corr_chol")
+
+
+def pops_from_samples(bm: BoundModel, samples: dict) -> Pop:
+    """A :class:`Pop` whose leaves have a leading draw axis ``[S, ...]`` (flat samples)."""
+    layout = Layout(bm)
+    base = bm.default_pop()
+    n = next(iter(samples.values())).shape[0]
+    theta = jnp.tile(base.theta, (n, 1))
+    for k in layout.theta_free:
+        theta = theta.at[:, k].set(samples[f"log_{bm.spec.params[k].name}"])
+    gamma = jnp.tile(base.gamma, (n, 1))
+    for g in layout.gamma_free:
+        gamma = gamma.at[:, g].set(samples[f"beta_{bm.effects[g].label}"])
+    omega = jnp.stack([samples[f"omega_{name}"] for name in layout.eta_names], axis=1)
+    corr = samples["corr_chol"] if layout.full else jnp.tile(base.corr, (n, 1, 1))
+    sigma = jnp.zeros((n, 2))
+    for i in layout.sigma_free:
+        sigma = sigma.at[:, i].set(samples[("sigma_add", "sigma_prop")[i]])
+    return Pop(theta, gamma, omega, corr, sigma)
+
+
+def etas_from_samples(bm: BoundModel, samples: dict, pops: Pop) -> jnp.ndarray:
+    """Random effects ``[S, N, q]`` from non-centred ``z`` or centred ``phi`` draws."""
+    if "z" in samples:
+        return jax.vmap(lambda z, p: z @ bm.omega_chol(p).T)(samples["z"], pops)
+    features = bm.arrays["features"]
+
+    def one(phi, p):
+        mean = bm.log_params(p, jnp.zeros_like(phi), features)[:, jnp.asarray(bm.iiv)]
+        return phi - mean
+
+    return jax.vmap(one)(samples["phi"], pops)
+
+
+def individual_params(bm: BoundModel, pops: Pop, etas: jnp.ndarray) -> dict:
+    """Estimated individual parameters ``{name: [S, N]}`` (natural scale)."""
+    features = bm.arrays["features"]
+    logp = jax.vmap(lambda p, e: bm.log_params(p, e, features))(pops, etas)
+    return {p.name: jnp.exp(logp[..., k]) for k, p in enumerate(bm.spec.params)}
+
+
+def posterior_predictive(bm: BoundModel, pops: Pop, etas: jnp.ndarray, key) -> tuple:
+    """Individual predictions and simulated observations ``[S, N, J]`` for each draw."""
+
+    @jax.jit
+    def run(pops, etas, key):
+        preds, ok = jax.vmap(lambda p, e: bm.predict(p, e))(pops, etas)
+        keys = jax.random.split(key, preds.shape[0])
+        sims = jax.vmap(lambda p, f, k: likelihood.simulate_dv(bm.error.kind, p.sigma, f, k))(
+            pops, preds, keys
+        )
+        return preds, sims, ok
+
+    return run(pops, etas, key)
+
+
+def to_inference_data(
+    bm: BoundModel,
+    samples: dict,
+    diverging: np.ndarray | None,
+    attrs: dict,
+    predictive_draws: int = 200,
+    seed: int = 0,
+) -> az.InferenceData:
+    """An arviz InferenceData with named, unit-annotated population and individual variables,
+    observed data, sampler statistics and a posterior predictive group."""
+    layout = Layout(bm)
+    n_chain, n_draw = next(iter(samples.values())).shape[:2]
+    flat = {k: jnp.reshape(jnp.asarray(v), (-1, *v.shape[2:])) for k, v in samples.items()}
+
+    @jax.jit
+    def derived(flat):
+        pops = pops_from_samples(bm, flat)
+        etas = etas_from_samples(bm, flat, pops)
+        return pops, etas, jax.vmap(layout.report)(pops), individual_params(bm, pops, etas)
+
+    pops, etas, report, individual = derived(flat)
+    units = layout.units()
+
+    def shaped(x):
+        x = np.asarray(x)
+        return x.reshape(n_chain, n_draw, *x.shape[1:])
+
+    posterior = {k: shaped(v) for k, v in report.items()}
+    for name, v in individual.items():
+        posterior[f"{name}_ind"] = shaped(v)
+    posterior["eta"] = shaped(etas)
+    ids = np.asarray(bm.data.ids)
+    coords = {"subject": ids, "eta_dim": list(layout.eta_names)}
+    dims = {f"{p.name}_ind": ["subject"] for p in bm.spec.params}
+    dims["eta"] = ["subject", "eta_dim"]
+    obs = bm.data.observations
+    observed = {"dv": np.where(obs.mask, obs.dv, np.nan)}
+    constant = {"time": obs.time, "mask": obs.mask, "cens": obs.cens, "row": obs.row}
+    obs_dims = {k: ["subject", "obs"] for k in ("dv", "time", "mask", "cens", "row", "ipred")}
+    sample_stats = {"diverging": diverging} if diverging is not None else None
+    groups = {}
+    stride = max(1, (n_chain * n_draw) // max(1, predictive_draws))
+    take = np.arange(0, n_chain * n_draw, stride)
+    if predictive_draws and n_draw * n_chain:
+        sub = jax.tree_util.tree_map(lambda x: x[take], pops)
+        preds, sims, _ = posterior_predictive(bm, sub, etas[take], jax.random.PRNGKey(seed))
+        mask = obs.mask[None]
+        groups["posterior_predictive"] = {
+            "dv": np.where(mask, np.asarray(sims), np.nan)[None],
+            "ipred": np.where(mask, np.asarray(preds), np.nan)[None],
+        }
+    idata = az.from_dict(
+        posterior=posterior,
+        observed_data=observed,
+        constant_data=constant,
+        sample_stats=sample_stats,
+        coords={**coords, "obs": np.arange(obs.time.shape[1])},
+        dims={**dims, **obs_dims},
+        attrs={k: str(v) if isinstance(v, (dict, list, tuple)) else v for k, v in attrs.items()},
+        **groups,
+    )
+    for name in idata.posterior.data_vars:
+        base = name[:-4] if name.endswith("_ind") else name
+        if base in units:
+            idata.posterior[name].attrs["units"] = units[base]
+    return idata
+
+
+def population_names(bm: BoundModel) -> list[str]:
+    """Names of the estimated population quantities (no fixed ones, no log duplicates)."""
+    layout = Layout(bm)
+    fixed = layout.fixed_names()
+    return [n for n in layout.report(bm.default_pop()) if n not in fixed]

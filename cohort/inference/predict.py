@@ -1,0 +1,107 @@
+"""Per-subject model predictions at the observation times (pure JAX, ``vmap``-able).
+
+Linear PK uses the exact modal solution of :mod:`cohort.engine.closed_form` by superposition:
+every change record (bolus, infusion start/stop, steady-state dose, reset) adds a closed-form
+term to each mode's amplitude, evaluated directly at the observation times, so any dosing
+history (multiple doses, infusions, SS, resets) is exact and differentiable (no ``while_loop``,
+which reverse-mode AD cannot cross). Nonlinear models go through the engine's adaptive diffrax
+solve; its status code marks failed solves, which the likelihood turns into ``-inf``.
+"""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+
+from cohort.engine import closed_form, diffrax_path
+from cohort.engine.common import solution_status
+from cohort.engine.events import (
+    BOLUS,
+    PAD,
+    RATE,
+    RESET,
+    SS_BOLUS,
+    SS_INFUSION,
+    Changes,
+    resolve,
+)
+from cohort.models.base import Model, Tree
+
+
+def _phi(r, dt):
+    """``∫_0^dt exp(r s) ds`` with its ``r -> 0`` limit (safe for gradients)."""
+    small = jnp.abs(r) < 1e-12
+    safe = jnp.where(small, 1.0, r)
+    return jnp.where(small, dt, jnp.expm1(safe * dt) / safe)
+
+
+def closed_form_subject(
+    model: Model,
+    output: str,
+    p: Tree,
+    ev: dict,
+    times: jnp.ndarray,
+    with_infusion: bool,
+    changes: Changes | None = None,
+    has_reset: bool = True,
+) -> tuple[jnp.ndarray, jnp.ndarray]:
+    """Exact ``output`` at ``times [J]`` for one subject (``p`` scalars), and an ok flag.
+
+    ``changes`` may hold the subject's records already resolved (when F and lag times do not
+    depend on estimated parameters); ``has_reset=False`` (no EVID 3/4 or SS records anywhere)
+    drops the reset bookkeeping from the compiled graph.
+    """
+    ch = resolve(model, ev, p, with_infusion) if changes is None else changes
+    r, dirs, w = closed_form.modes(model, p)  # [M], [S, M], [M, S]
+    kind = ch.kind[None, :]
+    dt = times[:, None] - ch.time[None, :]  # [J, R]
+    active = (dt >= 0) & (kind != PAD) & (kind != RESET)
+    infusing = (kind == RATE) | (kind == SS_INFUSION)
+    if has_reset:
+        is_reset = (ch.kind == RESET) | (ch.kind == SS_BOLUS) | (ch.kind == SS_INFUSION)
+        started = is_reset[None, :] & (dt >= 0)
+        last_reset = jnp.max(jnp.where(started, ch.time[None, :], -jnp.inf), axis=1)[:, None]
+        active = active & (ch.time[None, :] >= last_reset)
+        active = active & (~infusing | (ch.start[None, :] >= last_reset))
+    dts = jnp.where(active, dt, 0.0)[..., None]  # [J, R, 1]
+    wc = w[:, ch.cmt].T  # [R, M]: modal weights of each record's compartment
+    amount = ch.amount[:, None]
+    rate = ch.rate[:, None]
+    start_amp = jnp.where((ch.kind == BOLUS)[:, None], amount * wc, 0.0)
+    if has_reset:  # steady-state records exist only together with resets
+        is_ss = (ch.kind == SS_BOLUS) | (ch.kind == SS_INFUSION)
+        ii = jnp.where(is_ss, ch.ii, 1.0)[:, None]
+        denom = jnp.where(is_ss[:, None], -jnp.expm1(r[None, :] * ii), 1.0)  # [R, M]
+        dur = ch.dur[:, None]
+        ss_bolus = amount * wc / denom
+        ss_inf = rate * wc * _phi(r, dur) * jnp.exp(r * (ii - dur)) / denom
+        start_amp = jnp.where((ch.kind == SS_BOLUS)[:, None], ss_bolus, start_amp)
+        start_amp = jnp.where((ch.kind == SS_INFUSION)[:, None], ss_inf, start_amp)
+    amp = start_amp[None] * jnp.exp(r[None, None, :] * dts)  # [J, R, M]
+    if with_infusion:
+        flow = jnp.where(infusing[0][:, None], rate * wc, 0.0)  # [R, M]
+        amp = amp + flow[None] * _phi(r[None, None, :], dts)
+    a = jnp.sum(jnp.where(active[..., None], amp, 0.0), axis=1)  # [J, M]
+    y = a @ dirs.T  # [J, S]
+    states = {s: y[:, i] for i, s in enumerate(model.state_names)}
+    f = model.output(output, states, p)
+    return f, jnp.all(jnp.isfinite(f))
+
+
+def ode_subject(
+    model: Model,
+    output: str,
+    p: Tree,
+    ev: dict,
+    times: jnp.ndarray,
+    with_infusion: bool,
+    has_ss: bool,
+    options: diffrax_path.DiffraxOptions,
+) -> tuple[jnp.ndarray, jnp.ndarray]:
+    """``output`` at ``times`` via the engine's adaptive diffrax solve; ok is False when the
+    solve failed (max steps, non-finite or negative states)."""
+    states, code = diffrax_path.solve_patient(model, p, ev, times, with_infusion, has_ss, options)
+    status = solution_status(states, code)
+    ok = (status == 0) & jnp.all(jnp.isfinite(states))
+    safe = jnp.where(ok, states, 1.0)  # keep NaNs of failed solves out of the likelihood
+    f = model.output(output, {s: safe[:, i] for i, s in enumerate(model.state_names)}, p)
+    return f, ok & jnp.all(jnp.isfinite(f))

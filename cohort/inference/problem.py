@@ -1,0 +1,326 @@
+"""An :class:`~cohort.inference.spec.NLME` bound to a dataset: arrays, layout and predictions.
+
+Population parameters travel as a :class:`Pop` pytree on the scales the likelihood uses (log
+typical values, log-scale covariate coefficients, IIV SDs with a correlation Cholesky factor,
+residual SDs). Estimation methods only decide which parts are free and how they are
+parameterised; everything subject-level is vectorized over the padded subject axis.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from cohort.data import Dataset
+from cohort.data.reader import DataError, Problem
+from cohort.engine import closed_form
+from cohort.engine.diffrax_path import DiffraxOptions
+from cohort.engine.events import Changes, resolve
+from cohort.inference import predict
+from cohort.inference.spec import NLME, SpecError
+
+
+class Pop(NamedTuple):
+    """Population parameters: ``theta [K]`` log typical values, ``gamma [G]`` covariate
+    coefficients (log scale), ``omega [q]`` IIV SDs, ``corr [q, q]`` Cholesky factor of the
+    IIV correlation, ``sigma [2]`` residual SDs (additive, proportional)."""
+
+    theta: jnp.ndarray
+    gamma: jnp.ndarray
+    omega: jnp.ndarray
+    corr: jnp.ndarray
+    sigma: jnp.ndarray
+
+
+@dataclasses.dataclass(frozen=True)
+class Effect:
+    """One covariate effect: parameter index ``k``, feature column ``c`` of ``features``."""
+
+    param: str
+    k: int
+    column: str
+    kind: str
+    c: int
+    fixed: float | None
+    init: float
+
+    @property
+    def label(self) -> str:
+        return f"{self.param}~{self.column}"
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class BoundModel:
+    """Arrays and functions of one NLME on one dataset (build with :func:`bind`)."""
+
+    spec: NLME
+    data: Dataset
+    effects: tuple[Effect, ...]
+    features: np.ndarray  # [N, C]
+    iiv: tuple[int, ...]  # indices into spec.params of the random effects
+    engine: str  # "closed_form" or "diffrax"
+    options: DiffraxOptions
+    with_infusion: bool
+    has_ss: bool
+    has_reset: bool
+    arrays: dict  # jnp arrays: obs (time, dv, mask, cens, lloq), ev (event table)
+
+    @property
+    def structure(self) -> tuple:
+        """Everything compiled code depends on besides array values and shapes: fits of
+        equally structured models on other data reuse compiled functions keyed by it."""
+        spec = self.spec
+        return (
+            spec.model.fingerprint(),
+            spec.params,
+            spec.error,
+            spec.omega,
+            spec.transform,
+            spec.output,
+            tuple(sorted(spec.fixed.items())),
+            self.effects,
+            self.iiv,
+            self.engine,
+            self.options,
+            self.with_infusion,
+            self.has_ss,
+            self.has_reset,
+            "changes" in self.arrays["ev"],
+        )
+
+    @property
+    def n_subjects(self) -> int:
+        return self.data.n_subjects
+
+    @property
+    def n_eta(self) -> int:
+        return len(self.iiv)
+
+    @property
+    def error(self):
+        return self.spec.error
+
+    # -- individual parameters -----------------------------------------------------------------
+    def log_params(self, pop: Pop, eta: jnp.ndarray, features: jnp.ndarray) -> jnp.ndarray:
+        """``log P [..., K]`` for ``eta [..., q]`` and ``features [..., C]``."""
+        logp = jnp.broadcast_to(pop.theta, eta.shape[:-1] + pop.theta.shape)
+        for g, e in enumerate(self.effects):
+            logp = logp.at[..., e.k].add(pop.gamma[g] * features[..., e.c])
+        return logp.at[..., jnp.asarray(self.iiv)].add(eta)
+
+    def model_params(self, logp: jnp.ndarray) -> dict:
+        """Model parameter dict from estimated log parameters ``[..., K]``."""
+        est = {p.name: jnp.exp(logp[..., k]) for k, p in enumerate(self.spec.params)}
+        out = dict(self.spec.transform(est)) if self.spec.transform else dict(est)
+        like = logp[..., 0]
+        defaults = {**self.spec.model.defaults(), **self.spec.fixed}
+        for name in self.spec.model.parameter_names:
+            if name not in out:
+                out[name] = jnp.full_like(like, defaults[name])
+        return {k: out[k] for k in self.spec.model.parameter_names}
+
+    # -- predictions ---------------------------------------------------------------------------
+    def predict_subject(self, logp_i, ev_i, times_i):
+        """Observed output ``[J]`` of one subject and whether its solve succeeded."""
+        p = self.model_params(logp_i)
+        m, out = self.spec.model, self.spec.output
+        if self.engine == "closed_form":
+            changes = Changes(**ev_i["changes"]) if "changes" in ev_i else None
+            return predict.closed_form_subject(
+                m, out, p, ev_i, times_i, self.with_infusion, changes, self.has_reset
+            )
+        return predict.ode_subject(
+            m, out, p, ev_i, times_i, self.with_infusion, self.has_ss, self.options
+        )
+
+    def predict(self, pop: Pop, eta: jnp.ndarray, arrays: dict | None = None):
+        """Predictions ``[N, J]`` and ok flags ``[N]`` for all subjects (``eta [N, q]``)."""
+        a = self.arrays if arrays is None else arrays
+        logp = self.log_params(pop, eta, a["features"])
+        return jax.vmap(self.predict_subject)(logp, a["ev"], a["time"])
+
+    def omega_chol(self, pop: Pop) -> jnp.ndarray:
+        """Cholesky factor ``L`` of Ω (``Ω = L Lᵀ``)."""
+        return pop.omega[:, None] * pop.corr
+
+    def default_pop(self) -> Pop:
+        """Starting values: inits or model defaults, zero covariate effects, 30 % IIV."""
+        spec = self.spec
+        defaults = {**spec.model.defaults(), **spec.fixed}
+        theta = []
+        for p in spec.params:
+            v = p.init if p.init is not None else defaults.get(p.name, 1.0)
+            if not v > 0:
+                raise SpecError(f"Param {p.name!r}: give an init > 0 (no positive default)")
+            theta.append(np.log(v))
+        gamma = [e.fixed if e.fixed is not None else e.init for e in self.effects]
+        gamma = [np.log1p(g) if e.kind == "binary" else g for g, e in zip(gamma, self.effects)]
+        omega = [spec.params[k].omega for k in self.iiv]
+        dv = np.asarray(self.arrays["dv"])[np.asarray(self.arrays["mask"])]
+        if spec.error.kind == "log-additive":
+            add = spec.error.add or 0.2
+        else:  # a fifth of the data's spread: inside any plausible basin, refined by the fit
+            add = spec.error.add or 0.2 * float(np.std(dv)) + 1e-6
+        prop = spec.error.prop or 0.1
+        sigma = [
+            add if "add" in spec.error.components else 0.0,
+            prop if "prop" in spec.error.components else 0.0,
+        ]
+        q = len(omega)
+        return Pop(
+            jnp.asarray(theta, float),
+            jnp.asarray(gamma, float).reshape(-1),
+            jnp.asarray(omega, float),
+            jnp.eye(q),
+            jnp.asarray(sigma, float),
+        )
+
+
+def _features(spec: NLME, data: Dataset) -> tuple[tuple[Effect, ...], np.ndarray]:
+    cov = data.covariates
+    used = [c for c in spec.covariate_columns() if c in cov]
+    changing = data.time_varying(used) if used else []
+    if changing:
+        import cohort
+
+        warnings.warn(
+            f"covariates {changing} change within a subject; the fit uses each subject's "
+            "first (baseline) value",
+            cohort.CohortWarning,
+            stacklevel=3,
+        )
+    effects, columns = [], []
+    names = spec.names
+    for p in spec.params:
+        for c in p.covariates:
+            if c.column not in cov:
+                raise DataError(
+                    [
+                        Problem(
+                            None,
+                            c.column,
+                            f"covariate {c.column!r} of parameter {p.name!r} "
+                            f"is not in the data; columns: {list(cov.columns)}",
+                        )
+                    ]
+                )
+            x = cov[c.column].to_numpy(dtype=float)
+            bad = np.flatnonzero(~np.isfinite(x))
+            if bad.size:
+                raise DataError(
+                    [
+                        Problem(None, c.column, f"missing value for subject ID {data.ids[i]}")
+                        for i in bad
+                    ]
+                )
+            if c.kind == "power":
+                ref = c.ref if c.ref is not None else float(np.median(x))
+                if np.any(x <= 0) or ref <= 0:
+                    raise DataError([Problem(None, c.column, "a power covariate must be > 0")])
+                z = np.log(x / ref)
+            elif c.kind == "exp":
+                z = x - (c.ref if c.ref is not None else float(np.median(x)))
+            else:
+                if not np.all(np.isin(x, (0, 1))):
+                    raise DataError(
+                        [Problem(None, c.column, "a binary covariate must be 0 or 1 per subject")]
+                    )
+                z = x
+            effects.append(
+                Effect(p.name, names.index(p.name), c.column, c.kind, len(columns), c.fixed, c.init)
+            )
+            columns.append(z)
+    feats = np.stack(columns, axis=1) if columns else np.zeros((data.n_subjects, 0))
+    return tuple(effects), feats
+
+
+def bind(spec: NLME, data: Dataset, engine: str = "auto", options=None) -> BoundModel:
+    """Bind ``spec`` to ``data`` (checked against ``spec.model``); ``engine`` is ``auto``,
+    ``closed_form`` (linear PK only) or ``diffrax``."""
+    data = data.with_model(spec.model)
+    table = data.event_table(spec.model)
+    if engine == "auto":
+        engine = "closed_form" if closed_form.supports(spec.model) else "diffrax"
+    if engine not in ("closed_form", "diffrax"):
+        raise SpecError(f"engine must be 'auto', 'closed_form' or 'diffrax', got {engine!r}")
+    if engine == "closed_form" and not closed_form.supports(spec.model):
+        raise SpecError(f"model {spec.model.name!r} has no closed form; use engine='diffrax'")
+    if np.any((table.rate == -2) & (table.evid == 1)):
+        raise DataError(
+            [
+                Problem(
+                    None,
+                    "RATE",
+                    "RATE=-2 (modelled duration) is not supported "
+                    "in inference yet; give RATE or a duration",
+                )
+            ]
+        )
+    n_ss = np.sum(table.ss & (table.evid == 1), axis=1)
+    if engine == "diffrax" and np.any(n_ss > 1):
+        raise DataError([Problem(None, "SS", "the ODE path supports one SS=1 record per subject")])
+    effects, feats = _features(spec, data)
+    obs = data.observations
+    if obs.cens.any() and spec.error.kind == "log-additive" and np.any(obs.lloq[obs.cens] <= 0):
+        raise DataError([Problem(None, "LLOQ", "log-additive error needs LLOQ > 0")])
+    if spec.error.kind == "log-additive" and np.any(obs.dv[obs.mask & ~obs.cens] <= 0):
+        raise DataError(
+            [Problem(None, "DV", "log-additive error needs DV > 0 on every uncensored observation")]
+        )
+    ev = {k: jnp.asarray(v) for k, v in table.arrays().items()}
+    for key in ("time", "amt", "rate", "ii"):
+        ev[key] = ev[key].astype(jnp.float64)
+    arrays = {
+        "time": jnp.asarray(obs.time),
+        "dv": jnp.asarray(obs.dv),
+        "mask": jnp.asarray(obs.mask),
+        "cens": jnp.asarray(obs.cens),
+        "lloq": jnp.asarray(obs.lloq),
+        "features": jnp.asarray(feats),
+        "ev": ev,
+    }
+    iiv = tuple(k for k, p in enumerate(spec.params) if p.iiv)
+    bm = BoundModel(
+        spec=spec,
+        data=data,
+        effects=effects,
+        features=feats,
+        iiv=iiv,
+        engine=engine,
+        options=options or DiffraxOptions(rtol=1e-6, atol=1e-9, max_steps=4096),
+        with_infusion=table.has_infusion,
+        has_ss=table.has_ss,
+        has_reset=table.has_reset or table.has_ss,
+        arrays=arrays,
+    )
+    if engine == "closed_form" and _dosing_is_fixed(bm):
+        # F, lags and durations are constants: resolve the records once, outside the likelihood.
+        ev["changes"] = _resolved(bm, ev)._asdict()
+    return bm
+
+
+def _resolved(bm: BoundModel, ev: dict) -> Changes:
+    @jax.jit
+    def run(ev):
+        p0 = bm.model_params(jnp.zeros((bm.n_subjects, len(bm.spec.params))))
+        return jax.vmap(lambda e, q: resolve(bm.spec.model, e, q, bm.with_infusion))(ev, p0)
+
+    return run(ev)
+
+
+def _dosing_is_fixed(bm: BoundModel) -> bool:
+    """Whether the dose-shaping parameters (F, ALAG, D_<cmt>) are the same for any estimates."""
+    m = bm.spec.model
+    names = set(m.bioavailability.values()) | set(m.lag.values()) | set(m.duration.values())
+    if not names:
+        return True
+    k = len(bm.spec.params)
+    draws = np.random.default_rng(0).normal(size=(2, k))
+    a, b = jax.jit(jax.vmap(bm.model_params))(jnp.asarray(draws)), None
+    a, b = {n: v[0] for n, v in a.items()}, {n: v[1] for n, v in a.items()}
+    return all(float(a[n]) == float(b[n]) for n in names if n in a)

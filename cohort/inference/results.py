@@ -1,0 +1,178 @@
+"""The result of a fit: named estimates with units, individual (EBE) values, diagnostics, and
+storage as netCDF or zarr (arviz InferenceData for NUTS/SVI, an xarray Dataset for ML)."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import arviz as az
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pandas as pd
+import xarray as xr
+
+from cohort.inference.layout import Layout
+from cohort.inference.ml import MLEstimate
+from cohort.inference.problem import BoundModel, Pop
+
+
+@dataclasses.dataclass
+class FitResult:
+    """Outcome of :func:`cohort.inference.fit`.
+
+    ``summary``: one row per estimated population quantity (ML: estimate, se, rse_percent;
+    Bayesian: mean, sd, 90 % HDI, ESS, R-hat) with units. ``individual``: per-subject
+    parameters (EBE / posterior mean). ``idata``: posterior for NUTS/SVI. ``ofv``: NONMEM-style
+    objective (−2 log L without N·log 2π) for ML fits. ``pop``/``eta``: point estimates used by
+    predictions and plots.
+    """
+
+    method: str
+    bound: BoundModel
+    summary: pd.DataFrame
+    individual: pd.DataFrame
+    pop: Pop
+    eta: np.ndarray
+    diagnostics: dict
+    seconds: float
+    idata: az.InferenceData | None = None
+    ml: MLEstimate | None = None
+
+    @property
+    def ofv(self) -> float | None:
+        return None if self.ml is None else self.ml.ofv
+
+    @property
+    def estimates(self) -> dict[str, float]:
+        column = "estimate" if "estimate" in self.summary else "mean"
+        return {k: float(v) for k, v in self.summary[column].items()}
+
+    def __repr__(self) -> str:
+        head = f"FitResult({self.method}, model={self.bound.spec.model.name!r}, "
+        head += f"{self.bound.n_subjects} subjects, {self.seconds:.2f} s"
+        if self.ofv is not None:
+            head += f", OFV={self.ofv:.3f}"
+        return head + ")"
+
+    # -- predictions ---------------------------------------------------------------------------
+    def predictions(self) -> dict[str, np.ndarray]:
+        """``pred`` (typical subject, η = 0), ``ipred`` (individual) ``[N, J]`` and the data."""
+        bm = self.bound
+        pred, _ = jax.jit(bm.predict)(self.pop, jnp.zeros_like(jnp.asarray(self.eta)))
+        ipred, ok = jax.jit(bm.predict)(self.pop, jnp.asarray(self.eta))
+        obs = bm.data.observations
+        return {
+            "time": obs.time,
+            "dv": obs.dv,
+            "mask": obs.mask,
+            "cens": obs.cens,
+            "pred": np.asarray(pred),
+            "ipred": np.asarray(ipred),
+            "ok": np.asarray(ok),
+        }
+
+    # -- storage -------------------------------------------------------------------------------
+    def to_xarray(self) -> xr.Dataset:
+        """Point estimates, uncertainty and individual values as one xarray Dataset."""
+        ds = xr.Dataset(coords={"parameter": list(self.summary.index)})
+        for col in self.summary.columns:
+            values = self.summary[col].to_numpy()
+            ds[col] = ("parameter", values.astype(str) if values.dtype == object else values)
+        ind = self.individual
+        ds = ds.assign_coords(subject=np.asarray(ind.index))
+        units = Layout(self.bound).units()
+        for col in [c for c in ind.columns if not c.startswith("eta_")]:
+            ds[f"{col}_ind"] = ("subject", ind[col].to_numpy(), {"units": units.get(col, "")})
+        ds["eta"] = (("subject", "eta_dim"), np.asarray(self.eta))
+        ds = ds.assign_coords(eta_dim=list(Layout(self.bound).eta_names))
+        if self.ml is not None and self.ml.cov is not None:
+            ds = ds.assign_coords(row=self.ml.names, col=self.ml.names)
+            ds["covariance"] = (("row", "col"), self.ml.cov, {"long_name": "estimate covariance"})
+        ds.attrs.update(_attrs(self))
+        return ds
+
+    def save(self, path: str | Path) -> Path:
+        """Write to ``.nc`` (netCDF) or ``.zarr``; Bayesian fits as InferenceData groups."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if path.suffix not in (".nc", ".zarr"):
+            raise ValueError(f"output {path}: use a .nc (netCDF) or .zarr path")
+        if self.idata is not None:
+            idata = self.idata.copy()
+            idata.add_groups({"fit_summary": self.to_xarray()})
+            if path.suffix == ".nc":
+                idata.to_netcdf(str(path))
+            else:
+                idata.to_zarr(str(path))
+            return path
+        ds = self.to_xarray()
+        if path.suffix == ".nc":
+            ds.to_netcdf(path)
+        else:
+            ds.to_zarr(path, mode="w", consolidated=False)
+        return path
+
+
+def _attrs(fit: FitResult) -> dict:
+    import cohort
+
+    spec = fit.bound.spec
+    out = {
+        "method": fit.method,
+        "model": spec.model.name,
+        "model_hash": spec.model.fingerprint(),
+        "error_model": spec.error.kind,
+        "omega": spec.omega,
+        "engine": fit.bound.engine,
+        "n_subjects": fit.bound.n_subjects,
+        "n_observations": fit.bound.data.n_observations,
+        "seconds": fit.seconds,
+        "cohort_version": cohort.__version__,
+    }
+    if fit.ml is not None:
+        out.update(
+            ofv=fit.ml.ofv,
+            minus2ll=fit.ml.minus2ll,
+            approximation=fit.ml.approx,
+            se_method=fit.ml.se_method,
+            converged=int(fit.ml.converged),
+        )
+    for k, v in fit.diagnostics.items():
+        if isinstance(v, (int, float, str)):
+            out[f"diagnostic_{k}"] = v
+        elif isinstance(v, (list, tuple)):
+            out[f"diagnostic_{k}"] = "; ".join(map(str, v))
+    return out
+
+
+def ml_summary(bm: BoundModel, est: MLEstimate) -> pd.DataFrame:
+    layout = Layout(bm)
+    units = layout.units()
+    fixed = layout.fixed_names()
+    se = est.se
+    rows = []
+    for name, value in est.reported.items():
+        s = 0.0 if name in fixed else se[name]
+        rows.append(
+            {
+                "parameter": name,
+                "estimate": value,
+                "se": s,
+                "rse_percent": 100.0 * s / abs(value) if value else np.nan,
+                "fixed": name in fixed,
+                "units": units.get(name, ""),
+            }
+        )
+    return pd.DataFrame(rows).set_index("parameter")
+
+
+def individual_table(bm: BoundModel, pop: Pop, eta) -> pd.DataFrame:
+    """Per-subject estimated parameters at ``pop`` and random effects ``eta``."""
+    logp = jax.jit(bm.log_params)(pop, jnp.asarray(eta), bm.arrays["features"])
+    cols = {p.name: np.exp(np.asarray(logp[:, k])) for k, p in enumerate(bm.spec.params)}
+    table = pd.DataFrame(cols, index=pd.Index(np.asarray(bm.data.ids), name="ID"))
+    for i, name in enumerate(Layout(bm).eta_names):
+        table[f"eta_{name}"] = np.asarray(eta)[:, i]
+    return table

@@ -1,0 +1,198 @@
+"""What to estimate: typical values, covariate effects, inter-individual variability, residual
+error.
+
+Individual parameters are log-normal: ``log P_ik = θ_k + Σ_c γ_kc z_ic + η_ik`` with
+``η_i ~ N(0, Ω)``. Every covariate effect is linear on that log scale once its feature ``z`` is
+built from the data (``power``: ``log(cov/ref)``; ``exp``: ``cov - ref``; ``binary``: the 0/1
+value, with γ = log(1 + β) so β is the proportional shift NONMEM users report). An optional
+``transform`` maps the estimated individual parameters to the model's (e.g. ``V = CL/KE`` to
+reproduce nlme's ``lKe/lKa/lCl`` Theoph parameterisation).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping, Sequence
+
+from cohort.models.base import Model
+
+COVARIATE_KINDS = ("power", "exp", "binary")
+ERROR_KINDS = ("additive", "proportional", "combined", "log-additive")
+# Parameters that are fractions or lag times keep their model default unless asked for.
+_NOT_LOGNORMAL = ("F", "ALAG")
+
+
+class SpecError(ValueError):
+    """The model specification is inconsistent; the message names the field and the fix."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Covariate:
+    """Effect of a subject covariate (a data column) on one log-normal parameter.
+
+    ``ref`` None means the median over subjects; ``fixed`` gives a known coefficient (e.g. the
+    exponent 1 of a per-kg parameter) instead of estimating it; ``init`` starts the estimate.
+    """
+
+    column: str
+    kind: str = "power"
+    ref: float | None = None
+    fixed: float | None = None
+    init: float = 0.0
+
+    def __post_init__(self):
+        if self.kind not in COVARIATE_KINDS:
+            raise SpecError(
+                f"Covariate {self.column!r}: kind {self.kind!r} not in {COVARIATE_KINDS}"
+            )
+        if self.kind == "binary" and self.fixed is not None and self.fixed <= -1:
+            raise SpecError(f"Covariate {self.column!r}: a binary shift must be > -1")
+
+
+@dataclasses.dataclass(frozen=True)
+class Param:
+    """A log-normally distributed individual parameter.
+
+    ``init`` is the typical value to start from (natural scale; None: the model default or the
+    value found by the quick pooled fit); ``fixed=True`` keeps it there. ``iiv`` adds a random
+    effect with initial SD ``omega`` (log scale). ``prior`` is ``(median, log-scale sd)`` of the
+    typical value for Bayesian fits (default: the initial value with a log-scale sd of 2).
+    """
+
+    name: str
+    init: float | None = None
+    iiv: bool = True
+    omega: float = 0.3
+    covariates: tuple[Covariate, ...] = ()
+    fixed: bool = False
+    prior: tuple[float, float] | None = None
+    units: str = ""
+
+    def __post_init__(self):
+        if self.init is not None and not self.init > 0:
+            raise SpecError(f"Param {self.name!r}: init must be > 0 (log-normal), got {self.init}")
+        if self.fixed and self.init is None:
+            raise SpecError(f"Param {self.name!r}: fixed=True needs an init value")
+        if not self.omega > 0:
+            raise SpecError(f"Param {self.name!r}: omega (initial IIV SD) must be > 0")
+
+
+@dataclasses.dataclass(frozen=True)
+class ErrorModel:
+    """Residual error: ``additive`` N(f, a²), ``proportional`` N(f, (b f)²), ``combined``
+    N(f, a² + b² f²), ``log-additive`` log y ~ N(log f, a²). ``add``/``prop``: initial SDs."""
+
+    kind: str = "additive"
+    add: float | None = None
+    prop: float | None = None
+
+    def __post_init__(self):
+        if self.kind not in ERROR_KINDS:
+            raise SpecError(f"ErrorModel: kind {self.kind!r} is not one of {ERROR_KINDS}")
+
+    @property
+    def components(self) -> tuple[str, ...]:
+        return {
+            "additive": ("add",),
+            "proportional": ("prop",),
+            "combined": ("add", "prop"),
+            "log-additive": ("add",),
+        }[self.kind]
+
+
+@dataclasses.dataclass(frozen=True)
+class NLME:
+    """A nonlinear mixed-effects model: structural ``model`` + statistical model.
+
+    ``params`` default to every positive model parameter except F and ALAG, each with IIV.
+    ``omega``: ``"diagonal"`` or ``"full"`` (one correlated block over all random effects;
+    LKJ prior in Bayesian fits). ``transform`` maps a dict of estimated individual parameters
+    (arrays) to model parameters; names it does not return keep their values in ``fixed``
+    or the model defaults. ``output`` is the observed model output (default: the first).
+    """
+
+    model: Model
+    params: tuple[Param, ...] = ()
+    error: ErrorModel = ErrorModel()
+    omega: str = "diagonal"
+    transform: Callable[[dict], dict] | None = None
+    output: str | None = None
+    fixed: Mapping[str, float] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self):
+        if isinstance(self.model, str):
+            from cohort.models import get
+
+            object.__setattr__(self, "model", get(self.model))
+        if isinstance(self.error, str):
+            object.__setattr__(self, "error", ErrorModel(self.error))
+        if not self.params:
+            object.__setattr__(self, "params", default_params(self.model))
+        object.__setattr__(self, "params", tuple(self.params))
+        if self.omega not in ("diagonal", "full"):
+            raise SpecError(f"NLME: omega must be 'diagonal' or 'full', got {self.omega!r}")
+        names = [p.name for p in self.params]
+        if len(set(names)) != len(names):
+            raise SpecError(f"NLME: parameter names repeat: {names}")
+        out = self.output or self.model.output_names[0]
+        if out not in self.model.output_names + self.model.state_names:
+            raise SpecError(
+                f"NLME: output {out!r} is not an output of {self.model.name!r}; choose from "
+                f"{list(self.model.output_names)}"
+            )
+        object.__setattr__(self, "output", out)
+        known = set(self.model.parameter_names)
+        if self.transform is None:
+            unknown = [n for n in names if n not in known]
+            if unknown:
+                raise SpecError(
+                    f"NLME: {unknown} are not parameters of {self.model.name!r} "
+                    f"({sorted(known)}); give a transform to map them to model parameters"
+                )
+        bad_fixed = [k for k in self.fixed if k not in known]
+        if bad_fixed:
+            raise SpecError(f"NLME: fixed names {bad_fixed} are not model parameters")
+        if not any(p.iiv for p in self.params):
+            raise SpecError("NLME: at least one parameter needs inter-individual variability")
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(p.name for p in self.params)
+
+    @property
+    def iiv_names(self) -> tuple[str, ...]:
+        return tuple(p.name for p in self.params if p.iiv)
+
+    def units(self, name: str) -> str:
+        """Units of an estimated parameter (given, or the model parameter's)."""
+        p = next(p for p in self.params if p.name == name)
+        if p.units:
+            return p.units
+        for q in self.model.parameters:
+            if q.name == name:
+                return q.units
+        return ""
+
+    def covariate_columns(self) -> list[str]:
+        return sorted({c.column for p in self.params for c in p.covariates})
+
+
+def default_params(model: Model) -> tuple[Param, ...]:
+    """Every positive-default parameter of ``model`` except F/ALAG, log-normal with IIV."""
+    return tuple(
+        Param(q.name)
+        for q in model.parameters
+        if q.name not in _NOT_LOGNORMAL and q.default > 0 and not q.name.startswith("D_")
+    )
+
+
+def make_nlme(
+    model: Model | str,
+    params: Sequence[Param | str] | None = None,
+    error: ErrorModel | str = "additive",
+    **kwargs,
+) -> NLME:
+    """Convenience constructor: parameters may be given by name (log-normal with IIV)."""
+    ps = tuple(Param(p) if isinstance(p, str) else p for p in (params or ()))
+    err = ErrorModel(error) if isinstance(error, str) else error
+    return NLME(model=model, params=ps, error=err, **kwargs)

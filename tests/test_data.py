@@ -1,0 +1,196 @@
+"""NONMEM-style data reader: every malformed case names its row and column; arrays for fits."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import cohort
+from cohort.data import DataError, read_nonmem
+
+DATA = Path(__file__).parent / "data"
+PK1_ORAL = cohort.models.get("pk1_oral")  # states: depot, central
+
+
+def frame(**cols) -> pd.DataFrame:
+    """Two subjects: a dose into the depot then two observations each."""
+    base = {
+        "ID": [1, 1, 1, 2, 2, 2],
+        "TIME": [0.0, 1.0, 4.0, 0.0, 2.0, 8.0],
+        "AMT": [100.0, 0, 0, 50.0, 0, 0],
+        "DV": [".", 3.1, 2.2, ".", 1.9, 0.7],
+        "EVID": [1, 0, 0, 1, 0, 0],
+        "CMT": [1, 2, 2, 1, 2, 2],
+        "WT": [70.0, 70.0, 70.0, 55.0, 55.0, 55.0],
+    }
+    base.update(cols)
+    return pd.DataFrame(base)
+
+
+def problems(df, model=None) -> list:
+    with pytest.raises(DataError) as info:
+        read_nonmem(df, model)
+    return [(p.row, p.column) for p in info.value.problems]
+
+
+def test_valid_dataset_arrays():
+    ds = read_nonmem(frame(), PK1_ORAL)
+    assert ds.n_subjects == 2 and ds.n_observations == 4
+    assert ds.covariate_names == ("WT",)
+    obs = ds.observations
+    assert obs.time.shape == (2, 2)
+    np.testing.assert_allclose(obs.dv, [[3.1, 2.2], [1.9, 0.7]])
+    np.testing.assert_array_equal(obs.row, [[2, 3], [5, 6]])
+    np.testing.assert_allclose(ds.covariates["WT"], [70.0, 55.0])
+    table = ds.event_table()
+    assert table.n_patients == 2
+    np.testing.assert_allclose(table.amt[:, 0], [100.0, 50.0])
+    assert table.state_names[table.cmt[0, 0]] == "depot"
+
+
+def test_padding_keeps_times_non_decreasing():
+    df = frame(ID=[1, 1, 1, 2, 2, 2], EVID=[1, 0, 0, 1, 0, 2], DV=[".", 3.1, 2.2, ".", 1.9, "."])
+    obs = read_nonmem(df).observations
+    assert obs.mask.tolist() == [[True, True], [True, False]]
+    assert obs.time[1, 1] == obs.time[1, 0]  # padded with the last observation time
+    assert np.all(np.diff(obs.time, axis=1) >= 0)
+
+
+def test_event_table_matches_dosing_module():
+    df = frame(ADDL=[2, 0, 0, 0, 0, 0], II=[12.0, 0, 0, 0, 0, 0])
+    ours = read_nonmem(df, PK1_ORAL).event_table()
+    dose_rows = df[df.EVID == 1][["ID", "TIME", "AMT", "EVID", "CMT", "ADDL", "II"]]
+    ref = cohort.dosing.event_table(dose_rows, PK1_ORAL.state_names, PK1_ORAL.dose_targets)
+    for k, v in ref.arrays().items():
+        np.testing.assert_array_equal(getattr(ours, k), v)
+
+
+def test_missing_columns_listed_together():
+    df = frame().drop(columns=["TIME", "DV"])
+    assert problems(df) == [(None, "TIME"), (None, "DV")]
+    with pytest.raises(DataError, match="missing column TIME"):
+        read_nonmem(frame().drop(columns=["TIME"]))
+
+
+def test_non_numeric_values():
+    df = frame(TIME=[0.0, "1h", 4.0, 0.0, 2.0, 8.0], WT=[70, 70, 70, "heavy", 55, 55])
+    assert problems(df) == [(2, "TIME"), (4, "WT")]
+    with pytest.raises(DataError, match=r"row 2, column TIME: value '1h' is not a number"):
+        read_nonmem(df)
+
+
+def test_unsorted_time_within_id():
+    df = frame(TIME=[0.0, 4.0, 1.0, 0.0, 2.0, 8.0])
+    with pytest.raises(DataError, match=r"row 3, column TIME: time 1 is earlier"):
+        read_nonmem(df)
+
+
+def test_dv_on_dose_rows():
+    df = frame(DV=[5.0, 3.1, 2.2, ".", 1.9, 0.7])
+    with pytest.raises(DataError, match=r"row 1, column DV: DV 5 on a dose record"):
+        read_nonmem(df)
+    read_nonmem(frame(DV=[0, 3.1, 2.2, 0, 1.9, 0.7]))  # NONMEM's DV=0 on dose rows is fine
+
+
+@pytest.mark.parametrize(
+    ("cmt", "row", "match"),
+    [
+        ([5, 2, 2, 1, 2, 2], 1, "unknown compartment number 5"),
+        (["gut", 2, 2, 1, 2, 2], 1, "unknown dose compartment 'gut'"),
+        ([1, 2, 2, 1, 2, 7], 6, "unknown compartment number 7"),
+        ([1, 2, 2, "central", "plasma", 2], 5, "unknown compartment 'plasma'"),
+    ],
+)
+def test_unknown_compartment(cmt, row, match):
+    with pytest.raises(DataError, match=rf"row {row}, column CMT: {match}"):
+        read_nonmem(frame(CMT=cmt), PK1_ORAL)
+
+
+def test_compartment_checked_when_model_given_later():
+    ds = read_nonmem(frame(CMT=[9, 2, 2, 1, 2, 2]))  # no model: compartments unchecked
+    with pytest.raises(DataError, match=r"row 1, column CMT"):
+        ds.with_model(PK1_ORAL)
+
+
+def test_duplicate_records():
+    df = pd.concat([frame().iloc[:2], frame().iloc[1:]], ignore_index=True)
+    with pytest.raises(DataError, match=r"row 3, column ID: duplicate of row 2"):
+        read_nonmem(df)
+
+
+def test_split_subject_records():
+    df = frame(
+        ID=[1, 1, 2, 2, 1, 1],
+        TIME=[0.0, 1.0, 0.0, 2.0, 4.0, 8.0],
+        EVID=[1, 0, 1, 0, 0, 0],
+        AMT=[100.0, 0, 50.0, 0, 0, 0],
+        DV=[".", 3.1, ".", 1.9, 0.7, 0.5],
+    )
+    with pytest.raises(DataError, match=r"row 5, column ID: records of ID 1 are split"):
+        read_nonmem(df)
+
+
+def test_observation_rules():
+    assert problems(frame(DV=[".", ".", 2.2, ".", 1.9, 0.7], MDV=[1, 0, 0, 1, 0, 0])) == [(2, "DV")]
+    assert problems(frame(MDV=[0, 0, 0, 1, 0, 0])) == [(1, "MDV")]
+    assert problems(frame(EVID=[1, 0, 0, 7, 0, 0])) == [(4, "EVID")]
+    assert problems(frame(AMT=[-1.0, 0, 0, 50.0, 0, 0])) == [(1, "AMT")]
+
+
+def test_all_problems_reported_at_once():
+    df = frame(
+        TIME=[0.0, "x", 4.0, 0.0, 2.0, 8.0],
+        DV=[7.0, 3.1, 2.2, ".", 1.9, 0.7],
+        EVID=[1, 0, 0, 1, 0, 9],
+    )
+    err = pytest.raises(DataError, read_nonmem, df).value
+    assert [(p.row, p.column) for p in err.problems] == [(1, "DV"), (2, "TIME"), (6, "EVID")]
+    assert "3 problems" in str(err)
+
+
+def test_dose_record_rules_come_from_dosing_module():
+    df = frame(ADDL=[2, 0, 0, 0, 0, 0], II=[0.0, 0, 0, 0, 0, 0])
+    with pytest.raises(DataError, match=r"row 1, column II: ADDL=2 needs an interdose"):
+        read_nonmem(df, PK1_ORAL)
+    assert isinstance(DataError([]), cohort.DosingError)  # one except clause catches both
+
+
+def test_censoring_columns():
+    ds = read_nonmem(frame(BLQ=[0, 0, 1, 0, 0, 0], DV=[".", 3.1, 0.5, ".", 1.9, 0.7]))
+    obs = ds.observations
+    assert obs.cens.tolist() == [[False, True], [False, False]]
+    assert obs.lloq[0, 1] == 0.5  # DV holds the limit when there is no LLOQ column
+    ds = read_nonmem(frame(CENS=[0, 0, 1, 0, 0, 0], LLOQ=[0, 0, 0.4, 0, 0, 0]))
+    assert ds.observations.lloq[0, 1] == 0.4
+    assert problems(
+        frame(BLQ=[0, 0, 1, 0, 0, 0], DV=[".", 3.1, ".", ".", 1.9, 0.7], MDV=[1, 0, 0, 1, 0, 0])
+    ) == [(3, "DV"), (3, "LLOQ")]
+    assert problems(frame(BLQ=[0, 0, 2, 0, 0, 0])) == [(3, "BLQ")]
+
+
+def test_files_and_frames_agree(tmp_path):
+    path = tmp_path / "study.csv"
+    frame().to_csv(path, index=False)
+    a, b = read_nonmem(path), read_nonmem(frame())
+    pd.testing.assert_frame_equal(a.to_frame(), b.to_frame())
+    with pytest.raises(DataError, match="no such file"):
+        read_nonmem(tmp_path / "missing.csv")
+
+
+def test_reads_published_datasets():
+    theoph = read_nonmem(DATA / "theoph_nonmem.csv", "pk1_oral")
+    assert (theoph.n_subjects, theoph.n_observations) == (12, 132)
+    pheno = read_nonmem(DATA / "pheno.dta", "pk1_iv")  # whitespace-separated, no EVID/CMT
+    assert (pheno.n_subjects, pheno.n_observations) == (59, 155)
+    assert set(pheno.covariate_names) >= {"WGT", "APGR"}
+    assert pheno.event_table().n_patients == 59
+    assert pheno.subset([1, 2]).n_subjects == 2
+
+
+def test_drop_ignores_text_columns():
+    df = frame(NOTE=["a", "b", "c", "d", "e", "f"])
+    assert problems(df)[0] == (1, "NOTE")
+    assert read_nonmem(df, drop=["note"]).covariate_names == ("WT",)

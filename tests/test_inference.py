@@ -1,0 +1,383 @@
+"""NLME inference against published fits (nlme Theoph, NONMEM pheno), likelihood pieces,
+failed ODE solves, results storage and the ``fit`` CLI command. Heavy runs are ``slow``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.stats
+
+import cohort
+from cohort.data import read_nonmem
+from cohort.inference import (
+    NLME,
+    Covariate,
+    ErrorModel,
+    Param,
+    SpecError,
+    bind,
+    fit,
+    likelihood,
+    predict,
+)
+
+DATA = Path(__file__).parent / "data"
+REF = json.loads((DATA / "fit_references.json").read_text())
+THEOPH = DATA / "theoph_nonmem.csv"
+
+
+def theoph_nlme_spec(omega: str = "diagonal") -> NLME:
+    """nlme's Theoph model: lKe, lKa, lCl with random effects on lKa and lCl. The data hold
+    AMT = Dose × Wt, so CL = Cl/kg × WT (fixed exponent 1) and V = CL/KE reproduce nlme's
+    per-kg parameterisation exactly."""
+    per_kg = Covariate("WT", kind="power", ref=1.0, fixed=1.0)
+    return NLME(
+        "pk1_oral",
+        params=(
+            Param("KE", init=0.1, iiv=False, units="1/h"),
+            Param("KA", init=1.5),
+            Param("CL", init=0.04, covariates=(per_kg,), units="L/h/kg"),
+        ),
+        transform=lambda q: {"CL": q["CL"], "KA": q["KA"], "V": q["CL"] / q["KE"]},
+        error=ErrorModel("additive"),
+        omega=omega,
+    )
+
+
+def pheno_spec() -> tuple[NLME, pd.DataFrame]:
+    frame = pd.read_csv(DATA / "pheno.dta", sep=r"\s+")
+    frame["APGR_LT5"] = (frame["APGR"] < 5).astype(int)
+    per_kg = Covariate("WGT", kind="power", ref=1.0, fixed=1.0)
+    spec = NLME(
+        "pk1_iv",
+        params=(
+            Param("CL", init=0.005, covariates=(per_kg,)),
+            Param("V", init=1.0, covariates=(per_kg, Covariate("APGR_LT5", kind="binary"))),
+        ),
+        error=ErrorModel("proportional", prop=0.1),
+    )
+    return spec, frame
+
+
+@pytest.fixture(scope="module")
+def theoph_ml():
+    return fit(theoph_nlme_spec(), THEOPH, "ml")
+
+
+# -- predictions and likelihood pieces ---------------------------------------------------------
+@pytest.mark.parametrize("name", ["pk1_oral", "pk2_iv"])
+def test_superposition_matches_engine(name):
+    """Exact predictions at arbitrary times for a history with ADDL, infusion, SS and EVID 4."""
+    m = cohort.models.get(name)
+    first, last = m.dose_targets[0], m.dose_targets[-1]
+    df = pd.DataFrame(
+        {
+            "ID": 1,
+            "TIME": [0.0, 5.0, 20.0, 30.0],
+            "AMT": [100.0, 50.0, 80.0, 60.0],
+            "EVID": [1, 1, 1, 4],
+            "CMT": [first, last, first, last],
+            "RATE": [0.0, 25.0, 0.0, 0.0],
+            "ADDL": [2, 0, 0, 1],
+            "II": [4.0, 0.0, 12.0, 6.0],
+            "SS": [0, 0, 1, 0],
+        }
+    )
+    table = cohort.dosing.event_table(df, m.state_names, m.dose_targets)
+    times = np.array([0.0, 0.5, 3.0, 4.0, 9.0, 19.9, 20.0, 25.0, 30.5, 40.0, 55.0])
+    p = {k: jnp.asarray(v) for k, v in m.defaults().items()}
+    ev = {k: jnp.asarray(v[0]) for k, v in table.arrays().items()}
+    f, ok = jax.jit(
+        lambda p: predict.closed_form_subject(m, "conc", p, ev, jnp.asarray(times), True)
+    )(p)
+    pop = {k: [float(v)] for k, v in p.items()}
+    # The engine's closed form is itself cross-checked against diffrax in test_pk_analytic.
+    ref = cohort.simulate(m, pop, df, times, method="closed_form")["conc"].values[0]
+    assert bool(ok)
+    np.testing.assert_allclose(np.asarray(f), ref, rtol=1e-7, atol=1e-9)
+
+
+@pytest.mark.parametrize("kind", ["additive", "proportional", "combined", "log-additive"])
+def test_error_models_match_scipy(kind):
+    f = jnp.array([1.0, 2.5, 4.0])
+    dv = jnp.array([1.2, 2.0, 4.5])
+    sigma = jnp.array([0.3, 0.2])
+    mask, cens = jnp.ones(3, bool), jnp.zeros(3, bool)
+    ll = likelihood.loglik_obs(kind, sigma, f, dv, mask, cens, jnp.zeros(3))
+    sd = {
+        "additive": 0.3 + 0 * f,
+        "proportional": 0.2 * f,
+        "combined": jnp.sqrt(0.09 + 0.04 * f**2),
+        "log-additive": 0.3 + 0 * f,
+    }[kind]
+    y, m = (jnp.log(dv), jnp.log(f)) if kind == "log-additive" else (dv, f)
+    np.testing.assert_allclose(ll, scipy.stats.norm.logpdf(y, m, sd), rtol=1e-12)
+
+
+def test_m3_censored_term():
+    f, lloq = jnp.array([0.4]), jnp.array([0.5])
+    term = likelihood.obs_terms(
+        "additive",
+        jnp.array([0.2, 0.0]),
+        f,
+        jnp.array([0.5]),
+        jnp.ones(1, bool),
+        jnp.ones(1, bool),
+        lloq,
+    )
+    np.testing.assert_allclose(term, -2 * scipy.stats.norm.logcdf(0.5, 0.4, 0.2), rtol=1e-12)
+
+
+# -- maximum likelihood ------------------------------------------------------------------------
+def test_theoph_ml_matches_nlme(theoph_ml):
+    ref = REF["theoph_nlme_ml_diag"]
+    est = theoph_ml.estimates
+    se = theoph_ml.summary["se"]
+    for ours, theirs in (("log_KE", "lKe"), ("log_KA", "lKa"), ("log_CL", "lCl")):
+        assert abs(est[ours] - ref["fixed"][theirs]) < ref["se"][theirs], ours
+        assert se[ours] == pytest.approx(ref["se"][theirs], rel=0.15)
+    assert est["omega_KA"] == pytest.approx(ref["re_sd"]["lKa"], rel=0.05)
+    assert est["omega_CL"] == pytest.approx(ref["re_sd"]["lCl"], rel=0.05)
+    assert est["sigma_add"] == pytest.approx(ref["residual_sd"], rel=0.02)
+    ml = theoph_ml.ml
+    assert ml.converged and np.isfinite(theoph_ml.ofv)
+    assert ml.minus2ll == pytest.approx(theoph_ml.ofv + 132 * np.log(2 * np.pi))
+    assert theoph_ml.individual.shape[0] == 12
+
+
+def test_pheno_ml_matches_nonmem_focei():
+    spec, frame = pheno_spec()
+    res = fit(spec, frame, "ml", se="sandwich")
+    ref = REF["pheno_nonmem_focei"]
+    est, se = res.estimates, res.summary["se"]
+    ours = {"CL": est["CL"], "V": est["V"], "APGR_V": est["V~APGR_LT5"]}
+    for k, v in ref["theta"].items():
+        assert ours[k] == pytest.approx(v, rel=0.10), k
+    assert res.ofv == pytest.approx(ref["ofv"], abs=1.0)
+    assert est["omega2_CL"] == pytest.approx(ref["omega2"]["CL"], rel=0.10)
+    assert est["omega2_V"] == pytest.approx(ref["omega2"]["V"], rel=0.10)
+    assert est["sigma_prop"] ** 2 == pytest.approx(ref["sigma2"], rel=0.10)
+    ours_se = {"CL": se["CL"], "V": se["V"], "APGR_V": se["V~APGR_LT5"]}
+    for k, v in ref["theta_se"].items():  # NONMEM's default covariance is the sandwich
+        assert ours_se[k] == pytest.approx(v, rel=0.10), k
+
+
+def test_ml_result_storage_round_trip(theoph_ml, tmp_path):
+    import xarray as xr
+
+    for suffix in (".nc", ".zarr"):
+        path = theoph_ml.save(tmp_path / f"fit{suffix}")
+        kw = {"engine": "zarr", "consolidated": False} if suffix == ".zarr" else {}
+        ds = xr.open_dataset(path, **kw)
+        est = ds["estimate"].sel(parameter="log_KE").item()
+        assert est == pytest.approx(theoph_ml.estimates["log_KE"])
+        assert ds["KA_ind"].attrs["units"] == "1/h"
+        assert ds.attrs["ofv"] == pytest.approx(theoph_ml.ofv)
+    with pytest.raises(ValueError, match=".nc"):
+        theoph_ml.save(tmp_path / "fit.csv")
+
+
+def test_report_plots(theoph_ml, tmp_path):
+    from cohort.inference import plots
+
+    files = plots.report(theoph_ml, tmp_path / "report", n_sim=20)
+    assert all(f.exists() and f.stat().st_size > 1000 for f in files)
+
+
+# -- specification errors ----------------------------------------------------------------------
+def test_spec_errors_name_the_field():
+    with pytest.raises(SpecError, match="not parameters of 'pk1_oral'"):
+        NLME("pk1_oral", params=(Param("KE"),))
+    with pytest.raises(SpecError, match="kind 'quadratic'"):
+        Covariate("WT", kind="quadratic")
+    with pytest.raises(SpecError, match="at least one parameter needs"):
+        NLME("pk1_oral", params=(Param("CL", iiv=False),))
+    spec = NLME("pk1_oral", params=(Param("CL", covariates=(Covariate("AGE"),)),))
+    with pytest.raises(cohort.DosingError, match="covariate 'AGE'"):
+        bind(spec, read_nonmem(THEOPH))
+
+
+# -- failed ODE solves ---------------------------------------------------------------------------
+def test_failed_ode_solve_gives_minus_inf_not_nan():
+    from numpyro.infer.util import log_density
+
+    from cohort.inference.bayes import build_model, init_values
+
+    data = read_nonmem(THEOPH).subset([1, 2])
+    spec = NLME("pk1_oral", params=(Param("CL"), Param("V", iiv=False), Param("KA")))
+    opts = cohort.DiffraxOptions(rtol=1e-6, atol=1e-9, max_steps=8)  # far too few steps
+    bm = bind(spec, data, engine="diffrax", options=opts)
+    model = build_model(bm)
+    values = init_values(bm, bm.default_pop(), np.zeros((2, 2)), "noncentered")
+    value, grad = jax.value_and_grad(lambda v: log_density(model, (bm.arrays,), {}, v)[0])(values)
+    assert float(value) == -np.inf
+    assert all(np.all(np.isfinite(np.asarray(g))) for g in grad.values())
+
+
+# -- CLI -----------------------------------------------------------------------------------------
+def test_cli_fit_ml(tmp_path):
+    import typer
+    from typer.testing import CliRunner
+
+    from cohort.cli_fit import fit as fit_command
+
+    app = typer.Typer()
+    app.command()(fit_command)
+    app.command("noop")(lambda: None)  # two commands: typer keeps the subcommand name
+    out = tmp_path / "fit.nc"
+    args = [
+        "fit",
+        str(THEOPH),
+        "--method",
+        "ml",
+        "-o",
+        str(out),
+        "--params",
+        "CL,V,KA",
+        "--iiv",
+        "CL,KA",
+        "--report",
+        str(tmp_path / "rep"),
+    ]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, res.output
+    assert out.exists() and (tmp_path / "rep" / "gof.png").exists()
+    assert "OFV" in res.output and "sigma_add" in res.output
+    bad = CliRunner().invoke(app, ["fit", str(THEOPH), "--method", "mcmc"])
+    assert bad.exit_code == 2 and "--method" in bad.output
+    bad = CliRunner().invoke(app, ["fit", str(THEOPH), "--covariate", "CL=WT"])
+    assert bad.exit_code == 2 and "PARAM~COLUMN" in " ".join(bad.output.split())
+
+
+# -- Bayesian fits -------------------------------------------------------------------------------
+def test_svi_theoph_close_to_nlme():
+    res = fit(theoph_nlme_spec(), THEOPH, "svi", guide="multivariate", steps=3000, draws=500)
+    ref = REF["theoph_nlme_ml_diag"]
+    est = res.estimates
+    for ours, theirs in (("log_KE", "lKe"), ("log_KA", "lKa"), ("log_CL", "lCl")):
+        assert abs(est[ours] - ref["fixed"][theirs]) < ref["se"][theirs], ours
+    assert est["sigma_add"] == pytest.approx(ref["residual_sd"], rel=0.10)
+    assert res.idata.posterior.sizes["draw"] == 500
+    assert res.idata.posterior["CL_ind"].dims == ("chain", "draw", "subject")
+
+
+@pytest.mark.slow
+def test_nuts_theoph_matches_nlme_without_flip_flop():
+    """Acceptance: 4 × 1000 draws, default settings (no user init), R-hat < 1.01."""
+    res = fit(theoph_nlme_spec(), THEOPH, "nuts", chains=4, warmup=1000, draws=1000)
+    ref = REF["theoph_nlme_ml_diag"]
+    est = res.estimates
+    for ours, theirs in (("log_KE", "lKe"), ("log_KA", "lKa"), ("log_CL", "lCl")):
+        assert abs(est[ours] - ref["fixed"][theirs]) < ref["se"][theirs], ours
+    assert est["sigma_add"] == pytest.approx(ref["residual_sd"], rel=0.10)
+    assert res.summary["r_hat"].max() < 1.01
+    assert res.diagnostics["flip_flop_chains"] == []
+    assert res.diagnostics["divergences"] == 0
+    post = res.idata.posterior
+    ka_gt_ke = (post["KA"] > post["KE"]).mean(("draw",)).values
+    assert np.all(ka_gt_ke > 0.99)  # every chain stays on the ka > ke side
+
+
+@pytest.mark.slow
+def test_ml_full_omega_matches_nlme():
+    res = fit(theoph_nlme_spec("full"), THEOPH, "ml")
+    ref = REF["theoph_nlme_ml_full"]["fixed"]
+    se = REF["theoph_nlme_ml_diag"]["se"]
+    for ours, theirs in (("log_KE", "lKe"), ("log_KA", "lKa"), ("log_CL", "lCl")):
+        assert abs(res.estimates[ours] - ref[theirs]) < se[theirs], ours
+    assert "corr_KA_CL" in res.estimates
+
+
+@pytest.mark.slow
+def test_ode_engine_reproduces_closed_form_ml(theoph_ml):
+    res = fit(theoph_nlme_spec(), THEOPH, "ml", engine="diffrax", se="none")
+    assert res.bound.engine == "diffrax"
+    assert res.ofv == pytest.approx(theoph_ml.ofv, abs=1e-3)
+    for k in ("log_KE", "log_KA", "log_CL", "omega_KA", "sigma_add"):
+        assert res.estimates[k] == pytest.approx(theoph_ml.estimates[k], abs=2e-3), k
+
+
+@pytest.mark.slow
+def test_ode_nuts_with_failing_solves_completes():
+    """A step budget that some proposals exceed: those become divergences, not NaN crashes."""
+    data = read_nonmem(THEOPH).subset([1, 2, 3, 4])
+    spec = NLME(
+        "pk1_mm_oral",
+        params=(
+            Param("VMAX", init=20.0),
+            Param("KM", init=5.0, iiv=False),
+            Param("V", init=30.0, iiv=False),
+            Param("KA", init=1.5),
+        ),
+    )
+    opts = cohort.DiffraxOptions(rtol=1e-6, atol=1e-9, max_steps=48)
+    with pytest.warns(cohort.CohortWarning):
+        res = fit(
+            spec,
+            data,
+            "nuts",
+            chains=1,
+            warmup=150,
+            draws=100,
+            init="default",
+            ode_options=opts,
+            seed=1,
+        )
+    assert res.bound.engine == "diffrax"
+    assert np.all(np.isfinite(res.idata.posterior["log_VMAX"].values))
+
+
+@pytest.mark.slow
+def test_m3_blq_fit_recovers_uncensored_estimates(theoph_ml):
+    frame = pd.read_csv(THEOPH)
+    obs = frame["EVID"] == 0
+    dv = pd.to_numeric(frame["DV"], errors="coerce")
+    frame["BLQ"] = (obs & (dv < 1.0)).astype(int)
+    frame.loc[frame["BLQ"] == 1, "DV"] = 1.0  # DV holds the LLOQ on censored rows
+    res = fit(theoph_nlme_spec(), frame, "ml")
+    assert res.ml.approx == "laplace"
+    se = theoph_ml.summary["se"]
+    for k in ("log_KE", "log_KA", "log_CL"):
+        assert abs(res.estimates[k] - theoph_ml.estimates[k]) < se[k], k
+
+
+@pytest.mark.slow
+def test_parameter_recovery_coverage():
+    """200 simulated subjects, 50 replicates: 90 % Wald intervals cover the truth ~90 %."""
+    from cohort.inference.synthetic import design, simulate_data
+
+    spec = NLME(
+        "pk1_oral", params=(Param("CL"), Param("V"), Param("KA")), error=ErrorModel("combined")
+    )
+    times = [0.5, 1, 2, 4, 8, 12, 24]
+    truth = {
+        "typical": {"CL": 3.0, "V": 30.0, "KA": 1.2},
+        "omega": {"CL": 0.3, "V": 0.2, "KA": 0.4},
+        "sigma": {"add": 0.05, "prop": 0.1},
+    }
+    names = {
+        "log_CL": np.log(3.0),
+        "log_V": np.log(30.0),
+        "log_KA": np.log(1.2),
+        "omega_CL": 0.3,
+        "omega_V": 0.2,
+        "omega_KA": 0.4,
+        "sigma_prop": 0.1,
+    }
+    hits = {k: 0 for k in names}
+    reps = 50
+    for seed in range(reps):
+        frame, _ = simulate_data(spec, design(200, times, 320.0), seed=seed, **truth)
+        res = fit(spec, frame, "ml")
+        for k, v in names.items():
+            est, se = res.estimates[k], res.summary["se"][k]
+            hits[k] += abs(est - v) <= 1.645 * se
+    coverage = {k: h / reps for k, h in hits.items()}
+    assert all(0.78 <= c <= 1.0 for c in coverage.values()), coverage
+    assert np.mean(list(coverage.values())) == pytest.approx(0.9, abs=0.06), coverage
