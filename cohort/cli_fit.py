@@ -1,4 +1,8 @@
-"""``cohort fit``: fit an NLME model to a NONMEM-style CSV (registered by :mod:`cohort.cli`)."""
+"""``cohort fit``: fit an NLME model to a NONMEM-style CSV (registered by :mod:`cohort.cli`).
+
+The CLI helpers are imported inside the functions: :mod:`cohort.cli` imports this module at its
+end, so a module-level import back would fail whenever this module is imported first.
+"""
 
 from __future__ import annotations
 
@@ -8,11 +12,10 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from cohort.cli import _fail, console
-
 
 def _covariates(specs: list[str] | None, names: list[str]) -> dict:
     """``PARAM~COLUMN[:kind[:ref[:fixed]]]`` options grouped by parameter."""
+    from cohort.cli import _fail
     from cohort.inference import Covariate, SpecError
 
     out: dict[str, list] = {}
@@ -46,6 +49,7 @@ def _spec(
     covariate: list[str] | None,
 ):
     import cohort
+    from cohort.cli import _fail
     from cohort.inference import NLME, ErrorModel, Param, SpecError
     from cohort.inference.spec import default_params
 
@@ -96,6 +100,7 @@ def fit(
     import warnings
 
     import cohort
+    from cohort.cli import _fail, console
     from cohort.inference import SpecError
     from cohort.inference import fit as run_fit
 
@@ -150,6 +155,7 @@ def fit(
 
 
 def _table(result) -> Table:
+    """Estimates (ML) or posterior summaries (NUTS/SVI), log-scale duplicates left out."""
     s = result.summary
     title = f"{result.bound.spec.model.name}: {result.method} ({result.bound.n_subjects} subjects)"
     if "estimate" in s:

@@ -182,3 +182,17 @@ def chain_inits(values: dict, n_chains: int, key, jitter: float = 0.1) -> dict:
         noise = jitter * jax.random.normal(k, (n_chains, *u.shape))
         out[name] = u[None] + noise
     return out
+
+
+def check_start(model: Callable, arrays: dict, values: dict) -> None:
+    """Raise if the log density at the starting values is not finite (e.g. every ODE solve of
+    a subject fails there): numpyro would otherwise leave the chain stuck at that point."""
+    from numpyro.infer.util import log_density
+
+    value = jax.jit(lambda v: log_density(model, (arrays,), {}, v)[0])(values)
+    if not bool(jnp.isfinite(value)):
+        raise ValueError(
+            "the log density at the starting values is not finite: a prediction failed there "
+            "(for ODE models raise ode_options.max_steps or loosen rtol/atol) or the data are "
+            "impossible under the starting values; give better inits"
+        )

@@ -149,7 +149,8 @@ class BoundModel:
         return pop.omega[:, None] * pop.corr
 
     def default_pop(self) -> Pop:
-        """Starting values: inits or model defaults, zero covariate effects, 30 % IIV."""
+        """Starting values: inits (or model defaults), covariate inits, each Param's ``omega``, and
+        residual SDs from the error model (or a fifth of the data's spread)."""
         spec = self.spec
         defaults = {**spec.model.defaults(), **spec.fixed}
         theta = []

@@ -18,7 +18,7 @@ from numpyro.infer.autoguide import (
 )
 from numpyro.optim import optax_to_numpyro
 
-from cohort.inference.bayes import Priors, build_model, chain_inits
+from cohort.inference.bayes import Priors, build_model, chain_inits, check_start
 from cohort.inference.problem import BoundModel
 
 GUIDES = {
@@ -78,6 +78,7 @@ def run_nuts(
 ) -> Draws:
     """NUTS from ``init`` (constrained site values), each chain jittered around it."""
     model = build_model(bm, priors, parameterization)
+    check_start(model, bm.arrays, init)
     kernel = NUTS(model, target_accept_prob=target_accept, max_tree_depth=max_tree_depth)
     method = _chain_method(chain_method, chains)
     mcmc = MCMC(
@@ -124,6 +125,7 @@ def run_svi(
     if guide not in GUIDES:
         raise ValueError(f"guide must be one of {list(GUIDES)}, got {guide!r}")
     model = build_model(bm, priors, "noncentered")
+    check_start(model, bm.arrays, init)
     kwargs = {"init_loc_fn": init_to_value(values=init)}
     if guide == "lowrank" and rank is not None:
         kwargs["rank"] = rank
