@@ -305,7 +305,12 @@ def test_ode_engine_reproduces_closed_form_ml(theoph_ml):
 
 @pytest.mark.slow
 def test_ode_nuts_with_failing_solves_completes():
-    """A step budget that some proposals exceed: those become divergences, not NaN crashes."""
+    """A step budget that large absorption rates exceed: those proposals get a -inf log
+    density (divergences), never NaN, and the fit completes; a failing start is an error."""
+    from numpyro.infer.util import log_density
+
+    from cohort.inference.bayes import build_model, init_values
+
     data = read_nonmem(THEOPH).subset([1, 2, 3, 4])
     spec = NLME(
         "pk1_mm_oral",
@@ -316,7 +321,15 @@ def test_ode_nuts_with_failing_solves_completes():
             Param("KA", init=1.5),
         ),
     )
-    opts = cohort.DiffraxOptions(rtol=1e-6, atol=1e-9, max_steps=48)
+    opts = cohort.DiffraxOptions(rtol=1e-6, atol=1e-9, max_steps=96)
+    bm = bind(spec, data, engine="diffrax", options=opts)
+    model = build_model(bm, parameterization="centered")
+    density = jax.jit(lambda v: log_density(model, (bm.arrays,), {}, v)[0])
+    for ka, finite in ((1.5, True), (10.0, False)):  # KA = 10/h needs more than 96 steps
+        pop = bm.default_pop()
+        pop = pop._replace(theta=pop.theta.at[3].set(np.log(ka)))
+        value = float(density(init_values(bm, pop, np.zeros((4, 2)), "centered")))
+        assert np.isfinite(value) == finite and not np.isnan(value)
     with pytest.warns(cohort.CohortWarning):
         res = fit(
             spec,
@@ -331,6 +344,9 @@ def test_ode_nuts_with_failing_solves_completes():
         )
     assert res.bound.engine == "diffrax"
     assert np.all(np.isfinite(res.idata.posterior["log_VMAX"].values))
+    tight = cohort.DiffraxOptions(rtol=1e-6, atol=1e-9, max_steps=64)  # fails at the start too
+    with pytest.raises(ValueError, match="starting values is not finite"):
+        fit(spec, data, "nuts", chains=1, warmup=10, draws=10, init="default", ode_options=tight)
 
 
 @pytest.mark.slow
