@@ -42,3 +42,19 @@ __all__ = [
     "population",
     "simulate",
 ]
+
+# Patient data and inference (issue 5). ``cohort.data`` is light and imported eagerly;
+# ``cohort.inference`` / ``cohort.fit`` load numpyro/arviz on first use (+0.6 s at import).
+from cohort import data  # noqa: E402
+from cohort.data import DataError, read_nonmem  # noqa: E402
+
+__all__ += ["DataError", "data", "fit", "inference", "read_nonmem"]
+
+
+def __getattr__(name: str):
+    if name in ("inference", "fit"):
+        import importlib
+
+        module = importlib.import_module("cohort.inference")
+        return module if name == "inference" else module.fit
+    raise AttributeError(f"module 'cohort' has no attribute {name!r}")

@@ -113,6 +113,9 @@ def test_compartment_checked_when_model_given_later():
     ds = read_nonmem(frame(CMT=[9, 2, 2, 1, 2, 2]))  # no model: compartments unchecked
     with pytest.raises(DataError, match=r"row 1, column CMT"):
         ds.with_model(PK1_ORAL)
+    sub = read_nonmem(frame(CMT=[1, 2, 2, 1, 9, 2])).subset([2])
+    with pytest.raises(DataError, match=r"row 5, column CMT"):  # rows of the original input
+        sub.with_model(PK1_ORAL)
 
 
 def test_duplicate_records():

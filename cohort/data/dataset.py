@@ -86,8 +86,17 @@ class Dataset:
         """The same data checked against ``model`` (compartments, dose records)."""
         if model is self.model:
             return self
-        checked = validate(_as_input(self.records), model)
-        checked["ROW"] = self.records["ROW"].to_numpy()
+        rows = self.records["ROW"].to_numpy()
+        try:
+            checked = validate(_as_input(self.records), model)
+        except DataError as exc:  # report the rows of the original input
+            raise DataError(
+                [
+                    Problem(int(rows[p.row - 1]) if p.row else None, p.column, p.message)
+                    for p in exc.problems
+                ]
+            ) from None
+        checked["ROW"] = rows
         return Dataset(checked, self.covariate_names, model)
 
     def subset(self, ids: Any) -> Dataset:
