@@ -112,7 +112,14 @@ def build_model(
             )
         f, ok = bm.predict(pop, eta, arrays)
         ll = likelihood.loglik_obs(
-            kind, pop.sigma, f, arrays["dv"], arrays["mask"], arrays["cens"], arrays["lloq"]
+            kind,
+            pop.sigma,
+            f,
+            arrays["dv"],
+            arrays["mask"],
+            arrays["cens"],
+            arrays["lloq"],
+            bm.has_cens,
         )
         return prior + jnp.sum(jnp.where(ok, jnp.sum(ll, axis=1), -jnp.inf))
 

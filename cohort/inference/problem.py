@@ -69,6 +69,7 @@ class BoundModel:
     has_ss: bool
     has_reset: bool
     arrays: dict  # jnp arrays: obs (time, dv, mask, cens, lloq), ev (event table)
+    has_cens: bool = True  # any BLQ observation: the M3 terms enter the compiled graph
 
     @property
     def structure(self) -> tuple:
@@ -90,6 +91,7 @@ class BoundModel:
             self.with_infusion,
             self.has_ss,
             self.has_reset,
+            self.has_cens,
             "changes" in self.arrays["ev"],
         )
 
@@ -108,10 +110,17 @@ class BoundModel:
     # -- individual parameters -----------------------------------------------------------------
     def log_params(self, pop: Pop, eta: jnp.ndarray, features: jnp.ndarray) -> jnp.ndarray:
         """``log P [..., K]`` for ``eta [..., q]`` and ``features [..., C]``."""
-        logp = jnp.broadcast_to(pop.theta, eta.shape[:-1] + pop.theta.shape)
-        for g, e in enumerate(self.effects):
-            logp = logp.at[..., e.k].add(pop.gamma[g] * features[..., e.c])
-        return logp.at[..., jnp.asarray(self.iiv)].add(eta)
+        shape = jnp.broadcast_shapes(eta.shape[:-1], features.shape[:-1])
+        cols = []  # assembled column by column: no scatter ops in the traced graph
+        for k in range(len(self.spec.params)):
+            v = pop.theta[k]
+            for g, e in enumerate(self.effects):
+                if e.k == k:
+                    v = v + pop.gamma[g] * features[..., e.c]
+            if k in self.iiv:
+                v = v + eta[..., self.iiv.index(k)]
+            cols.append(jnp.broadcast_to(v, shape))
+        return jnp.stack(cols, axis=-1)
 
     def model_params(self, logp: jnp.ndarray) -> dict:
         """Model parameter dict from estimated log parameters ``[..., K]``."""
@@ -298,6 +307,7 @@ def bind(spec: NLME, data: Dataset, engine: str = "auto", options=None) -> Bound
         has_ss=table.has_ss,
         has_reset=table.has_reset or table.has_ss,
         arrays=arrays,
+        has_cens=bool(np.any(obs.cens & obs.mask)),
     )
     if engine == "closed_form" and _dosing_is_fixed(bm):
         # F, lags and durations are constants: resolve the records once, outside the likelihood.
