@@ -4,7 +4,14 @@ The whole cohort advances together in one ``lax.scan`` over control periods (e.g
 CGM/pump period). At the start of each period every patient's sensor is read, the controller
 (a pure function on ``[N]`` arrays) chooses an insulin rate, the pump quantises it, and the
 rate is held (zero-order hold) while fixed RK4 steps of ``dt`` (1 min by default) integrate the
-model's own ``rhs`` with structure-of-arrays states, exactly like the open-loop fast path.
+model's 13 physiological states, one ``[N]`` array each (structure of arrays).
+
+Meal memory is simglucose's own: the meal size ``Dbar`` that shapes gastric emptying is updated
+at whole minutes (stomach content at the start of an eating bout plus the food eaten since, the
+current minute's included) and held within the minute, so it is a per-patient carry of the loop
+rather than the continuous bookkeeping states that the model's ``rhs`` needs for adaptive
+solvers. Parameter-only subexpressions are computed once per solve (``model.derived``) and the
+emptying coefficients once per minute (``model.gastric``).
 
 Insulin convention: the controller returns the **total** insulin rate in U/min, basal
 included, and the model is run with ``basal_scale = 0`` so that every unit of insulin comes from
@@ -14,9 +21,9 @@ model's default basal delivery). Meals are per-patient schedules eaten like simg
 cohort-level meal-rate profile per minute; scenario boluses (open-loop boluses given with a
 meal) are delivered over the meal's first minute, like simglucose's one-step bolus.
 
-There is no data-dependent control flow across patients, so a patient's trajectory does not
-depend on the rest of the batch; sensor noise is keyed by a global patient id for the same
-reason.
+There is no data-dependent control flow across patients (the finer steps of eating minutes are
+selected per patient), so a patient's trajectory does not depend on the rest of the batch;
+sensor noise is keyed by a global patient id for the same reason.
 """
 
 from __future__ import annotations
@@ -29,7 +36,7 @@ from typing import Any, NamedTuple, Protocol
 import jax
 import jax.numpy as jnp
 
-from cohort.models.base import Model, Tree
+from cohort.models.base import State, Tree
 
 
 class Observation(NamedTuple):
@@ -88,33 +95,29 @@ class Sensor:
 
 @dataclasses.dataclass(frozen=True)
 class ClosedLoopOptions:
-    """``period`` control/CGM period (min), ``dt`` RK4 step (min; divides ``period`` and is
-    at most 1 so minute-wise meal inputs are exact), ``sensor`` (``None``: the controller sees
-    ``Gsub`` exactly), ``pump_increment`` (U; ``None``: no quantisation), ``max_rate`` (U/min).
-    ``one_sided``: evaluate RK4's end stages just inside each step (see :func:`_rk4`; ``False``
-    reproduces the open-loop fast path to round-off, at its lower accuracy around meals)."""
+    """``period`` control/CGM period (whole minutes), ``dt`` RK4 step (min; divides 1 min, so
+    meal minutes and control periods start on step boundaries), ``eating_substeps`` RK4 steps
+    per ``dt`` step while a patient is eating (see :func:`solve_closed_loop`), ``sensor``
+    (``None``: the controller sees ``Gsub`` exactly), ``pump_increment`` (U; ``None``: no
+    quantisation), ``max_rate`` (U/min)."""
 
     period: float = 5.0
     dt: float = 1.0
+    eating_substeps: int = 4
     sensor: Sensor | None = None
     pump_increment: float | None = None
     max_rate: float = math.inf
-    one_sided: bool = True
 
-    def substeps(self) -> int:
-        """RK4 steps per control period (validates ``dt``)."""
-        n = round(self.period / self.dt) if self.dt > 0 else 0
+    def steps_per_minute(self) -> int:
+        """RK4 steps per minute (validates ``dt``, ``period`` and ``eating_substeps``)."""
         per_minute = 1.0 / self.dt if self.dt > 0 else 0.0
-        if (
-            not 0 < self.dt <= 1.0
-            or n < 1
-            or abs(n * self.dt - self.period) > 1e-9 * self.period
-            or abs(per_minute - round(per_minute)) > 1e-9
-        ):
-            raise ValueError(
-                f"dt ({self.dt}) must divide 1 min and the control period ({self.period} min)"
-            )
-        return n
+        if not 0 < self.dt <= 1.0 or abs(per_minute - round(per_minute)) > 1e-9:
+            raise ValueError(f"dt ({self.dt}) must divide 1 min")
+        if self.period < 1 or abs(self.period - round(self.period)) > 1e-9:
+            raise ValueError(f"period ({self.period}) must be a whole number of minutes")
+        if self.eating_substeps < 1 or int(self.eating_substeps) != self.eating_substeps:
+            raise ValueError(f"eating_substeps ({self.eating_substeps}) must be an integer >= 1")
+        return round(per_minute)
 
 
 class _Eating(NamedTuple):
@@ -197,38 +200,70 @@ def _quantise(rate, residual, period: float, increment: float | None):
     return delivered / period, amount - delivered
 
 
-def _rk4(model: Model, t, y: Tree, p: Tree, u: Tree, h, inset: float):
-    """One RK4 step whose end stages are evaluated ``inset`` inside ``[t, t + h]``.
-
-    Meal inputs switch only at whole minutes, which are step boundaries, so within a step the
-    right-hand side is smooth; evaluating its end stages at the one-sided limits (rather than
-    at the switching instants themselves, where the UVA/Padova meal bookkeeping takes the mean
-    of both sides) keeps RK4's fourth order across meals. ``inset = 0`` gives plain RK4.
-    """
-
-    def f(tt, yy):
-        return model.rhs(tt, yy, p, u)
-
-    def axpy(a, k):
-        return {s: y[s] + a * k[s] for s in y}
-
-    k1 = f(t + inset, y)
-    k2 = f(t + 0.5 * h, axpy(0.5 * h, k1))
-    k3 = f(t + 0.5 * h, axpy(0.5 * h, k2))
-    k4 = f(t + h - inset, axpy(h, k3))
-    return {s: y[s] + (h / 6.0) * (k1[s] + 2.0 * k2[s] + 2.0 * k3[s] + k4[s]) for s in y}
-
-
 def basal_rate(p: Tree):
     """Basal insulin rate (U/min) that holds each patient at its basal steady state."""
     return p["u2ss"] * p["BW"] / 6000.0
+
+
+class MealMemoryModel(Protocol):
+    """What the stepper needs of a model (:class:`cohort.models.glucose.UvaPadova`): the
+    physiological states, parameter-only coefficients, the emptying coefficients of a meal
+    size and the right-hand side given them (``uva_padova.physiology_rhs``)."""
+
+    states: tuple[State, ...]
+    physiology_states: tuple[str, ...]
+
+    def initial(self, p: Tree) -> Tree: ...
+
+    def output(self, name: str, y: Tree, p: Tree) -> Any: ...
+
+    def derived(self, p: Tree) -> Tree: ...
+
+    def gastric(self, dbar: Any, d: Tree) -> Tree: ...
+
+    def physiology_rhs(self, y: Tree, d: Tree, g: Tree, meal: Any, insulin: Any) -> Any: ...
+
+
+def _rk4(model: MealMemoryModel, y: Tree, d: Tree, g: Tree, meal, insulin, h: float, steps: int):
+    """``steps`` classical RK4 steps of ``h`` min with meal, insulin and meal size held."""
+
+    def f(yy):
+        return model.physiology_rhs(yy, d, g, meal, insulin)[0]
+
+    def one(_, y):
+        k1 = f(y)
+        k2 = f({s: y[s] + (0.5 * h) * k1[s] for s in y})
+        k3 = f({s: y[s] + (0.5 * h) * k2[s] for s in y})
+        k4 = f({s: y[s] + h * k3[s] for s in y})
+        return {s: y[s] + (h / 6.0) * (k1[s] + 2.0 * (k2[s] + k3[s]) + k4[s]) for s in y}
+
+    return one(0, y) if steps == 1 else jax.lax.fori_loop(0, steps, one, y)
+
+
+class _MealMemory(NamedTuple):
+    """simglucose's meal bookkeeping, updated at whole minutes: stomach content at the start of
+    the current (or last) eating bout, carbohydrate eaten since (this minute's included), and
+    whether the patient ate during the previous minute."""
+
+    q0: jax.Array  # mg
+    eaten: jax.Array  # mg
+    eating: jax.Array  # bool
+
+
+def _remember_meal(m: _MealMemory, y: Tree, meal) -> tuple[_MealMemory, jax.Array]:
+    """Update the memory for a minute eating ``meal`` mg/min; return it and ``Dbar`` (mg)."""
+    eating = meal > 0
+    starts = eating & ~m.eating
+    q0 = jnp.where(starts, y["qsto1"] + y["qsto2"], m.q0)
+    eaten = jnp.where(starts, 0.0, m.eaten) + jnp.where(eating, meal, 0.0)
+    return _MealMemory(q0, eaten, eating), q0 + eaten
 
 
 @functools.partial(
     jax.jit, static_argnames=("model", "controller", "options", "n_periods", "gsub", "dtype")
 )
 def solve_closed_loop(
-    model: Model,
+    model: MealMemoryModel,
     controller: Controller,
     options: ClosedLoopOptions,
     n_periods: int,
@@ -241,27 +276,35 @@ def solve_closed_loop(
 ):
     """Run ``n_periods`` control periods for a batch; ``p`` holds ``[N]`` parameter arrays.
 
+    Each minute: the meal memory is updated (simglucose's discrete ``Dbar``), then the
+    physiology advances by RK4 steps of ``dt`` with meal, insulin and ``Dbar`` held, so the
+    right-hand side is smooth inside every step. While a patient eats, gastric emptying
+    switches sharply within the minute (``Dbar`` jumps by the minute's food and the stomach
+    content sweeps through ``b·Dbar``); those minutes are integrated with ``eating_substeps``
+    times finer steps (computed, when anyone in the batch eats, for all and kept for eaters
+    only, so a patient's trajectory does not depend on the rest of the batch).
+
     Returns ``(outputs, finite, min_scaled)``: ``outputs`` maps ``Gsub``, ``CGM`` and
     ``insulin`` (U/min delivered, mean over the period starting at each time; the last entry
     is the rate the controller would choose next) to ``[n_periods + 1, N]`` arrays at times
     ``0, period, ...``; ``finite`` and ``min_scaled`` are the fast path's health checks.
     """
-    period = float(options.period)
-    n_sub = options.substeps()
-    h = period / n_sub
+    period = round(options.period)
+    per_minute = options.steps_per_minute()
+    h = 1.0 / per_minute
+    fine = int(options.eating_substeps)
     p = dict(p)
     p["basal_scale"] = jnp.zeros_like(p["basal_scale"])
-    names = model.state_names
-    insulin_target, meal_target = "Isc1", "qsto1"
-    y0 = model.initial(p)
+    names = model.physiology_states
+    d = model.derived(p)
+    y0 = {s: v for s, v in model.initial(p).items() if s in names}
     basal = basal_rate(p)
+    fdt = basal.dtype
     n = basal.shape[0]
     keys = _sensor_keys(seed, patient_ids)
     windows = eating_windows(meals)
-    nonneg = {st.name for st in model.states if st.nonnegative}
-    zeros = jnp.zeros(n, basal.dtype)
-    # a few ulps of the latest time at float32, negligible (1e-6 of a step) at float64
-    inset = (1e-6 if basal.dtype == jnp.float64 else 2e-3) * h if options.one_sided else 0.0
+    nonneg = {st.name for st in model.states if st.nonnegative and st.name in names}
+    zeros = jnp.zeros(n, fdt)
 
     def extremes(lo, hi, y):
         for s in names:
@@ -271,7 +314,7 @@ def solve_closed_loop(
         return lo, hi
 
     def decide(y, sensor_state, ctrl_state, residual, k):
-        t = k * period
+        t = (k * period).astype(fdt)
         g = model.output(gsub, y, p)
         sensor_state, cgm = _read_sensor(options.sensor, period, sensor_state, g, keys, k)
         obs = Observation(cgm, _announced(meals, t, period))
@@ -280,35 +323,45 @@ def solve_closed_loop(
         rate, residual = _quantise(rate, residual, period, options.pump_increment)
         return g, cgm, sensor_state, ctrl_state, rate, residual
 
-    def integrate(y, t0, rate):
-        def step(j, c):
-            y, delivered = c
-            t = t0 + j * h
-            t_mid = t + 0.5 * h
-            ins = rate + _bolus_rate(meals, t_mid)
-            u = {s: zeros for s in names}
-            u[insulin_target] = ins
-            u[meal_target] = meal_rate(windows, t_mid)
-            return _rk4(model, t, y, p, u, h, inset), delivered + ins * h
+    def minute(j, c, k, rate):
+        y, memory, delivered = c
+        t_mid = (k * period + j).astype(fdt) + 0.5
+        meal = meal_rate(windows, t_mid)
+        insulin = rate + _bolus_rate(meals, t_mid)
+        memory, dbar = _remember_meal(memory, y, meal)
+        g = model.gastric(dbar, d)
 
-        return jax.lax.fori_loop(0, n_sub, step, (y, zeros))
+        def coarse(y):
+            return _rk4(model, y, d, g, meal, insulin, h, per_minute)
+
+        def refined(y):
+            yf = _rk4(model, y, d, g, meal, insulin, h / fine, per_minute * fine)
+            yc = coarse(y)
+            return {s: jnp.where(memory.eating, yf[s], yc[s]) for s in y}
+
+        y = coarse(y) if fine == 1 else jax.lax.cond(jnp.any(memory.eating), refined, coarse, y)
+        return y, memory, delivered + insulin
 
     def period_step(c, k):
-        y, sensor_state, ctrl_state, residual, lo, hi = c
+        y, memory, sensor_state, ctrl_state, residual, lo, hi = c
         g, cgm, sensor_state, ctrl_state, rate, residual = decide(
             y, sensor_state, ctrl_state, residual, k
         )
-        y, delivered = integrate(y, k * period, rate)
+        y, memory, delivered = jax.lax.fori_loop(
+            0, period, lambda j, c: minute(j, c, k, rate), (y, memory, zeros)
+        )
         lo, hi = extremes(lo, hi, y)
         rec = {gsub: g, "CGM": cgm, "insulin": delivered / period}
-        return (y, sensor_state, ctrl_state, residual, lo, hi), rec
+        return (y, memory, sensor_state, ctrl_state, residual, lo, hi), rec
 
-    ctrl0 = controller.init(p, basal, period)
+    ctrl0 = controller.init(p, basal, float(period))
     lo, hi = extremes(zeros, zeros, y0)
-    carry = (y0, _SensorState(zeros, zeros), ctrl0, zeros, lo, hi)
-    carry, recs = jax.lax.scan(period_step, carry, jnp.arange(n_periods))
-    y, sensor_state, ctrl_state, residual, lo, hi = carry
-    g, cgm, *_, rate, _ = decide(y, sensor_state, ctrl_state, residual, n_periods)
+    memory = _MealMemory(zeros, zeros, jnp.zeros(n, bool))
+    carry = (y0, memory, _SensorState(zeros, zeros), ctrl0, zeros, lo, hi)
+    ks = jnp.arange(n_periods, dtype=jnp.int32)
+    carry, recs = jax.lax.scan(period_step, carry, ks)
+    y, _, sensor_state, ctrl_state, residual, lo, hi = carry
+    g, cgm, *_, rate, _ = decide(y, sensor_state, ctrl_state, residual, jnp.int32(n_periods))
     last = {gsub: g, "CGM": cgm, "insulin": rate}
     out = {k: jnp.concatenate([recs[k], last[k][None]]).astype(dtype) for k in last}
     finite = jnp.isfinite(lo) & jnp.isfinite(hi)

@@ -83,7 +83,7 @@ def run(
     model = get("uva_padova")
     options = options or ClosedLoopOptions()
     try:
-        options.substeps()
+        options.steps_per_minute()
     except ValueError as exc:
         raise InputError(f"options: {exc}") from None
     params = population_arrays(model, patients, None)

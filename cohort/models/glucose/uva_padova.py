@@ -133,15 +133,84 @@ def _nonneg(x, dx):
     return jnp.where(x >= 0, dx, 0.0)
 
 
+def derived_parameters(p: Tree) -> Tree:
+    """Parameter-only subexpressions of :func:`physiology_rhs` (rates, reciprocals, unit
+    conversions), computed once per solve rather than in every right-hand-side evaluation."""
+    to_pmol = PMOL_PER_U / p["BW"]
+    return {
+        **{k: p[k] for k in ("kmax", "kmin", "kabs", "b", "d", "kp1", "kp2", "kp3", "Fsnc")},
+        **{k: p[k] for k in ("ke1", "ke2", "k1", "k2", "Vm0", "Vmx", "Km0", "m1", "m2")},
+        **{k: p[k] for k in ("p2u", "Ib", "ki", "kd", "ka2", "ksc")},
+        "half_dk": 0.5 * (p["kmax"] - p["kmin"]),
+        "a_scale": 2.5 / (1.0 - p["b"]),  # simglucose's aa = 5/(2·Dbar·(1-b))
+        "c_scale": 2.5 / p["d"],
+        "ra_scale": p["f"] * p["kabs"] / p["BW"],
+        "abs1": p["ka1"] * to_pmol,
+        "abs2": p["ka2"] * to_pmol,
+        "m24": p["m2"] + p["m4"],
+        "m130": p["m1"] + p["m30"],
+        "inv_vi": 1.0 / p["Vi"],
+        "kad": p["ka1"] + p["kd"],
+        "basal": basal_insulin_rate(p),
+    }
+
+
+def gastric_coefficients(dbar, d: Tree) -> Tree:
+    """Coefficients of the emptying rate for a meal size ``dbar`` (mg; constant over a
+    simglucose step): ``kgut = kmin + half_dk·(tanh(aa·(qsto − bD)) − tanh(cc·(qsto − dD)) + 2)``,
+    which is ``kmax`` when ``dbar <= 0`` (``aa = cc = 0``)."""
+    pos = dbar > 0
+    inv = jnp.where(pos, 1.0 / jnp.where(pos, dbar, 1.0), 0.0)
+    return {"aa": d["a_scale"] * inv, "cc": d["c_scale"] * inv, "bD": d["b"] * dbar,
+            "dD": d["d"] * dbar}  # fmt: skip
+
+
 def gastric_emptying_rate(qsto, dbar, p: Tree):
     """Nonlinear gastric emptying ``kgut`` (1/min) given the stomach content and meal size."""
-    pos = dbar > 0
-    safe = jnp.where(pos, dbar, 1.0)
-    aa = 5.0 / (2.0 * safe * (1.0 - p["b"]))
-    cc = 5.0 / (2.0 * safe * p["d"])
-    shape = jnp.tanh(aa * (qsto - p["b"] * safe)) - jnp.tanh(cc * (qsto - p["d"] * safe)) + 2.0
-    kgut = p["kmin"] + 0.5 * (p["kmax"] - p["kmin"]) * shape
-    return jnp.where(pos, kgut, p["kmax"])
+    d = derived_parameters(p)
+    return _kgut(qsto, d, gastric_coefficients(dbar, d))
+
+
+def _kgut(qsto, d: Tree, g: Tree):
+    shape = jnp.tanh(g["aa"] * (qsto - g["bD"])) - jnp.tanh(g["cc"] * (qsto - g["dD"])) + 2.0
+    return d["kmin"] + d["half_dk"] * shape
+
+
+def physiology_rhs(y: Tree, d: Tree, g: Tree, meal, insulin) -> tuple[Tree, object]:
+    """Derivatives of the 13 physiological states and the gastric emptying flux (mg/min).
+
+    ``d``: :func:`derived_parameters`; ``g``: :func:`gastric_coefficients` of the current meal
+    size; ``meal``: carbohydrate eaten, mg/min; ``insulin``: total subcutaneous insulin, U/min
+    (basal included). Elementwise only: runs on scalars and on ``[N]`` arrays alike.
+    """
+    qsto = y["qsto1"] + y["qsto2"]
+    emptying = _kgut(qsto, d, g) * y["qsto2"]
+    gp, gt, ip = y["Gp"], y["Gt"], y["Ip"]
+    egp = jnp.maximum(d["kp1"] - d["kp2"] * gp - d["kp3"] * y["Id"], 0.0)
+    renal = d["ke1"] * jnp.maximum(gp - d["ke2"], 0.0)
+    d_gp = egp + d["ra_scale"] * y["qgut"] - d["Fsnc"] - renal - d["k1"] * gp + d["k2"] * gt
+    uid = (d["Vm0"] + d["Vmx"] * y["X"]) * gt / (d["Km0"] + gt)
+    d_gt = -uid + d["k1"] * gp - d["k2"] * gt
+    absorbed = d["abs1"] * y["Isc1"] + d["abs2"] * y["Isc2"]
+    d_ip = -d["m24"] * ip + d["m1"] * y["Il"] + absorbed
+    d_il = -d["m130"] * y["Il"] + d["m2"] * ip
+    plasma_insulin = ip * d["inv_vi"]
+    dy = {
+        "qsto1": meal - d["kmax"] * y["qsto1"],
+        "qsto2": d["kmax"] * y["qsto1"] - emptying,
+        "qgut": emptying - d["kabs"] * y["qgut"],
+        "Gp": _nonneg(gp, d_gp),
+        "Gt": _nonneg(gt, d_gt),
+        "Ip": _nonneg(ip, d_ip),
+        "X": d["p2u"] * (plasma_insulin - d["Ib"] - y["X"]),
+        "I1": d["ki"] * (plasma_insulin - y["I1"]),
+        "Id": d["ki"] * (y["I1"] - y["Id"]),
+        "Il": _nonneg(y["Il"], d_il),
+        "Isc1": _nonneg(y["Isc1"], insulin - d["kad"] * y["Isc1"]),
+        "Isc2": _nonneg(y["Isc2"], d["kd"] * y["Isc1"] - d["ka2"] * y["Isc2"]),
+        "Gs": _nonneg(y["Gs"], d["ksc"] * (gp - y["Gs"])),
+    }
+    return dy, emptying
 
 
 def _minute_lead(t):
@@ -242,36 +311,17 @@ class UvaPadova(Model):
             bank_a, y["meal_q0_a"] + y["meal_eaten_a"], y["meal_q0_b"] + y["meal_eaten_b"]
         )
         dbar = dbar + jnp.where(eating, _minute_lead(t) * meal, 0.0)
-        emptying = gastric_emptying_rate(qsto, dbar, p) * y["qsto2"]
+        d = derived_parameters(p)
+        dy, emptying = physiology_rhs(
+            y, d, gastric_coefficients(dbar, d), meal, u["Isc1"] + d["basal"]
+        )
+        return {**dy, **_memory_derivatives(y, meal, eating, bank_a, qsto, meal - emptying)}
 
-        rat = p["f"] * p["kabs"] * y["qgut"] / p["BW"]  # mg/kg/min
-        egp = jnp.maximum(p["kp1"] - p["kp2"] * y["Gp"] - p["kp3"] * y["Id"], 0.0)
-        renal = p["ke1"] * jnp.maximum(y["Gp"] - p["ke2"], 0.0)
-        d_gp = egp + rat - p["Fsnc"] - renal - p["k1"] * y["Gp"] + p["k2"] * y["Gt"]
-        uid = (p["Vm0"] + p["Vmx"] * y["X"]) * y["Gt"] / (p["Km0"] + y["Gt"])
-        d_gt = -uid + p["k1"] * y["Gp"] - p["k2"] * y["Gt"]
-
-        absorbed = (p["ka1"] * y["Isc1"] + p["ka2"] * y["Isc2"]) * PMOL_PER_U / p["BW"]
-        d_ip = -(p["m2"] + p["m4"]) * y["Ip"] + p["m1"] * y["Il"] + absorbed
-        d_il = -(p["m1"] + p["m30"]) * y["Il"] + p["m2"] * y["Ip"]
-        plasma_insulin = y["Ip"] / p["Vi"]
-        insulin_in = u["Isc1"] + basal_insulin_rate(p)  # U/min
-        return {
-            "qsto1": -p["kmax"] * y["qsto1"] + meal,
-            "qsto2": p["kmax"] * y["qsto1"] - emptying,
-            "qgut": emptying - p["kabs"] * y["qgut"],
-            "Gp": _nonneg(y["Gp"], d_gp),
-            "Gt": _nonneg(y["Gt"], d_gt),
-            "Ip": _nonneg(y["Ip"], d_ip),
-            "X": p["p2u"] * (plasma_insulin - p["Ib"] - y["X"]),
-            "I1": p["ki"] * (plasma_insulin - y["I1"]),
-            "Id": p["ki"] * (y["I1"] - y["Id"]),
-            "Il": _nonneg(y["Il"], d_il),
-            "Isc1": _nonneg(y["Isc1"], insulin_in - (p["ka1"] + p["kd"]) * y["Isc1"]),
-            "Isc2": _nonneg(y["Isc2"], p["kd"] * y["Isc1"] - p["ka2"] * y["Isc2"]),
-            "Gs": _nonneg(y["Gs"], p["ksc"] * (y["Gp"] - y["Gs"])),
-            **_memory_derivatives(y, meal, eating, bank_a, qsto, meal - emptying),
-        }
+    # The closed-loop engine steps the physiology with simglucose's discrete meal memory.
+    physiology_states = tuple(s.name for s in _STATES if s.name not in _MEMORY)
+    derived = staticmethod(derived_parameters)
+    gastric = staticmethod(gastric_coefficients)
+    physiology_rhs = staticmethod(physiology_rhs)
 
 
 @register("uva_padova")
