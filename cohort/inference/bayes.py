@@ -78,14 +78,18 @@ def build_model(
     omega_names = [f"omega_{n}" for n in layout.eta_names]
     sigma_names = [("sigma_add", "sigma_prop")[i] for i in layout.sigma_free]
 
-    def assemble(sites: dict) -> Pop:
-        theta = base.theta.at[layout.theta_free].set(jnp.stack([sites[n] for n in theta_names]))
-        gamma = base.gamma
-        if beta_names:
-            gamma = gamma.at[layout.gamma_free].set(jnp.stack([sites[n] for n in beta_names]))
+    def assemble(sites: dict) -> Pop:  # by stacking: no scatter ops in the gradient graph
+        def merge(values, free, names):
+            pos = {int(k): n for k, n in zip(free, names)}
+            if not len(values):
+                return jnp.asarray(values)
+            return jnp.stack([sites[pos[k]] if k in pos else values[k] for k in range(len(values))])
+
+        theta = merge(base.theta, layout.theta_free, theta_names)
+        gamma = merge(base.gamma, layout.gamma_free, beta_names)
         omega = jnp.stack([sites[n] for n in omega_names])
         corr = sites["corr_chol"] if layout.full else base.corr
-        sigma = base.sigma.at[layout.sigma_free].set(jnp.stack([sites[n] for n in sigma_names]))
+        sigma = merge(base.sigma, layout.sigma_free, sigma_names)
         return Pop(theta, gamma, omega, corr, sigma)
 
     # Whole compiled units: numpyro also runs the model eagerly (guide setup, init checks),

@@ -8,9 +8,19 @@ import numpy as np
 from numpyro.distributions import constraints
 from numpyro.distributions.transforms import biject_to
 
-from cohort.inference.problem import BoundModel, Pop
+from cohort.inference.problem import BoundModel, Pop, array_module
 
 _CORR = biject_to(constraints.corr_cholesky)
+
+
+def _merge(xp, base, free, values):
+    """``base`` with the entries at indices ``free`` replaced by ``values`` (by stacking)."""
+    if len(free) == 0:
+        return base
+    if len(free) == len(base):
+        return values
+    pos = {int(k): i for i, k in enumerate(free)}
+    return xp.stack([values[pos[k]] if k in pos else base[k] for k in range(len(base))])
 
 
 class Layout:
@@ -39,22 +49,26 @@ class Layout:
         return u
 
     def from_free(self, u: dict, base: Pop) -> Pop:
-        theta = base.theta.at[self.theta_free].set(u["theta"])
-        gamma = base.gamma.at[self.gamma_free].set(u["gamma"])
-        sigma = base.sigma.at[self.sigma_free].set(jnp.exp(u["log_sigma"]))
+        """Inverse of :meth:`to_free`; assembled by stacking (no scatter ops when traced), and in
+        plain numpy when every input is a numpy array (no JAX dispatch or compilation)."""
+        xp = array_module(*u.values(), *base)
+        theta = _merge(xp, base.theta, self.theta_free, u["theta"])
+        gamma = _merge(xp, base.gamma, self.gamma_free, u["gamma"])
+        sigma = _merge(xp, base.sigma, self.sigma_free, xp.exp(u["log_sigma"]))
         corr = _CORR(u["corr"]) if self.full else base.corr
-        return Pop(theta, gamma, jnp.exp(u["log_omega"]), corr, sigma)
+        return Pop(theta, gamma, xp.exp(u["log_omega"]), corr, sigma)
 
     # -- reporting -----------------------------------------------------------------------------
     def report(self, pop: Pop) -> dict:
         """Named population estimates on their natural scales (NONMEM/nlme quantities)."""
         spec, bm = self.bm.spec, self.bm
         out = {}
+        xp = array_module(*pop)
         for k, p in enumerate(spec.params):
-            out[p.name] = jnp.exp(pop.theta[k])
+            out[p.name] = xp.exp(pop.theta[k])
             out[f"log_{p.name}"] = pop.theta[k]
         for g, e in enumerate(bm.effects):
-            out[e.label] = jnp.expm1(pop.gamma[g]) if e.kind == "binary" else pop.gamma[g]
+            out[e.label] = xp.expm1(pop.gamma[g]) if e.kind == "binary" else pop.gamma[g]
         omega = bm.omega_chol(pop) @ bm.omega_chol(pop).T
         for i, name in enumerate(self.eta_names):
             out[f"omega_{name}"] = pop.omega[i]

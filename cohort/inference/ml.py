@@ -20,7 +20,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import scipy.optimize
-from jax.flatten_util import ravel_pytree
 
 from cohort.inference import laplace
 from cohort.inference.layout import Layout
@@ -62,66 +61,107 @@ class MLEstimate:
         return dict(zip(self.names, np.sqrt(np.maximum(np.diag(self.cov), 0.0))))
 
 
-_COMPILED: dict = {}  # compile cache: (model structure, approx, pooled, iterations) -> jitted
+_COMPILED: dict = {}  # compile cache: (model structure, approx) -> jitted functions
 
 
-def _batched(bm: BoundModel, approx: str, pooled: bool, iterations: int):
-    """``(X [B, P], base, eta0, arrays) -> (OFV [B], η̂ [B, N, q], terms [B, N])``, jitted
-    once per model structure (fits on other data of the same shape reuse the compiled code)."""
-    key = (bm.structure, approx, pooled, iterations)
+class _Flat:
+    """The free parameters (:meth:`Layout.to_free`) as one vector: packed in numpy (no eager
+    JAX ops, each of which compiles on first use), unpacked inside compiled code."""
+
+    def __init__(self, layout: Layout):
+        self.layout = layout
+        pop = layout.bm.default_pop()
+        self.sizes = {
+            "theta": len(layout.theta_free),
+            "gamma": len(layout.gamma_free),
+            "log_omega": int(np.size(pop.omega)),
+            "log_sigma": len(layout.sigma_free),
+        }
+        if layout.full:
+            q = int(np.size(pop.omega))
+            self.sizes["corr"] = q * (q - 1) // 2
+
+    def pack(self, pop: Pop) -> np.ndarray:
+        lay = self.layout
+        parts = [
+            np.asarray(pop.theta)[lay.theta_free],
+            np.asarray(pop.gamma)[lay.gamma_free],
+            np.log(np.asarray(pop.omega)),
+            np.log(np.asarray(pop.sigma)[lay.sigma_free]),
+        ]
+        if lay.full:
+            parts.append(np.asarray(lay.to_free(pop)["corr"]))
+        return np.concatenate([np.ravel(np.asarray(a, float)) for a in parts])
+
+    def unpack(self, x) -> dict:
+        out, k = {}, 0
+        for name, n in self.sizes.items():
+            out[name] = x[k : k + n]
+            k += n
+        return out
+
+    def pop_at(self, x, base: Pop) -> Pop:
+        return self.layout.from_free(self.unpack(x), base)
+
+
+def _functions(bm: BoundModel, approx: str) -> dict:
+    """Compiled functions of one model structure (fits of other data of the same shapes reuse
+    them): ``batch(X [B, P], base, eta0, arrays, iterations, pooled) -> (OFV [B],
+    η̂ [B, N, q], terms [B, N])`` serves both the naive pooled fit (``pooled=True``: random
+    effects at zero) and the FOCE-I/Laplace fit, so the first ML fit compiles one objective;
+    the rest of a fit (packing, reporting, delta-method Jacobian) runs in numpy."""
+    key = (bm.structure, approx)
     if key not in _COMPILED:
         if len(_COMPILED) >= 32:
             _COMPILED.clear()
-        _COMPILED[key] = _build_batched(bm, approx, pooled, iterations)
-    return _COMPILED[key]
-
-
-def _helpers(bm: BoundModel) -> dict:
-    """Jitted small functions of the free vector (one compile each per model structure)."""
-    key = (bm.structure, "helpers")
-    if key not in _COMPILED:
         layout = Layout(bm)
-        _, unravel = ravel_pytree(layout.to_free(bm.default_pop()))
+        flat = _Flat(layout)
 
-        def pop_at(x, base):
-            return layout.from_free(unravel(x), base)
+        def one(x, base, eta0, arrays, iterations, pooled):
+            pop = flat.pop_at(x, base)
 
-        def reported(x, base):
-            return jnp.stack(list(layout.report(pop_at(x, base)).values()))
+            def pooled_branch(_):
+                return laplace.pooled_terms(bm, pop, arrays), eta0
+
+            def marginal_branch(_):
+                return laplace.marginal_terms(bm, pop, eta0, arrays, approx, iterations)
+
+            terms, eta = jax.lax.cond(pooled, pooled_branch, marginal_branch, None)
+            return jnp.sum(terms), eta, terms
 
         _COMPILED[key] = {
-            "to_free": jax.jit(lambda pop: ravel_pytree(layout.to_free(pop))[0]),
-            "pop_at": jax.jit(pop_at),
-            "reported": jax.jit(reported),
-            "reported_jac": jax.jit(jax.jacfwd(reported)),
+            "flat": flat,
+            "batch": jax.jit(jax.vmap(one, in_axes=(0, None, None, None, None, None))),
         }
     return _COMPILED[key]
 
 
-def _build_batched(bm: BoundModel, approx: str, pooled: bool, iterations: int):
-    layout = Layout(bm)
-    _, unravel = ravel_pytree(layout.to_free(bm.default_pop()))
+def _numpy_pop(pop: Pop) -> Pop:
+    return Pop(*(np.asarray(a, dtype=float) for a in pop))
 
-    def one(x, base, eta0, arrays):
-        pop = layout.from_free(unravel(x), base)
-        if pooled:
-            terms = laplace.pooled_terms(bm, pop, arrays)
-            return jnp.sum(terms), eta0, terms
-        terms, eta = laplace.marginal_terms(bm, pop, eta0, arrays, approx, iterations)
-        return jnp.sum(terms), eta, terms
 
-    return jax.jit(jax.vmap(one, in_axes=(0, None, None, None)))
+def _finish(flat: _Flat, x: np.ndarray, base: Pop, h: float = 1e-5):
+    """Population at ``x``, the reported values and their Jacobian (central differences of
+    elementwise maps: relative error ~h²), all in numpy."""
+    layout = flat.layout
+
+    def reported(v):
+        return np.array([float(a) for a in layout.report(flat.pop_at(v, base)).values()])
+
+    eye = np.eye(x.size) * h
+    jac = np.stack([(reported(x + e) - reported(x - e)) / (2 * h) for e in eye], axis=1)
+    return flat.pop_at(x, base), reported(x), jac
 
 
 class _Objective:
     """OFV and its central-difference gradient over the free vector, with warm-started modes."""
 
-    def __init__(self, bm: BoundModel, base: Pop, approx: str, pooled: bool):
-        self.bm, self.base, self.layout = bm, base, Layout(bm)
-        self.helpers = _helpers(bm)
-        self.x0 = np.asarray(self.helpers["to_free"](base))
-        self.eta = jnp.zeros((bm.n_subjects, bm.n_eta))
-        self.batch = _batched(bm, approx, pooled, 30)
+    def __init__(self, bm: BoundModel, base: Pop, approx: str, pooled: bool, iterations=30):
+        self.bm, self.base, self.layout = bm, _numpy_pop(base), Layout(bm)
+        self.functions = _functions(bm, approx)
+        self.x0 = self.functions["flat"].pack(base)
+        self.eta = np.zeros((bm.n_subjects, bm.n_eta))
+        self.pooled, self.iterations = np.bool_(pooled), np.int32(iterations)
         self.evaluations = 0
 
     def run(self, points: np.ndarray):
@@ -130,13 +170,21 @@ class _Objective:
         n = len(points)
         self.evaluations += n
         padded = np.concatenate([points, np.repeat(points[-1:], -n % size, axis=0)])
+        batch = self.functions["batch"]
         outs = [
-            self.batch(jnp.asarray(padded[k : k + size]), self.base, self.eta, self.bm.arrays)
+            jax.device_get(
+                batch(
+                    padded[k : k + size],
+                    self.base,
+                    self.eta,
+                    self.bm.arrays,
+                    self.iterations,
+                    self.pooled,
+                )
+            )
             for k in range(0, len(padded), size)
         ]
-        ofv = np.concatenate([np.asarray(o[0]) for o in outs])[:n]
-        eta = jnp.concatenate([o[1] for o in outs])[:n]
-        terms = np.concatenate([np.asarray(o[2]) for o in outs])[:n]
+        ofv, eta, terms = (np.concatenate([o[i] for o in outs])[:n] for i in range(3))
         return ofv, eta, terms
 
     def stencil(self, x: np.ndarray, h: float = _GRAD_STEP) -> np.ndarray:
@@ -218,8 +266,8 @@ def maximize(
         obj0 = _Objective(bm, base, approx, pooled=True)
         res0 = _minimize(obj0, obj0.x0, maxiter, gtol)
         if np.isfinite(res0.fun):
-            cand = obj0.helpers["pop_at"](jnp.asarray(res0.x), base)
-            base = cand._replace(omega=base.omega, corr=base.corr)
+            cand = obj0.functions["flat"].pop_at(res0.x, obj0.base)
+            base = cand._replace(omega=obj0.base.omega, corr=obj0.base.corr)
     if progress:
         progress(f"{approx.upper()} fit")
     obj = _Objective(bm, base, approx, pooled=False)
@@ -228,14 +276,13 @@ def maximize(
     x = np.asarray(res.x)
     ofv = obj.settle(x)
     layout = obj.layout
-    pop = obj.helpers["pop_at"](jnp.asarray(x), base)
-    values = np.asarray(obj.helpers["reported"](jnp.asarray(x), base))
+    pop, values, jac = _finish(obj.functions["flat"], x, obj.base)
     reported = dict(zip(layout.report_names(), map(float, values)))
     cov = None
     if se != "none":
         if progress:
             progress("standard errors")
-        cov = _covariance(obj, base, x, se)
+        cov = _covariance(obj, x, se, jac)
     return MLEstimate(
         pop=pop,
         eta=np.asarray(obj.eta),
@@ -262,8 +309,8 @@ def quick_start(bm: BoundModel, progress: Callable[[str], None] | None = None) -
     obj0 = _Objective(bm, base, "foce", pooled=True)
     res0 = _minimize(obj0, obj0.x0, 500, 1e-3)
     if np.isfinite(res0.fun):
-        cand = obj0.helpers["pop_at"](jnp.asarray(res0.x), base)
-        base = cand._replace(omega=base.omega, corr=base.corr)
+        cand = obj0.functions["flat"].pop_at(res0.x, obj0.base)
+        base = cand._replace(omega=obj0.base.omega, corr=obj0.base.corr)
     search = jax.jit(lambda pop, eta, arrays: laplace.modes(bm, pop, eta, arrays))
     eta = search(base, jnp.zeros((bm.n_subjects, bm.n_eta)), bm.arrays)
     return base, np.asarray(eta)
@@ -274,7 +321,7 @@ def _small_gradient(res, gtol: float) -> bool:
     return bool(np.all(np.abs(res.jac) < 20 * gtol)) if res.jac is not None else False
 
 
-def _covariance(obj: _Objective, base: Pop, x: np.ndarray, se: str) -> np.ndarray | None:
+def _covariance(obj: _Objective, x: np.ndarray, se: str, jac) -> np.ndarray | None:
     info = 0.5 * obj.hessian(x)  # observed information of log L (OFV = −2 log L)
     try:
         r_inv = np.linalg.inv(info)
@@ -287,5 +334,5 @@ def _covariance(obj: _Objective, base: Pop, x: np.ndarray, se: str) -> np.ndarra
         cov_x = r_inv
     if not np.all(np.isfinite(cov_x)) or np.any(np.diag(cov_x) < 0):
         return None
-    jac = np.asarray(obj.helpers["reported_jac"](jnp.asarray(x), base))
+    jac = np.asarray(jac)
     return jac @ cov_x @ jac.T

@@ -13,27 +13,35 @@ import numpy as np
 
 from cohort.inference import likelihood
 from cohort.inference.layout import Layout
-from cohort.inference.problem import BoundModel, Pop
+from cohort.inference.problem import BoundModel, Pop, array_module
 
 INTERNAL_SITES = ("z", "phi", "corr_chol")
 
 
 def pops_from_samples(bm: BoundModel, samples: dict) -> Pop:
-    """A :class:`Pop` whose leaves have a leading draw axis ``[S, ...]`` (flat samples)."""
+    """A :class:`Pop` whose leaves have a leading draw axis ``[S, ...]`` (flat samples);
+    numpy for numpy samples, JAX inside traced code (assembled by stacking, no scatters)."""
     layout = Layout(bm)
     base = bm.default_pop()
+    xp = array_module(*samples.values())
     n = next(iter(samples.values())).shape[0]
-    theta = jnp.tile(base.theta, (n, 1))
-    for k in layout.theta_free:
-        theta = theta.at[:, k].set(samples[f"log_{bm.spec.params[k].name}"])
-    gamma = jnp.tile(base.gamma, (n, 1))
-    for g in layout.gamma_free:
-        gamma = gamma.at[:, g].set(samples[f"beta_{bm.effects[g].label}"])
-    omega = jnp.stack([samples[f"omega_{name}"] for name in layout.eta_names], axis=1)
-    corr = samples["corr_chol"] if layout.full else jnp.tile(base.corr, (n, 1, 1))
-    sigma = jnp.zeros((n, 2))
-    for i in layout.sigma_free:
-        sigma = sigma.at[:, i].set(samples[("sigma_add", "sigma_prop")[i]])
+
+    def column(values, free, name_of, k):
+        if k in free:
+            return xp.asarray(samples[name_of(k)], dtype=float)
+        return xp.full((n,), float(values[k]))
+
+    def stacked(values, free, name_of):
+        free = {int(k) for k in free}
+        if not len(values):
+            return xp.zeros((n, 0))
+        return xp.stack([column(values, free, name_of, k) for k in range(len(values))], axis=1)
+
+    theta = stacked(base.theta, layout.theta_free, lambda k: f"log_{bm.spec.params[k].name}")
+    gamma = stacked(base.gamma, layout.gamma_free, lambda g: f"beta_{bm.effects[g].label}")
+    omega = xp.stack([samples[f"omega_{name}"] for name in layout.eta_names], axis=1)
+    corr = samples["corr_chol"] if layout.full else xp.tile(base.corr, (n, 1, 1))
+    sigma = stacked(np.zeros(2), layout.sigma_free, lambda i: ("sigma_add", "sigma_prop")[i])
     return Pop(theta, gamma, omega, corr, sigma)
 
 

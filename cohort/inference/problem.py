@@ -25,6 +25,13 @@ from cohort.inference import predict
 from cohort.inference.spec import NLME, SpecError
 
 
+def array_module(*arrays):
+    """``numpy`` when every argument is a numpy array or scalar, else ``jax.numpy``: small
+    bookkeeping on concrete values then runs without JAX dispatch (each new eager JAX op
+    compiles on first use, which is what a user's first fit would wait for)."""
+    return jnp if any(isinstance(a, jax.Array) for a in arrays) else np
+
+
 class Pop(NamedTuple):
     """Population parameters: ``theta [K]`` log typical values, ``gamma [G]`` covariate
     coefficients (log scale), ``omega [q]`` IIV SDs, ``corr [q, q]`` Cholesky factor of the
@@ -110,7 +117,8 @@ class BoundModel:
     # -- individual parameters -----------------------------------------------------------------
     def log_params(self, pop: Pop, eta: jnp.ndarray, features: jnp.ndarray) -> jnp.ndarray:
         """``log P [..., K]`` for ``eta [..., q]`` and ``features [..., C]``."""
-        shape = jnp.broadcast_shapes(eta.shape[:-1], features.shape[:-1])
+        xp = array_module(*pop, eta, features)
+        shape = np.broadcast_shapes(np.shape(eta)[:-1], np.shape(features)[:-1])
         cols = []  # assembled column by column: no scatter ops in the traced graph
         for k in range(len(self.spec.params)):
             v = pop.theta[k]
@@ -119,18 +127,20 @@ class BoundModel:
                     v = v + pop.gamma[g] * features[..., e.c]
             if k in self.iiv:
                 v = v + eta[..., self.iiv.index(k)]
-            cols.append(jnp.broadcast_to(v, shape))
-        return jnp.stack(cols, axis=-1)
+            cols.append(xp.broadcast_to(v, shape))
+        return xp.stack(cols, axis=-1)
 
     def model_params(self, logp: jnp.ndarray) -> dict:
-        """Model parameter dict from estimated log parameters ``[..., K]``."""
-        est = {p.name: jnp.exp(logp[..., k]) for k, p in enumerate(self.spec.params)}
+        """Model parameter dict from estimated log parameters ``[..., K]`` (numpy in, numpy
+        out unless the user's transform calls JAX)."""
+        xp = array_module(logp)
+        est = {p.name: xp.exp(logp[..., k]) for k, p in enumerate(self.spec.params)}
         out = dict(self.spec.transform(est)) if self.spec.transform else dict(est)
         like = logp[..., 0]
         defaults = {**self.spec.model.defaults(), **self.spec.fixed}
         for name in self.spec.model.parameter_names:
             if name not in out:
-                out[name] = jnp.full_like(like, defaults[name])
+                out[name] = xp.full_like(like, defaults[name])
         return {k: out[k] for k in self.spec.model.parameter_names}
 
     # -- predictions ---------------------------------------------------------------------------
@@ -155,7 +165,7 @@ class BoundModel:
 
     def omega_chol(self, pop: Pop) -> jnp.ndarray:
         """Cholesky factor ``L`` of Ω (``Ω = L Lᵀ``)."""
-        return pop.omega[:, None] * pop.corr
+        return pop.omega[:, None] * pop.corr  # numpy or JAX, like its inputs
 
     def default_pop(self) -> Pop:
         """Starting values: inits (or model defaults), covariate inits, each Param's ``omega``, and
@@ -182,12 +192,12 @@ class BoundModel:
             prop if "prop" in spec.error.components else 0.0,
         ]
         q = len(omega)
-        return Pop(
-            jnp.asarray(theta, float),
-            jnp.asarray(gamma, float).reshape(-1),
-            jnp.asarray(omega, float),
-            jnp.eye(q),
-            jnp.asarray(sigma, float),
+        return Pop(  # numpy: no eager JAX ops (each would compile on a user's first fit)
+            np.asarray(theta, float),
+            np.asarray(gamma, float).reshape(-1),
+            np.asarray(omega, float),
+            np.eye(q),
+            np.asarray(sigma, float),
         )
 
 
@@ -315,13 +325,30 @@ def bind(spec: NLME, data: Dataset, engine: str = "auto", options=None) -> Bound
     return bm
 
 
-def _resolved(bm: BoundModel, ev: dict) -> Changes:
-    @jax.jit
-    def run(ev):
-        p0 = bm.model_params(jnp.zeros((bm.n_subjects, len(bm.spec.params))))
-        return jax.vmap(lambda e, q: resolve(bm.spec.model, e, q, bm.with_infusion))(ev, p0)
+_RESOLVERS: dict = {}  # (model, parameter mapping, infusion) -> jitted resolver
 
-    return run(ev)
+
+def _resolved(bm: BoundModel, ev: dict) -> Changes:
+    spec = bm.spec
+    key = (
+        spec.model.fingerprint(),
+        spec.params,
+        spec.transform,
+        tuple(sorted(spec.fixed.items())),
+        bm.with_infusion,
+    )
+    if key not in _RESOLVERS:
+        if len(_RESOLVERS) >= 32:
+            _RESOLVERS.clear()
+        k = len(spec.params)
+
+        @jax.jit
+        def run(ev):
+            p0 = bm.model_params(jnp.zeros((ev["time"].shape[0], k)))
+            return jax.vmap(lambda e, q: resolve(spec.model, e, q, bm.with_infusion))(ev, p0)
+
+        _RESOLVERS[key] = run
+    return _RESOLVERS[key](ev)
 
 
 def _dosing_is_fixed(bm: BoundModel) -> bool:
@@ -332,6 +359,5 @@ def _dosing_is_fixed(bm: BoundModel) -> bool:
         return True
     k = len(bm.spec.params)
     draws = np.random.default_rng(0).normal(size=(2, k))
-    a, b = jax.jit(jax.vmap(bm.model_params))(jnp.asarray(draws)), None
-    a, b = {n: v[0] for n, v in a.items()}, {n: v[1] for n, v in a.items()}
-    return all(float(a[n]) == float(b[n]) for n in names if n in a)
+    a = bm.model_params(draws)  # numpy unless the user's transform calls JAX
+    return all(float(a[n][0]) == float(a[n][1]) for n in names if n in a)

@@ -170,7 +170,8 @@ def ml_summary(bm: BoundModel, est: MLEstimate) -> pd.DataFrame:
 
 def individual_table(bm: BoundModel, pop: Pop, eta) -> pd.DataFrame:
     """Per-subject estimated parameters at ``pop`` and random effects ``eta``."""
-    logp = jax.jit(bm.log_params)(pop, jnp.asarray(eta), bm.arrays["features"])
+    pop = Pop(*(np.asarray(a, dtype=float) for a in pop))
+    logp = bm.log_params(pop, np.asarray(eta, dtype=float), np.asarray(bm.features, float))
     cols = {p.name: np.exp(np.asarray(logp[:, k])) for k, p in enumerate(bm.spec.params)}
     table = pd.DataFrame(cols, index=pd.Index(np.asarray(bm.data.ids), name="ID"))
     for i, name in enumerate(Layout(bm).eta_names):
