@@ -7,17 +7,21 @@ meal's first minute, basal at steady state; glucose saved every 5 min.
 Rows (timed after a warm-up run, so compilation is excluded; end to end = dosing table, solve
 and the xarray result):
 
-* ``cohort_fast_f64`` / ``_f32``: ``cohort.simulate(method="fast")`` (open loop, records);
+* ``cohort_fast_f64`` / ``_f32``: ``cohort.simulate(method="fast")`` (open loop, records; the
+  generic fast path on one device, continuous meal memory);
 * ``closed_loop_*``: ``cohort.glucose.run`` (controller in the loop every 5 min, 1-min RK4 with
-  one-sided end stages unless ``dt0.5``; the open-loop runs use the same meals and boluses as
-  the records, basal-bolus adds its own meal boluses);
+  simglucose's per-minute meal memory and 4 substeps in eating minutes; the open-loop runs use
+  the same meals and boluses as the records, basal-bolus adds its own meal boluses), one chunk
+  per CPU core (``jax_num_cpu_devices`` is set to the usable cores below); ``_one_device``: the
+  whole cohort in one chunk, i.e. one core;
 * ``simglucose``: simglucose 0.2.11's bare ``T1DPatient`` loop (1-min steps, the same meals and
   boluses) on ``--sg-n`` reference adults, extrapolated per patient-day (install it for the
   benchmark only: ``pip install simglucose "setuptools<81"``).
 
 Accuracy: max |ΔGsub| (mg/dL) over the first ``--ref-n`` patients and all save times against
-``cohort.simulate(method="diffrax")`` (float64, rtol 1e-8 / atol 1e-10), for the fast path and
-the closed loop (open loop, same meals and boluses) at dt = 1, 0.5 and 0.25 min.
+``cohort.simulate(method="diffrax")`` (float64, rtol 1e-8 / atol 1e-10), for the fast path at
+dt = 1, 0.5, 0.25 min and the closed loop (open loop, same meals and boluses) at dt = 1 (float64
+and float32), dt = 0.5, and dt = 1 without the eating-minute substeps (``_es1``).
 
     python benchmarks/bench_glucose.py            # N = 10,000 (about 2 min on 2 CPU cores)
     python benchmarks/bench_glucose.py --quick    # N = 500 smoke run
@@ -27,16 +31,23 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import os
 import time
 
-import numpy as np
-from _common import RESULTS_DIR, OtherLoad, machine_info, short_error, write_json
+import jax
 
-import cohort
-from cohort.engine.closed_loop import ClosedLoopOptions
-from cohort.glucose import controllers, scenarios
-from cohort.glucose.simulate import run
-from cohort.models.glucose import (
+# One XLA CPU device per usable core: the closed loop runs one chunk per device (before any JAX
+# operation; the fast-path rows use the default device only).
+jax.config.update("jax_num_cpu_devices", len(os.sched_getaffinity(0)))
+
+import numpy as np  # noqa: E402
+from _common import RESULTS_DIR, OtherLoad, machine_info, short_error, write_json  # noqa: E402
+
+import cohort  # noqa: E402
+from cohort.engine.closed_loop import ClosedLoopOptions  # noqa: E402
+from cohort.glucose import controllers, scenarios  # noqa: E402
+from cohort.glucose.simulate import run  # noqa: E402
+from cohort.models.glucose import (  # noqa: E402
     combine,
     insulin_records,
     meal_records,
@@ -96,7 +107,7 @@ def _simglucose(n: int) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=10_000)
-    ap.add_argument("--ref-n", type=int, default=50)
+    ap.add_argument("--ref-n", type=int, default=200)
     ap.add_argument("--sg-n", type=int, default=3)
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--out", default=None)
@@ -118,12 +129,13 @@ def main() -> None:
     sc = _scenario(n)
     open_loop, bb = controllers.OpenLoop(), controllers.BasalBolus()
     for name, ctrl, kw in (
-        ("closed_loop_open_f64", open_loop, {}),
-        ("closed_loop_open_f64_dt0.5", open_loop, {"options": ClosedLoopOptions(dt=0.5)}),
         ("closed_loop_open_f32", open_loop, {"dtype": "float32"}),
+        ("closed_loop_open_f32_one_device", open_loop, {"dtype": "float32", "chunk_size": n}),
+        ("closed_loop_open_f64", open_loop, {}),
+        ("closed_loop_basal_bolus_f32", bb, {"dtype": "float32"}),
         ("closed_loop_basal_bolus_f64", bb, {}),
     ):
-        ds, wall, load = _timed(lambda ctrl=ctrl, kw=kw: run(pop, sc, ctrl, days=1, **kw))
+        ds, wall, load = _timed(lambda ctrl=ctrl, kw=kw: run(pop, sc, ctrl, days=1, **kw), 3)
         rows[name] = _row(n, wall, load, ds.status.values)
         rows[name]["tir_70_180_mean"] = float(ds.tir_70_180.mean())
 
@@ -149,6 +161,8 @@ def main() -> None:
         "rows": rows,
         "simglucose": sg,
         "accuracy_max_abs_dG_mg_dl": accuracy,
+        "devices": len(jax.local_devices()),
+        "loadavg_at_end": os.getloadavg(),
         "machine": machine_info(),
     }
     name = args.out or ("bench_glucose_quick.json" if args.quick else "bench_glucose.json")
@@ -182,18 +196,18 @@ def _accuracy(pop, dosing) -> dict:
         )  # fmt: skip
         good = ok & (fast.status.values == 0)
         out[f"fast_dt{dt:g}"] = float(np.max(np.abs(fast.Gsub.values - g_ref)[good]))
-        cl = run(pop, _scenario(n), controllers.OpenLoop(), days=1,
-                 options=ClosedLoopOptions(dt=dt), out_dtype="float64")  # fmt: skip
+    for key, kw in (
+        ("closed_loop_dt1", {}),
+        ("closed_loop_f32_dt1", {"dtype": "float32"}),
+        ("closed_loop_dt0.5", {"options": ClosedLoopOptions(dt=0.5)}),
+        ("closed_loop_dt1_es1", {"options": ClosedLoopOptions(eating_substeps=1)}),
+    ):
+        cl = run(pop, _scenario(n), controllers.OpenLoop(), days=1, out_dtype="float64", **kw)
         good = ok & (cl.status.values == 0)
-        if dt == 1.0:
-            cl32 = run(pop, _scenario(n), controllers.OpenLoop(), days=1, dtype="float32",
-                       out_dtype="float64")  # fmt: skip
-            good32 = good & (cl32.status.values == 0)
-            out["closed_loop_f32_dt1"] = float(np.max(np.abs(cl32.Gsub.values - g_ref)[good32]))
-        out[f"closed_loop_dt{dt:g}"] = float(np.max(np.abs(cl.Gsub.values - g_ref)[good]))
-        out[f"closed_loop_dt{dt:g}_median_patient"] = float(
-            np.median(np.max(np.abs(cl.Gsub.values - g_ref), axis=1)[good])
-        )
+        err = np.max(np.abs(cl.Gsub.values - g_ref), axis=1)[good]
+        out[key] = float(np.max(err))
+        out[f"{key}_median_patient"] = float(np.median(err))
+        out[f"{key}_status_ok"] = int(good.sum())
     return out
 
 

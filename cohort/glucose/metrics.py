@@ -77,16 +77,17 @@ def glycemic_metrics(glucose: xr.DataArray, dim: str = "time") -> xr.Dataset:
     missing = np.any(~np.isfinite(g), axis=-1)
     g = np.where(np.isfinite(g), g, 0.0)
 
-    def wmean(x):
-        return np.where(missing, np.nan, np.sum(x * w, axis=-1))
+    def wmean(x):  # time-weighted mean as a matrix-vector product (no [N, T] temporaries)
+        return np.where(missing, np.nan, x @ w)
 
     def pct(mask):
-        return 100.0 * wmean(mask.astype(float))
+        return 100.0 * wmean(mask.astype(np.float64))
 
     mean = wmean(g)
-    sd = np.sqrt(np.maximum(wmean((g - mean[..., None]) ** 2), 0.0))
+    dev = g - mean[..., None]
+    sd = np.sqrt(np.maximum(wmean(dev * dev), 0.0))
     f = risk_function(g)
-    risk = 10.0 * f**2
+    risk = 10.0 * f * f
     lbgi = wmean(np.where(f < 0, risk, 0.0))
     hbgi = wmean(np.where(f > 0, risk, 0.0))
     zone, g_min, g_max = _cvga(g, missing)

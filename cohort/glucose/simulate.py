@@ -1,20 +1,25 @@
 """``run``: a closed-loop glucose cohort (UVA/Padova) into xarray/zarr, with glycaemic metrics.
 
 Patients are cut into chunks of ``chunk_size`` (the last one padded, so one compiled solve
-serves every chunk); each chunk runs :func:`cohort.engine.closed_loop.solve_closed_loop` and,
-with ``out``, is written to a zarr result store before the next one starts, so memory stays
-flat in the number of patients. Metrics (:func:`cohort.glucose.metrics.glycemic_metrics` on the
-true subcutaneous glucose ``Gsub``) are added per patient.
+serves every chunk); each chunk runs :func:`cohort.engine.closed_loop.solve_closed_loop` on the
+next of JAX's local devices (round robin, dispatched asynchronously: one chunk in flight per
+device plus one) and, with ``out``, is written to a zarr result store as it completes, so memory
+stays flat in the number of patients. On CPU, give JAX one device per core to use them all
+(``jax.config.update("jax_num_cpu_devices", os.cpu_count())`` before JAX's first use, as the
+``cohort glucose`` CLI does; one XLA CPU device runs this loop on one core). Metrics
+(:func:`cohort.glucose.metrics.glycemic_metrics` on the true subcutaneous glucose ``Gsub``) are
+added per patient.
 """
 
 from __future__ import annotations
 
+import collections
 import datetime
 import math
 from collections.abc import Callable
 from typing import Any
 
-import jax.numpy as jnp
+import jax
 import numpy as np
 import xarray as xr
 import zarr
@@ -39,7 +44,7 @@ _OUTPUTS = {
 
 def _meal_inputs(sc: MealScenario, dtype: str) -> MealInputs:
     def arr(x):
-        return jnp.asarray(x, dtype)
+        return np.asarray(x, dtype)
 
     return MealInputs(
         start=arr(sc.start),
@@ -96,7 +101,8 @@ def run(
     if scenario.n_patients != n_pat:
         raise InputError(f"scenario has {scenario.n_patients} patients, population {n_pat}")
     ctrl = named_controller(controller) if isinstance(controller, str) else controller
-    chunk_size = min(n_pat, chunk_size or 10_000)
+    devices = jax.local_devices()
+    chunk_size = min(n_pat, chunk_size or min(10_000, math.ceil(n_pat / len(devices))))
     times = np.arange(n_periods + 1) * options.period
     attrs = {
         "title": f"closed-loop glucose cohort ({getattr(ctrl, 'name', type(ctrl).__name__)})",
@@ -133,7 +139,8 @@ def run(
     status = np.empty(n_pat, np.int8)
     metrics = []
     bounds = {q.name: (q.lower, q.upper, q.default) for q in model.parameters}
-    for k in range(math.ceil(n_pat / chunk_size)):
+
+    def dispatch(k):
         idx = np.arange(k * chunk_size, min((k + 1) * chunk_size, n_pat))
         pad = np.concatenate([idx, np.full(chunk_size - len(idx), idx[-1])])
         invalid = np.zeros(len(pad), bool)
@@ -142,18 +149,14 @@ def run(
             v = params[name][pad]
             bad = ~np.isfinite(v) | (v < lo) | (v > hi)
             invalid |= bad
-            p[name] = jnp.asarray(np.where(bad, default, v), dtype)
-        outs, finite, min_scaled = solve_closed_loop(
-            model,
-            ctrl,
-            options,
-            n_periods,
-            p,
-            _meal_inputs(scenario.take(pad), dtype),
-            jnp.asarray(pad),
-            jnp.asarray(seed),
-            dtype=out_dtype,
-        )
+            p[name] = np.where(bad, default, v).astype(dtype)
+        args = (p, _meal_inputs(scenario.take(pad), dtype), pad, np.asarray(seed))
+        args = jax.device_put(args, devices[k % len(devices)])
+        res = solve_closed_loop(model, ctrl, options, n_periods, *args, dtype=out_dtype)
+        return k, idx, invalid, res
+
+    def finish(k, idx, invalid, res):
+        outs, finite, min_scaled = res
         st = _status(finite, min_scaled, invalid)[: len(idx)]
         block = {name: np.array(v[:, : len(idx)].T) for name, v in outs.items()}
         for name in block:
@@ -168,6 +171,14 @@ def run(
                 keep[name][idx] = v
         if progress:
             progress(int(idx[-1]) + 1, n_pat)
+
+    pending = collections.deque()
+    for k in range(math.ceil(n_pat / chunk_size)):
+        pending.append(dispatch(k))
+        if len(pending) > len(devices):
+            finish(*pending.popleft())
+    while pending:
+        finish(*pending.popleft())
     met = xr.concat(metrics, dim="patient")
     if store is not None:
         store.finish()

@@ -87,44 +87,49 @@ _STATES = (
 
 _PER_MIN = "1/min"
 # Defaults: adolescent#001 of simglucose 0.2.11's vpatient_params.csv. Bounds are wide
-# plausibility ranges (outside them a patient is flagged INVALID_PARAMETERS).
+# plausibility ranges (outside them a patient is flagged INVALID_PARAMETERS, and sampled patients
+# are redrawn). First-order rates are at most MAX_RATE: the fastest of the 30 reference patients
+# is kabs = 1.23/min, a time constant under 30 s is not physiological for any of these
+# transfers, and explicit RK4 at the 1-min step is stable only for rates below 2.78/min (the
+# log-normal prior put 0.4 % of adults above 2/min, up to 4/min, which blew up at 1-min steps).
+MAX_RATE = 2.0  # 1/min
 _PARAMETERS = (
     Parameter("BW", "kg", 68.706, "body weight", 5.0, 300.0),
     Parameter("Gb", "mg/dL", 149.02, "basal plasma glucose (defines the initial state)", 20, 600),
     Parameter("Ib", "pmol/L", 97.554, "basal plasma insulin (reference of X)", 1.0, 2000.0),
     Parameter("u2ss", "pmol/kg/min", 1.21697571391, "basal insulin delivery", 0.0, 50.0),
     Parameter("basal_scale", "1", 1.0, "fraction of u2ss delivered as constant basal", 0, 100),
-    Parameter("kabs", _PER_MIN, 0.091043, "intestinal absorption rate", 1e-5, 10.0),
-    Parameter("kmax", _PER_MIN, 0.015865, "maximal gastric emptying rate", 1e-5, 10.0),
-    Parameter("kmin", _PER_MIN, 0.0083338, "minimal gastric emptying rate", 1e-6, 10.0),
+    Parameter("kabs", _PER_MIN, 0.091043, "intestinal absorption rate", 1e-5, MAX_RATE),
+    Parameter("kmax", _PER_MIN, 0.015865, "maximal gastric emptying rate", 1e-5, MAX_RATE),
+    Parameter("kmin", _PER_MIN, 0.0083338, "minimal gastric emptying rate", 1e-6, MAX_RATE),
     Parameter("b", "1", 0.83072, "fraction of the meal at which emptying halves (down)", 0, 1),
     Parameter("d", "1", 0.32294, "fraction of the meal at which emptying recovers (up)", 0, 1),
     Parameter("f", "1", 0.9, "fraction of intestinal glucose appearing in plasma", 0.0, 1.0),
     Parameter("Vg", "dL/kg", 1.6818, "glucose distribution volume", 0.1, 10.0),
-    Parameter("k1", _PER_MIN, 0.057252, "glucose transfer plasma -> slow tissues", 1e-6, 10.0),
-    Parameter("k2", _PER_MIN, 0.067738, "glucose transfer slow tissues -> plasma", 1e-6, 10.0),
+    Parameter("k1", _PER_MIN, 0.057252, "glucose transfer plasma -> slow tissues", 1e-6, MAX_RATE),
+    Parameter("k2", _PER_MIN, 0.067738, "glucose transfer slow tissues -> plasma", 1e-6, MAX_RATE),
     Parameter(
         "kp1", "mg/kg/min", 11.5048231338, "EGP extrapolated at zero glucose/insulin", 0, 1e3
     ),
-    Parameter("kp2", _PER_MIN, 0.023318, "liver glucose effectiveness", 0.0, 10.0),
+    Parameter("kp2", _PER_MIN, 0.023318, "liver glucose effectiveness", 0.0, MAX_RATE),
     Parameter("kp3", "mg/kg/min per pmol/L", 0.023253, "insulin action on the liver", 0.0, 10.0),
-    Parameter("ki", _PER_MIN, 0.0088838, "delay of insulin action on production", 1e-6, 10.0),
+    Parameter("ki", _PER_MIN, 0.0088838, "delay of insulin action on production", 1e-6, MAX_RATE),
     Parameter("Fsnc", "mg/kg/min", 1.0, "insulin-independent utilisation", 0.0, 100.0),
     Parameter("Vm0", "mg/kg/min", 5.92854753098, "basal maximal utilisation", 0.0, 1e3),
     Parameter("Vmx", "mg/kg/min per pmol/L", 0.074667, "insulin action on utilisation", 0, 10),
     Parameter("Km0", "mg/kg", 260.89, "Michaelis constant of utilisation", 1e-3, 1e5),
-    Parameter("p2u", _PER_MIN, 0.021344, "rate of insulin action on utilisation", 1e-6, 10.0),
+    Parameter("p2u", _PER_MIN, 0.021344, "rate of insulin action on utilisation", 1e-6, MAX_RATE),
     Parameter("ke1", _PER_MIN, 0.0005, "renal glomerular filtration rate", 0.0, 1.0),
     Parameter("ke2", "mg/kg", 339.0, "renal threshold of glucose", 0.0, 1e4),
     Parameter("Vi", "L/kg", 0.048153, "insulin distribution volume", 1e-4, 10.0),
-    Parameter("m1", _PER_MIN, 0.15221, "insulin transfer liver -> plasma", 0.0, 10.0),
-    Parameter("m2", _PER_MIN, 0.259067825939, "insulin transfer plasma -> liver", 0.0, 10.0),
-    Parameter("m30", _PER_MIN, 0.228315, "hepatic insulin clearance", 0.0, 10.0),
-    Parameter("m4", _PER_MIN, 0.103627130376, "peripheral insulin clearance", 0.0, 10.0),
-    Parameter("kd", _PER_MIN, 0.0185, "subcutaneous insulin dissociation", 1e-6, 10.0),
-    Parameter("ka1", _PER_MIN, 0.0025, "absorption of non-monomeric insulin", 1e-6, 10.0),
-    Parameter("ka2", _PER_MIN, 0.0115, "absorption of monomeric insulin", 1e-6, 10.0),
-    Parameter("ksc", _PER_MIN, 0.056, "plasma -> subcutaneous glucose transfer", 1e-6, 10.0),
+    Parameter("m1", _PER_MIN, 0.15221, "insulin transfer liver -> plasma", 0.0, MAX_RATE),
+    Parameter("m2", _PER_MIN, 0.259067825939, "insulin transfer plasma -> liver", 0.0, MAX_RATE),
+    Parameter("m30", _PER_MIN, 0.228315, "hepatic insulin clearance", 0.0, MAX_RATE),
+    Parameter("m4", _PER_MIN, 0.103627130376, "peripheral insulin clearance", 0.0, MAX_RATE),
+    Parameter("kd", _PER_MIN, 0.0185, "subcutaneous insulin dissociation", 1e-6, MAX_RATE),
+    Parameter("ka1", _PER_MIN, 0.0025, "absorption of non-monomeric insulin", 1e-6, MAX_RATE),
+    Parameter("ka2", _PER_MIN, 0.0115, "absorption of monomeric insulin", 1e-6, MAX_RATE),
+    Parameter("ksc", _PER_MIN, 0.056, "plasma -> subcutaneous glucose transfer", 1e-6, MAX_RATE),
 )
 
 
