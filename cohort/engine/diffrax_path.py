@@ -65,6 +65,7 @@ def solve_patient(
     opts: DiffraxOptions,
 ):
     """States ``[T, S]`` and a status code for one patient."""
+    p = model.prepare(p)
     ch = resolve(model, ev, p, with_infusion)
     names = model.state_names
     term = dfx.ODETerm(lambda t, y, args: model.rhs(t, y, args[0], args[1]))

@@ -192,6 +192,7 @@ def solve_batch(
     state magnitude.
     """
     times = np.asarray(times, dtype=float)
+    p = model.prepare(p)  # parameter-only terms once, not at every RHS evaluation
     dt = opts.step(model)
     n_sub = max(1, math.ceil(float(np.max(np.diff(times), initial=0.0)) / dt - 1e-9))
     ch = jax.vmap(lambda e, q: resolve(model, e, q, with_infusion))(ev, p)

@@ -102,6 +102,14 @@ class Model:
         """Time derivative of every state. ``u`` holds the zero-order input rate per state."""
         raise NotImplementedError
 
+    def prepare(self, p: Tree) -> Tree:
+        """``p`` plus parameter-only quantities the equations reuse (NONMEM ``$PK``, mrgsolve
+        ``$MAIN``). Engines call it once per patient before stepping, so reciprocals and other
+        parameter-only terms are not recomputed at every RHS evaluation inside the time loop.
+        Derived names start with ``_``; equations read them through :func:`derived`, which
+        computes them on the fly when given raw parameters. The default adds nothing."""
+        return p
+
     def initial(self, p: Tree) -> Tree:
         """State at time zero before any dose; compartments empty by default."""
         like = p[self.parameters[0].name]
@@ -160,6 +168,22 @@ class Model:
             f"{type(self).__name__}(name={self.name!r}, states={list(self.state_names)}, "
             f"parameters={list(self.parameter_names)})"
         )
+
+
+def derived(p: Tree, key: str, compute: Callable[[], Any]) -> Any:
+    """``p[key]`` when :meth:`Model.prepare` put it there, else ``compute()`` (raw parameters)."""
+    value = p.get(key)
+    return compute() if value is None else value
+
+
+def reciprocal(p: Tree, name: str) -> Any:
+    """``1 / p[name]``, precomputed by ``prepare`` as ``p["_inv_" + name]`` where available."""
+    return derived(p, "_inv_" + name, lambda: 1.0 / p[name])
+
+
+def with_reciprocals(p: Tree, names) -> Tree:
+    """``p`` plus ``_inv_<name>`` for each of ``names`` (a building block for ``prepare``)."""
+    return {**p, **{"_inv_" + k: 1.0 / p[k] for k in names}}
 
 
 _REGISTRY: dict[str, Callable[[], Model]] = {}

@@ -10,14 +10,30 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 
+import jax
 import jax.numpy as jnp
 
-from cohort.models.base import Model, Output, Parameter, State, Tree, get, register
+from cohort.models.base import (
+    Model,
+    Output,
+    Parameter,
+    State,
+    Tree,
+    get,
+    reciprocal,
+    register,
+    with_reciprocals,
+)
 
 
-def _hill(c, top, c50, gamma):
-    cg = jnp.power(jnp.maximum(c, 0.0), gamma)
-    return top * cg / (jnp.power(c50, gamma) + cg)
+def _hill(c, top, p, gamma):
+    """``top·c^γ / (EC50^γ + c^γ)`` written as ``top·sigmoid(γ·log(c/EC50))``: one log and one
+    exp instead of two ``pow`` (the dominant cost of a PK/PD step), no overflow for c >> EC50,
+    and the double ``where`` keeps gradients finite at c = 0."""
+    x = c * reciprocal(p, "EC50")
+    pos = x > 0
+    z = jnp.where(pos, gamma * jnp.log(jnp.where(pos, x, 1.0)), -jnp.inf)
+    return top * jax.nn.sigmoid(z)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,7 +61,7 @@ _RESPONSE = State("response", "1", "indirect response variable R")
 
 
 def _direct(p, c):
-    return p["E0"] + _hill(c, p["EMAX"], p["EC50"], p["GAMMA"])
+    return p["E0"] + _hill(c, p["EMAX"], p, p["GAMMA"])
 
 
 def _no_states(p):
@@ -59,9 +75,9 @@ def _idr(kind: int) -> PDBlock:
     def deriv(y, p, c):
         r = y["response"]
         if inhibit:
-            effect = 1.0 - _hill(c, p["IMAX"], p["EC50"], p["GAMMA"])
+            effect = 1.0 - _hill(c, p["IMAX"], p, p["GAMMA"])
         else:
-            effect = 1.0 + _hill(c, p["SMAX"], p["EC50"], p["GAMMA"])
+            effect = 1.0 + _hill(c, p["SMAX"], p, p["GAMMA"])
         if kind in (1, 3):  # drug acts on production
             return {"response": p["KIN"] * effect - p["KOUT"] * r}
         return {"response": p["KIN"] - p["KOUT"] * effect * r}  # drug acts on loss
@@ -132,6 +148,10 @@ class PKPD(Model):
         self.linear_pk = pk.linear_pk
         self.stiff = pk.stiff
         self._conc = conc.fn
+
+    def prepare(self, p):
+        p = self.pk.prepare(p)
+        return with_reciprocals(p, ["EC50"]) if "EC50" in self.parameter_names else p
 
     def initial(self, p):
         return {**self.pk.initial(p), **self.pd.initial(p)}

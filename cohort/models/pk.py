@@ -9,7 +9,17 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
-from cohort.models.base import LinearPK, Model, Output, Parameter, State, Tree, register
+from cohort.models.base import (
+    LinearPK,
+    Model,
+    Output,
+    Parameter,
+    State,
+    Tree,
+    reciprocal,
+    register,
+    with_reciprocals,
+)
 
 _DEPOT = State("depot", "mg", "absorption depot (gut or injection site)")
 _CENTRAL = State("central", "mg", "drug amount in the central compartment")
@@ -23,7 +33,7 @@ _ABSORPTION = (
 
 
 def _conc(y: Tree, p: Tree, volume: str) -> jnp.ndarray:
-    return y["central"] / p[volume]
+    return y["central"] * reciprocal(p, volume)
 
 
 class LinearCompartmentPK(Model):
@@ -76,12 +86,15 @@ class LinearCompartmentPK(Model):
             depot="depot" if oral else None,
         )
 
+    def prepare(self, p):
+        return with_reciprocals(p, self.linear_pk.volumes)
+
     def rhs(self, t, y, p, u):
         vols = self.linear_pk.volumes
-        c = y["central"] / p[vols[0]]
+        c = y["central"] * reciprocal(p, vols[0])
         d = {"central": -p["CL"] * c + u["central"]}
         for flow, vol, name in zip(self.linear_pk.flows, vols[1:], self.linear_pk.peripherals):
-            exchange = p[flow] * (c - y[name] / p[vol])
+            exchange = p[flow] * (c - y[name] * reciprocal(p, vol))
             d["central"] = d["central"] - exchange
             d[name] = exchange + u[name]
         if self.oral:
