@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 import numpyro
 import numpyro.distributions as dist
+import scipy.linalg
 from numpyro.distributions import constraints
 from numpyro.distributions.transforms import biject_to
 
@@ -158,6 +159,7 @@ def init_values(
     """Site values that reproduce ``pop`` and the modes ``eta`` (e.g. from the ML fit)."""
     layout = Layout(bm)
     spec = bm.spec
+    pop = Pop(*(np.asarray(a, dtype=float) for a in pop))  # numpy: no eager JAX ops
     values = {f"log_{spec.params[k].name}": pop.theta[k] for k in layout.theta_free}
     values.update({f"beta_{bm.effects[g].label}": pop.gamma[g] for g in layout.gamma_free})
     values.update({f"omega_{n}": pop.omega[i] for i, n in enumerate(layout.eta_names)})
@@ -165,13 +167,13 @@ def init_values(
         values["corr_chol"] = pop.corr
     for i in layout.sigma_free:
         values[("sigma_add", "sigma_prop")[i]] = pop.sigma[i]
-    eta = jnp.asarray(eta)
+    eta = np.asarray(eta, dtype=float)
     if parameterization == "noncentered":
         chol = bm.omega_chol(pop)
-        values["z"] = jax.scipy.linalg.solve_triangular(chol, eta.T, lower=True).T
+        values["z"] = scipy.linalg.solve_triangular(chol, eta.T, lower=True).T
     else:
-        mean = bm.log_params(pop, jnp.zeros_like(eta), bm.arrays["features"])
-        values["phi"] = mean[:, jnp.asarray(bm.iiv)] + eta
+        mean = bm.log_params(pop, np.zeros_like(eta), np.asarray(bm.features, dtype=float))
+        values["phi"] = mean[:, list(bm.iiv)] + eta
     return values
 
 
@@ -183,16 +185,33 @@ def _support(name: str):
     return constraints.real
 
 
-def chain_inits(values: dict, n_chains: int, key, jitter: float = 0.1) -> dict:
-    """Unconstrained per-chain starting points: ``values`` plus small independent jitter, so
-    chains start apart (R-hat stays meaningful) but inside the same mode."""
+def _unconstrain(name: str, value) -> np.ndarray:
+    """The unconstrained value of a site (numpy for the common supports)."""
+    support = _support(name)
+    if support is constraints.positive:
+        return np.log(np.asarray(value, dtype=float))
+    if support is constraints.real:
+        return np.asarray(value, dtype=float)
+    return np.asarray(biject_to(support).inv(jnp.asarray(value)))
+
+
+def chain_inits(values: dict, n_chains: int, seed: int = 0, jitter: float = 0.1) -> dict:
+    """Unconstrained per-chain starting points ``[chains, ...]``: ``values`` plus small
+    independent jitter, so chains start apart (R-hat stays meaningful) but inside the same
+    mode. Plain numpy (no eager JAX ops to compile)."""
+    rng = np.random.default_rng(seed)
     out = {}
-    keys = jax.random.split(key, len(values))
-    for k, (name, v) in zip(keys, sorted(values.items())):
-        u = biject_to(_support(name)).inv(jnp.asarray(v))
-        noise = jitter * jax.random.normal(k, (n_chains, *u.shape))
-        out[name] = u[None] + noise
+    for name, v in sorted(values.items()):
+        u = _unconstrain(name, v)
+        out[name] = u[None] + jitter * rng.normal(size=(n_chains, *u.shape))
     return out
+
+
+START_ERROR = (
+    "the log density at the starting values is not finite: a prediction failed there "
+    "(for ODE models raise ode_options.max_steps or loosen rtol/atol) or the data are "
+    "impossible under the starting values; give better inits"
+)
 
 
 def check_start(model: Callable, arrays: dict, values: dict) -> None:
@@ -202,8 +221,4 @@ def check_start(model: Callable, arrays: dict, values: dict) -> None:
 
     value = jax.jit(lambda v: log_density(model, (arrays,), {}, v)[0])(values)
     if not bool(jnp.isfinite(value)):
-        raise ValueError(
-            "the log density at the starting values is not finite: a prediction failed there "
-            "(for ODE models raise ode_options.max_steps or loosen rtol/atol) or the data are "
-            "impossible under the starting values; give better inits"
-        )
+        raise ValueError(START_ERROR)

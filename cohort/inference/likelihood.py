@@ -61,7 +61,11 @@ def loglik_obs(kind: str, sigma, f, dv, mask, cens, lloq, censored: bool = True)
 
 def simulate_dv(kind: str, sigma, f, key):
     """Draw observations around predictions ``f`` (posterior predictive / VPC)."""
-    eps = jax.random.normal(key, jnp.shape(f))
+    return simulate_dv_eps(kind, sigma, f, jax.random.normal(key, jnp.shape(f)))
+
+
+def simulate_dv_eps(kind: str, sigma, f, eps):
+    """Observations around predictions ``f`` from standard normal deviates ``eps``."""
     if kind == "log-additive":
         return jnp.exp(jnp.log(jnp.maximum(f, _TINY)) + sigma[0] * eps)
     return f + jnp.sqrt(residual_var(kind, sigma, f)) * eps

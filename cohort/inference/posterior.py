@@ -66,18 +66,27 @@ def individual_params(bm: BoundModel, pops: Pop, etas: jnp.ndarray) -> dict:
 
 
 def posterior_predictive(bm: BoundModel, pops: Pop, etas: jnp.ndarray, key) -> tuple:
-    """Individual predictions and simulated observations ``[S, N, J]`` for each draw."""
+    """Individual predictions and simulated observations ``[S, N, J]`` for each draw; ``key``
+    is a JAX key or an integer seed (then the residual deviates come from numpy, which keeps
+    a PRNG out of the compiled program)."""
+    if isinstance(key, (int, np.integer)):
+        shape = (np.shape(etas)[0], *np.shape(bm.arrays["time"]))
+        eps = np.random.default_rng(key).standard_normal(shape)
+    else:
+        eps = jax.random.normal(key, (np.shape(etas)[0], *np.shape(bm.arrays["time"])))
+    return _predictive(bm, pops, etas, eps)
 
+
+def _predictive(bm: BoundModel, pops: Pop, etas, eps):
     @jax.jit
-    def run(pops, etas, key):
+    def run(pops, etas, eps):
         preds, ok = jax.vmap(lambda p, e: bm.predict(p, e))(pops, etas)
-        keys = jax.random.split(key, preds.shape[0])
-        sims = jax.vmap(lambda p, f, k: likelihood.simulate_dv(bm.error.kind, p.sigma, f, k))(
-            pops, preds, keys
+        sims = jax.vmap(lambda p, f, z: likelihood.simulate_dv_eps(bm.error.kind, p.sigma, f, z))(
+            pops, preds, eps
         )
         return preds, sims, ok
 
-    return run(pops, etas, key)
+    return run(pops, etas, eps)
 
 
 def to_inference_data(
@@ -124,8 +133,8 @@ def to_inference_data(
     stride = max(1, (n_chain * n_draw) // max(1, predictive_draws))
     take = np.arange(0, n_chain * n_draw, stride)
     if predictive_draws and n_draw * n_chain:
-        sub = jax.tree_util.tree_map(lambda x: x[take], pops)
-        preds, sims, _ = posterior_predictive(bm, sub, etas[take], jax.random.PRNGKey(seed))
+        sub = jax.tree_util.tree_map(lambda x: np.asarray(x)[take], pops)
+        preds, sims, _ = posterior_predictive(bm, sub, np.asarray(etas)[take], int(seed))
         mask = obs.mask[None]
         groups["posterior_predictive"] = {
             "dv": np.where(mask, np.asarray(sims), np.nan)[None],

@@ -10,22 +10,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from numpyro.infer import MCMC, NUTS, SVI, Trace_ELBO, init_to_value
-from numpyro.infer.autoguide import (
-    AutoLowRankMultivariateNormal,
-    AutoMultivariateNormal,
-    AutoNormal,
-)
-from numpyro.optim import optax_to_numpyro
+from numpyro.infer import MCMC, NUTS
+from numpyro.infer.util import constrain_fn, potential_energy
 
-from cohort.inference.bayes import Priors, build_model, chain_inits, check_start
+from cohort.inference.bayes import START_ERROR, Priors, build_model, chain_inits, check_start
 from cohort.inference.problem import BoundModel
 
-GUIDES = {
-    "normal": AutoNormal,
-    "multivariate": AutoMultivariateNormal,
-    "lowrank": AutoLowRankMultivariateNormal,
-}
+GUIDES = ("normal", "multivariate", "lowrank")
 CHAIN_METHODS = ("vectorized", "parallel", "sequential")
 
 
@@ -89,8 +80,8 @@ def run_nuts(
         chain_method=method,
         progress_bar=progress_bar,
     )
-    key_init, key_run = jax.random.split(jax.random.PRNGKey(seed))
-    starts = chain_inits(init, chains, key_init)
+    key_run = jax.random.PRNGKey(seed)
+    starts = chain_inits(init, chains, seed)
     if chains == 1:
         starts = {k: v[0] for k, v in starts.items()}
     t0 = time.perf_counter()
@@ -108,6 +99,39 @@ def run_nuts(
     return Draws(samples, diverging, seconds, "nuts", info)
 
 
+def _gaussian_guide(kind: str, dim: int, rank: int, loc0, init_scale: float, seed: int):
+    """Initial parameters, sampler and entropy of a Gaussian over the unconstrained latents:
+    ``normal`` (diagonal), ``multivariate`` (full Cholesky factor) or ``lowrank``
+    (``W Wᵀ + diag σ²``); scales are kept positive through ``softplus``."""
+    inv_softplus = float(np.log(np.expm1(init_scale)))
+    params = {"loc": jnp.asarray(loc0), "diag": jnp.full(dim, inv_softplus)}
+    if kind == "multivariate":
+        params["tril"] = jnp.zeros((dim, dim))
+    elif kind == "lowrank":
+        rng = np.random.default_rng([seed, 1])
+        params["factor"] = jnp.asarray(1e-3 * init_scale * rng.standard_normal((dim, rank)))
+
+    def draw(par, eps):  # eps [..., dim] (+ [..., rank] for lowrank)
+        sd = jax.nn.softplus(par["diag"])
+        if kind == "normal":
+            return par["loc"] + sd * eps[..., :dim]
+        if kind == "multivariate":
+            chol = jnp.tril(par["tril"], -1) + jnp.diag(sd)
+            return par["loc"] + eps[..., :dim] @ chol.T
+        return par["loc"] + sd * eps[..., :dim] + eps[..., dim:] @ par["factor"].T
+
+    def entropy(par):  # up to the constant dim/2·log(2πe)
+        sd = jax.nn.softplus(par["diag"])
+        if kind != "lowrank":
+            return jnp.sum(jnp.log(sd))
+        w = par["factor"] / sd[:, None]
+        small = jnp.eye(w.shape[1]) + w.T @ w  # matrix determinant lemma
+        return jnp.sum(jnp.log(sd)) + 0.5 * jnp.linalg.slogdet(small)[1]
+
+    n_eps = dim + (rank if kind == "lowrank" else 0)
+    return params, draw, entropy, n_eps
+
+
 def run_svi(
     bm: BoundModel,
     init: dict,
@@ -121,27 +145,68 @@ def run_svi(
     priors: Priors = Priors(),
 ) -> Draws:
     """Stochastic variational inference (Adam via optax) from ``init``; ``guide`` is
-    ``normal`` (mean field), ``multivariate`` (full covariance) or ``lowrank``."""
+    ``normal`` (mean field), ``multivariate`` (full covariance) or ``lowrank``: a Gaussian on
+    the unconstrained latents (numpyro's AutoNormal / AutoMultivariateNormal /
+    AutoLowRankMultivariateNormal family), fitted by maximising the one-sample ELBO with the
+    Gaussian entropy in closed form. The potential comes from numpyro's
+    ``potential_energy``; optimisation and the posterior draws each run as one compiled
+    program (no eager model runs to set up a guide, no per-step host work)."""
     if guide not in GUIDES:
         raise ValueError(f"guide must be one of {list(GUIDES)}, got {guide!r}")
     model = build_model(bm, priors, "noncentered")
-    check_start(model, bm.arrays, init)
-    kwargs = {"init_loc_fn": init_to_value(values=init)}
-    if guide == "lowrank" and rank is not None:
-        kwargs["rank"] = rank
-    if guide != "normal":
-        kwargs["init_scale"] = 0.01
-    auto = GUIDES[guide](model, **kwargs)
+    start = {k: v[0] for k, v in chain_inits(init, 1, jitter=0.0).items()}
+    names = sorted(start)
+    shapes = {k: start[k].shape for k in names}
+    sizes = [int(np.prod(shapes[k])) for k in names]
+    loc0 = np.concatenate([start[k].ravel() for k in names])
+    dim = loc0.size
+    rank_ = rank if rank is not None else max(1, int(round(np.sqrt(dim))))
+    params, draw, entropy, n_eps = _gaussian_guide(
+        guide, dim, rank_, loc0, 0.1 if guide == "normal" else 0.01, seed
+    )
+
+    def unflatten(u):
+        out, k = {}, 0
+        for name, n in zip(names, sizes):
+            out[name] = u[..., k : k + n].reshape(u.shape[:-1] + shapes[name])
+            k += n
+        return out
+
+    def loss(par, eps, arrays):
+        u = draw(par, eps)
+        energy = potential_energy(model, (arrays,), {}, unflatten(u))
+        return energy - entropy(par)
+
     schedule = optax.exponential_decay(learning_rate, steps, 0.1)
-    optim = optax_to_numpyro(optax.chain(optax.clip_by_global_norm(100.0), optax.adam(schedule)))
-    svi = SVI(model, auto, optim, Trace_ELBO())
-    key_fit, key_draw = jax.random.split(jax.random.PRNGKey(seed))
+    optim = optax.chain(optax.clip_by_global_norm(100.0), optax.adam(schedule))
+
+    @jax.jit
+    def optimise(par, noise, arrays):
+        def step(carry, eps):
+            par, state = carry
+            value, grads = jax.value_and_grad(loss)(par, eps, arrays)
+            updates, state = optim.update(grads, state, par)
+            return (optax.apply_updates(par, updates), state), value
+
+        first = potential_energy(model, (arrays,), {}, unflatten(par["loc"]))
+        (par, _), losses = jax.lax.scan(step, (par, optim.init(par)), noise)
+        return par, losses, first
+
+    @jax.jit
+    def sample(par, noise, arrays):
+        return constrain_fn(model, (arrays,), {}, unflatten(draw(par, noise)), batch_ndims=1)
+
+    # The Monte Carlo noise comes from numpy (seeded): a JAX PRNG (threefry) inside the
+    # compiled step would dominate its compile time, and the whole stream is small.
+    rng = np.random.default_rng(seed)
     t0 = time.perf_counter()
-    result = svi.run(key_fit, steps, bm.arrays, progress_bar=False)
-    sites = auto.sample_posterior(key_draw, result.params, sample_shape=(draws,))
-    samples = {k: np.asarray(v)[None] for k, v in jax.block_until_ready(sites).items()}
+    par, losses, first = optimise(params, rng.standard_normal((steps, n_eps)), bm.arrays)
+    if not np.isfinite(float(first)):
+        raise ValueError(START_ERROR)
+    sites = jax.device_get(sample(par, rng.standard_normal((draws, n_eps)), bm.arrays))
+    samples = {k: np.asarray(v)[None] for k, v in sites.items()}
     seconds = time.perf_counter() - t0
-    losses = np.asarray(result.losses)
+    losses = np.asarray(losses)
     tail = losses[-max(1, steps // 10) :]
     info = {
         "guide": guide,
