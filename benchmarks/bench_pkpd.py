@@ -57,6 +57,7 @@ from _common import (
 from scipy.integrate import solve_ivp
 
 import cohort
+from cohort.engine.simulate import DEFAULT_CHUNK
 
 RTOL, ATOL = 1e-6, 1e-9
 REF_RTOL, REF_ATOL = 1e-10, 1e-12
@@ -311,6 +312,12 @@ def main(argv: list[str] | None = None) -> dict:
         help="seconds that reruns of timings disturbed by other processes may take in all "
         "(default 60; 0 disables)",
     )
+    ap.add_argument(
+        "--chunk",
+        type=int,
+        default=None,
+        help="batch size of the fast and closed-form rows (default: the engine's default)",
+    )
     ap.add_argument("--seed", type=int, default=SEED)
     ap.add_argument(
         "--out",
@@ -348,7 +355,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     rows: list[dict[str, Any]] = []
     budget = RetryBudget(args.retry_budget)
-    fast_chunk = min(n, 100_000)
+    fast_chunk = min(n, args.chunk or DEFAULT_CHUNK["fast"])
     diffrax_chunk = min(n, 10_000)
 
     def record(
@@ -508,7 +515,7 @@ def main(argv: list[str] | None = None) -> dict:
                 OUTPUTS,
             )
             t0 = time.perf_counter()
-            run()  # warm-up (chunk shape == full cohort up to 100k)
+            run()  # warm-up (compiles the chunk shape)
             first = time.perf_counter() - t0
             s, ts_, outs, load = timed(run, args.repeat, budget)
             record(
@@ -551,32 +558,35 @@ def main(argv: list[str] | None = None) -> dict:
         extra={"compile_s": compile_s},
     )
     del outs, compiled, run
-    try:
-        run = cohort_run(
-            pk_model, pk_pop, times, "closed_form", "float64", fast_chunk, None, ("conc",)
-        )
-        t0 = time.perf_counter()
-        run()
-        first = time.perf_counter() - t0
-        s, ts_, outs, load = timed(run, args.repeat, budget)
-        cf = record(
-            "cohort_closed_form",
-            "pk",
-            n,
-            s,
-            ts_,
-            outs,
-            load,
-            first_s=first,
-            note=f"chunk {fast_chunk:,}",
-            baseline="naive_diffrax_pk",
-        )
-        # The closed form is exact: it also checks how good the reference is.
-        ref_check = rel_error(ref["conc"], outs["conc"][:ref_n])
-        del outs
-    except Exception as exc:  # noqa: BLE001
-        record_error("cohort_closed_form", "pk", exc)
-        cf, ref_check = None, None
+    cf, ref_check = None, None
+    for dtype in ("float64", "float32"):
+        name = "cohort_closed_form" + ("" if dtype == "float64" else "_f32")
+        try:
+            run = cohort_run(
+                pk_model, pk_pop, times, "closed_form", dtype, fast_chunk, None, ("conc",)
+            )
+            t0 = time.perf_counter()
+            run()
+            first = time.perf_counter() - t0
+            s, ts_, outs, load = timed(run, args.repeat, budget)
+            row = record(
+                name,
+                "pk",
+                n,
+                s,
+                ts_,
+                outs,
+                load,
+                first_s=first,
+                note=f"chunk {fast_chunk:,}, {dtype}",
+                baseline="naive_diffrax_pk",
+            )
+            if dtype == "float64":
+                # The closed form is exact: it also checks how good the reference is.
+                cf, ref_check = row, rel_error(ref["conc"], outs["conc"][:ref_n])
+            del outs
+        except Exception as exc:  # noqa: BLE001
+            record_error(name, "pk", exc)
 
     # Speedups vs the naive baselines.
     by_name = {r["name"]: r for r in rows}

@@ -133,6 +133,7 @@ def solve_batch(
     ch = jax.vmap(lambda e, q: resolve(model, e, q, with_infusion))(ev, p)
     n = ch.time.shape[0]
     ch = with_sentinel(ch)
+    p = model.prepare(p)  # e.g. 1/V for the concentration output
     r, dirs, w = jax.vmap(lambda q: modes(model, q))(p)  # [N,M], [N,S,M], [N,M,S]
     r, dirs, w = r.T, jnp.transpose(dirs, (1, 2, 0)), jnp.transpose(w, (1, 2, 0))
     dtype = r.dtype

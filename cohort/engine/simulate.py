@@ -33,6 +33,7 @@ from cohort.models.base import Model
 from cohort.store import ResultStore, open_result
 
 METHODS = ("auto", "closed_form", "diffrax", "fast")
+DEFAULT_CHUNK = {"closed_form": 16_384, "fast": 16_384, "diffrax": 10_000}
 
 
 def _choose_method(model: Model, method: str) -> str:
@@ -216,7 +217,11 @@ def simulate(
         except ValueError as exc:
             raise InputError(f"options: {exc}") from None
     if chunk_size is None:
-        chunk_size = min(n_pat, 100_000 if method in ("fast", "closed_form") else 10_000)
+        # Cache-sized batches: the structure-of-arrays engines stream every state through memory
+        # once per step, so a batch whose working set fits in cache runs faster per patient
+        # (measured in benchmarks/bench_pkpd.py --chunk-sweep); small batches also overlap the
+        # copy-out of one batch with the compute of the next.
+        chunk_size = min(n_pat, DEFAULT_CHUNK.get(method, 10_000))
     if chunk_size < 1:
         raise InputError(f"chunk_size: must be >= 1, got {chunk_size}")
     plan = _Plan(model, method, params, table, times, outputs, dtype, options, chunk_size)
