@@ -99,22 +99,26 @@ def build_model(
     def centred_prior(sites, features):
         pop = assemble(sites)
         n = features.shape[0]
-        mean = bm.log_params(pop, jnp.zeros((n, q)), features)[:, jnp.asarray(bm.iiv)]
+        logp = bm.log_params(pop, jnp.zeros((n, q)), features)
+        mean = jnp.stack([logp[:, k] for k in bm.iiv], axis=-1)  # slices, not a gather
         return mean, bm.omega_chol(pop)
 
     @jax.jit
     def loglik(sites, latent, arrays):
         pop = assemble(sites)
         prior = 0.0
+        # diagonal Ω: elementwise scaling (no triangular solves or matmuls in the gradient)
         if parameterization == "noncentered":
-            eta = latent @ bm.omega_chol(pop).T
+            eta = latent @ bm.omega_chol(pop).T if layout.full else latent * pop.omega
         else:  # the N(mean, Ω) prior of the centred individual parameters, written out
             mean, chol = centred_prior(sites, arrays["features"])
             eta = latent - mean
-            white = jax.scipy.linalg.solve_triangular(chol, eta.T, lower=True)
-            prior = -0.5 * jnp.sum(white**2) - eta.shape[0] * (
-                jnp.sum(jnp.log(jnp.diag(chol))) + 0.5 * q * LOG_2PI
-            )
+            if layout.full:
+                white = jax.scipy.linalg.solve_triangular(chol, eta.T, lower=True)
+                logdet = jnp.sum(jnp.log(jnp.diag(chol)))
+            else:
+                white, logdet = eta / pop.omega, jnp.sum(jnp.log(pop.omega))
+            prior = -0.5 * jnp.sum(white**2) - eta.shape[0] * (logdet + 0.5 * q * LOG_2PI)
         f, ok = bm.predict(pop, eta, arrays)
         ll = likelihood.loglik_obs(
             kind,

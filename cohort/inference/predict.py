@@ -136,7 +136,10 @@ def closed_form_subject(
         active = active & (ch.time[None, :] >= last_reset)
         active = active & (~infusing | (ch.start[None, :] >= last_reset))
     dts = jnp.where(active, dt, 0.0)[..., None]  # [J, R, 1]
-    wc = w[:, ch.cmt].T  # [R, M]: modal weights of each record's compartment
+    # [R, M]: modal weights of each record's compartment, by a one-hot sum rather than a
+    # gather (whose derivative is a scatter): elementwise ops that fuse under vmap/grad
+    onehot = ch.cmt[:, None] == jnp.arange(w.shape[1])[None, :]  # [R, S]
+    wc = jnp.sum(jnp.where(onehot[:, None, :], w[None, :, :], 0.0), axis=-1)
     amount = ch.amount[:, None]
     rate = ch.rate[:, None]
     start_amp = jnp.where((ch.kind == BOLUS)[:, None], amount * wc, 0.0)
@@ -154,7 +157,7 @@ def closed_form_subject(
         flow = jnp.where(infusing[0][:, None], rate * wc, 0.0)  # [R, M]
         amp = amp + flow[None] * _phi(r[None, None, :], dts)
     a = jnp.sum(jnp.where(active[..., None], amp, 0.0), axis=1)  # [J, M]
-    y = a @ dirs.T  # [J, S]
+    y = jnp.sum(a[:, None, :] * dirs[None, :, :], axis=-1)  # [J, S] (a fusable reduction)
     states = {s: y[:, i] for i, s in enumerate(model.state_names)}
     f = model.output(output, states, p)
     return f, jnp.all(jnp.isfinite(f))
