@@ -281,8 +281,9 @@ def solve_closed_loop(
     right-hand side is smooth inside every step. While a patient eats, gastric emptying
     switches sharply within the minute (``Dbar`` jumps by the minute's food and the stomach
     content sweeps through ``b·Dbar``); those minutes are integrated with ``eating_substeps``
-    times finer steps (computed, when anyone in the batch eats, for all and kept for eaters
-    only, so a patient's trajectory does not depend on the rest of the batch).
+    times finer steps, for the eaters only: gathered into a batch of ``ceil(N/8)`` when that
+    many or fewer eat (random meal times), else computed for all and selected (simultaneous
+    meals), so a patient's trajectory does not depend on the rest of the batch.
 
     Returns ``(outputs, finite, min_scaled)``: ``outputs`` maps ``Gsub``, ``CGM`` and
     ``insulin`` (U/min delivered, mean over the period starting at each time; the last entry
@@ -305,6 +306,7 @@ def solve_closed_loop(
     windows = eating_windows(meals)
     nonneg = {st.name for st in model.states if st.nonnegative and st.name in names}
     zeros = jnp.zeros(n, fdt)
+    few = -(-n // 8)  # eating patients refined as a gathered batch (random meal times)
 
     def extremes(lo, hi, y):
         for s in names:
@@ -339,7 +341,29 @@ def solve_closed_loop(
             yc = coarse(y)
             return {s: jnp.where(memory.eating, yf[s], yc[s]) for s in y}
 
-        y = coarse(y) if fine == 1 else jax.lax.cond(jnp.any(memory.eating), refined, coarse, y)
+        def refined_few(y):
+            # at most `few` patients eat: refine only them, gathered into a short batch
+            idx = jnp.nonzero(memory.eating, size=few, fill_value=n)[0]
+            take = functools.partial(jnp.take, indices=idx, mode="clip")
+            yf = _rk4(
+                model,
+                {s: take(v) for s, v in y.items()},
+                {s: take(v) for s, v in d.items()},
+                {s: take(v) for s, v in g.items()},
+                take(meal),
+                take(insulin),
+                h / fine,
+                per_minute * fine,
+            )
+            yc = coarse(y)
+            return {s: yc[s].at[idx].set(yf[s], mode="drop") for s in y}
+
+        if fine > 1:
+            eaters = jnp.sum(memory.eating)
+            branch = jnp.where(eaters == 0, 0, jnp.where(eaters <= few, 1, 2))
+            y = jax.lax.switch(branch, (coarse, refined_few, refined), y)
+        else:
+            y = coarse(y)
         return y, memory, delivered + insulin
 
     def period_step(c, k):
