@@ -24,6 +24,7 @@ from cohort.engine import (  # noqa: E402
     Status,
     grid,
     simulate,
+    use_cpu_cores,
 )
 from cohort.store import open_result  # noqa: E402
 
@@ -41,6 +42,7 @@ __all__ = [
     "open_result",
     "population",
     "simulate",
+    "use_cpu_cores",
 ]
 
 # Patient data and inference (issue 5). ``cohort.data`` is light and imported eagerly;

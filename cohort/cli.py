@@ -19,6 +19,16 @@ app = typer.Typer(
 )
 console = Console()
 
+
+@app.callback()
+def _main() -> None:
+    """Give JAX one CPU device per core before any command runs, so batches are split over
+    all of them (no effect on GPU backends or when XLA_FLAGS sets a device count)."""
+    from cohort.engine.devices import use_cpu_cores
+
+    use_cpu_cores()
+
+
 # Parameters that are fractions, lags or shape constants keep their typical value in the
 # simple log-normal cohorts built here (full population specs come from priors/).
 _FIXED = {"F", "ALAG", "IMAX", "GAMMA", "SMAX", "E0", "EMAX"}
@@ -177,8 +187,10 @@ def simulate(
             pop_ds = xr.open_zarr(str(population), consolidated=False)
             pop = {k: pop_ds[k].values for k in m.parameter_names if k in pop_ds}
             if not pop:
-                _fail(f"--population: {population} has none of {m.name}'s parameters "
-                      f"{list(m.parameter_names)}")
+                _fail(
+                    f"--population: {population} has none of {m.name}'s parameters "
+                    f"{list(m.parameter_names)}"
+                )
         else:
             pop = {c: v.to_numpy() for c, v in pd.read_csv(population).items()}
         n = len(next(iter(pop.values())))
@@ -235,20 +247,31 @@ def generate(
     try:
         with _progress() as bar:
             task = bar.add_task("generating", total=n)
-            ds = popmod.generate(spec, n, seed, chunk_size=chunk_size, out=out,
-                                 overwrite=overwrite,
-                                 progress=lambda d, t: bar.update(task, completed=d, total=t))
+            ds = popmod.generate(
+                spec,
+                n,
+                seed,
+                chunk_size=chunk_size,
+                out=out,
+                overwrite=overwrite,
+                progress=lambda d, t: bar.update(task, completed=d, total=t),
+            )
     except (popmod.SpecError, popmod.PopulationError) as exc:
         _fail(str(exc))
     dt = time.perf_counter() - t0
     table = Table("variable", "units", "p5", "median", "p95", title=ds.attrs["population"])
     for k in ds.data_vars:
         v = np.asarray(ds[k].values)
-        table.add_row(k, ds[k].attrs.get("units", ""),
-                      *(f"{x:.4g}" for x in np.quantile(v, [0.05, 0.5, 0.95])))
+        table.add_row(
+            k,
+            ds[k].attrs.get("units", ""),
+            *(f"{x:.4g}" for x in np.quantile(v, [0.05, 0.5, 0.95])),
+        )
     console.print(table)
-    console.print(f"{n:,} patients in {dt:.2f} s, acceptance rate "
-                  f"{ds.attrs['acceptance_rate']:.1%} -> [bold]{out}[/]")
+    console.print(
+        f"{n:,} patients in {dt:.2f} s, acceptance rate "
+        f"{ds.attrs['acceptance_rate']:.1%} -> [bold]{out}[/]"
+    )
     if plot is not None:
         from cohort import plots
 

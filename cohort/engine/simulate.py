@@ -60,11 +60,14 @@ def _solver(
     options: Any,
     outputs: tuple,
     dtype: str,
+    n_devices: int = 1,
 ) -> Callable:
     """A jitted ``(params, events) -> (outputs [T, N] each, status [N])`` for one batch shape.
 
     Outputs stay time-major as the scans produce them; the consumer's copy into the
-    patient-major result does the transpose for free."""
+    patient-major result does the transpose for free. With ``n_devices > 1`` the batch's
+    patient axis is split over that many local devices (``shard_map``: each device solves its
+    own patients, no communication), e.g. one XLA CPU device per core or several GPUs."""
     t_arr = np.asarray(times)
 
     def finish(states, code, p):  # states [N, T, S]
@@ -109,6 +112,16 @@ def _solver(
             )(p, ev)
             return finish(states, code, p)
 
+    if n_devices > 1:
+        mesh = jax.sharding.Mesh(np.array(jax.local_devices()[:n_devices]), ("patient",))
+        by_patient = jax.sharding.PartitionSpec("patient")
+        run = jax.shard_map(
+            run,
+            mesh=mesh,
+            in_specs=(by_patient, by_patient),
+            out_specs=(jax.sharding.PartitionSpec(None, "patient"), by_patient),
+            check_vma=False,  # patients are independent: no collectives to type-check
+        )
     return jax.jit(run)
 
 
@@ -267,6 +280,9 @@ def _run_chunks(plan: _Plan, done: np.ndarray, sink, progress) -> None:
     ss_interval = float(np.max(np.where(plan.table.ss, plan.table.ii, 0.0), initial=0.0))
     finite_t = plan.table.time[np.isfinite(plan.table.time)]
     t_first = float(min(plan.times[0], finite_t.min() if finite_t.size else plan.times[0]))
+    # Every local device takes an equal share of each batch (padded to a multiple of them).
+    n_dev = max(1, min(len(jax.local_devices()), cs))
+    batch = math.ceil(cs / n_dev) * n_dev
     solver = _solver(
         plan.model,
         plan.method,
@@ -277,6 +293,7 @@ def _run_chunks(plan: _Plan, done: np.ndarray, sink, progress) -> None:
         plan.options,
         plan.outputs,
         plan.dtype,
+        n_dev,
     )
     defaults = plan.model.defaults()
     bounds = {q.name: (q.lower, q.upper) for q in plan.model.parameters}
@@ -290,15 +307,16 @@ def _run_chunks(plan: _Plan, done: np.ndarray, sink, progress) -> None:
                 continue
             idx = np.arange(k * cs, min((k + 1) * cs, n_pat))
             m = len(idx)
-            pad = np.concatenate([idx, np.full(cs - m, idx[-1])]) if m < cs else idx
+            pad = np.concatenate([idx, np.full(batch - m, idx[-1])]) if m < batch else idx
             raw = {name: v[pad] for name, v in plan.params.items()}
             invalid = np.zeros(len(pad), bool)
             for name, (lo, hi) in bounds.items():
                 v = raw[name]
                 invalid |= ~np.isfinite(v) | (v < lo) | (v > hi)
             p = {name: np.where(invalid, defaults.get(name, 1.0), v) for name, v in raw.items()}
-            p = {name: jnp.asarray(v, plan.dtype) for name, v in p.items()}
-            ev = {name: jnp.asarray(v[pad]) for name, v in plan.table.arrays().items()}
+            # Host arrays: jit places them on the device(s) itself (sharded when n_dev > 1).
+            p = {name: np.asarray(v, plan.dtype) for name, v in p.items()}
+            ev = {name: v[pad] for name, v in plan.table.arrays().items()}
             for key in ("time", "amt", "rate", "ii"):
                 ev[key] = ev[key].astype(plan.dtype)
             outs, status = solver(p, ev)  # dispatched asynchronously
