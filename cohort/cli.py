@@ -21,9 +21,12 @@ console = Console()
 
 
 @app.callback()
-def _main() -> None:
+def _main(ctx: typer.Context) -> None:
     """Give JAX one CPU device per core before any command runs, so batches are split over
-    all of them (no effect on GPU backends or when XLA_FLAGS sets a device count)."""
+    all of them (no effect on GPU backends or when XLA_FLAGS sets a device count). ``fit``
+    chooses its own device count (one per MCMC chain)."""
+    if ctx.invoked_subcommand == "fit":
+        return
     from cohort.engine.devices import use_cpu_cores
 
     use_cpu_cores()
