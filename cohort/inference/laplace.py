@@ -29,8 +29,62 @@ def subject_data(arrays: dict) -> dict:
     return {k: arrays[k] for k in ("time", "dv", "mask", "cens", "lloq", "features", "ev")}
 
 
+_UNROLL = 4  # q x q algebra up to this size is written out elementwise
+
+
+def _outer_sum(a, b):
+    """``aᵀ b`` for ``a [J, p]``, ``b [J, r]`` as a broadcast product and a reduction (fuses
+    with its inputs; a tiny ``dot`` does not)."""
+    return jnp.sum(a[:, :, None] * b[:, None, :], axis=0)
+
+
+def _matvec(a, x):
+    return jnp.sum(a * x[None, :], axis=-1)
+
+
+def _cholesky(a):
+    """Lower Cholesky factor of a small SPD matrix, written out for ``q <= _UNROLL`` (NaN where
+    not positive definite, like LAPACK's), else LAPACK."""
+    q = a.shape[-1]
+    if q > _UNROLL:
+        return jnp.linalg.cholesky(a)
+    low = [[None] * q for _ in range(q)]
+    for j in range(q):
+        low[j][j] = jnp.sqrt(a[..., j, j] - sum(low[j][k] ** 2 for k in range(j)))
+        for i in range(j + 1, q):
+            low[i][j] = (a[..., i, j] - sum(low[i][k] * low[j][k] for k in range(j))) / low[j][j]
+    zero = jnp.zeros_like(a[..., 0, 0])
+    rows = [jnp.stack([low[i][j] if j <= i else zero for j in range(q)], -1) for i in range(q)]
+    return jnp.stack(rows, -2)
+
+
+def _cho_solve(low, b):
+    """``x`` with ``L Lᵀ x = b`` (``b [q]``), by substitution for small ``q``."""
+    q = b.shape[-1]
+    if q > _UNROLL:
+        return jax.scipy.linalg.cho_solve((low, True), b)
+    y = []
+    for i in range(q):
+        y.append((b[..., i] - sum(low[..., i, k] * y[k] for k in range(i))) / low[..., i, i])
+    x = [None] * q
+    for i in reversed(range(q)):
+        x[i] = (y[i] - sum(low[..., k, i] * x[k] for k in range(i + 1, q))) / low[..., i, i]
+    return jnp.stack(x, -1)
+
+
+def _logdet_chol(low):
+    return 2.0 * jnp.sum(jnp.log(jnp.diagonal(low, axis1=-2, axis2=-1)), axis=-1)
+
+
+def _quad(x, a):
+    """``xᵀ A x``."""
+    return jnp.sum(x[:, None] * a * x[None, :])
+
+
 def omega_inverse(bm: BoundModel, pop: Pop):
-    """``Ω⁻¹`` and ``log|Ω|`` from the Cholesky factor."""
+    """``Ω⁻¹`` and ``log|Ω|`` (diagonal Ω: elementwise; full: from the Cholesky factor)."""
+    if not (bm.spec.omega == "full" and bm.n_eta > 1):
+        return jnp.diag(pop.omega**-2), 2.0 * jnp.sum(jnp.log(pop.omega))
     chol = bm.omega_chol(pop)
     inv_l = jax.scipy.linalg.solve_triangular(chol, jnp.eye(chol.shape[0]), lower=True)
     return inv_l.T @ inv_l, 2.0 * jnp.sum(jnp.log(jnp.diag(chol)))
@@ -47,7 +101,7 @@ def objective(bm: BoundModel, pop: Pop, eta, d, omega_inv):
     terms = likelihood.obs_terms(
         bm.error.kind, pop.sigma, f, d["dv"], d["mask"], d["cens"], d["lloq"], bm.has_cens
     )
-    value = jnp.sum(terms) + eta @ omega_inv @ eta
+    value = jnp.sum(terms) + _quad(eta, omega_inv)
     return jnp.where(ok & jnp.isfinite(value), value, jnp.inf)
 
 
@@ -89,12 +143,16 @@ def local_terms(bm: BoundModel, pop: Pop, f, g, d):
     h = dvar[:, None] * g if kind in ("proportional", "combined") else jnp.zeros_like(g)
     var = jnp.where(d["mask"], var, 1.0)
     r = y - m
-    grad_n = (-2.0 * r / var)[:, None] * gm + (1.0 / var - r**2 / var**2)[:, None] * h
+    grad_n = (-2.0 * r / var)[:, None] * gm
+    if kind in ("proportional", "combined"):  # the variance depends on η too
+        grad_n = grad_n + (1.0 / var - r**2 / var**2)[:, None] * h
     w = jnp.where(d["mask"], 1.0, 0.0)
     if not bm.has_cens:  # no BLQ data: leave the M3 terms out of the compiled graph
         grad = jnp.sum(w[:, None] * grad_n, axis=0)
         wn = w[:, None]
-        info = (gm * wn / var[:, None]).T @ gm + 0.5 * (h * wn / var[:, None] ** 2).T @ h
+        info = _outer_sum(gm * wn / var[:, None], gm)
+        if kind in ("proportional", "combined"):
+            info = info + 0.5 * _outer_sum(h * wn / var[:, None] ** 2, h)
         return grad, info
     sd = jnp.sqrt(var)
     z = (lim - m) / sd
@@ -118,7 +176,7 @@ def _evaluate(bm: BoundModel, pop: Pop, candidates, d, omega_inv):
         terms = likelihood.obs_terms(
             bm.error.kind, pop.sigma, f, d["dv"], d["mask"], d["cens"], d["lloq"], bm.has_cens
         )
-        value = jnp.sum(terms) + eta @ omega_inv @ eta
+        value = jnp.sum(terms) + _quad(eta, omega_inv)
         return jnp.where(ok & jnp.isfinite(value), value, jnp.inf), f, g
 
     return jax.vmap(one)(candidates)
@@ -167,9 +225,8 @@ def mode_search(
             grad, info = local_terms(bm, pop, f, g, d)
             # Gauss-Newton matrix 2(info + Ω⁻¹) is positive definite: a Cholesky solve (no
             # LU pivoting loop in the graph); a failed factorisation gives a zero step.
-            chol = jnp.linalg.cholesky(2.0 * (info + omega_inv))
-            rhs = grad + 2.0 * omega_inv @ new_eta
-            direction = jax.scipy.linalg.cho_solve((chol, True), rhs)
+            chol = _cholesky(2.0 * (info + omega_inv))
+            direction = _cho_solve(chol, grad + 2.0 * _matvec(omega_inv, new_eta))
             direction = jnp.where(jnp.all(jnp.isfinite(direction)), direction, 0.0)
             return k + 1, moved, new_eta, value, f, g, direction, info
 
@@ -198,8 +255,7 @@ def marginal_from_search(bm: BoundModel, pop: Pop, eta, value, info, arrays, app
         mat = jax.vmap(hess)(eta, subject_data(arrays))
         sign, logdet = jnp.linalg.slogdet(mat)
     else:  # Ω⁻¹ + expected information: positive definite, log-determinant via Cholesky
-        chol = jnp.linalg.cholesky(omega_inv[None] + info)
-        logdet = 2.0 * jnp.sum(jnp.log(jnp.diagonal(chol, axis1=-2, axis2=-1)), axis=-1)
+        logdet = _logdet_chol(_cholesky(omega_inv[None] + info))
         sign = jnp.where(jnp.isfinite(logdet), 1.0, -1.0)
     total = value + logdet_omega + logdet
     return jnp.where((sign > 0) & jnp.isfinite(total), total, jnp.inf)
