@@ -14,8 +14,11 @@ from __future__ import annotations
 
 import os
 
-# Parallel chains need one XLA host device per chain, fixed before JAX is imported.
-os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=4")
+# Parallel chains need one XLA host device per chain, fixed before JAX creates its CPU
+# backend (as `cohort fit` does at its entry); a device count the user set is kept.
+if "--xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
+    flags = os.environ.get("XLA_FLAGS", "")
+    os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count=4".strip()
 
 import argparse  # noqa: E402
 import json  # noqa: E402

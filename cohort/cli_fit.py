@@ -6,11 +6,25 @@ end, so a module-level import back would fail whenever this module is imported f
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
 import typer
 from rich.table import Table
+
+_DEVICES_FLAG = "--xla_force_host_platform_device_count"
+
+
+def host_devices_for_chains(chains: int) -> None:
+    """Ask XLA for one CPU device per NUTS chain, so the chains run in parallel on the cores
+    (``chain_method='parallel'``; numpyro would otherwise run them one after another or
+    vectorized). Only at CLI/benchmark entry, before JAX creates its CPU backend, and only
+    when the user has not chosen a device count in ``XLA_FLAGS`` themselves; a no-op on one
+    core, where vectorized chains are faster."""
+    flags = os.environ.get("XLA_FLAGS", "")
+    if chains > 1 and (os.cpu_count() or 1) > 1 and _DEVICES_FLAG not in flags:
+        os.environ["XLA_FLAGS"] = f"{flags} {_DEVICES_FLAG}={chains}".strip()
 
 
 def _covariates(specs: list[str] | None, names: list[str]) -> dict:
@@ -97,6 +111,8 @@ def fit(
     seed: int = typer.Option(0, help="random seed"),
 ):
     """Fit a population model (ML, NUTS or SVI) and write estimates, EBEs and diagnostics."""
+    if method == "nuts":
+        host_devices_for_chains(chains)
     import warnings
 
     import cohort
