@@ -294,10 +294,11 @@ def main(argv: list[str] | None = None) -> dict | None:
         args.inmem_n = min(args.n, 2 * args.chunk_size)
 
     if args.role:  # child: print one JSON line
-        import cohort  # noqa: F401 - enables x64 before anything else touches jax
+        import cohort  # enables x64 before anything else touches jax
 
+        devices = cohort.use_cpu_cores()  # as the CLI does: one JAX CPU device per core
         fn = role_stream if args.role == "stream" else role_inmem
-        print(json.dumps(fn(args)))
+        print(json.dumps({**fn(args), "jax_devices": devices}))
         return None
 
     out_path = args.out or RESULTS_DIR / (

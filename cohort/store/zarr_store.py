@@ -169,7 +169,9 @@ class ResultStore:
         """Write batch ``k`` (arrays with the patient axis first), then mark it done."""
         sl = slice(k * self.chunk_size, k * self.chunk_size + len(status))
         for name, arr in outputs.items():
-            self.group[name][sl, :] = arr
+            # The engines hand over transposed views of time-major blocks; numpy's transposed
+            # copy is 2-3x faster than zarr's own handling of a strided input (measured).
+            self.group[name][sl, :] = np.ascontiguousarray(arr)
         for name, arr in params.items():
             self.group[name][sl] = arr
         self.group["status"][sl] = status.astype(np.int8)
