@@ -117,13 +117,8 @@ def _jacobian(bm: BoundModel, pop: Pop, eta, d):
     first ML fit's time. Diffrax: reverse mode (its checkpointed adjoint has no forward mode,
     and the solver tolerance rules out differences)."""
     if bm.engine == "closed_form":
-        q = eta.shape[0]
-        steps = _FD_STEP * jnp.eye(q)
-        points = jnp.concatenate([eta[None], eta + steps, eta - steps])
-        fs, oks = jax.vmap(lambda e: prediction(bm, pop, e, d))(points)
-        g = ((fs[1 : q + 1] - fs[q + 1 :]) / (2.0 * _FD_STEP)).T
-        ok = jnp.all(oks)
-        return fs[0], jnp.where(ok & jnp.isfinite(g), g, 0.0), ok
+        f, g, ok = _differences(bm, pop, eta[None], d)
+        return f[0], g[0], ok[0]
 
     def fun(e):
         f, ok = prediction(bm, pop, e, d)
@@ -168,18 +163,33 @@ def local_terms(bm: BoundModel, pop: Pop, f, g, d):
     return grad, info
 
 
+def _differences(bm: BoundModel, pop: Pop, etas, d):
+    """Predictions ``[C, J]``, central-difference Jacobians ``[C, J, q]`` and ok flags ``[C]``
+    at ``etas [C, q]``: one flat batch of ``C (2q + 1)`` closed-form predictions."""
+    c, q = etas.shape
+    steps = _FD_STEP * jnp.eye(q)
+    points = jnp.concatenate([etas[:, None], etas[:, None] + steps, etas[:, None] - steps], 1)
+    fs, oks = jax.vmap(lambda e: prediction(bm, pop, e, d))(points.reshape(-1, q))
+    fs, oks = fs.reshape(c, 2 * q + 1, -1), jnp.all(oks.reshape(c, -1), axis=1)
+    g = jnp.swapaxes((fs[:, 1 : q + 1] - fs[:, q + 1 :]) / (2.0 * _FD_STEP), 1, 2)
+    return fs[:, 0], jnp.where(oks[:, None, None] & jnp.isfinite(g), g, 0.0), oks
+
+
 def _evaluate(bm: BoundModel, pop: Pop, candidates, d, omega_inv):
     """``Oᵢ``, predictions and their Jacobians at each candidate ``η [C, q]``."""
+    if bm.engine == "closed_form":
+        fs, gs, oks = _differences(bm, pop, candidates, d)
+    else:
+        fs, gs, oks = jax.vmap(lambda e: _jacobian(bm, pop, e, d))(candidates)
 
-    def one(eta):
-        f, g, ok = _jacobian(bm, pop, eta, d)
+    def one(eta, f, ok):
         terms = likelihood.obs_terms(
             bm.error.kind, pop.sigma, f, d["dv"], d["mask"], d["cens"], d["lloq"], bm.has_cens
         )
         value = jnp.sum(terms) + _quad(eta, omega_inv)
-        return jnp.where(ok & jnp.isfinite(value), value, jnp.inf), f, g
+        return jnp.where(ok & jnp.isfinite(value), value, jnp.inf)
 
-    return jax.vmap(one)(candidates)
+    return jax.vmap(one)(candidates, fs, oks), fs, gs
 
 
 def mode_search(

@@ -60,26 +60,29 @@ class Layout:
 
     # -- reporting -----------------------------------------------------------------------------
     def report(self, pop: Pop) -> dict:
-        """Named population estimates on their natural scales (NONMEM/nlme quantities)."""
+        """Named population estimates on their natural scales (NONMEM/nlme quantities); leaves
+        may carry leading draw axes (numpy or JAX)."""
         spec, bm = self.bm.spec, self.bm
         out = {}
         xp = array_module(*pop)
         for k, p in enumerate(spec.params):
-            out[p.name] = xp.exp(pop.theta[k])
-            out[f"log_{p.name}"] = pop.theta[k]
+            out[p.name] = xp.exp(pop.theta[..., k])
+            out[f"log_{p.name}"] = pop.theta[..., k]
         for g, e in enumerate(bm.effects):
-            out[e.label] = xp.expm1(pop.gamma[g]) if e.kind == "binary" else pop.gamma[g]
-        omega = bm.omega_chol(pop) @ bm.omega_chol(pop).T
+            gamma = pop.gamma[..., g]
+            out[e.label] = xp.expm1(gamma) if e.kind == "binary" else gamma
+        chol = bm.omega_chol(pop)
+        omega = chol @ xp.swapaxes(chol, -1, -2)
         for i, name in enumerate(self.eta_names):
-            out[f"omega_{name}"] = pop.omega[i]
-            out[f"omega2_{name}"] = omega[i, i]
+            out[f"omega_{name}"] = pop.omega[..., i]
+            out[f"omega2_{name}"] = omega[..., i, i]
         if self.full:
-            corr = pop.corr @ pop.corr.T
+            corr = pop.corr @ xp.swapaxes(pop.corr, -1, -2)
             for i in range(len(self.eta_names)):
                 for j in range(i):
-                    out[f"corr_{self.eta_names[j]}_{self.eta_names[i]}"] = corr[i, j]
+                    out[f"corr_{self.eta_names[j]}_{self.eta_names[i]}"] = corr[..., i, j]
         for i in self.sigma_free:
-            out[("sigma_add", "sigma_prop")[i]] = pop.sigma[i]
+            out[("sigma_add", "sigma_prop")[i]] = pop.sigma[..., i]
         return out
 
     def report_names(self) -> list[str]:

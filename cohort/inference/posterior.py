@@ -46,23 +46,37 @@ def pops_from_samples(bm: BoundModel, samples: dict) -> Pop:
 
 
 def etas_from_samples(bm: BoundModel, samples: dict, pops: Pop) -> jnp.ndarray:
-    """Random effects ``[S, N, q]`` from non-centred ``z`` or centred ``phi`` draws."""
-    if "z" in samples:
-        return jax.vmap(lambda z, p: z @ bm.omega_chol(p).T)(samples["z"], pops)
-    features = bm.arrays["features"]
+    """Random effects ``[S, N, q]`` from non-centred ``z`` or centred ``phi`` draws (numpy
+    for numpy input)."""
+    xp = array_module(*samples.values(), *pops)
+    if "z" in samples:  # η = z Lᵀ per draw
+        return xp.einsum("snj,sij->sni", samples["z"], bm.omega_chol(pops))
+    mean = _log_params_draws(bm, pops, xp.zeros_like(samples["phi"]))
+    return samples["phi"] - xp.stack([mean[..., k] for k in bm.iiv], axis=-1)
 
-    def one(phi, p):
-        mean = bm.log_params(p, jnp.zeros_like(phi), features)[:, jnp.asarray(bm.iiv)]
-        return phi - mean
 
-    return jax.vmap(one)(samples["phi"], pops)
+def _log_params_draws(bm: BoundModel, pops: Pop, etas):
+    """``log P [S, N, K]`` for draws of the population (leaves ``[S, ...]``) and ``etas
+    [S, N, q]``."""
+    xp = array_module(*pops, etas)
+    features = xp.asarray(bm.features, dtype=float)
+    cols = []
+    for k in range(len(bm.spec.params)):
+        v = pops.theta[:, k, None] + xp.zeros(etas.shape[:2])
+        for g, e in enumerate(bm.effects):
+            if e.k == k:
+                v = v + pops.gamma[:, g, None] * features[None, :, e.c]
+        if k in bm.iiv:
+            v = v + etas[..., bm.iiv.index(k)]
+        cols.append(v)
+    return xp.stack(cols, axis=-1)
 
 
 def individual_params(bm: BoundModel, pops: Pop, etas: jnp.ndarray) -> dict:
     """Estimated individual parameters ``{name: [S, N]}`` (natural scale)."""
-    features = bm.arrays["features"]
-    logp = jax.vmap(lambda p, e: bm.log_params(p, e, features))(pops, etas)
-    return {p.name: jnp.exp(logp[..., k]) for k, p in enumerate(bm.spec.params)}
+    xp = array_module(*pops, etas)
+    logp = _log_params_draws(bm, pops, etas)
+    return {p.name: xp.exp(logp[..., k]) for k, p in enumerate(bm.spec.params)}
 
 
 def posterior_predictive(bm: BoundModel, pops: Pop, etas: jnp.ndarray, key) -> tuple:
@@ -101,15 +115,11 @@ def to_inference_data(
     observed data, sampler statistics and a posterior predictive group."""
     layout = Layout(bm)
     n_chain, n_draw = next(iter(samples.values())).shape[:2]
-    flat = {k: jnp.reshape(jnp.asarray(v), (-1, *v.shape[2:])) for k, v in samples.items()}
-
-    @jax.jit
-    def derived(flat):
-        pops = pops_from_samples(bm, flat)
-        etas = etas_from_samples(bm, flat, pops)
-        return pops, etas, jax.vmap(layout.report)(pops), individual_params(bm, pops, etas)
-
-    pops, etas, report, individual = derived(flat)
+    # numpy throughout: a compiled program here would be compiled anew for every fit
+    flat = {k: np.reshape(np.asarray(v), (-1, *v.shape[2:])) for k, v in samples.items()}
+    pops = pops_from_samples(bm, flat)
+    etas = etas_from_samples(bm, flat, pops)
+    report, individual = layout.report(pops), individual_params(bm, pops, etas)
     units = layout.units()
 
     def shaped(x):

@@ -165,7 +165,7 @@ class BoundModel:
 
     def omega_chol(self, pop: Pop) -> jnp.ndarray:
         """Cholesky factor ``L`` of Ω (``Ω = L Lᵀ``)."""
-        return pop.omega[:, None] * pop.corr  # numpy or JAX, like its inputs
+        return pop.omega[..., :, None] * pop.corr  # numpy or JAX; leading axes allowed
 
     def default_pop(self) -> Pop:
         """Starting values: inits (or model defaults), covariate inits, each Param's ``omega``, and
