@@ -207,7 +207,7 @@ def run_svi(
     optim = optax.chain(optax.clip_by_global_norm(100.0), optax.adam(schedule))
 
     @jax.jit
-    def optimise(par, noise):
+    def optimise(par, noise, noise_draws):  # the fit and the posterior draws: one program
         def step(carry, eps):
             par, state = carry
             value, grads = jax.value_and_grad(loss)(par, eps)
@@ -215,21 +215,17 @@ def run_svi(
             return (optax.apply_updates(par, updates), state), value
 
         (par, _), losses = jax.lax.scan(step, (par, optim.init(par)), noise)
-        return par, losses
-
-    @jax.jit
-    def sample(par, noise):
-        return constrain_fn(model, (arrays,), {}, unflatten(draw(par, noise)), batch_ndims=1)
+        u = unflatten(draw(par, noise_draws))
+        return losses, constrain_fn(model, (arrays,), {}, u, batch_ndims=1)
 
     # The Monte Carlo noise comes from numpy (seeded): a JAX PRNG (threefry) inside the
     # compiled step would dominate its compile time, and the whole stream is small.
     rng = np.random.default_rng(seed)
     t0 = time.perf_counter()
-    par, losses = optimise(params, rng.standard_normal((steps, n_eps)))
-    losses = np.asarray(losses)
+    noise = rng.standard_normal((steps, n_eps))
+    losses, sites = jax.device_get(optimise(params, noise, rng.standard_normal((draws, n_eps))))
     if not np.isfinite(losses[0]):  # the first draw sits within ~1 % of the start
         raise ValueError(START_ERROR)
-    sites = jax.device_get(sample(par, rng.standard_normal((draws, n_eps))))
     samples = {k: np.asarray(v)[None] for k, v in sites.items()}
     seconds = time.perf_counter() - t0
     losses = np.asarray(losses)
