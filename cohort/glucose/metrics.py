@@ -31,6 +31,7 @@ _CVGA_GRID = (
     ("Upper B", "B", "Lower D"),
     ("Upper C", "Upper D", "E"),
 )
+_CVGA_CODES = tuple(tuple(CVGA_ZONES.index(z) for z in row) for row in _CVGA_GRID)
 
 
 def time_weights(time) -> np.ndarray:
@@ -47,10 +48,10 @@ def time_weights(time) -> np.ndarray:
     return w / w.sum()
 
 
-def risk_function(glucose):
+def risk_function(glucose, xp=np):
     """Kovatchev's symmetrised blood-glucose scale ``f`` (0 at 112.5 mg/dL)."""
-    g = np.maximum(np.asarray(glucose, dtype=float), 1.0)
-    return 1.509 * (np.log(g) ** 1.084 - 5.381)
+    g = xp.maximum(xp.asarray(glucose, dtype=float), 1.0)
+    return 1.509 * (xp.log(g) ** 1.084 - 5.381)
 
 
 def _values(glucose: xr.DataArray, dim: str) -> tuple[np.ndarray, np.ndarray, xr.DataArray]:
@@ -71,46 +72,85 @@ def _wrap(template: xr.DataArray, values, units: str, long_name: str) -> xr.Data
     )
 
 
-def glycemic_metrics(glucose: xr.DataArray, dim: str = "time") -> xr.Dataset:
-    """Per-patient metrics (every dim but ``dim`` is kept) as an ``xr.Dataset``."""
-    g, w, template = _values(glucose, dim)
-    missing = np.any(~np.isfinite(g), axis=-1)
-    g = np.where(np.isfinite(g), g, 0.0)
+_DESCRIPTIONS = {
+    "tir_70_180": ("%", "time in range 70-180 mg/dL"),
+    "tbr_70": ("%", "time below 70 mg/dL"),
+    "tbr_54": ("%", "time below 54 mg/dL"),
+    "tar_180": ("%", "time above 180 mg/dL"),
+    "tar_250": ("%", "time above 250 mg/dL"),
+    "mean": ("mg/dL", "time-weighted mean glucose"),
+    "sd": ("mg/dL", "time-weighted standard deviation of glucose"),
+    "cv": ("%", "coefficient of variation of glucose"),
+    "gmi": ("%", "glucose management indicator"),
+    "lbgi": ("1", "low blood glucose index (Kovatchev)"),
+    "hbgi": ("1", "high blood glucose index (Kovatchev)"),
+    "bgri": ("1", "blood glucose risk index LBGI + HBGI"),
+    "g_min": ("mg/dL", "minimum glucose"),
+    "g_max": ("mg/dL", "maximum glucose"),
+}
+
+
+def metric_arrays(g, w, xp=np) -> dict:
+    """The metrics of :func:`glycemic_metrics` as arrays, from glucose ``g`` ``[..., T]``
+    (float64) and time weights ``w`` ``[T]``; ``xp`` is ``numpy`` or ``jax.numpy`` (so a
+    closed-loop run computes them on its device). Adds ``cvga_code``, the zone's index in
+    :data:`CVGA_ZONES` (-1 for a patient with missing values, whose metrics are NaN)."""
+    missing = xp.any(~xp.isfinite(g), axis=-1)
+    g = xp.where(xp.isfinite(g), g, 0.0)
 
     def wmean(x):  # einsum: no [N, T] temporaries, and no BLAS threads (slow on busy cores)
-        return np.where(missing, np.nan, np.einsum("...t,t->...", x, w))
+        return xp.where(missing, xp.nan, xp.einsum("...t,t->...", x, w))
 
     def pct(mask):
-        return 100.0 * wmean(mask)
+        return 100.0 * wmean(mask if xp is np else mask.astype(w.dtype))
 
     mean = wmean(g)
     dev = g - mean[..., None]
-    sd = np.sqrt(np.maximum(wmean(dev * dev), 0.0))
-    f = risk_function(g)
+    sd = xp.sqrt(xp.maximum(wmean(dev * dev), 0.0))
+    f = risk_function(g, xp)
     risk = 10.0 * f * f
-    lbgi = wmean(np.where(f < 0, risk, 0.0))
-    hbgi = wmean(np.where(f > 0, risk, 0.0))
-    zone, g_min, g_max = _cvga(g, missing)
-    out = {
-        "tir_70_180": (pct((g >= 70) & (g <= 180)), "%", "time in range 70-180 mg/dL"),
-        "tbr_70": (pct(g < 70), "%", "time below 70 mg/dL"),
-        "tbr_54": (pct(g < 54), "%", "time below 54 mg/dL"),
-        "tar_180": (pct(g > 180), "%", "time above 180 mg/dL"),
-        "tar_250": (pct(g > 250), "%", "time above 250 mg/dL"),
-        "mean": (mean, "mg/dL", "time-weighted mean glucose"),
-        "sd": (sd, "mg/dL", "time-weighted standard deviation of glucose"),
-        "cv": (100.0 * sd / mean, "%", "coefficient of variation of glucose"),
-        "gmi": (3.31 + 0.02392 * mean, "%", "glucose management indicator"),
-        "lbgi": (lbgi, "1", "low blood glucose index (Kovatchev)"),
-        "hbgi": (hbgi, "1", "high blood glucose index (Kovatchev)"),
-        "bgri": (lbgi + hbgi, "1", "blood glucose risk index LBGI + HBGI"),
-        "g_min": (g_min, "mg/dL", "minimum glucose"),
-        "g_max": (g_max, "mg/dL", "maximum glucose"),
+    lbgi = wmean(xp.where(f < 0, risk, 0.0))
+    hbgi = wmean(xp.where(f > 0, risk, 0.0))
+    g_min = xp.where(missing, xp.nan, g.min(axis=-1))
+    g_max = xp.where(missing, xp.nan, g.max(axis=-1))
+    col = xp.where(g_min >= 90, 0, xp.where(g_min >= 70, 1, 2))
+    row = xp.where(g_max <= 180, 0, xp.where(g_max <= 300, 1, 2))
+    code = xp.asarray(_CVGA_CODES)[row, col]
+    return {
+        "tir_70_180": pct((g >= 70) & (g <= 180)),
+        "tbr_70": pct(g < 70),
+        "tbr_54": pct(g < 54),
+        "tar_180": pct(g > 180),
+        "tar_250": pct(g > 250),
+        "mean": mean,
+        "sd": sd,
+        "cv": 100.0 * sd / mean,
+        "gmi": 3.31 + 0.02392 * mean,
+        "lbgi": lbgi,
+        "hbgi": hbgi,
+        "bgri": lbgi + hbgi,
+        "g_min": g_min,
+        "g_max": g_max,
+        "cvga_code": xp.where(missing, -1, code),
     }
-    ds = xr.Dataset({k: _wrap(template, v, u, n) for k, (v, u, n) in out.items()})
+
+
+def metrics_dataset(arrays: dict, template: xr.DataArray) -> xr.Dataset:
+    """:func:`metric_arrays` (numpy) as the per-patient ``xr.Dataset`` of
+    :func:`glycemic_metrics`, shaped like ``template``."""
+    ds = xr.Dataset(
+        {k: _wrap(template, np.asarray(arrays[k]), *_DESCRIPTIONS[k]) for k in _DESCRIPTIONS}
+    )
+    zone = np.asarray(("", *CVGA_ZONES))[np.asarray(arrays["cvga_code"]) + 1]
     ds["cvga_zone"] = _wrap(template, zone, "1", "CVGA zone (Magni et al. 2008)")
     ds.attrs["weighting"] = "trapezoid time weights on the sampling grid"
     return ds
+
+
+def glycemic_metrics(glucose: xr.DataArray, dim: str = "time") -> xr.Dataset:
+    """Per-patient metrics (every dim but ``dim`` is kept) as an ``xr.Dataset``."""
+    g, w, template = _values(glucose, dim)
+    return metrics_dataset(metric_arrays(g, w), template)
 
 
 def _cvga(g: np.ndarray, missing: np.ndarray):

@@ -20,6 +20,7 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import xarray as xr
 import zarr
@@ -29,7 +30,7 @@ from cohort.engine.closed_loop import ClosedLoopOptions, MealInputs, solve_close
 from cohort.engine.inputs import InputError, population_arrays
 from cohort.engine.status import STATUS_MEANINGS, Status
 from cohort.glucose.controllers import controller as named_controller
-from cohort.glucose.metrics import CVGA_ZONES, glycemic_metrics
+from cohort.glucose.metrics import CVGA_ZONES, metric_arrays, metrics_dataset, time_weights
 from cohort.glucose.scenarios import MealScenario
 from cohort.glucose.scenarios import scenario as named_scenario
 from cohort.models import get
@@ -54,6 +55,12 @@ def _meal_inputs(sc: MealScenario, dtype: str) -> MealInputs:
         bolus=arr(sc.bolus),
         profile=arr(sc.profile),
     )
+
+
+@jax.jit
+def _device_metrics(gsub, weights):
+    """Glycaemic metrics of time-major ``gsub`` ``[T, N]`` on its device, after the solve."""
+    return metric_arrays(jnp.asarray(gsub, float).T, weights, jnp)
 
 
 def _status(finite, min_scaled, invalid) -> np.ndarray:
@@ -139,6 +146,7 @@ def run(
     status = np.empty(n_pat, np.int8)
     metrics = []
     bounds = {q.name: (q.lower, q.upper, q.default) for q in model.parameters}
+    weights = time_weights(times)
 
     def dispatch(k):
         idx = np.arange(k * chunk_size, min((k + 1) * chunk_size, n_pat))
@@ -151,19 +159,25 @@ def run(
             invalid |= bad
             p[name] = np.where(bad, default, v).astype(dtype)
         args = (p, _meal_inputs(scenario.take(pad), dtype), pad, np.asarray(seed))
-        args = jax.device_put(args, devices[k % len(devices)])
-        res = solve_closed_loop(model, ctrl, options, n_periods, *args, dtype=out_dtype)
+        device = devices[k % len(devices)]
+        res = solve_closed_loop(
+            model, ctrl, options, n_periods, *jax.device_put(args, device), dtype=out_dtype
+        )
+        res = (*res, _device_metrics(res[0]["Gsub"], jax.device_put(weights, device)))
         return k, idx, invalid, res
 
     def finish(k, idx, invalid, res):
-        outs, finite, min_scaled = res
+        outs, finite, min_scaled, met = res
         st = _status(finite, min_scaled, invalid)[: len(idx)]
-        block = {name: np.array(v[:, : len(idx)].T) for name, v in outs.items()}
+        block = {name: np.asarray(v)[:, : len(idx)].T.copy() for name, v in outs.items()}
+        met = {name: np.asarray(v)[: len(idx)].copy() for name, v in met.items()}
         for name in block:
             block[name][st != 0] = np.nan
+        for name in met:
+            met[name][st != 0] = -1 if name == "cvga_code" else np.nan
         status[idx] = st
-        g = xr.DataArray(block["Gsub"], dims=("patient", "time"), coords={"time": times})
-        metrics.append(glycemic_metrics(g).assign_coords(patient=idx))
+        template = xr.DataArray(idx, dims=("patient",), coords={"patient": idx})
+        metrics.append(metrics_dataset(met, template))
         if store is not None:
             store.write_chunk(k, block, st, {name: params[name][idx] for name in bounds})
         else:
