@@ -364,6 +364,9 @@ def solve_closed_loop(
             y = jax.lax.switch(branch, (coarse, refined_few, refined), y)
         else:
             y = coarse(y)
+        # simglucose's gating stops a compartment at zero; RK4 can step past it (glucose driven
+        # to 0 by an overdose), so project back instead of flagging the patient
+        y = {s: jnp.maximum(v, 0.0) if s in nonneg else v for s, v in y.items()}
         return y, memory, delivered + insulin
 
     def period_step(c, k):
