@@ -70,16 +70,26 @@ def pheno() -> tuple[NLME, pd.DataFrame]:
 
 
 def timed(label: str, fn):
+    loadavg = os.getloadavg()
     with OtherLoad() as load, warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", cohort.CohortWarning)
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         result = fn()
-        seconds = time.perf_counter() - t0
+        seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
     notes = [str(w.message) for w in caught if issubclass(w.category, cohort.CohortWarning)]
-    print(f"  {label:44s} {seconds:8.2f} s   (other load {load.value or 0:.1f} cores)")
+    print(
+        f"  {label:44s} {seconds:8.2f} s  cpu {cpu:6.2f} s  "
+        f"(other load {load.value or 0:.1f} cores, loadavg {loadavg[0]:.1f})"
+    )
     for n in notes:
         print(f"    warning: {n[:150]}")
-    return result, {"seconds": seconds, "other_load_cores": load.value, "warnings": notes}
+    return result, {
+        "seconds": seconds,
+        "cpu_seconds": cpu,
+        "other_load_cores": load.value,
+        "loadavg_before": list(loadavg),
+        "warnings": notes,
+    }
 
 
 def theoph_checks(res) -> dict:
@@ -150,6 +160,7 @@ def bench_nuts(record: dict, draws: int) -> None:
         )
         record[f"theoph_nuts_{method}"] = {
             **t,
+            "chain_method": d["chain_method"],
             "sampling_seconds": d["sampling_seconds"],
             "max_r_hat": d["max_r_hat"],
             "min_ess_bulk": d["min_ess_bulk"],
@@ -169,8 +180,14 @@ def bench_svi(record: dict, steps: int) -> None:
         res, cold = timed(
             f"SVI {guide} cold", lambda g=guide: fit(spec, path, "svi", guide=g, steps=steps)
         )
+        warm = None
+        if guide == "multivariate":
+            _, warm = timed(
+                f"SVI {guide} warm", lambda g=guide: fit(spec, path, "svi", guide=g, steps=steps)
+            )
         record[f"theoph_svi_{guide}"] = {
             "cold": cold,
+            "warm": warm,
             "optimisation_seconds": res.diagnostics["sampling_seconds"],
             "checks": theoph_checks(res),
             "posterior_sd": {k: float(res.summary.loc[k, "sd"]) for k in ("log_KA", "log_CL")},

@@ -327,7 +327,9 @@ def test_ode_nuts_with_failing_solves_completes():
     density = jax.jit(lambda v: log_density(model, (bm.arrays,), {}, v)[0])
     for ka, finite in ((1.5, True), (10.0, False)):  # KA = 10/h needs more than 96 steps
         pop = bm.default_pop()
-        pop = pop._replace(theta=pop.theta.at[3].set(np.log(ka)))
+        theta = np.array(pop.theta)  # default_pop() is numpy
+        theta[3] = np.log(ka)
+        pop = pop._replace(theta=theta)
         value = float(density(init_values(bm, pop, np.zeros((4, 2)), "centered")))
         assert np.isfinite(value) == finite and not np.isnan(value)
     with pytest.warns(cohort.CohortWarning):
