@@ -21,9 +21,9 @@ from cohort.engine.events import (
     RESET,
     SS_BOLUS,
     SS_INFUSION,
+    apply_due,
     interval_flags,
     resolve,
-    take,
     with_sentinel,
 )
 from cohort.models.base import Model, Tree
@@ -161,22 +161,14 @@ def solve_batch(
 
     def advance(c, t_b, grid_step: bool = True):
         """Apply every record due by ``t_b`` (exactly at its time), then propagate to ``t_b``."""
-
-        def pending(c):
-            return jnp.any(take(ch, c[3])["time"] <= t_b)
-
-        def body(c):
-            tc, a, u, ptr, last_reset = c
-            change = take(ch, ptr)
-            due = change["time"] <= t_b
-            target = jnp.where(due, change["time"], tc)
-            a = _propagate(a, u, r, w, target - tc, with_infusion)
-            a, u, last_reset = _apply(change, due, a, u, last_reset, r, w)
-            ptr = jnp.minimum(ptr + due.astype(ptr.dtype), ch.time.shape[1] - 1)
-            return target, a, u, ptr, last_reset
-
         ptr0 = c[3]
-        tc, a, u, ptr, last_reset = jax.lax.while_loop(pending, body, c)
+        tc, a, u, ptr, last_reset = apply_due(
+            ch,
+            c,
+            t_b,
+            lambda t, a, u, dt: _propagate(a, u, r, w, dt, with_infusion),
+            lambda change, due, a, u, lr: _apply(change, due, a, u, lr, r, w),
+        )
         exact = _propagate(a, u, r, w, t_b - tc, with_infusion)
         if grid_step:
             # Patients without a record in this interval take the same plain step as in

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+import jax
 import jax.numpy as jnp
 
 from cohort.models.base import Model, Tree
@@ -129,3 +130,28 @@ def interval_flags(change_time, tgrid):
     idx = jnp.searchsorted(tgrid, change_time.reshape(-1), side="left") - 1
     flags = jnp.zeros(tgrid.shape[0] - 1, bool)
     return flags.at[idx].set(True, mode="drop") if idx.size else flags
+
+
+def apply_due(ch: Changes, carry: tuple, t_b, propagate, apply) -> tuple:
+    """Walk every patient through its change records due by ``t_b``: propagate exactly to each
+    record's time, then apply it. ``carry`` is ``(t, x, u, ptr, last_reset)`` with per-patient
+    ``[N]`` leaves; ``propagate(t, x, u, dt) -> x`` advances the state, ``apply(change, due,
+    x, u, last_reset) -> (x, u, last_reset)`` applies a record where ``due``. The loop runs
+    while any patient has a pending record (a scalar predicate: free when none does)."""
+
+    def pending(c):
+        return jnp.any(take(ch, c[3])["time"] <= t_b)
+
+    def body(c):
+        tc, x, u, ptr, last_reset = c
+        change = take(ch, ptr)
+        due = change["time"] <= t_b
+        target = jnp.where(due, change["time"], tc)
+        x = propagate(tc, x, u, target - tc)
+        x, u, last_reset = apply(change, due, x, u, last_reset)
+        ptr = jnp.minimum(ptr + due.astype(ptr.dtype), ch.time.shape[1] - 1)
+        return target, x, u, ptr, last_reset
+
+    return jax.lax.cond(
+        pending(carry), lambda c: jax.lax.while_loop(pending, body, c), lambda c: c, carry
+    )

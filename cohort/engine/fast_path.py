@@ -24,6 +24,7 @@ from cohort.engine.common import apply_change, first_ss_index
 from cohort.engine.events import (
     SS_INFUSION,
     Changes,
+    apply_due,
     interval_flags,
     resolve,
     take,
@@ -104,22 +105,12 @@ def save_intervals_per_step(times: np.ndarray, dt: float) -> int:
 def _substep(model, p, ch, y_init, y_ss, carry, t_b, with_infusion: bool = True):
     """Advance every patient to ``t_b``, stopping at (and applying) each change on the way."""
 
-    def pending(c):
-        return jnp.any(take(ch, c[3])["time"] <= t_b)
-
-    def body(c):
-        tc, y, u, ptr, last_reset = c
-        change = take(ch, ptr)
-        due = change["time"] <= t_b
-        target = jnp.where(due, change["time"], tc)
-        y = _rk4(model, tc, y, p, u if with_infusion else None, target - tc)
-        y, u, last_reset = apply_change(model, y, u, last_reset, change, due, y_init, y_ss)
-        ptr = jnp.minimum(ptr + due.astype(ptr.dtype), ch.time.shape[1] - 1)
-        return target, y, u, ptr, last_reset
-
-    # Common case: no patient has a record in this substep -> a single RK4 step.
-    c = jax.lax.cond(
-        pending(carry), lambda c: jax.lax.while_loop(pending, body, c), lambda c: c, carry
+    c = apply_due(
+        ch,
+        carry,
+        t_b,
+        lambda t, y, u, dt: _rk4(model, t, y, p, u if with_infusion else None, dt),
+        lambda change, due, y, u, lr: apply_change(model, y, u, lr, change, due, y_init, y_ss),
     )
     tc, y, u, ptr, last_reset = c
     y = _rk4(model, tc, y, p, u if with_infusion else None, t_b - tc)
