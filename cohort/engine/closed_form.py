@@ -144,7 +144,8 @@ def solve_batch(
     with_infusion: bool,
     outputs: tuple[str, ...],
 ):
-    """Exact outputs ``{name: [T, N]}`` for a batch (structure of arrays, ``p`` values ``[N]``).
+    """Exact outputs ``{name: [T', N]}`` for a batch (structure of arrays, ``p`` values
+    ``[N]``); ``T' >= T = len(times)``, rows from ``T`` on are padding (repeats of the last time).
 
     One ``lax.scan`` over the save grid; inside an interval, patients whose change records fall
     in it are propagated exactly to each record and the record applied (a ``while_loop`` behind
@@ -249,6 +250,5 @@ def solve_batch(
         return jax.lax.cond(block_event[b], eventful_block, plain_block, c, b)
 
     _, out = jax.lax.scan(block, c, jnp.arange(n_blocks))
-    if n_blocks * BLOCK == n_pts:
-        return {o: v.reshape((n_pts, *v.shape[2:])) for o, v in out.items()}
-    return {o: v.reshape((n_blocks * BLOCK, *v.shape[2:]))[:n_pts] for o, v in out.items()}
+    # Padded rows stay: slicing here would copy the whole result; callers take [:len(times)].
+    return {o: v.reshape((n_blocks * BLOCK, *v.shape[2:])) for o, v in out.items()}

@@ -98,7 +98,7 @@ def _solver(
         def run(p, ev):
             out = closed_form.solve_batch(model, p, ev, t_arr, t_first, infusion, outputs)
             status = jnp.zeros(next(iter(p.values())).shape[0], jnp.int32)
-            for o in outputs:
+            for o in outputs:  # padding rows repeat the last time: finite iff it is
                 status = jnp.where(~jnp.all(jnp.isfinite(out[o]), 0), Status.NONFINITE, status)
             return out, status
     else:
@@ -297,6 +297,7 @@ def _run_chunks(plan: _Plan, done: np.ndarray, sink, progress) -> None:
     )
     defaults = plan.model.defaults()
     bounds = {q.name: (q.lower, q.upper) for q in plan.model.parameters}
+    n_times = len(plan.times)
     finished = int(np.sum([min(cs, n_pat - k * cs) for k in range(n_chunks) if done[k]]))
     if progress:
         progress(finished, n_pat)
@@ -326,7 +327,7 @@ def _run_chunks(plan: _Plan, done: np.ndarray, sink, progress) -> None:
                 bad = st != 0
                 o = {}
                 for name, v in outs.items():
-                    arr = np.asarray(v)[:, :m]  # [T, m], a view of the device buffer
+                    arr = np.asarray(v)[:n_times, :m]  # [T, m], a view (engines may pad T)
                     if bad.any():
                         arr = arr.copy()
                         arr[:, bad] = np.nan
