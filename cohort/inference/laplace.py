@@ -111,12 +111,13 @@ _FD_STEP = 1e-5
 def _jacobian(bm: BoundModel, pop: Pop, eta, d):
     """Predictions ``f [J]``, ``g = ∂f/∂η [J, q]`` and the ok flag.
 
-    Closed forms: central differences (step 1e-5 in η, exact predictions, so ``g`` is accurate
-    to ~1e-10 relative): one batched prediction over ``2q + 1`` points traces and compiles
-    several times smaller than forward-mode AD through the modal solution, which is most of a
-    first ML fit's time. Diffrax: reverse mode (its checkpointed adjoint has no forward mode,
-    and the solver tolerance rules out differences)."""
-    if bm.engine == "closed_form":
+    Closed forms on small datasets: central differences (step 1e-5 in η, exact predictions, so
+    ``g`` is accurate to ~1e-10 relative): one batched prediction over ``2q + 1`` points traces
+    and compiles several times smaller than forward-mode AD through the modal solution, and
+    compiling is most of a first small ML fit's time; larger datasets use forward mode.
+    Diffrax: reverse mode (its checkpointed adjoint has no forward mode, and the solver
+    tolerance rules out differences)."""
+    if differences_jacobian(bm):
         f, g, ok = _differences(bm, pop, eta[None], d)
         return f[0], g[0], ok[0]
 
@@ -124,8 +125,19 @@ def _jacobian(bm: BoundModel, pop: Pop, eta, d):
         f, ok = prediction(bm, pop, e, d)
         return f, (f, ok)
 
-    g, (f, ok) = jax.jacrev(fun, has_aux=True)(eta)
+    jac = jax.jacfwd if bm.engine == "closed_form" else jax.jacrev
+    g, (f, ok) = jac(fun, has_aux=True)(eta)
     return f, jnp.where(ok, g, 0.0), ok
+
+
+_DIFFERENCES_UP_TO = 100  # subjects
+
+
+def differences_jacobian(bm: BoundModel) -> bool:
+    """Difference Jacobians for closed forms on small datasets, where compiling is most of the
+    fit; forward-mode AD for large ones, where each evaluation costs less (2q + 1 predictions
+    against about one plus q tangents)."""
+    return bm.engine == "closed_form" and bm.n_subjects <= _DIFFERENCES_UP_TO
 
 
 def local_terms(bm: BoundModel, pop: Pop, f, g, d):
@@ -177,7 +189,7 @@ def _differences(bm: BoundModel, pop: Pop, etas, d):
 
 def _evaluate(bm: BoundModel, pop: Pop, candidates, d, omega_inv):
     """``Oᵢ``, predictions and their Jacobians at each candidate ``η [C, q]``."""
-    if bm.engine == "closed_form":
+    if differences_jacobian(bm):
         fs, gs, oks = _differences(bm, pop, candidates, d)
     else:
         fs, gs, oks = jax.vmap(lambda e: _jacobian(bm, pop, e, d))(candidates)

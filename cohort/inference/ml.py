@@ -110,7 +110,7 @@ def _functions(bm: BoundModel, approx: str) -> dict:
     η̂ [B, N, q], terms [B, N])`` serves both the naive pooled fit (``pooled=True``: random
     effects at zero) and the FOCE-I/Laplace fit, so the first ML fit compiles one objective;
     the rest of a fit (packing, reporting, delta-method Jacobian) runs in numpy."""
-    key = (bm.structure, approx)
+    key = (bm.structure, approx, laplace.differences_jacobian(bm))
     if key not in _COMPILED:
         if len(_COMPILED) >= 32:
             _COMPILED.clear()
