@@ -159,3 +159,18 @@ def test_torn_chunk_is_recomputed_on_resume(tmp_path, monkeypatch):
     assert done[0] and not done[1]
     monkeypatch.setattr(ResultStore, "write_chunk", original)
     assert_same_store(run(path, resume=True), clean)
+
+
+@pytest.mark.parametrize("method", ["closed_form", "fast"])
+def test_store_equals_memory_with_a_failed_patient(tmp_path, method):
+    """Stores get patient-major blocks straight from the engine (transposed on the device);
+    in-memory results are time-major: both hold the same values, NaN rows for bad patients."""
+    pop = {k: v.copy() for k, v in POP.items()}
+    pop["CL"][4] = -1.0  # invalid: flagged, its outputs NaN, the others untouched
+    kw = {"method": method, "chunk_size": CHUNK}
+    mem = cohort.simulate(MODEL, pop, DOSE, TIMES, **kw)
+    ds = cohort.simulate(MODEL, pop, DOSE, TIMES, out=tmp_path / "f.zarr", **kw)
+    assert int(ds.status.values[4]) == int(cohort.Status.INVALID_PARAMETERS)
+    assert np.all(np.isnan(ds.conc.values[4])) and np.all(np.isfinite(ds.conc.values[5:]))
+    np.testing.assert_array_equal(ds.conc.values, mem.conc.values)
+    np.testing.assert_array_equal(ds.status.values, mem.status.values)
