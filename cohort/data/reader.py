@@ -265,7 +265,8 @@ def _censoring(out: pd.DataFrame, obs: np.ndarray, rows: np.ndarray, problems: l
         )
     out["CENS"] = cens
     out["LLOQ"] = lloq
-    out.drop(columns=[c for c in ("BLQ",) if c in out], inplace=True)
+    if "BLQ" in out:  # in place (``drop(inplace=True)`` is deprecated in pandas 3.1)
+        del out["BLQ"]
 
 
 def _compartments(raw, dose, obs, rows, model, problems) -> pd.Series:
