@@ -82,13 +82,28 @@ def test_generate_then_simulate_population_store(tmp_path):
 
     spec = Path(__file__).resolve().parents[1] / "priors" / "neonate_phenobarbital.toml"
     pop, png = tmp_path / "pop.zarr", tmp_path / "pop.png"
-    res = runner.invoke(app, ["generate", str(spec), "--n", "500", "-o", str(pop),
-                              "--plot", str(png)])
+    res = runner.invoke(
+        app, ["generate", str(spec), "--n", "500", "-o", str(pop), "--plot", str(png)]
+    )
     assert res.exit_code == 0, res.output
     assert "acceptance rate" in flat(res) and png.stat().st_size > 5_000
     out = tmp_path / "sim.zarr"
-    res = runner.invoke(app, ["simulate", "--model", "pk1_iv", "--population", str(pop),
-                              "--amt", "20", "--t-end", "24", "-o", str(out)])
+    res = runner.invoke(
+        app,
+        [
+            "simulate",
+            "--model",
+            "pk1_iv",
+            "--population",
+            str(pop),
+            "--amt",
+            "20",
+            "--t-end",
+            "24",
+            "-o",
+            str(out),
+        ],
+    )
     assert res.exit_code == 0, res.output
     ds, p = cohort.open_result(out), cohort.population.generate(spec, 500, seed=1)
     np.testing.assert_array_equal(ds.CL.values, p.CL.values)

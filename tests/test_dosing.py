@@ -30,8 +30,17 @@ def reject(df, row, column, match="", model=PK2_ORAL, n=1):
 # -- malformed records --------------------------------------------------------------------------
 def test_negative_amount():
     reject(records(AMT=[-5.0, 0.0]), 1, "AMT", "finite number >= 0")
-    reject(records(AMT=[100.0, 0.0, -1.0], ID=[1, 1, 1], TIME=[0.0, 1.0, 2.0], EVID=[1, 0, 1],
-                   CMT=[1, 2, 2]), 3, "AMT")
+    reject(
+        records(
+            AMT=[100.0, 0.0, -1.0],
+            ID=[1, 1, 1],
+            TIME=[0.0, 1.0, 2.0],
+            EVID=[1, 0, 1],
+            CMT=[1, 2, 2],
+        ),
+        3,
+        "AMT",
+    )
 
 
 def test_addl_without_interval():
@@ -55,8 +64,15 @@ def test_non_dosable_compartment(cmt):
 
 
 def test_time_not_monotone_within_id():
-    df = pd.DataFrame({"ID": [1, 1, 2, 2, 2], "TIME": [0.0, 4.0, 0.0, 6.0, 5.0],
-                       "AMT": [10.0, 0, 10.0, 0, 0], "EVID": [1, 0, 1, 0, 0], "CMT": 1})
+    df = pd.DataFrame(
+        {
+            "ID": [1, 1, 2, 2, 2],
+            "TIME": [0.0, 4.0, 0.0, 6.0, 5.0],
+            "AMT": [10.0, 0, 10.0, 0, 0],
+            "EVID": [1, 0, 1, 0, 0],
+            "CMT": 1,
+        }
+    )
     reject(df, 5, "TIME", "earlier than the previous record", n=2)
 
 
@@ -83,8 +99,9 @@ def test_other_invalid_fields(cols, column):
 
 
 def test_records_of_a_patient_must_be_contiguous():
-    df = pd.DataFrame({"ID": [1, 2, 1], "TIME": [0.0, 0.0, 1.0], "AMT": [1.0, 1.0, 1.0],
-                       "EVID": 1, "CMT": 1})
+    df = pd.DataFrame(
+        {"ID": [1, 2, 1], "TIME": [0.0, 0.0, 1.0], "AMT": [1.0, 1.0, 1.0], "EVID": 1, "CMT": 1}
+    )
     reject(df, 3, "ID", n=2)
 
 
@@ -119,8 +136,10 @@ def test_cmt_name_number_and_regimen_agree():
     by_name = pd.DataFrame({**dose, "cmt": ["depot", "central"]})  # lower-case column too
     by_text = pd.DataFrame({**dose, "CMT": ["1", "2"]})
     regs = [Regimen(100.0, "depot"), Regimen(50.0, "central", time=6.0)]
-    runs = [cohort.simulate(PK2_ORAL, None, d, TIMES, n=1, method="closed_form").conc.values
-            for d in (by_number, by_name, by_text, regs)]
+    runs = [
+        cohort.simulate(PK2_ORAL, None, d, TIMES, n=1, method="closed_form").conc.values
+        for d in (by_number, by_name, by_text, regs)
+    ]
     for r in runs[1:]:
         np.testing.assert_array_equal(r, runs[0])
     assert runs[0].max() > 1.0
@@ -199,8 +218,9 @@ def test_reset_reset_dose_and_modelled_duration(method):
 
 
 def test_rate_minus_two_needs_duration_parameter():
-    df = pd.DataFrame({"ID": [1], "TIME": [0.0], "AMT": [100.0], "EVID": [1], "CMT": [1],
-                       "RATE": [-2.0]})
+    df = pd.DataFrame(
+        {"ID": [1], "TIME": [0.0], "AMT": [100.0], "EVID": [1], "CMT": [1], "RATE": [-2.0]}
+    )
     with pytest.raises(InputError, match="D_central"):
         cohort.simulate(PK1_IV, {"CL": CL, "V": V}, df, TIMES)
     with pytest.raises(InputError, match="D_depot"):

@@ -15,14 +15,18 @@ TIMES = cohort.grid(0.0, 36.0, 1.0)
 METHODS = ("closed_form", "diffrax", "fast")
 
 
-
 def random_cohort(rng, n):
     def ln(mu, cv):
         return mu * np.exp(cv * rng.standard_normal(n))
 
     return {
-        "CL": ln(3.0, 0.4), "V1": ln(30.0, 0.3), "Q": ln(4.0, 0.4), "V2": ln(60.0, 0.3),
-        "KA": ln(1.0, 0.5), "F": rng.uniform(0.3, 1.0, n), "ALAG": rng.uniform(0.0, 1.5, n),
+        "CL": ln(3.0, 0.4),
+        "V1": ln(30.0, 0.3),
+        "Q": ln(4.0, 0.4),
+        "V2": ln(60.0, 0.3),
+        "KA": ln(1.0, 0.5),
+        "F": rng.uniform(0.3, 1.0, n),
+        "ALAG": rng.uniform(0.0, 1.5, n),
     }
 
 
@@ -32,8 +36,11 @@ TEMPLATES = [
     [Regimen(320.0, "depot", ii=12.0, addl=2)],
     [Regimen(90.0, "central", time=2.5, rate=30.0), Regimen(200.0, "depot", time=10.0)],
     [],  # no doses at all
-    [Regimen(100.0, "depot", time=5.25), Regimen(50.0, "central", time=5.25),
-     Regimen(100.0, "depot", time=17.6, ii=6.0, addl=1)],
+    [
+        Regimen(100.0, "depot", time=5.25),
+        Regimen(50.0, "central", time=5.25),
+        Regimen(100.0, "depot", time=17.6, ii=6.0, addl=1),
+    ],
     # a dose before the first save time, then an infusion between grid points
     [Regimen(400.0, "depot", time=-3.0), Regimen(60.0, "central", time=20.2, duration=1.7)],
 ]
@@ -58,8 +65,13 @@ def test_mixed_batch_equals_per_patient_loop(method):
         single = run(PK2_ORAL, pop, [regs], method)
         assert single.status.values[0] == 0
         # Same equations on different padding/batch shapes: equal to rounding.
-        np.testing.assert_allclose(conc[i], single.conc.values[0], rtol=1e-10,
-                                   atol=1e-12 * conc[i].max(), err_msg=f"patient {i}")
+        np.testing.assert_allclose(
+            conc[i],
+            single.conc.values[0],
+            rtol=1e-10,
+            atol=1e-12 * conc[i].max(),
+            err_msg=f"patient {i}",
+        )
 
 
 def test_methods_agree_on_random_mixed_batch():

@@ -196,8 +196,10 @@ def test_pk1_iv_bolus_infusion_and_steady_state(method):
 
 @pytest.mark.parametrize("method", METHODS)
 def test_pk1_steady_state_infusion(method):
-    dosing = [[Regimen(120.0, "central", rate=30.0, ii=SS_II, addl=3, ss=True)],
-              long_run(120.0, rate=30.0)]
+    dosing = [
+        [Regimen(120.0, "central", rate=30.0, ii=SS_II, addl=3, ss=True)],
+        long_run(120.0, rate=30.0),
+    ]
     cl, v = 2.0, 30.0
     got = simulate(PK1_IV, {"CL": [cl, cl], "V": [v, v]}, dosing, method)
     ref = ss_infusion_1cpt(np.mod(TIMES, SS_II), 30.0, 4.0, cl, v, SS_II)
@@ -227,8 +229,12 @@ ORAL_REGIMENS = [
 
 def ss_oral_1cpt(tau, dose, f, ka, cl, v, ii):
     k = cl / v
-    return f * dose * ka / (v * (ka - k)) * (
-        np.exp(-k * tau) / (1 - np.exp(-k * ii)) - np.exp(-ka * tau) / (1 - np.exp(-ka * ii))
+    return (
+        f
+        * dose
+        * ka
+        / (v * (ka - k))
+        * (np.exp(-k * tau) / (1 - np.exp(-k * ii)) - np.exp(-ka * tau) / (1 - np.exp(-ka * ii)))
     )
 
 
@@ -239,8 +245,9 @@ def test_pk1_oral_bateman_with_f_and_lag(method):
     ref = np.zeros((4, len(TIMES)))
 
     def oral(i, td, dose):
-        return oral_1cpt(TIMES - td - p["ALAG"][i], dose, p["F"][i], p["KA"][i], p["CL"][i],
-                         p["V"][i])
+        return oral_1cpt(
+            TIMES - td - p["ALAG"][i], dose, p["F"][i], p["KA"][i], p["CL"][i], p["V"][i]
+        )
 
     ref[0] = oral(0, 0.0, 200.0)
     for td in dose_times(2.0, 8.0, 4):
@@ -302,8 +309,16 @@ def test_pk2_oral_triexponential(method):
     plan = [(0.0, 0, 0.0, 320.0), (0.0, 3, 12.0, 320.0), (5.0, 1, 24.0, 100.0)]
     for i, (t0, addl, ii, dose) in enumerate(plan):
         for td in dose_times(t0, ii, addl):
-            ref[i] += oral_2cpt(TIMES - td - p["ALAG"][i], dose, p["F"][i], p["KA"][i],
-                                p["CL"][i], p["V1"][i], p["Q"][i], p["V2"][i])
+            ref[i] += oral_2cpt(
+                TIMES - td - p["ALAG"][i],
+                dose,
+                p["F"][i],
+                p["KA"][i],
+                p["CL"][i],
+                p["V1"][i],
+                p["Q"][i],
+                p["V2"][i],
+            )
     assert_close(got, ref)
 
 
@@ -354,8 +369,11 @@ MM_TIMES = cohort.grid(0.0, 24.0, 0.25)
 
 
 def mm_dosing(bolus0, infusion, bolus2):
-    return [Regimen(bolus0, "central"), Regimen(infusion, "central", time=6.0, duration=3.0),
-            Regimen(bolus2, "central", time=15.0)]
+    return [
+        Regimen(bolus0, "central"),
+        Regimen(infusion, "central", time=6.0, duration=3.0),
+        Regimen(bolus2, "central", time=15.0),
+    ]
 
 
 def mm_reference(vmax, km, v, bolus0, infusion, bolus2, times):
@@ -363,14 +381,26 @@ def mm_reference(vmax, km, v, bolus0, infusion, bolus2, times):
         c = y[0] / v
         return [-vmax * c / (km + c) + rate]
 
-    pieces = [(0.0, 6.0, bolus0, 0.0), (6.0, 9.0, 0.0, infusion / 3.0),
-              (9.0, 15.0, 0.0, 0.0), (15.0, times[-1], bolus2, 0.0)]
+    pieces = [
+        (0.0, 6.0, bolus0, 0.0),
+        (6.0, 9.0, 0.0, infusion / 3.0),
+        (9.0, 15.0, 0.0, 0.0),
+        (15.0, times[-1], bolus2, 0.0),
+    ]
     out = np.zeros(len(times))
     y = 0.0
     for ta, tb, dose, rate in pieces:
         y += dose
-        sol = solve_ivp(rhs, (ta, tb), [y], args=(rate,), method="DOP853", rtol=1e-11,
-                        atol=1e-14, dense_output=True)
+        sol = solve_ivp(
+            rhs,
+            (ta, tb),
+            [y],
+            args=(rate,),
+            method="DOP853",
+            rtol=1e-11,
+            atol=1e-14,
+            dense_output=True,
+        )
         mask = (times >= ta) & ((times < tb) | (tb == times[-1]))
         out[mask] = sol.sol(times[mask])[0] / v
         y = sol.y[0, -1]
@@ -380,8 +410,11 @@ def mm_reference(vmax, km, v, bolus0, infusion, bolus2, times):
 def test_mm_diffrax_vs_scipy_lambert_w_and_linear_limit():
     # Patient 2 has KM >> C: first-order elimination with CL = VMAX / KM (C/KM <= 1e-7).
     km, cl, v = 1e4, 2.5, 20.0
-    pop = {"VMAX": np.array([10.0, 40.0, cl * km]), "KM": np.array([2.0, 0.5, km]),
-           "V": np.array([30.0, 20.0, v])}
+    pop = {
+        "VMAX": np.array([10.0, 40.0, cl * km]),
+        "KM": np.array([2.0, 0.5, km]),
+        "V": np.array([30.0, 20.0, v]),
+    }
     doses = [(300.0, 0.0, 0.0), (200.0, 150.0, 80.0), (0.02, 0.01, 0.015)]
     got = simulate(PK1_MM, pop, [mm_dosing(*d) for d in doses], "diffrax", times=MM_TIMES)
     # Single bolus: exact solution C = KM W((C0/KM) exp((C0 - VMAX t / V)/KM)).

@@ -149,17 +149,30 @@ def test_filters_resample_until_n_accepted(tmp_path):
 @pytest.mark.parametrize(
     "edit, key, words",
     [
-        (("matrix = [[1.0, 0.6, 0.2], [0.6, 1.0, -0.1], [0.2, -0.1, 1.0]]",
-          "matrix = [[1.0, 0.99, 0.99], [0.99, 1.0, -0.9], [0.99, -0.9, 1.0]]"),
-         "correlation.matrix", "positive definite"),
-        (('distribution = "lognormal"', 'distribution = "lognormall"'),
-         "covariates.AGE.distribution", "unknown distribution"),
+        (
+            (
+                "matrix = [[1.0, 0.6, 0.2], [0.6, 1.0, -0.1], [0.2, -0.1, 1.0]]",
+                "matrix = [[1.0, 0.99, 0.99], [0.99, 1.0, -0.9], [0.99, -0.9, 1.0]]",
+            ),
+            "correlation.matrix",
+            "positive definite",
+        ),
+        (
+            ('distribution = "lognormal"', 'distribution = "lognormall"'),
+            "covariates.AGE.distribution",
+            "unknown distribution",
+        ),
         (('units = "cm"\n', ""), "covariates.HT.units", "missing unit"),
         (("sd = 9.0", "sd = -9.0"), "covariates.HT.sd", "must be > 0"),
         (("typical = 30.0", "typicl = 30.0"), "parameters.V", "unknown key"),
-        (('covariate = "WT", reference = 70.0, coefficient = 1.0',
-          'covariate = "WGT", reference = 70.0, coefficient = 1.0'),
-         "effects[0].covariate", "unknown covariate"),
+        (
+            (
+                'covariate = "WT", reference = 70.0, coefficient = 1.0',
+                'covariate = "WGT", reference = 70.0, coefficient = 1.0',
+            ),
+            "effects[0].covariate",
+            "unknown covariate",
+        ),
     ],
 )
 def test_malformed_specs_name_file_and_key(tmp_path, edit, key, words):
@@ -174,7 +187,7 @@ def test_malformed_specs_name_file_and_key(tmp_path, edit, key, words):
 
 def test_unsafe_expression_rejected(tmp_path):
     p = tmp_path / "evil.toml"
-    p.write_text(SPEC + '[[filters]]\nexpression = "__import__(\'os\').system(\'true\')"\n')
+    p.write_text(SPEC + "[[filters]]\nexpression = \"__import__('os').system('true')\"\n")
     with pytest.raises(SpecError, match="only the functions"):
         load_spec(p)
 

@@ -22,8 +22,9 @@ VARS = ("conc", "status", "CL", "V")
 
 
 def run(out=None, pop=POP, dose=DOSE, chunk_size=CHUNK, **kw):
-    return cohort.simulate(MODEL, pop, dose, TIMES, method="closed_form", chunk_size=chunk_size,
-                           out=out, **kw)
+    return cohort.simulate(
+        MODEL, pop, dose, TIMES, method="closed_form", chunk_size=chunk_size, out=out, **kw
+    )
 
 
 def assert_same_store(a: xr.Dataset, b: xr.Dataset):
@@ -90,8 +91,7 @@ def test_crash_then_resume_equals_clean_run(tmp_path, monkeypatch):
     assert "incomplete" in partial.attrs
     np.testing.assert_array_equal(partial.status.values[: 2 * CHUNK], 0)
     np.testing.assert_array_equal(partial.status.values[2 * CHUNK :], -1)  # not computed yet
-    np.testing.assert_array_equal(partial.conc.values[: 2 * CHUNK],
-                                  clean.conc.values[: 2 * CHUNK])
+    np.testing.assert_array_equal(partial.conc.values[: 2 * CHUNK], clean.conc.values[: 2 * CHUNK])
     chunk_files = [path / "conc" / "c" / str(k) / "0" for k in (0, 1)]
     stamps = [f.stat().st_mtime_ns for f in chunk_files]
 
