@@ -37,7 +37,7 @@ class Changes(NamedTuple):
 
 def _per_cmt(model: Model, mapping: dict[str, str], cmt, p: Tree, default: float, what: str):
     """Value of the per-compartment parameter (F, ALAG, D_<cmt>) for each record's ``cmt``."""
-    dtype = jnp.result_type(*(p[k] for k in p))
+    dtype = jnp.result_type(*jax.tree_util.tree_leaves(p))  # p may hold prepared subtrees
     out = jnp.full(cmt.shape, default, dtype=dtype)
     for i, name in enumerate(model.state_names):
         pname = mapping.get(name)

@@ -50,7 +50,7 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
-from cohort.models.base import Model, Output, Parameter, State, Tree, register
+from cohort.models.base import Model, Output, Parameter, State, Tree, derived, register
 
 PMOL_PER_U = 6000.0  # simglucose's insulin conversion (U -> pmol)
 K_MEMORY = 1.2  # 1/min, relaxation of the idle meal-memory bank (see module docstring)
@@ -307,6 +307,10 @@ class UvaPadova(Model):
             **dict.fromkeys(_MEMORY, zero),
         }
 
+    def prepare(self, p: Tree) -> Tree:
+        """Parameter-only coefficients once per patient (not in every RHS evaluation)."""
+        return {**p, "_uva": derived_parameters(p)}
+
     def rhs(self, t, y: Tree, p: Tree, u: Tree) -> Tree:
         meal = u["qsto1"]  # mg/min
         eating = meal > EATING_THRESHOLD  # robust to round-off left when infusions end
@@ -316,7 +320,7 @@ class UvaPadova(Model):
             bank_a, y["meal_q0_a"] + y["meal_eaten_a"], y["meal_q0_b"] + y["meal_eaten_b"]
         )
         dbar = dbar + jnp.where(eating, _minute_lead(t) * meal, 0.0)
-        d = derived_parameters(p)
+        d = derived(p, "_uva", lambda: derived_parameters(p))
         dy, emptying = physiology_rhs(
             y, d, gastric_coefficients(dbar, d), meal, u["Isc1"] + d["basal"]
         )
