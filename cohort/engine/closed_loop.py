@@ -36,6 +36,7 @@ from typing import Any, NamedTuple, Protocol
 import jax
 import jax.numpy as jnp
 
+from cohort.engine.common import track_extremes
 from cohort.models.base import State, Tree
 
 
@@ -309,11 +310,7 @@ def solve_closed_loop(
     few = -(-n // 8)  # eating patients refined as a gathered batch (random meal times)
 
     def extremes(lo, hi, y):
-        for s in names:
-            hi = jnp.maximum(hi, jnp.abs(y[s]))
-            if s in nonneg:
-                lo = jnp.minimum(lo, y[s])
-        return lo, hi
+        return track_extremes(lo, hi, y, names, nonneg)
 
     def decide(y, sensor_state, ctrl_state, residual, k):
         t = (k * period).astype(fdt)

@@ -68,3 +68,13 @@ def first_ss_index(kind):
     """Index of the first steady-state record (or 0) and whether one exists."""
     is_ss = (kind == SS_BOLUS) | (kind == SS_INFUSION)
     return jnp.argmax(is_ss, axis=-1), jnp.any(is_ss, axis=-1)
+
+
+def track_extremes(lo, hi, y: Tree, names, nonnegative):
+    """Running per-patient extremes for the health checks: ``hi`` the largest ``|state|`` over
+    ``names``, ``lo`` the smallest value of the states in ``nonnegative``."""
+    for s in names:
+        hi = jnp.maximum(hi, jnp.abs(y[s]))
+        if s in nonnegative:
+            lo = jnp.minimum(lo, y[s])
+    return lo, hi

@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from cohort.engine.common import apply_change, first_ss_index
+from cohort.engine.common import apply_change, first_ss_index, track_extremes
 from cohort.engine.events import (
     SS_INFUSION,
     Changes,
@@ -265,11 +265,7 @@ def solve_batch(
     nonneg = {st.name for st in model.states if st.nonnegative}
 
     def extremes(lo, hi, y):
-        for s in names:
-            hi = jnp.maximum(hi, jnp.abs(y[s]))
-            if s in nonneg:
-                lo = jnp.minimum(lo, y[s])
-        return lo, hi
+        return track_extremes(lo, hi, y, names, nonneg)
 
     def interval(c, i):
         c, (lo, hi) = c
