@@ -36,9 +36,11 @@ import time
 
 import jax
 
+from cohort.engine.devices import use_cpu_cores
+
 # One XLA CPU device per usable core: the closed loop runs one chunk per device (before any JAX
-# operation; the fast-path rows use the default device only).
-jax.config.update("jax_num_cpu_devices", len(os.sched_getaffinity(0)))
+# operation).
+use_cpu_cores()
 
 import numpy as np  # noqa: E402
 from _common import RESULTS_DIR, OtherLoad, machine_info, short_error, write_json  # noqa: E402

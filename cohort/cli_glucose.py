@@ -3,7 +3,6 @@ in cli.py with ``app.command()(glucose)``)."""
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 
@@ -46,16 +45,6 @@ def _metrics_table(ds) -> Table:
     return table
 
 
-def _one_cpu_device_per_core() -> None:
-    """The closed loop runs one chunk per JAX device; XLA gives it one core per CPU device."""
-    import jax
-
-    try:
-        jax.config.update("jax_num_cpu_devices", len(os.sched_getaffinity(0)))
-    except RuntimeError:  # JAX already ran something in this process: keep its devices
-        pass
-
-
 def glucose(
     patients: str = typer.Option("adult", help="adolescent | adult | child"),
     n: int = typer.Option(10, help="virtual patients (reference patients if --n <= 10)"),
@@ -71,7 +60,7 @@ def glucose(
     plots: Path = typer.Option(None, help="folder for glucose-band and CVGA figures"),
 ):
     """Closed-loop UVA/Padova cohort: meals, CGM and an insulin controller in the loop."""
-    _one_cpu_device_per_core()
+    # One JAX CPU device per core (one chunk each) is set up by the app callback in cli.py.
     from cohort.engine.closed_loop import ClosedLoopOptions, Sensor
     from cohort.engine.inputs import InputError
     from cohort.glucose.simulate import run

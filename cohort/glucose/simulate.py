@@ -5,8 +5,8 @@ serves every chunk); each chunk runs :func:`cohort.engine.closed_loop.solve_clos
 next of JAX's local devices (round robin, dispatched asynchronously: one chunk in flight per
 device plus one) and, with ``out``, is written to a zarr result store as it completes, so memory
 stays flat in the number of patients. On CPU, give JAX one device per core to use them all
-(``jax.config.update("jax_num_cpu_devices", os.cpu_count())`` before JAX's first use, as the
-``cohort glucose`` CLI does; one XLA CPU device runs this loop on one core). Metrics
+(:func:`cohort.use_cpu_cores` before JAX's first use, as the ``cohort`` CLI does; one XLA
+CPU device runs this loop on one core). Metrics
 (:func:`cohort.glucose.metrics.glycemic_metrics` on the true subcutaneous glucose ``Gsub``) are
 added per patient.
 """
