@@ -435,6 +435,38 @@ def main(argv: list[str] | None = None) -> dict:
     ref = naive_run(ref_solver, subset(pop, ref_n), model_keys)()
     t_ref, _, _, _ = timed(naive_run(ref_solver, subset(pop, ref_n), model_keys), 1)
 
+    def naive_row(name, section, solver, population, keys):
+        """Compile the naive solver ahead of time, warm it up, time it and record the row."""
+        params = {k: jnp.asarray(population[k]) for k in keys}
+        t0 = time.perf_counter()
+        compiled = solver.lower(params).compile()
+        compile_s = time.perf_counter() - t0
+        run = naive_run(compiled, population, keys)
+        t0 = time.perf_counter()
+        run()  # warm-up execution
+        first = time.perf_counter() - t0 + compile_s
+        s, ts_, outs, load = timed(run, args.repeat, budget)
+        return record(
+            name, section, n, s, ts_, outs, load, first_s=first, extra={"compile_s": compile_s}
+        )
+
+    def cohort_row(name, section, baseline, note, *run_args):
+        """Warm up ``cohort_run(*run_args)`` (compiles the chunk shape), time it, record it;
+        returns the row and the outputs (``None, None`` if it failed)."""
+        try:
+            run = cohort_run(*run_args)
+            t0 = time.perf_counter()
+            run()
+            first = time.perf_counter() - t0
+            s, ts_, outs, load = timed(run, args.repeat, budget)
+            row = record(
+                name, section, n, s, ts_, outs, load, first_s=first, note=note, baseline=baseline
+            )
+            return row, outs
+        except Exception as exc:  # noqa: BLE001 - report and go on
+            record_error(name, section, exc)
+            return None, None
+
     # (i) scipy loop on a subset, extrapolated.
     print(f"(i) scipy solve_ivp {args.scipy_method}, {scipy_n} patients, extrapolated", flush=True)
     s, ts_, outs, load = timed(scipy_run(pop, times, scipy_n, args.scipy_method), 1, budget)
@@ -451,28 +483,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     # (ii) naive vmap diffrax over the whole cohort: the baseline.
     print("(ii) naive jit(vmap(diffeqsolve)) Tsit5 rtol 1e-6 atol 1e-9", flush=True)
-    solver = naive_solver(times, RTOL, ATOL)
-    p_all = {k: jnp.asarray(pop[k]) for k in model_keys}
-    t0 = time.perf_counter()
-    compiled = solver.lower(p_all).compile()
-    compile_s = time.perf_counter() - t0
-    run = naive_run(compiled, pop, model_keys)
-    t0 = time.perf_counter()
-    run()  # warm-up execution
-    first = time.perf_counter() - t0 + compile_s
-    s, ts_, outs, load = timed(run, args.repeat, budget)
-    naive = record(
-        "naive_diffrax",
-        "pkpd",
-        n,
-        s,
-        ts_,
-        outs,
-        load,
-        first_s=first,
-        extra={"compile_s": compile_s},
-    )
-    del outs, compiled, run
+    naive = naive_row("naive_diffrax", "pkpd", naive_solver(times, RTOL, ATOL), pop, model_keys)
 
     # (iii) cohort.simulate(method="diffrax"), same tolerances.
     print(f"(iii) cohort diffrax rtol 1e-6 atol 1e-9, {diffrax_n:,} patients", flush=True)
@@ -515,90 +526,25 @@ def main(argv: list[str] | None = None) -> dict:
     for dtype in ("float64", "float32"):
         name = f"cohort_fast_{'f64' if dtype == 'float64' else 'f32'}"
         print(f"(iv) cohort fast path RK4 dt {args.fast_dt:.4g} h, {dtype}", flush=True)
-        try:
-            run = cohort_run(
-                model,
-                pop,
-                times,
-                "fast",
-                dtype,
-                fast_chunk,
-                cohort.FastOptions(dt=args.fast_dt),
-                OUTPUTS,
-            )
-            t0 = time.perf_counter()
-            run()  # warm-up (compiles the chunk shape)
-            first = time.perf_counter() - t0
-            s, ts_, outs, load = timed(run, args.repeat, budget)
-            record(
-                name,
-                "pkpd",
-                n,
-                s,
-                ts_,
-                outs,
-                load,
-                first_s=first,
-                note=f"chunk {fast_chunk:,}",
-                baseline="naive_diffrax",
-            )
-            del outs
-        except Exception as exc:  # noqa: BLE001 - report and go on
-            record_error(name, "pkpd", exc)
+        opts = cohort.FastOptions(dt=args.fast_dt)
+        note = f"chunk {fast_chunk:,}"
+        args_ = (model, pop, times, "fast", dtype, fast_chunk, opts, OUTPUTS)
+        cohort_row(name, "pkpd", "naive_diffrax", note, *args_)
 
     # (v) PK only: closed form vs naive vmap diffrax of the 3-state PK system.
     print("(v) PK only (pk2_oral): naive diffrax 3-state vs closed form", flush=True)
     pk_solver = naive_solver(times, RTOL, ATOL, pd=False)
-    p_pk = {k: jnp.asarray(pk_pop[k]) for k in pk_keys}
-    t0 = time.perf_counter()
-    compiled = pk_solver.lower(p_pk).compile()
-    compile_s = time.perf_counter() - t0
-    run = naive_run(compiled, pk_pop, pk_keys)
-    t0 = time.perf_counter()
-    run()
-    first = time.perf_counter() - t0 + compile_s
-    s, ts_, outs, load = timed(run, args.repeat, budget)
-    naive_pk = record(
-        "naive_diffrax_pk",
-        "pk",
-        n,
-        s,
-        ts_,
-        outs,
-        load,
-        first_s=first,
-        extra={"compile_s": compile_s},
-    )
-    del outs, compiled, run
+    naive_pk = naive_row("naive_diffrax_pk", "pk", pk_solver, pk_pop, pk_keys)
     cf, ref_check = None, None
     for dtype in ("float64", "float32"):
         name = "cohort_closed_form" + ("" if dtype == "float64" else "_f32")
-        try:
-            run = cohort_run(
-                pk_model, pk_pop, times, "closed_form", dtype, fast_chunk, None, ("conc",)
-            )
-            t0 = time.perf_counter()
-            run()
-            first = time.perf_counter() - t0
-            s, ts_, outs, load = timed(run, args.repeat, budget)
-            row = record(
-                name,
-                "pk",
-                n,
-                s,
-                ts_,
-                outs,
-                load,
-                first_s=first,
-                note=f"chunk {fast_chunk:,}, {dtype}",
-                baseline="naive_diffrax_pk",
-            )
-            if dtype == "float64":
-                # The closed form is exact: it also checks how good the reference is.
-                cf, ref_check = row, rel_error(ref["conc"], outs["conc"][:ref_n])
-            del outs
-        except Exception as exc:  # noqa: BLE001
-            record_error(name, "pk", exc)
+        note = f"chunk {fast_chunk:,}, {dtype}"
+        args_ = (pk_model, pk_pop, times, "closed_form", dtype, fast_chunk, None, ("conc",))
+        row, outs = cohort_row(name, "pk", "naive_diffrax_pk", note, *args_)
+        if row is not None and dtype == "float64":
+            # The closed form is exact: it also checks how good the reference is.
+            cf, ref_check = row, rel_error(ref["conc"], outs["conc"][:ref_n])
+        del outs
 
     # Speedups vs the naive baselines.
     by_name = {r["name"]: r for r in rows}
