@@ -46,7 +46,7 @@ def histograms(ds: xr.Dataset, path: str | Path, max_points: int = 100_000) -> P
         v = np.asarray(ds[name].values[:max_points], dtype=float)
         ax.hist(v[np.isfinite(v)], bins=50, color="tab:blue", alpha=0.8)
         ax.set_title(f"{name} [{ds[name].attrs.get('units', '')}]", fontsize=9)
-    for ax in list(axes.flat)[len(names):]:
+    for ax in list(axes.flat)[len(names) :]:
         ax.axis("off")
     fig.suptitle(str(ds.attrs.get("population", "")))
     fig.tight_layout()
