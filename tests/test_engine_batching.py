@@ -154,3 +154,23 @@ def test_chunk_size_does_not_change_results(method):
     np.testing.assert_array_equal(whole.status.values, chunked.status.values)
     np.testing.assert_array_equal(whole.conc.values, chunked.conc.values)
     np.testing.assert_array_equal(chunked.CL.values, MIXED_POP["CL"])
+
+
+def test_single_dose_patients_do_not_depend_on_their_batch():
+    """Patients with no record after the first save time take the closed form's one-segment
+    pass (a table of powers, no time loop); in a batch that also holds multiple-dose patients
+    they must get the very same numbers, and the same as when run one by one."""
+    single, multi = [Regimen(320.0, "depot")], [Regimen(320.0, "depot", ii=12.0, addl=2)]
+    alone = run(PK2_ORAL, MIXED_POP, [single] * N_MIXED, "closed_form").conc.values
+    mixed = [single if i % 2 else multi for i in range(N_MIXED)]
+    together = run(PK2_ORAL, MIXED_POP, mixed, "closed_form").conc.values
+    odd = np.arange(1, N_MIXED, 2)
+    np.testing.assert_array_equal(together[odd], alone[odd])
+    for i in (0, 5):
+        one = {k: v[i : i + 1] for k, v in MIXED_POP.items()}
+        np.testing.assert_array_equal(
+            run(PK2_ORAL, one, single, "closed_form").conc.values[0], alone[i]
+        )
+    # and the one-segment pass is exact: against the multiple-dose run before its 2nd dose
+    before = TIMES < 12.0
+    np.testing.assert_allclose(together[0, before], alone[0, before], rtol=1e-12, atol=1e-14)

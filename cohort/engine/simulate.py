@@ -97,7 +97,9 @@ def _solver(
     elif method == "closed_form":
 
         def run(p, ev):
-            out = closed_form.solve_batch(model, p, ev, t_arr, t_first, infusion, outputs)
+            out = closed_form.solve_batch(
+                model, p, ev, t_arr, t_first, infusion, outputs, with_ss=ss_interval > 0
+            )
             status = jnp.zeros(next(iter(p.values())).shape[0], jnp.int32)
             for o in outputs:  # padding rows repeat the last time: finite iff it is
                 status = jnp.where(~jnp.all(jnp.isfinite(out[o]), 0), Status.NONFINITE, status)
@@ -274,10 +276,13 @@ def simulate(
     res_status = np.empty(n_pat, np.int8)
 
     def keep(k, o, status, _params):
-        sl = slice(k * chunk_size, k * chunk_size + len(status))
-        for name, arr in o.items():
-            res_out[name][:, sl] = arr.T
-        res_status[sl] = status
+        first = k * chunk_size
+        bad = np.flatnonzero(status != 0)
+        for name, blocks in o.items():
+            for start, block in blocks:  # one copy, device buffer -> result
+                res_out[name][:, first + start : first + start + block.shape[1]] = block
+            res_out[name][:, first + bad] = np.nan
+        res_status[first : first + len(status)] = status
 
     _run_chunks(plan, np.zeros(n_chunks, bool), keep, progress)
     return _dataset(plan, res_out, res_status, attrs, time_units)
@@ -341,15 +346,14 @@ def _run_chunks(plan: _Plan, done: np.ndarray, sink, progress, patient_major=Fal
                 bad = st != 0
                 o = {}
                 for name, v in outs.items():
-                    # Views of the device buffer (engines may pad T); patient-major either way.
-                    if patient_major:
+                    if patient_major:  # a view of the device buffer (engines may pad T)
                         arr = np.asarray(v)[:m, :n_times]
-                    else:  # time-major: the in-memory sink copies it into a time-major buffer
-                        arr = np.asarray(v)[:n_times, :m].T
-                    if bad.any():
-                        arr = arr.copy()
-                        arr[bad] = np.nan
-                    o[name] = arr
+                        if bad.any():
+                            arr = arr.copy()
+                            arr[bad] = np.nan
+                        o[name] = arr
+                    else:  # time-major: zero-copy views of each device's block of patients
+                        o[name] = _device_blocks(v, m, n_times)
                 sink(k, o, st.astype(np.int8), {n_: v[idx] for n_, v in plan.params.items()})
                 return m
 
@@ -362,6 +366,21 @@ def _run_chunks(plan: _Plan, done: np.ndarray, sink, progress, patient_major=Fal
             finished += pending.result()
             if progress:
                 progress(finished, n_pat)
+
+
+def _device_blocks(v: jax.Array, m: int, n_times: int) -> list[tuple[int, np.ndarray]]:
+    """``(first patient, [T, patients] view)`` of each device's block of a time-major batch
+    output ``v [T', N]``, trimmed to the first ``m`` patients and ``n_times`` rows. The views
+    alias the device buffers (CPU), so the caller's copy into the result is the only one
+    (``np.asarray(v)`` of a sharded array would first gather it into a new array)."""
+    blocks = []
+    for shard in v.addressable_shards:
+        start = shard.index[1].start or 0
+        data = np.asarray(shard.data)
+        stop = min(start + data.shape[1], m)
+        if stop > start:
+            blocks.append((start, data[:n_times, : stop - start]))
+    return blocks
 
 
 def _output_attrs(model: Model, name: str) -> dict[str, str]:
