@@ -153,11 +153,13 @@ def solve_batch(
     with_ss: bool = True,
 ):
     """Exact outputs ``{name: [T', N]}`` for a batch (structure of arrays, ``p`` values
-    ``[N]``); ``T' >= T = len(times)``, rows from ``T`` on are padding (repeats of the last time).
+    ``[N]``); ``T' >= T = len(times)``, rows from ``T`` on are padding (callers drop them).
 
     One ``lax.scan`` over the save grid; inside an interval, patients whose change records fall
     in it are propagated exactly to each record and the record applied (a ``while_loop`` behind
-    a scalar ``any`` predicate, skipped when no patient has a record in that interval).
+    a scalar ``any`` predicate, skipped when no patient has a record in that interval). On a
+    uniform grid, patients with no record after the first save time skip the scan: their
+    outputs come from one fused pass over a table of powers (:func:`_one_segment`).
     """
     ch = jax.vmap(lambda e, q: resolve(model, e, q, with_infusion))(ev, p)
     n = ch.time.shape[0]
@@ -290,7 +292,7 @@ def solve_batch(
 def _powers(x, k: int):
     """``[x**0, ..., x**(k-1)]`` stacked on a new leading axis, by repeated multiplication
     (relative rounding error ~ k·eps, no ``exp``/``pow`` per entry). Unrolled: ``k`` is
-    about √T, and a ``scan`` here cost more in loop overhead than the multiplications."""
+    about √T, and a ``scan`` here costs more in loop overhead than the multiplications."""
     out = [jnp.ones_like(x)]
     for _ in range(k - 1):
         out.append(out[-1] * x)
@@ -301,8 +303,8 @@ def _one_segment(a0, r, n_rows: int, step: float, observe) -> dict:
     """Outputs at ``t_0 + q·step`` (``q < n_rows``) of amplitudes ``a0 [M, N]`` decaying
     freely at rates ``r``: ``d^q = (d^K)^hi · d^lo`` with ``q = hi·K + lo`` from two small
     tables (``K`` ≈ √n_rows), so every output row is the same few multiply-adds per patient
-    and XLA emits the whole result as one fused pass (the time loop wrote each row through
-    a scan carry, 2-3x slower and single-threaded per device)."""
+    and XLA emits the whole result as one fused pass (measured 2x faster than the time loop,
+    which writes each row through a scan carry)."""
     k = math.isqrt(max(n_rows - 1, 0)) + 1  # ceil(sqrt(n_rows)) for n_rows >= 1
     n_hi = -(-n_rows // k)
     d = jnp.exp(r * jnp.asarray(step, r.dtype))

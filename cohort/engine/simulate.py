@@ -33,7 +33,7 @@ from cohort.models.base import Model
 from cohort.store import ResultStore, open_result
 
 METHODS = ("auto", "closed_form", "diffrax", "fast")
-DEFAULT_CHUNK = {"closed_form": 16_384, "fast": 16_384, "diffrax": 10_000}
+DEFAULT_CHUNK = {"closed_form": 8_192, "fast": 16_384, "diffrax": 10_000}
 
 
 def _choose_method(model: Model, method: str) -> str:
