@@ -21,7 +21,6 @@ import scipy.linalg
 from numpyro.distributions import constraints
 from numpyro.distributions.transforms import biject_to
 
-from cohort.inference import likelihood
 from cohort.inference.layout import Layout
 from cohort.inference.likelihood import LOG_2PI
 from cohort.inference.problem import BoundModel, Pop
@@ -72,7 +71,6 @@ def build_model(
         add_scale = priors.add_scale or 1.0
     else:
         add_scale = priors.add_scale or float(np.std(dv)) or 1.0
-    kind = spec.error.kind
     q = bm.n_eta
     theta_names = [f"log_{spec.params[k].name}" for k in layout.theta_free]
     beta_names = [f"beta_{bm.effects[g].label}" for g in layout.gamma_free]
@@ -120,16 +118,7 @@ def build_model(
                 white, logdet = eta / pop.omega, jnp.sum(jnp.log(pop.omega))
             prior = -0.5 * jnp.sum(white**2) - eta.shape[0] * (logdet + 0.5 * q * LOG_2PI)
         f, ok = bm.predict(pop, eta, arrays)
-        ll = likelihood.loglik_obs(
-            kind,
-            pop.sigma,
-            f,
-            arrays["dv"],
-            arrays["mask"],
-            arrays["cens"],
-            arrays["lloq"],
-            bm.has_cens,
-        )
+        ll = bm.loglik_obs(pop.sigma, f, arrays)
         return prior + jnp.sum(jnp.where(ok, jnp.sum(ll, axis=1), -jnp.inf))
 
     def model(arrays):

@@ -98,10 +98,12 @@ def prediction(bm: BoundModel, pop: Pop, eta, d):
 def objective(bm: BoundModel, pop: Pop, eta, d, omega_inv):
     """``Oᵢ(η)`` of one subject (``+inf`` where its prediction failed)."""
     f, ok = prediction(bm, pop, eta, d)
-    terms = likelihood.obs_terms(
-        bm.error.kind, pop.sigma, f, d["dv"], d["mask"], d["cens"], d["lloq"], bm.has_cens
-    )
-    value = jnp.sum(terms) + _quad(eta, omega_inv)
+    return _objective_at(bm, pop, eta, f, ok, d, omega_inv)
+
+
+def _objective_at(bm: BoundModel, pop: Pop, eta, f, ok, d, omega_inv):
+    """``Oᵢ(η)`` from the subject's predictions ``f`` at ``η`` (``+inf`` unless ``ok``)."""
+    value = jnp.sum(bm.obs_terms(pop.sigma, f, d)) + _quad(eta, omega_inv)
     return jnp.where(ok & jnp.isfinite(value), value, jnp.inf)
 
 
@@ -197,11 +199,7 @@ def _evaluate(bm: BoundModel, pop: Pop, candidates, d, omega_inv):
         fs, gs, oks = jax.vmap(lambda e: _jacobian(bm, pop, e, d))(candidates)
 
     def one(eta, f, ok):
-        terms = likelihood.obs_terms(
-            bm.error.kind, pop.sigma, f, d["dv"], d["mask"], d["cens"], d["lloq"], bm.has_cens
-        )
-        value = jnp.sum(terms) + _quad(eta, omega_inv)
-        return jnp.where(ok & jnp.isfinite(value), value, jnp.inf)
+        return _objective_at(bm, pop, eta, f, ok, d, omega_inv)
 
     return jax.vmap(one)(candidates, fs, oks), fs, gs
 
@@ -297,17 +295,7 @@ def pooled_terms(bm: BoundModel, pop: Pop, arrays: dict):
     """Per-subject ``−2 log L`` with every random effect at zero (naive pooled fit)."""
     eta = jnp.zeros((arrays["time"].shape[0], bm.n_eta))
     f, ok = bm.predict(pop, eta, arrays)
-    terms = likelihood.obs_terms(
-        bm.error.kind,
-        pop.sigma,
-        f,
-        arrays["dv"],
-        arrays["mask"],
-        arrays["cens"],
-        arrays["lloq"],
-        bm.has_cens,
-    )
-    return jnp.where(ok, jnp.sum(terms, axis=1), jnp.inf)
+    return jnp.where(ok, jnp.sum(bm.obs_terms(pop.sigma, f, arrays), axis=1), jnp.inf)
 
 
 def cwres(bm: BoundModel, pop: Pop, eta_hat, arrays: dict):

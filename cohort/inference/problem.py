@@ -21,7 +21,7 @@ from cohort.data.reader import DataError, Problem
 from cohort.engine import closed_form
 from cohort.engine.diffrax_path import DiffraxOptions
 from cohort.engine.events import Changes, resolve
-from cohort.inference import predict
+from cohort.inference import likelihood, predict
 from cohort.inference.spec import NLME, SpecError
 
 
@@ -113,6 +113,33 @@ class BoundModel:
     @property
     def error(self):
         return self.spec.error
+
+    def obs_terms(self, sigma, f, obs: dict) -> jnp.ndarray:
+        """``−2 log p(dv | f)`` per observation (no ``log 2π``; 0 where not observed) under
+        this model's residual error; ``obs`` holds ``dv``, ``mask``, ``cens`` and ``lloq``."""
+        return likelihood.obs_terms(
+            self.error.kind,
+            sigma,
+            f,
+            obs["dv"],
+            obs["mask"],
+            obs["cens"],
+            obs["lloq"],
+            self.has_cens,
+        )
+
+    def loglik_obs(self, sigma, f, obs: dict) -> jnp.ndarray:
+        """Log-likelihood per observation, with the ``log 2π`` constant."""
+        return likelihood.loglik_obs(
+            self.error.kind,
+            sigma,
+            f,
+            obs["dv"],
+            obs["mask"],
+            obs["cens"],
+            obs["lloq"],
+            self.has_cens,
+        )
 
     # -- individual parameters -----------------------------------------------------------------
     def log_params(self, pop: Pop, eta: jnp.ndarray, features: jnp.ndarray) -> jnp.ndarray:
