@@ -424,22 +424,29 @@ def _provenance(plan: _Plan, seed: int | None) -> dict[str, Any]:
 
 
 def _dataset(plan: _Plan, outs, status, attrs, time_units: str) -> xr.Dataset:
-    n_pat = len(status)
     data = {o: (("patient", "time"), v.T, _output_attrs(plan.model, o)) for o, v in outs.items()}
     data.update({k: (("patient",), v, _param_attrs(plan.model, k)) for k, v in plan.params.items()})
-    data["status"] = (
-        ("patient",),
-        status,
-        {
-            "long_name": "per-patient solve status",
-            "flag_values": attrs["status_codes"],
-            "flag_meanings": attrs["status_meanings"],
-        },
-    )
-    coords = {
-        "patient": ("patient", np.arange(n_pat), {"long_name": "virtual patient index"}),
-        "time": ("time", plan.times, {"units": time_units, "long_name": "time since start"}),
+    attrs = {**attrs, "solver_settings": str(attrs["solver_settings"])}
+    return result_dataset(data, status, plan.times, time_units, attrs)
+
+
+def result_dataset(data: dict, status, times, time_units: str, attrs: dict) -> xr.Dataset:
+    """The in-memory result every engine returns: ``data`` variables plus the per-patient
+    ``status`` (flag values and meanings from ``attrs``) on ``patient``/``time`` coordinates."""
+    data = {
+        **data,
+        "status": (
+            ("patient",),
+            status,
+            {
+                "long_name": "per-patient solve status",
+                "flag_values": attrs["status_codes"],
+                "flag_meanings": attrs["status_meanings"],
+            },
+        ),
     }
-    return xr.Dataset(
-        data, coords=coords, attrs={**attrs, "solver_settings": str(attrs["solver_settings"])}
-    )
+    coords = {
+        "patient": ("patient", np.arange(len(status)), {"long_name": "virtual patient index"}),
+        "time": ("time", times, {"units": time_units, "long_name": "time since start"}),
+    }
+    return xr.Dataset(data, coords=coords, attrs=attrs)

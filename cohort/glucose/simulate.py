@@ -28,6 +28,7 @@ import zarr
 import cohort
 from cohort.engine.closed_loop import ClosedLoopOptions, MealInputs, solve_closed_loop
 from cohort.engine.inputs import InputError, population_arrays
+from cohort.engine.simulate import result_dataset
 from cohort.engine.status import STATUS_MEANINGS, Status
 from cohort.glucose.controllers import controller as named_controller
 from cohort.glucose.metrics import CVGA_ZONES, metric_arrays, metrics_dataset, time_weights
@@ -234,17 +235,4 @@ def _dataset(model, outs, status, params, times, attrs) -> xr.Dataset:
             if k in units
         }  # fmt: skip
     )
-    data["status"] = (
-        ("patient",),
-        status,
-        {
-            "long_name": "per-patient solve status",
-            "flag_values": attrs["status_codes"],
-            "flag_meanings": attrs["status_meanings"],
-        },
-    )
-    coords = {
-        "patient": ("patient", np.arange(len(status)), {"long_name": "virtual patient index"}),
-        "time": ("time", times, {"units": "min", "long_name": "time since start"}),
-    }
-    return xr.Dataset(data, coords=coords, attrs=attrs)
+    return result_dataset(data, status, times, "min", attrs)
