@@ -8,6 +8,7 @@ thread while the next one computes, so memory stays flat and the store never hol
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import dataclasses
 import datetime
@@ -34,6 +35,7 @@ from cohort.store import ResultStore, open_result
 
 METHODS = ("auto", "closed_form", "diffrax", "fast")
 DEFAULT_CHUNK = {"closed_form": 8_192, "fast": 16_384, "diffrax": 10_000}
+MAX_IN_FLIGHT = 3  # batches solved or queued ahead of the writer
 
 
 def _choose_method(model: Model, method: str) -> str:
@@ -251,8 +253,8 @@ def simulate(
     if chunk_size < 1:
         raise InputError(f"chunk_size: must be >= 1, got {chunk_size}")
     plan = _Plan(model, method, params, table, times, outputs, dtype, options, chunk_size)
-    attrs = _provenance(plan, seed)
     if out is not None:
+        attrs = _provenance(plan, seed)
         store = ResultStore.create(
             out,
             n_patients=n_pat,
@@ -284,7 +286,12 @@ def simulate(
             res_out[name][:, first + bad] = np.nan
         res_status[first : first + len(status)] = status
 
-    _run_chunks(plan, np.zeros(n_chunks, bool), keep, progress)
+    # The provenance hashes every input array (a few ms per 100,000 patients); hashlib
+    # releases the GIL, so it runs beside the solves instead of before them.
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        attrs = pool.submit(_provenance, plan, seed)
+        _run_chunks(plan, np.zeros(n_chunks, bool), keep, progress)
+        attrs = attrs.result()
     return _dataset(plan, res_out, res_status, attrs, time_units)
 
 
@@ -314,35 +321,47 @@ def _run_chunks(plan: _Plan, done: np.ndarray, sink, progress, patient_major=Fal
         n_dev,
         patient_major,
     )
-    defaults = plan.model.defaults()
-    bounds = {q.name: (q.lower, q.upper) for q in plan.model.parameters}
+    # Parameter checks and dtype casts once for the whole cohort (not per batch); batches are
+    # then contiguous slices (views) of these arrays.
+    invalid_all, params_all = _checked_params(plan)
+    events_all = dict(plan.table.arrays())
+    for key in ("time", "amt", "rate", "ii"):
+        events_all[key] = events_all[key].astype(plan.dtype, copy=False)
     n_times = len(plan.times)
     finished = int(np.sum([min(cs, n_pat - k * cs) for k in range(n_chunks) if done[k]]))
     if progress:
         progress(finished, n_pat)
+
+    def batch_of(arrays: dict, lo: int, hi: int) -> dict:
+        """Rows ``lo:hi`` of each array, padded to ``batch`` rows by repeating the last one."""
+        if hi - lo == batch:
+            return {name: v[lo:hi] for name, v in arrays.items()}
+        pad = np.concatenate([np.arange(lo, hi), np.full(batch - (hi - lo), hi - 1)])
+        return {name: v[pad] for name, v in arrays.items()}
+
+    queued: collections.deque = collections.deque()  # solved batches not yet being written
+
+    def report(pending):
+        """Wait for the write in progress, report it, start the next queued one (if any)."""
+        nonlocal finished
+        finished += pending.result()
+        if progress:
+            progress(finished, n_pat)
+        return pool.submit(queued.popleft()) if queued else None
+
     with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
         pending = None
         for k in range(n_chunks):
             if done[k]:
                 continue
-            idx = np.arange(k * cs, min((k + 1) * cs, n_pat))
-            m = len(idx)
-            pad = np.concatenate([idx, np.full(batch - m, idx[-1])]) if m < batch else idx
-            raw = {name: v[pad] for name, v in plan.params.items()}
-            invalid = np.zeros(len(pad), bool)
-            for name, (lo, hi) in bounds.items():
-                v = raw[name]
-                invalid |= ~np.isfinite(v) | (v < lo) | (v > hi)
-            p = {name: np.where(invalid, defaults.get(name, 1.0), v) for name, v in raw.items()}
+            lo, hi = k * cs, min((k + 1) * cs, n_pat)
+            m = hi - lo
+            invalid = invalid_all[lo:hi]
             # Host arrays: jit places them on the device(s) itself (sharded when n_dev > 1).
-            p = {name: np.asarray(v, plan.dtype) for name, v in p.items()}
-            ev = {name: v[pad] for name, v in plan.table.arrays().items()}
-            for key in ("time", "amt", "rate", "ii"):
-                ev[key] = ev[key].astype(plan.dtype)
-            outs, status = solver(p, ev)  # dispatched asynchronously
+            outs, status = solver(batch_of(params_all, lo, hi), batch_of(events_all, lo, hi))
 
-            def write(k=k, outs=outs, status=status, invalid=invalid, m=m, idx=idx):
-                st = np.where(invalid, int(Status.INVALID_PARAMETERS), np.asarray(status))[:m]
+            def write(k=k, outs=outs, status=status, invalid=invalid, m=m, lo=lo, hi=hi):
+                st = np.where(invalid, int(Status.INVALID_PARAMETERS), np.asarray(status)[:m])
                 bad = st != 0
                 o = {}
                 for name, v in outs.items():
@@ -354,18 +373,39 @@ def _run_chunks(plan: _Plan, done: np.ndarray, sink, progress, patient_major=Fal
                         o[name] = arr
                     else:  # time-major: zero-copy views of each device's block of patients
                         o[name] = _device_blocks(v, m, n_times)
-                sink(k, o, st.astype(np.int8), {n_: v[idx] for n_, v in plan.params.items()})
+                sink(k, o, st.astype(np.int8), {n_: v[lo:hi] for n_, v in plan.params.items()})
                 return m
 
-            if pending is not None:
-                finished += pending.result()
-                if progress:
-                    progress(finished, n_pat)
-            pending = pool.submit(write)
-        if pending is not None:
-            finished += pending.result()
-            if progress:
-                progress(finished, n_pat)
+            queued.append(write)
+            if pending is None:
+                pending = pool.submit(queued.popleft())
+            # Solves are dispatched asynchronously: up to MAX_IN_FLIGHT batches are solved or
+            # queued ahead of the writer, so the devices do not wait for it (e.g. while it
+            # faults in the first pages of the result) and memory stays bounded. Writes are
+            # submitted one at a time: when a progress callback raises, nothing after the
+            # batch just reported has been written.
+            while len(queued) >= MAX_IN_FLIGHT:
+                pending = report(pending)
+        while pending is not None:
+            pending = report(pending)
+
+
+def _checked_params(plan: _Plan) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Per-patient flag of parameters outside their bounds (or non-finite), and the parameters
+    cast to the run's dtype with such patients' values replaced by defaults, so a bad patient
+    is solved harmlessly and then marked ``INVALID_PARAMETERS``."""
+    n_pat = len(next(iter(plan.params.values())))
+    invalid = np.zeros(n_pat, bool)
+    for q in plan.model.parameters:
+        if q.name in plan.params:
+            v = plan.params[q.name]
+            invalid |= ~np.isfinite(v) | (v < q.lower) | (v > q.upper)
+    defaults = plan.model.defaults()
+    clean = {}
+    for name, v in plan.params.items():
+        v = np.asarray(v, plan.dtype)
+        clean[name] = np.where(invalid, defaults.get(name, 1.0), v) if invalid.any() else v
+    return invalid, clean
 
 
 def _device_blocks(v: jax.Array, m: int, n_times: int) -> list[tuple[int, np.ndarray]]:
