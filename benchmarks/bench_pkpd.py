@@ -303,8 +303,8 @@ def kernel_run(model, pop, times, dtype, chunk, outputs) -> Callable[[], list]:
         p = {k: np.asarray(v[rows], dtype) for k, v in params.items()}
         batches.append(jax.device_put((p, {k: v[rows] for k, v in events.items()}), sharding))
 
-    def run():
-        return jax.block_until_ready([solver(p, ev, None)[0] for p, ev in batches])
+    def run():  # fresh output buffers per batch, as the naive solve allocates its own
+        return jax.block_until_ready([solver.inner(p, ev)[0] for p, ev in batches])
 
     return run
 

@@ -11,8 +11,9 @@ the in-memory comparison (``ru_maxrss`` is a per-process high-water mark):
   ``simulate(..., out=store)`` for all N, timed end to end (solve + write); peak RSS; store
   size on disk; per-chunk completion times.
 * ``inmem``: warm-up, then ``simulate(..., out=None)`` on the first ``--inmem-n`` patients
-  (same chunk size, so the same compiled solver and batches) -> in-memory throughput; checks
-  that the store holds the same values; times writing those arrays with zarr alone.
+  (same chunk size, so the same compiled solver and batches), best of 3 -> in-memory
+  throughput; checks that the store holds the same values; times writing those arrays with
+  zarr alone.
 
 Targets: peak RSS < 4 GiB; end-to-end throughput >= 50 % of in-memory throughput.
 
@@ -53,6 +54,7 @@ from _common import (
 OUTPUTS = ("conc", "response")
 TARGET_RSS_BYTES = 4 * 2**30
 TARGET_THROUGHPUT_FRACTION = 0.5
+INMEM_REPEAT = 3
 GIB = 2**30
 DISTURBED = 0.25  # other processes' CPU load (cores) above which a timing counts as disturbed
 
@@ -162,18 +164,24 @@ def role_inmem(args) -> dict:
     pop = population(model, args.n, args.seed)
     n = min(args.inmem_n, args.n)
     _simulate(pop, args, args.dtype, n=args.chunk_size)  # warm-up / compile
-    with OtherLoad() as load:
-        t0 = time.perf_counter()
-        ds = _simulate(pop, args, args.dtype, n=n)
-        seconds = time.perf_counter() - t0
+    # Best of INMEM_REPEAT: a sub-second run varies by up to 1.7x on this shared machine, and
+    # the fastest in-memory run is the strictest baseline for the streaming ratio.
+    runs = []
+    for _ in range(INMEM_REPEAT):
+        with OtherLoad() as load:
+            t0 = time.perf_counter()
+            ds = _simulate(pop, args, args.dtype, n=n)
+            runs.append((time.perf_counter() - t0, load.value, load.own_cpu_s))
+    seconds, other_load, cpu_s = min(runs)
     arrays = {o: ds[o].values for o in OUTPUTS}
     res = {
         "n": n,
         "seconds": seconds,
+        "seconds_runs": [r[0] for r in runs],
         "patients_per_s": n / seconds,
         "dtype": args.dtype,
-        "other_cpu_load": load.value,
-        "cpu_s": load.own_cpu_s,
+        "other_cpu_load": other_load,
+        "cpu_s": cpu_s,
     }
 
     # The streamed store must hold exactly what the in-memory run computed.

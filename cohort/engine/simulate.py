@@ -36,6 +36,7 @@ from cohort.store import ResultStore, open_result
 METHODS = ("auto", "closed_form", "diffrax", "fast")
 DEFAULT_CHUNK = {"closed_form": 8_192, "fast": 16_384, "diffrax": 10_000}
 MAX_IN_FLIGHT = 3  # batches solved or queued ahead of the writer
+IN_FLIGHT_BYTES = 256 * 2**20  # ... fewer when their outputs would exceed this much memory
 
 
 def _choose_method(model: Model, method: str) -> str:
@@ -63,14 +64,13 @@ def _solver(
     outputs: tuple,
     dtype: str,
     n_devices: int = 1,
-    patient_major: bool = False,
 ) -> _BatchSolver:
     """The batch solve ``(params, events, buffers) -> (outputs [T', N] each, status [N])``.
 
     Outputs stay time-major as the scans produce them: the in-memory result is time-major
-    too (exposed as a transposed view), so copies stay contiguous. ``patient_major`` gives
-    ``[N, T']`` for stores, whose chunks are patient-major (XLA's tiled transpose is ~2x
-    cheaper than numpy's transposed copy on the writer thread, measured). With
+    too (exposed as a transposed view), so its copies stay contiguous; the store's writer
+    transposes each block into its patient-major chunk (numpy's transposed copy into a reused
+    buffer costs less than XLA transposing into a fresh temporary, measured). With
     ``n_devices > 1`` the batch's patient axis is split over that many local devices
     (``shard_map``: each device solves its own patients, no communication), e.g. one XLA CPU
     device per core or several GPUs."""
@@ -120,18 +120,11 @@ def _solver(
             )(p, ev)
             return finish(states, code, p)
 
-    if patient_major:
-        solve = run
-
-        def run(p, ev):
-            out, status = solve(p, ev)
-            return {o: v.T for o, v in out.items()}, status
-
     devices = jax.local_devices()[:n_devices]
     if n_devices > 1:
         mesh = jax.sharding.Mesh(np.array(devices), ("patient",))
         by_patient = jax.sharding.PartitionSpec("patient")
-        out_spec = by_patient if patient_major else jax.sharding.PartitionSpec(None, "patient")
+        out_spec = jax.sharding.PartitionSpec(None, "patient")
         run = jax.shard_map(
             run,
             mesh=mesh,
@@ -152,7 +145,7 @@ class _BatchSolver:
     closed form took 52-76 ms into fresh buffers, 27-29 ms into reused ones)."""
 
     def __init__(self, inner: Callable, out_sharding: Any):
-        self._inner = inner  # jitted (params, events) -> (outputs, status)
+        self.inner = inner  # the plain jitted solve (params, events) -> (outputs, status)
         self._shapes: dict = {}
 
         def into(p, ev, buffers):
@@ -171,7 +164,7 @@ class _BatchSolver:
         if buffers is None:
             key = tuple((k, np.shape(v)) for k, v in sorted({**p, **ev}.items()))
             if key not in self._shapes:
-                shapes = jax.eval_shape(self._inner, p, ev)[0]
+                shapes = jax.eval_shape(self.inner, p, ev)[0]
                 self._shapes[key] = tuple((o, s.shape, str(s.dtype)) for o, s in shapes.items())
             buffers = self._new(self._shapes[key])
         return self._into(p, ev, buffers)
@@ -305,14 +298,22 @@ def simulate(
             resume=resume,
             overwrite=overwrite,
         )
+        # One patient-major staging buffer per output, reused by every chunk (the writer is
+        # a single thread): fresh 100 MB arrays per chunk cost more in page faults than the
+        # transposed copy into them.
+        staging = {o: np.empty((chunk_size, len(times)), dtype) for o in outputs}
 
         def to_store(k, blocks, status, params):
-            outs = {name: np.concatenate([b for _, b in parts]) for name, parts in blocks.items()}
-            for arr in outs.values():
-                arr[status != 0] = np.nan
+            outs = {}
+            for name, parts in blocks.items():
+                buf = staging[name][: len(status)]
+                for start, block in parts:
+                    np.copyto(buf[start : start + block.shape[1]], block.T)
+                buf[status != 0] = np.nan
+                outs[name] = buf
             store.write_chunk(k, outs, status, params)
 
-        _run_chunks(plan, store.done_chunks(), to_store, progress, patient_major=True)
+        _run_chunks(plan, store.done_chunks(), to_store, progress)
         store.finish()
         return open_result(out)
     n_chunks = math.ceil(n_pat / chunk_size)
@@ -338,7 +339,7 @@ def simulate(
     return _dataset(plan, res_out, res_status, attrs, time_units)
 
 
-def _run_chunks(plan: _Plan, done: np.ndarray, sink, progress, patient_major=False) -> None:
+def _run_chunks(plan: _Plan, done: np.ndarray, sink, progress) -> None:
     """Solve every batch not yet ``done`` and hand it to ``sink(k, blocks, status, params)``
     on a background thread while later batches compute; ``blocks[output]`` lists each
     device's ``(first patient, view)`` (see :func:`_device_blocks`)."""
@@ -363,7 +364,6 @@ def _run_chunks(plan: _Plan, done: np.ndarray, sink, progress, patient_major=Fal
         plan.outputs,
         plan.dtype,
         n_dev,
-        patient_major,
     )
     # Parameter checks and dtype casts once for the whole cohort (not per batch); batches are
     # then contiguous slices (views) of these arrays.
@@ -383,6 +383,8 @@ def _run_chunks(plan: _Plan, done: np.ndarray, sink, progress, patient_major=Fal
         pad = np.concatenate([np.arange(lo, hi), np.full(batch - (hi - lo), hi - 1)])
         return {name: v[pad] for name, v in arrays.items()}
 
+    out_bytes = batch * n_times * len(plan.outputs) * np.dtype(plan.dtype).itemsize
+    max_in_flight = max(1, min(MAX_IN_FLIGHT, IN_FLIGHT_BYTES // out_bytes))
     queued: collections.deque = collections.deque()  # solved batches not yet being written
     free: collections.deque = collections.deque()  # output buffers of written batches
 
@@ -410,7 +412,7 @@ def _run_chunks(plan: _Plan, done: np.ndarray, sink, progress, patient_major=Fal
 
             def write(k=k, outs=outs, status=status, invalid=invalid, m=m, lo=lo, hi=hi):
                 st = np.where(invalid, int(Status.INVALID_PARAMETERS), np.asarray(status)[:m])
-                blocks = {o: _device_blocks(v, m, n_times, patient_major) for o, v in outs.items()}
+                blocks = {o: _device_blocks(v, m, n_times) for o, v in outs.items()}
                 params = {n_: v[lo:hi] for n_, v in plan.params.items()}
                 sink(k, blocks, st.astype(np.int8), params)
                 return m, outs  # the views into ``outs`` are gone: its buffers can be reused
@@ -418,12 +420,12 @@ def _run_chunks(plan: _Plan, done: np.ndarray, sink, progress, patient_major=Fal
             queued.append(write)
             if pending is None:
                 pending = pool.submit(queued.popleft())
-            # Solves are dispatched asynchronously: up to MAX_IN_FLIGHT batches are solved or
+            # Solves are dispatched asynchronously: up to max_in_flight batches are solved or
             # queued ahead of the writer, so the devices do not wait for it (e.g. while it
             # faults in the first pages of the result) and memory stays bounded. Writes are
             # submitted one at a time: when a progress callback raises, nothing after the
             # batch just reported has been written.
-            while len(queued) >= MAX_IN_FLIGHT:
+            while len(queued) >= max_in_flight:
                 pending = report(pending)
         while pending is not None:
             pending = report(pending)
@@ -447,22 +449,18 @@ def _checked_params(plan: _Plan) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     return invalid, clean
 
 
-def _device_blocks(
-    v: jax.Array, m: int, n_times: int, patient_major: bool
-) -> list[tuple[int, np.ndarray]]:
-    """``(first patient, view)`` of each device's block of a batch output ``v`` (``[T', N]``,
-    or ``[N, T']`` if ``patient_major``), trimmed to the first ``m`` patients and ``n_times``
-    times. The views alias the device buffers (CPU), so the sink's copy is the only one
-    (``np.asarray(v)`` of a sharded array would first gather it into a new array)."""
-    axis = 0 if patient_major else 1
+def _device_blocks(v: jax.Array, m: int, n_times: int) -> list[tuple[int, np.ndarray]]:
+    """``(first patient, [T, patients] view)`` of each device's block of a time-major batch
+    output ``v [T', N]``, trimmed to the first ``m`` patients and ``n_times`` rows. The views
+    alias the device buffers (CPU), so the sink's copy is the only one (``np.asarray(v)`` of a
+    sharded array would first gather it into a new array)."""
     blocks = []
     for shard in v.addressable_shards:
-        start = shard.index[axis].start or 0
+        start = shard.index[1].start or 0
         data = np.asarray(shard.data)
-        stop = min(start + data.shape[axis], m)
+        stop = min(start + data.shape[1], m)
         if stop > start:
-            rows = slice(None, stop - start)
-            blocks.append((start, data[rows, :n_times] if patient_major else data[:n_times, rows]))
+            blocks.append((start, data[:n_times, : stop - start]))
     return blocks
 
 

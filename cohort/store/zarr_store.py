@@ -1,16 +1,18 @@
-"""Chunk-aligned, resumable zarr v3 stores (dims ``patient``, ``time``; one chunk per batch).
+"""Chunk-aligned, resumable zarr v3 stores (dims ``patient``, ``time``; whole chunks per batch).
 
 The full layout (every array, its dims, units and provenance attrs) is created first; each
-batch then writes whole chunks along ``patient`` and only afterwards flags its ``chunk_done``
-entry, so a crash loses at most the batch in flight and a rerun skips finished chunks. Arrays
-are written through zarr directly (the region-write semantics of ``xr.Dataset.to_zarr(region=)``
-without its per-call overhead, which dominated at 10^6 patients); xarray reads the store back
-since every array carries ``dimension_names``. Outputs use Blosc-LZ4 with byte shuffle: in
-DESIGN §5 measurements it wrote ~5x faster than zarr's default zstd at a modest size cost.
+batch then writes whole chunks along ``patient`` (one per batch, or a few equal ones for large
+outputs) and only afterwards flags its ``chunk_done`` entry, so a crash loses at most the
+batch in flight and a rerun skips finished chunks. Arrays are written through zarr directly
+(the region-write semantics of ``xr.Dataset.to_zarr(region=)`` without its per-call overhead,
+which dominated at 10^6 patients); xarray reads the store back since every array carries
+``dimension_names``. Outputs use Blosc-LZ4 with byte shuffle: in DESIGN §5 measurements it
+wrote ~5x faster than zarr's default zstd at a modest size cost.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import math
 import os
@@ -28,6 +30,22 @@ class StoreError(RuntimeError):
 
 
 OUTPUT_CODEC = BloscCodec(cname="lz4", clevel=5, shuffle="shuffle")
+
+
+OUTPUT_CHUNK_BYTES = 16 * 2**20  # target size of one uncompressed output chunk
+
+
+def output_chunk_rows(batch: int, n_times: int, itemsize: int) -> int:
+    """Patients per output chunk: the batch size divided into equal parts of at most about
+    ``OUTPUT_CHUNK_BYTES``, so a batch's region write covers whole chunks that zarr
+    compresses in parallel, and each chunk's buffers stay small enough for the allocator to
+    reuse (100 MB chunks were compressed one at a time into freshly faulted memory, measured
+    in benchmarks/bench_stream.py). A batch with no suitable divisor stays one chunk."""
+    parts = max(1, math.ceil(batch * n_times * itemsize / OUTPUT_CHUNK_BYTES))
+    for k in range(parts, min(batch, 4 * parts) + 1):
+        if batch % k == 0:
+            return batch // k
+    return batch
 
 
 class ResultStore:
@@ -88,12 +106,13 @@ class ResultStore:
         )
         tc[:] = np.asarray(times, dtype=float)
         tc.attrs.update({"units": time_units, "long_name": "time since start"})
+        rows = output_chunk_rows(chunk_size, len(times), np.dtype(dtype).itemsize)
         for name, meta in outputs.items():
             a = g.create_array(
                 name,
                 shape=(n_patients, len(times)),
                 dtype=dtype,
-                chunks=(chunk_size, len(times)),
+                chunks=(rows, len(times)),
                 dimension_names=["patient", "time"],
                 compressors=OUTPUT_CODEC,
                 fill_value=np.nan,
@@ -168,10 +187,18 @@ class ResultStore:
     ) -> None:
         """Write batch ``k`` (arrays with the patient axis first), then mark it done."""
         sl = slice(k * self.chunk_size, k * self.chunk_size + len(status))
-        for name, arr in outputs.items():
-            # The engines hand over transposed views of time-major blocks; numpy's transposed
-            # copy is 2-3x faster than zarr's own handling of a strided input (measured).
-            self.group[name][sl, :] = np.ascontiguousarray(arr)
+
+        def write(item):
+            # Output chunks are never all fill value: skipping zarr's check for that saves a
+            # full isnan pass over each chunk. A strided input would go through zarr's own
+            # (2-3x slower) copy: it is handed over contiguous.
+            array = self.group[item[0]].with_config({"write_empty_chunks": True})
+            array[sl, :] = np.ascontiguousarray(item[1])
+
+        # The outputs are written concurrently: compression and file writes release the GIL,
+        # so the writer uses a second core when the solves leave one free.
+        with concurrent.futures.ThreadPoolExecutor(max_workers=len(outputs) or 1) as pool:
+            list(pool.map(write, outputs.items()))
         for name, arr in params.items():
             self.group[name][sl] = arr
         self.group["status"][sl] = status.astype(np.int8)
