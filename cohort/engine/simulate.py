@@ -304,13 +304,14 @@ def simulate(
         staging = {o: np.empty((chunk_size, len(times)), dtype) for o in outputs}
 
         def to_store(k, blocks, status, params):
-            outs = {}
-            for name, parts in blocks.items():
+            def patient_major(name):
                 buf = staging[name][: len(status)]
-                for start, block in parts:
+                for start, block in blocks[name]:
                     np.copyto(buf[start : start + block.shape[1]], block.T)
                 buf[status != 0] = np.nan
-                outs[name] = buf
+                return buf
+
+            outs = {name: functools.partial(patient_major, name) for name in blocks}
             store.write_chunk(k, outs, status, params)
 
         _run_chunks(plan, store.done_chunks(), to_store, progress)
