@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib
+
 import numpy as np
 import pytest
 
@@ -174,3 +176,31 @@ def test_single_dose_patients_do_not_depend_on_their_batch():
     # and the one-segment pass is exact: against the multiple-dose run before its 2nd dose
     before = TIMES < 12.0
     np.testing.assert_allclose(together[0, before], alone[0, before], rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("method", ("closed_form", "fast"))
+def test_reused_output_buffers_keep_every_batch(method, tmp_path, monkeypatch):
+    """Batches after the first few are solved into the donated output buffers of batches
+    already written; every batch must still land intact, in memory and in a store, with bad
+    patients' rows NaN in both."""
+    engine = importlib.import_module("cohort.engine.simulate")
+    fresh = []
+    call = engine._BatchSolver.__call__
+
+    def spy(self, p, ev, buffers):
+        fresh.append(buffers is None)
+        return call(self, p, ev, buffers)
+
+    monkeypatch.setattr(engine._BatchSolver, "__call__", spy)
+    pop = {k: v.copy() for k, v in MIXED_POP.items()}
+    pop["KA"][7] = 1e5  # above its bound: INVALID_PARAMETERS, NaN outputs
+    whole = run(PK2_ORAL, pop, MIXED_DOSING, method)
+    fresh.clear()
+    pairs = run(PK2_ORAL, pop, MIXED_DOSING, method, chunk_size=2)  # 6 batches
+    assert len(fresh) == 6 and fresh.count(False) >= 6 - engine.MAX_IN_FLIGHT - 1
+    stored = run(PK2_ORAL, pop, MIXED_DOSING, method, chunk_size=2, out=str(tmp_path / "s.zarr"))
+    for ds in (pairs, stored):
+        np.testing.assert_array_equal(ds.status.values, whole.status.values)
+        np.testing.assert_array_equal(ds.conc.values, whole.conc.values)
+    assert whole.status.values[7] == Status.INVALID_PARAMETERS
+    assert np.all(np.isnan(whole.conc.values[7])) and np.all(np.isfinite(whole.conc.values[:7]))

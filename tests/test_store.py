@@ -7,6 +7,7 @@ import datetime
 import numpy as np
 import pytest
 import xarray as xr
+import zarr
 
 import cohort
 from cohort import Regimen
@@ -174,3 +175,22 @@ def test_store_equals_memory_with_a_failed_patient(tmp_path, method):
     assert np.all(np.isnan(ds.conc.values[4])) and np.all(np.isfinite(ds.conc.values[5:]))
     np.testing.assert_array_equal(ds.conc.values, mem.conc.values)
     np.testing.assert_array_equal(ds.status.values, mem.status.values)
+
+
+def test_large_batches_write_several_whole_output_chunks(tmp_path, monkeypatch):
+    from cohort.store import zarr_store
+
+    # ~16 MB target chunks in production; a tiny target here makes each batch of 4 patients
+    # (25 float64 times each) two output chunks of 2 patients.
+    monkeypatch.setattr(zarr_store, "OUTPUT_CHUNK_BYTES", 2 * 25 * 8)
+    assert zarr_store.output_chunk_rows(4, 25, 8) == 2
+    ds = run(tmp_path / "x.zarr", chunk_size=4)
+    assert ds.attrs["chunk_size"] == 4
+    np.testing.assert_array_equal(ds.chunk_done.values, True)
+    group = zarr.open_group(str(tmp_path / "x.zarr"), mode="r")
+    assert group["conc"].chunks == (2, len(TIMES)) and group["CL"].chunks == (4,)
+    assert_same_store(ds, run(chunk_size=4).assign(chunk_done=ds.chunk_done))
+    # Production sizes: 100,000 float32 patients x 289 times split into 8 chunks of 14 MB.
+    monkeypatch.undo()
+    assert zarr_store.output_chunk_rows(100_000, 289, 4) == 12_500
+    assert zarr_store.output_chunk_rows(10_007, 289, 8) == 10_007  # prime: one chunk per batch
