@@ -355,7 +355,9 @@ def _run_chunks(plan: _Plan, done: np.ndarray, sink, progress) -> None:
     t_first = float(min(plan.times[0], finite_t.min() if finite_t.size else plan.times[0]))
     # Every local device takes an equal share of each batch (padded to a multiple of them).
     n_dev = max(1, min(len(jax.local_devices()), cs))
-    batch = math.ceil(cs / n_dev) * n_dev
+    # At least two patients per device: XLA specialises a batch axis of size 1 (other fusions,
+    # results one ulp off those of larger batches, measured), so a lone patient is padded.
+    batch = max(2, math.ceil(cs / n_dev)) * n_dev
     solver = _solver(
         plan.model,
         plan.method,
