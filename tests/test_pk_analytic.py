@@ -15,6 +15,7 @@ from scipy.special import lambertw
 
 import cohort
 from cohort import Regimen
+from cohort.inference.predict import closed_form_subject
 
 METHODS = ("closed_form", "diffrax")
 TOL = 1e-6
@@ -212,17 +213,20 @@ def test_pk1_steady_state_infusion(method):
 
 # -- 1-compartment oral ---------------------------------------------------------------------------
 ORAL_POP = {
-    "CL": np.array([3.0, 1.5, 6.0, 2.0]),
-    "V": np.array([30.0, 20.0, 50.0, 25.0]),
-    "KA": np.array([1.2, 0.4, 3.0, 0.9]),
-    "F": np.array([0.7, 1.0, 0.35, 0.6]),
-    "ALAG": np.array([0.0, 0.75, 1.3, 0.0]),
+    "CL": np.array([3.0, 1.5, 6.0, 2.0, 2.0]),
+    "V": np.array([30.0, 20.0, 50.0, 25.0, 25.0]),
+    "KA": np.array([1.2, 0.4, 3.0, 0.9, 0.9]),
+    "F": np.array([0.7, 1.0, 0.35, 0.6, 0.6]),
+    "ALAG": np.array([0.0, 0.75, 1.3, 0.0, 0.9]),
 }
 ORAL_REGIMENS = [
     [Regimen(200.0, "depot")],
     [Regimen(300.0, "depot", time=2.0, ii=8.0, addl=4)],
     # depot doses with lag and bioavailability, plus an IV bolus (F and ALAG do not apply)
     [Regimen(500.0, "depot", ii=24.0, addl=1), Regimen(50.0, "central", time=6.0)],
+    [Regimen(150.0, "depot", ii=12.0, addl=3, ss=True)],
+    # SS=1 with a lag (NONMEM): at the record time the system is at the steady state of the
+    # implied lagged doses; this dose enters 0.9 h later
     [Regimen(150.0, "depot", ii=12.0, addl=3, ss=True)],
 ]
 
@@ -242,7 +246,7 @@ def ss_oral_1cpt(tau, dose, f, ka, cl, v, ii):
 def test_pk1_oral_bateman_with_f_and_lag(method):
     got = simulate(PK1_ORAL, ORAL_POP, ORAL_REGIMENS, method)
     p = {k: np.asarray(v) for k, v in ORAL_POP.items()}
-    ref = np.zeros((4, len(TIMES)))
+    ref = np.zeros((5, len(TIMES)))
 
     def oral(i, td, dose):
         return oral_1cpt(
@@ -254,9 +258,13 @@ def test_pk1_oral_bateman_with_f_and_lag(method):
         ref[1] += oral(1, td, 300.0)
     ref[2] = oral(2, 0.0, 500.0) + oral(2, 24.0, 500.0)
     ref[2] += bolus_1cpt(TIMES - 6.0, 50.0, p["CL"][2], p["V"][2])
-    tau = np.where(TIMES < 48.0, np.mod(TIMES, 12.0), TIMES - 36.0)
-    ref[3] = ss_oral_1cpt(tau, 150.0, p["F"][3], p["KA"][3], p["CL"][3], p["V"][3], 12.0)
+    for i in (3, 4):  # time since the last dose entered, implied doses included
+        t = TIMES - p["ALAG"][i]
+        tau = np.where(t < 48.0, np.mod(t, 12.0), t - 36.0)
+        ref[i] = ss_oral_1cpt(tau, 150.0, p["F"][i], p["KA"][i], p["CL"][i], p["V"][i], 12.0)
     assert_close(got, ref)
+    # With the lag, t = 0 holds the trough of the steady state, not an empty system.
+    assert got[4][0] == pytest.approx(ref[4][0], rel=1e-6) and ref[4][0] > 0.1 * ref[4].max()
     # Nothing reaches the central compartment before the lag has elapsed.
     assert np.all(got[1][TIMES <= 2.75] == 0.0)
 
@@ -434,3 +442,36 @@ def test_mm_diffrax_vs_scipy_lambert_w_and_linear_limit():
     ref += infusion_1cpt(MM_TIMES - 6.0, d[1] / 3.0, 3.0, cl, v)
     ref += bolus_1cpt(MM_TIMES - 15.0, d[2], cl, v)
     assert_close(got[2], ref)
+
+
+def test_ss_infusion_with_lag_is_periodic_and_engines_agree():
+    """SS=1 with a lag, here a zero-order input into the depot: a steady state repeats every
+    II from the record time on, whatever the phase of the lagged input; the engines and the
+    inference superposition agree."""
+    pop = {k: v[[4, 4]] for k, v in ORAL_POP.items()}
+    pop["ALAG"] = np.array([1.0, 0.0])
+    regs = [[Regimen(150.0, "depot", ii=12.0, addl=2, ss=True, rate=50.0)]] * 2
+    times = cohort.grid(0.0, 48.0, 0.25)  # 12 h = 48 steps, the lag 4
+    cf = simulate(PK1_ORAL, pop, regs, "closed_form", times=times)
+    np.testing.assert_allclose(cf[:, :48], cf[:, 48:96], rtol=1e-12, atol=1e-12 * cf.max())
+    # The lag shifts the whole steady-state profile, from the record time on.
+    np.testing.assert_allclose(cf[0][4:100], cf[1][:96], rtol=1e-10, atol=1e-12 * cf.max())
+    assert cf[0][0] > 0.1 * cf.max()  # at the record time: the trough, not an empty system
+    for method in ("fast", "diffrax"):
+        got = simulate(PK1_ORAL, pop, regs, method, times=times)
+        np.testing.assert_allclose(got, cf, rtol=0, atol=1e-6 * cf.max(), err_msg=method)
+    table = cohort.dosing.event_table(regs, PK1_ORAL.state_names, PK1_ORAL.dose_targets, 2)
+    for i in range(2):
+        ev = {k: v[i] for k, v in table.arrays().items()}
+        p = {k: v[i] for k, v in pop.items()}
+        f, ok = closed_form_subject(PK1_ORAL, "conc", p, ev, times, True)
+        assert ok
+        np.testing.assert_allclose(f, cf[i], rtol=1e-12, atol=1e-12 * cf.max())
+
+
+def test_ss_lag_reaching_the_interval_is_rejected():
+    pop = {k: v[[4, 4]] for k, v in ORAL_POP.items()}
+    pop["ALAG"] = np.array([0.5, 10.5])  # 10.5 h lag + 1.8 h infusion > II = 12 h
+    regs = [[Regimen(150.0, "depot", ii=12.0, addl=2, ss=True, rate=50.0)]] * 2
+    with pytest.raises(cohort.InputError, match=r"patient index 1, SS=1 dose.*II=12"):
+        simulate(PK1_ORAL, pop, regs, "closed_form")

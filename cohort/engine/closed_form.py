@@ -4,9 +4,10 @@ The system matrix of a 1-3 compartment model with an optional first-order depot 
 diagonalised per patient; in modal coordinates each amplitude obeys ``a' = r a + w·u`` with a
 closed-form solution, so the exact state is propagated from one change/save time to the next:
 bolus doses add ``amount·w``, infusions enter through ``expm1(rΔ)/r``, and SS=1 doses set the
-amplitudes to the geometric-series steady state. No ODE is solved. The disposition matrix
-``M·diag(1/V)`` is similar to the symmetric ``diag(V)^-1/2 · M · diag(V)^-1/2`` (equal flows
-both ways), so ``eigh`` applies — stable, real and supported on GPU, unlike a general ``eig``.
+amplitudes to the geometric-series steady state at the record time. No ODE is solved. The
+disposition matrix ``M·diag(1/V)`` is similar to the symmetric ``diag(V)^-1/2 · M ·
+diag(V)^-1/2`` (equal flows both ways), so ``eigh`` applies — stable, real and supported on
+GPU, unlike a general ``eig``.
 """
 
 from __future__ import annotations
@@ -119,17 +120,19 @@ def _apply(change, due, a, u, last_reset, r, w, with_infusion: bool, with_ss: bo
     last_reset = jnp.where(is_reset, t, last_reset)
     a = a + jnp.where(due & (kind == BOLUS), change["amount"], 0.0) * wc
     if with_infusion:
-        take_rate = due & ((kind == RATE) | (kind == SS_INFUSION)) & (change["start"] >= last_reset)
+        take_rate = due & (kind == RATE) & (change["start"] >= last_reset)
         onehot = jax.nn.one_hot(cmt, u.shape[0], dtype=u.dtype, axis=0)  # [S, N]
         u = u + jnp.where(take_rate, change["rate"], 0.0) * onehot
     if with_ss:
-        # Steady state: the geometric series of identical doses every II up to this one.
-        ii, dur = change["ii"], change["dur"]
+        # Steady state at the record time: the geometric series of the implied doses every II,
+        # the last of which entered II - lag ago (the record's own dose follows as a BOLUS or
+        # RATE change when it enters; see events.resolve).
+        ii, dur, lag = change["ii"], change["dur"], change["start"] - t
         denom = -jnp.expm1(r * ii)
-        ss_bolus = change["amount"] * wc / denom
+        ss_bolus = change["amount"] * wc * jnp.exp(r * (ii - lag)) / denom
         a = jnp.where(due & (kind == SS_BOLUS), ss_bolus, a)
         if with_infusion:
-            ss_inf = change["rate"] * wc * _phi(r, dur) * jnp.exp(r * (ii - dur)) / denom
+            ss_inf = change["rate"] * wc * _phi(r, dur) * jnp.exp(r * (ii - dur - lag)) / denom
             a = jnp.where(due & (kind == SS_INFUSION), ss_inf, a)
     return a, u, last_reset
 

@@ -22,7 +22,8 @@ def apply_change(
     """Apply one change record where ``due`` is true (elementwise: scalars or ``[N]`` arrays).
 
     Resets restore the baseline state and stop infusions; SS records replace the state with the
-    precomputed steady-state trough ``y_ss`` (then the dose is added or the infusion started).
+    precomputed steady state ``y_ss`` at the record time (the record's own dose follows as a
+    separate BOLUS or RATE change when it enters; see ``events.resolve``).
     """
     kind, cmt, t = change["kind"], change["cmt"], change["time"]
     is_ss = (kind == SS_BOLUS) | (kind == SS_INFUSION)
@@ -31,8 +32,8 @@ def apply_change(
     y = {s: jnp.where(is_reset, jnp.where(is_ss, target[s], y_init[s]), y[s]) for s in y}
     u = {s: jnp.where(is_reset, 0.0, u[s]) for s in u}
     last_reset = jnp.where(is_reset, t, last_reset)
-    bolus = due & ((kind == BOLUS) | (kind == SS_BOLUS))
-    take_rate = due & ((kind == RATE) | (kind == SS_INFUSION)) & (change["start"] >= last_reset)
+    bolus = due & (kind == BOLUS)
+    take_rate = due & (kind == RATE) & (change["start"] >= last_reset)
     for i, s in enumerate(model.state_names):
         y[s] = y[s] + jnp.where(bolus & (cmt == i), change["amount"], 0.0)
         u[s] = u[s] + jnp.where(take_rate & (cmt == i), change["rate"], 0.0)

@@ -102,21 +102,25 @@ def solve_patient(
         c["ii"] = jnp.where(has_ss_record, c["ii"], 1.0)  # patients without SS: no cycling
         infusion = c["kind"] == SS_INFUSION
         dur = jnp.where(infusion, c["dur"], 0.0)
+        lag = jnp.where(has_ss_record, c["start"] - c["time"], 0.0)
 
         def cycle(y):
-            # Dose at 0, (infusion until dur), wash out until II: one dosing interval.
+            # One dosing interval from the record time: wait out the lag, dose (or infuse
+            # until lag + dur), wash out until II.
+            ys, code0 = integrate(y, u_zero, 0.0, lag, jnp.reshape(lag, (1,)))
             y = {
-                s: y[s] + jnp.where(~infusion & (c["cmt"] == i), c["amount"], 0.0)
+                s: ys[s][-1] + jnp.where(~infusion & (c["cmt"] == i), c["amount"], 0.0)
                 for i, s in enumerate(names)
             }
             u = {
                 s: jnp.where(infusion & (c["cmt"] == i), c["rate"], 0.0)
                 for i, s in enumerate(names)
             }
-            ys, code1 = integrate(y, u, 0.0, dur, jnp.reshape(dur, (1,)))
+            ys, code1 = integrate(y, u, lag, lag + dur, jnp.reshape(lag + dur, (1,)))
             y = {s: v[-1] for s, v in ys.items()}
-            ys, code2 = integrate(y, u_zero, dur, c["ii"], jnp.reshape(c["ii"], (1,)))
-            return {s: v[-1] for s, v in ys.items()}, jnp.maximum(code1, code2)
+            ys, code2 = integrate(y, u_zero, lag + dur, c["ii"], jnp.reshape(c["ii"], (1,)))
+            code = jnp.maximum(code0, jnp.maximum(code1, code2))
+            return {s: v[-1] for s, v in ys.items()}, code
 
         def cond(state):
             i, y, delta, code = state

@@ -48,7 +48,14 @@ def _per_cmt(model: Model, mapping: dict[str, str], cmt, p: Tree, default: float
 
 
 def resolve(model: Model, ev: dict, p: Tree, with_infusion: bool) -> Changes:
-    """Turn one patient's padded records ``ev`` (arrays ``[E]``) into sorted :class:`Changes`."""
+    """Turn one patient's padded records ``ev`` (arrays ``[E]``) into sorted :class:`Changes`.
+
+    A dose enters at its time plus the lag of its compartment. An SS=1 dose becomes two
+    changes, as in NONMEM: at the record's own time the state is reset to the steady state of
+    the implied earlier doses (each lagged like this one; ``start`` holds when this dose
+    enters, so the lag is ``start - time``), and the dose itself enters after its lag like any
+    other. Changes at equal times keep this order: steady state first, then the records.
+    """
     dose = ev["evid"] == 1
     f = _per_cmt(model, model.bioavailability, ev["cmt"], p, 1.0, "F")
     lag = _per_cmt(model, model.lag, ev["cmt"], p, 0.0, "ALAG")
@@ -57,11 +64,16 @@ def resolve(model: Model, ev: dict, p: Tree, with_infusion: bool) -> Changes:
     is_ss = dose & ev["ss"]
     kind = jnp.where(ev["evid"] == 3, RESET, PAD)
     zeros = jnp.zeros_like(t)
+    ss_time = jnp.where(is_ss, ev["time"], jnp.inf)
     if not with_infusion:
-        kind = jnp.where(dose, jnp.where(is_ss, SS_BOLUS, BOLUS), kind)
-        order = jnp.argsort(t, stable=True)
+        kind = jnp.where(dose, BOLUS, kind)
+        steady = Changes(
+            ss_time, jnp.where(is_ss, SS_BOLUS, PAD), ev["cmt"], amount, zeros, t, ev["ii"], zeros
+        )
         ch = Changes(t, kind, ev["cmt"], amount, zeros, t, ev["ii"], zeros)
-        return Changes(*(a[order] for a in ch))
+        both = Changes(*(jnp.concatenate([a, b]) for a, b in zip(steady, ch)))
+        order = jnp.argsort(both.time, stable=True)
+        return Changes(*(a[order] for a in both))
     dur_param = {s: model.duration.get(s, f"D_{s}") for s in model.state_names}
     dur_param = {s: n for s, n in dur_param.items() if n in p}
     modelled = _per_cmt(model, dur_param, ev["cmt"], p, jnp.nan, "D")
@@ -69,27 +81,60 @@ def resolve(model: Model, ev: dict, p: Tree, with_infusion: bool) -> Changes:
     # NONMEM: with a given RATE, F scales the duration; with RATE=-2, F scales the rate.
     dur = jnp.where(ev["rate"] > 0, amount / jnp.where(ev["rate"] > 0, ev["rate"], 1.0), modelled)
     rate = jnp.where(ev["rate"] > 0, ev["rate"], amount / jnp.where(dur > 0, dur, 1.0))
-    kind = jnp.where(
-        dose,
-        jnp.where(infusion, jnp.where(is_ss, SS_INFUSION, RATE), jnp.where(is_ss, SS_BOLUS, BOLUS)),
-        kind,
-    )
+    kind = jnp.where(dose, jnp.where(infusion, RATE, BOLUS), kind)
     rate = jnp.where(infusion, rate, 0.0)
     dur = jnp.where(infusion, dur, 0.0)
+    steady = Changes(
+        ss_time,
+        jnp.where(is_ss, jnp.where(infusion, SS_INFUSION, SS_BOLUS), PAD),
+        ev["cmt"],
+        jnp.where(infusion, 0.0, amount),
+        rate,
+        t,
+        ev["ii"],
+        dur,
+    )
     end_kind = jnp.where(infusion, RATE, PAD)
     end_t = jnp.where(infusion, t + dur, jnp.inf)
-    both = Changes(
-        jnp.concatenate([t, end_t]),
-        jnp.concatenate([kind, end_kind]),
-        jnp.concatenate([ev["cmt"], ev["cmt"]]),
-        jnp.concatenate([jnp.where(infusion, 0.0, amount), zeros]),
-        jnp.concatenate([rate, -rate]),
-        jnp.concatenate([t, t]),
-        jnp.concatenate([ev["ii"], ev["ii"]]),
-        jnp.concatenate([dur, dur]),
+    every = Changes(
+        jnp.concatenate([ss_time, t, end_t]),
+        jnp.concatenate([steady.kind, kind, end_kind]),
+        jnp.concatenate([ev["cmt"]] * 3),
+        jnp.concatenate([steady.amount, jnp.where(infusion, 0.0, amount), zeros]),
+        jnp.concatenate([rate, rate, -rate]),
+        jnp.concatenate([t, t, t]),
+        jnp.concatenate([ev["ii"]] * 3),
+        jnp.concatenate([dur, dur, dur]),
     )
-    order = jnp.argsort(both.time, stable=True)
-    return Changes(*(a[order] for a in both))
+    order = jnp.argsort(every.time, stable=True)
+    return Changes(*(a[order] for a in every))
+
+
+def ss_lag_problem(model: Model, table, params: dict) -> str | None:
+    """Why an SS=1 dose cannot be resolved (its lag, plus its infusion time, reaches past the
+    dosing interval: implied doses would still be pending at the record time), or None."""
+    import numpy as np
+
+    def value(name, i, default):
+        return float(params[name][i]) if name in params else default
+
+    rows = np.argwhere((table.evid == 1) & table.ss)
+    for i, j in rows:
+        cmt = model.state_names[int(table.cmt[i, j])]
+        lag = value(model.lag.get(cmt), i, 0.0)
+        dur = 0.0
+        if table.rate[i, j] > 0:
+            dur = value(model.bioavailability.get(cmt), i, 1.0) * table.amt[i, j] / table.rate[i, j]
+        elif table.rate[i, j] == -2:
+            dur = value(model.duration.get(cmt, f"D_{cmt}"), i, 0.0)
+        if lag > 0 and lag + dur >= table.ii[i, j]:
+            return (
+                f"dosing: patient index {i}, SS=1 dose at time {table.time[i, j]:g}: its lag "
+                f"{lag:g}{f' plus infusion time {dur:g}' if dur else ''} reaches the dosing "
+                f"interval II={table.ii[i, j]:g}; steady state with pending lagged doses is not "
+                "supported (shorten the lag or give the doses without SS=1)"
+            )
+    return None
 
 
 def missing_duration_params(model: Model, table) -> list[str]:

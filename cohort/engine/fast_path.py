@@ -135,7 +135,8 @@ def _advance(model, p, ch, y_init, y_ss, carry, t_a, t_b, n_sub: int, with_infus
 
 
 def _steady_state(model, p, ch, y_init, n_sub, opts: FastOptions):
-    """Trough state before the first SS dose: iterate one dosing interval to its fixed point."""
+    """State at the first SS record's time: iterate one dosing interval (the dose entering
+    after its lag) to its fixed point."""
     n = ch.time.shape[0]
     k_ss, has_ss = first_ss_index(ch.kind)
     c = {f: jnp.take_along_axis(getattr(ch, f), k_ss[:, None], 1)[:, 0] for f in ch._fields}
@@ -144,11 +145,13 @@ def _steady_state(model, p, ch, y_init, n_sub, opts: FastOptions):
     c["rate"] = jnp.where(has_ss, c["rate"], 0.0)
     infusion = c["kind"] == SS_INFUSION
     dur = jnp.where(infusion, c["dur"], 0.0)
+    lag = jnp.where(has_ss, c["start"] - c["time"], 0.0)
     zero = jnp.zeros_like(c["ii"])
     inf = jnp.full_like(zero, jnp.inf)
-    # One interval as change records: dose (or infusion start) at 0, infusion end at dur.
+    # One interval from the record time as change records: dose (or infusion start) at the
+    # lag, infusion end at lag + dur.
     cyc = Changes(
-        time=jnp.stack([zero, jnp.where(infusion, dur, inf), inf], 1),
+        time=jnp.stack([lag, jnp.where(infusion, lag + dur, inf), inf], 1),
         kind=jnp.stack([jnp.where(infusion, 2, 1), jnp.where(infusion, 2, 0), 0 * c["kind"]], 1),
         cmt=jnp.stack([c["cmt"]] * 3, 1),
         amount=jnp.stack([jnp.where(infusion, 0.0, c["amount"]), zero, zero], 1),

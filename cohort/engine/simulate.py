@@ -27,7 +27,7 @@ import cohort
 from cohort.dosing import EventTable, event_table
 from cohort.engine import closed_form, diffrax_path, fast_path
 from cohort.engine.common import solution_status
-from cohort.engine.events import missing_duration_params
+from cohort.engine.events import missing_duration_params, ss_lag_problem
 from cohort.engine.inputs import InputError, check_times, population_arrays
 from cohort.engine.status import STATUS_MEANINGS, Status
 from cohort.models.base import Model
@@ -209,6 +209,8 @@ def _validate_events(model: Model, table: EventTable, params, method: str) -> No
             f"dosing: RATE=-2 records need the infusion duration parameter(s) {missing} "
             "in the population (one value per patient)"
         )
+    if table.has_ss and (problem := ss_lag_problem(model, table, params)):
+        raise InputError(problem)
     if method != "closed_form":
         n_ss = np.sum(table.ss & (table.evid == 1), axis=1)
         if np.any(n_ss > 1):

@@ -128,7 +128,7 @@ def closed_form_subject(
     kind = ch.kind[None, :]
     dt = times[:, None] - ch.time[None, :]  # [J, R]
     active = (dt >= 0) & (kind != PAD) & (kind != RESET)
-    infusing = (kind == RATE) | (kind == SS_INFUSION)
+    infusing = kind == RATE
     if has_reset:
         is_reset = (ch.kind == RESET) | (ch.kind == SS_BOLUS) | (ch.kind == SS_INFUSION)
         started = is_reset[None, :] & (dt >= 0)
@@ -144,12 +144,15 @@ def closed_form_subject(
     rate = ch.rate[:, None]
     start_amp = jnp.where((ch.kind == BOLUS)[:, None], amount * wc, 0.0)
     if has_reset:  # steady-state records exist only together with resets
+        # Steady state at the record time (the record's own dose is a separate change when
+        # it enters, after its lag ``start - time``; see engine.events.resolve).
         is_ss = (ch.kind == SS_BOLUS) | (ch.kind == SS_INFUSION)
         ii = jnp.where(is_ss, ch.ii, 1.0)[:, None]
+        lag = jnp.where(is_ss, ch.start - ch.time, 0.0)[:, None]
         denom = jnp.where(is_ss[:, None], -jnp.expm1(r[None, :] * ii), 1.0)  # [R, M]
         dur = ch.dur[:, None]
-        ss_bolus = amount * wc / denom
-        ss_inf = rate * wc * _phi(r, dur) * jnp.exp(r * (ii - dur)) / denom
+        ss_bolus = amount * wc * jnp.exp(r * (ii - lag)) / denom
+        ss_inf = rate * wc * _phi(r, dur) * jnp.exp(r * (ii - dur - lag)) / denom
         start_amp = jnp.where((ch.kind == SS_BOLUS)[:, None], ss_bolus, start_amp)
         start_amp = jnp.where((ch.kind == SS_INFUSION)[:, None], ss_inf, start_amp)
     amp = start_amp[None] * jnp.exp(r[None, None, :] * dts)  # [J, R, M]
