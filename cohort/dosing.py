@@ -4,8 +4,9 @@ Records follow NONMEM conventions: ``EVID`` 0 observation, 1 dose, 2 other, 3 re
 4 reset-and-dose; ``AMT``; ``RATE`` (> 0 zero-order rate, 0 bolus, -2 duration modelled by the
 parameter ``D_<cmt>``); ``CMT`` (1-based state number or state name); ``ADDL``/``II`` additional
 doses; ``SS=1`` steady state (resets the system at the record time to the steady state of
-repeated doses every ``II``, each delayed by the compartment's lag like this dose). The table is padded to the largest record count so a batch of patients with
-different regimens runs under one ``vmap``; padding rows have ``evid = 0`` and ``time = +inf``.
+repeated doses every ``II``, each delayed by the compartment's lag like this dose). The table
+is padded to the largest record count so a batch of patients with different regimens runs
+under one ``vmap``; padding rows have ``evid = 0`` and ``time = +inf``.
 """
 
 from __future__ import annotations
