@@ -164,7 +164,7 @@ def solve_batch(
     uniform grid, patients with no record after the first save time skip the scan: their
     outputs come from one fused pass over a table of powers (:func:`_one_segment`).
     """
-    ch = jax.vmap(lambda e, q: resolve(model, e, q, with_infusion))(ev, p)
+    ch = jax.vmap(lambda e, q: resolve(model, e, q, with_infusion, with_ss))(ev, p)
     n = ch.time.shape[0]
     ch = with_sentinel(ch)
     p = model.prepare(p)  # e.g. 1/V for the concentration output

@@ -66,7 +66,7 @@ def solve_patient(
 ):
     """States ``[T, S]`` and a status code for one patient."""
     p = model.prepare(p)
-    ch = resolve(model, ev, p, with_infusion)
+    ch = resolve(model, ev, p, with_infusion, has_ss)
     names = model.state_names
     term = dfx.ODETerm(lambda t, y, args: model.rhs(t, y, args[0], args[1]))
     solver = opts.pick_solver(model)

@@ -47,7 +47,7 @@ def _per_cmt(model: Model, mapping: dict[str, str], cmt, p: Tree, default: float
     return out
 
 
-def resolve(model: Model, ev: dict, p: Tree, with_infusion: bool) -> Changes:
+def resolve(model: Model, ev: dict, p: Tree, with_infusion: bool, with_ss: bool = True) -> Changes:
     """Turn one patient's padded records ``ev`` (arrays ``[E]``) into sorted :class:`Changes`.
 
     A dose enters at its time plus the lag of its compartment. An SS=1 dose becomes two
@@ -55,6 +55,7 @@ def resolve(model: Model, ev: dict, p: Tree, with_infusion: bool) -> Changes:
     the implied earlier doses (each lagged like this one; ``start`` holds when this dose
     enters, so the lag is ``start - time``), and the dose itself enters after its lag like any
     other. Changes at equal times keep this order: steady state first, then the records.
+    ``with_ss=False`` (no SS=1 record in the batch) leaves the steady-state changes out.
     """
     dose = ev["evid"] == 1
     f = _per_cmt(model, model.bioavailability, ev["cmt"], p, 1.0, "F")
@@ -71,7 +72,7 @@ def resolve(model: Model, ev: dict, p: Tree, with_infusion: bool) -> Changes:
             ss_time, jnp.where(is_ss, SS_BOLUS, PAD), ev["cmt"], amount, zeros, t, ev["ii"], zeros
         )
         ch = Changes(t, kind, ev["cmt"], amount, zeros, t, ev["ii"], zeros)
-        both = Changes(*(jnp.concatenate([a, b]) for a, b in zip(steady, ch)))
+        both = Changes(*(jnp.concatenate([a, b]) for a, b in zip(steady, ch))) if with_ss else ch
         order = jnp.argsort(both.time, stable=True)
         return Changes(*(a[order] for a in both))
     dur_param = {s: model.duration.get(s, f"D_{s}") for s in model.state_names}
@@ -106,6 +107,8 @@ def resolve(model: Model, ev: dict, p: Tree, with_infusion: bool) -> Changes:
         jnp.concatenate([ev["ii"]] * 3),
         jnp.concatenate([dur, dur, dur]),
     )
+    if not with_ss:
+        every = Changes(*(a[ev["time"].shape[0] :] for a in every))
     order = jnp.argsort(every.time, stable=True)
     return Changes(*(a[order] for a in every))
 

@@ -220,7 +220,7 @@ def solve_batch(
     p = model.prepare(p)  # parameter-only terms once, not at every RHS evaluation
     dt = opts.step(model)
     n_sub = max(1, math.ceil(float(np.max(np.diff(times), initial=0.0)) / dt - 1e-9))
-    ch = jax.vmap(lambda e, q: resolve(model, e, q, with_infusion))(ev, p)
+    ch = jax.vmap(lambda e, q: resolve(model, e, q, with_infusion, ss_interval > 0))(ev, p)
     n = ch.time.shape[0]
     ch = with_sentinel(ch)
     dtype = jnp.result_type(*jax.tree_util.tree_leaves(p))

@@ -123,7 +123,7 @@ def closed_form_subject(
     depend on estimated parameters); ``has_reset=False`` (no EVID 3/4 or SS records anywhere)
     drops the reset bookkeeping from the compiled graph.
     """
-    ch = resolve(model, ev, p, with_infusion) if changes is None else changes
+    ch = resolve(model, ev, p, with_infusion, has_reset) if changes is None else changes
     r, dirs, w = modes(model, p)  # [M], [S, M], [M, S]
     kind = ch.kind[None, :]
     dt = times[:, None] - ch.time[None, :]  # [J, R]

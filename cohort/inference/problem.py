@@ -352,7 +352,7 @@ def bind(spec: NLME, data: Dataset, engine: str = "auto", options=None) -> Bound
     return bm
 
 
-_RESOLVERS: dict = {}  # (model, parameter mapping, infusion) -> jitted resolver
+_RESOLVERS: dict = {}  # (model, parameter mapping, infusion, resets) -> jitted resolver
 
 
 def _resolved(bm: BoundModel, ev: dict) -> Changes:
@@ -363,6 +363,7 @@ def _resolved(bm: BoundModel, ev: dict) -> Changes:
         spec.transform,
         tuple(sorted(spec.fixed.items())),
         bm.with_infusion,
+        bm.has_reset,
     )
     if key not in _RESOLVERS:
         if len(_RESOLVERS) >= 32:
@@ -372,7 +373,9 @@ def _resolved(bm: BoundModel, ev: dict) -> Changes:
         @jax.jit
         def run(ev):
             p0 = bm.model_params(jnp.zeros((ev["time"].shape[0], k)))
-            return jax.vmap(lambda e, q: resolve(spec.model, e, q, bm.with_infusion))(ev, p0)
+            return jax.vmap(lambda e, q: resolve(spec.model, e, q, bm.with_infusion, bm.has_reset))(
+                ev, p0
+            )
 
         _RESOLVERS[key] = run
     return _RESOLVERS[key](ev)
