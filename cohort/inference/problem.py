@@ -114,32 +114,19 @@ class BoundModel:
     def error(self):
         return self.spec.error
 
+    def _obs_args(self, sigma, f, obs: dict) -> tuple:
+        """The arguments of ``likelihood.obs_terms`` / ``loglik_obs`` for this model."""
+        keys = ("dv", "mask", "cens", "lloq")
+        return (self.error.kind, sigma, f, *(obs[k] for k in keys), self.has_cens)
+
     def obs_terms(self, sigma, f, obs: dict) -> jnp.ndarray:
         """``−2 log p(dv | f)`` per observation (no ``log 2π``; 0 where not observed) under
         this model's residual error; ``obs`` holds ``dv``, ``mask``, ``cens`` and ``lloq``."""
-        return likelihood.obs_terms(
-            self.error.kind,
-            sigma,
-            f,
-            obs["dv"],
-            obs["mask"],
-            obs["cens"],
-            obs["lloq"],
-            self.has_cens,
-        )
+        return likelihood.obs_terms(*self._obs_args(sigma, f, obs))
 
     def loglik_obs(self, sigma, f, obs: dict) -> jnp.ndarray:
         """Log-likelihood per observation, with the ``log 2π`` constant."""
-        return likelihood.loglik_obs(
-            self.error.kind,
-            sigma,
-            f,
-            obs["dv"],
-            obs["mask"],
-            obs["cens"],
-            obs["lloq"],
-            self.has_cens,
-        )
+        return likelihood.loglik_obs(*self._obs_args(sigma, f, obs))
 
     # -- individual parameters -----------------------------------------------------------------
     def log_params(self, pop: Pop, eta: jnp.ndarray, features: jnp.ndarray) -> jnp.ndarray:
