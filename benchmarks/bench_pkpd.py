@@ -291,11 +291,10 @@ def kernel_run(model, pop, times, dtype, chunk, outputs) -> Callable[[], list]:
     events = dict(event_table(regimen, model.state_names, model.dose_targets, n).arrays())
     for key in ("time", "amt", "rate", "ii"):
         events[key] = events[key].astype(dtype)
-    devices = jax.local_devices()
-    batch = math.ceil(chunk / len(devices)) * len(devices)
+    n_dev, batch = sim.batch_shape(chunk)
     args = (tuple(times.tolist()), float(times[0]), False, 0.0, None, tuple(outputs), dtype)
-    solver = sim._solver(model, "closed_form", *args, len(devices))
-    mesh = jax.sharding.Mesh(np.array(devices), ("patient",))
+    solver = sim._solver(model, "closed_form", *args, n_dev)
+    mesh = jax.sharding.Mesh(np.array(jax.local_devices()[:n_dev]), ("patient",))
     sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("patient"))
     batches = []
     for lo in range(0, n, chunk):

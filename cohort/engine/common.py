@@ -40,15 +40,6 @@ def apply_change(
     return y, u, last_reset
 
 
-def invalid_parameters(model: Model, p: Tree):
-    """True where a patient's parameters are non-finite or outside their declared range."""
-    bad = False
-    for q in model.parameters:
-        v = p[q.name]
-        bad = bad | ~jnp.isfinite(v) | (v < q.lower) | (v > q.upper)
-    return bad
-
-
 def solution_status(x: jnp.ndarray, solver_code, nonnegative: jnp.ndarray | None = None):
     """Combine a solver code with checks on one patient's saved states ``x [T, S]``.
 

@@ -355,11 +355,7 @@ def _run_chunks(plan: _Plan, done: np.ndarray, sink, progress) -> None:
     ss_interval = float(np.max(np.where(plan.table.ss, plan.table.ii, 0.0), initial=0.0))
     finite_t = plan.table.time[np.isfinite(plan.table.time)]
     t_first = float(min(plan.times[0], finite_t.min() if finite_t.size else plan.times[0]))
-    # Every local device takes an equal share of each batch (padded to a multiple of them).
-    n_dev = max(1, min(len(jax.local_devices()), cs))
-    # At least two patients per device: XLA specialises a batch axis of size 1 (other fusions,
-    # results one ulp off those of larger batches, measured), so a lone patient is padded.
-    batch = max(2, math.ceil(cs / n_dev)) * n_dev
+    n_dev, batch = batch_shape(cs)
     solver = _solver(
         plan.model,
         plan.method,
@@ -436,6 +432,14 @@ def _run_chunks(plan: _Plan, done: np.ndarray, sink, progress) -> None:
                 pending = report(pending)
         while pending is not None:
             pending = report(pending)
+
+
+def batch_shape(chunk_size: int) -> tuple[int, int]:
+    """``(devices, padded batch)`` for batches of ``chunk_size`` patients: every local device
+    takes an equal share, and at least two patients (XLA specialises a batch axis of size 1:
+    other fusions, results one ulp off those of larger batches, measured)."""
+    n_dev = max(1, min(len(jax.local_devices()), chunk_size))
+    return n_dev, max(2, math.ceil(chunk_size / n_dev)) * n_dev
 
 
 def _checked_params(plan: _Plan) -> tuple[np.ndarray, dict[str, np.ndarray]]:
