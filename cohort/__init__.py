@@ -8,14 +8,8 @@ import jax as _jax
 
 _jax.config.update("jax_enable_x64", True)
 
-__version__ = "0.1.0"
-
-
-class CohortWarning(UserWarning):
-    """Warnings raised by cohort itself (turned into errors in the test suite)."""
-
-
 from cohort import dosing, models, population  # noqa: E402
+from cohort._version import __version__ as __version__  # noqa: E402
 from cohort.dosing import DosingError, Regimen  # noqa: E402
 from cohort.engine import (  # noqa: E402
     DiffraxOptions,
@@ -26,10 +20,13 @@ from cohort.engine import (  # noqa: E402
     simulate,
     use_cpu_cores,
 )
+from cohort.errors import CohortError, CohortWarning, OutputError  # noqa: E402
 from cohort.store import open_result  # noqa: E402
 
 __all__ = [
+    "CohortError",
     "CohortWarning",
+    "OutputError",
     "DiffraxOptions",
     "DosingError",
     "FastOptions",

@@ -18,8 +18,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from cohort.errors import CohortError
 
-class DosingError(ValueError):
+
+class DosingError(CohortError, ValueError):
     """A dosing record is invalid; the message names the row, the column and the fix."""
 
 

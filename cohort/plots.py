@@ -11,6 +11,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import xarray as xr  # noqa: E402
 
+from cohort.store.figures import save_figure  # noqa: E402
+
 
 def band(ds: xr.Dataset, outputs: list[str], path: str | Path, q=(0.05, 0.5, 0.95)) -> Path:
     """Median and 5-95 % band over patients for each output, one panel each, saved as PNG."""
@@ -28,12 +30,7 @@ def band(ds: xr.Dataset, outputs: list[str], path: str | Path, q=(0.05, 0.5, 0.9
     axes[-1, 0].set_xlabel(f"time [{ds['time'].attrs.get('units', '')}]")
     n_ok = int(np.sum(np.asarray(ok))) if "status" in ds else ds.sizes["patient"]
     fig.suptitle(f"{ds.attrs.get('model', '')}: {n_ok} patients")
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=110)
 
 
 def histograms(ds: xr.Dataset, path: str | Path, max_points: int = 100_000) -> Path:
@@ -49,9 +46,4 @@ def histograms(ds: xr.Dataset, path: str | Path, max_points: int = 100_000) -> P
     for ax in list(axes.flat)[len(names) :]:
         ax.axis("off")
     fig.suptitle(str(ds.attrs.get("population", "")))
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=100)

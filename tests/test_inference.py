@@ -225,7 +225,7 @@ def test_cli_fit_ml(tmp_path):
     import typer
     from typer.testing import CliRunner
 
-    from cohort.cli_fit import fit as fit_command
+    from cohort.cli.fit import fit as fit_command
 
     app = typer.Typer()
     app.command()(fit_command)

@@ -275,7 +275,7 @@ def test_cli_trial_and_report(tmp_path):
     import typer
     from typer.testing import CliRunner
 
-    from cohort.cli_trial import report, trial
+    from cohort.cli.trial import report, trial
 
     app = typer.Typer()
     app.command()(trial)

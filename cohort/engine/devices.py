@@ -36,3 +36,17 @@ def use_cpu_cores(n: int | None = None) -> int:
         except RuntimeError:  # a backend is already initialised: keep its devices
             pass
     return jax.local_device_count()
+
+
+_DEVICES_FLAG = "--xla_force_host_platform_device_count"
+
+
+def host_devices_for_chains(chains: int) -> None:
+    """Ask XLA for one CPU device per NUTS chain, so the chains run in parallel on the cores
+    (``chain_method='parallel'``; numpyro would otherwise run them one after another or
+    vectorized). Only at CLI/benchmark entry, before JAX creates its CPU backend, and only
+    when the user has not chosen a device count in ``XLA_FLAGS`` themselves; a no-op on one
+    core, where vectorized chains are faster."""
+    flags = os.environ.get("XLA_FLAGS", "")
+    if chains > 1 and available_cores() > 1 and _DEVICES_FLAG not in flags:
+        os.environ["XLA_FLAGS"] = f"{flags} {_DEVICES_FLAG}={chains}".strip()

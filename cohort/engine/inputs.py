@@ -8,10 +8,11 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
+from cohort.errors import CohortError
 from cohort.models.base import Model
 
 
-class InputError(ValueError):
+class InputError(CohortError, ValueError):
     """Bad simulation input; the message names the field and the fix."""
 
 
@@ -39,6 +40,30 @@ def check_times(times: Any) -> np.ndarray:
     return t
 
 
+def _check_population_model(model: Model, population: xr.Dataset) -> None:
+    """A generated population (``attrs['model']``, parameters marked in ``long_name``) must be
+    for this model: simulating a pk1 population with a pk2 model would silently drop V and use
+    V1's default."""
+    made_for = population.attrs.get("model")
+    if made_for and made_for != model.name:
+        raise InputError(
+            f"population: generated for model {made_for!r} (its attrs['model']), not "
+            f"{model.name!r}; simulate it with model {made_for!r}, or generate a population "
+            f"for {model.name!r}"
+        )
+    params = [
+        k
+        for k in population.data_vars
+        if str(population[k].attrs.get("long_name", "")).startswith("parameter ")
+    ]
+    lacking = sorted(set(params) - set(model.parameter_names))
+    if lacking:
+        raise InputError(
+            f"population: parameter(s) {lacking} are not parameters of model {model.name!r} "
+            f"({', '.join(model.parameter_names)}); choose the model the population was made for"
+        )
+
+
 def population_arrays(model: Model, population: Any, n: int | None) -> dict[str, np.ndarray]:
     """Parameters per patient as float64 arrays of length N, defaults filled in.
 
@@ -53,6 +78,7 @@ def population_arrays(model: Model, population: Any, n: int | None) -> dict[str,
         population = {}
     strict = isinstance(population, dict)
     if isinstance(population, xr.Dataset):
+        _check_population_model(model, population)
         cols = {
             k: population[k].values
             for k in population.data_vars

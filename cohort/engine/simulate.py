@@ -31,7 +31,7 @@ from cohort.engine.events import missing_duration_params, ss_lag_problem
 from cohort.engine.inputs import InputError, check_times, population_arrays
 from cohort.engine.status import STATUS_MEANINGS, Status
 from cohort.models.base import Model
-from cohort.store import ResultStore, open_result
+from cohort.store import ResultStore, check_path, open_result, write_lock
 
 METHODS = ("auto", "closed_form", "diffrax", "fast")
 DEFAULT_CHUNK = {"closed_form": 8_192, "fast": 16_384, "diffrax": 10_000}
@@ -288,39 +288,8 @@ def simulate(
         raise InputError(f"chunk_size: must be >= 1, got {chunk_size}")
     plan = _Plan(model, method, params, table, times, outputs, dtype, options, chunk_size)
     if out is not None:
-        attrs = _provenance(plan, seed)
-        store = ResultStore.create(
-            out,
-            n_patients=n_pat,
-            times=times,
-            time_units=time_units,
-            outputs={o: _output_attrs(model, o) for o in outputs},
-            parameters={k: _param_attrs(model, k) for k in params},
-            dtype=dtype,
-            chunk_size=chunk_size,
-            attrs=attrs,
-            resume=resume,
-            overwrite=overwrite,
-        )
-        # One patient-major staging buffer per output, reused by every chunk (the writer is
-        # a single thread): fresh 100 MB arrays per chunk cost more in page faults than the
-        # transposed copy into them.
-        staging = {o: np.empty((chunk_size, len(times)), dtype) for o in outputs}
-
-        def to_store(k, blocks, status, params):
-            def patient_major(name):
-                buf = staging[name][: len(status)]
-                for start, block in blocks[name]:
-                    np.copyto(buf[start : start + block.shape[1]], block.T)
-                buf[status != 0] = np.nan
-                return buf
-
-            outs = {name: functools.partial(patient_major, name) for name in blocks}
-            store.write_chunk(k, outs, status, params)
-
-        _run_chunks(plan, store.done_chunks(), to_store, progress)
-        store.finish()
-        return open_result(out)
+        with write_lock(check_path(out)):
+            return _simulate_to_store(plan, out, seed, time_units, resume, overwrite, progress)
     n_chunks = math.ceil(n_pat / chunk_size)
     # Time-major buffers: the engines produce [T, N] blocks, so copies stay contiguous; the
     # Dataset exposes them as (patient, time) through a transposed view (no extra copy).
@@ -342,6 +311,46 @@ def simulate(
         _run_chunks(plan, np.zeros(n_chunks, bool), keep, progress)
         attrs = attrs.result()
     return _dataset(plan, res_out, res_status, attrs, time_units)
+
+
+def _simulate_to_store(plan: _Plan, out, seed, time_units, resume, overwrite, progress):
+    """Stream ``plan`` into the store at ``out`` (the caller holds its write lock)."""
+    model, outputs, dtype, chunk_size = plan.model, plan.outputs, plan.dtype, plan.chunk_size
+    times, params = plan.times, plan.params
+    n_pat = len(next(iter(params.values())))
+    attrs = _provenance(plan, seed)
+    store = ResultStore.create(
+        out,
+        n_patients=n_pat,
+        times=times,
+        time_units=time_units,
+        outputs={o: _output_attrs(model, o) for o in outputs},
+        parameters={k: _param_attrs(model, k) for k in params},
+        dtype=dtype,
+        chunk_size=chunk_size,
+        attrs=attrs,
+        resume=resume,
+        overwrite=overwrite,
+    )
+    # One patient-major staging buffer per output, reused by every chunk (the writer is
+    # a single thread): fresh 100 MB arrays per chunk cost more in page faults than the
+    # transposed copy into them.
+    staging = {o: np.empty((chunk_size, len(times)), dtype) for o in outputs}
+
+    def to_store(k, blocks, status, params):
+        def patient_major(name):
+            buf = staging[name][: len(status)]
+            for start, block in blocks[name]:
+                np.copyto(buf[start : start + block.shape[1]], block.T)
+            buf[status != 0] = np.nan
+            return buf
+
+        outs = {name: functools.partial(patient_major, name) for name in blocks}
+        store.write_chunk(k, outs, status, params)
+
+    _run_chunks(plan, store.done_chunks(), to_store, progress)
+    store.finish()
+    return open_result(out)
 
 
 def _run_chunks(plan: _Plan, done: np.ndarray, sink, progress) -> None:

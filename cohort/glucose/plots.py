@@ -15,16 +15,13 @@ import numpy as np  # noqa: E402
 import xarray as xr  # noqa: E402
 
 from cohort.glucose.metrics import cvga  # noqa: E402
+from cohort.store.figures import save_figure  # noqa: E402
 
 _BANDS = ((0.05, 0.95), (0.25, 0.75))
 
 
 def _save(fig, path: str | Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=110)
 
 
 def glucose_band(

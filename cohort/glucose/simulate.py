@@ -36,6 +36,7 @@ from cohort.glucose.scenarios import MealScenario
 from cohort.glucose.scenarios import scenario as named_scenario
 from cohort.models import get
 from cohort.store import ResultStore, open_result
+from cohort.store.lock import locks_output
 
 _OUTPUTS = {
     "Gsub": ("mg/dL", "subcutaneous (interstitial) glucose, true value"),
@@ -70,6 +71,7 @@ def _status(finite, min_scaled, invalid) -> np.ndarray:
     return np.where(invalid, int(Status.INVALID_PARAMETERS), st).astype(np.int8)
 
 
+@locks_output("out")
 def run(
     patients: Any,
     scenario: MealScenario | str = "random",

@@ -4,7 +4,7 @@ from cohort.inference.bayes import Priors
 from cohort.inference.diagnostics import Gates
 from cohort.inference.fit import METHODS, fit
 from cohort.inference.problem import BoundModel, Pop, bind
-from cohort.inference.results import FitResult
+from cohort.inference.results import FitResult, load_fit
 from cohort.inference.spec import NLME, Covariate, ErrorModel, Param, SpecError
 
 __all__ = [
@@ -14,6 +14,7 @@ __all__ = [
     "Covariate",
     "ErrorModel",
     "FitResult",
+    "load_fit",
     "Gates",
     "Param",
     "Pop",

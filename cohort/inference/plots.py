@@ -20,15 +20,12 @@ import matplotlib.pyplot as plt  # noqa: E402
 from cohort.inference import laplace, likelihood  # noqa: E402
 from cohort.inference.posterior import pops_from_samples  # noqa: E402
 from cohort.inference.results import FitResult  # noqa: E402
+from cohort.store import claim_file, report_directory  # noqa: E402
+from cohort.store.figures import save_figure  # noqa: E402
 
 
 def _save(fig, path: str | Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=100)
 
 
 def _units(fit: FitResult) -> tuple[str, str]:
@@ -201,15 +198,18 @@ def individual(fit: FitResult, path: str | Path, max_subjects: int = 12, points:
     return _save(fig, path)
 
 
-def report(fit: FitResult, directory: str | Path, n_sim: int = 200) -> list[Path]:
-    """Write ``gof.png``, ``vpc.png``, ``individual.png`` and ``summary.csv`` to ``directory``."""
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    paths = [
-        gof(fit, directory / "gof.png"),
-        vpc(fit, directory / "vpc.png", n_sim=n_sim),
-        individual(fit, directory / "individual.png"),
-    ]
-    fit.summary.to_csv(directory / "summary.csv")
-    fit.individual.to_csv(directory / "individual.csv")
-    return [*paths, directory / "summary.csv", directory / "individual.csv"]
+def report(
+    fit: FitResult, directory: str | Path, n_sim: int = 200, *, overwrite: bool = False
+) -> list[Path]:
+    """Write ``gof.png``, ``vpc.png``, ``individual.png``, ``summary.csv`` and
+    ``individual.csv`` to ``directory`` (new, or cohort's own: files there are replaced only
+    with ``overwrite``)."""
+    directory = report_directory(directory, overwrite=overwrite, flag="--report")
+    names = ("gof.png", "vpc.png", "individual.png", "summary.csv", "individual.csv")
+    gof_p, vpc_p, ind_p, summary, table = (
+        claim_file(directory, name, overwrite=overwrite) for name in names
+    )
+    paths = [gof(fit, gof_p), vpc(fit, vpc_p, n_sim=n_sim), individual(fit, ind_p)]
+    fit.summary.to_csv(summary)
+    fit.individual.to_csv(table)
+    return [*paths, summary, table]

@@ -4,6 +4,8 @@ storage as netCDF or zarr (arviz InferenceData for NUTS/SVI, an xarray Dataset f
 from __future__ import annotations
 
 import dataclasses
+import os
+import shutil
 from pathlib import Path
 
 import arviz as az
@@ -12,10 +14,14 @@ import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 import xarray as xr
+import zarr
 
+from cohort.errors import OutputError
 from cohort.inference.layout import Layout
 from cohort.inference.ml import MLEstimate
 from cohort.inference.problem import BoundModel, Pop
+from cohort.store import check_path, prepare_output, write_lock
+from cohort.store.safety import SIGNATURE, ZARR_MARK
 
 
 @dataclasses.dataclass
@@ -93,26 +99,69 @@ class FitResult:
         ds.attrs.update(_attrs(self))
         return ds
 
-    def save(self, path: str | Path) -> Path:
-        """Write to ``.nc`` (netCDF) or ``.zarr``; Bayesian fits as InferenceData groups."""
+    def save(self, path: str | Path, *, overwrite: bool = False) -> Path:
+        """Write to ``.nc`` (netCDF-4) or ``.zarr``; Bayesian fits as InferenceData groups
+        (``posterior``, ``sample_stats``, ..., ``fit_summary``). An existing ``path`` is
+        replaced only with ``overwrite`` and only if cohort wrote it. Read back with
+        :func:`load_fit`."""
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         if path.suffix not in (".nc", ".zarr"):
-            raise ValueError(f"output {path}: use a .nc (netCDF) or .zarr path")
-        if self.idata is not None:
-            idata = self.idata.copy()
-            idata.add_groups({"fit_summary": self.to_xarray()})
-            if path.suffix == ".nc":
-                idata.to_netcdf(str(path))
-            else:
-                idata.to_zarr(str(path))
-            return path
-        ds = self.to_xarray()
-        if path.suffix == ".nc":
-            ds.to_netcdf(path)
-        else:
-            ds.to_zarr(path, mode="w", consolidated=False)
+            raise OutputError(f"--out {path}: use a .nc (netCDF) or .zarr path")
+        with write_lock(check_path(path)):
+            prepare_output(path, overwrite=overwrite)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            groups = {"fit_summary": self.to_xarray()}
+            if self.idata is not None:
+                groups = {g: self.idata[g] for g in self.idata.groups()} | groups
+            _write_groups(path, groups)
         return path
+
+
+def _write_groups(path: Path, groups: dict[str, xr.Dataset]) -> None:
+    """Each dataset as a group of one netCDF-4/zarr v3 store, cohort's mark on the root.
+
+    Written through xarray rather than ``InferenceData.to_zarr``: arviz refuses zarr >= 3.
+    The file is completed under a temporary name and renamed, so a crash never leaves half a
+    result where a complete one is expected."""
+    tmp = path.with_name(f".{path.name}.partial")
+    if tmp.is_dir():
+        shutil.rmtree(tmp)
+    elif tmp.exists():
+        tmp.unlink()
+    if path.suffix == ".nc":
+        mode = "w"
+        for name, ds in groups.items():
+            ds.to_netcdf(tmp, group=name, mode=mode, engine="h5netcdf")
+            mode = "a"
+        import h5py  # root attributes: cohort's signature (see cohort.store.safety)
+
+        with h5py.File(tmp, "r+") as f:
+            f.attrs["written_by"] = SIGNATURE
+            f.attrs["groups"] = ",".join(groups)
+    else:
+        zarr.open_group(str(tmp), mode="w-", zarr_format=3, attributes=dict(ZARR_MARK))
+        for name, ds in groups.items():
+            ds.to_zarr(str(tmp), group=name, mode="a", consolidated=False, zarr_format=3)
+        zarr.open_group(str(tmp), mode="r+").attrs.update({"groups": list(groups)})
+    os.replace(tmp, path)
+
+
+def load_fit(path: str | Path) -> dict[str, xr.Dataset]:
+    """The groups of a fit written by :meth:`FitResult.save` (``fit_summary`` always;
+    ``posterior``, ``sample_stats``, ... for NUTS/SVI)."""
+    path = Path(path)
+    if not path.exists():
+        raise OutputError(f"no fit result at {str(path)!r}")
+    if path.suffix == ".nc":
+        import h5py
+
+        with h5py.File(path, "r") as f:
+            names = str(f.attrs.get("groups", "fit_summary")).split(",")
+        return {g: xr.load_dataset(path, group=g, engine="h5netcdf") for g in names}
+    names = zarr.open_group(str(path), mode="r").attrs.get("groups", ["fit_summary"])
+    return {
+        g: xr.open_zarr(str(path), group=g, consolidated=False, zarr_format=3).load() for g in names
+    }
 
 
 def _attrs(fit: FitResult) -> dict:

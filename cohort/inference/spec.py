@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Mapping, Sequence
 
+from cohort.errors import CohortError
 from cohort.models.base import Model
 
 COVARIATE_KINDS = ("power", "exp", "binary")
@@ -22,7 +23,7 @@ ERROR_KINDS = ("additive", "proportional", "combined", "log-additive")
 _NOT_LOGNORMAL = ("F", "ALAG")
 
 
-class SpecError(ValueError):
+class SpecError(CohortError, ValueError):
     """The model specification is inconsistent; the message names the field and the fix."""
 
 

@@ -16,6 +16,8 @@ from typing import Any
 
 import jax.numpy as jnp
 
+from cohort.errors import UnknownModelError
+
 Tree = dict[str, Any]
 
 
@@ -205,7 +207,9 @@ def get(name: str) -> Model:
     """The registered model ``name`` (one shared instance per name: models are immutable, and
     sharing lets the engine reuse compiled solvers across calls)."""
     if name not in _REGISTRY:
-        raise KeyError(f"unknown model {name!r}; available models: {', '.join(sorted(_REGISTRY))}")
+        raise UnknownModelError(
+            f"unknown model {name!r}; available models: {', '.join(sorted(_REGISTRY))}"
+        )
     return _instance(name)
 
 

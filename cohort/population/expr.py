@@ -13,6 +13,8 @@ import operator
 
 import numpy as np
 
+from cohort.errors import CohortError
+
 _BIN = {
     ast.Add: operator.add,
     ast.Sub: operator.sub,
@@ -39,7 +41,7 @@ _FUNCS = {
 }
 
 
-class ExpressionError(ValueError):
+class ExpressionError(CohortError, ValueError):
     """An expression in a spec is not allowed or refers to unknown names."""
 
 

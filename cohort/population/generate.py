@@ -10,6 +10,7 @@ filter are skipped; the first ``n`` accepted candidates form the population.
 from __future__ import annotations
 
 import math
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -20,11 +21,14 @@ import xarray as xr
 import zarr
 from scipy import special
 
+from cohort.errors import CohortError
 from cohort.population.expr import evaluate
 from cohort.population.spec import PopulationSpec, SpecError, load_spec
+from cohort.store.lock import locks_output
+from cohort.store.safety import ZARR_MARK, prepare_output, written_by_cohort
 
 
-class PopulationError(RuntimeError):
+class PopulationError(CohortError, RuntimeError):
     """Generation could not produce the requested population (e.g. filters reject too much)."""
 
 
@@ -185,6 +189,7 @@ def _var_attrs(spec: PopulationSpec) -> dict[str, dict[str, Any]]:
     return attrs
 
 
+@locks_output("out")
 def generate(
     spec: PopulationSpec | str | Path,
     n: int,
@@ -193,45 +198,35 @@ def generate(
     chunk_size: int = 200_000,
     out: str | Path | None = None,
     overwrite: bool = False,
+    resume: bool = False,
     max_candidates: int | None = None,
     progress=None,
 ) -> xr.Dataset:
     """``n`` virtual patients (dim ``patient``): covariates and parameters with units.
 
     With ``out`` the population streams into a zarr store chunk by chunk (memory stays flat up
-    to 10^7 patients) and is returned lazily. ``attrs`` report the acceptance rate.
+    to 10^7 patients) and is returned lazily; each chunk is flagged in ``chunk_done`` once
+    written, and ``resume=True`` completes an interrupted store (identical to a clean run:
+    the candidates are drawn again, only the missing chunks are written). ``attrs`` report
+    the acceptance rate.
     """
     if not isinstance(spec, PopulationSpec):
         spec = load_spec(spec)
-    if not isinstance(n, (int, np.integer)) or n < 1:
-        raise PopulationError(f"n must be a positive integer, got {n!r}")
-    if chunk_size < 1:
-        raise PopulationError(f"chunk_size must be >= 1, got {chunk_size}")
+    if not isinstance(n, (int, np.integer)) or isinstance(n, bool) or n < 1:
+        raise PopulationError(f"n: must be a positive integer, got {n!r}")
+    if not isinstance(chunk_size, (int, np.integer)) or chunk_size < 1:
+        raise PopulationError(f"chunk_size: must be a positive integer, got {chunk_size!r}")
     names = spec.covariate_names + spec.parameter_names
     max_candidates = max_candidates or max(100 * n, 10_000)
     var_attrs = _var_attrs(spec)
+    n_chunks = math.ceil(n / chunk_size)
     group = None
+    done = np.zeros(n_chunks, bool)
     if out is not None:
-        out = Path(out)
-        if out.exists() and not overwrite:
-            raise PopulationError(f"{str(out)!r} exists; pass overwrite=True or another path")
-        group = zarr.open_group(str(out), mode="w", zarr_format=3)
-        arrays = {}
-        for name in names:
-            a = group.create_array(
-                name,
-                shape=(n,),
-                dtype="float64",
-                chunks=(chunk_size,),
-                dimension_names=["patient"],
-                fill_value=np.nan,
-            )
-            a.attrs.update(var_attrs[name])
-            arrays[name] = a
-        pc = group.create_array(
-            "patient", shape=(n,), dtype="int64", chunks=(chunk_size,), dimension_names=["patient"]
+        group, done = _open_store(
+            Path(out), spec, n, seed, chunk_size, names, var_attrs, resume, overwrite
         )
-        pc[:] = np.arange(n)
+        arrays = {name: group[name] for name in names}
     buffers: dict[str, list[np.ndarray]] = {k: [] for k in names}
     buffered = written = tried = seen_ok = 0
     kept: dict[str, list[np.ndarray]] = {k: [] for k in names}
@@ -252,13 +247,16 @@ def generate(
         buffered += len(take)
         while buffered >= chunk_size or (written + buffered == n and buffered):
             m = min(chunk_size, buffered)
+            chunk = written // chunk_size
             for k in names:
                 cat = np.concatenate(buffers[k])
                 block, buffers[k] = cat[:m], [cat[m:]]
-                if group is not None:
-                    arrays[k][written : written + m] = block
-                else:
+                if group is None:
                     kept[k].append(block)
+                elif not done[chunk]:
+                    arrays[k][written : written + m] = block
+            if group is not None and not done[chunk]:
+                group["chunk_done"][chunk] = True  # only after every variable is written
             written += m
             buffered -= m
             if progress:
@@ -273,7 +271,83 @@ def generate(
         "model": spec.model or "",
     }
     if group is not None:
-        group.attrs.update(attrs)
-        return xr.open_zarr(str(out), consolidated=False)
+        group.attrs.update({**attrs, "complete": True})
+        return open_population(out)
     data = {k: (("patient",), np.concatenate(kept[k]), var_attrs[k]) for k in names}
     return xr.Dataset(data, coords={"patient": np.arange(n)}, attrs=attrs)
+
+
+def _open_store(out, spec, n, seed, chunk_size, names, var_attrs, resume, overwrite):
+    """The population store's group and its done flags: a new layout, or the one of an
+    interrupted run of the same spec, n, seed and chunk size when ``resume``."""
+    import cohort
+
+    key = {"spec_hash": spec.digest, "n": int(n), "seed": int(seed), "chunk_size": chunk_size}
+    out = prepare_output(out, overwrite=overwrite, resume=resume, resumable=True)
+    if resume and out.exists():
+        try:
+            group = zarr.open_group(str(out), mode="r+")
+            old = {k: group.attrs.get(k) for k in key}
+        except Exception:  # zarr raises several types for a non-store directory
+            group, old = None, None
+        if group is not None and group.attrs.get("layout_complete") and old == key:
+            return group, np.asarray(group["chunk_done"][:], bool)
+        if group is None or group.attrs.get("layout_complete"):
+            raise PopulationError(
+                f"--resume: {str(out)!r} was not written by this generate run (it holds "
+                f"{old}, this run {key}); use the same spec, --n, --seed and --chunk-size, or "
+                "--overwrite"
+            )
+        if not written_by_cohort(out):
+            raise PopulationError(f"--resume: {str(out)!r} is not a cohort population store")
+        shutil.rmtree(out)  # killed while its layout was created: nothing written yet
+    n_chunks = math.ceil(n / chunk_size)
+    group = zarr.open_group(str(out), mode="w-", zarr_format=3, attributes=dict(ZARR_MARK))
+    for name in names:
+        a = group.create_array(
+            name,
+            shape=(n,),
+            dtype="float64",
+            chunks=(chunk_size,),
+            dimension_names=["patient"],
+            fill_value=np.nan,
+        )
+        a.attrs.update(var_attrs[name])
+    pc = group.create_array(
+        "patient", shape=(n,), dtype="int64", chunks=(chunk_size,), dimension_names=["patient"]
+    )
+    pc[:] = np.arange(n)
+    flags = group.create_array(
+        "chunk_done",
+        shape=(n_chunks,),
+        dtype="bool",
+        chunks=(n_chunks,),
+        dimension_names=["chunk"],
+        fill_value=False,
+    )
+    flags.attrs.update({"long_name": "chunk of patients fully written"})
+    group.attrs.update(
+        {**key, "population": spec.name, "cohort_version": cohort.__version__,
+         "layout_complete": True}
+    )  # fmt: skip
+    return group, np.zeros(n_chunks, bool)
+
+
+def open_population(path: str | Path) -> xr.Dataset:
+    """A population store written by :func:`generate`, refusing one that is incomplete."""
+    p = Path(path)
+    if not p.exists():
+        raise PopulationError(f"no population store at {str(p)!r}")
+    try:
+        ds = xr.open_zarr(str(p), consolidated=False)
+    except Exception as exc:
+        raise PopulationError(f"{str(p)!r} is not a readable zarr store: {exc}") from None
+    if "chunk_done" in ds and not bool(ds["chunk_done"].all()):
+        missing = int((~ds["chunk_done"].values).sum())
+        raise PopulationError(
+            f"{str(p)!r} is incomplete ({missing} of {ds.sizes['chunk']} chunks missing: the "
+            "generate run was interrupted); finish it with `cohort generate ... --resume`"
+        )
+    if "chunk_done" not in ds and ds.attrs.get("spec_hash") and not ds.attrs.get("complete", True):
+        raise PopulationError(f"{str(p)!r} is incomplete; regenerate it")
+    return ds.drop_vars("chunk_done", errors="ignore")

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from cohort.errors import CohortError
 from cohort.population.expr import ExpressionError, names_in
 
 if sys.version_info >= (3, 11):
@@ -24,7 +25,7 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 
-class SpecError(ValueError):
+class SpecError(CohortError, ValueError):
     """A prior spec is malformed; the message names the file, the key and the fix."""
 
 
@@ -280,12 +281,28 @@ def load_spec(path: str | Path) -> PopulationSpec:
     return parse_spec(raw, str(path), hashlib.sha256(raw_bytes).hexdigest()[:16])
 
 
+def _model(path: str, name: object) -> str | None:
+    """The spec's ``population.model``: a registered model whose parameters the spec's must be."""
+    if name is None:
+        return None
+    from cohort.models import available
+
+    if not isinstance(name, str) or name not in available():
+        raise _err(
+            path,
+            "population.model",
+            f"unknown model {name!r}; use one of `cohort models`: {', '.join(available())}",
+        )
+    return name
+
+
 def parse_spec(raw: dict, path: str = "<spec>", digest: str | None = None) -> PopulationSpec:
     _check_keys(path, "top level", raw, _TOP)
     meta = raw.get("population", {})
     _check_keys(path, "population", meta, {"name", "description", "model", "citation"})
     if not meta.get("name"):
         raise _err(path, "population.name", "missing name")
+    model = _model(path, meta.get("model"))
     covs = raw.get("covariates", {})
     covariates = tuple(_covariate(path, n, t) for n, t in covs.items())
     cov_names = {c.name for c in covariates}
@@ -342,6 +359,17 @@ def parse_spec(raw: dict, path: str = "<spec>", digest: str | None = None) -> Po
             )
         )
     pnames = {p.name for p in params}
+    if model is not None:
+        from cohort.models import get
+
+        lacking = sorted(pnames - set(get(model).parameter_names))
+        if lacking:
+            raise _err(
+                path,
+                "parameters",
+                f"{lacking} are not parameters of model {model!r} "
+                f"({', '.join(get(model).parameter_names)})",
+            )
     iiv = raw.get("iiv", {})
     _check_keys(path, "iiv", iiv, {"parameters", "omega", "sd", "citation"})
     eta = tuple(iiv.get("parameters", ()))
@@ -418,7 +446,7 @@ def parse_spec(raw: dict, path: str = "<spec>", digest: str | None = None) -> Po
     return PopulationSpec(
         path,
         str(meta["name"]),
-        meta.get("model"),
+        model,
         str(meta.get("citation", "")),
         covariates,
         cvars,

@@ -16,6 +16,7 @@ import concurrent.futures
 import json
 import math
 import os
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -25,10 +26,8 @@ import xarray as xr
 import zarr
 from zarr.codecs import BloscCodec
 
-
-class StoreError(RuntimeError):
-    """A store cannot be created, resumed or read; the message says why and what to do."""
-
+from cohort.errors import StoreError
+from cohort.store.safety import ZARR_MARK, prepare_output, written_by_cohort
 
 # Level 1: in bench_stream (10^6 patients) it wrote 4 % faster than level 5 for a 7 % larger
 # store (ratio 1.41 vs 1.51); on 2 cores the write side costs about as much CPU as the solves.
@@ -80,17 +79,20 @@ class ResultStore:
         overwrite: bool = False,
     ) -> ResultStore:
         """Create the layout, or reopen it for resuming when ``resume`` and the spec matches."""
-        path = Path(path)
-        if path.exists():
-            if resume:
+        path = prepare_output(path, overwrite=overwrite, resume=resume, resumable=True)
+        if resume and path.exists():
+            if _layout_complete(path):
                 return cls.reopen(path, attrs["spec_hash"], chunk_size)
-            if not overwrite:
+            if not written_by_cohort(path):
                 raise StoreError(
-                    f"output {str(path)!r} already exists; pass resume=True (CLI --resume) to "
-                    "continue an interrupted run, overwrite=True (--overwrite) to replace it, "
-                    "or choose another path"
+                    f"cannot resume {str(path)!r}: it is not a cohort result store; choose "
+                    "another path"
                 )
-        g = zarr.open_group(str(path), mode="w", zarr_format=3)
+            # Killed while the layout was being created: nothing was computed yet, start over.
+            shutil.rmtree(path)
+        # The root attributes carry cohort's mark from the first write on, so a store killed
+        # while its layout is created is still recognised as cohort's.
+        g = zarr.open_group(str(path), mode="w-", zarr_format=3, attributes=dict(ZARR_MARK))
         n_chunks = max(1, math.ceil(n_patients / chunk_size))
         pc = g.create_array(
             "patient",
@@ -156,7 +158,7 @@ class ResultStore:
             fill_value=False,
         )
         done.attrs.update({"long_name": "batch finished and fully written"})
-        g.attrs.update(_jsonable(attrs))
+        g.attrs.update(_jsonable({**attrs, "layout_complete": True}))
         return cls(path, g, chunk_size)
 
     @classmethod
@@ -165,6 +167,8 @@ class ResultStore:
             g = zarr.open_group(str(path), mode="r+")
         except Exception as exc:  # zarr raises several types for a non-store directory
             raise StoreError(f"{str(path)!r} is not a cohort result store: {exc}") from None
+        if not _layout_complete(path):
+            raise StoreError(f"{str(path)!r} is not a complete cohort result store")
         old = g.attrs.get("spec_hash")
         if old != spec_hash:
             raise StoreError(
@@ -218,6 +222,18 @@ class ResultStore:
     def finish(self) -> None:
         """Nothing to flush: every chunk is durable once written. (Metadata is deliberately not
         consolidated: consolidation is not part of the zarr v3 spec.)"""
+
+
+def _layout_complete(path: Path) -> bool:
+    """The layout was created to the end (stores before this flag: a ``chunk_done`` array)."""
+    try:
+        meta = json.loads((path / "zarr.json").read_text())
+    except (OSError, ValueError):
+        return False
+    attrs = meta.get("attributes", {})
+    return bool(attrs.get("layout_complete")) or (
+        "spec_hash" in attrs and (path / "chunk_done" / "zarr.json").exists()
+    )
 
 
 def _jsonable(d: dict) -> dict:

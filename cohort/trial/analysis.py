@@ -88,8 +88,8 @@ def compare(result: TrialResult, test, treat: int, control: int) -> dict[str, np
 def analyze(result: TrialResult, out: str | Path | None = None) -> Analysis:
     """Statistics of every replicate, power per comparison and PTA per arm.
 
-    With ``out`` (or a result opened from a store) the per-replicate dataset is also written
-    to the store's ``analysis`` group."""
+    With ``out`` (the trial's own store) the per-replicate dataset is also written to its
+    ``analysis`` group; without it nothing is written (a report never modifies its input)."""
     spec = result.spec
     names = spec.arm_names
     control = names.index(spec.control)
@@ -137,7 +137,7 @@ def analyze(result: TrialResult, out: str | Path | None = None) -> Analysis:
         reps.attrs["looks"] = list(s.looks)
         reps.attrs["boundaries"] = bounds.tolist()
     analysis = Analysis(reps, pd.DataFrame(rows), pta(result), bounds)
-    target = out or result.path
+    target = out
     if target is not None:
         # Integer comparison index on disk: zarr v3 has no stable fixed-width string dtype.
         stored = reps.assign_coords(comparison=np.arange(len(labels)))

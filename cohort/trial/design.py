@@ -11,13 +11,14 @@ from __future__ import annotations
 import numpy as np
 import xarray as xr
 
+from cohort.errors import CohortError
 from cohort.population import generate
 from cohort.population.expr import evaluate
 
 STREAMS = {"allocation": 1, "dropout": 2, "assay": 3, "events": 4, "escalation": 5, "adaptive": 6}
 
 
-class EligibilityError(RuntimeError):
+class EligibilityError(CohortError, RuntimeError):
     """Too few candidates pass the inclusion/exclusion criteria."""
 
 

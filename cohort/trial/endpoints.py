@@ -21,10 +21,11 @@ from __future__ import annotations
 
 import numpy as np
 
+from cohort.errors import CohortError
 from cohort.trial.spec import Assay, Endpoint
 
 
-class EndpointError(ValueError):
+class EndpointError(CohortError, ValueError):
     """An endpoint refers to a time or output the trial does not observe."""
 
 

@@ -154,7 +154,7 @@ def escalate(
         raise ValueError(f"{spec.path}: no [escalation] table")
     esc = spec.escalation
     seed = spec.seed if seed is None else seed
-    reps = replicates or spec.replicates
+    reps = spec.replicates if replicates is None else int(replicates)
     tox = toxicity_matrix(spec, seed)
     gen = design.rng(seed, "escalation")
     levels = tox.shape[0]

@@ -11,11 +11,15 @@ from __future__ import annotations
 
 import base64
 import html
+import tempfile
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from cohort.errors import OutputError
+from cohort.store import check_replaceable, claim_file, report_directory
+from cohort.store.safety import REPORT_HEADER
 from cohort.trial.analysis import Analysis, analyze
 from cohort.trial.run import TrialResult, open_trial
 
@@ -35,12 +39,11 @@ def _md_table(df: pd.DataFrame) -> str:
 
 
 def _figures(
-    result: TrialResult, analysis: Analysis, folder: Path, sizes: pd.DataFrame | None
+    result: TrialResult, analysis: Analysis, claim, sizes: pd.DataFrame | None
 ) -> list[tuple[str, Path]]:
     from cohort.trial import figures  # matplotlib only when a report is drawn
 
     spec, out = result.spec, []
-    folder.mkdir(parents=True, exist_ok=True)
     arm_all = np.asarray(result.patients["arm"].values)
     rows = np.asarray(result.patients["sim_row"].values)[:MAX_BAND_PATIENTS]
     order = np.argsort(rows)  # zarr-backed indexing wants increasing rows
@@ -53,20 +56,20 @@ def _figures(
         out.append(
             (
                 f"{o} by arm",
-                figures.bands(times, v, arm, names, f"{o} [{units}]", folder / f"bands_{o}.png"),
+                figures.bands(times, v, arm, names, f"{o} [{units}]", claim(f"bands_{o}.png")),
             )
         )
     if analysis.replicates.sizes.get("comparison", 0):
         out.append(
             (
                 "Forest plot of effects",
-                figures.forest(analysis.summary, analysis.replicates, folder / "forest.png"),
+                figures.forest(analysis.summary, analysis.replicates, claim("forest.png")),
             )
         )
     s = analysis.summary
     if sizes is not None and len(sizes):
         for comp, g in sizes.groupby("comparison", sort=False):
-            path = folder / f"power_n_{len(out)}.png"
+            path = claim(f"power_n_{len(out)}.png")
             out.append(
                 (
                     f"Power vs N: {comp}",
@@ -94,17 +97,17 @@ def _figures(
                         prim["power_mc_high"].values,
                         "dose",
                         spec.power_target,
-                        folder / "power_dose.png",
+                        claim("power_dose.png"),
                     ),
                 )
             )
     if len(analysis.pta):
-        out.append(("Dose–PTA curve", figures.pta_curve(analysis.pta, folder / "pta.png")))
+        out.append(("Dose–PTA curve", figures.pta_curve(analysis.pta, claim("pta.png"))))
     for e in spec.endpoints:
         if e.type == "tte":
             d = np.asarray(result.patients[e.name].values)
             ev = np.asarray(result.patients[f"{e.name}_event"].values)
-            path = folder / f"km_{e.name}.png"
+            path = claim(f"km_{e.name}.png")
             out.append(
                 (
                     f"Kaplan–Meier: {e.name}",
@@ -136,6 +139,8 @@ def report(
     sample_sizes: pd.DataFrame | None = None,
     escalation: pd.DataFrame | None = None,
     dose_pta: pd.DataFrame | None = None,
+    *,
+    overwrite: bool = False,
 ) -> Path:
     """Write the report for ``result`` (a :class:`TrialResult` or a trial store path) to
     ``path`` (``.md`` or ``.html``) and return it. Optional tables/figures: a sample-size search
@@ -143,19 +148,52 @@ def report(
     sweep (:func:`dose_pta`)."""
     if not isinstance(result, TrialResult):
         result = open_trial(result)
-    analysis = analysis or analyze(result)
+    path = check_replaceable(path, overwrite=overwrite, flag="report path")
+    if path.suffix.lower() not in (".md", ".html"):
+        raise OutputError(f"report path {str(path)!r}: use a .md or .html file name")
+    analysis = analysis or analyze(result)  # in memory: the input store is never modified
     spec = result.spec
-    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    folder = path.parent / f"{path.stem}_figures"
-    figs = _figures(result, analysis, folder, sample_sizes)
+    if path.suffix.lower() == ".html":
+        # Self-contained: the figures are embedded, drawn in a folder that is then removed.
+        with tempfile.TemporaryDirectory() as tmp:
+            figs = _all_figures(result, analysis, sample_sizes, dose_pta, lambda n: Path(tmp) / n)
+            tables = _tables(result, analysis, sample_sizes, escalation, dose_pta)
+            path.write_text(_html(spec.name, _intro(result), tables, figs), encoding="utf-8")
+        return path
+    folder = report_directory(
+        path.parent / f"{path.stem}_figures", overwrite=overwrite, flag="report figures"
+    )
+    figs = _all_figures(
+        result,
+        analysis,
+        sample_sizes,
+        dose_pta,
+        lambda name: claim_file(folder, name, overwrite=overwrite, flag="report figures"),
+    )
+    parts = [REPORT_HEADER, f"# Trial report: {spec.name}", "", _intro(result), ""]
+    for title, df in _tables(result, analysis, sample_sizes, escalation, dose_pta):
+        parts += [f"## {title}", "", _md_table(df), ""]
+    for title, fig in figs:
+        parts += [f"## {title}", "", f"![{title}]({fig.relative_to(path.parent).as_posix()})", ""]
+    path.write_text("\n".join(parts), encoding="utf-8")
+    return path
+
+
+def _all_figures(result, analysis, sample_sizes, dose_pta, claim) -> list[tuple[str, Path]]:
+    figs = _figures(result, analysis, claim, sample_sizes)
     if dose_pta is not None and len(dose_pta):
         from cohort.trial import figures
 
-        path_fig = figures.pta_curve(dose_pta, folder / "pta_sweep.png")
+        path_fig = figures.pta_curve(dose_pta, claim("pta_sweep.png"))
         figs.append(("Dose–PTA curve (dose sweep, same patients at every dose)", path_fig))
+    return figs
+
+
+def _intro(result: TrialResult) -> str:
+    spec = result.spec
     pd_attrs = result.patients.attrs
-    intro = (
+    return (
         f"{spec.description}\n\nModel `{spec.model}` "
         f"({result.simulation.attrs.get('method', '')}), "
         f"{spec.replicates} replicate trials × {spec.n} patients, seed {spec.seed}, spec "
@@ -163,6 +201,10 @@ def report(
         f"{float(pd_attrs.get('eligible_fraction', 1.0)):.1%}. Dropout hazard "
         f"{spec.dropout_hazard:g} per time unit, estimand {spec.estimand}."
     )
+
+
+def _tables(result, analysis, sample_sizes, escalation, dose_pta) -> list:
+    spec = result.spec
     tables: list[tuple[str, pd.DataFrame]] = [("Design", _design_table(result))]
     cols = [
         "comparison",
@@ -210,21 +252,7 @@ def report(
                 escalation,
             )
         )
-    if path.suffix.lower() == ".html":
-        path.write_text(_html(spec.name, intro, tables, figs))
-    else:
-        parts = [f"# Trial report: {spec.name}", "", intro, ""]
-        for title, df in tables:
-            parts += [f"## {title}", "", _md_table(df), ""]
-        for title, fig in figs:
-            parts += [
-                f"## {title}",
-                "",
-                f"![{title}]({fig.relative_to(path.parent).as_posix()})",
-                "",
-            ]
-        path.write_text("\n".join(parts))
-    return path
+    return tables
 
 
 def _html(name: str, intro: str, tables, figs) -> str:
@@ -245,4 +273,5 @@ def _html(name: str, intro: str, tables, figs) -> str:
         "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:2px 6px}"
     )
     head = f"<meta charset='utf-8'><title>{html.escape(name)}</title><style>{style}</style>"
-    return f"<!doctype html><html><head>{head}</head><body>{''.join(body)}</body></html>"
+    page = f"<html><head>{head}</head><body>{''.join(body)}</body></html>"
+    return f"<!doctype html>{REPORT_HEADER}{page}"

@@ -27,8 +27,9 @@ import xarray as xr
 import cohort
 from cohort.dosing import EventTable, Regimen, event_table
 from cohort.models import get as get_model
+from cohort.store.lock import locks_output
 from cohort.trial import adaptive, design, endpoints
-from cohort.trial.schema import from_json, to_json
+from cohort.trial.schema import TrialSpecError, from_json, to_json
 from cohort.trial.spec import TrialSpec, load
 
 
@@ -77,6 +78,7 @@ def simulation_times(spec: TrialSpec) -> np.ndarray:
     return np.unique(np.round(np.concatenate([grid, spec.times]), 9))
 
 
+@locks_output("out")
 def run(
     spec: TrialSpec | str | Path,
     out: str | Path | None = None,
@@ -93,10 +95,13 @@ def run(
     ``seed``, ``replicates`` and ``n`` override the spec. Same spec + seed = same trial."""
     if not isinstance(spec, TrialSpec):
         spec = load(spec)
+    for name, value in (("replicates", replicates), ("n", n)):
+        if value is not None and (isinstance(value, bool) or int(value) != value or value < 1):
+            raise TrialSpecError(f"{name}: must be an integer >= 1, got {value!r}")
     spec = spec.with_(
         seed=spec.seed if seed is None else int(seed),
-        replicates=replicates or spec.replicates,
-        n=n or spec.n,
+        replicates=spec.replicates if replicates is None else int(replicates),
+        n=spec.n if n is None else int(n),
     )
     model = get_model(spec.model)
     reps, n_per = spec.replicates, spec.n
@@ -245,12 +250,20 @@ def _patients(spec, pop, values, row, arm, strata, dropout) -> xr.Dataset:
 
 def open_trial(path: str | Path) -> TrialResult:
     """Re-open a trial written by :func:`run` with ``out`` (the simulation stays lazy)."""
-    from cohort.store import open_result
+    from cohort.store import StoreError, open_result
 
     path = Path(path)
     sim = open_result(path)
+    if "incomplete" in sim.attrs:
+        raise StoreError(
+            f"{str(path)!r} is an incomplete trial store (the run was interrupted); run the "
+            "trial again with --overwrite"
+        )
     try:
         patients = xr.open_zarr(str(path), group="trial", consolidated=False)
-    except Exception as exc:  # noqa: BLE001 - zarr raises several types for a missing group
-        raise FileNotFoundError(f"{str(path)!r} holds no trial (group 'trial'): {exc}") from None
+    except Exception:  # noqa: BLE001 - zarr raises several types for a missing group
+        raise StoreError(
+            f"{str(path)!r} holds no trial (no group 'trial'): give a store written by "
+            "`cohort trial -o`, or one whose trial run finished"
+        ) from None
     return TrialResult(from_json(patients.attrs["spec"]), sim, patients.load(), path)

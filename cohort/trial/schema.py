@@ -10,6 +10,8 @@ import dataclasses
 import json
 from typing import Any
 
+from cohort.errors import CohortError
+
 ENDPOINT_TYPES = ("auc", "cmax", "ctrough", "value", "change", "responder", "tte")
 TESTS = ("ttest", "ancova", "logrank", "responder")
 SPENDING = ("obrien_fleming", "pocock")
@@ -17,7 +19,7 @@ ESTIMANDS = ("complete_case", "hypothetical")
 ESCALATION = ("3+3", "boin", "crm")
 
 
-class TrialSpecError(ValueError):
+class TrialSpecError(CohortError, ValueError):
     """A trial spec is invalid; the message names the file and the offending key."""
 
 

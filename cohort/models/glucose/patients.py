@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 
+from cohort.errors import CohortError
 from cohort.models.glucose.uva_padova import UvaPadova
 
 GROUPS = ("adolescent", "adult", "child")
@@ -32,7 +33,7 @@ LOGIT = frozenset({"b", "d"})  # fractions in (0, 1)
 FIXED = ("HEb", "f", "ke1", "ke2", "Fsnc")  # constant across the 30 reference patients
 
 
-class PatientSamplingError(RuntimeError):
+class PatientSamplingError(CohortError, RuntimeError):
     """Too many prior draws were implausible (e.g. negative basal tissue glucose)."""
 
 

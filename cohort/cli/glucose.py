@@ -1,5 +1,4 @@
-"""CLI command ``cohort glucose``: a closed-loop UVA/Padova cohort (typer function; registered
-in cli.py with ``app.command()(glucose)``)."""
+"""``cohort glucose``: a closed-loop UVA/Padova cohort."""
 
 from __future__ import annotations
 
@@ -10,7 +9,7 @@ import numpy as np
 import typer
 from rich.table import Table
 
-from cohort.cli import _fail, _progress, console
+from cohort.cli._common import command, console, fail, progress
 
 _METRICS = (
     ("tir_70_180", "TIR 70–180 %"),
@@ -45,6 +44,7 @@ def _metrics_table(ds) -> Table:
     return table
 
 
+@command
 def glucose(
     patients: str = typer.Option("adult", help="adolescent | adult | child"),
     n: int = typer.Option(10, help="virtual patients (reference patients if --n <= 10)"),
@@ -53,10 +53,10 @@ def glucose(
     scenario: str = typer.Option("random", help="fixed (45/70/80 g) | random (simglucose-like)"),
     seed: int = typer.Option(0, help="seed of patients, meals and sensor noise"),
     cgm_noise: bool = typer.Option(True, help="CGM sensor noise (Johnson SU, simglucose Dexcom)"),
-    pump_increment: float = typer.Option(0.05, help="pump quantisation in U (0: none)"),
-    period: float = typer.Option(5.0, help="control / CGM period in min"),
+    pump_increment: float = typer.Option(0.05, help="pump quantisation, U (0: none)"),
+    period: float = typer.Option(5.0, help="control / CGM period, min"),
     out: Path = typer.Option(None, "--out", "-o", help="zarr store for the trajectories"),
-    overwrite: bool = typer.Option(False, help="replace an existing --out"),
+    overwrite: bool = typer.Option(False, help="replace an existing --out written by cohort"),
     plots: Path = typer.Option(None, help="folder for glucose-band and CVGA figures"),
 ):
     """Closed-loop UVA/Padova cohort: meals, CGM and an insulin controller in the loop."""
@@ -68,9 +68,16 @@ def glucose(
     from cohort.store import StoreError
 
     if patients not in GROUPS:
-        _fail(f"--patients must be one of {GROUPS}, got {patients!r}")
-    if n < 1 or days <= 0:
-        _fail("--n must be >= 1 and --days > 0")
+        fail(f"--patients must be one of {GROUPS}, got {patients!r}")
+    if n < 1:
+        fail(f"--n must be >= 1, got {n}")
+    if not days > 0:
+        fail(f"--days must be > 0, got {days}")
+    if not (pump_increment >= 0):
+        fail(f"--pump-increment must be >= 0 U (0: no quantisation), got {pump_increment}")
+    if not (period > 0):
+        fail(f"--period must be > 0 min, got {period}")
+
     pop = (
         reference_patients(patients).iloc[:n]
         if n <= 10
@@ -83,7 +90,7 @@ def glucose(
     )
     t0 = time.perf_counter()
     try:
-        with _progress() as bar:
+        with progress() as bar:
             task = bar.add_task(f"glucose {controller}", total=len(pop))
 
             def update(done: int, total: int) -> None:
@@ -101,7 +108,7 @@ def glucose(
                 progress=update,
             )
     except (InputError, StoreError, ValueError) as exc:
-        _fail(str(exc))
+        fail(str(exc))
     wall = time.perf_counter() - t0
     console.print(_metrics_table(ds))
     console.print(

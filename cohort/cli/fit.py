@@ -1,35 +1,19 @@
-"""``cohort fit``: fit an NLME model to a NONMEM-style CSV (registered by :mod:`cohort.cli`).
-
-The CLI helpers are imported inside the functions: :mod:`cohort.cli` imports this module at its
-end, so a module-level import back would fail whenever this module is imported first.
-"""
+"""``cohort fit``: fit an NLME model to a NONMEM-style CSV."""
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
-_DEVICES_FLAG = "--xla_force_host_platform_device_count"
-
-
-def host_devices_for_chains(chains: int) -> None:
-    """Ask XLA for one CPU device per NUTS chain, so the chains run in parallel on the cores
-    (``chain_method='parallel'``; numpyro would otherwise run them one after another or
-    vectorized). Only at CLI/benchmark entry, before JAX creates its CPU backend, and only
-    when the user has not chosen a device count in ``XLA_FLAGS`` themselves; a no-op on one
-    core, where vectorized chains are faster."""
-    flags = os.environ.get("XLA_FLAGS", "")
-    if chains > 1 and (os.cpu_count() or 1) > 1 and _DEVICES_FLAG not in flags:
-        os.environ["XLA_FLAGS"] = f"{flags} {_DEVICES_FLAG}={chains}".strip()
+from cohort.cli._common import command, console, fail, warn
 
 
 def _covariates(specs: list[str] | None, names: list[str]) -> dict:
     """``PARAM~COLUMN[:kind[:ref[:fixed]]]`` options grouped by parameter."""
-    from cohort.cli import _fail
     from cohort.inference import Covariate, SpecError
 
     out: dict[str, list] = {}
@@ -37,11 +21,11 @@ def _covariates(specs: list[str] | None, names: list[str]) -> dict:
         head, _, rest = text.partition(":")
         param, sep, column = head.partition("~")
         if not sep or not column:
-            _fail(
+            fail(
                 f"--covariate {text!r}: use PARAM~COLUMN[:kind[:ref[:fixed]]], e.g. CL~WT:power:70"
             )
         if param not in names:
-            _fail(f"--covariate {text!r}: {param!r} is not an estimated parameter ({names})")
+            fail(f"--covariate {text!r}: {param!r} is not an estimated parameter ({names})")
         parts = rest.split(":") if rest else []
         try:
             kind = parts[0] if parts and parts[0] else "power"
@@ -49,7 +33,7 @@ def _covariates(specs: list[str] | None, names: list[str]) -> dict:
             fixed = float(parts[2]) if len(parts) > 2 and parts[2] else None
             cov = Covariate(column, kind=kind, ref=ref, fixed=fixed)
         except (ValueError, SpecError) as exc:
-            _fail(f"--covariate {text!r}: {exc}")
+            fail(f"--covariate {text!r}: {exc}")
         out.setdefault(param, []).append(cov)
     return out
 
@@ -63,14 +47,13 @@ def _spec(
     covariate: list[str] | None,
 ):
     import cohort
-    from cohort.cli import _fail
     from cohort.inference import NLME, ErrorModel, Param, SpecError
     from cohort.inference.spec import default_params
 
     try:
         model = cohort.models.get(model_name)
     except KeyError as exc:
-        _fail(str(exc.args[0]))
+        fail(str(exc))
     names = (
         [p.strip() for p in params.split(",")]
         if params
@@ -79,15 +62,16 @@ def _spec(
     with_iiv = set(p.strip() for p in iiv.split(",")) if iiv else set(names)
     unknown = with_iiv - set(names)
     if unknown:
-        _fail(f"--iiv: {sorted(unknown)} are not among the estimated parameters {names}")
+        fail(f"--iiv: {sorted(unknown)} are not among the estimated parameters {names}")
     covs = _covariates(covariate, names)
     try:
         ps = tuple(Param(n, iiv=n in with_iiv, covariates=tuple(covs.get(n, ()))) for n in names)
         return NLME(model=model, params=ps, error=ErrorModel(error), omega=omega)
     except SpecError as exc:
-        _fail(str(exc))
+        fail(str(exc))
 
 
+@command
 def fit(
     data: Path = typer.Argument(..., help="NONMEM-style CSV (ID TIME DV AMT EVID CMT ...)"),
     model: str = typer.Option("pk1_oral", help="model name (see `cohort models`)"),
@@ -109,23 +93,35 @@ def fit(
     approx: str = typer.Option("foce", help="ML approximation: foce | laplace"),
     se: str = typer.Option("hessian", help="ML standard errors: hessian | sandwich | none"),
     seed: int = typer.Option(0, help="random seed"),
+    overwrite: bool = typer.Option(False, help="replace an existing --out/--report by cohort"),
 ):
     """Fit a population model (ML, NUTS or SVI) and write estimates, EBEs and diagnostics."""
+    from cohort.engine.devices import host_devices_for_chains
+
     if method == "nuts":
         host_devices_for_chains(chains)
     import warnings
 
     import cohort
-    from cohort.cli import _fail, console
     from cohort.inference import SpecError
     from cohort.inference import fit as run_fit
+    from cohort.store import check_replaceable, report_directory
 
     if method not in ("nuts", "svi", "ml"):
-        _fail(f"--method must be nuts, svi or ml; got {method!r}")
+        fail(f"--method must be nuts, svi or ml; got {method!r}")
     if out.suffix not in (".nc", ".zarr"):
-        _fail(f"--out {out}: use a .nc (netCDF) or .zarr path")
-    if not data.exists():
-        _fail(f"no such file {data}")
+        fail(f"--out {out}: use a .nc (netCDF) or .zarr path")
+    if not data.is_file():
+        fail(f"no such file {data}")
+    for flag, value in (("--chains", chains), ("--draws", draws), ("--steps", steps)):
+        if value < 1:
+            fail(f"{flag} must be >= 1, got {value}")
+    if warmup < 0:
+        fail(f"--warmup must be >= 0, got {warmup}")
+    # Checked before the fit, so a fit is never computed only to be refused at the end.
+    check_replaceable(out, overwrite=overwrite)
+    if report is not None:
+        report_directory(report, overwrite=overwrite, flag="--report")
     spec = _spec(model, params, iiv, error, omega, covariate)
     t0 = time.perf_counter()
     with console.status(f"fitting {spec.model.name} ({method})") as status:
@@ -153,20 +149,20 @@ def fit(
                 )
             except (cohort.DosingError, SpecError, ValueError) as exc:
                 status.stop()
-                _fail(str(exc))
+                fail(str(exc))
     console.print(_table(result))
     for w in caught:
         if issubclass(w.category, cohort.CohortWarning):
-            console.print(f"[bold yellow]warning:[/] {w.message}")
-    path = result.save(out)
-    line = f"{method} fit in {time.perf_counter() - t0:.1f} s -> [bold]{path}[/]"
+            warn(str(w.message))
+    path = result.save(out, overwrite=overwrite)
+    line = f"{method} fit in {time.perf_counter() - t0:.1f} s -> [bold]{escape(str(path))}[/]"
     if result.ofv is not None:
         line += f"   OFV {result.ofv:.3f} (−2LL without N·log 2π)"
     console.print(line)
     if report is not None:
         from cohort.inference import plots
 
-        files = plots.report(result, report)
+        files = plots.report(result, report, overwrite=overwrite)
         console.print("report: " + ", ".join(str(f) for f in files))
 
 

@@ -1,15 +1,16 @@
-"""CLI commands ``cohort trial`` and ``cohort report`` (typer functions; registered in cli.py
-with ``app.command()(trial)`` and ``app.command()(report)``)."""
+"""``cohort trial`` and ``cohort report``: in-silico trials from specs, and their reports."""
 
 from __future__ import annotations
 
+import contextlib
 import time
 from pathlib import Path
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
-from cohort.cli import _fail, _progress, console
+from cohort.cli._common import command, console, fail, progress
 
 
 def _power_table(summary) -> Table:
@@ -27,6 +28,7 @@ def _power_table(summary) -> Table:
     return table
 
 
+@command
 def trial(
     spec: Path = typer.Argument(
         ..., help="trial spec, e.g. experiments/theophylline_dose_ranging.toml"
@@ -35,7 +37,7 @@ def trial(
     seed: int = typer.Option(None, help="override the spec's seed"),
     replicates: int = typer.Option(None, help="override the number of replicate trials"),
     n: int = typer.Option(None, help="override the patients per trial"),
-    overwrite: bool = typer.Option(False, help="replace an existing --out"),
+    overwrite: bool = typer.Option(False, help="replace an existing --out/--report by cohort"),
     report_path: Path = typer.Option(None, "--report", help="also write a report (.md or .html)"),
     sample_size: bool = typer.Option(False, help="search [analysis] sample_sizes for power"),
     escalation: bool = typer.Option(False, help="run the spec's [escalation] design"),
@@ -43,14 +45,28 @@ def trial(
 ):
     """Simulate every arm x replicate of a trial spec, analyse it and print power."""
     import cohort.trial as ct
-    from cohort.population.expr import ExpressionError
+    from cohort.store import check_path, write_lock
 
-    if not spec.exists():
-        _fail(f"no such trial spec {spec}")
+    if not spec.is_file():
+        fail(f"no such trial spec {spec}")
+    for flag, value in (("--replicates", replicates), ("--n", n)):
+        if value is not None and value < 1:
+            fail(f"{flag} must be >= 1, got {value}")
+    doses = None
+    if pta_doses:
+        try:
+            doses = [float(x) for x in pta_doses.split(",")]
+        except ValueError:
+            fail(f"--pta-doses: expected comma-separated numbers, got {pta_doses!r}")
+    if report_path is not None:
+        from cohort.store import check_replaceable
+
+        check_replaceable(report_path, overwrite=overwrite, flag="--report")
     t0 = time.perf_counter()
-    try:
+    lock = contextlib.nullcontext() if out is None else write_lock(check_path(out))
+    with lock:
         parsed = ct.load(spec)
-        with _progress() as bar:
+        with progress() as bar:
             task = bar.add_task(f"trial {parsed.name}", total=1)
 
             def update(done: int, total: int) -> None:
@@ -65,18 +81,10 @@ def trial(
                 overwrite=overwrite,
                 progress=update,
             )
-        analysis = ct.analyze(result)
-        sizes = ct.sample_size(parsed, replicates=replicates, seed=seed) if sample_size else None
-        esc = ct.escalate(parsed, replicates=replicates, seed=seed) if escalation else None
-        sweep = None
-        if pta_doses:
-            try:
-                doses = [float(x) for x in pta_doses.split(",")]
-            except ValueError:
-                _fail(f"--pta-doses: expected comma-separated numbers, got {pta_doses!r}")
-            sweep = ct.dose_pta(parsed, doses, seed=seed)
-    except (ct.TrialSpecError, ExpressionError, ValueError, RuntimeError, OSError) as exc:
-        _fail(str(exc))
+        analysis = ct.analyze(result, out=out)
+    sizes = ct.sample_size(parsed, replicates=replicates, seed=seed) if sample_size else None
+    esc = ct.escalate(parsed, replicates=replicates, seed=seed) if escalation else None
+    sweep = ct.dose_pta(parsed, doses, seed=seed) if doses else None
     if len(analysis.summary):
         console.print(_power_table(analysis.summary))
     if len(analysis.pta):
@@ -95,24 +103,24 @@ def trial(
             sample_sizes=sizes,
             escalation=esc,
             dose_pta=sweep,
+            overwrite=overwrite,
         )
-        console.print(f"report -> [bold]{path}[/]")
-    where = f" -> [bold]{out}[/]" if out else ""
+        console.print(f"report -> [bold]{escape(str(path))}[/]")
+    where = f" -> [bold]{escape(str(out))}[/]" if out else ""
     console.print(f"done in {time.perf_counter() - t0:.1f} s{where}")
 
 
+@command
 def report(
     store: Path = typer.Argument(..., help="trial store written by `cohort trial -o`"),
     path: Path = typer.Option(None, "--out", "-o", help="report file (.md or .html)"),
+    overwrite: bool = typer.Option(False, help="replace an existing report written by cohort"),
 ):
     """Write a Markdown/HTML report (tables + PNG figures) for a trial store."""
     import cohort.trial as ct
 
-    if not store.exists():
-        _fail(f"no such store {store}")
+    if not store.is_dir():
+        fail(f"no such store {store} (give a directory written by `cohort trial -o`)")
     path = path or store.with_suffix(".md")
-    try:
-        written = ct.report(store, path)
-    except (FileNotFoundError, KeyError, ValueError, ct.TrialSpecError) as exc:
-        _fail(str(exc))
-    console.print(f"report -> [bold]{written}[/]")
+    written = ct.report(store, path, overwrite=overwrite)
+    console.print(f"report -> [bold]{escape(str(written))}[/]")

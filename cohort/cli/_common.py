@@ -1,0 +1,82 @@
+"""What every command shares: the consoles, the one error path, progress bars.
+
+User errors (:class:`cohort.CohortError` and the few library errors below) become one line on
+stderr, ``error: <message>``, and exit status 2; cohort's warnings become ``warning:`` lines
+on stderr. Anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+import warnings
+from collections.abc import Callable
+from typing import NoReturn, TypeVar
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from cohort.errors import CohortError, CohortWarning
+
+console = Console()
+err_console = Console(stderr=True)
+
+F = TypeVar("F", bound=Callable)
+
+
+def fail(msg: str) -> NoReturn:
+    """Print ``error: msg`` on stderr and exit with status 2 (a user error)."""
+    err_console.print(f"[bold red]error:[/] {escape(str(msg))}", soft_wrap=True)
+    raise typer.Exit(code=2)
+
+
+def warn(msg: str) -> None:
+    err_console.print(f"[bold yellow]warning:[/] {escape(str(msg))}", soft_wrap=True)
+
+
+def user_errors() -> tuple[type[BaseException], ...]:
+    """Exceptions that are the user's input, not a bug: cohort's own, and the model registry's
+    ``KeyError`` for an unknown name (already a full sentence)."""
+    return (CohortError,)
+
+
+def command(fn: F) -> F:
+    """Wrap a command: cohort errors -> one stderr line and exit 2; cohort warnings -> stderr."""
+
+    @functools.wraps(fn)
+    def run(*args, **kwargs):
+        with warnings.catch_warnings():
+            warnings.simplefilter("always", CohortWarning)
+            previous = warnings.showwarning
+
+            def show(message, category, *rest, **kw):
+                if issubclass(category, CohortWarning):
+                    warn(str(message))
+                else:
+                    previous(message, category, *rest, **kw)
+
+            warnings.showwarning = show
+            try:
+                return fn(*args, **kwargs)
+            except user_errors() as exc:
+                fail(str(exc))
+            except OSError as exc:  # unreadable/unwritable files named by the user
+                fail(f"{exc.filename or ''}: {exc.strerror or exc}")
+            finally:
+                warnings.showwarning = previous
+
+    return run  # type: ignore[return-value]
+
+
+def progress() -> Progress:
+    """A patients progress bar on stderr (stdout keeps the results)."""
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed:,}/{task.total:,} patients"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=err_console,
+        transient=True,
+    )

@@ -1,0 +1,429 @@
+"""``cohort demo | simulate | generate | info | models``: cohorts, populations and stores."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from cohort.cli._common import command, console, err_console, fail, progress
+
+# Defaults of `cohort simulate` (None in the signature, so a flag the user gave can be told
+# apart from one left at its default when two flags conflict).
+DEFAULTS = {"n": 1000, "iiv": 0.3, "amt": 100.0, "ii": 24.0, "addl": 0, "rate": 0.0}
+
+
+def _run(model, pop, dosing, times, **kw):
+    import cohort
+
+    with progress() as bar:
+        task = bar.add_task(f"simulating {model.name}", total=len(next(iter(pop.values()))))
+        return cohort.simulate(
+            model,
+            pop,
+            dosing,
+            times,
+            progress=lambda done, total: bar.update(task, completed=done, total=total),
+            **kw,
+        )
+
+
+def _summary(ds, outputs) -> Table:
+    import pandas as pd
+
+    from cohort.engine.status import STATUS_MEANINGS
+
+    table = Table(title=f"{ds.attrs.get('model')} — {ds.sizes['patient']:,} patients")
+    table.add_column("output")
+    table.add_column("units")
+    for col in ("Cmax p5", "Cmax median", "Cmax p95", "AUC median", "last median"):
+        table.add_column(col, justify="right")
+    ok = np.asarray(ds["status"].values) == 0
+    t = ds["time"].values
+    for o in outputs:
+        v = np.asarray(ds[o].values)[ok]
+        if v.shape[0] == 0:
+            table.add_row(o, ds[o].attrs.get("units", ""), *(["–"] * 5))
+            continue
+        cmax = np.nanmax(v, axis=1)
+        auc = np.trapezoid(v, t, axis=1)
+        table.add_row(
+            o,
+            ds[o].attrs.get("units", ""),
+            *(f"{x:.4g}" for x in np.nanquantile(cmax, [0.05, 0.5, 0.95])),
+            f"{np.nanmedian(auc):.4g}",
+            f"{np.nanmedian(v[:, -1]):.4g}",
+        )
+    counts = pd.Series(np.asarray(ds["status"].values)).value_counts().sort_index()
+    table.caption = "status: " + ", ".join(
+        f"{STATUS_MEANINGS.get(int(k), k)}={int(c):,}" for k, c in counts.items()
+    )
+    return table
+
+
+def _available_memory() -> int | None:
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def _check_memory(n: int, n_params: int) -> None:
+    """Refuse up front a cohort whose parameter arrays alone would not fit in memory (they are
+    held whole; outputs stream to the store chunk by chunk)."""
+    need = n * n_params * 8 * 3  # drawn, checked and cast copies
+    free = _available_memory()
+    if free is not None and need > 0.8 * free:
+        fail(
+            f"--n {n:,}: the parameters alone need about {need / 2**30:.1f} GiB but "
+            f"{free / 2**30:.1f} GiB are free; use a smaller --n, or generate the population "
+            "in a store with `cohort generate` and simulate it in several runs"
+        )
+
+
+@command
+def demo(
+    n: int = typer.Option(10_000, help="number of virtual patients"),
+    out: Path = typer.Option(Path("runs/demo.zarr"), help="zarr store to write"),
+    plot: Path = typer.Option(Path("runs/demo.png"), help="PNG figure to write"),
+    seed: int = typer.Option(1, help="random seed of the virtual cohort"),
+):
+    """Simulate a default cohort: 2-cpt oral PK + indirect response, 320 mg q12h for 7 days.
+
+    An existing --out from the same demo is reused (nothing is deleted); any other existing
+    path is refused."""
+    import cohort
+    from cohort import plots
+    from cohort.store import prepare_output
+
+    if n < 1:
+        fail(f"--n: must be >= 1, got {n}")
+    model = cohort.models.get("pk2_oral_idr")
+    pop = cohort.population.lognormal(model, n, seed, cv=0.3)
+    prepare_output(plot, overwrite=True, flag="--plot")  # replaces only cohort's own figure
+    t0 = time.perf_counter()
+    ds = _run(
+        model,
+        pop,
+        cohort.Regimen(amt=320, cmt="depot", ii=12, addl=13),
+        cohort.grid(0, 168, 0.5),
+        method="fast",
+        out=str(out),
+        resume=out.exists(),  # the same demo again: its finished store is reused as is
+        seed=seed,
+        chunk_size=min(n, 5_000),
+    )
+    dt = time.perf_counter() - t0
+    console.print(_summary(ds, ["conc", "response"]))
+    plots.band(ds, ["conc", "response"], plot)
+    console.print(
+        f"{n:,} patients x 7 days in {dt:.1f} s "
+        f"({n * 7 / dt:,.0f} patient-days/s, incl. compile and zarr writes)"
+    )
+    console.print(f"store: [bold]{escape(str(out))}[/]   figure: [bold]{escape(str(plot))}[/]")
+
+
+def _read_population(path: Path, model_name: str | None):
+    """Parameters from a population store (``cohort generate``) or a CSV, and the model."""
+    import pandas as pd
+
+    import cohort
+
+    if not path.exists():
+        fail(f"--population: no such file or store {path}")
+    if path.is_dir():
+        ds = cohort.population.open_population(path)
+        made_for = ds.attrs.get("model") or None
+        if model_name is None and made_for is None:
+            fail(f"--population {path}: the store names no model; pass --model")
+        model = cohort.models.get(model_name or made_for)
+        if made_for and made_for != model.name:
+            fail(
+                f"--population {path} was generated for model {made_for!r}, not "
+                f"{model.name!r}; drop --model (the population's model is used) or generate "
+                f"a population for {model.name!r}"
+            )
+        return model, ds
+    model = cohort.models.get(model_name or "pk2_oral_idr")
+    try:
+        table = pd.read_csv(path)
+    except (UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
+        fail(f"--population {path}: not a readable CSV ({exc}); give one row per patient")
+    table = table.drop(columns=[c for c in table.columns if str(c).upper() == "ID"])
+    dupes = [c for c in table.columns if "." in str(c) and str(c).split(".")[0] in table.columns]
+    if dupes:
+        fail(f"--population {path}: duplicated column(s) {dupes}")
+    unknown = [c for c in table.columns if c not in model.parameter_names]
+    if unknown:
+        fail(
+            f"--population {path}: column(s) {unknown} are not parameters of {model.name!r} "
+            f"({', '.join(model.parameter_names)}); rename or remove them, or pass --model"
+        )
+    if table.empty:
+        fail(f"--population {path}: no patients (the file has no rows)")
+    return model, {c: v.to_numpy() for c, v in table.items()}
+
+
+@command
+def simulate(
+    model: str = typer.Option(
+        None, help="model name (see `cohort models`; default pk2_oral_idr, or the population's)"
+    ),
+    n: int = typer.Option(None, help="number of virtual patients [default: 1000]"),
+    seed: int = typer.Option(1, help="random seed"),
+    iiv: float = typer.Option(
+        None, help="log-normal between-patient CV on positive parameters [default: 0.3]"
+    ),
+    population: Path = typer.Option(
+        None, help="population store (`cohort generate`) or CSV with one row per patient"
+    ),
+    dosing: Path = typer.Option(None, help="NONMEM-style CSV (ID TIME AMT EVID CMT ...)"),
+    amt: float = typer.Option(None, help="dose amount (without --dosing) [default: 100]"),
+    cmt: str = typer.Option(None, help="dosing compartment name (default: first dosable)"),
+    ii: float = typer.Option(None, help="dosing interval, h [default: 24]"),
+    addl: int = typer.Option(None, help="additional doses [default: 0]"),
+    rate: float = typer.Option(None, help="infusion rate (0: bolus) [default: 0]"),
+    t_end: float = typer.Option(24.0, help="end of the simulation, h"),
+    step: float = typer.Option(0.25, help="save-time spacing, h"),
+    out: Path = typer.Option(Path("runs/simulation.zarr"), "--out", "-o", help="zarr store"),
+    method: str = typer.Option("auto", help="auto | closed_form | diffrax | fast"),
+    dtype: str = typer.Option("float64", help="float64 | float32"),
+    dt: float = typer.Option(None, help="fast path step (default: the model's)"),
+    chunk_size: int = typer.Option(None, help="patients per batch"),
+    resume: bool = typer.Option(False, help="continue an interrupted run into --out"),
+    overwrite: bool = typer.Option(False, help="replace an existing --out written by cohort"),
+):
+    """Simulate a cohort and stream the results into a zarr store."""
+    import pandas as pd
+
+    import cohort
+
+    if resume and overwrite:
+        fail("--resume and --overwrite: choose one (continue the run, or replace it)")
+    regimen_flags = {"--amt": amt, "--ii": ii, "--addl": addl, "--rate": rate, "--cmt": cmt}
+    given = [k for k, v in regimen_flags.items() if v is not None]
+    if dosing is not None and given:
+        fail(f"--dosing and {', '.join(given)}: the dosing file sets the doses; drop one side")
+    if population is not None and (n is not None or iiv is not None):
+        which = ", ".join(f for f, v in (("--n", n), ("--iiv", iiv)) if v is not None)
+        fail(f"--population and {which}: the population sets the patients; drop one side")
+    if n is not None and n < 1:
+        fail(f"--n must be >= 1, got {n}")
+    if iiv is not None and not (np.isfinite(iiv) and iiv >= 0):
+        fail(f"--iiv must be >= 0, got {iiv}")
+    if not (np.isfinite(t_end) and t_end > 0):
+        fail(f"--t-end must be > 0, got {t_end}")
+    if not (np.isfinite(step) and step > 0):
+        fail(f"--step must be > 0, got {step}")
+    if dt is not None and not dt > 0:
+        fail(f"--dt must be > 0, got {dt}")
+    if chunk_size is not None and chunk_size < 1:
+        fail(f"--chunk-size must be >= 1, got {chunk_size}")
+    if method not in ("auto", "closed_form", "diffrax", "fast"):
+        fail(f"--method must be auto, closed_form, diffrax or fast; got {method!r}")
+    if dtype not in ("float32", "float64"):
+        fail(f"--dtype must be float32 or float64, got {dtype!r}")
+    if dt is not None and method != "fast":
+        fail("--dt sets the fast path's step: use it with --method fast")
+    if population is not None:
+        m, pop = _read_population(population, model)
+        missing = [q for q in m.parameter_names if q not in pop]
+        if missing:
+            err_console.print(
+                f"note: the population has no {', '.join(missing)}; {m.name}'s typical "
+                "values are used for them"
+            )
+    else:
+        m = cohort.models.get(model or "pk2_oral_idr")
+        n = DEFAULTS["n"] if n is None else n
+        _check_memory(n, len(m.parameter_names))
+        pop = cohort.population.lognormal(m, n, seed, DEFAULTS["iiv"] if iiv is None else iiv)
+    if dosing is not None:
+        if not dosing.is_file():
+            fail(f"--dosing: no such file {dosing}")
+        try:
+            dose = pd.read_csv(dosing)
+        except (UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
+            fail(f"--dosing {dosing}: not a readable CSV ({exc}); give NONMEM-style records")
+    else:
+        if cmt is not None and cmt not in m.dose_targets:
+            fail(f"--cmt: {cmt!r} cannot be dosed in {m.name}; use one of {list(m.dose_targets)}")
+        v = {k: DEFAULTS[k] if val is None else val for k, val in
+             (("amt", amt), ("ii", ii), ("addl", addl), ("rate", rate))}  # fmt: skip
+        if v["addl"] < 0:
+            fail(f"--addl must be >= 0, got {v['addl']}")
+        if v["addl"] and not v["ii"] > 0:
+            fail(f"--ii must be > 0 with --addl, got {v['ii']}")
+        dose = cohort.Regimen(
+            amt=v["amt"],
+            cmt=cmt or m.dose_targets[0],
+            ii=v["ii"] if v["addl"] else 0.0,
+            addl=v["addl"],
+            rate=v["rate"],
+        )
+    t0 = time.perf_counter()
+    ds = _run(
+        m,
+        pop,
+        dose,
+        cohort.grid(0, t_end, step),
+        method=method,
+        dtype=dtype,
+        out=str(out),
+        resume=resume,
+        overwrite=overwrite,
+        seed=seed,
+        chunk_size=chunk_size,
+        options=cohort.FastOptions(dt=dt) if method == "fast" else None,
+    )
+    console.print(_summary(ds, list(m.output_names)))
+    n_bad = int((np.asarray(ds["status"].values) != 0).sum())
+    if n_bad:
+        err_console.print(
+            f"[bold yellow]warning:[/] {n_bad:,} of {ds.sizes['patient']:,} patients failed "
+            "(status != 0; their outputs are NaN)"
+        )
+    console.print(f"done in {time.perf_counter() - t0:.1f} s -> [bold]{escape(str(out))}[/]")
+
+
+@command
+def generate(
+    spec: Path = typer.Argument(..., help="prior spec, e.g. priors/adult_pk_oral.toml"),
+    n: int = typer.Option(10_000, help="number of virtual patients"),
+    seed: int = typer.Option(1, help="random seed"),
+    out: Path = typer.Option(Path("runs/population.zarr"), "--out", "-o", help="zarr store"),
+    chunk_size: int = typer.Option(200_000, help="patients per chunk"),
+    resume: bool = typer.Option(False, help="finish an interrupted run into --out"),
+    overwrite: bool = typer.Option(False, help="replace an existing --out written by cohort"),
+    plot: Path = typer.Option(None, help="PNG with covariate/parameter histograms"),
+):
+    """Generate a virtual population from a prior spec into a zarr store."""
+    from cohort import population as popmod
+    from cohort.store import prepare_output
+
+    if resume and overwrite:
+        fail("--resume and --overwrite: choose one (finish the run, or replace it)")
+    if n < 1:
+        fail(f"--n must be >= 1, got {n}")
+    if chunk_size < 1:
+        fail(f"--chunk-size must be >= 1, got {chunk_size}")
+    if not spec.is_file():
+        fail(f"no such spec file {spec}")
+    if plot is not None:
+        prepare_output(plot, overwrite=overwrite, flag="--plot")
+    t0 = time.perf_counter()
+    with progress() as bar:
+        task = bar.add_task("generating", total=n)
+        ds = popmod.generate(
+            spec,
+            n,
+            seed,
+            chunk_size=chunk_size,
+            out=out,
+            overwrite=overwrite,
+            resume=resume,
+            progress=lambda d, t: bar.update(task, completed=d, total=t),
+        )
+    dt = time.perf_counter() - t0
+    table = Table("variable", "units", "p5", "median", "p95", title=ds.attrs["population"])
+    for k in ds.data_vars:
+        v = np.asarray(ds[k].values)
+        table.add_row(
+            k,
+            ds[k].attrs.get("units", ""),
+            *(f"{x:.4g}" for x in np.quantile(v, [0.05, 0.5, 0.95])),
+        )
+    console.print(table)
+    console.print(
+        f"{n:,} patients in {dt:.2f} s, acceptance rate "
+        f"{ds.attrs['acceptance_rate']:.1%} -> [bold]{escape(str(out))}[/]"
+    )
+    if plot is not None:
+        from cohort import plots
+
+        plots.histograms(ds, plot)
+        console.print(f"figure: [bold]{escape(str(plot))}[/]")
+
+
+@command
+def info(store: Path = typer.Argument(..., help="result store written by cohort")):
+    """Describe a result store: sizes, variables with units, provenance, status counts."""
+    import pandas as pd
+
+    import cohort
+
+    ds = cohort.open_result(store)
+    console.print(
+        f"[bold]{escape(str(store))}[/]: " + ", ".join(f"{k}={v:,}" for k, v in ds.sizes.items())
+    )
+    table = Table("variable", "dims", "units", "description")
+    for name, var in ds.data_vars.items():
+        table.add_row(
+            name, ",".join(var.dims), var.attrs.get("units", ""), var.attrs.get("long_name", "")
+        )
+    console.print(table)
+    for key in (
+        "model",
+        "population",
+        "model_hash",
+        "method",
+        "solver_settings",
+        "dtype",
+        "seed",
+        "cohort_version",
+        "created",
+        "spec_hash",
+    ):
+        if key in ds.attrs:
+            console.print(f"  {key}: {escape(str(ds.attrs[key]))}")
+    if "status" in ds:
+        from cohort.engine.status import STATUS_MEANINGS
+
+        counts = pd.Series(ds["status"].values).value_counts().sort_index()
+        console.print(
+            "  status: "
+            + ", ".join(
+                f"{STATUS_MEANINGS.get(int(k), 'not computed')}={int(c):,}"
+                for k, c in counts.items()
+            )
+        )
+    if "incomplete" in ds.attrs:
+        err_console.print(f"[bold yellow]INCOMPLETE:[/] {ds.attrs['incomplete']}")
+
+
+@command
+def models(name: str = typer.Argument(None, help="show one model in detail")):
+    """List the registered models, or the states/parameters/units of one."""
+    import cohort
+
+    if name is None:
+        table = Table("model", "states", "outputs", "description")
+        for key in cohort.models.available():
+            m = cohort.models.get(key)
+            table.add_row(key, ", ".join(m.state_names), ", ".join(m.output_names), m.description)
+        console.print(table)
+        return
+    m = cohort.models.get(name)
+    console.print(f"[bold]{m.name}[/]: {escape(m.description)}")
+    st = Table("state", "units", "description", title="states")
+    for s in m.states:
+        st.add_row(s.name, escape(s.units), escape(s.description))
+    pt = Table("parameter", "units", "default", "range", "description", title="parameters")
+    for q in m.parameters:
+        pt.add_row(
+            q.name,
+            escape(q.units),
+            f"{q.default:g}",
+            escape(f"[{q.lower:g}, {q.upper:g}]"),
+            escape(q.description),
+        )
+    ot = Table("output", "units", "description", title="outputs")
+    for o in m.outputs:
+        ot.add_row(o.name, escape(o.units), escape(o.description))
+    console.print(st, pt, ot)
+    console.print(f"dose targets: {', '.join(m.dose_targets)}")

@@ -1,0 +1,31 @@
+"""The error and warning bases every cohort module raises (nothing here imports the package).
+
+A :class:`CohortError` is a problem with the user's input, files or environment whose message
+names the flag/file/key/row and the fix; the CLI prints it as one line and exits with status 2.
+Anything else reaching the CLI is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+
+class CohortError(Exception):
+    """Base of every user-facing cohort error (input, spec, data, store)."""
+
+
+class CohortWarning(UserWarning):
+    """Warnings raised by cohort itself (turned into errors in the test suite)."""
+
+
+class StoreError(CohortError, RuntimeError):
+    """A store cannot be created, resumed or read; the message says why and what to do."""
+
+
+class OutputError(StoreError):
+    """An output path is unsafe, or exists and was not written by cohort, or is locked."""
+
+
+class UnknownModelError(CohortError, KeyError):
+    """A model name that is not registered (a ``KeyError`` too, for dict-like lookups)."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""

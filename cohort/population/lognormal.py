@@ -1,0 +1,35 @@
+"""A quick virtual cohort without a prior spec: typical values times log-normal variability.
+
+Used by ``cohort demo`` and ``cohort simulate`` when no ``--population`` is given; full
+populations (covariates, correlations, filters) come from ``priors/`` specs via
+:func:`cohort.population.generate`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from cohort.models.base import Model
+from cohort.population.generate import PopulationError
+
+# Fractions, lags and shape constants keep their typical value: variability on them would
+# need bounds (F <= 1) or is not what "between-patient CV" means for a baseline.
+FIXED = frozenset({"F", "ALAG", "IMAX", "GAMMA", "SMAX", "E0", "EMAX"})
+
+
+def lognormal(model: Model, n: int, seed: int = 1, cv: float = 0.3) -> dict[str, np.ndarray]:
+    """``n`` patients: each positive parameter (except :data:`FIXED`) is its default times a
+    mean-one log-normal factor with coefficient of variation ``cv``."""
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+        raise PopulationError(f"n: must be an integer >= 1, got {n!r}")
+    if not np.isfinite(cv) or cv < 0:
+        raise PopulationError(f"cv: must be a finite number >= 0, got {cv}")
+    rng = np.random.default_rng(seed)
+    sd = np.sqrt(np.log1p(cv**2))
+    pop = {}
+    for q in model.parameters:
+        if q.name in FIXED or q.default <= 0:
+            pop[q.name] = np.full(n, q.default)
+        else:
+            pop[q.name] = q.default * np.exp(sd * rng.standard_normal(n) - sd**2 / 2)
+    return pop

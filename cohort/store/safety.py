@@ -1,0 +1,216 @@
+"""Output safety: cohort replaces only what it wrote itself, and refuses unclear paths.
+
+Every command that writes goes through :func:`prepare_output` (and :func:`write_lock` while it
+writes). A zarr store cohort creates carries :data:`ZARR_MARK` in its root attributes (stores of
+earlier versions: their provenance attributes); another directory it creates (a report
+folder) carries a marker file :data:`MARKER`.
+A single file is recognised by a signature cohort embeds in it: a root attribute of a netCDF
+file, the PNG ``Software`` text chunk, the first-line comment of a Markdown/HTML report. Files
+written into a marked directory are listed in its marker. Anything else is the user's and is
+never deleted or overwritten, whatever ``--overwrite`` says.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+from cohort.errors import OutputError
+
+MARKER = ".cohort"
+"""JSON marker inside every directory cohort creates: ``{"writer": "cohort", "kind", "files"}``."""
+
+SIGNATURE = "cohort"
+"""Written into single files: netCDF root attribute ``written_by``, PNG ``Software``, the
+first-line comment of reports."""
+
+ZARR_MARK = {"written_by": SIGNATURE}
+"""Root attributes of every zarr store cohort creates (a marker file would be reported by zarr
+as an unknown member of the hierarchy)."""
+
+REPORT_HEADER = "<!-- written by cohort -->"
+
+
+def check_path(path: str | os.PathLike | None, flag: str = "--out") -> Path:
+    """``path`` as a :class:`Path`, refusing empty paths, the filesystem root, the home
+    directory, the current directory and its ancestors (an overwrite there would delete the
+    user's work)."""
+    if path is None or str(path).strip() == "":
+        raise OutputError(
+            f"{flag}: empty path; give a file or directory name such as runs/out.zarr"
+        )
+    p = Path(path).expanduser()
+    resolved = p.resolve()
+    cwd = Path.cwd().resolve()
+    protected = {Path(resolved.anchor), Path.home().resolve(), cwd, *cwd.parents}
+    if resolved in protected:
+        raise OutputError(
+            f"{flag} {str(path)!r}: refusing to write to {resolved} (the root, home or current "
+            "directory, or one above it); give a new path such as runs/out.zarr"
+        )
+    if p.exists() and not (p.is_dir() or p.is_file()):
+        raise OutputError(f"{flag} {str(path)!r}: not a regular file or directory")
+    return p
+
+
+def _marker(path: Path) -> dict | None:
+    try:
+        data = json.loads((path / MARKER).read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) and data.get("writer") == SIGNATURE else None
+
+
+def _zarr_provenance(path: Path) -> bool:
+    """A zarr store written by cohort before markers existed (its root attributes)."""
+    try:
+        meta = json.loads((path / "zarr.json").read_text())
+    except (OSError, ValueError):
+        return False
+    attrs = meta.get("attributes", {}) if isinstance(meta, dict) else {}
+    return (
+        attrs.get("written_by") == SIGNATURE
+        or "cohort_version" in attrs
+        or ("spec_hash" in attrs and "population" in attrs)
+    )
+
+
+def _file_signature(path: Path) -> bool:
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".nc":
+            import h5py  # netCDF-4 files are HDF5; h5py comes with h5netcdf
+
+            with h5py.File(path, "r") as f:
+                value = f.attrs.get("written_by", b"")
+            value = value.decode() if isinstance(value, bytes) else str(value)
+            return value.startswith(SIGNATURE)
+        if suffix == ".png":
+            with open(path, "rb") as f:
+                head = f.read(4096)
+            return b"Software\x00" + SIGNATURE.encode() in head
+        if suffix in (".md", ".html", ".htm"):
+            with open(path, encoding="utf-8", errors="replace") as f:
+                return REPORT_HEADER in f.read(512)
+    except (OSError, ValueError):
+        return False
+    return False
+
+
+def written_by_cohort(path: str | os.PathLike) -> bool:
+    """Whether ``path`` (file or directory) carries cohort's marker or signature."""
+    p = Path(path)
+    if p.is_dir():
+        return _marker(p) is not None or _zarr_provenance(p)
+    if p.is_file():
+        if _file_signature(p):
+            return True
+        parent = _marker(p.parent)
+        return parent is not None and p.name in parent.get("files", [])
+    return False
+
+
+def check_replaceable(
+    path: str | os.PathLike | None,
+    *,
+    overwrite: bool,
+    flag: str = "--out",
+    resume: bool = False,
+    resumable: bool = False,
+) -> Path:
+    """Check, without touching anything, that an output may be written at ``path``: it is
+    new, or ``resume`` continues it, or ``overwrite`` replaces something cohort wrote.
+    Otherwise an :class:`OutputError` names the path and what to do."""
+    p = check_path(path, flag)
+    if not p.exists() or resume:
+        return p
+    if not overwrite:
+        again = "pass --resume (resume=True) to continue an interrupted run, " if resumable else ""
+        raise OutputError(
+            f"{flag} {str(path)!r} already exists; {again}pass --overwrite (overwrite=True) to "
+            "replace it, or choose another path"
+        )
+    if not written_by_cohort(p):
+        raise OutputError(
+            f"{flag} {str(path)!r} exists and was not written by cohort; refusing to replace it "
+            "even with --overwrite. Move it away or choose another path"
+        )
+    return p
+
+
+def prepare_output(
+    path: str | os.PathLike | None,
+    *,
+    overwrite: bool,
+    flag: str = "--out",
+    resume: bool = False,
+    resumable: bool = False,
+) -> Path:
+    """:func:`check_replaceable`, then remove what ``overwrite`` replaces (never with
+    ``resume``: the caller reopens it)."""
+    p = check_replaceable(path, overwrite=overwrite, flag=flag, resume=resume, resumable=resumable)
+    if p.exists() and not resume:
+        if p.is_dir():
+            shutil.rmtree(p)
+        else:
+            p.unlink()
+    return p
+
+
+def mark_directory(path: str | os.PathLike, kind: str) -> None:
+    """Create ``path`` if needed and write its marker (kept if already there)."""
+    p = Path(path)
+    p.mkdir(parents=True, exist_ok=True)
+    if _marker(p) is None:
+        _write_marker(p, {"writer": SIGNATURE, "kind": kind, "files": []})
+
+
+def _write_marker(p: Path, data: dict) -> None:
+    tmp = p / f"{MARKER}.tmp"
+    tmp.write_text(json.dumps(data))
+    os.replace(tmp, p / MARKER)
+
+
+def claim_file(
+    directory: str | os.PathLike, name: str, *, overwrite: bool, flag: str = "--report"
+) -> Path:
+    """A file ``name`` inside a cohort directory, safe to (over)write: an existing file is
+    replaced only with ``overwrite`` and only when cohort wrote it. The name is recorded in the
+    directory's marker."""
+    d = Path(directory)
+    target = d / name
+    if target.resolve().parent != d.resolve():
+        raise OutputError(f"{flag}: {name!r} would be written outside {str(d)!r}")
+    if target.exists():
+        if not overwrite:
+            raise OutputError(
+                f"{flag}: {str(target)!r} already exists; pass --overwrite to replace it"
+            )
+        if not written_by_cohort(target):
+            raise OutputError(
+                f"{flag}: {str(target)!r} was not written by cohort; refusing to replace it. "
+                "Move it away or choose another directory"
+            )
+    marker = _marker(d)
+    if marker is not None and name not in marker.get("files", []):
+        marker["files"] = [*marker.get("files", []), name]
+        _write_marker(d, marker)
+    return target
+
+
+def report_directory(path: str | os.PathLike | None, *, overwrite: bool, flag: str) -> Path:
+    """A directory for several output files: new, empty or cohort's own; an existing directory
+    holding other files is refused (the user's files are never mixed with ours)."""
+    p = check_path(path, flag)
+    if p.exists():
+        if p.is_file():
+            raise OutputError(f"{flag} {str(path)!r} is a file; give a directory")
+        if any(p.iterdir()) and _marker(p) is None:
+            raise OutputError(
+                f"{flag} {str(path)!r} exists, is not empty and was not written by cohort; "
+                "choose a new directory"
+            )
+    mark_directory(p, "report")
+    return p
