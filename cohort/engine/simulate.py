@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 import xarray as xr
 
-import cohort
+from cohort._version import __version__
 from cohort.dosing import EventTable, event_table
 from cohort.engine import closed_form, diffrax_path, fast_path
 from cohort.engine.common import solution_status
@@ -507,7 +507,7 @@ def _provenance(plan: _Plan, seed: int | None) -> dict[str, Any]:
     )
     return {
         "title": f"cohort simulation of {plan.model.name}",
-        "cohort_version": cohort.__version__,
+        "cohort_version": __version__,
         "jax_version": jax.__version__,
         "model": plan.model.name,
         "model_hash": plan.model.fingerprint(),

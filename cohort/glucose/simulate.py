@@ -25,7 +25,7 @@ import numpy as np
 import xarray as xr
 import zarr
 
-import cohort
+from cohort._version import __version__
 from cohort.engine.closed_loop import ClosedLoopOptions, MealInputs, solve_closed_loop
 from cohort.engine.inputs import InputError, population_arrays
 from cohort.engine.simulate import result_dataset
@@ -116,7 +116,7 @@ def run(
     times = np.arange(n_periods + 1) * options.period
     attrs = {
         "title": f"closed-loop glucose cohort ({getattr(ctrl, 'name', type(ctrl).__name__)})",
-        "cohort_version": cohort.__version__,
+        "cohort_version": __version__,
         "model": model.name,
         "controller": repr(ctrl),
         "closed_loop_options": repr(options),

@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from cohort.engine import closed_form
+from cohort.errors import CohortWarning
 from cohort.inference.problem import BoundModel
 
 
@@ -82,9 +83,8 @@ def flip_flop_chains(bm: BoundModel, idata: az.InferenceData) -> list[int]:
 
 
 def warn(problems: list[str], what: str) -> None:
-    """Raise a :class:`cohort.CohortWarning` listing the failed gates."""
+    """Raise a :class:`CohortWarning` listing the failed gates."""
     if not problems:
         return
-    import cohort
 
-    warnings.warn(f"{what}: " + "; ".join(problems), cohort.CohortWarning, stacklevel=3)
+    warnings.warn(f"{what}: " + "; ".join(problems), CohortWarning, stacklevel=3)

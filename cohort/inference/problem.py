@@ -21,6 +21,7 @@ from cohort.data.reader import DataError, Problem
 from cohort.engine import closed_form
 from cohort.engine.diffrax_path import DiffraxOptions
 from cohort.engine.events import Changes, resolve
+from cohort.errors import CohortWarning
 from cohort.inference import likelihood, predict
 from cohort.inference.spec import NLME, SpecError
 
@@ -220,12 +221,10 @@ def _features(spec: NLME, data: Dataset) -> tuple[tuple[Effect, ...], np.ndarray
     used = [c for c in spec.covariate_columns() if c in cov]
     changing = data.time_varying(used) if used else []
     if changing:
-        import cohort
-
         warnings.warn(
             f"covariates {changing} change within a subject; the fit uses each subject's "
             "first (baseline) value",
-            cohort.CohortWarning,
+            CohortWarning,
             stacklevel=3,
         )
     effects, columns = [], []

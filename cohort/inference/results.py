@@ -16,6 +16,7 @@ import pandas as pd
 import xarray as xr
 import zarr
 
+from cohort._version import __version__
 from cohort.errors import OutputError
 from cohort.inference.layout import Layout
 from cohort.inference.ml import MLEstimate
@@ -165,7 +166,6 @@ def load_fit(path: str | Path) -> dict[str, xr.Dataset]:
 
 
 def _attrs(fit: FitResult) -> dict:
-    import cohort
 
     spec = fit.bound.spec
     out = {
@@ -178,7 +178,7 @@ def _attrs(fit: FitResult) -> dict:
         "n_subjects": fit.bound.n_subjects,
         "n_observations": fit.bound.data.n_observations,
         "seconds": fit.seconds,
-        "cohort_version": cohort.__version__,
+        "cohort_version": __version__,
     }
     if fit.ml is not None:
         out.update(

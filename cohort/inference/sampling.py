@@ -14,6 +14,7 @@ import optax
 from numpyro.infer import MCMC, NUTS
 from numpyro.infer.util import constrain_fn, potential_energy
 
+from cohort.errors import CohortWarning
 from cohort.inference.bayes import START_ERROR, Priors, build_model, chain_inits
 from cohort.inference.problem import BoundModel
 
@@ -44,14 +45,12 @@ def _chain_method(requested: str | None, chains: int) -> str:
     if requested not in CHAIN_METHODS:
         raise ValueError(f"chain_method must be one of {CHAIN_METHODS}, got {requested!r}")
     if requested == "parallel" and devices < chains:
-        import cohort
-
         warnings.warn(
             f"chain_method='parallel' needs {chains} devices but JAX sees {devices}; numpyro "
             "would silently run the chains one after another, so they run vectorized. Set "
             f"XLA_FLAGS=--xla_force_host_platform_device_count={chains} before importing JAX "
             "to run them in parallel on CPU cores",
-            cohort.CohortWarning,
+            CohortWarning,
             stacklevel=3,
         )
         return "vectorized"

@@ -21,6 +21,7 @@ import xarray as xr
 import zarr
 from scipy import special
 
+from cohort._version import __version__
 from cohort.errors import CohortError
 from cohort.population.expr import evaluate
 from cohort.population.spec import PopulationSpec, SpecError, load_spec
@@ -280,7 +281,6 @@ def generate(
 def _open_store(out, spec, n, seed, chunk_size, names, var_attrs, resume, overwrite):
     """The population store's group and its done flags: a new layout, or the one of an
     interrupted run of the same spec, n, seed and chunk size when ``resume``."""
-    import cohort
 
     key = {"spec_hash": spec.digest, "n": int(n), "seed": int(seed), "chunk_size": chunk_size}
     out = prepare_output(out, overwrite=overwrite, resume=resume, resumable=True)
@@ -327,7 +327,7 @@ def _open_store(out, spec, n, seed, chunk_size, names, var_attrs, resume, overwr
     )
     flags.attrs.update({"long_name": "chunk of patients fully written"})
     group.attrs.update(
-        {**key, "population": spec.name, "cohort_version": cohort.__version__,
+        {**key, "population": spec.name, "cohort_version": __version__,
          "layout_complete": True}
     )  # fmt: skip
     return group, np.zeros(n_chunks, bool)

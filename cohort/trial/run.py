@@ -24,8 +24,9 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
-import cohort
+from cohort._version import __version__
 from cohort.dosing import EventTable, Regimen, event_table
+from cohort.engine.simulate import simulate
 from cohort.models import get as get_model
 from cohort.store.lock import locks_output
 from cohort.trial import adaptive, design, endpoints
@@ -125,7 +126,7 @@ def run(
     params = {
         k: np.asarray(pop[k].values)[source] for k in pop.data_vars if k in model.parameter_names
     }
-    sim = cohort.simulate(
+    sim = simulate(
         model,
         params,
         _arm_tables(spec, model).select(sim_arm),
@@ -176,7 +177,7 @@ def potential_outcomes(
         {e.output for e in spec.endpoints if e.output} | {a.output for a in spec.assays}
     )
     arm = np.repeat(np.arange(levels), pool)
-    sim = cohort.simulate(
+    sim = simulate(
         model,
         params,
         _arm_tables(spec, model).select(arm),
@@ -243,7 +244,7 @@ def _patients(spec, pop, values, row, arm, strata, dropout) -> xr.Dataset:
         "n": n_per,
         "arms": json.dumps(list(spec.arm_names)),
         "eligible_fraction": float(pop.attrs.get("eligible_fraction", 1.0)),
-        "cohort_version": cohort.__version__,
+        "cohort_version": __version__,
     }
     return xr.Dataset(data, coords={"patient": np.arange(reps * n_per)}, attrs=attrs)
 

@@ -1,0 +1,290 @@
+"""A user's files are sacred: overwrite only what cohort wrote, one writer per store, complete
+or marked stores, resume after kill -9 (issue 12)."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+import cohort
+from cohort.cli import app
+
+ROOT = Path(__file__).resolve().parents[1]
+PRIOR = ROOT / "priors" / "adult_pk_oral.toml"
+runner = CliRunner()
+
+
+def flat(res) -> str:
+    return " ".join(res.output.split())
+
+
+def sim_args(out, *extra):
+    return ["simulate", "--model", "pk1_oral", "--n", "10", "-o", str(out), *extra]
+
+
+def test_overwrite_refuses_a_directory_cohort_did_not_write(tmp_path):
+    d = tmp_path / "d"
+    d.mkdir()
+    (d / "thesis.txt").write_text("x")
+    res = runner.invoke(app, sim_args(d, "--overwrite"))
+    assert res.exit_code == 2
+    assert "was not written by cohort" in flat(res) and "Traceback" not in res.output
+    assert (d / "thesis.txt").read_text() == "x"
+    # a plain file is just as safe
+    f = tmp_path / "notes.zarr"
+    f.write_text("mine")
+    res = runner.invoke(app, sim_args(f, "--overwrite"))
+    assert res.exit_code == 2 and f.read_text() == "mine"
+
+
+def test_overwrite_replaces_cohorts_own_store(tmp_path):
+    out = tmp_path / "x.zarr"
+    assert runner.invoke(app, sim_args(out)).exit_code == 0
+    first = cohort.open_result(out)["CL"].values.copy()
+    res = runner.invoke(app, [*sim_args(out, "--overwrite"), "--seed", "2"])
+    assert res.exit_code == 0, res.output
+    second = cohort.open_result(out)
+    assert second.attrs["seed"] == 2 and not np.array_equal(first, second["CL"].values)
+
+
+@pytest.mark.parametrize("path", ["", "   ", ".", "/", "~"])
+def test_empty_and_root_like_paths_refused(tmp_path, monkeypatch, path):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "keep.txt").write_text("x")
+    res = runner.invoke(app, sim_args(path, "--overwrite"))
+    assert res.exit_code == 2 and "Traceback" not in res.output
+    assert "empty path" in flat(res) or "refusing to write" in flat(res)
+    assert (tmp_path / "keep.txt").exists()
+
+
+def test_demo_into_existing_directory_refuses_and_reuses_its_own(tmp_path):
+    d = tmp_path / "mine"
+    d.mkdir()
+    (d / "data.csv").write_text("1,2")
+    res = runner.invoke(
+        app, ["demo", "--n", "20", "--out", str(d), "--plot", str(tmp_path / "p.png")]
+    )
+    assert res.exit_code == 2 and "not a cohort result store" in flat(res)
+    assert (d / "data.csv").read_text() == "1,2"
+    out, png = tmp_path / "demo.zarr", tmp_path / "demo.png"
+    args = ["demo", "--n", "20", "--out", str(out), "--plot", str(png)]
+    assert runner.invoke(app, args).exit_code == 0
+    before = cohort.open_result(out)["conc"].values.copy()
+    res = runner.invoke(app, args)  # the same demo again: reused, not deleted
+    assert res.exit_code == 0, res.output
+    np.testing.assert_array_equal(cohort.open_result(out)["conc"].values, before)
+    # a user's PNG at --plot is not overwritten
+    user_png = tmp_path / "holiday.png"
+    user_png.write_bytes(b"\x89PNG\r\n\x1a\nmine")
+    res = runner.invoke(app, ["demo", "--n", "20", "--out", str(out), "--plot", str(user_png)])
+    assert res.exit_code == 2 and user_png.read_bytes().endswith(b"mine")
+
+
+def test_lock_refuses_second_writer_and_recovers_stale_lock(tmp_path):
+    from cohort.store import write_lock
+    from cohort.store.lock import lock_path
+
+    out = tmp_path / "x.zarr"
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            textwrap.dedent(f"""
+            import sys, time
+            from cohort.store import write_lock
+            with write_lock({str(out)!r}):
+                print("locked", flush=True)
+                time.sleep(60)
+        """),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        res = runner.invoke(app, sim_args(out))
+        assert res.exit_code == 2
+        assert f"being written by process {holder.pid}" in flat(res)
+        assert not out.exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    # The holder died without releasing: the lock is stale, reported and taken over.
+    assert lock_path(out).exists()
+    with pytest.warns(cohort.CohortWarning, match="stale write lock"):
+        with write_lock(out):
+            pass
+    assert not lock_path(out).exists()
+    res = runner.invoke(app, sim_args(out))
+    assert res.exit_code == 0, res.output
+
+
+def test_concurrent_overwrite_is_refused_and_first_store_intact(tmp_path):
+    """A real second writer while the first is mid-run: refused, the first store complete."""
+    out = tmp_path / "big.zarr"
+    script = textwrap.dedent(f"""
+        import sys, time, cohort
+        def slow(done, total):
+            if done:
+                print("progress", flush=True); time.sleep(0.3)
+        cohort.simulate("pk1_oral", n=4000, dosing=cohort.Regimen(100.0, "depot"),
+                        times=cohort.grid(0, 24, 1.0), out={str(out)!r}, chunk_size=500,
+                        seed=8, progress=slow)
+    """)
+    first = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        assert first.stdout.readline().strip() == "progress"
+        res = runner.invoke(app, [*sim_args(out, "--overwrite"), "--seed", "7"])
+        assert res.exit_code == 2 and "being written by process" in flat(res)
+    finally:
+        assert first.wait(timeout=120) == 0
+    ds = cohort.open_result(out)
+    assert "incomplete" not in ds.attrs and ds.attrs["seed"] == 8
+    assert bool(ds.chunk_done.all()) and int((ds.status == 0).sum()) == 4000
+
+
+def test_kill_during_generate_then_resume_is_identical(tmp_path):
+    clean = cohort.population.generate(PRIOR, 3000, seed=3, chunk_size=500)
+    out = tmp_path / "pop.zarr"
+    script = textwrap.dedent(f"""
+        import os, signal, cohort
+        def bomb(done, total):
+            if done >= 1500:
+                os.kill(os.getpid(), signal.SIGKILL)
+        cohort.population.generate({str(PRIOR)!r}, 3000, seed=3, chunk_size=500,
+                                   out={str(out)!r}, progress=bomb)
+    """)
+    proc = subprocess.run([sys.executable, "-c", script])
+    assert proc.returncode == -signal.SIGKILL
+    # The killed store is refused by readers and flagged by `info`.
+    with pytest.raises(cohort.population.PopulationError, match="incomplete"):
+        cohort.population.open_population(out)
+    res = runner.invoke(app, ["simulate", "--population", str(out), "-o", str(tmp_path / "s")])
+    assert res.exit_code == 2 and "incomplete" in flat(res)
+    res = runner.invoke(app, ["info", str(out)])
+    assert "INCOMPLETE" in res.output
+    res = runner.invoke(
+        app,
+        ["generate", str(PRIOR), "--n", "3000", "--seed", "3", "--chunk-size", "500",
+         "-o", str(out), "--resume"],
+    )  # fmt: skip
+    assert res.exit_code == 0, res.output
+    resumed = cohort.population.open_population(out)
+    for k in clean.data_vars:
+        np.testing.assert_array_equal(resumed[k].values, clean[k].values)
+    # a resume with different inputs is refused, nothing changed
+    res = runner.invoke(
+        app, ["generate", str(PRIOR), "--n", "3000", "--seed", "4", "--chunk-size", "500",
+              "-o", str(out), "--resume"],
+    )  # fmt: skip
+    assert res.exit_code == 2 and "was not written by this generate run" in flat(res)
+
+
+def test_population_model_mismatch_is_an_error(tmp_path):
+    pop = tmp_path / "pop.zarr"
+    assert runner.invoke(app, ["generate", str(PRIOR), "--n", "50", "-o", str(pop)]).exit_code == 0
+    res = runner.invoke(
+        app,
+        [
+            "simulate",
+            "--model",
+            "pk2_oral_idr",
+            "--population",
+            str(pop),
+            "-o",
+            str(tmp_path / "s"),
+        ],
+    )
+    assert res.exit_code == 2 and "generated for model 'pk1_oral'" in flat(res)
+    # without --model the population's own model is used
+    res = runner.invoke(app, ["simulate", "--population", str(pop), "-o", str(tmp_path / "s")])
+    assert res.exit_code == 0, res.output
+    assert cohort.open_result(tmp_path / "s").attrs["model"] == "pk1_oral"
+    # the library refuses it too
+    ds = cohort.population.open_population(pop)
+    with pytest.raises(cohort.InputError, match="generated for model 'pk1_oral'"):
+        cohort.simulate("pk2_oral", ds, cohort.Regimen(100.0, "depot"), cohort.grid(0, 4, 1))
+    # a CSV with a column the model lacks
+    csv = tmp_path / "p.csv"
+    csv.write_text("CL,V,KA\n1,10,1\n")
+    res = runner.invoke(app, ["simulate", "--model", "pk2_oral", "--population", str(csv)])
+    assert res.exit_code == 2 and "['V'] are not parameters of 'pk2_oral'" in flat(res)
+
+
+def test_prior_spec_with_unknown_model_is_refused(tmp_path):
+    spec = tmp_path / "bad.toml"
+    spec.write_text(PRIOR.read_text().replace('model = "pk1_oral"', 'model = "pk1_orl"'))
+    with pytest.raises(cohort.population.SpecError, match="population.model.*unknown model"):
+        cohort.population.load_spec(spec)
+
+
+def test_fit_refuses_to_overwrite_and_round_trips(tmp_path):
+    from cohort.inference import load_fit
+
+    theoph = ROOT / "tests" / "data" / "theoph_nonmem.csv"
+    out = tmp_path / "fit.nc"
+    out.write_text("my notes")
+    args = ["fit", str(theoph), "--method", "ml", "--params", "CL,V,KA", "--iiv", "CL,KA",
+            "-o", str(out)]  # fmt: skip
+    res = runner.invoke(app, args)
+    assert res.exit_code == 2 and "already exists" in flat(res)
+    res = runner.invoke(app, [*args, "--overwrite"])
+    assert res.exit_code == 2 and "not written by cohort" in flat(res)
+    assert out.read_text() == "my notes"
+    out.unlink()
+    assert runner.invoke(app, args).exit_code == 0
+    res = runner.invoke(app, [*args, "--overwrite"])
+    assert res.exit_code == 0, res.output
+    groups = load_fit(out)
+    assert groups["fit_summary"].attrs["method"] == "ml"
+
+
+@pytest.fixture(scope="module")
+def three_fits():
+    """Quick ML, SVI and NUTS fits of Theoph (the short runs fail the convergence gates)."""
+    import warnings
+
+    from cohort.inference import NLME, ErrorModel, Param, fit
+
+    spec = NLME(
+        model=cohort.models.get("pk1_oral"),
+        params=(Param("CL"), Param("V", iiv=False), Param("KA")),
+        error=ErrorModel("additive"),
+    )
+    data = ROOT / "tests" / "data" / "theoph_nonmem.csv"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", cohort.CohortWarning)
+        return {
+            "ml": fit(spec, data, "ml"),
+            "svi": fit(spec, data, "svi", steps=200, draws=50),
+            "nuts": fit(spec, data, "nuts", chains=1, warmup=30, draws=20),
+        }
+
+
+@pytest.mark.parametrize("suffix", [".nc", ".zarr"])
+def test_every_fit_method_round_trips(tmp_path, suffix, three_fits):
+    """ML, SVI and NUTS results (NUTS/SVI with their posterior groups) written and read back:
+    arviz cannot write zarr >= 3, cohort writes the groups through xarray."""
+    from cohort.inference import load_fit
+
+    for method, res in three_fits.items():
+        path = res.save(tmp_path / f"{method}{suffix}")
+        groups = load_fit(path)
+        summary = groups["fit_summary"]
+        assert summary.attrs["method"] == method
+        assert summary.sizes["subject"] == 12
+        if method != "ml":
+            post = groups["posterior"]
+            np.testing.assert_allclose(
+                post["log_CL"].values, res.idata.posterior["log_CL"].values, rtol=0, atol=0
+            )
+        with pytest.raises(cohort.OutputError, match="already exists"):
+            res.save(path)
+        res.save(path, overwrite=True)  # cohort's own result may be replaced
