@@ -169,12 +169,11 @@ def test_pheno_ml_matches_nonmem_focei():
 
 
 def test_ml_result_storage_round_trip(theoph_ml, tmp_path):
-    import xarray as xr
+    from cohort.inference import load_fit
 
     for suffix in (".nc", ".zarr"):
         path = theoph_ml.save(tmp_path / f"fit{suffix}")
-        kw = {"engine": "zarr", "consolidated": False} if suffix == ".zarr" else {}
-        ds = xr.open_dataset(path, **kw)
+        ds = load_fit(path)["fit_summary"]
         est = ds["estimate"].sel(parameter="log_KE").item()
         assert est == pytest.approx(theoph_ml.estimates["log_KE"])
         assert ds["KA_ind"].attrs["units"] == "1/h"

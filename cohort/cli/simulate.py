@@ -130,9 +130,8 @@ def demo(
 
 def _read_population(path: Path, model_name: str | None):
     """Parameters from a population store (``cohort generate``) or a CSV, and the model."""
-    import pandas as pd
-
     import cohort
+    from cohort.data.reader import read_table
 
     if not path.exists():
         fail(f"--population: no such file or store {path}")
@@ -151,13 +150,10 @@ def _read_population(path: Path, model_name: str | None):
         return model, ds
     model = cohort.models.get(model_name or "pk2_oral_idr")
     try:
-        table = pd.read_csv(path)
-    except (UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
-        fail(f"--population {path}: not a readable CSV ({exc}); give one row per patient")
+        table = read_table(path)
+    except cohort.DataError as exc:
+        fail(f"--population {exc}")
     table = table.drop(columns=[c for c in table.columns if str(c).upper() == "ID"])
-    dupes = [c for c in table.columns if "." in str(c) and str(c).split(".")[0] in table.columns]
-    if dupes:
-        fail(f"--population {path}: duplicated column(s) {dupes}")
     unknown = [c for c in table.columns if c not in model.parameter_names]
     if unknown:
         fail(
@@ -199,9 +195,8 @@ def simulate(
     overwrite: bool = typer.Option(False, help="replace an existing --out written by cohort"),
 ):
     """Simulate a cohort and stream the results into a zarr store."""
-    import pandas as pd
-
     import cohort
+    from cohort.data.reader import read_table
 
     if resume and overwrite:
         fail("--resume and --overwrite: choose one (continue the run, or replace it)")
@@ -247,9 +242,9 @@ def simulate(
         if not dosing.is_file():
             fail(f"--dosing: no such file {dosing}")
         try:
-            dose = pd.read_csv(dosing)
-        except (UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
-            fail(f"--dosing {dosing}: not a readable CSV ({exc}); give NONMEM-style records")
+            dose = read_table(dosing)
+        except cohort.DataError as exc:
+            fail(f"--dosing {exc}")
     else:
         if cmt is not None and cmt not in m.dose_targets:
             fail(f"--cmt: {cmt!r} cannot be dosed in {m.name}; use one of {list(m.dose_targets)}")

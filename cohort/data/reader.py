@@ -59,10 +59,33 @@ def read_table(path: str | Path) -> pd.DataFrame:
     path = Path(path)
     if not path.exists():
         raise DataError([Problem(None, "file", f"no such file {str(path)!r}")])
-    with path.open() as fh:
-        header = fh.readline()
-    sep = "," if "," in header else r"\s+"
-    return pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False, skipinitialspace=True)
+    if not path.is_file():
+        raise DataError([Problem(None, "file", f"{str(path)!r} is not a file")])
+    try:
+        with path.open(encoding="utf-8") as fh:
+            header = fh.readline()
+        if not header.strip():
+            raise DataError([Problem(None, "file", f"{str(path)!r} is empty (no header line)")])
+        sep = "," if "," in header else r"\s+"
+        table = pd.read_csv(
+            path, sep=sep, dtype=str, keep_default_na=False, skipinitialspace=True,
+            encoding="utf-8",
+        )  # fmt: skip
+    except UnicodeDecodeError:
+        raise DataError(
+            [Problem(None, "file", f"{str(path)!r} is not a text (UTF-8) table; give a CSV")]
+        ) from None
+    except (pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
+        raise DataError(
+            [Problem(None, "file", f"{str(path)!r} is not a readable table: {exc}")]
+        ) from None
+    names = [h.strip() for h in (header.split(",") if sep == "," else header.split())]
+    dupes = sorted({h for h in names if names.count(h) > 1})
+    if dupes:
+        raise DataError(
+            [Problem(None, "header", f"column(s) {dupes} appear more than once; keep one of each")]
+        )
+    return table
 
 
 def _cells_missing(raw: pd.Series) -> np.ndarray:

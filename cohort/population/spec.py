@@ -154,6 +154,16 @@ def _covariate(path, name, t) -> Covariate:
     if not isinstance(t, dict):
         raise _err(path, key, "must be a table")
     dist = t.get("distribution")
+    if dist is None:
+        stray = sorted(
+            set(t) - {"distribution", *_COV_OPTIONAL} - set().union(*DISTRIBUTIONS.values())
+        )
+        hint = f" (unknown key(s) {stray}: a misspelling?)" if stray else ""
+        raise _err(
+            path,
+            f"{key}.distribution",
+            f"missing key 'distribution'{hint}; choose from {sorted(DISTRIBUTIONS)}",
+        )
     if dist not in DISTRIBUTIONS:
         raise _err(
             path,

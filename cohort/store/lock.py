@@ -56,6 +56,10 @@ def _try_create(lock: Path, owner: dict) -> bool:
         fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
     except FileExistsError:
         return False
+    except OSError as exc:
+        raise OutputError(
+            f"cannot write in {str(lock.parent)!r} ({exc.strerror}); choose a writable location"
+        ) from None
     with os.fdopen(fd, "w") as f:
         json.dump(owner, f)
     return True
@@ -65,7 +69,13 @@ def _try_create(lock: Path, owner: dict) -> bool:
 def write_lock(path: str | os.PathLike) -> Iterator[None]:
     """Hold the write lock of output ``path`` for the duration of the block."""
     lock = lock_path(path)
-    lock.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        lock.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(
+            f"{str(path)!r}: cannot create the folder {str(lock.parent)!r} ({exc.strerror}); "
+            "choose a writable location"
+        ) from None
     host = socket.gethostname()
     owner = {
         "pid": os.getpid(),

@@ -1,0 +1,153 @@
+"""Malformed input, as a new user types it: every case is one ``error:`` line on stderr naming
+the flag/file/key/row, exit status 2, no traceback (issue 12)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from cohort.cli import app
+
+ROOT = Path(__file__).resolve().parents[1]
+PRIOR = (ROOT / "priors" / "adult_pk_oral.toml").read_text()
+TRIAL = ROOT / "experiments" / "theophylline_dose_ranging.toml"
+runner = CliRunner()
+
+
+def _files(d: Path) -> None:
+    (d / "empty.csv").write_text("")
+    (d / "binary.csv").write_bytes(bytes(range(256)) * 2)
+    (d / "folder").mkdir()
+    (d / "dup.csv").write_text("ID,TIME,AMT,AMT\n1,0,100,100\n")
+    (d / "badamt.csv").write_text("ID,TIME,AMT,CMT\n1,0,abc,depot\n")
+    (d / "negamt.csv").write_text("ID,TIME,AMT,CMT\n1,0,-5,depot\n")
+    (d / "badcmt.csv").write_text("ID,TIME,AMT,CMT\n1,0,100,liver\n")
+    (d / "nottime.csv").write_text("ID,TIME,AMT,CMT\n1,x,100,depot\n")
+    (d / "pop_extra.csv").write_text("CL,V,KA,HEIGHT\n1,10,1,180\n")
+    (d / "pop_text.csv").write_text("CL,V,KA\nfast,10,1\n")
+    (d / "pop_header.csv").write_text("CL,V,KA\n")
+    (d / "theo.csv").write_text((ROOT / "tests" / "data" / "theoph_nonmem.csv").read_text())
+    (d / "spec_model.toml").write_text(PRIOR.replace('model = "pk1_oral"', 'model = "pk1_orl"'))
+    (d / "spec_typo.toml").write_text(PRIOR.replace("distribution = ", "distributon = ", 1))
+    (d / "spec_bad.toml").write_text("[population\nname = 1")
+    (d / "spec_key.toml").write_text(PRIOR.replace("[population]", "[population]\ncolour = 1"))
+    (d / "mine").mkdir()
+    (d / "mine" / "thesis.txt").write_text("x")
+    (d / "notes.nc").write_text("my notes")
+
+
+S = ["simulate", "--model", "pk1_oral", "-o", "out.zarr"]
+CASES = [
+    # simulate: numbers and choices
+    (["simulate", "--n", "0"], "--n must be >= 1"),
+    (["simulate", "--n", "-3"], "--n must be >= 1"),
+    (["simulate", "--iiv", "-0.1"], "--iiv must be >= 0"),
+    (["simulate", "--t-end", "0"], "--t-end must be > 0"),
+    (["simulate", "--t-end", "nan"], "--t-end must be > 0"),
+    (["simulate", "--step", "-1"], "--step must be > 0"),
+    (["simulate", "--method", "magic"], "--method must be auto"),
+    (["simulate", "--dtype", "float16"], "--dtype must be float32"),
+    (["simulate", "--method", "fast", "--dt", "0"], "--dt must be > 0"),
+    (["simulate", "--dt", "0.1"], "--dt sets the fast path's step"),
+    (["simulate", "--chunk-size", "0"], "--chunk-size must be >= 1"),
+    (["simulate", "--addl", "-1"], "--addl must be >= 0"),
+    (["simulate", "--addl", "2", "--ii", "0"], "--ii must be > 0"),
+    (["simulate", "--model", "nope"], "unknown model 'nope'"),
+    (["simulate", "--model", "pk1_oral", "--cmt", "periph"], "--cmt"),
+    (["simulate", "--n", "100000000000"], "GiB"),
+    (["simulate", "--resume", "--overwrite"], "--resume and --overwrite"),
+    # simulate: conflicting flags
+    (["simulate", "--dosing", "badamt.csv", "--amt", "5"], "--dosing and --amt"),
+    (["simulate", "--dosing", "badamt.csv", "--ii", "12", "--addl", "1"], "--dosing and --ii"),
+    (["simulate", "--population", "pop_extra.csv", "--n", "5"], "--population and --n"),
+    # simulate: files
+    (["simulate", "--dosing", "missing.csv"], "no such file"),
+    (["simulate", "--dosing", "folder"], "no such file folder"),
+    (["simulate", "--dosing", "empty.csv"], "is empty"),
+    (["simulate", "--dosing", "binary.csv"], "not a text (UTF-8) table"),
+    (["simulate", "--dosing", "dup.csv"], "['AMT'] appear more than once"),
+    ([*S, "--dosing", "badamt.csv"], "row 1, column AMT"),
+    ([*S, "--dosing", "nottime.csv"], "column TIME"),
+    ([*S, "--dosing", "badcmt.csv"], "liver"),
+    (["simulate", "--population", "missing.csv"], "no such file or store"),
+    (["simulate", "--population", "empty.csv"], "is empty"),
+    (["simulate", "--population", "binary.csv"], "not a text (UTF-8) table"),
+    (["simulate", "--population", "folder"], "not a readable zarr store"),
+    (["simulate", "--model", "pk1_oral", "--population", "pop_extra.csv"], "['HEIGHT']"),
+    (["simulate", "--model", "pk1_oral", "--population", "pop_text.csv"], "'CL' is not numeric"),
+    (["simulate", "--model", "pk1_oral", "--population", "pop_header.csv"], "no patients"),
+    # outputs
+    (["simulate", "-o", ""], "refusing to write"),  # typer turns "" into "."
+    (["simulate", "-o", ".", "--overwrite"], "refusing to write"),
+    (["simulate", "-o", "mine", "--overwrite"], "not written by cohort"),
+    (["simulate", "-o", "mine"], "already exists"),
+    (["simulate", "-o", "/proc/cohort-test/x.zarr"], "cannot create the folder"),
+    # generate
+    (["generate", "missing.toml"], "no such spec file"),
+    (["generate", "spec_model.toml", "-o", "p.zarr"], "population.model"),
+    (["generate", "spec_typo.toml", "-o", "p.zarr"], "['distributon']"),
+    (["generate", "spec_bad.toml", "-o", "p.zarr"], "not valid TOML"),
+    (["generate", "spec_key.toml", "-o", "p.zarr"], "['colour']"),
+    (["generate", "binary.csv", "-o", "p.zarr"], "not valid TOML"),
+    (["generate", "spec_typo.toml", "--n", "0"], "--n must be >= 1"),
+    (["generate", "spec_typo.toml", "--chunk-size", "0"], "--chunk-size must be >= 1"),
+    # info / report
+    (["info", "missing.zarr"], "no result store"),
+    (["info", "folder"], "not a readable zarr store"),
+    (["report", "folder"], "not a readable zarr store"),
+    (["report", "missing.zarr"], "no such store"),
+    # fit
+    (["fit", "missing.csv"], "no such file"),
+    (["fit", "theo.csv", "-o", "fit.txt"], "use a .nc (netCDF) or .zarr path"),
+    (["fit", "theo.csv", "--method", "mcmc"], "--method must be nuts, svi or ml"),
+    (["fit", "theo.csv", "--chains", "0"], "--chains must be >= 1"),
+    (["fit", "theo.csv", "--draws", "0"], "--draws must be >= 1"),
+    (["fit", "theo.csv", "--model", "pk9"], "unknown model 'pk9'"),
+    (["fit", "theo.csv", "--iiv", "Q"], "--iiv"),
+    (["fit", "theo.csv", "--covariate", "CL"], "--covariate 'CL'"),
+    (["fit", "theo.csv", "-o", "notes.nc"], "already exists"),
+    (["fit", "theo.csv", "-o", "notes.nc", "--overwrite"], "not written by cohort"),
+    # trial
+    (["trial", "missing.toml"], "no such trial spec"),
+    (["trial", str(TRIAL), "--replicates", "0"], "--replicates must be >= 1"),
+    (["trial", str(TRIAL), "--n", "0"], "--n must be >= 1"),
+    (["trial", str(TRIAL), "--pta-doses", "1,x"], "--pta-doses"),
+    # glucose
+    (["glucose", "--n", "0"], "--n must be >= 1"),
+    (["glucose", "--days", "0"], "--days must be > 0"),
+    (["glucose", "--pump-increment", "-1"], "--pump-increment must be >= 0"),
+    (["glucose", "--period", "0"], "--period must be > 0"),
+    (["glucose", "--patients", "elderly"], "--patients must be one of"),
+]
+
+
+@pytest.mark.parametrize(("args", "message"), CASES, ids=[" ".join(c[0])[:60] for c in CASES])
+def test_malformed_input_is_one_clear_line(tmp_path, monkeypatch, args, message):
+    _files(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    res = runner.invoke(app, args)
+    assert res.exit_code == 2, res.output
+    assert "Traceback" not in res.output
+    assert res.exception is None or isinstance(res.exception, SystemExit), res.exception
+    assert message in " ".join(res.stderr.split()), res.stderr
+    assert res.stderr.strip().splitlines()[-1].startswith("error:")
+    assert res.stdout.strip() == ""  # errors go to stderr, nothing half-printed on stdout
+    # nothing of the user's was touched
+    assert (tmp_path / "mine" / "thesis.txt").read_text() == "x"
+    assert (tmp_path / "notes.nc").read_text() == "my notes"
+
+
+def test_enough_malformed_cases():
+    assert len(CASES) >= 40
+
+
+def test_version_and_help_keep_brackets():
+    from cohort._version import __version__
+
+    res = runner.invoke(app, ["--version"])
+    assert res.exit_code == 0 and __version__ in res.stdout
+    res = runner.invoke(app, ["simulate", "--help"])
+    assert "[default: 1000]" in " ".join(res.output.split())
+    assert "dosing interval, h" in " ".join(res.output.split())
