@@ -144,6 +144,8 @@ def _num(path, key, v, positive=False) -> float:
 
 
 def _check_keys(path, key, table: dict, allowed: set[str]):
+    if not isinstance(table, dict):
+        raise _err(path, key, f"must be a table, got {type(table).__name__} {table!r}")
     unknown = sorted(set(table) - allowed)
     if unknown:
         raise _err(path, key, f"unknown key(s) {unknown}; allowed: {sorted(allowed)}")
@@ -307,6 +309,18 @@ def _model(path: str, name: object) -> str | None:
 
 
 def parse_spec(raw: dict, path: str = "<spec>", digest: str | None = None) -> PopulationSpec:
+    """Validate a prior spec given as a dict (the parsed TOML)."""
+    try:
+        return _parse_spec(raw, path, digest)
+    except (TypeError, AttributeError, KeyError, IndexError) as exc:
+        # A value of the wrong shape that no specific check caught: still the user's input.
+        raise SpecError(
+            f"{path}: a value has the wrong type or shape ({type(exc).__name__}: {exc}); "
+            "compare the spec with priors/adult_pk_oral.toml"
+        ) from None
+
+
+def _parse_spec(raw: dict, path: str, digest: str | None) -> PopulationSpec:
     _check_keys(path, "top level", raw, _TOP)
     meta = raw.get("population", {})
     _check_keys(path, "population", meta, {"name", "description", "model", "citation"})

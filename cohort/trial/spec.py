@@ -109,6 +109,17 @@ _TOP = {
 
 def parse(raw: dict, path: str = "<spec>", base: Path | None = None, digest: str = "") -> TrialSpec:
     """Validate a spec given as a dict (the parsed TOML); ``base`` resolves relative paths."""
+    try:
+        return _parse(raw, path, base, digest)
+    except (TypeError, AttributeError, KeyError, IndexError) as exc:
+        # A value of the wrong shape that no specific check caught: still the user's input.
+        raise TrialSpecError(
+            f"{path}: a value has the wrong type or shape ({type(exc).__name__}: {exc}); "
+            "compare the spec with experiments/theophylline_dose_ranging.toml"
+        ) from None
+
+
+def _parse(raw: dict, path: str, base: Path | None, digest: str) -> TrialSpec:
     r = _Reader(path)
     r.keys("top level", raw, _TOP)
     t = r.keys(
@@ -122,12 +133,14 @@ def parse(raw: dict, path: str = "<spec>", base: Path | None = None, digest: str
         raise r.err("trial.model", "missing (a model name, see `cohort models`)")
     from cohort.models import available
 
-    if t["model"] not in available():
+    if not isinstance(t["model"], str) or t["model"] not in available():
         raise r.err("trial.model", f"unknown model {t['model']!r}; see `cohort models`")
     method = r.choice("trial.method", t.get("method", "auto"), ("auto", "closed_form", "fast"))
     pop = r.keys("population", raw.get("population", {}), {"prior", "inclusion", "exclusion"})
     if "prior" not in pop:
         raise r.err("population.prior", "missing (path of a priors/*.toml spec)")
+    if not isinstance(pop["prior"], str):
+        raise r.err("population.prior", f"must be a path string, got {pop['prior']!r}")
     prior = Path(pop["prior"])
     if not prior.is_absolute() and base is not None:
         prior = base / prior
