@@ -20,7 +20,7 @@ class StoreError(CohortError, RuntimeError):
     """A store cannot be created, resumed or read; the message says why and what to do."""
 
 
-class OutputError(StoreError):
+class OutputError(StoreError, ValueError):
     """An output path is unsafe, or exists and was not written by cohort, or is locked."""
 
 
