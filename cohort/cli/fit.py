@@ -10,6 +10,9 @@ from rich.markup import escape
 from rich.table import Table
 
 from cohort.cli._common import command, console, fail, warn
+from cohort.dosing import DosingError
+from cohort.errors import CohortWarning
+from cohort.models import get as get_model
 
 
 def _covariates(specs: list[str] | None, names: list[str]) -> dict:
@@ -46,12 +49,11 @@ def _spec(
     omega: str,
     covariate: list[str] | None,
 ):
-    import cohort
     from cohort.inference import NLME, ErrorModel, Param, SpecError
     from cohort.inference.spec import default_params
 
     try:
-        model = cohort.models.get(model_name)
+        model = get_model(model_name)
     except KeyError as exc:
         fail(str(exc))
     names = (
@@ -102,7 +104,6 @@ def fit(
         host_devices_for_chains(chains)
     import warnings
 
-    import cohort
     from cohort.inference import SpecError
     from cohort.inference import fit as run_fit
     from cohort.store import check_replaceable, report_directory
@@ -131,7 +132,7 @@ def fit(
             status.update(f"fitting {spec.model.name}: {stage}")
 
         with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always", cohort.CohortWarning)
+            warnings.simplefilter("always", CohortWarning)
             try:
                 result = run_fit(
                     spec,
@@ -147,12 +148,12 @@ def fit(
                     seed=seed,
                     progress=progress,
                 )
-            except (cohort.DosingError, SpecError, ValueError) as exc:
+            except (DosingError, SpecError, ValueError) as exc:
                 status.stop()
                 fail(str(exc))
     console.print(_table(result))
     for w in caught:
-        if issubclass(w.category, cohort.CohortWarning):
+        if issubclass(w.category, CohortWarning):
             warn(str(w.message))
     path = result.save(out, overwrite=overwrite)
     line = f"{method} fit in {time.perf_counter() - t0:.1f} s -> [bold]{escape(str(path))}[/]"

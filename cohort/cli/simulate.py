@@ -12,6 +12,15 @@ from rich.markup import escape
 from rich.table import Table
 
 from cohort.cli._common import command, console, err_console, fail, progress
+from cohort.data.reader import DataError
+from cohort.dosing import Regimen
+from cohort.engine.fast_path import FastOptions
+from cohort.engine.inputs import grid
+from cohort.engine.simulate import simulate as simulate_cohort
+from cohort.models import available as available_models
+from cohort.models import get as get_model
+from cohort.population import lognormal, open_population
+from cohort.store import open_result
 
 # Defaults of `cohort simulate` (None in the signature, so a flag the user gave can be told
 # apart from one left at its default when two flags conflict).
@@ -19,11 +28,10 @@ DEFAULTS = {"n": 1000, "iiv": 0.3, "amt": 100.0, "ii": 24.0, "addl": 0, "rate": 
 
 
 def _run(model, pop, dosing, times, **kw):
-    import cohort
 
     with progress() as bar:
         task = bar.add_task(f"simulating {model.name}", total=len(next(iter(pop.values()))))
-        return cohort.simulate(
+        return simulate_cohort(
             model,
             pop,
             dosing,
@@ -97,21 +105,20 @@ def demo(
 
     An existing --out from the same demo is reused (nothing is deleted); any other existing
     path is refused."""
-    import cohort
-    from cohort import plots
+    from cohort.plots import band
     from cohort.store import prepare_output
 
     if n < 1:
         fail(f"--n: must be >= 1, got {n}")
-    model = cohort.models.get("pk2_oral_idr")
-    pop = cohort.population.lognormal(model, n, seed, cv=0.3)
+    model = get_model("pk2_oral_idr")
+    pop = lognormal(model, n, seed, cv=0.3)
     prepare_output(plot, overwrite=True, flag="--plot")  # replaces only cohort's own figure
     t0 = time.perf_counter()
     ds = _run(
         model,
         pop,
-        cohort.Regimen(amt=320, cmt="depot", ii=12, addl=13),
-        cohort.grid(0, 168, 0.5),
+        Regimen(amt=320, cmt="depot", ii=12, addl=13),
+        grid(0, 168, 0.5),
         method="fast",
         out=str(out),
         resume=out.exists(),  # the same demo again: its finished store is reused as is
@@ -120,7 +127,7 @@ def demo(
     )
     dt = time.perf_counter() - t0
     console.print(_summary(ds, ["conc", "response"]))
-    plots.band(ds, ["conc", "response"], plot)
+    band(ds, ["conc", "response"], plot)
     console.print(
         f"{n:,} patients x 7 days in {dt:.1f} s "
         f"({n * 7 / dt:,.0f} patient-days/s, incl. compile and zarr writes)"
@@ -130,17 +137,16 @@ def demo(
 
 def _read_population(path: Path, model_name: str | None):
     """Parameters from a population store (``cohort generate``) or a CSV, and the model."""
-    import cohort
     from cohort.data.reader import read_table
 
     if not path.exists():
         fail(f"--population: no such file or store {path}")
     if path.is_dir():
-        ds = cohort.population.open_population(path)
+        ds = open_population(path)
         made_for = ds.attrs.get("model") or None
         if model_name is None and made_for is None:
             fail(f"--population {path}: the store names no model; pass --model")
-        model = cohort.models.get(model_name or made_for)
+        model = get_model(model_name or made_for)
         if made_for and made_for != model.name:
             fail(
                 f"--population {path} was generated for model {made_for!r}, not "
@@ -148,10 +154,10 @@ def _read_population(path: Path, model_name: str | None):
                 f"a population for {model.name!r}"
             )
         return model, ds
-    model = cohort.models.get(model_name or "pk2_oral_idr")
+    model = get_model(model_name or "pk2_oral_idr")
     try:
         table = read_table(path)
-    except cohort.DataError as exc:
+    except DataError as exc:
         fail(f"--population {exc}")
     table = table.drop(columns=[c for c in table.columns if str(c).upper() == "ID"])
     unknown = [c for c in table.columns if c not in model.parameter_names]
@@ -195,7 +201,6 @@ def simulate(
     overwrite: bool = typer.Option(False, help="replace an existing --out written by cohort"),
 ):
     """Simulate a cohort and stream the results into a zarr store."""
-    import cohort
     from cohort.data.reader import read_table
 
     if resume and overwrite:
@@ -234,16 +239,16 @@ def simulate(
                 "values are used for them"
             )
     else:
-        m = cohort.models.get(model or "pk2_oral_idr")
+        m = get_model(model or "pk2_oral_idr")
         n = DEFAULTS["n"] if n is None else n
         _check_memory(n, len(m.parameter_names))
-        pop = cohort.population.lognormal(m, n, seed, DEFAULTS["iiv"] if iiv is None else iiv)
+        pop = lognormal(m, n, seed, DEFAULTS["iiv"] if iiv is None else iiv)
     if dosing is not None:
         if not dosing.is_file():
             fail(f"--dosing: no such file {dosing}")
         try:
             dose = read_table(dosing)
-        except cohort.DataError as exc:
+        except DataError as exc:
             fail(f"--dosing {exc}")
     else:
         if cmt is not None and cmt not in m.dose_targets:
@@ -254,7 +259,7 @@ def simulate(
             fail(f"--addl must be >= 0, got {v['addl']}")
         if v["addl"] and not v["ii"] > 0:
             fail(f"--ii must be > 0 with --addl, got {v['ii']}")
-        dose = cohort.Regimen(
+        dose = Regimen(
             amt=v["amt"],
             cmt=cmt or m.dose_targets[0],
             ii=v["ii"] if v["addl"] else 0.0,
@@ -266,7 +271,7 @@ def simulate(
         m,
         pop,
         dose,
-        cohort.grid(0, t_end, step),
+        grid(0, t_end, step),
         method=method,
         dtype=dtype,
         out=str(out),
@@ -274,7 +279,7 @@ def simulate(
         overwrite=overwrite,
         seed=seed,
         chunk_size=chunk_size,
-        options=cohort.FastOptions(dt=dt) if method == "fast" else None,
+        options=FastOptions(dt=dt) if method == "fast" else None,
     )
     console.print(_summary(ds, list(m.output_names)))
     n_bad = int((np.asarray(ds["status"].values) != 0).sum())
@@ -298,7 +303,7 @@ def generate(
     plot: Path = typer.Option(None, help="PNG with covariate/parameter histograms"),
 ):
     """Generate a virtual population from a prior spec into a zarr store."""
-    from cohort import population as popmod
+    from cohort.population import generate as generate_population
     from cohort.store import prepare_output
 
     if resume and overwrite:
@@ -314,7 +319,7 @@ def generate(
     t0 = time.perf_counter()
     with progress() as bar:
         task = bar.add_task("generating", total=n)
-        ds = popmod.generate(
+        ds = generate_population(
             spec,
             n,
             seed,
@@ -339,9 +344,9 @@ def generate(
         f"{ds.attrs['acceptance_rate']:.1%} -> [bold]{escape(str(out))}[/]"
     )
     if plot is not None:
-        from cohort import plots
+        from cohort.plots import histograms
 
-        plots.histograms(ds, plot)
+        histograms(ds, plot)
         console.print(f"figure: [bold]{escape(str(plot))}[/]")
 
 
@@ -350,9 +355,7 @@ def info(store: Path = typer.Argument(..., help="result store written by cohort"
     """Describe a result store: sizes, variables with units, provenance, status counts."""
     import pandas as pd
 
-    import cohort
-
-    ds = cohort.open_result(store)
+    ds = open_result(store)
     console.print(
         f"[bold]{escape(str(store))}[/]: " + ", ".join(f"{k}={v:,}" for k, v in ds.sizes.items())
     )
@@ -394,16 +397,15 @@ def info(store: Path = typer.Argument(..., help="result store written by cohort"
 @command
 def models(name: str = typer.Argument(None, help="show one model in detail")):
     """List the registered models, or the states/parameters/units of one."""
-    import cohort
 
     if name is None:
         table = Table("model", "states", "outputs", "description")
-        for key in cohort.models.available():
-            m = cohort.models.get(key)
+        for key in available_models():
+            m = get_model(key)
             table.add_row(key, ", ".join(m.state_names), ", ".join(m.output_names), m.description)
         console.print(table)
         return
-    m = cohort.models.get(name)
+    m = get_model(name)
     console.print(f"[bold]{m.name}[/]: {escape(m.description)}")
     st = Table("state", "units", "description", title="states")
     for s in m.states:
