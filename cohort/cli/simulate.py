@@ -146,13 +146,8 @@ def _read_population(path: Path, model_name: str | None):
         made_for = ds.attrs.get("model") or None
         if model_name is None and made_for is None:
             fail(f"--population {path}: the store names no model; pass --model")
+        # A --model other than the population's is refused by simulate itself.
         model = get_model(model_name or made_for)
-        if made_for and made_for != model.name:
-            fail(
-                f"--population {path} was generated for model {made_for!r}, not "
-                f"{model.name!r}; drop --model (the population's model is used) or generate "
-                f"a population for {model.name!r}"
-            )
         return model, ds
     model = get_model(model_name or "pk2_oral_idr")
     try:

@@ -31,7 +31,7 @@ from cohort.engine.events import missing_duration_params, ss_lag_problem
 from cohort.engine.inputs import InputError, check_times, population_arrays
 from cohort.engine.status import STATUS_MEANINGS, Status
 from cohort.models.base import Model
-from cohort.store import ResultStore, check_path, open_result, write_lock
+from cohort.store import ResultStore, locks_output, open_result
 
 METHODS = ("auto", "closed_form", "diffrax", "fast")
 DEFAULT_CHUNK = {"closed_form": 8_192, "fast": 16_384, "diffrax": 10_000}
@@ -221,6 +221,7 @@ def _validate_events(model: Model, table: EventTable, params, method: str) -> No
             )
 
 
+@locks_output("out")
 def simulate(
     model: Model | str,
     population: Any = None,
@@ -288,8 +289,7 @@ def simulate(
         raise InputError(f"chunk_size: must be >= 1, got {chunk_size}")
     plan = _Plan(model, method, params, table, times, outputs, dtype, options, chunk_size)
     if out is not None:
-        with write_lock(check_path(out)):
-            return _simulate_to_store(plan, out, seed, time_units, resume, overwrite, progress)
+        return _simulate_to_store(plan, out, seed, time_units, resume, overwrite, progress)
     n_chunks = math.ceil(n_pat / chunk_size)
     # Time-major buffers: the engines produce [T, N] blocks, so copies stay contiguous; the
     # Dataset exposes them as (patient, time) through a transposed view (no extra copy).
@@ -314,7 +314,7 @@ def simulate(
 
 
 def _simulate_to_store(plan: _Plan, out, seed, time_units, resume, overwrite, progress):
-    """Stream ``plan`` into the store at ``out`` (the caller holds its write lock)."""
+    """Stream ``plan`` into the store at ``out`` (:func:`simulate` holds its write lock)."""
     model, outputs, dtype, chunk_size = plan.model, plan.outputs, plan.dtype, plan.chunk_size
     times, params = plan.times, plan.params
     n_pat = len(next(iter(params.values())))

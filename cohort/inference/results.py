@@ -21,8 +21,9 @@ from cohort.errors import OutputError
 from cohort.inference.layout import Layout
 from cohort.inference.ml import MLEstimate
 from cohort.inference.problem import BoundModel, Pop
-from cohort.store import check_path, prepare_output, write_lock
-from cohort.store.safety import SIGNATURE, ZARR_MARK
+from cohort.store import locks_output, prepare_output
+from cohort.store.safety import SIGNATURE
+from cohort.store.zarr_store import new_layout
 
 
 @dataclasses.dataclass
@@ -100,6 +101,7 @@ class FitResult:
         ds.attrs.update(_attrs(self))
         return ds
 
+    @locks_output("path")
     def save(self, path: str | Path, *, overwrite: bool = False) -> Path:
         """Write to ``.nc`` (netCDF-4) or ``.zarr``; Bayesian fits as InferenceData groups
         (``posterior``, ``sample_stats``, ..., ``fit_summary``). An existing ``path`` is
@@ -108,13 +110,12 @@ class FitResult:
         path = Path(path)
         if path.suffix not in (".nc", ".zarr"):
             raise OutputError(f"--out {path}: use a .nc (netCDF) or .zarr path")
-        with write_lock(check_path(path)):
-            prepare_output(path, overwrite=overwrite)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            groups = {"fit_summary": self.to_xarray()}
-            if self.idata is not None:
-                groups = {g: self.idata[g] for g in self.idata.groups()} | groups
-            _write_groups(path, groups)
+        prepare_output(path, overwrite=overwrite)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        groups = {"fit_summary": self.to_xarray()}
+        if self.idata is not None:
+            groups = {g: self.idata[g] for g in self.idata.groups()} | groups
+        _write_groups(path, groups)
         return path
 
 
@@ -140,7 +141,7 @@ def _write_groups(path: Path, groups: dict[str, xr.Dataset]) -> None:
             f.attrs["written_by"] = SIGNATURE
             f.attrs["groups"] = ",".join(groups)
     else:
-        zarr.open_group(str(tmp), mode="w-", zarr_format=3, attributes=dict(ZARR_MARK))
+        new_layout(tmp)
         for name, ds in groups.items():
             ds.to_zarr(str(tmp), group=name, mode="a", consolidated=False, zarr_format=3)
         zarr.open_group(str(tmp), mode="r+").attrs.update({"groups": list(groups)})

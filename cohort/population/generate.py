@@ -10,7 +10,6 @@ filter are skipped; the first ``n`` accepted candidates form the population.
 from __future__ import annotations
 
 import math
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +17,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import xarray as xr
-import zarr
 from scipy import special
 
 from cohort._version import __version__
@@ -26,7 +24,14 @@ from cohort.errors import CohortError
 from cohort.population.expr import evaluate
 from cohort.population.spec import PopulationSpec, SpecError, load_spec
 from cohort.store.lock import locks_output
-from cohort.store.safety import ZARR_MARK, prepare_output, written_by_cohort
+from cohort.store.safety import prepare_output
+from cohort.store.zarr_store import (
+    add_done_flags,
+    add_patient_axis,
+    new_layout,
+    open_result,
+    resumable_layout,
+)
 
 
 class PopulationError(CohortError, RuntimeError):
@@ -272,7 +277,7 @@ def generate(
         "model": spec.model or "",
     }
     if group is not None:
-        group.attrs.update({**attrs, "complete": True})
+        group.attrs.update(attrs)
         return open_population(out)
     data = {k: (("patient",), np.concatenate(kept[k]), var_attrs[k]) for k in names}
     return xr.Dataset(data, coords={"patient": np.arange(n)}, attrs=attrs)
@@ -284,25 +289,18 @@ def _open_store(out, spec, n, seed, chunk_size, names, var_attrs, resume, overwr
 
     key = {"spec_hash": spec.digest, "n": int(n), "seed": int(seed), "chunk_size": chunk_size}
     out = prepare_output(out, overwrite=overwrite, resume=resume, resumable=True)
-    if resume and out.exists():
-        try:
-            group = zarr.open_group(str(out), mode="r+")
-            old = {k: group.attrs.get(k) for k in key}
-        except Exception:  # zarr raises several types for a non-store directory
-            group, old = None, None
-        if group is not None and group.attrs.get("layout_complete") and old == key:
-            return group, np.asarray(group["chunk_done"][:], bool)
-        if group is None or group.attrs.get("layout_complete"):
+    group = resumable_layout(out, "population store") if resume and out.exists() else None
+    if group is not None:
+        old = {k: group.attrs.get(k) for k in key}
+        if old != key:
             raise PopulationError(
                 f"--resume: {str(out)!r} was not written by this generate run (it holds "
                 f"{old}, this run {key}); use the same spec, --n, --seed and --chunk-size, or "
                 "--overwrite"
             )
-        if not written_by_cohort(out):
-            raise PopulationError(f"--resume: {str(out)!r} is not a cohort population store")
-        shutil.rmtree(out)  # killed while its layout was created: nothing written yet
+        return group, np.asarray(group["chunk_done"][:], bool)
     n_chunks = math.ceil(n / chunk_size)
-    group = zarr.open_group(str(out), mode="w-", zarr_format=3, attributes=dict(ZARR_MARK))
+    group = new_layout(out)
     for name in names:
         a = group.create_array(
             name,
@@ -313,19 +311,8 @@ def _open_store(out, spec, n, seed, chunk_size, names, var_attrs, resume, overwr
             fill_value=np.nan,
         )
         a.attrs.update(var_attrs[name])
-    pc = group.create_array(
-        "patient", shape=(n,), dtype="int64", chunks=(chunk_size,), dimension_names=["patient"]
-    )
-    pc[:] = np.arange(n)
-    flags = group.create_array(
-        "chunk_done",
-        shape=(n_chunks,),
-        dtype="bool",
-        chunks=(n_chunks,),
-        dimension_names=["chunk"],
-        fill_value=False,
-    )
-    flags.attrs.update({"long_name": "chunk of patients fully written"})
+    add_patient_axis(group, n, chunk_size)
+    add_done_flags(group, n_chunks, "chunk of patients fully written")
     group.attrs.update(
         {**key, "population": spec.name, "cohort_version": __version__,
          "layout_complete": True}
@@ -335,19 +322,11 @@ def _open_store(out, spec, n, seed, chunk_size, names, var_attrs, resume, overwr
 
 def open_population(path: str | Path) -> xr.Dataset:
     """A population store written by :func:`generate`, refusing one that is incomplete."""
-    p = Path(path)
-    if not p.exists():
-        raise PopulationError(f"no population store at {str(p)!r}")
-    try:
-        ds = xr.open_zarr(str(p), consolidated=False)
-    except Exception as exc:
-        raise PopulationError(f"{str(p)!r} is not a readable zarr store: {exc}") from None
-    if "chunk_done" in ds and not bool(ds["chunk_done"].all()):
+    ds = open_result(path)
+    if "incomplete" in ds.attrs:
         missing = int((~ds["chunk_done"].values).sum())
         raise PopulationError(
-            f"{str(p)!r} is incomplete ({missing} of {ds.sizes['chunk']} chunks missing: the "
+            f"{str(path)!r} is incomplete ({missing} of {ds.sizes['chunk']} chunks missing: the "
             "generate run was interrupted); finish it with `cohort generate ... --resume`"
         )
-    if "chunk_done" not in ds and ds.attrs.get("spec_hash") and not ds.attrs.get("complete", True):
-        raise PopulationError(f"{str(p)!r} is incomplete; regenerate it")
     return ds.drop_vars("chunk_done", errors="ignore")

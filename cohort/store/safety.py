@@ -183,16 +183,7 @@ def claim_file(
     target = d / name
     if target.resolve().parent != d.resolve():
         raise OutputError(f"{flag}: {name!r} would be written outside {str(d)!r}")
-    if target.exists():
-        if not overwrite:
-            raise OutputError(
-                f"{flag}: {str(target)!r} already exists; pass --overwrite to replace it"
-            )
-        if not written_by_cohort(target):
-            raise OutputError(
-                f"{flag}: {str(target)!r} was not written by cohort; refusing to replace it. "
-                "Move it away or choose another directory"
-            )
+    check_replaceable(target, overwrite=overwrite, flag=flag)
     marker = _marker(d)
     if marker is not None and name not in marker.get("files", []):
         marker["files"] = [*marker.get("files", []), name]

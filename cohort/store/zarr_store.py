@@ -80,29 +80,11 @@ class ResultStore:
     ) -> ResultStore:
         """Create the layout, or reopen it for resuming when ``resume`` and the spec matches."""
         path = prepare_output(path, overwrite=overwrite, resume=resume, resumable=True)
-        if resume and path.exists():
-            if _layout_complete(path):
-                return cls.reopen(path, attrs["spec_hash"], chunk_size)
-            if not written_by_cohort(path):
-                raise StoreError(
-                    f"cannot resume {str(path)!r}: it is not a cohort result store; choose "
-                    "another path"
-                )
-            # Killed while the layout was being created: nothing was computed yet, start over.
-            shutil.rmtree(path)
-        # The root attributes carry cohort's mark from the first write on, so a store killed
-        # while its layout is created is still recognised as cohort's.
-        g = zarr.open_group(str(path), mode="w-", zarr_format=3, attributes=dict(ZARR_MARK))
+        if resume and path.exists() and resumable_layout(path) is not None:
+            return cls.reopen(path, attrs["spec_hash"], chunk_size)
+        g = new_layout(path)
         n_chunks = max(1, math.ceil(n_patients / chunk_size))
-        pc = g.create_array(
-            "patient",
-            shape=(n_patients,),
-            dtype="int64",
-            chunks=(chunk_size,),
-            dimension_names=["patient"],
-        )
-        pc[:] = np.arange(n_patients)
-        pc.attrs.update({"long_name": "virtual patient index"})
+        add_patient_axis(g, n_patients, chunk_size)
         tc = g.create_array(
             "time",
             shape=(len(times),),
@@ -149,15 +131,7 @@ class ResultStore:
                 "comment": "-1: not computed yet",
             }
         )
-        done = g.create_array(
-            "chunk_done",
-            shape=(n_chunks,),
-            dtype="bool",
-            chunks=(n_chunks,),
-            dimension_names=["chunk"],
-            fill_value=False,
-        )
-        done.attrs.update({"long_name": "batch finished and fully written"})
+        add_done_flags(g, n_chunks, "batch finished and fully written")
         g.attrs.update(_jsonable({**attrs, "layout_complete": True}))
         return cls(path, g, chunk_size)
 
@@ -222,6 +196,54 @@ class ResultStore:
     def finish(self) -> None:
         """Nothing to flush: every chunk is durable once written. (Metadata is deliberately not
         consolidated: consolidation is not part of the zarr v3 spec.)"""
+
+
+def new_layout(path: Path) -> zarr.Group:
+    """An empty zarr v3 group at ``path`` (which must not exist). Its root attributes carry
+    cohort's mark from the first write on, so a store killed while its layout is created is
+    still recognised as cohort's; writers set ``layout_complete`` once every array exists."""
+    return zarr.open_group(str(path), mode="w-", zarr_format=3, attributes=dict(ZARR_MARK))
+
+
+def add_patient_axis(g: zarr.Group, n_patients: int, chunk_size: int) -> None:
+    """The ``patient`` coordinate 0..N-1, chunked like the per-patient arrays."""
+    pc = g.create_array(
+        "patient",
+        shape=(n_patients,),
+        dtype="int64",
+        chunks=(chunk_size,),
+        dimension_names=["patient"],
+    )
+    pc[:] = np.arange(n_patients)
+    pc.attrs.update({"long_name": "virtual patient index"})
+
+
+def add_done_flags(g: zarr.Group, n_chunks: int, long_name: str) -> None:
+    """``chunk_done[k]``: set only after chunk ``k`` is fully written (resume skips it)."""
+    done = g.create_array(
+        "chunk_done",
+        shape=(n_chunks,),
+        dtype="bool",
+        chunks=(n_chunks,),
+        dimension_names=["chunk"],
+        fill_value=False,
+    )
+    done.attrs.update({"long_name": long_name})
+
+
+def resumable_layout(path: Path, what: str = "result store") -> zarr.Group | None:
+    """The group of the existing store at ``path`` to resume into: its group when its layout
+    is complete; ``None`` when it was killed while its layout was created (nothing was
+    written yet: it is removed, start over); a :class:`StoreError` when cohort did not write
+    it."""
+    if _layout_complete(path):
+        return zarr.open_group(str(path), mode="r+")
+    if not written_by_cohort(path):
+        raise StoreError(
+            f"cannot resume {str(path)!r}: it is not a cohort {what}; choose another path"
+        )
+    shutil.rmtree(path)
+    return None
 
 
 def _layout_complete(path: Path) -> bool:
