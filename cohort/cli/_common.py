@@ -35,12 +35,6 @@ def warn(msg: str) -> None:
     err_console.print(f"[bold yellow]warning:[/] {escape(str(msg))}", soft_wrap=True)
 
 
-def user_errors() -> tuple[type[BaseException], ...]:
-    """Exceptions that are the user's input, not a bug: cohort's own, and the model registry's
-    ``KeyError`` for an unknown name (already a full sentence)."""
-    return (CohortError,)
-
-
 def command(fn: F) -> F:
     """Wrap a command: cohort errors -> one stderr line and exit 2; cohort warnings -> stderr."""
 
@@ -59,7 +53,7 @@ def command(fn: F) -> F:
             warnings.showwarning = show
             try:
                 return fn(*args, **kwargs)
-            except user_errors() as exc:
+            except CohortError as exc:
                 fail(str(exc))
             except OSError as exc:  # unreadable/unwritable files named by the user
                 fail(f"{exc.filename or ''}: {exc.strerror or exc}")
