@@ -303,7 +303,7 @@ def kernel_run(model, pop, times, dtype, chunk, outputs) -> Callable[[], list]:
         batches.append(jax.device_put((p, {k: v[rows] for k, v in events.items()}), sharding))
 
     def run():  # fresh output buffers per batch, as the naive solve allocates its own
-        return jax.block_until_ready([solver.inner(p, ev)[0] for p, ev in batches])
+        return jax.block_until_ready([solver.inner(pe, None)[0] for pe in batches])
 
     return run
 

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import importlib
-
 import numpy as np
 import pytest
 
 import cohort
 from cohort import Regimen, Status
+from cohort.engine import batching
 
 PK2_ORAL = cohort.models.get("pk2_oral")
 PK1_ORAL = cohort.models.get("pk1_oral")
@@ -190,21 +189,20 @@ def test_reused_output_buffers_keep_every_batch(method, tmp_path, monkeypatch):
     """Batches after the first few are solved into the donated output buffers of batches
     already written; every batch must still land intact, in memory and in a store, with bad
     patients' rows NaN in both."""
-    engine = importlib.import_module("cohort.engine.simulate")
     fresh = []
-    call = engine._BatchSolver.__call__
+    call = batching.BatchSolver.__call__
 
-    def spy(self, p, ev, buffers):
+    def spy(self, inputs, shared, buffers):
         fresh.append(buffers is None)
-        return call(self, p, ev, buffers)
+        return call(self, inputs, shared, buffers)
 
-    monkeypatch.setattr(engine._BatchSolver, "__call__", spy)
+    monkeypatch.setattr(batching.BatchSolver, "__call__", spy)
     pop = {k: v.copy() for k, v in MIXED_POP.items()}
     pop["KA"][7] = 1e5  # above its bound: INVALID_PARAMETERS, NaN outputs
     whole = run(PK2_ORAL, pop, MIXED_DOSING, method)
     fresh.clear()
     pairs = run(PK2_ORAL, pop, MIXED_DOSING, method, chunk_size=2)  # 6 batches
-    assert len(fresh) == 6 and fresh.count(False) >= 6 - engine.MAX_IN_FLIGHT - 1
+    assert len(fresh) == 6 and fresh.count(False) >= 6 - batching.MAX_IN_FLIGHT - 1
     stored = run(PK2_ORAL, pop, MIXED_DOSING, method, chunk_size=2, out=str(tmp_path / "s.zarr"))
     for ds in (pairs, stored):
         np.testing.assert_array_equal(ds.status.values, whole.status.values)

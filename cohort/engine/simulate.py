@@ -8,7 +8,6 @@ thread while the next one computes, so memory stays flat and the store never hol
 
 from __future__ import annotations
 
-import collections
 import concurrent.futures
 import dataclasses
 import datetime
@@ -26,6 +25,7 @@ import xarray as xr
 from cohort._version import __version__
 from cohort.dosing import EventTable, event_table
 from cohort.engine import closed_form, diffrax_path, fast_path
+from cohort.engine.batching import BatchSolver, batch_shape, patient_major, run_batches
 from cohort.engine.common import solution_status
 from cohort.engine.events import missing_duration_params, ss_lag_problem
 from cohort.engine.inputs import InputError, check_times, population_arrays
@@ -35,8 +35,6 @@ from cohort.store import ResultStore, locks_output, open_result
 
 METHODS = ("auto", "closed_form", "diffrax", "fast")
 DEFAULT_CHUNK = {"closed_form": 8_192, "fast": 16_384, "diffrax": 10_000}
-MAX_IN_FLIGHT = 3  # batches solved or queued ahead of the writer
-IN_FLIGHT_BYTES = 256 * 2**20  # ... fewer when their outputs would exceed this much memory
 
 
 def _choose_method(model: Model, method: str) -> str:
@@ -64,16 +62,13 @@ def _solver(
     outputs: tuple,
     dtype: str,
     n_devices: int = 1,
-) -> _BatchSolver:
-    """The batch solve ``(params, events, buffers) -> (outputs [T', N] each, status [N])``.
+) -> BatchSolver:
+    """The batch solve ``((params, events), None) -> (outputs [T', N] each, status [N], {})``.
 
     Outputs stay time-major as the scans produce them: the in-memory result is time-major
     too (exposed as a transposed view), so its copies stay contiguous; the store's writer
     transposes each block into its patient-major chunk (numpy's transposed copy into a reused
-    buffer costs less than XLA transposing into a fresh temporary, measured). With
-    ``n_devices > 1`` the batch's patient axis is split over that many local devices
-    (``shard_map``: each device solves its own patients, no communication), e.g. one XLA CPU
-    device per core or several GPUs."""
+    buffer costs less than XLA transposing into a fresh temporary, measured)."""
     t_arr = np.asarray(times)
 
     def finish(states, code, p):  # states [N, T, S]
@@ -85,7 +80,7 @@ def _solver(
 
     if method == "fast":
 
-        def run(p, ev):
+        def solve(p, ev):
             out, finite, min_scaled = fast_path.solve_batch(
                 model, p, ev, t_arr, t_first, infusion, ss_interval, options, outputs
             )
@@ -101,7 +96,7 @@ def _solver(
             return out, status
     elif method == "closed_form":
 
-        def run(p, ev):
+        def solve(p, ev):
             out = closed_form.solve_batch(
                 model, p, ev, t_arr, t_first, infusion, outputs, with_ss=ss_interval > 0
             )
@@ -111,7 +106,7 @@ def _solver(
             return out, status
     else:
 
-        def run(p, ev):
+        def solve(p, ev):
             tj = jnp.asarray(t_arr, dtype)
             states, code = jax.vmap(
                 lambda q, e: diffrax_path.solve_patient(
@@ -120,56 +115,11 @@ def _solver(
             )(p, ev)
             return finish(states, code, p)
 
-    devices = jax.local_devices()[:n_devices]
-    if n_devices > 1:
-        mesh = jax.sharding.Mesh(np.array(devices), ("patient",))
-        by_patient = jax.sharding.PartitionSpec("patient")
-        out_spec = jax.sharding.PartitionSpec(None, "patient")
-        run = jax.shard_map(
-            run,
-            mesh=mesh,
-            in_specs=(by_patient, by_patient),
-            out_specs=(out_spec, by_patient),
-            check_vma=False,  # patients are independent: no collectives to type-check
-        )
-        out_sharding = jax.sharding.NamedSharding(mesh, out_spec)
-    else:
-        out_sharding = jax.sharding.SingleDeviceSharding(devices[0])
-    return _BatchSolver(jax.jit(run), out_sharding)
+    def run(inputs, shared):
+        out, status = solve(*inputs)
+        return out, status, {}
 
-
-class _BatchSolver:
-    """A compiled batch solve that writes its outputs into donated buffers of an earlier
-    batch. Each fresh output buffer is new memory that the OS faults in page by page; on CPU
-    that cost as much as the closed form's arithmetic (measured: the float64 closed-form
-    solves of 100,000 patients took 72-84 ms into fresh buffers, 55 ms into reused ones).
-    A buffer still viewed from numpy is not donated (JAX then allocates a new one), so a
-    forgotten view costs speed, never data."""
-
-    def __init__(self, inner: Callable, out_sharding: Any):
-        self.inner = inner  # the plain jitted solve (params, events) -> (outputs, status)
-        self._shapes: dict = {}
-
-        def into(p, ev, buffers):
-            out, status = inner(p, ev)
-            return {o: buffers[o].at[...].set(v) for o, v in out.items()}, status
-
-        def new_buffers(spec):
-            return {o: jnp.zeros(shape, dtype) for o, shape, dtype in spec}
-
-        self._into = jax.jit(into, donate_argnums=2)
-        self._new = jax.jit(new_buffers, static_argnums=0, out_shardings=out_sharding)
-
-    def __call__(self, p, ev, buffers: dict | None):
-        """Solve a batch into ``buffers`` (outputs of an earlier batch of the same shape, which
-        become invalid), or into new ones when ``buffers`` is None."""
-        if buffers is None:
-            key = tuple((k, np.shape(v)) for k, v in sorted({**p, **ev}.items()))
-            if key not in self._shapes:
-                shapes = jax.eval_shape(self.inner, p, ev)[0]
-                self._shapes[key] = tuple((o, s.shape, str(s.dtype)) for o, s in shapes.items())
-            buffers = self._new(self._shapes[key])
-        return self._into(p, ev, buffers)
+    return BatchSolver(run, n_devices)
 
 
 @dataclasses.dataclass
@@ -338,14 +288,12 @@ def _simulate_to_store(plan: _Plan, out, seed, time_units, resume, overwrite, pr
     staging = {o: np.empty((chunk_size, len(times)), dtype) for o in outputs}
 
     def to_store(k, blocks, status, params):
-        def patient_major(name):
-            buf = staging[name][: len(status)]
-            for start, block in blocks[name]:
-                np.copyto(buf[start : start + block.shape[1]], block.T)
+        def staged(name):
+            buf = patient_major(blocks[name], staging[name][: len(status)])
             buf[status != 0] = np.nan
             return buf
 
-        outs = {name: functools.partial(patient_major, name) for name in blocks}
+        outs = {name: functools.partial(staged, name) for name in blocks}
         store.write_chunk(k, outs, status, params)
 
     _run_chunks(plan, store.done_chunks(), to_store, progress)
@@ -354,17 +302,14 @@ def _simulate_to_store(plan: _Plan, out, seed, time_units, resume, overwrite, pr
 
 
 def _run_chunks(plan: _Plan, done: np.ndarray, sink, progress) -> None:
-    """Solve every batch not yet ``done`` and hand it to ``sink(k, blocks, status, params)``
-    on a background thread while later batches compute; ``blocks[output]`` lists each
-    device's ``(first patient, view)`` (see :func:`_device_blocks`)."""
+    """Solve every batch not yet ``done`` through :func:`cohort.engine.batching.run_batches`,
+    handing ``sink(k, blocks, status, params)`` each finished one."""
     n_pat = len(next(iter(plan.params.values())))
-    cs = plan.chunk_size
-    n_chunks = math.ceil(n_pat / cs)
     infusion = plan.table.has_infusion
     ss_interval = float(np.max(np.where(plan.table.ss, plan.table.ii, 0.0), initial=0.0))
     finite_t = plan.table.time[np.isfinite(plan.table.time)]
     t_first = float(min(plan.times[0], finite_t.min() if finite_t.size else plan.times[0]))
-    n_dev, batch = batch_shape(cs)
+    n_dev, batch = batch_shape(plan.chunk_size)
     solver = _solver(
         plan.model,
         plan.method,
@@ -379,76 +324,28 @@ def _run_chunks(plan: _Plan, done: np.ndarray, sink, progress) -> None:
     )
     # Parameter checks and dtype casts once for the whole cohort (not per batch); batches are
     # then contiguous slices (views) of these arrays.
-    invalid_all, params_all = _checked_params(plan)
+    invalid, params_all = _checked_params(plan)
     events_all = dict(plan.table.arrays())
     for key in ("time", "amt", "rate", "ii"):
         events_all[key] = events_all[key].astype(plan.dtype, copy=False)
     n_times = len(plan.times)
-    finished = int(np.sum([min(cs, n_pat - k * cs) for k in range(n_chunks) if done[k]]))
-    if progress:
-        progress(finished, n_pat)
 
-    def batch_of(arrays: dict, lo: int, hi: int) -> dict:
-        """Rows ``lo:hi`` of each array, padded to ``batch`` rows by repeating the last one."""
-        if hi - lo == batch:
-            return {name: v[lo:hi] for name, v in arrays.items()}
-        pad = np.concatenate([np.arange(lo, hi), np.full(batch - (hi - lo), hi - 1)])
-        return {name: v[pad] for name, v in arrays.items()}
+    def to_sink(k, lo, hi, blocks, status, extras):
+        sink(k, blocks, status, {name: v[lo:hi] for name, v in plan.params.items()})
 
-    out_bytes = batch * n_times * len(plan.outputs) * np.dtype(plan.dtype).itemsize
-    max_in_flight = max(1, min(MAX_IN_FLIGHT, IN_FLIGHT_BYTES // out_bytes))
-    queued: collections.deque = collections.deque()  # solved batches not yet being written
-    free: collections.deque = collections.deque()  # output buffers of written batches
-
-    def report(pending):
-        """Wait for the write in progress, report it, start the next queued one (if any)."""
-        nonlocal finished
-        m, outs = pending.result()
-        free.append(outs)
-        finished += m
-        if progress:
-            progress(finished, n_pat)
-        return pool.submit(queued.popleft()) if queued else None
-
-    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
-        pending = None
-        for k in range(n_chunks):
-            if done[k]:
-                continue
-            lo, hi = k * cs, min((k + 1) * cs, n_pat)
-            m = hi - lo
-            invalid = invalid_all[lo:hi]
-            # Host arrays: jit places them on the device(s) itself (sharded when n_dev > 1).
-            slots = free.popleft() if free else None  # a written batch's output buffers
-            outs, status = solver(batch_of(params_all, lo, hi), batch_of(events_all, lo, hi), slots)
-
-            def write(k=k, outs=outs, status=status, invalid=invalid, m=m, lo=lo, hi=hi):
-                st = np.where(invalid, int(Status.INVALID_PARAMETERS), np.asarray(status)[:m])
-                blocks = {o: _device_blocks(v, m, n_times) for o, v in outs.items()}
-                params = {n_: v[lo:hi] for n_, v in plan.params.items()}
-                sink(k, blocks, st.astype(np.int8), params)
-                return m, outs  # the views into ``outs`` are gone: its buffers can be reused
-
-            queued.append(write)
-            if pending is None:
-                pending = pool.submit(queued.popleft())
-            # Solves are dispatched asynchronously: up to max_in_flight batches are solved or
-            # queued ahead of the writer, so the devices do not wait for it (e.g. while it
-            # faults in the first pages of the result) and memory stays bounded. Writes are
-            # submitted one at a time: when a progress callback raises, nothing after the
-            # batch just reported has been written.
-            while len(queued) >= max_in_flight:
-                pending = report(pending)
-        while pending is not None:
-            pending = report(pending)
-
-
-def batch_shape(chunk_size: int) -> tuple[int, int]:
-    """``(devices, padded batch)`` for batches of ``chunk_size`` patients: every local device
-    takes an equal share, and at least two patients (XLA specialises a batch axis of size 1:
-    other fusions, results one ulp off those of larger batches, measured)."""
-    n_dev = max(1, min(len(jax.local_devices()), chunk_size))
-    return n_dev, max(2, math.ceil(chunk_size / n_dev)) * n_dev
+    run_batches(
+        solver,
+        (params_all, events_all),
+        None,
+        n_patients=n_pat,
+        chunk_size=plan.chunk_size,
+        n_times=n_times,
+        out_bytes=batch * n_times * len(plan.outputs) * np.dtype(plan.dtype).itemsize,
+        sink=to_sink,
+        done=done,
+        invalid=invalid,
+        progress=progress,
+    )
 
 
 def _checked_params(plan: _Plan) -> tuple[np.ndarray, dict[str, np.ndarray]]:
@@ -467,21 +364,6 @@ def _checked_params(plan: _Plan) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         v = np.asarray(v, plan.dtype)
         clean[name] = np.where(invalid, defaults.get(name, 1.0), v) if invalid.any() else v
     return invalid, clean
-
-
-def _device_blocks(v: jax.Array, m: int, n_times: int) -> list[tuple[int, np.ndarray]]:
-    """``(first patient, [T, patients] view)`` of each device's block of a time-major batch
-    output ``v [T', N]``, trimmed to the first ``m`` patients and ``n_times`` rows. The views
-    alias the device buffers (CPU), so the sink's copy is the only one (``np.asarray(v)`` of a
-    sharded array would first gather it into a new array)."""
-    blocks = []
-    for shard in v.addressable_shards:
-        start = shard.index[1].start or 0
-        data = np.asarray(shard.data)
-        stop = min(start + data.shape[1], m)
-        if stop > start:
-            blocks.append((start, data[:n_times, : stop - start]))
-    return blocks
 
 
 def _output_attrs(model: Model, name: str) -> dict[str, str]:
