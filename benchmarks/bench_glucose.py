@@ -46,8 +46,8 @@ import numpy as np  # noqa: E402
 from _common import RESULTS_DIR, OtherLoad, machine_info, short_error, write_json  # noqa: E402
 
 import cohort  # noqa: E402
-from cohort.engine.closed_loop import ClosedLoopOptions  # noqa: E402
 from cohort.glucose import controllers, scenarios  # noqa: E402
+from cohort.glucose.loop import ClosedLoopOptions  # noqa: E402
 from cohort.glucose.simulate import run  # noqa: E402
 from cohort.models.glucose import (  # noqa: E402
     combine,

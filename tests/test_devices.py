@@ -56,6 +56,19 @@ SCRIPT = textwrap.dedent(
                 )
                 out[f"{model}/{method}/{dtype}"] = ds.conc.values.tolist()
                 out[f"{model}/{method}/{dtype}/status"] = ds.status.values.tolist()
+        # the glucose closed loop goes through the same chunk loop: 5 reference adults,
+        # chunks of 3 (split 2 + 2 over two devices, the second chunk padded)
+        from cohort.glucose import fixed_scenario, run
+        from cohort.glucose.loop import ClosedLoopOptions
+        from cohort.glucose.sensor import Sensor
+        from cohort.models.glucose import reference_patients
+
+        g = run(
+            reference_patients("adult").iloc[:5], fixed_scenario(5, 1), "pid", days=0.5,
+            seed=2, chunk_size=3, options=ClosedLoopOptions(sensor=Sensor()),
+        )
+        for name in ("Gsub", "CGM", "insulin", "tir_70_180", "lbgi", "status"):
+            out[f"glucose/{name}"] = g[name].values.tolist()
         return out
 
     json.dump({"devices": n_dev, "results": cases()}, sys.stdout)

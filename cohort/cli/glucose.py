@@ -57,12 +57,14 @@ def glucose(
     period: float = typer.Option(5.0, help="control / CGM period, min"),
     out: Path = typer.Option(None, "--out", "-o", help="zarr store for the trajectories"),
     overwrite: bool = typer.Option(False, help="replace an existing --out written by cohort"),
+    resume: bool = typer.Option(False, help="finish an interrupted run into the same --out"),
     plots: Path = typer.Option(None, help="folder for glucose-band and CVGA figures"),
 ):
     """Closed-loop UVA/Padova cohort: meals, CGM and an insulin controller in the loop."""
     # One JAX CPU device per core (one chunk each) is set up by the app callback in cli.py.
-    from cohort.engine.closed_loop import ClosedLoopOptions, Sensor
     from cohort.engine.inputs import InputError
+    from cohort.glucose.loop import ClosedLoopOptions
+    from cohort.glucose.sensor import Sensor
     from cohort.glucose.simulate import run
     from cohort.models.glucose import GROUPS, reference_patients, sample_patients
     from cohort.store import StoreError
@@ -77,6 +79,13 @@ def glucose(
         fail(f"--pump-increment must be >= 0 U (0: no quantisation), got {pump_increment}")
     if not (period > 0):
         fail(f"--period must be > 0 min, got {period}")
+    if resume and overwrite:
+        fail(
+            "--resume and --overwrite contradict each other: resume keeps the store, "
+            "overwrite replaces it; give one"
+        )
+    if resume and out is None:
+        fail("--resume needs --out (the store of the interrupted run)")
 
     pop = (
         reference_patients(patients).iloc[:n]
@@ -105,6 +114,7 @@ def glucose(
                 out=None if out is None else str(out),
                 options=options,
                 overwrite=overwrite,
+                resume=resume,
                 progress=update,
             )
     except (InputError, StoreError, ValueError) as exc:

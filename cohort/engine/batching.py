@@ -6,7 +6,7 @@ pytree of host arrays with the patient axis first). The cohort is cut into chunk
 ``chunk_size`` patients; each chunk is padded to the solver's batch shape (so one compiled
 program serves every chunk), solved asynchronously, and handed to a sink on a background thread
 while the next chunks compute, so memory stays flat and a store never holds a torn chunk.
-Engines (:mod:`cohort.engine.simulate`) and the glucose closed loop (:mod:`cohort.glucose.run`)
+Engines (:mod:`cohort.engine.simulate`) and closed-loop runs built on the engine
 are thin adapters that provide the batch solve and the sink.
 """
 

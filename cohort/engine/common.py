@@ -5,7 +5,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 
 from cohort.engine.events import BOLUS, RATE, RESET, SS_BOLUS, SS_INFUSION
-from cohort.engine.status import Status
+from cohort.engine.status import NEGATIVE_TOLERANCE, Status
 from cohort.models.base import Model, Tree
 
 
@@ -48,7 +48,7 @@ def solution_status(x: jnp.ndarray, solver_code, nonnegative: jnp.ndarray | None
     """
     finite = jnp.all(jnp.isfinite(x))
     scale = jnp.max(jnp.abs(jnp.where(jnp.isfinite(x), x, 0.0)))
-    neg = x < -(1e-6 * scale + 1e-9)
+    neg = x < -(NEGATIVE_TOLERANCE * scale + 1e-9)
     if nonnegative is not None:
         neg = neg & nonnegative
     code = jnp.where(solver_code != 0, solver_code, Status.OK)

@@ -30,6 +30,7 @@ from cohort.engine.events import (
     take,
     with_sentinel,
 )
+from cohort.engine.stepping import rk4_step
 from cohort.models.base import Model, Tree
 
 
@@ -69,16 +70,7 @@ def _rk4_step(
 ) -> tuple[Tree, Tree]:
     """One classical RK4 step; returns the new state and the slope at the start (``k1``,
     computed unless given)."""
-
-    def axpy(a, k):
-        return {s: y[s] + a * k[s] for s in y}
-
-    k1 = _rhs(model, t, y, p, u) if k1 is None else k1
-    k2 = _rhs(model, t + 0.5 * h, axpy(0.5 * h, k1), p, u)
-    k3 = _rhs(model, t + 0.5 * h, axpy(0.5 * h, k2), p, u)
-    k4 = _rhs(model, t + h, axpy(h, k3), p, u)
-    y_next = {s: y[s] + (h / 6.0) * (k1[s] + 2.0 * k2[s] + 2.0 * k3[s] + k4[s]) for s in y}
-    return y_next, k1
+    return rk4_step(lambda tt, yy: _rhs(model, tt, yy, p, u), t, y, h, k1)
 
 
 def _rk4(model: Model, t, y: Tree, p: Tree, u: Tree | None, h) -> Tree:

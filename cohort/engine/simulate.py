@@ -29,7 +29,7 @@ from cohort.engine.batching import BatchSolver, batch_shape, patient_major, run_
 from cohort.engine.common import solution_status
 from cohort.engine.events import missing_duration_params, ss_lag_problem
 from cohort.engine.inputs import InputError, check_times, population_arrays
-from cohort.engine.status import STATUS_MEANINGS, Status
+from cohort.engine.status import output_status, status_attrs, stepping_status
 from cohort.models.base import Model
 from cohort.store import ResultStore, locks_output, open_result
 
@@ -84,26 +84,15 @@ def _solver(
             out, finite, min_scaled = fast_path.solve_batch(
                 model, p, ev, t_arr, t_first, infusion, ss_interval, options, outputs
             )
-            status = jnp.where(
-                ~finite, Status.NONFINITE, jnp.where(min_scaled < -1e-6, Status.NEGATIVE, Status.OK)
-            )
-            for o in outputs:
-                status = jnp.where(
-                    (status == Status.OK) & ~jnp.all(jnp.isfinite(out[o]), 0),
-                    Status.NONFINITE,
-                    status,
-                )
-            return out, status
+            return out, stepping_status(finite, min_scaled, [out[o] for o in outputs])
     elif method == "closed_form":
 
         def solve(p, ev):
             out = closed_form.solve_batch(
                 model, p, ev, t_arr, t_first, infusion, outputs, with_ss=ss_interval > 0
             )
-            status = jnp.zeros(next(iter(p.values())).shape[0], jnp.int32)
-            for o in outputs:  # padding rows repeat the last time: finite iff it is
-                status = jnp.where(~jnp.all(jnp.isfinite(out[o]), 0), Status.NONFINITE, status)
-            return out, status
+            # padding rows repeat the last time: finite iff it is
+            return out, output_status([out[o] for o in outputs], next(iter(p.values())).shape[0])
     else:
 
         def solve(p, ev):
@@ -401,8 +390,7 @@ def _provenance(plan: _Plan, seed: int | None) -> dict[str, Any]:
         "chunk_size": plan.chunk_size,
         "n_patients": int(len(next(iter(plan.params.values())))),
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "status_codes": [int(s) for s in Status],
-        "status_meanings": " ".join(STATUS_MEANINGS[int(s)] for s in Status),
+        **status_attrs(),
     }
 
 

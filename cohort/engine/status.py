@@ -1,8 +1,12 @@
-"""Per-patient solve status codes stored in every result (``status`` variable)."""
+"""Per-patient solve status: the codes stored in every result's ``status`` variable, a message
+per code saying what to change (as diffrax's ``RESULTS``), and the rules that assign them, once
+for every engine."""
 
 from __future__ import annotations
 
 import enum
+
+import jax.numpy as jnp
 
 
 class Status(enum.IntEnum):
@@ -15,3 +19,51 @@ class Status(enum.IntEnum):
 
 
 STATUS_MEANINGS = {s.value: s.name.lower() for s in Status}
+
+STATUS_MESSAGES = {
+    Status.OK: "solved",
+    Status.MAX_STEPS: "the adaptive solver hit max_steps: raise max_steps or loosen rtol/atol, "
+    "or use a stiff solver (Kvaerno5) if the model is stiff",
+    Status.NONFINITE: "the solution became NaN or infinite: check the parameters (extreme "
+    "values), or use a smaller fixed step / the adaptive engine",
+    Status.NEGATIVE: "a non-negative state went negative beyond round-off: use a smaller step "
+    "or the adaptive engine",
+    Status.SOLVER_FAILED: "the solver failed (e.g. a singular Jacobian): check the parameters "
+    "or try another solver",
+    Status.INVALID_PARAMETERS: "a parameter is non-finite or outside its bounds (see "
+    "`cohort info MODEL`): fix the population; the patient was not simulated",
+}
+
+NEGATIVE_TOLERANCE = 1e-6  # relative to the largest state, what counts as round-off
+
+
+def status_attrs() -> dict:
+    """The provenance attributes every result carries to decode its ``status`` variable."""
+    return {
+        "status_codes": [int(s) for s in Status],
+        "status_meanings": " ".join(STATUS_MEANINGS[int(s)] for s in Status),
+    }
+
+
+def stepping_status(finite, min_scaled, outputs=()):
+    """Status of fixed-step batched solves from their health checks (``[N]`` arrays): whether
+    every state stayed finite, the smallest non-negative state relative to the largest, and the
+    saved time-major outputs ``[T, N]`` (which must be finite too)."""
+    status = jnp.where(
+        ~finite,
+        Status.NONFINITE,
+        jnp.where(min_scaled < -NEGATIVE_TOLERANCE, Status.NEGATIVE, Status.OK),
+    )
+    for out in outputs:
+        status = jnp.where(
+            (status == Status.OK) & ~jnp.all(jnp.isfinite(out), 0), Status.NONFINITE, status
+        )
+    return status
+
+
+def output_status(outputs, n: int):
+    """Status of exact (closed-form) solves: NONFINITE where a saved output is not finite."""
+    status = jnp.zeros(n, jnp.int32)
+    for out in outputs:
+        status = jnp.where(~jnp.all(jnp.isfinite(out), 0), Status.NONFINITE, status)
+    return status

@@ -3,7 +3,7 @@
 Each controller is a frozen dataclass (its tuning) with ``init(patients, basal, period)`` giving
 a NamedTuple state (per-patient constants included) and ``__call__(state, obs, t) ->
 (state, rate)``, the **total** insulin rate in U/min, basal included (see
-:mod:`cohort.engine.closed_loop` for the convention). Patient-specific therapy parameters follow
+:mod:`cohort.glucose.loop` for the convention). Patient-specific therapy parameters follow
 clinical rules of thumb from the basal rate when not given: total daily insulin
 ``TDI = tdi_factor·1440·basal`` (basal ≈ half of TDI), carb ratio ``CR = 500/TDI`` g/U, correction
 factor ``CF = 1800/TDI`` mg/dL/U.
@@ -17,7 +17,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from cohort.engine.closed_loop import Observation
+from cohort.glucose.loop import Observation
 from cohort.models.base import Tree
 
 

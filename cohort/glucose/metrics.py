@@ -98,8 +98,14 @@ def metric_arrays(g, w, xp=np) -> dict:
     missing = xp.any(~xp.isfinite(g), axis=-1)
     g = xp.where(xp.isfinite(g), g, 0.0)
 
-    def wmean(x):  # einsum: no [N, T] temporaries, and no BLAS threads (slow on busy cores)
-        return xp.where(missing, xp.nan, xp.einsum("...t,t->...", x, w))
+    def wmean(x):
+        if xp is np:  # einsum: no [N, T] temporaries, and no BLAS threads (slow on busy cores)
+            return xp.where(missing, xp.nan, xp.einsum("...t,t->...", x, w))
+        # On the device: a sum over the leading (time) axis of the time-major array, so XLA
+        # accumulates in time order for every patient whatever the batch size (a dot's
+        # blocking depends on it: results one ulp apart between chunk sizes, measured).
+        xt = xp.moveaxis(x, -1, 0)
+        return xp.where(missing, xp.nan, xp.sum(xt * w.reshape((-1,) + (1,) * (xt.ndim - 1)), 0))
 
     def pct(mask):
         return 100.0 * wmean(mask if xp is np else mask.astype(w.dtype))

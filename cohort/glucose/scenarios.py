@@ -70,6 +70,10 @@ class MealScenario:
         rows = {f: getattr(self, f)[idx] for f in ("start", "grams", "eat_rate", "announced")}
         return MealScenario(**rows, bolus=self.bolus[idx], profile=self.profile)
 
+    def arrays(self) -> dict[str, np.ndarray]:
+        """Every array of the scenario by name (e.g. to hash it)."""
+        return {f.name: np.asarray(getattr(self, f.name)) for f in dataclasses.fields(self)}
+
     def announced_grams(self) -> np.ndarray:
         return np.where(self.announced, self.grams, 0.0)
 

@@ -1,20 +1,20 @@
 """``run``: a closed-loop glucose cohort (UVA/Padova) into xarray/zarr, with glycaemic metrics.
 
-Patients are cut into chunks of ``chunk_size`` (the last one padded, so one compiled solve
-serves every chunk); each chunk runs :func:`cohort.engine.closed_loop.solve_closed_loop` on the
-next of JAX's local devices (round robin, dispatched asynchronously: one chunk in flight per
-device plus one) and, with ``out``, is written to a zarr result store as it completes, so memory
-stays flat in the number of patients. On CPU, give JAX one device per core to use them all
-(:func:`cohort.use_cpu_cores` before JAX's first use, as the ``cohort`` CLI does; one XLA
-CPU device runs this loop on one core). Metrics
-(:func:`cohort.glucose.metrics.glycemic_metrics` on the true subcutaneous glucose ``Gsub``) are
-added per patient.
+An adapter on the engine's one chunk loop (:func:`cohort.engine.batching.run_batches`): it
+hands over a batch solve (:func:`cohort.glucose.loop.solve_closed_loop` followed by the
+glycaemic metrics of the true subcutaneous glucose ``Gsub``, on the device, in the same pass)
+and a sink that keeps or stores each batch. Padding, splitting each batch over the local
+devices, donated buffers, the writer thread, progress and resume are the engine's, so a
+glucose run is resumable and its results do not depend on the chunk size or device count. On
+CPU, give JAX one device per core to use them all (:func:`cohort.use_cpu_cores` before JAX's
+first use, as the ``cohort`` CLI does).
 """
 
 from __future__ import annotations
 
-import collections
 import datetime
+import functools
+import hashlib
 import math
 from collections.abc import Callable
 from typing import Any
@@ -23,18 +23,25 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import xarray as xr
-import zarr
 
 from cohort._version import __version__
-from cohort.engine.closed_loop import ClosedLoopOptions, MealInputs, solve_closed_loop
+from cohort.engine.batching import BatchSolver, batch_shape, patient_major, run_batches
 from cohort.engine.inputs import InputError, population_arrays
 from cohort.engine.simulate import result_dataset
-from cohort.engine.status import STATUS_MEANINGS, Status
+from cohort.engine.status import status_attrs, stepping_status
 from cohort.glucose.controllers import controller as named_controller
-from cohort.glucose.metrics import CVGA_ZONES, metric_arrays, metrics_dataset, time_weights
+from cohort.glucose.loop import ClosedLoopOptions, MealInputs, solve_closed_loop
+from cohort.glucose.metrics import (
+    _DESCRIPTIONS,
+    CVGA_ZONES,
+    metric_arrays,
+    metrics_dataset,
+    time_weights,
+)
 from cohort.glucose.scenarios import MealScenario
 from cohort.glucose.scenarios import scenario as named_scenario
 from cohort.models import get
+from cohort.models.base import Model
 from cohort.store import ResultStore, open_result
 from cohort.store.lock import locks_output
 
@@ -43,32 +50,54 @@ _OUTPUTS = {
     "CGM": ("mg/dL", "sensor glucose seen by the controller"),
     "insulin": ("U/min", "insulin delivered, mean over the period starting at time"),
 }
+DEFAULT_CHUNK = 10_000
 
 
-def _meal_inputs(sc: MealScenario, dtype: str) -> MealInputs:
-    def arr(x):
-        return np.asarray(x, dtype)
-
-    return MealInputs(
-        start=arr(sc.start),
-        grams=arr(sc.grams),
-        eat_rate=arr(sc.eat_rate),
-        announced=arr(sc.announced_grams()),
-        bolus=arr(sc.bolus),
-        profile=arr(sc.profile),
+def _metric_variables() -> dict[str, tuple[str, dict]]:
+    """Per-patient metric arrays of the store (CVGA zones as int8 codes: zarr v3 has no stable
+    string type; -1 for a patient without metrics)."""
+    out = {k: ("float64", {"units": u, "long_name": d}) for k, (u, d) in _DESCRIPTIONS.items()}
+    out["cvga_zone"] = (
+        "int8",
+        {
+            "long_name": "CVGA zone (Magni et al. 2008)",
+            "flag_values": list(range(len(CVGA_ZONES))),
+            "flag_meanings": "|".join(CVGA_ZONES),
+        },
     )
+    return out
 
 
-@jax.jit
-def _device_metrics(gsub, weights):
-    """Glycaemic metrics of time-major ``gsub`` ``[T, N]`` on its device, after the solve."""
-    return metric_arrays(jnp.asarray(gsub, float).T, weights, jnp)
+@functools.lru_cache(maxsize=16)
+def _solver(
+    model: Model, ctrl: Any, options: ClosedLoopOptions, n_periods: int, dtype: str, n_dev: int
+) -> BatchSolver:
+    """The batch solve ``((params, meals, patient ids), (profile, seed, weights))`` ->
+    time-major outputs, status and metrics (computed from the stored ``Gsub``)."""
+
+    def run(inputs, shared):
+        p, meals, ids = inputs
+        profile, seed, weights = shared
+        outs, finite, min_scaled = solve_closed_loop(
+            model, ctrl, options, n_periods, p, meals._replace(profile=profile), ids, seed,
+            dtype=dtype,
+        )  # fmt: skip
+        status = stepping_status(finite, min_scaled, [outs["Gsub"]])
+        metrics = metric_arrays(jnp.asarray(outs["Gsub"], weights.dtype).T, weights, jnp)
+        metrics["cvga_zone"] = metrics.pop("cvga_code").astype(jnp.int8)
+        return outs, status, metrics
+
+    return BatchSolver(run, n_dev)
 
 
-def _status(finite, min_scaled, invalid) -> np.ndarray:
-    finite, min_scaled = np.asarray(finite), np.asarray(min_scaled)
-    st = np.where(~finite, Status.NONFINITE, np.where(min_scaled < -1e-6, Status.NEGATIVE, 0))
-    return np.where(invalid, int(Status.INVALID_PARAMETERS), st).astype(np.int8)
+def _spec_hash(model: Model, params, scenario: MealScenario, settings: tuple) -> str:
+    """Hash of every input that determines the result (what a resume must match)."""
+    h = hashlib.sha256(repr((model.fingerprint(), *settings)).encode())
+    arrays = {**{f"p/{k}": v for k, v in params.items()}, **scenario.arrays()}
+    for k in sorted(arrays):
+        h.update(k.encode())
+        h.update(np.ascontiguousarray(arrays[k]).tobytes())
+    return h.hexdigest()[:24]
 
 
 @locks_output("out")
@@ -84,6 +113,7 @@ def run(
     chunk_size: int | None = None,
     dtype: str = "float64",
     out_dtype: str = "float32",
+    resume: bool = False,
     overwrite: bool = False,
     progress: Callable[[int, int], None] | None = None,
 ) -> xr.Dataset:
@@ -93,7 +123,8 @@ def run(
     Returns an ``xr.Dataset`` (dims ``patient``, ``time`` in min at the control period):
     ``Gsub``, ``CGM``, ``insulin``, ``status`` (0 ok), the parameters, and the glycaemic
     metrics per patient (TIR, TBR, ..., ``cvga_zone``). ``seed`` drives sensor noise and named
-    random scenarios. With ``out`` the trajectories stream to a zarr store (returned lazily).
+    random scenarios. With ``out`` the trajectories stream to a zarr store (returned lazily);
+    ``resume=True`` finishes an interrupted run of the same inputs.
     """
     model = get("uva_padova")
     options = options or ClosedLoopOptions()
@@ -101,6 +132,9 @@ def run(
         options.steps_per_minute()
     except ValueError as exc:
         raise InputError(f"options: {exc}") from None
+    for name, value in (("dtype", dtype), ("out_dtype", out_dtype)):
+        if value not in ("float32", "float64"):
+            raise InputError(f"{name}: must be 'float32' or 'float64', got {value!r}")
     params = population_arrays(model, patients, None)
     n_pat = len(params["BW"])
     n_periods = int(round(days * 1440.0 / options.period))
@@ -111,25 +145,55 @@ def run(
     if scenario.n_patients != n_pat:
         raise InputError(f"scenario has {scenario.n_patients} patients, population {n_pat}")
     ctrl = named_controller(controller) if isinstance(controller, str) else controller
-    devices = jax.local_devices()
-    chunk_size = min(n_pat, chunk_size or min(10_000, math.ceil(n_pat / len(devices))))
+    chunk_size = min(n_pat, chunk_size or DEFAULT_CHUNK)
+    if chunk_size < 1:
+        raise InputError(f"chunk_size: must be >= 1, got {chunk_size}")
     times = np.arange(n_periods + 1) * options.period
+    settings = (repr(ctrl), repr(options), float(days), int(seed), dtype, out_dtype)
     attrs = {
         "title": f"closed-loop glucose cohort ({getattr(ctrl, 'name', type(ctrl).__name__)})",
         "cohort_version": __version__,
+        "jax_version": jax.__version__,
         "model": model.name,
+        "model_hash": model.fingerprint(),
         "controller": repr(ctrl),
         "closed_loop_options": repr(options),
         "seed": int(seed),
         "days": float(days),
+        "dtype": dtype,
         "meals_per_patient": int(scenario.start.shape[1]),
         "chunk_size": chunk_size,
+        "n_patients": n_pat,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "status_codes": [int(s) for s in Status],
-        "status_meanings": " ".join(STATUS_MEANINGS[int(s)] for s in Status),
-        "spec_hash": "closed-loop",
+        **status_attrs(),
+        "spec_hash": _spec_hash(model, params, scenario, settings),
     }
-    store = None
+    invalid, clean = _checked(model, params, dtype)
+    meals = MealInputs(
+        start=scenario.start.astype(dtype),
+        grams=scenario.grams.astype(dtype),
+        eat_rate=scenario.eat_rate.astype(dtype),
+        announced=scenario.announced_grams().astype(dtype),
+        bolus=scenario.bolus.astype(dtype),
+        profile=np.zeros((n_pat, 0), dtype),  # per patient: empty; the profile is shared
+    )
+    shared = (
+        np.asarray(scenario.profile, dtype),
+        np.asarray(seed),
+        np.asarray(time_weights(times), np.float64),
+    )
+    n_dev, batch = batch_shape(chunk_size)
+    solver = _solver(model, ctrl, options, n_periods, out_dtype, n_dev)
+    metric_vars = _metric_variables()
+    common = dict(
+        n_patients=n_pat,
+        chunk_size=chunk_size,
+        n_times=len(times),
+        out_bytes=batch * len(times) * len(_OUTPUTS) * np.dtype(out_dtype).itemsize,
+        invalid=invalid,
+        progress=progress,
+    )
+    inputs = (clean, meals, np.arange(n_pat))
     if out is not None:
         store = ResultStore.create(
             out,
@@ -140,88 +204,78 @@ def run(
             parameters={
                 q.name: {"units": q.units, "long_name": q.description} for q in model.parameters
             },  # fmt: skip
+            variables=metric_vars,
             dtype=out_dtype,
             chunk_size=chunk_size,
             attrs=attrs,
+            resume=resume,
             overwrite=overwrite,
         )
-    keep = {k: np.empty((n_pat, len(times)), out_dtype) for k in _OUTPUTS} if store is None else {}
-    status = np.empty(n_pat, np.int8)
-    metrics = []
-    bounds = {q.name: (q.lower, q.upper, q.default) for q in model.parameters}
-    weights = time_weights(times)
+        staging = {o: np.empty((chunk_size, len(times)), out_dtype) for o in _OUTPUTS}
 
-    def dispatch(k):
-        idx = np.arange(k * chunk_size, min((k + 1) * chunk_size, n_pat))
-        pad = np.concatenate([idx, np.full(chunk_size - len(idx), idx[-1])])
-        invalid = np.zeros(len(pad), bool)
-        p = {}
-        for name, (lo, hi, default) in bounds.items():
-            v = params[name][pad]
-            bad = ~np.isfinite(v) | (v < lo) | (v > hi)
-            invalid |= bad
-            p[name] = np.where(bad, default, v).astype(dtype)
-        args = (p, _meal_inputs(scenario.take(pad), dtype), pad, np.asarray(seed))
-        device = devices[k % len(devices)]
-        res = solve_closed_loop(
-            model, ctrl, options, n_periods, *jax.device_put(args, device), dtype=out_dtype
-        )
-        res = (*res, _device_metrics(res[0]["Gsub"], jax.device_put(weights, device)))
-        return k, idx, invalid, res
+        def to_store(k, lo, hi, blocks, status, metrics):
+            bad = status != 0
+            outs = {}
+            for name, parts in blocks.items():
+                outs[name] = patient_major(parts, staging[name][: hi - lo])
+                outs[name][bad] = np.nan
+            per_patient = {name: params[name][lo:hi] for name in params}
+            per_patient.update(_masked(metrics, bad))
+            store.write_chunk(k, outs, status, per_patient)
 
-    def finish(k, idx, invalid, res):
-        outs, finite, min_scaled, met = res
-        st = _status(finite, min_scaled, invalid)[: len(idx)]
-        block = {name: np.asarray(v)[:, : len(idx)].T.copy() for name, v in outs.items()}
-        met = {name: np.asarray(v)[: len(idx)].copy() for name, v in met.items()}
-        for name in block:
-            block[name][st != 0] = np.nan
-        for name in met:
-            met[name][st != 0] = -1 if name == "cvga_code" else np.nan
-        status[idx] = st
-        template = xr.DataArray(idx, dims=("patient",), coords={"patient": idx})
-        metrics.append(metrics_dataset(met, template))
-        if store is not None:
-            store.write_chunk(k, block, st, {name: params[name][idx] for name in bounds})
-        else:
-            for name, v in block.items():
-                keep[name][idx] = v
-        if progress:
-            progress(int(idx[-1]) + 1, n_pat)
-
-    pending = collections.deque()
-    for k in range(math.ceil(n_pat / chunk_size)):
-        pending.append(dispatch(k))
-        if len(pending) > len(devices):
-            finish(*pending.popleft())
-    while pending:
-        finish(*pending.popleft())
-    met = xr.concat(metrics, dim="patient")
-    if store is not None:
+        run_batches(solver, inputs, shared, sink=to_store, done=store.done_chunks(), **common)
         store.finish()
-        _append_metrics(met, out)
         ds = open_result(out)
         codes = ds["cvga_zone"].values
-        ds["cvga_zone"] = ("patient", np.asarray(("", *CVGA_ZONES))[codes + 1], met.cvga_zone.attrs)
+        zone_attrs = {"units": "1", "long_name": "CVGA zone (Magni et al. 2008)"}
+        ds["cvga_zone"] = ("patient", np.asarray(("", *CVGA_ZONES))[codes + 1], zone_attrs)
         return ds
-    return _dataset(model, keep, status, params, times, attrs).merge(met)
+
+    keep = {k: np.empty((n_pat, len(times)), out_dtype) for k in _OUTPUTS}
+    status_all = np.empty(n_pat, np.int8)
+    metrics_all = {k: np.empty(n_pat, np.dtype(d)) for k, (d, _) in metric_vars.items()}
+
+    def to_memory(k, lo, hi, blocks, status, metrics):
+        for name, parts in blocks.items():
+            patient_major(parts, keep[name][lo:hi])
+            keep[name][lo:hi][status != 0] = np.nan
+        status_all[lo:hi] = status
+        for name, v in _masked(metrics, status != 0).items():
+            metrics_all[name][lo:hi] = v
+
+    run_batches(solver, inputs, shared, sink=to_memory, **common)
+    metrics_all["cvga_code"] = metrics_all.pop("cvga_zone")
+    template = xr.DataArray(
+        np.arange(n_pat), dims=("patient",), coords={"patient": np.arange(n_pat)}
+    )
+    met = metrics_dataset(metrics_all, template)
+    return _dataset(model, keep, status_all, params, times, attrs).merge(met)
 
 
-def _append_metrics(met: xr.Dataset, out: str) -> None:
-    """Add the metrics to the store; CVGA zones as int8 codes (zarr v3 has no stable string
-    type), ``-1`` for a patient without metrics."""
-    zones = met["cvga_zone"].values.astype(str)
-    lookup = {z: i for i, z in enumerate(CVGA_ZONES)}
-    codes = np.asarray([lookup.get(z, -1) for z in zones], np.int8)
-    met = met.drop_vars("patient").assign(
-        cvga_zone=("patient", codes, {"flag_values": list(range(len(CVGA_ZONES))),
-                                      "flag_meanings": "|".join(CVGA_ZONES)}),
-    )  # fmt: skip
-    group = zarr.open_group(out, mode="r+")
-    attrs = dict(group.attrs)  # xarray's append rewrites the group attributes
-    met.attrs = {}
-    met.to_zarr(out, mode="a", consolidated=False)
-    zarr.open_group(out, mode="r+").attrs.update(attrs)
+def _masked(metrics: dict, bad: np.ndarray) -> dict:
+    """Metrics of failed patients: NaN (CVGA zone -1)."""
+    out = {}
+    for name, v in metrics.items():
+        v = v.copy()
+        v[bad] = -1 if name == "cvga_zone" else np.nan
+        out[name] = v
+    return out
+
+
+def _checked(model: Model, params: dict, dtype: str) -> tuple[np.ndarray, dict]:
+    """Patients with a parameter outside its bounds (or non-finite) flagged, their values
+    replaced by the defaults so that they are solved harmlessly, then marked invalid."""
+    n = len(params["BW"])
+    invalid = np.zeros(n, bool)
+    clean = {}
+    for q in model.parameters:
+        v = np.asarray(params[q.name], float)
+        bad = ~np.isfinite(v) | (v < q.lower) | (v > q.upper)
+        invalid |= bad
+        clean[q.name] = v
+    for name, v in clean.items():
+        clean[name] = np.where(invalid, model.defaults()[name], v).astype(dtype)
+    return invalid, clean
 
 
 def _dataset(model, outs, status, params, times, attrs) -> xr.Dataset:

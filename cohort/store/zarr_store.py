@@ -75,10 +75,14 @@ class ResultStore:
         dtype: str,
         chunk_size: int,
         attrs: dict[str, Any],
+        variables: dict[str, tuple[str, dict[str, Any]]] | None = None,
         resume: bool = False,
         overwrite: bool = False,
     ) -> ResultStore:
-        """Create the layout, or reopen it for resuming when ``resume`` and the spec matches."""
+        """Create the layout, or reopen it for resuming when ``resume`` and the spec matches.
+
+        ``variables`` adds per-patient results written with each batch (e.g. glycaemic
+        metrics): ``{name: (dtype, attrs)}``; unwritten entries read NaN (integers: -1)."""
         path = prepare_output(path, overwrite=overwrite, resume=resume, resumable=True)
         if resume and path.exists() and resumable_layout(path) is not None:
             return cls.reopen(path, attrs["spec_hash"], chunk_size)
@@ -115,6 +119,16 @@ class ResultStore:
                 fill_value=np.nan,
             )
             a.attrs.update(meta)
+        for name, (vdtype, meta) in (variables or {}).items():
+            a = g.create_array(
+                name,
+                shape=(n_patients,),
+                dtype=vdtype,
+                chunks=(chunk_size,),
+                dimension_names=["patient"],
+                fill_value=np.nan if np.dtype(vdtype).kind == "f" else -1,
+            )
+            a.attrs.update(_jsonable(meta))
         st = g.create_array(
             "status",
             shape=(n_patients,),
@@ -168,7 +182,8 @@ class ResultStore:
     ) -> None:
         """Write batch ``k`` (arrays with the patient axis first), then mark it done. An output
         given as a callable is built on the worker thread that writes it, so e.g. a caller's
-        transposed copies run in parallel too."""
+        transposed copies run in parallel too. ``params`` holds every per-patient array
+        (parameters and the ``variables`` of :meth:`create`)."""
         sl = slice(k * self.chunk_size, k * self.chunk_size + len(status))
 
         def write_output(item):

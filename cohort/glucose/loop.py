@@ -37,7 +37,10 @@ import jax
 import jax.numpy as jnp
 
 from cohort.engine.common import track_extremes
+from cohort.engine.stepping import rk4_step
+from cohort.glucose.sensor import Sensor, SensorState, read_sensor, sensor_keys
 from cohort.models.base import State, Tree
+from cohort.models.glucose.uva_padova import basal_insulin_rate
 
 
 class Observation(NamedTuple):
@@ -70,28 +73,6 @@ class MealInputs(NamedTuple):
     announced: jax.Array
     bolus: jax.Array
     profile: jax.Array
-
-
-@dataclasses.dataclass(frozen=True)
-class Sensor:
-    """CGM model: first-order delay, autocorrelated Johnson-SU noise, range clipping.
-
-    The noise is simglucose's sensor model (Breton & Kovatchev 2008; its Dexcom parameters by
-    default): a stationary AR(1) standard normal ``e`` with correlation ``pacf`` per 15 min,
-    mapped to mg/dL by ``xi + lam·sinh((e - gamma)/delta)``. ``delay`` is the time constant
-    (min) of a first-order lag of the interstitial glucose ``Gsub`` (0: none; ``Gsub`` already
-    lags plasma glucose through the model's ``ksc``). ``noise=False`` keeps only delay/clip.
-    """
-
-    noise: bool = True
-    delay: float = 0.0
-    pacf: float = 0.7
-    gamma: float = -0.5444
-    lam: float = 15.9574
-    delta: float = 1.6898
-    xi: float = -5.47
-    low: float = 39.0
-    high: float = 400.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -159,38 +140,6 @@ def _announced(meals: MealInputs, t, period: float):
     return jnp.sum(jnp.where(due, meals.announced, 0.0), axis=-1)
 
 
-class _SensorState(NamedTuple):
-    level: jax.Array  # delayed glucose, mg/dL
-    e: jax.Array  # AR(1) standard normal innovation process
-
-
-def _sensor_keys(seed, patient_ids):
-    base = jax.random.PRNGKey(seed)
-    return jax.vmap(lambda i: jax.random.fold_in(base, i))(patient_ids)
-
-
-def _normals(keys, k, dtype):
-    return jax.vmap(lambda key: jax.random.normal(jax.random.fold_in(key, k), (), dtype))(keys)
-
-
-def _read_sensor(sensor: Sensor | None, period: float, s: _SensorState, g, keys, k):
-    """Advance the sensor by one period (``k`` > 0) or start it (``k`` = 0); return CGM."""
-    if sensor is None:
-        return s, g
-    a = 1.0 - math.exp(-period / sensor.delay) if sensor.delay > 0 else 1.0
-    level = jnp.where(k == 0, g, s.level + a * (g - s.level))
-    e = s.e
-    if sensor.noise:
-        phi = sensor.pacf ** (period / 15.0)
-        z = _normals(keys, k, g.dtype)
-        e = jnp.where(k == 0, z, phi * s.e + math.sqrt(1.0 - phi**2) * z)
-        noise = sensor.xi + sensor.lam * jnp.sinh((e - sensor.gamma) / sensor.delta)
-    else:
-        noise = 0.0
-    cgm = jnp.clip(level + noise, sensor.low, sensor.high)
-    return _SensorState(level, e), cgm
-
-
 def _quantise(rate, residual, period: float, increment: float | None):
     """Deliver whole pump increments; the undelivered remainder carries to the next period
     (so the mean delivery is unbiased)."""
@@ -199,11 +148,6 @@ def _quantise(rate, residual, period: float, increment: float | None):
     amount = rate * period + residual
     delivered = jnp.floor(amount / increment + 1e-9) * increment
     return delivered / period, amount - delivered
-
-
-def basal_rate(p: Tree):
-    """Basal insulin rate (U/min) that holds each patient at its basal steady state."""
-    return p["u2ss"] * p["BW"] / 6000.0
 
 
 class MealMemoryModel(Protocol):
@@ -228,15 +172,11 @@ class MealMemoryModel(Protocol):
 def _rk4(model: MealMemoryModel, y: Tree, d: Tree, g: Tree, meal, insulin, h: float, steps: int):
     """``steps`` classical RK4 steps of ``h`` min with meal, insulin and meal size held."""
 
-    def f(yy):
+    def f(_, yy):
         return model.physiology_rhs(yy, d, g, meal, insulin)[0]
 
     def one(_, y):
-        k1 = f(y)
-        k2 = f({s: y[s] + (0.5 * h) * k1[s] for s in y})
-        k3 = f({s: y[s] + (0.5 * h) * k2[s] for s in y})
-        k4 = f({s: y[s] + h * k3[s] for s in y})
-        return {s: y[s] + (h / 6.0) * (k1[s] + 2.0 * (k2[s] + k3[s]) + k4[s]) for s in y}
+        return rk4_step(f, 0.0, y, h)[0]
 
     return one(0, y) if steps == 1 else jax.lax.fori_loop(0, steps, one, y)
 
@@ -296,14 +236,14 @@ def solve_closed_loop(
     h = 1.0 / per_minute
     fine = int(options.eating_substeps)
     p = dict(p)
+    basal = basal_insulin_rate({**p, "basal_scale": 1.0})
     p["basal_scale"] = jnp.zeros_like(p["basal_scale"])
     names = model.physiology_states
     d = model.derived(p)
     y0 = {s: v for s, v in model.initial(p).items() if s in names}
-    basal = basal_rate(p)
     fdt = basal.dtype
     n = basal.shape[0]
-    keys = _sensor_keys(seed, patient_ids)
+    keys = sensor_keys(seed, patient_ids)
     windows = eating_windows(meals)
     nonneg = {st.name for st in model.states if st.nonnegative and st.name in names}
     zeros = jnp.zeros(n, fdt)
@@ -315,7 +255,7 @@ def solve_closed_loop(
     def decide(y, sensor_state, ctrl_state, residual, k):
         t = (k * period).astype(fdt)
         g = model.output(gsub, y, p)
-        sensor_state, cgm = _read_sensor(options.sensor, period, sensor_state, g, keys, k)
+        sensor_state, cgm = read_sensor(options.sensor, period, sensor_state, g, keys, k)
         obs = Observation(cgm, _announced(meals, t, period))
         ctrl_state, rate = controller(ctrl_state, obs, t)
         rate = jnp.clip(rate, 0.0, options.max_rate)
@@ -381,7 +321,7 @@ def solve_closed_loop(
     ctrl0 = controller.init(p, basal, float(period))
     lo, hi = extremes(zeros, zeros, y0)
     memory = _MealMemory(zeros, zeros, jnp.zeros(n, bool))
-    carry = (y0, memory, _SensorState(zeros, zeros), ctrl0, zeros, lo, hi)
+    carry = (y0, memory, SensorState(zeros, zeros), ctrl0, zeros, lo, hi)
     ks = jnp.arange(n_periods, dtype=jnp.int32)
     carry, recs = jax.lax.scan(period_step, carry, ks)
     y, _, sensor_state, ctrl_state, residual, lo, hi = carry
