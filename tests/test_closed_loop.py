@@ -82,15 +82,18 @@ def test_basal_bolus_and_hybrid_beat_open_loop(adolescents, meal_day, open_loop_
     tir_open = float(open_loop_run.tir_70_180.mean())
     assert float(bb.tir_70_180.mean()) > tir_open + 20.0
     assert float(hybrid.tir_70_180.mean()) > tir_open + 20.0
-    # Boluses are given exactly at announced meals: insulin above basal only in meal periods.
+    # Boluses follow announced meals as in simglucose: insulin above basal only in the period
+    # after the one in which a meal starts; with prebolus=True, in that period itself.
     basal = (adolescents["u2ss"] * adolescents["BW"] / 6000.0).to_numpy()[:, None]
-    above = bb.insulin.values > basal * (1 + 1e-6)
-    meal_periods = np.zeros_like(above)
+    pre = run(adolescents, meal_day, controllers.BasalBolus(prebolus=True), days=2)
     t = bb.time.values
-    for i in range(N):
-        for s in meal_day.start[i][np.isfinite(meal_day.start[i])]:
-            meal_periods[i, (t <= s) & (s < t + 5.0)] = True
-    assert np.array_equal(above, meal_periods)
+    for ds, lag in ((bb, 5.0), (pre, 0.0)):
+        above = ds.insulin.values > basal * (1 + 1e-6)
+        meal_periods = np.zeros_like(above)
+        for i in range(N):
+            for s in meal_day.start[i][np.isfinite(meal_day.start[i])]:
+                meal_periods[i, (t - lag <= s) & (s < t - lag + 5.0)] = True
+        assert np.array_equal(above, meal_periods)
 
 
 def test_reproducible_by_seed_and_independent_of_batch(adolescents, meal_day):

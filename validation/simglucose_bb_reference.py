@@ -12,10 +12,16 @@ at the ends of the three 1-min steps before t; t = 0 is the initial Gsub. ``CHO`
 t are the means over [t, t + 3) (NaN at t = 1440). Needs simglucose, so it runs in its own venv::
 
     /work/sgvenv/bin/python validation/simglucose_bb_reference.py
+
+With ``--seeds 1,2,3`` it instead runs only the noisy sensor, once per listed seed, and writes the
+seed-to-seed spread to ``simglucose_bb_reference_seeds.csv`` (one row per patient and seed, the
+``SEED_COLUMNS`` of the main table); the main files are left alone. If seed ``SEED`` is listed,
+its rows are checked against the noisy columns of ``simglucose_bb_reference.csv``.
 """
 
 from __future__ import annotations
 
+import argparse
 import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -38,6 +44,7 @@ MEAL_NAMES = ("breakfast", "lunch", "dinner")
 DURATION = timedelta(days=1)
 SENSOR, PUMP = "Dexcom", "Insulet"
 DATA = Path(__file__).resolve().parents[1] / "tests" / "data"
+SEED_COLUMNS = ["tir", "tbr", "tbr54", "tar", "mean_bg", "total_insulin_u"]
 
 
 @dataclass
@@ -50,22 +57,22 @@ class Run:
     seconds: float
 
 
-def make_sensor(noise: bool) -> CGMSensor:
+def make_sensor(noise: bool, seed: int = SEED) -> CGMSensor:
     """The Dexcom sensor, or the same with zero Johnson-SU noise (xi = lambda = 0)."""
-    sensor = CGMSensor.withName(SENSOR, seed=SEED)
+    sensor = CGMSensor.withName(SENSOR, seed=seed)
     if noise:
         return sensor
     params = sensor._params.copy()
     params["xi"], params["lambda"] = 0.0, 0.0
-    return CGMSensor(params, seed=SEED)
+    return CGMSensor(params, seed=seed)
 
 
-def simulate(name: str, noise: bool) -> Run:
+def simulate(name: str, noise: bool, seed: int = SEED) -> Run:
     """One day of ``name`` under ``BBController``, the loop of ``SimObj.simulate`` made explicit
     so that the Gsub at each sample time and the delivered boluses are recorded too."""
     scenario = CustomScenario(start_time=START, scenario=list(MEALS))
     env = T1DSimEnv(
-        T1DPatient.withName(name), make_sensor(noise), InsulinPump.withName(PUMP), scenario
+        T1DPatient.withName(name), make_sensor(noise, seed), InsulinPump.withName(PUMP), scenario
     )
     sim = SimObj(env, BBController(), DURATION, animate=False, path=None)
     tic = time.perf_counter()
@@ -108,8 +115,8 @@ def metrics(run: Run) -> dict[str, float]:
     return out
 
 
-def main() -> None:
-    names = pd.read_csv(PATIENT_PARA_FILE)["Name"].tolist()
+def reference(names: list[str]) -> None:
+    """The main table and trajectories: seed ``SEED`` with noise, and noise-free."""
     rows, trajectories, seconds = [], [], []
     for name in names:
         row: dict[str, object] = {"Name": name, "group": name.split("#")[0]}
@@ -132,6 +139,55 @@ def main() -> None:
         compression={"method": "gzip", "mtime": 0},
     )
     print(f"{len(seconds)} patient-days, {np.mean(seconds):.2f} s each (mean)")
+
+
+def seed_spread(names: list[str], seeds: list[int]) -> None:
+    """``SEED_COLUMNS`` of the noisy sensor for every patient and seed, long format."""
+    rows, seconds = [], []
+    for seed in seeds:
+        for name in names:
+            run = simulate(name, noise=True, seed=seed)
+            seconds.append(run.seconds)
+            values = metrics(run)
+            rows.append(
+                {"Name": name, "group": name.split("#")[0], "seed": seed}
+                | {k: values[k] for k in SEED_COLUMNS}
+            )
+            print(f"seed {seed} {name}: TIR {values['tir']:.1f} % TBR {values['tbr']:.1f} %")
+    table = pd.DataFrame(rows).round(3)
+    table.to_csv(DATA / "simglucose_bb_reference_seeds.csv", index=False)
+    print(f"{len(seconds)} patient-days, {np.mean(seconds):.2f} s each (mean)")
+    if SEED in seeds:
+        main_table = pd.read_csv(DATA / "simglucose_bb_reference.csv")
+        ours = pd.read_csv(DATA / "simglucose_bb_reference_seeds.csv")
+        ours = ours[ours["seed"] == SEED].drop(columns="seed").reset_index(drop=True)
+        pd.testing.assert_frame_equal(
+            ours, main_table[["Name", "group", *SEED_COLUMNS]], check_exact=True
+        )
+        print(f"seed {SEED} rows equal the noisy columns of simglucose_bb_reference.csv")
+
+
+def parse_seeds(text: str) -> list[int]:
+    seeds = [int(s) for s in text.split(",") if s.strip()]
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise argparse.ArgumentTypeError(f"need distinct comma-separated seeds, got {text!r}")
+    return seeds
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument(
+        "--seeds",
+        type=parse_seeds,
+        help="comma-separated CGM seeds: write simglucose_bb_reference_seeds.csv (noisy sensor "
+        "only) instead of the main files",
+    )
+    args = parser.parse_args()
+    names = pd.read_csv(PATIENT_PARA_FILE)["Name"].tolist()
+    if args.seeds is None:
+        reference(names)
+    else:
+        seed_spread(names, args.seeds)
 
 
 if __name__ == "__main__":

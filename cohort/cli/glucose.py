@@ -9,7 +9,7 @@ import numpy as np
 import typer
 from rich.table import Table
 
-from cohort.cli._common import command, console, fail, progress
+from cohort.cli._common import command, console, err_console, fail, progress
 
 _METRICS = (
     ("tir_70_180", "TIR 70–180 %"),
@@ -48,6 +48,11 @@ def _metrics_table(ds) -> Table:
 def glucose(
     patients: str = typer.Option("adult", help="adolescent | adult | child"),
     n: int = typer.Option(10, help="virtual patients (reference patients if --n <= 10)"),
+    plausible: bool = typer.Option(
+        True,
+        help="keep only sampled patients whose outcomes on a standard day (45/70/80 g meals, "
+        "basal-bolus) fall within the reference patients' range",
+    ),
     days: float = typer.Option(1.0, help="simulated days"),
     controller: str = typer.Option("basal-bolus", help="open-loop | basal-bolus | pid | hybrid"),
     scenario: str = typer.Option("random", help="fixed (45/70/80 g) | random (simglucose-like)"),
@@ -87,11 +92,15 @@ def glucose(
     if resume and out is None:
         fail("--resume needs --out (the store of the interrupted run)")
 
-    pop = (
-        reference_patients(patients).iloc[:n]
-        if n <= 10
-        else sample_patients(patients, n, seed=seed)
-    )
+    if n <= 10:
+        pop = reference_patients(patients).iloc[:n]
+    elif plausible:
+        from cohort.glucose.patients import sample_plausible
+
+        with err_console.status(f"sampling {n:,} {patients}s with plausible outcomes"):
+            pop = sample_plausible(patients, n, seed=seed)
+    else:
+        pop = sample_patients(patients, n, seed=seed)
     options = ClosedLoopOptions(
         period=period,
         sensor=Sensor() if cgm_noise else None,

@@ -1,6 +1,6 @@
 """The classical RK4 step, once, for every fixed-step integrator (the engine's fast path and
-closed-loop runs above the engine): named states as a dict of arrays (scalars under ``vmap`` or ``[N]``
-structure-of-arrays batches alike)."""
+the closed-loop runs built on the engine): named states as a dict of arrays (scalars under
+``vmap`` or ``[N]`` structure-of-arrays batches alike)."""
 
 from __future__ import annotations
 

@@ -30,13 +30,27 @@ class Therapy(NamedTuple):
 
 
 def therapy(
-    basal, tdi_factor: float = 2.0, carb_ratio: float | None = None, cf: float | None = None
+    basal,
+    tdi_factor: float = 2.0,
+    carb_ratio: float | None = None,
+    cf: float | None = None,
+    patients: Tree | None = None,
 ) -> Therapy:
-    """Rule-of-thumb therapy from the basal rate (or fixed ``carb_ratio``/``cf`` if given)."""
+    """Each patient's therapy: a fixed ``carb_ratio``/``cf`` if given, else the patient's own
+    ``CR``/``CF`` (e.g. simglucose's ``Quest.csv`` for the reference patients, sampled with
+    :func:`cohort.models.glucose.sample_patients`) where finite, else the rules of thumb from
+    the basal rate."""
+    patients = patients or {}
     tdi = tdi_factor * 1440.0 * basal
-    cr = 500.0 / tdi if carb_ratio is None else jnp.full_like(basal, carb_ratio)
-    cfac = 1800.0 / tdi if cf is None else jnp.full_like(basal, cf)
-    return Therapy(basal, cr, cfac)
+
+    def pick(fixed, own, rule):
+        if fixed is not None:
+            return jnp.full_like(basal, fixed)
+        if own in patients:
+            return jnp.where(jnp.isfinite(patients[own]), patients[own], rule)
+        return rule
+
+    return Therapy(basal, pick(carb_ratio, "CR", 500.0 / tdi), pick(cf, "CF", 1800.0 / tdi))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,27 +68,33 @@ class OpenLoop:
 
 @dataclasses.dataclass(frozen=True)
 class BasalBolus:
-    """Basal plus a bolus at each announced meal: ``carbs/CR`` and, if CGM is above
-    ``correction_threshold``, ``(CGM - target)/CF`` (simglucose's BBController rule). The bolus
-    is delivered over the control period in which the meal starts."""
+    """Basal plus a bolus for each announced meal: ``carbs/CR`` and, if CGM is above
+    ``correction_threshold``, ``(CGM - target)/CF``: simglucose's ``BBController``, with the
+    patient's own CR/CF where known (see :func:`therapy`).
+
+    Timing as simglucose's: the bolus is delivered over the first control period after the
+    meal started (the controller reacts to the meal it saw eaten); ``prebolus=True`` gives it
+    instead over the period in which the meal starts (up to one period before eating)."""
 
     target: float = 140.0
     correction_threshold: float = 150.0
     tdi_factor: float = 2.0
     carb_ratio: float | None = None
     correction_factor: float | None = None
+    prebolus: bool = False
     name = "basal-bolus"
 
     def init(self, patients: Tree, basal, period: float) -> tuple[Therapy, float]:
-        return therapy(basal, self.tdi_factor, self.carb_ratio, self.correction_factor), period
+        th = therapy(basal, self.tdi_factor, self.carb_ratio, self.correction_factor, patients)
+        return th, period
 
     def __call__(self, state, obs: Observation, t):
         th, period = state
-        meal = obs.meal_announced > 0
+        carbs = obs.meal_announced if self.prebolus else obs.meal_started
         correction = jnp.where(
             obs.cgm > self.correction_threshold, (obs.cgm - self.target) / th.correction_factor, 0
         )
-        bolus = jnp.where(meal, obs.meal_announced / th.carb_ratio + correction, 0.0)
+        bolus = jnp.where(carbs > 0, carbs / th.carb_ratio + correction, 0.0)
         return state, th.basal + bolus / period
 
 
@@ -145,7 +165,7 @@ class HybridClosedLoop:
 
     def init(self, patients: Tree, basal, period: float) -> HybridState:
         zero = jnp.zeros_like(basal)
-        th = therapy(basal, self.tdi_factor)
+        th = therapy(basal, self.tdi_factor, patients=patients)
         return HybridState(th, patients["Gb"] + zero, zero, zero, period)
 
     def __call__(self, state: HybridState, obs: Observation, t):

@@ -48,13 +48,16 @@ class Observation(NamedTuple):
 
     cgm: jax.Array  # mg/dL, sensor glucose
     meal_announced: jax.Array  # g CHO of announced meals starting within this period
+    meal_started: jax.Array  # g CHO of announced meals that started in the previous period
 
 
 class Controller(Protocol):
     """``init`` builds the per-patient controller state; ``__call__`` is the pure control law
     ``(state, observation, t) -> (state, insulin rate U/min)`` on ``[N]`` arrays."""
 
-    def init(self, patients: Tree, basal: jax.Array, period: float) -> Any: ...
+    def init(self, patients: Tree, basal: jax.Array, period: float) -> Any:
+        """``patients``: model parameters and therapy settings (``CR`` g/U, ``CF`` mg/dL/U;
+        NaN where not given) as ``[N]`` arrays; ``basal`` U/min."""
 
     def __call__(self, state: Any, obs: Observation, t: jax.Array) -> tuple[Any, jax.Array]: ...
 
@@ -212,10 +215,12 @@ def solve_closed_loop(
     meals: MealInputs,
     patient_ids: jax.Array,
     seed: jax.Array,
+    therapy: Tree | None = None,
     gsub: str = "Gsub",
     dtype: str = "float64",
 ):
-    """Run ``n_periods`` control periods for a batch; ``p`` holds ``[N]`` parameter arrays.
+    """Run ``n_periods`` control periods for a batch; ``p`` holds ``[N]`` parameter arrays,
+    ``therapy`` the patients' therapy settings for the controller (``CR``, ``CF``).
 
     Each minute: the meal memory is updated (simglucose's discrete ``Dbar``), then the
     physiology advances by RK4 steps of ``dt`` with meal, insulin and ``Dbar`` held, so the
@@ -256,7 +261,7 @@ def solve_closed_loop(
         t = (k * period).astype(fdt)
         g = model.output(gsub, y, p)
         sensor_state, cgm = read_sensor(options.sensor, period, sensor_state, g, keys, k)
-        obs = Observation(cgm, _announced(meals, t, period))
+        obs = Observation(cgm, _announced(meals, t, period), _announced(meals, t - period, period))
         ctrl_state, rate = controller(ctrl_state, obs, t)
         rate = jnp.clip(rate, 0.0, options.max_rate)
         rate, residual = _quantise(rate, residual, period, options.pump_increment)
@@ -318,7 +323,7 @@ def solve_closed_loop(
         rec = {gsub: g, "CGM": cgm, "insulin": delivered / period}
         return (y, memory, sensor_state, ctrl_state, residual, lo, hi), rec
 
-    ctrl0 = controller.init(p, basal, float(period))
+    ctrl0 = controller.init({**p, **(therapy or {})}, basal, float(period))
     lo, hi = extremes(zeros, zeros, y0)
     memory = _MealMemory(zeros, zeros, jnp.zeros(n, bool))
     carry = (y0, memory, SensorState(zeros, zeros), ctrl0, zeros, lo, hi)

@@ -22,6 +22,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pandas as pd
 import xarray as xr
 
 from cohort._version import __version__
@@ -72,15 +73,15 @@ def _metric_variables() -> dict[str, tuple[str, dict]]:
 def _solver(
     model: Model, ctrl: Any, options: ClosedLoopOptions, n_periods: int, dtype: str, n_dev: int
 ) -> BatchSolver:
-    """The batch solve ``((params, meals, patient ids), (profile, seed, weights))`` ->
+    """The batch solve ``((params, meals, patient ids, therapy), (profile, seed, weights))`` ->
     time-major outputs, status and metrics (computed from the stored ``Gsub``)."""
 
     def run(inputs, shared):
-        p, meals, ids = inputs
+        p, meals, ids, therapy = inputs
         profile, seed, weights = shared
         outs, finite, min_scaled = solve_closed_loop(
             model, ctrl, options, n_periods, p, meals._replace(profile=profile), ids, seed,
-            dtype=dtype,
+            therapy, dtype=dtype,
         )  # fmt: skip
         status = stepping_status(finite, min_scaled, [outs["Gsub"]])
         metrics = metric_arrays(jnp.asarray(outs["Gsub"], weights.dtype).T, weights, jnp)
@@ -135,8 +136,10 @@ def run(
     for name, value in (("dtype", dtype), ("out_dtype", out_dtype)):
         if value not in ("float32", "float64"):
             raise InputError(f"{name}: must be 'float32' or 'float64', got {value!r}")
+    patients, therapy = _split_therapy(patients)
     params = population_arrays(model, patients, None)
     n_pat = len(params["BW"])
+    therapy = {k: np.broadcast_to(np.asarray(v, float), (n_pat,)) for k, v in therapy.items()}
     n_periods = int(round(days * 1440.0 / options.period))
     if n_periods < 1:
         raise InputError(f"days: must cover at least one control period, got {days}")
@@ -150,6 +153,7 @@ def run(
         raise InputError(f"chunk_size: must be >= 1, got {chunk_size}")
     times = np.arange(n_periods + 1) * options.period
     settings = (repr(ctrl), repr(options), float(days), int(seed), dtype, out_dtype)
+    params_hashed = {**params, **{f"therapy/{k}": v for k, v in therapy.items()}}
     attrs = {
         "title": f"closed-loop glucose cohort ({getattr(ctrl, 'name', type(ctrl).__name__)})",
         "cohort_version": __version__,
@@ -166,7 +170,7 @@ def run(
         "n_patients": n_pat,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         **status_attrs(),
-        "spec_hash": _spec_hash(model, params, scenario, settings),
+        "spec_hash": _spec_hash(model, params_hashed, scenario, settings),
     }
     invalid, clean = _checked(model, params, dtype)
     meals = MealInputs(
@@ -193,7 +197,8 @@ def run(
         invalid=invalid,
         progress=progress,
     )
-    inputs = (clean, meals, np.arange(n_pat))
+    therapy_in = {k: v.astype(dtype) for k, v in therapy.items()}
+    inputs = (clean, meals, np.arange(n_pat), therapy_in)
     if out is not None:
         store = ResultStore.create(
             out,
@@ -250,6 +255,22 @@ def run(
     )
     met = metrics_dataset(metrics_all, template)
     return _dataset(model, keep, status_all, params, times, attrs).merge(met)
+
+
+THERAPY = {"CR": ("g/U", "carbohydrate ratio"), "CF": ("mg/dL/U", "correction factor")}
+
+
+def _split_therapy(patients: Any) -> tuple[Any, dict[str, np.ndarray]]:
+    """Therapy settings (``CR``, ``CF``) of ``patients`` for the controller, and the patients
+    without them (a dict population is strict about unknown names)."""
+    if isinstance(patients, dict):
+        rest = {k: v for k, v in patients.items() if k not in THERAPY}
+        return rest, {k: patients[k] for k in THERAPY if k in patients}
+    if isinstance(patients, pd.DataFrame):
+        return patients, {k: patients[k].to_numpy(float) for k in THERAPY if k in patients}
+    if isinstance(patients, xr.Dataset):
+        return patients, {k: patients[k].values for k in THERAPY if k in patients}
+    return patients, {}
 
 
 def _masked(metrics: dict, bad: np.ndarray) -> dict:

@@ -29,6 +29,8 @@ PRIMARY = (
     "BW", "EGPb", "Gb", "Ib", "kabs", "kmax", "kmin", "b", "d", "Vg", "Vi", "Vmx", "Km0",
     "k2", "k1", "p2u", "m1", "m2", "ki", "kp2", "kp3", "kd", "ksc", "ka1", "ka2",
 )  # fmt: skip
+THERAPY = ("CR", "CF")  # carbohydrate ratio g/U, correction factor mg/dL/U (Quest.csv)
+SAMPLED = PRIMARY + THERAPY  # drawn jointly, so therapy keeps its correlation with physiology
 LOGIT = frozenset({"b", "d"})  # fractions in (0, 1)
 FIXED = ("HEb", "f", "ke1", "ke2", "Fsnc")  # constant across the 30 reference patients
 
@@ -43,14 +45,20 @@ def _table() -> pd.DataFrame:
     with path.open("r") as fh:
         df = pd.read_csv(fh)
     df.insert(1, "group", df["Name"].str.split("#").str[0])
-    return df
+    path = resources.files("cohort.models.glucose") / "data" / "uva_padova_therapy.csv"
+    with path.open("r") as fh:
+        quest = pd.read_csv(fh)
+    return df.merge(quest[["Name", "CR", "CF", "TDI", "Age"]], on="Name", how="left")
 
 
 def reference_patients(group: str | None = None) -> pd.DataFrame:
     """The 30 simglucose patients (or one ``group``), one row each, usable as a population.
 
     Columns are simglucose's (``Name``, model parameters such as ``kp1``/``Vm0``/``u2ss``, basal
-    values such as ``Gpb``/``EGPb``, initial states ``x0_*``) plus ``group``.
+    values such as ``Gpb``/``EGPb``, initial states ``x0_*``) plus ``group`` and each patient's
+    therapy from simglucose's ``Quest.csv``: carbohydrate ratio ``CR`` (g/U), correction factor
+    ``CF`` (mg/dL/U), total daily insulin ``TDI`` (U/day) and ``Age`` (years); controllers use
+    ``CR``/``CF``.
     """
     df = _table()
     if group is not None:
@@ -137,17 +145,19 @@ def patient_prior(group: str, shrinkage: float = 0.1) -> PatientPrior:
     """Prior estimated from the 10 reference patients of ``group``.
 
     ``cov = (1 - shrinkage)·S + shrinkage·diag(S)`` with ``S`` the sample covariance (ddof 1) of
-    the transformed primary parameters; ``shrinkage > 0`` makes it full rank.
+    the transformed primary parameters and therapy settings (``CR``, ``CF``: a clinician
+    titrates them to the patient's insulin sensitivity, so they are drawn jointly with it);
+    ``shrinkage > 0`` makes it full rank.
     """
     _check_group(group)
     if not 0.0 < shrinkage <= 1.0:
         raise ValueError(f"shrinkage must be in (0, 1], got {shrinkage}")
     df = reference_patients(group)
-    z = _to_latent(df[list(PRIMARY)].to_numpy(float), PRIMARY)
+    z = _to_latent(df[list(SAMPLED)].to_numpy(float), SAMPLED)
     s = np.cov(z, rowvar=False)
     cov = (1.0 - shrinkage) * s + shrinkage * np.diag(np.diag(s))
     fixed = {k: float(df[k].iloc[0]) for k in FIXED}
-    return PatientPrior(group, PRIMARY, z.mean(0), cov, fixed)
+    return PatientPrior(group, SAMPLED, z.mean(0), cov, fixed)
 
 
 _BLOCK = 256  # patients per jitted draw (a fixed shape: compiled once)
@@ -167,16 +177,15 @@ def _standard_normal_draws(seed, start, attempts: int, dim: int):
     return jax.vmap(lambda i: jax.vmap(lambda a: one(i, a))(jnp.arange(attempts)))(idx)
 
 
-def sample_patients(
+def sample_candidates(
     group: str, n: int, seed: int, shrinkage: float = 0.1, max_attempts: int = 16
-) -> pd.DataFrame:
-    """Draw ``n`` new virtual patients of ``group`` at their basal steady state.
-
-    Patient ``i`` is drawn from ``jax.random.fold_in(PRNGKey(seed), i)`` (implausible draws are
-    redrawn from further folds), so a patient does not depend on ``n``: the first ``m`` of ``n``
-    patients equal those of a call with ``n = m``. Returns one row per patient with ``Name``,
-    ``group``, every UVA/Padova parameter and the basal values (``Gpb``, ``Gtb``, ...).
-    """
+) -> tuple[pd.DataFrame, np.ndarray]:
+    """Every prior draw behind :func:`sample_patients`: ``max_attempts`` candidates per patient
+    (row ``i·max_attempts + a`` is patient ``i``'s attempt ``a``, from
+    ``fold_in(fold_in(PRNGKey(seed), i), a)``) with basal values derived, and ``ok [n,
+    max_attempts]``, whether each is physiologically plausible. Samplers that add constraints
+    (e.g. on outcomes) take each patient's first candidate that meets them all, so a patient
+    never depends on ``n``."""
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
     prior = patient_prior(group, shrinkage)
@@ -193,15 +202,37 @@ def sample_patients(
     for k, v in prior.fixed.items():
         frame[k] = v
     frame = derive_basal(frame)
-    ok = _plausible(frame).reshape(n, max_attempts)
+    return frame, _plausible(frame).reshape(n, max_attempts)
+
+
+def pick_candidates(
+    group: str, seed: int, frame: pd.DataFrame, choice: np.ndarray, max_attempts: int
+) -> pd.DataFrame:
+    """Patient ``i``'s candidate ``choice[i]`` from :func:`sample_candidates`, named."""
+    n = len(choice)
+    out = frame.iloc[np.arange(n) * max_attempts + choice].reset_index(drop=True)
+    out.insert(0, "group", group)
+    out.insert(0, "Name", [f"{group}#s{seed}-{i:05d}" for i in range(n)])
+    return out
+
+
+def sample_patients(
+    group: str, n: int, seed: int, shrinkage: float = 0.1, max_attempts: int = 16
+) -> pd.DataFrame:
+    """Draw ``n`` new virtual patients of ``group`` at their basal steady state.
+
+    Patient ``i`` is drawn from ``jax.random.fold_in(PRNGKey(seed), i)`` (implausible draws are
+    redrawn from further folds), so a patient does not depend on ``n``: the first ``m`` of ``n``
+    patients equal those of a call with ``n = m``. Returns one row per patient with ``Name``,
+    ``group``, every UVA/Padova parameter, the basal values (``Gpb``, ``Gtb``, ...) and the
+    therapy settings ``CR``/``CF`` that controllers use. (Constraining patients by their
+    outcomes under a standard day is :func:`cohort.glucose.patients.sample_plausible`.)
+    """
+    frame, ok = sample_candidates(group, n, seed, shrinkage, max_attempts)
     if not ok.any(axis=1).all():
         bad = int(np.flatnonzero(~ok.any(axis=1))[0])
         raise PatientSamplingError(
             f"patient {bad}: no plausible draw in {max_attempts} attempts; raise max_attempts "
             "or shrinkage"
         )
-    pick = np.arange(n) * max_attempts + np.argmax(ok, axis=1)
-    out = frame.iloc[pick].reset_index(drop=True)
-    out.insert(0, "group", group)
-    out.insert(0, "Name", [f"{group}#s{seed}-{i:05d}" for i in range(n)])
-    return out
+    return pick_candidates(group, seed, frame, np.argmax(ok, axis=1), max_attempts)

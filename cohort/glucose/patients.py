@@ -1,0 +1,134 @@
+"""Virtual UVA/Padova patients whose outcomes are plausible, not only their parameters.
+
+A draw from the parameter prior (:func:`cohort.models.glucose.sample_patients`) can be
+physiological at rest yet behave unlike any real patient under therapy (e.g. 50 % of the day
+below 70 mg/dL on the same basal-bolus therapy the reference patients do well on). Here each
+candidate is also run through a **standard day** — simglucose's validation day: meals of 45,
+70 and 80 g CHO at 07:00, 12:00 and 18:00, simglucose's ``BBController`` rule with the
+patient's own CR/CF, CGM every 3 min without noise — and kept only when its time in range,
+time below range and mean glucose fall within the range of the 10 reference patients of its
+group, widened by stated margins. A rejected patient takes its next candidate, so a patient
+never depends on how many are drawn.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import numpy as np
+import pandas as pd
+
+from cohort.glucose.controllers import BasalBolus
+from cohort.glucose.loop import ClosedLoopOptions
+from cohort.glucose.scenarios import fixed_scenario
+from cohort.glucose.simulate import run
+from cohort.models.glucose.patients import (
+    PatientSamplingError,
+    pick_candidates,
+    reference_patients,
+    sample_candidates,
+)
+
+STANDARD_DAY_OPTIONS = ClosedLoopOptions(period=3.0)  # Dexcom's 3-min CGM period, no noise
+
+
+def standard_day(patients: pd.DataFrame, chunk_size: int | None = None):
+    """One standard day (see the module docstring) of ``patients``: the dataset of
+    :func:`cohort.glucose.run`, with per-patient ``tir_70_180``, ``tbr_70``, ``mean``, ..."""
+    return run(
+        patients,
+        fixed_scenario(len(patients), 1),
+        BasalBolus(),
+        days=1.0,
+        options=STANDARD_DAY_OPTIONS,
+        chunk_size=chunk_size,
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class OutcomeEnvelope:
+    """Accepted standard-day outcomes: TIR 70–180 ≥ ``tir_min`` %, TBR < 70 ≤ ``tbr_max`` %,
+    ``mean_min`` ≤ mean glucose ≤ ``mean_max`` mg/dL."""
+
+    tir_min: float
+    tbr_max: float
+    mean_min: float
+    mean_max: float
+
+    def accepts(self, ds) -> np.ndarray:
+        tir, tbr, mean = (np.asarray(ds[k].values, float) for k in ("tir_70_180", "tbr_70", "mean"))
+        ok = (tir >= self.tir_min) & (tbr <= self.tbr_max)
+        ok &= (mean >= self.mean_min) & (mean <= self.mean_max)
+        return ok & (np.asarray(ds["status"].values) == 0)
+
+
+@functools.lru_cache(maxsize=8)
+def reference_envelope(
+    group: str, tir_margin: float = 5.0, tbr_margin: float = 2.0, mean_margin: float = 10.0
+) -> OutcomeEnvelope:
+    """The range of the reference patients' standard-day outcomes, widened by the margins
+    (defaults: the tolerances to which cohort reproduces simglucose per patient)."""
+    ds = standard_day(reference_patients(group))
+    tir, tbr, mean = (np.asarray(ds[k].values, float) for k in ("tir_70_180", "tbr_70", "mean"))
+    return OutcomeEnvelope(
+        max(0.0, tir.min() - tir_margin),
+        min(100.0, tbr.max() + tbr_margin),
+        mean.min() - mean_margin,
+        mean.max() + mean_margin,
+    )
+
+
+def sample_plausible(
+    group: str,
+    n: int,
+    seed: int,
+    envelope: OutcomeEnvelope | None = None,
+    max_attempts: int = 32,
+    shrinkage: float = 0.1,
+) -> pd.DataFrame:
+    """``n`` patients of ``group`` drawn from the prior (as :func:`sample_patients`) whose
+    standard-day outcomes fall within ``envelope`` (default :func:`reference_envelope`).
+
+    Returns the patients with their standard-day ``tir_70_180``, ``tbr_70`` and ``mean`` and
+    the ``attempt`` that was kept; ``df.attrs['acceptance']`` is the fraction of physiological
+    candidates that passed."""
+    envelope = envelope or reference_envelope(group)
+    frame, ok = sample_candidates(group, n, seed, shrinkage, max_attempts)
+    choice = np.full(n, -1)
+    outcome = {k: np.full(n, np.nan) for k in ("tir_70_180", "tbr_70", "mean")}
+    tried = passed = 0
+    chunk = min(1024, max(8, 1 << (n - 1).bit_length()))
+    pending = np.arange(n)
+    next_try = np.zeros(n, int)  # each patient's next attempt to consider
+    while pending.size:
+        # each pending patient's next physiological candidate
+        later = ok[pending] & (np.arange(max_attempts) >= next_try[pending][:, None])
+        cand = np.where(later.any(axis=1), np.argmax(later, axis=1), -1)
+        if np.any(cand < 0):
+            bad = int(pending[np.flatnonzero(cand < 0)[0]])
+            raise PatientSamplingError(
+                f"patient {bad}: no candidate in {max_attempts} attempts has plausible "
+                "standard-day outcomes; raise max_attempts or widen the envelope"
+            )
+        # rounds shrink: pad each to whole chunks of one size, so one program is compiled
+        rows = pending * max_attempts + cand
+        size = -(-rows.size // chunk) * chunk
+        padded = np.concatenate([rows, np.full(size - rows.size, rows[-1])])
+        ds = standard_day(frame.iloc[padded].reset_index(drop=True), chunk_size=chunk)
+        ds = ds.isel(patient=slice(0, rows.size))
+        good = envelope.accepts(ds)
+        tried += pending.size
+        passed += int(good.sum())
+        for k in outcome:
+            outcome[k][pending[good]] = np.asarray(ds[k].values, float)[good]
+        choice[pending[good]] = cand[good]
+        next_try[pending] = cand + 1
+        pending = pending[~good]
+    out = pick_candidates(group, seed, frame, choice, max_attempts)
+    for k, v in outcome.items():
+        out[k] = v
+    out["attempt"] = choice
+    out.attrs["acceptance"] = passed / tried
+    out.attrs["envelope"] = dataclasses.asdict(envelope)
+    return out

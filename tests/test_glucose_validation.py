@@ -1,0 +1,93 @@
+"""Glucose validity: cohort's basal-bolus controller against simglucose 0.2.11's
+``BBController`` on its 30 reference patients (one fixed day; reference outcomes in
+``tests/data/simglucose_bb_reference*.csv``, see ``tests/data/SOURCES-glucose.md``), sampled
+patients constrained to plausible outcomes, and ``cohort glucose`` as a user runs it."""
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from cohort.cli import app
+from cohort.glucose import fixed_scenario, run
+from cohort.glucose.loop import ClosedLoopOptions
+from cohort.glucose.patients import reference_envelope, sample_plausible, standard_day
+from cohort.glucose.sensor import Sensor
+from cohort.models.glucose import reference_patients, sample_patients
+from cohort.store import open_result
+
+DATA = Path(__file__).parent / "data"
+REF = pd.read_csv(DATA / "simglucose_bb_reference.csv")
+# simglucose's set-up: Dexcom CGM every 3 min (range 39-600 mg/dL), Insulet pump (no rounding)
+DEXCOM = Sensor(high=600.0)
+
+
+def _simglucose_day(noise: bool, seed: int = 1):
+    df = reference_patients()
+    assert df["Name"].tolist() == REF["Name"].tolist()
+    sensor = DEXCOM if noise else Sensor(noise=False, high=600.0)
+    options = ClosedLoopOptions(period=3.0, sensor=sensor)
+    return run(df, fixed_scenario(30, 1), "basal-bolus", days=1, seed=seed, options=options)
+
+
+def test_basal_bolus_reproduces_simglucose_noise_free():
+    """Without sensor noise both simulators are deterministic: the same model, meals, therapy
+    (Quest.csv CR/CF) and bolus timing must give the same day for every patient."""
+    ds = _simglucose_day(noise=False)
+    d_tir = ds.tir_70_180.values - REF["tir_noisefree"].to_numpy()
+    d_tbr = ds.tbr_70.values - REF["tbr_noisefree"].to_numpy()
+    d_mean = ds["mean"].values - REF["mean_bg_noisefree"].to_numpy()
+    assert np.all(ds.status.values == 0)
+    assert np.max(np.abs(d_tir)) < 1.0, d_tir  # measured 0.46
+    assert np.max(np.abs(d_tbr)) < 0.5, d_tbr  # measured 0.31
+    assert np.max(np.abs(d_mean)) < 1.0, d_mean  # mg/dL
+    # the outcomes span the range that makes this a test: children go low, adults do not
+    assert REF["tbr_noisefree"].max() > 30 and REF["tir_noisefree"].min() < 50
+
+
+def test_basal_bolus_with_cgm_noise_within_tolerance():
+    """With CGM noise (seed 1 each; the noise streams differ, so correction boluses differ):
+    per-patient TIR within 5 points and TBR within 2 points of simglucose."""
+    ds = _simglucose_day(noise=True)
+    d_tir = ds.tir_70_180.values - REF["tir"].to_numpy()
+    d_tbr = ds.tbr_70.values - REF["tbr"].to_numpy()
+    assert np.max(np.abs(d_tir)) <= 5.0, d_tir
+    assert np.max(np.abs(d_tbr)) <= 2.0, d_tbr
+
+
+def test_sampled_patients_have_plausible_outcomes():
+    env = reference_envelope("adult")
+    ref = standard_day(reference_patients("adult"))
+    assert env.tir_min == pytest.approx(ref.tir_70_180.values.min() - 5.0)
+    # unconstrained draws include patients unlike any reference patient ...
+    raw = standard_day(sample_patients("adult", 64, seed=5))
+    assert not env.accepts(raw).all()
+    # ... the constrained sampler keeps only plausible ones, each independent of n
+    pop = sample_plausible("adult", 64, seed=5)
+    assert 0.2 < pop.attrs["acceptance"] < 1.0
+    again = standard_day(pop)
+    assert env.accepts(again).all()
+    np.testing.assert_allclose(again.tir_70_180.values, pop["tir_70_180"].to_numpy())
+    pd.testing.assert_frame_equal(sample_plausible("adult", 9, seed=5), pop.iloc[:9])
+    assert {"CR", "CF"} <= set(pop.columns) and (pop["CR"] > 0).all()
+
+
+def test_cli_glucose_samples_runs_and_resumes(tmp_path):
+    """`cohort glucose` with a user's defaults (sampled plausible adults, random meals, CGM
+    noise, 5-min basal-bolus) writes a complete store; --resume on it changes nothing."""
+    runner = CliRunner()
+    out = tmp_path / "g.zarr"
+    res = runner.invoke(app, ["glucose", "--n", "12", "--days", "1", "-o", str(out)])
+    assert res.exit_code == 0, res.output
+    assert "TIR 70–180 %" in res.output
+    ds = open_result(out)
+    assert ds.sizes["patient"] == 12 and bool(ds.chunk_done.all())
+    assert np.all(ds.status.values == 0) and np.all(np.isfinite(ds.tir_70_180.values))
+    before = ds.Gsub.values.copy()
+    res = runner.invoke(app, ["glucose", "--n", "12", "--days", "1", "-o", str(out), "--resume"])
+    assert res.exit_code == 0, res.output
+    np.testing.assert_array_equal(open_result(out).Gsub.values, before)
+    res = runner.invoke(app, ["glucose", "--n", "12", "--days", "1", "-o", str(out)])
+    assert res.exit_code == 2 and "--overwrite" in res.output
