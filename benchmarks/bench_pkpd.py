@@ -292,8 +292,8 @@ def kernel_run(model, pop, times, dtype, chunk, outputs) -> Callable[[], list]:
     for key in ("time", "amt", "rate", "ii"):
         events[key] = events[key].astype(dtype)
     n_dev, batch = sim.batch_shape(chunk)
-    args = (tuple(times.tolist()), float(times[0]), False, 0.0, None, tuple(outputs), dtype)
-    solver = sim._solver(model, "closed_form", *args, n_dev)
+    args = (tuple(times.tolist()), float(times[0]), False, 0.0, tuple(outputs), dtype)
+    solver = sim._solver(model, cohort.ClosedForm(), *args, n_dev)
     mesh = jax.sharding.Mesh(np.array(jax.local_devices()[:n_dev]), ("patient",))
     sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("patient"))
     batches = []

@@ -12,7 +12,11 @@ from cohort import dosing, models, population  # noqa: E402
 from cohort._version import __version__ as __version__  # noqa: E402
 from cohort.dosing import DosingError, Regimen  # noqa: E402
 from cohort.engine import (  # noqa: E402
+    RK4,
+    Adaptive,
+    ClosedForm,
     DiffraxOptions,
+    Engine,
     FastOptions,
     InputError,
     Status,
@@ -24,6 +28,10 @@ from cohort.errors import CohortError, CohortWarning, OutputError  # noqa: E402
 from cohort.store import open_result  # noqa: E402
 
 __all__ = [
+    "RK4",
+    "Adaptive",
+    "ClosedForm",
+    "Engine",
     "CohortError",
     "CohortWarning",
     "OutputError",

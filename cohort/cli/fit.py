@@ -9,9 +9,8 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from cohort.cli._common import command, console, fail, warn
+from cohort.cli._common import command, console, fail
 from cohort.dosing import DosingError
-from cohort.errors import CohortWarning
 from cohort.models import get as get_model
 
 
@@ -102,8 +101,6 @@ def fit(
 
     if method == "nuts":
         host_devices_for_chains(chains)
-    import warnings
-
     from cohort.inference import SpecError
     from cohort.inference import fit as run_fit
     from cohort.store import check_replaceable, report_directory
@@ -131,30 +128,26 @@ def fit(
             console.log(stage)
             status.update(f"fitting {spec.model.name}: {stage}")
 
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always", CohortWarning)
-            try:
-                result = run_fit(
-                    spec,
-                    data,
-                    method,
-                    chains=chains,
-                    warmup=warmup,
-                    draws=draws,
-                    steps=steps,
-                    guide=guide,
-                    approx=approx,
-                    se=se,
-                    seed=seed,
-                    progress=progress,
-                )
-            except (DosingError, SpecError, ValueError) as exc:
-                status.stop()
-                fail(str(exc))
+        # CohortWarnings (e.g. "did not converge") go to stderr through @command as raised
+        try:
+            result = run_fit(
+                spec,
+                data,
+                method,
+                chains=chains,
+                warmup=warmup,
+                draws=draws,
+                steps=steps,
+                guide=guide,
+                approx=approx,
+                se=se,
+                seed=seed,
+                progress=progress,
+            )
+        except (DosingError, SpecError, ValueError) as exc:
+            status.stop()
+            fail(str(exc))
     console.print(_table(result))
-    for w in caught:
-        if issubclass(w.category, CohortWarning):
-            warn(str(w.message))
     path = result.save(out, overwrite=overwrite)
     line = f"{method} fit in {time.perf_counter() - t0:.1f} s -> [bold]{escape(str(path))}[/]"
     if result.ofv is not None:

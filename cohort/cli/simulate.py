@@ -14,7 +14,7 @@ from rich.table import Table
 from cohort.cli._common import command, console, err_console, fail, progress
 from cohort.data.reader import DataError
 from cohort.dosing import Regimen
-from cohort.engine.fast_path import FastOptions
+from cohort.engine.fast_path import RK4
 from cohort.engine.inputs import grid
 from cohort.engine.simulate import simulate as simulate_cohort
 from cohort.models import available as available_models
@@ -191,6 +191,9 @@ def simulate(
     method: str = typer.Option("auto", help="auto | closed_form | diffrax | fast"),
     dtype: str = typer.Option("float64", help="float64 | float32"),
     dt: float = typer.Option(None, help="fast path step (default: the model's)"),
+    tol: float = typer.Option(
+        None, help="fast path accuracy instead of --dt: largest error relative to each peak"
+    ),
     chunk_size: int = typer.Option(None, help="patients per batch"),
     resume: bool = typer.Option(False, help="continue an interrupted run into --out"),
     overwrite: bool = typer.Option(False, help="replace an existing --out written by cohort"),
@@ -225,6 +228,12 @@ def simulate(
         fail(f"--dtype must be float32 or float64, got {dtype!r}")
     if dt is not None and method != "fast":
         fail("--dt sets the fast path's step: use it with --method fast")
+    if tol is not None and method != "fast":
+        fail("--tol sets the fast path's accuracy: use it with --method fast")
+    if tol is not None and dt is not None:
+        fail("--dt and --tol: give the step or the accuracy, not both")
+    if tol is not None and not 0 < tol < 1:
+        fail(f"--tol must be in (0, 1), got {tol}")
     if population is not None:
         m, pop = _read_population(population, model)
         missing = [q for q in m.parameter_names if q not in pop]
@@ -267,14 +276,13 @@ def simulate(
         pop,
         dose,
         grid(0, t_end, step),
-        method=method,
+        method=RK4(dt=dt, tol=tol) if method == "fast" else method,
         dtype=dtype,
         out=str(out),
         resume=resume,
         overwrite=overwrite,
         seed=seed,
         chunk_size=chunk_size,
-        options=FastOptions(dt=dt) if method == "fast" else None,
     )
     console.print(_summary(ds, list(m.output_names)))
     n_bad = int((np.asarray(ds["status"].values) != 0).sum())

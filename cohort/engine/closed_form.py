@@ -12,12 +12,14 @@ GPU, unlike a general ``eig``.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from cohort.engine.base import Engine, register_engine
 from cohort.engine.events import (
     BOLUS,
     PAD,
@@ -30,7 +32,39 @@ from cohort.engine.events import (
     resolve,
     with_sentinel,
 )
+from cohort.engine.status import output_status
 from cohort.models.base import Model, Tree
+
+
+@register_engine("closed_form")
+@dataclasses.dataclass(frozen=True)
+class ClosedForm(Engine):
+    """Exact solutions of linear PK (no settings): bolus, infusion, first-order absorption,
+    lag times, any number of SS records."""
+
+    name = "closed_form"
+    default_chunk = 8_192
+
+    def supports(self, model: Model) -> str | None:
+        if supports(model):
+            return None
+        return (
+            f"model {model.name!r} is not linear PK, so it has no closed form; use 'diffrax' "
+            "(reference) or 'fast' (throughput)"
+        )
+
+    def describe(self, model: Model) -> dict:
+        return {"engine": self.name, "solver": "exact modal solution"}
+
+    def batch_solve(self, model, times, t_first, infusion, ss_interval, outputs, dtype):
+        def solve(p, ev):
+            out = solve_batch(
+                model, p, ev, times, t_first, infusion, outputs, with_ss=ss_interval > 0
+            )
+            # padding rows repeat the last time: finite iff it is
+            return out, output_status([out[o] for o in outputs], next(iter(p.values())).shape[0])
+
+        return solve
 
 
 def supports(model: Model) -> bool:

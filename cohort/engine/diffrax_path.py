@@ -17,15 +17,19 @@ import diffrax as dfx
 import jax
 import jax.numpy as jnp
 
-from cohort.engine.common import apply_change, first_ss_index
+from cohort.engine.base import Engine, one_ss_record_per_patient, register_engine
+from cohort.engine.common import apply_change, first_ss_index, solution_status
 from cohort.engine.events import SS_INFUSION, resolve
+from cohort.engine.inputs import InputError
 from cohort.engine.status import Status
 from cohort.models.base import Model, Tree
 
 
+@register_engine("diffrax", "adaptive")
 @dataclasses.dataclass(frozen=True)
-class DiffraxOptions:
-    """Adaptive solver settings. ``solver=None`` picks Tsit5, or Kvaerno5 for stiff models."""
+class Adaptive(Engine):
+    """Adaptive diffrax solves per patient, ``vmap``-ed (the reference). ``solver=None`` picks
+    Tsit5, or Kvaerno5 for stiff models; ``rtol``/``atol`` drive its PID step controller."""
 
     solver: Any = None
     rtol: float = 1e-8
@@ -33,6 +37,8 @@ class DiffraxOptions:
     max_steps: int = 100_000
     ss_max_cycles: int = 1000
     ss_rtol: float = 1e-10
+    name = "diffrax"
+    default_chunk = 10_000
 
     def pick_solver(self, model: Model):
         if self.solver is not None:
@@ -41,12 +47,39 @@ class DiffraxOptions:
 
     def describe(self, model: Model) -> dict:
         return {
-            "engine": "diffrax",
+            "engine": self.name,
             "solver": type(self.pick_solver(model)).__name__,
             "rtol": self.rtol,
             "atol": self.atol,
             "max_steps": self.max_steps,
         }
+
+    def validate(self, model, table, params) -> None:
+        super().validate(model, table, params)
+        for name in ("rtol", "atol"):
+            if not getattr(self, name) > 0:
+                raise InputError(f"options: Adaptive.{name} must be > 0, got {getattr(self, name)}")
+        if self.max_steps < 1:
+            raise InputError(f"options: Adaptive.max_steps must be >= 1, got {self.max_steps}")
+        one_ss_record_per_patient(table, "diffrax")
+
+    def batch_solve(self, model, times, t_first, infusion, ss_interval, outputs, dtype):
+        nonneg = jnp.array([st.nonnegative for st in model.states])
+
+        def solve(p, ev):
+            tj = jnp.asarray(times, dtype)
+            states, code = jax.vmap(
+                lambda q, e: solve_patient(model, q, e, tj, infusion, ss_interval > 0, self)
+            )(p, ev)
+            y = {s: states[..., i] for i, s in enumerate(model.state_names)}
+            status = jax.vmap(lambda x, c: solution_status(x, c, nonneg))(states, code)
+            pp = {k: v[:, None] for k, v in p.items()}
+            return {o: model.output(o, y, pp).astype(dtype).T for o in outputs}, status
+
+        return solve
+
+
+DiffraxOptions = Adaptive  # the earlier name of the reference engine's settings
 
 
 def _code(result) -> jnp.ndarray:
@@ -62,7 +95,7 @@ def solve_patient(
     times: jnp.ndarray,
     with_infusion: bool,
     has_ss: bool,
-    opts: DiffraxOptions,
+    opts: Adaptive,
 ):
     """States ``[T, S]`` and a status code for one patient."""
     p = model.prepare(p)

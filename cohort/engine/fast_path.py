@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from cohort.engine.base import Engine, one_ss_record_per_patient, register_engine
 from cohort.engine.common import apply_change, first_ss_index, track_extremes
 from cohort.engine.events import (
     SS_INFUSION,
@@ -30,33 +31,66 @@ from cohort.engine.events import (
     take,
     with_sentinel,
 )
+from cohort.engine.inputs import InputError
+from cohort.engine.status import stepping_status
 from cohort.engine.stepping import rk4_step
 from cohort.models.base import Model, Tree
 
 
+@register_engine("fast", "rk4")
 @dataclasses.dataclass(frozen=True)
-class FastOptions:
-    """``dt``: RK4 step in model time units (``None``: the model's ``fast_dt``). Save intervals
-    longer than ``dt`` are split into equal substeps; on a uniform save grid a ``dt`` spanning
-    several save intervals takes one step across them where no patient has a record, with
-    outputs in between from cubic Hermite dense output (also fourth order)."""
+class RK4(Engine):
+    """Fixed-step RK4 over structure-of-arrays states (throughput).
+
+    ``dt``: the step in model time units (``None``: the model's ``fast_dt``). Or ``tol``: the
+    accuracy wanted instead of a step — the largest error of any saved output relative to
+    that output's peak for the patient; the step is then chosen from it before the run (step
+    doubling on a pilot of the cohort's first patients, see :func:`choose_step`). Save
+    intervals longer than the step are split into equal substeps; on a uniform save grid a
+    step spanning several save intervals takes one step across them where no patient has a
+    record, with outputs in between from cubic Hermite dense output (also fourth order)."""
 
     dt: float | None = None
+    tol: float | None = None
     ss_max_cycles: int = 1000
     ss_rtol: float = 1e-10
+    name = "fast"
+    default_chunk = 16_384
 
     def describe(self, model: Model) -> dict:
-        return {
-            "engine": "fast",
-            "solver": "RK4 (fixed step, structure of arrays)",
-            "dt": self.step(model),
-        }
+        out = {"engine": self.name, "solver": "RK4 (fixed step, structure of arrays)"}
+        out["dt"] = self.step(model)
+        if self.tol is not None:
+            out["tol"] = self.tol
+        return out
 
     def step(self, model: Model) -> float:
         dt = model.fast_dt if self.dt is None else self.dt
         if not dt > 0:
-            raise ValueError(f"FastOptions.dt must be > 0, got {dt}")
+            raise ValueError(f"RK4.dt must be > 0, got {dt}")
         return float(dt)
+
+    def validate(self, model, table, params) -> None:
+        super().validate(model, table, params)
+        if self.tol is not None and not 0 < self.tol < 1:
+            raise InputError(f"options: RK4.tol must be in (0, 1), got {self.tol}")
+        try:
+            self.step(model)
+        except ValueError as exc:
+            raise InputError(f"options: {exc}") from None
+        one_ss_record_per_patient(table, "fast")
+
+    def batch_solve(self, model, times, t_first, infusion, ss_interval, outputs, dtype):
+        def solve(p, ev):
+            out, finite, min_scaled = solve_batch(
+                model, p, ev, times, t_first, infusion, ss_interval, self, outputs
+            )
+            return out, stepping_status(finite, min_scaled, [out[o] for o in outputs])
+
+        return solve
+
+
+FastOptions = RK4  # the earlier name of the fast path's settings
 
 
 def _rhs(model: Model, t, y: Tree, p: Tree, u: Tree | None) -> Tree:
@@ -126,7 +160,7 @@ def _advance(model, p, ch, y_init, y_ss, carry, t_a, t_b, n_sub: int, with_infus
     return jax.lax.fori_loop(0, n_sub, sub, carry)
 
 
-def _steady_state(model, p, ch, y_init, n_sub, opts: FastOptions):
+def _steady_state(model, p, ch, y_init, n_sub, opts: RK4):
     """State at the first SS record's time: iterate one dosing interval (the dose entering
     after its lag) to its fixed point."""
     n = ch.time.shape[0]
@@ -196,7 +230,7 @@ def solve_batch(
     t_first: float,
     with_infusion: bool,
     ss_interval: float,
-    opts: FastOptions,
+    opts: RK4,
     outputs: tuple[str, ...],
 ):
     """Outputs ``{name: [T, N]}`` and per-patient health flags for a batch (``p`` values ``[N]``).

@@ -18,91 +18,44 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import xarray as xr
 
 from cohort._version import __version__
 from cohort.dosing import EventTable, event_table
-from cohort.engine import closed_form, diffrax_path, fast_path
+from cohort.engine.base import Engine, resolve_engine
 from cohort.engine.batching import BatchSolver, batch_shape, patient_major, run_batches
-from cohort.engine.common import solution_status
 from cohort.engine.events import missing_duration_params, ss_lag_problem
+from cohort.engine.fast_path import RK4
 from cohort.engine.inputs import InputError, check_times, population_arrays
-from cohort.engine.status import output_status, status_attrs, stepping_status
+from cohort.engine.status import status_attrs
+from cohort.engine.step_choice import choose_step, pilot_rows
 from cohort.models.base import Model
 from cohort.store import ResultStore, locks_output, open_result
-
-METHODS = ("auto", "closed_form", "diffrax", "fast")
-DEFAULT_CHUNK = {"closed_form": 8_192, "fast": 16_384, "diffrax": 10_000}
-
-
-def _choose_method(model: Model, method: str) -> str:
-    if method not in METHODS:
-        raise InputError(f"method: {method!r} is not one of {METHODS}")
-    if method == "auto":
-        return "closed_form" if closed_form.supports(model) else "diffrax"
-    if method == "closed_form" and not closed_form.supports(model):
-        raise InputError(
-            f"method: model {model.name!r} is not linear PK, so it has no closed form; "
-            "use 'diffrax' (reference) or 'fast' (throughput)"
-        )
-    return method
 
 
 @functools.lru_cache(maxsize=32)
 def _solver(
     model: Model,
-    method: str,
+    engine: Engine,
     times: tuple,
     t_first: float,
     infusion: bool,
     ss_interval: float,
-    options: Any,
     outputs: tuple,
     dtype: str,
     n_devices: int = 1,
 ) -> BatchSolver:
-    """The batch solve ``((params, events), None) -> (outputs [T', N] each, status [N], {})``.
+    """The engine's batch solve ``((params, events), None) -> (outputs [T', N] each, status
+    [N], {})``, compiled and split over ``n_devices``.
 
     Outputs stay time-major as the scans produce them: the in-memory result is time-major
     too (exposed as a transposed view), so its copies stay contiguous; the store's writer
     transposes each block into its patient-major chunk (numpy's transposed copy into a reused
     buffer costs less than XLA transposing into a fresh temporary, measured)."""
-    t_arr = np.asarray(times)
-
-    def finish(states, code, p):  # states [N, T, S]
-        y = {s: states[..., i] for i, s in enumerate(model.state_names)}
-        nonneg = jnp.array([st.nonnegative for st in model.states])
-        status = jax.vmap(lambda x, c: solution_status(x, c, nonneg))(states, code)
-        pp = {k: v[:, None] for k, v in p.items()}
-        return {o: model.output(o, y, pp).astype(dtype).T for o in outputs}, status
-
-    if method == "fast":
-
-        def solve(p, ev):
-            out, finite, min_scaled = fast_path.solve_batch(
-                model, p, ev, t_arr, t_first, infusion, ss_interval, options, outputs
-            )
-            return out, stepping_status(finite, min_scaled, [out[o] for o in outputs])
-    elif method == "closed_form":
-
-        def solve(p, ev):
-            out = closed_form.solve_batch(
-                model, p, ev, t_arr, t_first, infusion, outputs, with_ss=ss_interval > 0
-            )
-            # padding rows repeat the last time: finite iff it is
-            return out, output_status([out[o] for o in outputs], next(iter(p.values())).shape[0])
-    else:
-
-        def solve(p, ev):
-            tj = jnp.asarray(t_arr, dtype)
-            states, code = jax.vmap(
-                lambda q, e: diffrax_path.solve_patient(
-                    model, q, e, tj, infusion, ss_interval > 0, options
-                )
-            )(p, ev)
-            return finish(states, code, p)
+    solve = engine.batch_solve(
+        model, np.asarray(times), t_first, infusion, ss_interval, outputs, dtype
+    )
 
     def run(inputs, shared):
         out, status = solve(*inputs)
@@ -114,23 +67,18 @@ def _solver(
 @dataclasses.dataclass
 class _Plan:
     model: Model
-    method: str
+    engine: Engine
     params: dict[str, np.ndarray]
     table: EventTable
     times: np.ndarray
     outputs: tuple[str, ...]
     dtype: str
-    options: Any
     chunk_size: int
 
 
 def _spec_hash(plan: _Plan) -> str:
     h = hashlib.sha256()
-    h.update(
-        repr(
-            (plan.model.fingerprint(), plan.method, plan.outputs, plan.dtype, plan.options)
-        ).encode()
-    )
+    h.update(repr((plan.model.fingerprint(), plan.engine, plan.outputs, plan.dtype)).encode())
     h.update(np.ascontiguousarray(plan.times).tobytes())
     for k in sorted(plan.params):
         h.update(k.encode())
@@ -141,7 +89,7 @@ def _spec_hash(plan: _Plan) -> str:
     return h.hexdigest()[:24]
 
 
-def _validate_events(model: Model, table: EventTable, params, method: str) -> None:
+def _validate_events(model: Model, table: EventTable, params) -> None:
     missing = [d for d in missing_duration_params(model, table) if d not in params]
     if missing:
         raise InputError(
@@ -150,14 +98,6 @@ def _validate_events(model: Model, table: EventTable, params, method: str) -> No
         )
     if table.has_ss and (problem := ss_lag_problem(model, table, params)):
         raise InputError(problem)
-    if method != "closed_form":
-        n_ss = np.sum(table.ss & (table.evid == 1), axis=1)
-        if np.any(n_ss > 1):
-            i = int(np.flatnonzero(n_ss > 1)[0])
-            raise InputError(
-                f"dosing: patient index {i} has {int(n_ss[i])} SS=1 records; the ODE engines "
-                "support one SS=1 record per patient (the closed form supports any number)"
-            )
 
 
 @locks_output("out")
@@ -169,7 +109,7 @@ def simulate(
     *,
     n: int | None = None,
     outputs: list[str] | tuple[str, ...] | None = None,
-    method: str = "auto",
+    method: str | Engine = "auto",
     dtype: str = "float64",
     chunk_size: int | None = None,
     out: str | None = None,
@@ -186,6 +126,13 @@ def simulate(
     per-patient ``status`` (0 ok; see ``attrs['status_meanings']``) and the parameters used.
     With ``out`` the result streams into a zarr store (returned lazily); ``resume=True`` skips
     batches an interrupted run already finished. ``dtype='float32'`` trades accuracy for speed.
+
+    ``method`` is an engine — :class:`~cohort.engine.closed_form.ClosedForm`,
+    :class:`~cohort.engine.fast_path.RK4` (``dt=`` or ``tol=``),
+    :class:`~cohort.engine.diffrax_path.Adaptive` — or a shorthand for one with its default
+    settings (``"closed_form"``, ``"fast"``/``"rk4"``, ``"diffrax"``/``"adaptive"``;
+    ``"auto"``: the closed form where the model has one, else adaptive). ``options`` is the
+    older way of giving an engine's settings (it must match ``method``).
     """
     if isinstance(model, str):
         from cohort.models import get
@@ -197,7 +144,7 @@ def simulate(
     time_units = time_units or model.time_units
     if dtype not in ("float32", "float64"):
         raise InputError(f"dtype: must be 'float32' or 'float64', got {dtype!r}")
-    method = _choose_method(model, method)
+    engine = resolve_engine(model, method, options)
     params = population_arrays(model, population, n)
     n_pat = len(next(iter(params.values())))
     table = event_table(dosing, model.state_names, model.dose_targets, n_pat)
@@ -208,25 +155,36 @@ def simulate(
                 f"outputs: {o!r} is not an output or state of {model.name!r}; choose from "
                 f"{list(model.output_names + model.state_names)}"
             )
-    _validate_events(model, table, params, method)
-    if options is None:
-        options = {"fast": fast_path.FastOptions(), "diffrax": diffrax_path.DiffraxOptions()}.get(
-            method
-        )
-    if method == "fast":
-        try:
-            options.step(model)
-        except ValueError as exc:
-            raise InputError(f"options: {exc}") from None
+    _validate_events(model, table, params)
+    engine.validate(model, table, params)
+    if isinstance(engine, RK4) and engine.tol is not None and engine.dt is None:
+        rows = pilot_rows(n_pat)
+        pilot_params = {k: v[rows] for k, v in params.items()}
+        pilot_table = table.select(rows)
+
+        def pilot(candidate: RK4) -> dict:
+            plan = _Plan(model, candidate, pilot_params, pilot_table, times, outputs,
+                         "float64", len(rows))  # fmt: skip
+            out = {o: np.empty((len(times), len(rows))) for o in outputs}
+
+            def keep(k, blocks, status, _params):
+                for name, parts in blocks.items():
+                    for start, block in parts:
+                        out[name][:, start : start + block.shape[1]] = block
+
+            _run_chunks(plan, np.zeros(1, bool), keep, None)
+            return out
+
+        engine = choose_step(engine, model, pilot)
     if chunk_size is None:
         # Cache-sized batches: the structure-of-arrays engines stream every state through memory
         # once per step, so a batch whose working set fits in cache runs faster per patient
         # (measured in benchmarks/bench_pkpd.py --chunk-sweep); small batches also overlap the
         # copy-out of one batch with the compute of the next.
-        chunk_size = min(n_pat, DEFAULT_CHUNK.get(method, 10_000))
+        chunk_size = min(n_pat, engine.default_chunk)
     if chunk_size < 1:
         raise InputError(f"chunk_size: must be >= 1, got {chunk_size}")
-    plan = _Plan(model, method, params, table, times, outputs, dtype, options, chunk_size)
+    plan = _Plan(model, engine, params, table, times, outputs, dtype, chunk_size)
     if out is not None:
         return _simulate_to_store(plan, out, seed, time_units, resume, overwrite, progress)
     n_chunks = math.ceil(n_pat / chunk_size)
@@ -301,12 +259,11 @@ def _run_chunks(plan: _Plan, done: np.ndarray, sink, progress) -> None:
     n_dev, batch = batch_shape(plan.chunk_size)
     solver = _solver(
         plan.model,
-        plan.method,
+        plan.engine,
         tuple(plan.times.tolist()),
         t_first,
         infusion,
         ss_interval,
-        plan.options,
         plan.outputs,
         plan.dtype,
         n_dev,
@@ -371,11 +328,6 @@ def _param_attrs(model: Model, name: str) -> dict[str, str]:
 
 
 def _provenance(plan: _Plan, seed: int | None) -> dict[str, Any]:
-    opts = (
-        plan.options.describe(plan.model)
-        if hasattr(plan.options, "describe")
-        else {"engine": "closed_form", "solver": "exact modal solution"}
-    )
     return {
         "title": f"cohort simulation of {plan.model.name}",
         "cohort_version": __version__,
@@ -384,8 +336,8 @@ def _provenance(plan: _Plan, seed: int | None) -> dict[str, Any]:
         "model_hash": plan.model.fingerprint(),
         "spec_hash": _spec_hash(plan),
         "seed": -1 if seed is None else int(seed),
-        "method": plan.method,
-        "solver_settings": opts,
+        "method": plan.engine.name,
+        "solver_settings": plan.engine.describe(plan.model),
         "dtype": plan.dtype,
         "chunk_size": plan.chunk_size,
         "n_patients": int(len(next(iter(plan.params.values())))),
