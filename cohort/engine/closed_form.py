@@ -32,6 +32,7 @@ from cohort.engine.events import (
     resolve,
     with_sentinel,
 )
+from cohort.engine.linear import modes, phi
 from cohort.engine.status import output_status
 from cohort.models.base import Model, Tree
 
@@ -76,66 +77,7 @@ def supports(model: Model) -> bool:
     return set(model.state_names) == pk_states
 
 
-def _eigh(s):
-    """Eigen-decomposition of a small symmetric matrix; 1x1 and 2x2 in closed form (Jacobi
-    rotation), which is 5x cheaper than a batched ``eigh`` call per patient."""
-    n = s.shape[0]
-    if n == 1:
-        return s[0], jnp.ones((1, 1), s.dtype)
-    if n == 2:
-        a, b, d = s[0, 0], s[0, 1], s[1, 1]
-        theta = 0.5 * jnp.arctan2(2.0 * b, a - d)
-        c, sn = jnp.cos(theta), jnp.sin(theta)
-        lam = jnp.stack(
-            [a * sn * sn - 2.0 * b * sn * c + d * c * c, a * c * c + 2.0 * b * sn * c + d * sn * sn]
-        )
-        return lam, jnp.stack([jnp.stack([-sn, c]), jnp.stack([c, sn])], axis=1)
-    return jnp.linalg.eigh(s)
-
-
-def modes(model: Model, p: Tree) -> tuple[jnp.ndarray, jnp.ndarray, jnp.ndarray]:
-    """Per-patient rates ``r [M]``, directions ``dirs [S, M]`` and input weights ``w [M, S]``."""
-    lp = model.linear_pk
-    names = model.state_names
-    n = lp.n_cmt
-    vols = jnp.stack([p[v] for v in lp.volumes])
-    flows = [p[q] for q in lp.flows]
-    m = jnp.zeros((n, n), dtype=vols.dtype)
-    m = m.at[0, 0].set(-(p[lp.cl] + sum(flows)))
-    for j, q in enumerate(flows, start=1):
-        m = m.at[0, j].set(q).at[j, 0].set(q).at[j, j].set(-q)
-    sq = jnp.sqrt(vols)
-    lam, q = _eigh(m / jnp.outer(sq, sq))
-    pdir = sq[:, None] * q  # columns: mode directions in amount space
-    wgt = q.T / sq[None, :]  # rows: modal weight of a unit input into each compartment
-    disp_idx = [names.index(lp.central), *(names.index(s) for s in lp.peripherals)]
-    s = len(names)
-    dirs = jnp.zeros((s, n), dtype=vols.dtype).at[jnp.array(disp_idx)].set(pdir)
-    w = jnp.zeros((n, s), dtype=vols.dtype).at[:, jnp.array(disp_idx)].set(wgt)
-    if lp.depot is None:
-        return lam, dirs, w
-    d = names.index(lp.depot)
-    ka = p[lp.ka]
-    # Nudge ka off an exact coincidence with a disposition eigenvalue (flip-flop point), where
-    # the partial fractions below are singular; the relative error this introduces is 1e-7.
-    gap = jnp.min(jnp.abs(lam + ka))
-    ka = jnp.where(gap < 1e-7 * ka, ka * (1.0 + 1e-7), ka)
-    frac = wgt[:, 0] * ka / (lam + ka)  # depot dose -> disposition modes (via the central input)
-    w = w.at[:, d].set(frac)
-    v_ka = jnp.zeros(s, dtype=vols.dtype).at[d].set(1.0)
-    v_ka = v_ka.at[jnp.array(disp_idx)].add(-(pdir @ frac))
-    dirs = jnp.concatenate([dirs, v_ka[:, None]], axis=1)
-    w_ka = jnp.zeros((1, s), dtype=vols.dtype).at[0, d].set(1.0)
-    return jnp.concatenate([lam, -ka[None]]), dirs, jnp.concatenate([w, w_ka], axis=0)
-
-
 BLOCK = 8  # save intervals per iteration of the time loop (see solve_batch)
-
-
-def _phi(r, dt):
-    """``∫_0^dt exp(r s) ds = expm1(r dt) / r`` with its ``r -> 0`` limit."""
-    safe = jnp.where(r == 0, 1.0, r)
-    return jnp.where(r == 0, dt, jnp.expm1(safe * dt) / safe)
 
 
 # Batched arrays are laid out mode-major, structure of arrays: rates ``r [M, N]``, amplitudes
@@ -166,7 +108,7 @@ def _apply(change, due, a, u, last_reset, r, w, with_infusion: bool, with_ss: bo
         ss_bolus = change["amount"] * wc * jnp.exp(r * (ii - lag)) / denom
         a = jnp.where(due & (kind == SS_BOLUS), ss_bolus, a)
         if with_infusion:
-            ss_inf = change["rate"] * wc * _phi(r, dur) * jnp.exp(r * (ii - dur - lag)) / denom
+            ss_inf = change["rate"] * wc * phi(r, dur) * jnp.exp(r * (ii - dur - lag)) / denom
             a = jnp.where(due & (kind == SS_INFUSION), ss_inf, a)
     return a, u, last_reset
 
@@ -175,7 +117,7 @@ def _propagate(a, u, r, w, dt, with_infusion):
     """Exact modal propagation over ``dt [N]`` with constant zero-order inputs ``u [S, N]``."""
     a = a * jnp.exp(r * dt)
     if with_infusion:
-        a = a + jnp.sum(w * u[None], axis=1) * _phi(r, dt)
+        a = a + jnp.sum(w * u[None], axis=1) * phi(r, dt)
     return a
 
 

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 
-from cohort.engine import closed_form
+from cohort.engine import linear
 from cohort.errors import CohortWarning
 from cohort.inference.problem import BoundModel
 
@@ -73,7 +73,7 @@ def flip_flop_chains(bm: BoundModel, idata: az.InferenceData) -> list[int]:
     params = bm.model_params(jnp.asarray(theta))  # typical values per chain
 
     def side(p):
-        rates, _, _ = closed_form.modes(model, p)
+        rates, _, _ = linear.modes(model, p)
         slowest = jnp.min(-rates[:-1])  # disposition modes; the last one is the depot
         return p[lp.ka] > slowest
 

@@ -1,6 +1,6 @@
 """Per-subject model predictions at the observation times (pure JAX, ``vmap``-able).
 
-Linear PK uses the exact modal solution of :mod:`cohort.engine.closed_form` by superposition:
+Linear PK uses the exact modal solution of :mod:`cohort.engine.linear` by superposition:
 every change record (bolus, infusion start/stop, steady-state dose, reset) adds a closed-form
 term to each mode's amplitude, evaluated directly at the observation times, so any dosing
 history (multiple doses, infusions, SS, resets) is exact and differentiable (no ``while_loop``,
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
-from cohort.engine import closed_form, diffrax_path
+from cohort.engine import diffrax_path
 from cohort.engine.common import solution_status
 from cohort.engine.events import (
     BOLUS,
@@ -24,87 +24,8 @@ from cohort.engine.events import (
     Changes,
     resolve,
 )
+from cohort.engine.linear import modes, phi
 from cohort.models.base import Model, Tree
-
-
-def _phi(r, dt):
-    """``∫_0^dt exp(r s) ds`` with its ``r -> 0`` limit (safe for gradients)."""
-    small = jnp.abs(r) < 1e-12
-    safe = jnp.where(small, 1.0, r)
-    return jnp.where(small, dt, jnp.expm1(safe * dt) / safe)
-
-
-def _sym_eig(m):
-    """Eigenvalues ``[n]`` and orthonormal eigenvectors (nested lists, ``q[i][k]``) of a
-    symmetric 1x1 or 2x2 matrix given as nested lists of scalars: closed formulas, so the
-    traced graph holds a few elementwise ops instead of a LAPACK call and its derivative."""
-    if len(m) == 1:
-        return [m[0][0]], [[1.0]]
-    a, b, d = m[0][0], m[0][1], m[1][1]
-    angle = 0.5 * jnp.arctan2(2.0 * b, a - d)
-    c, s = jnp.cos(angle), jnp.sin(angle)
-    l1 = a * c * c + 2.0 * b * s * c + d * s * s
-    l2 = a * s * s - 2.0 * b * s * c + d * c * c
-    return [l1, l2], [[c, -s], [s, c]]
-
-
-def modes(model: Model, p: Tree) -> tuple[jnp.ndarray, jnp.ndarray, jnp.ndarray]:
-    """:func:`cohort.engine.closed_form.modes` (rates ``r [M]``, directions ``dirs [S, M]``,
-    input weights ``w [M, S]``) with the 1- and 2-compartment eigenproblems solved in closed
-    form and the matrices assembled by stacking (no scatter ops): per-subject likelihoods under
-    ``vmap``/``grad`` compile and run several times faster. 3 compartments use the engine's."""
-    lp = model.linear_pk
-    n = lp.n_cmt
-    if n > 2:
-        return closed_form.modes(model, p)
-    names = model.state_names
-    vols = [p[v] for v in lp.volumes]
-    flows = [p[q] for q in lp.flows]
-    if n == 1:  # scaling directions by √V and weights by 1/√V cancels: keep both at one
-        lam, q, sq = [-p[lp.cl] / vols[0]], [[1.0]], [1.0]
-    else:
-        sq = [jnp.sqrt(v) for v in vols]
-        qf = flows[0]
-        mat = [
-            [-(p[lp.cl] + qf) / vols[0], qf / (sq[0] * sq[1])],
-            [qf / (sq[0] * sq[1]), -qf / vols[1]],
-        ]
-        lam, q = _sym_eig(mat)
-    pdir = [[sq[i] * q[i][k] for k in range(n)] for i in range(n)]  # amount space, [i][mode]
-    wgt = [[q[i][k] / sq[i] for i in range(n)] for k in range(n)]  # [mode][compartment]
-    disp = {lp.central: 0, **{s: i + 1 for i, s in enumerate(lp.peripherals)}}
-    like = p[lp.cl]
-    zero = jnp.zeros_like(like)
-
-    def full(x):
-        return jnp.broadcast_to(jnp.asarray(x, like.dtype), like.shape)
-
-    cols = [[full(pdir[disp[s]][k]) if s in disp else zero for s in names] for k in range(n)]
-    rows = [[full(wgt[k][disp[s]]) if s in disp else zero for s in names] for k in range(n)]
-    rates = [full(x) for x in lam]
-    if lp.depot is not None:
-        ka = p[lp.ka]
-        # Nudge ka off an exact coincidence with a disposition eigenvalue (flip-flop point),
-        # where the partial fractions are singular (relative error 1e-7), as the engine does.
-        gap = jnp.min(jnp.stack([jnp.abs(x + ka) for x in rates]))
-        ka = jnp.where(gap < 1e-7 * ka, ka * (1.0 + 1e-7), ka)
-        frac = [wgt[k][0] * ka / (rates[k] + ka) for k in range(n)]
-        d = names.index(lp.depot)
-        for k in range(n):
-            rows[k][d] = frac[k]
-        v_ka = [
-            1.0 + zero
-            if s == lp.depot
-            else (-sum(pdir[disp[s]][k] * frac[k] for k in range(n)) if s in disp else zero)
-            for s in names
-        ]
-        cols.append(v_ka)
-        rows.append([1.0 + zero if s == lp.depot else zero for s in names])
-        rates.append(-ka)
-    r = jnp.stack(rates)
-    dirs = jnp.stack([jnp.stack(c) for c in cols], axis=-1)  # [S, M]
-    w = jnp.stack([jnp.stack(row) for row in rows])  # [M, S]
-    return r, dirs, w
 
 
 def closed_form_subject(
@@ -152,13 +73,13 @@ def closed_form_subject(
         denom = jnp.where(is_ss[:, None], -jnp.expm1(r[None, :] * ii), 1.0)  # [R, M]
         dur = ch.dur[:, None]
         ss_bolus = amount * wc * jnp.exp(r * (ii - lag)) / denom
-        ss_inf = rate * wc * _phi(r, dur) * jnp.exp(r * (ii - dur - lag)) / denom
+        ss_inf = rate * wc * phi(r, dur) * jnp.exp(r * (ii - dur - lag)) / denom
         start_amp = jnp.where((ch.kind == SS_BOLUS)[:, None], ss_bolus, start_amp)
         start_amp = jnp.where((ch.kind == SS_INFUSION)[:, None], ss_inf, start_amp)
     amp = start_amp[None] * jnp.exp(r[None, None, :] * dts)  # [J, R, M]
     if with_infusion:
         flow = jnp.where(infusing[0][:, None], rate * wc, 0.0)  # [R, M]
-        amp = amp + flow[None] * _phi(r[None, None, :], dts)
+        amp = amp + flow[None] * phi(r[None, None, :], dts)
     a = jnp.sum(jnp.where(active[..., None], amp, 0.0), axis=1)  # [J, M]
     y = jnp.sum(a[:, None, :] * dirs[None, :, :], axis=-1)  # [J, S] (a fusable reduction)
     states = {s: y[:, i] for i, s in enumerate(model.state_names)}
