@@ -1,4 +1,7 @@
-"""``cohort demo | simulate | generate | info | models``: cohorts, populations and stores."""
+"""``cohort demo | simulate | generate | info | models``: cohorts, populations and stores.
+
+(Over ~400 lines because ``simulate`` alone has 20 flags, each checked with a message naming
+it; the five commands share the population/dosing readers and the summary table.)"""
 
 from __future__ import annotations
 

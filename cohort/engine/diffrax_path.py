@@ -10,7 +10,6 @@ fall in ``[start, end)`` (right-continuous at doses). Solves use ``throw=False``
 from __future__ import annotations
 
 import dataclasses
-import functools
 from typing import Any
 
 import diffrax as dfx
@@ -22,6 +21,7 @@ from cohort.engine.common import apply_change, first_ss_index, solution_status
 from cohort.engine.events import SS_INFUSION, resolve
 from cohort.engine.inputs import InputError
 from cohort.engine.status import Status
+from cohort.engine.steady_state import iterate_to_steady_state
 from cohort.models.base import Model, Tree
 
 
@@ -155,29 +155,14 @@ def solve_patient(
             code = jnp.maximum(code0, jnp.maximum(code1, code2))
             return {s: v[-1] for s, v in ys.items()}, code
 
-        def cond(state):
-            i, y, delta, code = state
-            return (
-                has_ss_record
-                & (i < opts.ss_max_cycles)
-                & (delta > opts.ss_rtol)
-                & (code == Status.OK)
-            )
-
-        def body(state):
-            i, y, _, _ = state
-            y_new, code = cycle(y)
-            delta = functools.reduce(
-                jnp.maximum,
-                [
-                    jnp.max(jnp.abs(y_new[s] - y[s]) / (jnp.abs(y_new[s]) + opts.atol))
-                    for s in names
-                ],
-            )
-            return i + 1, y_new, delta, code
-
-        init = (0, y_init, jnp.asarray(jnp.inf, dtype), jnp.asarray(Status.OK))
-        _, y_ss, _, code0 = jax.lax.while_loop(cond, body, init)
+        y_ss, code0 = iterate_to_steady_state(
+            cycle,
+            y_init,
+            has_ss_record,
+            max_cycles=opts.ss_max_cycles,
+            rtol=opts.ss_rtol,
+            floor=opts.atol,
+        )
 
     t_first = jnp.minimum(times[0], ch.time[0])
     bounds = jnp.concatenate([t_first[None], jnp.clip(ch.time, t_first, times[-1]), times[-1:]])

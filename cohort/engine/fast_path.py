@@ -13,7 +13,6 @@ reference is measured in tests and benchmarks.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 
 import jax
@@ -32,7 +31,8 @@ from cohort.engine.events import (
     with_sentinel,
 )
 from cohort.engine.inputs import InputError
-from cohort.engine.status import stepping_status
+from cohort.engine.status import Status, stepping_status
+from cohort.engine.steady_state import iterate_to_steady_state
 from cohort.engine.stepping import rk4_step
 from cohort.models.base import Model, Tree
 
@@ -195,30 +195,14 @@ def _steady_state(model, p, ch, y_init, n_sub, opts: RK4):
         carry = _substep(model, p, cyc, y_init, None, carry, zero)  # apply the dose at 0
         return _advance(model, p, cyc, y_init, None, carry, zero, c["ii"], n_sub)[1]
 
-    def cond(s):
-        i, _, delta = s
-        return (i < opts.ss_max_cycles) & (delta > opts.ss_rtol)
-
-    def body(s):
-        i, y, _ = s
-        y_new = cycle(y)
-        # Patients without an SS record (has_ss False) do not hold the loop open.
-        delta = functools.reduce(
-            jnp.maximum,
-            [
-                jnp.max(
-                    jnp.where(
-                        jnp.isfinite(y_new[k]) & has_ss,
-                        jnp.abs(y_new[k] - y[k]) / (jnp.abs(y_new[k]) + 1e-12),
-                        0.0,
-                    )
-                )
-                for k in names
-            ],
-        )
-        return i + 1, y_new, delta
-
-    _, y_ss, _ = jax.lax.while_loop(cond, body, (0, y_init, jnp.asarray(jnp.inf, dtype)))
+    y_ss, _ = iterate_to_steady_state(
+        lambda y: (cycle(y), Status.OK),
+        y_init,
+        has_ss,
+        max_cycles=opts.ss_max_cycles,
+        rtol=opts.ss_rtol,
+        floor=1e-12,
+    )
     return y_ss
 
 

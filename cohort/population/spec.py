@@ -4,6 +4,9 @@ A spec declares covariates (marginal distributions + a Gaussian-copula correlati
 (typical value × covariate effects × exp(η), η ~ N(0, Ω)), bounds, plausibility filters and
 optional targets to match; every number carries a ``citation``. Files are read with
 ``tomllib`` only. Every error names the file and the key, and says what is allowed.
+
+(Over ~400 lines because every key of the spec format is validated here with a message naming
+the file and key; the parser is one idea, split only by section.)
 """
 
 from __future__ import annotations
