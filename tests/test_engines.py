@@ -1,6 +1,8 @@
 """Every engine through the same checks (the diffrax/optax pattern): exact PK solutions,
 provenance, settings validated at call time, and RK4 choosing its step from a tolerance."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -109,3 +111,19 @@ def test_rk4_tolerance_is_met_on_a_nonlinear_model():
             assert err.max() <= tol, (tol, o, err.max())
         steps[tol] = float(ds.attrs["solver_settings"].split("'dt': ")[1].split(",")[0])
     assert steps[1e-3] > 2 * steps[1e-6]
+
+
+def test_inference_selects_its_engine_the_same_way():
+    """``cohort.fit``/``bind`` take engine objects too; a fixed-step engine is refused."""
+    from cohort.inference.problem import bind
+    from cohort.inference.spec import SpecError, make_nlme
+
+    spec = make_nlme("pk1_oral", params=["CL", "V", "KA"])
+    data = cohort.read_nonmem(Path(__file__).parent / "data" / "theoph_nonmem.csv", spec.model)
+    assert bind(spec, data, ClosedForm()).engine == "closed_form"
+    tight = Adaptive(rtol=1e-9, atol=1e-12)
+    bm = bind(spec, data, tight)
+    assert bm.engine == "diffrax" and bm.options == tight
+    assert bind(spec, data, "diffrax").options.rtol == 1e-6  # inference's looser default
+    with pytest.raises(SpecError, match="engine: .*ClosedForm\\(\\) or Adaptive"):
+        bind(spec, data, RK4())

@@ -61,7 +61,7 @@ def fit(
     omega: str = "diagonal",
     transform: Callable[[dict], dict] | None = None,
     output: str | None = None,
-    engine: str = "auto",
+    engine: Any = "auto",
     ode_options: Any = None,
     seed: int = 0,
     approx: str = "foce",
@@ -92,9 +92,11 @@ def fit(
     ``chain_method``, ``target_accept``, ``parameterization`` (``auto``, ``centered``,
     ``noncentered``), ``priors``; SVI: ``guide``
     (``normal``/``multivariate``/``lowrank``), ``steps``, ``learning_rate``. Failing
-    convergence gates raise :class:`cohort.CohortWarning`. ``engine``: ``auto`` (closed form
-    for linear PK, else diffrax), ``closed_form`` or ``diffrax`` with ``ode_options``
-    (:class:`cohort.DiffraxOptions`; default rtol 1e-6, atol 1e-9, 4096 steps).
+    convergence gates raise :class:`cohort.CohortWarning`. ``engine``: the prediction engine,
+    selected as in ``cohort.simulate``: ``cohort.ClosedForm()`` (linear PK),
+    ``cohort.Adaptive(rtol=..., atol=...)``, or ``auto`` (closed form for linear PK, else
+    adaptive with rtol 1e-6, atol 1e-9, 4096 steps), ``closed_form``, ``diffrax``
+    (``ode_options``: the older way to pass ``Adaptive`` settings).
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")

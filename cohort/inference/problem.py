@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import warnings
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -18,9 +18,11 @@ import numpy as np
 
 from cohort.data import Dataset
 from cohort.data.reader import DataError, Problem
-from cohort.engine import closed_form
-from cohort.engine.diffrax_path import DiffraxOptions
+from cohort.engine.base import resolve_engine
+from cohort.engine.closed_form import ClosedForm
+from cohort.engine.diffrax_path import Adaptive
 from cohort.engine.events import Changes, resolve
+from cohort.engine.inputs import InputError
 from cohort.errors import CohortWarning
 from cohort.inference import likelihood, predict
 from cohort.inference.spec import NLME, SpecError
@@ -72,7 +74,7 @@ class BoundModel:
     features: np.ndarray  # [N, C]
     iiv: tuple[int, ...]  # indices into spec.params of the random effects
     engine: str  # "closed_form" or "diffrax"
-    options: DiffraxOptions
+    options: Adaptive | None
     with_infusion: bool
     has_ss: bool
     has_reset: bool
@@ -272,17 +274,31 @@ def _features(spec: NLME, data: Dataset) -> tuple[tuple[Effect, ...], np.ndarray
     return tuple(effects), feats
 
 
-def bind(spec: NLME, data: Dataset, engine: str = "auto", options=None) -> BoundModel:
-    """Bind ``spec`` to ``data`` (checked against ``spec.model``); ``engine`` is ``auto``,
-    ``closed_form`` (linear PK only) or ``diffrax``."""
+INFERENCE_ODE_DEFAULT = Adaptive(rtol=1e-6, atol=1e-9, max_steps=4096)
+
+
+def bind(spec: NLME, data: Dataset, engine: Any = "auto", options=None) -> BoundModel:
+    """Bind ``spec`` to ``data`` (checked against ``spec.model``). ``engine`` selects the
+    prediction engine as ``cohort.simulate`` does: an engine object (``ClosedForm()`` for
+    linear PK, ``Adaptive(rtol=..., atol=...)``) or ``auto``/``closed_form``/``diffrax``
+    (``options``: the older way to give the adaptive engine's settings; default rtol 1e-6,
+    atol 1e-9, 4096 steps). The fixed-step engine is not offered: likelihood gradients need
+    the adaptive or exact solution."""
     data = data.with_model(spec.model)
     table = data.event_table(spec.model)
-    if engine == "auto":
-        engine = "closed_form" if closed_form.supports(spec.model) else "diffrax"
-    if engine not in ("closed_form", "diffrax"):
-        raise SpecError(f"engine must be 'auto', 'closed_form' or 'diffrax', got {engine!r}")
-    if engine == "closed_form" and not closed_form.supports(spec.model):
-        raise SpecError(f"model {spec.model.name!r} has no closed form; use engine='diffrax'")
+    try:
+        chosen = resolve_engine(spec.model, engine, options)
+    except InputError as exc:
+        raise SpecError(str(exc).replace("method:", "engine:", 1)) from None
+    if isinstance(chosen, ClosedForm):
+        engine, options = "closed_form", None
+    elif isinstance(chosen, Adaptive):
+        explicit = isinstance(engine, Adaptive) or options is not None
+        engine, options = "diffrax", (chosen if explicit else INFERENCE_ODE_DEFAULT)
+    else:
+        raise SpecError(
+            f"engine: inference predicts with ClosedForm() or Adaptive(...), not {chosen!r}"
+        )
     if np.any((table.rate == -2) & (table.evid == 1)):
         raise DataError(
             [
@@ -325,7 +341,7 @@ def bind(spec: NLME, data: Dataset, engine: str = "auto", options=None) -> Bound
         features=feats,
         iiv=iiv,
         engine=engine,
-        options=options or DiffraxOptions(rtol=1e-6, atol=1e-9, max_steps=4096),
+        options=options or INFERENCE_ODE_DEFAULT,
         with_infusion=table.has_infusion,
         has_ss=table.has_ss,
         has_reset=table.has_reset or table.has_ss,
