@@ -9,7 +9,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from cohort.cli._common import command, console, fail
+from cohort.cli._common import command, console, err_console, fail
 from cohort.dosing import DosingError
 from cohort.models import get as get_model
 
@@ -40,6 +40,25 @@ def _covariates(specs: list[str] | None, names: list[str]) -> dict:
     return out
 
 
+def _inits(specs: list[str] | None, names: list[str]) -> dict[str, dict[str, float]]:
+    """``--init NAME=VALUE`` (typical value) and ``--init omega_NAME=SD`` (IIV, log-scale SD)."""
+    out: dict[str, dict[str, float]] = {}
+    for text in specs or []:
+        key, sep, value = text.partition("=")
+        key = key.strip()
+        try:
+            number = float(value)
+        except ValueError:
+            number = float("nan")
+        if not sep or not number > 0:
+            fail(f"--init {text!r}: use NAME=VALUE with VALUE > 0, e.g. --init CL=2.5")
+        field, name = ("omega", key[6:]) if key.startswith("omega_") else ("init", key)
+        if name not in names:
+            fail(f"--init {text!r}: {name!r} is not an estimated parameter ({names})")
+        out.setdefault(name, {})[field] = number
+    return out
+
+
 def _spec(
     model_name: str,
     params: str | None,
@@ -47,6 +66,7 @@ def _spec(
     error: str,
     omega: str,
     covariate: list[str] | None,
+    init: list[str] | None = None,
 ):
     from cohort.inference import NLME, ErrorModel, Param, SpecError
     from cohort.inference.spec import default_params
@@ -65,8 +85,12 @@ def _spec(
     if unknown:
         fail(f"--iiv: {sorted(unknown)} are not among the estimated parameters {names}")
     covs = _covariates(covariate, names)
+    inits = _inits(init, names)
     try:
-        ps = tuple(Param(n, iiv=n in with_iiv, covariates=tuple(covs.get(n, ()))) for n in names)
+        ps = tuple(
+            Param(n, iiv=n in with_iiv, covariates=tuple(covs.get(n, ())), **inits.get(n, {}))
+            for n in names
+        )
         return NLME(model=model, params=ps, error=ErrorModel(error), omega=omega)
     except SpecError as exc:
         fail(str(exc))
@@ -82,7 +106,9 @@ def fit(
     params: str = typer.Option(None, help="estimated parameters, e.g. CL,V,KA (default: all)"),
     iiv: str = typer.Option(None, help="parameters with random effects (default: all)"),
     covariate: list[str] = typer.Option(
-        None, help="covariate effect PARAM~COLUMN[:power|exp|binary[:ref[:fixed]]] (repeatable)"
+        None,
+        help="covariate effect PARAM~COLUMN[:power|exp|binary[:ref[:fixed]]] (repeatable; "
+        "binary with ref: 1 where COLUMN < ref, e.g. V~APGR:binary:5)",
     ),
     error: str = typer.Option("additive", help="additive | proportional | combined | log-additive"),
     omega: str = typer.Option("diagonal", help="diagonal | full"),
@@ -93,6 +119,15 @@ def fit(
     guide: str = typer.Option("multivariate", help="SVI guide: normal | multivariate | lowrank"),
     approx: str = typer.Option("foce", help="ML approximation: foce | laplace"),
     se: str = typer.Option("hessian", help="ML standard errors: hessian | sandwich | none"),
+    init: list[str] = typer.Option(
+        None,
+        help="initial estimate NAME=VALUE or omega_NAME=SD (repeatable; default: a scan of the "
+        "pooled objective)",
+    ),
+    starts: int = typer.Option(3, help="ML: fits from this many of the best initial candidates"),
+    allow_unconverged: bool = typer.Option(
+        False, help="exit 0 even when the fit did not converge or landed in a flip-flop mode"
+    ),
     seed: int = typer.Option(0, help="random seed"),
     overwrite: bool = typer.Option(False, help="replace an existing --out/--report by cohort"),
 ):
@@ -120,7 +155,9 @@ def fit(
     check_replaceable(out, overwrite=overwrite)
     if report is not None:
         report_directory(report, overwrite=overwrite, flag="--report")
-    spec = _spec(model, params, iiv, error, omega, covariate)
+    if starts < 1:
+        fail(f"--starts must be >= 1, got {starts}")
+    spec = _spec(model, params, iiv, error, omega, covariate, init)
     t0 = time.perf_counter()
     with console.status(f"fitting {spec.model.name} ({method})") as status:
 
@@ -143,6 +180,7 @@ def fit(
                 se=se,
                 seed=seed,
                 progress=progress,
+                starts=starts,
             )
         except (DosingError, SpecError, ValueError) as exc:
             status.stop()
@@ -153,11 +191,37 @@ def fit(
     if result.ofv is not None:
         line += f"   OFV {result.ofv:.3f} (−2LL without N·log 2π)"
     console.print(line)
+    d = result.diagnostics
+    if "starts" in d:
+        console.print(
+            f"initial estimates: {d.get('candidates', 0)} candidates of the pooled objective "
+            f"scanned; {d['starts_agreeing']} of {d['starts']} starts reached the best OFV"
+        )
+    if "mirror_ofv" in d:
+        console.print(
+            f"flip-flop check: the mirrored mode (KA <-> CL/V) reaches OFV {d['mirror_ofv']:.3f}"
+        )
     if report is not None:
         from cohort.inference import plots
 
         files = plots.report(result, report, overwrite=overwrite)
         console.print("report: " + ", ".join(str(f) for f in files))
+    trouble = []
+    if d.get("converged", 1) == 0:
+        trouble.append(f"the optimiser did not converge ({d.get('message', '')})")
+    if d.get("ka_below_elimination"):
+        trouble.append("the estimate is the flip-flop mode (KA below CL/V)")
+    elif d.get("mirror_ofv", float("inf")) < (result.ofv or 0.0) - 0.1 and not d.get(
+        "mirror_degenerate", 0
+    ):
+        trouble.append("the flip-flop mode (KA below CL/V) fits better than the estimate")
+    if trouble and not allow_unconverged:
+        err_console.print(
+            f"[bold red]error:[/] {escape('; '.join(trouble))}; the results are saved in "
+            f"{escape(str(path))} for inspection (--allow-unconverged to exit 0)",
+            soft_wrap=True,
+        )
+        raise typer.Exit(code=1)
 
 
 def _table(result) -> Table:

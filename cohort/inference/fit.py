@@ -79,6 +79,7 @@ def fit(
     learning_rate: float = 0.01,
     gates: diagnostics.Gates = diagnostics.Gates(),
     progress: Callable[[str], None] | None = None,
+    starts: int = 3,
 ) -> FitResult:
     """Fit an NLME model to NONMEM-style data.
 
@@ -92,7 +93,9 @@ def fit(
     ``chain_method``, ``target_accept``, ``parameterization`` (``auto``, ``centered``,
     ``noncentered``), ``priors``; SVI: ``guide``
     (``normal``/``multivariate``/``lowrank``), ``steps``, ``learning_rate``. Failing
-    convergence gates raise :class:`cohort.CohortWarning`. ``engine``: the prediction engine,
+    convergence gates raise :class:`cohort.CohortWarning`. ML without inits scans the pooled
+    objective for initial estimates and fits from its ``starts`` best candidates (see
+    :func:`cohort.inference.ml.maximize`). ``engine``: the prediction engine,
     selected as in ``cohort.simulate``: ``cohort.ClosedForm()`` (linear PK),
     ``cohort.Adaptive(rtol=..., atol=...)``, or ``auto`` (closed form for linear PK, else
     adaptive with rtol 1e-6, atol 1e-9, 4096 steps), ``closed_form``, ``diffrax``
@@ -109,9 +112,38 @@ def fit(
         raise ValueError(f"init must be 'auto', 'ml', 'pooled' or 'default', got {init!r}")
     est, start_pop, start_eta = None, bm.default_pop(), np.zeros((bm.n_subjects, bm.n_eta))
     if method == "ml" or init == "ml":
-        est = ml.maximize(bm, approx=approx, se=se if method == "ml" else "none", progress=progress)
+        est = ml.maximize(
+            bm,
+            approx=approx,
+            se=se if method == "ml" else "none",
+            progress=progress,
+            starts=starts,
+            seed=seed,
+        )
+        problems = []
         if not est.converged:
-            diagnostics.warn([f"optimiser did not converge ({est.message})"], "ML fit")
+            problems.append(f"optimiser did not converge ({est.message})")
+        mirror = est.starts.get("mirror_ofv", float("nan"))
+        if est.starts.get("ka_below_elimination"):
+            problems.append(
+                "flip-flop: the estimate has KA below the elimination rate CL/V (absorption "
+                f"slower than elimination); the mirrored mode's OFV is {mirror:.3f}"
+            )
+        elif mirror < est.ofv - 0.1:
+            degenerate = est.starts.get("mirror_degenerate", False)
+            problems.append(
+                f"flip-flop: the mirrored mode (KA below CL/V) fits better, OFV {mirror:.3f} "
+                f"vs {est.ofv:.3f}"
+                + (
+                    ", but an IIV collapses to zero there (a boundary solution)"
+                    if degenerate
+                    else ""
+                )
+                + "; the estimates reported are the conventional mode (absorption faster than "
+                "elimination): check the absorption model and the IIV"
+            )
+        if problems:
+            diagnostics.warn(problems, "ML fit")
         start_pop, start_eta = est.pop, est.eta
     elif init == "pooled":
         start_pop, start_eta = ml.quick_start(bm, progress)
@@ -127,6 +159,8 @@ def fit(
                 "converged": int(est.converged),
                 "iterations": est.n_iterations,
                 "message": est.message,
+                **{k: v for k, v in est.starts.items() if not isinstance(v, bool)},
+                **{k: int(v) for k, v in est.starts.items() if isinstance(v, bool)},
             },
             seconds=time.perf_counter() - t0,
             ml=est,

@@ -48,6 +48,7 @@ class MLEstimate:
     approx: str
     n_gaussian_obs: int
     se_method: str
+    starts: dict = dataclasses.field(default_factory=dict)  # initial-estimate scan, multi-start
 
     @property
     def minus2ll(self) -> float:
@@ -236,31 +237,11 @@ def _minimize(obj: _Objective, x0: np.ndarray, maxiter: int, gtol: float):
     )
 
 
-def maximize(
-    bm: BoundModel,
-    approx: str = "foce",
-    init: Pop | None = None,
-    pooled_start: bool = True,
-    maxiter: int = 500,
-    gtol: float = 1e-3,
-    se: str = "hessian",
-    progress: Callable[[str], None] | None = None,
-) -> MLEstimate:
-    """Maximum-likelihood estimates of ``bm``'s population parameters.
-
-    ``approx``: ``foce`` (FOCE with interaction, NONMEM's METHOD=1 INTER) or ``laplace``
-    (closed-form models; used automatically for censored M3 data, as NONMEM requires).
-    ``se``: ``hessian`` (inverse observed information), ``sandwich`` or ``none``.
-    """
-    if se not in ("hessian", "sandwich", "none"):
-        raise ValueError(f"se must be 'hessian', 'sandwich' or 'none', got {se!r}")
-    t0 = time.perf_counter()
-    if bool(np.any(np.asarray(bm.arrays["cens"]))) and bm.engine == "closed_form":
-        approx = "laplace"
-    if approx == "laplace" and bm.engine != "closed_form":
-        raise ValueError("approx='laplace' needs second derivatives: closed-form models only")
-    base = init if init is not None else bm.default_pop()
-    if pooled_start and init is None:
+def _fit_from(bm, start: Pop, approx, pooled_start: bool, maxiter, gtol, progress):
+    """Pooled fit (random effects at zero) from ``start`` to reach the basin, then the marginal
+    fit; returns the objective, scipy's result, the optimum and its OFV."""
+    base = start
+    if pooled_start:
         if progress:
             progress("pooled fit (random effects at zero)")
         obj0 = _Objective(bm, base, approx, pooled=True)
@@ -274,9 +255,84 @@ def maximize(
     obj.settle(obj.x0)
     res = _minimize(obj, obj.x0, maxiter, gtol)
     x = np.asarray(res.x)
-    ofv = obj.settle(x)
+    return obj, res, x, obj.settle(x)
+
+
+def maximize(
+    bm: BoundModel,
+    approx: str = "foce",
+    init: Pop | None = None,
+    pooled_start: bool = True,
+    maxiter: int = 500,
+    gtol: float = 1e-3,
+    se: str = "hessian",
+    progress: Callable[[str], None] | None = None,
+    starts: int = 3,
+    seed: int = 0,
+) -> MLEstimate:
+    """Maximum-likelihood estimates of ``bm``'s population parameters.
+
+    ``approx``: ``foce`` (FOCE with interaction, NONMEM's METHOD=1 INTER) or ``laplace``
+    (closed-form models; used automatically for censored M3 data, as NONMEM requires).
+    ``se``: ``hessian`` (inverse observed information), ``sandwich`` or ``none``.
+    Without ``init``, the starting typical values come from a scan of the pooled objective
+    (:mod:`cohort.inference.starts`) and the fit is run from its ``starts`` best distinct
+    candidates, the best optimum kept (``starts_agreeing`` says how many reached it); a
+    one-compartment oral fit is also run from its flip-flop mirror, whose OFV is reported.
+    """
+    from cohort.inference import starts as starting
+
+    if se not in ("hessian", "sandwich", "none"):
+        raise ValueError(f"se must be 'hessian', 'sandwich' or 'none', got {se!r}")
+    if starts < 1:
+        raise ValueError(f"starts must be >= 1, got {starts}")
+    t0 = time.perf_counter()
+    if bool(np.any(np.asarray(bm.arrays["cens"]))) and bm.engine == "closed_form":
+        approx = "laplace"
+    if approx == "laplace" and bm.engine != "closed_form":
+        raise ValueError("approx='laplace' needs second derivatives: closed-form models only")
+    base = init if init is not None else bm.default_pop()
+    scan: dict = {}
+    start_pops = [base]
+    if init is None and pooled_start:
+        if progress:
+            progress("initial estimates: scan of the pooled objective")
+        scanner = _Objective(bm, base, approx, pooled=True)
+        flat = scanner.functions["flat"]
+
+        def evaluate(pops):
+            return scanner.run(np.stack([flat.pack(p) for p in pops]))[0]
+
+        start_pops, scan = starting.best_starts(bm, base, evaluate, k=starts, seed=seed)
+    runs = [_fit_from(bm, s, approx, pooled_start, maxiter, gtol, progress) for s in start_pops]
+    ofvs = np.array([r[3] for r in runs])
+    best = (
+        int(np.nanargmin(np.where(np.isfinite(ofvs), ofvs, np.nan)))
+        if np.isfinite(ofvs).any()
+        else 0
+    )
+    obj, res, x, ofv = runs[best]
+    scan["starts"] = len(runs)
+    scan["start_ofvs"] = [float(v) for v in ofvs]
+    scan["starts_agreeing"] = int(np.sum(np.abs(ofvs - ofv) < 0.1))
+    flip = starting.mirror(bm, obj.functions["flat"].pop_at(x, obj.base))
+    if flip is not None:
+        if progress:
+            progress("flip-flop check: fit from the mirrored mode (KA <-> CL/V)")
+        # Reported, not adopted: the estimate stays in the mode the starts chose (absorption
+        # faster than elimination unless the user's inits say otherwise), and a mirror that
+        # fits better is flagged for the user to judge (e.g. a degenerate IIV there).
+        m_obj, _, m_x, m_ofv = _fit_from(bm, flip, approx, False, maxiter, gtol, None)
+        scan["mirror_ofv"] = float(m_ofv)
+        # an IIV that collapses to zero there marks a boundary (degenerate) solution
+        m_omega = np.asarray(m_obj.functions["flat"].pop_at(m_x, m_obj.base).omega)
+        scan["mirror_degenerate"] = bool(np.any(m_omega < 1e-3))
     layout = obj.layout
     pop, values, jac = _finish(obj.functions["flat"], x, obj.base)
+    if flip is not None:
+        scan["ka_below_elimination"] = not bool(
+            starting.absorbs_faster(bm, np.asarray(pop.theta)[None])[0]
+        )
     reported = dict(zip(layout.report_names(), map(float, values)))
     cov = None
     if se != "none":
@@ -297,6 +353,7 @@ def maximize(
         approx=approx,
         n_gaussian_obs=n_gaussian(bm.arrays["mask"], bm.arrays["cens"]),
         se_method=se,
+        starts=scan,
     )
 
 

@@ -260,10 +260,19 @@ def _features(spec: NLME, data: Dataset) -> tuple[tuple[Effect, ...], np.ndarray
                 z = np.log(x / ref)
             elif c.kind == "exp":
                 z = x - (c.ref if c.ref is not None else float(np.median(x)))
+            elif c.ref is not None:  # an indicator by threshold, e.g. NONMEM's APGR.LT.5
+                z = (x < c.ref).astype(float)
             else:
                 if not np.all(np.isin(x, (0, 1))):
                     raise DataError(
-                        [Problem(None, c.column, "a binary covariate must be 0 or 1 per subject")]
+                        [
+                            Problem(
+                                None,
+                                c.column,
+                                "a binary covariate must be 0 or 1 per subject (or give a "
+                                "threshold: ref=5 means 1 where the column is below 5)",
+                            )
+                        ]
                     )
                 z = x
             effects.append(

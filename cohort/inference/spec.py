@@ -33,6 +33,8 @@ class Covariate:
 
     ``ref`` None means the median over subjects; ``fixed`` gives a known coefficient (e.g. the
     exponent 1 of a per-kg parameter) instead of estimating it; ``init`` starts the estimate.
+    ``binary``: a 0/1 column shifts the parameter by the factor ``1 + effect``; with ``ref`` the
+    indicator is "column < ref" (NONMEM's ``IF(APGR.LT.5)``).
     """
 
     column: str
