@@ -275,7 +275,8 @@ def maximize(
     ``approx``: ``foce`` (FOCE with interaction, NONMEM's METHOD=1 INTER) or ``laplace``
     (closed-form models; used automatically for censored M3 data, as NONMEM requires).
     ``se``: ``hessian`` (inverse observed information), ``sandwich`` or ``none``.
-    Without ``init``, the starting typical values come from a scan of the pooled objective
+    Without ``init`` (or every typical value's ``Param.init``), the starting typical values
+    come from a scan of the pooled objective
     (:mod:`cohort.inference.starts`) and the fit is run from its ``starts`` best distinct
     candidates, the best optimum kept (``starts_agreeing`` says how many reached it); a
     one-compartment oral fit is also run from its flip-flop mirror, whose OFV is reported.
@@ -294,7 +295,8 @@ def maximize(
     base = init if init is not None else bm.default_pop()
     scan: dict = {}
     start_pops = [base]
-    if init is None and pooled_start:
+    given = all(p.init is not None for p in bm.spec.params if not p.fixed)
+    if init is None and pooled_start and not given:  # the user's inits, when complete, rule
         if progress:
             progress("initial estimates: scan of the pooled objective")
         scanner = _Objective(bm, base, approx, pooled=True)
