@@ -36,7 +36,7 @@ import time
 
 import jax
 
-from cohort.engine.devices import use_cpu_cores
+from cohort.devices import use_cpu_cores
 
 # One XLA CPU device per usable core: the closed loop runs one chunk per device (before any JAX
 # operation).

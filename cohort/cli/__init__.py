@@ -31,14 +31,26 @@ def _main(
         False, "--version", callback=_version, is_eager=True, help="print the version and exit"
     ),
 ) -> None:
-    """Give JAX one CPU device per core before any command runs, so batches are split over
-    all of them (no effect on GPU backends or when XLA_FLAGS sets a device count). ``fit``
-    chooses its own device count (one per MCMC chain)."""
-    if ctx.invoked_subcommand == "fit":
-        return
-    from cohort.engine.devices import use_cpu_cores
+    """Before JAX starts: one CPU device per core, so batches are split over all of them (no
+    effect on GPU backends or when XLA_FLAGS sets a device count; ``fit`` chooses its own, one
+    per MCMC chain), and the persistent compilation cache, so a repeated command does not
+    compile again (``COHORT_CACHE_DIR`` moves it, ``COHORT_NO_COMPILE_CACHE=1`` turns it off).
+    Neither imports JAX, so help and errors stay fast."""
+    import os
 
-    use_cpu_cores()
+    from cohort.devices import NO_CACHE_ENV, enable_compile_cache, request_cpu_devices
+
+    if os.environ.get(NO_CACHE_ENV, "") not in ("1", "true", "yes"):
+        try:
+            enable_compile_cache()
+        except OSError:  # an unwritable cache folder must not stop the command
+            pass
+        # JAX does not cache programs with host callbacks, which equinox's runtime checks add
+        # by default; as NaNs instead, a failed check marks the patient's status (non-finite)
+        # like any other failed solve, and the program is cacheable.
+        os.environ.setdefault("EQX_ON_ERROR", "nan")
+    if ctx.invoked_subcommand != "fit":
+        request_cpu_devices()
 
 
 for _module, _names in (

@@ -10,8 +10,6 @@ from rich.markup import escape
 from rich.table import Table
 
 from cohort.cli._common import command, console, err_console, fail
-from cohort.dosing import DosingError
-from cohort.models import get as get_model
 
 
 def _covariates(specs: list[str] | None, names: list[str]) -> dict:
@@ -70,6 +68,7 @@ def _spec(
 ):
     from cohort.inference import NLME, ErrorModel, Param, SpecError
     from cohort.inference.spec import default_params
+    from cohort.models import get as get_model
 
     try:
         model = get_model(model_name)
@@ -132,10 +131,11 @@ def fit(
     overwrite: bool = typer.Option(False, help="replace an existing --out/--report by cohort"),
 ):
     """Fit a population model (ML, NUTS or SVI) and write estimates, EBEs and diagnostics."""
-    from cohort.engine.devices import host_devices_for_chains
+    from cohort.devices import host_devices_for_chains
 
     if method == "nuts":
         host_devices_for_chains(chains)
+    from cohort.dosing import DosingError
     from cohort.inference import SpecError
     from cohort.inference import fit as run_fit
     from cohort.store import check_replaceable, report_directory

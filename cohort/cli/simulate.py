@@ -15,15 +15,6 @@ from rich.markup import escape
 from rich.table import Table
 
 from cohort.cli._common import command, console, err_console, fail, progress
-from cohort.data.reader import DataError
-from cohort.dosing import Regimen
-from cohort.engine.fast_path import RK4
-from cohort.engine.inputs import grid
-from cohort.engine.simulate import simulate as simulate_cohort
-from cohort.models import available as available_models
-from cohort.models import get as get_model
-from cohort.population import lognormal, open_population
-from cohort.store import open_result
 
 # Defaults of `cohort simulate` (None in the signature, so a flag the user gave can be told
 # apart from one left at its default when two flags conflict).
@@ -31,6 +22,7 @@ DEFAULTS = {"n": 1000, "iiv": 0.3, "amt": 100.0, "ii": 24.0, "addl": 0, "rate": 
 
 
 def _run(model, pop, dosing, times, **kw):
+    from cohort.engine.simulate import simulate as simulate_cohort
 
     with progress() as bar:
         task = bar.add_task(f"simulating {model.name}", total=len(next(iter(pop.values()))))
@@ -108,7 +100,11 @@ def demo(
 
     An existing --out from the same demo is reused (nothing is deleted); any other existing
     path is refused."""
+    from cohort.dosing import Regimen
+    from cohort.engine.inputs import grid
+    from cohort.models import get as get_model
     from cohort.plots import band
+    from cohort.population import lognormal
     from cohort.store import prepare_output
 
     if n < 1:
@@ -140,7 +136,9 @@ def demo(
 
 def _read_population(path: Path, model_name: str | None):
     """Parameters from a population store (``cohort generate``) or a CSV, and the model."""
-    from cohort.data.reader import read_table
+    from cohort.data.reader import DataError, read_table
+    from cohort.models import get as get_model
+    from cohort.population import open_population
 
     if not path.exists():
         fail(f"--population: no such file or store {path}")
@@ -202,7 +200,12 @@ def simulate(
     overwrite: bool = typer.Option(False, help="replace an existing --out written by cohort"),
 ):
     """Simulate a cohort and stream the results into a zarr store."""
-    from cohort.data.reader import read_table
+    from cohort.data.reader import DataError, read_table
+    from cohort.dosing import Regimen
+    from cohort.engine.fast_path import RK4
+    from cohort.engine.inputs import grid
+    from cohort.models import get as get_model
+    from cohort.population import lognormal
 
     if resume and overwrite:
         fail("--resume and --overwrite: choose one (continue the run, or replace it)")
@@ -361,6 +364,8 @@ def info(store: Path = typer.Argument(..., help="result store written by cohort"
     """Describe a result store: sizes, variables with units, provenance, status counts."""
     import pandas as pd
 
+    from cohort.store import open_result
+
     ds = open_result(store)
     console.print(
         f"[bold]{escape(str(store))}[/]: " + ", ".join(f"{k}={v:,}" for k, v in ds.sizes.items())
@@ -403,6 +408,8 @@ def info(store: Path = typer.Argument(..., help="result store written by cohort"
 @command
 def models(name: str = typer.Argument(None, help="show one model in detail")):
     """List the registered models, or the states/parameters/units of one."""
+    from cohort.models import available as available_models
+    from cohort.models import get as get_model
 
     if name is None:
         table = Table("model", "states", "outputs", "description")

@@ -13,6 +13,7 @@ module that subclasses :class:`Engine` and registers its shorthand names with
 from __future__ import annotations
 
 import abc
+import importlib
 from collections.abc import Callable
 from typing import Any, ClassVar
 
@@ -23,6 +24,26 @@ from cohort.engine.inputs import InputError
 from cohort.models.base import Model
 
 ENGINES: dict[str, type[Engine]] = {}
+# The built-in engines' modules, imported when their name is first asked for (so a closed-form
+# or RK4 run never imports diffrax).
+BUILTIN = {
+    "closed_form": "cohort.engine.closed_form",
+    "fast": "cohort.engine.fast_path",
+    "rk4": "cohort.engine.fast_path",
+    "diffrax": "cohort.engine.diffrax_path",
+    "adaptive": "cohort.engine.diffrax_path",
+}
+
+
+def engine_class(name: str) -> type[Engine] | None:
+    """The engine registered as ``name`` (importing a built-in one on first use)."""
+    if name not in ENGINES and name in BUILTIN:
+        importlib.import_module(BUILTIN[name])
+    return ENGINES.get(name)
+
+
+def engine_names() -> list[str]:
+    return sorted({"auto", *ENGINES, *BUILTIN})
 
 
 class Engine(abc.ABC):
@@ -95,7 +116,7 @@ def resolve_engine(model: Model, method: Any, options: Any = None) -> Engine:
     elif not isinstance(method, str):
         raise InputError(
             f"method: expected an engine (e.g. cohort.RK4(dt=0.1)) or one of "
-            f"{sorted({'auto', *ENGINES})}, got {type(method).__name__}"
+            f"{engine_names()}, got {type(method).__name__}"
         )
     elif method == "auto":
         if options is not None:
@@ -107,8 +128,8 @@ def resolve_engine(model: Model, method: Any, options: Any = None) -> Engine:
             from cohort.engine.diffrax_path import Adaptive
 
             engine = ClosedForm() if ClosedForm().supports(model) is None else Adaptive()
-    elif method in ENGINES:
-        cls = ENGINES[method]
+    elif engine_class(method) is not None:
+        cls = engine_class(method)
         if options is None:
             engine = cls()
         elif isinstance(options, cls):
@@ -120,7 +141,7 @@ def resolve_engine(model: Model, method: Any, options: Any = None) -> Engine:
                 f"method={options!r} alone, or {cls.__name__}(...) settings"
             )
     else:
-        raise InputError(f"method: {method!r} is not one of {sorted({'auto', *ENGINES})}")
+        raise InputError(f"method: {method!r} is not one of {engine_names()}")
     reason = engine.supports(model)
     if reason:
         raise InputError(f"method: {reason}")

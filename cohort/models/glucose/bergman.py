@@ -26,7 +26,6 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 import numpy as np
-from scipy.optimize import least_squares
 
 from cohort.models.base import Model, Output, Parameter, State, Tree, register
 
@@ -180,6 +179,8 @@ def fit_ivgtt(
     sel = jnp.asarray(index[use])
     target = jnp.asarray(g_obs[use])
     args = (jnp.asarray(grid), jnp.asarray(t), jnp.asarray(i_obs), gb, ib)
+
+    from scipy.optimize import least_squares  # here: scipy.optimize costs 0.2 s to import
 
     def residuals(theta):
         return _glucose_path(theta, *args)[sel] - target

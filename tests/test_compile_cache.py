@@ -1,0 +1,97 @@
+"""Time to first result: the CLI imports no JAX for help, and its persistent compilation cache
+gives bit-identical results, survives corrupted entries and is keyed per JAX version."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+SIMULATE = [
+    "simulate", "--model", "pk2_oral_idr", "--n", "20", "--amt", "320", "--ii", "12",
+    "--addl", "3", "--t-end", "48", "--method", "fast", "--overwrite",
+]  # fmt: skip
+
+
+def _cohort(args, env_extra, tmp_path):
+    env = {**os.environ, **env_extra}
+    proc = subprocess.run(
+        [sys.executable, "-c", "from cohort.cli import app; app()", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=600,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return proc
+
+
+def _conc(path: Path) -> np.ndarray:
+    from cohort.store import open_result
+
+    return open_result(path).conc.values
+
+
+def test_help_and_import_do_not_load_jax():
+    code = (
+        "import sys, cohort, cohort.cli\n"
+        "from typer.testing import CliRunner\n"
+        "r = CliRunner().invoke(cohort.cli.app, ['--help'])\n"
+        "print(r.exit_code, 'jax' in sys.modules, 'diffrax' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.stdout.split() == ["0", "False", "False"], out.stdout + out.stderr
+
+
+def test_cached_runs_are_bit_identical_and_survive_corruption(tmp_path):
+    cache = tmp_path / "cache"
+    on = {"COHORT_CACHE_DIR": str(cache)}
+    off = {"COHORT_NO_COMPILE_CACHE": "1", "COHORT_CACHE_DIR": str(tmp_path / "unused")}
+    _cohort([*SIMULATE, "-o", "plain.zarr"], off, tmp_path)
+    assert not (tmp_path / "unused").exists()  # turned off: nothing written
+    _cohort([*SIMULATE, "-o", "first.zarr"], on, tmp_path)
+    (folder,) = cache.iterdir()
+    import jax
+    import jaxlib
+
+    assert folder.name == f"jax-{jax.__version__}-jaxlib-{jaxlib.__version__}"
+    entries = sorted(folder.glob("*-cache"))
+    assert entries, "the solve's program was not cached"
+    _cohort([*SIMULATE, "-o", "cached.zarr"], on, tmp_path)
+    for entry in entries:  # corrupt every entry: each must be recompiled, not fatal
+        entry.write_bytes(b"not a compiled program")
+    _cohort([*SIMULATE, "-o", "corrupt.zarr"], on, tmp_path)
+    ref = _conc(tmp_path / "plain.zarr")
+    assert np.isfinite(ref).all()
+    for name in ("first.zarr", "cached.zarr", "corrupt.zarr"):
+        np.testing.assert_array_equal(_conc(tmp_path / name), ref, err_msg=name)
+
+
+def test_library_cache_is_opt_in(tmp_path):
+    code = (
+        "import json, os, sys\n"
+        "import cohort.devices as d\n"
+        "import jax\n"
+        "before = jax.config.jax_compilation_cache_dir\n"
+        f"folder = d.enable_compile_cache({str(tmp_path)!r}, max_bytes=10**8)\n"
+        "print(json.dumps([before, jax.config.jax_compilation_cache_dir, str(folder),\n"
+        "                  jax.config.jax_compilation_cache_max_size]))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("JAX_COMPILATION")}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    before, after, folder, size = json.loads(out.stdout)
+    assert before is None and after == folder and folder.startswith(str(tmp_path))
+    assert size == 10**8
+
+
+@pytest.mark.parametrize("value", ["0", "-3"])
+def test_request_cpu_devices_rejects_nonsense(value):
+    from cohort.devices import request_cpu_devices
+
+    with pytest.raises(ValueError, match="n must be >= 1"):
+        request_cpu_devices(int(value))
