@@ -50,7 +50,7 @@ def test_help_and_import_do_not_load_jax():
 
 def test_cached_runs_are_bit_identical_and_survive_corruption(tmp_path):
     cache = tmp_path / "cache"
-    on = {"COHORT_CACHE_DIR": str(cache)}
+    on = {"COHORT_CACHE_DIR": str(cache), "COHORT_NO_COMPILE_CACHE": ""}
     off = {"COHORT_NO_COMPILE_CACHE": "1", "COHORT_CACHE_DIR": str(tmp_path / "unused")}
     _cohort([*SIMULATE, "-o", "plain.zarr"], off, tmp_path)
     assert not (tmp_path / "unused").exists()  # turned off: nothing written
