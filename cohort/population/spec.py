@@ -19,13 +19,14 @@ from typing import Any
 
 import numpy as np
 
+from cohort._toml import read_toml
 from cohort.errors import CohortError
 from cohort.population.expr import ExpressionError, names_in
 
 if sys.version_info >= (3, 11):
-    import tomllib
+    pass
 else:  # pragma: no cover
-    import tomli as tomllib
+    pass
 
 
 class SpecError(CohortError, ValueError):
@@ -285,15 +286,8 @@ def _matrix(path, key, m, size, what) -> np.ndarray:
 
 def load_spec(path: str | Path) -> PopulationSpec:
     """Read and validate a TOML prior spec."""
-    path = Path(path)
-    if not path.exists():
-        raise SpecError(f"{path}: no such spec file")
-    raw_bytes = path.read_bytes()
-    try:
-        raw = tomllib.loads(raw_bytes.decode())
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise SpecError(f"{path}: not valid TOML: {exc}") from None
-    return parse_spec(raw, str(path), hashlib.sha256(raw_bytes).hexdigest()[:16])
+    raw, digest = read_toml(path, SpecError, "spec file")
+    return parse_spec(raw, str(path), digest)
 
 
 def _model(path: str, name: object) -> str | None:

@@ -9,12 +9,10 @@ with the safe evaluator of :mod:`cohort.population.expr`.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 from pathlib import Path
 from typing import Any
 
-import tomllib
-
+from cohort._toml import read_toml
 from cohort.population.expr import ExpressionError, names_in
 from cohort.trial.schema import (  # noqa: F401  (re-exported: the spec's public types)
     ENDPOINT_TYPES,
@@ -82,15 +80,8 @@ class _Reader:
 
 def load(path: str | Path) -> TrialSpec:
     """Read and validate a trial spec file."""
-    path = Path(path)
-    if not path.exists():
-        raise TrialSpecError(f"{path}: no such trial spec")
-    data = path.read_bytes()
-    try:
-        raw = tomllib.loads(data.decode())
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise TrialSpecError(f"{path}: not valid TOML: {exc}") from None
-    return parse(raw, str(path), base=path.parent, digest=hashlib.sha256(data).hexdigest()[:16])
+    raw, digest = read_toml(path, TrialSpecError, "trial spec")
+    return parse(raw, str(path), base=Path(path).parent, digest=digest)
 
 
 _TOP = {
