@@ -403,3 +403,68 @@ def test_model_based_escalation_selects_dose_nearest_target(design_name):
             mtd = escalation._crm(tox, draws, 3, 30, 0.25, skel)[0]
         picks[mtd] += 1
     assert np.argmax(picks[:5]) == 2 and picks[2] / 200 > 0.45
+
+
+@pytest.mark.parametrize("n", [20, 48])
+def test_responder_test_holds_its_size_by_exact_enumeration(n):
+    """Every possible pair of responder counts, weighted by its binomial probability under
+    the null: the rejection rate at nominal 5 % (two-sided) stays within 0.5 point of 5 % for
+    p in {0.1, 0.3, 0.5} (the unpooled Wald test reached 8.1 %), and the reported interval
+    excludes 0 exactly when the test rejects."""
+    from scipy import stats as sps
+
+    from cohort.trial import stats as tstats
+
+    k = np.arange(n + 1)
+    ka, kb = np.meshgrid(k, k, indexing="ij")
+    ka, kb = ka.ravel(), kb.ravel()
+    y = np.zeros((len(ka), 2 * n))
+    for r, (a, b) in enumerate(zip(ka, kb)):
+        y[r, :a] = 1.0
+        y[r, n : n + b] = 1.0
+    arm = np.tile(np.repeat([1, 0], n), (len(ka), 1))
+    res = tstats.responder(y, arm, 1, 0, np.ones_like(y, bool), alpha=0.05, sided=2)
+    reject = res["p"] < 0.05
+    excludes = (res["ci_low"] > 0) | (res["ci_high"] < 0)
+    np.testing.assert_array_equal(excludes, reject)
+    for p in (0.1, 0.3, 0.5):
+        weight = sps.binom.pmf(ka, n, p) * sps.binom.pmf(kb, n, p)
+        size = float(np.sum(weight * reject))
+        assert size <= 0.055, (n, p, size)
+
+
+def test_score_test_is_miettinen_nurminen():
+    """The statistic at 0 equals statsmodels' score test; the restricted estimates are the
+    constrained likelihood maximum (numerical check); the interval's ends are where the
+    statistic crosses the critical value."""
+    import warnings
+
+    from scipy import stats as sps
+    from scipy.optimize import minimize_scalar
+    from statsmodels.stats.proportion import test_proportions_2indep
+
+    from cohort.trial import proportions
+
+    for x1, n1, x2, n2 in [(7, 20, 3, 20), (15, 48, 9, 40), (30, 50, 31, 52), (1, 12, 6, 15)]:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ref = test_proportions_2indep(x1, n1, x2, n2, method="score")
+        assert proportions.score_z(x1, n1, x2, n2) == pytest.approx(ref.statistic, rel=1e-9)
+        for d in (-0.3, -0.05, 0.1, 0.25):
+
+            def nll(q, d=d, x1=x1, n1=n1, x2=x2, n2=n2):
+                return -(
+                    x1 * np.log(q) + (n1 - x1) * np.log1p(-q)
+                    + x2 * np.log(q - d) + (n2 - x2) * np.log1p(-(q - d))
+                )  # fmt: skip
+
+            best = minimize_scalar(
+                nll, bounds=(max(0, d) + 1e-12, min(1, 1 + d) - 1e-12), method="bounded",
+                options={"xatol": 1e-12},
+            )  # fmt: skip
+            got = proportions.restricted_mle(float(x1), n1, float(x2), n2, d)[0]
+            assert float(got) == pytest.approx(best.x, abs=1e-7)
+        lo, hi = proportions.score_interval(x1, n1, x2, n2, alpha=0.05)
+        crit = sps.norm.isf(0.025)
+        assert float(proportions.score_z(x1, n1, x2, n2, float(lo))) == pytest.approx(crit, 1e-6)
+        assert float(proportions.score_z(x1, n1, x2, n2, float(hi))) == pytest.approx(-crit, 1e-6)

@@ -109,6 +109,7 @@ def analyze(result: TrialResult, out: str | Path | None = None) -> Analysis:
                     "comparison": label,
                     "endpoint": test.endpoint,
                     "test": test.test,
+                    "method": stats.METHODS.get(test.test, test.test),
                     "arm": arm,
                     "dose": spec.arms[treat].dose,
                     "primary": test.primary,

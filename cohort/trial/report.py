@@ -208,6 +208,7 @@ def _tables(result, analysis, sample_sizes, escalation, dose_pta) -> list:
     tables: list[tuple[str, pd.DataFrame]] = [("Design", _design_table(result))]
     cols = [
         "comparison",
+        "method",
         "estimate_mean",
         "estimate_q05",
         "estimate_q95",

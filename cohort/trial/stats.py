@@ -11,10 +11,10 @@ routines; only their vectorisation over replicates lives here.
 
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
 from scipy import stats
+
+from cohort.trial import proportions
 
 FIELDS = ("estimate", "se", "ci_low", "ci_high", "p", "z", "n_treat", "n_control")
 
@@ -89,39 +89,32 @@ def ancova(y, arm, treat, control, mask, covariate, alpha=0.05, sided=2, **_):
     return out
 
 
-def responder(y, arm, treat, control, mask, alpha=0.05, sided=2, **_):
-    """Difference in responder proportions: Wald test and Newcombe CI (statsmodels)."""
-    from statsmodels.stats.proportion import (
-        confint_proportions_2indep,
-        test_proportions_2indep,
-    )
+RESPONDER_METHOD = "Miettinen-Nurminen score test with its score interval"
 
+
+def responder(y, arm, treat, control, mask, alpha=0.05, sided=2, **_):
+    """Difference in responder proportions: the Miettinen–Nurminen score test and its score
+    interval (:mod:`cohort.trial.proportions`), which agree with each other. The unpooled Wald
+    test is not used: by exact enumeration its size at nominal 5 % is 8.1 % (20 per arm,
+    p = 0.5); the score test's is 3.9–5.3 % for 20 or 48 per arm and p in {0.1, 0.3, 0.5}."""
     ok = mask & np.isfinite(y)
     a, b = ok & (arm == treat), ok & (arm == control)
-    na, nb = a.sum(1), b.sum(1)
+    na, nb = a.sum(1).astype(float), b.sum(1).astype(float)
     ka, kb = np.where(a, y, 0).sum(1), np.where(b, y, 0).sum(1)
     out = _empty(len(y))
-    out["n_treat"], out["n_control"] = na.astype(float), nb.astype(float)
-    for r in range(len(y)):
-        if na[r] == 0 or nb[r] == 0:
-            continue
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)
-            res = test_proportions_2indep(
-                ka[r], na[r], kb[r], nb[r], method="wald", alternative="larger"
-            )
-            lo, hi = confint_proportions_2indep(
-                ka[r], na[r], kb[r], nb[r], method="newcomb", alpha=alpha
-            )
-        est = ka[r] / na[r] - kb[r] / nb[r]
-        p_upper = res.pvalue if np.isfinite(res.pvalue) else 0.5
-        out["estimate"][r], out["ci_low"][r], out["ci_high"][r] = est, lo, hi
-        out["se"][r] = np.sqrt(
-            ka[r] / na[r] * (1 - ka[r] / na[r]) / na[r]
-            + kb[r] / nb[r] * (1 - kb[r] / nb[r]) / nb[r]
-        )
-        out["p"][r] = _p(p_upper, sided)
-        out["z"][r] = _z_from_p_one_sided(p_upper)
+    out["n_treat"], out["n_control"] = na, nb
+    fine = (na > 0) & (nb > 0)
+    if not fine.any():
+        return out
+    args = (ka[fine], na[fine], kb[fine], nb[fine])
+    z = proportions.score_z(*args)
+    lo, hi = proportions.score_interval(*args, alpha=alpha)
+    est = args[0] / args[1] - args[2] / args[3]
+    out["estimate"][fine], out["ci_low"][fine], out["ci_high"][fine] = est, lo, hi
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out["se"][fine] = np.where(np.isfinite(z) & (z != 0), np.abs(est / z), np.nan)
+    out["p"][fine] = _p(stats.norm.sf(z), sided)
+    out["z"][fine] = z
     return out
 
 
@@ -154,6 +147,14 @@ def logrank(y, arm, treat, control, mask, event, alpha=0.05, sided=2, **_):
 
 
 TESTS = {"ttest": ttest, "ancova": ancova, "responder": responder, "logrank": logrank}
+
+
+METHODS = {
+    "ttest": "Student two-sample t-test",
+    "ancova": "ANCOVA (OLS on arm and covariate)",
+    "logrank": "log-rank test, exponential-model log hazard ratio",
+    "responder": RESPONDER_METHOD,
+}
 
 
 def power_summary(reject: np.ndarray, conf: float = 0.95) -> dict[str, float]:
