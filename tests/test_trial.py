@@ -34,7 +34,7 @@ def test_obrien_fleming_boundaries_match_published_values():
 
 def test_group_sequential_type_one_error_under_null():
     res = sequential.simulate_normal(50, 0.0, 1.0, (0.5, 1.0), 0.05, replicates=2000, seed=11)
-    rate = res["reject"].mean()
+    rate = (res["reject"] | res["harm"]).mean()  # two-sided: crossings either way
     assert abs(rate - 0.05) < _mc_tol(0.05, 2000), rate
     assert np.all(res["look"] <= 1)
 
@@ -468,3 +468,16 @@ def test_score_test_is_miettinen_nurminen():
         crit = sps.norm.isf(0.025)
         assert float(proportions.score_z(x1, n1, x2, n2, float(lo))) == pytest.approx(crit, 1e-6)
         assert float(proportions.score_z(x1, n1, x2, n2, float(hi))) == pytest.approx(-crit, 1e-6)
+
+
+def test_harmful_crossings_never_count_as_power():
+    """The issue's design: d = -0.5 (harmful), 50 per arm, looks (0.5, 1), futility -1,
+    two-sided. Crossings happen, all with z < 0: they are harm, never power."""
+    from cohort.trial import sequential
+
+    out = sequential.simulate_normal(50, -0.5, 1.0, (0.5, 1.0), futility=-1.0, replicates=4000)
+    z_stop = out["z"][np.arange(len(out["look"])), out["look"]]
+    assert out["reject"].sum() == 0
+    assert out["harm"].mean() > 0.05 and np.all(z_stop[out["harm"]] < 0)
+    ok = sequential.simulate_normal(50, 0.5, 1.0, (0.5, 1.0), futility=-1.0, replicates=4000)
+    assert ok["reject"].mean() > 0.6 and ok["harm"].sum() == 0

@@ -69,7 +69,11 @@ def compare(result: TrialResult, test, treat: int, control: int) -> dict[str, np
     order = result.grid("enrol_index")
     if spec.sequential is None:
         res = fn(y, arm, treat, control, np.ones(y.shape, bool), **kw)
-        res["reject"] = (res["p"] < spec.alpha).astype(float)
+        significant = res["p"] < spec.alpha
+        # power counts only rejections in the direction of benefit (z oriented by
+        # ``direction``); two-sided rejections the other way are reported as harm
+        res["reject"] = (significant & (res["z"] > 0)).astype(float)
+        res["harm"] = (significant & (res["z"] < 0)).astype(float)
         res["look"] = np.zeros(len(y))
         return res
     seq = spec.sequential
@@ -80,6 +84,7 @@ def compare(result: TrialResult, test, treat: int, control: int) -> dict[str, np
     rows = np.arange(len(y))
     res = {k: np.stack([r[k] for r in per_look], axis=1)[rows, dec["look"]] for k in stats.FIELDS}
     res["reject"] = dec["reject"].astype(float)
+    res["harm"] = dec["harm"].astype(float)
     res["look"] = dec["look"].astype(float)
     res["futile"] = dec["futile"].astype(float)
     return res
@@ -103,7 +108,8 @@ def analyze(result: TrialResult, out: str | Path | None = None) -> Analysis:
             label = f"{test.endpoint}: {arm} vs {spec.control} ({kind})"
             labels.append(label)
             blocks.append(res)
-            pw = stats.power_summary(np.where(np.isfinite(res["p"]), res["reject"], np.nan))
+            finite = np.isfinite(res["p"])
+            pw = stats.power_summary(np.where(finite, res["reject"], np.nan))
             rows.append(
                 {
                     "comparison": label,
@@ -119,6 +125,9 @@ def analyze(result: TrialResult, out: str | Path | None = None) -> Analysis:
                     "ci_width_mean": float(np.nanmean(res["ci_high"] - res["ci_low"])),
                     "n_mean": float(np.nanmean(res["n_treat"] + res["n_control"])),
                     "power": pw["power"],
+                    "harm_rate": float(
+                        np.nanmean(np.where(np.isfinite(res["p"]), res["harm"], np.nan))
+                    ),
                     "power_mc_low": pw["mc_low"],
                     "power_mc_high": pw["mc_high"],
                     "replicates": pw["replicates"],

@@ -216,6 +216,7 @@ def _tables(result, analysis, sample_sizes, escalation, dose_pta) -> list:
         "power",
         "power_mc_low",
         "power_mc_high",
+        "harm_rate",
     ]
     if len(analysis.summary):
         tables.append(("Power per comparison (95 % Monte Carlo CI)", analysis.summary[cols]))

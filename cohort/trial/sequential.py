@@ -80,8 +80,11 @@ def decide(
 ) -> dict[str, np.ndarray]:
     """Stopping decisions for statistics ``z`` of shape ``[replicates, looks]``.
 
-    Returns ``look`` (0-based look at which each replicate stopped), ``reject`` (efficacy
-    boundary crossed) and ``futile`` (stopped at an interim for futility, z < ``futility``)."""
+    ``z`` is oriented so that positive means benefit. Returns ``look`` (0-based look at which
+    each replicate stopped), ``reject`` (the efficacy boundary crossed **in the direction of
+    benefit**: what power counts), ``harm`` (a two-sided boundary crossed in the harmful
+    direction: the trial stops, but this is not efficacy) and ``futile`` (stopped at an
+    interim for futility, z < ``futility``)."""
     stat = np.abs(z) if sided == 2 else z
     cross = stat >= bounds
     fut = np.zeros_like(cross)
@@ -91,10 +94,13 @@ def decide(
     stop[:, -1] = True
     look = np.argmax(stop, axis=1)
     rows = np.arange(len(z))
+    crossed = cross[rows, look]
+    beneficial = z[rows, look] > 0
     return {
         "look": look,
-        "reject": cross[rows, look],
-        "futile": fut[rows, look] & ~cross[rows, look],
+        "reject": crossed & beneficial,
+        "harm": crossed & ~beneficial,
+        "futile": fut[rows, look] & ~crossed,
     }
 
 
