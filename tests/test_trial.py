@@ -481,3 +481,17 @@ def test_harmful_crossings_never_count_as_power():
     assert out["harm"].mean() > 0.05 and np.all(z_stop[out["harm"]] < 0)
     ok = sequential.simulate_normal(50, 0.5, 1.0, (0.5, 1.0), futility=-1.0, replicates=4000)
     assert ok["reject"].mean() > 0.6 and ok["harm"].sum() == 0
+
+
+@pytest.mark.parametrize("estimate", ["plugin", "posterior_mean"])
+def test_crm_recommends_only_tried_doses(estimate):
+    """Few patients and a safe dose range: the CRM's last allocation may be an untried level,
+    but the MTD it recommends was given to patients (it used to return min(best, last + 1))."""
+    gen = np.random.default_rng(5)
+    probs = np.array([0.01, 0.02, 0.03, 0.05, 0.08])  # every dose below the 0.3 target
+    tox = gen.random(500)[None, :] < probs[:, None]
+    skel = escalation.crm_skeleton(5, 0.3)
+    for _ in range(100):
+        draws = gen.integers(0, 500, 9)  # 3 cohorts: at most levels 0, 1, 2 are tried
+        mtd, n, _ = escalation._crm(tox, draws, 3, 9, 0.3, skel, estimate)
+        assert mtd == -1 or n[mtd] > 0, (mtd, n)

@@ -115,17 +115,29 @@ def crm_skeleton(levels: int, target: float) -> np.ndarray:
     return np.clip(target + 0.1 * (np.arange(levels) - (levels - 1) / 2), 0.01, 0.95)
 
 
-def _crm(tox, draws, cohort_size: int, cap: int, target: float, skeleton: np.ndarray):
+def _crm(
+    tox,
+    draws,
+    cohort_size: int,
+    cap: int,
+    target: float,
+    skeleton: np.ndarray,
+    estimate: str = "plugin",
+):
     """One-parameter power-model CRM: p_d = skeleton_d ** exp(a), a ~ N(0, 1.34) (O'Quigley
-    et al. 1990; prior variance as in dfcrm). Posterior on a grid of ``a``; the next dose is the
-    one whose posterior mean DLT probability is closest to ``target``, escalating at most one
-    level at a time; stop for safety when P(p_1 > target) > 0.9."""
+    et al. 1990; prior variance as in dfcrm). Posterior on a grid of ``a``. DLT probabilities
+    are estimated as in dfcrm (``estimate="plugin"``: ``skeleton_d ** exp(E[a | data])``) or
+    as posterior means (``"posterior_mean"``). The next dose is the one estimated closest to
+    ``target``, escalating at most one level at a time; stop for safety when
+    P(p_1 > target) > 0.9. The recommended MTD is the dose closest to ``target`` among the
+    doses patients actually received (never an untried dose)."""
     levels = tox.shape[0]
     grid = np.linspace(-6.0, 6.0, 801)
     log_prior = -0.5 * grid**2 / 1.34
     p_grid = np.clip(skeleton[:, None] ** np.exp(grid)[None, :], 1e-12, 1 - 1e-12)
     n, dlt = np.zeros(levels, int), np.zeros(levels, int)
     used, d = 0, 0
+    p_est = skeleton.copy()
     while used + cohort_size <= cap:
         pts = draws[used : used + cohort_size]
         used += len(pts)
@@ -136,10 +148,14 @@ def _crm(tox, draws, cohort_size: int, cap: int, target: float, skeleton: np.nda
         w /= w.sum()
         if n[0] >= 3 and float(np.sum(w * (p_grid[0] > target))) > 0.9:
             return -1, n, dlt
-        p_mean = p_grid @ w
-        best = int(np.argmin(np.abs(p_mean - target)))
+        if estimate == "plugin":
+            p_est = skeleton ** np.exp(float(np.sum(w * grid)))
+        else:
+            p_est = p_grid @ w
+        best = int(np.argmin(np.abs(p_est - target)))
         d = min(best, d + 1)
-    return d, n, dlt
+    tried = np.flatnonzero(n > 0)
+    return int(tried[np.argmin(np.abs(p_est[tried] - target))]), n, dlt
 
 
 def escalate(
@@ -168,7 +184,9 @@ def escalate(
         elif esc.design == "boin":
             mtd, n, dlt = _boin(tox, draws, esc.cohort_size, esc.max_patients, esc.target)
         else:
-            mtd, n, dlt = _crm(tox, draws, esc.cohort_size, esc.max_patients, esc.target, skel)
+            mtd, n, dlt = _crm(
+                tox, draws, esc.cohort_size, esc.max_patients, esc.target, skel, esc.crm_estimate
+            )
         chosen[mtd] += 1  # index -1 = none selected
         n_tot += n
         dlt_tot += dlt
@@ -184,4 +202,6 @@ def escalate(
     )
     table.attrs["none_selected"] = float(chosen[-1] / reps)
     table.attrs["design"] = esc.design
+    if esc.design == "crm":
+        table.attrs["crm_estimate"] = esc.crm_estimate
     return table

@@ -82,6 +82,7 @@ class Escalation:
     max_patients: int = 36
     pool: int = 200
     skeleton: tuple[float, ...] = ()
+    crm_estimate: str = "plugin"  # dfcrm's plug-in p_d = skeleton_d ** exp(E[a]), or posterior_mean
 
 
 @dataclasses.dataclass(frozen=True)

@@ -193,7 +193,16 @@ def _parse(raw: dict, path: str, base: Path | None, digest: str) -> TrialSpec:
         e = r.keys(
             "escalation",
             raw["escalation"],
-            {"design", "toxicity", "target", "cohort_size", "max_patients", "pool", "skeleton"},
+            {
+                "design",
+                "toxicity",
+                "target",
+                "cohort_size",
+                "max_patients",
+                "pool",
+                "skeleton",
+                "crm_estimate",
+            },  # fmt: skip
         )
         skeleton = tuple(
             r.num(f"escalation.skeleton[{i}]", x, 0.001, 0.999)
@@ -209,6 +218,11 @@ def _parse(raw: dict, path: str, base: Path | None, digest: str) -> TrialSpec:
             r.int_("escalation.max_patients", e.get("max_patients", 36), 1),
             r.int_("escalation.pool", e.get("pool", 200), 10),
             skeleton,
+            r.choice(
+                "escalation.crm_estimate",
+                e.get("crm_estimate", "plugin"),
+                ("plugin", "posterior_mean"),
+            ),
         )
     return TrialSpec(
         path=path,
