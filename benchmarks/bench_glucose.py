@@ -11,9 +11,10 @@ and the xarray result):
   generic fast path on one device, continuous meal memory);
 * ``closed_loop_*``: ``cohort.glucose.run`` (controller in the loop every 5 min, 1-min RK4 with
   simglucose's per-minute meal memory and 4 substeps in eating minutes; the open-loop runs use
-  the same meals and boluses as the records, basal-bolus adds its own meal boluses), one chunk
-  per CPU core (``jax_num_cpu_devices`` is set to the usable cores below); ``_one_device``: the
-  whole cohort in one chunk, i.e. one core;
+  the same meals and boluses as the records, basal-bolus adds its own meal boluses), default
+  batches (2,048 patients) split over one JAX device per CPU core (``jax_num_cpu_devices`` is set
+  to the usable cores below); ``_one_chunk``: the whole cohort as one batch (no overlap of the
+  copy-out with the next solve);
 * ``simglucose``: simglucose 0.2.11's bare ``T1DPatient`` loop (1-min steps, the same meals and
   boluses) on ``--sg-n`` reference adults, extrapolated per patient-day (install it for the
   benchmark only: ``pip install simglucose "setuptools<81"``).
@@ -141,7 +142,7 @@ def main() -> None:
     open_loop, bb = controllers.OpenLoop(), controllers.BasalBolus()
     for name, ctrl, kw in (
         ("closed_loop_open_f32", open_loop, {"dtype": "float32"}),
-        ("closed_loop_open_f32_one_device", open_loop, {"dtype": "float32", "chunk_size": n}),
+        ("closed_loop_open_f32_one_chunk", open_loop, {"dtype": "float32", "chunk_size": n}),
         ("closed_loop_open_f64", open_loop, {}),
         ("closed_loop_basal_bolus_f32", bb, {"dtype": "float32"}),
         ("closed_loop_basal_bolus_f64", bb, {}),

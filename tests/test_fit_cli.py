@@ -5,6 +5,7 @@ tests/data/fit_references.json and tests/data/SOURCES-fit.md)."""
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
@@ -124,3 +125,24 @@ def test_flip_flop_data_is_reported_and_exits_nonzero(tmp_path):
 def test_bad_init_flags(tmp_path, args, message):
     res = runner.invoke(app, ["fit", str(DATA / "theoph_nonmem.csv"), "--method", "ml", *args])
     assert res.exit_code == 2 and message in _flat(res), res.output
+
+
+def test_observation_table_like_nonmem_sdtab(tmp_path):
+    """`cohort fit --report` writes sdtab.csv (one row per observation) and the result file
+    holds the same table; residuals are standardised (CWRES mean ~0, SD ~1 at the ML fit)."""
+    out, rep = tmp_path / "fit.nc", tmp_path / "report"
+    args = ["fit", str(DATA / "pheno.dta"), "--method", "ml", "-o", str(out), "--report", str(rep)]
+    args += ["--model", "pk1_iv", "--params", "CL,V", "--error", "proportional"]
+    args += ["--covariate", "CL~WGT:power:1:1", "--covariate", "V~WGT:power:1:1"]
+    res = runner.invoke(app, args)
+    assert res.exit_code == 0, res.output
+    import pandas as pd
+
+    tab = pd.read_csv(rep / "sdtab.csv")
+    assert len(tab) == 155 and tab["ID"].nunique() == 59
+    assert list(tab.columns[:8]) == ["ID", "TIME", "DV", "PRED", "IPRED", "IWRES", "CWRES", "CENS"]
+    assert {"ETA_CL", "ETA_V"} <= set(tab.columns)
+    assert abs(tab["CWRES"].mean()) < 0.2 and 0.7 < tab["CWRES"].std() < 1.3
+    assert abs(tab["IWRES"].mean()) < 0.3
+    stored = load_fit(out)["observations"]
+    np.testing.assert_allclose(stored["IPRED"].values, tab["IPRED"].to_numpy(), rtol=1e-10)

@@ -51,7 +51,10 @@ _OUTPUTS = {
     "CGM": ("mg/dL", "sensor glucose seen by the controller"),
     "insulin": ("U/min", "insulin delivered, mean over the period starting at time"),
 }
-DEFAULT_CHUNK = 10_000
+# Patients per batch: small enough that copying a batch out overlaps the next batch's solve
+# (10,000 patients x 1 day, float32, 2 CPU devices: 22,700 patient-days/s with 2,048 vs 18,100
+# with one 10,000 batch, best of 4), large enough to keep the devices busy.
+DEFAULT_CHUNK = 2_048
 
 
 def _metric_variables() -> dict[str, tuple[str, dict]]:

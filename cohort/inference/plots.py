@@ -201,15 +201,18 @@ def individual(fit: FitResult, path: str | Path, max_subjects: int = 12, points:
 def report(
     fit: FitResult, directory: str | Path, n_sim: int = 200, *, overwrite: bool = False
 ) -> list[Path]:
-    """Write ``gof.png``, ``vpc.png``, ``individual.png``, ``summary.csv`` and
-    ``individual.csv`` to ``directory`` (new, or cohort's own: files there are replaced only
-    with ``overwrite``)."""
+    """Write ``gof.png``, ``vpc.png``, ``individual.png``, ``summary.csv``,
+    ``individual.csv`` and ``sdtab.csv`` (one row per observation: PRED, IPRED, IWRES, CWRES,
+    η) to ``directory`` (new, or cohort's own: files there are replaced only with
+    ``overwrite``)."""
     directory = report_directory(directory, overwrite=overwrite, flag="--report")
     names = ("gof.png", "vpc.png", "individual.png", "summary.csv", "individual.csv")
     gof_p, vpc_p, ind_p, summary, table = (
         claim_file(directory, name, overwrite=overwrite) for name in names
     )
+    sdtab = claim_file(directory, "sdtab.csv", overwrite=overwrite)
     paths = [gof(fit, gof_p), vpc(fit, vpc_p, n_sim=n_sim), individual(fit, ind_p)]
     fit.summary.to_csv(summary)
     fit.individual.to_csv(table)
-    return [*paths, summary, table]
+    fit.observation_table().to_csv(sdtab, index=False)
+    return [*paths, summary, table, sdtab]

@@ -81,6 +81,13 @@ class FitResult:
             "ok": np.asarray(ok),
         }
 
+    def observation_table(self):
+        """Per-observation ID, TIME, DV, PRED, IPRED, IWRES, CWRES, CENS, ETA_* (NONMEM's
+        sdtab; :func:`cohort.inference.tables.observation_table`)."""
+        from cohort.inference.tables import observation_table
+
+        return observation_table(self)
+
     # -- storage -------------------------------------------------------------------------------
     def to_xarray(self) -> xr.Dataset:
         """Point estimates, uncertainty and individual values as one xarray Dataset."""
@@ -113,6 +120,11 @@ class FitResult:
         prepare_output(path, overwrite=overwrite)
         path.parent.mkdir(parents=True, exist_ok=True)
         groups = {"fit_summary": self.to_xarray()}
+        table = self.observation_table()
+        groups["observations"] = xr.Dataset(
+            {c: ("obs", table[c].to_numpy()) for c in table.columns},
+            attrs={"description": "one row per observation (NONMEM sdtab columns)"},
+        )
         if self.idata is not None:
             groups = {g: self.idata[g] for g in self.idata.groups()} | groups
         _write_groups(path, groups)
