@@ -10,6 +10,7 @@ import typer
 from rich.table import Table
 
 from cohort.cli._common import command, console, err_console, fail, progress
+from cohort.cli._timing import describe, phases
 
 _METRICS = (
     ("tir_70_180", "TIR 70–180 %"),
@@ -108,7 +109,7 @@ def glucose(
     )
     t0 = time.perf_counter()
     try:
-        with progress() as bar:
+        with phases() as spent, progress() as bar:
             task = bar.add_task(f"glucose {controller}", total=len(pop))
 
             def update(done: int, total: int) -> None:
@@ -134,6 +135,7 @@ def glucose(
         f"{len(pop):,} patients × {days:g} days in {wall:.1f} s "
         f"({len(pop) * days / wall:,.0f} patient-days/s)" + (f" → {out}" if out else "")
     )
+    console.print(describe(spent), style="dim")
     if plots is not None:
         from cohort.glucose.plots import cvga_plot, glucose_band
 

@@ -15,6 +15,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from cohort.cli._common import command, console, err_console, fail, progress
+from cohort.cli._timing import describe, phases
 
 # Defaults of `cohort simulate` (None in the signature, so a flag the user gave can be told
 # apart from one left at its default when two flags conflict).
@@ -22,11 +23,12 @@ DEFAULTS = {"n": 1000, "iiv": 0.3, "amt": 100.0, "ii": 24.0, "addl": 0, "rate": 
 
 
 def _run(model, pop, dosing, times, **kw):
+    """Simulate with a progress bar; returns the dataset and where the time went."""
     from cohort.engine.simulate import simulate as simulate_cohort
 
-    with progress() as bar:
+    with phases() as spent, progress() as bar:
         task = bar.add_task(f"simulating {model.name}", total=len(next(iter(pop.values()))))
-        return simulate_cohort(
+        ds = simulate_cohort(
             model,
             pop,
             dosing,
@@ -34,6 +36,7 @@ def _run(model, pop, dosing, times, **kw):
             progress=lambda done, total: bar.update(task, completed=done, total=total),
             **kw,
         )
+    return ds, spent
 
 
 def _summary(ds, outputs) -> Table:
@@ -113,7 +116,7 @@ def demo(
     pop = lognormal(model, n, seed, cv=0.3)
     prepare_output(plot, overwrite=True, flag="--plot")  # replaces only cohort's own figure
     t0 = time.perf_counter()
-    ds = _run(
+    ds, spent = _run(
         model,
         pop,
         Regimen(amt=320, cmt="depot", ii=12, addl=13),
@@ -132,6 +135,7 @@ def demo(
         f"({n * 7 / dt:,.0f} patient-days/s, incl. compile and zarr writes)"
     )
     console.print(f"store: [bold]{escape(str(out))}[/]   figure: [bold]{escape(str(plot))}[/]")
+    console.print(describe(spent), style="dim")
 
 
 def _read_population(path: Path, model_name: str | None):
@@ -277,7 +281,7 @@ def simulate(
             rate=v["rate"],
         )
     t0 = time.perf_counter()
-    ds = _run(
+    ds, spent = _run(
         m,
         pop,
         dose,
@@ -291,6 +295,7 @@ def simulate(
         chunk_size=chunk_size,
     )
     console.print(_summary(ds, list(m.output_names)))
+    console.print(describe(spent), style="dim")
     n_bad = int((np.asarray(ds["status"].values) != 0).sum())
     if n_bad:
         err_console.print(

@@ -1,0 +1,88 @@
+"""Where a command's time went: startup and imports, tracing, compilation (or the persistent
+cache), and the run itself, from JAX's own monitoring events (``jax.monitoring``).
+
+One listener per process feeds whichever command is running (JAX's hooks are process-wide and
+cannot be removed, so they are installed once and read through a small stack of collectors).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from collections.abc import Iterator
+
+_TRACE = (
+    "/jax/core/compile/jaxpr_trace_duration",
+    "/jax/core/compile/jaxpr_to_mlir_module_duration",
+)
+_COMPILE = "/jax/core/compile/backend_compile_duration"
+_HITS = "/jax/compilation_cache/cache_hits"
+_MISSES = "/jax/compilation_cache/cache_misses"
+_active: list[dict[str, float]] = []
+_installed: list[bool] = []
+
+
+def _install() -> None:
+    if _installed:
+        return
+    import jax
+
+    def on_duration(event: str, seconds: float, **_) -> None:
+        if _active:
+            _active[-1][event] = _active[-1].get(event, 0.0) + seconds
+
+    def on_event(event: str, **_) -> None:
+        if _active:
+            _active[-1][event] = _active[-1].get(event, 0.0) + 1
+
+    jax.monitoring.register_event_duration_secs_listener(on_duration)
+    jax.monitoring.register_event_listener(on_event)
+    _installed.append(True)
+
+
+def process_age() -> float | None:
+    """Seconds since this process started (Linux ``/proc``), else None."""
+    try:
+        with open("/proc/self/stat") as fh:
+            start_ticks = float(fh.read().rsplit(")", 1)[1].split()[19])
+        with open("/proc/uptime") as fh:
+            uptime = float(fh.read().split()[0])
+        return uptime - start_ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+@contextlib.contextmanager
+def phases() -> Iterator[dict[str, float]]:
+    """Collect the JAX events of the enclosed block; ``wall`` and ``startup`` are added."""
+    startup = process_age()
+    t0 = time.perf_counter()
+    _install()
+    out: dict[str, float] = {}
+    _active.append(out)
+    try:
+        yield out
+    finally:
+        _active.remove(out)
+        out["wall"] = time.perf_counter() - t0
+        if startup is not None:
+            out["startup"] = startup
+
+
+def describe(p: dict[str, float]) -> str:
+    """``time: startup 0.3 s, trace 0.9 s, compile 2.1 s (3 programs, 2 cached), run 1.2 s``."""
+    trace = sum(p.get(k, 0.0) for k in _TRACE)
+    compile_s = p.get(_COMPILE, 0.0)
+    hits, misses = int(p.get(_HITS, 0)), int(p.get(_MISSES, 0))
+    rest = max(p.get("wall", 0.0) - trace - compile_s, 0.0)
+    parts = []
+    if "startup" in p:
+        parts.append(f"startup {p['startup']:.1f} s")
+    parts.append(f"trace {trace:.1f} s")
+    if hits + misses:
+        parts.append(f"compile {compile_s:.1f} s ({hits} of {hits + misses} from the cache)")
+    else:
+        parts.append(f"compile {compile_s:.1f} s")
+    parts.append(f"imports, solve and write {rest:.1f} s")
+    return "time: " + ", ".join(parts)
