@@ -495,3 +495,38 @@ def test_crm_recommends_only_tried_doses(estimate):
         draws = gen.integers(0, 500, 9)  # 3 cohorts: at most levels 0, 1, 2 are tried
         mtd, n, _ = escalation._crm(tox, draws, 3, 9, 0.3, skel, estimate)
         assert mtd == -1 or n[mtd] > 0, (mtd, n)
+
+
+def test_sequential_look_table_reports_stopping_and_expected_n():
+    """Operating characteristics per look from the replicates: stopping probabilities that sum
+    to 1, expected sample size, and the naive estimate at an early stop (biased upward)."""
+    import xarray as xr
+
+    from cohort.trial.analysis import look_table
+
+    out = sequential.simulate_normal(50, 0.3, 1.0, (0.5, 1.0), futility=0.0, replicates=3000)
+    n_rep = len(out["look"])
+    est = out["z"][np.arange(n_rep), out["look"]]  # any statistic that grows with the effect
+    reps = xr.Dataset(
+        {
+            "look": (("comparison", "replicate"), out["look"][None].astype(float)),
+            "reject": (("comparison", "replicate"), out["reject"][None].astype(float)),
+            "harm": (("comparison", "replicate"), out["harm"][None].astype(float)),
+            "futile": (("comparison", "replicate"), out["futile"][None].astype(float)),
+            "p": (("comparison", "replicate"), np.full((1, n_rep), 0.5)),
+            "estimate": (("comparison", "replicate"), est[None]),
+        },
+        coords={"comparison": ["y: treat vs control"]},
+    )
+    table = look_table(reps, (0.5, 1.0), 100)
+    stop = table["p_stop_efficacy"] + table["p_stop_harm"] + table["p_stop_futility"]
+    assert table["p_stopped_by_now"].iloc[-1] == pytest.approx(1.0)
+    assert stop.iloc[0] == pytest.approx(table["p_stopped_by_now"].iloc[0])
+    assert table["p_stop_futility"].iloc[0] > 0.05 and table["p_stop_efficacy"].iloc[0] > 0.01
+    p1 = table["p_stopped_by_now"].iloc[0]
+    assert table.attrs["expected_n"]["y: treat vs control"] == pytest.approx(
+        50 * p1 + 100 * (1 - p1)
+    )
+    # trials that stop early for efficacy have the largest estimates
+    efficacy_early = (out["look"] == 0) & out["reject"]
+    assert est[efficacy_early].mean() > est.mean()

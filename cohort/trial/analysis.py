@@ -33,6 +33,48 @@ class Analysis:
     summary: pd.DataFrame
     pta: pd.DataFrame
     bounds: np.ndarray | None = None
+    looks: pd.DataFrame | None = None  # group-sequential operating characteristics per look
+
+
+def look_table(reps: xr.Dataset, looks, n_total: int) -> pd.DataFrame:
+    """Per comparison and look: the probability of stopping there for efficacy, for harm
+    (two-sided crossing the other way) or for futility, the cumulative probability of having
+    stopped, patients analysed, and the mean naive estimate among trials stopping there. Naive
+    estimates at an early stop are biased away from zero (a trial stops early when its
+    estimate is large); the expected sample size is in ``attrs['expected_n']``."""
+    rows, expected = [], {}
+    for label in reps.comparison.values:
+        r = reps.sel(comparison=label)
+        look = r["look"].values
+        ok = np.isfinite(r["p"].values)
+        est = r["estimate"].values
+        n_k = [round(f * n_total) for f in looks]
+        cumulative = 0.0
+        for k, frac in enumerate(looks):
+            at = ok & (look == k)
+            share = float(at.mean()) if ok.any() else float("nan")
+            cumulative += share
+            rows.append(
+                {
+                    "comparison": label,
+                    "look": k + 1,
+                    "information": frac,
+                    "patients": n_k[k],
+                    "p_stop_efficacy": float((at & (r["reject"].values > 0)).mean()),
+                    "p_stop_harm": float((at & (r["harm"].values > 0)).mean()),
+                    "p_stop_futility": float(
+                        (at & (r.get("futile", r["harm"] * 0).values > 0)).mean()
+                    ),
+                    "p_stopped_by_now": cumulative,
+                    "mean_estimate_if_stopped": float(np.nanmean(est[at])) if at.any() else np.nan,
+                }
+            )
+        expected[str(label)] = float(
+            np.sum([n_k[k] * np.mean(ok & (look == k)) for k in range(len(looks))])
+        )
+    table = pd.DataFrame(rows)
+    table.attrs["expected_n"] = expected
+    return table
 
 
 def _covariate(result: TrialResult, name: str) -> np.ndarray:
@@ -146,7 +188,15 @@ def analyze(result: TrialResult, out: str | Path | None = None) -> Analysis:
         bounds = sequential.boundaries(s.looks, spec.alpha, spec.sided, s.spending)
         reps.attrs["looks"] = list(s.looks)
         reps.attrs["boundaries"] = bounds.tolist()
-    analysis = Analysis(reps, pd.DataFrame(rows), pta(result), bounds)
+        if s.futility is not None:
+            reps.attrs["futility_bound"] = float(s.futility)
+    table = None
+    if spec.sequential is not None:
+        table = look_table(reps, spec.sequential.looks, spec.n)
+        expected = table.attrs["expected_n"]
+        for row in rows:
+            row["expected_n"] = expected.get(row["comparison"], np.nan)
+    analysis = Analysis(reps, pd.DataFrame(rows), pta(result), bounds, table)
     target = out
     if target is not None:
         # Integer comparison index on disk: zarr v3 has no stable fixed-width string dtype.

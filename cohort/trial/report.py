@@ -222,10 +222,18 @@ def _tables(result, analysis, sample_sizes, escalation, dose_pta) -> list:
         tables.append(("Power per comparison (95 % Monte Carlo CI)", analysis.summary[cols]))
     if analysis.bounds is not None:
         looks = spec.sequential.looks
+        futility = spec.sequential.futility
+        bounds = {"information fraction": looks, "efficacy z boundary": analysis.bounds}
+        if futility is not None:  # futility applies at the interim looks only
+            bounds["futility z boundary"] = [futility] * (len(looks) - 1) + [float("nan")]
+        tables.append(("Group-sequential boundaries (z)", pd.DataFrame(bounds)))
+    if analysis.looks is not None and len(analysis.looks):
         tables.append(
             (
-                "Group-sequential efficacy boundaries (z)",
-                pd.DataFrame({"information fraction": looks, "z boundary": analysis.bounds}),
+                "Stopping per look (efficacy, harm, futility), patients and expected sample "
+                "size; estimates at an early stop are naive (not bias-adjusted): trials stop "
+                "early when their estimate is large, so these means are biased away from zero",
+                analysis.looks,
             )
         )
     if len(analysis.pta):
