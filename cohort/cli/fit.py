@@ -110,7 +110,11 @@ def fit(
         "binary with ref: 1 where COLUMN < ref, e.g. V~APGR:binary:5)",
     ),
     error: str = typer.Option("additive", help="additive | proportional | combined | log-additive"),
-    omega: str = typer.Option("diagonal", help="diagonal | full"),
+    omega: str = typer.Option(
+        "diagonal",
+        help="diagonal | full | blocks like CL+V (a BLOCK(2) for CL, V; others diagonal) or "
+        "CL+V;KA+Q (ML only)",
+    ),
     chains: int = typer.Option(4, help="NUTS chains"),
     warmup: int = typer.Option(1000, help="NUTS warmup iterations per chain"),
     draws: int = typer.Option(1000, help="posterior draws per chain (SVI: in total)"),

@@ -23,7 +23,7 @@ from cohort.inference.bayes import Priors, init_values
 from cohort.inference.layout import Layout
 from cohort.inference.problem import BoundModel, bind
 from cohort.inference.results import FitResult, individual_table, ml_summary
-from cohort.inference.spec import NLME, ErrorModel, Param
+from cohort.inference.spec import NLME, ErrorModel, Param, SpecError
 from cohort.models.base import Model
 
 METHODS = ("ml", "nuts", "svi")
@@ -105,6 +105,11 @@ def fit(
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     t0 = time.perf_counter()
     spec = _spec(model, params, error, omega, transform, output)
+    if method != "ml" and spec.omega not in ("diagonal", "full"):
+        raise SpecError(
+            f"omega {spec.omega!r}: block-diagonal Ω is fitted by method='ml' only for now "
+            "(NUTS and SVI take 'diagonal' or 'full', with an LKJ prior)"
+        )
     bm = bind(spec, _dataset(data, spec.model), engine, ode_options)
     if init == "auto":
         init = "ml" if bm.n_subjects <= 200 else "pooled"

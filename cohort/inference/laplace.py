@@ -83,7 +83,7 @@ def _quad(x, a):
 
 def omega_inverse(bm: BoundModel, pop: Pop):
     """``Ω⁻¹`` and ``log|Ω|`` (diagonal Ω: elementwise; full: from the Cholesky factor)."""
-    if not (bm.spec.omega == "full" and bm.n_eta > 1):
+    if not bm.spec.omega_blocks:
         return jnp.diag(pop.omega**-2), 2.0 * jnp.sum(jnp.log(pop.omega))
     chol = bm.omega_chol(pop)
     inv_l = jax.scipy.linalg.solve_triangular(chol, jnp.eye(chol.shape[0]), lower=True)

@@ -33,8 +33,23 @@ class Layout:
         self.gamma_free = np.array([g for g, e in enumerate(bm.effects) if e.fixed is None], int)
         comps = spec.error.components
         self.sigma_free = np.array([i for i, c in enumerate(("add", "prop")) if c in comps], int)
-        self.full = spec.omega == "full" and bm.n_eta > 1
         self.eta_names = tuple(spec.params[k].name for k in bm.iiv)
+        # Correlations estimated: the lower-triangle pairs (i > j, numpyro's CorrCholesky
+        # order i(i-1)/2 + j) within a block of Ω; the others' partial correlations stay 0,
+        # which makes the correlation matrix block-diagonal (NONMEM's $OMEGA BLOCK(n)).
+        index = {name: i for i, name in enumerate(self.eta_names)}
+        block_of = {}
+        for b, block in enumerate(spec.omega_blocks):
+            for name in block:
+                block_of[index[name]] = b
+        q = len(self.eta_names)
+        pairs = [(i, j) for i in range(q) for j in range(i)]
+        self.corr_pairs = [
+            (i, j) for i, j in pairs if i in block_of and block_of.get(j, -1) == block_of[i]
+        ]
+        self.corr_free = np.array([i * (i - 1) // 2 + j for i, j in self.corr_pairs], int)
+        self.n_corr = len(pairs)
+        self.full = bool(self.corr_pairs)
 
     # -- unconstrained vector ------------------------------------------------------------------
     def to_free(self, pop: Pop) -> dict:
@@ -45,7 +60,7 @@ class Layout:
             "log_sigma": jnp.log(pop.sigma[self.sigma_free]),
         }
         if self.full:
-            u["corr"] = _CORR.inv(pop.corr)
+            u["corr"] = _CORR.inv(pop.corr)[self.corr_free]
         return u
 
     def from_free(self, u: dict, base: Pop) -> Pop:
@@ -55,7 +70,11 @@ class Layout:
         theta = _merge(xp, base.theta, self.theta_free, u["theta"])
         gamma = _merge(xp, base.gamma, self.gamma_free, u["gamma"])
         sigma = _merge(xp, base.sigma, self.sigma_free, xp.exp(u["log_sigma"]))
-        corr = _CORR(u["corr"]) if self.full else base.corr
+        if self.full:
+            zeros = xp.zeros(self.n_corr, dtype=u["corr"].dtype)
+            corr = _CORR(_merge(xp, zeros, self.corr_free, u["corr"]))
+        else:
+            corr = base.corr
         return Pop(theta, gamma, xp.exp(u["log_omega"]), corr, sigma)
 
     # -- reporting -----------------------------------------------------------------------------
@@ -78,9 +97,8 @@ class Layout:
             out[f"omega2_{name}"] = omega[..., i, i]
         if self.full:
             corr = pop.corr @ xp.swapaxes(pop.corr, -1, -2)
-            for i in range(len(self.eta_names)):
-                for j in range(i):
-                    out[f"corr_{self.eta_names[j]}_{self.eta_names[i]}"] = corr[..., i, j]
+            for i, j in self.corr_pairs:
+                out[f"corr_{self.eta_names[j]}_{self.eta_names[i]}"] = corr[..., i, j]
         for i in self.sigma_free:
             out[("sigma_add", "sigma_prop")[i]] = pop.sigma[..., i]
         return out
@@ -95,10 +113,7 @@ class Layout:
         for name in self.eta_names:
             names += [f"omega_{name}", f"omega2_{name}"]
         if self.full:
-            q = len(self.eta_names)
-            names += [
-                f"corr_{self.eta_names[j]}_{self.eta_names[i]}" for i in range(q) for j in range(i)
-            ]
+            names += [f"corr_{self.eta_names[j]}_{self.eta_names[i]}" for i, j in self.corr_pairs]
         names += [("sigma_add", "sigma_prop")[i] for i in self.sigma_free]
         return names
 

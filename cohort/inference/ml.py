@@ -79,8 +79,7 @@ class _Flat:
             "log_sigma": len(layout.sigma_free),
         }
         if layout.full:
-            q = int(np.size(pop.omega))
-            self.sizes["corr"] = q * (q - 1) // 2
+            self.sizes["corr"] = len(layout.corr_free)
 
     def pack(self, pop: Pop) -> np.ndarray:
         lay = self.layout

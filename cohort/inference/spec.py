@@ -108,8 +108,10 @@ class NLME:
     """A nonlinear mixed-effects model: structural ``model`` + statistical model.
 
     ``params`` default to every positive model parameter except F and ALAG, each with IIV.
-    ``omega``: ``"diagonal"`` or ``"full"`` (one correlated block over all random effects;
-    LKJ prior in Bayesian fits). ``transform`` maps a dict of estimated individual parameters
+    ``omega``: ``"diagonal"``, ``"full"`` (one correlated block over all random effects;
+    LKJ prior in Bayesian fits) or NONMEM-style blocks with the rest diagonal, e.g.
+    ``"CL+V"`` (``$OMEGA BLOCK(2)`` for CL, V) or ``"CL+V;KA+Q"`` (two blocks; ML fits).
+    ``transform`` maps a dict of estimated individual parameters
     (arrays) to model parameters; names it does not return keep their values in ``fixed``
     or the model defaults. ``output`` is the observed model output (default: the first).
     """
@@ -132,9 +134,9 @@ class NLME:
         if not self.params:
             object.__setattr__(self, "params", default_params(self.model))
         object.__setattr__(self, "params", tuple(self.params))
-        if self.omega not in ("diagonal", "full"):
-            raise SpecError(f"NLME: omega must be 'diagonal' or 'full', got {self.omega!r}")
         names = [p.name for p in self.params]
+        if self.omega not in ("diagonal", "full"):
+            _ = self.omega_blocks  # validates the block structure
         if len(set(names)) != len(names):
             raise SpecError(f"NLME: parameter names repeat: {names}")
         out = self.output or self.model.output_names[0]
@@ -161,6 +163,39 @@ class NLME:
     @property
     def names(self) -> tuple[str, ...]:
         return tuple(p.name for p in self.params)
+
+    @property
+    def omega_blocks(self) -> tuple[tuple[str, ...], ...]:
+        """The correlated blocks of Ω (names of parameters with IIV); () when diagonal."""
+        iiv = self.iiv_names
+        if self.omega == "diagonal":
+            return ()
+        if self.omega == "full":
+            return (iiv,) if len(iiv) > 1 else ()
+        if not isinstance(self.omega, str) or not self.omega.strip():
+            raise SpecError(
+                f"NLME: omega must be 'diagonal', 'full' or blocks like 'CL+V;KA+Q', got "
+                f"{self.omega!r}"
+            )
+        blocks, seen = [], set()
+        for part in self.omega.split(";"):
+            block = tuple(x.strip() for x in part.split("+") if x.strip())
+            for name in block:
+                if name not in iiv:
+                    raise SpecError(
+                        f"NLME: omega block {part.strip()!r}: {name!r} is not a parameter with "
+                        f"IIV ({list(iiv)})"
+                    )
+                if name in seen:
+                    raise SpecError(f"NLME: omega blocks: {name!r} is in more than one block")
+                seen.add(name)
+            if len(block) < 2:
+                raise SpecError(
+                    f"NLME: omega block {part.strip()!r} needs two or more parameters "
+                    "(others are diagonal already)"
+                )
+            blocks.append(block)
+        return tuple(blocks)
 
     @property
     def iiv_names(self) -> tuple[str, ...]:
