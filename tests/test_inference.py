@@ -356,7 +356,7 @@ def test_m3_blq_fit_recovers_uncensored_estimates(theoph_ml):
     obs = frame["EVID"] == 0
     dv = pd.to_numeric(frame["DV"], errors="coerce")
     frame["BLQ"] = (obs & (dv < 1.0)).astype(int)
-    frame.loc[frame["BLQ"] == 1, "DV"] = 1.0  # DV holds the LLOQ on censored rows
+    frame["DV"] = dv.where(frame["BLQ"] == 0, 1.0)  # DV holds the LLOQ on censored rows
     res = fit(theoph_nlme_spec(), frame, "ml")
     assert res.ml.approx == "laplace"
     se = theoph_ml.summary["se"]
