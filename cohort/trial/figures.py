@@ -28,6 +28,7 @@ def bands(
     arm_names: list[str],
     label: str,
     path: Path,
+    time_units: str = "",
 ) -> Path:
     """Median and 5–95 % band of ``values [P, T]`` over patients, one colour per arm."""
     fig = Figure(figsize=(8, 4.5))
@@ -39,16 +40,17 @@ def bands(
         lo, mid, hi = np.nanquantile(v, [0.05, 0.5, 0.95], axis=0)
         ax.fill_between(times, lo, hi, alpha=0.2, color=f"C{i}")
         ax.plot(times, mid, color=f"C{i}", lw=2, label=name)
-    ax.set_xlabel("time")
+    ax.set_xlabel(f"time [{time_units}]" if time_units else "time")
     ax.set_ylabel(label)
     ax.grid(alpha=0.3)
     ax.legend(title="median, 5–95 %")
     return _save(fig, path)
 
 
-def forest(summary: pd.DataFrame, reps, path: Path) -> Path:
+def forest(summary: pd.DataFrame, reps, path: Path, units: dict | None = None) -> Path:
     """Per comparison: mean estimate, mean 95 % CI (thin) and 5–95 % of replicate estimates;
-    one panel per endpoint/test, since effects of different endpoints have different scales."""
+    one panel per endpoint/test, since effects of different endpoints have different scales.
+    ``units`` maps an endpoint to its units (shown on its axis)."""
     labels = np.asarray(reps["comparison"].values).astype(str)
     groups = list(dict.fromkeys(zip(summary["endpoint"], summary["test"])))
     fig = Figure(figsize=(8, 0.55 * len(labels) + 1.0 * len(groups) + 0.5))
@@ -69,7 +71,13 @@ def forest(summary: pd.DataFrame, reps, path: Path) -> Path:
         ax.axvline(0, color="C3", lw=1)
         ax.set_yticks(y, labels[rows], fontsize=8)
         ax.set_ylim(-0.7, len(rows) - 0.3)
-        scale = "log hazard ratio" if test == "logrank" else "treatment − control"
+        unit = (units or {}).get(endpoint, "")
+        if test == "logrank":
+            scale = "log hazard ratio"
+        elif test == "responder":
+            scale = "difference in responder proportion"
+        else:
+            scale = "treatment − control" + (f" [{unit}]" if unit else "")
         ax.set_xlabel(f"{endpoint} ({test}): {scale}", fontsize=9)
     axes[0].legend(fontsize=7, loc="best")
     return _save(fig, path)
@@ -83,15 +91,17 @@ def power_curve(
     xlabel: str,
     target: float,
     path: Path,
+    connect: bool = True,
 ) -> Path:
-    """Power against ``x`` (sample size or dose) with Monte Carlo CI error bars."""
+    """Power against ``x`` (sample size or dose) with Monte Carlo CI error bars; with
+    ``connect=False`` (doses: nothing was simulated between them) points only, no lines."""
     fig = Figure(figsize=(6.5, 4))
     ax = fig.add_subplot()
     ax.errorbar(
         x,
         power,
         yerr=[np.clip(power - low, 0, None), np.clip(high - power, 0, None)],
-        fmt="o-",
+        fmt="o-" if connect else "o",
         capsize=3,
     )
     ax.axhline(target, color="C3", ls="--", lw=1, label=f"target {target:.0%}")
@@ -103,7 +113,7 @@ def power_curve(
     return _save(fig, path)
 
 
-def pta_curve(pta: pd.DataFrame, path: Path) -> Path:
+def pta_curve(pta: pd.DataFrame, path: Path, dose_units: str = "") -> Path:
     """Probability of target attainment against dose, one line per target."""
     fig = Figure(figsize=(6.5, 4))
     ax = fig.add_subplot()
@@ -111,7 +121,7 @@ def pta_curve(pta: pd.DataFrame, path: Path) -> Path:
         g = g.sort_values("dose")
         ax.plot(g["dose"], g["pta"], "o-", label=name)
     ax.set_ylim(-0.02, 1.02)
-    ax.set_xlabel("dose")
+    ax.set_xlabel(f"dose [{dose_units}]" if dose_units else "dose")
     ax.set_ylabel("probability of target attainment")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
@@ -125,8 +135,11 @@ def kaplan_meier(
     arm_names: list[str],
     title: str,
     path: Path,
+    time_units: str = "",
+    replicates: int = 1,
 ) -> Path:
-    """Kaplan–Meier curves per arm (statsmodels ``SurvfuncRight``) pooled over replicates."""
+    """Kaplan–Meier curves per arm (statsmodels ``SurvfuncRight``) pooled over replicates
+    (the legend's n counts patients over all ``replicates``, and says so)."""
     from statsmodels.duration.survfunc import SurvfuncRight
 
     fig = Figure(figsize=(6.5, 4))
@@ -138,9 +151,11 @@ def kaplan_meier(
         km = SurvfuncRight(durations[sel], events[sel])
         t = np.concatenate([[0.0], km.surv_times])
         s = np.concatenate([[1.0], km.surv_prob])
-        ax.step(t, s, where="post", color=f"C{i}", label=f"{name} (n={int(sel.sum())})")
+        pooled = f" pooled over {replicates} replicates" if replicates > 1 else ""
+        label = f"{name} (n={int(sel.sum()):,}{pooled})"
+        ax.step(t, s, where="post", color=f"C{i}", label=label)
     ax.set_title(title)
-    ax.set_xlabel("time")
+    ax.set_xlabel(f"time [{time_units}]" if time_units else "time")
     ax.set_ylabel("event-free probability")
     ax.set_ylim(-0.02, 1.02)
     ax.grid(alpha=0.3)

@@ -49,6 +49,8 @@ def _figures(
     order = np.argsort(rows)  # zarr-backed indexing wants increasing rows
     take, arm = rows[order], arm_all[:MAX_BAND_PATIENTS][order]
     times = np.asarray(result.simulation["time"].values)
+    time_units = result.simulation["time"].attrs.get("units", "")
+    dose_units = _dose_units(spec)
     names = list(spec.arm_names)
     for o in sorted({e.output for e in spec.endpoints if e.output}):
         v = np.asarray(result.simulation[o][take].values, float)
@@ -56,14 +58,18 @@ def _figures(
         out.append(
             (
                 f"{o} by arm",
-                figures.bands(times, v, arm, names, f"{o} [{units}]", claim(f"bands_{o}.png")),
+                figures.bands(
+                    times, v, arm, names, f"{o} [{units}]", claim(f"bands_{o}.png"), time_units
+                ),
             )
         )
     if analysis.replicates.sizes.get("comparison", 0):
         out.append(
             (
                 "Forest plot of effects",
-                figures.forest(analysis.summary, analysis.replicates, claim("forest.png")),
+                figures.forest(
+                    analysis.summary, analysis.replicates, claim("forest.png"), _units(result)
+                ),
             )
         )
     s = analysis.summary
@@ -95,14 +101,17 @@ def _figures(
                         prim["power"].values,
                         prim["power_mc_low"].values,
                         prim["power_mc_high"].values,
-                        "dose",
+                        f"dose [{dose_units}]" if dose_units else "dose",
                         spec.power_target,
                         claim("power_dose.png"),
+                        connect=False,
                     ),
                 )
             )
     if len(analysis.pta):
-        out.append(("Dose–PTA curve", figures.pta_curve(analysis.pta, claim("pta.png"))))
+        out.append(
+            ("Dose–PTA curve", figures.pta_curve(analysis.pta, claim("pta.png"), dose_units))
+        )
     for e in spec.endpoints:
         if e.type == "tte":
             d = np.asarray(result.patients[e.name].values)
@@ -111,9 +120,35 @@ def _figures(
             out.append(
                 (
                     f"Kaplan–Meier: {e.name}",
-                    figures.kaplan_meier(d, ev, arm_all, names, e.name, path),
+                    figures.kaplan_meier(
+                        d, ev, arm_all, names, e.name, path, time_units, spec.replicates
+                    ),
                 )
             )
+    return out
+
+
+def _time_unit(result: TrialResult) -> str:
+    return result.simulation["time"].attrs.get("units", "") or "time unit"
+
+
+def _dose_units(spec) -> str:
+    """Units of the amount in the model's first dose compartment (e.g. mg)."""
+    try:
+        from cohort.models import get
+
+        model = get(spec.model)
+        return model.units().get(model.dose_targets[0], "")
+    except Exception:  # noqa: BLE001 - a label only: never fail a report over it
+        return ""
+
+
+def _units(result: TrialResult) -> dict[str, str]:
+    """Units of each endpoint that has them in the trial's patient table."""
+    out = {}
+    for e in result.spec.endpoints:
+        if e.name in result.patients:
+            out[e.name] = result.patients[e.name].attrs.get("units", "")
     return out
 
 
@@ -185,7 +220,7 @@ def _all_figures(result, analysis, sample_sizes, dose_pta, claim) -> list[tuple[
     if dose_pta is not None and len(dose_pta):
         from cohort.trial import figures
 
-        path_fig = figures.pta_curve(dose_pta, claim("pta_sweep.png"))
+        path_fig = figures.pta_curve(dose_pta, claim("pta_sweep.png"), _dose_units(result.spec))
         figs.append(("Dose–PTA curve (dose sweep, same patients at every dose)", path_fig))
     return figs
 
@@ -199,7 +234,7 @@ def _intro(result: TrialResult) -> str:
         f"{spec.replicates} replicate trials × {spec.n} patients, seed {spec.seed}, spec "
         f"`{spec.path}` (hash {spec.digest}). Eligible fraction of candidates: "
         f"{float(pd_attrs.get('eligible_fraction', 1.0)):.1%}. Dropout hazard "
-        f"{spec.dropout_hazard:g} per time unit, estimand {spec.estimand}."
+        f"{spec.dropout_hazard:g} per {_time_unit(result)}, estimand {spec.estimand}."
     )
 
 
