@@ -530,3 +530,33 @@ def test_sequential_look_table_reports_stopping_and_expected_n():
     # trials that stop early for efficacy have the largest estimates
     efficacy_early = (out["look"] == 0) & out["reject"]
     assert est[efficacy_early].mean() > est.mean()
+
+
+LAN_DEMETS = {  # two-sided 0.05, equally spaced looks (Jennison & Turnbull 2000; gsDesign)
+    ("obrien_fleming", 2): [2.963, 1.969],
+    ("obrien_fleming", 3): [3.710, 2.511, 1.993],
+    ("obrien_fleming", 4): [4.333, 2.963, 2.359, 2.014],
+    ("obrien_fleming", 5): [4.877, 3.357, 2.680, 2.290, 2.031],
+    ("pocock", 2): [2.157, 2.201],
+    ("pocock", 3): [2.279, 2.295, 2.296],
+    ("pocock", 4): [2.368, 2.368, 2.358, 2.350],
+    ("pocock", 5): [2.438, 2.427, 2.410, 2.397, 2.386],
+}
+
+
+@pytest.mark.parametrize(("kind", "k"), list(LAN_DEMETS))
+def test_lan_demets_boundaries_fast_and_converged(kind, k, monkeypatch):
+    """Published values to their 3 decimals, each design in well under a second, and the
+    recursive integration converged: a 4x finer grid moves no boundary by 1e-6."""
+    import time
+
+    looks = tuple((i + 1) / k for i in range(k))
+    sequential._boundaries.cache_clear()
+    t0 = time.perf_counter()
+    got = sequential.boundaries(looks, 0.05, 2, kind)
+    assert time.perf_counter() - t0 < 1.0
+    np.testing.assert_allclose(got, LAN_DEMETS[(kind, k)], atol=6e-4)
+    monkeypatch.setattr(sequential, "GRID_STEP", sequential.GRID_STEP / 4)
+    sequential._boundaries.cache_clear()
+    np.testing.assert_allclose(sequential.boundaries(looks, 0.05, 2, kind), got, atol=1e-6)
+    sequential._boundaries.cache_clear()

@@ -7,8 +7,14 @@ Spending functions (Lan & DeMets 1983) for one-sided level ``a`` at information 
 
 Efficacy boundaries ``c_k`` solve ``P(Z_1 < c_1, ..., Z_{k-1} < c_{k-1}, Z_k >= c_k) =
 alpha(t_k) - alpha(t_{k-1})`` under H0, where the standardised statistics have the canonical
-joint distribution ``corr(Z_i, Z_j) = sqrt(t_i / t_j)`` (Jennison & Turnbull 2000, ch. 3); the
-multivariate normal probabilities come from ``scipy.stats.multivariate_normal.cdf``. Two-sided
+joint distribution ``corr(Z_i, Z_j) = sqrt(t_i / t_j)`` (Jennison & Turnbull 2000, ch. 3). The
+probabilities come from the recursive numerical integration of Armitage, McPherson & Rowe
+(1969; Jennison & Turnbull ch. 19, as in gsDesign/ldbounds): the score ``S_k = Z_k sqrt(t_k)``
+has independent Gaussian increments, so the density of paths that have not crossed is carried
+from look to look on a grid (Simpson weights) — milliseconds per design and accurate to ~1e-8,
+where ``scipy.stats.multivariate_normal.cdf`` (quasi-Monte Carlo) took 34 s for 5 Pocock looks
+and was accurate to ~1e-5. Hand-written because scipy/statsmodels have no group-sequential
+boundary routine. Two-sided
 designs use symmetric boundaries with ``a = alpha / 2`` per side (the usual approximation: the
 chance of crossing the opposite boundary first is negligible). Futility boundaries are
 non-binding (they do not change the efficacy boundaries).
@@ -20,7 +26,7 @@ import functools
 import math
 
 import numpy as np
-from scipy import optimize, stats
+from scipy import optimize, special, stats
 
 
 def spending(t: np.ndarray, a: float, kind: str = "obrien_fleming") -> np.ndarray:
@@ -39,40 +45,56 @@ def boundaries(
     sided: int = 2,
     kind: str = "obrien_fleming",
 ) -> np.ndarray:
-    """Efficacy z-boundaries at the information fractions ``looks`` (last look = 1).
-
-    Multivariate normal probabilities use Genz's quasi-Monte Carlo with a fixed seed and
-    absolute error 1e-6 (boundaries accurate to ~1e-5; deterministic), cached per design."""
+    """Efficacy z-boundaries at the information fractions ``looks`` (last look = 1), by
+    recursive numerical integration (accurate to ~1e-8, deterministic), cached per design."""
     return np.array(_boundaries(tuple(float(x) for x in looks), float(alpha), int(sided), kind))
+
+
+GRID_STEP = 0.01  # grid spacing of the score, in units of sqrt(information)
+GRID_WIDTH = 9.0  # the grid starts this many standard deviations below zero
+
+
+def _grid(upper: float, sd: float) -> tuple[np.ndarray, np.ndarray]:
+    """Points and Simpson weights on ``[-GRID_WIDTH·sd, upper]`` (an even number of
+    intervals, spacing at most ``GRID_STEP·sd``)."""
+    lo = -GRID_WIDTH * sd
+    n = max(2, math.ceil((upper - lo) / (GRID_STEP * sd)))
+    n += n % 2
+    x = np.linspace(lo, upper, n + 1)
+    w = np.ones(n + 1)
+    w[1:-1:2], w[2:-1:2] = 4.0, 2.0
+    return x, w * (x[1] - x[0]) / 3.0
 
 
 @functools.lru_cache(maxsize=64)
 def _boundaries(looks: tuple[float, ...], alpha: float, sided: int, kind: str) -> tuple[float, ...]:
     t = np.asarray(looks, float)
     a = alpha / sided
-    cum = spending(t, a, kind)
-    inc = np.diff(np.concatenate([[0.0], cum]))
-    corr = np.sqrt(np.minimum.outer(t, t) / np.maximum.outer(t, t))
-    c = np.empty(len(t))
-    c[0] = stats.norm.isf(inc[0])
+    inc = np.diff(np.concatenate([[0.0], spending(t, a, kind)]))
+    c = [float(stats.norm.isf(inc[0]))]
+    # density of the score S_1 = Z_1 sqrt(t_1) on the continuation region S_1 < c_1 sqrt(t_1)
+    x, w = _grid(c[0] * math.sqrt(t[0]), math.sqrt(t[0]))
+    dens = stats.norm.pdf(x, scale=math.sqrt(t[0]))
     for k in range(1, len(t)):
-        sub = corr[: k + 1, : k + 1]
-        mvn_prev = stats.multivariate_normal(np.zeros(k), corr[:k, :k], seed=0)
-        mvn = stats.multivariate_normal(np.zeros(k + 1), sub, seed=0)
-        prev = _cdf(mvn_prev, c[:k])
-
-        def excess(x: float, k: int = k, prev: float = prev, mvn=mvn) -> float:
-            return prev - _cdf(mvn, np.append(c[:k], x)) - inc[k]
-
-        c[k] = optimize.brentq(excess, -2.0, 12.0, xtol=1e-8)
-    return tuple(c.tolist())
-
-
-def _cdf(mvn, upper: np.ndarray) -> float:
-    if len(upper) == 1:
-        return float(stats.norm.cdf(upper[0]))
-    mvn.abseps, mvn.releps = 1e-6, 1e-6
-    return float(mvn.cdf(upper))
+        step, sd = math.sqrt(t[k] - t[k - 1]), math.sqrt(t[k])
+        mass = w * dens
+        # P(no crossing before look k, Z_k >= z) = sum over the grid of mass · P(increment)
+        c.append(
+            optimize.brentq(
+                lambda z, mass=mass, x=x, sd=sd, step=step, target=inc[k]: (
+                    float(mass @ special.ndtr((x - z * sd) / step)) - target
+                ),
+                -2.0,
+                15.0,
+                xtol=1e-10,
+            )
+        )
+        if k + 1 < len(t):  # carry the density of paths still continuing to look k
+            x_new, w_new = _grid(c[k] * sd, sd)
+            u = (x_new[:, None] - x[None, :]) / step
+            dens = (np.exp(-0.5 * u * u) @ mass) / (step * math.sqrt(2.0 * math.pi))
+            x, w = x_new, w_new
+    return tuple(c)
 
 
 def decide(
