@@ -277,7 +277,8 @@ def maximize(
     Without ``init`` (or every typical value's ``Param.init``), the starting typical values
     come from a scan of the pooled objective
     (:mod:`cohort.inference.starts`) and the fit is run from its ``starts`` best distinct
-    candidates, the best optimum kept (``starts_agreeing`` says how many reached it); a
+    candidates (stopping once two reach the same best OFV), the best optimum kept
+    (``starts_agreeing`` says how many reached it); a
     one-compartment oral fit is also run from its flip-flop mirror, whose OFV is reported.
     """
     from cohort.inference import starts as starting
@@ -305,7 +306,12 @@ def maximize(
             return scanner.run(np.stack([flat.pack(p) for p in pops]))[0]
 
         start_pops, scan = starting.best_starts(bm, base, evaluate, k=starts, seed=seed)
-    runs = [_fit_from(bm, s, approx, pooled_start, maxiter, gtol, progress) for s in start_pops]
+    runs = []
+    for s in start_pops:
+        runs.append(_fit_from(bm, s, approx, pooled_start, maxiter, gtol, progress))
+        found = np.array([r[3] for r in runs])
+        if len(runs) >= 2 and np.sum(np.abs(found - np.nanmin(found)) < 0.1) >= 2:
+            break  # two starts reached the same best optimum: the rest would add nothing
     ofvs = np.array([r[3] for r in runs])
     best = (
         int(np.nanargmin(np.where(np.isfinite(ofvs), ofvs, np.nan)))
