@@ -111,3 +111,12 @@ def test_generate_then_simulate_population_store(tmp_path):
     np.testing.assert_allclose(ds.conc.values[:, 0], 20 / p.V.values, rtol=1e-12)
     res = runner.invoke(app, ["generate", str(tmp_path / "nope.toml")])
     assert res.exit_code == 2 and "no such spec file" in flat(res)
+
+
+def test_demo_with_other_settings_into_its_store_is_a_clear_error(tmp_path):
+    out = tmp_path / "demo.zarr"
+    args = ["demo", "--out", str(out), "--plot", str(tmp_path / "d.png")]
+    assert runner.invoke(app, [*args, "--n", "50"]).exit_code == 0
+    res = runner.invoke(app, [*args, "--n", "60"])
+    assert res.exit_code == 2 and "holds a demo run with other settings" in flat(res)
+    assert cohort.open_result(out).sizes["patient"] == 50  # untouched

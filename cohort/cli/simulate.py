@@ -116,17 +116,27 @@ def demo(
     pop = lognormal(model, n, seed, cv=0.3)
     prepare_output(plot, overwrite=True, flag="--plot")  # replaces only cohort's own figure
     t0 = time.perf_counter()
-    ds, spent = _run(
-        model,
-        pop,
-        Regimen(amt=320, cmt="depot", ii=12, addl=13),
-        grid(0, 168, 0.5),
-        method="fast",
-        out=str(out),
-        resume=out.exists(),  # the same demo again: its finished store is reused as is
-        seed=seed,
-        chunk_size=min(n, 5_000),
-    )
+    from cohort.store import StoreError
+
+    try:
+        ds, spent = _run(
+            model,
+            pop,
+            Regimen(amt=320, cmt="depot", ii=12, addl=13),
+            grid(0, 168, 0.5),
+            method="fast",
+            out=str(out),
+            resume=out.exists(),  # the same demo again: its finished store is reused as is
+            seed=seed,
+            chunk_size=min(n, 5_000),
+        )
+    except StoreError as exc:
+        if "different inputs" not in str(exc):
+            raise
+        fail(
+            f"--out {out} holds a demo run with other settings (--n/--seed); give another "
+            "--out, or remove that store yourself (cohort never deletes it)"
+        )
     dt = time.perf_counter() - t0
     console.print(_summary(ds, ["conc", "response"]))
     band(ds, ["conc", "response"], plot)
