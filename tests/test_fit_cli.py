@@ -184,3 +184,24 @@ def test_block_omega_recovers_the_covariance(tmp_path):
     assert ofv["diagonal"] - ofv["CL+V"] > 3.84  # the correlation is detected (LRT, 1 df)
     for name, truth in (("omega_CL", 0.3), ("omega_V", 0.25), ("omega_KA", 0.4)):
         assert est["CL+V"][name] == pytest.approx(truth, rel=0.35)
+
+
+def test_zero_prediction_under_log_error_is_reported_and_exits_nonzero(tmp_path):
+    """One observation recorded before the dose (prediction exactly 0) under log-additive
+    error: the fit names the record and exits 1 (it used to 'converge' to sigma = 21.5)."""
+    import pandas as pd
+
+    frame = pd.read_csv(DATA / "theoph_nonmem.csv")
+    frame["DV"] = pd.to_numeric(frame["DV"], errors="coerce")  # '.' on dose rows -> NaN
+    first = frame.index[(frame["ID"] == frame["ID"].iloc[0]) & (frame["EVID"] == 0)][0]
+    frame.loc[first, "TIME"] = -0.5  # an observation half an hour before subject 1's dose
+    frame.loc[first, "DV"] = 0.2
+    frame = frame.sort_values(["ID", "TIME"], kind="stable")
+    frame = frame[frame["DV"].isna() | (frame["DV"] > 0)]  # log error needs DV > 0
+    path = tmp_path / "zero.csv"
+    frame.to_csv(path, index=False)
+    res, _, attrs = _fit(tmp_path, path, "--params", "CL,V,KA", "--error", "log-additive")
+    assert res.exit_code == 1, res.output
+    assert "predicted as 0 under log-additive error" in _flat(res)
+    assert "TIME -0.5" in _flat(res)
+    assert attrs["diagnostic_zero_predictions"] == 1

@@ -213,6 +213,8 @@ def fit(
     trouble = []
     if d.get("converged", 1) == 0:
         trouble.append(f"the optimiser did not converge ({d.get('message', '')})")
+    if d.get("zero_predictions"):
+        trouble.append("observations are predicted as 0 under log-additive error (see above)")
     if d.get("ka_below_elimination"):
         trouble.append("the estimate is the flip-flop mode (KA below CL/V)")
     elif d.get("mirror_ofv", float("inf")) < (result.ofv or 0.0) - 0.1 and not d.get(

@@ -51,6 +51,32 @@ def _dataset(data: Any, model: Model) -> Dataset:
     raise TypeError(f"data must be a Dataset, a DataFrame or a path; got {type(data).__name__}")
 
 
+def _zero_predictions(bm, pop, eta, show: int = 5) -> str:
+    """Under log-additive error an individual prediction of 0 (e.g. an observation before the
+    first dose, or inside a lag time) has log −∞: the fit can only absorb it by inflating σ.
+    Names the records (ID, TIME); '' when there are none (or another error model)."""
+    if bm.spec.error.kind != "log-additive":
+        return ""
+    import jax
+    import jax.numpy as jnp
+
+    f, _ = jax.jit(bm.predict)(pop, jnp.asarray(eta))
+    f = np.asarray(f)
+    obs = bm.data.observations
+    bad = np.asarray(obs.mask) & ~np.asarray(obs.cens) & ~(f > 1e-12)
+    if not bad.any():
+        return ""
+    subj, j = np.nonzero(bad)
+    ids = np.asarray(bm.data.ids)
+    where = ", ".join(f"ID {ids[i]} TIME {obs.time[i, k]:g}" for i, k in zip(subj[:show], j[:show]))
+    more = f" and {bad.sum() - show} more" if bad.sum() > show else ""
+    return (
+        f"{int(bad.sum())} observation(s) predicted as 0 under log-additive error ({where}{more}): "
+        "their log is -inf, so sigma and the estimates are distorted; check those records "
+        "(observations before the first dose or within a lag time) or use a combined error model"
+    )
+
+
 def fit(
     model: Model | NLME | str,
     data: Dataset | pd.DataFrame | str | Path,
@@ -147,6 +173,9 @@ def fit(
                 + "; the estimates reported are the conventional mode (absorption faster than "
                 "elimination): check the absorption model and the IIV"
             )
+        zero = _zero_predictions(bm, est.pop, est.eta)
+        if zero:
+            problems.append(zero)
         if problems:
             diagnostics.warn(problems, "ML fit")
         start_pop, start_eta = est.pop, est.eta
@@ -164,6 +193,7 @@ def fit(
                 "converged": int(est.converged),
                 "iterations": est.n_iterations,
                 "message": est.message,
+                "zero_predictions": int(bool(zero)),
                 **{k: v for k, v in est.starts.items() if not isinstance(v, bool)},
                 **{k: int(v) for k, v in est.starts.items() if isinstance(v, bool)},
             },
