@@ -45,6 +45,7 @@ def test_theoph_per_kg_lands_in_the_right_mode(tmp_path):
     assert est["KA"] > est["CL"] / est["V"]  # absorption faster than elimination
     assert "2 of 2 starts reached the best OFV" in _flat(res)
     assert "mirrored mode (KA <-> CL/V) reaches OFV 171.9" in _flat(res)
+    assert "L/h per WT" in _flat(res)  # the typical value is per kg: its units say so
 
 
 def test_theoph_defaults_match_nlmixr2(tmp_path):

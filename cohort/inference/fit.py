@@ -244,7 +244,7 @@ def _bayesian_result(bm: BoundModel, draws_, est, gates, seconds: float, seed: i
     attrs = {"method": draws_.method, "model": bm.spec.model.name, **draws_.info}
     idata = posterior.to_inference_data(bm, draws_.samples, draws_.diverging, attrs, seed=seed)
     names = posterior.population_names(bm)
-    units = Layout(bm).units()
+    units = Layout(bm).units(typical=True)
     table = diagnostics.summary(idata, names, units)
     n_chains = idata.posterior.sizes["chain"]
     problems = []

@@ -117,12 +117,15 @@ class Layout:
         names += [("sigma_add", "sigma_prop")[i] for i in self.sigma_free]
         return names
 
-    def units(self) -> dict:
+    def units(self, typical: bool = False) -> dict:
+        """Units of every reported quantity; with ``typical`` the parameters' units as their
+        typical values are defined by the covariate model (``L/h per WT``), else as
+        individual values (``L/h``)."""
         spec, bm = self.bm.spec, self.bm
         out = {}
         for p in spec.params:
-            out[p.name] = spec.units(p.name)
             unit = spec.units(p.name)
+            out[p.name] = _scaled_units(unit, p) if typical else unit
             out[f"log_{p.name}"] = f"log({unit})" if unit else "1"
         for e in bm.effects:
             out[e.label] = "1"
@@ -140,6 +143,23 @@ class Layout:
         names |= {f"log_{p.name}" for p in spec.params if p.fixed}
         names |= {e.label for e in self.bm.effects if e.fixed is not None}
         return names
+
+
+def _scaled_units(unit: str, param) -> str:
+    """Units of a typical value as its covariate model defines it: ``L/h per WT`` for a power
+    covariate with exponent fixed at 1 and reference 1 (a per-kg parameter), ``L/h at WT = 70``
+    for other power/linear covariates (the typical value at the reference)."""
+    if not unit:
+        return unit
+    notes = []
+    for c in param.covariates:
+        if c.kind == "power" and c.fixed == 1.0 and (c.ref == 1.0):
+            return f"{unit} per {c.column}"
+        if c.kind in ("power", "exp") and c.ref is not None:
+            notes.append(f"{c.column} = {c.ref:g}")
+        elif c.kind in ("power", "exp"):
+            notes.append(f"{c.column} = median")
+    return f"{unit} at {', '.join(notes)}" if notes else unit
 
 
 def _output_units(spec) -> str:

@@ -211,7 +211,7 @@ def _attrs(fit: FitResult) -> dict:
 
 def ml_summary(bm: BoundModel, est: MLEstimate) -> pd.DataFrame:
     layout = Layout(bm)
-    units = layout.units()
+    units = layout.units(typical=True)
     fixed = layout.fixed_names()
     se = est.se
     rows = []
