@@ -149,6 +149,7 @@ def test_observation_table_like_nonmem_sdtab(tmp_path):
     np.testing.assert_allclose(stored["IPRED"].values, tab["IPRED"].to_numpy(), rtol=1e-10)
 
 
+@pytest.mark.slow  # three fits of 80 subjects: keeps the default suite under 10 minutes
 def test_block_omega_recovers_the_covariance(tmp_path):
     """A 2x2 block for CL, V (correlation 0.6) plus a diagonal KA, simulated for 80 subjects:
     `--omega CL+V` estimates the block's correlation, leaves KA uncorrelated, and its OFV lies
