@@ -121,3 +121,24 @@ def population_arrays(model: Model, population: Any, n: int | None) -> dict[str,
         if str(k).startswith("D_"):
             out[str(k)] = np.broadcast_to(np.asarray(v, dtype=float), (n,)).copy()
     return out
+
+
+def checked_params(
+    model: Model, params: dict[str, np.ndarray], dtype: str
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Per-patient flag of parameters outside their bounds (or non-finite), and the parameters
+    cast to the run's dtype with such patients' values replaced by defaults, so a bad patient
+    is solved harmlessly and then marked ``INVALID_PARAMETERS`` (every engine and the
+    closed-loop runs built on the engine use this one check)."""
+    n_pat = len(next(iter(params.values())))
+    invalid = np.zeros(n_pat, bool)
+    for q in model.parameters:
+        if q.name in params:
+            v = params[q.name]
+            invalid |= ~np.isfinite(v) | (v < q.lower) | (v > q.upper)
+    defaults = model.defaults()
+    clean = {}
+    for name, v in params.items():
+        v = np.asarray(v, dtype)
+        clean[name] = np.where(invalid, defaults.get(name, 1.0), v) if invalid.any() else v
+    return invalid, clean

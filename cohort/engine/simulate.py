@@ -27,7 +27,7 @@ from cohort.engine.base import Engine, resolve_engine
 from cohort.engine.batching import BatchSolver, batch_shape, patient_major, run_batches
 from cohort.engine.events import missing_duration_params, ss_lag_problem
 from cohort.engine.fast_path import RK4
-from cohort.engine.inputs import InputError, check_times, population_arrays
+from cohort.engine.inputs import InputError, check_times, checked_params, population_arrays
 from cohort.engine.status import status_attrs
 from cohort.engine.step_choice import choose_step, pilot_rows
 from cohort.models.base import Model
@@ -270,7 +270,7 @@ def _run_chunks(plan: _Plan, done: np.ndarray, sink, progress) -> None:
     )
     # Parameter checks and dtype casts once for the whole cohort (not per batch); batches are
     # then contiguous slices (views) of these arrays.
-    invalid, params_all = _checked_params(plan)
+    invalid, params_all = checked_params(plan.model, plan.params, plan.dtype)
     events_all = dict(plan.table.arrays())
     for key in ("time", "amt", "rate", "ii"):
         events_all[key] = events_all[key].astype(plan.dtype, copy=False)
@@ -292,24 +292,6 @@ def _run_chunks(plan: _Plan, done: np.ndarray, sink, progress) -> None:
         invalid=invalid,
         progress=progress,
     )
-
-
-def _checked_params(plan: _Plan) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """Per-patient flag of parameters outside their bounds (or non-finite), and the parameters
-    cast to the run's dtype with such patients' values replaced by defaults, so a bad patient
-    is solved harmlessly and then marked ``INVALID_PARAMETERS``."""
-    n_pat = len(next(iter(plan.params.values())))
-    invalid = np.zeros(n_pat, bool)
-    for q in plan.model.parameters:
-        if q.name in plan.params:
-            v = plan.params[q.name]
-            invalid |= ~np.isfinite(v) | (v < q.lower) | (v > q.upper)
-    defaults = plan.model.defaults()
-    clean = {}
-    for name, v in plan.params.items():
-        v = np.asarray(v, plan.dtype)
-        clean[name] = np.where(invalid, defaults.get(name, 1.0), v) if invalid.any() else v
-    return invalid, clean
 
 
 def _output_attrs(model: Model, name: str) -> dict[str, str]:

@@ -27,7 +27,7 @@ import xarray as xr
 
 from cohort._version import __version__
 from cohort.engine.batching import BatchSolver, batch_shape, patient_major, run_batches
-from cohort.engine.inputs import InputError, population_arrays
+from cohort.engine.inputs import InputError, checked_params, population_arrays
 from cohort.engine.simulate import result_dataset
 from cohort.engine.status import status_attrs, stepping_status
 from cohort.glucose.controllers import controller as named_controller
@@ -175,7 +175,7 @@ def run(
         **status_attrs(),
         "spec_hash": _spec_hash(model, params_hashed, scenario, settings),
     }
-    invalid, clean = _checked(model, params, dtype)
+    invalid, clean = checked_params(model, params, dtype)
     meals = MealInputs(
         start=scenario.start.astype(dtype),
         grams=scenario.grams.astype(dtype),
@@ -284,22 +284,6 @@ def _masked(metrics: dict, bad: np.ndarray) -> dict:
         v[bad] = -1 if name == "cvga_zone" else np.nan
         out[name] = v
     return out
-
-
-def _checked(model: Model, params: dict, dtype: str) -> tuple[np.ndarray, dict]:
-    """Patients with a parameter outside its bounds (or non-finite) flagged, their values
-    replaced by the defaults so that they are solved harmlessly, then marked invalid."""
-    n = len(params["BW"])
-    invalid = np.zeros(n, bool)
-    clean = {}
-    for q in model.parameters:
-        v = np.asarray(params[q.name], float)
-        bad = ~np.isfinite(v) | (v < q.lower) | (v > q.upper)
-        invalid |= bad
-        clean[q.name] = v
-    for name, v in clean.items():
-        clean[name] = np.where(invalid, model.defaults()[name], v).astype(dtype)
-    return invalid, clean
 
 
 def _dataset(model, outs, status, params, times, attrs) -> xr.Dataset:
