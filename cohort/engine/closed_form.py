@@ -33,6 +33,7 @@ from cohort.engine.events import (
     with_sentinel,
 )
 from cohort.engine.linear import modes, phi
+from cohort.engine.save_grid import block_any, padded_flags, padded_grid, scan_blocks
 from cohort.engine.status import output_status
 from cohort.models.base import Model, Tree
 
@@ -206,13 +207,12 @@ def solve_batch(
     # measured on CPU). Point 0 is observed in block 0, so the scan writes every output in
     # place (no concatenation: a copy of the whole result).
     n_pts = len(times)
-    n_blocks = -(-n_pts // BLOCK)
-    padded = np.concatenate([times, np.full(n_blocks * BLOCK - n_pts, times[-1])])
+    padded, n_blocks = padded_grid(times, n_pts, BLOCK)
     tgrid = jnp.asarray(padded, dtype)
     has_event = interval_flags(ch.time, tgrid[:n_pts])  # [n_pts - 1]: interval q-1 -> point q
-    has_event = jnp.concatenate([has_event, jnp.zeros(n_blocks * BLOCK - n_pts + 1, bool)])
+    has_event = padded_flags(has_event, n_blocks * BLOCK)
     point_event = jnp.concatenate([jnp.ones(1, bool), has_event[:-1]])  # point 0 is special
-    block_event = jnp.any(point_event.reshape(n_blocks, BLOCK), axis=1)
+    block_event = block_any(point_event, n_blocks, BLOCK)
 
     def step(c, q):
         """Observe point ``q`` after advancing through interval ``q - 1`` (none for q = 0)."""
@@ -244,12 +244,8 @@ def solve_batch(
     def eventful_block(c, b):
         return jax.lax.scan(step, c, b * BLOCK + jnp.arange(BLOCK))
 
-    def block(c, b):
-        return jax.lax.cond(block_event[b], eventful_block, plain_block, c, b)
-
     def stepped(c):
-        _, out = jax.lax.scan(block, c, jnp.arange(n_blocks))
-        return {o: v.reshape((n_blocks * BLOCK, *v.shape[2:])) for o, v in out.items()}
+        return scan_blocks(c, block_event, plain_block, eventful_block, BLOCK)[1]
 
     if not uniform:
         # Padded rows stay: slicing here would copy the whole result; callers take [:T].

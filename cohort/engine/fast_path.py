@@ -31,6 +31,7 @@ from cohort.engine.events import (
     with_sentinel,
 )
 from cohort.engine.inputs import InputError
+from cohort.engine.save_grid import block_any, padded_flags, padded_grid, scan_blocks
 from cohort.engine.status import Status, stepping_status
 from cohort.engine.steady_state import iterate_to_steady_state
 from cohort.engine.stepping import rk4_step
@@ -296,15 +297,13 @@ def solve_batch(
         # one RK4 step covers the block and the saves inside it come from Hermite dense
         # output (4 + 1 RHS evaluations instead of 4·m); blocks with a record step interval
         # by interval as above. The last block is padded with empty intervals.
-        n_blocks = -(-n_int // m)
-        padded = np.concatenate([times, np.full(n_blocks * m - n_int, times[-1])])
+        padded, n_blocks = padded_grid(times, n_int, m)
         starts, ends = padded[:-1:m], padded[m::m]
         theta = (padded[1:].reshape(n_blocks, m) - starts[:, None]) / (ends - starts)[:, None]
         theta_j, h_j = jnp.asarray(theta, dtype), jnp.asarray(ends - starts, dtype)
         tgrid = jnp.asarray(padded, dtype)
-        pad_event = jnp.concatenate([has_event, jnp.zeros(n_blocks * m - n_int, bool)])
-        block_event = jnp.any(pad_event.reshape(n_blocks, m), axis=1)
-        has_event = pad_event
+        has_event = padded_flags(has_event, n_blocks * m)
+        block_event = block_any(has_event, n_blocks, m)
 
         def plain_block(c, b):
             (tc, y0, u, ptr, last_reset), (lo, hi), (f_prev, reuse) = c
@@ -339,14 +338,11 @@ def solve_batch(
             no_reuse = (dense_c[2][0], jnp.array(False))
             return (*picked, no_reuse), jax.tree_util.tree_map(pick, fine, dense)
 
-        def block(c, b):
-            return jax.lax.cond(block_event[b], eventful_block, plain_block, c, b)
-
         slope = ({k: jnp.zeros_like(v) for k, v in carry[1].items()}, jnp.array(False))
-        (carry, (lo, hi), _), rest = jax.lax.scan(
-            block, (carry, (lo, hi), slope), jnp.arange(n_blocks)
+        (carry, (lo, hi), _), rest = scan_blocks(
+            (carry, (lo, hi), slope), block_event, plain_block, eventful_block, m
         )
-        rest = {o: v.reshape((n_blocks * m, *v.shape[2:]))[:n_int] for o, v in rest.items()}
+        rest = {o: v[:n_int] for o, v in rest.items()}
     out = {o: jnp.concatenate([first[o][None], rest[o]]) for o in outputs}
     # NaN propagates through the states (and through min/max), so final checks suffice.
     finite = jnp.isfinite(lo) & jnp.isfinite(hi)
