@@ -122,6 +122,16 @@ def _parameters(spec: PopulationSpec, cov: dict[str, np.ndarray], u_eta: np.ndar
         if spec.eta_names
         else np.zeros((n, 0))
     )
+    out = typical_values(spec, cov, n)
+    for p in spec.parameters:
+        if p.name in spec.eta_names:
+            out[p.name] = out[p.name] * np.exp(eta[:, spec.eta_names.index(p.name)])
+    return out, eta
+
+
+def typical_values(spec: PopulationSpec, cov: dict[str, np.ndarray], n: int) -> dict:
+    """Each parameter's typical value × covariate effects for covariates ``cov`` (``[n]``
+    arrays): the individual values at η = 0 (digital twins' prior medians)."""
     by_name = {c.name: c for c in spec.covariates}
     out = {}
     for p in spec.parameters:
@@ -143,10 +153,8 @@ def _parameters(spec: PopulationSpec, cov: dict[str, np.ndarray], u_eta: np.ndar
                 v = v * factor
             else:
                 v = v * evaluate(a["expression"], cov)
-        if p.name in spec.eta_names:
-            v = v * np.exp(eta[:, spec.eta_names.index(p.name)])
         out[p.name] = v
-    return out, eta
+    return out
 
 
 def _accept(spec: PopulationSpec, values: dict[str, np.ndarray]) -> np.ndarray:

@@ -60,7 +60,17 @@ EFFECTS = {
     "categorical": ("covariate", "factors"),
     "expression": ("expression",),
 }
-_TOP = {"population", "covariates", "correlation", "parameters", "iiv", "filters", "targets"}
+_TOP = {
+    "population",
+    "covariates",
+    "correlation",
+    "parameters",
+    "iiv",
+    "error",
+    "filters",
+    "targets",
+}
+ERROR_KINDS = ("additive", "proportional", "combined", "log-additive")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,6 +118,19 @@ class Target:
 
 
 @dataclasses.dataclass(frozen=True)
+class ResidualError:
+    """The published residual error (``[error]``): what a digital twin's likelihood uses.
+    ``add`` is an SD in the output's units (log scale for ``log-additive``), ``prop`` an SD as
+    a fraction of the prediction; ``output`` the observed model output."""
+
+    kind: str
+    add: float
+    prop: float
+    output: str | None
+    citation: str
+
+
+@dataclasses.dataclass(frozen=True)
 class PopulationSpec:
     path: str
     name: str
@@ -122,6 +145,7 @@ class PopulationSpec:
     filters: tuple[Filter, ...]
     targets: tuple[Target, ...]
     digest: str
+    error: ResidualError | None = None
 
     @property
     def covariate_names(self) -> tuple[str, ...]:
@@ -464,6 +488,7 @@ def _parse_spec(raw: dict, path: str, digest: str | None) -> PopulationSpec:
         args = {k: t[k] for k in ("mean", "sd", "median", "cv", "values") if k in t}
         targets.append(Target(str(t.get("name", t["expression"])), t["expression"], dist, args))
     digest = digest or hashlib.sha256(repr(raw).encode()).hexdigest()[:16]
+    error = _error(path, raw["error"]) if "error" in raw else None
     return PopulationSpec(
         path,
         str(meta["name"]),
@@ -478,4 +503,23 @@ def _parse_spec(raw: dict, path: str, digest: str | None) -> PopulationSpec:
         tuple(filters),
         tuple(targets),
         digest,
+        error,
     )
+
+
+def _error(path: str, t: dict) -> ResidualError:
+    _check_keys(path, "error", t, {"kind", "add", "prop", "output", "citation"})
+    kind = t.get("kind")
+    if kind not in ERROR_KINDS:
+        raise _err(path, "error.kind", f"must be one of {ERROR_KINDS}, got {kind!r}")
+    if not t.get("citation"):
+        raise _err(path, "error.citation", "every number needs a citation")
+    needs = {"additive": ("add",), "log-additive": ("add",), "proportional": ("prop",)}
+    needs = needs.get(kind, ("add", "prop"))
+    for key in needs:
+        if key not in t:
+            raise _err(path, f"error.{key}", f"a {kind} error needs {key} (an SD)")
+    add = _num(path, "error.add", t["add"], positive=True) if "add" in needs else 0.0
+    prop = _num(path, "error.prop", t["prop"], positive=True) if "prop" in needs else 0.0
+    output = t.get("output")
+    return ResidualError(kind, add, prop, None if output is None else str(output), t["citation"])

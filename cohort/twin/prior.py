@@ -1,0 +1,236 @@
+"""A digital twin's population prior: per-patient typical values from covariates, Ω and the
+residual error, from a priors spec (``priors/*.toml`` with an ``[error]`` section) or from a
+``cohort fit`` result.
+
+Both sources become the same TOML-shaped description (the priors-spec format), so a twin's
+prior is stored with the twin as text and rebuilt exactly when the twin is reopened. A
+patient's individual log parameters are ``μᵢ + η`` with ``μᵢ = log(typical × covariate
+effects)`` and ``η ~ N(0, Ω)``; parameters with a non-positive constant value (e.g. a lag of 0)
+are held fixed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from cohort._toml import read_toml
+from cohort.errors import CohortError
+from cohort.models.base import Model
+from cohort.population.spec import PopulationSpec, parse_spec
+
+
+class TwinError(CohortError, ValueError):
+    """Bad input for a digital twin; the message names the record, patient or field."""
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class TwinPrior:
+    """Population prior of a set of twins (build with :meth:`from_spec` or :meth:`from_fit`).
+
+    ``names``: log-normal individual parameters (``K``), ``eta_names`` those with a random
+    effect (``q``, in ``names`` order) with covariance ``omega [q, q]``; ``fixed``: model
+    parameters held constant; ``error``: ``(kind, add, prop)`` residual SDs of ``output``.
+    """
+
+    model: Model
+    spec: PopulationSpec
+    raw: dict  # the TOML-shaped description (stored with the twin)
+    names: tuple[str, ...]
+    eta_names: tuple[str, ...]
+    omega: np.ndarray
+    fixed: dict[str, float]
+    output: str
+    error: tuple[str, float, float]
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def covariates(self) -> tuple[str, ...]:
+        """Covariate columns the prior needs per patient."""
+        used = set()
+        from cohort.population.expr import names_in
+
+        for p in self.spec.parameters:
+            for e in p.effects:
+                if "covariate" in e.args:
+                    used.add(e.args["covariate"])
+                elif "expression" in e.args:
+                    used |= names_in(e.args["expression"])
+        return tuple(sorted(used))
+
+    # -- construction --------------------------------------------------------------------------
+    @classmethod
+    def from_spec(cls, path: str | Path) -> TwinPrior:
+        """From a priors spec with an ``[error]`` section (e.g. ``priors/vancomycin_goti2018.toml``)."""
+        raw, digest = read_toml(path, TwinError, "priors spec")
+        return cls.from_raw(raw, str(path), digest)
+
+    @classmethod
+    def from_raw(cls, raw: dict, path: str = "<prior>", digest: str | None = None) -> TwinPrior:
+        spec = parse_spec(raw, path, digest)
+        if spec.model is None:
+            raise TwinError(f"{path}: [population] model = ...: a twin prior names its model")
+        from cohort.models import get
+
+        model = get(spec.model)
+        if spec.error is None:
+            raise TwinError(
+                f"{path}: a twin prior needs an [error] section (kind, add/prop SDs, output, "
+                "citation): the residual error of the observations the twins learn from"
+            )
+        known = set(model.parameter_names)
+        unknown = [p.name for p in spec.parameters if p.name not in known]
+        if unknown:
+            raise TwinError(
+                f"{path}: parameters {unknown} are not parameters of the model {model.name!r} "
+                f"({sorted(known)}): is this a prior for another model?"
+            )
+        output = spec.error.output or model.output_names[0]
+        if output not in model.output_names:
+            raise TwinError(
+                f"{path}: error.output {output!r} is not an output of {model.name!r}; choose "
+                f"from {list(model.output_names)}"
+            )
+        names, fixed = [], {}
+        for p in spec.parameters:
+            if p.typical > 0:
+                names.append(p.name)
+            elif p.effects or p.name in spec.eta_names:
+                raise TwinError(
+                    f"{path}: parameters.{p.name}: typical must be > 0 for a parameter with "
+                    "covariate effects or a random effect (log-normal)"
+                )
+            else:
+                fixed[p.name] = float(p.typical)
+        eta = tuple(n for n in names if n in spec.eta_names)
+        order = [spec.eta_names.index(n) for n in eta]
+        omega = np.asarray(spec.omega, float)[np.ix_(order, order)]
+        err = spec.error
+        return cls(
+            model, spec, raw, tuple(names), eta, omega, fixed, output, (err.kind, err.add, err.prop)
+        )
+
+    @classmethod
+    def from_fit(cls, fit: Any, name: str | None = None) -> TwinPrior:
+        """From a :class:`~cohort.inference.FitResult` (ML or Bayesian point estimates):
+        θ, covariate effects (reference values resolved to numbers), Ω and σ."""
+        bm = fit.bound
+        spec = bm.spec
+        if spec.transform is not None:
+            raise TwinError(
+                "from_fit: the fit uses a transform (a Python function), which a twin cannot "
+                "store; fit the model's own parameters instead"
+            )
+        pop = fit.pop
+        theta = np.asarray(pop.theta, float)
+        gamma = np.asarray(pop.gamma, float)
+        cov = bm.data.covariates
+        params: dict[str, dict] = {}
+        for k, p in enumerate(spec.params):
+            effects = []
+            for g, e in enumerate(bm.effects):
+                if e.k != k:
+                    continue
+                c = next(c for c in p.covariates if c.column == e.column)
+                x = cov[e.column].to_numpy(float)
+                if e.kind == "power":
+                    ref = c.ref if c.ref is not None else float(np.median(x))
+                    effects.append(
+                        {"type": "power", "covariate": e.column, "reference": ref,
+                         "coefficient": float(gamma[g])}  # fmt: skip
+                    )
+                elif e.kind == "exp":
+                    ref = c.ref if c.ref is not None else float(np.median(x))
+                    effects.append(
+                        {"type": "exponential", "covariate": e.column, "reference": ref,
+                         "coefficient": float(gamma[g])}  # fmt: skip
+                    )
+                else:  # binary: the factor exp(γ) where the indicator is 1
+                    shift = float(np.expm1(gamma[g]))
+                    ind = e.column if c.ref is None else f"({e.column} < {c.ref!r})"
+                    effects.append({"type": "expression", "expression": f"1 + {shift!r} * {ind}"})
+            entry = {
+                "typical": float(np.exp(theta[k])),
+                "units": spec.units(p.name),
+                "citation": "cohort fit estimate",
+            }
+            if effects:
+                entry["effects"] = effects
+            params[p.name] = entry
+        defaults = {**spec.model.defaults(), **spec.fixed}
+        for q in spec.model.parameter_names:
+            if q not in params:
+                params[q] = {"typical": float(defaults[q]), "citation": "fixed in the fit"}
+        chol = np.asarray(bm.omega_chol(pop), float)
+        omega = chol @ chol.T
+        sigma = np.asarray(pop.sigma, float)
+        raw = {
+            "population": {
+                "name": name or f"fit_{spec.model.name}",
+                "model": spec.model.name,
+                "citation": f"cohort fit ({fit.method}) of {bm.n_subjects} subjects",
+            },
+            "parameters": params,
+            "iiv": {
+                "parameters": list(spec.iiv_names),
+                "omega": omega.tolist(),
+                "citation": "cohort fit estimate",
+            },
+            "error": {
+                "kind": spec.error.kind,
+                "output": spec.output,
+                "citation": "cohort fit estimate",
+            },
+        }
+        if "add" in spec.error.components:
+            raw["error"]["add"] = float(sigma[0])
+        if "prop" in spec.error.components:
+            raw["error"]["prop"] = float(sigma[1])
+        return cls.from_raw(raw, f"<fit of {spec.model.name}>")
+
+    # -- use -----------------------------------------------------------------------------------
+    def log_typical(self, covariates: pd.DataFrame) -> np.ndarray:
+        """``μ [N, K]``: log typical values for each row (patient) of ``covariates``."""
+        from cohort.population.generate import typical_values
+
+        n = len(covariates)
+        cov = {}
+        for c in self.covariates:
+            if c not in covariates:
+                raise TwinError(
+                    f"covariate {c!r}: the prior {self.name!r} needs a {c} column in the records "
+                    f"(columns given: {list(covariates.columns)})"
+                )
+            x = pd.to_numeric(covariates[c], errors="coerce").to_numpy(float)
+            bad = np.flatnonzero(~np.isfinite(x))
+            if bad.size:
+                raise TwinError(
+                    f"covariate {c!r}: missing or non-numeric for patient "
+                    f"{covariates.index[bad[0]]!r}; give a value on its first record"
+                )
+            cov[c] = x
+        values = typical_values(self.spec, cov, n)
+        out = np.stack([np.asarray(values[k], float) for k in self.names], axis=1)
+        bad = np.argwhere(~(out > 0) | ~np.isfinite(out))
+        if bad.size:
+            i, k = bad[0]
+            raise TwinError(
+                f"patient {covariates.index[i]!r}: typical {self.names[k]} = {out[i, k]:g} from its "
+                "covariates; a log-normal parameter must be > 0 (check the covariate values)"
+            )
+        return np.log(out)
+
+    def to_json(self) -> str:
+        return json.dumps(self.raw, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> TwinPrior:
+        return cls.from_raw(json.loads(text), "<stored twin prior>")

@@ -1,0 +1,202 @@
+"""Digital twins: a population prior, each patient's records, and the current individual
+posterior, identified and updated for every patient in one vectorised computation."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from cohort.data import Dataset
+from cohort.twin import posterior
+from cohort.twin.prior import TwinError, TwinPrior
+from cohort.twin.problem import TwinBound, bind_twins, prior_pop, read_records
+
+METHODS = ("laplace", "nuts")
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Twins:
+    """A set of digital twins (build with :meth:`identify`; reopen with :func:`open_twins`).
+
+    ``laplace`` always holds the MAP and Laplace covariance; ``samples`` the NUTS draws when
+    ``method == "nuts"``. ``history``: one row per identification/update (time, observations
+    seen, posterior SDs), so shrinkage across updates can be shown. Instances are immutable:
+    :meth:`update` returns new twins and leaves these untouched.
+    """
+
+    prior: TwinPrior
+    data: Dataset
+    bound: TwinBound
+    laplace: posterior.Laplace
+    method: str = "laplace"
+    samples: posterior.Samples | None = None
+    history: tuple[dict, ...] = ()
+    options: dict = dataclasses.field(default_factory=dict)
+
+    # -- construction --------------------------------------------------------------------------
+    @classmethod
+    def identify(
+        cls,
+        prior: TwinPrior | str | Path,
+        records: pd.DataFrame | str | Path,
+        *,
+        method: str = "laplace",
+        chains: int = 4,
+        warmup: int = 500,
+        draws: int = 500,
+        seed: int = 0,
+    ) -> Twins:
+        """Personalise a twin per patient of ``records`` (NONMEM-style: ID, TIME, DV, AMT,
+        EVID, ..., plus the covariates the prior needs). ``method``: ``laplace`` (MAP +
+        Laplace) or ``nuts`` (per-patient NUTS started from the Laplace approximation)."""
+        if not isinstance(prior, TwinPrior):
+            prior = TwinPrior.from_spec(prior)
+        if method not in METHODS:
+            raise TwinError(f"method: {method!r} is not one of {METHODS}")
+        data = read_records(records, prior)
+        bm = bind_twins(prior, data)
+        eta0 = np.zeros((data.n_subjects, len(prior.eta_names)))
+        opts = {"chains": chains, "warmup": warmup, "draws": draws, "seed": seed}
+        return cls._posterior(prior, data, bm, eta0, method, opts, (), "identify")
+
+    @classmethod
+    def _posterior(cls, prior, data, bm, eta0, method, opts, history, what, init=None) -> Twins:
+        t0 = time.perf_counter()
+        pop = prior_pop(prior)
+        lap = posterior.map_laplace(bm, pop, eta0)
+        samples = None
+        if method == "nuts":
+            samples = posterior.nuts(
+                bm, pop, lap if init is None else init(lap), chains=opts["chains"],
+                warmup=opts["warmup"], draws=opts["draws"], seed=opts["seed"],
+            )  # fmt: skip
+        sd = _posterior_sd(lap, samples)
+        entry = {
+            "step": what,
+            "seconds": time.perf_counter() - t0,
+            "n_observations": data.observations.count.astype(int).tolist(),
+            "last_time": data.records.groupby("ID", sort=False)["TIME"].max().tolist(),
+            "posterior_sd": sd.tolist(),
+        }
+        return cls(prior, data, bm, lap, method, samples, (*history, entry), opts)
+
+    # -- basic views ---------------------------------------------------------------------------
+    @property
+    def ids(self) -> np.ndarray:
+        return self.data.ids
+
+    @property
+    def n(self) -> int:
+        return self.data.n_subjects
+
+    def __repr__(self) -> str:
+        return (
+            f"Twins({self.n} patients, model={self.prior.model.name!r}, prior="
+            f"{self.prior.name!r}, method={self.method!r}, updates={len(self.history) - 1})"
+        )
+
+    @property
+    def ok(self) -> np.ndarray:
+        """Per patient: the posterior was found (and, for NUTS, converged)."""
+        ok = self.laplace.ok
+        if self.samples is not None:
+            ok = ok & self.samples.converged
+        return ok
+
+    def eta_draws(self, n_draws: int = 1000, seed: int = 0) -> np.ndarray:
+        """``[N, S, q]`` posterior draws of the random effects (NUTS draws pooled over chains,
+        thinned or recycled to ``n_draws``; else draws from the Laplace approximation)."""
+        if self.samples is not None:
+            z = self.samples.eta.reshape(self.n, -1, self.samples.eta.shape[-1])
+            idx = np.random.default_rng(seed).choice(z.shape[1], n_draws, z.shape[1] < n_draws)
+            return z[:, np.sort(idx)]
+        return posterior.laplace_draws(self.laplace, n_draws, seed)
+
+    def log_params(self, eta: np.ndarray) -> np.ndarray:
+        """``[N, ..., K]`` log individual parameters for ``eta [N, ..., q]``."""
+        mu = np.asarray(self.bound.features, float)
+        mu = mu.reshape(mu.shape[:1] + (1,) * (eta.ndim - 2) + mu.shape[1:])
+        out = np.broadcast_to(mu, eta.shape[:-1] + mu.shape[-1:]).copy()
+        for j, k in enumerate(self.bound.iiv):
+            out[..., k] += eta[..., j]
+        return out
+
+    def individual(self) -> pd.DataFrame:
+        """Per patient: MAP individual parameters, posterior SD of each log parameter (≈ CV),
+        and the status."""
+        lp = self.log_params(self.laplace.eta)
+        table = pd.DataFrame(
+            {n: np.exp(lp[:, k]) for k, n in enumerate(self.prior.names)},
+            index=pd.Index(self.ids, name="ID"),
+        )
+        sd = _posterior_sd(self.laplace, self.samples)
+        for j, n in enumerate(self.prior.eta_names):
+            table[f"sd_log_{n}"] = sd[:, j]
+        table["ok"] = self.ok
+        return table
+
+    # -- updating ------------------------------------------------------------------------------
+    def update(self, new_records: pd.DataFrame | str | Path, *, method: str | None = None) -> Twins:
+        """Twins that have also seen ``new_records`` (observations and doses at or after each
+        patient's last record). The posterior search starts from the current one (modes, and
+        for NUTS the current draws' covariance as mass matrix); these twins are unchanged."""
+        from cohort.twin.records import append_records
+
+        method = method or self.method
+        if method not in METHODS:
+            raise TwinError(f"method: {method!r} is not one of {METHODS}")
+        combined = append_records(self.data, new_records, self.prior.model)
+        data = read_records(combined, self.prior)
+        bm = bind_twins(self.prior, data)
+        init = None
+        if method == "nuts" and self.samples is not None:
+            previous = self.samples
+
+            def init(lap):  # mass matrix from the previous draws where they are wider
+                z = previous.eta.reshape(self.n, -1, previous.eta.shape[-1])
+                cov = np.einsum("nsi,nsj->nij", z - z.mean(1, keepdims=True),
+                                z - z.mean(1, keepdims=True)) / (z.shape[1] - 1)  # fmt: skip
+                ok = lap.ok & np.all(np.isfinite(cov), axis=(1, 2))
+                use = np.where(ok[:, None, None], lap.cov, cov)
+                return dataclasses.replace(lap, cov=use)
+
+        return self._posterior(
+            self.prior, data, bm, self.laplace.eta, method, self.options, self.history,
+            "update", init,
+        )  # fmt: skip
+
+    def refit(self, method: str | None = None) -> Twins:
+        """The reference: the posterior on all records seen so far, searched from the prior."""
+        return Twins.identify(
+            self.prior, self.data.to_frame(), method=method or self.method, **self.options
+        )
+
+    # -- forecasting and decisions ------------------------------------------------------------
+    def forecast(self, regimen=None, times=None, **kwargs):
+        """Posterior-predictive bands; see :func:`cohort.twin.forecast.forecast`."""
+        from cohort.twin.forecast import forecast
+
+        return forecast(self, regimen, times, **kwargs)
+
+    def recommend(self, template, target, **kwargs):
+        """Dose recommendation; see :func:`cohort.twin.decide.recommend`."""
+        from cohort.twin.decide import recommend
+
+        return recommend(self, template, target, **kwargs)
+
+    def save(self, path: str | Path, *, overwrite: bool = False) -> Path:
+        """Write (or append this update to) a twin store; see :mod:`cohort.twin.store`."""
+        from cohort.twin.store import save_twins
+
+        return save_twins(self, path, overwrite=overwrite)
+
+
+def _posterior_sd(lap: posterior.Laplace, samples: posterior.Samples | None) -> np.ndarray:
+    if samples is not None:
+        z = samples.eta.reshape(samples.eta.shape[0], -1, samples.eta.shape[-1])
+        return z.std(axis=1, ddof=1)
+    return np.sqrt(np.diagonal(lap.cov, axis1=1, axis2=2))
