@@ -57,8 +57,9 @@ def _metric_fn(twins, table, mask, target: Target):
         def draw(logp):
             p = bm.model_params(logp)
             if bm.engine == "closed_form":
-                f, _ = predict.closed_form_subject(model, out, p, e, times, with_inf, None,
-                                                   has_reset)  # fmt: skip
+                f, _ = predict.closed_form_subject(
+                    model, out, p, e, times, with_inf, None, has_reset
+                )
             else:
                 f, _ = predict.ode_subject(model, out, p, e, times, with_inf, has_ss, bm.options)
             return f

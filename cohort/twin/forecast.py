@@ -66,11 +66,15 @@ def event_records(twins, regimen) -> pd.DataFrame:
     for c, default in (("RATE", 0.0), ("ADDL", 0), ("II", 0.0), ("SS", 0), ("AMT", 0.0)):
         frame[c] = frame[c].fillna(default) if c in frame else default
     if frame["CMT"].isna().any():
-        frame["CMT"] = frame["CMT"].astype(object).where(frame["CMT"].notna(),
-                                                         twins.prior.model.dose_targets[0])  # fmt: skip
+        frame["CMT"] = (
+            frame["CMT"]
+            .astype(object)
+            .where(frame["CMT"].notna(), twins.prior.model.dose_targets[0])
+        )
     order = {pid: k for k, pid in enumerate(twins.ids)}
-    idx = np.lexsort((np.arange(len(frame)), frame["TIME"].to_numpy(float),
-                      frame["ID"].map(order).to_numpy()))  # fmt: skip
+    idx = np.lexsort(
+        (np.arange(len(frame)), frame["TIME"].to_numpy(float), frame["ID"].map(order).to_numpy())
+    )
     return frame.iloc[idx].reset_index(drop=True)
 
 
@@ -133,30 +137,54 @@ def forecast(
     values = {o: sim[o].to_numpy().reshape(n, s, -1) for o in outputs}
     for o in outputs:
         band = np.nanquantile(values[o][:, :, pos], q, axis=1)  # [Q, N, T]
-        ds[o] = (("patient", "quantile", "time"), np.moveaxis(band, 0, 1),
-                 {"units": units.get(o, ""), "long_name": f"{o}, posterior quantiles"})  # fmt: skip
+        ds[o] = (
+            ("patient", "quantile", "time"),
+            np.moveaxis(band, 0, 1),
+            {"units": units.get(o, ""), "long_name": f"{o}, posterior quantiles"},
+        )
     obs = twins.prior.output
     if obs in values:
         kind, add, prop = twins.prior.error
         eps = np.random.default_rng(seed + 1).standard_normal(values[obs].shape)
-        y = np.asarray(likelihood.simulate_dv_eps(kind, jnp.asarray([add, prop]),
-                                                  jnp.asarray(values[obs]), jnp.asarray(eps)))  # fmt: skip
+        y = np.asarray(
+            likelihood.simulate_dv_eps(
+                kind, jnp.asarray([add, prop]), jnp.asarray(values[obs]), jnp.asarray(eps)
+            )
+        )
         band = np.nanquantile(y[:, :, pos], q, axis=1)
-        ds[f"{obs}_obs"] = (("patient", "quantile", "time"), np.moveaxis(band, 0, 1),
-                            {"units": units.get(obs, ""),
-                             "long_name": f"next measured {obs} (with residual error)"})  # fmt: skip
+        ds[f"{obs}_obs"] = (
+            ("patient", "quantile", "time"),
+            np.moveaxis(band, 0, 1),
+            {
+                "units": units.get(obs, ""),
+                "long_name": f"next measured {obs} (with residual error)",
+            },
+        )
     for k, t in enumerate(targets):
         idx = np.searchsorted(grid, t.times())
         v = t.value(np, values[t.output][:, :, idx])  # [N, S]
-        ds[f"target_{k}"] = (("patient", "quantile"), np.moveaxis(np.nanquantile(v, q, axis=1), 0, 1),
-                             {"name": t.name, "label": t.label})  # fmt: skip
-        ds[f"pta_{k}"] = ("patient", np.mean(t.attained(v) & np.isfinite(v), axis=1),
-                          {"name": t.name, "label": t.label,
-                           "long_name": f"P({t.label})"})  # fmt: skip
-    ds["failed_draws"] = ("patient", np.sum(status != 0, axis=1),
-                          {"long_name": "posterior draws whose solve failed"})  # fmt: skip
+        ds[f"target_{k}"] = (
+            ("patient", "quantile"),
+            np.moveaxis(np.nanquantile(v, q, axis=1), 0, 1),
+            {"name": t.name, "label": t.label},
+        )
+        ds[f"pta_{k}"] = (
+            "patient",
+            np.mean(t.attained(v) & np.isfinite(v), axis=1),
+            {"name": t.name, "label": t.label, "long_name": f"P({t.label})"},
+        )
+    ds["failed_draws"] = (
+        "patient",
+        np.sum(status != 0, axis=1),
+        {"long_name": "posterior draws whose solve failed"},
+    )
     ds.attrs.update(
-        model=model.name, prior=twins.prior.name, method=twins.method, n_draws=s, seed=seed,
-        time_units=model.time_units, cohort_version=__version__,
-    )  # fmt: skip
+        model=model.name,
+        prior=twins.prior.name,
+        method=twins.method,
+        n_draws=s,
+        seed=seed,
+        time_units=model.time_units,
+        cohort_version=__version__,
+    )
     return ds

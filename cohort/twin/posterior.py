@@ -86,9 +86,9 @@ def map_laplace(bm: BoundModel, pop: Pop, eta0, iterations: int = 60) -> Laplace
             chol = jnp.linalg.cholesky(hess)
             ok = jnp.isfinite(value) & jnp.all(jnp.isfinite(chol), axis=(-2, -1))
             eye = jnp.eye(eta.shape[-1])
-            inv_l = jax.vmap(
-                lambda c: jax.scipy.linalg.solve_triangular(c, eye, lower=True)
-            )(jnp.where(ok[:, None, None], chol, eye))
+            inv_l = jax.vmap(lambda c: jax.scipy.linalg.solve_triangular(c, eye, lower=True))(
+                jnp.where(ok[:, None, None], chol, eye)
+            )
             cov = jnp.einsum("nki,nkj->nij", inv_l, inv_l)
             return eta, cov, value, ok
 
@@ -140,8 +140,9 @@ def nuts(
         def run(pop, starts, inv_mass, keys, arrays):
             omega_inv, _ = laplace.omega_inverse(bm, pop)
             u = _potential(bm, pop, omega_inv)
-            init_kernel, sample_kernel = hmc(potential_fn_gen=lambda d: lambda e: u(e, d),
-                                             algo="NUTS")  # fmt: skip
+            init_kernel, sample_kernel = hmc(
+                potential_fn_gen=lambda d: lambda e: u(e, d), algo="NUTS"
+            )
 
             def one_chain(start, mass, key, d):
                 state = init_kernel(
@@ -201,5 +202,3 @@ def laplace_draws(post: Laplace, n_draws: int, seed: int) -> np.ndarray:
     chol = np.linalg.cholesky(np.where(post.ok[:, None, None], post.cov, np.eye(q)[None]))
     z = rng.standard_normal((n, n_draws, q))
     return post.eta[:, None, :] + np.einsum("nij,nsj->nsi", chol, z)
-
-

@@ -69,7 +69,8 @@ class TwinPrior:
     # -- construction --------------------------------------------------------------------------
     @classmethod
     def from_spec(cls, path: str | Path) -> TwinPrior:
-        """From a priors spec with an ``[error]`` section (e.g. ``priors/vancomycin_goti2018.toml``)."""
+        """From a priors spec with an ``[error]`` section (e.g.
+        ``priors/vancomycin_goti2018.toml``)."""
         raw, digest = read_toml(path, TwinError, "priors spec")
         return cls.from_raw(raw, str(path), digest)
 
@@ -144,14 +145,22 @@ class TwinPrior:
                 if e.kind == "power":
                     ref = c.ref if c.ref is not None else float(np.median(x))
                     effects.append(
-                        {"type": "power", "covariate": e.column, "reference": ref,
-                         "coefficient": float(gamma[g])}  # fmt: skip
+                        {
+                            "type": "power",
+                            "covariate": e.column,
+                            "reference": ref,
+                            "coefficient": float(gamma[g]),
+                        }
                     )
                 elif e.kind == "exp":
                     ref = c.ref if c.ref is not None else float(np.median(x))
                     effects.append(
-                        {"type": "exponential", "covariate": e.column, "reference": ref,
-                         "coefficient": float(gamma[g])}  # fmt: skip
+                        {
+                            "type": "exponential",
+                            "covariate": e.column,
+                            "reference": ref,
+                            "coefficient": float(gamma[g]),
+                        }
                     )
                 else:  # binary: the factor exp(γ) where the indicator is 1
                     shift = float(np.expm1(gamma[g]))
@@ -223,8 +232,8 @@ class TwinPrior:
         if bad.size:
             i, k = bad[0]
             raise TwinError(
-                f"patient {covariates.index[i]!r}: typical {self.names[k]} = {out[i, k]:g} from its "
-                "covariates; a log-normal parameter must be > 0 (check the covariate values)"
+                f"patient {covariates.index[i]!r}: typical {self.names[k]} = {out[i, k]:g} from "
+                "its covariates; a log-normal parameter must be > 0 (check the covariate values)"
             )
         return np.log(out)
 

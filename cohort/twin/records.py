@@ -63,5 +63,19 @@ def append_records(data: Dataset, new: pd.DataFrame | str | Path, model: Model) 
     return combined.iloc[idx].reset_index(drop=True)
 
 
-_NONMEM = {"ID", "TIME", "DV", "AMT", "EVID", "MDV", "CMT", "RATE", "ADDL", "II", "SS",
-           "CENS", "LLOQ", "BLQ"}  # fmt: skip
+_NONMEM = {
+    "ID",
+    "TIME",
+    "DV",
+    "AMT",
+    "EVID",
+    "MDV",
+    "CMT",
+    "RATE",
+    "ADDL",
+    "II",
+    "SS",
+    "CENS",
+    "LLOQ",
+    "BLQ",
+}

@@ -131,15 +131,22 @@ def parse_target(text: str) -> Target:
     try:
         kind = parts[0].lower()
         if kind == "auc" and len(parts) == 6:
-            return AUC(parts[1], num(parts[4], -np.inf), num(parts[5], np.inf),
-                       start=float(parts[2]), end=float(parts[3]))  # fmt: skip
+            return AUC(
+                parts[1],
+                num(parts[4], -np.inf),
+                num(parts[5], np.inf),
+                start=float(parts[2]),
+                end=float(parts[3]),
+            )
         if kind == "level" and len(parts) == 5:
-            return Level(parts[1], num(parts[3], -np.inf), num(parts[4], np.inf),
-                         time=float(parts[2]))  # fmt: skip
+            return Level(
+                parts[1], num(parts[3], -np.inf), num(parts[4], np.inf), time=float(parts[2])
+            )
         if kind == "min" and len(parts) in (5, 6):
             hi = num(parts[5], np.inf) if len(parts) == 6 else np.inf
-            return Minimum(parts[1], num(parts[4], -np.inf), hi,
-                           start=float(parts[2]), end=float(parts[3]))  # fmt: skip
+            return Minimum(
+                parts[1], num(parts[4], -np.inf), hi, start=float(parts[2]), end=float(parts[3])
+            )
     except ValueError:
         pass
     raise TwinError(

@@ -71,9 +71,14 @@ class Twins:
         samples = None
         if method == "nuts":
             samples = posterior.nuts(
-                bm, pop, lap if init is None else init(lap), chains=opts["chains"],
-                warmup=opts["warmup"], draws=opts["draws"], seed=opts["seed"],
-            )  # fmt: skip
+                bm,
+                pop,
+                lap if init is None else init(lap),
+                chains=opts["chains"],
+                warmup=opts["warmup"],
+                draws=opts["draws"],
+                seed=opts["seed"],
+            )
         sd = _posterior_sd(lap, samples)
         entry = {
             "step": what,
@@ -158,16 +163,24 @@ class Twins:
 
             def init(lap):  # mass matrix from the previous draws where they are wider
                 z = previous.eta.reshape(self.n, -1, previous.eta.shape[-1])
-                cov = np.einsum("nsi,nsj->nij", z - z.mean(1, keepdims=True),
-                                z - z.mean(1, keepdims=True)) / (z.shape[1] - 1)  # fmt: skip
+                cov = np.einsum(
+                    "nsi,nsj->nij", z - z.mean(1, keepdims=True), z - z.mean(1, keepdims=True)
+                ) / (z.shape[1] - 1)
                 ok = lap.ok & np.all(np.isfinite(cov), axis=(1, 2))
                 use = np.where(ok[:, None, None], lap.cov, cov)
                 return dataclasses.replace(lap, cov=use)
 
         return self._posterior(
-            self.prior, data, bm, self.laplace.eta, method, self.options, self.history,
-            "update", init,
-        )  # fmt: skip
+            self.prior,
+            data,
+            bm,
+            self.laplace.eta,
+            method,
+            self.options,
+            self.history,
+            "update",
+            init,
+        )
 
     def refit(self, method: str | None = None) -> Twins:
         """The reference: the posterior on all records seen so far, searched from the prior."""
