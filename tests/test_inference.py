@@ -3,6 +3,7 @@ failed ODE solves, results storage and the ``fit`` CLI command. Heavy runs are `
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -24,6 +25,7 @@ from cohort.inference import (
     bind,
     fit,
     likelihood,
+    ml,
     predict,
 )
 
@@ -389,12 +391,20 @@ def test_parameter_recovery_coverage():
     }
     hits = {k: 0 for k in names}
     reps = 50
+    # Starting at the truth, one start, no flip-flop refit: the coverage of the Wald
+    # intervals is the question here, not the search for the mode (tested elsewhere).
+    spec = dataclasses.replace(
+        spec,
+        params=tuple(
+            dataclasses.replace(p, init=truth["typical"][p.name], omega=truth["omega"][p.name])
+            for p in spec.params
+        ),
+    )
     for seed in range(reps):
         frame, _ = simulate_data(spec, design(200, times, 320.0), seed=seed, **truth)
-        res = fit(spec, frame, "ml")
+        est = ml.maximize(bind(spec, read_nonmem(frame, spec.model)), starts=1, flip_check=False)
         for k, v in names.items():
-            est, se = res.estimates[k], res.summary["se"][k]
-            hits[k] += abs(est - v) <= 1.645 * se
+            hits[k] += abs(est.reported[k] - v) <= 1.645 * est.se[k]
     coverage = {k: h / reps for k, h in hits.items()}
     assert all(0.78 <= c <= 1.0 for c in coverage.values()), coverage
     assert np.mean(list(coverage.values())) == pytest.approx(0.9, abs=0.06), coverage

@@ -268,6 +268,7 @@ def maximize(
     progress: Callable[[str], None] | None = None,
     starts: int = 3,
     seed: int = 0,
+    flip_check: bool = True,
 ) -> MLEstimate:
     """Maximum-likelihood estimates of ``bm``'s population parameters.
 
@@ -279,7 +280,8 @@ def maximize(
     (:mod:`cohort.inference.starts`) and the fit is run from its ``starts`` best distinct
     candidates (stopping once two reach the same best OFV), the best optimum kept
     (``starts_agreeing`` says how many reached it); a
-    one-compartment oral fit is also run from its flip-flop mirror, whose OFV is reported.
+    one-compartment oral fit is also run from its flip-flop mirror, whose OFV is reported
+    (``flip_check=False`` skips that refit, e.g. in simulation studies that know the mode).
     """
     from cohort.inference import starts as starting
 
@@ -322,7 +324,7 @@ def maximize(
     scan["starts"] = len(runs)
     scan["start_ofvs"] = [float(v) for v in ofvs]
     scan["starts_agreeing"] = int(np.sum(np.abs(ofvs - ofv) < 0.1))
-    flip = starting.mirror(bm, obj.functions["flat"].pop_at(x, obj.base))
+    flip = starting.mirror(bm, obj.functions["flat"].pop_at(x, obj.base)) if flip_check else None
     if flip is not None:
         if progress:
             progress("flip-flop check: fit from the mirrored mode (KA <-> CL/V)")

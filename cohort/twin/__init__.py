@@ -12,8 +12,8 @@ from cohort.twin.twins import Twins
 __all__ = ["TwinError", "TwinPrior", "Twins", "open_twins"]
 
 
-def open_twins(path):
-    """Reopen twins saved with :meth:`Twins.save` (the latest update)."""
+def open_twins(path, update=None):
+    """Reopen twins saved with :meth:`Twins.save` (the latest update, or ``update``)."""
     from cohort.twin.store import open_twins as _open
 
-    return _open(path)
+    return _open(path, update)

@@ -19,7 +19,7 @@ import xarray as xr
 from cohort._version import __version__
 from cohort.dosing import EventTable, Regimen
 from cohort.inference import likelihood
-from cohort.twin.prior import TwinError
+from cohort.twin.prior import TwinError, show_id
 from cohort.twin.targets import Target
 
 QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
@@ -37,8 +37,14 @@ def regimen_frame(twins, regimen) -> pd.DataFrame:
         frame.columns = [str(c).upper() for c in frame.columns]
         unknown = sorted(set(frame["ID"]) - set(twins.ids.tolist()))
         if unknown:
-            raise TwinError(f"regimen: ID {unknown[0]!r} is not one of these twins' patients")
+            raise TwinError(
+                f"regimen: ID {show_id(unknown[0])} is not one of these twins' patients"
+            )
         frame["EVID"] = frame.get("EVID", 1)
+        if "CMT" in frame:  # CMT 0 (Regimen's "default"): the model's first dose target
+            frame["CMT"] = (
+                frame["CMT"].astype(object).where(frame["CMT"] != 0, model.dose_targets[0])
+            )
         return frame
     regs = [regimen] if isinstance(regimen, Regimen) else list(regimen)
     if not all(isinstance(r, Regimen) for r in regs):
@@ -89,7 +95,7 @@ def event_table(twins, regimen) -> EventTable:
     table = data.event_table(model)
     missing = sorted(set(twins.ids.tolist()) - set(data.ids.tolist()))
     if missing:  # patients without any dose: pad them in with empty rows
-        raise TwinError(f"forecast: patient {missing[0]!r} has no dose, past or planned")
+        raise TwinError(f"forecast: patient {show_id(missing[0])} has no dose, past or planned")
     return table
 
 

@@ -188,10 +188,10 @@ def diagnostics(z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     import arviz as az
     import xarray as xr
 
-    da = xr.DataArray(np.moveaxis(z, 0, 2), dims=("chain", "draw", "patient", "eta"))
+    da = xr.DataArray(np.moveaxis(z, 0, 2), dims=("chain", "draw", "patient", "eta_dim"))
     ds = xr.Dataset({"eta": da})
-    rhat = az.rhat(ds, method="rank")["eta"].transpose("patient", "eta").to_numpy()
-    ess = az.ess(ds, method="bulk")["eta"].transpose("patient", "eta").to_numpy()
+    rhat = az.rhat(ds, method="rank")["eta"].transpose("patient", "eta_dim").to_numpy()
+    ess = az.ess(ds, method="bulk")["eta"].transpose("patient", "eta_dim").to_numpy()
     return rhat, ess
 
 

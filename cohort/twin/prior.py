@@ -29,6 +29,15 @@ class TwinError(CohortError, ValueError):
     """Bad input for a digital twin; the message names the record, patient or field."""
 
 
+def show_id(pid) -> str:
+    """A patient ID as the user wrote it (``7``, not ``np.float64(7.0)``)."""
+    if hasattr(pid, "item"):
+        pid = pid.item()
+    if isinstance(pid, float) and pid.is_integer():
+        pid = int(pid)
+    return repr(pid) if isinstance(pid, str) else str(pid)
+
+
 @dataclasses.dataclass(frozen=True, eq=False)
 class TwinPrior:
     """Population prior of a set of twins (build with :meth:`from_spec` or :meth:`from_fit`).
@@ -168,7 +177,7 @@ class TwinPrior:
                     effects.append({"type": "expression", "expression": f"1 + {shift!r} * {ind}"})
             entry = {
                 "typical": float(np.exp(theta[k])),
-                "units": spec.units(p.name),
+                "units": spec.units(p.name) or "1",
                 "citation": "cohort fit estimate",
             }
             if effects:
@@ -177,16 +186,31 @@ class TwinPrior:
         defaults = {**spec.model.defaults(), **spec.fixed}
         for q in spec.model.parameter_names:
             if q not in params:
-                params[q] = {"typical": float(defaults[q]), "citation": "fixed in the fit"}
+                params[q] = {
+                    "typical": float(defaults[q]),
+                    "units": spec.model.units().get(q, "") or "1",
+                    "citation": "fixed in the fit",
+                }
         chol = np.asarray(bm.omega_chol(pop), float)
         omega = chol @ chol.T
         sigma = np.asarray(pop.sigma, float)
+        columns = sorted({e.column for e in bm.effects})
+        covariates = {
+            c: {
+                "distribution": "empirical",
+                "quantiles": np.quantile(cov[c].to_numpy(float), np.linspace(0, 1, 21)).tolist(),
+                "units": "1",
+                "citation": f"the {bm.n_subjects} subjects of the fitted data",
+            }
+            for c in columns
+        }
         raw = {
             "population": {
                 "name": name or f"fit_{spec.model.name}",
                 "model": spec.model.name,
                 "citation": f"cohort fit ({fit.method}) of {bm.n_subjects} subjects",
             },
+            "covariates": covariates,
             "parameters": params,
             "iiv": {
                 "parameters": list(spec.iiv_names),
@@ -232,8 +256,9 @@ class TwinPrior:
         if bad.size:
             i, k = bad[0]
             raise TwinError(
-                f"patient {covariates.index[i]!r}: typical {self.names[k]} = {out[i, k]:g} from "
-                "its covariates; a log-normal parameter must be > 0 (check the covariate values)"
+                f"patient {show_id(covariates.index[i])}: typical {self.names[k]} = "
+                f"{out[i, k]:g} from its covariates; a log-normal parameter must be > 0 (check "
+                "the covariate values)"
             )
         return np.log(out)
 

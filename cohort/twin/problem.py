@@ -19,7 +19,7 @@ from cohort.data import Dataset, read_nonmem
 from cohort.data.reader import DataError
 from cohort.inference.problem import BoundModel, Pop, array_module, bind
 from cohort.inference.spec import NLME, ErrorModel, Param
-from cohort.twin.prior import TwinError, TwinPrior
+from cohort.twin.prior import TwinError, TwinPrior, show_id
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -95,8 +95,8 @@ def _check_doses_first(data: Dataset, prior: TwinPrior) -> None:
     if len(bad):
         row = bad.iloc[0]
         raise TwinError(
-            f"record {int(row['ROW'])} (ID {row['ID']!r}, TIME {row['TIME']:g}): observation "
-            f"before the patient's first dose; {prior.model.name!r} starts with empty "
+            f"record {int(row['ROW'])} (ID {show_id(row['ID'])}, TIME {row['TIME']:g}): "
+            f"observation before the patient's first dose; {prior.model.name!r} starts with empty "
             "compartments, so it predicts 0 there. Add the earlier dose records (or an SS=1 "
             "dose) or drop the observation"
         )

@@ -11,7 +11,7 @@ import pandas as pd
 from cohort.data import Dataset
 from cohort.data.reader import DataError, Problem, read_table, validate
 from cohort.models.base import Model
-from cohort.twin.prior import TwinError
+from cohort.twin.prior import TwinError, show_id
 
 
 def append_records(data: Dataset, new: pd.DataFrame | str | Path, model: Model) -> pd.DataFrame:
@@ -32,16 +32,16 @@ def append_records(data: Dataset, new: pd.DataFrame | str | Path, model: Model) 
     for i, (pid, t) in enumerate(zip(frame["ID"].tolist(), times)):
         if pid not in known:
             raise TwinError(
-                f"update record {i + 1}: ID {pid!r} is not one of these twins' patients; "
+                f"update record {i + 1}: ID {show_id(pid)} is not one of these twins' patients; "
                 "identify new patients with Twins.identify (or add their records there)"
             )
         if not np.isfinite(t):
             raise TwinError(f"update record {i + 1}: TIME must be a number")
         if t < last[pid]:
             raise TwinError(
-                f"update record {i + 1} (ID {pid!r}, TIME {t:g}): earlier than the last record "
-                f"the twin has seen for this patient (TIME {last[pid]:g}); an update adds what "
-                "happened since. Refit with the corrected full records instead"
+                f"update record {i + 1} (ID {show_id(pid)}, TIME {t:g}): earlier than the last "
+                f"record the twin has seen for this patient (TIME {last[pid]:g}); an update adds "
+                "what happened since. Refit with the corrected full records instead"
             )
     # baseline covariates are carried on the new rows when they are missing
     cov = [c for c in old.columns if c not in frame.columns and c not in _NONMEM]

@@ -1,0 +1,192 @@
+"""Twin state in zarr: every identification or update as its own group, never overwritten.
+
+Layout (zarr v3, cohort's mark on the root)::
+
+    twins.zarr/
+      update_000/records     the NONMEM records seen so far (dim ``record``)
+      update_000/map         MAP ``eta``, Laplace ``cov``, objective, ok (+ NUTS diagnostics)
+      update_000/posterior   arviz-style draws (chain, draw, patient) of each parameter
+      update_001/...
+
+The root attribute ``n_updates`` is written last, after an update's groups are complete: a
+crash mid-write leaves the previous update current, and the next save replaces the partial
+group. Reopening rebuilds the twins from the records and the stored prior, without refitting.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+import zarr
+
+from cohort._version import __version__
+from cohort.errors import OutputError
+from cohort.store import locks_output
+from cohort.store.safety import check_path, prepare_output, written_by_cohort
+from cohort.store.zarr_store import new_layout
+from cohort.twin import posterior
+from cohort.twin.prior import TwinError, TwinPrior
+
+KIND = "cohort-twins"
+
+
+def _group(k: int) -> str:
+    return f"update_{k:03d}"
+
+
+@locks_output("path")
+def save_twins(twins, path: str | Path, *, overwrite: bool = False) -> Path:
+    """Append ``twins``' current state to the store at ``path`` (created if absent). An
+    existing store must be a twin store of the same prior and patients; ``overwrite``
+    replaces a store cohort wrote (never anything else)."""
+    path = check_path(path)
+    if path.suffix != ".zarr":
+        raise OutputError(f"{path}: a twin store is a .zarr directory")
+    prior_json = twins.prior.to_json()
+    if path.exists() and not overwrite:
+        if not written_by_cohort(path):
+            raise OutputError(f"{path} exists and was not written by cohort; choose a new path")
+        root = zarr.open_group(str(path), mode="r+")
+        attrs = dict(root.attrs)
+        if attrs.get("kind") != KIND:
+            raise OutputError(f"{path} is not a twin store (kind {attrs.get('kind')!r})")
+        if attrs.get("prior") != prior_json:
+            raise TwinError(f"{path}: these twins have another prior than the stored ones")
+        stored = set(json.loads(attrs.get("ids", "[]")))
+        if stored != set(map(_plain, twins.ids.tolist())):
+            raise TwinError(f"{path}: these twins are for other patients than the stored ones")
+        k = int(attrs.get("n_updates", 0))
+        if _group(k) in root:  # a partial group of an interrupted save: ours to replace
+            shutil.rmtree(path / _group(k))
+    else:
+        prepare_output(path, overwrite=overwrite)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        root = new_layout(path)
+        root.attrs.update(
+            {
+                "kind": KIND,
+                "prior": prior_json,
+                "model": twins.prior.model.name,
+                "ids": json.dumps([_plain(i) for i in twins.ids.tolist()]),
+                "n_updates": 0,
+                "cohort_version": __version__,
+            }
+        )
+        k = 0
+    for name, ds in _datasets(twins).items():
+        ds.to_zarr(
+            str(path), group=f"{_group(k)}/{name}", mode="w", consolidated=False, zarr_format=3
+        )
+    zarr.open_group(str(path), mode="r+").attrs["n_updates"] = k + 1  # the commit
+    return path
+
+
+def _column(s: pd.Series) -> np.ndarray:
+    v = s.to_numpy()
+    return v.astype(object) if v.dtype.kind in "OUS" else v
+
+
+def _plain(x):
+    return x.item() if hasattr(x, "item") else x
+
+
+def _datasets(twins) -> dict[str, xr.Dataset]:
+    frame = twins.data.to_frame().reset_index(drop=True)
+    records = xr.Dataset({c: ("record", _column(frame[c])) for c in frame.columns})
+    eta_names = np.asarray(twins.prior.eta_names, dtype=object)  # variable-length strings
+    lap = twins.laplace
+    ids = _column(pd.Series(twins.ids))
+    coords = {"patient": ids, "eta_dim": eta_names, "eta_dim2": eta_names}
+    fit = xr.Dataset(
+        {
+            "eta": (("patient", "eta_dim"), lap.eta),
+            "cov": (("patient", "eta_dim", "eta_dim2"), lap.cov),
+            "objective": ("patient", lap.objective),
+            "ok": ("patient", lap.ok),
+        },
+        coords=coords,
+    )
+    hist = json.dumps(list(twins.history))
+    fit.attrs.update(method=twins.method, options=json.dumps(twins.options), history=hist)
+    s = twins.samples
+    if s is not None:
+        fit["rhat"] = (("patient", "eta_dim"), s.rhat)
+        fit["ess_bulk"] = (("patient", "eta_dim"), s.ess_bulk)
+        fit["divergences"] = ("patient", s.divergences)
+        z = s.eta  # [N, chain, draw, q]
+    else:
+        z = twins.eta_draws(1000, 0)[:, None]  # Laplace draws as one chain
+    lp = twins.log_params(z)
+    post = xr.Dataset(
+        {
+            n: (("patient", "chain", "draw"), np.exp(lp[..., k]))
+            for k, n in enumerate(twins.prior.names)
+        },
+        coords={"patient": ids},
+    ).transpose("chain", "draw", "patient")
+    post["eta"] = (("chain", "draw", "patient", "eta_dim"), np.moveaxis(z, 0, 2))
+    post = post.assign_coords(eta_dim=eta_names)
+    post.attrs["source"] = "nuts" if s is not None else "laplace approximation draws"
+    return {"records": records, "map": fit, "posterior": post}
+
+
+def open_twins(path: str | Path, update: int | None = None):
+    """The twins stored at ``path`` (the latest update, or ``update``)."""
+    from cohort.twin.problem import bind_twins, read_records
+    from cohort.twin.twins import Twins
+
+    path = Path(path)
+    if not path.exists():
+        raise OutputError(f"no twin store at {str(path)!r}")
+    try:
+        root = zarr.open_group(str(path), mode="r")
+    except Exception as exc:  # zarr raises several types for a non-store directory
+        raise OutputError(f"{path}: not a zarr store ({exc})") from None
+    attrs = dict(root.attrs)
+    if attrs.get("kind") != KIND:
+        raise OutputError(f"{path} is not a twin store")
+    n = int(attrs.get("n_updates", 0))
+    if n == 0:
+        raise OutputError(f"{path}: the store holds no complete update")
+    k = n - 1 if update is None else int(update)
+    if not 0 <= k < n:
+        raise TwinError(f"update: {k} is not one of 0..{n - 1}")
+
+    def read(name):
+        return xr.open_zarr(
+            str(path), group=f"{_group(k)}/{name}", consolidated=False, zarr_format=3
+        ).load()
+
+    prior = TwinPrior.from_json(attrs["prior"])
+    rec = read("records")
+    frame = pd.DataFrame({c: rec[c].to_numpy() for c in rec.data_vars})
+    data = read_records(frame, prior)
+    bm = bind_twins(prior, data)
+    fit = read("map")
+    lap = posterior.Laplace(
+        fit["eta"].to_numpy(),
+        fit["cov"].to_numpy(),
+        fit["objective"].to_numpy(),
+        fit["ok"].to_numpy().astype(bool),
+    )
+    samples = None
+    if "rhat" in fit:
+        z = np.moveaxis(read("posterior")["eta"].to_numpy(), 2, 0)
+        samples = posterior.Samples(
+            z, fit["rhat"].to_numpy(), fit["ess_bulk"].to_numpy(), fit["divergences"].to_numpy()
+        )
+    return Twins(
+        prior,
+        data,
+        bm,
+        lap,
+        fit.attrs["method"],
+        samples,
+        tuple(json.loads(fit.attrs["history"])),
+        json.loads(fit.attrs["options"]),
+    )
