@@ -29,10 +29,11 @@ ALLOWED = {
     "inference": BASE | {"data", "dosing", "engine", "models", "store"},
     "glucose": BASE | {"engine", "models", "store"},
     "trial": BASE | {"dosing", "engine", "glucose", "models", "population", "store"},
+    "twin": BASE | {"data", "dosing", "engine", "inference", "models", "population", "store"},
     "plots": BASE | {"store"},
     "cli": BASE
     | {"data", "dosing", "engine", "glucose", "inference", "models", "plots", "population"}
-    | {"store", "trial"},
+    | {"store", "trial", "twin"},
 }
 FORBIDDEN = {
     "models": ("cohort.engine", "cohort.store", "cohort.cli", "cohort.plots", "cohort.dosing"),

@@ -55,13 +55,19 @@ def vanco():
     return prior, records, truth
 
 
-def test_sequential_update_equals_joint_map(vanco):
-    """D1 then D2 == D1 ∪ D2 at once: MAP parameters and Laplace covariances to 1e-6."""
+@pytest.fixture(scope="module")
+def vanco_twins(vanco):
+    """Twins identified on D1 (first two samples), updated with D2, and identified on D1 ∪ D2
+    (shared by the tests below: each new data shape compiles the posterior search once)."""
     prior, records, _ = vanco
     d1, d2 = records[records.TIME <= 13.0], records[records.TIME > 13.0]
     first = Twins.identify(prior, d1)
-    updated = first.update(d2)
-    joint = Twins.identify(prior, records)
+    return first, first.update(d2), Twins.identify(prior, records), d1, d2
+
+
+def test_sequential_update_equals_joint_map(vanco_twins):
+    """D1 then D2 == D1 ∪ D2 at once: MAP parameters and Laplace covariances to 1e-6."""
+    first, updated, joint, _, _ = vanco_twins
     rel = np.abs(np.expm1(updated.log_params(updated.laplace.eta)
                           - joint.log_params(joint.laplace.eta)))  # fmt: skip
     assert rel.max() < 1e-6
@@ -165,9 +171,8 @@ def test_forecast_bands_are_calibrated():
     assert 0.85 <= coverage <= 0.95, coverage
 
 
-def test_recommendation_agrees_with_grid_and_forecast(vanco):
-    prior, records, _ = vanco
-    tw = Twins.identify(prior, records)
+def test_recommendation_agrees_with_grid_and_forecast(vanco_twins):
+    tw = vanco_twins[2]
     template = Regimen(amt=1000.0, time=72.0, ii=12.0, addl=3, duration=1.0)
     target = AUC("conc", 400.0, 600.0, start=96.0, end=120.0)
     rec = tw.recommend(template, target, max_dose=3000.0, strength=250.0, n_draws=300, seed=4)
@@ -195,15 +200,13 @@ def test_auc_simpson_accuracy():
     assert t.value(np, c) == pytest.approx(exact, rel=1e-6)
 
 
-def test_store_round_trip_and_interrupted_save(vanco, tmp_path):
-    prior, records, _ = vanco
-    d1, d2 = records[records.TIME <= 13.0], records[records.TIME > 13.0]
+def test_store_round_trip_and_interrupted_save(vanco_twins, tmp_path):
+    first, updated, _, _, _ = vanco_twins
     path = tmp_path / "twins.zarr"
-    first = Twins.identify(prior, d1)
     first.save(path)
     again = open_twins(path)
     np.testing.assert_array_equal(again.laplace.eta, first.laplace.eta)
-    updated = again.update(d2)
+    assert again.data.n_observations == first.data.n_observations
     # an interrupted save: a partial group without the commit
     (path / "update_001").mkdir()
     assert len(open_twins(path).history) == 1
@@ -218,10 +221,9 @@ def test_store_round_trip_and_interrupted_save(vanco, tmp_path):
     assert post["CL"].dims == ("chain", "draw", "patient")
 
 
-def test_bad_records_give_clear_errors(vanco, tmp_path):
+def test_bad_records_give_clear_errors(vanco, vanco_twins):
     prior, records, _ = vanco
-    d1, d2 = records[records.TIME <= 13.0], records[records.TIME > 13.0]
-    tw = Twins.identify(prior, d1)
+    tw, _, _, d1, d2 = vanco_twins
     late = d2.copy()
     late.loc[late.index[0], "TIME"] = 5.0
     with pytest.raises(TwinError, match=r"update record 1 \(ID 1, TIME 5\): earlier"):

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import typer
 
-from cohort.cli import fit, glucose, simulate, trial
+from cohort.cli import fit, glucose, simulate, trial, twin
 from cohort.cli._common import console
 
 app = typer.Typer(
@@ -61,5 +61,6 @@ for _module, _names in (
 ):
     for _name in _names:
         app.command(_name)(getattr(_module, _name))
+app.add_typer(twin.app, name="twin")
 
 __all__ = ["app"]

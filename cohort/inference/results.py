@@ -201,6 +201,12 @@ def _attrs(fit: FitResult) -> dict:
             se_method=fit.ml.se_method,
             converged=int(fit.ml.converged),
         )
+    if spec.transform is None:  # the estimates as a prior for digital twins (cohort.twin)
+        import json
+
+        from cohort.inference.export import prior_description
+
+        out["prior_spec"] = json.dumps(prior_description(fit))
     for k, v in fit.diagnostics.items():
         if isinstance(v, (int, float, str)):
             out[f"diagnostic_{k}"] = v

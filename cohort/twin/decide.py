@@ -119,7 +119,7 @@ def recommend(
         raise TwinError("min_dose/strength/max_dose leave no dose to choose")
     logp = jnp.asarray(twins.log_params(twins.eta_draws(n_draws, seed)))
     span = (template.addl + 1) * template.ii if template.ii > 0 else None
-    best = None
+    best, by_interval = None, {}
     for ii in intervals or [template.ii]:
         if ii != template.ii and span is None:
             raise TwinError("intervals: the template needs ii and addl (a repeated regimen)")
@@ -181,11 +181,16 @@ def recommend(
             },
             index=pd.Index(twins.ids, name="ID"),
         )
+        by_interval[float(ii)] = pta_grid
         if best is None:
             best = row
         else:
             better = row["pta"] > best["pta"] + 1e-12
             best = best.where(~better, row)
     best["agree"] = best["pta"] >= best["pta_grid"] - 1.0 / n_draws - 1e-12
-    best.attrs.update(target=target.label, objective=objective, n_draws=n_draws)
+    chosen = best["ii"].to_numpy()  # each patient's attainment curve at its chosen interval
+    curves = np.stack([by_interval[chosen[k]][:, k] for k in range(twins.n)], axis=1)
+    best.attrs.update(
+        target=target.label, objective=objective, n_draws=n_draws, grid=grid, pta_grid=curves
+    )
     return best

@@ -26,34 +26,33 @@ def append_records(data: Dataset, new: pd.DataFrame | str | Path, model: Model) 
     if frame.empty:
         raise TwinError("update records: no rows")
     old = data.to_frame()
+    try:
+        checked = validate(frame, model)
+    except DataError as exc:
+        raise DataError(
+            [Problem(p.row, p.column, f"update records: {p.message}") for p in exc.problems]
+        ) from None
     known = set(old["ID"].tolist())
     last = old.groupby("ID", sort=False)["TIME"].max()
-    times = pd.to_numeric(frame["TIME"], errors="coerce").to_numpy(float)
-    for i, (pid, t) in enumerate(zip(frame["ID"].tolist(), times)):
+    for row, pid, t in zip(checked["ROW"], checked["ID"].tolist(), checked["TIME"].tolist()):
         if pid not in known:
             raise TwinError(
-                f"update record {i + 1}: ID {show_id(pid)} is not one of these twins' patients; "
-                "identify new patients with Twins.identify (or add their records there)"
+                f"update record {int(row)}: ID {show_id(pid)} is not one of these twins' "
+                "patients; identify new patients with Twins.identify (or add their records "
+                "there)"
             )
-        if not np.isfinite(t):
-            raise TwinError(f"update record {i + 1}: TIME must be a number")
         if t < last[pid]:
             raise TwinError(
-                f"update record {i + 1} (ID {show_id(pid)}, TIME {t:g}): earlier than the last "
-                f"record the twin has seen for this patient (TIME {last[pid]:g}); an update adds "
-                "what happened since. Refit with the corrected full records instead"
+                f"update record {int(row)} (ID {show_id(pid)}, TIME {t:g}): earlier than the "
+                f"last record the twin has seen for this patient (TIME {last[pid]:g}); an "
+                "update adds what happened since. Refit with the corrected full records instead"
             )
+    frame = checked.drop(columns=["ROW"])
     # baseline covariates are carried on the new rows when they are missing
     cov = [c for c in old.columns if c not in frame.columns and c not in _NONMEM]
     if cov:
         first = old.groupby("ID", sort=False)[cov].first()
         frame = frame.join(first, on="ID")
-    try:
-        frame = validate(frame, model).drop(columns=["ROW"])
-    except DataError as exc:
-        raise DataError(
-            [Problem(p.row, p.column, f"update records: {p.message}") for p in exc.problems]
-        ) from None
     frame = frame[[c for c in old.columns if c in frame.columns]]
     combined = pd.concat([old, frame], ignore_index=True, sort=False)
     order = {pid: k for k, pid in enumerate(pd.unique(old["ID"]))}

@@ -1,0 +1,332 @@
+"""``cohort twin``: digital twins from the command line — identify (``fit``), ``update``,
+``forecast``, ``dose`` and the simulated vancomycin MIPD study (``mipd``)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from cohort.cli._common import command, console, fail
+
+app = typer.Typer(
+    no_args_is_help=True,
+    rich_markup_mode=None,
+    help="digital twins: identify from records, update, forecast, recommend doses",
+)
+
+_PRIOR_HELP = "population prior: a priors spec with an [error] section (.toml) or a saved fit"
+
+
+def _report(path: Path | None, overwrite: bool) -> Path | None:
+    from cohort.store import report_directory
+
+    return None if path is None else report_directory(path, overwrite=overwrite, flag="--report")
+
+
+def _file(folder: Path, name: str, overwrite: bool) -> Path:
+    from cohort.store.safety import claim_file
+
+    return claim_file(folder, name, overwrite=overwrite)
+
+
+def _summary(tw, title: str) -> Table:
+    ind = tw.individual()
+    table = Table(
+        "ID", *tw.prior.names, *[f"SD log {n}" for n in tw.prior.eta_names], "ok", title=title
+    )
+    for pid, row in ind.head(15).iterrows():
+        cells = [f"{row[n]:.4g}" for n in tw.prior.names]
+        cells += [f"{row[f'sd_log_{n}']:.3f}" for n in tw.prior.eta_names]
+        table.add_row(str(pid), *cells, "yes" if row["ok"] else "[red]no[/]")
+    if len(ind) > 15:
+        table.caption = f"first 15 of {len(ind)} patients"
+    return table
+
+
+def _status_line(tw, seconds: float, path: Path) -> str:
+    bad = int((~tw.ok).sum())
+    line = f"{tw.n} twins ({tw.method}) in {seconds:.1f} s -> [bold]{escape(str(path))}[/]"
+    if bad:
+        line += f"   [red]{bad} without a usable posterior[/] (see the ok column)"
+    if tw.samples is not None:
+        s = tw.samples
+        line += (
+            f"\nNUTS: max R-hat {s.rhat.max():.4f}, min bulk ESS {s.ess_bulk.min():.0f}, "
+            f"{int(s.divergences.sum())} divergences; converged (R-hat < 1.01, ESS > 400): "
+            f"{int(s.converged.sum())}/{tw.n}"
+        )
+    return line
+
+
+@app.command("fit")
+@command
+def fit(
+    data: Path = typer.Argument(..., help="NONMEM-style records (CSV) with the prior's covariates"),
+    prior: Path = typer.Option(..., "--prior", help=_PRIOR_HELP),
+    out: Path = typer.Option(Path("twins.zarr"), "--out", "-o", help="twin store (.zarr)"),
+    method: str = typer.Option("laplace", help="laplace (MAP + Laplace) | nuts"),
+    chains: int = typer.Option(4, help="NUTS chains per patient"),
+    warmup: int = typer.Option(500, help="NUTS warmup iterations"),
+    draws: int = typer.Option(500, help="NUTS draws per chain"),
+    seed: int = typer.Option(0, help="random seed"),
+    report: Path = typer.Option(None, help="directory for the individual table and figures"),
+    overwrite: bool = typer.Option(False, help="replace an existing --out/--report by cohort"),
+):
+    """Identify one twin per patient of DATA (all patients in one batch)."""
+    from cohort.store import check_replaceable
+    from cohort.twin import TwinPrior, Twins
+
+    if not data.is_file():
+        fail(f"no such file {data}")
+    check_replaceable(out, overwrite=overwrite)
+    folder = _report(report, overwrite)
+    t0 = time.perf_counter()
+    with console.status("identifying twins"):
+        tw = Twins.identify(
+            TwinPrior.from_file(prior),
+            data,
+            method=method,
+            chains=chains,
+            warmup=warmup,
+            draws=draws,
+            seed=seed,
+        )
+    path = tw.save(out, overwrite=overwrite)
+    console.print(_summary(tw, f"{tw.prior.name}: individual MAP estimates"))
+    console.print(_status_line(tw, time.perf_counter() - t0, path))
+    if folder is not None:
+        _write_individual(tw, folder, overwrite)
+
+
+def _write_individual(tw, folder: Path, overwrite: bool) -> None:
+    from cohort.twin import plots
+
+    table = _file(folder, "individual.csv", overwrite)
+    tw.individual().to_csv(table)
+    fig = plots.shrinkage(tw, _file(folder, "shrinkage.png", overwrite))
+    console.print(f"report: {table}, {fig}")
+
+
+@app.command("update")
+@command
+def update(
+    store: Path = typer.Argument(..., help="twin store written by `cohort twin fit`"),
+    data: Path = typer.Argument(..., help="new records (at or after each patient's last one)"),
+    method: str = typer.Option(None, help="laplace | nuts (default: the store's)"),
+    report: Path = typer.Option(None, help="directory for the individual table and figures"),
+    overwrite: bool = typer.Option(False, help="replace an existing --report by cohort"),
+):
+    """Add new records to the twins and update their posteriors (appended to the store; the
+    earlier state stays readable)."""
+    from cohort.twin import open_twins
+
+    if not data.is_file():
+        fail(f"no such file {data}")
+    folder = _report(report, overwrite)
+    t0 = time.perf_counter()
+    with console.status("updating twins"):
+        tw = open_twins(store).update(data, method=method)
+    path = tw.save(store)
+    console.print(_summary(tw, f"{tw.prior.name}: updated MAP estimates"))
+    console.print(_status_line(tw, time.perf_counter() - t0, path))
+    console.print(f"update {len(tw.history) - 1} stored")
+    if folder is not None:
+        _write_individual(tw, folder, overwrite)
+
+
+def _regimen(amt, start, ii, addl, duration):
+    from cohort.dosing import Regimen
+
+    if amt is None:
+        return None
+    if not amt > 0:
+        fail(f"--amt must be > 0, got {amt}")
+    return Regimen(amt=amt, time=start, ii=ii, addl=addl, duration=duration)
+
+
+def _times(spec: str) -> list[float]:
+    import numpy as np
+
+    try:
+        parts = [float(x) for x in spec.split(":")]
+    except ValueError:
+        fail(f"--times {spec!r}: use START:END:STEP, e.g. 0:120:1")
+    if len(parts) != 3 or not parts[2] > 0 or parts[1] <= parts[0]:
+        fail(f"--times {spec!r}: use START:END:STEP with END > START and STEP > 0")
+    return list(np.arange(parts[0], parts[1] + 1e-9 * abs(parts[1] or 1), parts[2]))
+
+
+@app.command("forecast")
+@command
+def forecast(
+    store: Path = typer.Argument(..., help="twin store"),
+    amt: float = typer.Option(None, help="future dose amount (none: past doses only)"),
+    start: float = typer.Option(0.0, help="time of the first future dose"),
+    ii: float = typer.Option(0.0, help="dosing interval"),
+    addl: int = typer.Option(0, help="additional doses"),
+    duration: float = typer.Option(None, help="infusion duration (none: bolus)"),
+    times: str = typer.Option(None, help="forecast grid START:END:STEP (default 0 to last + 24)"),
+    target: list[str] = typer.Option(
+        [], help="auc:OUT:START:END:LO:HI | level:OUT:TIME:LO:HI | min:OUT:START:END:LO"
+    ),
+    draws: int = typer.Option(500, help="posterior draws"),
+    seed: int = typer.Option(0, help="random seed"),
+    later: Path = typer.Option(None, help="later observations (CSV) drawn over the bands"),
+    report: Path = typer.Option(Path("twin_forecast"), help="directory for CSV and figure"),
+    overwrite: bool = typer.Option(False, help="replace an existing --report by cohort"),
+):
+    """Posterior-predictive bands (5/25/50/75/95 %) and probability of target attainment."""
+    import pandas as pd
+
+    from cohort.twin import open_twins, plots
+    from cohort.twin.targets import parse_target
+
+    targets = [parse_target(t) for t in target]
+    folder = _report(report, overwrite)
+    tw = open_twins(store)
+    t0 = time.perf_counter()
+    fc = tw.forecast(
+        _regimen(amt, start, ii, addl, duration),
+        _times(times) if times else None,
+        targets=targets,
+        n_draws=draws,
+        seed=seed,
+    )
+    bands = fc.drop_vars([v for v in fc.data_vars if "time" not in fc[v].dims])
+    csv = _file(folder, "forecast.csv", overwrite)
+    bands.to_dataframe().reset_index().to_csv(csv, index=False)
+    later_frame = pd.read_csv(later) if later is not None else None
+    fig = plots.forecast_bands(tw, fc, _file(folder, "forecast.png", overwrite), later_frame)
+    console.print(f"forecast of {tw.n} twins ({draws} draws) in {time.perf_counter() - t0:.1f} s")
+    if targets:
+        pta = fc[[f"pta_{k}" for k in range(len(targets))]].to_dataframe()
+        pta.columns = [f"P({t.label})" for t in targets]
+        pta_csv = _file(folder, "attainment.csv", overwrite)
+        pta.to_csv(pta_csv)
+        table = Table("ID", *pta.columns, title="probability of target attainment")
+        for pid, row in pta.head(15).iterrows():
+            table.add_row(str(pid), *[f"{v:.3f}" for v in row])
+        console.print(table)
+        console.print(f"report: {csv}, {fig}, {pta_csv}")
+    else:
+        console.print(f"report: {csv}, {fig}")
+
+
+@app.command("dose")
+@command
+def dose(
+    store: Path = typer.Argument(..., help="twin store"),
+    target: str = typer.Option(..., help="auc:OUT:START:END:LO:HI | level:OUT:TIME:LO:HI | ..."),
+    start: float = typer.Option(..., help="time of the first dose to choose"),
+    ii: float = typer.Option(12.0, help="dosing interval"),
+    addl: int = typer.Option(1, help="additional doses"),
+    duration: float = typer.Option(None, help="infusion duration (none: bolus)"),
+    max_dose: float = typer.Option(..., help="largest dose per administration"),
+    strength: float = typer.Option(None, help="doses are multiples of this (e.g. 250 mg)"),
+    intervals: str = typer.Option(None, help="also choose the interval from these, e.g. 8,12,24"),
+    objective: str = typer.Option("pta", help="pta (maximise attainment) | center"),
+    draws: int = typer.Option(500, help="posterior draws"),
+    seed: int = typer.Option(0, help="random seed"),
+    report: Path = typer.Option(Path("twin_dose"), help="directory for CSV and figure"),
+    overwrite: bool = typer.Option(False, help="replace an existing --report by cohort"),
+):
+    """Recommend each patient's dose (and interval) for a target, checked against a grid."""
+    from cohort.twin import open_twins, plots
+    from cohort.twin.targets import parse_target
+
+    tgt = parse_target(target)
+    folder = _report(report, overwrite)
+    try:
+        ivals = [float(x) for x in intervals.split(",")] if intervals else None
+    except ValueError:
+        fail(f"--intervals {intervals!r}: give numbers separated by commas, e.g. 8,12,24")
+    tw = open_twins(store)
+    t0 = time.perf_counter()
+    rec = tw.recommend(
+        _regimen(1.0, start, ii, addl, duration),
+        tgt,
+        max_dose=max_dose,
+        strength=strength,
+        intervals=ivals,
+        objective=objective,
+        n_draws=draws,
+        seed=seed,
+    )
+    csv = _file(folder, "dose.csv", overwrite)
+    rec.to_csv(csv)
+    fig = plots.attainment_curves(rec, _file(folder, "attainment_by_dose.png", overwrite))
+    table = Table(
+        "ID",
+        "dose",
+        "interval",
+        f"P({tgt.label})",
+        "gradient optimum",
+        "grid best",
+        "agree",
+        title="recommended doses",
+    )
+    for pid, row in rec.head(20).iterrows():
+        table.add_row(
+            str(pid),
+            f"{row['dose']:g}",
+            f"{row['ii']:g}",
+            f"{row['pta']:.3f}",
+            f"{row['dose_gradient']:.1f}",
+            f"{row['dose_grid']:g}",
+            "yes" if row["agree"] else "[red]no[/]",
+        )
+    console.print(table)
+    console.print(f"{tw.n} recommendations in {time.perf_counter() - t0:.1f} s")
+    console.print(f"report: {csv}, {fig}")
+
+
+@app.command("mipd")
+@command
+def mipd(
+    n: int = typer.Option(200, help="simulated patients"),
+    days: int = typer.Option(3, help="days (day 0 on label dosing in both arms)"),
+    seed: int = typer.Option(1, help="random seed"),
+    report: Path = typer.Option(Path("twin_mipd"), help="directory for tables and figure"),
+    overwrite: bool = typer.Option(False, help="replace an existing --report by cohort"),
+):
+    """Simulated vancomycin MIPD (Goti 2018 model): twins re-dose after each day's TDM for
+    AUC 400–600 mg·h/L, against label dosing (15 mg/kg q12h)."""
+    from cohort.twin import mipd as study
+    from cohort.twin import plots
+
+    if n < 1 or days < 2:
+        fail("--n must be >= 1 and --days >= 2")
+    folder = _report(report, overwrite)
+    with console.status("simulating MIPD") as status:
+        result = study.run(n=n, days=days, seed=seed, progress=lambda s: status.update(s))
+    table = Table(
+        "day",
+        "arm",
+        "TDM cycles",
+        "in 400–600",
+        "below",
+        "above",
+        "median AUC",
+        title=f"vancomycin MIPD, {n} patients ({result.seconds:.0f} s)",
+    )
+    for _, r in result.table.iterrows():
+        table.add_row(
+            str(r["day"]),
+            r["arm"],
+            str(r["tdm_cycles"]),
+            f"{r['in_target']:.1%}",
+            f"{r['below']:.1%}",
+            f"{r['above']:.1%}",
+            f"{r['median_auc']:.0f}",
+        )
+    console.print(table)
+    summary = _file(folder, "mipd.csv", overwrite)
+    result.table.to_csv(summary, index=False)
+    per = _file(folder, "mipd_patients.csv", overwrite)
+    result.auc.merge(result.doses, on=["ID", "day", "arm"]).to_csv(per, index=False)
+    fig = plots.mipd(result, _file(folder, "mipd.png", overwrite))
+    console.print(f"report: {summary}, {per}, {fig}")
