@@ -24,28 +24,12 @@ def _prior(path=VANCO) -> TwinPrior:
 
 
 def simulate_tdm(prior: TwinPrior, n: int, seed: int, times, dose=1000.0, ii=12.0, addl=5):
-    """True patients drawn from the prior (covariates and η), 1-h infusions, observations with
-    the prior's residual error. Returns (records, true individual parameters)."""
-    from cohort.population import generate
+    """True patients drawn from the prior, 1-h infusions every ``ii`` h, observations with the
+    prior's residual error: (records, true individual parameters)."""
+    from cohort.twin.synthetic import simulate_records
 
-    pop = generate(prior.spec.path, n=n, seed=seed)
-    names = list(prior.model.parameter_names)
-    params = {k: pop[k].to_numpy() for k in names}
     reg = Regimen(amt=dose, ii=ii, addl=addl, duration=1.0)
-    sim = cohort.simulate(prior.model, params, reg, np.asarray(times, float))
-    conc = sim["conc"].to_numpy()
-    rng = np.random.default_rng(seed + 100)
-    _, add, prop = prior.error
-    rows = []
-    for i in range(n):
-        cov = {c: float(pop[c][i]) for c in prior.covariates}
-        rows.append(dict(ID=i + 1, TIME=0.0, AMT=dose, RATE=dose, EVID=1, DV=np.nan, ADDL=addl,
-                         II=ii, **cov))  # fmt: skip
-        for t, c in zip(times, conc[i]):
-            y = c + np.sqrt(add**2 + (prop * c) ** 2) * rng.standard_normal()
-            rows.append(dict(ID=i + 1, TIME=float(t), AMT=0.0, RATE=0.0, EVID=0, DV=max(y, 0.1),
-                             ADDL=0, II=0.0, **cov))  # fmt: skip
-    return pd.DataFrame(rows), params
+    return simulate_records(prior, n, times, reg, seed=seed)
 
 
 @pytest.fixture(scope="module")
