@@ -254,3 +254,12 @@ def test_prior_from_fit_reproduces_the_fit():
     tw = Twins.identify(prior, frame)
     np.testing.assert_allclose(tw.laplace.eta, res.eta, atol=1e-5)
     assert Level("conc", time=24.0).name == "conc@24"
+
+
+def test_packaged_vancomycin_prior_is_the_priors_spec():
+    from pathlib import Path
+
+    from cohort.twin.mipd import PRIOR
+
+    spec = Path(__file__).parent.parent / VANCO
+    assert PRIOR.read_bytes() == spec.read_bytes()

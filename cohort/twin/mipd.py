@@ -27,7 +27,8 @@ from cohort.dosing import Regimen
 from cohort.twin.prior import TwinPrior
 from cohort.twin.targets import AUC
 
-PRIOR = Path(__file__).resolve().parents[2] / "priors" / "vancomycin_goti2018.toml"
+PRIOR = Path(__file__).resolve().parent / "data" / "vancomycin_goti2018.toml"
+"""The packaged copy of ``priors/vancomycin_goti2018.toml`` (identical; checked by a test)."""
 LOW, HIGH = 400.0, 600.0
 
 
@@ -40,14 +41,6 @@ class MIPDResult:
     auc: pd.DataFrame
     doses: pd.DataFrame
     seconds: float
-
-
-def _prior_path() -> Path:
-    if PRIOR.exists():
-        return PRIOR
-    from importlib import resources  # an installed (non-editable) package ships a copy
-
-    return Path(str(resources.files("cohort.twin") / "data" / "vancomycin_goti2018.toml"))
 
 
 def label_dose(weight: np.ndarray) -> np.ndarray:
@@ -70,7 +63,7 @@ def run(
     from cohort.population import generate
 
     t0 = time.perf_counter()
-    prior = TwinPrior.from_spec(_prior_path())
+    prior = TwinPrior.from_spec(PRIOR)
     pop = generate(prior.spec.path, n=n, seed=seed)
     truth = {k: pop[k].to_numpy() for k in prior.model.parameter_names}
     cov = {c: pop[c].to_numpy() for c in prior.covariates}

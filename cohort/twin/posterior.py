@@ -51,38 +51,80 @@ class Laplace:
     ok: np.ndarray
 
 
-def map_laplace(bm: BoundModel, pop: Pop, eta0, iterations: int = 60) -> Laplace:
-    """Modes from ``eta0 [N, q]`` (warm start: the previous posterior's modes) and Laplace
-    covariances, for every patient in one vectorised computation."""
+_NEWTON_STEPS = jnp.array([1.0, 0.5, 0.25, 0.1])
+
+
+def starts(omega: np.ndarray, n: int, warm=None, draws: int = 2) -> np.ndarray:
+    """Starting points ``[S, N, q]`` of the mode search: the prior mode (η = 0), ``draws``
+    fixed draws from the prior (the same for a patient whatever its data, so a sequential
+    update and a joint fit search from the same points) and the warm start when given.
+    Sparse data can leave a posterior with two modes (seen with two samples in a
+    two-compartment model); the best of the searches is kept."""
+    q = omega.shape[0]
+    z = np.random.default_rng(20261203).standard_normal((draws, n, q))
+    pts = [np.zeros((n, q)), *(z @ np.linalg.cholesky(omega).T)]
+    if warm is not None:
+        pts.append(np.asarray(warm, float))
+    return np.stack(pts)
+
+
+def map_laplace(
+    bm: BoundModel, pop: Pop, eta0, iterations: int = 6, newton_steps: int = 8
+) -> Laplace:
+    """Modes searched from each of ``eta0 [S, N, q]`` (see :func:`starts`; the best kept per
+    patient) and Laplace covariances, for every patient in one vectorised computation."""
 
     def build():
         def run(pop, eta0, arrays):
+            n_starts, n = eta0.shape[0], eta0.shape[1]
+            # all starts as one larger batch: one copy of the model in the compiled program
+            arrays = jax.tree_util.tree_map(
+                lambda a: jnp.concatenate([a] * n_starts) if a.ndim else a, arrays
+            )
+            eta0 = eta0.reshape(n_starts * n, -1)
             eta, value, _ = laplace.mode_search(bm, pop, eta0, arrays, iterations, tol=1e-12)
             omega_inv, _ = laplace.omega_inverse(bm, pop)
             u = _potential(bm, pop, omega_inv)
             d = laplace.subject_data(arrays)
 
             def newton(eta, d):
-                # Gauss-Newton converges linearly where residuals are large (its matrix is
-                # the expected information, not the Hessian): a few exact Newton steps,
-                # each kept only if it lowers U, put the mode at machine precision.
-                # The Hessian of the last step (taken where the mode had already converged)
-                # is the Laplace precision: one copy of the second-derivative graph.
+                # Gauss-Newton converges linearly where residuals are large (its matrix is the
+                # expected information, not the Hessian), so after a few of its steps the mode
+                # is finished by Newton steps on the exact Hessian (eigenvalues taken in
+                # absolute value where it is not positive definite) with a line search; within
+                # rounding of the minimum a step is trusted, not the noisy U. The Hessian of
+                # the last step is the Laplace precision (one copy of that graph).
                 def step(carry, _):
                     e, _ = carry
                     g, h = jax.grad(u)(e, d), jax.hessian(u)(e, d)
-                    trial = e - jnp.linalg.solve(h, g)
-                    u0 = u(e, d)  # within rounding of the minimum, trust Newton (not the noisy U)
+                    w, vecs = jnp.linalg.eigh(h)
+                    w = jnp.maximum(jnp.abs(w), 1e-8 * jnp.max(jnp.abs(w)) + 1e-300)
+                    direction = vecs @ ((vecs.T @ g) / w)
+                    trial = e[None, :] - _NEWTON_STEPS[:, None] * direction[None, :]
+                    values = jax.vmap(lambda x: u(x, d))(trial)
+                    values = jnp.where(jnp.isfinite(values), values, jnp.inf)
+                    k = jnp.argmin(values)
+                    u0 = u(e, d)
                     slack = 1e-10 * (1.0 + jnp.abs(u0))
-                    better = jnp.all(jnp.isfinite(trial)) & (u(trial, d) <= u0 + slack)
-                    return (jnp.where(better, trial, e), h), None
+                    better = jnp.all(jnp.isfinite(trial[k])) & (values[k] <= u0 + slack)
+                    return (jnp.where(better, trial[k], e), h), None
 
                 q = eta.shape[-1]
-                return jax.lax.scan(step, (eta, jnp.eye(q)), None, length=4)[0]
+                return jax.lax.scan(step, (eta, jnp.eye(q)), None, length=newton_steps)[0]
 
             eta_n, hess = jax.vmap(newton)(eta, d)
             eta = jnp.where(jnp.isfinite(value)[:, None], eta_n, eta)
             value = jax.vmap(lambda e, d: 2.0 * u(e, d))(eta, d)
+            value = jnp.where(jnp.isfinite(value), value, jnp.inf).reshape(n_starts, n)
+            best = jnp.argmin(value, axis=0)  # per patient; ties: the first start
+            pick = jnp.arange(n_starts)[:, None] == best[None, :]  # [S, N] one-hot
+
+            def chosen(x):
+                x = x.reshape(n_starts, n, *x.shape[1:])
+                mask = pick.reshape(pick.shape + (1,) * (x.ndim - 2))
+                return jnp.sum(jnp.where(mask, x, 0.0), axis=0)
+
+            eta, hess, value = chosen(eta), chosen(hess), jnp.min(value, axis=0)
             chol = jnp.linalg.cholesky(hess)
             ok = jnp.isfinite(value) & jnp.all(jnp.isfinite(chol), axis=(-2, -1))
             eye = jnp.eye(eta.shape[-1])
@@ -94,7 +136,7 @@ def map_laplace(bm: BoundModel, pop: Pop, eta0, iterations: int = 60) -> Laplace
 
         return jax.jit(run)
 
-    fn = _cached(bm, "map_laplace", build)
+    fn = _cached(bm, f"map_laplace:{iterations}:{newton_steps}", build)
     eta, cov, value, ok = fn(pop, jnp.asarray(eta0, float), bm.arrays)
     return Laplace(np.asarray(eta), np.asarray(cov), np.asarray(value), np.asarray(ok))
 

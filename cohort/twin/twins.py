@@ -59,7 +59,7 @@ class Twins:
             raise TwinError(f"method: {method!r} is not one of {METHODS}")
         data = read_records(records, prior)
         bm = bind_twins(prior, data)
-        eta0 = np.zeros((data.n_subjects, len(prior.eta_names)))
+        eta0 = posterior.starts(prior.omega, data.n_subjects)
         opts = {"chains": chains, "warmup": warmup, "draws": draws, "seed": seed}
         return cls._posterior(prior, data, bm, eta0, method, opts, (), "identify")
 
@@ -170,11 +170,12 @@ class Twins:
                 use = np.where(ok[:, None, None], lap.cov, cov)
                 return dataclasses.replace(lap, cov=use)
 
+        eta0 = posterior.starts(self.prior.omega, self.n, warm=self.laplace.eta)
         return self._posterior(
             self.prior,
             data,
             bm,
-            self.laplace.eta,
+            eta0,
             method,
             self.options,
             self.history,
