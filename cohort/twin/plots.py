@@ -27,8 +27,8 @@ def shrinkage(twins, path: str | Path) -> Path:
         y = np.concatenate([[prior_sd[j]], np.median(sd[:, :, j], axis=1)])
         ax.plot(x, y, marker="o", label=name)
     ax.set_xticks(x, ["prior"] + [f"{h['step']} {k}" for k, h in enumerate(twins.history)])
-    ax.set_ylabel("posterior SD of log parameter (≈ CV), median over patients")
-    ax.set_title(f"{twins.n} twins: uncertainty across updates")
+    ax.set_ylabel("posterior SD, log scale (≈ CV)")
+    ax.set_title(f"{twins.n} twins: median posterior SD across updates")
     ax.legend()
     return save_figure(fig, path)
 
