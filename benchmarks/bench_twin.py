@@ -109,6 +109,7 @@ def numpyro_loop(tw: Twins, n: int, warmup: int, draws: int) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--map-only", action="store_true", help="skip the NUTS rows")
     args = ap.parse_args()
     n_map, n_nuts = (2_000, 200) if args.quick else (10_000, 1_000)
     rows = {}
@@ -136,6 +137,9 @@ def main() -> None:
         f"{t_update:.1f} s cold / {t_update_warm:.1f} s warm; scipy loop "
         f"{base * n_map:.1f} s -> {base * n_map / t_update_warm:.1f}x"
     )
+    if args.map_only:
+        write_json(RESULTS_DIR / "twin_map.json", {"machine": machine_info(), "rows": rows})
+        return
     prior, first, later, truth = data(n_nuts, seed=2)
     records = pd.concat([first, later]).sort_values(["ID", "TIME"], kind="stable")
     with OtherLoad() as load:

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from cohort.dosing import DosingError, records_from_frame
+from cohort.dosing import DosingError, EventTable, records_table
 from cohort.models.base import Model
 
 # Data items with a fixed meaning; every other numeric column is a covariate.
@@ -331,9 +331,10 @@ def as_data_error(exc: DosingError, records: pd.DataFrame) -> DataError:
     return DataError([Problem(None, "records", text)])
 
 
-def dose_records(records: pd.DataFrame, model: Model) -> list[pd.DataFrame]:
-    """Per-subject expanded dose records for ``model`` (validated by the dosing module)."""
+def dose_records(records: pd.DataFrame, model: Model) -> EventTable:
+    """Expanded dose records for ``model`` (validated by the dosing module) as its padded
+    event table."""
     try:
-        return records_from_frame(dose_frame(records, model), model.state_names, model.dose_targets)
+        return records_table(dose_frame(records, model), model.state_names, model.dose_targets)
     except DosingError as exc:
         raise as_data_error(exc, records) from None

@@ -54,9 +54,9 @@ class Laplace:
 _NEWTON_STEPS = jnp.array([1.0, 0.5, 0.25, 0.1])
 
 
-def starts(omega: np.ndarray, n: int, warm=None, draws: int = 2) -> np.ndarray:
+def starts(omega: np.ndarray, n: int, warm=None, draws: int = 1) -> np.ndarray:
     """Starting points ``[S, N, q]`` of the mode search: the prior mode (η = 0), ``draws``
-    fixed draws from the prior (the same for a patient whatever its data, so a sequential
+    fixed draw(s) from the prior (the same for a patient whatever its data, so a sequential
     update and a joint fit search from the same points) and the warm start when given.
     Sparse data can leave a posterior with two modes (seen with two samples in a
     two-compartment model); the best of the searches is kept."""
@@ -69,7 +69,7 @@ def starts(omega: np.ndarray, n: int, warm=None, draws: int = 2) -> np.ndarray:
 
 
 def map_laplace(
-    bm: BoundModel, pop: Pop, eta0, iterations: int = 6, newton_steps: int = 8
+    bm: BoundModel, pop: Pop, eta0, iterations: int = 3, newton_steps: int = 5
 ) -> Laplace:
     """Modes searched from each of ``eta0 [S, N, q]`` (see :func:`starts`; the best kept per
     patient) and Laplace covariances, for every patient in one vectorised computation."""
