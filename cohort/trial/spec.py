@@ -285,6 +285,8 @@ def _arms(r: _Reader, arms: Any) -> tuple[Arm, ...]:
             for k in ("amt", "time", "ii", "rate", "duration"):
                 if k in g:
                     r.num(f"{key}.{k}", g[k], 0)
+            if "addl" in g:
+                r.int_(f"{key}.addl", g["addl"], 0)
             regs.append(dict(g))
         dose = a.get("dose", sum(float(g["amt"]) * (1 + int(g.get("addl", 0))) for g in regs))
         out.append(
