@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from cohort.data.reader import (
+    STANDARD_COLUMNS,
     DataError,
     Problem,
     as_data_error,
@@ -206,25 +207,5 @@ def read_nonmem(
     dropped = {str(d).upper() for d in drop}
     raw = raw[[c for c in raw.columns if upper[c] not in dropped]]
     records = validate(raw, model)
-    covariates = tuple(
-        c
-        for c in records.columns
-        if c
-        not in (
-            "ROW",
-            "ID",
-            "TIME",
-            "DV",
-            "AMT",
-            "EVID",
-            "MDV",
-            "CMT",
-            "RATE",
-            "ADDL",
-            "II",
-            "SS",
-            "CENS",
-            "LLOQ",
-        )
-    )
+    covariates = tuple(c for c in records.columns if c not in STANDARD_COLUMNS | {"ROW"})
     return Dataset(records, covariates, model)

@@ -27,6 +27,27 @@ _MISSING = {"", ".", "NA", "NAN", "NULL"}
 _MAX_LISTED = 25
 
 
+STANDARD_COLUMNS = frozenset(
+    {
+        "ID",
+        "TIME",
+        "DV",
+        "AMT",
+        "EVID",
+        "MDV",
+        "CMT",
+        "RATE",
+        "ADDL",
+        "II",
+        "SS",
+        "CENS",
+        "LLOQ",
+        "BLQ",
+    }
+)
+"""NONMEM record columns; every other numeric column of a dataset is a covariate."""
+
+
 @dataclasses.dataclass(frozen=True)
 class Problem:
     """One violation: the 1-based data row (None for whole-file problems), column and message."""
@@ -68,9 +89,13 @@ def read_table(path: str | Path) -> pd.DataFrame:
             raise DataError([Problem(None, "file", f"{str(path)!r} is empty (no header line)")])
         sep = "," if "," in header else r"\s+"
         table = pd.read_csv(
-            path, sep=sep, dtype=str, keep_default_na=False, skipinitialspace=True,
+            path,
+            sep=sep,
+            dtype=str,
+            keep_default_na=False,
+            skipinitialspace=True,
             encoding="utf-8",
-        )  # fmt: skip
+        )
     except UnicodeDecodeError:
         raise DataError(
             [Problem(None, "file", f"{str(path)!r} is not a text (UTF-8) table; give a CSV")]

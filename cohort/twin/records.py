@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from cohort.data import Dataset
-from cohort.data.reader import DataError, Problem, read_table, validate
+from cohort.data.reader import STANDARD_COLUMNS, DataError, Problem, read_table, validate
 from cohort.models.base import Model
 from cohort.twin.prior import TwinError, show_id
 
@@ -49,7 +49,7 @@ def append_records(data: Dataset, new: pd.DataFrame | str | Path, model: Model) 
             )
     frame = checked.drop(columns=["ROW"])
     # baseline covariates are carried on the new rows when they are missing
-    cov = [c for c in old.columns if c not in frame.columns and c not in _NONMEM]
+    cov = [c for c in old.columns if c not in frame.columns and c not in STANDARD_COLUMNS]
     if cov:
         first = old.groupby("ID", sort=False)[cov].first()
         frame = frame.join(first, on="ID")
@@ -60,21 +60,3 @@ def append_records(data: Dataset, new: pd.DataFrame | str | Path, model: Model) 
     pos = np.arange(len(combined))
     idx = np.lexsort((pos, pd.to_numeric(combined["TIME"]).to_numpy(float), key))
     return combined.iloc[idx].reset_index(drop=True)
-
-
-_NONMEM = {
-    "ID",
-    "TIME",
-    "DV",
-    "AMT",
-    "EVID",
-    "MDV",
-    "CMT",
-    "RATE",
-    "ADDL",
-    "II",
-    "SS",
-    "CENS",
-    "LLOQ",
-    "BLQ",
-}
