@@ -110,9 +110,26 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--map-only", action="store_true", help="skip the NUTS rows")
+    ap.add_argument("--nuts-only", action="store_true", help="skip the MAP rows")
+    ap.add_argument("--warmup", type=int, default=500, help="NUTS warmup (default: the API's)")
     args = ap.parse_args()
     n_map, n_nuts = (2_000, 200) if args.quick else (10_000, 1_000)
     rows = {}
+    if not args.nuts_only:
+        rows["map_laplace"] = map_rows(n_map)
+        if args.map_only:
+            write_json(RESULTS_DIR / "twin_map.json", {"machine": machine_info(), "rows": rows})
+            return
+    rows["nuts"] = nuts_rows(n_nuts, args.warmup)
+    name = "twin_quick.json" if args.quick else "twin.json"
+    if args.warmup != 500:
+        name = name.replace(".json", f"_warmup{args.warmup}.json")
+    out = RESULTS_DIR / name
+    write_json(out, {"machine": machine_info(), "rows": rows})
+    print(f"wrote {out}")
+
+
+def map_rows(n_map: int) -> dict:
     prior, first, later, truth = data(n_map)
     with OtherLoad() as load:
         tw, t_identify = timed(lambda: Twins.identify(prior, first))
@@ -120,7 +137,7 @@ def main() -> None:
         _, t_update_warm = timed(lambda: tw.update(later))
     err = np.abs(np.log(tw2.individual()["CL"].to_numpy() / truth["CL"]))
     base = scipy_map_loop(tw2, 200)
-    rows["map_laplace"] = {
+    row = {
         "patients": n_map,
         "identify_cold_s": t_identify,
         "update_cold_s": t_update,
@@ -137,21 +154,22 @@ def main() -> None:
         f"{t_update:.1f} s cold / {t_update_warm:.1f} s warm; scipy loop "
         f"{base * n_map:.1f} s -> {base * n_map / t_update_warm:.1f}x"
     )
-    if args.map_only:
-        write_json(RESULTS_DIR / "twin_map.json", {"machine": machine_info(), "rows": rows})
-        return
+    return row
+
+
+def nuts_rows(n_nuts: int, warmup: int) -> dict:
     prior, first, later, truth = data(n_nuts, seed=2)
     records = pd.concat([first, later]).sort_values(["ID", "TIME"], kind="stable")
     with OtherLoad() as load:
         nu, t_nuts = timed(
-            lambda: Twins.identify(prior, records, method="nuts", warmup=500, draws=500)
+            lambda: Twins.identify(prior, records, method="nuts", warmup=warmup, draws=500)
         )
     s = nu.samples
-    base = numpyro_loop(nu, 3, 500, 500)
-    rows["nuts"] = {
+    base = numpyro_loop(nu, 3, warmup, 500)
+    row = {
         "patients": n_nuts,
         "chains": 4,
-        "warmup": 500,
+        "warmup": warmup,
         "draws_per_chain": 500,
         "seconds": t_nuts,
         "converged_fraction": float(s.converged.mean()),
@@ -164,14 +182,12 @@ def main() -> None:
         "other_load_cores": load.value,
     }
     print(
-        f"NUTS, {n_nuts} twins x 4 chains x (500 + 500): {t_nuts:.1f} s, converged "
+        f"NUTS, {n_nuts} twins x 4 chains x ({warmup} + 500): {t_nuts:.1f} s, converged "
         f"{s.converged.mean():.1%} (max R-hat {s.rhat.max():.4f}, min ESS "
         f"{s.ess_bulk.min():.0f}); numpyro per-patient loop {base * n_nuts:.0f} s -> "
         f"{base * n_nuts / t_nuts:.1f}x"
     )
-    out = RESULTS_DIR / ("twin_quick.json" if args.quick else "twin.json")
-    write_json(out, {"machine": machine_info(), "rows": rows})
-    print(f"wrote {out}")
+    return row
 
 
 if __name__ == "__main__":
