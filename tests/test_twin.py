@@ -263,3 +263,19 @@ def test_packaged_vancomycin_prior_is_the_priors_spec():
 
     spec = Path(__file__).parent.parent / VANCO
     assert PRIOR.read_bytes() == spec.read_bytes()
+
+
+def test_unconverged_nuts_patients_are_rerun_longer():
+    """With far too few draws nobody converges: every patient is rerun as one batch with 2×
+    warmup and 3× draws, kept thinned to the requested count, diagnostics from the rerun."""
+    from cohort.twin import posterior
+    from cohort.twin.problem import prior_pop
+
+    tw = Twins.identify(_gaussian_prior(), _gaussian_records(4, 3))
+    args = (tw.bound, prior_pop(tw.prior), tw.laplace)
+    once = posterior.nuts(*args, chains=2, warmup=20, draws=30, seed=1, retry=False)
+    again = posterior.nuts(*args, chains=2, warmup=20, draws=30, seed=1)
+    assert once.eta.shape == again.eta.shape == (3, 2, 30, 1)
+    assert not once.converged.any()
+    # the rerun has 90 draws per chain: its bulk ESS is larger than the first pass's
+    assert np.all(again.ess_bulk > once.ess_bulk)
