@@ -337,7 +337,8 @@ def _pad(per_patient: list[pd.DataFrame], state_names: Sequence[str]) -> EventTa
     return EventTable(time, amt, rate, cmt, evid, ss, ii, tuple(state_names))
 
 
-def _regimens_frame(regs: Sequence[Regimen], targets: Sequence[str]) -> pd.DataFrame:
+def regimens_frame(regs: Sequence[Regimen], targets: Sequence[str]) -> pd.DataFrame:
+    """NONMEM dose rows of ``regs`` (time order); CMT 0 becomes the first of ``targets``."""
     frames = []
     for r in regs:
         f = r.to_frame()
@@ -370,7 +371,7 @@ def event_table(
         regs = [dosing] if isinstance(dosing, Regimen) else list(dosing)
         if regs and all(isinstance(r, Regimen) for r in regs):
             shared = records_from_frame(
-                _regimens_frame(regs, dose_targets), state_names, dose_targets
+                regimens_frame(regs, dose_targets), state_names, dose_targets
             )
             table = _pad(shared, state_names)
         elif all(isinstance(r, (list, tuple)) for r in regs):
@@ -378,7 +379,7 @@ def event_table(
             for i, pr in enumerate(regs):
                 if not all(isinstance(r, Regimen) for r in pr):
                     raise DosingError(f"patient {i}: expected a list of Regimen objects")
-                frame = _regimens_frame(pr, dose_targets) if pr else pd.DataFrame(columns=_COLUMNS)
+                frame = regimens_frame(pr, dose_targets) if pr else pd.DataFrame(columns=_COLUMNS)
                 per += records_from_frame(frame, state_names, dose_targets) if pr else [frame]
             table = _pad(per, state_names)
         else:

@@ -15,6 +15,7 @@ from cohort.twin import TwinPrior, open_twins
 
 runner = CliRunner()
 PRIOR = Path(__file__).parent.parent / "priors" / "vancomycin_goti2018.toml"
+REGIMEN = ["--start", "48", "--ii", "12", "--addl", "3", "--duration", "1"]  # day 2 on
 
 
 def flat(res) -> str:
@@ -55,14 +56,7 @@ def test_fit_update_forecast_dose(csvs, monkeypatch):
             "twins.zarr",
             "--amt",
             "1000",
-            "--start",
-            "48",
-            "--ii",
-            "12",
-            "--addl",
-            "3",
-            "--duration",
-            "1",
+            *REGIMEN,
             "--target",
             target,
             "--draws",
@@ -82,14 +76,7 @@ def test_fit_update_forecast_dose(csvs, monkeypatch):
             "twins.zarr",
             "--target",
             target,
-            "--start",
-            "48",
-            "--ii",
-            "12",
-            "--addl",
-            "3",
-            "--duration",
-            "1",
+            *REGIMEN,
             "--max-dose",
             "3000",
             "--strength",

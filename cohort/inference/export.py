@@ -28,31 +28,19 @@ def prior_description(fit, name: str | None = None) -> dict:
         for g, e in enumerate(bm.effects):
             if e.k != k:
                 continue
-            c = next(c for c in p.covariates if c.column == e.column)
-            x = cov[e.column].to_numpy(float)
-            if e.kind == "power":
-                ref = c.ref if c.ref is not None else float(np.median(x))
+            if e.kind in ("power", "exp"):  # the reference the fit centred on (Effect.ref)
+                kind = "power" if e.kind == "power" else "exponential"
                 effects.append(
                     {
-                        "type": "power",
+                        "type": kind,
                         "covariate": e.column,
-                        "reference": ref,
-                        "coefficient": float(gamma[g]),
-                    }
-                )
-            elif e.kind == "exp":
-                ref = c.ref if c.ref is not None else float(np.median(x))
-                effects.append(
-                    {
-                        "type": "exponential",
-                        "covariate": e.column,
-                        "reference": ref,
+                        "reference": e.ref,
                         "coefficient": float(gamma[g]),
                     }
                 )
             else:  # binary: the factor exp(γ) where the indicator is 1
                 shift = float(np.expm1(gamma[g]))
-                ind = e.column if c.ref is None else f"({e.column} < {c.ref!r})"
+                ind = e.column if e.ref is None else f"({e.column} < {e.ref!r})"
                 effects.append({"type": "expression", "expression": f"1 + {shift!r} * {ind}"})
         entry = {
             "typical": float(np.exp(theta[k])),

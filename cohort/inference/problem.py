@@ -58,6 +58,9 @@ class Effect:
     c: int
     fixed: float | None
     init: float
+    # the reference value the feature was centred on (power/exp: given or the data median;
+    # binary: the threshold or None); not part of the compiled structure
+    ref: float | None = dataclasses.field(default=None, compare=False)
 
     @property
     def label(self) -> str:
@@ -253,13 +256,15 @@ def _features(spec: NLME, data: Dataset) -> tuple[tuple[Effect, ...], np.ndarray
                         for i in bad
                     ]
                 )
+            ref = c.ref
             if c.kind == "power":
                 ref = c.ref if c.ref is not None else float(np.median(x))
                 if np.any(x <= 0) or ref <= 0:
                     raise DataError([Problem(None, c.column, "a power covariate must be > 0")])
                 z = np.log(x / ref)
             elif c.kind == "exp":
-                z = x - (c.ref if c.ref is not None else float(np.median(x)))
+                ref = c.ref if c.ref is not None else float(np.median(x))
+                z = x - ref
             elif c.ref is not None:  # an indicator by threshold, e.g. NONMEM's APGR.LT.5
                 z = (x < c.ref).astype(float)
             else:
@@ -276,7 +281,16 @@ def _features(spec: NLME, data: Dataset) -> tuple[tuple[Effect, ...], np.ndarray
                     )
                 z = x
             effects.append(
-                Effect(p.name, names.index(p.name), c.column, c.kind, len(columns), c.fixed, c.init)
+                Effect(
+                    p.name,
+                    names.index(p.name),
+                    c.column,
+                    c.kind,
+                    len(columns),
+                    c.fixed,
+                    c.init,
+                    ref,
+                )
             )
             columns.append(z)
     feats = np.stack(columns, axis=1) if columns else np.zeros((data.n_subjects, 0))

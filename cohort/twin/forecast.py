@@ -17,7 +17,7 @@ import pandas as pd
 import xarray as xr
 
 from cohort._version import __version__
-from cohort.dosing import EventTable, Regimen
+from cohort.dosing import EventTable, Regimen, regimens_frame
 from cohort.inference import likelihood
 from cohort.twin.prior import TwinError, show_id
 from cohort.twin.targets import Target
@@ -49,13 +49,7 @@ def regimen_frame(twins, regimen) -> pd.DataFrame:
     regs = [regimen] if isinstance(regimen, Regimen) else list(regimen)
     if not all(isinstance(r, Regimen) for r in regs):
         raise TwinError("regimen: give a Regimen, a list of Regimens or dose rows with ID")
-    rows = []
-    for r in regs:
-        f = r.to_frame()
-        if r.cmt == 0:
-            f["CMT"] = model.dose_targets[0]
-        rows.append(f)
-    one = pd.concat(rows, ignore_index=True)
+    one = regimens_frame(regs, model.dose_targets)
     frames = [one.assign(ID=pid) for pid in twins.ids]
     return pd.concat(frames, ignore_index=True)
 

@@ -16,7 +16,6 @@ import numpy as np
 import pandas as pd
 
 from cohort.data import Dataset, read_nonmem
-from cohort.data.reader import DataError
 from cohort.inference.problem import BoundModel, Pop, array_module, bind
 from cohort.inference.spec import NLME, ErrorModel, Param
 from cohort.twin.prior import TwinError, TwinPrior, show_id
@@ -105,10 +104,7 @@ def _check_doses_first(data: Dataset, prior: TwinPrior) -> None:
 def bind_twins(prior: TwinPrior, data: Dataset) -> TwinBound:
     """Bind the prior's model to ``data``: ``features`` = each patient's ``μ [K]``."""
     spec = nlme_of(prior)
-    try:
-        bm = bind(spec, data)
-    except DataError:
-        raise
+    bm = bind(spec, data)
     mu = prior.log_typical(data.covariates)
     fields = {f.name: getattr(bm, f.name) for f in dataclasses.fields(bm)}
     fields["features"] = mu

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-from cohort.dosing import Regimen
+from cohort.dosing import Regimen, regimens_frame
 from cohort.twin.prior import TwinPrior
 
 
@@ -41,8 +41,7 @@ def simulate_records(
     else:
         y = f + np.sqrt(add**2 + (prop * f) ** 2) * eps
     y = np.maximum(y, floor)
-    dose = regimen.to_frame()
-    dose["CMT"] = prior.model.dose_targets[0] if regimen.cmt == 0 else regimen.cmt
+    dose = regimens_frame([regimen], prior.model.dose_targets)
     ids = np.arange(1, n + 1)
     doses = pd.concat([dose] * n, ignore_index=True).assign(ID=ids, DV=np.nan)
     obs = pd.DataFrame(

@@ -125,10 +125,7 @@ class Twins:
         """``[N, ..., K]`` log individual parameters for ``eta [N, ..., q]``."""
         mu = np.asarray(self.bound.features, float)
         mu = mu.reshape(mu.shape[:1] + (1,) * (eta.ndim - 2) + mu.shape[1:])
-        out = np.broadcast_to(mu, eta.shape[:-1] + mu.shape[-1:]).copy()
-        for j, k in enumerate(self.bound.iiv):
-            out[..., k] += eta[..., j]
-        return out
+        return self.bound.log_params(None, np.asarray(eta, float), mu)  # μ + η (TwinBound)
 
     def individual(self) -> pd.DataFrame:
         """Per patient: MAP individual parameters, posterior SD of each log parameter (≈ CV),
