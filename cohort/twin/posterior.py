@@ -11,6 +11,7 @@ potential for all chains; here every patient has its own data).
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -23,7 +24,10 @@ _COMPILED: dict = {}  # (model structure, what) -> jitted function; bounded belo
 
 
 def _cached(bm: BoundModel, what: str, build):
-    key = (bm.structure, what)
+    return _cached_key((bm.structure, what), build)
+
+
+def _cached_key(key, build):
     if key not in _COMPILED:
         if len(_COMPILED) >= 32:
             _COMPILED.clear()
@@ -86,58 +90,89 @@ def map_laplace(
             omega_inv, _ = laplace.omega_inverse(bm, pop)
             u = _potential(bm, pop, omega_inv)
             d = laplace.subject_data(arrays)
-
-            def newton(eta, d):
-                # Gauss-Newton converges linearly where residuals are large (its matrix is the
-                # expected information, not the Hessian), so after a few of its steps the mode
-                # is finished by Newton steps on the exact Hessian (eigenvalues taken in
-                # absolute value where it is not positive definite) with a line search; within
-                # rounding of the minimum a step is trusted, not the noisy U. The Hessian of
-                # the last step is the Laplace precision (one copy of that graph).
-                def step(carry, _):
-                    e, _ = carry
-                    g, h = jax.grad(u)(e, d), jax.hessian(u)(e, d)
-                    w, vecs = jnp.linalg.eigh(h)
-                    w = jnp.maximum(jnp.abs(w), 1e-8 * jnp.max(jnp.abs(w)) + 1e-300)
-                    direction = vecs @ ((vecs.T @ g) / w)
-                    trial = e[None, :] - _NEWTON_STEPS[:, None] * direction[None, :]
-                    values = jax.vmap(lambda x: u(x, d))(trial)
-                    values = jnp.where(jnp.isfinite(values), values, jnp.inf)
-                    k = jnp.argmin(values)
-                    u0 = u(e, d)
-                    slack = 1e-10 * (1.0 + jnp.abs(u0))
-                    better = jnp.all(jnp.isfinite(trial[k])) & (values[k] <= u0 + slack)
-                    return (jnp.where(better, trial[k], e), h), None
-
-                q = eta.shape[-1]
-                return jax.lax.scan(step, (eta, jnp.eye(q)), None, length=newton_steps)[0]
-
-            eta_n, hess = jax.vmap(newton)(eta, d)
+            eta_n, hess = jax.vmap(lambda e, d: newton(u, e, d, newton_steps))(eta, d)
             eta = jnp.where(jnp.isfinite(value)[:, None], eta_n, eta)
-            value = jax.vmap(lambda e, d: 2.0 * u(e, d))(eta, d)
-            value = jnp.where(jnp.isfinite(value), value, jnp.inf).reshape(n_starts, n)
-            best = jnp.argmin(value, axis=0)  # per patient; ties: the first start
-            pick = jnp.arange(n_starts)[:, None] == best[None, :]  # [S, N] one-hot
-
-            def chosen(x):
-                x = x.reshape(n_starts, n, *x.shape[1:])
-                mask = pick.reshape(pick.shape + (1,) * (x.ndim - 2))
-                return jnp.sum(jnp.where(mask, x, 0.0), axis=0)
-
-            eta, hess, value = chosen(eta), chosen(hess), jnp.min(value, axis=0)
-            chol = jnp.linalg.cholesky(hess)
-            ok = jnp.isfinite(value) & jnp.all(jnp.isfinite(chol), axis=(-2, -1))
-            eye = jnp.eye(eta.shape[-1])
-            inv_l = jax.vmap(lambda c: jax.scipy.linalg.solve_triangular(c, eye, lower=True))(
-                jnp.where(ok[:, None, None], chol, eye)
-            )
-            cov = jnp.einsum("nki,nkj->nij", inv_l, inv_l)
-            return eta, cov, value, ok
+            return best_start(u, eta, hess, d, n_starts)
 
         return jax.jit(run)
 
     fn = _cached(bm, f"map_laplace:{iterations}:{newton_steps}", build)
     eta, cov, value, ok = fn(pop, jnp.asarray(eta0, float), bm.arrays)
+    return Laplace(np.asarray(eta), np.asarray(cov), np.asarray(value), np.asarray(ok))
+
+
+def newton(u, eta, d, steps: int):
+    """``steps`` Newton steps on ``u(·, d)`` from ``eta`` (one patient): the exact Hessian
+    with its eigenvalues taken in absolute value where it is not positive definite, and a
+    line search. Returns the point and the Hessian of the last step (the Laplace precision:
+    one copy of that graph)."""
+
+    def step(carry, _):
+        # Gauss-Newton converges linearly where residuals are large (its matrix is the
+        # expected information, not the Hessian); Newton on the exact Hessian finishes the
+        # mode. Within rounding of the minimum a step is trusted, not the noisy u.
+        e, _ = carry
+        g, h = jax.grad(u)(e, d), jax.hessian(u)(e, d)
+        w, vecs = jnp.linalg.eigh(h)
+        w = jnp.maximum(jnp.abs(w), 1e-8 * jnp.max(jnp.abs(w)) + 1e-300)
+        direction = vecs @ ((vecs.T @ g) / w)
+        trial = e[None, :] - _NEWTON_STEPS[:, None] * direction[None, :]
+        values = jax.vmap(lambda x: u(x, d))(trial)
+        values = jnp.where(jnp.isfinite(values), values, jnp.inf)
+        k = jnp.argmin(values)
+        u0 = u(e, d)
+        slack = 1e-10 * (1.0 + jnp.abs(u0))
+        better = jnp.all(jnp.isfinite(trial[k])) & (values[k] <= u0 + slack)
+        return (jnp.where(better, trial[k], e), h), None
+
+    q = eta.shape[-1]
+    return jax.lax.scan(step, (eta, jnp.eye(q, dtype=eta.dtype)), None, length=steps)[0]
+
+
+def best_start(u, eta, hess, d, n_starts: int):
+    """Of ``n_starts`` searches per patient (stacked start-major on the patient axis), the one
+    with the lowest ``2u``, with its Laplace covariance and whether it is usable (finite,
+    Hessian positive definite)."""
+    n = eta.shape[0] // n_starts
+    value = jax.vmap(lambda e, d: 2.0 * u(e, d))(eta, d)
+    value = jnp.where(jnp.isfinite(value), value, jnp.inf).reshape(n_starts, n)
+    best = jnp.argmin(value, axis=0)  # per patient; ties: the first start
+    pick = jnp.arange(n_starts)[:, None] == best[None, :]  # [S, N] one-hot
+
+    def chosen(x):
+        x = x.reshape(n_starts, n, *x.shape[1:])
+        mask = pick.reshape(pick.shape + (1,) * (x.ndim - 2))
+        return jnp.sum(jnp.where(mask, x, 0.0), axis=0)
+
+    eta, hess, value = chosen(eta), chosen(hess), jnp.min(value, axis=0)
+    chol = jnp.linalg.cholesky(hess)
+    ok = jnp.isfinite(value) & jnp.all(jnp.isfinite(chol), axis=(-2, -1))
+    eye = jnp.eye(eta.shape[-1], dtype=eta.dtype)
+    inv_l = jax.vmap(lambda c: jax.scipy.linalg.solve_triangular(c, eye, lower=True))(
+        jnp.where(ok[:, None, None], chol, eye)
+    )
+    cov = jnp.einsum("nki,nkj->nij", inv_l, inv_l)
+    return eta, cov, value, ok
+
+
+def modes(make_potential, params, eta0, data, *, key, steps: int = 30) -> Laplace:
+    """MAP + Laplace for any per-patient potential: ``make_potential(params)`` returns
+    ``u(eta, d)`` (negative log posterior of one patient with data ``d``); every leaf of
+    ``data`` has the patient axis first. Newton from each start of ``eta0 [S, N, q]``."""
+
+    def build():
+        def run(params, eta0, data):
+            n_starts = eta0.shape[0]
+            data = jax.tree_util.tree_map(lambda a: jnp.concatenate([a] * n_starts), data)
+            eta0 = eta0.reshape(-1, eta0.shape[-1])
+            u = make_potential(params)
+            eta, hess = jax.vmap(lambda e, d: newton(u, e, d, steps))(eta0, data)
+            return best_start(u, eta, hess, data, n_starts)
+
+        return jax.jit(run)
+
+    fn = _cached_key(("modes", key, steps), build)
+    eta, cov, value, ok = fn(params, jnp.asarray(eta0), data)
     return Laplace(np.asarray(eta), np.asarray(cov), np.asarray(value), np.asarray(ok))
 
 
@@ -174,16 +209,57 @@ def nuts(
     is also the warm start of a sequential update. With ``retry``, patients not converged
     (R-hat ≥ 1.01 or bulk ESS ≤ 400) are run again as one smaller batch with twice the warmup
     and three times the draws (kept thinned by 3, diagnostics from the whole run)."""
+
+    def make_potential(pop):
+        return _potential(bm, pop, laplace.omega_inverse(bm, pop)[0])
+
+    return sample(
+        make_potential,
+        pop,
+        bm.arrays,
+        init,
+        key=bm.structure,
+        prepare=laplace.subject_data,
+        chains=chains,
+        warmup=warmup,
+        draws=draws,
+        seed=seed,
+        max_tree_depth=max_tree_depth,
+        retry=retry,
+    )
+
+
+def sample(
+    make_potential,
+    params,
+    arrays,
+    init: Laplace,
+    *,
+    key,
+    prepare=None,
+    chains: int = 4,
+    warmup: int = 500,
+    draws: int = 500,
+    seed: int = 0,
+    max_tree_depth: int = 8,
+    retry: bool = True,
+) -> Samples:
+    """NUTS for any per-patient potential (see :func:`modes`); ``prepare(arrays)`` gives the
+    per-patient data (leaves with the patient axis first; default: ``arrays`` itself). ``key``
+    identifies the potential for the compiled-program cache. See :func:`nuts`."""
     import time
 
     t0 = time.perf_counter()
-    first = _nuts_batch(bm, pop, init, bm.arrays, chains, warmup, draws, seed, max_tree_depth)
-    z, rhat, ess, div = first
+    run = functools.partial(
+        _nuts_batch, make_potential, params, key, prepare, chains=chains,
+        max_tree_depth=max_tree_depth,
+    )  # fmt: skip
+    z, rhat, ess, div = run(init, arrays, warmup=warmup, draws=draws, seed=seed)
     bad = np.flatnonzero(~np.all((rhat < 1.01) & (ess > 400), axis=1))
     if retry and bad.size:
         n = init.eta.shape[0]
         sub = jax.tree_util.tree_map(
-            lambda a: a[bad] if getattr(a, "ndim", 0) and a.shape[0] == n else a, bm.arrays
+            lambda a: a[bad] if getattr(a, "ndim", 0) and a.shape[0] == n else a, arrays
         )
         part = dataclasses.replace(
             init,
@@ -192,24 +268,24 @@ def nuts(
             objective=init.objective[bad],
             ok=init.ok[bad],
         )
-        z2, rhat2, ess2, div2 = _nuts_batch(
-            bm, pop, part, sub, chains, 2 * warmup, 3 * draws, seed + 1, max_tree_depth
-        )
+        z2, rhat2, ess2, div2 = run(part, sub, warmup=2 * warmup, draws=3 * draws, seed=seed + 1)
         z, rhat, ess, div = z.copy(), rhat.copy(), ess.copy(), div.copy()
         z[bad], rhat[bad], ess[bad], div[bad] = z2[:, :, ::3], rhat2, ess2, div2
     return Samples(z, rhat, ess, div, time.perf_counter() - t0)
 
 
-def _nuts_batch(bm, pop, init: Laplace, arrays, chains, warmup, draws, seed, max_tree_depth):
+def _nuts_batch(
+    make_potential, params, key, prepare, init: Laplace, arrays, *, chains, warmup, draws, seed,
+    max_tree_depth,
+):  # fmt: skip
     """One vmapped NUTS run: draws ``[N, chain, draw, q]``, R-hat, ESS, divergences."""
     from numpyro.infer.hmc import hmc
 
     n, q = init.eta.shape
 
     def build():
-        def run(pop, starts, inv_mass, keys, arrays):
-            omega_inv, _ = laplace.omega_inverse(bm, pop)
-            u = _potential(bm, pop, omega_inv)
+        def run(params, starts, inv_mass, keys, arrays):
+            u = make_potential(params)
             init_kernel, sample_kernel = hmc(
                 potential_fn_gen=lambda d: lambda e: u(e, d), algo="NUTS"
             )
@@ -233,20 +309,20 @@ def _nuts_batch(bm, pop, init: Laplace, arrays, chains, warmup, draws, seed, max
                 _, (z, div) = jax.lax.scan(step, state, None, length=draws)
                 return z, jnp.sum(div)
 
-            d = laplace.subject_data(arrays)
+            d = arrays if prepare is None else prepare(arrays)
             per_patient = jax.vmap(one_chain, in_axes=(0, None, 0, None))  # over chains
             return jax.vmap(per_patient)(starts, inv_mass, keys, d)  # over patients
 
         return jax.jit(run)
 
-    fn = _cached(bm, f"nuts:{chains}:{warmup}:{draws}:{max_tree_depth}", build)
+    fn = _cached_key((key, f"nuts:{chains}:{warmup}:{draws}:{max_tree_depth}"), build)
     rng = np.random.default_rng(seed)
     cov = np.where(init.ok[:, None, None], init.cov, np.eye(q)[None])
     chol = np.linalg.cholesky(cov)
     jitter = rng.standard_normal((n, chains, q))
     starts = init.eta[:, None, :] + np.einsum("nij,ncj->nci", chol, jitter)
     keys = jax.random.split(jax.random.PRNGKey(seed), n * chains).reshape(n, chains, -1)
-    z, div = fn(pop, jnp.asarray(starts), jnp.asarray(cov), keys, arrays)
+    z, div = fn(params, jnp.asarray(starts), jnp.asarray(cov), keys, arrays)
     z = np.asarray(z)  # [N, chain, draw, q]
     rhat, ess = diagnostics(z)
     return z, rhat, ess, np.asarray(div).sum(axis=1)

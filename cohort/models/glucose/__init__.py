@@ -1,6 +1,7 @@
-"""Glucose–insulin models: the Bergman minimal model and the UVA/Padova S2008 simulator.
+"""Glucose–insulin models: the Bergman minimal model, the UVA/Padova S2008 simulator and a
+reduced T1D model for CGM twins.
 
-Importing this package registers ``bergman`` and ``uva_padova``. Helpers: :func:`fit_ivgtt`
+Importing this package registers ``bergman``, ``uva_padova`` and ``t1d_minimal``. Helpers: :func:`fit_ivgtt`
 (minimal-model analysis of an IVGTT), :func:`reference_patients` (simglucose's 30 patients),
 :func:`sample_patients` (new patients from a prior fitted to them), :func:`meal_records` and
 :func:`insulin_records` (dosing records in the model's units).
@@ -18,6 +19,7 @@ from cohort.models.glucose.patients import (
     reference_patients,
     sample_patients,
 )
+from cohort.models.glucose.t1d_minimal import T1DMinimal
 from cohort.models.glucose.uva_padova import PMOL_PER_U, UvaPadova
 
 __all__ = [
@@ -28,6 +30,7 @@ __all__ = [
     "IVGTTFit",
     "PatientPrior",
     "PatientSamplingError",
+    "T1DMinimal",
     "UvaPadova",
     "combine",
     "derive_basal",
