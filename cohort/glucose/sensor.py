@@ -64,3 +64,18 @@ def read_sensor(sensor: Sensor | None, period: float, s: SensorState, g, keys, k
         noise = 0.0
     cgm = jnp.clip(level + noise, sensor.low, sensor.high)
     return SensorState(level, e), cgm
+
+
+def noise_series(sensor: Sensor, n: int, samples: int, period: float, seed: int):
+    """``[n, samples]`` CGM noise (mg/dL) of :class:`Sensor` sampled every ``period`` min, in
+    numpy: for records generated outside a closed loop (e.g. CGM twins' test data)."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    phi = sensor.pacf ** (period / 15.0)
+    z = rng.standard_normal((n, samples))
+    e = np.empty_like(z)
+    e[:, 0] = z[:, 0]
+    for k in range(1, samples):
+        e[:, k] = phi * e[:, k - 1] + math.sqrt(1.0 - phi**2) * z[:, k]
+    return sensor.xi + sensor.lam * np.sinh((e - sensor.gamma) / sensor.delta)

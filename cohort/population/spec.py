@@ -128,6 +128,13 @@ class ResidualError:
     prop: float
     output: str | None
     citation: str
+    # Optional, for dense sampling (CGM): each patient's additive SD is estimated with a
+    # log-normal prior (median ``add``, log-SD ``add_sd_log``), and residuals are AR(1) with
+    # correlation ``ar1`` over ``ar1_interval`` (logit-normal prior, SD ``ar1_sd_logit``).
+    add_sd_log: float | None = None
+    ar1: float | None = None
+    ar1_sd_logit: float | None = None
+    ar1_interval: float | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -508,7 +515,8 @@ def _parse_spec(raw: dict, path: str, digest: str | None) -> PopulationSpec:
 
 
 def _error(path: str, t: dict) -> ResidualError:
-    _check_keys(path, "error", t, {"kind", "add", "prop", "output", "citation"})
+    serial = ("add_sd_log", "ar1", "ar1_sd_logit", "ar1_interval")
+    _check_keys(path, "error", t, {"kind", "add", "prop", "output", "citation", *serial})
     kind = t.get("kind")
     if kind not in ERROR_KINDS:
         raise _err(path, "error.kind", f"must be one of {ERROR_KINDS}, got {kind!r}")
@@ -522,4 +530,11 @@ def _error(path: str, t: dict) -> ResidualError:
     add = _num(path, "error.add", t["add"], positive=True) if "add" in needs else 0.0
     prop = _num(path, "error.prop", t["prop"], positive=True) if "prop" in needs else 0.0
     output = t.get("output")
-    return ResidualError(kind, add, prop, None if output is None else str(output), t["citation"])
+    extra = {k: _num(path, f"error.{k}", t[k], positive=True) for k in serial if k in t}
+    if "ar1" in extra and not extra["ar1"] < 1:
+        raise _err(path, "error.ar1", f"a correlation must be in (0, 1), got {extra['ar1']}")
+    if ("ar1" in extra) != ("ar1_interval" in extra):
+        raise _err(path, "error.ar1_interval", "ar1 and ar1_interval (min) go together")
+    return ResidualError(
+        kind, add, prop, None if output is None else str(output), t["citation"], **extra
+    )

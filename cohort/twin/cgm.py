@@ -1,0 +1,418 @@
+"""CGM digital twins of people with type 1 diabetes: personalised from CGM, insulin and meal
+records, updated day by day, replaying the same days under altered therapy.
+
+Model: ``t1d_minimal`` (see its module for why a reduced model): the parameters with a random
+effect in the prior (``Gb, SG, SI, p2, kempt, kabs`` in ``priors/t1d_cgm_twin.toml``) are
+estimated per patient, together with the residual SD and the AR(1) correlation of CGM
+residuals where the prior's ``[error]`` asks for them (sensor noise and model misfit are
+serially correlated at 5-min sampling; independent errors would make the posterior far too
+narrow). Everything else is fixed at the prior's values. Posteriors are MAP + Laplace, then
+per-patient NUTS (numpyro's kernel), for all patients in one vectorised program
+(:mod:`cohort.twin.posterior`), on the parallel-in-time solution of :mod:`cohort.twin.cgm_solve`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pandas as pd
+import xarray as xr
+
+from cohort.twin import cgm_data, posterior
+from cohort.models.glucose.t1d_minimal import basal_plasma_insulin
+from cohort.twin.cgm_solve import glucose_curves, insulin_curve, trajectory
+from cohort.twin.prior import TwinError, TwinPrior
+
+_TRAJECTORY_KEY = {"CGM": "IG", "BG": "G", "insulin": "I"}
+_CHECKED_SLOW = "glucose"
+
+
+@dataclasses.dataclass(frozen=True)
+class _Layout:
+    """Static structure of the unconstrained vector ``z = μ + L·η``: estimated model
+    parameters (log), then the log residual SD and the logit AR(1) correlation if estimated."""
+
+    estimated: tuple[str, ...]
+    fixed: tuple[str, ...]
+    output: str
+    sigma: bool  # log residual SD estimated
+    ar1: bool  # logit AR(1) correlation estimated
+    ar1_interval: float
+    kind: str
+
+    @property
+    def insulin_fixed(self) -> bool:
+        return not set(self.estimated) & {"kd", "ka2", "ke", "VI"}
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        extra = ("sigma",) * self.sigma + ("ar1",) * self.ar1
+        return (*self.estimated, *extra)
+
+
+def _layout(prior: TwinPrior) -> _Layout:
+    if prior.model.name != "t1d_minimal":
+        raise TwinError(
+            f"prior {prior.name!r} is for the model {prior.model.name!r}; CGM twins use "
+            "t1d_minimal (e.g. priors/t1d_cgm_twin.toml)"
+        )
+    if prior.output not in _TRAJECTORY_KEY:
+        raise TwinError(
+            f"prior {prior.name!r}: error.output must be one of {list(_TRAJECTORY_KEY)}"
+        )
+    if not prior.eta_names:
+        raise TwinError(f"prior {prior.name!r}: [iiv] names no parameter to estimate")
+    err = prior.spec.error
+    fixed = tuple(n for n in prior.names if n not in prior.eta_names)
+    return _Layout(
+        prior.eta_names,
+        fixed,
+        prior.output,
+        err.add_sd_log is not None,
+        err.ar1_sd_logit is not None,
+        float(err.ar1_interval or 5.0),
+        prior.error[0],
+    )
+
+
+def _prior_moments(prior: TwinPrior, lay: _Layout, mu_model: np.ndarray):
+    """``μ [N, q]`` and the prior Cholesky factor ``L [q, q]`` of ``z``."""
+    err = prior.spec.error
+    n = mu_model.shape[0]
+    cols, sds = [mu_model[:, [prior.names.index(k) for k in lay.estimated]]], []
+    if lay.sigma:
+        cols.append(np.full((n, 1), np.log(err.add)))
+        sds.append(err.add_sd_log)
+    if lay.ar1:
+        cols.append(np.full((n, 1), np.log(err.ar1 / (1.0 - err.ar1))))
+        sds.append(err.ar1_sd_logit)
+    q = len(lay.names)
+    chol = np.zeros((q, q))
+    k = len(lay.estimated)
+    chol[:k, :k] = np.linalg.cholesky(prior.omega)
+    chol[k:, k:] = np.diag(sds)
+    return np.concatenate(cols, axis=1), chol
+
+
+def _model_params(lay: _Layout, z, d, basal_scale=1.0):
+    """The ``t1d_minimal`` parameter dict of one patient from ``z`` and its data ``d``."""
+    p = {k: jnp.exp(z[i]) for i, k in enumerate(lay.estimated)}
+    p.update({k: d["fixed"][j] for j, k in enumerate(lay.fixed)})
+    p.update(BW=d["BW"], G0=d["G0"], basal=d["u0"] * basal_scale)
+    p["Ib"] = basal_plasma_insulin(p, d["u0"])  # glucose rests at Gb on the usual basal
+    for k, v in d["defaults"].items():
+        p.setdefault(k, v)
+    return p
+
+
+def _loglik(lay: _Layout, z, d, add: float, prop: float, ar1: float):
+    p = _model_params(lay, z, d)
+    if lay.insulin_fixed:  # plasma insulin computed once per patient when binding
+        traj = {**glucose_curves(p, d["meal"], d["plasma"]), "I": d["plasma"]}
+    else:
+        traj = trajectory(p, d["meal"], d["basal"] + d["bolus"])
+    f = traj[_TRAJECTORY_KEY[lay.output]][d["obs_idx"]]
+    k = len(lay.estimated)
+    sd_add = jnp.exp(z[k]) if lay.sigma else add
+    phi = jax.nn.sigmoid(z[k + lay.sigma]) if lay.ar1 else ar1
+    s = jnp.sqrt(sd_add**2 + (prop * f) ** 2)
+    r = (d["dv"] - f) / s  # standardised residuals
+    first = ~jnp.isfinite(d["lag"])
+    lag = jnp.where(first, 1.0, d["lag"])
+    rho = jnp.where(first, 0.0, phi ** (lag / lay.ar1_interval)) if (lay.ar1 or ar1) else 0.0
+    prev = jnp.concatenate([jnp.zeros(1, r.dtype), r[:-1]])
+    var = 1.0 - rho * rho
+    e = r - rho * prev
+    terms = -0.5 * e * e / var - 0.5 * jnp.log(2 * jnp.pi * var) - jnp.log(s)
+    ll = jnp.sum(d["mask"] * terms)
+    return jnp.where(jnp.isfinite(ll), ll, -jnp.inf)
+
+
+@functools.lru_cache(maxsize=16)
+def _potential_factory(lay: _Layout, add: float, prop: float, ar1: float):
+    """``make_potential(chol) -> u(η, d)``: ``½|η|² − log p(y | μ + Lη)`` (one per layout, so
+    the compiled programs are reused)."""
+
+    def make_potential(chol):
+        def u(eta, d):
+            z = d["mu"] + chol @ eta
+            return 0.5 * jnp.sum(eta * eta) - _loglik(lay, z, d, add, prop, ar1)
+
+        return u
+
+    return make_potential
+
+
+@dataclasses.dataclass(eq=False)
+class CGMTwins:
+    """CGM twins of one or many patients: ``identify`` → ``update`` → ``replay``.
+
+    ``posterior``: MAP + Laplace in the standardised coordinates ``η``; ``samples``: NUTS
+    draws (``None`` for ``method="map"``); ``records``: every row seen (checked table).
+    """
+
+    prior: TwinPrior
+    records: pd.DataFrame
+    posterior: posterior.Laplace
+    samples: posterior.Samples | None
+    eat_rate: float = cgm_data.EAT_RATE
+    history: list = dataclasses.field(default_factory=list)
+
+    # -- construction ---------------------------------------------------------------------
+    @classmethod
+    def identify(
+        cls,
+        prior: TwinPrior | str,
+        records: pd.DataFrame | str,
+        *,
+        method: str = "nuts",
+        eat_rate: float = cgm_data.EAT_RATE,
+        chains: int = 4,
+        warmup: int = 500,
+        draws: int = 500,
+        seed: int = 0,
+    ) -> CGMTwins:
+        """Personalise a twin per patient of ``records`` (see :mod:`cohort.twin.cgm_data`)."""
+        prior = prior if isinstance(prior, TwinPrior) else TwinPrior.from_file(prior)
+        _layout(prior)
+        table = cgm_data.read_cgm(records)
+        twins = cls(prior, table, None, None, eat_rate)  # type: ignore[arg-type]
+        twins._fit(method, None, chains, warmup, draws, seed)
+        return twins
+
+    def update(
+        self,
+        new_records: pd.DataFrame | str,
+        *,
+        method: str | None = None,
+        chains: int = 4,
+        warmup: int = 300,
+        draws: int = 500,
+        seed: int = 1,
+    ) -> CGMTwins:
+        """Add rows (later than each patient's last) and update every posterior, warm-started
+        from the current one (MAP search from its mode, NUTS from its Laplace approximation
+        at the new mode). Returns a new object; this one is left unchanged."""
+        new = cgm_data.read_cgm(new_records)
+        known = set(self.ids)
+        unknown = [i for i in new["ID"].unique() if i not in known]
+        if unknown:
+            raise TwinError(
+                f"update: patient ID {unknown[0]!r} has no twin (known: {sorted(known)[:10]}); "
+                "identify new patients with CGMTwins.identify"
+            )
+        last = self.records.groupby("ID")["TIME"].max()
+        early = new["TIME"].to_numpy() <= new["ID"].map(last).to_numpy()
+        if early.any():
+            row = new.iloc[int(np.flatnonzero(early)[0])]
+            raise TwinError(
+                f"update: row {int(row['ROW'])} (ID {row['ID']!r}, TIME {row['TIME']:g}) is not "
+                "after that patient's last record: an update adds later rows only"
+            )
+        new = new.assign(BW=new["ID"].map(self.records.groupby("ID")["BW"].first()))
+        table = pd.concat([self.records.drop(columns="ROW"), new.drop(columns="ROW")])
+        order = {pid: k for k, pid in enumerate(self.ids)}
+        table = table.sort_values(
+            ["ID", "TIME"], key=lambda c: c.map(order) if c.name == "ID" else c
+        )
+        table = cgm_data.read_cgm(table.reset_index(drop=True))
+        out = CGMTwins(self.prior, table, None, None, self.eat_rate, [*self.history])  # type: ignore[arg-type]
+        method = method or ("map" if self.samples is None else "nuts")
+        out._fit(method, self.posterior.eta, chains, warmup, draws, seed)
+        return out
+
+    # -- inference ------------------------------------------------------------------------
+    @property
+    def ids(self) -> list:
+        return list(pd.unique(self.records["ID"]))
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return _layout(self.prior).names
+
+    def _bound(self):
+        lay = _layout(self.prior)
+        grid = cgm_data.grid_inputs(self.records, self.eat_rate)
+        ids = self.ids
+        mu_model = self.prior.log_typical(
+            pd.DataFrame(index=pd.Index(ids, name="ID"))
+        )  # no covariates used by the CGM prior yet: typical values
+        mu, chol = _prior_moments(self.prior, lay, mu_model)
+        fixed = np.exp(mu_model[:, [self.prior.names.index(k) for k in lay.fixed]])
+        defaults = {
+            k: np.full(len(ids), v)
+            for k, v in self.prior.model.defaults().items()
+            if k not in (*self.prior.names, "BW", "G0", "basal", "Ib")
+        }
+        data = {
+            **{k: jnp.asarray(grid[k]) for k in ("meal", "basal", "bolus", "dv", "mask", "lag")},
+            "obs_idx": jnp.asarray(grid["obs_idx"]),
+            "BW": jnp.asarray(grid["BW"]),
+            "G0": jnp.asarray(grid["G0"]),
+            "u0": jnp.asarray(grid["u0"]),
+            "mu": jnp.asarray(mu),
+            "fixed": jnp.asarray(fixed),
+            "defaults": {k: jnp.asarray(v) for k, v in defaults.items()},
+        }
+        if lay.insulin_fixed:
+            z0 = jnp.asarray(mu)
+            d_all = {**data}
+            params = jax.vmap(lambda z, d: _model_params(lay, z, d))(z0, d_all)
+            data["plasma"] = jax.vmap(insulin_curve)(params, data["basal"] + data["bolus"])
+        err = self.prior.spec.error
+        make = _potential_factory(lay, float(err.add), float(err.prop), float(err.ar1 or 0.0))
+        return lay, grid, data, make, jnp.asarray(chol)
+
+    def _fit(self, method, warm, chains, warmup, draws, seed) -> None:
+        if method not in ("map", "nuts"):
+            raise TwinError(f"method: 'map' or 'nuts', got {method!r}")
+        lay, _, data, make, chol = self._bound()
+        n, q = data["mu"].shape
+        eta0 = posterior.starts(np.eye(q), n, warm=warm, draws=2)
+        key = ("cgm", lay)
+        lap = posterior.modes(
+            make, chol, eta0, data, key=key, steps=25, hessian=posterior.fd_hessian
+        )
+        self.posterior, self.samples = lap, None
+        if method == "nuts":
+            self.samples = posterior.sample(
+                make, chol, data, lap, key=key, chains=chains, warmup=warmup, draws=draws,
+                seed=seed,
+            )  # fmt: skip
+        self.history.append(
+            {
+                "rows": len(self.records),
+                "method": method,
+                "map": lap.eta.copy(),
+                "posterior_sd": self._z_draws(200, 0).std(axis=1),
+            }
+        )
+
+    # -- results --------------------------------------------------------------------------
+    def _z_draws(self, n_draws: int, seed: int) -> np.ndarray:
+        """``[N, S, q]`` posterior draws of ``z`` (NUTS draws thinned, else Laplace)."""
+        lay, _, data, _, chol = self._bound()
+        if self.samples is not None:
+            eta = self.samples.eta.reshape(
+                self.samples.eta.shape[0], -1, self.samples.eta.shape[-1]
+            )
+            idx = np.linspace(0, eta.shape[1] - 1, min(n_draws, eta.shape[1])).astype(int)
+            eta = eta[:, idx]
+        else:
+            eta = posterior.laplace_draws(self.posterior, n_draws, seed)
+        return np.asarray(data["mu"])[:, None, :] + eta @ np.asarray(chol).T
+
+    def parameters(self, n_draws: int = 1000) -> xr.Dataset:
+        """Posterior median and 5 %/95 % quantiles of every estimated quantity per patient
+        (natural scale), with R-hat and bulk ESS when sampled."""
+        lay = _layout(self.prior)
+        z = self._z_draws(n_draws, 0)
+        k = len(lay.estimated)
+        nat = np.concatenate(
+            [np.exp(z[..., : k + lay.sigma]), 1.0 / (1.0 + np.exp(-z[..., k + lay.sigma :]))],
+            axis=-1,
+        )
+        q = np.quantile(nat, [0.05, 0.5, 0.95], axis=1)
+        units = self.prior.model.units()
+        ds = xr.Dataset(coords={"patient": self.ids, "quantile": [0.05, 0.5, 0.95]})
+        for j, name in enumerate(lay.names):
+            attrs = {"units": units.get(name, "mg/dL" if name == "sigma" else "1")}
+            ds[name] = (("quantile", "patient"), q[..., j], attrs)
+        if self.samples is not None:
+            ds["rhat"] = (("patient", "param"), self.samples.rhat)
+            ds["ess_bulk"] = (("patient", "param"), self.samples.ess_bulk)
+            ds["converged"] = ("patient", self.samples.converged)
+            ds = ds.assign_coords(param=list(lay.names))
+        return ds
+
+    def replay(
+        self,
+        *,
+        bolus_scale: float = 1.0,
+        basal_scale: float = 1.0,
+        meal_scale: float = 1.0,
+        n_draws: int = 200,
+        step: float = 5.0,
+        output: str = "CGM",
+        seed: int = 0,
+    ) -> xr.Dataset:
+        """The records' days replayed under altered therapy, for every posterior draw:
+        glucose ``[patient, draw, time]`` (noise-free ``output``: ``CGM`` or ``BG``), its
+        median and 50 %/90 % bands, and the glycaemic metrics per draw with their medians
+        and 90 % credible intervals (``<metric>_q``). Each patient's time runs from its
+        first record to its last; ``basal_scale`` applies from time 0 (the usual basal
+        defining ``Ib`` is kept)."""
+        from cohort.glucose.metrics import _DESCRIPTIONS, metric_arrays, time_weights
+
+        if output not in _TRAJECTORY_KEY:
+            raise TwinError(f"output: one of {list(_TRAJECTORY_KEY)}, got {output!r}")
+        for name, v in (("bolus_scale", bolus_scale), ("basal_scale", basal_scale),
+                        ("meal_scale", meal_scale)):  # fmt: skip
+            if not (np.isfinite(v) and v >= 0):
+                raise TwinError(f"{name}: must be a finite number >= 0, got {v!r}")
+        lay, grid, data, _, _ = self._bound()
+        z = jnp.asarray(self._z_draws(n_draws, seed))
+        key = _TRAJECTORY_KEY[output]
+        run = _replay_program(lay, key)
+        g = np.asarray(run(z, data, bolus_scale, basal_scale, meal_scale))  # [N, S, T+1]
+        end = int(grid["end"].min())
+        idx = np.arange(0, end + 1e-9, step).astype(int)
+        g = g[..., idx]
+        times = idx.astype(float)
+        met = metric_arrays(g, time_weights(times))
+        ds = xr.Dataset(coords={"patient": self.ids, "draw": np.arange(g.shape[1]), "time": times})
+        ds["time"].attrs["units"] = "min"
+        ds["glucose"] = (("patient", "draw", "time"), g, {"units": "mg/dL", "output": output})
+        qs = [0.05, 0.25, 0.5, 0.75, 0.95]
+        ds = ds.assign_coords(quantile=qs)
+        ds["glucose_q"] = (("quantile", "patient", "time"), np.quantile(g, qs, axis=1))
+        for name, (units, long_name) in _DESCRIPTIONS.items():
+            v = met[name]
+            ds[name] = (("patient", "draw"), v, {"units": units, "long_name": long_name})
+            ds[f"{name}_q"] = (("quantile", "patient"), np.quantile(v, qs, axis=1))
+        ds["p_below_70"] = (
+            "patient",
+            (met["g_min"] < 70).mean(axis=1),
+            {"long_name": "posterior probability that glucose goes below 70 mg/dL"},
+        )
+        ds.attrs.update(
+            bolus_scale=bolus_scale, basal_scale=basal_scale, meal_scale=meal_scale,
+            model="t1d_minimal", prior=self.prior.name,
+        )  # fmt: skip
+        return ds
+
+    def fitted(self, n_draws: int = 200) -> xr.Dataset:
+        """The posterior-median prediction at every CGM reading and the fit's MARD per
+        patient (mean absolute relative difference to the readings, %)."""
+        ds = self.replay(n_draws=n_draws, step=1.0, output=self.prior.output)
+        lay, grid, *_ = self._bound()
+        med = ds["glucose_q"].sel(quantile=0.5).values  # [N, T]
+        obs_idx, dv, mask = grid["obs_idx"], grid["dv"], grid["mask"] > 0
+        pred = np.take_along_axis(med, np.minimum(obs_idx, med.shape[1] - 1), axis=1)
+        pred = np.where(mask, pred, np.nan)
+        dv = np.where(mask, dv, np.nan)
+        mard = 100.0 * np.nanmean(np.abs(pred - dv) / dv, axis=1)
+        return xr.Dataset(
+            {
+                "cgm": (("patient", "reading"), dv, {"units": "mg/dL"}),
+                "predicted": (("patient", "reading"), pred, {"units": "mg/dL"}),
+                "time": (("patient", "reading"), np.where(mask, obs_idx, -1)),
+                "mard": ("patient", mard, {"units": "%", "long_name": "fit MARD"}),
+            },
+            coords={"patient": self.ids},
+        )
+
+
+@functools.lru_cache(maxsize=8)
+def _replay_program(lay: _Layout, key: str):
+    def one(z, d, bolus_scale, basal_scale, meal_scale):
+        p = _model_params(lay, z, d, basal_scale)
+        ins = basal_scale * d["basal"] + bolus_scale * d["bolus"]
+        return trajectory(p, meal_scale * d["meal"], ins)[key]
+
+    per_draw = jax.vmap(one, in_axes=(0, None, None, None, None))
+    return jax.jit(jax.vmap(per_draw, in_axes=(0, 0, None, None, None)))

@@ -1,0 +1,186 @@
+"""CGM, insulin and meal records of people with type 1 diabetes, checked and put on the 1-min
+grid of :mod:`cohort.twin.cgm_solve`.
+
+One table, one row per CGM sample time (a 5-min grid is usual; any whole minutes work), as
+a pump/CGM export or ReplayBG's input gives it::
+
+    ID     patient (optional: one patient)       TIME   minutes (whole), increasing per patient
+    CGM    mg/dL; NaN or empty = gap              CHO    carbohydrate started at TIME, g
+    BOLUS  insulin bolus at TIME, U               BASAL  basal rate from TIME on, U/h (empty:
+    BW     body weight, kg (constant per patient)        unchanged)
+
+Meals are eaten at ``eat_rate`` g/min from their time (simglucose's 5 g/min by default), a
+bolus is delivered within its minute, a basal rate holds until the next one. The patient's
+first basal rate is its usual basal (insulin starts at that steady state) and its first CGM
+reading its starting glucose.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from cohort.twin.prior import TwinError, show_id
+
+REQUIRED = ("TIME", "CGM", "BASAL", "BW")
+OPTIONAL = ("ID", "CHO", "BOLUS")
+EAT_RATE = 5.0  # g/min, simglucose's T1DPatient.EAT_RATE
+GRID_STEP = 60  # min; horizons are padded up to a multiple (one compiled program per hour)
+
+
+def read_cgm(table: pd.DataFrame | str) -> pd.DataFrame:
+    """The checked table (columns ``ID, TIME, CGM, CHO, BOLUS, BASAL, BW, ROW``); errors name
+    the row (1-based data row), patient and column, and say what to fix."""
+    df = pd.read_csv(table) if isinstance(table, str) else table.copy()
+    if not isinstance(df, pd.DataFrame):
+        raise TwinError(f"CGM records: expected a DataFrame or CSV path, got {type(table)}")
+    df.columns = [str(c).strip().upper() for c in df.columns]
+    missing = [c for c in REQUIRED if c not in df]
+    if missing:
+        raise TwinError(
+            f"CGM records: missing column(s) {missing}; a CGM twin needs {list(REQUIRED)} "
+            f"(and optionally {list(OPTIONAL)}), columns given: {list(df.columns)}"
+        )
+    df["ROW"] = np.arange(1, len(df) + 1)
+    if "ID" not in df:
+        df["ID"] = 1
+    for c in ("CHO", "BOLUS"):
+        if c not in df:
+            df[c] = 0.0
+    for c in ("TIME", "CGM", "CHO", "BOLUS", "BASAL", "BW"):
+        df[c] = _numeric(df, c)
+    _check(df)
+    df["CHO"] = df["CHO"].fillna(0.0)
+    df["BOLUS"] = df["BOLUS"].fillna(0.0)
+    df["BASAL"] = df.groupby("ID", sort=False)["BASAL"].ffill()
+    df["BW"] = df.groupby("ID", sort=False)["BW"].transform("first")
+    return df[["ID", "TIME", "CGM", "CHO", "BOLUS", "BASAL", "BW", "ROW"]]
+
+
+def _numeric(df: pd.DataFrame, col: str) -> pd.Series:
+    raw = df[col]
+    values = pd.to_numeric(raw, errors="coerce")
+    bad = values.isna() & raw.notna() & (raw.astype(str).str.strip() != "")
+    if bad.any():
+        i = int(np.flatnonzero(bad.to_numpy())[0])
+        raise TwinError(
+            f"{_where(df, i)}: {col} = {raw.iloc[i]!r} is not a number; give a number (or "
+            "leave it empty)"
+        )
+    return values.astype(float)
+
+
+def _where(df: pd.DataFrame, i: int) -> str:
+    return f"row {int(df['ROW'].iloc[i])} (ID {show_id(df['ID'].iloc[i])})"
+
+
+def _first_bad(df: pd.DataFrame, mask, col: str, what: str) -> None:
+    mask = np.asarray(mask, bool)
+    if mask.any():
+        i = int(np.flatnonzero(mask)[0])
+        raise TwinError(f"{_where(df, i)}: {col} = {df[col].iloc[i]!r}: {what}")
+
+
+def _check(df: pd.DataFrame) -> None:
+    t = df["TIME"].to_numpy()
+    _first_bad(df, ~np.isfinite(t), "TIME", "every row needs a time (min)")
+    _first_bad(df, np.abs(t - np.round(t)) > 1e-6, "TIME", "times are whole minutes")
+    prev = df.groupby("ID", sort=False)["TIME"].shift()
+    _first_bad(
+        df,
+        (df["TIME"] <= prev).to_numpy(),
+        "TIME",
+        "not after the previous row of this patient: sort the rows by time (one row per time)",
+    )
+    cgm = df["CGM"].to_numpy()
+    _first_bad(df, np.isfinite(cgm) & ~((cgm >= 10) & (cgm <= 1000)), "CGM", "not in 10-1000 mg/dL")
+    for col in ("CHO", "BOLUS", "BASAL"):
+        v = df[col].to_numpy()
+        _first_bad(df, np.isinf(v) | (v < 0), col, "must be finite and >= 0")
+    first = df.groupby("ID", sort=False).head(1)
+    _first_bad(
+        first,
+        first["BASAL"].isna(),
+        "BASAL",
+        "each patient's first row needs its basal rate (U/h; 0 for none)",
+    )
+    bw = df.groupby("ID", sort=False)["BW"].transform("first").to_numpy()
+    _first_bad(df, ~(bw > 0), "BW", "each patient's first row needs its body weight (kg, > 0)")
+    _first_bad(
+        df,
+        np.isfinite(df["BW"].to_numpy()) & (df["BW"].to_numpy() != bw),
+        "BW",
+        "body weight changes within a patient; give one value per patient",
+    )
+    n_obs = df.groupby("ID", sort=False)["CGM"].transform(lambda c: c.notna().sum()).to_numpy()
+    _first_bad(df, n_obs < 3, "CGM", "a patient needs at least 3 CGM readings")
+
+
+def grid_inputs(df: pd.DataFrame, eat_rate: float = EAT_RATE, horizon: int | None = None):
+    """Per-patient arrays on the 1-min grid from :func:`read_cgm`'s table: ``meal [N, T]``
+    (mg/min), ``basal``/``bolus [N, T]`` (U/min), the observations (``obs_idx``, ``dv``,
+    ``mask``, ``lag`` minutes since the previous reading, ``[N, M]``) and per patient
+    ``BW``, ``G0``, ``u0`` (usual basal, U/min), ``start`` (first TIME) and ``end`` (min)."""
+    if not eat_rate > 0:
+        raise TwinError(f"eat_rate: must be > 0 g/min, got {eat_rate}")
+    groups = [g for _, g in df.groupby("ID", sort=False)]
+    start = np.array([g["TIME"].iloc[0] for g in groups])
+    ends = []
+    for g in groups:
+        t = g["TIME"].to_numpy() - g["TIME"].iloc[0]
+        step = float(np.median(np.diff(t))) if len(t) > 1 else 5.0
+        meal_end = max(
+            (ti + np.ceil(c / eat_rate) for ti, c in zip(t, g["CHO"].to_numpy()) if c > 0),
+            default=0.0,
+        )
+        ends.append(int(max(t[-1] + step, meal_end + 1)))
+    n_min = max(ends) if horizon is None else int(horizon)
+    n_min = int(np.ceil(n_min / GRID_STEP) * GRID_STEP)
+    n, m = len(groups), max(int(g["CGM"].notna().sum()) for g in groups)
+    out = {
+        "meal": np.zeros((n, n_min)),
+        "basal": np.zeros((n, n_min)),
+        "bolus": np.zeros((n, n_min)),
+        "obs_idx": np.zeros((n, m), np.int32),
+        "dv": np.zeros((n, m)),
+        "mask": np.zeros((n, m)),
+        "lag": np.full((n, m), np.inf),
+    }
+    for i, g in enumerate(groups):
+        t = (g["TIME"].to_numpy() - start[i]).astype(int)
+        keep = t < n_min
+        t = t[keep]
+        g = g[keep]
+        basal = g["BASAL"].to_numpy() / 60.0
+        edges = np.append(t, n_min)
+        for k in range(len(t)):
+            out["basal"][i, edges[k] : edges[k + 1]] = basal[k]
+        for ti, units in zip(t, g["BOLUS"].to_numpy()):
+            out["bolus"][i, ti] += units
+        for ti, grams in zip(t, g["CHO"].to_numpy()):
+            _eat(out["meal"][i], ti, grams, eat_rate)
+        seen = g["CGM"].notna().to_numpy()
+        k = int(seen.sum())
+        out["obs_idx"][i, :k] = t[seen]
+        out["dv"][i, :k] = g["CGM"].to_numpy()[seen]
+        out["mask"][i, :k] = 1.0
+        out["lag"][i, 1:k] = np.diff(t[seen])
+    first = [g["CGM"].dropna().iloc[0] for g in groups]
+    out.update(
+        BW=np.array([g["BW"].iloc[0] for g in groups]),
+        G0=np.array(first, float),
+        u0=np.array([g["BASAL"].iloc[0] / 60.0 for g in groups]),
+        start=start,
+        end=np.minimum(np.array(ends), n_min),
+    )
+    return out
+
+
+def _eat(row: np.ndarray, t: int, grams: float, eat_rate: float) -> None:
+    """``grams`` eaten at ``eat_rate`` g/min from minute ``t`` (mg/min per minute)."""
+    left, k = float(grams), t
+    while left > 1e-12 and k < row.size:
+        bite = min(eat_rate, left)
+        row[k] += 1000.0 * bite
+        left -= bite
+        k += 1
