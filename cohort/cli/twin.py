@@ -1,5 +1,6 @@
 """``cohort twin``: digital twins from the command line — identify (``fit``), ``update``,
-``forecast``, ``dose`` and the simulated vancomycin MIPD study (``mipd``)."""
+``forecast``, ``dose``, the simulated vancomycin MIPD study (``mipd``) and type 1 diabetes
+twins from CGM records with therapy replay (``cgm``)."""
 
 from __future__ import annotations
 
@@ -129,8 +130,13 @@ def update(
     folder = _report(report, overwrite)
     t0 = time.perf_counter()
     with console.status("updating twins"):
-        tw = open_twins(store).update(data, method=method)
+        tw = open_twins(store).update(str(data), method=method)
     path = tw.save(store)
+    if hasattr(tw, "replay"):  # CGM twins
+        console.print(_cgm_summary(tw, f"{tw.prior.name}: updated posteriors"))
+        console.print(_status_line(tw, time.perf_counter() - t0, path))
+        console.print(f"update {len(tw.history) - 1} stored")
+        return
     console.print(_summary(tw, f"{tw.prior.name}: updated MAP estimates"))
     console.print(_status_line(tw, time.perf_counter() - t0, path))
     console.print(f"update {len(tw.history) - 1} stored")
@@ -330,3 +336,107 @@ def mipd(
     result.auc.merge(result.doses, on=["ID", "day", "arm"]).to_csv(per, index=False)
     fig = plots.mipd(result, _file(folder, "mipd.png", overwrite))
     console.print(f"report: {summary}, {per}, {fig}")
+
+
+def _cgm_summary(tw, title: str) -> Table:
+    ind = tw.individual()
+    names = [n for n in ind.columns if n + "_q05" in ind.columns]
+    table = Table("ID", *names, "MARD %", "ok", title=title)
+    for pid, row in ind.head(15).iterrows():
+        cells = [f"{row[n]:.3g} [{row[n + '_q05']:.3g}, {row[n + '_q95']:.3g}]" for n in names]
+        table.add_row(str(pid), *cells, f"{row['mard']:.1f}", "yes" if row["ok"] else "[red]no[/]")
+    table.caption = "posterior median [90 % interval]" + (
+        f"; first 15 of {len(ind)} patients" if len(ind) > 15 else ""
+    )
+    return table
+
+
+_REPLAY_METRICS = (("tir_70_180", "TIR 70-180 %"), ("tbr_70", "TBR <70 %"), ("mean", "mean mg/dL"))
+
+
+def _replay_table(base, alt, label: str) -> Table:
+    table = Table("ID", *[f"{t} (as lived)" for _, t in _REPLAY_METRICS],
+                  *[f"{t} ({label})" for _, t in _REPLAY_METRICS], title="replay")  # fmt: skip
+    for k, pid in enumerate(base["patient"].values[:15]):
+        cells = []
+        for ds in (base, alt):
+            for m, _ in _REPLAY_METRICS:
+                q = ds[f"{m}_q"].isel(patient=k)
+                lo, med, hi = (q.sel(quantile=x).item() for x in (0.05, 0.5, 0.95))
+                cells.append(f"{med:.1f} [{lo:.1f}, {hi:.1f}]")
+        table.add_row(str(pid), *cells)
+    table.caption = (
+        "posterior median [90 % credible interval] of each metric over the records' days"
+    )
+    return table
+
+
+DEFAULT_CGM_PRIOR = Path(__file__).resolve().parent.parent / "twin" / "data" / "t1d_cgm_twin.toml"
+
+
+@app.command("cgm")
+@command
+def cgm(
+    data: Path = typer.Argument(
+        ...,
+        help="CGM records (CSV): ID, TIME (min), CGM (mg/dL), CHO (g), BOLUS (U), "
+        "BASAL (U/h), BW (kg)",
+    ),  # fmt: skip
+    prior: Path = typer.Option(
+        DEFAULT_CGM_PRIOR,
+        "--prior",
+        help="t1d_minimal twin prior (default: the packaged priors/t1d_cgm_twin.toml)",
+    ),  # fmt: skip
+    out: Path = typer.Option(Path("cgm_twins.zarr"), "--out", "-o", help="twin store (.zarr)"),
+    method: str = typer.Option("nuts", help="nuts | laplace (MAP + Laplace only)"),
+    chains: int = typer.Option(4, help="NUTS chains per patient"),
+    warmup: int = typer.Option(500, help="NUTS warmup iterations"),
+    draws: int = typer.Option(500, help="NUTS draws per chain"),
+    seed: int = typer.Option(0, help="random seed"),
+    bolus_scale: float = typer.Option(0.8, help="replay: boluses times this"),
+    basal_scale: float = typer.Option(1.2, help="replay: basal rate times this"),
+    meal_scale: float = typer.Option(1.0, help="replay: meals times this"),
+    report: Path = typer.Option(None, help="directory for tables and figures"),
+    overwrite: bool = typer.Option(False, help="replace an existing --out/--report by cohort"),
+):
+    """Identify a type 1 diabetes twin per patient from CGM, insulin and meal records, then
+    replay the same days under altered therapy (glycaemic metrics with credible intervals)."""
+    from cohort.store import check_replaceable
+    from cohort.twin import CGMTwins, TwinPrior
+
+    if not data.is_file():
+        fail(f"no such file {data}")
+    check_replaceable(out, overwrite=overwrite)
+    folder = _report(report, overwrite)
+    t0 = time.perf_counter()
+    with console.status("identifying CGM twins"):
+        tw = CGMTwins.identify(
+            TwinPrior.from_file(prior), str(data), method=method, chains=chains,
+            warmup=warmup, draws=draws, seed=seed,
+        )  # fmt: skip
+    path = tw.save(out, overwrite=overwrite)
+    console.print(_cgm_summary(tw, f"{tw.prior.name}: individual posteriors"))
+    console.print(_status_line(tw, time.perf_counter() - t0, path))
+    base = tw.replay()
+    alt = tw.replay(bolus_scale=bolus_scale, basal_scale=basal_scale, meal_scale=meal_scale)
+    label = f"bolus x{bolus_scale:g}, basal x{basal_scale:g}" + (
+        f", meals x{meal_scale:g}" if meal_scale != 1 else ""
+    )
+    console.print(_replay_table(base, alt, label))
+    if folder is not None:
+        from cohort.twin import plots
+
+        table = _file(folder, "individual.csv", overwrite)
+        tw.individual().to_csv(table)
+        rows = []
+        for tag, ds in (("as lived", base), (label, alt)):
+            for m, _ in _REPLAY_METRICS:
+                q = ds[f"{m}_q"].to_pandas().T
+                q.columns = [f"{m}_q{int(100 * c):02d}" for c in q.columns]
+                rows.append(q.assign(therapy=tag))
+        replay_csv = _file(folder, "replay.csv", overwrite)
+        import pandas as pd
+
+        pd.concat(rows).to_csv(replay_csv)
+        fig = plots.cgm_replay(tw, base, alt, label, _file(folder, "replay.png", overwrite))
+        console.print(f"report: {table}, {replay_csv}, {fig}")

@@ -4,12 +4,15 @@ updated as data arrive, forecasting with credible bands and recommending doses.
 ``Twins.identify(prior, records)`` → ``twins.update(new)`` → ``twins.forecast(regimen,
 times, targets=...)`` → ``twins.recommend(template, target)``; ``twins.save(path)`` and
 :func:`open_twins` keep the state (and every earlier update) in a zarr store.
+Type 1 diabetes twins from CGM records: ``CGMTwins.identify(prior, records)`` →
+``update(next_day)`` → ``replay(bolus_scale=0.8, basal_scale=1.2)``.
 """
 
+from cohort.twin.cgm import CGMTwins
 from cohort.twin.prior import TwinError, TwinPrior
 from cohort.twin.twins import Twins
 
-__all__ = ["TwinError", "TwinPrior", "Twins", "open_twins"]
+__all__ = ["CGMTwins", "TwinError", "TwinPrior", "Twins", "open_twins"]
 
 
 def open_twins(path, update=None):

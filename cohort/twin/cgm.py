@@ -22,8 +22,8 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from cohort.twin import cgm_data, posterior
 from cohort.models.glucose.t1d_minimal import basal_plasma_insulin
+from cohort.twin import cgm_data, posterior
 from cohort.twin.cgm_solve import glucose_curves, insulin_curve, trajectory
 from cohort.twin.prior import TwinError, TwinPrior
 
@@ -175,13 +175,21 @@ class CGMTwins:
         warmup: int = 500,
         draws: int = 500,
         seed: int = 0,
+        max_tree_depth: int = 6,
     ) -> CGMTwins:
-        """Personalise a twin per patient of ``records`` (see :mod:`cohort.twin.cgm_data`)."""
+        """Personalise a twin per patient of ``records`` (see :mod:`cohort.twin.cgm_data`).
+
+        ``method``: ``"nuts"`` (MAP + Laplace, then NUTS: ``chains`` × (``warmup`` +
+        ``draws``) per patient, patients not converged rerun longer) or ``"laplace"`` (MAP +
+        Laplace only; ``"map"`` is the same). All patients' chains run in lockstep in one
+        vectorised program, so every iteration costs as much as the deepest tree among
+        them: ``max_tree_depth`` = 6 (64 steps) bounds that; starting from the Laplace
+        covariance as mass matrix, trees of 8–32 steps are typical here."""
         prior = prior if isinstance(prior, TwinPrior) else TwinPrior.from_file(prior)
         _layout(prior)
         table = cgm_data.read_cgm(records)
         twins = cls(prior, table, None, None, eat_rate)  # type: ignore[arg-type]
-        twins._fit(method, None, chains, warmup, draws, seed)
+        twins._fit(method, None, chains, warmup, draws, seed, max_tree_depth)
         return twins
 
     def update(
@@ -193,27 +201,43 @@ class CGMTwins:
         warmup: int = 300,
         draws: int = 500,
         seed: int = 1,
+        max_tree_depth: int = 6,
     ) -> CGMTwins:
         """Add rows (later than each patient's last) and update every posterior, warm-started
         from the current one (MAP search from its mode, NUTS from its Laplace approximation
         at the new mode). Returns a new object; this one is left unchanged."""
-        new = cgm_data.read_cgm(new_records)
-        known = set(self.ids)
-        unknown = [i for i in new["ID"].unique() if i not in known]
+        new = pd.read_csv(new_records) if isinstance(new_records, str) else new_records.copy()
+        new.columns = [str(c).strip().upper() for c in new.columns]
+        if "ID" not in new:
+            if len(self.ids) != 1:
+                raise TwinError(
+                    "update: the rows need an ID column (these twins are of many patients)"
+                )
+            new["ID"] = self.ids[0]
+        known = set(self.ids.tolist())
+        unknown = [i for i in pd.unique(new["ID"]) if i not in known]
         if unknown:
             raise TwinError(
                 f"update: patient ID {unknown[0]!r} has no twin (known: {sorted(known)[:10]}); "
                 "identify new patients with CGMTwins.identify"
             )
-        last = self.records.groupby("ID")["TIME"].max()
-        early = new["TIME"].to_numpy() <= new["ID"].map(last).to_numpy()
+        # body weight and the running basal rate carry over from the rows already seen
+        last = self.records.groupby("ID", sort=False).last()
+        new["BW"] = new["ID"].map(last["BW"]) if "BW" not in new else new["BW"]
+        if "BASAL" not in new:
+            new["BASAL"] = np.nan
+        first = ~new["ID"].duplicated()
+        carry = first & new["BASAL"].isna()
+        new.loc[carry, "BASAL"] = new.loc[carry, "ID"].map(last["BASAL"])
+        new = cgm_data.read_cgm(new)
+        last_time = self.records.groupby("ID")["TIME"].max()
+        early = new["TIME"].to_numpy() <= new["ID"].map(last_time).to_numpy()
         if early.any():
             row = new.iloc[int(np.flatnonzero(early)[0])]
             raise TwinError(
                 f"update: row {int(row['ROW'])} (ID {row['ID']!r}, TIME {row['TIME']:g}) is not "
                 "after that patient's last record: an update adds later rows only"
             )
-        new = new.assign(BW=new["ID"].map(self.records.groupby("ID")["BW"].first()))
         table = pd.concat([self.records.drop(columns="ROW"), new.drop(columns="ROW")])
         order = {pid: k for k, pid in enumerate(self.ids)}
         table = table.sort_values(
@@ -221,14 +245,114 @@ class CGMTwins:
         )
         table = cgm_data.read_cgm(table.reset_index(drop=True))
         out = CGMTwins(self.prior, table, None, None, self.eat_rate, [*self.history])  # type: ignore[arg-type]
-        method = method or ("map" if self.samples is None else "nuts")
-        out._fit(method, self.posterior.eta, chains, warmup, draws, seed)
+        method = method or self.method
+        out._fit(method, self.posterior.eta, chains, warmup, draws, seed, max_tree_depth)
         return out
 
     # -- inference ------------------------------------------------------------------------
     @property
-    def ids(self) -> list:
-        return list(pd.unique(self.records["ID"]))
+    def ids(self) -> np.ndarray:
+        return pd.unique(self.records["ID"])
+
+    @property
+    def method(self) -> str:
+        return "laplace" if self.samples is None else "nuts"
+
+    @property
+    def n(self) -> int:
+        return len(self.ids)
+
+    @property
+    def ok(self) -> np.ndarray:
+        """Per patient: a usable posterior (mode found; converged chains when sampled)."""
+        ok = self.posterior.ok.copy()
+        return ok & self.samples.converged if self.samples is not None else ok
+
+    def individual(self, n_draws: int = 1000) -> pd.DataFrame:
+        """One row per patient: posterior median and 90 % interval of each estimated
+        quantity, the fit's MARD (%) and ``ok``."""
+        ps = self.parameters(n_draws)
+        out = pd.DataFrame(index=pd.Index(self.ids, name="ID"))
+        for name in _layout(self.prior).names:
+            for q, tag in ((0.5, ""), (0.05, "_q05"), (0.95, "_q95")):
+                out[name + tag] = ps[name].sel(quantile=q).values
+        out["mard"] = self.fitted().mard.values
+        out["ok"] = self.ok
+        return out
+
+    # -- storage (layout of cohort.twin.store) ----------------------------------------------
+    def save(self, path, *, overwrite: bool = False):
+        """Append the current state to the twin store ``path`` (``.zarr``; see
+        :func:`cohort.twin.store.save_twins`); reopen with :func:`cohort.twin.open_twins`."""
+        from cohort.twin.store import save_twins
+
+        return save_twins(self, path, overwrite=overwrite)
+
+    def store_datasets(self) -> dict[str, xr.Dataset]:
+        """The ``records``, ``map`` and ``posterior`` groups of one update."""
+        lay = _layout(self.prior)
+        names = np.asarray(lay.names, dtype=object)
+        ids = self.ids
+        ids = ids.astype(object) if ids.dtype.kind in "OUS" else ids
+        records = xr.Dataset(
+            {c: ("record", self.records[c].to_numpy()) for c in self.records.columns if c != "ID"}
+        )
+        records["ID"] = ("record", self.records["ID"].to_numpy())
+        lap = self.posterior
+        coords = {"patient": ids, "eta_dim": names, "eta_dim2": names}
+        fit = xr.Dataset(
+            {
+                "eta": (("patient", "eta_dim"), lap.eta),
+                "cov": (("patient", "eta_dim", "eta_dim2"), lap.cov),
+                "objective": ("patient", lap.objective),
+                "ok": ("patient", lap.ok),
+            },
+            coords=coords,
+        )
+        fit.attrs.update(method=self.method, eat_rate=self.eat_rate, history=_json(self.history))
+        if self.samples is not None:
+            fit["rhat"] = (("patient", "eta_dim"), self.samples.rhat)
+            fit["ess_bulk"] = (("patient", "eta_dim"), self.samples.ess_bulk)
+            fit["divergences"] = ("patient", self.samples.divergences)
+            eta = self.samples.eta
+        else:
+            eta = posterior.laplace_draws(lap, 1000, 0)[:, None]
+        _, _, data, _, chol = self._bound()
+        z = np.asarray(data["mu"])[:, None, None, :] + eta @ np.asarray(chol).T
+        nat = _natural(lay, z)
+        post = xr.Dataset(
+            {n: (("patient", "chain", "draw"), nat[..., k]) for k, n in enumerate(lay.names)},
+            coords={"patient": ids},
+        ).transpose("chain", "draw", "patient")
+        post["eta"] = (("chain", "draw", "patient", "eta_dim"), np.moveaxis(eta, 0, 2))
+        post = post.assign_coords(eta_dim=names)
+        post.attrs["source"] = "nuts" if self.samples is not None else "laplace draws"
+        return {"records": records, "map": fit, "posterior": post}
+
+    @classmethod
+    def from_store(cls, prior: TwinPrior, read) -> CGMTwins:
+        """Rebuild from the groups of one stored update (``read(name)`` → Dataset)."""
+        import json
+
+        rec = read("records")
+        table = pd.DataFrame({c: rec[c].to_numpy() for c in rec.data_vars})
+        table = cgm_data.read_cgm(table.drop(columns="ROW"))
+        fit = read("map")
+        lap = posterior.Laplace(
+            fit["eta"].to_numpy(),
+            fit["cov"].to_numpy(),
+            fit["objective"].to_numpy(),
+            fit["ok"].to_numpy().astype(bool),
+        )
+        samples = None
+        if "rhat" in fit:
+            eta = np.moveaxis(read("posterior")["eta"].to_numpy(), 2, 0)
+            samples = posterior.Samples(
+                eta, fit["rhat"].to_numpy(), fit["ess_bulk"].to_numpy(),
+                fit["divergences"].to_numpy(),
+            )  # fmt: skip
+        history = json.loads(fit.attrs["history"])
+        return cls(prior, table, lap, samples, float(fit.attrs["eat_rate"]), history)
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -267,9 +391,10 @@ class CGMTwins:
         make = _potential_factory(lay, float(err.add), float(err.prop), float(err.ar1 or 0.0))
         return lay, grid, data, make, jnp.asarray(chol)
 
-    def _fit(self, method, warm, chains, warmup, draws, seed) -> None:
+    def _fit(self, method, warm, chains, warmup, draws, seed, max_tree_depth=6) -> None:
+        method = {"laplace": "map"}.get(method, method)
         if method not in ("map", "nuts"):
-            raise TwinError(f"method: 'map' or 'nuts', got {method!r}")
+            raise TwinError(f"method: 'laplace' (MAP + Laplace) or 'nuts', got {method!r}")
         lay, _, data, make, chol = self._bound()
         n, q = data["mu"].shape
         eta0 = posterior.starts(np.eye(q), n, warm=warm, draws=2)
@@ -281,14 +406,13 @@ class CGMTwins:
         if method == "nuts":
             self.samples = posterior.sample(
                 make, chol, data, lap, key=key, chains=chains, warmup=warmup, draws=draws,
-                seed=seed,
+                seed=seed, max_tree_depth=max_tree_depth,
             )  # fmt: skip
         self.history.append(
             {
                 "rows": len(self.records),
                 "method": method,
-                "map": lap.eta.copy(),
-                "posterior_sd": self._z_draws(200, 0).std(axis=1),
+                "posterior_sd": self._z_draws(400, 0).std(axis=1).tolist(),  # [N, q], z scale
             }
         )
 
@@ -310,12 +434,7 @@ class CGMTwins:
         """Posterior median and 5 %/95 % quantiles of every estimated quantity per patient
         (natural scale), with R-hat and bulk ESS when sampled."""
         lay = _layout(self.prior)
-        z = self._z_draws(n_draws, 0)
-        k = len(lay.estimated)
-        nat = np.concatenate(
-            [np.exp(z[..., : k + lay.sigma]), 1.0 / (1.0 + np.exp(-z[..., k + lay.sigma :]))],
-            axis=-1,
-        )
+        nat = _natural(lay, self._z_draws(n_draws, 0))
         q = np.quantile(nat, [0.05, 0.5, 0.95], axis=1)
         units = self.prior.model.units()
         ds = xr.Dataset(coords={"patient": self.ids, "quantile": [0.05, 0.5, 0.95]})
@@ -405,6 +524,18 @@ class CGMTwins:
             },
             coords={"patient": self.ids},
         )
+
+
+def _natural(lay: _Layout, z: np.ndarray) -> np.ndarray:
+    """``z`` on the natural scale: exp for parameters and SD, logistic for the AR(1) ρ."""
+    k = len(lay.estimated) + lay.sigma
+    return np.concatenate([np.exp(z[..., :k]), 1.0 / (1.0 + np.exp(-z[..., k:]))], axis=-1)
+
+
+def _json(history: list) -> str:
+    import json
+
+    return json.dumps(history)
 
 
 @functools.lru_cache(maxsize=8)

@@ -110,3 +110,30 @@ def mipd(result, path: str | Path) -> Path:
     a2.set_ylabel("true AUC of the day (mg·h/L)")
     fig.suptitle(f"Vancomycin MIPD, {table.attrs.get('n', '')} simulated patients")
     return save_figure(fig, path)
+
+
+def cgm_replay(twins, base: xr.Dataset, alt: xr.Dataset, label: str, path, max_panels: int = 6):
+    """Per patient (the first ``max_panels``): the CGM readings, and the 90 % band and median
+    of the twin's glucose as lived and under the altered therapy ``label``."""
+    n = min(max_panels, base.sizes["patient"])
+    fig, axes = plt.subplots(n, 1, figsize=(8, 2.4 * n), sharex=True, squeeze=False)
+    rec = twins.records
+    for k in range(n):
+        ax = axes[k, 0]
+        pid = base["patient"].values[k]
+        hours = base["time"].values / 60.0
+        for ds, color, name in ((base, "C0", "as lived"), (alt, "C3", label)):
+            q = ds["glucose_q"].isel(patient=k)
+            ax.fill_between(hours, q.sel(quantile=0.05), q.sel(quantile=0.95), color=color,
+                            alpha=0.2, lw=0)  # fmt: skip
+            ax.plot(hours, q.sel(quantile=0.5), color=color, lw=1.2, label=f"twin, {name}")
+        r = rec[rec["ID"] == pid]
+        t = (r["TIME"] - r["TIME"].iloc[0]) / 60.0
+        ax.plot(t, r["CGM"], ".", ms=2.5, color="k", label="CGM readings")
+        ax.axhspan(70, 180, color="0.9", zorder=-1)
+        ax.set_ylabel("glucose (mg/dL)")
+        ax.set_title(f"patient {pid}", fontsize=9)
+    axes[0, 0].legend(fontsize=7, ncol=3)
+    axes[-1, 0].set_xlabel("time from the first record (h)")
+    fig.suptitle("CGM twins: replay with 90 % credible bands (shaded: 70-180 mg/dL)")
+    return save_figure(fig, path)

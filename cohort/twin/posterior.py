@@ -166,9 +166,7 @@ def best_start(u, eta, hess, d, n_starts: int):
     return eta, cov, value, ok
 
 
-def modes(
-    make_potential, params, eta0, data, *, key, steps: int = 30, hessian=None
-) -> Laplace:
+def modes(make_potential, params, eta0, data, *, key, steps: int = 30, hessian=None) -> Laplace:
     """MAP + Laplace for any per-patient potential: ``make_potential(params)`` returns
     ``u(eta, d)`` (negative log posterior of one patient with data ``d``); every leaf of
     ``data`` has the patient axis first. Newton from each start of ``eta0 [S, N, q]``

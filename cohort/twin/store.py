@@ -96,6 +96,8 @@ def _plain(x):
 
 
 def _datasets(twins) -> dict[str, xr.Dataset]:
+    if hasattr(twins, "store_datasets"):  # CGM twins lay out their own groups
+        return twins.store_datasets()
     frame = twins.data.to_frame().reset_index(drop=True)
     records = xr.Dataset({c: ("record", _column(frame[c])) for c in frame.columns})
     eta_names = np.asarray(twins.prior.eta_names, dtype=object)  # variable-length strings
@@ -163,6 +165,10 @@ def open_twins(path: str | Path, update: int | None = None):
         ).load()
 
     prior = TwinPrior.from_json(attrs["prior"])
+    if attrs.get("model") == "t1d_minimal":
+        from cohort.twin.cgm import CGMTwins
+
+        return CGMTwins.from_store(prior, read)
     rec = read("records")
     frame = pd.DataFrame({c: rec[c].to_numpy() for c in rec.data_vars})
     data = read_records(frame, prior)
