@@ -401,6 +401,8 @@ def cgm(
 ):
     """Identify a type 1 diabetes twin per patient from CGM, insulin and meal records, then
     replay the same days under altered therapy (glycaemic metrics with credible intervals)."""
+    import numpy as np
+
     from cohort.store import check_replaceable
     from cohort.twin import CGMTwins, TwinPrior
 
@@ -417,26 +419,33 @@ def cgm(
     path = tw.save(out, overwrite=overwrite)
     console.print(_cgm_summary(tw, f"{tw.prior.name}: individual posteriors"))
     console.print(_status_line(tw, time.perf_counter() - t0, path))
+    mard = tw.fitted().mard.values
+    console.print(
+        f"fit MARD to the CGM readings: median {np.median(mard):.1f} %, max {mard.max():.1f} %"
+    )
     base = tw.replay()
     alt = tw.replay(bolus_scale=bolus_scale, basal_scale=basal_scale, meal_scale=meal_scale)
     label = f"bolus x{bolus_scale:g}, basal x{basal_scale:g}" + (
         f", meals x{meal_scale:g}" if meal_scale != 1 else ""
     )
+    console.print(f"replay of the records' days as lived and with {label}:")
     console.print(_replay_table(base, alt, label))
     if folder is not None:
         from cohort.twin import plots
 
         table = _file(folder, "individual.csv", overwrite)
         tw.individual().to_csv(table)
-        rows = []
-        for tag, ds in (("as lived", base), (label, alt)):
-            for m, _ in _REPLAY_METRICS:
-                q = ds[f"{m}_q"].to_pandas().T
-                q.columns = [f"{m}_q{int(100 * c):02d}" for c in q.columns]
-                rows.append(q.assign(therapy=tag))
-        replay_csv = _file(folder, "replay.csv", overwrite)
         import pandas as pd
 
+        rows = []
+        for tag, ds in (("as lived", base), (label, alt)):
+            cols = []
+            for m, _ in _REPLAY_METRICS:
+                q = ds[f"{m}_q"].to_pandas().T
+                q.columns = [f"{m}_q{int(round(100 * c)):02d}" for c in q.columns]
+                cols.append(q)
+            rows.append(pd.concat(cols, axis=1).assign(therapy=tag))
+        replay_csv = _file(folder, "replay.csv", overwrite)
         pd.concat(rows).to_csv(replay_csv)
         fig = plots.cgm_replay(tw, base, alt, label, _file(folder, "replay.png", overwrite))
         console.print(f"report: {table}, {replay_csv}, {fig}")
