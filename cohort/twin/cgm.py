@@ -175,16 +175,15 @@ class CGMTwins:
         warmup: int = 500,
         draws: int = 500,
         seed: int = 0,
-        max_tree_depth: int = 6,
+        max_tree_depth: int = 8,
     ) -> CGMTwins:
         """Personalise a twin per patient of ``records`` (see :mod:`cohort.twin.cgm_data`).
 
         ``method``: ``"nuts"`` (MAP + Laplace, then NUTS: ``chains`` × (``warmup`` +
         ``draws``) per patient, patients not converged rerun longer) or ``"laplace"`` (MAP +
-        Laplace only; ``"map"`` is the same). All patients' chains run in lockstep in one
-        vectorised program, so every iteration costs as much as the deepest tree among
-        them: ``max_tree_depth`` = 6 (64 steps) bounds that; starting from the Laplace
-        covariance as mass matrix, trees of 8–32 steps are typical here."""
+        Laplace only; ``"map"`` is the same). Patients are sampled one after another
+        inside one compiled program (chains vmapped), so a patient needing long
+        trajectories does not hold up the others."""
         prior = prior if isinstance(prior, TwinPrior) else TwinPrior.from_file(prior)
         _layout(prior)
         table = cgm_data.read_cgm(records)
@@ -201,7 +200,7 @@ class CGMTwins:
         warmup: int = 300,
         draws: int = 500,
         seed: int = 1,
-        max_tree_depth: int = 6,
+        max_tree_depth: int = 8,
     ) -> CGMTwins:
         """Add rows (later than each patient's last) and update every posterior, warm-started
         from the current one (MAP search from its mode, NUTS from its Laplace approximation
@@ -391,7 +390,7 @@ class CGMTwins:
         make = _potential_factory(lay, float(err.add), float(err.prop), float(err.ar1 or 0.0))
         return lay, grid, data, make, jnp.asarray(chol)
 
-    def _fit(self, method, warm, chains, warmup, draws, seed, max_tree_depth=6) -> None:
+    def _fit(self, method, warm, chains, warmup, draws, seed, max_tree_depth=8) -> None:
         method = {"laplace": "map"}.get(method, method)
         if method not in ("map", "nuts"):
             raise TwinError(f"method: 'laplace' (MAP + Laplace) or 'nuts', got {method!r}")
@@ -406,7 +405,7 @@ class CGMTwins:
         if method == "nuts":
             self.samples = posterior.sample(
                 make, chol, data, lap, key=key, chains=chains, warmup=warmup, draws=draws,
-                seed=seed, max_tree_depth=max_tree_depth,
+                seed=seed, max_tree_depth=max_tree_depth, lockstep=False,
             )  # fmt: skip
         self.history.append(
             {

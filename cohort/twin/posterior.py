@@ -255,16 +255,23 @@ def sample(
     seed: int = 0,
     max_tree_depth: int = 8,
     retry: bool = True,
+    lockstep: bool = True,
 ) -> Samples:
     """NUTS for any per-patient potential (see :func:`modes`); ``prepare(arrays)`` gives the
     per-patient data (leaves with the patient axis first; default: ``arrays`` itself). ``key``
-    identifies the potential for the compiled-program cache. See :func:`nuts`."""
+    identifies the potential for the compiled-program cache. See :func:`nuts`.
+
+    ``lockstep=True`` vmaps patients × chains (one iteration costs the deepest tree of all
+    lanes: best when a gradient is cheap, as in closed-form PK); ``False`` runs patients one
+    after another inside the compiled program (``lax.map``), chains vmapped, so a patient
+    whose posterior needs long trajectories does not hold up the others: best when each
+    gradient is already a large vectorised computation (CGM twins' day-long trajectories)."""
     import time
 
     t0 = time.perf_counter()
     run = functools.partial(
         _nuts_batch, make_potential, params, key, prepare, chains=chains,
-        max_tree_depth=max_tree_depth,
+        max_tree_depth=max_tree_depth, lockstep=lockstep,
     )  # fmt: skip
     z, rhat, ess, div = run(init, arrays, warmup=warmup, draws=draws, seed=seed)
     bad = np.flatnonzero(~np.all((rhat < 1.01) & (ess > 400), axis=1))
@@ -288,7 +295,7 @@ def sample(
 
 def _nuts_batch(
     make_potential, params, key, prepare, init: Laplace, arrays, *, chains, warmup, draws, seed,
-    max_tree_depth,
+    max_tree_depth, lockstep=True,
 ):  # fmt: skip
     """One vmapped NUTS run: draws ``[N, chain, draw, q]``, R-hat, ESS, divergences."""
     from numpyro.infer.hmc import hmc
@@ -323,11 +330,14 @@ def _nuts_batch(
 
             d = arrays if prepare is None else prepare(arrays)
             per_patient = jax.vmap(one_chain, in_axes=(0, None, 0, None))  # over chains
-            return jax.vmap(per_patient)(starts, inv_mass, keys, d)  # over patients
+            if lockstep:
+                return jax.vmap(per_patient)(starts, inv_mass, keys, d)  # over patients
+            return jax.lax.map(lambda a: per_patient(*a), (starts, inv_mass, keys, d))
 
         return jax.jit(run)
 
-    fn = _cached_key((key, f"nuts:{chains}:{warmup}:{draws}:{max_tree_depth}"), build)
+    what = f"nuts:{chains}:{warmup}:{draws}:{max_tree_depth}:{lockstep}"
+    fn = _cached_key((key, what), build)
     rng = np.random.default_rng(seed)
     cov = np.where(init.ok[:, None, None], init.cov, np.eye(q)[None])
     chol = np.linalg.cholesky(cov)
