@@ -28,7 +28,10 @@ from cohort.twin.cgm_solve import glucose_curves, insulin_curve, trajectory
 from cohort.twin.prior import TwinError, TwinPrior
 
 _TRAJECTORY_KEY = {"CGM": "IG", "BG": "G", "insulin": "I"}
-_CHECKED_SLOW = "glucose"
+# Prior draws started from besides the prior mode (and the warm start): a day of CGM leaves
+# local modes (meal absorption vs insulin action), which 2 draws missed for a third of the
+# reference patients (fit MARD 9.0 % instead of 5.7 % with 8).
+STARTS = 8
 
 
 @dataclasses.dataclass(frozen=True)
@@ -396,7 +399,7 @@ class CGMTwins:
             raise TwinError(f"method: 'laplace' (MAP + Laplace) or 'nuts', got {method!r}")
         lay, _, data, make, chol = self._bound()
         n, q = data["mu"].shape
-        eta0 = posterior.starts(np.eye(q), n, warm=warm, draws=2)
+        eta0 = posterior.starts(np.eye(q), n, warm=warm, draws=STARTS)
         key = ("cgm", lay)
         lap = posterior.modes(
             make, chol, eta0, data, key=key, steps=25, hessian=posterior.fd_hessian
