@@ -4,9 +4,10 @@ t1d_minimal to one noise-free day of each of the 30 UVA/Padova reference patient
 Each patient eats the default meal plan (50/70/80 g at 7:00/12:00/18:30) with a bolus at its
 own carbohydrate ratio on its usual basal; the twins are identified (MAP) under the shipped
 prior with every log-SD widened to 2 around textbook-scale values. Printed: the median and
-SD of the log estimates per parameter and the spec's log-SD: that SD capped at 1 (the scatter of weakly regularised
-one-day estimates includes their estimation error, so it overstates the population's
-spread), and the fits' median MARD. Run: ``python validation/t1d_prior.py`` (about a minute).
+SD of the log estimates per parameter and the spec's log-SD: that SD capped at 1 (the
+scatter of weakly regularised one-day estimates includes their estimation error, so it
+overstates the population's spread), and the fits' median MARD.
+Run: ``python validation/t1d_prior.py`` (about a minute).
 """
 
 from __future__ import annotations
