@@ -3,8 +3,8 @@ reduced T1D model for CGM twins.
 
 Importing this package registers ``bergman``, ``uva_padova`` and ``t1d_minimal``. Helpers:
 :func:`fit_ivgtt` (minimal-model analysis of an IVGTT), :func:`reference_patients`
-(simglucose's 30 patients), :func:`sample_patients` (new patients from a prior fitted to them), :func:`meal_records` and
-:func:`insulin_records` (dosing records in the model's units).
+(simglucose's 30 patients), :func:`sample_patients` (new patients from a prior fitted to
+them), :func:`meal_records` and :func:`insulin_records` (dosing records in the model's units).
 """
 
 from cohort.models.glucose.bergman import Bergman, IVGTTFit, fit_ivgtt, predict_ivgtt
