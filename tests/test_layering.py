@@ -29,7 +29,8 @@ ALLOWED = {
     "inference": BASE | {"data", "dosing", "engine", "models", "store"},
     "glucose": BASE | {"engine", "models", "store"},
     "trial": BASE | {"dosing", "engine", "glucose", "models", "population", "store"},
-    "twin": BASE | {"data", "dosing", "engine", "inference", "models", "population", "store"},
+    "twin": BASE
+    | {"data", "dosing", "engine", "glucose", "inference", "models", "population", "store"},
     "plots": BASE | {"store"},
     "cli": BASE
     | {"data", "dosing", "engine", "glucose", "inference", "models", "plots", "population"}

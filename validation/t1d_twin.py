@@ -54,10 +54,11 @@ def main(argv=None) -> dict:
 
     rep = tw2.replay(bolus_scale=0.8, basal_scale=1.2, n_draws=200)
     k = rep["time"].values.astype(int) // 5
-    true = truth[:, k]
-    med = rep["glucose_q"].sel(quantile=0.5).values
+    keep = k < truth.shape[1]  # the replay includes the end point of the last 5 min
+    true = truth[:, k[keep]]
+    med = rep["glucose_q"].sel(quantile=0.5).values[:, keep]
     replay_mard = 100 * np.mean(np.abs(med - true) / true, axis=1)
-    true_met = metric_arrays(true, time_weights(rep["time"].values))
+    true_met = metric_arrays(true, time_weights(rep["time"].values[keep]))
     cover = {}
     for m in METRICS:
         lo = rep[f"{m}_q"].sel(quantile=0.05).values
