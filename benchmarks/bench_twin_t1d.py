@@ -122,10 +122,13 @@ def main(argv=None) -> None:
           f"diffrax Tsit5 {theirs:.1f} ms -> {grad['ratio']:.0f}x")  # fmt: skip
     rows.append({"what": "gradient", **grad})
     for n, method in ((1, "nuts"), (args.laplace, "laplace"), (args.batch, "nuts")):
+        if n < 1:
+            continue
         row = run_identify(day(n), method)
         print(row)
         rows.append({"what": "identify (cold: includes compilation)", **row})
-    write_json(RESULTS_DIR / "twin_t1d.json", {"machine": machine_info(), "rows": rows})
+        # written after every row: a long batch row interrupted keeps the others
+        write_json(RESULTS_DIR / "twin_t1d.json", {"machine": machine_info(), "rows": rows})
 
 
 if __name__ == "__main__":

@@ -390,7 +390,7 @@ def cgm(
     out: Path = typer.Option(Path("cgm_twins.zarr"), "--out", "-o", help="twin store (.zarr)"),
     method: str = typer.Option("nuts", help="nuts | laplace (MAP + Laplace only)"),
     chains: int = typer.Option(4, help="NUTS chains per patient"),
-    warmup: int = typer.Option(500, help="NUTS warmup iterations"),
+    warmup: int = typer.Option(500, help="NUTS warmup iterations (from the Laplace fit)"),
     draws: int = typer.Option(500, help="NUTS draws per chain"),
     seed: int = typer.Option(0, help="random seed"),
     bolus_scale: float = typer.Option(0.8, help="replay: boluses times this"),
