@@ -186,9 +186,9 @@ class CGMTwins:
         ``draws``) per patient, started at the Laplace approximation with its covariance as
         mass matrix; patients not converged are rerun with 2× warmup and 3× draws: a day of
         CGM can leave a multimodal posterior, where 300 + 300 left a chain in a minor mode)
-        or ``"laplace"`` (MAP + Laplace only; ``"map"`` is the same). Patients are sampled one after another
-        inside one compiled program (chains vmapped), so a patient needing long
-        trajectories does not hold up the others."""
+        or ``"laplace"`` (MAP + Laplace only; ``"map"`` is the same). Patients are sampled
+        one after another inside one compiled program (chains vmapped), so a patient needing
+        long trajectories does not hold up the others."""
         prior = prior if isinstance(prior, TwinPrior) else TwinPrior.from_file(prior)
         _layout(prior)
         table = cgm_data.read_cgm(records)
