@@ -195,6 +195,10 @@ def test_updates_and_priors_are_checked():
         tw.update(df[df["TIME"] >= 1000])
     with pytest.raises(TwinError, match="CGM twins use t1d_minimal"):
         CGMTwins.identify("priors/vancomycin_goti2018.toml", df, method="map")
+    from cohort.twin import Twins
+
+    with pytest.raises(TwinError, match="for CGM twins"):
+        Twins.identify(TwinPrior.from_spec(PRIOR), df.rename(columns={"CGM": "DV"}))
 
 
 def test_layout_of_the_shipped_prior():

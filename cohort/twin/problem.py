@@ -42,7 +42,17 @@ class TwinBound(BoundModel):
         return xp.stack(cols, axis=-1)
 
 
+def _check_not_cgm(prior: TwinPrior) -> None:
+    err = prior.spec.error
+    if err is not None and (err.ar1 is not None or err.add_sd_log is not None):
+        raise TwinError(
+            f"prior {prior.name!r}: an [error] with an estimated SD (add_sd_log) or AR(1) "
+            "residuals (ar1) is for CGM twins (cohort.twin.CGMTwins, `cohort twin cgm`)"
+        )
+
+
 def nlme_of(prior: TwinPrior) -> NLME:
+    _check_not_cgm(prior)
     kind, add, prop = prior.error
     off_diagonal = prior.omega.size and np.any(prior.omega - np.diag(np.diag(prior.omega)))
     units = prior.model.units()
@@ -75,6 +85,7 @@ def prior_pop(prior: TwinPrior) -> Pop:
 
 def read_records(records: pd.DataFrame | str, prior: TwinPrior) -> Dataset:
     """Validated NONMEM-style records for ``prior.model`` (errors name the row and column)."""
+    _check_not_cgm(prior)
     data = read_nonmem(records, prior.model)
     _check_doses_first(data, prior)
     return data
