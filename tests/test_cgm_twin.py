@@ -205,3 +205,23 @@ def test_layout_of_the_shipped_prior():
     lay = cgm._layout(TwinPrior.from_spec(PRIOR))
     assert lay.estimated == ("Gb", "SG", "SI", "p2", "kempt", "kabs")
     assert lay.sigma and lay.ar1 and lay.insulin_fixed
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"ar1": 1.2}, "error.ar1"),
+        ({"ar1_interval": None}, "error.ar1_interval"),
+        ({"add_sd_log": -1.0}, "error.add_sd_log"),
+        ({"ar1_typo": 0.5}, "unknown key"),
+    ],
+)
+def test_serial_error_keys_are_checked(change, message):
+    from cohort._toml import read_toml
+    from cohort.population.spec import SpecError
+
+    raw, _ = read_toml(PRIOR, TwinError, "priors spec")
+    err = {**raw["error"], **change}
+    err = {k: v for k, v in err.items() if v is not None}
+    with pytest.raises((SpecError, TwinError), match=message):
+        TwinPrior.from_raw({**raw, "error": err}, "prior.toml")
