@@ -225,3 +225,21 @@ def test_serial_error_keys_are_checked(change, message):
     err = {k: v for k, v in err.items() if v is not None}
     with pytest.raises((SpecError, TwinError), match=message):
         TwinPrior.from_raw({**raw, "error": err}, "prior.toml")
+
+
+@pytest.mark.slow
+def test_uva_padova_validation_numbers(tmp_path):
+    """validation/t1d_twin.py on the first 10 reference patients (Laplace): the fit and
+    replay figures stay at the level reported in README (30 patients: fit MARD median 8.6 %,
+    replay MARD 10.3 %, mean-glucose coverage 90 %)."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).parent.parent / "validation" / "t1d_twin.py"
+    spec = importlib.util.spec_from_file_location("t1d_twin", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    out = mod.main(["--patients", "10", "--out", str(tmp_path / "t1d.json")])
+    assert out["fit_mard_day1"]["median"] < 10.0
+    assert out["replay_mard_vs_truth"]["median"] < 13.0
+    assert out["replay_metric_coverage_90"]["mean"] >= 0.7

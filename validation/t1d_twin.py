@@ -27,7 +27,7 @@ from cohort.models.glucose import reference_patients
 from cohort.twin.cgm import CGMTwins
 from cohort.twin.cgm_synthetic import meal_plan, uva_days
 
-PRIOR = "priors/t1d_cgm_twin.toml"
+PRIOR = str(Path(__file__).resolve().parents[1] / "priors" / "t1d_cgm_twin.toml")
 METRICS = ("tir_70_180", "tbr_70", "tar_180", "mean")
 
 
@@ -36,6 +36,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--nuts", action="store_true", help="NUTS posteriors (default Laplace)")
     ap.add_argument("--patients", type=int, default=30, help="first N reference patients")
     ap.add_argument("--seed", type=int, default=2)
+    ap.add_argument("--out", type=Path, default=None, help="JSON (default validation/results/)")
     args = ap.parse_args(argv)
     method = "nuts" if args.nuts else "laplace"
     pts = reference_patients().iloc[: args.patients].reset_index(drop=True)
@@ -84,7 +85,7 @@ def main(argv=None) -> dict:
                 "sampling_seconds": round(tw.samples.seconds, 1),
             }
     print(json.dumps(out, indent=2))
-    path = Path(__file__).parent / "results" / f"t1d_twin_{method}.json"
+    path = args.out or Path(__file__).parent / "results" / f"t1d_twin_{method}.json"
     path.parent.mkdir(exist_ok=True)
     path.write_text(json.dumps(out, indent=2) + "\n")
     return out
