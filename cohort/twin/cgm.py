@@ -363,6 +363,14 @@ class CGMTwins:
         return _layout(self.prior).names
 
     def _bound(self):
+        """Layout, grid inputs, per-patient data, potential factory and prior Cholesky factor
+        (computed once per object: records and prior do not change after construction)."""
+        cached = self.__dict__.get("_bound_cache")
+        if cached is None:
+            cached = self.__dict__["_bound_cache"] = self._bind()
+        return cached
+
+    def _bind(self):
         lay = _layout(self.prior)
         grid = cgm_data.grid_inputs(self.records, self.eat_rate)
         ids = self.ids
