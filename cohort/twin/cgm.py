@@ -341,20 +341,10 @@ class CGMTwins:
         rec = read("records")
         table = pd.DataFrame({c: rec[c].to_numpy() for c in rec.data_vars})
         table = cgm_data.read_cgm(table.drop(columns="ROW"))
+        from cohort.twin.store import read_posterior
+
         fit = read("map")
-        lap = posterior.Laplace(
-            fit["eta"].to_numpy(),
-            fit["cov"].to_numpy(),
-            fit["objective"].to_numpy(),
-            fit["ok"].to_numpy().astype(bool),
-        )
-        samples = None
-        if "rhat" in fit:
-            eta = np.moveaxis(read("posterior")["eta"].to_numpy(), 2, 0)
-            samples = posterior.Samples(
-                eta, fit["rhat"].to_numpy(), fit["ess_bulk"].to_numpy(),
-                fit["divergences"].to_numpy(),
-            )  # fmt: skip
+        lap, samples = read_posterior(fit, read)
         history = json.loads(fit.attrs["history"])
         return cls(prior, table, lap, samples, float(fit.attrs["eat_rate"]), history)
 

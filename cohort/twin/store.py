@@ -174,6 +174,22 @@ def open_twins(path: str | Path, update: int | None = None):
     data = read_records(frame, prior)
     bm = bind_twins(prior, data)
     fit = read("map")
+    lap, samples = read_posterior(fit, read)
+    return Twins(
+        prior,
+        data,
+        bm,
+        lap,
+        fit.attrs["method"],
+        samples,
+        tuple(json.loads(fit.attrs["history"])),
+        json.loads(fit.attrs["options"]),
+    )
+
+
+def read_posterior(fit: xr.Dataset, read) -> tuple[posterior.Laplace, posterior.Samples | None]:
+    """The Laplace approximation and (when sampled) the NUTS draws of one stored update:
+    ``fit`` its ``map`` group, ``read(name)`` any of its groups."""
     lap = posterior.Laplace(
         fit["eta"].to_numpy(),
         fit["cov"].to_numpy(),
@@ -186,13 +202,4 @@ def open_twins(path: str | Path, update: int | None = None):
         samples = posterior.Samples(
             z, fit["rhat"].to_numpy(), fit["ess_bulk"].to_numpy(), fit["divergences"].to_numpy()
         )
-    return Twins(
-        prior,
-        data,
-        bm,
-        lap,
-        fit.attrs["method"],
-        samples,
-        tuple(json.loads(fit.attrs["history"])),
-        json.loads(fit.attrs["options"]),
-    )
+    return lap, samples
