@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 
 import jax
 import jax.numpy as jnp
@@ -294,50 +295,24 @@ class CGMTwins:
 
     def store_datasets(self) -> dict[str, xr.Dataset]:
         """The ``records``, ``map`` and ``posterior`` groups of one update."""
+        from cohort.twin.store import posterior_groups, records_group
+
         lay = _layout(self.prior)
-        names = np.asarray(lay.names, dtype=object)
-        ids = self.ids
-        ids = ids.astype(object) if ids.dtype.kind in "OUS" else ids
-        records = xr.Dataset(
-            {c: ("record", self.records[c].to_numpy()) for c in self.records.columns if c != "ID"}
-        )
-        records["ID"] = ("record", self.records["ID"].to_numpy())
-        lap = self.posterior
-        coords = {"patient": ids, "eta_dim": names, "eta_dim2": names}
-        fit = xr.Dataset(
-            {
-                "eta": (("patient", "eta_dim"), lap.eta),
-                "cov": (("patient", "eta_dim", "eta_dim2"), lap.cov),
-                "objective": ("patient", lap.objective),
-                "ok": ("patient", lap.ok),
-            },
-            coords=coords,
-        )
-        fit.attrs.update(method=self.method, eat_rate=self.eat_rate, history=_json(self.history))
         if self.samples is not None:
-            fit["rhat"] = (("patient", "eta_dim"), self.samples.rhat)
-            fit["ess_bulk"] = (("patient", "eta_dim"), self.samples.ess_bulk)
-            fit["divergences"] = ("patient", self.samples.divergences)
             eta = self.samples.eta
         else:
-            eta = posterior.laplace_draws(lap, 1000, 0)[:, None]
+            eta = posterior.laplace_draws(self.posterior, 1000, 0)[:, None]
         _, _, data, _, chol = self._bound()
-        z = np.asarray(data["mu"])[:, None, None, :] + eta @ np.asarray(chol).T
-        nat = _natural(lay, z)
-        post = xr.Dataset(
-            {n: (("patient", "chain", "draw"), nat[..., k]) for k, n in enumerate(lay.names)},
-            coords={"patient": ids},
-        ).transpose("chain", "draw", "patient")
-        post["eta"] = (("chain", "draw", "patient", "eta_dim"), np.moveaxis(eta, 0, 2))
-        post = post.assign_coords(eta_dim=names)
-        post.attrs["source"] = "nuts" if self.samples is not None else "laplace draws"
-        return {"records": records, "map": fit, "posterior": post}
+        nat = _natural(lay, np.asarray(data["mu"])[:, None, None, :] + eta @ np.asarray(chol).T)
+        values = {n: nat[..., k] for k, n in enumerate(lay.names)}
+        fit, post = posterior_groups(self.posterior, self.samples, self.ids, lay.names, eta, values)
+        history = json.dumps(self.history)
+        fit.attrs.update(method=self.method, eat_rate=self.eat_rate, history=history)
+        return {"records": records_group(self.records), "map": fit, "posterior": post}
 
     @classmethod
     def from_store(cls, prior: TwinPrior, read) -> CGMTwins:
         """Rebuild from the groups of one stored update (``read(name)`` → Dataset)."""
-        import json
-
         rec = read("records")
         table = pd.DataFrame({c: rec[c].to_numpy() for c in rec.data_vars})
         table = cgm_data.read_cgm(table.drop(columns="ROW"))
@@ -532,12 +507,6 @@ def _natural(lay: _Layout, z: np.ndarray) -> np.ndarray:
     """``z`` on the natural scale: exp for parameters and SD, logistic for the AR(1) ρ."""
     k = len(lay.estimated) + lay.sigma
     return np.concatenate([np.exp(z[..., :k]), 1.0 / (1.0 + np.exp(-z[..., k:]))], axis=-1)
-
-
-def _json(history: list) -> str:
-    import json
-
-    return json.dumps(history)
 
 
 @functools.lru_cache(maxsize=8)

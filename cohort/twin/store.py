@@ -98,11 +98,36 @@ def _plain(x):
 def _datasets(twins) -> dict[str, xr.Dataset]:
     if hasattr(twins, "store_datasets"):  # CGM twins lay out their own groups
         return twins.store_datasets()
-    frame = twins.data.to_frame().reset_index(drop=True)
-    records = xr.Dataset({c: ("record", _column(frame[c])) for c in frame.columns})
-    eta_names = np.asarray(twins.prior.eta_names, dtype=object)  # variable-length strings
-    lap = twins.laplace
-    ids = _column(pd.Series(twins.ids))
+    s = twins.samples
+    if s is not None:
+        z = s.eta  # [N, chain, draw, q]
+    else:
+        z = twins.eta_draws(1000, 0)[:, None]  # Laplace draws as one chain
+    lp = twins.log_params(z)
+    values = {n: np.exp(lp[..., k]) for k, n in enumerate(twins.prior.names)}
+    fit, post = posterior_groups(twins.laplace, s, twins.ids, twins.prior.eta_names, z, values)
+    fit.attrs.update(
+        method=twins.method,
+        options=json.dumps(twins.options),
+        history=json.dumps(list(twins.history)),
+    )
+    records = records_group(twins.data.to_frame().reset_index(drop=True))
+    return {"records": records, "map": fit, "posterior": post}
+
+
+def records_group(frame: pd.DataFrame) -> xr.Dataset:
+    """The records seen so far as a dataset along ``record`` (string columns as objects)."""
+    return xr.Dataset({c: ("record", _column(frame[c])) for c in frame.columns})
+
+
+def posterior_groups(
+    lap: posterior.Laplace, samples, ids, eta_names, eta: np.ndarray, values: dict
+) -> tuple[xr.Dataset, xr.Dataset]:
+    """The ``map`` group (modes, Laplace covariances, NUTS diagnostics when sampled) and the
+    arviz-style ``posterior`` group of one update: ``eta [N, chain, draw, q]`` the stored
+    draws and ``values`` each parameter's draws ``[N, chain, draw]`` on its natural scale."""
+    eta_names = np.asarray(eta_names, dtype=object)  # variable-length strings
+    ids = _column(pd.Series(ids))
     coords = {"patient": ids, "eta_dim": eta_names, "eta_dim2": eta_names}
     fit = xr.Dataset(
         {
@@ -113,28 +138,18 @@ def _datasets(twins) -> dict[str, xr.Dataset]:
         },
         coords=coords,
     )
-    hist = json.dumps(list(twins.history))
-    fit.attrs.update(method=twins.method, options=json.dumps(twins.options), history=hist)
-    s = twins.samples
-    if s is not None:
-        fit["rhat"] = (("patient", "eta_dim"), s.rhat)
-        fit["ess_bulk"] = (("patient", "eta_dim"), s.ess_bulk)
-        fit["divergences"] = ("patient", s.divergences)
-        z = s.eta  # [N, chain, draw, q]
-    else:
-        z = twins.eta_draws(1000, 0)[:, None]  # Laplace draws as one chain
-    lp = twins.log_params(z)
+    if samples is not None:
+        fit["rhat"] = (("patient", "eta_dim"), samples.rhat)
+        fit["ess_bulk"] = (("patient", "eta_dim"), samples.ess_bulk)
+        fit["divergences"] = ("patient", samples.divergences)
     post = xr.Dataset(
-        {
-            n: (("patient", "chain", "draw"), np.exp(lp[..., k]))
-            for k, n in enumerate(twins.prior.names)
-        },
+        {n: (("patient", "chain", "draw"), v) for n, v in values.items()},
         coords={"patient": ids},
     ).transpose("chain", "draw", "patient")
-    post["eta"] = (("chain", "draw", "patient", "eta_dim"), np.moveaxis(z, 0, 2))
+    post["eta"] = (("chain", "draw", "patient", "eta_dim"), np.moveaxis(eta, 0, 2))
     post = post.assign_coords(eta_dim=eta_names)
-    post.attrs["source"] = "nuts" if s is not None else "laplace approximation draws"
-    return {"records": records, "map": fit, "posterior": post}
+    post.attrs["source"] = "nuts" if samples is not None else "laplace approximation draws"
+    return fit, post
 
 
 def open_twins(path: str | Path, update: int | None = None):
