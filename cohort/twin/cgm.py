@@ -302,8 +302,7 @@ class CGMTwins:
             eta = self.samples.eta
         else:
             eta = posterior.laplace_draws(self.posterior, 1000, 0)[:, None]
-        _, _, data, _, chol = self._bound()
-        nat = _natural(lay, np.asarray(data["mu"])[:, None, None, :] + eta @ np.asarray(chol).T)
+        nat = _natural(lay, self._z_of(eta))
         values = {n: nat[..., k] for k, n in enumerate(lay.names)}
         fit, post = posterior_groups(self.posterior, self.samples, self.ids, lay.names, eta, values)
         history = json.dumps(self.history)
@@ -360,9 +359,7 @@ class CGMTwins:
             "defaults": {k: jnp.asarray(v) for k, v in defaults.items()},
         }
         if lay.insulin_fixed:
-            z0 = jnp.asarray(mu)
-            d_all = {**data}
-            params = jax.vmap(lambda z, d: _model_params(lay, z, d))(z0, d_all)
+            params = jax.vmap(lambda z, d: _model_params(lay, z, d))(data["mu"], data)
             data["plasma"] = jax.vmap(insulin_curve)(params, data["basal"] + data["bolus"])
         err = self.prior.spec.error
         make = _potential_factory(lay, float(err.add), float(err.prop), float(err.ar1 or 0.0))
@@ -394,9 +391,17 @@ class CGMTwins:
         )
 
     # -- results --------------------------------------------------------------------------
+    def _z_of(self, eta: np.ndarray) -> np.ndarray:
+        """``z = μ + L·η`` for draws ``eta [N, ..., q]`` in the standardised coordinates."""
+        _, _, data, _, chol = self._bound()
+        mu = np.asarray(data["mu"])
+        return (
+            mu.reshape(mu.shape[:1] + (1,) * (eta.ndim - 2) + mu.shape[1:])
+            + eta @ np.asarray(chol).T
+        )
+
     def _z_draws(self, n_draws: int, seed: int) -> np.ndarray:
         """``[N, S, q]`` posterior draws of ``z`` (NUTS draws thinned, else Laplace)."""
-        lay, _, data, _, chol = self._bound()
         if self.samples is not None:
             eta = self.samples.eta.reshape(
                 self.samples.eta.shape[0], -1, self.samples.eta.shape[-1]
@@ -405,7 +410,7 @@ class CGMTwins:
             eta = eta[:, idx]
         else:
             eta = posterior.laplace_draws(self.posterior, n_draws, seed)
-        return np.asarray(data["mu"])[:, None, :] + eta @ np.asarray(chol).T
+        return self._z_of(eta)
 
     def parameters(self, n_draws: int = 1000) -> xr.Dataset:
         """Posterior median and 5 %/95 % quantiles of every estimated quantity per patient
