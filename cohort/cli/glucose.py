@@ -65,6 +65,11 @@ def glucose(
     overwrite: bool = typer.Option(False, help="replace an existing --out written by cohort"),
     resume: bool = typer.Option(False, help="finish an interrupted run into the same --out"),
     plots: Path = typer.Option(None, help="folder for glucose-band and CVGA figures"),
+    scheduler: str = typer.Option(
+        None,
+        help="Dask scheduler address (tcp://host:8786): its workers solve and write the "
+        "chunks (needs --out on storage every worker reaches)",
+    ),
 ):
     """Closed-loop UVA/Padova cohort: meals, CGM and an insulin controller in the loop."""
     # One JAX CPU device per core (one chunk each) is set up by the app callback in cli.py.
@@ -92,6 +97,8 @@ def glucose(
         )
     if resume and out is None:
         fail("--resume needs --out (the store of the interrupted run)")
+    if scheduler is not None and out is None:
+        fail("--scheduler needs --out: the workers write their chunks into that store")
 
     if n <= 10:
         pop = reference_patients(patients).iloc[:n]
@@ -126,6 +133,7 @@ def glucose(
                 overwrite=overwrite,
                 resume=resume,
                 progress=update,
+                cluster=scheduler,
             )
     except (InputError, StoreError, ValueError) as exc:
         fail(str(exc))

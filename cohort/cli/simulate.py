@@ -212,6 +212,11 @@ def simulate(
     chunk_size: int = typer.Option(None, help="patients per batch"),
     resume: bool = typer.Option(False, help="continue an interrupted run into --out"),
     overwrite: bool = typer.Option(False, help="replace an existing --out written by cohort"),
+    scheduler: str = typer.Option(
+        None,
+        help="Dask scheduler address (tcp://host:8786): its workers solve and write the "
+        "chunks (needs --out on storage every worker reaches)",
+    ),
 ):
     """Simulate a cohort and stream the results into a zarr store."""
     from cohort.data.reader import DataError, read_table
@@ -303,6 +308,7 @@ def simulate(
         overwrite=overwrite,
         seed=seed,
         chunk_size=chunk_size,
+        cluster=scheduler,
     )
     console.print(_summary(ds, list(m.output_names)))
     console.print(describe(spent), style="dim")

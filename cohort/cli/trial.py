@@ -42,6 +42,11 @@ def trial(
     sample_size: bool = typer.Option(False, help="search [analysis] sample_sizes for power"),
     escalation: bool = typer.Option(False, help="run the spec's [escalation] design"),
     pta_doses: str = typer.Option(None, help="dose sweep for PTA curves, e.g. '100,200,400'"),
+    scheduler: str = typer.Option(
+        None,
+        help="Dask scheduler address (tcp://host:8786): its workers solve and write the "
+        "chunks (needs --out on storage every worker reaches)",
+    ),
 ):
     """Simulate every arm x replicate of a trial spec, analyse it and print power."""
     import cohort.trial as ct
@@ -63,6 +68,8 @@ def trial(
 
         check_replaceable(report_path, overwrite=overwrite, flag="--report")
     t0 = time.perf_counter()
+    if scheduler is not None and out is None:
+        fail("--scheduler needs --out: the workers write their chunks into that store")
     lock = contextlib.nullcontext() if out is None else write_lock(check_path(out))
     with lock:
         parsed = ct.load(spec)
@@ -80,6 +87,7 @@ def trial(
                 n=n,
                 overwrite=overwrite,
                 progress=update,
+                cluster=scheduler,
             )
         analysis = ct.analyze(result, out=out)
     sizes = ct.sample_size(parsed, replicates=replicates, seed=seed) if sample_size else None

@@ -75,6 +75,33 @@ class _Plan:
     dtype: str
     chunk_size: int
 
+    @property
+    def n_patients(self) -> int:
+        return len(next(iter(self.params.values())))
+
+    def rows(self, lo: int, hi: int) -> _Plan:
+        """The plan of patients ``lo:hi`` (views), e.g. for one distributed task."""
+        params = {k: v[lo:hi] for k, v in self.params.items()}
+        return dataclasses.replace(self, params=params, table=self.table.select(slice(lo, hi)))
+
+
+@dataclasses.dataclass(frozen=True)
+class _Shared:
+    """Solve settings taken from the whole cohort, so that every batch of a run (in any
+    task, on any worker) runs the same compiled program and gives bit-identical results."""
+
+    t_first: float
+    infusion: bool
+    ss_interval: float
+
+    @classmethod
+    def of(cls, plan: _Plan) -> _Shared:
+        table = plan.table
+        finite_t = table.time[np.isfinite(table.time)]
+        t_first = float(min(plan.times[0], finite_t.min() if finite_t.size else plan.times[0]))
+        ss_interval = float(np.max(np.where(table.ss, table.ii, 0.0), initial=0.0))
+        return cls(t_first, table.has_infusion, ss_interval)
+
 
 def _spec_hash(plan: _Plan) -> str:
     h = hashlib.sha256()
@@ -119,6 +146,7 @@ def simulate(
     seed: int | None = None,
     time_units: str | None = None,
     progress: Callable[[int, int], None] | None = None,
+    cluster: Any = None,
 ) -> xr.Dataset:
     """Simulate every patient of ``population`` under ``dosing`` and save ``outputs`` at ``times``.
 
@@ -133,6 +161,10 @@ def simulate(
     settings (``"closed_form"``, ``"fast"``/``"rk4"``, ``"diffrax"``/``"adaptive"``;
     ``"auto"``: the closed form where the model has one, else adaptive). ``options`` is the
     older way of giving an engine's settings (it must match ``method``).
+
+    ``cluster`` (a ``dask.distributed`` Client, Cluster or scheduler address; needs ``out``)
+    spreads the chunks over Dask workers that write their own parts of the store: the result
+    is bit-identical to a local run, and a worker lost mid-run has its chunks rerun.
     """
     if isinstance(model, str):
         from cohort.models import get
@@ -185,8 +217,12 @@ def simulate(
     if chunk_size < 1:
         raise InputError(f"chunk_size: must be >= 1, got {chunk_size}")
     plan = _Plan(model, engine, params, table, times, outputs, dtype, chunk_size)
+    if cluster is not None and out is None:
+        raise InputError(
+            "cluster: a distributed run writes into a store; give out= (e.g. runs/cohort.zarr)"
+        )
     if out is not None:
-        return _simulate_to_store(plan, out, seed, time_units, resume, overwrite, progress)
+        return _simulate_to_store(plan, out, seed, time_units, resume, overwrite, progress, cluster)
     n_chunks = math.ceil(n_pat / chunk_size)
     # Time-major buffers: the engines produce [T, N] blocks, so copies stay contiguous; the
     # Dataset exposes them as (patient, time) through a transposed view (no extra copy).
@@ -210,60 +246,95 @@ def simulate(
     return _dataset(plan, res_out, res_status, attrs, time_units)
 
 
-def _simulate_to_store(plan: _Plan, out, seed, time_units, resume, overwrite, progress):
-    """Stream ``plan`` into the store at ``out`` (:func:`simulate` holds its write lock)."""
-    model, outputs, dtype, chunk_size = plan.model, plan.outputs, plan.dtype, plan.chunk_size
-    times, params = plan.times, plan.params
-    n_pat = len(next(iter(params.values())))
-    attrs = _provenance(plan, seed)
+def _simulate_to_store(plan: _Plan, out, seed, time_units, resume, overwrite, progress, cluster):
+    """Stream ``plan`` into the store at ``out`` (:func:`simulate` holds its write lock), here
+    or on a Dask ``cluster``."""
+    model, params = plan.model, plan.params
     store = ResultStore.create(
         out,
-        n_patients=n_pat,
-        times=times,
+        n_patients=plan.n_patients,
+        times=plan.times,
         time_units=time_units,
-        outputs={o: _output_attrs(model, o) for o in outputs},
+        outputs={o: _output_attrs(model, o) for o in plan.outputs},
         parameters={k: _param_attrs(model, k) for k in params},
-        dtype=dtype,
-        chunk_size=chunk_size,
-        attrs=attrs,
+        dtype=plan.dtype,
+        chunk_size=plan.chunk_size,
+        attrs=_provenance(plan, seed),
         resume=resume,
         overwrite=overwrite,
     )
-    # One patient-major staging buffer per output, reused by every chunk (the writer is
-    # a single thread): fresh 100 MB arrays per chunk cost more in page faults than the
-    # transposed copy into them.
-    staging = {o: np.empty((chunk_size, len(times)), dtype) for o in outputs}
+    shared = _Shared.of(plan)
+    if cluster is None:
+        _StoreTask(plan, shared, str(store.path), 0)(progress)
+    else:
+        from cohort.distributed import run_chunks
 
-    def to_store(k, blocks, status, params):
-        def staged(name):
-            buf = patient_major(blocks[name], staging[name][: len(status)])
-            buf[status != 0] = np.nan
-            return buf
+        cs = plan.chunk_size
+        done = store.done_chunks()
 
-        outs = {name: functools.partial(staged, name) for name in blocks}
-        store.write_chunk(k, outs, status, params)
+        def make_task(first: int, stop: int) -> _StoreTask:
+            rows = plan.rows(first * cs, min(stop * cs, plan.n_patients))
+            return _StoreTask(rows, shared, str(store.path), first)
 
-    _run_chunks(plan, store.done_chunks(), to_store, progress)
+        run_chunks(
+            make_task, done, cluster, n_patients=plan.n_patients, chunk_size=cs,
+            progress=progress, name=f"simulate-{model.name}",
+        )  # fmt: skip
     store.finish()
     return open_result(out)
 
 
-def _run_chunks(plan: _Plan, done: np.ndarray, sink, progress) -> None:
+@dataclasses.dataclass
+class _StoreTask:
+    """Solve the chunks ``first, first + 1, ...`` that ``plan``'s patients fill into the store
+    at ``path``: the local run (every chunk) or one Dask task (a range). Chunks already
+    flagged done are skipped, so running a task again (a rescheduled task, a resumed run)
+    writes only what is missing. Returns the number of patients written."""
+
+    plan: _Plan
+    shared: _Shared
+    path: str
+    first: int
+
+    def __call__(self, progress: Callable[[int, int], None] | None = None) -> int:
+        plan, cs = self.plan, self.plan.chunk_size
+        store = ResultStore.attach(self.path)
+        n_local = math.ceil(plan.n_patients / cs)
+        done = store.done_chunks()[self.first : self.first + n_local]
+        # One patient-major staging buffer per output, reused by every chunk (the writer is
+        # a single thread): fresh 100 MB arrays per chunk cost more in page faults than the
+        # transposed copy into them.
+        staging = {o: np.empty((cs, len(plan.times)), plan.dtype) for o in plan.outputs}
+
+        def to_store(k, blocks, status, params):
+            def staged(name):
+                buf = patient_major(blocks[name], staging[name][: len(status)])
+                buf[status != 0] = np.nan
+                return buf
+
+            outs = {name: functools.partial(staged, name) for name in blocks}
+            store.write_chunk(self.first + k, outs, status, params)
+
+        _run_chunks(plan, done, to_store, progress, self.shared)
+        return int(sum(min(cs, plan.n_patients - k * cs) for k in np.flatnonzero(~done)))
+
+
+def _run_chunks(
+    plan: _Plan, done: np.ndarray, sink, progress, shared: _Shared | None = None
+) -> None:
     """Solve every batch not yet ``done`` through :func:`cohort.engine.batching.run_batches`,
-    handing ``sink(k, blocks, status, params)`` each finished one."""
-    n_pat = len(next(iter(plan.params.values())))
-    infusion = plan.table.has_infusion
-    ss_interval = float(np.max(np.where(plan.table.ss, plan.table.ii, 0.0), initial=0.0))
-    finite_t = plan.table.time[np.isfinite(plan.table.time)]
-    t_first = float(min(plan.times[0], finite_t.min() if finite_t.size else plan.times[0]))
+    handing ``sink(k, blocks, status, params)`` each finished one. ``shared``: the whole
+    cohort's solve settings when ``plan`` is a part of it."""
+    n_pat = plan.n_patients
+    shared = shared or _Shared.of(plan)
     n_dev, batch = batch_shape(plan.chunk_size)
     solver = _solver(
         plan.model,
         plan.engine,
         tuple(plan.times.tolist()),
-        t_first,
-        infusion,
-        ss_interval,
+        shared.t_first,
+        shared.infusion,
+        shared.ss_interval,
         plan.outputs,
         plan.dtype,
         n_dev,

@@ -12,6 +12,7 @@ first use, as the ``cohort`` CLI does).
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import functools
 import hashlib
@@ -120,6 +121,7 @@ def run(
     resume: bool = False,
     overwrite: bool = False,
     progress: Callable[[int, int], None] | None = None,
+    cluster: Any = None,
 ) -> xr.Dataset:
     """Simulate ``patients`` (a DataFrame such as :func:`reference_patients`, or a dict of
     parameter arrays) for ``days`` under a meal ``scenario`` and an insulin ``controller``.
@@ -128,7 +130,9 @@ def run(
     ``Gsub``, ``CGM``, ``insulin``, ``status`` (0 ok), the parameters, and the glycaemic
     metrics per patient (TIR, TBR, ..., ``cvga_zone``). ``seed`` drives sensor noise and named
     random scenarios. With ``out`` the trajectories stream to a zarr store (returned lazily);
-    ``resume=True`` finishes an interrupted run of the same inputs.
+    ``resume=True`` finishes an interrupted run of the same inputs. ``cluster`` (a Dask
+    Client, Cluster or scheduler address; needs ``out``) spreads the chunks over its workers,
+    bit-identical to a local run.
     """
     model = get("uva_padova")
     options = options or ClosedLoopOptions()
@@ -154,6 +158,8 @@ def run(
     chunk_size = min(n_pat, chunk_size or DEFAULT_CHUNK)
     if chunk_size < 1:
         raise InputError(f"chunk_size: must be >= 1, got {chunk_size}")
+    if cluster is not None and out is None:
+        raise InputError("cluster: a distributed run writes into a store; give out=")
     times = np.arange(n_periods + 1) * options.period
     settings = (repr(ctrl), repr(options), float(days), int(seed), dtype, out_dtype)
     params_hashed = {**params, **{f"therapy/{k}": v for k, v in therapy.items()}}
@@ -219,19 +225,20 @@ def run(
             resume=resume,
             overwrite=overwrite,
         )
-        staging = {o: np.empty((chunk_size, len(times)), out_dtype) for o in _OUTPUTS}
+        task = _StoreTask(
+            (model, ctrl, options, n_periods, out_dtype), inputs, shared, invalid, params,
+            str(store.path), 0, len(times),
+        )  # fmt: skip
+        if cluster is None:
+            task(progress)
+        else:
+            from cohort.distributed import run_chunks
 
-        def to_store(k, lo, hi, blocks, status, metrics):
-            bad = status != 0
-            outs = {}
-            for name, parts in blocks.items():
-                outs[name] = patient_major(parts, staging[name][: hi - lo])
-                outs[name][bad] = np.nan
-            per_patient = {name: params[name][lo:hi] for name in params}
-            per_patient.update(_masked(metrics, bad))
-            store.write_chunk(k, outs, status, per_patient)
-
-        run_batches(solver, inputs, shared, sink=to_store, done=store.done_chunks(), **common)
+            run_chunks(
+                lambda first, stop: task.chunks(first, stop, chunk_size),
+                store.done_chunks(), cluster, n_patients=n_pat, chunk_size=chunk_size,
+                progress=progress, name="glucose",
+            )  # fmt: skip
         store.finish()
         ds = open_result(out)
         codes = ds["cvga_zone"].values
@@ -258,6 +265,59 @@ def run(
     )
     met = metrics_dataset(metrics_all, template)
     return _dataset(model, keep, status_all, params, times, attrs).merge(met)
+
+
+@dataclasses.dataclass
+class _StoreTask:
+    """Solve the chunks ``first, first + 1, ...`` that these patients fill into the store at
+    ``path``: the local run (every chunk) or one Dask task (a range of chunks). Chunks already
+    flagged done are skipped (a rescheduled task or a resumed run writes only what is
+    missing). Returns the number of patients written."""
+
+    solver_args: tuple
+    inputs: tuple  # (checked params, meals, global patient ids, therapy), rows of this task
+    shared: tuple
+    invalid: np.ndarray
+    params: dict[str, np.ndarray]  # the parameters as given, stored beside the results
+    path: str
+    first: int
+    n_times: int
+
+    def chunks(self, first: int, stop: int, chunk_size: int) -> _StoreTask:
+        """The task of chunks ``first .. stop - 1`` of this whole-cohort task."""
+        lo, hi = first * chunk_size, min(stop * chunk_size, len(self.invalid))
+        return dataclasses.replace(
+            self, inputs=jax.tree.map(lambda v: v[lo:hi], self.inputs),
+            invalid=self.invalid[lo:hi], params={k: v[lo:hi] for k, v in self.params.items()},
+            first=first,
+        )  # fmt: skip
+
+    def __call__(self, progress: Callable[[int, int], None] | None = None) -> int:
+        store = ResultStore.attach(self.path)
+        cs, n_pat = store.chunk_size, len(self.invalid)
+        out_dtype = self.solver_args[-1]
+        n_dev, batch = batch_shape(cs)
+        solver = _solver(*self.solver_args, n_dev)
+        done = store.done_chunks()[self.first : self.first + math.ceil(n_pat / cs)]
+        staging = {o: np.empty((cs, self.n_times), out_dtype) for o in _OUTPUTS}
+
+        def to_store(k, lo, hi, blocks, status, metrics):
+            bad = status != 0
+            outs = {}
+            for name, parts in blocks.items():
+                outs[name] = patient_major(parts, staging[name][: hi - lo])
+                outs[name][bad] = np.nan
+            per_patient = {name: v[lo:hi] for name, v in self.params.items()}
+            per_patient.update(_masked(metrics, bad))
+            store.write_chunk(self.first + k, outs, status, per_patient)
+
+        run_batches(
+            solver, self.inputs, self.shared, n_patients=n_pat, chunk_size=cs,
+            n_times=self.n_times,
+            out_bytes=batch * self.n_times * len(_OUTPUTS) * np.dtype(out_dtype).itemsize,
+            sink=to_store, done=done, invalid=self.invalid, progress=progress,
+        )  # fmt: skip
+        return int(sum(min(cs, n_pat - k * cs) for k in np.flatnonzero(~done)))
 
 
 THERAPY = {"CR": ("g/U", "carbohydrate ratio"), "CF": ("mg/dL/U", "correction factor")}

@@ -117,6 +117,14 @@ class Model:
         like = p[self.parameters[0].name]
         return {s.name: jnp.zeros_like(like) for s in self.states}
 
+    def __reduce_ex__(self, protocol):
+        """A registered model pickles as its name, so another process (a Dask worker) gets its
+        own shared instance and its compiled solvers are reused across tasks; other models
+        pickle by value."""
+        if self.name in _REGISTRY and _instance(self.name) is self:
+            return (get, (self.name,))
+        return super().__reduce_ex__(protocol)
+
     # -- names, units and lookups --------------------------------------------------------------
     @property
     def state_names(self) -> tuple[str, ...]:

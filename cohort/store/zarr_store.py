@@ -170,6 +170,16 @@ class ResultStore:
             )
         return cls(path, g, chunk_size)
 
+    @classmethod
+    def attach(cls, path: str | os.PathLike) -> ResultStore:
+        """The complete store another process created, opened to write some of its chunks
+        (a distributed task: the client created the layout and checked the inputs)."""
+        path = Path(path)
+        if not _layout_complete(path):
+            raise StoreError(f"{str(path)!r} is not a complete cohort result store")
+        g = zarr.open_group(str(path), mode="r+")
+        return cls(path, g, int(g.attrs["chunk_size"]))
+
     def done_chunks(self) -> np.ndarray:
         return np.asarray(self.group["chunk_done"][:], dtype=bool)
 
@@ -234,12 +244,14 @@ def add_patient_axis(g: zarr.Group, n_patients: int, chunk_size: int) -> None:
 
 
 def add_done_flags(g: zarr.Group, n_chunks: int, long_name: str) -> None:
-    """``chunk_done[k]``: set only after chunk ``k`` is fully written (resume skips it)."""
+    """``chunk_done[k]``: set only after chunk ``k`` is fully written (resume skips it). One
+    zarr chunk per flag: processes writing different chunks of a store concurrently (Dask
+    workers) never rewrite each other's flags (a shared zarr chunk is read-modify-write)."""
     done = g.create_array(
         "chunk_done",
         shape=(n_chunks,),
         dtype="bool",
-        chunks=(n_chunks,),
+        chunks=(1,),
         dimension_names=["chunk"],
         fill_value=False,
     )
@@ -283,7 +295,10 @@ def open_result(path: str | os.PathLike) -> xr.Dataset:
     if not path.exists():
         raise StoreError(f"no result store at {str(path)!r}")
     try:
-        ds = xr.open_zarr(str(path), consolidated=False)
+        # chunks=None: lazily indexed numpy arrays whether or not Dask is installed (a user
+        # wanting Dask arrays calls .chunk()); Dask-backed variables would change how every
+        # caller indexes them (boolean masks of unknown size are refused).
+        ds = xr.open_zarr(str(path), consolidated=False, chunks=None)
     except Exception as exc:
         raise StoreError(f"{str(path)!r} is not a readable zarr store: {exc}") from None
     if "chunk_done" in ds and not bool(ds["chunk_done"].all()):

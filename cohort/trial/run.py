@@ -20,6 +20,7 @@ import dataclasses
 import json
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import xarray as xr
@@ -90,10 +91,13 @@ def run(
     overwrite: bool = False,
     chunk_size: int | None = None,
     progress: Callable[[int, int], None] | None = None,
+    cluster: Any = None,
 ) -> TrialResult:
     """Simulate all arms x replicates of the trial in ``spec`` (a path or a :class:`TrialSpec`).
 
-    ``seed``, ``replicates`` and ``n`` override the spec. Same spec + seed = same trial."""
+    ``seed``, ``replicates`` and ``n`` override the spec. Same spec + seed = same trial.
+    ``cluster`` (a Dask Client, Cluster or scheduler address; needs ``out``) solves the
+    replicates' patients on its workers, bit-identical to a local run."""
     if not isinstance(spec, TrialSpec):
         spec = load(spec)
     for name, value in (("replicates", replicates), ("n", n)):
@@ -139,6 +143,7 @@ def run(
         overwrite=overwrite,
         seed=spec.seed,
         progress=progress,
+        cluster=cluster,
     )
     dropout = design.dropout_times(total, spec.dropout_hazard, design.rng(spec.seed, "dropout"))
     values = _endpoint_values(spec, sim, times, outputs, dropout[source])
@@ -261,7 +266,7 @@ def open_trial(path: str | Path) -> TrialResult:
             "trial again with --overwrite"
         )
     try:
-        patients = xr.open_zarr(str(path), group="trial", consolidated=False)
+        patients = xr.open_zarr(str(path), group="trial", consolidated=False, chunks=None)
     except Exception:  # noqa: BLE001 - zarr raises several types for a missing group
         raise StoreError(
             f"{str(path)!r} holds no trial (no group 'trial'): give a store written by "

@@ -1,0 +1,142 @@
+"""Dask backend: a run spread over a LocalCluster (2 worker processes) writes a store
+bit-identical to a local run, also when a worker is killed mid-run; the CLI's --scheduler."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+
+import numpy as np
+import pytest
+from dask.distributed import Client, LocalCluster
+from typer.testing import CliRunner
+
+from cohort.cli import app
+from cohort.distributed import DistributedError, connect
+from cohort.distributed.backend import chunk_ranges
+from cohort.engine.inputs import InputError
+from cohort.engine.simulate import simulate
+from cohort.models import get
+from cohort.population import lognormal
+from cohort.store import open_result
+
+
+@pytest.fixture(scope="module")
+def client():
+    with (
+        LocalCluster(
+            n_workers=2,
+            threads_per_worker=1,
+            processes=True,
+            dashboard_address=None,
+            silence_logs=logging.CRITICAL,
+        ) as cluster,
+        Client(cluster) as c,
+    ):
+        yield c
+
+
+def _same_store(a, b) -> None:
+    a, b = open_result(a), open_result(b)
+    assert set(a.data_vars) == set(b.data_vars)
+    for name in a.data_vars:
+        x, y = a[name].values, b[name].values
+        assert x.tobytes() == y.tobytes(), name  # bit for bit, NaN patterns included
+    np.testing.assert_array_equal(b["patient"].values, np.arange(b.sizes["patient"]))
+    assert bool(b["chunk_done"].all()) and "incomplete" not in b.attrs
+    assert int((b["status"].values != 0).sum()) == 0
+
+
+def test_killed_worker_leaves_a_store_identical_to_a_local_run(client, tmp_path):
+    model = get("pk2_oral_idr")
+    pop = lognormal(model, 3000, seed=4)
+    args = dict(times=np.linspace(0.0, 48.0, 97), method="fast", chunk_size=75)
+    from cohort.dosing import Regimen
+
+    dose = Regimen(amt=320.0, ii=12.0, addl=3, cmt="depot")
+    simulate(model, pop, dose, out=str(tmp_path / "local.zarr"), **args)
+
+    pids = client.run(os.getpid)
+    killed: list[str] = []
+    ticks: list[int] = []
+
+    def progress(done: int, total: int) -> None:
+        ticks.append(done)
+        if done and not killed:  # the first task finished: kill a worker that still has work
+            busy = [w for w, tasks in client.processing().items() if tasks]
+            assert busy, "no worker had tasks left to lose"
+            killed.append(busy[0])
+            os.kill(pids[busy[0]], signal.SIGKILL)  # the nanny starts a new worker
+
+    simulate(model, pop, dose, out=str(tmp_path / "dask.zarr"), cluster=client,
+             progress=progress, **args)  # fmt: skip
+    assert killed and ticks[-1] == 3000 and ticks == sorted(ticks)
+    _same_store(tmp_path / "local.zarr", tmp_path / "dask.zarr")
+
+
+def test_cli_scheduler_matches_local_run(client, tmp_path):
+    runner = CliRunner()
+    base = ["simulate", "--model", "pk1_oral", "--n", "500", "--chunk-size", "60",
+            "--t-end", "24", "--seed", "3"]  # fmt: skip
+    res = runner.invoke(app, [*base, "--out", str(tmp_path / "local.zarr")])
+    assert res.exit_code == 0, res.output
+    address = client.scheduler.address
+    res = runner.invoke(app, [*base, "--out", str(tmp_path / "dask.zarr"), "--scheduler", address])
+    assert res.exit_code == 0, res.output
+    _same_store(tmp_path / "local.zarr", tmp_path / "dask.zarr")
+
+
+def test_resume_on_a_cluster_writes_only_missing_chunks(client, tmp_path):
+    model = get("pk1_oral")
+    pop = lognormal(model, 400, seed=2)
+    args = dict(times=np.linspace(0.0, 24.0, 49), chunk_size=50)
+    simulate(model, pop, None, out=str(tmp_path / "local.zarr"), **args)
+    store = tmp_path / "dask.zarr"
+    simulate(model, pop, None, out=str(store), **args)
+    import zarr
+
+    group = zarr.open_group(str(store), mode="r+")
+    group["chunk_done"][[1, 5]] = False  # as if those chunks were lost in a crash
+    group["conc"][50:100] = -1.0
+    seen: list[int] = []
+    simulate(model, pop, None, out=str(store), resume=True, cluster=client,
+             progress=lambda done, total: seen.append(done), **args)  # fmt: skip
+    assert seen[0] == 300 and seen[-1] == 400  # 6 of 8 chunks were already written
+    _same_store(tmp_path / "local.zarr", store)
+
+
+def test_chunk_ranges_cover_pending_chunks_once():
+    done = np.zeros(40, bool)
+    done[[0, 7, 8, 39]] = True
+    ranges = chunk_ranges(done, 8)
+    covered = np.concatenate([np.arange(a, b) for a, b in ranges])
+    assert len(covered) == len(set(covered.tolist()))
+    assert set(np.flatnonzero(~done)) <= set(covered.tolist())
+    assert 6 <= len(ranges) <= 10
+    assert chunk_ranges(np.ones(5, bool), 4) == []
+
+
+def test_bad_cluster_arguments_are_clear_errors():
+    with pytest.raises(InputError, match="cluster: a distributed run writes into a store"):
+        simulate("pk1_oral", None, None, np.linspace(0, 1, 3), n=4, cluster="tcp://x:1")
+    with pytest.raises(DistributedError, match="expected a dask Client"):
+        with connect(42):
+            pass
+    with pytest.raises(DistributedError, match="cannot reach the Dask scheduler"):
+        with connect("tcp://127.0.0.1:9", timeout="1s"):
+            pass
+
+
+@pytest.mark.slow
+def test_glucose_run_on_a_cluster_is_bit_identical(client, tmp_path):
+    import pandas as pd
+
+    from cohort.glucose import run
+    from cohort.models.glucose import reference_patients
+
+    pop = pd.concat([reference_patients("adult")] * 4, ignore_index=True)
+    args = dict(days=0.25, seed=3, chunk_size=10)
+    run(pop, out=str(tmp_path / "local.zarr"), **args)
+    run(pop, out=str(tmp_path / "dask.zarr"), cluster=client, **args)
+    _same_store(tmp_path / "local.zarr", tmp_path / "dask.zarr")
