@@ -7,8 +7,10 @@ mark, so every size gets an honest peak RSS):
   default step, ``conc`` and ``response`` at 289 points over 24 h, one 320 mg oral dose)
   streamed into a zarr store for N = 10^3 ... 10^7 with the defaults a user gets (default
   chunk size and codec), timed end to end after a warm-up (compile) on one chunk; peak RSS,
-  store size. The in-memory rate (``out=None``, best of 3 on 200,000 patients, same chunk
-  size) is the baseline: the report gives streamed / in-memory per N.
+  store size. The baseline is the in-memory rate at 10^6 (``out=None``, same defaults) in a
+  fresh process: its first run (what one call costs a user: the 2.3 GB of result arrays are
+  fresh memory the OS faults in) and its best of 3 (memory already held by the allocator);
+  the report gives streamed / in-memory for both.
 * **workers**: weak scaling of a compute-bound run on a ``dask.distributed.LocalCluster``
   (one single-threaded worker process per core, one XLA device each): 200,000 patients per
   worker, float64, only ``response`` at hourly points (writes are negligible), every worker
@@ -55,7 +57,11 @@ OUTPUTS = ("conc", "response")
 TARGET_RSS_BYTES = 4 * 2**30
 TARGET_STREAM_FRACTION = 0.8
 TARGET_WEAK_SCALING = 1.6
-INMEM_N = 200_000
+INMEM_N = 1_000_000
+# A tuned row beside the default: batches small enough that two processes' working sets fit
+# the cores' shared cache (on this 2-core VM two processes at the default 16,384 ran at 1.2-1.4x
+# one process, at 1,024 at 1.86x: the default batch is cache-sized for one process).
+CACHE_CHUNK = 1_024
 GIB = 2**30
 
 
@@ -118,6 +124,9 @@ def role_stream(args) -> dict:
 
 
 def role_inmem(args) -> dict:
+    """In-memory runs of N patients in a fresh process: the first (its result arrays are
+    fresh memory the OS faults in, as for a user's one call) and the best of 3 (memory the
+    allocator already holds)."""
     import cohort
 
     pop = population(cohort.models.get(MODEL), args.n, args.seed)
@@ -127,22 +136,26 @@ def role_inmem(args) -> dict:
         t0 = time.perf_counter()
         ds = _cohort_run(pop, "float32")
         runs.append(time.perf_counter() - t0)
+        del ds
     return {
         "n": args.n,
-        "seconds": min(runs),
+        "first_s": runs[0],
+        "first_patients_per_s": args.n / runs[0],
+        "best_s": min(runs),
+        "best_patients_per_s": args.n / min(runs),
         "seconds_runs": runs,
-        "patients_per_s": args.n / min(runs),
-        "chunk_size": int(ds.attrs["chunk_size"]),
     }
 
 
-def _warm(n: int, seed: int) -> float:
-    """Compile the compute-bound run's batch solve in this (worker) process."""
+def _warm(n: int, seed: int, chunk_size: int | None) -> float:
+    """Compile the compute-bound run's batch solve in this (worker) process; the seconds the
+    in-memory run of ``n`` patients took (the machine's own ceiling when every worker runs
+    it at once, without Dask scheduling or store writes)."""
     import cohort
 
+    pop = population(cohort.models.get(MODEL), n, seed)
     t0 = time.perf_counter()
-    _cohort_run(population(cohort.models.get(MODEL), n, seed), "float64",
-                outputs=("response",), step=1.0)  # fmt: skip
+    _cohort_run(pop, "float64", outputs=("response",), step=1.0, chunk_size=chunk_size)
     return time.perf_counter() - t0
 
 
@@ -152,15 +165,24 @@ def role_workers(args) -> dict:
     n = args.n_per_worker * max(1, args.workers)
     pop = population(cohort.models.get(MODEL), n, args.seed)
     store = Path(args.store)
+    chunk = args.chunk or None  # 0: the default
+    run = dict(outputs=("response",), step=1.0, chunk_size=chunk)
+    res = {"workers": args.workers, "n": n, "chunk_size": chunk or "default"}
     if args.workers == 0:  # one local process, every core a JAX device
-        _warm(16_384, args.seed)
+        _warm(chunk or 16_384, args.seed, chunk)
         t0 = time.perf_counter()
-        _cohort_run(pop, "float64", out=str(store), outputs=("response",), step=1.0)
+        _cohort_run(pop, "float64", out=str(store), **run)
         seconds = time.perf_counter() - t0
-        return {"workers": 0, "n": n, "seconds": seconds, "patients_per_s": n / seconds}
+        return {**res, "seconds": seconds, "patients_per_s": n / seconds}
     from dask.distributed import Client, LocalCluster
 
-    env = {"XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
+    # One core per worker: one XLA device, no intra-op thread pool (else a lone worker
+    # already spreads over every core and the comparison measures nothing).
+    env = {
+        "XLA_FLAGS": "--xla_force_host_platform_device_count=1 "
+        "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1",
+        "OMP_NUM_THREADS": "1",
+    }
     with (
         LocalCluster(
             n_workers=args.workers,
@@ -171,18 +193,17 @@ def role_workers(args) -> dict:
         ) as cluster,  # fmt: skip
         Client(cluster) as client,
     ):
-        warm = client.run(_warm, 16_384, args.seed)
+        warm = client.run(_warm, chunk or 16_384, args.seed, chunk)
         t0 = time.perf_counter()
-        _cohort_run(pop, "float64", out=str(store), outputs=("response",), step=1.0,
-                    cluster=client)  # fmt: skip
+        _cohort_run(pop, "float64", out=str(store), cluster=client, **run)
         seconds = time.perf_counter() - t0
-    return {
-        "workers": args.workers,
-        "n": n,
-        "seconds": seconds,
-        "patients_per_s": n / seconds,
-        "warmup_s": max(warm.values()),
-    }
+        # The same patients per worker solved in memory by every worker at once: what the
+        # cores deliver to independent processes (shared caches and memory bandwidth).
+        alone = client.run(_warm, args.n_per_worker, args.seed, chunk)
+    ceiling = n / max(alone.values())
+    return {**res, "seconds": seconds, "patients_per_s": n / seconds,
+            "warmup_s": max(warm.values()), "processes_in_memory_patients_per_s": ceiling,
+            "fraction_of_processes_ceiling": n / seconds / ceiling}  # fmt: skip
 
 
 # --------------------------------------------------------------------------------------------
@@ -217,7 +238,10 @@ def plot(payload: dict, path: Path) -> None:
     sizes = payload["sizes"]
     n = [r["n"] for r in sizes]
     a.plot(n, [r["patients_per_s"] for r in sizes], "o-", label="streamed to zarr")
-    a.axhline(payload["inmem"]["patients_per_s"], color="k", ls="--", label="in memory")
+    a.axhline(payload["inmem"]["first_patients_per_s"], color="k", ls="--",
+              label="in memory, 10^6, first run")  # fmt: skip
+    a.axhline(payload["inmem"]["best_patients_per_s"], color="grey", ls=":",
+              label="in memory, 10^6, best of 3")  # fmt: skip
     a.set_xscale("log")
     a.set_xlabel("patients N")
     a.set_ylabel("patients / s")
@@ -227,9 +251,11 @@ def plot(payload: dict, path: Path) -> None:
     ax2.set_ylabel("peak RSS (GiB)", color="tab:red")
     a.legend(loc="lower right")
     rows = payload["workers"]
-    labels = ["1 process\n(all cores)" if r["workers"] == 0 else f"{r['workers']} Dask\nworker(s)"
-              for r in rows]  # fmt: skip
-    b.bar(labels, [r["patients_per_s"] for r in rows], color="tab:blue")
+    labels = [("1 process" if r["workers"] == 0 else f"{r['workers']} worker(s)")
+              + f"\nchunk {r['chunk_size']}" for r in rows]  # fmt: skip
+    colors = ["tab:blue" if r["chunk_size"] == "default" else "tab:orange" for r in rows]
+    b.bar(range(len(rows)), [r["patients_per_s"] for r in rows], color=colors)
+    b.set_xticks(range(len(rows)), labels, fontsize=7)
     b.set_ylabel("patients / s")
     b.set_title(f"weak scaling, {payload['config']['n_per_worker']:,} patients per worker")
     fig.tight_layout()
@@ -243,11 +269,13 @@ def main(argv: list[str] | None = None) -> dict | None:
     ap.add_argument("--n-per-worker", type=int, default=None, help="weak scaling (200,000)")
     ap.add_argument("--max-workers", type=int, default=None, help="default: CPU cores")
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--parts", default="sizes,workers", help="sizes, workers or both")
     ap.add_argument("--seed", type=int, default=SEED)
     ap.add_argument("--tmpdir", default=None, help="where the temporary stores go")
     ap.add_argument("--role", choices=["stream", "inmem", "workers"], help=argparse.SUPPRESS)
     ap.add_argument("--n", type=int, default=0, help=argparse.SUPPRESS)
     ap.add_argument("--workers", type=int, default=1, help=argparse.SUPPRESS)
+    ap.add_argument("--chunk", type=int, default=0, help=argparse.SUPPRESS)
     ap.add_argument("--store", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.role:
@@ -268,34 +296,45 @@ def main(argv: list[str] | None = None) -> dict | None:
     info = machine_info()
     print(f"bench_scale: up to N={max_n:,}; backend {info['jax_backend']}, {cores} cores")
     try:
-        args.n = INMEM_N
+        args.n = min(INMEM_N, max_n)
         inmem = run_child("inmem", args)
-        print(f"  in memory: {inmem['patients_per_s']:,.0f} patients/s")
+        print(f"  in memory, N={args.n:,}: first run {inmem['first_patients_per_s']:,.0f}, "
+              f"best of 3 {inmem['best_patients_per_s']:,.0f} patients/s")  # fmt: skip
         sizes = []
-        n = 1_000
+        n = 1_000 if "sizes" in args.parts else max_n + 1
         while n <= max_n:
             args.n = n
             r = run_child("stream", args)
-            r["fraction_of_inmem"] = r["patients_per_s"] / inmem["patients_per_s"]
+            r["fraction_of_inmem_first"] = r["patients_per_s"] / inmem["first_patients_per_s"]
+            r["fraction_of_inmem_best"] = r["patients_per_s"] / inmem["best_patients_per_s"]
             sizes.append(r)
             print(f"  N={n:>10,}: {r['seconds']:7.2f} s, {r['patients_per_s']:>9,.0f} "
-                  f"patients/s ({r['fraction_of_inmem']:.0%} of in-memory), peak RSS "
+                  f"patients/s ({r['fraction_of_inmem_first']:.0%} of in-memory first run, "
+                  f"{r['fraction_of_inmem_best']:.0%} of best), peak RSS "
                   f"{r['peak_rss_bytes'] / GIB:.2f} GiB")  # fmt: skip
             n *= 10
         workers = []
-        for w in [0, *range(1, max_workers + 1)]:
-            args.n = 0
-            r = run_child("workers", args, workers=w, n_per_worker=per_worker)
-            workers.append(r)
-            print(f"  workers={w}: {r['n']:,} patients in {r['seconds']:.2f} s = "
-                  f"{r['patients_per_s']:,.0f} patients/s")  # fmt: skip
+        for chunk in (0, CACHE_CHUNK) if "workers" in args.parts else ():
+            for w in [0, *range(1, max_workers + 1)]:
+                args.n = 0
+                r = run_child("workers", args, workers=w, n_per_worker=per_worker, chunk=chunk)
+                workers.append(r)
+                print(f"  chunk {r['chunk_size']}, workers={w}: {r['n']:,} patients in "
+                      f"{r['seconds']:.2f} s = {r['patients_per_s']:,.0f} patients/s"
+                      + (f" (the same {w} processes in memory, no Dask: "
+                         f"{r['processes_in_memory_patients_per_s']:,.0f}/s)" if w else ""))  # fmt: skip
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    one = next(r for r in workers if r["workers"] == 1)
     for r in workers:
+        one = next(o for o in workers if o["workers"] == 1 and o["chunk_size"] == r["chunk_size"])
         r["speedup_vs_one_worker"] = r["patients_per_s"] / one["patients_per_s"]
+    if not sizes or not workers:  # a partial run: print, do not replace the results
+        print(json.dumps({"inmem": inmem, "sizes": sizes, "workers": workers}, default=str))
+        return None
     largest = sizes[-1]
-    two = next((r for r in workers if r["workers"] == 2), None)
+    two = next((r for r in workers if r["workers"] == 2 and r["chunk_size"] == "default"), None)
+    two_cache = next((r for r in workers if r["workers"] == 2 and r["chunk_size"] != "default"),
+                     None)  # fmt: skip
     payload = {
         "benchmark": "bench_scale",
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -317,16 +356,29 @@ def main(argv: list[str] | None = None) -> dict | None:
         "summary": {
             "largest_n": largest["n"],
             "largest_peak_rss_gib": largest["peak_rss_bytes"] / GIB,
-            "largest_fraction_of_inmem": largest["fraction_of_inmem"],
+            "largest_fraction_of_inmem_first": largest["fraction_of_inmem_first"],
+            "largest_fraction_of_inmem_best": largest["fraction_of_inmem_best"],
             "two_workers_speedup": None if two is None else two["speedup_vs_one_worker"],
+            "two_workers_speedup_cache_chunk": None
+            if two_cache is None
+            else two_cache["speedup_vs_one_worker"],
         },
         "targets": {
             "peak RSS < 4 GiB at the largest N": largest["peak_rss_bytes"] < TARGET_RSS_BYTES,
-            "streamed >= 80 % of in-memory at the largest N": largest["fraction_of_inmem"]
+            "streamed >= 80 % of in-memory (first run) at the largest N": largest[
+                "fraction_of_inmem_first"
+            ]
             >= TARGET_STREAM_FRACTION,
-            "2 workers >= 1.6x one worker": None
+            "streamed >= 80 % of in-memory (best of 3) at the largest N": largest[
+                "fraction_of_inmem_best"
+            ]
+            >= TARGET_STREAM_FRACTION,
+            "2 workers >= 1.6x one worker (default chunk)": None
             if two is None
             else two["speedup_vs_one_worker"] >= TARGET_WEAK_SCALING,
+            f"2 workers >= 1.6x one worker (chunk {CACHE_CHUNK})": None
+            if two_cache is None
+            else two_cache["speedup_vs_one_worker"] >= TARGET_WEAK_SCALING,
         },
     }
     name = "bench_scale_quick" if args.quick else "bench_scale"

@@ -114,6 +114,23 @@ class EventTable:
             if f.name != "state_names"
         }
 
+    def __reduce__(self):
+        """Records shared by every patient (broadcast views) pickle once, not once per
+        patient: a distributed task's table stays a few bytes for a regimen."""
+        compact = {
+            k: (v[:1] if v.ndim and v.shape[0] > 1 and v.strides[0] == 0 else v)
+            for k, v in self.arrays().items()
+        }
+        return (_shared_rows, (compact, self.state_names, self.n_patients))
+
+
+def _shared_rows(arrays: dict, state_names: tuple[str, ...], n: int) -> EventTable:
+    """Unpickle an :class:`EventTable`: shared records broadcast back to ``n`` patients."""
+    full = {
+        k: (np.broadcast_to(v, (n, *v.shape[1:])) if len(v) != n else v) for k, v in arrays.items()
+    }
+    return EventTable(**full, state_names=state_names)
+
 
 _COLUMNS = ("TIME", "EVID", "AMT", "CMT", "RATE", "ADDL", "II", "SS")
 
@@ -389,7 +406,9 @@ def event_table(
             )
     if n_patients is not None and table.n_patients != n_patients:
         if table.n_patients == 1:
-            table = table.select(np.zeros(n_patients, dtype=int))
+            # Read-only views of the one row: a shared regimen costs no memory per patient
+            # (10^7 patients would otherwise hold 10^7 copies of its records).
+            table = _shared_rows(table.arrays(), table.state_names, n_patients)
         else:
             raise DosingError(
                 f"dosing describes {table.n_patients} patients but the population has "

@@ -256,7 +256,7 @@ def _simulate_to_store(plan: _Plan, out, seed, time_units, resume, overwrite, pr
         times=plan.times,
         time_units=time_units,
         outputs={o: _output_attrs(model, o) for o in plan.outputs},
-        parameters={k: _param_attrs(model, k) for k in params},
+        parameters={k: (v, _param_attrs(model, k)) for k, v in params.items()},
         dtype=plan.dtype,
         chunk_size=plan.chunk_size,
         attrs=_provenance(plan, seed),
@@ -273,8 +273,11 @@ def _simulate_to_store(plan: _Plan, out, seed, time_units, resume, overwrite, pr
         done = store.done_chunks()
 
         def make_task(first: int, stop: int) -> _StoreTask:
-            rows = plan.rows(first * cs, min(stop * cs, plan.n_patients))
-            return _StoreTask(rows, shared, str(store.path), first)
+            # The task reads its patients' parameters from the store (written there whole
+            # when it was created), so what the scheduler ships stays small at any N.
+            lo, hi = first * cs, min(stop * cs, plan.n_patients)
+            rows = dataclasses.replace(plan.rows(lo, hi), params={})
+            return _StoreTask(rows, shared, str(store.path), first, tuple(plan.params), hi - lo)
 
         run_chunks(
             make_task, done, cluster, n_patients=plan.n_patients, chunk_size=cs,
@@ -295,10 +298,16 @@ class _StoreTask:
     shared: _Shared
     path: str
     first: int
+    stored_params: tuple[str, ...] = ()  # parameters to read from the store (plan has none)
+    n_rows: int = 0  # ... for this many patients
 
     def __call__(self, progress: Callable[[int, int], None] | None = None) -> int:
-        plan, cs = self.plan, self.plan.chunk_size
         store = ResultStore.attach(self.path)
+        plan, cs = self.plan, self.plan.chunk_size
+        if self.stored_params:
+            lo = self.first * cs
+            params = {k: store.group[k][lo : lo + self.n_rows] for k in self.stored_params}
+            plan = dataclasses.replace(plan, params=params)
         n_local = math.ceil(plan.n_patients / cs)
         done = store.done_chunks()[self.first : self.first + n_local]
         # One patient-major staging buffer per output, reused by every chunk (the writer is
@@ -313,7 +322,7 @@ class _StoreTask:
                 return buf
 
             outs = {name: functools.partial(staged, name) for name in blocks}
-            store.write_chunk(self.first + k, outs, status, params)
+            store.write_chunk(self.first + k, outs, status, {})
 
         _run_chunks(plan, done, to_store, progress, self.shared)
         return int(sum(min(cs, plan.n_patients - k * cs) for k in np.flatnonzero(~done)))
@@ -344,7 +353,11 @@ def _run_chunks(
     invalid, params_all = checked_params(plan.model, plan.params, plan.dtype)
     events_all = dict(plan.table.arrays())
     for key in ("time", "amt", "rate", "ii"):
-        events_all[key] = events_all[key].astype(plan.dtype, copy=False)
+        v = events_all[key]
+        if v.ndim and v.shape[0] > 1 and v.strides[0] == 0:  # shared records: cast one row
+            events_all[key] = np.broadcast_to(v[:1].astype(plan.dtype), v.shape)
+        else:
+            events_all[key] = v.astype(plan.dtype, copy=False)
     n_times = len(plan.times)
 
     def to_sink(k, lo, hi, blocks, status, extras):

@@ -216,7 +216,8 @@ def run(
             time_units="min",
             outputs={k: {"units": u, "long_name": d} for k, (u, d) in _OUTPUTS.items()},
             parameters={
-                q.name: {"units": q.units, "long_name": q.description} for q in model.parameters
+                q.name: (params[q.name], {"units": q.units, "long_name": q.description})
+                for q in model.parameters
             },  # fmt: skip
             variables=metric_vars,
             dtype=out_dtype,
@@ -226,7 +227,7 @@ def run(
             overwrite=overwrite,
         )
         task = _StoreTask(
-            (model, ctrl, options, n_periods, out_dtype), inputs, shared, invalid, params,
+            (model, ctrl, options, n_periods, out_dtype), inputs, shared, invalid,
             str(store.path), 0, len(times),
         )  # fmt: skip
         if cluster is None:
@@ -278,7 +279,6 @@ class _StoreTask:
     inputs: tuple  # (checked params, meals, global patient ids, therapy), rows of this task
     shared: tuple
     invalid: np.ndarray
-    params: dict[str, np.ndarray]  # the parameters as given, stored beside the results
     path: str
     first: int
     n_times: int
@@ -288,8 +288,7 @@ class _StoreTask:
         lo, hi = first * chunk_size, min(stop * chunk_size, len(self.invalid))
         return dataclasses.replace(
             self, inputs=jax.tree.map(lambda v: v[lo:hi], self.inputs),
-            invalid=self.invalid[lo:hi], params={k: v[lo:hi] for k, v in self.params.items()},
-            first=first,
+            invalid=self.invalid[lo:hi], first=first,
         )  # fmt: skip
 
     def __call__(self, progress: Callable[[int, int], None] | None = None) -> int:
@@ -307,9 +306,7 @@ class _StoreTask:
             for name, parts in blocks.items():
                 outs[name] = patient_major(parts, staging[name][: hi - lo])
                 outs[name][bad] = np.nan
-            per_patient = {name: v[lo:hi] for name, v in self.params.items()}
-            per_patient.update(_masked(metrics, bad))
-            store.write_chunk(self.first + k, outs, status, per_patient)
+            store.write_chunk(self.first + k, outs, status, _masked(metrics, bad))
 
         run_batches(
             solver, self.inputs, self.shared, n_patients=n_pat, chunk_size=cs,

@@ -121,8 +121,9 @@ class Model:
         """A registered model pickles as its name, so another process (a Dask worker) gets its
         own shared instance and its compiled solvers are reused across tasks; other models
         pickle by value."""
-        if self.name in _REGISTRY and _instance(self.name) is self:
-            return (get, (self.name,))
+        name = getattr(self, "_registered_as", None)
+        if name is not None and _instance(name) is self:
+            return (get, (name,))
         return super().__reduce_ex__(protocol)
 
     # -- names, units and lookups --------------------------------------------------------------
@@ -223,7 +224,11 @@ def get(name: str) -> Model:
 
 @functools.cache
 def _instance(name: str) -> Model:
-    return _REGISTRY[name]()
+    model = _REGISTRY[name]()
+    # The registry name (a composite model's own name may differ, e.g. "pk2_oral+idr1"):
+    # pickling sends it instead of the model.
+    object.__setattr__(model, "_registered_as", name)
+    return model
 
 
 def available() -> list[str]:

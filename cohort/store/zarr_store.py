@@ -71,7 +71,7 @@ class ResultStore:
         times: np.ndarray,
         time_units: str,
         outputs: dict[str, dict[str, str]],
-        parameters: dict[str, dict[str, str]],
+        parameters: dict[str, tuple[np.ndarray, dict[str, str]]],
         dtype: str,
         chunk_size: int,
         attrs: dict[str, Any],
@@ -81,11 +81,17 @@ class ResultStore:
     ) -> ResultStore:
         """Create the layout, or reopen it for resuming when ``resume`` and the spec matches.
 
-        ``variables`` adds per-patient results written with each batch (e.g. glycaemic
-        metrics): ``{name: (dtype, attrs)}``; unwritten entries read NaN (integers: -1)."""
+        ``parameters`` are the per-patient inputs, ``{name: (values [N], attrs)}``: written
+        whole once (a store missing them, killed while they were written, gets them on
+        resume), not batch by batch. ``variables`` adds per-patient results written with each
+        batch (e.g. glycaemic metrics): ``{name: (dtype, attrs)}``; unwritten entries read NaN
+        (integers: -1)."""
         path = prepare_output(path, overwrite=overwrite, resume=resume, resumable=True)
         if resume and path.exists() and resumable_layout(path) is not None:
-            return cls.reopen(path, attrs["spec_hash"], chunk_size)
+            store = cls.reopen(path, attrs["spec_hash"], chunk_size)
+            if not store.group.attrs.get("parameters_written", True):
+                store._write_parameters({k: v for k, (v, _) in parameters.items()})
+            return store
         g = new_layout(path)
         n_chunks = max(1, math.ceil(n_patients / chunk_size))
         add_patient_axis(g, n_patients, chunk_size)
@@ -109,7 +115,7 @@ class ResultStore:
                 fill_value=np.nan,
             )
             a.attrs.update(meta)
-        for name, meta in parameters.items():
+        for name, (_, meta) in parameters.items():
             a = g.create_array(
                 name,
                 shape=(n_patients,),
@@ -146,8 +152,18 @@ class ResultStore:
             }
         )
         add_done_flags(g, n_chunks, "batch finished and fully written")
-        g.attrs.update(_jsonable({**attrs, "layout_complete": True}))
-        return cls(path, g, chunk_size)
+        g.attrs.update(_jsonable({**attrs, "layout_complete": True, "parameters_written": False}))
+        store = cls(path, g, chunk_size)
+        store._write_parameters({k: v for k, (v, _) in parameters.items()})
+        return store
+
+    def _write_parameters(self, values: dict[str, np.ndarray]) -> None:
+        """Every per-patient input array, whole (zarr writes its chunks concurrently): one
+        call per array instead of one per array and batch, whose fixed cost dominated at
+        10^6 patients (measured: 23 ms per batch for 11 arrays)."""
+        for name, v in values.items():
+            self.group[name][:] = np.asarray(v, dtype="float64")
+        self.group.attrs["parameters_written"] = True
 
     @classmethod
     def reopen(cls, path: Path, spec_hash: str, chunk_size: int) -> ResultStore:
@@ -192,8 +208,8 @@ class ResultStore:
     ) -> None:
         """Write batch ``k`` (arrays with the patient axis first), then mark it done. An output
         given as a callable is built on the worker thread that writes it, so e.g. a caller's
-        transposed copies run in parallel too. ``params`` holds every per-patient array
-        (parameters and the ``variables`` of :meth:`create`)."""
+        transposed copies run in parallel too. ``params`` holds the batch's per-patient
+        results (the ``variables`` of :meth:`create`)."""
         sl = slice(k * self.chunk_size, k * self.chunk_size + len(status))
 
         def write_output(item):
