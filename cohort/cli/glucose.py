@@ -61,7 +61,12 @@ def glucose(
     cgm_noise: bool = typer.Option(True, help="CGM sensor noise (Johnson SU, simglucose Dexcom)"),
     pump_increment: float = typer.Option(0.05, help="pump quantisation, U (0: none)"),
     period: float = typer.Option(5.0, help="control / CGM period, min"),
-    out: Path = typer.Option(None, "--out", "-o", help="zarr store for the trajectories"),
+    out: str = typer.Option(
+        None,
+        "--out",
+        "-o",
+        help="zarr store for the trajectories: a path or an fsspec URL (s3://bucket/runs/x.zarr)",
+    ),
     overwrite: bool = typer.Option(False, help="replace an existing --out written by cohort"),
     resume: bool = typer.Option(False, help="finish an interrupted run into the same --out"),
     plots: Path = typer.Option(None, help="folder for glucose-band and CVGA figures"),

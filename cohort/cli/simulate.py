@@ -202,7 +202,13 @@ def simulate(
     rate: float = typer.Option(None, help="infusion rate (0: bolus) [default: 0]"),
     t_end: float = typer.Option(24.0, help="end of the simulation, h"),
     step: float = typer.Option(0.25, help="save-time spacing, h"),
-    out: Path = typer.Option(Path("runs/simulation.zarr"), "--out", "-o", help="zarr store"),
+    out: str = typer.Option(
+        "runs/simulation.zarr",
+        "--out",
+        "-o",
+        help="zarr store: a path, or an fsspec URL such as s3://bucket/runs/x.zarr "
+        "(credentials from the environment)",
+    ),
     method: str = typer.Option("auto", help="auto | closed_form | diffrax | fast"),
     dtype: str = typer.Option("float64", help="float64 | float32"),
     dt: float = typer.Option(None, help="fast path step (default: the model's)"),

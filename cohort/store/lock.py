@@ -23,6 +23,8 @@ from pathlib import Path
 from typing import TypeVar
 
 from cohort.errors import CohortWarning, OutputError
+from cohort.store import remote
+from cohort.store.remote import is_url
 from cohort.store.safety import check_path
 
 F = TypeVar("F", bound=Callable)
@@ -134,6 +136,10 @@ def locks_output(argument: str = "out", flag: str = "--out") -> Callable[[F], F]
             path = signature.bind(*args, **kwargs).arguments.get(argument)
             if path is None:
                 return fn(*args, **kwargs)
+            if is_url(path):
+                check_path(path, flag)
+                with remote.write_lock(str(path)):
+                    return fn(*args, **kwargs)
             with write_lock(check_path(path, flag)):
                 return fn(*args, **kwargs)
 

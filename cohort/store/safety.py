@@ -18,6 +18,8 @@ import shutil
 from pathlib import Path
 
 from cohort.errors import OutputError
+from cohort.store.remote import filesystem, is_url
+from cohort.store.remote import prepare as remote_prepare
 
 MARKER = ".cohort"
 """JSON marker inside every directory cohort creates: ``{"writer": "cohort", "kind", "files"}``."""
@@ -36,11 +38,15 @@ REPORT_HEADER = "<!-- written by cohort -->"
 def check_path(path: str | os.PathLike | None, flag: str = "--out") -> Path:
     """``path`` as a :class:`Path`, refusing empty paths, the filesystem root, the home
     directory, the current directory and its ancestors (an overwrite there would delete the
-    user's work)."""
+    user's work). A store URL (``s3://...``) is checked by :mod:`cohort.store.remote` and
+    returned as given."""
     if path is None or str(path).strip() == "":
         raise OutputError(
             f"{flag}: empty path; give a file or directory name such as runs/out.zarr"
         )
+    if is_url(path):
+        filesystem(str(path), flag)
+        return path  # type: ignore[return-value]  # a URL stays a string
     p = Path(path).expanduser()
     resolved = p.resolve()
     cwd = Path.cwd().resolve()
@@ -150,6 +156,8 @@ def prepare_output(
 ) -> Path:
     """:func:`check_replaceable`, then remove what ``overwrite`` replaces (never with
     ``resume``: the caller reopens it)."""
+    if is_url(path):
+        return remote_prepare(str(path), overwrite=overwrite, resume=resume, flag=flag)  # type: ignore[return-value]
     p = check_replaceable(path, overwrite=overwrite, flag=flag, resume=resume, resumable=resumable)
     if p.exists() and not resume:
         if p.is_dir():
