@@ -319,10 +319,10 @@ def main(argv: list[str] | None = None) -> dict | None:
                 args.n = 0
                 r = run_child("workers", args, workers=w, n_per_worker=per_worker, chunk=chunk)
                 workers.append(r)
+                ceiling = r.get("processes_in_memory_patients_per_s")
+                note = f" (the same {w} processes in memory: {ceiling:,.0f}/s)" if w else ""
                 print(f"  chunk {r['chunk_size']}, workers={w}: {r['n']:,} patients in "
-                      f"{r['seconds']:.2f} s = {r['patients_per_s']:,.0f} patients/s"
-                      + (f" (the same {w} processes in memory, no Dask: "
-                         f"{r['processes_in_memory_patients_per_s']:,.0f}/s)" if w else ""))  # fmt: skip
+                      f"{r['seconds']:.2f} s = {r['patients_per_s']:,.0f} patients/s{note}")  # fmt: skip
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     for r in workers:
