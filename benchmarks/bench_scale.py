@@ -321,8 +321,9 @@ def main(argv: list[str] | None = None) -> dict | None:
                 workers.append(r)
                 ceiling = r.get("processes_in_memory_patients_per_s")
                 note = f" (the same {w} processes in memory: {ceiling:,.0f}/s)" if w else ""
+                rate = f"{r['patients_per_s']:,.0f} patients/s{note}"
                 print(f"  chunk {r['chunk_size']}, workers={w}: {r['n']:,} patients in "
-                      f"{r['seconds']:.2f} s = {r['patients_per_s']:,.0f} patients/s{note}")  # fmt: skip
+                      f"{r['seconds']:.2f} s = {rate}")  # fmt: skip
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     for r in workers:
