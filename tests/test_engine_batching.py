@@ -209,3 +209,40 @@ def test_reused_output_buffers_keep_every_batch(method, tmp_path, monkeypatch):
         np.testing.assert_array_equal(ds.conc.values, whole.conc.values)
     assert whole.status.values[7] == Status.INVALID_PARAMETERS
     assert np.all(np.isnan(whole.conc.values[7])) and np.all(np.isfinite(whole.conc.values[:7]))
+
+
+def test_default_chunk_shrinks_to_fit_available_memory(monkeypatch):
+    """The default batch is kept when it fits in a quarter of the available memory, else the
+    largest power of two that does; unknown memory keeps the default."""
+    from cohort.engine import batching
+
+    monkeypatch.setattr(batching, "available_memory", lambda: 16 * 2**30)
+    assert batching.memory_chunk(16_384, 2_312) == 16_384  # 289 times x 2 float32 outputs
+    per_patient = 100_000 * 2 * 8  # a 100,000-point grid, 2 float64 outputs: 1.6 MB
+    fit = int(0.25 * 16 * 2**30) // ((batching.MAX_IN_FLIGHT + 1) * per_patient)
+    got = batching.memory_chunk(16_384, per_patient)
+    assert got <= fit < 2 * got and got & (got - 1) == 0
+    monkeypatch.setattr(batching, "available_memory", lambda: None)
+    assert batching.memory_chunk(16_384, per_patient) == 16_384
+    monkeypatch.undo()
+    real = batching.available_memory()
+    assert real is None or 2**20 < real < 2**50  # Linux: MemAvailable in bytes
+
+
+def test_resume_without_chunk_size_continues_the_stored_batches(tmp_path):
+    import zarr
+
+    from cohort.engine.simulate import simulate
+    from cohort.population import lognormal
+    from cohort.store import open_result
+
+    pop = lognormal(PK1_ORAL, 120, seed=1)
+    out = str(tmp_path / "r.zarr")
+    simulate("pk1_oral", pop, None, np.linspace(0, 12, 13), chunk_size=40, out=out)
+    group = zarr.open_group(out, mode="r+")
+    group["chunk_done"][1] = False
+    group["conc"][40:80] = -1.0
+    simulate("pk1_oral", pop, None, np.linspace(0, 12, 13), out=out, resume=True)
+    ds = open_result(out)
+    assert ds.attrs["chunk_size"] == 40 and bool(ds["chunk_done"].all())
+    assert float(ds["conc"][40:80].min()) >= 0.0

@@ -50,6 +50,36 @@ class Sink(Protocol):
     ) -> None: ...
 
 
+MEMORY_FRACTION = 0.25  # of the memory available at the start, for a run's batches
+
+
+def available_memory() -> int | None:
+    """Bytes of memory available now (Linux ``MemAvailable``; None where unknown)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def memory_chunk(default: int, bytes_per_patient: int) -> int:
+    """``default`` patients per batch, fewer when that many would not fit: the batches a run
+    holds at once (solved and queued, plus the writer's staging copy) stay within
+    :data:`MEMORY_FRACTION` of the available memory. Only long save grids or many outputs
+    hit it (289 times x 2 float32 outputs take 2.3 kB per patient; 100,000 times take 800 kB),
+    and it rounds down to a power of two so that the same machine picks the same size."""
+    avail = available_memory()
+    if avail is None or bytes_per_patient <= 0:
+        return default
+    fit = int(MEMORY_FRACTION * avail) // ((MAX_IN_FLIGHT + 1) * bytes_per_patient)
+    if fit >= default:
+        return default
+    return max(1, 1 << max(0, fit.bit_length() - 1))
+
+
 def batch_shape(chunk_size: int) -> tuple[int, int]:
     """``(devices, padded batch)`` for batches of ``chunk_size`` patients: every local device
     takes an equal share, and at least two patients (XLA specialises a batch axis of size 1:

@@ -24,7 +24,13 @@ import xarray as xr
 from cohort._version import __version__
 from cohort.dosing import EventTable, event_table
 from cohort.engine.base import Engine, resolve_engine
-from cohort.engine.batching import BatchSolver, batch_shape, patient_major, run_batches
+from cohort.engine.batching import (
+    BatchSolver,
+    batch_shape,
+    memory_chunk,
+    patient_major,
+    run_batches,
+)
 from cohort.engine.events import missing_duration_params, ss_lag_problem
 from cohort.engine.fast_path import RK4
 from cohort.engine.inputs import InputError, check_times, checked_params, population_arrays
@@ -32,6 +38,7 @@ from cohort.engine.status import status_attrs
 from cohort.engine.step_choice import choose_step, pilot_rows
 from cohort.models.base import Model
 from cohort.store import ResultStore, locks_output, open_result
+from cohort.store.zarr_store import stored_chunk_size
 
 
 @functools.lru_cache(maxsize=32)
@@ -213,7 +220,10 @@ def simulate(
         # once per step, so a batch whose working set fits in cache runs faster per patient
         # (measured in benchmarks/bench_pkpd.py --chunk-sweep); small batches also overlap the
         # copy-out of one batch with the compute of the next.
-        chunk_size = min(n_pat, engine.default_chunk)
+        per_patient = len(times) * len(outputs) * np.dtype(dtype).itemsize
+        chunk_size = min(n_pat, memory_chunk(engine.default_chunk, per_patient))
+        if resume and out is not None:  # continue with the interrupted run's batches
+            chunk_size = stored_chunk_size(out) or chunk_size
     if chunk_size < 1:
         raise InputError(f"chunk_size: must be >= 1, got {chunk_size}")
     plan = _Plan(model, engine, params, table, times, outputs, dtype, chunk_size)

@@ -27,7 +27,13 @@ import pandas as pd
 import xarray as xr
 
 from cohort._version import __version__
-from cohort.engine.batching import BatchSolver, batch_shape, patient_major, run_batches
+from cohort.engine.batching import (
+    BatchSolver,
+    batch_shape,
+    memory_chunk,
+    patient_major,
+    run_batches,
+)
 from cohort.engine.inputs import InputError, checked_params, population_arrays
 from cohort.engine.simulate import result_dataset
 from cohort.engine.status import status_attrs, stepping_status
@@ -46,6 +52,7 @@ from cohort.models import get
 from cohort.models.base import Model
 from cohort.store import ResultStore, open_result
 from cohort.store.lock import locks_output
+from cohort.store.zarr_store import stored_chunk_size
 
 _OUTPUTS = {
     "Gsub": ("mg/dL", "subcutaneous (interstitial) glucose, true value"),
@@ -155,7 +162,12 @@ def run(
     if scenario.n_patients != n_pat:
         raise InputError(f"scenario has {scenario.n_patients} patients, population {n_pat}")
     ctrl = named_controller(controller) if isinstance(controller, str) else controller
-    chunk_size = min(n_pat, chunk_size or DEFAULT_CHUNK)
+    if chunk_size is None:
+        per_patient = (n_periods + 1) * len(_OUTPUTS) * np.dtype(out_dtype).itemsize
+        chunk_size = memory_chunk(DEFAULT_CHUNK, per_patient)
+        if resume and out is not None:  # continue with the interrupted run's batches
+            chunk_size = stored_chunk_size(out) or chunk_size
+    chunk_size = min(n_pat, chunk_size)
     if chunk_size < 1:
         raise InputError(f"chunk_size: must be >= 1, got {chunk_size}")
     if cluster is not None and out is None:

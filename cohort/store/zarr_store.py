@@ -294,6 +294,19 @@ def resumable_layout(path: Path | str, what: str = "result store") -> zarr.Group
     return None
 
 
+def stored_chunk_size(path: str | os.PathLike) -> int | None:
+    """The chunk size of the complete cohort store at ``path`` (None: no such store), so a
+    resumed run continues with its batches whatever its default would be now."""
+    path = path if is_url(path) else Path(path)
+    try:
+        if not _exists(path) or not _layout_complete(path):
+            return None
+        value = _open_group(path, mode="r").attrs.get("chunk_size")
+    except Exception:  # noqa: BLE001 - not a store: the writer reports it with context
+        return None
+    return int(value) if isinstance(value, int) and value > 0 else None
+
+
 def _open_group(path: Path | str, **kwargs) -> zarr.Group:
     """``zarr.open_group`` of a local path or a store URL (through fsspec)."""
     if is_url(path):
