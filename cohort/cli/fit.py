@@ -97,9 +97,15 @@ def _spec(
 
 @command
 def fit(
-    data: Path = typer.Argument(..., help="NONMEM-style CSV (ID TIME DV AMT EVID CMT ...)"),
-    model: str = typer.Option("pk1_oral", help="model name (see `cohort models`)"),
-    method: str = typer.Option("nuts", help="nuts | svi | ml"),
+    data: Path = typer.Argument(
+        ...,
+        help="NONMEM-style CSV (ID TIME DV AMT EVID CMT ...), or a NONMEM control stream "
+        "(.mod/.ctl: model, initial estimates, Ω blocks, error model and $DATA from it)",
+    ),
+    model: str = typer.Option(None, help="model name (see `cohort models`) [default: pk1_oral]"),
+    method: str = typer.Option(
+        None, help="nuts | svi | ml [default: nuts; a control stream's $ESTIMATION]"
+    ),
     out: Path = typer.Option(Path("fit.nc"), "--out", "-o", help="result file (.nc or .zarr)"),
     report: Path = typer.Option(None, help="directory for GOF/VPC/individual plots and CSVs"),
     params: str = typer.Option(None, help="estimated parameters, e.g. CL,V,KA (default: all)"),
@@ -109,19 +115,27 @@ def fit(
         help="covariate effect PARAM~COLUMN[:power|exp|binary[:ref[:fixed]]] (repeatable; "
         "binary with ref: 1 where COLUMN < ref, e.g. V~APGR:binary:5)",
     ),
-    error: str = typer.Option("additive", help="additive | proportional | combined | log-additive"),
+    error: str = typer.Option(
+        None, help="additive | proportional | combined | log-additive [default: additive]"
+    ),
     omega: str = typer.Option(
-        "diagonal",
+        None,
         help="diagonal | full | blocks like CL+V (a BLOCK(2) for CL, V; others diagonal) or "
-        "CL+V;KA+Q (ML only)",
+        "CL+V;KA+Q (ML only) [default: diagonal]",
     ),
     chains: int = typer.Option(4, help="NUTS chains"),
     warmup: int = typer.Option(1000, help="NUTS warmup iterations per chain"),
     draws: int = typer.Option(1000, help="posterior draws per chain (SVI: in total)"),
     steps: int = typer.Option(10_000, help="SVI optimisation steps"),
     guide: str = typer.Option("multivariate", help="SVI guide: normal | multivariate | lowrank"),
-    approx: str = typer.Option("foce", help="ML approximation: foce | laplace"),
-    se: str = typer.Option("hessian", help="ML standard errors: hessian | sandwich | none"),
+    approx: str = typer.Option(
+        None, help="ML approximation: foce | laplace [default: foce; a control stream's]"
+    ),
+    se: str = typer.Option(
+        None,
+        help="ML standard errors: hessian | sandwich | none [default: hessian; a control "
+        "stream's $COVARIANCE: sandwich unless MATRIX=R]",
+    ),
     init: list[str] = typer.Option(
         None,
         help="initial estimate NAME=VALUE or omega_NAME=SD (repeatable; default: a scan of the "
@@ -137,6 +151,14 @@ def fit(
     """Fit a population model (ML, NUTS or SVI) and write estimates, EBEs and diagnostics."""
     from cohort.devices import host_devices_for_chains
 
+    stream = None
+    if data.suffix.lower() in (".mod", ".ctl"):
+        stream = _control_stream(data, model=model, params=params, iiv=iiv, error=error,
+                                 omega=omega, covariate=covariate, init=init)  # fmt: skip
+        method = method or stream.method
+        approx = approx or stream.approx
+        se = se or stream.se
+    method, approx, se = method or "nuts", approx or "foce", se or "hessian"
     if method == "nuts":
         host_devices_for_chains(chains)
     from cohort.dosing import DosingError
@@ -161,7 +183,16 @@ def fit(
         report_directory(report, overwrite=overwrite, flag="--report")
     if starts < 1:
         fail(f"--starts must be >= 1, got {starts}")
-    spec = _spec(model, params, iiv, error, omega, covariate, init)
+    if stream is None:
+        spec = _spec(model or "pk1_oral", params, iiv, error or "additive",
+                     omega or "diagonal", covariate, init)  # fmt: skip
+    else:
+        spec, data = stream.spec, stream.data
+        console.print(
+            f"control stream {escape(stream.source.name)}: {spec.model.name}, "
+            f"{', '.join(spec.names)} (IIV: {', '.join(spec.iiv_names)}), Ω {spec.omega}, "
+            f"{spec.error.kind} error, {method} ({approx}); {len(data)} records from $DATA"
+        )
     t0 = time.perf_counter()
     with console.status(f"fitting {spec.model.name} ({method})") as status:
 
@@ -228,6 +259,20 @@ def fit(
             soft_wrap=True,
         )
         raise typer.Exit(code=1)
+
+
+def _control_stream(path: Path, **given):
+    """The model and data of a NONMEM control stream; options that would redefine them are
+    refused (the control stream is the whole specification)."""
+    from cohort.inference.nonmem import ControlStreamError, read_control_stream
+
+    clash = [f"--{k}" for k, v in given.items() if v]
+    if clash:
+        fail(f"{path.name} is a control stream: it sets the model; drop {', '.join(clash)}")
+    try:
+        return read_control_stream(path)
+    except ControlStreamError as exc:
+        fail(str(exc))
 
 
 def _table(result) -> Table:

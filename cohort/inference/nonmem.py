@@ -1,0 +1,390 @@
+"""NONMEM control streams in: ``cohort fit run.mod`` fits what NONMEM would fit.
+
+pharmpy-core parses the control stream (records, abbreviated code, ``$THETA``/``$OMEGA``/
+``$SIGMA`` with bounds and FIX, ``$DATA`` with ``IGNORE``/``ACCEPT``, ``$INPUT`` with DROP);
+this module maps what it finds onto cohort's :class:`~cohort.inference.spec.NLME`:
+
+* ``$SUBROUTINES ADVAN1``-``ADVAN4`` with ``TRANS2`` (``TRANS4`` for ADVAN3/4) -> the
+  ``pk1_iv``, ``pk1_oral``, ``pk2_iv``, ``pk2_oral`` models (NONMEM's ADVAN4 names ``V2``
+  central and ``V3`` peripheral: they become ``V1``/``V2``); the scale ``S1``/``S2`` must be
+  the central volume (concentrations in the data's units).
+* Each ``$PK`` parameter must be log-normal in NONMEM's usual forms: ``THETA(i)`` or
+  ``EXP(THETA(i))`` times covariate terms (``(WT/70)**THETA(j)``, ``WT`` or ``WT/70`` with
+  a fixed exponent, ``EXP(THETA(j)*(AGE-40))``, ``IF(APGR.LT.5) TV = TV*(1+THETA(j))``)
+  times ``EXP(ETA(k))``; its ``THETA`` initial value and FIX are kept.
+* ``$OMEGA`` diagonal and ``BLOCK(n)`` structure with their initial variances (off-diagonal
+  initial values start at zero correlation); ``$SIGMA`` with ``$ERROR`` ``Y = F + EPS(1)``
+  (additive), ``Y = F + F*EPS(1)`` or ``F*(1+EPS(1))`` (proportional), both (combined), and
+  ``Y = LOG(F) + EPS(1)`` (log-transformed data: log-additive).
+
+Anything else (``$DES``, other ADVANs, ``IF`` blocks other than the binary covariate, an ETA
+on two parameters, FIXed ``$OMEGA``/``$SIGMA`` elements, mixtures, ...) is refused with one
+error listing every construct that is not supported, naming the control stream.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from pathlib import Path
+
+import pandas as pd
+
+from cohort.errors import CohortError
+from cohort.inference.spec import NLME, Covariate, ErrorModel, Param
+
+# (ADVAN, TRANS) -> cohort model, and NONMEM parameter name -> cohort parameter name
+_MODELS = {
+    (1, 2): ("pk1_iv", {"CL": "CL", "V": "V"}, "S1"),
+    (2, 2): ("pk1_oral", {"CL": "CL", "V": "V", "KA": "KA"}, "S2"),
+    (3, 4): ("pk2_iv", {"CL": "CL", "V1": "V1", "Q": "Q", "V2": "V2"}, "S1"),
+    (4, 4): ("pk2_oral", {"CL": "CL", "V2": "V1", "Q": "Q", "V3": "V2", "KA": "KA"}, "S2"),
+}
+_ALIASES = {"V": ("V", "VC"), "V1": ("V1", "VC"), "V2": ("V2",), "V3": ("V3", "VP")}
+_UNSUPPORTED_RECORDS = ("DES", "MODEL", "MIX", "PRIOR", "AES", "INFN", "PRED")
+
+
+class ControlStreamError(CohortError, ValueError):
+    """A control stream cohort cannot fit as NONMEM would; the message lists why."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ControlStream:
+    """What a control stream asks for: the model ``spec``, the ``data`` (``$DATA`` read with
+    ``$INPUT``, ``IGNORE``/``ACCEPT`` applied), the estimation ``method`` (``ml`` for
+    FOCE/FOCE-I/Laplace, ``nuts`` for BAYES/NUTS) and the ``source`` path."""
+
+    spec: NLME
+    data: pd.DataFrame
+    method: str
+    approx: str
+    source: Path
+    se: str = "hessian"
+
+
+def read_control_stream(path: str | Path) -> ControlStream:
+    """Parse a NONMEM control stream (``.mod``/``.ctl``) into a cohort model and dataset."""
+    path = Path(path)
+    if not path.is_file():
+        raise ControlStreamError(f"no such control stream {str(path)!r}")
+    try:
+        code = path.read_text(errors="replace")
+    except OSError as exc:
+        raise ControlStreamError(f"cannot read {str(path)!r}: {exc.strerror}") from None
+    problems: list[str] = []
+    # Records and subroutines first, on the text: pharmpy may not parse what cohort refuses.
+    records = {r.upper() for r in re.findall(r"^\s*\$([A-Za-z]+)", code, flags=re.M)}
+    for rec in _UNSUPPORTED_RECORDS:
+        if any(r.startswith(rec) for r in records):
+            problems.append(f"${rec} records")
+    advan = re.search(r"\bADVAN(\d+)", code, flags=re.I)
+    trans = re.search(r"\bTRANS(\d+)", code, flags=re.I)
+    key = (int(advan.group(1)) if advan else 0, int(trans.group(1)) if trans else 1)
+    if key not in _MODELS:
+        problems.append(
+            f"$SUBROUTINES ADVAN{key[0]} TRANS{key[1]} (supported: ADVAN1/ADVAN2 TRANS2, "
+            "ADVAN3/ADVAN4 TRANS4)"
+        )
+    if problems:
+        raise ControlStreamError(_message(path, problems))
+    try:
+        from pharmpy.modeling import read_model
+    except ImportError:  # an optional dependency
+        raise ControlStreamError(
+            f"{path.name}: reading NONMEM control streams needs pharmpy-core; install it with "
+            'pip install "cohort[nonmem]"'
+        ) from None
+    try:
+        model = read_model(str(path))
+    except Exception as exc:  # noqa: BLE001 - pharmpy raises many types for bad streams
+        raise ControlStreamError(f"{path.name}: not a readable control stream: {exc}") from None
+    model_name, names, scale = _MODELS[key]
+    params, eta_of = _parameters(model, names, scale, problems)
+    omega = _omega(model, eta_of, params, problems)
+    error = _error(model, problems)
+    method, approx = _method(model, problems)
+    if problems:
+        raise ControlStreamError(_message(path, problems))
+    data = _dataset(model, path)
+    params = tuple(dataclasses.replace(p, omega=omega["sd"].get(p.name, p.omega)) for p in params)
+    spec = NLME(model_name, params=params, error=error, omega=omega["structure"])
+    return ControlStream(spec, data, method, approx, path, _standard_errors(code))
+
+
+def _standard_errors(code: str) -> str:
+    """NONMEM's ``$COVARIANCE`` default is the sandwich ``R⁻¹ S R⁻¹``; ``MATRIX=R`` the
+    inverse Hessian (also used when there is no ``$COVARIANCE`` record)."""
+    record = re.search(r"^\s*\$COV\w*([^$]*)", code, flags=re.M | re.I)
+    if record is None or re.search(r"MATRIX\s*=\s*R", record.group(1), flags=re.I):
+        return "hessian"
+    return "sandwich"
+
+
+def _message(path: Path, problems: list[str]) -> str:
+    return f"{path.name}: cannot fit this control stream as NONMEM would: " + "; ".join(
+        dict.fromkeys(problems)
+    )
+
+
+def _sympy(expr):
+    import sympy
+
+    return sympy.sympify(str(expr))
+
+
+def _parameters(model, names: dict, scale: str, problems: list[str]):
+    """One :class:`Param` per structural parameter, and the ETA name each uses."""
+    import sympy
+
+    statements = model.statements.before_odes
+    defined = {str(s.symbol) for s in statements}
+    thetas = {p.name: p for p in model.parameters}
+    eta_names = set(model.random_variables.etas.names)
+    columns = set(model.dataset.columns) if model.dataset is not None else set()
+    params, eta_of = [], {}
+    central = next(k for k, v in names.items() if v in ("V", "V1"))
+    for nm_name, name in names.items():
+        symbol = next((a for a in _ALIASES.get(nm_name, (nm_name,)) if a in defined), None)
+        if symbol is None:
+            problems.append(f"$PK does not define {nm_name}")
+            continue
+        expr = _sympy(statements.full_expression(symbol))
+        param, eta = _lognormal(name, expr, thetas, eta_names, columns, problems)
+        if param is not None:
+            params.append(param)
+        if eta is not None:
+            if eta in eta_of.values():
+                problems.append(f"{eta} is used by more than one parameter")
+            eta_of[name] = eta
+    if scale in defined:
+        s = _sympy(statements.full_expression(scale))
+        v_symbol = next(a for a in _ALIASES.get(central, (central,)) if a in defined)
+        v = _sympy(statements.full_expression(v_symbol))
+        if sympy.simplify(s - v) != 0:
+            problems.append(f"{scale} must be the central volume (got {scale} = {s})")
+    else:
+        problems.append(f"$PK does not define the scale {scale} (e.g. {scale} = V)")
+    return params, eta_of
+
+
+def _lognormal(name, expr, thetas, eta_names, columns, problems):
+    """``expr`` as a cohort log-normal parameter: typical THETA x covariate effects x
+    exp(ETA). Returns ``(Param or None, eta name or None)``."""
+    import sympy
+
+    covariates: list[Covariate] = []
+    piecewise = list(expr.atoms(sympy.Piecewise))
+    for pw in piecewise:
+        cov = _binary(pw, thetas, columns)
+        if cov is None:
+            problems.append(f"{name}: IF construct {pw} (only IF(COV.LT.x) TV=TV*(1+THETA))")
+            return None, None
+        covariates.append(cov[0])
+        expr = expr.subs(pw, cov[1])
+    log_expr = sympy.expand(sympy.expand_log(sympy.log(expr), force=True))
+    typical, eta, constant = None, None, 0.0
+    effects: dict[str, dict] = {}  # covariate column -> kind, coefficient THETA or fixed value
+    offsets: dict[str, float] = {}  # THETA -> the number it multiplies alone (its reference)
+    for term in sympy.Add.make_args(log_expr):
+        free = {str(x) for x in term.free_symbols}
+        theta_syms = [x for x in free if x in thetas]
+        eta_syms = [x for x in free if x in eta_names]
+        cols = [x for x in free if x in columns]
+        if not free:
+            constant += float(term)
+        elif term.func == sympy.log and free == set(theta_syms) and len(free) == 1:
+            typical = ("natural", theta_syms[0])
+        elif free == set(theta_syms) and len(free) == 1 and term == sympy.Symbol(theta_syms[0]):
+            typical = ("log", theta_syms[0])
+        elif free == set(eta_syms) and len(free) == 1 and term == sympy.Symbol(eta_syms[0]):
+            if eta is not None:
+                problems.append(f"{name}: more than one ETA ({eta}, {eta_syms[0]})")
+            eta = eta_syms[0]
+        elif free == set(theta_syms) and len(free) == 1:
+            coef = sympy.simplify(term / sympy.Symbol(theta_syms[0]))
+            if coef.is_number:  # -THETA*log(ref) (power) or -THETA*ref (exp)
+                offsets[theta_syms[0]] = offsets.get(theta_syms[0], 0.0) + float(coef)
+            else:
+                problems.append(f"{name}: term {term}")
+        elif len(cols) == 1 and not eta_syms and free <= {cols[0], *theta_syms}:
+            col = sympy.Symbol(cols[0])
+            power = sympy.simplify(term / sympy.log(col))
+            linear = sympy.simplify(term / col)
+            if not power.has(col) and (power.is_number or str(power) in thetas):
+                effects[cols[0]] = {"kind": "power", "coef": power}
+            elif not linear.has(col) and str(linear) in thetas:
+                effects[cols[0]] = {"kind": "exp", "coef": linear}
+            else:
+                problems.append(f"{name}: covariate term {term}")
+        else:
+            problems.append(f"{name}: term {term} of {expr}")
+    if typical is None:
+        problems.append(f"{name}: no typical value THETA in {expr}")
+        return None, eta
+    for col, e in effects.items():
+        coef = e["coef"]
+        if coef.is_number:  # a fixed exponent: the numeric constant carries its reference
+            fixed = float(coef)
+            share = constant / fixed if fixed else 0.0
+            constant -= share * fixed
+            covariates.append(Covariate(col, "power", ref=round(math.exp(-share), 9), fixed=fixed))
+            continue
+        p = thetas[str(coef)]
+        off = offsets.pop(str(coef), 0.0)
+        ref = math.exp(-off) if e["kind"] == "power" else -off
+        covariates.append(Covariate(col, e["kind"], ref=ref, init=float(p.init),
+                                    fixed=float(p.init) if p.fix else None))  # fmt: skip
+    for theta in offsets:
+        problems.append(f"{name}: {theta} appears without a covariate")
+    form, theta = typical
+    p = thetas[theta]
+    init = float(p.init) if form == "natural" else math.exp(float(p.init))
+    init *= math.exp(constant)  # a numeric factor left in the typical value
+    if not init > 0:
+        problems.append(f"{name}: typical value {theta} must start > 0 (log-normal)")
+        return None, eta
+    param = Param(name, init=init, iiv=eta is not None, covariates=tuple(covariates),
+                  fixed=bool(p.fix))  # fmt: skip
+    return param, eta
+
+
+def _binary(pw, thetas, columns):
+    """``Piecewise((X*(1+THETA), COV < ref), (X, True))`` -> (binary Covariate, X)."""
+    import sympy
+
+    if len(pw.args) != 2 or pw.args[1].cond is not sympy.true:
+        return None
+    (shifted, cond), (base, _) = pw.args
+    if not isinstance(cond, sympy.StrictLessThan) or str(cond.lhs) not in columns:
+        return None
+    if not cond.rhs.is_number:
+        return None
+    ratio = sympy.simplify(shifted / base - 1)
+    if len(ratio.free_symbols) != 1 or str(ratio) not in thetas:
+        return None
+    p = thetas[str(ratio)]
+    cov = Covariate(str(cond.lhs), "binary", ref=float(cond.rhs), init=float(p.init),
+                    fixed=float(p.init) if p.fix else None)  # fmt: skip
+    return cov, base
+
+
+def _omega(model, eta_of, params, problems) -> dict:
+    """Ω structure string and initial SDs (log scale) per parameter."""
+    values = {p.name: p for p in model.parameters}
+    by_eta = {eta: name for name, eta in eta_of.items()}
+    sd, blocks = {}, []
+    for dist in model.random_variables.etas:
+        names = list(dist.names)
+        unused = [n for n in names if n not in by_eta]
+        if unused:
+            problems.append(f"{', '.join(unused)} not used by a structural parameter")
+            continue
+        variance = dist.variance  # a symbol, or a pharmpy matrix of symbols for a BLOCK
+        if len(names) == 1:
+            pars = [str(variance)]
+        else:
+            pars = [str(variance[i, i]) for i in range(len(names))]
+            blocks.append("+".join(by_eta[n] for n in names))
+        for n, par in zip(names, pars, strict=True):
+            p = values.get(par)
+            if p is None or p.fix:
+                problems.append(f"fixed $OMEGA element for {n} (FIX is not supported)")
+                continue
+            sd[by_eta[n]] = math.sqrt(float(p.init))
+        if len(names) > 1:
+            for i in range(len(names)):
+                for j in range(i):
+                    par = values.get(str(variance[i, j]))
+                    if par is not None and par.fix:
+                        problems.append(f"fixed $OMEGA BLOCK element ({n}; FIX not supported)")
+    structure = ";".join(blocks) if blocks else "diagonal"
+    return {"structure": structure, "sd": sd}
+
+
+def _error(model, problems) -> ErrorModel:
+    import sympy
+
+    y_symbol = next(iter(model.dependent_variables))
+    y = _sympy(model.statements.after_odes.full_expression(y_symbol))
+    f_symbol = sympy.Symbol("F")
+    eps = {str(e): e for e in map(sympy.Symbol, model.random_variables.epsilons.names)}
+    sigma = {}
+    values = {p.name: p for p in model.parameters}
+    for dist in model.random_variables.epsilons:
+        par = values.get(str(_sympy(dist.variance)))
+        if par is None or par.fix:
+            problems.append(f"fixed $SIGMA for {dist.names[0]} (FIX is not supported)")
+            return ErrorModel("additive")
+        sigma[dist.names[0]] = math.sqrt(float(par.init))
+    # the full expression holds F as amount / scale: put the prediction symbol back
+    pred = sympy.Symbol("PRED_")
+    try:
+        f_full = _sympy(model.statements.after_odes.full_expression("F"))
+        y = y.subs(f_full, pred)
+    except Exception:  # noqa: BLE001 - no F statement: Y is written with F itself
+        pass
+    y = y.subs(f_symbol, pred)
+    terms = sympy.Add.make_args(sympy.expand(y))
+    add, prop, log = None, None, False
+    for t in terms:
+        names = {str(s) for s in t.free_symbols}
+        e = [n for n in names if n in eps]
+        if not e:
+            if t == pred:
+                continue
+            if t == sympy.log(pred):
+                log = True
+                continue
+            problems.append(f"$ERROR term {t}")
+            continue
+        rest = sympy.simplify(t / sympy.Symbol(e[0]))
+        if rest == 1:
+            add = sigma[e[0]]
+        elif rest == pred:
+            prop = sigma[e[0]]
+        else:
+            problems.append(f"$ERROR term {t} (supported: EPS, F*EPS)")
+    if log:
+        if add is None or prop is not None:
+            problems.append("$ERROR with LOG(F): only Y = LOG(F) + EPS(1) is supported")
+        return ErrorModel("log-additive", add=add)
+    if add is not None and prop is not None:
+        return ErrorModel("combined", add=add, prop=prop)
+    if prop is not None:
+        return ErrorModel("proportional", prop=prop)
+    if add is not None:
+        return ErrorModel("additive", add=add)
+    problems.append(f"$ERROR: no residual error in Y = {y}")
+    return ErrorModel("additive")
+
+
+def _method(model, problems) -> tuple[str, str]:
+    steps = model.execution_steps
+    if len(steps) == 0:
+        return "ml", "foce"
+    step = steps[-1]
+    method = str(step.method).upper()
+    if method in ("FOCE", "FO", "ITS"):
+        return "ml", "foce"
+    if method == "LAPLACE" or getattr(step, "laplace", False):
+        return "ml", "laplace"
+    if method in ("BAYES", "NUTS"):
+        return "nuts", "foce"
+    if method in ("SAEM", "IMP", "IMPMAP"):
+        return "ml", "foce"  # same maximum likelihood target, approximated by FOCE-I here
+    problems.append(f"$ESTIMATION METHOD={method}")
+    return "ml", "foce"
+
+
+def _dataset(model, path: Path) -> pd.DataFrame:
+    """``$DATA`` as read by pharmpy (``$INPUT`` names, IGNORE/ACCEPT applied), DROPped
+    columns removed."""
+    try:
+        frame = model.dataset
+    except Exception as exc:  # noqa: BLE001
+        raise ControlStreamError(f"{path.name}: cannot read $DATA: {exc}") from None
+    if frame is None:
+        raise ControlStreamError(f"{path.name}: $DATA names no readable file")
+    drop = [c.name for c in model.datainfo if c.drop and c.name in frame.columns]
+    return frame.drop(columns=drop).reset_index(drop=True)
