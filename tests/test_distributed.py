@@ -24,6 +24,12 @@ from cohort.store import open_result
 
 @pytest.fixture(scope="module")
 def client():
+    # Workers with as many XLA CPU devices as this process: a batch split over another
+    # number of devices is padded and vectorised differently, which XLA may round 1 ulp
+    # differently (the same holds between two local runs with different device counts).
+    import jax
+
+    flags = f"--xla_force_host_platform_device_count={jax.local_device_count()}"
     with (
         LocalCluster(
             n_workers=2,
@@ -31,6 +37,7 @@ def client():
             processes=True,
             dashboard_address=None,
             silence_logs=logging.CRITICAL,
+            env={"XLA_FLAGS": flags},
         ) as cluster,
         Client(cluster) as c,
     ):

@@ -79,7 +79,7 @@ CASES = [
     (["simulate", "--model", "pk1_oral", "--population", "pop_text.csv"], "'CL' is not numeric"),
     (["simulate", "--model", "pk1_oral", "--population", "pop_header.csv"], "no patients"),
     # outputs
-    (["simulate", "-o", ""], "refusing to write"),  # typer turns "" into "."
+    (["simulate", "-o", ""], "--out: empty path"),  # a path or a store URL: kept as given
     (["simulate", "-o", ".", "--overwrite"], "refusing to write"),
     (["simulate", "-o", "mine", "--overwrite"], "not written by cohort"),
     (["simulate", "-o", "mine"], "already exists"),
