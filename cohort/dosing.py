@@ -306,6 +306,12 @@ def _expanded(df: pd.DataFrame, state_names: Sequence[str], dose_targets: Sequen
     src = np.repeat(np.arange(len(df)), reps)
     k = np.arange(src.size) - np.repeat(np.cumsum(reps) - reps, reps)
     r_rows = np.flatnonzero(reset)
+    with np.errstate(over="ignore", invalid="ignore"):  # the last dose of each dosing row
+        too_far = ~np.isfinite(time + np.where(dosing, addl, 0) * np.where(dosing, ii, 0))
+    if (too_far & dosing).any():
+        j = int(np.flatnonzero(too_far & dosing)[0])
+        raise _err(j + 1, "ADDL", f"ADDL x II ({addl[j]:g} x {ii[j]:g}) is beyond any time; "
+                   "check the units of II and the number of additional doses")  # fmt: skip
     rec = {
         "TIME": np.concatenate([time[r_rows], time[src] + k * ii[src]]),
         "AMT": np.concatenate([np.zeros(r_rows.size), amt[src]]),

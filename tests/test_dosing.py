@@ -228,3 +228,14 @@ def test_rate_minus_two_needs_duration_parameter():
     # Unknown population names are rejected, but D_<cmt> durations are accepted.
     with pytest.raises(InputError, match="unknown parameter"):
         cohort.simulate(PK1_IV, {"CL": CL, "DUR": 2.0}, df, TIMES)
+
+
+def test_addl_times_ii_beyond_any_time_is_a_clear_error():
+    """A dose series whose last dose overflows float64 is refused by row and column, not
+    turned into infinite times with a numpy overflow warning."""
+    from cohort.dosing import records_table
+
+    df = pd.DataFrame({"ID": [1, 1], "TIME": [0.0, 1.0], "AMT": [0.0, 1.0], "EVID": [0, 1],
+                       "CMT": [2, 1], "ADDL": [0, 10], "II": [0.0, 1e308]})  # fmt: skip
+    with pytest.raises(DosingError, match=r"row 2, column ADDL: ADDL x II \(10 x 1e\+308\)"):
+        records_table(df, ("depot", "central"), ("depot", "central"))
