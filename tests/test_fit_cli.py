@@ -207,3 +207,18 @@ def test_zero_prediction_under_log_error_is_reported_and_exits_nonzero(tmp_path)
     assert "predicted as 0 under log-additive error" in _flat(res)
     assert "TIME -0.5" in _flat(res)
     assert attrs["diagnostic_zero_predictions"] == 1
+
+
+def test_nuts_prints_a_verdict_and_fails_its_gates_loudly(tmp_path):
+    """Too few draws for the gates (bulk ESS >= 100 per chain): the verdict line says so with
+    the numbers, the run exits 1 and keeps the draws; --allow-unconverged exits 0."""
+    out = tmp_path / "fit.nc"
+    args = ["fit", str(DATA / "theoph_nonmem.csv"), "--params", "CL,V,KA", "--chains", "2",
+            "--warmup", "40", "--draws", "40", "-o", str(out)]  # fmt: skip
+    res = runner.invoke(app, args)
+    assert res.exit_code == 1, res.output
+    text = _flat(res)
+    assert "NUTS verdict: NOT converged — max R-hat" in text and "(gate >= 200)" in text
+    assert "NUTS gates failed" in " ".join(res.stderr.split()) and out.exists()
+    res = runner.invoke(app, [*args, "--overwrite", "--allow-unconverged"])
+    assert res.exit_code == 0 and "NUTS verdict: NOT converged" in _flat(res)

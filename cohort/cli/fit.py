@@ -242,6 +242,17 @@ def fit(
         files = plots.report(result, report, overwrite=overwrite)
         console.print("report: " + ", ".join(str(f) for f in files))
     trouble = []
+    if method == "nuts" and "max_r_hat" in d:
+        failed = list(d.get("problems", []))
+        ess_gate = 100 * chains  # Gates(): bulk and tail ESS >= 100 per chain
+        verdict = "[bold red]NOT converged[/]" if failed else "[bold green]converged[/]"
+        console.print(
+            f"NUTS verdict: {verdict} — max R-hat {d['max_r_hat']:.3f} (gate < 1.01), min bulk ESS "
+            f"{d['min_ess_bulk']:.0f} (gate >= {ess_gate}), {d['divergences']} divergences "
+            "(gate 0)"
+        )
+        if failed:
+            trouble.append("NUTS gates failed: " + "; ".join(map(str, failed)))
     if d.get("converged", 1) == 0:
         trouble.append(f"the optimiser did not converge ({d.get('message', '')})")
     if d.get("zero_predictions"):
