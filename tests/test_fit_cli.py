@@ -214,7 +214,7 @@ def test_nuts_prints_a_verdict_and_fails_its_gates_loudly(tmp_path):
     the numbers, the run exits 1 and keeps the draws; --allow-unconverged exits 0."""
     out = tmp_path / "fit.nc"
     args = ["fit", str(DATA / "theoph_nonmem.csv"), "--params", "CL,V,KA", "--chains", "2",
-            "--warmup", "40", "--draws", "40", "-o", str(out)]  # fmt: skip
+            "--warmup", "20", "--draws", "20", "-o", str(out)]  # fmt: skip
     res = runner.invoke(app, args)
     assert res.exit_code == 1, res.output
     text = _flat(res)
