@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -190,3 +191,28 @@ def test_cluster_writes_a_url_store(client, tmp_path):
     res = runner.invoke(app, [*base, "--out", url, "--scheduler", client.scheduler.address])
     assert res.exit_code == 0, res.output
     _same_store(tmp_path / "local.zarr", tmp_path / "shared" / "url.zarr")
+
+
+def test_trial_on_a_cluster_with_a_relative_store_path(client, tmp_path, monkeypatch):
+    """`cohort trial --scheduler` with `-o` relative to the user's folder (the workers run
+    elsewhere): the trial's simulation and its per-patient table equal a local run's."""
+    import xarray as xr
+
+    spec = str(
+        Path(__file__).resolve().parents[1] / "experiments" / "theophylline_dose_ranging.toml"
+    )
+    monkeypatch.chdir(tmp_path)
+    base = ["trial", spec, "--replicates", "10"]
+    res = runner_invoke([*base, "-o", "local.zarr"])
+    assert res.exit_code == 0, res.output
+    res = runner_invoke([*base, "-o", "dask.zarr", "--scheduler", client.scheduler.address])
+    assert res.exit_code == 0, res.output
+    _same_store(tmp_path / "local.zarr", tmp_path / "dask.zarr")
+    a, b = (xr.open_zarr(p, group="trial", consolidated=False, chunks=None)
+            for p in ("local.zarr", "dask.zarr"))  # fmt: skip
+    for name in a.data_vars:
+        assert a[name].values.tobytes() == b[name].values.tobytes(), name
+
+
+def runner_invoke(args):
+    return CliRunner().invoke(app, args)

@@ -275,7 +275,7 @@ def _simulate_to_store(plan: _Plan, out, seed, time_units, resume, overwrite, pr
     )
     shared = _Shared.of(plan)
     if cluster is None:
-        _StoreTask(plan, shared, str(store.path), 0)(progress)
+        _StoreTask(plan, shared, store.location, 0)(progress)
     else:
         from cohort.distributed import run_chunks
 
@@ -287,7 +287,7 @@ def _simulate_to_store(plan: _Plan, out, seed, time_units, resume, overwrite, pr
             # when it was created), so what the scheduler ships stays small at any N.
             lo, hi = first * cs, min(stop * cs, plan.n_patients)
             rows = dataclasses.replace(plan.rows(lo, hi), params={})
-            return _StoreTask(rows, shared, str(store.path), first, tuple(plan.params), hi - lo)
+            return _StoreTask(rows, shared, store.location, first, tuple(plan.params), hi - lo)
 
         run_chunks(
             make_task, done, cluster, n_patients=plan.n_patients, chunk_size=cs,

@@ -240,7 +240,7 @@ def run(
         )
         task = _StoreTask(
             (model, ctrl, options, n_periods, out_dtype), inputs, shared, invalid,
-            str(store.path), 0, len(times),
+            store.location, 0, len(times),
         )  # fmt: skip
         if cluster is None:
             task(progress)

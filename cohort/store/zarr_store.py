@@ -61,6 +61,12 @@ class ResultStore:
         self.chunk_size = chunk_size
 
     @property
+    def location(self) -> str:
+        """Where another process finds this store: its URL, or its absolute path (a worker's
+        working directory is not the client's)."""
+        return self.path if isinstance(self.path, str) else str(self.path.resolve())
+
+    @property
     def n_chunks(self) -> int:
         return self.group["chunk_done"].shape[0]
 
