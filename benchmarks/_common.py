@@ -50,6 +50,16 @@ def subset(pop: dict[str, np.ndarray], n: int) -> dict[str, np.ndarray]:
     return {k: v[:n] for k, v in pop.items()}
 
 
+def dir_size(path: Path) -> tuple[int, int]:
+    """Bytes and number of files under ``path`` (a store on disk)."""
+    total, files = 0, 0
+    for root, _, names in os.walk(path):
+        for name in names:
+            total += os.path.getsize(os.path.join(root, name))
+            files += 1
+    return total, files
+
+
 def peak_rss_bytes() -> int:
     """High-water resident set size of this process (``ru_maxrss`` is KiB on Linux)."""
     kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

@@ -46,6 +46,7 @@ from _common import (
     SEED,
     T_END_H,
     OtherLoad,
+    dir_size,
     machine_info,
     peak_rss_bytes,
     population,
@@ -63,10 +64,6 @@ INMEM_N = 1_000_000
 # one process, at 1,024 at 1.86x: the default batch is cache-sized for one process).
 CACHE_CHUNK = 1_024
 GIB = 2**30
-
-
-def _dir_size(path: Path) -> int:
-    return sum(os.path.getsize(os.path.join(r, f)) for r, _, fs in os.walk(path) for f in fs)
 
 
 def _cohort_run(pop, dtype, out=None, outputs=OUTPUTS, step=SAVE_STEP_H, **kw):
@@ -114,7 +111,7 @@ def role_stream(args) -> dict:
         "chunk_size": int(ds.attrs["chunk_size"]),
         "peak_rss_bytes": peak_rss_bytes(),
         "peak_rss_setup_bytes": rss_setup,
-        "store_bytes": _dir_size(store),
+        "store_bytes": dir_size(store)[0],
         "status_not_ok": int(np.count_nonzero(status)),
         "complete": "incomplete" not in ds.attrs,
         "other_cpu_load": load.value,

@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -43,6 +42,7 @@ from _common import (
     SEED,
     T_END_H,
     OtherLoad,
+    dir_size,
     machine_info,
     peak_rss_bytes,
     population,
@@ -57,15 +57,6 @@ TARGET_THROUGHPUT_FRACTION = 0.5
 INMEM_REPEAT = 3
 GIB = 2**30
 DISTURBED = 0.25  # other processes' CPU load (cores) above which a timing counts as disturbed
-
-
-def _dir_size(path: Path) -> tuple[int, int]:
-    total, files = 0, 0
-    for root, _, names in os.walk(path):
-        for name in names:
-            total += os.path.getsize(os.path.join(root, name))
-            files += 1
-    return total, files
 
 
 def _simulate(pop, args, dtype, n=None, out=None, progress=None):
@@ -128,7 +119,7 @@ def role_stream(args) -> dict:
         ds = _simulate(pop, args, dtype, out=str(store), progress=progress)
         seconds = time.perf_counter() - t0
     peak = peak_rss_bytes()
-    size, n_files = _dir_size(store)
+    size, n_files = dir_size(store)
     status = np.asarray(ds["status"].values)
     itemsize = np.dtype(dtype).itemsize
     raw = args.n * ds.sizes["time"] * len(OUTPUTS) * itemsize

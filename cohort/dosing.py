@@ -117,11 +117,14 @@ class EventTable:
     def __reduce__(self):
         """Records shared by every patient (broadcast views) pickle once, not once per
         patient: a distributed task's table stays a few bytes for a regimen."""
-        compact = {
-            k: (v[:1] if v.ndim and v.shape[0] > 1 and v.strides[0] == 0 else v)
-            for k, v in self.arrays().items()
-        }
+        compact = {k: (v[:1] if shared_rows(v) else v) for k, v in self.arrays().items()}
         return (_shared_rows, (compact, self.state_names, self.n_patients))
+
+
+def shared_rows(v: np.ndarray) -> bool:
+    """Whether every patient's row of an event array is the same row (a broadcast view: a
+    regimen shared by the cohort)."""
+    return bool(v.ndim and v.shape[0] > 1 and v.strides[0] == 0)
 
 
 def _shared_rows(arrays: dict, state_names: tuple[str, ...], n: int) -> EventTable:

@@ -86,7 +86,7 @@ def chunk_ranges(done: np.ndarray, n_tasks: int) -> list[tuple[int, int]]:
 
 
 def run_chunks(
-    make_task: Callable[[int, int], Callable[[], Any]],
+    make_task: Callable[[int, int], Callable[[], None]],
     done: np.ndarray,
     cluster: Any,
     *,
@@ -99,7 +99,8 @@ def run_chunks(
 
     ``make_task(first, stop)`` returns a picklable callable that solves and writes chunks
     ``first .. stop - 1``, skipping any already flagged done (a rerun of a task lost with its
-    worker finishes what that worker left). Raises the first task error (after cancelling the
+    worker finishes what that worker left); progress counts the patients of the chunks each
+    finished task covered that were pending. Raises the first task error (after cancelling the
     rest); a worker lost mid-task has its tasks rerun by Dask.
     """
     done = np.asarray(done, bool)

@@ -81,6 +81,21 @@ def memory_chunk(default: int, bytes_per_patient: int) -> int:
     return max(1, 1 << max(0, fit.bit_length() - 1))
 
 
+def default_chunk(
+    default: int, bytes_per_patient: int, out: Any = None, resume: bool = False
+) -> int:
+    """Patients per batch when the user gives none: a resumed run continues with the
+    batches of its store (whatever the default would be now), others take ``default``
+    bounded by memory (:func:`memory_chunk`)."""
+    if resume and out is not None:
+        from cohort.store.zarr_store import stored_chunk_size
+
+        stored = stored_chunk_size(out)
+        if stored:
+            return stored
+    return memory_chunk(default, bytes_per_patient)
+
+
 def batch_shape(chunk_size: int) -> tuple[int, int]:
     """``(devices, padded batch)`` for batches of ``chunk_size`` patients: every local device
     takes an equal share, padded to a multiple of :data:`LANES` patients. XLA's CPU code runs

@@ -22,12 +22,12 @@ import numpy as np
 import xarray as xr
 
 from cohort._version import __version__
-from cohort.dosing import EventTable, event_table
+from cohort.dosing import EventTable, event_table, shared_rows
 from cohort.engine.base import Engine, resolve_engine
 from cohort.engine.batching import (
     BatchSolver,
     batch_shape,
-    memory_chunk,
+    default_chunk,
     patient_major,
     run_batches,
 )
@@ -38,7 +38,6 @@ from cohort.engine.status import status_attrs
 from cohort.engine.step_choice import choose_step, pilot_rows
 from cohort.models.base import Model
 from cohort.store import ResultStore, locks_output, open_result
-from cohort.store.zarr_store import stored_chunk_size
 
 
 @functools.lru_cache(maxsize=32)
@@ -221,9 +220,7 @@ def simulate(
         # (measured in benchmarks/bench_pkpd.py --chunk-sweep); small batches also overlap the
         # copy-out of one batch with the compute of the next.
         per_patient = len(times) * len(outputs) * np.dtype(dtype).itemsize
-        chunk_size = min(n_pat, memory_chunk(engine.default_chunk, per_patient))
-        if resume and out is not None:  # continue with the interrupted run's batches
-            chunk_size = stored_chunk_size(out) or chunk_size
+        chunk_size = min(n_pat, default_chunk(engine.default_chunk, per_patient, out, resume))
     if chunk_size < 1:
         raise InputError(f"chunk_size: must be >= 1, got {chunk_size}")
     plan = _Plan(model, engine, params, table, times, outputs, dtype, chunk_size)
@@ -302,7 +299,7 @@ class _StoreTask:
     """Solve the chunks ``first, first + 1, ...`` that ``plan``'s patients fill into the store
     at ``path``: the local run (every chunk) or one Dask task (a range). Chunks already
     flagged done are skipped, so running a task again (a rescheduled task, a resumed run)
-    writes only what is missing. Returns the number of patients written."""
+    writes only what is missing."""
 
     plan: _Plan
     shared: _Shared
@@ -311,7 +308,7 @@ class _StoreTask:
     stored_params: tuple[str, ...] = ()  # parameters to read from the store (plan has none)
     n_rows: int = 0  # ... for this many patients
 
-    def __call__(self, progress: Callable[[int, int], None] | None = None) -> int:
+    def __call__(self, progress: Callable[[int, int], None] | None = None) -> None:
         store = ResultStore.attach(self.path)
         plan, cs = self.plan, self.plan.chunk_size
         if self.stored_params:
@@ -335,7 +332,6 @@ class _StoreTask:
             store.write_chunk(self.first + k, outs, status, {})
 
         _run_chunks(plan, done, to_store, progress, self.shared)
-        return int(sum(min(cs, plan.n_patients - k * cs) for k in np.flatnonzero(~done)))
 
 
 def _run_chunks(
@@ -364,7 +360,7 @@ def _run_chunks(
     events_all = dict(plan.table.arrays())
     for key in ("time", "amt", "rate", "ii"):
         v = events_all[key]
-        if v.ndim and v.shape[0] > 1 and v.strides[0] == 0:  # shared records: cast one row
+        if shared_rows(v):  # cast the one shared row
             events_all[key] = np.broadcast_to(v[:1].astype(plan.dtype), v.shape)
         else:
             events_all[key] = v.astype(plan.dtype, copy=False)

@@ -30,7 +30,7 @@ from cohort._version import __version__
 from cohort.engine.batching import (
     BatchSolver,
     batch_shape,
-    memory_chunk,
+    default_chunk,
     patient_major,
     run_batches,
 )
@@ -52,7 +52,6 @@ from cohort.models import get
 from cohort.models.base import Model
 from cohort.store import ResultStore, open_result
 from cohort.store.lock import locks_output
-from cohort.store.zarr_store import stored_chunk_size
 
 _OUTPUTS = {
     "Gsub": ("mg/dL", "subcutaneous (interstitial) glucose, true value"),
@@ -164,9 +163,7 @@ def run(
     ctrl = named_controller(controller) if isinstance(controller, str) else controller
     if chunk_size is None:
         per_patient = (n_periods + 1) * len(_OUTPUTS) * np.dtype(out_dtype).itemsize
-        chunk_size = memory_chunk(DEFAULT_CHUNK, per_patient)
-        if resume and out is not None:  # continue with the interrupted run's batches
-            chunk_size = stored_chunk_size(out) or chunk_size
+        chunk_size = default_chunk(DEFAULT_CHUNK, per_patient, out, resume)
     chunk_size = min(n_pat, chunk_size)
     if chunk_size < 1:
         raise InputError(f"chunk_size: must be >= 1, got {chunk_size}")
@@ -285,7 +282,7 @@ class _StoreTask:
     """Solve the chunks ``first, first + 1, ...`` that these patients fill into the store at
     ``path``: the local run (every chunk) or one Dask task (a range of chunks). Chunks already
     flagged done are skipped (a rescheduled task or a resumed run writes only what is
-    missing). Returns the number of patients written."""
+    missing)."""
 
     solver_args: tuple
     inputs: tuple  # (checked params, meals, global patient ids, therapy), rows of this task
@@ -303,7 +300,7 @@ class _StoreTask:
             invalid=self.invalid[lo:hi], first=first,
         )  # fmt: skip
 
-    def __call__(self, progress: Callable[[int, int], None] | None = None) -> int:
+    def __call__(self, progress: Callable[[int, int], None] | None = None) -> None:
         store = ResultStore.attach(self.path)
         cs, n_pat = store.chunk_size, len(self.invalid)
         out_dtype = self.solver_args[-1]
@@ -326,7 +323,6 @@ class _StoreTask:
             out_bytes=batch * self.n_times * len(_OUTPUTS) * np.dtype(out_dtype).itemsize,
             sink=to_store, done=done, invalid=self.invalid, progress=progress,
         )  # fmt: skip
-        return int(sum(min(cs, n_pat - k * cs) for k in np.flatnonzero(~done)))
 
 
 THERAPY = {"CR": ("g/U", "carbohydrate ratio"), "CF": ("mg/dL/U", "correction factor")}

@@ -56,7 +56,7 @@ class ResultStore:
     """A result store being written batch by batch."""
 
     def __init__(self, path: str | os.PathLike, group: zarr.Group, chunk_size: int):
-        self.path: Path | str = path if is_url(path) else Path(path)
+        self.path = _store_path(path)
         self.group = group
         self.chunk_size = chunk_size
 
@@ -198,7 +198,7 @@ class ResultStore:
     def attach(cls, path: str | os.PathLike) -> ResultStore:
         """The complete store another process created, opened to write some of its chunks
         (a distributed task: the client created the layout and checked the inputs)."""
-        path = path if is_url(path) else Path(path)
+        path = _store_path(path)
         if not _layout_complete(path):
             raise StoreError(f"{str(path)!r} is not a complete cohort result store")
         g = _open_group(path, mode="r+")
@@ -303,7 +303,7 @@ def resumable_layout(path: Path | str, what: str = "result store") -> zarr.Group
 def stored_chunk_size(path: str | os.PathLike) -> int | None:
     """The chunk size of the complete cohort store at ``path`` (None: no such store), so a
     resumed run continues with its batches whatever its default would be now."""
-    path = path if is_url(path) else Path(path)
+    path = _store_path(path)
     try:
         if not _exists(path) or not _layout_complete(path):
             return None
@@ -311,6 +311,11 @@ def stored_chunk_size(path: str | os.PathLike) -> int | None:
     except Exception:  # noqa: BLE001 - not a store: the writer reports it with context
         return None
     return int(value) if isinstance(value, int) and value > 0 else None
+
+
+def _store_path(path: str | os.PathLike) -> Path | str:
+    """A store URL as given (a string), a local store as a :class:`Path`."""
+    return path if is_url(path) else Path(path)
 
 
 def _open_group(path: Path | str, **kwargs) -> zarr.Group:
@@ -344,7 +349,7 @@ def _jsonable(d: dict) -> dict:
 
 def open_result(path: str | os.PathLike) -> xr.Dataset:
     """Open a result store lazily as an :class:`xarray.Dataset`."""
-    path = path if is_url(path) else Path(path)
+    path = _store_path(path)
     if not _exists(path):
         raise StoreError(f"no result store at {str(path)!r}")
     try:
