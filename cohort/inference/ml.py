@@ -1,13 +1,19 @@
 """Maximum likelihood with the random effects integrated out (FOCE-I or Laplace per subject).
 
 Two stages: a naive pooled fit (all η = 0) moves the typical values from their initial guesses
-into the right basin cheaply, then the marginal OFV is minimised by BFGS (scipy). Gradients are
-central differences evaluated as one vmapped batch (the centre and ±h along every free
-parameter, each re-solving its conditional modes from the centre's): the batch compiles from
-first derivatives of the predictions only, so it is small, works unchanged for ODE models, and
-also yields per-subject score vectors for the sandwich covariance. Standard errors come from a
-batched finite-difference Hessian (``R``) or ``R⁻¹SR⁻¹`` (NONMEM's default), mapped to the
-reported scales by the delta method.
+into the right basin cheaply, then the marginal OFV is minimised by BFGS (scipy). Gradients:
+
+* closed-form models with several doses (:func:`implicit_gradient`): the modes are searched
+  once per point, then the per-subject marginal terms are differentiated in reverse mode with
+  the modes implicit in the parameters (:func:`laplace.implicit_mode`), which also yields the
+  per-subject score vectors; BFGS starts from their outer-product (BHHH) Hessian;
+* otherwise central differences evaluated as one vmapped batch (the centre and ±h along every
+  free parameter, each re-solving its conditional modes from the centre's): the batch compiles
+  from first derivatives of the predictions only, so it is small (single-dose fits are mostly
+  compilation) and works unchanged for ODE models.
+
+Standard errors come from a finite-difference Hessian (of the OFV, or of its exact gradient)
+as ``R`` or ``R⁻¹SR⁻¹`` (NONMEM's default), mapped to the reported scales by the delta method.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ from cohort.inference.problem import BoundModel, Pop
 
 _GRAD_STEP = 1e-4
 _HESS_STEP = 1e-3
+_SMALL = 20  # a gradient within _SMALL × gtol at a stall counts as converged
 
 
 @dataclasses.dataclass
@@ -116,6 +123,7 @@ def _functions(bm: BoundModel, approx: str) -> dict:
             _COMPILED.clear()
         layout = Layout(bm)
         flat = _Flat(layout)
+        implicit = implicit_gradient(bm)
 
         def one(x, base, eta0, arrays, iterations, pooled):
             pop = flat.pop_at(x, base)
@@ -126,14 +134,43 @@ def _functions(bm: BoundModel, approx: str) -> dict:
             def marginal_branch(_):
                 return laplace.marginal_terms(bm, pop, eta0, arrays, approx, iterations)
 
-            terms, eta = jax.lax.cond(pooled, pooled_branch, marginal_branch, None)
+            if implicit:  # marginal OFVs come from value_grad: keep them out of this program
+                terms, eta = pooled_branch(None)
+            else:
+                terms, eta = jax.lax.cond(pooled, pooled_branch, marginal_branch, None)
             return jnp.sum(terms), eta, terms
+
+        def value_grad(x, base, eta0, arrays, iterations):
+            # modes searched once, warm-started (no gradient through the iterations), then
+            # the marginal terms differentiated with the modes implicit in the parameters
+            pop = jax.lax.stop_gradient(flat.pop_at(x, base))
+            eta_hat, _, _ = laplace.mode_search(bm, pop, eta0, arrays, iterations)
+
+            def term(v, e_hat, d):
+                return laplace.subject_marginal(bm, flat.pop_at(v, base), e_hat, d, approx)
+
+            # per-subject values and gradients: one reverse pass, vmapped over subjects
+            terms, jac = jax.vmap(jax.value_and_grad(term), in_axes=(None, 0, 0))(
+                x, eta_hat, laplace.subject_data(arrays)
+            )
+            return jnp.sum(terms), jnp.sum(jac, axis=0), eta_hat, terms, jac
 
         _COMPILED[key] = {
             "flat": flat,
             "batch": jax.jit(jax.vmap(one, in_axes=(0, None, None, None, None, None))),
+            "value_grad": jax.jit(value_grad) if implicit else None,
         }
     return _COMPILED[key]
+
+
+def implicit_gradient(bm: BoundModel) -> bool:
+    """Whether the marginal OFV's gradient comes from reverse-mode AD with implicit modes
+    (:func:`laplace.implicit_mode`): closed-form models with several doses, where one such
+    pass costs a fraction of re-solving the modes at the ``2P`` points of a difference stencil
+    (on 74 subjects with steady-state doses, ~8× less per BFGS step). Small single-dose
+    datasets keep the stencil, whose compiled program is smaller (their fits are mostly
+    compilation); ODE models keep it too (no second derivatives through the solver)."""
+    return bm.engine == "closed_form" and not laplace.differences_jacobian(bm)
 
 
 def _numpy_pop(pop: Pop) -> Pop:
@@ -163,9 +200,12 @@ class _Objective:
         self.eta = np.zeros((bm.n_subjects, bm.n_eta))
         self.pooled, self.iterations = np.bool_(pooled), np.int32(iterations)
         self.evaluations = 0
+        self.gradients: dict = {}  # recent gradients by point, for the stall test
 
     def run(self, points: np.ndarray):
         """Evaluate ``points [B, P]`` in fixed-size chunks (one compiled shape per fit)."""
+        # the batch holds only the pooled objective when marginal OFVs come from value_grad
+        assert self.pooled or not self.implicit, "marginal OFVs come from value_grad"
         size = 2 * self.x0.size + 1
         n = len(points)
         self.evaluations += n
@@ -191,7 +231,46 @@ class _Objective:
         eye = np.eye(x.size) * h
         return np.concatenate([x[None], x + eye, x - eye])
 
+    @property
+    def implicit(self) -> bool:
+        return not self.pooled and self.functions["value_grad"] is not None
+
+    def bhhh_inverse(self, x: np.ndarray) -> np.ndarray:
+        """Inverse of the outer-product (BHHH) approximation of the OFV's Hessian at ``x``,
+        ``(½ Σᵢ ∇termsᵢ ∇termsᵢᵀ)⁻¹``, from the per-subject gradients: BFGS started from it
+        takes Newton-like first steps instead of steepest descent on unscaled parameters
+        (e.g. 40 % fewer objective calls on the 74-subject steady-state fit)."""
+        jac = self.value_grad(x)[4]
+        h = 0.5 * jac.T @ jac
+        if not np.all(np.isfinite(h)):
+            return np.eye(x.size)
+        w, v = np.linalg.eigh(0.5 * (h + h.T))
+        w = np.maximum(w, 1e-6 * max(float(w.max()), 1e-12))  # keep it positive definite
+        inv = (v / w) @ v.T
+        return 0.5 * (inv + inv.T)  # exactly symmetric (scipy checks)
+
+    def value_grad(self, x: np.ndarray):
+        """OFV, its gradient ``[P]``, the modes, per-subject terms and their Jacobian
+        ``[N, P]`` at ``x`` (implicit-mode AD; warm-started from the current modes)."""
+        self.evaluations += 1
+        out = self.functions["value_grad"](x, self.base, self.eta, self.bm.arrays, self.iterations)
+        ofv, grad, eta, terms, jac = (np.asarray(a) for a in jax.device_get(out))
+        return float(ofv), grad, eta, terms, jac
+
     def __call__(self, x: np.ndarray):
+        ofv, grad = self._evaluate(x)
+        if len(self.gradients) > 8:
+            self.gradients.clear()
+        self.gradients[np.asarray(x, float).tobytes()] = grad
+        return ofv, grad
+
+    def _evaluate(self, x: np.ndarray):
+        if self.implicit:
+            ofv, grad, eta, _, _ = self.value_grad(x)
+            if not (np.isfinite(ofv) and np.all(np.isfinite(grad))):
+                return np.inf, np.zeros_like(x)
+            self.eta = eta
+            return ofv, grad
         ofv, eta, _ = self.run(self.stencil(x))
         p = x.size
         if not np.all(np.isfinite(ofv)):  # a failed solve or an impossible step: reject it
@@ -202,6 +281,9 @@ class _Objective:
 
     def settle(self, x: np.ndarray, rounds: int = 3) -> float:
         """Converge the modes at ``x`` from the current warm start; the OFV there."""
+        if self.implicit:  # the search runs to convergence within one call
+            ofv, _, self.eta, _, _ = self.value_grad(x)
+            return ofv
         ofv = np.inf
         for _ in range(rounds):
             o, eta, _ = self.run(x[None])
@@ -210,12 +292,23 @@ class _Objective:
 
     def scores(self, x: np.ndarray) -> np.ndarray:
         """Per-subject gradients of ``−log Lᵢ`` ``[N, P]``."""
+        if self.implicit:
+            return 0.5 * self.value_grad(x)[4]
         _, _, terms = self.run(self.stencil(x))
         p = x.size
         return 0.5 * (terms[1 : p + 1] - terms[p + 1 :]).T / (2 * _GRAD_STEP)
 
     def hessian(self, x: np.ndarray, h: float = _HESS_STEP) -> np.ndarray:
         p = x.size
+        if self.implicit:  # central differences of the exact gradient, symmetrised
+            # every point starts from the centre's modes (value_grad leaves them as they are)
+            cols = []
+            for step in np.eye(p) * _GRAD_STEP:
+                gp = self.value_grad(x + step)[1]
+                gm = self.value_grad(x - step)[1]
+                cols.append((gp - gm) / (2 * _GRAD_STEP))
+            hess = np.stack(cols, axis=1)
+            return 0.5 * (hess + hess.T)
         e = np.eye(p) * h
         pairs = [(i, j) for i in range(p) for j in range(i)]
         pts = [x, *(x + e), *(x - e)]
@@ -231,8 +324,23 @@ class _Objective:
 
 
 def _minimize(obj: _Objective, x0: np.ndarray, maxiter: int, gtol: float):
+    options = {"maxiter": maxiter, "gtol": gtol}
+    if obj.implicit:
+        options["hess_inv0"] = obj.bhhh_inverse(x0)
+    last = [np.inf]
+
+    def stalled(intermediate_result):
+        # The OFV's gradient has a noise floor (modes converged to 1e-10, not exactly), and
+        # BFGS below it only burns line searches until "precision loss": stop once an
+        # iteration gains < 1e-6 with the gradient within what counts as converged.
+        fun, x = intermediate_result.fun, intermediate_result.x
+        gain, last[0] = last[0] - fun, fun
+        jac = obj.gradients.get(x.tobytes())  # BFGS's result carries no gradient
+        if gain < 1e-6 and jac is not None and np.all(np.abs(jac) < _SMALL * gtol):
+            raise StopIteration
+
     return scipy.optimize.minimize(
-        obj, x0, jac=True, method="BFGS", options={"maxiter": maxiter, "gtol": gtol}
+        obj, x0, jac=True, method="BFGS", options=options, callback=stalled
     )
 
 
@@ -384,7 +492,7 @@ def quick_start(bm: BoundModel, progress: Callable[[str], None] | None = None) -
 
 def _small_gradient(res, gtol: float) -> bool:
     """BFGS often stops on precision loss at a minimum; accept a small gradient there."""
-    return bool(np.all(np.abs(res.jac) < 20 * gtol)) if res.jac is not None else False
+    return bool(np.all(np.abs(res.jac) < _SMALL * gtol)) if res.jac is not None else False
 
 
 def _covariance(obj: _Objective, x: np.ndarray, se: str, jac) -> np.ndarray | None:
