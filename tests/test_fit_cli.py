@@ -19,6 +19,7 @@ runner = CliRunner()
 
 
 def _fit(tmp_path, *args):
+    tmp_path.mkdir(parents=True, exist_ok=True)
     out = tmp_path / "fit.nc"
     res = runner.invoke(app, ["fit", *map(str, args), "--method", "ml", "-o", str(out)])
     est = None
@@ -121,11 +122,39 @@ def test_flip_flop_data_is_reported_and_exits_nonzero(tmp_path):
         (["--init", "CL=-1"], "VALUE > 0"),
         (["--init", "Q=2"], "'Q' is not an estimated parameter"),
         (["--starts", "0"], "--starts must be >= 1"),
+        (["--fix", "CL"], "--fix CL: give the value to hold"),
+        (["--fix", "CL+V"], "correlations are held by fixing a whole Ω block"),
+        (["--init", "CL+V=1.5"], "a correlation A+B=R with -1 < R < 1"),
+        (["--init", "CL+KA=0.3", "--omega", "CL+V"], "omega_corr 'CL+KA'"),
     ],
 )
 def test_bad_init_flags(tmp_path, args, message):
     res = runner.invoke(app, ["fit", str(DATA / "theoph_nonmem.csv"), "--method", "ml", *args])
     assert res.exit_code == 2 and message in _flat(res), res.output
+
+
+def test_fixed_elements_from_the_command_line(tmp_path):
+    """``--fix omega_KA=SD`` holds that IIV (reported as fixed, not estimated), ``--fix CL=V``
+    holds a typical value; a block with every SD fixed holds its ``--init A+B=R`` correlation;
+    the OFV of a fit with ω(KA) held away from its optimum is worse than the free fit's."""
+    theoph = DATA / "theoph_nonmem.csv"
+    free, est_free, attrs_free = _fit(tmp_path / "free", theoph, "--params", "CL,V,KA")
+    held, est, attrs = _fit(
+        tmp_path / "held", theoph, "--params", "CL,V,KA", "--fix", "omega_KA=0.3",
+        "--fix", "V=32", "--omega", "CL+V", "--init", "CL+V=0.4",
+        "--fix", "omega_CL=0.25", "--fix", "omega_V=0.15",
+    )  # fmt: skip
+    assert held.exit_code in (0, 1), held.output
+    assert est["omega_KA"] == pytest.approx(0.3, rel=1e-12)
+    assert est["V"] == pytest.approx(32.0, rel=1e-12)
+    assert est["omega_CL"] == pytest.approx(0.25, rel=1e-12)
+    assert est["corr_CL_V"] == pytest.approx(0.4, rel=1e-9)
+    assert est["KA"] != pytest.approx(est_free["KA"], rel=1e-6)  # the rest is estimated
+    assert attrs["omega_fixed"] == "CL,V,KA"
+    assert attrs["ofv"] > attrs_free["ofv"] + 1.0
+    summary = load_fit(tmp_path / "held" / "fit.nc")["fit_summary"]
+    fixed = {str(k): bool(v) for k, v in zip(summary.parameter.values, summary.fixed.values)}
+    assert fixed["omega_KA"] and fixed["V"] and fixed["corr_CL_V"] and not fixed["KA"]
 
 
 def test_observation_table_like_nonmem_sdtab(tmp_path):

@@ -331,6 +331,21 @@ def test_svi_theoph_close_to_nlme():
     assert res.idata.posterior["CL_ind"].dims == ("chain", "draw", "subject")
 
 
+def test_svi_holds_a_fixed_omega():
+    """A fixed IIV SD is a constant in Bayesian fits too: no posterior spread, no site."""
+    spec = theoph_nlme_spec()
+    params = tuple(
+        dataclasses.replace(p, omega=0.5, omega_fixed=True) if p.name == "KA" else p
+        for p in spec.params
+    )
+    res = fit(dataclasses.replace(spec, params=params), THEOPH, "svi", steps=1500, draws=200)
+    draws = res.idata.posterior["omega_KA"].values
+    assert np.all(draws == 0.5)
+    assert np.std(res.idata.posterior["omega_CL"].values) > 0
+    ref = REF["theoph_nlme_ml_diag"]
+    assert abs(res.estimates["log_CL"] - ref["fixed"]["lCl"]) < 2 * ref["se"]["lCl"]
+
+
 @pytest.mark.slow
 def test_nuts_theoph_matches_nlme_without_flip_flop():
     """Acceptance: 4 × 1000 draws, default settings (no user init), R-hat < 1.01."""

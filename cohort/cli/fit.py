@@ -38,9 +38,14 @@ def _covariates(specs: list[str] | None, names: list[str]) -> dict:
     return out
 
 
-def _inits(specs: list[str] | None, names: list[str]) -> dict[str, dict[str, float]]:
-    """``--init NAME=VALUE`` (typical value) and ``--init omega_NAME=SD`` (IIV, log-scale SD)."""
+def _inits(
+    specs: list[str] | None, names: list[str], flag: str = "--init"
+) -> tuple[dict[str, dict[str, float]], dict[str, float]]:
+    """``--init NAME=VALUE`` (typical value), ``--init omega_NAME=SD`` (IIV, log-scale SD) and
+    ``--init A+B=R`` (initial correlation of A and B in one Ω block); ``--fix`` takes the same
+    forms, VALUE optional (then the ``--init`` value is held)."""
     out: dict[str, dict[str, float]] = {}
+    corr: dict[str, float] = {}
     for text in specs or []:
         key, sep, value = text.partition("=")
         key = key.strip()
@@ -48,12 +53,42 @@ def _inits(specs: list[str] | None, names: list[str]) -> dict[str, dict[str, flo
             number = float(value)
         except ValueError:
             number = float("nan")
-        if not sep or not number > 0:
-            fail(f"--init {text!r}: use NAME=VALUE with VALUE > 0, e.g. --init CL=2.5")
+        if "+" in key:
+            if flag == "--fix":
+                fail(f"--fix {text!r}: correlations are held by fixing a whole Ω block (--fix "
+                     "omega_A --fix omega_B ... for every parameter of the block)")  # fmt: skip
+            if not sep or not -1 < number < 1:
+                fail(f"{flag} {text!r}: a correlation A+B=R with -1 < R < 1, e.g. CL+V=0.3")
+            corr[key] = number
+            continue
+        if flag == "--fix" and not sep:
+            number = None
+        elif not sep or not number > 0:
+            fail(f"{flag} {text!r}: use NAME=VALUE with VALUE > 0, e.g. {flag} CL=2.5")
         field, name = ("omega", key[6:]) if key.startswith("omega_") else ("init", key)
         if name not in names:
-            fail(f"--init {text!r}: {name!r} is not an estimated parameter ({names})")
+            fail(f"{flag} {text!r}: {name!r} is not an estimated parameter ({names})")
         out.setdefault(name, {})[field] = number
+    return out, corr
+
+
+def _fixed(
+    fix: list[str] | None, names: list[str], inits: dict[str, dict[str, float]]
+) -> dict[str, dict]:
+    """Param fields from ``--fix NAME[=VALUE]`` / ``--fix omega_NAME[=SD]``: the value held
+    (given here, else the ``--init`` value; a typical value needs one)."""
+    values, _ = _inits(fix, names, "--fix")
+    out: dict[str, dict] = {}
+    for name, fields in values.items():
+        for field, value in fields.items():
+            value = value if value is not None else inits.get(name, {}).get(field)
+            entry = out.setdefault(name, {})
+            if field == "init":
+                if value is None:
+                    fail(f"--fix {name}: give the value to hold, e.g. --fix {name}=2.5")
+                entry.update(init=value, fixed=True)
+            else:
+                entry.update(omega_fixed=True, **({"omega": value} if value else {}))
     return out
 
 
@@ -65,6 +100,7 @@ def _spec(
     omega: str,
     covariate: list[str] | None,
     init: list[str] | None = None,
+    fix: list[str] | None = None,
 ):
     from cohort.inference import NLME, ErrorModel, Param, SpecError
     from cohort.inference.spec import default_params
@@ -84,13 +120,19 @@ def _spec(
     if unknown:
         fail(f"--iiv: {sorted(unknown)} are not among the estimated parameters {names}")
     covs = _covariates(covariate, names)
-    inits = _inits(init, names)
+    inits, corr = _inits(init, names)
+    held = _fixed(fix, names, inits)
     try:
         ps = tuple(
-            Param(n, iiv=n in with_iiv, covariates=tuple(covs.get(n, ())), **inits.get(n, {}))
+            Param(
+                n,
+                iiv=n in with_iiv,
+                covariates=tuple(covs.get(n, ())),
+                **{**inits.get(n, {}), **held.get(n, {})},
+            )
             for n in names
         )
-        return NLME(model=model, params=ps, error=ErrorModel(error), omega=omega)
+        return NLME(model=model, params=ps, error=ErrorModel(error), omega=omega, omega_corr=corr)
     except SpecError as exc:
         fail(str(exc))
 
@@ -138,8 +180,13 @@ def fit(
     ),
     init: list[str] = typer.Option(
         None,
-        help="initial estimate NAME=VALUE or omega_NAME=SD (repeatable; default: a scan of the "
-        "pooled objective)",
+        help="initial estimate NAME=VALUE, omega_NAME=SD or A+B=R (correlation in an Ω block) "
+        "(repeatable; default: a scan of the pooled objective)",
+    ),
+    fix: list[str] = typer.Option(
+        None,
+        help="hold NAME[=VALUE] (typical value) or omega_NAME[=SD] at that value or its --init "
+        "(repeatable; fixing every SD of an Ω block holds its correlations too)",
     ),
     starts: int = typer.Option(3, help="ML: fits from this many of the best initial candidates"),
     allow_unconverged: bool = typer.Option(
@@ -154,7 +201,8 @@ def fit(
     stream = None
     if data.suffix.lower() in (".mod", ".ctl"):
         stream = _control_stream(data, model=model, params=params, iiv=iiv, error=error,
-                                 omega=omega, covariate=covariate, init=init)  # fmt: skip
+                                 omega=omega, covariate=covariate, init=init,
+                                 fix=fix)  # fmt: skip
         method = method or stream.method
         approx = approx or stream.approx
         se = se or stream.se
@@ -185,7 +233,7 @@ def fit(
         fail(f"--starts must be >= 1, got {starts}")
     if stream is None:
         spec = _spec(model or "pk1_oral", params, iiv, error or "additive",
-                     omega or "diagonal", covariate, init)  # fmt: skip
+                     omega or "diagonal", covariate, init, fix)  # fmt: skip
     else:
         spec, data = stream.spec, stream.data
         console.print(

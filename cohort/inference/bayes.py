@@ -74,7 +74,7 @@ def build_model(
     q = bm.n_eta
     theta_names = [f"log_{spec.params[k].name}" for k in layout.theta_free]
     beta_names = [f"beta_{bm.effects[g].label}" for g in layout.gamma_free]
-    omega_names = [f"omega_{n}" for n in layout.eta_names]
+    omega_names = [f"omega_{layout.eta_names[i]}" for i in layout.omega_free]
     sigma_names = [("sigma_add", "sigma_prop")[i] for i in layout.sigma_free]
 
     def assemble(sites: dict) -> Pop:  # by stacking: no scatter ops in the gradient graph
@@ -86,7 +86,7 @@ def build_model(
 
         theta = merge(base.theta, layout.theta_free, theta_names)
         gamma = merge(base.gamma, layout.gamma_free, beta_names)
-        omega = jnp.stack([sites[n] for n in omega_names])
+        omega = merge(base.omega, layout.omega_free, omega_names)
         corr = sites["corr_chol"] if layout.full else base.corr
         sigma = merge(base.sigma, layout.sigma_free, sigma_names)
         return Pop(theta, gamma, omega, corr, sigma)
@@ -107,11 +107,11 @@ def build_model(
         prior = 0.0
         # diagonal Ω: elementwise scaling (no triangular solves or matmuls in the gradient)
         if parameterization == "noncentered":
-            eta = latent @ bm.omega_chol(pop).T if layout.full else latent * pop.omega
+            eta = latent @ bm.omega_chol(pop).T if layout.correlated else latent * pop.omega
         else:  # the N(mean, Ω) prior of the centred individual parameters, written out
             mean, chol = centred_prior(sites, arrays["features"])
             eta = latent - mean
-            if layout.full:
+            if layout.correlated:
                 white = jax.scipy.linalg.solve_triangular(chol, eta.T, lower=True)
                 logdet = jnp.sum(jnp.log(jnp.diag(chol)))
             else:
@@ -155,7 +155,7 @@ def init_values(
     pop = Pop(*(np.asarray(a, dtype=float) for a in pop))  # numpy: no eager JAX ops
     values = {f"log_{spec.params[k].name}": pop.theta[k] for k in layout.theta_free}
     values.update({f"beta_{bm.effects[g].label}": pop.gamma[g] for g in layout.gamma_free})
-    values.update({f"omega_{n}": pop.omega[i] for i, n in enumerate(layout.eta_names)})
+    values.update({f"omega_{layout.eta_names[i]}": pop.omega[i] for i in layout.omega_free})
     if layout.full:
         values["corr_chol"] = pop.corr
     for i in layout.sigma_free:

@@ -3,6 +3,7 @@ are reported (names, natural scale, units) — shared by the ML, NUTS and SVI fi
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from numpyro.distributions import constraints
@@ -34,29 +35,48 @@ class Layout:
         comps = spec.error.components
         self.sigma_free = np.array([i for i, c in enumerate(("add", "prop")) if c in comps], int)
         self.eta_names = tuple(spec.params[k].name for k in bm.iiv)
+        fixed_sd = {p.name for p in spec.params if p.omega_fixed}
+        self.omega_free = np.array(
+            [i for i, n in enumerate(self.eta_names) if n not in fixed_sd], int
+        )
         # Correlations estimated: the lower-triangle pairs (i > j, numpyro's CorrCholesky
         # order i(i-1)/2 + j) within a block of Ω; the others' partial correlations stay 0,
         # which makes the correlation matrix block-diagonal (NONMEM's $OMEGA BLOCK(n)).
         index = {name: i for i, name in enumerate(self.eta_names)}
         block_of = {}
+        held = spec.fixed_blocks()  # fixed whole: their correlations stay at the initial ones
         for b, block in enumerate(spec.omega_blocks):
             for name in block:
-                block_of[index[name]] = b
+                block_of[index[name]] = b if block not in held else -1 - b
         q = len(self.eta_names)
         pairs = [(i, j) for i in range(q) for j in range(i)]
         self.corr_pairs = [
-            (i, j) for i, j in pairs if i in block_of and block_of.get(j, -1) == block_of[i]
+            (i, j)
+            for i, j in pairs
+            if block_of.get(i, -1) >= 0 and block_of.get(j, -1) == block_of[i]
+        ]
+        self.corr_held = [
+            (i, j) for i, j in pairs if block_of.get(i, 0) < 0 and block_of.get(j, 0) == block_of[i]
         ]
         self.corr_free = np.array([i * (i - 1) // 2 + j for i, j in self.corr_pairs], int)
         self.n_corr = len(pairs)
         self.full = bool(self.corr_pairs)
+        # the unconstrained correlations the free ones are merged into: the spec's initial
+        # values (held blocks keep them; estimated pairs start from them)
+        self.corr_init = np.linalg.cholesky(spec.omega_corr_matrix())
+        self._corr_base = None
+
+    @property
+    def correlated(self) -> bool:
+        """Whether Ω has correlations (estimated or held), i.e. is not diagonal."""
+        return self.full or bool(self.corr_held)
 
     # -- unconstrained vector ------------------------------------------------------------------
     def to_free(self, pop: Pop) -> dict:
         u = {
             "theta": pop.theta[self.theta_free],
             "gamma": pop.gamma[self.gamma_free],
-            "log_omega": jnp.log(pop.omega),
+            "log_omega": jnp.log(pop.omega[self.omega_free]),
             "log_sigma": jnp.log(pop.sigma[self.sigma_free]),
         }
         if self.full:
@@ -70,12 +90,24 @@ class Layout:
         theta = _merge(xp, base.theta, self.theta_free, u["theta"])
         gamma = _merge(xp, base.gamma, self.gamma_free, u["gamma"])
         sigma = _merge(xp, base.sigma, self.sigma_free, xp.exp(u["log_sigma"]))
+        omega = _merge(xp, base.omega, self.omega_free, xp.exp(u["log_omega"]))
         if self.full:
-            zeros = xp.zeros(self.n_corr, dtype=u["corr"].dtype)
-            corr = _CORR(_merge(xp, zeros, self.corr_free, u["corr"]))
+            held = xp.asarray(self.corr_base(), dtype=u["corr"].dtype)
+            corr = _CORR(_merge(xp, held, self.corr_free, u["corr"]))
         else:
             corr = base.corr
-        return Pop(theta, gamma, xp.exp(u["log_omega"]), corr, sigma)
+        return Pop(theta, gamma, omega, corr, sigma)
+
+    def corr_base(self) -> np.ndarray:
+        """Unconstrained vector of the initial correlations (numpy, computed once)."""
+        if self._corr_base is None:
+            if self.corr_held:  # only held pairs need nonzero base values
+                with jax.ensure_compile_time_eval():  # concrete even when called under jit
+                    base = _CORR.inv(jnp.asarray(self.corr_init))
+                self._corr_base = np.asarray(base, float)
+            else:
+                self._corr_base = np.zeros(self.n_corr)
+        return self._corr_base
 
     # -- reporting -----------------------------------------------------------------------------
     def report(self, pop: Pop) -> dict:
@@ -95,9 +127,9 @@ class Layout:
         for i, name in enumerate(self.eta_names):
             out[f"omega_{name}"] = pop.omega[..., i]
             out[f"omega2_{name}"] = omega[..., i, i]
-        if self.full:
+        if self.full or self.corr_held:
             corr = pop.corr @ xp.swapaxes(pop.corr, -1, -2)
-            for i, j in self.corr_pairs:
+            for i, j in sorted(self.corr_pairs + self.corr_held):
                 out[f"corr_{self.eta_names[j]}_{self.eta_names[i]}"] = corr[..., i, j]
         for i in self.sigma_free:
             out[("sigma_add", "sigma_prop")[i]] = pop.sigma[..., i]
@@ -112,8 +144,8 @@ class Layout:
         names += [e.label for e in bm.effects]
         for name in self.eta_names:
             names += [f"omega_{name}", f"omega2_{name}"]
-        if self.full:
-            names += [f"corr_{self.eta_names[j]}_{self.eta_names[i]}" for i, j in self.corr_pairs]
+        pairs = sorted(self.corr_pairs + self.corr_held)
+        names += [f"corr_{self.eta_names[j]}_{self.eta_names[i]}" for i, j in pairs]
         names += [("sigma_add", "sigma_prop")[i] for i in self.sigma_free]
         return names
 
@@ -142,6 +174,10 @@ class Layout:
         names = {p.name for p in spec.params if p.fixed}
         names |= {f"log_{p.name}" for p in spec.params if p.fixed}
         names |= {e.label for e in self.bm.effects if e.fixed is not None}
+        for p in spec.params:
+            if p.omega_fixed:
+                names |= {f"omega_{p.name}", f"omega2_{p.name}"}
+        names |= {f"corr_{self.eta_names[j]}_{self.eta_names[i]}" for i, j in self.corr_held}
         return names
 
 

@@ -78,11 +78,10 @@ class _Flat:
 
     def __init__(self, layout: Layout):
         self.layout = layout
-        pop = layout.bm.default_pop()
         self.sizes = {
             "theta": len(layout.theta_free),
             "gamma": len(layout.gamma_free),
-            "log_omega": int(np.size(pop.omega)),
+            "log_omega": len(layout.omega_free),
             "log_sigma": len(layout.sigma_free),
         }
         if layout.full:
@@ -93,7 +92,7 @@ class _Flat:
         parts = [
             np.asarray(pop.theta)[lay.theta_free],
             np.asarray(pop.gamma)[lay.gamma_free],
-            np.log(np.asarray(pop.omega)),
+            np.log(np.asarray(pop.omega))[lay.omega_free],
             np.log(np.asarray(pop.sigma)[lay.sigma_free]),
         ]
         if lay.full:
@@ -144,7 +143,9 @@ def _functions(bm: BoundModel, approx: str) -> dict:
             # modes searched once, warm-started (no gradient through the iterations), then
             # the marginal terms differentiated with the modes implicit in the parameters
             pop = jax.lax.stop_gradient(flat.pop_at(x, base))
-            eta_hat, _, _ = laplace.mode_search(bm, pop, eta0, arrays, iterations)
+            eta_hat, _, _ = laplace.mode_search(
+                bm, pop, eta0, arrays, iterations, steps=laplace.FAST_STEPS
+            )
 
             def term(v, e_hat, d):
                 return laplace.subject_marginal(bm, flat.pop_at(v, base), e_hat, d, approx)

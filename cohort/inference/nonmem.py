@@ -12,14 +12,15 @@ this module maps what it finds onto cohort's :class:`~cohort.inference.spec.NLME
   ``EXP(THETA(i))`` times covariate terms (``(WT/70)**THETA(j)``, ``WT`` or ``WT/70`` with
   a fixed exponent, ``EXP(THETA(j)*(AGE-40))``, ``IF(APGR.LT.5) TV = TV*(1+THETA(j))``)
   times ``EXP(ETA(k))``; its ``THETA`` initial value and FIX are kept.
-* ``$OMEGA`` diagonal and ``BLOCK(n)`` structure with their initial variances (off-diagonal
-  initial values start at zero correlation); ``$SIGMA`` with ``$ERROR`` ``Y = F + EPS(1)``
+* ``$OMEGA`` diagonal and ``BLOCK(n)`` structure with their initial variances and
+  covariances (as initial correlations), ``FIX`` on a diagonal element or a whole block (held
+  at its values), ``0 FIX`` (that random effect off); ``$SIGMA`` with ``$ERROR`` ``Y = F + EPS(1)``
   (additive), ``Y = F + F*EPS(1)`` or ``F*(1+EPS(1))`` (proportional), both (combined), and
   ``Y = LOG(F) + EPS(1)`` (log-transformed data: log-additive).
 
 Anything else (``$DES``, other ADVANs, ``IF`` blocks other than the binary covariate, an ETA
-on two parameters, FIXed ``$OMEGA``/``$SIGMA`` elements, mixtures, ...) is refused with one
-error listing every construct that is not supported, naming the control stream.
+on two parameters, some elements of a BLOCK FIXed, FIXed ``$SIGMA``, mixtures, ...) is refused
+with one error listing every construct that is not supported, naming the control stream.
 """
 
 from __future__ import annotations
@@ -107,8 +108,18 @@ def read_control_stream(path: str | Path) -> ControlStream:
     if problems:
         raise ControlStreamError(_message(path, problems))
     data = _dataset(model, path)
-    params = tuple(dataclasses.replace(p, omega=omega["sd"].get(p.name, p.omega)) for p in params)
-    spec = NLME(model_name, params=params, error=error, omega=omega["structure"])
+    params = tuple(
+        dataclasses.replace(
+            p,
+            omega=omega["sd"].get(p.name, p.omega),
+            omega_fixed=p.name in omega["fixed"],
+            iiv=p.iiv and p.name not in omega["zero"],
+        )
+        for p in params
+    )
+    spec = NLME(
+        model_name, params=params, error=error, omega=omega["structure"], omega_corr=omega["corr"]
+    )
     return ControlStream(spec, data, method, approx, path, _standard_errors(code))
 
 
@@ -270,10 +281,11 @@ def _binary(pw, thetas, columns):
 
 
 def _omega(model, eta_of, params, problems) -> dict:
-    """Ω structure string and initial SDs (log scale) per parameter."""
+    """Ω structure string, initial SDs (log scale) per parameter, the parameters whose SD is
+    FIXed, and the initial correlations within each BLOCK (from its covariances)."""
     values = {p.name: p for p in model.parameters}
     by_eta = {eta: name for name, eta in eta_of.items()}
-    sd, blocks = {}, []
+    sd, blocks, fixed, corr, zero = {}, [], set(), {}, set()
     for dist in model.random_variables.etas:
         names = list(dist.names)
         unused = [n for n in names if n not in by_eta]
@@ -281,25 +293,41 @@ def _omega(model, eta_of, params, problems) -> dict:
             problems.append(f"{', '.join(unused)} not used by a structural parameter")
             continue
         variance = dist.variance  # a symbol, or a pharmpy matrix of symbols for a BLOCK
-        if len(names) == 1:
-            pars = [str(variance)]
-        else:
-            pars = [str(variance[i, i]) for i in range(len(names))]
-            blocks.append("+".join(by_eta[n] for n in names))
-        for n, par in zip(names, pars, strict=True):
-            p = values.get(par)
-            if p is None or p.fix:
-                problems.append(f"fixed $OMEGA element for {n} (FIX is not supported)")
+        k = len(names)
+        cells = [(i, j) for i in range(k) for j in range(i + 1)]
+        pars = {c: values.get(str(variance[c] if k > 1 else variance)) for c in cells}
+        if any(p is None for p in pars.values()):
+            problems.append(f"$OMEGA for {', '.join(names)}: an element is not a parameter")
+            continue
+        fix = {c: bool(p.fix) for c, p in pars.items()}
+        if k > 1 and any(fix.values()) and not all(fix.values()):
+            problems.append(
+                f"$OMEGA BLOCK({k}) for {', '.join(names)}: only some elements FIXed (fix "
+                "the whole block, or none)"
+            )
+            continue
+        if k == 1 and fix[(0, 0)] and float(pars[(0, 0)].init) == 0.0:
+            zero.add(by_eta[names[0]])  # $OMEGA 0 FIX switches the random effect off
+            continue
+        for i, n in enumerate(names):
+            if not float(pars[(i, i)].init) > 0:
+                problems.append(
+                    f"$OMEGA for {n}: a variance > 0 (or 0 FIX), got {pars[(i, i)].init}"
+                )
                 continue
-            sd[by_eta[n]] = math.sqrt(float(p.init))
-        if len(names) > 1:
-            for i in range(len(names)):
-                for j in range(i):
-                    par = values.get(str(variance[i, j]))
-                    if par is not None and par.fix:
-                        problems.append(f"fixed $OMEGA BLOCK element ({n}; FIX not supported)")
+            sd[by_eta[n]] = math.sqrt(float(pars[(i, i)].init))
+            if fix[(i, i)]:
+                fixed.add(by_eta[n])
+        if k > 1:
+            blocks.append("+".join(by_eta[n] for n in names))
+            for i, j in cells:
+                if i != j:
+                    cov = float(pars[(i, j)].init)
+                    r = cov / math.sqrt(float(pars[(i, i)].init) * float(pars[(j, j)].init))
+                    if r:
+                        corr[f"{by_eta[names[j]]}+{by_eta[names[i]]}"] = r
     structure = ";".join(blocks) if blocks else "diagonal"
-    return {"structure": structure, "sd": sd}
+    return {"structure": structure, "sd": sd, "fixed": fixed, "corr": corr, "zero": zero}
 
 
 def _error(model, problems) -> ErrorModel:

@@ -39,7 +39,7 @@ def pops_from_samples(bm: BoundModel, samples: dict) -> Pop:
 
     theta = stacked(base.theta, layout.theta_free, lambda k: f"log_{bm.spec.params[k].name}")
     gamma = stacked(base.gamma, layout.gamma_free, lambda g: f"beta_{bm.effects[g].label}")
-    omega = xp.stack([samples[f"omega_{name}"] for name in layout.eta_names], axis=1)
+    omega = stacked(base.omega, layout.omega_free, lambda i: f"omega_{layout.eta_names[i]}")
     corr = samples["corr_chol"] if layout.full else xp.tile(base.corr, (n, 1, 1))
     sigma = stacked(np.zeros(2), layout.sigma_free, lambda i: ("sigma_add", "sigma_prop")[i])
     return Pop(theta, gamma, omega, corr, sigma)

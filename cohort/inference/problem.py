@@ -94,6 +94,7 @@ class BoundModel:
             spec.params,
             spec.error,
             spec.omega,
+            tuple(sorted(spec.omega_corr.items())),
             spec.transform,
             spec.output,
             tuple(sorted(spec.fixed.items())),
@@ -211,12 +212,11 @@ class BoundModel:
             add if "add" in spec.error.components else 0.0,
             prop if "prop" in spec.error.components else 0.0,
         ]
-        q = len(omega)
         return Pop(  # numpy: no eager JAX ops (each would compile on a user's first fit)
             np.asarray(theta, float),
             np.asarray(gamma, float).reshape(-1),
             np.asarray(omega, float),
-            np.eye(q),
+            np.linalg.cholesky(spec.omega_corr_matrix()),  # the initial correlations
             np.asarray(sigma, float),
         )
 

@@ -187,6 +187,7 @@ def _attrs(fit: FitResult) -> dict:
         "model_hash": spec.model.fingerprint(),
         "error_model": spec.error.kind,
         "omega": spec.omega,
+        "omega_fixed": ",".join(p.name for p in spec.params if p.omega_fixed),
         "engine": fit.bound.engine,
         "n_subjects": fit.bound.n_subjects,
         "n_observations": fit.bound.data.n_observations,

@@ -58,8 +58,9 @@ class Param:
 
     ``init`` is the typical value to start from (natural scale; None: the model default or the
     value found by the quick pooled fit); ``fixed=True`` keeps it there. ``iiv`` adds a random
-    effect with initial SD ``omega`` (log scale). ``prior`` is ``(median, log-scale sd)`` of the
-    typical value for Bayesian fits (default: the initial value with a log-scale sd of 2).
+    effect with initial SD ``omega`` (log scale); ``omega_fixed=True`` keeps that SD (NONMEM's
+    ``$OMEGA ... FIX``). ``prior`` is ``(median, log-scale sd)`` of the typical value for
+    Bayesian fits (default: the initial value with a log-scale sd of 2).
     """
 
     name: str
@@ -70,8 +71,11 @@ class Param:
     fixed: bool = False
     prior: tuple[float, float] | None = None
     units: str = ""
+    omega_fixed: bool = False
 
     def __post_init__(self):
+        if self.omega_fixed and not self.iiv:
+            raise SpecError(f"Param {self.name!r}: omega_fixed=True needs iiv=True")
         if self.init is not None and not self.init > 0:
             raise SpecError(f"Param {self.name!r}: init must be > 0 (log-normal), got {self.init}")
         if self.fixed and self.init is None:
@@ -111,6 +115,9 @@ class NLME:
     ``omega``: ``"diagonal"``, ``"full"`` (one correlated block over all random effects;
     LKJ prior in Bayesian fits) or NONMEM-style blocks with the rest diagonal, e.g.
     ``"CL+V"`` (``$OMEGA BLOCK(2)`` for CL, V) or ``"CL+V;KA+Q"`` (two blocks; ML fits).
+    ``omega_corr``: initial correlations within a block, e.g. ``{"CL+V": 0.5}`` (default 0);
+    a block whose parameters all have ``omega_fixed`` is fixed whole, its correlations
+    included (NONMEM's ``$OMEGA BLOCK(n) ... FIX``).
     ``transform`` maps a dict of estimated individual parameters
     (arrays) to model parameters; names it does not return keep their values in ``fixed``
     or the model defaults. ``output`` is the observed model output (default: the first).
@@ -123,6 +130,7 @@ class NLME:
     transform: Callable[[dict], dict] | None = None
     output: str | None = None
     fixed: Mapping[str, float] = dataclasses.field(default_factory=dict)
+    omega_corr: Mapping[str, float] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self):
         if isinstance(self.model, str):
@@ -159,6 +167,42 @@ class NLME:
             raise SpecError(f"NLME: fixed names {bad_fixed} are not model parameters")
         if not any(p.iiv for p in self.params):
             raise SpecError("NLME: at least one parameter needs inter-individual variability")
+        object.__setattr__(self, "omega_corr", dict(self.omega_corr))
+        self.omega_corr_matrix()  # validates the initial correlations
+
+    def omega_corr_matrix(self):
+        """The initial correlation matrix of the random effects (``iiv_names`` order) from
+        ``omega_corr``; a :class:`SpecError` names an entry outside a block, out of (−1, 1)
+        or a matrix that is not positive definite."""
+        import numpy as np
+
+        iiv = self.iiv_names
+        block_of = {n: b for b, block in enumerate(self.omega_blocks) for n in block}
+        corr = np.eye(len(iiv))
+        for key, value in self.omega_corr.items():
+            names = [x.strip() for x in str(key).split("+")]
+            if len(names) != 2 or any(n not in block_of for n in names):
+                raise SpecError(
+                    f"NLME: omega_corr {key!r}: give two parameters of one Ω block as 'A+B' "
+                    f"(blocks: {['+'.join(b) for b in self.omega_blocks]})"
+                )
+            if block_of[names[0]] != block_of[names[1]] or names[0] == names[1]:
+                raise SpecError(f"NLME: omega_corr {key!r}: the two are not in one Ω block")
+            if not -1.0 < float(value) < 1.0:
+                raise SpecError(f"NLME: omega_corr {key!r}: a correlation in (-1, 1), got {value}")
+            i, j = iiv.index(names[0]), iiv.index(names[1])
+            corr[i, j] = corr[j, i] = float(value)
+        if np.any(np.linalg.eigvalsh(corr) <= 1e-10):
+            raise SpecError(
+                f"NLME: omega_corr {dict(self.omega_corr)}: these correlations do not form a "
+                "positive-definite matrix"
+            )
+        return corr
+
+    def fixed_blocks(self) -> tuple[tuple[str, ...], ...]:
+        """Blocks of Ω held whole (every member has ``omega_fixed``)."""
+        fixed = {p.name for p in self.params if p.omega_fixed}
+        return tuple(b for b in self.omega_blocks if all(n in fixed for n in b))
 
     @property
     def names(self) -> tuple[str, ...]:
