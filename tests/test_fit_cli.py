@@ -176,6 +176,18 @@ def test_observation_table_like_nonmem_sdtab(tmp_path):
     assert abs(tab["IWRES"].mean()) < 0.3
     stored = load_fit(out)["observations"]
     np.testing.assert_allclose(stored["IPRED"].values, tab["IPRED"].to_numpy(), rtol=1e-10)
+    # dense PRED/IPRED curves per subject (curves.csv and the result's "curves" group): each
+    # grid ends at the subject's last observation, where it equals that row of sdtab
+    curves = pd.read_csv(rep / "curves.csv")
+    assert list(curves.columns) == ["ID", "TIME", "PRED", "IPRED"]
+    assert len(curves) == 59 * 241 and curves.notna().all().all()
+    last_grid = curves.groupby("ID").tail(1).set_index("ID")
+    last_obs = tab.groupby("ID").tail(1).set_index("ID")
+    np.testing.assert_allclose(last_grid["TIME"], last_obs["TIME"], rtol=1e-12)
+    for col in ("PRED", "IPRED"):
+        np.testing.assert_allclose(last_grid[col], last_obs[col], rtol=1e-9)
+    group = load_fit(out)["curves"]
+    np.testing.assert_allclose(group["IPRED"].values.ravel(), curves["IPRED"], rtol=1e-12)
 
 
 @pytest.mark.slow  # three fits of 80 subjects: keeps the default suite under 10 minutes

@@ -164,7 +164,7 @@ class Layout:
         for name in self.eta_names:
             out[f"omega_{name}"] = "1 (SD of log parameter)"
             out[f"omega2_{name}"] = "1 (variance of log parameter)"
-        dv_units = _output_units(spec)
+        dv_units = output_units(spec)
         out["sigma_add"] = "1 (SD of log DV)" if spec.error.kind == "log-additive" else dv_units
         out["sigma_prop"] = "1 (fraction of prediction)"
         return out
@@ -198,7 +198,8 @@ def _scaled_units(unit: str, param) -> str:
     return f"{unit} at {', '.join(notes)}" if notes else unit
 
 
-def _output_units(spec) -> str:
+def output_units(spec) -> str:
+    """Units of the observed output (the DV)."""
     m = spec.model
     for o in m.outputs:
         if o.name == spec.output:

@@ -174,12 +174,8 @@ def individual(fit: FitResult, path: str | Path, max_subjects: int = 12, points:
     bm = fit.bound
     obs = bm.data.observations
     n = min(bm.n_subjects, max_subjects)
-    t_max = obs.time.max(axis=1)
-    grid = np.linspace(0.0, 1.0, points)[None, :] * np.maximum(t_max, 1e-9)[:, None]
-    arrays = dict(bm.arrays, time=jnp.asarray(grid))
-    eta = jnp.asarray(fit.eta)
-    ipred, _ = jax.jit(lambda p, e: bm.predict(p, e, arrays))(fit.pop, eta)
-    pred, _ = jax.jit(lambda p, e: bm.predict(p, e, arrays))(fit.pop, jnp.zeros_like(eta))
+    curves = fit.curves(points)
+    grid, ipred, pred = (curves[k].values for k in ("TIME", "IPRED", "PRED"))
     cols = min(4, n)
     rows = -(-n // cols)
     fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.6 * rows), squeeze=False)
@@ -190,8 +186,8 @@ def individual(fit: FitResult, path: str | Path, max_subjects: int = 12, points:
             continue
         m = obs.mask[i]
         ax.scatter(obs.time[i][m], obs.dv[i][m], s=10, color="k", zorder=3)
-        ax.plot(grid[i], np.asarray(ipred[i]), color="tab:blue", label="IPRED")
-        ax.plot(grid[i], np.asarray(pred[i]), color="tab:orange", ls="--", label="PRED")
+        ax.plot(grid[i], ipred[i], color="tab:blue", label="IPRED")
+        ax.plot(grid[i], pred[i], color="tab:orange", ls="--", label="PRED")
         ax.set_title(f"ID {ids[i]}", fontsize=9)
         ax.grid(alpha=0.3)
     axes.flat[0].legend(fontsize=7)
@@ -202,17 +198,22 @@ def report(
     fit: FitResult, directory: str | Path, n_sim: int = 200, *, overwrite: bool = False
 ) -> list[Path]:
     """Write ``gof.png``, ``vpc.png``, ``individual.png``, ``summary.csv``,
-    ``individual.csv`` and ``sdtab.csv`` (one row per observation: PRED, IPRED, IWRES, CWRES,
-    η) to ``directory`` (new, or cohort's own: files there are replaced only with
-    ``overwrite``)."""
+    ``individual.csv``, ``sdtab.csv`` (one row per observation: PRED, IPRED, IWRES, CWRES, η)
+    and ``curves.csv`` (PRED and IPRED on a dense grid per subject) to ``directory`` (new, or
+    cohort's own: files there are replaced only with ``overwrite``)."""
     directory = report_directory(directory, overwrite=overwrite, flag="--report")
     names = ("gof.png", "vpc.png", "individual.png", "summary.csv", "individual.csv")
     gof_p, vpc_p, ind_p, summary, table = (
         claim_file(directory, name, overwrite=overwrite) for name in names
     )
     sdtab = claim_file(directory, "sdtab.csv", overwrite=overwrite)
+    curves_csv = claim_file(directory, "curves.csv", overwrite=overwrite)
     paths = [gof(fit, gof_p), vpc(fit, vpc_p, n_sim=n_sim), individual(fit, ind_p)]
     fit.summary.to_csv(summary)
     fit.individual.to_csv(table)
     fit.observation_table().to_csv(sdtab, index=False)
-    return [*paths, summary, table, sdtab]
+    curves = fit.curves()
+    frame = curves[["TIME", "PRED", "IPRED"]].to_dataframe().reset_index()
+    frame = frame.rename(columns={"subject": "ID"}).drop(columns="point")
+    frame.to_csv(curves_csv, index=False)
+    return [*paths, summary, table, sdtab, curves_csv]

@@ -18,7 +18,7 @@ import zarr
 
 from cohort._version import __version__
 from cohort.errors import OutputError
-from cohort.inference.layout import Layout
+from cohort.inference.layout import Layout, output_units
 from cohort.inference.ml import MLEstimate
 from cohort.inference.problem import BoundModel, Pop
 from cohort.store import locks_output, prepare_output
@@ -81,6 +81,45 @@ class FitResult:
             "ok": np.asarray(ok),
         }
 
+    def curves(self, points: int = 241) -> xr.Dataset:
+        """Typical-value (``PRED``, η = 0) and individual (``IPRED``) predictions of every
+        subject on a dense grid of ``points`` times from 0 to its last observation, under its
+        own dosing records: the curves users plot through the data (dims ``subject``,
+        ``point``; ``TIME`` per subject; NaN where a solve failed)."""
+        bm = self.bound
+        obs = bm.data.observations
+        t_max = np.where(obs.mask, obs.time, -np.inf).max(axis=1)
+        t_max = np.where(np.isfinite(t_max) & (t_max > 0), t_max, 1.0)
+        grid = np.linspace(0.0, 1.0, points)[None, :] * t_max[:, None]
+        arrays = dict(bm.arrays, time=jnp.asarray(grid))
+
+        @jax.jit
+        def both(pop, eta):
+            pred, ok0 = bm.predict(pop, jnp.zeros_like(eta), arrays)
+            ipred, ok = bm.predict(pop, eta, arrays)
+            return jnp.where(ok0[:, None], pred, jnp.nan), jnp.where(ok[:, None], ipred, jnp.nan)
+
+        pred, ipred = (np.asarray(a) for a in both(self.pop, jnp.asarray(self.eta)))
+        dv_units = output_units(bm.spec)
+        dims = ("subject", "point")
+        return xr.Dataset(
+            {
+                "TIME": (dims, grid, {"units": bm.spec.model.time_units}),
+                "PRED": (
+                    dims,
+                    pred,
+                    {"long_name": "typical-value prediction (eta = 0)", "units": dv_units},
+                ),
+                "IPRED": (
+                    dims,
+                    ipred,
+                    {"long_name": "individual prediction", "units": dv_units},
+                ),
+            },
+            coords={"subject": np.asarray(bm.data.ids)},
+            attrs={"description": "PRED and IPRED on a dense time grid per subject"},
+        )
+
     def observation_table(self):
         """Per-observation ID, TIME, DV, PRED, IPRED, IWRES, CWRES, CENS, ETA_* (NONMEM's
         sdtab; :func:`cohort.inference.tables.observation_table`)."""
@@ -125,6 +164,7 @@ class FitResult:
             {c: ("obs", table[c].to_numpy()) for c in table.columns},
             attrs={"description": "one row per observation (NONMEM sdtab columns)"},
         )
+        groups["curves"] = self.curves()
         if self.idata is not None:
             groups = {g: self.idata[g] for g in self.idata.groups()} | groups
         _write_groups(path, groups)

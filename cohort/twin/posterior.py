@@ -256,6 +256,7 @@ def sample(
     max_tree_depth: int = 8,
     retry: bool = True,
     lockstep: bool = True,
+    adapt_mass_matrix: bool = True,
 ) -> Samples:
     """NUTS for any per-patient potential (see :func:`modes`); ``prepare(arrays)`` gives the
     per-patient data (leaves with the patient axis first; default: ``arrays`` itself). ``key``
@@ -271,7 +272,7 @@ def sample(
     t0 = time.perf_counter()
     run = functools.partial(
         _nuts_batch, make_potential, params, key, prepare, chains=chains,
-        max_tree_depth=max_tree_depth, lockstep=lockstep,
+        max_tree_depth=max_tree_depth, lockstep=lockstep, adapt_mass_matrix=adapt_mass_matrix,
     )  # fmt: skip
     z, rhat, ess, div = run(init, arrays, warmup=warmup, draws=draws, seed=seed)
     bad = np.flatnonzero(~np.all((rhat < 1.01) & (ess > 400), axis=1))
@@ -295,7 +296,7 @@ def sample(
 
 def _nuts_batch(
     make_potential, params, key, prepare, init: Laplace, arrays, *, chains, warmup, draws, seed,
-    max_tree_depth, lockstep=True,
+    max_tree_depth, lockstep=True, adapt_mass_matrix=True,
 ):  # fmt: skip
     """One vmapped NUTS run: draws ``[N, chain, draw, q]``, R-hat, ESS, divergences."""
     from numpyro.infer.hmc import hmc
@@ -316,6 +317,7 @@ def _nuts_batch(
                     inverse_mass_matrix=mass,
                     dense_mass=True,
                     max_tree_depth=max_tree_depth,
+                    adapt_mass_matrix=adapt_mass_matrix,
                     model_args=(d,),
                     rng_key=key,
                 )
@@ -336,7 +338,7 @@ def _nuts_batch(
 
         return jax.jit(run)
 
-    what = f"nuts:{chains}:{warmup}:{draws}:{max_tree_depth}:{lockstep}"
+    what = f"nuts:{chains}:{warmup}:{draws}:{max_tree_depth}:{lockstep}:{adapt_mass_matrix}"
     fn = _cached_key((key, what), build)
     rng = np.random.default_rng(seed)
     cov = np.where(init.ok[:, None, None], init.cov, np.eye(q)[None])
