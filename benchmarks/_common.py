@@ -105,6 +105,17 @@ class OtherLoad:
         return False
 
 
+def first_call(fn):
+    """Run ``fn`` once and say where its time went (``cohort.timing``: wall, trace and compile
+    seconds, persistent-cache hits): ``(result, profile)``. Benchmarks time warm runs; this is
+    the first call's split, reported per model and engine beside them."""
+    from cohort.timing import phases, summary
+
+    with phases() as p:
+        out = fn()
+    return out, summary(p)
+
+
 def machine_info() -> dict[str, Any]:
     import jax
 

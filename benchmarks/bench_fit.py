@@ -31,7 +31,7 @@ from pathlib import Path  # noqa: E402
 import pandas as pd  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS_DIR, OtherLoad, machine_info, write_json  # noqa: E402
+from _common import RESULTS_DIR, OtherLoad, first_call, machine_info, write_json  # noqa: E402
 
 import cohort  # noqa: E402
 from cohort.inference import NLME, Covariate, ErrorModel, Param, fit  # noqa: E402
@@ -75,7 +75,7 @@ def timed(label: str, fn):
     with OtherLoad() as load, warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", cohort.CohortWarning)
         t0, c0 = time.perf_counter(), time.process_time()
-        result = fn()
+        result, profile = first_call(fn)
         seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
     notes = [str(w.message) for w in caught if issubclass(w.category, cohort.CohortWarning)]
     print(
@@ -90,6 +90,8 @@ def timed(label: str, fn):
         "other_load_cores": load.value,
         "loadavg_before": list(loadavg),
         "warnings": notes,
+        "trace_s": profile["trace_s"],  # of which tracing and XLA compilation (cohort.timing)
+        "compile_s": profile["compile_s"],
     }
 
 

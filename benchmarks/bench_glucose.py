@@ -44,7 +44,14 @@ from cohort.devices import use_cpu_cores
 use_cpu_cores()
 
 import numpy as np  # noqa: E402
-from _common import RESULTS_DIR, OtherLoad, machine_info, short_error, write_json  # noqa: E402
+from _common import (  # noqa: E402
+    RESULTS_DIR,
+    OtherLoad,
+    first_call,
+    machine_info,
+    short_error,
+    write_json,
+)
 
 import cohort  # noqa: E402
 from cohort.glucose import controllers, scenarios  # noqa: E402
@@ -75,8 +82,9 @@ def _scenario(n: int):
 
 
 def _timed(fn, repeats: int = 1):
-    """Best of ``repeats`` after a warm-up: ``(result, wall s, other load, own CPU s)``."""
-    fn()  # warm-up (compilation)
+    """Best of ``repeats`` after a warm-up: ``(result, wall s, other load, own CPU s, the
+    warm-up's trace/compile split)``."""
+    _, first = first_call(fn)  # warm-up (compilation)
     best = (np.inf, None, None)
     for _ in range(repeats):
         with OtherLoad() as load:
@@ -85,7 +93,7 @@ def _timed(fn, repeats: int = 1):
             wall = time.perf_counter() - t0
         if wall < best[0]:
             best = (wall, load.value, load.own_cpu_s)
-    return (res, *best)
+    return (res, *best, first)
 
 
 def _simglucose(n: int) -> dict:
@@ -189,8 +197,9 @@ def main() -> None:
     print("accuracy:", accuracy)
 
 
-def _row(n, wall, load, cpu, status) -> dict:
+def _row(n, wall, load, cpu, first, status) -> dict:
     return {
+        "first_call": first,
         "wall_s": wall,
         "patient_days_per_s": n / wall,
         "cpu_s": cpu,

@@ -54,6 +54,7 @@ from _common import (
     SEED,
     T_END_H,
     OtherLoad,
+    first_call,
     machine_info,
     population,
     short_error,
@@ -433,6 +434,7 @@ def main(argv: list[str] | None = None) -> dict:
         first_s=None,
         extra=None,
         baseline=None,
+        first_profile=None,
     ):
         load, cpu_s = load["other_cpu_load"], load["cpu_s"]
         row = {
@@ -445,6 +447,7 @@ def main(argv: list[str] | None = None) -> dict:
             "extrapolated": n_solved != n,
             "patient_days_per_s": n_solved * days / seconds,
             "first_call_s": first_s,
+            "first_call": first_profile,  # its trace / compile split (cohort.timing)
             "note": note,
             "baseline": baseline,
             "other_cpu_load": load,
@@ -506,13 +509,12 @@ def main(argv: list[str] | None = None) -> dict:
         returns the row and the outputs (``None, None`` if it failed)."""
         try:
             run = cohort_run(*run_args)
-            t0 = time.perf_counter()
-            run()
-            first = time.perf_counter() - t0
+            _, prof = first_call(run)
             s, ts_, outs, load = timed(run, args.repeat, budget)
             row = record(
-                name, section, n, s, ts_, outs, load, first_s=first, note=note, baseline=baseline
-            )
+                name, section, n, s, ts_, outs, load, first_s=prof["wall_s"], note=note,
+                baseline=baseline, first_profile=prof,
+            )  # fmt: skip
             return row, outs
         except Exception as exc:  # noqa: BLE001 - report and go on
             record_error(name, section, exc)
@@ -554,9 +556,8 @@ def main(argv: list[str] | None = None) -> dict:
             opts,
             OUTPUTS,
         )
-        t0 = time.perf_counter()
-        warm()
-        first = time.perf_counter() - t0
+        _, prof = first_call(warm)
+        first = prof["wall_s"]
         run = cohort_run(
             model, subset(pop, diffrax_n), times, "diffrax", "float64", diffrax_chunk, opts, OUTPUTS
         )
@@ -570,6 +571,7 @@ def main(argv: list[str] | None = None) -> dict:
             outs,
             load,
             first_s=first,
+            first_profile=prof,
             note=(f"chunk {diffrax_chunk:,}" + (", extrapolated" if diffrax_n != n else "")),
             baseline="naive_diffrax",
         )
@@ -610,9 +612,8 @@ def main(argv: list[str] | None = None) -> dict:
         name = "cohort_cf_kernel" + ("" if dtype == "float64" else "_f32")
         try:
             run = kernel_run(pk_model, pk_pop, times, dtype, cf_chunk, ("conc",))
-            t0 = time.perf_counter()
-            run()
-            first = time.perf_counter() - t0
+            _, prof = first_call(run)
+            first = prof["wall_s"]
             s, ts_, outs, load = timed(run, args.repeat, budget)
             outs = kernel_outputs(outs, ref_n, len(times))
             note = f"chunk {cf_chunk:,}, {dtype}, solves only"
@@ -625,6 +626,7 @@ def main(argv: list[str] | None = None) -> dict:
                 outs,
                 load,
                 first_s=first,
+                first_profile=prof,
                 note=note,
                 baseline="naive_diffrax_pk",
             )

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS_DIR, machine_info, write_json  # noqa: E402
+from _common import RESULTS_DIR, first_call, machine_info, write_json  # noqa: E402
 
 from cohort.models.glucose import reference_patients  # noqa: E402
 from cohort.twin import CGMTwins  # noqa: E402
@@ -98,9 +98,10 @@ def gradient_ratio(table) -> dict:
 
 def run_identify(table, method: str) -> dict:
     t0 = time.perf_counter()
-    tw = CGMTwins.identify(str(PRIOR), table, method=method)
+    tw, profile = first_call(lambda: CGMTwins.identify(str(PRIOR), table, method=method))
     seconds = time.perf_counter() - t0
     row = {"method": method, "patients": tw.n, "seconds": round(seconds, 2),
+           "trace_s": round(profile["trace_s"], 2), "compile_s": round(profile["compile_s"], 2),
            "seconds_per_patient_day": round(seconds / tw.n, 2),
            "fit_mard_median": round(float(np.median(tw.fitted().mard.values)), 2)}  # fmt: skip
     if tw.samples is not None:

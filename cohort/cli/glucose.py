@@ -10,7 +10,7 @@ import typer
 from rich.table import Table
 
 from cohort.cli._common import command, console, err_console, fail, progress
-from cohort.cli._timing import describe, phases
+from cohort.timing import describe, phases
 
 _METRICS = (
     ("tir_70_180", "TIR 70–180 %"),

@@ -15,7 +15,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from cohort.cli._common import command, console, err_console, fail, progress
-from cohort.cli._timing import describe, phases
+from cohort.timing import describe, phases
 
 # Defaults of `cohort simulate` (None in the signature, so a flag the user gave can be told
 # apart from one left at its default when two flags conflict).

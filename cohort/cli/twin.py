@@ -71,7 +71,9 @@ def fit(
     out: Path = typer.Option(Path("twins.zarr"), "--out", "-o", help="twin store (.zarr)"),
     method: str = typer.Option("laplace", help="laplace (MAP + Laplace) | nuts"),
     chains: int = typer.Option(4, help="NUTS chains per patient"),
-    warmup: int = typer.Option(500, help="NUTS warmup iterations"),
+    warmup: int = typer.Option(
+        250, help="NUTS warmup iterations (step size; the Laplace covariance is the metric)"
+    ),
     draws: int = typer.Option(500, help="NUTS draws per chain"),
     seed: int = typer.Option(0, help="random seed"),
     report: Path = typer.Option(None, help="directory for the individual table and figures"),

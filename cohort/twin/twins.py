@@ -46,13 +46,15 @@ class Twins:
         *,
         method: str = "laplace",
         chains: int = 4,
-        warmup: int = 500,
+        warmup: int = 250,
         draws: int = 500,
         seed: int = 0,
     ) -> Twins:
         """Personalise a twin per patient of ``records`` (NONMEM-style: ID, TIME, DV, AMT,
         EVID, ..., plus the covariates the prior needs). ``method``: ``laplace`` (MAP +
-        Laplace) or ``nuts`` (per-patient NUTS started from the Laplace approximation)."""
+        Laplace) or ``nuts`` (per-patient NUTS started from the Laplace approximation, whose
+        covariance is the mass matrix: ``warmup`` adapts the step size only; patients not
+        converged are rerun with an adapted mass matrix, see :func:`posterior.nuts`)."""
         if not isinstance(prior, TwinPrior):
             prior = TwinPrior.from_spec(prior)
         if method not in METHODS:

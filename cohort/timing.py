@@ -70,6 +70,18 @@ def phases() -> Iterator[dict[str, float]]:
             out["startup"] = startup
 
 
+def summary(p: dict[str, float]) -> dict[str, float]:
+    """``{"wall_s", "trace_s", "compile_s", "cache_hits", "cache_misses"}`` of a
+    :func:`phases` record (what benchmarks store beside their timings)."""
+    return {
+        "wall_s": p.get("wall", 0.0),
+        "trace_s": sum(p.get(k, 0.0) for k in _TRACE),
+        "compile_s": p.get(_COMPILE, 0.0),
+        "cache_hits": int(p.get(_HITS, 0)),
+        "cache_misses": int(p.get(_MISSES, 0)),
+    }
+
+
 def describe(p: dict[str, float]) -> str:
     """``time: startup 0.3 s, trace 0.9 s, compile 2.1 s (3 programs, 2 cached), run 1.2 s``."""
     trace = sum(p.get(k, 0.0) for k in _TRACE)
