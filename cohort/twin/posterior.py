@@ -214,17 +214,17 @@ def nuts(
     draws: int = 500,
     seed: int = 0,
     max_tree_depth: int = 8,
-    retry: bool = True,
+    retry: bool | int = 2,
     adapt_mass_matrix: bool = False,
 ) -> Samples:
     """Per-patient NUTS, all patients × chains in one vmapped program. Chains start from the
     Laplace approximation (mode + draws from it; inverse mass matrix = its covariance, kept
     during warmup unless ``adapt_mass_matrix``: only the step size adapts, so a short warmup
     suffices — 200 patients converge in 37 s instead of 60 s with 500 adapted iterations),
-    which is also the warm start of a sequential update. With ``retry``, patients not
-    converged (R-hat ≥ 1.01 or bulk ESS ≤ 400) are run again as one smaller batch with at
-    least 500 warmup iterations adapting the mass matrix and three times the draws (kept
-    thinned by 3, diagnostics from the whole run)."""
+    which is also the warm start of a sequential update. With ``retry`` (rounds, default 2),
+    patients not converged (R-hat ≥ 1.01 or bulk ESS ≤ 400) are run again as one smaller batch
+    with at least 500 warmup iterations adapting the mass matrix and three (then nine) times
+    the draws, kept thinned (see :func:`sample`); the rest keep their first run."""
 
     def make_potential(pop):
         return _potential(bm, pop, laplace.omega_inverse(bm, pop)[0])
@@ -259,13 +259,16 @@ def sample(
     draws: int = 500,
     seed: int = 0,
     max_tree_depth: int = 8,
-    retry: bool = True,
+    retry: bool | int = True,
     lockstep: bool = True,
     adapt_mass_matrix: bool = True,
 ) -> Samples:
     """NUTS for any per-patient potential (see :func:`modes`); ``prepare(arrays)`` gives the
     per-patient data (leaves with the patient axis first; default: ``arrays`` itself). ``key``
-    identifies the potential for the compiled-program cache. See :func:`nuts`.
+    identifies the potential for the compiled-program cache. See :func:`nuts`. ``retry``: how
+    many rerun rounds for patients not converged (``True``: one); round ``r`` runs
+    ``max(2ʳ·warmup, 500)`` warmup iterations adapting the mass matrix and ``3ʳ·draws`` draws,
+    kept thinned by ``3ʳ`` (diagnostics from the whole run).
 
     ``lockstep=True`` vmaps patients × chains (one iteration costs the deepest tree of all
     lanes: best when a gradient is cheap, as in closed-form PK); ``False`` runs patients one
@@ -282,11 +285,14 @@ def sample(
     z, rhat, ess, div = run(
         init, arrays, warmup=warmup, draws=draws, seed=seed, adapt_mass_matrix=adapt_mass_matrix
     )
-    bad = np.flatnonzero(~np.all((rhat < 1.01) & (ess > 400), axis=1))
-    if retry and bad.size:
-        n = init.eta.shape[0]
+    z, rhat, ess, div = z.copy(), rhat.copy(), ess.copy(), div.copy()
+    n = init.eta.shape[0]
+    for r in range(1, int(retry) + 1):
+        bad = np.flatnonzero(~np.all((rhat < 1.01) & (ess > 400), axis=1))
+        if not bad.size:
+            break
         sub = jax.tree_util.tree_map(
-            lambda a: a[bad] if getattr(a, "ndim", 0) and a.shape[0] == n else a, arrays
+            lambda a, bad=bad: a[bad] if getattr(a, "ndim", 0) and a.shape[0] == n else a, arrays
         )
         part = dataclasses.replace(
             init,
@@ -296,13 +302,13 @@ def sample(
             ok=init.ok[bad],
         )
         # the robust pass: longer, with the mass matrix adapted (a posterior the Laplace
-        # metric fits poorly, e.g. skewed or with a minor mode, is what lands here)
+        # metric fits poorly, e.g. skewed or slowly mixing, is what lands here)
+        thin = 3**r
         z2, rhat2, ess2, div2 = run(
-            part, sub, warmup=max(2 * warmup, 500), draws=3 * draws, seed=seed + 1,
+            part, sub, warmup=max(2**r * warmup, 500), draws=thin * draws, seed=seed + r,
             adapt_mass_matrix=True,
         )  # fmt: skip
-        z, rhat, ess, div = z.copy(), rhat.copy(), ess.copy(), div.copy()
-        z[bad], rhat[bad], ess[bad], div[bad] = z2[:, :, ::3], rhat2, ess2, div2
+        z[bad], rhat[bad], ess[bad], div[bad] = z2[:, :, ::thin], rhat2, ess2, div2
     return Samples(z, rhat, ess, div, time.perf_counter() - t0)
 
 
