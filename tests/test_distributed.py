@@ -216,3 +216,60 @@ def test_trial_on_a_cluster_with_a_relative_store_path(client, tmp_path, monkeyp
 
 def runner_invoke(args):
     return CliRunner().invoke(app, args)
+
+
+def _vancomycin_records(n: int):
+    from cohort.dosing import Regimen
+    from cohort.twin import TwinPrior
+    from cohort.twin.synthetic import simulate_records
+
+    prior = TwinPrior.from_spec(Path(__file__).parents[1] / "priors" / "vancomycin_goti2018.toml")
+    reg = Regimen(amt=1000.0, ii=12.0, addl=3, duration=1.0)
+    records, _ = simulate_records(prior, n, [2.5, 11.75, 26.5, 35.75], reg, seed=5)
+    first = records[(records.EVID == 1) | records.TIME.isin([2.5, 11.75])]
+    later = records[(records.EVID == 0) & records.TIME.isin([26.5, 35.75])]
+    return prior, first, later
+
+
+def test_twins_identified_on_a_cluster_match_a_local_run(client):
+    """Twin identification as Dask tasks (groups of patients per worker): the same MAP and
+    Laplace covariance per patient as one local batch (to the mode search's tolerance:
+    batches of other sizes round differently), patients in their order."""
+    from cohort.twin import Twins
+
+    prior, first, _ = _vancomycin_records(12)
+    local = Twins.identify(prior, first)
+    remote = Twins.identify(prior, first, cluster=client)
+    np.testing.assert_array_equal(remote.ids, local.ids)
+    assert remote.ok.all() and local.ok.all()
+    np.testing.assert_allclose(remote.laplace.eta, local.laplace.eta, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(remote.laplace.cov, local.laplace.cov, rtol=1e-5, atol=1e-9)
+
+
+@pytest.mark.slow
+def test_twins_updated_on_a_cluster_match_a_local_update(client):
+    from cohort.twin import Twins
+
+    prior, first, later = _vancomycin_records(12)
+    local = Twins.identify(prior, first)
+    up_local, up_remote = local.update(later), local.update(later, cluster=client)
+    np.testing.assert_allclose(up_remote.laplace.eta, up_local.laplace.eta, rtol=1e-6, atol=1e-7)
+    assert len(up_remote.history) == 2
+
+
+@pytest.mark.slow
+def test_nuts_twins_on_a_cluster_sample_the_local_posterior(client):
+    """NUTS twins on the workers: each patient's chains are seeded by its position, so a
+    group's patients run the chains a local run would; the draws agree in distribution."""
+    from cohort.twin import Twins
+
+    prior, first, _ = _vancomycin_records(6)
+    kw = dict(method="nuts", warmup=250, draws=500)
+    local = Twins.identify(prior, first, **kw)
+    remote = Twins.identify(prior, first, cluster=client, **kw)
+    a = local.samples.eta.reshape(6, -1, local.samples.eta.shape[-1])
+    b = remote.samples.eta.reshape(6, -1, remote.samples.eta.shape[-1])
+    sd = a.std(axis=1)
+    assert np.all(np.abs(a.mean(axis=1) - b.mean(axis=1)) < 0.3 * sd)
+    np.testing.assert_allclose(b.std(axis=1), sd, rtol=0.25)
+    assert remote.samples.converged.all()

@@ -78,8 +78,12 @@ def fit(
     seed: int = typer.Option(0, help="random seed"),
     report: Path = typer.Option(None, help="directory for the individual table and figures"),
     overwrite: bool = typer.Option(False, help="replace an existing --out/--report by cohort"),
+    scheduler: str = typer.Option(
+        None, help="Dask scheduler address (tcp://host:8786): groups of patients as tasks"
+    ),
 ):
-    """Identify one twin per patient of DATA (all patients in one batch)."""
+    """Identify one twin per patient of DATA (all patients in one batch, or groups of them on a
+    Dask cluster with --scheduler)."""
     from cohort.store import check_replaceable
     from cohort.twin import TwinPrior, Twins
 
@@ -97,6 +101,7 @@ def fit(
             warmup=warmup,
             draws=draws,
             seed=seed,
+            cluster=scheduler,
         )
     path = tw.save(out, overwrite=overwrite)
     console.print(_summary(tw, f"{tw.prior.name}: individual MAP estimates"))
@@ -122,6 +127,9 @@ def update(
     method: str = typer.Option(None, help="laplace | nuts (default: the store's)"),
     report: Path = typer.Option(None, help="directory for the individual table and figures"),
     overwrite: bool = typer.Option(False, help="replace an existing --report by cohort"),
+    scheduler: str = typer.Option(
+        None, help="Dask scheduler address: update groups of PK twins as tasks"
+    ),
 ):
     """Add new records to the twins and update their posteriors (appended to the store; the
     earlier state stays readable)."""
@@ -132,7 +140,11 @@ def update(
     folder = _report(report, overwrite)
     t0 = time.perf_counter()
     with console.status("updating twins"):
-        tw = open_twins(store).update(str(data), method=method)
+        twins = open_twins(store)
+        if scheduler is not None and hasattr(twins, "replay"):
+            fail("--scheduler: CGM twins update in one process for now (PK twins only)")
+        extra = {"cluster": scheduler} if scheduler is not None else {}
+        tw = twins.update(str(data), method=method, **extra)
     path = tw.save(store)
     if hasattr(tw, "replay"):  # CGM twins
         console.print(_cgm_summary(tw, f"{tw.prior.name}: updated posteriors"))

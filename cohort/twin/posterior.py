@@ -216,6 +216,7 @@ def nuts(
     max_tree_depth: int = 8,
     retry: bool | int = 2,
     adapt_mass_matrix: bool = False,
+    index=None,
 ) -> Samples:
     """Per-patient NUTS, all patients × chains in one vmapped program. Chains start from the
     Laplace approximation (mode + draws from it; inverse mass matrix = its covariance, kept
@@ -243,6 +244,7 @@ def nuts(
         max_tree_depth=max_tree_depth,
         retry=retry,
         adapt_mass_matrix=adapt_mass_matrix,
+        index=index,
     )
 
 
@@ -262,13 +264,15 @@ def sample(
     retry: bool | int = True,
     lockstep: bool = True,
     adapt_mass_matrix: bool = True,
+    index=None,
 ) -> Samples:
     """NUTS for any per-patient potential (see :func:`modes`); ``prepare(arrays)`` gives the
     per-patient data (leaves with the patient axis first; default: ``arrays`` itself). ``key``
     identifies the potential for the compiled-program cache. See :func:`nuts`. ``retry``: how
     many rerun rounds for patients not converged (``True``: one); round ``r`` runs
     ``max(2ʳ·warmup, 500)`` warmup iterations adapting the mass matrix and ``3ʳ·draws`` draws,
-    kept thinned by ``3ʳ`` (diagnostics from the whole run).
+    kept thinned by ``3ʳ`` (diagnostics from the whole run). ``index``: the patients' global
+    positions (default ``0..N-1``), which seed their chains (see :func:`_patient_streams`).
 
     ``lockstep=True`` vmaps patients × chains (one iteration costs the deepest tree of all
     lanes: best when a gradient is cheap, as in closed-form PK); ``False`` runs patients one
@@ -282,11 +286,13 @@ def sample(
         _nuts_batch, make_potential, params, key, prepare, chains=chains,
         max_tree_depth=max_tree_depth, lockstep=lockstep,
     )  # fmt: skip
-    z, rhat, ess, div = run(
-        init, arrays, warmup=warmup, draws=draws, seed=seed, adapt_mass_matrix=adapt_mass_matrix
-    )
-    z, rhat, ess, div = z.copy(), rhat.copy(), ess.copy(), div.copy()
     n = init.eta.shape[0]
+    index = np.arange(n) if index is None else np.asarray(index, int)
+    z, rhat, ess, div = run(
+        init, arrays, warmup=warmup, draws=draws, seed=seed,
+        adapt_mass_matrix=adapt_mass_matrix, index=index,
+    )  # fmt: skip
+    z, rhat, ess, div = z.copy(), rhat.copy(), ess.copy(), div.copy()
     for r in range(1, int(retry) + 1):
         bad = np.flatnonzero(~np.all((rhat < 1.01) & (ess > 400), axis=1))
         if not bad.size:
@@ -306,7 +312,7 @@ def sample(
         thin = 3**r
         z2, rhat2, ess2, div2 = run(
             part, sub, warmup=max(2**r * warmup, 500), draws=thin * draws, seed=seed + r,
-            adapt_mass_matrix=True,
+            adapt_mass_matrix=True, index=index[bad],
         )  # fmt: skip
         z[bad], rhat[bad], ess[bad], div[bad] = z2[:, :, ::thin], rhat2, ess2, div2
     return Samples(z, rhat, ess, div, time.perf_counter() - t0)
@@ -314,7 +320,7 @@ def sample(
 
 def _nuts_batch(
     make_potential, params, key, prepare, init: Laplace, arrays, *, chains, warmup, draws, seed,
-    max_tree_depth, lockstep=True, adapt_mass_matrix=True,
+    max_tree_depth, lockstep=True, adapt_mass_matrix=True, index=None,
 ):  # fmt: skip
     """One vmapped NUTS run: draws ``[N, chain, draw, q]``, R-hat, ESS, divergences."""
     from numpyro.infer.hmc import hmc
@@ -358,16 +364,27 @@ def _nuts_batch(
 
     what = f"nuts:{chains}:{warmup}:{draws}:{max_tree_depth}:{lockstep}:{adapt_mass_matrix}"
     fn = _cached_key((key, what), build)
-    rng = np.random.default_rng(seed)
     cov = np.where(init.ok[:, None, None], init.cov, np.eye(q)[None])
     chol = np.linalg.cholesky(cov)
-    jitter = rng.standard_normal((n, chains, q))
+    jitter, keys = _patient_streams(seed, np.arange(n) if index is None else index, chains, q)
     starts = init.eta[:, None, :] + np.einsum("nij,ncj->nci", chol, jitter)
-    keys = jax.random.split(jax.random.PRNGKey(seed), n * chains).reshape(n, chains, -1)
-    z, div = fn(params, jnp.asarray(starts), jnp.asarray(cov), keys, arrays)
+    z, div = fn(params, jnp.asarray(starts), jnp.asarray(cov), jnp.asarray(keys), arrays)
     z = np.asarray(z)  # [N, chain, draw, q]
     rhat, ess = diagnostics(z)
     return z, rhat, ess, np.asarray(div).sum(axis=1)
+
+
+def _patient_streams(seed: int, index, chains: int, q: int) -> tuple[np.ndarray, np.ndarray]:
+    """Chain start jitter ``[N, chains, q]`` and PRNG keys ``[N, chains, 2]`` (raw uint32
+    pairs) from one random stream per patient, seeded by ``(seed, patient index)``: a
+    patient's chains are the same whichever batch or worker runs it."""
+    jitter = np.empty((len(index), chains, q))
+    keys = np.empty((len(index), chains, 2), np.uint32)
+    for k, i in enumerate(np.asarray(index, int)):
+        rng = np.random.default_rng((int(seed), int(i)))
+        jitter[k] = rng.standard_normal((chains, q))
+        keys[k] = rng.integers(0, 2**32, size=(chains, 2), dtype=np.uint32)
+    return jitter, keys
 
 
 def diagnostics(z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

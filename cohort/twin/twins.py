@@ -49,12 +49,16 @@ class Twins:
         warmup: int = 250,
         draws: int = 500,
         seed: int = 0,
+        cluster=None,
     ) -> Twins:
         """Personalise a twin per patient of ``records`` (NONMEM-style: ID, TIME, DV, AMT,
         EVID, ..., plus the covariates the prior needs). ``method``: ``laplace`` (MAP +
         Laplace) or ``nuts`` (per-patient NUTS started from the Laplace approximation, whose
         covariance is the mass matrix: ``warmup`` adapts the step size only; patients not
-        converged are rerun with an adapted mass matrix, see :func:`posterior.nuts`)."""
+        converged are rerun with an adapted mass matrix, see :func:`posterior.nuts`).
+        ``cluster``: a Dask Client, Cluster or scheduler address: groups of patients are
+        identified as tasks on its workers (each patient's starts and chains are seeded by
+        its position, so the twins are those of a local run)."""
         if not isinstance(prior, TwinPrior):
             prior = TwinPrior.from_spec(prior)
         if method not in METHODS:
@@ -63,24 +67,18 @@ class Twins:
         bm = bind_twins(prior, data)
         eta0 = posterior.starts(prior.omega, data.n_subjects)
         opts = {"chains": chains, "warmup": warmup, "draws": draws, "seed": seed}
-        return cls._posterior(prior, data, bm, eta0, method, opts, (), "identify")
+        return cls._posterior(prior, data, bm, eta0, method, opts, (), "identify", cluster=cluster)
 
     @classmethod
-    def _posterior(cls, prior, data, bm, eta0, method, opts, history, what, init=None) -> Twins:
+    def _posterior(
+        cls, prior, data, bm, eta0, method, opts, history, what, previous=None, cluster=None
+    ) -> Twins:
         t0 = time.perf_counter()
-        pop = prior_pop(prior)
-        lap = posterior.map_laplace(bm, pop, eta0)
-        samples = None
-        if method == "nuts":
-            samples = posterior.nuts(
-                bm,
-                pop,
-                lap if init is None else init(lap),
-                chains=opts["chains"],
-                warmup=opts["warmup"],
-                draws=opts["draws"],
-                seed=opts["seed"],
-            )
+        if cluster is None:
+            index = np.arange(data.n_subjects)
+            lap, samples = _compute(prior, bm, eta0, method, opts, previous, index)
+        else:
+            lap, samples = _compute_on_cluster(prior, data, eta0, method, opts, previous, cluster)
         sd = _posterior_sd(lap, samples)
         entry = {
             "step": what,
@@ -144,10 +142,13 @@ class Twins:
         return table
 
     # -- updating ------------------------------------------------------------------------------
-    def update(self, new_records: pd.DataFrame | str | Path, *, method: str | None = None) -> Twins:
+    def update(
+        self, new_records: pd.DataFrame | str | Path, *, method: str | None = None, cluster=None
+    ) -> Twins:
         """Twins that have also seen ``new_records`` (observations and doses at or after each
         patient's last record). The posterior search starts from the current one (modes, and
-        for NUTS the current draws' covariance as mass matrix); these twins are unchanged."""
+        for NUTS the current draws' covariance as mass matrix); these twins are unchanged.
+        ``cluster``: as in :meth:`identify`."""
         from cohort.twin.records import append_records
 
         method = method or self.method
@@ -156,19 +157,11 @@ class Twins:
         combined = append_records(self.data, new_records, self.prior.model)
         data = read_records(combined, self.prior)
         bm = bind_twins(self.prior, data)
-        init = None
-        if method == "nuts" and self.samples is not None:
-            previous = self.samples
-
-            def init(lap):  # mass matrix from the previous draws where they are wider
-                z = previous.eta.reshape(self.n, -1, previous.eta.shape[-1])
-                cov = np.einsum(
-                    "nsi,nsj->nij", z - z.mean(1, keepdims=True), z - z.mean(1, keepdims=True)
-                ) / (z.shape[1] - 1)
-                ok = lap.ok & np.all(np.isfinite(cov), axis=(1, 2))
-                use = np.where(ok[:, None, None], lap.cov, cov)
-                return dataclasses.replace(lap, cov=use)
-
+        previous = None
+        if method == "nuts" and self.samples is not None:  # the previous draws' covariance
+            z = self.samples.eta.reshape(self.n, -1, self.samples.eta.shape[-1])
+            dev = z - z.mean(1, keepdims=True)
+            previous = np.einsum("nsi,nsj->nij", dev, dev) / (z.shape[1] - 1)
         eta0 = posterior.starts(self.prior.omega, self.n, warm=self.laplace.eta)
         return self._posterior(
             self.prior,
@@ -179,7 +172,8 @@ class Twins:
             self.options,
             self.history,
             "update",
-            init,
+            previous,
+            cluster,
         )
 
     def refit(self, method: str | None = None) -> Twins:
@@ -206,6 +200,73 @@ class Twins:
         from cohort.twin.store import save_twins
 
         return save_twins(self, path, overwrite=overwrite)
+
+
+def _compute(prior, bm, eta0, method, opts, previous, index):
+    """MAP + Laplace (and NUTS) for the patients of ``bm``; ``index``: their positions among
+    all patients (seeds their chains); ``previous [N, q, q]``: an update's previous draws'
+    covariance, the mass matrix where the new Laplace approximation failed."""
+    pop = prior_pop(prior)
+    lap = posterior.map_laplace(bm, pop, eta0)
+    samples = None
+    if method == "nuts":
+        init = lap
+        if previous is not None:
+            ok = lap.ok & np.all(np.isfinite(previous), axis=(1, 2))
+            init = dataclasses.replace(lap, cov=np.where(ok[:, None, None], lap.cov, previous))
+        samples = posterior.nuts(
+            bm, pop, init, chains=opts["chains"], warmup=opts["warmup"], draws=opts["draws"],
+            seed=opts["seed"], index=index,
+        )  # fmt: skip
+    return lap, samples
+
+
+def _compute_group(prior, frame, eta0, method, opts, previous, index):
+    """One Dask task: the twins of one group of patients (records ``frame``)."""
+    data = read_records(frame, prior)
+    return _compute(prior, bind_twins(prior, data), eta0, method, opts, previous, index)
+
+
+def _compute_on_cluster(prior, data, eta0, method, opts, previous, cluster):
+    """:func:`_compute` over groups of patients as tasks on a Dask cluster (about four per
+    worker), merged in patient order."""
+    from cohort.distributed import connect, worker_count
+
+    frame, ids, n = data.to_frame(), np.asarray(data.ids), data.n_subjects
+    with connect(cluster) as client:
+        groups = [
+            g for g in np.array_split(np.arange(n), min(n, 4 * worker_count(client))) if g.size
+        ]
+        futures = [
+            client.submit(
+                _compute_group,
+                prior,
+                frame[frame["ID"].isin(ids[g])],
+                eta0[:, g],
+                method,
+                opts,
+                None if previous is None else previous[g],
+                g,
+                pure=False,
+            )  # fmt: skip
+            for g in groups
+        ]
+        parts = client.gather(futures)
+    laps = [p[0] for p in parts]
+    lap = posterior.Laplace(
+        *(np.concatenate([getattr(x, f.name) for x in laps]) for f in dataclasses.fields(laps[0]))
+    )
+    samples = None
+    if method == "nuts":
+        ss = [p[1] for p in parts]
+        samples = posterior.Samples(
+            eta=np.concatenate([x.eta for x in ss]),
+            rhat=np.concatenate([x.rhat for x in ss]),
+            ess_bulk=np.concatenate([x.ess_bulk for x in ss]),
+            divergences=np.concatenate([x.divergences for x in ss]),
+            seconds=max(x.seconds for x in ss),
+        )
+    return lap, samples
 
 
 def _posterior_sd(lap: posterior.Laplace, samples: posterior.Samples | None) -> np.ndarray:
