@@ -151,6 +151,7 @@ def test_replay_responds_to_therapy_in_the_right_direction():
     assert 0.0 <= float(base["p_below_70"].item()) <= 1.0
 
 
+@pytest.mark.slow
 def test_update_adds_a_day_and_keeps_the_previous_state():
     df = _truth_records(seed=5, days=2)
     day1, day2 = df[df["TIME"] < 1440], df[df["TIME"] >= 1440].drop(columns="BW")

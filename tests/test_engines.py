@@ -95,6 +95,7 @@ def test_closed_form_refuses_nonlinear_model():
         cohort.simulate("pk2_oral_idr", None, DOSE, TIMES, n=2, method=ClosedForm())
 
 
+@pytest.mark.slow
 def test_rk4_tolerance_is_met_on_a_nonlinear_model():
     """The step chosen for ``tol`` meets it against a tight adaptive reference, and a looser
     tolerance gives a larger step."""

@@ -250,6 +250,7 @@ def test_zero_prediction_under_log_error_is_reported_and_exits_nonzero(tmp_path)
     assert attrs["diagnostic_zero_predictions"] == 1
 
 
+@pytest.mark.slow
 def test_nuts_prints_a_verdict_and_fails_its_gates_loudly(tmp_path):
     """Too few draws for the gates (bulk ESS >= 100 per chain): the verdict line says so with
     the numbers, the run exits 1 and keeps the draws; --allow-unconverged exits 0."""

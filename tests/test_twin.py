@@ -265,6 +265,7 @@ def test_packaged_vancomycin_prior_is_the_priors_spec():
     assert PRIOR.read_bytes() == spec.read_bytes()
 
 
+@pytest.mark.slow
 def test_unconverged_nuts_patients_are_rerun_longer():
     """With far too few draws nobody converges: every patient is rerun as one batch with 2×
     warmup and 3× draws, kept thinned to the requested count, diagnostics from the rerun."""
