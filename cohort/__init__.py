@@ -14,6 +14,7 @@ import importlib
 import os
 import sys
 
+from cohort import _started as _started  # noqa: F401  (first: it records the import time)
 from cohort._version import __version__ as __version__
 from cohort.errors import CohortError, CohortWarning, OutputError
 

@@ -62,14 +62,47 @@ def test_cached_runs_are_bit_identical_and_survive_corruption(tmp_path):
     assert folder.name == f"jax-{jax.__version__}-jaxlib-{jaxlib.__version__}"
     entries = sorted(folder.glob("*-cache"))
     assert entries, "the solve's program was not cached"
+    (program,) = (folder / "programs").glob("*.jaxexport")  # the traced solve, stored too
+    os.utime(program, (0, 0))
     _cohort([*SIMULATE, "-o", "cached.zarr"], on, tmp_path)
+    assert program.stat().st_mtime > 0  # read back (a use refreshes its time)
+    assert sorted(folder.glob("*-cache")) == entries  # and its compiled form found
     for entry in entries:  # corrupt every entry: each must be recompiled, not fatal
         entry.write_bytes(b"not a compiled program")
-    _cohort([*SIMULATE, "-o", "corrupt.zarr"], on, tmp_path)
+    program.write_bytes(b"not a traced program either")
+    proc = _cohort([*SIMULATE, "-o", "corrupt.zarr"], on, tmp_path)
+    assert "ignoring an unreadable cached program" in proc.stderr
     ref = _conc(tmp_path / "plain.zarr")
     assert np.isfinite(ref).all()
     for name in ("first.zarr", "cached.zarr", "corrupt.zarr"):
         np.testing.assert_array_equal(_conc(tmp_path / name), ref, err_msg=name)
+
+
+def test_only_cohort_code_is_stored_as_a_traced_program():
+    """A stored trace is keyed on cohort's own source; a model whose code is elsewhere (not
+    registered by cohort) is never stored, and the key changes with the input shapes."""
+    from cohort.engine.exported import builtin_model_key, program_key
+    from cohort.models import get
+
+    model = get("pk2_oral_idr")
+    assert builtin_model_key(model).startswith("pk2_oral_idr:")
+    base = get("pk1_iv")
+
+    def like(cls, registered):  # the built-in's fields in another instance
+        obj = object.__new__(cls)
+        obj.__dict__.update({k: v for k, v in vars(base).items() if registered or k[0] != "_"})
+        return obj
+
+    class Mine(type(base)):  # a user's model: its code is not in the digest
+        pass
+
+    assert builtin_model_key(like(type(base), registered=False)) is None
+    assert builtin_model_key(like(Mine, registered=True)) is None
+    a = program_key("x", {"CL": np.zeros(16)}, 1)
+    assert a == program_key("x", {"CL": np.ones(16)}, 1)  # values are not part of it
+    assert a != program_key("x", {"CL": np.zeros(32)}, 1)
+    assert a != program_key("x", {"CL": np.zeros(16)}, 2)
+    assert program_key("<object at 0x7f>", {}, 1) is None
 
 
 def test_library_cache_is_opt_in(tmp_path):

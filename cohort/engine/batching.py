@@ -119,7 +119,7 @@ class BatchSolver:
     reused ones). A buffer still viewed from numpy is not donated (JAX then allocates a new
     one), so a forgotten view costs speed, never data."""
 
-    def __init__(self, run: BatchRun, n_devices: int = 1):
+    def __init__(self, run: BatchRun, n_devices: int = 1, cache_key: str | None = None):
         devices = jax.local_devices()[:n_devices]
         if n_devices > 1:
             mesh = jax.sharding.Mesh(np.array(devices), ("patient",))
@@ -133,11 +133,20 @@ class BatchSolver:
                 check_vma=False,  # patients are independent: no collectives to type-check
             )
             out_sharding = jax.sharding.NamedSharding(mesh, time_major)
+            # how a stored program is called: patients split, settings whole, buffers as made
+            self._call_shardings = (
+                jax.sharding.NamedSharding(mesh, by_patient),
+                jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()),
+                out_sharding,
+            )
         else:
             out_sharding = jax.sharding.SingleDeviceSharding(devices[0])
+            self._call_shardings = None
         self.n_devices = n_devices
         self.inner = jax.jit(run)  # the plain solve (inputs, shared) -> (outs, status, extras)
-        self._shapes: dict = {}
+        self._out_sharding = out_sharding
+        self._cache_key = cache_key
+        self._programs: dict = {}  # input signature -> (batch program, output buffer spec)
 
         def into(inputs, shared, buffers):
             out, status, extras = self.inner(inputs, shared)
@@ -152,15 +161,39 @@ class BatchSolver:
     def __call__(self, inputs: Any, shared: Any, buffers: dict | None):
         """Solve a batch into ``buffers`` (outputs of an earlier batch of the same shape, which
         become invalid), or into new ones when ``buffers`` is None."""
+        leaves, tree = jax.tree.flatten((inputs, shared))
+        sig = (tree, tuple((np.shape(v), str(np.result_type(v))) for v in leaves))
+        if sig not in self._programs:
+            self._programs[sig] = self._program(inputs, shared)
+        program, spec = self._programs[sig]
         if buffers is None:
-            key = tuple(
-                (np.shape(v), str(np.result_type(v))) for v in jax.tree.leaves((inputs, shared))
-            )
-            if key not in self._shapes:
-                shapes = jax.eval_shape(self.inner, inputs, shared)[0]
-                self._shapes[key] = tuple((o, s.shape, str(s.dtype)) for o, s in shapes.items())
-            buffers = self._new(self._shapes[key])
-        return self._into(inputs, shared, buffers)
+            buffers = self._new(spec)
+        return program(inputs, shared, buffers)
+
+    def _program(self, inputs: Any, shared: Any) -> tuple[Callable, tuple]:
+        """The batch program for inputs shaped like these and its output buffers' spec: the
+        jitted solve, or with a ``cache_key`` (and the compilation cache on) the stored trace
+        of an earlier process (:mod:`cohort.engine.exported`), stored now when missing."""
+        from cohort.engine import exported
+
+        key = None
+        if self._cache_key is not None and exported.folder() is not None:
+            key = exported.program_key(self._cache_key, (inputs, shared), self.n_devices)
+        stored = exported.load(key) if key is not None else None
+        if stored is None:
+            shapes = jax.eval_shape(self.inner, inputs, shared)[0]
+            spec = tuple((o, s.shape, str(s.dtype)) for o, s in shapes.items())
+            if key is None:
+                return self._into, spec
+            like = {o: jax.ShapeDtypeStruct(shape, dtype, sharding=self._out_sharding)
+                    for o, shape, dtype in spec}  # fmt: skip
+            stored = jax.export.export(self._into)(inputs, shared, like)
+            exported.save(key, stored)
+        out = jax.tree.unflatten(stored.out_tree, stored.out_avals)[0]
+        spec = tuple((o, a.shape, str(a.dtype)) for o, a in out.items())
+        if self._call_shardings is None:
+            return jax.jit(stored.call, donate_argnums=2), spec
+        return jax.jit(stored.call, in_shardings=self._call_shardings, donate_argnums=2), spec
 
 
 def padded_rows(inputs: Any, lo: int, hi: int, batch: int) -> Any:

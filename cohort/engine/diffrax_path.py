@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-import diffrax as dfx
 import jax
 import jax.numpy as jnp
 
@@ -43,12 +42,15 @@ class Adaptive(Engine):
     def pick_solver(self, model: Model):
         if self.solver is not None:
             return self.solver
+        import diffrax as dfx  # here: a run from a stored program never imports diffrax
+
         return dfx.Kvaerno5() if model.stiff else dfx.Tsit5()
 
     def describe(self, model: Model) -> dict:
+        default = "Kvaerno5" if model.stiff else "Tsit5"
         return {
             "engine": self.name,
-            "solver": type(self.pick_solver(model)).__name__,
+            "solver": default if self.solver is None else type(self.solver).__name__,
             "rtol": self.rtol,
             "atol": self.atol,
             "max_steps": self.max_steps,
@@ -83,6 +85,8 @@ DiffraxOptions = Adaptive  # the earlier name of the reference engine's settings
 
 
 def _code(result) -> jnp.ndarray:
+    import diffrax as dfx
+
     ok = result == dfx.RESULTS.successful
     max_steps = result == dfx.RESULTS.max_steps_reached
     return jnp.where(ok, Status.OK, jnp.where(max_steps, Status.MAX_STEPS, Status.SOLVER_FAILED))
@@ -98,6 +102,8 @@ def solve_patient(
     opts: Adaptive,
 ):
     """States ``[T, S]`` and a status code for one patient."""
+    import diffrax as dfx
+
     p = model.prepare(p)
     ch = resolve(model, ev, p, with_infusion, has_ss)
     names = model.state_names

@@ -32,6 +32,7 @@ from cohort.engine.batching import (
     run_batches,
 )
 from cohort.engine.events import missing_duration_params, ss_lag_problem
+from cohort.engine.exported import builtin_model_key
 from cohort.engine.fast_path import RK4
 from cohort.engine.inputs import InputError, check_times, checked_params, population_arrays
 from cohort.engine.status import status_attrs
@@ -67,7 +68,13 @@ def _solver(
         out, status = solve(*inputs)
         return out, status, {}
 
-    return BatchSolver(run, n_devices)
+    model_key = builtin_model_key(model)
+    key = None
+    if model_key is not None:  # what the traced program depends on besides input shapes
+        grid = hashlib.sha256(np.ascontiguousarray(times, float).tobytes()).hexdigest()
+        key = repr(("simulate", model_key, engine, grid, t_first, infusion, ss_interval,
+                    outputs, dtype))  # fmt: skip
+    return BatchSolver(run, n_devices, cache_key=key)
 
 
 @dataclasses.dataclass

@@ -17,7 +17,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import xarray as xr
-from scipy import special
 
 from cohort._version import __version__
 from cohort.errors import CohortError
@@ -77,6 +76,8 @@ def category_values(cov) -> np.ndarray:
 
 
 def _marginal(cov, u: np.ndarray) -> np.ndarray:
+    from scipy import special  # here: `cohort simulate` never needs scipy
+
     a = cov.args
     d = cov.distribution
     lo, hi = a.get("lower", -np.inf), a.get("upper", np.inf)
@@ -105,6 +106,8 @@ def _marginal(cov, u: np.ndarray) -> np.ndarray:
 
 
 def _covariates(spec: PopulationSpec, u: np.ndarray) -> dict[str, np.ndarray]:
+    from scipy import special  # here: `cohort simulate` never needs scipy
+
     names = spec.covariate_names
     cvars = spec.correlation_vars
     u = u.copy()
@@ -116,6 +119,8 @@ def _covariates(spec: PopulationSpec, u: np.ndarray) -> dict[str, np.ndarray]:
 
 
 def _parameters(spec: PopulationSpec, cov: dict[str, np.ndarray], u_eta: np.ndarray):
+    from scipy import special  # here: `cohort simulate` never needs scipy
+
     n = u_eta.shape[0]
     eta = (
         _correlate(special.ndtri(u_eta), np.linalg.cholesky(spec.omega))
