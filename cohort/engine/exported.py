@@ -3,7 +3,7 @@
 JAX's persistent compilation cache (:func:`cohort.devices.enable_compile_cache`) keys its
 entries on the lowered program, so every process still traces the Python solve before it can
 find the compiled one: ~0.7 s of a repeated ``cohort simulate`` of 100 patients, more for the
-closed-loop glucose programs. JAX has no cache for traces; ``jax.export`` serializes a lowered
+closed-loop programs. JAX has no cache for traces; ``jax.export`` serializes a lowered
 program (StableHLO in a flatbuffer, no pickle) that another process deserializes and calls
 without tracing, and whose compiled form the persistent cache then holds as usual.
 
