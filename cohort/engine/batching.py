@@ -180,20 +180,39 @@ class BatchSolver:
         if self._cache_key is not None and exported.folder() is not None:
             key = exported.program_key(self._cache_key, (inputs, shared), self.n_devices)
         stored = exported.load(key) if key is not None else None
+        n_inputs = len(jax.tree.leaves(inputs))
+        tree = jax.tree.structure((inputs, shared))
         if stored is None:
             shapes = jax.eval_shape(self.inner, inputs, shared)[0]
             spec = tuple((o, s.shape, str(s.dtype)) for o, s in shapes.items())
             if key is None:
                 return self._into, spec
+
+            def flat(leaves, buffers):  # plain lists of arrays: any input pytree serializes
+                return self._into(*jax.tree.unflatten(tree, leaves), buffers)
+
             like = {o: jax.ShapeDtypeStruct(shape, dtype, sharding=self._out_sharding)
                     for o, shape, dtype in spec}  # fmt: skip
-            stored = jax.export.export(self._into)(inputs, shared, like)
+            try:
+                stored = jax.export.export(jax.jit(flat, donate_argnums=1))(
+                    jax.tree.leaves((inputs, shared)), like
+                )
+            except Exception:  # a construct jax.export refuses: run it as a plain jit
+                return self._into, spec
             exported.save(key, stored)
         out = jax.tree.unflatten(stored.out_tree, stored.out_avals)[0]
         spec = tuple((o, a.shape, str(a.dtype)) for o, a in out.items())
         if self._call_shardings is None:
-            return jax.jit(stored.call, donate_argnums=2), spec
-        return jax.jit(stored.call, in_shardings=self._call_shardings, donate_argnums=2), spec
+            call = jax.jit(stored.call, donate_argnums=1)
+        else:
+            by_patient, whole, buffers = self._call_shardings
+            leaves = [by_patient] * n_inputs + [whole] * (tree.num_leaves - n_inputs)
+            call = jax.jit(stored.call, in_shardings=(leaves, buffers), donate_argnums=1)
+
+        def program(inputs, shared, buffers):
+            return call(jax.tree.leaves((inputs, shared)), buffers)
+
+        return program, spec
 
 
 def padded_rows(inputs: Any, lo: int, hi: int, batch: int) -> Any:

@@ -64,6 +64,12 @@ def builtin_model_key(model: Any) -> str | None:
     return f"{name}:{model.fingerprint()}"
 
 
+def is_cohort_code(*objects: Any) -> bool:
+    """Whether every object (None aside) has its class defined in the cohort package (so its
+    code is in :func:`source_digest` and a stored trace of it cannot go stale)."""
+    return all(obj is None or type(obj).__module__.startswith("cohort.") for obj in objects)
+
+
 def _is_model(obj: Any) -> bool:
     from cohort.models.base import Model
     from cohort.models.pd import PDBlock

@@ -275,12 +275,16 @@ def solve_closed_loop(
         memory, dbar = _remember_meal(memory, y, meal)
         g = model.gastric(dbar, d)
 
-        def coarse(y):
-            return _rk4(model, y, d, g, meal, insulin, h, per_minute)
+        # Every patient takes the coarse steps; the eaters' are then replaced by fine ones.
+        # (The coarse solve stays outside the branches: one copy of the RK4 code instead of
+        # three, which shortens compilation.)
+        yc = _rk4(model, y, d, g, meal, insulin, h, per_minute)
+
+        def keep(y):
+            return yc
 
         def refined(y):
             yf = _rk4(model, y, d, g, meal, insulin, h / fine, per_minute * fine)
-            yc = coarse(y)
             return {s: jnp.where(memory.eating, yf[s], yc[s]) for s in y}
 
         def refined_few(y):
@@ -297,15 +301,14 @@ def solve_closed_loop(
                 h / fine,
                 per_minute * fine,
             )
-            yc = coarse(y)
             return {s: yc[s].at[idx].set(yf[s], mode="drop") for s in y}
 
         if fine > 1:
             eaters = jnp.sum(memory.eating)
             branch = jnp.where(eaters == 0, 0, jnp.where(eaters <= few, 1, 2))
-            y = jax.lax.switch(branch, (coarse, refined_few, refined), y)
+            y = jax.lax.switch(branch, (keep, refined_few, refined), y)
         else:
-            y = coarse(y)
+            y = yc
         # simglucose's gating stops a compartment at zero; RK4 can step past it (glucose driven
         # to 0 by an overdose), so project back instead of flagging the patient
         y = {s: jnp.maximum(v, 0.0) if s in nonneg else v for s, v in y.items()}
@@ -316,23 +319,25 @@ def solve_closed_loop(
         g, cgm, sensor_state, ctrl_state, rate, residual = decide(
             y, sensor_state, ctrl_state, residual, k
         )
-        y, memory, delivered = jax.lax.fori_loop(
+        y_end, memory, delivered = jax.lax.fori_loop(
             0, period, lambda j, c: minute(j, c, k, rate), (y, memory, zeros)
         )
+        # Step n_periods only reads the sensor and asks the controller (the last record): its
+        # period is integrated and dropped, so the program holds one copy of that code.
+        live = k < n_periods
+        y = {s: jnp.where(live, y_end[s], y[s]) for s in y}
         lo, hi = extremes(lo, hi, y)
-        rec = {gsub: g, "CGM": cgm, "insulin": delivered / period}
+        rec = {gsub: g, "CGM": cgm, "insulin": jnp.where(live, delivered / period, rate)}
         return (y, memory, sensor_state, ctrl_state, residual, lo, hi), rec
 
     ctrl0 = controller.init({**p, **(therapy or {})}, basal, float(period))
     lo, hi = extremes(zeros, zeros, y0)
     memory = _MealMemory(zeros, zeros, jnp.zeros(n, bool))
     carry = (y0, memory, SensorState(zeros, zeros), ctrl0, zeros, lo, hi)
-    ks = jnp.arange(n_periods, dtype=jnp.int32)
+    ks = jnp.arange(n_periods + 1, dtype=jnp.int32)
     carry, recs = jax.lax.scan(period_step, carry, ks)
-    y, _, sensor_state, ctrl_state, residual, lo, hi = carry
-    g, cgm, *_, rate, _ = decide(y, sensor_state, ctrl_state, residual, jnp.int32(n_periods))
-    last = {gsub: g, "CGM": cgm, "insulin": rate}
-    out = {k: jnp.concatenate([recs[k], last[k][None]]).astype(dtype) for k in last}
+    y, *_, lo, hi = carry
+    out = {k: v.astype(dtype) for k, v in recs.items()}
     finite = jnp.isfinite(lo) & jnp.isfinite(hi)
     for s in names:
         finite = finite & jnp.isfinite(y[s])

@@ -69,7 +69,11 @@ def reference_envelope(
 ) -> OutcomeEnvelope:
     """The range of the reference patients' standard-day outcomes, widened by the margins
     (defaults: the tolerances to which cohort reproduces simglucose per patient)."""
-    ds = standard_day(reference_patients(group))
+    return _envelope(standard_day(reference_patients(group)), tir_margin, tbr_margin, mean_margin)
+
+
+def _envelope(ds, tir_margin: float = 5.0, tbr_margin: float = 2.0, mean_margin: float = 10.0):
+    """:class:`OutcomeEnvelope` around the standard-day outcomes in ``ds``."""
     tir, tbr, mean = (np.asarray(ds[k].values, float) for k in ("tir_70_180", "tbr_70", "mean"))
     return OutcomeEnvelope(
         max(0.0, tir.min() - tir_margin),
@@ -93,8 +97,11 @@ def sample_plausible(
     Returns the patients with their standard-day ``tir_70_180``, ``tbr_70`` and ``mean`` and
     the ``attempt`` that was kept; ``df.attrs['acceptance']`` is the fraction of physiological
     candidates that passed."""
-    envelope = envelope or reference_envelope(group)
     frame, ok = sample_candidates(group, n, seed, shrinkage, max_attempts)
+    # Without an envelope, the reference patients' standard day (the default envelope) runs
+    # in the first round's batches: one compiled program instead of two (a patient's day does
+    # not depend on its batch, so the envelope is reference_envelope(group)'s).
+    refs = None if envelope is not None else reference_patients(group)[list(frame.columns)]
     choice = np.full(n, -1)
     outcome = {k: np.full(n, np.nan) for k in ("tir_70_180", "tbr_70", "mean")}
     tried = passed = 0
@@ -113,9 +120,15 @@ def sample_plausible(
             )
         # rounds shrink: pad each to whole chunks of one size, so one program is compiled
         rows = pending * max_attempts + cand
-        size = -(-rows.size // chunk) * chunk
-        padded = np.concatenate([rows, np.full(size - rows.size, rows[-1])])
-        ds = standard_day(frame.iloc[padded].reset_index(drop=True), chunk_size=chunk)
+        batch = frame.iloc[rows]
+        if refs is not None:
+            batch = pd.concat([batch, refs])
+        size = -(-len(batch) // chunk) * chunk
+        batch = batch.iloc[np.minimum(np.arange(size), len(batch) - 1)]  # padded: one shape
+        ds = standard_day(batch.reset_index(drop=True), chunk_size=chunk)
+        if refs is not None:
+            envelope = _envelope(ds.isel(patient=slice(rows.size, rows.size + len(refs))))
+            refs = None
         ds = ds.isel(patient=slice(0, rows.size))
         good = envelope.accepts(ds)
         tried += pending.size

@@ -34,6 +34,7 @@ from cohort.engine.batching import (
     patient_major,
     run_batches,
 )
+from cohort.engine.exported import builtin_model_key, is_cohort_code
 from cohort.engine.inputs import InputError, checked_params, population_arrays
 from cohort.engine.simulate import result_dataset
 from cohort.engine.status import status_attrs, stepping_status
@@ -98,7 +99,11 @@ def _solver(
         metrics["cvga_zone"] = metrics.pop("cvga_code").astype(jnp.int8)
         return outs, status, metrics
 
-    return BatchSolver(run, n_dev)
+    model_key = builtin_model_key(model)
+    key = None
+    if model_key is not None and is_cohort_code(ctrl, options, options.sensor):
+        key = repr(("closed_loop", model_key, ctrl, options, n_periods, dtype))
+    return BatchSolver(run, n_dev, cache_key=key)
 
 
 def _spec_hash(model: Model, params, scenario: MealScenario, settings: tuple) -> str:
