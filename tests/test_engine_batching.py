@@ -262,3 +262,36 @@ def test_results_do_not_depend_on_the_chunk_size_to_the_bit():
     for ds in runs[1:]:
         for name in ("conc", "response"):
             assert ds[name].values.tobytes() == runs[0][name].values.tobytes(), name
+
+
+def test_nearby_cohort_sizes_share_one_compiled_program():
+    """Batches are padded on a coarse ladder (beyond 64 rows, <= 25 % padding): 150 and 135 patients run
+    the same compiled program, 170 a larger one; a patient's values do not depend on it."""
+    from cohort.engine.batching import bucket
+    from cohort.timing import phases
+
+    assert [bucket(r) for r in (1, 17, 65, 129, 150, 257, 5000)] == [
+        16,
+        32,
+        80,
+        160,
+        160,
+        320,
+        5120,
+    ]
+    assert all(r <= bucket(r) <= 1.25 * r for r in range(64, 3000))
+    times = cohort.grid(0.0, 24.0, 1.0)
+
+    def run(n):
+        rng = np.random.default_rng(3)
+        pop = {"CL": 5.0 * np.exp(0.3 * rng.standard_normal(n)), "KA": np.full(n, 1.0)}
+        with phases() as spent:
+            ds = cohort.simulate("pk2_oral_idr", pop, Regimen(100.0, "depot"), times, method="fast")
+        return ds.conc.values, spent
+
+    a, _ = run(150)
+    b, spent = run(135)
+    assert "/jax/core/compile/backend_compile_duration" not in spent
+    np.testing.assert_array_equal(b, a[:135])
+    _, spent = run(170)
+    assert spent.get("/jax/core/compile/backend_compile_duration", 0.0) > 0

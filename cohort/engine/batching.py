@@ -98,15 +98,27 @@ def default_chunk(
 
 def batch_shape(chunk_size: int) -> tuple[int, int]:
     """``(devices, padded batch)`` for batches of ``chunk_size`` patients: every local device
-    takes an equal share, padded to a multiple of :data:`LANES` patients. XLA's CPU code runs
-    the vectorised body of an elementwise loop over whole vectors and a scalar remainder over
-    the rest, whose exp/log round differently: without the padding a patient's result
-    depended on where its batch ended, i.e. on the chunk size and the device count (1 ulp on
-    ~1,000 of 290,000 values of a fast-path run with chunks of 75 vs 76, measured); a batch
-    axis of size 1 is specialised the same way."""
+    takes an equal share, padded up to :func:`bucket` rows.
+
+    Multiples of :data:`LANES`: XLA's CPU code runs the vectorised body of an elementwise loop
+    over whole vectors and a scalar remainder over the rest, whose exp/log round differently:
+    without the padding a patient's result depended on where its batch ended, i.e. on the
+    chunk size and the device count (1 ulp on ~1,000 of 290,000 values of a fast-path run
+    with chunks of 75 vs 76, measured); a batch axis of size 1 is specialised the same way.
+    The coarser ladder lets cohorts of nearby sizes share one compiled (and cached) program;
+    beyond 64 rows per device at most 25 % of a batch is padding."""
     n_dev = max(1, min(len(jax.local_devices()), chunk_size))
-    per_device = LANES * math.ceil(max(2, math.ceil(chunk_size / n_dev)) / LANES)
+    per_device = bucket(max(2, math.ceil(chunk_size / n_dev)))
     return n_dev, per_device * n_dev
+
+
+def bucket(rows: int) -> int:
+    """``rows`` rounded up on the ladder 16, 32, 48, 64, then four steps per doubling
+    (80, 96, 112, 128, 160, 192, 224, 256, 320, ...): multiples of :data:`LANES`."""
+    if rows <= 4 * LANES:
+        return LANES * math.ceil(rows / LANES)
+    step = (1 << (rows - 1).bit_length()) // 8  # a quarter of the power of two below
+    return step * math.ceil(rows / step)
 
 
 class BatchSolver:
