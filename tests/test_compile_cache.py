@@ -128,3 +128,21 @@ def test_request_cpu_devices_rejects_nonsense(value):
 
     with pytest.raises(ValueError, match="n must be >= 1"):
         request_cpu_devices(int(value))
+
+
+def test_repeated_glucose_command_reuses_its_screened_patients(tmp_path):
+    """``cohort glucose`` keeps its patients screened for plausible outcomes beside the
+    compilation cache: a repeated command reads them back and gives the same store."""
+    cache = tmp_path / "cache"
+    on = {"COHORT_CACHE_DIR": str(cache), "COHORT_NO_COMPILE_CACHE": ""}
+    args = ["glucose", "--n", "12", "--days", "0.25", "--seed", "4"]
+    _cohort([*args, "-o", "first.zarr"], on, tmp_path)
+    (table,) = cache.glob("*/tables/plausible-*.npz")
+    os.utime(table, (0, 0))
+    _cohort([*args, "-o", "again.zarr"], on, tmp_path)
+    assert table.stat().st_mtime > 0  # read back, not recomputed
+    from cohort.store import open_result
+
+    a, b = open_result(tmp_path / "first.zarr"), open_result(tmp_path / "again.zarr")
+    for name in ("Gsub", "CGM", "insulin", "BW", "tir_70_180"):
+        np.testing.assert_array_equal(a[name].values, b[name].values, err_msg=name)

@@ -265,8 +265,9 @@ def test_results_do_not_depend_on_the_chunk_size_to_the_bit():
 
 
 def test_nearby_cohort_sizes_share_one_compiled_program():
-    """Batches are padded on a coarse ladder (beyond 64 rows, <= 25 % padding): 150 and 135 patients run
-    the same compiled program, 170 a larger one; a patient's values do not depend on it."""
+    """Batches are padded on a coarse ladder (beyond 64 rows, <= 25 % padding): 150 and 135
+    patients run the same compiled program, 170 a larger one; a patient's values do not
+    depend on it."""
     from cohort.engine.batching import bucket
     from cohort.timing import phases
 

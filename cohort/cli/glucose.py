@@ -108,10 +108,13 @@ def glucose(
     if n <= 10:
         pop = reference_patients(patients).iloc[:n]
     elif plausible:
+        from cohort.cli._cache import cached_table
         from cohort.glucose.patients import sample_plausible
 
         with err_console.status(f"sampling {n:,} {patients}s with plausible outcomes"):
-            pop = sample_plausible(patients, n, seed=seed)
+            pop = cached_table(
+                "plausible", (patients, n, seed), lambda: sample_plausible(patients, n, seed=seed)
+            )
     else:
         pop = sample_patients(patients, n, seed=seed)
     options = ClosedLoopOptions(
