@@ -3,6 +3,7 @@ data, the right ka/ke mode, honest exit codes (references: DESIGN §6 in
 tests/data/fit_references.json and tests/data/SOURCES-fit.md)."""
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -60,6 +61,7 @@ def test_theoph_defaults_match_nlmixr2(tmp_path):
     assert est["KA"] == pytest.approx(ka, rel=0.10)
     assert est["sigma_add"] == pytest.approx(add, rel=0.05)
     assert "an IIV collapses to zero there" in _flat(res)
+    assert re.search(r"time: startup [\d.]+ s, trace [\d.]+ s, compile", _flat(res))  # on stderr
 
 
 def test_pheno_as_shipped_reproduces_nonmem(tmp_path):

@@ -35,8 +35,15 @@ def warn(msg: str) -> None:
     err_console.print(f"[bold yellow]warning:[/] {escape(str(msg))}", soft_wrap=True)
 
 
-def command(fn: F) -> F:
-    """Wrap a command: cohort errors -> one stderr line and exit 2; cohort warnings -> stderr."""
+def command(fn: F | None = None, *, timed: bool = False):
+    """Wrap a command: cohort errors -> one stderr line and exit 2; cohort warnings -> stderr.
+
+    ``timed``: after the command (also when it exits 1, e.g. a fit that did not converge),
+    print where its time went on stderr (``time: startup ..., trace ..., compile ... (n of m
+    from the cache), ...``); commands that print their own split (simulate, glucose) do not
+    ask for it."""
+    if fn is None:
+        return functools.partial(command, timed=timed)
 
     @functools.wraps(fn)
     def run(*args, **kwargs):
@@ -52,7 +59,9 @@ def command(fn: F) -> F:
 
             warnings.showwarning = show
             try:
-                return fn(*args, **kwargs)
+                if not timed:
+                    return fn(*args, **kwargs)
+                return _timed(fn, *args, **kwargs)
             except CohortError as exc:
                 fail(str(exc))
             except OSError as exc:  # unreadable/unwritable files named by the user
@@ -60,7 +69,26 @@ def command(fn: F) -> F:
             finally:
                 warnings.showwarning = previous
 
-    return run  # type: ignore[return-value]
+    return run
+
+
+def _timed(fn: Callable, *args, **kwargs):
+    from cohort.timing import describe, phases
+
+    spent: dict = {}
+    code = 0
+    try:
+        with phases() as spent:
+            return fn(*args, **kwargs)
+    except typer.Exit as stop:
+        code = stop.exit_code
+        raise
+    except BaseException:  # an error: its own message is what the user needs
+        code = -1
+        raise
+    finally:
+        if code in (0, 1) and "wall" in spent:  # not after a usage error (exit 2)
+            err_console.print(describe(spent), style="dim")
 
 
 def progress() -> Progress:

@@ -137,7 +137,7 @@ def _spec(
         fail(str(exc))
 
 
-@command
+@command(timed=True)
 def fit(
     data: Path = typer.Argument(
         ...,

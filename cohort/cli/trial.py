@@ -28,7 +28,7 @@ def _power_table(summary) -> Table:
     return table
 
 
-@command
+@command(timed=True)
 def trial(
     spec: Path = typer.Argument(
         ..., help="trial spec, e.g. experiments/theophylline_dose_ranging.toml"

@@ -64,7 +64,7 @@ def _status_line(tw, seconds: float, path: Path) -> str:
 
 
 @app.command("fit")
-@command
+@command(timed=True)
 def fit(
     data: Path = typer.Argument(..., help="NONMEM-style records (CSV) with the prior's covariates"),
     prior: Path = typer.Option(..., "--prior", help=_PRIOR_HELP),
@@ -120,7 +120,7 @@ def _write_individual(tw, folder: Path, overwrite: bool) -> None:
 
 
 @app.command("update")
-@command
+@command(timed=True)
 def update(
     store: Path = typer.Argument(..., help="twin store written by `cohort twin fit`"),
     data: Path = typer.Argument(..., help="new records (at or after each patient's last one)"),
@@ -181,7 +181,7 @@ def _times(spec: str) -> list[float]:
 
 
 @app.command("forecast")
-@command
+@command(timed=True)
 def forecast(
     store: Path = typer.Argument(..., help="twin store"),
     amt: float = typer.Option(None, help="future dose amount (none: past doses only)"),
@@ -237,7 +237,7 @@ def forecast(
 
 
 @app.command("dose")
-@command
+@command(timed=True)
 def dose(
     store: Path = typer.Argument(..., help="twin store"),
     target: str = typer.Option(..., help="auc:OUT:START:END:LO:HI | level:OUT:TIME:LO:HI | ..."),
@@ -305,7 +305,7 @@ def dose(
 
 
 @app.command("mipd")
-@command
+@command(timed=True)
 def mipd(
     n: int = typer.Option(200, help="simulated patients"),
     days: int = typer.Option(3, help="days (day 0 on label dosing in both arms)"),
@@ -389,7 +389,7 @@ DEFAULT_CGM_PRIOR = Path(__file__).resolve().parent.parent / "twin" / "data" / "
 
 
 @app.command("cgm")
-@command
+@command(timed=True)
 def cgm(
     data: Path = typer.Argument(
         ...,
