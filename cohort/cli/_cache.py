@@ -11,11 +11,11 @@ JSON attributes, written whole then renamed; an unreadable entry is recomputed.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 from collections.abc import Callable
 from importlib.metadata import version
-from pathlib import Path
 
 import numpy as np
 
@@ -23,26 +23,19 @@ SUFFIX = ".npz"
 MAX_ENTRIES = 32  # least recently used tables are removed beyond this many
 
 
-def _folder() -> Path | None:
-    import jax
-
-    base = jax.config.jax_compilation_cache_dir
-    return Path(base) / "tables" if base else None
-
-
 def cached_table(name: str, key: tuple, compute: Callable[[], object]):
     """``compute()`` (a pandas DataFrame with number/text columns and JSON-able ``attrs``),
     or the stored result of an identical earlier call."""
     import pandas as pd
 
-    from cohort.engine.exported import source_digest
+    from cohort.engine.exported import evict, folder, source_digest, write_whole
 
-    folder = _folder()
-    if folder is None:
+    where = folder("tables")
+    if where is None:
         return compute()
     libs = tuple(version(p) for p in ("numpy", "scipy", "jax", "pandas"))
     digest = hashlib.sha256(repr((name, key, libs, source_digest())).encode()).hexdigest()[:40]
-    path = folder / f"{name}-{digest}{SUFFIX}"
+    path = where / f"{name}-{digest}{SUFFIX}"
     try:
         with np.load(path, allow_pickle=False) as data:
             columns = json.loads(str(data["__columns__"]))
@@ -56,19 +49,15 @@ def cached_table(name: str, key: tuple, compute: Callable[[], object]):
     try:
         arrays = {f"c{i}": np.asarray(frame[c].to_numpy()) for i, c in enumerate(frame.columns)}
         arrays = {k: v.astype(str) if v.dtype == object else v for k, v in arrays.items()}
-        folder.mkdir(parents=True, exist_ok=True)
-        tmp = folder / f".{path.name}.{os.getpid()}.tmp"
-        with open(tmp, "wb") as fh:
-            np.savez(
-                fh,
-                __columns__=np.asarray(json.dumps([str(c) for c in frame.columns])),
-                __attrs__=np.asarray(json.dumps(frame.attrs, default=float)),
-                **arrays,
-            )
-        os.replace(tmp, path)
-        entries = sorted(folder.glob("*" + SUFFIX), key=lambda p: p.stat().st_mtime)
-        for old in entries[:-MAX_ENTRIES]:
-            old.unlink(missing_ok=True)
+        buffer = io.BytesIO()
+        np.savez(
+            buffer,
+            __columns__=np.asarray(json.dumps([str(c) for c in frame.columns])),
+            __attrs__=np.asarray(json.dumps(frame.attrs, default=float)),
+            **arrays,
+        )
+        write_whole(path, buffer.getvalue())
+        evict(where, SUFFIX, MAX_ENTRIES)
     except (OSError, TypeError, ValueError):  # not storable here: the result stands anyway
         pass
     return frame

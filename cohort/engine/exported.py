@@ -32,10 +32,26 @@ SUFFIX = ".jaxexport"
 MAX_ENTRIES = 256  # least recently used programs are removed beyond this many
 
 
-def folder() -> Path | None:
-    """``<compilation cache>/programs`` when JAX's persistent compilation cache is on."""
+def folder(kind: str = "programs") -> Path | None:
+    """``<compilation cache>/<kind>`` when JAX's persistent compilation cache is on."""
     base = jax.config.jax_compilation_cache_dir
-    return Path(base) / "programs" if base else None
+    return Path(base) / kind if base else None
+
+
+def write_whole(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file and a rename: a concurrent reader
+    sees no entry or a complete one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def evict(where: Path, suffix: str, keep: int) -> None:
+    """Remove all but the ``keep`` most recently used ``*suffix`` entries of ``where``."""
+    entries = sorted(where.glob("*" + suffix), key=lambda p: p.stat().st_mtime, reverse=True)
+    for old in entries[keep:]:
+        old.unlink(missing_ok=True)
 
 
 @functools.cache
@@ -57,9 +73,9 @@ def builtin_model_key(model: Any) -> str | None:
     name = getattr(model, "_registered_as", None)
     if name is None or name not in _REGISTRY or _instance(name) is not model:
         return None
-    modules = [type(model).__module__, getattr(_REGISTRY[name], "__module__", "")]
-    modules += [type(part).__module__ for part in vars(model).values() if _is_model(part)]
-    if not all(m.startswith("cohort.") for m in modules):
+    parts = [part for part in vars(model).values() if _is_model(part)]
+    factory = getattr(_REGISTRY[name], "__module__", "")
+    if not (factory.startswith("cohort.") and is_cohort_code(model, *parts)):
         return None
     return f"{name}:{model.fingerprint()}"
 
@@ -133,16 +149,7 @@ def save(key: str, exported: jax.export.Exported) -> None:
     if where is None:
         return
     try:
-        where.mkdir(parents=True, exist_ok=True)
-        tmp = where / f".{key}.{os.getpid()}.tmp"
-        tmp.write_bytes(exported.serialize())
-        os.replace(tmp, where / (key + SUFFIX))
-        _evict(where)
+        write_whole(where / (key + SUFFIX), exported.serialize())
+        evict(where, SUFFIX, MAX_ENTRIES)
     except (OSError, ValueError, ImportError):  # read-only cache, no flatbuffers: not stored
         pass
-
-
-def _evict(where: Path) -> None:
-    entries = sorted(where.glob("*" + SUFFIX), key=lambda p: p.stat().st_mtime, reverse=True)
-    for old in entries[MAX_ENTRIES:]:
-        old.unlink(missing_ok=True)
