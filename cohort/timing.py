@@ -95,6 +95,20 @@ def summary(p: dict[str, float]) -> dict[str, float]:
     }
 
 
+def sampling_mark(p: dict[str, float]) -> tuple[float, float]:
+    """Start timing a preparatory step (e.g. patient sampling) inside a :func:`phases` block:
+    ``(now, trace + compile seconds so far)``; close it with :func:`sampling_done`."""
+    return time.perf_counter(), sum(p.get(k, 0.0) for k in (*_TRACE, _COMPILE))
+
+
+def sampling_done(p: dict[str, float], mark: tuple[float, float]) -> None:
+    """Record ``p["sampling"]``: the step's seconds besides its own tracing and compiling
+    (those stay in the trace and compile totals), so :func:`describe` shows it apart."""
+    t0, jax_before = mark
+    jax_s = sum(p.get(k, 0.0) for k in (*_TRACE, _COMPILE)) - jax_before
+    p["sampling"] = p.get("sampling", 0.0) + max(time.perf_counter() - t0 - jax_s, 0.0)
+
+
 def describe(p: dict[str, float]) -> str:
     """``time: startup 0.3 s, trace 0.9 s, compile 2.1 s (3 programs, 2 cached), run 1.2 s``."""
     trace = sum(p.get(k, 0.0) for k in _TRACE)
@@ -109,5 +123,8 @@ def describe(p: dict[str, float]) -> str:
         parts.append(f"compile {compile_s:.1f} s ({hits} of {hits + misses} from the cache)")
     else:
         parts.append(f"compile {compile_s:.1f} s")
+    if "sampling" in p:
+        parts.append(f"patient sampling {p['sampling']:.1f} s")
+        rest = max(rest - p["sampling"], 0.0)
     parts.append(f"imports, solve and write {rest:.1f} s")
     return "time: " + ", ".join(parts)

@@ -296,3 +296,27 @@ def test_nearby_cohort_sizes_share_one_compiled_program():
     np.testing.assert_array_equal(b, a[:135])
     _, spent = run(170)
     assert spent.get("/jax/core/compile/backend_compile_duration", 0.0) > 0
+
+
+def test_time_split_files_patient_sampling_apart_from_startup_and_compiles():
+    """A preparatory step timed with sampling_mark/sampling_done is shown apart; its own
+    compilation stays in the compile total, not counted twice."""
+    import time
+
+    import jax
+    import jax.numpy as jnp
+
+    from cohort.timing import describe, phases, sampling_done, sampling_mark
+
+    with phases() as spent:
+        mark = sampling_mark(spent)
+        jax.jit(lambda x: jnp.sin(x) * 3.0 + 0.123456)(jnp.arange(7.0)).block_until_ready()
+        time.sleep(0.3)
+        sampling_done(spent, mark)
+    compiled = spent.get("/jax/core/compile/backend_compile_duration", 0.0)
+    assert compiled > 0
+    assert 0.3 <= spent["sampling"] < 0.3 + 0.25
+    assert spent["sampling"] + compiled <= spent["wall"] + 1e-9
+    text = describe(spent)
+    assert f"patient sampling {spent['sampling']:.1f} s" in text
+    assert text.startswith("time: startup ")
