@@ -141,8 +141,8 @@ def main(argv=None) -> dict:
     fit_ids = days[: args.days]
     fit_table = table[table.ID.isin(fit_ids)].drop(columns="DATE")
     out = {"data": f"{PACKAGE} sdist, Dexcom G6 Clarity exports (MIT per the package)",
-           "days": int(len(fit_ids)), "first_day": str(table.DATE.iloc[0]),
-           "body_weight_kg": args.bw}  # fmt: skip
+           "days": int(len(fit_ids)), "body_weight_kg": args.bw}  # fmt: skip
+    # no dates in the output: dates of a person's records identify them
 
     t0 = time.perf_counter()
     lap = CGMTwins.identify(PRIOR, fit_table, method="laplace")
