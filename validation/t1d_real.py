@@ -96,6 +96,8 @@ def twin_days(ev: pd.DataFrame, n_days: int, bw: float) -> pd.DataFrame:
     ev = ev.assign(day=ev["time"].dt.normalize())
     tables = []
     for day, g in ev.groupby("day"):
+        if ev["time"].iloc[0] > day - pd.Timedelta("72h"):
+            continue  # the records do not cover the 72 h whose long-acting doses set the basal
         cgm = g[g.kind == "cgm"]
         long_prev = ev[(ev.kind == "long") & (ev.time > day - pd.Timedelta("72h"))
                        & (ev.time <= day)]  # fmt: skip
