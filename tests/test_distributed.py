@@ -231,6 +231,7 @@ def _vancomycin_records(n: int):
     return prior, first, later
 
 
+@pytest.mark.slow  # 28 s; the store acceptance tests above stay in the default suite
 def test_twins_identified_on_a_cluster_match_a_local_run(client):
     """Twin identification as Dask tasks (groups of patients per worker): the same MAP and
     Laplace covariance per patient as one local batch (to the mode search's tolerance:
