@@ -95,18 +95,22 @@ def summary(p: dict[str, float]) -> dict[str, float]:
     }
 
 
-def sampling_mark(p: dict[str, float]) -> tuple[float, float]:
-    """Start timing a preparatory step (e.g. patient sampling) inside a :func:`phases` block:
-    ``(now, trace + compile seconds so far)``; close it with :func:`sampling_done`."""
-    return time.perf_counter(), sum(p.get(k, 0.0) for k in (*_TRACE, _COMPILE))
+def _jax_seconds(p: dict[str, float]) -> float:
+    """Tracing and compiling seconds recorded so far in a :func:`phases` record."""
+    return sum(p.get(k, 0.0) for k in (*_TRACE, _COMPILE))
 
 
-def sampling_done(p: dict[str, float], mark: tuple[float, float]) -> None:
-    """Record ``p["sampling"]``: the step's seconds besides its own tracing and compiling
-    (those stay in the trace and compile totals), so :func:`describe` shows it apart."""
-    t0, jax_before = mark
-    jax_s = sum(p.get(k, 0.0) for k in (*_TRACE, _COMPILE)) - jax_before
-    p["sampling"] = p.get("sampling", 0.0) + max(time.perf_counter() - t0 - jax_s, 0.0)
+@contextlib.contextmanager
+def step(p: dict[str, float], name: str) -> Iterator[None]:
+    """Time a preparatory step (e.g. ``"sampling"`` of patients) inside a :func:`phases`
+    block: ``p[name]`` gains the step's seconds besides its own tracing and compiling (those
+    stay in the trace and compile totals), so :func:`describe` can show it apart."""
+    t0, jax_before = time.perf_counter(), _jax_seconds(p)
+    try:
+        yield
+    finally:
+        spent = time.perf_counter() - t0 - (_jax_seconds(p) - jax_before)
+        p[name] = p.get(name, 0.0) + max(spent, 0.0)
 
 
 def describe(p: dict[str, float]) -> str:
@@ -114,7 +118,7 @@ def describe(p: dict[str, float]) -> str:
     trace = sum(p.get(k, 0.0) for k in _TRACE)
     compile_s = p.get(_COMPILE, 0.0)
     hits, misses = int(p.get(_HITS, 0)), int(p.get(_MISSES, 0))
-    rest = max(p.get("wall", 0.0) - trace - compile_s, 0.0)
+    rest = max(p.get("wall", 0.0) - _jax_seconds(p), 0.0)
     parts = []
     if "startup" in p:
         parts.append(f"startup {p['startup']:.1f} s")

@@ -299,20 +299,18 @@ def test_nearby_cohort_sizes_share_one_compiled_program():
 
 
 def test_time_split_files_patient_sampling_apart_from_startup_and_compiles():
-    """A preparatory step timed with sampling_mark/sampling_done is shown apart; its own
+    """A preparatory step timed with ``timing.step`` is shown apart; its own
     compilation stays in the compile total, not counted twice."""
     import time
 
     import jax
     import jax.numpy as jnp
 
-    from cohort.timing import describe, phases, sampling_done, sampling_mark
+    from cohort.timing import describe, phases, step
 
-    with phases() as spent:
-        mark = sampling_mark(spent)
+    with phases() as spent, step(spent, "sampling"):
         jax.jit(lambda x: jnp.sin(x) * 3.0 + 0.123456)(jnp.arange(7.0)).block_until_ready()
         time.sleep(0.3)
-        sampling_done(spent, mark)
     compiled = spent.get("/jax/core/compile/backend_compile_duration", 0.0)
     assert compiled > 0
     assert 0.3 <= spent["sampling"] < 0.3 + 0.25

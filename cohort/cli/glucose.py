@@ -10,7 +10,7 @@ import typer
 from rich.table import Table
 
 from cohort.cli._common import command, console, err_console, fail, progress
-from cohort.timing import describe, phases, sampling_done, sampling_mark
+from cohort.timing import describe, phases, step
 
 _METRICS = (
     ("tir_70_180", "TIR 70–180 %"),
@@ -114,22 +114,21 @@ def glucose(
         with phases() as spent:
             # patient sampling (screening plausible patients runs standard days) is timed
             # apart from the run, so that the printed split does not file it under startup
-            mark = sampling_mark(spent)
-            if n <= 10:
-                pop = reference_patients(patients).iloc[:n]
-            elif plausible:
-                from cohort.cli._cache import cached_table
-                from cohort.glucose.patients import sample_plausible
+            with step(spent, "sampling"):
+                if n <= 10:
+                    pop = reference_patients(patients).iloc[:n]
+                elif plausible:
+                    from cohort.cli._cache import cached_table
+                    from cohort.glucose.patients import sample_plausible
 
-                with err_console.status(f"sampling {n:,} {patients}s with plausible outcomes"):
-                    pop = cached_table(
-                        "plausible",
-                        (patients, n, seed),
-                        lambda: sample_plausible(patients, n, seed=seed),
-                    )
-            else:
-                pop = sample_patients(patients, n, seed=seed)
-            sampling_done(spent, mark)
+                    with err_console.status(f"sampling {n:,} {patients}s with plausible outcomes"):
+                        pop = cached_table(
+                            "plausible",
+                            (patients, n, seed),
+                            lambda: sample_plausible(patients, n, seed=seed),
+                        )
+                else:
+                    pop = sample_patients(patients, n, seed=seed)
             t0 = time.perf_counter()
             with progress() as bar:
                 task = bar.add_task(f"glucose {controller}", total=len(pop))
