@@ -135,6 +135,7 @@ def main(argv=None) -> dict:
     import jax
 
     jax.config.update("jax_enable_x64", True)
+    from cohort.twin import cgm_data
     from cohort.twin.cgm import CGMTwins
 
     ev = clarity_events(args.sdist or sdist(args.cache))
@@ -153,15 +154,15 @@ def main(argv=None) -> dict:
     out["fit_mard_laplace"] = _summary(mard)
     out["laplace_ok"] = int(lap.ok.sum())
 
-    # day-ahead: day d's posterior (MAP) with day d+1's inputs, against day d+1's readings
-    ahead = []
-    for d in fit_ids:
-        if d + 1 not in days:
-            continue
-        nxt = table[table.ID == d + 1].drop(columns="DATE").assign(ID=d)
-        est = lap.individual(200).loc[d]
-        ahead.append(_forecast_mard(lap, est, nxt))
-    out["day_ahead_mard"] = _summary(np.array(ahead))
+    # day-ahead: day d's posterior with day d+1's logged meals and insulin, against day d+1's
+    # readings (the posterior-median replay, as CGMTwins.fitted gives for the day it was fit on)
+    pairs = [d for d in fit_ids if d + 1 in days]
+    nxt = pd.concat([table[table.ID == d + 1].assign(ID=d) for d in pairs]).drop(columns="DATE")
+    take = np.array([list(lap.ids).index(d) for d in pairs])
+    post = lap.posterior
+    ahead_post = type(post)(post.eta[take], post.cov[take], post.objective[take], post.ok[take])
+    ahead = CGMTwins(lap.prior, cgm_data.read_cgm(nxt), ahead_post, None, lap.eat_rate)
+    out["day_ahead_mard"] = _summary(ahead.fitted().mard.values)
 
     if args.nuts > 0:
         sub = fit_table[fit_table.ID.isin(fit_ids[: args.nuts])]
@@ -179,27 +180,6 @@ def main(argv=None) -> dict:
     path.write_text(json.dumps(out, indent=2) + "\n")
     print(json.dumps(out, indent=2))
     return out
-
-
-def _forecast_mard(twins, est: pd.Series, records: pd.DataFrame) -> float:
-    """MARD of ``t1d_minimal`` with the estimates ``est`` driven by ``records`` (one day)
-    against that day's readings: a twin built from the estimates as a fixed prior."""
-    from cohort.models.glucose.t1d_minimal import basal_plasma_insulin
-    from cohort.twin import cgm_data
-    from cohort.twin.cgm_solve import trajectory
-
-    grid = cgm_data.grid_inputs(cgm_data.read_cgm(records))
-    p = {**twins.prior.model.defaults()}
-    p.update({k: float(np.exp(v)) for k, v in zip(twins.prior.names, twins.prior.log_typical(
-        pd.DataFrame(index=[0]))[0])})  # fmt: skip
-    p.update({k: float(est[k]) for k in ("Gb", "SG", "SI", "p2", "kempt", "kabs")})
-    p.update(BW=float(grid["BW"][0]), G0=float(grid["G0"][0]), basal=float(grid["u0"][0]))
-    p["Ib"] = float(basal_plasma_insulin(p, p["basal"]))
-    traj = trajectory(p, grid["meal"][0], grid["basal"][0] + grid["bolus"][0])
-    ig = np.asarray(traj["IG"])
-    m = grid["mask"][0] > 0
-    pred, dv = ig[grid["obs_idx"][0][m]], grid["dv"][0][m]
-    return float(100.0 * np.mean(np.abs(pred - dv) / dv))
 
 
 def _summary(v: np.ndarray) -> dict:
