@@ -108,12 +108,12 @@ class ResultStore:
             shape=(len(times),),
             dtype="float64",
             dimension_names=["time"],
+            attributes={"units": time_units, "long_name": "time since start"},
         )
         tc[:] = np.asarray(times, dtype=float)
-        tc.attrs.update({"units": time_units, "long_name": "time since start"})
         rows = output_chunk_rows(chunk_size, len(times), np.dtype(dtype).itemsize)
         for name, meta in outputs.items():
-            a = g.create_array(
+            g.create_array(
                 name,
                 shape=(n_patients, len(times)),
                 dtype=dtype,
@@ -121,43 +121,43 @@ class ResultStore:
                 dimension_names=["patient", "time"],
                 compressors=OUTPUT_CODEC,
                 fill_value=np.nan,
+                attributes=_jsonable(meta),
             )
-            a.attrs.update(meta)
         for name, (_, meta) in parameters.items():
-            a = g.create_array(
+            g.create_array(
                 name,
                 shape=(n_patients,),
                 dtype="float64",
                 chunks=(chunk_size,),
                 dimension_names=["patient"],
                 fill_value=np.nan,
+                attributes=_jsonable(meta),
             )
-            a.attrs.update(meta)
         for name, (vdtype, meta) in (variables or {}).items():
-            a = g.create_array(
+            g.create_array(
                 name,
                 shape=(n_patients,),
                 dtype=vdtype,
                 chunks=(chunk_size,),
                 dimension_names=["patient"],
                 fill_value=np.nan if np.dtype(vdtype).kind == "f" else -1,
+                attributes=_jsonable(meta),
             )
-            a.attrs.update(_jsonable(meta))
-        st = g.create_array(
+        g.create_array(
             "status",
             shape=(n_patients,),
             dtype="int8",
             chunks=(chunk_size,),
             dimension_names=["patient"],
             fill_value=-1,
-        )
-        st.attrs.update(
-            {
-                "long_name": "per-patient solve status",
-                "flag_values": attrs.get("status_codes", []),
-                "flag_meanings": attrs.get("status_meanings", ""),
-                "comment": "-1: not computed yet",
-            }
+            attributes=_jsonable(
+                {
+                    "long_name": "per-patient solve status",
+                    "flag_values": attrs.get("status_codes", []),
+                    "flag_meanings": attrs.get("status_meanings", ""),
+                    "comment": "-1: not computed yet",
+                }
+            ),
         )
         add_done_flags(g, n_chunks, "batch finished and fully written")
         g.attrs.update(_jsonable({**attrs, "layout_complete": True, "parameters_written": False}))
@@ -262,24 +262,24 @@ def add_patient_axis(g: zarr.Group, n_patients: int, chunk_size: int) -> None:
         dtype="int64",
         chunks=(chunk_size,),
         dimension_names=["patient"],
+        attributes={"long_name": "virtual patient index"},
     )
     pc[:] = np.arange(n_patients)
-    pc.attrs.update({"long_name": "virtual patient index"})
 
 
 def add_done_flags(g: zarr.Group, n_chunks: int, long_name: str) -> None:
     """``chunk_done[k]``: set only after chunk ``k`` is fully written (resume skips it). One
     zarr chunk per flag: processes writing different chunks of a store concurrently (Dask
     workers) never rewrite each other's flags (a shared zarr chunk is read-modify-write)."""
-    done = g.create_array(
+    g.create_array(
         "chunk_done",
         shape=(n_chunks,),
         dtype="bool",
         chunks=(1,),
         dimension_names=["chunk"],
         fill_value=False,
+        attributes={"long_name": long_name},
     )
-    done.attrs.update({"long_name": long_name})
 
 
 def resumable_layout(path: Path | str, what: str = "result store") -> zarr.Group | None:
