@@ -16,6 +16,12 @@ from cohort.twin.prior import TwinError, TwinPrior
 from cohort.twin.problem import TwinBound, bind_twins, prior_pop, read_records
 
 METHODS = ("laplace", "nuts")
+# Patients per vectorised block. Twins are computed block by block, locally and on a cluster
+# alike (a Dask task takes whole blocks), every block bound with the whole cohort's array
+# shapes and padded to the same size: each patient's numbers then come from the same
+# compiled program on the same inputs however the work is split, so a cluster's twins equal
+# a local run's bit for bit (batches of other sizes or shapes round differently, ~1e-10).
+BLOCK = 1024
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -74,11 +80,12 @@ class Twins:
         cls, prior, data, bm, eta0, method, opts, history, what, previous=None, cluster=None
     ) -> Twins:
         t0 = time.perf_counter()
+        parts = [_block_inputs(bm, eta0, previous, rows) for rows in blocks(data.n_subjects)]
         if cluster is None:
-            index = np.arange(data.n_subjects)
-            lap, samples = _compute(prior, bm, eta0, method, opts, previous, index)
+            results = [_compute_blocks(prior, method, opts, [part]) for part in parts]
         else:
-            lap, samples = _compute_on_cluster(prior, data, eta0, method, opts, previous, cluster)
+            results = _compute_on_cluster(prior, method, opts, parts, cluster)
+        lap, samples = _merge([r for group in results for r in group], data.n_subjects)
         sd = _posterior_sd(lap, samples)
         entry = {
             "step": what,
@@ -221,50 +228,99 @@ def _compute(prior, bm, eta0, method, opts, previous, index):
     return lap, samples
 
 
-def _compute_group(prior, frame, eta0, method, opts, previous, index):
-    """One Dask task: the twins of one group of patients (records ``frame``)."""
-    data = read_records(frame, prior)
-    return _compute(prior, bind_twins(prior, data), eta0, method, opts, previous, index)
+def blocks(n: int) -> list[np.ndarray]:
+    """Patient rows of each block: consecutive runs of :data:`BLOCK` (one block of ``n``
+    when fewer), the last padded to full size by repeating its last patient (its copies'
+    results are dropped), so that every block has the same shape."""
+    size = min(n, BLOCK)
+    return [np.minimum(np.arange(start, start + size), n - 1) for start in range(0, n, size)]
 
 
-def _compute_on_cluster(prior, data, eta0, method, opts, previous, cluster):
-    """:func:`_compute` over groups of patients as tasks on a Dask cluster (about four per
-    worker), merged in patient order."""
+def _block_inputs(bm: TwinBound, eta0, previous, rows: np.ndarray) -> dict:
+    """What one block's computation needs: the bound model's per-patient arrays at ``rows``
+    (the whole cohort's shapes and compiled-code flags kept), starts and previous draws'
+    covariances, and the rows (their positions seed each patient's chains)."""
+    n = bm.features.shape[0]
+
+    def take(a):
+        a = np.asarray(a)
+        if a.ndim == 0 or a.shape[0] != n:
+            raise ValueError(f"a bound array of shape {a.shape} is not per patient ({n})")
+        return a[rows]
+
+    import jax
+
+    unique = np.unique(rows)
+    sub = dataclasses.replace(
+        bm,
+        data=bm.data.subset(bm.data.ids[unique]),
+        features=np.asarray(bm.features)[rows],
+        arrays=jax.tree_util.tree_map(take, bm.arrays),
+    )
+    return {
+        "bound": sub,
+        "eta0": np.asarray(eta0)[:, rows],
+        "previous": None if previous is None else np.asarray(previous)[rows],
+        "rows": rows,
+    }
+
+
+def _compute_blocks(prior, method, opts, parts: list[dict]) -> list[tuple]:
+    """Twins of each block in ``parts`` (one Dask task, or one block of a local run):
+    ``[(rows, laplace, samples), ...]``."""
+    from cohort.twin.problem import to_device
+
+    out = []
+    for part in parts:
+        bm = dataclasses.replace(part["bound"], arrays=to_device(part["bound"].arrays))
+        lap, samples = _compute(
+            prior, bm, part["eta0"], method, opts, part["previous"], part["rows"]
+        )
+        out.append((part["rows"], lap, samples))
+    return out
+
+
+def _compute_on_cluster(prior, method, opts, parts: list[dict], cluster) -> list[list[tuple]]:
+    """:func:`_compute_blocks` over groups of consecutive blocks as tasks on a Dask cluster
+    (about four per worker), in block order."""
     from cohort.distributed import connect, worker_count
 
-    frame, ids, n = data.to_frame(), np.asarray(data.ids), data.n_subjects
     with connect(cluster) as client:
-        groups = [
-            g for g in np.array_split(np.arange(n), min(n, 4 * worker_count(client))) if g.size
-        ]
+        n_tasks = min(len(parts), 4 * worker_count(client))
+        groups = [g for g in np.array_split(np.arange(len(parts)), n_tasks) if g.size]
         futures = [
-            client.submit(
-                _compute_group,
-                prior,
-                frame[frame["ID"].isin(ids[g])],
-                eta0[:, g],
-                method,
-                opts,
-                None if previous is None else previous[g],
-                g,
-                pure=False,
-            )  # fmt: skip
+            client.submit(_compute_blocks, prior, method, opts, [parts[i] for i in g], pure=False)
             for g in groups
         ]
-        parts = client.gather(futures)
-    laps = [p[0] for p in parts]
+        return client.gather(futures)
+
+
+def _merge(results: list[tuple], n: int):
+    """One Laplace (and Samples) for all ``n`` patients from the blocks' results, each
+    patient's row taken once (a padded block repeats its last patient)."""
+    first = np.zeros(n, bool)
+    picks = []
+    for rows, lap, samples in results:
+        keep = ~first[rows] & (np.arange(len(rows)) == np.searchsorted(rows, rows))
+        first[rows[keep]] = True
+        picks.append((keep, lap, samples))
+    if not first.all():
+        raise RuntimeError("twin blocks did not cover every patient")
     lap = posterior.Laplace(
-        *(np.concatenate([getattr(x, f.name) for x in laps]) for f in dataclasses.fields(laps[0]))
+        *(
+            np.concatenate([np.asarray(getattr(x, f.name))[k] for k, x, _ in picks])
+            for f in dataclasses.fields(picks[0][1])
+        )
     )
     samples = None
-    if method == "nuts":
-        ss = [p[1] for p in parts]
+    if picks[0][2] is not None:
+        ss = [(k, x) for k, _, x in picks]
         samples = posterior.Samples(
-            eta=np.concatenate([x.eta for x in ss]),
-            rhat=np.concatenate([x.rhat for x in ss]),
-            ess_bulk=np.concatenate([x.ess_bulk for x in ss]),
-            divergences=np.concatenate([x.divergences for x in ss]),
-            seconds=max(x.seconds for x in ss),
+            eta=np.concatenate([x.eta[k] for k, x in ss]),
+            rhat=np.concatenate([x.rhat[k] for k, x in ss]),
+            ess_bulk=np.concatenate([x.ess_bulk[k] for k, x in ss]),
+            divergences=np.concatenate([x.divergences[k] for k, x in ss]),
+            seconds=sum(x.seconds for _, x in ss),
         )
     return lap, samples
 
