@@ -236,7 +236,7 @@ def test_twins_identified_on_a_cluster_match_a_local_run(client):
     """Twin identification as Dask tasks (blocks of patients per task): bit for bit the MAP
     and Laplace covariance of a local run, patients in their order, whether the cohort is
     one block or several (the last padded)."""
-    from cohort.twin import Twins, twins
+    from cohort.twin import Twins, blocks
 
     prior, first, _ = _vancomycin_records(12)
     local = Twins.identify(prior, first)
@@ -246,7 +246,7 @@ def test_twins_identified_on_a_cluster_match_a_local_run(client):
     np.testing.assert_array_equal(remote.laplace.eta, local.laplace.eta)
     np.testing.assert_array_equal(remote.laplace.cov, local.laplace.cov)
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(twins, "BLOCK", 5)  # blocks of 5, 5 and 2 + 3 copies of the last patient
+        mp.setattr(blocks, "BLOCK", 5)  # blocks of 5, 5 and 2 + 3 copies of the last patient
         small_local = Twins.identify(prior, first)
         small_remote = Twins.identify(prior, first, cluster=client)
     np.testing.assert_array_equal(small_remote.laplace.eta, small_local.laplace.eta)
@@ -278,3 +278,41 @@ def test_nuts_twins_on_a_cluster_sample_the_local_posterior(client):
     np.testing.assert_array_equal(remote.samples.eta, local.samples.eta)
     np.testing.assert_array_equal(remote.samples.rhat, local.samples.rhat)
     assert remote.samples.converged.all()
+
+
+def _cgm_records(n: int):
+    from cohort.models.glucose.patients import reference_patients
+    from cohort.twin.cgm_synthetic import meal_plan, uva_days
+
+    times, grams = meal_plan(n, 1, seed=4, jitter=30.0)
+    table, _ = uva_days(reference_patients("adult").iloc[:n], times, grams, 1, seed=4)
+    return table
+
+
+@pytest.mark.slow  # 60-80 s: four identifications, two of them compiled on both workers
+def test_cgm_twins_on_a_cluster_equal_a_local_run(client, tmp_path):
+    """CGM twins in blocks (2 patients per block here: [0, 1], [2, 2]) as Dask tasks: bit for
+    bit the MAP and Laplace covariance of the local run; the CLI's --scheduler gives the
+    stored twins of the same computation."""
+    from cohort.twin import CGMTwins, blocks, open_twins
+
+    table = _cgm_records(3)
+    csv = tmp_path / "cgm.csv"
+    table.to_csv(csv, index=False)
+    out = tmp_path / "cgm.zarr"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(blocks, "BLOCK", 2)  # blocks are cut on the client
+        local = CGMTwins.identify("priors/t1d_cgm_twin.toml", table, method="laplace")
+        remote = CGMTwins.identify(
+            "priors/t1d_cgm_twin.toml", table, method="laplace", cluster=client
+        )
+        res = CliRunner().invoke(
+            app,
+            ["twin", "cgm", str(csv), "--method", "laplace", "--out", str(out),
+             "--scheduler", client.scheduler.address],
+        )  # fmt: skip
+    assert local.ok.all()
+    np.testing.assert_array_equal(remote.posterior.eta, local.posterior.eta)
+    np.testing.assert_array_equal(remote.posterior.cov, local.posterior.cov)
+    assert res.exit_code == 0, res.output
+    np.testing.assert_array_equal(open_twins(out).posterior.eta, local.posterior.eta)

@@ -79,11 +79,11 @@ def fit(
     report: Path = typer.Option(None, help="directory for the individual table and figures"),
     overwrite: bool = typer.Option(False, help="replace an existing --out/--report by cohort"),
     scheduler: str = typer.Option(
-        None, help="Dask scheduler address (tcp://host:8786): groups of patients as tasks"
+        None, help="Dask scheduler address (tcp://host:8786): blocks of patients as tasks"
     ),
 ):
-    """Identify one twin per patient of DATA (all patients in one batch, or groups of them on a
-    Dask cluster with --scheduler)."""
+    """Identify one twin per patient of DATA (in blocks of patients, here or as tasks on a
+    Dask cluster with --scheduler: the same numbers either way)."""
     from cohort.store import check_replaceable
     from cohort.twin import TwinPrior, Twins
 
@@ -128,7 +128,7 @@ def update(
     report: Path = typer.Option(None, help="directory for the individual table and figures"),
     overwrite: bool = typer.Option(False, help="replace an existing --report by cohort"),
     scheduler: str = typer.Option(
-        None, help="Dask scheduler address: update groups of PK twins as tasks"
+        None, help="Dask scheduler address: update blocks of twins as tasks"
     ),
 ):
     """Add new records to the twins and update their posteriors (appended to the store; the
@@ -141,8 +141,6 @@ def update(
     t0 = time.perf_counter()
     with console.status("updating twins"):
         twins = open_twins(store)
-        if scheduler is not None and hasattr(twins, "replay"):
-            fail("--scheduler: CGM twins update in one process for now (PK twins only)")
         extra = {"cluster": scheduler} if scheduler is not None else {}
         tw = twins.update(str(data), method=method, **extra)
     path = tw.save(store)
@@ -412,6 +410,9 @@ def cgm(
     meal_scale: float = typer.Option(1.0, help="replay: meals times this"),
     report: Path = typer.Option(None, help="directory for tables and figures"),
     overwrite: bool = typer.Option(False, help="replace an existing --out/--report by cohort"),
+    scheduler: str = typer.Option(
+        None, help="Dask scheduler address (tcp://host:8786): blocks of patients as tasks"
+    ),
 ):
     """Identify a type 1 diabetes twin per patient from CGM, insulin and meal records, then
     replay the same days under altered therapy (glycaemic metrics with credible intervals)."""
@@ -428,7 +429,7 @@ def cgm(
     with console.status("identifying CGM twins"):
         tw = CGMTwins.identify(
             TwinPrior.from_file(prior), str(data), method=method, chains=chains,
-            warmup=warmup, draws=draws, seed=seed,
+            warmup=warmup, draws=draws, seed=seed, cluster=scheduler,
         )  # fmt: skip
     path = tw.save(out, overwrite=overwrite)
     console.print(_cgm_summary(tw, f"{tw.prior.name}: individual posteriors"))

@@ -25,6 +25,7 @@ import xarray as xr
 
 from cohort.models.glucose.t1d_minimal import basal_plasma_insulin
 from cohort.twin import cgm_data, posterior
+from cohort.twin.blocks import blocks, merge_blocks, run_blocks, take_rows
 from cohort.twin.cgm_solve import glucose_curves, insulin_curve, trajectory
 from cohort.twin.prior import TwinError, TwinPrior
 
@@ -180,6 +181,7 @@ class CGMTwins:
         draws: int = 500,
         seed: int = 0,
         max_tree_depth: int = 8,
+        cluster=None,
     ) -> CGMTwins:
         """Personalise a twin per patient of ``records`` (see :mod:`cohort.twin.cgm_data`).
 
@@ -189,12 +191,14 @@ class CGMTwins:
         CGM can leave a multimodal posterior, where 300 + 300 left a chain in a minor mode)
         or ``"laplace"`` (MAP + Laplace only; ``"map"`` is the same). Patients are sampled
         one after another inside one compiled program (chains vmapped), so a patient needing
-        long trajectories does not hold up the others."""
+        long trajectories does not hold up the others. ``cluster``: a Dask Client, Cluster
+        or scheduler address: blocks of patients are identified as tasks on its workers,
+        with the numbers of a local run (:mod:`cohort.twin.blocks`)."""
         prior = prior if isinstance(prior, TwinPrior) else TwinPrior.from_file(prior)
         _layout(prior)
         table = cgm_data.read_cgm(records)
         twins = cls(prior, table, None, None, eat_rate)  # type: ignore[arg-type]
-        twins._fit(method, None, chains, warmup, draws, seed, max_tree_depth)
+        twins._fit(method, None, chains, warmup, draws, seed, max_tree_depth, cluster)
         return twins
 
     def update(
@@ -207,10 +211,12 @@ class CGMTwins:
         draws: int = 500,
         seed: int = 1,
         max_tree_depth: int = 8,
+        cluster=None,
     ) -> CGMTwins:
         """Add rows (later than each patient's last) and update every posterior, warm-started
         from the current one (MAP search from its mode, NUTS from its Laplace approximation
-        at the new mode). Returns a new object; this one is left unchanged."""
+        at the new mode). Returns a new object; this one is left unchanged. ``cluster``: as
+        in :meth:`identify`."""
         new = pd.read_csv(new_records) if isinstance(new_records, str) else new_records.copy()
         new.columns = [str(c).strip().upper() for c in new.columns]
         if "ID" not in new:
@@ -251,7 +257,7 @@ class CGMTwins:
         table = cgm_data.read_cgm(table.reset_index(drop=True))
         out = CGMTwins(self.prior, table, None, None, self.eat_rate, [*self.history])  # type: ignore[arg-type]
         method = method or self.method
-        out._fit(method, self.posterior.eta, chains, warmup, draws, seed, max_tree_depth)
+        out._fit(method, self.posterior.eta, chains, warmup, draws, seed, max_tree_depth, cluster)
         return out
 
     # -- inference ------------------------------------------------------------------------
@@ -365,23 +371,20 @@ class CGMTwins:
         make = _potential_factory(lay, float(err.add), float(err.prop), float(err.ar1 or 0.0))
         return lay, grid, data, make, jnp.asarray(chol)
 
-    def _fit(self, method, warm, chains, warmup, draws, seed, max_tree_depth=8) -> None:
+    def _fit(
+        self, method, warm, chains, warmup, draws, seed, max_tree_depth=8, cluster=None
+    ) -> None:
         method = {"laplace": "map"}.get(method, method)
         if method not in ("map", "nuts"):
             raise TwinError(f"method: 'laplace' (MAP + Laplace) or 'nuts', got {method!r}")
         lay, _, data, make, chol = self._bound()
         n, q = data["mu"].shape
         eta0 = posterior.starts(np.eye(q), n, warm=warm, draws=STARTS)
-        key = ("cgm", lay)
-        lap = posterior.modes(
-            make, chol, eta0, data, key=key, steps=25, hessian=posterior.fd_hessian
-        )
-        self.posterior, self.samples = lap, None
-        if method == "nuts":
-            self.samples = posterior.sample(
-                make, chol, data, lap, key=key, chains=chains, warmup=warmup, draws=draws,
-                seed=seed, max_tree_depth=max_tree_depth, lockstep=False,
-            )  # fmt: skip
+        settings = {"chains": chains, "warmup": warmup, "draws": draws, "seed": seed,
+                    "max_tree_depth": max_tree_depth}  # fmt: skip
+        compute = functools.partial(_fit_blocks, make, np.asarray(chol), lay, method, settings)
+        parts = [(rows, take_rows(data, rows, n), eta0[:, rows]) for rows in blocks(n)]
+        self.posterior, self.samples = merge_blocks(run_blocks(compute, parts, cluster), n)
         self.history.append(
             {
                 "rows": len(self.records),
@@ -506,6 +509,25 @@ class CGMTwins:
             },
             coords={"patient": self.ids},
         )
+
+
+def _fit_blocks(make, chol, lay: _Layout, method: str, settings: dict, parts: list) -> list:
+    """MAP + Laplace (and NUTS) of each block of patients in ``parts`` (``(rows, data,
+    starts)``; see :mod:`cohort.twin.blocks`): ``[(rows, laplace, samples), ...]``."""
+    key, chol = ("cgm", lay), jnp.asarray(chol)
+    out = []
+    for rows, data, eta0 in parts:
+        data = jax.tree_util.tree_map(jnp.asarray, data)
+        lap = posterior.modes(
+            make, chol, eta0, data, key=key, steps=25, hessian=posterior.fd_hessian
+        )
+        samples = None
+        if method == "nuts":
+            samples = posterior.sample(
+                make, chol, data, lap, key=key, lockstep=False, index=rows, **settings
+            )
+        out.append((rows, lap, samples))
+    return out
 
 
 def _natural(lay: _Layout, z: np.ndarray) -> np.ndarray:

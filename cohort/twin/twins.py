@@ -4,6 +4,7 @@ posterior, identified and updated for every patient in one vectorised computatio
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 from pathlib import Path
 
@@ -12,16 +13,11 @@ import pandas as pd
 
 from cohort.data import Dataset
 from cohort.twin import posterior
+from cohort.twin.blocks import blocks, merge_blocks, run_blocks, take_rows
 from cohort.twin.prior import TwinError, TwinPrior
 from cohort.twin.problem import TwinBound, bind_twins, prior_pop, read_records
 
 METHODS = ("laplace", "nuts")
-# Patients per vectorised block. Twins are computed block by block, locally and on a cluster
-# alike (a Dask task takes whole blocks), every block bound with the whole cohort's array
-# shapes and padded to the same size: each patient's numbers then come from the same
-# compiled program on the same inputs however the work is split, so a cluster's twins equal
-# a local run's bit for bit (batches of other sizes or shapes round differently, ~1e-10).
-BLOCK = 1024
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -81,11 +77,8 @@ class Twins:
     ) -> Twins:
         t0 = time.perf_counter()
         parts = [_block_inputs(bm, eta0, previous, rows) for rows in blocks(data.n_subjects)]
-        if cluster is None:
-            results = [_compute_blocks(prior, method, opts, [part]) for part in parts]
-        else:
-            results = _compute_on_cluster(prior, method, opts, parts, cluster)
-        lap, samples = _merge([r for group in results for r in group], data.n_subjects)
+        compute = functools.partial(_compute_blocks, prior, method, opts)
+        lap, samples = merge_blocks(run_blocks(compute, parts, cluster), data.n_subjects)
         sd = _posterior_sd(lap, samples)
         entry = {
             "step": what,
@@ -228,34 +221,15 @@ def _compute(prior, bm, eta0, method, opts, previous, index):
     return lap, samples
 
 
-def blocks(n: int) -> list[np.ndarray]:
-    """Patient rows of each block: consecutive runs of :data:`BLOCK` (one block of ``n``
-    when fewer), the last padded to full size by repeating its last patient (its copies'
-    results are dropped), so that every block has the same shape."""
-    size = min(n, BLOCK)
-    return [np.minimum(np.arange(start, start + size), n - 1) for start in range(0, n, size)]
-
-
 def _block_inputs(bm: TwinBound, eta0, previous, rows: np.ndarray) -> dict:
     """What one block's computation needs: the bound model's per-patient arrays at ``rows``
     (the whole cohort's shapes and compiled-code flags kept), starts and previous draws'
     covariances, and the rows (their positions seed each patient's chains)."""
-    n = bm.features.shape[0]
-
-    def take(a):
-        a = np.asarray(a)
-        if a.ndim == 0 or a.shape[0] != n:
-            raise ValueError(f"a bound array of shape {a.shape} is not per patient ({n})")
-        return a[rows]
-
-    import jax
-
-    unique = np.unique(rows)
     sub = dataclasses.replace(
         bm,
-        data=bm.data.subset(bm.data.ids[unique]),
+        data=bm.data.subset(bm.data.ids[np.unique(rows)]),
         features=np.asarray(bm.features)[rows],
-        arrays=jax.tree_util.tree_map(take, bm.arrays),
+        arrays=take_rows(bm.arrays, rows, bm.features.shape[0]),
     )
     return {
         "bound": sub,
@@ -266,7 +240,7 @@ def _block_inputs(bm: TwinBound, eta0, previous, rows: np.ndarray) -> dict:
 
 
 def _compute_blocks(prior, method, opts, parts: list[dict]) -> list[tuple]:
-    """Twins of each block in ``parts`` (one Dask task, or one block of a local run):
+    """Twins of each block in ``parts`` (see :func:`cohort.twin.blocks.run_blocks`):
     ``[(rows, laplace, samples), ...]``."""
     from cohort.twin.problem import to_device
 
@@ -278,51 +252,6 @@ def _compute_blocks(prior, method, opts, parts: list[dict]) -> list[tuple]:
         )
         out.append((part["rows"], lap, samples))
     return out
-
-
-def _compute_on_cluster(prior, method, opts, parts: list[dict], cluster) -> list[list[tuple]]:
-    """:func:`_compute_blocks` over groups of consecutive blocks as tasks on a Dask cluster
-    (about four per worker), in block order."""
-    from cohort.distributed import connect, worker_count
-
-    with connect(cluster) as client:
-        n_tasks = min(len(parts), 4 * worker_count(client))
-        groups = [g for g in np.array_split(np.arange(len(parts)), n_tasks) if g.size]
-        futures = [
-            client.submit(_compute_blocks, prior, method, opts, [parts[i] for i in g], pure=False)
-            for g in groups
-        ]
-        return client.gather(futures)
-
-
-def _merge(results: list[tuple], n: int):
-    """One Laplace (and Samples) for all ``n`` patients from the blocks' results, each
-    patient's row taken once (a padded block repeats its last patient)."""
-    first = np.zeros(n, bool)
-    picks = []
-    for rows, lap, samples in results:
-        keep = ~first[rows] & (np.arange(len(rows)) == np.searchsorted(rows, rows))
-        first[rows[keep]] = True
-        picks.append((keep, lap, samples))
-    if not first.all():
-        raise RuntimeError("twin blocks did not cover every patient")
-    lap = posterior.Laplace(
-        *(
-            np.concatenate([np.asarray(getattr(x, f.name))[k] for k, x, _ in picks])
-            for f in dataclasses.fields(picks[0][1])
-        )
-    )
-    samples = None
-    if picks[0][2] is not None:
-        ss = [(k, x) for k, _, x in picks]
-        samples = posterior.Samples(
-            eta=np.concatenate([x.eta[k] for k, x in ss]),
-            rhat=np.concatenate([x.rhat[k] for k, x in ss]),
-            ess_bulk=np.concatenate([x.ess_bulk[k] for k, x in ss]),
-            divergences=np.concatenate([x.divergences[k] for k, x in ss]),
-            seconds=sum(x.seconds for _, x in ss),
-        )
-    return lap, samples
 
 
 def _posterior_sd(lap: posterior.Laplace, samples: posterior.Samples | None) -> np.ndarray:

@@ -1,0 +1,91 @@
+"""Twins computed in fixed blocks of patients, locally or as Dask tasks, with the same numbers.
+
+Batches of other sizes or array shapes round differently (~1e-10, which a mode search's
+tolerance or a sampler's trajectory can carry further), so a partition-independent result
+needs every patient computed in the same block, by the same compiled program, on the same
+inputs, wherever it runs: blocks are fixed by the cohort alone (:func:`blocks`), each is cut
+from arrays bound for the whole cohort (:func:`take_rows`), and a Dask task takes a run of
+whole blocks (:func:`run_blocks`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+import jax
+import numpy as np
+
+from cohort.twin import posterior
+
+# Patients per block: large enough that a block keeps the cores busy and its compiled program
+# is shared by every block (10,000 PK twins: MAP + Laplace update 3.9 s warm in blocks, 4.2 s in
+# one batch), small enough to spread a cohort over a cluster's workers.
+BLOCK = 1024
+TASKS_PER_WORKER = 4  # as cohort.distributed: balances uneven workers
+
+
+def blocks(n: int, size: int | None = None) -> list[np.ndarray]:
+    """Patient rows of each block: consecutive runs of ``size`` (default :data:`BLOCK`; one
+    block of ``n`` when fewer), the last padded to full size by repeating its last patient
+    (those copies' results are dropped), so that every block has the same shape."""
+    size = min(n, size or BLOCK)
+    return [np.minimum(np.arange(start, start + size), n - 1) for start in range(0, n, size)]
+
+
+def take_rows(tree, rows: np.ndarray, n: int):
+    """Every array of ``tree`` (all per patient: leading axis ``n``) at ``rows``, as NumPy."""
+
+    def take(a):
+        a = np.asarray(a)
+        if a.ndim == 0 or a.shape[0] != n:
+            raise ValueError(f"a bound array of shape {a.shape} is not per patient ({n})")
+        return a[rows]
+
+    return jax.tree_util.tree_map(take, tree)
+
+
+def run_blocks(compute: Callable[[list], list], parts: list, cluster=None) -> list[tuple]:
+    """``compute(parts)`` for every block's inputs in ``parts``: one block at a time here, or
+    runs of consecutive blocks as tasks on a Dask ``cluster`` (a Client, Cluster or scheduler
+    address); the ``(rows, laplace, samples)`` results in block order."""
+    if cluster is None:
+        return [r for part in parts for r in compute([part])]
+    from cohort.distributed import connect, worker_count
+
+    with connect(cluster) as client:
+        n_tasks = min(len(parts), TASKS_PER_WORKER * worker_count(client))
+        groups = [g for g in np.array_split(np.arange(len(parts)), n_tasks) if g.size]
+        futures = [client.submit(compute, [parts[i] for i in g], pure=False) for g in groups]
+        return [r for group in client.gather(futures) for r in group]
+
+
+def merge_blocks(results: list[tuple], n: int):
+    """One :class:`~cohort.twin.posterior.Laplace` (and :class:`~cohort.twin.posterior.Samples`
+    when sampled) for all ``n`` patients from the blocks' ``(rows, laplace, samples)``, each
+    patient's first row kept (a padded block repeats its last patient)."""
+    seen = np.zeros(n, bool)
+    picks = []
+    for rows, lap, samples in results:
+        keep = ~seen[rows] & (np.arange(len(rows)) == np.searchsorted(rows, rows))
+        seen[rows[keep]] = True
+        picks.append((keep, lap, samples))
+    if not seen.all():
+        raise RuntimeError("twin blocks did not cover every patient")
+    lap = posterior.Laplace(
+        *(
+            np.concatenate([np.asarray(getattr(x, f.name))[k] for k, x, _ in picks])
+            for f in dataclasses.fields(posterior.Laplace)
+        )
+    )
+    if picks[0][2] is None:
+        return lap, None
+    samples = posterior.Samples(
+        **{
+            f.name: np.concatenate([np.asarray(getattr(x, f.name))[k] for k, _, x in picks])
+            for f in dataclasses.fields(posterior.Samples)
+            if f.name != "seconds"
+        },
+        seconds=sum(x.seconds for _, _, x in picks),
+    )
+    return lap, samples
