@@ -119,3 +119,35 @@ def test_mipd_twin_arm_beats_label_dosing(tmp_path):
     table = pd.read_csv(tmp_path / "m" / "mipd.csv")
     day2 = table[table.day == 2].set_index("arm")["in_target"]
     assert day2["twin"] > day2["label"] + 0.15
+
+
+def test_example_writes_records_the_twin_commands_take(tmp_path, monkeypatch):
+    """`cohort twin example` with its defaults: vancomycin TDM split into day 0 (doses and
+    the two day-0 samples) and day 1 (the two day-1 samples), the true parameters, and two
+    days of CGM records that CGMTwins reads; a second run refuses to replace them unless
+    --overwrite, and never writes into a folder cohort did not make."""
+    from cohort.twin import cgm_data
+    from cohort.twin.problem import read_records
+
+    monkeypatch.chdir(tmp_path)
+    res = runner.invoke(app, ["twin", "example"])
+    assert res.exit_code == 0, res.output
+    folder = tmp_path / "twin_example"
+    day0, day1 = pd.read_csv(folder / "day0.csv"), pd.read_csv(folder / "day1.csv")
+    truth = pd.read_csv(folder / "truth.csv")
+    assert len(truth) == 20 and set(truth.columns) >= {"ID", "CL", "V1"}
+    assert sorted(day0.loc[day0.EVID == 0, "TIME"].unique()) == [2.5, 11.75]
+    assert sorted(day1["TIME"].unique()) == [26.5, 35.75] and (day1.EVID == 0).all()
+    assert set(day0.ID) == set(day1.ID) == set(truth.ID)
+    prior = TwinPrior.from_spec(PRIOR)
+    assert read_records(day0, prior).n_subjects == 20
+    c1 = cgm_data.read_cgm(pd.read_csv(folder / "cgm_day1.csv"))
+    c2 = pd.read_csv(folder / "cgm_day2.csv")
+    assert c1["TIME"].max() < 1440 <= c2["TIME"].min() and c1["ID"].nunique() == 3
+    assert c1["CHO"].sum() > 0 and c1["BOLUS"].sum() > 0 and np.isfinite(c1["CGM"]).all()
+    again = runner.invoke(app, ["twin", "example"])
+    assert again.exit_code != 0 and "overwrite" in again.output
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("user's")
+    res = runner.invoke(app, ["twin", "example", "mine"])
+    assert res.exit_code != 0 and (tmp_path / "mine" / "notes.txt").read_text() == "user's"
