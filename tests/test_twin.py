@@ -280,3 +280,51 @@ def test_unconverged_nuts_patients_are_rerun_longer():
     assert not once.converged.any()
     # the rerun has 90 draws per chain: its bulk ESS is larger than the first pass's
     assert np.all(again.ess_bulk > once.ess_bulk)
+
+
+def test_identification_killed_midway_resumes_from_its_checkpoint(vanco, tmp_path, monkeypatch):
+    """Blocks of 5 patients (12 patients: 3 blocks, the last padded): a crash in the second
+    block leaves the first in the checkpoint; the same call again computes only blocks 2 and
+    3, gives the uninterrupted run's twins bit for bit and removes the checkpoint. A
+    checkpoint of other inputs is replaced, not mixed in; a user's directory is refused."""
+    from cohort.errors import OutputError
+    from cohort.twin import blocks, twins
+
+    prior, records, _ = vanco
+    d1 = records[records.TIME <= 13.0]
+    monkeypatch.setattr(blocks, "BLOCK", 5)
+    whole = Twins.identify(prior, d1)
+    real, calls, crash = twins._compute, [], [True]
+
+    def crash_in_block_2(prior, bm, eta0, method, opts, previous, index):
+        calls.append(int(index[0]))
+        if index[0] == 5 and crash[0]:
+            raise KeyboardInterrupt("killed")
+        return real(prior, bm, eta0, method, opts, previous, index)
+
+    monkeypatch.setattr(twins, "_compute", crash_in_block_2)
+    ckpt = tmp_path / "t.blocks.zarr"
+    with pytest.raises(KeyboardInterrupt):
+        Twins.identify(prior, d1, checkpoint=ckpt)
+    assert calls == [0, 5] and ckpt.exists()
+    crash[0] = False
+    resumed = Twins.identify(prior, d1, checkpoint=ckpt)
+    assert calls == [0, 5, 5, 10]  # only the blocks the crash left
+    np.testing.assert_array_equal(resumed.laplace.eta, whole.laplace.eta)
+    np.testing.assert_array_equal(resumed.laplace.cov, whole.laplace.cov)
+    assert not ckpt.exists()
+
+    crash[0] = True
+    with pytest.raises(KeyboardInterrupt):  # another computation's checkpoint ...
+        Twins.identify(prior, d1.iloc[:-1], checkpoint=ckpt)
+    calls.clear()
+    crash[0] = False
+    again = Twins.identify(prior, d1, checkpoint=ckpt)  # ... is replaced, not mixed in
+    assert calls == [0, 5, 10]
+    np.testing.assert_array_equal(again.laplace.eta, whole.laplace.eta)
+    user = tmp_path / "mine.zarr"
+    user.mkdir()
+    (user / "data.txt").write_text("user's")
+    with pytest.raises(OutputError, match="not written by cohort"):
+        Twins.identify(prior, d1, checkpoint=user)
+    assert (user / "data.txt").read_text() == "user's"

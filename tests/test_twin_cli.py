@@ -151,3 +151,31 @@ def test_example_writes_records_the_twin_commands_take(tmp_path, monkeypatch):
     (tmp_path / "mine" / "notes.txt").write_text("user's")
     res = runner.invoke(app, ["twin", "example", "mine"])
     assert res.exit_code != 0 and (tmp_path / "mine" / "notes.txt").read_text() == "user's"
+
+
+def test_fit_rerun_after_a_crash_reuses_the_finished_blocks(csvs, monkeypatch):
+    """`cohort twin fit` killed in its second block of patients (blocks of 4 here) leaves the
+    first in k.blocks.zarr; the same command again says so, computes only the second block,
+    saves the twins and removes the checkpoint."""
+    from cohort.twin import blocks, twins
+
+    monkeypatch.chdir(csvs)
+    monkeypatch.setattr(blocks, "BLOCK", 4)
+    real, calls = twins._compute, []
+
+    def crash_once(prior, bm, eta0, method, opts, previous, index):
+        calls.append(int(index[0]))
+        if calls == [0, 4]:
+            raise KeyboardInterrupt("killed")
+        return real(prior, bm, eta0, method, opts, previous, index)
+
+    monkeypatch.setattr(twins, "_compute", crash_once)
+    argv = ["twin", "fit", "day0.csv", "--prior", str(PRIOR), "-o", "k.zarr"]
+    res = runner.invoke(app, argv)
+    assert res.exit_code != 0
+    assert Path("k.blocks.zarr").exists() and not Path("k.zarr").exists()
+    res = runner.invoke(app, argv)
+    assert res.exit_code == 0, res.output
+    assert "interrupted run" in flat(res) and calls == [0, 4, 4]
+    assert not Path("k.blocks.zarr").exists()
+    assert open_twins("k.zarr").n == 6

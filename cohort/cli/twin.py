@@ -35,6 +35,18 @@ def _file(folder: Path, name: str, overwrite: bool) -> Path:
     return claim_file(folder, name, overwrite=overwrite)
 
 
+def _checkpoint(out: Path) -> Path:
+    """Where finished blocks of patients are kept while twins for ``out`` are computed
+    (``<name>.blocks.zarr`` beside it; removed once they are computed): rerunning the same
+    command after a crash computes only the blocks still missing."""
+    path = out.with_name(out.name.removesuffix(".zarr") + ".blocks.zarr")
+    if path.exists():
+        console.print(
+            f"{path}: blocks of an interrupted run; those computed from the same inputs are reused"
+        )
+    return path
+
+
 def _summary(tw, title: str) -> Table:
     ind = tw.individual()
     table = Table(
@@ -103,6 +115,7 @@ def fit(
             draws=draws,
             seed=seed,
             cluster=scheduler,
+            checkpoint=_checkpoint(out),
         )
     path = tw.save(out, overwrite=overwrite)
     console.print(_summary(tw, f"{tw.prior.name}: individual MAP estimates"))
@@ -143,7 +156,7 @@ def update(
     with console.status("updating twins"):
         twins = open_twins(store)
         extra = {"cluster": scheduler} if scheduler is not None else {}
-        tw = twins.update(str(data), method=method, **extra)
+        tw = twins.update(str(data), method=method, checkpoint=_checkpoint(store), **extra)
     path = tw.save(store)
     if hasattr(tw, "replay"):  # CGM twins
         console.print(_cgm_summary(tw, f"{tw.prior.name}: updated posteriors"))
@@ -487,6 +500,7 @@ def cgm(
         tw = CGMTwins.identify(
             TwinPrior.from_file(prior), str(data), method=method, chains=chains,
             warmup=warmup, draws=draws, seed=seed, cluster=scheduler,
+            checkpoint=_checkpoint(out),
         )  # fmt: skip
     path = tw.save(out, overwrite=overwrite)
     console.print(_cgm_summary(tw, f"{tw.prior.name}: individual posteriors"))

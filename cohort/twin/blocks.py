@@ -45,19 +45,43 @@ def take_rows(tree, rows: np.ndarray, n: int):
     return jax.tree_util.tree_map(take, tree)
 
 
-def run_blocks(compute: Callable[[list], list], parts: list, cluster=None) -> list[tuple]:
+def run_blocks(
+    compute: Callable[[list], list], parts: list, cluster=None, checkpoint=None
+) -> list[tuple]:
     """``compute(parts)`` for every block's inputs in ``parts``: one block at a time here, or
     runs of consecutive blocks as tasks on a Dask ``cluster`` (a Client, Cluster or scheduler
-    address); the ``(rows, laplace, samples)`` results in block order."""
-    if cluster is None:
-        return [r for part in parts for r in compute([part])]
-    from cohort.distributed import connect, worker_count
+    address); the ``(rows, laplace, samples)`` results in block order. With a
+    :class:`~cohort.twin.checkpoint.Checkpoint`, blocks it holds are not computed again and
+    every block is written to it as soon as it is finished."""
+    results = dict(checkpoint.finished()) if checkpoint is not None else {}
+    todo = [i for i in range(len(parts)) if i not in results]
 
-    with connect(cluster) as client:
-        n_tasks = min(len(parts), TASKS_PER_WORKER * worker_count(client))
-        groups = [g for g in np.array_split(np.arange(len(parts)), n_tasks) if g.size]
-        futures = [client.submit(compute, [parts[i] for i in g], pure=False) for g in groups]
-        return [r for group in client.gather(futures) for r in group]
+    def keep(i: int, result: tuple) -> None:
+        results[i] = result
+        if checkpoint is not None:
+            checkpoint.add(i, *result)
+
+    if cluster is None:
+        for i in todo:
+            (result,) = compute([parts[i]])
+            keep(i, result)
+    elif todo:
+        from dask.distributed import as_completed
+
+        from cohort.distributed import connect, worker_count
+
+        with connect(cluster) as client:
+            n_tasks = min(len(todo), TASKS_PER_WORKER * worker_count(client))
+            groups = [g for g in np.array_split(np.asarray(todo), n_tasks) if g.size]
+            futures = {client.submit(compute, [parts[i] for i in g], pure=False): g for g in groups}
+            try:
+                for future in as_completed(futures):
+                    for i, result in zip(futures[future], future.result()):
+                        keep(int(i), result)
+            except BaseException:
+                client.cancel(list(futures))
+                raise
+    return [results[i] for i in range(len(parts))]
 
 
 def merge_blocks(results: list[tuple], n: int):

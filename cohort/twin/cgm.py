@@ -182,6 +182,7 @@ class CGMTwins:
         seed: int = 0,
         max_tree_depth: int = 8,
         cluster=None,
+        checkpoint=None,
     ) -> CGMTwins:
         """Personalise a twin per patient of ``records`` (see :mod:`cohort.twin.cgm_data`).
 
@@ -193,12 +194,14 @@ class CGMTwins:
         one after another inside one compiled program (chains vmapped), so a patient needing
         long trajectories does not hold up the others. ``cluster``: a Dask Client, Cluster
         or scheduler address: blocks of patients are identified as tasks on its workers,
-        with the numbers of a local run (:mod:`cohort.twin.blocks`)."""
+        with the numbers of a local run (:mod:`cohort.twin.blocks`). ``checkpoint``: a store
+        path where finished blocks are kept until the twins are returned, so that the same
+        call after a crash computes only the rest (:mod:`cohort.twin.checkpoint`)."""
         prior = prior if isinstance(prior, TwinPrior) else TwinPrior.from_file(prior)
         _layout(prior)
         table = cgm_data.read_cgm(records)
         twins = cls(prior, table, None, None, eat_rate)  # type: ignore[arg-type]
-        twins._fit(method, None, chains, warmup, draws, seed, max_tree_depth, cluster)
+        twins._fit(method, None, chains, warmup, draws, seed, max_tree_depth, cluster, checkpoint)
         return twins
 
     def update(
@@ -212,11 +215,12 @@ class CGMTwins:
         seed: int = 1,
         max_tree_depth: int = 8,
         cluster=None,
+        checkpoint=None,
     ) -> CGMTwins:
         """Add rows (later than each patient's last) and update every posterior, warm-started
         from the current one (MAP search from its mode, NUTS from its Laplace approximation
-        at the new mode). Returns a new object; this one is left unchanged. ``cluster``: as
-        in :meth:`identify`."""
+        at the new mode). Returns a new object; this one is left unchanged. ``cluster``,
+        ``checkpoint``: as in :meth:`identify`."""
         new = pd.read_csv(new_records) if isinstance(new_records, str) else new_records.copy()
         new.columns = [str(c).strip().upper() for c in new.columns]
         if "ID" not in new:
@@ -372,8 +376,9 @@ class CGMTwins:
         return lay, grid, data, make, jnp.asarray(chol)
 
     def _fit(
-        self, method, warm, chains, warmup, draws, seed, max_tree_depth=8, cluster=None
-    ) -> None:
+        self, method, warm, chains, warmup, draws, seed, max_tree_depth=8, cluster=None,
+        checkpoint=None,
+    ) -> None:  # fmt: skip
         method = {"laplace": "map"}.get(method, method)
         if method not in ("map", "nuts"):
             raise TwinError(f"method: 'laplace' (MAP + Laplace) or 'nuts', got {method!r}")
@@ -384,7 +389,16 @@ class CGMTwins:
                     "max_tree_depth": max_tree_depth}  # fmt: skip
         compute = functools.partial(_fit_blocks, make, np.asarray(chol), lay, method, settings)
         parts = [(rows, take_rows(data, rows, n), eta0[:, rows]) for rows in blocks(n)]
-        self.posterior, self.samples = merge_blocks(run_blocks(compute, parts, cluster), n)
+        saved = None
+        if checkpoint is not None:
+            from cohort.twin.checkpoint import Checkpoint, inputs_key
+
+            key = inputs_key("cgm", self.prior.to_json(), lay, method, settings, parts)
+            saved = Checkpoint(checkpoint, key)
+        results = run_blocks(compute, parts, cluster, saved)
+        self.posterior, self.samples = merge_blocks(results, n)
+        if saved is not None:
+            saved.remove()
         self.history.append(
             {
                 "rows": len(self.records),

@@ -52,6 +52,7 @@ class Twins:
         draws: int = 500,
         seed: int = 0,
         cluster=None,
+        checkpoint: str | Path | None = None,
     ) -> Twins:
         """Personalise a twin per patient of ``records`` (NONMEM-style: ID, TIME, DV, AMT,
         EVID, ..., plus the covariates the prior needs). ``method``: ``laplace`` (MAP +
@@ -60,7 +61,9 @@ class Twins:
         converged are rerun with an adapted mass matrix, see :func:`posterior.nuts`).
         ``cluster``: a Dask Client, Cluster or scheduler address: groups of patients are
         identified as tasks on its workers (each patient's starts and chains are seeded by
-        its position, so the twins are those of a local run)."""
+        its position, so the twins are those of a local run). ``checkpoint``: a store path
+        where finished blocks of patients are kept until the twins are returned, so that the
+        same call after a crash computes only the rest (:mod:`cohort.twin.checkpoint`)."""
         if not isinstance(prior, TwinPrior):
             prior = TwinPrior.from_spec(prior)
         if method not in METHODS:
@@ -69,16 +72,33 @@ class Twins:
         bm = bind_twins(prior, data)
         eta0 = posterior.starts(prior.omega, data.n_subjects)
         opts = {"chains": chains, "warmup": warmup, "draws": draws, "seed": seed}
-        return cls._posterior(prior, data, bm, eta0, method, opts, (), "identify", cluster=cluster)
+        return cls._posterior(
+            prior, data, bm, eta0, method, opts, (), "identify", cluster=cluster,
+            checkpoint=checkpoint,
+        )  # fmt: skip
 
     @classmethod
     def _posterior(
-        cls, prior, data, bm, eta0, method, opts, history, what, previous=None, cluster=None
-    ) -> Twins:
+        cls, prior, data, bm, eta0, method, opts, history, what, previous=None, cluster=None,
+        checkpoint=None,
+    ) -> Twins:  # fmt: skip
         t0 = time.perf_counter()
         parts = [_block_inputs(bm, eta0, previous, rows) for rows in blocks(data.n_subjects)]
         compute = functools.partial(_compute_blocks, prior, method, opts)
-        lap, samples = merge_blocks(run_blocks(compute, parts, cluster), data.n_subjects)
+        saved = None
+        if checkpoint is not None:
+            from cohort.twin.checkpoint import Checkpoint, inputs_key
+
+            key = inputs_key(
+                "twins", prior.to_json(), method, opts,
+                [(p["bound"].arrays, p["bound"].features, p["eta0"], p["previous"], p["rows"])
+                 for p in parts],
+            )  # fmt: skip
+            saved = Checkpoint(checkpoint, key)
+        results = run_blocks(compute, parts, cluster, saved)
+        lap, samples = merge_blocks(results, data.n_subjects)
+        if saved is not None:
+            saved.remove()
         sd = _posterior_sd(lap, samples)
         entry = {
             "step": what,
@@ -143,12 +163,17 @@ class Twins:
 
     # -- updating ------------------------------------------------------------------------------
     def update(
-        self, new_records: pd.DataFrame | str | Path, *, method: str | None = None, cluster=None
+        self,
+        new_records: pd.DataFrame | str | Path,
+        *,
+        method: str | None = None,
+        cluster=None,
+        checkpoint: str | Path | None = None,
     ) -> Twins:
         """Twins that have also seen ``new_records`` (observations and doses at or after each
         patient's last record). The posterior search starts from the current one (modes, and
         for NUTS the current draws' covariance as mass matrix); these twins are unchanged.
-        ``cluster``: as in :meth:`identify`."""
+        ``cluster``, ``checkpoint``: as in :meth:`identify`."""
         from cohort.twin.records import append_records
 
         method = method or self.method
@@ -174,6 +199,7 @@ class Twins:
             "update",
             previous,
             cluster,
+            checkpoint,
         )
 
     def refit(self, method: str | None = None) -> Twins:
