@@ -179,3 +179,12 @@ def test_fit_rerun_after_a_crash_reuses_the_finished_blocks(csvs, monkeypatch):
     assert "interrupted run" in flat(res) and calls == [0, 4, 4]
     assert not Path("k.blocks.zarr").exists()
     assert open_twins("k.zarr").n == 6
+
+
+def test_a_twin_store_path_without_zarr_is_refused_before_any_work(csvs, monkeypatch):
+    monkeypatch.chdir(csvs)
+    res = runner.invoke(app, ["twin", "fit", "day0.csv", "--prior", str(PRIOR), "-o", "t.out"])
+    assert res.exit_code == 2 and ".zarr directory" in flat(res)
+    res = runner.invoke(app, ["twin", "cgm", "day0.csv", "-o", "c.out"])
+    assert res.exit_code == 2 and ".zarr directory" in flat(res)
+    assert not Path("t.out").exists() and not Path("c.out").exists()

@@ -35,6 +35,12 @@ def _file(folder: Path, name: str, overwrite: bool) -> Path:
     return claim_file(folder, name, overwrite=overwrite)
 
 
+def _twin_store(out: Path) -> None:
+    """Refuse a twin store path without ``.zarr`` before any work (not after hours of NUTS)."""
+    if Path(out).suffix != ".zarr":
+        fail(f"--out {out}: a twin store is a .zarr directory, e.g. twins.zarr")
+
+
 def _checkpoint(out: Path) -> Path:
     """Where finished blocks of patients are kept while twins for ``out`` are computed
     (``<name>.blocks.zarr`` beside it; removed once they are computed): rerunning the same
@@ -102,6 +108,7 @@ def fit(
 
     if not data.is_file():
         fail(f"no such file {data}")
+    _twin_store(out)
     check_replaceable(out, overwrite=overwrite)
     folder = _report(report, overwrite)
     t0 = time.perf_counter()
@@ -493,6 +500,7 @@ def cgm(
 
     if not data.is_file():
         fail(f"no such file {data}")
+    _twin_store(out)
     check_replaceable(out, overwrite=overwrite)
     folder = _report(report, overwrite)
     t0 = time.perf_counter()

@@ -29,6 +29,8 @@ def blocks(n: int, size: int | None = None) -> list[np.ndarray]:
     """Patient rows of each block: consecutive runs of ``size`` (default :data:`BLOCK`; one
     block of ``n`` when fewer), the last padded to full size by repeating its last patient
     (those copies' results are dropped), so that every block has the same shape."""
+    if n < 1:
+        raise ValueError(f"blocks: no patients (n = {n})")
     size = min(n, size or BLOCK)
     return [np.minimum(np.arange(start, start + size), n - 1) for start in range(0, n, size)]
 
