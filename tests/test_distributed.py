@@ -235,7 +235,7 @@ def _vancomycin_records(n: int):
 def test_twins_identified_on_a_cluster_match_a_local_run(client):
     """Twin identification as Dask tasks (blocks of patients per task): bit for bit the MAP
     and Laplace covariance of a local run, patients in their order, whether the cohort is
-    one block or several (the last padded)."""
+    one block or several."""
     from cohort.twin import Twins, blocks
 
     prior, first, _ = _vancomycin_records(12)
@@ -246,7 +246,7 @@ def test_twins_identified_on_a_cluster_match_a_local_run(client):
     np.testing.assert_array_equal(remote.laplace.eta, local.laplace.eta)
     np.testing.assert_array_equal(remote.laplace.cov, local.laplace.cov)
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(blocks, "BLOCK", 5)  # blocks of 5, 5 and 2 + 3 copies of the last patient
+        mp.setattr(blocks, "BLOCK", 5)  # three blocks of 4
         small_local = Twins.identify(prior, first)
         small_remote = Twins.identify(prior, first, cluster=client)
     np.testing.assert_array_equal(small_remote.laplace.eta, small_local.laplace.eta)

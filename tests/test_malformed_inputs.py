@@ -151,3 +151,25 @@ def test_version_and_help_keep_brackets():
     res = runner.invoke(app, ["simulate", "--help"])
     assert "[default: 1000]" in " ".join(res.output.split())
     assert "dosing interval, h" in " ".join(res.output.split())
+
+
+def test_a_save_grid_too_long_for_memory_is_refused_up_front(tmp_path, monkeypatch):
+    """A mistyped step (1e-9 h over 2 h: 2e9 save times, 16 GB of times alone) is a clear
+    error naming the fix, from the API and the CLI, not an out-of-memory kill."""
+    import pytest
+    from typer.testing import CliRunner
+
+    import cohort
+    from cohort.cli import app
+
+    with pytest.raises(cohort.errors.CohortError, match="larger step"):
+        cohort.grid(0.0, 2.0, 1e-9)
+    with pytest.raises(cohort.errors.CohortError, match="finite"):
+        cohort.grid(0.0, float("inf"), 1.0)
+    assert cohort.grid(0.0, 2.0, 0.5).tolist() == [0.0, 0.5, 1.0, 1.5, 2.0]
+    monkeypatch.chdir(tmp_path)
+    res = CliRunner().invoke(
+        app, ["simulate", "--model", "pk1_oral", "--n", "2", "--t-end", "2", "--step", "1e-9"]
+    )
+    assert res.exit_code == 2 and "larger step" in " ".join(res.output.split())
+    assert not any(tmp_path.iterdir())  # refused before anything was written

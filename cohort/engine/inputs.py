@@ -16,13 +16,25 @@ class InputError(CohortError, ValueError):
     """Bad simulation input; the message names the field and the fix."""
 
 
+MAX_GRID_POINTS = 10_000_000  # 80 MB of times; 1-min saves over 19 years
+
+
 def grid(start: float, stop: float, step: float) -> np.ndarray:
-    """Evenly spaced save times from ``start`` to ``stop`` inclusive."""
-    if not step > 0:
-        raise InputError(f"grid: step must be > 0, got {step}")
+    """Evenly spaced save times from ``start`` to ``stop`` inclusive (at most
+    :data:`MAX_GRID_POINTS`: a mistyped step must not ask for the machine's memory)."""
+    if not (np.isfinite(start) and np.isfinite(stop)):
+        raise InputError(f"grid: start and stop must be finite, got {start} and {stop}")
+    if not (np.isfinite(step) and step > 0):
+        raise InputError(f"grid: step must be a finite number > 0, got {step}")
     if stop < start:
         raise InputError(f"grid: stop ({stop}) is before start ({start})")
-    n = int(round((stop - start) / step))
+    points = (stop - start) / step
+    if not points < MAX_GRID_POINTS:
+        raise InputError(
+            f"grid: {start:g} to {stop:g} in steps of {step:g} is {points:.3g} save times "
+            f"(at most {MAX_GRID_POINTS:,}); use a larger step"
+        )
+    n = int(round(points))
     return start + step * np.arange(n + 1)
 
 

@@ -11,6 +11,7 @@ whole blocks (:func:`run_blocks`).
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable
 
 import jax
@@ -25,13 +26,15 @@ BLOCK = 1024
 TASKS_PER_WORKER = 4  # as cohort.distributed: balances uneven workers
 
 
-def blocks(n: int, size: int | None = None) -> list[np.ndarray]:
-    """Patient rows of each block: consecutive runs of ``size`` (default :data:`BLOCK`; one
-    block of ``n`` when fewer), the last padded to full size by repeating its last patient
-    (those copies' results are dropped), so that every block has the same shape."""
+def blocks(n: int, most: int | None = None) -> list[np.ndarray]:
+    """Patient rows of each block: as few blocks as hold at most ``most`` patients each
+    (default :data:`BLOCK`), of equal size, consecutive; the last padded to that size by
+    repeating its last patient (those copies' results are dropped), so that every block has
+    the same shape. Fixed by ``n`` alone: the same blocks whatever runs them (1,025 patients:
+    two blocks of 513, one padded row, not two of 1,024)."""
     if n < 1:
         raise ValueError(f"blocks: no patients (n = {n})")
-    size = min(n, size or BLOCK)
+    size = math.ceil(n / math.ceil(n / (most or BLOCK)))
     return [np.minimum(np.arange(start, start + size), n - 1) for start in range(0, n, size)]
 
 
