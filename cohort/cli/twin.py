@@ -102,7 +102,9 @@ def fit(
     ),
 ):
     """Identify one twin per patient of DATA (in blocks of patients, here or as tasks on a
-    Dask cluster with --scheduler: the same numbers either way)."""
+    Dask cluster with --scheduler: the same numbers either way). Finished blocks are kept in
+    OUT's name with .blocks.zarr until the twins are saved: the same command after a crash
+    computes only the rest."""
     from cohort.store import check_replaceable
     from cohort.twin import TwinPrior, Twins
 
@@ -492,7 +494,9 @@ def cgm(
     ),
 ):
     """Identify a type 1 diabetes twin per patient from CGM, insulin and meal records, then
-    replay the same days under altered therapy (glycaemic metrics with credible intervals)."""
+    replay the same days under altered therapy (glycaemic metrics with credible intervals).
+    Finished blocks of patients are kept in OUT's name with .blocks.zarr until the twins are
+    saved: the same command after a crash computes only the rest."""
     import numpy as np
 
     from cohort.store import check_replaceable
