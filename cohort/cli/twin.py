@@ -35,10 +35,18 @@ def _file(folder: Path, name: str, overwrite: bool) -> Path:
     return claim_file(folder, name, overwrite=overwrite)
 
 
-def _twin_store(out: Path) -> None:
-    """Refuse a twin store path without ``.zarr`` before any work (not after hours of NUTS)."""
+def _before_identifying(data: Path, out: Path, report: Path | None, overwrite: bool):
+    """Every check on the paths before any work (not after hours of NUTS): the records exist,
+    ``out`` is a ``.zarr`` twin store that may be written, the report folder is cohort's.
+    Returns the report folder (or None)."""
+    from cohort.store import check_replaceable
+
+    if not data.is_file():
+        fail(f"no such file {data}")
     if Path(out).suffix != ".zarr":
         fail(f"--out {out}: a twin store is a .zarr directory, e.g. twins.zarr")
+    check_replaceable(out, overwrite=overwrite)
+    return _report(report, overwrite)
 
 
 def _checkpoint(out: Path) -> Path:
@@ -105,14 +113,9 @@ def fit(
     Dask cluster with --scheduler: the same numbers either way). Finished blocks are kept in
     OUT's name with .blocks.zarr until the twins are saved: the same command after a crash
     computes only the rest."""
-    from cohort.store import check_replaceable
     from cohort.twin import TwinPrior, Twins
 
-    if not data.is_file():
-        fail(f"no such file {data}")
-    _twin_store(out)
-    check_replaceable(out, overwrite=overwrite)
-    folder = _report(report, overwrite)
+    folder = _before_identifying(data, out, report, overwrite)
     t0 = time.perf_counter()
     with console.status("identifying twins"):
         tw = Twins.identify(
@@ -499,14 +502,9 @@ def cgm(
     saved: the same command after a crash computes only the rest."""
     import numpy as np
 
-    from cohort.store import check_replaceable
     from cohort.twin import CGMTwins, TwinPrior
 
-    if not data.is_file():
-        fail(f"no such file {data}")
-    _twin_store(out)
-    check_replaceable(out, overwrite=overwrite)
-    folder = _report(report, overwrite)
+    folder = _before_identifying(data, out, report, overwrite)
     t0 = time.perf_counter()
     with console.status("identifying CGM twins"):
         tw = CGMTwins.identify(
