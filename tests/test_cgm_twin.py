@@ -152,12 +152,24 @@ def test_replay_responds_to_therapy_in_the_right_direction():
 
 
 @pytest.mark.slow
-def test_update_adds_a_day_and_keeps_the_previous_state():
+def test_update_adds_a_day_and_keeps_the_previous_state(tmp_path, monkeypatch):
+    from cohort.twin import cgm
+
     df = _truth_records(seed=5, days=2)
     day1, day2 = df[df["TIME"] < 1440], df[df["TIME"] >= 1440].drop(columns="BW")
     tw1 = CGMTwins.identify(PRIOR, day1, method="map")
     before = tw1.posterior.eta.copy()
     tw2 = tw1.update(day2)
+    # an update's checkpoint reaches the block computation (the CLI passes one)
+    real, seen = cgm.solve_blocks, []
+    monkeypatch.setattr(
+        cgm, "solve_blocks", lambda *a, **kw: seen.append(kw["checkpoint"]) or real(*a, **kw)
+    )
+    ckpt = tmp_path / "u.blocks.zarr"
+    np.testing.assert_array_equal(
+        tw1.update(day2, checkpoint=ckpt).posterior.eta, tw2.posterior.eta
+    )
+    assert seen == [ckpt] and not ckpt.exists()
     assert len(tw1.records) == len(day1) and np.array_equal(tw1.posterior.eta, before)
     assert len(tw2.records) == len(df) and len(tw2.history) == 2
     joint = CGMTwins.identify(PRIOR, df, method="map")

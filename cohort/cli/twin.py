@@ -357,8 +357,9 @@ def example(
     out = _report(folder, overwrite)
     names = ("day0.csv", "day1.csv", "truth.csv", "cgm_day1.csv", "cgm_day2.csv")
     paths = {name: _file(out, name, overwrite) for name in names}  # refused before any work
+    vanco = PACKAGED_PRIORS / "vancomycin_goti2018.toml"
     with console.status("simulating example patients"):
-        prior = TwinPrior.from_spec(PACKAGED_PRIORS / "vancomycin_goti2018.toml")
+        prior = TwinPrior.from_spec(vanco)
         day0, day1 = [2.5, 11.75], [26.5, 35.75]  # after the 1st and before the 2nd dose, daily
         reg = Regimen(amt=1000.0, ii=12.0, addl=3, duration=1.0)
         records, truth = simulate_records(prior, n, day0 + day1, reg, seed=seed)
@@ -372,7 +373,6 @@ def example(
     for name, frame in zip(names, frames):
         frame.to_csv(paths[name], index=False)
     console.print(f"wrote {', '.join(names)} to {out}; then, for example:")
-    vanco = PACKAGED_PRIORS / "vancomycin_goti2018.toml"
     for line in (
         f"cohort twin fit {out}/day0.csv --prior {vanco} -o twins.zarr",
         f"cohort twin update twins.zarr {out}/day1.csv",

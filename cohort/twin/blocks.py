@@ -89,6 +89,30 @@ def run_blocks(
     return [results[i] for i in range(len(parts))]
 
 
+def solve_blocks(
+    compute: Callable[[list], list],
+    parts: list,
+    n: int,
+    *,
+    cluster=None,
+    checkpoint=None,
+    key: tuple = (),
+):
+    """:func:`run_blocks` then :func:`merge_blocks`: ``(laplace, samples)`` of all ``n``
+    patients. ``checkpoint``: a store path keeping finished blocks until the result is
+    returned (:mod:`cohort.twin.checkpoint`); ``key``: every input of the computation, hashed
+    so that blocks of another computation are never reused."""
+    saved = None
+    if checkpoint is not None:
+        from cohort.twin.checkpoint import Checkpoint, inputs_key
+
+        saved = Checkpoint(checkpoint, inputs_key(*key))
+    result = merge_blocks(run_blocks(compute, parts, cluster, saved), n)
+    if saved is not None:
+        saved.remove()
+    return result
+
+
 def merge_blocks(results: list[tuple], n: int):
     """One :class:`~cohort.twin.posterior.Laplace` (and :class:`~cohort.twin.posterior.Samples`
     when sampled) for all ``n`` patients from the blocks' ``(rows, laplace, samples)``, each

@@ -25,7 +25,7 @@ import xarray as xr
 
 from cohort.models.glucose.t1d_minimal import basal_plasma_insulin
 from cohort.twin import cgm_data, posterior
-from cohort.twin.blocks import blocks, merge_blocks, run_blocks, take_rows
+from cohort.twin.blocks import blocks, solve_blocks, take_rows
 from cohort.twin.cgm_solve import glucose_curves, insulin_curve, trajectory
 from cohort.twin.prior import TwinError, TwinPrior
 
@@ -261,7 +261,10 @@ class CGMTwins:
         table = cgm_data.read_cgm(table.reset_index(drop=True))
         out = CGMTwins(self.prior, table, None, None, self.eat_rate, [*self.history])  # type: ignore[arg-type]
         method = method or self.method
-        out._fit(method, self.posterior.eta, chains, warmup, draws, seed, max_tree_depth, cluster)
+        out._fit(
+            method, self.posterior.eta, chains, warmup, draws, seed, max_tree_depth, cluster,
+            checkpoint,
+        )  # fmt: skip
         return out
 
     # -- inference ------------------------------------------------------------------------
@@ -389,16 +392,10 @@ class CGMTwins:
                     "max_tree_depth": max_tree_depth}  # fmt: skip
         compute = functools.partial(_fit_blocks, make, np.asarray(chol), lay, method, settings)
         parts = [(rows, take_rows(data, rows, n), eta0[:, rows]) for rows in blocks(n)]
-        saved = None
-        if checkpoint is not None:
-            from cohort.twin.checkpoint import Checkpoint, inputs_key
-
-            key = inputs_key("cgm", self.prior.to_json(), lay, method, settings, parts)
-            saved = Checkpoint(checkpoint, key)
-        results = run_blocks(compute, parts, cluster, saved)
-        self.posterior, self.samples = merge_blocks(results, n)
-        if saved is not None:
-            saved.remove()
+        key = ("cgm", self.prior.to_json(), lay, method, settings, parts)
+        self.posterior, self.samples = solve_blocks(
+            compute, parts, n, cluster=cluster, checkpoint=checkpoint, key=key
+        )
         self.history.append(
             {
                 "rows": len(self.records),

@@ -13,7 +13,7 @@ import pandas as pd
 
 from cohort.data import Dataset
 from cohort.twin import posterior
-from cohort.twin.blocks import blocks, merge_blocks, run_blocks, take_rows
+from cohort.twin.blocks import blocks, solve_blocks, take_rows
 from cohort.twin.prior import TwinError, TwinPrior
 from cohort.twin.problem import TwinBound, bind_twins, prior_pop, read_records
 
@@ -85,20 +85,14 @@ class Twins:
         t0 = time.perf_counter()
         parts = [_block_inputs(bm, eta0, previous, rows) for rows in blocks(data.n_subjects)]
         compute = functools.partial(_compute_blocks, prior, method, opts)
-        saved = None
-        if checkpoint is not None:
-            from cohort.twin.checkpoint import Checkpoint, inputs_key
-
-            key = inputs_key(
-                "twins", prior.to_json(), method, opts,
-                [(p["bound"].arrays, p["bound"].features, p["eta0"], p["previous"], p["rows"])
-                 for p in parts],
-            )  # fmt: skip
-            saved = Checkpoint(checkpoint, key)
-        results = run_blocks(compute, parts, cluster, saved)
-        lap, samples = merge_blocks(results, data.n_subjects)
-        if saved is not None:
-            saved.remove()
+        key = (
+            "twins", prior.to_json(), method, opts,
+            [(p["bound"].arrays, p["bound"].features, p["eta0"], p["previous"], p["rows"])
+             for p in parts],
+        )  # fmt: skip
+        lap, samples = solve_blocks(
+            compute, parts, data.n_subjects, cluster=cluster, checkpoint=checkpoint, key=key
+        )
         sd = _posterior_sd(lap, samples)
         entry = {
             "step": what,
