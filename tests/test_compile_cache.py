@@ -16,10 +16,11 @@ SIMULATE = [
 ]  # fmt: skip
 
 
-def _cohort(args, env_extra, tmp_path):
+def _cohort(args, env_extra, tmp_path, returncode=0):
+    """Run the ``cohort`` console script's entry point (``cohort.cli:main``) in a process."""
     env = {**os.environ, **env_extra}
     proc = subprocess.run(
-        [sys.executable, "-c", "from cohort.cli import app; app()", *args],
+        [sys.executable, "-c", "from cohort.cli import main; main()", *args],
         capture_output=True,
         text=True,
         env=env,
@@ -27,7 +28,7 @@ def _cohort(args, env_extra, tmp_path):
         timeout=600,
         check=False,
     )
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.returncode == returncode, proc.stderr[-2000:]
     return proc
 
 
@@ -46,6 +47,25 @@ def test_help_and_import_do_not_load_jax():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.stdout.split() == ["0", "False", "False"], out.stdout + out.stderr
+
+
+def test_console_script_keeps_exit_codes_and_output(tmp_path):
+    """``main`` ends the process with ``os._exit`` after the command: its exit code and its
+    whole output must still come through, and the installed script must be ``main``."""
+    import tomllib
+
+    scripts = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["project"]["scripts"]
+    assert scripts["cohort"] == "cohort.cli:main"
+    off = {"COHORT_NO_COMPILE_CACHE": "1"}
+    listing = _cohort(["models"], off, tmp_path).stdout
+    assert "pk2_oral_idr" in listing and "uva_padova" in listing  # the last rows flushed
+    _cohort(["no-such-command"], off, tmp_path, returncode=2)
+    bad = _cohort(["simulate", "--model", "nosuch", "-o", "x.zarr"], off, tmp_path, 2)
+    assert "unknown model 'nosuch'" in bad.stderr
+    assert not (tmp_path / "x.zarr").exists()
+    proc = _cohort([*SIMULATE, "-o", "run.zarr"], off, tmp_path)
+    assert "done in" in proc.stdout
+    assert np.isfinite(_conc(tmp_path / "run.zarr")).all()  # complete and readable
 
 
 def test_cached_runs_are_bit_identical_and_survive_corruption(tmp_path):
