@@ -54,7 +54,8 @@ def test_console_script_keeps_exit_codes_and_output(tmp_path):
     whole output must still come through, and the installed script must be ``main``."""
     import tomllib
 
-    scripts = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["project"]["scripts"]
+    pyproject = (Path(__file__).parents[1] / "pyproject.toml").read_text()
+    scripts = tomllib.loads(pyproject)["project"]["scripts"]
     assert scripts["cohort"] == "cohort.cli:main"
     off = {"COHORT_NO_COMPILE_CACHE": "1"}
     listing = _cohort(["models"], off, tmp_path).stdout
