@@ -181,6 +181,40 @@ def test_fit_rerun_after_a_crash_reuses_the_finished_blocks(csvs, monkeypatch):
     assert open_twins("k.zarr").n == 6
 
 
+def test_fit_killed_while_saving_keeps_every_block(csvs, monkeypatch):
+    """The checkpoint outlives the identification until the twin store is saved: a crash in
+    the save leaves every block in s.blocks.zarr, and the same command again computes none,
+    saves the twins and only then removes the checkpoint. The API's own checkpoint (a path)
+    is still removed when the twins are returned."""
+    from cohort.twin import Twins, blocks, twins
+
+    monkeypatch.chdir(csvs)
+    monkeypatch.setattr(blocks, "BLOCK", 4)
+    real_compute, calls = twins._compute, []
+
+    def counted(prior, bm, eta0, method, opts, previous, index):
+        calls.append(int(index[0]))
+        return real_compute(prior, bm, eta0, method, opts, previous, index)
+
+    monkeypatch.setattr(twins, "_compute", counted)
+    real_save = Twins.save
+
+    def killed(self, *a, **kw):
+        raise KeyboardInterrupt("killed while saving")
+
+    monkeypatch.setattr(Twins, "save", killed)
+    argv = ["twin", "fit", "day0.csv", "--prior", str(PRIOR), "-o", "s.zarr"]
+    assert runner.invoke(app, argv).exit_code != 0
+    assert Path("s.blocks.zarr").exists() and calls == [0, 3]
+    monkeypatch.setattr(Twins, "save", real_save)
+    res = runner.invoke(app, argv)
+    assert res.exit_code == 0, res.output
+    assert "interrupted run" in flat(res) and calls == [0, 3]  # nothing computed again
+    assert not Path("s.blocks.zarr").exists() and open_twins("s.zarr").n == 6
+    Twins.identify(str(PRIOR), "day0.csv", method="laplace", checkpoint="api.blocks.zarr")
+    assert not Path("api.blocks.zarr").exists()
+
+
 def test_a_twin_store_path_without_zarr_is_refused_before_any_work(csvs, monkeypatch):
     monkeypatch.chdir(csvs)
     res = runner.invoke(app, ["twin", "fit", "day0.csv", "--prior", str(PRIOR), "-o", "t.out"])

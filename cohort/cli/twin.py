@@ -49,16 +49,19 @@ def _before_identifying(data: Path, out: Path, report: Path | None, overwrite: b
     return _report(report, overwrite)
 
 
-def _checkpoint(out: Path) -> Path:
+def _checkpoint(out: Path):
     """Where finished blocks of patients are kept while twins for ``out`` are computed
-    (``<name>.blocks.zarr`` beside it; removed once they are computed): rerunning the same
-    command after a crash computes only the blocks still missing."""
+    (``<name>.blocks.zarr`` beside it), until the command has saved them (it then calls the
+    checkpoint's ``remove``): rerunning the same command after a crash, even one during the
+    save, computes only the blocks still missing."""
+    from cohort.twin.checkpoint import KeptCheckpoint
+
     path = out.with_name(out.name.removesuffix(".zarr") + ".blocks.zarr")
     if path.exists():
         console.print(
             f"{path}: blocks of an interrupted run; those computed from the same inputs are reused"
         )
-    return path
+    return KeptCheckpoint(path)
 
 
 def _summary(tw, title: str) -> Table:
@@ -117,6 +120,7 @@ def fit(
 
     folder = _before_identifying(data, out, report, overwrite)
     t0 = time.perf_counter()
+    kept = _checkpoint(out)
     with console.status("identifying twins"):
         tw = Twins.identify(
             TwinPrior.from_file(prior),
@@ -127,9 +131,10 @@ def fit(
             draws=draws,
             seed=seed,
             cluster=scheduler,
-            checkpoint=_checkpoint(out),
+            checkpoint=kept,
         )
     path = tw.save(out, overwrite=overwrite)
+    kept.remove()
     console.print(_summary(tw, f"{tw.prior.name}: individual MAP estimates"))
     console.print(_status_line(tw, time.perf_counter() - t0, path))
     if folder is not None:
@@ -168,8 +173,10 @@ def update(
     with console.status("updating twins"):
         twins = open_twins(store)
         extra = {"cluster": scheduler} if scheduler is not None else {}
-        tw = twins.update(str(data), method=method, checkpoint=_checkpoint(store), **extra)
+        kept = _checkpoint(store)
+        tw = twins.update(str(data), method=method, checkpoint=kept, **extra)
     path = tw.save(store)
+    kept.remove()
     if hasattr(tw, "replay"):  # CGM twins
         console.print(_cgm_summary(tw, f"{tw.prior.name}: updated posteriors"))
         console.print(_status_line(tw, time.perf_counter() - t0, path))
@@ -506,13 +513,14 @@ def cgm(
 
     folder = _before_identifying(data, out, report, overwrite)
     t0 = time.perf_counter()
+    kept = _checkpoint(out)
     with console.status("identifying CGM twins"):
         tw = CGMTwins.identify(
             TwinPrior.from_file(prior), str(data), method=method, chains=chains,
-            warmup=warmup, draws=draws, seed=seed, cluster=scheduler,
-            checkpoint=_checkpoint(out),
+            warmup=warmup, draws=draws, seed=seed, cluster=scheduler, checkpoint=kept,
         )  # fmt: skip
     path = tw.save(out, overwrite=overwrite)
+    kept.remove()
     console.print(_cgm_summary(tw, f"{tw.prior.name}: individual posteriors"))
     console.print(_status_line(tw, time.perf_counter() - t0, path))
     mard = tw.fitted().mard.values

@@ -9,10 +9,11 @@ Type 1 diabetes twins from CGM records: ``CGMTwins.identify(prior, records)`` â†
 """
 
 from cohort.twin.cgm import CGMTwins
+from cohort.twin.checkpoint import KeptCheckpoint
 from cohort.twin.prior import TwinError, TwinPrior
 from cohort.twin.twins import Twins
 
-__all__ = ["CGMTwins", "TwinError", "TwinPrior", "Twins", "open_twins"]
+__all__ = ["CGMTwins", "KeptCheckpoint", "TwinError", "TwinPrior", "Twins", "open_twins"]
 
 
 def open_twins(path, update=None):

@@ -100,15 +100,17 @@ def solve_blocks(
 ):
     """:func:`run_blocks` then :func:`merge_blocks`: ``(laplace, samples)`` of all ``n``
     patients. ``checkpoint``: a store path keeping finished blocks until the result is
-    returned (:mod:`cohort.twin.checkpoint`); ``key``: every input of the computation, hashed
-    so that blocks of another computation are never reused."""
-    saved = None
+    returned, or a :class:`~cohort.twin.checkpoint.KeptCheckpoint` kept until its caller
+    removes it (:mod:`cohort.twin.checkpoint`); ``key``: every input of the computation,
+    hashed so that blocks of another computation are never reused."""
+    saved, kept = None, False
     if checkpoint is not None:
-        from cohort.twin.checkpoint import Checkpoint, inputs_key
+        from cohort.twin.checkpoint import Checkpoint, KeptCheckpoint, inputs_key
 
-        saved = Checkpoint(checkpoint, inputs_key(*key))
+        kept = isinstance(checkpoint, KeptCheckpoint)
+        saved = Checkpoint(checkpoint.path if kept else checkpoint, inputs_key(*key))
     result = merge_blocks(run_blocks(compute, parts, cluster, saved), n)
-    if saved is not None:
+    if saved is not None and not kept:
         saved.remove()
     return result
 

@@ -195,8 +195,9 @@ class CGMTwins:
         long trajectories does not hold up the others. ``cluster``: a Dask Client, Cluster
         or scheduler address: blocks of patients are identified as tasks on its workers,
         with the numbers of a local run (:mod:`cohort.twin.blocks`). ``checkpoint``: a store
-        path where finished blocks are kept until the twins are returned, so that the same
-        call after a crash computes only the rest (:mod:`cohort.twin.checkpoint`)."""
+        path where finished blocks are kept until the twins are returned (or a
+        ``KeptCheckpoint``, kept until you have saved them and call its ``remove``), so that
+        the same call after a crash computes only the rest (:mod:`cohort.twin.checkpoint`)."""
         prior = prior if isinstance(prior, TwinPrior) else TwinPrior.from_file(prior)
         _layout(prior)
         table = cgm_data.read_cgm(records)

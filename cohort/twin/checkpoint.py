@@ -128,6 +128,23 @@ class Checkpoint:
         )
 
     def remove(self) -> None:
-        """Delete the checkpoint (after the twins it served were saved)."""
-        if self.path.exists() and written_by_cohort(self.path):
-            shutil.rmtree(self.path)
+        """Delete the checkpoint (after the twins it served were returned)."""
+        _remove(self.path)
+
+
+@dataclasses.dataclass(frozen=True)
+class KeptCheckpoint:
+    """A ``checkpoint=`` that outlives the call: its blocks stay on disk when the twins are
+    returned, until the caller has stored them and calls :meth:`remove` (the CLI does, after
+    saving the twin store), so a crash between the computation and the save still finds
+    every block."""
+
+    path: Path
+
+    def remove(self) -> None:
+        _remove(check_path(self.path, "checkpoint"))
+
+
+def _remove(path: Path) -> None:
+    if path.exists() and written_by_cohort(path):
+        shutil.rmtree(path)

@@ -62,8 +62,9 @@ class Twins:
         ``cluster``: a Dask Client, Cluster or scheduler address: groups of patients are
         identified as tasks on its workers (each patient's starts and chains are seeded by
         its position, so the twins are those of a local run). ``checkpoint``: a store path
-        where finished blocks of patients are kept until the twins are returned, so that the
-        same call after a crash computes only the rest (:mod:`cohort.twin.checkpoint`)."""
+        where finished blocks of patients are kept until the twins are returned (or a
+        ``KeptCheckpoint``, kept until you have saved them and call its ``remove``), so that
+        the same call after a crash computes only the rest (:mod:`cohort.twin.checkpoint`)."""
         if not isinstance(prior, TwinPrior):
             prior = TwinPrior.from_spec(prior)
         if method not in METHODS:
