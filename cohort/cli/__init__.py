@@ -86,7 +86,7 @@ def main() -> None:
     if code is None:
         code = 0
     elif not isinstance(code, int):  # sys.exit("message") semantics
-        print(code, file=sys.stderr)
+        sys.stderr.write(f"{code}\n")
         code = 1
     main_thread = threading.main_thread()
     waiting = [t for t in threading.enumerate() if t is not main_thread and not t.daemon]
