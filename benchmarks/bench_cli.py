@@ -40,7 +40,7 @@ def timed(argv: list[str], env: dict, cwd: Path) -> tuple[float, str]:
 
 
 def cohort_cmd(*args: str) -> list[str]:
-    return [sys.executable, "-c", "from cohort.cli import app; app()", *args]
+    return [sys.executable, "-c", "from cohort.cli import main; main()", *args]
 
 
 def warm_glucose_run() -> float:
