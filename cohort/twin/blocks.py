@@ -10,7 +10,6 @@ whole blocks (:func:`run_blocks`).
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections.abc import Callable
 
@@ -127,20 +126,12 @@ def merge_blocks(results: list[tuple], n: int):
         picks.append((keep, lap, samples))
     if not seen.all():
         raise RuntimeError("twin blocks did not cover every patient")
-    lap = posterior.Laplace(
-        *(
-            np.concatenate([np.asarray(getattr(x, f.name))[k] for k, x, _ in picks])
-            for f in dataclasses.fields(posterior.Laplace)
-        )
-    )
+
+    def merged(i: int) -> dict[str, np.ndarray]:
+        parts = [(k, posterior.per_patient(p[i])) for k, *p in picks]
+        return {name: np.concatenate([a[name][k] for k, a in parts]) for name in parts[0][1]}
+
+    lap = posterior.Laplace(**merged(0))
     if picks[0][2] is None:
         return lap, None
-    samples = posterior.Samples(
-        **{
-            f.name: np.concatenate([np.asarray(getattr(x, f.name))[k] for k, _, x in picks])
-            for f in dataclasses.fields(posterior.Samples)
-            if f.name != "seconds"
-        },
-        seconds=sum(x.seconds for _, _, x in picks),
-    )
-    return lap, samples
+    return lap, posterior.Samples(**merged(1), seconds=sum(x.seconds for _, _, x in picks))

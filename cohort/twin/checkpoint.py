@@ -85,17 +85,11 @@ class Checkpoint:
             if not g.attrs.get("done"):
                 continue
             arrays = {k: np.asarray(g[k][...]) for k in g.array_keys()}
-            fields = dataclasses.fields(posterior.Laplace)
-            lap = posterior.Laplace(**{f.name: arrays[f"laplace_{f.name}"] for f in fields})
+            lap = posterior.Laplace(**_prefixed(arrays, "laplace_"))
             samples = None
             if g.attrs.get("sampled"):
                 samples = posterior.Samples(
-                    **{
-                        f.name: arrays[f"samples_{f.name}"]
-                        for f in dataclasses.fields(posterior.Samples)
-                        if f.name != "seconds"
-                    },
-                    seconds=float(g.attrs["seconds"]),
+                    **_prefixed(arrays, "samples_"), seconds=float(g.attrs["seconds"])
                 )
             out[int(name.split("_")[1])] = (arrays["rows"], lap, samples)
         return out
@@ -107,15 +101,9 @@ class Checkpoint:
             shutil.rmtree(self.path / name)
         g = self.root.create_group(name)
         arrays = {"rows": rows}
-        arrays.update({f"laplace_{f.name}": getattr(lap, f.name) for f in dataclasses.fields(lap)})
+        arrays.update({f"laplace_{k}": v for k, v in posterior.per_patient(lap).items()})
         if samples is not None:
-            arrays.update(
-                {
-                    f"samples_{f.name}": getattr(samples, f.name)
-                    for f in dataclasses.fields(samples)
-                    if f.name != "seconds"
-                }
-            )
+            arrays.update({f"samples_{k}": v for k, v in posterior.per_patient(samples).items()})
         for k, v in arrays.items():
             v = np.asarray(v)
             g.create_array(k, shape=v.shape, dtype=v.dtype, compressors=None)[...] = v
@@ -143,6 +131,11 @@ class KeptCheckpoint:
 
     def remove(self) -> None:
         _remove(check_path(self.path, "checkpoint"))
+
+
+def _prefixed(arrays: dict[str, np.ndarray], prefix: str) -> dict[str, np.ndarray]:
+    """The arrays named ``prefix + field``, by field."""
+    return {k.removeprefix(prefix): v for k, v in arrays.items() if k.startswith(prefix)}
 
 
 def _remove(path: Path) -> None:

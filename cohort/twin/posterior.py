@@ -55,6 +55,17 @@ class Laplace:
     ok: np.ndarray
 
 
+def per_patient(result) -> dict[str, np.ndarray]:
+    """The per-patient arrays of a :class:`Laplace` or :class:`Samples` by field name, patient
+    axis first (``Samples.seconds``, a total, left out): what blocks of patients are merged
+    from and checkpointed as."""
+    return {
+        f.name: np.asarray(getattr(result, f.name))
+        for f in dataclasses.fields(result)
+        if f.name != "seconds"
+    }
+
+
 _NEWTON_STEPS = jnp.array([1.0, 0.5, 0.25, 0.1])
 
 
