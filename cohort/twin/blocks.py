@@ -127,11 +127,14 @@ def merge_blocks(results: list[tuple], n: int):
     if not seen.all():
         raise RuntimeError("twin blocks did not cover every patient")
 
-    def merged(i: int) -> dict[str, np.ndarray]:
-        parts = [(k, posterior.per_patient(p[i])) for k, *p in picks]
-        return {name: np.concatenate([a[name][k] for k, a in parts]) for name in parts[0][1]}
+    def merged(results: list[tuple]) -> dict[str, np.ndarray]:
+        """The kept rows of the blocks' ``(keep, result)``, concatenated field by field."""
+        arrays = [(keep, posterior.per_patient(x)) for keep, x in results]
+        return {f: np.concatenate([a[f][keep] for keep, a in arrays]) for f in arrays[0][1]}
 
-    lap = posterior.Laplace(**merged(0))
+    lap = posterior.Laplace(**merged([(keep, lap) for keep, lap, _ in picks]))
     if picks[0][2] is None:
         return lap, None
-    return lap, posterior.Samples(**merged(1), seconds=sum(x.seconds for _, _, x in picks))
+    sampled = [(keep, samples) for keep, _, samples in picks]
+    seconds = sum(samples.seconds for _, samples in sampled)
+    return lap, posterior.Samples(**merged(sampled), seconds=seconds)
