@@ -69,7 +69,7 @@ def main() -> None:
 
     When a command has returned, everything it writes is on disk (stores, caches) and every
     atexit hook has run, yet tearing the interpreter down still took 0.4-0.5 s on 2 cores
-    (deallocating JAX's and XLA's objects one by one): a tenth of a repeated ``cohort
+    (deallocating JAX's and XLA's objects one by one): 15 % of a repeated ``cohort
     simulate``. So the exit hooks are run and the standard streams flushed here, then the
     process ends with ``os._exit``. If a thread other than the main one is still alive (a
     non-daemon thread the normal exit would wait for), the process leaves the normal way."""
