@@ -11,3 +11,21 @@ import jax  # noqa: E402
 import cohort  # noqa: E402, F401  (sets JAX_ENABLE_X64)
 
 jax.config.update("jax_enable_x64", True)
+
+
+import pytest  # noqa: E402
+
+_DEVICE_ENV = ("XLA_FLAGS", "JAX_NUM_CPU_DEVICES")
+
+
+@pytest.fixture(autouse=True)
+def _restore_device_environment():
+    """The CLI asks for CPU devices through the environment at its entry (e.g. one per NUTS
+    chain); a command run in-process must not leak that into later tests' subprocesses."""
+    before = {k: os.environ.get(k) for k in _DEVICE_ENV}
+    yield
+    for k, v in before.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v

@@ -120,3 +120,25 @@ def test_demo_with_other_settings_into_its_store_is_a_clear_error(tmp_path):
     res = runner.invoke(app, [*args, "--n", "60"])
     assert res.exit_code == 2 and "holds a demo run with other settings" in flat(res)
     assert cohort.open_result(out).sizes["patient"] == 50  # untouched
+
+
+def test_simulate_summary_reads_the_store_chunk_by_chunk(tmp_path):
+    """The printed summary is computed a few stored chunks at a time (a 10⁷-patient output
+    does not fit in memory) and equals the whole-array computation."""
+    from cohort.cli.simulate import _per_patient
+
+    out = tmp_path / "s.zarr"
+    args = ["simulate", "--model", "pk1_oral", "--n", "50", "--chunk-size", "8", "--out", str(out)]
+    res = runner.invoke(app, args)
+    assert res.exit_code == 0, res.output
+    ds = cohort.open_result(out)
+    assert ds.conc.encoding["chunks"][0] == 8
+    v, t = ds.conc.values, ds.time.values
+    assert f"{np.quantile(v.max(axis=1), 0.5):.4g}" in flat(res)
+    ok = np.asarray(ds.status.values) == 0
+    ok[[3, 8, 9, 10, 11, 12, 13, 14, 15]] = False  # a failed patient; a chunk with none kept
+    for read_bytes in (1, 3 * 8 * t.size * 8, 1 << 26):  # one chunk, three chunks, all
+        cmax, auc, last = _per_patient(ds, "conc", ok, read_bytes=read_bytes)
+        np.testing.assert_array_equal(cmax, v[ok].max(axis=1))
+        np.testing.assert_array_equal(auc, np.trapezoid(v[ok], t, axis=1))
+        np.testing.assert_array_equal(last, v[ok, -1])

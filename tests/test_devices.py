@@ -7,6 +7,7 @@ first initialises (this test process keeps its single device).
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -77,8 +78,11 @@ SCRIPT = textwrap.dedent(
 
 
 def _run(n_devices: int, cases: str) -> dict:
+    # the device count is the script's to choose, not an inherited environment's
+    env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_NUM_CPU_DEVICES")}
     proc = subprocess.run(
         [sys.executable, "-c", SCRIPT, str(n_devices), cases],
+        env=env,
         capture_output=True,
         text=True,
         timeout=600,

@@ -49,27 +49,45 @@ def _summary(ds, outputs) -> Table:
     table.add_column("units")
     for col in ("Cmax p5", "Cmax median", "Cmax p95", "AUC median", "last median"):
         table.add_column(col, justify="right")
-    ok = np.asarray(ds["status"].values) == 0
-    t = ds["time"].values
+    status = np.asarray(ds["status"].values)
+    ok = status == 0
     for o in outputs:
-        v = np.asarray(ds[o].values)[ok]
-        if v.shape[0] == 0:
+        if not ok.any():
             table.add_row(o, ds[o].attrs.get("units", ""), *(["–"] * 5))
             continue
-        cmax = np.nanmax(v, axis=1)
-        auc = np.trapezoid(v, t, axis=1)
+        cmax, auc, last = _per_patient(ds, o, ok)
         table.add_row(
             o,
             ds[o].attrs.get("units", ""),
             *(f"{x:.4g}" for x in np.nanquantile(cmax, [0.05, 0.5, 0.95])),
             f"{np.nanmedian(auc):.4g}",
-            f"{np.nanmedian(v[:, -1]):.4g}",
+            f"{np.nanmedian(last):.4g}",
         )
-    counts = pd.Series(np.asarray(ds["status"].values)).value_counts().sort_index()
+    counts = pd.Series(status).value_counts().sort_index()
     table.caption = "status: " + ", ".join(
         f"{STATUS_MEANINGS.get(int(k), k)}={int(c):,}" for k, c in counts.items()
     )
     return table
+
+
+def _per_patient(ds, output: str, ok: np.ndarray, read_bytes: int = 1 << 26):
+    """Cmax, AUC (trapezoids) and last value of ``output`` for the patients where ``ok``,
+    read a whole number of stored patient chunks (about ``read_bytes``) at a time: the
+    output of a large cohort (10⁷ patients × 97 times × float64 = 7.8 GB) does not fit in
+    memory, its per-patient summaries do."""
+    var = ds[output]
+    n, t = var.shape
+    chunk = int((var.encoding.get("chunks") or (n,))[0]) or n
+    rows = max(chunk, read_bytes // max(t * var.dtype.itemsize, 1) // chunk * chunk)
+    times = np.asarray(ds["time"].values)
+    parts = []
+    for a in range(0, n, rows):
+        keep = ok[a : a + rows]
+        if not keep.any():
+            continue
+        v = np.asarray(var.isel(patient=slice(a, a + rows)).values)[keep]
+        parts.append((np.nanmax(v, axis=1), np.trapezoid(v, times, axis=1), v[:, -1]))
+    return tuple(np.concatenate(x) for x in zip(*parts))
 
 
 def _available_memory() -> int | None:
