@@ -142,3 +142,26 @@ def test_simulate_summary_reads_the_store_chunk_by_chunk(tmp_path):
         np.testing.assert_array_equal(cmax, v[ok].max(axis=1))
         np.testing.assert_array_equal(auc, np.trapezoid(v[ok], t, axis=1))
         np.testing.assert_array_equal(last, v[ok, -1])
+
+
+def test_simulate_summary_holds_one_read_at_a_time(tmp_path):
+    """Reading block by block must not keep the blocks (e.g. through a view of the last
+    column): the summary's peak allocation stays far below one output's size."""
+    import tracemalloc
+
+    from cohort.cli.simulate import _per_patient
+
+    out = tmp_path / "m.zarr"
+    args = ["simulate", "--model", "pk1_oral", "--n", "2000", "--chunk-size", "100"]
+    res = runner.invoke(app, [*args, "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    ds = cohort.open_result(out)
+    ok = np.asarray(ds.status.values) == 0
+    whole = ds.conc.size * ds.conc.dtype.itemsize  # 1.6 MB
+    tracemalloc.start()
+    try:
+        _per_patient(ds, "conc", ok, read_bytes=1)  # one 100-patient chunk (78 kB) a read
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 0.4 * whole, (peak, whole)

@@ -86,7 +86,8 @@ def _per_patient(ds, output: str, ok: np.ndarray, read_bytes: int = 1 << 26):
         if not keep.any():
             continue
         v = np.asarray(var.isel(patient=slice(a, a + rows)).values)[keep]
-        parts.append((np.nanmax(v, axis=1), np.trapezoid(v, times, axis=1), v[:, -1]))
+        # v[:, -1] copied: a view would keep the whole block alive (measured: +64 MB a read)
+        parts.append((np.nanmax(v, axis=1), np.trapezoid(v, times, axis=1), v[:, -1].copy()))
     return tuple(np.concatenate(x) for x in zip(*parts))
 
 
