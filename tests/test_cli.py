@@ -165,3 +165,29 @@ def test_simulate_summary_holds_one_read_at_a_time(tmp_path):
     finally:
         tracemalloc.stop()
     assert peak < 0.4 * whole, (peak, whole)
+
+
+def test_band_figure_reads_only_the_first_patients(tmp_path):
+    """The demo's band figure uses the first ``max_patients`` patients with status 0 (an
+    i.i.d. sample), so a 10⁷-patient figure does not load the whole store."""
+    import xarray as xr
+
+    from cohort.plots import band, band_quantiles
+
+    rng = np.random.default_rng(0)
+    v = rng.lognormal(size=(50, 7))
+    status = np.zeros(50, int)
+    status[[1, 4]] = 3
+    ds = xr.Dataset(
+        {"conc": (("patient", "time"), v), "status": ("patient", status)},
+        coords={"time": np.arange(7.0)},
+    )
+    q = (0.05, 0.5, 0.95)
+    got, used = band_quantiles(ds, "conc", q, max_patients=10)
+    keep = np.flatnonzero(status[:10] == 0)
+    assert used == 8
+    np.testing.assert_array_equal(got, np.nanquantile(v[keep], q, axis=0))
+    got_all, used_all = band_quantiles(ds, "conc", q)
+    assert used_all == 48
+    np.testing.assert_array_equal(got_all, np.nanquantile(v[status == 0], q, axis=0))
+    assert band(ds, ["conc"], tmp_path / "b.png", max_patients=10).stat().st_size > 5_000
