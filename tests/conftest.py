@@ -4,6 +4,8 @@ subprocesses, with a temporary folder)."""
 
 import os
 
+import pytest
+
 os.environ.setdefault("COHORT_NO_COMPILE_CACHE", "1")
 
 import jax  # noqa: E402
@@ -12,8 +14,6 @@ import cohort  # noqa: E402, F401  (sets JAX_ENABLE_X64)
 
 jax.config.update("jax_enable_x64", True)
 
-
-import pytest  # noqa: E402
 
 _DEVICE_ENV = ("XLA_FLAGS", "JAX_NUM_CPU_DEVICES")
 
