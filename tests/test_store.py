@@ -194,3 +194,29 @@ def test_large_batches_write_several_whole_output_chunks(tmp_path, monkeypatch):
     monkeypatch.undo()
     assert zarr_store.output_chunk_rows(100_000, 289, 4) == 12_500
     assert zarr_store.output_chunk_rows(10_007, 289, 8) == 10_007  # prime: one chunk per batch
+
+
+def test_open_result_equals_xarray_default_open_without_importing_pint(tmp_path):
+    """open_result builds the dimension indexes itself (from pandas.Index): the dataset is
+    identical to ``xr.open_zarr``'s, indexes included, and opening it does not import pint
+    (xarray's own index creation does where pint is installed: ~0.16 s of every CLI run)."""
+    import subprocess
+    import sys
+
+    run(tmp_path / "x.zarr")
+    ds = cohort.open_result(tmp_path / "x.zarr")
+    ref = xr.open_zarr(str(tmp_path / "x.zarr"), consolidated=False, chunks=None)
+    xr.testing.assert_identical(ds, ref)
+    assert set(ds.indexes) == set(ref.indexes) == {"patient", "time"}
+    assert ds.time.attrs["units"] == "h" and ds.time.encoding["dtype"] == ref.time.encoding["dtype"]
+    np.testing.assert_array_equal(ds.conc.sel(time=12.0).values, ref.conc.sel(time=12.0).values)
+    pytest.importorskip("pint")  # the [dev] install has it (pharmpy-core)
+    code = (
+        "import sys\n"
+        "from cohort.store import open_result\n"
+        f"ds = open_result({str(tmp_path / 'x.zarr')!r})\n"
+        "ds.conc.sel(time=12.0).values\n"
+        "print('pint' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.stdout.split() == ["False"], out.stdout + out.stderr
