@@ -198,3 +198,21 @@ def test_closed_loop_batches_are_larger_on_an_accelerator(monkeypatch):
     assert glucose_simulate.base_chunk() == glucose_simulate.DEFAULT_CHUNK == 2_048
     monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
     assert glucose_simulate.base_chunk() == glucose_simulate.ACCELERATOR_CHUNK == 16_384
+
+
+def test_cvga_figure_uses_the_stored_per_patient_extremes(open_loop_run, tmp_path):
+    """The CVGA figure of a closed-loop result reads its per-patient g_min/g_max/cvga_zone
+    (three numbers per patient) and they place every patient where the trajectories do."""
+    from cohort.glucose.plots import cvga_plot, cvga_points
+
+    ds = open_loop_run
+    x, y, zones = cvga_points(ds)
+    bare = ds.drop_vars(["g_min", "g_max", "cvga_zone"])  # forces the trajectory path
+    x2, y2, zones2 = cvga_points(bare)
+    assert len(x) == int((ds.status.values == 0).sum()) == N
+    np.testing.assert_allclose(x, x2, rtol=1e-6)
+    np.testing.assert_allclose(y, y2, rtol=1e-6)
+    np.testing.assert_array_equal(zones, zones2)
+    assert len(set(zones)) > 1  # open loop over two days: not every patient in one zone
+    png = cvga_plot(ds, tmp_path / "cvga.png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

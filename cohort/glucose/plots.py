@@ -59,10 +59,9 @@ def glucose_band(
 def cvga_plot(ds: xr.Dataset, path: str | Path, var: str = "Gsub") -> Path:
     """Control-variability grid analysis (Magni et al. 2008): one dot per patient at (minimum,
     maximum) glucose on the reversed-x grid, with zone counts in the title."""
-    ok = ds["status"].values == 0
-    c = cvga(ds[var].isel(patient=np.flatnonzero(ok)))
+    x, y, zones = cvga_points(ds, var)
     fig, ax = plt.subplots(figsize=(5.5, 5.5))
-    ax.scatter(c["x"].values, c["y"].values, s=6, alpha=0.4, color="k")
+    ax.scatter(x, y, s=6, alpha=0.4, color="k")
     for x in (70, 90):
         ax.axvline(x, color="grey", lw=0.8)
     for y in (180, 300):
@@ -76,9 +75,23 @@ def cvga_plot(ds: xr.Dataset, path: str | Path, var: str = "Gsub") -> Path:
     ax.set_ylim(110, 400)
     ax.set_xlabel("minimum glucose [mg/dL]")
     ax.set_ylabel("maximum glucose [mg/dL]")
-    zones = c["zone"].values.astype(str)
     counts = {z: int(np.sum(np.char.endswith(zones, z))) for z in "ABCDE"}
     ax.set_title("CVGA  " + "  ".join(f"{z}:{100 * v / max(len(zones), 1):.0f}%"
                                       for z, v in counts.items()), fontsize=9)  # fmt: skip
     fig.tight_layout()
     return _save(fig, path)
+
+
+def cvga_points(ds: xr.Dataset, var: str = "Gsub") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """CVGA x (minimum, clipped to 50–110), y (maximum, clipped to 110–400) and zone of each
+    patient with status 0. A closed-loop result already holds each patient's ``g_min``,
+    ``g_max`` and ``cvga_zone`` of ``Gsub``: those are used, so the figure of a large cohort
+    reads three numbers per patient instead of every trajectory (10⁶ patient-days at 5 min:
+    2.3 GB); other variables are computed from the trajectories."""
+    ok = np.asarray(ds["status"].values) == 0
+    if var == "Gsub" and all(k in ds for k in ("g_min", "g_max", "cvga_zone")):
+        lo, hi = (np.asarray(ds[k].values, float)[ok] for k in ("g_min", "g_max"))
+        zones = np.asarray(ds["cvga_zone"].values)[ok].astype(str)
+        return np.clip(lo, 50, 110), np.clip(hi, 110, 400), zones
+    c = cvga(ds[var].isel(patient=np.flatnonzero(ok)))
+    return c["x"].values, c["y"].values, c["zone"].values.astype(str)
