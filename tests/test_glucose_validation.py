@@ -87,6 +87,26 @@ def test_sampled_patients_have_plausible_outcomes():
     assert {"CR", "CF"} <= set(pop.columns) and (pop["CR"] > 0).all()
 
 
+def test_sampler_keeps_each_patients_first_passing_candidate():
+    """Rounds screen several candidates per patient (their padding slots take the next
+    candidates): each patient must still get the first candidate, in attempt order, that is
+    physiological and passes the envelope, as when candidates are tried one at a time."""
+    from cohort.models.glucose.patients import sample_candidates
+
+    n, seed, attempts = 8, 3, 32
+    pop = sample_plausible("adult", n, seed=seed)  # 8 patients + 10 references: 3 chunks of 8
+    frame, ok = sample_candidates("adult", n, seed, 0.1, attempts)
+    rows = np.flatnonzero(ok.ravel())  # every physiological candidate of the 8 patients
+    day = standard_day(frame.iloc[rows].reset_index(drop=True), chunk_size=8)
+    passes = np.zeros(n * attempts, bool)
+    passes[rows] = reference_envelope("adult").accepts(day)
+    first = np.argmax(passes.reshape(n, attempts), axis=1)
+    np.testing.assert_array_equal(pop["attempt"].to_numpy(), first)
+    assert (first > 0).any()  # some patient's first candidate failed: a later one was kept
+    tried = sum(int(ok[i, : first[i] + 1].sum()) for i in range(n))
+    assert pop.attrs["acceptance"] == pytest.approx(n / tried)
+
+
 def test_cli_glucose_samples_runs_and_resumes(tmp_path):
     """`cohort glucose` with a user's defaults (sampled plausible adults, random meals, CGM
     noise, 5-min basal-bolus) writes a complete store; --resume on it changes nothing."""

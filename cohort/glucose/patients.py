@@ -109,35 +109,53 @@ def sample_plausible(
     pending = np.arange(n)
     next_try = np.zeros(n, int)  # each patient's next attempt to consider
     while pending.size:
-        # each pending patient's next physiological candidate
+        # each pending patient's physiological candidates not yet tried, in attempt order
         later = ok[pending] & (np.arange(max_attempts) >= next_try[pending][:, None])
-        cand = np.where(later.any(axis=1), np.argmax(later, axis=1), -1)
-        if np.any(cand < 0):
-            bad = int(pending[np.flatnonzero(cand < 0)[0]])
+        if not later.any(axis=1).all():
+            bad = int(pending[np.flatnonzero(~later.any(axis=1))[0]])
             raise PatientSamplingError(
                 f"patient {bad}: no candidate in {max_attempts} attempts has plausible "
                 "standard-day outcomes; raise max_attempts or widen the envelope"
             )
-        # rounds shrink: pad each to whole chunks of one size, so one program is compiled
-        rows = pending * max_attempts + cand
-        batch = frame.iloc[rows]
+        # Rounds are padded to whole chunks of one size (one compiled program). The slots
+        # beyond one candidate per patient take the pending patients' next candidates, so a
+        # round's padding does work: with ~2/3 accepted, the last few pending patients are
+        # settled in one or two rounds instead of six nearly empty ones. A patient still
+        # keeps its first candidate that passes, as when candidates are tried one at a time.
+        n_refs = 0 if refs is None else len(refs)
+        size = -(-(pending.size + n_refs) // chunk) * chunk
+        share = np.full(pending.size, (size - n_refs) // pending.size)
+        share[: (size - n_refs) % pending.size] += 1
+        take = later & (np.cumsum(later, axis=1) <= share[:, None])
+        who, attempt = np.nonzero(take)  # patient-major, attempts ascending
+        batch = frame.iloc[pending[who] * max_attempts + attempt]
         if refs is not None:
             batch = pd.concat([batch, refs])
-        size = -(-len(batch) // chunk) * chunk
         batch = batch.iloc[np.minimum(np.arange(size), len(batch) - 1)]  # padded: one shape
         ds = standard_day(batch.reset_index(drop=True), chunk_size=chunk)
         if refs is not None:
-            envelope = _envelope(ds.isel(patient=slice(rows.size, rows.size + len(refs))))
+            envelope = _envelope(ds.isel(patient=slice(who.size, who.size + n_refs)))
             refs = None
-        ds = ds.isel(patient=slice(0, rows.size))
+        ds = ds.isel(patient=slice(0, who.size))
         good = envelope.accepts(ds)
-        tried += pending.size
-        passed += int(good.sum())
+        # per patient: its first passing candidate among those tried (rows are grouped by
+        # patient, so the first good row of each group)
+        first_row = np.searchsorted(who, np.arange(pending.size))
+        rank = np.arange(who.size) - first_row[who]
+        first_good = np.full(pending.size, np.iinfo(int).max)
+        np.minimum.at(first_good, who[good], rank[good])
+        found = first_good < np.iinfo(int).max
+        row = first_row[found] + first_good[found]
+        # the candidates a one-at-a-time search would have tried: up to the first pass
+        tried += int(np.sum(np.where(found, first_good + 1, take.sum(axis=1))))
+        passed += int(found.sum())
+        values = {k: np.asarray(ds[k].values, float) for k in outcome}
         for k in outcome:
-            outcome[k][pending[good]] = np.asarray(ds[k].values, float)[good]
-        choice[pending[good]] = cand[good]
-        next_try[pending] = cand + 1
-        pending = pending[~good]
+            outcome[k][pending[found]] = values[k][row]
+        choice[pending[found]] = attempt[row]
+        last = np.maximum.reduceat(attempt, first_row) if who.size else attempt
+        next_try[pending] = last + 1
+        pending = pending[~found]
     out = pick_candidates(group, seed, frame, choice, max_attempts)
     for k, v in outcome.items():
         out[k] = v
