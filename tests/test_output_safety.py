@@ -44,6 +44,37 @@ def test_overwrite_refuses_a_directory_cohort_did_not_write(tmp_path):
     assert res.exit_code == 2 and f.read_text() == "mine"
 
 
+def test_glucose_plots_never_replace_a_users_files(tmp_path, monkeypatch):
+    """`cohort glucose --plots DIR`: a folder holding the user's own files (even one named
+    like a figure) is refused before anything runs, with or without --overwrite; a file is
+    refused too; cohort's own folder is reused, its figures replaced only with --overwrite."""
+    monkeypatch.chdir(tmp_path)
+    mine = tmp_path / "thesis"
+    mine.mkdir()
+    (mine / "glucose_band.png").write_bytes(b"my figure")
+    (mine / "notes.txt").write_text("notes")
+    args = ["glucose", "--n", "2", "--days", "0.1"]
+    for extra in ([], ["--overwrite"]):
+        res = runner.invoke(app, [*args, "--plots", str(mine), *extra])
+        assert res.exit_code == 2, res.output
+        assert "was not written by cohort" in flat(res) and "Traceback" not in res.output
+        assert "patients ×" not in res.output  # refused before the simulation
+    assert (mine / "glucose_band.png").read_bytes() == b"my figure"
+    assert sorted(p.name for p in mine.iterdir()) == ["glucose_band.png", "notes.txt"]
+    (tmp_path / "file.txt").write_text("x")
+    res = runner.invoke(app, [*args, "--plots", "file.txt"])
+    assert res.exit_code == 2 and "is a file" in flat(res) and "patients ×" not in res.output
+    assert (tmp_path / "file.txt").read_text() == "x"
+    ours = tmp_path / "figs"
+    res = runner.invoke(app, [*args, "--plots", str(ours)])
+    assert res.exit_code == 0, res.output
+    assert (ours / "glucose_band.png").read_bytes()[:4] == b"\x89PNG"
+    res = runner.invoke(app, [*args, "--plots", str(ours)])
+    assert res.exit_code == 2 and "--overwrite" in flat(res)
+    res = runner.invoke(app, [*args, "--plots", str(ours), "--overwrite"])
+    assert res.exit_code == 0, res.output
+
+
 def test_overwrite_replaces_cohorts_own_store(tmp_path):
     out = tmp_path / "x.zarr"
     assert runner.invoke(app, sim_args(out)).exit_code == 0

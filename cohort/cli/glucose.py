@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from cohort.cli._common import command, console, err_console, fail, progress
@@ -67,7 +68,9 @@ def glucose(
         "-o",
         help="zarr store for the trajectories: a path or an fsspec URL (s3://bucket/runs/x.zarr)",
     ),
-    overwrite: bool = typer.Option(False, help="replace an existing --out written by cohort"),
+    overwrite: bool = typer.Option(
+        False, help="replace an existing --out (and --plots figures) written by cohort"
+    ),
     resume: bool = typer.Option(False, help="finish an interrupted run into the same --out"),
     plots: Path = typer.Option(None, help="folder for glucose-band and CVGA figures"),
     scheduler: str = typer.Option(
@@ -105,6 +108,16 @@ def glucose(
     if scheduler is not None and out is None:
         fail("--scheduler needs --out: the workers write their chunks into that store")
 
+    figures = None
+    if plots is not None:
+        # Checked before any work: the folder is new, empty or cohort's own, and an existing
+        # figure in it is replaced only with --overwrite and only if cohort drew it.
+        from cohort.store import report_directory
+        from cohort.store.safety import claim_file
+
+        folder = report_directory(plots, overwrite=overwrite, flag="--plots")
+        figures = [claim_file(folder, name, overwrite=overwrite, flag="--plots")
+                   for name in ("glucose_band.png", "cvga.png")]  # fmt: skip
     options = ClosedLoopOptions(
         period=period,
         sensor=Sensor() if cgm_noise else None,
@@ -158,8 +171,8 @@ def glucose(
         f"({len(pop) * days / wall:,.0f} patient-days/s)" + (f" → {out}" if out else "")
     )
     console.print(describe(spent), style="dim")
-    if plots is not None:
+    if figures is not None:
         from cohort.glucose.plots import cvga_plot, glucose_band
 
-        for p in (glucose_band(ds, plots / "glucose_band.png"), cvga_plot(ds, plots / "cvga.png")):
-            console.print(f"wrote {p}")
+        for p in (glucose_band(ds, figures[0]), cvga_plot(ds, figures[1])):
+            console.print(f"wrote {escape(str(p))}")
