@@ -57,6 +57,15 @@ SCRIPT = textwrap.dedent(
                 )
                 out[f"{model}/{method}/{dtype}"] = ds.conc.values.tolist()
                 out[f"{model}/{method}/{dtype}/status"] = ds.status.values.tolist()
+        # a stiff model: the implicit solver (Kvaerno5) cannot run inside shard_map (lineax
+        # checks its iterate's structure, sharding included), so its batches stay on one
+        # device; it used to fail with "pytree does not match out_structure"
+        tm = cohort.simulate(
+            "tmdd_qss", None, Regimen(100.0, "central", ii=12.0, addl=1),
+            cohort.grid(0.0, 24.0, 2.0), n=5, chunk_size=3,
+        )
+        out["tmdd_qss/auto"] = tm.conc.values.tolist()
+        out["tmdd_qss/auto/status"] = tm.status.values.tolist()
         # the glucose closed loop goes through the same chunk loop: 5 reference adults,
         # chunks of 3 (split 2 + 2 over two devices, the second chunk padded)
         from cohort.glucose import fixed_scenario, run
@@ -106,6 +115,8 @@ def test_two_devices_same_results_as_one(cases):
         else:  # fixed-step and exact engines: bit-identical
             np.testing.assert_array_equal(got, ref, key)
     assert max(max(row) for row in one["results"]["pk2_oral/closed_form/float64"]) > 1.0
+    assert set(two["results"]["tmdd_qss/auto/status"]) == {0}
+    assert min(min(row[1:]) for row in two["results"]["tmdd_qss/auto"]) > 0.0
 
 
 def test_use_cpu_cores_rejects_nonsense():

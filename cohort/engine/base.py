@@ -57,6 +57,10 @@ class Engine(abc.ABC):
         """Why this engine cannot solve ``model`` (``None``: it can)."""
         return None
 
+    def max_devices(self, model: Model) -> int | None:
+        """How many local devices a batch of ``model`` may be split over (``None``: all)."""
+        return None
+
     def validate(self, model: Model, table: EventTable, params: dict[str, np.ndarray]) -> None:
         """Raise :class:`InputError` (naming the setting or record) if the run cannot work."""
         reason = self.supports(model)

@@ -96,9 +96,9 @@ def default_chunk(
     return memory_chunk(default, bytes_per_patient)
 
 
-def batch_shape(chunk_size: int) -> tuple[int, int]:
+def batch_shape(chunk_size: int, max_devices: int | None = None) -> tuple[int, int]:
     """``(devices, padded batch)`` for batches of ``chunk_size`` patients: every local device
-    takes an equal share, padded up to :func:`bucket` rows.
+    (at most ``max_devices``) takes an equal share, padded up to :func:`bucket` rows.
 
     Multiples of :data:`LANES`: XLA's CPU code runs the vectorised body of an elementwise loop
     over whole vectors and a scalar remainder over the rest, whose exp/log round differently:
@@ -107,7 +107,7 @@ def batch_shape(chunk_size: int) -> tuple[int, int]:
     with chunks of 75 vs 76, measured); a batch axis of size 1 is specialised the same way.
     The coarser ladder lets cohorts of nearby sizes share one compiled (and cached) program;
     beyond 64 rows per device at most 25 % of a batch is padding."""
-    n_dev = max(1, min(len(jax.local_devices()), chunk_size))
+    n_dev = max(1, min(len(jax.local_devices()), chunk_size, max_devices or chunk_size))
     per_device = bucket(max(2, math.ceil(chunk_size / n_dev)))
     return n_dev, per_device * n_dev
 
@@ -265,7 +265,7 @@ def run_batches(
     cs = chunk_size
     n_chunks = chunk_count(n_patients, cs)
     done = np.zeros(n_chunks, bool) if done is None else done
-    n_dev, batch = batch_shape(cs)
+    n_dev, batch = batch_shape(cs, solver.n_devices)
     if n_dev != solver.n_devices:
         raise ValueError(f"solver built for {solver.n_devices} devices, batches need {n_dev}")
     finished = int(sum(min(cs, n_patients - k * cs) for k in range(n_chunks) if done[k]))

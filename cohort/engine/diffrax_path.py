@@ -46,6 +46,16 @@ class Adaptive(Engine):
 
         return dfx.Kvaerno5() if model.stiff else dfx.Tsit5()
 
+    def max_devices(self, model: Model) -> int | None:
+        # An implicit solver's Newton step (lineax) compares the shapes of its iterate with
+        # the structure it traced, and inside ``shard_map`` those carry the device mesh's
+        # sharding while the iterate's do not: every stiff solve raised "pytree does not
+        # match out_structure" once batches were split over devices (diffrax 0.7.2, lineax
+        # 0.1.1, JAX 0.10). Such batches run on one device; explicit solvers use them all.
+        import diffrax as dfx
+
+        return 1 if isinstance(self.pick_solver(model), dfx.AbstractImplicitSolver) else None
+
     def describe(self, model: Model) -> dict:
         default = "Kvaerno5" if model.stiff else "Tsit5"
         return {

@@ -349,7 +349,7 @@ def _run_chunks(
     cohort's solve settings when ``plan`` is a part of it."""
     n_pat = plan.n_patients
     shared = shared or _Shared.of(plan)
-    n_dev, batch = batch_shape(plan.chunk_size)
+    n_dev, batch = batch_shape(plan.chunk_size, plan.engine.max_devices(plan.model))
     solver = _solver(
         plan.model,
         plan.engine,
