@@ -77,6 +77,19 @@ def test_models_listing():
     assert res.exit_code == 0 and "L/h" in res.output and "depot" in res.output
 
 
+def test_simulate_refuses_a_store_without_patients_as_population(tmp_path):
+    """A twin store (or any cohort store without per-patient parameters) given as
+    --population: a clear error naming the store and its kind, not a traceback."""
+    import zarr
+
+    store = tmp_path / "twins.zarr"
+    zarr.open_group(str(store), mode="w").attrs.update(written_by="cohort", kind="cohort-twins")
+    res = runner.invoke(app, ["simulate", "--population", str(store), "-o", str(tmp_path / "x")])
+    assert res.exit_code == 2, res.output
+    assert "holds no per-patient parameters (it is a cohort-twins store)" in flat(res)
+    assert "Traceback" not in res.output and not (tmp_path / "x").exists()
+
+
 def test_generate_then_simulate_population_store(tmp_path):
     from pathlib import Path
 

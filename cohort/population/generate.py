@@ -336,6 +336,14 @@ def _open_store(out, spec, n, seed, chunk_size, names, var_attrs, resume, overwr
 def open_population(path: str | Path) -> xr.Dataset:
     """A population store written by :func:`generate`, refusing one that is incomplete."""
     ds = open_result(path)
+    if "patient" not in ds.dims or not any(v.dims == ("patient",) for v in ds.data_vars.values()):
+        what = ds.attrs.get("kind")
+        raise PopulationError(
+            f"{str(path)!r} holds no per-patient parameters"
+            + (f" (it is a {what} store)" if what else "")
+            + ": give a population store from `cohort generate`, a result store of `cohort "
+            "simulate`, or a CSV with one row per patient"
+        )
     if "incomplete" in ds.attrs:
         missing = int((~ds["chunk_done"].values).sum())
         raise PopulationError(
