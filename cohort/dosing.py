@@ -44,6 +44,12 @@ class Regimen:
     ss: bool = False
 
     def to_frame(self) -> pd.DataFrame:
+        for name in ("amt", "time", "ii", "rate"):
+            value = getattr(self, name)
+            if not (
+                isinstance(value, (int, float, np.integer, np.floating)) and np.isfinite(value)
+            ):
+                raise DosingError(f"Regimen: {name} must be a finite number, got {value!r}")
         rate = self.rate
         if self.duration is not None:
             if self.rate:

@@ -239,3 +239,12 @@ def test_addl_times_ii_beyond_any_time_is_a_clear_error():
                        "CMT": [2, 1], "ADDL": [0, 10], "II": [0.0, 1e308]})  # fmt: skip
     with pytest.raises(DosingError, match=r"row 2, column ADDL: ADDL x II \(10 x 1e\+308\)"):
         records_table(df, ("depot", "central"), ("depot", "central"))
+
+
+@pytest.mark.parametrize("field", ["amt", "time", "ii", "rate"])
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_regimen_refuses_non_finite_numbers(field, value):
+    """A NaN amount used to simulate as no dose at all (every concentration 0, status ok)."""
+    kw = {"amt": 100.0, "cmt": "depot", field: value}
+    with pytest.raises(DosingError, match=f"Regimen: {field} must be a finite number"):
+        cohort.simulate("pk1_oral", None, Regimen(**kw), cohort.grid(0.0, 24.0, 1.0), n=2)

@@ -309,6 +309,14 @@ def simulate(
             fail(f"--cmt: {cmt!r} cannot be dosed in {m.name}; use one of {list(m.dose_targets)}")
         v = {k: DEFAULTS[k] if val is None else val for k, val in
              (("amt", amt), ("ii", ii), ("addl", addl), ("rate", rate))}  # fmt: skip
+        for flag, key in (("--amt", "amt"), ("--ii", "ii")):
+            if not (np.isfinite(v[key]) and v[key] >= 0):
+                fail(f"{flag} must be a finite number >= 0, got {v[key]}")
+        if not (np.isfinite(v["rate"]) and (v["rate"] >= 0 or v["rate"] in (-1.0, -2.0))):
+            fail(
+                f"--rate must be a finite number >= 0 (0: bolus), or -1/-2 (rate/duration "
+                f"from the model's R_/D_ parameters), got {v['rate']}"
+            )
         if v["addl"] < 0:
             fail(f"--addl must be >= 0, got {v['addl']}")
         if v["addl"] and not v["ii"] > 0:
