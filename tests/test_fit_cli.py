@@ -266,3 +266,21 @@ def test_nuts_prints_a_verdict_and_fails_its_gates_loudly(tmp_path):
     assert "NUTS gates failed" in " ".join(res.stderr.split()) and out.exists()
     res = runner.invoke(app, [*args, "--overwrite", "--allow-unconverged"])
     assert res.exit_code == 0 and "NUTS verdict: NOT converged" in _flat(res)
+
+
+@pytest.mark.parametrize(
+    "rows, message",
+    [
+        (["1,0,.,320,1,1,1", "2,0,.,280,1,1,1"], "no observations (EVID 0 rows with a DV"),
+        (["1,0.5,2.7,0,0,2,0", "1,2,5.0,0,0,2,0"], "no dose records (EVID 1 or 4 with AMT > 0)"),
+    ],
+)
+def test_fit_refuses_data_it_cannot_learn_from(tmp_path, rows, message):
+    """No observations, or no dose for a dosed model: an error, not the initial values
+    reported as estimates with OFV 0 and exit code 0."""
+    data = tmp_path / "d.csv"
+    data.write_text("\n".join(["ID,TIME,DV,AMT,EVID,CMT,MDV", *rows]) + "\n")
+    res = runner.invoke(app, ["fit", str(data), "--method", "ml", "-o", str(tmp_path / "f.nc")])
+    assert res.exit_code == 2, res.output
+    assert message in _flat(res) and "Traceback" not in res.output
+    assert not (tmp_path / "f.nc").exists()

@@ -57,8 +57,11 @@ class Problem:
     message: str
 
     def __str__(self) -> str:
-        where = f"row {self.row}, column {self.column}" if self.row else f"column {self.column}"
-        return f"{where}: {self.message}"
+        if self.row:
+            return f"row {self.row}, column {self.column}: {self.message}"
+        if self.column in ("file", ""):  # the message names the file itself
+            return self.message
+        return f"column {self.column}: {self.message}"
 
 
 class DataError(DosingError):
@@ -70,7 +73,8 @@ class DataError(DosingError):
         more = len(self.problems) - _MAX_LISTED
         tail = f"\n  ... and {more} more" if more > 0 else ""
         if len(self.problems) == 1:
-            super().__init__(f"dataset {self.problems[0]}")
+            p = self.problems[0]
+            super().__init__(f"dataset {p}" if p.row or p.column not in ("file", "") else str(p))
         else:
             super().__init__(f"dataset: {len(self.problems)} problems\n  {shown}{tail}")
 

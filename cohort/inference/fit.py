@@ -45,10 +45,44 @@ def _spec(model: Any, params, error, omega, transform, output) -> NLME:
 
 def _dataset(data: Any, model: Model) -> Dataset:
     if isinstance(data, Dataset):
-        return data.with_model(model)
-    if isinstance(data, (str, Path, pd.DataFrame)):
-        return read_nonmem(data, model)
-    raise TypeError(f"data must be a Dataset, a DataFrame or a path; got {type(data).__name__}")
+        ds = data.with_model(model)
+    elif isinstance(data, (str, Path, pd.DataFrame)):
+        ds = read_nonmem(data, model)
+    else:
+        raise TypeError(f"data must be a Dataset, a DataFrame or a path; got {type(data).__name__}")
+    _check_fittable(ds, model)
+    return ds
+
+
+def _check_fittable(ds: Dataset, model: Model) -> None:
+    """Refuse data a fit cannot learn from (it used to return the initial values as
+    "estimates" with OFV 0): no observation at all, or no dose for a model that is dosed."""
+    from cohort.data.reader import DataError, Problem
+
+    if ds.n_observations == 0:
+        raise DataError(
+            [
+                Problem(
+                    None,
+                    "",
+                    "no observations (EVID 0 rows with a DV; MDV 1 rows are skipped), so there "
+                    "is nothing to fit; check the DV/EVID/MDV columns",
+                )
+            ]
+        )
+    doses = ds.records["EVID"].isin((1, 4)) & (ds.records["AMT"].to_numpy(float) > 0)
+    if model.dose_targets and not doses.any():
+        raise DataError(
+            [
+                Problem(
+                    None,
+                    "",
+                    f"no dose records (EVID 1 or 4 with AMT > 0) for the dosed model "
+                    f"{model.name!r}: its predictions would not depend on the drug parameters; "
+                    "check the AMT/EVID columns",
+                )
+            ]
+        )
 
 
 def _zero_predictions(bm, pop, eta, show: int = 5) -> str:
