@@ -204,3 +204,29 @@ def test_band_figure_reads_only_the_first_patients(tmp_path):
     assert used_all == 48
     np.testing.assert_array_equal(got_all, np.nanquantile(v[status == 0], q, axis=0))
     assert band(ds, ["conc"], tmp_path / "b.png", max_patients=10).stat().st_size > 5_000
+
+
+def test_population_csv_is_paired_with_the_dosing_by_id(tmp_path):
+    """A population CSV with an ID column is matched to the dosing file's patients by ID (not
+    by row order); IDs on one side only are an error naming them."""
+    pop = tmp_path / "pop.csv"
+    pop.write_text("ID,CL,V,KA\n2,30,31,1\n1,2.5,30,1\n")  # listed in the other order
+    dose = tmp_path / "dose.csv"
+    dose.write_text("ID,TIME,AMT,EVID,CMT\n1,0,100,1,1\n2,0,1000,1,1\n")
+    out = tmp_path / "x.zarr"
+    args = ["simulate", "--model", "pk1_oral", "--population", str(pop), "--dosing", str(dose)]
+    res = runner.invoke(app, [*args, "-o", str(out)])
+    assert res.exit_code == 0, res.output
+    ds = cohort.open_result(out)
+    np.testing.assert_array_equal(ds.CL.values, [2.5, 30.0])  # dosing order: ID 1, then 2
+    ref = cohort.simulate(
+        "pk1_oral",
+        {"CL": np.array([2.5, 30.0]), "V": np.array([30.0, 31.0]), "KA": np.ones(2)},
+        [[cohort.Regimen(100.0, "depot")], [cohort.Regimen(1000.0, "depot")]],
+        ds.time.values,
+    )
+    np.testing.assert_allclose(ds.conc.values, ref.conc.values, rtol=1e-12)
+    pop.write_text("ID,CL,V,KA\n5,30,31,1\n1,2.5,30,1\n")
+    res = runner.invoke(app, [*args, "-o", str(tmp_path / "y.zarr")])
+    assert res.exit_code == 2
+    assert "ID 2 has doses but no parameters; ID 5 has parameters but no doses" in flat(res)

@@ -188,7 +188,9 @@ def _read_population(path: Path, model_name: str | None):
         table = read_table(path)
     except DataError as exc:
         fail(f"--population {exc}")
-    table = table.drop(columns=[c for c in table.columns if str(c).upper() == "ID"])
+    id_cols = [c for c in table.columns if str(c).upper() == "ID"]
+    ids = _id_keys(table[id_cols[0]]) if id_cols else None
+    table = table.drop(columns=id_cols)
     unknown = [c for c in table.columns if c not in model.parameter_names]
     if unknown:
         fail(
@@ -197,7 +199,55 @@ def _read_population(path: Path, model_name: str | None):
         )
     if table.empty:
         fail(f"--population {path}: no patients (the file has no rows)")
-    return model, {c: v.to_numpy() for c, v in table.items()}
+    pop = {c: v.to_numpy() for c, v in table.items()}
+    return model, pop if ids is None else (pop, ids)
+
+
+def _id_keys(column) -> list:
+    """Patient IDs of a table column, comparable across files ("7" and "7.0" are one ID)."""
+    import pandas as pd
+
+    numbers = pd.to_numeric(column, errors="coerce")
+    if numbers.notna().all():
+        return numbers.astype(float).tolist()
+    return column.astype(str).str.strip().tolist()
+
+
+def _pair_by_id(pop: dict, pop_ids: list, dose, population: Path, dosing: Path) -> dict:
+    """The population's rows in the order of the dosing file's patients (its first appearance
+    of each ID), matched by ID: pairing by row order would give one patient's parameters to
+    another's doses whenever the two files list them differently."""
+    if len(set(pop_ids)) != len(pop_ids):
+        dup = next(i for i in pop_ids if pop_ids.count(i) > 1)
+        fail(
+            f"--population {population}: ID {dup:g} appears on more than one row"
+            if isinstance(dup, float)
+            else f"--population {population}: ID {dup!r} repeats"
+        )
+    id_col = next((c for c in dose.columns if str(c).upper() == "ID"), None)
+    if id_col is None:
+        return pop
+    order = list(dict.fromkeys(_id_keys(dose[id_col])))
+    where = {k: i for i, k in enumerate(pop_ids)}
+    missing = [k for k in order if k not in where]
+    extra = [k for k in pop_ids if k not in set(order)]
+
+    def show(k):
+        return f"{k:g}" if isinstance(k, float) else repr(k)
+
+    if missing or extra:
+        fail(
+            f"--population {population} and --dosing {dosing}: patient IDs differ ("
+            + "; ".join(
+                part for part in (
+                    f"ID {show(missing[0])} has doses but no parameters" if missing else "",
+                    f"ID {show(extra[0])} has parameters but no doses" if extra else "",
+                ) if part
+            )
+            + "); give both files the same IDs"
+        )  # fmt: skip
+    rows = [where[k] for k in order]
+    return {k: v[rows] for k, v in pop.items()}
 
 
 @command
@@ -284,8 +334,11 @@ def simulate(
         fail("--dt and --tol: give the step or the accuracy, not both")
     if tol is not None and not 0 < tol < 1:
         fail(f"--tol must be in (0, 1), got {tol}")
+    pop_ids = None
     if population is not None:
         m, pop = _read_population(population, model)
+        if isinstance(pop, tuple):  # a CSV with an ID column
+            pop, pop_ids = pop
         missing = [q for q in m.parameter_names if q not in pop]
         if missing:
             err_console.print(
@@ -304,6 +357,8 @@ def simulate(
             dose = read_table(dosing)
         except DataError as exc:
             fail(f"--dosing {exc}")
+        if pop_ids is not None:
+            pop = _pair_by_id(pop, pop_ids, dose, population, dosing)
     else:
         if cmt is not None and cmt not in m.dose_targets:
             fail(f"--cmt: {cmt!r} cannot be dosed in {m.name}; use one of {list(m.dose_targets)}")

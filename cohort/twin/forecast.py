@@ -78,6 +78,27 @@ def event_records(twins, regimen) -> pd.DataFrame:
     return frame.iloc[idx].reset_index(drop=True)
 
 
+def _check_future(twins, regimen) -> None:
+    """A forecast's regimen is what comes next: a dose before a patient's last record would
+    rewrite a past that the posterior was fitted to without it (past doses belong in the
+    records: ``update``)."""
+    future = regimen_frame(twins, regimen)
+    if future.empty:
+        return
+    rec = twins.data.to_frame()
+    last = rec.groupby("ID")["TIME"].max()
+    first = pd.to_numeric(future["TIME"]).groupby(future["ID"]).min()
+    early = first[first < last.reindex(first.index).to_numpy() - 1e-9]
+    if not early.empty:
+        pid = early.index[0]
+        raise TwinError(
+            f"regimen: the first planned dose of patient {show_id(pid)} is at TIME "
+            f"{float(early.iloc[0]):g}, before its last record (TIME {float(last[pid]):g}); "
+            "plan doses from the last record on; doses already given belong in the records "
+            "(an update: `cohort twin update` or Twins.update)"
+        )
+
+
 def event_table(twins, regimen) -> EventTable:
     from cohort.data import read_nonmem
 
@@ -117,6 +138,7 @@ def forecast(
     for t in targets:
         if t.output not in model.output_names:
             raise TwinError(f"target {t.name}: {t.output!r} is not an output of {model.name!r}")
+    _check_future(twins, regimen)
     table = event_table(twins, regimen)
     if times is None:
         end = float(twins.data.records["TIME"].max()) + 24.0
