@@ -179,6 +179,14 @@ def test_spec_errors_name_file_and_key(mutate, key):
     assert "experiments/x.toml" in str(err.value) and key in str(err.value)
 
 
+def test_too_few_patients_for_the_arms_is_refused():
+    """3 patients for 4 arms ran and reported power and PTA tables of NaN."""
+    with pytest.raises(TrialSpecError, match="each of the 4 arms the two patients"):
+        ct.run(THEO, replicates=1, n=3)
+    with pytest.raises(TrialSpecError, match="use n >= 8"):
+        ct.run(THEO, replicates=1, n=7)
+
+
 def test_missing_spec_file():
     with pytest.raises(TrialSpecError, match="no such trial spec"):
         ct.load("experiments/does_not_exist.toml")

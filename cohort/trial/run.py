@@ -108,6 +108,12 @@ def run(
         replicates=spec.replicates if replicates is None else int(replicates),
         n=spec.n if n is None else int(n),
     )
+    if spec.n < 2 * len(spec.arms):
+        # fewer would leave an arm with 0-1 patients: its mean, SD and every comparison NaN
+        raise TrialSpecError(
+            f"n: {spec.n} patients per trial cannot give each of the {len(spec.arms)} arms the "
+            f"two patients its statistics need; use n >= {2 * len(spec.arms)}"
+        )
     model = get_model(spec.model)
     reps, n_per = spec.replicates, spec.n
     total = reps * n_per
