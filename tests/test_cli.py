@@ -230,3 +230,19 @@ def test_population_csv_is_paired_with_the_dosing_by_id(tmp_path):
     res = runner.invoke(app, [*args, "-o", str(tmp_path / "y.zarr")])
     assert res.exit_code == 2
     assert "ID 2 has doses but no parameters; ID 5 has parameters but no doses" in flat(res)
+
+
+def test_simulate_says_why_patients_failed(tmp_path):
+    """Failed patients: each failure kind with its meaning, and the parameters out of bounds
+    by name, bound and first offender (it only said "2 of 2 patients failed")."""
+    pop = tmp_path / "pop.csv"
+    pop.write_text("CL,V,KA,F\n2.5,30,1,1.5\n-2.5,30,1,1\n")
+    res = runner.invoke(
+        app,
+        ["simulate", "--model", "pk1_oral", "--population", str(pop), "-o", str(tmp_path / "x")],
+    )
+    assert res.exit_code == 0, res.output
+    text = flat(res)
+    assert "2 of 2 patients failed" in text and "invalid_parameters (2)" in text
+    assert "CL outside [0.0001, 1000] L/h for 1 patient(s) (e.g. patient 1: -2.5)" in text
+    assert "F outside [0, 1] for 1 patient(s) (e.g. patient 0: 1.5)" in text

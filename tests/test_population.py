@@ -219,3 +219,26 @@ def test_shipped_specs_generate(name):
         r = np.log(ds.V.values / ds.WGT.values / 0.984258)
         low = ds.APGR.values < 5
         assert abs((r[low].mean() - r[~low].mean()) - np.log(1.158920)) < 0.01
+
+
+def test_quick_cohort_keeps_fractions_within_bounds():
+    """`cohort simulate`'s quick cohort: fractions (UVA/Padova b, d, f) vary on the logit
+    scale and stay in (0, 1), with their default as median; other positive parameters keep a
+    mean-one log-normal factor with the requested CV (30 of 50 patients used to be invalid)."""
+    from cohort.models import get
+    from cohort.population import lognormal
+    from cohort.population.lognormal import is_fraction
+
+    model = get("uva_padova")
+    pop = lognormal(model, 20_000, seed=3, cv=0.3)
+    fractions = [q for q in model.parameters if is_fraction(q)]
+    assert {q.name for q in fractions} == {"b", "d", "f"}
+    for q in fractions:
+        v = pop[q.name]
+        assert 0 < v.min() and v.max() < 1
+        assert np.median(v) == pytest.approx(q.default, rel=0.01)
+        logit = np.log(v / (1 - v))
+        assert np.std(logit) == pytest.approx(np.sqrt(np.log1p(0.09)), rel=0.03)
+    kabs = pop["kabs"] / model.defaults()["kabs"]
+    assert np.mean(kabs) == pytest.approx(1.0, abs=0.01)
+    assert np.std(kabs) == pytest.approx(0.3, rel=0.03)

@@ -91,6 +91,45 @@ def _per_patient(ds, output: str, ok: np.ndarray, read_bytes: int = 1 << 26):
     return tuple(np.concatenate(x) for x in zip(*parts))
 
 
+def _failure_reasons(model, ds, status: np.ndarray) -> list[str]:
+    """One line per failure kind: what it means and what to do (the parameters out of bounds
+    by name)."""
+    from cohort.engine.status import STATUS_MEANINGS, STATUS_MESSAGES, Status
+
+    lines = []
+    for code in sorted(set(status[status != 0].tolist())):
+        count = int((status == code).sum())
+        name = STATUS_MEANINGS.get(code, str(code))
+        lines.append(f"{name} ({count:,}): {STATUS_MESSAGES.get(Status(code), '')}".rstrip(": "))
+        if code == Status.INVALID_PARAMETERS:
+            lines += [f"  {x}" for x in _invalid_parameters(model, ds, status)]
+    return lines
+
+
+def _invalid_parameters(model, ds, status: np.ndarray, show: int = 4) -> list[str]:
+    """Which parameters put patients out of bounds (status ``invalid_parameters``): the
+    bound, how many patients and the first offender's value, so the user can fix the
+    population (e.g. a log-normal spread pushing a fraction above 1)."""
+    from cohort.engine.status import Status
+
+    bad = status == Status.INVALID_PARAMETERS
+    lines = []
+    for q in model.parameters:
+        if not bad.any() or q.name not in ds:
+            continue
+        v = np.asarray(ds[q.name].values, float)
+        out = bad & (~np.isfinite(v) | (v < q.lower) | (v > q.upper))
+        if out.any():
+            i = int(np.flatnonzero(out)[0])
+            lines.append(
+                f"{q.name} outside [{q.lower:g}, {q.upper:g}]"
+                + (f" {q.units}" if q.units not in ("1", "") else "")
+                + f" for {int(out.sum()):,} "
+                f"patient(s) (e.g. patient {i}: {v[i]:.4g})"
+            )
+    return lines[:show] + ([f"... and {len(lines) - show} more"] if len(lines) > show else [])
+
+
 def _available_memory() -> int | None:
     try:
         return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
@@ -258,7 +297,9 @@ def simulate(
     n: int = typer.Option(None, help="number of virtual patients [default: 1000]"),
     seed: int = typer.Option(1, help="random seed"),
     iiv: float = typer.Option(
-        None, help="log-normal between-patient CV on positive parameters [default: 0.3]"
+        None,
+        help="between-patient CV: log-normal on positive parameters, logit-normal on "
+        "fractions [default: 0.3]",
     ),
     population: Path = typer.Option(
         None, help="population store (`cohort generate`) or CSV with one row per patient"
@@ -400,12 +441,15 @@ def simulate(
     )
     console.print(_summary(ds, list(m.output_names)))
     console.print(describe(spent), style="dim")
-    n_bad = int((np.asarray(ds["status"].values) != 0).sum())
+    status = np.asarray(ds["status"].values)
+    n_bad = int((status != 0).sum())
     if n_bad:
         err_console.print(
             f"[bold yellow]warning:[/] {n_bad:,} of {ds.sizes['patient']:,} patients failed "
             "(status != 0; their outputs are NaN)"
         )
+        for line in _failure_reasons(m, ds, status):
+            err_console.print(f"  {escape(line)}")
     console.print(f"done in {time.perf_counter() - t0:.1f} s -> [bold]{escape(str(out))}[/]")
 
 

@@ -31,7 +31,7 @@ STATUS_MESSAGES = {
     Status.SOLVER_FAILED: "the solver failed (e.g. a singular Jacobian): check the parameters "
     "or try another solver",
     Status.INVALID_PARAMETERS: "a parameter is non-finite or outside its bounds (see "
-    "`cohort info MODEL`): fix the population; the patient was not simulated",
+    "`cohort models MODEL`): fix the population; the patient was not simulated",
 }
 
 NEGATIVE_TOLERANCE = 1e-6  # relative to the largest state, what counts as round-off
