@@ -228,6 +228,11 @@ def test_bad_records_give_clear_errors(vanco, vanco_twins):
         TwinPrior.from_raw(other)
     # the failed updates left the twins as they were
     assert tw.data.n_observations == 24
+    last = float(tw.data.to_frame().query("ID == 1")["TIME"].max())
+    with pytest.raises(
+        TwinError, match=rf"patient 1 is at TIME 10, before its last record \(TIME {last:g}\)"
+    ):
+        tw.forecast(Regimen(1000.0, "central", time=10.0), [60.0], n_draws=20)
     with pytest.raises(TwinError, match="auc:OUTPUT"):
         parse_target("auc:conc:1")
 
