@@ -246,3 +246,13 @@ def test_simulate_says_why_patients_failed(tmp_path):
     assert "2 of 2 patients failed" in text and "invalid_parameters (2)" in text
     assert "CL outside [0.0001, 1000] L/h for 1 patient(s) (e.g. patient 1: -2.5)" in text
     assert "F outside [0, 1] for 1 patient(s) (e.g. patient 0: 1.5)" in text
+
+
+def test_messages_are_printed_as_written():
+    """rich turned ':END:' in `--target` help ("auc:OUTPUT:START:END:LO:HI") into an emoji."""
+    from cohort.cli._common import console, err_console
+
+    for c in (console, err_console):
+        with c.capture() as cap:
+            c.print("use auc:OUTPUT:START:END:LO:HI or :smile:")
+        assert cap.get().strip() == "use auc:OUTPUT:START:END:LO:HI or :smile:"

@@ -235,6 +235,8 @@ def test_bad_records_give_clear_errors(vanco, vanco_twins):
         tw.forecast(Regimen(1000.0, "central", time=10.0), [60.0], n_draws=20)
     with pytest.raises(TwinError, match="auc:OUTPUT"):
         parse_target("auc:conc:1")
+    with pytest.raises(TwinError, match=r"'auc:conc:48:72:600:400': AUC: lo must be < hi"):
+        parse_target("auc:conc:48:72:600:400")
 
 
 def test_prior_from_fit_reproduces_the_fit():

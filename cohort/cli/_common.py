@@ -19,8 +19,8 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 
 from cohort.errors import CohortError, CohortWarning
 
-console = Console()
-err_console = Console(stderr=True)
+console = Console(emoji=False)  # ":end:" in a message stays text (rich made it 🔚)
+err_console = Console(stderr=True, emoji=False)
 
 F = TypeVar("F", bound=Callable)
 

@@ -147,7 +147,9 @@ def parse_target(text: str) -> Target:
             return Minimum(
                 parts[1], num(parts[4], -np.inf), hi, start=float(parts[2]), end=float(parts[3])
             )
-    except ValueError:
+    except TwinError as exc:  # a well-formed target with a wrong value (e.g. LO > HI)
+        raise TwinError(f"--target {text!r}: {exc}") from None
+    except ValueError:  # a number that is not one
         pass
     raise TwinError(
         f"--target {text!r}: use auc:OUTPUT:START:END:LO:HI, level:OUTPUT:TIME:LO:HI or "
