@@ -119,6 +119,8 @@ CASES = [
     (["trial", str(TRIAL), "--replicates", "0"], "--replicates must be >= 1"),
     (["trial", str(TRIAL), "--n", "0"], "--n must be >= 1"),
     (["trial", str(TRIAL), "--pta-doses", "1,x"], "--pta-doses"),
+    (["trial", str(TRIAL), "--report", "r.pdf"], "--report r.pdf: give a .md or .html path"),
+    (["trial", str(TRIAL), "--n", "3"], "use n >= 8"),
     # glucose
     (["glucose", "--n", "0"], "--n must be >= 1"),
     (["glucose", "--days", "0"], "--days must be > 0"),

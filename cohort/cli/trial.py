@@ -66,6 +66,8 @@ def trial(
     if report_path is not None:
         from cohort.store import check_replaceable
 
+        if report_path.suffix.lower() not in (".md", ".html"):  # before the trial, not after
+            fail(f"--report {report_path}: give a .md or .html path")
         check_replaceable(report_path, overwrite=overwrite, flag="--report")
     t0 = time.perf_counter()
     if scheduler is not None and out is None:
