@@ -75,6 +75,24 @@ def test_glucose_plots_never_replace_a_users_files(tmp_path, monkeypatch):
     assert res.exit_code == 0, res.output
 
 
+def test_an_empty_directory_is_a_new_output(tmp_path):
+    """A folder made beforehand and still empty holds nothing to lose: written into without
+    --overwrite (it was refused even with it); once filled, the usual rules apply."""
+    d = tmp_path / "made_first"
+    d.mkdir()
+    res = runner.invoke(app, sim_args(d))
+    assert res.exit_code == 0, res.output
+    assert cohort.open_result(d).sizes["patient"] == 10
+    res = runner.invoke(app, sim_args(d))
+    assert res.exit_code == 2 and "already exists" in flat(res)
+    demo = tmp_path / "demo_dir"
+    demo.mkdir()
+    res = runner.invoke(
+        app, ["demo", "--n", "50", "--out", str(demo), "--plot", str(tmp_path / "p.png")]
+    )
+    assert res.exit_code == 0, res.output
+
+
 def test_overwrite_replaces_cohorts_own_store(tmp_path):
     out = tmp_path / "x.zarr"
     assert runner.invoke(app, sim_args(out)).exit_code == 0

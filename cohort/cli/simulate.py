@@ -184,7 +184,8 @@ def demo(
             grid(0, 168, 0.5),
             method="fast",
             out=str(out),
-            resume=out.exists(),  # the same demo again: its finished store is reused as is
+            # the same demo again: its finished store is reused as is (an empty folder is new)
+            resume=out.exists() and not (out.is_dir() and not any(out.iterdir())),
             seed=seed,
             chunk_size=min(n, 5_000),
         )
