@@ -240,9 +240,13 @@ def _expanded(df: pd.DataFrame, state_names: Sequence[str], dose_targets: Sequen
     df = df.reset_index(drop=True)
     df.columns = [str(c).upper() for c in df.columns]
     if "TIME" not in df:
-        raise DosingError("dosing records: missing column TIME (hours since start)")
+        raise DosingError(
+            f"dosing records: missing column TIME (hours since start); columns: {list(df.columns)}"
+        )
     if "AMT" not in df:
-        raise DosingError("dosing records: missing column AMT (dose amount)")
+        raise DosingError(
+            f"dosing records: missing column AMT (dose amount); columns: {list(df.columns)}"
+        )
     ids = df["ID"].to_numpy() if "ID" in df else np.zeros(len(df), dtype=int)
     time = _numeric(df, "TIME", np.nan)
     amt = _numeric(df, "AMT", 0.0)

@@ -256,3 +256,31 @@ def test_messages_are_printed_as_written():
         with c.capture() as cap:
             c.print("use auc:OUTPUT:START:END:LO:HI or :smile:")
         assert cap.get().strip() == "use auc:OUTPUT:START:END:LO:HI or :smile:"
+
+
+def test_simulate_takes_one_patient_per_dosing_id_by_default(tmp_path):
+    """--dosing with 3 IDs and no --n: 3 virtual patients (it asked for the hidden default
+    1000 to match); an explicit --n that disagrees is still an error."""
+    dose = tmp_path / "dose.csv"
+    dose.write_text("ID,TIME,AMT,EVID,CMT\n1,0,100,1,1\n2,0,200,1,1\n7,0,300,1,1\n")
+    out = tmp_path / "x.zarr"
+    res = runner.invoke(
+        app, ["simulate", "--model", "pk1_oral", "--dosing", str(dose), "-o", str(out)]
+    )
+    assert res.exit_code == 0, res.output
+    assert cohort.open_result(out).sizes["patient"] == 3
+    res = runner.invoke(
+        app,
+        [
+            "simulate",
+            "--model",
+            "pk1_oral",
+            "--dosing",
+            str(dose),
+            "--n",
+            "5",
+            "-o",
+            str(tmp_path / "y"),
+        ],
+    )
+    assert res.exit_code == 2 and "dosing describes 3 patients" in flat(res)

@@ -136,6 +136,20 @@ def test_bad_cluster_arguments_are_clear_errors():
             pass
 
 
+def test_unreachable_scheduler_leaves_no_store(tmp_path, monkeypatch):
+    """The scheduler is reached before the store is created: a wrong address is reported
+    without an empty, incomplete store left at --out."""
+    import cohort.distributed as dist
+
+    reach = dist.check_reachable
+    monkeypatch.setattr(dist, "check_reachable", lambda c: reach(c, timeout="1s"))
+    out = tmp_path / "x.zarr"
+    with pytest.raises(DistributedError, match="cannot reach the Dask scheduler"):
+        simulate("pk1_oral", None, None, np.linspace(0, 1, 3), n=4, out=str(out),
+                 cluster="tcp://127.0.0.1:9")  # fmt: skip
+    assert not out.exists()
+
+
 @pytest.mark.slow
 def test_glucose_run_on_a_cluster_is_bit_identical(client, tmp_path):
     import pandas as pd

@@ -128,3 +128,9 @@ def test_inference_selects_its_engine_the_same_way():
     assert bind(spec, data, "diffrax").options.rtol == 1e-6  # inference's looser default
     with pytest.raises(SpecError, match="engine: .*ClosedForm\\(\\) or Adaptive"):
         bind(spec, data, RK4())
+
+
+def test_non_numeric_population_names_the_patient_and_value():
+    pop = {"CL": np.array([2.0, 3.0]), "V": np.array(["30", "abc"], dtype=object)}
+    with pytest.raises(cohort.InputError, match=r"'V' is not numeric: patient 1 .* has 'abc'"):
+        cohort.simulate("pk1_iv", pop, cohort.Regimen(100.0, "central"), cohort.grid(0, 4, 1.0))

@@ -81,7 +81,10 @@ CASES = [
     (["simulate", "--population", "binary.csv"], "not a text (UTF-8) table"),
     (["simulate", "--population", "folder"], "not a readable zarr store"),
     (["simulate", "--model", "pk1_oral", "--population", "pop_extra.csv"], "['HEIGHT']"),
-    (["simulate", "--model", "pk1_oral", "--population", "pop_text.csv"], "'CL' is not numeric"),
+    (
+        ["simulate", "--model", "pk1_oral", "--population", "pop_text.csv"],
+        "row 1, column CL: 'fast' is not a number",
+    ),
     (["simulate", "--model", "pk1_oral", "--population", "pop_header.csv"], "no patients"),
     # outputs
     (["simulate", "-o", ""], "--out: empty path"),  # a path or a store URL: kept as given
@@ -156,8 +159,8 @@ def test_version_and_help_keep_brackets():
     res = runner.invoke(app, ["--version"])
     assert res.exit_code == 0 and __version__ in res.stdout
     res = runner.invoke(app, ["simulate", "--help"])
-    assert "[default: 1000]" in " ".join(res.output.split())
-    assert "dosing interval, h" in " ".join(res.output.split())
+    assert "[default: 1000, or one per ID of --dosing]" in " ".join(res.output.split())
+    assert "dosing interval in the model's time unit (h;" in " ".join(res.output.split())
 
 
 def test_a_save_grid_too_long_for_memory_is_refused_up_front(tmp_path, monkeypatch):

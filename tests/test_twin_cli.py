@@ -108,6 +108,10 @@ def test_update_with_bad_records_exits_2_and_keeps_the_store(csvs, monkeypatch):
     assert res.exit_code == 2
     assert "update record 1 (ID 1, TIME 2): earlier than the last record" in flat(res)
     assert len(open_twins(store).history) == 1
+    res = runner.invoke(app, ["twin", "forecast", store, "--amt", "1000", "--addl", "3"])
+    assert res.exit_code == 2 and "--ii must be > 0 with --addl 3" in flat(res)
+    res = runner.invoke(app, ["twin", "forecast", store, "--amt", "1000", "--start", "1"])
+    assert res.exit_code == 2 and "is at TIME 1, before its last record" in flat(res)
     res = runner.invoke(app, ["twin", "fit", "day0.csv", "--prior", "nowhere.toml", "-o", "n.zarr"])
     assert res.exit_code == 2 and "nowhere.toml" in flat(res)
 

@@ -209,6 +209,8 @@ def demo(
 
 def _read_population(path: Path, model_name: str | None):
     """Parameters from a population store (``cohort generate``) or a CSV, and the model."""
+    import pandas as pd
+
     from cohort.data.reader import DataError, read_table
     from cohort.models import get as get_model
     from cohort.population import open_population
@@ -239,6 +241,15 @@ def _read_population(path: Path, model_name: str | None):
         )
     if table.empty:
         fail(f"--population {path}: no patients (the file has no rows)")
+    for c, v in table.items():
+        bad = pd.to_numeric(v, errors="coerce").isna().to_numpy()
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            cell = str(v.iloc[i]).strip()
+            shown = (
+                "the cell is empty" if cell in ("", "nan", "None") else f"{cell!r} is not a number"
+            )
+            fail(f"--population {path}: row {i + 1}, column {c}: {shown}; give a number")
     pop = {c: v.to_numpy() for c, v in table.items()}
     return model, pop if ids is None else (pop, ids)
 
@@ -295,7 +306,9 @@ def simulate(
     model: str = typer.Option(
         None, help="model name (see `cohort models`; default pk2_oral_idr, or the population's)"
     ),
-    n: int = typer.Option(None, help="number of virtual patients [default: 1000]"),
+    n: int = typer.Option(
+        None, help="number of virtual patients [default: 1000, or one per ID of --dosing]"
+    ),
     seed: int = typer.Option(1, help="random seed"),
     iiv: float = typer.Option(
         None,
@@ -308,11 +321,18 @@ def simulate(
     dosing: Path = typer.Option(None, help="NONMEM-style CSV (ID TIME AMT EVID CMT ...)"),
     amt: float = typer.Option(None, help="dose amount (without --dosing) [default: 100]"),
     cmt: str = typer.Option(None, help="dosing compartment name (default: first dosable)"),
-    ii: float = typer.Option(None, help="dosing interval, h [default: 24]"),
+    ii: float = typer.Option(
+        None,
+        help="dosing interval in the model's time unit (h; min for glucose models) [default: 24]",
+    ),
     addl: int = typer.Option(None, help="additional doses [default: 0]"),
     rate: float = typer.Option(None, help="infusion rate (0: bolus) [default: 0]"),
-    t_end: float = typer.Option(24.0, help="end of the simulation, h"),
-    step: float = typer.Option(0.25, help="save-time spacing, h"),
+    t_end: float = typer.Option(
+        24.0,
+        help="end of the simulation, in the model's time unit (h; min for the glucose models "
+        "bergman, uva_padova, t1d_minimal)",
+    ),
+    step: float = typer.Option(0.25, help="save-time spacing, in the model's time unit"),
     out: str = typer.Option(
         "runs/simulation.zarr",
         "--out",
@@ -376,6 +396,14 @@ def simulate(
         fail("--dt and --tol: give the step or the accuracy, not both")
     if tol is not None and not 0 < tol < 1:
         fail(f"--tol must be in (0, 1), got {tol}")
+    dose = None
+    if dosing is not None:
+        if not dosing.is_file():
+            fail(f"--dosing: no such file {dosing}")
+        try:
+            dose = read_table(dosing)
+        except DataError as exc:
+            fail(f"--dosing {exc}")
     pop_ids = None
     if population is not None:
         m, pop = _read_population(population, model)
@@ -389,16 +417,16 @@ def simulate(
             )
     else:
         m = get_model(model or "pk2_oral_idr")
-        n = DEFAULTS["n"] if n is None else n
+        if n is None:  # one virtual patient per patient of the dosing file, else the default
+            id_col = (
+                None
+                if dose is None
+                else next((c for c in dose.columns if str(c).upper() == "ID"), None)
+            )
+            n = DEFAULTS["n"] if id_col is None else len(set(_id_keys(dose[id_col])))
         _check_memory(n, len(m.parameter_names))
         pop = lognormal(m, n, seed, DEFAULTS["iiv"] if iiv is None else iiv)
     if dosing is not None:
-        if not dosing.is_file():
-            fail(f"--dosing: no such file {dosing}")
-        try:
-            dose = read_table(dosing)
-        except DataError as exc:
-            fail(f"--dosing {exc}")
         if pop_ids is not None:
             pop = _pair_by_id(pop, pop_ids, dose, population, dosing)
     else:

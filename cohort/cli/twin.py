@@ -194,8 +194,18 @@ def _regimen(amt, start, ii, addl, duration):
 
     if amt is None:
         return None
-    if not amt > 0:
-        fail(f"--amt must be > 0, got {amt}")
+    import math
+
+    if not (math.isfinite(amt) and amt > 0):
+        fail(f"--amt must be a finite number > 0, got {amt}")
+    if not math.isfinite(start):
+        fail(f"--start must be a finite time, got {start}")
+    if addl < 0:
+        fail(f"--addl must be >= 0, got {addl}")
+    if addl and not (math.isfinite(ii) and ii > 0):
+        fail(f"--ii must be > 0 with --addl {addl} (the interval between the doses), got {ii}")
+    if duration is not None and not (math.isfinite(duration) and duration > 0):
+        fail(f"--duration must be > 0, got {duration}")
     return Regimen(amt=amt, time=start, ii=ii, addl=addl, duration=duration)
 
 

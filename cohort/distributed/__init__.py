@@ -7,6 +7,12 @@ so a task that dies with its worker is simply run again (Dask reschedules it; a 
 ``resume`` does the same) and the store ends bit-identical to a local run.
 """
 
-from cohort.distributed.backend import DistributedError, connect, run_chunks, worker_count
+from cohort.distributed.backend import (
+    DistributedError,
+    check_reachable,
+    connect,
+    run_chunks,
+    worker_count,
+)
 
-__all__ = ["DistributedError", "connect", "run_chunks", "worker_count"]
+__all__ = ["DistributedError", "check_reachable", "connect", "run_chunks", "worker_count"]

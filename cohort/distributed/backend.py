@@ -68,6 +68,15 @@ def connect(cluster: Any, timeout: str = "30s") -> Iterator[Any]:
         client.close()
 
 
+def check_reachable(cluster: Any, timeout: str = "30s") -> None:
+    """Connect once to a scheduler given by address, before a run creates its store: an
+    unreachable address is reported without leaving an empty, incomplete store behind.
+    Client and cluster objects are already connected (nothing to check)."""
+    if isinstance(cluster, str):
+        with connect(cluster, timeout=timeout):
+            pass
+
+
 def worker_count(client: Any) -> int:
     """Workers connected now (at least 1: tasks wait for workers that join later)."""
     return max(1, len(client.nthreads()))

@@ -127,12 +127,27 @@ def population_arrays(model: Model, population: Any, n: int | None) -> dict[str,
         try:
             arr = np.asarray(v, dtype=float)
         except (TypeError, ValueError):
-            raise InputError(f"population: parameter {q.name!r} is not numeric") from None
+            raise InputError(_not_numeric(q.name, v)) from None
         out[q.name] = np.broadcast_to(arr, (n,)).copy()
     for k, v in cols.items():
         if str(k).startswith("D_"):
             out[str(k)] = np.broadcast_to(np.asarray(v, dtype=float), (n,)).copy()
     return out
+
+
+def _not_numeric(name: str, values) -> str:
+    """Which patient (0-based row) and value of a parameter column are not numbers."""
+    flat = np.asarray(values, dtype=object).reshape(-1)
+    for i, x in enumerate(flat):
+        try:
+            float(x)
+        except (TypeError, ValueError):
+            shown = "an empty cell" if x is None or str(x).strip() in ("", "nan") else repr(x)
+            return (
+                f"population: parameter {name!r} is not numeric: patient {i} (row {i + 1} of "
+                f"a table) has {shown}; give a number"
+            )
+    return f"population: parameter {name!r} is not numeric"
 
 
 def checked_params(

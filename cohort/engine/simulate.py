@@ -264,6 +264,10 @@ def _simulate_to_store(plan: _Plan, out, seed, time_units, resume, overwrite, pr
     """Stream ``plan`` into the store at ``out`` (:func:`simulate` holds its write lock), here
     or on a Dask ``cluster``."""
     model, params = plan.model, plan.params
+    if cluster is not None:
+        from cohort.distributed import check_reachable
+
+        check_reachable(cluster)
     store = ResultStore.create(
         out,
         n_patients=plan.n_patients,

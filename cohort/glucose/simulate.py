@@ -233,6 +233,10 @@ def run(
     therapy_in = {k: v.astype(dtype) for k, v in therapy.items()}
     inputs = (clean, meals, np.arange(n_pat), therapy_in)
     if out is not None:
+        if cluster is not None:
+            from cohort.distributed import check_reachable
+
+            check_reachable(cluster)
         store = ResultStore.create(
             out,
             n_patients=n_pat,

@@ -27,7 +27,7 @@ from cohort.models.glucose.t1d_minimal import basal_plasma_insulin
 from cohort.twin import cgm_data, posterior
 from cohort.twin.blocks import blocks, solve_blocks, take_rows
 from cohort.twin.cgm_solve import glucose_curves, insulin_curve, trajectory
-from cohort.twin.prior import TwinError, TwinPrior
+from cohort.twin.prior import TwinError, TwinPrior, show_id
 
 _TRAJECTORY_KEY = {"CGM": "IG", "BG": "G", "insulin": "I"}
 # Prior draws started from besides the prior mode (and the warm start): a day of CGM leaves
@@ -234,7 +234,8 @@ class CGMTwins:
         unknown = [i for i in pd.unique(new["ID"]) if i not in known]
         if unknown:
             raise TwinError(
-                f"update: patient ID {unknown[0]!r} has no twin (known: {sorted(known)[:10]}); "
+                f"update: patient ID {show_id(unknown[0])} has no twin (known: "
+                f"{', '.join(show_id(k) for k in sorted(known)[:10])}); "
                 "identify new patients with CGMTwins.identify"
             )
         # body weight and the running basal rate carry over from the rows already seen
@@ -251,8 +252,9 @@ class CGMTwins:
         if early.any():
             row = new.iloc[int(np.flatnonzero(early)[0])]
             raise TwinError(
-                f"update: row {int(row['ROW'])} (ID {row['ID']!r}, TIME {row['TIME']:g}) is not "
-                "after that patient's last record: an update adds later rows only"
+                f"update: row {int(row['ROW'])} (ID {show_id(row['ID'])}, TIME "
+                f"{row['TIME']:g}) is not after that patient's last record: an update adds "
+                "later rows only"
             )
         table = pd.concat([self.records.drop(columns="ROW"), new.drop(columns="ROW")])
         order = {pid: k for k, pid in enumerate(self.ids)}

@@ -64,7 +64,7 @@ def _numeric(df: pd.DataFrame, col: str) -> pd.Series:
     if bad.any():
         i = int(np.flatnonzero(bad.to_numpy())[0])
         raise TwinError(
-            f"{_where(df, i)}: {col} = {raw.iloc[i]!r} is not a number; give a number (or "
+            f"{_where(df, i)}: {col} = {show_id(raw.iloc[i])} is not a number; give a number (or "
             "leave it empty)"
         )
     return values.astype(float)
@@ -78,7 +78,7 @@ def _first_bad(df: pd.DataFrame, mask, col: str, what: str) -> None:
     mask = np.asarray(mask, bool)
     if mask.any():
         i = int(np.flatnonzero(mask)[0])
-        raise TwinError(f"{_where(df, i)}: {col} = {df[col].iloc[i]!r}: {what}")
+        raise TwinError(f"{_where(df, i)}: {col} = {show_id(df[col].iloc[i])}: {what}")
 
 
 def _check(df: pd.DataFrame) -> None:
