@@ -284,3 +284,13 @@ def test_simulate_takes_one_patient_per_dosing_id_by_default(tmp_path):
         ],
     )
     assert res.exit_code == 2 and "dosing describes 3 patients" in flat(res)
+
+
+def test_tol_or_dt_alone_selects_the_fast_path(tmp_path):
+    """--tol (or --dt) without --method: the fast path is meant (it was refused)."""
+    out = tmp_path / "x.zarr"
+    res = runner.invoke(
+        app, ["simulate", "--model", "pk1_oral", "--n", "4", "--dt", "0.05", "-o", str(out)]
+    )
+    assert res.exit_code == 0, res.output
+    assert cohort.open_result(out).attrs["method"] == "fast"

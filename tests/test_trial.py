@@ -294,6 +294,8 @@ def test_cli_trial_and_report(tmp_path):
     res = CliRunner().invoke(app, args)
     assert res.exit_code == 0, res.output
     assert "power per comparison" in res.output
+    assert "probability of target attainment" in res.output  # a table, not a pandas dump
+    assert "Ctrough >= 5 mg/L" in res.output
     res = CliRunner().invoke(app, ["report", str(store), "-o", str(tmp_path / "r.md")])
     assert res.exit_code == 0, res.output
     assert (tmp_path / "r.md").exists()

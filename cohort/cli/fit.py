@@ -245,7 +245,8 @@ def fit(
     with console.status(f"fitting {spec.model.name} ({method})") as status:
 
         def progress(stage: str) -> None:
-            console.log(stage)
+            # elapsed time and stage (console.log also printed "fit.py:248" on every line)
+            console.print(f"{time.perf_counter() - t0:7.1f} s  {escape(stage)}", style="dim")
             status.update(f"fitting {spec.model.name}: {stage}")
 
         # CohortWarnings (e.g. "did not converge") go to stderr through @command as raised

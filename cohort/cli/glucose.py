@@ -46,6 +46,11 @@ def _metrics_table(ds) -> Table:
     return table
 
 
+def _rate(x: float) -> str:
+    """A throughput with the digits that matter (12,345; 37.5; 0.812)."""
+    return f"{x:,.0f}" if x >= 100 else f"{x:.3g}"
+
+
 @command
 def glucose(
     patients: str = typer.Option("adult", help="adolescent | adult | child"),
@@ -167,8 +172,8 @@ def glucose(
     wall = time.perf_counter() - t0
     console.print(_metrics_table(ds))
     console.print(
-        f"{len(pop):,} patients × {days:g} days in {wall:.1f} s "
-        f"({len(pop) * days / wall:,.0f} patient-days/s)" + (f" → {out}" if out else "")
+        f"{len(pop):,} patients × {days:g} day{'' if days == 1 else 's'} in {wall:.1f} s "
+        f"({_rate(len(pop) * days / wall)} patient-days/s)" + (f" → {out}" if out else "")
     )
     console.print(describe(spent), style="dim")
     if figures is not None:

@@ -388,6 +388,8 @@ def simulate(
         fail(f"--method must be auto, closed_form, diffrax or fast; got {method!r}")
     if dtype not in ("float32", "float64"):
         fail(f"--dtype must be float32 or float64, got {dtype!r}")
+    if method == "auto" and (dt is not None or tol is not None):
+        method = "fast"  # a step or an accuracy target is the fast path's setting
     if dt is not None and method != "fast":
         fail("--dt sets the fast path's step: use it with --method fast")
     if tol is not None and method != "fast":

@@ -28,6 +28,21 @@ def _power_table(summary) -> Table:
     return table
 
 
+def _frame_table(frame, title: str) -> Table:
+    """A pandas table as a rich table: text left, numbers right (4 significant digits)."""
+    import numbers
+
+    table = Table(title=title)
+    for col in frame.columns:
+        numeric = frame[col].map(lambda v: isinstance(v, numbers.Number)).all()
+        table.add_column(str(col), justify="right" if numeric else "left")
+    for row in frame.itertuples(index=False):
+        table.add_row(*(
+            f"{v:.4g}" if isinstance(v, float) else escape(str(v)) for v in row
+        ))  # fmt: skip
+    return table
+
+
 @command(timed=True)
 def trial(
     spec: Path = typer.Argument(
@@ -98,13 +113,15 @@ def trial(
     if len(analysis.summary):
         console.print(_power_table(analysis.summary))
     if len(analysis.pta):
-        console.print(analysis.pta[["target", "arm", "pta"]].to_string(index=False))
+        console.print(_frame_table(analysis.pta[["target", "arm", "pta"]],
+                                   "probability of target attainment"))  # fmt: skip
     if sizes is not None:
-        console.print(sizes[["n", "comparison", "power", "meets_target"]].to_string(index=False))
+        console.print(_frame_table(sizes[["n", "comparison", "power", "meets_target"]],
+                                   "sample size search"))  # fmt: skip
     if esc is not None:
-        console.print(esc.to_string(index=False))
+        console.print(_frame_table(esc, "dose escalation"))
     if sweep is not None:
-        console.print(sweep.to_string(index=False))
+        console.print(_frame_table(sweep, "PTA by dose"))
     if report_path is not None:
         path = ct.report(
             result,
