@@ -230,6 +230,9 @@ def test_population_csv_is_paired_with_the_dosing_by_id(tmp_path):
     res = runner.invoke(app, [*args, "-o", str(tmp_path / "y.zarr")])
     assert res.exit_code == 2
     assert "ID 2 has doses but no parameters; ID 5 has parameters but no doses" in flat(res)
+    pop.write_text("ID,CL,V,KA\n2,30,31,1\n2,2.5,30,1\n")
+    res = runner.invoke(app, [*args, "-o", str(tmp_path / "z.zarr")])
+    assert res.exit_code == 2 and "ID 2 appears on more than one row" in flat(res)
 
 
 def test_simulate_says_why_patients_failed(tmp_path):

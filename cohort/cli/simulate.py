@@ -269,7 +269,8 @@ def _pair_by_id(pop: dict, pop_ids: list, dose, population: Path, dosing: Path) 
     of each ID), matched by ID: pairing by row order would give one patient's parameters to
     another's doses whenever the two files list them differently."""
     if len(set(pop_ids)) != len(pop_ids):
-        dup = next(i for i in pop_ids if pop_ids.count(i) > 1)
+        seen: set = set()
+        dup = next(i for i in pop_ids if i in seen or seen.add(i))
         fail(
             f"--population {population}: ID {dup:g} appears on more than one row"
             if isinstance(dup, float)
@@ -280,8 +281,9 @@ def _pair_by_id(pop: dict, pop_ids: list, dose, population: Path, dosing: Path) 
         return pop
     order = list(dict.fromkeys(_id_keys(dose[id_col])))
     where = {k: i for i, k in enumerate(pop_ids)}
+    dosed = set(order)
     missing = [k for k in order if k not in where]
-    extra = [k for k in pop_ids if k not in set(order)]
+    extra = [k for k in pop_ids if k not in dosed]
 
     def show(k):
         return f"{k:g}" if isinstance(k, float) else repr(k)

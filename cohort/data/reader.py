@@ -214,12 +214,12 @@ def validate(raw: pd.DataFrame, model: Model | None = None) -> pd.DataFrame:
     dupe_cols = raw.columns[raw.columns.duplicated()].tolist()
     missing = [c for c in REQUIRED if c not in raw]
     problems = [Problem(None, c, "column appears more than once") for c in dupe_cols]
-    problems += [Problem(None, c, f"missing column {c}{_HINTS.get(c, '')}") for c in missing]
-    if missing:  # e.g. a file separated by ';' reads as one column named "ID;TIME;AMT"
-        found = ", ".join(repr(str(c)) for c in list(raw.columns)[:12])
-        problems.append(
-            Problem(None, "", f"the columns found are {found} (comma or whitespace separated)")
-        )
+    # the columns found, e.g. a file separated by ';' reads as one column "ID;TIME;AMT"
+    found = ", ".join(repr(str(c)) for c in list(raw.columns)[:12])
+    problems += [
+        Problem(None, c, f"missing column {c}{_HINTS.get(c, '')} (columns found: {found})")
+        for c in missing
+    ]
     if problems:
         raise DataError(problems)
     if len(raw) == 0:
