@@ -216,6 +216,10 @@ def test_open_result_equals_xarray_default_open_without_importing_pint(tmp_path)
         "from cohort.store import open_result\n"
         f"ds = open_result({str(tmp_path / 'x.zarr')!r})\n"
         "ds.conc.sel(time=12.0).values\n"
+        "import cohort\n"  # an in-memory result builds its coordinates the same way
+        "mem = cohort.simulate('pk1_iv', None, cohort.Regimen(100.0, 'central'),\n"
+        "                      cohort.grid(0.0, 4.0, 1.0), n=2, method='closed_form')\n"
+        "mem.conc.sel(time=2.0).values\n"
         "print('pint' in sys.modules)\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)

@@ -19,6 +19,7 @@ from typing import Any
 
 import jax
 import numpy as np
+import pandas as pd
 import xarray as xr
 
 from cohort._version import __version__
@@ -451,8 +452,12 @@ def result_dataset(data: dict, status, times, time_units: str, attrs: dict) -> x
             },
         ),
     }
+    # pandas.Index coordinates: the same dataset, but xarray builds the indexes without its
+    # duck-array checks, which import pint where it is installed (~0.16 s of a CLI command)
+    patients = pd.Index(np.arange(len(status)), name="patient")
     coords = {
-        "patient": ("patient", np.arange(len(status)), {"long_name": "virtual patient index"}),
-        "time": ("time", times, {"units": time_units, "long_name": "time since start"}),
-    }
+        "patient": ("patient", patients, {"long_name": "virtual patient index"}),
+        "time": ("time", pd.Index(np.asarray(times), name="time"),
+                 {"units": time_units, "long_name": "time since start"}),
+    }  # fmt: skip
     return xr.Dataset(data, coords=coords, attrs=attrs)

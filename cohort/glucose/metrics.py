@@ -21,6 +21,7 @@ A patient with any missing value (e.g. a failed solve) gets NaN metrics and CVGA
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import xarray as xr
 
 CVGA_ZONES = ("A", "Lower B", "B", "Upper B", "Lower C", "Upper C", "Lower D", "Upper D", "E")
@@ -195,6 +196,6 @@ def cvga_counts(zones: xr.DataArray, letters: bool = False) -> xr.DataArray:
     return xr.DataArray(
         counts,
         dims=("zone",),
-        coords={"zone": list(names)},
+        coords={"zone": pd.Index(list(names), name="zone")},  # (see engine.result_dataset)
         attrs={"units": "patients", "long_name": "patients per CVGA zone"},
     )

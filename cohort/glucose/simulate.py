@@ -289,9 +289,8 @@ def run(
 
     run_batches(solver, inputs, shared, sink=to_memory, **common)
     metrics_all["cvga_code"] = metrics_all.pop("cvga_zone")
-    template = xr.DataArray(
-        np.arange(n_pat), dims=("patient",), coords={"patient": np.arange(n_pat)}
-    )
+    patients = pd.Index(np.arange(n_pat), name="patient")  # (see engine.result_dataset)
+    template = xr.DataArray(np.arange(n_pat), dims=("patient",), coords={"patient": patients})
     met = metrics_dataset(metrics_all, template)
     return _dataset(model, keep, status_all, params, times, attrs).merge(met)
 
