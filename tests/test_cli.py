@@ -53,6 +53,11 @@ def test_simulate_info_and_resume(tmp_path):
     assert res.exit_code == 0, res.output
     res = runner.invoke(app, ["info", str(out)])
     assert res.exit_code == 0 and "mg/L" in flat(res) and "closed_form" in flat(res)
+    on_disk = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
+    assert f"({on_disk / 1e3:,.1f} kB on disk)" in flat(res) or "MB on disk" in flat(res)
+    lines = [ln for ln in res.output.splitlines() if "│" in ln]
+    names = [ln.split("│")[1].strip() for ln in lines]
+    assert names.index("conc") < names.index("status") < names.index("CL")  # outputs first
 
 
 def test_bad_arguments_are_clear(tmp_path):

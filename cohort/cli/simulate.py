@@ -545,6 +545,21 @@ def generate(
         console.print(f"figure: [bold]{escape(str(plot))}[/]")
 
 
+def _human_bytes(n: int) -> str:
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= scale:
+            return f"{n / scale:,.1f} {unit}"
+    return f"{n} B"
+
+
+def _disk_bytes(store: Path) -> int | None:
+    """Bytes of the files under a local store (None for a URL or an unreadable folder)."""
+    try:
+        return sum(f.stat().st_size for f in Path(store).rglob("*") if f.is_file())
+    except OSError:
+        return None
+
+
 @command
 def info(store: Path = typer.Argument(..., help="result store written by cohort")):
     """Describe a result store: sizes, variables with units, provenance, status counts."""
@@ -553,11 +568,20 @@ def info(store: Path = typer.Argument(..., help="result store written by cohort"
     from cohort.store import open_result
 
     ds = open_result(store)
+    size = _disk_bytes(store)
+    on_disk = "" if size is None else f" ({_human_bytes(size)} on disk)"
     console.print(
-        f"[bold]{escape(str(store))}[/]: " + ", ".join(f"{k}={v:,}" for k, v in ds.sizes.items())
+        f"[bold]{escape(str(store))}[/]: "
+        + ", ".join(f"{'batches' if k == 'chunk' else k}={v:,}" for k, v in ds.sizes.items())
+        + on_disk
     )
     table = Table("variable", "dims", "units", "description")
-    for name, var in ds.data_vars.items():
+
+    def order(item):  # trajectories, then per-patient results, parameters, bookkeeping
+        name, var = item
+        return ("time" not in var.dims, name != "status", name == "chunk_done", name)
+
+    for name, var in sorted(ds.data_vars.items(), key=order):
         table.add_row(
             name, ",".join(var.dims), var.attrs.get("units", ""), var.attrs.get("long_name", "")
         )
