@@ -337,3 +337,22 @@ def test_every_fit_method_round_trips(tmp_path, suffix, three_fits):
         with pytest.raises(cohort.OutputError, match="already exists"):
             res.save(path)
         res.save(path, overwrite=True)  # cohort's own result may be replaced
+
+
+def test_fit_tables_show_whole_names_and_only_meaningful_diagnostics(three_fits):
+    """The CLI's posterior table: parameter names whole (SVI showed "omega_…"), R-hat and ESS
+    for NUTS chains only (for SVI's independent guide draws they were NaN)."""
+    from rich.console import Console
+
+    from cohort.cli.fit import _table
+
+    def text(result):
+        c = Console(width=80)
+        with c.capture() as cap:
+            c.print(_table(result))
+        return cap.get()
+
+    svi, nuts = text(three_fits["svi"]), text(three_fits["nuts"])
+    assert "omega_CL" in svi and "omega2_CL" in svi and "sigma_add" in svi
+    assert "R-hat" not in svi and "nan" not in svi
+    assert "R-hat" in nuts and "ESS bulk" in nuts

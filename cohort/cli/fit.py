@@ -352,20 +352,25 @@ def _table(result) -> Table:
                 str(row["units"]),
             )
         return table
-    table = Table(
-        "parameter", "mean", "sd", "5 %", "95 %", "R-hat", "ESS bulk", "units", title=title
-    )
+    # SVI draws come from the fitted guide, independent and in one chain: R-hat and ESS
+    # describe MCMC chains and would be NaN or meaningless there
+    mcmc = result.method == "nuts"
+    table = Table(title=title)
+    table.add_column("parameter", no_wrap=True)  # names whole (they were cut to "omega_…")
+    for col in ("mean", "sd", "5 %", "95 %", *(("R-hat", "ESS bulk") if mcmc else ())):
+        table.add_column(col, justify="right")
+    table.add_column("units")
     for name, row in s.iterrows():
         if name.startswith("log_"):
             continue
+        diag = (f"{row['r_hat']:.3f}", f"{row['ess_bulk']:.0f}") if mcmc else ()
         table.add_row(
             name,
             f"{row['mean']:.4g}",
             f"{row['sd']:.3g}",
             f"{row['hdi_5%']:.4g}",
             f"{row['hdi_95%']:.4g}",
-            f"{row['r_hat']:.3f}",
-            f"{row['ess_bulk']:.0f}",
+            *diag,
             str(row["units"]),
         )
     return table
