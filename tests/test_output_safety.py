@@ -3,6 +3,7 @@ or marked stores, resume after kill -9 (issue 12)."""
 
 from __future__ import annotations
 
+import re
 import signal
 import subprocess
 import sys
@@ -356,3 +357,14 @@ def test_fit_tables_show_whole_names_and_only_meaningful_diagnostics(three_fits)
     assert "omega_CL" in svi and "omega2_CL" in svi and "sigma_add" in svi
     assert "R-hat" not in svi and "nan" not in svi
     assert "R-hat" in nuts and "ESS bulk" in nuts
+
+
+def test_info_describes_a_fit_result(tmp_path, three_fits):
+    """`cohort info fit.nc` (it could not open a fit result): settings and estimates."""
+    path = three_fits["ml"].save(tmp_path / "fit.nc")
+    res = runner.invoke(app, ["info", str(path)])
+    assert res.exit_code == 0, res.output
+    text = flat(res)
+    assert "fit of pk1_oral (ml), 12 subjects" in text and "ofv:" in text
+    est = float(three_fits["ml"].summary.loc["CL", "estimate"])
+    assert re.search(rf"│ CL +│ {re.escape(f'{est:.4g}')} ", res.output) and "log_CL" not in text

@@ -545,6 +545,49 @@ def generate(
         console.print(f"figure: [bold]{escape(str(plot))}[/]")
 
 
+def _is_fit(path: Path) -> bool:
+    """A fit result of `cohort fit` (netCDF, or a zarr store with a fit_summary group)."""
+    if path.is_file():
+        return path.suffix == ".nc"
+    return (path / "fit_summary").is_dir()
+
+
+def _fit_info(path: Path) -> None:
+    """`cohort info` of a fit result: its settings and estimates (log-scale rows left out)."""
+    from cohort.errors import CohortError
+    from cohort.inference import load_fit
+
+    try:
+        summary = load_fit(path)["fit_summary"]
+    except (OSError, KeyError, ValueError) as exc:
+        if isinstance(exc, CohortError):
+            raise
+        fail(f"{path}: not a readable fit result ({exc})")
+    a = summary.attrs
+    console.print(
+        f"[bold]{escape(str(path))}[/]: fit of {escape(str(a.get('model', '?')))} "
+        f"({escape(str(a.get('method', '?')))}), {summary.sizes.get('subject', 0)} subjects"
+    )
+    estimate = "estimate" if "estimate" in summary else "mean"
+    spread = "se" if "se" in summary else "sd"
+    table = Table("parameter", estimate, spread, "units")
+    for i, name in enumerate(summary["parameter"].values.astype(str)):
+        if name.startswith("log_"):
+            continue
+        table.add_row(
+            name,
+            f"{float(summary[estimate].values[i]):.4g}",
+            f"{float(summary[spread].values[i]):.3g}",
+            str(summary["units"].values[i]) if "units" in summary else "",
+        )
+    console.print(table)
+    keys = ("error_model", "omega", "approximation", "n_observations", "ofv", "converged",
+            "model_hash", "cohort_version")  # fmt: skip
+    for key in keys:
+        if key in a and str(a[key]) != "":
+            console.print(f"  {key}: {escape(str(a[key]))}")
+
+
 def _human_bytes(n: int) -> str:
     for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
         if n >= scale:
@@ -561,12 +604,15 @@ def _disk_bytes(store: Path) -> int | None:
 
 
 @command
-def info(store: Path = typer.Argument(..., help="result store written by cohort")):
-    """Describe a result store: sizes, variables with units, provenance, status counts."""
+def info(store: Path = typer.Argument(..., help="result store or fit result written by cohort")):
+    """Describe a result store (sizes, variables with units, provenance, status counts) or a
+    fit result of `cohort fit` (settings and estimates)."""
     import pandas as pd
 
     from cohort.store import open_result
 
+    if _is_fit(store):
+        return _fit_info(store)
     ds = open_result(store)
     size = _disk_bytes(store)
     on_disk = "" if size is None else f" ({_human_bytes(size)} on disk)"
