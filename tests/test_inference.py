@@ -486,3 +486,32 @@ def test_parameter_recovery_coverage():
     coverage = {k: h / reps for k, h in hits.items()}
     assert all(0.78 <= c <= 1.0 for c in coverage.values()), coverage
     assert np.mean(list(coverage.values())) == pytest.approx(0.9, abs=0.06), coverage
+
+
+def test_one_chain_summary_does_not_log_arviz_shape_warnings():
+    """SVI's guide draws are one chain: R-hat is NaN, and arviz's "Shape validation failed"
+    log line (printed in the middle of `cohort fit --method svi`) is silenced."""
+    import logging
+
+    import arviz as az
+
+    from cohort.inference import diagnostics
+
+    idata = az.from_dict(posterior={"CL": np.random.default_rng(0).normal(size=(1, 200))})
+    seen = []
+
+    class Keep(logging.Handler):
+        def emit(self, record):
+            seen.append(record.getMessage())
+
+    log = getattr(az, "_log", logging.getLogger("arviz"))
+    before = log.level
+    handler = Keep()
+    log.addHandler(handler)
+    try:
+        table = diagnostics.summary(idata, ["CL"], {"CL": "L/h"})
+    finally:
+        log.removeHandler(handler)
+    assert not any("Shape validation" in m for m in seen), seen
+    assert np.isnan(table.loc["CL", "r_hat"]) and table.loc["CL", "units"] == "L/h"
+    assert log.level == before  # arviz's own logging is left as it was

@@ -33,8 +33,23 @@ class Gates:
 
 
 def summary(idata: az.InferenceData, names: list[str], units: dict) -> pd.DataFrame:
-    """arviz summary (mean, sd, 90 % HDI, ESS, R-hat) of ``names`` with a units column."""
-    table = az.summary(idata, var_names=names, hdi_prob=0.9, round_to="none")
+    """arviz summary (mean, sd, 90 % HDI, ESS, R-hat) of ``names`` with a units column.
+
+    With one chain (SVI's guide draws, a one-chain NUTS run) R-hat is undefined and is NaN;
+    arviz's log line saying so ("Shape validation failed ... chains=2") is silenced, since
+    the NaN and the fit's own convergence gates already say it."""
+    import logging
+
+    single = idata.posterior.sizes.get("chain", 1) < 2
+    # arviz logs through its own Logger instance (``arviz._log``), not logging's registry
+    log = getattr(az, "_log", None) or logging.getLogger("arviz")
+    level = log.level
+    if single:
+        log.setLevel(logging.ERROR)
+    try:
+        table = az.summary(idata, var_names=names, hdi_prob=0.9, round_to="none")
+    finally:
+        log.setLevel(level)
     table["units"] = [units.get(n.split("[")[0], "") for n in table.index]
     return table
 
