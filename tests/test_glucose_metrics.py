@@ -100,6 +100,7 @@ def test_cvga_zones_and_counts():
     counts = cvga_counts(m.cvga_zone)
     assert counts.zone.values.tolist() == list(CVGA_ZONES)
     assert counts.sel(zone="A") == 2 and int(counts.sum()) == 6
+    assert counts.zone.dtype.kind == "U"  # as xarray makes it from a list (not object)
     letters = cvga_counts(m.cvga_zone, letters=True)
     assert letters.values.tolist() == [2, 2, 1, 1, 0]  # A, B (lower B + B), C, D, E
 

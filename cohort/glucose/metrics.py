@@ -184,6 +184,17 @@ def cvga(glucose: xr.DataArray, dim: str = "time") -> xr.Dataset:
     )
 
 
+def _zone_coords(names) -> xr.Coordinates:
+    """The ``zone`` coordinate with its index built from a ``pandas.Index`` (as xarray's own,
+    '<U' dtype kept), so that creating it does not import pint (see
+    ``engine.simulate.result_dataset``)."""
+    from xarray.core.indexes import PandasIndex
+
+    zone = np.asarray(list(names))
+    index = PandasIndex(pd.Index(zone, name="zone"), "zone", coord_dtype=zone.dtype)
+    return xr.Coordinates({"zone": xr.Variable(("zone",), zone)}, indexes={"zone": index})
+
+
 def cvga_counts(zones: xr.DataArray, letters: bool = False) -> xr.DataArray:
     """Number of patients per CVGA zone (all nine), or per letter A–E with ``letters=True``."""
     labels = np.asarray(zones.values).ravel().astype(str)
@@ -196,6 +207,6 @@ def cvga_counts(zones: xr.DataArray, letters: bool = False) -> xr.DataArray:
     return xr.DataArray(
         counts,
         dims=("zone",),
-        coords={"zone": pd.Index(list(names), name="zone")},  # (see engine.result_dataset)
+        coords=_zone_coords(names),
         attrs={"units": "patients", "long_name": "patients per CVGA zone"},
     )
