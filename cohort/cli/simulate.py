@@ -110,6 +110,7 @@ def _invalid_parameters(model, ds, status: np.ndarray, show: int = 4) -> list[st
     """Which parameters put patients out of bounds (status ``invalid_parameters``): the
     bound, how many patients and the first offender's value, so the user can fix the
     population (e.g. a log-normal spread pushing a fraction above 1)."""
+    from cohort.engine.inputs import outside_bounds
     from cohort.engine.status import Status
 
     bad = status == Status.INVALID_PARAMETERS
@@ -118,7 +119,7 @@ def _invalid_parameters(model, ds, status: np.ndarray, show: int = 4) -> list[st
         if not bad.any() or q.name not in ds:
             continue
         v = np.asarray(ds[q.name].values, float)
-        out = bad & (~np.isfinite(v) | (v < q.lower) | (v > q.upper))
+        out = bad & outside_bounds(q, v)
         if out.any():
             i = int(np.flatnonzero(out)[0])
             lines.append(
@@ -167,6 +168,7 @@ def demo(
     from cohort.plots import band
     from cohort.population import lognormal
     from cohort.store import prepare_output
+    from cohort.store.safety import is_empty_directory
 
     if n < 1:
         fail(f"--n: must be >= 1, got {n}")
@@ -185,7 +187,7 @@ def demo(
             method="fast",
             out=str(out),
             # the same demo again: its finished store is reused as is (an empty folder is new)
-            resume=out.exists() and not (out.is_dir() and not any(out.iterdir())),
+            resume=out.exists() and not is_empty_directory(out),
             seed=seed,
             chunk_size=min(n, 5_000),
         )
@@ -230,9 +232,9 @@ def _read_population(path: Path, model_name: str | None):
         table = read_table(path)
     except DataError as exc:
         fail(f"--population {exc}")
-    id_cols = [c for c in table.columns if str(c).upper() == "ID"]
-    ids = _id_keys(table[id_cols[0]]) if id_cols else None
-    table = table.drop(columns=id_cols)
+    id_col = _id_column(table)
+    ids = None if id_col is None else _id_keys(table[id_col])
+    table = table.drop(columns=[] if id_col is None else [id_col])
     unknown = [c for c in table.columns if c not in model.parameter_names]
     if unknown:
         fail(
@@ -252,6 +254,11 @@ def _read_population(path: Path, model_name: str | None):
             fail(f"--population {path}: row {i + 1}, column {c}: {shown}; give a number")
     pop = {c: v.to_numpy() for c, v in table.items()}
     return model, pop if ids is None else (pop, ids)
+
+
+def _id_column(table):
+    """The name of a table's ID column (any case), or None."""
+    return next((c for c in table.columns if str(c).upper() == "ID"), None)
 
 
 def _id_keys(column) -> list:
@@ -276,7 +283,7 @@ def _pair_by_id(pop: dict, pop_ids: list, dose, population: Path, dosing: Path) 
             if isinstance(dup, float)
             else f"--population {population}: ID {dup!r} repeats"
         )
-    id_col = next((c for c in dose.columns if str(c).upper() == "ID"), None)
+    id_col = _id_column(dose)
     if id_col is None:
         return pop
     order = list(dict.fromkeys(_id_keys(dose[id_col])))
@@ -422,11 +429,7 @@ def simulate(
     else:
         m = get_model(model or "pk2_oral_idr")
         if n is None:  # one virtual patient per patient of the dosing file, else the default
-            id_col = (
-                None
-                if dose is None
-                else next((c for c in dose.columns if str(c).upper() == "ID"), None)
-            )
+            id_col = None if dose is None else _id_column(dose)
             n = DEFAULTS["n"] if id_col is None else len(set(_id_keys(dose[id_col])))
         _check_memory(n, len(m.parameter_names))
         pop = lognormal(m, n, seed, DEFAULTS["iiv"] if iiv is None else iiv)

@@ -135,6 +135,12 @@ def population_arrays(model: Model, population: Any, n: int | None) -> dict[str,
     return out
 
 
+def outside_bounds(q, values) -> np.ndarray:
+    """Where ``values`` of parameter ``q`` are non-finite or outside ``[q.lower, q.upper]``."""
+    v = np.asarray(values, float)
+    return ~np.isfinite(v) | (v < q.lower) | (v > q.upper)
+
+
 def _not_numeric(name: str, values) -> str:
     """Which patient (0-based row) and value of a parameter column are not numbers."""
     flat = np.asarray(values, dtype=object).reshape(-1)
@@ -161,8 +167,7 @@ def checked_params(
     invalid = np.zeros(n_pat, bool)
     for q in model.parameters:
         if q.name in params:
-            v = params[q.name]
-            invalid |= ~np.isfinite(v) | (v < q.lower) | (v > q.upper)
+            invalid |= outside_bounds(q, params[q.name])
     defaults = model.defaults()
     clean = {}
     for name, v in params.items():

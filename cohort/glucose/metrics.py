@@ -21,7 +21,6 @@ A patient with any missing value (e.g. a failed solve) gets NaN metrics and CVGA
 from __future__ import annotations
 
 import numpy as np
-import pandas as pd
 import xarray as xr
 
 CVGA_ZONES = ("A", "Lower B", "B", "Upper B", "Lower C", "Upper C", "Lower D", "Upper D", "E")
@@ -184,19 +183,10 @@ def cvga(glucose: xr.DataArray, dim: str = "time") -> xr.Dataset:
     )
 
 
-def _zone_coords(names) -> xr.Coordinates:
-    """The ``zone`` coordinate with its index built from a ``pandas.Index`` (as xarray's own,
-    '<U' dtype kept), so that creating it does not import pint (see
-    ``engine.simulate.result_dataset``)."""
-    from xarray.core.indexes import PandasIndex
-
-    zone = np.asarray(list(names))
-    index = PandasIndex(pd.Index(zone, name="zone"), "zone", coord_dtype=zone.dtype)
-    return xr.Coordinates({"zone": xr.Variable(("zone",), zone)}, indexes={"zone": index})
-
-
 def cvga_counts(zones: xr.DataArray, letters: bool = False) -> xr.DataArray:
     """Number of patients per CVGA zone (all nine), or per letter A–E with ``letters=True``."""
+    from cohort.store.zarr_store import indexed_coordinates  # here: metrics alone need no zarr
+
     labels = np.asarray(zones.values).ravel().astype(str)
     if letters:
         labels = np.asarray([z.split()[-1] if z else "" for z in labels])
@@ -207,6 +197,7 @@ def cvga_counts(zones: xr.DataArray, letters: bool = False) -> xr.DataArray:
     return xr.DataArray(
         counts,
         dims=("zone",),
-        coords=_zone_coords(names),
+        # the index built without importing pint (see cohort.store.indexed_coordinates)
+        coords=indexed_coordinates({"zone": xr.Variable(("zone",), np.asarray(list(names)))}),
         attrs={"units": "patients", "long_name": "patients per CVGA zone"},
     )

@@ -10,7 +10,7 @@ from cohort.store.safety import (
     report_directory,
     written_by_cohort,
 )
-from cohort.store.zarr_store import ResultStore, StoreError, open_result
+from cohort.store.zarr_store import ResultStore, StoreError, indexed_coordinates, open_result
 
 __all__ = [
     "ResultStore",
@@ -20,6 +20,7 @@ __all__ = [
     "claim_file",
     "locks_output",
     "mark_directory",
+    "indexed_coordinates",
     "open_result",
     "prepare_output",
     "report_directory",

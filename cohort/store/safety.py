@@ -130,7 +130,7 @@ def check_replaceable(
     new, or ``resume`` continues it, or ``overwrite`` replaces something cohort wrote.
     Otherwise an :class:`OutputError` names the path and what to do."""
     p = check_path(path, flag)
-    if not p.exists() or resume or _empty_directory(p):  # nothing there to lose
+    if not p.exists() or resume or is_empty_directory(p):  # nothing there to lose
         return p
     if not overwrite:
         again = "pass --resume (resume=True) to continue an interrupted run, " if resumable else ""
@@ -146,7 +146,7 @@ def check_replaceable(
     return p
 
 
-def _empty_directory(p: Path) -> bool:
+def is_empty_directory(p: Path) -> bool:
     """An existing directory with nothing in it (e.g. made for the output beforehand)."""
     try:
         return p.is_dir() and not p.is_symlink() and next(p.iterdir(), None) is None
@@ -167,7 +167,7 @@ def prepare_output(
     if is_url(path):
         return remote_prepare(str(path), overwrite=overwrite, resume=resume, flag=flag)  # type: ignore[return-value]
     p = check_replaceable(path, overwrite=overwrite, flag=flag, resume=resume, resumable=resumable)
-    if p.exists() and not resume and not _empty_directory(p):  # an empty one is written into
+    if p.exists() and not resume and not is_empty_directory(p):  # an empty one is written into
         if p.is_dir():
             shutil.rmtree(p)
         else:
