@@ -2,13 +2,16 @@
 cache), and the run itself, from JAX's own monitoring events (``jax.monitoring``).
 
 One listener per process feeds whichever command is running (JAX's hooks are process-wide and
-cannot be removed, so they are installed once and read through a small stack of collectors).
+cannot be removed, so they are installed once and read through a small stack of collectors per
+thread: work a command moves to a background thread is recorded apart, not summed into the
+time the user waited for).
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import threading
 import time
 from collections.abc import Iterator
 
@@ -19,8 +22,14 @@ _TRACE = (
 _COMPILE = "/jax/core/compile/backend_compile_duration"
 _HITS = "/jax/compilation_cache/cache_hits"
 _MISSES = "/jax/compilation_cache/cache_misses"
-_active: list[dict[str, float]] = []
+_local = threading.local()  # .active: this thread's stack of collectors
 _installed: list[bool] = []
+
+
+def _stack() -> list[dict[str, float]]:
+    if not hasattr(_local, "active"):
+        _local.active = []
+    return _local.active
 
 
 def _install() -> None:
@@ -29,12 +38,14 @@ def _install() -> None:
     import jax
 
     def on_duration(event: str, seconds: float, **_) -> None:
-        if _active:
-            _active[-1][event] = _active[-1].get(event, 0.0) + seconds
+        active = _stack()
+        if active:
+            active[-1][event] = active[-1].get(event, 0.0) + seconds
 
     def on_event(event: str, **_) -> None:
-        if _active:
-            _active[-1][event] = _active[-1].get(event, 0.0) + 1
+        active = _stack()
+        if active:
+            active[-1][event] = active[-1].get(event, 0.0) + 1
 
     jax.monitoring.register_event_duration_secs_listener(on_duration)
     jax.monitoring.register_event_listener(on_event)
@@ -69,16 +80,17 @@ def startup_seconds() -> float:
 
 @contextlib.contextmanager
 def phases() -> Iterator[dict[str, float]]:
-    """Collect the JAX events of the enclosed block; ``wall`` and ``startup`` are added."""
+    """Collect the JAX events of the enclosed block on this thread; ``wall`` and ``startup``
+    are added."""
     startup = startup_seconds()
     t0 = time.perf_counter()
     _install()
     out: dict[str, float] = {}
-    _active.append(out)
+    _stack().append(out)
     try:
         yield out
     finally:
-        _active.remove(out)
+        _stack().remove(out)
         out["wall"] = time.perf_counter() - t0
         out["startup"] = startup
 
@@ -113,8 +125,10 @@ def step(p: dict[str, float], name: str) -> Iterator[None]:
         p[name] = p.get(name, 0.0) + max(spent, 0.0)
 
 
-def describe(p: dict[str, float]) -> str:
-    """``time: startup 0.3 s, trace 0.9 s, compile 2.1 s (3 programs, 2 cached), run 1.2 s``."""
+def describe(p: dict[str, float], alongside: dict[str, float] | None = None) -> str:
+    """``time: startup 0.3 s, trace 0.9 s, compile 2.1 s (3 programs, 2 cached), run 1.2 s``;
+    ``alongside``: the :func:`phases` record of a background thread (e.g. a program compiled
+    while patients were sampled), shown apart: the user did not wait for it."""
     trace = sum(p.get(k, 0.0) for k in _TRACE)
     compile_s = p.get(_COMPILE, 0.0)
     hits, misses = int(p.get(_HITS, 0)), int(p.get(_MISSES, 0))
@@ -131,4 +145,6 @@ def describe(p: dict[str, float]) -> str:
         parts.append(f"patient sampling {p['sampling']:.1f} s")
         rest = max(rest - p["sampling"], 0.0)
     parts.append(f"imports, solve and write {rest:.1f} s")
+    if alongside and _jax_seconds(alongside) >= 0.05:
+        parts.append(f"traced and compiled alongside {_jax_seconds(alongside):.1f} s")
     return "time: " + ", ".join(parts)

@@ -318,3 +318,52 @@ def test_time_split_files_patient_sampling_apart_from_startup_and_compiles():
     text = describe(spent)
     assert f"patient sampling {spent['sampling']:.1f} s" in text
     assert text.startswith("time: startup ")
+
+
+def test_a_program_compiled_on_another_thread_is_built_once_and_used():
+    """``BatchSolver.compile`` on background threads while the caller prepares its batches:
+    one build for all of them (a batch arriving meanwhile waits for it), the same values as a
+    solver that compiles at its first batch, and the background thread's compile time is
+    recorded apart from the caller's (``timing.phases`` collects per thread)."""
+    import threading
+
+    import jax.numpy as jnp
+
+    from cohort.timing import describe, phases
+
+    traces = []
+
+    def make_solve():  # a new function each time: jax.jit keeps traces per function
+        def solve(inputs, shared):
+            traces.append(1)
+            x = inputs["x"]
+            y = jnp.stack([jnp.sin(x * k) + shared for k in range(1, 6)])  # [T, B]
+            return {"y": y}, jnp.zeros(x.shape, jnp.int8), {"m": x.sum() + 0 * x}
+
+        return solve
+
+    inputs, shared = {"x": np.linspace(0.0, 1.0, 32)}, np.float64(0.25)
+    solver = batching.BatchSolver(make_solve(), 1)
+    records = []
+
+    def build():
+        with phases() as spent:
+            solver.compile(inputs, shared)
+        records.append(spent)
+
+    threads = [threading.Thread(target=build) for _ in range(3)]
+    with phases() as caller:
+        for t in threads:
+            t.start()
+        out, status, extras = solver(inputs, shared, None)
+        for t in threads:
+            t.join()
+    built_once = len(traces)
+    reference = batching.BatchSolver(make_solve(), 1)(inputs, shared, None)
+    assert len(traces) == 2 * built_once  # the reference solver traced as often: one build
+    np.testing.assert_array_equal(np.asarray(out["y"]), np.asarray(reference[0]["y"]))
+    key = "/jax/core/compile/backend_compile_duration"
+    builders = [r for r in records if r.get(key, 0.0) > 0]
+    assert len(builders) <= 1  # of the background threads, at most one built the program
+    if builders:  # and its compilation is shown apart from the caller's
+        assert "traced and compiled alongside" in describe(caller, builders[0])

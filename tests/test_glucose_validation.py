@@ -119,6 +119,12 @@ def test_cli_glucose_samples_runs_and_resumes(tmp_path):
     assert ds.sizes["patient"] == 12 and bool(ds.chunk_done.all())
     assert np.all(ds.status.values == 0) and np.all(np.isfinite(ds.tir_70_180.values))
     before = ds.Gsub.values.copy()
+    # the CLI compiles the run's program while it samples the patients: the same values as
+    # the Python API given the same patients and options
+    options = ClosedLoopOptions(period=5.0, sensor=Sensor(), pump_increment=0.05)
+    ref = run(sample_plausible("adult", 12, seed=0), "random", "basal-bolus", options=options)
+    for name in ("Gsub", "CGM", "insulin"):
+        np.testing.assert_array_equal(ds[name].values, ref[name].values, err_msg=name)
     res = runner.invoke(app, ["glucose", "--n", "12", "--days", "1", "-o", str(out), "--resume"])
     assert res.exit_code == 0, res.output
     np.testing.assert_array_equal(open_result(out).Gsub.values, before)

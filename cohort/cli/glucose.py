@@ -128,6 +128,29 @@ def glucose(
         sensor=Sensor() if cgm_noise else None,
         pump_increment=pump_increment or None,
     )
+    ahead, ahead_spent = None, {}
+    if n > 10 and scheduler is None:
+        # The run's batch program depends on the patients' number and columns, not on their
+        # values: compile it on a second thread while the patients are sampled (screening
+        # them compiles and runs a program of its own; XLA compiles on one core).
+        import threading
+
+        from cohort.glucose.simulate import compile_ahead
+
+        def build() -> None:
+            try:
+                with phases() as spent:
+                    like = reference_patients(patients).iloc[np.zeros(n, int)]
+                    compile_ahead(
+                        like, scenario, controller, days=days, seed=seed, options=options,
+                        out=None if out is None else str(out), resume=resume,
+                    )  # fmt: skip
+                ahead_spent.update(spent)
+            except Exception:  # noqa: BLE001 - the run itself reports any problem
+                pass
+
+        ahead = threading.Thread(target=build, name="compile-ahead", daemon=True)
+        ahead.start()
     try:
         with phases() as spent:
             # patient sampling (screening plausible patients runs standard days) is timed
@@ -175,7 +198,7 @@ def glucose(
         f"{len(pop):,} patients × {days:g} day{'' if days == 1 else 's'} in {wall:.1f} s "
         f"({_rate(len(pop) * days / wall)} patient-days/s)" + (f" → {out}" if out else "")
     )
-    console.print(describe(spent), style="dim")
+    console.print(describe(spent, ahead_spent), style="dim")
     if figures is not None:
         from cohort.glucose.plots import cvga_plot, glucose_band
 

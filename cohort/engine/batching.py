@@ -15,6 +15,7 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import math
+import threading
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -158,7 +159,10 @@ class BatchSolver:
         self.inner = jax.jit(run)  # the plain solve (inputs, shared) -> (outs, status, extras)
         self._out_sharding = out_sharding
         self._cache_key = cache_key
-        self._programs: dict = {}  # input signature -> (batch program, output buffer spec)
+        # input signature -> Future of (compiled batch program, output buffer spec): a program
+        # being built on one thread (see `compile`) is waited for, not built twice
+        self._programs: dict[Any, concurrent.futures.Future] = {}
+        self._lock = threading.Lock()
 
         def into(inputs, shared, buffers):
             out, status, extras = self.inner(inputs, shared)
@@ -173,17 +177,48 @@ class BatchSolver:
     def __call__(self, inputs: Any, shared: Any, buffers: dict | None):
         """Solve a batch into ``buffers`` (outputs of an earlier batch of the same shape, which
         become invalid), or into new ones when ``buffers`` is None."""
-        leaves, tree = jax.tree.flatten((inputs, shared))
-        sig = (tree, tuple((np.shape(v), str(np.result_type(v))) for v in leaves))
-        if sig not in self._programs:
-            self._programs[sig] = self._program(inputs, shared)
-        program, spec = self._programs[sig]
+        program, spec = self.compile(inputs, shared)
         if buffers is None:
             buffers = self._new(spec)
         return program(inputs, shared, buffers)
 
+    def compile(self, inputs: Any, shared: Any) -> tuple[Callable, tuple]:
+        """The compiled batch program for inputs shaped like these (arrays or
+        ``jax.ShapeDtypeStruct``s) and its output buffers' spec, built now if no call has built
+        it. Thread-safe: a caller can build it on a background thread while it prepares the
+        batches (XLA compiles on one core; the closed-loop CLI overlaps it with patient
+        sampling), and a batch arriving meanwhile waits for that build instead of repeating
+        it."""
+        leaves, tree = jax.tree.flatten((inputs, shared))
+        sig = (tree, tuple((tuple(np.shape(v)), str(_dtype(v))) for v in leaves))
+        while True:
+            with self._lock:
+                entry = self._programs.get(sig)
+                build = entry is None
+                if build:
+                    entry = self._programs[sig] = concurrent.futures.Future()
+            if build:
+                try:
+                    entry.set_result(self._program(inputs, shared))
+                except BaseException as exc:
+                    with self._lock:
+                        del self._programs[sig]
+                    entry.set_exception(exc)
+                    raise
+            try:
+                return entry.result()
+            except Exception:
+                if build:
+                    raise
+                # another thread's build failed: build here (its error is then our own)
+
+    def _buffer_structs(self, spec: tuple) -> dict:
+        return {o: jax.ShapeDtypeStruct(shape, dtype, sharding=self._out_sharding)
+                for o, shape, dtype in spec}  # fmt: skip
+
     def _program(self, inputs: Any, shared: Any) -> tuple[Callable, tuple]:
-        """The batch program for inputs shaped like these and its output buffers' spec: the
+        """The batch program for inputs shaped like these and its output buffers' spec,
+        compiled now (ahead of time, so that :meth:`compile` can run it on another thread): the
         jitted solve, or with a ``cache_key`` (and the compilation cache on) the stored trace
         of an earlier process (:mod:`cohort.engine.exported`), stored now when missing."""
         from cohort.engine import exported
@@ -198,19 +233,18 @@ class BatchSolver:
             shapes = jax.eval_shape(self.inner, inputs, shared)[0]
             spec = tuple((o, s.shape, str(s.dtype)) for o, s in shapes.items())
             if key is None:
-                return self._into, spec
+                return self._into.lower(inputs, shared, self._buffer_structs(spec)).compile(), spec
 
             def flat(leaves, buffers):  # plain lists of arrays: any input pytree serializes
                 return self._into(*jax.tree.unflatten(tree, leaves), buffers)
 
-            like = {o: jax.ShapeDtypeStruct(shape, dtype, sharding=self._out_sharding)
-                    for o, shape, dtype in spec}  # fmt: skip
+            like = self._buffer_structs(spec)
             try:
                 stored = jax.export.export(jax.jit(flat, donate_argnums=1))(
                     jax.tree.leaves((inputs, shared)), like
                 )
             except Exception:  # a construct jax.export refuses: run it as a plain jit
-                return self._into, spec
+                return self._into.lower(inputs, shared, like).compile(), spec
             exported.save(key, stored)
         out = jax.tree.unflatten(stored.out_tree, stored.out_avals)[0]
         spec = tuple((o, a.shape, str(a.dtype)) for o, a in out.items())
@@ -220,11 +254,18 @@ class BatchSolver:
             by_patient, whole, buffers = self._call_shardings
             leaves = [by_patient] * n_inputs + [whole] * (tree.num_leaves - n_inputs)
             call = jax.jit(stored.call, in_shardings=(leaves, buffers), donate_argnums=1)
+        compiled = call.lower(jax.tree.leaves((inputs, shared)), self._buffer_structs(spec))
+        compiled = compiled.compile()
 
         def program(inputs, shared, buffers):
-            return call(jax.tree.leaves((inputs, shared)), buffers)
+            return compiled(jax.tree.leaves((inputs, shared)), buffers)
 
         return program, spec
+
+
+def _dtype(leaf: Any) -> np.dtype:
+    """The dtype of an array, ``jax.ShapeDtypeStruct`` or Python scalar leaf."""
+    return np.dtype(leaf.dtype) if hasattr(leaf, "dtype") else np.result_type(leaf)
 
 
 def padded_rows(inputs: Any, lo: int, hi: int, batch: int) -> Any:

@@ -31,6 +31,7 @@ from cohort.engine.batching import (
     BatchSolver,
     batch_shape,
     default_chunk,
+    padded_rows,
     patient_major,
     run_batches,
 )
@@ -155,72 +156,17 @@ def run(
     Client, Cluster or scheduler address; needs ``out``) spreads the chunks over its workers,
     bit-identical to a local run.
     """
-    model = get("uva_padova")
-    options = options or ClosedLoopOptions()
-    try:
-        options.steps_per_minute()
-    except ValueError as exc:
-        raise InputError(f"options: {exc}") from None
-    for name, value in (("dtype", dtype), ("out_dtype", out_dtype)):
-        if value not in ("float32", "float64"):
-            raise InputError(f"{name}: must be 'float32' or 'float64', got {value!r}")
-    patients, therapy = _split_therapy(patients)
-    params = population_arrays(model, patients, None)
-    n_pat = len(params["BW"])
-    therapy = {k: np.broadcast_to(np.asarray(v, float), (n_pat,)) for k, v in therapy.items()}
-    n_periods = int(round(days * 1440.0 / options.period))
-    if n_periods < 1:
-        raise InputError(f"days: must cover at least one control period, got {days}")
-    if isinstance(scenario, str):
-        scenario = named_scenario(scenario, n_pat, math.ceil(days), seed)
-    if scenario.n_patients != n_pat:
-        raise InputError(f"scenario has {scenario.n_patients} patients, population {n_pat}")
-    ctrl = named_controller(controller) if isinstance(controller, str) else controller
-    if chunk_size is None:
-        per_patient = (n_periods + 1) * len(_OUTPUTS) * np.dtype(out_dtype).itemsize
-        chunk_size = default_chunk(base_chunk(), per_patient, out, resume)
-    chunk_size = min(n_pat, chunk_size)
-    if chunk_size < 1:
-        raise InputError(f"chunk_size: must be >= 1, got {chunk_size}")
+    plan = _plan(
+        patients, scenario, controller, days, seed, options, chunk_size, dtype, out_dtype,
+        out, resume,
+    )  # fmt: skip
+    model, ctrl, options, n_periods, params, times, attrs = (
+        plan.model, plan.ctrl, plan.options, plan.n_periods, plan.params, plan.times, plan.attrs
+    )  # fmt: skip
+    invalid, inputs, shared, solver = plan.invalid, plan.inputs, plan.shared, plan.solver
+    chunk_size, batch, n_pat = plan.chunk_size, plan.batch, len(plan.invalid)
     if cluster is not None and out is None:
         raise InputError("cluster: a distributed run writes into a store; give out=")
-    times = np.arange(n_periods + 1) * options.period
-    settings = (repr(ctrl), repr(options), float(days), int(seed), dtype, out_dtype)
-    params_hashed = {**params, **{f"therapy/{k}": v for k, v in therapy.items()}}
-    attrs = {
-        "title": f"closed-loop glucose cohort ({getattr(ctrl, 'name', type(ctrl).__name__)})",
-        "cohort_version": __version__,
-        "jax_version": jax.__version__,
-        "model": model.name,
-        "model_hash": model.fingerprint(),
-        "controller": repr(ctrl),
-        "closed_loop_options": repr(options),
-        "seed": int(seed),
-        "days": float(days),
-        "dtype": dtype,
-        "meals_per_patient": int(scenario.start.shape[1]),
-        "chunk_size": chunk_size,
-        "n_patients": n_pat,
-        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        **status_attrs(),
-        "spec_hash": _spec_hash(model, params_hashed, scenario, settings),
-    }
-    invalid, clean = checked_params(model, params, dtype)
-    meals = MealInputs(
-        start=scenario.start.astype(dtype),
-        grams=scenario.grams.astype(dtype),
-        eat_rate=scenario.eat_rate.astype(dtype),
-        announced=scenario.announced_grams().astype(dtype),
-        bolus=scenario.bolus.astype(dtype),
-        profile=np.zeros((n_pat, 0), dtype),  # per patient: empty; the profile is shared
-    )
-    shared = (
-        np.asarray(scenario.profile, dtype),
-        np.asarray(seed),
-        np.asarray(time_weights(times), np.float64),
-    )
-    n_dev, batch = batch_shape(chunk_size)
-    solver = _solver(model, ctrl, options, n_periods, out_dtype, n_dev)
     metric_vars = _metric_variables()
     common = dict(
         n_patients=n_pat,
@@ -230,8 +176,6 @@ def run(
         invalid=invalid,
         progress=progress,
     )
-    therapy_in = {k: v.astype(dtype) for k, v in therapy.items()}
-    inputs = (clean, meals, np.arange(n_pat), therapy_in)
     if out is not None:
         if cluster is not None:
             from cohort.distributed import check_reachable
@@ -293,6 +237,130 @@ def run(
     template = xr.DataArray(np.arange(n_pat), dims=("patient",), coords={"patient": patients})
     met = metrics_dataset(metrics_all, template)
     return _dataset(model, keep, status_all, params, times, attrs).merge(met)
+
+
+@dataclasses.dataclass
+class _Plan:
+    """Everything a closed-loop run needs before its first batch (see :func:`_plan`)."""
+
+    model: Model
+    ctrl: Any
+    options: ClosedLoopOptions
+    n_periods: int
+    params: dict
+    times: np.ndarray
+    attrs: dict
+    invalid: np.ndarray
+    inputs: tuple
+    shared: tuple
+    chunk_size: int
+    batch: int
+    solver: BatchSolver
+    out_dtype: str
+
+
+def _plan(
+    patients, scenario, controller, days, seed, options, chunk_size, dtype, out_dtype, out,
+    resume,
+) -> _Plan:  # fmt: skip
+    """Check :func:`run`'s arguments and build its inputs and batch solver."""
+    model = get("uva_padova")
+    options = options or ClosedLoopOptions()
+    try:
+        options.steps_per_minute()
+    except ValueError as exc:
+        raise InputError(f"options: {exc}") from None
+    for name, value in (("dtype", dtype), ("out_dtype", out_dtype)):
+        if value not in ("float32", "float64"):
+            raise InputError(f"{name}: must be 'float32' or 'float64', got {value!r}")
+    patients, therapy = _split_therapy(patients)
+    params = population_arrays(model, patients, None)
+    n_pat = len(params["BW"])
+    therapy = {k: np.broadcast_to(np.asarray(v, float), (n_pat,)) for k, v in therapy.items()}
+    n_periods = int(round(days * 1440.0 / options.period))
+    if n_periods < 1:
+        raise InputError(f"days: must cover at least one control period, got {days}")
+    if isinstance(scenario, str):
+        scenario = named_scenario(scenario, n_pat, math.ceil(days), seed)
+    if scenario.n_patients != n_pat:
+        raise InputError(f"scenario has {scenario.n_patients} patients, population {n_pat}")
+    ctrl = named_controller(controller) if isinstance(controller, str) else controller
+    if chunk_size is None:
+        per_patient = (n_periods + 1) * len(_OUTPUTS) * np.dtype(out_dtype).itemsize
+        chunk_size = default_chunk(base_chunk(), per_patient, out, resume)
+    chunk_size = min(n_pat, chunk_size)
+    if chunk_size < 1:
+        raise InputError(f"chunk_size: must be >= 1, got {chunk_size}")
+    times = np.arange(n_periods + 1) * options.period
+    settings = (repr(ctrl), repr(options), float(days), int(seed), dtype, out_dtype)
+    params_hashed = {**params, **{f"therapy/{k}": v for k, v in therapy.items()}}
+    attrs = {
+        "title": f"closed-loop glucose cohort ({getattr(ctrl, 'name', type(ctrl).__name__)})",
+        "cohort_version": __version__,
+        "jax_version": jax.__version__,
+        "model": model.name,
+        "model_hash": model.fingerprint(),
+        "controller": repr(ctrl),
+        "closed_loop_options": repr(options),
+        "seed": int(seed),
+        "days": float(days),
+        "dtype": dtype,
+        "meals_per_patient": int(scenario.start.shape[1]),
+        "chunk_size": chunk_size,
+        "n_patients": n_pat,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        **status_attrs(),
+        "spec_hash": _spec_hash(model, params_hashed, scenario, settings),
+    }
+    invalid, clean = checked_params(model, params, dtype)
+    meals = MealInputs(
+        start=scenario.start.astype(dtype),
+        grams=scenario.grams.astype(dtype),
+        eat_rate=scenario.eat_rate.astype(dtype),
+        announced=scenario.announced_grams().astype(dtype),
+        bolus=scenario.bolus.astype(dtype),
+        profile=np.zeros((n_pat, 0), dtype),  # per patient: empty; the profile is shared
+    )
+    shared = (
+        np.asarray(scenario.profile, dtype),
+        np.asarray(seed),
+        np.asarray(time_weights(times), np.float64),
+    )
+    n_dev, batch = batch_shape(chunk_size)
+    solver = _solver(model, ctrl, options, n_periods, out_dtype, n_dev)
+    therapy_in = {k: v.astype(dtype) for k, v in therapy.items()}
+    inputs = (clean, meals, np.arange(n_pat), therapy_in)
+    return _Plan(
+        model, ctrl, options, n_periods, params, times, attrs, invalid, inputs, shared,
+        chunk_size, batch, solver, out_dtype,
+    )  # fmt: skip
+
+
+def compile_ahead(
+    patients: Any,
+    scenario: MealScenario | str = "random",
+    controller: Any = "basal-bolus",
+    days: float = 1.0,
+    seed: int = 0,
+    out: str | None = None,
+    *,
+    options: ClosedLoopOptions | None = None,
+    chunk_size: int | None = None,
+    dtype: str = "float64",
+    out_dtype: str = "float32",
+    resume: bool = False,
+) -> None:
+    """Compile the batch program that :func:`run` with the same arguments will use. Only the
+    number of patients and their columns matter, not their values, so a caller can run this
+    on a background thread while it samples the patients (``cohort glucose`` does: XLA
+    compiles on one core, and the cold command waits for one compilation instead of two).
+    Writes nothing."""
+    plan = _plan(
+        patients, scenario, controller, days, seed, options, chunk_size, dtype, out_dtype,
+        out, resume,
+    )  # fmt: skip
+    rows = min(plan.chunk_size, len(plan.invalid))
+    plan.solver.compile(padded_rows(plan.inputs, 0, rows, plan.batch), plan.shared)
 
 
 @dataclasses.dataclass
