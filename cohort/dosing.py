@@ -127,6 +127,41 @@ class EventTable:
         return (_shared_rows, (compact, self.state_names, self.n_patients))
 
 
+def describe_events(table: EventTable, time_units: str = "") -> str:
+    """A one-line summary of the dose records for a result's provenance (``attrs['dosing']``),
+    e.g. ``same records for every patient: 14 doses into depot, 320 each, at 0-156 h``.
+    Patients with different records are summarised by their counts and ranges; the exact
+    records are in the run's ``spec_hash``."""
+    dose = table.evid == 1
+    n_dose = dose.sum(axis=1)
+    if not n_dose.any():
+        return "no doses"
+    unit = f" {time_units}" if time_units else ""
+    names = table.state_names
+    cmts = sorted({names[c] for c in np.unique(table.cmt[dose])})
+    kinds = []
+    if np.any(dose & (table.rate == 0)):
+        kinds.append("bolus")
+    if np.any(dose & (table.rate != 0)):
+        kinds.append("infusion")
+    if np.any(dose & table.ss):
+        kinds.append("steady state")
+    if np.any(table.evid == 3):
+        kinds.append("with resets")
+    amt = table.amt[dose]
+    t = table.time[dose]
+    amounts = f"{amt[0]:g} each" if np.all(amt == amt[0]) else f"{amt.min():g}-{amt.max():g}"
+    where = " and ".join(cmts)
+    shared = all(shared_rows(v) for v in table.arrays().values()) or table.n_patients == 1
+    if shared:
+        head = f"same records for every patient: {int(n_dose[0])} dose(s) into {where}"
+    else:
+        lo, hi = int(n_dose.min()), int(n_dose.max())
+        count = f"{lo}" if lo == hi else f"{lo}-{hi}"
+        head = f"per-patient records: {count} dose(s) per patient into {where}"
+    return f"{head}, {amounts}, at {t.min():g}-{t.max():g}{unit} ({', '.join(kinds)})"
+
+
 def shared_rows(v: np.ndarray) -> bool:
     """Whether every patient's row of an event array is the same row (a broadcast view: a
     regimen shared by the cohort)."""

@@ -53,6 +53,9 @@ def test_simulate_info_and_resume(tmp_path):
     assert res.exit_code == 0, res.output
     res = runner.invoke(app, ["info", str(out)])
     assert res.exit_code == 0 and "mg/L" in flat(res) and "closed_form" in flat(res)
+    # the regimen is part of the provenance (ADDL 2 -> 3 doses, 0-24 h)
+    dosing = "same records for every patient: 3 dose(s) into depot, 500 each, at 0-24 h (bolus)"
+    assert cohort.open_result(out).attrs["dosing"] == dosing and dosing in flat(res)
     on_disk = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
     assert f"({on_disk / 1e3:,.1f} kB on disk)" in flat(res) or "MB on disk" in flat(res)
     lines = [ln for ln in res.output.splitlines() if "│" in ln]

@@ -638,6 +638,7 @@ def info(store: Path = typer.Argument(..., help="result store or fit result writ
     for key in (
         "model",
         "population",
+        "dosing",
         "model_hash",
         "method",
         "solver_settings",

@@ -23,7 +23,7 @@ import pandas as pd
 import xarray as xr
 
 from cohort._version import __version__
-from cohort.dosing import EventTable, event_table, shared_rows
+from cohort.dosing import EventTable, describe_events, event_table, shared_rows
 from cohort.engine.base import Engine, resolve_engine
 from cohort.engine.batching import (
     BatchSolver,
@@ -419,6 +419,7 @@ def _provenance(plan: _Plan, seed: int | None) -> dict[str, Any]:
         "model": plan.model.name,
         "model_hash": plan.model.fingerprint(),
         "spec_hash": _spec_hash(plan),
+        "dosing": describe_events(plan.table, plan.model.time_units),
         "seed": -1 if seed is None else int(seed),
         "method": plan.engine.name,
         "solver_settings": plan.engine.describe(plan.model),
