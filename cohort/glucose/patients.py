@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import threading
 
 import numpy as np
 import pandas as pd
@@ -22,7 +23,7 @@ import pandas as pd
 from cohort.glucose.controllers import BasalBolus
 from cohort.glucose.loop import ClosedLoopOptions
 from cohort.glucose.scenarios import fixed_scenario
-from cohort.glucose.simulate import run
+from cohort.glucose.simulate import compile_ahead, run
 from cohort.models.glucose.patients import (
     PatientSamplingError,
     pick_candidates,
@@ -83,6 +84,20 @@ def _envelope(ds, tir_margin: float = 5.0, tbr_margin: float = 2.0, mean_margin:
     )
 
 
+def _compile_standard_day(group: str, chunk: int) -> None:
+    """Compile the program :func:`standard_day` runs on batches of ``chunk`` patients of
+    ``group`` (values do not matter: a reference patient repeated). Errors are left to the
+    screening itself to raise."""
+    try:
+        like = reference_patients(group).iloc[np.zeros(chunk, int)].reset_index(drop=True)
+        compile_ahead(
+            like, fixed_scenario(chunk, 1), BasalBolus(), days=1.0,
+            options=STANDARD_DAY_OPTIONS, chunk_size=chunk,
+        )  # fmt: skip
+    except Exception:  # noqa: BLE001
+        pass
+
+
 def sample_plausible(
     group: str,
     n: int,
@@ -97,6 +112,11 @@ def sample_plausible(
     Returns the patients with their standard-day ``tir_70_180``, ``tbr_70`` and ``mean`` and
     the ``attempt`` that was kept; ``df.attrs['acceptance']`` is the fraction of physiological
     candidates that passed."""
+    chunk = min(1024, max(8, 1 << (n - 1).bit_length()))
+    # The screening program depends on the batch shape only: compile it on a second thread
+    # while the candidates are drawn (XLA compiles on one core; the draws run on the other).
+    ahead = threading.Thread(target=_compile_standard_day, args=(group, chunk), daemon=True)
+    ahead.start()
     frame, ok = sample_candidates(group, n, seed, shrinkage, max_attempts)
     # Without an envelope, the reference patients' standard day (the default envelope) runs
     # in the first round's batches: one compiled program instead of two (a patient's day does
@@ -105,7 +125,6 @@ def sample_plausible(
     choice = np.full(n, -1)
     outcome = {k: np.full(n, np.nan) for k in ("tir_70_180", "tbr_70", "mean")}
     tried = passed = 0
-    chunk = min(1024, max(8, 1 << (n - 1).bit_length()))
     pending = np.arange(n)
     next_try = np.zeros(n, int)  # each patient's next attempt to consider
     while pending.size:
