@@ -205,6 +205,42 @@ def test_store_round_trip_and_interrupted_save(vanco_twins, tmp_path):
     assert post["CL"].dims == ("chain", "draw", "patient")
 
 
+def _same_individuals(a: pd.DataFrame, b: pd.DataFrame) -> None:
+    """Equal tables matched by column name (a reordered column would still differ)."""
+    assert sorted(a.columns) == sorted(b.columns)
+    pd.testing.assert_frame_equal(a, b[a.columns])
+
+
+def test_reopened_twins_keep_each_parameter_with_its_values(vanco_twins, tmp_path):
+    """The vancomycin prior's parameters (CL, V1, Q, V2) are not in alphabetical order: a
+    reopened store gives every parameter its own estimate and the same forecast, also for a
+    store written with its prior's keys sorted (as before 0.1.1), whose random effects are
+    then matched by their stored names."""
+    import json
+
+    import zarr
+
+    first = vanco_twins[0]
+    assert first.prior.names == ("CL", "V1", "Q", "V2")
+    path = tmp_path / "twins.zarr"
+    first.save(path)
+    again = open_twins(path)
+    assert again.prior.names == first.prior.names
+    _same_individuals(first.individual(), again.individual())
+    reg = Regimen(amt=1000.0, time=36.0, ii=12.0, addl=1, duration=1.0)
+    times = np.array([47.0, 59.5])
+    a, b = first.forecast(reg, times), again.forecast(reg, times)
+    np.testing.assert_allclose(b["conc"].values, a["conc"].values, rtol=1e-12)
+    # the earlier layout: the prior stored with sorted keys (Q before V1)
+    root = zarr.open_group(str(path), mode="r+")
+    root.attrs["prior"] = json.dumps(json.loads(root.attrs["prior"]), sort_keys=True)
+    old = open_twins(path)
+    assert old.prior.names == ("CL", "Q", "V1", "V2")
+    _same_individuals(first.individual(), old.individual())
+    c = old.forecast(reg, times)
+    np.testing.assert_allclose(c["conc"].values, a["conc"].values, rtol=1e-12)
+
+
 def test_bad_records_give_clear_errors(vanco, vanco_twins):
     prior, records, _ = vanco
     tw, _, _, d1, d2 = vanco_twins

@@ -334,7 +334,7 @@ class CGMTwins:
         from cohort.twin.store import read_posterior
 
         fit = read("map")
-        lap, samples = read_posterior(fit, read)
+        lap, samples = read_posterior(fit, read, _layout(prior).names)
         history = json.loads(fit.attrs["history"])
         return cls(prior, table, lap, samples, float(fit.attrs["eat_rate"]), history)
 

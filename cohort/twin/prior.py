@@ -191,7 +191,9 @@ class TwinPrior:
         return np.log(out)
 
     def to_json(self) -> str:
-        return json.dumps(self.raw, sort_keys=True)
+        """The description as JSON, tables in their order: the order of ``[parameters]`` is
+        the order of the estimated parameters (sorting the keys reordered them)."""
+        return json.dumps(self.raw)
 
     @classmethod
     def from_json(cls, text: str) -> TwinPrior:

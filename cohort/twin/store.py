@@ -55,7 +55,7 @@ def save_twins(twins, path: str | Path, *, overwrite: bool = False) -> Path:
         attrs = dict(root.attrs)
         if attrs.get("kind") != KIND:
             raise OutputError(f"{path} is not a twin store (kind {attrs.get('kind')!r})")
-        if attrs.get("prior") != prior_json:
+        if json.loads(attrs.get("prior") or "null") != json.loads(prior_json):  # any key order
             raise TwinError(f"{path}: these twins have another prior than the stored ones")
         stored = set(json.loads(attrs.get("ids", "[]")))
         if stored != set(map(_plain, twins.ids.tolist())):
@@ -189,7 +189,7 @@ def open_twins(path: str | Path, update: int | None = None):
     data = read_records(frame, prior)
     bm = bind_twins(prior, data)
     fit = read("map")
-    lap, samples = read_posterior(fit, read)
+    lap, samples = read_posterior(fit, read, prior.eta_names)
     return Twins(
         prior,
         data,
@@ -202,19 +202,34 @@ def open_twins(path: str | Path, update: int | None = None):
     )
 
 
-def read_posterior(fit: xr.Dataset, read) -> tuple[posterior.Laplace, posterior.Samples | None]:
+def read_posterior(
+    fit: xr.Dataset, read, names: tuple[str, ...]
+) -> tuple[posterior.Laplace, posterior.Samples | None]:
     """The Laplace approximation and (when sampled) the NUTS draws of one stored update:
-    ``fit`` its ``map`` group, ``read(name)`` any of its groups."""
+    ``fit`` its ``map`` group, ``read(name)`` any of its groups, ``names`` the order of the
+    estimated quantities in the twins being rebuilt. The stored arrays are matched by the
+    names stored with them, not by position (stores written before cohort 0.1.1 kept their
+    prior with its parameters sorted by name, so their order can differ from the prior's)."""
+    stored = [str(n) for n in fit["eta_dim"].to_numpy()]
+    if sorted(stored) != sorted(names):
+        raise TwinError(
+            f"the stored posterior is of {stored}, the stored prior estimates {list(names)}: "
+            "the store is damaged or was written by another program"
+        )
+    k = np.array([stored.index(n) for n in names])
     lap = posterior.Laplace(
-        fit["eta"].to_numpy(),
-        fit["cov"].to_numpy(),
+        fit["eta"].to_numpy()[:, k],
+        fit["cov"].to_numpy()[:, k][:, :, k],
         fit["objective"].to_numpy(),
         fit["ok"].to_numpy().astype(bool),
     )
     samples = None
     if "rhat" in fit:
-        z = np.moveaxis(read("posterior")["eta"].to_numpy(), 2, 0)
+        z = np.moveaxis(read("posterior")["eta"].to_numpy(), 2, 0)[..., k]
         samples = posterior.Samples(
-            z, fit["rhat"].to_numpy(), fit["ess_bulk"].to_numpy(), fit["divergences"].to_numpy()
+            z,
+            fit["rhat"].to_numpy()[:, k],
+            fit["ess_bulk"].to_numpy()[:, k],
+            fit["divergences"].to_numpy(),
         )
     return lap, samples
