@@ -371,3 +371,35 @@ def test_identification_killed_midway_resumes_from_its_checkpoint(vanco, tmp_pat
     with pytest.raises(OutputError, match="not written by cohort"):
         Twins.identify(prior, d1, checkpoint=user)
     assert (user / "data.txt").read_text() == "user's"
+
+
+def test_twins_of_a_model_without_closed_form_match_the_closed_form():
+    """Models without a closed form are identified through the adaptive ODE solve (their
+    Hessian from differences of reverse-mode gradients: diffrax's adjoint has no forward
+    mode, which crashed every such model). Forced onto the ODE path, the phenobarbital
+    model's twins equal its closed-form ones (modes to the ODE tolerance)."""
+    import dataclasses
+
+    from cohort.inference.problem import bind
+    from cohort.twin import posterior
+    from cohort.twin.problem import bind_twins, nlme_of, prior_pop, read_records
+
+    prior = _prior("priors/neonate_phenobarbital.toml")
+    reg = Regimen(amt=20.0, ii=12.0, addl=3, duration=0.5)
+    from cohort.twin.synthetic import simulate_records
+
+    records, _ = simulate_records(prior, 4, [2.0, 11.9, 36.0], reg, seed=3)
+    data = read_records(records, prior)
+    exact = bind_twins(prior, data)
+    ode = bind(nlme_of(prior), data, engine="diffrax")
+    assert exact.engine == "closed_form" and ode.engine == "diffrax"
+    fields = {f.name: getattr(exact, f.name) for f in dataclasses.fields(exact)}
+    fields.update(engine=ode.engine, options=ode.options)
+    ode = type(exact)(**fields)
+    eta0 = posterior.starts(prior.omega, data.n_subjects)
+    pop = prior_pop(prior)
+    a = posterior.map_laplace(exact, pop, eta0)
+    b = posterior.map_laplace(ode, pop, eta0)
+    assert a.ok.all() and b.ok.all()
+    np.testing.assert_allclose(b.eta, a.eta, atol=1e-4)
+    np.testing.assert_allclose(b.cov, a.cov, rtol=1e-3, atol=1e-6)

@@ -101,7 +101,10 @@ def map_laplace(
             omega_inv, _ = laplace.omega_inverse(bm, pop)
             u = _potential(bm, pop, omega_inv)
             d = laplace.subject_data(arrays)
-            eta_n, hess = jax.vmap(lambda e, d: newton(u, e, d, newton_steps))(eta, d)
+            # ODE solves differentiate in reverse mode only (diffrax's adjoint is a
+            # custom_vjp): their Hessian from differences of gradients
+            hessian = None if bm.engine == "closed_form" else fd_hessian
+            eta_n, hess = jax.vmap(lambda e, d: newton(u, e, d, newton_steps, hessian))(eta, d)
             eta = jnp.where(jnp.isfinite(value)[:, None], eta_n, eta)
             return best_start(u, eta, hess, d, n_starts)
 
