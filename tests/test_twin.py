@@ -403,3 +403,36 @@ def test_twins_of_a_model_without_closed_form_match_the_closed_form():
     assert a.ok.all() and b.ok.all()
     np.testing.assert_allclose(b.eta, a.eta, atol=1e-4)
     np.testing.assert_allclose(b.cov, a.cov, rtol=1e-3, atol=1e-6)
+
+
+def _pheno_records(trough_row_first: bool, trough_time: float = 12.0) -> pd.DataFrame:
+    rows = [
+        (0.0, 1, 25.0, np.nan),
+        (2.0, 0, 0.0, 17.3),
+        (12.0, 1, 25.0, np.nan),
+        (24.0, 0, 0.0, 13.0),
+    ]
+    trough = (trough_time, 0, 0.0, 14.0)
+    rows.insert(2 if trough_row_first else 3, trough)
+    frame = pd.DataFrame(rows, columns=["TIME", "EVID", "AMT", "DV"])
+    return frame.assign(ID=1, WGT=1.4, APGR=7, CMT=1)
+
+
+def test_a_sample_recorded_before_a_dose_at_its_time_is_pre_dose():
+    """NONMEM reads records in order: a trough at 12 h written before the 12-h dose is the
+    pre-dose level (as a sample at 11.99999 h), written after it the post-dose level. Both
+    the twin's estimates and a ``Level`` target at a dose time use the pre-dose value."""
+    prior = _prior("priors/neonate_phenobarbital.toml")
+    before = Twins.identify(prior, _pheno_records(True)).individual()
+    after = Twins.identify(prior, _pheno_records(False)).individual()
+    near = Twins.identify(prior, _pheno_records(True, 12.0 - 1e-5)).individual()
+    np.testing.assert_allclose(before["V"], near["V"], rtol=1e-5)
+    assert abs(after["V"].iloc[0] / before["V"].iloc[0] - 1.0) > 0.05  # a real difference
+    twins = Twins.identify(prior, _pheno_records(False))
+    reg = Regimen(amt=25.0, time=36.0, ii=12.0, addl=2)
+    at = twins.forecast(reg, np.array([60.0]), targets=[Level("conc", 10.0, 30.0, time=60.0)])
+    pre = twins.forecast(reg, np.array([60.0 - 1e-5]))
+    trough = float(at["target_0"].sel(quantile=0.5).values.ravel()[0])
+    post = float(at["conc"].sel(quantile=0.5).values.ravel()[0])  # the curve at 60 h itself
+    np.testing.assert_allclose(trough, float(pre["conc"].sel(quantile=0.5).values[0, 0]), rtol=1e-5)
+    assert post > trough + 5.0  # 25 mg into ~1.4 L: the dose at 60 h is not in the trough

@@ -34,7 +34,9 @@ class Observations:
 
     ``time`` is padded with each subject's last observation time (so it stays non-decreasing,
     as ODE save times must); ``mask`` marks real observations; ``cens`` those below the LLOQ
-    (likelihood M3, ``lloq`` holds the limit); ``row`` the 1-based data row (0 for padding).
+    (likelihood M3, ``lloq`` holds the limit); ``row`` the 1-based data row (0 for padding);
+    ``before_dose`` those recorded before a dose at the same time (NONMEM reads records in
+    order: a trough sampled at a dose time and written before that dose is pre-dose).
     """
 
     time: np.ndarray
@@ -43,10 +45,34 @@ class Observations:
     cens: np.ndarray
     lloq: np.ndarray
     row: np.ndarray
+    before_dose: np.ndarray
 
     @property
     def count(self) -> np.ndarray:
         return self.mask.sum(axis=1)
+
+    def prediction_times(self) -> np.ndarray:
+        """Where the model is evaluated: ``time``, or just before it (see
+        :func:`just_before`) for an observation recorded before a dose at its time."""
+        return np.where(self.before_dose, just_before(self.time), self.time)
+
+
+def just_before(t):
+    """A time a hair before ``t`` (1e-6 relative, at least 1e-6 time units): the level
+    before any dose at ``t`` (a trough), which a right-continuous solution would give only
+    after the dose. Close enough that the change of a smooth level is far below any assay
+    error, far enough to stay distinct in float32."""
+    t = np.asarray(t, float)
+    return t - 1e-6 * np.maximum(1.0, np.abs(t))
+
+
+def _before_same_time_dose(rec: pd.DataFrame) -> pd.Series:
+    """Per record: whether a dose record (EVID 1 or 4) of the same subject and TIME follows it
+    in the file."""
+    dose = rec["EVID"].isin((1, 4))
+    order = pd.Series(np.arange(len(rec)), index=rec.index)
+    last_dose = order.where(dose).groupby([rec["ID"], rec["TIME"]], sort=False).transform("max")
+    return order < last_dose.fillna(-1)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -137,6 +163,7 @@ class Dataset:
             "cens": np.zeros((n, width), bool),
             "lloq": np.zeros((n, width)),
             "row": np.zeros((n, width), np.int64),
+            "before_dose": np.zeros((n, width), bool),
         }
         time[subj, slot] = obs["TIME"].to_numpy()
         arrays["dv"][subj, slot] = obs["DV"].to_numpy()
@@ -144,6 +171,7 @@ class Dataset:
         arrays["cens"][subj, slot] = obs["CENS"].to_numpy() == 1
         arrays["lloq"][subj, slot] = np.nan_to_num(obs["LLOQ"].to_numpy(), nan=0.0)
         arrays["row"][subj, slot] = obs["ROW"].to_numpy()
+        arrays["before_dose"][subj, slot] = _before_same_time_dose(rec)[obs.index]
         # Pad times with the subject's last observation time (non-decreasing save times).
         last = np.where(counts > 0, time[np.arange(n), np.maximum(counts - 1, 0)], 0.0)
         pad = ~arrays["mask"]

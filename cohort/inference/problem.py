@@ -348,7 +348,7 @@ def bind(spec: NLME, data: Dataset, engine: Any = "auto", options=None) -> Bound
     for key in ("time", "amt", "rate", "ii"):
         ev[key] = ev[key].astype(jnp.float64)
     arrays = {
-        "time": jnp.asarray(obs.time),
+        "time": jnp.asarray(obs.prediction_times()),
         "dv": jnp.asarray(obs.dv),
         "mask": jnp.asarray(obs.mask),
         "cens": jnp.asarray(obs.cens),

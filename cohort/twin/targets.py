@@ -12,6 +12,7 @@ import dataclasses
 
 import numpy as np
 
+from cohort.data.dataset import just_before
 from cohort.twin.prior import TwinError
 
 
@@ -48,7 +49,8 @@ class Target:
 
 @dataclasses.dataclass(frozen=True)
 class Level(Target):
-    """The output at ``time`` (a trough: just before a dose; a peak: after an infusion)."""
+    """The output at ``time``, before any dose given at that time: a trough at a dose time is
+    the pre-dose level (a peak: give a time after the infusion ends)."""
 
     time: float = 0.0
 
@@ -60,7 +62,7 @@ class Level(Target):
         return f"{self.output}@{self.time:g}"
 
     def times(self):
-        return np.array([float(self.time)])
+        return just_before(np.array([float(self.time)]))
 
     def value(self, xp, y):
         return y[..., 0]
