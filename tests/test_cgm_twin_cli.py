@@ -62,6 +62,12 @@ def test_cgm_identify_replay_update(csvs, monkeypatch):
     # reopened twins replay exactly as the ones that were saved
     again = tw.replay(n_draws=20)["mean"].values
     np.testing.assert_allclose(again, open_twins("cgm_twins.zarr").replay(n_draws=20)["mean"])
+    # forecast and dose are PK twins' commands: said in one line, nothing left behind
+    for args in (["forecast"], ["dose", "--target", "min:glucose:0:24:70", "--start", "0",
+                                "--max-dose", "10"]):  # fmt: skip
+        res = runner.invoke(app, ["twin", *args, "cgm_twins.zarr", "--report", "fc"])
+        assert res.exit_code == 2 and "holds CGM (type 1 diabetes) twins" in flat(res)
+        assert "Traceback" not in res.output and not (csvs / "fc").exists()
 
 
 def test_cgm_bad_records_exit_with_the_row(csvs, monkeypatch):

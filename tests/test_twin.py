@@ -275,9 +275,10 @@ def test_bad_records_give_clear_errors(vanco, vanco_twins):
         parse_target("auc:conc:48:72:600:400")
 
 
-def test_prior_from_fit_reproduces_the_fit():
+def test_prior_from_fit_reproduces_the_fit(tmp_path):
     """pheno's ML fit (per-kg CL and V, Apgar < 5 on V) as a twin prior: the twins' MAP
-    equals the fit's conditional modes (the same posterior given the fit's θ, Ω, σ)."""
+    equals the fit's conditional modes (the same posterior given the fit's θ, Ω, σ), also
+    when the prior is the saved fit's path (as the CLI takes it)."""
     from pathlib import Path
 
     from cohort.inference import NLME, Covariate, ErrorModel, Param
@@ -296,6 +297,10 @@ def test_prior_from_fit_reproduces_the_fit():
     assert prior.covariates == ("APGR", "WGT")
     tw = Twins.identify(prior, frame)
     np.testing.assert_allclose(tw.laplace.eta, res.eta, atol=1e-5)
+    saved = res.save(tmp_path / "pheno_fit.nc")
+    assert TwinPrior.from_fit(saved).to_json() == prior.to_json()
+    again = Twins.identify(saved, frame)
+    np.testing.assert_array_equal(again.laplace.eta, tw.laplace.eta)
     assert Level("conc", time=24.0).name == "conc@24"
 
 

@@ -90,6 +90,51 @@ def test_fit_update_forecast_dose(csvs, monkeypatch):
     assert dose["agree"].all() and set(dose["dose"]) <= set(np.arange(250.0, 3001.0, 250.0))
     # the recommended dose attains the target at least as often as 1000 mg
     assert np.all(dose["pta"].to_numpy() >= pta.iloc[:, 0].to_numpy() - 0.02)
+    # one patient (--id), the same recommendation; a dose range too narrow is said per
+    # patient and a target after the planned doses is warned about
+    one = dose.index[2]
+    res = runner.invoke(
+        app,
+        ["twin", "dose", "twins.zarr", "--target", "auc:conc:150:174:400:600", *REGIMEN,
+         "--max-dose", "500", "--min-dose", "250", "--strength", "250", "--draws", "200",
+         "--id", str(one), "--report", "d1"],
+    )  # fmt: skip
+    assert res.exit_code == 0, res.output
+    d1 = pd.read_csv(csvs / "d1" / "dose.csv", index_col=0)
+    assert list(d1.index) == [one] and d1["dose"].iloc[0] in (250.0, 500.0)
+    assert "more than one dosing interval after the last planned dose" in flat(res)
+    assert d1["bound"].iloc[0] in ("max dose", "min dose")
+    for args, text in (
+        (["forecast", "twins.zarr", "--draws", "0"], "--draws must be >= 2"),
+        (["forecast", "twins.zarr", "--id", "99"], "--id 99: no such patient"),
+    ):
+        res = runner.invoke(app, ["twin", *args, "--report", "bad"])
+        assert res.exit_code == 2 and text in flat(res), res.output
+        assert not (csvs / "bad").exists()  # a failed command leaves no report folder
+
+
+def test_implausible_records_and_changed_covariates_are_warned(csvs, tmp_path, monkeypatch):
+    """Accepted (a real patient may lie outside a design range) but said: a weight in grams,
+    a negative concentration, the parameter estimates they lead to, and a covariate that
+    changes in an update (twins use baseline covariates)."""
+    monkeypatch.chdir(tmp_path)
+    day0 = pd.read_csv(csvs / "day0.csv")
+    day0.loc[day0.ID == 1, "WT"] *= 1000.0
+    day0.loc[(day0.ID == 2) & (day0.EVID == 0), "DV"] = -2.0
+    day0.to_csv("grams.csv", index=False)
+    res = runner.invoke(app, ["twin", "fit", "grams.csv", "--prior", str(PRIOR), "-o", "g.zarr"])
+    assert res.exit_code == 0, res.output
+    out = flat(res)
+    assert "ID 1: WT" in out and "outside the prior's range 40-180" in out
+    assert "outside the prior's plausible range" in out and "negative concentration" in out
+    res = runner.invoke(app, ["twin", "fit", str(csvs / "day0.csv"), "--prior", str(PRIOR)])
+    assert res.exit_code == 0 and "warning" not in res.output
+    day1 = pd.read_csv(csvs / "day1.csv").merge(day0[["ID", "CRCL"]].drop_duplicates("ID"), on="ID")
+    day1["CRCL"] = day1["CRCL"] / 4.0
+    day1.to_csv("day1_crcl.csv", index=False)
+    res = runner.invoke(app, ["twin", "update", "twins.zarr", "day1_crcl.csv"])
+    assert res.exit_code == 0, res.output
+    assert "twins use baseline covariates" in flat(res) and "CRCL" in flat(res)
 
 
 def test_update_with_bad_records_exits_2_and_keeps_the_store(csvs, monkeypatch):

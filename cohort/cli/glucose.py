@@ -120,7 +120,7 @@ def glucose(
         from cohort.store import report_directory
         from cohort.store.safety import claim_file
 
-        folder = report_directory(plots, overwrite=overwrite, flag="--plots")
+        folder = report_directory(plots, overwrite=overwrite, flag="--plots", create=False)
         figures = [claim_file(folder, name, overwrite=overwrite, flag="--plots")
                    for name in ("glucose_band.png", "cvga.png")]  # fmt: skip
     options = ClosedLoopOptions(
@@ -201,6 +201,13 @@ def glucose(
     console.print(describe(spent, ahead_spent), style="dim")
     if figures is not None:
         from cohort.glucose.plots import cvga_plot, glucose_band
+        from cohort.store import report_directory
+        from cohort.store.safety import claim_file
+
+        # made now that there is something to write (checked above, before the run)
+        folder = report_directory(plots, overwrite=overwrite, flag="--plots")
+        figures = [claim_file(folder, p.name, overwrite=overwrite, flag="--plots")
+                   for p in figures]  # fmt: skip
 
         for p in (glucose_band(ds, figures[0]), cvga_plot(ds, figures[1])):
             console.print(f"wrote {escape(str(p))}")

@@ -24,14 +24,20 @@ _PRIOR_HELP = "population prior: a priors spec with an [error] section (.toml) o
 
 
 def _report(path: Path | None, overwrite: bool) -> Path | None:
+    """``--report`` checked before any work; the folder is made by the first :func:`_file`,
+    so a command that fails leaves nothing behind."""
     from cohort.store import report_directory
 
-    return None if path is None else report_directory(path, overwrite=overwrite, flag="--report")
+    if path is None:
+        return None
+    return report_directory(path, overwrite=overwrite, flag="--report", create=False)
 
 
 def _file(folder: Path, name: str, overwrite: bool) -> Path:
+    from cohort.store import report_directory
     from cohort.store.safety import claim_file
 
+    report_directory(folder, overwrite=overwrite, flag="--report")
     return claim_file(folder, name, overwrite=overwrite)
 
 
@@ -189,6 +195,37 @@ def update(
         _write_individual(tw, folder, overwrite)
 
 
+def _pk_twins(store: Path, ids: list[str], command: str):
+    """The PK twins of ``store`` (all, or the patients ``ids`` as written by the user)."""
+    from cohort.twin import open_twins
+
+    tw = open_twins(store)
+    if hasattr(tw, "replay"):
+        fail(
+            f"{store} holds CGM (type 1 diabetes) twins: `cohort twin {command}` is for PK "
+            "twins; CGM twins replay their days under altered therapy (`cohort twin cgm "
+            "--bolus-scale/--basal-scale`, or CGMTwins.replay), with P(glucose < 70)"
+        )
+    if ids:
+        known = {str(_plain(i)): i for i in tw.ids.tolist()}
+        missing = [i for i in ids if i not in known]
+        if missing:
+            shown = ", ".join(list(known)[:10]) + (" ..." if len(known) > 10 else "")
+            fail(f"--id {missing[0]}: no such patient in {store} (patients: {shown})")
+        tw = tw.select([known[i] for i in ids])
+    return tw
+
+
+def _plain(x):
+    x = x.item() if hasattr(x, "item") else x
+    return int(x) if isinstance(x, float) and x.is_integer() else x
+
+
+def _check_draws(draws: int) -> None:
+    if draws < 2:
+        fail(f"--draws must be >= 2 (bands and probabilities come from the draws), got {draws}")
+
+
 def _regimen(amt, start, ii, addl, duration):
     from cohort.dosing import Regimen
 
@@ -236,6 +273,7 @@ def forecast(
     ),
     draws: int = typer.Option(500, help="posterior draws"),
     seed: int = typer.Option(0, help="random seed"),
+    patient: list[str] = typer.Option([], "--id", help="only this patient (repeat for more)"),
     later: Path = typer.Option(None, help="later observations (CSV) drawn over the bands"),
     report: Path = typer.Option(Path("twin_forecast"), help="directory for CSV and figure"),
     overwrite: bool = typer.Option(False, help="replace an existing --report by cohort"),
@@ -243,12 +281,13 @@ def forecast(
     """Posterior-predictive bands (5/25/50/75/95 %) and probability of target attainment."""
     import pandas as pd
 
-    from cohort.twin import open_twins, plots
+    from cohort.twin import plots
     from cohort.twin.targets import parse_target
 
     targets = [parse_target(t) for t in target]
+    _check_draws(draws)
     folder = _report(report, overwrite)
-    tw = open_twins(store)
+    tw = _pk_twins(store, patient, "forecast")
     t0 = time.perf_counter()
     fc = tw.forecast(
         _regimen(amt, start, ii, addl, duration),
@@ -287,30 +326,36 @@ def dose(
     addl: int = typer.Option(1, help="additional doses"),
     duration: float = typer.Option(None, help="infusion duration (none: bolus)"),
     max_dose: float = typer.Option(..., help="largest dose per administration"),
+    min_dose: float = typer.Option(None, help="smallest dose (default: one --strength)"),
     strength: float = typer.Option(None, help="doses are multiples of this (e.g. 250 mg)"),
     intervals: str = typer.Option(None, help="also choose the interval from these, e.g. 8,12,24"),
     objective: str = typer.Option("pta", help="pta (maximise attainment) | center"),
     draws: int = typer.Option(500, help="posterior draws"),
     seed: int = typer.Option(0, help="random seed"),
+    patient: list[str] = typer.Option([], "--id", help="only this patient (repeat for more)"),
     report: Path = typer.Option(Path("twin_dose"), help="directory for CSV and figure"),
     overwrite: bool = typer.Option(False, help="replace an existing --report by cohort"),
 ):
     """Recommend each patient's dose (and interval) for a target, checked against a grid."""
-    from cohort.twin import open_twins, plots
+    from cohort.twin import plots
     from cohort.twin.targets import parse_target
 
     tgt = parse_target(target)
+    _check_draws(draws)
+    if min_dose is not None and not 0 < min_dose <= max_dose:
+        fail(f"--min-dose must be > 0 and <= --max-dose ({max_dose:g}), got {min_dose:g}")
     folder = _report(report, overwrite)
     try:
         ivals = [float(x) for x in intervals.split(",")] if intervals else None
     except ValueError:
         fail(f"--intervals {intervals!r}: give numbers separated by commas, e.g. 8,12,24")
-    tw = open_twins(store)
+    tw = _pk_twins(store, patient, "dose")
     t0 = time.perf_counter()
     rec = tw.recommend(
         _regimen(1.0, start, ii, addl, duration),
         tgt,
         max_dose=max_dose,
+        min_dose=min_dose,
         strength=strength,
         intervals=ivals,
         objective=objective,
@@ -328,6 +373,7 @@ def dose(
         "gradient optimum",
         "grid best",
         "agree",
+        "note",
         title="recommended doses",
     )
     for pid, row in rec.head(20).iterrows():
@@ -339,8 +385,13 @@ def dose(
             f"{row['dose_gradient']:.1f}",
             f"{row['dose_grid']:g}",
             "yes" if row["agree"] else "[red]no[/]",
+            f"[yellow]{row['bound']}[/]" if row["bound"] else "",
         )
+    if len(rec) > 20:
+        table.caption = f"first 20 of {len(rec)} patients (all in dose.csv)"
     console.print(table)
+    for text in rec.attrs.get("warnings", []):
+        console.print(f"[yellow]warning:[/] {escape(text)}")
     console.print(f"{tw.n} recommendations in {time.perf_counter() - t0:.1f} s")
     console.print(f"report: {csv}, {fig}")
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from cohort.dosing import DosingError, EventTable, records_table
+from cohort.errors import CohortWarning
 from cohort.models.base import Model
 
 # Data items with a fixed meaning; every other numeric column is a covariate.
@@ -244,6 +246,16 @@ def validate(raw: pd.DataFrame, model: Model | None = None) -> pd.DataFrame:
     dv_missing = np.isnan(out["DV"].to_numpy())
     if "MDV" not in out:
         out["MDV"] = np.where((evid != 0) | dv_missing, 1.0, 0.0)
+        unused = np.flatnonzero((evid == 0) & dv_missing)
+        if unused.size:  # said, not dropped silently
+            shown = ", ".join(str(int(r)) for r in rows[unused][:5])
+            warnings.warn(
+                f"record(s) {shown}{' ...' if unused.size > 5 else ''}: EVID 0 without a DV "
+                f"({unused.size} in all) are not used as observations (MDV=1); give the DV, or "
+                "an MDV column to say so explicitly",
+                CohortWarning,
+                stacklevel=3,
+            )
     mdv = out["MDV"].to_numpy()
     for i in np.flatnonzero(~np.isin(mdv, (0, 1))):
         problems.append(Problem(int(rows[i]), "MDV", f"MDV {mdv[i]:g} is not 0 or 1"))

@@ -207,9 +207,13 @@ def claim_file(
     return target
 
 
-def report_directory(path: str | os.PathLike | None, *, overwrite: bool, flag: str) -> Path:
+def report_directory(
+    path: str | os.PathLike | None, *, overwrite: bool, flag: str, create: bool = True
+) -> Path:
     """A directory for several output files: new, empty or cohort's own; an existing directory
-    holding other files is refused (the user's files are never mixed with ours)."""
+    holding other files is refused (the user's files are never mixed with ours). With
+    ``create=False`` only checked (a command checks before its work and creates the folder
+    when it writes, so a failed command leaves no empty folder behind)."""
     p = check_path(path, flag)
     if p.exists():
         if p.is_file():
@@ -219,5 +223,6 @@ def report_directory(path: str | os.PathLike | None, *, overwrite: bool, flag: s
                 f"{flag} {str(path)!r} exists, is not empty and was not written by cohort; "
                 "choose a new directory"
             )
-    mark_directory(p, "report")
+    if create:
+        mark_directory(p, "report")
     return p

@@ -188,9 +188,37 @@ def recommend(
             better = row["pta"] > best["pta"] + 1e-12
             best = best.where(~better, row)
     best["agree"] = best["pta"] >= best["pta_grid"] - 1.0 / n_draws - 1e-12
+    # a recommendation on a bound of the dose range is a constraint, not an optimum: say so
+    best["bound"] = np.where(
+        best["dose"] >= grid[-1] - 1e-9 * max_dose,
+        "max dose",
+        np.where(best["dose"] <= grid[0] + 1e-9 * max_dose, "min dose", ""),
+    )
     chosen = best["ii"].to_numpy()  # each patient's attainment curve at its chosen interval
     curves = np.stack([by_interval[chosen[k]][:, k] for k in range(twins.n)], axis=1)
     best.attrs.update(
-        target=target.label, objective=objective, n_draws=n_draws, grid=grid, pta_grid=curves
-    )
+        target=target.label, objective=objective, n_draws=n_draws, grid=grid, pta_grid=curves,
+        warnings=_warnings(template, target, best),
+    )  # fmt: skip
     return best
+
+
+def _warnings(template: Regimen, target: Target, best: pd.DataFrame) -> list[str]:
+    """What makes a recommendation questionable although it is the optimum asked for."""
+    out = []
+    last = template.time + template.addl * template.ii
+    window = np.asarray(target.times(), float)
+    reach = template.ii if template.ii > 0 else 24.0
+    if window.min() > last + reach:
+        out.append(
+            f"the target ({target.label}) starts at {window.min():g}, more than one dosing "
+            f"interval after the last planned dose ({last:g}): the planned doses reach it only "
+            "through what is left of them; plan doses up to the target window"
+        )
+    low = best["pta"] < 0.5
+    if low.any():
+        out.append(
+            f"{int(low.sum())} of {len(best)} patient(s) reach the target with probability < 0.5 "
+            "at the recommended dose: no dose in the allowed range (and interval) does better"
+        )
+    return out

@@ -138,10 +138,15 @@ def forecast(
     for t in targets:
         if t.output not in model.output_names:
             raise TwinError(f"target {t.name}: {t.output!r} is not an output of {model.name!r}")
+    if int(n_draws) < 2:
+        raise TwinError(f"n_draws: bands need at least 2 posterior draws, got {n_draws}")
     _check_future(twins, regimen)
     table = event_table(twins, regimen)
     if times is None:
-        end = float(twins.data.records["TIME"].max()) + 24.0
+        # from 0 to a day past the last record or planned dose, and past every target window
+        doses = table.time[(table.evid == 1) & np.isfinite(table.time)]
+        end = max(float(twins.data.records["TIME"].max()), float(doses.max(initial=0.0)))
+        end = max([end + 24.0, *[float(np.max(t.times())) for t in targets]])
         times = np.arange(0.0, end + 1e-9, 0.5)
     times = np.asarray(times, float)
     grid = np.unique(np.concatenate([times, *[t.times() for t in targets]]))

@@ -65,6 +65,8 @@ def forecast_bands(
     for ax in axes.ravel()[len(ids) :]:
         ax.axis("off")
     axes[0, 0].legend(fontsize=7)
+    if fc.sizes["patient"] > len(ids):
+        fig.suptitle(f"first {len(ids)} of {fc.sizes['patient']} patients", fontsize=9)
     return save_figure(fig, path)
 
 
@@ -80,7 +82,8 @@ def attainment_curves(rec: pd.DataFrame, path: str | Path, max_patients: int = 1
     ax.set_xlabel(f"dose per administration ({rec.attrs.get('dose_units', 'mg')})")
     ax.set_ylabel(f"P({rec.attrs['target']})")
     ax.set_ylim(-0.02, 1.02)
-    ax.set_title("target attainment by dose (★ recommended)")
+    shown = "" if len(rec) <= max_patients else f", first {max_patients} of {len(rec)} patients"
+    ax.set_title(f"target attainment by dose (★ recommended{shown})")
     ax.legend(title="patient", fontsize=7, ncol=2)
     return save_figure(fig, path)
 

@@ -131,8 +131,12 @@ class TwinPrior:
     @classmethod
     def from_fit(cls, fit: Any, name: str | None = None) -> TwinPrior:
         """From a :class:`~cohort.inference.FitResult` (ML or Bayesian point estimates):
-        θ, covariate effects (reference values resolved to numbers), Ω and σ."""
+        θ, covariate effects (reference values resolved to numbers), Ω and σ; or from the
+        path of a saved fit result (as :meth:`from_file`)."""
         from cohort.inference.export import prior_description
+
+        if isinstance(fit, (str, Path)):
+            return cls.from_file(fit)
 
         try:
             raw = prior_description(fit, name)

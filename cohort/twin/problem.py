@@ -9,6 +9,7 @@ with known Ω and σ), so nothing population-level is estimated.
 from __future__ import annotations
 
 import dataclasses
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -16,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from cohort.data import Dataset, read_nonmem
+from cohort.errors import CohortWarning
 from cohort.inference.problem import BoundModel, Pop, array_module, bind
 from cohort.inference.spec import NLME, ErrorModel, Param
 from cohort.twin.prior import TwinError, TwinPrior, show_id
@@ -88,7 +90,86 @@ def read_records(records: pd.DataFrame | str, prior: TwinPrior) -> Dataset:
     _check_not_cgm(prior)
     data = read_nonmem(records, prior.model)
     _check_doses_first(data, prior)
+    _warn_time_varying(data, prior)
+    _warn_implausible_records(data, prior)
     return data
+
+
+def _warn_implausible_records(data: Dataset, prior: TwinPrior) -> None:
+    """Covariates outside the range the prior declares (a weight in grams, a creatinine
+    clearance in mL/s) and negative concentrations are accepted (a real patient may lie
+    outside a design range) but said, naming the first patient."""
+    base = data.covariates
+    for c in prior.spec.covariates:
+        lo, hi = c.args.get("lower", -np.inf), c.args.get("upper", np.inf)
+        if c.name not in base or not (np.isfinite(lo) or np.isfinite(hi)):
+            continue
+        v = base[c.name].to_numpy(float)
+        out = np.flatnonzero((v < lo) | (v > hi))
+        if out.size:
+            k = int(out[0])
+            warnings.warn(
+                f"ID {show_id(base.index[k])}: {c.name} {v[k]:g} {c.units} is outside the "
+                f"prior's range {lo:g}-{hi:g} ({out.size} patient(s)); check its units: the "
+                "twin extrapolates the covariate model there",
+                CohortWarning,
+                stacklevel=4,
+            )
+    if prior.output.startswith("conc"):
+        obs = data.records[(data.records["EVID"] == 0) & (data.records["MDV"] == 0)]
+        neg = obs[obs["DV"] < 0]
+        if len(neg):
+            row = neg.iloc[0]
+            warnings.warn(
+                f"record {int(row['ROW'])} (ID {show_id(row['ID'])}): DV {row['DV']:g} is a "
+                f"negative concentration ({len(neg)} such record(s)); a sample below the "
+                "limit of quantification belongs in CENS/LLOQ columns",
+                CohortWarning,
+                stacklevel=4,
+            )
+
+
+def implausible_parameters(prior: TwinPrior, ids, values: dict[str, np.ndarray]) -> list[str]:
+    """Messages for individual estimates (``values[name] [N]``) outside the plausible range
+    the prior declares for a parameter (``[parameters.X] lower/upper``)."""
+    out = []
+    for p in prior.spec.parameters:
+        if p.name not in values or not (np.isfinite(p.lower) or np.isfinite(p.upper)):
+            continue
+        v = np.asarray(values[p.name], float)
+        bad = np.flatnonzero((v < p.lower) | (v > p.upper))
+        if bad.size:
+            k = int(bad[0])
+            out.append(
+                f"ID {show_id(ids[k])}: {p.name} {v[k]:.4g} {p.units} is outside the prior's "
+                f"plausible range {p.lower:g}-{p.upper:g} ({bad.size} patient(s)); check the "
+                "records (units, doses, sample times)"
+            )
+    return out
+
+
+def _warn_time_varying(data: Dataset, prior: TwinPrior) -> None:
+    """Twins use each patient's baseline covariates (the first record's): say so, naming the
+    first change, when a covariate the prior uses changes later (e.g. a new weight in an
+    update), instead of ignoring it silently."""
+    used = [c for c in prior.covariates if c in data.records]
+    changing = data.time_varying(used) if used else []
+    if not changing:
+        return
+    rec = data.records
+    col = changing[0]
+    first = rec.groupby("ID", sort=False)[col].transform("first")
+    moved = rec[(rec[col] != first) & rec[col].notna()].iloc[0]
+    base = first.loc[moved.name]
+    keep = "keeps its first value" if len(changing) == 1 else "keep their first values"
+    warnings.warn(
+        f"record {int(moved['ROW'])} (ID {show_id(moved['ID'])}): {col} {moved[col]:g} differs "
+        f"from the patient's first value {base:g}; twins use baseline covariates (time-varying "
+        f"covariates are not modelled), so {', '.join(changing)} {keep}. To use the new value, "
+        "identify the twin again from records carrying it",
+        CohortWarning,
+        stacklevel=3,
+    )
 
 
 def _check_doses_first(data: Dataset, prior: TwinPrior) -> None:

@@ -6,16 +6,24 @@ from __future__ import annotations
 import dataclasses
 import functools
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from cohort.data import Dataset
+from cohort.errors import CohortWarning
 from cohort.twin import posterior
 from cohort.twin.blocks import blocks, solve_blocks, take_rows
 from cohort.twin.prior import TwinError, TwinPrior
-from cohort.twin.problem import TwinBound, bind_twins, prior_pop, read_records
+from cohort.twin.problem import (
+    TwinBound,
+    bind_twins,
+    implausible_parameters,
+    prior_pop,
+    read_records,
+)
 
 METHODS = ("laplace", "nuts")
 
@@ -66,7 +74,7 @@ class Twins:
         ``KeptCheckpoint``, kept until you have saved them and call its ``remove``), so that
         the same call after a crash computes only the rest (:mod:`cohort.twin.checkpoint`)."""
         if not isinstance(prior, TwinPrior):
-            prior = TwinPrior.from_spec(prior)
+            prior = TwinPrior.from_file(prior)  # a priors spec or a saved `cohort fit` result
         if method not in METHODS:
             raise TwinError(f"method: {method!r} is not one of {METHODS}")
         data = read_records(records, prior)
@@ -102,7 +110,11 @@ class Twins:
             "last_time": data.records.groupby("ID", sort=False)["TIME"].max().tolist(),
             "posterior_sd": sd.tolist(),
         }
-        return cls(prior, data, bm, lap, method, samples, (*history, entry), opts)
+        twins = cls(prior, data, bm, lap, method, samples, (*history, entry), opts)
+        ind = twins.individual()
+        for text in implausible_parameters(prior, twins.ids, {n: ind[n] for n in prior.names}):
+            warnings.warn(text, CohortWarning, stacklevel=3)
+        return twins
 
     # -- basic views ---------------------------------------------------------------------------
     @property
@@ -118,6 +130,32 @@ class Twins:
             f"Twins({self.n} patients, model={self.prior.model.name!r}, prior="
             f"{self.prior.name!r}, method={self.method!r}, updates={len(self.history) - 1})"
         )
+
+    def select(self, ids) -> Twins:
+        """These twins of the patients ``ids`` only (in the records' order), e.g. to forecast
+        or dose one patient of a ward's store."""
+        ids = list(np.atleast_1d(ids))
+        index = {pid: k for k, pid in enumerate(self.ids.tolist())}
+        missing = [i for i in ids if i not in index]
+        if missing:
+            raise TwinError(f"select: no twin of patient {missing[0]!r}")
+        data = self.data.subset(ids)
+        rows = np.array([index[i] for i in data.ids.tolist()])
+
+        def take(result):
+            fields = {k: v[rows] for k, v in posterior.per_patient(result).items()}
+            return dataclasses.replace(result, **fields)
+
+        history = tuple(
+            {k: ([v[r] for r in rows] if isinstance(v, list) and len(v) == self.n else v)
+             for k, v in entry.items()}
+            for entry in self.history
+        )  # fmt: skip
+        samples = None if self.samples is None else take(self.samples)
+        return Twins(
+            self.prior, data, bind_twins(self.prior, data), take(self.laplace), self.method,
+            samples, history, self.options,
+        )  # fmt: skip
 
     @property
     def ok(self) -> np.ndarray:
