@@ -47,6 +47,11 @@ def test_fit_update_forecast_dose(csvs, monkeypatch):
     tw = open_twins("twins.zarr")
     assert tw.data.n_observations == 24 and len(tw.history) == 2
     assert open_twins("twins.zarr", update=0).data.n_observations == 12
+    res = runner.invoke(app, ["info", "twins.zarr"])
+    assert res.exit_code == 0, res.output
+    out = flat(res)
+    assert "twins of 6 patient(s), model pk2_iv" in out and "usable posteriors: 6/6" in out
+    assert "│ identify │ 12 observations" in out and "│ update │ 24 observations" in out
     target = "auc:conc:72:96:400:600"
     res = runner.invoke(
         app,

@@ -591,6 +591,57 @@ def _fit_info(path: Path) -> None:
             console.print(f"  {key}: {escape(str(a[key]))}")
 
 
+def _is_twin_store(path: Path) -> bool:
+    """A twin store of `cohort twin` (its root's kind, read from the zarr metadata)."""
+    import json
+
+    meta = path / "zarr.json"
+    try:
+        attrs = json.loads(meta.read_text()).get("attributes", {}) if meta.is_file() else {}
+    except (OSError, ValueError):
+        return False
+    return attrs.get("kind") == "cohort-twins"
+
+
+def _twin_info(path: Path) -> None:
+    """`cohort info` of a twin store: model, prior, patients, every stored update and the
+    current estimates."""
+    from cohort.twin import open_twins
+
+    tw = open_twins(path)
+    size = _disk_bytes(path)
+    on_disk = "" if size is None else f" ({_human_bytes(size)} on disk)"
+    console.print(
+        f"[bold]{escape(str(path))}[/]: twins of {tw.n:,} patient(s), model "
+        f"{escape(tw.prior.model.name)}, prior {escape(tw.prior.name)}, method {tw.method}"
+        + on_disk
+    )
+    table = Table("update", "step", "records seen", "seconds")
+    for k, entry in enumerate(tw.history):
+        seen = entry.get("rows")
+        if seen is None:
+            seen = f"{int(sum(entry.get('n_observations', []))):,} observations"
+        seconds = entry.get("seconds")
+        table.add_row(
+            str(k),
+            str(entry.get("step", entry.get("method", ""))),
+            str(seen),
+            "" if seconds is None else f"{float(seconds):.1f}",
+        )
+    console.print(table)
+    ind = tw.individual()
+    if hasattr(tw, "replay"):  # CGM twins: posterior medians (their intervals: `twin cgm`)
+        ind = ind[[c for c in ind.columns if f"{c}_q05" in ind.columns] + ["mard", "ok"]]
+    shown = ind.head(10)
+    est = Table("ID", *[str(c) for c in shown.columns], title="current estimates")
+    for pid, row in shown.iterrows():
+        est.add_row(str(pid), *[f"{v:.4g}" if isinstance(v, float) else str(v) for v in row])
+    if len(ind) > 10:
+        est.caption = f"first 10 of {len(ind)} patients"
+    console.print(est)
+    console.print(f"  usable posteriors: {int(tw.ok.sum())}/{tw.n}")
+
+
 def _human_bytes(n: int) -> str:
     for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
         if n >= scale:
@@ -607,15 +658,19 @@ def _disk_bytes(store: Path) -> int | None:
 
 
 @command
-def info(store: Path = typer.Argument(..., help="result store or fit result written by cohort")):
-    """Describe a result store (sizes, variables with units, provenance, status counts) or a
-    fit result of `cohort fit` (settings and estimates)."""
+def info(
+    store: Path = typer.Argument(..., help="result store, fit result or twin store of cohort"),
+):
+    """Describe a result store (sizes, variables with units, provenance, status counts), a
+    fit result of `cohort fit` (settings and estimates) or a twin store (updates, estimates)."""
     import pandas as pd
 
     from cohort.store import open_result
 
     if _is_fit(store):
         return _fit_info(store)
+    if _is_twin_store(store):
+        return _twin_info(store)
     ds = open_result(store)
     size = _disk_bytes(store)
     on_disk = "" if size is None else f" ({_human_bytes(size)} on disk)"

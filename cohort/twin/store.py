@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +26,7 @@ import xarray as xr
 import zarr
 
 from cohort._version import __version__
-from cohort.errors import OutputError
+from cohort.errors import CohortWarning, OutputError
 from cohort.store import locks_output
 from cohort.store.safety import check_path, prepare_output, written_by_cohort
 from cohort.store.zarr_store import new_layout
@@ -186,7 +187,9 @@ def open_twins(path: str | Path, update: int | None = None):
         return CGMTwins.from_store(prior, read)
     rec = read("records")
     frame = pd.DataFrame({c: rec[c].to_numpy() for c in rec.data_vars})
-    data = read_records(frame, prior)
+    with warnings.catch_warnings():  # said when the records were added, not at every reopening
+        warnings.simplefilter("ignore", CohortWarning)
+        data = read_records(frame, prior)
     bm = bind_twins(prior, data)
     fit = read("map")
     lap, samples = read_posterior(fit, read, prior.eta_names)
