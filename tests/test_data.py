@@ -82,6 +82,13 @@ def test_non_numeric_values():
         read_nonmem(df)
 
 
+def test_text_ids_are_one_problem_with_the_fix():
+    df = frame(ID=["A01"] * 3 + ["B02"] * 3)
+    assert problems(df) == [(1, "ID")]
+    with pytest.raises(DataError, match=r"IDs are text \('A01', 'B02', ... in 6 rows\)"):
+        read_nonmem(df)
+
+
 def test_unsorted_time_within_id():
     df = frame(TIME=[0.0, 4.0, 1.0, 0.0, 2.0, 8.0])
     with pytest.raises(DataError, match=r"row 3, column TIME: time 1 is earlier"):

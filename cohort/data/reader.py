@@ -131,7 +131,19 @@ def _numbers(raw: pd.Series, column: str, rows: np.ndarray, problems: list[Probl
     missing = _cells_missing(raw)
     text = raw.where(~missing) if raw.dtype == object else raw
     values = pd.to_numeric(text, errors="coerce").to_numpy(dtype=float)
-    for i in np.flatnonzero(np.isnan(values) & ~missing):
+    bad = np.flatnonzero(np.isnan(values) & ~missing)
+    if column == "ID" and bad.size > 1:  # text IDs (e.g. 'A01'): one problem, not one per row
+        shown = ", ".join(repr(v) for v in pd.unique(raw.iloc[bad])[:3])
+        problems.append(
+            Problem(
+                int(rows[bad[0]]),
+                column,
+                f"IDs are text ({shown}, ... in {bad.size} rows); NONMEM-style records need "
+                "numeric IDs: number the patients (1, 2, 3, ...) and keep the key beside",
+            )
+        )
+        return values
+    for i in bad:
         problems.append(Problem(int(rows[i]), column, f"value {raw.iloc[i]!r} is not a number"))
     return values
 

@@ -179,13 +179,14 @@ def forecast(
             )
         )
         band = np.nanquantile(y[:, :, pos], q, axis=1)
+        long_name = f"next measured {obs} (with residual error)"
+        if obs.startswith("conc"):  # an assay reports no negative concentration
+            band = np.maximum(band, 0.0)
+            long_name += "; quantiles below 0 shown as 0"
         ds[f"{obs}_obs"] = (
             ("patient", "quantile", "time"),
             np.moveaxis(band, 0, 1),
-            {
-                "units": units.get(obs, ""),
-                "long_name": f"next measured {obs} (with residual error)",
-            },
+            {"units": units.get(obs, ""), "long_name": long_name},
         )
     for k, t in enumerate(targets):
         idx = np.searchsorted(grid, t.times())
