@@ -6,6 +6,7 @@ control stream reproducing NONMEM's estimates; unsupported constructs refused wi
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -237,3 +238,28 @@ def test_options_that_redefine_a_control_stream_are_refused(tmp_path):
                               "-o", str(tmp_path / "f.nc")])  # fmt: skip
     assert res.exit_code == 2
     assert "it sets the model; drop --model" in " ".join(res.output.split())
+
+
+@pytest.mark.parametrize(
+    ("estimation", "said"),
+    [
+        ("$ESTIMATION METHOD=0", "METHOD=0 (FO) is not available"),
+        ("$ESTIMATION METHOD=1", "METHOD=1 without INTERACTION"),
+        ("$ESTIMATION METHOD=SAEM INTERACTION", "METHOD=SAEM is not available"),
+        ("$ESTIMATION METHOD=1 INTERACTION", None),
+    ],
+)
+def test_an_estimation_method_run_differently_is_said(tmp_path, estimation, said):
+    """FO, FOCE without INTERACTION and SAEM/IMP are fitted as FOCE-I: the control stream's
+    note says so (the CLI prints it as a warning) instead of a silent substitution."""
+    from cohort.inference.nonmem import read_control_stream
+
+    simulated_records(n=4).to_csv(tmp_path / "sim.csv", index=False)
+    text = re.sub(r"^\$EST[^\n]*", estimation, RUN_MOD, flags=re.M)
+    (tmp_path / "run.mod").write_text(text)
+    stream = read_control_stream(tmp_path / "run.mod")
+    assert stream.method == "ml" and stream.approx == "foce"
+    if said is None:
+        assert stream.note == ""
+    else:
+        assert said in stream.note and "FOCE-I" in stream.note

@@ -109,6 +109,10 @@ def test_flip_flop_data_is_reported_and_exits_nonzero(tmp_path):
     assert "flip-flop mode (KA below CL/V) fits better" in _flat(res)
     assert "--allow-unconverged" in _flat(res) and (tmp_path / "fit.nc").exists()
     assert attrs["diagnostic_mirror_ofv"] < attrs["ofv"] - 100
+    # the verdict is stored with the result, not "converged" alone
+    assert attrs["diagnostic_verdict"].startswith("rejected: the flip-flop mode")
+    info = runner.invoke(app, ["info", str(tmp_path / "fit.nc")])
+    assert "diagnostic_verdict: rejected" in _flat(info)
     # starting from the flip-flop mode itself gives the truth, and says it is flip-flop
     (tmp_path / "fit.nc").unlink()
     inits = ("--init", "CL=3", "--init", "V=15", "--init", "KA=0.05")
@@ -284,3 +288,42 @@ def test_fit_refuses_data_it_cannot_learn_from(tmp_path, rows, message):
     assert res.exit_code == 2, res.output
     assert message in _flat(res) and "Traceback" not in res.output
     assert not (tmp_path / "f.nc").exists()
+
+
+def test_measured_zeros_under_proportional_error_are_refused_by_row(tmp_path):
+    """A DV of 0 under proportional error has the residual -1/sigma whatever the prediction:
+    it can only inflate sigma (seen: CL 0.027 for 3, every SE NaN). Refused before the fit,
+    one line naming the rows; without a CMT column the CLI says where the doses go."""
+    import pandas as pd
+
+    frame = pd.read_csv(DATA / "theoph_nonmem.csv").drop(columns=["CMT"])
+    frame["DV"] = pd.to_numeric(frame["DV"], errors="coerce")
+    first = frame.index[frame["EVID"] == 0][:2]
+    frame.loc[first, "DV"] = 0.0
+    frame.to_csv(tmp_path / "zeros.csv", index=False)
+    res, _, _ = _fit(tmp_path, tmp_path / "zeros.csv", "--params", "CL,V,KA", "--error",
+                     "proportional")  # fmt: skip
+    assert res.exit_code == 2, res.output
+    text = _flat(res)
+    # rows 2 and 3 made 0 here, and the pre-dose zeros Theoph has already (9 subjects)
+    assert "rows 2, 3, 14, 26, 38, ... (11 rows), column DV: DV 0 under proportional" in text
+    assert "no CMT column: every dose goes into 'depot' of pk1_oral" in text
+    assert not (tmp_path / "fit.nc").exists()
+
+
+def test_an_iiv_at_its_boundary_is_said():
+    """An IIV whose SD ends below 0.01 (CV < 1 %) is a boundary solution: said as NONMEM
+    says "near its boundary", naming the parameter and value."""
+    import pandas as pd
+
+    from cohort.data import read_nonmem
+    from cohort.inference.fit import _boundary_iiv
+    from cohort.inference.problem import bind
+
+    spec = NLME("pk1_oral", params=(Param("CL"), Param("V"), Param("KA")))
+    bm = bind(spec, read_nonmem(pd.read_csv(DATA / "theoph_nonmem.csv"), spec.model))
+    pop = bm.default_pop()
+    assert _boundary_iiv(bm, pop) == ""
+    low = pop._replace(omega=np.asarray([0.3, 1e-19, 0.5]))
+    text = _boundary_iiv(bm, low)
+    assert "IIV at its boundary (omega_V = 1e-19" in text and "--iiv without V" in text

@@ -9,7 +9,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from cohort.cli._common import command, console, err_console, fail
+from cohort.cli._common import command, console, err_console, fail, warn
 
 
 def _covariates(specs: list[str] | None, names: list[str]) -> dict:
@@ -234,6 +234,7 @@ def fit(
     if stream is None:
         spec = _spec(model or "pk1_oral", params, iiv, error or "additive",
                      omega or "diagonal", covariate, init, fix)  # fmt: skip
+        _note_dose_compartment(data, spec.model, given=model is not None)
     else:
         spec, data = stream.spec, stream.data
         console.print(
@@ -241,6 +242,8 @@ def fit(
             f"{', '.join(spec.names)} (IIV: {', '.join(spec.iiv_names)}), Ω {spec.omega}, "
             f"{spec.error.kind} error, {method} ({approx}); {len(data)} records from $DATA"
         )
+        if stream.note:
+            warn(stream.note)
     t0 = time.perf_counter()
     with console.status(f"fitting {spec.model.name} ({method})") as status:
 
@@ -270,26 +273,7 @@ def fit(
             status.stop()
             fail(str(exc))
     console.print(_table(result))
-    path = result.save(out, overwrite=overwrite)
-    line = f"{method} fit in {time.perf_counter() - t0:.1f} s -> [bold]{escape(str(path))}[/]"
-    if result.ofv is not None:
-        line += f"   OFV {result.ofv:.3f} (−2LL without N·log 2π)"
-    console.print(line)
     d = result.diagnostics
-    if "starts" in d:
-        console.print(
-            f"initial estimates: {d.get('candidates', 0)} candidates of the pooled objective "
-            f"scanned; {d['starts_agreeing']} of {d['starts']} starts reached the best OFV"
-        )
-    if "mirror_ofv" in d:
-        console.print(
-            f"flip-flop check: the mirrored mode (KA <-> CL/V) reaches OFV {d['mirror_ofv']:.3f}"
-        )
-    if report is not None:
-        from cohort.inference import plots
-
-        files = plots.report(result, report, overwrite=overwrite)
-        console.print("report: " + ", ".join(str(f) for f in files))
     trouble = []
     if method == "nuts" and "max_r_hat" in d:
         failed = list(d.get("problems", []))
@@ -305,13 +289,38 @@ def fit(
     if d.get("converged", 1) == 0:
         trouble.append(f"the optimiser did not converge ({d.get('message', '')})")
     if d.get("zero_predictions"):
-        trouble.append("observations are predicted as 0 under log-additive error (see above)")
+        trouble.append(
+            f"observations are predicted as 0 under {result.bound.spec.error.kind} error "
+            "(see above)"
+        )
     if d.get("ka_below_elimination"):
         trouble.append("the estimate is the flip-flop mode (KA below CL/V)")
     elif d.get("mirror_ofv", float("inf")) < (result.ofv or 0.0) - 0.1 and not d.get(
         "mirror_degenerate", 0
     ):
         trouble.append("the flip-flop mode (KA below CL/V) fits better than the estimate")
+    # the verdict travels with the result (`cohort info`): a fit refused here is not
+    # stored as if it had been accepted
+    result.diagnostics["verdict"] = "rejected: " + "; ".join(trouble) if trouble else "accepted"
+    path = result.save(out, overwrite=overwrite)
+    line = f"{method} fit in {time.perf_counter() - t0:.1f} s -> [bold]{escape(str(path))}[/]"
+    if result.ofv is not None:
+        line += f"   OFV {result.ofv:.3f} (−2LL without N·log 2π)"
+    console.print(line)
+    if "starts" in d:
+        console.print(
+            f"initial estimates: {d.get('candidates', 0)} candidates of the pooled objective "
+            f"scanned; {d['starts_agreeing']} of {d['starts']} starts reached the best OFV"
+        )
+    if "mirror_ofv" in d:
+        console.print(
+            f"flip-flop check: the mirrored mode (KA <-> CL/V) reaches OFV {d['mirror_ofv']:.3f}"
+        )
+    if report is not None:
+        from cohort.inference import plots
+
+        files = plots.report(result, report, overwrite=overwrite)
+        console.print("report: " + ", ".join(str(f) for f in files))
     if trouble and not allow_unconverged:
         err_console.print(
             f"[bold red]error:[/] {escape('; '.join(trouble))}; the results are saved in "
@@ -319,6 +328,23 @@ def fit(
             soft_wrap=True,
         )
         raise typer.Exit(code=1)
+
+
+def _note_dose_compartment(path: Path, model, given: bool) -> None:
+    """Without a CMT column every dose goes into the model's first dose compartment: say so,
+    since a dataset of IV doses fitted with the default oral model would put them in a depot."""
+    from cohort.data.reader import read_table
+
+    try:
+        columns = {str(c).strip().upper() for c in read_table(path).columns}
+    except Exception:  # noqa: BLE001 - the fit reports unreadable data itself
+        return
+    if "CMT" not in columns and len(model.dose_targets) > 0:
+        which = "" if given else " (the default model; --model to choose)"
+        warn(
+            f"{path.name} has no CMT column: every dose goes into {model.dose_targets[0]!r} of "
+            f"{model.name}{which}"
+        )
 
 
 def _control_stream(path: Path, **given):

@@ -585,7 +585,7 @@ def _fit_info(path: Path) -> None:
         )
     console.print(table)
     keys = ("error_model", "omega", "approximation", "n_observations", "ofv", "converged",
-            "model_hash", "cohort_version")  # fmt: skip
+            "diagnostic_verdict", "model_hash", "cohort_version")  # fmt: skip
     for key in keys:
         if key in a and str(a[key]) != "":
             console.print(f"  {key}: {escape(str(a[key]))}")

@@ -71,14 +71,33 @@ class DataError(DosingError):
 
     def __init__(self, problems: list[Problem]):
         self.problems = list(problems)
-        shown = "\n  ".join(str(p) for p in self.problems[:_MAX_LISTED])
-        more = len(self.problems) - _MAX_LISTED
+        lines = _grouped(self.problems)
+        shown = "\n  ".join(lines[:_MAX_LISTED])
+        more = len(lines) - _MAX_LISTED
         tail = f"\n  ... and {more} more" if more > 0 else ""
         if len(self.problems) == 1:
             p = self.problems[0]
             super().__init__(f"dataset {p}" if p.row or p.column not in ("file", "") else str(p))
         else:
             super().__init__(f"dataset: {len(self.problems)} problems\n  {shown}{tail}")
+
+
+def _grouped(problems: list[Problem]) -> list[str]:
+    """One line per distinct (column, message): the same problem on many rows (e.g. a dataset
+    written for another model: one unknown compartment on every dose row) is listed once with
+    its rows, not once per row."""
+    groups: dict[tuple[str, str], list[Problem]] = {}
+    for p in problems:
+        groups.setdefault((p.column, p.message), []).append(p)
+    lines = []
+    for (column, message), same in groups.items():
+        rows = [p.row for p in same if p.row]
+        if len(same) == 1 or len(rows) != len(same):
+            lines += [str(p) for p in same]
+            continue
+        listed = ", ".join(map(str, rows[:5])) + (", ..." if len(rows) > 5 else "")
+        lines.append(f"rows {listed} ({len(rows)} rows), column {column}: {message}")
+    return lines
 
 
 def read_table(path: str | Path) -> pd.DataFrame:

@@ -21,7 +21,7 @@ from cohort.data import Dataset, read_nonmem
 from cohort.inference import diagnostics, ml, posterior, sampling
 from cohort.inference.bayes import Priors, init_values
 from cohort.inference.layout import Layout
-from cohort.inference.problem import BoundModel, bind
+from cohort.inference.problem import BoundModel, bind, check_measured_zeros
 from cohort.inference.results import FitResult, individual_table, ml_summary
 from cohort.inference.spec import NLME, ErrorModel, Param, SpecError
 from cohort.models.base import Model
@@ -87,9 +87,12 @@ def _check_fittable(ds: Dataset, model: Model) -> None:
 
 def _zero_predictions(bm, pop, eta, show: int = 5) -> str:
     """Under log-additive error an individual prediction of 0 (e.g. an observation before the
-    first dose, or inside a lag time) has log −∞: the fit can only absorb it by inflating σ.
-    Names the records (ID, TIME); '' when there are none (or another error model)."""
-    if bm.spec.error.kind != "log-additive":
+    first dose, or inside a lag time) has log −∞: the fit can only absorb it by inflating σ;
+    under proportional error its residual SD is 0, so a DV of 0 there has an unbounded
+    likelihood that drags the whole fit (seen: CL 0.027 for 3, every SE NaN). Names the
+    records (ID, TIME); '' when there are none (or an error model with an additive part)."""
+    kind = bm.spec.error.kind
+    if kind not in ("log-additive", "proportional"):
         return ""
     import jax
     import jax.numpy as jnp
@@ -97,17 +100,45 @@ def _zero_predictions(bm, pop, eta, show: int = 5) -> str:
     f, _ = jax.jit(bm.predict)(pop, jnp.asarray(eta))
     f = np.asarray(f)
     obs = bm.data.observations
-    bad = np.asarray(obs.mask) & ~np.asarray(obs.cens) & ~(f > 1e-12)
+    real = np.asarray(obs.mask) & ~np.asarray(obs.cens)
+    if kind == "proportional":  # a residual SD ~0 relative to the subject's level
+        level = np.max(np.where(real, np.abs(f), 0.0), axis=1, keepdims=True)
+        bad = real & ~(np.abs(f) > 1e-6 * level)
+    else:
+        bad = real & ~(f > 1e-12)
     if not bad.any():
         return ""
     subj, j = np.nonzero(bad)
     ids = np.asarray(bm.data.ids)
     where = ", ".join(f"ID {ids[i]} TIME {obs.time[i, k]:g}" for i, k in zip(subj[:show], j[:show]))
     more = f" and {bad.sum() - show} more" if bad.sum() > show else ""
+    why = (
+        "their log is -inf, so sigma and the estimates are distorted"
+        if kind == "log-additive"
+        else "their residual SD is 0 under proportional error, so they dominate the likelihood"
+    )
     return (
-        f"{int(bad.sum())} observation(s) predicted as 0 under log-additive error ({where}{more}): "
-        "their log is -inf, so sigma and the estimates are distorted; check those records "
-        "(observations before the first dose or within a lag time) or use a combined error model"
+        f"{int(bad.sum())} observation(s) predicted as 0 under {kind} error ({where}{more}): "
+        f"{why}; check those records (observations before the first dose or within a lag time: "
+        "drop them or mark them MDV=1) or use a combined error model"
+    )
+
+
+def _boundary_iiv(bm, pop) -> str:
+    """NONMEM's "near its boundary" for an estimated IIV whose SD ends below
+    :data:`ml.BOUNDARY_SD` (CV < 1 %): '' when there is none."""
+    spec = bm.spec
+    names = [p.name for p in spec.params if p.iiv]
+    fixed = {p.name for p in spec.params if p.omega_fixed}
+    sd = np.asarray(pop.omega, float).reshape(-1)
+    low = [(n, v) for n, v in zip(names, sd) if n not in fixed and v < ml.BOUNDARY_SD]
+    if not low:
+        return ""
+    shown = ", ".join(f"omega_{n} = {v:.2g}" for n, v in low)
+    return (
+        f"IIV at its boundary ({shown}, log-scale SD): the data do not support a random effect "
+        "there; the fit is a boundary solution (its SEs are not meaningful): drop the random "
+        f"effect (--iiv without {low[0][0]}) or fix its SD"
     )
 
 
@@ -171,6 +202,7 @@ def fit(
             "(NUTS and SVI take 'diagonal' or 'full', with an LKJ prior)"
         )
     bm = bind(spec, _dataset(data, spec.model), engine, ode_options)
+    check_measured_zeros(bm)
     if init == "auto":
         init = "ml" if bm.n_subjects <= 200 else "pooled"
     if init not in ("ml", "pooled", "default"):
@@ -210,6 +242,9 @@ def fit(
         zero = _zero_predictions(bm, est.pop, est.eta)
         if zero:
             problems.append(zero)
+        boundary = _boundary_iiv(bm, est.pop)
+        if boundary:
+            problems.append(boundary)
         if problems:
             diagnostics.warn(problems, "ML fit")
         start_pop, start_eta = est.pop, est.eta
@@ -228,6 +263,7 @@ def fit(
                 "iterations": est.n_iterations,
                 "message": est.message,
                 "zero_predictions": int(bool(zero)),
+                "iiv_at_boundary": int(bool(boundary)),
                 **{k: v for k, v in est.starts.items() if not isinstance(v, bool)},
                 **{k: int(v) for k, v in est.starts.items() if isinstance(v, bool)},
             },

@@ -54,7 +54,9 @@ class ControlStreamError(CohortError, ValueError):
 class ControlStream:
     """What a control stream asks for: the model ``spec``, the ``data`` (``$DATA`` read with
     ``$INPUT``, ``IGNORE``/``ACCEPT`` applied), the estimation ``method`` (``ml`` for
-    FOCE/FOCE-I/Laplace, ``nuts`` for BAYES/NUTS) and the ``source`` path."""
+    FOCE/FOCE-I/Laplace, ``nuts`` for BAYES/NUTS), the ``source`` path and a ``note`` where
+    the estimation differs from the requested one (FO, FOCE without INTERACTION, SAEM, IMP:
+    FOCE-I)."""
 
     spec: NLME
     data: pd.DataFrame
@@ -62,6 +64,7 @@ class ControlStream:
     approx: str
     source: Path
     se: str = "hessian"
+    note: str = ""  # where cohort's estimation differs from the requested one (said to users)
 
 
 def read_control_stream(path: str | Path) -> ControlStream:
@@ -104,7 +107,7 @@ def read_control_stream(path: str | Path) -> ControlStream:
     params, eta_of = _parameters(model, names, scale, problems)
     omega = _omega(model, eta_of, params, problems)
     error = _error(model, problems)
-    method, approx = _method(model, problems)
+    method, approx, note = _method(model, problems)
     if problems:
         raise ControlStreamError(_message(path, problems))
     data = _dataset(model, path)
@@ -120,7 +123,7 @@ def read_control_stream(path: str | Path) -> ControlStream:
     spec = NLME(
         model_name, params=params, error=error, omega=omega["structure"], omega_corr=omega["corr"]
     )
-    return ControlStream(spec, data, method, approx, path, _standard_errors(code))
+    return ControlStream(spec, data, method, approx, path, _standard_errors(code), note)
 
 
 def _standard_errors(code: str) -> str:
@@ -387,22 +390,30 @@ def _error(model, problems) -> ErrorModel:
     return ErrorModel("additive")
 
 
-def _method(model, problems) -> tuple[str, str]:
+def _method(model, problems) -> tuple[str, str, str]:
+    """``(method, approximation, note)``: what cohort runs for the last ``$ESTIMATION`` and,
+    where that is not exactly what NONMEM would run, a note saying so (shown to the user)."""
     steps = model.execution_steps
     if len(steps) == 0:
-        return "ml", "foce"
+        return "ml", "foce", ""
     step = steps[-1]
     method = str(step.method).upper()
-    if method in ("FOCE", "FO", "ITS"):
-        return "ml", "foce"
+    interaction = bool(getattr(step, "interaction", True))
+    instead = "cohort runs FOCE with INTERACTION (FOCE-I), so the OFV and estimates are FOCE-I's"
     if method == "LAPLACE" or getattr(step, "laplace", False):
-        return "ml", "laplace"
+        return "ml", "laplace", ""
+    if method == "FOCE":
+        note = "" if interaction else f"$ESTIMATION METHOD=1 without INTERACTION: {instead}"
+        return "ml", "foce", note
+    if method == "FO":
+        return "ml", "foce", f"$ESTIMATION METHOD=0 (FO) is not available: {instead}"
     if method in ("BAYES", "NUTS"):
-        return "nuts", "foce"
-    if method in ("SAEM", "IMP", "IMPMAP"):
-        return "ml", "foce"  # same maximum likelihood target, approximated by FOCE-I here
+        return "nuts", "foce", f"$ESTIMATION METHOD={method}: cohort samples with NUTS"
+    if method in ("ITS", "SAEM", "IMP", "IMPMAP"):
+        # the same maximum-likelihood target, approximated by FOCE-I here
+        return "ml", "foce", f"$ESTIMATION METHOD={method} is not available: {instead}"
     problems.append(f"$ESTIMATION METHOD={method}")
-    return "ml", "foce"
+    return "ml", "foce", ""
 
 
 def _dataset(model, path: Path) -> pd.DataFrame:

@@ -188,6 +188,16 @@ class BoundModel:
         """Cholesky factor ``L`` of Ω (``Ω = L Lᵀ``)."""
         return pop.omega[..., :, None] * pop.corr  # numpy or JAX; leading axes allowed
 
+    def _lag_start(self) -> float:
+        """A lag time to start from: half the earliest sampling time after a dose (a lag
+        longer than that would leave the first samples at 0)."""
+        obs = self.data.observations
+        ev = self.data.event_table(self.spec.model)
+        first_dose = np.nanmin(np.where(ev.evid == 1, ev.time, np.nan), axis=1)
+        after = obs.time - first_dose[:, None]
+        after = after[obs.mask & (after > 0)]
+        return 0.5 * float(after.min()) if after.size else 0.1
+
     def default_pop(self) -> Pop:
         """Starting values: inits (or model defaults), covariate inits, each Param's ``omega``, and
         residual SDs from the error model (or a fifth of the data's spread)."""
@@ -196,6 +206,8 @@ class BoundModel:
         theta = []
         for p in spec.params:
             v = p.init if p.init is not None else defaults.get(p.name, 1.0)
+            if not v > 0 and p.init is None and p.name.upper().startswith(("ALAG", "TLAG")):
+                v = self._lag_start()  # a lag's default is 0, which log-normal cannot start at
             if not v > 0:
                 raise SpecError(f"Param {p.name!r}: give an init > 0 (no positive default)")
             theta.append(np.log(v))
@@ -340,9 +352,19 @@ def bind(spec: NLME, data: Dataset, engine: Any = "auto", options=None) -> Bound
     obs = data.observations
     if obs.cens.any() and spec.error.kind == "log-additive" and np.any(obs.lloq[obs.cens] <= 0):
         raise DataError([Problem(None, "LLOQ", "log-additive error needs LLOQ > 0")])
-    if spec.error.kind == "log-additive" and np.any(obs.dv[obs.mask & ~obs.cens] <= 0):
+    nonpositive = obs.mask & ~obs.cens & (obs.dv <= 0)
+    if spec.error.kind == "log-additive" and nonpositive.any():
         raise DataError(
-            [Problem(None, "DV", "log-additive error needs DV > 0 on every uncensored observation")]
+            [
+                Problem(
+                    int(r),
+                    "DV",
+                    f"DV {v:g}: log-additive error needs DV > 0 on every uncensored observation "
+                    "(mark samples below the LLOQ with CENS=1 and LLOQ, or use another error "
+                    "model)",
+                )
+                for r, v in zip(obs.row[nonpositive], obs.dv[nonpositive])
+            ]
         )
     ev = {k: jnp.asarray(v) for k, v in table.arrays().items()}
     for key in ("time", "amt", "rate", "ii"):
@@ -375,6 +397,28 @@ def bind(spec: NLME, data: Dataset, engine: Any = "auto", options=None) -> Bound
         # F, lags and durations are constants: resolve the records once, outside the likelihood.
         ev["changes"] = _resolved(bm, ev)._asdict()
     return bm
+
+
+def check_measured_zeros(bm: BoundModel) -> None:
+    """Refuse observed DVs of exactly 0 under proportional error (a fit's data, not a design
+    whose DVs are placeholders): their residual is −1/σ whatever the prediction."""
+    obs = bm.data.observations
+    zero = obs.mask & ~obs.cens & (obs.dv == 0)
+    if bm.spec.error.kind != "proportional" or not zero.any():
+        return
+    raise DataError(
+        [
+            Problem(
+                int(r),
+                "DV",
+                "DV 0 under proportional error: its residual is -1/sigma whatever the "
+                "prediction, so it only inflates sigma (and drags the estimates); mark it "
+                "MDV=1 (e.g. a pre-dose or within-lag zero), as below the LLOQ (CENS=1 with "
+                "LLOQ), or use combined error",
+            )
+            for r in obs.row[zero]
+        ]
+    )
 
 
 _RESOLVERS: dict = {}  # (model, parameter mapping, infusion, resets) -> jitted resolver
