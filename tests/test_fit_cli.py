@@ -327,3 +327,10 @@ def test_an_iiv_at_its_boundary_is_said():
     low = pop._replace(omega=np.asarray([0.3, 1e-19, 0.5]))
     text = _boundary_iiv(bm, low)
     assert "IIV at its boundary (omega_V = 1e-19" in text and "--iiv without V" in text
+
+
+def test_nonmem_method_names_are_understood():
+    """``--method FOCE`` / ``laplace`` are ML fits with that approximation (any case); FO and
+    SAEM are refused with what to use instead, before any work."""
+    res = runner.invoke(app, ["fit", str(DATA / "theoph_nonmem.csv"), "--method", "SAEM"])
+    assert res.exit_code == 2 and "--method saem: not available; --method ml" in _flat(res)

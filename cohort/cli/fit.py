@@ -146,7 +146,9 @@ def fit(
     ),
     model: str = typer.Option(None, help="model name (see `cohort models`) [default: pk1_oral]"),
     method: str = typer.Option(
-        None, help="nuts | svi | ml [default: nuts; a control stream's $ESTIMATION]"
+        None,
+        help="nuts | svi | ml (foce, laplace: ml with that approximation) [default: nuts; a "
+        "control stream's $ESTIMATION]",
     ),
     out: Path = typer.Option(Path("fit.nc"), "--out", "-o", help="result file (.nc or .zarr)"),
     report: Path = typer.Option(None, help="directory for GOF/VPC/individual plots and CSVs"),
@@ -206,6 +208,15 @@ def fit(
         method = method or stream.method
         approx = approx or stream.approx
         se = se or stream.se
+    method = (method or "").strip().lower() or None
+    if method in ("foce", "focei", "foce-i", "laplace"):  # NONMEM's names for the ML fits
+        approx = approx or ("laplace" if method == "laplace" else "foce")
+        method = "ml"
+    if method in ("saem", "fo", "imp", "its"):
+        fail(
+            f"--method {method}: not available; --method ml fits the same maximum-likelihood "
+            "problem by FOCE-I (--approx laplace for Laplace)"
+        )
     method, approx, se = method or "nuts", approx or "foce", se or "hessian"
     if method == "nuts":
         host_devices_for_chains(chains)
