@@ -329,8 +329,16 @@ def test_an_iiv_at_its_boundary_is_said():
     assert "IIV at its boundary (omega_V = 1e-19" in text and "--iiv without V" in text
 
 
-def test_nonmem_method_names_are_understood():
+def test_nonmem_method_names_are_understood(tmp_path):
     """``--method FOCE`` / ``laplace`` are ML fits with that approximation (any case); FO and
     SAEM are refused with what to use instead, before any work."""
     res = runner.invoke(app, ["fit", str(DATA / "theoph_nonmem.csv"), "--method", "SAEM"])
     assert res.exit_code == 2 and "--method saem: not available; --method ml" in _flat(res)
+    out = tmp_path / "f.nc"
+    res = runner.invoke(app, ["fit", str(DATA / "theoph_nonmem.csv"), "--method", "FOCE",
+                              "--params", "CL,V,KA", "-o", str(out)])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    attrs = load_fit(out)["fit_summary"].attrs
+    assert attrs["approximation"] == "foce" and float(attrs["ofv"]) == pytest.approx(
+        116.803, abs=0.01
+    )
