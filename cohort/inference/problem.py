@@ -193,7 +193,7 @@ class BoundModel:
         longer than that would leave the first samples at 0)."""
         obs = self.data.observations
         ev = self.data.event_table(self.spec.model)
-        first_dose = np.nanmin(np.where(ev.evid == 1, ev.time, np.nan), axis=1)
+        first_dose = np.min(np.where(ev.evid == 1, ev.time, np.inf), axis=1)
         after = obs.time - first_dose[:, None]
         after = after[obs.mask & (after > 0)]
         return 0.5 * float(after.min()) if after.size else 0.1
