@@ -214,7 +214,7 @@ def _same_individuals(a: pd.DataFrame, b: pd.DataFrame) -> None:
 def test_reopened_twins_keep_each_parameter_with_its_values(vanco_twins, tmp_path):
     """The vancomycin prior's parameters (CL, V1, Q, V2) are not in alphabetical order: a
     reopened store gives every parameter its own estimate and the same forecast, also for a
-    store written with its prior's keys sorted (as before 0.1.1), whose random effects are
+    store written with its prior's keys sorted (as before 2026-12-05), whose random effects are
     then matched by their stored names."""
     import json
 

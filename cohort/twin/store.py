@@ -211,7 +211,7 @@ def read_posterior(
     """The Laplace approximation and (when sampled) the NUTS draws of one stored update:
     ``fit`` its ``map`` group, ``read(name)`` any of its groups, ``names`` the order of the
     estimated quantities in the twins being rebuilt. The stored arrays are matched by the
-    names stored with them, not by position (stores written before cohort 0.1.1 kept their
+    names stored with them, not by position (stores written before 2026-12-05 kept their
     prior with its parameters sorted by name, so their order can differ from the prior's)."""
     stored = [str(n) for n in fit["eta_dim"].to_numpy()]
     if sorted(stored) != sorted(names):
