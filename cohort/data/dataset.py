@@ -58,12 +58,12 @@ class Observations:
 
 
 def just_before(t):
-    """A time a hair before ``t`` (1e-6 relative, at least 1e-6 time units): the level
-    before any dose at ``t`` (a trough), which a right-continuous solution would give only
-    after the dose. Close enough that the change of a smooth level is far below any assay
-    error, far enough to stay distinct in float32."""
+    """A time a hair before ``t`` (1e-6 time units, or 1e-9 relative for very late times):
+    the level before any dose at ``t`` (a trough), which a right-continuous solution would
+    give only after the dose. Close enough that a smooth level changes far below any assay
+    error, far enough to stay distinct in float64 (the precision of fits and twins)."""
     t = np.asarray(t, float)
-    return t - 1e-6 * np.maximum(1.0, np.abs(t))
+    return t - np.maximum(1e-6, 1e-9 * np.abs(t))
 
 
 def _before_same_time_dose(rec: pd.DataFrame) -> pd.Series:
