@@ -82,6 +82,10 @@ def test_pheno_as_shipped_reproduces_nonmem(tmp_path):
     assert est["V~APGR"] == pytest.approx(ref["theta"]["APGR_V"], rel=0.05)
     assert est["omega2_CL"] == pytest.approx(ref["omega2"]["CL"], rel=0.05)
     assert est["sigma_prop"] ** 2 == pytest.approx(ref["sigma2"], rel=0.05)
+    # σ² printed beside σ, as NONMEM's $SIGMA reports it (0.0132410), with its delta-method SE
+    row = re.search(r"sigma2_prop\s*│\s*([0-9.e-]+)\s*│\s*([0-9.e-]+)", res.output)
+    assert row is not None and float(row.group(1)) == pytest.approx(ref["sigma2"], rel=0.05)
+    assert float(row.group(2)) == pytest.approx(0.00228, rel=0.25)  # NONMEM's sandwich SE
 
 
 def test_flip_flop_data_is_reported_and_exits_nonzero(tmp_path):

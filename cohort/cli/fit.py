@@ -388,6 +388,15 @@ def _table(result) -> Table:
                 f"{row['rse_percent']:.1f}",
                 str(row["units"]),
             )
+            if name.startswith("sigma_"):  # NONMEM's $SIGMA is a variance: shown beside the SD
+                est, se = float(row["estimate"]), float(row["se"])
+                table.add_row(
+                    "sigma2_" + name[6:],
+                    f"{est**2:.4g}",
+                    f"{2 * est * se:.3g}",  # delta method
+                    f"{200 * se / est:.1f}" if est else "nan",
+                    f"({row['units']})²" if str(row["units"]) not in ("", "1") else "1",
+                )
         return table
     # SVI draws come from the fitted guide, independent and in one chain: R-hat and ESS
     # describe MCMC chains and would be NaN or meaningless there
