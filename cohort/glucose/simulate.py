@@ -16,6 +16,7 @@ import dataclasses
 import datetime
 import functools
 import hashlib
+import inspect
 import math
 from collections.abc import Callable
 from typing import Any
@@ -336,28 +337,18 @@ def _plan(
     )  # fmt: skip
 
 
-def compile_ahead(
-    patients: Any,
-    scenario: MealScenario | str = "random",
-    controller: Any = "basal-bolus",
-    days: float = 1.0,
-    seed: int = 0,
-    out: str | None = None,
-    *,
-    options: ClosedLoopOptions | None = None,
-    chunk_size: int | None = None,
-    dtype: str = "float64",
-    out_dtype: str = "float32",
-    resume: bool = False,
-) -> None:
-    """Compile the batch program that :func:`run` with the same arguments will use. Only the
-    number of patients and their columns matter, not their values, so a caller can run this
-    on a background thread while it samples the patients (``cohort glucose`` does: XLA
+def compile_ahead(patients: Any, *args: Any, **kwargs: Any) -> None:
+    """Compile the batch program that :func:`run` given the same arguments will use. Only
+    the number of patients and their columns matter, not their values, so a caller can run
+    this on a background thread while it samples the patients (``cohort glucose`` does: XLA
     compiles on one core, and the cold command waits for one compilation instead of two).
     Writes nothing."""
+    bound = inspect.signature(run).bind(patients, *args, **kwargs)
+    bound.apply_defaults()
+    a = bound.arguments
     plan = _plan(
-        patients, scenario, controller, days, seed, options, chunk_size, dtype, out_dtype,
-        out, resume,
+        a["patients"], a["scenario"], a["controller"], a["days"], a["seed"], a["options"],
+        a["chunk_size"], a["dtype"], a["out_dtype"], a["out"], a["resume"],
     )  # fmt: skip
     rows = min(plan.chunk_size, len(plan.invalid))
     plan.solver.compile(padded_rows(plan.inputs, 0, rows, plan.batch), plan.shared)
