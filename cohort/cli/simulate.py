@@ -633,9 +633,20 @@ def _twin_info(path: Path) -> None:
     if hasattr(tw, "replay"):  # CGM twins: posterior medians (their intervals: `twin cgm`)
         ind = ind[[c for c in ind.columns if f"{c}_q05" in ind.columns] + ["mard", "ok"]]
     shown = ind.head(10)
-    est = Table("ID", *[str(c) for c in shown.columns], title="current estimates")
-    for pid, row in shown.iterrows():
-        est.add_row(str(pid), *[f"{v:.4g}" if isinstance(v, float) else str(v) for v in row])
+
+    def text(v) -> str:
+        return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+    if len(shown) <= 3:  # a row per quantity: a few patients' columns fit any terminal
+        est = Table("", *[f"patient {pid}" for pid in shown.index], title="current estimates")
+        for name in shown.columns:
+            est.add_row(str(name), *[text(v) for v in shown[name]])
+    else:
+        est = Table("ID", *[str(c) for c in shown.columns], title="current estimates")
+        for column in est.columns:
+            column.overflow = "fold"  # digits wrapped, never cut to "0.0…"
+        for pid, row in shown.iterrows():
+            est.add_row(str(pid), *[text(v) for v in row])
     if len(ind) > 10:
         est.caption = f"first 10 of {len(ind)} patients"
     console.print(est)
