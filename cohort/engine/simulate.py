@@ -19,7 +19,6 @@ from typing import Any
 
 import jax
 import numpy as np
-import pandas as pd
 import xarray as xr
 
 from cohort._version import __version__
@@ -39,7 +38,7 @@ from cohort.engine.inputs import InputError, check_times, checked_params, popula
 from cohort.engine.status import status_attrs
 from cohort.engine.step_choice import choose_step, pilot_rows
 from cohort.models.base import Model
-from cohort.store import ResultStore, locks_output, open_result
+from cohort.store import ResultStore, indexed_coordinates, locks_output, open_result
 
 
 @functools.lru_cache(maxsize=32)
@@ -453,12 +452,14 @@ def result_dataset(data: dict, status, times, time_units: str, attrs: dict) -> x
             },
         ),
     }
-    # pandas.Index coordinates: the same dataset, but xarray builds the indexes without its
-    # duck-array checks, which import pint where it is installed (~0.16 s of a CLI command)
-    patients = pd.Index(np.arange(len(status)), name="patient")
-    coords = {
-        "patient": ("patient", patients, {"long_name": "virtual patient index"}),
-        "time": ("time", pd.Index(np.asarray(times), name="time"),
-                 {"units": time_units, "long_name": "time since start"}),
-    }  # fmt: skip
+    coords = indexed_coordinates(  # pint-free indexes (see cohort.store.indexed_coordinates)
+        {
+            "patient": xr.Variable(
+                ("patient",), np.arange(len(status)), {"long_name": "virtual patient index"}
+            ),
+            "time": xr.Variable(
+                ("time",), np.asarray(times), {"units": time_units, "long_name": "time since start"}
+            ),
+        }
+    )
     return xr.Dataset(data, coords=coords, attrs=attrs)

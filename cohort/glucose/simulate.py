@@ -53,7 +53,7 @@ from cohort.glucose.scenarios import MealScenario
 from cohort.glucose.scenarios import scenario as named_scenario
 from cohort.models import get
 from cohort.models.base import Model
-from cohort.store import ResultStore, open_result
+from cohort.store import ResultStore, indexed_coordinates, open_result
 from cohort.store.lock import locks_output
 
 _OUTPUTS = {
@@ -234,8 +234,10 @@ def run(
 
     run_batches(solver, inputs, shared, sink=to_memory, **common)
     metrics_all["cvga_code"] = metrics_all.pop("cvga_zone")
-    patients = pd.Index(np.arange(n_pat), name="patient")  # (see engine.result_dataset)
-    template = xr.DataArray(np.arange(n_pat), dims=("patient",), coords={"patient": patients})
+    patients = xr.Variable(("patient",), np.arange(n_pat))
+    template = xr.DataArray(
+        np.arange(n_pat), dims=("patient",), coords=indexed_coordinates({"patient": patients})
+    )
     met = metrics_dataset(metrics_all, template)
     return _dataset(model, keep, status_all, params, times, attrs).merge(met)
 
