@@ -441,3 +441,18 @@ def test_a_sample_recorded_before_a_dose_at_its_time_is_pre_dose():
     post = float(at["conc"].sel(quantile=0.5).values.ravel()[0])  # the curve at 60 h itself
     np.testing.assert_allclose(trough, float(pre["conc"].sel(quantile=0.5).values[0, 0]), rtol=1e-5)
     assert post > trough + 5.0  # 25 mg into ~1.4 L: the dose at 60 h is not in the trough
+
+
+def test_a_measured_zero_under_proportional_error_is_refused_by_row():
+    """pheno's prior has proportional error: a DV of 0 is refused when the records are
+    accepted (identify, update), naming the row, as for a population fit."""
+    from cohort.data import DataError
+
+    prior = _prior("priors/neonate_phenobarbital.toml")
+    records = _pheno_records(True)
+    records.loc[records["TIME"] == 24.0, "DV"] = 0.0
+    with pytest.raises(DataError, match=r"row 5, column DV: DV 0 under proportional error"):
+        Twins.identify(prior, records)
+    twins = Twins.identify(prior, records[records["TIME"] < 24.0])
+    with pytest.raises(DataError, match="DV 0 under proportional error"):
+        twins.update(records[records["TIME"] >= 24.0])

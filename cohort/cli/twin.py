@@ -198,6 +198,7 @@ def update(
 def _pk_twins(store: Path, ids: list[str], command: str):
     """The PK twins of ``store`` (all, or the patients ``ids`` as written by the user)."""
     from cohort.twin import open_twins
+    from cohort.twin.prior import show_id
 
     tw = open_twins(store)
     if hasattr(tw, "replay"):
@@ -207,18 +208,13 @@ def _pk_twins(store: Path, ids: list[str], command: str):
             "--bolus-scale/--basal-scale`, or CGMTwins.replay), with P(glucose < 70)"
         )
     if ids:
-        known = {str(_plain(i)): i for i in tw.ids.tolist()}
+        known = {show_id(i): i for i in tw.ids.tolist()}  # IDs are numeric (the reader's rule)
         missing = [i for i in ids if i not in known]
         if missing:
             shown = ", ".join(list(known)[:10]) + (" ..." if len(known) > 10 else "")
             fail(f"--id {missing[0]}: no such patient in {store} (patients: {shown})")
         tw = tw.select([known[i] for i in ids])
     return tw
-
-
-def _plain(x):
-    x = x.item() if hasattr(x, "item") else x
-    return int(x) if isinstance(x, float) and x.is_integer() else x
 
 
 def _check_draws(draws: int) -> None:

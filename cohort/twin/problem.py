@@ -18,7 +18,7 @@ import pandas as pd
 
 from cohort.data import Dataset, read_nonmem
 from cohort.errors import CohortWarning
-from cohort.inference.problem import BoundModel, Pop, array_module, bind, check_measured_zeros
+from cohort.inference.problem import BoundModel, Pop, array_module, bind
 from cohort.inference.spec import NLME, ErrorModel, Param
 from cohort.twin.prior import TwinError, TwinPrior, show_id
 
@@ -197,7 +197,6 @@ def bind_twins(prior: TwinPrior, data: Dataset) -> TwinBound:
     """Bind the prior's model to ``data``: ``features`` = each patient's ``μ [K]``."""
     spec = nlme_of(prior)
     bm = bind(spec, data)
-    check_measured_zeros(bm)
     mu = prior.log_typical(data.covariates)
     fields = {f.name: getattr(bm, f.name) for f in dataclasses.fields(bm)}
     fields["features"] = mu

@@ -14,6 +14,7 @@ import pandas as pd
 
 from cohort.data import Dataset
 from cohort.errors import CohortWarning
+from cohort.inference.problem import check_measured_zeros
 from cohort.twin import posterior
 from cohort.twin.blocks import blocks, solve_blocks, take_rows
 from cohort.twin.prior import TwinError, TwinPrior
@@ -79,6 +80,7 @@ class Twins:
             raise TwinError(f"method: {method!r} is not one of {METHODS}")
         data = read_records(records, prior)
         bm = bind_twins(prior, data)
+        check_measured_zeros(bm)  # where records are accepted (not when a store is reopened)
         eta0 = posterior.starts(prior.omega, data.n_subjects)
         opts = {"chains": chains, "warmup": warmup, "draws": draws, "seed": seed}
         return cls._posterior(
@@ -215,6 +217,7 @@ class Twins:
         combined = append_records(self.data, new_records, self.prior.model)
         data = read_records(combined, self.prior)
         bm = bind_twins(self.prior, data)
+        check_measured_zeros(bm)
         previous = None
         if method == "nuts" and self.samples is not None:  # the previous draws' covariance
             z = self.samples.eta.reshape(self.n, -1, self.samples.eta.shape[-1])
