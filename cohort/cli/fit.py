@@ -344,10 +344,10 @@ def fit(
 def _note_dose_compartment(path: Path, model, given: bool) -> None:
     """Without a CMT column every dose goes into the model's first dose compartment: say so,
     since a dataset of IV doses fitted with the default oral model would put them in a depot."""
-    from cohort.data.reader import read_table
+    from cohort.data.reader import read_columns
 
     try:
-        columns = {str(c).strip().upper() for c in read_table(path).columns}
+        columns = {c.upper() for c in read_columns(path)}  # the header line, not the file
     except Exception:  # noqa: BLE001 - the fit reports unreadable data itself
         return
     if "CMT" not in columns and len(model.dose_targets) > 0:

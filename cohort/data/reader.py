@@ -100,9 +100,17 @@ def _grouped(problems: list[Problem]) -> list[str]:
     return lines
 
 
-def read_table(path: str | Path) -> pd.DataFrame:
-    """Raw cells of a NONMEM-style file as strings (comma- or whitespace-separated)."""
-    path = Path(path)
+def read_columns(path: str | Path) -> list[str]:
+    """The column names of a NONMEM-style file, from its header line alone."""
+    return _names(*_header(Path(path)))
+
+
+def _names(header: str, sep: str) -> list[str]:
+    return [h.strip() for h in (header.split(",") if sep == "," else header.split())]
+
+
+def _header(path: Path) -> tuple[str, str]:
+    """A table file's header line and its separator (comma, else whitespace)."""
     if not path.exists():
         raise DataError([Problem(None, "file", f"no such file {str(path)!r}")])
     if not path.is_file():
@@ -110,9 +118,20 @@ def read_table(path: str | Path) -> pd.DataFrame:
     try:
         with path.open(encoding="utf-8") as fh:
             header = fh.readline()
-        if not header.strip():
-            raise DataError([Problem(None, "file", f"{str(path)!r} is empty (no header line)")])
-        sep = "," if "," in header else r"\s+"
+    except UnicodeDecodeError:
+        raise DataError(
+            [Problem(None, "file", f"{str(path)!r} is not a text (UTF-8) table; give a CSV")]
+        ) from None
+    if not header.strip():
+        raise DataError([Problem(None, "file", f"{str(path)!r} is empty (no header line)")])
+    return header, "," if "," in header else r"\s+"
+
+
+def read_table(path: str | Path) -> pd.DataFrame:
+    """Raw cells of a NONMEM-style file as strings (comma- or whitespace-separated)."""
+    path = Path(path)
+    header, sep = _header(path)
+    try:
         table = pd.read_csv(
             path,
             sep=sep,
@@ -129,7 +148,7 @@ def read_table(path: str | Path) -> pd.DataFrame:
         raise DataError(
             [Problem(None, "file", f"{str(path)!r} is not a readable table: {exc}")]
         ) from None
-    names = [h.strip() for h in (header.split(",") if sep == "," else header.split())]
+    names = _names(header, sep)
     dupes = sorted({h for h in names if names.count(h) > 1})
     if dupes:
         raise DataError(
