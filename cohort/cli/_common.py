@@ -16,6 +16,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
 
 from cohort.errors import CohortError, CohortWarning
 
@@ -33,6 +34,24 @@ def fail(msg: str) -> NoReturn:
 
 def warn(msg: str) -> None:
     err_console.print(f"[bold yellow]warning:[/] {escape(str(msg))}", soft_wrap=True)
+
+
+def patient_table(rows: dict, columns: list[str], title: str, few: int = 3) -> Table:
+    """Per-patient results (``rows[patient] = [cell per column]``, cells already text): for
+    up to ``few`` patients one row per quantity (a few patients' columns fit an 80-column
+    terminal, a dozen quantities side by side do not), else one row per patient with the
+    cells folded rather than cut to "0.0…"."""
+    if len(rows) <= few:
+        table = Table("", *[f"patient {pid}" for pid in rows], title=title)
+        for k, name in enumerate(columns):
+            table.add_row(name, *[cells[k] for cells in rows.values()])
+        return table
+    table = Table("ID", *columns, title=title)
+    for column in table.columns:
+        column.overflow = "fold"
+    for pid, cells in rows.items():
+        table.add_row(str(pid), *cells)
+    return table
 
 
 def command(fn: F | None = None, *, timed: bool = False):

@@ -14,7 +14,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from cohort.cli._common import command, console, err_console, fail, progress
+from cohort.cli._common import command, console, err_console, fail, patient_table, progress
 from cohort.timing import describe, phases
 
 # Defaults of `cohort simulate` (None in the signature, so a flag the user gave can be told
@@ -633,20 +633,11 @@ def _twin_info(path: Path) -> None:
     if hasattr(tw, "replay"):  # CGM twins: posterior medians (their intervals: `twin cgm`)
         ind = ind[[c for c in ind.columns if f"{c}_q05" in ind.columns] + ["mard", "ok"]]
     shown = ind.head(10)
-
-    def text(v) -> str:
-        return f"{v:.4g}" if isinstance(v, float) else str(v)
-
-    if len(shown) <= 3:  # a row per quantity: a few patients' columns fit any terminal
-        est = Table("", *[f"patient {pid}" for pid in shown.index], title="current estimates")
-        for name in shown.columns:
-            est.add_row(str(name), *[text(v) for v in shown[name]])
-    else:
-        est = Table("ID", *[str(c) for c in shown.columns], title="current estimates")
-        for column in est.columns:
-            column.overflow = "fold"  # digits wrapped, never cut to "0.0…"
-        for pid, row in shown.iterrows():
-            est.add_row(str(pid), *[text(v) for v in row])
+    rows = {
+        pid: [f"{v:.4g}" if isinstance(v, float) else str(v) for v in row]
+        for pid, row in shown.iterrows()
+    }
+    est = patient_table(rows, [str(c) for c in shown.columns], "current estimates")
     if len(ind) > 10:
         est.caption = f"first 10 of {len(ind)} patients"
     console.print(est)

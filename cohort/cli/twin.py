@@ -12,7 +12,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from cohort.cli._common import command, console, fail
+from cohort.cli._common import command, console, fail, patient_table
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -497,32 +497,17 @@ def mipd(
 
 
 def _cgm_summary(tw, title: str) -> Table:
-    """Posterior medians and 90 % intervals: one row per parameter for a few patients (eight
-    parameters with intervals do not fit an 80-column terminal side by side), else one row
-    per patient, cells folded rather than cut."""
+    """Posterior medians and 90 % intervals, MARD and usability per patient."""
     ind = tw.individual()
     names = [n for n in ind.columns if n + "_q05" in ind.columns]
     shown = ind.head(15)
 
-    def cell(row, n):
-        return f"{row[n]:.3g} [{row[n + '_q05']:.3g}, {row[n + '_q95']:.3g}]"
+    def cells(row):
+        band = [f"{row[n]:.3g} [{row[n + '_q05']:.3g}, {row[n + '_q95']:.3g}]" for n in names]
+        return [*band, f"{row['mard']:.1f}", "yes" if row["ok"] else "[red]no[/]"]
 
-    def ok(row):
-        return "yes" if row["ok"] else "[red]no[/]"
-
-    if len(shown) <= 3:
-        table = Table("", *[f"patient {pid}" for pid in shown.index], title=title)
-        for n in names:
-            table.add_row(n, *[cell(row, n) for _, row in shown.iterrows()])
-        table.add_row("MARD %", *[f"{row['mard']:.1f}" for _, row in shown.iterrows()])
-        table.add_row("ok", *[ok(row) for _, row in shown.iterrows()])
-    else:
-        table = Table("ID", *names, "MARD %", "ok", title=title)
-        for column in table.columns:
-            column.overflow = "fold"
-        for pid, row in shown.iterrows():
-            cells = [cell(row, n) for n in names]
-            table.add_row(str(pid), *cells, f"{row['mard']:.1f}", ok(row))
+    rows = {pid: cells(row) for pid, row in shown.iterrows()}
+    table = patient_table(rows, [*names, "MARD %", "ok"], title)
     table.caption = "posterior median [90 % interval]" + (
         f"; first 15 of {len(ind)} patients" if len(ind) > 15 else ""
     )
