@@ -389,8 +389,8 @@ def simulate(
         fail(f"--t-end must be > 0, got {t_end}")
     if not (np.isfinite(step) and step > 0):
         fail(f"--step must be > 0, got {step}")
-    if dt is not None and not dt > 0:
-        fail(f"--dt must be > 0, got {dt}")
+    if dt is not None and not (np.isfinite(dt) and dt > 0):
+        fail(f"--dt must be > 0 and finite, got {dt}")
     if chunk_size is not None and chunk_size < 1:
         fail(f"--chunk-size must be >= 1, got {chunk_size}")
     if method not in ("auto", "closed_form", "diffrax", "fast"):

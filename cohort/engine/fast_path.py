@@ -67,8 +67,8 @@ class RK4(Engine):
 
     def step(self, model: Model) -> float:
         dt = model.fast_dt if self.dt is None else self.dt
-        if not dt > 0:
-            raise ValueError(f"RK4.dt must be > 0, got {dt}")
+        if not (math.isfinite(dt) and dt > 0):
+            raise ValueError(f"RK4.dt must be > 0 and finite, got {dt}")
         return float(dt)
 
     def validate(self, model, table, params) -> None:
