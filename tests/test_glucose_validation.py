@@ -107,6 +107,24 @@ def test_sampler_keeps_each_patients_first_passing_candidate():
     assert pop.attrs["acceptance"] == pytest.approx(n / tried)
 
 
+def test_candidates_drawn_as_needed_equal_those_drawn_up_front():
+    """The samplers draw a patient's attempts a few at a time, as they need them: each
+    attempt is the same draw as when every attempt of every patient is drawn up front."""
+    from cohort.models.glucose.patients import Candidates, sample_candidates
+
+    n, attempts = 20, 12
+    frame, ok = sample_candidates("child", n, 4, 0.1, attempts)
+    lazy = Candidates("child", n, 4, 0.1, attempts)
+    lazy.extend(np.arange(n))
+    lazy.extend(np.array([3, 17]))  # two patients need more attempts
+    assert lazy.drawn.tolist() == [8 if i in (3, 17) else 4 for i in range(n)]
+    for i, a in ((0, 0), (3, 6), (17, 7), (19, 3)):
+        row = lazy.frame.iloc[lazy.row[i, a]]
+        pd.testing.assert_series_equal(row, frame.iloc[i * attempts + a], check_names=False)
+        assert lazy.ok[i, a] == ok[i, a]
+    assert not lazy.ok[0, 4:].any()  # not drawn yet
+
+
 def test_cli_glucose_samples_runs_and_resumes(tmp_path):
     """`cohort glucose` with a user's defaults (sampled plausible adults, random meals, CGM
     noise, 5-min basal-bolus) writes a complete store; --resume on it changes nothing."""

@@ -52,9 +52,11 @@ class Adaptive(Engine):
         # sharding while the iterate's do not: every stiff solve raised "pytree does not
         # match out_structure" once batches were split over devices (diffrax 0.7.2, lineax
         # 0.1.1, JAX 0.10). Such batches run on one device; explicit solvers use them all.
+        if self.solver is None:  # the default's kind is known without importing diffrax
+            return 1 if model.stiff else None
         import diffrax as dfx
 
-        return 1 if isinstance(self.pick_solver(model), dfx.AbstractImplicitSolver) else None
+        return 1 if isinstance(self.solver, dfx.AbstractImplicitSolver) else None
 
     def describe(self, model: Model) -> dict:
         default = "Kvaerno5" if model.stiff else "Tsit5"

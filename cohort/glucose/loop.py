@@ -37,7 +37,7 @@ import jax
 import jax.numpy as jnp
 
 from cohort.engine.common import track_extremes
-from cohort.engine.stepping import rk4_step
+from cohort.engine.stepping import rk4_step_rolled
 from cohort.glucose.sensor import Sensor, SensorState, read_sensor, sensor_keys
 from cohort.models.base import State, Tree
 from cohort.models.glucose.uva_padova import basal_insulin_rate
@@ -175,11 +175,11 @@ class MealMemoryModel(Protocol):
 def _rk4(model: MealMemoryModel, y: Tree, d: Tree, g: Tree, meal, insulin, h: float, steps: int):
     """``steps`` classical RK4 steps of ``h`` min with meal, insulin and meal size held."""
 
-    def f(_, yy):
+    def f(yy):
         return model.physiology_rhs(yy, d, g, meal, insulin)[0]
 
     def one(_, y):
-        return rk4_step(f, 0.0, y, h)[0]
+        return rk4_step_rolled(f, y, h)
 
     return one(0, y) if steps == 1 else jax.lax.fori_loop(0, steps, one, y)
 
@@ -228,7 +228,7 @@ def solve_closed_loop(
     switches sharply within the minute (``Dbar`` jumps by the minute's food and the stomach
     content sweeps through ``b·Dbar``); those minutes are integrated with ``eating_substeps``
     times finer steps, for the eaters only: gathered into a batch of ``ceil(N/8)`` when that
-    many or fewer eat (random meal times), else computed for all and selected (simultaneous
+    many or fewer eat (random meal times), in several such batches otherwise (simultaneous
     meals), so a patient's trajectory does not depend on the rest of the batch.
 
     Returns ``(outputs, finite, min_scaled)``: ``outputs`` maps ``Gsub``, ``CGM`` and
@@ -275,38 +275,33 @@ def solve_closed_loop(
         memory, dbar = _remember_meal(memory, y, meal)
         g = model.gastric(dbar, d)
 
-        # Every patient takes the coarse steps; the eaters' are then replaced by fine ones.
-        # (The coarse solve stays outside the branches: one copy of the RK4 code instead of
-        # three, which shortens compilation.)
+        # Every patient takes the coarse steps; the eaters' are then replaced by fine ones
+        # (two copies of the RK4 code in the program: compilation time grows with each).
         yc = _rk4(model, y, d, g, meal, insulin, h, per_minute)
 
-        def keep(y):
-            return yc
-
-        def refined(y):
-            yf = _rk4(model, y, d, g, meal, insulin, h / fine, per_minute * fine)
-            return {s: jnp.where(memory.eating, yf[s], yc[s]) for s in y}
-
-        def refined_few(y):
-            # at most `few` patients eat: refine only them, gathered into a short batch
-            idx = jnp.nonzero(memory.eating, size=few, fill_value=n)[0]
-            take = functools.partial(jnp.take, indices=idx, mode="clip")
-            yf = _rk4(
-                model,
-                {s: take(v) for s, v in y.items()},
-                {s: take(v) for s, v in d.items()},
-                {s: take(v) for s, v in g.items()},
-                take(meal),
-                take(insulin),
-                h / fine,
-                per_minute * fine,
-            )
-            return {s: yc[s].at[idx].set(yf[s], mode="drop") for s in y}
-
         if fine > 1:
-            eaters = jnp.sum(memory.eating)
-            branch = jnp.where(eaters == 0, 0, jnp.where(eaters <= few, 1, 2))
-            y = jax.lax.switch(branch, (keep, refined_few, refined), y)
+            # The eaters' minutes are recomputed in gathered batches of at most `few`: one
+            # batch when meal times are spread out (random meals), up to eight when the whole
+            # cohort eats at once. One copy of the fine RK4 in the program (an extra branch
+            # refining everyone cost ~0.45 s of XLA compilation), and none runs when no one eats.
+            def refine(state):
+                yy, todo = state
+                idx = jnp.nonzero(todo, size=few, fill_value=n)[0]
+                take = functools.partial(jnp.take, indices=idx, mode="clip")
+                yf = _rk4(
+                    model,
+                    {s: take(v) for s, v in y.items()},
+                    {s: take(v) for s, v in d.items()},
+                    {s: take(v) for s, v in g.items()},
+                    take(meal),
+                    take(insulin),
+                    h / fine,
+                    per_minute * fine,
+                )
+                yy = {s: yy[s].at[idx].set(yf[s], mode="drop") for s in yy}
+                return yy, todo.at[idx].set(False, mode="drop")
+
+            y, _ = jax.lax.while_loop(lambda st: jnp.any(st[1]), refine, (yc, memory.eating))
         else:
             y = yc
         # simglucose's gating stops a compartment at zero; RK4 can step past it (glucose driven

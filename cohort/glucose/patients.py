@@ -24,12 +24,7 @@ from cohort.glucose.controllers import BasalBolus
 from cohort.glucose.loop import ClosedLoopOptions
 from cohort.glucose.scenarios import fixed_scenario
 from cohort.glucose.simulate import compile_ahead, run
-from cohort.models.glucose.patients import (
-    PatientSamplingError,
-    pick_candidates,
-    reference_patients,
-    sample_candidates,
-)
+from cohort.models.glucose.patients import Candidates, PatientSamplingError, reference_patients
 
 STANDARD_DAY_OPTIONS = ClosedLoopOptions(period=3.0)  # Dexcom's 3-min CGM period, no noise
 
@@ -117,19 +112,25 @@ def sample_plausible(
     # while the candidates are drawn (XLA compiles on one core; the draws run on the other).
     ahead = threading.Thread(target=_compile_standard_day, args=(group, chunk), daemon=True)
     ahead.start()
-    frame, ok = sample_candidates(group, n, seed, shrinkage, max_attempts)
+    cands = Candidates(group, n, seed, shrinkage, max_attempts)
     # Without an envelope, the reference patients' standard day (the default envelope) runs
     # in the first round's batches: one compiled program instead of two (a patient's day does
     # not depend on its batch, so the envelope is reference_envelope(group)'s).
-    refs = None if envelope is not None else reference_patients(group)[list(frame.columns)]
+    refs = None if envelope is not None else reference_patients(group)
     choice = np.full(n, -1)
     outcome = {k: np.full(n, np.nan) for k in ("tir_70_180", "tbr_70", "mean")}
     tried = passed = 0
     pending = np.arange(n)
     next_try = np.zeros(n, int)  # each patient's next attempt to consider
     while pending.size:
+        n_refs = 0 if refs is None else len(refs)
+        size = -(-(pending.size + n_refs) // chunk) * chunk
+        share = np.full(pending.size, (size - n_refs) // pending.size)
+        share[: (size - n_refs) % pending.size] += 1
         # each pending patient's physiological candidates not yet tried, in attempt order
-        later = ok[pending] & (np.arange(max_attempts) >= next_try[pending][:, None])
+        # (drawn as far as this round can use them)
+        cands.ensure(pending, next_try[pending], share)
+        later = cands.ok[pending] & (np.arange(max_attempts) >= next_try[pending][:, None])
         if not later.any(axis=1).all():
             bad = int(pending[np.flatnonzero(~later.any(axis=1))[0]])
             raise PatientSamplingError(
@@ -141,15 +142,11 @@ def sample_plausible(
         # round's padding does work: with ~2/3 accepted, the last few pending patients are
         # settled in one or two rounds instead of six nearly empty ones. A patient still
         # keeps its first candidate that passes, as when candidates are tried one at a time.
-        n_refs = 0 if refs is None else len(refs)
-        size = -(-(pending.size + n_refs) // chunk) * chunk
-        share = np.full(pending.size, (size - n_refs) // pending.size)
-        share[: (size - n_refs) % pending.size] += 1
         take = later & (np.cumsum(later, axis=1) <= share[:, None])
         who, attempt = np.nonzero(take)  # patient-major, attempts ascending
-        batch = frame.iloc[pending[who] * max_attempts + attempt]
+        batch = cands.frame.iloc[cands.row[pending[who], attempt]]
         if refs is not None:
-            batch = pd.concat([batch, refs])
+            batch = pd.concat([batch, refs[list(batch.columns)]])
         batch = batch.iloc[np.minimum(np.arange(size), len(batch) - 1)]  # padded: one shape
         ds = standard_day(batch.reset_index(drop=True), chunk_size=chunk)
         if refs is not None:
@@ -175,7 +172,7 @@ def sample_plausible(
         last = np.maximum.reduceat(attempt, first_row) if who.size else attempt
         next_try[pending] = last + 1
         pending = pending[~found]
-    out = pick_candidates(group, seed, frame, choice, max_attempts)
+    out = cands.pick(choice)
     for k, v in outcome.items():
         out[k] = v
     out["attempt"] = choice

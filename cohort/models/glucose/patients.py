@@ -161,59 +161,118 @@ def patient_prior(group: str, shrinkage: float = 0.1) -> PatientPrior:
 
 
 _BLOCK = 256  # patients per jitted draw (a fixed shape: compiled once)
+_WINDOW = 4  # attempts drawn at a time: ~99 % of adult draws are physiological
 
 
-@functools.partial(jax.jit, static_argnums=(2, 3))
-def _standard_normal_draws(seed, start, attempts: int, dim: int):
-    """N(0, I) draws ``[_BLOCK, attempts, dim]`` for patients ``start ...``; patient ``i``, attempt
-    ``a`` uses ``fold_in(fold_in(PRNGKey(seed), i), a)``."""
+@functools.partial(jax.jit, static_argnums=(3,))
+def _standard_normal_draws(seed, patients, first_attempt, dim: int):
+    """N(0, I) draws ``[_BLOCK, _WINDOW, dim]``: patient ``patients[j]``'s attempts
+    ``first_attempt ...``; patient ``i``, attempt ``a`` uses
+    ``fold_in(fold_in(PRNGKey(seed), i), a)``."""
     key = jax.random.PRNGKey(seed)
 
     def one(i, a):
         k = jax.random.fold_in(jax.random.fold_in(key, i), a)
         return jax.random.normal(k, (dim,), jnp.float64)
 
-    idx = start + jnp.arange(_BLOCK)
-    return jax.vmap(lambda i: jax.vmap(lambda a: one(i, a))(jnp.arange(attempts)))(idx)
+    attempts = first_attempt + jnp.arange(_WINDOW)
+    return jax.vmap(lambda i: jax.vmap(lambda a: one(i, a))(attempts))(patients)
+
+
+class Candidates:
+    """The prior draws behind the samplers, drawn as they are needed: patient ``i``'s attempt
+    ``a`` comes from ``fold_in(fold_in(PRNGKey(seed), i), a)`` whenever it is drawn, so a
+    patient never depends on ``n`` or on how many attempts others needed. Most patients keep
+    one of their first attempts; drawing all ``max_attempts`` up front (10,000 patients × 32:
+    320,000 rows with basal values derived) took longer than screening them.
+
+    ``ok [n, max_attempts]``: drawn and physiologically plausible; ``drawn [n]``: attempts
+    drawn so far per patient; ``row [n, max_attempts]``: where each drawn attempt is in
+    :attr:`frame`."""
+
+    def __init__(self, group: str, n: int, seed: int, shrinkage: float, max_attempts: int):
+        if n < 1:
+            raise ValueError(f"n must be >= 1, got {n}")
+        if max_attempts < 1:
+            raise ValueError(f"max_attempts must be >= 1, got {max_attempts}")
+        self.group, self.seed, self.max_attempts = group, seed, max_attempts
+        self.prior = patient_prior(group, shrinkage)
+        p = len(self.prior.names)
+        self._chol = np.linalg.cholesky(self.prior.cov + 1e-12 * np.eye(p))
+        self.drawn = np.zeros(n, int)
+        self.ok = np.zeros((n, max_attempts), bool)
+        self.row = np.full((n, max_attempts), -1)
+        self._parts: list[pd.DataFrame] = []
+        self._frame: pd.DataFrame | None = None
+
+    @property
+    def frame(self) -> pd.DataFrame:
+        """Every candidate drawn so far (rows as in :attr:`row`)."""
+        if self._frame is None or len(self._frame) != sum(len(f) for f in self._parts):
+            self._frame = pd.concat(self._parts, ignore_index=True)
+        return self._frame
+
+    def extend(self, patients: np.ndarray) -> None:
+        """Draw the next attempts (up to :data:`_WINDOW`) of ``patients``."""
+        patients = np.asarray(patients, int)
+        patients = patients[self.drawn[patients] < self.max_attempts]
+        for lo in np.unique(self.drawn[patients]):
+            self._draw(patients[self.drawn[patients] == lo], int(lo))
+
+    def _draw(self, patients: np.ndarray, lo: int) -> None:
+        hi = min(lo + _WINDOW, self.max_attempts)
+        dim = len(self.prior.names)
+        padded = np.resize(patients, -(-len(patients) // _BLOCK) * _BLOCK)
+        eps = np.concatenate([
+            np.asarray(_standard_normal_draws(self.seed, padded[b : b + _BLOCK], lo, dim))
+            for b in range(0, len(padded), _BLOCK)
+        ])[: len(patients), : hi - lo]  # [patients, attempts, P]  # fmt: skip
+        z = self.prior.mean + eps @ self._chol.T
+        frame = pd.DataFrame(
+            _from_latent(z.reshape(-1, dim), self.prior.names), columns=list(self.prior.names)
+        )
+        for k, v in self.prior.fixed.items():
+            frame[k] = v
+        frame = derive_basal(frame)
+        first = sum(len(f) for f in self._parts)
+        self._parts.append(frame)
+        shape = (len(patients), hi - lo)
+        self.row[patients, lo:hi] = first + np.arange(frame.shape[0]).reshape(shape)
+        self.ok[patients, lo:hi] = _plausible(frame).reshape(shape)
+        self.drawn[patients] = hi
+
+    def ensure(self, patients: np.ndarray, after: np.ndarray, count: np.ndarray) -> None:
+        """Draw until each of ``patients`` has ``count`` plausible candidates from attempt
+        ``after`` on, or has all ``max_attempts`` drawn."""
+        patients = np.asarray(patients, int)
+        attempt = np.arange(self.max_attempts)
+        while True:
+            avail = (self.ok[patients] & (attempt >= np.asarray(after)[:, None])).sum(axis=1)
+            short = (avail < count) & (self.drawn[patients] < self.max_attempts)
+            if not short.any():
+                return
+            self.extend(patients[short])
+
+    def pick(self, choice: np.ndarray) -> pd.DataFrame:
+        """Patient ``i``'s attempt ``choice[i]``, named (``Name``, ``group``)."""
+        n = len(choice)
+        out = self.frame.iloc[self.row[np.arange(n), choice]].reset_index(drop=True)
+        out.insert(0, "group", self.group)
+        out.insert(0, "Name", [f"{self.group}#s{self.seed}-{i:05d}" for i in range(n)])
+        return out
 
 
 def sample_candidates(
     group: str, n: int, seed: int, shrinkage: float = 0.1, max_attempts: int = 16
 ) -> tuple[pd.DataFrame, np.ndarray]:
-    """Every prior draw behind :func:`sample_patients`: ``max_attempts`` candidates per patient
-    (row ``i·max_attempts + a`` is patient ``i``'s attempt ``a``, from
-    ``fold_in(fold_in(PRNGKey(seed), i), a)``) with basal values derived, and ``ok [n,
-    max_attempts]``, whether each is physiologically plausible. Samplers that add constraints
-    (e.g. on outcomes) take each patient's first candidate that meets them all, so a patient
-    never depends on ``n``."""
-    if n < 1:
-        raise ValueError(f"n must be >= 1, got {n}")
-    prior = patient_prior(group, shrinkage)
-    chol = np.linalg.cholesky(prior.cov + 1e-12 * np.eye(len(prior.names)))
-    blocks = [
-        np.asarray(_standard_normal_draws(seed, start, max_attempts, len(prior.names)))
-        for start in range(0, n, _BLOCK)
-    ]
-    eps = np.concatenate(blocks)[:n]  # [n, attempts, P]
-    z = prior.mean + eps @ chol.T
-    frame = pd.DataFrame(
-        _from_latent(z.reshape(-1, len(prior.names)), prior.names), columns=list(prior.names)
-    )
-    for k, v in prior.fixed.items():
-        frame[k] = v
-    frame = derive_basal(frame)
-    return frame, _plausible(frame).reshape(n, max_attempts)
-
-
-def pick_candidates(
-    group: str, seed: int, frame: pd.DataFrame, choice: np.ndarray, max_attempts: int
-) -> pd.DataFrame:
-    """Patient ``i``'s candidate ``choice[i]`` from :func:`sample_candidates`, named."""
-    n = len(choice)
-    out = frame.iloc[np.arange(n) * max_attempts + choice].reset_index(drop=True)
-    out.insert(0, "group", group)
-    out.insert(0, "Name", [f"{group}#s{seed}-{i:05d}" for i in range(n)])
-    return out
+    """Every prior draw behind :func:`sample_patients`, all drawn: ``max_attempts`` candidates
+    per patient (row ``i·max_attempts + a`` is patient ``i``'s attempt ``a``; see
+    :class:`Candidates`) with basal values derived, and ``ok [n, max_attempts]``, whether each
+    is physiologically plausible."""
+    cands = Candidates(group, n, seed, shrinkage, max_attempts)
+    cands.ensure(np.arange(n), np.zeros(n, int), np.full(n, max_attempts))
+    frame = cands.frame.iloc[cands.row.ravel()].reset_index(drop=True)
+    return frame, cands.ok
 
 
 def sample_patients(
@@ -228,11 +287,12 @@ def sample_patients(
     therapy settings ``CR``/``CF`` that controllers use. (Constraining patients by their
     outcomes under a standard day is :func:`cohort.glucose.patients.sample_plausible`.)
     """
-    frame, ok = sample_candidates(group, n, seed, shrinkage, max_attempts)
-    if not ok.any(axis=1).all():
-        bad = int(np.flatnonzero(~ok.any(axis=1))[0])
+    cands = Candidates(group, n, seed, shrinkage, max_attempts)
+    cands.ensure(np.arange(n), np.zeros(n, int), np.ones(n, int))
+    if not cands.ok.any(axis=1).all():
+        bad = int(np.flatnonzero(~cands.ok.any(axis=1))[0])
         raise PatientSamplingError(
             f"patient {bad}: no plausible draw in {max_attempts} attempts; raise max_attempts "
             "or shrinkage"
         )
-    return pick_candidates(group, seed, frame, np.argmax(ok, axis=1), max_attempts)
+    return cands.pick(np.argmax(cands.ok, axis=1))
