@@ -159,6 +159,8 @@ def test_rolled_rk4_step_is_the_classical_step():
             y = rk4_step_rolled(f, y, h)
         return y
 
+    single = rk4_step_rolled(f, {s: v.astype(jnp.float32) for s, v in y0.items()}, 0.37)
+    assert all(v.dtype == jnp.float32 for v in single.values())  # no promotion to float64
     exact = solve(1.0 / 256, 256)["a"]
     errors = [float(jnp.max(jnp.abs(solve(1.0 / m, m)["a"] - exact))) for m in (8, 16)]
     assert 14.0 < errors[0] / errors[1] < 18.0  # 2^4

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import typer
@@ -12,6 +13,9 @@ from rich.table import Table
 
 from cohort.cli._common import command, console, err_console, fail, progress
 from cohort.timing import describe, phases, step
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 _METRICS = (
     ("tir_70_180", "TIR 70–180 %"),
@@ -128,11 +132,12 @@ def glucose(
         sensor=Sensor() if cgm_noise else None,
         pump_increment=pump_increment or None,
     )
-    ahead, ahead_spent = None, {}
+    build, ahead_spent = None, {}
     if n > 10 and scheduler is None:
         # The run's batch program depends on the patients' number and columns, not on their
         # values: compile it on a second thread while the patients are sampled (screening
-        # them compiles and runs a program of its own; XLA compiles on one core).
+        # them compiles and runs a program of its own: ours starts once the candidates are
+        # drawn, as two compilations started together slowed the screening down).
         import threading
 
         from cohort.glucose.simulate import compile_ahead
@@ -149,8 +154,10 @@ def glucose(
             except Exception:  # noqa: BLE001 - the run itself reports any problem
                 pass
 
-        ahead = threading.Thread(target=build, name="compile-ahead", daemon=True)
-        ahead.start()
+    def build_alongside() -> None:
+        if build is not None:
+            threading.Thread(target=build, name="compile-ahead", daemon=True).start()
+
     try:
         with phases() as spent:
             # patient sampling (screening plausible patients runs standard days) is timed
@@ -162,13 +169,16 @@ def glucose(
                     from cohort.cli._cache import cached_table
                     from cohort.glucose.patients import sample_plausible
 
+                    def sample() -> pd.DataFrame:
+                        nonlocal build
+                        then, build = build, None  # started by the sampler
+                        return sample_plausible(patients, n, seed=seed, then=then)
+
                     with err_console.status(f"sampling {n:,} {patients}s with plausible outcomes"):
-                        pop = cached_table(
-                            "plausible",
-                            (patients, n, seed),
-                            lambda: sample_plausible(patients, n, seed=seed),
-                        )
+                        pop = cached_table("plausible", (patients, n, seed), sample)
+                    build_alongside()  # the patients came from the cache
                 else:
+                    build_alongside()
                     pop = sample_patients(patients, n, seed=seed)
             t0 = time.perf_counter()
             with progress() as bar:

@@ -34,8 +34,9 @@ def rk4_step_rolled(f: Callable[[Tree], Tree], y: Tree, h) -> Tree:
     right-hand side (UVA/Padova: ~0.2 s each, measured), while the loop costs nothing
     measurable at run time. Agrees with :func:`rk4_step` to rounding (the weights are
     applied per stage)."""
-    nodes = jnp.array([0.0, 0.5, 0.5, 1.0]) * h
-    weights = jnp.array([1.0, 2.0, 2.0, 1.0]) / 6.0
+    dtype = jnp.result_type(*y.values())  # float32 states stay float32
+    nodes = jnp.array([0.0, 0.5, 0.5, 1.0], dtype) * h
+    weights = jnp.array([1.0, 2.0, 2.0, 1.0], dtype) / 6.0
 
     def stage(i, c):
         acc, k = c

@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import threading
+from collections.abc import Callable
 
 import numpy as np
 import pandas as pd
@@ -27,11 +28,16 @@ from cohort.glucose.simulate import compile_ahead, run
 from cohort.models.glucose.patients import Candidates, PatientSamplingError, reference_patients
 
 STANDARD_DAY_OPTIONS = ClosedLoopOptions(period=3.0)  # Dexcom's 3-min CGM period, no noise
+# Screening runs its standard days in float32: 1.5x faster than float64, and its outcomes agree
+# with float64 far inside the envelope's margins (10,240 sampled adults: TIR within 0.21 %,
+# mean glucose within 2e-4 mg/dL; margins 5 %, 2 % and 10 mg/dL).
+SCREENING_DTYPE = "float32"
 
 
-def standard_day(patients: pd.DataFrame, chunk_size: int | None = None):
+def standard_day(patients: pd.DataFrame, chunk_size: int | None = None, dtype: str = "float64"):
     """One standard day (see the module docstring) of ``patients``: the dataset of
-    :func:`cohort.glucose.run`, with per-patient ``tir_70_180``, ``tbr_70``, ``mean``, ..."""
+    :func:`cohort.glucose.run`, with per-patient ``tir_70_180``, ``tbr_70``, ``mean``, ...
+    computed in ``dtype``."""
     return run(
         patients,
         fixed_scenario(len(patients), 1),
@@ -39,6 +45,7 @@ def standard_day(patients: pd.DataFrame, chunk_size: int | None = None):
         days=1.0,
         options=STANDARD_DAY_OPTIONS,
         chunk_size=chunk_size,
+        dtype=dtype,
     )
 
 
@@ -65,7 +72,8 @@ def reference_envelope(
 ) -> OutcomeEnvelope:
     """The range of the reference patients' standard-day outcomes, widened by the margins
     (defaults: the tolerances to which cohort reproduces simglucose per patient)."""
-    return _envelope(standard_day(reference_patients(group)), tir_margin, tbr_margin, mean_margin)
+    day = standard_day(reference_patients(group), dtype=SCREENING_DTYPE)  # as screened
+    return _envelope(day, tir_margin, tbr_margin, mean_margin)
 
 
 def _envelope(ds, tir_margin: float = 5.0, tbr_margin: float = 2.0, mean_margin: float = 10.0):
@@ -87,7 +95,7 @@ def _compile_standard_day(group: str, chunk: int) -> None:
         like = reference_patients(group).iloc[np.zeros(chunk, int)].reset_index(drop=True)
         compile_ahead(
             like, fixed_scenario(chunk, 1), BasalBolus(), days=1.0,
-            options=STANDARD_DAY_OPTIONS, chunk_size=chunk,
+            options=STANDARD_DAY_OPTIONS, chunk_size=chunk, dtype=SCREENING_DTYPE,
         )  # fmt: skip
     except Exception:  # noqa: BLE001
         pass
@@ -100,18 +108,23 @@ def sample_plausible(
     envelope: OutcomeEnvelope | None = None,
     max_attempts: int = 32,
     shrinkage: float = 0.1,
+    then: Callable[[], None] | None = None,
 ) -> pd.DataFrame:
     """``n`` patients of ``group`` drawn from the prior (as :func:`sample_patients`) whose
     standard-day outcomes fall within ``envelope`` (default :func:`reference_envelope`).
 
     Returns the patients with their standard-day ``tir_70_180``, ``tbr_70`` and ``mean`` and
     the ``attempt`` that was kept; ``df.attrs['acceptance']`` is the fraction of physiological
-    candidates that passed."""
+    candidates that passed. ``then`` runs on a background thread once the first candidates
+    are drawn (``cohort glucose`` compiles its run's program there: the core that drew them
+    is free until the screening program is compiled, and two compilations started together
+    slowed the screening down)."""
     chunk = min(1024, max(8, 1 << (n - 1).bit_length()))
     # The screening program depends on the batch shape only: compile it on a second thread
     # while the candidates are drawn (XLA compiles on one core; the draws run on the other).
-    ahead = threading.Thread(target=_compile_standard_day, args=(group, chunk), daemon=True)
-    ahead.start()
+    threading.Thread(
+        target=_compile_standard_day, args=(group, chunk), name="compile-screening", daemon=True
+    ).start()
     cands = Candidates(group, n, seed, shrinkage, max_attempts)
     # Without an envelope, the reference patients' standard day (the default envelope) runs
     # in the first round's batches: one compiled program instead of two (a patient's day does
@@ -130,6 +143,9 @@ def sample_plausible(
         # each pending patient's physiological candidates not yet tried, in attempt order
         # (drawn as far as this round can use them)
         cands.ensure(pending, next_try[pending], share)
+        if then is not None:
+            threading.Thread(target=then, name="compile-ahead", daemon=True).start()
+            then = None
         later = cands.ok[pending] & (np.arange(max_attempts) >= next_try[pending][:, None])
         if not later.any(axis=1).all():
             bad = int(pending[np.flatnonzero(~later.any(axis=1))[0]])
@@ -148,7 +164,7 @@ def sample_plausible(
         if refs is not None:
             batch = pd.concat([batch, refs[list(batch.columns)]])
         batch = batch.iloc[np.minimum(np.arange(size), len(batch) - 1)]  # padded: one shape
-        ds = standard_day(batch.reset_index(drop=True), chunk_size=chunk)
+        ds = standard_day(batch.reset_index(drop=True), chunk_size=chunk, dtype=SCREENING_DTYPE)
         if refs is not None:
             envelope = _envelope(ds.isel(patient=slice(who.size, who.size + n_refs)))
             refs = None
