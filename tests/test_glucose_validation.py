@@ -117,6 +117,19 @@ def test_sampler_keeps_each_patients_first_passing_candidate():
     assert pop.attrs["acceptance"] == pytest.approx(n / tried)
 
 
+def test_sampler_runs_then_once_after_drawing_candidates():
+    """``then`` (the CLI compiles its run's program there) runs once, on another thread,
+    after the first candidates are drawn; the patients are those of a call without it."""
+    import threading
+
+    calls = []
+    pop = sample_plausible(
+        "adult", 8, seed=3, then=lambda: calls.append(threading.current_thread())
+    )
+    assert len(calls) == 1 and calls[0] is not threading.main_thread()
+    pd.testing.assert_frame_equal(pop, sample_plausible("adult", 8, seed=3))
+
+
 def test_candidates_drawn_as_needed_equal_those_drawn_up_front():
     """The samplers draw a patient's attempts a few at a time, as they need them: each
     attempt is the same draw as when every attempt of every patient is drawn up front."""
