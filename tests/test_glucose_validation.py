@@ -122,11 +122,14 @@ def test_sampler_runs_then_once_after_drawing_candidates():
     after the first candidates are drawn; the patients are those of a call without it."""
     import threading
 
-    calls = []
-    pop = sample_plausible(
-        "adult", 8, seed=3, then=lambda: calls.append(threading.current_thread())
-    )
-    assert len(calls) == 1 and calls[0] is not threading.main_thread()
+    calls, called = [], threading.Event()
+
+    def then():
+        calls.append(threading.current_thread())
+        called.set()
+
+    pop = sample_plausible("adult", 8, seed=3, then=then)
+    assert called.wait(10) and len(calls) == 1 and calls[0] is not threading.main_thread()
     pd.testing.assert_frame_equal(pop, sample_plausible("adult", 8, seed=3))
 
 
