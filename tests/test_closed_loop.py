@@ -216,3 +216,22 @@ def test_cvga_figure_uses_the_stored_per_patient_extremes(open_loop_run, tmp_pat
     assert len(set(zones)) > 1  # open loop over two days: not every patient in one zone
     png = cvga_plot(ds, tmp_path / "cvga.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_metrics_only_equals_the_runs_metrics():
+    """``metrics_only`` (screening, the CLI without --out) gives the per-patient metrics of
+    ``run`` to the bit, and refuses a store."""
+    from cohort.glucose.metrics import CVGA_ZONES
+    from cohort.glucose.simulate import metrics_only
+
+    pop = reference_patients("adolescent")
+    args = (pop, "random", "basal-bolus")
+    kw = dict(days=1.0, seed=2, options=ClosedLoopOptions(period=5.0, sensor=Sensor()))
+    ds = run(*args, **kw)
+    m = metrics_only(*args, **kw)
+    np.testing.assert_array_equal(m["status"], ds.status.values)
+    for k in ("tir_70_180", "tbr_70", "mean", "cv", "lbgi", "hbgi", "gmi"):
+        np.testing.assert_array_equal(m[k], ds[k].values)
+    np.testing.assert_array_equal(np.asarray(CVGA_ZONES)[m["cvga_code"]], ds.cvga_zone.values)
+    with pytest.raises(ValueError, match="metrics_only keeps nothing on disk"):
+        metrics_only(*args, out="x.zarr", **kw)

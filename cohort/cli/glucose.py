@@ -31,22 +31,27 @@ _METRICS = (
 )
 
 
-def _metrics_table(ds) -> Table:
-    from cohort.glucose.metrics import cvga_counts
+def _metrics_table(result) -> Table:
+    """The metrics of a run: its dataset, or the arrays of ``metrics_only``."""
+    from cohort.glucose.metrics import CVGA_LETTERS, CVGA_ZONES
 
-    ok = ds["status"].values == 0
-    table = Table(title=f"glycaemic metrics — {int(ok.sum()):,}/{ds.sizes['patient']:,} patients")
+    status = np.asarray(result["status"])
+    ok = status == 0
+    table = Table(title=f"glycaemic metrics — {int(ok.sum()):,}/{status.size:,} patients")
     for col in ("metric", "mean", "median", "p5", "p95"):
         table.add_column(col, justify="left" if col == "metric" else "right")
     for name, label in _METRICS:
-        v = np.asarray(ds[name].values, float)[ok]
+        v = np.asarray(result[name], float)[ok]
         if v.size == 0:
             continue
         p5, med, p95 = np.nanquantile(v, [0.05, 0.5, 0.95])
         table.add_row(label, f"{np.nanmean(v):.2f}", f"{med:.2f}", f"{p5:.2f}", f"{p95:.2f}")
-    counts = cvga_counts(ds["cvga_zone"].isel(patient=np.flatnonzero(ok)), letters=True)
-    zones = "  ".join(f"{z}:{int(c)}" for z, c in zip(counts.zone.values, counts.values))
-    table.caption = f"CVGA {zones}"
+    if "cvga_zone" in result:
+        zone = np.asarray(result["cvga_zone"]).astype(str)[ok]
+    else:
+        zone = np.asarray(CVGA_ZONES)[np.asarray(result["cvga_code"])[ok]]
+    letter = np.asarray([z.split()[-1] for z in zone.tolist()])
+    table.caption = "CVGA " + "  ".join(f"{z}:{int(np.sum(letter == z))}" for z in CVGA_LETTERS)
     return table
 
 
@@ -93,7 +98,7 @@ def glucose(
     from cohort.engine.inputs import InputError
     from cohort.glucose.loop import ClosedLoopOptions
     from cohort.glucose.sensor import Sensor
-    from cohort.glucose.simulate import run
+    from cohort.glucose.simulate import metrics_only, run
     from cohort.models.glucose import GROUPS, reference_patients, sample_patients
     from cohort.store import StoreError
 
@@ -187,7 +192,9 @@ def glucose(
                 def update(done: int, total: int) -> None:
                     bar.update(task, completed=done, total=total)
 
-                ds = run(
+                # Without --out or --plots no trajectory is kept: the metrics are all the
+                # command prints, so no dataset is assembled.
+                ds = (run if out is not None or plots is not None else metrics_only)(
                     pop,
                     scenario,
                     controller,

@@ -24,7 +24,7 @@ import pandas as pd
 from cohort.glucose.controllers import BasalBolus
 from cohort.glucose.loop import ClosedLoopOptions
 from cohort.glucose.scenarios import fixed_scenario
-from cohort.glucose.simulate import compile_ahead, run
+from cohort.glucose.simulate import compile_ahead, metrics_only, run
 from cohort.models.glucose.patients import Candidates, PatientSamplingError, reference_patients
 
 STANDARD_DAY_OPTIONS = ClosedLoopOptions(period=3.0)  # Dexcom's 3-min CGM period, no noise
@@ -60,10 +60,12 @@ class OutcomeEnvelope:
     mean_max: float
 
     def accepts(self, ds) -> np.ndarray:
-        tir, tbr, mean = (np.asarray(ds[k].values, float) for k in ("tir_70_180", "tbr_70", "mean"))
+        """Which patients of ``ds`` (a :func:`standard_day` dataset, or its metric arrays)
+        pass."""
+        tir, tbr, mean = (np.asarray(ds[k], float) for k in ("tir_70_180", "tbr_70", "mean"))
         ok = (tir >= self.tir_min) & (tbr <= self.tbr_max)
         ok &= (mean >= self.mean_min) & (mean <= self.mean_max)
-        return ok & (np.asarray(ds["status"].values) == 0)
+        return ok & (np.asarray(ds["status"]) == 0)
 
 
 @functools.lru_cache(maxsize=8)
@@ -77,14 +79,24 @@ def reference_envelope(
 
 
 def _envelope(ds, tir_margin: float = 5.0, tbr_margin: float = 2.0, mean_margin: float = 10.0):
-    """:class:`OutcomeEnvelope` around the standard-day outcomes in ``ds``."""
-    tir, tbr, mean = (np.asarray(ds[k].values, float) for k in ("tir_70_180", "tbr_70", "mean"))
+    """:class:`OutcomeEnvelope` around the standard-day outcomes in ``ds`` (a dataset or
+    metric arrays)."""
+    tir, tbr, mean = (np.asarray(ds[k], float) for k in ("tir_70_180", "tbr_70", "mean"))
     return OutcomeEnvelope(
         max(0.0, tir.min() - tir_margin),
         min(100.0, tbr.max() + tbr_margin),
         mean.min() - mean_margin,
         mean.max() + mean_margin,
     )
+
+
+def _screen(patients: pd.DataFrame, chunk: int) -> dict[str, np.ndarray]:
+    """The standard day's metrics and status of ``patients`` as screening runs it: in
+    :data:`SCREENING_DTYPE`, batches of ``chunk``, arrays rather than a dataset."""
+    return metrics_only(
+        patients, fixed_scenario(len(patients), 1), BasalBolus(), days=1.0,
+        options=STANDARD_DAY_OPTIONS, chunk_size=chunk, dtype=SCREENING_DTYPE,
+    )  # fmt: skip
 
 
 def _compile_standard_day(group: str, chunk: int) -> None:
@@ -164,12 +176,12 @@ def sample_plausible(
         if refs is not None:
             batch = pd.concat([batch, refs[list(batch.columns)]])
         batch = batch.iloc[np.minimum(np.arange(size), len(batch) - 1)]  # padded: one shape
-        ds = standard_day(batch.reset_index(drop=True), chunk_size=chunk, dtype=SCREENING_DTYPE)
+        day = _screen(batch.reset_index(drop=True), chunk)
         if refs is not None:
-            envelope = _envelope(ds.isel(patient=slice(who.size, who.size + n_refs)))
+            envelope = _envelope({k: v[who.size : who.size + n_refs] for k, v in day.items()})
             refs = None
-        ds = ds.isel(patient=slice(0, who.size))
-        good = envelope.accepts(ds)
+        day = {k: v[: who.size] for k, v in day.items()}
+        good = envelope.accepts(day)
         # per patient: its first passing candidate among those tried (rows are grouped by
         # patient, so the first good row of each group)
         first_row = np.searchsorted(who, np.arange(pending.size))
@@ -181,7 +193,7 @@ def sample_plausible(
         # the candidates a one-at-a-time search would have tried: up to the first pass
         tried += int(np.sum(np.where(found, first_good + 1, take.sum(axis=1))))
         passed += int(found.sum())
-        values = {k: np.asarray(ds[k].values, float) for k in outcome}
+        values = {k: np.asarray(day[k], float) for k in outcome}
         for k in outcome:
             outcome[k][pending[found]] = values[k][row]
         choice[pending[found]] = attempt[row]

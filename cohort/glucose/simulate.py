@@ -164,19 +164,11 @@ def run(
     model, ctrl, options, n_periods, params, times, attrs = (
         plan.model, plan.ctrl, plan.options, plan.n_periods, plan.params, plan.times, plan.attrs
     )  # fmt: skip
-    invalid, inputs, shared, solver = plan.invalid, plan.inputs, plan.shared, plan.solver
-    chunk_size, batch, n_pat = plan.chunk_size, plan.batch, len(plan.invalid)
+    invalid, inputs, shared = plan.invalid, plan.inputs, plan.shared
+    chunk_size, n_pat = plan.chunk_size, len(plan.invalid)
     if cluster is not None and out is None:
         raise InputError("cluster: a distributed run writes into a store; give out=")
     metric_vars = _metric_variables()
-    common = dict(
-        n_patients=n_pat,
-        chunk_size=chunk_size,
-        n_times=len(times),
-        out_bytes=batch * len(times) * len(_OUTPUTS) * np.dtype(out_dtype).itemsize,
-        invalid=invalid,
-        progress=progress,
-    )
     if out is not None:
         if cluster is not None:
             from cohort.distributed import check_reachable
@@ -220,26 +212,63 @@ def run(
         ds["cvga_zone"] = ("patient", np.asarray(("", *CVGA_ZONES))[codes + 1], zone_attrs)
         return ds
 
-    keep = {k: np.empty((n_pat, len(times)), out_dtype) for k in _OUTPUTS}
-    status_all = np.empty(n_pat, np.int8)
-    metrics_all = {k: np.empty(n_pat, np.dtype(d)) for k, (d, _) in metric_vars.items()}
-
-    def to_memory(k, lo, hi, blocks, status, metrics):
-        for name, parts in blocks.items():
-            patient_major(parts, keep[name][lo:hi])
-            keep[name][lo:hi][status != 0] = np.nan
-        status_all[lo:hi] = status
-        for name, v in _masked(metrics, status != 0).items():
-            metrics_all[name][lo:hi] = v
-
-    run_batches(solver, inputs, shared, sink=to_memory, **common)
-    metrics_all["cvga_code"] = metrics_all.pop("cvga_zone")
+    keep, status_all, metrics_all = _solve_in_memory(plan, progress, trajectories=True)
     patients = xr.Variable(("patient",), np.arange(n_pat))
     template = xr.DataArray(
         np.arange(n_pat), dims=("patient",), coords=indexed_coordinates({"patient": patients})
     )
     met = metrics_dataset(metrics_all, template)
     return _dataset(model, keep, status_all, params, times, attrs).merge(met)
+
+
+def metrics_only(patients: Any, *args: Any, **kwargs: Any) -> dict[str, np.ndarray]:
+    """:func:`run` (same arguments, without ``out``) reduced to per-patient arrays: the
+    glycaemic metrics, ``status`` and ``cvga_code`` (index into ``CVGA_ZONES``, -1 for a
+    failed patient). For callers that keep no trajectories (screening patients, the CLI
+    without ``--out``): no dataset is assembled, and none of the trajectories is copied out
+    of the batch buffers."""
+    bound = inspect.signature(run).bind(patients, *args, **kwargs)
+    bound.apply_defaults()
+    a = bound.arguments
+    if a["out"] is not None or a["cluster"] is not None:
+        raise InputError("out, cluster: metrics_only keeps nothing on disk; use run(out=...)")
+    plan = _plan(
+        a["patients"], a["scenario"], a["controller"], a["days"], a["seed"], a["options"],
+        a["chunk_size"], a["dtype"], a["out_dtype"], None, False,
+    )  # fmt: skip
+    _, status, metrics = _solve_in_memory(plan, a["progress"], trajectories=False)
+    return {**metrics, "status": status}
+
+
+def _solve_in_memory(
+    plan: _Plan, progress: Callable[[int, int], None] | None, trajectories: bool
+) -> tuple[dict, np.ndarray, dict]:
+    """Run ``plan``'s batches into memory: trajectories ``[patient, time]`` per output (NaN
+    for failed patients; only if ``trajectories``), status, and the metric arrays
+    (``cvga_code`` for the zone)."""
+    n_pat, n_times = len(plan.invalid), len(plan.times)
+    shape = (n_pat, n_times) if trajectories else (0, 0)
+    keep = {k: np.empty(shape, plan.out_dtype) for k in _OUTPUTS}
+    status_all = np.empty(n_pat, np.int8)
+    metrics_all = {k: np.empty(n_pat, np.dtype(d)) for k, (d, _) in _metric_variables().items()}
+
+    def to_memory(k, lo, hi, blocks, status, metrics):
+        if trajectories:
+            for name, parts in blocks.items():
+                patient_major(parts, keep[name][lo:hi])
+                keep[name][lo:hi][status != 0] = np.nan
+        status_all[lo:hi] = status
+        for name, v in _masked(metrics, status != 0).items():
+            metrics_all[name][lo:hi] = v
+
+    run_batches(
+        plan.solver, plan.inputs, plan.shared, sink=to_memory, n_patients=n_pat,
+        chunk_size=plan.chunk_size, n_times=n_times,
+        out_bytes=plan.batch * n_times * len(_OUTPUTS) * np.dtype(plan.out_dtype).itemsize,
+        invalid=plan.invalid, progress=progress,
+    )  # fmt: skip
+    metrics_all["cvga_code"] = metrics_all.pop("cvga_zone")
+    return keep, status_all, metrics_all
 
 
 @dataclasses.dataclass
