@@ -125,6 +125,8 @@ CASES = [
     (["trial", str(TRIAL), "--pta-doses", "1,x"], "--pta-doses"),
     (["trial", str(TRIAL), "--report", "r.pdf"], "--report r.pdf: give a .md or .html path"),
     (["trial", str(TRIAL), "--n", "3"], "use n >= 8"),
+    (["trial", str(TRIAL), "--seed", "-1"], "--seed must be >= 0"),
+    (["trial", str(TRIAL), "--resume"], "--resume needs --out"),
     # glucose
     (["glucose", "--n", "0"], "--n must be >= 1"),
     (["glucose", "--days", "0"], "--days must be > 0"),

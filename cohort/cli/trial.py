@@ -10,22 +10,40 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from cohort.cli._common import command, console, fail, progress
+from cohort.cli._common import command, console, err_console, fail, progress
 
 
-def _power_table(summary) -> Table:
+def _power_table(summary, spec) -> Table:
     table = Table(title="power per comparison (95 % Monte Carlo CI)")
-    for col in ("comparison", "mean estimate", "mean N", "power", "MC CI"):
+    for col in ("comparison", "mean estimate", "mean N", "power", "MC CI", "harm"):
         table.add_column(col, justify="left" if col == "comparison" else "right")
     for row in summary.itertuples(index=False):
         table.add_row(
-            row.comparison,
+            escape(row.comparison),
             f"{row.estimate_mean:.4g}",
             f"{row.n_mean:.1f}",
             f"{row.power:.3f}",
             f"[{row.power_mc_low:.3f}, {row.power_mc_high:.3f}]",
+            f"{row.harm_rate:.3f}",
         )
+    reps = int(summary["replicates"].max())
+    table.caption = (
+        f"power: fraction of the {reps:,} replicate trials rejecting H0 in the direction of "
+        f"benefit ({'two' if spec.sided == 2 else 'one'}-sided, alpha {spec.alpha:g}); harm: "
+        "rejecting it the other way; trials that could not be analysed count as not rejecting"
+    )
     return table
+
+
+def _unanalysable(summary) -> list[str]:
+    """A warning per comparison whose replicates could not all be analysed."""
+    return [
+        f"{row.comparison}: {row.not_analysable:,} of {row.replicates:,} replicate trials could "
+        "not be analysed (too few patients or events in an arm); they count as not rejecting: "
+        "raise n"
+        for row in summary.itertuples(index=False)
+        if row.not_analysable
+    ]
 
 
 def _frame_table(frame, title: str) -> Table:
@@ -53,6 +71,7 @@ def trial(
     replicates: int = typer.Option(None, help="override the number of replicate trials"),
     n: int = typer.Option(None, help="override the patients per trial"),
     overwrite: bool = typer.Option(False, help="replace an existing --out/--report by cohort"),
+    resume: bool = typer.Option(False, help="finish an interrupted run into the same --out"),
     report_path: Path = typer.Option(None, "--report", help="also write a report (.md or .html)"),
     sample_size: bool = typer.Option(False, help="search [analysis] sample_sizes for power"),
     escalation: bool = typer.Option(False, help="run the spec's [escalation] design"),
@@ -69,9 +88,13 @@ def trial(
 
     if not spec.is_file():
         fail(f"no such trial spec {spec}")
-    for flag, value in (("--replicates", replicates), ("--n", n)):
-        if value is not None and value < 1:
-            fail(f"{flag} must be >= 1, got {value}")
+    for flag, value, lo in (("--replicates", replicates, 1), ("--n", n, 1), ("--seed", seed, 0)):
+        if value is not None and value < lo:
+            fail(f"{flag} must be >= {lo}, got {value}")
+    if resume and overwrite:
+        fail("--resume and --overwrite: choose one (finish the run, or replace it)")
+    if resume and out is None:
+        fail("--resume needs --out (the store of the interrupted run)")
     doses = None
     if pta_doses:
         try:
@@ -103,6 +126,7 @@ def trial(
                 replicates=replicates,
                 n=n,
                 overwrite=overwrite,
+                resume=resume,
                 progress=update,
                 cluster=scheduler,
             )
@@ -111,7 +135,9 @@ def trial(
     esc = ct.escalate(parsed, replicates=replicates, seed=seed) if escalation else None
     sweep = ct.dose_pta(parsed, doses, seed=seed) if doses else None
     if len(analysis.summary):
-        console.print(_power_table(analysis.summary))
+        console.print(_power_table(analysis.summary, result.spec))
+        for line in _unanalysable(analysis.summary):
+            err_console.print(f"[bold yellow]warning:[/] {escape(line)}")
     if len(analysis.pta):
         console.print(_frame_table(analysis.pta[["target", "arm", "pta"]],
                                    "probability of target attainment"))  # fmt: skip

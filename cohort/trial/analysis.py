@@ -150,8 +150,7 @@ def analyze(result: TrialResult, out: str | Path | None = None) -> Analysis:
             label = f"{test.endpoint}: {arm} vs {spec.control} ({kind})"
             labels.append(label)
             blocks.append(res)
-            finite = np.isfinite(res["p"])
-            pw = stats.power_summary(np.where(finite, res["reject"], np.nan))
+            pw = stats.power_summary(np.where(np.isfinite(res["p"]), res["reject"], np.nan))
             rows.append(
                 {
                     "comparison": label,
@@ -167,12 +166,11 @@ def analyze(result: TrialResult, out: str | Path | None = None) -> Analysis:
                     "ci_width_mean": float(np.nanmean(res["ci_high"] - res["ci_low"])),
                     "n_mean": float(np.nanmean(res["n_treat"] + res["n_control"])),
                     "power": pw["power"],
-                    "harm_rate": float(
-                        np.nanmean(np.where(np.isfinite(res["p"]), res["harm"], np.nan))
-                    ),
+                    "harm_rate": float(np.mean(np.nan_to_num(res["harm"]))),
                     "power_mc_low": pw["mc_low"],
                     "power_mc_high": pw["mc_high"],
                     "replicates": pw["replicates"],
+                    "not_analysable": pw["not_analysable"],
                 }
             )
     reps = xr.Dataset(

@@ -252,9 +252,18 @@ def _tables(result, analysis, sample_sizes, escalation, dose_pta) -> list:
         "power_mc_low",
         "power_mc_high",
         "harm_rate",
+        "replicates",
+        "not_analysable",
     ]
     if len(analysis.summary):
-        tables.append(("Power per comparison (95 % Monte Carlo CI)", analysis.summary[cols]))
+        sided = "two" if spec.sided == 2 else "one"
+        tables.append((
+            f"Power per comparison (95 % Monte Carlo CI): the fraction of all replicate trials "
+            f"rejecting H0 in the direction of benefit ({sided}-sided, alpha {spec.alpha:g}); "
+            "harm_rate: rejecting it the other way; not_analysable: trials with too few patients "
+            "or events in an arm, counted as not rejecting",
+            analysis.summary[[c for c in cols if c in analysis.summary]],
+        ))  # fmt: skip
     if analysis.bounds is not None:
         looks = spec.sequential.looks
         futility = spec.sequential.futility

@@ -89,6 +89,7 @@ def run(
     replicates: int | None = None,
     n: int | None = None,
     overwrite: bool = False,
+    resume: bool = False,
     chunk_size: int | None = None,
     progress: Callable[[int, int], None] | None = None,
     cluster: Any = None,
@@ -96,13 +97,15 @@ def run(
     """Simulate all arms x replicates of the trial in ``spec`` (a path or a :class:`TrialSpec`).
 
     ``seed``, ``replicates`` and ``n`` override the spec. Same spec + seed = same trial.
+    ``resume=True`` finishes an interrupted run into ``out`` (its simulation continues where
+    it stopped; endpoints and analysis are recomputed): the store equals a clean run's.
     ``cluster`` (a Dask Client, Cluster or scheduler address; needs ``out``) solves the
     replicates' patients on its workers, bit-identical to a local run."""
     if not isinstance(spec, TrialSpec):
         spec = load(spec)
-    for name, value in (("replicates", replicates), ("n", n)):
-        if value is not None and (isinstance(value, bool) or int(value) != value or value < 1):
-            raise TrialSpecError(f"{name}: must be an integer >= 1, got {value!r}")
+    for name, value, lo in (("replicates", replicates, 1), ("n", n, 1), ("seed", seed, 0)):
+        if value is not None and (isinstance(value, bool) or int(value) != value or value < lo):
+            raise TrialSpecError(f"{name}: must be an integer >= {lo}, got {value!r}")
     spec = spec.with_(
         seed=spec.seed if seed is None else int(seed),
         replicates=spec.replicates if replicates is None else int(replicates),
@@ -147,6 +150,7 @@ def run(
         chunk_size=chunk_size,
         out=None if out is None else str(out),
         overwrite=overwrite,
+        resume=resume,
         seed=spec.seed,
         progress=progress,
         cluster=cluster,

@@ -12,6 +12,8 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from cohort._toml import read_toml
 from cohort.population.expr import ExpressionError, names_in
 from cohort.trial.schema import (  # noqa: F401  (re-exported: the spec's public types)
@@ -59,6 +61,11 @@ class _Reader:
     def int_(self, key: str, v: Any, lo: int = 0) -> int:
         if isinstance(v, bool) or not isinstance(v, int) or v < lo:
             raise self.err(key, f"must be an integer >= {lo}, got {v!r}")
+        return v
+
+    def bool_(self, key: str, v: Any) -> bool:
+        if not isinstance(v, bool):
+            raise self.err(key, f"must be true or false (no quotes), got {v!r}")
         return v
 
     def choice(self, key: str, v: Any, options: tuple[str, ...]) -> str:
@@ -137,6 +144,7 @@ def _parse(raw: dict, path: str, base: Path | None, digest: str) -> TrialSpec:
         prior = base / prior
     if not prior.exists():
         raise r.err("population.prior", f"no such prior spec {str(prior)!r}")
+    population = _prior_names(r, prior, t["model"])
     arms = _arms(r, raw.get("arms"))
     names = [a.name for a in arms]
     al = r.keys(
@@ -151,7 +159,9 @@ def _parse(raw: dict, path: str, base: Path | None, digest: str) -> TrialSpec:
     block = r.int_("allocation.block_size", al.get("block_size", sum(ratio) * 2))
     if block and block % sum(ratio):
         raise r.err("allocation.block_size", f"must be a multiple of sum(ratio) = {sum(ratio)}")
-    strata = tuple(r.expr(f"allocation.strata[{i}]", s) for i, s in enumerate(al.get("strata", [])))
+    strata = tuple(
+        r.expr(f"allocation.strata[{i}]", s, population) for i, s in enumerate(al.get("strata", []))
+    )
     sa = r.keys("sampling", raw.get("sampling", {}), {"times", "assay"})
     times = tuple(r.num(f"sampling.times[{i}]", x, 0) for i, x in enumerate(sa.get("times", [])))
     if not times or list(times) != sorted(set(times)):
@@ -160,6 +170,7 @@ def _parse(raw: dict, path: str, base: Path | None, digest: str) -> TrialSpec:
     do = r.keys("dropout", raw.get("dropout", {}), {"hazard", "estimand"})
     endpoints = _endpoints(r, raw.get("endpoints"))
     ep_names = {e.name for e in endpoints}
+    _check_windows(r, endpoints, times)
     an = r.keys(
         "analysis",
         raw.get("analysis", {}),
@@ -168,7 +179,7 @@ def _parse(raw: dict, path: str, base: Path | None, digest: str) -> TrialSpec:
     control = an.get("control", next((a.name for a in arms if a.control), names[0]))
     if control not in names:
         raise r.err("analysis.control", f"unknown arm {control!r}; arms: {names}")
-    tests = tuple(_test(r, i, x, ep_names) for i, x in enumerate(an.get("tests", [])))
+    tests = tuple(_test(r, i, x, endpoints, population) for i, x in enumerate(an.get("tests", [])))
     seq = None
     if "sequential" in an:
         s = r.keys("analysis.sequential", an["sequential"], {"looks", "spending", "futility"})
@@ -238,10 +249,12 @@ def _parse(raw: dict, path: str, base: Path | None, digest: str) -> TrialSpec:
         grid_step=r.num("trial.grid_step", t.get("grid_step", 0.5), 1e-6),
         prior=str(prior),
         inclusion=tuple(
-            r.expr(f"population.inclusion[{i}]", x) for i, x in enumerate(pop.get("inclusion", []))
+            r.expr(f"population.inclusion[{i}]", x, population)
+            for i, x in enumerate(pop.get("inclusion", []))
         ),
         exclusion=tuple(
-            r.expr(f"population.exclusion[{i}]", x) for i, x in enumerate(pop.get("exclusion", []))
+            r.expr(f"population.exclusion[{i}]", x, population)
+            for i, x in enumerate(pop.get("exclusion", []))
         ),
         arms=arms,
         ratio=ratio,
@@ -289,16 +302,20 @@ def _arms(r: _Reader, arms: Any) -> tuple[Arm, ...]:
                 r.int_(f"{key}.addl", g["addl"], 0)
             regs.append(dict(g))
         dose = a.get("dose", sum(float(g["amt"]) * (1 + int(g.get("addl", 0))) for g in regs))
-        out.append(
-            Arm(
-                str(a["name"]),
-                tuple(regs),
-                r.num(f"arms[{i}].dose", dose),
-                bool(a.get("control", False)),
-            )
-        )
+        dose = r.num(f"arms[{i}].dose", dose, 0)
+        if dose > 0 and not regs:
+            # `dose` only labels the arm: without regimens its patients would get no drug
+            raise r.err(
+                f"arms[{i}]", f"dose = {dose:g} but no regimens: the arm would be simulated as "
+                "placebo; add its regimens = [{ amt = ..., cmt = ... }] (or dose = 0 for placebo)"
+            )  # fmt: skip
+        control = r.bool_(f"arms[{i}].control", a.get("control", False))
+        out.append(Arm(str(a["name"]), tuple(regs), dose, control))
     if len({a.name for a in out}) != len(out):
         raise r.err("arms", "arm names must be distinct")
+    if sum(a.control for a in out) > 1:
+        names = [a.name for a in out if a.control]
+        raise r.err("arms", f"{len(names)} arms have control = true ({names}): mark one")
     return tuple(out)
 
 
@@ -348,7 +365,7 @@ def _endpoints(r: _Reader, eps: Any) -> tuple[Endpoint, ...]:
                 type=kind,
                 **{k: float(v) for k, v in vals.items()},
                 **{k: str(e[k]) for k in ("output", "of") if k in e},
-                observed=bool(e.get("observed", True)),
+                observed=r.bool_(f"{key}.observed", e.get("observed", True)),
             )
         )
     if len({e.name for e in out}) != len(out):
@@ -356,24 +373,105 @@ def _endpoints(r: _Reader, eps: Any) -> tuple[Endpoint, ...]:
     return tuple(out)
 
 
-def _test(r: _Reader, i: int, x: Any, endpoints: set[str]) -> Test:
+def _test(
+    r: _Reader, i: int, x: Any, endpoints: tuple[Endpoint, ...], population: set[str]
+) -> Test:
     key = f"analysis.tests[{i}]"
     r.keys(key, x, {"endpoint", "test", "covariate", "log", "primary", "direction"})
-    if x.get("endpoint") not in endpoints:
-        raise r.err(
-            f"{key}.endpoint", f"unknown endpoint {x.get('endpoint')!r}; {sorted(endpoints)}"
-        )
+    kinds = {e.name: e.type for e in endpoints}
+    if x.get("endpoint") not in kinds:
+        raise r.err(f"{key}.endpoint", f"unknown endpoint {x.get('endpoint')!r}; {sorted(kinds)}")
     test = r.choice(f"{key}.test", x.get("test", "ttest"), TESTS)
-    if test == "ancova" and not x.get("covariate"):
-        raise r.err(f"{key}.covariate", "ANCOVA needs a covariate (a covariate or endpoint name)")
+    kind = kinds[x["endpoint"]]
+    if test == "responder" and kind != "responder":
+        raise r.err(
+            f"{key}.test", f"a responder test needs a responder (0/1) endpoint; "
+            f"{x['endpoint']!r} is {kind}: use ttest or ancova, or test a responder endpoint"
+        )  # fmt: skip
+    if test == "logrank" and kind != "tte":
+        raise r.err(
+            f"{key}.test", f"logrank compares times to event; {x['endpoint']!r} is {kind}: "
+            "use ttest or ancova, or test a tte endpoint"
+        )  # fmt: skip
+    if test == "ancova":
+        covariate = x.get("covariate")
+        if not covariate:
+            raise r.err(f"{key}.covariate", "ANCOVA needs a covariate (a covariate or endpoint)")
+        known = set(kinds) | population
+        if covariate not in known:
+            raise r.err(f"{key}.covariate", f"unknown name {covariate!r}; known: {sorted(known)}")
     return Test(
         x["endpoint"],
         test,
         str(x.get("covariate", "")),
-        bool(x.get("log", False)),
-        bool(x.get("primary", i == 0)),
+        r.bool_(f"{key}.log", x.get("log", False)),
+        r.bool_(f"{key}.primary", x.get("primary", i == 0)),
         r.choice(f"{key}.direction", x.get("direction", "higher"), ("higher", "lower")),
     )
+
+
+def _prior_names(r: _Reader, prior: Path, model_name: str) -> set[str]:
+    """The covariate and parameter names the prior gives each patient, checked against the
+    trial's model: a parameter the model lacks would be dropped without a word (a pk1_oral
+    prior's ``V`` in a pk2_oral trial, whose volume is ``V1``)."""
+    from cohort.models import get
+    from cohort.population.spec import SpecError, load_spec
+
+    try:
+        spec = load_spec(prior)
+    except SpecError as exc:
+        raise r.err("population.prior", str(exc)) from None
+    model = get(model_name)
+    extra = [q for q in spec.parameter_names if q not in model.parameter_names]
+    if extra:
+        made_for = f"a prior for {spec.model}" if spec.model else "a prior"
+        raise r.err(
+            "population.prior", f"{prior.name} is {made_for}: its parameter(s) "
+            f"{', '.join(extra)} are not parameters of {model_name} "
+            f"({', '.join(model.parameter_names)}); use a prior written for {model_name}"
+        )  # fmt: skip
+    return set(spec.covariate_names) | set(spec.parameter_names)
+
+
+def _check_windows(r: _Reader, endpoints: tuple[Endpoint, ...], times: tuple[float, ...]):
+    """Observed endpoints read the samples: their times must be sampling times, an AUC's
+    window must lie within the sampling (an AUC to 48 h from samples to 24 h was AUC 0-24)
+    and a maximum's hold a sample."""
+    first, last = times[0], times[-1]
+    for i, e in enumerate(endpoints):
+        key = f"endpoints[{i}]"
+        if not e.observed or e.type in ("responder", "tte"):
+            continue
+        if e.type in ("ctrough", "value", "change"):
+            points = [("time", e.time)] + ([("baseline", e.baseline)] if e.type == "change" else [])
+            for name, t in points:
+                if not any(abs(t - x) <= 1e-9 * max(1.0, abs(x)) for x in times):
+                    raise r.err(
+                        f"{key}.{name}", f"{t:g} is not a sampling time {list(times)}: add it "
+                        "to sampling.times or choose one of them"
+                    )  # fmt: skip
+            continue
+        if e.start >= e.end:
+            raise r.err(key, f"start ({e.start:g}) must be before end ({e.end:g})")
+        inside = sum(e.start - 1e-9 <= x <= e.end + 1e-9 for x in times)
+        if e.type != "auc":  # a maximum over the samples in the window needs one of them
+            if not inside:
+                raise r.err(key, f"no sampling time in [{e.start:g}, {e.end:g}]: {list(times)}")
+            continue
+        if e.start < first - 1e-9:
+            raise r.err(
+                f"{key}.start", f"{e.start:g} is before the first sampling time {first:g}: the "
+                f"{e.type} would start at {first:g}; add {e.start:g} to sampling.times "
+                f"(e.g. a pre-dose sample) or set start = {first:g}"
+            )  # fmt: skip
+        if np.isfinite(e.end) and e.end > last + 1e-9:
+            raise r.err(
+                f"{key}.end", f"{e.end:g} is after the last sampling time {last:g}: the "
+                f"{e.type} would end at {last:g}; add {e.end:g} to sampling.times or set "
+                f"end = {last:g}"
+            )  # fmt: skip
+        if inside < 2:
+            raise r.err(key, "an AUC needs at least two sampling times in its window")
 
 
 def _adaptive(r: _Reader, a: Any, endpoints: tuple[Endpoint, ...]) -> Adaptive:
