@@ -188,6 +188,8 @@ def _raw():
             "[analysis.tests[1].test] logrank compares times to event",
         ),
         (lambda r: r["allocation"].update(strata=["WTT >= 70"]), "[allocation.strata[0]]"),
+        (lambda r: r["endpoints"][1].update(output="cp"), "[endpoints[1].output] 'cp' is not"),
+        (lambda r: r["sampling"]["assay"][0].update(output="cp"), "[sampling.assay[0].output]"),
         (
             lambda r: r["trial"].update(model="pk2_oral"),
             "[population.prior] adult_pk_oral.toml is a prior for pk1_oral: its parameter(s) V",

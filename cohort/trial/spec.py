@@ -171,6 +171,7 @@ def _parse(raw: dict, path: str, base: Path | None, digest: str) -> TrialSpec:
     endpoints = _endpoints(r, raw.get("endpoints"))
     ep_names = {e.name for e in endpoints}
     _check_windows(r, endpoints, times)
+    _check_outputs(r, t["model"], endpoints, assays)
     an = r.keys(
         "analysis",
         raw.get("analysis", {}),
@@ -431,6 +432,19 @@ def _prior_names(r: _Reader, prior: Path, model_name: str) -> set[str]:
             f"({', '.join(model.parameter_names)}); use a prior written for {model_name}"
         )  # fmt: skip
     return set(spec.covariate_names) | set(spec.parameter_names)
+
+
+def _check_outputs(r: _Reader, model_name: str, endpoints, assays) -> None:
+    """Every endpoint and assay names an output (or state) of the model."""
+    from cohort.models import get
+
+    model = get(model_name)
+    known = tuple(model.output_names) + tuple(model.state_names)
+    named = [(f"endpoints[{i}].output", e.output) for i, e in enumerate(endpoints) if e.output]
+    named += [(f"sampling.assay[{i}].output", a.output) for i, a in enumerate(assays)]
+    for key, name in named:
+        if name not in known:
+            raise r.err(key, f"{name!r} is not an output or state of {model_name}: {list(known)}")
 
 
 def _check_windows(r: _Reader, endpoints: tuple[Endpoint, ...], times: tuple[float, ...]):
