@@ -478,3 +478,34 @@ def test_ss_lag_reaching_the_interval_is_rejected():
     regs = [[Regimen(150.0, "depot", ii=12.0, addl=2, ss=True, rate=50.0)]] * 2
     with pytest.raises(cohort.InputError, match=r"patient index 1, SS=1 dose.*II=12"):
         simulate(PK1_ORAL, pop, regs, "closed_form")
+
+
+@pytest.mark.parametrize("method", ("closed_form", "diffrax", "fast"))
+def test_steady_state_with_a_half_life_long_against_the_interval(method):
+    """SS=1 with t1/2 = 3,466 h against q12h: 1,000 plain dosing intervals (the old search)
+    left the ODE engines 9 % short with status 0 (a new user's session); Newton on the
+    interval's fixed point reaches the analytic peak (D/V)/(1 - exp(-k II))."""
+    pop = {"CL": [0.1, 0.05], "V": [500.0, 100.0]}
+    got = simulate(PK1_IV, pop, [[Regimen(100.0, "central", ii=12.0, ss=True)]] * 2, method)
+    k = np.array([0.1 / 500.0, 0.05 / 100.0])
+    peak = 100.0 / np.array([500.0, 100.0]) / (1.0 - np.exp(-k * 12.0))
+    np.testing.assert_allclose(got[:, 0], peak, rtol=1e-8)
+
+
+def test_nonlinear_steady_state_and_one_that_does_not_exist():
+    """Michaelis-Menten: SS=1 equals the 400th dose of a long regimen (both ODE engines);
+    doses above the elimination capacity (100 mg q12h, VMAX 5 mg/h) have no steady state:
+    status ``steady_state`` instead of a state at 1e12 reported as solved."""
+    from cohort.engine.diffrax_path import Adaptive
+    from cohort.engine.fast_path import RK4
+    from cohort.engine.status import Status
+
+    model = cohort.models.get("pk1_mm_iv")
+    pop = {"VMAX": np.array([10.0, 5.0]), "KM": np.array([2.0, 2.0]), "V": np.array([30.0] * 2)}
+    ss = [[Regimen(100.0, "central", ii=12.0, ss=True)]] * 2
+    long = [[Regimen(100.0, "central", ii=12.0, addl=399)]] * 2
+    for engine in (Adaptive(ss_max_cycles=50), RK4(ss_max_cycles=50)):
+        at_ss = cohort.simulate(model, pop, ss, np.array([0.0, 6.0]), method=engine)
+        late = cohort.simulate(model, pop, long, np.array([4788.0, 4794.0]), method=engine)
+        np.testing.assert_allclose(at_ss.conc.values[0], late.conc.values[0], rtol=1e-8)
+        assert at_ss.status.values.tolist() == [Status.OK, Status.STEADY_STATE]

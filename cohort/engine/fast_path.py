@@ -83,10 +83,11 @@ class RK4(Engine):
 
     def batch_solve(self, model, times, t_first, infusion, ss_interval, outputs, dtype):
         def solve(p, ev):
-            out, finite, min_scaled = solve_batch(
+            out, finite, min_scaled, ss_code = solve_batch(
                 model, p, ev, times, t_first, infusion, ss_interval, self, outputs
             )
-            return out, stepping_status(finite, min_scaled, [out[o] for o in outputs])
+            status = stepping_status(finite, min_scaled, [out[o] for o in outputs])
+            return out, jnp.where(status == Status.OK, ss_code, status)
 
         return solve
 
@@ -162,8 +163,8 @@ def _advance(model, p, ch, y_init, y_ss, carry, t_a, t_b, n_sub: int, with_infus
 
 
 def _steady_state(model, p, ch, y_init, n_sub, opts: RK4):
-    """State at the first SS record's time: iterate one dosing interval (the dose entering
-    after its lag) to its fixed point."""
+    """State at the first SS record's time and a status code per patient: the fixed point of
+    one dosing interval (the dose entering after its lag)."""
     n = ch.time.shape[0]
     k_ss, has_ss = first_ss_index(ch.kind)
     c = {f: jnp.take_along_axis(getattr(ch, f), k_ss[:, None], 1)[:, 0] for f in ch._fields}
@@ -196,7 +197,7 @@ def _steady_state(model, p, ch, y_init, n_sub, opts: RK4):
         carry = _substep(model, p, cyc, y_init, None, carry, zero)  # apply the dose at 0
         return _advance(model, p, cyc, y_init, None, carry, zero, c["ii"], n_sub)[1]
 
-    y_ss, _ = iterate_to_steady_state(
+    return iterate_to_steady_state(
         lambda y: (cycle(y), Status.OK),
         y_init,
         has_ss,
@@ -204,7 +205,6 @@ def _steady_state(model, p, ch, y_init, n_sub, opts: RK4):
         rtol=opts.ss_rtol,
         floor=1e-12,
     )
-    return y_ss
 
 
 def solve_batch(
@@ -223,9 +223,9 @@ def solve_batch(
     ``times`` is a concrete increasing grid, ``t_first`` the earliest record time (if before
     ``times[0]``) and ``ss_interval`` the largest SS dosing interval in the batch (0 if none);
     all are static so substep counts are Python ints derived from the step ``dt``.
-    Returns ``(outputs, finite, min_scaled)`` where ``finite`` says every state stayed finite and
-    ``min_scaled`` is the most negative value of a non-negative state relative to the largest
-    state magnitude.
+    Returns ``(outputs, finite, min_scaled, ss_code)`` where ``finite`` says every state stayed
+    finite, ``min_scaled`` is the most negative value of a non-negative state relative to the
+    largest state magnitude and ``ss_code`` the steady-state search's status per patient.
     """
     times = np.asarray(times, dtype=float)
     p = model.prepare(p)  # parameter-only terms once, not at every RHS evaluation
@@ -237,10 +237,10 @@ def solve_batch(
     dtype = jnp.result_type(*jax.tree_util.tree_leaves(p))
     names = model.state_names
     y_init = model.initial(p)
-    y_ss = None
+    y_ss, ss_code = None, jnp.zeros(n, jnp.int32)
     if ss_interval > 0:
         n_ss = max(1, math.ceil(ss_interval / dt - 1e-9))
-        y_ss = _steady_state(model, p, ch, y_init, n_ss, opts)
+        y_ss, ss_code = _steady_state(model, p, ch, y_init, n_ss, opts)
     t_first = min(float(t_first), float(times[0]))
     carry = (
         jnp.full(n, t_first, dtype),
@@ -348,4 +348,4 @@ def solve_batch(
     finite = jnp.isfinite(lo) & jnp.isfinite(hi)
     for s in names:
         finite = finite & jnp.isfinite(carry[1][s])
-    return out, finite, lo / jnp.maximum(hi, 1e-30)
+    return out, finite, lo / jnp.maximum(hi, 1e-30), ss_code

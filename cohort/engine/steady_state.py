@@ -1,9 +1,18 @@
-"""Steady state under repeated dosing, once for every ODE engine: iterate one dosing interval
-to its fixed point (the engines differ only in how they integrate the interval)."""
+"""Steady state under repeated dosing, once for every ODE engine: the fixed point of one dosing
+interval (the engines differ only in how they integrate the interval).
+
+Plain iteration converges like ``exp(-k·II)`` per interval: with a half-life long against the
+dosing interval (CL 0.1 L/h, V 500 L, q12h) 1,000 intervals left the state 9 % short, with no
+word. So the fixed point is found by Newton's method on ``y = cycle(y)``, the interval's
+Jacobian from finite differences (one interval per state, all ``vmap``-ed into one call:
+exact for linear kinetics, where one step suffices), then polished and checked by plain
+iteration; a patient still moving after ``max_cycles`` intervals gets ``Status.STEADY_STATE``.
+Diffrax and optimistix offer root finders, but not on a map whose evaluation is a batched
+event-splitting integrator (the fast path) or a per-patient diffrax solve: hence this loop.
+"""
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
 
 import jax
@@ -11,6 +20,9 @@ import jax.numpy as jnp
 
 from cohort.engine.status import Status
 from cohort.models.base import Tree
+
+NEWTON_STEPS = 6  # linear kinetics need one; nonlinear ones (Michaelis-Menten) a few
+MAX_STRETCH = 1e4  # largest Newton step / plain interval change: half-lives to ~7,000 II
 
 
 def iterate_to_steady_state(
@@ -22,32 +34,71 @@ def iterate_to_steady_state(
     rtol: float,
     floor: float,
 ) -> tuple[Tree, jax.Array]:
-    """Apply ``cycle`` (one dosing interval: state -> state, status code) from ``y0`` until
-    every state changes by at most ``rtol`` relative to ``|y| + floor``, ``max_cycles`` is
-    reached or the cycle's solve fails. ``active`` (scalar, or ``[N]`` for a batch) marks the
-    patients with a steady-state record: the others neither hold the loop open nor cycle when
-    none is active. Returns the state and the last cycle's status code."""
+    """The fixed point of ``cycle`` (one dosing interval: state -> state, status code) from
+    ``y0``: every state changes over an interval by at most ``rtol`` relative to ``|y| +
+    floor``. ``active`` (scalar, or ``[N]`` for a batch) marks the patients with a
+    steady-state record: the others neither hold the loops open nor change. Returns the state
+    and a status code (``STEADY_STATE`` where it was not reached in ``max_cycles`` plain
+    intervals after the Newton steps, else the last interval's code)."""
+    names = list(y0)
     dtype = jnp.result_type(*jax.tree_util.tree_leaves(y0))
 
-    def cond(state):
-        i, _, delta, code = state
-        return jnp.any(active) & (i < max_cycles) & (delta > rtol) & (code == Status.OK)
-
-    def body(state):
-        i, y, _, _ = state
-        y_new, code = cycle(y)
-        changes = [
-            jnp.max(
-                jnp.where(
-                    jnp.isfinite(y_new[k]) & active,
-                    jnp.abs(y_new[k] - y[k]) / (jnp.abs(y_new[k]) + floor),
-                    0.0,
-                )
+    def change(y_new, y):
+        rel = [
+            jnp.where(
+                jnp.isfinite(y_new[k]), jnp.abs(y_new[k] - y[k]) / (jnp.abs(y_new[k]) + floor), 0.0
             )
-            for k in y
+            for k in names
         ]
-        return i + 1, y_new, functools.reduce(jnp.maximum, changes), code
+        return jnp.where(active, jnp.max(jnp.stack(rel), axis=0), 0.0)
 
-    init = (0, y0, jnp.asarray(jnp.inf, dtype), jnp.asarray(Status.OK))
-    _, y, _, code = jax.lax.while_loop(cond, body, init)
-    return y, code
+    def newton(state):
+        i, y, _, code = state
+        n_s = len(names)
+        # the interval from y and from y nudged along each state, in one vmap-ed call
+        scale = jnp.stack([jnp.abs(y[k]) for k in names])
+        h = 1e-4 * scale + 1e-6 * jnp.max(scale, axis=0) + 1e-12  # [S, ...]
+        nudged = {}
+        for j, k in enumerate(names):
+            onehot = jnp.eye(n_s, dtype=dtype)[:, j].reshape((n_s,) + (1,) * jnp.ndim(y[k]))
+            nudged[k] = jnp.concatenate([y[k][None], y[k][None] + onehot * h[j]])
+        out, codes = jax.vmap(lambda yy: jax.tree.map(jnp.asarray, cycle(yy)))(nudged)
+        f = jnp.stack([out[k] for k in names])  # [S (state), 1 + S (nudge), ...]
+        fy = f[:, 0]
+        jac = (f[:, 1:] - fy[:, None]) / h[None]
+        resid = fy - jnp.stack([y[k] for k in names])
+        eye = jnp.eye(n_s, dtype=dtype).reshape((n_s, n_s) + (1,) * (jac.ndim - 2))
+        lhs = jnp.moveaxis(eye - jac, (0, 1), (-2, -1))
+        step = jnp.linalg.solve(lhs, jnp.moveaxis(resid, 0, -1)[..., None])[..., 0]
+        y_try = jnp.stack([y[k] for k in names]) + jnp.moveaxis(step, -1, 0)
+        # Take the Newton step where it is finite, keeps non-negative states so (a step past
+        # zero on a nonlinear model) and is at most MAX_STRETCH times the plain interval's
+        # change (where no steady state exists, e.g. doses above a Michaelis-Menten capacity,
+        # the nearly singular system sent the state to 1e12); elsewhere the plain interval.
+        stretch = jnp.max(jnp.abs(step), axis=-1) / (jnp.max(jnp.abs(resid), axis=0) + 1e-300)
+        ok = jnp.all(jnp.isfinite(y_try) & ((y_try >= 0) | (fy < 0)), axis=0)
+        ok = ok & (stretch <= MAX_STRETCH)
+        y_new = {k: jnp.where(active, jnp.where(ok, y_try[j], fy[j]), y[k])
+                 for j, k in enumerate(names)}  # fmt: skip
+        worst = jnp.max(codes).astype(jnp.int32)
+        return i + 1, y_new, change(y_new, y), jnp.maximum(code, worst)
+
+    def plain(state):
+        i, y, _, code = state
+        y_new, c = cycle(y)
+        y_new = {k: jnp.where(active, y_new[k], y[k]) for k in names}
+        return i + 1, y_new, change(y_new, y), jnp.maximum(code, jnp.asarray(c, jnp.int32))
+
+    def going(limit):
+        def cond(state):
+            i, _, delta, code = state
+            return jnp.any(active) & (i < limit) & (jnp.max(delta) > rtol) & jnp.all(code == 0)
+
+        return cond
+
+    init = (0, y0, jnp.full(jnp.shape(active), jnp.inf, dtype), jnp.zeros((), jnp.int32))
+    state = jax.lax.while_loop(going(NEWTON_STEPS), newton, init)
+    state = jax.lax.while_loop(going(max_cycles), plain, (0, *state[1:]))
+    _, y, delta, code = state
+    code = jnp.where(code != 0, code, jnp.where(delta > rtol, Status.STEADY_STATE, Status.OK))
+    return y, jnp.where(active, code, Status.OK)
