@@ -268,6 +268,9 @@ def records_table(
     return EventTable(**out, state_names=tuple(state_names))
 
 
+MAX_RECORDS_PER_PATIENT = 100_000  # e.g. 11 years of hourly doses
+
+
 def _expanded(df: pd.DataFrame, state_names: Sequence[str], dose_targets: Sequence[str]) -> dict:
     """Checked records expanded to engine records (ADDL copies, EVID 3/4 resets), sorted by
     patient (first-appearance order) then time, generation order breaking ties: columns
@@ -350,7 +353,18 @@ def _expanded(df: pd.DataFrame, state_names: Sequence[str], dose_targets: Sequen
     # expansion, in the order the records are generated per row: reset, then doses k = 0..
     reset = np.isin(evid, (3, 4))
     dosing = np.isin(evid, (1, 4))
-    reps = np.where(dosing, addl.astype(np.int64) + 1, 0)
+    reps = np.where(dosing, np.minimum(addl, 2**62).astype(np.int64) + 1, 0)
+    per_patient = np.bincount(code, weights=reps.astype(float), minlength=n)
+    if per_patient.max(initial=0) > MAX_RECORDS_PER_PATIENT:
+        # every dose record is held in memory and stepped through: ADDL=1e8 was killed
+        who = int(np.argmax(per_patient))
+        j = int(np.flatnonzero((code == who) & dosing)[np.argmax(reps[(code == who) & dosing])])
+        raise _err(
+            j + 1, "ADDL", f"{per_patient[who]:,.0f} doses for one patient after ADDL expansion "
+            f"(ADDL {addl[j]:g} every II {ii[j]:g}); at most {MAX_RECORDS_PER_PATIENT:,} are "
+            "supported: check the units of II and ADDL, or give only the doses that fall in "
+            "the simulated time"
+        )  # fmt: skip
     src = np.repeat(np.arange(len(df)), reps)
     k = np.arange(src.size) - np.repeat(np.cumsum(reps) - reps, reps)
     r_rows = np.flatnonzero(reset)

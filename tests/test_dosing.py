@@ -248,3 +248,14 @@ def test_regimen_refuses_non_finite_numbers(field, value):
     kw = {"amt": 100.0, "cmt": "depot", field: value}
     with pytest.raises(DosingError, match=f"Regimen: {field} must be a finite number"):
         cohort.simulate("pk1_oral", None, Regimen(**kw), cohort.grid(0.0, 24.0, 1.0), n=2)
+
+
+def test_an_absurd_addl_is_refused_before_it_is_expanded():
+    """ADDL = 1e8 every 0.0001 h was expanded into memory until the process was killed (a
+    new user's session); now one line names the row and the limit."""
+    from cohort.dosing import event_table
+
+    df = pd.DataFrame({"ID": [1], "TIME": [0.0], "AMT": [100.0], "EVID": [1], "CMT": [1],
+                       "II": [1e-4], "ADDL": [100_000_000]})  # fmt: skip
+    with pytest.raises(DosingError, match=r"row 1, column ADDL: 100,000,001 doses .* at most"):
+        event_table(df, ("depot", "central"), ("depot", "central"))
