@@ -4,6 +4,7 @@ or marked stores, resume after kill -9 (issue 12)."""
 from __future__ import annotations
 
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -102,6 +103,24 @@ def test_overwrite_replaces_cohorts_own_store(tmp_path):
     assert res.exit_code == 0, res.output
     second = cohort.open_result(out)
     assert second.attrs["seed"] == 2 and not np.array_equal(first, second["CL"].values)
+
+
+def test_overwrite_keeps_a_users_files_dropped_into_cohorts_store(tmp_path):
+    """A user's notes saved inside a cohort store were deleted with it by --overwrite (a new
+    user's session): now the overwrite is refused, naming them, and nothing is removed."""
+    out = tmp_path / "x.zarr"
+    assert runner.invoke(app, sim_args(out)).exit_code == 0
+    (out / "my_notes.txt").write_text("keep me")
+    (out / "analysis").mkdir()
+    (out / "analysis" / "fig.txt").write_text("mine")
+    res = runner.invoke(app, [*sim_args(out, "--overwrite"), "--seed", "2"])
+    assert res.exit_code == 2 and "Traceback" not in res.output
+    assert "did not write (analysis/fig.txt, my_notes.txt)" in " ".join(res.stderr.split())
+    assert (out / "my_notes.txt").read_text() == "keep me"
+    assert cohort.open_result(out).attrs["seed"] == 1  # the store is untouched too
+    (out / "my_notes.txt").unlink()
+    shutil.rmtree(out / "analysis")
+    assert runner.invoke(app, [*sim_args(out, "--overwrite"), "--seed", "2"]).exit_code == 0
 
 
 @pytest.mark.parametrize("path", ["", "   ", ".", "/", "~"])

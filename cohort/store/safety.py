@@ -169,10 +169,48 @@ def prepare_output(
     p = check_replaceable(path, overwrite=overwrite, flag=flag, resume=resume, resumable=resumable)
     if p.exists() and not resume and not is_empty_directory(p):  # an empty one is written into
         if p.is_dir():
+            foreign = foreign_files(p)
+            if foreign:
+                more = f" and {len(foreign) - 3} more" if len(foreign) > 3 else ""
+                raise OutputError(
+                    f"{flag} {str(path)!r} was written by cohort but now also holds files it "
+                    f"did not write ({', '.join(foreign[:3])}{more}); --overwrite would delete "
+                    "them: move them out first, or choose another path"
+                )
             shutil.rmtree(p)
         else:
             p.unlink()
     return p
+
+
+_ZARR_META = {"zarr.json", ".zgroup", ".zattrs", ".zarray", ".zmetadata"}
+
+
+def foreign_files(p: Path) -> list[str]:
+    """Files inside the cohort directory ``p`` that cohort did not write, relative to ``p``:
+    anything but zarr metadata, the chunks inside zarr arrays, cohort's marker and the files
+    the marker lists (a user's notes dropped into a store were deleted by ``--overwrite``)."""
+    found: list[str] = []
+    for root, dirs, files in os.walk(p):
+        here = Path(root)
+        dirs.sort()
+        if ".zarray" in files or _is_zarr_array(here / "zarr.json"):
+            dirs[:] = []  # an array's folder holds its chunks
+            continue
+        marker = _marker(here) if MARKER in files else None
+        listed = set(marker.get("files", [])) if marker else set()  # names in this folder
+        for name in sorted(files):
+            if name in _ZARR_META or name in (MARKER, f"{MARKER}.tmp") or name in listed:
+                continue
+            found.append((here / name).relative_to(p).as_posix())
+    return sorted(found)
+
+
+def _is_zarr_array(meta: Path) -> bool:
+    try:
+        return json.loads(meta.read_text()).get("node_type") == "array"
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def mark_directory(path: str | os.PathLike, kind: str) -> None:

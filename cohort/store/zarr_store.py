@@ -29,7 +29,7 @@ from zarr.codecs import BloscCodec
 from cohort.errors import StoreError
 from cohort.store import remote
 from cohort.store.remote import is_url
-from cohort.store.safety import ZARR_MARK, prepare_output, written_by_cohort
+from cohort.store.safety import ZARR_MARK, foreign_files, prepare_output, written_by_cohort
 
 # Level 1: in bench_stream (10^6 patients) it wrote 4 % faster than level 5 for a 7 % larger
 # store (ratio 1.41 vs 1.51); on 2 cores the write side costs about as much CPU as the solves.
@@ -296,6 +296,12 @@ def resumable_layout(path: Path | str, what: str = "result store") -> zarr.Group
     if is_url(path):
         remote.remove(path)
     else:
+        foreign = foreign_files(Path(path))
+        if foreign:
+            raise StoreError(
+                f"cannot resume {str(path)!r}: its layout is incomplete and it holds files "
+                f"cohort did not write ({', '.join(foreign[:3])}); move them out first"
+            )
         shutil.rmtree(path)
     return None
 
