@@ -186,8 +186,11 @@ def _err(row: int, column: str, msg: str) -> DosingError:
 def _numeric(df: pd.DataFrame, col: str, default: float) -> np.ndarray:
     if col not in df:
         return np.full(len(df), default, dtype=float)
-    values = pd.to_numeric(df[col], errors="coerce")
-    bad = values.isna() & df[col].notna()
+    raw = df[col]
+    if not pd.api.types.is_numeric_dtype(raw):  # NONMEM writes "." for a missing value
+        raw = raw.where(~raw.astype(str).str.strip().isin((".", "")))
+    values = pd.to_numeric(raw, errors="coerce")
+    bad = values.isna() & raw.notna()
     if bad.any():
         r = int(np.flatnonzero(bad.to_numpy())[0])
         raise _err(r + 1, col, f"value {df[col].iloc[r]!r} is not a number")
@@ -285,6 +288,14 @@ def _expanded(df: pd.DataFrame, state_names: Sequence[str], dose_targets: Sequen
         raise DosingError(
             f"dosing records: missing column AMT (dose amount); columns: {list(df.columns)}"
         )
+    if "C" in df:
+        flagged = np.flatnonzero(df["C"].astype(str).str.strip().isin(("C", "#")).to_numpy())
+        if flagged.size:
+            rows = ", ".join(str(r + 1) for r in flagged[:5]) + (" ..." if flagged.size > 5 else "")
+            raise DosingError(
+                f"dosing records: column C flags row(s) {rows} as comments (NONMEM IGNORE=C); "
+                "cohort would dose them: remove those rows from the file"
+            )
     ids = df["ID"].to_numpy() if "ID" in df else np.zeros(len(df), dtype=int)
     time = _numeric(df, "TIME", np.nan)
     amt = _numeric(df, "AMT", 0.0)

@@ -259,3 +259,18 @@ def test_an_absurd_addl_is_refused_before_it_is_expanded():
                        "II": [1e-4], "ADDL": [100_000_000]})  # fmt: skip
     with pytest.raises(DosingError, match=r"row 1, column ADDL: 100,000,001 doses .* at most"):
         event_table(df, ("depot", "central"), ("depot", "central"))
+
+
+def test_nonmem_dots_are_missing_and_comment_rows_are_refused():
+    """NONMEM writes "." for a missing AMT on sample rows (was: "not a number"); a C column
+    flagging comment rows (IGNORE=C) was read as a covariate and the rows were dosed."""
+    from cohort.dosing import event_table
+
+    states, targets = ("depot", "central"), ("depot", "central")
+    df = pd.DataFrame({"ID": ["1", "1"], "TIME": ["0", "1"], "AMT": ["100", "."],
+                       "EVID": ["1", "0"], "CMT": ["2", "2"]})  # fmt: skip
+    table = event_table(df, states, targets)
+    assert table.amt[0, 0] == 100.0 and (table.evid[0] == 1).sum() == 1
+    df["C"] = ["C", ""]
+    with pytest.raises(DosingError, match=r"column C flags row\(s\) 1 as comments"):
+        event_table(df, states, targets)
