@@ -305,3 +305,24 @@ def test_tol_or_dt_alone_selects_the_fast_path(tmp_path):
     )
     assert res.exit_code == 0, res.output
     assert cohort.open_result(out).attrs["method"] == "fast"
+
+
+def test_cli_modelled_infusion_duration_from_a_population_column(tmp_path):
+    """RATE=-2 needs D_<compartment>: the population CSV refused that column, so RATE=-2 could
+    not be run from the CLI (a new user's session); now it gives the analytic infusion."""
+    pop = tmp_path / "pop.csv"
+    pop.write_text("ID,CL,V,D_central\n1,5,50,2\n2,4,40,4\n")
+    dosing = tmp_path / "dose.csv"
+    dosing.write_text("ID,TIME,AMT,EVID,CMT,RATE\n1,0,100,1,1,-2\n2,0,100,1,1,-2\n")
+    out = tmp_path / "r2.zarr"
+    args = ["simulate", "--model", "pk1_iv", "--population", str(pop), "--dosing", str(dosing)]
+    res = CliRunner().invoke(app, [*args, "--t-end", "6", "--step", "1", "-o", str(out)])
+    assert res.exit_code == 0, res.output
+    conc = cohort.open_result(out).conc.values
+    t = np.arange(7.0)
+    for i, (cl, v, d) in enumerate([(5.0, 50.0, 2.0), (4.0, 40.0, 4.0)]):
+        k, rate = cl / v, 100.0 / d
+        during = rate / cl * (1 - np.exp(-k * t))
+        after = rate / cl * (1 - np.exp(-k * d)) * np.exp(-k * (t - d))
+        ref = np.where(t <= d, during, after)
+        np.testing.assert_allclose(conc[i], ref, rtol=1e-10, atol=1e-12)

@@ -235,11 +235,14 @@ def _read_population(path: Path, model_name: str | None):
     id_col = _id_column(table)
     ids = None if id_col is None else _id_keys(table[id_col])
     table = table.drop(columns=[] if id_col is None else [id_col])
-    unknown = [c for c in table.columns if c not in model.parameter_names]
+    # besides the model's parameters: the modelled infusion durations RATE=-2 records read
+    durations = {model.duration.get(s, f"D_{s}") for s in model.dose_targets}
+    unknown = [c for c in table.columns if c not in model.parameter_names and c not in durations]
     if unknown:
         fail(
             f"--population {path}: column(s) {unknown} are not parameters of {model.name!r} "
-            f"({', '.join(model.parameter_names)}); rename or remove them, or pass --model"
+            f"({', '.join(model.parameter_names)}) or modelled infusion durations for RATE=-2 "
+            f"({', '.join(sorted(durations))}); rename or remove them, or pass --model"
         )
     if table.empty:
         fail(f"--population {path}: no patients (the file has no rows)")
@@ -335,7 +338,11 @@ def simulate(
         help="dosing interval in the model's time unit (h; min for glucose models) [default: 24]",
     ),
     addl: int = typer.Option(None, help="additional doses [default: 0]"),
-    rate: float = typer.Option(None, help="infusion rate (0: bolus) [default: 0]"),
+    rate: float = typer.Option(
+        None,
+        help="infusion rate (0: bolus; -2: duration from a D_<compartment> column of "
+        "--population) [default: 0]",
+    ),
     t_end: float = typer.Option(
         24.0,
         help="end of the simulation, in the model's time unit (h; min for the glucose models "
@@ -444,10 +451,10 @@ def simulate(
         for flag, key in (("--amt", "amt"), ("--ii", "ii")):
             if not (np.isfinite(v[key]) and v[key] >= 0):
                 fail(f"{flag} must be a finite number >= 0, got {v[key]}")
-        if not (np.isfinite(v["rate"]) and (v["rate"] >= 0 or v["rate"] in (-1.0, -2.0))):
+        if not (np.isfinite(v["rate"]) and (v["rate"] >= 0 or v["rate"] == -2.0)):
             fail(
-                f"--rate must be a finite number >= 0 (0: bolus), or -1/-2 (rate/duration "
-                f"from the model's R_/D_ parameters), got {v['rate']}"
+                f"--rate must be a finite number >= 0 (0: bolus), or -2 (the duration from "
+                f"a D_<compartment> column of --population), got {v['rate']}"
             )
         if v["addl"] < 0:
             fail(f"--addl must be >= 0, got {v['addl']}")
