@@ -326,7 +326,7 @@ def _expanded(df: pd.DataFrame, state_names: Sequence[str], dose_targets: Sequen
             raise _err(row, "AMT", f"dose amount {amt[i]:g} must be a finite number >= 0")
         if rate[i] < 0 and rate[i] != -2:
             raise _err(row, "RATE", f"RATE {rate[i]:g} must be >= 0 or -2 (modelled duration)")
-        if addl[i] < 0 or addl[i] != int(addl[i]):
+        if not np.isfinite(addl[i]) or addl[i] < 0 or addl[i] != int(addl[i]):
             raise _err(row, "ADDL", f"ADDL {addl[i]:g} must be a non-negative integer")
         if ii[i] < 0:
             raise _err(row, "II", f"II {ii[i]:g} must be >= 0")

@@ -33,7 +33,7 @@ _METRICS = (
 
 def _metrics_table(result) -> Table:
     """The metrics of a run: its dataset, or the arrays of ``metrics_only``."""
-    from cohort.glucose.metrics import CVGA_LETTERS, CVGA_ZONES
+    from cohort.glucose.metrics import CVGA_ZONES, zone_counts
 
     status = np.asarray(result["status"])
     ok = status == 0
@@ -50,8 +50,8 @@ def _metrics_table(result) -> Table:
         zone = np.asarray(result["cvga_zone"]).astype(str)[ok]
     else:
         zone = np.asarray(CVGA_ZONES)[np.asarray(result["cvga_code"])[ok]]
-    letter = np.asarray([z.split()[-1] for z in zone.tolist()])
-    table.caption = "CVGA " + "  ".join(f"{z}:{int(np.sum(letter == z))}" for z in CVGA_LETTERS)
+    counts = zone_counts(zone, letters=True)
+    table.caption = "CVGA " + "  ".join(f"{z}:{c}" for z, c in counts.items())
     return table
 
 

@@ -39,8 +39,8 @@ def _unanalysable(summary) -> list[str]:
     """A warning per comparison whose replicates could not all be analysed."""
     return [
         f"{row.comparison}: {row.not_analysable:,} of {row.replicates:,} replicate trials could "
-        "not be analysed (too few patients or events in an arm); they count as not rejecting: "
-        "raise n"
+        "not be analysed (e.g. too few patients or events in an arm, or no variation in the "
+        "endpoint); they count as not rejecting"
         for row in summary.itertuples(index=False)
         if row.not_analysable
     ]

@@ -16,7 +16,7 @@ class Status(enum.IntEnum):
     NEGATIVE = 3
     SOLVER_FAILED = 4
     INVALID_PARAMETERS = 5
-    STEADY_STATE = 6
+    SS_NOT_REACHED = 6
 
 
 STATUS_MEANINGS = {s.value: s.name.lower() for s in Status}
@@ -33,9 +33,10 @@ STATUS_MESSAGES = {
     "or try another solver",
     Status.INVALID_PARAMETERS: "a parameter is non-finite or outside its bounds (see "
     "`cohort models MODEL`): fix the population; the patient was not simulated",
-    Status.STEADY_STATE: "steady state (SS=1) not reached: the state still changed over a "
-    "dosing interval after ss_max_cycles intervals; raise ss_max_cycles, or use the closed "
-    "form (method='closed_form') for linear PK",
+    Status.SS_NOT_REACHED: "steady state (SS=1) not reached: the state still changed over a "
+    "dosing interval after ss_max_cycles intervals (e.g. doses above a saturable "
+    "elimination's capacity); for linear PK use the closed form (--method closed_form), "
+    "otherwise raise ss_max_cycles (Python: Adaptive(ss_max_cycles=...) or RK4(...))",
 }
 
 NEGATIVE_TOLERANCE = 1e-6  # relative to the largest state, what counts as round-off

@@ -3,10 +3,12 @@ interval (the engines differ only in how they integrate the interval).
 
 Plain iteration converges like ``exp(-k·II)`` per interval: with a half-life long against the
 dosing interval (CL 0.1 L/h, V 500 L, q12h) 1,000 intervals left the state 9 % short, with no
-word. So the fixed point is found by Newton's method on ``y = cycle(y)``, the interval's
-Jacobian from finite differences (one interval per state, all ``vmap``-ed into one call:
-exact for linear kinetics, where one step suffices), then polished and checked by plain
-iteration; a patient still moving after ``max_cycles`` intervals gets ``Status.STEADY_STATE``.
+word. So after one plain interval (from a zero state a finite difference has no scale) the
+fixed point is found by Newton's method on ``y = cycle(y)``, the interval's Jacobian from
+finite differences (one interval per state, all ``vmap``-ed into one call: exact for linear
+kinetics, where one step suffices); each Newton iteration measures the plain interval's
+change at its start, and plain intervals continue where Newton stops short. A patient still
+moving after ``max_cycles`` of them gets ``Status.SS_NOT_REACHED``.
 Diffrax and optimistix offer root finders, but not on a map whose evaluation is a batched
 event-splitting integrator (the fast path) or a per-patient diffrax solve: hence this loop.
 """
@@ -36,12 +38,18 @@ def iterate_to_steady_state(
 ) -> tuple[Tree, jax.Array]:
     """The fixed point of ``cycle`` (one dosing interval: state -> state, status code) from
     ``y0``: every state changes over an interval by at most ``rtol`` relative to ``|y| +
-    floor``. ``active`` (scalar, or ``[N]`` for a batch) marks the patients with a
+    floor`` (``rtol`` is raised to 64 ulp of the states' dtype: float32 cannot resolve
+    1e-10). ``active`` (scalar, or ``[N]`` for a batch) marks the patients with a
     steady-state record: the others neither hold the loops open nor change. Returns the state
-    and a status code (``STEADY_STATE`` where it was not reached in ``max_cycles`` plain
-    intervals after the Newton steps, else the last interval's code)."""
+    and a status code: the worst of the plain intervals' codes, else ``SS_NOT_REACHED`` where
+    the state still moved after ``max_cycles`` plain intervals."""
     names = list(y0)
     dtype = jnp.result_type(*jax.tree_util.tree_leaves(y0))
+    eps = float(jnp.finfo(dtype).eps)
+    rtol = max(float(rtol), 64 * eps)
+    # relative nudge: 1e-4 in float64; in float32 30 sqrt(eps) = 1e-2 (a 1e-4 nudge left the
+    # slope's rounding error at 1e-3 of the slope, too coarse for k·II ~ 1e-3)
+    nudge = max(1e-4, 30 * eps**0.5)
 
     def change(y_new, y):
         rel = [
@@ -57,7 +65,7 @@ def iterate_to_steady_state(
         n_s = len(names)
         # the interval from y and from y nudged along each state, in one vmap-ed call
         scale = jnp.stack([jnp.abs(y[k]) for k in names])
-        h = 1e-4 * scale + 1e-6 * jnp.max(scale, axis=0) + 1e-12  # [S, ...]
+        h = nudge * scale + 1e-2 * nudge * jnp.max(scale, axis=0) + 1e-12  # [S, ...]
         nudged = {}
         for j, k in enumerate(names):
             onehot = jnp.eye(n_s, dtype=dtype)[:, j].reshape((n_s,) + (1,) * jnp.ndim(y[k]))
@@ -80,8 +88,9 @@ def iterate_to_steady_state(
         ok = ok & (stretch <= MAX_STRETCH)
         y_new = {k: jnp.where(active, jnp.where(ok, y_try[j], fy[j]), y[k])
                  for j, k in enumerate(names)}  # fmt: skip
-        worst = jnp.max(codes).astype(jnp.int32)
-        return i + 1, y_new, change(y_new, y), jnp.maximum(code, worst)
+        # converged when the plain interval no longer moves y (the nudged intervals' codes
+        # are not the patient's: a nudge may fail where y does not)
+        return i + 1, y_new, change(fy_tree(fy), y), jnp.maximum(code, codes[0].astype(jnp.int32))
 
     def plain(state):
         i, y, _, code = state
@@ -96,9 +105,13 @@ def iterate_to_steady_state(
 
         return cond
 
+    def fy_tree(fy):
+        return {k: fy[j] for j, k in enumerate(names)}
+
     init = (0, y0, jnp.full(jnp.shape(active), jnp.inf, dtype), jnp.zeros((), jnp.int32))
-    state = jax.lax.while_loop(going(NEWTON_STEPS), newton, init)
+    state = plain(init)  # from a zero state the nudges would have no scale
+    state = jax.lax.while_loop(going(NEWTON_STEPS), newton, (0, *state[1:]))
     state = jax.lax.while_loop(going(max_cycles), plain, (0, *state[1:]))
     _, y, delta, code = state
-    code = jnp.where(code != 0, code, jnp.where(delta > rtol, Status.STEADY_STATE, Status.OK))
+    code = jnp.where(code != 0, code, jnp.where(delta > rtol, Status.SS_NOT_REACHED, Status.OK))
     return y, jnp.where(active, code, Status.OK)

@@ -183,17 +183,21 @@ def cvga(glucose: xr.DataArray, dim: str = "time") -> xr.Dataset:
     )
 
 
+def zone_counts(zones, letters: bool = False) -> dict[str, int]:
+    """Patients per CVGA zone (all nine, in :data:`CVGA_ZONES` order) or per letter A–E, from
+    zone labels (an array of strings; "" for a failed patient, counted nowhere)."""
+    labels = np.asarray(zones).ravel().astype(str)
+    if letters:
+        labels = np.asarray([z.split()[-1] if z else "" for z in labels.tolist()])
+    return {z: int(np.sum(labels == z)) for z in (CVGA_LETTERS if letters else CVGA_ZONES)}
+
+
 def cvga_counts(zones: xr.DataArray, letters: bool = False) -> xr.DataArray:
     """Number of patients per CVGA zone (all nine), or per letter A–E with ``letters=True``."""
     from cohort.store.zarr_store import indexed_coordinates  # here: metrics alone need no zarr
 
-    labels = np.asarray(zones.values).ravel().astype(str)
-    if letters:
-        labels = np.asarray([z.split()[-1] if z else "" for z in labels])
-        names = CVGA_LETTERS
-    else:
-        names = CVGA_ZONES
-    counts = [int(np.sum(labels == z)) for z in names]
+    per_zone = zone_counts(zones.values, letters)
+    names, counts = list(per_zone), list(per_zone.values())
     return xr.DataArray(
         counts,
         dims=("zone",),

@@ -272,8 +272,8 @@ def open_trial(path: str | Path) -> TrialResult:
     sim = open_result(path)
     if "incomplete" in sim.attrs:
         raise StoreError(
-            f"{str(path)!r} is an incomplete trial store (the run was interrupted); run the "
-            "trial again with --overwrite"
+            f"{str(path)!r} is an incomplete trial store (the run was interrupted); finish it "
+            "with `cohort trial SPEC -o STORE --resume` (the same spec and options)"
         )
     try:
         patients = xr.open_zarr(str(path), group="trial", consolidated=False, chunks=None)
