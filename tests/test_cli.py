@@ -326,3 +326,14 @@ def test_cli_modelled_infusion_duration_from_a_population_column(tmp_path):
         after = rate / cl * (1 - np.exp(-k * d)) * np.exp(-k * (t - d))
         ref = np.where(t <= d, during, after)
         np.testing.assert_allclose(conc[i], ref, rtol=1e-10, atol=1e-12)
+
+
+def test_cli_cmt_by_number_as_in_dosing_files(tmp_path):
+    """--cmt 1 was refused while CMT=1 worked in files (a new user's session)."""
+    by_name, by_number = tmp_path / "a.zarr", tmp_path / "b.zarr"
+    base = ["simulate", "--model", "pk1_oral", "--n", "3", "--t-end", "4"]
+    assert CliRunner().invoke(app, [*base, "--cmt", "central", "-o", str(by_name)]).exit_code == 0
+    assert CliRunner().invoke(app, [*base, "--cmt", "2", "-o", str(by_number)]).exit_code == 0
+    a, b = cohort.open_result(by_name), cohort.open_result(by_number)
+    np.testing.assert_array_equal(a.conc.values, b.conc.values)
+    assert a.conc.values[0, 0] > 0  # into central: a concentration at once

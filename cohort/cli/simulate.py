@@ -444,8 +444,14 @@ def simulate(
         if pop_ids is not None:
             pop = _pair_by_id(pop, pop_ids, dose, population, dosing)
     else:
+        if cmt is not None and cmt.strip().isdigit() and 1 <= int(cmt) <= len(m.state_names):
+            cmt = m.state_names[int(cmt) - 1]  # a NONMEM compartment number, as CMT in files
         if cmt is not None and cmt not in m.dose_targets:
-            fail(f"--cmt: {cmt!r} cannot be dosed in {m.name}; use one of {list(m.dose_targets)}")
+            numbers = [m.state_names.index(t) + 1 for t in m.dose_targets]
+            fail(
+                f"--cmt: {cmt!r} cannot be dosed in {m.name}; use one of "
+                f"{list(m.dose_targets)} (or their numbers {numbers})"
+            )
         v = {k: DEFAULTS[k] if val is None else val for k, val in
              (("amt", amt), ("ii", ii), ("addl", addl), ("rate", rate))}  # fmt: skip
         for flag, key in (("--amt", "amt"), ("--ii", "ii")):
