@@ -105,6 +105,7 @@ def test_overwrite_replaces_cohorts_own_store(tmp_path):
     assert second.attrs["seed"] == 2 and not np.array_equal(first, second["CL"].values)
 
 
+@pytest.mark.filterwarnings("ignore:Object at:UserWarning")  # zarr notices the user's files
 def test_overwrite_keeps_a_users_files_dropped_into_cohorts_store(tmp_path):
     """A user's notes saved inside a cohort store were deleted with it by --overwrite (a new
     user's session): now the overwrite is refused, naming them, and nothing is removed."""

@@ -439,7 +439,14 @@ def simulate(
             id_col = None if dose is None else _id_column(dose)
             n = DEFAULTS["n"] if id_col is None else len(set(_id_keys(dose[id_col])))
         _check_memory(n, len(m.parameter_names))
-        pop = lognormal(m, n, seed, DEFAULTS["iiv"] if iiv is None else iiv)
+        cv = DEFAULTS["iiv"] if iiv is None else iiv
+        pop = lognormal(m, n, seed, cv)
+        if dose is not None:  # a NONMEM user may expect the file's own patients' parameters
+            err_console.print(
+                f"note: each of the {n:,} patients of --dosing gets parameters drawn around "
+                f"{m.name}'s typical values (CV {cv:.0%}, seed {seed}); covariates and DV in "
+                "the file are not used: give --population for your patients' own parameters"
+            )
     if dosing is not None:
         if pop_ids is not None:
             pop = _pair_by_id(pop, pop_ids, dose, population, dosing)
