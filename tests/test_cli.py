@@ -337,3 +337,16 @@ def test_cli_cmt_by_number_as_in_dosing_files(tmp_path):
     a, b = cohort.open_result(by_name), cohort.open_result(by_number)
     np.testing.assert_array_equal(a.conc.values, b.conc.values)
     assert a.conc.values[0, 0] > 0  # into central: a concentration at once
+
+
+def test_ctrl_c_says_what_is_kept_and_how_to_resume(tmp_path, monkeypatch):
+    """SIGINT ended a run with exit 130 and no word (two new users' sessions)."""
+    import cohort.engine.simulate as engine_simulate
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(engine_simulate, "simulate", interrupted)
+    res = CliRunner().invoke(app, ["simulate", "--n", "3", "-o", str(tmp_path / "x.zarr")])
+    assert res.exit_code == 130
+    assert "interrupted:" in res.output and "--resume" in res.output

@@ -85,6 +85,13 @@ def command(fn: F | None = None, *, timed: bool = False):
                 fail(str(exc))
             except OSError as exc:  # unreadable/unwritable files named by the user
                 fail(f"{exc.filename or ''}: {exc.strerror or exc}")
+            except KeyboardInterrupt:  # Ctrl-C: say what is kept and how to go on (exit 130)
+                err_console.print(
+                    "\n[bold yellow]interrupted:[/] what was written so far is kept; a command "
+                    "that writes a store (simulate, generate, glucose, trial) finishes it when "
+                    "run again with --resume"
+                )
+                raise typer.Exit(130) from None
             finally:
                 warnings.showwarning = previous
 

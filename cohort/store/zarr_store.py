@@ -368,7 +368,10 @@ def open_result(path: str | os.PathLike) -> xr.Dataset:
     ds = _with_default_indexes(ds)
     # numpy, not xarray's reduction: that imports dask.array when installed (~0.1 s)
     if "chunk_done" in ds and not np.asarray(ds["chunk_done"].values).all():
-        ds.attrs["incomplete"] = "some batches were not written; rerun with resume=True"
+        ds.attrs["incomplete"] = (
+            "some batches were not written; rerun the same command with --resume (Python: "
+            "resume=True)"
+        )
     return ds
 
 
