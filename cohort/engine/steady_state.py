@@ -63,22 +63,22 @@ def iterate_to_steady_state(
     def newton(state):
         i, y, _, code = state
         n_s = len(names)
+        y_vec = jnp.stack([y[k] for k in names])  # [S, ...]
+        eye = jnp.eye(n_s, dtype=dtype).reshape((n_s, n_s) + (1,) * (y_vec.ndim - 1))
         # the interval from y and from y nudged along each state, in one vmap-ed call
-        scale = jnp.stack([jnp.abs(y[k]) for k in names])
+        scale = jnp.abs(y_vec)
         h = nudge * scale + 1e-2 * nudge * jnp.max(scale, axis=0) + 1e-12  # [S, ...]
-        nudged = {}
-        for j, k in enumerate(names):
-            onehot = jnp.eye(n_s, dtype=dtype)[:, j].reshape((n_s,) + (1,) * jnp.ndim(y[k]))
-            nudged[k] = jnp.concatenate([y[k][None], y[k][None] + onehot * h[j]])
-        out, codes = jax.vmap(lambda yy: jax.tree.map(jnp.asarray, cycle(yy)))(nudged)
+        starts = jnp.concatenate([y_vec[:, None], y_vec[:, None] + eye * h[None]], axis=1)
+        out, codes = jax.vmap(lambda yy: jax.tree.map(jnp.asarray, cycle(yy)))(
+            {k: starts[j] for j, k in enumerate(names)}
+        )
         f = jnp.stack([out[k] for k in names])  # [S (state), 1 + S (nudge), ...]
         fy = f[:, 0]
         jac = (f[:, 1:] - fy[:, None]) / h[None]
-        resid = fy - jnp.stack([y[k] for k in names])
-        eye = jnp.eye(n_s, dtype=dtype).reshape((n_s, n_s) + (1,) * (jac.ndim - 2))
+        resid = fy - y_vec
         lhs = jnp.moveaxis(eye - jac, (0, 1), (-2, -1))
         step = jnp.linalg.solve(lhs, jnp.moveaxis(resid, 0, -1)[..., None])[..., 0]
-        y_try = jnp.stack([y[k] for k in names]) + jnp.moveaxis(step, -1, 0)
+        y_try = y_vec + jnp.moveaxis(step, -1, 0)
         # Take the Newton step where it is finite, keeps non-negative states so (a step past
         # zero on a nonlinear model) and is at most MAX_STRETCH times the plain interval's
         # change (where no steady state exists, e.g. doses above a Michaelis-Menten capacity,
@@ -90,7 +90,8 @@ def iterate_to_steady_state(
                  for j, k in enumerate(names)}  # fmt: skip
         # converged when the plain interval no longer moves y (the nudged intervals' codes
         # are not the patient's: a nudge may fail where y does not)
-        return i + 1, y_new, change(fy_tree(fy), y), jnp.maximum(code, codes[0].astype(jnp.int32))
+        plain_end = {k: fy[j] for j, k in enumerate(names)}
+        return i + 1, y_new, change(plain_end, y), jnp.maximum(code, codes[0].astype(jnp.int32))
 
     def plain(state):
         i, y, _, code = state
@@ -104,9 +105,6 @@ def iterate_to_steady_state(
             return jnp.any(active) & (i < limit) & (jnp.max(delta) > rtol) & jnp.all(code == 0)
 
         return cond
-
-    def fy_tree(fy):
-        return {k: fy[j] for j, k in enumerate(names)}
 
     init = (0, y0, jnp.full(jnp.shape(active), jnp.inf, dtype), jnp.zeros((), jnp.int32))
     state = plain(init)  # from a zero state the nudges would have no scale

@@ -227,16 +227,10 @@ def metrics_only(patients: Any, *args: Any, **kwargs: Any) -> dict[str, np.ndarr
     failed patient). For callers that keep no trajectories (screening patients, the CLI
     without ``--out``): no dataset is assembled, and none of the trajectories is copied out
     of the batch buffers."""
-    bound = inspect.signature(run).bind(patients, *args, **kwargs)
-    bound.apply_defaults()
-    a = bound.arguments
+    a = _run_arguments(patients, *args, **kwargs)
     if a["out"] is not None or a["cluster"] is not None:
         raise InputError("out, cluster: metrics_only keeps nothing on disk; use run(out=...)")
-    plan = _plan(
-        a["patients"], a["scenario"], a["controller"], a["days"], a["seed"], a["options"],
-        a["chunk_size"], a["dtype"], a["out_dtype"], None, False,
-    )  # fmt: skip
-    _, status, metrics = _solve_in_memory(plan, a["progress"], trajectories=False)
+    _, status, metrics = _solve_in_memory(_plan_of(a), a["progress"], trajectories=False)
     return {**metrics, "status": status}
 
 
@@ -368,19 +362,28 @@ def _plan(
     )  # fmt: skip
 
 
+def _run_arguments(patients: Any, *args: Any, **kwargs: Any) -> dict:
+    """:func:`run`'s arguments for this call, by name, defaults filled in."""
+    bound = inspect.signature(run).bind(patients, *args, **kwargs)
+    bound.apply_defaults()
+    return bound.arguments
+
+
+def _plan_of(a: dict) -> _Plan:
+    """The plan :func:`run` makes for the arguments ``a`` (:func:`_run_arguments`)."""
+    return _plan(
+        a["patients"], a["scenario"], a["controller"], a["days"], a["seed"], a["options"],
+        a["chunk_size"], a["dtype"], a["out_dtype"], a["out"], a["resume"],
+    )  # fmt: skip
+
+
 def compile_ahead(patients: Any, *args: Any, **kwargs: Any) -> None:
     """Compile the batch program that :func:`run` given the same arguments will use. Only
     the number of patients and their columns matter, not their values, so a caller can run
     this on a background thread while it samples the patients (``cohort glucose`` does: XLA
     compiles on one core, and the cold command waits for one compilation instead of two).
     Writes nothing."""
-    bound = inspect.signature(run).bind(patients, *args, **kwargs)
-    bound.apply_defaults()
-    a = bound.arguments
-    plan = _plan(
-        a["patients"], a["scenario"], a["controller"], a["days"], a["seed"], a["options"],
-        a["chunk_size"], a["dtype"], a["out_dtype"], a["out"], a["resume"],
-    )  # fmt: skip
+    plan = _plan_of(_run_arguments(patients, *args, **kwargs))
     rows = min(plan.chunk_size, len(plan.invalid))
     plan.solver.compile(padded_rows(plan.inputs, 0, rows, plan.batch), plan.shared)
 
