@@ -203,12 +203,13 @@ class Candidates:
         self.ok = np.zeros((n, max_attempts), bool)
         self.row = np.full((n, max_attempts), -1)
         self._parts: list[pd.DataFrame] = []
-        self._frame: pd.DataFrame | None = None
+        self._rows = 0  # candidates drawn so far
+        self._frame: pd.DataFrame | None = None  # their concatenation, rebuilt after a draw
 
     @property
     def frame(self) -> pd.DataFrame:
         """Every candidate drawn so far (rows as in :attr:`row`)."""
-        if self._frame is None or len(self._frame) != sum(len(f) for f in self._parts):
+        if self._frame is None:
             self._frame = pd.concat(self._parts, ignore_index=True)
         return self._frame
 
@@ -216,8 +217,9 @@ class Candidates:
         """Draw the next attempts (up to :data:`_WINDOW`) of ``patients``."""
         patients = np.asarray(patients, int)
         patients = patients[self.drawn[patients] < self.max_attempts]
-        for lo in np.unique(self.drawn[patients]):
-            self._draw(patients[self.drawn[patients] == lo], int(lo))
+        drawn = self.drawn[patients]  # before any of these draws: one window per patient
+        for lo in np.unique(drawn):
+            self._draw(patients[drawn == lo], int(lo))
 
     def _draw(self, patients: np.ndarray, lo: int) -> None:
         hi = min(lo + _WINDOW, self.max_attempts)
@@ -234,10 +236,11 @@ class Candidates:
         for k, v in self.prior.fixed.items():
             frame[k] = v
         frame = derive_basal(frame)
-        first = sum(len(f) for f in self._parts)
         self._parts.append(frame)
+        self._frame = None
         shape = (len(patients), hi - lo)
-        self.row[patients, lo:hi] = first + np.arange(frame.shape[0]).reshape(shape)
+        self.row[patients, lo:hi] = self._rows + np.arange(frame.shape[0]).reshape(shape)
+        self._rows += frame.shape[0]
         self.ok[patients, lo:hi] = _plausible(frame).reshape(shape)
         self.drawn[patients] = hi
 
