@@ -129,10 +129,11 @@ def _parse(raw: dict, path: str, base: Path | None, digest: str) -> TrialSpec:
         raise r.err("trial.name", "missing")
     if not t.get("model"):
         raise r.err("trial.model", "missing (a model name, see `cohort models`)")
-    from cohort.models import available
+    from cohort.models import available, get
 
     if not isinstance(t["model"], str) or t["model"] not in available():
         raise r.err("trial.model", f"unknown model {t['model']!r}; see `cohort models`")
+    model = get(t["model"])
     method = r.choice("trial.method", t.get("method", "auto"), ("auto", "closed_form", "fast"))
     pop = r.keys("population", raw.get("population", {}), {"prior", "inclusion", "exclusion"})
     if "prior" not in pop:
@@ -144,7 +145,7 @@ def _parse(raw: dict, path: str, base: Path | None, digest: str) -> TrialSpec:
         prior = base / prior
     if not prior.exists():
         raise r.err("population.prior", f"no such prior spec {str(prior)!r}")
-    population = _prior_names(r, prior, t["model"])
+    population = _prior_names(r, prior, model, t["model"])
     arms = _arms(r, raw.get("arms"))
     names = [a.name for a in arms]
     al = r.keys(
@@ -171,7 +172,7 @@ def _parse(raw: dict, path: str, base: Path | None, digest: str) -> TrialSpec:
     endpoints = _endpoints(r, raw.get("endpoints"))
     ep_names = {e.name for e in endpoints}
     _check_windows(r, endpoints, times)
-    _check_outputs(r, t["model"], endpoints, assays)
+    _check_outputs(r, model, t["model"], endpoints, assays)
     an = r.keys(
         "analysis",
         raw.get("analysis", {}),
@@ -411,18 +412,16 @@ def _test(
     )
 
 
-def _prior_names(r: _Reader, prior: Path, model_name: str) -> set[str]:
+def _prior_names(r: _Reader, prior: Path, model, model_name: str) -> set[str]:
     """The covariate and parameter names the prior gives each patient, checked against the
     trial's model: a parameter the model lacks would be dropped without a word (a pk1_oral
     prior's ``V`` in a pk2_oral trial, whose volume is ``V1``)."""
-    from cohort.models import get
     from cohort.population.spec import SpecError, load_spec
 
     try:
         spec = load_spec(prior)
     except SpecError as exc:
         raise r.err("population.prior", str(exc)) from None
-    model = get(model_name)
     extra = [q for q in spec.parameter_names if q not in model.parameter_names]
     if extra:
         made_for = f"a prior for {spec.model}" if spec.model else "a prior"
@@ -434,11 +433,8 @@ def _prior_names(r: _Reader, prior: Path, model_name: str) -> set[str]:
     return set(spec.covariate_names) | set(spec.parameter_names)
 
 
-def _check_outputs(r: _Reader, model_name: str, endpoints, assays) -> None:
+def _check_outputs(r: _Reader, model, model_name: str, endpoints, assays) -> None:
     """Every endpoint and assay names an output (or state) of the model."""
-    from cohort.models import get
-
-    model = get(model_name)
     known = tuple(model.output_names) + tuple(model.state_names)
     named = [(f"endpoints[{i}].output", e.output) for i, e in enumerate(endpoints) if e.output]
     named += [(f"sampling.assay[{i}].output", a.output) for i, a in enumerate(assays)]
@@ -459,7 +455,7 @@ def _check_windows(r: _Reader, endpoints: tuple[Endpoint, ...], times: tuple[flo
         if e.type in ("ctrough", "value", "change"):
             points = [("time", e.time)] + ([("baseline", e.baseline)] if e.type == "change" else [])
             for name, t in points:
-                if not any(abs(t - x) <= 1e-9 * max(1.0, abs(x)) for x in times):
+                if not np.isclose(times, t).any():  # the rule endpoints.compute reads by
                     raise r.err(
                         f"{key}.{name}", f"{t:g} is not a sampling time {list(times)}: add it "
                         "to sampling.times or choose one of them"
