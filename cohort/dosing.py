@@ -444,6 +444,24 @@ def regimens_frame(regs: Sequence[Regimen], targets: Sequence[str]) -> pd.DataFr
     return pd.concat(frames, ignore_index=True).sort_values("TIME", kind="stable")
 
 
+def patient_ids(dosing: Any) -> np.ndarray | None:
+    """The ``ID`` of each patient of a NONMEM-style records frame, in the order
+    :func:`event_table` gives the patients (first appearance), or None for other dosing: whole
+    numbers as int64, other numbers as float64, anything else as text. Kept with the results
+    so that a user can join them back to the file's patients."""
+    if not isinstance(dosing, pd.DataFrame):
+        return None
+    col = next((c for c in dosing.columns if str(c).upper() == "ID"), None)
+    if col is None:
+        return None
+    ids = pd.factorize(dosing[col].to_numpy())[1]
+    numbers = pd.to_numeric(pd.Series(ids), errors="coerce").to_numpy(dtype=float)
+    if len(ids) and np.isfinite(numbers).all():
+        whole = np.all(numbers == np.round(numbers)) and np.abs(numbers).max() < 2**53
+        return numbers.astype(np.int64) if whole else numbers
+    return np.asarray([str(i).strip() for i in ids], dtype=str)
+
+
 def event_table(
     dosing: Any,
     state_names: Sequence[str],

@@ -1,6 +1,7 @@
 """CLI: demo writes a store + figure + table; bad arguments give clear errors, not tracebacks."""
 
 import numpy as np
+import pandas as pd
 from typer.testing import CliRunner
 
 import cohort
@@ -18,7 +19,8 @@ def test_demo_writes_store_plot_and_summary(tmp_path):
     out, png = tmp_path / "demo.zarr", tmp_path / "demo.png"
     res = runner.invoke(app, ["demo", "--n", "200", "--out", str(out), "--plot", str(png)])
     assert res.exit_code == 0, res.output
-    assert "Cmax" in flat(res) and "ok=200" in flat(res)
+    assert "peak median" in flat(res) and "ok=200" in flat(res)
+    assert "mg/L·h" in flat(res)  # the AUC's units beside the concentration's
     ds = cohort.open_result(out)
     assert ds.sizes["patient"] == 200 and ds.sizes["time"] == 337
     assert bool(ds.chunk_done.all()) and int((ds.status == 0).sum()) == 200
@@ -227,6 +229,7 @@ def test_population_csv_is_paired_with_the_dosing_by_id(tmp_path):
     assert res.exit_code == 0, res.output
     ds = cohort.open_result(out)
     np.testing.assert_array_equal(ds.CL.values, [2.5, 30.0])  # dosing order: ID 1, then 2
+    np.testing.assert_array_equal(ds.ID.values, [1, 2])  # the file's IDs kept (coordinate)
     ref = cohort.simulate(
         "pk1_oral",
         {"CL": np.array([2.5, 30.0]), "V": np.array([30.0, 31.0]), "KA": np.ones(2)},
@@ -279,7 +282,27 @@ def test_simulate_takes_one_patient_per_dosing_id_by_default(tmp_path):
         app, ["simulate", "--model", "pk1_oral", "--dosing", str(dose), "-o", str(out)]
     )
     assert res.exit_code == 0, res.output
-    assert cohort.open_result(out).sizes["patient"] == 3
+    ds = cohort.open_result(out)
+    assert ds.sizes["patient"] == 3
+    # the file's IDs are kept, so results join back to its patients (text IDs as text)
+    assert "ID" in ds.coords and ds.ID.values.tolist() == [1, 2, 7]
+    text_ids = tmp_path / "text_ids.csv"
+    text_ids.write_text("ID,TIME,AMT,EVID,CMT\nP-01,0,100,1,1\nP-01,12,100,1,1\nQ,0,200,1,1\n")
+    res = runner.invoke(
+        app,
+        ["simulate", "--model", "pk1_oral", "--dosing", str(text_ids), "-o", str(tmp_path / "t")],
+    )
+    assert res.exit_code == 0, res.output
+    assert cohort.open_result(tmp_path / "t").ID.values.tolist() == ["P-01", "Q"]
+    frame = pd.read_csv(text_ids)
+    mem = cohort.simulate("pk1_oral", None, frame, [0.0, 24.0], n=2)  # in memory: the same
+    assert mem.ID.values.tolist() == ["P-01", "Q"]
+    per_patient = [
+        [cohort.Regimen(100.0, "depot", ii=12, addl=1)],
+        [cohort.Regimen(200.0, "depot")],
+    ]
+    ref = cohort.simulate("pk1_oral", None, per_patient, [0.0, 24.0], n=2)
+    np.testing.assert_array_equal(mem.conc.values, ref.conc.values)
     res = runner.invoke(
         app,
         [

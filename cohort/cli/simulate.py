@@ -45,15 +45,17 @@ def _summary(ds, outputs) -> Table:
     from cohort.engine.status import STATUS_MEANINGS
 
     table = Table(title=f"{ds.attrs.get('model')} — {ds.sizes['patient']:,} patients")
-    table.add_column("output")
-    table.add_column("units")
-    for col in ("Cmax p5", "Cmax median", "Cmax p95", "AUC median", "last median"):
+    table.add_column("output", no_wrap=True)
+    table.add_column("units", no_wrap=True)
+    # "peak", not "Cmax": the outputs include PD responses and amounts, not only concentrations
+    for col in ("peak p5", "peak median", "peak p95", "AUC median", "AUC units", "last median"):
         table.add_column(col, justify="right")
+    time_units = ds["time"].attrs.get("units", "")
     status = np.asarray(ds["status"].values)
     ok = status == 0
     for o in outputs:
         if not ok.any():
-            table.add_row(o, ds[o].attrs.get("units", ""), *(["–"] * 5))
+            table.add_row(o, ds[o].attrs.get("units", ""), *(["–"] * 6))
             continue
         cmax, auc, last = _per_patient(ds, o, ok)
         table.add_row(
@@ -61,6 +63,7 @@ def _summary(ds, outputs) -> Table:
             ds[o].attrs.get("units", ""),
             *(f"{x:.4g}" for x in np.nanquantile(cmax, [0.05, 0.5, 0.95])),
             f"{np.nanmedian(auc):.4g}",
+            _auc_units(ds[o].attrs.get("units", ""), time_units),
             f"{np.nanmedian(last):.4g}",
         )
     counts = pd.Series(status).value_counts().sort_index()
@@ -68,6 +71,14 @@ def _summary(ds, outputs) -> Table:
         f"{STATUS_MEANINGS.get(int(k), k)}={int(c):,}" for k, c in counts.items()
     )
     return table
+
+
+def _auc_units(units: str, time_units: str) -> str:
+    """Units of an output's area under the curve over time: ``mg/L`` and ``h`` give
+    ``mg/L·h``; a dimensionless output's area is in time units."""
+    if units in ("", "1"):
+        return time_units
+    return f"{units}·{time_units}" if time_units else units
 
 
 def _per_patient(ds, output: str, ok: np.ndarray, read_bytes: int = 1 << 26):

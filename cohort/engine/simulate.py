@@ -22,7 +22,7 @@ import numpy as np
 import xarray as xr
 
 from cohort._version import __version__
-from cohort.dosing import EventTable, describe_events, event_table, shared_rows
+from cohort.dosing import EventTable, describe_events, event_table, patient_ids, shared_rows
 from cohort.engine.base import Engine, resolve_engine
 from cohort.engine.batching import (
     BatchSolver,
@@ -38,7 +38,7 @@ from cohort.engine.inputs import InputError, check_times, checked_params, popula
 from cohort.engine.status import status_attrs
 from cohort.engine.step_choice import choose_step, pilot_rows
 from cohort.models.base import Model
-from cohort.store import ResultStore, indexed_coordinates, locks_output, open_result
+from cohort.store import ID_ATTRS, ResultStore, indexed_coordinates, locks_output, open_result
 
 
 @functools.lru_cache(maxsize=32)
@@ -87,6 +87,7 @@ class _Plan:
     outputs: tuple[str, ...]
     dtype: str
     chunk_size: int
+    ids: np.ndarray | None = None  # the dosing records' patient IDs, kept with the results
 
     @property
     def n_patients(self) -> int:
@@ -95,7 +96,10 @@ class _Plan:
     def rows(self, lo: int, hi: int) -> _Plan:
         """The plan of patients ``lo:hi`` (views), e.g. for one distributed task."""
         params = {k: v[lo:hi] for k, v in self.params.items()}
-        return dataclasses.replace(self, params=params, table=self.table.select(slice(lo, hi)))
+        ids = None if self.ids is None else self.ids[lo:hi]
+        return dataclasses.replace(
+            self, params=params, table=self.table.select(slice(lo, hi)), ids=ids
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -126,6 +130,8 @@ def _spec_hash(plan: _Plan) -> str:
     for k, v in sorted(plan.table.arrays().items()):
         h.update(k.encode())
         h.update(np.ascontiguousarray(v).tobytes())
+    if plan.ids is not None:
+        h.update(repr(plan.ids.tolist()).encode())
     return h.hexdigest()[:24]
 
 
@@ -230,7 +236,10 @@ def simulate(
         chunk_size = min(n_pat, default_chunk(engine.default_chunk, per_patient, out, resume))
     if chunk_size < 1:
         raise InputError(f"chunk_size: must be >= 1, got {chunk_size}")
-    plan = _Plan(model, engine, params, table, times, outputs, dtype, chunk_size)
+    ids = patient_ids(dosing)
+    if ids is not None and len(ids) != n_pat:
+        ids = None  # one patient's records shared by the whole cohort: no ID per patient
+    plan = _Plan(model, engine, params, table, times, outputs, dtype, chunk_size, ids)
     if cluster is not None and out is None:
         raise InputError(
             "cluster: a distributed run writes into a store; give out= (e.g. runs/cohort.zarr)"
@@ -278,6 +287,7 @@ def _simulate_to_store(plan: _Plan, out, seed, time_units, resume, overwrite, pr
         dtype=plan.dtype,
         chunk_size=plan.chunk_size,
         attrs=_provenance(plan, seed),
+        ids=plan.ids,
         resume=resume,
         overwrite=overwrite,
     )
@@ -434,7 +444,10 @@ def _dataset(plan: _Plan, outs, status, attrs, time_units: str) -> xr.Dataset:
     data = {o: (("patient", "time"), v.T, _output_attrs(plan.model, o)) for o, v in outs.items()}
     data.update({k: (("patient",), v, _param_attrs(plan.model, k)) for k, v in plan.params.items()})
     attrs = {**attrs, "solver_settings": str(attrs["solver_settings"])}
-    return result_dataset(data, status, plan.times, time_units, attrs)
+    ds = result_dataset(data, status, plan.times, time_units, attrs)
+    if plan.ids is not None:
+        ds = ds.assign_coords(ID=("patient", plan.ids, ID_ATTRS))
+    return ds
 
 
 def result_dataset(data: dict, status, times, time_units: str, attrs: dict) -> xr.Dataset:

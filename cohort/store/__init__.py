@@ -10,9 +10,16 @@ from cohort.store.safety import (
     report_directory,
     written_by_cohort,
 )
-from cohort.store.zarr_store import ResultStore, StoreError, indexed_coordinates, open_result
+from cohort.store.zarr_store import (
+    ID_ATTRS,
+    ResultStore,
+    StoreError,
+    indexed_coordinates,
+    open_result,
+)
 
 __all__ = [
+    "ID_ATTRS",
     "ResultStore",
     "StoreError",
     "check_path",

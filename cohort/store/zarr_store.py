@@ -84,6 +84,7 @@ class ResultStore:
         chunk_size: int,
         attrs: dict[str, Any],
         variables: dict[str, tuple[str, dict[str, Any]]] | None = None,
+        ids: np.ndarray | None = None,
         resume: bool = False,
         overwrite: bool = False,
     ) -> ResultStore:
@@ -93,7 +94,8 @@ class ResultStore:
         whole once (a store missing them, killed while they were written, gets them on
         resume), not batch by batch. ``variables`` adds per-patient results written with each
         batch (e.g. glycaemic metrics): ``{name: (dtype, attrs)}``; unwritten entries read NaN
-        (integers: -1)."""
+        (integers: -1). ``ids``: the patients' IDs from the user's records (numbers or text),
+        stored as the ``ID`` coordinate."""
         path = prepare_output(path, overwrite=overwrite, resume=resume, resumable=True)
         if resume and _exists(path) and resumable_layout(path) is not None:
             store = cls.reopen(path, attrs["spec_hash"], chunk_size)
@@ -133,6 +135,17 @@ class ResultStore:
                 fill_value=np.nan,
                 attributes=_jsonable(meta),
             )
+        if ids is not None:
+            text = ids.dtype.kind in "USTO"
+            g.create_array(
+                "ID",
+                shape=(n_patients,),
+                dtype=str if text else ids.dtype,
+                chunks=(chunk_size,),
+                dimension_names=["patient"],
+                fill_value="" if text else 0,
+                attributes=ID_ATTRS,
+            )[:] = ids
         for name, (vdtype, meta) in (variables or {}).items():
             g.create_array(
                 name,
@@ -349,6 +362,9 @@ def _layout_complete(path: Path | str) -> bool:
     )
 
 
+ID_ATTRS = {"long_name": "patient ID in the dosing records"}
+
+
 def _jsonable(d: dict) -> dict:
     return json.loads(json.dumps(d, default=str))
 
@@ -366,6 +382,8 @@ def open_result(path: str | os.PathLike) -> xr.Dataset:
     except Exception as exc:
         raise StoreError(f"{str(path)!r} is not a readable zarr store: {exc}") from None
     ds = _with_default_indexes(ds)
+    if "ID" in ds.data_vars:
+        ds = ds.set_coords("ID")
     # numpy, not xarray's reduction: that imports dask.array when installed (~0.1 s)
     if "chunk_done" in ds and not np.asarray(ds["chunk_done"].values).all():
         ds.attrs["incomplete"] = (
