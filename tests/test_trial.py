@@ -616,9 +616,16 @@ def test_sequential_look_table_reports_stopping_and_expected_n():
     assert table.attrs["expected_n"]["y: treat vs control"] == pytest.approx(
         50 * p1 + 100 * (1 - p1)
     )
-    # trials that stop early for efficacy have the largest estimates
+    # trials that stop early for efficacy have the largest estimates, for futility the
+    # smallest: the table keeps the two apart (their mean hid both biases)
     efficacy_early = (out["look"] == 0) & out["reject"]
-    assert est[efficacy_early].mean() > est.mean()
+    futile_early = (out["look"] == 0) & out["futile"]
+    assert est[efficacy_early].mean() > est.mean() > est[futile_early].mean()
+    first = table.iloc[0]
+    assert first["mean_estimate_efficacy"] == pytest.approx(est[efficacy_early].mean())
+    assert first["mean_estimate_futility"] == pytest.approx(est[futile_early].mean())
+    assert first["mean_estimate_all"] == pytest.approx(est[out["look"] == 0].mean())
+    assert np.isnan(table.iloc[1]["mean_estimate_futility"])  # no futility stop at the end
 
 
 # Lan-DeMets boundaries, two-sided 0.05 as one-sided 0.025 per side, equally spaced looks.

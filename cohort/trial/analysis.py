@@ -39,15 +39,18 @@ class Analysis:
 def look_table(reps: xr.Dataset, looks, n_total: int) -> pd.DataFrame:
     """Per comparison and look: the probability of stopping there for efficacy, for harm
     (two-sided crossing the other way) or for futility, the cumulative probability of having
-    stopped, patients analysed, and the mean naive estimate among trials stopping there. Naive
-    estimates at an early stop are biased away from zero (a trial stops early when its
-    estimate is large); the expected sample size is in ``attrs['expected_n']``."""
+    stopped, patients analysed, and the mean naive estimate among the trials stopping there for
+    efficacy, for futility, and all of them (at the last look: every trial still running).
+    Naive estimates at an early efficacy stop are biased away from zero (a trial stops early
+    when its estimate is large), at a futility stop towards it; the expected sample size is in
+    ``attrs['expected_n']``."""
     rows, expected = [], {}
     for label in reps.comparison.values:
         r = reps.sel(comparison=label)
         look = r["look"].values
         ok = np.isfinite(r["p"].values)
         est = r["estimate"].values
+        futile = r["futile"].values if "futile" in r else np.zeros(len(look))
         n_k = [round(f * n_total) for f in looks]
         cumulative = 0.0
         for k, frac in enumerate(looks):
@@ -62,11 +65,13 @@ def look_table(reps: xr.Dataset, looks, n_total: int) -> pd.DataFrame:
                     "patients": n_k[k],
                     "p_stop_efficacy": float((at & (r["reject"].values > 0)).mean()),
                     "p_stop_harm": float((at & (r["harm"].values > 0)).mean()),
-                    "p_stop_futility": float(
-                        (at & (r.get("futile", r["harm"] * 0).values > 0)).mean()
-                    ),
+                    "p_stop_futility": float((at & (futile > 0)).mean()),
                     "p_stopped_by_now": cumulative,
-                    "mean_estimate_if_stopped": float(np.nanmean(est[at])) if at.any() else np.nan,
+                    # by the reason for stopping: an early efficacy stop overestimates, a
+                    # futility stop underestimates, and their mean would hide both
+                    "mean_estimate_efficacy": _mean(est, at & (r["reject"].values > 0)),
+                    "mean_estimate_futility": _mean(est, at & (futile > 0)),
+                    "mean_estimate_all": _mean(est, at),
                 }
             )
         expected[str(label)] = float(
@@ -75,6 +80,10 @@ def look_table(reps: xr.Dataset, looks, n_total: int) -> pd.DataFrame:
     table = pd.DataFrame(rows)
     table.attrs["expected_n"] = expected
     return table
+
+
+def _mean(values: np.ndarray, where: np.ndarray) -> float:
+    return float(np.nanmean(values[where])) if where.any() else np.nan
 
 
 def _covariate(result: TrialResult, name: str) -> np.ndarray:

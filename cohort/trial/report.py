@@ -275,8 +275,10 @@ def _tables(result, analysis, sample_sizes, escalation, dose_pta) -> list:
         tables.append(
             (
                 "Stopping per look (efficacy, harm, futility), patients and expected sample "
-                "size; estimates at an early stop are naive (not bias-adjusted): trials stop "
-                "early when their estimate is large, so these means are biased away from zero",
+                "size; mean estimates of the trials stopping there, by reason (all: every "
+                "trial stopping there, at the last look every trial still running). They are "
+                "naive (not bias-adjusted): an efficacy stop happens when the estimate is large "
+                "(biased away from zero), a futility stop when it is small (biased towards it)",
                 analysis.looks,
             )
         )
