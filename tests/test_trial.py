@@ -356,6 +356,13 @@ def test_sample_size_search_and_escalation():
     esc = ct.escalate(ROOT / "experiments" / "theophylline_escalation.toml", replicates=100)
     assert esc["p_select"].sum() + esc.attrs["none_selected"] == pytest.approx(1.0)
     assert np.all(np.diff(esc["p_dlt"]) >= 0)  # toxicity rises with dose
+    # the pool is a sample: its DLT rates come with their Wilson interval
+    assert np.all((esc["p_dlt_low"] <= esc["p_dlt"]) & (esc["p_dlt"] <= esc["p_dlt_high"]))
+    from statsmodels.stats.proportion import proportion_confint
+
+    k = round(esc["p_dlt"].iloc[-1] * esc.attrs["pool"])
+    lo, hi = proportion_confint(k, esc.attrs["pool"], method="wilson")
+    assert (esc["p_dlt_low"].iloc[-1], esc["p_dlt_high"].iloc[-1]) == pytest.approx((lo, hi))
 
 
 def test_cli_trial_and_report(tmp_path):

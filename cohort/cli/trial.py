@@ -61,6 +61,29 @@ def _frame_table(frame, title: str) -> Table:
     return table
 
 
+def _escalation_table(esc) -> Table:
+    """The escalation's operating characteristics, each probability with its 95 % interval."""
+    import pandas as pd
+
+    def with_ci(col):
+        return [f"{p:.3f} ({lo:.3f}–{hi:.3f})" for p, lo, hi in
+                zip(esc[col], esc[f"{col}_low"], esc[f"{col}_high"])]  # fmt: skip
+
+    shown = pd.DataFrame({
+        "arm": esc["arm"],
+        "P(DLT) in the pool (95 % CI)": with_ci("p_dlt"),
+        "P(selected as MTD) (95 % MC CI)": with_ci("p_select"),
+        "mean patients": esc["mean_patients"],
+        "mean DLTs": esc["mean_dlts"],
+    })  # fmt: skip
+    table = _frame_table(shown, f"dose escalation ({esc.attrs.get('design', '')})")
+    table.caption = escape(
+        f"no dose selected: {esc.attrs['none_selected']:.3f}; true DLT rates from a pool of "
+        f"{esc.attrs['pool']:,} virtual patients (raise [escalation] pool to narrow them)"
+    )
+    return table
+
+
 @command(timed=True)
 def trial(
     spec: Path = typer.Argument(
@@ -145,7 +168,7 @@ def trial(
         console.print(_frame_table(sizes[["n", "comparison", "power", "meets_target"]],
                                    "sample size search"))  # fmt: skip
     if esc is not None:
-        console.print(_frame_table(esc, "dose escalation"))
+        console.print(_escalation_table(esc))
     if sweep is not None:
         console.print(_frame_table(sweep, "PTA by dose"))
     if report_path is not None:

@@ -162,8 +162,10 @@ def escalate(
     spec: TrialSpec | str, replicates: int | None = None, seed: int | None = None
 ) -> pd.DataFrame:
     """Operating characteristics of the spec's escalation design, one row per dose level:
-    true DLT probability in the pool, P(selected as MTD), mean patients and DLTs per level.
-    ``attrs['none_selected']`` is the fraction of replicates with no dose selected."""
+    true DLT probability in the pool with its 95 % interval (the pool is a sample:
+    ``[escalation] pool`` patients), P(selected as MTD) with its Monte Carlo interval, mean
+    patients and DLTs per level. ``attrs['none_selected']`` is the fraction of replicates with
+    no dose selected, ``attrs['pool']`` the pool size."""
     if not isinstance(spec, TrialSpec):
         spec = load(spec)
     if spec.escalation is None:
@@ -190,17 +192,31 @@ def escalate(
         chosen[mtd] += 1  # index -1 = none selected
         n_tot += n
         dlt_tot += dlt
+    from statsmodels.stats.proportion import proportion_confint
+
+    # The true DLT probabilities are estimated from the pool (a finite sample of virtual
+    # patients): their 95 % Wilson interval says how far the operating characteristics can be
+    # trusted, like power's Monte Carlo interval.
+    k_dlt = tox.sum(axis=1)
+    dlt_low, dlt_high = proportion_confint(k_dlt, tox.shape[1], alpha=0.05, method="wilson")
+    sel_low, sel_high = proportion_confint(chosen[:levels], reps, alpha=0.05, method="wilson")
     table = pd.DataFrame(
         {
             "arm": list(spec.arm_names),
             "dose": [a.dose for a in spec.arms],
-            "p_dlt": tox.mean(axis=1),
+            "p_dlt": k_dlt / tox.shape[1],
+            # statsmodels' bounds at 0 of n can be 4e-19 above 0: clipped to the estimate
+            "p_dlt_low": np.minimum(dlt_low, k_dlt / tox.shape[1]),
+            "p_dlt_high": np.maximum(dlt_high, k_dlt / tox.shape[1]),
             "p_select": chosen[:levels] / reps,
+            "p_select_low": np.minimum(sel_low, chosen[:levels] / reps),
+            "p_select_high": np.maximum(sel_high, chosen[:levels] / reps),
             "mean_patients": n_tot / reps,
             "mean_dlts": dlt_tot / reps,
         }
     )
     table.attrs["none_selected"] = float(chosen[-1] / reps)
+    table.attrs["pool"] = int(tox.shape[1])
     table.attrs["design"] = esc.design
     if esc.design == "crm":
         table.attrs["crm_estimate"] = esc.crm_estimate

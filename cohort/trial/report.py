@@ -304,7 +304,9 @@ def _tables(result, analysis, sample_sizes, escalation, dose_pta) -> list:
         tables.append(
             (
                 f"Dose escalation ({escalation.attrs.get('design', '')}); none selected: "
-                f"{escalation.attrs.get('none_selected', 0):.1%}",
+                f"{escalation.attrs.get('none_selected', 0):.1%}; true DLT rates (95 % Wilson "
+                f"CI) from a pool of {escalation.attrs.get('pool', 0):,} virtual patients, "
+                "P(select) with its Monte Carlo CI",
                 escalation,
             )
         )
