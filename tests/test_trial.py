@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -386,6 +387,13 @@ def test_cli_trial_and_report(tmp_path):
     assert (tmp_path / "r.md").exists()
     bad = CliRunner().invoke(app, ["trial", str(tmp_path / "missing.toml")])
     assert bad.exit_code == 2 and "no such trial spec" in bad.output
+    esc = ROOT / "experiments" / "theophylline_escalation.toml"
+    res = CliRunner().invoke(app, ["trial", str(esc), "--escalation", "--replicates", "20"])
+    assert res.exit_code == 0, res.output
+    text = " ".join(res.output.split())
+    # each probability with its interval, and the pool it comes from
+    assert "P(DLT)" in text and "from a pool of" in text and "virtual patients" in text
+    assert re.search(r"0\.\d{3} \(0\.\d{3}–0\.\d{3}\)", text)
 
 
 # --- endpoints ---------------------------------------------------------------------------
