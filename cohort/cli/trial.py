@@ -71,14 +71,17 @@ def _escalation_table(esc) -> Table:
 
     shown = pd.DataFrame({
         "arm": esc["arm"],
-        "P(DLT) in the pool (95 % CI)": with_ci("p_dlt"),
-        "P(selected as MTD) (95 % MC CI)": with_ci("p_select"),
-        "mean patients": esc["mean_patients"],
-        "mean DLTs": esc["mean_dlts"],
+        "P(DLT) (95 % CI)": with_ci("p_dlt"),
+        "P(MTD) (95 % CI)": with_ci("p_select"),
+        "patients (mean)": esc["mean_patients"],
+        "DLTs (mean)": esc["mean_dlts"],
     })  # fmt: skip
     table = _frame_table(shown, f"dose escalation ({esc.attrs.get('design', '')})")
+    for column in table.columns[1:3]:
+        column.no_wrap = True  # "0.250 (0.214–0.290)" on one line
     table.caption = escape(
-        f"no dose selected: {esc.attrs['none_selected']:.3f}; true DLT rates from a pool of "
+        f"P(MTD): the chance a trial selects that dose; none selected: "
+        f"{esc.attrs['none_selected']:.3f}; true DLT rates from a pool of "
         f"{esc.attrs['pool']:,} virtual patients (raise [escalation] pool to narrow them)"
     )
     return table
