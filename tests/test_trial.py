@@ -174,6 +174,13 @@ def _raw():
         (lambda r: r["arms"][1].pop("regimens"), "[arms[1]] dose = 200 but no regimens"),
         (lambda r: r["arms"][2].update(control=True), "2 arms have control = true"),
         (lambda r: r["arms"][1].update(dose=-100), "[arms[1].dose]"),
+        (
+            lambda r: (
+                r["arms"][1].pop("dose"),
+                r["arms"][1]["regimens"].append({"amt": 100, "cmt": "depot", "time": 48}),
+            ),
+            "[arms[1].dose] missing: the regimens give several amounts (100, 200)",
+        ),
         (lambda r: r["endpoints"][0].update(end=48), "[endpoints[0].end] 48 is after"),
         (lambda r: r["sampling"].update(times=[0.5, 12, 24]), "[endpoints[0].start] 0 is before"),
         (lambda r: r["endpoints"][2].update(time=48), "[endpoints[2].time] 48 is not a sampling"),
@@ -203,6 +210,17 @@ def test_spec_errors_name_file_and_key(mutate, key):
     with pytest.raises(TrialSpecError) as err:
         parse(raw, "experiments/x.toml", base=THEO.parent)
     assert "experiments/x.toml" in str(err.value) and key in str(err.value)
+
+
+def test_an_arms_dose_is_one_administration_given_or_not():
+    """Left out, an arm's dose was the total over its doses (400 for 200 mg x 2) while the
+    shipped specs give it per administration: a PTA dose sweep scaled such arms by the wrong
+    reference (a 200 mg sweep point gave 100 mg doses)."""
+    raw = _raw()
+    for arm in raw["arms"]:
+        arm.pop("dose")
+    spec = parse(raw, "experiments/x.toml", base=THEO.parent)
+    assert [a.dose for a in spec.arms] == [0.0, 200.0, 300.0, 400.0]
 
 
 def test_too_few_patients_for_the_arms_is_refused():

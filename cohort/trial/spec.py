@@ -303,8 +303,18 @@ def _arms(r: _Reader, arms: Any) -> tuple[Arm, ...]:
             if "addl" in g:
                 r.int_(f"{key}.addl", g["addl"], 0)
             regs.append(dict(g))
-        dose = a.get("dose", sum(float(g["amt"]) * (1 + int(g.get("addl", 0))) for g in regs))
-        dose = r.num(f"arms[{i}].dose", dose, 0)
+        # An arm's dose is the amount of one administration (what "200 mg q12h" names and
+        # what a PTA dose sweep scales); it defaults to the regimens' amount when they share
+        # one. (It was the total over all doses when left out, and per administration when
+        # given, so a dose sweep scaled defaulted arms by the wrong reference.)
+        amounts = sorted({float(g["amt"]) for g in regs})
+        if "dose" not in a and len(amounts) > 1:
+            raise r.err(
+                f"arms[{i}].dose", f"missing: the regimens give several amounts "
+                f"({', '.join(f'{x:g}' for x in amounts)}); say which is the arm's dose per "
+                "administration, e.g. dose = " + f"{amounts[-1]:g}"
+            )  # fmt: skip
+        dose = r.num(f"arms[{i}].dose", a.get("dose", amounts[0] if amounts else 0.0), 0)
         if dose > 0 and not regs:
             # `dose` only labels the arm: without regimens its patients would get no drug
             raise r.err(
