@@ -27,7 +27,8 @@ def _run(model, pop, dosing, times, **kw):
     from cohort.engine.simulate import simulate as simulate_cohort
 
     with phases() as spent, progress() as bar:
-        task = bar.add_task(f"simulating {model.name}", total=len(next(iter(pop.values()))))
+        total = len(pop) if hasattr(pop, "columns") else len(next(iter(pop.values())))
+        task = bar.add_task(f"simulating {model.name}", total=total)
         ds = simulate_cohort(
             model,
             pop,
@@ -248,16 +249,40 @@ def _read_population(path: Path, model_name: str | None):
     table = table.drop(columns=[] if id_col is None else [id_col])
     # besides the model's parameters: the modelled infusion durations RATE=-2 records read
     durations = {model.duration.get(s, f"D_{s}") for s in model.dose_targets}
-    unknown = [c for c in table.columns if c not in model.parameter_names and c not in durations]
-    if unknown:
+    known = [*model.parameter_names, *sorted(durations)]
+    # a column named like a parameter in another case ("cl" for CL) is that parameter
+    by_case = {k.upper(): [q for q in known if q.upper() == k.upper()] for k in known}
+    table = table.rename(
+        columns={
+            c: by_case[str(c).upper()][0]
+            for c in table.columns
+            if c not in known and len(by_case.get(str(c).upper(), [])) == 1
+        }
+    )
+    if table.columns.duplicated().any():
+        dup = table.columns[table.columns.duplicated()][0]
+        fail(f"--population {path}: parameter {dup} is given twice (names differing in case)")
+    unknown = [c for c in table.columns if c not in known]
+    other_models = _parameters_of_other_models(unknown)
+    if other_models:
+        names = sorted(other_models)
         fail(
-            f"--population {path}: column(s) {unknown} are not parameters of {model.name!r} "
-            f"({', '.join(model.parameter_names)}) or modelled infusion durations for RATE=-2 "
-            f"({', '.join(sorted(durations))}); rename or remove them, or pass --model"
+            f"--population {path}: column(s) {names} are not parameters of {model.name!r} "
+            f"({', '.join(model.parameter_names)}) but of other models (e.g. "
+            f"{other_models[names[0]]}); pass --model for the population's model, or rename "
+            "or remove them"
+        )
+    if unknown:
+        # covariates (WT, AGE, ...) are kept with the results for exposure-covariate plots;
+        # said out loud, so that a misspelt parameter is seen too
+        err_console.print(
+            f"note: column(s) {', '.join(map(str, unknown))} of --population are not "
+            f"parameters of {model.name} ({', '.join(model.parameter_names)}): kept in the "
+            "results as covariates (numbers only), not used by the model"
         )
     if table.empty:
         fail(f"--population {path}: no patients (the file has no rows)")
-    for c, v in table.items():
+    for c, v in table[[c for c in table.columns if c in known]].items():
         bad = pd.to_numeric(v, errors="coerce").isna().to_numpy()
         if bad.any():
             i = int(np.flatnonzero(bad)[0])
@@ -266,8 +291,25 @@ def _read_population(path: Path, model_name: str | None):
                 "the cell is empty" if cell in ("", "nan", "None") else f"{cell!r} is not a number"
             )
             fail(f"--population {path}: row {i + 1}, column {c}: {shown}; give a number")
-    pop = {c: v.to_numpy() for c, v in table.items()}
+    covariates = [c for c in unknown if pd.to_numeric(table[c], errors="coerce").notna().all()]
+    pop = {c: v.to_numpy() for c, v in table.items() if c in known}
+    pop.update({c: pd.to_numeric(table[c]).to_numpy(dtype=float) for c in covariates})
     return model, pop if ids is None else (pop, ids)
+
+
+def _parameters_of_other_models(columns) -> dict[str, str]:
+    """The columns that name a parameter of some registered model (a population written for
+    another model: pk1's V in a pk2 file would otherwise ride along as a covariate while V1
+    took its typical value), each with one such model."""
+    from cohort.models import available
+    from cohort.models import get as get_model
+
+    found: dict[str, str] = {}
+    for name in available():
+        for q in get_model(name).parameter_names:
+            if q in columns and q not in found:
+                found[q] = name
+    return found
 
 
 def _id_column(table):
@@ -491,6 +533,10 @@ def simulate(
             addl=v["addl"],
             rate=v["rate"],
         )
+    if isinstance(pop, dict) and any(k not in m.parameter_names for k in pop):
+        import pandas as pd
+
+        pop = pd.DataFrame(pop)  # covariates ride along in a frame (a dict takes parameters only)
     t0 = time.perf_counter()
     ds, spent = _run(
         m,

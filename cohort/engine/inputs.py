@@ -82,7 +82,8 @@ def population_arrays(model: Model, population: Any, n: int | None) -> dict[str,
     ``population`` may be an ``xr.Dataset`` (dim ``patient``), a DataFrame (one row per
     patient), a dict of scalars/arrays, or ``None`` (all defaults; then ``n`` is required).
     Extra names are rejected unless they are ``D_<cmt>`` infusion durations or covariates in a
-    Dataset/DataFrame (which are carried along but ignored by the model).
+    Dataset/DataFrame (ignored by the model; :func:`population_extras` carries them into the
+    results).
     """
     if population is None:
         if n is None:
@@ -133,6 +134,46 @@ def population_arrays(model: Model, population: Any, n: int | None) -> dict[str,
         if str(k).startswith("D_"):
             out[str(k)] = np.broadcast_to(np.asarray(v, dtype=float), (n,)).copy()
     return out
+
+
+# Names a covariate cannot take in a result (its own variables and coordinates).
+_RESERVED = {"patient", "time", "status", "chunk_done", "ID", "id"}
+# A generated population's attributes kept, prefixed, in the result's provenance.
+_POPULATION_PROVENANCE = ("population", "spec_hash", "spec_path", "seed", "cohort_version")
+
+
+def population_extras(
+    model: Model, population: Any, outputs: tuple[str, ...] = ()
+) -> tuple[dict[str, tuple[np.ndarray, dict]], dict[str, Any]]:
+    """What a Dataset/DataFrame population carries besides the model's parameters: numeric
+    per-patient covariates (e.g. WT, AGE) as ``{name: (float64 values, attrs)}``, kept with the
+    results so exposures can be related to them, and a generated population's provenance
+    (``population_*`` attributes). The model does not use the covariates."""
+    if isinstance(population, xr.Dataset):
+        cols = {
+            k: (population[k].values, dict(population[k].attrs))
+            for k in population.data_vars
+            if population[k].dims == ("patient",)
+        }
+        provenance = {
+            ("population" if k == "population" else f"population_{k}"): population.attrs[k]
+            for k in _POPULATION_PROVENANCE
+            if k in population.attrs
+        }
+    elif isinstance(population, pd.DataFrame):
+        cols = {str(k): (population[k].to_numpy(), {}) for k in population.columns}
+        provenance = {}
+    else:
+        return {}, {}
+    skip = set(model.parameter_names) | _RESERVED | set(outputs)
+    covariates = {}
+    for k, (v, attrs) in cols.items():
+        if k in skip or str(k).startswith("D_") or np.asarray(v).dtype.kind not in "biuf":
+            continue
+        attrs = {a: attrs[a] for a in ("units", "long_name") if a in attrs}
+        attrs.setdefault("long_name", f"covariate {k} (not used by the model)")
+        covariates[str(k)] = (np.asarray(v, dtype=float), attrs)
+    return covariates, provenance
 
 
 def outside_bounds(q, values) -> np.ndarray:

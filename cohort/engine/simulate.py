@@ -34,7 +34,13 @@ from cohort.engine.batching import (
 from cohort.engine.events import missing_duration_params, ss_lag_problem
 from cohort.engine.exported import builtin_model_key
 from cohort.engine.fast_path import RK4
-from cohort.engine.inputs import InputError, check_times, checked_params, population_arrays
+from cohort.engine.inputs import (
+    InputError,
+    check_times,
+    checked_params,
+    population_arrays,
+    population_extras,
+)
 from cohort.engine.status import status_attrs
 from cohort.engine.step_choice import choose_step, pilot_rows
 from cohort.models.base import Model
@@ -88,6 +94,9 @@ class _Plan:
     dtype: str
     chunk_size: int
     ids: np.ndarray | None = None  # the dosing records' patient IDs, kept with the results
+    # the population's covariates ({name: (values, attrs)}) and provenance, kept with them too
+    covariates: dict = dataclasses.field(default_factory=dict)
+    population_attrs: dict = dataclasses.field(default_factory=dict)
 
     @property
     def n_patients(self) -> int:
@@ -97,9 +106,9 @@ class _Plan:
         """The plan of patients ``lo:hi`` (views), e.g. for one distributed task."""
         params = {k: v[lo:hi] for k, v in self.params.items()}
         ids = None if self.ids is None else self.ids[lo:hi]
-        return dataclasses.replace(
-            self, params=params, table=self.table.select(slice(lo, hi)), ids=ids
-        )
+        covariates = {k: (v[lo:hi], a) for k, (v, a) in self.covariates.items()}
+        table = self.table.select(slice(lo, hi))
+        return dataclasses.replace(self, params=params, table=table, ids=ids, covariates=covariates)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -132,6 +141,9 @@ def _spec_hash(plan: _Plan) -> str:
         h.update(np.ascontiguousarray(v).tobytes())
     if plan.ids is not None:
         h.update(repr(plan.ids.tolist()).encode())
+    for k, (v, _) in sorted(plan.covariates.items()):
+        h.update(k.encode())
+        h.update(np.ascontiguousarray(v).tobytes())
     return h.hexdigest()[:24]
 
 
@@ -239,7 +251,9 @@ def simulate(
     ids = patient_ids(dosing)
     if ids is not None and len(ids) != n_pat:
         ids = None  # one patient's records shared by the whole cohort: no ID per patient
-    plan = _Plan(model, engine, params, table, times, outputs, dtype, chunk_size, ids)
+    covariates, population_attrs = population_extras(model, population, outputs)
+    plan = _Plan(model, engine, params, table, times, outputs, dtype, chunk_size, ids,
+                 covariates, population_attrs)  # fmt: skip
     if cluster is not None and out is None:
         raise InputError(
             "cluster: a distributed run writes into a store; give out= (e.g. runs/cohort.zarr)"
@@ -283,7 +297,10 @@ def _simulate_to_store(plan: _Plan, out, seed, time_units, resume, overwrite, pr
         times=plan.times,
         time_units=time_units,
         outputs={o: _output_attrs(model, o) for o in plan.outputs},
-        parameters={k: (v, _param_attrs(model, k)) for k, v in params.items()},
+        parameters={
+            **{k: (v, _param_attrs(model, k)) for k, v in params.items()},
+            **plan.covariates,
+        },
         dtype=plan.dtype,
         chunk_size=plan.chunk_size,
         attrs=_provenance(plan, seed),
@@ -435,6 +452,7 @@ def _provenance(plan: _Plan, seed: int | None) -> dict[str, Any]:
         "dtype": plan.dtype,
         "chunk_size": plan.chunk_size,
         "n_patients": int(len(next(iter(plan.params.values())))),
+        **plan.population_attrs,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         **status_attrs(),
     }
@@ -443,6 +461,7 @@ def _provenance(plan: _Plan, seed: int | None) -> dict[str, Any]:
 def _dataset(plan: _Plan, outs, status, attrs, time_units: str) -> xr.Dataset:
     data = {o: (("patient", "time"), v.T, _output_attrs(plan.model, o)) for o, v in outs.items()}
     data.update({k: (("patient",), v, _param_attrs(plan.model, k)) for k, v in plan.params.items()})
+    data.update({k: (("patient",), v, a) for k, (v, a) in plan.covariates.items()})
     attrs = {**attrs, "solver_settings": str(attrs["solver_settings"])}
     ds = result_dataset(data, status, plan.times, time_units, attrs)
     if plan.ids is not None:
