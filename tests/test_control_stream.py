@@ -221,6 +221,9 @@ def test_nonmem_pheno_control_stream_reproduces_nonmem(tmp_path):
         (("$SIGMA 0.02", "$SIGMA 0.02 FIX"), "fixed $SIGMA"),
         (("KA = THETA(3)*EXP(ETA(3))", "KA = THETA(3)*EXP(ETA(3)+ETA(1))"), "ETA"),
         (("S2 = V", "S2 = V/1000"), "S2 must be the central volume"),
+        # NONMEM variables cohort does not model are refused by name, never dropped
+        (("S2 = V", "S2 = V\nALAG2 = 0.5"), "ALAG2 in $PK (not supported)"),
+        (("S2 = V", "S2 = V\nR1 = 10"), "R1 in $PK (not supported)"),
     ],
 )
 def test_unsupported_constructs_are_refused_with_the_reason(tmp_path, edit, message):
@@ -231,6 +234,76 @@ def test_unsupported_constructs_are_refused_with_the_reason(tmp_path, edit, mess
     text = " ".join(res.output.split())
     assert "run.mod: cannot fit this control stream" in text and message in text, text
     assert not (tmp_path / "f.nc").exists()
+
+
+def test_depot_lag_and_bioavailability_are_read_not_dropped(tmp_path):
+    """ALAG1 and F1 in $PK were dropped without a word (a fit with F1 = 0.5 gave the same CL as
+    without it): they are the oral model's ALAG (estimated from its THETA) and F (a number is
+    held), so the apparent clearance CL/F gives CL halved by F1 = 0.5."""
+    from cohort.inference import fit
+    from cohort.inference.nonmem import read_control_stream
+
+    simulated_records(n=24).to_csv(tmp_path / "sim.csv", index=False)
+    lagged = RUN_MOD.replace("S2 = V", "S2 = V\nALAG1 = THETA(5)") + "$THETA (0, 0.2) ; lag\n"
+    (tmp_path / "lag.mod").write_text(lagged)
+    alag = {p.name: p for p in read_control_stream(tmp_path / "lag.mod").spec.params}["ALAG"]
+    assert (alag.init, alag.fixed, alag.iiv) == (0.2, False, False)
+    (tmp_path / "half.mod").write_text(RUN_MOD.replace("S2 = V", "S2 = V\nF1 = 0.5"))
+    (tmp_path / "run.mod").write_text(RUN_MOD)
+    est = {}
+    for name in ("run", "half"):
+        stream = read_control_stream(tmp_path / f"{name}.mod")
+        res = fit(stream.spec, stream.data, method="ml", se="none")
+        est[name] = res.summary["estimate"]
+    f = {p.name: p for p in read_control_stream(tmp_path / "half.mod").spec.params}["F"]
+    assert (f.init, f.fixed) == (0.5, True)
+    assert est["half"]["CL"] == pytest.approx(0.5 * est["run"]["CL"], rel=1e-3)
+    assert est["half"]["V"] == pytest.approx(0.5 * est["run"]["V"], rel=1e-3)
+
+
+@pytest.mark.slow
+def test_a_control_streams_initial_estimates_are_where_the_fit_starts(tmp_path):
+    """pharmpy's moxonidine example (IOV taken out): from its $THETA/$OMEGA the fit reaches an
+    OFV below the -3885.5 at those estimates; it used to begin with a pooled pre-fit that left
+    that basin and stopped at -3429.5 (ALAG 7e-8, KA 2.0), reported as converged."""
+    pharmpy = pytest.importorskip("pharmpy")
+    examples = Path(pharmpy.__file__).parent / "internals" / "example_models"
+    data = pd.read_csv(examples / "moxo.csv")
+    data.loc[data["EVID"] == 4, "DV"] = 0.0  # DVs on its dose records: ignored, with a warning
+    data.to_csv(tmp_path / "moxo.csv", index=False)
+    (tmp_path / "moxo.mod").write_text(MOXO_WITHOUT_IOV)
+    out = tmp_path / "fit.nc"
+    res = runner.invoke(app, ["fit", str(tmp_path / "moxo.mod"), "-o", str(out), "--se", "none"])
+    assert res.exit_code == 0, res.output
+    summary = load_fit(out)["fit_summary"]
+    assert float(summary.attrs["ofv"]) < -3885.4
+    assert _values(summary)["ALAG"] == pytest.approx(0.235, abs=0.01)
+
+
+MOXO_WITHOUT_IOV = """$PROBLEM moxonidine (pharmpy example), IOV removed
+$INPUT ID VISI AGE SEX WT COMP TIME CRCL AMT SS II CMT=DROP DV EVID
+$DATA moxo.csv IGNORE=@
+$SUBROUTINE ADVAN2 TRANS2
+$PK
+CL = THETA(1)*EXP(ETA(1))
+V = THETA(2)*EXP(ETA(2))
+KA = THETA(3)*EXP(ETA(3))
+ALAG1 = THETA(4)
+S2 = V
+$ERROR
+IPRED = F
+Y = IPRED + EPS(1)*IPRED
+$THETA (0,23.1329) ; POP_CL
+$THETA (0,123.604) ; POP_V
+$THETA (0,8.02595) ; POP_KA
+$THETA (0,0.237773) ; LAG
+$OMEGA BLOCK(2)
+ 0.0751115
+ 0.0259926 0.144646
+$OMEGA 2.78268
+$SIGMA 0.0764969
+$ESTIMATION METHOD=1 INTERACTION MAXEVAL=9999
+"""
 
 
 def test_options_that_redefine_a_control_stream_are_refused(tmp_path):

@@ -10,6 +10,7 @@ import pytest
 
 import cohort
 from cohort.data import DataError, read_nonmem
+from cohort.errors import CohortWarning
 
 DATA = Path(__file__).parent / "data"
 PK1_ORAL = cohort.models.get("pk1_oral")  # states: depot, central
@@ -95,11 +96,17 @@ def test_unsorted_time_within_id():
         read_nonmem(df)
 
 
-def test_dv_on_dose_rows():
+def test_dv_on_dose_rows_is_ignored_as_nonmem_does_and_said():
+    """NONMEM reads no observation from a dose record (pharmpy's moxonidine example carries DVs
+    on its EVID=4 rows): a warning naming the rows, the same fit as without them; an
+    infinite DV on an observation is refused by row (it gave OFV inf and "converged")."""
     df = frame(DV=[5.0, 3.1, 2.2, ".", 1.9, 0.7])
-    with pytest.raises(DataError, match=r"row 1, column DV: DV 5 on a dose record"):
-        read_nonmem(df)
-    read_nonmem(frame(DV=[0, 3.1, 2.2, 0, 1.9, 0.7]))  # NONMEM's DV=0 on dose rows is fine
+    with pytest.warns(CohortWarning, match=r"record\(s\) 1: DV on a dose record .* ignored"):
+        with_dv = read_nonmem(df)
+    without = read_nonmem(frame(DV=[0, 3.1, 2.2, 0, 1.9, 0.7]))  # DV=0 on dose rows is fine
+    np.testing.assert_array_equal(with_dv.observations.dv, without.observations.dv)
+    with pytest.raises(DataError, match=r"row 2, column DV: DV inf is not a finite number"):
+        read_nonmem(frame(DV=[0, np.inf, 2.2, 0, 1.9, 0.7]))
 
 
 @pytest.mark.parametrize(
@@ -153,11 +160,11 @@ def test_observation_rules():
 def test_all_problems_reported_at_once():
     df = frame(
         TIME=[0.0, "x", 4.0, 0.0, 2.0, 8.0],
-        DV=[7.0, 3.1, 2.2, ".", 1.9, 0.7],
+        DV=[0.0, 3.1, np.inf, ".", 1.9, 0.7],
         EVID=[1, 0, 0, 1, 0, 9],
     )
     err = pytest.raises(DataError, read_nonmem, df).value
-    assert [(p.row, p.column) for p in err.problems] == [(1, "DV"), (2, "TIME"), (6, "EVID")]
+    assert [(p.row, p.column) for p in err.problems] == [(2, "TIME"), (3, "DV"), (6, "EVID")]
     assert "3 problems" in str(err)
 
 

@@ -281,6 +281,17 @@ def test_nuts_prints_a_verdict_and_fails_its_gates_loudly(tmp_path):
     [
         (["1,0,.,320,1,1,1", "2,0,.,280,1,1,1"], "no observations (EVID 0 rows with a DV"),
         (["1,0.5,2.7,0,0,2,0", "1,2,5.0,0,0,2,0"], "no dose records (EVID 1 or 4 with AMT > 0)"),
+        # found by a pharmacometrician's probe: each ran to a wrong or meaningless fit
+        (
+            ["1,0,.,320,1,1,1", "1,1,5.1,0,0,2,0", "2,1,4.0,0,0,2,0"],
+            "row 3, column ID: ID 2 (1 subject(s)) has observations but no dose",
+        ),
+        (
+            ["1,0,.,320,1,1,1", "1,1,5.1,0,0,2,0", "1,2,4.0,0,0,1,0"],
+            "row 3, column CMT: CMT 1 (depot) on an observation (rows 3; 1 in all): the fit "
+            "compares every DV with 'conc', which reads CMT 2 (central)",
+        ),
+        (["1,0,.,320,1,1,1", "1,1,inf,0,0,2,0"], "row 2, column DV: DV inf is not a finite"),
     ],
 )
 def test_fit_refuses_data_it_cannot_learn_from(tmp_path, rows, message):

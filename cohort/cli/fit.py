@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import numpy as np
 import typer
 from rich.markup import escape
 from rich.table import Table
@@ -101,6 +102,7 @@ def _spec(
     covariate: list[str] | None,
     init: list[str] | None = None,
     fix: list[str] | None = None,
+    output: str | None = None,
 ):
     from cohort.inference import NLME, ErrorModel, Param, SpecError
     from cohort.inference.spec import default_params
@@ -132,7 +134,8 @@ def _spec(
             )
             for n in names
         )
-        return NLME(model=model, params=ps, error=ErrorModel(error), omega=omega, omega_corr=corr)
+        return NLME(model=model, params=ps, error=ErrorModel(error), omega=omega,
+                    omega_corr=corr, output=output)  # fmt: skip
     except SpecError as exc:
         fail(str(exc))
 
@@ -145,6 +148,11 @@ def fit(
         "(.mod/.ctl: model, initial estimates, Ω blocks, error model and $DATA from it)",
     ),
     model: str = typer.Option(None, help="model name (see `cohort models`) [default: pk1_oral]"),
+    output: str = typer.Option(
+        None,
+        help="the model output DV observes, e.g. response for a PD fit (its observations' "
+        "CMT must point to it) [default: the model's first output, conc]",
+    ),
     method: str = typer.Option(
         None,
         help="nuts | svi | ml (foce, laplace: ml with that approximation) [default: nuts; a "
@@ -204,7 +212,7 @@ def fit(
     if data.suffix.lower() in (".mod", ".ctl"):
         stream = _control_stream(data, model=model, params=params, iiv=iiv, error=error,
                                  omega=omega, covariate=covariate, init=init,
-                                 fix=fix)  # fmt: skip
+                                 fix=fix, output=output)  # fmt: skip
         method = method or stream.method
         approx = approx or stream.approx
         se = se or stream.se
@@ -244,7 +252,7 @@ def fit(
         fail(f"--starts must be >= 1, got {starts}")
     if stream is None:
         spec = _spec(model or "pk1_oral", params, iiv, error or "additive",
-                     omega or "diagonal", covariate, init, fix)  # fmt: skip
+                     omega or "diagonal", covariate, init, fix, output)  # fmt: skip
         _note_dose_compartment(data, spec.model, given=model is not None)
     else:
         spec, data = stream.spec, stream.data
@@ -299,6 +307,19 @@ def fit(
             trouble.append("NUTS gates failed: " + "; ".join(map(str, failed)))
     if d.get("converged", 1) == 0:
         trouble.append(f"the optimiser did not converge ({d.get('message', '')})")
+    if result.ofv is not None and not np.isfinite(result.ofv):
+        trouble.append("the objective (OFV) is not finite: the estimates are not a fit")
+    s = result.summary
+    if method == "ml" and se != "none" and "se" in s:
+        free = s[~s["fixed"].astype(bool) & ~s.index.str.startswith("log_")]
+        missing = [str(k) for k, v in free["se"].items() if not np.isfinite(v)]
+        if missing:  # NONMEM: "covariance step aborted"; the estimates stand, their SEs do not
+            result.diagnostics["se_missing"] = ", ".join(missing)
+            warn(
+                f"no standard errors for {', '.join(missing)} (the covariance step failed: a "
+                "parameter at a bound, or one the data do not identify); check those "
+                "estimates, or fix them (--fix)"
+            )
     if d.get("zero_predictions"):
         trouble.append(
             f"observations are predicted as 0 under {result.bound.spec.error.kind} error "
@@ -319,9 +340,14 @@ def fit(
         line += f"   OFV {result.ofv:.3f} (−2LL without N·log 2π)"
     console.print(line)
     if "starts" in d:
+        where = (
+            f"{d['candidates']} candidates of the pooled objective scanned"
+            if d.get("candidates")
+            else "the given initial estimates (runs from them, and after a pooled pre-fit)"
+        )
         console.print(
-            f"initial estimates: {d.get('candidates', 0)} candidates of the pooled objective "
-            f"scanned; {d['starts_agreeing']} of {d['starts']} starts reached the best OFV"
+            f"initial estimates: {where}; {d['starts_agreeing']} of {d['starts']} starts "
+            "reached the best OFV"
         )
     if "mirror_ofv" in d:
         console.print(

@@ -311,14 +311,15 @@ def validate(raw: pd.DataFrame, model: Model | None = None) -> pd.DataFrame:
         problems.append(Problem(int(rows[i]), "MDV", f"MDV {mdv[i]:g} is not 0 or 1"))
     dose = np.isin(evid, (1, 4))
     dv = out["DV"].to_numpy()
-    for i in np.flatnonzero(dose & ~dv_missing & (dv != 0)):
-        problems.append(
-            Problem(
-                int(rows[i]),
-                "DV",
-                f"DV {dv[i]:g} on a dose record (EVID {evid[i]:g}); put the observation on its "
-                "own row with EVID=0 and set DV to 0 or '.' here",
-            )
+    on_dose = np.flatnonzero(dose & ~dv_missing & (dv != 0))
+    if on_dose.size:  # NONMEM reads no observation from a dose record: said, then ignored
+        shown = ", ".join(str(int(r)) for r in rows[on_dose][:5])
+        warnings.warn(
+            f"record(s) {shown}{' ...' if on_dose.size > 5 else ''}: DV on a dose record "
+            f"({on_dose.size} in all) is ignored, as NONMEM does; an observation at a dose "
+            "time goes on its own row with EVID=0",
+            CohortWarning,
+            stacklevel=3,
         )
     for i in np.flatnonzero((evid != 0) & (mdv == 0)):
         problems.append(
@@ -328,6 +329,15 @@ def validate(raw: pd.DataFrame, model: Model | None = None) -> pd.DataFrame:
     for i in np.flatnonzero(obs & dv_missing):
         problems.append(
             Problem(int(rows[i]), "DV", "observation record without a DV; give DV or set MDV=1")
+        )
+    for i in np.flatnonzero(obs & np.isinf(dv)):
+        problems.append(
+            Problem(
+                int(rows[i]),
+                "DV",
+                f"DV {dv[i]:g} is not a finite number; give the measured value, or MDV=1 to "
+                "leave the record out",
+            )
         )
     amt_missing = _cells_missing(raw["AMT"])
     for i in np.flatnonzero(dose & (amt_missing | (amt < 0))):

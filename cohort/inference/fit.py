@@ -43,20 +43,22 @@ def _spec(model: Any, params, error, omega, transform, output) -> NLME:
     return NLME(model=model, params=ps, error=err, omega=omega, transform=transform, output=output)
 
 
-def _dataset(data: Any, model: Model) -> Dataset:
+def _dataset(data: Any, model: Model, output: str | None = None) -> Dataset:
     if isinstance(data, Dataset):
         ds = data.with_model(model)
     elif isinstance(data, (str, Path, pd.DataFrame)):
         ds = read_nonmem(data, model)
     else:
         raise TypeError(f"data must be a Dataset, a DataFrame or a path; got {type(data).__name__}")
-    _check_fittable(ds, model)
+    _check_fittable(ds, model, output or model.output_names[0])
     return ds
 
 
-def _check_fittable(ds: Dataset, model: Model) -> None:
+def _check_fittable(ds: Dataset, model: Model, output: str) -> None:
     """Refuse data a fit cannot learn from (it used to return the initial values as
-    "estimates" with OFV 0): no observation at all, or no dose for a model that is dosed."""
+    "estimates" with OFV 0): no observation at all, no dose for a model that is dosed, or a
+    subject observed but never dosed where ``output`` is 0 without a dose (it ran to OFV inf
+    and printed the initial values)."""
     from cohort.data.reader import DataError, Problem
 
     if ds.n_observations == 0:
@@ -83,6 +85,33 @@ def _check_fittable(ds: Dataset, model: Model) -> None:
                 )
             ]
         )
+    rec = ds.records
+    observed = rec.loc[(rec["EVID"] == 0) & (rec["MDV"] == 0), "ID"]
+    undosed = observed[~observed.isin(set(rec.loc[doses, "ID"]))]
+    if len(undosed) and _zero_without_dose(model, output):
+        first = rec.loc[rec["ID"] == undosed.iloc[0], "ROW"].iloc[0]
+        ids = list(dict.fromkeys(undosed.tolist()))
+        shown = ", ".join(map(str, ids[:5])) + (" ..." if len(ids) > 5 else "")
+        raise DataError(
+            [
+                Problem(
+                    int(first),
+                    "ID",
+                    f"ID {shown} ({len(ids)} subject(s)) has observations but no dose: "
+                    f"{output!r} is 0 without one; add the subject's dose records (EVID 1 "
+                    "with AMT), or leave the subject out",
+                )
+            ]
+        )
+
+
+def _zero_without_dose(model: Model, output: str) -> bool:
+    """Whether ``output`` is 0 at the model's undosed initial state (PK concentrations; not a
+    PD response with a baseline)."""
+    import jax.numpy as jnp
+
+    p = model.prepare({k: jnp.asarray(v) for k, v in model.defaults().items()})
+    return bool(np.all(np.asarray(model.output(output, model.initial(p), p)) == 0))
 
 
 def _zero_predictions(bm, pop, eta, show: int = 5) -> str:
@@ -201,7 +230,7 @@ def fit(
             f"omega {spec.omega!r}: block-diagonal Ω is fitted by method='ml' only for now "
             "(NUTS and SVI take 'diagonal' or 'full', with an LKJ prior)"
         )
-    bm = bind(spec, _dataset(data, spec.model), engine, ode_options)
+    bm = bind(spec, _dataset(data, spec.model, spec.output), engine, ode_options)
     check_measured_zeros(bm)
     if init == "auto":
         init = "ml" if bm.n_subjects <= 200 else "pooled"

@@ -43,6 +43,12 @@ _MODELS = {
     (4, 4): ("pk2_oral", {"CL": "CL", "V2": "V1", "Q": "Q", "V3": "V2", "KA": "KA"}, "S2"),
 }
 _ALIASES = {"V": ("V", "VC"), "V1": ("V1", "VC"), "V2": ("V2",), "V3": ("V3", "VP")}
+# $PK variables NONMEM reads besides the rate constants: the depot's lag time and
+# bioavailability map onto the oral models' ALAG and F; any other (a lag or F on the central
+# compartment, modelled rates/durations R/D, more scales, MTIME) is refused by name, never
+# dropped (dropping ALAG1 or F1 = 0.5 fitted another model without a word).
+_DEPOT = {"ALAG1": "ALAG", "F1": "F"}
+_RESERVED = re.compile(r"(ALAG|F|R|D|S)\d+|MTIME\d*|MTDIFF|FO|XSCALE|TSCALE")
 _UNSUPPORTED_RECORDS = ("DES", "MODEL", "MIX", "PRIOR", "AES", "INFN", "PRED")
 
 
@@ -104,7 +110,8 @@ def read_control_stream(path: str | Path) -> ControlStream:
     except Exception as exc:  # noqa: BLE001 - pharmpy raises many types for bad streams
         raise ControlStreamError(f"{path.name}: not a readable control stream: {exc}") from None
     model_name, names, scale = _MODELS[key]
-    params, eta_of = _parameters(model, names, scale, problems)
+    optional = _DEPOT if model_name.endswith("_oral") else {}
+    params, eta_of = _parameters(model, names, scale, problems, optional)
     omega = _omega(model, eta_of, params, problems)
     error = _error(model, problems)
     method, approx, note = _method(model, problems)
@@ -147,8 +154,9 @@ def _sympy(expr):
     return sympy.sympify(str(expr))
 
 
-def _parameters(model, names: dict, scale: str, problems: list[str]):
-    """One :class:`Param` per structural parameter, and the ETA name each uses."""
+def _parameters(model, names: dict, scale: str, problems: list[str], optional: dict):
+    """One :class:`Param` per structural parameter (and per ``optional`` one $PK defines: a
+    number is held fixed), and the ETA name each uses."""
     import sympy
 
     statements = model.statements.before_odes
@@ -171,6 +179,25 @@ def _parameters(model, names: dict, scale: str, problems: list[str]):
             if eta in eta_of.values():
                 problems.append(f"{eta} is used by more than one parameter")
             eta_of[name] = eta
+    for nm_name, name in optional.items():
+        if nm_name not in defined:
+            continue
+        expr = _sympy(statements.full_expression(nm_name))
+        if expr.is_number:
+            if float(expr) > 0:
+                params.append(Param(name, init=float(expr), iiv=False, fixed=True))
+            else:  # e.g. ALAG1 = 0: the model's own default (no lag) is the same
+                params.append(Param(name, init=1e-12, iiv=False, fixed=True))
+            continue
+        param, eta = _lognormal(name, expr, thetas, eta_names, columns, problems)
+        if param is not None:
+            params.append(param)
+        if eta is not None:
+            eta_of[name] = eta
+    used = set(optional) | {scale}
+    for symbol in sorted(defined):
+        if _RESERVED.fullmatch(symbol) and symbol not in used:
+            problems.append(f"{symbol} in $PK (not supported)")
     if scale in defined:
         s = _sympy(statements.full_expression(scale))
         v_symbol = next(a for a in _ALIASES.get(central, (central,)) if a in defined)

@@ -348,6 +348,7 @@ def bind(spec: NLME, data: Dataset, engine: Any = "auto", options=None) -> Bound
     n_ss = np.sum(table.ss & (table.evid == 1), axis=1)
     if engine == "diffrax" and np.any(n_ss > 1):
         raise DataError([Problem(None, "SS", "the ODE path supports one SS=1 record per subject")])
+    _check_observed_compartments(spec, data)
     effects, feats = _features(spec, data)
     obs = data.observations
     if obs.cens.any() and spec.error.kind == "log-additive" and np.any(obs.lloq[obs.cens] <= 0):
@@ -397,6 +398,49 @@ def bind(spec: NLME, data: Dataset, engine: Any = "auto", options=None) -> Bound
         # F, lags and durations are constants: resolve the records once, outside the likelihood.
         ev["changes"] = _resolved(bm, ev)._asdict()
     return bm
+
+
+def _check_observed_compartments(spec: NLME, data: Dataset, show: int = 3) -> None:
+    """Observation records whose CMT points elsewhere than the fitted output are refused: the
+    fit compares every DV with that one output, so PD observations (or a depot CMT) in a PK
+    fit were silently fitted as concentrations (measured: CL 7e-9 from a PK+PD file)."""
+    rec = data.records
+    if "CMT" not in rec:
+        return
+    obs = rec[(rec["EVID"] == 0) & (rec["MDV"] == 0) & rec["CMT"].notna()]
+    if obs.empty:
+        return
+    model, output = spec.model, spec.output
+    reads = model.output_states(output)
+    numbers = {model.state_names.index(x) + 1 for x in reads}
+    problems = []
+    for row, value in zip(obs["ROW"].tolist(), obs["CMT"].tolist()):
+        try:
+            ok = float(value) in numbers
+            shown = f"CMT {float(value):g} ({model.state_names[int(float(value)) - 1]})"
+        except (TypeError, ValueError, IndexError):
+            ok = str(value) in (output, *reads)
+            shown = f"CMT {value!r}"
+        if not ok:
+            problems.append(int(row))
+            if len(problems) == 1:
+                first = shown
+    if problems:
+        rows = ", ".join(map(str, problems[:show])) + (" ..." if len(problems) > show else "")
+        cmts = ", ".join(f"{n} ({x})" for n, x in zip(sorted(numbers), reads))
+        raise DataError(
+            [
+                Problem(
+                    problems[0],
+                    "CMT",
+                    f"{first} on an observation (rows {rows}; {len(problems)} in all): the fit "
+                    f"compares every DV with {output!r}, which reads CMT {cmts}; give its "
+                    f"observations CMT {min(numbers)} or {output!r}, and fit other outputs' "
+                    "observations separately (one output per fit: `cohort fit --output`, "
+                    "NLME(output=...) in Python)",
+                )
+            ]
+        )
 
 
 def check_measured_zeros(bm: BoundModel) -> None:

@@ -148,6 +148,19 @@ class Model:
         out.update({o.name: o.units for o in self.outputs})
         return out
 
+    def output_states(self, name: str) -> tuple[str, ...]:
+        """The states an output reads (``conc`` -> ``central``), found by differentiating it
+        at the typical parameters with every state at 1: what an observation record's CMT
+        must point to for that output. A state reads itself."""
+        if name in self.state_names:
+            return (name,)
+        import jax
+
+        p = self.prepare({k: jnp.asarray(v, jnp.float32) for k, v in self.defaults().items()})
+        y = {s: jnp.ones((), jnp.float32) for s in self.state_names}
+        grad = jax.grad(lambda y: jnp.sum(self.output(name, y, p)))(y)
+        return tuple(s for s in self.state_names if float(grad[s]) != 0.0)
+
     def output(self, name: str, y: Tree, p: Tree) -> Any:
         """Evaluate a named output, or return a state by name."""
         for o in self.outputs:
