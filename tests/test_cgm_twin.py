@@ -162,6 +162,55 @@ def test_replay_responds_to_therapy_in_the_right_direction():
     assert 0.0 <= float(base["p_below_70"].item()) <= 1.0
 
 
+def test_each_patient_is_replayed_over_its_own_records():
+    """A patient whose records stop at 600 min cut every patient's replay and metrics to 600
+    min (found by a diabetes modeller's probe: another patient's TIR 97.6 -> 100 %)."""
+    from cohort.glucose.metrics import metric_arrays, time_weights
+
+    full = _truth_records(seed=6).assign(ID=0)
+    short = _truth_records(seed=7).assign(ID=1)
+    short = short[short["TIME"] <= 600]
+    tw = CGMTwins.identify(PRIOR, pd.concat([full, short], ignore_index=True), method="map")
+    rep = tw.replay(n_draws=20)
+    g = rep["glucose"].values
+    times = rep["time"].values
+    assert times[-1] >= 1435  # the longer patient's whole day
+    assert np.isfinite(g[0]).all()
+    assert np.isfinite(g[1][:, times <= 600]).all() and np.isnan(g[1][:, times > 610]).all()
+    # each patient's metrics are those of its own span
+    for i in (0, 1):
+        keep = np.isfinite(g[i, 0])
+        own = metric_arrays(g[i][:, keep], time_weights(times[keep]))
+        np.testing.assert_allclose(rep["mean"].values[i], own["mean"], rtol=1e-12)
+        np.testing.assert_allclose(rep["tir_70_180"].values[i], own["tir_70_180"], rtol=1e-12)
+    assert np.all(tw.fitted().mard.values < 5.0)
+
+
+def test_glycemic_metrics_leave_gaps_out():
+    """One missing CGM reading made every metric of the patient NaN."""
+    import xarray as xr
+
+    from cohort.glucose.metrics import glycemic_metrics
+
+    t = np.arange(0.0, 60.0, 5.0)
+    g = np.array([100.0, 120, 150, 190, 200, 210, np.nan, 170, 160, 140, 60, 80])
+    got = glycemic_metrics(xr.DataArray(g[None], dims=("patient", "time"), coords={"time": t}))
+    keep = np.isfinite(g)
+    ref = glycemic_metrics(
+        xr.DataArray(g[None, keep], dims=("patient", "time"), coords={"time": t[keep]})
+    )
+    w = np.zeros(t.size)  # the gap's trapezoid share left out, the rest renormalised
+    w[:-1] += np.diff(t) / 2
+    w[1:] += np.diff(t) / 2
+    w = np.where(keep, w, 0.0) / np.where(keep, w, 0.0).sum()
+    assert float(got["mean"][0]) == pytest.approx(float(np.nansum(g * w)), rel=1e-12)
+    tir = 100 * np.sum(w[(g >= 70) & (g <= 180)])
+    assert float(got["tir_70_180"][0]) == pytest.approx(tir, rel=1e-12)
+    assert float(got["g_min"][0]) == 60.0 and float(ref["g_max"][0]) == 210.0
+    none = glycemic_metrics(xr.DataArray(np.full((1, 3), np.nan), dims=("patient", "time")))
+    assert np.isnan(float(none["mean"][0])) and str(none["cvga_zone"].values[0]) == ""
+
+
 @pytest.mark.slow
 def test_update_adds_a_day_and_keeps_the_previous_state(tmp_path, monkeypatch):
     from cohort.twin import cgm

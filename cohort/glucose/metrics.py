@@ -90,15 +90,32 @@ _DESCRIPTIONS = {
 }
 
 
-def metric_arrays(g, w, xp=np) -> dict:
+def metric_arrays(g, w, xp=np, skip_missing: bool = False) -> dict:
     """The metrics of :func:`glycemic_metrics` as arrays, from glucose ``g`` ``[..., T]``
     (float64) and time weights ``w`` ``[T]``; ``xp`` is ``numpy`` or ``jax.numpy`` (so a
     closed-loop run computes them on its device). Adds ``cvga_code``, the zone's index in
-    :data:`CVGA_ZONES` (-1 for a patient with missing values, whose metrics are NaN)."""
-    missing = xp.any(~xp.isfinite(g), axis=-1)
-    g = xp.where(xp.isfinite(g), g, 0.0)
+    :data:`CVGA_ZONES` (-1 for a patient with missing values, whose metrics are NaN).
+
+    ``skip_missing`` (numpy only): non-finite readings are gaps (a sensor's, or the time
+    after a patient's last record), left out with their weight and the rest renormalised;
+    only a patient with no reading gets NaN; ``w`` may then be per patient (broadcastable to
+    ``g``). Otherwise any missing value makes the patient's
+    metrics NaN (a failed simulation)."""
+    finite = xp.isfinite(g)
+    if skip_missing:
+        weights = np.where(finite, w, 0.0)
+        total = weights.sum(axis=-1)
+        missing = total == 0
+        weights = weights / np.where(missing, 1.0, total)[..., None]
+    else:
+        missing = xp.any(~finite, axis=-1)
+    g_low = xp.where(finite, g, xp.inf)
+    g_high = xp.where(finite, g, -xp.inf)
+    g = xp.where(finite, g, 0.0)
 
     def wmean(x):
+        if skip_missing:
+            return np.where(missing, np.nan, np.einsum("...t,...t->...", x, weights))
         if xp is np:  # einsum: no [N, T] temporaries, and no BLAS threads (slow on busy cores)
             return xp.where(missing, xp.nan, xp.einsum("...t,t->...", x, w))
         # On the device: a sum over the leading (time) axis of the time-major array, so XLA
@@ -117,8 +134,8 @@ def metric_arrays(g, w, xp=np) -> dict:
     risk = 10.0 * f * f
     lbgi = wmean(xp.where(f < 0, risk, 0.0))
     hbgi = wmean(xp.where(f > 0, risk, 0.0))
-    g_min = xp.where(missing, xp.nan, g.min(axis=-1))
-    g_max = xp.where(missing, xp.nan, g.max(axis=-1))
+    g_min = xp.where(missing, xp.nan, g_low.min(axis=-1))
+    g_max = xp.where(missing, xp.nan, g_high.max(axis=-1))
     col = xp.where(g_min >= 90, 0, xp.where(g_min >= 70, 1, 2))
     row = xp.where(g_max <= 180, 0, xp.where(g_max <= 300, 1, 2))
     code = xp.asarray(_CVGA_CODES)[row, col]
@@ -154,9 +171,12 @@ def metrics_dataset(arrays: dict, template: xr.DataArray) -> xr.Dataset:
 
 
 def glycemic_metrics(glucose: xr.DataArray, dim: str = "time") -> xr.Dataset:
-    """Per-patient metrics (every dim but ``dim`` is kept) as an ``xr.Dataset``."""
+    """Per-patient metrics (every dim but ``dim`` is kept) as an ``xr.Dataset``. Missing
+    readings (NaN: a CGM's gaps) are left out with their share of the time; a patient with
+    no reading gets NaN. Time weights come from the ``dim`` coordinate (trapezoids); without
+    one, the readings are taken as equally spaced."""
     g, w, template = _values(glucose, dim)
-    return metrics_dataset(metric_arrays(g, w), template)
+    return metrics_dataset(metric_arrays(g, w, skip_missing=True), template)
 
 
 def _cvga(g: np.ndarray, missing: np.ndarray):

@@ -462,7 +462,8 @@ class CGMTwins:
         glucose ``[patient, draw, time]`` (noise-free ``output``: ``CGM`` or ``BG``), its
         median and 50 %/90 % bands, and the glycaemic metrics per draw with their medians
         and 90 % credible intervals (``<metric>_q``). Each patient's time runs from its
-        first record to its last; ``basal_scale`` applies from time 0 (the usual basal
+        first record to its last (NaN after it, on the grid shared by all patients);
+        ``basal_scale`` applies from time 0 (the usual basal
         defining ``Ib`` is kept)."""
         from cohort.glucose.metrics import _DESCRIPTIONS, metric_arrays, time_weights
 
@@ -477,11 +478,19 @@ class CGMTwins:
         key = _TRAJECTORY_KEY[output]
         run = _replay_program(lay, key)
         g = np.asarray(run(z, data, bolus_scale, basal_scale, meal_scale))  # [N, S, T+1]
-        end = int(grid["end"].min())
-        idx = np.arange(0, end + 1e-9, step).astype(int)
+        # One grid to the last record of any patient; each patient's glucose is NaN after its
+        # own last record and its metrics cover its own span (the grid used to stop at the
+        # shortest patient's end, cutting every other patient's metrics to it).
+        ends = np.asarray(grid["end"], dtype=float).reshape(-1)
+        idx = np.arange(0, int(ends.max()) + 1e-9, step).astype(int)
         g = g[..., idx]
         times = idx.astype(float)
-        met = metric_arrays(g, time_weights(times))
+        own = times[None, :] <= ends[:, None]
+        g = np.where(own[:, None, :], g, np.nan)
+        weights = np.zeros((len(ends), 1, times.size))  # trapezoids on each patient's span
+        for i, k in enumerate(own.sum(axis=1)):
+            weights[i, 0, :k] = time_weights(times[:k])
+        met = metric_arrays(g, weights, skip_missing=True)
         ds = xr.Dataset(coords={"patient": self.ids, "draw": np.arange(g.shape[1]), "time": times})
         ds["time"].attrs["units"] = "min"
         ds["glucose"] = (("patient", "draw", "time"), g, {"units": "mg/dL", "output": output})
