@@ -87,4 +87,4 @@ def test_cgm_cli_defaults_give_converged_nuts_twins(csvs, monkeypatch):
     monkeypatch.chdir(csvs)
     res = runner.invoke(app, ["twin", "cgm", "day1.csv", "-o", "nuts.zarr"])
     assert res.exit_code == 0, res.output
-    assert "converged (R-hat < 1.01, ESS > 400): 1/1" in flat(res)
+    assert "converged (R-hat < 1.01, ESS > 400, <= 1 % divergent): 1/1" in flat(res)

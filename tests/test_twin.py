@@ -122,6 +122,16 @@ def test_nuts_twins_match_the_exact_posterior():
     np.testing.assert_allclose(z.std(1), ref[:, 1], rtol=0.08)
 
 
+def test_a_posterior_with_many_divergences_is_not_converged():
+    """R-hat and ESS alone passed a patient with 15.6 % divergent transitions as usable."""
+    from cohort.twin.posterior import Samples
+
+    ok = dict(eta=np.zeros((3, 4, 500, 2)), rhat=np.full((3, 2), 1.002),
+              ess_bulk=np.full((3, 2), 900.0))  # fmt: skip
+    s = Samples(**ok, divergences=np.array([0, 20, 313]))  # 2,000 transitions each
+    assert s.converged.tolist() == [True, True, False]
+
+
 @pytest.mark.slow
 def test_nuts_sequential_update_matches_joint(vanco):
     prior, records, _ = vanco

@@ -93,8 +93,8 @@ def _status_line(tw, seconds: float, path: Path) -> str:
         s = tw.samples
         line += (
             f"\nNUTS: max R-hat {s.rhat.max():.4f}, min bulk ESS {s.ess_bulk.min():.0f}, "
-            f"{int(s.divergences.sum())} divergences; converged (R-hat < 1.01, ESS > 400): "
-            f"{int(s.converged.sum())}/{tw.n}"
+            f"{int(s.divergences.sum())} divergences; converged (R-hat < 1.01, ESS > 400, "
+            f"<= 1 % divergent): {int(s.converged.sum())}/{tw.n}"
         )
     return line
 
