@@ -185,6 +185,11 @@ def test_bad_options_are_reported():
         run(df, scenarios.fixed_scenario(1, 1), "pid", options=ClosedLoopOptions(dt=0.7))
     with pytest.raises(ValueError, match="unknown controller"):
         run(df, scenarios.fixed_scenario(1, 1), "mpc")
+    # 0 means no quantisation, as the CLI's --pump-increment 0 (it divided by 0: NaN for all)
+    assert ClosedLoopOptions(pump_increment=0.0) == ClosedLoopOptions(pump_increment=None)
+    for bad in (-0.05, float("nan")):
+        with pytest.raises(ValueError, match="pump_increment"):
+            ClosedLoopOptions(pump_increment=bad)
 
 
 def test_closed_loop_batches_are_larger_on_an_accelerator(monkeypatch):

@@ -83,8 +83,8 @@ class ClosedLoopOptions:
     """``period`` control/CGM period (whole minutes), ``dt`` RK4 step (min; divides 1 min, so
     meal minutes and control periods start on step boundaries), ``eating_substeps`` RK4 steps
     per ``dt`` step while a patient is eating (see :func:`solve_closed_loop`), ``sensor``
-    (``None``: the controller sees ``Gsub`` exactly), ``pump_increment`` (U; ``None``: no
-    quantisation), ``max_rate`` (U/min)."""
+    (``None``: the controller sees ``Gsub`` exactly), ``pump_increment`` (U; ``None`` or 0:
+    no quantisation, as the CLI's ``--pump-increment 0``), ``max_rate`` (U/min)."""
 
     period: float = 5.0
     dt: float = 1.0
@@ -92,6 +92,15 @@ class ClosedLoopOptions:
     sensor: Sensor | None = None
     pump_increment: float | None = None
     max_rate: float = math.inf
+
+    def __post_init__(self):
+        inc = self.pump_increment
+        if inc is not None and not (math.isfinite(inc) and inc >= 0):
+            raise ValueError(f"pump_increment: a number of units >= 0 or None, got {inc!r}")
+        if inc == 0:  # no quantisation (it divided by 0: every patient NaN)
+            object.__setattr__(self, "pump_increment", None)
+        if not self.max_rate > 0:
+            raise ValueError(f"max_rate: must be > 0 U/min (inf: no limit), got {self.max_rate!r}")
 
     def steps_per_minute(self) -> int:
         """RK4 steps per minute (validates ``dt``, ``period`` and ``eating_substeps``)."""
