@@ -251,6 +251,7 @@ def test_update_adds_a_day_and_keeps_the_previous_state(tmp_path, monkeypatch):
         (lambda d: d.assign(CGM=d["CGM"].astype(object).where(d.index != 3, "high")), "row 4"),
         (lambda d: d.assign(CGM=np.nan), "at least 3 CGM"),
         (lambda d: d.assign(BASAL=np.nan), "basal rate"),
+        (lambda d: d.assign(CGM=d["CGM"] / 18.016), r"look like mmol/L; give mg/dL"),
     ],
 )
 def test_bad_records_get_a_clear_error(change, message):
@@ -262,7 +263,7 @@ def test_bad_records_get_a_clear_error(change, message):
 def test_updates_and_priors_are_checked():
     df = _truth_records(seed=7, days=2)
     tw = CGMTwins.identify(PRIOR, df[df["TIME"] < 1440], method="map")
-    with pytest.raises(TwinError, match="has no twin"):
+    with pytest.raises(TwinError, match=r"row \d+: patient ID .* has no twin"):
         tw.update(df[df["TIME"] >= 1440].assign(ID=99))
     with pytest.raises(TwinError, match="not after that patient's last record"):
         tw.update(df[df["TIME"] >= 1000])

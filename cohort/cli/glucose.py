@@ -37,7 +37,10 @@ def _metrics_table(result) -> Table:
 
     status = np.asarray(result["status"])
     ok = status == 0
-    table = Table(title=f"glycaemic metrics — {int(ok.sum()):,}/{status.size:,} patients")
+    table = Table(
+        title=f"glycaemic metrics of Gsub (noise-free subcutaneous glucose, not the CGM "
+        f"readings) — {int(ok.sum()):,}/{status.size:,} patients"
+    )
     for col in ("metric", "mean", "median", "p5", "p95"):
         table.add_column(col, justify="left" if col == "metric" else "right")
     for name, label in _METRICS:

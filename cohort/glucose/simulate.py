@@ -77,10 +77,18 @@ def base_chunk() -> int:
     return DEFAULT_CHUNK if jax.default_backend() == "cpu" else ACCELERATOR_CHUNK
 
 
+# Which glucose the metrics describe, on every metric variable (the CGM readings' metrics
+# differ from it by up to 13 TIR points per patient-day with sensor noise on)
+METRICS_OF = "of Gsub, the model's noise-free subcutaneous glucose (not the noisy CGM readings)"
+
+
 def _metric_variables() -> dict[str, tuple[str, dict]]:
     """Per-patient metric arrays of the store (CVGA zones as int8 codes: zarr v3 has no stable
     string type; -1 for a patient without metrics)."""
-    out = {k: ("float64", {"units": u, "long_name": d}) for k, (u, d) in _DESCRIPTIONS.items()}
+    out = {
+        k: ("float64", {"units": u, "long_name": d, "comment": METRICS_OF})
+        for k, (u, d) in _DESCRIPTIONS.items()
+    }
     out["cvga_zone"] = (
         "int8",
         {
@@ -218,6 +226,8 @@ def run(
         np.arange(n_pat), dims=("patient",), coords=indexed_coordinates({"patient": patients})
     )
     met = metrics_dataset(metrics_all, template)
+    for k in _DESCRIPTIONS:
+        met[k].attrs["comment"] = METRICS_OF
     return _dataset(model, keep, status_all, params, times, attrs).merge(met)
 
 

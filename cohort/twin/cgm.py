@@ -233,10 +233,11 @@ class CGMTwins:
         known = set(self.ids.tolist())
         unknown = [i for i in pd.unique(new["ID"]) if i not in known]
         if unknown:
+            row = int(np.flatnonzero((new["ID"] == unknown[0]).to_numpy())[0]) + 1
             raise TwinError(
-                f"update: patient ID {show_id(unknown[0])} has no twin (known: "
-                f"{', '.join(show_id(k) for k in sorted(known)[:10])}); "
-                "identify new patients with CGMTwins.identify"
+                f"update: row {row}: patient ID {show_id(unknown[0])} has no twin (known: "
+                f"{', '.join(show_id(k) for k in sorted(known)[:10])}); identify new "
+                "patients with `cohort twin cgm` (Python: CGMTwins.identify)"
             )
         # body weight and the running basal rate carry over from the rows already seen
         last = self.records.groupby("ID", sort=False).last()

@@ -93,7 +93,13 @@ def _check(df: pd.DataFrame) -> None:
         "not after the previous row of this patient: sort the rows by time (one row per time)",
     )
     cgm = df["CGM"].to_numpy()
-    _first_bad(df, np.isfinite(cgm) & ~((cgm >= 10) & (cgm <= 1000)), "CGM", "not in 10-1000 mg/dL")
+    out_of_range = np.isfinite(cgm) & ~((cgm >= 10) & (cgm <= 1000))
+    readings = cgm[np.isfinite(cgm)]
+    if out_of_range.any() and readings.size and np.nanmedian(readings) < 30:
+        # a whole file in mmol/L (median 4-15) rather than one bad reading
+        _first_bad(df, out_of_range, "CGM", "not in 10-1000 mg/dL: the readings look like "
+                   "mmol/L; give mg/dL (mmol/L x 18.016)")  # fmt: skip
+    _first_bad(df, out_of_range, "CGM", "not in 10-1000 mg/dL")
     for col in ("CHO", "BOLUS", "BASAL"):
         v = df[col].to_numpy()
         _first_bad(df, np.isinf(v) | (v < 0), col, "must be finite and >= 0")
