@@ -52,9 +52,16 @@ def test_cgm_identify_replay_update(csvs, monkeypatch):
     assert (csvs / "r" / "replay.png").stat().st_size > 10_000
     ind = pd.read_csv(csvs / "r" / "individual.csv")
     assert ind.loc[0, "mard"] < 5 and bool(ind.loc[0, "ok"])
-    res = runner.invoke(app, ["twin", "update", "cgm_twins.zarr", "day2.csv"])
+    res = runner.invoke(
+        app,
+        ["twin", "update", "cgm_twins.zarr", "day2.csv", "--report", "r2", "--basal-scale", "1.1"],
+    )
     assert res.exit_code == 0, res.output
-    assert "update 1 stored" in flat(res)
+    assert "update 1 stored" in flat(res) and "with bolus x0.8, basal x1.1" in flat(res)
+    # the update's report replays both days (it wrote nothing before)
+    both = pd.read_csv(csvs / "r2" / "replay.csv")
+    assert set(both.therapy) == {"as lived", "bolus x0.8, basal x1.1"}
+    assert (csvs / "r2" / "replay.png").stat().st_size > 10_000
     tw = open_twins("cgm_twins.zarr")
     assert isinstance(tw, CGMTwins) and len(tw.records) == 2 * 288 and len(tw.history) == 2
     first = open_twins("cgm_twins.zarr", update=0)

@@ -87,9 +87,10 @@ def command(fn: F | None = None, *, timed: bool = False):
                 fail(f"{exc.filename or ''}: {exc.strerror or exc}")
             except KeyboardInterrupt:  # Ctrl-C: say what is kept and how to go on (exit 130)
                 err_console.print(
-                    "\n[bold yellow]interrupted:[/] what was written so far is kept; a command "
-                    "that writes a store (simulate, generate, glucose, trial) finishes it when "
-                    "run again with --resume"
+                    "\n[bold yellow]interrupted:[/] what was written so far is kept: simulate, "
+                    "generate, glucose and trial finish their store when run again with "
+                    "--resume; the twin commands (fit, cgm, update) reuse their finished blocks "
+                    "when the same command is run again; an existing twin store is unchanged"
                 )
                 raise typer.Exit(130) from None
             finally:

@@ -167,17 +167,26 @@ def update(
     scheduler: str = typer.Option(
         None, help="Dask scheduler address: update blocks of twins as tasks"
     ),
+    bolus_scale: float = typer.Option(None, help="CGM twins' replay: boluses times this [0.8]"),
+    basal_scale: float = typer.Option(None, help="CGM twins' replay: basal times this [1.2]"),
+    meal_scale: float = typer.Option(None, help="CGM twins' replay: meals times this [1]"),
 ):
     """Add new records to the twins and update their posteriors (appended to the store; the
-    earlier state stays readable)."""
+    earlier state stays readable). CGM twins then replay all their days so far under the
+    altered therapy, as `cohort twin cgm` does."""
     from cohort.twin import open_twins
 
     if not data.is_file():
         fail(f"no such file {data}")
+    scales = {"--bolus-scale": bolus_scale, "--basal-scale": basal_scale,
+              "--meal-scale": meal_scale}  # fmt: skip
     folder = _report(report, overwrite)
     t0 = time.perf_counter()
     with console.status("updating twins"):
         twins = open_twins(store)
+        given = [k for k, v in scales.items() if v is not None]
+        if given and not hasattr(twins, "replay"):
+            fail(f"{', '.join(given)}: for CGM twins' replay; {store} holds PK twins")
         extra = {"cluster": scheduler} if scheduler is not None else {}
         kept = _checkpoint(store)
         tw = twins.update(str(data), method=method, checkpoint=kept, **extra)
@@ -187,6 +196,9 @@ def update(
         console.print(_cgm_summary(tw, f"{tw.prior.name}: updated posteriors"))
         console.print(_status_line(tw, time.perf_counter() - t0, path))
         console.print(f"update {len(tw.history) - 1} stored")
+        scale = {"bolus_scale": 0.8, "basal_scale": 1.2, "meal_scale": 1.0}
+        scale.update({k: v for k, v in zip(scale, scales.values()) if v is not None})
+        _cgm_replay(tw, folder, overwrite, **scale)
         return
     console.print(_summary(tw, f"{tw.prior.name}: updated MAP estimates"))
     console.print(_status_line(tw, time.perf_counter() - t0, path))
@@ -569,8 +581,6 @@ def cgm(
     replay the same days under altered therapy (glycaemic metrics with credible intervals).
     Finished blocks of patients are kept in OUT's name with .blocks.zarr until the twins are
     saved: the same command after a crash computes only the rest."""
-    import numpy as np
-
     from cohort.twin import CGMTwins, TwinPrior
 
     folder = _before_identifying(data, out, report, overwrite)
@@ -585,6 +595,14 @@ def cgm(
     kept.remove()
     console.print(_cgm_summary(tw, f"{tw.prior.name}: individual posteriors"))
     console.print(_status_line(tw, time.perf_counter() - t0, path))
+    _cgm_replay(tw, folder, overwrite, bolus_scale, basal_scale, meal_scale)
+
+
+def _cgm_replay(tw, folder, overwrite: bool, bolus_scale, basal_scale, meal_scale) -> None:
+    """The fit's MARD, the records' days replayed as lived and under the altered therapy
+    (table), and with ``folder`` the individual table, replay CSV and figure."""
+    import numpy as np
+
     mard = tw.fitted().mard.values
     console.print(
         f"fit MARD to the CGM readings: median {np.median(mard):.1f} %, max {mard.max():.1f} %"

@@ -198,7 +198,10 @@ class ResultStore:
         if old != spec_hash:
             raise StoreError(
                 f"cannot resume {str(path)!r}: it was written for different inputs "
-                f"(spec hash {old} != {spec_hash}); use a new output path or overwrite=True"
+                f"(spec hash {old} != {spec_hash}: a different seed, population, dosing, "
+                "model, solver or option); resume with the inputs it was written with, or "
+                "give a new output path, or replace it with --overwrite (Python: "
+                "overwrite=True)"
             )
         if int(g.attrs.get("chunk_size", -1)) != chunk_size:
             raise StoreError(
