@@ -515,3 +515,20 @@ def test_one_chain_summary_does_not_log_arviz_shape_warnings():
     assert not any("Shape validation" in m for m in seen), seen
     assert np.isnan(table.loc["CL", "r_hat"]) and table.loc["CL", "units"] == "L/h"
     assert log.level == before  # arviz's own logging is left as it was
+
+
+def test_svi_understated_between_subject_sds_are_said():
+    """SVI's ω intervals lay wholly below the truth (ω_CL 0.19 [0.18, 0.21] vs 0.25-0.30) and
+    the fit read as calibrated: an interval below the ML estimate it started from is said."""
+    import pandas as pd
+
+    from cohort.inference.fit import _svi_understates
+
+    table = pd.DataFrame(
+        {"mean": [4.8, 0.192, 0.36], "hdi_5%": [4.6, 0.176, 0.30], "hdi_95%": [5.0, 0.212, 0.42]},
+        index=["CL", "omega_CL", "omega_KA"],
+    )
+    said = _svi_understates(table, {"CL": 4.9, "omega_CL": 0.252, "omega_KA": 0.361})
+    assert len(said) == 1 and "omega_CL 0.192 [0.176, 0.212] vs ML 0.252" in said[0]
+    assert "omega_KA" not in said[0]  # its interval holds the ML estimate
+    assert _svi_understates(table, {"omega_CL": 0.2}) == []

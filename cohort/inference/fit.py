@@ -330,6 +330,27 @@ def fit(
     return _bayesian_result(bm, draws_, est, gates, time.perf_counter() - t0, seed)
 
 
+def _svi_understates(table: pd.DataFrame, ml_estimates: dict) -> list[str]:
+    """Between-subject SDs whose SVI 90 % interval lies below the ML estimate the SVI started
+    from: variational posteriors understate variances (measured: omega_CL 0.19 [0.18, 0.21]
+    against ML 0.25 and NUTS 0.26 on 80 simulated subjects), so their intervals are not
+    calibrated there."""
+    low = []
+    for name, row in table.iterrows():
+        ml_value = ml_estimates.get(str(name))
+        if str(name).startswith("omega_") and ml_value is not None and row["hdi_95%"] < ml_value:
+            low.append(f"{name} {row['mean']:.3g} [{row['hdi_5%']:.3g}, {row['hdi_95%']:.3g}] "
+                       f"vs ML {ml_value:.3g}")  # fmt: skip
+    if not low:
+        return []
+    return [
+        "SVI's between-subject SDs lie below the ML estimate it started from ("
+        + "; ".join(low)
+        + "): variational fits understate variances; use --method nuts (or the ML fit's "
+        "standard errors) for their intervals"
+    ]
+
+
 def _parameterization(bm: BoundModel, requested: str) -> str:
     """``auto``: centred when subjects are data-rich (median ≥ 6 observations), where the
     non-centred form makes NUTS take ~3× more leapfrog steps (Theoph: 44 vs 16)."""
@@ -362,6 +383,8 @@ def _bayesian_result(bm: BoundModel, draws_, est, gates, seconds: float, seed: i
     info["sampling_seconds"] = draws_.seconds
     if est is not None:
         info["init_ofv"] = est.ofv
+        if draws_.method == "svi":
+            problems += _svi_understates(table, est.reported)
     info["problems"] = problems
     diagnostics.warn(problems, f"{draws_.method.upper()} fit")
     post = idata.posterior
