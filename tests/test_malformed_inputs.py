@@ -131,7 +131,9 @@ CASES = [
     (["glucose", "--n", "0"], "--n must be >= 1"),
     (["glucose", "--days", "0"], "--days must be > 0"),
     (["glucose", "--pump-increment", "-1"], "--pump-increment must be >= 0"),
-    (["glucose", "--period", "0"], "--period must be > 0"),
+    (["glucose", "--period", "0"], "--period must be a whole number of minutes from 1 to 15"),
+    (["glucose", "--period", "1440"], "CGMs read every 1-15 min), got 1440"),
+    (["glucose", "--period", "7"], "that divides a day"),
     (["glucose", "--patients", "elderly"], "--patients must be one of"),
 ]
 

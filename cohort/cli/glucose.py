@@ -113,8 +113,13 @@ def glucose(
         fail(f"--days must be > 0, got {days}")
     if not (pump_increment >= 0):
         fail(f"--pump-increment must be >= 0 U (0: no quantisation), got {pump_increment}")
-    if not (period > 0):
-        fail(f"--period must be > 0 min, got {period}")
+    if not (1 <= period <= 15 and period == round(period) and 1440 % round(period) == 0):
+        # the metrics are read on this grid: a day of 1440-min periods gave TIR 50 % from
+        # two samples, and a 7-min period a 1442-min "day"
+        fail(
+            f"--period must be a whole number of minutes from 1 to 15 that divides a day (1, "
+            f"2, 3, 4, 5, 6, 8, 10, 12 or 15; CGMs read every 1-15 min), got {period:g}"
+        )
     if resume and overwrite:
         fail(
             "--resume and --overwrite contradict each other: resume keeps the store, "
@@ -192,7 +197,11 @@ def glucose(
             with progress() as bar:
                 task = bar.add_task(f"glucose {controller}", total=len(pop))
 
+                already: list[int] = []  # patients a resumed store had finished
+
                 def update(done: int, total: int) -> None:
+                    if not already:
+                        already.append(done)
                     bar.update(task, completed=done, total=total)
 
                 # Without --out or --plots no trajectory is kept: the metrics are all the
@@ -214,9 +223,12 @@ def glucose(
         fail(str(exc))
     wall = time.perf_counter() - t0
     console.print(_metrics_table(ds))
+    solved = len(pop) - (already[0] if already else 0)
     console.print(
-        f"{len(pop):,} patients × {days:g} day{'' if days == 1 else 's'} in {wall:.1f} s "
-        f"({_rate(len(pop) * days / wall)} patient-days/s)" + (f" → {out}" if out else "")
+        f"{solved:,} patients × {days:g} day{'' if days == 1 else 's'} in {wall:.1f} s "
+        f"({_rate(solved * days / wall)} patient-days/s)"
+        + (f"; {len(pop) - solved:,} were in the store already" if solved < len(pop) else "")
+        + (f" → {out}" if out else "")
     )
     console.print(describe(spent, ahead_spent), style="dim")
     if figures is not None:
