@@ -180,12 +180,17 @@ def test_censoring_columns():
     obs = ds.observations
     assert obs.cens.tolist() == [[False, True], [False, False]]
     assert obs.lloq[0, 1] == 0.5  # DV holds the limit when there is no LLOQ column
-    ds = read_nonmem(frame(CENS=[0, 0, 1, 0, 0, 0], LLOQ=[0, 0, 0.4, 0, 0, 0]))
+    ds = read_nonmem(
+        frame(CENS=[0, 0, 1, 0, 0, 0], LLOQ=[0, 0, 0.4, 0, 0, 0], DV=[".", 3.1, 0, ".", 1.9, 0.7])
+    )
     assert ds.observations.lloq[0, 1] == 0.4
     assert problems(
         frame(BLQ=[0, 0, 1, 0, 0, 0], DV=[".", 3.1, ".", ".", 1.9, 0.7], MDV=[1, 0, 0, 1, 0, 0])
     ) == [(3, "DV"), (3, "LLOQ")]
     assert problems(frame(BLQ=[0, 0, 2, 0, 0, 0])) == [(3, "BLQ")]
+    # flagged below the LLOQ with a measured value above it: fitted as censored, and said
+    with pytest.warns(CohortWarning, match=r"record\(s\) 3: flagged below the LLOQ .* DV 2.2"):
+        read_nonmem(frame(BLQ=[0, 0, 1, 0, 0, 0], LLOQ=[0, 0, 0.05, 0, 0, 0]))
 
 
 def test_files_and_frames_agree(tmp_path):

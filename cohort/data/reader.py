@@ -392,6 +392,18 @@ def _censoring(out: pd.DataFrame, obs: np.ndarray, rows: np.ndarray, problems: l
                 "(an LLOQ column, or DV holding the LLOQ)",
             )
         )
+    dv = out["DV"].to_numpy()
+    above = np.flatnonzero(obs & (cens == 1) & (dv > lloq) & (lloq > 0))
+    if above.size:  # M3 uses only the LLOQ: a measured value above it is thrown away
+        shown = ", ".join(str(int(r)) for r in rows[above][:5])
+        warnings.warn(
+            f"record(s) {shown}{' ...' if above.size > 5 else ''}: flagged below the LLOQ "
+            f"({above.size} in all) with a DV above it (e.g. DV {dv[above[0]]:g}, LLOQ "
+            f"{lloq[above[0]]:g}); they are fitted as censored (only P(conc < LLOQ) counts): "
+            "check the flag or the LLOQ",
+            CohortWarning,
+            stacklevel=4,
+        )
     out["CENS"] = cens
     out["LLOQ"] = lloq
     if "BLQ" in out:  # in place (``drop(inplace=True)`` is deprecated in pandas 3.1)

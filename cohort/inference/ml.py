@@ -404,6 +404,8 @@ def maximize(
         raise ValueError(f"starts must be >= 1, got {starts}")
     t0 = time.perf_counter()
     if bool(np.any(np.asarray(bm.arrays["cens"]))) and bm.engine == "closed_form":
+        if approx != "laplace" and progress:
+            progress("censored (BLQ) observations: LAPLACE instead of FOCE, as NONMEM's M3")
         approx = "laplace"
     if approx == "laplace" and bm.engine != "closed_form":
         raise ValueError("approx='laplace' needs second derivatives: closed-form models only")
