@@ -216,3 +216,13 @@ def test_drop_ignores_text_columns():
     df = frame(NOTE=["a", "b", "c", "d", "e", "f"])
     assert problems(df)[0] == (1, "NOTE")
     assert read_nonmem(df, drop=["note"]).covariate_names == ("WT",)
+
+
+def test_semicolon_separated_files_are_read(tmp_path):
+    """A spreadsheet's CSV with ';' read as one column 'ID;TIME;...' ("missing column ID")."""
+    comma = frame()
+    comma.to_csv(tmp_path / "comma.csv", index=False)
+    comma.to_csv(tmp_path / "semi.csv", index=False, sep=";")
+    a, b = read_nonmem(tmp_path / "comma.csv"), read_nonmem(tmp_path / "semi.csv")
+    np.testing.assert_array_equal(a.observations.dv, b.observations.dv)
+    assert list(a.records.columns) == list(b.records.columns)

@@ -165,6 +165,16 @@ def test_fixed_elements_from_the_command_line(tmp_path):
     summary = load_fit(tmp_path / "held" / "fit.nc")["fit_summary"]
     fixed = {str(k): bool(v) for k, v in zip(summary.parameter.values, summary.fixed.values)}
     assert fixed["omega_KA"] and fixed["V"] and fixed["corr_CL_V"] and not fixed["KA"]
+    assert re.search(r"│ V\s+│ 32\s+│ fixed", held.output)  # held values stay in the table
+    # a residual SD's initial value (it was "not an estimated parameter"): from 3x the
+    # estimate, the same fit as nlmixr2's (DESIGN §6, as test_theoph_defaults_match_nlmixr2)
+    res, est, _ = _fit(tmp_path / "sigma", theoph, "--params", "CL,V,KA", "--init",
+                       "sigma_add=2.1")  # fmt: skip
+    assert res.exit_code == 0, res.output
+    assert est["sigma_add"] == pytest.approx(0.693, rel=0.05)
+    res = runner.invoke(app, ["fit", str(theoph), "--init", "sigma_prop=0.2", "-o",
+                              str(tmp_path / "x.nc")])  # fmt: skip
+    assert res.exit_code == 2 and "the additive error model has no such SD" in _flat(res)
 
 
 def test_observation_table_like_nonmem_sdtab(tmp_path):

@@ -23,7 +23,7 @@ SERIES = {
     "lower_b": [80, 170, 150, 120, 100],
     "edge_a": [90, 180, 150, 120, 100],  # min 90 and max 180 still count as zone A
     "edge_b": [70, 300, 150, 120, 100],  # min 70 and max 300: zone B
-    "failed": [100, np.nan, 120, 130, 140],
+    "failed": [np.nan] * 5,  # a failed simulation: no reading (a gap alone is left out)
 }
 
 
@@ -108,6 +108,10 @@ def test_cvga_zones_and_counts():
 def test_missing_values_give_nan_and_irregular_grid_is_time_weighted():
     m = glycemic_metrics(_glucose()).sel(patient="failed")
     assert np.isnan(float(m["mean"])) and np.isnan(float(m.tir_70_180))
+    gap = xr.DataArray([[100.0, np.nan, 120, 130, 140]], dims=("patient", "time"))
+    # a gap is left out with its trapezoid share: weights 1/8, -, 1/4, 1/4, 1/8 renormalised
+    expect = (100 / 8 + 120 / 4 + 130 / 4 + 140 / 8) / (1 / 8 + 1 / 4 + 1 / 4 + 1 / 8)
+    assert float(glycemic_metrics(gap)["mean"][0]) == pytest.approx(expect, rel=1e-12)
     da = xr.DataArray(
         [[100.0, 200.0, 300.0]], dims=("patient", "time"), coords={"time": [0, 10, 15]}
     )

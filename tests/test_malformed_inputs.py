@@ -26,6 +26,7 @@ def _files(d: Path) -> None:
     (d / "badcmt.csv").write_text("ID,TIME,AMT,CMT\n1,0,100,liver\n")
     (d / "nottime.csv").write_text("ID,TIME,AMT,CMT\n1,x,100,depot\n")
     (d / "pop_extra.csv").write_text("CL,V,KA,HEIGHT\n1,10,1,180\n")
+    (d / "pop_other.csv").write_text("CL,V,KA,V1\n1,10,1,180\n")  # another model's parameter
     (d / "pop_text.csv").write_text("CL,V,KA\nfast,10,1\n")
     (d / "pop_header.csv").write_text("CL,V,KA\n")
     (d / "theo.csv").write_text((ROOT / "tests" / "data" / "theoph_nonmem.csv").read_text())
@@ -81,7 +82,10 @@ CASES = [
     (["simulate", "--population", "empty.csv"], "is empty"),
     (["simulate", "--population", "binary.csv"], "not a text (UTF-8) table"),
     (["simulate", "--population", "folder"], "not a readable zarr store"),
-    (["simulate", "--model", "pk1_oral", "--population", "pop_extra.csv"], "['HEIGHT']"),
+    (
+        ["simulate", "--model", "pk1_oral", "--population", "pop_other.csv"],
+        "['V1'] are not parameters of 'pk1_oral'",
+    ),  # fmt: skip
     (
         ["simulate", "--model", "pk1_oral", "--population", "pop_text.csv"],
         "row 1, column CL: 'fast' is not a number",

@@ -41,12 +41,14 @@ def _covariates(specs: list[str] | None, names: list[str]) -> dict:
 
 def _inits(
     specs: list[str] | None, names: list[str], flag: str = "--init"
-) -> tuple[dict[str, dict[str, float]], dict[str, float]]:
-    """``--init NAME=VALUE`` (typical value), ``--init omega_NAME=SD`` (IIV, log-scale SD) and
-    ``--init A+B=R`` (initial correlation of A and B in one Ω block); ``--fix`` takes the same
-    forms, VALUE optional (then the ``--init`` value is held)."""
+) -> tuple[dict[str, dict[str, float]], dict[str, float], dict[str, float]]:
+    """``--init NAME=VALUE`` (typical value), ``--init omega_NAME=SD`` (IIV, log-scale SD),
+    ``--init A+B=R`` (initial correlation of A and B in one Ω block) and ``--init
+    sigma_add=SD`` / ``sigma_prop=SD`` (residual error); ``--fix`` takes the same forms but
+    sigma, VALUE optional (then the ``--init`` value is held)."""
     out: dict[str, dict[str, float]] = {}
     corr: dict[str, float] = {}
+    sigma: dict[str, float] = {}
     for text in specs or []:
         key, sep, value = text.partition("=")
         key = key.strip()
@@ -54,6 +56,13 @@ def _inits(
             number = float(value)
         except ValueError:
             number = float("nan")
+        if key in ("sigma_add", "sigma_prop"):
+            if flag == "--fix":
+                fail(f"--fix {text!r}: residual SDs are estimated; give --init {key}=SD")
+            if not sep or not number > 0:
+                fail(f"{flag} {text!r}: use {key}=SD with SD > 0, e.g. {flag} {key}=0.1")
+            sigma[key[6:]] = number
+            continue
         if "+" in key:
             if flag == "--fix":
                 fail(f"--fix {text!r}: correlations are held by fixing a whole Ω block (--fix "
@@ -70,7 +79,7 @@ def _inits(
         if name not in names:
             fail(f"{flag} {text!r}: {name!r} is not an estimated parameter ({names})")
         out.setdefault(name, {})[field] = number
-    return out, corr
+    return out, corr, sigma
 
 
 def _fixed(
@@ -78,7 +87,7 @@ def _fixed(
 ) -> dict[str, dict]:
     """Param fields from ``--fix NAME[=VALUE]`` / ``--fix omega_NAME[=SD]``: the value held
     (given here, else the ``--init`` value; a typical value needs one)."""
-    values, _ = _inits(fix, names, "--fix")
+    values, _, _ = _inits(fix, names, "--fix")
     out: dict[str, dict] = {}
     for name, fields in values.items():
         for field, value in fields.items():
@@ -122,7 +131,7 @@ def _spec(
     if unknown:
         fail(f"--iiv: {sorted(unknown)} are not among the estimated parameters {names}")
     covs = _covariates(covariate, names)
-    inits, corr = _inits(init, names)
+    inits, corr, sigma = _inits(init, names)
     held = _fixed(fix, names, inits)
     try:
         ps = tuple(
@@ -134,7 +143,12 @@ def _spec(
             )
             for n in names
         )
-        return NLME(model=model, params=ps, error=ErrorModel(error), omega=omega,
+        err = ErrorModel(error, **sigma)
+        extra = [f"sigma_{k}" for k in sigma if k not in err.components]
+        if extra:
+            fail(f"--init {extra[0]}: the {error} error model has no such SD "
+                 f"({', '.join('sigma_' + c for c in err.components)})")  # fmt: skip
+        return NLME(model=model, params=ps, error=err, omega=omega,
                     omega_corr=corr, output=output)  # fmt: skip
     except SpecError as exc:
         fail(str(exc))
@@ -405,7 +419,10 @@ def _table(result) -> Table:
     if "estimate" in s:
         table = Table("parameter", "estimate", "SE", "RSE %", "units", title=title)
         for name, row in s.iterrows():
-            if name.startswith("log_") or bool(row["fixed"]):
+            if name.startswith("log_"):
+                continue
+            if bool(row["fixed"]):  # held (--fix, FIX): shown, as NONMEM lists them
+                table.add_row(name, f"{row['estimate']:.4g}", "fixed", "", str(row["units"]))
                 continue
             table.add_row(
                 name,

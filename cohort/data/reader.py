@@ -106,11 +106,12 @@ def read_columns(path: str | Path) -> list[str]:
 
 
 def _names(header: str, sep: str) -> list[str]:
-    return [h.strip() for h in (header.split(",") if sep == "," else header.split())]
+    return [h.strip() for h in (header.split(sep) if sep in (",", ";") else header.split())]
 
 
 def _header(path: Path) -> tuple[str, str]:
-    """A table file's header line and its separator (comma, else whitespace)."""
+    """A table file's header line and its separator (comma; else semicolon, as spreadsheets
+    write CSVs where the comma is the decimal mark; else whitespace)."""
     if not path.exists():
         raise DataError([Problem(None, "file", f"no such file {str(path)!r}")])
     if not path.is_file():
@@ -124,11 +125,12 @@ def _header(path: Path) -> tuple[str, str]:
         ) from None
     if not header.strip():
         raise DataError([Problem(None, "file", f"{str(path)!r} is empty (no header line)")])
-    return header, "," if "," in header else r"\s+"
+    return header, next((sep for sep in (",", ";") if sep in header), r"\s+")
 
 
 def read_table(path: str | Path) -> pd.DataFrame:
-    """Raw cells of a NONMEM-style file as strings (comma- or whitespace-separated)."""
+    """Raw cells of a NONMEM-style file as strings (comma-, semicolon- or
+    whitespace-separated)."""
     path = Path(path)
     header, sep = _header(path)
     try:
@@ -268,8 +270,16 @@ def validate(raw: pd.DataFrame, model: Model | None = None) -> pd.DataFrame:
     problems = [Problem(None, c, "column appears more than once") for c in dupe_cols]
     # the columns found, e.g. a file separated by ';' reads as one column "ID;TIME;AMT"
     found = ", ".join(repr(str(c)) for c in list(raw.columns)[:12])
+    separator = next(
+        (sep for sep in (";", "\t", "|") if any(sep in str(c) for c in raw.columns)), None
+    )
+    hint = (
+        f"; the header holds {separator!r}: write the file comma-separated (a CSV)"
+        if missing and separator
+        else ""
+    )
     problems += [
-        Problem(None, c, f"missing column {c}{_HINTS.get(c, '')} (columns found: {found})")
+        Problem(None, c, f"missing column {c}{_HINTS.get(c, '')} (columns found: {found}){hint}")
         for c in missing
     ]
     if problems:
@@ -294,9 +304,10 @@ def validate(raw: pd.DataFrame, model: Model | None = None) -> pd.DataFrame:
     for i in np.flatnonzero(~np.isin(evid, (0, 1, 2, 3, 4)) & ~np.isnan(evid)):
         problems.append(Problem(int(rows[i]), "EVID", f"EVID {evid[i]:g} is not 0, 1, 2, 3 or 4"))
     dv_missing = np.isnan(out["DV"].to_numpy())
+    dv_text = dv_missing & ~_cells_missing(raw["DV"])  # e.g. '<0.1': a problem of its own
     if "MDV" not in out:
         out["MDV"] = np.where((evid != 0) | dv_missing, 1.0, 0.0)
-        unused = np.flatnonzero((evid == 0) & dv_missing)
+        unused = np.flatnonzero((evid == 0) & dv_missing & ~dv_text)
         if unused.size:  # said, not dropped silently
             shown = ", ".join(str(int(r)) for r in rows[unused][:5])
             warnings.warn(
