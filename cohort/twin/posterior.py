@@ -288,6 +288,7 @@ def sample(
     lockstep: bool = True,
     adapt_mass_matrix: bool = True,
     index=None,
+    target_accept: float = 0.8,
 ) -> Samples:
     """NUTS for any per-patient potential (see :func:`modes`); ``prepare(arrays)`` gives the
     per-patient data (leaves with the patient axis first; default: ``arrays`` itself). ``key``
@@ -307,7 +308,7 @@ def sample(
     t0 = time.perf_counter()
     run = functools.partial(
         _nuts_batch, make_potential, params, key, prepare, chains=chains,
-        max_tree_depth=max_tree_depth, lockstep=lockstep,
+        max_tree_depth=max_tree_depth, lockstep=lockstep, target_accept=target_accept,
     )  # fmt: skip
     n = init.eta.shape[0]
     index = np.arange(n) if index is None else np.asarray(index, int)
@@ -315,9 +316,11 @@ def sample(
         init, arrays, warmup=warmup, draws=draws, seed=seed,
         adapt_mass_matrix=adapt_mass_matrix, index=index,
     )  # fmt: skip
-    z, rhat, ess, div = z.copy(), rhat.copy(), ess.copy(), div.copy()
+    # divergences counted among the kept draws (thinned like them), so that their fraction
+    # of the draws is what Samples.converged gates
+    z, rhat, ess, div = z.copy(), rhat.copy(), ess.copy(), div.sum(axis=(1, 2))
     for r in range(1, int(retry) + 1):
-        bad = np.flatnonzero(~np.all((rhat < 1.01) & (ess > 400), axis=1))
+        bad = np.flatnonzero(~Samples(z, rhat, ess, div).converged)
         if not bad.size:
             break
         sub = jax.tree_util.tree_map(
@@ -337,15 +340,17 @@ def sample(
             part, sub, warmup=max(2**r * warmup, 500), draws=thin * draws, seed=seed + r,
             adapt_mass_matrix=True, index=index[bad],
         )  # fmt: skip
-        z[bad], rhat[bad], ess[bad], div[bad] = z2[:, :, ::thin], rhat2, ess2, div2
+        z[bad], rhat[bad], ess[bad] = z2[:, :, ::thin], rhat2, ess2
+        div[bad] = div2[:, :, ::thin].sum(axis=(1, 2))
     return Samples(z, rhat, ess, div, time.perf_counter() - t0)
 
 
 def _nuts_batch(
     make_potential, params, key, prepare, init: Laplace, arrays, *, chains, warmup, draws, seed,
-    max_tree_depth, lockstep=True, adapt_mass_matrix=True, index=None,
+    max_tree_depth, lockstep=True, adapt_mass_matrix=True, index=None, target_accept=0.8,
 ):  # fmt: skip
-    """One vmapped NUTS run: draws ``[N, chain, draw, q]``, R-hat, ESS, divergences."""
+    """One vmapped NUTS run: draws ``[N, chain, draw, q]``, R-hat, ESS, and which draws
+    came from a divergent transition ``[N, chain, draw]``."""
     from numpyro.infer.hmc import hmc
 
     n, q = init.eta.shape
@@ -365,6 +370,7 @@ def _nuts_batch(
                     dense_mass=True,
                     max_tree_depth=max_tree_depth,
                     adapt_mass_matrix=adapt_mass_matrix,
+                    target_accept_prob=target_accept,
                     model_args=(d,),
                     rng_key=key,
                 )
@@ -375,7 +381,7 @@ def _nuts_batch(
 
                 state, _ = jax.lax.scan(step, state, None, length=warmup)
                 _, (z, div) = jax.lax.scan(step, state, None, length=draws)
-                return z, jnp.sum(div)
+                return z, div
 
             d = arrays if prepare is None else prepare(arrays)
             per_patient = jax.vmap(one_chain, in_axes=(0, None, 0, None))  # over chains
@@ -385,7 +391,8 @@ def _nuts_batch(
 
         return jax.jit(run)
 
-    what = f"nuts:{chains}:{warmup}:{draws}:{max_tree_depth}:{lockstep}:{adapt_mass_matrix}"
+    what = (f"nuts:{chains}:{warmup}:{draws}:{max_tree_depth}:{lockstep}:{adapt_mass_matrix}:"
+            f"{target_accept}")  # fmt: skip
     fn = _cached_key((key, what), build)
     cov = np.where(init.ok[:, None, None], init.cov, np.eye(q)[None])
     chol = np.linalg.cholesky(cov)
@@ -394,7 +401,7 @@ def _nuts_batch(
     z, div = fn(params, jnp.asarray(starts), jnp.asarray(cov), jnp.asarray(keys), arrays)
     z = np.asarray(z)  # [N, chain, draw, q]
     rhat, ess = diagnostics(z)
-    return z, rhat, ess, np.asarray(div).sum(axis=1)
+    return z, rhat, ess, np.asarray(div)  # divergent flags [N, chain, draw]
 
 
 def _patient_streams(seed: int, index, chains: int, q: int) -> tuple[np.ndarray, np.ndarray]:
