@@ -253,18 +253,21 @@ def test_population_covariates_and_provenance_are_kept(tmp_path):
     from the results: they now ride along, paired by ID like the parameters; a parameter
     written in another case is that parameter; text columns are said to be dropped."""
     pop = tmp_path / "pop.csv"
-    pop.write_text("ID,cl,V,KA,WT,SEX\n1,2.5,30,1,70,M\n2,30,31,1,82,F\n")
+    pop.write_text("ID,cl,V,KA,WT,SEX,BW\n1,2.5,30,1,70,M,70\n2,30,31,1,82,F,\n")
     dose = tmp_path / "dose.csv"
     dose.write_text("ID,TIME,AMT,EVID,CMT\n2,0,100,1,1\n1,0,100,1,1\n")
     out = tmp_path / "x.zarr"
     args = ["simulate", "--model", "pk1_oral", "--population", str(pop), "--dosing", str(dose)]
     res = runner.invoke(app, [*args, "-o", str(out)])
     assert res.exit_code == 0, res.output
-    assert "WT, SEX of --population are not parameters of pk1_oral" in flat(res)
+    # BW (a glucose model's parameter) is a covariate here; an empty cell is NaN
+    assert "WT, BW of --population are not parameters of pk1_oral" in flat(res)
+    assert "column(s) SEX hold text: not kept" in flat(res)
     ds = cohort.open_result(out)
     assert ds.ID.values.tolist() == [2, 1]
     np.testing.assert_array_equal(ds.CL.values, [30.0, 2.5])  # "cl" read as CL, by ID
     np.testing.assert_array_equal(ds.WT.values, [82.0, 70.0])
+    np.testing.assert_array_equal(ds.BW.values, [np.nan, 70.0])
     assert "SEX" not in ds
     # a generated population: its covariates with units, and where it came from
     gen = tmp_path / "gen.zarr"

@@ -263,7 +263,7 @@ def _read_population(path: Path, model_name: str | None):
         dup = table.columns[table.columns.duplicated()][0]
         fail(f"--population {path}: parameter {dup} is given twice (names differing in case)")
     unknown = [c for c in table.columns if c not in known]
-    other_models = _parameters_of_other_models(unknown)
+    other_models = _parameters_of_other_models(unknown, model)
     if other_models:
         names = sorted(other_models)
         fail(
@@ -271,14 +271,6 @@ def _read_population(path: Path, model_name: str | None):
             f"({', '.join(model.parameter_names)}) but of other models (e.g. "
             f"{other_models[names[0]]}); pass --model for the population's model, or rename "
             "or remove them"
-        )
-    if unknown:
-        # covariates (WT, AGE, ...) are kept with the results for exposure-covariate plots;
-        # said out loud, so that a misspelt parameter is seen too
-        err_console.print(
-            f"note: column(s) {', '.join(map(str, unknown))} of --population are not "
-            f"parameters of {model.name} ({', '.join(model.parameter_names)}): kept in the "
-            "results as covariates (numbers only), not used by the model"
         )
     if table.empty:
         fail(f"--population {path}: no patients (the file has no rows)")
@@ -291,22 +283,45 @@ def _read_population(path: Path, model_name: str | None):
                 "the cell is empty" if cell in ("", "nan", "None") else f"{cell!r} is not a number"
             )
             fail(f"--population {path}: row {i + 1}, column {c}: {shown}; give a number")
-    covariates = [c for c in unknown if pd.to_numeric(table[c], errors="coerce").notna().all()]
+    # numbers (an empty cell: NaN) ride along; a column with text in it is left out, said
+    blank = {c: table[c].astype(str).str.strip().isin(("", "nan", ".")) for c in unknown}
+    numbers = {c: pd.to_numeric(table[c].where(~blank[c]), errors="coerce") for c in unknown}
+    covariates = [c for c in unknown if (numbers[c].notna() | blank[c]).all()]
+    text = [c for c in unknown if c not in covariates]
+    if text:
+        err_console.print(
+            f"note: column(s) {', '.join(map(str, text))} hold text: not kept (covariates are "
+            "kept as numbers; code categories as numbers to keep them)"
+        )
+    if covariates:
+        # covariates (WT, AGE, ...) are kept with the results for exposure-covariate plots;
+        # said out loud, so that a misspelt parameter is seen too
+        err_console.print(
+            f"note: column(s) {', '.join(map(str, covariates))} of --population are not "
+            f"parameters of {model.name} ({', '.join(model.parameter_names)}): kept in the "
+            "results as covariates, not used by the model"
+        )
     pop = {c: v.to_numpy() for c, v in table.items() if c in known}
-    pop.update({c: pd.to_numeric(table[c]).to_numpy(dtype=float) for c in covariates})
+    pop.update({c: numbers[c].to_numpy(dtype=float) for c in covariates})
     return model, pop if ids is None else (pop, ids)
 
 
-def _parameters_of_other_models(columns) -> dict[str, str]:
-    """The columns that name a parameter of some registered model (a population written for
-    another model: pk1's V in a pk2 file would otherwise ride along as a covariate while V1
-    took its typical value), each with one such model."""
+def _parameters_of_other_models(columns, model) -> dict[str, str]:
+    """The columns that name a parameter of a related model, one sharing parameters with
+    ``model`` (a population written for it: pk1's V in a pk2 file would otherwise ride along
+    as a covariate while V1 took its typical value), each with one such model. An unrelated
+    model's parameter is a covariate here (BW is a glucose model's parameter and a PK
+    population's covariate)."""
     from cohort.models import available
     from cohort.models import get as get_model
 
+    ours = set(model.parameter_names)
     found: dict[str, str] = {}
     for name in available():
-        for q in get_model(name).parameter_names:
+        theirs = get_model(name).parameter_names
+        if not ours & set(theirs):
+            continue
+        for q in theirs:
             if q in columns and q not in found:
                 found[q] = name
     return found
