@@ -206,7 +206,12 @@ def test_glycemic_metrics_leave_gaps_out():
     assert float(got["mean"][0]) == pytest.approx(float(np.nansum(g * w)), rel=1e-12)
     tir = 100 * np.sum(w[(g >= 70) & (g <= 180)])
     assert float(got["tir_70_180"][0]) == pytest.approx(tir, rel=1e-12)
-    assert float(got["g_min"][0]) == 60.0 and float(ref["g_max"][0]) == 210.0
+    assert float(got["g_min"][0]) == 60.0 and float(got["g_max"][0]) == 210.0
+    assert ref["cvga_zone"].values[0] == got["cvga_zone"].values[0] != ""
+    from cohort.glucose.metrics import cvga  # the plot's zones follow the same rule
+
+    da = xr.DataArray(g[None], dims=("patient", "time"), coords={"time": t})
+    assert cvga(da)["zone"].values[0] == got["cvga_zone"].values[0]
     none = glycemic_metrics(xr.DataArray(np.full((1, 3), np.nan), dims=("patient", "time")))
     assert np.isnan(float(none["mean"][0])) and str(none["cvga_zone"].values[0]) == ""
 

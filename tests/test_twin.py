@@ -466,3 +466,24 @@ def test_a_measured_zero_under_proportional_error_is_refused_by_row():
     twins = Twins.identify(prior, records[records["TIME"] < 24.0])
     with pytest.raises(DataError, match="DV 0 under proportional error"):
         twins.update(records[records["TIME"] >= 24.0])
+
+
+def test_simulated_records_of_an_oral_prior_are_observed_in_its_output(tmp_path):
+    """Synthetic observation rows carried the dose's CMT (the depot for oral models), which
+    the fit now refuses as observations of another compartment: they are in the output."""
+    from pathlib import Path
+
+    from cohort.twin.synthetic import simulate_records
+
+    spec = (Path(__file__).parent.parent / "priors" / "adult_pk_oral.toml").read_text()
+    oral = tmp_path / "oral_twin.toml"
+    oral.write_text(spec + '\n[error]\nkind = "proportional"\nprop = 0.1\noutput = "conc"\n'
+                    'citation = "test"\n')  # fmt: skip
+    prior = TwinPrior.from_spec(oral)
+    records, truth = simulate_records(prior, 3, [1.0, 4.0, 12.0], Regimen(amt=320.0), seed=2)
+    assert set(records.loc[records["EVID"] == 0, "CMT"]) == {"conc"}
+    tw = Twins.identify(prior, records)
+    assert tw.ok.all()
+    # three samples with 10 % error pin each patient's clearance
+    est = tw.individual()["CL"].to_numpy()
+    np.testing.assert_allclose(est, np.asarray(truth["CL"]), rtol=0.3)

@@ -15,7 +15,10 @@ grid gives the usual sample statistics up to the half-weighted end points. Defin
 * CVGA (Magni et al. 2008): each patient's minimum and maximum glucose, clipped to the plot
   ranges 50–110 and 110–400 mg/dL, place it in one of nine zones.
 
-A patient with any missing value (e.g. a failed solve) gets NaN metrics and CVGA zone ``""``.
+:func:`glycemic_metrics` and :func:`cvga` (a user's CGM data) leave missing readings out with
+their share of the time; a patient with no reading gets NaN metrics and CVGA zone ``""``. A
+simulation's metrics (:func:`metric_arrays` by default) are NaN for a patient with any missing
+value (a failed solve).
 """
 
 from __future__ import annotations
@@ -179,9 +182,9 @@ def glycemic_metrics(glucose: xr.DataArray, dim: str = "time") -> xr.Dataset:
     return metrics_dataset(metric_arrays(g, w, skip_missing=True), template)
 
 
-def _cvga(g: np.ndarray, missing: np.ndarray):
-    g_min = np.where(missing, np.nan, g.min(axis=-1))
-    g_max = np.where(missing, np.nan, g.max(axis=-1))
+def _cvga_of(g_min: np.ndarray, g_max: np.ndarray, missing: np.ndarray):
+    g_min = np.where(missing, np.nan, g_min)
+    g_max = np.where(missing, np.nan, g_max)
     col = np.where(g_min >= 90, 0, np.where(g_min >= 70, 1, 2))
     row = np.where(g_max <= 180, 0, np.where(g_max <= 300, 1, 2))
     grid = np.asarray(_CVGA_GRID, dtype=object)
@@ -192,8 +195,11 @@ def _cvga(g: np.ndarray, missing: np.ndarray):
 def cvga(glucose: xr.DataArray, dim: str = "time") -> xr.Dataset:
     """CVGA coordinates (min/max clipped to the plot ranges) and zone per patient."""
     g, _, template = _values(glucose, dim)
-    missing = np.any(~np.isfinite(g), axis=-1)
-    zone, g_min, g_max = _cvga(np.where(np.isfinite(g), g, 0.0), missing)
+    finite = np.isfinite(g)
+    missing = ~np.any(finite, axis=-1)  # gaps left out, as glycemic_metrics does
+    g_min = np.where(finite, g, np.inf).min(axis=-1)
+    g_max = np.where(finite, g, -np.inf).max(axis=-1)
+    zone, g_min, g_max = _cvga_of(g_min, g_max, missing)
     return xr.Dataset(
         {
             "x": _wrap(template, np.clip(g_min, 50, 110), "mg/dL", "CVGA x: minimum glucose"),

@@ -436,8 +436,8 @@ def _check_observed_compartments(spec: NLME, data: Dataset, show: int = 3) -> No
                     f"{first} on an observation (rows {rows}; {len(problems)} in all): the fit "
                     f"compares every DV with {output!r}, which reads CMT {cmts}; give its "
                     f"observations CMT {min(numbers)} or {output!r}, and fit other outputs' "
-                    "observations separately (one output per fit: `cohort fit --output`, "
-                    "NLME(output=...) in Python)",
+                    "observations separately (one output per fit: `cohort fit --output` or "
+                    "NLME(output=...); a twin prior's [error] output)",
                 )
             ]
         )

@@ -492,6 +492,10 @@ class CGMTwins:
         for i, k in enumerate(own.sum(axis=1)):
             weights[i, 0, :k] = time_weights(times[:k])
         met = metric_arrays(g, weights, skip_missing=True)
+        # a draw whose trajectory failed inside the patient's own span has no metrics (the
+        # NaN after the span is not missing data; a failure within it is not a gap)
+        failed = np.any(own[:, None, :] & ~np.isfinite(g), axis=-1)
+        met = {k: np.where(failed, -1 if k == "cvga_code" else np.nan, v) for k, v in met.items()}
         ds = xr.Dataset(coords={"patient": self.ids, "draw": np.arange(g.shape[1]), "time": times})
         ds["time"].attrs["units"] = "min"
         ds["glucose"] = (("patient", "draw", "time"), g, {"units": "mg/dL", "output": output})

@@ -54,7 +54,8 @@ def simulate_records(
             "ADDL": 0,
             "II": 0.0,
             "SS": 0,
-            "CMT": dose["CMT"].iloc[0],
+            # observed in the prior's output (the dose's CMT is the depot for oral models)
+            "CMT": prior.output,
             "DV": y.ravel(),
         }
     )
