@@ -12,6 +12,7 @@ under one ``vmap``; padding rows have ``evid = 0`` and ``time = +inf``.
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -456,7 +457,9 @@ def patient_ids(dosing: Any) -> np.ndarray | None:
         return None
     ids = pd.factorize(dosing[col].to_numpy())[1]
     numbers = pd.to_numeric(pd.Series(ids), errors="coerce").to_numpy(dtype=float)
-    if len(ids) and np.isfinite(numbers).all():
+    # "007" or "7.0" written as text are kept as written (zero-padded IDs are names)
+    padded = any(isinstance(i, str) and re.match(r"\s*[-+]?0\d", i) for i in ids)
+    if len(ids) and np.isfinite(numbers).all() and not padded:
         whole = np.all(numbers == np.round(numbers)) and np.abs(numbers).max() < 2**53
         return numbers.astype(np.int64) if whole else numbers
     return np.asarray([str(i).strip() for i in ids], dtype=str)

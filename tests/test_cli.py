@@ -335,6 +335,13 @@ def test_simulate_takes_one_patient_per_dosing_id_by_default(tmp_path):
     )
     assert res.exit_code == 0, res.output
     assert cohort.open_result(tmp_path / "t").ID.values.tolist() == ["P-01", "Q"]
+    padded = tmp_path / "padded.csv"  # zero-padded IDs are names, kept as written
+    padded.write_text("ID,TIME,AMT,EVID,CMT\n007,0,100,1,1\n010,0,200,1,1\n")
+    res = runner.invoke(
+        app, ["simulate", "--model", "pk1_oral", "--dosing", str(padded), "-o", str(tmp_path / "z")]
+    )
+    assert res.exit_code == 0, res.output
+    assert cohort.open_result(tmp_path / "z").ID.values.tolist() == ["007", "010"]
     frame = pd.read_csv(text_ids)
     mem = cohort.simulate("pk1_oral", None, frame, [0.0, 24.0], n=2)  # in memory: the same
     assert mem.ID.values.tolist() == ["P-01", "Q"]

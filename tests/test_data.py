@@ -226,3 +226,8 @@ def test_semicolon_separated_files_are_read(tmp_path):
     a, b = read_nonmem(tmp_path / "comma.csv"), read_nonmem(tmp_path / "semi.csv")
     np.testing.assert_array_equal(a.observations.dv, b.observations.dv)
     assert list(a.records.columns) == list(b.records.columns)
+
+
+def test_decimal_commas_are_named():
+    with pytest.raises(DataError, match=r"value '3,1' is not a number \(a decimal comma"):
+        read_nonmem(frame(DV=[".", "3,1", 2.2, ".", 1.9, 0.7]))

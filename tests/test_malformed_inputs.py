@@ -139,6 +139,9 @@ CASES = [
     (["glucose", "--period", "1440"], "CGMs read every 1-15 min), got 1440"),
     (["glucose", "--period", "7"], "that divides a day"),
     (["glucose", "--patients", "elderly"], "--patients must be one of"),
+    # twin replay scales: refused before identifying (or updating) the twins
+    (["twin", "cgm", "x.csv", "--bolus-scale", "-1"], "--bolus-scale must be a finite number"),
+    (["twin", "update", "t.zarr", "x.csv", "--basal-scale", "nan"], "--basal-scale must be"),
 ]
 
 

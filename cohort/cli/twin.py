@@ -176,10 +176,11 @@ def update(
     altered therapy, as `cohort twin cgm` does."""
     from cohort.twin import open_twins
 
-    if not data.is_file():
-        fail(f"no such file {data}")
     scales = {"--bolus-scale": bolus_scale, "--basal-scale": basal_scale,
               "--meal-scale": meal_scale}  # fmt: skip
+    _check_scales(scales)
+    if not data.is_file():
+        fail(f"no such file {data}")
     folder = _report(report, overwrite)
     t0 = time.perf_counter()
     with console.status("updating twins"):
@@ -583,6 +584,8 @@ def cgm(
     saved: the same command after a crash computes only the rest."""
     from cohort.twin import CGMTwins, TwinPrior
 
+    _check_scales({"--bolus-scale": bolus_scale, "--basal-scale": basal_scale,
+                   "--meal-scale": meal_scale})  # fmt: skip
     folder = _before_identifying(data, out, report, overwrite)
     t0 = time.perf_counter()
     kept = _checkpoint(out)
@@ -596,6 +599,15 @@ def cgm(
     console.print(_cgm_summary(tw, f"{tw.prior.name}: individual posteriors"))
     console.print(_status_line(tw, time.perf_counter() - t0, path))
     _cgm_replay(tw, folder, overwrite, bolus_scale, basal_scale, meal_scale)
+
+
+def _check_scales(scales: dict) -> None:
+    """Replay scales checked before any work (not after the twins are identified)."""
+    import math
+
+    for flag, v in scales.items():
+        if v is not None and not (math.isfinite(v) and v >= 0):
+            fail(f"{flag} must be a finite number >= 0, got {v}")
 
 
 def _cgm_replay(tw, folder, overwrite: bool, bolus_scale, basal_scale, meal_scale) -> None:

@@ -184,7 +184,11 @@ def _numbers(raw: pd.Series, column: str, rows: np.ndarray, problems: list[Probl
         )
         return values
     for i in bad:
-        problems.append(Problem(int(rows[i]), column, f"value {raw.iloc[i]!r} is not a number"))
+        cell = str(raw.iloc[i]).strip()
+        hint = (
+            " (a decimal comma? write 1.5, not 1,5)" if re.fullmatch(r"[-+]?\d+,\d+", cell) else ""
+        )
+        problems.append(Problem(int(rows[i]), column, f"value {cell!r} is not a number{hint}"))
     return values
 
 
@@ -337,7 +341,7 @@ def validate(raw: pd.DataFrame, model: Model | None = None) -> pd.DataFrame:
             Problem(int(rows[i]), "MDV", "MDV=0 on a non-observation record; set MDV=1")
         )
     obs = (evid == 0) & (mdv == 0)
-    for i in np.flatnonzero(obs & dv_missing):
+    for i in np.flatnonzero(obs & dv_missing & ~dv_text):
         problems.append(
             Problem(int(rows[i]), "DV", "observation record without a DV; give DV or set MDV=1")
         )

@@ -391,7 +391,9 @@ def maximize(
     Without ``init`` (or every typical value's ``Param.init``), the starting typical values
     come from a scan of the pooled objective
     (:mod:`cohort.inference.starts`) and the fit is run from its ``starts`` best distinct
-    candidates (stopping once two reach the same best OFV), the best optimum kept
+    candidates (stopping once two reach the same best OFV), the best optimum kept; with
+    every initial value given the fit starts there (as NONMEM does), and with ``starts`` >= 2
+    once more after a pooled pre-fit from them
     (``starts_agreeing`` says how many reached it); a
     one-compartment oral fit is also run from its flip-flop mirror, whose OFV is reported
     (``flip_check=False`` skips that refit, e.g. in simulation studies that know the mode).
@@ -429,7 +431,7 @@ def maximize(
     # from the pre-fit against -3885 from the estimates), is only the second.
     plan = [(s, pooled_start) for s in start_pops]
     if given and init is None and pooled_start:
-        plan = [(base, False), (base, True)]
+        plan = [(base, False), (base, True)][:starts]
     runs = []
     for s, pre_fit in plan:
         runs.append(_fit_from(bm, s, approx, pre_fit, maxiter, gtol, progress))

@@ -40,7 +40,7 @@ def look_table(reps: xr.Dataset, looks, n_total: int) -> pd.DataFrame:
     """Per comparison and look: the probability of stopping there for efficacy, for harm
     (two-sided crossing the other way) or for futility, the cumulative probability of having
     stopped, patients analysed, and the mean naive estimate among the trials stopping there for
-    efficacy, for futility, and all of them (at the last look: every trial still running).
+    efficacy, for futility, for harm, and all of them (at the last look: every trial still running).
     Naive estimates at an early efficacy stop are biased away from zero (a trial stops early
     when its estimate is large), at a futility stop towards it; the expected sample size is in
     ``attrs['expected_n']``."""
@@ -71,6 +71,7 @@ def look_table(reps: xr.Dataset, looks, n_total: int) -> pd.DataFrame:
                     # futility stop underestimates, and their mean would hide both
                     "mean_estimate_efficacy": _mean(est, at & (r["reject"].values > 0)),
                     "mean_estimate_futility": _mean(est, at & (futile > 0)),
+                    "mean_estimate_harm": _mean(est, at & (r["harm"].values > 0)),
                     "mean_estimate_all": _mean(est, at),
                 }
             )

@@ -312,7 +312,7 @@ def _arms(r: _Reader, arms: Any) -> tuple[Arm, ...]:
             raise r.err(
                 f"arms[{i}].dose", f"missing: the regimens give several amounts "
                 f"({', '.join(f'{x:g}' for x in amounts)}); say which is the arm's dose per "
-                "administration, e.g. dose = " + f"{amounts[-1]:g}"
+                "administration (e.g. the maintenance dose) with dose = ..."
             )  # fmt: skip
         dose = r.num(f"arms[{i}].dose", a.get("dose", amounts[0] if amounts else 0.0), 0)
         if dose > 0 and not regs:
