@@ -13,6 +13,7 @@ import pytest
 
 import cohort
 from cohort.engine.diffrax_path import Adaptive
+from cohort.errors import CohortWarning
 from cohort.models.glucose import combine, insulin_records, meal_records
 from cohort.twin import cgm, cgm_data
 from cohort.twin.cgm import CGMTwins
@@ -322,3 +323,12 @@ def test_uva_padova_validation_numbers(tmp_path):
     assert out["fit_mard_day1"]["median"] < 10.0
     assert out["replay_mard_vs_truth"]["median"] < 13.0
     assert out["replay_metric_coverage_90"]["mean"] >= 0.7
+
+
+def test_insulin_in_other_units_is_said():
+    """Boluses in mU (x1000) or a basal in U/min were fitted without a word."""
+    df = _truth_records(seed=6)
+    with pytest.warns(CohortWarning, match=r"BOLUS = 6000 U is larger than any usual bolus"):
+        cgm_data.read_cgm(df.assign(BOLUS=df["BOLUS"] * 1000))
+    with pytest.warns(CohortWarning, match=r"BASAL is 0.015 U/h .* give U/h \(not U/min"):
+        cgm_data.read_cgm(df.assign(BASAL=df["BASAL"] / 60))

@@ -17,9 +17,12 @@ reading its starting glucose.
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pandas as pd
 
+from cohort.errors import CohortWarning
 from cohort.twin.prior import TwinError, show_id
 
 REQUIRED = ("TIME", "CGM", "BASAL", "BW")
@@ -50,11 +53,44 @@ def read_cgm(table: pd.DataFrame | str) -> pd.DataFrame:
     for c in ("TIME", "CGM", "CHO", "BOLUS", "BASAL", "BW"):
         df[c] = _numeric(df, c)
     _check(df)
+    _implausible_insulin(df)
     df["CHO"] = df["CHO"].fillna(0.0)
     df["BOLUS"] = df["BOLUS"].fillna(0.0)
     df["BASAL"] = df.groupby("ID", sort=False)["BASAL"].ffill()
     df["BW"] = df.groupby("ID", sort=False)["BW"].transform("first")
     return df[["ID", "TIME", "CGM", "CHO", "BOLUS", "BASAL", "BW", "ROW"]]
+
+
+# Outside these an entry is more likely in other units than a real dose: a bolus of 4,600 U
+# (mU) or a basal of 0.02 U/h (U/min) fitted without a word, and the replays differed.
+MAX_BOLUS = 50.0  # U in one entry
+BASAL_RANGE = (0.05, 10.0)  # U/h, a patient's median non-zero basal rate
+
+
+def _implausible_insulin(df: pd.DataFrame) -> None:
+    """Warn (naming the row) about insulin entries that look like other units."""
+    big = np.flatnonzero(df["BOLUS"].to_numpy() > MAX_BOLUS)
+    if big.size:
+        i = int(big[0])
+        warnings.warn(
+            f"{_where(df, i)}: BOLUS = {df['BOLUS'].iloc[i]:g} U is larger than any usual bolus "
+            f"(over {MAX_BOLUS:g} U; {big.size} such row(s)): check the units (U, not mU)",
+            CohortWarning,
+            stacklevel=3,
+        )
+    basal = df["BASAL"].where(df["BASAL"] > 0)
+    median = basal.groupby(df["ID"], sort=False).median()
+    lo, hi = BASAL_RANGE
+    odd = median[(median < lo) | (median > hi)]
+    if len(odd):
+        pid, rate = odd.index[0], float(odd.iloc[0])
+        i = int(np.flatnonzero((df["ID"] == pid).to_numpy())[0])
+        warnings.warn(
+            f"{_where(df, i)}: BASAL is {rate:g} U/h (the patient's median), outside "
+            f"{lo:g}-{hi:g} U/h ({len(odd)} patient(s)): give U/h (not U/min or U/day)",
+            CohortWarning,
+            stacklevel=3,
+        )
 
 
 def _numeric(df: pd.DataFrame, col: str) -> pd.Series:
