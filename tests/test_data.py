@@ -231,3 +231,20 @@ def test_semicolon_separated_files_are_read(tmp_path):
 def test_decimal_commas_are_named():
     with pytest.raises(DataError, match=r"value '3,1' is not a number \(a decimal comma"):
         read_nonmem(frame(DV=[".", "3,1", 2.2, ".", 1.9, 0.7]))
+
+
+def test_comment_lines_and_a_hash_header_are_read_as_nonmem_does(tmp_path):
+    """NONMEM skips '#' lines by default (IGNORE=#); a '#ID,TIME,...' header is a header. A
+    leading comment line was read as the header ("missing column ID")."""
+    plain = tmp_path / "plain.csv"
+    frame().to_csv(plain, index=False)
+    body = plain.read_text().splitlines()
+    (tmp_path / "notes.csv").write_text(
+        "\n".join(["# study XYZ, conc in mg/L", body[0], *body[1:3], "# sample lost", *body[3:]])
+    )
+    (tmp_path / "hashed.csv").write_text("\n".join(["#" + body[0], *body[1:]]))
+    ref = read_nonmem(plain)
+    for name in ("notes.csv", "hashed.csv"):
+        got = read_nonmem(tmp_path / name)
+        np.testing.assert_array_equal(got.observations.dv, ref.observations.dv)
+        assert got.n_subjects == ref.n_subjects

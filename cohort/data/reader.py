@@ -9,6 +9,7 @@ checks (RATE, ADDL, II, SS, dose compartments) are reused rather than duplicated
 from __future__ import annotations
 
 import dataclasses
+import io
 import re
 import warnings
 from pathlib import Path
@@ -102,40 +103,63 @@ def _grouped(problems: list[Problem]) -> list[str]:
 
 def read_columns(path: str | Path) -> list[str]:
     """The column names of a NONMEM-style file, from its header line alone."""
-    return _names(*_header(Path(path)))
+    header, sep, _ = _header(Path(path))
+    return _names(header, sep)
 
 
 def _names(header: str, sep: str) -> list[str]:
     return [h.strip() for h in (header.split(sep) if sep in (",", ";") else header.split())]
 
 
-def _header(path: Path) -> tuple[str, str]:
-    """A table file's header line and its separator (comma; else semicolon, as spreadsheets
-    write CSVs where the comma is the decimal mark; else whitespace)."""
+def _is_comment(line: str) -> bool:
+    return line.lstrip().startswith("#")
+
+
+def _header(path: Path) -> tuple[str, str, int]:
+    """A table file's header line, its separator (comma; else semicolon, as spreadsheets
+    write CSVs where the comma is the decimal mark; else whitespace) and its line index.
+    Lines starting with ``#`` are comments (NONMEM's default ``IGNORE=#``), except a
+    ``#ID TIME ...`` header, read without its ``#``."""
     if not path.exists():
         raise DataError([Problem(None, "file", f"no such file {str(path)!r}")])
     if not path.is_file():
         raise DataError([Problem(None, "file", f"{str(path)!r} is not a file")])
     try:
         with path.open(encoding="utf-8") as fh:
-            header = fh.readline()
+            index, header = 0, fh.readline()
+            while _is_comment(header) and not _hash_header(header):
+                index, header = index + 1, fh.readline()
     except UnicodeDecodeError:
         raise DataError(
             [Problem(None, "file", f"{str(path)!r} is not a text (UTF-8) table; give a CSV")]
         ) from None
     if not header.strip():
         raise DataError([Problem(None, "file", f"{str(path)!r} is empty (no header line)")])
-    return header, next((sep for sep in (",", ";") if sep in header), r"\s+")
+    header = header.lstrip().removeprefix("#") if _is_comment(header) else header
+    return header, next((sep for sep in (",", ";") if sep in header), r"\s+"), index
+
+
+def _hash_header(line: str) -> bool:
+    """``#ID,TIME,...``: a header written as a comment (NONMEM tables, some exports)."""
+    words = {w.strip().upper() for w in re.split(r"[,;\s]+", line.lstrip().removeprefix("#"))}
+    return {"ID", "TIME"} <= words
 
 
 def read_table(path: str | Path) -> pd.DataFrame:
     """Raw cells of a NONMEM-style file as strings (comma-, semicolon- or
     whitespace-separated)."""
     path = Path(path)
-    header, sep = _header(path)
+    header, sep, index = _header(path)
+    source: Any = path
+    with path.open(encoding="utf-8", errors="replace") as fh:
+        text = fh.read()
+    if "#" in text:  # comment lines (and a #-header) left out before parsing
+        lines = text.splitlines(keepends=True)
+        rest = [line for line in lines[index + 1 :] if not _is_comment(line)]
+        source = io.StringIO("".join([header if header.endswith("\n") else header + "\n", *rest]))
     try:
         table = pd.read_csv(
-            path,
+            source,
             sep=sep,
             dtype=str,
             keep_default_na=False,
