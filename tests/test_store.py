@@ -124,7 +124,7 @@ def test_crash_then_resume_equals_clean_run(tmp_path, monkeypatch):
 def test_resume_with_different_inputs_is_refused(tmp_path):
     path = tmp_path / "x.zarr"
     run(path)
-    with pytest.raises(StoreError, match="different inputs"):
+    with pytest.raises(StoreError, match=r"different inputs .* it differs in dosing \(was "):
         run(path, dose=Regimen(150.0, "central", ii=12.0, addl=1), resume=True)
     with pytest.raises(StoreError, match="different inputs"):
         run(path, pop={"CL": POP["CL"] * 1.01, "V": POP["V"]}, resume=True)

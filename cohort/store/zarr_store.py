@@ -98,7 +98,7 @@ class ResultStore:
         stored as the ``ID`` coordinate."""
         path = prepare_output(path, overwrite=overwrite, resume=resume, resumable=True)
         if resume and _exists(path) and resumable_layout(path) is not None:
-            store = cls.reopen(path, attrs["spec_hash"], chunk_size)
+            store = cls.reopen(path, attrs["spec_hash"], chunk_size, attrs)
             if not store.group.attrs.get("parameters_written", True):
                 store._write_parameters({k: v for k, (v, _) in parameters.items()})
             return store
@@ -187,7 +187,12 @@ class ResultStore:
         self.group.attrs["parameters_written"] = True
 
     @classmethod
-    def reopen(cls, path: Path | str, spec_hash: str, chunk_size: int) -> ResultStore:
+    def reopen(
+        cls, path: Path | str, spec_hash: str, chunk_size: int, attrs: dict | None = None
+    ) -> ResultStore:
+        """The store at ``path`` to finish, if it was written for ``spec_hash`` with
+        ``chunk_size``; a refusal names the recorded attributes (``attrs``: the new run's)
+        that differ, e.g. the seed or the controller."""
         try:
             g = _open_group(path, mode="r+")
         except Exception as exc:  # zarr raises several types for a non-store directory
@@ -196,10 +201,15 @@ class ResultStore:
             raise StoreError(f"{str(path)!r} is not a complete cohort result store")
         old = g.attrs.get("spec_hash")
         if old != spec_hash:
+            differ = _differing(dict(g.attrs), _jsonable(attrs or {}))
+            said = (
+                "; it differs in " + ", ".join(differ)
+                if differ
+                else " (a different population, dosing or option)"
+            )
             raise StoreError(
-                f"cannot resume {str(path)!r}: it was written for different inputs "
-                f"(spec hash {old} != {spec_hash}: a different seed, population, dosing, "
-                "model, solver or option); resume with the inputs it was written with, or "
+                f"cannot resume {str(path)!r}: it was written for different inputs (spec hash "
+                f"{old} != {spec_hash}){said}; resume with the inputs it was written with, or "
                 "give a new output path, or replace it with --overwrite (Python: "
                 "overwrite=True)"
             )
@@ -366,6 +376,19 @@ def _layout_complete(path: Path | str) -> bool:
 
 
 ID_ATTRS = {"long_name": "patient ID in the dosing records"}
+# attributes that change between runs of the same inputs (not worth naming in a refusal)
+_VOLATILE = {"created", "spec_hash", "layout_complete", "parameters_written", "cohort_version",
+             "jax_version", "written_by", "title"}  # fmt: skip
+
+
+def _differing(old: dict, new: dict, show: int = 4) -> list[str]:
+    """``name (was X, now Y)`` for recorded run attributes that differ."""
+    out = []
+    for k in sorted(set(old) & set(new) - _VOLATILE):
+        if old[k] != new[k]:
+            a, b = (str(v)[:40] for v in (old[k], new[k]))
+            out.append(f"{k} (was {a}, now {b})")
+    return out[:show]
 
 
 def _jsonable(d: dict) -> dict:
