@@ -327,6 +327,8 @@ def test_simulate_takes_one_patient_per_dosing_id_by_default(tmp_path):
     assert ds.sizes["patient"] == 3
     # the file's IDs are kept, so results join back to its patients (text IDs as text)
     assert "ID" in ds.coords and ds.ID.values.tolist() == [1, 2, 7]
+    info = runner.invoke(app, ["info", str(out)])
+    assert "│ ID " in info.output and "(coordinate)" in flat(info)
     text_ids = tmp_path / "text_ids.csv"
     text_ids.write_text("ID,TIME,AMT,EVID,CMT\nP-01,0,100,1,1\nP-01,12,100,1,1\nQ,0,200,1,1\n")
     res = runner.invoke(

@@ -783,6 +783,10 @@ def info(
         table.add_row(
             name, ",".join(var.dims), var.attrs.get("units", ""), var.attrs.get("long_name", "")
         )
+    for name, var in ds.coords.items():  # e.g. ID: the dosing records' patient IDs
+        if name not in ds.dims:
+            description = var.attrs.get("long_name", "") + " (coordinate)"
+            table.add_row(name, ",".join(var.dims), var.attrs.get("units", ""), description)
     console.print(table)
     for key in (
         "model",
