@@ -336,3 +336,32 @@ def test_an_estimation_method_run_differently_is_said(tmp_path, estimation, said
         assert stream.note == ""
     else:
         assert said in stream.note and "FOCE-I" in stream.note
+
+
+def test_pharmpy_moxonidine_stream_is_read_or_refused_for_the_right_reason(tmp_path):
+    """pharmpy's moxo.mod (ADVAN2 TRANS1 with K = CL/V, IOV on VISI, IPRED = A(2)/V guarded
+    against 0) was refused for TRANS1 alone; with TRANS2 for IOV shown as sympy internals,
+    ETAs "not used" that were, and its $ERROR "without residual error". Now: IOV named as
+    such; without the IOV, the stream reads as NONMEM runs it."""
+    from cohort.inference.nonmem import ControlStreamError, read_control_stream
+
+    pharmpy = pytest.importorskip("pharmpy")
+    examples = Path(pharmpy.__file__).parent / "internals" / "example_models"
+    text = (examples / "moxo.mod").read_text()
+    (tmp_path / "moxo.csv").write_bytes((examples / "moxo.csv").read_bytes())
+    (tmp_path / "moxo.mod").write_text(text)
+    with pytest.raises(ControlStreamError) as err:
+        read_control_stream(tmp_path / "moxo.mod")
+    said = str(err.value)
+    assert "inter-occasion variability (ETAs switched by VISI)" in said
+    assert "not used by a structural parameter" not in said and "$ERROR" not in said
+    no_iov = re.sub(r";-+OCCASIONS.*?;-+ PK model -+", "", text, flags=re.S)
+    no_iov = no_iov.replace("ETA(1)+KPCL", "ETA(1)").replace("ETA(3)+KPKA", "ETA(3)")
+    no_iov = re.sub(r"\$OMEGA  BLOCK\(1\)\n 0\.0234871.*?(?=\$SIGMA)", "", no_iov, flags=re.S)
+    (tmp_path / "moxo.mod").write_text(no_iov)
+    stream = read_control_stream(tmp_path / "moxo.mod")
+    params = {p.name: p for p in stream.spec.params}
+    assert stream.spec.error.kind == "proportional"
+    assert stream.spec.error.prop == pytest.approx(0.0764969**0.5, rel=1e-9)
+    assert params["ALAG"].init == 0.237773 and params["CL"].init == 23.1329
+    assert stream.spec.omega == "CL+V"

@@ -91,6 +91,9 @@ def read_control_stream(path: str | Path) -> ControlStream:
     advan = re.search(r"\bADVAN(\d+)", code, flags=re.I)
     trans = re.search(r"\bTRANS(\d+)", code, flags=re.I)
     key = (int(advan.group(1)) if advan else 0, int(trans.group(1)) if trans else 1)
+    trans1 = key in ((1, 1), (2, 1))  # K = CL/V written out: the same model as TRANS2
+    if trans1:
+        key = (key[0], 2)
     if key not in _MODELS:
         problems.append(
             f"$SUBROUTINES ADVAN{key[0]} TRANS{key[1]} (supported: ADVAN1/ADVAN2 TRANS2, "
@@ -110,9 +113,11 @@ def read_control_stream(path: str | Path) -> ControlStream:
     except Exception as exc:  # noqa: BLE001 - pharmpy raises many types for bad streams
         raise ControlStreamError(f"{path.name}: not a readable control stream: {exc}") from None
     model_name, names, scale = _MODELS[key]
+    if trans1:
+        _check_trans1(model, key[0], problems)
     optional = _DEPOT if model_name.endswith("_oral") else {}
     params, eta_of = _parameters(model, names, scale, problems, optional)
-    omega = _omega(model, eta_of, params, problems)
+    omega = _omega(model, eta_of, params, problems, _etas_of_refused(model, names, optional))
     error = _error(model, problems)
     method, approx, note = _method(model, problems)
     if problems:
@@ -219,7 +224,18 @@ def _lognormal(name, expr, thetas, eta_names, columns, problems):
     for pw in piecewise:
         cov = _binary(pw, thetas, columns)
         if cov is None:
-            problems.append(f"{name}: IF construct {pw} (only IF(COV.LT.x) TV=TV*(1+THETA))")
+            occasion = _occasion_column(pw, columns)
+            in_expr = {str(x) for x in expr.free_symbols} & set(eta_names)
+            if occasion is not None and len(in_expr) > 1:  # e.g. VIS3*ETA(4) + VIS8*ETA(5)
+                problems.append(
+                    f"{name}: inter-occasion variability (ETAs switched by {occasion}) is not "
+                    "supported; remove the IOV ETAs to fit without it"
+                )
+            else:
+                problems.append(
+                    f"{name}: IF construct on {occasion or 'a data item'} (only "
+                    "IF(COV.LT.x) TV=TV*(1+THETA))"
+                )
             return None, None
         covariates.append(cov[0])
         expr = expr.subs(pw, cov[1])
@@ -290,6 +306,18 @@ def _lognormal(name, expr, thetas, eta_names, columns, problems):
     return param, eta
 
 
+def _occasion_column(pw, columns) -> str | None:
+    """The data item a ``Piecewise`` switches on (``IF(VISI.EQ.3)``), or None."""
+    import sympy
+
+    for _, cond in pw.args:
+        if isinstance(cond, sympy.Eq | sympy.Ne | sympy.Rel):
+            names = [str(x) for x in cond.free_symbols if str(x) in columns]
+            if names:
+                return names[0]
+    return None
+
+
 def _binary(pw, thetas, columns):
     """``Piecewise((X*(1+THETA), COV < ref), (X, True))`` -> (binary Covariate, X)."""
     import sympy
@@ -310,14 +338,49 @@ def _binary(pw, thetas, columns):
     return cov, base
 
 
-def _omega(model, eta_of, params, problems) -> dict:
+def _check_trans1(model, advan: int, problems: list[str]) -> None:
+    """ADVAN1/2 TRANS1 reads K: accepted where $PK defines K = CL/V (then CL and V are the
+    parameters, as TRANS2 reads them), else refused with the reason."""
+    import sympy
+
+    defined = {str(s.symbol) for s in model.statements.before_odes}
+    if not {"K", "CL", "V"} <= defined:
+        problems.append(
+            f"$SUBROUTINES ADVAN{advan} TRANS1 without K = CL/V in $PK (supported: TRANS2, or "
+            "TRANS1 with CL, V and K = CL/V)"
+        )
+        return
+    k = sympy.sympify(str(model.statements.before_odes.find_assignment("K").expression))
+    if sympy.simplify(k - sympy.Symbol("CL") / sympy.Symbol("V")) != 0:
+        problems.append(f"ADVAN{advan} TRANS1 with K = {k} (supported: K = CL/V)")
+
+
+def _etas_of_refused(model, names: dict, optional: dict) -> set[str]:
+    """The ETAs in the $PK expressions of the parameters (so that one whose expression was
+    refused, e.g. with an IOV IF block, is not also reported as an unused ETA)."""
+    statements = model.statements.before_odes
+    defined = {str(s.symbol) for s in statements}
+    etas = set(model.random_variables.etas.names)
+    found: set[str] = set()
+    for nm_name in [*names, *optional]:
+        symbol = next((a for a in _ALIASES.get(nm_name, (nm_name,)) if a in defined), None)
+        if symbol is not None:
+            free = statements.full_expression(symbol).free_symbols
+            found |= {str(x) for x in free if str(x) in etas}
+    return found
+
+
+def _omega(model, eta_of, params, problems, seen: set[str] = frozenset()) -> dict:
     """Ω structure string, initial SDs (log scale) per parameter, the parameters whose SD is
-    FIXed, and the initial correlations within each BLOCK (from its covariances)."""
+    FIXed, and the initial correlations within each BLOCK (from its covariances). ETAs in
+    ``seen`` (used by a parameter already refused) are not reported again as unused."""
     values = {p.name: p for p in model.parameters}
     by_eta = {eta: name for name, eta in eta_of.items()}
     sd, blocks, fixed, corr, zero = {}, [], set(), {}, set()
     for dist in model.random_variables.etas:
         names = list(dist.names)
+        if any(n in seen and n not in by_eta for n in names):
+            continue  # its parameter was refused (said there)
         unused = [n for n in names if n not in by_eta]
         if unused:
             problems.append(f"{', '.join(unused)} not used by a structural parameter")
@@ -383,6 +446,7 @@ def _error(model, problems) -> ErrorModel:
     except Exception:  # noqa: BLE001 - no F statement: Y is written with F itself
         pass
     y = y.subs(f_symbol, pred)
+    y = _prediction_written_out(model, y, pred)
     terms = sympy.Add.make_args(sympy.expand(y))
     add, prop, log = None, None, False
     for t in terms:
@@ -415,6 +479,30 @@ def _error(model, problems) -> ErrorModel:
         return ErrorModel("additive", add=add)
     problems.append(f"$ERROR: no residual error in Y = {y}")
     return ErrorModel("additive")
+
+
+def _prediction_written_out(model, y, pred):
+    """``Y`` with the prediction in the forms NONMEM users write it put back as ``pred``:
+    ``IPRED = A(2)/V`` (the central amount over the scale's volume, F by another name) and a
+    zero-guarded ``IF (IPRED.EQ.0) IPRED = tiny`` used as the proportional error's factor."""
+    import sympy
+
+    amounts = [a for a in y.atoms(sympy.Function) if str(a).startswith("A_CENTRAL")]
+    statements = model.statements.before_odes
+    for scale in ("S1", "S2"):
+        assignment = statements.find_assignment(scale)
+        if assignment is not None:
+            volume = _sympy(assignment.expression)
+            for amount in amounts:
+                y = y.subs(amount / volume, pred)
+
+    def guarded(e) -> bool:
+        if not isinstance(e, sympy.Piecewise) or len(e.args) != 2:
+            return False
+        (tiny, cond), (value, other) = e.args
+        return value == pred and other is sympy.true and tiny.is_number and abs(float(tiny)) < 1e-6
+
+    return y.replace(guarded, lambda e: pred)
 
 
 def _method(model, problems) -> tuple[str, str, str]:
