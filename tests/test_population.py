@@ -173,6 +173,23 @@ def test_filters_resample_until_n_accepted(tmp_path):
             "effects[0].covariate",
             "unknown covariate",
         ),
+        # found by a new user's session: each gave a silently wrong population or a crash
+        (
+            ("factors = { M = 1.2 }", "factors = { Male = 1.2 }"),
+            "effects[1].factors",
+            "['Male'] are not categories of 'SEX'",
+        ),  # fmt: skip
+        (("[covariates.EGFR]", "[covariates.V]"), "parameters.V", "is also a covariate"),
+        (
+            ("typical = 30.0", "typical = 30.0\nlower = 5.0\nupper = 1.0"),
+            "parameters.V",
+            "lower (5) must be below upper (1)",
+        ),  # fmt: skip
+        (
+            ("[iiv]", '[[filters]]\nexpression = "CL / V"\n[iiv]'),
+            "filters[0]",
+            "needs lower and/or upper",
+        ),  # fmt: skip
     ],
 )
 def test_malformed_specs_name_file_and_key(tmp_path, edit, key, words):
@@ -183,6 +200,30 @@ def test_malformed_specs_name_file_and_key(tmp_path, edit, key, words):
         load_spec(p)
     msg = str(exc.value)
     assert str(p) in msg and key in msg and words in msg, msg
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        ('units = "L/h"', "[parameters.CL.units] 'mL/min', but pk1_oral's CL is in 'L/h'"),
+        ("typical = 3.0", "[parameters.CL.typical] -3 is outside pk1_oral's range for CL"),
+    ],
+)
+def test_parameters_are_checked_against_the_model(tmp_path, edit, message):
+    """A CL in mL/min was simulated as L/h (60x) and a typical CL of -3 drawn at 100 %
+    acceptance: a spec for a model is checked against its units and ranges."""
+    p = tmp_path / "model.toml"
+    text = SPEC.replace('name = "test"', 'name = "test"\nmodel = "pk1_oral"', 1)
+    assert load_spec(_written(p, text)).model == "pk1_oral"
+    bad = {'units = "L/h"': 'units = "mL/min"', "typical = 3.0": "typical = -3.0"}[edit]
+    with pytest.raises(SpecError) as exc:
+        load_spec(_written(p, text.replace(edit, bad, 1)))
+    assert message in str(exc.value)
+
+
+def _written(path, text):
+    path.write_text(text)
+    return path
 
 
 def test_unsafe_expression_rejected(tmp_path):

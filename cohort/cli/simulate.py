@@ -591,6 +591,9 @@ def generate(
     resume: bool = typer.Option(False, help="finish an interrupted run into --out"),
     overwrite: bool = typer.Option(False, help="replace an existing --out written by cohort"),
     plot: Path = typer.Option(None, help="PNG with covariate/parameter histograms"),
+    max_candidates: int = typer.Option(
+        None, help="candidate draws allowed before giving up [default: 100 x --n, >= 10,000]"
+    ),
 ):
     """Generate a virtual population from a prior spec into a zarr store."""
     from cohort.population import generate as generate_population
@@ -602,8 +605,12 @@ def generate(
         fail(f"--n must be >= 1, got {n}")
     if chunk_size < 1:
         fail(f"--chunk-size must be >= 1, got {chunk_size}")
+    if max_candidates is not None and max_candidates < n:
+        fail(f"--max-candidates must be >= --n ({n:,}), got {max_candidates:,}")
     if not spec.is_file():
-        fail(f"no such spec file {spec}")
+        fail(
+            f"{spec} is a folder, not a spec file" if spec.is_dir() else f"no such spec file {spec}"
+        )
     if plot is not None:
         prepare_output(plot, overwrite=overwrite, flag="--plot")
     t0 = time.perf_counter()
@@ -618,6 +625,7 @@ def generate(
             overwrite=overwrite,
             resume=resume,
             progress=lambda d, t: bar.update(task, completed=d, total=t),
+            max_candidates=max_candidates,
         )
     dt = time.perf_counter() - t0
     table = Table("variable", "units", "p5", "median", "p95", title=ds.attrs["population"])

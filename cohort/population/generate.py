@@ -252,9 +252,10 @@ def generate(
     while written + buffered < n:
         if tried >= max_candidates:
             raise PopulationError(
-                f"{spec.path}: only {written + buffered} of {n} candidates passed the bounds "
-                f"and filters after {tried} draws (acceptance {(written + buffered) / tried:.2%}"
-                "); relax [[filters]] or parameter bounds"
+                f"{spec.path}: only {written + buffered} of the {n} patients asked for passed "
+                f"the bounds and filters in {tried:,} candidate draws (acceptance "
+                f"{(written + buffered) / tried:.2%}); relax [[filters]] or parameter bounds, "
+                "or allow more draws (--max-candidates; Python: max_candidates=...)"
             )
         count = min(chunk_size, max_candidates - tried)
         values, ok = draw_candidates(spec, seed, tried, count)

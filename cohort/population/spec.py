@@ -286,6 +286,16 @@ def _effect(path, key, e, covariates) -> Effect:
             str(k): _num(path, f"{key}.factors.{k}", v, positive=True)
             for k, v in e["factors"].items()
         }
+        cov = covariates[args["covariate"]]
+        labels = [str(c) for c in cov.args.get("categories", ())]
+        if cov.distribution != "categorical":
+            raise _err(path, f"{key}.covariate", f"{cov.name!r} is not a categorical covariate")
+        unknown = [k for k in args["factors"] if k not in labels]
+        if unknown:  # a label matching no category was a factor of 1, silently
+            raise _err(
+                path, f"{key}.factors", f"{unknown} are not categories of {cov.name!r} "
+                f"({labels}); give a factor per category label"
+            )  # fmt: skip
     if kind == "expression":
         try:
             unknown = names_in(e["expression"]) - set(covariates)
@@ -294,6 +304,34 @@ def _effect(path, key, e, covariates) -> Effect:
         if unknown:
             raise _err(path, f"{key}.expression", f"unknown covariate(s) {sorted(unknown)}")
     return Effect(kind, args)
+
+
+def _check_against_model(path, params, model) -> None:
+    """Each parameter in the model's units, its typical value inside the model's bounds: a
+    CL in mL/min was simulated as L/h (60x), a typical CL of -5 drawn at 100 % acceptance."""
+    bounds = {q.name: q for q in model.parameters}
+    for p in params:
+        q = bounds[p.name]
+        if _unit(p.units) != _unit(q.units):
+            raise _err(
+                path, f"parameters.{p.name}.units", f"{p.units!r}, but {model.name}'s "
+                f"{p.name} is in {q.units!r}: convert the typical value (and bounds) to "
+                f"{q.units}"
+            )  # fmt: skip
+        # (a positive parameter's typical value may sit below the model's solve bound, e.g.
+        # CL 1e-9 to switch elimination off in a test prior: only its sign is checked)
+        positive = q.lower > 0 and not p.typical > 0
+        if positive or p.typical > q.upper or p.typical < min(q.lower, 0.0):
+            raise _err(
+                path, f"parameters.{p.name}.typical", f"{p.typical:g} is outside "
+                f"{model.name}'s range for {p.name} [{q.lower:g}, {q.upper:g}] {q.units}"
+            )  # fmt: skip
+
+
+def _unit(units: str) -> str:
+    """Units compared as written, up to spaces and the usual spellings of 'per hour'."""
+    u = str(units).replace(" ", "").replace("h-1", "/h").replace("1/hr", "1/h")
+    return {"": "1", "-": "1", "none": "1"}.get(u, u)
 
 
 def _matrix(path, key, m, size, what) -> np.ndarray:
@@ -394,11 +432,15 @@ def _parse_spec(raw: dict, path: str, digest: str | None) -> PopulationSpec:
         if not t.get("citation"):
             raise _err(path, f"{key}.citation", "every number needs a citation")
         effects = tuple(
-            _effect(path, f"{key}.effects[{i}]", e, cov_names)
+            _effect(path, f"{key}.effects[{i}]", e, {c.name: c for c in covariates})
             for i, e in enumerate(t.get("effects", []))
         )
         lo = _num(path, f"{key}.lower", t["lower"]) if "lower" in t else -np.inf
         hi = _num(path, f"{key}.upper", t["upper"]) if "upper" in t else np.inf
+        if not lo < hi:
+            raise _err(path, key, f"lower ({lo:g}) must be below upper ({hi:g})")
+        if name in cov_names:
+            raise _err(path, key, f"{name!r} is also a covariate; give them different names")
         params.append(
             ParameterSpec(
                 name,
@@ -422,6 +464,7 @@ def _parse_spec(raw: dict, path: str, digest: str | None) -> PopulationSpec:
                 f"{lacking} are not parameters of model {model!r} "
                 f"({', '.join(get(model).parameter_names)})",
             )
+        _check_against_model(path, params, get(model))
     iiv = raw.get("iiv", {})
     _check_keys(path, "iiv", iiv, {"parameters", "omega", "sd", "citation"})
     eta = tuple(iiv.get("parameters", ()))
@@ -459,6 +502,10 @@ def _parse_spec(raw: dict, path: str, digest: str | None) -> PopulationSpec:
             raise _err(path, f"{key}.expression", f"unknown name(s) {sorted(unknown)}")
         lo = _num(path, f"{key}.lower", f["lower"]) if "lower" in f else -np.inf
         hi = _num(path, f"{key}.upper", f["upper"]) if "upper" in f else np.inf
+        if "lower" not in f and "upper" not in f:
+            raise _err(path, key, "a filter needs lower and/or upper (it would filter nothing)")
+        if not lo < hi:
+            raise _err(path, key, f"lower ({lo:g}) must be below upper ({hi:g})")
         filters.append(Filter(str(f.get("name", f["expression"])), f["expression"], lo, hi))
     targets = []
     for i, t in enumerate(raw.get("targets", [])):
