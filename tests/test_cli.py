@@ -1,9 +1,11 @@
 """CLI: demo writes a store + figure + table; bad arguments give clear errors, not tracebacks."""
 
+import re
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pytest
 from typer.testing import CliRunner
 
 import cohort
@@ -285,6 +287,23 @@ def test_population_covariates_and_provenance_are_kept(tmp_path):
     # in memory, the same
     mem = cohort.simulate("pk1_oral", popn, cohort.Regimen(100.0, "depot"), [0.0, 1.0])
     np.testing.assert_array_equal(mem.WT.values, popn.WT.values)
+
+
+def test_generate_warns_of_parameters_outside_the_models_range(tmp_path):
+    """A log-normal spread on a fraction put F > 1 for half the patients without a word;
+    `cohort simulate` then marked them invalid."""
+    spec = Path(__file__).resolve().parents[1] / "priors" / "adult_pk_oral.toml"
+    text = spec.read_text().replace('parameters = ["KA", "CL"]', 'parameters = ["KA", "CL", "F"]')
+    text = text.replace("sd = [0.6436, 0.1669]", "sd = [0.6436, 0.1669, 0.5]")
+    wide = tmp_path / "wide_f.toml"
+    wide.write_text(text)
+    res = runner.invoke(app, ["generate", str(wide), "--n", "400", "-o", str(tmp_path / "p")])
+    assert res.exit_code == 0, res.output
+    said = re.search(r"F is outside pk1_oral's range \[0, 1\] for ([\d.]+)% of the patients",
+                     flat(res))  # fmt: skip
+    f = cohort.population.open_population(tmp_path / "p").F.values
+    assert said and float(said.group(1)) == pytest.approx(100 * np.mean(f > 1), abs=0.05)
+    assert 40 < float(said.group(1)) < 60  # half of a log-normal around 1
 
 
 def test_simulate_says_why_patients_failed(tmp_path):

@@ -139,6 +139,10 @@ CASES = [
     (["glucose", "--period", "1440"], "CGMs read every 1-15 min), got 1440"),
     (["glucose", "--period", "7"], "that divides a day"),
     (["glucose", "--patients", "elderly"], "--patients must be one of"),
+    (
+        ["generate", str(ROOT / "priors" / "adult_pk_oral.toml"), "--plot", "fig"],
+        "--plot fig: give a .png path",
+    ),  # fmt: skip
     # twin replay scales: refused before identifying (or updating) the twins
     (["twin", "cgm", "x.csv", "--bolus-scale", "-1"], "--bolus-scale must be a finite number"),
     (["twin", "update", "t.zarr", "x.csv", "--basal-scale", "nan"], "--basal-scale must be"),

@@ -306,6 +306,30 @@ def _read_population(path: Path, model_name: str | None):
     return model, pop if ids is None else (pop, ids)
 
 
+def _outside_model_ranges(ds) -> list[str]:
+    """Parameters a generated population puts outside its model's range (a log-normal
+    spread on a fraction: F > 1 for about half the patients), which `cohort simulate` would
+    mark invalid_parameters: one line each, with the spec key that bounds them."""
+    from cohort.models import get as get_model
+
+    name = ds.attrs.get("model")
+    if not name:
+        return []
+    lines = []
+    for q in get_model(name).parameters:
+        if q.name not in ds:
+            continue
+        v = np.asarray(ds[q.name].values, float)
+        out = (v < q.lower) | (v > q.upper)
+        if out.any():
+            lines.append(
+                f"{q.name} is outside {name}'s range [{q.lower:g}, {q.upper:g}] for "
+                f"{out.mean():.1%} of the patients; `cohort simulate` will mark them "
+                f"invalid_parameters: bound it in the spec ([parameters.{q.name}] lower/upper)"
+            )
+    return lines
+
+
 def _parameters_of_other_models(columns, model) -> dict[str, str]:
     """The columns that name a parameter of a related model, one sharing parameters with
     ``model`` (a population written for it: pk1's V in a pk2 file would otherwise ride along
@@ -612,6 +636,8 @@ def generate(
             f"{spec} is a folder, not a spec file" if spec.is_dir() else f"no such spec file {spec}"
         )
     if plot is not None:
+        if plot.suffix.lower() != ".png":
+            fail(f"--plot {plot}: give a .png path (the figure is a PNG)")
         prepare_output(plot, overwrite=overwrite, flag="--plot")
     t0 = time.perf_counter()
     with progress() as bar:
@@ -641,6 +667,8 @@ def generate(
         f"{n:,} patients in {dt:.2f} s, acceptance rate "
         f"{ds.attrs['acceptance_rate']:.1%} -> [bold]{escape(str(out))}[/]"
     )
+    for line in _outside_model_ranges(ds):
+        err_console.print(f"[bold yellow]warning:[/] {escape(line)}")
     if plot is not None:
         from cohort.plots import histograms
 
