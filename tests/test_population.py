@@ -112,11 +112,19 @@ def test_parameter_model_effects_and_omega(big):
     assert abs(eta_cl.mean()) < 3 * 0.3 / np.sqrt(1e5)
 
 
-def test_bit_identical_across_chunk_sizes(spec_path):
+def test_bit_identical_across_chunk_sizes(spec_path, tmp_path):
     a = generate(spec_path, 5_000, seed=11, chunk_size=5_000)
     b = generate(spec_path, 5_000, seed=11, chunk_size=333)
     for k in a.data_vars:
         assert np.array_equal(a[k].values, b[k].values), k
+    # the acceptance rate too (it counted the last chunk's draws after the n-th patient)
+    filtered = tmp_path / "filtered.toml"
+    filtered.write_text(SPEC + '[[filters]]\nexpression = "CL / V"\nupper = 0.1\n')
+    rates = {
+        cs: generate(filtered, 2_000, seed=11, chunk_size=cs).attrs["acceptance_rate"]
+        for cs in (2_000, 777)
+    }
+    assert rates[2_000] == rates[777] and 0.05 < rates[777] < 0.95
     c = generate(spec_path, 5_000, seed=12)
     assert not np.array_equal(a.CL.values, c.CL.values)
 

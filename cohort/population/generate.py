@@ -247,7 +247,7 @@ def generate(
         )
         arrays = {name: group[name] for name in names}
     buffers: dict[str, list[np.ndarray]] = {k: [] for k in names}
-    buffered = written = tried = seen_ok = 0
+    buffered = written = tried = used = 0
     kept: dict[str, list[np.ndarray]] = {k: [] for k in names}
     while written + buffered < n:
         if tried >= max_candidates:
@@ -259,9 +259,12 @@ def generate(
             )
         count = min(chunk_size, max_candidates - tried)
         values, ok = draw_candidates(spec, seed, tried, count)
-        tried += count
-        seen_ok += int(ok.sum())
         take = np.flatnonzero(ok)[: n - written - buffered]
+        if take.size and written + buffered + take.size == n:
+            # candidates up to the n-th accepted one: the same whatever the chunk size
+            # (the draws of the last chunk after it do not count)
+            used = tried + int(take[-1]) + 1
+        tried += count
         for k in names:
             buffers[k].append(values[k][take])
         buffered += len(take)
@@ -286,8 +289,8 @@ def generate(
         "spec_path": spec.path,
         "spec_hash": spec.digest,
         "seed": int(seed),
-        "n_candidates": int(tried),
-        "acceptance_rate": seen_ok / tried,
+        "n_candidates": int(used),
+        "acceptance_rate": n / used,
         "model": spec.model or "",
     }
     if group is not None:
