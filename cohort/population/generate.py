@@ -128,9 +128,10 @@ def _parameters(spec: PopulationSpec, cov: dict[str, np.ndarray], u_eta: np.ndar
         else np.zeros((n, 0))
     )
     out = typical_values(spec, cov, n)
-    for p in spec.parameters:
-        if p.name in spec.eta_names:
-            out[p.name] = out[p.name] * np.exp(eta[:, spec.eta_names.index(p.name)])
+    with np.errstate(over="ignore"):  # an overflowing draw is inf, rejected as not finite
+        for p in spec.parameters:
+            if p.name in spec.eta_names:
+                out[p.name] = out[p.name] * np.exp(eta[:, spec.eta_names.index(p.name)])
     return out, eta
 
 
