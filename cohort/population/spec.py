@@ -224,11 +224,7 @@ def _covariate(path, name, t) -> Covariate:
         args["median"] = _num(path, f"{key}.median", t["median"], positive=True)
         args["cv"] = _num(path, f"{key}.cv", t["cv"], positive=True)
     if dist in ("truncnormal", "uniform") or "lower" in t or "upper" in t:
-        lo = _num(path, f"{key}.lower", t.get("lower", -np.inf)) if "lower" in t else -np.inf
-        hi = _num(path, f"{key}.upper", t.get("upper", np.inf)) if "upper" in t else np.inf
-        if not lo < hi:
-            raise _err(path, key, f"lower ({lo:g}) must be below upper ({hi:g})")
-        args["lower"], args["upper"] = lo, hi
+        args["lower"], args["upper"] = _bounds(path, key, t)
     if dist == "beta":
         args["alpha"] = _num(path, f"{key}.alpha", t["alpha"], positive=True)
         args["beta"] = _num(path, f"{key}.beta", t["beta"], positive=True)
@@ -304,6 +300,16 @@ def _effect(path, key, e, covariates) -> Effect:
         if unknown:
             raise _err(path, f"{key}.expression", f"unknown covariate(s) {sorted(unknown)}")
     return Effect(kind, args)
+
+
+def _bounds(path, key, t: dict) -> tuple[float, float]:
+    """``(lower, upper)`` of a covariate, parameter or filter table (infinite where not
+    given), refused unless lower < upper."""
+    lo = _num(path, f"{key}.lower", t["lower"]) if "lower" in t else -np.inf
+    hi = _num(path, f"{key}.upper", t["upper"]) if "upper" in t else np.inf
+    if not lo < hi:
+        raise _err(path, key, f"lower ({lo:g}) must be below upper ({hi:g})")
+    return lo, hi
 
 
 def _check_against_model(path, params, model) -> None:
@@ -435,10 +441,7 @@ def _parse_spec(raw: dict, path: str, digest: str | None) -> PopulationSpec:
             _effect(path, f"{key}.effects[{i}]", e, {c.name: c for c in covariates})
             for i, e in enumerate(t.get("effects", []))
         )
-        lo = _num(path, f"{key}.lower", t["lower"]) if "lower" in t else -np.inf
-        hi = _num(path, f"{key}.upper", t["upper"]) if "upper" in t else np.inf
-        if not lo < hi:
-            raise _err(path, key, f"lower ({lo:g}) must be below upper ({hi:g})")
+        lo, hi = _bounds(path, key, t)
         if name in cov_names:
             raise _err(path, key, f"{name!r} is also a covariate; give them different names")
         params.append(
@@ -500,12 +503,9 @@ def _parse_spec(raw: dict, path: str, digest: str | None) -> PopulationSpec:
             raise _err(path, f"{key}.expression", str(exc)) from None
         if unknown:
             raise _err(path, f"{key}.expression", f"unknown name(s) {sorted(unknown)}")
-        lo = _num(path, f"{key}.lower", f["lower"]) if "lower" in f else -np.inf
-        hi = _num(path, f"{key}.upper", f["upper"]) if "upper" in f else np.inf
         if "lower" not in f and "upper" not in f:
             raise _err(path, key, "a filter needs lower and/or upper (it would filter nothing)")
-        if not lo < hi:
-            raise _err(path, key, f"lower ({lo:g}) must be below upper ({hi:g})")
+        lo, hi = _bounds(path, key, f)
         filters.append(Filter(str(f.get("name", f["expression"])), f["expression"], lo, hi))
     targets = []
     for i, t in enumerate(raw.get("targets", [])):
