@@ -161,14 +161,21 @@ def metric_arrays(g, w, xp=np, skip_missing: bool = False) -> dict:
     }
 
 
+_ZONE_NAME = "CVGA zone (Magni et al. 2008)"
+
+
+def _zone_labels(code) -> np.ndarray:
+    """CVGA zone names of :func:`metric_arrays`' ``cvga_code`` ("" for -1: no metrics)."""
+    return np.asarray(("", *CVGA_ZONES))[np.asarray(code) + 1]
+
+
 def metrics_dataset(arrays: dict, template: xr.DataArray) -> xr.Dataset:
     """:func:`metric_arrays` (numpy) as the per-patient ``xr.Dataset`` of
     :func:`glycemic_metrics`, shaped like ``template``."""
     ds = xr.Dataset(
         {k: _wrap(template, np.asarray(arrays[k]), *_DESCRIPTIONS[k]) for k in _DESCRIPTIONS}
     )
-    zone = np.asarray(("", *CVGA_ZONES))[np.asarray(arrays["cvga_code"]) + 1]
-    ds["cvga_zone"] = _wrap(template, zone, "1", "CVGA zone (Magni et al. 2008)")
+    ds["cvga_zone"] = _wrap(template, _zone_labels(arrays["cvga_code"]), "1", _ZONE_NAME)
     ds.attrs["weighting"] = "trapezoid time weights on the sampling grid"
     return ds
 
@@ -182,29 +189,16 @@ def glycemic_metrics(glucose: xr.DataArray, dim: str = "time") -> xr.Dataset:
     return metrics_dataset(metric_arrays(g, w, skip_missing=True), template)
 
 
-def _cvga_of(g_min: np.ndarray, g_max: np.ndarray, missing: np.ndarray):
-    g_min = np.where(missing, np.nan, g_min)
-    g_max = np.where(missing, np.nan, g_max)
-    col = np.where(g_min >= 90, 0, np.where(g_min >= 70, 1, 2))
-    row = np.where(g_max <= 180, 0, np.where(g_max <= 300, 1, 2))
-    grid = np.asarray(_CVGA_GRID, dtype=object)
-    zone = np.where(missing, "", grid[row, col]).astype(str)
-    return zone, g_min, g_max
-
-
 def cvga(glucose: xr.DataArray, dim: str = "time") -> xr.Dataset:
-    """CVGA coordinates (min/max clipped to the plot ranges) and zone per patient."""
-    g, _, template = _values(glucose, dim)
-    finite = np.isfinite(g)
-    missing = ~np.any(finite, axis=-1)  # gaps left out, as glycemic_metrics does
-    g_min = np.where(finite, g, np.inf).min(axis=-1)
-    g_max = np.where(finite, g, -np.inf).max(axis=-1)
-    zone, g_min, g_max = _cvga_of(g_min, g_max, missing)
+    """CVGA coordinates (min/max clipped to the plot ranges) and zone per patient, by the
+    rules of :func:`glycemic_metrics` (gaps left out)."""
+    g, w, template = _values(glucose, dim)
+    m = metric_arrays(g, w, skip_missing=True)
     return xr.Dataset(
         {
-            "x": _wrap(template, np.clip(g_min, 50, 110), "mg/dL", "CVGA x: minimum glucose"),
-            "y": _wrap(template, np.clip(g_max, 110, 400), "mg/dL", "CVGA y: maximum glucose"),
-            "zone": _wrap(template, zone, "1", "CVGA zone (Magni et al. 2008)"),
+            "x": _wrap(template, np.clip(m["g_min"], 50, 110), "mg/dL", "CVGA x: minimum glucose"),
+            "y": _wrap(template, np.clip(m["g_max"], 110, 400), "mg/dL", "CVGA y: maximum glucose"),
+            "zone": _wrap(template, _zone_labels(m["cvga_code"]), "1", _ZONE_NAME),
         }
     )
 
