@@ -116,8 +116,8 @@ def read_control_stream(path: str | Path) -> ControlStream:
     if trans1:
         _check_trans1(model, key[0], problems)
     optional = _DEPOT if model_name.endswith("_oral") else {}
-    params, eta_of = _parameters(model, names, scale, problems, optional)
-    omega = _omega(model, eta_of, params, problems, _etas_of_refused(model, names, optional))
+    params, eta_of, seen = _parameters(model, names, scale, problems, optional)
+    omega = _omega(model, eta_of, params, problems, seen)
     error = _error(model, problems)
     method, approx, note = _method(model, problems)
     if problems:
@@ -161,7 +161,8 @@ def _sympy(expr):
 
 def _parameters(model, names: dict, scale: str, problems: list[str], optional: dict):
     """One :class:`Param` per structural parameter (and per ``optional`` one $PK defines: a
-    number is held fixed), and the ETA name each uses."""
+    number is held fixed), the ETA name each uses, and every ETA their expressions hold (so
+    that the ETAs of a parameter refused here are not also reported as unused)."""
     import sympy
 
     statements = model.statements.before_odes
@@ -169,35 +170,26 @@ def _parameters(model, names: dict, scale: str, problems: list[str], optional: d
     thetas = {p.name: p for p in model.parameters}
     eta_names = set(model.random_variables.etas.names)
     columns = set(model.dataset.columns) if model.dataset is not None else set()
-    params, eta_of = [], {}
+    params, eta_of, seen = [], {}, set()
     central = next(k for k, v in names.items() if v in ("V", "V1"))
-    for nm_name, name in names.items():
+    for nm_name, name in [*names.items(), *optional.items()]:
         symbol = next((a for a in _ALIASES.get(nm_name, (nm_name,)) if a in defined), None)
         if symbol is None:
-            problems.append(f"$PK does not define {nm_name}")
+            if nm_name in names:  # optional ones may be left out
+                problems.append(f"$PK does not define {nm_name}")
             continue
         expr = _sympy(statements.full_expression(symbol))
+        seen |= {str(x) for x in expr.free_symbols} & eta_names
+        if nm_name in optional and expr.is_number:
+            # a number is held; ALAG1 = 0 is the model's own default (no lag)
+            params.append(Param(name, init=max(float(expr), 1e-12), iiv=False, fixed=True))
+            continue
         param, eta = _lognormal(name, expr, thetas, eta_names, columns, problems)
         if param is not None:
             params.append(param)
         if eta is not None:
             if eta in eta_of.values():
                 problems.append(f"{eta} is used by more than one parameter")
-            eta_of[name] = eta
-    for nm_name, name in optional.items():
-        if nm_name not in defined:
-            continue
-        expr = _sympy(statements.full_expression(nm_name))
-        if expr.is_number:
-            if float(expr) > 0:
-                params.append(Param(name, init=float(expr), iiv=False, fixed=True))
-            else:  # e.g. ALAG1 = 0: the model's own default (no lag) is the same
-                params.append(Param(name, init=1e-12, iiv=False, fixed=True))
-            continue
-        param, eta = _lognormal(name, expr, thetas, eta_names, columns, problems)
-        if param is not None:
-            params.append(param)
-        if eta is not None:
             eta_of[name] = eta
     used = set(optional) | {scale}
     for symbol in sorted(defined):
@@ -211,7 +203,7 @@ def _parameters(model, names: dict, scale: str, problems: list[str], optional: d
             problems.append(f"{scale} must be the central volume (got {scale} = {s})")
     else:
         problems.append(f"$PK does not define the scale {scale} (e.g. {scale} = V)")
-    return params, eta_of
+    return params, eta_of, seen
 
 
 def _lognormal(name, expr, thetas, eta_names, columns, problems):
@@ -353,21 +345,6 @@ def _check_trans1(model, advan: int, problems: list[str]) -> None:
     k = sympy.sympify(str(model.statements.before_odes.find_assignment("K").expression))
     if sympy.simplify(k - sympy.Symbol("CL") / sympy.Symbol("V")) != 0:
         problems.append(f"ADVAN{advan} TRANS1 with K = {k} (supported: K = CL/V)")
-
-
-def _etas_of_refused(model, names: dict, optional: dict) -> set[str]:
-    """The ETAs in the $PK expressions of the parameters (so that one whose expression was
-    refused, e.g. with an IOV IF block, is not also reported as an unused ETA)."""
-    statements = model.statements.before_odes
-    defined = {str(s.symbol) for s in statements}
-    etas = set(model.random_variables.etas.names)
-    found: set[str] = set()
-    for nm_name in [*names, *optional]:
-        symbol = next((a for a in _ALIASES.get(nm_name, (nm_name,)) if a in defined), None)
-        if symbol is not None:
-            free = statements.full_expression(symbol).free_symbols
-            found |= {str(x) for x in free if str(x) in etas}
-    return found
 
 
 def _omega(model, eta_of, params, problems, seen: set[str] = frozenset()) -> dict:
