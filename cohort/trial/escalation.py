@@ -27,6 +27,7 @@ from scipy import optimize, stats
 from cohort.population.expr import evaluate
 from cohort.trial import design
 from cohort.trial.spec import TrialSpec, load
+from cohort.trial.stats import wilson
 
 
 def toxicity_matrix(spec: TrialSpec, seed: int) -> np.ndarray:
@@ -192,25 +193,21 @@ def escalate(
         chosen[mtd] += 1  # index -1 = none selected
         n_tot += n
         dlt_tot += dlt
-    from statsmodels.stats.proportion import proportion_confint
-
     # The true DLT probabilities are estimated from the pool (a finite sample of virtual
     # patients): their 95 % Wilson interval says how far the operating characteristics can be
     # trusted, like power's Monte Carlo interval.
-    k_dlt = tox.sum(axis=1)
-    dlt_low, dlt_high = proportion_confint(k_dlt, tox.shape[1], alpha=0.05, method="wilson")
-    sel_low, sel_high = proportion_confint(chosen[:levels], reps, alpha=0.05, method="wilson")
+    p_dlt, dlt_low, dlt_high = wilson(tox.sum(axis=1), tox.shape[1])
+    p_select, sel_low, sel_high = wilson(chosen[:levels], reps)
     table = pd.DataFrame(
         {
             "arm": list(spec.arm_names),
             "dose": [a.dose for a in spec.arms],
-            "p_dlt": k_dlt / tox.shape[1],
-            # statsmodels' bounds at 0 of n can be 4e-19 above 0: clipped to the estimate
-            "p_dlt_low": np.minimum(dlt_low, k_dlt / tox.shape[1]),
-            "p_dlt_high": np.maximum(dlt_high, k_dlt / tox.shape[1]),
-            "p_select": chosen[:levels] / reps,
-            "p_select_low": np.minimum(sel_low, chosen[:levels] / reps),
-            "p_select_high": np.maximum(sel_high, chosen[:levels] / reps),
+            "p_dlt": p_dlt,
+            "p_dlt_low": dlt_low,
+            "p_dlt_high": dlt_high,
+            "p_select": p_select,
+            "p_select_low": sel_low,
+            "p_select_high": sel_high,
             "mean_patients": n_tot / reps,
             "mean_dlts": dlt_tot / reps,
         }

@@ -160,20 +160,30 @@ METHODS = {
 }
 
 
+def wilson(k, n, conf: float = 0.95) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Proportion ``k / n`` with its Wilson interval (statsmodels ``proportion_confint``),
+    elementwise; the bounds are clipped to the estimate (statsmodels' at 0 of n can be 4e-19
+    above 0)."""
+    from statsmodels.stats.proportion import proportion_confint
+
+    k, n = np.asarray(k, float), np.asarray(n, float)
+    p = k / n
+    lo, hi = proportion_confint(k, n, alpha=1 - conf, method="wilson")
+    return p, np.minimum(lo, p), np.maximum(hi, p)
+
+
 def power_summary(reject: np.ndarray, conf: float = 0.95) -> dict[str, float]:
     """Fraction of all replicates that reject H0 and its Wilson Monte Carlo CI (statsmodels
     ``proportion_confint``). A replicate that could not be analysed (NaN: e.g. an arm with
     fewer than two patients) counts as a trial that did not reject — leaving it out would
     report the power of the lucky trials only (measured: 0.99 instead of 0.245 when three
     quarters of the trials could not be analysed); ``not_analysable`` says how many."""
-    from statsmodels.stats.proportion import proportion_confint
-
     reject = np.asarray(reject, float)
     n = int(reject.size)
     k = int(np.sum(np.nan_to_num(reject) > 0))
-    lo, hi = proportion_confint(k, n, alpha=1 - conf, method="wilson") if n else (np.nan, np.nan)
+    power, lo, hi = wilson(k, n, conf) if n else (np.nan, np.nan, np.nan)
     return {
-        "power": k / n if n else np.nan,
+        "power": float(power),
         "mc_low": float(lo),
         "mc_high": float(hi),
         "replicates": n,
