@@ -310,6 +310,7 @@ def _outside_model_ranges(ds) -> list[str]:
     """Parameters a generated population puts outside its model's range (a log-normal
     spread on a fraction: F > 1 for about half the patients), which `cohort simulate` would
     mark invalid_parameters: one line each, with the spec key that bounds them."""
+    from cohort.engine.inputs import outside_bounds
     from cohort.models import get as get_model
 
     name = ds.attrs.get("model")
@@ -319,8 +320,7 @@ def _outside_model_ranges(ds) -> list[str]:
     for q in get_model(name).parameters:
         if q.name not in ds:
             continue
-        v = np.asarray(ds[q.name].values, float)
-        out = (v < q.lower) | (v > q.upper)
+        out = outside_bounds(q, ds[q.name].values)  # the rule simulate marks patients by
         if out.any():
             lines.append(
                 f"{q.name} is outside {name}'s range [{q.lower:g}, {q.upper:g}] for "

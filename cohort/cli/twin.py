@@ -23,6 +23,10 @@ app = typer.Typer(
 _PRIOR_HELP = "population prior: a priors spec with an [error] section (.toml) or a saved fit"
 
 
+# The altered therapy CGM twins replay by default (`twin cgm`, and `twin update` of CGM twins)
+REPLAY = {"bolus_scale": 0.8, "basal_scale": 1.2, "meal_scale": 1.0}
+
+
 def _report(path: Path | None, overwrite: bool) -> Path | None:
     """``--report`` checked before any work; the folder is made by the first :func:`_file`,
     so a command that fails leaves nothing behind."""
@@ -167,9 +171,15 @@ def update(
     scheduler: str = typer.Option(
         None, help="Dask scheduler address: update blocks of twins as tasks"
     ),
-    bolus_scale: float = typer.Option(None, help="CGM twins' replay: boluses times this [0.8]"),
-    basal_scale: float = typer.Option(None, help="CGM twins' replay: basal times this [1.2]"),
-    meal_scale: float = typer.Option(None, help="CGM twins' replay: meals times this [1]"),
+    bolus_scale: float = typer.Option(
+        None, help=f"CGM twins' replay: boluses times this [{REPLAY['bolus_scale']:g}]"
+    ),
+    basal_scale: float = typer.Option(
+        None, help=f"CGM twins' replay: basal times this [{REPLAY['basal_scale']:g}]"
+    ),
+    meal_scale: float = typer.Option(
+        None, help=f"CGM twins' replay: meals times this [{REPLAY['meal_scale']:g}]"
+    ),
 ):
     """Add new records to the twins and update their posteriors (appended to the store; the
     earlier state stays readable). CGM twins then replay all their days so far under the
@@ -197,9 +207,9 @@ def update(
         console.print(_cgm_summary(tw, f"{tw.prior.name}: updated posteriors"))
         console.print(_status_line(tw, time.perf_counter() - t0, path))
         console.print(f"update {len(tw.history) - 1} stored")
-        scale = {"bolus_scale": 0.8, "basal_scale": 1.2, "meal_scale": 1.0}
-        scale.update({k: v for k, v in zip(scale, scales.values()) if v is not None})
-        _cgm_replay(tw, folder, overwrite, **scale)
+        given = {"bolus_scale": bolus_scale, "basal_scale": basal_scale, "meal_scale": meal_scale}
+        _cgm_replay(tw, folder, overwrite, **{k: REPLAY[k] if v is None else v
+                                             for k, v in given.items()})  # fmt: skip
         return
     console.print(_summary(tw, f"{tw.prior.name}: updated MAP estimates"))
     console.print(_status_line(tw, time.perf_counter() - t0, path))
@@ -569,9 +579,9 @@ def cgm(
     warmup: int = typer.Option(500, help="NUTS warmup iterations (from the Laplace fit)"),
     draws: int = typer.Option(500, help="NUTS draws per chain"),
     seed: int = typer.Option(0, help="random seed"),
-    bolus_scale: float = typer.Option(0.8, help="replay: boluses times this"),
-    basal_scale: float = typer.Option(1.2, help="replay: basal rate times this"),
-    meal_scale: float = typer.Option(1.0, help="replay: meals times this"),
+    bolus_scale: float = typer.Option(REPLAY["bolus_scale"], help="replay: boluses times this"),
+    basal_scale: float = typer.Option(REPLAY["basal_scale"], help="replay: basal rate times this"),
+    meal_scale: float = typer.Option(REPLAY["meal_scale"], help="replay: meals times this"),
     report: Path = typer.Option(None, help="directory for tables and figures"),
     overwrite: bool = typer.Option(False, help="replace an existing --out/--report by cohort"),
     scheduler: str = typer.Option(
