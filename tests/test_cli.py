@@ -332,6 +332,17 @@ def test_messages_are_printed_as_written():
         assert cap.get().strip() == "use auc:OUTPUT:START:END:LO:HI or :smile:"
 
 
+def _simulated_ids(tmp_path, name: str, records: str) -> list:
+    """The ID coordinate of `cohort simulate --dosing` on ``records`` (a CSV text)."""
+    dosing = tmp_path / f"{name}.csv"
+    dosing.write_text(records)
+    out = tmp_path / f"{name}.zarr"
+    args = ["simulate", "--model", "pk1_oral", "--dosing", str(dosing), "-o", str(out)]
+    res = runner.invoke(app, args)
+    assert res.exit_code == 0, res.output
+    return cohort.open_result(out).ID.values.tolist()
+
+
 def test_simulate_takes_one_patient_per_dosing_id_by_default(tmp_path):
     """--dosing with 3 IDs and no --n: 3 virtual patients (it asked for the hidden default
     1000 to match); an explicit --n that disagrees is still an error."""
@@ -348,22 +359,11 @@ def test_simulate_takes_one_patient_per_dosing_id_by_default(tmp_path):
     assert "ID" in ds.coords and ds.ID.values.tolist() == [1, 2, 7]
     info = runner.invoke(app, ["info", str(out)])
     assert "│ ID " in info.output and "(coordinate)" in flat(info)
-    text_ids = tmp_path / "text_ids.csv"
-    text_ids.write_text("ID,TIME,AMT,EVID,CMT\nP-01,0,100,1,1\nP-01,12,100,1,1\nQ,0,200,1,1\n")
-    res = runner.invoke(
-        app,
-        ["simulate", "--model", "pk1_oral", "--dosing", str(text_ids), "-o", str(tmp_path / "t")],
-    )
-    assert res.exit_code == 0, res.output
-    assert cohort.open_result(tmp_path / "t").ID.values.tolist() == ["P-01", "Q"]
-    padded = tmp_path / "padded.csv"  # zero-padded IDs are names, kept as written
-    padded.write_text("ID,TIME,AMT,EVID,CMT\n007,0,100,1,1\n010,0,200,1,1\n")
-    res = runner.invoke(
-        app, ["simulate", "--model", "pk1_oral", "--dosing", str(padded), "-o", str(tmp_path / "z")]
-    )
-    assert res.exit_code == 0, res.output
-    assert cohort.open_result(tmp_path / "z").ID.values.tolist() == ["007", "010"]
-    frame = pd.read_csv(text_ids)
+    text_ids = "ID,TIME,AMT,EVID,CMT\nP-01,0,100,1,1\nP-01,12,100,1,1\nQ,0,200,1,1\n"
+    assert _simulated_ids(tmp_path, "text_ids", text_ids) == ["P-01", "Q"]
+    padded = "ID,TIME,AMT,EVID,CMT\n007,0,100,1,1\n010,0,200,1,1\n"  # names, kept as written
+    assert _simulated_ids(tmp_path, "padded", padded) == ["007", "010"]
+    frame = pd.read_csv(tmp_path / "text_ids.csv")
     mem = cohort.simulate("pk1_oral", None, frame, [0.0, 24.0], n=2)  # in memory: the same
     assert mem.ID.values.tolist() == ["P-01", "Q"]
     per_patient = [
