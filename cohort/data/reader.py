@@ -150,26 +150,20 @@ def read_table(path: str | Path) -> pd.DataFrame:
     whitespace-separated)."""
     path = Path(path)
     header, sep, index = _header(path)
-    source: Any = path
-    with path.open(encoding="utf-8", errors="replace") as fh:
-        text = fh.read()
-    if "#" in text:  # comment lines (and a #-header) left out before parsing
-        lines = text.splitlines(keepends=True)
-        rest = [line for line in lines[index + 1 :] if not _is_comment(line)]
-        source = io.StringIO("".join([header if header.endswith("\n") else header + "\n", *rest]))
-    try:
-        table = pd.read_csv(
-            source,
-            sep=sep,
-            dtype=str,
-            keep_default_na=False,
-            skipinitialspace=True,
-            encoding="utf-8",
-        )
+    try:  # read once, parsed from memory (comment lines need the text anyway)
+        text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError:
         raise DataError(
             [Problem(None, "file", f"{str(path)!r} is not a text (UTF-8) table; give a CSV")]
         ) from None
+    if "#" in text:  # comment lines (and a #-header) left out before parsing
+        lines = text.splitlines(keepends=True)
+        rest = [line for line in lines[index + 1 :] if not _is_comment(line)]
+        text = "".join([header if header.endswith("\n") else header + "\n", *rest])
+    try:
+        table = pd.read_csv(
+            io.StringIO(text), sep=sep, dtype=str, keep_default_na=False, skipinitialspace=True
+        )
     except (pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
         raise DataError(
             [Problem(None, "file", f"{str(path)!r} is not a readable table: {exc}")]
