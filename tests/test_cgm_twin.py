@@ -64,6 +64,27 @@ def test_affine_recurrence_matches_a_loop_for_any_length():
         np.testing.assert_allclose(got, h, rtol=1e-11, atol=1e-11)
 
 
+def test_potential_stays_finite_at_rates_no_patient_has():
+    """A NUTS trial step reaches rates of 12/min and more (SG, p2, kempt, kabs; SI of 2):
+    the block recurrence overflowed there (inf potential: a divergent transition each). Now
+    finite with a finite gradient, and a fast decay's result is its limit."""
+    la = jnp.full(120, -40.0)  # a rate of 40/min: decays to the forcing within each minute
+    h = np.asarray(_affine_scan(la, jnp.full(120, 3.0), jnp.asarray(100.0)))
+    np.testing.assert_allclose(h[1:], 3.0, atol=2e-5 * 100.0)  # clipped: < 2e-5 of the state
+    df = _truth_records()
+    tw = CGMTwins(TwinPrior.from_spec(PRIOR), cgm_data.read_cgm(df), None, None)
+    lay, _, data, make, chol = tw._bound()
+    u = jax.jit(make(chol))
+    d0 = jax.tree_util.tree_map(lambda a: a[0], data)
+    mu, chol = np.asarray(d0["mu"]), np.asarray(chol)
+    for name, value in (("SG", 12.0), ("p2", 30.0), ("kempt", 50.0), ("kabs", 50.0), ("SI", 2.0)):
+        z = mu.copy()
+        z[lay.names.index(name)] = np.log(value)
+        eta = jnp.asarray(np.linalg.solve(chol, z - mu))
+        assert np.isfinite(float(u(eta, d0))), name
+        assert np.all(np.isfinite(np.asarray(jax.grad(u)(eta, d0)))), name
+
+
 @functools.lru_cache(maxsize=8)
 def _noise_free_ig(p_items: tuple, days: int) -> np.ndarray:
     """The interstitial glucose of the test day(s), computed once per parameter set (the

@@ -31,6 +31,7 @@ DT = 1.0  # min; the grid of inputs and solution
 
 
 BLOCK = 60  # steps per block of the blocked cumulative-sum recurrence
+MAX_LOG_ALPHA = 11.0  # |log| of one step's factor: BLOCK · 11 = 660 < 709 (float64 exp range)
 
 
 def _affine_scan(log_alpha, beta, h0):
@@ -42,6 +43,13 @@ def _affine_scan(log_alpha, beta, h0):
     associative scan's log₂T unrolled levels); a short scan carries ``h`` across blocks.
     Blocks bound the exponents (rates ≤ 2/min: ``P ≥ e^-120``, fine in float64)."""
     t = beta.shape[0]
+    # The block formula divides by running products of alpha: exp(-Σ log_alpha) over a block
+    # overflows once a rate exceeds ~11.8/min (709/60), and the trajectory becomes inf/NaN.
+    # Physiological rates stay below ~2/min, but a NUTS trial step strays further (seen: SG or
+    # p2 of 12/min, SI of 2) and each such inf potential was a divergent transition. Beyond
+    # ±MAX_LOG_ALPHA per step the decay (or growth) is complete to e^-11 within the minute;
+    # clipping there changes the solution by < 2e-5 of the state and keeps it finite.
+    log_alpha = jnp.clip(log_alpha, -MAX_LOG_ALPHA, MAX_LOG_ALPHA)
     n_blocks = -(-t // BLOCK)
     pad = n_blocks * BLOCK - t
     la = jnp.pad(jnp.broadcast_to(log_alpha, beta.shape), (0, pad)).reshape(n_blocks, BLOCK)
