@@ -10,7 +10,7 @@ patients simulated by UVA/Padova under that therapy (the truth a twin cannot see
 Reported (JSON in validation/results/t1d_twin.json): fit MARD to the CGM readings after each
 day; replay MARD of the twin's median to the true (noise-free) replay; coverage of the true
 replay's glycaemic metrics by the twins' 90 % credible intervals; NUTS convergence and time
-when ``--nuts``. Run: ``python validation/t1d_twin.py [--nuts] [--patients N]``.
+when ``--nuts``. Run: ``python validation/t1d_twin.py [--nuts] [--patients N] [--prior spec.toml]``.
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--patients", type=int, default=30, help="first N reference patients")
     ap.add_argument("--seed", type=int, default=2)
     ap.add_argument("--out", type=Path, default=None, help="JSON (default validation/results/)")
+    ap.add_argument("--prior", default=PRIOR, help="twin prior spec (default: the shipped one)")
     args = ap.parse_args(argv)
     method = "nuts" if args.nuts else "laplace"
     pts = reference_patients().iloc[: args.patients].reset_index(drop=True)
@@ -47,7 +48,7 @@ def main(argv=None) -> dict:
     day1, day2 = table[table.TIME < 1440], table[table.TIME >= 1440]
 
     t0 = time.perf_counter()
-    tw1 = CGMTwins.identify(PRIOR, day1, method=method)
+    tw1 = CGMTwins.identify(args.prior, day1, method=method)
     t_day1 = time.perf_counter() - t0
     t0 = time.perf_counter()
     tw2 = tw1.update(day2.drop(columns=["BW"]))
