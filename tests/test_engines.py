@@ -164,3 +164,31 @@ def test_rolled_rk4_step_is_the_classical_step():
     exact = solve(1.0 / 256, 256)["a"]
     errors = [float(jnp.max(jnp.abs(solve(1.0 / m, m)["a"] - exact))) for m in (8, 16)]
     assert 14.0 < errors[0] / errors[1] < 18.0  # 2^4
+
+
+def test_simulation_loop_gives_the_differentiable_loops_values(monkeypatch):
+    """The adaptive engine simulates in diffrax's plain forward loop (cheaper to trace and
+    compile, issue 16); fits differentiate through the checkpointed loop. Same steps, so the
+    same values to the bit."""
+    from cohort.engine import diffrax_path
+    from cohort.engine import simulate as simulate_module
+
+    def run():
+        simulate_module._solver.cache_clear()  # a fresh trace, through the patched function
+        return cohort.simulate(
+            "pk2_oral_idr", None, Regimen(amt=320, ii=12, addl=3), times=cohort.grid(0, 48, 0.5),
+            n=2, method="diffrax",
+        )  # fmt: skip
+
+    plain = run()
+    original = diffrax_path.solve_patient
+    monkeypatch.setattr(
+        diffrax_path,
+        "solve_patient",
+        lambda *a, **k: original(*a, **{**k, "differentiable": True}),
+    )
+    checkpointed = run()
+    simulate_module._solver.cache_clear()
+    assert np.nanmax(plain["conc"].values) > 1.0
+    for name in ("conc", "response", "status"):
+        np.testing.assert_array_equal(plain[name].values, checkpointed[name].values)
