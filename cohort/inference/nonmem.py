@@ -303,7 +303,7 @@ def _occasion_column(pw, columns) -> str | None:
     import sympy
 
     for _, cond in pw.args:
-        if isinstance(cond, sympy.Eq | sympy.Ne | sympy.Rel):
+        if isinstance(cond, sympy.Rel):  # Eq, Ne, <, ... all are relations
             names = [str(x) for x in cond.free_symbols if str(x) in columns]
             if names:
                 return names[0]

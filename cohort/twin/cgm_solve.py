@@ -31,7 +31,9 @@ DT = 1.0  # min; the grid of inputs and solution
 
 
 BLOCK = 60  # steps per block of the blocked cumulative-sum recurrence
-MAX_LOG_ALPHA = 11.0  # |log| of one step's factor: BLOCK · 11 = 660 < 709 (float64 exp range)
+# |log| of one step's factor: a block's running product stays within float64's exp range
+# (e^±709) — 11 for blocks of 60 (660)
+MAX_LOG_ALPHA = float(700 // BLOCK)
 
 
 def _affine_scan(log_alpha, beta, h0):
