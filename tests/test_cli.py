@@ -152,7 +152,7 @@ def test_demo_with_other_settings_into_its_store_is_a_clear_error(tmp_path):
 def test_simulate_summary_reads_the_store_chunk_by_chunk(tmp_path):
     """The printed summary is computed a few stored chunks at a time (a 10⁷-patient output
     does not fit in memory) and equals the whole-array computation."""
-    from cohort.cli.simulate import _per_patient
+    from cohort.cli._summary import per_patient
 
     out = tmp_path / "s.zarr"
     args = ["simulate", "--model", "pk1_oral", "--n", "50", "--chunk-size", "8", "--out", str(out)]
@@ -165,7 +165,7 @@ def test_simulate_summary_reads_the_store_chunk_by_chunk(tmp_path):
     ok = np.asarray(ds.status.values) == 0
     ok[[3, 8, 9, 10, 11, 12, 13, 14, 15]] = False  # a failed patient; a chunk with none kept
     for read_bytes in (1, 3 * 8 * t.size * 8, 1 << 26):  # one chunk, three chunks, all
-        cmax, auc, last = _per_patient(ds, "conc", ok, read_bytes=read_bytes)
+        cmax, auc, last = per_patient(ds, "conc", ok, read_bytes=read_bytes)
         np.testing.assert_array_equal(cmax, v[ok].max(axis=1))
         np.testing.assert_array_equal(auc, np.trapezoid(v[ok], t, axis=1))
         np.testing.assert_array_equal(last, v[ok, -1])
@@ -176,7 +176,7 @@ def test_simulate_summary_holds_one_read_at_a_time(tmp_path):
     column): the summary's peak allocation stays far below one output's size."""
     import tracemalloc
 
-    from cohort.cli.simulate import _per_patient
+    from cohort.cli._summary import per_patient
 
     out = tmp_path / "m.zarr"
     args = ["simulate", "--model", "pk1_oral", "--n", "2000", "--chunk-size", "100"]
@@ -187,7 +187,7 @@ def test_simulate_summary_holds_one_read_at_a_time(tmp_path):
     whole = ds.conc.size * ds.conc.dtype.itemsize  # 1.6 MB
     tracemalloc.start()
     try:
-        _per_patient(ds, "conc", ok, read_bytes=1)  # one 100-patient chunk (78 kB) a read
+        per_patient(ds, "conc", ok, read_bytes=1)  # one 100-patient chunk (78 kB) a read
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()

@@ -1,11 +1,13 @@
 """The ``cohort`` command line (typer + rich). This module builds the app and is the only
-importer of the command modules; they share :mod:`cohort.cli._common` and nothing else."""
+importer of the command modules; they share :mod:`cohort.cli._common` and the private
+helper modules (``_inputs``, ``_summary``, ``_cache``, ``_twin_common``, ``_cgm_report``),
+never each other."""
 
 from __future__ import annotations
 
 import typer
 
-from cohort.cli import fit, glucose, simulate, trial, twin
+from cohort.cli import fit, generate, glucose, info, simulate, trial, twin, twin_cgm, twin_examples
 from cohort.cli._common import console
 
 app = typer.Typer(
@@ -54,13 +56,18 @@ def _main(
 
 
 for _module, _names in (
-    (simulate, ("demo", "simulate", "generate", "info", "models")),
+    (simulate, ("demo", "simulate")),
+    (generate, ("generate",)),
+    (info, ("info", "models")),
     (fit, ("fit",)),
     (glucose, ("glucose",)),
     (trial, ("trial", "report")),
 ):
     for _name in _names:
         app.command(_name)(getattr(_module, _name))
+for _module, _names in ((twin_examples, ("example", "mipd")), (twin_cgm, ("cgm",))):
+    for _name in _names:
+        twin.app.command(_name)(getattr(_module, _name))
 app.add_typer(twin.app, name="twin")
 
 

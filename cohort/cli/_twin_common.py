@@ -1,0 +1,72 @@
+"""Paths and status lines shared by the ``cohort twin`` commands: every output checked before
+any work, report files claimed one by one, the crash checkpoint beside a twin store."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rich.markup import escape
+
+from cohort.cli._common import console, fail
+
+
+def report_folder(path: Path | None, overwrite: bool) -> Path | None:
+    """``--report`` checked before any work; the folder is made by the first :func:`report_file`,
+    so a command that fails leaves nothing behind."""
+    from cohort.store import report_directory
+
+    if path is None:
+        return None
+    return report_directory(path, overwrite=overwrite, flag="--report", create=False)
+
+
+def report_file(folder: Path, name: str, overwrite: bool) -> Path:
+    from cohort.store import report_directory
+    from cohort.store.safety import claim_file
+
+    report_directory(folder, overwrite=overwrite, flag="--report")
+    return claim_file(folder, name, overwrite=overwrite)
+
+
+def before_identifying(data: Path, out: Path, report: Path | None, overwrite: bool):
+    """Every check on the paths before any work (not after hours of NUTS): the records exist,
+    ``out`` is a ``.zarr`` twin store that may be written, the report folder is cohort's.
+    Returns the report folder (or None)."""
+    from cohort.store import check_replaceable
+
+    if not data.is_file():
+        fail(f"no such file {data}")
+    if Path(out).suffix != ".zarr":
+        fail(f"--out {out}: a twin store is a .zarr directory, e.g. twins.zarr")
+    check_replaceable(out, overwrite=overwrite)
+    return report_folder(report, overwrite)
+
+
+def checkpoint_for(out: Path):
+    """Where finished blocks of patients are kept while twins for ``out`` are computed
+    (``<name>.blocks.zarr`` beside it), until the command has saved them (it then calls the
+    checkpoint's ``remove``): rerunning the same command after a crash, even one during the
+    save, computes only the blocks still missing."""
+    from cohort.twin.checkpoint import KeptCheckpoint
+
+    path = out.with_name(out.name.removesuffix(".zarr") + ".blocks.zarr")
+    if path.exists():
+        console.print(
+            f"{path}: blocks of an interrupted run; those computed from the same inputs are reused"
+        )
+    return KeptCheckpoint(path)
+
+
+def status_line(tw, seconds: float, path: Path) -> str:
+    bad = int((~tw.ok).sum())
+    line = f"{tw.n} twins ({tw.method}) in {seconds:.1f} s -> [bold]{escape(str(path))}[/]"
+    if bad:
+        line += f"   [red]{bad} without a usable posterior[/] (see the ok column)"
+    if tw.samples is not None:
+        s = tw.samples
+        line += (
+            f"\nNUTS: max R-hat {s.rhat.max():.4f}, min bulk ESS {s.ess_bulk.min():.0f}, "
+            f"{int(s.divergences.sum())} divergences; converged (R-hat < 1.01, ESS > 400, "
+            f"<= 1 % divergent): {int(s.converged.sum())}/{tw.n}"
+        )
+    return line
