@@ -47,7 +47,7 @@ def gradient_ratio(table) -> dict:
     import jax.numpy as jnp
 
     from cohort.models import get
-    from cohort.twin import cgm
+    from cohort.twin import cgm, cgm_likelihood
 
     tw = CGMTwins(cgm.TwinPrior.from_spec(PRIOR), cgm.cgm_data.read_cgm(table), None, None)
     lay, grid, data, make, chol = tw._bound()
@@ -60,7 +60,7 @@ def gradient_ratio(table) -> dict:
 
     def loglik_diffrax(eta):
         z = d0["mu"] + chol @ eta
-        p = cgm._model_params(lay, z, d0)
+        p = cgm_likelihood.model_params(lay, z, d0)
 
         def rhs(t, y, _):
             k = jnp.clip(jnp.floor(t).astype(int), 0, meal.shape[0] - 1)

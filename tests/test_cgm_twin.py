@@ -15,7 +15,7 @@ import cohort
 from cohort.engine.diffrax_path import Adaptive
 from cohort.errors import CohortWarning
 from cohort.models.glucose import combine, insulin_records, meal_records
-from cohort.twin import cgm, cgm_data
+from cohort.twin import cgm, cgm_data, cgm_likelihood
 from cohort.twin.cgm import CGMTwins
 from cohort.twin.cgm_solve import _affine_scan, trajectory
 from cohort.twin.prior import TwinError, TwinPrior
@@ -240,7 +240,6 @@ def test_glycemic_metrics_leave_gaps_out():
 
 @pytest.mark.slow
 def test_update_adds_a_day_and_keeps_the_previous_state(tmp_path, monkeypatch):
-    from cohort.twin import cgm
 
     df = _truth_records(seed=5, days=2)
     day1, day2 = df[df["TIME"] < 1440], df[df["TIME"] >= 1440].drop(columns="BW")
@@ -303,7 +302,7 @@ def test_updates_and_priors_are_checked():
 
 
 def test_layout_of_the_shipped_prior():
-    lay = cgm._layout(TwinPrior.from_spec(PRIOR))
+    lay = cgm_likelihood.layout(TwinPrior.from_spec(PRIOR))
     assert lay.estimated == ("Gb", "SG", "SI", "p2", "kempt", "kabs")
     assert lay.sigma and lay.ar1 and lay.insulin_fixed
 

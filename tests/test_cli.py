@@ -418,6 +418,16 @@ def test_cli_modelled_infusion_duration_from_a_population_column(tmp_path):
         after = rate / cl * (1 - np.exp(-k * d)) * np.exp(-k * (t - d))
         ref = np.where(t <= d, during, after)
         np.testing.assert_allclose(conc[i], ref, rtol=1e-10, atol=1e-12)
+    # a duration <= 0 marks its patient (the dose vanished or went negative, status ok), and
+    # the warning names the patient by its ID in the files
+    pop.write_text("ID,CL,V,D_central\n7,5,50,2\n9,4,40,-1\n")
+    dosing.write_text("ID,TIME,AMT,EVID,CMT,RATE\n7,0,100,1,1,-2\n9,0,100,1,1,-2\n")
+    res = CliRunner().invoke(app, [*args, "--t-end", "6", "-o", str(tmp_path / "bad.zarr")])
+    assert res.exit_code == 0, res.output
+    assert "D_central (modelled infusion duration" in res.output
+    assert "(e.g. ID 9: -1)" in " ".join(res.output.split())
+    ds = cohort.open_result(tmp_path / "bad.zarr")
+    np.testing.assert_array_equal(ds.status.values, [0, 5])
 
 
 def test_cli_cmt_by_number_as_in_dosing_files(tmp_path):

@@ -230,6 +230,25 @@ def test_rate_minus_two_needs_duration_parameter():
         cohort.simulate(PK1_IV, {"CL": CL, "DUR": 2.0}, df, TIMES)
 
 
+@pytest.mark.parametrize("method", ["closed_form", "diffrax", "fast"])
+def test_modelled_duration_not_above_zero_marks_the_patient_invalid(method):
+    """A RATE=-2 dose over D <= 0 hours: the dose vanished (D = 0) or went negative (D < 0,
+    closed form) with status ok (a new user's session). Such patients are now
+    ``invalid_parameters`` in every engine; a patient without RATE=-2 doses is not affected
+    by its D, and the others equal their analytic infusion."""
+    df = pd.DataFrame({"ID": [1, 2, 3, 4], "TIME": 0.0, "AMT": 100.0, "EVID": 1, "CMT": 1,
+                       "RATE": [-2.0, -2.0, -2.0, 0.0]})  # fmt: skip
+    pop = {"CL": np.full(4, 5.0), "V": np.full(4, 50.0), "D_central": [0.0, -2.0, 2.0, 0.0]}
+    ds = cohort.simulate(PK1_IV, pop, df, TIMES, method=method)
+    np.testing.assert_array_equal(ds.status.values, [5, 5, 0, 0])
+    assert np.isnan(ds.conc.values[:2]).all()
+    k, rate, t = 0.1, 50.0, TIMES
+    ref = np.where(t <= 2, rate / 5 * (1 - np.exp(-k * t)),
+                   rate / 5 * (1 - np.exp(-2 * k)) * np.exp(-k * (t - 2)))  # fmt: skip
+    np.testing.assert_allclose(ds.conc.values[2], ref, rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(ds.conc.values[3], 2.0 * np.exp(-k * t), rtol=1e-6)
+
+
 def test_addl_times_ii_beyond_any_time_is_a_clear_error():
     """A dose series whose last dose overflows float64 is refused by row and column, not
     turned into infinite times with a numpy overflow warning."""

@@ -105,6 +105,24 @@ def _invalid_parameters(model, ds, status: np.ndarray, show: int = 4) -> list[st
                 f"{q.name} outside [{q.lower:g}, {q.upper:g}]"
                 + (f" {q.units}" if q.units not in ("1", "") else "")
                 + f" for {int(out.sum()):,} "
-                f"patient(s) (e.g. patient {i}: {v[i]:.4g})"
+                f"patient(s) (e.g. {patient_label(ds, i)}: {v[i]:.4g})"
+            )
+    for name in sorted(k for k in ds.data_vars if str(k).startswith("D_")):
+        v = np.asarray(ds[name].values, float)
+        out = bad & ~(np.isfinite(v) & (v > 0))
+        if out.any():
+            i = int(np.flatnonzero(out)[0])
+            lines.append(
+                f"{name} (modelled infusion duration of RATE=-2 doses) not > 0 for "
+                f"{int(out.sum()):,} patient(s) (e.g. {patient_label(ds, i)}: {v[i]:.4g})"
             )
     return lines[:show] + ([f"... and {len(lines) - show} more"] if len(lines) > show else [])
+
+
+def patient_label(ds, i: int) -> str:
+    """How a user finds patient index ``i``: its ID from the input files where the result
+    keeps one, else its 0-based index."""
+    if "ID" in ds.variables:
+        pid = ds["ID"].values[i]
+        return f"ID {pid:g}" if isinstance(pid, (float, np.floating)) else f"ID {pid}"
+    return f"patient {i}"

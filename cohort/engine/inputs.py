@@ -198,14 +198,15 @@ def _not_numeric(name: str, values) -> str:
 
 
 def checked_params(
-    model: Model, params: dict[str, np.ndarray], dtype: str
+    model: Model, params: dict[str, np.ndarray], dtype: str, invalid: np.ndarray | None = None
 ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """Per-patient flag of parameters outside their bounds (or non-finite), and the parameters
     cast to the run's dtype with such patients' values replaced by defaults, so a bad patient
     is solved harmlessly and then marked ``INVALID_PARAMETERS`` (every engine and the
-    closed-loop runs built on the engine use this one check)."""
+    closed-loop runs built on the engine use this one check). ``invalid``: patients already
+    known to be invalid (e.g. a modelled infusion duration <= 0)."""
     n_pat = len(next(iter(params.values())))
-    invalid = np.zeros(n_pat, bool)
+    invalid = np.zeros(n_pat, bool) if invalid is None else np.asarray(invalid, bool).copy()
     for q in model.parameters:
         if q.name in params:
             invalid |= outside_bounds(q, params[q.name])

@@ -31,7 +31,7 @@ from cohort.engine.batching import (
     patient_major,
     run_batches,
 )
-from cohort.engine.events import missing_duration_params, ss_lag_problem
+from cohort.engine.events import bad_durations, missing_duration_params, ss_lag_problem
 from cohort.engine.exported import builtin_model_key
 from cohort.engine.fast_path import RK4
 from cohort.engine.inputs import (
@@ -394,7 +394,8 @@ def _run_chunks(
     )
     # Parameter checks and dtype casts once for the whole cohort (not per batch); batches are
     # then contiguous slices (views) of these arrays.
-    invalid, params_all = checked_params(plan.model, plan.params, plan.dtype)
+    bad_dur, _ = bad_durations(plan.model, plan.table, plan.params)
+    invalid, params_all = checked_params(plan.model, plan.params, plan.dtype, bad_dur)
     events_all = dict(plan.table.arrays())
     for key in ("time", "amt", "rate", "ii"):
         v = events_all[key]

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -22,11 +21,6 @@ import numpy as np
 from cohort._toml import read_toml
 from cohort.errors import CohortError
 from cohort.population.expr import ExpressionError, names_in
-
-if sys.version_info >= (3, 11):
-    pass
-else:  # pragma: no cover
-    pass
 
 
 class SpecError(CohortError, ValueError):

@@ -23,133 +23,23 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from cohort.models.glucose.t1d_minimal import basal_plasma_insulin
 from cohort.twin import cgm_data, posterior
 from cohort.twin.blocks import blocks, solve_blocks, take_rows
-from cohort.twin.cgm_solve import glucose_curves, insulin_curve, trajectory
+from cohort.twin.cgm_likelihood import (
+    Layout,
+    layout,
+    model_params,
+    natural,
+    potential_factory,
+    prior_moments,
+)
+from cohort.twin.cgm_solve import insulin_curve
 from cohort.twin.prior import TwinError, TwinPrior, show_id
 
-_TRAJECTORY_KEY = {"CGM": "IG", "BG": "G", "insulin": "I"}
 # Prior draws started from besides the prior mode (and the warm start): a day of CGM leaves
 # local modes (meal absorption vs insulin action), which 2 draws missed for a third of the
 # reference patients (fit MARD 9.0 % instead of 5.7 % with 8).
 STARTS = 8
-
-
-@dataclasses.dataclass(frozen=True)
-class _Layout:
-    """Static structure of the unconstrained vector ``z = μ + L·η``: estimated model
-    parameters (log), then the log residual SD and the logit AR(1) correlation if estimated."""
-
-    estimated: tuple[str, ...]
-    fixed: tuple[str, ...]
-    output: str
-    sigma: bool  # log residual SD estimated
-    ar1: bool  # logit AR(1) correlation estimated
-    ar1_interval: float
-    kind: str
-
-    @property
-    def insulin_fixed(self) -> bool:
-        return not set(self.estimated) & {"kd", "ka2", "ke", "VI"}
-
-    @property
-    def names(self) -> tuple[str, ...]:
-        extra = ("sigma",) * self.sigma + ("ar1",) * self.ar1
-        return (*self.estimated, *extra)
-
-
-def _layout(prior: TwinPrior) -> _Layout:
-    if prior.model.name != "t1d_minimal":
-        raise TwinError(
-            f"prior {prior.name!r} is for the model {prior.model.name!r}; CGM twins use "
-            "t1d_minimal (e.g. priors/t1d_cgm_twin.toml)"
-        )
-    if prior.output not in _TRAJECTORY_KEY:
-        raise TwinError(
-            f"prior {prior.name!r}: error.output must be one of {list(_TRAJECTORY_KEY)}"
-        )
-    if not prior.eta_names:
-        raise TwinError(f"prior {prior.name!r}: [iiv] names no parameter to estimate")
-    err = prior.spec.error
-    fixed = tuple(n for n in prior.names if n not in prior.eta_names)
-    return _Layout(
-        prior.eta_names,
-        fixed,
-        prior.output,
-        err.add_sd_log is not None,
-        err.ar1_sd_logit is not None,
-        float(err.ar1_interval or 5.0),
-        prior.error[0],
-    )
-
-
-def _prior_moments(prior: TwinPrior, lay: _Layout, mu_model: np.ndarray):
-    """``μ [N, q]`` and the prior Cholesky factor ``L [q, q]`` of ``z``."""
-    err = prior.spec.error
-    n = mu_model.shape[0]
-    cols, sds = [mu_model[:, [prior.names.index(k) for k in lay.estimated]]], []
-    if lay.sigma:
-        cols.append(np.full((n, 1), np.log(err.add)))
-        sds.append(err.add_sd_log)
-    if lay.ar1:
-        cols.append(np.full((n, 1), np.log(err.ar1 / (1.0 - err.ar1))))
-        sds.append(err.ar1_sd_logit)
-    q = len(lay.names)
-    chol = np.zeros((q, q))
-    k = len(lay.estimated)
-    chol[:k, :k] = np.linalg.cholesky(prior.omega)
-    chol[k:, k:] = np.diag(sds)
-    return np.concatenate(cols, axis=1), chol
-
-
-def _model_params(lay: _Layout, z, d, basal_scale=1.0):
-    """The ``t1d_minimal`` parameter dict of one patient from ``z`` and its data ``d``."""
-    p = {k: jnp.exp(z[i]) for i, k in enumerate(lay.estimated)}
-    p.update({k: d["fixed"][j] for j, k in enumerate(lay.fixed)})
-    p.update(BW=d["BW"], G0=d["G0"], basal=d["u0"] * basal_scale)
-    p["Ib"] = basal_plasma_insulin(p, d["u0"])  # glucose rests at Gb on the usual basal
-    for k, v in d["defaults"].items():
-        p.setdefault(k, v)
-    return p
-
-
-def _loglik(lay: _Layout, z, d, add: float, prop: float, ar1: float):
-    p = _model_params(lay, z, d)
-    if lay.insulin_fixed:  # plasma insulin computed once per patient when binding
-        traj = {**glucose_curves(p, d["meal"], d["plasma"]), "I": d["plasma"]}
-    else:
-        traj = trajectory(p, d["meal"], d["basal"] + d["bolus"])
-    f = traj[_TRAJECTORY_KEY[lay.output]][d["obs_idx"]]
-    k = len(lay.estimated)
-    sd_add = jnp.exp(z[k]) if lay.sigma else add
-    phi = jax.nn.sigmoid(z[k + lay.sigma]) if lay.ar1 else ar1
-    s = jnp.sqrt(sd_add**2 + (prop * f) ** 2)
-    r = (d["dv"] - f) / s  # standardised residuals
-    first = ~jnp.isfinite(d["lag"])
-    lag = jnp.where(first, 1.0, d["lag"])
-    rho = jnp.where(first, 0.0, phi ** (lag / lay.ar1_interval)) if (lay.ar1 or ar1) else 0.0
-    prev = jnp.concatenate([jnp.zeros(1, r.dtype), r[:-1]])
-    var = 1.0 - rho * rho
-    e = r - rho * prev
-    terms = -0.5 * e * e / var - 0.5 * jnp.log(2 * jnp.pi * var) - jnp.log(s)
-    ll = jnp.sum(d["mask"] * terms)
-    return jnp.where(jnp.isfinite(ll), ll, -jnp.inf)
-
-
-@functools.lru_cache(maxsize=16)
-def _potential_factory(lay: _Layout, add: float, prop: float, ar1: float):
-    """``make_potential(chol) -> u(η, d)``: ``½|η|² − log p(y | μ + Lη)`` (one per layout, so
-    the compiled programs are reused)."""
-
-    def make_potential(chol):
-        def u(eta, d):
-            z = d["mu"] + chol @ eta
-            return 0.5 * jnp.sum(eta * eta) - _loglik(lay, z, d, add, prop, ar1)
-
-        return u
-
-    return make_potential
 
 
 @dataclasses.dataclass(eq=False)
@@ -199,7 +89,7 @@ class CGMTwins:
         ``KeptCheckpoint``, kept until you have saved them and call its ``remove``), so that
         the same call after a crash computes only the rest (:mod:`cohort.twin.checkpoint`)."""
         prior = prior if isinstance(prior, TwinPrior) else TwinPrior.from_file(prior)
-        _layout(prior)
+        layout(prior)
         table = cgm_data.read_cgm(records)
         twins = cls(prior, table, None, None, eat_rate)  # type: ignore[arg-type]
         twins._fit(method, None, chains, warmup, draws, seed, max_tree_depth, cluster, checkpoint)
@@ -295,7 +185,7 @@ class CGMTwins:
         quantity, the fit's MARD (%) and ``ok``."""
         ps = self.parameters(n_draws)
         out = pd.DataFrame(index=pd.Index(self.ids, name="ID"))
-        for name in _layout(self.prior).names:
+        for name in layout(self.prior).names:
             for q, tag in ((0.5, ""), (0.05, "_q05"), (0.95, "_q95")):
                 out[name + tag] = ps[name].sel(quantile=q).values
         out["mard"] = self.fitted().mard.values
@@ -314,12 +204,12 @@ class CGMTwins:
         """The ``records``, ``map`` and ``posterior`` groups of one update."""
         from cohort.twin.store import posterior_groups, records_group
 
-        lay = _layout(self.prior)
+        lay = layout(self.prior)
         if self.samples is not None:
             eta = self.samples.eta
         else:
             eta = posterior.laplace_draws(self.posterior, 1000, 0)[:, None]
-        nat = _natural(lay, self._z_of(eta))
+        nat = natural(lay, self._z_of(eta))
         values = {n: nat[..., k] for k, n in enumerate(lay.names)}
         fit, post = posterior_groups(self.posterior, self.samples, self.ids, lay.names, eta, values)
         history = json.dumps(self.history)
@@ -335,13 +225,13 @@ class CGMTwins:
         from cohort.twin.store import read_posterior
 
         fit = read("map")
-        lap, samples = read_posterior(fit, read, _layout(prior).names)
+        lap, samples = read_posterior(fit, read, layout(prior).names)
         history = json.loads(fit.attrs["history"])
         return cls(prior, table, lap, samples, float(fit.attrs["eat_rate"]), history)
 
     @property
     def names(self) -> tuple[str, ...]:
-        return _layout(self.prior).names
+        return layout(self.prior).names
 
     def _bound(self):
         """Layout, grid inputs, per-patient data, potential factory and prior Cholesky factor
@@ -352,13 +242,13 @@ class CGMTwins:
         return cached
 
     def _bind(self):
-        lay = _layout(self.prior)
+        lay = layout(self.prior)
         grid = cgm_data.grid_inputs(self.records, self.eat_rate)
         ids = self.ids
         mu_model = self.prior.log_typical(
             pd.DataFrame(index=pd.Index(ids, name="ID"))
         )  # no covariates used by the CGM prior yet: typical values
-        mu, chol = _prior_moments(self.prior, lay, mu_model)
+        mu, chol = prior_moments(self.prior, lay, mu_model)
         fixed = np.exp(mu_model[:, [self.prior.names.index(k) for k in lay.fixed]])
         defaults = {
             k: np.full(len(ids), v)
@@ -376,10 +266,10 @@ class CGMTwins:
             "defaults": {k: jnp.asarray(v) for k, v in defaults.items()},
         }
         if lay.insulin_fixed:
-            params = jax.vmap(lambda z, d: _model_params(lay, z, d))(data["mu"], data)
+            params = jax.vmap(lambda z, d: model_params(lay, z, d))(data["mu"], data)
             data["plasma"] = jax.vmap(insulin_curve)(params, data["basal"] + data["bolus"])
         err = self.prior.spec.error
-        make = _potential_factory(lay, float(err.add), float(err.prop), float(err.ar1 or 0.0))
+        make = potential_factory(lay, float(err.add), float(err.prop), float(err.ar1 or 0.0))
         return lay, grid, data, make, jnp.asarray(chol)
 
     def _fit(
@@ -433,8 +323,8 @@ class CGMTwins:
     def parameters(self, n_draws: int = 1000) -> xr.Dataset:
         """Posterior median and 5 %/95 % quantiles of every estimated quantity per patient
         (natural scale), with R-hat and bulk ESS when sampled."""
-        lay = _layout(self.prior)
-        nat = _natural(lay, self._z_draws(n_draws, 0))
+        lay = layout(self.prior)
+        nat = natural(lay, self._z_draws(n_draws, 0))
         q = np.quantile(nat, [0.05, 0.5, 0.95], axis=1)
         units = self.prior.model.units()
         ds = xr.Dataset(coords={"patient": self.ids, "quantile": [0.05, 0.5, 0.95]})
@@ -459,87 +349,25 @@ class CGMTwins:
         output: str = "CGM",
         seed: int = 0,
     ) -> xr.Dataset:
-        """The records' days replayed under altered therapy, for every posterior draw:
-        glucose ``[patient, draw, time]`` (noise-free ``output``: ``CGM`` or ``BG``), its
-        median and 50 %/90 % bands, and the glycaemic metrics per draw with their medians
-        and 90 % credible intervals (``<metric>_q``). Each patient's time runs from its
-        first record to its last (NaN after it, on the grid shared by all patients);
-        ``basal_scale`` applies from time 0 (the usual basal
-        defining ``Ib`` is kept)."""
-        from cohort.glucose.metrics import _DESCRIPTIONS, metric_arrays, time_weights
+        """The records' days replayed under altered therapy for every posterior draw, with
+        glycaemic metrics and their 90 % credible intervals (see
+        :func:`cohort.twin.cgm_replay.replay`)."""
+        from cohort.twin.cgm_replay import replay
 
-        if output not in _TRAJECTORY_KEY:
-            raise TwinError(f"output: one of {list(_TRAJECTORY_KEY)}, got {output!r}")
-        for name, v in (("bolus_scale", bolus_scale), ("basal_scale", basal_scale),
-                        ("meal_scale", meal_scale)):  # fmt: skip
-            if not (np.isfinite(v) and v >= 0):
-                raise TwinError(f"{name}: must be a finite number >= 0, got {v!r}")
-        lay, grid, data, _, _ = self._bound()
-        z = jnp.asarray(self._z_draws(n_draws, seed))
-        key = _TRAJECTORY_KEY[output]
-        run = _replay_program(lay, key)
-        g = np.asarray(run(z, data, bolus_scale, basal_scale, meal_scale))  # [N, S, T+1]
-        # One grid to the last record of any patient; each patient's glucose is NaN after its
-        # own last record and its metrics cover its own span (the grid used to stop at the
-        # shortest patient's end, cutting every other patient's metrics to it).
-        ends = np.asarray(grid["end"], dtype=float).reshape(-1)
-        idx = np.arange(0, int(ends.max()) + 1e-9, step).astype(int)
-        g = g[..., idx]
-        times = idx.astype(float)
-        own = times[None, :] <= ends[:, None]
-        g = np.where(own[:, None, :], g, np.nan)
-        weights = np.zeros((len(ends), 1, times.size))  # trapezoids on each patient's span
-        for i, k in enumerate(own.sum(axis=1)):
-            weights[i, 0, :k] = time_weights(times[:k])
-        met = metric_arrays(g, weights, skip_missing=True)
-        # a draw whose trajectory failed inside the patient's own span has no metrics (the
-        # NaN after the span is not missing data; a failure within it is not a gap)
-        failed = np.any(own[:, None, :] & ~np.isfinite(g), axis=-1)
-        met = {k: np.where(failed, -1 if k == "cvga_code" else np.nan, v) for k, v in met.items()}
-        ds = xr.Dataset(coords={"patient": self.ids, "draw": np.arange(g.shape[1]), "time": times})
-        ds["time"].attrs["units"] = "min"
-        ds["glucose"] = (("patient", "draw", "time"), g, {"units": "mg/dL", "output": output})
-        qs = [0.05, 0.25, 0.5, 0.75, 0.95]
-        ds = ds.assign_coords(quantile=qs)
-        ds["glucose_q"] = (("quantile", "patient", "time"), np.quantile(g, qs, axis=1))
-        for name, (units, long_name) in _DESCRIPTIONS.items():
-            v = met[name]
-            ds[name] = (("patient", "draw"), v, {"units": units, "long_name": long_name})
-            ds[f"{name}_q"] = (("quantile", "patient"), np.quantile(v, qs, axis=1))
-        ds["p_below_70"] = (
-            "patient",
-            (met["g_min"] < 70).mean(axis=1),
-            {"long_name": "posterior probability that glucose goes below 70 mg/dL"},
-        )
-        ds.attrs.update(
-            bolus_scale=bolus_scale, basal_scale=basal_scale, meal_scale=meal_scale,
-            model="t1d_minimal", prior=self.prior.name,
+        return replay(
+            self, bolus_scale=bolus_scale, basal_scale=basal_scale, meal_scale=meal_scale,
+            n_draws=n_draws, step=step, output=output, seed=seed,
         )  # fmt: skip
-        return ds
 
     def fitted(self, n_draws: int = 200) -> xr.Dataset:
         """The posterior-median prediction at every CGM reading and the fit's MARD per
-        patient (mean absolute relative difference to the readings, %)."""
-        ds = self.replay(n_draws=n_draws, step=1.0, output=self.prior.output)
-        lay, grid, *_ = self._bound()
-        med = ds["glucose_q"].sel(quantile=0.5).values  # [N, T]
-        obs_idx, dv, mask = grid["obs_idx"], grid["dv"], grid["mask"] > 0
-        pred = np.take_along_axis(med, np.minimum(obs_idx, med.shape[1] - 1), axis=1)
-        pred = np.where(mask, pred, np.nan)
-        dv = np.where(mask, dv, np.nan)
-        mard = 100.0 * np.nanmean(np.abs(pred - dv) / dv, axis=1)
-        return xr.Dataset(
-            {
-                "cgm": (("patient", "reading"), dv, {"units": "mg/dL"}),
-                "predicted": (("patient", "reading"), pred, {"units": "mg/dL"}),
-                "time": (("patient", "reading"), np.where(mask, obs_idx, -1)),
-                "mard": ("patient", mard, {"units": "%", "long_name": "fit MARD"}),
-            },
-            coords={"patient": self.ids},
-        )
+        patient (%)."""
+        from cohort.twin.cgm_replay import fitted
+
+        return fitted(self, n_draws)
 
 
-def _fit_blocks(make, chol, lay: _Layout, method: str, settings: dict, parts: list) -> list:
+def _fit_blocks(make, chol, lay: Layout, method: str, settings: dict, parts: list) -> list:
     """MAP + Laplace (and NUTS) of each block of patients in ``parts`` (``(rows, data,
     starts)``; see :mod:`cohort.twin.blocks`): ``[(rows, laplace, samples), ...]``."""
     key, chol = ("cgm", lay), jnp.asarray(chol)
@@ -556,20 +384,3 @@ def _fit_blocks(make, chol, lay: _Layout, method: str, settings: dict, parts: li
             )
         out.append((rows, lap, samples))
     return out
-
-
-def _natural(lay: _Layout, z: np.ndarray) -> np.ndarray:
-    """``z`` on the natural scale: exp for parameters and SD, logistic for the AR(1) ρ."""
-    k = len(lay.estimated) + lay.sigma
-    return np.concatenate([np.exp(z[..., :k]), 1.0 / (1.0 + np.exp(-z[..., k:]))], axis=-1)
-
-
-@functools.lru_cache(maxsize=8)
-def _replay_program(lay: _Layout, key: str):
-    def one(z, d, bolus_scale, basal_scale, meal_scale):
-        p = _model_params(lay, z, d, basal_scale)
-        ins = basal_scale * d["basal"] + bolus_scale * d["bolus"]
-        return trajectory(p, meal_scale * d["meal"], ins)[key]
-
-    per_draw = jax.vmap(one, in_axes=(0, None, None, None, None))
-    return jax.jit(jax.vmap(per_draw, in_axes=(0, 0, None, None, None)))

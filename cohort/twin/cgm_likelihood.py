@@ -1,0 +1,140 @@
+"""The CGM twin's likelihood: which parameters a prior estimates (the layout of the
+unconstrained vector ``z``), the prior's moments, ``t1d_minimal``'s parameters of one patient
+from ``z`` and its records, and the CGM log-likelihood with AR(1)-correlated residuals (sensor
+noise and model misfit are serially correlated at 5-min sampling; independent errors would
+make the posterior far too narrow)."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from cohort.models.glucose.t1d_minimal import basal_plasma_insulin
+from cohort.twin.cgm_solve import glucose_curves, trajectory
+from cohort.twin.prior import TwinError, TwinPrior
+
+TRAJECTORY_KEY = {"CGM": "IG", "BG": "G", "insulin": "I"}
+
+
+@dataclasses.dataclass(frozen=True)
+class Layout:
+    """Static structure of the unconstrained vector ``z = μ + L·η``: estimated model
+    parameters (log), then the log residual SD and the logit AR(1) correlation if estimated."""
+
+    estimated: tuple[str, ...]
+    fixed: tuple[str, ...]
+    output: str
+    sigma: bool  # log residual SD estimated
+    ar1: bool  # logit AR(1) correlation estimated
+    ar1_interval: float
+    kind: str
+
+    @property
+    def insulin_fixed(self) -> bool:
+        return not set(self.estimated) & {"kd", "ka2", "ke", "VI"}
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        extra = ("sigma",) * self.sigma + ("ar1",) * self.ar1
+        return (*self.estimated, *extra)
+
+
+def layout(prior: TwinPrior) -> Layout:
+    if prior.model.name != "t1d_minimal":
+        raise TwinError(
+            f"prior {prior.name!r} is for the model {prior.model.name!r}; CGM twins use "
+            "t1d_minimal (e.g. priors/t1d_cgm_twin.toml)"
+        )
+    if prior.output not in TRAJECTORY_KEY:
+        raise TwinError(f"prior {prior.name!r}: error.output must be one of {list(TRAJECTORY_KEY)}")
+    if not prior.eta_names:
+        raise TwinError(f"prior {prior.name!r}: [iiv] names no parameter to estimate")
+    err = prior.spec.error
+    fixed = tuple(n for n in prior.names if n not in prior.eta_names)
+    return Layout(
+        prior.eta_names,
+        fixed,
+        prior.output,
+        err.add_sd_log is not None,
+        err.ar1_sd_logit is not None,
+        float(err.ar1_interval or 5.0),
+        prior.error[0],
+    )
+
+
+def prior_moments(prior: TwinPrior, lay: Layout, mu_model: np.ndarray):
+    """``μ [N, q]`` and the prior Cholesky factor ``L [q, q]`` of ``z``."""
+    err = prior.spec.error
+    n = mu_model.shape[0]
+    cols, sds = [mu_model[:, [prior.names.index(k) for k in lay.estimated]]], []
+    if lay.sigma:
+        cols.append(np.full((n, 1), np.log(err.add)))
+        sds.append(err.add_sd_log)
+    if lay.ar1:
+        cols.append(np.full((n, 1), np.log(err.ar1 / (1.0 - err.ar1))))
+        sds.append(err.ar1_sd_logit)
+    q = len(lay.names)
+    chol = np.zeros((q, q))
+    k = len(lay.estimated)
+    chol[:k, :k] = np.linalg.cholesky(prior.omega)
+    chol[k:, k:] = np.diag(sds)
+    return np.concatenate(cols, axis=1), chol
+
+
+def model_params(lay: Layout, z, d, basal_scale=1.0):
+    """The ``t1d_minimal`` parameter dict of one patient from ``z`` and its data ``d``."""
+    p = {k: jnp.exp(z[i]) for i, k in enumerate(lay.estimated)}
+    p.update({k: d["fixed"][j] for j, k in enumerate(lay.fixed)})
+    p.update(BW=d["BW"], G0=d["G0"], basal=d["u0"] * basal_scale)
+    p["Ib"] = basal_plasma_insulin(p, d["u0"])  # glucose rests at Gb on the usual basal
+    for k, v in d["defaults"].items():
+        p.setdefault(k, v)
+    return p
+
+
+def loglik(lay: Layout, z, d, add: float, prop: float, ar1: float):
+    p = model_params(lay, z, d)
+    if lay.insulin_fixed:  # plasma insulin computed once per patient when binding
+        traj = {**glucose_curves(p, d["meal"], d["plasma"]), "I": d["plasma"]}
+    else:
+        traj = trajectory(p, d["meal"], d["basal"] + d["bolus"])
+    f = traj[TRAJECTORY_KEY[lay.output]][d["obs_idx"]]
+    k = len(lay.estimated)
+    sd_add = jnp.exp(z[k]) if lay.sigma else add
+    phi = jax.nn.sigmoid(z[k + lay.sigma]) if lay.ar1 else ar1
+    s = jnp.sqrt(sd_add**2 + (prop * f) ** 2)
+    r = (d["dv"] - f) / s  # standardised residuals
+    first = ~jnp.isfinite(d["lag"])
+    lag = jnp.where(first, 1.0, d["lag"])
+    rho = jnp.where(first, 0.0, phi ** (lag / lay.ar1_interval)) if (lay.ar1 or ar1) else 0.0
+    prev = jnp.concatenate([jnp.zeros(1, r.dtype), r[:-1]])
+    var = 1.0 - rho * rho
+    e = r - rho * prev
+    terms = -0.5 * e * e / var - 0.5 * jnp.log(2 * jnp.pi * var) - jnp.log(s)
+    ll = jnp.sum(d["mask"] * terms)
+    return jnp.where(jnp.isfinite(ll), ll, -jnp.inf)
+
+
+@functools.lru_cache(maxsize=16)
+def potential_factory(lay: Layout, add: float, prop: float, ar1: float):
+    """``make_potential(chol) -> u(η, d)``: ``½|η|² − log p(y | μ + Lη)`` (one per layout, so
+    the compiled programs are reused)."""
+
+    def make_potential(chol):
+        def u(eta, d):
+            z = d["mu"] + chol @ eta
+            return 0.5 * jnp.sum(eta * eta) - loglik(lay, z, d, add, prop, ar1)
+
+        return u
+
+    return make_potential
+
+
+def natural(lay: Layout, z: np.ndarray) -> np.ndarray:
+    """``z`` on the natural scale: exp for parameters and SD, logistic for the AR(1) ρ."""
+    k = len(lay.estimated) + lay.sigma
+    return np.concatenate([np.exp(z[..., :k]), 1.0 / (1.0 + np.exp(-z[..., k:]))], axis=-1)
