@@ -184,6 +184,19 @@ def _err(row: int, column: str, msg: str) -> DosingError:
     return DosingError(f"dosing record row {row}, column {column}: {msg}")
 
 
+MISSING_AMT = (
+    "a dose record (EVID 1) has no amount (an empty or '.' cell, which NONMEM reads as 0 and "
+    "which would dose nothing); give AMT, or make the row an observation (EVID 0)"
+)
+
+
+def _missing_cells(column: pd.Series) -> np.ndarray:
+    """Cells that hold no value: empty, ``.`` (NONMEM's missing value) or NaN."""
+    if pd.api.types.is_numeric_dtype(column):
+        return column.isna().to_numpy()
+    return (column.isna() | column.astype(str).str.strip().isin((".", "", "nan"))).to_numpy()
+
+
 def _numeric(df: pd.DataFrame, col: str, default: float) -> np.ndarray:
     if col not in df:
         return np.full(len(df), default, dtype=float)
@@ -302,6 +315,7 @@ def _expanded(df: pd.DataFrame, state_names: Sequence[str], dose_targets: Sequen
     amt = _numeric(df, "AMT", 0.0)
     evid = _numeric(df, "EVID", np.nan)
     evid = np.where(np.isnan(evid), np.where(amt > 0, 1.0, 0.0), evid)
+    no_amt = _missing_cells(df["AMT"])
     rate = _numeric(df, "RATE", 0.0)
     addl = _numeric(df, "ADDL", 0.0)
     ii = _numeric(df, "II", 0.0)
@@ -325,6 +339,8 @@ def _expanded(df: pd.DataFrame, state_names: Sequence[str], dose_targets: Sequen
             raise _err(row, "II", f"II {ii[i]:g} must be finite")
         if not np.isfinite(amt[i]) or amt[i] < 0:
             raise _err(row, "AMT", f"dose amount {amt[i]:g} must be a finite number >= 0")
+        if evid[i] == 1 and no_amt[i]:
+            raise _err(row, "AMT", MISSING_AMT)
         if rate[i] < 0 and rate[i] != -2:
             raise _err(row, "RATE", f"RATE {rate[i]:g} must be >= 0 or -2 (modelled duration)")
         if not np.isfinite(addl[i]) or addl[i] < 0 or addl[i] != int(addl[i]):
@@ -455,7 +471,13 @@ def patient_ids(dosing: Any) -> np.ndarray | None:
     col = next((c for c in dosing.columns if str(c).upper() == "ID"), None)
     if col is None:
         return None
-    ids = pd.factorize(dosing[col].to_numpy())[1]
+    return id_values(pd.factorize(dosing[col].to_numpy())[1])
+
+
+def id_values(ids) -> np.ndarray:
+    """Patient IDs as a result keeps them: whole numbers as int64, other numbers as float64,
+    anything else as text."""
+    ids = np.asarray(ids, dtype=object).reshape(-1)
     numbers = pd.to_numeric(pd.Series(ids), errors="coerce").to_numpy(dtype=float)
     # "007" or "7.0" written as text are kept as written (zero-padded IDs are names)
     padded = any(isinstance(i, str) and re.match(r"\s*[-+]?0\d", i) for i in ids)

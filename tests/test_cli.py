@@ -248,6 +248,25 @@ def test_population_csv_is_paired_with_the_dosing_by_id(tmp_path):
     pop.write_text("ID,CL,V,KA\n2,30,31,1\n2,2.5,30,1\n")
     res = runner.invoke(app, [*args, "-o", str(tmp_path / "z.zarr")])
     assert res.exit_code == 2 and "ID 2 appears on more than one row" in flat(res)
+    # without --dosing the population's IDs were dropped (results and warnings said patient
+    # 0, 1, ...; a new user's session): they are the results' ID coordinate, and unique
+    pop.write_text("ID,CL,V,KA\n101,-2.5,30,1.2\n205,3,35,0.8\n")
+    alone = ["simulate", "--model", "pk1_oral", "--population", str(pop), "--t-end", "4"]
+    res = runner.invoke(app, [*alone, "-o", str(tmp_path / "a.zarr")])
+    assert res.exit_code == 0, res.output
+    assert "(e.g. ID 101: -2.5)" in flat(res)
+    assert cohort.open_result(tmp_path / "a.zarr").ID.values.tolist() == [101, 205]
+    pop.write_text("ID,CL,V,KA\n101,2.5,30,1.2\n101,3,35,0.8\n")
+    res = runner.invoke(app, [*alone, "-o", str(tmp_path / "b.zarr")])
+    assert res.exit_code == 2 and "ID 101 is on more than one row" in flat(res)
+    # no ID column beside a dosing file with IDs: paired by order, and said so
+    pop.write_text("CL,V,KA\n2.5,30,1\n30,31,1\n")
+    res = runner.invoke(app, [*args, "-o", str(tmp_path / "c.zarr")])
+    assert res.exit_code == 0 and "has no ID column: its rows are paired" in flat(res)
+    # the Python API keeps a DataFrame population's IDs the same way
+    frame = pd.DataFrame({"ID": ["a", "b"], "CL": [2.5, 3.0]})
+    mem = cohort.simulate("pk1_oral", frame, cohort.Regimen(100.0, "depot"), [0.0, 1.0])
+    assert mem.ID.values.tolist() == ["a", "b"]
 
 
 def test_population_covariates_and_provenance_are_kept(tmp_path):

@@ -193,6 +193,16 @@ def test_censoring_columns():
         read_nonmem(frame(BLQ=[0, 0, 1, 0, 0, 0], LLOQ=[0, 0, 0.05, 0, 0, 0]))
 
 
+def test_rows_flagged_as_comments_are_refused_not_fitted():
+    """A C column flagging rows (NONMEM IGNORE=C) was left out as a column while its rows
+    were fitted as data (a new user's session); the dosing reader refused them already."""
+    assert problems(frame(C=[".", "C", ".", ".", "#", "."])) == [(2, "C")]
+    with pytest.raises(DataError, match=r"column C flags row\(s\) 2, 5 as comments"):
+        read_nonmem(frame(C=[".", "C", ".", ".", "#", "."]))
+    data = read_nonmem(frame(C=["."] * 6))  # no row flagged: read, C not a covariate
+    assert "C" not in data.covariates
+
+
 def test_files_and_frames_agree(tmp_path):
     path = tmp_path / "study.csv"
     frame().to_csv(path, index=False)

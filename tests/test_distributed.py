@@ -185,6 +185,15 @@ def test_fsspec_url_store_round_trip_resume_and_safety(tmp_path):
     with pytest.raises(OutputError, match="not written by cohort"):
         simulate(model, pop, None, out=f"file://{theirs}", overwrite=True, **args)
     assert (theirs / "notes.txt").read_text() == "keep me"
+    # cohort's store with a user's object added, at the top or inside an array: kept
+    for rel in ("notes.txt", "conc/notes.txt", "conc/c/0/notes.txt"):
+        (tmp_path / "url.zarr" / rel).write_text("keep me")
+        with pytest.raises(OutputError, match=f"did not write \\({rel}\\)"):
+            simulate(model, pop, None, out=url, overwrite=True, **args)
+        assert (tmp_path / "url.zarr" / rel).read_text() == "keep me"
+        (tmp_path / "url.zarr" / rel).unlink()
+    simulate(model, pop, None, out=url, overwrite=True, **args)
+    _same_store(tmp_path / "local.zarr", tmp_path / "url.zarr")
     for bad, why in [
         ("s3://key:secret@bucket/runs/x.zarr", "carries credentials"),
         ("file:///x.zarr", "top of a bucket"),

@@ -293,3 +293,8 @@ def test_nonmem_dots_are_missing_and_comment_rows_are_refused():
     df["C"] = ["C", ""]
     with pytest.raises(DosingError, match=r"column C flags row\(s\) 1 as comments"):
         event_table(df, states, targets)
+    # a dose record whose AMT is "." or empty dosed nothing, silently (a new user's session)
+    for cell in (".", "", None):
+        bad = df.drop(columns="C").assign(AMT=[cell, "."])
+        with pytest.raises(DosingError, match=r"row 1, column AMT: a dose record \(EVID 1\)"):
+            event_table(bad, states, targets)

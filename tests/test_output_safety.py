@@ -121,6 +121,16 @@ def test_overwrite_keeps_a_users_files_dropped_into_cohorts_store(tmp_path):
     assert cohort.open_result(out).attrs["seed"] == 1  # the store is untouched too
     (out / "my_notes.txt").unlink()
     shutil.rmtree(out / "analysis")
+    # inside an array's folder too (its chunks were all that was looked for: a new user's
+    # session lost conc/mynotes.txt), at any depth of the chunk folders
+    for where in (out / "conc" / "mynotes.txt", out / "conc" / "c" / "0" / "x.R"):
+        where.write_text("keep me")
+        res = runner.invoke(app, [*sim_args(out, "--overwrite"), "--seed", "2"])
+        assert res.exit_code == 2, res.output
+        shown = where.relative_to(out).as_posix()
+        assert f"did not write ({shown})" in " ".join(res.stderr.split())
+        assert where.read_text() == "keep me"
+        where.unlink()
     assert runner.invoke(app, [*sim_args(out, "--overwrite"), "--seed", "2"]).exit_code == 0
 
 

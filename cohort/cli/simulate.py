@@ -257,7 +257,15 @@ def simulate(
     if dosing is not None:
         if pop_ids is not None:
             pop = pair_by_id(pop, pop_ids, dose, population, dosing)
+        elif population is not None and population.is_file() and id_column(dose) is not None:
+            err_console.print(
+                f"note: --population {population} has no ID column: its rows are paired with "
+                "the patients of --dosing in their order of first appearance; add an ID column "
+                "to pair them by ID"
+            )
     else:
+        if pop_ids is not None:  # kept as the results' ID coordinate (must be unique)
+            pop = {**pop, "ID": np.asarray(pop_ids, dtype=object)}
         if cmt is not None and cmt.strip().isdigit() and 1 <= int(cmt) <= len(m.state_names):
             cmt = m.state_names[int(cmt) - 1]  # a NONMEM compartment number, as CMT in files
         if cmt is not None and cmt not in m.dose_targets:

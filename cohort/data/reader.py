@@ -308,6 +308,17 @@ def validate(raw: pd.DataFrame, model: Model | None = None) -> pd.DataFrame:
         raise DataError(problems)
     if len(raw) == 0:
         raise DataError([Problem(None, "ID", "the dataset has no rows")])
+    if "C" in raw:  # NONMEM's IGNORE=C: flagged rows must not be fitted as data
+        flagged = np.flatnonzero(raw["C"].astype(str).str.strip().isin(("C", "#")).to_numpy())
+        if flagged.size:
+            more = " ..." if flagged.size > 5 else ""
+            shown = ", ".join(str(r + 1) for r in flagged[:5]) + more
+            raise DataError(
+                [Problem(int(rows[flagged[0]]), "C",
+                         f"column C flags row(s) {shown} as comments (NONMEM IGNORE=C); cohort "
+                         "would use them as data: remove those rows from the file (a control "
+                         "stream's $DATA IGNORE=C is applied by `cohort fit run.mod`)")]
+            )  # fmt: skip
     out = pd.DataFrame({"ROW": rows})
     for col in ("ID", "TIME", "DV", "AMT", "EVID", "MDV", "RATE", "ADDL", "II", "SS", *CENSORING):
         if col in raw:

@@ -142,6 +142,31 @@ _RESERVED = {"patient", "time", "status", "chunk_done", "ID", "id"}
 _POPULATION_PROVENANCE = ("population", "spec_hash", "spec_path", "seed", "cohort_version")
 
 
+def population_ids(population: Any, n: int) -> np.ndarray | None:
+    """The patients' IDs a DataFrame or Dataset population carries in an ``ID`` column (any
+    case), kept with the results so they can be joined back to the user's table; None if it
+    has none. IDs must be unique (one row per patient)."""
+    from cohort.dosing import id_values
+
+    if isinstance(population, pd.DataFrame):
+        col = next((c for c in population.columns if str(c).upper() == "ID"), None)
+        values = None if col is None else population[col].to_numpy()
+    elif isinstance(population, xr.Dataset) and "ID" in population.variables:
+        values = population["ID"].values if population["ID"].dims == ("patient",) else None
+    else:
+        values = None
+    if values is None or len(values) != n:
+        return None
+    ids = id_values(values)
+    seen = pd.Index(ids)
+    if seen.has_duplicates:
+        dup = seen[seen.duplicated()][0]
+        raise InputError(
+            f"population: ID {dup} is on more than one row; give each patient one row (one ID)"
+        )
+    return ids
+
+
 def population_extras(
     model: Model, population: Any, outputs: tuple[str, ...] = ()
 ) -> tuple[dict[str, tuple[np.ndarray, dict]], dict[str, Any]]:

@@ -40,6 +40,7 @@ from cohort.engine.inputs import (
     checked_params,
     population_arrays,
     population_extras,
+    population_ids,
 )
 from cohort.engine.status import status_attrs
 from cohort.engine.step_choice import choose_step, pilot_rows
@@ -251,6 +252,8 @@ def simulate(
     ids = patient_ids(dosing)
     if ids is not None and len(ids) != n_pat:
         ids = None  # one patient's records shared by the whole cohort: no ID per patient
+    if ids is None:
+        ids = population_ids(population, n_pat)
     covariates, population_attrs = population_extras(model, population, outputs)
     plan = _Plan(model, engine, params, table, times, outputs, dtype, chunk_size, ids,
                  covariates, population_attrs)  # fmt: skip

@@ -23,6 +23,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from cohort.errors import OutputError
+from cohort.store.keys import stray_files
 
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 
@@ -108,8 +109,33 @@ def prepare(url: str, *, overwrite: bool, resume: bool, flag: str = "--out") -> 
             f"{flag} {url!r} exists and was not written by cohort; refusing to replace it even "
             "with --overwrite. Move it away or choose another path"
         )
+    foreign = _stray_objects(fs, root)
+    if foreign:
+        more = f" and {len(foreign) - 3} more" if len(foreign) > 3 else ""
+        raise OutputError(
+            f"{flag} {url!r} was written by cohort but now also holds objects it did not write "
+            f"({', '.join(foreign[:3])}{more}); --overwrite would delete them: move them out "
+            "first, or choose another path"
+        )
     fs.rm(root, recursive=True)
     return url.strip()
+
+
+def _stray_objects(fs, root: str) -> list[str]:
+    """Objects under the store ``root`` that are neither zarr metadata nor array chunks."""
+    files = [f[len(root) :].lstrip("/") for f in fs.find(root)]
+    arrays = set()
+    for rel in files:
+        folder, _, name = rel.rpartition("/")
+        if name == "zarr.json":
+            try:
+                if json.loads(fs.cat_file(f"{root}/{rel}")).get("node_type") == "array":
+                    arrays.add(folder)
+            except (OSError, ValueError, AttributeError):
+                pass
+        elif name == ".zarray":
+            arrays.add(folder)
+    return stray_files(files, arrays)
 
 
 def remove(url: str) -> None:

@@ -18,6 +18,7 @@ import shutil
 from pathlib import Path
 
 from cohort.errors import OutputError
+from cohort.store.keys import ZARR_META, stray_files
 from cohort.store.remote import filesystem, is_url
 from cohort.store.remote import prepare as remote_prepare
 
@@ -183,9 +184,6 @@ def prepare_output(
     return p
 
 
-_ZARR_META = {"zarr.json", ".zgroup", ".zattrs", ".zarray", ".zmetadata"}
-
-
 def foreign_files(p: Path) -> list[str]:
     """Files inside the cohort directory ``p`` that cohort did not write, relative to ``p``:
     anything but zarr metadata, the chunks inside zarr arrays, cohort's marker and the files
@@ -195,15 +193,26 @@ def foreign_files(p: Path) -> list[str]:
         here = Path(root)
         dirs.sort()
         if ".zarray" in files or _is_zarr_array(here / "zarr.json"):
-            dirs[:] = []  # an array's folder holds its chunks
+            dirs[:] = []  # an array's folder holds its metadata and chunks, nothing else
+            found += [(here / rel).relative_to(p).as_posix() for rel in _not_chunks(here)]
             continue
         marker = _marker(here) if MARKER in files else None
         listed = set(marker.get("files", [])) if marker else set()  # names in this folder
         for name in sorted(files):
-            if name in _ZARR_META or name in (MARKER, f"{MARKER}.tmp") or name in listed:
+            if name in ZARR_META or name in (MARKER, f"{MARKER}.tmp") or name in listed:
                 continue
             found.append((here / name).relative_to(p).as_posix())
     return sorted(found)
+
+
+def _not_chunks(array_dir: Path) -> list[str]:
+    """Files in a zarr array's folder that are neither its metadata nor its chunks (a user's
+    file dropped there was deleted by ``--overwrite``), relative to the folder."""
+    files = []
+    for root, dirs, names in os.walk(array_dir):
+        dirs.sort()
+        files += [(Path(root) / n).relative_to(array_dir).as_posix() for n in names]
+    return stray_files(files, {""})
 
 
 def _is_zarr_array(meta: Path) -> bool:
