@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
+import re
 
 import numpy as np
 import pytest
@@ -126,6 +128,12 @@ def test_resume_with_different_inputs_is_refused(tmp_path):
     run(path)
     with pytest.raises(StoreError, match=r"different inputs .* it differs in dosing \(was "):
         run(path, dose=Regimen(150.0, "central", ii=12.0, addl=1), resume=True)
+    # a long description is shown around its difference (cut at its start, "was" and "now"
+    # read the same: a new user's session)
+    with pytest.raises(StoreError) as info:
+        run(path, dose=dataclasses.replace(DOSE, amt=DOSE.amt * 2), resume=True)
+    was, now = re.search(r"dosing \(was (.*?), now (.*?)\);", str(info.value)).groups()
+    assert f"{DOSE.amt:g} each" in was and f"{2 * DOSE.amt:g} each" in now
     with pytest.raises(StoreError, match="different inputs"):
         run(path, pop={"CL": POP["CL"] * 1.01, "V": POP["V"]}, resume=True)
     with pytest.raises(StoreError, match="chunk_size"):

@@ -202,6 +202,12 @@ def _raw():
             lambda r: r["trial"].update(model="pk2_oral"),
             "[population.prior] adult_pk_oral.toml is a prior for pk1_oral: its parameter(s) V",
         ),
+        # an unknown compartment was an error about "dosing record row 1" (there is no file)
+        (
+            lambda r: r["arms"][1]["regimens"][0].update(cmt="gut"),
+            "[arms[1].regimens[0].cmt] 'gut' cannot be dosed in pk1_oral",
+        ),
+        (lambda r: r["arms"][1]["regimens"][0].update(cmt=7), "[arms[1].regimens[0].cmt] 7"),
     ],
 )
 def test_spec_errors_name_file_and_key(mutate, key):
@@ -221,6 +227,20 @@ def test_an_arms_dose_is_one_administration_given_or_not():
         arm.pop("dose")
     spec = parse(raw, "experiments/x.toml", base=THEO.parent)
     assert [a.dose for a in spec.arms] == [0.0, 200.0, 300.0, 400.0]
+
+
+def test_too_few_eligible_patients_says_what_was_needed(tmp_path):
+    """The count needed is the trials' total (replicates x n), said as such: "200 needed"
+    after --n 40 read as if the spec's n had been used (a new user's session)."""
+    from cohort.trial.design import EligibilityError
+
+    old = 'inclusion = ["WT >= 50", "WT <= 100"]'
+    text = THEO.read_text().replace(old, 'inclusion = ["WT >= 500"]')
+    prior = (THEO.parent / "../priors/adult_pk_oral.toml").resolve().as_posix()
+    path = tmp_path / "t.toml"
+    path.write_text(text.replace('"../priors/adult_pk_oral.toml"', f'"{prior}"'))
+    with pytest.raises(EligibilityError, match=r"200 \(5 trial\(s\) x 40 patients\) needed"):
+        ct.run(path, replicates=5, n=40)
 
 
 def test_too_few_patients_for_the_arms_is_refused():

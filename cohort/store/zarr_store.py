@@ -386,9 +386,23 @@ def _differing(old: dict, new: dict, show: int = 4) -> list[str]:
     out = []
     for k in sorted(set(old) & set(new) - _VOLATILE):
         if old[k] != new[k]:
-            a, b = (str(v)[:40] for v in (old[k], new[k]))
+            a, b = _around_difference(str(old[k]), str(new[k]))
             out.append(f"{k} (was {a}, now {b})")
     return out[:show]
+
+
+def _around_difference(a: str, b: str, width: int = 60) -> tuple[str, str]:
+    """``a`` and ``b`` shortened to ``width`` characters around where they first differ (a
+    long dosing description cut at its start read the same for both)."""
+    if max(len(a), len(b)) <= width:
+        return a, b
+    i = next((k for k, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+    lo = max(0, i - width // 3)
+
+    def cut(s: str) -> str:
+        return ("..." if lo else "") + s[lo : lo + width] + ("..." if lo + width < len(s) else "")
+
+    return cut(a), cut(b)
 
 
 def _jsonable(d: dict) -> dict:

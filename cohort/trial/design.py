@@ -45,11 +45,13 @@ def enroll(
     inclusion: tuple[str, ...] = (),
     exclusion: tuple[str, ...] = (),
     max_tries: int = 6,
+    needed_for: str = "",
 ) -> xr.Dataset:
     """The first ``count`` eligible virtual patients drawn from the ``prior`` spec.
 
     Candidates depend only on (seed, index), so doubling the draw keeps earlier candidates and
-    the enrolled cohort is reproducible."""
+    the enrolled cohort is reproducible. ``needed_for`` says in an error what ``count`` is made
+    of (e.g. `` (5 trials x 40 patients)``)."""
     draw = count
     for _ in range(max_tries):
         pop = generate(prior, n=draw, seed=seed)
@@ -63,7 +65,7 @@ def enroll(
         draw = int(np.ceil(count / rate * 1.2)) + 100
     raise EligibilityError(
         f"only {int(ok.sum())} of {draw} candidates from {prior} meet the inclusion/exclusion "
-        f"criteria; {count} needed. Relax [population] inclusion/exclusion."
+        f"criteria; {count}{needed_for} needed. Relax [population] inclusion/exclusion."
     )
 
 

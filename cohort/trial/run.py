@@ -120,7 +120,10 @@ def run(
     model = get_model(spec.model)
     reps, n_per = spec.replicates, spec.n
     total = reps * n_per
-    pop = design.enroll(spec.prior, total, spec.seed, spec.inclusion, spec.exclusion)
+    pop = design.enroll(
+        spec.prior, total, spec.seed, spec.inclusion, spec.exclusion,
+        needed_for=f" ({reps} trial(s) x {n_per} patients)",
+    )  # fmt: skip
     strata = design.strata_codes(pop, spec.strata)
     arm = design.allocate(
         strata.reshape(reps, n_per),
@@ -182,7 +185,10 @@ def potential_outcomes(
     spec = spec.with_(seed=seed, dropout_hazard=0.0)
     model = get_model(spec.model)
     levels = len(spec.arms)
-    pop = design.enroll(spec.prior, pool, seed, spec.inclusion, spec.exclusion)
+    pop = design.enroll(
+        spec.prior, pool, seed, spec.inclusion, spec.exclusion,
+        needed_for=" (patients simulated under every arm)",
+    )  # fmt: skip
     source = np.tile(np.arange(pool), levels)
     params = {
         k: np.asarray(pop[k].values)[source] for k in pop.data_vars if k in model.parameter_names

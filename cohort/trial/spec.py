@@ -146,7 +146,7 @@ def _parse(raw: dict, path: str, base: Path | None, digest: str) -> TrialSpec:
     if not prior.exists():
         raise r.err("population.prior", f"no such prior spec {str(prior)!r}")
     population = _prior_names(r, prior, model, t["model"])
-    arms = _arms(r, raw.get("arms"))
+    arms = _arms(r, raw.get("arms"), model)
     names = [a.name for a in arms]
     al = r.keys(
         "allocation", raw.get("allocation", {}), {"ratio", "block_size", "strata", "adaptive"}
@@ -283,7 +283,22 @@ def _parse(raw: dict, path: str, base: Path | None, digest: str) -> TrialSpec:
     )
 
 
-def _arms(r: _Reader, arms: Any) -> tuple[Arm, ...]:
+def _compartment(r: _Reader, key: str, value: Any, model) -> None:
+    """A regimen's ``cmt``: one of the model's dosable compartments, by name or NONMEM number
+    (checked here, so the error names the spec and key, not a dosing file there is none of)."""
+    targets = list(model.dose_targets)
+    numbers = [model.state_names.index(t) + 1 for t in targets]
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        raise r.err(key, f"give a compartment name or number, got {value!r}")
+    if value in targets or value in numbers:
+        return
+    raise r.err(
+        key, f"{value!r} cannot be dosed in {model.name}; use one of {targets} (or their "
+        f"numbers {numbers})"
+    )  # fmt: skip
+
+
+def _arms(r: _Reader, arms: Any, model) -> tuple[Arm, ...]:
     if not isinstance(arms, list) or not arms:
         raise r.err("arms", "give at least one [[arms]] table")
     out = []
@@ -302,6 +317,8 @@ def _arms(r: _Reader, arms: Any) -> tuple[Arm, ...]:
                     r.num(f"{key}.{k}", g[k], 0)
             if "addl" in g:
                 r.int_(f"{key}.addl", g["addl"], 0)
+            if "cmt" in g:
+                _compartment(r, f"{key}.cmt", g["cmt"], model)
             regs.append(dict(g))
         # An arm's dose is the amount of one administration (what "200 mg q12h" names and
         # what a PTA dose sweep scales); it defaults to the regimens' amount when they share
