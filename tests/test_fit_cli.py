@@ -166,6 +166,8 @@ def test_fixed_elements_from_the_command_line(tmp_path):
     fixed = {str(k): bool(v) for k, v in zip(summary.parameter.values, summary.fixed.values)}
     assert fixed["omega_KA"] and fixed["V"] and fixed["corr_CL_V"] and not fixed["KA"]
     assert re.search(r"│ V\s+│ 32\s+│ fixed", held.output)  # held values stay in the table
+    info = runner.invoke(app, ["info", str(tmp_path / "held" / "fit.nc")])
+    assert re.search(r"│ V\s+│ 32\s+│ fixed", info.output)  # `info` said SE 0 (new user)
     # a residual SD's initial value (it was "not an estimated parameter"): from 3x the
     # estimate, the same fit as nlmixr2's (DESIGN §6, as test_theoph_defaults_match_nlmixr2)
     res, est, _ = _fit(tmp_path / "sigma", theoph, "--params", "CL,V,KA", "--init",

@@ -368,6 +368,14 @@ def test_every_fit_method_round_trips(tmp_path, suffix, three_fits):
         with pytest.raises(cohort.OutputError, match="already exists"):
             res.save(path)
         res.save(path, overwrite=True)  # cohort's own result may be replaced
+        # `cohort info` prints the table `cohort fit` printed (it showed a held parameter's
+        # SE as 0 and left out sigma2: a new user's session)
+        shown = runner.invoke(app, ["info", str(path)])
+        assert shown.exit_code == 0, shown.output
+        assert "sigma_add" in shown.output and "omega2_CL" in shown.output
+        assert ("R-hat" in shown.output) == (method == "nuts")
+        if method == "ml":
+            assert "sigma2_add" in shown.output
 
 
 def test_fit_tables_show_whole_names_and_only_meaningful_diagnostics(three_fits):

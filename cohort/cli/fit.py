@@ -11,6 +11,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from cohort.cli._common import command, console, err_console, fail, warn
+from cohort.cli._fit_table import estimates_table
 
 
 def _covariates(specs: list[str] | None, names: list[str]) -> dict:
@@ -413,53 +414,6 @@ def _control_stream(path: Path, **given):
 
 
 def _table(result) -> Table:
-    """Estimates (ML) or posterior summaries (NUTS/SVI), log-scale duplicates left out."""
-    s = result.summary
+    """Estimates (ML) or posterior summaries (NUTS/SVI) of a fit just made."""
     title = f"{result.bound.spec.model.name}: {result.method} ({result.bound.n_subjects} subjects)"
-    if "estimate" in s:
-        table = Table("parameter", "estimate", "SE", "RSE %", "units", title=title)
-        for name, row in s.iterrows():
-            if name.startswith("log_"):
-                continue
-            if bool(row["fixed"]):  # held (--fix, FIX): shown, as NONMEM lists them
-                table.add_row(name, f"{row['estimate']:.4g}", "fixed", "", str(row["units"]))
-                continue
-            table.add_row(
-                name,
-                f"{row['estimate']:.4g}",
-                f"{row['se']:.3g}",
-                f"{row['rse_percent']:.1f}",
-                str(row["units"]),
-            )
-            if name.startswith("sigma_"):  # NONMEM's $SIGMA is a variance: shown beside the SD
-                est, se = float(row["estimate"]), float(row["se"])
-                table.add_row(
-                    "sigma2_" + name[6:],
-                    f"{est**2:.4g}",
-                    f"{2 * est * se:.3g}",  # delta method
-                    f"{200 * se / est:.1f}" if est else "nan",
-                    f"({row['units']})²" if str(row["units"]) not in ("", "1") else "1",
-                )
-        return table
-    # SVI draws come from the fitted guide, independent and in one chain: R-hat and ESS
-    # describe MCMC chains and would be NaN or meaningless there
-    mcmc = result.method == "nuts"
-    table = Table(title=title)
-    table.add_column("parameter", no_wrap=True)  # names whole (they were cut to "omega_…")
-    for col in ("mean", "sd", "5 %", "95 %", *(("R-hat", "ESS bulk") if mcmc else ())):
-        table.add_column(col, justify="right")
-    table.add_column("units")
-    for name, row in s.iterrows():
-        if name.startswith("log_"):
-            continue
-        diag = (f"{row['r_hat']:.3f}", f"{row['ess_bulk']:.0f}") if mcmc else ()
-        table.add_row(
-            name,
-            f"{row['mean']:.4g}",
-            f"{row['sd']:.3g}",
-            f"{row['hdi_5%']:.4g}",
-            f"{row['hdi_95%']:.4g}",
-            *diag,
-            str(row["units"]),
-        )
-    return table
+    return estimates_table(result.summary, title, result.method)

@@ -10,6 +10,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from cohort.cli._common import command, console, err_console, fail, patient_table
+from cohort.cli._fit_table import estimates_table
 
 
 def _is_fit(path: Path) -> bool:
@@ -35,19 +36,11 @@ def _fit_info(path: Path) -> None:
         f"[bold]{escape(str(path))}[/]: fit of {escape(str(a.get('model', '?')))} "
         f"({escape(str(a.get('method', '?')))}), {summary.sizes.get('subject', 0)} subjects"
     )
-    estimate = "estimate" if "estimate" in summary else "mean"
-    spread = "se" if "se" in summary else "sd"
-    table = Table("parameter", estimate, spread, "units")
-    for i, name in enumerate(summary["parameter"].values.astype(str)):
-        if name.startswith("log_"):
-            continue
-        table.add_row(
-            name,
-            f"{float(summary[estimate].values[i]):.4g}",
-            f"{float(summary[spread].values[i]):.3g}",
-            str(summary["units"].values[i]) if "units" in summary else "",
-        )
-    console.print(table)
+    rows = [v for v in summary.data_vars if summary[v].dims == ("parameter",)]
+    frame = summary[rows].to_dataframe()
+    if "estimate" in frame and "fixed" not in frame:  # saved before parameters could be held
+        frame["fixed"] = False
+    console.print(estimates_table(frame, "estimates", str(a.get("method", ""))))
     keys = ("error_model", "omega", "approximation", "n_observations", "ofv", "converged",
             "diagnostic_verdict", "model_hash", "cohort_version")  # fmt: skip
     for key in keys:
