@@ -283,6 +283,7 @@ def test_population_model_mismatch_is_an_error(tmp_path):
         ],
     )
     assert res.exit_code == 2 and "generated for model 'pk1_oral'" in flat(res)
+    assert "typical values are used" not in flat(res)  # no note about a run that never happens
     # without --model the population's own model is used
     res = runner.invoke(app, ["simulate", "--population", str(pop), "-o", str(tmp_path / "s")])
     assert res.exit_code == 0, res.output

@@ -16,6 +16,7 @@ def read_population(path: Path, model_name: str | None):
     import pandas as pd
 
     from cohort.data.reader import DataError, read_table
+    from cohort.engine.inputs import InputError, check_population_model
     from cohort.models import get as get_model
     from cohort.population import open_population
 
@@ -26,8 +27,11 @@ def read_population(path: Path, model_name: str | None):
         made_for = ds.attrs.get("model") or None
         if model_name is None and made_for is None:
             fail(f"--population {path}: the store names no model; pass --model")
-        # A --model other than the population's is refused by simulate itself.
         model = get_model(model_name or made_for)
+        try:  # before any note about the population's parameters
+            check_population_model(model, ds)
+        except InputError as exc:
+            fail(f"--population {path}: {str(exc).removeprefix('population: ')}")
         return model, ds
     model = get_model(model_name or "pk2_oral_idr")
     try:

@@ -52,7 +52,7 @@ def check_times(times: Any) -> np.ndarray:
     return t
 
 
-def _check_population_model(model: Model, population: xr.Dataset) -> None:
+def check_population_model(model: Model, population: xr.Dataset) -> None:
     """A generated population (``attrs['model']``, parameters marked in ``long_name``) must be
     for this model: simulating a pk1 population with a pk2 model would silently drop V and use
     V1's default."""
@@ -91,7 +91,7 @@ def population_arrays(model: Model, population: Any, n: int | None) -> dict[str,
         population = {}
     strict = isinstance(population, dict)
     if isinstance(population, xr.Dataset):
-        _check_population_model(model, population)
+        check_population_model(model, population)
         cols = {
             k: population[k].values
             for k in population.data_vars
