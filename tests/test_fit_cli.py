@@ -64,6 +64,21 @@ def test_theoph_defaults_match_nlmixr2(tmp_path):
     assert re.search(r"time: startup [\d.]+ s, trace [\d.]+ s, compile", _flat(res))  # on stderr
 
 
+def test_parameters_the_observed_output_cannot_inform_are_not_estimated(tmp_path):
+    """A PK/PD model fitted to concentrations estimated its PD parameters too (a flat
+    likelihood: a new user's pk2_oral_idr fit of Theoph ran for minutes). By default only the
+    parameters that can change the fitted output are estimated (said in a note): here the
+    same fit as pk1_oral's (nlmixr2's estimates); naming one in --params is refused."""
+    res, est, _ = _fit(tmp_path / "a", DATA / "theoph_nonmem.csv", "--model", "pk1_oral+emax")
+    assert res.exit_code == 0, res.output
+    assert "E0, EMAX, EC50, GAMMA cannot change 'conc'" in _flat(res)
+    assert not {"E0", "EMAX", "EC50", "GAMMA"} & set(est)
+    assert est["CL"] == pytest.approx(2.77, rel=0.05) and est["V"] == pytest.approx(31.5, rel=0.05)
+    res, _, _ = _fit(tmp_path / "b", DATA / "theoph_nonmem.csv", "--model", "pk1_oral+emax",
+                     "--params", "CL,V,KA,EC50")  # fmt: skip
+    assert res.exit_code == 2 and "['EC50'] cannot change 'conc'" in _flat(res)
+
+
 def test_pheno_as_shipped_reproduces_nonmem(tmp_path):
     """NONMEM's pheno control stream, from the command line, no inits: FOCE-I estimates and
     OFV (it used to fail with OFV 4e17/inf from default starts)."""

@@ -92,3 +92,36 @@ def test_tmdd_linear_limit_matches_one_compartment():
     t = ds.time.values
     np.testing.assert_allclose(ds.conc.values[0], 10 * np.exp(-0.2 / 3 * t), rtol=1e-5)
     assert int(ds.status.values[0]) == 0
+
+
+def test_parameters_reaching_an_output_follow_the_equations():
+    """The parameters that can change an output, found from the structure of the equations:
+    PD parameters never reach a PK concentration; every parameter reaches the response of
+    a PK/PD model; a term gated by a threshold (Bergman's secretion above h) still counts."""
+    from cohort.models.structure import parameters_reaching
+
+    idr = get("pk2_oral_idr")
+    pd_names = {"KIN", "KOUT", "IMAX", "EC50", "GAMMA"}
+    assert parameters_reaching(idr, "conc") == set(idr.parameter_names) - pd_names
+    assert parameters_reaching(idr, "response") == set(idr.parameter_names)
+    bergman = get("bergman")
+    assert {"gamma", "h"} <= parameters_reaching(bergman, "glucose")
+    oral = get("pk1_oral")
+    assert {"F", "ALAG"} & set(oral.parameter_names) <= parameters_reaching(oral, "conc")
+    uva = get("uva_padova")  # subcutaneous insulin is not driven by glucose in T1D
+    assert "kabs" not in parameters_reaching(uva, "insulin")
+    assert "kabs" in parameters_reaching(uva, "Gsub")
+
+
+def test_fits_estimate_only_what_the_output_can_inform():
+    from cohort.inference import NLME, Param, SpecError
+
+    spec = NLME("pk1_oral+emax")  # default parameters: those reaching 'conc'
+    assert [p.name for p in spec.params] == ["CL", "V", "KA"]
+    assert {p.name for p in NLME("pk1_oral+emax", output="response").params} >= {"EC50", "CL"}
+    with pytest.raises(SpecError, match=r"\['EMAX'\] cannot change 'conc'"):
+        NLME("pk1_oral+emax", params=(Param("CL"), Param("EMAX")))
+    held = NLME(
+        "pk1_oral+emax", params=(Param("CL"), Param("EMAX", init=1.0, fixed=True, iiv=False))
+    )
+    assert [p.name for p in held.params] == ["CL", "EMAX"]

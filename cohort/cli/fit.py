@@ -122,11 +122,22 @@ def _spec(
         model = get_model(model_name)
     except KeyError as exc:
         fail(str(exc))
-    names = (
-        [p.strip() for p in params.split(",")]
-        if params
-        else [p.name for p in default_params(model)]
-    )
+    if params:
+        names = [p.strip() for p in params.split(",")]
+    else:
+        target = output or model.output_names[0]
+        names = [
+            p.name
+            for p in default_params(
+                model, target if target in model.output_names + model.state_names else None
+            )
+        ]
+        held = [p.name for p in default_params(model) if p.name not in names]
+        if held:
+            err_console.print(
+                f"note: {', '.join(held)} cannot change {target!r} (the fitted output): not "
+                f"estimated, held at {model.name}'s values; --output names another output"
+            )
     with_iiv = set(p.strip() for p in iiv.split(",")) if iiv else set(names)
     unknown = with_iiv - set(names)
     if unknown:

@@ -16,6 +16,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 from cohort.errors import CohortError
 from cohort.models.base import Model
+from cohort.models.structure import parameters_reaching
 
 COVARIATE_KINDS = ("power", "exp", "binary")
 ERROR_KINDS = ("additive", "proportional", "combined", "log-additive")
@@ -139,14 +140,6 @@ class NLME:
             object.__setattr__(self, "model", get(self.model))
         if isinstance(self.error, str):
             object.__setattr__(self, "error", ErrorModel(self.error))
-        if not self.params:
-            object.__setattr__(self, "params", default_params(self.model))
-        object.__setattr__(self, "params", tuple(self.params))
-        names = [p.name for p in self.params]
-        if self.omega not in ("diagonal", "full"):
-            _ = self.omega_blocks  # validates the block structure
-        if len(set(names)) != len(names):
-            raise SpecError(f"NLME: parameter names repeat: {names}")
         out = self.output or self.model.output_names[0]
         if out not in self.model.output_names + self.model.state_names:
             raise SpecError(
@@ -154,6 +147,14 @@ class NLME:
                 f"{list(self.model.output_names)}"
             )
         object.__setattr__(self, "output", out)
+        if not self.params:  # the parameters the observed output can inform
+            object.__setattr__(self, "params", default_params(self.model, out))
+        object.__setattr__(self, "params", tuple(self.params))
+        names = [p.name for p in self.params]
+        if self.omega not in ("diagonal", "full"):
+            _ = self.omega_blocks  # validates the block structure
+        if len(set(names)) != len(names):
+            raise SpecError(f"NLME: parameter names repeat: {names}")
         known = set(self.model.parameter_names)
         if self.transform is None:
             unknown = [n for n in names if n not in known]
@@ -161,6 +162,15 @@ class NLME:
                 raise SpecError(
                     f"NLME: {unknown} are not parameters of {self.model.name!r} "
                     f"({sorted(known)}); give a transform to map them to model parameters"
+                )
+            reach = parameters_reaching(self.model, out)
+            flat = [p.name for p in self.params if p.name not in reach and not p.fixed]
+            if flat:
+                raise SpecError(
+                    f"NLME: {flat} cannot change {out!r}, the observed output of "
+                    f"{self.model.name!r}: the data cannot inform them (a flat likelihood; "
+                    "their estimates would be arbitrary). Leave them out of the estimated "
+                    "parameters (they keep their model values), or fit an output they affect"
                 )
         bad_fixed = [k for k in self.fixed if k not in known]
         if bad_fixed:
@@ -259,13 +269,16 @@ class NLME:
         return sorted({c.column for p in self.params for c in p.covariates})
 
 
-def default_params(model: Model) -> tuple[Param, ...]:
-    """Every positive-default parameter of ``model`` except F/ALAG, log-normal with IIV."""
+def default_params(model: Model, output: str | None = None) -> tuple[Param, ...]:
+    """Every positive-default parameter of ``model`` except F/ALAG, log-normal with IIV; with
+    ``output``, only those that can change it (:mod:`cohort.models.structure`)."""
+    reach = None if output is None else parameters_reaching(model, output)
     return tuple(
         Param(q.name)
         for q in model.parameters
         if q.name not in _NOT_LOGNORMAL and q.default > 0 and not q.name.startswith("D_")
-    )
+        and (reach is None or q.name in reach)
+    )  # fmt: skip
 
 
 def make_nlme(
