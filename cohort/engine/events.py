@@ -152,14 +152,12 @@ def missing_duration_params(model: Model, table) -> list[str]:
     return sorted(need)
 
 
-def bad_durations(model: Model, table, params: dict) -> tuple:
-    """Patients whose RATE=-2 doses have a modelled duration (``D_<cmt>``) that is not a
-    finite number > 0 — a dose given over no time or negative time would vanish or turn
-    negative — as a per-patient flag, and one line naming the first such patient."""
+def bad_durations(model: Model, table, params: dict):
+    """Per patient: a RATE=-2 dose whose modelled duration (``D_<cmt>``) is not a finite
+    number > 0 (given over no time or negative time, the dose would vanish or turn negative)."""
     import numpy as np
 
     bad = np.zeros(table.n_patients, bool)
-    first = None
     modelled = (table.evid == 1) & (table.rate == -2)
     for c in np.unique(table.cmt[modelled]):
         s = model.state_names[int(c)]
@@ -167,12 +165,8 @@ def bad_durations(model: Model, table, params: dict) -> tuple:
         if name not in params:
             continue  # refused before: missing_duration_params
         d = np.broadcast_to(np.asarray(params[name], float), (table.n_patients,))
-        here = np.any(modelled & (table.cmt == c), axis=1) & ~(np.isfinite(d) & (d > 0))
-        if here.any() and first is None:
-            i = int(np.flatnonzero(here)[0])
-            first = f"{name} = {d[i]:g} for patient {i} (RATE=-2 doses need a duration > 0)"
-        bad |= here
-    return bad, first
+        bad |= np.any(modelled & (table.cmt == c), axis=1) & ~(np.isfinite(d) & (d > 0))
+    return bad
 
 
 def with_sentinel(ch: Changes) -> Changes:

@@ -397,8 +397,8 @@ def _run_chunks(
     )
     # Parameter checks and dtype casts once for the whole cohort (not per batch); batches are
     # then contiguous slices (views) of these arrays.
-    bad_dur, _ = bad_durations(plan.model, plan.table, plan.params)
-    invalid, params_all = checked_params(plan.model, plan.params, plan.dtype, bad_dur)
+    bad_duration = bad_durations(plan.model, plan.table, plan.params)
+    invalid, params_all = checked_params(plan.model, plan.params, plan.dtype, bad_duration)
     events_all = dict(plan.table.arrays())
     for key in ("time", "amt", "rate", "ii"):
         v = events_all[key]
