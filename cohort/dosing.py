@@ -507,6 +507,12 @@ def event_table(
     elif isinstance(dosing, pd.DataFrame):
         table = records_table(dosing, state_names, dose_targets)
     else:
+        if not isinstance(dosing, (Regimen, list, tuple)):
+            raise DosingError(
+                "dosing: give a Regimen, a list of Regimens (shared by every patient), a list "
+                "of such lists (one per patient) or NONMEM-style records (a DataFrame); got "
+                f"{type(dosing).__name__}"
+            )
         regs = [dosing] if isinstance(dosing, Regimen) else list(dosing)
         if regs and all(isinstance(r, Regimen) for r in regs):
             shared = records_from_frame(

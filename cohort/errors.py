@@ -29,3 +29,12 @@ class UnknownModelError(CohortError, KeyError):
 
     def __str__(self) -> str:  # KeyError would quote the message
         return str(self.args[0]) if self.args else ""
+
+
+class OptionError(CohortError, ValueError):
+    """An argument a function does not accept (an unknown method, guide or controller, a count
+    below 1); the message names the argument and what it accepts."""
+
+
+class ArgumentTypeError(CohortError, TypeError):
+    """An argument of the wrong kind (a list where a table or path is expected)."""

@@ -199,3 +199,62 @@ def test_a_save_grid_too_long_for_memory_is_refused_up_front(tmp_path, monkeypat
     )
     assert res.exit_code == 2 and "larger step" in " ".join(res.output.split())
     assert not any(tmp_path.iterdir())  # refused before anything was written
+
+
+def test_python_api_input_errors_are_cohort_errors_naming_the_argument():
+    """A new user's Python session: these raised numpy/JAX internals (a stride error, "'int'
+    object is not iterable", "could not convert string to float", an IndexError after the ML
+    start fit had run, "cannot convert float NaN to integer") or plain ValueErrors; each is now
+    a CohortError naming the argument, raised before any work."""
+    import numpy as np
+
+    import cohort
+    from cohort import glucose
+    from cohort.inference import fit
+    from cohort.models.glucose.patients import reference_patients
+
+    reg, t = cohort.Regimen(100.0, "central"), cohort.grid(0, 4, 1)
+    theo = ROOT / "tests" / "data" / "theoph_nonmem.csv"
+    adults = reference_patients("adult")
+    cases = [
+        (lambda: cohort.simulate("pk1_iv", {"CL": np.ones((2, 2))}, reg, t), "'CL' has shape"),
+        (lambda: cohort.simulate("pk1_iv", {"CL": [2.0]}, 100, t), "dosing: give a Regimen"),
+        (lambda: cohort.simulate("pk1_iv", {"CL": [2.0]}, reg, "0:24"), "times: give numbers"),
+        (lambda: cohort.simulate("pk1_iv", {"CL": []}, reg, t), "population: no patients"),
+        (lambda: cohort.simulate("pk1_iv", None, reg, t, n=0), "population: no patients"),
+        (lambda: fit("pk1_oral", theo, "nuts", chains=0), "chains must be an integer >= 1"),
+        (lambda: fit("pk1_oral", theo, "svi", steps=-1), "steps must be an integer >= 1"),
+        (lambda: fit("pk1_oral", theo, "saem"), "method must be one of"),
+        (lambda: fit("pk1_oral", [1, 2], "ml"), "data must be a Dataset"),
+        (lambda: glucose.run(adults.iloc[:2], days=float("nan")), "days: a finite number"),
+        (lambda: glucose.run(adults.iloc[:0]), "patients: no patients"),
+        (lambda: glucose.run(adults.iloc[:2], controller="mpc"), "unknown controller 'mpc'"),
+    ]
+    for call, message in cases:
+        with pytest.raises(cohort.CohortError, match=message):
+            call()
+
+
+def test_python_api_pairs_a_population_with_dosing_records_by_id():
+    """`cohort.simulate` matched a population table to NONMEM records by row order, ignoring
+    both ID columns (the CLI matched by ID): patient 1 got patient 2's CL. Now by ID, with
+    differing or repeated IDs refused; records alone give one patient per ID."""
+    import numpy as np
+    import pandas as pd
+
+    import cohort
+
+    records = pd.DataFrame({"ID": [1, 2], "TIME": 0.0, "AMT": [100.0, 200.0], "EVID": 1,
+                            "CMT": 1})  # fmt: skip
+    t = cohort.grid(0, 4, 1)
+    run = cohort.simulate("pk1_iv", pd.DataFrame({"ID": [2, 1], "CL": [1.0, 20.0]}), records, t)
+    assert run.ID.values.tolist() == [1, 2] and run.CL.values.tolist() == [20.0, 1.0]
+    v = cohort.models.get("pk1_iv").defaults()["V"]
+    np.testing.assert_allclose(run.conc.values[0], 100.0 / v * np.exp(-20.0 / v * t), rtol=1e-10)
+    for ids, message in (([1, 3], "ID 2 has dose records but no parameters; ID 3 has"),
+                         ([1, 1], "ID 1 is on more than one row")):  # fmt: skip
+        with pytest.raises(cohort.InputError, match=message):
+            cohort.simulate("pk1_iv", pd.DataFrame({"ID": ids, "CL": [1.0, 2.0]}), records, t)
+    alone = cohort.simulate("pk1_iv", None, records, t)
+    assert alone.ID.values.tolist() == [1, 2]
+    np.testing.assert_allclose(alone.conc.values[1] / alone.conc.values[0], 2.0, rtol=1e-12)

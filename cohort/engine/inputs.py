@@ -39,7 +39,12 @@ def grid(start: float, stop: float, step: float) -> np.ndarray:
 
 
 def check_times(times: Any) -> np.ndarray:
-    t = np.asarray(times, dtype=float).reshape(-1)
+    try:
+        t = np.asarray(times, dtype=float).reshape(-1)
+    except (TypeError, ValueError):
+        raise InputError(
+            f"times: give numbers (e.g. cohort.grid(0, 24, 0.25) or [0, 1, 2]), got {times!r}"
+        ) from None
     if t.size == 0:
         raise InputError("times: give at least one save time")
     if not np.all(np.isfinite(t)):
@@ -113,6 +118,12 @@ def population_arrays(model: Model, population: Any, n: int | None) -> dict[str,
             f"population: unknown parameter(s) {extra} for model {model.name!r}; "
             f"parameters are {sorted(known)}"
         )
+    deep = [k for k, v in cols.items() if np.ndim(v) > 1]
+    if deep:
+        raise InputError(
+            f"population: {deep[0]!r} has shape {np.shape(cols[deep[0]])}; give one value per "
+            "patient (a 1-D array) or one value for all"
+        )
     sizes = {k: np.size(v) for k, v in cols.items() if np.ndim(v) > 0}
     lengths = set(sizes.values())
     if len(lengths) > 1:
@@ -165,6 +176,43 @@ def population_ids(population: Any, n: int) -> np.ndarray | None:
             f"population: ID {dup} is on more than one row; give each patient one row (one ID)"
         )
     return ids
+
+
+def paired_by_id(population: Any, dosing: Any) -> Any:
+    """``population``'s rows in the order of the dosing records' patients (first appearance),
+    matched by ``ID`` when both carry one: matching by row order would give one patient's
+    parameters to another's doses whenever the two tables list them differently. IDs on one
+    side only, or repeated in the population, are an :class:`InputError`."""
+    from cohort.dosing import patient_ids
+
+    dose_ids = patient_ids(dosing)
+    pop_ids = population_ids(population, _rows(population)) if dose_ids is not None else None
+    if pop_ids is None:
+        return population
+    where = {k: i for i, k in enumerate(pop_ids.tolist())}
+    missing = [k for k in dose_ids.tolist() if k not in where]
+    extra = [k for k in pop_ids.tolist() if k not in set(dose_ids.tolist())]
+    if missing or extra:
+        parts = [f"ID {missing[0]} has dose records but no parameters" if missing else "",
+                 f"ID {extra[0]} has parameters but no dose records" if extra else ""]  # fmt: skip
+        raise InputError(
+            f"population and dosing: patient IDs differ ({'; '.join(p for p in parts if p)}); "
+            "give both the same IDs"
+        )
+    order = [where[k] for k in dose_ids.tolist()]
+    if order == list(range(len(order))):
+        return population
+    if isinstance(population, pd.DataFrame):
+        return population.iloc[order].reset_index(drop=True)
+    return population.isel(patient=order)
+
+
+def _rows(population: Any) -> int:
+    if isinstance(population, pd.DataFrame):
+        return len(population)
+    if isinstance(population, xr.Dataset) and "patient" in population.sizes:
+        return population.sizes["patient"]
+    return -1
 
 
 def population_extras(

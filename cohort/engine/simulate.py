@@ -38,6 +38,7 @@ from cohort.engine.inputs import (
     InputError,
     check_times,
     checked_params,
+    paired_by_id,
     population_arrays,
     population_extras,
     population_ids,
@@ -209,7 +210,12 @@ def simulate(
     if dtype not in ("float32", "float64"):
         raise InputError(f"dtype: must be 'float32' or 'float64', got {dtype!r}")
     engine = resolve_engine(model, method, options)
+    population = paired_by_id(population, dosing)
+    if population is None and n is None and (ids := patient_ids(dosing)) is not None:
+        n = len(ids)  # records alone: one patient per ID, at the model's typical values
     params = population_arrays(model, population, n)
+    if not len(next(iter(params.values()))):
+        raise InputError("population: no patients (an empty table, or n=0); give at least one")
     n_pat = len(next(iter(params.values())))
     table = event_table(dosing, model.state_names, model.dose_targets, n_pat)
     outputs = tuple(outputs or model.output_names)

@@ -8,6 +8,7 @@ from cohort.glucose.controllers import (
     OpenLoop,
     controller,
 )
+from cohort.glucose.loop import ClosedLoopOptions
 from cohort.glucose.metrics import (
     CVGA_LETTERS,
     CVGA_ZONES,
@@ -25,6 +26,7 @@ from cohort.glucose.scenarios import (
     scenario,
     single_meal,
 )
+from cohort.glucose.sensor import Sensor
 from cohort.glucose.simulate import run
 
 __all__ = [
@@ -32,9 +34,11 @@ __all__ = [
     "CVGA_ZONES",
     "PID",
     "BasalBolus",
+    "ClosedLoopOptions",
     "HybridClosedLoop",
     "MealScenario",
     "OpenLoop",
+    "Sensor",
     "controller",
     "cvga",
     "cvga_counts",

@@ -17,6 +17,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from cohort.errors import OptionError
 from cohort.glucose.loop import Observation
 from cohort.models.base import Tree
 
@@ -195,5 +196,5 @@ CONTROLLERS = {
 def controller(name: str, **tuning):
     """A controller by CLI name (``open-loop``, ``basal-bolus``, ``pid``, ``hybrid``)."""
     if name not in CONTROLLERS:
-        raise ValueError(f"unknown controller {name!r}; choose from {sorted(CONTROLLERS)}")
+        raise OptionError(f"unknown controller {name!r}; choose from {sorted(CONTROLLERS)}")
     return CONTROLLERS[name](**tuning)

@@ -38,6 +38,7 @@ import jax.numpy as jnp
 
 from cohort.engine.common import track_extremes
 from cohort.engine.stepping import rk4_step_rolled
+from cohort.errors import OptionError
 from cohort.glucose.sensor import Sensor, SensorState, read_sensor, sensor_keys
 from cohort.models.base import State, Tree
 from cohort.models.glucose.uva_padova import basal_insulin_rate
@@ -96,21 +97,21 @@ class ClosedLoopOptions:
     def __post_init__(self):
         inc = self.pump_increment
         if inc is not None and not (math.isfinite(inc) and inc >= 0):
-            raise ValueError(f"pump_increment: a number of units >= 0 or None, got {inc!r}")
+            raise OptionError(f"pump_increment: a number of units >= 0 or None, got {inc!r}")
         if inc == 0:  # no quantisation (it divided by 0: every patient NaN)
             object.__setattr__(self, "pump_increment", None)
         if not self.max_rate > 0:
-            raise ValueError(f"max_rate: must be > 0 U/min (inf: no limit), got {self.max_rate!r}")
+            raise OptionError(f"max_rate: must be > 0 U/min (inf: no limit), got {self.max_rate!r}")
 
     def steps_per_minute(self) -> int:
         """RK4 steps per minute (validates ``dt``, ``period`` and ``eating_substeps``)."""
         per_minute = 1.0 / self.dt if self.dt > 0 else 0.0
         if not 0 < self.dt <= 1.0 or abs(per_minute - round(per_minute)) > 1e-9:
-            raise ValueError(f"dt ({self.dt}) must divide 1 min")
+            raise OptionError(f"dt ({self.dt}) must divide 1 min")
         if self.period < 1 or abs(self.period - round(self.period)) > 1e-9:
-            raise ValueError(f"period ({self.period}) must be a whole number of minutes")
+            raise OptionError(f"period ({self.period}) must be a whole number of minutes")
         if self.eating_substeps < 1 or int(self.eating_substeps) != self.eating_substeps:
-            raise ValueError(f"eating_substeps ({self.eating_substeps}) must be an integer >= 1")
+            raise OptionError(f"eating_substeps ({self.eating_substeps}) must be an integer >= 1")
         return round(per_minute)
 
 

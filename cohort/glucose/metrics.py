@@ -26,6 +26,8 @@ from __future__ import annotations
 import numpy as np
 import xarray as xr
 
+from cohort.errors import OptionError
+
 CVGA_ZONES = ("A", "Lower B", "B", "Upper B", "Lower C", "Upper C", "Lower D", "Upper D", "E")
 CVGA_LETTERS = ("A", "B", "C", "D", "E")
 # rows: max glucose <= 180, (180, 300], > 300; columns: min glucose >= 90, [70, 90), < 70
@@ -43,7 +45,7 @@ def time_weights(time) -> np.ndarray:
     if t.size == 1:
         return np.ones(1)
     if np.any(np.diff(t) <= 0):
-        raise ValueError("time must be strictly increasing")
+        raise OptionError("time must be strictly increasing")
     w = np.zeros_like(t)
     dt = np.diff(t)
     w[:-1] += dt / 2
@@ -59,7 +61,7 @@ def risk_function(glucose, xp=np):
 
 def _values(glucose: xr.DataArray, dim: str) -> tuple[np.ndarray, np.ndarray, xr.DataArray]:
     if dim not in glucose.dims:
-        raise ValueError(f"glucose has no dimension {dim!r} (dims: {glucose.dims})")
+        raise OptionError(f"glucose has no dimension {dim!r} (dims: {glucose.dims})")
     g = glucose.transpose(..., dim)
     coord = g[dim].values if dim in g.coords else np.arange(g.sizes[dim])
     template = g.isel({dim: 0}, drop=True)

@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 from scipy.special import ndtr, ndtri
 
+from cohort.errors import OptionError
 from cohort.models.glucose import EAT_RATE
 
 # simglucose RandomScenario: breakfast, snack, lunch, snack, dinner, snack
@@ -52,14 +53,14 @@ class MealScenario:
     def __post_init__(self):
         shape = self.start.shape
         if len(shape) != 2:
-            raise ValueError(f"meal arrays must be [patients, meals], got shape {shape}")
+            raise OptionError(f"meal arrays must be [patients, meals], got shape {shape}")
         for f in ("grams", "eat_rate", "announced", "bolus"):
             if getattr(self, f).shape != shape:
-                raise ValueError(f"{f} has shape {getattr(self, f).shape}, start has {shape}")
+                raise OptionError(f"{f} has shape {getattr(self, f).shape}, start has {shape}")
         if np.any(self.grams < 0) or np.any(self.bolus < 0) or np.any(self.profile < 0):
-            raise ValueError("meal grams, boluses and the profile must be >= 0")
+            raise OptionError("meal grams, boluses and the profile must be >= 0")
         if np.any(self.eat_rate <= 0):
-            raise ValueError("eat_rate must be > 0 g/min")
+            raise OptionError("eat_rate must be > 0 g/min")
 
     @property
     def n_patients(self) -> int:
@@ -189,4 +190,4 @@ def scenario(name: str, n: int, days: int, seed: int = 0) -> MealScenario:
         return fixed_scenario(n, days)
     if name == "random":
         return random_scenario(n, days, seed)
-    raise ValueError(f"unknown scenario {name!r}; choose 'fixed' or 'random'")
+    raise OptionError(f"unknown scenario {name!r}; choose 'fixed' or 'random'")

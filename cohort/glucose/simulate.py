@@ -312,7 +312,11 @@ def _plan(
     patients, therapy = _split_therapy(patients)
     params = population_arrays(model, patients, None)
     n_pat = len(params["BW"])
+    if n_pat == 0:
+        raise InputError("patients: no patients (an empty table); give at least one")
     therapy = {k: np.broadcast_to(np.asarray(v, float), (n_pat,)) for k, v in therapy.items()}
+    if isinstance(days, bool) or not isinstance(days, (int, float)) or not math.isfinite(days):
+        raise InputError(f"days: a finite number of days, got {days!r}")
     n_periods = int(round(days * 1440.0 / options.period))
     if n_periods < 1:
         raise InputError(f"days: must cover at least one control period, got {days}")

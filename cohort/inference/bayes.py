@@ -21,6 +21,7 @@ import scipy.linalg
 from numpyro.distributions import constraints
 from numpyro.distributions.transforms import biject_to
 
+from cohort.errors import OptionError
 from cohort.inference.layout import Layout
 from cohort.inference.likelihood import LOG_2PI
 from cohort.inference.problem import BoundModel, Pop
@@ -61,7 +62,7 @@ def build_model(
 ) -> Callable:
     """A numpyro model function ``model(arrays)`` for ``bm`` (arrays: ``bm.arrays``)."""
     if parameterization not in PARAMETERIZATIONS:
-        raise ValueError(f"parameterization must be one of {PARAMETERIZATIONS}")
+        raise OptionError(f"parameterization must be one of {PARAMETERIZATIONS}")
     layout = Layout(bm)
     base = bm.default_pop()
     spec = bm.spec
@@ -214,4 +215,4 @@ def check_start(model: Callable, arrays: dict, values: dict) -> None:
 
     value = jax.jit(lambda v: log_density(model, (arrays,), {}, v)[0])(values)
     if not bool(jnp.isfinite(value)):
-        raise ValueError(START_ERROR)
+        raise OptionError(START_ERROR)

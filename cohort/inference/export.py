@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from cohort.errors import OptionError
+
 
 def prior_description(fit, name: str | None = None) -> dict:
     """The TOML-shaped prior of a :class:`~cohort.inference.results.FitResult`: θ as typical
@@ -14,7 +16,7 @@ def prior_description(fit, name: str | None = None) -> dict:
     bm = fit.bound
     spec = bm.spec
     if spec.transform is not None:
-        raise ValueError(
+        raise OptionError(
             "the fit uses a transform (a Python function), which a twin cannot "
             "store; fit the model's own parameters instead"
         )

@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from cohort.data import Dataset, read_nonmem
+from cohort.errors import ArgumentTypeError, OptionError
 from cohort.inference import diagnostics, ml, posterior, sampling
 from cohort.inference.bayes import Priors, init_values
 from cohort.inference.layout import Layout
@@ -37,7 +38,9 @@ def _spec(model: Any, params, error, omega, transform, output) -> NLME:
 
         model = get(model)
     if not isinstance(model, Model):
-        raise TypeError(f"model must be a model name, a Model or an NLME; got {type(model)}")
+        raise ArgumentTypeError(
+            f"model must be a model name, a Model or an NLME; got {type(model)}"
+        )
     ps = tuple(Param(p) if isinstance(p, str) else p for p in (params or ()))
     err = ErrorModel(error) if isinstance(error, str) else error
     return NLME(model=model, params=ps, error=err, omega=omega, transform=transform, output=output)
@@ -49,7 +52,9 @@ def _dataset(data: Any, model: Model, output: str | None = None) -> Dataset:
     elif isinstance(data, (str, Path, pd.DataFrame)):
         ds = read_nonmem(data, model)
     else:
-        raise TypeError(f"data must be a Dataset, a DataFrame or a path; got {type(data).__name__}")
+        raise ArgumentTypeError(
+            f"data must be a Dataset, a DataFrame or a path; got {type(data).__name__}"
+        )
     _check_fittable(ds, model, output or model.output_names[0])
     return ds
 
@@ -222,7 +227,13 @@ def fit(
     (``ode_options``: the older way to pass ``Adaptive`` settings).
     """
     if method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+        raise OptionError(f"method must be one of {METHODS}, got {method!r}")
+    counts = {"nuts": {"chains": (chains, 1), "warmup": (warmup, 0), "draws": (draws, 1)},
+              "svi": {"steps": (steps, 1), "draws": (draws, 1)}}.get(method, {})  # fmt: skip
+    counts["starts"] = (starts, 1)
+    for name, (value, least) in counts.items():  # before any fit runs, not after the ML start
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < least:
+            raise OptionError(f"{name} must be an integer >= {least}, got {value!r}")
     t0 = time.perf_counter()
     spec = _spec(model, params, error, omega, transform, output)
     if method != "ml" and spec.omega not in ("diagonal", "full"):
@@ -235,7 +246,7 @@ def fit(
     if init == "auto":
         init = "ml" if bm.n_subjects <= 200 else "pooled"
     if init not in ("ml", "pooled", "default"):
-        raise ValueError(f"init must be 'auto', 'ml', 'pooled' or 'default', got {init!r}")
+        raise OptionError(f"init must be 'auto', 'ml', 'pooled' or 'default', got {init!r}")
     est, start_pop, start_eta = None, bm.default_pop(), np.zeros((bm.n_subjects, bm.n_eta))
     if method == "ml" or init == "ml":
         est = ml.maximize(

@@ -17,6 +17,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from cohort.errors import OptionError
 from cohort.inference import likelihood
 from cohort.inference.problem import BoundModel, Pop
 
@@ -285,7 +286,7 @@ def modes(bm: BoundModel, pop: Pop, eta0, arrays: dict, iterations: int = 30):
 def marginal_from_search(bm: BoundModel, pop: Pop, eta, value, info, arrays, approx="foce"):
     """Per-subject ``−2 log Lᵢ`` (without ``log 2π``) from :func:`mode_search` output."""
     if approx not in APPROXIMATIONS:
-        raise ValueError(f"approx must be one of {APPROXIMATIONS}, got {approx!r}")
+        raise OptionError(f"approx must be one of {APPROXIMATIONS}, got {approx!r}")
     omega_inv, logdet_omega = omega_inverse(bm, pop)
 
     def one(e, v, m, d):

@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 import scipy.optimize
 
+from cohort.errors import OptionError
 from cohort.inference import laplace
 from cohort.inference.layout import Layout
 from cohort.inference.likelihood import LOG_2PI, n_gaussian
@@ -401,16 +402,16 @@ def maximize(
     from cohort.inference import starts as starting
 
     if se not in ("hessian", "sandwich", "none"):
-        raise ValueError(f"se must be 'hessian', 'sandwich' or 'none', got {se!r}")
+        raise OptionError(f"se must be 'hessian', 'sandwich' or 'none', got {se!r}")
     if starts < 1:
-        raise ValueError(f"starts must be >= 1, got {starts}")
+        raise OptionError(f"starts must be >= 1, got {starts}")
     t0 = time.perf_counter()
     if bool(np.any(np.asarray(bm.arrays["cens"]))) and bm.engine == "closed_form":
         if approx != "laplace" and progress:
             progress("censored (BLQ) observations: LAPLACE instead of FOCE, as NONMEM's M3")
         approx = "laplace"
     if approx == "laplace" and bm.engine != "closed_form":
-        raise ValueError("approx='laplace' needs second derivatives: closed-form models only")
+        raise OptionError("approx='laplace' needs second derivatives: closed-form models only")
     base = init if init is not None else bm.default_pop()
     scan: dict = {}
     start_pops = [base]

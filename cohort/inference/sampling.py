@@ -14,7 +14,7 @@ import optax
 from numpyro.infer import MCMC, NUTS
 from numpyro.infer.util import constrain_fn, potential_energy
 
-from cohort.errors import CohortWarning
+from cohort.errors import CohortWarning, OptionError
 from cohort.inference.bayes import START_ERROR, Priors, build_model, chain_inits
 from cohort.inference.problem import BoundModel
 
@@ -43,7 +43,7 @@ def _chain_method(requested: str | None, chains: int) -> str:
         cores = os.cpu_count() or 1
         return "parallel" if devices >= chains > 1 and cores > 1 else "vectorized"
     if requested not in CHAIN_METHODS:
-        raise ValueError(f"chain_method must be one of {CHAIN_METHODS}, got {requested!r}")
+        raise OptionError(f"chain_method must be one of {CHAIN_METHODS}, got {requested!r}")
     if requested == "parallel" and devices < chains:
         warnings.warn(
             f"chain_method='parallel' needs {chains} devices but JAX sees {devices}; numpyro "
@@ -89,7 +89,7 @@ def run_nuts(
     starts = chain_inits(init, chains, seed)
     first = jax.jit(potential)({k: v[0] for k, v in starts.items()})
     if not np.isfinite(float(first)):
-        raise ValueError(START_ERROR)
+        raise OptionError(START_ERROR)
     kernel = NUTS(
         potential_fn=potential, target_accept_prob=target_accept, max_tree_depth=max_tree_depth
     )
@@ -175,7 +175,7 @@ def run_svi(
     ``potential_energy``; optimisation and the posterior draws each run as one compiled
     program (no eager model runs to set up a guide, no per-step host work)."""
     if guide not in GUIDES:
-        raise ValueError(f"guide must be one of {list(GUIDES)}, got {guide!r}")
+        raise OptionError(f"guide must be one of {list(GUIDES)}, got {guide!r}")
     model = build_model(bm, priors, "noncentered")
     start = {k: v[0] for k, v in chain_inits(init, 1, jitter=0.0).items()}
     names = sorted(start)
@@ -224,7 +224,7 @@ def run_svi(
     noise = rng.standard_normal((steps, n_eps))
     losses, sites = jax.device_get(optimise(params, noise, rng.standard_normal((draws, n_eps))))
     if not np.isfinite(losses[0]):  # the first draw sits within ~1 % of the start
-        raise ValueError(START_ERROR)
+        raise OptionError(START_ERROR)
     samples = {k: np.asarray(v)[None] for k, v in sites.items()}
     seconds = time.perf_counter() - t0
     losses = np.asarray(losses)

@@ -16,6 +16,7 @@ import numpy as np
 import xarray as xr
 from scipy import stats
 
+from cohort.errors import OptionError
 from cohort.population.expr import evaluate
 from cohort.population.spec import PopulationSpec, Target
 
@@ -71,9 +72,9 @@ def match(
     """
     tlist = list(targets.targets) if isinstance(targets, PopulationSpec) else list(targets)
     if not tlist:
-        raise ValueError("match: no targets given")
+        raise OptionError("match: no targets given")
     if method not in ("acceptance", "weights"):
-        raise ValueError(f"match: method must be 'acceptance' or 'weights', got {method!r}")
+        raise OptionError(f"match: method must be 'acceptance' or 'weights', got {method!r}")
     env = {
         k: np.asarray(population[k].values, float)
         for k in population.data_vars
@@ -82,7 +83,7 @@ def match(
     env.update({k: np.asarray(v, float) for k, v in (outputs or {}).items()})
     y = np.stack([evaluate(t.expression, env) for t in tlist])  # [k, N]
     if not np.all(np.isfinite(y)):
-        raise ValueError("match: target expressions gave non-finite values for some patients")
+        raise OptionError("match: target expressions gave non-finite values for some patients")
     n = y.shape[1]
     cdfs, pdfs = zip(*(_target_cdf_pdf(t) for t in tlist))
     target_density = np.prod([pdf(y[i]) for i, pdf in enumerate(pdfs)], axis=0)
@@ -113,7 +114,7 @@ def match(
         if best is None or max(ks.values()) < max(best[1].values()):
             best = (sel, ks, c)
     if best is None:
-        raise ValueError(
+        raise OptionError(
             "match: the plausible population barely overlaps the targets; "
             "widen the prior or check target units"
         )

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 
-from cohort.errors import CohortError
+from cohort.errors import CohortError, OptionError
 from cohort.models.glucose.uva_padova import UvaPadova
 
 GROUPS = ("adolescent", "adult", "child")
@@ -74,7 +74,7 @@ def as_population(df: pd.DataFrame) -> dict[str, np.ndarray]:
 
 def _check_group(group: str) -> None:
     if group not in GROUPS:
-        raise ValueError(f"unknown patient group {group!r}; choose from {GROUPS}")
+        raise OptionError(f"unknown patient group {group!r}; choose from {GROUPS}")
 
 
 def derive_basal(df: pd.DataFrame) -> pd.DataFrame:
@@ -151,7 +151,7 @@ def patient_prior(group: str, shrinkage: float = 0.1) -> PatientPrior:
     """
     _check_group(group)
     if not 0.0 < shrinkage <= 1.0:
-        raise ValueError(f"shrinkage must be in (0, 1], got {shrinkage}")
+        raise OptionError(f"shrinkage must be in (0, 1], got {shrinkage}")
     df = reference_patients(group)
     z = _to_latent(df[list(SAMPLED)].to_numpy(float), SAMPLED)
     s = np.cov(z, rowvar=False)
@@ -192,9 +192,9 @@ class Candidates:
 
     def __init__(self, group: str, n: int, seed: int, shrinkage: float, max_attempts: int):
         if n < 1:
-            raise ValueError(f"n must be >= 1, got {n}")
+            raise OptionError(f"n must be >= 1, got {n}")
         if max_attempts < 1:
-            raise ValueError(f"max_attempts must be >= 1, got {max_attempts}")
+            raise OptionError(f"max_attempts must be >= 1, got {max_attempts}")
         self.group, self.seed, self.max_attempts = group, seed, max_attempts
         self.prior = patient_prior(group, shrinkage)
         p = len(self.prior.names)
