@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import re
 
+from cohort.errors import OutputError
+
 ZARR_META = frozenset({"zarr.json", ".zgroup", ".zattrs", ".zarray", ".zmetadata"})
 # Chunk (or shard) keys inside an array's folder: zarr v3's default encoding ("c/0/1",
 # "c.0.1", "c" for a 0-d array) and the v2 encoding ("0.1", "0/1", "0").
@@ -36,3 +38,14 @@ def _inside(rel: str, array_dirs: set[str]) -> str | None:
         if folder in array_dirs and folder != rel:
             return folder
     return None
+
+
+def refuse_strays(flag: str, path: str, found: list[str], what: str = "files") -> None:
+    """Refuse to replace a cohort store that holds ``found`` (its stray files), naming them."""
+    if found:
+        more = f" and {len(found) - 3} more" if len(found) > 3 else ""
+        raise OutputError(
+            f"{flag} {path!r} was written by cohort but now also holds {what} it did not write "
+            f"({', '.join(found[:3])}{more}); --overwrite would delete them: move them out "
+            "first, or choose another path"
+        )

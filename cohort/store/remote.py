@@ -23,7 +23,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from cohort.errors import OutputError
-from cohort.store.keys import stray_files
+from cohort.store.keys import refuse_strays, stray_files
 
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 
@@ -109,14 +109,7 @@ def prepare(url: str, *, overwrite: bool, resume: bool, flag: str = "--out") -> 
             f"{flag} {url!r} exists and was not written by cohort; refusing to replace it even "
             "with --overwrite. Move it away or choose another path"
         )
-    foreign = _stray_objects(fs, root)
-    if foreign:
-        more = f" and {len(foreign) - 3} more" if len(foreign) > 3 else ""
-        raise OutputError(
-            f"{flag} {url!r} was written by cohort but now also holds objects it did not write "
-            f"({', '.join(foreign[:3])}{more}); --overwrite would delete them: move them out "
-            "first, or choose another path"
-        )
+    refuse_strays(flag, url, _stray_objects(fs, root), "objects")
     fs.rm(root, recursive=True)
     return url.strip()
 

@@ -18,7 +18,7 @@ import shutil
 from pathlib import Path
 
 from cohort.errors import OutputError
-from cohort.store.keys import ZARR_META, stray_files
+from cohort.store.keys import ZARR_META, refuse_strays, stray_files
 from cohort.store.remote import filesystem, is_url
 from cohort.store.remote import prepare as remote_prepare
 
@@ -170,14 +170,7 @@ def prepare_output(
     p = check_replaceable(path, overwrite=overwrite, flag=flag, resume=resume, resumable=resumable)
     if p.exists() and not resume and not is_empty_directory(p):  # an empty one is written into
         if p.is_dir():
-            foreign = foreign_files(p)
-            if foreign:
-                more = f" and {len(foreign) - 3} more" if len(foreign) > 3 else ""
-                raise OutputError(
-                    f"{flag} {str(path)!r} was written by cohort but now also holds files it "
-                    f"did not write ({', '.join(foreign[:3])}{more}); --overwrite would delete "
-                    "them: move them out first, or choose another path"
-                )
+            refuse_strays(flag, str(path), foreign_files(p))
             shutil.rmtree(p)
         else:
             p.unlink()

@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from cohort.twin import cgm_data, posterior
+from cohort.twin import cgm_data, cgm_replay, posterior
 from cohort.twin.blocks import blocks, solve_blocks, take_rows
 from cohort.twin.cgm_likelihood import (
     Layout,
@@ -338,33 +338,9 @@ class CGMTwins:
             ds = ds.assign_coords(param=list(lay.names))
         return ds
 
-    def replay(
-        self,
-        *,
-        bolus_scale: float = 1.0,
-        basal_scale: float = 1.0,
-        meal_scale: float = 1.0,
-        n_draws: int = 200,
-        step: float = 5.0,
-        output: str = "CGM",
-        seed: int = 0,
-    ) -> xr.Dataset:
-        """The records' days replayed under altered therapy for every posterior draw, with
-        glycaemic metrics and their 90 % credible intervals (see
-        :func:`cohort.twin.cgm_replay.replay`)."""
-        from cohort.twin.cgm_replay import replay
-
-        return replay(
-            self, bolus_scale=bolus_scale, basal_scale=basal_scale, meal_scale=meal_scale,
-            n_draws=n_draws, step=step, output=output, seed=seed,
-        )  # fmt: skip
-
-    def fitted(self, n_draws: int = 200) -> xr.Dataset:
-        """The posterior-median prediction at every CGM reading and the fit's MARD per
-        patient (%)."""
-        from cohort.twin.cgm_replay import fitted
-
-        return fitted(self, n_draws)
+    # the records' days under altered therapy, and the fit to the CGM readings (MARD)
+    replay = cgm_replay.replay
+    fitted = cgm_replay.fitted
 
 
 def _fit_blocks(make, chol, lay: Layout, method: str, settings: dict, parts: list) -> list:
