@@ -39,14 +39,16 @@ def _conc(path: Path) -> np.ndarray:
 
 
 def test_help_and_import_do_not_load_jax():
+    """`cohort --help` stays under 0.5 s: no JAX, solver, table or array-store library."""
+    heavy = ("jax", "diffrax", "pandas", "xarray", "zarr", "numpyro", "matplotlib")
     code = (
         "import sys, cohort, cohort.cli\n"
         "from typer.testing import CliRunner\n"
         "r = CliRunner().invoke(cohort.cli.app, ['--help'])\n"
-        "print(r.exit_code, 'jax' in sys.modules, 'diffrax' in sys.modules)\n"
+        f"print(r.exit_code, *[m in sys.modules for m in {heavy!r}])\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert out.stdout.split() == ["0", "False", "False"], out.stdout + out.stderr
+    assert out.stdout.split() == ["0"] + ["False"] * len(heavy), out.stdout + out.stderr
 
 
 def test_console_script_keeps_exit_codes_and_output(tmp_path):
