@@ -193,6 +193,13 @@ def test_lock_refuses_second_writer_and_recovers_stale_lock(tmp_path):
         assert res.exit_code == 2
         assert f"being written by process {holder.pid}" in flat(res)
         assert not out.exists()
+        # through a symlink or with a trailing slash it is the same store, and the same lock
+        link = tmp_path / "lnk"
+        link.symlink_to(out, target_is_directory=True)
+        for other in (link, f"{out}/"):
+            res = runner.invoke(app, sim_args(other))
+            assert res.exit_code == 2 and f"being written by process {holder.pid}" in flat(res)
+        assert not out.exists()
     finally:
         holder.kill()
         holder.wait()
@@ -407,3 +414,18 @@ def test_info_describes_a_fit_result(tmp_path, three_fits):
     assert "fit of pk1_oral (ml), 12 subjects" in text and "ofv:" in text
     est = float(three_fits["ml"].summary.loc["CL", "estimate"])
     assert re.search(rf"│ CL +│ {re.escape(f'{est:.4g}')} ", res.output) and "log_CL" not in text
+
+
+def test_overwrite_through_a_symlink_is_refused_and_nothing_is_touched(tmp_path):
+    """``--overwrite`` on a link to a cohort store: shutil refused deep inside ("Cannot call
+    rmtree on a symbolic link", with an empty path); now a clear refusal naming the target."""
+    out = tmp_path / "x.zarr"
+    assert runner.invoke(app, sim_args(out)).exit_code == 0
+    before = cohort.open_result(out)["conc"].values.copy()
+    link = tmp_path / "lnk"
+    link.symlink_to(out, target_is_directory=True)
+    res = runner.invoke(app, [*sim_args(link), "--overwrite"])
+    assert res.exit_code == 2
+    assert "symbolic link" in flat(res) and str(out.resolve()) in flat(res)
+    assert link.is_symlink()
+    np.testing.assert_array_equal(cohort.open_result(out)["conc"].values, before)

@@ -198,6 +198,14 @@ def test_filters_resample_until_n_accepted(tmp_path):
             "filters[0]",
             "needs lower and/or upper",
         ),  # fmt: skip
+        # bounds on a categorical covariate were accepted and ignored; a repeated iiv name
+        # silently dropped its SD
+        (
+            ("probabilities = [0.4, 0.6]", "probabilities = [0.4, 0.6]\nlower = 1"),
+            "covariates.SEX.lower",
+            "bounds do not apply to a categorical covariate",
+        ),  # fmt: skip
+        (('parameters = ["CL", "V"]', 'parameters = ["CL", "CL"]'), "iiv.parameters", "twice"),
     ],
 )
 def test_malformed_specs_name_file_and_key(tmp_path, edit, key, words):
@@ -291,3 +299,54 @@ def test_quick_cohort_keeps_fractions_within_bounds():
     kabs = pop["kabs"] / model.defaults()["kabs"]
     assert np.mean(kabs) == pytest.approx(1.0, abs=0.01)
     assert np.std(kabs) == pytest.approx(0.3, rel=0.03)
+
+
+BETA = """
+[covariates.ALB]
+distribution = "beta"
+alpha = 4.0
+beta = 4.0
+loc = 15.0
+scale = 35.0
+lower = 25.0
+upper = 35.0
+units = "g/L"
+citation = "test"
+"""
+
+
+def test_bounds_truncate_a_beta_covariate(tmp_path):
+    """A new user's beta ALB with bounds 25-35 came out between 20 and 43: the bounds were
+    accepted and ignored. Now the draw follows the truncated beta."""
+    ds = generate(_written(tmp_path / "b.toml", SPEC + BETA), 20_000, seed=2)
+    alb = ds.ALB.values
+    assert alb.min() >= 25.0 and alb.max() <= 35.0
+    beta = stats.beta(4.0, 4.0, loc=15.0, scale=35.0)
+    lo, hi = beta.cdf(25.0), beta.cdf(35.0)
+    truncated_cdf = lambda x: (beta.cdf(x) - lo) / (hi - lo)  # noqa: E731
+    assert stats.kstest(alb, truncated_cdf).pvalue > 1e-3
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        # a normal(10, 10) AGE with a power effect: the negative ages came out NaN and were
+        # rejected silently, leaving AGE with mean 13.3 and SD 7.8
+        (
+            ("mean = 70.0\nsd = 12.0", "mean = 10.0\nsd = 10.0"),
+            "[parameters.CL] power effect of WT: WT must be > 0, but normal(mean=10, sd=10) "
+            "gives 0.159 of the patients a value <= 0",
+        ),
+        # bounds far outside the distribution: "relax [[filters]] or parameter bounds"
+        (
+            ("lower = 30.0\nupper = 150.0", "lower = 400.0\nupper = 500.0"),
+            "[covariates.EGFR] lower/upper: the bounds [400, 500] hold no probability",
+        ),
+    ],
+)
+def test_covariates_that_break_their_effects_are_refused_before_drawing(tmp_path, edit, message):
+    assert edit[0] in SPEC
+    p = _written(tmp_path / "bad.toml", SPEC.replace(edit[0], edit[1], 1))
+    with pytest.raises(SpecError) as exc:
+        generate(p, 10, seed=1)
+    assert message in str(exc.value)

@@ -20,8 +20,10 @@ import xarray as xr
 
 from cohort._version import __version__
 from cohort.errors import CohortError
+from cohort.population import marginals
 from cohort.population.expr import evaluate
-from cohort.population.spec import PopulationSpec, SpecError, load_spec
+from cohort.population.marginals import category_values
+from cohort.population.spec import PopulationSpec, load_spec
 from cohort.store.lock import locks_output
 from cohort.store.safety import prepare_output
 from cohort.store.zarr_store import (
@@ -66,45 +68,6 @@ def _correlate(z: np.ndarray, chol: np.ndarray) -> np.ndarray:
     return out
 
 
-def category_values(cov) -> np.ndarray:
-    """Stored value of each category: the label itself when all labels are numbers (so that
-    expressions like ``APGR < 5`` read naturally), else the integer code."""
-    cats = cov.args["categories"]
-    if all(isinstance(c, (int, float)) and not isinstance(c, bool) for c in cats):
-        return np.asarray(cats, dtype=float)
-    return np.arange(len(cats), dtype=float)
-
-
-def _marginal(cov, u: np.ndarray) -> np.ndarray:
-    from scipy import special  # here: `cohort simulate` never needs scipy
-
-    a = cov.args
-    d = cov.distribution
-    lo, hi = a.get("lower", -np.inf), a.get("upper", np.inf)
-    if d in ("normal", "truncnormal"):
-        pl, ph = special.ndtr((lo - a["mean"]) / a["sd"]), special.ndtr((hi - a["mean"]) / a["sd"])
-        return a["mean"] + a["sd"] * special.ndtri(pl + u * (ph - pl))
-    if d == "lognormal":
-        s = math.sqrt(math.log1p(a["cv"] ** 2))
-        m = math.log(a["median"])
-        pl = special.ndtr((np.log(lo) - m) / s) if lo > 0 else 0.0
-        ph = special.ndtr((np.log(hi) - m) / s) if np.isfinite(hi) else 1.0
-        return np.exp(m + s * special.ndtri(pl + u * (ph - pl)))
-    if d == "uniform":
-        return lo + u * (hi - lo)
-    if d == "beta":
-        return a["loc"] + a["scale"] * special.betaincinv(a["alpha"], a["beta"], u)
-    if d == "categorical":
-        cum = np.cumsum(a["probabilities"])
-        code = np.minimum(np.searchsorted(cum, u, side="right"), len(cum) - 1)
-        return category_values(cov)[code]
-    if d == "empirical":
-        return np.interp(u, a["probabilities"], a["quantiles"])
-    if d == "constant":
-        return np.full(u.shape, a["value"])
-    raise SpecError(f"unsupported distribution {d!r}")  # pragma: no cover (validated)
-
-
 def _covariates(spec: PopulationSpec, u: np.ndarray) -> dict[str, np.ndarray]:
     from scipy import special  # here: `cohort simulate` never needs scipy
 
@@ -115,7 +78,7 @@ def _covariates(spec: PopulationSpec, u: np.ndarray) -> dict[str, np.ndarray]:
         idx = [names.index(v) for v in cvars]
         z = special.ndtri(u[:, idx])
         u[:, idx] = special.ndtr(_correlate(z, np.linalg.cholesky(spec.correlation)))
-    return {c.name: _marginal(c, u[:, i]) for i, c in enumerate(spec.covariates)}
+    return {c.name: marginals.draw(c, u[:, i]) for i, c in enumerate(spec.covariates)}
 
 
 def _parameters(spec: PopulationSpec, cov: dict[str, np.ndarray], u_eta: np.ndarray):
@@ -232,6 +195,7 @@ def generate(
     """
     if not isinstance(spec, PopulationSpec):
         spec = load_spec(spec)
+    marginals.check(spec)
     if not isinstance(n, (int, np.integer)) or isinstance(n, bool) or n < 1:
         raise PopulationError(f"n: must be a positive integer, got {n!r}")
     if not isinstance(chunk_size, (int, np.integer)) or chunk_size < 1:

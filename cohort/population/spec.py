@@ -217,6 +217,13 @@ def _covariate(path, name, t) -> Covariate:
     if dist == "lognormal":
         args["median"] = _num(path, f"{key}.median", t["median"], positive=True)
         args["cv"] = _num(path, f"{key}.cv", t["cv"], positive=True)
+    if dist in ("categorical", "constant") and ("lower" in t or "upper" in t):
+        raise _err(
+            path,
+            f"{key}.{'lower' if 'lower' in t else 'upper'}",
+            f"bounds do not apply to a {dist} covariate (they were ignored); remove them, or "
+            "select patients with a [[filters]] entry",
+        )
     if dist in ("truncnormal", "uniform") or "lower" in t or "upper" in t:
         args["lower"], args["upper"] = _bounds(path, key, t)
     if dist == "beta":
@@ -465,7 +472,9 @@ def _parse_spec(raw: dict, path: str, digest: str | None) -> PopulationSpec:
     iiv = raw.get("iiv", {})
     _check_keys(path, "iiv", iiv, {"parameters", "omega", "sd", "citation"})
     eta = tuple(iiv.get("parameters", ()))
-    for v in eta:
+    for k, v in enumerate(eta):
+        if v in eta[:k]:  # the second SD was silently dropped
+            raise _err(path, "iiv.parameters", f"{v!r} is listed twice; give each once")
         if v not in pnames:
             raise _err(
                 path, "iiv.parameters", f"unknown parameter {v!r}; defined: {sorted(pnames)}"

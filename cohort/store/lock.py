@@ -31,7 +31,10 @@ F = TypeVar("F", bound=Callable)
 
 
 def lock_path(path: str | os.PathLike) -> Path:
-    p = Path(path)
+    """The lock of output ``path``, named after its real location: a symlink, a trailing
+    slash or ``..`` in the path must not let a second writer take another lock on the same
+    store (two writers through ``lnk -> run.zarr`` and ``run.zarr`` both ran)."""
+    p = Path(path).expanduser().resolve()
     return p.parent / f".{p.name}.lock"
 
 

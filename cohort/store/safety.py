@@ -139,6 +139,11 @@ def check_replaceable(
             f"{flag} {str(path)!r} already exists; {again}pass --overwrite (overwrite=True) to "
             "replace it, or choose another path"
         )
+    if p.is_symlink():  # replacing would swap the user's link for a folder, or its target
+        raise OutputError(
+            f"{flag} {str(path)!r} is a symbolic link (to {str(p.resolve())!r}); --overwrite "
+            "replaces only a real path: give the link's target, or choose another path"
+        )
     if not written_by_cohort(p):
         raise OutputError(
             f"{flag} {str(path)!r} exists and was not written by cohort; refusing to replace it "
