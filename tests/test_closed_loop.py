@@ -2,6 +2,7 @@
 batch independence, scenarios and the zarr round trip."""
 
 import dataclasses
+import re
 from pathlib import Path
 
 import numpy as np
@@ -241,3 +242,36 @@ def test_metrics_only_equals_the_runs_metrics():
     np.testing.assert_array_equal(np.asarray(CVGA_ZONES)[m["cvga_code"]], ds.cvga_zone.values)
     with pytest.raises(ValueError, match="metrics_only keeps nothing on disk"):
         metrics_only(*args, out="x.zarr", **kw)
+
+
+def test_bad_meals_therapy_sensor_and_seed_are_refused_before_solving():
+    """Found by a diabetes modeller's session: NaN or negative-time meals were dropped, 10^6 g
+    and infinite meals ran "ok" at thousands of mg/dL, a carb ratio of 0 gave NaN and a
+    negative one dosed the wrong way, Sensor(pacf=2) failed in math, seed=1.5 inside JAX."""
+    one = reference_patients().iloc[[0]]
+    for time, grams, words in (
+        (100.0, float("nan"), "meal grams: nan (patient 0, meal 0)"),
+        (100.0, float("inf"), "meal grams: inf"),
+        (100.0, 1e6, "beyond any meal"),
+        (float("nan"), 50.0, "meal start: nan"),
+        (-100.0, 50.0, "meal start: -100.0"),
+    ):
+        with pytest.raises(cohort.CohortError, match=re.escape(words)):
+            scenarios.single_meal(1, time, grams)
+    for bad in (0.0, -10.0, float("nan")):
+        with pytest.raises(cohort.CohortError, match="BasalBolus.carb_ratio: must be"):
+            controllers.BasalBolus(carb_ratio=bad)
+    with pytest.raises(cohort.InputError, match=r"CR \(carbohydrate ratio, g/U\) of patient 0"):
+        run(one.assign(CR=0.0), scenarios.fixed_scenario(1, 1), "basal-bolus")
+    for kwargs, words in (({"pacf": 2.0}, "Sensor.pacf"), ({"delay": -5.0}, "Sensor.delay")):
+        with pytest.raises(cohort.CohortError, match=words):
+            Sensor(**kwargs)
+    with pytest.raises(cohort.InputError, match="seed: an integer"):
+        run(one, "random", "basal-bolus", seed=1.5)
+    with pytest.raises(cohort.InputError, match="beyond this machine's memory"):
+        run(one, "fixed", "open-loop", days=1e7)
+    # a meal after the run's end is said not to be eaten (chunk_size=0 then stops the run)
+    late = scenarios.fixed_scenario(1, 1, meals=[(30.0, 50.0)])
+    with pytest.warns(cohort.CohortWarning, match=r"1 meal\(s\) start at or after the run's end"):
+        with pytest.raises(cohort.InputError, match="chunk_size"):
+            run(one, late, "open-loop", days=1, chunk_size=0)

@@ -120,3 +120,30 @@ def test_missing_values_give_nan_and_irregular_grid_is_time_weighted():
     assert float(m.tar_180) == pytest.approx(100 * 10 / 15)
     with pytest.raises(ValueError, match="no dimension"):
         glycemic_metrics(da.rename(time="t"))
+
+
+def test_units_are_honoured_and_unlikely_readings_are_flagged():
+    """A trace in mmol/L gave TIR 0 % and LBGI 234 without a word; numpy input raised an
+    AttributeError. mmol/L with units is converted; without units it is warned about."""
+    import cohort
+
+    mg = _glucose().isel(patient=[0, 1, 2])
+    mmol = mg / 18.0156
+    mmol.attrs["units"] = "mmol/L"
+    xr.testing.assert_allclose(glycemic_metrics(mmol), glycemic_metrics(mg))
+    bare = mmol.copy()
+    bare.attrs = {}
+    with pytest.warns(cohort.CohortWarning, match="were these mmol/L"):
+        glycemic_metrics(bare)
+    below = mg.copy()
+    below[0, 0] = -5.0
+    with pytest.warns(cohort.CohortWarning, match=r"1 reading\(s\) <= 0"):
+        glycemic_metrics(below)
+    # a numpy array: equally spaced readings along its last axis
+    values = np.array([[100.0, 200.0, 150.0]])
+    np.testing.assert_allclose(
+        glycemic_metrics(values)["mean"].values,
+        glycemic_metrics(xr.DataArray(values, dims=("p", "time")))["mean"].values,
+    )
+    with pytest.raises(ValueError, match="units 'mg'"):
+        glycemic_metrics(mg.assign_attrs(units="mg"))

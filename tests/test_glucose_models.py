@@ -159,6 +159,23 @@ def test_bergman_ivgtt_fit_recovers_published_si(record_property):
     assert rmse == pytest.approx(fit.rmse, rel=1e-9) and pred[0] == pytest.approx(fit.G0)
 
 
+def test_ivgtt_basal_samples_before_the_bolus_do_not_move_its_start():
+    """The usual -10 and 0 min basal samples: a sample at -10 made the fit integrate from
+    -10 min, and G0 (the glucose right after the bolus at 0) came out 357 for a true 287."""
+    data = _read("ivgtt_pacini_bergman_1986.csv")
+    t, g, i = (data[c].to_numpy(float) for c in ("time", "glucose", "insulin"))
+    plain = fit_ivgtt(t, g, i)
+    early = fit_ivgtt(np.r_[-10.0, t], np.r_[g[0], g], np.r_[i[0], i])
+    assert early.Gb == plain.Gb == 92.0 and early.Ib == plain.Ib == 11.0
+    for name in ("p1", "p2", "p3", "G0"):
+        assert getattr(early, name) == pytest.approx(getattr(plain, name), rel=1e-6), name
+    pred = predict_ivgtt(early, [-10.0, 0.0, 8.0], t, i)
+    assert pred[0] == early.Gb and pred[1] == pytest.approx(early.G0)
+    # two basal samples: their mean is the default basal
+    two = fit_ivgtt(np.r_[-10.0, t], np.r_[100.0, g], np.r_[i[0], i])
+    assert two.Gb == pytest.approx(96.0)
+
+
 def test_bergman_basal_is_steady_state_and_ivgtt_simulates():
     model = get("bergman")
     p = {k: jnp.asarray(v) for k, v in model.defaults().items()}

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import xarray as xr
 
-from cohort.errors import CohortError
+from cohort.errors import CohortError, CohortWarning
 from cohort.models.base import Model
 
 
@@ -81,6 +82,28 @@ def check_population_model(model: Model, population: xr.Dataset) -> None:
         )
 
 
+def _warn_near_misses(model: Model, extra: list, cols: dict) -> None:
+    """A table's column that is not a parameter is kept as a covariate; one that differs from
+    a parameter the table lacks only in case or by a typo ("gb" for Gb) is most likely meant as
+    that parameter, which would otherwise run at its default without a word."""
+    import difflib
+
+    missing = [p for p in model.parameter_names if p not in cols]
+    lower = {p.lower(): p for p in missing}
+    for col in map(str, extra):
+        meant = lower.get(col.lower()) or next(
+            iter(difflib.get_close_matches(col, missing, n=1, cutoff=0.8)), None
+        )
+        if meant is not None:
+            warnings.warn(
+                f"population: column {col!r} is not a parameter of {model.name!r} (kept as a "
+                f"covariate), and {meant!r} is not given (it runs at its default "
+                f"{model.defaults()[meant]:g}): rename the column to {meant!r} if it is meant",
+                CohortWarning,
+                stacklevel=4,
+            )
+
+
 def population_arrays(model: Model, population: Any, n: int | None) -> dict[str, np.ndarray]:
     """Parameters per patient as float64 arrays of length N, defaults filled in.
 
@@ -118,6 +141,7 @@ def population_arrays(model: Model, population: Any, n: int | None) -> dict[str,
             f"population: unknown parameter(s) {extra} for model {model.name!r}; "
             f"parameters are {sorted(known)}"
         )
+    _warn_near_misses(model, extra, cols)
     deep = [k for k, v in cols.items() if np.ndim(v) > 1]
     if deep:
         raise InputError(

@@ -12,6 +12,7 @@ factor ``CF = 1800/TDI`` mg/dL/U.
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import NamedTuple
 
 import jax
@@ -54,6 +55,24 @@ def therapy(
     return Therapy(basal, pick(carb_ratio, "CR", 500.0 / tdi), pick(cf, "CF", 1800.0 / tdi))
 
 
+def _check_positive(controller, *names: str) -> None:
+    """Tuning values that divide or scale insulin must be finite and > 0 (``None``: the
+    patient's own or the rule of thumb): a carb ratio of 0 gave every patient NaN, a negative
+    one quietly dosed the wrong way."""
+    for name in names:
+        value = getattr(controller, name)
+        if value is None:
+            continue
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, (int, float))
+            or not (math.isfinite(value) and value > 0)
+        ):
+            raise OptionError(
+                f"{type(controller).__name__}.{name}: must be a finite number > 0, got {value!r}"
+            )
+
+
 @dataclasses.dataclass(frozen=True)
 class OpenLoop:
     """Basal only: the patient's steady-state basal rate, whatever the glucose."""
@@ -84,6 +103,9 @@ class BasalBolus:
     correction_factor: float | None = None
     prebolus: bool = False
     name = "basal-bolus"
+
+    def __post_init__(self):
+        _check_positive(self, "tdi_factor", "carb_ratio", "correction_factor")
 
     def init(self, patients: Tree, basal, period: float) -> tuple[Therapy, float]:
         th = therapy(basal, self.tdi_factor, self.carb_ratio, self.correction_factor, patients)
@@ -119,6 +141,9 @@ class PID:
     kd: float = 2.0
     integral_limit: float = 1e4
     name = "pid"
+
+    def __post_init__(self):
+        _check_positive(self, "integral_limit")
 
     def init(self, patients: Tree, basal, period: float) -> PIDState:
         zero = jnp.zeros_like(basal)
@@ -163,6 +188,18 @@ class HybridClosedLoop:
     smoothing: float = 0.5
     tdi_factor: float = 2.0
     name = "hybrid"
+
+    def __post_init__(self):
+        _check_positive(self, "horizon", "spread", "iob_time", "tdi_factor")
+        if not 0 <= self.smoothing < 1:
+            raise OptionError(
+                f"HybridClosedLoop.smoothing: must be in [0, 1), got {self.smoothing!r}"
+            )
+        if not self.suspend_below < self.target:
+            raise OptionError(
+                f"HybridClosedLoop.suspend_below ({self.suspend_below!r}) must be below target "
+                f"({self.target!r})"
+            )
 
     def init(self, patients: Tree, basal, period: float) -> HybridState:
         zero = jnp.zeros_like(basal)

@@ -23,10 +23,13 @@ value (a failed solve).
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
+import pandas as pd
 import xarray as xr
 
-from cohort.errors import OptionError
+from cohort.errors import CohortWarning, OptionError
 
 CVGA_ZONES = ("A", "Lower B", "B", "Upper B", "Lower C", "Upper C", "Lower D", "Upper D", "E")
 CVGA_LETTERS = ("A", "B", "C", "D", "E")
@@ -59,7 +62,47 @@ def risk_function(glucose, xp=np):
     return 1.509 * (xp.log(g) ** 1.084 - 5.381)
 
 
+MMOL_TO_MG_DL = 18.0156
+"""mg/dL per mmol/L of glucose (molar mass 180.156 g/mol)."""
+
+
 def _values(glucose: xr.DataArray, dim: str) -> tuple[np.ndarray, np.ndarray, xr.DataArray]:
+    """Readings in mg/dL (``[..., time]``), their time weights and a per-patient template.
+    A numpy array or pandas Series is taken as equally spaced readings along its last axis;
+    ``units`` "mmol/L" are converted; readings that look like mmol/L without units, and
+    readings <= 0, are warned about (every metric is defined on mg/dL)."""
+    if isinstance(glucose, (np.ndarray, pd.Series, list, tuple)):
+        values = np.asarray(glucose, dtype=float)
+        if values.ndim == 0:
+            raise OptionError("glucose: give readings over time, not a single number")
+        dims = tuple(f"dim_{i}" for i in range(values.ndim - 1)) + (dim,)
+        glucose = xr.DataArray(values, dims=dims)
+    elif not isinstance(glucose, xr.DataArray):
+        raise OptionError(
+            f"glucose: an xarray DataArray (e.g. run.Gsub), numpy array or pandas Series of "
+            f"mg/dL readings, got {type(glucose).__name__}"
+        )
+    units = str(glucose.attrs.get("units", "")).strip().lower()
+    if units in ("mmol/l", "mmol l-1", "mm"):
+        glucose = glucose * MMOL_TO_MG_DL
+    elif units not in ("", "mg/dl", "mg dl-1"):
+        raise OptionError(f"glucose: units {units!r}; give mg/dL or mmol/L readings")
+    finite = np.asarray(glucose.values, dtype=float)
+    finite = finite[np.isfinite(finite)]
+    if finite.size and not units and finite.max() < 35.0:
+        warnings.warn(
+            f"glucose: every reading is below 35 (max {finite.max():.3g}); the metrics take "
+            "mg/dL: were these mmol/L? Give units (glucose.attrs['units'] = 'mmol/L') to convert",
+            CohortWarning,
+            stacklevel=3,
+        )
+    if finite.size and finite.min() <= 0:
+        warnings.warn(
+            f"glucose: {int(np.sum(finite <= 0))} reading(s) <= 0 mg/dL (min {finite.min():g}); "
+            "they are taken as 1 mg/dL in LBGI/HBGI",
+            CohortWarning,
+            stacklevel=3,
+        )
     if dim not in glucose.dims:
         raise OptionError(f"glucose has no dimension {dim!r} (dims: {glucose.dims})")
     g = glucose.transpose(..., dim)

@@ -57,10 +57,7 @@ class MealScenario:
         for f in ("grams", "eat_rate", "announced", "bolus"):
             if getattr(self, f).shape != shape:
                 raise OptionError(f"{f} has shape {getattr(self, f).shape}, start has {shape}")
-        if np.any(self.grams < 0) or np.any(self.bolus < 0) or np.any(self.profile < 0):
-            raise OptionError("meal grams, boluses and the profile must be >= 0")
-        if np.any(self.eat_rate <= 0):
-            raise OptionError("eat_rate must be > 0 g/min")
+        _check_meals(self)
 
     @property
     def n_patients(self) -> int:
@@ -79,12 +76,54 @@ class MealScenario:
         return np.where(self.announced, self.grams, 0.0)
 
 
+MAX_MEAL_GRAMS = 1000.0
+"""Largest carbohydrate amount of one meal: the models are calibrated on meals of up to
+~200 g; 10^6 g ran "ok" at a mean glucose of thousands of mg/dL."""
+
+
+def _first(mask: np.ndarray) -> str:
+    i, j = np.argwhere(mask)[0]
+    return f"patient {i}, meal {j}"
+
+
+def _check_meals(m: MealScenario) -> None:
+    """Meals a run can eat: finite amounts within reason, start times >= 0 min (``inf``, the
+    padding of a patient with fewer meals, only with nothing eaten or dosed), each problem
+    named with the first patient and meal that has it."""
+    start, grams, bolus = m.start, m.grams, m.bolus
+    for name, values, unit in (("grams", grams, "g"), ("bolus", bolus, "U")):
+        if (bad := ~np.isfinite(values)).any():
+            raise OptionError(
+                f"meal {name}: {values[bad][0]} ({_first(bad)}); give a finite amount >= 0 {unit}"
+            )
+        if (bad := values < 0).any():
+            raise OptionError(f"meal {name}: {values[bad][0]:g} {unit} ({_first(bad)}) is < 0")
+    if (bad := grams > MAX_MEAL_GRAMS).any():
+        raise OptionError(
+            f"meal grams: {grams[bad][0]:g} g of carbohydrate ({_first(bad)}) is beyond any meal "
+            f"(at most {MAX_MEAL_GRAMS:g} g); check the units (grams of carbohydrate)"
+        )
+    if (bad := np.isnan(start) | (start < 0)).any():
+        raise OptionError(
+            f"meal start: {start[bad][0]} ({_first(bad)}); give minutes >= 0 from the run's start"
+        )
+    if (bad := np.isinf(start) & ((grams > 0) | (bolus > 0))).any():
+        raise OptionError(
+            f"meal start: a meal that never starts (inf, {_first(bad)}) has grams or a bolus; "
+            "give it a start time, or 0 g"
+        )
+    if not np.all(np.isfinite(m.profile)) or np.any(m.profile < 0):
+        raise OptionError("meal profile: every rate must be finite and >= 0 g/min")
+    if not np.all(np.isfinite(m.eat_rate)) or np.any(m.eat_rate <= 0):
+        raise OptionError("eat_rate must be finite and > 0 g/min")
+
+
 def _scenario(start, grams, *, eat_rate, announced, bolus=None, profile=None) -> MealScenario:
     start = np.asarray(start, float)
     grams = np.asarray(grams, float)
     return MealScenario(
         start=start,
-        grams=np.where(np.isfinite(start), grams, 0.0),
+        grams=grams,
         eat_rate=np.full(start.shape, float(eat_rate)),
         announced=np.broadcast_to(np.asarray(announced, bool), start.shape).copy(),
         bolus=np.zeros(start.shape) if bolus is None else np.broadcast_to(bolus, start.shape),

@@ -33,6 +33,29 @@ class Sensor:
     low: float = 39.0
     high: float = 400.0
 
+    def __post_init__(self):
+        from cohort.errors import OptionError
+
+        def number(name):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise OptionError(f"Sensor.{name}: a number, got {value!r}")
+            if not math.isfinite(value):
+                raise OptionError(f"Sensor.{name}: must be finite, got {value!r}")
+            return value
+
+        for name in ("delay", "gamma", "xi", "low", "high", "lam", "delta"):
+            number(name)
+        if self.delay < 0:
+            raise OptionError(f"Sensor.delay: a time constant >= 0 min, got {self.delay!r}")
+        if not 0 <= number("pacf") < 1:
+            raise OptionError(f"Sensor.pacf: a correlation in [0, 1), got {self.pacf!r}")
+        for name in ("lam", "delta"):
+            if not getattr(self, name) > 0:
+                raise OptionError(f"Sensor.{name}: must be > 0, got {getattr(self, name)!r}")
+        if not self.low < self.high:
+            raise OptionError(f"Sensor.low ({self.low!r}) must be below high ({self.high!r})")
+
 
 class SensorState(NamedTuple):
     level: jax.Array  # delayed glucose, mg/dL

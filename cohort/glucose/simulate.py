@@ -18,6 +18,7 @@ import functools
 import hashlib
 import inspect
 import math
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -29,7 +30,9 @@ import xarray as xr
 
 from cohort._version import __version__
 from cohort.engine.batching import (
+    LANES,
     BatchSolver,
+    available_memory,
     batch_shape,
     default_chunk,
     padded_rows,
@@ -40,6 +43,7 @@ from cohort.engine.exported import builtin_model_key, is_cohort_code
 from cohort.engine.inputs import InputError, checked_params, population_arrays
 from cohort.engine.simulate import result_dataset
 from cohort.engine.status import status_attrs, stepping_status
+from cohort.errors import CohortWarning
 from cohort.glucose.controllers import controller as named_controller
 from cohort.glucose.loop import ClosedLoopOptions, MealInputs, solve_closed_loop
 from cohort.glucose.metrics import (
@@ -315,18 +319,37 @@ def _plan(
     if n_pat == 0:
         raise InputError("patients: no patients (an empty table); give at least one")
     therapy = {k: np.broadcast_to(np.asarray(v, float), (n_pat,)) for k, v in therapy.items()}
+    _check_therapy(therapy, patients)
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2**63:
+        raise InputError(f"seed: an integer from 0 to 2**63 - 1, got {seed!r}")
     if isinstance(days, bool) or not isinstance(days, (int, float)) or not math.isfinite(days):
         raise InputError(f"days: a finite number of days, got {days!r}")
     n_periods = int(round(days * 1440.0 / options.period))
     if n_periods < 1:
         raise InputError(f"days: must cover at least one control period, got {days}")
+    per_patient = (n_periods + 1) * len(_OUTPUTS) * np.dtype(out_dtype).itemsize
+    memory = available_memory()
+    if memory is not None and 4 * LANES * per_patient > memory:  # a batch's buffers and more
+        raise InputError(
+            f"days: {days:g} days hold {per_patient / 2**20:,.0f} MiB of trajectories per "
+            f"patient, beyond this machine's memory ({memory / 2**30:.1f} GiB available); run "
+            "fewer days per call, or a longer control period"
+        )
     if isinstance(scenario, str):
         scenario = named_scenario(scenario, n_pat, math.ceil(days), seed)
+    elif (late := np.isfinite(scenario.start) & (scenario.start >= n_periods * options.period)
+          & (scenario.grams > 0)).any():  # fmt: skip
+        warnings.warn(
+            f"scenario: {int(late.sum())} meal(s) start at or after the run's end "
+            f"({n_periods * options.period:g} min, days={days:g}) and are not eaten "
+            f"(first: patient {np.argwhere(late)[0][0]}, at {scenario.start[late][0]:g} min)",
+            CohortWarning,
+            stacklevel=3,
+        )
     if scenario.n_patients != n_pat:
         raise InputError(f"scenario has {scenario.n_patients} patients, population {n_pat}")
     ctrl = named_controller(controller) if isinstance(controller, str) else controller
     if chunk_size is None:
-        per_patient = (n_periods + 1) * len(_OUTPUTS) * np.dtype(out_dtype).itemsize
         chunk_size = default_chunk(base_chunk(), per_patient, out, resume)
     chunk_size = min(n_pat, chunk_size)
     if chunk_size < 1:
@@ -451,6 +474,28 @@ class _StoreTask:
 
 
 THERAPY = {"CR": ("g/U", "carbohydrate ratio"), "CF": ("mg/dL/U", "correction factor")}
+
+
+def _check_therapy(therapy: dict[str, np.ndarray], patients: Any) -> None:
+    """A patient's own CR/CF must be > 0 and finite, or NaN (the rule of thumb from the basal
+    rate): a CR of 0 gave NaN trajectories, a negative one dosed the wrong way "ok"."""
+    for name, values in therapy.items():
+        bad = np.flatnonzero(~np.isnan(values) & ~((values > 0) & np.isfinite(values)))
+        if bad.size:
+            units, what = THERAPY[name]
+            raise InputError(
+                f"patients: {name} ({what}, {units}) of {_label(patients, bad[0])} is "
+                f"{values[bad[0]]:g}; it must be > 0 (or empty/NaN: the rule of thumb from the "
+                "basal rate)"
+            )
+
+
+def _label(patients: Any, i: int) -> str:
+    """``patient i``, with its name or ID where the table has one."""
+    for col in ("Name", "ID"):
+        if isinstance(patients, (pd.DataFrame, xr.Dataset)) and col in patients:
+            return f"patient {i} ({np.asarray(patients[col])[i]})"
+    return f"patient {i}"
 
 
 def _split_therapy(patients: Any) -> tuple[Any, dict[str, np.ndarray]]:

@@ -154,10 +154,12 @@ def fit_ivgtt(
 ) -> IVGTTFit:
     """Fit ``p1, p2, p3`` and ``G0`` of the glucose minimal model to an IVGTT.
 
-    The standard analysis (Bergman et al. 1979; MINMOD, Pacini & Bergman 1986): measured
-    insulin, linearly interpolated, drives ``X``; ``Gb``/``Ib`` default to the first (basal)
-    samples; glucose samples before ``t_min`` minutes (mixing phase) are not fitted; ``G0`` is
-    the extrapolated glucose right after the bolus. Least squares on glucose (scipy's
+    The standard analysis (Bergman et al. 1979; MINMOD, Pacini & Bergman 1986): the bolus is
+    at ``t = 0``; samples at ``t <= 0`` are basal (the usual -10 and 0 min); measured insulin,
+    linearly interpolated, drives ``X``; ``Gb``/``Ib`` default to the mean of the basal
+    samples (the first sample where none is at ``t <= 0``); glucose samples before ``t_min``
+    minutes (mixing phase) are not fitted; ``G0`` is the extrapolated glucose right after the
+    bolus. Least squares on glucose (scipy's
     trust-region reflective method, exact Jacobian from JAX) over log-parameters, started from
     a few ``p2`` values because ``p2``/``p3`` are weakly identifiable separately.
     """
@@ -168,15 +170,18 @@ def fit_ivgtt(
         raise ValueError("t, glucose and insulin must be 1-D arrays of equal length >= 5")
     if np.any(np.diff(t) <= 0):
         raise ValueError("t must be strictly increasing")
-    gb = float(g_obs[0] if gb is None else gb)
-    ib = float(i_obs[0] if ib is None else ib)
-    # The bolus is at t = 0: integrate from there (G0 is the state at t = 0).
-    grid, index = _grid(np.concatenate([[0.0], t]) if t[0] > 0 else t, dt)
-    index = index[-len(t) :]
+    if not t_min > 0:
+        raise ValueError(f"t_min must be > 0 min (after the bolus), got {t_min}")
+    basal = t <= 0
+    gb = float((np.mean(g_obs[basal]) if basal.any() else g_obs[0]) if gb is None else gb)
+    ib = float((np.mean(i_obs[basal]) if basal.any() else i_obs[0]) if ib is None else ib)
+    # The bolus is at t = 0: integrate from there (G0 is the state at t = 0); a basal sample
+    # at -10 min once moved the start there, and G0 came out 357 for a true 287.
+    grid, index = _grid(np.concatenate([[0.0], t[~basal]]), dt)
     use = t >= t_min
     if use.sum() < 4:
         raise ValueError(f"fewer than 4 glucose samples at t >= t_min={t_min}")
-    sel = jnp.asarray(index[use])
+    sel = jnp.asarray(index[1:][use[~basal]])
     target = jnp.asarray(g_obs[use])
     args = (jnp.asarray(grid), jnp.asarray(t), jnp.asarray(i_obs), gb, ib)
 
@@ -210,13 +215,15 @@ def fit_ivgtt(
 
 
 def predict_ivgtt(fit: IVGTTFit, t, t_ins, insulin, dt: float = 0.25) -> np.ndarray:
-    """Glucose (mg/dL) of a fitted minimal model at times ``t`` (from 0), insulin-forced."""
+    """Glucose (mg/dL) of a fitted minimal model at times ``t``, insulin-forced: ``Gb``
+    before the bolus (``t < 0``), ``G0`` at ``t = 0``, the model after."""
     t = np.asarray(t, dtype=float)
-    grid, index = _grid(np.concatenate([[0.0], t[t > 0]]), dt)
+    after = t > 0
+    grid, index = _grid(np.concatenate([[0.0], t[after]]), dt)
     theta = jnp.log(jnp.asarray([fit.p1, fit.p2, fit.p3, fit.G0]))
     g = _glucose_path(
         theta, jnp.asarray(grid), jnp.asarray(t_ins, float), jnp.asarray(insulin, float),
         fit.Gb, fit.Ib,
     )  # fmt: skip
-    out = np.asarray(g)[index]
-    return out[1:] if t[0] > 0 else out
+    path = np.asarray(g)[index]
+    return np.where(t < 0, fit.Gb, np.where(after, np.interp(t, grid[index], path), path[0]))
