@@ -16,7 +16,7 @@ import sys
 
 from cohort import _started as _started  # noqa: F401  (first: it records the import time)
 from cohort._version import __version__ as __version__
-from cohort.errors import CohortError, CohortWarning, OutputError
+from cohort.errors import CohortError, CohortWarning, OutputError, PatientsFailedWarning
 
 os.environ["JAX_ENABLE_X64"] = "1"  # read by JAX when it is first imported
 if "jax" in sys.modules:  # imported before cohort: set it through the config
@@ -52,7 +52,14 @@ _LAZY = {
     "read_nonmem": ("cohort.data", "read_nonmem"),
 }
 
-__all__ = ["CohortError", "CohortWarning", "OutputError", "__version__", *_LAZY]
+__all__ = [
+    "CohortError",
+    "CohortWarning",
+    "OutputError",
+    "PatientsFailedWarning",
+    "__version__",
+    *_LAZY,
+]
 
 
 def __getattr__(name: str):

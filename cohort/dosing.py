@@ -180,6 +180,23 @@ def _shared_rows(arrays: dict, state_names: tuple[str, ...], n: int) -> EventTab
 _COLUMNS = ("TIME", "EVID", "AMT", "CMT", "RATE", "ADDL", "II", "SS")
 
 
+def time_goes_back(now: float, before: float, evid: int) -> str:
+    """Why a patient's record earlier than the one before it is refused, and the fix. At a
+    reset (EVID 3/4) NONMEM allows time to restart (crossover periods from 0); "sort by TIME"
+    would then interleave the periods, so the fix given there is a shift."""
+    if evid in (3, 4):
+        return (
+            f"time {now:g} at a reset record (EVID {evid}) is earlier than the previous record "
+            f"({before:g}): NONMEM lets time restart there, cohort keeps one time axis per "
+            f"patient; shift this period's times (add {before - now:g} or more to TIME from "
+            "this row on), the reset still empties the compartments"
+        )
+    return (
+        f"time {now:g} is earlier than the previous record ({before:g}) of the same patient; "
+        "sort records by TIME within ID"
+    )
+
+
 def _err(row: int, column: str, msg: str) -> DosingError:
     return DosingError(f"dosing record row {row}, column {column}: {msg}")
 
@@ -351,6 +368,15 @@ def _expanded(df: pd.DataFrame, state_names: Sequence[str], dose_targets: Sequen
             raise _err(row, "II", f"ADDL={addl[i]:g} needs an interdose interval II > 0")
         if ss[i] not in (0, 1):
             raise _err(row, "SS", f"SS={ss[i]:g} is not supported; use 0 or 1")
+        if ss[i] == 1 and ii[i] <= 0 and amt[i] == 0 and rate[i] > 0:
+            raise _err(
+                row,
+                "II",
+                "SS=1 with AMT=0, RATE > 0 and II=0 (a constant infusion at steady state) is "
+                "not supported; give the same as a steady-state infusion lasting its interval: "
+                f"II=24, AMT={24 * rate[i]:g} (RATE x II), RATE={rate[i]:g}, SS=1 and ADDL "
+                "covering the run",
+            )
         if ss[i] == 1 and ii[i] <= 0:
             raise _err(row, "II", "SS=1 needs the dosing interval II > 0")
         if ss[i] == 1 and rate[i] > 0 and amt[i] / rate[i] > ii[i]:
@@ -372,12 +398,7 @@ def _expanded(df: pd.DataFrame, state_names: Sequence[str], dose_targets: Sequen
     back = np.flatnonzero((np.diff(time) < 0) & (np.diff(code) == 0))
     if back.size:
         j = int(back[0])
-        raise _err(
-            j + 2,
-            "TIME",
-            f"time {time[j + 1]:g} is earlier than the previous record ({time[j]:g}) "
-            "of the same patient; sort records by TIME within ID",
-        )
+        raise _err(j + 2, "TIME", time_goes_back(time[j + 1], time[j], int(evid[j + 1])))
     # expansion, in the order the records are generated per row: reset, then doses k = 0..
     reset = np.isin(evid, (3, 4))
     dosing = np.isin(evid, (1, 4))

@@ -16,6 +16,11 @@ class CohortWarning(UserWarning):
     """Warnings raised by cohort itself (turned into errors in the test suite)."""
 
 
+class PatientsFailedWarning(CohortWarning):
+    """Some patients of a run failed (status != 0, NaN outputs); the others are kept. The
+    message says how many and why; the CLI prints the same in its summary instead."""
+
+
 class StoreError(CohortError, RuntimeError):
     """A store cannot be created, resumed or read; the message says why and what to do."""
 

@@ -25,6 +25,10 @@ def _files(d: Path) -> None:
     (d / "negamt.csv").write_text("ID,TIME,AMT,CMT\n1,0,-5,depot\n")
     (d / "badcmt.csv").write_text("ID,TIME,AMT,CMT\n1,0,100,liver\n")
     (d / "nottime.csv").write_text("ID,TIME,AMT,CMT\n1,x,100,depot\n")
+    (d / "reset_back.csv").write_text(
+        "ID,TIME,AMT,CMT,EVID\n1,0,100,1,1\n1,10,0,1,0\n1,0,100,1,4\n"
+    )
+    (d / "ss_constant.csv").write_text("ID,TIME,AMT,CMT,EVID,SS,II,RATE\n1,0,0,1,1,1,0,10\n")
     (d / "pop_extra.csv").write_text("CL,V,KA,HEIGHT\n1,10,1,180\n")
     (d / "pop_other.csv").write_text("CL,V,KA,V1\n1,10,1,180\n")  # another model's parameter
     (d / "pop_text.csv").write_text("CL,V,KA\nfast,10,1\n")
@@ -78,6 +82,9 @@ CASES = [
     ([*S, "--dosing", "badamt.csv"], "row 1, column AMT"),
     ([*S, "--dosing", "nottime.csv"], "column TIME"),
     ([*S, "--dosing", "badcmt.csv"], "liver"),
+    # NONMEM lets time restart at a reset; "sort records by TIME" would mix the periods
+    ([*S, "--dosing", "reset_back.csv"], "row 3, column TIME: time 0 at a reset record (EVID 4)"),
+    ([*S, "--dosing", "ss_constant.csv"], "II=24, AMT=240 (RATE x II), RATE=10, SS=1"),
     (["simulate", "--population", "missing.csv"], "no such file or store"),
     (["simulate", "--population", "empty.csv"], "is empty"),
     (["simulate", "--population", "binary.csv"], "not a text (UTF-8) table"),
@@ -258,3 +265,32 @@ def test_python_api_pairs_a_population_with_dosing_records_by_id():
     alone = cohort.simulate("pk1_iv", None, records, t)
     assert alone.ID.values.tolist() == [1, 2]
     np.testing.assert_allclose(alone.conc.values[1] / alone.conc.values[0], 2.0, rtol=1e-12)
+
+
+def test_python_api_warns_about_failed_patients():
+    """A patient with F = 1.2 came back all NaN without a word from ``cohort.simulate`` (the
+    CLI named F and the patient): the run now warns with the same reasons."""
+    import numpy as np
+
+    import cohort
+
+    pop = {"CL": [2.0, 2.0], "V": [20.0, 20.0], "F": [1.2, 1.0]}
+    with pytest.warns(cohort.PatientsFailedWarning) as caught:
+        r = cohort.simulate("pk1_oral", pop, cohort.Regimen(amt=100, cmt="depot"), [0.0, 1.0])
+    assert "1 of 2 patients failed" in str(caught[0].message)
+    assert "F outside [0, 1] for 1 patient(s) (e.g. patient 0: 1.2)" in str(caught[0].message)
+    assert r.status.values.tolist() == [5, 0] and np.isfinite(r.conc.values[1]).all()
+
+
+def test_vpc_bins_follow_a_nominal_design():
+    """Nominal times 1, 4, 8, 12, 24, 30 h: quantile edges put a bin at 10-12 h with no sample
+    in it, and ``cohort fit --report`` raised an IndexError after the fit."""
+    import numpy as np
+
+    from cohort.inference.plots import _time_bins
+
+    t = np.repeat([1.0, 4.0, 8.0, 12.0, 24.0, 30.0], 10)
+    assert _time_bins(t, 8).tolist() == np.repeat(np.arange(6), 10).tolist()
+    spread = np.linspace(0.0, 24.0, 200) ** 2 / 24.0  # many distinct times: quantile bins
+    which = _time_bins(spread, 8)
+    assert which.max() == 7 and np.all(np.bincount(which) > 0)

@@ -18,7 +18,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from cohort.errors import CohortError, CohortWarning
+from cohort.errors import CohortError, CohortWarning, PatientsFailedWarning
 
 console = Console(emoji=False)  # ":end:" in a message stays text (rich made it 🔚)
 err_console = Console(stderr=True, emoji=False)
@@ -68,6 +68,8 @@ def command(fn: F | None = None, *, timed: bool = False):
     def run(*args, **kwargs):
         with warnings.catch_warnings():
             warnings.simplefilter("always", CohortWarning)
+            # failed patients are listed in the command's own summary, with their IDs
+            warnings.simplefilter("ignore", PatientsFailedWarning)
             previous = warnings.showwarning
 
             def show(message, category, *rest, **kw):

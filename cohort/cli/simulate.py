@@ -16,7 +16,8 @@ from rich.markup import escape
 
 from cohort.cli._common import command, console, err_console, fail, progress
 from cohort.cli._inputs import id_column, id_keys, pair_by_id, read_population
-from cohort.cli._summary import failure_reasons, summary_table
+from cohort.cli._summary import summary_table
+from cohort.engine.failures import failure_reasons
 from cohort.timing import describe, phases
 
 # Defaults of `cohort simulate` (None in the signature, so a flag the user gave can be told

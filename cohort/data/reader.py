@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from cohort.dosing import DosingError, EventTable, records_table
+from cohort.dosing import DosingError, EventTable, records_table, time_goes_back
 from cohort.errors import CohortWarning
 from cohort.models.base import Model
 
@@ -236,7 +236,9 @@ def _cmt_problem(value: Any, model: Model, dose: bool) -> str | None:
     return None
 
 
-def _order_problems(ids: np.ndarray, time: np.ndarray, rows: np.ndarray) -> list[Problem]:
+def _order_problems(
+    ids: np.ndarray, time: np.ndarray, rows: np.ndarray, evid: np.ndarray
+) -> list[Problem]:
     out: list[Problem] = []
     seen: dict[Any, int] = {}
     for i in range(len(ids)):
@@ -255,8 +257,7 @@ def _order_problems(ids: np.ndarray, time: np.ndarray, rows: np.ndarray) -> list
                 Problem(
                     int(rows[i]),
                     "TIME",
-                    f"time {time[i]:g} is earlier than the previous record ({time[i - 1]:g}) of "
-                    f"ID {ids[i]}; sort records by TIME within ID",
+                    f"ID {ids[i]}: " + time_goes_back(time[i], time[i - 1], int(evid[i])),
                 )
             )
     return out
@@ -396,7 +397,9 @@ def validate(raw: pd.DataFrame, model: Model | None = None) -> pd.DataFrame:
     if "CMT" in raw:
         out["CMT"] = _compartments(raw["CMT"], dose, obs, rows, model, problems)
     if not any(p.column in ("ID", "TIME") for p in problems):
-        problems += _order_problems(out["ID"].to_numpy(), out["TIME"].to_numpy(), rows)
+        problems += _order_problems(
+            out["ID"].to_numpy(), out["TIME"].to_numpy(), rows, out["EVID"].to_numpy()
+        )
         frame = out.assign(CMT=out["CMT"].astype(str)) if "CMT" in out else out
         problems += _duplicates(frame, rows)
     if problems:

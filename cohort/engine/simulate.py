@@ -14,6 +14,7 @@ import datetime
 import functools
 import hashlib
 import math
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -45,6 +46,7 @@ from cohort.engine.inputs import (
 )
 from cohort.engine.status import status_attrs
 from cohort.engine.step_choice import choose_step, pilot_rows
+from cohort.errors import PatientsFailedWarning
 from cohort.models.base import Model
 from cohort.store import ID_ATTRS, ResultStore, indexed_coordinates, locks_output, open_result
 
@@ -268,7 +270,10 @@ def simulate(
             "cluster: a distributed run writes into a store; give out= (e.g. runs/cohort.zarr)"
         )
     if out is not None:
-        return _simulate_to_store(plan, out, seed, time_units, resume, overwrite, progress, cluster)
+        return _warn_failed(
+            model,
+            _simulate_to_store(plan, out, seed, time_units, resume, overwrite, progress, cluster),
+        )
     n_chunks = math.ceil(n_pat / chunk_size)
     # Time-major buffers: the engines produce [T, N] blocks, so copies stay contiguous; the
     # Dataset exposes them as (patient, time) through a transposed view (no extra copy).
@@ -289,7 +294,23 @@ def simulate(
         attrs = pool.submit(_provenance, plan, seed)
         _run_chunks(plan, np.zeros(n_chunks, bool), keep, progress)
         attrs = attrs.result()
-    return _dataset(plan, res_out, res_status, attrs, time_units)
+    return _warn_failed(model, _dataset(plan, res_out, res_status, attrs, time_units))
+
+
+def _warn_failed(model: Model, ds: xr.Dataset) -> xr.Dataset:
+    """``ds``, after a :class:`PatientsFailedWarning` if some of its patients failed."""
+    from cohort.engine.failures import failure_reasons
+
+    status = np.asarray(ds["status"].values)
+    if (status != 0).any():
+        warnings.warn(
+            f"{int((status != 0).sum()):,} of {status.size:,} patients failed (status != 0, "
+            "NaN outputs; the others are kept): "
+            + "; ".join(line.strip() for line in failure_reasons(model, ds, status)),
+            PatientsFailedWarning,
+            stacklevel=4,  # _warn_failed, simulate, its lock wrapper: the user's call
+        )
+    return ds
 
 
 def _simulate_to_store(plan: _Plan, out, seed, time_units, resume, overwrite, progress, cluster):
