@@ -180,7 +180,7 @@ def _shared_rows(arrays: dict, state_names: tuple[str, ...], n: int) -> EventTab
 _COLUMNS = ("TIME", "EVID", "AMT", "CMT", "RATE", "ADDL", "II", "SS")
 
 
-def time_goes_back(now: float, before: float, evid: int) -> str:
+def time_goes_back(now: float, before: float, evid: int, whose: str = "the same patient") -> str:
     """Why a patient's record earlier than the one before it is refused, and the fix. At a
     reset (EVID 3/4) NONMEM allows time to restart (crossover periods from 0); "sort by TIME"
     would then interleave the periods, so the fix given there is a shift."""
@@ -192,8 +192,8 @@ def time_goes_back(now: float, before: float, evid: int) -> str:
             "this row on), the reset still empties the compartments"
         )
     return (
-        f"time {now:g} is earlier than the previous record ({before:g}) of the same patient; "
-        "sort records by TIME within ID"
+        f"time {now:g} is earlier than the previous record ({before:g}) of {whose}; sort "
+        "records by TIME within ID"
     )
 
 

@@ -278,6 +278,9 @@ def test_update_adds_a_day_and_keeps_the_previous_state(tmp_path, monkeypatch):
         (lambda d: d.assign(CGM=np.nan), "at least 3 CGM"),
         (lambda d: d.assign(BASAL=np.nan), "basal rate"),
         (lambda d: d.assign(CGM=d["CGM"] / 18.016), r"look like mmol/L; give mg/dL"),
+        # an empty table raised "max() arg is an empty sequence"; seconds ran as 60 days
+        (lambda d: d.iloc[:0], "the table has no rows"),
+        (lambda d: d.assign(TIME=d["TIME"] * 60), r"median 300 min apart.*seconds\? divide"),
     ],
 )
 def test_bad_records_get_a_clear_error(change, message):

@@ -102,7 +102,8 @@ CASES = [
     (["simulate", "-o", ""], "--out: empty path"),  # a path or a store URL: kept as given
     (["simulate", "-o", ".", "--overwrite"], "refusing to write"),
     (["simulate", "-o", "mine", "--overwrite"], "not written by cohort"),
-    (["simulate", "-o", "mine"], "already exists"),
+    # not "pass --overwrite": that would be refused too
+    (["simulate", "-o", "mine"], "already exists and was not written by cohort; choose another"),
     (["simulate", "-o", "/proc/cohort-test/x.zarr"], "cannot create the folder"),
     # generate
     (["generate", "missing.toml"], "no such spec file"),

@@ -213,6 +213,11 @@ def test_store_round_trip_and_interrupted_save(vanco_twins, tmp_path):
 
     post = xr.open_zarr(path, group="update_001/posterior", consolidated=False)
     assert post["CL"].dims == ("chain", "draw", "patient")
+    # an existing empty folder is written into (it was refused, after the whole fit)
+    empty = tmp_path / "empty.zarr"
+    empty.mkdir()
+    first.save(empty)
+    np.testing.assert_array_equal(open_twins(empty).laplace.eta, first.laplace.eta)
 
 
 def _same_individuals(a: pd.DataFrame, b: pd.DataFrame) -> None:
@@ -279,6 +284,17 @@ def test_bad_records_give_clear_errors(vanco, vanco_twins):
         TwinError, match=rf"patient 1 is at TIME 10, before its last record \(TIME {last:g}\)"
     ):
         tw.forecast(Regimen(1000.0, "central", time=10.0), [60.0], n_draws=20)
+    # a dose recommendation for a time already past was made "on top of" the records
+    target = AUC("conc", 400.0, 600.0, start=48.0, end=72.0)
+    with pytest.raises(TwinError, match=r"is at TIME 10, before its last record"):
+        tw.recommend(Regimen(1000.0, "central", time=10.0), target, max_dose=3000.0)
+    # a target window over before the first dose to choose: no dose can change it
+    with pytest.raises(TwinError, match=r"ends at TIME 24, before the first dose to choose"):
+        tw.recommend(
+            Regimen(1000.0, "central", time=48.0, ii=12.0, addl=1),
+            AUC("conc", 400.0, 600.0, start=0.0, end=24.0),
+            max_dose=3000.0,
+        )
     with pytest.raises(TwinError, match="auc:OUTPUT"):
         parse_target("auc:conc:1")
     with pytest.raises(TwinError, match=r"'auc:conc:48:72:600:400': AUC: lo must be < hi"):

@@ -17,7 +17,6 @@ from rich.markup import escape
 from cohort.cli._common import command, console, err_console, fail, progress
 from cohort.cli._inputs import id_column, id_keys, pair_by_id, read_population
 from cohort.cli._summary import summary_table
-from cohort.engine.failures import failure_reasons
 from cohort.timing import describe, phases
 
 # Defaults of `cohort simulate` (None in the signature, so a flag the user gave can be told
@@ -324,6 +323,8 @@ def simulate(
             f"[bold yellow]warning:[/] {n_bad:,} of {ds.sizes['patient']:,} patients failed "
             "(status != 0; their outputs are NaN)"
         )
+        from cohort.engine.failures import failure_reasons  # here: --help imports no JAX
+
         for line in failure_reasons(m, ds, status):
             err_console.print(f"  {escape(line)}")
     console.print(f"done in {time.perf_counter() - t0:.1f} s -> [bold]{escape(str(out))}[/]")

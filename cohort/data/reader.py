@@ -257,7 +257,7 @@ def _order_problems(
                 Problem(
                     int(rows[i]),
                     "TIME",
-                    f"ID {ids[i]}: " + time_goes_back(time[i], time[i - 1], int(evid[i])),
+                    time_goes_back(time[i], time[i - 1], int(evid[i]), f"ID {ids[i]}"),
                 )
             )
     return out

@@ -134,6 +134,11 @@ def check_replaceable(
     if not p.exists() or resume or is_empty_directory(p):  # nothing there to lose
         return p
     if not overwrite:
+        if not written_by_cohort(p):  # --overwrite would be refused too: do not suggest it
+            raise OutputError(
+                f"{flag} {str(path)!r} already exists and was not written by cohort; choose "
+                "another path (cohort never replaces what it did not write)"
+            )
         again = "pass --resume (resume=True) to continue an interrupted run, " if resumable else ""
         raise OutputError(
             f"{flag} {str(path)!r} already exists; {again}pass --overwrite (overwrite=True) to "

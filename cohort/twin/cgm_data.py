@@ -44,6 +44,8 @@ def read_cgm(table: pd.DataFrame | str) -> pd.DataFrame:
             f"CGM records: missing column(s) {missing}; a CGM twin needs {list(REQUIRED)} "
             f"(and optionally {list(OPTIONAL)}), columns given: {list(df.columns)}"
         )
+    if df.empty:
+        raise TwinError("CGM records: the table has no rows; give at least one day of readings")
     df["ROW"] = np.arange(1, len(df) + 1)
     if "ID" not in df:
         df["ID"] = 1
@@ -64,6 +66,7 @@ def read_cgm(table: pd.DataFrame | str) -> pd.DataFrame:
 # Outside these an entry is more likely in other units than a real dose: a bolus of 4,600 U
 # (mU) or a basal of 0.02 U/h (U/min) fitted without a word, and the replays differed.
 MAX_BOLUS = 50.0  # U in one entry
+MAX_READING_STEP = 60.0  # min: the median step between readings of a CGM, far above 5-15
 BASAL_RANGE = (0.05, 10.0)  # U/h, a patient's median non-zero basal rate
 
 
@@ -156,6 +159,14 @@ def _check(df: pd.DataFrame) -> None:
     )
     n_obs = df.groupby("ID", sort=False)["CGM"].transform(lambda c: c.notna().sum()).to_numpy()
     _first_bad(df, n_obs < 3, "CGM", "a patient needs at least 3 CGM readings")
+    readings = df[df["CGM"].notna()]
+    steps = readings.groupby("ID", sort=False)["TIME"].diff().dropna()
+    if len(steps) and float(steps.median()) > MAX_READING_STEP:
+        raise TwinError(
+            f"CGM records, column TIME: readings are a median {float(steps.median()):g} min "
+            f"apart, where a CGM reads every 1-15 min: TIME is in minutes (seconds? divide by "
+            "60; hours? multiply by 60)"
+        )
 
 
 def grid_inputs(df: pd.DataFrame, eat_rate: float = EAT_RATE, horizon: int | None = None):

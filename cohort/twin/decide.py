@@ -21,7 +21,7 @@ import pandas as pd
 
 from cohort.dosing import Regimen
 from cohort.inference import predict
-from cohort.twin.forecast import event_table
+from cohort.twin.forecast import check_future, event_table
 from cohort.twin.prior import TwinError
 from cohort.twin.targets import Target
 
@@ -112,6 +112,14 @@ def recommend(
         raise TwinError("max_dose: must be > 0")
     if target.output not in twins.prior.model.output_names:
         raise TwinError(f"target: {target.output!r} is not an output of the model")
+    check_future(twins, template)  # a dose chosen for a time already past was recommended
+    window_end = float(np.max(target.times()))
+    if window_end <= template.time:
+        raise TwinError(
+            f"target: {target.label} ends at TIME {window_end:g}, before the first dose to "
+            f"choose (TIME {template.time:g}): no dose can change it; put the target after "
+            "the planned doses' start"
+        )
     step = float(strength) if strength else max_dose / 100.0
     lo_dose = float(min_dose) if min_dose else step
     grid = np.arange(lo_dose, max_dose + 1e-9 * max_dose, step)

@@ -78,7 +78,7 @@ def event_records(twins, regimen) -> pd.DataFrame:
     return frame.iloc[idx].reset_index(drop=True)
 
 
-def _check_future(twins, regimen) -> None:
+def check_future(twins, regimen) -> None:
     """A forecast's regimen is what comes next: a dose before a patient's last record would
     rewrite a past that the posterior was fitted to without it (past doses belong in the
     records: ``update``)."""
@@ -140,7 +140,7 @@ def forecast(
             raise TwinError(f"target {t.name}: {t.output!r} is not an output of {model.name!r}")
     if int(n_draws) < 2:
         raise TwinError(f"n_draws: bands need at least 2 posterior draws, got {n_draws}")
-    _check_future(twins, regimen)
+    check_future(twins, regimen)
     table = event_table(twins, regimen)
     if times is None:
         # from 0 to a day past the last record or planned dose, and past every target window

@@ -28,7 +28,12 @@ import zarr
 from cohort._version import __version__
 from cohort.errors import CohortWarning, OutputError
 from cohort.store import locks_output
-from cohort.store.safety import check_path, prepare_output, written_by_cohort
+from cohort.store.safety import (
+    check_path,
+    is_empty_directory,
+    prepare_output,
+    written_by_cohort,
+)
 from cohort.store.zarr_store import new_layout
 from cohort.twin import posterior
 from cohort.twin.prior import TwinError, TwinPrior
@@ -49,7 +54,7 @@ def save_twins(twins, path: str | Path, *, overwrite: bool = False) -> Path:
     if path.suffix != ".zarr":
         raise OutputError(f"{path}: a twin store is a .zarr directory")
     prior_json = twins.prior.to_json()
-    if path.exists() and not overwrite:
+    if path.exists() and not overwrite and not is_empty_directory(path):  # an empty one: new
         if not written_by_cohort(path):
             raise OutputError(f"{path} exists and was not written by cohort; choose a new path")
         root = zarr.open_group(str(path), mode="r+")
