@@ -193,8 +193,11 @@ def run(
             time_units="min",
             outputs={k: {"units": u, "long_name": d} for k, (u, d) in _OUTPUTS.items()},
             parameters={
-                q.name: (params[q.name], {"units": q.units, "long_name": q.description})
-                for q in model.parameters
+                **{
+                    q.name: (params[q.name], {"units": q.units, "long_name": q.description})
+                    for q in model.parameters
+                },
+                **_therapy_variables(plan.therapy),
             },  # fmt: skip
             variables=metric_vars,
             dtype=out_dtype,
@@ -232,7 +235,23 @@ def run(
     met = metrics_dataset(metrics_all, template)
     for k in _DESCRIPTIONS:
         met[k].attrs["comment"] = METRICS_OF
-    return _dataset(model, keep, status_all, params, times, attrs).merge(met)
+    ds = _dataset(model, keep, status_all, params, times, attrs).merge(met)
+    for name, (values, var_attrs) in _therapy_variables(plan.therapy).items():
+        ds[name] = ("patient", values, var_attrs)
+    return ds
+
+
+def _therapy_variables(therapy: dict) -> dict:
+    """The patients' own CR/CF (what the controllers dosed by) as per-patient variables of
+    the result: a run is then reproducible from its store alone."""
+    return {
+        name: (
+            np.asarray(values, np.float64),
+            {"units": THERAPY[name][0],
+             "long_name": f"{THERAPY[name][1]} (NaN: the rule of thumb from the basal rate)"},
+        )
+        for name, values in therapy.items()
+    }  # fmt: skip
 
 
 def metrics_only(patients: Any, *args: Any, **kwargs: Any) -> dict[str, np.ndarray]:
@@ -297,6 +316,7 @@ class _Plan:
     batch: int
     solver: BatchSolver
     out_dtype: str
+    therapy: dict = dataclasses.field(default_factory=dict)  # the patients' own CR/CF
 
 
 def _plan(
@@ -395,7 +415,7 @@ def _plan(
     inputs = (clean, meals, np.arange(n_pat), therapy_in)
     return _Plan(
         model, ctrl, options, n_periods, params, times, attrs, invalid, inputs, shared,
-        chunk_size, batch, solver, out_dtype,
+        chunk_size, batch, solver, out_dtype, therapy,
     )  # fmt: skip
 
 
