@@ -195,3 +195,28 @@ def test_simulation_loop_gives_the_differentiable_loops_values(monkeypatch):
     assert np.nanmax(plain["conc"].values) > 1.0
     for name in ("conc", "response", "status"):
         np.testing.assert_array_equal(plain[name].values, checkpointed[name].values)
+
+
+def test_a_fixed_step_beyond_rk4_stability_is_flagged_not_returned():
+    """RK4(dt=2) on a patient with k = CL/V = 2/h grows x5 per step: positive garbage came back
+    with status ok. The fastest rate x dt is now checked per patient (status step_unstable);
+    patients within the limit are untouched and accurate."""
+    from cohort.engine.status import Status
+
+    pop = {"CL": [1.0, 40.0, 200.0], "V": [20.0, 20.0, 20.0]}
+    times = cohort.grid(0.0, 24.0, 2.0)
+    with pytest.warns(cohort.PatientsFailedWarning, match="step_unstable"):
+        r = cohort.simulate(
+            "pk1_iv", pop, Regimen(amt=100.0, cmt="central"), times, method=RK4(dt=2.0)
+        )
+    assert r.status.values.tolist() == [Status.OK, Status.STEP_UNSTABLE, Status.STEP_UNSTABLE]
+    exact = 100.0 / 20.0 * np.exp(-0.05 * np.asarray(times))
+    np.testing.assert_allclose(r.conc.values[0], exact, rtol=1e-5)  # RK4 at k·dt = 0.1
+    assert np.isnan(r.conc.values[1:]).all()
+    # k = 2/h at dt = 0.5 (rate x dt = 1) is stable and right; k = 10/h (5) is not
+    with pytest.warns(cohort.PatientsFailedWarning):
+        r = cohort.simulate(
+            "pk1_iv", pop, Regimen(amt=100.0, cmt="central"), times, method=RK4(dt=0.5)
+        )
+    assert r.status.values.tolist() == [Status.OK, Status.OK, Status.STEP_UNSTABLE]
+    np.testing.assert_allclose(r.conc.values[1, 1], 5.0 * np.exp(-4.0), rtol=1e-3)

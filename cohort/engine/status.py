@@ -17,6 +17,7 @@ class Status(enum.IntEnum):
     SOLVER_FAILED = 4
     INVALID_PARAMETERS = 5
     SS_NOT_REACHED = 6
+    STEP_UNSTABLE = 7
 
 
 STATUS_MEANINGS = {s.value: s.name.lower() for s in Status}
@@ -38,6 +39,9 @@ STATUS_MESSAGES = {
     "dosing interval after ss_max_cycles intervals (e.g. doses above a saturable "
     "elimination's capacity); for linear PK use the closed form (--method closed_form), "
     "otherwise raise ss_max_cycles (Python: Adaptive(ss_max_cycles=...) or RK4(...))",
+    Status.STEP_UNSTABLE: "the fixed step is beyond RK4's stability limit for this patient "
+    "(its fastest rate x dt > 2.8), so its values are meaningless: give a smaller dt (or tol=), "
+    "or use the adaptive engine (--method diffrax)",
 }
 
 NEGATIVE_TOLERANCE = 1e-6  # relative to the largest state, what counts as round-off
