@@ -155,6 +155,9 @@ def _gaussian_guide(kind: str, dim: int, rank: int, loc0, init_scale: float, see
     return params, draw, entropy, n_eps
 
 
+GRADIENT_CHECK_DRAWS = 64
+
+
 def run_svi(
     bm: BoundModel,
     init: dict,
@@ -206,7 +209,7 @@ def run_svi(
     optim = optax.chain(optax.clip_by_global_norm(100.0), optax.adam(schedule))
 
     @jax.jit
-    def optimise(par, noise, noise_draws):  # the fit and the posterior draws: one program
+    def optimise(par, noise, noise_draws, noise_check):  # fit, draws and check: one program
         def step(carry, eps):
             par, state = carry
             value, grads = jax.value_and_grad(loss)(par, eps)
@@ -215,25 +218,52 @@ def run_svi(
 
         (par, _), losses = jax.lax.scan(step, (par, optim.init(par)), noise)
         u = unflatten(draw(par, noise_draws))
-        return losses, constrain_fn(model, (arrays,), {}, u, batch_ndims=1)
+        # the ELBO's gradient at the result, over fresh noise: ~0 at an optimum
+        grads = jax.vmap(lambda eps: jax.grad(loss)(par, eps))(noise_check)
+        flat = jnp.concatenate(
+            [g.reshape(noise_check.shape[0], -1) for g in jax.tree.leaves(grads)], 1
+        )
+        return losses, constrain_fn(model, (arrays,), {}, u, batch_ndims=1), flat
 
     # The Monte Carlo noise comes from numpy (seeded): a JAX PRNG (threefry) inside the
     # compiled step would dominate its compile time, and the whole stream is small.
     rng = np.random.default_rng(seed)
     t0 = time.perf_counter()
     noise = rng.standard_normal((steps, n_eps))
-    losses, sites = jax.device_get(optimise(params, noise, rng.standard_normal((draws, n_eps))))
+    losses, sites, grads = jax.device_get(
+        optimise(
+            params,
+            noise,
+            rng.standard_normal((draws, n_eps)),
+            rng.standard_normal((GRADIENT_CHECK_DRAWS, n_eps)),
+        )
+    )
+    grads = np.asarray(grads)
+    gradient_z = np.abs(grads.mean(0)) / (
+        grads.std(0, ddof=1) / np.sqrt(GRADIENT_CHECK_DRAWS) + 1e-12
+    )
     if not np.isfinite(losses[0]):  # the first draw sits within ~1 % of the start
         raise OptionError(START_ERROR)
     samples = {k: np.asarray(v)[None] for k, v in sites.items()}
     seconds = time.perf_counter() - t0
     losses = np.asarray(losses)
-    tail = losses[-max(1, steps // 10) :]
+    width = max(1, steps // 10)
+    tail, before = losses[-width:], losses[-2 * width : -width]
     info = {
         "guide": guide,
         "final_loss": float(np.mean(tail)),
         "loss_sd": float(np.std(tail)),
         "steps": steps,
+        # how much the loss still fell between the last two tenths of the steps, and that
+        # difference's standard error (the one-sample ELBO is noisy): a fit still descending
+        # is not converged (see fit.svi_unconverged)
+        "loss_drift": float(np.mean(before) - np.mean(tail)) if before.size else float("inf"),
+        "loss_drift_se": float(
+            np.sqrt(np.var(before) / max(before.size, 1) + np.var(tail) / tail.size)
+        ),
+        # the largest |mean| / standard error of the ELBO gradient's coordinates at the
+        # result (fresh noise): far from zero, the guide has not reached its optimum
+        "max_gradient_z": float(np.max(gradient_z, initial=0.0)),
     }
     return Draws(samples, None, seconds, "svi", info)
 
