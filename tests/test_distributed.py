@@ -142,7 +142,7 @@ def test_unreachable_scheduler_leaves_no_store(tmp_path, monkeypatch):
     import cohort.distributed as dist
 
     reach = dist.check_reachable
-    monkeypatch.setattr(dist, "check_reachable", lambda c: reach(c, timeout="1s"))
+    monkeypatch.setattr(dist, "check_reachable", lambda c, out=None: reach(c, out, timeout="1s"))
     out = tmp_path / "x.zarr"
     with pytest.raises(DistributedError, match="cannot reach the Dask scheduler"):
         simulate("pk1_oral", None, None, np.linspace(0, 1, 3), n=4, out=str(out),
@@ -339,3 +339,28 @@ def test_cgm_twins_on_a_cluster_equal_a_local_run(client, tmp_path):
     np.testing.assert_array_equal(remote.posterior.cov, local.posterior.cov)
     assert res.exit_code == 0, res.output
     np.testing.assert_array_equal(open_twins(out).posterior.eta, local.posterior.eta)
+
+
+def test_clusters_that_cannot_run_cohort_are_refused_up_front(client, tmp_path, monkeypatch):
+    """Found by an HPC user: a scheduler without workers, or with workers that cannot import
+    cohort, made the run wait for ever without a word; an http:// address and a memory://
+    store gave a traceback and a misleading 'not a complete store'."""
+    import cohort.distributed.backend as backend
+
+    with pytest.raises(DistributedError, match="is not a Dask scheduler address"):
+        with connect("http://127.0.0.1:8799"):
+            pass
+    out = "memory://runs/x.zarr"
+    with pytest.raises(DistributedError, match="in this process's memory"):
+        simulate("pk1_oral", None, None, np.linspace(0, 1, 3), n=4, out=out, cluster=client)
+    monkeypatch.setattr(backend, "WORKER_WAIT", 1.0)
+    with LocalCluster(n_workers=0, processes=False, dashboard_address=None) as empty:
+        with pytest.raises(DistributedError, match="no Dask worker joined"):
+            with connect(empty):
+                pass
+    # workers whose cohort differs from this process's (here: this process's is changed)
+    mine = dict(backend.environment(), cohort="9.9.9")
+    monkeypatch.setattr(backend, "environment", lambda: mine)
+    with pytest.raises(DistributedError, match=r"runs cohort '0.1.0', this process '9.9.9'"):
+        with connect(client):
+            pass

@@ -8,9 +8,12 @@ touch the same file) and reports progress as tasks finish.
 from __future__ import annotations
 
 import contextlib
+import functools
+import hashlib
 import math
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -42,6 +45,7 @@ def connect(cluster: Any, timeout: str = "30s") -> Iterator[Any]:
     made here is closed afterwards."""
     client_class = _client_class()
     if isinstance(cluster, client_class):
+        ready(cluster)
         yield cluster
         return
     if isinstance(cluster, str):
@@ -62,16 +66,94 @@ def connect(cluster: Any, timeout: str = "30s") -> Iterator[Any]:
             f"cluster: cannot reach the Dask scheduler at {target!r}: {exc}; start one with "
             "`dask scheduler` (and `dask worker ADDRESS` per node) or check the address"
         ) from None
+    except ValueError as exc:  # "unknown address scheme 'http'", "missing port number"
+        raise DistributedError(
+            f"cluster: {target!r} is not a Dask scheduler address ({exc}); give e.g. "
+            "tcp://host:8786"
+        ) from None
     try:
+        ready(client)
         yield client
     finally:
         client.close()
 
 
-def check_reachable(cluster: Any, timeout: str = "30s") -> None:
-    """Connect once to a scheduler given by address, before a run creates its store: an
-    unreachable address is reported without leaving an empty, incomplete store behind.
-    Client and cluster objects are already connected (nothing to check)."""
+WORKER_WAIT = 60.0
+"""Seconds a run waits for a first worker to join the scheduler before it says there is none
+(it waited silently for ever)."""
+
+
+@functools.cache
+def environment() -> dict:
+    """What a worker must share with the client for its chunks to equal a local run's: the
+    versions of cohort, JAX and numpy, and a hash of cohort's own source (two builds both
+    labelled 0.1.0 can differ)."""
+    import jax
+
+    from cohort._version import __version__
+
+    digest = hashlib.sha256()
+    root = Path(__file__).resolve().parents[1]
+    for path in sorted(root.rglob("*.py")):
+        digest.update(path.relative_to(root).as_posix().encode())
+        digest.update(path.read_bytes())
+    return {
+        "cohort": __version__,
+        "cohort source": digest.hexdigest()[:16],
+        "jax": jax.__version__,
+        "numpy": np.__version__,
+    }
+
+
+def _worker_environment() -> dict:
+    """:func:`environment`, as a worker computes it (sent by reference: unpickling it imports
+    cohort there)."""
+    return environment()
+
+
+def ready(client: Any) -> None:
+    """Refuse a cluster that cannot run cohort's tasks, before any task is sent: no worker
+    within :data:`WORKER_WAIT` seconds, or a worker that cannot import cohort or runs other
+    versions of it, JAX or numpy (its task died unpacking, or wrote other numbers, while the
+    client waited without a word)."""
+    address = getattr(client, "scheduler", None)
+    where = getattr(address, "address", None) or "the scheduler"
+    try:
+        client.wait_for_workers(1, timeout=WORKER_WAIT)
+    except (TimeoutError, OSError):
+        raise DistributedError(
+            f"cluster: no Dask worker joined {where} within {WORKER_WAIT:g} s; start workers "
+            "with `dask worker ADDRESS` (the same Python environment as here)"
+        ) from None
+    mine = environment()
+    for worker, theirs in client.run(_worker_environment, on_error="return").items():
+        if isinstance(theirs, BaseException):
+            raise DistributedError(
+                f"cluster: worker {worker} cannot run cohort ({type(theirs).__name__}: "
+                f"{theirs}); install the same environment there (pip install -e "
+                "'.[distributed]') and restart it"
+            )
+        differs = [k for k in mine if theirs.get(k) != mine[k]]
+        if differs:
+            k = differs[0]
+            raise DistributedError(
+                f"cluster: worker {worker} runs {k} {theirs.get(k)!r}, this process "
+                f"{mine[k]!r}; results would differ from a local run: give the workers the "
+                "same environment and restart them"
+            )
+
+
+def check_reachable(cluster: Any, out: Any = None, timeout: str = "30s") -> None:
+    """Before a run creates its store ``out``: the store must be one the workers can reach
+    (not ``memory://``, which lives in this process only), and a scheduler given by address
+    must answer, with workers able to run cohort (:func:`ready`); nothing is left behind
+    when it is not. Client and cluster objects were checked when they were connected."""
+    if str(out or "").startswith("memory://"):
+        raise DistributedError(
+            f"cluster: the store {str(out)!r} is in this process's memory, where Dask workers "
+            "cannot write; give a path or URL every worker can reach (a shared filesystem, "
+            "s3://...)"
+        )
     if isinstance(cluster, str):
         with connect(cluster, timeout=timeout):
             pass
@@ -134,6 +216,31 @@ def run_chunks(
                 finished += futures[future]
                 if progress:
                     progress(finished, n_patients)
-        except BaseException:
-            client.cancel(list(futures))
+        except BaseException as exc:
+            with contextlib.suppress(Exception):  # the scheduler may be gone
+                client.cancel(list(futures))
+            if _lost_scheduler(exc):
+                raise DistributedError(
+                    f"cluster: lost the Dask scheduler mid-run ({type(exc).__name__}); the "
+                    f"chunks finished so far are kept ({finished:,} of {n_patients:,} "
+                    "patients): run the same command again with --resume (resume=True)"
+                ) from None
             raise
+
+
+def _lost_scheduler(exc: BaseException) -> bool:
+    """Whether a run stopped because the scheduler connection went (not a task's error)."""
+    from distributed.comm.core import CommClosedError
+
+    try:
+        from distributed.client import FutureCancelledError
+    except ImportError:  # older distributed
+        FutureCancelledError = CommClosedError  # noqa: N806
+    import asyncio
+    import concurrent.futures
+
+    return isinstance(
+        exc,
+        (CommClosedError, FutureCancelledError, asyncio.CancelledError,
+         concurrent.futures.CancelledError),
+    )  # fmt: skip

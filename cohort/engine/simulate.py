@@ -320,7 +320,7 @@ def _simulate_to_store(plan: _Plan, out, seed, time_units, resume, overwrite, pr
     if cluster is not None:
         from cohort.distributed import check_reachable
 
-        check_reachable(cluster)
+        check_reachable(cluster, out)
     store = ResultStore.create(
         out,
         n_patients=plan.n_patients,

@@ -185,7 +185,7 @@ def run(
         if cluster is not None:
             from cohort.distributed import check_reachable
 
-            check_reachable(cluster)
+            check_reachable(cluster, out)
         store = ResultStore.create(
             out,
             n_patients=n_pat,
