@@ -34,6 +34,10 @@ def _files(d: Path) -> None:
     (d / "pop_text.csv").write_text("CL,V,KA\nfast,10,1\n")
     (d / "pop_header.csv").write_text("CL,V,KA\n")
     (d / "theo.csv").write_text((ROOT / "tests" / "data" / "theoph_nonmem.csv").read_text())
+    import pandas as pd
+
+    blq = pd.read_csv(d / "theo.csv").assign(BLQ=lambda f: (f["EVID"] == 0).astype(int), DV=0.5)
+    blq.to_csv(d / "allblq.csv", index=False)
     (d / "spec_model.toml").write_text(PRIOR.replace('model = "pk1_oral"', 'model = "pk1_orl"'))
     (d / "spec_typo.toml").write_text(PRIOR.replace("distribution = ", "distributon = ", 1))
     (d / "spec_bad.toml").write_text("[population\nname = 1")
@@ -129,6 +133,8 @@ CASES = [
     (["fit", "theo.csv", "--iiv", "Q"], "--iiv"),
     (["fit", "theo.csv", "--covariate", "CL"], "--covariate 'CL'"),
     (["fit", "theo.csv", "-o", "notes.nc"], "already exists"),
+    # every observation BLQ was fitted to OFV 0 and reported converged
+    (["fit", "allblq.csv", "-o", "f.nc"], "every observation is below the LLOQ"),
     (["fit", "theo.csv", "-o", "notes.nc", "--overwrite"], "not written by cohort"),
     # trial
     (["trial", "missing.toml"], "no such trial spec"),

@@ -10,6 +10,7 @@ user-chosen starting values (DESIGN §7).
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from cohort.data import Dataset, read_nonmem
-from cohort.errors import ArgumentTypeError, OptionError
+from cohort.errors import ArgumentTypeError, CohortWarning, OptionError
 from cohort.inference import diagnostics, ml, posterior, sampling
 from cohort.inference.bayes import Priors, init_values
 from cohort.inference.layout import Layout
@@ -77,6 +78,34 @@ def _check_fittable(ds: Dataset, model: Model, output: str) -> None:
                 )
             ]
         )
+    rec = ds.records
+    observed_rows = (rec["EVID"] == 0) & (rec["MDV"] == 0)
+    if "CENS" in rec:
+        cens = rec["CENS"].to_numpy() == 1
+        if cens[observed_rows.to_numpy()].all():
+            raise DataError(
+                [
+                    Problem(
+                        None,
+                        "BLQ",
+                        "every observation is below the LLOQ (BLQ/CENS = 1): the data say "
+                        "only that concentrations are low, nothing a fit can estimate from "
+                        "(it reported OFV 0 and 'converged'); check the BLQ/CENS column",
+                    )
+                ]
+            )
+        by_id = pd.Series(cens[observed_rows.to_numpy()], index=rec.loc[observed_rows, "ID"])
+        all_low = by_id.groupby(level=0, sort=False).all()
+        if all_low.any():
+            ids = all_low.index[all_low.to_numpy()].tolist()
+            warnings.warn(
+                f"{len(ids)} subject(s) have every observation below the LLOQ (ID "
+                f"{', '.join(map(str, ids[:5]))}{' ...' if len(ids) > 5 else ''}): they "
+                "inform the fit only that their concentrations are low (their individual "
+                "estimates follow the population's)",
+                CohortWarning,
+                stacklevel=4,
+            )
     doses = ds.records["EVID"].isin((1, 4)) & (ds.records["AMT"].to_numpy(float) > 0)
     if model.dose_targets and not doses.any():
         raise DataError(
