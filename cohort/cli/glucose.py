@@ -11,7 +11,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from cohort.cli._common import command, console, err_console, fail, progress, warn
+from cohort.cli._common import command, console, err_console, fail, progress
 from cohort.timing import describe, phases, step
 
 if TYPE_CHECKING:
@@ -56,20 +56,6 @@ def _metrics_table(result) -> Table:
     counts = zone_counts(zone, letters=True)
     table.caption = "CVGA " + "  ".join(f"{z}:{c}" for z, c in counts.items())
     return table
-
-
-def _warn_floor(result, plausible: bool) -> None:
-    """Patients whose glucose sat at the model's floor (0 mg/dL, as in simglucose) solved
-    "ok" but describe no physiology: say how many, and how to keep them out."""
-    status = np.asarray(result["status"])
-    floor = (status == 0) & (np.asarray(result["g_min"], float) < 1.0)
-    if floor.any():
-        first = np.flatnonzero(floor)[0]
-        warn(
-            f"{int(floor.sum())} patient(s) reached 0 mg/dL glucose, the model's floor (first: "
-            f"patient {first}); their day is not physiological and their metrics take it as "
-            "1 mg/dL" + ("" if plausible else "; --plausible (the default) keeps such patients out")
-        )
 
 
 def _rate(x: float) -> str:
@@ -237,7 +223,10 @@ def glucose(
         fail(str(exc))
     wall = time.perf_counter() - t0
     console.print(_metrics_table(ds))
-    _warn_floor(ds, plausible)
+    if isinstance(ds, dict):  # metrics_only (no --out): run() itself warned otherwise
+        from cohort.glucose.simulate import warn_floor
+
+        warn_floor(ds)
     solved = len(pop) - (already[0] if already else 0)
     console.print(
         f"{solved:,} patients × {days:g} day{'' if days == 1 else 's'} in {wall:.1f} s "
