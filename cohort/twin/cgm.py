@@ -42,7 +42,7 @@ from cohort.twin.prior import TwinError, TwinPrior, show_id
 STARTS = 8
 
 
-@dataclasses.dataclass(eq=False)
+@dataclasses.dataclass(eq=False, repr=False)
 class CGMTwins:
     """CGM twins of one or many patients: ``identify`` → ``update`` → ``replay``.
 
@@ -56,6 +56,13 @@ class CGMTwins:
     samples: posterior.Samples | None
     eat_rate: float = cgm_data.EAT_RATE
     history: list = dataclasses.field(default_factory=list)
+
+    def __repr__(self) -> str:  # the dataclass's printed every covariance array (15 kB)
+        return (
+            f"CGMTwins({self.n} patients, model={self.prior.model.name!r}, prior="
+            f"{self.prior.name!r}, method={self.method!r}, records={len(self.records)}, "
+            f"updates={max(len(self.history) - 1, 0)})"
+        )
 
     # -- construction ---------------------------------------------------------------------
     @classmethod

@@ -76,9 +76,12 @@ def attainment_curves(rec: pd.DataFrame, path: str | Path, max_patients: int = 1
     grid = np.asarray(rec.attrs["grid"])
     pta = np.asarray(rec.attrs["pta_grid"])  # [G, N]
     fig, ax = plt.subplots(figsize=(7, 4.2))
+    # one colour per patient: the default 10-colour cycle gave patients 1 and 11 one colour
+    colours = plt.get_cmap("tab20").colors
     for k, (pid, row) in enumerate(rec.iloc[:max_patients].iterrows()):
-        line = ax.plot(grid, pta[:, k], "o", ms=3, alpha=0.8, label=f"{pid}")[0]
-        ax.plot([row["dose"]], [row["pta"]], "*", ms=11, color=line.get_color())
+        colour = colours[(2 * k) % 20 + (2 * k) // 20]  # the strong shades first
+        ax.plot(grid, pta[:, k], "o", ms=3, alpha=0.8, label=f"{pid}", color=colour)
+        ax.plot([row["dose"]], [row["pta"]], "*", ms=11, color=colour)
     ax.set_xlabel(f"dose per administration ({rec.attrs.get('dose_units', 'mg')})")
     ax.set_ylabel(f"P({rec.attrs['target']})")
     ax.set_ylim(-0.02, 1.02)
