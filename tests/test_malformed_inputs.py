@@ -128,6 +128,10 @@ CASES = [
     (["fit", "theo.csv", "-o", "fit.txt"], "use a .nc (netCDF) or .zarr path"),
     (["fit", "theo.csv", "--method", "mcmc"], "--method must be nuts, svi or ml"),
     (["fit", "theo.csv", "--chains", "0"], "--chains must be >= 1"),
+    # options another method would use were ignored without a word
+    (["fit", "theo.csv", "--method", "svi", "--chains", "4"], "--chains has no effect with"),
+    (["fit", "theo.csv", "--method", "nuts", "--approx", "laplace"], "--approx sets the ML"),
+    (["fit", "theo.csv", "--method", "ml", "--fix", "CL=2", "--init", "CL=3"], "both set CL"),
     (["fit", "theo.csv", "--draws", "0"], "--draws must be >= 1"),
     (["fit", "theo.csv", "--model", "pk9"], "unknown model 'pk9'"),
     (["fit", "theo.csv", "--iiv", "Q"], "--iiv"),

@@ -166,8 +166,43 @@ def _spec(
         fail(str(exc))
 
 
+_UNUSED = {"nuts": ("steps", "guide"), "svi": ("chains", "warmup"),
+           "ml": ("chains", "warmup", "steps", "guide")}  # fmt: skip
+
+
+def _refuse_contradictions(ctx, method: str, approx_given: bool, init, fix) -> None:
+    """Options that would be silently ignored: settings of another method (a NUTS run given
+    --approx ran its 4 x (1000 + 1000) default), and a held value given twice (--fix CL=2 with
+    --init CL=3 dropped the --init without a word)."""
+    for name in _UNUSED[method]:
+        source = ctx.get_parameter_source(name)
+        if source is not None and source.name == "COMMANDLINE":
+            fail(f"--{name} has no effect with --method {method}; remove it")
+    if approx_given and method != "ml":
+        fail(f"--approx sets the ML fit's approximation; it has no effect with --method {method}")
+
+    def values(items) -> dict[str, str]:
+        out = {}
+        for item in items or ():
+            for part in str(item).split(","):
+                if "=" in part:
+                    name, value = part.split("=", 1)
+                    out[name.strip()] = value.strip()
+        return out
+
+    inits, fixed = values(init), values(fix)
+    both = [k for k in fixed if k in inits]
+    if both:
+        k = both[0]
+        fail(
+            f"--fix {k}={fixed[k]} and --init {k}={inits[k]} both set {k}; give the value once "
+            f"(--fix {k} holds it at its --init)"
+        )
+
+
 @command(timed=True)
 def fit(
+    ctx: typer.Context,
     data: Path = typer.Argument(
         ...,
         help="NONMEM-style CSV (ID TIME DV AMT EVID CMT ...), or a NONMEM control stream "
@@ -234,6 +269,7 @@ def fit(
     """Fit a population model (ML, NUTS or SVI) and write estimates, EBEs and diagnostics."""
     from cohort.devices import host_devices_for_chains
 
+    approx_given = approx is not None  # by the user (a control stream's comes later)
     stream = None
     if data.suffix.lower() in (".mod", ".ctl"):
         stream = _control_stream(data, model=model, params=params, iiv=iiv, error=error,
@@ -268,6 +304,7 @@ def fit(
     for flag, value in (("--chains", chains), ("--draws", draws), ("--steps", steps)):
         if value < 1:
             fail(f"{flag} must be >= 1, got {value}")
+    _refuse_contradictions(ctx, method, approx_given, init, fix)
     if warmup < 0:
         fail(f"--warmup must be >= 0, got {warmup}")
     # Checked before the fit, so a fit is never computed only to be refused at the end.
