@@ -45,7 +45,8 @@ def estimates_table(s: pd.DataFrame, title: str, method: str) -> Table:
     mcmc = method == "nuts"
     table = Table(title=title)
     table.add_column("parameter", no_wrap=True)  # names whole (they were cut to "omega_…")
-    for col in ("mean", "sd", "5 %", "95 %", *(("R-hat", "ESS bulk") if mcmc else ())):
+    # the interval is arviz's 90 % highest-density interval, not the 5th/95th percentiles
+    for col in ("mean", "sd", "HDI 5 %", "HDI 95 %", *(("R-hat", "ESS bulk") if mcmc else ())):
         table.add_column(col, justify="right")
     table.add_column("units")
     for name, row in s.iterrows():
