@@ -125,3 +125,28 @@ def test_fits_estimate_only_what_the_output_can_inform():
         "pk1_oral+emax", params=(Param("CL"), Param("EMAX", init=1.0, fixed=True, iiv=False))
     )
     assert [p.name for p in held.params] == ["CL", "EMAX"]
+
+
+def test_fingerprint_follows_the_equations():
+    """A model redefined with other equations (a notebook cell edited) kept its fingerprint:
+    fits reused the old compiled equations, and a store of the old model was resumed."""
+    from cohort.models import Model, Output, Parameter, State
+
+    def make(k_factor, extra=0.0):
+        class Decay(Model):
+            name = "decay"
+            states = (State("central", "mg"),)
+            parameters = (Parameter("CL", "L/h", 1.0, "", 1e-3, 1e3),
+                          Parameter("V", "L", 10.0, "", 1e-3, 1e3))  # fmt: skip
+            outputs = (Output("conc", "mg/L", lambda y, p: y["central"] / p["V"]),)
+            dose_targets = ("central",)
+
+            def rhs(self, t, y, p, u):
+                k = k_factor * p["CL"] / p["V"]
+                return {"central": -k * y["central"] + u["central"] + extra}
+
+        return Decay()
+
+    assert make(1.0).fingerprint() == make(1.0).fingerprint()
+    assert make(1.0).fingerprint() != make(5.0).fingerprint()
+    assert make(1.0).fingerprint() != make(1.0, extra=1.0).fingerprint()

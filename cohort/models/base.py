@@ -174,7 +174,11 @@ class Model:
         )
 
     def fingerprint(self) -> str:
-        """A short hash identifying the model structure and defaults (for provenance)."""
+        """A short hash identifying the model: its structure, defaults and equations (the
+        code of ``rhs``, ``initial``, ``output`` and ``prepare``), for provenance, resume
+        checks and compiled-program caches. Without the equations, a model redefined in the
+        same session was fitted with its old, cached equations, and a store made with other
+        equations was resumed."""
         text = repr(
             (
                 type(self).__qualname__,
@@ -183,6 +187,7 @@ class Model:
                 self.parameters,
                 self.dose_targets,
                 self.linear_pk,
+                [_code_digest(getattr(type(self), m, None)) for m in _EQUATIONS],
             )
         )
         return hashlib.sha256(text.encode()).hexdigest()[:16]
@@ -192,6 +197,40 @@ class Model:
             f"{type(self).__name__}(name={self.name!r}, states={list(self.state_names)}, "
             f"parameters={list(self.parameter_names)})"
         )
+
+
+_EQUATIONS = ("rhs", "initial", "output", "prepare")
+
+
+def _code_digest(fn: Any) -> str:
+    """A digest of a function's bytecode, constants (nested code included), names and the
+    plain values it closes over: it changes when the equations are edited, not when the file
+    merely moves."""
+    code = getattr(fn, "__code__", None)
+    if code is None:
+        return ""
+    h = hashlib.sha256()
+
+    def feed(c) -> None:
+        h.update(c.co_code)
+        h.update(repr(c.co_names).encode())
+        for const in c.co_consts:
+            if hasattr(const, "co_code"):
+                feed(const)
+            elif isinstance(const, frozenset):  # its repr's order follows the hash seed
+                h.update(repr(sorted(map(repr, const))).encode())
+            else:
+                h.update(repr(const).encode())
+
+    feed(code)
+    for cell in getattr(fn, "__closure__", None) or ():  # values closed over (k = 5.0)
+        try:
+            value = cell.cell_contents
+        except ValueError:  # an empty cell
+            continue
+        simple = isinstance(value, (int, float, str, bool, tuple, type(None)))
+        h.update(repr(value if simple else type(value).__qualname__).encode())
+    return h.hexdigest()[:16]
 
 
 def derived(p: Tree, key: str, compute: Callable[[], Any]) -> Any:
