@@ -40,6 +40,10 @@ class Adaptive(Engine):
     default_chunk = 10_000
 
     def pick_solver(self, model: Model):
+        if isinstance(self.solver, str):  # "Kvaerno5": diffrax's solver of that name
+            import diffrax as dfx
+
+            return getattr(dfx, self.solver)()
         if self.solver is not None:
             return self.solver
         import diffrax as dfx  # here: a run from a stored program never imports diffrax
@@ -54,15 +58,14 @@ class Adaptive(Engine):
         # 0.1.1, JAX 0.10). Such batches run on one device; explicit solvers use them all.
         if self.solver is None:  # the default's kind is known without importing diffrax
             return 1 if model.stiff else None
-        import diffrax as dfx
-
-        return 1 if isinstance(self.solver, dfx.AbstractImplicitSolver) else None
+        return 1 if isinstance(self.pick_solver(model), _implicit()) else None
 
     def describe(self, model: Model) -> dict:
         default = "Kvaerno5" if model.stiff else "Tsit5"
+        named = self.solver if isinstance(self.solver, str) else type(self.solver).__name__
         return {
             "engine": self.name,
-            "solver": default if self.solver is None else type(self.solver).__name__,
+            "solver": default if self.solver is None else named,
             "rtol": self.rtol,
             "atol": self.atol,
             "max_steps": self.max_steps,
@@ -70,6 +73,16 @@ class Adaptive(Engine):
 
     def validate(self, model, table, params) -> None:
         super().validate(model, table, params)
+        if self.solver is not None:
+            import diffrax as dfx
+
+            named = isinstance(self.solver, str)
+            kind = getattr(dfx, self.solver, None) if named else type(self.solver)
+            if not (isinstance(kind, type) and issubclass(kind, dfx.AbstractSolver)):
+                raise InputError(
+                    f"options: Adaptive.solver must be a diffrax solver (diffrax.Kvaerno5() or "
+                    f"its name 'Kvaerno5'), got {self.solver!r}"
+                )
         for name in ("rtol", "atol"):
             if not getattr(self, name) > 0:
                 raise InputError(f"options: Adaptive.{name} must be > 0, got {getattr(self, name)}")
@@ -96,6 +109,12 @@ class Adaptive(Engine):
 
 
 DiffraxOptions = Adaptive  # the earlier name of the reference engine's settings
+
+
+def _implicit() -> type:
+    import diffrax as dfx
+
+    return dfx.AbstractImplicitSolver
 
 
 def _code(result) -> jnp.ndarray:
