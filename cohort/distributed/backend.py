@@ -60,7 +60,9 @@ def connect(cluster: Any, timeout: str = "30s") -> Iterator[Any]:
             f"{type(cluster).__name__}"
         )
     try:
-        client = client_class(target, timeout=timeout)
+        # not the default scheduler of this process: dask work of the user (or of xarray
+        # reading a store) after the run must not be sent to a closed client
+        client = client_class(target, timeout=timeout, set_as_default=False)
     except (OSError, TimeoutError) as exc:
         raise DistributedError(
             f"cluster: cannot reach the Dask scheduler at {target!r}: {exc}; start one with "
