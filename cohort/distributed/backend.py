@@ -9,11 +9,9 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import hashlib
 import math
 import uuid
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -93,15 +91,11 @@ def environment() -> dict:
     import jax
 
     from cohort._version import __version__
+    from cohort.engine.exported import source_digest
 
-    digest = hashlib.sha256()
-    root = Path(__file__).resolve().parents[1]
-    for path in sorted(root.rglob("*.py")):
-        digest.update(path.relative_to(root).as_posix().encode())
-        digest.update(path.read_bytes())
     return {
         "cohort": __version__,
-        "cohort source": digest.hexdigest()[:16],
+        "cohort source": source_digest()[:16],
         "jax": jax.__version__,
         "numpy": np.__version__,
     }

@@ -106,7 +106,7 @@ def _check_fittable(ds: Dataset, model: Model, output: str) -> None:
                 CohortWarning,
                 stacklevel=4,
             )
-    doses = ds.records["EVID"].isin((1, 4)) & (ds.records["AMT"].to_numpy(float) > 0)
+    doses = rec["EVID"].isin((1, 4)) & (rec["AMT"].to_numpy(float) > 0)
     if model.dose_targets and not doses.any():
         raise DataError(
             [
@@ -119,8 +119,7 @@ def _check_fittable(ds: Dataset, model: Model, output: str) -> None:
                 )
             ]
         )
-    rec = ds.records
-    observed = rec.loc[(rec["EVID"] == 0) & (rec["MDV"] == 0), "ID"]
+    observed = rec.loc[observed_rows, "ID"]
     undosed = observed[~observed.isin(set(rec.loc[doses, "ID"]))]
     if len(undosed) and _zero_without_dose(model, output):
         first = rec.loc[rec["ID"] == undosed.iloc[0], "ROW"].iloc[0]
