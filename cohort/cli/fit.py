@@ -181,13 +181,12 @@ def _refuse_contradictions(ctx, method: str, approx_given: bool, init, fix) -> N
     if approx_given and method != "ml":
         fail(f"--approx sets the ML fit's approximation; it has no effect with --method {method}")
 
-    def values(items) -> dict[str, str]:
+    def values(items) -> dict[str, str]:  # each item one NAME=VALUE, as _inits reads them
         out = {}
-        for item in items or ():
-            for part in str(item).split(","):
-                if "=" in part:
-                    name, value = part.split("=", 1)
-                    out[name.strip()] = value.strip()
+        for text in items or ():
+            key, sep, value = str(text).partition("=")
+            if sep:
+                out[key.strip()] = value.strip()
         return out
 
     inits, fixed = values(init), values(fix)
