@@ -28,7 +28,8 @@ def cached_table(name: str, key: tuple, compute: Callable[[], object]):
     or the stored result of an identical earlier call."""
     import pandas as pd
 
-    from cohort.engine.exported import evict, folder, source_digest, write_whole
+    from cohort._version import source_digest
+    from cohort.engine.exported import evict, folder, write_whole
 
     where = folder("tables")
     if where is None:

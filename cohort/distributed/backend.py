@@ -90,8 +90,7 @@ def environment() -> dict:
     labelled 0.1.0 can differ)."""
     import jax
 
-    from cohort._version import __version__
-    from cohort.engine.exported import source_digest
+    from cohort._version import __version__, source_digest
 
     return {
         "cohort": __version__,

@@ -19,7 +19,6 @@ is. A missing, unreadable or corrupted entry is traced again, never fatal.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import os
 import warnings
@@ -27,6 +26,8 @@ from pathlib import Path
 from typing import Any
 
 import jax
+
+from cohort._version import source_digest
 
 SUFFIX = ".jaxexport"
 MAX_ENTRIES = 256  # least recently used programs are removed beyond this many
@@ -52,17 +53,6 @@ def evict(where: Path, suffix: str, keep: int) -> None:
     entries = sorted(where.glob("*" + suffix), key=lambda p: p.stat().st_mtime, reverse=True)
     for old in entries[keep:]:
         old.unlink(missing_ok=True)
-
-
-@functools.cache
-def source_digest() -> str:
-    """SHA-256 of every Python file of the cohort package (paths and contents)."""
-    root = Path(__file__).resolve().parents[1]
-    h = hashlib.sha256()
-    for path in sorted(root.rglob("*.py")):
-        h.update(str(path.relative_to(root)).encode())
-        h.update(path.read_bytes())
-    return h.hexdigest()
 
 
 def builtin_model_key(model: Any) -> str | None:
