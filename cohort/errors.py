@@ -36,6 +36,12 @@ class UnknownModelError(CohortError, KeyError):
         return str(self.args[0]) if self.args else ""
 
 
+class ModelDefinitionError(CohortError, ValueError):
+    """A model breaks the :class:`~cohort.models.Model` contract (a name used twice, an
+    equation returning the wrong states, a derivative that mixes patients); the message names
+    the model, the part and the fix."""
+
+
 class OptionError(CohortError, ValueError):
     """An argument a function does not accept (an unknown method, guide or controller, a count
     below 1); the message names the argument and what it accepts."""

@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
@@ -87,9 +88,16 @@ def test_pheno_as_shipped_reproduces_nonmem(tmp_path):
         DATA / "pheno.dta",
         *("--model", "pk1_iv", "--params", "CL,V", "--error", "proportional", "--se", "sandwich"),
         *("--covariate", "CL~WGT:power:1:1", "--covariate", "V~WGT:power:1:1"),
-        *("--covariate", "V~APGR:binary:5"),
+        *("--covariate", "V~APGR:binary:5", "--report", tmp_path / "report"),
     )
     assert res.exit_code == 0, res.output
+    # CWRES as NONMEM's $TABLE prints them (whitened by the symmetric root of the linearised
+    # covariance; a Cholesky factor gave -0.186 for ID 1's first sample instead of -0.401)
+    tab = pd.read_csv(tmp_path / "report" / "sdtab.csv")
+    nm = pd.read_csv(DATA / "pheno_cwres_nonmem.csv")
+    both = tab.merge(nm, on=["ID", "TIME"], suffixes=("", "_nm"))
+    assert len(both) == 155
+    np.testing.assert_allclose(both["CWRES"], both["CWRES_nm"], atol=0.02)
     ref = REF["pheno_nonmem_focei"]
     assert attrs["ofv"] == pytest.approx(ref["ofv"], abs=0.5)
     assert est["CL"] == pytest.approx(ref["theta"]["CL"], rel=0.02)

@@ -33,7 +33,7 @@ from cohort.engine.batching import (
     run_batches,
 )
 from cohort.engine.events import bad_durations, missing_duration_params, ss_lag_problem
-from cohort.engine.exported import builtin_model_key
+from cohort.engine.exported import builtin_model_key, is_cohort_code
 from cohort.engine.fast_path import RK4
 from cohort.engine.inputs import (
     InputError,
@@ -48,6 +48,7 @@ from cohort.engine.status import status_attrs
 from cohort.engine.step_choice import choose_step, pilot_rows
 from cohort.errors import PatientsFailedWarning
 from cohort.models.base import Model
+from cohort.models.contract import check_contract
 from cohort.store import ID_ATTRS, ResultStore, indexed_coordinates, locks_output, open_result
 
 
@@ -212,6 +213,9 @@ def simulate(
     if dtype not in ("float32", "float64"):
         raise InputError(f"dtype: must be 'float32' or 'float64', got {dtype!r}")
     engine = resolve_engine(model, method, options)
+    user_model = not is_cohort_code(model)
+    if user_model:
+        check_contract(model)
     population = paired_by_id(population, dosing)
     if population is None and n is None and (ids := patient_ids(dosing)) is not None:
         n = len(ids)  # records alone: one patient per ID, at the model's typical values
@@ -220,6 +224,9 @@ def simulate(
         raise InputError("population: no patients (an empty table, or n=0); give at least one")
     n_pat = len(next(iter(params.values())))
     table = event_table(dosing, model.state_names, model.dose_targets, n_pat)
+    if user_model and table.has_infusion:
+        infused = np.unique(table.cmt[(table.rate != 0) & (table.evid == 1)])
+        check_contract(model, [model.state_names[int(c)] for c in infused])
     outputs = tuple(outputs or model.output_names)
     for o in outputs:
         if o not in model.output_names + model.state_names:

@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from cohort.data import Dataset, read_nonmem
+from cohort.engine.exported import is_cohort_code
 from cohort.errors import ArgumentTypeError, CohortWarning, OptionError
 from cohort.inference import diagnostics, ml, posterior, sampling
 from cohort.inference.bayes import Priors, init_values
@@ -27,6 +28,7 @@ from cohort.inference.problem import BoundModel, bind, check_measured_zeros
 from cohort.inference.results import FitResult, individual_table, ml_summary
 from cohort.inference.spec import NLME, ErrorModel, Param, SpecError
 from cohort.models.base import Model
+from cohort.models.contract import check_contract
 
 METHODS = ("ml", "nuts", "svi")
 
@@ -264,6 +266,8 @@ def fit(
             raise OptionError(f"{name} must be an integer >= {least}, got {value!r}")
     t0 = time.perf_counter()
     spec = _spec(model, params, error, omega, transform, output)
+    if not is_cohort_code(spec.model):
+        check_contract(spec.model)
     if method != "ml" and spec.omega not in ("diagonal", "full"):
         raise SpecError(
             f"omega {spec.omega!r}: block-diagonal Ω is fitted by method='ml' only for now "

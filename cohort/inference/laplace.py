@@ -370,7 +370,8 @@ def pooled_terms(bm: BoundModel, pop: Pop, arrays: dict):
 
 def cwres(bm: BoundModel, pop: Pop, eta_hat, arrays: dict):
     """Conditional weighted residuals (Hooker et al. 2007) at the modes, ``[N, J]``: the data
-    minus the FOCE linearised mean ``f(η̂) − g η̂``, whitened by ``g Ω gᵀ + diag(V)``."""
+    minus the FOCE linearised mean ``f(η̂) − g η̂``, whitened by ``(g Ω gᵀ + diag(V))^(-1/2)``
+    (the symmetric root, matching NONMEM's CWRES)."""
     omega = bm.omega_chol(pop) @ bm.omega_chol(pop).T
 
     def one(eta, d):
@@ -382,7 +383,10 @@ def cwres(bm: BoundModel, pop: Pop, eta_hat, arrays: dict):
         gm = jnp.where(mask[:, None], gm, 0.0)
         cov = gm @ omega @ gm.T + jnp.diag(jnp.where(mask, var, 1.0))
         resid = jnp.where(mask, y - m + gm @ eta, 0.0)
-        chol = jnp.linalg.cholesky(cov)
-        return jnp.where(mask, jax.scipy.linalg.solve_triangular(chol, resid, lower=True), 0.0)
+        # whitened with the symmetric C^(-1/2), as NONMEM does (a Cholesky factor would make
+        # each residual depend on the order of the subject's rows)
+        lam, vec = jnp.linalg.eigh(cov)
+        white = vec @ ((vec.T @ resid) / jnp.sqrt(lam))
+        return jnp.where(mask, white, 0.0)
 
     return jax.vmap(one)(eta_hat, subject_data(arrays))
