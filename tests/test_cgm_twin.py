@@ -281,6 +281,16 @@ def test_update_adds_a_day_and_keeps_the_previous_state(tmp_path, monkeypatch):
         # an empty table raised "max() arg is an empty sequence"; seconds ran as 60 days
         (lambda d: d.iloc[:0], "the table has no rows"),
         (lambda d: d.assign(TIME=d["TIME"] * 60), r"median 300 min apart.*seconds\? divide"),
+        # inf passed the range check and gave NaN fits and metrics
+        (lambda d: d.assign(CGM=d["CGM"].where(d.index != 5, np.inf)), r"row 6 .*CGM = inf"),
+        (
+            lambda d: d.assign(CGM=d["CGM"].astype(object).where(d.index != 3, "LOW")),
+            r"out-of-range flag: leave it empty",
+        ),  # fmt: skip
+        (
+            lambda d: d.assign(TIME=d["TIME"].astype(object).where(d.index != 0, "07:00")),
+            r"not a clock time",
+        ),  # fmt: skip
     ],
 )
 def test_bad_records_get_a_clear_error(change, message):
@@ -296,6 +306,18 @@ def test_updates_and_priors_are_checked():
         tw.update(df[df["TIME"] >= 1440].assign(ID=99))
     with pytest.raises(TwinError, match="not after that patient's last record"):
         tw.update(df[df["TIME"] >= 1000])
+    day2 = df[df["TIME"] >= 1440]
+    # a weight other than the twin's is named at the update file's own row
+    with pytest.raises(TwinError, match=r"update: row 1 .*BW = 99 kg, but the twin was"):
+        tw.update(day2.assign(BW=99.0))
+    # text IDs with the basal repeated on the update's first row raised a pandas TypeError
+    text = df[df["ID"] == df["ID"].iloc[0]].assign(ID="P1")
+    tw_text = CGMTwins.identify(PRIOR, text[text["TIME"] < 1440], method="map")
+    day2_text = text[text["TIME"] >= 1440].assign(BASAL=np.nan)
+    day2_text.loc[day2_text.index[0], "BASAL"] = float(df["BASAL"].iloc[0])
+    assert len(tw_text.update(day2_text).records) == len(text)
+    with pytest.warns(CohortWarning, match=r"start 24.1 h after its last record"):
+        tw.update(day2.assign(TIME=day2["TIME"] + 1440))
     with pytest.raises(TwinError, match="CGM twins use t1d_minimal"):
         CGMTwins.identify("priors/vancomycin_goti2018.toml", df, method="map")
     from cohort.twin import Twins
@@ -346,6 +368,17 @@ def test_uva_padova_validation_numbers(tmp_path):
     assert out["fit_mard_day1"]["median"] < 10.0
     assert out["replay_mard_vs_truth"]["median"] < 13.0
     assert out["replay_metric_coverage_90"]["mean"] >= 0.7
+
+
+def test_carbohydrate_and_weight_in_other_units_are_said():
+    """Meals in mg (x1000) gave SI 100x the correct file's, without a word."""
+    df = _truth_records(seed=6)
+    with pytest.warns(CohortWarning, match=r"CHO = 50000 g is larger than any usual meal"):
+        cgm_data.read_cgm(df.assign(CHO=df["CHO"] * 1000))
+    with pytest.warns(CohortWarning, match=r"median 3.5 g .*not carb exchanges"):
+        cgm_data.read_cgm(df.assign(CHO=df["CHO"] / 20))
+    with pytest.warns(CohortWarning, match=r"kg, not pounds"):
+        cgm_data.read_cgm(df.assign(BW=df["BW"] * 2.2 + 100))
 
 
 def test_insulin_in_other_units_is_said():

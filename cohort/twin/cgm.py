@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -23,6 +24,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
+from cohort.errors import CohortWarning
 from cohort.twin import cgm_data, cgm_replay, posterior
 from cohort.twin.blocks import blocks, solve_blocks, take_rows
 from cohort.twin.cgm_likelihood import (
@@ -40,6 +42,7 @@ from cohort.twin.prior import TwinError, TwinPrior, show_id
 # local modes (meal absorption vs insulin action), which 2 draws missed for a third of the
 # reference patients (fit MARD 9.0 % instead of 5.7 % with 8).
 STARTS = 8
+MAX_UPDATE_GAP = 12 * 60.0  # min between a patient's last record and its update's first
 
 
 @dataclasses.dataclass(eq=False, repr=False)
@@ -138,14 +141,39 @@ class CGMTwins:
             )
         # body weight and the running basal rate carry over from the rows already seen
         last = self.records.groupby("ID", sort=False).last()
-        new["BW"] = new["ID"].map(last["BW"]) if "BW" not in new else new["BW"]
+        known_bw = new["ID"].map(last["BW"]).astype(float)
+        if "BW" in new:
+            given = pd.to_numeric(new["BW"], errors="coerce")
+            differs = given.notna() & (given != known_bw)
+            if differs.any():
+                i = int(np.flatnonzero(differs.to_numpy())[0])
+                raise TwinError(
+                    f"update: row {i + 1} (ID {show_id(new['ID'].iloc[i])}): BW = "
+                    f"{given.iloc[i]:g} kg, but the twin was identified with "
+                    f"{known_bw.iloc[i]:g} kg; a twin keeps one body weight (leave BW empty "
+                    "or drop the column to keep it, or identify a new twin)"
+                )
+        new["BW"] = known_bw
         if "BASAL" not in new:
             new["BASAL"] = np.nan
-        first = ~new["ID"].duplicated()
-        carry = first & new["BASAL"].isna()
-        new.loc[carry, "BASAL"] = new.loc[carry, "ID"].map(last["BASAL"])
+        new["BASAL"] = pd.to_numeric(new["BASAL"], errors="coerce").astype(float)
+        first = (~new["ID"].duplicated()).to_numpy()
+        carry = first & new["BASAL"].isna().to_numpy()
+        if carry.any():  # the running basal rate carries over
+            new.loc[carry, "BASAL"] = new["ID"][carry].map(last["BASAL"]).astype(float)
         new = cgm_data.read_cgm(new)
         last_time = self.records.groupby("ID")["TIME"].max()
+        gap = new.groupby("ID", sort=False)["TIME"].min() - last_time.reindex(new["ID"].unique())
+        if (gap > MAX_UPDATE_GAP).any():
+            pid = gap[gap > MAX_UPDATE_GAP].index[0]
+            warnings.warn(
+                f"update: patient {show_id(pid)}'s new records start "
+                f"{float(gap[pid]) / 60:.1f} h after its last record; the twin assumes no "
+                "meals or boluses in between (basal at the last rate): add the records of the "
+                "gap, or identify from the new records alone",
+                CohortWarning,
+                stacklevel=2,
+            )
         early = new["TIME"].to_numpy() <= new["ID"].map(last_time).to_numpy()
         if early.any():
             row = new.iloc[int(np.flatnonzero(early)[0])]

@@ -55,7 +55,7 @@ def read_cgm(table: pd.DataFrame | str) -> pd.DataFrame:
     for c in ("TIME", "CGM", "CHO", "BOLUS", "BASAL", "BW"):
         df[c] = _numeric(df, c)
     _check(df)
-    _implausible_insulin(df)
+    _implausible_units(df)
     df["CHO"] = df["CHO"].fillna(0.0)
     df["BOLUS"] = df["BOLUS"].fillna(0.0)
     df["BASAL"] = df.groupby("ID", sort=False)["BASAL"].ffill()
@@ -70,6 +70,51 @@ MAX_READING_STEP = 60.0  # min: the median step between readings of a CGM, far a
 BASAL_RANGE = (0.05, 10.0)  # U/h, a patient's median non-zero basal rate
 
 
+MAX_MEAL = 300.0  # g of carbohydrate in one entry
+EXCHANGE_MEDIAN = 5.0  # g: a patient's median meal below this looks like carb exchanges
+BW_RANGE = (2.0, 250.0)  # kg
+
+
+def _implausible_units(df: pd.DataFrame) -> None:
+    """Warn (naming the row) about entries that look like other units: carbohydrate in mg or
+    in exchanges/bread units, body weight in pounds, insulin in mU, U/min or U/day."""
+    cho = df["CHO"].to_numpy()
+    big = np.flatnonzero(cho > MAX_MEAL)
+    if big.size:
+        i = int(big[0])
+        warnings.warn(
+            f"{_where(df, i)}: CHO = {cho[i]:g} g is larger than any usual meal (over "
+            f"{MAX_MEAL:g} g; {big.size} such row(s)): check the units (g, not mg)",
+            CohortWarning,
+            stacklevel=3,
+        )
+    meals = df["CHO"].where(df["CHO"] > 0)
+    median = meals.groupby(df["ID"], sort=False).median()
+    counts = meals.groupby(df["ID"], sort=False).count()
+    small = median[(median < EXCHANGE_MEDIAN) & (counts >= 3)]
+    if len(small):
+        i = int(np.flatnonzero((df["ID"] == small.index[0]).to_numpy())[0])
+        warnings.warn(
+            f"{_where(df, i)}: the patient's meals are a median {float(small.iloc[0]):g} g of "
+            "carbohydrate: check the units (grams, not carb exchanges or bread units of "
+            "10-12 g)",
+            CohortWarning,
+            stacklevel=3,
+        )
+    bw = df["BW"].to_numpy()
+    lo, hi = BW_RANGE
+    odd = np.flatnonzero(np.isfinite(bw) & ((bw < lo) | (bw > hi)))
+    if odd.size:
+        i = int(odd[0])
+        warnings.warn(
+            f"{_where(df, i)}: BW = {bw[i]:g} kg is outside {lo:g}-{hi:g} kg: check the units "
+            "(kg, not pounds)",
+            CohortWarning,
+            stacklevel=3,
+        )
+    _implausible_insulin(df)
+
+
 def _implausible_insulin(df: pd.DataFrame) -> None:
     """Warn (naming the row) about insulin entries that look like other units."""
     big = np.flatnonzero(df["BOLUS"].to_numpy() > MAX_BOLUS)
@@ -79,7 +124,7 @@ def _implausible_insulin(df: pd.DataFrame) -> None:
             f"{_where(df, i)}: BOLUS = {df['BOLUS'].iloc[i]:g} U is larger than any usual bolus "
             f"(over {MAX_BOLUS:g} U; {big.size} such row(s)): check the units (U, not mU)",
             CohortWarning,
-            stacklevel=3,
+            stacklevel=4,
         )
     basal = df["BASAL"].where(df["BASAL"] > 0)
     median = basal.groupby(df["ID"], sort=False).median()
@@ -92,7 +137,7 @@ def _implausible_insulin(df: pd.DataFrame) -> None:
             f"{_where(df, i)}: BASAL is {rate:g} U/h (the patient's median), outside "
             f"{lo:g}-{hi:g} U/h ({len(odd)} patient(s)): give U/h (not U/min or U/day)",
             CohortWarning,
-            stacklevel=3,
+            stacklevel=4,
         )
 
 
@@ -102,10 +147,19 @@ def _numeric(df: pd.DataFrame, col: str) -> pd.Series:
     bad = values.isna() & raw.notna() & (raw.astype(str).str.strip() != "")
     if bad.any():
         i = int(np.flatnonzero(bad.to_numpy())[0])
-        raise TwinError(
-            f"{_where(df, i)}: {col} = {show_id(raw.iloc[i])} is not a number; give a number (or "
-            "leave it empty)"
-        )
+        text = str(raw.iloc[i]).strip().upper()
+        hint = "give a number (or leave it empty)"
+        if col == "CGM" and text in ("LOW", "HIGH", "LO", "HI"):
+            hint = (
+                "a sensor's out-of-range flag: leave it empty (the reading is then not used) "
+                "or give the sensor's limit in mg/dL (e.g. 40 for LOW, 400 for HIGH)"
+            )
+        elif col == "TIME":
+            hint = (
+                "TIME is minutes since the start of the records (0, 5, 10, ...), not a clock "
+                "time or date: convert, e.g. (timestamp - first timestamp) in minutes"
+            )
+        raise TwinError(f"{_where(df, i)}: {col} = {show_id(raw.iloc[i])} is not a number; {hint}")
     return values.astype(float)
 
 
@@ -132,7 +186,7 @@ def _check(df: pd.DataFrame) -> None:
         "not after the previous row of this patient: sort the rows by time (one row per time)",
     )
     cgm = df["CGM"].to_numpy()
-    out_of_range = np.isfinite(cgm) & ~((cgm >= 10) & (cgm <= 1000))
+    out_of_range = ~np.isnan(cgm) & ~((cgm >= 10) & (cgm <= 1000))  # inf too
     readings = cgm[np.isfinite(cgm)]
     if out_of_range.any() and readings.size and np.nanmedian(readings) < 30:
         # a whole file in mmol/L (median 4-15) rather than one bad reading
