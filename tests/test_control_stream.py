@@ -365,3 +365,25 @@ def test_pharmpy_moxonidine_stream_is_read_or_refused_for_the_right_reason(tmp_p
     assert stream.spec.error.prop == pytest.approx(0.0764969**0.5, rel=1e-9)
     assert params["ALAG"].init == 0.237773 and params["CL"].init == 23.1329
     assert stream.spec.omega == "CL+V"
+
+
+def test_estimates_outside_theta_bounds_are_not_accepted(tmp_path):
+    """$THETA bounds were read and ignored: CL came out at 2.85 above its bound 2.6 with exit
+    0. cohort estimates without bounds; an estimate outside them is named and the fit is not
+    accepted (NONMEM would have stopped at the bound)."""
+    simulated_records(n=40).to_csv(tmp_path / "sim.csv", index=False)
+    text = RUN_MOD.replace("$THETA (0, 2)        ; CL", "$THETA (0, 2, 2.5)   ; CL")
+    text = text.replace("$THETA (-2, 0.5, 3)  ; CL_WT", "$THETA (-2, 0.3, 0.4) ; CL_WT")
+    (tmp_path / "run.mod").write_text(text)
+    from cohort.inference.nonmem import read_control_stream
+
+    stream = read_control_stream(tmp_path / "run.mod")
+    # a lower bound 0 on a log-normal typical value binds nothing and is not recorded
+    assert stream.bounds == {"CL": ("THETA(1)", 0.0, 2.5), "CL~WT": ("THETA(4)", -2.0, 0.4)}
+    res = runner.invoke(app, ["fit", str(tmp_path / "run.mod"), "-o", str(tmp_path / "f.nc"),
+                              "--se", "none"])  # fmt: skip
+    text = " ".join(res.output.split())
+    assert res.exit_code == 1, text
+    above = r"\bCL = \d\.\d+ \(THETA\(1\) in \$THETA\) is above its upper bound 2\.5"
+    assert re.search(above, text), text
+    assert "CL~WT = 0." in text and "upper bound 0.4" in text

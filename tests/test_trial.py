@@ -444,8 +444,7 @@ def _compute(eps, y, times, dropout, estimand="complete_case", lloq=0.0):
     blq = {"conc": y < lloq}
     return E.compute(
         eps,
-        obs,
-        blq,
+        E.Samples(obs, obs, blq, blq),
         {"conc": lloq},
         times,
         {"conc": y},
@@ -715,3 +714,94 @@ def test_lan_demets_boundaries_fast_and_converged(kind, k, monkeypatch):
     sequential._boundaries.cache_clear()
     np.testing.assert_allclose(sequential.boundaries(looks, 0.05, 2, kind), got, atol=1e-6)
     sequential._boundaries.cache_clear()
+
+
+def test_samples_at_a_dose_time_are_drawn_before_the_dose(tmp_path):
+    """1-cpt IV bolus (CL 5, V 10: k = 0.5/h), 10 mg at 0 and 12 h, no variability: a trough
+    at 12 h is C(12-) = e^-6, not C(12+) = 1 + e^-6 (400x larger); an AUC or Cmax window
+    ending at 12 h stops before the dose there; a change from a baseline at the first dose is
+    from the pre-dose value 0."""
+    prior = tmp_path / "iv.toml"
+    prior.write_text(
+        '[population]\nname = "iv"\nmodel = "pk1_iv"\ncitation = "test"\n'
+        '[parameters.CL]\ntypical = 5.0\nunits = "L/h"\ncitation = "test"\n'
+        '[parameters.V]\ntypical = 10.0\nunits = "L"\ncitation = "test"\n'
+    )
+    spec = tmp_path / "t.toml"
+    spec.write_text(
+        f"""[trial]
+name = "trough"
+model = "pk1_iv"
+method = "closed_form"
+n = 4
+seed = 1
+grid_step = 1.0
+[population]
+prior = "{prior}"
+[[arms]]
+name = "placebo"
+control = true
+dose = 0
+[[arms]]
+name = "10 mg q12h"
+regimens = [{{ amt = 10, cmt = "central", ii = 12, addl = 1 }}]
+[sampling]
+times = [0, 4, 8, 12, 24]
+[[endpoints]]
+name = "trough12"
+type = "ctrough"
+output = "conc"
+time = 12
+[[endpoints]]
+name = "auc0_12"
+type = "auc"
+output = "conc"
+start = 0
+end = 12
+[[endpoints]]
+name = "cmax0_12"
+type = "cmax"
+output = "conc"
+start = 0
+end = 12
+observed = false
+[[endpoints]]
+name = "auc_true"
+type = "auc"
+output = "conc"
+start = 0
+end = 12
+observed = false
+[[endpoints]]
+name = "trough_true"
+type = "ctrough"
+output = "conc"
+time = 12
+observed = false
+[[endpoints]]
+name = "rise"
+type = "change"
+output = "conc"
+time = 4
+baseline = 0
+[analysis]
+tests = [{{ endpoint = "trough12", test = "ttest" }}]
+"""
+    )
+    res = ct.run(spec)
+    pts = res.patients
+    active = pts["arm"].values == 1
+    c = np.exp(-0.5 * np.array([4.0, 8.0, 12.0]))
+    for name in ("trough12", "trough_true"):
+        np.testing.assert_allclose(pts[name].values[active], np.exp(-6.0), rtol=1e-5)
+    # samples: C(0+) = 1 starts the window, C(12-) ends it (linear trapezoid)
+    expected = np.trapezoid([1.0, *c], [0.0, 4.0, 8.0, 12.0])
+    np.testing.assert_allclose(pts["auc0_12"].values[active], expected, rtol=1e-5)
+    # on the 1-h grid: the trapezoid of the exact curve from 0+ to 12-
+    grid = np.arange(0.0, 13.0)
+    np.testing.assert_allclose(
+        pts["auc_true"].values[active], np.trapezoid(np.exp(-0.5 * grid), grid), rtol=1e-5
+    )
+    np.testing.assert_allclose(pts["cmax0_12"].values[active], 1.0, rtol=1e-9)
+    np.testing.assert_allclose(pts["rise"].values[active], c[0], rtol=1e-5)
+    assert np.all(pts["trough12"].values[~active] == 0.0)

@@ -170,6 +170,11 @@ _UNUSED = {"nuts": ("steps", "guide"), "svi": ("chains", "warmup"),
            "ml": ("chains", "warmup", "steps", "guide")}  # fmt: skip
 
 
+def _estimates(result) -> dict[str, float]:
+    s = result.summary
+    return {str(k): float(v) for k, v in s["estimate"].items()}
+
+
 def _refuse_contradictions(ctx, method: str, approx_given: bool, init, fix) -> None:
     """Options that would be silently ignored: settings of another method (a NUTS run given
     --approx ran its 4 x (1000 + 1000) default), and a held value given twice (--fix CL=2 with
@@ -382,6 +387,13 @@ def fit(
                 "parameter at a bound, or one the data do not identify); check those "
                 "estimates, or fix them (--fix)"
             )
+    if stream is not None and (outside := stream.outside_bounds(_estimates(result))):
+        # NONMEM keeps THETA inside its bounds; cohort estimates without them, so an estimate
+        # outside is not what NONMEM would report: said, and the fit not accepted
+        trouble.append(
+            f"{'; '.join(outside)}: cohort estimates without bounds (NONMEM would stop at the "
+            "bound); widen the bound if the estimate is plausible, or fix the parameter"
+        )
     if d.get("zero_predictions"):
         trouble.append(
             f"observations are predicted as 0 under {result.bound.spec.error.kind} error "

@@ -71,6 +71,20 @@ class ControlStream:
     source: Path
     se: str = "hessian"
     note: str = ""  # where cohort's estimation differs from the requested one (said to users)
+    # estimate name -> (THETA name, lower, upper) on the estimate's own scale, for $THETA
+    # bounds that are finite: cohort estimates without them and checks them afterwards
+    bounds: dict[str, tuple[str, float, float]] = dataclasses.field(default_factory=dict)
+
+    def outside_bounds(self, estimates: dict[str, float]) -> list[str]:
+        """Estimates outside their ``$THETA`` bounds, each as a sentence."""
+        out = []
+        for name, (theta, lo, hi) in self.bounds.items():
+            v = estimates.get(name)
+            if v is None or lo <= v <= hi:
+                continue
+            side = f"below its lower bound {lo:g}" if v < lo else f"above its upper bound {hi:g}"
+            out.append(f"{name} = {v:.6g} ({theta} in $THETA) is {side}")
+        return out
 
 
 def read_control_stream(path: str | Path) -> ControlStream:
@@ -116,7 +130,8 @@ def read_control_stream(path: str | Path) -> ControlStream:
     if trans1:
         _check_trans1(model, key[0], problems)
     optional = _DEPOT if model_name.endswith("_oral") else {}
-    params, eta_of, seen = _parameters(model, names, scale, problems, optional)
+    bounds: dict[str, tuple[str, float, float]] = {}
+    params, eta_of, seen = _parameters(model, names, scale, problems, optional, bounds)
     omega = _omega(model, eta_of, params, problems, seen)
     error = _error(model, problems)
     method, approx, note = _method(model, problems)
@@ -135,7 +150,7 @@ def read_control_stream(path: str | Path) -> ControlStream:
     spec = NLME(
         model_name, params=params, error=error, omega=omega["structure"], omega_corr=omega["corr"]
     )
-    return ControlStream(spec, data, method, approx, path, _standard_errors(code), note)
+    return ControlStream(spec, data, method, approx, path, _standard_errors(code), note, bounds)
 
 
 def _standard_errors(code: str) -> str:
@@ -159,7 +174,7 @@ def _sympy(expr):
     return sympy.sympify(str(expr))
 
 
-def _parameters(model, names: dict, scale: str, problems: list[str], optional: dict):
+def _parameters(model, names: dict, scale: str, problems: list[str], optional: dict, bounds: dict):
     """One :class:`Param` per structural parameter (and per ``optional`` one $PK defines: a
     number is held fixed), the ETA name each uses, and every ETA their expressions hold (so
     that the ETAs of a parameter refused here are not also reported as unused)."""
@@ -167,7 +182,11 @@ def _parameters(model, names: dict, scale: str, problems: list[str], optional: d
 
     statements = model.statements.before_odes
     defined = {str(s.symbol) for s in statements}
+    from pharmpy.modeling import get_thetas
+
     thetas = {p.name: p for p in model.parameters}
+    # NONMEM's own label THETA(n) (pharmpy names a THETA after its comment, e.g. CL_WT)
+    labels = {name: f"THETA({k})" for k, name in enumerate(get_thetas(model).names, 1)}
     eta_names = set(model.random_variables.etas.names)
     columns = set(model.dataset.columns) if model.dataset is not None else set()
     params, eta_of, seen = [], {}, set()
@@ -184,7 +203,9 @@ def _parameters(model, names: dict, scale: str, problems: list[str], optional: d
             # a number is held; ALAG1 = 0 is the model's own default (no lag)
             params.append(Param(name, init=max(float(expr), 1e-12), iiv=False, fixed=True))
             continue
-        param, eta = _lognormal(name, expr, thetas, eta_names, columns, problems)
+        found: dict = {}
+        param, eta = _lognormal(name, expr, thetas, eta_names, columns, problems, found)
+        bounds.update({k: (labels.get(t, t), lo, hi) for k, (t, lo, hi) in found.items()})
         if param is not None:
             params.append(param)
         if eta is not None:
@@ -206,9 +227,10 @@ def _parameters(model, names: dict, scale: str, problems: list[str], optional: d
     return params, eta_of, seen
 
 
-def _lognormal(name, expr, thetas, eta_names, columns, problems):
+def _lognormal(name, expr, thetas, eta_names, columns, problems, bounds):
     """``expr`` as a cohort log-normal parameter: typical THETA x covariate effects x
-    exp(ETA). Returns ``(Param or None, eta name or None)``."""
+    exp(ETA). Returns ``(Param or None, eta name or None)``; finite ``$THETA`` bounds go
+    into ``bounds`` (see :attr:`ControlStream.bounds`)."""
     import sympy
 
     covariates: list[Covariate] = []
@@ -230,6 +252,7 @@ def _lognormal(name, expr, thetas, eta_names, columns, problems):
                 )
             return None, None
         covariates.append(cov[0])
+        _bound(bounds, f"{name}~{cov[0].column}", thetas[cov[2]], cov[2])
         expr = expr.subs(pw, cov[1])
     log_expr = sympy.expand(sympy.expand_log(sympy.log(expr), force=True))
     typical, eta, constant = None, None, 0.0
@@ -280,6 +303,7 @@ def _lognormal(name, expr, thetas, eta_names, columns, problems):
             covariates.append(Covariate(col, "power", ref=round(math.exp(-share), 9), fixed=fixed))
             continue
         p = thetas[str(coef)]
+        _bound(bounds, f"{name}~{col}", p, str(coef))
         off = offsets.pop(str(coef), 0.0)
         ref = math.exp(-off) if e["kind"] == "power" else -off
         covariates.append(Covariate(col, e["kind"], ref=ref, init=float(p.init),
@@ -290,6 +314,7 @@ def _lognormal(name, expr, thetas, eta_names, columns, problems):
     p = thetas[theta]
     init = float(p.init) if form == "natural" else math.exp(float(p.init))
     init *= math.exp(constant)  # a numeric factor left in the typical value
+    _bound(bounds, name, p, theta, scale=math.exp(constant), log=form != "natural")
     if not init > 0:
         problems.append(f"{name}: typical value {theta} must start > 0 (log-normal)")
         return None, eta
@@ -327,7 +352,24 @@ def _binary(pw, thetas, columns):
     p = thetas[str(ratio)]
     cov = Covariate(str(cond.lhs), "binary", ref=float(cond.rhs), init=float(p.init),
                     fixed=float(p.init) if p.fix else None)  # fmt: skip
-    return cov, base
+    return cov, base, str(ratio)
+
+
+def _bound(bounds: dict, name: str, p, theta: str, scale: float = 1.0, log: bool = False):
+    """Record the finite ``$THETA`` bounds of the estimate ``name`` on its own scale (``scale``
+    x THETA, or x exp(THETA) with ``log``); a lower bound 0 on a log-normal typical value is
+    implied by the parameterisation and not recorded."""
+    lo, hi = float(p.lower), float(p.upper)
+    if p.fix:
+        return
+    if log:
+        lo, hi = scale * math.exp(lo) if lo > -math.inf else 0.0, scale * math.exp(hi)
+    else:
+        lo, hi = scale * lo, scale * hi
+    typical = "~" not in name
+    if (typical and lo <= 0.0 or not typical and lo == -math.inf) and hi == math.inf:
+        return
+    bounds[name] = (theta, lo, hi)
 
 
 def _check_trans1(model, advan: int, problems: list[str]) -> None:

@@ -73,11 +73,26 @@ def _arm_tables(spec: TrialSpec, model) -> EventTable:
     return EventTable(**fields, state_names=tuple(model.state_names))
 
 
-def simulation_times(spec: TrialSpec) -> np.ndarray:
-    """Sampling times plus a regular grid (for bands, unobserved endpoints and hazards)."""
+def simulation_times(spec: TrialSpec, jumps=()) -> np.ndarray:
+    """Sampling times plus a regular grid (for bands, unobserved endpoints and hazards), and
+    just before each of them that is a time in ``jumps`` (a bolus or reset of any arm) a
+    pre-dose copy (see :func:`endpoints.pre_dose_time`): a sample drawn at a dose time is
+    taken before the dose, and an AUC window ending there stops before it."""
     t_end = max(spec.times)
     grid = np.arange(0.0, t_end + 1e-9, spec.grid_step)
-    return np.unique(np.round(np.concatenate([grid, spec.times]), 9))
+    base = np.unique(np.round(np.concatenate([grid, spec.times]), 9))
+    jumps = np.asarray(list(jumps), float)
+    pre = [endpoints.pre_dose_time(t) for t in base if np.any(np.isclose(jumps, t, atol=1e-9))]
+    return np.unique(np.concatenate([base, pre]))
+
+
+def jump_times(table: EventTable) -> np.ndarray:
+    """Times at which some arm's state jumps: boluses (and doses whose rate is not given,
+    which become boluses) and EVID 3/4 resets."""
+    bolus = (table.evid == 1) & (table.amt != 0) & (table.rate == 0)
+    reset = (table.evid == 3) | (table.evid == 4)
+    t = table.time[(bolus | reset) & np.isfinite(table.time)]
+    return np.unique(t)
 
 
 @locks_output("out")
@@ -135,7 +150,8 @@ def run(
     copies = len(spec.arms) if spec.adaptive is not None else 1
     sim_arm = np.repeat(np.arange(copies), total) if copies > 1 else arm
     source = np.tile(np.arange(total), copies)
-    times = simulation_times(spec)
+    tables = _arm_tables(spec, model)
+    times = simulation_times(spec, jump_times(tables))
     outputs = sorted(
         {e.output for e in spec.endpoints if e.output} | {a.output for a in spec.assays}
     )
@@ -145,7 +161,7 @@ def run(
     sim = simulate(
         model,
         params,
-        _arm_tables(spec, model).select(sim_arm),
+        tables.select(sim_arm),
         times,
         outputs=outputs,
         method=spec.method,
@@ -193,7 +209,8 @@ def potential_outcomes(
     params = {
         k: np.asarray(pop[k].values)[source] for k in pop.data_vars if k in model.parameter_names
     }
-    times = simulation_times(spec)
+    tables = _arm_tables(spec, model)
+    times = simulation_times(spec, jump_times(tables))
     outputs = sorted(
         {e.output for e in spec.endpoints if e.output} | {a.output for a in spec.assays}
     )
@@ -201,7 +218,7 @@ def potential_outcomes(
     sim = simulate(
         model,
         params,
-        _arm_tables(spec, model).select(arm),
+        tables.select(arm),
         times,
         outputs=outputs,
         method=spec.method,
@@ -214,21 +231,24 @@ def potential_outcomes(
 def _endpoint_values(spec, sim, times, outputs, dropout) -> dict[str, np.ndarray]:
     """Observations (assay error, LLOQ, dropout) and endpoints for every simulated row;
     rows whose solve failed get NaN endpoints."""
-    sample_idx = np.searchsorted(times, np.round(np.asarray(spec.times), 9))
-    sample_t = times[sample_idx]
+    sample_t = np.round(np.asarray(spec.times), 9)
+    after = np.searchsorted(times, sample_t)  # the value after any dose at the sample time
+    before = endpoints.pre_dose_columns(times, after)
     assays = {a.output: a for a in spec.assays}
     gen = design.rng(spec.seed, "assay")
-    true, obs, blq = {}, {}, {}
+    true, obs, obs_after, blq, blq_after = {}, {}, {}, {}, {}
     for o in outputs:
         true[o] = np.asarray(sim[o].values, dtype=float)
-        obs[o], blq[o] = endpoints.observe(true[o][:, sample_idx], assays.get(o), gen)
+        (obs[o], blq[o]), (obs_after[o], blq_after[o]) = endpoints.observe(
+            true[o][:, before], assays.get(o), gen, true[o][:, after]
+        )
         if spec.estimand != "hypothetical":
-            obs[o][sample_t[None, :] > dropout[:, None]] = np.nan
+            gone = sample_t[None, :] > dropout[:, None]
+            obs[o][gone] = obs_after[o][gone] = np.nan
     lloq = {a.output: a.lloq for a in spec.assays}
     values = endpoints.compute(
         spec.endpoints,
-        obs,
-        blq,
+        endpoints.Samples(obs, obs_after, blq, blq_after),
         lloq,
         sample_t,
         true,
