@@ -224,8 +224,7 @@ def test_reads_published_datasets():
 
 def test_drop_ignores_text_columns():
     df = frame(NOTE=["a", "b", "c", "d", "e", "f"])
-    assert problems(df)[0] == (1, "NOTE")
-    assert read_nonmem(df, drop=["note"]).covariate_names == ("WT",)
+    assert read_nonmem(df, drop=["note"]).covariate_names == ("WT",)  # no warning
 
 
 def test_semicolon_separated_files_are_read(tmp_path):
@@ -258,3 +257,17 @@ def test_comment_lines_and_a_hash_header_are_read_as_nonmem_does(tmp_path):
         got = read_nonmem(tmp_path / name)
         np.testing.assert_array_equal(got.observations.dv, ref.observations.dv)
         assert got.n_subjects == ref.n_subjects
+
+
+def test_text_columns_are_left_out_with_a_warning(tmp_path):
+    """A STUDY or SEX column as M/F stopped a fit ("value 'M' is not a number" on every
+    row) though the model did not use it; a number column with one text cell is a typo."""
+    from cohort.errors import CohortWarning
+
+    path = tmp_path / "d.csv"
+    frame(SEX=["M", "M", "M", "F", "F", "F"]).to_csv(path, index=False)
+    with pytest.warns(CohortWarning, match=r"column SEX holds text \(e.g. 'M' on row 1\)"):
+        ds = read_nonmem(path)
+    assert ds.covariate_names == ("WT",)
+    with pytest.raises(DataError, match=r"column WT: value 'x' is not a number"):
+        read_nonmem(frame(WT=[70.0, "x", 70.0, 55.0, 55.0, 55.0]))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ from cohort.data.reader import (
     validate,
 )
 from cohort.dosing import DosingError, EventTable, event_table
+from cohort.errors import CohortWarning
 from cohort.models.base import Model
 
 
@@ -234,6 +236,32 @@ def read_nonmem(
     upper = {c: str(c).strip().upper() for c in raw.columns}
     dropped = {str(d).upper() for d in drop}
     raw = raw[[c for c in raw.columns if upper[c] not in dropped]]
+    raw = raw.drop(columns=_text_columns(raw, upper))
     records = validate(raw, model)
     covariates = tuple(c for c in records.columns if c not in STANDARD_COLUMNS | {"ROW"})
     return Dataset(records, covariates, model)
+
+
+def _text_columns(raw: pd.DataFrame, upper: dict) -> list:
+    """Columns other than NONMEM's own (and the comment flag C) that hold text in most of
+    their cells (STUDY, SEX as M/F, ANALYTE): not covariates. They are left out with a
+    warning naming them (a column of numbers with a few text cells is kept, so that its
+    typos are reported by row)."""
+    out = []
+    for col in raw.columns:
+        if upper[col] in STANDARD_COLUMNS | {"C"} or raw[col].dtype.kind in "biuf":
+            continue
+        cells = raw[col].astype(str).str.strip()
+        given = raw[col].notna() & ~cells.isin(["", "."])
+        text = given & pd.to_numeric(cells, errors="coerce").isna()
+        if given.any() and text.sum() >= 0.5 * given.sum():
+            i = int(np.flatnonzero(text.to_numpy())[0])
+            warnings.warn(
+                f"dataset: column {upper[col]} holds text (e.g. {cells.iloc[i]!r} on row "
+                f"{i + 1}), so it is not a covariate and is left out; recode it as numbers "
+                "(e.g. 0/1) to use it",
+                CohortWarning,
+                stacklevel=3,
+            )
+            out.append(col)
+    return out
