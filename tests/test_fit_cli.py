@@ -98,6 +98,11 @@ def test_pheno_as_shipped_reproduces_nonmem(tmp_path):
     both = tab.merge(nm, on=["ID", "TIME"], suffixes=("", "_nm"))
     assert len(both) == 155
     np.testing.assert_allclose(both["CWRES"], both["CWRES_nm"], atol=0.02)
+    # NONMEM's pheno.lst: ETASHRINKSD 47.580 / 13.581 %, EPSSHRINKSD 21.198 %
+    assert attrs["diagnostic_shrinkage_eta_CL"] == pytest.approx(47.58, abs=0.3)
+    assert attrs["diagnostic_shrinkage_eta_V"] == pytest.approx(13.58, abs=0.3)
+    assert attrs["diagnostic_shrinkage_eps"] == pytest.approx(21.2, abs=0.3)
+    assert "shrinkage (SD, as NONMEM's ETASHRINKSD): η CL 47." in res.output
     ref = REF["pheno_nonmem_focei"]
     assert attrs["ofv"] == pytest.approx(ref["ofv"], abs=0.5)
     assert est["CL"] == pytest.approx(ref["theta"]["CL"], rel=0.02)

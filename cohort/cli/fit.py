@@ -360,6 +360,12 @@ def fit(
             fail(str(exc))
     console.print(_table(result))
     d = result.diagnostics
+    shrink = result.shrinkage()
+    d.update({f"shrinkage_{k}": round(v, 2) for k, v in shrink.items()})
+    if shrink:
+        etas = [f"{k[4:]} {v:.1f} %" for k, v in shrink.items() if k.startswith("eta_")]
+        eps = f"; ε {shrink['eps']:.1f} %" if "eps" in shrink else ""
+        console.print(f"shrinkage (SD, as NONMEM's ETASHRINKSD): η {', '.join(etas)}{eps}")
     trouble = []
     if method == "nuts" and "max_r_hat" in d:
         failed = list(d.get("problems", []))

@@ -129,6 +129,13 @@ class FitResult:
 
         return observation_table(self)
 
+    def shrinkage(self) -> dict[str, float]:
+        """η- and ε-shrinkage in % as NONMEM's ETASHRINKSD/EPSSHRINKSD
+        (:func:`cohort.inference.tables.shrinkage`)."""
+        from cohort.inference.tables import shrinkage
+
+        return shrinkage(self)
+
     # -- storage -------------------------------------------------------------------------------
     def to_xarray(self) -> xr.Dataset:
         """Point estimates, uncertainty and individual values as one xarray Dataset."""
