@@ -208,6 +208,15 @@ def _raw():
             "[arms[1].regimens[0].cmt] 'gut' cannot be dosed in pk1_oral",
         ),
         (lambda r: r["arms"][1]["regimens"][0].update(cmt=7), "[arms[1].regimens[0].cmt] 7"),
+        # both were errors about a "dosing record row 1" / after the whole simulation
+        (
+            lambda r: r["arms"][1]["regimens"][0].update(addl=3, ii=0),
+            "[arms[1].regimens[0].ii] addl = 3 repeats the dose",
+        ),
+        (
+            lambda r: r["endpoints"][2].update(observed=False, time=2.3),
+            "[endpoints[2].time] 2.3 is not on the simulation grid",
+        ),
     ],
 )
 def test_spec_errors_name_file_and_key(mutate, key):
@@ -245,8 +254,9 @@ def test_too_few_eligible_patients_says_what_was_needed(tmp_path):
 
 def test_too_few_patients_for_the_arms_is_refused():
     """3 patients for 4 arms ran and reported power and PTA tables of NaN."""
-    with pytest.raises(TrialSpecError, match="each of the 4 arms the two patients"):
+    with pytest.raises(TrialSpecError, match="each of the 4 arms the two patients") as err:
         ct.run(THEO, replicates=1, n=3)
+    assert "theophylline_dose_ranging.toml: [trial.n] (or --n) 3 patients" in str(err.value)
     with pytest.raises(TrialSpecError, match="use n >= 8"):
         ct.run(THEO, replicates=1, n=7)
 
@@ -805,3 +815,17 @@ tests = [{{ endpoint = "trough12", test = "ttest" }}]
     np.testing.assert_allclose(pts["cmax0_12"].values[active], 1.0, rtol=1e-9)
     np.testing.assert_allclose(pts["rise"].values[active], c[0], rtol=1e-5)
     assert np.all(pts["trough12"].values[~active] == 0.0)
+    assert pts["auc0_12"].attrs["units"] == "mg/L·h" and pts["trough12"].attrs["units"] == "mg/L"
+
+
+def test_more_replicates_leave_the_first_ones_unchanged():
+    """Common random numbers: running 2 or 5 replicates of the same spec and seed gives the
+    same first 2 trials (assay errors were drawn for all patients at once, and stratified
+    blocks sized by the strata seen in all replicates, so both changed)."""
+    spec = ct.load(THEO).with_(n=12, strata=("WT > 75",), block_size=4)
+    few, more = ct.run(spec.with_(replicates=2)), ct.run(spec.with_(replicates=5))
+    first = few.patients.sizes["patient"]
+    for name in ("arm", "stratum", *(e.name for e in spec.endpoints)):
+        a = few.patients[name].values
+        b = more.patients[name].values[:first]
+        np.testing.assert_array_equal(a, b, err_msg=name)

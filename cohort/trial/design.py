@@ -83,8 +83,11 @@ def allocate(
     ratio: tuple[int, ...],
     block_size: int,
     gen: np.random.Generator,
+    n_strata: int | None = None,
 ) -> np.ndarray:
     """Arm index per patient, ``strata`` of shape ``[replicates, n]`` in enrolment order.
+    ``n_strata``: how many strata the design has (default: ``strata.max() + 1``); given, the
+    first replicates' allocations do not change when more replicates are run.
 
     ``block_size == 0``: simple randomization with probabilities proportional to ``ratio``.
     Otherwise permuted blocks (each block holds ``ratio`` scaled to ``block_size``), one
@@ -96,7 +99,7 @@ def allocate(
     if block_size == 0:
         return gen.choice(len(ratio), size=(reps, n), p=ratio_arr / ratio_arr.sum())
     pattern = np.repeat(np.arange(len(ratio)), ratio_arr * (block_size // ratio_arr.sum()))
-    n_strata = int(strata.max()) + 1
+    n_strata = int(strata.max()) + 1 if n_strata is None else int(n_strata)
     n_blocks = -(-n // block_size)
     blocks = np.broadcast_to(pattern, (reps, n_strata, n_blocks, block_size))
     seq = gen.permuted(blocks, axis=-1).reshape(reps, n_strata, n_blocks * block_size)

@@ -67,12 +67,14 @@ def observe(
     (the same samples' values after a dose at their time), the same for it with the same
     draws of assay error, as a second pair."""
     pairs = []
-    e = None if assay is None else gen.standard_normal((2, *true.shape))
+    # drawn patient by patient ([P, 2, T]): the first patients' errors are the same
+    # whatever the number of patients
+    e = None if assay is None else gen.standard_normal((true.shape[0], 2, *true.shape[1:]))
     for y in (true,) if also is None else (true, also):
         if assay is None:
             pairs.append((y.copy(), np.zeros(y.shape, bool)))
             continue
-        obs = y * (1.0 + assay.proportional * e[0]) + assay.additive * e[1]
+        obs = y * (1.0 + assay.proportional * e[:, 0]) + assay.additive * e[:, 1]
         pairs.append((obs, obs < assay.lloq if assay.lloq > 0 else np.zeros(y.shape, bool)))
     return pairs[0] if also is None else tuple(pairs)
 

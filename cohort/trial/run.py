@@ -128,9 +128,10 @@ def run(
     )
     if spec.n < 2 * len(spec.arms):
         # fewer would leave an arm with 0-1 patients: its mean, SD and every comparison NaN
+        where = f"{spec.path}: [trial.n] (or --n)" if spec.path else "n:"
         raise TrialSpecError(
-            f"n: {spec.n} patients per trial cannot give each of the {len(spec.arms)} arms the "
-            f"two patients its statistics need; use n >= {2 * len(spec.arms)}"
+            f"{where} {spec.n} patients per trial cannot give each of the {len(spec.arms)} arms "
+            f"the two patients its statistics need; use n >= {2 * len(spec.arms)}"
         )
     model = get_model(spec.model)
     reps, n_per = spec.replicates, spec.n
@@ -145,6 +146,7 @@ def run(
         spec.ratio,
         spec.block_size,
         design.rng(spec.seed, "allocation"),
+        n_strata=2 ** len(spec.strata),  # strata_codes' bit patterns
     ).reshape(-1)
     # Response-adaptive designs simulate every patient under every arm (potential outcomes).
     copies = len(spec.arms) if spec.adaptive is not None else 1
@@ -235,9 +237,11 @@ def _endpoint_values(spec, sim, times, outputs, dropout) -> dict[str, np.ndarray
     after = np.searchsorted(times, sample_t)  # the value after any dose at the sample time
     before = endpoints.pre_dose_columns(times, after)
     assays = {a.output: a for a in spec.assays}
-    gen = design.rng(spec.seed, "assay")
+    # one stream per output, and per patient in enrolment order inside it (see observe):
+    # a patient's assay errors do not depend on how many patients or replicates are run
+    gens = design.rng(spec.seed, "assay").spawn(len(outputs))
     true, obs, obs_after, blq, blq_after = {}, {}, {}, {}, {}
-    for o in outputs:
+    for o, gen in zip(outputs, gens, strict=True):
         true[o] = np.asarray(sim[o].values, dtype=float)
         (obs[o], blq[o]), (obs_after[o], blq_after[o]) = endpoints.observe(
             true[o][:, before], assays.get(o), gen, true[o][:, after]
@@ -271,10 +275,11 @@ def _patients(spec, pop, values, row, arm, strata, dropout) -> xr.Dataset:
         "dropout_time": ("patient", dropout),
         "sim_row": ("patient", row.astype(np.int64)),
     }
+    units = _endpoint_units(spec)
     for k, v in values.items():
-        data[k] = ("patient", v)
+        data[k] = ("patient", v, {"units": units[k]} if k in units else {})
     for k in pop.data_vars:
-        data[k] = ("patient", np.asarray(pop[k].values))
+        data[k] = ("patient", np.asarray(pop[k].values), dict(pop[k].attrs))
     attrs = {
         "trial": spec.name,
         "spec": to_json(spec),
@@ -288,6 +293,25 @@ def _patients(spec, pop, values, row, arm, strata, dropout) -> xr.Dataset:
         "cohort_version": __version__,
     }
     return xr.Dataset(data, coords={"patient": np.arange(reps * n_per)}, attrs=attrs)
+
+
+def _endpoint_units(spec: TrialSpec) -> dict[str, str]:
+    """Each endpoint's units from its output's and the model's time units (AUC: their
+    product; responder and event flags: 1)."""
+    model = get_model(spec.model)
+    known, t = model.units(), model.time_units
+    out = {}
+    for ep in spec.endpoints:
+        u = known.get(ep.output or "", "")
+        if ep.type == "auc":
+            out[ep.name] = f"{u}·{t}" if u else ""
+        elif ep.type == "tte":
+            out[ep.name], out[f"{ep.name}_event"] = t, "1"
+        elif ep.type == "responder":
+            out[ep.name] = "1"
+        else:
+            out[ep.name] = u
+    return {k: v for k, v in out.items() if v}
 
 
 def open_trial(path: str | Path) -> TrialResult:

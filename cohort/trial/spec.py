@@ -172,6 +172,7 @@ def _parse(raw: dict, path: str, base: Path | None, digest: str) -> TrialSpec:
     endpoints = _endpoints(r, raw.get("endpoints"))
     ep_names = {e.name for e in endpoints}
     _check_windows(r, endpoints, times)
+    _check_grid_times(r, endpoints, times, r.num("trial.grid_step", t.get("grid_step", 0.5), 1e-6))
     _check_outputs(r, model, t["model"], endpoints, assays)
     an = r.keys(
         "analysis",
@@ -317,6 +318,11 @@ def _arms(r: _Reader, arms: Any, model) -> tuple[Arm, ...]:
                     r.num(f"{key}.{k}", g[k], 0)
             if "addl" in g:
                 r.int_(f"{key}.addl", g["addl"], 0)
+                if g["addl"] > 0 and not float(g.get("ii", 0)) > 0:
+                    raise r.err(
+                        f"{key}.ii", f"addl = {g['addl']} repeats the dose every ii hours: give "
+                        "ii > 0 (or leave addl out for one dose)"
+                    )  # fmt: skip
             if "cmt" in g:
                 _compartment(r, f"{key}.cmt", g["cmt"], model)
             regs.append(dict(g))
@@ -468,6 +474,28 @@ def _check_outputs(r: _Reader, model, model_name: str, endpoints, assays) -> Non
     for key, name in named:
         if name not in known:
             raise r.err(key, f"{name!r} is not an output or state of {model_name}: {list(known)}")
+
+
+def _check_grid_times(r: _Reader, endpoints, times: tuple[float, ...], step: float) -> None:
+    """Unobserved endpoints read the simulation grid (multiples of ``grid_step`` up to the
+    last sampling time, and the sampling times): their times must be on it (an endpoint at
+    2.5 h on a 1-h grid failed after the whole simulation)."""
+    last = times[-1]
+    for i, e in enumerate(endpoints):
+        if e.observed or e.type in ("responder", "tte"):
+            continue
+        names = ("time", "baseline") if e.type in ("ctrough", "value", "change") else ("end",)
+        for name in names:
+            t = getattr(e, name, None)
+            if t is None:
+                continue
+            on_grid = abs(t / step - round(t / step)) < 1e-9 * max(1.0, t / step)
+            if not (0 <= t <= last + 1e-9) or not (on_grid or np.isclose(times, t).any()):
+                raise r.err(
+                    f"endpoints[{i}].{name}", f"{t:g} is not on the simulation grid (multiples "
+                    f"of trial.grid_step = {step:g} from 0 to the last sampling time {last:g}, "
+                    "and the sampling times): choose such a time, or add it to sampling.times"
+                )  # fmt: skip
 
 
 def _check_windows(r: _Reader, endpoints: tuple[Endpoint, ...], times: tuple[float, ...]):
