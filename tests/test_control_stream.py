@@ -218,7 +218,7 @@ def test_nonmem_pheno_control_stream_reproduces_nonmem(tmp_path):
             ("V = THETA(2)*EXP(ETA(2))", "V = THETA(2)*EXP(ETA(2))\nIF(WT.GT.90) V = 2*V"),
             "IF construct",
         ),  # fmt: skip
-        (("$SIGMA 0.02", "$SIGMA 0.02 FIX"), "fixed $SIGMA"),
+        (("$SIGMA 0.02", "$SIGMA 0.02 FIX"), "$SIGMA for EPS(1) FIXed at a value other than 1"),
         (("KA = THETA(3)*EXP(ETA(3))", "KA = THETA(3)*EXP(ETA(3)+ETA(1))"), "ETA"),
         (("S2 = V", "S2 = V/1000"), "S2 must be the central volume"),
         # NONMEM variables cohort does not model are refused by name, never dropped
@@ -387,3 +387,38 @@ def test_estimates_outside_theta_bounds_are_not_accepted(tmp_path):
     above = r"\bCL = \d\.\d+ \(THETA\(1\) in \$THETA\) is above its upper bound 2\.5"
     assert re.search(above, text), text
     assert "CL~WT = 0." in text and "upper bound 0.4" in text
+
+
+def test_error_sd_written_as_thetas_with_sigma_fixed_at_one(fitted, tmp_path):
+    """NONMEM's common W form (Y = IPRED + W*EPS(1), $SIGMA 1 FIX, the SD as THETAs) is the
+    same statistical model as IPRED*EPS(1) with $SIGMA estimated: the same OFV and σ. It
+    was refused as "fixed $SIGMA", hiding the other problems and naming pharmpy's symbols."""
+    res0, summary0, records = fitted
+    records.to_csv(tmp_path / "sim.csv", index=False)
+    text = RUN_MOD.replace(
+        "Y = IPRED + IPRED*EPS(1)",
+        "W = THETA(5)*IPRED\nIF (W.EQ.0) W = 1\nY = IPRED + W*EPS(1)\nIWRES = (DV - IPRED)/W",
+    ).replace("$SIGMA 0.02", "$THETA (0, 0.141) ; PROP\n$SIGMA 1 FIX")
+    (tmp_path / "run.mod").write_text(text)
+    out = tmp_path / "w.nc"
+    res = runner.invoke(app, ["fit", str(tmp_path / "run.mod"), "-o", str(out), "--se", "none"])
+    assert res.exit_code == 0, res.output
+    summary = load_fit(out)["fit_summary"]
+    assert float(summary.attrs["ofv"]) == pytest.approx(float(summary0.attrs["ofv"]), abs=1e-3)
+    assert _values(summary)["sigma_prop"] == pytest.approx(
+        _values(summary0)["sigma_prop"], rel=1e-4
+    )
+    bad = RUN_MOD.replace("Y = IPRED + IPRED*EPS(1)", "Y = IPRED + THETA(5)*EXP(IPRED)*EPS(1)")
+    bad = bad.replace("$SIGMA 0.02", "$THETA (0, 0.1)\n$SIGMA 0.5 FIX").replace("ADVAN2", "ADVAN5")
+    (tmp_path / "bad.mod").write_text(bad)
+    from cohort.inference.nonmem import ControlStreamError, read_control_stream
+
+    with pytest.raises(ControlStreamError) as err:
+        read_control_stream(tmp_path / "bad.mod")
+    assert "ADVAN5" in str(err.value)  # records first; then the rest in one message
+    (tmp_path / "bad.mod").write_text(bad.replace("ADVAN5", "ADVAN2"))
+    with pytest.raises(ControlStreamError) as err:
+        read_control_stream(tmp_path / "bad.mod")
+    msg = str(err.value)
+    assert "$SIGMA for EPS(1) FIXed at a value other than 1" in msg
+    assert "THETA(5)" in msg and "THETA_5" not in msg and "PRED_" not in msg

@@ -150,3 +150,21 @@ def test_fingerprint_follows_the_equations():
     assert make(1.0).fingerprint() == make(1.0).fingerprint()
     assert make(1.0).fingerprint() != make(5.0).fingerprint()
     assert make(1.0).fingerprint() != make(1.0, extra=1.0).fingerprint()
+
+
+def test_tmdd_free_concentration_does_not_cancel():
+    """Drug far below its target (Ctot << Rtot): the textbook root cancelled, 150 % off in
+    float32 and exactly 0 late in a run. Against the float64 root of C² − bC − KSS·Ctot."""
+    from cohort.models.pk import _tmdd_free
+
+    ctot = np.array([1e-9, 1e-6, 1e-3, 1.0, 50.0])
+    for rtot, kss in ((5.0, 1.0), (100.0, 1e-3)):
+        b = ctot - rtot - kss
+        exact = 2 * kss * ctot / (np.sqrt(b * b + 4 * kss * ctot) - b)  # b < 0 at small ctot
+        big = b >= 0
+        exact[big] = 0.5 * (b[big] + np.sqrt(b[big] ** 2 + 4 * kss * ctot[big]))
+        got = np.asarray(_tmdd_free(jnp.asarray(ctot, jnp.float32), rtot, kss))
+        np.testing.assert_allclose(got, exact, rtol=2e-6)
+        assert np.all(got > 0)
+    grad = jax.grad(lambda c: _tmdd_free(c, 5.0, 1.0))(0.0)  # finite at zero drug
+    assert np.isfinite(float(grad)) and float(grad) == pytest.approx(1.0 / 6.0)

@@ -16,11 +16,14 @@ this module maps what it finds onto cohort's :class:`~cohort.inference.spec.NLME
   covariances (as initial correlations), ``FIX`` on a diagonal element or a whole block (held
   at its values), ``0 FIX`` (that random effect off); ``$SIGMA`` with ``$ERROR`` ``Y = F + EPS(1)``
   (additive), ``Y = F + F*EPS(1)`` or ``F*(1+EPS(1))`` (proportional), both (combined), and
-  ``Y = LOG(F) + EPS(1)`` (log-transformed data: log-additive).
+  ``Y = LOG(F) + EPS(1)`` (log-transformed data: log-additive), or the SD written as THETAs
+  with ``$SIGMA 1 FIX``: ``W = SQRT(THETA(a)**2 + (THETA(b)*IPRED)**2)``, ``Y = IPRED +
+  W*EPS(1)`` (combined; ``W = THETA(a)`` additive, ``THETA(b)*IPRED`` proportional).
 
 Anything else (``$DES``, other ADVANs, ``IF`` blocks other than the binary covariate, an ETA
-on two parameters, some elements of a BLOCK FIXed, FIXed ``$SIGMA``, mixtures, ...) is refused
-with one error listing every construct that is not supported, naming the control stream.
+on two parameters, some elements of a BLOCK FIXed, ``$SIGMA`` FIXed at a value other than 1,
+mixtures, ...) is refused with one error listing every construct that is not supported,
+naming the control stream.
 """
 
 from __future__ import annotations
@@ -443,20 +446,32 @@ def _omega(model, eta_of, params, problems, seen: set[str] = frozenset()) -> dic
 
 
 def _error(model, problems) -> ErrorModel:
+    """Y's residual error as an :class:`ErrorModel`: ``EPS`` (additive), ``F*EPS``
+    (proportional), both (combined), ``LOG(F) + EPS`` (log-additive), or the SD written as
+    THETAs with ``$SIGMA 1 FIX``: ``W = SQRT(THETA(a)**2 + (THETA(b)*IPRED)**2)``,
+    ``Y = IPRED + W*EPS(1)`` (combined; ``W = THETA(a)`` or ``THETA(b)*IPRED`` alone)."""
     import sympy
 
     y_symbol = next(iter(model.dependent_variables))
     y = _sympy(model.statements.after_odes.full_expression(y_symbol))
     f_symbol = sympy.Symbol("F")
     eps = {str(e): e for e in map(sympy.Symbol, model.random_variables.epsilons.names)}
-    sigma = {}
+    sigma: dict[str, float] = {}
+    unit = set()  # EPS with variance 1 FIX: its SD is written in $ERROR
     values = {p.name: p for p in model.parameters}
     for dist in model.random_variables.epsilons:
+        name = dist.names[0]
         par = values.get(str(_sympy(dist.variance)))
-        if par is None or par.fix:
-            problems.append(f"fixed $SIGMA for {dist.names[0]} (FIX is not supported)")
-            return ErrorModel("additive")
-        sigma[dist.names[0]] = math.sqrt(float(par.init))
+        if par is not None and par.fix and float(par.init) == 1.0:
+            unit.add(name)
+        elif par is None or par.fix:
+            problems.append(
+                f"$SIGMA for {_shown(name)} FIXed at a value other than 1 (supported: $SIGMA 1 "
+                "FIX with the SD written as THETAs in $ERROR, e.g. W = SQRT(THETA(4)**2 + "
+                "(THETA(5)*IPRED)**2) and Y = IPRED + W*EPS(1))"
+            )
+            continue
+        sigma[name] = math.sqrt(float(par.init))
     # the full expression holds F as amount / scale: put the prediction symbol back
     pred = sympy.Symbol("PRED_")
     try:
@@ -477,15 +492,29 @@ def _error(model, problems) -> ErrorModel:
             if t == sympy.log(pred):
                 log = True
                 continue
-            problems.append(f"$ERROR term {t}")
+            problems.append(f"$ERROR term {_shown(t)}")
             continue
         rest = sympy.simplify(t / sympy.Symbol(e[0]))
-        if rest == 1:
+        if e[0] not in unit and e[0] not in sigma:
+            continue  # its $SIGMA was refused above
+        if e[0] in unit:
+            sds = _theta_sds(rest, pred, values)
+            if sds is None:
+                problems.append(
+                    f"$ERROR term {_shown(t)} with $SIGMA 1 FIX (supported: W*EPS with W = "
+                    "THETA(a), THETA(b)*IPRED or SQRT(THETA(a)**2 + (THETA(b)*IPRED)**2))"
+                )
+                continue
+            add, prop = sds
+        elif rest == 1:
             add = sigma[e[0]]
         elif rest == pred:
             prop = sigma[e[0]]
         else:
-            problems.append(f"$ERROR term {t} (supported: EPS, F*EPS)")
+            problems.append(
+                f"$ERROR term {_shown(t)} (supported: EPS, IPRED*EPS, or W*EPS with $SIGMA 1 FIX "
+                "and W = SQRT(THETA(a)**2 + (THETA(b)*IPRED)**2))"
+            )
     if log:
         if add is None or prop is not None:
             problems.append("$ERROR with LOG(F): only Y = LOG(F) + EPS(1) is supported")
@@ -496,8 +525,43 @@ def _error(model, problems) -> ErrorModel:
         return ErrorModel("proportional", prop=prop)
     if add is not None:
         return ErrorModel("additive", add=add)
-    problems.append(f"$ERROR: no residual error in Y = {y}")
+    problems.append(f"$ERROR: no residual error in Y = {_shown(y)}")
     return ErrorModel("additive")
+
+
+def _theta_sds(w, pred, values) -> tuple[float | None, float | None] | None:
+    """``(additive SD, proportional SD)`` initial values from ``W`` written with THETAs (None
+    for a part W does not have), or None when W has another form. A zero guard on W
+    (``IF (W.EQ.0) W = 1``) is read as W."""
+    import sympy
+
+    for pw in w.atoms(sympy.Piecewise):
+        w = w.subs(pw, pw.args[-1].expr)
+    square = sympy.expand(w**2)
+    try:
+        poly = sympy.Poly(square, pred)
+    except sympy.PolynomialError:
+        return None
+    if poly.degree() > 2 or poly.coeff_monomial(pred) != 0:
+        return None
+    out = []
+    for coef in (poly.coeff_monomial(1), poly.coeff_monomial(pred**2)):
+        if coef == 0:
+            out.append(None)
+            continue
+        base, power = coef.as_base_exp()
+        par = values.get(str(base))
+        if power != 2 or par is None or par.fix:
+            return None
+        out.append(abs(float(par.init)))
+    return (out[0], out[1]) if any(v is not None for v in out) else None
+
+
+def _shown(expr) -> str:
+    """An expression in the control stream's own names (pharmpy's THETA_4, EPS_1 and cohort's
+    prediction symbol PRED_ read THETA(4), EPS(1) and F)."""
+    text = str(expr).replace("PRED_", "F")
+    return re.sub(r"\b(THETA|ETA|EPS)_(\d+)\b", r"\1(\2)", text)
 
 
 def _prediction_written_out(model, y, pred):

@@ -136,9 +136,14 @@ class MichaelisMentenPK(Model):
 
 
 def _tmdd_free(ctot, rtot, kss):
-    """Free drug concentration under the quasi-steady-state binding approximation."""
+    """Free drug concentration under the quasi-steady-state binding approximation: the
+    positive root of C² − bC − KSS·Ctot = 0. Where b < 0 (drug well below its target) the
+    textbook form ½(b + √(b² + 4·KSS·Ctot)) cancels (150 % off in float32, exactly 0 late
+    in a run); the algebraically equal 2·KSS·Ctot / (√(b² + 4·KSS·Ctot) − b) does not."""
     b = ctot - rtot - kss
-    return 0.5 * (b + jnp.sqrt(b * b + 4.0 * kss * ctot))
+    root = jnp.sqrt(b * b + 4.0 * kss * ctot)
+    neg = b < 0
+    return jnp.where(neg, 2.0 * kss * ctot / jnp.where(neg, root - b, 1.0), 0.5 * (b + root))
 
 
 class TMDDQSS(Model):
