@@ -359,7 +359,13 @@ def _expanded(df: pd.DataFrame, state_names: Sequence[str], dose_targets: Sequen
         if evid[i] == 1 and no_amt[i]:
             raise _err(row, "AMT", MISSING_AMT)
         if rate[i] < 0 and rate[i] != -2:
-            raise _err(row, "RATE", f"RATE {rate[i]:g} must be >= 0 or -2 (modelled duration)")
+            raise _err(
+                row,
+                "RATE",
+                f"RATE {rate[i]:g} must be >= 0 (an infusion rate, 0 for a bolus) or -2 (a "
+                "duration modelled by a D_<cmt> parameter, in simulations); NONMEM's RATE=-1 "
+                "(modelled rate) is not supported: give the rate itself",
+            )
         if not np.isfinite(addl[i]) or addl[i] < 0 or addl[i] != int(addl[i]):
             raise _err(row, "ADDL", f"ADDL {addl[i]:g} must be a non-negative integer")
         if ii[i] < 0:

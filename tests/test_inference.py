@@ -543,3 +543,26 @@ def test_svi_understated_between_subject_sds_are_said():
     assert len(said) == 1 and "omega_CL 0.192 [0.176, 0.212] vs ML 0.252" in said[0]
     assert "omega_KA" not in said[0]  # its interval holds the ML estimate
     assert _svi_understates(table, {"omega_CL": 0.2}) == []
+
+
+def test_missing_covariate_values_are_named_not_called_time_varying():
+    """WT '.' on a subject's first record was reported as "covariates ['WT'] change within a
+    subject; the fit uses each subject's first (baseline) value" while the first given value
+    was used; a subject with no value at all is refused."""
+    from cohort.errors import CohortWarning
+    from cohort.inference.spec import Covariate
+
+    frame = pd.read_csv(THEOPH)
+    spec = NLME("pk1_oral", params=(
+        Param("CL", 2.8, covariates=(Covariate("WT", "power", ref=70.0, fixed=0.75),)),
+        Param("V", 32.0), Param("KA", 1.5)))  # fmt: skip
+    holes = frame.astype({"WT": object})
+    holes.loc[0, "WT"] = "."
+    with pytest.warns(CohortWarning, match=r"covariate WT is missing on 1 record\(s\) \(first: "):
+        bm = bind(spec, read_nonmem(holes, "pk1_oral"))
+    full = bind(spec, read_nonmem(frame, "pk1_oral"))
+    np.testing.assert_array_equal(np.asarray(bm.features), np.asarray(full.features))
+    none = frame.astype({"WT": object})
+    none.loc[none["ID"] == none["ID"].iloc[0], "WT"] = "."
+    with pytest.raises(cohort.data.DataError, match="has no value for subject"):
+        bind(spec, read_nonmem(none, "pk1_oral"))

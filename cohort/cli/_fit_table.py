@@ -4,12 +4,18 @@ $SIGMA's variance beside the SD) or posterior summaries."""
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING
 
 from rich.table import Table
 
 if TYPE_CHECKING:  # pandas costs 0.2 s to import: `cohort --help` must not pay it
     import pandas as pd
+
+
+def _shown(value, spec: str) -> str:
+    value = float(value)
+    return format(value, spec) if math.isfinite(value) else ""
 
 
 def estimates_table(s: pd.DataFrame, title: str, method: str) -> Table:
@@ -26,8 +32,8 @@ def estimates_table(s: pd.DataFrame, title: str, method: str) -> Table:
             table.add_row(
                 name,
                 f"{row['estimate']:.4g}",
-                f"{row['se']:.3g}",
-                f"{row['rse_percent']:.1f}",
+                _shown(row["se"], ".3g"),  # blank without SEs (--se none, failed covariance)
+                _shown(row["rse_percent"], ".1f"),
                 str(row["units"]),
             )
             if name.startswith("sigma_"):  # NONMEM's $SIGMA is a variance: shown beside the SD
@@ -35,8 +41,8 @@ def estimates_table(s: pd.DataFrame, title: str, method: str) -> Table:
                 table.add_row(
                     "sigma2_" + name[6:],
                     f"{est**2:.4g}",
-                    f"{2 * est * se:.3g}",  # delta method
-                    f"{200 * se / est:.1f}" if est else "nan",
+                    _shown(2 * est * se, ".3g"),  # delta method
+                    _shown(200 * se / est if est else float("nan"), ".1f"),
                     f"({row['units']})²" if str(row["units"]) not in ("", "1") else "1",
                 )
         return table

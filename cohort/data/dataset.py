@@ -143,9 +143,9 @@ class Dataset:
         return frame.groupby("ID", sort=False).first().reindex(self.ids)
 
     def time_varying(self, columns: tuple[str, ...] | list[str]) -> list[str]:
-        """The ``columns`` whose value changes within some subject."""
+        """The ``columns`` whose value changes within some subject (missing values aside)."""
         frame = self.records[["ID", *columns]]
-        varying = frame.groupby("ID", sort=False).nunique(dropna=False).max()
+        varying = frame.groupby("ID", sort=False).nunique(dropna=True).max()
         return [c for c in columns if varying.get(c, 1) > 1]
 
     @functools.cached_property

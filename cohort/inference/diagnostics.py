@@ -67,7 +67,8 @@ def check(idata: az.InferenceData, table: pd.DataFrame, gates: Gates, n_chains: 
     if low:
         problems.append(
             f"ESS < {need:.0f} for {low} (min bulk {float(table['ess_bulk'].min()):.0f}); "
-            "run longer or reparameterise (parameterization='centered' for data-rich subjects)"
+            "run longer (more draws and warmup: --draws/--warmup) or reparameterise (in Python, "
+            "cohort.fit(..., parameterization='centered') for data-rich subjects)"
         )
     if "sample_stats" in idata and "diverging" in idata.sample_stats:
         n_div = int(idata.sample_stats["diverging"].sum())

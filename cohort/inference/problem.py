@@ -237,6 +237,31 @@ def _features(spec: NLME, data: Dataset) -> tuple[tuple[Effect, ...], np.ndarray
     cov = data.covariates
     used = [c for c in spec.covariate_columns() if c in cov]
     changing = data.time_varying(used) if used else []
+    rec = data.records
+    for col in used:
+        gone = rec[col].isna().to_numpy()
+        if not gone.any():
+            continue
+        first = rec.iloc[int(np.flatnonzero(gone)[0])]
+        never = data.covariates[col].isna()
+        if never.any():
+            raise DataError(
+                [
+                    Problem(
+                        None,
+                        col,
+                        f"covariate {col!r} has no value for subject(s) "
+                        f"{list(never.index[never])[:5]}; give it on at least one record of "
+                        "each subject",
+                    )
+                ]
+            )
+        warnings.warn(
+            f"covariate {col} is missing on {int(gone.sum())} record(s) (first: row "
+            f"{int(first['ROW'])}, ID {first['ID']}); each subject's first given value is used",
+            CohortWarning,
+            stacklevel=3,
+        )
     if changing:
         warnings.warn(
             f"covariates {changing} change within a subject; the fit uses each subject's "
@@ -340,8 +365,9 @@ def bind(spec: NLME, data: Dataset, engine: Any = "auto", options=None) -> Bound
                 Problem(
                     None,
                     "RATE",
-                    "RATE=-2 (modelled duration) is not supported "
-                    "in inference yet; give RATE or a duration",
+                    "RATE=-2 (modelled duration) is not supported in fits yet; give each "
+                    "infusion's rate in the dataset (RATE = AMT / duration; cohort simulate "
+                    "runs RATE=-2 with a D_<cmt> parameter)",
                 )
             ]
         )
