@@ -529,3 +529,27 @@ def test_steady_state_in_float32_and_beside_patients_without_one(method):
     np.testing.assert_allclose(
         got.conc.values[2], 100.0 / 30.0 * np.exp(-2.0 / 30.0 * np.array([0.0, 6.0])), rtol=1e-5
     )
+
+
+@pytest.mark.parametrize("method", ("diffrax", "fast"))
+def test_michaelis_menten_steady_state_just_below_capacity(method):
+    """VMAX 10 mg/h x 12 h = 120 mg per interval: 115 and 118 mg q12h have steady states
+    (phenytoin-like dosing near saturation), reported as ss_not_reached after six Newton
+    steps. Against the fixed point of one interval solved by scipy (brentq on DOP853)."""
+    from scipy.integrate import solve_ivp
+    from scipy.optimize import brentq
+
+    vmax, km, v, ii = 10.0, 2.0, 30.0, 12.0
+
+    def trough(c0):
+        sol = solve_ivp(lambda t, c: -vmax * c / (km + c) / v, (0, ii), [c0], method="DOP853",
+                        rtol=1e-12, atol=1e-14)  # fmt: skip
+        return sol.y[0, -1]
+
+    amts = np.array([100.0, 115.0, 118.0])
+    peaks = [brentq(lambda c, a=a: trough(c) + a / v - c, a / v, 1e4) for a in amts]
+    pop = {"VMAX": [vmax] * 3, "KM": [km] * 3, "V": [v] * 3}
+    got = cohort.simulate("pk1_mm_iv", pop, [[Regimen(a, "central", ii=ii, ss=True)] for a in amts],
+                          np.array([0.0, 6.0]), method=method)  # fmt: skip
+    assert got.status.values.tolist() == [0, 0, 0]
+    np.testing.assert_allclose(got.conc.values[:, 0], peaks, rtol=1e-6)

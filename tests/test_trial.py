@@ -436,12 +436,19 @@ def test_cli_trial_and_report(tmp_path):
     bad = CliRunner().invoke(app, ["trial", str(tmp_path / "missing.toml")])
     assert bad.exit_code == 2 and "no such trial spec" in bad.output
     esc = ROOT / "experiments" / "theophylline_escalation.toml"
-    res = CliRunner().invoke(app, ["trial", str(esc), "--escalation", "--replicates", "20"])
+    esc_store = tmp_path / "esc.zarr"
+    res = CliRunner().invoke(
+        app, ["trial", str(esc), "--escalation", "--replicates", "20", "-o", str(esc_store)]
+    )
     assert res.exit_code == 0, res.output
     text = " ".join(res.output.split())
     # each probability with its interval, and the pool it comes from
     assert "P(DLT)" in text and "from a pool of" in text and "virtual patients" in text
     assert re.search(r"0\.\d{3} \(0\.\d{3}–0\.\d{3}\)", text)
+    # kept in the store: a report written later shows the escalation (it was dropped)
+    res = CliRunner().invoke(app, ["report", str(esc_store), "-o", str(tmp_path / "e.md")])
+    assert res.exit_code == 0, res.output
+    assert "## Dose escalation" in (tmp_path / "e.md").read_text()
 
 
 # --- endpoints ---------------------------------------------------------------------------

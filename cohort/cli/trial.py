@@ -160,6 +160,10 @@ def trial(
     sizes = ct.sample_size(parsed, replicates=replicates, seed=seed) if sample_size else None
     esc = ct.escalate(parsed, replicates=replicates, seed=seed) if escalation else None
     sweep = ct.dose_pta(parsed, doses, seed=seed) if doses else None
+    if out is not None:  # kept with the trial: `cohort report STORE` shows them later
+        from cohort.trial.report import save_tables
+
+        save_tables(out, sample_sizes=sizes, escalation=esc, dose_pta=sweep)
     if len(analysis.summary):
         console.print(_power_table(analysis.summary, result.spec))
         for line in _unanalysable(analysis.summary):

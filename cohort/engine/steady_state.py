@@ -23,7 +23,7 @@ import jax.numpy as jnp
 from cohort.engine.status import Status
 from cohort.models.base import Tree
 
-NEWTON_STEPS = 6  # linear kinetics need one; nonlinear ones (Michaelis-Menten) a few
+NEWTON_STEPS = 30  # linear kinetics need one; Michaelis-Menten a few, near its capacity ~20
 MAX_STRETCH = 1e4  # largest Newton step / plain interval change: half-lives to ~7,000 II
 
 

@@ -167,6 +167,38 @@ def _design_table(result: TrialResult) -> pd.DataFrame:
     )
 
 
+STORED_TABLES = ("sample_sizes", "escalation", "dose_pta")
+
+
+def save_tables(out: str | Path, **tables: pd.DataFrame | None) -> None:
+    """Keep the tables computed beside a trial (sample-size search, escalation, dose sweep)
+    as groups of its store, with their attrs, so that ``cohort report STORE`` shows them."""
+    import xarray as xr
+
+    for name, df in tables.items():
+        if name not in STORED_TABLES or df is None:
+            continue
+        ds = xr.Dataset.from_dataframe(df.reset_index(drop=True))
+        ds.attrs = {k: v for k, v in df.attrs.items() if isinstance(v, (int, float, str))}
+        ds.to_zarr(str(out), group=name, mode="w", consolidated=False)
+
+
+def load_tables(path: str | Path) -> dict[str, pd.DataFrame]:
+    """The tables :func:`save_tables` kept in the trial store at ``path`` (absent ones left out)."""
+    import xarray as xr
+
+    out = {}
+    for name in STORED_TABLES:
+        try:
+            ds = xr.open_zarr(str(path), group=name, consolidated=False, chunks=None)
+        except Exception:  # noqa: BLE001 - zarr raises several types for a missing group
+            continue
+        df = ds.to_dataframe().reset_index(drop=True)
+        df.attrs = dict(ds.attrs)
+        out[name] = df
+    return out
+
+
 def report(
     result: TrialResult | str | Path,
     path: str | Path,
@@ -182,6 +214,10 @@ def report(
     (:func:`sample_size`), escalation operating characteristics (:func:`escalate`) and a dose
     sweep (:func:`dose_pta`)."""
     if not isinstance(result, TrialResult):
+        stored = load_tables(result)  # what `cohort trial` computed beside the trial
+        sample_sizes = stored.get("sample_sizes") if sample_sizes is None else sample_sizes
+        escalation = stored.get("escalation") if escalation is None else escalation
+        dose_pta = stored.get("dose_pta") if dose_pta is None else dose_pta
         result = open_trial(result)
     path = check_replaceable(path, overwrite=overwrite, flag="report path")
     if path.suffix.lower() not in (".md", ".html"):
