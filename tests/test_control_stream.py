@@ -422,3 +422,25 @@ def test_error_sd_written_as_thetas_with_sigma_fixed_at_one(fitted, tmp_path):
     msg = str(err.value)
     assert "$SIGMA for EPS(1) FIXed at a value other than 1" in msg
     assert "THETA(5)" in msg and "THETA_5" not in msg and "PRED_" not in msg
+    # the combined template with its additive THETA fixed at 0 is proportional error; THETAs
+    # named by their comments are shown as THETA(n)
+    w = RUN_MOD.replace(
+        "Y = IPRED + IPRED*EPS(1)",
+        "W = SQRT(THETA(5)**2 + (THETA(6)*IPRED)**2)\nY = IPRED + W*EPS(1)",
+    ).replace("$SIGMA 0.02", "$THETA 0 FIX ; ADD\n$THETA (0, 0.14) ; PROP\n$SIGMA 1 FIX")
+    (tmp_path / "w.mod").write_text(w)
+    error = read_control_stream(tmp_path / "w.mod").spec.error
+    assert error.kind == "proportional" and error.prop == pytest.approx(0.14)
+    # one EPS per part, each with its SD as a THETA (or one estimated $SIGMA): combined
+    two = RUN_MOD.replace(
+        "Y = IPRED + IPRED*EPS(1)", "Y = IPRED + THETA(5)*EPS(1) + THETA(6)*IPRED*EPS(2)"
+    )
+    two = two.replace(
+        "$SIGMA 0.02", "$THETA (0, 0.05)\n$THETA (0, 0.14)\n$SIGMA 1 FIX\n$SIGMA 1 FIX"
+    )
+    (tmp_path / "two.mod").write_text(two)
+    error = read_control_stream(tmp_path / "two.mod").spec.error
+    assert (error.kind, error.add, error.prop) == ("combined", 0.05, 0.14)
+    (tmp_path / "w.mod").write_text(w.replace("$THETA 0 FIX ; ADD", "$THETA 0.5 FIX ; ADD"))
+    with pytest.raises(ControlStreamError, match=r"THETA\(5\) FIXed at 0.5 \(fixed residual SDs"):
+        read_control_stream(tmp_path / "w.mod")

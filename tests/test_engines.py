@@ -239,3 +239,8 @@ def test_a_model_stiff_only_while_drug_is_present_is_flagged():
     assert fast.status.values.tolist() == [Status.STEP_UNSTABLE, Status.OK]
     ref = cohort.simulate("pk1_iv+idr4", pop, dose, times, method="diffrax")
     np.testing.assert_allclose(fast.response.values[1], ref.response.values[1], rtol=1e-6)
+    # a larger dose overflows mid-run: still named for its cause, not just "nonfinite"
+    with pytest.warns(cohort.PatientsFailedWarning, match="step_unstable"):
+        big = cohort.simulate("pk1_iv+idr4", pop, Regimen(amt=1000.0, cmt="central", ii=12.0,
+                              addl=3), times, method="fast")  # fmt: skip
+    assert big.status.values.tolist() == [Status.STEP_UNSTABLE, Status.OK]

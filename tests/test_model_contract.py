@@ -119,3 +119,46 @@ def test_builtin_models_meet_the_contract(name):
     assert name in available()
     model = get(name)
     check_contract(model, model.dose_targets)  # no false alarm on cohort's own equations
+
+
+class WithClock(OneCpt):
+    states = (State("central", "mg"), State("clock", "h"))
+
+    def rhs(self, t, y, p, u):
+        return {"central": -p["CL"] / p["V"] * y["central"] + u["central"], "clock": 1.0}
+
+
+class Oscillator(Model):
+    """A damped oscillation with one state in other units (S rescales it): |λ| = W."""
+
+    name = "user_osc"
+    states = (State("A", "1", nonnegative=False), State("B", "1", nonnegative=False))
+    parameters = (Parameter("W", "1/h", 6.0, "frequency", 1e-3, 1e3),
+                  Parameter("S", "1", 10.0, "scale of A", 1e-3, 1e3),
+                  Parameter("C", "1/h", 0.5, "damping", 0.0, 1e3))  # fmt: skip
+    outputs = (Output("a", "1", lambda y, p: y["A"]),)
+    dose_targets = ("A",)
+
+    def initial(self, p):
+        return {"A": jnp.ones_like(p["W"]), "B": jnp.ones_like(p["W"])}
+
+    def rhs(self, t, y, p, u):
+        return {"A": p["W"] * p["S"] * (y["B"] - 1) + u["A"],
+                "B": -(p["W"] / p["S"]) * (y["A"] - 1) - p["C"] * (y["B"] - 1)}  # fmt: skip
+
+
+def test_constant_derivatives_and_rescaled_oscillations_are_fine():
+    """A derivative given as a constant (a clock) was called "mixing patients"; an
+    oscillation whose Jacobian has a large singular value (W·S = 60/h) but spectral radius
+    6/h (|λ|·dt = 0.5) was flagged step_unstable by a one-product rate reading."""
+    ds = cohort.simulate(WithClock(), {"CL": [1.0, 2.0]}, cohort.Regimen(amt=100, cmt="central"),
+                         cohort.grid(0, 5, 1.0), outputs=["conc", "clock"])  # fmt: skip
+    np.testing.assert_allclose(ds["clock"].values[:, -1], 5.0)
+    pop = {"W": [6.0, 6.0], "S": [10.0, 1.0], "C": [0.5, 0.5]}
+    times = cohort.grid(0, 24, 0.25)
+    fast = cohort.simulate(Oscillator(), pop, cohort.Regimen(amt=1.0, cmt="A"), times,
+                           method="fast")  # fmt: skip
+    ref = cohort.simulate(Oscillator(), pop, cohort.Regimen(amt=1.0, cmt="A"), times,
+                          method="diffrax")  # fmt: skip
+    assert fast.status.values.tolist() == [0, 0]
+    np.testing.assert_allclose(fast["a"].values, ref["a"].values, atol=1e-2)

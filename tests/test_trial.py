@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 from pathlib import Path
@@ -836,3 +837,19 @@ def test_more_replicates_leave_the_first_ones_unchanged():
         a = few.patients[name].values
         b = more.patients[name].values[:first]
         np.testing.assert_array_equal(a, b, err_msg=name)
+
+
+def test_a_trough_at_a_steady_state_dose_time_is_refused(tmp_path):
+    """SS=1 at time 0: the engines impose the steady state at the record time, so a
+    'pre-dose' value there was the empty state (trough 0); the spec is refused with the time
+    one interval later."""
+    spec = ct.load(THEO)
+    arms = tuple(
+        dataclasses.replace(a, regimens=tuple({**g, "ss": True} for g in a.regimens))
+        for a in spec.arms
+    )
+    eps = (dataclasses.replace(spec.endpoints[2], time=0.0),)
+    bad = spec.with_(arms=arms, endpoints=eps, tests=(), replicates=1, n=8)
+    with pytest.raises(TrialSpecError, match=r"\[endpoints\[0\].time\] 0 is the time of a "
+                       r"steady-state dose .* one interval later \(12\)"):  # fmt: skip
+        ct.run(bad)

@@ -66,7 +66,9 @@ def check(idata: az.InferenceData, table: pd.DataFrame, gates: Gates, n_chains: 
     low = table.index[(table["ess_bulk"] < need) | (table["ess_tail"] < need)].tolist()
     if low:
         problems.append(
-            f"ESS < {need:.0f} for {low} (min bulk {float(table['ess_bulk'].min()):.0f}); "
+            f"bulk or tail ESS < {need:.0f} for {low} (min bulk "
+            f"{float(table['ess_bulk'].min()):.0f}, "
+            f"min tail {float(table['ess_tail'].min()):.0f}); "
             "run longer (more draws and warmup: --draws/--warmup) or reparameterise (in Python, "
             "cohort.fit(..., parameterization='centered') for data-rich subjects)"
         )

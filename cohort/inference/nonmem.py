@@ -451,6 +451,13 @@ def _error(model, problems) -> ErrorModel:
     THETAs with ``$SIGMA 1 FIX``: ``W = SQRT(THETA(a)**2 + (THETA(b)*IPRED)**2)``,
     ``Y = IPRED + W*EPS(1)`` (combined; ``W = THETA(a)`` or ``THETA(b)*IPRED`` alone)."""
     import sympy
+    from pharmpy.modeling import get_thetas
+
+    labels = {name: f"THETA({k})" for k, name in enumerate(get_thetas(model).names, 1)}
+    before = len(problems)
+
+    def shown(expr) -> str:
+        return _shown(expr, labels)
 
     y_symbol = next(iter(model.dependent_variables))
     y = _sympy(model.statements.after_odes.full_expression(y_symbol))
@@ -466,7 +473,7 @@ def _error(model, problems) -> ErrorModel:
             unit.add(name)
         elif par is None or par.fix:
             problems.append(
-                f"$SIGMA for {_shown(name)} FIXed at a value other than 1 (supported: $SIGMA 1 "
+                f"$SIGMA for {shown(name)} FIXed at a value other than 1 (supported: $SIGMA 1 "
                 "FIX with the SD written as THETAs in $ERROR, e.g. W = SQRT(THETA(4)**2 + "
                 "(THETA(5)*IPRED)**2) and Y = IPRED + W*EPS(1))"
             )
@@ -492,27 +499,39 @@ def _error(model, problems) -> ErrorModel:
             if t == sympy.log(pred):
                 log = True
                 continue
-            problems.append(f"$ERROR term {_shown(t)}")
+            problems.append(f"$ERROR term {shown(t)}")
             continue
         rest = sympy.simplify(t / sympy.Symbol(e[0]))
         if e[0] not in unit and e[0] not in sigma:
             continue  # its $SIGMA was refused above
         if e[0] in unit:
             sds = _theta_sds(rest, pred, values)
+            if isinstance(sds, str):
+                problems.append(f"$ERROR: {_shown(sds, labels)} in W (the residual SD)")
+                continue
             if sds is None:
                 problems.append(
-                    f"$ERROR term {_shown(t)} with $SIGMA 1 FIX (supported: W*EPS with W = "
+                    f"$ERROR term {shown(t)} with $SIGMA 1 FIX (supported: W*EPS with W = "
                     "THETA(a), THETA(b)*IPRED or SQRT(THETA(a)**2 + (THETA(b)*IPRED)**2))"
                 )
                 continue
-            add, prop = sds
-        elif rest == 1:
+            # several EPS terms each give a part (THETA(5)*EPS(1) + THETA(6)*IPRED*EPS(2))
+            for part, value in zip(("additive", "proportional"), sds, strict=True):
+                if value is None:
+                    continue
+                if (add if part == "additive" else prop) is not None:
+                    problems.append(f"$ERROR: two {part} error terms (one of each is supported)")
+                elif part == "additive":
+                    add = value
+                else:
+                    prop = value
+        elif rest == 1 and add is None:
             add = sigma[e[0]]
-        elif rest == pred:
+        elif rest == pred and prop is None:
             prop = sigma[e[0]]
         else:
             problems.append(
-                f"$ERROR term {_shown(t)} (supported: EPS, IPRED*EPS, or W*EPS with $SIGMA 1 FIX "
+                f"$ERROR term {shown(t)} (supported: EPS, IPRED*EPS, or W*EPS with $SIGMA 1 FIX "
                 "and W = SQRT(THETA(a)**2 + (THETA(b)*IPRED)**2))"
             )
     if log:
@@ -525,14 +544,17 @@ def _error(model, problems) -> ErrorModel:
         return ErrorModel("proportional", prop=prop)
     if add is not None:
         return ErrorModel("additive", add=add)
-    problems.append(f"$ERROR: no residual error in Y = {_shown(y)}")
+    if len(problems) == before:  # not when a term was refused above
+        problems.append(f"$ERROR: no residual error in Y = {shown(y)}")
     return ErrorModel("additive")
 
 
-def _theta_sds(w, pred, values) -> tuple[float | None, float | None] | None:
+def _theta_sds(w, pred, values) -> tuple[float | None, float | None] | str | None:
     """``(additive SD, proportional SD)`` initial values from ``W`` written with THETAs (None
-    for a part W does not have), or None when W has another form. A zero guard on W
-    (``IF (W.EQ.0) W = 1``) is read as W."""
+    for a part W does not have, or whose THETA is fixed at 0: the usual way to keep one part
+    of the combined template), None when W has another form, or the reason as text for a
+    THETA fixed elsewhere (a fixed residual SD is not supported). A zero guard on W (``IF
+    (W.EQ.0) W = 1``) is read as W."""
     import sympy
 
     for pw in w.atoms(sympy.Piecewise):
@@ -551,16 +573,23 @@ def _theta_sds(w, pred, values) -> tuple[float | None, float | None] | None:
             continue
         base, power = coef.as_base_exp()
         par = values.get(str(base))
-        if power != 2 or par is None or par.fix:
+        if power != 2 or par is None:
             return None
+        if par.fix:
+            if float(par.init) != 0.0:
+                return f"{base} FIXed at {float(par.init):g} (fixed residual SDs are not supported)"
+            out.append(None)
+            continue
         out.append(abs(float(par.init)))
     return (out[0], out[1]) if any(v is not None for v in out) else None
 
 
-def _shown(expr) -> str:
-    """An expression in the control stream's own names (pharmpy's THETA_4, EPS_1 and cohort's
-    prediction symbol PRED_ read THETA(4), EPS(1) and F)."""
+def _shown(expr, labels: dict[str, str] | None = None) -> str:
+    """An expression in the control stream's own names (pharmpy's THETA_4 or a THETA named
+    after its comment, EPS_1, and cohort's prediction symbol PRED_ read THETA(4), EPS(1), F)."""
     text = str(expr).replace("PRED_", "F")
+    for name, label in sorted((labels or {}).items(), key=lambda kv: -len(kv[0])):
+        text = re.sub(rf"\b{re.escape(name)}\b", label, text)
     return re.sub(r"\b(THETA|ETA|EPS)_(\d+)\b", r"\1(\2)", text)
 
 

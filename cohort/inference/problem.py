@@ -280,7 +280,8 @@ def _features(spec: NLME, data: Dataset) -> tuple[tuple[Effect, ...], np.ndarray
                             None,
                             c.column,
                             f"covariate {c.column!r} of parameter {p.name!r} "
-                            f"is not in the data; columns: {list(cov.columns)}",
+                            f"is not in the data; columns: {list(cov.columns)} (a column of "
+                            "text, e.g. SEX as M/F, is left out: recode it as numbers)",
                         )
                     ]
                 )

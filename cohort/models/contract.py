@@ -123,13 +123,18 @@ def _equations_problem(model: Model) -> str | None:
         one = model.rhs(jnp.asarray(0.0), *(_patient(tree, i) for tree in (y, p, u)))
         for s in model.state_names:
             batched, alone = np.asarray(dy[s]), np.asarray(one[s])
-            if batched.shape != (2,) or not np.allclose(
-                batched[i], alone, rtol=1e-5, atol=1e-9, equal_nan=True
-            ):
+            try:  # a constant derivative (a clock: 1.0) is the same for every patient
+                batched = np.broadcast_to(batched, (2,))
+            except ValueError:
                 return (
-                    f"rhs mixes patients: with one array per state (the fast path's batch), "
-                    f"d{s}/dt of patient {i} is {batched.tolist()} but {float(alone):.6g} "
-                    "when it is computed alone. Write the equations with elementwise jnp "
+                    f"rhs returns d{s}/dt of shape {batched.shape} for a batch of two patients; "
+                    "each state's derivative must have the shape of the states (elementwise)"
+                )
+            if not np.allclose(batched[i], alone, rtol=1e-5, atol=1e-9, equal_nan=True):
+                return (
+                    f"rhs mixes patients: on a batch of two patients (one array per state, as "
+                    f"the fast path runs it) d{s}/dt is {batched.tolist()}, but patient {i} "
+                    f"alone gives {float(alone):.6g}. Write the equations with elementwise jnp "
                     "operations only (no sum, mean, max or indexing over the array)"
                 )
     return None

@@ -85,7 +85,7 @@ def _col(times: np.ndarray, t: float, what: str, observed: bool = True) -> int:
     then measures; observed samples are already taken so)."""
     hit = np.flatnonzero(np.isclose(times, t, rtol=0, atol=1e-9 * max(1.0, abs(t))))
     if not hit.size:
-        shown = [float(x) for x in times if np.isclose(x, np.round(x, 6))]
+        shown = [float(x) for x in times if np.isclose(x, np.round(x, 6), rtol=0, atol=1e-9)]
         raise EndpointError(f"{what}: time {t:g} is not an observation time {shown}")
     k = int(hit[0])
     if not observed:

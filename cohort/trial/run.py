@@ -86,10 +86,40 @@ def simulation_times(spec: TrialSpec, jumps=()) -> np.ndarray:
     return np.unique(np.concatenate([base, pre]))
 
 
+def check_ss_samples(spec: TrialSpec, table: EventTable) -> None:
+    """Refuse a value, trough or baseline at the time of a steady-state (SS=1) dose: the
+    engines impose the steady state at the record time, so there is no pre-dose value there
+    (it came out as 0); the same trough is one interval later."""
+    ss = (table.evid == 1) & (table.ss != 0) & np.isfinite(table.time)
+    starts = np.unique(table.time[ss])
+    for i, e in enumerate(spec.endpoints):
+        for name in ("time", "baseline"):
+            t = getattr(e, name, None)
+            if e.type in ("ctrough", "value", "change") and t is not None:
+                hit = np.isclose(starts, t, rtol=0, atol=1e-9 * max(1.0, abs(t)))
+                if hit.any():
+                    ii = float(
+                        np.max(
+                            table.ii[ss][
+                                np.isclose(table.time[ss], t, rtol=0, atol=1e-9 * max(1.0, abs(t)))
+                            ]
+                        )
+                    )
+                    where = f"{spec.path}: " if spec.path else ""
+                    raise TrialSpecError(
+                        f"{where}[endpoints[{i}].{name}] {t:g} is the time of a "
+                        "steady-state dose (ss = true), where no pre-dose sample exists in the "
+                        f"simulation; take it one interval later ({t + ii:g}): the steady state "
+                        "repeats every ii"
+                    )
+
+
 def jump_times(table: EventTable) -> np.ndarray:
     """Times at which some arm's state jumps: boluses (and doses whose rate is not given,
     which become boluses) and EVID 3/4 resets."""
-    bolus = (table.evid == 1) & (table.amt != 0) & (table.rate == 0)
+    # a steady-state dose (SS=1) is left out: before its record time the engines hold no
+    # steady state (see :func:`check_ss_samples`)
+    bolus = (table.evid == 1) & (table.amt != 0) & (table.rate == 0) & (table.ss == 0)
     reset = (table.evid == 3) | (table.evid == 4)
     t = table.time[(bolus | reset) & np.isfinite(table.time)]
     return np.unique(t)
@@ -153,6 +183,7 @@ def run(
     sim_arm = np.repeat(np.arange(copies), total) if copies > 1 else arm
     source = np.tile(np.arange(total), copies)
     tables = _arm_tables(spec, model)
+    check_ss_samples(spec, tables)
     times = simulation_times(spec, jump_times(tables))
     outputs = sorted(
         {e.output for e in spec.endpoints if e.output} | {a.output for a in spec.assays}
@@ -212,6 +243,7 @@ def potential_outcomes(
         k: np.asarray(pop[k].values)[source] for k in pop.data_vars if k in model.parameter_names
     }
     tables = _arm_tables(spec, model)
+    check_ss_samples(spec, tables)
     times = simulation_times(spec, jump_times(tables))
     outputs = sorted(
         {e.output for e in spec.endpoints if e.output} | {a.output for a in spec.assays}
