@@ -490,7 +490,7 @@ def test_parameter_recovery_coverage():
         ),
     )
     for seed in range(reps):
-        frame, _ = simulate_data(spec, design(200, times, 320.0), seed=seed, **truth)
+        frame, _ = simulate_data(spec, design(200, times, 320.0, obs_cmt=2), seed=seed, **truth)
         est = ml.maximize(bind(spec, read_nonmem(frame, spec.model)), starts=1, flip_check=False)
         for k, v in names.items():
             hits[k] += abs(est.reported[k] - v) <= 1.645 * est.se[k]

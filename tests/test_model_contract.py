@@ -162,3 +162,16 @@ def test_constant_derivatives_and_rescaled_oscillations_are_fine():
                           method="diffrax")  # fmt: skip
     assert fast.status.values.tolist() == [0, 0]
     np.testing.assert_allclose(fast["a"].values, ref["a"].values, atol=1e-2)
+
+
+def test_fit_refuses_a_user_model_that_ignores_infusions_in_the_data():
+    """simulate checked it; a fit to RATE > 0 records ran with the infusions doing nothing."""
+    import pandas as pd
+
+    rows = []
+    for i in (1, 2, 3):
+        rows.append(dict(ID=i, TIME=0.0, AMT=100.0, RATE=50.0, DV=0.0, EVID=1, CMT=1))
+        rows += [dict(ID=i, TIME=t, AMT=0.0, RATE=0.0, DV=5.0 / t, EVID=0, CMT=1)
+                 for t in (1.0, 2.0, 4.0, 8.0)]  # fmt: skip
+    with pytest.raises(ModelDefinitionError, match=r"rhs ignores u\['central'\]"):
+        cohort.fit(NoInput(), pd.DataFrame(rows))

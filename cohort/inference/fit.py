@@ -273,7 +273,12 @@ def fit(
             f"omega {spec.omega!r}: block-diagonal Ω is fitted by method='ml' only for now "
             "(NUTS and SVI take 'diagonal' or 'full', with an LKJ prior)"
         )
-    bm = bind(spec, _dataset(data, spec.model, spec.output), engine, ode_options)
+    dataset = _dataset(data, spec.model, spec.output)
+    if not is_cohort_code(spec.model):  # its rhs must take up the rate of what is infused
+        table = dataset.event_table(spec.model)
+        infused = np.unique(table.cmt[(table.rate != 0) & (table.evid == 1)])
+        check_contract(spec.model, [spec.model.state_names[int(c)] for c in infused])
+    bm = bind(spec, dataset, engine, ode_options)
     check_measured_zeros(bm)
     if init == "auto":
         init = "ml" if bm.n_subjects <= 200 else "pooled"

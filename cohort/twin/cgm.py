@@ -187,7 +187,9 @@ class CGMTwins:
         table = table.sort_values(
             ["ID", "TIME"], key=lambda c: c.map(order) if c.name == "ID" else c
         )
-        table = cgm_data.read_cgm(table.reset_index(drop=True))
+        with warnings.catch_warnings():  # the new rows were warned about above, the old ones
+            warnings.simplefilter("ignore", CohortWarning)  # when the twin was identified
+            table = cgm_data.read_cgm(table.reset_index(drop=True))
         out = CGMTwins(self.prior, table, None, None, self.eat_rate, [*self.history])  # type: ignore[arg-type]
         method = method or self.method
         out._fit(
