@@ -75,17 +75,21 @@ def _names_problem(model: Model) -> str | None:
     return None
 
 
-def _batch(model: Model) -> tuple[dict, dict, dict]:
-    """Two patients at the defaults, the second with its parameters and states moved (so a
-    reduction over the array changes the first patient's derivative)."""
+def _parameters(model: Model) -> dict:
+    """Two patients' prepared parameters: the defaults, and the second moved (so a reduction
+    over the array changes the first patient's derivative)."""
     import jax.numpy as jnp
 
     p = {q.name: jnp.asarray([q.default, q.default * 1.3 + 0.1]) for q in model.parameters}
-    p = model.prepare(p)
-    y0 = model.initial(p)
+    return model.prepare(p)
+
+
+def _states(model: Model, y0: dict) -> tuple[dict, dict]:
+    """Both patients' states moved off ``y0`` (by different amounts) and zero input rates."""
+    import jax.numpy as jnp
+
     y = {s: jnp.asarray(y0[s]) + jnp.asarray([1.0, 2.5]) for s in y0}
-    u = {s: jnp.zeros(2) for s in model.state_names}
-    return p, y, u
+    return y, {s: jnp.zeros(2) for s in model.state_names}
 
 
 def _equations_problem(model: Model) -> str | None:
@@ -94,14 +98,14 @@ def _equations_problem(model: Model) -> str | None:
     states = set(model.state_names)
     if not model.parameters:
         return "declares no parameters"
-    p = {q.name: jnp.asarray([q.default, q.default * 1.3 + 0.1]) for q in model.parameters}
+    p = _parameters(model)
     try:
-        y0 = model.initial(model.prepare(p))
+        y0 = model.initial(p)
     except Exception as exc:  # the user's code: report where, not a traceback from the engine
         return f"initial(p) failed at the parameters' defaults: {type(exc).__name__}: {exc}"
     if not isinstance(y0, dict) or set(y0) != states:
         return _keys_problem("initial(p)", y0, model.state_names)
-    p, y, u = _batch(model)
+    y, u = _states(model, y0)
     try:
         dy = model.rhs(jnp.asarray(0.0), y, p, u)
     except Exception as exc:
@@ -167,7 +171,8 @@ def _takes_input(model: Model, state: str) -> bool:
     import jax
     import jax.numpy as jnp
 
-    p, y, u = _batch(model)
+    p = _parameters(model)
+    y, u = _states(model, model.initial(p))
     tangent = {s: jnp.full(2, 1.0 if s == state else 0.0) for s in u}
     _, d = jax.jvp(lambda uu: model.rhs(jnp.asarray(0.0), y, p, uu), (u,), (tangent,))
     return bool(np.any(np.asarray(d[state]) != 0))

@@ -78,16 +78,7 @@ BW_RANGE = (2.0, 250.0)  # kg
 def _implausible_units(df: pd.DataFrame) -> None:
     """Warn (naming the row) about entries that look like other units: carbohydrate in mg or
     in exchanges/bread units, body weight in pounds, insulin in mU, U/min or U/day."""
-    cho = df["CHO"].to_numpy()
-    big = np.flatnonzero(cho > MAX_MEAL)
-    if big.size:
-        i = int(big[0])
-        warnings.warn(
-            f"{_where(df, i)}: CHO = {cho[i]:g} g is larger than any usual meal (over "
-            f"{MAX_MEAL:g} g; {big.size} such row(s)): check the units (g, not mg)",
-            CohortWarning,
-            stacklevel=3,
-        )
+    _above(df, "CHO", MAX_MEAL, "g", "any usual meal", "g, not mg")
     meals = df["CHO"].where(df["CHO"] > 0)
     median = meals.groupby(df["ID"], sort=False).median()
     counts = meals.groupby(df["ID"], sort=False).count()
@@ -115,17 +106,23 @@ def _implausible_units(df: pd.DataFrame) -> None:
     _implausible_insulin(df)
 
 
-def _implausible_insulin(df: pd.DataFrame) -> None:
-    """Warn (naming the row) about insulin entries that look like other units."""
-    big = np.flatnonzero(df["BOLUS"].to_numpy() > MAX_BOLUS)
+def _above(df: pd.DataFrame, col: str, limit: float, units: str, what: str, fix: str) -> None:
+    """Warn, naming the first row, where ``col`` exceeds ``limit`` (a value in other units)."""
+    values = df[col].to_numpy()
+    big = np.flatnonzero(values > limit)
     if big.size:
         i = int(big[0])
         warnings.warn(
-            f"{_where(df, i)}: BOLUS = {df['BOLUS'].iloc[i]:g} U is larger than any usual bolus "
-            f"(over {MAX_BOLUS:g} U; {big.size} such row(s)): check the units (U, not mU)",
+            f"{_where(df, i)}: {col} = {values[i]:g} {units} is larger than {what} (over "
+            f"{limit:g} {units}; {big.size} such row(s)): check the units ({fix})",
             CohortWarning,
             stacklevel=4,
         )
+
+
+def _implausible_insulin(df: pd.DataFrame) -> None:
+    """Warn (naming the row) about insulin entries that look like other units."""
+    _above(df, "BOLUS", MAX_BOLUS, "U", "any usual bolus", "U, not mU")
     basal = df["BASAL"].where(df["BASAL"] > 0)
     median = basal.groupby(df["ID"], sort=False).median()
     lo, hi = BASAL_RANGE
