@@ -244,3 +244,19 @@ def test_a_model_stiff_only_while_drug_is_present_is_flagged():
         big = cohort.simulate("pk1_iv+idr4", pop, Regimen(amt=1000.0, cmt="central", ii=12.0,
                               addl=3), times, method="fast")  # fmt: skip
     assert big.status.values.tolist() == [Status.STEP_UNSTABLE, Status.OK]
+
+
+def test_adaptive_saves_across_windows_and_doses_at_their_edges():
+    """The adaptive engine restarts every SAVE_WINDOW save times (diffrax visits every save
+    time it is given): doses at a window's first time and at the last save time, and a grid
+    ending on a window edge, give the closed form's values (post-dose at a dose time)."""
+    from cohort.engine.diffrax_path import SAVE_WINDOW
+
+    times = cohort.grid(0.0, 2.0 * SAVE_WINDOW, 1.0)  # window edges at 32 and 64 = the end
+    dose = Regimen(amt=100.0, cmt="central", ii=SAVE_WINDOW, addl=2, rate=0.0)
+    pop = {"CL": np.array([2.0, 9.0]), "V": np.array([20.0, 30.0])}
+    exact = cohort.simulate("pk1_iv", pop, dose, times, method="closed_form")
+    adaptive = cohort.simulate("pk1_iv", pop, dose, times, method="diffrax")
+    assert np.all(adaptive.status.values == 0)
+    assert exact.conc.values[0, -1] > exact.conc.values[0, -2] + 4.0  # the dose at the end
+    np.testing.assert_allclose(adaptive.conc.values, exact.conc.values, rtol=1e-6, atol=1e-9)

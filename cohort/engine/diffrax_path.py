@@ -108,6 +108,8 @@ class Adaptive(Engine):
         return solve
 
 
+SAVE_WINDOW = 32  # most save times per diffrax solve (see solve_patient)
+
 DiffraxOptions = Adaptive  # the earlier name of the reference engine's settings
 
 
@@ -210,23 +212,38 @@ def solve_patient(
             floor=opts.atol,
         )
 
+    # Pieces: the solve restarts at every change record and, on a long save grid, at every
+    # SAVE_WINDOW-th save time, so that each piece saves at most SAVE_WINDOW times. diffrax
+    # visits every requested save time in its own small loop, also those clipped to a piece's
+    # ends: saving the whole grid in every dosing interval was ~90 % of a 100-patient, 14-dose
+    # week (1.2 s of 1.3 s at 673 save times).
+    n_t = times.shape[0]
+    window = min(n_t, SAVE_WINDOW)
+    marks = times[window::window]  # static: where the save windows after the first begin
     t_first = jnp.minimum(times[0], ch.time[0])
-    bounds = jnp.concatenate([t_first[None], jnp.clip(ch.time, t_first, times[-1]), times[-1:]])
+    starts = jnp.concatenate([jnp.clip(ch.time, t_first, times[-1]), marks])
+    which = jnp.concatenate([jnp.arange(ch.time.shape[0]), jnp.full(marks.shape[0], -1)])
+    order = jnp.argsort(starts, stable=True)  # a record before a window mark at the same time
+    bounds = jnp.concatenate([t_first[None], starts[order], times[-1:]])
+    applies = jnp.concatenate([jnp.full(1, -1), which[order]])  # the record at each start
+    slots = jnp.arange(window)
 
     def segment(carry, k):
         y, u, last_reset, out, code = carry
-        c = record(jnp.maximum(k - 1, 0))
-        y, u, last_reset = apply_change(model, y, u, last_reset, c, k > 0, y_init, y_ss)
+        c = record(jnp.maximum(applies[k], 0))
+        y, u, last_reset = apply_change(model, y, u, last_reset, c, applies[k] >= 0, y_init, y_ss)
         ta, tb = bounds[k], bounds[k + 1]
-        ys, seg_code = integrate(y, u, ta, tb, jnp.clip(times, ta, tb))
+        at = jnp.searchsorted(times, ta, side="left") + slots  # this piece's save times
+        t_at = times[jnp.minimum(at, n_t - 1)]
+        ys, seg_code = integrate(y, u, ta, tb, jnp.clip(t_at, ta, tb))
         last = k == bounds.shape[0] - 2
-        keep = (times >= ta) & ((times < tb) | last)
+        keep = (at < n_t) & (t_at >= ta) & ((t_at < tb) | last)
         x = jnp.stack([ys[s][:-1] for s in names], axis=-1)
-        out = jnp.where(keep[:, None], x, out)
+        out = out.at[jnp.where(keep, at, n_t)].set(x, mode="drop")
         y = {s: ys[s][-1] for s in names}
         return (y, u, last_reset, out, jnp.maximum(code, seg_code)), None
 
-    out0 = jnp.full((times.shape[0], len(names)), jnp.nan, dtype)
+    out0 = jnp.full((n_t, len(names)), jnp.nan, dtype)
     init = (y_init, u_zero, jnp.asarray(-jnp.inf, dtype), out0, code0)
     (_, _, _, out, code), _ = jax.lax.scan(segment, init, jnp.arange(bounds.shape[0] - 1))
     return out, code
