@@ -260,3 +260,27 @@ def test_adaptive_saves_across_windows_and_doses_at_their_edges():
     assert np.all(adaptive.status.values == 0)
     assert exact.conc.values[0, -1] > exact.conc.values[0, -2] + 4.0  # the dose at the end
     np.testing.assert_allclose(adaptive.conc.values, exact.conc.values, rtol=1e-6, atol=1e-9)
+
+
+def test_adaptive_solves_a_save_time_repeated_beyond_a_window_once():
+    """Fits pad each subject's save times with its last one: a time repeated more often than
+    a save window (and duplicates inside the grid) all get the solution at that time."""
+    import jax.numpy as jnp
+
+    from cohort.dosing import event_table
+    from cohort.engine.diffrax_path import SAVE_WINDOW, solve_patient
+
+    times = np.concatenate([[0.0, 1.0], np.full(SAVE_WINDOW + 5, 2.0), [3.0, 4.0],
+                            np.full(SAVE_WINDOW + 3, 6.0)])  # fmt: skip
+    dose = Regimen(amt=100.0, cmt="central", ii=3.0, addl=1)
+    model = cohort.models.get("pk1_iv")
+    table = event_table(dose, model.state_names, model.dose_targets, 1)
+    ev = {k: jnp.asarray(v[0]) for k, v in table.arrays().items()}
+    p = {**{k: jnp.asarray(v) for k, v in model.defaults().items()}, "CL": 2.0, "V": 20.0}
+    states, code = solve_patient(model, p, ev, jnp.asarray(times), False, False, Adaptive())
+    unique = np.unique(times)
+    exact = cohort.simulate("pk1_iv", {"CL": [2.0], "V": [20.0]}, dose, unique,
+                            method="closed_form").conc.values[0]  # fmt: skip
+    assert int(code) == 0
+    conc = np.asarray(states[:, model.state_names.index("central")]) / 20.0
+    np.testing.assert_allclose(conc, exact[np.searchsorted(unique, times)], rtol=1e-6)

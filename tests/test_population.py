@@ -1,12 +1,15 @@
 """Virtual population generation: marginals, correlations, effects, filters, errors, matching."""
 
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
 from scipy import stats
 
 from cohort.population import SpecError, generate, load_spec, match
+
+ROOT = Path(__file__).resolve().parents[1]
 
 SPEC = """
 [population]
@@ -350,3 +353,31 @@ def test_covariates_that_break_their_effects_are_refused_before_drawing(tmp_path
     with pytest.raises(SpecError) as exc:
         generate(p, 10, seed=1)
     assert message in str(exc.value)
+
+
+def test_a_population_for_a_model_alias_simulates_under_either_name(tmp_path):
+    """illustrative_pkpd_idr.toml is for ``pk2_oral_idr``, registered as an alias of
+    ``pk2_oral+idr1``: both names (and numpy's float32) are accepted, the Python API and the
+    CLI alike; another model is still refused."""
+    from typer.testing import CliRunner
+
+    import cohort
+    from cohort.cli import app
+    from cohort.engine.inputs import InputError
+
+    pop = generate(ROOT / "priors" / "illustrative_pkpd_idr.toml", n=4, seed=1)
+    dose = cohort.Regimen(amt=320, ii=12, addl=1, cmt="depot")
+    for name in ("pk2_oral_idr", "pk2_oral+idr1"):
+        ds = cohort.simulate(name, pop, dose, cohort.grid(0, 24, 6), dtype=np.float32)
+        assert ds.sizes["patient"] == 4 and np.all(ds.status.values == 0)
+        assert ds.conc.dtype == np.float32
+    with pytest.raises(InputError, match="generated for model 'pk2_oral_idr'"):
+        cohort.simulate("pk2_oral+idr2", pop, dose, cohort.grid(0, 24, 6))
+    runner = CliRunner()
+    store = tmp_path / "pop.zarr"
+    res = runner.invoke(app, ["generate", str(ROOT / "priors" / "illustrative_pkpd_idr.toml"),
+                              "--n", "4", "-o", str(store)])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(app, ["simulate", "--population", str(store), "--t-end", "24",
+                              "-o", str(tmp_path / "sim.zarr")])  # fmt: skip
+    assert res.exit_code == 0, res.output

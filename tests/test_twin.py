@@ -503,3 +503,66 @@ def test_simulated_records_of_an_oral_prior_are_observed_in_its_output(tmp_path)
     # three samples with 10 % error pin each patient's clearance
     est = tw.individual()["CL"].to_numpy()
     np.testing.assert_allclose(est, np.asarray(truth["CL"]), rtol=0.3)
+
+
+def test_a_category_code_the_prior_does_not_know_is_refused():
+    """DIAL = 2 (or 0.5) is no category of the vancomycin prior: it was read as the reference
+    (non-dialysis CL and V1) without a word; the patient and the allowed codes are named."""
+    prior = _prior()
+    cov = pd.DataFrame({"WT": [70.0, 80.0], "CRCL": [100.0, 60.0], "DIAL": [1.0, 2.0]},
+                       index=pd.Index([np.int64(101), np.int64(104)], name="ID"))  # fmt: skip
+    with pytest.raises(TwinError, match=r"'DIAL': patient 104 has 2, not one of .*0 \(0\)"):
+        prior.log_typical(cov)
+    cov.loc[104, "DIAL"] = 0.0
+    mu = prior.log_typical(cov)
+    assert np.exp(mu[0, 0]) == pytest.approx(4.5 * (100 / 120) ** 0.8 * 0.7)  # CL, dialysis
+    cov.loc[104, "CRCL"] = np.nan
+    with pytest.raises(TwinError, match="missing or non-numeric for patient 104;"):
+        prior.log_typical(cov)
+
+
+def test_an_update_applied_twice_corrected_results_and_zeros_are_named_by_file_row(vanco_twins):
+    """Re-applying an update is refused (it said 'row 11: duplicate of row 10', rows of the
+    twin's history); a corrected result at a time already seen, and a DV of 0 (a lab's code
+    for below LLOQ), are used but said, naming the update's own row."""
+    import warnings
+
+    from cohort.errors import CohortWarning
+
+    first, updated, _, _, d2 = vanco_twins
+    with pytest.raises(TwinError, match=r"update record 1 \(ID 1, TIME 35.5\): the twin has seen "
+                                        r"this record already \(every record"):  # fmt: skip
+        updated.update(d2)
+    obs = d2[(d2.EVID == 0) & (d2.ID == 1)]
+    corrected = obs.iloc[[-1]].assign(DV=obs.iloc[-1].DV * 1.5)
+    with pytest.warns(CohortWarning, match=r"update record 1 \(ID 1, TIME 59.5\): DV .* second "
+                                           r"result at the time of one already seen"):  # fmt: skip
+        updated.update(corrected)
+    zero = d2.copy()
+    k = int(np.flatnonzero((zero.EVID == 0).to_numpy())[1])
+    zero.iloc[k, zero.columns.get_loc("DV")] = 0.0
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always", CohortWarning)
+        first.update(zero)
+    said = [str(w.message) for w in seen if issubclass(w.category, CohortWarning)]
+    assert any(m.startswith(f"update record {k + 1} (ID ") and "DV 0 is a zero" in m
+               for m in said), said  # fmt: skip
+    assert updated.data.n_observations == 60  # the refused and the other updates changed nothing
+
+
+def test_a_damaged_update_is_named_and_the_earlier_one_still_opens(vanco_twins, tmp_path):
+    """A truncated chunk of the latest update gave zarr's 'Zstd decompression error' traceback
+    naming neither the store nor the update; now both, with the way back to the earlier one."""
+    from cohort.errors import OutputError
+
+    first, updated, _, _, _ = vanco_twins
+    path = tmp_path / "tw.zarr"
+    first.save(path)
+    updated.save(path)
+    chunk = next(p for p in (path / "update_001" / "map").rglob("c/*") if p.is_file())
+    chunk.write_bytes(chunk.read_bytes()[:10])
+    with pytest.raises(OutputError, match=r"update 1 \(update_001\) of the twin store cannot be "
+                                          r"read .*open_twins\(path, update=0\)"):  # fmt: skip
+        open_twins(path)
+    again = open_twins(path, update=0)
+    assert again.data.n_observations == first.data.n_observations

@@ -107,6 +107,9 @@ def _write_individual(tw, folder: Path, overwrite: bool) -> None:
 def update(
     store: Path = typer.Argument(..., help="twin store written by `cohort twin fit`"),
     data: Path = typer.Argument(..., help="new records (at or after each patient's last one)"),
+    from_update: int = typer.Option(
+        None, help="start from the twins as of this update (0: the fit) instead of the latest"
+    ),
     method: str = typer.Option(None, help="laplace | nuts (default: the store's)"),
     report: Path = typer.Option(None, help="directory for the individual table and figures"),
     overwrite: bool = typer.Option(False, help="replace an existing --report by cohort"),
@@ -136,7 +139,7 @@ def update(
     folder = report_folder(report, overwrite)
     t0 = time.perf_counter()
     with console.status("updating twins"):
-        twins = open_twins(store)
+        twins = open_twins(store, from_update)
         given = [k for k, v in scales.items() if v is not None]
         if given and not hasattr(twins, "replay"):
             fail(f"{', '.join(given)}: for CGM twins' replay; {store} holds PK twins")
@@ -145,27 +148,37 @@ def update(
         tw = twins.update(str(data), method=method, checkpoint=kept, **extra)
     path = tw.save(store)
     kept.remove()
+    stored = f"update {_n_updates(path) - 1} stored" + (
+        f" (from update {from_update})" if from_update is not None else ""
+    )
     if hasattr(tw, "replay"):  # CGM twins
         console.print(cgm_summary(tw, f"{tw.prior.name}: updated posteriors"))
         console.print(status_line(tw, time.perf_counter() - t0, path))
-        console.print(f"update {len(tw.history) - 1} stored")
+        console.print(stored)
         given = {"bolus_scale": bolus_scale, "basal_scale": basal_scale, "meal_scale": meal_scale}
         cgm_replay(tw, folder, overwrite, **{k: REPLAY[k] if v is None else v
                                              for k, v in given.items()})  # fmt: skip
         return
     console.print(_summary(tw, f"{tw.prior.name}: updated MAP estimates"))
     console.print(status_line(tw, time.perf_counter() - t0, path))
-    console.print(f"update {len(tw.history) - 1} stored")
+    console.print(stored)
     if folder is not None:
         _write_individual(tw, folder, overwrite)
 
 
-def _pk_twins(store: Path, ids: list[str], command: str):
-    """The PK twins of ``store`` (all, or the patients ``ids`` as written by the user)."""
+def _n_updates(store: Path) -> int:
+    import zarr
+
+    return int(zarr.open_group(str(store), mode="r").attrs["n_updates"])
+
+
+def _pk_twins(store: Path, ids: list[str], command: str, update: int | None = None):
+    """The PK twins of ``store`` (all, or the patients ``ids`` as written by the user), as of
+    ``update`` (default: the latest)."""
     from cohort.twin import open_twins
     from cohort.twin.prior import show_id
 
-    tw = open_twins(store)
+    tw = open_twins(store, update)
     if hasattr(tw, "replay"):
         fail(
             f"{store} holds CGM (type 1 diabetes) twins: `cohort twin {command}` is for PK "
@@ -222,6 +235,9 @@ def _times(spec: str) -> list[float]:
 @command(timed=True)
 def forecast(
     store: Path = typer.Argument(..., help="twin store"),
+    at_update: int = typer.Option(
+        None, help="use the twins as of this update (0: the fit) instead of the latest"
+    ),
     amt: float = typer.Option(None, help="future dose amount (none: past doses only)"),
     start: float = typer.Option(0.0, help="time of the first future dose"),
     ii: float = typer.Option(0.0, help="dosing interval"),
@@ -247,7 +263,7 @@ def forecast(
     targets = [parse_target(t) for t in target]
     _check_draws(draws)
     folder = report_folder(report, overwrite)
-    tw = _pk_twins(store, patient, "forecast")
+    tw = _pk_twins(store, patient, "forecast", at_update)
     t0 = time.perf_counter()
     fc = tw.forecast(
         _regimen(amt, start, ii, addl, duration),
@@ -280,6 +296,9 @@ def forecast(
 @command(timed=True)
 def dose(
     store: Path = typer.Argument(..., help="twin store"),
+    at_update: int = typer.Option(
+        None, help="use the twins as of this update (0: the fit) instead of the latest"
+    ),
     target: str = typer.Option(..., help="auc:OUT:START:END:LO:HI | level:OUT:TIME:LO:HI | ..."),
     start: float = typer.Option(..., help="time of the first dose to choose"),
     ii: float = typer.Option(12.0, help="dosing interval"),
@@ -309,7 +328,7 @@ def dose(
         ivals = [float(x) for x in intervals.split(",")] if intervals else None
     except ValueError:
         fail(f"--intervals {intervals!r}: give numbers separated by commas, e.g. 8,12,24")
-    tw = _pk_twins(store, patient, "dose")
+    tw = _pk_twins(store, patient, "dose", at_update)
     t0 = time.perf_counter()
     rec = tw.recommend(
         _regimen(1.0, start, ii, addl, duration),

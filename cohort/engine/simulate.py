@@ -210,6 +210,8 @@ def simulate(
         raise InputError("times: give the save times, e.g. cohort.grid(0, 24, 0.25)")
     times = check_times(times)
     time_units = time_units or model.time_units
+    if dtype in (np.float32, np.float64) or isinstance(dtype, np.dtype):
+        dtype = np.dtype(dtype).name  # numpy's spelling of the same choice
     if dtype not in ("float32", "float64"):
         raise InputError(f"dtype: must be 'float32' or 'float64', got {dtype!r}")
     engine = resolve_engine(model, method, options)

@@ -179,9 +179,24 @@ class TwinPrior:
             if bad.size:
                 raise TwinError(
                     f"covariate {c!r}: missing or non-numeric for patient "
-                    f"{covariates.index[bad[0]]!r}; give a value on its first record"
+                    f"{show_id(covariates.index[bad[0]])}; give a value on its first record"
                 )
             cov[c] = x
+        for spec in self.spec.covariates:  # a code the prior has no factor for is an error
+            if spec.distribution != "categorical" or spec.name not in cov:
+                continue
+            from cohort.population.marginals import category_values
+
+            codes = np.asarray(category_values(spec), float)
+            bad = np.flatnonzero(~np.isin(cov[spec.name], codes))
+            if bad.size:
+                allowed = ", ".join(
+                    f"{v:g} ({label})" for v, label in zip(codes, spec.args["categories"])
+                )
+                raise TwinError(
+                    f"covariate {spec.name!r}: patient {show_id(covariates.index[bad[0]])} has "
+                    f"{cov[spec.name][bad[0]]:g}, not one of the prior's categories: {allowed}"
+                )
         values = typical_values(self.spec, cov, n)
         out = np.stack([np.asarray(values[k], float) for k in self.names], axis=1)
         bad = np.argwhere(~(out > 0) | ~np.isfinite(out))

@@ -85,21 +85,57 @@ def prior_pop(prior: TwinPrior) -> Pop:
     )
 
 
-def read_records(records: pd.DataFrame | str, prior: TwinPrior) -> Dataset:
-    """Validated NONMEM-style records for ``prior.model`` (errors name the row and column)."""
+def read_records(
+    records: pd.DataFrame | str, prior: TwinPrior, new_rows: np.ndarray | None = None
+) -> Dataset:
+    """Validated NONMEM-style records for ``prior.model`` (errors name the row and column).
+
+    ``new_rows [R]`` (an update: the twin's records followed by the new ones): the 1-based row
+    of each record in the update's file, 0 for the records seen before; messages name those
+    rows, and warnings are given for the new records only (the others were warned about when
+    they were added)."""
     _check_not_cgm(prior)
     data = read_nonmem(records, prior.model)
-    _check_doses_first(data, prior)
-    _warn_time_varying(data, prior)
-    _warn_implausible_records(data, prior)
+    where = _row_names(data, new_rows)
+    _check_doses_first(data, prior, where)
+    _warn_time_varying(data, prior, where)
+    _warn_implausible_records(data, prior, where, covariates=new_rows is None)
     return data
 
 
-def _warn_implausible_records(data: Dataset, prior: TwinPrior) -> None:
+def _row_names(data: Dataset, new_rows: np.ndarray | None):
+    """``where(ROW) -> "record 7"`` or, in an update, ``"update record 3"`` / ``None`` (a
+    record seen before: nothing to warn about again)."""
+
+    def where(row: int, *, seen: str | None = None) -> str | None:
+        if new_rows is None:
+            return f"record {int(row)}"
+        k = int(new_rows[int(row) - 1])
+        if k:
+            return f"update record {k}"
+        return None if seen is None else f"{seen} {int(row)}"
+
+    return where
+
+
+def _first_new(frame: pd.DataFrame, where) -> tuple[pd.Series, str] | None:
+    """The first record of ``frame`` that ``where`` names (a new one in an update)."""
+    for _, row in frame.iterrows():
+        name = where(row["ROW"])
+        if name is not None:
+            return row, name
+    return None
+
+
+def _warn_implausible_records(
+    data: Dataset, prior: TwinPrior, where, *, covariates: bool = True
+) -> None:
     """Covariates outside the range the prior declares (a weight in grams, a creatinine
     clearance in mL/s) and negative concentrations are accepted (a real patient may lie
     outside a design range) but said, naming the first patient."""
     base = data.covariates
+    if not covariates:  # an update: the twins keep the baseline covariates seen before
+        base = base.iloc[:0]
     for c in prior.spec.covariates:
         lo, hi = c.args.get("lower", -np.inf), c.args.get("upper", np.inf)
         if c.name not in base or not (np.isfinite(lo) or np.isfinite(hi)):
@@ -116,14 +152,18 @@ def _warn_implausible_records(data: Dataset, prior: TwinPrior) -> None:
                 stacklevel=4,
             )
     if prior.output.startswith("conc"):
-        obs = data.records[(data.records["EVID"] == 0) & (data.records["MDV"] == 0)]
-        neg = obs[obs["DV"] < 0]
-        if len(neg):
-            row = neg.iloc[0]
+        rec = data.records
+        obs = rec[(rec["EVID"] == 0) & (rec["MDV"] == 0)]
+        if "CENS" in rec:
+            obs = obs[obs["CENS"].fillna(0) == 0]
+        found = _first_new(obs[obs["DV"] <= 0], where)
+        if found is not None:
+            row, name = found
+            what = "a negative concentration" if row["DV"] < 0 else "a zero concentration"
             warnings.warn(
-                f"record {int(row['ROW'])} (ID {show_id(row['ID'])}): DV {row['DV']:g} is a "
-                f"negative concentration ({len(neg)} such record(s)); a sample below the "
-                "limit of quantification belongs in CENS/LLOQ columns",
+                f"{name} (ID {show_id(row['ID'])}): DV {row['DV']:g} is {what}, fitted as "
+                "measured; a sample below the limit of quantification (often coded 0) "
+                "belongs in CENS/LLOQ columns",
                 CohortWarning,
                 stacklevel=4,
             )
@@ -148,7 +188,7 @@ def implausible_parameters(prior: TwinPrior, ids, values: dict[str, np.ndarray])
     return out
 
 
-def _warn_time_varying(data: Dataset, prior: TwinPrior) -> None:
+def _warn_time_varying(data: Dataset, prior: TwinPrior, where) -> None:
     """Twins use each patient's baseline covariates (the first record's): say so, naming the
     first change, when a covariate the prior uses changes later (e.g. a new weight in an
     update), instead of ignoring it silently."""
@@ -159,11 +199,14 @@ def _warn_time_varying(data: Dataset, prior: TwinPrior) -> None:
     rec = data.records
     col = changing[0]
     first = rec.groupby("ID", sort=False)[col].transform("first")
-    moved = rec[(rec[col] != first) & rec[col].notna()].iloc[0]
+    found = _first_new(rec[(rec[col] != first) & rec[col].notna()], where)
+    if found is None:
+        return
+    moved, name = found
     base = first.loc[moved.name]
     keep = "keeps its first value" if len(changing) == 1 else "keep their first values"
     warnings.warn(
-        f"record {int(moved['ROW'])} (ID {show_id(moved['ID'])}): {col} {moved[col]:g} differs "
+        f"{name} (ID {show_id(moved['ID'])}): {col} {moved[col]:g} differs "
         f"from the patient's first value {base:g}; twins use baseline covariates (time-varying "
         f"covariates are not modelled), so {', '.join(changing)} {keep}. To use the new value, "
         "identify the twin again from records carrying it",
@@ -172,7 +215,7 @@ def _warn_time_varying(data: Dataset, prior: TwinPrior) -> None:
     )
 
 
-def _check_doses_first(data: Dataset, prior: TwinPrior) -> None:
+def _check_doses_first(data: Dataset, prior: TwinPrior, where) -> None:
     """An observation before a patient's first dose is predicted as 0 by a model whose states
     start empty (all PK models): almost always a data error (a missing dose record)."""
     p0 = {k: jnp.asarray(v, float) for k, v in prior.model.defaults().items()}
@@ -186,7 +229,7 @@ def _check_doses_first(data: Dataset, prior: TwinPrior) -> None:
     if len(bad):
         row = bad.iloc[0]
         raise TwinError(
-            f"record {int(row['ROW'])} (ID {show_id(row['ID'])}, TIME {row['TIME']:g}): "
+            f"{where(row['ROW'], seen='record')} (ID {show_id(row['ID'])}, TIME {row['TIME']:g}): "
             f"observation before the patient's first dose; {prior.model.name!r} starts with empty "
             "compartments, so it predicts 0 there. Add the earlier dose records (or an SS=1 "
             "dose) or drop the observation"

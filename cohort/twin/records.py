@@ -3,6 +3,7 @@ after what the twin has seen, for patients it knows."""
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -10,14 +11,19 @@ import pandas as pd
 
 from cohort.data import Dataset
 from cohort.data.reader import STANDARD_COLUMNS, DataError, Problem, read_table, validate
+from cohort.errors import CohortWarning
 from cohort.models.base import Model
 from cohort.twin.prior import TwinError, show_id
 
 
-def append_records(data: Dataset, new: pd.DataFrame | str | Path, model: Model) -> pd.DataFrame:
+def append_records(
+    data: Dataset, new: pd.DataFrame | str | Path, model: Model
+) -> tuple[pd.DataFrame, np.ndarray]:
     """``data``'s records followed by ``new`` (rows ordered per patient by time, the old
-    before the new at equal times). Raises :class:`TwinError` naming the row (1-based, of
-    ``new``) for an unknown patient or a record earlier than that patient's last record."""
+    before the new at equal times), and for each row its 1-based row in ``new`` (0: a record
+    seen before). Raises :class:`TwinError` naming the row of ``new`` for an unknown patient,
+    a record earlier than that patient's last record, or a record the twin has already seen
+    (an update applied twice); warns of a second result at the time of one already seen."""
     frame = new.copy() if isinstance(new, pd.DataFrame) else read_table(new)
     frame.columns = [str(c).strip().upper() for c in frame.columns]
     for col in ("ID", "TIME"):
@@ -32,6 +38,7 @@ def append_records(data: Dataset, new: pd.DataFrame | str | Path, model: Model) 
         raise DataError(
             [Problem(p.row, p.column, f"update records: {p.message}") for p in exc.problems]
         ) from None
+    _check_repeats(old, checked)
     known = set(old["ID"].tolist())
     last = old.groupby("ID", sort=False)["TIME"].max()
     for row, pid, t in zip(checked["ROW"], checked["ID"].tolist(), checked["TIME"].tolist()):
@@ -47,6 +54,7 @@ def append_records(data: Dataset, new: pd.DataFrame | str | Path, model: Model) 
                 f"last record the twin has seen for this patient (TIME {last[pid]:g}); an "
                 "update adds what happened since. Refit with the corrected full records instead"
             )
+    rows = checked["ROW"].to_numpy(int)
     frame = checked.drop(columns=["ROW"])
     # baseline covariates are carried on the new rows when they are missing
     cov = [c for c in old.columns if c not in frame.columns and c not in STANDARD_COLUMNS]
@@ -59,4 +67,51 @@ def append_records(data: Dataset, new: pd.DataFrame | str | Path, model: Model) 
     key = combined["ID"].map(order).to_numpy()
     pos = np.arange(len(combined))
     idx = np.lexsort((pos, pd.to_numeric(combined["TIME"]).to_numpy(float), key))
-    return combined.iloc[idx].reset_index(drop=True)
+    new_rows = np.concatenate([np.zeros(len(old), int), rows])[idx]
+    return combined.iloc[idx].reset_index(drop=True), new_rows
+
+
+def _keys(frame: pd.DataFrame, columns: list[str]) -> list[tuple]:
+    """Each row's values in ``columns`` as a comparable tuple (numbers as floats, NaN as one
+    marker: an ID read as 101 or 101.0 and a missing DV match)."""
+
+    def norm(v):
+        if v is None or (isinstance(v, float) and np.isnan(v)) or v is pd.NA:
+            return "nan"
+        try:
+            return float(v)
+        except (TypeError, ValueError):
+            return str(v)
+
+    return list(zip(*(frame[c].map(norm).tolist() for c in columns), strict=True))
+
+
+def _check_repeats(old: pd.DataFrame, new: pd.DataFrame) -> None:
+    """A new record equal to one already seen (same patient, time, event, amount and value) is
+    an update applied twice: refused. A second observation at the time of one already seen
+    with another value (a corrected result?) is used as a second sample, and said."""
+    keys = [c for c in ("ID", "TIME", "EVID", "CMT", "AMT", "RATE", "DV") if c in new and c in old]
+    seen = set(_keys(old, keys))
+    again = np.flatnonzero([k in seen for k in _keys(new, keys)])
+    if again.size:
+        r = new.iloc[again[0]]
+        every = " (every record of this update)" if again.size == len(new) else ""
+        raise TwinError(
+            f"update record {int(r['ROW'])} (ID {show_id(r['ID'])}, TIME {r['TIME']:g}): the "
+            f"twin has seen this record already{every}; was this update applied before? The "
+            "twins are unchanged"
+        )
+    is_obs = (new["EVID"] == 0) & (new["MDV"] == 0) if "MDV" in new else new["EVID"] == 0
+    obs_old = old[(old["EVID"] == 0) & (old["MDV"] == 0)] if "MDV" in old else old[old["EVID"] == 0]
+    before = obs_old.groupby(["ID", "TIME"], sort=False)["DV"].first()
+    for _, r in new[is_obs].iterrows():
+        if (r["ID"], r["TIME"]) in before.index:
+            warnings.warn(
+                f"update record {int(r['ROW'])} (ID {show_id(r['ID'])}, TIME {r['TIME']:g}): "
+                f"DV {r['DV']:g} is a second result at the time of one already seen (DV "
+                f"{before[(r['ID'], r['TIME'])]:g}); both are used. To correct a result, "
+                "identify the twins again from the corrected records",
+                CohortWarning,
+                stacklevel=4,
+            )
+            return

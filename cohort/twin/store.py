@@ -26,7 +26,7 @@ import xarray as xr
 import zarr
 
 from cohort._version import __version__
-from cohort.errors import CohortWarning, OutputError
+from cohort.errors import CohortError, CohortWarning, OutputError
 from cohort.store import locks_output
 from cohort.store.safety import (
     check_path,
@@ -159,10 +159,7 @@ def posterior_groups(
 
 
 def open_twins(path: str | Path, update: int | None = None):
-    """The twins stored at ``path`` (the latest update, or ``update``)."""
-    from cohort.twin.problem import bind_twins, read_records
-    from cohort.twin.twins import Twins
-
+    """The twins stored at ``path`` (the latest update, or ``update``: 0 is the fit)."""
     path = Path(path)
     if not path.exists():
         raise OutputError(f"no twin store at {str(path)!r}")
@@ -184,6 +181,28 @@ def open_twins(path: str | Path, update: int | None = None):
         return xr.open_zarr(
             str(path), group=f"{_group(k)}/{name}", consolidated=False, zarr_format=3
         ).load()
+
+    try:
+        return _read_twins(path, attrs, k, read)
+    except CohortError:
+        raise
+    except Exception as exc:  # zarr/numcodecs/xarray errors of a damaged or edited store
+        earlier = (
+            f"; the earlier updates may still be readable: open_twins(path, update={k - 1}) "
+            f"or `cohort twin update/forecast/dose` with --from-update/--at-update {k - 1}"
+            if k > 0
+            else ""
+        )
+        raise OutputError(
+            f"{path}: update {k} ({_group(k)}) of the twin store cannot be read "
+            f"({type(exc).__name__}: {exc}){earlier}"
+        ) from None
+
+
+def _read_twins(path: Path, attrs: dict, k: int, read):
+    """The twins of update ``k`` (groups read through ``read``)."""
+    from cohort.twin.problem import bind_twins, read_records
+    from cohort.twin.twins import Twins
 
     prior = TwinPrior.from_json(attrs["prior"])
     if attrs.get("model") == "t1d_minimal":

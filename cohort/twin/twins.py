@@ -214,8 +214,8 @@ class Twins:
         method = method or self.method
         if method not in METHODS:
             raise TwinError(f"method: {method!r} is not one of {METHODS}")
-        combined = append_records(self.data, new_records, self.prior.model)
-        data = read_records(combined, self.prior)
+        combined, new_rows = append_records(self.data, new_records, self.prior.model)
+        data = read_records(combined, self.prior, new_rows)
         bm = bind_twins(self.prior, data)
         check_measured_zeros(bm)
         previous = None
