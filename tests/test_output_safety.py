@@ -429,3 +429,32 @@ def test_overwrite_through_a_symlink_is_refused_and_nothing_is_touched(tmp_path)
     assert "symbolic link" in flat(res) and str(out.resolve()) in flat(res)
     assert link.is_symlink()
     np.testing.assert_array_equal(cohort.open_result(out)["conc"].values, before)
+
+
+def test_zarr_leftovers_of_a_kill_are_cohorts_and_a_linked_folder_is_the_users(tmp_path):
+    """zarr writes each chunk to '<key>.<uuid hex>.partial' and renames it: a SIGKILL between
+    the two left a file that made --resume and --overwrite refuse the store as holding files
+    cohort did not write. It is zarr's (so cohort's): resume removes it, overwrite accepts it.
+    A symlink to a user's folder inside the store is the user's (--overwrite removed it)."""
+    out = tmp_path / "x.zarr"
+    assert runner.invoke(app, sim_args(out, "--chunk-size", "5")).exit_code == 0
+    leftovers = [out / "CL" / "c" / "1.a7ad857332464907b7ffbab0c3b83b83.partial",
+                 out / "conc" / "zarr.0123456789abcdef0123456789abcdef.partial"]  # fmt: skip
+    for f in leftovers:
+        f.write_bytes(b"\x00" * 7)
+    res = runner.invoke(app, sim_args(out, "--chunk-size", "5", "--resume"))
+    assert res.exit_code == 0, res.output
+    assert not any(f.exists() for f in leftovers)
+    leftovers[0].write_bytes(b"\x00")
+    res = runner.invoke(app, [*sim_args(out, "--overwrite"), "--seed", "2"])
+    assert res.exit_code == 0, res.output
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep")
+    for link in (out / "mylink", out / "conc" / "c" / "mylink"):
+        link.symlink_to(mine, target_is_directory=True)
+        res = runner.invoke(app, [*sim_args(out, "--overwrite"), "--seed", "3"])
+        assert res.exit_code == 2, res.output
+        assert link.relative_to(out).as_posix() in " ".join(res.stderr.split())
+        assert link.is_symlink() and (mine / "notes.txt").read_text() == "keep"
+        link.unlink()

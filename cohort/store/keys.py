@@ -12,6 +12,9 @@ ZARR_META = frozenset({"zarr.json", ".zgroup", ".zattrs", ".zarray", ".zmetadata
 # Chunk (or shard) keys inside an array's folder: zarr v3's default encoding ("c/0/1",
 # "c.0.1", "c" for a 0-d array) and the v2 encoding ("0.1", "0/1", "0").
 CHUNK_KEY = re.compile(r"c([./]\d+)*|\d+([./]\d+)*")
+# zarr's local store writes each key to "<key minus suffix>.<uuid4 hex>.partial" and renames it
+# into place: a process killed in between leaves that file behind (zarr's, hence cohort's).
+ZARR_TEMP = re.compile(r"[^/]*\.[0-9a-f]{32}\.partial")
 
 
 def stray_files(files: list[str], array_dirs: set[str]) -> list[str]:
@@ -21,6 +24,8 @@ def stray_files(files: list[str], array_dirs: set[str]) -> list[str]:
     found = []
     for rel in files:
         folder, _, name = rel.rpartition("/")
+        if ZARR_TEMP.fullmatch(name):
+            continue
         if name in ZARR_META and (folder in array_dirs or _inside(folder, array_dirs) is None):
             continue
         owner = _inside(rel, array_dirs)

@@ -18,7 +18,7 @@ import shutil
 from pathlib import Path
 
 from cohort.errors import OutputError
-from cohort.store.keys import ZARR_META, refuse_strays, stray_files
+from cohort.store.keys import ZARR_META, ZARR_TEMP, refuse_strays, stray_files
 from cohort.store.remote import filesystem, is_url
 from cohort.store.remote import prepare as remote_prepare
 
@@ -195,6 +195,9 @@ def foreign_files(p: Path) -> list[str]:
     for root, dirs, files in os.walk(p):
         here = Path(root)
         dirs.sort()
+        links = [d for d in dirs if (here / d).is_symlink()]  # a user's link to a folder
+        found += [(here / d).relative_to(p).as_posix() for d in links]
+        dirs[:] = [d for d in dirs if d not in links]
         if ".zarray" in files or _is_zarr_array(here / "zarr.json"):
             dirs[:] = []  # an array's folder holds its metadata and chunks, nothing else
             found += [(here / rel).relative_to(p).as_posix() for rel in _not_chunks(here)]
@@ -208,13 +211,26 @@ def foreign_files(p: Path) -> list[str]:
     return sorted(found)
 
 
+def remove_zarr_leftovers(p: Path) -> int:
+    """Remove the temporary files a killed zarr write left in the cohort store ``p`` (see
+    :data:`~cohort.store.keys.ZARR_TEMP`); returns how many. Call with the store's lock held."""
+    removed = 0
+    for root, _, names in os.walk(p):
+        for name in names:
+            if ZARR_TEMP.fullmatch(name):
+                (Path(root) / name).unlink(missing_ok=True)
+                removed += 1
+    return removed
+
+
 def _not_chunks(array_dir: Path) -> list[str]:
     """Files in a zarr array's folder that are neither its metadata nor its chunks (a user's
     file dropped there was deleted by ``--overwrite``), relative to the folder."""
     files = []
     for root, dirs, names in os.walk(array_dir):
         dirs.sort()
-        files += [(Path(root) / n).relative_to(array_dir).as_posix() for n in names]
+        links = [d for d in dirs if (Path(root) / d).is_symlink()]  # never a chunk folder
+        files += [(Path(root) / n).relative_to(array_dir).as_posix() for n in names + links]
     return stray_files(files, {""})
 
 

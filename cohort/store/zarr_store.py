@@ -29,7 +29,13 @@ from zarr.codecs import BloscCodec
 from cohort.errors import StoreError
 from cohort.store import remote
 from cohort.store.remote import is_url
-from cohort.store.safety import ZARR_MARK, foreign_files, prepare_output, written_by_cohort
+from cohort.store.safety import (
+    ZARR_MARK,
+    foreign_files,
+    prepare_output,
+    remove_zarr_leftovers,
+    written_by_cohort,
+)
 
 # Level 1: in bench_stream (10^6 patients) it wrote 4 % faster than level 5 for a 7 % larger
 # store (ratio 1.41 vs 1.51); on 2 cores the write side costs about as much CPU as the solves.
@@ -314,6 +320,8 @@ def resumable_layout(path: Path | str, what: str = "result store") -> zarr.Group
     written yet: it is removed, start over); a :class:`StoreError` when cohort did not write
     it."""
     if _layout_complete(path):
+        if not is_url(path):
+            remove_zarr_leftovers(Path(path))  # a kill mid-write left zarr's temporary files
         return _open_group(path, mode="r+")
     if not (remote.written_by_cohort(path) if is_url(path) else written_by_cohort(path)):
         raise StoreError(
