@@ -566,3 +566,27 @@ def test_missing_covariate_values_are_named_not_called_time_varying():
     none.loc[none["ID"] == none["ID"].iloc[0], "WT"] = "."
     with pytest.raises(cohort.data.DataError, match="has no value for subject"):
         bind(spec, read_nonmem(none, "pk1_oral"))
+
+
+def test_a_typical_value_beyond_its_plausible_range_is_said_and_rejected(tmp_path):
+    """A fit whose typical value ran outside the model's plausible range (a pk2 fit to Theoph
+    gave V2 = 6e6 L with NaN SEs and 'converged: 1', without a word) is said by the fit and
+    rejected by the CLI. Here concentrations entered 10^5 times too high (a unit slip) drive
+    V below its 1e-3 L floor."""
+    frame = pd.read_csv(THEOPH)
+    dv = pd.to_numeric(frame["DV"], errors="coerce")  # "." on dose rows
+    frame["DV"] = np.where(frame["EVID"] == 0, (dv * 1e5).astype(str), frame["DV"])
+    path = tmp_path / "theoph_units.csv"
+    frame.to_csv(path, index=False)
+    with pytest.warns(cohort.CohortWarning, match=r"V = .* L \(below 0.001\): outside the "
+                                                  "model's plausible range"):  # fmt: skip
+        result = fit("pk1_oral", path, "ml")
+    assert "V = 0.000" in result.diagnostics["beyond_plausible"]
+    from typer.testing import CliRunner
+
+    from cohort.cli import app
+
+    res = CliRunner().invoke(app, ["fit", str(path), "--model", "pk1_oral", "--method", "ml",
+                                   "-o", str(tmp_path / "f.zarr")])  # fmt: skip
+    assert res.exit_code == 1, res.output
+    assert "V = " in res.output and "outside its plausible range" in " ".join(res.output.split())

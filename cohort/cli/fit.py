@@ -382,17 +382,9 @@ def fit(
         trouble.append(f"the optimiser did not converge ({d.get('message', '')})")
     if result.ofv is not None and not np.isfinite(result.ofv):
         trouble.append("the objective (OFV) is not finite: the estimates are not a fit")
-    s = result.summary
-    if method == "ml" and se != "none" and "se" in s:
-        free = s[~s["fixed"].astype(bool) & ~s.index.str.startswith("log_")]
-        missing = [str(k) for k, v in free["se"].items() if not np.isfinite(v)]
-        if missing:  # NONMEM: "covariance step aborted"; the estimates stand, their SEs do not
-            result.diagnostics["se_missing"] = ", ".join(missing)
-            warn(
-                f"no standard errors for {', '.join(missing)} (the covariance step failed: a "
-                "parameter at a bound, or one the data do not identify); check those "
-                "estimates, or fix them (--fix)"
-            )
+    # (standard errors that could not be computed are warned about by the fit itself)
+    if d.get("beyond_plausible"):
+        trouble.append(d["beyond_plausible"].split(":")[0] + " is outside its plausible range")
     if stream is not None and (outside := stream.outside_bounds(_estimates(result))):
         # NONMEM keeps THETA inside its bounds; cohort estimates without them, so an estimate
         # outside is not what NONMEM would report: said, and the fit not accepted

@@ -188,6 +188,34 @@ def _zero_predictions(bm, pop, eta, show: int = 5) -> str:
     )
 
 
+def _beyond_plausible(bm, reported: dict) -> str:
+    """A typical value outside its model parameter's plausible range (V2 = 6e6 L: the data do
+    not identify it, and the optimiser let it run off), named; '' when none."""
+    out = []
+    fixed = set(Layout(bm).fixed_names())
+    for p in bm.spec.model.parameters:
+        v = None if p.name in fixed else reported.get(p.name)
+        if v is not None and np.isfinite(v) and not p.lower <= v <= p.upper:
+            side = f"above {p.upper:g}" if v > p.upper else f"below {p.lower:g}"
+            out.append(f"{p.name} = {v:.4g} {p.units} ({side})")
+    if not out:
+        return ""
+    return (
+        f"{', '.join(out)}: outside the model's plausible range; check the units of DV and "
+        "AMT, and whether the data identify it (a compartment they do not show: fix it with "
+        "--fix NAME=VALUE, or use a simpler model)"
+    )
+
+
+def _missing_se(bm, est) -> list[str]:
+    """Estimated (not fixed) quantities whose standard error could not be computed."""
+    if est.se_method == "none":
+        return []
+    fixed = set(Layout(bm).fixed_names())
+    return [k for k, v in est.se.items() if k not in fixed and not k.startswith("log_")
+            and not np.isfinite(v)]  # fmt: skip
+
+
 def _boundary_iiv(bm, pop) -> str:
     """NONMEM's "near its boundary" for an estimated IIV whose SD ends below
     :data:`ml.BOUNDARY_SD` (CV < 1 %): '' when there is none."""
@@ -322,6 +350,16 @@ def fit(
         boundary = _boundary_iiv(bm, est.pop)
         if boundary:
             problems.append(boundary)
+        runaway = _beyond_plausible(bm, est.reported)
+        if runaway:
+            problems.append(runaway)
+        no_se = _missing_se(bm, est) if method == "ml" else []
+        if no_se:  # NONMEM: "covariance step aborted"; the estimates stand, their SEs do not
+            problems.append(
+                f"no standard errors for {', '.join(no_se)} (the covariance step failed: a "
+                "parameter at a bound, or one the data do not identify); check those "
+                "estimates, or fix them"
+            )
         if problems:
             diagnostics.warn(problems, "ML fit")
         start_pop, start_eta = est.pop, est.eta
@@ -341,6 +379,8 @@ def fit(
                 "message": est.message,
                 "zero_predictions": int(bool(zero)),
                 "iiv_at_boundary": int(bool(boundary)),
+                **({"beyond_plausible": runaway} if runaway else {}),
+                **({"se_missing": ", ".join(no_se)} if no_se else {}),
                 **{k: v for k, v in est.starts.items() if not isinstance(v, bool)},
                 **{k: int(v) for k, v in est.starts.items() if isinstance(v, bool)},
             },
