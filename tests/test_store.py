@@ -138,6 +138,10 @@ def test_resume_with_different_inputs_is_refused(tmp_path):
         run(path, pop={"CL": POP["CL"] * 1.01, "V": POP["V"]}, resume=True)
     with pytest.raises(StoreError, match="chunk_size"):
         run(path, chunk_size=4, resume=True)
+    # another save grid is named too (it said only 'a different population, dosing or option')
+    with pytest.raises(StoreError, match=r"differs in save_times \(was .* every .*, now "):
+        cohort.simulate(MODEL, POP, DOSE, TIMES[:-1] * 0.5, method="closed_form",
+                        chunk_size=CHUNK, out=path, resume=True)  # fmt: skip
 
 
 def test_store_errors_for_missing_or_foreign_paths(tmp_path):

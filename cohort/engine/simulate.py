@@ -477,6 +477,15 @@ def _param_attrs(model: Model, name: str) -> dict[str, str]:
     return {"units": "h", "long_name": f"modelled infusion duration ({name})"}
 
 
+def _describe_times(times: np.ndarray, units: str) -> str:
+    """The save grid in a line (recorded, so a resume with another grid names it)."""
+    t = np.asarray(times, float)
+    if t.size > 2 and np.allclose(np.diff(t), t[1] - t[0], rtol=1e-9, atol=0.0):
+        return f"{t.size} times, {t[0]:g} to {t[-1]:g} {units} every {t[1] - t[0]:g}"
+    digest = hashlib.sha256(np.ascontiguousarray(t).tobytes()).hexdigest()[:8]
+    return f"{t.size} times, {t[0]:g} to {t[-1]:g} {units} (irregular, digest {digest})"
+
+
 def _provenance(plan: _Plan, seed: int | None) -> dict[str, Any]:
     return {
         "title": f"cohort simulation of {plan.model.name}",
@@ -486,6 +495,7 @@ def _provenance(plan: _Plan, seed: int | None) -> dict[str, Any]:
         "model_hash": plan.model.fingerprint(),
         "spec_hash": _spec_hash(plan),
         "dosing": describe_events(plan.table, plan.model.time_units),
+        "save_times": _describe_times(plan.times, plan.model.time_units),
         "seed": -1 if seed is None else int(seed),
         "method": plan.engine.name,
         "solver_settings": plan.engine.describe(plan.model),
