@@ -284,3 +284,18 @@ def test_adaptive_solves_a_save_time_repeated_beyond_a_window_once():
     assert int(code) == 0
     conc = np.asarray(states[:, model.state_names.index("central")]) / 20.0
     np.testing.assert_allclose(conc, exact[np.searchsorted(unique, times)], rtol=1e-6)
+
+
+@pytest.mark.parametrize("method", ["diffrax", "fast", "closed_form"])
+def test_doses_after_the_last_save_time_change_nothing_saved(method):
+    """Records after the grid's end were clipped to its last time and applied before it was
+    saved (the adaptive engine showed four later doses at t = 24: 13.98 for 1.48); a single
+    save time crashed the fast path (IndexError)."""
+    dose = Regimen(amt=100.0, cmt="central", ii=12.0, addl=5)
+    pop = {"CL": np.array([2.0]), "V": np.array([20.0])}
+    ke = 2.0 / 20.0
+    for times in (np.array([24.0 - 1e-6]), cohort.grid(0.0, 24.0, 6.0)):
+        ds = cohort.simulate("pk1_iv", pop, dose, times, method=method)
+        exact = sum(np.where(times >= td, 5.0 * np.exp(-ke * (times - td)), 0.0)
+                    for td in (0.0, 12.0, 24.0))  # fmt: skip
+        np.testing.assert_allclose(ds.conc.values[0], exact, rtol=1e-5)

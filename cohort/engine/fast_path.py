@@ -360,7 +360,9 @@ def solve_batch(
         return run
 
     stab = (v0, rest_rate)
-    if m == 1:
+    if n_int == 0:  # a single save time: nothing to step past it
+        top, h_step, rest = rest_rate, dt, {o: first[o][None][:0] for o in outputs}
+    elif m == 1:
         h_step = float(np.max(np.diff(times), initial=dt)) / n_sub  # the longest step taken
         ((carry, (lo, hi)), (_, top)), rest = jax.lax.scan(
             tracked(interval, lambda i: tgrid[i + 1]), ((carry, (lo, hi)), stab),

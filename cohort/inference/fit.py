@@ -192,9 +192,14 @@ def _beyond_plausible(bm, reported: dict) -> str:
     """A typical value outside its model parameter's plausible range (V2 = 6e6 L: the data do
     not identify it, and the optimiser let it run off), named; '' when none."""
     out = []
+    if bm.spec.transform is not None:  # estimated quantities are not the model's parameters
+        return ""
     fixed = set(Layout(bm).fixed_names())
+    # a typical value with covariate effects is at the user's reference (e.g. per kg): the
+    # model's range need not apply to it
+    plain = {q.name for q in bm.spec.params if not q.covariates}
     for p in bm.spec.model.parameters:
-        v = None if p.name in fixed else reported.get(p.name)
+        v = reported.get(p.name) if p.name in plain and p.name not in fixed else None
         if v is not None and np.isfinite(v) and not p.lower <= v <= p.upper:
             side = f"above {p.upper:g}" if v > p.upper else f"below {p.lower:g}"
             out.append(f"{p.name} = {v:.4g} {p.units} ({side})")

@@ -95,7 +95,10 @@ def read_records(
     rows, and warnings are given for the new records only (the others were warned about when
     they were added)."""
     _check_not_cgm(prior)
-    data = read_nonmem(records, prior.model)
+    with warnings.catch_warnings():
+        if new_rows is not None:  # the reader's warnings were given by row of the update
+            warnings.simplefilter("ignore", CohortWarning)  # (append_records' own check)
+        data = read_nonmem(records, prior.model)
     where = _row_names(data, new_rows)
     _check_doses_first(data, prior, where)
     _warn_time_varying(data, prior, where)

@@ -38,7 +38,7 @@ def append_records(
         raise DataError(
             [Problem(p.row, p.column, f"update records: {p.message}") for p in exc.problems]
         ) from None
-    _check_repeats(old, checked)
+    _check_repeats(old, checked)  # first: an update applied again is named as such
     known = set(old["ID"].tolist())
     last = old.groupby("ID", sort=False)["TIME"].max()
     for row, pid, t in zip(checked["ROW"], checked["ID"].tolist(), checked["TIME"].tolist()):
@@ -55,6 +55,7 @@ def append_records(
                 "update adds what happened since. Refit with the corrected full records instead"
             )
     rows = checked["ROW"].to_numpy(int)
+    _warn_second_results(old, checked)
     frame = checked.drop(columns=["ROW"])
     # baseline covariates are carried on the new rows when they are missing
     cov = [c for c in old.columns if c not in frame.columns and c not in STANDARD_COLUMNS]
@@ -88,8 +89,7 @@ def _keys(frame: pd.DataFrame, columns: list[str]) -> list[tuple]:
 
 def _check_repeats(old: pd.DataFrame, new: pd.DataFrame) -> None:
     """A new record equal to one already seen (same patient, time, event, amount and value) is
-    an update applied twice: refused. A second observation at the time of one already seen
-    with another value (a corrected result?) is used as a second sample, and said."""
+    an update applied twice: refused."""
     keys = [c for c in ("ID", "TIME", "EVID", "CMT", "AMT", "RATE", "DV") if c in new and c in old]
     seen = set(_keys(old, keys))
     again = np.flatnonzero([k in seen for k in _keys(new, keys)])
@@ -101,6 +101,11 @@ def _check_repeats(old: pd.DataFrame, new: pd.DataFrame) -> None:
             f"twin has seen this record already{every}; was this update applied before? The "
             "twins are unchanged"
         )
+
+
+def _warn_second_results(old: pd.DataFrame, new: pd.DataFrame) -> None:
+    """A second observation at the time of one already seen, with another value (a corrected
+    result?), is used as a second sample: said, naming the update's row."""
     is_obs = (new["EVID"] == 0) & (new["MDV"] == 0) if "MDV" in new else new["EVID"] == 0
     obs_old = old[(old["EVID"] == 0) & (old["MDV"] == 0)] if "MDV" in old else old[old["EVID"] == 0]
     before = obs_old.groupby(["ID", "TIME"], sort=False)["DV"].first()
