@@ -159,7 +159,9 @@ def _warn_implausible_records(
         obs = rec[(rec["EVID"] == 0) & (rec["MDV"] == 0)]
         if "CENS" in rec:
             obs = obs[obs["CENS"].fillna(0) == 0]
-        found = _first_new(obs[obs["DV"] <= 0], where)
+        # a zero under an error model that cannot take one is refused when bound
+        zero_ok = prior.error[0] in ("additive", "combined")
+        found = _first_new(obs[(obs["DV"] < 0) | ((obs["DV"] == 0) & zero_ok)], where)
         if found is not None:
             row, name = found
             what = "a negative concentration" if row["DV"] < 0 else "a zero concentration"
