@@ -384,7 +384,7 @@ def fit(
         trouble.append("the objective (OFV) is not finite: the estimates are not a fit")
     # (standard errors that could not be computed are warned about by the fit itself)
     if d.get("beyond_plausible"):
-        trouble.append(d["beyond_plausible"].split(":")[0] + " is outside its plausible range")
+        trouble.append(f"{d['beyond_plausible']} is outside its plausible range")
     if stream is not None and (outside := stream.outside_bounds(_estimates(result))):
         # NONMEM keeps THETA inside its bounds; cohort estimates without them, so an estimate
         # outside is not what NONMEM would report: said, and the fit not accepted

@@ -263,8 +263,12 @@ def _order_problems(
     return out
 
 
+# Two records equal in these are one record given twice.
+DUPLICATE_KEYS = ("ID", "TIME", "EVID", "CMT", "AMT", "DV", "RATE")
+
+
 def _duplicates(frame: pd.DataFrame, rows: np.ndarray) -> list[Problem]:
-    keys = [c for c in ("ID", "TIME", "EVID", "CMT", "AMT", "DV", "RATE") if c in frame]
+    keys = [c for c in DUPLICATE_KEYS if c in frame]
     dup = frame.duplicated(subset=keys, keep="first").to_numpy()
     first = frame.reset_index(drop=True).groupby(keys, dropna=False, sort=False).ngroup()
     first_row = {g: int(rows[i]) for i, g in reversed(list(enumerate(first)))}

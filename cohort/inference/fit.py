@@ -188,35 +188,28 @@ def _zero_predictions(bm, pop, eta, show: int = 5) -> str:
     )
 
 
-def _beyond_plausible(bm, reported: dict) -> str:
-    """A typical value outside its model parameter's plausible range (V2 = 6e6 L: the data do
-    not identify it, and the optimiser let it run off), named; '' when none."""
-    out = []
+def _beyond_plausible(bm, reported: dict, fixed: set[str]) -> list[str]:
+    """Typical values outside their model parameter's plausible range (V2 = 6e6 L: the data
+    do not identify it, and the optimiser let it run off), as ``"V2 = 6.1e+06 L (above
+    1e+04)"``."""
     if bm.spec.transform is not None:  # estimated quantities are not the model's parameters
-        return ""
-    fixed = set(Layout(bm).fixed_names())
+        return []
     # a typical value with covariate effects is at the user's reference (e.g. per kg): the
     # model's range need not apply to it
-    plain = {q.name for q in bm.spec.params if not q.covariates}
+    plain = {q.name for q in bm.spec.params if not q.covariates} - fixed
+    out = []
     for p in bm.spec.model.parameters:
-        v = reported.get(p.name) if p.name in plain and p.name not in fixed else None
+        v = reported.get(p.name) if p.name in plain else None
         if v is not None and np.isfinite(v) and not p.lower <= v <= p.upper:
             side = f"above {p.upper:g}" if v > p.upper else f"below {p.lower:g}"
             out.append(f"{p.name} = {v:.4g} {p.units} ({side})")
-    if not out:
-        return ""
-    return (
-        f"{', '.join(out)}: outside the model's plausible range; check the units of DV and "
-        "AMT, and whether the data identify it (a compartment they do not show: fix it with "
-        "--fix NAME=VALUE, or use a simpler model)"
-    )
+    return out
 
 
-def _missing_se(bm, est) -> list[str]:
+def _missing_se(est, fixed: set[str]) -> list[str]:
     """Estimated (not fixed) quantities whose standard error could not be computed."""
     if est.se_method == "none":
         return []
-    fixed = set(Layout(bm).fixed_names())
     return [k for k, v in est.se.items() if k not in fixed and not k.startswith("log_")
             and not np.isfinite(v)]  # fmt: skip
 
@@ -355,10 +348,15 @@ def fit(
         boundary = _boundary_iiv(bm, est.pop)
         if boundary:
             problems.append(boundary)
-        runaway = _beyond_plausible(bm, est.reported)
+        fixed = set(Layout(bm).fixed_names())
+        runaway = ", ".join(_beyond_plausible(bm, est.reported, fixed))
         if runaway:
-            problems.append(runaway)
-        no_se = _missing_se(bm, est) if method == "ml" else []
+            problems.append(
+                f"{runaway}: outside the model's plausible range; check the units of DV and "
+                "AMT, and whether the data identify it (a compartment they do not show: fix it "
+                "with --fix NAME=VALUE, or use a simpler model)"
+            )
+        no_se = _missing_se(est, fixed) if method == "ml" else []
         if no_se:  # NONMEM: "covariance step aborted"; the estimates stand, their SEs do not
             problems.append(
                 f"no standard errors for {', '.join(no_se)} (the covariance step failed: a "

@@ -165,6 +165,7 @@ class TwinPrior:
     def log_typical(self, covariates: pd.DataFrame) -> np.ndarray:
         """``μ [N, K]``: log typical values for each row (patient) of ``covariates``."""
         from cohort.population.generate import typical_values
+        from cohort.population.marginals import category_values
 
         n = len(covariates)
         cov = {}
@@ -185,8 +186,6 @@ class TwinPrior:
         for spec in self.spec.covariates:  # a code the prior has no factor for is an error
             if spec.distribution != "categorical" or spec.name not in cov:
                 continue
-            from cohort.population.marginals import category_values
-
             codes = np.asarray(category_values(spec), float)
             bad = np.flatnonzero(~np.isin(cov[spec.name], codes))
             if bad.size:

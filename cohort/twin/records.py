@@ -10,7 +10,14 @@ import numpy as np
 import pandas as pd
 
 from cohort.data import Dataset
-from cohort.data.reader import STANDARD_COLUMNS, DataError, Problem, read_table, validate
+from cohort.data.reader import (
+    DUPLICATE_KEYS,
+    STANDARD_COLUMNS,
+    DataError,
+    Problem,
+    read_table,
+    validate,
+)
 from cohort.errors import CohortWarning
 from cohort.models.base import Model
 from cohort.twin.prior import TwinError, show_id
@@ -72,27 +79,12 @@ def append_records(
     return combined.iloc[idx].reset_index(drop=True), new_rows
 
 
-def _keys(frame: pd.DataFrame, columns: list[str]) -> list[tuple]:
-    """Each row's values in ``columns`` as a comparable tuple (numbers as floats, NaN as one
-    marker: an ID read as 101 or 101.0 and a missing DV match)."""
-
-    def norm(v):
-        if v is None or (isinstance(v, float) and np.isnan(v)) or v is pd.NA:
-            return "nan"
-        try:
-            return float(v)
-        except (TypeError, ValueError):
-            return str(v)
-
-    return list(zip(*(frame[c].map(norm).tolist() for c in columns), strict=True))
-
-
 def _check_repeats(old: pd.DataFrame, new: pd.DataFrame) -> None:
     """A new record equal to one already seen (same patient, time, event, amount and value) is
     an update applied twice: refused."""
-    keys = [c for c in ("ID", "TIME", "EVID", "CMT", "AMT", "RATE", "DV") if c in new and c in old]
-    seen = set(_keys(old, keys))
-    again = np.flatnonzero([k in seen for k in _keys(new, keys)])
+    keys = [c for c in DUPLICATE_KEYS if c in new and c in old]  # the reader's duplicates
+    both = pd.concat([old[keys], new[keys]], ignore_index=True)
+    again = np.flatnonzero(both.duplicated(keep="first").to_numpy()[len(old) :])
     if again.size:
         r = new.iloc[again[0]]
         every = " (every record of this update)" if again.size == len(new) else ""
@@ -106,10 +98,9 @@ def _check_repeats(old: pd.DataFrame, new: pd.DataFrame) -> None:
 def _warn_second_results(old: pd.DataFrame, new: pd.DataFrame) -> None:
     """A second observation at the time of one already seen, with another value (a corrected
     result?), is used as a second sample: said, naming the update's row."""
-    is_obs = (new["EVID"] == 0) & (new["MDV"] == 0) if "MDV" in new else new["EVID"] == 0
-    obs_old = old[(old["EVID"] == 0) & (old["MDV"] == 0)] if "MDV" in old else old[old["EVID"] == 0]
+    obs_old = old[(old["EVID"] == 0) & (old["MDV"] == 0)]  # (validated: MDV is always there)
     before = obs_old.groupby(["ID", "TIME"], sort=False)["DV"].first()
-    for _, r in new[is_obs].iterrows():
+    for _, r in new[(new["EVID"] == 0) & (new["MDV"] == 0)].iterrows():
         if (r["ID"], r["TIME"]) in before.index:
             warnings.warn(
                 f"update record {int(r['ROW'])} (ID {show_id(r['ID'])}, TIME {r['TIME']:g}): "
