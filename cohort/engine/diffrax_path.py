@@ -138,10 +138,12 @@ def solve_patient(
     *,
     differentiable: bool = True,
 ):
-    """States ``[T, S]`` and a status code for one patient. ``differentiable=False`` (a
-    simulation, never differentiated) integrates in a plain ``while_loop``: diffrax's default
+    """States ``[T, S]`` and a status code for one patient. ``differentiable=False``
+    integrates in a plain ``while_loop`` (diffrax's ``ForwardMode``), which forward-mode
+    derivatives (``jvp``/``jacfwd``) still go through, but not reverse mode: diffrax's default
     reverse-mode adjoint builds a checkpointed loop whose tracing and compilation cost a new
-    user ~0.5 s of a 100-patient ``cohort simulate`` (issue 16) for nothing; the steps and
+    user ~0.5 s of a 100-patient ``cohort simulate`` (issue 16) for nothing, and fits' FOCE
+    Jacobians ``∂f/∂η`` (a few η, many observations) are cheaper forward. The steps and
     values are the same."""
     import diffrax as dfx
 

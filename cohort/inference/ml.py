@@ -155,8 +155,15 @@ def _functions(bm: BoundModel, approx: str) -> dict:
             def term(v, e_hat, d):
                 return laplace.subject_marginal(bm, flat.pop_at(v, base), e_hat, d, approx)
 
-            # per-subject values and gradients: one reverse pass, vmapped over subjects
-            terms, jac = jax.vmap(jax.value_and_grad(term), in_axes=(None, 0, 0))(
+            if bm.engine == "closed_form":  # per-subject values and gradients: one reverse
+                per_subject = jax.value_and_grad(term)  # pass, vmapped over subjects
+            else:  # ODE solves differentiate forward only: P tangents, value as aux
+
+                def per_subject(v, e_hat, d):
+                    jac, value = jax.jacfwd(lambda w: (term(w, e_hat, d),) * 2, has_aux=True)(v)
+                    return value, jac
+
+            terms, jac = jax.vmap(per_subject, in_axes=(None, 0, 0))(
                 x, eta_hat, laplace.subject_data(arrays)
             )
             return jnp.sum(terms), jnp.sum(jac, axis=0), eta_hat, terms, jac
@@ -170,13 +177,14 @@ def _functions(bm: BoundModel, approx: str) -> dict:
 
 
 def implicit_gradient(bm: BoundModel) -> bool:
-    """Whether the marginal OFV's gradient comes from reverse-mode AD with implicit modes
-    (:func:`laplace.implicit_mode`): closed-form models with several doses, where one such
-    pass costs a fraction of re-solving the modes at the ``2P`` points of a difference stencil
-    (on 74 subjects with steady-state doses, ~8× less per BFGS step). Small single-dose
-    datasets keep the stencil, whose compiled program is smaller (their fits are mostly
-    compilation); ODE models keep it too (no second derivatives through the solver)."""
-    return bm.engine == "closed_form" and not laplace.differences_jacobian(bm)
+    """Whether the marginal OFV's gradient comes from AD with implicit modes
+    (:func:`laplace.implicit_mode`) instead of re-solving the modes at the ``2P`` points of a
+    difference stencil: closed-form models with several doses (one reverse pass; on 74
+    subjects with steady-state doses, ~8× less per BFGS step) and ODE models (forward mode:
+    the stencil's 15 mode searches per step made a 12-subject Theoph FOCE fit 10× slower).
+    Small single-dose closed-form datasets keep the stencil, whose compiled program is smaller
+    (their fits are mostly compilation)."""
+    return bm.engine != "closed_form" or not laplace.differences_jacobian(bm)
 
 
 def _numpy_pop(pop: Pop) -> Pop:

@@ -96,10 +96,14 @@ def ode_subject(
     with_infusion: bool,
     has_ss: bool,
     options: diffrax_path.DiffraxOptions,
+    reverse: bool = True,
 ) -> tuple[jnp.ndarray, jnp.ndarray]:
     """``output`` at ``times`` via the engine's adaptive diffrax solve; ok is False when the
-    solve failed (max steps, non-finite or negative states)."""
-    states, code = diffrax_path.solve_patient(model, p, ev, times, with_infusion, has_ss, options)
+    solve failed (max steps, non-finite or negative states). ``reverse=False``: forward-mode
+    derivatives only (diffrax's ``ForwardMode``), for ``jacfwd``."""
+    states, code = diffrax_path.solve_patient(
+        model, p, ev, times, with_infusion, has_ss, options, differentiable=reverse
+    )
     status = solution_status(states, code)
     ok = (status == 0) & jnp.all(jnp.isfinite(states))
     safe = jnp.where(ok, states, 1.0)  # keep NaNs of failed solves out of the likelihood

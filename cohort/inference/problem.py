@@ -9,6 +9,7 @@ parameterised; everything subject-level is vectorized over the padded subject ax
 from __future__ import annotations
 
 import dataclasses
+import functools
 import warnings
 from typing import Any, NamedTuple
 
@@ -165,8 +166,10 @@ class BoundModel:
         return {k: out[k] for k in self.spec.model.parameter_names}
 
     # -- predictions ---------------------------------------------------------------------------
-    def predict_subject(self, logp_i, ev_i, times_i):
-        """Observed output ``[J]`` of one subject and whether its solve succeeded."""
+    def predict_subject(self, logp_i, ev_i, times_i, reverse: bool = True):
+        """Observed output ``[J]`` of one subject and whether its solve succeeded.
+        ``reverse=False``: ODE solves support forward-mode derivatives only (``jacfwd``; no
+        reverse-mode adjoint in the program, which then traces, compiles and runs faster)."""
         p = self.model_params(logp_i)
         m, out = self.spec.model, self.spec.output
         if self.engine == "closed_form":
@@ -175,14 +178,16 @@ class BoundModel:
                 m, out, p, ev_i, times_i, self.with_infusion, changes, self.has_reset
             )
         return predict.ode_subject(
-            m, out, p, ev_i, times_i, self.with_infusion, self.has_ss, self.options
+            m, out, p, ev_i, times_i, self.with_infusion, self.has_ss, self.options, reverse
         )
 
-    def predict(self, pop: Pop, eta: jnp.ndarray, arrays: dict | None = None):
-        """Predictions ``[N, J]`` and ok flags ``[N]`` for all subjects (``eta [N, q]``)."""
+    def predict(self, pop: Pop, eta: jnp.ndarray, arrays: dict | None = None, reverse: bool = True):
+        """Predictions ``[N, J]`` and ok flags ``[N]`` for all subjects (``eta [N, q]``);
+        ``reverse`` as in :meth:`predict_subject`."""
         a = self.arrays if arrays is None else arrays
         logp = self.log_params(pop, eta, a["features"])
-        return jax.vmap(self.predict_subject)(logp, a["ev"], a["time"])
+        one = functools.partial(self.predict_subject, reverse=reverse)
+        return jax.vmap(one)(logp, a["ev"], a["time"])
 
     def omega_chol(self, pop: Pop) -> jnp.ndarray:
         """Cholesky factor ``L`` of Ω (``Ω = L Lᵀ``)."""
