@@ -150,9 +150,10 @@ def with_taylor(bm: BoundModel, pop: Pop, eta, d: dict) -> dict:
     return {**d, "taylor": (logp0, f, jnp.where(ok, jac, 0.0), jnp.where(ok, hess, 0.0), ok)}
 
 
-def objective(bm: BoundModel, pop: Pop, eta, d, omega_inv):
-    """``Oᵢ(η)`` of one subject (``+inf`` where its prediction failed)."""
-    f, ok = prediction(bm, pop, eta, d)
+def objective(bm: BoundModel, pop: Pop, eta, d, omega_inv, reverse: bool = True):
+    """``Oᵢ(η)`` of one subject (``+inf`` where its prediction failed); ``reverse=False``:
+    ODE solves differentiable in forward mode only (see :meth:`BoundModel.predict_subject`)."""
+    f, ok = prediction(bm, pop, eta, d, reverse)
     return _objective_at(bm, pop, eta, f, ok, d, omega_inv)
 
 

@@ -35,11 +35,20 @@ def _cached_key(key, build):
     return _COMPILED[key]
 
 
+def _forward(bm: BoundModel) -> bool:
+    """Whether a patient's potential is differentiated in forward mode: ODE models. A twin has
+    a few random effects, so forward tangents through the solve (diffrax's ``ForwardMode``)
+    cost less than its reverse-mode adjoint and compile smaller, also for second derivatives
+    (``jacfwd`` of ``jacfwd`` instead of differences of reverse-mode gradients)."""
+    return bm.engine != "closed_form"
+
+
 def _potential(bm: BoundModel, pop: Pop, omega_inv):
     """``U(η) = ½ Oᵢ(η)``: the negative log posterior of one patient (up to a constant)."""
+    reverse = not _forward(bm)
 
     def u(eta, d):
-        return 0.5 * laplace.objective(bm, pop, eta, d, omega_inv)
+        return 0.5 * laplace.objective(bm, pop, eta, d, omega_inv, reverse)
 
     return u
 
@@ -101,10 +110,10 @@ def map_laplace(
             omega_inv, _ = laplace.omega_inverse(bm, pop)
             u = _potential(bm, pop, omega_inv)
             d = laplace.subject_data(arrays)
-            # ODE solves differentiate in reverse mode only (diffrax's adjoint is a
-            # custom_vjp): their Hessian from differences of gradients
-            hessian = None if bm.engine == "closed_form" else fd_hessian
-            eta_n, hess = jax.vmap(lambda e, d: newton(u, e, d, newton_steps, hessian))(eta, d)
+            forward = _forward(bm)
+            eta_n, hess = jax.vmap(lambda e, d: newton(u, e, d, newton_steps, forward=forward))(
+                eta, d
+            )
             eta = jnp.where(jnp.isfinite(value)[:, None], eta_n, eta)
             return best_start(u, eta, hess, d, n_starts)
 
@@ -125,18 +134,22 @@ def fd_hessian(u, eta, d, h: float = 1e-4):
     return 0.5 * (g + g.T)
 
 
-def newton(u, eta, d, steps: int, hessian=None):
+def newton(u, eta, d, steps: int, hessian=None, forward: bool = False):
     """``steps`` Newton steps on ``u(·, d)`` from ``eta`` (one patient): the exact Hessian
     with its eigenvalues taken in absolute value where it is not positive definite, and a
     line search. Returns the point and the Hessian of the last step (the Laplace precision:
-    one copy of that graph)."""
+    one copy of that graph). ``forward``: every derivative in forward mode (``u`` through an
+    ODE solve that supports no other); ``hessian`` is then ignored."""
+    grad = jax.jacfwd(u) if forward else jax.grad(u)
+    if forward:
+        hessian = lambda u, e, d: jax.jacfwd(jax.jacfwd(u))(e, d)  # noqa: E731
 
     def step(carry, _):
         # Gauss-Newton converges linearly where residuals are large (its matrix is the
         # expected information, not the Hessian); Newton on the exact Hessian finishes the
         # mode. Within rounding of the minimum a step is trusted, not the noisy u.
         e, _ = carry
-        g = jax.grad(u)(e, d)
+        g = grad(e, d)
         h = jax.hessian(u)(e, d) if hessian is None else hessian(u, e, d)
         w, vecs = jnp.linalg.eigh(h)
         w = jnp.maximum(jnp.abs(w), 1e-8 * jnp.max(jnp.abs(w)) + 1e-300)
@@ -268,6 +281,7 @@ def nuts(
         retry=retry,
         adapt_mass_matrix=adapt_mass_matrix,
         index=index,
+        forward=_forward(bm),
     )
 
 
@@ -289,6 +303,7 @@ def sample(
     adapt_mass_matrix: bool = True,
     index=None,
     target_accept: float = 0.8,
+    forward: bool = False,
 ) -> Samples:
     """NUTS for any per-patient potential (see :func:`modes`); ``prepare(arrays)`` gives the
     per-patient data (leaves with the patient axis first; default: ``arrays`` itself). ``key``
@@ -302,13 +317,16 @@ def sample(
     lanes: best when a gradient is cheap, as in closed-form PK); ``False`` runs patients one
     after another inside the compiled program (``lax.map``), chains vmapped, so a patient
     whose posterior needs long trajectories does not hold up the others: best when each
-    gradient is already a large vectorised computation (CGM twins' day-long trajectories)."""
+    gradient is already a large vectorised computation (CGM twins' day-long trajectories).
+    ``forward``: gradients in forward mode (numpyro's ``forward_mode_differentiation``), for
+    potentials through ODE solves."""
     import time
 
     t0 = time.perf_counter()
     run = functools.partial(
         _nuts_batch, make_potential, params, key, prepare, chains=chains,
         max_tree_depth=max_tree_depth, lockstep=lockstep, target_accept=target_accept,
+        forward=forward,
     )  # fmt: skip
     n = init.eta.shape[0]
     index = np.arange(n) if index is None else np.asarray(index, int)
@@ -348,6 +366,7 @@ def sample(
 def _nuts_batch(
     make_potential, params, key, prepare, init: Laplace, arrays, *, chains, warmup, draws, seed,
     max_tree_depth, lockstep=True, adapt_mass_matrix=True, index=None, target_accept=0.8,
+    forward=False,
 ):  # fmt: skip
     """One vmapped NUTS run: draws ``[N, chain, draw, q]``, R-hat, ESS, and which draws
     came from a divergent transition ``[N, chain, draw]``."""
@@ -371,6 +390,7 @@ def _nuts_batch(
                     max_tree_depth=max_tree_depth,
                     adapt_mass_matrix=adapt_mass_matrix,
                     target_accept_prob=target_accept,
+                    forward_mode_differentiation=forward,
                     model_args=(d,),
                     rng_key=key,
                 )
@@ -392,7 +412,7 @@ def _nuts_batch(
         return jax.jit(run)
 
     what = (f"nuts:{chains}:{warmup}:{draws}:{max_tree_depth}:{lockstep}:{adapt_mass_matrix}:"
-            f"{target_accept}")  # fmt: skip
+            f"{target_accept}:{forward}")  # fmt: skip
     fn = _cached_key((key, what), build)
     cov = np.where(init.ok[:, None, None], init.cov, np.eye(q)[None])
     chol = np.linalg.cholesky(cov)
