@@ -168,18 +168,31 @@ class BoundModel:
     # -- predictions ---------------------------------------------------------------------------
     def predict_subject(self, logp_i, ev_i, times_i, reverse: bool = True):
         """Observed output ``[J]`` of one subject and whether its solve succeeded.
-        ``reverse=False``: ODE solves support forward-mode derivatives only (``jacfwd``; no
-        reverse-mode adjoint in the program, which then traces, compiles and runs faster)."""
-        p = self.model_params(logp_i)
+
+        ODE solves: ``reverse=True`` (default) supports reverse mode only (``grad``, as NUTS
+        and SVI take it), ``reverse=False`` forward mode only (``jvp``/``jacfwd``, as the
+        FOCE modes and ODE twins take it); both solve in a plain loop with diffrax's
+        ``ForwardMode``. Reverse mode gets the vector-Jacobian product from the forward
+        Jacobian in the ``K`` log-parameters (a custom VJP): ``K`` tangents through one solve
+        cost less than diffrax's checkpointed adjoint (Theoph, 12 subjects: 2.2 ms per
+        gradient instead of 3.2 ms, compiled in 4.3 s instead of 6.6 s)."""
         m, out = self.spec.model, self.spec.output
         if self.engine == "closed_form":
+            p = self.model_params(logp_i)
             changes = Changes(**ev_i["changes"]) if "changes" in ev_i else None
             return predict.closed_form_subject(
                 m, out, p, ev_i, times_i, self.with_infusion, changes, self.has_reset
             )
-        return predict.ode_subject(
-            m, out, p, ev_i, times_i, self.with_infusion, self.has_ss, self.options, reverse
-        )
+
+        def solve(lp, data):
+            return predict.ode_subject(
+                m, out, self.model_params(lp), *data, self.with_infusion, self.has_ss,
+                self.options, reverse=False,
+            )  # fmt: skip
+
+        if reverse:
+            return predict.reverse_by_forward_jacobian(solve, logp_i, (ev_i, times_i))
+        return solve(logp_i, (ev_i, times_i))
 
     def predict(self, pop: Pop, eta: jnp.ndarray, arrays: dict | None = None, reverse: bool = True):
         """Predictions ``[N, J]`` and ok flags ``[N]`` for all subjects (``eta [N, q]``);
