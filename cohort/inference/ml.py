@@ -3,14 +3,16 @@
 Two stages: a naive pooled fit (all η = 0) moves the typical values from their initial guesses
 into the right basin cheaply, then the marginal OFV is minimised by BFGS (scipy). Gradients:
 
-* closed-form models with several doses (:func:`implicit_gradient`): the modes are searched
-  once per point, then the per-subject marginal terms are differentiated in reverse mode with
-  the modes implicit in the parameters (:func:`laplace.implicit_mode`), which also yields the
-  per-subject score vectors; BFGS starts from their outer-product (BHHH) Hessian;
-* otherwise central differences evaluated as one vmapped batch (the centre and ±h along every
-  free parameter, each re-solving its conditional modes from the centre's): the batch compiles
-  from first derivatives of the predictions only, so it is small (single-dose fits are mostly
-  compilation) and works unchanged for ODE models.
+* closed-form models with several doses and ODE models (:func:`implicit_gradient`): the
+  modes are searched once per point, then the per-subject marginal terms are differentiated
+  with the modes implicit in the parameters (:func:`laplace.implicit_mode`; reverse mode for
+  closed forms, forward mode through a Taylor polynomial of the predictions for ODEs), which
+  also yields the per-subject score vectors; BFGS starts from their outer-product (BHHH)
+  Hessian;
+* otherwise (small single-dose closed-form data) central differences evaluated as one vmapped
+  batch (the centre and ±h along every free parameter, each re-solving its conditional modes
+  from the centre's): the batch compiles from first derivatives of the predictions only, so
+  it is small (such fits are mostly compilation).
 
 Standard errors come from a finite-difference Hessian (of the OFV, or of its exact gradient)
 as ``R`` or ``R⁻¹SR⁻¹`` (NONMEM's default), mapped to the reported scales by the delta method.
@@ -36,6 +38,7 @@ from cohort.inference.problem import BoundModel, Pop
 _GRAD_STEP = 1e-4
 _HESS_STEP = 1e-3
 _SMALL = 20  # a gradient within _SMALL × gtol at a stall counts as converged
+_ROUNDS = 3  # mode searches (of `iterations` each) tried at a point before it is rejected
 # An IIV whose SD (log scale) ends below this is at its boundary (CV < 1 %): the data do not
 # support it, whatever tiny value the optimiser stopped at (seen: 2e-3 from one start, 1e-19
 # from another, for the same boundary solution)
@@ -205,7 +208,8 @@ def _finish(flat: _Flat, x: np.ndarray, base: Pop, h: float = 1e-5):
 
 
 class _Objective:
-    """OFV and its central-difference gradient over the free vector, with warm-started modes."""
+    """OFV and its gradient over the free vector (implicit-mode AD, or central differences:
+    see :func:`implicit_gradient`), with warm-started modes."""
 
     def __init__(self, bm: BoundModel, base: Pop, approx: str, pooled: bool, iterations=30):
         self.bm, self.base, self.layout = bm, _numpy_pop(base), Layout(bm)
@@ -278,12 +282,27 @@ class _Objective:
         self.gradients[np.asarray(x, float).tobytes()] = grad
         return ofv, grad
 
+    def _implicit_at(self, x: np.ndarray, rounds: int = _ROUNDS):
+        """``value_grad`` at ``x`` with the mode search continued from where it stopped while
+        the gradient is not finite: one search (30 iterations) can end short of the modes
+        from poor initial values (predictions far off the data), where ``∇²η O`` is not
+        positive definite and the implicit derivative is NaN. The warm start is kept only
+        when a finite gradient comes out."""
+        previous = self.eta
+        for _ in range(rounds):
+            ofv, grad, eta, terms, jac = self.value_grad(x)
+            if np.isfinite(ofv) and np.all(np.isfinite(grad)):
+                self.eta = eta
+                return ofv, grad, terms, jac
+            if not np.all(np.isfinite(eta)):
+                break
+            self.eta = eta
+        self.eta = previous
+        return np.inf, np.zeros_like(x), None, None
+
     def _evaluate(self, x: np.ndarray):
         if self.implicit:
-            ofv, grad, eta, _, _ = self.value_grad(x)
-            if not (np.isfinite(ofv) and np.all(np.isfinite(grad))):
-                return np.inf, np.zeros_like(x)
-            self.eta = eta
+            ofv, grad, _, _ = self._implicit_at(x)
             return ofv, grad
         ofv, eta, _ = self.run(self.stencil(x))
         p = x.size
@@ -295,9 +314,11 @@ class _Objective:
 
     def settle(self, x: np.ndarray, rounds: int = 3) -> float:
         """Converge the modes at ``x`` from the current warm start; the OFV there."""
-        if self.implicit:  # the search runs to convergence within one call
-            ofv, _, self.eta, _, _ = self.value_grad(x)
-            return ofv
+        if self.implicit:  # the search runs to convergence within one call (or a few)
+            ofv = self._implicit_at(x, rounds)[0]
+            if not np.isfinite(ofv):  # no finite gradient there (e.g. at a boundary): the
+                ofv, _, self.eta, _, _ = self.value_grad(x)  # OFV itself, as it stands
+            return float(ofv)
         ofv = np.inf
         for _ in range(rounds):
             o, eta, _ = self.run(x[None])
@@ -491,7 +512,10 @@ def maximize(
         reported=reported,
         cov=cov,
         names=list(reported),
-        converged=bool(res.success) or _small_gradient(res, gtol) or agreed,
+        # BFGS reports success at its first point when that point's OFV or gradient could
+        # not be computed (it sees a zero gradient there): never a converged fit
+        converged=bool(np.isfinite(ofv))
+        and (bool(res.success) or _small_gradient(res, gtol) or agreed),
         message=str(res.message)
         + (
             f" (accepted: {scan['starts_agreeing']} starts reached this OFV within 0.1)"

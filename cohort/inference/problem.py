@@ -174,8 +174,8 @@ class BoundModel:
         FOCE modes and ODE twins take it); both solve in a plain loop with diffrax's
         ``ForwardMode``. Reverse mode gets the vector-Jacobian product from the forward
         Jacobian in the ``K`` log-parameters (a custom VJP): ``K`` tangents through one solve
-        cost less than diffrax's checkpointed adjoint (Theoph, 12 subjects: 2.2 ms per
-        gradient instead of 3.2 ms, compiled in 4.3 s instead of 6.6 s)."""
+        cost less than diffrax's checkpointed adjoint (Theoph, 12 subjects: 1.1-1.4 ms per
+        gradient instead of 3.2 ms, compiled in 3.4-4.3 s instead of 6.6 s)."""
         m, out = self.spec.model, self.spec.output
         if self.engine == "closed_form":
             p = self.model_params(logp_i)
