@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from cohort.errors import OptionError
-from cohort.inference import likelihood
+from cohort.inference import likelihood, predict
 from cohort.inference.problem import BoundModel, Pop
 
 APPROXIMATIONS = ("foce", "laplace")
@@ -124,28 +124,24 @@ def with_taylor(bm: BoundModel, pop: Pop, eta, d: dict) -> dict:
     logp0 = jax.lax.stop_gradient(bm.log_params(pop, eta, d["features"]))
     n_p = logp0.shape[-1]
 
-    def fun(lp):
-        f, ok = bm.predict_subject(lp, d["ev"], d["time"], reverse=False)
-        return f, (f, ok)
-
     def first(lp):
-        jac, (f, ok) = jax.jacfwd(fun, has_aux=True)(lp)
-        return jac, f, ok
+        return predict.value_and_jacfwd(
+            lambda v: bm.predict_subject(v, d["ev"], d["time"], reverse=False), lp
+        )
 
     if bm.iiv:
 
         def along(v):
-            (jac, f, ok), (djac, _, _) = jax.jvp(first, (logp0,), (v,))
-            return jac, f, ok, djac
+            (f, ok, jac), (_, _, djac) = jax.jvp(first, (logp0,), (v,))
+            return f, ok, jac, djac
 
-        jac, f, ok, djac = jax.vmap(along)(jnp.eye(n_p, dtype=logp0.dtype)[jnp.asarray(bm.iiv)])
-        jac, f, ok = jac[0], f[0], ok[0]
-        hess = jnp.zeros(f.shape + (n_p, n_p), f.dtype)
-        for k, i in enumerate(bm.iiv):  # rows and columns along the random effects
-            hess = hess.at[:, i, :].set(djac[k]).at[:, :, i].set(djac[k])
+        f, ok, jac, djac = jax.vmap(along)(jnp.eye(n_p, dtype=logp0.dtype)[jnp.asarray(bm.iiv)])
+        f, ok, jac = f[0], ok[0], jac[0]
     else:
-        jac, f, ok = first(logp0)
-        hess = jnp.zeros(f.shape + (n_p, n_p), f.dtype)
+        f, ok, jac = first(logp0)
+    hess = jnp.zeros(f.shape + (n_p, n_p), f.dtype)
+    for k, i in enumerate(bm.iiv):  # rows and columns along the random effects
+        hess = hess.at[:, i, :].set(djac[k]).at[:, :, i].set(djac[k])
     ok = ok & jnp.all(jnp.isfinite(jac)) & jnp.all(jnp.isfinite(hess))
     return {**d, "taylor": (logp0, f, jnp.where(ok, jac, 0.0), jnp.where(ok, hess, 0.0), ok)}
 
@@ -181,10 +177,9 @@ def _jacobian(bm: BoundModel, pop: Pop, eta, d):
         return f[0], g[0], ok[0]
 
     def fun(e):
-        f, ok = prediction(bm, pop, e, d, reverse=bm.engine == "closed_form")
-        return f, (f, ok)
+        return prediction(bm, pop, e, d, reverse=not bm.forward_mode)
 
-    g, (f, ok) = jax.jacfwd(fun, has_aux=True)(eta)
+    f, ok, g = predict.value_and_jacfwd(fun, eta)
     return f, jnp.where(ok, g, 0.0), ok
 
 
@@ -357,7 +352,7 @@ def implicit_mode(bm: BoundModel, pop: Pop, eta_hat, d: dict):
 
     def grad_eta(e, p):
         omega_inv, _ = omega_inverse(bm, p)
-        grad = jax.grad if bm.engine == "closed_form" else jax.jacfwd
+        grad = jax.jacfwd if bm.forward_mode else jax.grad
         return grad(lambda x: _objective_raw(bm, p, x, d, omega_inv))(e)
 
     @jax.custom_jvp
@@ -376,7 +371,7 @@ def implicit_mode(bm: BoundModel, pop: Pop, eta_hat, d: dict):
 
 def _objective_raw(bm: BoundModel, pop: Pop, eta, d, omega_inv):
     """``Oᵢ(η)`` without the failed-solve guard (differentiated at converged modes)."""
-    f, _ = prediction(bm, pop, eta, d, reverse=bm.engine == "closed_form")
+    f, _ = prediction(bm, pop, eta, d, reverse=not bm.forward_mode)
     return jnp.sum(bm.obs_terms(pop.sigma, f, d)) + _quad(eta, omega_inv)
 
 
@@ -385,7 +380,7 @@ def subject_marginal(bm: BoundModel, pop: Pop, eta_hat, d: dict, approx: str = "
     with the mode implicit (:func:`implicit_mode`): ``vmap(grad(...))`` over subjects gives
     the per-subject score vectors in one reverse pass."""
     omega_inv, logdet_omega = omega_inverse(bm, pop)
-    if bm.engine != "closed_form":  # derivatives from one solve with forward tangents
+    if bm.forward_mode:  # derivatives from one solve with forward tangents
         d = with_taylor(bm, pop, jax.lax.stop_gradient(eta_hat), d)
     eta = implicit_mode(bm, pop, eta_hat, d)
     f, g, ok = _jacobian(bm, pop, eta, d)

@@ -158,8 +158,8 @@ def _functions(bm: BoundModel, approx: str) -> dict:
             def term(v, e_hat, d):
                 return laplace.subject_marginal(bm, flat.pop_at(v, base), e_hat, d, approx)
 
-            if bm.engine == "closed_form":  # per-subject values and gradients: one reverse
-                per_subject = jax.value_and_grad(term)  # pass, vmapped over subjects
+            if not bm.forward_mode:  # per-subject values and gradients: one reverse pass,
+                per_subject = jax.value_and_grad(term)  # vmapped over subjects
             else:  # ODE solves differentiate forward only: P tangents, value as aux
 
                 def per_subject(v, e_hat, d):
@@ -187,7 +187,7 @@ def implicit_gradient(bm: BoundModel) -> bool:
     the stencil's 15 mode searches per step made a 12-subject Theoph FOCE fit 10× slower).
     Small single-dose closed-form datasets keep the stencil, whose compiled program is smaller
     (their fits are mostly compilation)."""
-    return bm.engine != "closed_form" or not laplace.differences_jacobian(bm)
+    return bm.forward_mode or not laplace.differences_jacobian(bm)
 
 
 def _numpy_pop(pop: Pop) -> Pop:
@@ -286,24 +286,24 @@ class _Objective:
         """``value_grad`` at ``x`` with the mode search continued from where it stopped while
         the gradient is not finite: one search (30 iterations) can end short of the modes
         from poor initial values (predictions far off the data), where ``∇²η O`` is not
-        positive definite and the implicit derivative is NaN. The warm start is kept only
-        when a finite gradient comes out."""
+        positive definite and the implicit derivative is NaN. Returns the last search's OFV,
+        its modes and whether its gradient is finite; the warm start is kept only then."""
         previous = self.eta
         for _ in range(rounds):
-            ofv, grad, eta, terms, jac = self.value_grad(x)
+            ofv, grad, eta, _, _ = self.value_grad(x)
             if np.isfinite(ofv) and np.all(np.isfinite(grad)):
                 self.eta = eta
-                return ofv, grad, terms, jac
+                return ofv, grad, eta, True
             if not np.all(np.isfinite(eta)):
                 break
             self.eta = eta
         self.eta = previous
-        return np.inf, np.zeros_like(x), None, None
+        return ofv, grad, eta, False
 
     def _evaluate(self, x: np.ndarray):
         if self.implicit:
-            ofv, grad, _, _ = self._implicit_at(x)
-            return ofv, grad
+            ofv, grad, _, usable = self._implicit_at(x)
+            return (ofv, grad) if usable else (np.inf, np.zeros_like(x))
         ofv, eta, _ = self.run(self.stencil(x))
         p = x.size
         if not np.all(np.isfinite(ofv)):  # a failed solve or an impossible step: reject it
@@ -315,9 +315,9 @@ class _Objective:
     def settle(self, x: np.ndarray, rounds: int = 3) -> float:
         """Converge the modes at ``x`` from the current warm start; the OFV there."""
         if self.implicit:  # the search runs to convergence within one call (or a few)
-            ofv = self._implicit_at(x, rounds)[0]
-            if not np.isfinite(ofv):  # no finite gradient there (e.g. at a boundary): the
-                ofv, _, self.eta, _, _ = self.value_grad(x)  # OFV itself, as it stands
+            ofv, _, eta, usable = self._implicit_at(x, rounds)
+            if not usable and np.all(np.isfinite(eta)):  # no finite gradient there (e.g. at a
+                self.eta = eta  # boundary): the OFV itself, as the last search left it
             return float(ofv)
         ofv = np.inf
         for _ in range(rounds):

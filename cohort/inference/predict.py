@@ -112,6 +112,17 @@ def ode_subject(
     return f, ok & jnp.all(jnp.isfinite(f))
 
 
+def value_and_jacfwd(fun, x):
+    """``f, ok, ∂f/∂x`` of ``fun(x) -> (f, ok)`` from one forward-mode pass (``jacfwd``)."""
+
+    def both(v):
+        f, ok = fun(v)
+        return f, (f, ok)
+
+    jac, (f, ok) = jax.jacfwd(both, has_aux=True)(x)
+    return f, ok, jac
+
+
 def reverse_by_forward_jacobian(solve, x, data):
     """``solve(x, data) -> (f, ok)`` made reverse-differentiable in ``x [K]`` through a custom
     VJP whose forward pass computes the Jacobian ``∂f/∂x [J, K]`` with ``K`` forward tangents
@@ -125,12 +136,8 @@ def reverse_by_forward_jacobian(solve, x, data):
         return solve(x, data)
 
     def forward(x, data):
-        def both(v):
-            f, ok = solve(v, data)
-            return f, (f, ok)
-
-        jac, out = jax.jacfwd(both, has_aux=True)(x)
-        return out, jac
+        f, ok, jac = value_and_jacfwd(lambda v: solve(v, data), x)
+        return (f, ok), jac
 
     def backward(jac, cotangent):
         return cotangent[0] @ jac, None

@@ -166,6 +166,13 @@ class BoundModel:
         return {k: out[k] for k in self.spec.model.parameter_names}
 
     # -- predictions ---------------------------------------------------------------------------
+    @property
+    def forward_mode(self) -> bool:
+        """Whether derivatives of the predictions in η are taken in forward mode: ODE solves
+        (diffrax's ``ForwardMode``; a few η and many observations make forward tangents
+        cheaper than the reverse adjoint, and second derivatives ``jacfwd`` of ``jacfwd``)."""
+        return self.engine != "closed_form"
+
     def predict_subject(self, logp_i, ev_i, times_i, reverse: bool = True):
         """Observed output ``[J]`` of one subject and whether its solve succeeded.
 

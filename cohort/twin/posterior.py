@@ -35,17 +35,12 @@ def _cached_key(key, build):
     return _COMPILED[key]
 
 
-def _forward(bm: BoundModel) -> bool:
-    """Whether a patient's potential is differentiated in forward mode: ODE models. A twin has
-    a few random effects, so forward tangents through the solve (diffrax's ``ForwardMode``)
-    cost less than its reverse-mode adjoint and compile smaller, also for second derivatives
-    (``jacfwd`` of ``jacfwd`` instead of differences of reverse-mode gradients)."""
-    return bm.engine != "closed_form"
-
-
 def _potential(bm: BoundModel, pop: Pop, omega_inv):
-    """``U(η) = ½ Oᵢ(η)``: the negative log posterior of one patient (up to a constant)."""
-    reverse = not _forward(bm)
+    """``U(η) = ½ Oᵢ(η)``: the negative log posterior of one patient (up to a constant). ODE
+    models (``bm.forward_mode``) differentiate it in forward mode only: a twin has a few random
+    effects, so forward tangents cost less than the reverse adjoint and compile smaller, also
+    for second derivatives (``jacfwd`` of ``jacfwd``, not differences of gradients)."""
+    reverse = not bm.forward_mode
 
     def u(eta, d):
         return 0.5 * laplace.objective(bm, pop, eta, d, omega_inv, reverse)
@@ -110,7 +105,7 @@ def map_laplace(
             omega_inv, _ = laplace.omega_inverse(bm, pop)
             u = _potential(bm, pop, omega_inv)
             d = laplace.subject_data(arrays)
-            forward = _forward(bm)
+            forward = bm.forward_mode
             eta_n, hess = jax.vmap(lambda e, d: newton(u, e, d, newton_steps, forward=forward))(
                 eta, d
             )
@@ -140,17 +135,18 @@ def newton(u, eta, d, steps: int, hessian=None, forward: bool = False):
     line search. Returns the point and the Hessian of the last step (the Laplace precision:
     one copy of that graph). ``forward``: every derivative in forward mode (``u`` through an
     ODE solve that supports no other); ``hessian`` is then ignored."""
-    grad = jax.jacfwd(u) if forward else jax.grad(u)
     if forward:
-        hessian = lambda u, e, d: jax.jacfwd(jax.jacfwd(u))(e, d)  # noqa: E731
+        grad, hess = jax.jacfwd(u), jax.jacfwd(jax.jacfwd(u))
+    else:
+        grad = jax.grad(u)
+        hess = jax.hessian(u) if hessian is None else functools.partial(hessian, u)
 
     def step(carry, _):
         # Gauss-Newton converges linearly where residuals are large (its matrix is the
         # expected information, not the Hessian); Newton on the exact Hessian finishes the
         # mode. Within rounding of the minimum a step is trusted, not the noisy u.
         e, _ = carry
-        g = grad(e, d)
-        h = jax.hessian(u)(e, d) if hessian is None else hessian(u, e, d)
+        g, h = grad(e, d), hess(e, d)
         w, vecs = jnp.linalg.eigh(h)
         w = jnp.maximum(jnp.abs(w), 1e-8 * jnp.max(jnp.abs(w)) + 1e-300)
         direction = vecs @ ((vecs.T @ g) / w)
@@ -281,7 +277,7 @@ def nuts(
         retry=retry,
         adapt_mass_matrix=adapt_mass_matrix,
         index=index,
-        forward=_forward(bm),
+        forward=bm.forward_mode,
     )
 
 
