@@ -345,6 +345,8 @@ def _expanded(df: pd.DataFrame, state_names: Sequence[str], dose_targets: Sequen
         row = i + 1
         if np.isnan(time[i]):
             raise _err(row, "TIME", "missing time")
+        if not np.isfinite(time[i]):
+            raise _err(row, "TIME", f"TIME {time[i]:g} must be a finite number")
         if evid[i] not in (0, 1, 2, 3, 4):
             raise _err(row, "EVID", f"EVID {evid[i]:g} is not one of 0, 1, 2, 3, 4")
         dose = evid[i] in (1, 4)

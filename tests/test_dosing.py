@@ -91,6 +91,7 @@ def test_non_numeric_values():
         ({"SS": [2, 0], "II": [12.0, 0.0]}, "SS"),
         ({"SS": [1, 0], "II": [0.0, 0.0]}, "II"),
         ({"TIME": [np.nan, 2.0]}, "TIME"),
+        ({"TIME": [np.inf, 2.0], "EVID": [0, 1]}, "TIME"),  # an observation row too
         ({"AMT": [np.inf, 0.0]}, "AMT"),
     ],
 )
@@ -221,7 +222,7 @@ def test_rate_minus_two_needs_duration_parameter():
     df = pd.DataFrame(
         {"ID": [1], "TIME": [0.0], "AMT": [100.0], "EVID": [1], "CMT": [1], "RATE": [-2.0]}
     )
-    with pytest.raises(InputError, match="D_central"):
+    with pytest.raises(InputError, match=r"D_central.*ID 1, TIME 0, CMT central.*add a D_"):
         cohort.simulate(PK1_IV, {"CL": CL, "V": V}, df, TIMES)
     with pytest.raises(InputError, match="D_depot"):
         cohort.simulate(PK2_ORAL, None, df, TIMES, n=1)

@@ -3,9 +3,12 @@ or marked stores, resume after kill -9 (issue 12)."""
 
 from __future__ import annotations
 
+import json
+import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -200,11 +203,19 @@ def test_lock_refuses_second_writer_and_recovers_stale_lock(tmp_path):
             res = runner.invoke(app, sim_args(other))
             assert res.exit_code == 2 and f"being written by process {holder.pid}" in flat(res)
         assert not out.exists()
+        holder.kill()
+        # Dead but not yet reaped (a zombie: kill(pid, 0) still succeeds, and in a container
+        # whose PID 1 never reaps it stays so): the lock is already stale.
+        os.waitid(os.P_PID, holder.pid, os.WEXITED | os.WNOWAIT)
+        assert lock_path(out).exists()
+        with pytest.warns(cohort.CohortWarning, match="stale write lock"):
+            with write_lock(out):
+                pass
     finally:
         holder.kill()
         holder.wait()
     # The holder died without releasing: the lock is stale, reported and taken over.
-    assert lock_path(out).exists()
+    lock_path(out).write_text(json.dumps({"pid": holder.pid, "host": socket.gethostname()}))
     with pytest.warns(cohort.CohortWarning, match="stale write lock"):
         with write_lock(out):
             pass

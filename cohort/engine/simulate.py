@@ -152,12 +152,19 @@ def _spec_hash(plan: _Plan) -> str:
     return h.hexdigest()[:24]
 
 
-def _validate_events(model: Model, table: EventTable, params) -> None:
+def _validate_events(model: Model, table: EventTable, params, ids=None) -> None:
+    """Refuse dosing the engines cannot run; ``ids``: the records' patient IDs (for the
+    message), if they have them."""
     missing = [d for d in missing_duration_params(model, table) if d not in params]
     if missing:
+        modelled = (table.evid == 1) & (table.rate == -2)
+        i, j = (int(k[0]) for k in np.nonzero(modelled))
+        who = f"ID {ids[i]}" if ids is not None and len(ids) > i else f"patient {i}"
         raise InputError(
-            f"dosing: RATE=-2 records need the infusion duration parameter(s) {missing} "
-            "in the population (one value per patient)"
+            f"dosing: RATE=-2 (duration modelled) needs the parameter(s) {missing} in the "
+            f"population, one value per patient (first such dose: {who}, TIME "
+            f"{table.time[i, j]:g}, CMT {table.state_names[int(table.cmt[i, j])]}); add a "
+            f"{missing[0]} column to the population, or give the dose a RATE > 0 or RATE=0"
         )
     if table.has_ss and (problem := ss_lag_problem(model, table, params)):
         raise InputError(problem)
@@ -236,7 +243,7 @@ def simulate(
                 f"outputs: {o!r} is not an output or state of {model.name!r}; choose from "
                 f"{list(model.output_names + model.state_names)}"
             )
-    _validate_events(model, table, params)
+    _validate_events(model, table, params, patient_ids(dosing))
     engine.validate(model, table, params)
     if isinstance(engine, RK4) and engine.tol is not None and engine.dt is None:
         rows = pilot_rows(n_pat)

@@ -52,8 +52,19 @@ def _alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     except PermissionError:  # exists, owned by another user
-        return True
-    return True
+        return not _zombie(pid)
+    return not _zombie(pid)
+
+
+def _zombie(pid: int) -> bool:
+    """Whether ``pid`` has exited but not been reaped (Linux state ``Z``): ``kill(pid, 0)``
+    still succeeds for it, and where nothing reaps (a container whose PID 1 does not) a
+    killed writer's lock would never count as stale."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except (OSError, IndexError):  # no /proc (macOS): kill(pid, 0) is all there is
+        return False
 
 
 def _try_create(lock: Path, owner: dict) -> bool:
