@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from cohort.errors import CohortError
+from cohort.errors import CohortError, CohortWarning
 
 
 class DosingError(CohortError, ValueError):
@@ -337,6 +338,16 @@ def _expanded(df: pd.DataFrame, state_names: Sequence[str], dose_targets: Sequen
     addl = _numeric(df, "ADDL", 0.0)
     ii = _numeric(df, "II", 0.0)
     ss = _numeric(df, "SS", 0.0)
+    off_dose = np.flatnonzero(np.isin(evid, (0, 2)) & (np.nan_to_num(amt) != 0))
+    if off_dose.size:  # not a dose, as in NONMEM: said rather than dropped silently
+        shown = ", ".join(str(int(i) + 1) for i in off_dose[:5])
+        warnings.warn(
+            f"dosing records: row(s) {shown}{' ...' if off_dose.size > 5 else ''}: AMT "
+            f"{amt[off_dose[0]]:g} on an EVID {evid[off_dose[0]]:g} record ({off_dose.size} "
+            "in all) is not a dose and is ignored; a dose needs EVID=1 (or 4)",
+            CohortWarning,
+            stacklevel=4,
+        )
     default_cmt = state_names.index(dose_targets[0]) + 1 if dose_targets else 1
     cmt_raw = df["CMT"].to_numpy() if "CMT" in df else np.full(len(df), default_cmt)
     cmt = np.zeros(len(df), dtype=int)

@@ -261,6 +261,12 @@ def test_bad_meals_therapy_sensor_and_seed_are_refused_before_solving():
     for bad in (0.0, -10.0, float("nan")):
         with pytest.raises(cohort.CohortError, match="BasalBolus.carb_ratio: must be"):
             controllers.BasalBolus(carb_ratio=bad)
+    # a NaN threshold silently turned corrections off; a negative target dosed to 0 mg/dL
+    for kwargs in ({"correction_threshold": float("nan")}, {"target": -500.0}):
+        with pytest.raises(cohort.CohortError, match=f"BasalBolus.{next(iter(kwargs))}: must"):
+            controllers.BasalBolus(**kwargs)
+    with pytest.raises(cohort.CohortError, match="PID.target: must"):
+        controllers.PID(target=float("inf"))
     with pytest.raises(cohort.InputError, match=r"CR \(carbohydrate ratio, g/U\) of patient 0"):
         run(one.assign(CR=0.0), scenarios.fixed_scenario(1, 1), "basal-bolus")
     for kwargs, words in (({"pacf": 2.0}, "Sensor.pacf"), ({"delay": -5.0}, "Sensor.delay")):

@@ -91,12 +91,20 @@ def test_non_numeric_values():
         ({"SS": [2, 0], "II": [12.0, 0.0]}, "SS"),
         ({"SS": [1, 0], "II": [0.0, 0.0]}, "II"),
         ({"TIME": [np.nan, 2.0]}, "TIME"),
-        ({"TIME": [np.inf, 2.0], "EVID": [0, 1]}, "TIME"),  # an observation row too
+        ({"TIME": [np.inf, 2.0], "EVID": [0, 1], "AMT": [0.0, 100.0]}, "TIME"),  # observation
         ({"AMT": [np.inf, 0.0]}, "AMT"),
     ],
 )
 def test_other_invalid_fields(cols, column):
     reject(records(**cols), 1, column)
+
+
+def test_an_amount_on_a_record_that_is_not_a_dose_is_said_to_be_ignored():
+    """An EVID 0 row with AMT was dropped silently (a dose miscoded as an observation)."""
+    df = records(EVID=[0, 1], AMT=[100.0, 50.0], TIME=[0.0, 1.0])
+    with pytest.warns(cohort.CohortWarning, match=r"row\(s\) 1: AMT 100 on an EVID 0 record"):
+        ds = cohort.simulate(PK2_ORAL, None, df, TIMES, n=1)
+    assert float(ds["conc"].sel(time=TIMES[TIMES < 1.0]).max()) == 0.0  # no dose before 1 h
 
 
 def test_records_of_a_patient_must_be_contiguous():

@@ -173,6 +173,12 @@ def _raw():
         (lambda r: r["pta"][0].update(target="auc2 > 1"), "[pta[0].target]"),
         # found by a new user's session: each ran before, with a wrong or silent result
         (lambda r: r["arms"][1].pop("regimens"), "[arms[1]] dose = 200 but no regimens"),
+        (
+            lambda r: [r["arms"][1].pop(k) for k in ("regimens", "dose")],
+            "[arms[1]] no regimens and no dose",
+        ),
+        (lambda r: r["arms"][1].update(dose=999), "[arms[1].dose] 999 is not an amount"),
+        (lambda r: r["arms"][1].update(dose=0), "[arms[1].dose] 0 is not an amount"),
         (lambda r: r["arms"][2].update(control=True), "2 arms have control = true"),
         (lambda r: r["arms"][1].update(dose=-100), "[arms[1].dose]"),
         (

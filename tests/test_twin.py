@@ -183,6 +183,11 @@ def test_recommendation_agrees_with_grid_and_forecast(vanco_twins):
     # the recommendation beats the label dose for most patients
     label = tw.forecast(template, [96.0], targets=[target], n_draws=300, seed=4)["pta_0"]
     assert np.mean(rec["pta"].to_numpy() >= label.to_numpy() - 1e-9) == 1.0
+    # a smallest dose between strengths: doses stay whole strengths, from the next one up
+    low = tw.recommend(template, target, max_dose=1000.0, strength=250.0, min_dose=600.0,
+                       n_draws=100, seed=4)  # fmt: skip
+    assert set(low["dose"]) <= {750.0, 1000.0}
+    assert set(low["dose_grid"]) <= {750.0, 1000.0}
 
 
 def test_auc_simpson_accuracy():
@@ -393,7 +398,13 @@ def test_identification_killed_midway_resumes_from_its_checkpoint(vanco, tmp_pat
         Twins.identify(prior, d1.iloc[:-1], checkpoint=ckpt)
     calls.clear()
     crash[0] = False
-    again = Twins.identify(prior, d1, checkpoint=ckpt)  # ... is replaced, not mixed in
+    notes = ckpt / "notes.txt"  # ... holding a user's file is not replaced ...
+    notes.write_text("mine")
+    with pytest.raises(OutputError, match="notes.txt"):
+        Twins.identify(prior, d1, checkpoint=ckpt)
+    assert notes.read_text() == "mine"
+    notes.unlink()
+    again = Twins.identify(prior, d1, checkpoint=ckpt)  # ... else it is replaced, not mixed in
     assert calls == [0, 4, 8]
     np.testing.assert_array_equal(again.laplace.eta, whole.laplace.eta)
     user = tmp_path / "mine.zarr"

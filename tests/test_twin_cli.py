@@ -72,7 +72,12 @@ def test_fit_update_forecast_dose(csvs, monkeypatch):
     fc = pd.read_csv(csvs / "twin_forecast" / "forecast.csv")
     assert {"conc", "conc_obs", "quantile", "time"} <= set(fc.columns)
     pta = pd.read_csv(csvs / "twin_forecast" / "attainment.csv", index_col=0)
-    assert pta.shape == (6, 1) and np.all((pta.to_numpy() >= 0) & (pta.to_numpy() <= 1))
+    assert pta.shape == (6, 4)
+    p = pta.filter(like="P(").to_numpy()
+    assert p.shape == (6, 1) and np.all((p >= 0) & (p <= 1))
+    # the predicted AUC beside its attainment, in mg/L·h, its interval around its median
+    mid, lo, hi = (pta.filter(like=k).to_numpy()[:, 0] for k in ("median (mg/L·h)", "5 %", "95 %"))
+    assert np.all((lo < mid) & (mid < hi)) and np.all((mid > 50) & (mid < 5000))
     res = runner.invoke(
         app,
         [
@@ -94,7 +99,7 @@ def test_fit_update_forecast_dose(csvs, monkeypatch):
     dose = pd.read_csv(csvs / "twin_dose" / "dose.csv", index_col=0)
     assert dose["agree"].all() and set(dose["dose"]) <= set(np.arange(250.0, 3001.0, 250.0))
     # the recommended dose attains the target at least as often as 1000 mg
-    assert np.all(dose["pta"].to_numpy() >= pta.iloc[:, 0].to_numpy() - 0.02)
+    assert np.all(dose["pta"].to_numpy() >= p[:, 0] - 0.02)
     # one patient (--id), the same recommendation; a dose range too narrow is said per
     # patient and a target after the planned doses is warned about
     one = dose.index[2]

@@ -279,13 +279,25 @@ def forecast(
     fig = plots.forecast_bands(tw, fc, report_file(folder, "forecast.png", overwrite), later_frame)
     console.print(f"forecast of {tw.n} twins ({draws} draws) in {time.perf_counter() - t0:.1f} s")
     if targets:
-        pta = fc[[f"pta_{k}" for k in range(len(targets))]].to_dataframe()
-        pta.columns = [f"P({t.label})" for t in targets]
+        # each target's predicted value (median, 90 % interval) beside its attainment
+        pta = pd.DataFrame(index=pd.Index(tw.ids, name="ID"))
+        shown = {}
+        for k, t in enumerate(targets):
+            q = fc[f"target_{k}"]
+            unit = q.attrs.get("units", "")
+            mid, lo, hi = (q.sel(quantile=x).to_numpy() for x in (0.5, 0.05, 0.95))
+            pta[f"{t.name} median ({unit})"] = mid
+            pta[f"{t.name} 5 %"], pta[f"{t.name} 95 %"] = lo, hi
+            pta[f"P({t.label})"] = fc[f"pta_{k}"].to_numpy()
+            shown[f"{t.name} ({unit}): median [90 %]"] = [
+                f"{m:.4g} [{a:.4g}, {b:.4g}]" for m, a, b in zip(mid, lo, hi)
+            ]
+            shown[f"P({t.label})"] = [f"{v:.3f}" for v in pta[f"P({t.label})"]]
         pta_csv = report_file(folder, "attainment.csv", overwrite)
         pta.to_csv(pta_csv)
-        table = Table("ID", *pta.columns, title="probability of target attainment")
-        for pid, row in pta.head(15).iterrows():
-            table.add_row(str(pid), *[f"{v:.3f}" for v in row])
+        table = Table("ID", *shown, title="predicted targets and probability of attainment")
+        for i, pid in enumerate(pta.index[:15]):
+            table.add_row(str(pid), *[cells[i] for cells in shown.values()])
         console.print(table)
         console.print(f"report: {csv}, {fig}, {pta_csv}")
     else:
@@ -305,7 +317,11 @@ def dose(
     addl: int = typer.Option(1, help="additional doses"),
     duration: float = typer.Option(None, help="infusion duration (none: bolus)"),
     max_dose: float = typer.Option(..., help="largest dose per administration"),
-    min_dose: float = typer.Option(None, help="smallest dose (default: one --strength)"),
+    min_dose: float = typer.Option(
+        None,
+        help="smallest dose (default: one --strength; with --strength, doses start at its "
+        "first multiple at or above this)",
+    ),
     strength: float = typer.Option(None, help="doses are multiples of this (e.g. 250 mg)"),
     intervals: str = typer.Option(None, help="also choose the interval from these, e.g. 8,12,24"),
     objective: str = typer.Option("pta", help="pta (maximise attainment) | center"),

@@ -105,7 +105,10 @@ class BasalBolus:
     name = "basal-bolus"
 
     def __post_init__(self):
-        _check_positive(self, "tdi_factor", "carb_ratio", "correction_factor")
+        _check_positive(
+            self, "target", "correction_threshold", "tdi_factor", "carb_ratio",
+            "correction_factor",
+        )  # fmt: skip
 
     def init(self, patients: Tree, basal, period: float) -> tuple[Therapy, float]:
         th = therapy(basal, self.tdi_factor, self.carb_ratio, self.correction_factor, patients)
@@ -143,7 +146,7 @@ class PID:
     name = "pid"
 
     def __post_init__(self):
-        _check_positive(self, "integral_limit")
+        _check_positive(self, "target", "integral_limit")
 
     def init(self, patients: Tree, basal, period: float) -> PIDState:
         zero = jnp.zeros_like(basal)
@@ -190,7 +193,7 @@ class HybridClosedLoop:
     name = "hybrid"
 
     def __post_init__(self):
-        _check_positive(self, "horizon", "spread", "iob_time", "tdi_factor")
+        _check_positive(self, "target", "horizon", "spread", "iob_time", "tdi_factor")
         if not 0 <= self.smoothing < 1:
             raise OptionError(
                 f"HybridClosedLoop.smoothing: must be in [0, 1), got {self.smoothing!r}"

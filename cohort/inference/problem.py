@@ -305,8 +305,10 @@ def _features(spec: NLME, data: Dataset) -> tuple[tuple[Effect, ...], np.ndarray
                             None,
                             c.column,
                             f"covariate {c.column!r} of parameter {p.name!r} "
-                            f"is not in the data; columns: {list(cov.columns)} (a column of "
-                            "text, e.g. SEX as M/F, is left out: recode it as numbers)",
+                            f"is not in the data; its covariate columns: "
+                            f"{list(cov.columns) or 'none'} (every column but the standard "
+                            "NONMEM ones; a column of text, e.g. SEX as M/F, is left out: "
+                            "recode it as numbers)",
                         )
                     ]
                 )
@@ -322,8 +324,28 @@ def _features(spec: NLME, data: Dataset) -> tuple[tuple[Effect, ...], np.ndarray
             ref = c.ref
             if c.kind == "power":
                 ref = c.ref if c.ref is not None else float(np.median(x))
-                if np.any(x <= 0) or ref <= 0:
-                    raise DataError([Problem(None, c.column, "a power covariate must be > 0")])
+                if ref <= 0:
+                    raise DataError(
+                        [
+                            Problem(
+                                None,
+                                c.column,
+                                f"a power covariate's reference must be > 0, got {ref:g}",
+                            )
+                        ]  # fmt: skip
+                    )
+                if np.any(x <= 0):
+                    raise DataError(
+                        [
+                            Problem(
+                                None,
+                                c.column,
+                                f"subject ID {data.ids[i]}: {x[i]:g}; a "
+                                "power covariate (x/ref)^θ must be > 0",
+                            )  # fmt: skip
+                            for i in np.flatnonzero(x <= 0)
+                        ]
+                    )
                 z = np.log(x / ref)
             elif c.kind == "exp":
                 ref = c.ref if c.ref is not None else float(np.median(x))

@@ -187,6 +187,21 @@ def prepare_output(
     return p
 
 
+def remove_own(p: Path, what: str) -> None:
+    """Delete the directory ``p`` that cohort wrote and now replaces by itself (a checkpoint of
+    another computation, a partial group of an interrupted save), unless it holds files
+    cohort did not write: those are named and nothing is deleted."""
+    found = foreign_files(p)
+    if found:
+        more = f" and {len(found) - 3} more" if len(found) > 3 else ""
+        raise OutputError(
+            f"{what} {str(p)!r} was written by cohort but now also holds files it did not "
+            f"write ({', '.join(found[:3])}{more}); cohort would replace it: move them out "
+            "first, or choose another output"
+        )
+    shutil.rmtree(p)
+
+
 def foreign_files(p: Path) -> list[str]:
     """Files inside the cohort directory ``p`` that cohort did not write, relative to ``p``:
     anything but zarr metadata, the chunks inside zarr arrays, cohort's marker and the files

@@ -337,12 +337,26 @@ def _arms(r: _Reader, arms: Any, model) -> tuple[Arm, ...]:
                 f"({', '.join(f'{x:g}' for x in amounts)}); say which is the arm's dose per "
                 "administration (e.g. the maintenance dose) with dose = ..."
             )  # fmt: skip
+        if "dose" not in a and not regs and not a.get("control"):
+            # a treatment arm whose regimens were forgotten must not run as placebo
+            raise r.err(
+                f"arms[{i}]", "no regimens and no dose: add its regimens = [{ amt = ..., cmt = "
+                "... }], or write dose = 0 for a placebo arm"
+            )  # fmt: skip
         dose = r.num(f"arms[{i}].dose", a.get("dose", amounts[0] if amounts else 0.0), 0)
         if dose > 0 and not regs:
             # `dose` only labels the arm: without regimens its patients would get no drug
             raise r.err(
                 f"arms[{i}]", f"dose = {dose:g} but no regimens: the arm would be simulated as "
                 "placebo; add its regimens = [{ amt = ..., cmt = ... }] (or dose = 0 for placebo)"
+            )  # fmt: skip
+        if regs and dose not in amounts:
+            # a PTA dose sweep scales the arm's amounts by d / dose: a label that is not one
+            # of them would simulate other doses than the ones it reports
+            raise r.err(
+                f"arms[{i}].dose", f"{dose:g} is not an amount of the arm's regimens "
+                f"({', '.join(f'{x:g}' for x in amounts)}): dose is the amount per "
+                "administration; make it one of them (or leave it out when they share one)"
             )  # fmt: skip
         control = r.bool_(f"arms[{i}].control", a.get("control", False))
         out.append(Arm(str(a["name"]), tuple(regs), dose, control))

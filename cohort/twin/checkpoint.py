@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import shutil
 from pathlib import Path
 
 import jax
@@ -21,7 +20,7 @@ import numpy as np
 import zarr
 
 from cohort.errors import OutputError
-from cohort.store.safety import check_path, written_by_cohort
+from cohort.store.safety import check_path, remove_own, written_by_cohort
 from cohort.store.zarr_store import new_layout
 from cohort.twin import posterior
 
@@ -71,7 +70,7 @@ class Checkpoint:
             except Exception:  # noqa: BLE001 - a store killed while its layout was made
                 stored = None
             if stored != key:  # another computation's blocks (or a broken layout): ours
-                shutil.rmtree(self.path)
+                remove_own(self.path, "checkpoint")
         if not self.path.exists():
             self.path.parent.mkdir(parents=True, exist_ok=True)
             root = new_layout(self.path)
@@ -98,7 +97,7 @@ class Checkpoint:
         """Write block ``index``'s results; ``done`` last (a partial group is replaced)."""
         name = f"block_{index}"
         if name in self.root:
-            shutil.rmtree(self.path / name)
+            remove_own(self.path / name, "checkpoint block")
         g = self.root.create_group(name)
         arrays = {"rows": rows}
         arrays.update({f"laplace_{k}": v for k, v in posterior.per_patient(lap).items()})
@@ -140,4 +139,4 @@ def _prefixed(arrays: dict[str, np.ndarray], prefix: str) -> dict[str, np.ndarra
 
 def _remove(path: Path) -> None:
     if path.exists() and written_by_cohort(path):
-        shutil.rmtree(path)
+        remove_own(path, "checkpoint")

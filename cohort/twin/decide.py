@@ -13,6 +13,7 @@ the available strengths and compared with the best strength on the grid.
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import jax
 import jax.numpy as jnp
@@ -98,12 +99,12 @@ def recommend(
     seed: int = 0,
     steps: int = 40,
 ) -> pd.DataFrame:
-    """Per patient: the recommended amount per dose (a multiple of ``strength``, at most
-    ``max_dose``) for the ``template`` regimen (its ``amt`` is replaced; an infusion keeps its
-    duration), and optionally the best interval among ``intervals`` (the regimen keeps its
-    time span). Columns: ``dose``, ``ii``, ``pta`` (exact, at the recommended dose), ``dose_
-    gradient`` (the continuous optimum), ``dose_grid``/``pta_grid`` (best strength on the
-    grid: the check) and ``agree``."""
+    """Per patient: the recommended amount per dose (a multiple of ``strength`` from the first
+    at or above ``min_dose``, at most ``max_dose``) for the ``template`` regimen (its ``amt``
+    is replaced; an infusion keeps its duration), and optionally the best interval among
+    ``intervals`` (the regimen keeps its time span). Columns: ``dose``, ``ii``, ``pta``
+    (exact, at the recommended dose), ``dose_gradient`` (the continuous optimum),
+    ``dose_grid``/``pta_grid`` (best strength on the grid: the check) and ``agree``."""
     import optax
 
     if objective not in OBJECTIVES:
@@ -120,11 +121,24 @@ def recommend(
             f"choose (TIME {template.time:g}): no dose can change it; put the target after "
             "the planned doses' start"
         )
-    step = float(strength) if strength else max_dose / 100.0
-    lo_dose = float(min_dose) if min_dose else step
-    grid = np.arange(lo_dose, max_dose + 1e-9 * max_dose, step)
+    if strength is not None and not strength > 0:
+        raise TwinError(f"strength: must be > 0, got {strength!r}")
+    if min_dose is not None and not min_dose >= 0:
+        raise TwinError(f"min_dose: must be >= 0, got {min_dose!r}")
+    if strength:
+        # whole numbers of the strength: from the first at or above min_dose (at least one)
+        step = float(strength)
+        first = max(1, math.ceil(float(min_dose or 0.0) / step - 1e-9))
+        grid = step * np.arange(first, math.floor(max_dose / step + 1e-9) + 1)
+    else:  # no strengths: a grid of max_dose / 100 from min_dose
+        step = max_dose / 100.0
+        grid = np.arange(float(min_dose) if min_dose else step, max_dose * (1 + 1e-9), step)
     if grid.size == 0:
-        raise TwinError("min_dose/strength/max_dose leave no dose to choose")
+        raise TwinError(
+            f"min_dose ({min_dose}), strength ({strength}) and max_dose ({max_dose:g}) leave "
+            "no dose to choose: lower min_dose or the strength, or raise max_dose"
+        )
+    lo_dose = float(grid[0])
     logp = jnp.asarray(twins.log_params(twins.eta_draws(n_draws, seed)))
     span = (template.addl + 1) * template.ii if template.ii > 0 else None
     best, by_interval = None, {}

@@ -194,7 +194,11 @@ def forecast(
         ds[f"target_{k}"] = (
             ("patient", "quantile"),
             np.moveaxis(np.nanquantile(v, q, axis=1), 0, 1),
-            {"name": t.name, "label": t.label},
+            {
+                "name": t.name,
+                "label": t.label,
+                "units": t.units(units.get(t.output, ""), model.time_units),
+            },
         )
         ds[f"pta_{k}"] = (
             "patient",

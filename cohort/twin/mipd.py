@@ -5,9 +5,10 @@ population model (``priors/vancomycin_goti2018.toml``). Both arms start on label
 (15 mg/kg every 12 h, rounded to 250 mg, at most 2,000 mg per dose; infusions of
 ``duration`` h). Each day two TDM samples are drawn (a peak one hour after the first
 infusion ends and a trough just before the second dose) with the model's residual error as
-assay error. In the twin arm the twins are identified from day 0's samples and updated with
-each later day's, and each next day's dose is the one with the highest probability that the
-next day's AUC (0–24 h of that day) lies in 400–600 mg·h/L (:func:`cohort.twin.decide.recommend`,
+assay error; a sample below the assay's limit (0.5 mg/L) is reported as such (M3). In the
+twin arm the twins are identified from day 0's samples and updated with each later day's,
+and each next day's dose is the one with the highest probability that the next day's AUC
+(0–24 h of that day) lies in 400–600 mg·h/L (:func:`cohort.twin.decide.recommend`,
 strengths of 250 mg up to 3,000 mg). The label arm keeps its dose. Reported per day: the
 fraction of patients whose *true* AUC is in the window (and below/above it).
 
@@ -30,6 +31,7 @@ from cohort.twin.targets import AUC
 PRIOR = Path(__file__).resolve().parent / "data" / "vancomycin_goti2018.toml"
 """The packaged copy of ``priors/vancomycin_goti2018.toml`` (identical; checked by a test)."""
 LOW, HIGH = 400.0, 600.0
+ASSAY_LLOQ = 0.5  # mg/L: a TDM sample below it is reported as below the limit (fitted by M3)
 
 
 @dataclasses.dataclass
@@ -111,6 +113,7 @@ def run(
         # TDM in the twin arm, then identify/update and choose tomorrow's dose
         c = conc["twin"][:, np.searchsorted(grid, [peak, trough])]
         y = c + np.sqrt(add**2 + (prop * c) ** 2) * rng.standard_normal(c.shape)
+        below = y < ASSAY_LLOQ  # reported as below the limit (M3), not as a number
         obs = pd.DataFrame(
             {
                 "ID": np.repeat(ids, 2),
@@ -118,7 +121,9 @@ def run(
                 "AMT": 0.0,
                 "RATE": 0.0,
                 "EVID": 0,
-                "DV": np.maximum(y, 0.5).ravel(),
+                "DV": np.where(below, ASSAY_LLOQ, y).ravel(),
+                "CENS": below.ravel().astype(int),
+                "LLOQ": ASSAY_LLOQ,
             }
         )
         new = pd.concat([*history["twin"][-2:], obs], ignore_index=True)

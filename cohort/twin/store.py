@@ -16,7 +16,6 @@ group. Reopening rebuilds the twins from the records and the stored prior, witho
 from __future__ import annotations
 
 import json
-import shutil
 import warnings
 from pathlib import Path
 
@@ -32,6 +31,7 @@ from cohort.store.safety import (
     check_path,
     is_empty_directory,
     prepare_output,
+    remove_own,
     written_by_cohort,
 )
 from cohort.store.zarr_store import new_layout
@@ -68,7 +68,7 @@ def save_twins(twins, path: str | Path, *, overwrite: bool = False) -> Path:
             raise TwinError(f"{path}: these twins are for other patients than the stored ones")
         k = int(attrs.get("n_updates", 0))
         if _group(k) in root:  # a partial group of an interrupted save: ours to replace
-            shutil.rmtree(path / _group(k))
+            remove_own(path / _group(k), "partial twin update")
     else:
         prepare_output(path, overwrite=overwrite)
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -19,11 +19,12 @@ def simulate_records(
     times: Sequence[float],
     regimen: Regimen,
     seed: int = 0,
-    floor: float = 0.1,
+    lloq: float = 0.1,
 ) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
     """NONMEM-style records (one dose record per patient as ``regimen``, observations at
-    ``times`` with the prior's residual error, kept above ``floor``) and the true individual
-    parameters. IDs are 1..n."""
+    ``times`` with the prior's residual error) and the true individual parameters. IDs are
+    1..n. A measurement below the assay's ``lloq`` is reported as a laboratory does: below
+    the limit (``CENS`` 1, ``DV`` the limit, ``LLOQ``; fitted with M3), not as a number."""
     from cohort.engine.simulate import simulate
     from cohort.population import generate
 
@@ -40,7 +41,8 @@ def simulate_records(
         y = f * np.exp(add * eps)
     else:
         y = f + np.sqrt(add**2 + (prop * f) ** 2) * eps
-    y = np.maximum(y, floor)
+    below = y < lloq
+    y = np.where(below, lloq, y)
     dose = regimens_frame([regimen], prior.model.dose_targets)
     ids = np.arange(1, n + 1)
     doses = pd.concat([dose] * n, ignore_index=True).assign(ID=ids, DV=np.nan)
@@ -57,6 +59,8 @@ def simulate_records(
             # observed in the prior's output (the dose's CMT is the depot for oral models)
             "CMT": prior.output,
             "DV": y.ravel(),
+            "CENS": below.ravel().astype(int),
+            "LLOQ": float(lloq),
         }
     )
     records = pd.concat([doses, obs], ignore_index=True)

@@ -36,6 +36,10 @@ class Target:
     def attained(self, v):
         return (v >= self.lo) & (v <= self.hi)
 
+    def units(self, output_units: str, time_units: str) -> str:
+        """The units of :meth:`value` for an output in ``output_units``."""
+        return output_units
+
     @property
     def label(self) -> str:
         lo = "" if np.isneginf(self.lo) else f"{self.lo:g} <= "
@@ -92,6 +96,9 @@ class AUC(Target):
 
     def times(self):
         return np.linspace(self.start, self.end, self.points)
+
+    def units(self, output_units: str, time_units: str) -> str:
+        return f"{output_units}·{time_units}" if output_units else time_units
 
     def value(self, xp, y):
         h = (self.end - self.start) / (self.points - 1)
