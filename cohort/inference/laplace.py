@@ -159,40 +159,18 @@ def _objective_at(bm: BoundModel, pop: Pop, eta, f, ok, d, omega_inv):
     return jnp.where(ok & jnp.isfinite(value), value, jnp.inf)
 
 
-_FD_STEP = 1e-5
-
-
 def _jacobian(bm: BoundModel, pop: Pop, eta, d):
-    """Predictions ``f [J]``, ``g = ∂f/∂η [J, q]`` and the ok flag.
-
-    Closed forms on small datasets: central differences (step 1e-5 in η, exact predictions, so
-    ``g`` is accurate to ~1e-10 relative): one batched prediction over ``2q + 1`` points traces
-    and compiles several times smaller than forward-mode AD through the modal solution, and
-    compiling is most of a first small ML fit's time; larger datasets use forward mode.
-    ODE solves: forward mode too, through diffrax's ``ForwardMode`` (the solver tolerance
-    rules out differences). Reverse mode (``jacrev``, one checkpointed adjoint pass per
-    observation) made a 12-subject Theoph FOCE fit with the ODE engine take 349 s."""
-    if differences_jacobian(bm):
-        f, g, ok = _differences(bm, pop, eta[None], d)
-        return f[0], g[0], ok[0]
+    """Predictions ``f [J]``, ``g = ∂f/∂η [J, q]`` and the ok flag, by forward-mode AD (q
+    tangents). ODE solves go through diffrax's ``ForwardMode``: reverse mode (``jacrev``, one
+    checkpointed adjoint pass per observation) made a 12-subject Theoph FOCE fit with the ODE
+    engine take 349 s. (Closed forms on small single-dose datasets used central differences
+    in η until the ML gradient became implicit-mode AD for every dataset.)"""
 
     def fun(e):
         return prediction(bm, pop, e, d, reverse=not bm.forward_mode)
 
     f, ok, g = predict.value_and_jacfwd(fun, eta)
     return f, jnp.where(ok, g, 0.0), ok
-
-
-_DIFFERENCES_UP_TO = 100  # subjects
-
-
-def differences_jacobian(bm: BoundModel) -> bool:
-    """Difference Jacobians for small single-dose closed-form datasets, where a prediction is a
-    handful of exponentials and compiling is most of the fit; forward-mode AD otherwise, where
-    each evaluation costs less (2q + 1 predictions against about one plus q tangents: pheno's
-    multiple doses fit 2.3× faster with it)."""
-    single_dose = bm.arrays["ev"]["time"].shape[-1] == 1
-    return bm.engine == "closed_form" and single_dose and bm.n_subjects <= _DIFFERENCES_UP_TO
 
 
 def local_terms(bm: BoundModel, pop: Pop, f, g, d):
@@ -230,24 +208,9 @@ def local_terms(bm: BoundModel, pop: Pop, f, g, d):
     return grad, info
 
 
-def _differences(bm: BoundModel, pop: Pop, etas, d):
-    """Predictions ``[C, J]``, central-difference Jacobians ``[C, J, q]`` and ok flags ``[C]``
-    at ``etas [C, q]``: one flat batch of ``C (2q + 1)`` closed-form predictions."""
-    c, q = etas.shape
-    steps = _FD_STEP * jnp.eye(q)
-    points = jnp.concatenate([etas[:, None], etas[:, None] + steps, etas[:, None] - steps], 1)
-    fs, oks = jax.vmap(lambda e: prediction(bm, pop, e, d))(points.reshape(-1, q))
-    fs, oks = fs.reshape(c, 2 * q + 1, -1), jnp.all(oks.reshape(c, -1), axis=1)
-    g = jnp.swapaxes((fs[:, 1 : q + 1] - fs[:, q + 1 :]) / (2.0 * _FD_STEP), 1, 2)
-    return fs[:, 0], jnp.where(oks[:, None, None] & jnp.isfinite(g), g, 0.0), oks
-
-
 def _evaluate(bm: BoundModel, pop: Pop, candidates, d, omega_inv):
     """``Oᵢ``, predictions and their Jacobians at each candidate ``η [C, q]``."""
-    if differences_jacobian(bm):
-        fs, gs, oks = _differences(bm, pop, candidates, d)
-    else:
-        fs, gs, oks = jax.vmap(lambda e: _jacobian(bm, pop, e, d))(candidates)
+    fs, gs, oks = jax.vmap(lambda e: _jacobian(bm, pop, e, d))(candidates)
 
     def one(eta, f, ok):
         return _objective_at(bm, pop, eta, f, ok, d, omega_inv)
