@@ -641,3 +641,19 @@ def test_a_typical_value_beyond_its_plausible_range_is_said_and_rejected(tmp_pat
                                    "-o", str(tmp_path / "f.zarr")])  # fmt: skip
     assert res.exit_code == 1, res.output
     assert "V = " in res.output and "outside its plausible range" in " ".join(res.output.split())
+
+
+def test_designed_observations_are_the_fitted_output():
+    """``design`` without ``obs_cmt`` gave observations the dose's CMT, refused for an oral
+    model as depot observations (the 1,000-subject benchmark failed on it)."""
+    from cohort.inference.synthetic import design, simulate_data
+
+    spec = NLME("pk1_oral", params=(Param("CL", init=2.0), Param("V", init=30.0), Param("KA")))
+    frame = design(4, [1.0, 2.0, 4.0], 100.0)
+    assert frame.loc[frame.EVID == 1, "CMT"].eq(1).all()
+    assert frame.loc[frame.EVID == 0, "CMT"].isna().all()
+    data, _ = simulate_data(
+        spec, frame, seed=0, typical={"CL": 2.0, "V": 30.0, "KA": 1.0},
+        omega={"CL": 0.3, "V": 0.2, "KA": 0.2}, sigma={"add": 0.1},
+    )  # fmt: skip
+    assert data.loc[data.EVID == 0, "DV"].gt(0).all()

@@ -28,7 +28,10 @@ def design(
     covariates: Mapping[str, np.ndarray] | None = None,
     obs_cmt: int | str | None = None,
 ) -> pd.DataFrame:
-    """One dose at time 0 then observations at ``times`` for each subject (DV placeholders)."""
+    """One dose at time 0 into ``cmt`` then observations at ``times`` for each subject (DV
+    placeholders). ``obs_cmt``: the observations' CMT; by default none is given, so they are
+    the fitted output whatever its compartment (an oral model's dose CMT on them was refused
+    as a depot observation)."""
     times = np.asarray(times, float)
     n_obs = len(times)
     ids = np.repeat(np.arange(1, n_subjects + 1), n_obs + 1)
@@ -41,7 +44,7 @@ def design(
             "AMT": np.where(dose == 1, float(amt), 0.0),
             "DV": np.where(dose == 1, np.nan, 0.0),
             "EVID": dose,
-            "CMT": np.where(dose == 1, cmt, cmt if obs_cmt is None else obs_cmt),
+            "CMT": [cmt if d == 1 else obs_cmt for d in dose],
         }
     )
     for name, values in (covariates or {}).items():
