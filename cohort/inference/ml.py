@@ -18,6 +18,7 @@ Standard errors come from a finite-difference Hessian of the exact gradient as `
 from __future__ import annotations
 
 import dataclasses
+import threading
 import time
 from collections.abc import Callable
 
@@ -332,9 +333,32 @@ def _minimize(obj: _Objective, x0: np.ndarray, maxiter: int, gtol: float):
     )
 
 
-def _fit_from(bm, start: Pop, approx, pooled_start: bool, maxiter, gtol, progress):
+def _compile_ahead(bm: BoundModel, base: Pop, approx: str) -> threading.Thread:
+    """Compile the marginal objective's program (:meth:`_Objective.value_grad`) on a background
+    thread while the initial-estimate scan and the pooled fit run on this one: XLA releases
+    the GIL while it compiles, and that program's compilation (2.4 s for Theoph on 2 cores)
+    was most of a first small fit's wait. Later calls with the same shapes find it in JAX's
+    compilation caches; an error is left for those calls to raise."""
+    obj = _Objective(bm, base, approx, pooled=False)
+    args = (obj.x0, obj.base, obj.eta, bm.arrays, obj.iterations)
+    fn = obj.functions["value_grad"]
+
+    def build():
+        try:
+            fn.lower(*args).compile()
+        except Exception:  # noqa: BLE001 - raised again, with context, where it is called
+            pass
+
+    thread = threading.Thread(target=build, name="compile-marginal-objective", daemon=True)
+    thread.start()
+    return thread
+
+
+def _fit_from(bm, start: Pop, approx, pooled_start: bool, maxiter, gtol, progress, ahead=None):
     """Pooled fit (random effects at zero) from ``start`` to reach the basin, then the marginal
-    fit; returns the objective, scipy's result, the optimum and its OFV."""
+    fit; returns the objective, scipy's result, the optimum and its OFV. ``ahead``: the
+    thread compiling the marginal objective (:func:`_compile_ahead`), waited for before it is
+    first called (rather than compiled twice at once)."""
     base = start
     if pooled_start:
         if progress:
@@ -347,6 +371,8 @@ def _fit_from(bm, start: Pop, approx, pooled_start: bool, maxiter, gtol, progres
     if progress:
         progress(f"{approx.upper()} fit")
     obj = _Objective(bm, base, approx, pooled=False)
+    if ahead is not None:
+        ahead.join()
     obj.settle(obj.x0)
     res = _minimize(obj, obj.x0, maxiter, gtol)
     x = np.asarray(res.x)
@@ -395,6 +421,7 @@ def maximize(
     if approx == "laplace" and bm.engine != "closed_form":
         raise OptionError("approx='laplace' needs second derivatives: closed-form models only")
     base = init if init is not None else bm.default_pop()
+    ahead = _compile_ahead(bm, base, approx)
     scan: dict = {}
     start_pops = [base]
     given = all(p.init is not None for p in bm.spec.params if not p.fixed)
@@ -417,7 +444,7 @@ def maximize(
         plan = [(base, False), (base, True)][:starts]
     runs = []
     for s, pre_fit in plan:
-        runs.append(_fit_from(bm, s, approx, pre_fit, maxiter, gtol, progress))
+        runs.append(_fit_from(bm, s, approx, pre_fit, maxiter, gtol, progress, ahead))
         found = np.array([r[3] for r in runs])
         if len(runs) >= 2 and np.isfinite(found).any() and _agreeing(found, np.nanmin(found)) >= 2:
             break  # two starts reached the same best optimum: the rest would add nothing
