@@ -31,11 +31,16 @@ app = typer.Typer(
 _PRIOR_HELP = "population prior: a priors spec with an [error] section (.toml) or a saved fit"
 
 
+def _with_units(tw, name: str, units: str | None = None) -> str:
+    """``name (units)``, the units the model gives ``name`` (or ``units``), if any."""
+    units = units or tw.prior.model.units().get(name, "")
+    return f"{name} ({units})" if units else name
+
+
 def _summary(tw, title: str) -> Table:
     ind = tw.individual()
-    table = Table(
-        "ID", *tw.prior.names, *[f"SD log {n}" for n in tw.prior.eta_names], "ok", title=title
-    )
+    names = [_with_units(tw, n) for n in tw.prior.names]
+    table = Table("ID", *names, *[f"SD log {n}" for n in tw.prior.eta_names], "ok", title=title)
     for pid, row in ind.head(15).iterrows():
         cells = [f"{row[n]:.4g}" for n in tw.prior.names]
         cells += [f"{row[f'sd_log_{n}']:.3f}" for n in tw.prior.eta_names]
@@ -360,10 +365,12 @@ def dose(
     csv = report_file(folder, "dose.csv", overwrite)
     rec.to_csv(csv)
     fig = plots.attainment_curves(rec, report_file(folder, "attainment_by_dose.png", overwrite))
+    model = tw.prior.model
+    amount = model.units().get(model.dose_targets[0], "") if model.dose_targets else ""
     table = Table(
         "ID",
-        "dose",
-        "interval",
+        _with_units(tw, "dose", amount),
+        _with_units(tw, "interval", model.time_units),
         f"P({tgt.label})",
         "gradient optimum",
         "grid best",
