@@ -52,7 +52,8 @@ def estimates_table(s: pd.DataFrame, title: str, method: str) -> Table:
     table = Table(title=title)
     table.add_column("parameter", no_wrap=True)  # names whole (they were cut to "omega_…")
     # the interval is arviz's 90 % highest-density interval, not the 5th/95th percentiles
-    for col in ("mean", "sd", "HDI 5 %", "HDI 95 %", *(("R-hat", "ESS bulk") if mcmc else ())):
+    diagnostics = ("R-hat", "ESS bulk") if mcmc else ()
+    for col in ("mean", "sd", "90 % HDI low", "90 % HDI high", *diagnostics):
         table.add_column(col, justify="right")
     table.add_column("units")
     for name, row in s.iterrows():
