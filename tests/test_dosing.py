@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -105,6 +107,19 @@ def test_an_amount_on_a_record_that_is_not_a_dose_is_said_to_be_ignored():
     with pytest.warns(cohort.CohortWarning, match=r"row\(s\) 1: AMT 100 on an EVID 0 record"):
         ds = cohort.simulate(PK2_ORAL, None, df, TIMES, n=1)
     assert float(ds["conc"].sel(time=TIMES[TIMES < 1.0]).max()) == 0.0  # no dose before 1 h
+
+
+def test_an_amount_off_a_dose_is_said_once_in_a_fit():
+    """The fit's reader warned, then the dosing table built from its records twice more."""
+    from cohort.inference.fit import _dataset
+
+    df = pd.DataFrame({"ID": 1, "TIME": [0.0, 0.0, 1.0, 2.0], "AMT": [100.0, 50.0, 0.0, 0.0],
+                       "EVID": [1, 0, 0, 0], "DV": [np.nan, 3.0, 2.0, 1.0]})  # fmt: skip
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        _dataset(df, cohort.models.get("pk1_iv"))
+    said = [w for w in seen if "is not a dose" in str(w.message)]
+    assert len(said) == 1 and "record(s) 2: AMT 50 on an EVID 0 record" in str(said[0].message)
 
 
 def test_records_of_a_patient_must_be_contiguous():

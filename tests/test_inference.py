@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import jax
@@ -657,3 +660,22 @@ def test_designed_observations_are_the_fitted_output():
         omega={"CL": 0.3, "V": 0.2, "KA": 0.2}, sigma={"add": 0.1},
     )  # fmt: skip
     assert data.loc[data.EVID == 0, "DV"].gt(0).all()
+
+
+def test_a_fit_stopped_while_its_objective_compiles_exits_cleanly():
+    """The marginal objective compiles on a second thread while the pooled stages run. A
+    Ctrl-C that reached the fit while it waited for that compile left the interpreter
+    shutting down under a running XLA compile: abort, exit 134, no KeyboardInterrupt (a
+    reviewer; a race: the compile had to end while the interpreter was being torn down).
+    Here the interrupt comes 0.1 s after the FOCE stage is announced, while the fit waits for
+    the compile (about 2 s of XLA): the process must end by the KeyboardInterrupt itself."""
+    code = (
+        "import os, signal, threading, cohort\n"
+        "def progress(message):\n"
+        "    if message.startswith('FOCE'):\n"
+        "        threading.Timer(0.1, os.kill, (os.getpid(), signal.SIGINT)).start()\n"
+        f"cohort.fit('pk1_oral', {str(THEOPH)!r}, 'ml', progress=progress)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == -signal.SIGINT, proc.stderr[-2000:]  # not -SIGABRT
+    assert proc.stderr.rstrip().endswith("KeyboardInterrupt")

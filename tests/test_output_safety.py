@@ -469,3 +469,27 @@ def test_zarr_leftovers_of_a_kill_are_cohorts_and_a_linked_folder_is_the_users(t
         assert link.relative_to(out).as_posix() in " ".join(res.stderr.split())
         assert link.is_symlink() and (mine / "notes.txt").read_text() == "keep"
         link.unlink()
+
+
+def test_a_killed_zarr_writes_temporary_file_is_cohorts_own(tmp_path):
+    """zarr writes metadata through ``<name>.<32 hex>.partial`` files; one left by a killed
+    write in a group folder was taken for a user's file, so an interrupted checkpoint or
+    twin update could not be replaced (a reviewer); a real user's file still is."""
+    import zarr
+
+    from cohort.store.safety import foreign_files, remove_own
+    from cohort.store.zarr_store import new_layout
+
+    path = tmp_path / "ck.blocks.zarr"
+    root = new_layout(path)
+    root.create_group("block_0").create_array("rows", shape=(3,), dtype="i8")[...] = 1
+    (path / "block_0" / f"zarr.json.{'0123456789abcdef' * 2}.partial").write_text("{")
+    assert foreign_files(path) == []
+    (path / "block_0" / "notes.txt").write_text("mine")
+    assert foreign_files(path) == ["block_0/notes.txt"]
+    with pytest.raises(cohort.errors.OutputError, match="notes.txt"):
+        remove_own(path / "block_0", "checkpoint block")
+    assert (path / "block_0" / "notes.txt").read_text() == "mine"
+    (path / "block_0" / "notes.txt").unlink()
+    remove_own(path / "block_0", "checkpoint block")
+    assert not (path / "block_0").exists() and zarr.open_group(str(path), mode="r") is not None

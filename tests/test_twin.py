@@ -618,3 +618,18 @@ def test_an_updates_reader_warnings_come_once_by_its_own_rows(vanco_twins):
     said = [str(w.message) for w in seen if issubclass(w.category, CohortWarning)]
     about = [m for m in said if "dose" in m and "DV" in m]
     assert len(about) == 1 and str(k + 1) in about[0], said
+
+
+def test_a_finished_checkpoint_holding_a_users_file_is_kept_with_a_warning(tmp_path):
+    """Removing a used checkpoint that a user had put a file into raised, and the finished
+    twins were never returned (a reviewer): it is kept, and said so."""
+    from cohort.twin.checkpoint import Checkpoint, KeptCheckpoint
+
+    ck = Checkpoint(tmp_path / "k.blocks.zarr", "inputs")
+    (ck.path / "notes.txt").write_text("mine")
+    with pytest.warns(cohort.CohortWarning, match=r"is kept: .*notes\.txt"):
+        KeptCheckpoint(ck.path).remove()
+    assert (ck.path / "notes.txt").read_text() == "mine"
+    (ck.path / "notes.txt").unlink()
+    KeptCheckpoint(ck.path).remove()
+    assert not ck.path.exists()

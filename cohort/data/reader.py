@@ -370,6 +370,8 @@ def validate(raw: pd.DataFrame, model: Model | None = None) -> pd.DataFrame:
             CohortWarning,
             stacklevel=3,
         )
+        amt = np.where(np.isin(evid, (0, 2)), 0.0, amt)  # said once, not again downstream
+        out["AMT"] = amt
     dv = out["DV"].to_numpy()
     on_dose = np.flatnonzero(dose & ~dv_missing & (dv != 0))
     if on_dose.size:  # NONMEM reads no observation from a dose record: said, then ignored

@@ -17,10 +17,11 @@ Standard errors come from a finite-difference Hessian of the exact gradient as `
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import jax
 import jax.numpy as jnp
@@ -333,32 +334,54 @@ def _minimize(obj: _Objective, x0: np.ndarray, maxiter: int, gtol: float):
     )
 
 
-def _compile_ahead(bm: BoundModel, base: Pop, approx: str) -> threading.Thread:
+def _compile_ahead(bm: BoundModel, base: Pop, approx: str) -> threading.Event:
     """Compile the marginal objective's program (:meth:`_Objective.value_grad`) on a background
     thread while the initial-estimate scan and the pooled fit run on this one: XLA releases
     the GIL while it compiles, and that program's compilation (2.4 s for Theoph on 2 cores)
     was most of a first small fit's wait. Later calls with the same shapes find it in JAX's
-    compilation caches; an error is left for those calls to raise."""
+    compilation caches; an error is left for those calls to raise. Returns the event set when
+    the compile has ended (an event, not ``Thread.join``: a join interrupted by Ctrl-C marks
+    the thread stopped while it still runs, Python 3.11). Use it through
+    :func:`_compiling_ahead`, which waits it out when the fit is interrupted."""
     obj = _Objective(bm, base, approx, pooled=False)
     args = (obj.x0, obj.base, obj.eta, bm.arrays, obj.iterations)
     fn = obj.functions["value_grad"]
+    done = threading.Event()
 
     def build():
         try:
             fn.lower(*args).compile()
         except Exception:  # noqa: BLE001 - raised again, with context, where it is called
             pass
+        finally:
+            done.set()
 
-    thread = threading.Thread(target=build, name="compile-marginal-objective", daemon=True)
-    thread.start()
-    return thread
+    threading.Thread(target=build, name="compile-marginal-objective", daemon=True).start()
+    return done
+
+
+@contextlib.contextmanager
+def _compiling_ahead(bm: BoundModel, base: Pop, approx: str) -> Iterator[threading.Event]:
+    """:func:`_compile_ahead` for the block; when the block raises (a Ctrl-C, an error), the
+    compile is waited out before the exception goes on: an interpreter that shut down while
+    XLA compiled on another thread aborted (exit 134) instead of reporting the exception."""
+    done = _compile_ahead(bm, base, approx)
+    try:
+        yield done
+    except BaseException:
+        while not done.is_set():  # a second Ctrl-C while waiting: wait on (about a second)
+            try:
+                done.wait()
+            except KeyboardInterrupt:
+                continue
+        raise
 
 
 def _fit_from(bm, start: Pop, approx, pooled_start: bool, maxiter, gtol, progress, ahead=None):
     """Pooled fit (random effects at zero) from ``start`` to reach the basin, then the marginal
-    fit; returns the objective, scipy's result, the optimum and its OFV. ``ahead``: the
-    thread compiling the marginal objective (:func:`_compile_ahead`), waited for before it is
-    first called (rather than compiled twice at once)."""
+    fit; returns the objective, scipy's result, the optimum and its OFV. ``ahead``: set when
+    the marginal objective's compile on another thread (:func:`_compile_ahead`) has ended;
+    waited for before it is first called (rather than compiled twice at once)."""
     base = start
     if pooled_start:
         if progress:
@@ -372,11 +395,44 @@ def _fit_from(bm, start: Pop, approx, pooled_start: bool, maxiter, gtol, progres
         progress(f"{approx.upper()} fit")
     obj = _Objective(bm, base, approx, pooled=False)
     if ahead is not None:
-        ahead.join()
+        ahead.wait()
     obj.settle(obj.x0)
     res = _minimize(obj, obj.x0, maxiter, gtol)
     x = np.asarray(res.x)
     return obj, res, x, obj.settle(x)
+
+
+def _run_starts(bm, base, approx, init, pooled_start, starts, seed, maxiter, gtol, progress, ahead):
+    """The fits from each start (see :func:`maximize`) and the scan's record."""
+    from cohort.inference import starts as starting
+
+    scan: dict = {}
+    start_pops = [base]
+    given = all(p.init is not None for p in bm.spec.params if not p.fixed)
+    if init is None and pooled_start and not given:  # the user's inits, when complete, rule
+        if progress:
+            progress("initial estimates: scan of the pooled objective")
+        scanner = _Objective(bm, base, approx, pooled=True)
+        flat = scanner.functions["flat"]
+
+        def evaluate(pops):
+            return scanner.run(np.stack([flat.pack(p) for p in pops]))[0]
+
+        start_pops, scan = starting.best_starts(bm, base, evaluate, k=starts, seed=seed)
+    # (start, pooled pre-fit first?) pairs. Complete initial estimates (the user's, or a
+    # control stream's $THETA/$OMEGA) are where NONMEM starts FOCE: the first run starts
+    # there; the pooled pre-fit, which can leave their basin (measured: moxonidine, OFV -3429
+    # from the pre-fit against -3885 from the estimates), is only the second.
+    plan = [(s, pooled_start) for s in start_pops]
+    if given and init is None and pooled_start:
+        plan = [(base, False), (base, True)][:starts]
+    runs = []
+    for s, pre_fit in plan:
+        runs.append(_fit_from(bm, s, approx, pre_fit, maxiter, gtol, progress, ahead))
+        found = np.array([r[3] for r in runs])
+        if len(runs) >= 2 and np.isfinite(found).any() and _agreeing(found, np.nanmin(found)) >= 2:
+            break  # two starts reached the same best optimum: the rest would add nothing
+    return runs, scan
 
 
 def maximize(
@@ -421,33 +477,10 @@ def maximize(
     if approx == "laplace" and bm.engine != "closed_form":
         raise OptionError("approx='laplace' needs second derivatives: closed-form models only")
     base = init if init is not None else bm.default_pop()
-    ahead = _compile_ahead(bm, base, approx)
-    scan: dict = {}
-    start_pops = [base]
-    given = all(p.init is not None for p in bm.spec.params if not p.fixed)
-    if init is None and pooled_start and not given:  # the user's inits, when complete, rule
-        if progress:
-            progress("initial estimates: scan of the pooled objective")
-        scanner = _Objective(bm, base, approx, pooled=True)
-        flat = scanner.functions["flat"]
-
-        def evaluate(pops):
-            return scanner.run(np.stack([flat.pack(p) for p in pops]))[0]
-
-        start_pops, scan = starting.best_starts(bm, base, evaluate, k=starts, seed=seed)
-    # (start, pooled pre-fit first?) pairs. Complete initial estimates (the user's, or a
-    # control stream's $THETA/$OMEGA) are where NONMEM starts FOCE: the first run starts
-    # there; the pooled pre-fit, which can leave their basin (measured: moxonidine, OFV -3429
-    # from the pre-fit against -3885 from the estimates), is only the second.
-    plan = [(s, pooled_start) for s in start_pops]
-    if given and init is None and pooled_start:
-        plan = [(base, False), (base, True)][:starts]
-    runs = []
-    for s, pre_fit in plan:
-        runs.append(_fit_from(bm, s, approx, pre_fit, maxiter, gtol, progress, ahead))
-        found = np.array([r[3] for r in runs])
-        if len(runs) >= 2 and np.isfinite(found).any() and _agreeing(found, np.nanmin(found)) >= 2:
-            break  # two starts reached the same best optimum: the rest would add nothing
+    with _compiling_ahead(bm, base, approx) as ahead:
+        runs, scan = _run_starts(
+            bm, base, approx, init, pooled_start, starts, seed, maxiter, gtol, progress, ahead
+        )
     ofvs = np.array([r[3] for r in runs])
     best = (
         int(np.nanargmin(np.where(np.isfinite(ofvs), ofvs, np.nan)))

@@ -204,8 +204,9 @@ def remove_own(p: Path, what: str) -> None:
 
 def foreign_files(p: Path) -> list[str]:
     """Files inside the cohort directory ``p`` that cohort did not write, relative to ``p``:
-    anything but zarr metadata, the chunks inside zarr arrays, cohort's marker and the files
-    the marker lists (a user's notes dropped into a store were deleted by ``--overwrite``)."""
+    anything but zarr metadata (and the temporary files of a killed zarr write), the chunks
+    inside zarr arrays, cohort's marker and the files the marker lists (a user's notes
+    dropped into a store were deleted by ``--overwrite``)."""
     found: list[str] = []
     for root, dirs, files in os.walk(p):
         here = Path(root)
@@ -221,6 +222,8 @@ def foreign_files(p: Path) -> list[str]:
         listed = set(marker.get("files", [])) if marker else set()  # names in this folder
         for name in sorted(files):
             if name in ZARR_META or name in (MARKER, f"{MARKER}.tmp") or name in listed:
+                continue
+            if ZARR_TEMP.fullmatch(name):  # a killed zarr metadata write's temporary file
                 continue
             found.append((here / name).relative_to(p).as_posix())
     return sorted(found)

@@ -13,14 +13,16 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import shutil
+import warnings
 from pathlib import Path
 
 import jax
 import numpy as np
 import zarr
 
-from cohort.errors import OutputError
-from cohort.store.safety import check_path, remove_own, written_by_cohort
+from cohort.errors import CohortWarning, OutputError
+from cohort.store.safety import check_path, foreign_files, remove_own, written_by_cohort
 from cohort.store.zarr_store import new_layout
 from cohort.twin import posterior
 
@@ -138,5 +140,19 @@ def _prefixed(arrays: dict[str, np.ndarray], prefix: str) -> dict[str, np.ndarra
 
 
 def _remove(path: Path) -> None:
-    if path.exists() and written_by_cohort(path):
-        remove_own(path, "checkpoint")
+    """Delete a checkpoint whose twins were returned (or saved). One that now also holds
+    files cohort did not write is kept, with a warning: refusing there threw away the
+    finished computation."""
+    if not (path.exists() and written_by_cohort(path)):
+        return
+    found = foreign_files(path)
+    if found:
+        warnings.warn(
+            f"checkpoint {str(path)!r} is kept: it holds files cohort did not write "
+            f"({', '.join(found[:3])}); the twins are complete, delete it once those files "
+            "are safe elsewhere",
+            CohortWarning,
+            stacklevel=3,
+        )
+        return
+    shutil.rmtree(path)

@@ -138,6 +138,7 @@ def recommend(
             f"min_dose ({min_dose}), strength ({strength}) and max_dose ({max_dose:g}) leave "
             "no dose to choose: lower min_dose or the strength, or raise max_dose"
         )
+    grid = np.array([float(f"{d:.12g}") for d in grid])  # 0.7, not 0.7000000000000001
     lo_dose = float(grid[0])
     logp = jnp.asarray(twins.log_params(twins.eta_draws(n_draws, seed)))
     span = (template.addl + 1) * template.ii if template.ii > 0 else None
