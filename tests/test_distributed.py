@@ -8,6 +8,7 @@ import os
 import signal
 from pathlib import Path
 
+import dask
 import numpy as np
 import pytest
 from dask.distributed import Client, LocalCluster
@@ -40,9 +41,13 @@ def client():
             silence_logs=logging.CRITICAL,
             env={"XLA_FLAGS": flags},
         ) as cluster,
-        Client(cluster) as c,
+        # not this process's default scheduler: a default Client sets dask's global config
+        # ("scheduler": "dask.distributed"), and a suite run once left it set after this
+        # module, so xarray's writes in later tests on that worker failed ("no Client active")
+        Client(cluster, set_as_default=False) as c,
     ):
         yield c
+    assert dask.config.get("scheduler", None) is None, "dask's default scheduler leaked"
 
 
 def _same_store(a, b) -> None:

@@ -206,7 +206,10 @@ def run_chunks(
         from dask.distributed import as_completed
 
         try:
-            for future in as_completed(futures):
+            # the client's own loop: without it as_completed looks for this process's
+            # default client, and clients made by connect are not (a Cluster object or an
+            # address in a fresh process failed: "No clients found")
+            for future in as_completed(futures, loop=client.loop):
                 future.result()  # raises the task's error
                 finished += futures[future]
                 if progress:

@@ -79,7 +79,9 @@ def run_blocks(
             groups = [g for g in np.array_split(np.asarray(todo), n_tasks) if g.size]
             futures = {client.submit(compute, [parts[i] for i in g], pure=False): g for g in groups}
             try:
-                for future in as_completed(futures):
+                # the client's own loop: as_completed looks for a default client otherwise,
+                # and connect's clients are not this process's default
+                for future in as_completed(futures, loop=client.loop):
                     for i, result in zip(futures[future], future.result()):
                         keep(int(i), result)
             except BaseException:
