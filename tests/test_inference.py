@@ -671,11 +671,13 @@ def test_a_fit_stopped_while_its_objective_compiles_exits_cleanly():
     the compile (about 2 s of XLA): the process must end by the KeyboardInterrupt itself."""
     code = (
         "import os, signal, threading, cohort\n"
+        # a shell's background job (CI) starts with SIGINT ignored: Ctrl-C's handler here
+        "signal.signal(signal.SIGINT, signal.default_int_handler)\n"
         "def progress(message):\n"
         "    if message.startswith('FOCE'):\n"
         "        threading.Timer(0.1, os.kill, (os.getpid(), signal.SIGINT)).start()\n"
         f"cohort.fit('pk1_oral', {str(THEOPH)!r}, 'ml', progress=progress)\n"
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert proc.returncode == -signal.SIGINT, proc.stderr[-2000:]  # not -SIGABRT
+    assert proc.returncode in (-signal.SIGINT, 130), proc.stderr[-2000:]  # not -SIGABRT
     assert proc.stderr.rstrip().endswith("KeyboardInterrupt")
