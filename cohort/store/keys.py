@@ -45,12 +45,21 @@ def _inside(rel: str, array_dirs: set[str]) -> str | None:
     return None
 
 
-def refuse_strays(flag: str, path: str, found: list[str], what: str = "files") -> None:
-    """Refuse to replace a cohort store that holds ``found`` (its stray files), naming them."""
+def refuse_strays(
+    flag: str,
+    path: str,
+    found: list[str],
+    what: str = "files",
+    *,
+    deleting: str = "--overwrite would delete them",
+    other: str = "path",
+) -> None:
+    """Refuse to replace a cohort store (or directory, named by ``flag``) that holds ``found``
+    (its stray files), naming them; ``deleting`` says what would delete them."""
     if found:
         more = f" and {len(found) - 3} more" if len(found) > 3 else ""
         raise OutputError(
             f"{flag} {path!r} was written by cohort but now also holds {what} it did not write "
-            f"({', '.join(found[:3])}{more}); --overwrite would delete them: move them out "
-            "first, or choose another path"
+            f"({', '.join(found[:3])}{more}); {deleting}: move them out first, or choose "
+            f"another {other}"
         )

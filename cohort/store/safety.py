@@ -191,14 +191,9 @@ def remove_own(p: Path, what: str) -> None:
     """Delete the directory ``p`` that cohort wrote and now replaces by itself (a checkpoint of
     another computation, a partial group of an interrupted save), unless it holds files
     cohort did not write: those are named and nothing is deleted."""
-    found = foreign_files(p)
-    if found:
-        more = f" and {len(found) - 3} more" if len(found) > 3 else ""
-        raise OutputError(
-            f"{what} {str(p)!r} was written by cohort but now also holds files it did not "
-            f"write ({', '.join(found[:3])}{more}); cohort would replace it: move them out "
-            "first, or choose another output"
-        )
+    refuse_strays(
+        what, str(p), foreign_files(p), deleting="cohort would replace it", other="output"
+    )
     shutil.rmtree(p)
 
 
