@@ -118,8 +118,8 @@ class _Flat:
 
 def _functions(bm: BoundModel, approx: str) -> dict:
     """Compiled functions of one model structure (fits of other data of the same shapes reuse
-    them): ``batch(X [B, P], base, eta0, arrays) -> (OFV [B], η [B, N, q], terms [B, N])``,
-    the naive pooled objective (random effects at zero) at a batch of points, and
+    them): ``batch(X [B, P], base, arrays) -> OFV [B]``, the naive pooled objective (random
+    effects at zero) at a batch of points, and
     ``value_grad`` (see :meth:`_Objective.value_grad`), the FOCE-I/Laplace objective with its
     exact gradient; the rest of a fit (packing, reporting, delta-method Jacobian) runs in
     numpy."""
@@ -130,9 +130,8 @@ def _functions(bm: BoundModel, approx: str) -> dict:
         layout = Layout(bm)
         flat = _Flat(layout)
 
-        def one(x, base, eta0, arrays):
-            terms = laplace.pooled_terms(bm, flat.pop_at(x, base), arrays)
-            return jnp.sum(terms), eta0, terms
+        def one(x, base, arrays):
+            return jnp.sum(laplace.pooled_terms(bm, flat.pop_at(x, base), arrays))
 
         def value_grad(x, base, eta0, arrays, iterations):
             # modes searched once, warm-started (no gradient through the iterations), then
@@ -160,7 +159,7 @@ def _functions(bm: BoundModel, approx: str) -> dict:
 
         _COMPILED[key] = {
             "flat": flat,
-            "batch": jax.jit(jax.vmap(one, in_axes=(0, None, None, None))),
+            "batch": jax.jit(jax.vmap(one, in_axes=(0, None, None))),
             "value_grad": jax.jit(value_grad),
         }
     return _COMPILED[key]
@@ -207,11 +206,10 @@ class _Objective:
         padded = np.concatenate([points, np.repeat(points[-1:], -n % size, axis=0)])
         batch = self.functions["batch"]
         outs = [
-            jax.device_get(batch(padded[k : k + size], self.base, self.eta, self.bm.arrays))
+            jax.device_get(batch(padded[k : k + size], self.base, self.bm.arrays))
             for k in range(0, len(padded), size)
         ]
-        ofv, eta, terms = (np.concatenate([o[i] for o in outs])[:n] for i in range(3))
-        return ofv, eta, terms
+        return np.concatenate(outs)[:n]
 
     def stencil(self, x: np.ndarray, h: float = _GRAD_STEP) -> np.ndarray:
         eye = np.eye(x.size) * h
@@ -273,12 +271,11 @@ class _Objective:
         if self.implicit:
             ofv, grad, _, usable = self._implicit_at(x)
             return (ofv, grad) if usable else (np.inf, np.zeros_like(x))
-        ofv, eta, _ = self.run(self.stencil(x))
+        ofv = self.run(self.stencil(x))
         p = x.size
         if not np.all(np.isfinite(ofv)):  # a failed solve or an impossible step: reject it
             return np.inf, np.zeros_like(x)
         grad = (ofv[1 : p + 1] - ofv[p + 1 :]) / (2 * _GRAD_STEP)
-        self.eta = eta[0]
         return float(ofv[0]), grad
 
     def settle(self, x: np.ndarray, rounds: int = 3) -> float:
@@ -416,7 +413,7 @@ def _run_starts(bm, base, approx, init, pooled_start, starts, seed, maxiter, gto
         flat = scanner.functions["flat"]
 
         def evaluate(pops):
-            return scanner.run(np.stack([flat.pack(p) for p in pops]))[0]
+            return scanner.run(np.stack([flat.pack(p) for p in pops]))
 
         start_pops, scan = starting.best_starts(bm, base, evaluate, k=starts, seed=seed)
     # (start, pooled pre-fit first?) pairs. Complete initial estimates (the user's, or a
