@@ -367,3 +367,23 @@ def test_a_program_compiled_on_another_thread_is_built_once_and_used():
     assert len(builders) <= 1  # of the background threads, at most one built the program
     if builders:  # and its compilation is shown apart from the caller's
         assert "traced and compiled alongside" in describe(caller, builders[0])
+
+
+def test_adaptive_lockstep_groups_do_not_change_results():
+    """The adaptive engine steps a device's patients in groups of at most 256 on CPU (each
+    group until its slowest patient is done): a patient's numbers must not depend on the
+    group it fell in, nor on whether its batch was split at all."""
+    from cohort.engine.diffrax_path import lockstep_group
+    from cohort.population import lognormal
+
+    assert lockstep_group(64) == 64 and lockstep_group(320) == 160
+    assert lockstep_group(5120) == 256 and lockstep_group(1000) == 1000  # not a 16-multiple
+    pop = lognormal(PKPD, 700, seed=5)
+    dose = Regimen(amt=320.0, ii=12.0, addl=1, cmt="depot")
+    grouped, whole = (
+        cohort.simulate(PKPD, pop, dose, np.linspace(0, 24, 25), method="diffrax", chunk_size=c)
+        for c in (700, 100)  # 384 or 768 rows per device: groups; 64 or 112: one group
+    )
+    np.testing.assert_array_equal(grouped.status.values, 0)
+    for name in ("conc", "response"):
+        assert grouped[name].values.tobytes() == whole[name].values.tobytes(), name
