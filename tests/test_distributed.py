@@ -126,7 +126,16 @@ def test_chunk_ranges_cover_pending_chunks_once():
     covered = np.concatenate([np.arange(a, b) for a, b in ranges])
     assert len(covered) == len(set(covered.tolist()))
     assert set(np.flatnonzero(~done)) <= set(covered.tolist())
-    assert 6 <= len(ranges) <= 10
+    assert len(ranges) == 8
+    # the tasks' pending chunks differ by at most one (36 = 4 x 5 + 4 x 4), larger first
+    sizes = [int((~done[a:b]).sum()) for a, b in ranges]
+    assert sizes == [5, 5, 5, 5, 4, 4, 4, 4]
+    # never more than MAX_CHUNKS_PER_TASK chunks a task, one chunk a task when few
+    from cohort.distributed.backend import MAX_CHUNKS_PER_TASK
+
+    many = chunk_ranges(np.zeros(1000, bool), 8)
+    assert max(b - a for a, b in many) <= MAX_CHUNKS_PER_TASK
+    assert chunk_ranges(np.zeros(3, bool), 8) == [(0, 1), (1, 2), (2, 3)]
     assert chunk_ranges(np.ones(5, bool), 4) == []
 
 
