@@ -200,7 +200,11 @@ def test_large_batches_write_several_whole_output_chunks(tmp_path, monkeypatch):
     assert ds.attrs["chunk_size"] == 4
     np.testing.assert_array_equal(ds.chunk_done.values, True)
     group = zarr.open_group(str(tmp_path / "x.zarr"), mode="r")
-    assert group["conc"].chunks == (2, len(TIMES)) and group["CL"].chunks == (4,)
+    assert group["conc"].chunks == (2, len(TIMES)) and group["status"].chunks == (4,)
+    # parameters are written whole once: chunks of whole batches up to ~2 MB (here all 10)
+    n = group["CL"].shape[0]
+    assert group["CL"].chunks == (n,) == (zarr_store.whole_array_rows(4, n),)
+    assert zarr_store.whole_array_rows(16_384, 10**7) == 262_144
     assert_same_store(ds, run(chunk_size=4).assign(chunk_done=ds.chunk_done))
     # Production sizes: 100,000 float32 patients x 289 times split into 8 chunks of 14 MB.
     monkeypatch.undo()
