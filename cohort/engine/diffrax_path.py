@@ -120,11 +120,12 @@ def lockstep_group(rows: int) -> int:
     """Patients per vmapped group when a device solves ``rows`` of them: the groups run one
     after another. A vmapped adaptive solve steps every patient of its group until the slowest
     one finishes, and its working set (every stage of every patient) grows with the group. On
-    the 2-core CPU (two devices) a 14-dose week of ``pk2_oral_idr``, 8,000 patients, ran at
-    956 patients/s in one group of 4,096 per device, and at 2,200-2,400/s in groups of 128-512
-    (best at 256); a single dose over 24 h at 46,900 vs 54,700/s. Two processes with groups of
-    512 scaled 1.8x where 5,000 scaled 1.1x (shared cache). Batches, and the store's chunks,
-    stay large: a chunk costs the store the same at any size. A divisor of ``rows`` (a
+    the 2-core CPU (two devices), 8,000 patients of ``pk2_oral_idr`` over a 14-dose week ran at
+    956 patients/s as one group of 4,096 per device, 1,800-1,890/s in groups of 256 (one
+    batch) and 2,340-2,400/s in batches of 2,048-4,096 (groups of 256 per device were the best
+    of 128-512); a single dose over 24 h at 46,900 vs 54,700/s. Two Dask workers ran 1.70x one
+    with groups and 1.0x without (``benchmarks/bench_scale.py``). Batches, and the store's
+    chunks, stay large: a chunk costs the store the same at any size. A divisor of ``rows`` (a
     remainder group would be traced and compiled a second time) and a multiple of 16 rows like
     the batches (``batch_shape``); accelerators keep whole batches, which they run in
     parallel."""
