@@ -103,7 +103,11 @@ class Adaptive(Engine):
                 )
 
             rows = jax.tree.leaves(p)[0].shape[0]
-            states, code = jax.lax.map(one, (p, ev), batch_size=lockstep_group(rows))
+            group = lockstep_group(rows)
+            if group == rows:  # one group: no loop around it (a smaller program)
+                states, code = jax.vmap(one)((p, ev))
+            else:
+                states, code = jax.lax.map(one, (p, ev), batch_size=group)
             y = {s: states[..., i] for i, s in enumerate(model.state_names)}
             status = jax.vmap(lambda x, c: solution_status(x, c, nonneg))(states, code)
             pp = {k: v[:, None] for k, v in p.items()}
