@@ -387,3 +387,20 @@ def test_adaptive_lockstep_groups_do_not_change_results():
     np.testing.assert_array_equal(grouped.status.values, 0)
     for name in ("conc", "response"):
         assert grouped[name].values.tobytes() == whole[name].values.tobytes(), name
+
+
+@pytest.mark.slow
+def test_stiff_adaptive_lockstep_groups_do_not_change_results():
+    """The same for an implicit solver (Kvaerno5 on the stiff TMDD model, one device)."""
+    from cohort.population import lognormal
+
+    tmdd = cohort.models.get("tmdd_qss")
+    pop = lognormal(tmdd, 300, seed=6)
+    dose = Regimen(amt=100.0, cmt="central", ii=24.0, addl=1)
+    grouped, whole = (
+        cohort.simulate(tmdd, pop, dose, np.linspace(0, 48, 25), method="diffrax", chunk_size=c)
+        for c in (300, 100)  # 320 rows: groups of 160; 112 rows: one group
+    )
+    np.testing.assert_array_equal(grouped.status.values, 0)
+    for name in ("conc", "ctot"):
+        assert grouped[name].values.tobytes() == whole[name].values.tobytes(), name

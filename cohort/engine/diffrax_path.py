@@ -102,7 +102,7 @@ class Adaptive(Engine):
                     model, q, e, tj, infusion, ss_interval > 0, self, differentiable=False
                 )
 
-            rows = jax.tree.leaves(p)[0].shape[0]
+            rows = jax.tree.leaves(ev)[0].shape[0]  # a model may have no parameters
             group = lockstep_group(rows)
             if group == rows:  # one group: no loop around it (a smaller program)
                 states, code = jax.vmap(one)((p, ev))
@@ -214,7 +214,9 @@ def solve_patient(
             throw=False,
             adjoint=dfx.RecursiveCheckpointAdjoint() if differentiable else dfx.ForwardMode(),
         )
-        return sol.ys, _code(sol.result)
+        # a piece of zero length (a dose at the first time, SS cycles without a lag) takes
+        # a few steps of a zero derivative; it cannot fail, whatever max_steps says
+        return sol.ys, jnp.where(moves, _code(sol.result), Status.OK)
 
     def record(k):
         return {f: getattr(ch, f)[k] for f in ch._fields}
