@@ -218,7 +218,7 @@ def role_workers(args) -> dict:
             n_workers=args.workers,
             threads_per_worker=1,
             processes=True,
-            dashboard_address=None,
+            dashboard_address=":0",
             env=env,
         ) as cluster,  # fmt: skip
         Client(cluster) as client,

@@ -37,7 +37,7 @@ def client():
             n_workers=2,
             threads_per_worker=1,
             processes=True,
-            dashboard_address=None,
+            dashboard_address=":0",
             silence_logs=logging.CRITICAL,
             env={"XLA_FLAGS": flags},
         ) as cluster,
@@ -368,7 +368,7 @@ def test_clusters_that_cannot_run_cohort_are_refused_up_front(client, tmp_path, 
     with pytest.raises(DistributedError, match="in this process's memory"):
         simulate("pk1_oral", None, None, np.linspace(0, 1, 3), n=4, out=out, cluster=client)
     monkeypatch.setattr(backend, "WORKER_WAIT", 1.0)
-    with LocalCluster(n_workers=0, processes=False, dashboard_address=None) as empty:
+    with LocalCluster(n_workers=0, processes=False, dashboard_address=":0") as empty:
         with pytest.raises(DistributedError, match="no Dask worker joined"):
             with connect(empty):
                 pass
