@@ -170,7 +170,7 @@ def chunk_ranges(done: np.ndarray, n_tasks: int) -> list[tuple[int, int]]:
     if pending.size == 0:
         return []
     n_groups = max(math.ceil(pending.size / MAX_CHUNKS_PER_TASK), min(n_tasks, pending.size))
-    groups = np.array_split(pending, max(1, n_groups))
+    groups = np.array_split(pending, n_groups)  # at least one: pending is not empty
     return [(int(g[0]), int(g[-1]) + 1) for g in groups]
 
 

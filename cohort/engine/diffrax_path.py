@@ -133,11 +133,9 @@ def lockstep_group(rows: int) -> int:
     remainder group would be traced and compiled a second time) and a multiple of 16 rows like
     the batches (``batch_shape``); accelerators keep whole batches, which they run in
     parallel."""
-    if rows <= LOCKSTEP_CPU or jax.default_backend() != "cpu":
+    if rows <= LOCKSTEP_CPU or rows % 16 or jax.default_backend() != "cpu":
         return rows
-    return (
-        max(d for d in range(16, LOCKSTEP_CPU + 1, 16) if rows % d == 0) if rows % 16 == 0 else rows
-    )
+    return max(d for d in range(16, LOCKSTEP_CPU + 1, 16) if rows % d == 0)
 
 
 DiffraxOptions = Adaptive  # the earlier name of the reference engine's settings
