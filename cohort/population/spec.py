@@ -125,10 +125,13 @@ class ResidualError:
     # Optional, for dense sampling (CGM): each patient's additive SD is estimated with a
     # log-normal prior (median ``add``, log-SD ``add_sd_log``), and residuals are AR(1) with
     # correlation ``ar1`` over ``ar1_interval`` (logit-normal prior, SD ``ar1_sd_logit``).
+    # ``initial_sd``: the state at the first reading is estimated too (normal prior centred on
+    # that reading with this SD, which takes the place of the reading's own error term).
     add_sd_log: float | None = None
     ar1: float | None = None
     ar1_sd_logit: float | None = None
     ar1_interval: float | None = None
+    initial_sd: float | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -565,7 +568,7 @@ def _parse_spec(raw: dict, path: str, digest: str | None) -> PopulationSpec:
 
 
 def _error(path: str, t: dict) -> ResidualError:
-    serial = ("add_sd_log", "ar1", "ar1_sd_logit", "ar1_interval")
+    serial = ("add_sd_log", "ar1", "ar1_sd_logit", "ar1_interval", "initial_sd")
     _check_keys(path, "error", t, {"kind", "add", "prop", "output", "citation", *serial})
     kind = t.get("kind")
     if kind not in ERROR_KINDS:

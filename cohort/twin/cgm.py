@@ -285,7 +285,7 @@ class CGMTwins:
         mu_model = self.prior.log_typical(
             pd.DataFrame(index=pd.Index(ids, name="ID"))
         )  # no covariates used by the CGM prior yet: typical values
-        mu, chol = prior_moments(self.prior, lay, mu_model)
+        mu, chol = prior_moments(self.prior, lay, mu_model, grid["G0"])
         fixed = np.exp(mu_model[:, [self.prior.names.index(k) for k in lay.fixed]])
         defaults = {
             k: np.full(len(ids), v)

@@ -23,7 +23,8 @@ TRAJECTORY_KEY = {"CGM": "IG", "BG": "G", "insulin": "I"}
 @dataclasses.dataclass(frozen=True)
 class Layout:
     """Static structure of the unconstrained vector ``z = μ + L·η``: estimated model
-    parameters (log), then the log residual SD and the logit AR(1) correlation if estimated."""
+    parameters (log), the initial glucose ``G0`` (mg/dL) if estimated, then the log residual
+    SD and the logit AR(1) correlation if estimated."""
 
     estimated: tuple[str, ...]
     fixed: tuple[str, ...]
@@ -32,6 +33,7 @@ class Layout:
     ar1: bool  # logit AR(1) correlation estimated
     ar1_interval: float
     kind: str
+    g0: bool = False  # initial glucose estimated (prior centred on the first reading)
 
     @property
     def insulin_fixed(self) -> bool:
@@ -39,8 +41,13 @@ class Layout:
 
     @property
     def names(self) -> tuple[str, ...]:
-        extra = ("sigma",) * self.sigma + ("ar1",) * self.ar1
+        extra = ("G0",) * self.g0 + ("sigma",) * self.sigma + ("ar1",) * self.ar1
         return (*self.estimated, *extra)
+
+    @property
+    def error_index(self) -> int:
+        """Index in ``z`` of the first error parameter (after the model's)."""
+        return len(self.estimated) + self.g0
 
 
 def layout(prior: TwinPrior) -> Layout:
@@ -63,14 +70,19 @@ def layout(prior: TwinPrior) -> Layout:
         err.ar1_sd_logit is not None,
         float(err.ar1_interval or 5.0),
         prior.error[0],
+        err.initial_sd is not None,
     )
 
 
-def prior_moments(prior: TwinPrior, lay: Layout, mu_model: np.ndarray):
-    """``μ [N, q]`` and the prior Cholesky factor ``L [q, q]`` of ``z``."""
+def prior_moments(prior: TwinPrior, lay: Layout, mu_model: np.ndarray, first=None):
+    """``μ [N, q]`` and the prior Cholesky factor ``L [q, q]`` of ``z``; ``first [N]``: each
+    patient's first reading, the centre of its initial glucose (needed when estimated)."""
     err = prior.spec.error
     n = mu_model.shape[0]
     cols, sds = [mu_model[:, [prior.names.index(k) for k in lay.estimated]]], []
+    if lay.g0:
+        cols.append(np.asarray(first, float).reshape(n, 1))
+        sds.append(err.initial_sd)
     if lay.sigma:
         cols.append(np.full((n, 1), np.log(err.add)))
         sds.append(err.add_sd_log)
@@ -89,7 +101,8 @@ def model_params(lay: Layout, z, d, basal_scale=1.0):
     """The ``t1d_minimal`` parameter dict of one patient from ``z`` and its data ``d``."""
     p = {k: jnp.exp(z[i]) for i, k in enumerate(lay.estimated)}
     p.update({k: d["fixed"][j] for j, k in enumerate(lay.fixed)})
-    p.update(BW=d["BW"], G0=d["G0"], basal=d["u0"] * basal_scale)
+    g0 = z[len(lay.estimated)] if lay.g0 else d["G0"]
+    p.update(BW=d["BW"], G0=g0, basal=d["u0"] * basal_scale)
     p["Ib"] = basal_plasma_insulin(p, d["u0"])  # glucose rests at Gb on the usual basal
     for k, v in d["defaults"].items():
         p.setdefault(k, v)
@@ -103,7 +116,7 @@ def loglik(lay: Layout, z, d, add: float, prop: float, ar1: float):
     else:
         traj = trajectory(p, d["meal"], d["basal"] + d["bolus"])
     f = traj[TRAJECTORY_KEY[lay.output]][d["obs_idx"]]
-    k = len(lay.estimated)
+    k = lay.error_index
     sd_add = jnp.exp(z[k]) if lay.sigma else add
     phi = jax.nn.sigmoid(z[k + lay.sigma]) if lay.ar1 else ar1
     s = jnp.sqrt(sd_add**2 + (prop * f) ** 2)
@@ -115,7 +128,11 @@ def loglik(lay: Layout, z, d, add: float, prop: float, ar1: float):
     var = 1.0 - rho * rho
     e = r - rho * prev
     terms = -0.5 * e * e / var - 0.5 * jnp.log(2 * jnp.pi * var) - jnp.log(s)
-    ll = jnp.sum(d["mask"] * terms)
+    # An estimated G0's prior, centred on the first reading, is that reading's error term
+    # (the normal density is symmetric): counting both would use the reading twice. It still
+    # conditions the next residual through the AR(1) term.
+    weight = d["mask"] * (~first if lay.g0 else 1.0)
+    ll = jnp.sum(weight * terms)
     return jnp.where(jnp.isfinite(ll), ll, -jnp.inf)
 
 
@@ -135,6 +152,9 @@ def potential_factory(lay: Layout, add: float, prop: float, ar1: float):
 
 
 def natural(lay: Layout, z: np.ndarray) -> np.ndarray:
-    """``z`` on the natural scale: exp for parameters and SD, logistic for the AR(1) ρ."""
-    k = len(lay.estimated) + lay.sigma
-    return np.concatenate([np.exp(z[..., :k]), 1.0 / (1.0 + np.exp(-z[..., k:]))], axis=-1)
+    """``z`` on the natural scale: exp for parameters and SD, G0 as it is (mg/dL), logistic
+    for the AR(1) ρ."""
+    k, e = len(lay.estimated), lay.error_index
+    s = e + lay.sigma
+    parts = [np.exp(z[..., :k]), z[..., k:e], np.exp(z[..., e:s])]
+    return np.concatenate([*parts, 1.0 / (1.0 + np.exp(-z[..., s:]))], axis=-1)

@@ -46,10 +46,12 @@ class TwinBound(BoundModel):
 
 def _check_not_cgm(prior: TwinPrior) -> None:
     err = prior.spec.error
-    if err is not None and (err.ar1 is not None or err.add_sd_log is not None):
+    cgm_only = ("add_sd_log", "ar1", "initial_sd")
+    if err is not None and any(getattr(err, k) is not None for k in cgm_only):
         raise TwinError(
-            f"prior {prior.name!r}: an [error] with an estimated SD (add_sd_log) or AR(1) "
-            "residuals (ar1) is for CGM twins (cohort.twin.CGMTwins, `cohort twin cgm`)"
+            f"prior {prior.name!r}: an [error] with an estimated SD (add_sd_log), AR(1) "
+            "residuals (ar1) or an estimated initial state (initial_sd) is for CGM twins "
+            "(cohort.twin.CGMTwins, `cohort twin cgm`)"
         )
 
 
