@@ -6,7 +6,9 @@ effect in the prior (``Gb, SG, SI, p2, kempt, kabs`` in ``priors/t1d_cgm_twin.to
 estimated per patient, together with the residual SD and the AR(1) correlation of CGM
 residuals where the prior's ``[error]`` asks for them (sensor noise and model misfit are
 serially correlated at 5-min sampling; independent errors would make the posterior far too
-narrow). Everything else is fixed at the prior's values. Posteriors are MAP + Laplace, then
+narrow) and the glucose at the first record where it gives ``initial_sd`` (one noisy first
+reading would otherwise set the first hours of the curve). Everything else is fixed at the
+prior's values. Posteriors are MAP + Laplace, then
 per-patient NUTS (numpyro's kernel), for all patients in one vectorised program
 (:mod:`cohort.twin.posterior`), on the parallel-in-time solution of :mod:`cohort.twin.cgm_solve`.
 """
