@@ -74,9 +74,9 @@ def layout(prior: TwinPrior) -> Layout:
     )
 
 
-def prior_moments(prior: TwinPrior, lay: Layout, mu_model: np.ndarray, first=None):
+def prior_moments(prior: TwinPrior, lay: Layout, mu_model: np.ndarray, first: np.ndarray):
     """``μ [N, q]`` and the prior Cholesky factor ``L [q, q]`` of ``z``; ``first [N]``: each
-    patient's first reading, the centre of its initial glucose (needed when estimated)."""
+    patient's first reading, the centre of its initial glucose (used when it is estimated)."""
     err = prior.spec.error
     n = mu_model.shape[0]
     cols, sds = [mu_model[:, [prior.names.index(k) for k in lay.estimated]]], []
