@@ -271,6 +271,25 @@ def records_from_frame(
     return [pd.DataFrame({c: ex[c][a:b] for c in cols}) for a, b in zip(bounds[:-1], bounds[1:])]
 
 
+def warn_amount_off_dose(amt, evid, rows, label: str, stacklevel: int) -> np.ndarray:
+    """Warn once about AMT on EVID 0/2 records (not doses, as in NONMEM: said rather than
+    dropped silently; a dose coded EVID 0 would otherwise fail later as "no dose"). ``rows``:
+    the row numbers the user sees; returns ``amt`` with those amounts zeroed."""
+    amt = np.asarray(amt, float)
+    off = np.isin(evid, (0, 2)) & (np.nan_to_num(amt) != 0)
+    found = np.flatnonzero(off)
+    if found.size:
+        shown = ", ".join(str(int(r)) for r in np.asarray(rows)[found[:5]])
+        warnings.warn(
+            f"{label} {shown}{' ...' if found.size > 5 else ''}: AMT {amt[found[0]]:g} on an "
+            f"EVID {evid[found[0]]:g} record ({found.size} in all) is not a dose and is "
+            "ignored; a dose needs EVID=1 (or 4)",
+            CohortWarning,
+            stacklevel=stacklevel,
+        )
+    return np.where(off, 0.0, amt)
+
+
 def records_table(
     df: pd.DataFrame, state_names: Sequence[str], dose_targets: Sequence[str]
 ) -> EventTable:
@@ -338,16 +357,7 @@ def _expanded(df: pd.DataFrame, state_names: Sequence[str], dose_targets: Sequen
     addl = _numeric(df, "ADDL", 0.0)
     ii = _numeric(df, "II", 0.0)
     ss = _numeric(df, "SS", 0.0)
-    off_dose = np.flatnonzero(np.isin(evid, (0, 2)) & (np.nan_to_num(amt) != 0))
-    if off_dose.size:  # not a dose, as in NONMEM: said rather than dropped silently
-        shown = ", ".join(str(int(i) + 1) for i in off_dose[:5])
-        warnings.warn(
-            f"dosing records: row(s) {shown}{' ...' if off_dose.size > 5 else ''}: AMT "
-            f"{amt[off_dose[0]]:g} on an EVID {evid[off_dose[0]]:g} record ({off_dose.size} "
-            "in all) is not a dose and is ignored; a dose needs EVID=1 (or 4)",
-            CohortWarning,
-            stacklevel=4,
-        )
+    warn_amount_off_dose(amt, evid, np.arange(1, len(df) + 1), "dosing records: row(s)", 5)
     default_cmt = state_names.index(dose_targets[0]) + 1 if dose_targets else 1
     cmt_raw = df["CMT"].to_numpy() if "CMT" in df else np.full(len(df), default_cmt)
     cmt = np.zeros(len(df), dtype=int)

@@ -18,7 +18,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from cohort.dosing import DosingError, EventTable, records_table, time_goes_back
+from cohort.dosing import (
+    DosingError,
+    EventTable,
+    records_table,
+    time_goes_back,
+    warn_amount_off_dose,
+)
 from cohort.errors import CohortWarning
 from cohort.models.base import Model
 
@@ -359,19 +365,9 @@ def validate(raw: pd.DataFrame, model: Model | None = None) -> pd.DataFrame:
     for i in np.flatnonzero(~np.isin(mdv, (0, 1))):
         problems.append(Problem(int(rows[i]), "MDV", f"MDV {mdv[i]:g} is not 0 or 1"))
     dose = np.isin(evid, (1, 4))
-    amt_off_dose = np.flatnonzero(np.isin(evid, (0, 2)) & (amt != 0))
-    if amt_off_dose.size:  # a dose coded EVID 0 fails later as "no dose": name the cause
-        shown = ", ".join(str(int(r)) for r in rows[amt_off_dose][:5])
-        more = " ..." if amt_off_dose.size > 5 else ""
-        warnings.warn(
-            f"record(s) {shown}{more}: AMT {amt[amt_off_dose[0]]:g} on an EVID "
-            f"{evid[amt_off_dose[0]]:g} record ({amt_off_dose.size} in all) is not a dose and "
-            "is ignored; a dose needs EVID=1 (or 4)",
-            CohortWarning,
-            stacklevel=3,
-        )
-        amt = np.where(np.isin(evid, (0, 2)), 0.0, amt)  # said once, not again downstream
-        out["AMT"] = amt
+    # said once, not again downstream
+    amt = warn_amount_off_dose(amt, evid, rows, "record(s)", 4)
+    out["AMT"] = amt
     dv = out["DV"].to_numpy()
     on_dose = np.flatnonzero(dose & ~dv_missing & (dv != 0))
     if on_dose.size:  # NONMEM reads no observation from a dose record: said, then ignored
