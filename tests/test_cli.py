@@ -144,9 +144,11 @@ def test_demo_with_other_settings_into_its_store_is_a_clear_error(tmp_path):
     out = tmp_path / "demo.zarr"
     args = ["demo", "--out", str(out), "--plot", str(tmp_path / "d.png")]
     assert runner.invoke(app, [*args, "--n", "50"]).exit_code == 0
+    figure = (tmp_path / "d.png").read_bytes()
     res = runner.invoke(app, [*args, "--n", "60"])
     assert res.exit_code == 2 and "holds a demo run with other settings" in flat(res)
     assert cohort.open_result(out).sizes["patient"] == 50  # untouched
+    assert (tmp_path / "d.png").read_bytes() == figure  # the refused run kept its figure too
 
 
 def test_simulate_summary_reads_the_store_chunk_by_chunk(tmp_path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -107,6 +108,36 @@ def test_dv_on_dose_rows_is_ignored_as_nonmem_does_and_said():
     np.testing.assert_array_equal(with_dv.observations.dv, without.observations.dv)
     with pytest.raises(DataError, match=r"row 2, column DV: DV inf is not a finite number"):
         read_nonmem(frame(DV=[0, np.inf, 2.2, 0, 1.9, 0.7]))
+
+
+def test_observation_at_an_addl_dose_time_is_post_dose_as_in_nonmem_and_said():
+    """PREDPP gives an ADDL-implied dose before an observation at its time (mrgsolve's default
+    record sort matches it): the observation is predicted after the dose, and a warning names
+    its row, since a trough coded that way is otherwise fitted as a peak with nothing said. An
+    explicit dose written after the observation stays pre-dose (file order); observations
+    between the doses, or past the last additional one, raise nothing."""
+    addl = pd.DataFrame(
+        {
+            "ID": [1, 1, 1, 1, 1, 2, 2, 2, 2],
+            "TIME": [0.0, 6.0, 12.0, 13.0, 36.0, 0.0, 12.0, 12.0, 13.0],
+            "AMT": [100.0, 0, 0, 0, 0, 100.0, 0, 100.0, 0],
+            "DV": [".", 2.8, 1.5, 5.9, 0.4, ".", 1.6, ".", 6.0],
+            "EVID": [1, 0, 0, 0, 0, 1, 0, 1, 0],
+            "ADDL": [1, 0, 0, 0, 0, 0, 0, 0, 0],
+            "II": [12.0, 0, 0, 0, 0, 0, 0, 0, 0],
+        }
+    )
+    with pytest.warns(CohortWarning, match=r"record\(s\) 3 \(1 in all\): an observation at the "
+                      r"time of an additional dose \(row 1: ADDL/II, here TIME 12\)"):  # fmt: skip
+        data = read_nonmem(addl)
+    obs = data.observations
+    np.testing.assert_array_equal(obs.before_dose[:, :4], [[0, 0, 0, 0], [1, 0, 0, 0]])
+    # the ADDL-coincident sample is evaluated at 12 (after the dose), the explicit one before
+    assert obs.prediction_times()[0, 1] == 12.0 and obs.prediction_times()[1, 0] < 12.0
+    quiet = addl.assign(TIME=[0.0, 6.0, 11.5, 13.0, 24.0, 0.0, 12.0, 12.0, 13.0])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        read_nonmem(quiet)  # 24 = 0 + 2 x II is past the one additional dose
 
 
 @pytest.mark.parametrize(

@@ -316,6 +316,19 @@ def test_nuts_prints_a_verdict_and_fails_its_gates_loudly(tmp_path):
     assert res.exit_code == 0 and "NUTS verdict: NOT converged" in _flat(res)
 
 
+def test_svi_stopped_short_exits_nonzero(tmp_path):
+    """An SVI fit whose ELBO gradient is still far from zero is not converged: README says the
+    fit exits 1 then, as ML and NUTS fits do (it exited 0 after its warning)."""
+    out = tmp_path / "fit.nc"
+    args = ["fit", str(DATA / "theoph_nonmem.csv"), "--params", "CL,V,KA", "--method", "svi",
+            "--steps", "20", "--draws", "50", "-o", str(out)]  # fmt: skip
+    res = runner.invoke(app, args)
+    assert res.exit_code == 1, res.output
+    assert "SVI did not converge in --steps" in " ".join(res.stderr.split()) and out.exists()
+    res = runner.invoke(app, [*args, "--overwrite", "--allow-unconverged"])
+    assert res.exit_code == 0, res.output
+
+
 @pytest.mark.parametrize(
     "rows, message",
     [

@@ -74,10 +74,11 @@ def test_clarity_export_to_twin_records(tmp_path):
     # day 1 only: day 2 has one logged meal, day 3 a 5-h gap
     assert table.DATE.unique().tolist() == ["2020-01-01"]
     day = table[table.ID == 0].set_index("TIME")
-    # the 72 h before midnight: 11 + 10 U (not the 09:00 dose of that day, nor 72.1 h before)
+    # the 72 h before the day's start at 04:00: 11 + 10 U (not the 09:00 dose of that day,
+    # nor the one 79 h before); TIME counts minutes from 04:00
     assert day.BASAL.dropna().tolist() == [21.0 / 72.0]
-    assert day.CHO.dropna().to_dict() == {450: 40.0, 720: 60.0}
-    assert day.BOLUS.dropna().to_dict() == {450: 4.0, 725: 6.0}
+    assert day.CHO.dropna().to_dict() == {210: 40.0, 480: 60.0}
+    assert day.BOLUS.dropna().to_dict() == {210: 4.0, 485: 6.0}
     assert day.CGM.notna().sum() == 288
     checked = cgm_data.read_cgm(table.drop(columns="DATE"))
     assert np.all(np.diff(checked.TIME.to_numpy()) > 0)

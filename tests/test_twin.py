@@ -434,7 +434,7 @@ def test_twins_of_a_model_without_closed_form_match_the_closed_form(with_nuts):
     reg = Regimen(amt=20.0, ii=12.0, addl=3, duration=0.5)
     from cohort.twin.synthetic import simulate_records
 
-    records, _ = simulate_records(prior, 4, [2.0, 11.9, 36.0], reg, seed=3)
+    records, _ = simulate_records(prior, 4, [2.0, 11.9, 35.5], reg, seed=3)
     data = read_records(records, prior)
     exact = bind_twins(prior, data)
     ode = bind(nlme_of(prior), data, engine="diffrax")

@@ -36,6 +36,18 @@ def warn(msg: str) -> None:
     err_console.print(f"[bold yellow]warning:[/] {escape(str(msg))}", soft_wrap=True)
 
 
+def check_figure_path(path, overwrite: bool):
+    """Refuse, before any work, a ``--plot`` path the figure may not be written to. Nothing is
+    removed here: saving the new figure replaces cohort's old one, so a run refused or failed
+    later keeps it."""
+    from cohort.store import check_replaceable
+
+    p = check_replaceable(path, overwrite=overwrite, flag="--plot")
+    if p.is_dir():
+        fail(f"--plot {path}: is a folder; give a .png file path")
+    return p
+
+
 def patient_table(rows: dict, columns: list[str], title: str, few: int = 3) -> Table:
     """Per-patient results (``rows[patient] = [cell per column]``, cells already text): for
     up to ``few`` patients one row per quantity (a few patients' columns fit an 80-column

@@ -15,7 +15,7 @@ from cohort.cli._fit_table import estimates_table
 
 
 def _covariates(specs: list[str] | None, names: list[str]) -> dict:
-    """``PARAM~COLUMN[:kind[:ref[:fixed]]]`` options grouped by parameter."""
+    """``PARAM~COLUMN[:kind[:ref[:value]]]`` options grouped by parameter."""
     from cohort.inference import Covariate, SpecError
 
     out: dict[str, list] = {}
@@ -24,7 +24,7 @@ def _covariates(specs: list[str] | None, names: list[str]) -> dict:
         param, sep, column = head.partition("~")
         if not sep or not column:
             fail(
-                f"--covariate {text!r}: use PARAM~COLUMN[:kind[:ref[:fixed]]], e.g. CL~WT:power:70"
+                f"--covariate {text!r}: use PARAM~COLUMN[:kind[:ref[:value]]], e.g. CL~WT:power:70"
             )
         if param not in names:
             fail(f"--covariate {text!r}: {param!r} is not an estimated parameter ({names})")
@@ -34,8 +34,13 @@ def _covariates(specs: list[str] | None, names: list[str]) -> dict:
             ref = float(parts[1]) if len(parts) > 1 and parts[1] else None
             fixed = float(parts[2]) if len(parts) > 2 and parts[2] else None
             cov = Covariate(column, kind=kind, ref=ref, fixed=fixed)
-        except (ValueError, SpecError) as exc:
-            fail(f"--covariate {text!r}: {exc}")
+        except ValueError as exc:  # float(): name the part, not Python's wording
+            if isinstance(exc, SpecError):
+                fail(f"--covariate {text!r}: {exc}")
+            fail(
+                f"--covariate {text!r}: the reference and the fixed coefficient are numbers "
+                "(PARAM~COLUMN:kind:ref:value, e.g. CL~WT:power:70:0.75)"
+            )
         out.setdefault(param, []).append(cov)
     return out
 
@@ -229,8 +234,9 @@ def fit(
     iiv: str = typer.Option(None, help="parameters with random effects (default: all)"),
     covariate: list[str] = typer.Option(
         None,
-        help="covariate effect PARAM~COLUMN[:power|exp|binary[:ref[:fixed]]] (repeatable; "
-        "binary with ref: 1 where COLUMN < ref, e.g. V~APGR:binary:5)",
+        help="covariate effect PARAM~COLUMN[:power|exp|binary[:ref[:value]]] (repeatable; "
+        "binary with ref: 1 where COLUMN < ref, e.g. V~APGR:binary:5; a value holds the "
+        "coefficient fixed, e.g. CL~WT:power:70:0.75)",
     ),
     error: str = typer.Option(
         None, help="additive | proportional | combined | log-additive [default: additive]"
@@ -380,6 +386,8 @@ def fit(
             trouble.append("NUTS gates failed: " + "; ".join(map(str, failed)))
     if d.get("converged", 1) == 0:
         trouble.append(f"the optimiser did not converge ({d.get('message', '')})")
+    if d.get("svi_converged", 1) == 0:
+        trouble.append("SVI did not converge in --steps (see the warning above): raise --steps")
     if result.ofv is not None and not np.isfinite(result.ofv):
         trouble.append("the objective (OFV) is not finite: the estimates are not a fit")
     # (standard errors that could not be computed are warned about by the fit itself)

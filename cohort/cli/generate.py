@@ -10,7 +10,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from cohort.cli._common import command, console, err_console, fail, progress
+from cohort.cli._common import check_figure_path, command, console, err_console, fail, progress
 
 
 @command
@@ -29,7 +29,6 @@ def generate(
 ):
     """Generate a virtual population from a prior spec into a zarr store."""
     from cohort.population import generate as generate_population
-    from cohort.store import prepare_output
 
     if resume and overwrite:
         fail("--resume and --overwrite: choose one (finish the run, or replace it)")
@@ -46,7 +45,7 @@ def generate(
     if plot is not None:
         if plot.suffix.lower() != ".png":
             fail(f"--plot {plot}: give a .png path (the figure is a PNG)")
-        prepare_output(plot, overwrite=overwrite, flag="--plot")
+        check_figure_path(plot, overwrite)
     t0 = time.perf_counter()
     with progress() as bar:
         task = bar.add_task("generating", total=n)

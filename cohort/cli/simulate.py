@@ -14,7 +14,14 @@ import numpy as np
 import typer
 from rich.markup import escape
 
-from cohort.cli._common import command, console, err_console, fail, progress
+from cohort.cli._common import (
+    check_figure_path,
+    command,
+    console,
+    err_console,
+    fail,
+    progress,
+)
 from cohort.cli._inputs import id_column, id_keys, pair_by_id, read_population
 from cohort.cli._summary import summary_table
 from cohort.timing import describe, phases
@@ -92,14 +99,13 @@ def demo(
     from cohort.models import get as get_model
     from cohort.plots import band
     from cohort.population import lognormal
-    from cohort.store import prepare_output
     from cohort.store.safety import is_empty_directory
 
     if n < 1:
         fail(f"--n: must be >= 1, got {n}")
     model = get_model("pk2_oral_idr")
     pop = lognormal(model, n, seed, cv=0.3)
-    prepare_output(plot, overwrite=True, flag="--plot")  # replaces only cohort's own figure
+    check_figure_path(plot, overwrite=True)  # replaces only cohort's own figure, when saved
     t0 = time.perf_counter()
     from cohort.store import StoreError
 
@@ -181,7 +187,7 @@ def simulate(
         help="zarr store: a path, or an fsspec URL such as s3://bucket/runs/x.zarr "
         "(credentials from the environment)",
     ),
-    method: str = typer.Option("auto", help="auto | closed_form | diffrax | fast"),
+    method: str = typer.Option("auto", help="auto | closed_form | diffrax (adaptive) | fast (rk4)"),
     dtype: str = typer.Option("float64", help="float64 | float32"),
     dt: float = typer.Option(None, help="fast path step (default: the model's)"),
     tol: float = typer.Option(
@@ -225,8 +231,11 @@ def simulate(
         fail(f"--dt must be > 0 and finite, got {dt}")
     if chunk_size is not None and chunk_size < 1:
         fail(f"--chunk-size must be >= 1, got {chunk_size}")
+    method = {"rk4": "fast", "adaptive": "diffrax"}.get(method, method)  # the API's aliases
     if method not in ("auto", "closed_form", "diffrax", "fast"):
-        fail(f"--method must be auto, closed_form, diffrax or fast; got {method!r}")
+        fail(
+            f"--method must be auto, closed_form, diffrax (adaptive) or fast (rk4); got {method!r}"
+        )
     if dtype not in ("float32", "float64"):
         fail(f"--dtype must be float32 or float64, got {dtype!r}")
     if method == "auto" and (dt is not None or tol is not None):
@@ -247,6 +256,8 @@ def simulate(
             dose = read_table(dosing)
         except DataError as exc:
             fail(f"--dosing {exc}")
+        if len(dose) == 0:
+            fail(f"--dosing {dosing}: the file has a header but no records; add the dose rows")
     pop_ids = None
     if population is not None:
         m, pop = read_population(population, model)

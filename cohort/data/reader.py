@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from cohort.data.coincident import warn_observations_at_additional_doses
 from cohort.dosing import (
     DosingError,
     EventTable,
@@ -419,6 +420,7 @@ def validate(raw: pd.DataFrame, model: Model | None = None) -> pd.DataFrame:
         raise DataError(sorted(problems, key=lambda p: (p.row or 0, p.column)))
     if model is not None:
         dose_records(out, model)  # RATE/ADDL/II/SS rules of the dosing module
+    warn_observations_at_additional_doses(out, stacklevel=3)
     return out
 
 

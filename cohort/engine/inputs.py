@@ -21,7 +21,8 @@ MAX_GRID_POINTS = 10_000_000  # 80 MB of times; 1-min saves over 19 years
 
 
 def grid(start: float, stop: float, step: float) -> np.ndarray:
-    """Evenly spaced save times from ``start`` to ``stop`` inclusive (at most
+    """Evenly spaced save times from ``start`` to ``stop`` inclusive (``stop`` ends a shorter
+    last interval when the span is not a whole number of steps; at most
     :data:`MAX_GRID_POINTS`: a mistyped step must not ask for the machine's memory)."""
     if not (np.isfinite(start) and np.isfinite(stop)):
         raise InputError(f"grid: start and stop must be finite, got {start} and {stop}")
@@ -35,8 +36,11 @@ def grid(start: float, stop: float, step: float) -> np.ndarray:
             f"grid: {start:g} to {stop:g} in steps of {step:g} is {points:.3g} save times "
             f"(at most {MAX_GRID_POINTS:,}); use a larger step"
         )
-    n = int(round(points))
-    return start + step * np.arange(n + 1)
+    n = int(np.floor(points + 1e-9))  # a step that divides the span up to round-off
+    times = start + step * np.arange(n + 1)
+    if points - n > 1e-9:  # the span is not a whole number of steps: the last is shorter
+        times = np.append(times, stop)
+    return times
 
 
 def check_times(times: Any) -> np.ndarray:

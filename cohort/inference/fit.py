@@ -498,7 +498,9 @@ def _bayesian_result(bm: BoundModel, draws_, est, gates, seconds: float, seed: i
         if draws_.method == "svi":
             problems += _svi_understates(table, est.reported)
     if draws_.method == "svi":
-        problems += svi_unconverged(info)
+        unconverged = svi_unconverged(info)
+        info["svi_converged"] = int(not unconverged)  # the CLI's exit status reads it
+        problems += unconverged
     info["problems"] = problems
     diagnostics.warn(problems, f"{draws_.method.upper()} fit")
     post = idata.posterior

@@ -55,7 +55,8 @@ class _Reader:
         if isinstance(v, bool) or not isinstance(v, (int, float)):
             raise self.err(key, f"must be a number, got {v!r}")
         if lo is not None and v < lo or hi is not None and v > hi:
-            raise self.err(key, f"must be in [{lo}, {hi}], got {v!r}")
+            bound = f">= {lo:g}" if hi is None else f"<= {hi:g}" if lo is None else None
+            raise self.err(key, f"must be {bound or f'in [{lo:g}, {hi:g}]'}, got {v!r}")
         return float(v)
 
     def int_(self, key: str, v: Any, lo: int = 0) -> int:
