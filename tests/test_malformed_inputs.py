@@ -211,6 +211,10 @@ def test_a_save_grid_too_long_for_memory_is_refused_up_front(tmp_path, monkeypat
     with pytest.raises(cohort.errors.CohortError, match="finite"):
         cohort.grid(0.0, float("inf"), 1.0)
     assert cohort.grid(0.0, 2.0, 0.5).tolist() == [0.0, 0.5, 1.0, 1.5, 2.0]
+    # a step that does not divide the span: the grid still ends at stop, never past it
+    assert cohort.grid(0.0, 10.0, 3.0).tolist() == [0.0, 3.0, 6.0, 9.0, 10.0]
+    assert cohort.grid(0.0, 10.0, 2.8).tolist() == pytest.approx([0.0, 2.8, 5.6, 8.4, 10.0])
+    assert len(cohort.grid(0.0, 24.0, 1 / 12)) == 289  # round-off does not add a point
     monkeypatch.chdir(tmp_path)
     res = CliRunner().invoke(
         app, ["simulate", "--model", "pk1_oral", "--n", "2", "--t-end", "2", "--step", "1e-9"]
