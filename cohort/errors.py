@@ -49,3 +49,13 @@ class OptionError(CohortError, ValueError):
 
 class ArgumentTypeError(CohortError, TypeError):
     """An argument of the wrong kind (a list where a table or path is expected)."""
+
+
+def show_id(pid) -> str:
+    """A patient ID as the user wrote it in messages (``7``, not ``np.float64(7.0)`` or
+    ``7.0``: numeric ID columns are read as floats)."""
+    if hasattr(pid, "item"):
+        pid = pid.item()
+    if isinstance(pid, float) and pid.is_integer():
+        pid = int(pid)
+    return repr(pid) if isinstance(pid, str) else str(pid)

@@ -26,7 +26,7 @@ from cohort.dosing import (
     time_goes_back,
     warn_amount_off_dose,
 )
-from cohort.errors import CohortWarning
+from cohort.errors import CohortWarning, show_id
 from cohort.models.base import Model
 
 # Data items with a fixed meaning; every other numeric column is a covariate.
@@ -254,7 +254,7 @@ def _order_problems(
                 Problem(
                     int(rows[i]),
                     "ID",
-                    f"records of ID {ids[i]} are split (also at row {seen[ids[i]]}); "
+                    f"records of ID {show_id(ids[i])} are split (also at row {seen[ids[i]]}); "
                     "keep each subject's records contiguous",
                 )
             )
@@ -264,7 +264,7 @@ def _order_problems(
                 Problem(
                     int(rows[i]),
                     "TIME",
-                    time_goes_back(time[i], time[i - 1], int(evid[i]), f"ID {ids[i]}"),
+                    time_goes_back(time[i], time[i - 1], int(evid[i]), f"ID {show_id(ids[i])}"),
                 )
             )
     return out

@@ -20,7 +20,7 @@ import pandas as pd
 
 from cohort.data import Dataset, read_nonmem
 from cohort.engine.exported import is_cohort_code
-from cohort.errors import ArgumentTypeError, CohortWarning, OptionError
+from cohort.errors import ArgumentTypeError, CohortWarning, OptionError, show_id
 from cohort.inference import diagnostics, ml, posterior, sampling
 from cohort.inference.bayes import Priors, init_values
 from cohort.inference.layout import Layout
@@ -126,7 +126,7 @@ def _check_fittable(ds: Dataset, model: Model, output: str) -> None:
     if len(undosed) and _zero_without_dose(model, output):
         first = rec.loc[rec["ID"] == undosed.iloc[0], "ROW"].iloc[0]
         ids = list(dict.fromkeys(undosed.tolist()))
-        shown = ", ".join(map(str, ids[:5])) + (" ..." if len(ids) > 5 else "")
+        shown = ", ".join(map(show_id, ids[:5])) + (" ..." if len(ids) > 5 else "")
         raise DataError(
             [
                 Problem(
@@ -174,7 +174,9 @@ def _zero_predictions(bm, pop, eta, show: int = 5) -> str:
         return ""
     subj, j = np.nonzero(bad)
     ids = np.asarray(bm.data.ids)
-    where = ", ".join(f"ID {ids[i]} TIME {obs.time[i, k]:g}" for i, k in zip(subj[:show], j[:show]))
+    where = ", ".join(
+        f"ID {show_id(ids[i])} TIME {obs.time[i, k]:g}" for i, k in zip(subj[:show], j[:show])
+    )
     more = f" and {bad.sum() - show} more" if bad.sum() > show else ""
     why = (
         "their log is -inf, so sigma and the estimates are distorted"

@@ -17,6 +17,7 @@ import numpy as np
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from cohort.errors import show_id
 from cohort.inference import laplace, likelihood  # noqa: E402
 from cohort.inference.posterior import pops_from_samples  # noqa: E402
 from cohort.inference.results import FitResult  # noqa: E402
@@ -198,7 +199,7 @@ def individual(fit: FitResult, path: str | Path, max_subjects: int = 12, points:
         ax.scatter(obs.time[i][m], obs.dv[i][m], s=10, color="k", zorder=3)
         ax.plot(grid[i], ipred[i], color="tab:blue", label="IPRED")
         ax.plot(grid[i], pred[i], color="tab:orange", ls="--", label="PRED")
-        ax.set_title(f"ID {ids[i]}", fontsize=9)
+        ax.set_title(f"ID {show_id(ids[i])}", fontsize=9)
         ax.grid(alpha=0.3)
     axes.flat[0].legend(fontsize=7)
     return _save(fig, path)

@@ -24,7 +24,7 @@ from cohort.engine.closed_form import ClosedForm
 from cohort.engine.diffrax_path import Adaptive
 from cohort.engine.events import Changes, resolve
 from cohort.engine.inputs import InputError
-from cohort.errors import CohortWarning
+from cohort.errors import CohortWarning, show_id
 from cohort.inference import likelihood, predict
 from cohort.inference.spec import NLME, SpecError
 
@@ -283,7 +283,8 @@ def _features(spec: NLME, data: Dataset) -> tuple[tuple[Effect, ...], np.ndarray
             )
         warnings.warn(
             f"covariate {col} is missing on {int(gone.sum())} record(s) (first: row "
-            f"{int(first['ROW'])}, ID {first['ID']}); each subject's first given value is used",
+            f"{int(first['ROW'])}, ID {show_id(first['ID'])}); each subject's first given value "
+            "is used",
             CohortWarning,
             stacklevel=3,
         )
@@ -317,7 +318,9 @@ def _features(spec: NLME, data: Dataset) -> tuple[tuple[Effect, ...], np.ndarray
             if bad.size:
                 raise DataError(
                     [
-                        Problem(None, c.column, f"missing value for subject ID {data.ids[i]}")
+                        Problem(
+                            None, c.column, f"missing value for subject ID {show_id(data.ids[i])}"
+                        )
                         for i in bad
                     ]
                 )
@@ -340,7 +343,7 @@ def _features(spec: NLME, data: Dataset) -> tuple[tuple[Effect, ...], np.ndarray
                             Problem(
                                 None,
                                 c.column,
-                                f"subject ID {data.ids[i]}: {x[i]:g}; a "
+                                f"subject ID {show_id(data.ids[i])}: {x[i]:g}; a "
                                 "power covariate (x/ref)^θ must be > 0",
                             )  # fmt: skip
                             for i in np.flatnonzero(x <= 0)

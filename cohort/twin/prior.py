@@ -20,22 +20,13 @@ import numpy as np
 import pandas as pd
 
 from cohort._toml import read_toml
-from cohort.errors import CohortError
+from cohort.errors import CohortError, show_id
 from cohort.models.base import Model
 from cohort.population.spec import PopulationSpec, parse_spec
 
 
 class TwinError(CohortError, ValueError):
     """Bad input for a digital twin; the message names the record, patient or field."""
-
-
-def show_id(pid) -> str:
-    """A patient ID as the user wrote it (``7``, not ``np.float64(7.0)``)."""
-    if hasattr(pid, "item"):
-        pid = pid.item()
-    if isinstance(pid, float) and pid.is_integer():
-        pid = int(pid)
-    return repr(pid) if isinstance(pid, str) else str(pid)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
