@@ -36,9 +36,10 @@ def grid(start: float, stop: float, step: float) -> np.ndarray:
             f"grid: {start:g} to {stop:g} in steps of {step:g} is {points:.3g} save times "
             f"(at most {MAX_GRID_POINTS:,}); use a larger step"
         )
-    n = int(np.floor(points + 1e-9))  # a step that divides the span up to round-off
+    eps = 1e-9 * max(1.0, points)  # round-off of the division, relative to the count
+    n = int(np.floor(points + eps))  # a step that divides the span up to round-off
     times = start + step * np.arange(n + 1)
-    if points - n > 1e-9:  # the span is not a whole number of steps: the last is shorter
+    if points - n > eps:  # the span is not a whole number of steps: the last is shorter
         times = np.append(times, stop)
     return times
 
