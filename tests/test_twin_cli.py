@@ -274,6 +274,31 @@ def test_fit_killed_while_saving_keeps_every_block(csvs, monkeypatch):
     assert not Path("api.blocks.zarr").exists()
 
 
+def test_fit_killed_inside_its_first_save_reruns_without_overwrite(csvs, monkeypatch):
+    """Killed after the store's layout was created but before its first commit, the twin
+    store holds no result: the same command again writes it (it was refused as an existing
+    --out), reusing the finished blocks; a committed store still needs --overwrite."""
+    from cohort.twin import store
+
+    monkeypatch.chdir(csvs)
+    real = store._datasets
+
+    def killed(twins):
+        raise KeyboardInterrupt("killed inside the save")
+
+    monkeypatch.setattr(store, "_datasets", killed)
+    argv = ["twin", "fit", "day0.csv", "--prior", str(PRIOR), "-o", "f.zarr"]
+    assert runner.invoke(app, argv).exit_code != 0
+    assert store.interrupted_first_save("f.zarr") and Path("f.blocks.zarr").exists()
+    monkeypatch.setattr(store, "_datasets", real)
+    res = runner.invoke(app, argv)
+    assert res.exit_code == 0, res.output
+    assert "interrupted run" in flat(res) and not Path("f.blocks.zarr").exists()
+    assert open_twins("f.zarr").n == 6 and not store.interrupted_first_save("f.zarr")
+    res = runner.invoke(app, argv)
+    assert res.exit_code == 2 and "overwrite" in flat(res)
+
+
 def test_a_twin_store_path_without_zarr_is_refused_before_any_work(csvs, monkeypatch):
     monkeypatch.chdir(csvs)
     res = runner.invoke(app, ["twin", "fit", "day0.csv", "--prior", str(PRIOR), "-o", "t.out"])

@@ -38,7 +38,10 @@ def before_identifying(data: Path, out: Path, report: Path | None, overwrite: bo
         fail(f"no such file {data}")
     if Path(out).suffix != ".zarr":
         fail(f"--out {out}: a twin store is a .zarr directory, e.g. twins.zarr")
-    check_replaceable(out, overwrite=overwrite)
+    from cohort.twin.store import interrupted_first_save
+
+    # the same command after a crash before the store's first commit writes it again
+    check_replaceable(out, overwrite=overwrite, resume=interrupted_first_save(out))
     return report_folder(report, overwrite)
 
 

@@ -45,6 +45,20 @@ def _group(k: int) -> str:
     return f"update_{k:03d}"
 
 
+def interrupted_first_save(path: str | Path) -> bool:
+    """Whether ``path`` is a twin store cohort began and never committed (killed during its
+    first save: no complete update). Nothing in it is a result, so the command that was
+    interrupted may write it again without ``--overwrite``."""
+    path = Path(path)
+    if not path.is_dir() or is_empty_directory(path) or not written_by_cohort(path):
+        return False
+    try:
+        attrs = dict(zarr.open_group(str(path), mode="r").attrs)
+    except Exception:  # noqa: BLE001 - not a readable group: not one of ours to continue
+        return False
+    return attrs.get("kind") == KIND and int(attrs.get("n_updates", 0)) == 0
+
+
 @locks_output("path")
 def save_twins(twins, path: str | Path, *, overwrite: bool = False) -> Path:
     """Append ``twins``' current state to the store at ``path`` (created if absent). An
@@ -54,6 +68,8 @@ def save_twins(twins, path: str | Path, *, overwrite: bool = False) -> Path:
     if path.suffix != ".zarr":
         raise OutputError(f"{path}: a twin store is a .zarr directory")
     prior_json = twins.prior.to_json()
+    if interrupted_first_save(path):  # killed before its first commit: nothing to keep
+        remove_own(path, "twin store without a complete update")
     if path.exists() and not overwrite and not is_empty_directory(path):  # an empty one: new
         if not written_by_cohort(path):
             raise OutputError(f"{path} exists and was not written by cohort; choose a new path")
