@@ -247,7 +247,7 @@ class CGMTwins:
         if self.samples is not None:
             eta = self.samples.eta
         else:
-            eta = posterior.laplace_draws(self.posterior, 1000, 0)[:, None]
+            eta = posterior.laplace_draws(self.posterior, 1000, 0, self.ids)[:, None]
         nat = natural(lay, self._z_of(eta))
         values = {n: nat[..., k] for k, n in enumerate(lay.names)}
         fit, post = posterior_groups(self.posterior, self.samples, self.ids, lay.names, eta, values)
@@ -356,7 +356,7 @@ class CGMTwins:
             idx = np.linspace(0, eta.shape[1] - 1, min(n_draws, eta.shape[1])).astype(int)
             eta = eta[:, idx]
         else:
-            eta = posterior.laplace_draws(self.posterior, n_draws, seed)
+            eta = posterior.laplace_draws(self.posterior, n_draws, seed, self.ids)
         return self._z_of(eta)
 
     def parameters(self, n_draws: int = 1000) -> xr.Dataset:

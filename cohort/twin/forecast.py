@@ -19,6 +19,7 @@ import xarray as xr
 from cohort._version import __version__
 from cohort.dosing import EventTable, Regimen, regimens_frame
 from cohort.inference import likelihood
+from cohort.twin import posterior
 from cohort.twin.prior import TwinError, show_id
 from cohort.twin.targets import Target
 
@@ -172,7 +173,7 @@ def forecast(
     obs = twins.prior.output
     if obs in values:
         kind, add, prop = twins.prior.error
-        eps = np.random.default_rng(seed + 1).standard_normal(values[obs].shape)
+        eps = posterior.patient_normals(seed + 1, twins.ids, values[obs].shape[1:])
         y = np.asarray(
             likelihood.simulate_dv_eps(
                 kind, jnp.asarray([add, prop]), jnp.asarray(values[obs]), jnp.asarray(eps)

@@ -446,10 +446,31 @@ def diagnostics(z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return rhat, ess
 
 
-def laplace_draws(post: Laplace, n_draws: int, seed: int) -> np.ndarray:
-    """``[N, S, q]`` draws from each patient's Laplace approximation."""
-    rng = np.random.default_rng(seed)
+def laplace_draws(post: Laplace, n_draws: int, seed: int, ids=None) -> np.ndarray:
+    """``[N, S, q]`` draws from each patient's Laplace approximation. With the patients'
+    ``ids``, each patient's draws come from its own stream (:func:`patient_normals`), so a
+    forecast or dose for one patient does not change with the others selected beside it."""
     n, q = post.eta.shape
     chol = np.linalg.cholesky(np.where(post.ok[:, None, None], post.cov, np.eye(q)[None]))
-    z = rng.standard_normal((n, n_draws, q))
+    if ids is None:
+        z = np.random.default_rng(seed).standard_normal((n, n_draws, q))
+    else:
+        z = patient_normals(seed, ids, (n_draws, q))
     return post.eta[:, None, :] + np.einsum("nij,nsj->nsi", chol, z)
+
+
+def patient_normals(seed: int, ids, shape: tuple[int, ...]) -> np.ndarray:
+    """``[N, *shape]`` standard normals, patient ``k``'s from a stream keyed by ``seed`` and
+    its ID alone (a hash of the ID as the user wrote it)."""
+    import hashlib
+
+    from cohort.errors import show_id
+
+    def key(pid) -> int:
+        return int.from_bytes(hashlib.sha256(show_id(pid).encode()).digest()[:8], "little")
+
+    ids = list(ids)
+    out = np.empty((len(ids), *shape))
+    for k, pid in enumerate(ids):
+        out[k] = np.random.default_rng([int(seed), key(pid)]).standard_normal(shape)
+    return out

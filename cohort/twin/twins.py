@@ -174,7 +174,7 @@ class Twins:
             z = self.samples.eta.reshape(self.n, -1, self.samples.eta.shape[-1])
             idx = np.random.default_rng(seed).choice(z.shape[1], n_draws, z.shape[1] < n_draws)
             return z[:, np.sort(idx)]
-        return posterior.laplace_draws(self.laplace, n_draws, seed)
+        return posterior.laplace_draws(self.laplace, n_draws, seed, self.ids)
 
     def log_params(self, eta: np.ndarray) -> np.ndarray:
         """``[N, ..., K]`` log individual parameters for ``eta [N, ..., q]``."""
