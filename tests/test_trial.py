@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import math
 import re
 from pathlib import Path
@@ -314,6 +315,44 @@ def test_interrupted_trial_resumes_to_the_clean_store(tmp_path):
     np.testing.assert_array_equal(
         resumed.simulation["conc"].values, clean.simulation["conc"].values
     )
+
+
+def test_trial_killed_before_its_tables_is_flagged_not_reported_short(tmp_path, monkeypatch):
+    """Killed after the simulation but before the dose sweep was stored, the store read as a
+    finished trial: `cohort report` wrote it without the sweep and `cohort info` flagged
+    nothing. Now both name what is missing and the --resume that finishes it."""
+    import typer
+    from typer.testing import CliRunner
+
+    from cohort.cli.info import info
+    from cohort.cli.trial import report, trial
+
+    report_module = importlib.import_module("cohort.trial.report")  # the name is a function
+
+    app = typer.Typer()
+    for cmd in (trial, report, info):
+        app.command()(cmd)
+    store = tmp_path / "t.zarr"
+    args = ["trial", str(THEO), "-o", str(store), "--replicates", "3", "--n", "40",
+            "--pta-doses", "100,400"]  # fmt: skip
+    real = report_module.save_tables
+
+    def killed(*a, **kw):
+        raise KeyboardInterrupt("killed before the tables")
+
+    monkeypatch.setattr(report_module, "save_tables", killed)
+    assert CliRunner().invoke(app, args).exit_code != 0
+    monkeypatch.setattr(report_module, "save_tables", real)
+    res = CliRunner().invoke(app, ["report", str(store), "-o", str(tmp_path / "r.md")])
+    text = " ".join(res.output.split())
+    assert res.exit_code == 2 and "before it finished writing dose_pta" in text, res.output
+    assert not (tmp_path / "r.md").exists()
+    res = CliRunner().invoke(app, ["info", str(store)])
+    assert "INCOMPLETE" in res.output and "--resume" in " ".join(res.output.split())
+    assert CliRunner().invoke(app, [*args, "--resume"]).exit_code == 0
+    res = CliRunner().invoke(app, ["report", str(store), "-o", str(tmp_path / "r.md")])
+    assert res.exit_code == 0, res.output
+    assert "Dose–PTA" in (tmp_path / "r.md").read_text()
 
 
 def test_missing_spec_file():

@@ -181,6 +181,12 @@ def info(
         )
     if "incomplete" in ds.attrs:
         err_console.print(f"[bold yellow]INCOMPLETE:[/] {ds.attrs['incomplete']}")
+    else:  # a trial store: its tables are written after the simulation
+        from cohort.trial import groups
+
+        if missing := groups.unfinished(store):
+            msg = groups.incomplete_message(store, missing)
+            err_console.print(f"[bold yellow]INCOMPLETE:[/] {escape(msg)}")
 
 
 @command

@@ -156,6 +156,11 @@ def trial(
                 progress=update,
                 cluster=scheduler,
             )
+        if out is not None:  # what follows the simulation, so a kill before it is seen
+            from cohort.trial import groups
+
+            later = {"sample_sizes": sample_size, "escalation": escalation, "dose_pta": doses}
+            groups.plan(out, ["analysis", *[k for k, wanted in later.items() if wanted]])
         analysis = ct.analyze(result, out=out)
     sizes = ct.sample_size(parsed, replicates=replicates, seed=seed) if sample_size else None
     esc = ct.escalate(parsed, replicates=replicates, seed=seed) if escalation else None

@@ -20,7 +20,7 @@ import xarray as xr
 from scipy import stats as sp_stats
 
 from cohort.population.expr import evaluate
-from cohort.trial import sequential, stats
+from cohort.trial import groups, sequential, stats
 from cohort.trial.run import TrialResult
 
 
@@ -213,6 +213,7 @@ def analyze(result: TrialResult, out: str | Path | None = None) -> Analysis:
         stored.attrs.pop("boundaries", None)
         stored.attrs.pop("looks", None)
         stored.to_zarr(str(target), group="analysis", mode="w", consolidated=False)
+        groups.mark_done(target, "analysis")
     return analysis
 
 

@@ -17,9 +17,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cohort.errors import OutputError
+from cohort.errors import OutputError, StoreError
 from cohort.store import check_replaceable, claim_file, report_directory
 from cohort.store.safety import REPORT_HEADER
+from cohort.trial import groups
 from cohort.trial.analysis import Analysis, analyze
 from cohort.trial.run import TrialResult, open_trial
 
@@ -181,6 +182,7 @@ def save_tables(out: str | Path, **tables: pd.DataFrame | None) -> None:
         ds = xr.Dataset.from_dataframe(df.reset_index(drop=True))
         ds.attrs = {k: v for k, v in df.attrs.items() if isinstance(v, (int, float, str))}
         ds.to_zarr(str(out), group=name, mode="w", consolidated=False)
+        groups.mark_done(out, name)
 
 
 def load_tables(path: str | Path) -> dict[str, pd.DataFrame]:
@@ -214,6 +216,9 @@ def report(
     (:func:`sample_size`), escalation operating characteristics (:func:`escalate`) and a dose
     sweep (:func:`dose_pta`)."""
     if not isinstance(result, TrialResult):
+        missing = groups.unfinished(result)
+        if missing:  # a report without them would silently lose sections
+            raise StoreError(groups.incomplete_message(result, missing))
         stored = load_tables(result)  # what `cohort trial` computed beside the trial
         sample_sizes = stored.get("sample_sizes") if sample_sizes is None else sample_sizes
         escalation = stored.get("escalation") if escalation is None else escalation

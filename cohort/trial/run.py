@@ -30,7 +30,7 @@ from cohort.dosing import EventTable, Regimen, event_table
 from cohort.engine.simulate import simulate
 from cohort.models import get as get_model
 from cohort.store.lock import locks_output
-from cohort.trial import adaptive, design, endpoints
+from cohort.trial import adaptive, design, endpoints, groups
 from cohort.trial.schema import TrialSpecError, from_json, to_json
 from cohort.trial.spec import TrialSpec, load
 
@@ -220,7 +220,9 @@ def run(
     patients = _patients(spec, pop, values, row, arm, strata, dropout)
     result = TrialResult(spec, sim, patients, None if out is None else Path(out))
     if out is not None:
+        groups.plan(out, ["trial"])
         patients.to_zarr(str(out), group="trial", mode="w", consolidated=False)
+        groups.mark_done(out, "trial")
     return result
 
 
@@ -352,6 +354,8 @@ def open_trial(path: str | Path) -> TrialResult:
 
     path = Path(path)
     sim = open_result(path)
+    if "trial" in groups.unfinished(path):
+        raise StoreError(groups.incomplete_message(path, ["trial"]))
     if "incomplete" in sim.attrs:
         raise StoreError(
             f"{str(path)!r} is an incomplete trial store (the run was interrupted); finish it "
