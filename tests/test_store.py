@@ -174,6 +174,41 @@ def test_torn_chunk_is_recomputed_on_resume(tmp_path, monkeypatch):
     assert_same_store(run(path, resume=True), clean)
 
 
+def test_store_killed_while_its_layout_was_created_is_incomplete(tmp_path, monkeypatch):
+    """Killed after its arrays were created but before chunk_done (cohort generate, cohort
+    glucose), a store read as complete and full of NaN: `cohort info` flagged nothing and a
+    simulation of that population ran to exit 0 with every patient invalid. It is now
+    incomplete everywhere it is read, and --resume finishes it."""
+    import importlib
+    from pathlib import Path
+
+    from typer.testing import CliRunner
+
+    from cohort.cli import app
+    from cohort.population import PopulationError, open_population
+
+    generate_module = importlib.import_module("cohort.population.generate")  # name: a function
+    spec = Path(__file__).resolve().parents[1] / "priors" / "neonate_phenobarbital.toml"
+    path = tmp_path / "p.zarr"
+
+    def killed(*a, **kw):
+        raise KeyboardInterrupt("killed while creating the layout")
+
+    monkeypatch.setattr(generate_module, "add_done_flags", killed)
+    with pytest.raises(KeyboardInterrupt):
+        cohort.population.generate(spec, 40, seed=1, out=path)
+    monkeypatch.undo()
+    assert "before any result" in cohort.open_result(path).attrs["incomplete"]
+    with pytest.raises(PopulationError, match="layout was never finished.*--resume"):
+        open_population(path)
+    res = CliRunner().invoke(app, ["info", str(path)])
+    assert "INCOMPLETE" in res.output
+    finished = cohort.population.generate(spec, 40, seed=1, out=path, resume=True)
+    clean = cohort.population.generate(spec, 40, seed=1)
+    np.testing.assert_array_equal(finished["CL"].values, clean["CL"].values)
+    assert "incomplete" not in cohort.open_result(path).attrs
+
+
 @pytest.mark.parametrize("method", ["closed_form", "fast"])
 def test_store_equals_memory_with_a_failed_patient(tmp_path, method):
     """Stores get patient-major blocks straight from the engine (transposed on the device);

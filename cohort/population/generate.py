@@ -314,9 +314,13 @@ def open_population(path: str | Path) -> xr.Dataset:
             "simulate`, or a CSV with one row per patient"
         )
     if "incomplete" in ds.attrs:
-        missing = int((~ds["chunk_done"].values).sum())
+        missing = (
+            f"{int((~ds['chunk_done'].values).sum())} of {ds.sizes['chunk']} chunks missing"
+            if "chunk_done" in ds
+            else "its layout was never finished"
+        )
         raise PopulationError(
-            f"{str(path)!r} is incomplete ({missing} of {ds.sizes['chunk']} chunks missing: the "
-            "generate run was interrupted); finish it with `cohort generate ... --resume`"
+            f"{str(path)!r} is incomplete ({missing}: the generate run was interrupted); "
+            "finish it with `cohort generate ... --resume`"
         )
     return ds.drop_vars("chunk_done", errors="ignore")

@@ -446,8 +446,15 @@ def open_result(path: str | os.PathLike) -> xr.Dataset:
     ds = _with_default_indexes(ds)
     if "ID" in ds.data_vars:
         ds = ds.set_coords("ID")
+    if ds.attrs.get("written_by") == ZARR_MARK["written_by"] and not _layout_complete(path):
+        # killed while its arrays were created: they exist, hold nothing (read as NaN), and
+        # there is no chunk_done yet to say so
+        ds.attrs["incomplete"] = (
+            "the run was interrupted while its store was being created, before any result "
+            "was written; rerun the same command with --resume (Python: resume=True)"
+        )
     # numpy, not xarray's reduction: that imports dask.array when installed (~0.1 s)
-    if "chunk_done" in ds and not np.asarray(ds["chunk_done"].values).all():
+    elif "chunk_done" in ds and not np.asarray(ds["chunk_done"].values).all():
         ds.attrs["incomplete"] = (
             "some batches were not written; rerun the same command with --resume (Python: "
             "resume=True)"
