@@ -34,9 +34,9 @@ def _covariates(specs: list[str] | None, names: list[str]) -> dict:
             ref = float(parts[1]) if len(parts) > 1 and parts[1] else None
             fixed = float(parts[2]) if len(parts) > 2 and parts[2] else None
             cov = Covariate(column, kind=kind, ref=ref, fixed=fixed)
-        except ValueError as exc:  # float(): name the part, not Python's wording
-            if isinstance(exc, SpecError):
-                fail(f"--covariate {text!r}: {exc}")
+        except SpecError as exc:
+            fail(f"--covariate {text!r}: {exc}")
+        except ValueError:  # float(): name the part, not Python's wording
             fail(
                 f"--covariate {text!r}: the reference and the fixed coefficient are numbers "
                 "(PARAM~COLUMN:kind:ref:value, e.g. CL~WT:power:70:0.75)"

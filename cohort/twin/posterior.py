@@ -446,16 +446,13 @@ def diagnostics(z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return rhat, ess
 
 
-def laplace_draws(post: Laplace, n_draws: int, seed: int, ids=None) -> np.ndarray:
-    """``[N, S, q]`` draws from each patient's Laplace approximation. With the patients'
-    ``ids``, each patient's draws come from its own stream (:func:`patient_normals`), so a
-    forecast or dose for one patient does not change with the others selected beside it."""
-    n, q = post.eta.shape
+def laplace_draws(post: Laplace, n_draws: int, seed: int, ids) -> np.ndarray:
+    """``[N, S, q]`` draws from each patient's Laplace approximation, each patient's from its
+    own stream keyed by its ID (:func:`patient_normals`), so a forecast or dose for one
+    patient does not change with the others selected beside it."""
+    q = post.eta.shape[1]
     chol = np.linalg.cholesky(np.where(post.ok[:, None, None], post.cov, np.eye(q)[None]))
-    if ids is None:
-        z = np.random.default_rng(seed).standard_normal((n, n_draws, q))
-    else:
-        z = patient_normals(seed, ids, (n_draws, q))
+    z = patient_normals(seed, ids, (n_draws, q))
     return post.eta[:, None, :] + np.einsum("nij,nsj->nsi", chol, z)
 
 
