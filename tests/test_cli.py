@@ -473,3 +473,36 @@ def test_ctrl_c_says_what_is_kept_and_how_to_resume(tmp_path, monkeypatch):
     res = CliRunner().invoke(app, ["simulate", "--n", "3", "-o", str(tmp_path / "x.zarr")])
     assert res.exit_code == 130
     assert "interrupted:" in res.output and "--resume" in res.output
+
+
+def test_ctrl_c_inside_a_finaliser_still_interrupts(monkeypatch):
+    """A Ctrl-C landing in a gc callback or finaliser (JAX runs both during a long compile) was
+    printed as "Exception ignored" and the command ran on to the end (a probe's session)."""
+    import sys
+    import time
+
+    from cohort.cli import keep_interrupts
+
+    monkeypatch.setattr(sys, "unraisablehook", sys.unraisablehook)
+    keep_interrupts()
+
+    class Finalised:
+        def __del__(self):
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        obj = Finalised()
+        del obj  # unraisable here; re-raised in the main thread just after
+        for _ in range(100):
+            time.sleep(0.01)
+    errors = []
+    monkeypatch.setattr(sys, "unraisablehook", lambda args: errors.append(args.exc_type))
+    keep_interrupts()
+
+    class Failing:
+        def __del__(self):
+            raise ValueError("not an interrupt")
+
+    obj = Failing()
+    del obj
+    assert errors == [ValueError]  # other unraisable errors go to the previous hook

@@ -85,6 +85,7 @@ def main() -> None:
     import sys
     import threading
 
+    keep_interrupts()
     try:
         app()
         code = 0
@@ -108,4 +109,28 @@ def main() -> None:
     os._exit(code)
 
 
-__all__ = ["app", "main"]
+def keep_interrupts() -> None:
+    """Make a Ctrl-C that Python would drop count. A ``KeyboardInterrupt`` raised while a
+    garbage-collection callback or a finaliser runs (JAX registers both; a long XLA compile
+    spends its Python time in them) is "unraisable": Python prints it and goes on, and the
+    command ran to the end as if nothing was pressed. The hook raises it again in the main
+    thread, where the command's handler keeps what was written and exits 130: from a timer
+    thread 10 ms later, since raised inside the hook it would be dropped again."""
+    import _thread
+    import sys
+    import threading
+
+    previous = sys.unraisablehook
+
+    def hook(args) -> None:
+        if args.exc_type is not None and issubclass(args.exc_type, KeyboardInterrupt):
+            timer = threading.Timer(0.01, _thread.interrupt_main)
+            timer.daemon = True
+            timer.start()
+        else:
+            previous(args)
+
+    sys.unraisablehook = hook
+
+
+__all__ = ["app", "keep_interrupts", "main"]
