@@ -246,10 +246,10 @@ def test_population_csv_is_paired_with_the_dosing_by_id(tmp_path):
     pop.write_text("ID,CL,V,KA\n5,30,31,1\n1,2.5,30,1\n")
     res = runner.invoke(app, [*args, "-o", str(tmp_path / "y.zarr")])
     assert res.exit_code == 2
-    assert "ID 2 has doses but no parameters; ID 5 has parameters but no doses" in flat(res)
+    assert "ID 2 has dose records but no parameters; ID 5 has parameters but no dose" in flat(res)
     pop.write_text("ID,CL,V,KA\n2,30,31,1\n2,2.5,30,1\n")
     res = runner.invoke(app, [*args, "-o", str(tmp_path / "z.zarr")])
-    assert res.exit_code == 2 and "ID 2 appears on more than one row" in flat(res)
+    assert res.exit_code == 2 and "ID 2 is on more than one row" in flat(res)
     # without --dosing the population's IDs were dropped (results and warnings said patient
     # 0, 1, ...; a new user's session): they are the results' ID coordinate, and unique
     pop.write_text("ID,CL,V,KA\n101,-2.5,30,1.2\n205,3,35,0.8\n")

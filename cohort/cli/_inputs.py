@@ -138,38 +138,17 @@ def id_keys(column) -> list:
 
 def pair_by_id(pop: dict, pop_ids: list, dose, population: Path, dosing: Path) -> dict:
     """The population's rows in the order of the dosing file's patients (its first appearance
-    of each ID), matched by ID: pairing by row order would give one patient's parameters to
-    another's doses whenever the two files list them differently."""
-    if len(set(pop_ids)) != len(pop_ids):
-        seen: set = set()
-        dup = next(i for i in pop_ids if i in seen or seen.add(i))
-        fail(
-            f"--population {population}: ID {dup:g} appears on more than one row"
-            if isinstance(dup, float)
-            else f"--population {population}: ID {dup!r} repeats"
-        )
-    id_col = id_column(dose)
-    if id_col is None:
-        return pop
-    order = list(dict.fromkeys(id_keys(dose[id_col])))
-    where = {k: i for i, k in enumerate(pop_ids)}
-    dosed = set(order)
-    missing = [k for k in order if k not in where]
-    extra = [k for k in pop_ids if k not in dosed]
+    of each ID), matched by ID as :func:`cohort.engine.inputs.paired_by_id` matches them
+    (pairing by row order would give one patient's parameters to another's doses), with the
+    two files named in its errors."""
+    import pandas as pd
 
-    def show(k):
-        return f"{k:g}" if isinstance(k, float) else repr(k)
+    from cohort.engine.inputs import InputError, paired_by_id
 
-    if missing or extra:
-        fail(
-            f"--population {population} and --dosing {dosing}: patient IDs differ ("
-            + "; ".join(
-                part for part in (
-                    f"ID {show(missing[0])} has doses but no parameters" if missing else "",
-                    f"ID {show(extra[0])} has parameters but no doses" if extra else "",
-                ) if part
-            )
-            + "); give both files the same IDs"
-        )  # fmt: skip
-    rows = [where[k] for k in order]
-    return {k: v[rows] for k, v in pop.items()}
+    table = pd.DataFrame({**pop, "ID": pop_ids})
+    try:
+        paired = paired_by_id(table, dose)
+    except InputError as exc:
+        reason = str(exc).removeprefix("population and dosing: ").removeprefix("population: ")
+        fail(f"--population {population} and --dosing {dosing}: {reason}")
+    return {k: paired[k].to_numpy() for k in pop}
