@@ -293,11 +293,14 @@ class ResultStore:
         consolidated: consolidation is not part of the zarr v3 spec.)"""
 
 
-def new_layout(path: Path | str) -> zarr.Group:
+def new_layout(path: Path | str, attributes: dict | None = None) -> zarr.Group:
     """An empty zarr v3 group at ``path`` (which must not exist). Its root attributes carry
-    cohort's mark from the first write on, so a store killed while its layout is created is
-    still recognised as cohort's; writers set ``layout_complete`` once every array exists."""
-    return _open_group(path, mode="w-", zarr_format=3, attributes=dict(ZARR_MARK))
+    cohort's mark (and ``attributes``) from the first write on, so a store killed while its
+    layout is created is still recognised as cohort's, and as what it is; writers set
+    ``layout_complete`` once every array exists."""
+    return _open_group(
+        path, mode="w-", zarr_format=3, attributes={**(attributes or {}), **ZARR_MARK}
+    )
 
 
 def add_patient_axis(g: zarr.Group, n_patients: int, chunk_size: int) -> None:

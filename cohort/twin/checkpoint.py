@@ -75,8 +75,7 @@ class Checkpoint:
                 remove_own(self.path, "checkpoint")
         if not self.path.exists():
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            root = new_layout(self.path)
-            root.attrs["key"] = key
+            new_layout(self.path, {"key": key})
         self.root = zarr.open_group(str(self.path), mode="r+")
 
     def finished(self) -> dict[int, tuple]:

@@ -88,8 +88,9 @@ def save_twins(twins, path: str | Path, *, overwrite: bool = False) -> Path:
     else:
         prepare_output(path, overwrite=overwrite)
         path.parent.mkdir(parents=True, exist_ok=True)
-        root = new_layout(path)
-        root.attrs.update(
+        # one write with the mark: a store killed here is still a twin store of no update
+        new_layout(
+            path,
             {
                 "kind": KIND,
                 "prior": prior_json,
@@ -97,7 +98,7 @@ def save_twins(twins, path: str | Path, *, overwrite: bool = False) -> Path:
                 "ids": json.dumps([_plain(i) for i in twins.ids.tolist()]),
                 "n_updates": 0,
                 "cohort_version": __version__,
-            }
+            },
         )
         k = 0
     for name, ds in _datasets(twins).items():
