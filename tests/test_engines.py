@@ -299,3 +299,30 @@ def test_doses_after_the_last_save_time_change_nothing_saved(method):
         exact = sum(np.where(times >= td, 5.0 * np.exp(-ke * (times - td)), 0.0)
                     for td in (0.0, 12.0, 24.0))  # fmt: skip
         np.testing.assert_allclose(ds.conc.values[0], exact, rtol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "times, amt, evid, cmt, ss, addl",
+    [
+        ([-6.0, 0.0], [100.0, 100.0], [1, 1], [1, 1], [0, 0], [0, 0]),  # depot, then at t0
+        ([-6.0, 0.0], [100.0, 100.0], [1, 1], [2, 2], [0, 0], [0, 0]),  # central bolus at t0
+        ([-6.0, 0.0], [100.0, 0.0], [1, 3], [2, 2], [0, 0], [0, 0]),  # a reset at t0
+        ([-12.0], [100.0], [1], [1], [1], [1]),  # SS with ADDL landing on t0
+    ],
+)
+def test_fast_path_applies_records_at_the_first_save_time(times, amt, evid, cmt, ss, addl):
+    """With a record before the grid, the fast path's lead to the first save time ended at
+    -3.3e-16 instead of 0 (an LLVM fold of ``where(k + 1 == n, t_b, ...)``): a dose at t0
+    was applied an interval late with a backward step, 63-70 % off, status ok (a probe)."""
+    import pandas as pd
+
+    recs = pd.DataFrame(
+        {"ID": 1, "TIME": times, "AMT": amt, "EVID": evid, "CMT": cmt, "SS": ss,
+         "II": 12.0, "ADDL": addl}  # fmt: skip
+    )
+    pop = {"CL": [2.0], "V": [20.0], "KA": [1.0]}
+    grid = [0.0, 3.0, 6.0, 12.5]
+    exact = cohort.simulate("pk1_oral", pop, recs, grid, method="closed_form")
+    fast = cohort.simulate("pk1_oral", pop, recs, grid, method="fast")
+    assert int(fast.status[0]) == 0
+    np.testing.assert_allclose(fast.conc.values, exact.conc.values, rtol=1e-5, atol=1e-9)

@@ -197,8 +197,14 @@ def _substep(model, p, ch, y_init, y_ss, carry, t_b, with_infusion: bool = True)
 def _sub_end(t_a, t_b, n_sub: int, k):
     """End time of substep ``k`` of ``n_sub`` equal substeps of ``[t_a, t_b]`` (exactly ``t_b``
     for the last one, so intervals chain without rounding drift). Both the plain and the
-    event-splitting path use it, which keeps results bit-identical across batch compositions."""
-    return jnp.where(k + 1 == n_sub, t_b, t_a + (k + 1) * ((t_b - t_a) / n_sub))
+    event-splitting path use it, which keeps results bit-identical across batch compositions.
+
+    Counted back from ``t_b``, the last end is ``t_b - 0·h``: exact in any rounding. The
+    former ``where(k + 1 == n_sub, t_b, t_a + (k + 1)·h)`` was folded away by LLVM on CPU
+    (the two branches compare equal when folded without FMA, and the kept one then runs with
+    FMA): from -6 to 0 in 72 steps the lead ended at -3.3e-16, and a dose at the first save
+    time was applied in the next interval with a backward step (a probe's case)."""
+    return t_b - (n_sub - 1 - k) * ((t_b - t_a) / n_sub)
 
 
 def _advance(model, p, ch, y_init, y_ss, carry, t_a, t_b, n_sub: int, with_infusion=True):
