@@ -444,3 +444,35 @@ def test_error_sd_written_as_thetas_with_sigma_fixed_at_one(fitted, tmp_path):
     (tmp_path / "w.mod").write_text(w.replace("$THETA 0 FIX ; ADD", "$THETA 0.5 FIX ; ADD"))
     with pytest.raises(ControlStreamError, match=r"THETA\(5\) FIXed at 0.5 \(fixed residual SDs"):
         read_control_stream(tmp_path / "w.mod")
+
+
+def test_log_transformed_dv_with_log_f_error_is_read_as_nonmem_reads_it(fitted, tmp_path):
+    """``Y = LOG(F) + EPS(1)`` needs DV as log-concentrations in NONMEM. cohort's log-additive
+    error logged that DV again and fitted log(log(conc)) (a probe: CL 112 for a true 3) or
+    refused every negative log DV as "not > 0"."""
+    from cohort.inference.nonmem import ControlStreamError, read_control_stream
+
+    _, _, records = fitted
+    logged = records.copy()
+    obs = logged["EVID"] == 0
+    logged.loc[obs, "DV"] = np.log(logged.loc[obs, "DV"]).round(8)
+    logged.to_csv(tmp_path / "sim.csv", index=False)
+    assert (logged.loc[obs, "DV"] < 0).any()  # log DV below 0: was refused
+    text = RUN_MOD.replace("Y = IPRED + IPRED*EPS(1)", "Y = LOG(IPRED) + EPS(1)")
+    (tmp_path / "run.mod").write_text(text)
+    stream = read_control_stream(tmp_path / "run.mod")
+    assert stream.spec.error.kind == "log-additive" and "log-concentrations" in stream.note
+    np.testing.assert_allclose(stream.data["DV"][obs], records["DV"][obs], rtol=1e-7)
+    np.testing.assert_array_equal(stream.data["DV"][~obs], records["DV"][~obs])  # doses
+    out = tmp_path / "log.nc"
+    res = runner.invoke(app, ["fit", str(tmp_path / "run.mod"), "-o", str(out)])
+    assert res.exit_code == 0, res.output
+    est, se = _values(load_fit(out)["fit_summary"]), _values(load_fit(out)["fit_summary"], "se")
+    for name in ("CL", "V", "KA", "CL~WT"):
+        assert abs(est[name] - TRUTH[name]) < 3 * se[name], (name, est[name], se[name])
+    assert est["sigma_add"] == pytest.approx(TRUTH["sigma_prop"], rel=0.15)  # log ≈ prop
+    records = records.copy()
+    records.loc[1, "DV"] = 1000.0  # concentrations, not their logs
+    records.to_csv(tmp_path / "sim.csv", index=False)
+    with pytest.raises(ControlStreamError, match="record 2 has DV 1000: give log"):
+        read_control_stream(tmp_path / "run.mod")

@@ -317,8 +317,16 @@ def test_fast_path_applies_records_at_the_first_save_time(times, amt, evid, cmt,
     import pandas as pd
 
     recs = pd.DataFrame(
-        {"ID": 1, "TIME": times, "AMT": amt, "EVID": evid, "CMT": cmt, "SS": ss,
-         "II": 12.0, "ADDL": addl}  # fmt: skip
+        {
+            "ID": 1,
+            "TIME": times,
+            "AMT": amt,
+            "EVID": evid,
+            "CMT": cmt,
+            "SS": ss,
+            "II": 12.0,
+            "ADDL": addl,
+        }  # fmt: skip
     )
     pop = {"CL": [2.0], "V": [20.0], "KA": [1.0]}
     grid = [0.0, 3.0, 6.0, 12.5]

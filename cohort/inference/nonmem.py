@@ -16,7 +16,8 @@ this module maps what it finds onto cohort's :class:`~cohort.inference.spec.NLME
   covariances (as initial correlations), ``FIX`` on a diagonal element or a whole block (held
   at its values), ``0 FIX`` (that random effect off); ``$SIGMA`` with ``$ERROR`` ``Y = F + EPS(1)``
   (additive), ``Y = F + F*EPS(1)`` or ``F*(1+EPS(1))`` (proportional), both (combined), and
-  ``Y = LOG(F) + EPS(1)`` (log-transformed data: log-additive), or the SD written as THETAs
+  ``Y = LOG(F) + EPS(1)`` (log-transformed data: log-additive; DV, and an ``LLOQ`` column,
+  are then log-concentrations as NONMEM requires, read as ``exp(DV)``), or the SD written as THETAs
   with ``$SIGMA 1 FIX``: ``W = SQRT(THETA(a)**2 + (THETA(b)*IPRED)**2)``, ``Y = IPRED +
   W*EPS(1)`` (combined; ``W = THETA(a)`` additive, ``THETA(b)*IPRED`` proportional).
 
@@ -141,6 +142,18 @@ def read_control_stream(path: str | Path) -> ControlStream:
     if problems:
         raise ControlStreamError(_message(path, problems))
     data = _dataset(model, path)
+    if error.kind == "log-additive":
+        data = _dv_from_log(data, path)
+        note = "; ".join(
+            n
+            for n in (
+                note,
+                "Y = LOG(F) + EPS(1): DV is read as log-concentrations (NONMEM's convention) "
+                "and fitted as exp(DV); estimates, predictions and tables are on the "
+                "concentration scale",
+            )
+            if n
+        )
     params = tuple(
         dataclasses.replace(
             p,
@@ -641,6 +654,45 @@ def _method(model, problems) -> tuple[str, str, str]:
         return "ml", "foce", f"$ESTIMATION METHOD={method} is not available: {instead}"
     problems.append(f"$ESTIMATION METHOD={method}")
     return "ml", "foce", ""
+
+
+def _dv_from_log(frame: pd.DataFrame, path: Path) -> pd.DataFrame:
+    """The observations' DV (and an ``LLOQ`` column) as concentrations, ``exp(DV)``. NONMEM's
+    ``Y = LOG(F) + EPS(1)`` compares log F with DV as given, so DV must be log-transformed
+    in the dataset; cohort's log-additive error takes concentrations and compares their logs.
+    Reading the same DV unchanged fitted log(log(conc)) (a probe: CL 112 for a true 3, or
+    every DV < 0 refused as "not > 0")."""
+    import numpy as np
+
+    cols = {str(c).upper(): c for c in frame.columns}
+    if "DV" not in cols:
+        return frame  # the reader names the missing column
+
+    def number(name, missing):
+        return pd.to_numeric(frame[cols[name]], errors="coerce").fillna(missing).to_numpy()
+
+    if "EVID" in cols:
+        obs = number("EVID", 0.0) == 0
+    else:
+        obs = number("AMT", 0.0) == 0 if "AMT" in cols else np.ones(len(frame), bool)
+    if "MDV" in cols:
+        obs &= number("MDV", 0.0) == 0
+    dv = pd.to_numeric(frame[cols["DV"]], errors="coerce").to_numpy(dtype=float)
+    logged = obs & np.isfinite(dv)
+    too_large = np.flatnonzero(logged & (dv > 700.0))
+    if too_large.size:
+        i = int(too_large[0])
+        raise ControlStreamError(
+            f"{path.name}: $ERROR Y = LOG(F) + EPS(1) takes DV as log-concentrations (NONMEM), "
+            f"but data record {i + 1} has DV {dv[i]:g}: give log(concentration) in DV, or "
+            "an $ERROR for untransformed DV (e.g. Y = F + F*EPS(1))"
+        )
+    out = frame.copy()
+    out[cols["DV"]] = np.where(logged, np.exp(np.where(logged, dv, 0.0)), dv)
+    if "LLOQ" in cols:  # on DV's scale (BLQ rows usually carry DV = LLOQ)
+        lloq = pd.to_numeric(frame[cols["LLOQ"]], errors="coerce").to_numpy(dtype=float)
+        out[cols["LLOQ"]] = np.exp(np.minimum(lloq, 700.0))
+    return out
 
 
 def _dataset(model, path: Path) -> pd.DataFrame:

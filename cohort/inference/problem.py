@@ -437,9 +437,10 @@ def bind(spec: NLME, data: Dataset, engine: Any = "auto", options=None) -> Bound
                 Problem(
                     int(r),
                     "DV",
-                    f"DV {v:g}: log-additive error needs DV > 0 on every uncensored observation "
-                    "(mark samples below the LLOQ with CENS=1 and LLOQ, or use another error "
-                    "model)",
+                    f"DV {v:g}: log-additive error needs DV > 0 on every uncensored observation: "
+                    "it takes DV as concentrations and fits their logs (a DV already "
+                    "log-transformed goes in as exp(DV)); mark samples below the LLOQ with "
+                    "CENS=1 and LLOQ, or use another error model",
                 )
                 for r, v in zip(obs.row[nonpositive], obs.dv[nonpositive])
             ]
