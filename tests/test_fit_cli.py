@@ -49,6 +49,17 @@ def test_theoph_per_kg_lands_in_the_right_mode(tmp_path):
     assert "2 of 2 starts reached the best OFV" in _flat(res)
     assert "mirrored mode (KA <-> CL/V) reaches OFV 171.9" in _flat(res)
     assert "L/h per WT" in _flat(res)  # the typical value is per kg: its units say so
+    # the coefficient as the table names it (CL~WT), held from the command line: the same
+    # model and OFV (it was "'CL~WT' is not an estimated parameter"; a probe's session)
+    res, est, attrs = _fit(
+        tmp_path / "named",
+        DATA / "theoph_nonmem.csv",
+        *("--params", "CL,V,KA", "--iiv", "KA,CL"),
+        *("--covariate", "CL~WT:power:1", "--covariate", "V~WT:power:1:1"),
+        *("--fix", "CL~WT=1", "--init", "V~WT=1"),
+    )
+    assert res.exit_code == 0, res.output
+    assert attrs["ofv"] == pytest.approx(138.845, abs=0.05) and est["CL~WT"] == 1.0
 
 
 def test_theoph_defaults_match_nlmixr2(tmp_path):
@@ -164,6 +175,9 @@ def test_flip_flop_data_is_reported_and_exits_nonzero(tmp_path):
         (["--fix", "CL+V"], "correlations are held by fixing a whole Ω block"),
         (["--init", "CL+V=1.5"], "a correlation A+B=R with -1 < R < 1"),
         (["--init", "CL+KA=0.3", "--omega", "CL+V"], "omega_corr 'CL+KA'"),
+        (["--init", "CL~WT=0.5"], "there is no covariate CL~WT to start or hold"),
+        (["--init", "CL~WT", "--covariate", "CL~WT"], "use PARAM~COLUMN=VALUE"),
+        (["--fix", "CL~WT", "--covariate", "CL~WT"], "--fix CL~WT: give the value to hold"),
     ],
 )
 def test_bad_init_flags(tmp_path, args, message):

@@ -47,14 +47,17 @@ def _covariates(specs: list[str] | None, names: list[str]) -> dict:
 
 def _inits(
     specs: list[str] | None, names: list[str], flag: str = "--init"
-) -> tuple[dict[str, dict[str, float]], dict[str, float], dict[str, float]]:
+) -> tuple[dict[str, dict[str, float]], dict[str, float], dict[str, float], dict]:
     """``--init NAME=VALUE`` (typical value), ``--init omega_NAME=SD`` (IIV, log-scale SD),
-    ``--init A+B=R`` (initial correlation of A and B in one Ω block) and ``--init
-    sigma_add=SD`` / ``sigma_prop=SD`` (residual error); ``--fix`` takes the same forms but
-    sigma, VALUE optional (then the ``--init`` value is held)."""
+    ``--init A+B=R`` (initial correlation of A and B in one Ω block), ``--init
+    sigma_add=SD`` / ``sigma_prop=SD`` (residual error) and ``--init PARAM~COLUMN=VALUE`` (a
+    ``--covariate``'s coefficient, as the fit table names it; any sign); ``--fix`` takes the
+    same forms but sigma and correlations, VALUE optional (then the ``--init`` value is
+    held)."""
     out: dict[str, dict[str, float]] = {}
     corr: dict[str, float] = {}
     sigma: dict[str, float] = {}
+    effects: dict[tuple[str, str], float | None] = {}
     for text in specs or []:
         key, sep, value = text.partition("=")
         key = key.strip()
@@ -62,6 +65,14 @@ def _inits(
             number = float(value)
         except ValueError:
             number = float("nan")
+        if "~" in key:
+            param, _, column = key.partition("~")
+            if flag == "--fix" and not sep:
+                number = None
+            elif not sep or not np.isfinite(number):
+                fail(f"{flag} {text!r}: use PARAM~COLUMN=VALUE, e.g. {flag} CL~WT=0.75")
+            effects[(param.strip(), column.strip())] = number
+            continue
         if key in ("sigma_add", "sigma_prop"):
             if flag == "--fix":
                 fail(f"--fix {text!r}: residual SDs are estimated; give --init {key}=SD")
@@ -85,7 +96,30 @@ def _inits(
         if name not in names:
             fail(f"{flag} {text!r}: {name!r} is not an estimated parameter ({names})")
         out.setdefault(name, {})[field] = number
-    return out, corr, sigma
+    return out, corr, sigma, effects
+
+
+def _with_coefficients(covs: dict, inits: dict, held: dict, init_effects: dict) -> dict:
+    """``covs`` with the ``--init``/``--fix PARAM~COLUMN`` values set on their covariates."""
+    import dataclasses
+
+    for flag, given in (("--init", inits), ("--fix", held)):
+        for (param, column), value in given.items():
+            matches = [c for c in covs.get(param, ()) if c.column.upper() == column.upper()]
+            if not matches:
+                fail(
+                    f"{flag} {param}~{column}: there is no covariate {param}~{column} to start "
+                    f"or hold; add it with --covariate {param}~{column} (e.g. :power:70)"
+                )
+            if flag == "--fix":
+                value = value if value is not None else init_effects.get((param, column))
+                if value is None:
+                    fail(f"--fix {param}~{column}: give the value to hold, e.g. =0.75")
+            field = "init" if flag == "--init" else "fixed"
+            covs[param] = [
+                dataclasses.replace(c, **{field: value}) if c in matches else c for c in covs[param]
+            ]
+    return covs
 
 
 def _fixed(
@@ -93,7 +127,7 @@ def _fixed(
 ) -> dict[str, dict]:
     """Param fields from ``--fix NAME[=VALUE]`` / ``--fix omega_NAME[=SD]``: the value held
     (given here, else the ``--init`` value; a typical value needs one)."""
-    values, _, _ = _inits(fix, names, "--fix")
+    values, _, _, _ = _inits(fix, names, "--fix")
     out: dict[str, dict] = {}
     for name, fields in values.items():
         for field, value in fields.items():
@@ -147,9 +181,11 @@ def _spec(
     unknown = with_iiv - set(names)
     if unknown:
         fail(f"--iiv: {sorted(unknown)} are not among the estimated parameters {names}")
-    covs = _covariates(covariate, names)
-    inits, corr, sigma = _inits(init, names)
+    inits, corr, sigma, init_effects = _inits(init, names)
     held = _fixed(fix, names, inits)
+    covs = _with_coefficients(
+        _covariates(covariate, names), init_effects, _inits(fix, names, "--fix")[3], init_effects
+    )
     try:
         ps = tuple(
             Param(
@@ -261,13 +297,15 @@ def fit(
     ),
     init: list[str] = typer.Option(
         None,
-        help="initial estimate NAME=VALUE, omega_NAME=SD or A+B=R (correlation in an Ω block) "
+        help="initial estimate NAME=VALUE, omega_NAME=SD, A+B=R (correlation in an Ω block), "
+        "sigma_add=SD, sigma_prop=SD or PARAM~COLUMN=VALUE (a --covariate's coefficient) "
         "(repeatable; default: a scan of the pooled objective)",
     ),
     fix: list[str] = typer.Option(
         None,
-        help="hold NAME[=VALUE] (typical value) or omega_NAME[=SD] at that value or its --init "
-        "(repeatable; fixing every SD of an Ω block holds its correlations too)",
+        help="hold NAME[=VALUE] (typical value), omega_NAME[=SD] or PARAM~COLUMN[=VALUE] at "
+        "that value or its --init (repeatable; fixing every SD of an Ω block holds its "
+        "correlations too)",
     ),
     starts: int = typer.Option(3, help="ML: fits from this many of the best initial candidates"),
     allow_unconverged: bool = typer.Option(
