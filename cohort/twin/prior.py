@@ -164,7 +164,7 @@ class TwinPrior:
             if c not in covariates:
                 raise TwinError(
                     f"covariate {c!r}: the prior {self.name!r} needs a {c} column in the records "
-                    f"(columns given: {list(covariates.columns)})"
+                    "(a value per patient, on its first record at least); the records have none"
                 )
             x = pd.to_numeric(covariates[c], errors="coerce").to_numpy(float)
             bad = np.flatnonzero(~np.isfinite(x))
