@@ -208,7 +208,15 @@ def _raw():
         (lambda r: r["sampling"]["assay"][0].update(output="cp"), "[sampling.assay[0].output]"),
         (
             lambda r: r["trial"].update(model="pk2_oral"),
-            "[population.prior] adult_pk_oral.toml is a prior for pk1_oral: its parameter(s) V",
+            "[population.prior] adult_pk_oral.toml is a prior for pk1_oral (its model key), not "
+            "for the trial's model pk2_oral",
+        ),
+        # a prior whose parameters all exist in the trial's model (CL, V) was accepted:
+        # neonates got the adult doses, KA its default, power 1.000 (a probe)
+        (
+            lambda r: r["population"].update(prior="../priors/neonate_phenobarbital.toml"),
+            "neonate_phenobarbital.toml is a prior for pk1_iv (its model key), not for the "
+            "trial's model pk1_oral",
         ),
         # an unknown compartment was an error about "dosing record row 1" (there is no file)
         (

@@ -63,7 +63,7 @@ def check_times(times: Any) -> np.ndarray:
     return t
 
 
-def _same_model(name: str, model: Model) -> bool:
+def same_model(name: str, model: Model) -> bool:
     """Whether the registered model ``name`` is ``model`` under another name (an alias such as
     ``pk2_oral_idr`` for ``pk2_oral+idr1``: same name and equations)."""
     if name in (model.name, getattr(model, "_registered_as", None)):
@@ -81,7 +81,7 @@ def check_population_model(model: Model, population: xr.Dataset) -> None:
     for this model: simulating a pk1 population with a pk2 model would silently drop V and use
     V1's default."""
     made_for = population.attrs.get("model")
-    if made_for and not _same_model(str(made_for), model):
+    if made_for and not same_model(str(made_for), model):
         raise InputError(
             f"population: generated for model {made_for!r} (its attrs['model']), not "
             f"{model.name!r}; simulate it with model {made_for!r}, or generate a population "

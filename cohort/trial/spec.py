@@ -470,6 +470,16 @@ def _prior_names(r: _Reader, prior: Path, model, model_name: str) -> set[str]:
         spec = load_spec(prior)
     except SpecError as exc:
         raise r.err("population.prior", str(exc)) from None
+    from cohort.engine.inputs import same_model
+
+    if spec.model and not same_model(str(spec.model), model):
+        # its parameters may all exist in the trial's model (a pk1_iv prior's CL and V in a
+        # pk1_oral trial): accepted, neonates got adult doses and KA its default (a probe)
+        raise r.err(
+            "population.prior",
+            f"{prior.name} is a prior for {spec.model} (its model key), not for the trial's "
+            f"model {model_name}; use a prior written for {model_name}",
+        )
     extra = [q for q in spec.parameter_names if q not in model.parameter_names]
     if extra:
         made_for = f"a prior for {spec.model}" if spec.model else "a prior"
