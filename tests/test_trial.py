@@ -906,3 +906,24 @@ def test_a_trough_at_a_steady_state_dose_time_is_refused(tmp_path):
     with pytest.raises(TrialSpecError, match=r"\[endpoints\[0\].time\] 0 is the time of a "
                        r"steady-state dose .* one interval later \(12\)"):  # fmt: skip
         ct.run(bad)
+
+
+def test_log_scale_test_of_an_endpoint_with_zeros_says_what_it_leaves_out():
+    """A placebo arm's AUC of 0 has no logarithm: those patients were left out as missing
+    without a word, and the control arm shrank to the few above 0 by assay noise (a probe:
+    power 0.95 from 2-6 placebo patients of 961)."""
+    from cohort.errors import CohortWarning
+    from cohort.trial.schema import Test
+
+    spec = ct.load(THEO)
+    spec = spec.with_(
+        arms=spec.arms[:2], ratio=(1, 1), block_size=4, control=spec.arms[0].name, n=16,
+        replicates=2, pta=(), tests=(Test("auc", "ttest", log=True, primary=True),),
+    )  # fmt: skip
+    res = ct.run(spec)
+    zeros = int(np.sum((res.grid("arm") == 0) & (res.grid("auc") <= 0)))
+    assert zeros > 0
+    with pytest.warns(
+        CohortWarning, match=f"{zeros:,} of .* in arm '{spec.arms[0].name}' are <= 0"
+    ):
+        ct.analyze(res)
