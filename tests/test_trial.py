@@ -363,6 +363,39 @@ def test_trial_killed_before_its_tables_is_flagged_not_reported_short(tmp_path, 
     assert "Dose–PTA" in (tmp_path / "r.md").read_text()
 
 
+def test_trial_killed_after_its_simulation_before_its_table_is_flagged(tmp_path, monkeypatch):
+    """Killed after the last batch but before the ``trial`` table, the store read as a
+    finished simulation (`cohort info`: ok=60,000) and `cohort report` said it "holds no
+    trial" without naming --resume (a probe's kill test)."""
+    import typer
+    from typer.testing import CliRunner
+
+    from cohort.cli.info import info
+    from cohort.cli.trial import report, trial
+
+    run_module = importlib.import_module("cohort.trial.run")
+    app = typer.Typer()
+    for cmd in (trial, report, info):
+        app.command()(cmd)
+    store = tmp_path / "t.zarr"
+    args = ["trial", str(THEO), "-o", str(store), "--replicates", "2", "--n", "40"]
+    real = run_module._endpoint_values
+
+    def killed(*a, **kw):
+        raise KeyboardInterrupt("killed after the simulation")
+
+    monkeypatch.setattr(run_module, "_endpoint_values", killed)
+    assert CliRunner().invoke(app, args).exit_code != 0
+    monkeypatch.setattr(run_module, "_endpoint_values", real)
+    res = CliRunner().invoke(app, ["info", str(store)])
+    assert "INCOMPLETE" in res.output and "--resume" in " ".join(res.output.split())
+    res = CliRunner().invoke(app, ["report", str(store), "-o", str(tmp_path / "r.md")])
+    assert res.exit_code == 2 and "--resume" in " ".join(res.output.split()), res.output
+    assert CliRunner().invoke(app, [*args, "--resume"]).exit_code == 0
+    res = CliRunner().invoke(app, ["report", str(store), "-o", str(tmp_path / "r.md")])
+    assert res.exit_code == 0, res.output
+
+
 def test_missing_spec_file():
     with pytest.raises(TrialSpecError, match="no such trial spec"):
         ct.load("experiments/does_not_exist.toml")

@@ -190,6 +190,7 @@ def simulate(
     time_units: str | None = None,
     progress: Callable[[int, int], None] | None = None,
     cluster: Any = None,
+    attrs: dict | None = None,
 ) -> xr.Dataset:
     """Simulate every patient of ``population`` under ``dosing`` and save ``outputs`` at ``times``.
 
@@ -208,6 +209,8 @@ def simulate(
     ``cluster`` (a ``dask.distributed`` Client, Cluster or scheduler address; needs ``out``)
     spreads the chunks over Dask workers that write their own parts of the store: the result
     is bit-identical to a local run, and a worker lost mid-run has its chunks rerun.
+    ``attrs``: extra attributes for the result (in a store: written with its layout, so a run
+    killed at any point still carries them); cohort's provenance keys take precedence.
     """
     if isinstance(model, str):
         from cohort.models import get
@@ -279,6 +282,7 @@ def simulate(
     if ids is None:
         ids = population_ids(population, n_pat)
     covariates, population_attrs = population_extras(model, population, outputs)
+    population_attrs = {**(attrs or {}), **population_attrs}
     plan = _Plan(model, engine, params, table, times, outputs, dtype, chunk_size, ids,
                  covariates, population_attrs)  # fmt: skip
     if cluster is not None and out is None:

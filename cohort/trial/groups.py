@@ -34,6 +34,11 @@ def plan(path: str | Path, names: list[str]) -> None:
     root.attrs[PLANNED] = json.dumps(sorted(set(_listed(root.attrs, PLANNED)) | set(names)))
 
 
+def planned_attrs(names: list[str]) -> dict[str, str]:
+    """The root attribute that lists ``names`` as planned, for a store being created."""
+    return {PLANNED: json.dumps(sorted(set(names)))}
+
+
 def mark_done(path: str | Path, name: str) -> None:
     """Record that group ``name`` of the store at ``path`` was written completely."""
     root = _root(path, "r+")

@@ -206,6 +206,9 @@ def run(
         seed=spec.seed,
         progress=progress,
         cluster=cluster,
+        # with the store's layout: a run killed after its batches but before the trial table
+        # read as a finished simulation ("ok=60,000", a probe)
+        attrs=None if out is None else groups.planned_attrs(["trial"]),
     )
     dropout = design.dropout_times(total, spec.dropout_hazard, design.rng(spec.seed, "dropout"))
     values = _endpoint_values(spec, sim, times, outputs, dropout[source])
