@@ -381,3 +381,21 @@ def test_a_population_for_a_model_alias_simulates_under_either_name(tmp_path):
     res = runner.invoke(app, ["simulate", "--population", str(store), "--t-end", "24",
                               "-o", str(tmp_path / "sim.zarr")])  # fmt: skip
     assert res.exit_code == 0, res.output
+
+
+def test_a_population_nobody_passes_says_what_rejects_it(tmp_path):
+    """Every candidate rejected was "relax [[filters]] or parameter bounds" even when an
+    expression gave inf/NaN for everyone (a probe); the commonest reasons are now named."""
+    from cohort.population.generate import PopulationError
+
+    text = SPEC + '[[filters]]\nexpression = "CL / V"\nupper = 0.01\n'
+    with pytest.raises(PopulationError, match=r"rejected by filter 'CL / V': 100\.0% of draws"):
+        generate(_written(tmp_path / "f.toml", text), 10, seed=1, max_candidates=500)
+    text = SPEC.replace(
+        '{ type = "categorical", covariate = "SEX", factors = { M = 1.2 } },',
+        '{ type = "expression", expression = "1 / (WT - WT)" },',
+        1,
+    )
+    assert text != SPEC
+    with pytest.raises(PopulationError, match=r"CL not finite \(inf/NaN from its expression"):
+        generate(_written(tmp_path / "e.toml", text), 10, seed=1, max_candidates=500)

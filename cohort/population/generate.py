@@ -139,6 +139,34 @@ def _accept(spec: PopulationSpec, values: dict[str, np.ndarray]) -> np.ndarray:
     return ok
 
 
+def _rejections(spec: PopulationSpec, seed: int, tried: int) -> str:
+    """What rejects the candidates, the commonest reasons first, from the first draws again
+    (only on the way to an error): "relax [[filters]]" was all a user was told when a
+    covariate effect's expression gave inf or NaN for every patient (a probe)."""
+    values, _ = draw_candidates(spec, seed, 0, min(tried, 10_000))
+    n = len(next(iter(values.values())))
+    reasons: dict[str, int] = {}
+    for k, v in values.items():
+        bad = int(np.sum(~np.isfinite(v)))
+        if bad:
+            what = "its expression or effects" if k in spec.parameter_names else "its draws"
+            reasons[f"{k} not finite (inf/NaN from {what})"] = bad
+    for p in spec.parameters:
+        v = np.where(np.isfinite(values[p.name]), values[p.name], np.nan)  # counted above
+        for bad, side in ((v < p.lower, f"below its lower bound {p.lower:g}"),
+                          (v > p.upper, f"above its upper bound {p.upper:g}")):  # fmt: skip
+            if bad.any():
+                reasons[f"{p.name} {side}"] = int(bad.sum())
+    for f in spec.filters:
+        with np.errstate(all="ignore"):
+            x = evaluate(f.expression, values)
+            bad = ~(np.isfinite(x) & (x >= f.lower) & (x <= f.upper))
+        if bad.any():
+            reasons[f"filter {f.expression!r}"] = int(bad.sum())
+    top = sorted(reasons.items(), key=lambda kv: -kv[1])[:3]
+    return "rejected by " + ", ".join(f"{k}: {v / n:.1%} of draws" for k, v in top) if top else ""
+
+
 def draw_candidates(spec: PopulationSpec, seed: int, start: int, count: int):
     """Covariates, parameters and acceptance of candidates ``start .. start+count-1``."""
     k_cov, k_eta = len(spec.covariates), len(spec.eta_names)
@@ -219,8 +247,9 @@ def generate(
             raise PopulationError(
                 f"{spec.path}: only {written + buffered} of the {n} patients asked for passed "
                 f"the bounds and filters in {tried:,} candidate draws (acceptance "
-                f"{(written + buffered) / tried:.2%}); relax [[filters]] or parameter bounds, "
-                "or allow more draws (--max-candidates; Python: max_candidates=...)"
+                f"{(written + buffered) / tried:.2%}; {_rejections(spec, seed, tried)}); "
+                "relax [[filters]] or parameter bounds, or allow more draws "
+                "(--max-candidates; Python: max_candidates=...)"
             )
         count = min(chunk_size, max_candidates - tried)
         values, ok = draw_candidates(spec, seed, tried, count)
