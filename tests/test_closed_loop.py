@@ -281,3 +281,14 @@ def test_bad_meals_therapy_sensor_and_seed_are_refused_before_solving():
     with pytest.warns(cohort.CohortWarning, match=r"1 meal\(s\) start at or after the run's end"):
         with pytest.raises(cohort.InputError, match="chunk_size"):
             run(one, late, "open-loop", days=1, chunk_size=0)
+
+
+def test_days_off_the_control_period_grid_are_said_and_recorded():
+    """--days 1.003 ran to 1,445 min without a word (a probe): the horizon is a whole number
+    of control periods, said in a warning, and ``attrs['days']`` is what was simulated."""
+    from cohort.errors import CohortWarning
+
+    df = reference_patients().iloc[[0]]
+    with pytest.warns(CohortWarning, match=r"144 min\) is not a whole number of 5-min"):
+        ds = run(df, scenarios.single_meal(1, 60.0, 50.0), "open-loop", days=0.1)
+    assert float(ds.time.values[-1]) == 145.0 and ds.attrs["days"] == 145.0 / 1440.0

@@ -58,7 +58,7 @@ def test_glucose_plots_never_replace_a_users_files(tmp_path, monkeypatch):
     mine.mkdir()
     (mine / "glucose_band.png").write_bytes(b"my figure")
     (mine / "notes.txt").write_text("notes")
-    args = ["glucose", "--n", "2", "--days", "0.1"]
+    args = ["glucose", "--n", "2", "--days", "0.125"]
     for extra in ([], ["--overwrite"]):
         res = runner.invoke(app, [*args, "--plots", str(mine), *extra])
         assert res.exit_code == 2, res.output

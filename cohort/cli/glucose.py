@@ -228,6 +228,7 @@ def glucose(
 
         warn_floor(ds)
     solved = len(pop) - (already[0] if already else 0)
+    days = round(days * 1440.0 / options.period) * options.period / 1440.0  # as simulated
     console.print(
         f"{solved:,} patients × {days:g} day{'' if days == 1 else 's'} in {wall:.1f} s "
         f"({_rate(solved * days / wall)} patient-days/s)"

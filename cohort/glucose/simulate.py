@@ -364,6 +364,18 @@ def _plan(
     n_periods = int(round(days * 1440.0 / options.period))
     if n_periods < 1:
         raise InputError(f"days: must cover at least one control period, got {days}")
+    if abs(n_periods * options.period - days * 1440.0) > 1e-6 * max(1.0, days * 1440.0):
+        # rounded without a word, a run of --days 1.003 ended at 1,445 min (a probe)
+        import warnings
+
+        warnings.warn(
+            f"days: {days:g} days ({days * 1440.0:g} min) is not a whole number of "
+            f"{options.period:g}-min control periods; simulating {n_periods} periods "
+            f"({n_periods * options.period:g} min, days={n_periods * options.period / 1440:.6g})",
+            CohortWarning,
+            stacklevel=3,
+        )
+        days = n_periods * options.period / 1440.0
     per_patient = (n_periods + 1) * len(_OUTPUTS) * np.dtype(out_dtype).itemsize
     memory = available_memory()
     if memory is not None and 4 * LANES * per_patient > memory:  # a batch's buffers and more
