@@ -161,38 +161,36 @@ def metric_arrays(g, w, xp=np, skip_missing: bool = False) -> dict:
     g_high = xp.where(finite, g, -xp.inf)
     g = xp.where(finite, g, 0.0)
 
-    def wmean(x):
-        if skip_missing:
-            return np.where(missing, np.nan, np.einsum("...t,...t->...", x, weights))
-        if xp is np:  # einsum: no [N, T] temporaries, and no BLAS threads (slow on busy cores)
-            return xp.where(missing, xp.nan, xp.einsum("...t,t->...", x, w))
-        # On the device: a sum over the leading (time) axis of the time-major array, so XLA
-        # accumulates in time order for every patient whatever the batch size (a dot's
-        # blocking depends on it: results one ulp apart between chunk sizes, measured).
-        xt = xp.moveaxis(x, -1, 0)
-        return xp.where(missing, xp.nan, xp.sum(xt * w.reshape((-1,) + (1,) * (xt.ndim - 1)), 0))
-
-    def pct(mask):
-        return 100.0 * wmean(mask if xp is np else mask.astype(w.dtype))
-
-    mean = wmean(g)
-    dev = g - mean[..., None]
-    sd = xp.sqrt(xp.maximum(wmean(dev * dev), 0.0))
     f = risk_function(g, xp)
-    risk = 10.0 * f * f
-    lbgi = wmean(xp.where(f < 0, risk, 0.0))
-    hbgi = wmean(xp.where(f > 0, risk, 0.0))
+    terms = {  # weighted means over time of these, per patient
+        "mean": lambda g, f: g,
+        "tir_70_180": lambda g, f: (g >= 70) & (g <= 180),
+        "tbr_70": lambda g, f: g < 70,
+        "tbr_54": lambda g, f: g < 54,
+        "tar_180": lambda g, f: g > 180,
+        "tar_250": lambda g, f: g > 250,
+        "lbgi": lambda g, f: xp.where(f < 0, 10.0 * f * f, 0.0),
+        "hbgi": lambda g, f: xp.where(f > 0, 10.0 * f * f, 0.0),
+    }
+    if xp is np:
+        wt = weights if skip_missing else w
+        means = {k: _wmean(t(g, f), wt, missing, skip_missing) for k, t in terms.items()}
+        mean = means["mean"]
+        dev = g - mean[..., None]
+        var = _wmean(dev * dev, wt, missing, skip_missing)
+    else:
+        means = _ordered_means(g, f, w, missing, terms)
+        mean = means["mean"]
+        var = _ordered_means(g, f, w, missing, {"var": lambda g, f: (g - mean) ** 2})["var"]
+    sd = xp.sqrt(xp.maximum(var, 0.0))
+    lbgi, hbgi = means["lbgi"], means["hbgi"]
     g_min = xp.where(missing, xp.nan, g_low.min(axis=-1))
     g_max = xp.where(missing, xp.nan, g_high.max(axis=-1))
     col = xp.where(g_min >= 90, 0, xp.where(g_min >= 70, 1, 2))
     row = xp.where(g_max <= 180, 0, xp.where(g_max <= 300, 1, 2))
     code = xp.asarray(_CVGA_CODES)[row, col]
     return {
-        "tir_70_180": pct((g >= 70) & (g <= 180)),
-        "tbr_70": pct(g < 70),
-        "tbr_54": pct(g < 54),
-        "tar_180": pct(g > 180),
-        "tar_250": pct(g > 250),
+        **{k: 100.0 * means[k] for k in ("tir_70_180", "tbr_70", "tbr_54", "tar_180", "tar_250")},
         "mean": mean,
         "sd": sd,
         "cv": 100.0 * sd / mean,
@@ -204,6 +202,35 @@ def metric_arrays(g, w, xp=np, skip_missing: bool = False) -> dict:
         "g_max": g_max,
         "cvga_code": xp.where(missing, -1, code),
     }
+
+
+def _wmean(x, w, missing, skip_missing: bool):
+    """Weighted mean over the last axis (numpy): ``w`` per time, or per patient and time with
+    ``skip_missing`` (gaps weighted 0, renormalised)."""
+    x = np.asarray(x, dtype=float)
+    if skip_missing:
+        return np.where(missing, np.nan, np.einsum("...t,...t->...", x, w))
+    # einsum: no [N, T] temporaries, and no BLAS threads (slow on busy cores)
+    return np.where(missing, np.nan, np.einsum("...t,t->...", x, w))
+
+
+def _ordered_means(g, f, w, missing, terms: dict) -> dict:
+    """Weighted means over time on the device, accumulated in time order by one ``scan`` for
+    every patient: a reduction's order in XLA depends on the batch's shape, so a sum over the
+    time axis gave results one ulp apart between device counts (each device a smaller batch;
+    a probe found 12-56 of 200 patients' metrics differing) and a dot between chunk sizes."""
+    import jax
+    import jax.numpy as jnp
+
+    gt, ft = jnp.moveaxis(g, -1, 0), jnp.moveaxis(f, -1, 0)
+
+    def body(acc, x):
+        g_t, f_t, w_t = x
+        return {k: acc[k] + w_t * jnp.asarray(t(g_t, f_t), w.dtype) for k, t in terms.items()}, None
+
+    init = {k: jnp.zeros(gt.shape[1:], w.dtype) for k in terms}
+    sums, _ = jax.lax.scan(body, init, (gt, ft, w))
+    return {k: jnp.where(missing, jnp.nan, v) for k, v in sums.items()}
 
 
 _ZONE_NAME = "CVGA zone (Magni et al. 2008)"

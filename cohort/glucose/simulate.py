@@ -366,8 +366,6 @@ def _plan(
         raise InputError(f"days: must cover at least one control period, got {days}")
     if abs(n_periods * options.period - days * 1440.0) > 1e-6 * max(1.0, days * 1440.0):
         # rounded without a word, a run of --days 1.003 ended at 1,445 min (a probe)
-        import warnings
-
         warnings.warn(
             f"days: {days:g} days ({days * 1440.0:g} min) is not a whole number of "
             f"{options.period:g}-min control periods; simulating {n_periods} periods "
