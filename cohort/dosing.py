@@ -31,8 +31,10 @@ class DosingError(CohortError, ValueError):
 class Regimen:
     """A dose, optionally repeated ``addl`` more times every ``ii`` hours.
 
-    ``rate`` > 0 gives a zero-order infusion at that rate; alternatively give ``duration``.
-    ``rate=-2`` takes the duration from the model parameter ``D_<cmt>`` (NONMEM ``RATE=-2``).
+    ``rate`` > 0 gives a zero-order infusion at that rate; alternatively give ``duration``
+    (the rate ``amt / duration``: into a compartment with a bioavailability F < 1 it then
+    lasts ``F·duration``, as NONMEM's RATE > 0 does). ``rate=-2`` takes the duration from the
+    model parameter ``D_<cmt>`` (NONMEM ``RATE=-2``), which F does not change.
     ``ss=True`` starts the regimen at steady state.
     """
 
