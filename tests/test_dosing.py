@@ -322,3 +322,19 @@ def test_nonmem_dots_are_missing_and_comment_rows_are_refused():
         bad = df.drop(columns="C").assign(AMT=[cell, "."])
         with pytest.raises(DosingError, match=r"row 1, column AMT: a dose record \(EVID 1\)"):
             event_table(bad, states, targets)
+
+
+def test_a_dose_written_before_an_ss_record_at_its_time_is_said():
+    """NONMEM's SS=1 resets the system, so a dose on an earlier row at the same time is lost
+    there; cohort keeps it (the steady state first). Said, not read two ways silently."""
+    from cohort.errors import CohortWarning
+
+    rows = {"ID": [1, 1], "TIME": [0.0, 0.0], "AMT": [500.0, 100.0], "EVID": [1, 1],
+            "CMT": [1, 1], "SS": [0, 1], "II": [0.0, 12.0]}  # fmt: skip
+    said = "row 1 doses at TIME 0, before the SS=1 record of row 2"
+    with pytest.warns(CohortWarning, match=said):
+        cohort.dosing.event_table(pd.DataFrame(rows), ["central"], ["central"])
+    swapped = {k: v[::-1] for k, v in rows.items()}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        cohort.dosing.event_table(pd.DataFrame(swapped), ["central"], ["central"])
