@@ -131,6 +131,8 @@ CASES = [
     # options another method would use were ignored without a word
     (["fit", "theo.csv", "--method", "svi", "--chains", "4"], "--chains has no effect with"),
     (["fit", "theo.csv", "--method", "nuts", "--approx", "laplace"], "--approx sets the ML"),
+    # the README's pheno command without --method ml ran NUTS and ignored --se (a probe)
+    (["fit", "theo.csv", "--se", "sandwich"], "--se has no effect with --method nuts"),
     (["fit", "theo.csv", "--method", "ml", "--fix", "CL=2", "--init", "CL=3"], "both set CL"),
     (["fit", "theo.csv", "--draws", "0"], "--draws must be >= 1"),
     (["fit", "theo.csv", "--model", "pk9"], "unknown model 'pk9'"),

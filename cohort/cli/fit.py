@@ -207,7 +207,7 @@ def _spec(
         fail(str(exc))
 
 
-_UNUSED = {"nuts": ("steps", "guide"), "svi": ("chains", "warmup"),
+_UNUSED = {"nuts": ("steps", "guide", "se"), "svi": ("chains", "warmup", "se"),
            "ml": ("chains", "warmup", "steps", "guide")}  # fmt: skip
 
 
