@@ -615,6 +615,35 @@ def test_a_damaged_update_is_named_and_the_earlier_one_still_opens(vanco_twins, 
         open_twins(path)
     again = open_twins(path, update=0)
     assert again.data.n_observations == first.data.n_observations
+    # a chunk deleted: zarr reads its fill value, and the update opened with NaN estimates
+    # flagged ok (a forecast of NaN, `twin dose` crashed; a probe): its digest differs
+    chunks = [c for c in (path / "update_000" / "map" / "eta" / "c").rglob("*") if c.is_file()]
+    assert chunks
+    for chunk in chunks:
+        chunk.unlink()
+    with pytest.raises(OutputError, match=r"update 0 \(update_000\) .*differs from what was"):
+        open_twins(path, update=0)
+
+
+def test_the_update_log_numbers_stored_updates_with_their_branches(vanco_twins, tmp_path):
+    """An update from an earlier one (--from-update 0) was listed by `cohort info` as the
+    latest's lineage 0, 1: the row named "1" was stored update 2 and update 1 was hidden."""
+    from cohort.twin.store import update_log
+
+    first, updated, _, _, _ = vanco_twins
+    path = tmp_path / "tw.zarr"
+    first.save(path)
+    updated.save(path)
+    updated.save(path)  # a second branch from update 0 (the same records: a stand-in)
+    log = update_log(path)
+    assert [(e["update"], e["from"], e["step"]) for e in log] == [
+        (0, None, "identify"), (1, 0, "update"), (2, 0, "update"),
+    ]  # fmt: skip
+    assert [int(sum(e["n_observations"])) for e in log] == [
+        first.data.n_observations,
+        updated.data.n_observations,
+        updated.data.n_observations,
+    ]
 
 
 def test_an_updates_reader_warnings_come_once_by_its_own_rows(vanco_twins):

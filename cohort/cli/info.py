@@ -64,6 +64,7 @@ def _twin_info(path: Path) -> None:
     """`cohort info` of a twin store: model, prior, patients, every stored update and the
     current estimates."""
     from cohort.twin import open_twins
+    from cohort.twin.store import update_log
 
     tw = open_twins(path)
     size = _disk_bytes(path)
@@ -73,14 +74,20 @@ def _twin_info(path: Path) -> None:
         f"{escape(tw.prior.model.name)}, prior {escape(tw.prior.name)}, method {tw.method}"
         + on_disk
     )
-    table = Table("update", "step", "records seen", "seconds")
-    for k, entry in enumerate(tw.history):
+    log = update_log(path)
+    branched = any(e["from"] is not None and e["from"] != e["update"] - 1 for e in log)
+    table = Table("update", *(["from"] if branched else []), "step", "records seen", "seconds")
+    for entry in log:
         seen = entry.get("rows")
         if seen is None:
             seen = f"{int(sum(entry.get('n_observations', []))):,} observations"
+        else:
+            seen = f"{int(seen):,} rows"
         seconds = entry.get("seconds")
+        parent = entry["from"]
         table.add_row(
-            str(k),
+            str(entry["update"]),
+            *([("" if parent is None else str(parent))] if branched else []),
             str(entry.get("step", entry.get("method", ""))),
             str(seen),
             "" if seconds is None else f"{float(seconds):.1f}",
@@ -94,7 +101,9 @@ def _twin_info(path: Path) -> None:
         pid: [f"{v:.4g}" if isinstance(v, float) else str(v) for v in row]
         for pid, row in shown.iterrows()
     }
-    est = patient_table(rows, [str(c) for c in shown.columns], "current estimates")
+    est = patient_table(
+        rows, [str(c) for c in shown.columns], f"current estimates (update {log[-1]['update']})"
+    )
     if len(ind) > 10:
         est.caption = f"first 10 of {len(ind)} patients"
     console.print(est)

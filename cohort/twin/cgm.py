@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import time
 import warnings
 
 import jax
@@ -318,6 +319,7 @@ class CGMTwins:
         method = {"laplace": "map"}.get(method, method)
         if method not in ("map", "nuts"):
             raise TwinError(f"method: 'laplace' (MAP + Laplace) or 'nuts', got {method!r}")
+        t0 = time.perf_counter()
         lay, _, data, make, chol = self._bound()
         n, q = data["mu"].shape
         eta0 = posterior.starts(np.eye(q), n, warm=warm, draws=STARTS)
@@ -331,6 +333,8 @@ class CGMTwins:
         )
         self.history.append(
             {
+                "step": "update" if self.history else "identify",
+                "seconds": time.perf_counter() - t0,
                 "rows": len(self.records),
                 "method": method,
                 "posterior_sd": self._z_draws(400, 0).std(axis=1).tolist(),  # [N, q], z scale
