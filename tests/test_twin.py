@@ -188,6 +188,12 @@ def test_recommendation_agrees_with_grid_and_forecast(vanco_twins):
                        n_draws=100, seed=4)  # fmt: skip
     assert set(low["dose"]) <= {750.0, 1000.0}
     assert set(low["dose_grid"]) <= {750.0, 1000.0}
+    # an interval that does not divide the template's 48-h span: every dose starting in it
+    # (q7h: 72, 79, ..., 114 = 7 doses; round(48/7) = 7 too, q9h: 6 doses, round gave 5)
+    by = tw.recommend(template, target, max_dose=3000.0, strength=250.0, intervals=[9.0],
+                      n_draws=100, seed=4)  # fmt: skip
+    assert (by["doses"] == 6).all() and (by["ii"] == 9.0).all()
+    assert (rec["doses"] == 4).all()
 
 
 def test_a_patients_forecast_does_not_depend_on_the_others_selected(vanco_twins):

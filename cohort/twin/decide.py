@@ -102,7 +102,8 @@ def recommend(
     """Per patient: the recommended amount per dose (a multiple of ``strength`` from the first
     at or above ``min_dose``, at most ``max_dose``) for the ``template`` regimen (its ``amt``
     is replaced; an infusion keeps its duration), and optionally the best interval among
-    ``intervals`` (the regimen keeps its time span). Columns: ``dose``, ``ii``, ``pta``
+    ``intervals`` (the regimen keeps its time span: every dose starting within it). Columns:
+    ``dose``, ``ii``, ``doses`` (number of doses in the regimen), ``pta``
     (exact, at the recommended dose), ``dose_gradient`` (the continuous optimum),
     ``dose_grid``/``pta_grid`` (best strength on the grid: the check) and ``agree``."""
     import optax
@@ -146,7 +147,9 @@ def recommend(
     for ii in intervals or [template.ii]:
         if ii != template.ii and span is None:
             raise TwinError("intervals: the template needs ii and addl (a repeated regimen)")
-        addl = template.addl if ii == template.ii else max(0, int(round(span / ii)) - 1)
+        # every dose that starts within the template's span: q7h in a 24-h span is 4 doses
+        # (0, 7, 14, 21), not round(24/7) = 3 that left the last 3 h of the window undosed
+        addl = template.addl if ii == template.ii else max(0, math.ceil(span / ii - 1e-9) - 1)
         tmpl = dataclasses.replace(template, ii=float(ii), addl=addl)
         table, mask = _future_tables(twins, tmpl)
         fn, ev, m = _metric_fn(twins, table, mask, target)
@@ -197,6 +200,7 @@ def recommend(
             {
                 "dose": grid[pick],
                 "ii": float(ii),
+                "doses": addl + 1,
                 "pta": pta_grid[pick, cols],
                 "dose_gradient": cont,
                 "dose_grid": grid[grid_pick],
