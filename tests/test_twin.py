@@ -685,3 +685,12 @@ def test_a_finished_checkpoint_holding_a_users_file_is_kept_with_a_warning(tmp_p
     (ck.path / "notes.txt").unlink()
     KeptCheckpoint(ck.path).remove()
     assert not ck.path.exists()
+
+
+def test_vancomycin_prior_caps_creatinine_clearance_at_150():
+    """Goti 2018 caps CrCL at 150 mL/min in CL's covariate model: a patient at 300 got a CL
+    of 10.9 L/h instead of 5.9 (a probe)."""
+    prior = _prior()
+    cov = pd.DataFrame({"WT": [70.0] * 3, "CRCL": [120.0, 150.0, 300.0], "DIAL": [0, 0, 0]})
+    cl = np.exp(prior.log_typical(cov)[:, prior.names.index("CL")])
+    np.testing.assert_allclose(cl, [4.5, 4.5 * 1.25**0.8, 4.5 * 1.25**0.8], rtol=1e-12)

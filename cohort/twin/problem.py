@@ -152,7 +152,7 @@ def _warn_implausible_records(
             warnings.warn(
                 f"ID {show_id(base.index[k])}: {c.name} {v[k]:g} {c.units} is outside the "
                 f"prior's range {lo:g}-{hi:g} ({out.size} patient(s)); check its units: the "
-                "twin extrapolates the covariate model there",
+                "covariate model is used outside the range the prior declares",
                 CohortWarning,
                 stacklevel=4,
             )
