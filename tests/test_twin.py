@@ -694,3 +694,15 @@ def test_vancomycin_prior_caps_creatinine_clearance_at_150():
     cov = pd.DataFrame({"WT": [70.0] * 3, "CRCL": [120.0, 150.0, 300.0], "DIAL": [0, 0, 0]})
     cl = np.exp(prior.log_typical(cov)[:, prior.names.index("CL")])
     np.testing.assert_allclose(cl, [4.5, 4.5 * 1.25**0.8, 4.5 * 1.25**0.8], rtol=1e-12)
+
+
+def test_doses_in_grams_leave_twins_at_the_prior_and_say_so(vanco):
+    """AMT in g for a prior in mg: predictions ~0 whatever the parameters, so the twins were
+    the prior itself, flagged ok, without a word (a probe)."""
+    from cohort.errors import CohortWarning
+
+    prior, records, _ = vanco
+    grams = records[records.ID.isin(records.ID.unique()[:2])].copy()
+    grams["AMT"] = grams["AMT"] / 1000.0
+    with pytest.warns(CohortWarning, match=r"observations left the posterior where the prior"):
+        Twins.identify(prior, grams)

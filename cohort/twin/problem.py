@@ -195,6 +195,26 @@ def implausible_parameters(prior: TwinPrior, ids, values: dict[str, np.ndarray])
     return out
 
 
+def uninformed(prior: TwinPrior, ids, sd: np.ndarray, n_obs: np.ndarray) -> list[str]:
+    """A message naming the patients whose observations (at least 2) left every posterior SD
+    (``sd [N, q]``, log scale) at 97 % or more of the prior's: the predictions do not respond
+    to the parameters there. Doses in g instead of mg gave twins equal to the prior, flagged
+    ok, without a word (a probe); so do observations all below the LLOQ."""
+    prior_sd = np.sqrt(np.diagonal(np.asarray(prior.omega, float)))
+    if prior_sd.size == 0:
+        return []
+    flat = (np.asarray(n_obs) >= 2) & np.all(np.asarray(sd) >= 0.97 * prior_sd, axis=1)
+    if not flat.any():
+        return []
+    k = int(np.flatnonzero(flat)[0])
+    return [
+        f"ID {show_id(ids[k])}: its {int(n_obs[k])} observations left the posterior where the "
+        f"prior is (every posterior SD >= 97 % of the prior's; {int(flat.sum())} patient(s)): "
+        "the predictions barely respond to the parameters there; check the units of AMT and "
+        "DV, the dose records' CMT, and whether the observations are all below the LLOQ"
+    ]
+
+
 def _warn_time_varying(data: Dataset, prior: TwinPrior, where) -> None:
     """Twins use each patient's baseline covariates (the first record's): say so, naming the
     first change, when a covariate the prior uses changes later (e.g. a new weight in an

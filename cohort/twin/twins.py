@@ -24,6 +24,7 @@ from cohort.twin.problem import (
     implausible_parameters,
     prior_pop,
     read_records,
+    uninformed,
 )
 
 METHODS = ("laplace", "nuts")
@@ -114,7 +115,9 @@ class Twins:
         }
         twins = cls(prior, data, bm, lap, method, samples, (*history, entry), opts)
         ind = twins.individual()
-        for text in implausible_parameters(prior, twins.ids, {n: ind[n] for n in prior.names}):
+        texts = implausible_parameters(prior, twins.ids, {n: ind[n] for n in prior.names})
+        texts += uninformed(prior, twins.ids, sd, data.observations.count)
+        for text in texts:
             warnings.warn(text, CohortWarning, stacklevel=3)
         return twins
 
