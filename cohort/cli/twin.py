@@ -92,7 +92,8 @@ def fit(
         )
     path = tw.save(out, overwrite=overwrite)
     kept.remove()
-    console.print(_summary(tw, f"{tw.prior.name}: individual MAP estimates"))
+    sds = "SDs of the NUTS draws" if tw.samples is not None else "Laplace SDs"
+    console.print(_summary(tw, f"{tw.prior.name}: individual MAP estimates ({sds})"))
     console.print(status_line(tw, time.perf_counter() - t0, path))
     if folder is not None:
         _write_individual(tw, folder, overwrite)

@@ -78,7 +78,7 @@ BW_RANGE = (2.0, 250.0)  # kg
 def _implausible_units(df: pd.DataFrame) -> None:
     """Warn (naming the row) about entries that look like other units: carbohydrate in mg or
     in exchanges/bread units, body weight in pounds, insulin in mU, U/min or U/day."""
-    _above(df, "CHO", MAX_MEAL, "g", "any usual meal", "g, not mg")
+    _above(df, "CHO", MAX_MEAL, "g", "any usual meal", "g, not mg or mmol (1 g = 5.55 mmol)")
     meals = df["CHO"].where(df["CHO"] > 0)
     median = meals.groupby(df["ID"], sort=False).median()
     counts = meals.groupby(df["ID"], sort=False).count()
