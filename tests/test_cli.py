@@ -486,8 +486,12 @@ def test_ctrl_c_inside_a_finaliser_still_interrupts():
 
     script = textwrap.dedent(
         """
-        import sys, time
+        import signal, sys, time
         from cohort.cli import keep_interrupts
+
+        # as in a terminal: a test runner started in the background inherits SIGINT ignored,
+        # and then no Ctrl-C (nor interrupt_main) reaches Python at all
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
         errors = []
         sys.unraisablehook = lambda args: errors.append(args.exc_type.__name__)
