@@ -83,6 +83,13 @@ def look_table(reps: xr.Dataset, looks, n_total: int) -> pd.DataFrame:
     return table
 
 
+def _finite(stat, values, *args) -> float:
+    """``stat`` (nanmean, nanquantile) of the finite values, NaN when there are none (numpy
+    then printed "Mean of empty slice" at a user running `cohort trial`)."""
+    values = np.asarray(values, float)
+    return float(stat(values, *args)) if np.isfinite(values).any() else float("nan")
+
+
 def _mean(values: np.ndarray, where: np.ndarray) -> float:
     return float(np.nanmean(values[where])) if where.any() else np.nan
 
@@ -193,11 +200,11 @@ def analyze(result: TrialResult, out: str | Path | None = None) -> Analysis:
                     "arm": arm,
                     "dose": spec.arms[treat].dose,
                     "primary": test.primary,
-                    "estimate_mean": float(np.nanmean(res["estimate"])),
-                    "estimate_q05": float(np.nanquantile(res["estimate"], 0.05)),
-                    "estimate_q95": float(np.nanquantile(res["estimate"], 0.95)),
-                    "ci_width_mean": float(np.nanmean(res["ci_high"] - res["ci_low"])),
-                    "n_mean": float(np.nanmean(res["n_treat"] + res["n_control"])),
+                    "estimate_mean": _finite(np.nanmean, res["estimate"]),
+                    "estimate_q05": _finite(np.nanquantile, res["estimate"], 0.05),
+                    "estimate_q95": _finite(np.nanquantile, res["estimate"], 0.95),
+                    "ci_width_mean": _finite(np.nanmean, res["ci_high"] - res["ci_low"]),
+                    "n_mean": _finite(np.nanmean, res["n_treat"] + res["n_control"]),
                     "power": pw["power"],
                     "harm_rate": float(np.mean(np.nan_to_num(res["harm"]))),
                     "power_mc_low": pw["mc_low"],
