@@ -325,32 +325,39 @@ def test_interrupted_trial_resumes_to_the_clean_store(tmp_path):
     )
 
 
-def test_trial_killed_before_its_tables_is_flagged_not_reported_short(tmp_path, monkeypatch):
-    """Killed after the simulation but before the dose sweep was stored, the store read as a
-    finished trial: `cohort report` wrote it without the sweep and `cohort info` flagged
-    nothing. Now both name what is missing and the --resume that finishes it."""
+def _killed_trial(monkeypatch, module: str, step: str, args: list[str]):
+    """A `trial`/`report`/`info` app, after `cohort trial args` was killed (KeyboardInterrupt)
+    when it reached ``module.step``."""
     import typer
     from typer.testing import CliRunner
 
     from cohort.cli.info import info
     from cohort.cli.trial import report, trial
 
-    report_module = importlib.import_module("cohort.trial.report")  # the name is a function
-
     app = typer.Typer()
     for cmd in (trial, report, info):
         app.command()(cmd)
+    where = importlib.import_module(module)  # by import: some module names are functions
+
+    def killed(*a, **kw):
+        raise KeyboardInterrupt(f"killed at {step}")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(where, step, killed)
+        assert CliRunner().invoke(app, args).exit_code != 0
+    return app
+
+
+def test_trial_killed_before_its_tables_is_flagged_not_reported_short(tmp_path, monkeypatch):
+    """Killed after the simulation but before the dose sweep was stored, the store read as a
+    finished trial: `cohort report` wrote it without the sweep and `cohort info` flagged
+    nothing. Now both name what is missing and the --resume that finishes it."""
+    from typer.testing import CliRunner
+
     store = tmp_path / "t.zarr"
     args = ["trial", str(THEO), "-o", str(store), "--replicates", "3", "--n", "40",
             "--pta-doses", "100,400"]  # fmt: skip
-    real = report_module.save_tables
-
-    def killed(*a, **kw):
-        raise KeyboardInterrupt("killed before the tables")
-
-    monkeypatch.setattr(report_module, "save_tables", killed)
-    assert CliRunner().invoke(app, args).exit_code != 0
-    monkeypatch.setattr(report_module, "save_tables", real)
+    app = _killed_trial(monkeypatch, "cohort.trial.report", "save_tables", args)
     res = CliRunner().invoke(app, ["report", str(store), "-o", str(tmp_path / "r.md")])
     text = " ".join(res.output.split())
     assert res.exit_code == 2 and "before it finished writing dose_pta" in text, res.output
@@ -367,26 +374,11 @@ def test_trial_killed_after_its_simulation_before_its_table_is_flagged(tmp_path,
     """Killed after the last batch but before the ``trial`` table, the store read as a
     finished simulation (`cohort info`: ok=60,000) and `cohort report` said it "holds no
     trial" without naming --resume (a probe's kill test)."""
-    import typer
     from typer.testing import CliRunner
 
-    from cohort.cli.info import info
-    from cohort.cli.trial import report, trial
-
-    run_module = importlib.import_module("cohort.trial.run")
-    app = typer.Typer()
-    for cmd in (trial, report, info):
-        app.command()(cmd)
     store = tmp_path / "t.zarr"
     args = ["trial", str(THEO), "-o", str(store), "--replicates", "2", "--n", "40"]
-    real = run_module._endpoint_values
-
-    def killed(*a, **kw):
-        raise KeyboardInterrupt("killed after the simulation")
-
-    monkeypatch.setattr(run_module, "_endpoint_values", killed)
-    assert CliRunner().invoke(app, args).exit_code != 0
-    monkeypatch.setattr(run_module, "_endpoint_values", real)
+    app = _killed_trial(monkeypatch, "cohort.trial.run", "_endpoint_values", args)
     res = CliRunner().invoke(app, ["info", str(store)])
     assert "INCOMPLETE" in res.output and "--resume" in " ".join(res.output.split())
     res = CliRunner().invoke(app, ["report", str(store), "-o", str(tmp_path / "r.md")])

@@ -99,8 +99,9 @@ def _inits(
     return out, corr, sigma, effects
 
 
-def _with_coefficients(covs: dict, inits: dict, held: dict, init_effects: dict) -> dict:
-    """``covs`` with the ``--init``/``--fix PARAM~COLUMN`` values set on their covariates."""
+def _with_coefficients(covs: dict, inits: dict, held: dict) -> dict:
+    """``covs`` with the ``--init``/``--fix PARAM~COLUMN`` values set on their covariates (a
+    ``--fix`` without a value holds the ``--init`` one)."""
     import dataclasses
 
     for flag, given in (("--init", inits), ("--fix", held)):
@@ -112,7 +113,7 @@ def _with_coefficients(covs: dict, inits: dict, held: dict, init_effects: dict) 
                     f"or hold; add it with --covariate {param}~{column} (e.g. :power:70)"
                 )
             if flag == "--fix":
-                value = value if value is not None else init_effects.get((param, column))
+                value = value if value is not None else inits.get((param, column))
                 if value is None:
                     fail(f"--fix {param}~{column}: give the value to hold, e.g. =0.75")
             field = "init" if flag == "--init" else "fixed"
@@ -124,10 +125,11 @@ def _with_coefficients(covs: dict, inits: dict, held: dict, init_effects: dict) 
 
 def _fixed(
     fix: list[str] | None, names: list[str], inits: dict[str, dict[str, float]]
-) -> dict[str, dict]:
+) -> tuple[dict[str, dict], dict]:
     """Param fields from ``--fix NAME[=VALUE]`` / ``--fix omega_NAME[=SD]``: the value held
-    (given here, else the ``--init`` value; a typical value needs one)."""
-    values, _, _, _ = _inits(fix, names, "--fix")
+    (given here, else the ``--init`` value; a typical value needs one), and the ``--fix
+    PARAM~COLUMN[=VALUE]`` coefficients as :func:`_inits` reads them."""
+    values, _, _, effects = _inits(fix, names, "--fix")
     out: dict[str, dict] = {}
     for name, fields in values.items():
         for field, value in fields.items():
@@ -139,7 +141,7 @@ def _fixed(
                 entry.update(init=value, fixed=True)
             else:
                 entry.update(omega_fixed=True, **({"omega": value} if value else {}))
-    return out
+    return out, effects
 
 
 def _spec(
@@ -182,10 +184,8 @@ def _spec(
     if unknown:
         fail(f"--iiv: {sorted(unknown)} are not among the estimated parameters {names}")
     inits, corr, sigma, init_effects = _inits(init, names)
-    held = _fixed(fix, names, inits)
-    covs = _with_coefficients(
-        _covariates(covariate, names), init_effects, _inits(fix, names, "--fix")[3], init_effects
-    )
+    held, held_effects = _fixed(fix, names, inits)
+    covs = _with_coefficients(_covariates(covariate, names), init_effects, held_effects)
     try:
         ps = tuple(
             Param(

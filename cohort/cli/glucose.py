@@ -101,7 +101,7 @@ def glucose(
     from cohort.engine.inputs import InputError
     from cohort.glucose.loop import ClosedLoopOptions
     from cohort.glucose.sensor import Sensor
-    from cohort.glucose.simulate import metrics_only, run
+    from cohort.glucose.simulate import control_periods, metrics_only, run
     from cohort.models.glucose import GROUPS, reference_patients, sample_patients
     from cohort.store import StoreError
 
@@ -228,7 +228,7 @@ def glucose(
 
         warn_floor(ds)
     solved = len(pop) - (already[0] if already else 0)
-    days = round(days * 1440.0 / options.period) * options.period / 1440.0  # as simulated
+    days = control_periods(days, options.period) * options.period / 1440.0  # as simulated
     console.print(
         f"{solved:,} patients × {days:g} day{'' if days == 1 else 's'} in {wall:.1f} s "
         f"({_rate(solved * days / wall)} patient-days/s)"

@@ -104,6 +104,12 @@ def _metric_variables() -> dict[str, tuple[str, dict]]:
     return out
 
 
+def control_periods(days: float, period: float) -> int:
+    """Control periods a run of ``days`` simulates: the nearest whole number (said when
+    ``days`` is off that grid; the days simulated are ``periods · period / 1440``)."""
+    return int(round(days * 1440.0 / period))
+
+
 @functools.lru_cache(maxsize=16)
 def _solver(
     model: Model, ctrl: Any, options: ClosedLoopOptions, n_periods: int, dtype: str, n_dev: int
@@ -361,7 +367,7 @@ def _plan(
         raise InputError(f"seed: an integer from 0 to 2**63 - 1, got {seed!r}")
     if isinstance(days, bool) or not isinstance(days, (int, float)) or not math.isfinite(days):
         raise InputError(f"days: a finite number of days, got {days!r}")
-    n_periods = int(round(days * 1440.0 / options.period))
+    n_periods = control_periods(days, options.period)
     if n_periods < 1:
         raise InputError(f"days: must cover at least one control period, got {days}")
     if abs(n_periods * options.period - days * 1440.0) > 1e-6 * max(1.0, days * 1440.0):
