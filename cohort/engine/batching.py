@@ -20,7 +20,6 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from cohort.engine.status import Status
@@ -168,18 +167,17 @@ class BatchSolver:
             out, status, extras = self.inner(inputs, shared)
             return {o: buffers[o].at[...].set(v) for o, v in out.items()}, status, extras
 
-        def new_buffers(spec):
-            return {o: jnp.zeros(shape, dtype) for o, shape, dtype in spec}
-
         self._into = jax.jit(into, donate_argnums=2)
-        self._new = jax.jit(new_buffers, static_argnums=0, out_shardings=out_sharding)
 
     def __call__(self, inputs: Any, shared: Any, buffers: dict | None):
         """Solve a batch into ``buffers`` (outputs of an earlier batch of the same shape, which
         become invalid), or into new ones when ``buffers`` is None."""
         program, spec = self.compile(inputs, shared)
         if buffers is None:
-            buffers = self._new(spec)
+            # from host zeros rather than a jitted jnp.zeros, whose XLA compile (~0.06 s, too
+            # quick for the persistent cache) every fresh process paid
+            buffers = {o: jax.device_put(np.zeros(shape, dtype), self._out_sharding)
+                       for o, shape, dtype in spec}  # fmt: skip
         return program(inputs, shared, buffers)
 
     def compile(self, inputs: Any, shared: Any) -> tuple[Callable, tuple]:
@@ -254,8 +252,8 @@ class BatchSolver:
             by_patient, whole, buffers = self._call_shardings
             leaves = [by_patient] * n_inputs + [whole] * (tree.num_leaves - n_inputs)
             call = jax.jit(stored.call, in_shardings=(leaves, buffers), donate_argnums=1)
-        compiled = call.lower(jax.tree.leaves((inputs, shared)), self._buffer_structs(spec))
-        compiled = compiled.compile()
+        args = (jax.tree.leaves((inputs, shared)), self._buffer_structs(spec))
+        compiled = exported.lower(call, stored, *args).compile()
 
         def program(inputs, shared, buffers):
             return compiled(jax.tree.leaves((inputs, shared)), buffers)

@@ -14,6 +14,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from cohort.engine.base import Engine, one_ss_record_per_patient, register_engine
 from cohort.engine.common import apply_change, first_ss_index, solution_status
@@ -91,7 +92,7 @@ class Adaptive(Engine):
         one_ss_record_per_patient(table, "diffrax")
 
     def batch_solve(self, model, times, t_first, infusion, ss_interval, outputs, dtype):
-        nonneg = jnp.array([st.nonnegative for st in model.states])
+        nonneg = np.array([st.nonnegative for st in model.states])  # a constant: no dispatch
 
         def solve(p, ev):
             tj = jnp.asarray(times, dtype)

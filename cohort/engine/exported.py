@@ -19,8 +19,10 @@ is. A missing, unreadable or corrupted entry is traced again, never fatal.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
+import threading
 import warnings
 from pathlib import Path
 from typing import Any
@@ -130,6 +132,39 @@ def load(key: str) -> jax.export.Exported | None:
     except OSError:
         pass
     return exported
+
+
+_LOWERING = threading.Lock()
+
+
+def lower(call: Any, stored: jax.export.Exported, *args: Any) -> Any:
+    """``call.lower(*args)`` for ``call`` wrapping ``stored.call``, without the ``scipy.linalg``
+    import that JAX's lowering of a stored CPU program otherwise performs to load LAPACK's
+    kernels (0.2-0.3 s of a repeated ``cohort simulate``, whose programs use no LAPACK).
+
+    A program whose serialized module names a LAPACK kernel gets them loaded first, the way
+    JAX does; only lowering a program without one skips it. JAX offers no switch for this:
+    the hook is its private ``_ensure_backends_initialized``, replaced for the lowering under a
+    lock (a JAX without it is lowered the plain way)."""
+    needs_lapack = b"lapack" in bytes(stored.mlir_module_serialized)
+    try:
+        from jax._src.export import _export
+    except ImportError:
+        return call.lower(*args)
+    if needs_lapack or not hasattr(_export, "_ensure_backends_initialized"):
+        return call.lower(*args)
+    with _LOWERING, _skipped(_export, "_ensure_backends_initialized"):
+        return call.lower(*args)
+
+
+@contextlib.contextmanager
+def _skipped(module: Any, name: str):
+    original = getattr(module, name)
+    setattr(module, name, lambda *_: None)
+    try:
+        yield
+    finally:
+        setattr(module, name, original)
 
 
 def save(key: str, exported: jax.export.Exported) -> None:
