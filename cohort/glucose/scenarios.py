@@ -15,6 +15,7 @@ window, rounded to the minute) with a normally distributed amount. Patient ``i``
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -169,12 +170,12 @@ def single_meal(n: int, time: float, grams: float, bolus: float = 0.0) -> MealSc
     )
 
 
-@jax.jit
-def _uniforms(seed, ids, shape_like):
+@functools.partial(jax.jit, static_argnums=2)
+def _uniforms(seed, ids, shape: tuple[int, ...]):
     key = jax.random.PRNGKey(seed)
-    return jax.vmap(
-        lambda i: jax.random.uniform(jax.random.fold_in(key, i), shape_like.shape, jnp.float64)
-    )(ids)
+    return jax.vmap(lambda i: jax.random.uniform(jax.random.fold_in(key, i), shape, jnp.float64))(
+        ids
+    )
 
 
 def random_scenario(
@@ -193,8 +194,9 @@ def random_scenario(
     SD g)``. Amounts are truncated at 0; skipped meals are padded out (``start = inf``).
     """
     k = len(slots)
-    ids = jnp.arange(first_patient, first_patient + n)
-    u = np.asarray(_uniforms(seed, ids, jnp.zeros((days, k, 3))))  # occur, time, grams
+    # numpy ids and a static shape: eager jnp.arange/zeros would each be an XLA compile
+    ids = np.arange(first_patient, first_patient + n, dtype=jax.dtypes.canonicalize_dtype(int))
+    u = np.asarray(_uniforms(seed, ids, (days, k, 3)))  # occur, time, grams
     mean_t, sd_t, window, prob, mean_g, sd_g = (np.asarray(c, dtype=object) for c in zip(*slots))
     lo = np.asarray([w[0] for w in window], float) * 60.0
     hi = np.asarray([w[1] for w in window], float) * 60.0
