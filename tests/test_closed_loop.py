@@ -2,6 +2,7 @@
 batch independence, scenarios and the zarr round trip."""
 
 import dataclasses
+import importlib
 import re
 from pathlib import Path
 
@@ -44,6 +45,42 @@ def _simglucose_scenario(options):
     df = reference_patients().iloc[[0]]
     sc = scenarios.single_meal(1, 100.0, 80.0, 80.0 / 6.0)
     return df, run(df, sc, "open-loop", options=options, out_dtype="float64")
+
+
+def test_overlapping_meals_queue_as_in_simglucose():
+    """A meal that starts while another is eaten extends that bout (simglucose eats at most
+    5 g/min): 100 g at 120 min and 30 g at 130 min. Summing the two eating rates put child#003
+    24.5 mg/dL above simglucose; the engine's meal records queue the same way."""
+    ref = pd.read_csv(DATA / "simglucose_child003_overlapping_meals.csv", comment="#")
+    df = reference_patients().query("Name == 'child#003'").reset_index(drop=True)
+    sc = scenarios.MealScenario(
+        start=np.array([[130.0, 120.0]]),  # in any order
+        grams=np.array([[30.0, 100.0]]),
+        eat_rate=np.full((1, 2), 5.0),
+        announced=np.zeros((1, 2), bool),
+        bolus=np.zeros((1, 2)),
+        profile=np.zeros(1),
+    )
+    ds = run(df, sc, "open-loop", days=0.5, out_dtype="float64")
+    gsub = ds.Gsub.sel(time=ref["time"].to_numpy()).values[0]
+    assert np.max(np.abs(gsub - ref["Gsub"].to_numpy())) < 0.01
+    records = meal_records([130.0, 120.0], [30.0, 100.0])
+    assert records[["TIME", "AMT", "RATE"]].values.tolist() == [[120.0, 130000.0, 5000.0]]
+    times = ref["time"].to_numpy(float)
+    fast = cohort.simulate("uva_padova", df, records, times, method="fast", outputs=["Gsub"])
+    assert np.max(np.abs(fast.Gsub.values[0] - ref["Gsub"].to_numpy())) < 0.05
+
+
+def test_queued_meals_merge_only_meals_that_start_during_a_bout():
+    from cohort.models.glucose import queued_meals
+
+    # 12 g eats 5, 5, 2 in minutes 0-2: a meal at minute 2 joins the bout, one at 3 does not
+    assert queued_meals([0.0, 2.0], [12.0, 10.0]).tolist() == [22.0, 0.0]
+    assert queued_meals([0.0, 3.0], [12.0, 10.0]).tolist() == [12.0, 10.0]
+    # rows are patients; a chain of overlaps joins the first meal's bout; padding stays
+    got = queued_meals([[3.0, 0.0, 5.0, np.inf], [0.0, 100.0, 200.0, np.inf]],
+                       [[10.0, 20.0, 5.0, 0.0], [10.0, 10.0, 10.0, 0.0]])  # fmt: skip
+    assert got.tolist() == [[0.0, 35.0, 0.0, 0.0], [10.0, 10.0, 10.0, 0.0]]
 
 
 def test_open_loop_equals_fast_path_simglucose_scenario():
@@ -269,6 +306,10 @@ def test_bad_meals_therapy_sensor_and_seed_are_refused_before_solving():
         controllers.PID(target=float("inf"))
     with pytest.raises(cohort.InputError, match=r"CR \(carbohydrate ratio, g/U\) of patient 0"):
         run(one.assign(CR=0.0), scenarios.fixed_scenario(1, 1), "basal-bolus")
+    # a carbohydrate ratio in U/g (0.2) ran to 0 mg/dL with only the generic floor warning
+    with pytest.warns(cohort.CohortWarning, match="CR .* below 1 g/U .* looks like U/g"):
+        simulate_module = importlib.import_module("cohort.glucose.simulate")
+        simulate_module._check_therapy({"CR": np.array([0.2])}, one)
     for kwargs, words in (({"pacf": 2.0}, "Sensor.pacf"), ({"delay": -5.0}, "Sensor.delay")):
         with pytest.raises(cohort.CohortError, match=words):
             Sensor(**kwargs)

@@ -122,6 +122,26 @@ def test_missing_values_give_nan_and_irregular_grid_is_time_weighted():
         glycemic_metrics(da.rename(time="t"))
 
 
+def test_rows_missing_from_a_cgm_export_weigh_as_nan_readings():
+    """A day of 5-min readings at 120 mg/dL with 06:00-18:00 missing and 60 mg/dL on both edges
+    of the gap: the two edge readings stood for the 12 hours (TBR 50.5 %) when the rows were
+    absent, against 1.4 % with the same gap written as NaN."""
+    t = np.arange(0.0, 1440.0, 5.0)
+    g = np.full(t.size, 120.0)
+    gap = (t > 360) & (t < 1080)
+    g[[np.argmax(gap) - 1, len(t) - np.argmax(gap[::-1])]] = 60.0
+    with_nan = glycemic_metrics(xr.DataArray(np.where(gap, np.nan, g), coords={"time": t}))
+    absent = glycemic_metrics(xr.DataArray(g[~gap], coords={"time": t[~gap]}))
+    for name in ("tbr_70", "tir_70_180", "mean", "sd", "lbgi"):
+        assert float(absent[name]) == pytest.approx(float(with_nan[name]), rel=1e-12), name
+    # each edge reading stands for 5 min: 2.5 on its side, 2.5 of the gap (one interval)
+    assert float(absent.tbr_70) == pytest.approx(100 * 10 / (t[~gap].size * 5 - 5), rel=1e-12)
+    # an irregular grid without gaps (no interval over twice the median) is weighted as before
+    np.testing.assert_allclose(
+        time_weights([0.0, 5.0, 10.0, 20.0]), np.array([2.5, 5, 7.5, 5]) / 20
+    )
+
+
 def test_units_are_honoured_and_unlikely_readings_are_flagged():
     """A trace in mmol/L gave TIR 0 % and LBGI 234 without a word; numpy input raised an
     AttributeError. mmol/L with units is converted; without units it is warned about."""

@@ -2,7 +2,9 @@
 
 Every statistic is time-weighted on the sampling grid with trapezoid weights (each sample
 stands for half of each neighbouring interval), so irregular grids are handled and a uniform
-grid gives the usual sample statistics up to the half-weighted end points. Definitions:
+grid gives the usual sample statistics up to the half-weighted end points. An interval over
+twice the median one is a gap (rows missing from a CGM export) and counts as a median interval
+(:func:`time_weights`). Definitions:
 
 * time in ranges (% of time): TIR 70–180 inclusive, TBR < 70 and < 54, TAR > 180 and > 250
   (international consensus, Battelino et al. 2019);
@@ -42,8 +44,17 @@ _CVGA_GRID = (
 _CVGA_CODES = tuple(tuple(CVGA_ZONES.index(z) for z in row) for row in _CVGA_GRID)
 
 
+GAP_FACTOR = 2.0
+"""An interval longer than this many median sampling intervals is a gap in the readings."""
+
+
 def time_weights(time) -> np.ndarray:
-    """Trapezoid weights of a strictly increasing time grid, normalised to sum to 1."""
+    """Trapezoid weights of a strictly increasing time grid, normalised to sum to 1.
+
+    A gap (an interval over :data:`GAP_FACTOR` times the median interval: readings missing
+    from a CGM export rather than written as NaN) counts as one median interval, half to the
+    reading on each side: the two readings around a 12-hour gap would otherwise stand for
+    those 12 hours. On a regular grid nothing changes."""
     t = np.asarray(time, dtype=float)
     if t.size == 1:
         return np.ones(1)
@@ -51,6 +62,8 @@ def time_weights(time) -> np.ndarray:
         raise OptionError("time must be strictly increasing")
     w = np.zeros_like(t)
     dt = np.diff(t)
+    typical = np.median(dt)
+    dt = np.where(dt > GAP_FACTOR * typical, typical, dt)
     w[:-1] += dt / 2
     w[1:] += dt / 2
     return w / w.sum()
@@ -248,7 +261,9 @@ def metrics_dataset(arrays: dict, template: xr.DataArray) -> xr.Dataset:
         {k: _wrap(template, np.asarray(arrays[k]), *_DESCRIPTIONS[k]) for k in _DESCRIPTIONS}
     )
     ds["cvga_zone"] = _wrap(template, _zone_labels(arrays["cvga_code"]), "1", _ZONE_NAME)
-    ds.attrs["weighting"] = "trapezoid time weights on the sampling grid"
+    ds.attrs["weighting"] = (
+        "trapezoid time weights on the sampling grid; intervals over twice the median are gaps"
+    )
     return ds
 
 

@@ -21,6 +21,8 @@ class Sensor:
     mapped to mg/dL by ``xi + lam·sinh((e - gamma)/delta)``. ``delay`` is the time constant
     (min) of a first-order lag of the interstitial glucose ``Gsub`` (0: none; ``Gsub`` already
     lags plasma glucose through the model's ``ksc``). ``noise=False`` keeps only delay/clip.
+    Readings are clipped to [``low``, ``high``] = [39, 600] mg/dL as simglucose's Dexcom
+    (a Dexcom G6/G7 displays 40-400: ``Sensor(high=400)`` for that).
     """
 
     noise: bool = True
@@ -31,7 +33,7 @@ class Sensor:
     delta: float = 1.6898
     xi: float = -5.47
     low: float = 39.0
-    high: float = 400.0
+    high: float = 600.0
 
     def __post_init__(self):
         from cohort.errors import OptionError

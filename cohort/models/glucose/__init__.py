@@ -8,7 +8,13 @@ them), :func:`meal_records` and :func:`insulin_records` (dosing records in the m
 """
 
 from cohort.models.glucose.bergman import Bergman, IVGTTFit, fit_ivgtt, predict_ivgtt
-from cohort.models.glucose.meals import EAT_RATE, combine, insulin_records, meal_records
+from cohort.models.glucose.meals import (
+    EAT_RATE,
+    combine,
+    insulin_records,
+    meal_records,
+    queued_meals,
+)
 from cohort.models.glucose.patients import (
     GROUPS,
     PatientPrior,
@@ -37,6 +43,7 @@ __all__ = [
     "fit_ivgtt",
     "insulin_records",
     "meal_records",
+    "queued_meals",
     "patient_prior",
     "as_population",
     "predict_ivgtt",

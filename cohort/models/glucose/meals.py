@@ -24,6 +24,44 @@ def _pairs(time, amount) -> list[tuple[float, float]]:
     return list(zip(t.tolist(), a.tolist()))
 
 
+def eating_minutes(grams, eat_rate):
+    """Minutes an eating bout of ``grams`` lasts: whole minutes at ``eat_rate``, plus one for
+    the remainder (simglucose's ``min(EAT_RATE, planned)`` per minute)."""
+    full = np.floor(grams / eat_rate + 1e-12)
+    return full + ((grams - full * eat_rate) > 1e-12)
+
+
+def queued_meals(start, grams, eat_rate=EAT_RATE) -> np.ndarray:
+    """The grams each meal's eating bout takes when meals queue as in simglucose.
+
+    simglucose adds a meal to the food still planned and eats at most ``eat_rate`` g a minute
+    (``T1DPatient._announce_meal``): a meal that starts while an earlier one is being eaten
+    extends that bout instead of being eaten beside it at twice the rate. Returns grams shaped
+    like ``start`` (``[M]`` or ``[N, M]``, any order): a bout's total at the meal that starts
+    it, 0 at the meals merged into it; meals that do not overlap keep their own grams. The
+    bout keeps its first meal's ``eat_rate``. Boluses and announcements stay with their meals.
+    """
+    start = np.asarray(start, float)
+    grams = np.asarray(grams, float)
+    rate = np.broadcast_to(np.asarray(eat_rate, float), start.shape)
+    flat = start.ndim == 1
+    s, g, r = (np.atleast_2d(x) for x in (start, grams, rate))
+    order = np.argsort(s, axis=1, kind="stable")
+    s, g, r = (np.take_along_axis(x, order, 1) for x in (s, g, r))
+    out = g.copy()
+    rows = np.arange(s.shape[0])
+    head = np.zeros(s.shape[0], int)  # column (in time order) of the current bout's first meal
+    for k in range(1, s.shape[1]):
+        end = s[rows, head] + eating_minutes(out[rows, head], r[rows, head])
+        merge = s[:, k] < end  # still eating the bout when this meal starts
+        out[rows[merge], head[merge]] += g[merge, k]
+        out[merge, k] = 0.0
+        head = np.where(merge, head, k)
+    result = np.empty_like(out)
+    np.put_along_axis(result, order, out, 1)
+    return result[0] if flat else result
+
+
 def meal_records(
     time: float | Iterable[float], grams: float | Iterable[float], eat_rate: float = EAT_RATE
 ) -> pd.DataFrame:
@@ -31,12 +69,17 @@ def meal_records(
 
     simglucose eats ``eat_rate`` g in each whole minute and the remainder in one more minute, so
     a meal becomes an infusion at ``eat_rate`` g/min for ``floor(grams/eat_rate)`` minutes plus,
-    if needed, a one-minute infusion of the remainder (contiguous: one eating bout).
+    if needed, a one-minute infusion of the remainder (contiguous: one eating bout). Meals that
+    overlap queue (:func:`queued_meals`): a meal starting while one is eaten extends its bout.
     """
     if not eat_rate > 0:
         raise ValueError(f"eat_rate must be > 0 g/min, got {eat_rate}")
+    pairs = _pairs(time, grams)
+    if len(pairs) > 1:
+        t_all, g_all = (np.asarray(c) for c in zip(*pairs))
+        pairs = list(zip(t_all.tolist(), queued_meals(t_all, g_all, eat_rate).tolist()))
     rows = []
-    for t, g in _pairs(time, grams):
+    for t, g in pairs:
         full = int(np.floor(g / eat_rate + 1e-12))
         rest = g - full * eat_rate
         if full:
