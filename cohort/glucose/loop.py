@@ -39,7 +39,7 @@ import jax.numpy as jnp
 from cohort.engine.common import track_extremes
 from cohort.engine.stepping import rk4_step_rolled
 from cohort.errors import OptionError
-from cohort.glucose.sensor import Sensor, SensorState, read_sensor, sensor_keys
+from cohort.glucose.sensor import Sensor, initial_state, read_sensor, sensor_keys
 from cohort.models.base import State, Tree
 from cohort.models.glucose.uva_padova import basal_insulin_rate
 
@@ -338,7 +338,7 @@ def solve_closed_loop(
     ctrl0 = controller.init({**p, **(therapy or {})}, basal, float(period))
     lo, hi = extremes(zeros, zeros, y0)
     memory = _MealMemory(zeros, zeros, jnp.zeros(n, bool))
-    carry = (y0, memory, SensorState(zeros, zeros), ctrl0, zeros, lo, hi)
+    carry = (y0, memory, initial_state(n, fdt), ctrl0, zeros, lo, hi)
     ks = jnp.arange(n_periods + 1, dtype=jnp.int32)
     carry, recs = jax.lax.scan(period_step, carry, ks)
     y, *_, lo, hi = carry

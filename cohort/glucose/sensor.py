@@ -5,11 +5,13 @@ patient id so that a patient's readings do not depend on the rest of its batch."
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 
 @dataclasses.dataclass(frozen=True)
@@ -17,8 +19,12 @@ class Sensor:
     """CGM model: first-order delay, autocorrelated Johnson-SU noise, range clipping.
 
     The noise is simglucose's sensor model (Breton & Kovatchev 2008; its Dexcom parameters by
-    default): a stationary AR(1) standard normal ``e`` with correlation ``pacf`` per 15 min,
-    mapped to mg/dL by ``xi + lam·sinh((e - gamma)/delta)``. ``delay`` is the time constant
+    default), generated as simglucose's ``CGMNoise`` does: a normal AR(1) ``e`` at 15-min
+    knots (``e ← pacf·(e + z)``), mapped to mg/dL by ``xi + lam·sinh((e - gamma)/delta)``, and
+    interpolated to the sampling times by a cubic spline (not-a-knot) through blocks of 10
+    knot intervals (150 min). Between knots the noise is smooth: at 5-min sampling successive
+    readings' noise correlates ~0.95 (an AR(1) at the sampling period would give 0.89, with
+    a one-step change of twice the size). ``delay`` is the time constant
     (min) of a first-order lag of the interstitial glucose ``Gsub`` (0: none; ``Gsub`` already
     lags plasma glucose through the model's ``ksc``). ``noise=False`` keeps only delay/clip.
     Readings are clipped to [``low``, ``high``] = [39, 600] mg/dL as simglucose's Dexcom
@@ -59,9 +65,37 @@ class Sensor:
             raise OptionError(f"Sensor.low ({self.low!r}) must be below high ({self.high!r})")
 
 
+KNOT_INTERVAL = 15.0  # min between noise knots (simglucose's CGMNoise.MDL_SAMPLE_TIME)
+BLOCK_KNOTS = 10  # knot intervals per interpolated block (simglucose's CGMNoise.PRECOMPUTE)
+
+
 class SensorState(NamedTuple):
     level: jax.Array  # delayed glucose, mg/dL
-    e: jax.Array  # AR(1) standard normal innovation process
+    e: jax.Array  # the AR(1) normal at the current block's last knot
+    knots: jax.Array  # [BLOCK_KNOTS + 1, N] the current block's knot noise values, mg/dL
+
+
+def initial_state(n: int, dtype) -> SensorState:
+    zeros = jnp.zeros(n, dtype)
+    return SensorState(zeros, zeros, jnp.zeros((BLOCK_KNOTS + 1, n), dtype))
+
+
+def samples_per_block(period: float) -> int:
+    """Readings per interpolated block: ``floor(150/period)`` as simglucose (0 for periods
+    over 150 min, where the knots are used directly as an AR(1) at the period)."""
+    return math.floor(BLOCK_KNOTS * KNOT_INTERVAL / period + 1e-9)
+
+
+@functools.lru_cache(maxsize=16)
+def spline_weights(period: float) -> np.ndarray:
+    """``[m, 11]``: the noise at offsets ``period, 2·period, ..., m·period`` into a block as
+    weights of the block's 11 knot values, by the not-a-knot cubic spline that simglucose's
+    ``interp1d(kind='cubic')`` fits (the interpolant is linear in the knot values)."""
+    from scipy.interpolate import make_interp_spline
+
+    knots = np.arange(BLOCK_KNOTS + 1) * KNOT_INTERVAL
+    offsets = np.arange(1, samples_per_block(period) + 1) * period
+    return make_interp_spline(knots, np.eye(BLOCK_KNOTS + 1), k=3)(offsets)
 
 
 def sensor_keys(seed, patient_ids):
@@ -73,29 +107,55 @@ def _normals(keys, k, dtype):
     return jax.vmap(lambda key: jax.random.normal(jax.random.fold_in(key, k), (), dtype))(keys)
 
 
+def _johnson(sensor: Sensor, e):
+    return sensor.xi + sensor.lam * jnp.sinh((e - sensor.gamma) / sensor.delta)
+
+
+def _new_block(sensor: Sensor, s: SensorState, keys, block, dtype) -> SensorState:
+    """The next block's knots: the AR(1) continued from the last block's final knot (the
+    first block draws its first knot), each knot's normal keyed by its global index."""
+    first = 1 + block * BLOCK_KNOTS
+    e = jnp.where(block == 0, _normals(keys, 0, dtype), s.e)
+    chain = [e]
+    for q in range(BLOCK_KNOTS):
+        e = sensor.pacf * (e + _normals(keys, first + q, dtype))
+        chain.append(e)
+    return SensorState(s.level, e, _johnson(sensor, jnp.stack(chain)))
+
+
 def read_sensor(sensor: Sensor | None, period: float, s: SensorState, g, keys, k):
-    """Advance the sensor by one period (``k`` > 0) or start it (``k`` = 0); return CGM."""
+    """Advance the sensor by one period (``k`` > 0) or start it (``k`` = 0); return CGM.
+
+    Reading ``k`` takes the noise ``(k mod m) + 1`` periods into block ``k // m`` (``m``
+    readings a block), as simglucose's sensor draws its first reading one period into the
+    first block; a block's knots are drawn when its first reading is due."""
     if sensor is None:
         return s, g
     a = 1.0 - math.exp(-period / sensor.delay) if sensor.delay > 0 else 1.0
     level = jnp.where(k == 0, g, s.level + a * (g - s.level))
-    e = s.e
-    if sensor.noise:
-        phi = sensor.pacf ** (period / 15.0)
+    s = s._replace(level=level)
+    noise = 0.0
+    m = samples_per_block(period)
+    if sensor.noise and m == 0:  # periods over a block: an AR(1) of the knots themselves
+        phi = sensor.pacf ** (period / KNOT_INTERVAL)
         z = _normals(keys, k, g.dtype)
         e = jnp.where(k == 0, z, phi * s.e + math.sqrt(1.0 - phi**2) * z)
-        noise = sensor.xi + sensor.lam * jnp.sinh((e - sensor.gamma) / sensor.delta)
-    else:
-        noise = 0.0
-    cgm = jnp.clip(level + noise, sensor.low, sensor.high)
-    return SensorState(level, e), cgm
+        s, noise = s._replace(e=e), _johnson(sensor, e)
+    elif sensor.noise:
+        block, offset = k // m, k % m
+        s = jax.lax.cond(
+            offset == 0, lambda st: _new_block(sensor, st, keys, block, g.dtype), lambda st: st, s
+        )
+        weights = jnp.asarray(spline_weights(float(period)), g.dtype)[offset]
+        noise = jnp.tensordot(weights, s.knots, axes=1)
+    return s, jnp.clip(level + noise, sensor.low, sensor.high)
 
 
 def noise_series(sensor: Sensor, n: int, samples: int, period: float, seed: int):
-    """``[n, samples]`` CGM noise (mg/dL) of :class:`Sensor` sampled every ``period`` min, in
-    numpy: for records generated outside a closed loop (e.g. CGM twins' test data)."""
-    import numpy as np
-
+    """``[n, samples]`` CGM noise (mg/dL) with :class:`Sensor`'s marginal distribution and
+    15-min correlation, sampled every ``period`` min, in numpy: for records generated outside
+    a closed loop (CGM twins' test data). An AR(1) at the sampling period: the residual model
+    CGM twins fit, rougher between knots than the closed loop's simglucose spline."""
     rng = np.random.default_rng(seed)
     phi = sensor.pacf ** (period / 15.0)
     z = rng.standard_normal((n, samples))
