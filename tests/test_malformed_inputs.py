@@ -13,6 +13,8 @@ from cohort.cli import app
 ROOT = Path(__file__).resolve().parents[1]
 PRIOR = (ROOT / "priors" / "adult_pk_oral.toml").read_text()
 TRIAL = ROOT / "experiments" / "theophylline_dose_ranging.toml"
+ESCALATION = ROOT / "experiments" / "theophylline_escalation.toml"
+SEQUENTIAL = ROOT / "experiments" / "pkpd_idr_sequential.toml"
 runner = CliRunner()
 
 
@@ -151,6 +153,11 @@ CASES = [
     (["trial", str(TRIAL), "--n", "3"], "use n >= 8"),
     (["trial", str(TRIAL), "--seed", "-1"], "--seed must be >= 0"),
     (["trial", str(TRIAL), "--resume"], "--resume needs --out"),
+    # what --sample-size/--escalation/--pta-doses need: tracebacks after the whole trial ran
+    (["trial", str(ESCALATION), "--sample-size"], "add [analysis] sample_sizes"),
+    (["trial", str(TRIAL), "--escalation"], "no [escalation] table"),
+    (["trial", str(SEQUENTIAL), "--pta-doses", "100,200"], "needs at least one [[pta]] target"),
+    (["trial", str(TRIAL), "--pta-doses", "100,-5"], "doses must be finite and > 0"),
     # glucose
     (["glucose", "--n", "0"], "--n must be >= 1"),
     (["glucose", "--days", "0"], "--days must be > 0"),
