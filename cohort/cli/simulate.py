@@ -22,7 +22,13 @@ from cohort.cli._common import (
     fail,
     progress,
 )
-from cohort.cli._inputs import id_column, id_keys, pair_by_id, read_population
+from cohort.cli._inputs import (
+    horizon_notes,
+    id_column,
+    id_keys,
+    pair_by_id,
+    read_population,
+)
 from cohort.cli._summary import summary_table
 from cohort.timing import describe, phases
 
@@ -258,6 +264,9 @@ def simulate(
             fail(f"--dosing {exc}")
         if len(dose) == 0:
             fail(f"--dosing {dosing}: the file has a header but no records; add the dose rows")
+        for level, note in horizon_notes(dose, t_end):
+            style = "[bold yellow]warning:[/]" if level == "warning" else "note:"
+            err_console.print(f"{style} --dosing {escape(note)}")
     pop_ids = None
     if population is not None:
         m, pop = read_population(population, model)
