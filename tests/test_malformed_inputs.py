@@ -137,6 +137,8 @@ CASES = [
     (["fit", "theo.csv", "--se", "sandwich"], "--se has no effect with --method nuts"),
     (["fit", "theo.csv", "--method", "ml", "--fix", "CL=2", "--init", "CL=3"], "both set CL"),
     (["fit", "theo.csv", "--draws", "0"], "--draws must be >= 1"),
+    # F with V from oral doses only ran F to 0.022, V to 1 L, "accepted" (a new user's session)
+    (["fit", "theo.csv", "--method", "ml", "--params", "CL,V,KA,F"], "identify only V/F, CL/F"),
     (["fit", "theo.csv", "--model", "pk9"], "unknown model 'pk9'"),
     (["fit", "theo.csv", "--iiv", "Q"], "--iiv"),
     (["fit", "theo.csv", "--covariate", "CL"], "--covariate 'CL'"),
