@@ -147,6 +147,8 @@ CASES = [
     (["fit", "allblq.csv", "-o", "f.nc"], "every observation is below the LLOQ"),
     (["fit", "theo.csv", "-o", "notes.nc", "--overwrite"], "not written by cohort"),
     # trial
+    # a zarr folder was written under a file's name, which then failed to open as that file
+    (["simulate", "--n", "5", "-o", "results.nc"], "writes a zarr store (a folder), not a .nc"),
     (["trial", "missing.toml"], "no such trial spec"),
     (["trial", str(TRIAL), "--replicates", "0"], "--replicates must be >= 1"),
     (["trial", str(TRIAL), "--n", "0"], "--n must be >= 1"),

@@ -214,7 +214,12 @@ def trial(
 @command
 def report(
     store: Path = typer.Argument(..., help="trial store written by `cohort trial -o`"),
-    path: Path = typer.Option(None, "--out", "-o", help="report file (.md or .html)"),
+    path: Path = typer.Option(
+        None,
+        "--out",
+        "-o",
+        help="report file (.md or .html) [default: the store's name with .md, beside it]",
+    ),
     overwrite: bool = typer.Option(False, help="replace an existing report written by cohort"),
 ):
     """Write a Markdown/HTML report (tables + PNG figures) for a trial store."""
