@@ -327,11 +327,13 @@ def records_table(
 MAX_RECORDS_PER_PATIENT = 100_000  # e.g. 11 years of hourly doses
 
 
-def _warn_dose_before_ss(time, code, dosing, ss) -> None:
-    """A dose written before an SS=1 record at the same time: NONMEM processes the rows in
-    order and the SS=1 record resets the system, so that dose is lost there; cohort applies
-    the steady state first and keeps it (a probe: 9.7 vs NONMEM's 2.2 mg/L 12 h later).
-    Said, so that a dataset meant for NONMEM is not read two ways without a word."""
+def _warn_dose_before_ss(time, code, dosing, ss, addl, ii) -> None:
+    """A dose before an SS=1 record at the same time, written as a row or implied by an
+    earlier row's ADDL: NONMEM processes the rows in order and the SS=1 record resets the
+    system, so that dose is lost there; cohort applies the steady state first and keeps it (a
+    probe: 9.7 vs NONMEM's 2.2 mg/L 12 h later). Said, so that a dataset meant for NONMEM is
+    not read two ways without a word."""
+    repeating = np.flatnonzero(dosing & (addl > 0) & (ii > 0))
     for i in np.flatnonzero(dosing & (ss == 1)):
         j = i - 1
         while j >= 0 and code[j] == code[i] and time[j] == time[i]:
@@ -346,6 +348,22 @@ def _warn_dose_before_ss(time, code, dosing, ss) -> None:
                 )
                 return
             j -= 1
+        # a patient's rows are contiguous (checked before), codes in order of appearance
+        first = np.searchsorted(code, code[i])
+        for j in repeating[(repeating >= first) & (repeating < i)]:
+            k = (time[i] - time[j]) / ii[j]  # the additional dose due at the SS record's time
+            if 1 <= round(k) <= addl[j] and abs(k - round(k)) < 1e-9:
+                warnings.warn(
+                    f"dosing records: the ADDL doses of row {j + 1} (every {ii[j]:g} from TIME "
+                    f"{time[j]:g}) include one at TIME {time[i]:g}, the time of the SS=1 record "
+                    f"of row {i + 1}; NONMEM's SS=1 resets the system and that dose is lost "
+                    "there, cohort applies the steady state first and keeps it: end the ADDL "
+                    f"before it (ADDL={round(k) - 1}) to drop it, or give it as its own row "
+                    "after the SS=1 record to keep it",
+                    CohortWarning,
+                    stacklevel=4,
+                )
+                return
 
 
 def _expanded(df: pd.DataFrame, state_names: Sequence[str], dose_targets: Sequence[str]) -> dict:
@@ -451,7 +469,7 @@ def _expanded(df: pd.DataFrame, state_names: Sequence[str], dose_targets: Sequen
     if back.size:
         j = int(back[0])
         raise _err(j + 2, "TIME", time_goes_back(time[j + 1], time[j], int(evid[j + 1])))
-    _warn_dose_before_ss(time, code, np.isin(evid, (1, 4)), ss)
+    _warn_dose_before_ss(time, code, np.isin(evid, (1, 4)), ss, addl, ii)
     # expansion, in the order the records are generated per row: reset, then doses k = 0..
     reset = np.isin(evid, (3, 4))
     dosing = np.isin(evid, (1, 4))

@@ -407,7 +407,8 @@ def test_simulate_takes_one_patient_per_dosing_id_by_default(tmp_path):
             str(tmp_path / "y"),
         ],
     )
-    assert res.exit_code == 2 and "dosing describes 3 patients" in flat(res)
+    assert res.exit_code == 2 and "--n 5, but --dosing describes 3 patients" in flat(res)
+    assert "note: each of" not in flat(res)  # no note about 5 patients of a 3-ID file
 
 
 def test_tol_or_dt_alone_selects_the_fast_path(tmp_path):
@@ -524,3 +525,30 @@ def test_ctrl_c_inside_a_finaliser_still_interrupts():
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.split("\n")[:2] == ["other: ['ValueError']", "interrupted"], proc.stdout
+
+
+def test_simulate_says_what_the_dosing_file_holds_beyond_the_run(tmp_path):
+    """A dose at 48 h with the default --t-end 24 gave an all-zero result and exit 0 without a
+    word; an ID with observation rows only was simulated as zeros (a new user's session)."""
+    dose = tmp_path / "late.csv"
+    dose.write_text("ID,TIME,AMT,EVID,CMT\n1,0,100,1,1\n1,48,100,1,1\n2,0,0,0,2\n2,72,0,0,2\n")
+    args = ["simulate", "--model", "pk1_oral", "--dosing", str(dose), "-o", str(tmp_path / "x")]
+    res = runner.invoke(app, args)
+    assert res.exit_code == 0, res.output
+    said = " ".join(res.stderr.split())
+    assert "2 record(s) of the dosing file are after --t-end 24 (the last at 72)" in said
+    assert "give --t-end 72 or more" in said
+    assert "1 patient(s) of the dosing file have no dose record (ID 2)" in said
+    res = runner.invoke(app, [*args[:-2], "-o", str(tmp_path / "y"), "--t-end", "72"])
+    assert res.exit_code == 0 and "are after --t-end" not in res.stderr
+
+
+def test_simulate_exits_1_when_every_patient_failed(tmp_path):
+    """A fast-path step far too large for the model: every patient step_unstable, the store
+    kept, and the exit status says so (it was 0)."""
+    out = tmp_path / "x.zarr"
+    args = ["simulate", "--model", "pk1_oral", "--n", "5", "--method", "fast", "--dt", "20"]
+    res = runner.invoke(app, [*args, "-o", str(out)])
+    assert res.exit_code == 1, res.output
+    assert "5 of 5 patients failed" in flat(res)
+    assert (np.asarray(cohort.open_result(out).status.values) != 0).all()

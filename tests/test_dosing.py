@@ -338,3 +338,20 @@ def test_a_dose_written_before_an_ss_record_at_its_time_is_said():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         cohort.dosing.event_table(pd.DataFrame(swapped), ["central"], ["central"])
+
+
+def test_an_addl_dose_due_at_an_ss_record_is_said():
+    """The same for a dose implied by an earlier row's ADDL: 500 mg q12h x3 from 0, then 250 mg
+    SS=1 at 24 kept the third 500 mg dose without a word (a new user's session)."""
+    from cohort.errors import CohortWarning
+
+    rows = {"ID": [1, 1], "TIME": [0.0, 24.0], "AMT": [500.0, 250.0], "EVID": [1, 1],
+            "CMT": [1, 1], "SS": [1, 1], "II": [12.0, 12.0], "ADDL": [2, 0]}  # fmt: skip
+    said = r"ADDL doses of row 1 \(every 12 from TIME 0\) include one at TIME 24.*ADDL=1"
+    with pytest.warns(CohortWarning, match=said):
+        cohort.dosing.event_table(pd.DataFrame(rows), ["central"], ["central"])
+    for addl, time in ((1, 24.0), (2, 30.0)):  # ending before it, or off its grid: nothing
+        other = {**rows, "ADDL": [addl, 0], "TIME": [0.0, time]}
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            cohort.dosing.event_table(pd.DataFrame(other), ["central"], ["central"])

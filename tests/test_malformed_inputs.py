@@ -13,6 +13,8 @@ from cohort.cli import app
 ROOT = Path(__file__).resolve().parents[1]
 PRIOR = (ROOT / "priors" / "adult_pk_oral.toml").read_text()
 TRIAL = ROOT / "experiments" / "theophylline_dose_ranging.toml"
+ESCALATION = ROOT / "experiments" / "theophylline_escalation.toml"
+SEQUENTIAL = ROOT / "experiments" / "pkpd_idr_sequential.toml"
 runner = CliRunner()
 
 
@@ -135,6 +137,8 @@ CASES = [
     (["fit", "theo.csv", "--se", "sandwich"], "--se has no effect with --method nuts"),
     (["fit", "theo.csv", "--method", "ml", "--fix", "CL=2", "--init", "CL=3"], "both set CL"),
     (["fit", "theo.csv", "--draws", "0"], "--draws must be >= 1"),
+    # F with V from oral doses only ran F to 0.022, V to 1 L, "accepted" (a new user's session)
+    (["fit", "theo.csv", "--method", "ml", "--params", "CL,V,KA,F"], "identify only V/F, CL/F"),
     (["fit", "theo.csv", "--model", "pk9"], "unknown model 'pk9'"),
     (["fit", "theo.csv", "--iiv", "Q"], "--iiv"),
     (["fit", "theo.csv", "--covariate", "CL"], "--covariate 'CL'"),
@@ -143,6 +147,8 @@ CASES = [
     (["fit", "allblq.csv", "-o", "f.nc"], "every observation is below the LLOQ"),
     (["fit", "theo.csv", "-o", "notes.nc", "--overwrite"], "not written by cohort"),
     # trial
+    # a zarr folder was written under a file's name, which then failed to open as that file
+    (["simulate", "--n", "5", "-o", "results.nc"], "writes a zarr store (a folder), not a .nc"),
     (["trial", "missing.toml"], "no such trial spec"),
     (["trial", str(TRIAL), "--replicates", "0"], "--replicates must be >= 1"),
     (["trial", str(TRIAL), "--n", "0"], "--n must be >= 1"),
@@ -151,6 +157,11 @@ CASES = [
     (["trial", str(TRIAL), "--n", "3"], "use n >= 8"),
     (["trial", str(TRIAL), "--seed", "-1"], "--seed must be >= 0"),
     (["trial", str(TRIAL), "--resume"], "--resume needs --out"),
+    # what --sample-size/--escalation/--pta-doses need: tracebacks after the whole trial ran
+    (["trial", str(ESCALATION), "--sample-size"], "add [analysis] sample_sizes"),
+    (["trial", str(TRIAL), "--escalation"], "no [escalation] table"),
+    (["trial", str(SEQUENTIAL), "--pta-doses", "100,200"], "needs at least one [[pta]] target"),
+    (["trial", str(TRIAL), "--pta-doses", "100,-5"], "doses must be finite and > 0"),
     # glucose
     (["glucose", "--n", "0"], "--n must be >= 1"),
     (["glucose", "--days", "0"], "--days must be > 0"),

@@ -209,6 +209,12 @@ def test_filters_resample_until_n_accepted(tmp_path):
             "bounds do not apply to a categorical covariate",
         ),  # fmt: skip
         (('parameters = ["CL", "V"]', 'parameters = ["CL", "CL"]'), "iiv.parameters", "twice"),
+        # a percent CV typed as a variance drew CL from 1e-20 to 1e21 (a new user's session)
+        (
+            ("omega = [[0.09, 0.03], [0.03, 0.04]]", "omega = [[900.0, 0.0], [0.0, 0.04]]"),
+            "iiv.omega",
+            "log-scale SD CL 30 above 3",
+        ),  # fmt: skip
     ],
 )
 def test_malformed_specs_name_file_and_key(tmp_path, edit, key, words):
@@ -283,8 +289,9 @@ def test_shipped_specs_generate(name):
 
 def test_quick_cohort_keeps_fractions_within_bounds():
     """`cohort simulate`'s quick cohort: fractions (UVA/Padova b, d, f) vary on the logit
-    scale and stay in (0, 1), with their default as median; other positive parameters keep a
-    mean-one log-normal factor with the requested CV (30 of 50 patients used to be invalid)."""
+    scale and stay in (0, 1), with their default as median; other positive parameters are
+    log-normal with the requested CV and the default as median (NONMEM's TV·exp(ETA); it was
+    their mean); 30 of 50 patients used to be invalid."""
     from cohort.models import get
     from cohort.population import lognormal
     from cohort.population.lognormal import is_fraction
@@ -299,9 +306,10 @@ def test_quick_cohort_keeps_fractions_within_bounds():
         assert np.median(v) == pytest.approx(q.default, rel=0.01)
         logit = np.log(v / (1 - v))
         assert np.std(logit) == pytest.approx(np.sqrt(np.log1p(0.09)), rel=0.03)
-    kabs = pop["kabs"] / model.defaults()["kabs"]
-    assert np.mean(kabs) == pytest.approx(1.0, abs=0.01)
-    assert np.std(kabs) == pytest.approx(0.3, rel=0.03)
+    kabs = pop["kabs"] / model.defaults()["kabs"]  # TV·exp(η): the default is the median
+    assert np.median(kabs) == pytest.approx(1.0, abs=0.01)
+    assert np.mean(kabs) == pytest.approx(np.sqrt(1.09), abs=0.01)
+    assert np.std(kabs) / np.mean(kabs) == pytest.approx(0.3, rel=0.03)
 
 
 BETA = """

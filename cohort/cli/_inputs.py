@@ -136,6 +136,54 @@ def id_keys(column) -> list:
     return column.astype(str).str.strip().tolist()
 
 
+def horizon_notes(dose, t_end: float, flag: str = "--t-end") -> list[tuple[str, str]]:
+    """``(level, text)`` for what a dosing file holds that a run ending at ``t_end`` will not
+    show: records after it (a warning: they were cut off without a word, the default --t-end
+    being 24 h), and patients with no dose at all (a note: simulated from the model's initial
+    state, all zeros for PK; a placebo patient of a PD model is one)."""
+    import pandas as pd
+
+    cols = {str(c).upper(): c for c in dose.columns}
+    if "TIME" not in cols:
+        return []  # the dosing reader names the missing column
+    time = pd.to_numeric(dose[cols["TIME"]], errors="coerce").to_numpy(float)
+    notes = []
+    late = time > t_end
+    if late.any():
+        last = float(np.nanmax(time))
+        notes.append(
+            (
+                "warning",
+                f"{int(late.sum()):,} record(s) of the dosing file are after {flag} {t_end:g} "
+                f"(the last at {last:g}): they are not simulated; give {flag} {last:g} or more "
+                "to see them",
+            )
+        )
+    amt = pd.to_numeric(dose[cols["AMT"]], errors="coerce") if "AMT" in cols else None
+    if amt is not None:
+        evid = (pd.to_numeric(dose[cols["EVID"]], errors="coerce") if "EVID" in cols
+                else pd.Series(np.where(amt.fillna(0) > 0, 1, 0), index=dose.index))  # fmt: skip
+        doses = evid.isin((1, 4)).to_numpy() & (amt.fillna(0).to_numpy() > 0)
+        id_col = id_column(dose)
+        if id_col is not None:
+            keys = pd.Series(id_keys(dose[id_col]), index=dose.index)
+            dosed = set(keys[doses])
+            undosed = [k for k in dict.fromkeys(keys) if k not in dosed]
+            if undosed:
+                shown = ", ".join(f"{k:g}" if isinstance(k, float) else str(k) for k in undosed[:5])
+                shown += " ..." if len(undosed) > 5 else ""
+                notes.append(
+                    (
+                        "note",
+                        f"{len(undosed):,} patient(s) of the dosing file have no dose record (ID "
+                        f"{shown}): they are simulated from the model's initial state",
+                    )
+                )
+        elif not doses.any():
+            notes.append(("warning", "the dosing file has no dose record (EVID 1 or 4, AMT > 0)"))
+    return notes
+
+
 def pair_by_id(pop: dict, pop_ids: list, dose, population: Path, dosing: Path) -> dict:
     """The population's rows in the order of the dosing file's patients (its first appearance
     of each ID), matched by ID as :func:`cohort.engine.inputs.paired_by_id` matches them

@@ -22,7 +22,13 @@ from cohort.cli._common import (
     fail,
     progress,
 )
-from cohort.cli._inputs import id_column, id_keys, pair_by_id, read_population
+from cohort.cli._inputs import (
+    horizon_notes,
+    id_column,
+    id_keys,
+    pair_by_id,
+    read_population,
+)
 from cohort.cli._summary import summary_table
 from cohort.timing import describe, phases
 
@@ -155,8 +161,8 @@ def simulate(
     seed: int = typer.Option(1, help="random seed"),
     iiv: float = typer.Option(
         None,
-        help="between-patient CV: log-normal on positive parameters, logit-normal on "
-        "fractions [default: 0.3]",
+        help="between-patient CV: log-normal around each typical value (its median: "
+        "TV*exp(ETA)), logit-normal on fractions [default: 0.3]",
     ),
     population: Path = typer.Option(
         None, help="population store (`cohort generate`) or CSV with one row per patient"
@@ -258,6 +264,9 @@ def simulate(
             fail(f"--dosing {exc}")
         if len(dose) == 0:
             fail(f"--dosing {dosing}: the file has a header but no records; add the dose rows")
+        for level, note in horizon_notes(dose, t_end):
+            style = "[bold yellow]warning:[/]" if level == "warning" else "note:"
+            err_console.print(f"{style} --dosing {escape(note)}")
     pop_ids = None
     if population is not None:
         m, pop = read_population(population, model)
@@ -271,9 +280,15 @@ def simulate(
             )
     else:
         m = get_model(model or "pk2_oral_idr")
+        id_col = None if dose is None else id_column(dose)
+        n_ids = None if id_col is None else len(set(id_keys(dose[id_col])))
         if n is None:  # one virtual patient per patient of the dosing file, else the default
-            id_col = None if dose is None else id_column(dose)
-            n = DEFAULTS["n"] if id_col is None else len(set(id_keys(dose[id_col])))
+            n = DEFAULTS["n"] if n_ids is None else n_ids
+        elif n_ids is not None and n != n_ids:
+            fail(
+                f"--n {n:,}, but --dosing describes {n_ids:,} patients (IDs): leave out --n for "
+                "one virtual patient per ID"
+            )
         _check_memory(n, len(m.parameter_names))
         cv = DEFAULTS["iiv"] if iiv is None else iiv
         pop = lognormal(m, n, seed, cv)
@@ -357,3 +372,5 @@ def simulate(
         for line in failure_reasons(m, ds, status):
             err_console.print(f"  {escape(line)}")
     console.print(f"done in {time.perf_counter() - t0:.1f} s -> [bold]{escape(str(out))}[/]")
+    if n_bad == ds.sizes["patient"]:  # nothing usable: a script must not read it as success
+        raise typer.Exit(1)

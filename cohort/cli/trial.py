@@ -139,6 +139,19 @@ def trial(
     lock = contextlib.nullcontext() if out is None else write_lock(check_path(out))
     with lock:
         parsed = ct.load(spec)
+        # what the extra analyses need, checked before the trial runs, not after it
+        if sample_size:
+            from cohort.trial.analysis import check_sample_sizes
+
+            check_sample_sizes(parsed)
+        if escalation:
+            from cohort.trial.escalation import check_escalation
+
+            check_escalation(parsed)
+        if doses:
+            from cohort.trial.pta import check_dose_pta
+
+            check_dose_pta(parsed, doses)
         with progress() as bar:
             task = bar.add_task(f"trial {parsed.name}", total=1)
 
@@ -201,7 +214,12 @@ def trial(
 @command
 def report(
     store: Path = typer.Argument(..., help="trial store written by `cohort trial -o`"),
-    path: Path = typer.Option(None, "--out", "-o", help="report file (.md or .html)"),
+    path: Path = typer.Option(
+        None,
+        "--out",
+        "-o",
+        help="report file (.md or .html) [default: the store's name with .md, beside it]",
+    ),
     overwrite: bool = typer.Option(False, help="replace an existing report written by cohort"),
 ):
     """Write a Markdown/HTML report (tables + PNG figures) for a trial store."""

@@ -140,6 +140,38 @@ def _check_fittable(ds: Dataset, model: Model, output: str) -> None:
         )
 
 
+def _check_bioavailability_identified(spec: NLME, ds: Dataset, method: str) -> None:
+    """Refuse (ML) or warn about (Bayesian: a prior can inform it) a bioavailability estimated
+    together with every volume when each dose goes through it: concentrations then depend on
+    ``V/F``, ``CL/F``, ... only, and the optimiser ran ``F`` to 0.022 with ``V`` to 1 L,
+    "accepted" (a new user's session). Intravenous doses in the data, or a volume held at a
+    known value, identify it."""
+    fixed = {p.name for p in spec.params if p.fixed}
+    estimated = [p.name for p in spec.params if not p.fixed]
+    f_params = set(spec.model.bioavailability.values()) & set(estimated)
+    if not f_params:
+        return
+    volumes = [q.name for q in spec.model.parameters if q.units == "L"]
+    if not volumes or any(v not in spec.names or v in fixed for v in volumes):
+        return
+    table = ds.event_table(spec.model)
+    dosed = {spec.model.state_names[int(c)] for c in np.unique(table.cmt[table.evid == 1])}
+    through = {spec.model.bioavailability.get(c) for c in dosed}
+    if len(through) != 1 or not through <= f_params:
+        return
+    (f,) = through
+    flows = [q.name for q in spec.model.parameters if q.units.startswith("L/")]
+    ratios = ", ".join(f"{v}/{f}" for v in (*volumes, *flows))
+    text = (
+        f"{f} (bioavailability) is estimated with every volume ({', '.join(volumes)}) while "
+        f"every dose goes through {f}: the concentrations identify only {ratios}; fix {f} "
+        f"(e.g. --fix {f}=1, or its known value), or add intravenous doses"
+    )
+    if method == "ml":
+        raise SpecError(text)
+    warnings.warn(text + "; only its prior informs it here", CohortWarning, stacklevel=3)
+
+
 def _zero_without_dose(model: Model, output: str) -> bool:
     """Whether ``output`` is 0 at the model's undosed initial state (PK concentrations; not a
     PD response with a baseline)."""
@@ -302,6 +334,7 @@ def fit(
             "(NUTS and SVI take 'diagonal' or 'full', with an LKJ prior)"
         )
     dataset = _dataset(data, spec.model, spec.output)
+    _check_bioavailability_identified(spec, dataset, method)
     if not is_cohort_code(spec.model):  # its rhs must take up the rate of what is infused
         table = dataset.event_table(spec.model)
         infused = np.unique(table.cmt[(table.rate != 0) & (table.evid == 1)])

@@ -25,7 +25,7 @@ from cohort.population.expr import evaluate
 from cohort.population.marginals import category_values
 from cohort.population.spec import PopulationSpec, load_spec
 from cohort.store.lock import locks_output
-from cohort.store.safety import prepare_output
+from cohort.store.safety import check_store_name, prepare_output
 from cohort.store.zarr_store import (
     add_done_flags,
     add_patient_axis,
@@ -299,6 +299,7 @@ def _open_store(out, spec, n, seed, chunk_size, names, var_attrs, resume, overwr
     interrupted run of the same spec, n, seed and chunk size when ``resume``."""
 
     key = {"spec_hash": spec.digest, "n": int(n), "seed": int(seed), "chunk_size": chunk_size}
+    check_store_name(out)
     out = prepare_output(out, overwrite=overwrite, resume=resume, resumable=True)
     group = resumable_layout(out, "population store") if resume and out.exists() else None
     if group is not None:

@@ -37,6 +37,7 @@ DISTRIBUTIONS = {
     "empirical": ("quantiles",),
     "constant": ("value",),
 }
+MAX_LOG_SD = 3.0  # above this an [iiv] SD is a percentage typed as a log-scale SD
 _COV_OPTIONAL = {
     "units",
     "citation",
@@ -494,6 +495,17 @@ def _parse_spec(raw: dict, path: str, digest: str | None) -> PopulationSpec:
             omega = np.diag(np.square(sd))
         else:
             omega = _matrix(path, "iiv.omega", iiv["omega"], len(eta), "omega")
+        # log-scale SDs above 3 (a CV of ~9,000 %) are percentages typed as SDs: [30, 25, 40]
+        # drew CL from 1e-20 to 1e21 with only a parameter-range warning (a new user's session)
+        wide = [(n, float(v)) for n, v in zip(eta, np.sqrt(np.diag(omega))) if v > MAX_LOG_SD]
+        if wide:
+            key = "iiv.sd" if "sd" in iiv else "iiv.omega"
+            shown = ", ".join(f"{n} {v:g}" for n, v in wide)
+            raise _err(
+                path, key, f"log-scale SD {shown} above {MAX_LOG_SD:g}: the SD is of "
+                "log(parameter) (~CV for small values: 0.3 for 30 %); give 0.3, not 30 (omega "
+                "holds variances: 0.09)"
+            )  # fmt: skip
     else:
         omega = np.zeros((0, 0))
     known = cov_names | pnames

@@ -119,6 +119,27 @@ def written_by_cohort(path: str | os.PathLike) -> bool:
     return False
 
 
+# Suffixes of single-file formats: an output with one of these names was written as a zarr
+# folder anyway, and opening it as that format failed (`-o results.nc`, a new user's session).
+FILE_SUFFIXES = frozenset(
+    ".csv .tsv .txt .nc .nc4 .h5 .hdf5 .json .parquet .xlsx .xls .npy .npz .pkl .png .pdf "
+    ".md .html".split()
+)
+
+
+def check_store_name(path: str | os.PathLike, flag: str = "--out") -> None:
+    """Refuse a zarr store path named like a single file (``results.csv``, ``run.nc``)."""
+    if is_url(path):
+        return
+    suffix = Path(path).suffix.lower()
+    if suffix in FILE_SUFFIXES:
+        raise OutputError(
+            f"{flag} {str(path)!r}: cohort writes a zarr store (a folder), not a {suffix} file; "
+            f"give a name such as {Path(path).with_suffix('.zarr')} (xarray.open_zarr reads "
+            "it; Dataset.to_netcdf or .to_dataframe().to_csv convert it)"
+        )
+
+
 def check_replaceable(
     path: str | os.PathLike | None,
     *,

@@ -31,6 +31,7 @@ from cohort.store import remote
 from cohort.store.remote import is_url
 from cohort.store.safety import (
     ZARR_MARK,
+    check_store_name,
     foreign_files,
     prepare_output,
     remove_zarr_leftovers,
@@ -115,6 +116,7 @@ class ResultStore:
         batch (e.g. glycaemic metrics): ``{name: (dtype, attrs)}``; unwritten entries read NaN
         (integers: -1). ``ids``: the patients' IDs from the user's records (numbers or text),
         stored as the ``ID`` coordinate."""
+        check_store_name(path)
         path = prepare_output(path, overwrite=overwrite, resume=resume, resumable=True)
         if resume and _exists(path) and resumable_layout(path) is not None:
             store = cls.reopen(path, attrs["spec_hash"], chunk_size, attrs)

@@ -282,6 +282,23 @@ def _names(expr: str) -> set[str]:
     return names_in(expr)
 
 
+def check_sample_sizes(spec, sizes=None) -> list[int]:
+    """The total sample sizes a search runs: ``sizes``, else the spec's ``[analysis]
+    sample_sizes`` (refused when neither gives any, or one is not a whole number >= 2)."""
+    from cohort.trial.schema import TrialSpecError
+
+    sizes = list(sizes or spec.sample_sizes)
+    if not sizes:
+        raise TrialSpecError(
+            f"{spec.path}: a sample-size search (--sample-size) needs the total sizes to try: "
+            "add [analysis] sample_sizes = [40, 80, 120] to the spec"
+        )
+    bad = [n for n in sizes if not (float(n) == int(n) and int(n) >= 2)]
+    if bad:
+        raise TrialSpecError(f"{spec.path}: sample sizes must be whole numbers >= 2, got {bad}")
+    return [int(n) for n in sizes]
+
+
 def sample_size(
     spec,
     sizes: list[int] | None = None,
@@ -296,9 +313,7 @@ def sample_size(
 
     if not isinstance(spec, TrialSpec):
         spec = load(spec)
-    sizes = list(sizes or spec.sample_sizes)
-    if not sizes:
-        raise ValueError("sample_size: give sizes or [analysis] sample_sizes in the spec")
+    sizes = check_sample_sizes(spec, sizes)
     frames = []
     for n in sizes:
         res = analyze(run(spec, seed=seed, replicates=replicates, n=n))

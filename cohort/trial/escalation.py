@@ -26,6 +26,7 @@ from scipy import optimize, stats
 
 from cohort.population.expr import evaluate
 from cohort.trial import design
+from cohort.trial.schema import TrialSpecError
 from cohort.trial.spec import TrialSpec, load
 from cohort.trial.stats import wilson
 
@@ -159,6 +160,16 @@ def _crm(
     return int(tried[np.argmin(np.abs(p_est[tried] - target))]), n, dlt
 
 
+def check_escalation(spec: TrialSpec) -> None:
+    """Refuse a spec without an ``[escalation]`` table before anything is run."""
+    if spec.escalation is None:
+        raise TrialSpecError(
+            f"{spec.path}: no [escalation] table: --escalation runs the spec's dose-escalation "
+            "design (as in experiments/theophylline_escalation.toml); add one, or drop "
+            "--escalation"
+        )
+
+
 def escalate(
     spec: TrialSpec | str, replicates: int | None = None, seed: int | None = None
 ) -> pd.DataFrame:
@@ -169,8 +180,7 @@ def escalate(
     no dose selected, ``attrs['pool']`` the pool size."""
     if not isinstance(spec, TrialSpec):
         spec = load(spec)
-    if spec.escalation is None:
-        raise ValueError(f"{spec.path}: no [escalation] table")
+    check_escalation(spec)
     esc = spec.escalation
     seed = spec.seed if seed is None else seed
     reps = spec.replicates if replicates is None else int(replicates)

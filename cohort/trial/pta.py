@@ -15,8 +15,31 @@ import numpy as np
 import pandas as pd
 
 from cohort.population.expr import evaluate, names_in
-from cohort.trial.schema import Arm, TrialSpec
+from cohort.trial.schema import Arm, TrialSpec, TrialSpecError
 from cohort.trial.spec import load
+
+
+def check_dose_pta(spec: TrialSpec, doses, reference: str | None = None) -> Arm:
+    """The arm whose regimens a dose sweep scales; refuses a spec without a ``[[pta]]``
+    target or such an arm, and doses that are not finite and > 0, before anything is run."""
+    if not spec.pta:
+        raise TrialSpecError(
+            f"{spec.path}: a PTA dose sweep (--pta-doses) needs at least one [[pta]] target "
+            "(endpoint, and threshold or window) in the spec"
+        )
+    bad = [d for d in np.atleast_1d(np.asarray(doses, float)) if not (np.isfinite(d) and d > 0)]
+    if bad or len(np.atleast_1d(doses)) == 0:
+        raise TrialSpecError(f"{spec.path}: PTA sweep doses must be finite and > 0, got {bad}")
+    ref = next(
+        (a for a in spec.arms if a.name == reference or (reference is None and a.dose > 0)), None
+    )
+    if ref is None or not ref.regimens or ref.dose <= 0:
+        named = f"arm {reference!r}" if reference is not None else "an arm"
+        raise TrialSpecError(
+            f"{spec.path}: a PTA dose sweep scales the regimens of {named} with a dose > 0; "
+            "the spec has none: give an arm a dose and regimens"
+        )
+    return ref
 
 
 def dose_pta(
@@ -34,13 +57,7 @@ def dose_pta(
 
     if not isinstance(spec, TrialSpec):
         spec = load(spec)
-    if not spec.pta:
-        raise ValueError(f"{spec.path}: dose_pta needs at least one [[pta]] target")
-    ref = next(
-        (a for a in spec.arms if a.name == reference or (reference is None and a.dose > 0)), None
-    )
-    if ref is None or not ref.regimens or ref.dose <= 0:
-        raise ValueError(f"{spec.path}: no reference arm {reference!r} with regimens and dose > 0")
+    ref = check_dose_pta(spec, doses, reference)
     arms = tuple(
         Arm(
             f"{d:g}",
