@@ -36,10 +36,15 @@ def _files(d: Path) -> None:
     (d / "pop_text.csv").write_text("CL,V,KA\nfast,10,1\n")
     (d / "pop_header.csv").write_text("CL,V,KA\n")
     (d / "theo.csv").write_text((ROOT / "tests" / "data" / "theoph_nonmem.csv").read_text())
+    import numpy as np
     import pandas as pd
 
     blq = pd.read_csv(d / "theo.csv").assign(BLQ=lambda f: (f["EVID"] == 0).astype(int), DV=0.5)
     blq.to_csv(d / "allblq.csv", index=False)
+    theo = pd.read_csv(d / "theo.csv")
+    dv = pd.to_numeric(theo["DV"], errors="coerce").clip(lower=0.01)
+    logged = theo.assign(DV=np.where(theo["EVID"] == 0, np.log(dv), 0))
+    logged.to_csv(d / "logdv.csv", index=False)
     (d / "spec_model.toml").write_text(PRIOR.replace('model = "pk1_oral"', 'model = "pk1_orl"'))
     (d / "spec_typo.toml").write_text(PRIOR.replace("distribution = ", "distributon = ", 1))
     (d / "spec_bad.toml").write_text("[population\nname = 1")
@@ -137,6 +142,8 @@ CASES = [
     (["fit", "theo.csv", "--se", "sandwich"], "--se has no effect with --method nuts"),
     (["fit", "theo.csv", "--method", "ml", "--fix", "CL=2", "--init", "CL=3"], "both set CL"),
     (["fit", "theo.csv", "--draws", "0"], "--draws must be >= 1"),
+    # one line, not one per row (56 repeats of a 300-character message, a probe)
+    (["fit", "logdv.csv", "--error", "log-additive"], "these look log-transformed already"),
     # F with V from oral doses only ran F to 0.022, V to 1 L, "accepted" (a new user's session)
     (["fit", "theo.csv", "--method", "ml", "--params", "CL,V,KA,F"], "identify only V/F, CL/F"),
     (["fit", "theo.csv", "--model", "pk9"], "unknown model 'pk9'"),

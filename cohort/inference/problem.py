@@ -432,17 +432,23 @@ def bind(spec: NLME, data: Dataset, engine: Any = "auto", options=None) -> Bound
         raise DataError([Problem(None, "LLOQ", "log-additive error needs LLOQ > 0")])
     nonpositive = obs.mask & ~obs.cens & (obs.dv <= 0)
     if spec.error.kind == "log-additive" and nonpositive.any():
-        raise DataError(
+        rows, values = obs.row[nonpositive], obs.dv[nonpositive]
+        first = ", ".join(f"{int(r)} ({v:g})" for r, v in zip(rows[:5], values[:5]))
+        logged = (obs.dv[obs.mask] < 0).mean() > 0.1  # many negative values: logs, not BLQ
+        raise DataError(  # one line for all of them (56 repeats of one message, a probe)
             [
                 Problem(
-                    int(r),
+                    int(rows[0]) if rows.size == 1 else None,
                     "DV",
-                    f"DV {v:g}: log-additive error needs DV > 0 on every uncensored observation: "
-                    "it takes DV as concentrations and fits their logs (a DV already "
-                    "log-transformed goes in as exp(DV)); mark samples below the LLOQ with "
-                    "CENS=1 and LLOQ, or use another error model",
+                    f"DV <= 0 on {rows.size} uncensored observation(s), rows {first}"
+                    + (", ..." if rows.size > 5 else "")
+                    + ": log-additive error takes DV as concentrations and fits their logs; "
+                    + (
+                        "these look log-transformed already: give exp(DV) as DV; " if logged else ""
+                    )  # fmt: skip
+                    + "mark samples below the LLOQ with CENS=1 and LLOQ, or use another error "
+                    "model",
                 )
-                for r, v in zip(obs.row[nonpositive], obs.dv[nonpositive])
             ]
         )
     ev = {k: jnp.asarray(v) for k, v in table.arrays().items()}
