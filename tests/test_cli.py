@@ -552,3 +552,17 @@ def test_simulate_exits_1_when_every_patient_failed(tmp_path):
     assert res.exit_code == 1, res.output
     assert "5 of 5 patients failed" in flat(res)
     assert (np.asarray(cohort.open_result(out).status.values) != 0).all()
+
+
+def test_os_errors_name_the_file_and_say_what_a_full_disk_keeps():
+    """A full disk printed 'error: : No space left on device' (a probe's 3 MB tmpfs)."""
+    import errno
+    import os
+
+    from cohort.cli._common import _os_error
+
+    full = _os_error(OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)))
+    assert full.startswith("No space left on device (the disk or quota is full)")
+    assert "--resume" in full
+    denied = _os_error(PermissionError(errno.EACCES, "Permission denied", "runs/x.zarr"))
+    assert denied == "runs/x.zarr: Permission denied"

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import zarr
 from typer.testing import CliRunner
 
 import cohort
@@ -493,3 +494,43 @@ def test_a_killed_zarr_writes_temporary_file_is_cohorts_own(tmp_path):
     (path / "block_0" / "notes.txt").unlink()
     remove_own(path / "block_0", "checkpoint block")
     assert not (path / "block_0").exists() and zarr.open_group(str(path), mode="r") is not None
+
+
+def test_a_fits_temporary_name_holding_the_users_files_is_not_deleted(tmp_path, three_fits):
+    """A fit is saved under `.NAME.partial` and renamed; whatever was there was deleted
+    unchecked (`.myfit.zarr.partial/thesis.txt`, a probe). A killed save's own leftover (a
+    zarr group with cohort's mark, an HDF5 file) is still replaced."""
+    res = three_fits["ml"]
+    mine = tmp_path / ".myfit.zarr.partial"
+    mine.mkdir()
+    (mine / "thesis.txt").write_text("x")
+    with pytest.raises(cohort.OutputError, match="not a fit cohort was saving"):
+        res.save(tmp_path / "myfit.zarr")
+    assert (mine / "thesis.txt").read_text() == "x"
+    note = tmp_path / ".notes.nc.partial"
+    note.write_text("my notes")
+    with pytest.raises(cohort.OutputError, match="not a fit cohort was saving"):
+        res.save(tmp_path / "notes.nc")
+    assert note.read_text() == "my notes"
+    res.save(tmp_path / "a.nc")  # a killed save's leftovers: replaced
+    (tmp_path / "a.nc").rename(tmp_path / ".b.nc.partial")
+    res.save(tmp_path / "b.nc")
+    assert not (tmp_path / ".b.nc.partial").exists() and (tmp_path / "b.nc").is_file()
+
+
+def test_a_store_the_user_derived_from_a_result_is_not_taken_for_cohorts(tmp_path):
+    """`open_result(...).isel(...).to_zarr("derived.zarr")` copied cohort's mark and its
+    provenance attributes, and --overwrite then deleted the user's store (a probe)."""
+    times = cohort.grid(0, 4, 1)
+    run = tmp_path / "run.zarr"
+    cohort.simulate("pk1_oral", n=6, dosing=cohort.Regimen(100.0, "depot"), times=times, out=run)
+    ds = cohort.open_result(run)
+    assert "written_by" not in ds.attrs and "cohort_version" in ds.attrs
+    derived = tmp_path / "derived.zarr"
+    ds.isel(patient=slice(0, 3)).assign_attrs(note="mine").to_zarr(derived, consolidated=False)
+    with pytest.raises(cohort.OutputError, match="not written by cohort"):
+        cohort.simulate("pk1_oral", n=6, dosing=cohort.Regimen(100.0, "depot"), times=times,
+                        out=derived, overwrite=True)  # fmt: skip
+    assert zarr.open_group(str(derived), mode="r").attrs["note"] == "mine"
+    cohort.simulate("pk1_oral", n=6, dosing=cohort.Regimen(100.0, "depot"), times=times, out=run,
+                    overwrite=True)  # fmt: skip  # cohort's own: still replaced

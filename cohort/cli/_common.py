@@ -98,7 +98,7 @@ def command(fn: F | None = None, *, timed: bool = False):
             except CohortError as exc:
                 fail(str(exc))
             except OSError as exc:  # unreadable/unwritable files named by the user
-                fail(f"{exc.filename or ''}: {exc.strerror or exc}")
+                fail(_os_error(exc))
             except KeyboardInterrupt:  # Ctrl-C: say what is kept and how to go on (exit 130)
                 err_console.print(
                     "\n[bold yellow]interrupted:[/] what was written so far is kept: simulate, "
@@ -111,6 +111,22 @@ def command(fn: F | None = None, *, timed: bool = False):
                 warnings.showwarning = previous
 
     return run
+
+
+def _os_error(exc: OSError) -> str:
+    """One line for an operating-system error: the file when the OS names it (a full disk
+    printed ": No space left on device"), and what is kept when the disk is full."""
+    import errno
+
+    text = exc.strerror or str(exc)
+    if exc.filename:
+        text = f"{exc.filename}: {text}"
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        text += (
+            " (the disk or quota is full): free some space and run the same command again; "
+            "a store's finished chunks are kept (--resume finishes it)"
+        )
+    return text
 
 
 def _timed(fn: Callable, *args, **kwargs):

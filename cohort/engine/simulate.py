@@ -360,7 +360,7 @@ def _simulate_to_store(plan: _Plan, out, seed, time_units, resume, overwrite, pr
     )
     shared = _Shared.of(plan)
     if cluster is None:
-        _StoreTask(plan, shared, store.location, 0)(progress)
+        _StoreTask(plan, shared, store.location, 0, token=store.token)(progress)
     else:
         from cohort.distributed import run_chunks
 
@@ -372,7 +372,9 @@ def _simulate_to_store(plan: _Plan, out, seed, time_units, resume, overwrite, pr
             # when it was created), so what the scheduler ships stays small at any N.
             lo, hi = first * cs, min(stop * cs, plan.n_patients)
             rows = dataclasses.replace(plan.rows(lo, hi), params={})
-            return _StoreTask(rows, shared, store.location, first, tuple(plan.params), hi - lo)
+            return _StoreTask(
+                rows, shared, store.location, first, tuple(plan.params), hi - lo, store.token
+            )
 
         run_chunks(
             make_task, done, cluster, n_patients=plan.n_patients, chunk_size=cs,
@@ -395,9 +397,10 @@ class _StoreTask:
     first: int
     stored_params: tuple[str, ...] = ()  # parameters to read from the store (plan has none)
     n_rows: int = 0  # ... for this many patients
+    token: str | None = None  # the store's run token when planned (see ResultStore.attach)
 
     def __call__(self, progress: Callable[[int, int], None] | None = None) -> None:
-        store = ResultStore.attach(self.path)
+        store = ResultStore.attach(self.path, self.token)
         plan, cs = self.plan, self.plan.chunk_size
         if self.stored_params:
             lo = self.first * cs

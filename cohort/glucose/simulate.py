@@ -215,7 +215,7 @@ def run(
         )
         task = _StoreTask(
             (model, ctrl, options, n_periods, out_dtype), inputs, shared, invalid,
-            store.location, 0, len(times),
+            store.location, 0, len(times), store.token,
         )  # fmt: skip
         if cluster is None:
             task(progress)
@@ -494,6 +494,7 @@ class _StoreTask:
     path: str
     first: int
     n_times: int
+    token: str | None = None  # the store's run token when planned (see ResultStore.attach)
 
     def chunks(self, first: int, stop: int, chunk_size: int) -> _StoreTask:
         """The task of chunks ``first .. stop - 1`` of this whole-cohort task."""
@@ -504,7 +505,7 @@ class _StoreTask:
         )  # fmt: skip
 
     def __call__(self, progress: Callable[[int, int], None] | None = None) -> None:
-        store = ResultStore.attach(self.path)
+        store = ResultStore.attach(self.path, self.token)
         cs, n_pat = store.chunk_size, len(self.invalid)
         out_dtype = self.solver_args[-1]
         n_dev, batch = batch_shape(cs)

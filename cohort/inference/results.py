@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import shutil
 import warnings
 from pathlib import Path
 
@@ -24,7 +23,7 @@ from cohort.inference.layout import Layout, output_units
 from cohort.inference.ml import MLEstimate
 from cohort.inference.problem import BoundModel, Pop
 from cohort.store import locks_output, prepare_output
-from cohort.store.safety import SIGNATURE
+from cohort.store.safety import SIGNATURE, remove_own, written_by_cohort
 from cohort.store.zarr_store import new_layout
 
 
@@ -187,10 +186,15 @@ def _write_groups(path: Path, groups: dict[str, xr.Dataset]) -> None:
     The file is completed under a temporary name and renamed, so a crash never leaves half a
     result where a complete one is expected."""
     tmp = path.with_name(f".{path.name}.partial")
-    if tmp.is_dir():
-        shutil.rmtree(tmp)
-    elif tmp.exists():
+    if tmp.is_dir() and written_by_cohort(tmp):  # a killed save's: removed unless it holds
+        remove_own(tmp, "partial fit result")  # files cohort did not write
+    elif tmp.is_file() and tmp.read_bytes()[:8] == b"\x89HDF\r\n\x1a\n":  # a killed .nc save
         tmp.unlink()
+    elif tmp.exists():
+        raise OutputError(
+            f"{str(tmp)!r} (the temporary name this fit is saved under) exists and is not a "
+            "fit cohort was saving; move it away, or save the fit under another name"
+        )
     if path.suffix == ".nc":
         mode = "w"
         for name, ds in groups.items():

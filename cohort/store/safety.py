@@ -71,17 +71,16 @@ def _marker(path: Path) -> dict | None:
 
 
 def _zarr_provenance(path: Path) -> bool:
-    """A zarr store written by cohort before markers existed (its root attributes)."""
+    """A zarr store cohort created: its root attributes carry cohort's mark (set in the same
+    write that creates the root). Provenance attributes alone (``cohort_version``,
+    ``spec_hash``) do not count: a store a user derived with xarray from a cohort result
+    copies them, and ``--overwrite`` then deleted the user's store (a probe)."""
     try:
         meta = json.loads((path / "zarr.json").read_text())
     except (OSError, ValueError):
         return False
     attrs = meta.get("attributes", {}) if isinstance(meta, dict) else {}
-    return (
-        attrs.get("written_by") == SIGNATURE
-        or "cohort_version" in attrs
-        or ("spec_hash" in attrs and "population" in attrs)
-    )
+    return attrs.get("written_by") == SIGNATURE
 
 
 def _file_signature(path: Path) -> bool:

@@ -17,6 +17,7 @@ import json
 import math
 import os
 import shutil
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,7 @@ from cohort.store.safety import (
 
 # Level 1: in bench_stream (10^6 patients) it wrote 4 % faster than level 5 for a 7 % larger
 # store (ratio 1.41 vs 1.51); on 2 cores the write side costs about as much CPU as the solves.
+RUN_TOKEN = "run_token"  # root attribute: a new one for each creation of a result store
 OUTPUT_CODEC = BloscCodec(cname="lz4", clevel=1, shuffle="shuffle")
 
 
@@ -79,6 +81,23 @@ class ResultStore:
         self.path = _store_path(path)
         self.group = group
         self.chunk_size = chunk_size
+        # which creation of the store at `path` this is: a Dask task of a killed client runs
+        # on, and must not write into a store made since at the same path (--overwrite)
+        self.token = group.attrs.get(RUN_TOKEN)
+
+    @property
+    def token_on_disk(self) -> str | None:
+        """The run token the store at ``path`` has now (read again, not cached)."""
+        return _open_group(self.path, mode="r").attrs.get(RUN_TOKEN)
+
+    def check_token(self) -> None:
+        """Refuse to write when the store at ``path`` is no longer the one this handle was
+        made for (it was replaced, e.g. by an --overwrite run, since this task was planned)."""
+        if self.token is not None and self.token_on_disk != self.token:
+            raise StoreError(
+                f"{str(self.path)!r} was replaced since this task was planned (another run "
+                "overwrote it); this task's chunks are not written there"
+            )
 
     @property
     def location(self) -> str:
@@ -123,7 +142,7 @@ class ResultStore:
             if not store.group.attrs.get("parameters_written", True):
                 store._write_parameters({k: v for k, (v, _) in parameters.items()})
             return store
-        g = new_layout(path)
+        g = new_layout(path, {RUN_TOKEN: uuid.uuid4().hex})
         n_chunks = max(1, math.ceil(n_patients / chunk_size))
         whole = whole_array_rows(chunk_size, n_patients)
         add_patient_axis(g, n_patients, whole)
@@ -243,14 +262,20 @@ class ResultStore:
         return cls(path, g, chunk_size)
 
     @classmethod
-    def attach(cls, path: str | os.PathLike) -> ResultStore:
+    def attach(cls, path: str | os.PathLike, token: str | None = None) -> ResultStore:
         """The complete store another process created, opened to write some of its chunks
-        (a distributed task: the client created the layout and checked the inputs)."""
+        (a distributed task: the client created the layout and checked the inputs). ``token``:
+        the client's :attr:`token`; a store created since (another run at the same path) is
+        refused, and :meth:`write_chunk` checks it again before each write."""
         path = _store_path(path)
         if not _layout_complete(path):
             raise StoreError(f"{str(path)!r} is not a complete cohort result store")
         g = _open_group(path, mode="r+")
-        return cls(path, g, int(g.attrs["chunk_size"]))
+        store = cls(path, g, int(g.attrs["chunk_size"]))
+        if token is not None:
+            store.token = token
+            store.check_token()
+        return store
 
     def done_chunks(self) -> np.ndarray:
         return np.asarray(self.group["chunk_done"][:], dtype=bool)
@@ -267,6 +292,7 @@ class ResultStore:
         transposed copies run in parallel too. ``params`` holds the batch's per-patient
         results (the ``variables`` of :meth:`create`)."""
         sl = slice(k * self.chunk_size, k * self.chunk_size + len(status))
+        self.check_token()
 
         def write_output(item):
             name, arr = item
@@ -281,13 +307,15 @@ class ResultStore:
             self.group[item[0]][sl] = item[1]
 
         # Arrays are written concurrently: compression and file writes release the GIL, so
-        # the writer uses a second core when the solves leave one free.
-        small = [*params.items(), ("status", status.astype(np.int8))]
+        # the writer uses a second core when the solves leave one free. The status goes last:
+        # a chunk killed mid-write must not read "ok" over outputs never written.
         with concurrent.futures.ThreadPoolExecutor(max_workers=len(outputs) + 1) as pool:
             done = [pool.submit(write_output, item) for item in outputs.items()]
-            done += [pool.submit(write, item) for item in small]
+            done += [pool.submit(write, item) for item in params.items()]
             for f in done:
                 f.result()
+        write(("status", status.astype(np.int8)))
+        self.check_token()  # replaced meanwhile: its new run rewrites this chunk; not flagged
         self.group["chunk_done"][k] = True
 
     def finish(self) -> None:
@@ -405,7 +433,7 @@ def _layout_complete(path: Path | str) -> bool:
 ID_ATTRS = {"long_name": "patient ID in the dosing records"}
 # attributes that change between runs of the same inputs (not worth naming in a refusal)
 _VOLATILE = {"created", "spec_hash", "layout_complete", "parameters_written", "cohort_version",
-             "jax_version", "written_by", "title"}  # fmt: skip
+             "jax_version", "written_by", "title", RUN_TOKEN}  # fmt: skip
 
 
 def _differing(old: dict, new: dict, show: int = 4) -> list[str]:
@@ -451,7 +479,10 @@ def open_result(path: str | os.PathLike) -> xr.Dataset:
     ds = _with_default_indexes(ds)
     if "ID" in ds.data_vars:
         ds = ds.set_coords("ID")
-    if ds.attrs.get("written_by") == ZARR_MARK["written_by"] and not _layout_complete(path):
+    # cohort's mark is not a result attribute: a dataset derived from this one and saved by
+    # the user must not carry it (--overwrite would take that store for cohort's own)
+    marked = ds.attrs.pop("written_by", None) == ZARR_MARK["written_by"]
+    if marked and not _layout_complete(path):
         # killed while its arrays were created: they exist, hold nothing (read as NaN), and
         # there is no chunk_done yet to say so
         ds.attrs["incomplete"] = (
