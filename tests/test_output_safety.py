@@ -534,3 +534,24 @@ def test_a_store_the_user_derived_from_a_result_is_not_taken_for_cohorts(tmp_pat
     assert zarr.open_group(str(derived), mode="r").attrs["note"] == "mine"
     cohort.simulate("pk1_oral", n=6, dosing=cohort.Regimen(100.0, "depot"), times=times, out=run,
                     overwrite=True)  # fmt: skip  # cohort's own: still replaced
+
+
+def test_a_group_the_user_saved_into_a_result_store_stops_an_overwrite(tmp_path):
+    """`ds.to_zarr(store, group="analysis")` into a cohort store: --overwrite deleted it (zarr
+    metadata and chunks pass for cohort's own files; a probe). The store records the arrays
+    its layout was created with, and a trial's groups; anything else is named and kept."""
+    times = cohort.grid(0, 4, 1)
+    run = tmp_path / "run.zarr"
+
+    def simulate(**kw):
+        return cohort.simulate(
+            "pk1_oral", n=6, dosing=cohort.Regimen(100.0, "depot"), times=times, out=run, **kw
+        )
+
+    ds = simulate()
+    ds[["conc"]].mean("patient").to_zarr(run, group="analysis", consolidated=False)
+    with pytest.raises(cohort.OutputError, match="analysis"):
+        simulate(overwrite=True)
+    assert (run / "analysis" / "zarr.json").exists()
+    shutil.rmtree(run / "analysis")
+    simulate(overwrite=True)  # cohort's own arrays alone: replaced as before

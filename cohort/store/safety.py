@@ -33,6 +33,12 @@ ZARR_MARK = {"written_by": SIGNATURE}
 """Root attributes of every zarr store cohort creates (a marker file would be reported by zarr
 as an unknown member of the hierarchy)."""
 
+NODES = "cohort_nodes"
+"""Root attribute of a result store: the arrays its layout was created with. With the groups a
+trial lists as planned (``groups_planned``/``groups_done``), it is what cohort put at the top
+of the store: anything else there is the user's (an xarray group saved into it was deleted by
+--overwrite, a probe)."""
+
 REPORT_HEADER = "<!-- written by cohort -->"
 
 
@@ -217,15 +223,38 @@ def remove_own(p: Path, what: str) -> None:
     shutil.rmtree(p)
 
 
+def _own_nodes(p: Path) -> set[str] | None:
+    """The top-level members cohort wrote into the store at ``p`` (:data:`NODES` and a trial's
+    groups), or None for a store that does not record them."""
+    try:
+        meta = json.loads((p / "zarr.json").read_text())
+    except (OSError, ValueError):
+        return None
+    attrs = meta.get("attributes", {}) if isinstance(meta, dict) else {}
+    if not isinstance(attrs, dict) or not isinstance(attrs.get(NODES), list):
+        return None
+    own = set(attrs[NODES])
+    for key in ("groups_planned", "groups_done"):  # cohort.trial.groups (a JSON list)
+        try:
+            own |= set(json.loads(attrs.get(key, "[]")))
+        except (TypeError, ValueError):
+            pass
+    return own
+
+
 def foreign_files(p: Path) -> list[str]:
     """Files inside the cohort directory ``p`` that cohort did not write, relative to ``p``:
     anything but zarr metadata (and the temporary files of a killed zarr write), the chunks
     inside zarr arrays, cohort's marker and the files the marker lists (a user's notes
     dropped into a store were deleted by ``--overwrite``)."""
     found: list[str] = []
+    own = _own_nodes(p)
     for root, dirs, files in os.walk(p):
         here = Path(root)
         dirs.sort()
+        if own is not None and here == p:  # the user's groups or arrays beside cohort's
+            found += [d for d in dirs if d not in own]
+            dirs[:] = [d for d in dirs if d in own]
         links = [d for d in dirs if (here / d).is_symlink()]  # a user's link to a folder
         found += [(here / d).relative_to(p).as_posix() for d in links]
         dirs[:] = [d for d in dirs if d not in links]

@@ -31,6 +31,7 @@ from cohort.errors import StoreError
 from cohort.store import remote
 from cohort.store.remote import is_url
 from cohort.store.safety import (
+    NODES,
     ZARR_MARK,
     check_store_name,
     foreign_files,
@@ -214,7 +215,10 @@ class ResultStore:
             ),
         )
         add_done_flags(g, n_chunks, "batch finished and fully written")
-        g.attrs.update(_jsonable({**attrs, "layout_complete": True, "parameters_written": False}))
+        nodes = sorted(name for name, _ in g.members())  # what else appears is not cohort's
+        g.attrs.update(
+            _jsonable({**attrs, NODES: nodes, "layout_complete": True, "parameters_written": False})
+        )
         store = cls(path, g, chunk_size)
         store._write_parameters({k: v for k, (v, _) in parameters.items()})
         return store
@@ -433,7 +437,7 @@ def _layout_complete(path: Path | str) -> bool:
 ID_ATTRS = {"long_name": "patient ID in the dosing records"}
 # attributes that change between runs of the same inputs (not worth naming in a refusal)
 _VOLATILE = {"created", "spec_hash", "layout_complete", "parameters_written", "cohort_version",
-             "jax_version", "written_by", "title", RUN_TOKEN}  # fmt: skip
+             "jax_version", "written_by", "title", RUN_TOKEN, NODES}  # fmt: skip
 
 
 def _differing(old: dict, new: dict, show: int = 4) -> list[str]:
