@@ -13,7 +13,7 @@ import contextlib
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 _TRACE = (
     "/jax/core/compile/jaxpr_trace_duration",
@@ -93,6 +93,27 @@ def phases() -> Iterator[dict[str, float]]:
         _stack().remove(out)
         out["wall"] = time.perf_counter() - t0
         out["startup"] = startup
+
+
+def apart(fn: Callable[[], None]) -> Callable[[], None]:
+    """``fn`` (to run on another thread) with its JAX events recorded apart from the calling
+    thread's: summed into the ``"alongside"`` record of the caller's current :func:`phases`
+    block (the user did not wait for them; e.g. a fit's objective compiled while its initial
+    estimates are scanned), which :func:`describe` shows as such. Outside a block, ``fn``."""
+    active = _stack()
+    parent = active[-1] if active else None
+    if parent is None:
+        return fn
+
+    def run() -> None:
+        with phases() as mine:
+            fn()
+        into = parent.setdefault("alongside", {})  # type: ignore[arg-type]
+        for key, value in mine.items():
+            if key != "startup" and isinstance(value, float | int):
+                into[key] = into.get(key, 0.0) + value
+
+    return run
 
 
 def summary(p: dict[str, float]) -> dict[str, float]:

@@ -404,3 +404,29 @@ def test_stiff_adaptive_lockstep_groups_do_not_change_results():
     np.testing.assert_array_equal(grouped.status.values, 0)
     for name in ("conc", "ctot"):
         assert grouped[name].values.tobytes() == whole[name].values.tobytes(), name
+
+
+def test_work_moved_to_a_thread_with_timing_apart_is_shown_alongside():
+    """A fit compiles its objective on a background thread while the initial estimates are
+    scanned; the CLI's time line left that compile out. ``timing.apart`` records the thread's
+    JAX events in the caller's record under ``alongside``, which ``describe`` shows."""
+    import threading
+
+    import jax
+    import jax.numpy as jnp
+
+    from cohort.timing import apart, describe, phases
+
+    def build():
+        jax.jit(lambda x: jnp.cumsum(jnp.sin(x) * 3.0)).lower(jnp.ones(7)).compile()
+
+    with phases() as caller:
+        thread = threading.Thread(target=apart(build))
+        thread.start()
+        thread.join()
+    side = caller["alongside"]
+    assert side["/jax/core/compile/backend_compile_duration"] > 0
+    assert "/jax/core/compile/backend_compile_duration" not in caller  # not the caller's own
+    shown = describe(caller, {"/jax/core/compile/backend_compile_duration": 0.5})
+    assert "traced and compiled alongside 0.5 s" in shown
+    assert apart(build) is build  # outside a phases block: the function itself

@@ -145,7 +145,7 @@ def _timed(fn: Callable, *args, **kwargs):
         raise
     finally:
         if code in (0, 1) and "wall" in spent:  # not after a usage error (exit 2)
-            err_console.print(describe(spent), style="dim")
+            err_console.print(describe(spent, spent.get("alongside")), style="dim")
 
 
 def progress() -> Progress:
