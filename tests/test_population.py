@@ -209,6 +209,16 @@ def test_filters_resample_until_n_accepted(tmp_path):
             "bounds do not apply to a categorical covariate",
         ),  # fmt: skip
         (('parameters = ["CL", "V"]', 'parameters = ["CL", "CL"]'), "iiv.parameters", "twice"),
+        # 5 % of patients sat exactly at each end of the quantiles (a probe)
+        (
+            (
+                'distribution = "normal"\nmean = 170.0\nsd = 9.0',
+                'distribution = "empirical"\nquantiles = [155.0, 170.0, 185.0]\n'
+                "probabilities = [0.05, 0.5, 0.95]",
+            ),
+            "covariates.HT.probabilities",
+            "must run from 0 to 1",
+        ),  # fmt: skip
         # a percent CV typed as a variance drew CL from 1e-20 to 1e21 (a new user's session)
         (
             ("omega = [[0.09, 0.03], [0.03, 0.04]]", "omega = [[900.0, 0.0], [0.0, 0.04]]"),

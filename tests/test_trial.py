@@ -233,6 +233,19 @@ def _raw():
             lambda r: r["endpoints"][2].update(observed=False, time=2.3),
             "[endpoints[2].time] 2.3 is not on the simulation grid",
         ),
+        # a biostatistician's probe: each ran with a silently wrong or merged result
+        (
+            lambda r: r["analysis"]["tests"].append(dict(r["analysis"]["tests"][1])),
+            "[analysis.tests[2]] the same comparison as tests[1] (cmax, ancova on WT)",
+        ),
+        (
+            lambda r: r["analysis"]["tests"][1].update(test="ttest"),
+            "[analysis.tests[1].covariate] a covariate adjusts an ANCOVA; a ttest test takes",
+        ),
+        (
+            lambda r: r["analysis"]["tests"][0].update(log=True),
+            "[analysis.tests[0].log] log = true takes logs of a continuous endpoint",
+        ),
     ],
 )
 def test_spec_errors_name_file_and_key(mutate, key):
@@ -952,3 +965,20 @@ def test_log_scale_test_of_an_endpoint_with_zeros_says_what_it_leaves_out():
         CohortWarning, match=f"{zeros:,} of .* in arm '{spec.arms[0].name}' are <= 0"
     ):
         ct.analyze(res)
+
+
+def test_tests_of_one_endpoint_get_distinct_labels_and_a_marked_primary_is_the_only_one():
+    """Two ANCOVAs of one endpoint on different covariates shared a label (and a sequential
+    design's tables averaged them); a spec marking its second test primary made both primary
+    (the first by default). A probe found both."""
+    raw = _raw()
+    raw["analysis"]["tests"] = [
+        {"endpoint": "cmax", "test": "ancova", "covariate": "WT"},
+        {"endpoint": "cmax", "test": "ttest", "log": True, "direction": "lower"},
+        {"endpoint": "in_range", "test": "responder", "primary": True},
+    ]
+    spec = parse(raw, "experiments/x.toml", base=THEO.parent)
+    assert [t.primary for t in spec.tests] == [False, False, True]
+    assert [t.describe() for t in spec.tests] == [
+        "ancova on WT", "ttest, log, lower is better", "responder",
+    ]  # fmt: skip

@@ -256,6 +256,12 @@ def _covariate(path, name, t) -> Covariate:
                 f"{key}.probabilities",
                 "must increase within [0, 1] and match quantiles in length",
             )
+        if p[0] != 0 or p[-1] != 1:  # interpolation holds the end values beyond them
+            raise _err(
+                path, f"{key}.probabilities", f"must run from 0 to 1 (the covariate's smallest "
+                f"and largest values), got {p[0]:g} to {p[-1]:g}: the patients beyond them "
+                f"would all sit exactly at {q[0]:g} or {q[-1]:g}; add the extremes"
+            )  # fmt: skip
         args["quantiles"], args["probabilities"] = q, p
     if dist == "constant":
         args["value"] = _num(path, f"{key}.value", t["value"])

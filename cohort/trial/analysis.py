@@ -186,8 +186,7 @@ def analyze(result: TrialResult, out: str | Path | None = None) -> Analysis:
             if treat == control:
                 continue
             res = compare(result, test, treat, control)
-            kind = f"{test.test}, log" if test.log else test.test
-            label = f"{test.endpoint}: {arm} vs {spec.control} ({kind})"
+            label = f"{test.endpoint}: {arm} vs {spec.control} ({test.describe()})"
             labels.append(label)
             blocks.append(res)
             pw = stats.power_summary(np.where(np.isfinite(res["p"]), res["reject"], np.nan))

@@ -65,6 +65,20 @@ class Test:
     primary: bool = False
     direction: str = "higher"
 
+    def describe(self) -> str:
+        """How the comparison is made, for its label: ``ttest``, ``ancova on WT, log``,
+        ``ttest, lower is better``: two tests of one endpoint must not share a label (their
+        rows, and a sequential design's tables, were merged)."""
+        parts = [f"{self.test} on {self.covariate}" if self.covariate else self.test]
+        if self.log:
+            parts.append("log")
+        if self.direction == "lower":
+            parts.append("lower is better")
+        return ", ".join(parts)
+
+    def describe_key(self) -> str:
+        return f"{self.endpoint}|{self.describe()}"
+
 
 @dataclasses.dataclass(frozen=True)
 class Sequential:

@@ -183,7 +183,21 @@ def _parse(raw: dict, path: str, base: Path | None, digest: str) -> TrialSpec:
     control = an.get("control", next((a.name for a in arms if a.control), names[0]))
     if control not in names:
         raise r.err("analysis.control", f"unknown arm {control!r}; arms: {names}")
-    tests = tuple(_test(r, i, x, endpoints, population) for i, x in enumerate(an.get("tests", [])))
+    raw_tests = an.get("tests", [])
+    # the first test is primary unless the spec marks one (marking the second made both)
+    marked = any(isinstance(x, dict) and "primary" in x for x in raw_tests)
+    tests = tuple(
+        _test(r, i, x, endpoints, population, default_primary=not marked and i == 0)
+        for i, x in enumerate(raw_tests)
+    )
+    seen: dict[str, int] = {}
+    for i, one in enumerate(tests):
+        if one.describe_key() in seen:
+            raise r.err(
+                f"analysis.tests[{i}]", f"the same comparison as tests[{seen[one.describe_key()]}]"
+                f" ({one.endpoint}, {one.describe()}): its rows would be indistinguishable"
+            )  # fmt: skip
+        seen[one.describe_key()] = i
     seq = None
     if "sequential" in an:
         s = r.keys("analysis.sequential", an["sequential"], {"looks", "spending", "futility"})
@@ -424,7 +438,12 @@ def _endpoints(r: _Reader, eps: Any) -> tuple[Endpoint, ...]:
 
 
 def _test(
-    r: _Reader, i: int, x: Any, endpoints: tuple[Endpoint, ...], population: set[str]
+    r: _Reader,
+    i: int,
+    x: Any,
+    endpoints: tuple[Endpoint, ...],
+    population: set[str],
+    default_primary: bool = False,
 ) -> Test:
     key = f"analysis.tests[{i}]"
     r.keys(key, x, {"endpoint", "test", "covariate", "log", "primary", "direction"})
@@ -443,6 +462,16 @@ def _test(
             f"{key}.test", f"logrank compares times to event; {x['endpoint']!r} is {kind}: "
             "use ttest or ancova, or test a tte endpoint"
         )  # fmt: skip
+    if x.get("covariate") and test != "ancova":  # it was ignored without a word
+        raise r.err(
+            f"{key}.covariate", f"a covariate adjusts an ANCOVA; a {test} test takes none: use "
+            "test = \"ancova\", or drop the covariate"
+        )  # fmt: skip
+    if x.get("log") is True and test in ("responder", "logrank"):  # non-responders became NaN
+        raise r.err(
+            f"{key}.log", f"log = true takes logs of a continuous endpoint; a {test} test "
+            "compares 0/1 outcomes or event times: drop it"
+        )  # fmt: skip
     if test == "ancova":
         covariate = x.get("covariate")
         if not covariate:
@@ -455,7 +484,7 @@ def _test(
         test,
         str(x.get("covariate", "")),
         r.bool_(f"{key}.log", x.get("log", False)),
-        r.bool_(f"{key}.primary", x.get("primary", i == 0)),
+        r.bool_(f"{key}.primary", x.get("primary", default_primary)),
         r.choice(f"{key}.direction", x.get("direction", "higher"), ("higher", "lower")),
     )
 
