@@ -336,7 +336,7 @@ def test_simulate_says_why_patients_failed(tmp_path):
         app,
         ["simulate", "--model", "pk1_oral", "--population", str(pop), "-o", str(tmp_path / "x")],
     )
-    assert res.exit_code == 0, res.output
+    assert res.exit_code == 1, res.output  # every patient failed: the store is kept, exit 1
     text = flat(res)
     assert "2 of 2 patients failed" in text and "invalid_parameters (2)" in text
     assert "CL outside [0.0001, 1000] L/h for 1 patient(s) (e.g. patient 1: -2.5)" in text
