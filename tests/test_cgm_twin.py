@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -417,3 +418,17 @@ def test_insulin_in_other_units_is_said():
         cgm_data.read_cgm(df.assign(BOLUS=df["BOLUS"] * 1000))
     with pytest.warns(CohortWarning, match=r"BASAL is 0.015 U/h .* give U/h \(not U/min"):
         cgm_data.read_cgm(df.assign(BASAL=df["BASAL"] / 60))
+
+
+def test_a_missing_bolus_or_meal_column_is_said_naming_the_unread_ones():
+    """A day's boluses under INSULIN were read as no insulin at all, without a word, and the
+    report replayed 'boluses x0.8' of a day with none (a probe)."""
+    df = _truth_records(seed=6)
+    with pytest.warns(CohortWarning, match=r"no BOLUS column.*\['INSULIN'\] are not read"):
+        got = cgm_data.read_cgm(df.rename(columns={"BOLUS": "INSULIN"}))
+    assert (got["BOLUS"] == 0).all()
+    with pytest.warns(CohortWarning, match=r"no CHO column: the twin is identified with no meals"):
+        cgm_data.read_cgm(df.drop(columns="CHO"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        cgm_data.read_cgm(df)  # every column read: nothing to say

@@ -706,3 +706,22 @@ def test_doses_in_grams_leave_twins_at_the_prior_and_say_so(vanco):
     grams["AMT"] = grams["AMT"] / 1000.0
     with pytest.warns(CohortWarning, match=r"observations left the posterior where the prior"):
         Twins.identify(prior, grams)
+
+
+def test_a_minimum_target_sees_the_trough_before_a_bolus():
+    """min over [12, 24] with 1,000 mg boluses every 12 h (CL 5 L/h, V 50 L): the lowest level
+    is the pre-dose trough at 12 h, 20·e^-1.2 mg/L; sampled only at the grid times (each just
+    after its dose) the minimum read 8.66 mg/L and a MIC-type PTA was overstated (a probe)."""
+    import cohort
+    from cohort.twin.targets import Minimum
+
+    target = Minimum("conc", lo=7.0, start=12.0, end=24.0, points=13)
+    times = target.times()
+    assert np.all(np.diff(times) > 0)
+    ds = cohort.simulate(
+        "pk1_iv", {"CL": np.array([5.0]), "V": np.array([50.0])},
+        cohort.Regimen(1000.0, "central", ii=12.0, addl=2), times, method="closed_form",
+    )  # fmt: skip
+    value = float(target.value(np, ds.conc.values[0]))
+    assert value == pytest.approx(20.0 * np.exp(-1.2), rel=1e-5)
+    assert not target.attained(value)  # 6.0 < 7 mg/L: not attained (it read 8.66, attained)

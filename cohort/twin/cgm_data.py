@@ -49,8 +49,15 @@ def read_cgm(table: pd.DataFrame | str) -> pd.DataFrame:
     df["ROW"] = np.arange(1, len(df) + 1)
     if "ID" not in df:
         df["ID"] = 1
-    for c in ("CHO", "BOLUS"):
-        if c not in df:
+    unread = [c for c in df.columns if c not in (*REQUIRED, *OPTIONAL, "ROW")]
+    for c, what in (("CHO", "meals"), ("BOLUS", "boluses")):
+        if c not in df:  # a renamed column (INSULIN) was read as no insulin at all (a probe)
+            hint = f"; column(s) {unread} are not read: rename yours to {c}" if unread else ""
+            warnings.warn(
+                f"CGM records: no {c} column: the twin is identified with no {what}{hint}",
+                CohortWarning,
+                stacklevel=2,
+            )
             df[c] = 0.0
     for c in ("TIME", "CGM", "CHO", "BOLUS", "BASAL", "BW"):
         df[c] = _numeric(df, c)
