@@ -23,7 +23,7 @@ class Sensor:
     knots (``e ← pacf·(e + z)``), mapped to mg/dL by ``xi + lam·sinh((e - gamma)/delta)``, and
     interpolated to the sampling times by a cubic spline (not-a-knot) through blocks of 10
     knot intervals (150 min). Between knots the noise is smooth: at 5-min sampling successive
-    readings' noise correlates ~0.95 (an AR(1) at the sampling period would give 0.89, with
+    readings' noise correlates ~0.95 (an AR(1) at the sampling period would give 0.88, with
     a one-step change of twice the size). ``delay`` is the time constant
     (min) of a first-order lag of the interstitial glucose ``Gsub`` (0: none; ``Gsub`` already
     lags plasma glucose through the model's ``ksc``). ``noise=False`` keeps only delay/clip.
