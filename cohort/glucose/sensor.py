@@ -114,11 +114,15 @@ def _johnson(sensor: Sensor, e):
 def _new_block(sensor: Sensor, s: SensorState, keys, block, dtype) -> SensorState:
     """The next block's knots: the AR(1) continued from the last block's final knot (the
     first block draws its first knot), each knot's normal keyed by its global index."""
-    first = 1 + block * BLOCK_KNOTS
-    e = jnp.where(block == 0, _normals(keys, 0, dtype), s.e)
+    # the block's normals in one draw (one random-bits program, not eleven: XLA compile time)
+    index = jnp.concatenate(
+        [jnp.zeros(1, jnp.int32), 1 + block * BLOCK_KNOTS + jnp.arange(BLOCK_KNOTS)]
+    )
+    z = jax.vmap(lambda j: _normals(keys, j, dtype))(index)  # [11, N]
+    e = jnp.where(block == 0, z[0], s.e)
     chain = [e]
     for q in range(BLOCK_KNOTS):
-        e = sensor.pacf * (e + _normals(keys, first + q, dtype))
+        e = sensor.pacf * (e + z[q + 1])
         chain.append(e)
     return SensorState(s.level, e, _johnson(sensor, jnp.stack(chain)))
 
