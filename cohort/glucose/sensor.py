@@ -107,8 +107,9 @@ def _normals(keys, k, dtype):
     return jax.vmap(lambda key: jax.random.normal(jax.random.fold_in(key, k), (), dtype))(keys)
 
 
-def _johnson(sensor: Sensor, e):
-    return sensor.xi + sensor.lam * jnp.sinh((e - sensor.gamma) / sensor.delta)
+def _johnson(sensor: Sensor, e, xp=jnp):
+    """Noise in mg/dL from the standard normal ``e`` (Johnson SU; ``xp``: jnp or numpy)."""
+    return sensor.xi + sensor.lam * xp.sinh((e - sensor.gamma) / sensor.delta)
 
 
 def _new_block(sensor: Sensor, s: SensorState, keys, block, dtype) -> SensorState:
@@ -167,4 +168,4 @@ def noise_series(sensor: Sensor, n: int, samples: int, period: float, seed: int)
     e[:, 0] = z[:, 0]
     for k in range(1, samples):
         e[:, k] = phi * e[:, k - 1] + math.sqrt(1.0 - phi**2) * z[:, k]
-    return sensor.xi + sensor.lam * np.sinh((e - sensor.gamma) / sensor.delta)
+    return _johnson(sensor, e, np)

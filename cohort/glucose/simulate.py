@@ -544,11 +544,11 @@ def _check_therapy(therapy: dict[str, np.ndarray], patients: Any) -> None:
                 f"{values[bad[0]]:g}; it must be > 0 (or empty/NaN: the rule of thumb from the "
                 "basal rate)"
             )
-    for name, (lo, hi, hint) in _THERAPY_RANGES.items():
+    for name, (lo, hint) in _THERAPY_MINIMA.items():
         values = therapy.get(name)
         if values is None:
             continue
-        odd = np.flatnonzero((values < lo) | (values > hi))
+        odd = np.flatnonzero(values < lo)
         if odd.size:
             units, what = THERAPY[name]
             warnings.warn(
@@ -559,12 +559,12 @@ def _check_therapy(therapy: dict[str, np.ndarray], patients: Any) -> None:
             )
 
 
-# Values a patient's own therapy setting cannot take in its units, where another unit is the
-# likely mistake (the controller would dose by it as given). A carbohydrate ratio in U/g is
-# 0.02-0.5; in g/U it is ~3-30 (simglucose's 30 patients: 4-25; cohort's sampled patients
-# reach 1.3). CF has no such gap (mmol/L per U, 0.5-5, overlaps sampled mg/dL per U values).
-_THERAPY_RANGES = {
-    "CR": (1.0, np.inf, "CR is grams of carbohydrate per unit of insulin (g/U): a value "
+# Values below which a patient's own therapy setting is implausible in its units, where another
+# unit is the likely mistake (the controller would dose by it as given). A carbohydrate ratio
+# in U/g is 0.02-0.5; in g/U it is ~3-30 (simglucose's 30 patients: 4-25; cohort's sampled
+# patients reach 1.3). CF has no such gap (mmol/L per U, 0.5-5, overlaps sampled mg/dL per U).
+_THERAPY_MINIMA = {
+    "CR": (1.0, "CR is grams of carbohydrate per unit of insulin (g/U): a value "
            "below 1 looks like U/g (give 1/value)"),
 }  # fmt: skip
 

@@ -188,7 +188,7 @@ def _write_groups(path: Path, groups: dict[str, xr.Dataset]) -> None:
     tmp = path.with_name(f".{path.name}.partial")
     if tmp.is_dir() and written_by_cohort(tmp):  # a killed save's: removed unless it holds
         remove_own(tmp, "partial fit result")  # files cohort did not write
-    elif tmp.is_file() and tmp.read_bytes()[:8] == b"\x89HDF\r\n\x1a\n":  # a killed .nc save
+    elif tmp.is_file() and _hdf5_signature(tmp):  # a killed .nc save
         tmp.unlink()
     elif tmp.exists():
         raise OutputError(
@@ -215,6 +215,13 @@ def _write_groups(path: Path, groups: dict[str, xr.Dataset]) -> None:
                 ds.to_zarr(str(tmp), group=name, mode="a", consolidated=False, zarr_format=3)
         zarr.open_group(str(tmp), mode="r+").attrs.update({"groups": list(groups)})
     os.replace(tmp, path)
+
+
+def _hdf5_signature(path: Path) -> bool:
+    """Whether ``path`` starts with HDF5's signature (its first 8 bytes only: a partial NUTS
+    result can be large)."""
+    with open(path, "rb") as f:
+        return f.read(8) == b"\x89HDF\r\n\x1a\n"
 
 
 def load_fit(path: str | Path) -> dict[str, xr.Dataset]:

@@ -76,17 +76,23 @@ def _marker(path: Path) -> dict | None:
     return data if isinstance(data, dict) and data.get("writer") == SIGNATURE else None
 
 
+def root_attributes(path: Path) -> dict | None:
+    """The root attributes of the local zarr v3 store at ``path`` (its ``zarr.json``, read
+    without opening the store), or None where there is no readable one."""
+    try:
+        meta = json.loads((path / "zarr.json").read_text())
+    except (OSError, ValueError):
+        return None
+    attrs = meta.get("attributes", {}) if isinstance(meta, dict) else {}
+    return attrs if isinstance(attrs, dict) else {}
+
+
 def _zarr_provenance(path: Path) -> bool:
     """A zarr store cohort created: its root attributes carry cohort's mark (set in the same
     write that creates the root). Provenance attributes alone (``cohort_version``,
     ``spec_hash``) do not count: a store a user derived with xarray from a cohort result
     copies them, and ``--overwrite`` then deleted the user's store (a probe)."""
-    try:
-        meta = json.loads((path / "zarr.json").read_text())
-    except (OSError, ValueError):
-        return False
-    attrs = meta.get("attributes", {}) if isinstance(meta, dict) else {}
-    return attrs.get("written_by") == SIGNATURE
+    return (root_attributes(path) or {}).get("written_by") == SIGNATURE
 
 
 def _file_signature(path: Path) -> bool:
@@ -226,12 +232,8 @@ def remove_own(p: Path, what: str) -> None:
 def _own_nodes(p: Path) -> set[str] | None:
     """The top-level members cohort wrote into the store at ``p`` (:data:`NODES` and a trial's
     groups), or None for a store that does not record them."""
-    try:
-        meta = json.loads((p / "zarr.json").read_text())
-    except (OSError, ValueError):
-        return None
-    attrs = meta.get("attributes", {}) if isinstance(meta, dict) else {}
-    if not isinstance(attrs, dict) or not isinstance(attrs.get(NODES), list):
+    attrs = root_attributes(p) or {}
+    if not isinstance(attrs.get(NODES), list):
         return None
     own = set(attrs[NODES])
     for key in ("groups_planned", "groups_done"):  # cohort.trial.groups (a JSON list)

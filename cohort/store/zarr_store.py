@@ -37,6 +37,7 @@ from cohort.store.safety import (
     foreign_files,
     prepare_output,
     remove_zarr_leftovers,
+    root_attributes,
     written_by_cohort,
 )
 
@@ -424,11 +425,9 @@ def _layout_complete(path: Path | str) -> bool:
     """The layout was created to the end (stores before this flag: a ``chunk_done`` array)."""
     if is_url(path):
         return bool((remote.root_attributes(path) or {}).get("layout_complete"))
-    try:
-        meta = json.loads((path / "zarr.json").read_text())
-    except (OSError, ValueError):
+    attrs = root_attributes(path)
+    if attrs is None:
         return False
-    attrs = meta.get("attributes", {})
     return bool(attrs.get("layout_complete")) or (
         "spec_hash" in attrs and (path / "chunk_done" / "zarr.json").exists()
     )

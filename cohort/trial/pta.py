@@ -27,8 +27,9 @@ def check_dose_pta(spec: TrialSpec, doses, reference: str | None = None) -> Arm:
             f"{spec.path}: a PTA dose sweep (--pta-doses) needs at least one [[pta]] target "
             "(endpoint, and threshold or window) in the spec"
         )
-    bad = [d for d in np.atleast_1d(np.asarray(doses, float)) if not (np.isfinite(d) and d > 0)]
-    if bad or len(np.atleast_1d(doses)) == 0:
+    given = np.atleast_1d(np.asarray(doses, float))
+    bad = given[~(np.isfinite(given) & (given > 0))].tolist()
+    if bad or given.size == 0:
         raise TrialSpecError(f"{spec.path}: PTA sweep doses must be finite and > 0, got {bad}")
     ref = next(
         (a for a in spec.arms if a.name == reference or (reference is None and a.dose > 0)), None

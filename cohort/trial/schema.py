@@ -76,9 +76,6 @@ class Test:
             parts.append("lower is better")
         return ", ".join(parts)
 
-    def describe_key(self) -> str:
-        return f"{self.endpoint}|{self.describe()}"
-
 
 @dataclasses.dataclass(frozen=True)
 class Sequential:

@@ -190,14 +190,15 @@ def _parse(raw: dict, path: str, base: Path | None, digest: str) -> TrialSpec:
         _test(r, i, x, endpoints, population, default_primary=not marked and i == 0)
         for i, x in enumerate(raw_tests)
     )
-    seen: dict[str, int] = {}
+    seen: dict[tuple[str, str], int] = {}
     for i, one in enumerate(tests):
-        if one.describe_key() in seen:
+        key = (one.endpoint, one.describe())  # what its comparison label is made of
+        if key in seen:
             raise r.err(
-                f"analysis.tests[{i}]", f"the same comparison as tests[{seen[one.describe_key()]}]"
-                f" ({one.endpoint}, {one.describe()}): its rows would be indistinguishable"
+                f"analysis.tests[{i}]", f"the same comparison as tests[{seen[key]}] "
+                f"({one.endpoint}, {one.describe()}): its rows would be indistinguishable"
             )  # fmt: skip
-        seen[one.describe_key()] = i
+        seen[key] = i
     seq = None
     if "sequential" in an:
         s = r.keys("analysis.sequential", an["sequential"], {"looks", "spending", "futility"})

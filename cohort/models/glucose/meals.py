@@ -24,11 +24,17 @@ def _pairs(time, amount) -> list[tuple[float, float]]:
     return list(zip(t.tolist(), a.tolist()))
 
 
-def eating_minutes(grams, eat_rate):
-    """Minutes an eating bout of ``grams`` lasts: whole minutes at ``eat_rate``, plus one for
-    the remainder (simglucose's ``min(EAT_RATE, planned)`` per minute)."""
+def _bout(grams, eat_rate):
+    """``(whole minutes at eat_rate, grams left for one more minute)`` of an eating bout:
+    simglucose eats ``min(EAT_RATE, planned)`` each minute."""
     full = np.floor(grams / eat_rate + 1e-12)
-    return full + ((grams - full * eat_rate) > 1e-12)
+    return full, grams - full * eat_rate
+
+
+def eating_minutes(grams, eat_rate):
+    """Minutes an eating bout of ``grams`` lasts: whole minutes plus one for the remainder."""
+    full, rest = _bout(grams, eat_rate)
+    return full + (rest > 1e-12)
 
 
 def queued_meals(start, grams, eat_rate=EAT_RATE) -> np.ndarray:
@@ -80,8 +86,8 @@ def meal_records(
         pairs = list(zip(t_all.tolist(), queued_meals(t_all, g_all, eat_rate).tolist()))
     rows = []
     for t, g in pairs:
-        full = int(np.floor(g / eat_rate + 1e-12))
-        rest = g - full * eat_rate
+        full, rest = _bout(g, eat_rate)
+        full = int(full)
         if full:
             rows.append((t, 1, 1000.0 * full * eat_rate, 1000.0 * eat_rate, "qsto1"))
         if rest > 1e-12:
