@@ -272,7 +272,7 @@ def test_update_adds_a_day_and_keeps_the_previous_state(tmp_path, monkeypatch):
     ("change", "message"),
     [
         (lambda d: d.drop(columns="BASAL"), "missing column"),
-        (lambda d: d.assign(TIME=d["TIME"].iloc[::-1].to_numpy()), "not after the previous row"),
+        (lambda d: d.assign(TIME=d["TIME"].iloc[::-1].to_numpy()), "before the previous row"),
         (lambda d: d.assign(TIME=d["TIME"] + 0.5), "whole minutes"),
         (lambda d: d.assign(BOLUS=-d["BOLUS"] - 1), "BOLUS"),
         (lambda d: d.assign(BW=np.nan), "body weight"),
@@ -432,3 +432,54 @@ def test_a_missing_bolus_or_meal_column_is_said_naming_the_unread_ones():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         cgm_data.read_cgm(df)  # every column read: nothing to say
+
+
+def test_rows_at_the_same_minute_are_merged_as_a_pump_export_writes_them():
+    """A pump export lists a meal, a bolus and a reading at one minute as separate rows; they
+    were refused ('one row per time'). They merge: meals and boluses add up, the later basal
+    rate holds; two different readings at one minute are refused, naming the row."""
+    df = _truth_records(seed=6)
+    one = df[df["ID"] == df["ID"].iloc[0]].reset_index(drop=True)
+    meal_row = int(np.flatnonzero(one["CHO"].to_numpy() > 0)[0])
+    t, grams, units = one.loc[meal_row, ["TIME", "CHO", "BOLUS"]]
+    split = pd.concat(
+        [
+            one,
+            pd.DataFrame({"ID": [one["ID"].iloc[0]] * 2, "TIME": [t, t], "CGM": np.nan,
+                          "CHO": [np.nan, 10.0], "BOLUS": [1.5, np.nan], "BASAL": np.nan,
+                          "BW": np.nan}),
+        ]
+    ).sort_values("TIME", kind="stable")  # fmt: skip
+    got = cgm_data.read_cgm(split)
+    assert len(got) == len(one)
+    row = got[got["TIME"] == t].iloc[0]
+    assert row["CHO"] == grams + 10.0 and row["BOLUS"] == units + 1.5
+    assert row["CGM"] == one.loc[meal_row, "CGM"]
+    # the rows after it keep their own numbers (messages name the file's rows)
+    assert got["ROW"].iloc[-1] == len(split)
+    # the merged table identifies the same twin as the same records written on one row
+    merged = one.copy()
+    merged.loc[meal_row, ["CHO", "BOLUS"]] = [grams + 10.0, units + 1.5]
+    np.testing.assert_array_equal(
+        cgm_data.grid_inputs(got)["meal"], cgm_data.grid_inputs(cgm_data.read_cgm(merged))["meal"]
+    )
+    # a basal change listed beside the reading: the later rate holds from that minute
+    basal = pd.concat([one, one.iloc[[5]].assign(CGM=np.nan, CHO=0, BOLUS=0, BASAL=2.0)])
+    got = cgm_data.read_cgm(basal.sort_values("TIME", kind="stable"))
+    assert got["BASAL"].iloc[5] == 2.0 and got["BASAL"].iloc[4] == one["BASAL"].iloc[0]
+    clash = pd.concat([one, one.iloc[[7]].assign(CGM=one["CGM"].iloc[7] + 20)])
+    with pytest.raises(TwinError, match=r"row \d+ .*CGM = .*different reading"):
+        cgm_data.read_cgm(clash.sort_values("TIME", kind="stable"))
+
+
+def test_overlapping_meals_queue_as_in_the_glucose_simulator():
+    """A meal starting while another is eaten extends the bout at 5 g/min (simglucose and
+    `cohort glucose`); the twin's grid ate both at once, at twice the rate."""
+    df = pd.DataFrame({"TIME": np.arange(0, 300, 5), "CGM": 120.0, "BASAL": 1.0, "BW": 70.0,
+                       "CHO": 0.0, "BOLUS": 0.0})  # fmt: skip
+    df.loc[df["TIME"] == 60, "CHO"] = 100.0
+    df.loc[df["TIME"] == 70, "CHO"] = 30.0
+    meal = cgm_data.grid_inputs(cgm_data.read_cgm(df))["meal"][0]
+    eating = np.flatnonzero(meal > 0)
+    assert eating[0] == 60 and eating[-1] == 60 + 26 - 1 and meal.max() == 5000.0
+    assert meal.sum() == 130_000.0

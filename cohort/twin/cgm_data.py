@@ -12,7 +12,10 @@ a pump/CGM export or ReplayBG's input gives it::
 Meals are eaten at ``eat_rate`` g/min from their time (simglucose's 5 g/min by default), a
 bolus is delivered within its minute, a basal rate holds until the next one. The patient's
 first basal rate is its usual basal (insulin starts at that steady state) and its first CGM
-reading its starting glucose.
+reading its starting glucose. Rows of one patient at the same minute (a pump export writes a
+bolus, a meal and a reading as separate rows) are merged: meals and boluses add up, the
+later basal rate holds, and two different readings at one minute are refused. Meals that
+overlap queue as in simglucose: one starting while another is eaten extends that bout.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import numpy as np
 import pandas as pd
 
 from cohort.errors import CohortWarning
+from cohort.models.glucose import queued_meals
 from cohort.twin.prior import TwinError, show_id
 
 REQUIRED = ("TIME", "CGM", "BASAL", "BW")
@@ -61,6 +65,8 @@ def read_cgm(table: pd.DataFrame | str) -> pd.DataFrame:
             df[c] = 0.0
     for c in ("TIME", "CGM", "CHO", "BOLUS", "BASAL", "BW"):
         df[c] = _numeric(df, c)
+    _check_times(df)
+    df = _merge_same_minute(df)
     _check(df)
     _implausible_units(df)
     df["CHO"] = df["CHO"].fillna(0.0)
@@ -178,17 +184,51 @@ def _first_bad(df: pd.DataFrame, mask, col: str, what: str) -> None:
         raise TwinError(f"{_where(df, i)}: {col} = {show_id(df[col].iloc[i])}: {what}")
 
 
-def _check(df: pd.DataFrame) -> None:
+def _check_times(df: pd.DataFrame) -> None:
     t = df["TIME"].to_numpy()
     _first_bad(df, ~np.isfinite(t), "TIME", "every row needs a time (min)")
     _first_bad(df, np.abs(t - np.round(t)) > 1e-6, "TIME", "times are whole minutes")
     prev = df.groupby("ID", sort=False)["TIME"].shift()
     _first_bad(
         df,
-        (df["TIME"] <= prev).to_numpy(),
+        (df["TIME"] < prev).to_numpy(),
         "TIME",
-        "not after the previous row of this patient: sort the rows by time (one row per time)",
+        "before the previous row of this patient: sort the rows by time",
     )
+
+
+def _merge_same_minute(df: pd.DataFrame) -> pd.DataFrame:
+    """One row per patient and minute: a pump/CGM export lists a bolus, a meal and a reading
+    at the same minute as separate rows. CHO and BOLUS add up (all empty stays empty), the
+    last basal rate given holds (the setting in force from that minute), BW and the row
+    number are the first row's; two different readings at one minute are refused."""
+    key = df["ID"].astype(str) + "\x00" + df["TIME"].astype(str)
+    dup = key.duplicated(keep=False).to_numpy()
+    if not dup.any():
+        return df
+    groups = df.groupby(key, sort=False)
+    spread = groups["CGM"].transform(lambda c: c.max() - c.min()).to_numpy()
+    _first_bad(
+        df,
+        dup & (spread > 0),
+        "CGM",
+        "another row of this patient at the same TIME has a different reading; keep one "
+        "reading per minute (or give the later one the next minute)",
+    )
+    merged = groups.agg(
+        ID=("ID", "first"),
+        TIME=("TIME", "first"),
+        CGM=("CGM", "first"),
+        CHO=("CHO", lambda c: c.sum(min_count=1)),
+        BOLUS=("BOLUS", lambda c: c.sum(min_count=1)),
+        BASAL=("BASAL", "last"),
+        BW=("BW", "first"),
+        ROW=("ROW", "first"),
+    )
+    return merged.reset_index(drop=True)
+
+
+def _check(df: pd.DataFrame) -> None:
     cgm = df["CGM"].to_numpy()
     out_of_range = ~np.isnan(cgm) & ~((cgm >= 10) & (cgm <= 1000))  # inf too
     readings = cgm[np.isfinite(cgm)]
@@ -268,7 +308,7 @@ def grid_inputs(df: pd.DataFrame, eat_rate: float = EAT_RATE, horizon: int | Non
             out["basal"][i, edges[k] : edges[k + 1]] = basal[k]
         for ti, units in zip(t, g["BOLUS"].to_numpy()):
             out["bolus"][i, ti] += units
-        for ti, grams in zip(t, g["CHO"].to_numpy()):
+        for ti, grams in zip(t, queued_meals(t, g["CHO"].to_numpy(), eat_rate)):
             _eat(out["meal"][i], ti, grams, eat_rate)
         seen = g["CGM"].notna().to_numpy()
         k = int(seen.sum())
