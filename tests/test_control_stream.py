@@ -224,6 +224,17 @@ def test_nonmem_pheno_control_stream_reproduces_nonmem(tmp_path):
         # NONMEM variables cohort does not model are refused by name, never dropped
         (("S2 = V", "S2 = V\nALAG2 = 0.5"), "ALAG2 in $PK (not supported)"),
         (("S2 = V", "S2 = V\nR1 = 10"), "R1 in $PK (not supported)"),
+        # a second effect of one column replaced the first (WT**0.75 dropped, a probe)
+        (
+            ("TVCL = THETA(1)*(WT/70)**THETA(4)", "TVCL = THETA(1)*WT**0.75*EXP(THETA(4)*WT)"),
+            "CL: WT enters twice",
+        ),  # fmt: skip
+        # one THETA in two parameters was estimated twice, once for each (a probe)
+        (
+            ("V = THETA(2)*EXP(ETA(2))", "V = THETA(2)*(WT/70)**THETA(4)*EXP(ETA(2))"),
+            "THETA(4) is used by both CL and V",
+        ),  # fmt: skip
+        (("V = THETA(2)*EXP(ETA(2))", "V = 10*THETA(1)*EXP(ETA(2))"), "THETA(1) is used by"),
     ],
 )
 def test_unsupported_constructs_are_refused_with_the_reason(tmp_path, edit, message):
@@ -234,6 +245,30 @@ def test_unsupported_constructs_are_refused_with_the_reason(tmp_path, edit, mess
     text = " ".join(res.output.split())
     assert "run.mod: cannot fit this control stream" in text and message in text, text
     assert not (tmp_path / "f.nc").exists()
+
+
+def test_a_dv_synonym_in_input_is_read_as_dv(tmp_path):
+    """``$INPUT ... CP=DV`` (NONMEM's label=synonym) was refused as 'missing column DV'."""
+    records = simulated_records(n=6).rename(columns={"DV": "CP"})
+    records.to_csv(tmp_path / "sim.csv", index=False)
+    (tmp_path / "run.mod").write_text(
+        RUN_MOD.replace("$INPUT ID TIME AMT DV", "$INPUT ID TIME AMT CP=DV")
+    )
+    from cohort.inference.nonmem import read_control_stream
+
+    stream = read_control_stream(tmp_path / "run.mod")
+    np.testing.assert_array_equal(stream.data["DV"].to_numpy(), records["CP"].to_numpy())
+
+
+def test_two_effects_of_one_covariate_on_a_parameter_are_refused():
+    with pytest.raises(cohort.inference.SpecError, match="more than one effect of covariate 'WT'"):
+        cohort.inference.Param(
+            "CL",
+            covariates=(
+                cohort.inference.Covariate("WT", "power"),
+                cohort.inference.Covariate("WT", "exp"),
+            ),
+        )
 
 
 def test_depot_lag_and_bioavailability_are_read_not_dropped(tmp_path):

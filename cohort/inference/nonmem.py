@@ -206,6 +206,7 @@ def _parameters(model, names: dict, scale: str, problems: list[str], optional: d
     eta_names = set(model.random_variables.etas.names)
     columns = set(model.dataset.columns) if model.dataset is not None else set()
     params, eta_of, seen = [], {}, set()
+    shared: dict[str, str] = {}  # THETA -> the first parameter using it
     central = next(k for k, v in names.items() if v in ("V", "V1"))
     for nm_name, name in [*names.items(), *optional.items()]:
         symbol = next((a for a in _ALIASES.get(nm_name, (nm_name,)) if a in defined), None)
@@ -215,12 +216,22 @@ def _parameters(model, names: dict, scale: str, problems: list[str], optional: d
             continue
         expr = _sympy(statements.full_expression(symbol))
         seen |= {str(x) for x in expr.free_symbols} & eta_names
+        for theta in sorted({str(x) for x in expr.free_symbols} & set(thetas)):
+            # a THETA shared by two parameters (one exponent for CL and V, or V's typical
+            # value written through CL's) was estimated twice, once per parameter (a probe)
+            other = shared.setdefault(theta, name)
+            if other != name:
+                problems.append(
+                    f"{labels.get(theta, theta)} is used by both {other} and {name}: cohort "
+                    "estimates each parameter's typical value and covariate coefficients on "
+                    "their own; give each parameter its own THETA"
+                )
         if nm_name in optional and expr.is_number:
             # a number is held; ALAG1 = 0 is the model's own default (no lag)
             params.append(Param(name, init=max(float(expr), 1e-12), iiv=False, fixed=True))
             continue
         found: dict = {}
-        param, eta = _lognormal(name, expr, thetas, eta_names, columns, problems, found)
+        param, eta = _lognormal(name, expr, thetas, eta_names, columns, problems, found, labels)
         bounds.update({k: (labels.get(t, t), lo, hi) for k, (t, lo, hi) in found.items()})
         if param is not None:
             params.append(param)
@@ -243,7 +254,7 @@ def _parameters(model, names: dict, scale: str, problems: list[str], optional: d
     return params, eta_of, seen
 
 
-def _lognormal(name, expr, thetas, eta_names, columns, problems, bounds):
+def _lognormal(name, expr, thetas, eta_names, columns, problems, bounds, labels=None):
     """``expr`` as a cohort log-normal parameter: typical THETA x covariate effects x
     exp(ETA). Returns ``(Param or None, eta name or None)``; finite ``$THETA`` bounds go
     into ``bounds`` (see :attr:`ControlStream.bounds`)."""
@@ -296,6 +307,14 @@ def _lognormal(name, expr, thetas, eta_names, columns, problems, bounds):
             else:
                 problems.append(f"{name}: term {term}")
         elif len(cols) == 1 and not eta_syms and free <= {cols[0], *theta_syms}:
+            if cols[0] in effects or any(c.column == cols[0] for c in covariates):
+                # one effect per column and parameter: a second one replaced the first
+                # (WGT**0.75*EXP(THETA(4)*(WGT-1.3)) fitted the exponential alone; a probe)
+                problems.append(
+                    f"{name}: {cols[0]} enters twice ({_shown(expr, labels)}); cohort fits one "
+                    f"effect of a covariate on a parameter: combine them into one term"
+                )
+                return None, None
             col = sympy.Symbol(cols[0])
             power = sympy.simplify(term / sympy.log(col))
             linear = sympy.simplify(term / col)
@@ -705,4 +724,14 @@ def _dataset(model, path: Path) -> pd.DataFrame:
     if frame is None:
         raise ControlStreamError(f"{path.name}: $DATA names no readable file")
     drop = [c.name for c in model.datainfo if c.drop and c.name in frame.columns]
-    return frame.drop(columns=drop).reset_index(drop=True)
+    frame = frame.drop(columns=drop).reset_index(drop=True)
+    # NONMEM's synonyms (``$INPUT ... CP=DV``): pharmpy keeps the label (CP) and types the
+    # column; the reader looks for NONMEM's reserved names, so give the column that name
+    reserved = {"id": "ID", "idv": "TIME", "dv": "DV", "dose": "AMT"}
+    names = {c.name: reserved[c.type] for c in model.datainfo if c.type in reserved}
+    rename = {
+        label: name
+        for label, name in names.items()
+        if label in frame.columns and label != name and name not in frame.columns
+    }
+    return frame.rename(columns=rename)

@@ -83,6 +83,13 @@ class Param:
             raise SpecError(f"Param {self.name!r}: fixed=True needs an init value")
         if not self.omega > 0:
             raise SpecError(f"Param {self.name!r}: omega (initial IIV SD) must be > 0")
+        columns = [c.column for c in self.covariates]
+        twice = sorted({c for c in columns if columns.count(c) > 1})
+        if twice:  # both would be labelled NAME~COLUMN, and one replaced the other
+            raise SpecError(
+                f"Param {self.name!r}: more than one effect of covariate {twice[0]!r}; give "
+                "one effect per covariate and parameter"
+            )
 
 
 @dataclasses.dataclass(frozen=True)
