@@ -183,7 +183,9 @@ def _shared_rows(arrays: dict, state_names: tuple[str, ...], n: int) -> EventTab
 _COLUMNS = ("TIME", "EVID", "AMT", "CMT", "RATE", "ADDL", "II", "SS")
 
 
-def time_goes_back(now: float, before: float, evid: int, whose: str = "the same patient") -> str:
+def time_goes_back(
+    now: float, before: float, evid: int, whose: str = "the same patient", prev_evid: int = 0
+) -> str:
     """Why a patient's record earlier than the one before it is refused, and the fix. At a
     reset (EVID 3/4) NONMEM allows time to restart (crossover periods from 0); "sort by TIME"
     would then interleave the periods, so the fix given there is a shift."""
@@ -193,6 +195,13 @@ def time_goes_back(now: float, before: float, evid: int, whose: str = "the same 
             f"({before:g}): NONMEM lets time restart there, cohort keeps one time axis per "
             f"patient; shift this period's times (add {before - now:g} or more to TIME from "
             "this row on), the reset still empties the compartments"
+        )
+    if prev_evid in (3, 4):  # sorting would move this period before the reset
+        return (
+            f"time {now:g} is earlier than the reset record before it (EVID {prev_evid} at "
+            f"{before:g}) of {whose}: if a new period starts there, cohort keeps one time axis "
+            f"per patient; shift this period's times (add {before - now:g} or more to TIME "
+            "from this row on), the reset still empties the compartments"
         )
     return (
         f"time {now:g} is earlier than the previous record ({before:g}) of {whose}; sort "
@@ -227,7 +236,16 @@ def _numeric(df: pd.DataFrame, col: str, default: float) -> np.ndarray:
     bad = values.isna() & raw.notna()
     if bad.any():
         r = int(np.flatnonzero(bad.to_numpy())[0])
-        raise _err(r + 1, col, f"value {df[col].iloc[r]!r} is not a number")
+        cell = str(df[col].iloc[r]).strip()
+        hint = ""
+        if re.fullmatch(r"[-+]?\d+,\d+", cell):
+            hint = " (a decimal comma? write 1.5, not 1,5)"
+        elif col == "TIME" and re.fullmatch(r"\d{1,2}:\d{2}(:\d{2})?", cell):
+            hint = (
+                " (a clock time? TIME is hours since the start, e.g. 08:00 on the first day "
+                "is 8 when the records start at midnight)"
+            )
+        raise _err(r + 1, col, f"value {df[col].iloc[r]!r} is not a number{hint}")
     return values.fillna(default).to_numpy(dtype=float)
 
 
@@ -296,8 +314,10 @@ def records_table(
     df: pd.DataFrame, state_names: Sequence[str], dose_targets: Sequence[str]
 ) -> EventTable:
     """:func:`records_from_frame` padded straight into an :class:`EventTable` (vectorised: no
-    per-patient frames, so 10^4-10^5 patients take well under a second)."""
+    per-patient frames, so 10^4-10^5 patients take well under a second). A user's dose row
+    repeated whole is refused, as the fit's reader refuses it."""
     ex = _expanded(df, state_names, dose_targets)
+    _refuse_repeated_doses(df)
     n, code = ex["n"], ex["code"]
     counts = np.bincount(code, minlength=n)
     e = max(1, int(counts.max(initial=0)))
@@ -322,6 +342,33 @@ def records_table(
     ):
         out[key][code, pos] = ex[col]
     return EventTable(**out, state_names=tuple(state_names))
+
+
+def _refuse_repeated_doses(df: pd.DataFrame) -> None:
+    """A dose row equal in every column to an earlier one is a row pasted twice far more
+    often than two identical doses meant (which one row with their sum gives): summed without
+    a word, it doubled the patient's exposure (a probe), where `cohort fit` refused it."""
+    frame = df.reset_index(drop=True)
+    cols = {str(c).upper(): c for c in frame.columns}
+    if "AMT" not in cols or frame.empty:
+        return  # the reader names the missing column
+    amt = pd.to_numeric(frame[cols["AMT"]], errors="coerce").fillna(0.0).to_numpy()
+    if "EVID" in cols:
+        evid = pd.to_numeric(frame[cols["EVID"]], errors="coerce").to_numpy()
+        dose = np.isin(evid, (1, 4)) | (np.isnan(evid) & (amt > 0))
+    else:
+        dose = amt > 0
+    repeated = np.flatnonzero(frame.duplicated(keep="first").to_numpy() & dose)
+    if repeated.size:
+        i = int(repeated[0])
+        group = frame.groupby(list(frame.columns), dropna=False, sort=False).ngroup()
+        first = int(np.flatnonzero((group == group.iloc[i]).to_numpy())[0])
+        raise _err(
+            i + 1,
+            "AMT",
+            f"the dose repeats row {first + 1} in every column ({repeated.size} such row(s)); "
+            "remove the copy, or give two doses at one time as one row with their sum",
+        )
 
 
 MAX_RECORDS_PER_PATIENT = 100_000  # e.g. 11 years of hourly doses
@@ -392,12 +439,14 @@ def _expanded(df: pd.DataFrame, state_names: Sequence[str], dose_targets: Sequen
     time = _numeric(df, "TIME", np.nan)
     amt = _numeric(df, "AMT", 0.0)
     evid = _numeric(df, "EVID", np.nan)
-    evid = np.where(np.isnan(evid), np.where(amt > 0, 1.0, 0.0), evid)
     no_amt = _missing_cells(df["AMT"])
     rate = _numeric(df, "RATE", 0.0)
     addl = _numeric(df, "ADDL", 0.0)
     ii = _numeric(df, "II", 0.0)
     ss = _numeric(df, "SS", 0.0)
+    # without EVID a row is a dose when it gives an amount, a rate or a steady state (an
+    # SS=1 infusion with AMT 0 and a RATE was read as an observation: all zeros; a probe)
+    evid = np.where(np.isnan(evid), np.where((amt > 0) | (rate != 0) | (ss > 0), 1.0, 0.0), evid)
     warn_amount_off_dose(amt, evid, np.arange(1, len(df) + 1), "dosing records: row(s)", 5)
     default_cmt = state_names.index(dose_targets[0]) + 1 if dose_targets else 1
     cmt_raw = df["CMT"].to_numpy() if "CMT" in df else np.full(len(df), default_cmt)
@@ -468,7 +517,8 @@ def _expanded(df: pd.DataFrame, state_names: Sequence[str], dose_targets: Sequen
     back = np.flatnonzero((np.diff(time) < 0) & (np.diff(code) == 0))
     if back.size:
         j = int(back[0])
-        raise _err(j + 2, "TIME", time_goes_back(time[j + 1], time[j], int(evid[j + 1])))
+        why = time_goes_back(time[j + 1], time[j], int(evid[j + 1]), prev_evid=int(evid[j]))
+        raise _err(j + 2, "TIME", why)
     _warn_dose_before_ss(time, code, np.isin(evid, (1, 4)), ss, addl, ii)
     # expansion, in the order the records are generated per row: reset, then doses k = 0..
     reset = np.isin(evid, (3, 4))

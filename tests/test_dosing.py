@@ -82,6 +82,35 @@ def test_non_numeric_values():
     reject(records(AMT=["ten", 0]), 1, "AMT", "not a number")
     reject(records(TIME=[0.0, "2h"]), 2, "TIME", "not a number")
     reject(records(II=[12.0, "x"], ADDL=[1, 0]), 2, "II", "not a number")
+    reject(records(AMT=["500,5", 0]), 1, "AMT", "a decimal comma")
+    reject(records(TIME=["08:00", 2.0]), 1, "TIME", "a clock time")
+
+
+def test_a_dose_row_given_twice_is_refused_not_summed():
+    """A pasted-twice dose row doubled the exposure without a word (the fit's reader refused
+    it); two different doses at one time stay two doses."""
+    twice = pd.DataFrame({"ID": [1, 1, 2], "TIME": 0.0, "AMT": [500.0, 500.0, 400.0],
+                          "EVID": 1, "CMT": 1})  # fmt: skip
+    reject(twice, 2, "AMT", "repeats row 1 in every column")
+    two = twice.assign(AMT=[500.0, 250.0, 400.0])
+    run = cohort.simulate(PK2_ORAL, None, two, TIMES, n=2)
+    one = cohort.simulate(PK2_ORAL, None, two.iloc[[0, 2]].assign(AMT=[750.0, 400.0]), TIMES, n=2)
+    np.testing.assert_allclose(run["conc"].values, one["conc"].values, rtol=1e-12)
+
+
+def test_a_steady_state_infusion_without_evid_is_a_dose():
+    """Without EVID, an SS=1 infusion row (AMT 0, a RATE) was read as an observation: zeros."""
+    reject(
+        pd.DataFrame({"TIME": [0.0], "AMT": [0.0], "RATE": [50.0], "SS": [1], "II": [0.0],
+                      "CMT": [2]}),  # fmt: skip
+        1, "II", "constant infusion at steady state",
+    )  # fmt: skip
+
+
+def test_time_restarting_after_a_reset_row_gets_the_shift_not_sort():
+    df = pd.DataFrame({"ID": 1, "TIME": [0.0, 12.0, 0.0], "AMT": 500.0, "EVID": [1, 4, 1],
+                       "CMT": 1})  # fmt: skip
+    reject(df, 3, "TIME", r"reset record before it \(EVID 4 at 12\).*add 12 or more")
 
 
 @pytest.mark.parametrize(

@@ -161,9 +161,22 @@ def horizon_notes(dose, t_end: float, flag: str = "--t-end") -> list[tuple[str, 
         )
     amt = pd.to_numeric(dose[cols["AMT"]], errors="coerce") if "AMT" in cols else None
     if amt is not None:
+
+        def column(name):
+            if name not in cols:
+                return pd.Series(0.0, index=dose.index)
+            return pd.to_numeric(dose[cols[name]], errors="coerce").fillna(0)
+
+        rate, ss = column("RATE"), column("SS")
+        gives = (amt.fillna(0) > 0) | (rate != 0) | (ss > 0)  # as the dosing reader infers
         evid = (pd.to_numeric(dose[cols["EVID"]], errors="coerce") if "EVID" in cols
-                else pd.Series(np.where(amt.fillna(0) > 0, 1, 0), index=dose.index))  # fmt: skip
-        doses = evid.isin((1, 4)).to_numpy() & (amt.fillna(0).to_numpy() > 0)
+                else pd.Series(np.where(gives, 1, 0), index=dose.index))  # fmt: skip
+        # an SS=1 constant infusion has AMT 0 and a RATE
+        doses = evid.isin((1, 4)).to_numpy() & ((amt.fillna(0) > 0) | (rate > 0)).to_numpy()
+        unread = amt.isna() & dose[cols["AMT"]].notna()
+        unread &= ~dose[cols["AMT"]].astype(str).str.strip().isin(("", "."))
+        if unread.any():
+            return notes  # the dosing reader names the cell that is not a number
         id_col = id_column(dose)
         if id_col is not None:
             keys = pd.Series(id_keys(dose[id_col]), index=dose.index)

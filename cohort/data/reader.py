@@ -264,7 +264,13 @@ def _order_problems(
                 Problem(
                     int(rows[i]),
                     "TIME",
-                    time_goes_back(time[i], time[i - 1], int(evid[i]), f"ID {show_id(ids[i])}"),
+                    time_goes_back(
+                        time[i],
+                        time[i - 1],
+                        int(evid[i]),
+                        f"ID {show_id(ids[i])}",
+                        int(evid[i - 1]),
+                    ),  # fmt: skip
                 )
             )
     return out
