@@ -5,10 +5,13 @@ these lines (a Python user got NaN patients without a word), the CLI prints them
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 
 from cohort.engine.inputs import outside_bounds
 from cohort.engine.status import STATUS_MEANINGS, STATUS_MESSAGES, Status
+from cohort.errors import PatientsFailedWarning
 
 
 def failure_reasons(model, ds, status: np.ndarray) -> list[str]:
@@ -22,6 +25,21 @@ def failure_reasons(model, ds, status: np.ndarray) -> list[str]:
         if code == Status.INVALID_PARAMETERS:
             lines += [f"  {x}" for x in _invalid_parameters(model, ds, status)]
     return lines
+
+
+def warn_failed(model, ds, stacklevel: int):
+    """``ds``, after a :class:`PatientsFailedWarning` if some of its patients failed (a
+    Python user got NaN patients without a word)."""
+    status = np.asarray(ds["status"])
+    if (status != 0).any():
+        warnings.warn(
+            f"{int((status != 0).sum()):,} of {status.size:,} patients failed (status != 0, "
+            "NaN outputs; the others are kept): "
+            + "; ".join(line.strip() for line in failure_reasons(model, ds, status)),
+            PatientsFailedWarning,
+            stacklevel=stacklevel + 1,
+        )
+    return ds
 
 
 def _invalid_parameters(model, ds, status: np.ndarray, show: int = 4) -> list[str]:

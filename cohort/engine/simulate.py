@@ -14,7 +14,6 @@ import datetime
 import functools
 import hashlib
 import math
-import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -46,7 +45,6 @@ from cohort.engine.inputs import (
 )
 from cohort.engine.status import status_attrs
 from cohort.engine.step_choice import choose_step, pilot_rows
-from cohort.errors import PatientsFailedWarning
 from cohort.models.base import Model
 from cohort.models.contract import check_contract
 from cohort.store import ID_ATTRS, ResultStore, indexed_coordinates, locks_output, open_result
@@ -319,18 +317,9 @@ def simulate(
 
 def _warn_failed(model: Model, ds: xr.Dataset) -> xr.Dataset:
     """``ds``, after a :class:`PatientsFailedWarning` if some of its patients failed."""
-    from cohort.engine.failures import failure_reasons
+    from cohort.engine.failures import warn_failed
 
-    status = np.asarray(ds["status"].values)
-    if (status != 0).any():
-        warnings.warn(
-            f"{int((status != 0).sum()):,} of {status.size:,} patients failed (status != 0, "
-            "NaN outputs; the others are kept): "
-            + "; ".join(line.strip() for line in failure_reasons(model, ds, status)),
-            PatientsFailedWarning,
-            stacklevel=4,  # _warn_failed, simulate, its lock wrapper: the user's call
-        )
-    return ds
+    return warn_failed(model, ds, stacklevel=4)  # _warn_failed, simulate, its lock wrapper
 
 
 def _simulate_to_store(plan: _Plan, out, seed, time_units, resume, overwrite, progress, cluster):

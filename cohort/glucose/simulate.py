@@ -232,7 +232,7 @@ def run(
         codes = ds["cvga_zone"].values
         zone_attrs = {"units": "1", "long_name": "CVGA zone (Magni et al. 2008)"}
         ds["cvga_zone"] = ("patient", np.asarray(("", *CVGA_ZONES))[codes + 1], zone_attrs)
-        return warn_floor(ds)
+        return warn_floor(ds, model)
 
     keep, status_all, metrics_all = _solve_in_memory(plan, progress, trajectories=True)
     patients = xr.Variable(("patient",), np.arange(n_pat))
@@ -245,22 +245,28 @@ def run(
     ds = _dataset(model, keep, status_all, params, times, attrs).merge(met)
     for name, (values, var_attrs) in _therapy_variables(plan.therapy).items():
         ds[name] = ("patient", values, var_attrs)
-    return warn_floor(ds)
+    return warn_floor(ds, model)
 
 
-def warn_floor(ds):
+def warn_floor(ds, model=None):
     """``ds`` (a result, or :func:`metrics_only`'s arrays), after a warning if some patients
     sat at the model's glucose floor (0 mg/dL, as in simglucose): they solved "ok" but their
-    day is not physiological."""
+    day is not physiological; and one naming the parameters of failed patients (``model``
+    given: a body weight of 400 gave NaN metrics without a word)."""
+    if model is not None:
+        from cohort.engine.failures import warn_failed
+
+        warn_failed(model, ds, stacklevel=4)  # run's lock wrapper, then the caller
     floor = (np.asarray(ds["status"]) == 0) & (np.asarray(ds["g_min"], float) < 1.0)
     if floor.any():
         warnings.warn(
             f"{int(floor.sum())} patient(s) reached 0 mg/dL glucose, the model's floor (first: "
             f"patient {np.flatnonzero(floor)[0]}); their day is not physiological and their "
-            "metrics take it as 1 mg/dL (sampled patients: sample_plausible, the CLI's default "
-            "--plausible, screens such patients out on a standard day)",
+            "metrics take it as 1 mg/dL (g_min < 1 in the result; sampled patients: "
+            "sample_plausible, the CLI's default --plausible, screens such patients out on a "
+            "standard day)",
             CohortWarning,
-            stacklevel=3,
+            stacklevel=4,
         )
     return ds
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ import xarray as xr
 from cohort._version import __version__
 from cohort.dosing import EventTable, Regimen, event_table
 from cohort.engine.simulate import simulate
+from cohort.errors import CohortWarning
 from cohort.models import get as get_model
 from cohort.store.lock import locks_output
 from cohort.trial import adaptive, design, endpoints, groups
@@ -298,8 +300,30 @@ def _endpoint_values(spec, sim, times, outputs, dropout) -> dict[str, np.ndarray
         spec.estimand,
         design.rng(spec.seed, "events"),
     )
-    ok = np.asarray(sim["status"].values) == 0
+    status = np.asarray(sim["status"].values)
+    ok = status == 0
+    if not ok.all():
+        _warn_failed(status, len(spec.arm_names))
     return {k: np.where(ok, v, np.nan) for k, v in values.items()}
+
+
+def _warn_failed(status: np.ndarray, arms: int) -> None:
+    """Say that simulated patients failed: their endpoints are missing and the analyses leave
+    them out, which biases an arm when failures are not random (a prior drawing Gb above
+    t1d_minimal's range dropped the most hyperglycaemic patients without a word; a probe)."""
+    from cohort.engine.status import STATUS_MEANINGS
+
+    codes, counts = np.unique(status[status != 0], return_counts=True)
+    why = ", ".join(f"{STATUS_MEANINGS.get(int(c), int(c))} {n:,}" for c, n in zip(codes, counts))
+    warnings.warn(
+        f"trial: {int(counts.sum()):,} of {status.size:,} simulated patients failed ({why}; "
+        f"first: simulation row {int(np.flatnonzero(status != 0)[0])}); their endpoints are "
+        "missing and the analyses leave them out, a bias where failures are not random: fix "
+        "the prior (bounds within the model's ranges, `cohort models "
+        f"MODEL`) or the solver options{' (over all arms)' if arms > 1 else ''}",
+        CohortWarning,
+        stacklevel=4,
+    )
 
 
 def _patients(spec, pop, values, row, arm, strata, dropout) -> xr.Dataset:
