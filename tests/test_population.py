@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
+from cohort.errors import CohortWarning
 from cohort.population import SpecError, generate, load_spec, match
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -155,6 +156,19 @@ def test_filters_resample_until_n_accepted(tmp_path):
     assert ds.sizes["patient"] == 2_000
     assert thalf.min() >= 6.0 and thalf.max() <= 8.0
     assert 0.05 < ds.attrs["acceptance_rate"] < 0.9
+    assert ds.attrs["rejected_by"].startswith("rejected by filter '0.693 * V / CL'")
+
+
+def test_an_effect_that_goes_nonpositive_is_said(tmp_path):
+    """``1 - 0.05 * (AGE - 40)`` is <= 0 above 60 y: those candidates were rejected and the
+    AGE distribution cut without a word (a probe)."""
+    p = tmp_path / "neg.toml"
+    p.write_text(SPEC.replace(
+        '{ type = "categorical", covariate = "SEX", factors = { M = 1.2 } },',
+        '{ type = "expression", expression = "1 - 0.05 * (AGE - 40)" },',
+    ))  # fmt: skip
+    with pytest.warns(CohortWarning, match=r"\[parameters.CL\]: its typical value x covariate"):
+        generate(p, 500, seed=1)
 
 
 @pytest.mark.parametrize(

@@ -74,6 +74,8 @@ def generate(
         f"{n:,} patients in {dt:.2f} s, acceptance rate "
         f"{ds.attrs['acceptance_rate']:.1%} -> [bold]{escape(str(out))}[/]"
     )
+    if ds.attrs.get("rejected_by"):
+        console.print(f"candidates {escape(str(ds.attrs['rejected_by']))}")
     for line in _outside_model_ranges(ds):
         err_console.print(f"[bold yellow]warning:[/] {escape(line)}")
     if plot is not None:

@@ -10,6 +10,7 @@ filter are skipped; the first ``n`` accepted candidates form the population.
 from __future__ import annotations
 
 import math
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,7 @@ import numpy as np
 import xarray as xr
 
 from cohort._version import __version__
-from cohort.errors import CohortError
+from cohort.errors import CohortError, CohortWarning
 from cohort.population import marginals
 from cohort.population.expr import evaluate
 from cohort.population.marginals import category_values
@@ -167,6 +168,35 @@ def _rejections(spec: PopulationSpec, seed: int, tried: int) -> str:
     return "rejected by " + ", ".join(f"{k}: {v / n:.1%} of draws" for k, v in top) if top else ""
 
 
+def _warn_nonpositive_effects(spec: PopulationSpec, seed: int, tried: int) -> None:
+    """Warn where a parameter's typical value × covariate effects is <= 0 for some draws: an
+    effect (e.g. ``1 - 0.05 * (AGE - 40)``) then rejects the candidates of some covariate
+    values, which reshapes the covariates' declared distribution without a word (AGE
+    uniform 20-80 came out with median 39.8; a probe), or, unbounded, gives patients a
+    negative clearance. A spec mistake, not a filter."""
+    values, _ = draw_candidates(spec, seed, 0, min(tried, 10_000))
+    cov = {c: values[c] for c in spec.covariate_names}
+    typical = typical_values(spec, cov, len(next(iter(values.values()))))
+    for p in spec.parameters:
+        with np.errstate(invalid="ignore"):
+            bad = np.isfinite(typical[p.name]) & (typical[p.name] <= 0)
+        if p.effects and bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            shown = ", ".join(
+                f"{c} = {cov[c][i]:.4g}" for c in spec.covariate_names if np.ndim(cov[c][i]) == 0
+            )
+            warnings.warn(
+                f"{spec.path}: [parameters.{p.name}]: its typical value x covariate effects is "
+                f"<= 0 for {bad.mean():.1%} of the candidates (e.g. {typical[p.name][i]:.4g} at "
+                f"{shown}): rejected by the parameter's bounds they change the covariates' "
+                "distribution from the one declared, kept they are not valid patients: keep "
+                "each effect > 0 over the covariates' range (e.g. an exponential effect), or "
+                "bound the covariate",
+                CohortWarning,
+                stacklevel=4,
+            )
+
+
 def draw_candidates(spec: PopulationSpec, seed: int, start: int, count: int):
     """Covariates, parameters and acceptance of candidates ``start .. start+count-1``."""
     k_cov, k_eta = len(spec.covariates), len(spec.eta_names)
@@ -287,6 +317,10 @@ def generate(
         "acceptance_rate": n / used,
         "model": spec.model or "",
     }
+    if used > n:  # what the rejected candidates fell to, for the user to see
+        attrs["rejected_by"] = _rejections(spec, seed, used)
+    if any(e.type in ("linear", "expression") for p in spec.parameters for e in p.effects):
+        _warn_nonpositive_effects(spec, seed, used)  # effects that can reach 0 or below
     if group is not None:
         group.attrs.update(attrs)
         return open_population(out)
