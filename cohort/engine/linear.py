@@ -23,15 +23,16 @@ def phi(r, dt):
     return jnp.where(small, dt, jnp.expm1(safe * dt) / safe)
 
 
-def off_coincidence(ka, rates):
+def off_coincidence(ka, rates, dtype=None):
     """``ka`` moved off a near-coincidence with a disposition rate ``-λ`` (``rates [M]``: the
     λ), the flip-flop point, where the partial fractions are singular: the depot's and that
     mode's amplitudes grow as ``1/|λ + ka|`` with opposite signs, and their sum loses
     ``eps·ka/|λ + ka|`` of relative accuracy. Within ``δ·ka`` of it, ka is put ``δ·ka`` away
     on its own side, which changes the solution by ~δ relatively: δ = 1e-7 in float64;
     √eps ≈ 3.5e-4 in float32, where the cancellation alone was 3 % at a distance of 1e-5·ka
-    and 300 % at 0 (a probe's case), and both terms now stay below ~7e-4."""
-    delta = max(1e-7, float(jnp.finfo(jnp.result_type(ka)).eps) ** 0.5)
+    and 300 % at 0 (a probe's case), and both terms now stay below ~7e-4. ``dtype``: the
+    precision the solution is used in, when the decomposition is computed in a finer one."""
+    delta = max(1e-7, float(jnp.finfo(dtype or jnp.result_type(ka)).eps) ** 0.5)
     d = rates + ka  # [M]
     near = jnp.argmin(jnp.abs(d), axis=0)
     d = jnp.take_along_axis(d, near[None], axis=0)[0] if d.ndim > 1 else d[near]
@@ -53,18 +54,19 @@ def _sym_eig(m):
     return [l1, l2], [[c, -s], [s, c]]
 
 
-def modes(model: Model, p: Tree) -> tuple[jnp.ndarray, jnp.ndarray, jnp.ndarray]:
+def modes(model: Model, p: Tree, dtype=None) -> tuple[jnp.ndarray, jnp.ndarray, jnp.ndarray]:
     """Per-patient modal decomposition: rates ``r [M]``, directions ``dirs [S, M]`` (amount
     space) and input weights ``w [M, S]`` (a unit input into each state -> mode amplitudes).
 
     The 1- and 2-compartment eigenproblems are solved in closed form and the matrices
     assembled by stacking (no scatter ops): per-subject likelihoods under ``vmap``/``grad``
     compile and run several times faster, and batched engine solves avoid a LAPACK call per
-    patient; 3 compartments use ``eigh``."""
+    patient; 3 compartments use ``eigh``. ``dtype``: the precision the modes are used in
+    when ``p`` is finer (see :func:`off_coincidence`)."""
     lp = model.linear_pk
     n = lp.n_cmt
     if n > 2:
-        return _modes_eigh(model, p)
+        return _modes_eigh(model, p, dtype)
     names = model.state_names
     vols = [p[v] for v in lp.volumes]
     flows = [p[q] for q in lp.flows]
@@ -92,7 +94,7 @@ def modes(model: Model, p: Tree) -> tuple[jnp.ndarray, jnp.ndarray, jnp.ndarray]
     rates = [full(x) for x in lam]
     if lp.depot is not None:
         ka = p[lp.ka]
-        ka = off_coincidence(ka, jnp.stack(rates))
+        ka = off_coincidence(ka, jnp.stack(rates), dtype)
         frac = [wgt[k][0] * ka / (rates[k] + ka) for k in range(n)]
         d = names.index(lp.depot)
         for k in range(n):
@@ -117,7 +119,7 @@ def _eigh(s):
     return jnp.linalg.eigh(s)
 
 
-def _modes_eigh(model: Model, p: Tree) -> tuple[jnp.ndarray, jnp.ndarray, jnp.ndarray]:
+def _modes_eigh(model: Model, p: Tree, dtype=None) -> tuple[jnp.ndarray, jnp.ndarray, jnp.ndarray]:
     """Any number of compartments: the eigenproblem by ``eigh`` (3 compartments)."""
     lp = model.linear_pk
     names = model.state_names
@@ -140,7 +142,7 @@ def _modes_eigh(model: Model, p: Tree) -> tuple[jnp.ndarray, jnp.ndarray, jnp.nd
         return lam, dirs, w
     d = names.index(lp.depot)
     ka = p[lp.ka]
-    ka = off_coincidence(ka, lam)
+    ka = off_coincidence(ka, lam, dtype)
     frac = wgt[:, 0] * ka / (lam + ka)  # depot dose -> disposition modes (via the central input)
     w = w.at[:, d].set(frac)
     v_ka = jnp.zeros(s, dtype=vols.dtype).at[d].set(1.0)
