@@ -513,6 +513,14 @@ def test_a_fits_temporary_name_holding_the_users_files_is_not_deleted(tmp_path, 
     with pytest.raises(cohort.OutputError, match="not a fit cohort was saving"):
         res.save(tmp_path / "notes.nc")
     assert note.read_text() == "my notes"
+    import h5py  # a user's own HDF5 file under the name: kept (it was deleted; a probe)
+
+    with h5py.File(tmp_path / ".mine.nc.partial", "w") as f:
+        f["thesis"] = np.arange(5)
+    with pytest.raises(cohort.OutputError, match="not a fit cohort was saving"):
+        res.save(tmp_path / "mine.nc")
+    with h5py.File(tmp_path / ".mine.nc.partial", "r") as f:
+        assert f["thesis"][:].tolist() == [0, 1, 2, 3, 4]
     res.save(tmp_path / "a.nc")  # a killed save's leftovers: replaced
     (tmp_path / "a.nc").rename(tmp_path / ".b.nc.partial")
     res.save(tmp_path / "b.nc")
@@ -556,3 +564,17 @@ def test_a_group_the_user_saved_into_a_result_store_stops_an_overwrite(tmp_path)
     assert (run / "analysis" / "zarr.json").exists()
     shutil.rmtree(run / "analysis")
     simulate(overwrite=True)  # cohort's own arrays alone: replaced as before
+
+
+def test_a_group_the_user_saved_into_a_population_store_stops_an_overwrite(tmp_path):
+    """Population (and fit, twin) stores did not record their own members: a group the user
+    saved into one was deleted by `cohort generate --overwrite` (a probe)."""
+    out = tmp_path / "pop.zarr"
+    args = ["generate", str(PRIOR), "--n", "20", "--chunk-size", "10", "-o", str(out)]
+    assert runner.invoke(app, args).exit_code == 0
+    zarr.open_group(str(out), mode="r+").create_group("mywork").attrs["thesis"] = 1
+    res = runner.invoke(app, [*args, "--overwrite"])
+    assert res.exit_code == 2 and "mywork" in res.output, res.output
+    assert zarr.open_group(str(out / "mywork"), mode="r").attrs["thesis"] == 1
+    shutil.rmtree(out / "mywork")
+    assert runner.invoke(app, [*args, "--overwrite"]).exit_code == 0

@@ -25,7 +25,9 @@ STATUS_MEANINGS = {s.value: s.name.lower() for s in Status}
 STATUS_MESSAGES = {
     Status.OK: "solved",
     Status.MAX_STEPS: "the adaptive solver hit max_steps: raise max_steps or loosen rtol/atol, "
-    "or use a stiff solver (Kvaerno5) if the model is stiff",
+    "or use a stiff solver (Kvaerno5) if the model is stiff; in float32 the default rtol 1e-8 "
+    "is below the precision (a stiff model's Newton steps then fail): use float64 (CLI: "
+    "--dtype float64), the fast path (--method fast), or Adaptive(rtol=1e-5, atol=1e-8)",
     Status.NONFINITE: "the solution became NaN or infinite: check the parameters (extreme "
     "values), or use a smaller fixed step / the adaptive engine",
     Status.NEGATIVE: "a non-negative state went negative beyond round-off: use a smaller step "

@@ -23,7 +23,7 @@ from cohort.inference.layout import Layout, output_units
 from cohort.inference.ml import MLEstimate
 from cohort.inference.problem import BoundModel, Pop
 from cohort.store import locks_output, prepare_output
-from cohort.store.safety import SIGNATURE, remove_own, written_by_cohort
+from cohort.store.safety import NODES, SIGNATURE, remove_own, written_by_cohort
 from cohort.store.zarr_store import new_layout
 
 
@@ -188,7 +188,7 @@ def _write_groups(path: Path, groups: dict[str, xr.Dataset]) -> None:
     tmp = path.with_name(f".{path.name}.partial")
     if tmp.is_dir() and written_by_cohort(tmp):  # a killed save's: removed unless it holds
         remove_own(tmp, "partial fit result")  # files cohort did not write
-    elif tmp.is_file() and _hdf5_signature(tmp):  # a killed .nc save
+    elif tmp.is_file() and _hdf5_signature(tmp) and _partial_fit(tmp):  # a killed .nc save
         tmp.unlink()
     elif tmp.exists():
         raise OutputError(
@@ -196,14 +196,15 @@ def _write_groups(path: Path, groups: dict[str, xr.Dataset]) -> None:
             "fit cohort was saving; move it away, or save the fit under another name"
         )
     if path.suffix == ".nc":
-        mode = "w"
-        for name, ds in groups.items():
-            ds.to_netcdf(tmp, group=name, mode=mode, engine="h5netcdf")
-            mode = "a"
         import h5py  # root attributes: cohort's signature (see cohort.store.safety)
 
-        with h5py.File(tmp, "r+") as f:
+        # the signature first, so that a killed save's file is recognised as cohort's (any
+        # HDF5 file under the temporary name was deleted; a probe), then the groups
+        with h5py.File(tmp, "w") as f:
             f.attrs["written_by"] = SIGNATURE
+        for name, ds in groups.items():
+            ds.to_netcdf(tmp, group=name, mode="a", engine="h5netcdf")
+        with h5py.File(tmp, "r+") as f:
             f.attrs["groups"] = ",".join(groups)
     else:
         new_layout(tmp)
@@ -213,8 +214,25 @@ def _write_groups(path: Path, groups: dict[str, xr.Dataset]) -> None:
             warnings.filterwarnings("ignore", category=UnstableSpecificationWarning)
             for name, ds in groups.items():
                 ds.to_zarr(str(tmp), group=name, mode="a", consolidated=False, zarr_format=3)
-        zarr.open_group(str(tmp), mode="r+").attrs.update({"groups": list(groups)})
+        # the groups it holds (safety.NODES): a user's group added later stops --overwrite
+        zarr.open_group(str(tmp), mode="r+").attrs.update(
+            {"groups": list(groups), NODES: list(groups)}
+        )
     os.replace(tmp, path)
+
+
+def _partial_fit(path: Path) -> bool:
+    """Whether the HDF5 file ``path`` carries cohort's signature (a fit save writes it
+    first)."""
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as f:
+            value = f.attrs.get("written_by", b"")
+    except (OSError, ValueError):
+        return False
+    value = value.decode() if isinstance(value, bytes) else str(value)
+    return value.startswith(SIGNATURE)
 
 
 def _hdf5_signature(path: Path) -> bool:

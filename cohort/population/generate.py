@@ -26,7 +26,7 @@ from cohort.population.expr import evaluate
 from cohort.population.marginals import category_values
 from cohort.population.spec import PopulationSpec, load_spec
 from cohort.store.lock import locks_output
-from cohort.store.safety import check_store_name, prepare_output
+from cohort.store.safety import NODES, check_store_name, prepare_output
 from cohort.store.zarr_store import (
     add_done_flags,
     add_patient_axis,
@@ -361,7 +361,7 @@ def _open_store(out, spec, n, seed, chunk_size, names, var_attrs, resume, overwr
     add_done_flags(group, n_chunks, "chunk of patients fully written")
     group.attrs.update(
         {**key, "population": spec.name, "cohort_version": __version__,
-         "layout_complete": True}
+         NODES: sorted(group.keys()), "layout_complete": True}
     )  # fmt: skip
     return group, np.zeros(n_chunks, bool)
 

@@ -28,6 +28,7 @@ from cohort._version import __version__
 from cohort.errors import CohortError, CohortWarning, OutputError
 from cohort.store import locks_output
 from cohort.store.safety import (
+    NODES,
     check_path,
     is_empty_directory,
     prepare_output,
@@ -124,9 +125,13 @@ def save_twins(twins, path: str | Path, *, overwrite: bool = False) -> Path:
                 "ids": json.dumps([_plain(i) for i in twins.ids.tolist()]),
                 "n_updates": 0,
                 "cohort_version": __version__,
+                NODES: [_group(0)],
             },
         )
         k = 0
+    # the update groups it holds (safety.NODES), this one included before it is written: a
+    # user's group added beside them stops --overwrite instead of being deleted
+    zarr.open_group(str(path), mode="r+").attrs[NODES] = [_group(i) for i in range(k + 1)]
     for name, ds in _datasets(twins).items():
         ds.attrs[DIGEST] = digest(ds)
         ds.to_zarr(
