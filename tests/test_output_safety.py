@@ -578,3 +578,30 @@ def test_a_group_the_user_saved_into_a_population_store_stops_an_overwrite(tmp_p
     assert zarr.open_group(str(out / "mywork"), mode="r").attrs["thesis"] == 1
     shutil.rmtree(out / "mywork")
     assert runner.invoke(app, [*args, "--overwrite"]).exit_code == 0
+
+
+def test_an_output_that_is_the_population_input_is_refused(tmp_path):
+    """`simulate --population pop.zarr -o pop.zarr --overwrite` replaced the population store
+    (and its generate provenance) with the results (a probe)."""
+    pop = tmp_path / "pop.zarr"
+    gen = ["generate", str(PRIOR), "--n", "10", "-o", str(pop)]
+    assert runner.invoke(app, gen).exit_code == 0
+    res = runner.invoke(app, ["simulate", "--population", str(pop), "-o", str(pop) + "/",
+                              "--overwrite"])  # fmt: skip
+    assert res.exit_code == 2 and "is the --population input" in res.output, res.output
+    assert "spec_hash" in zarr.open_group(str(pop), mode="r").attrs
+
+
+def test_a_file_named_like_a_chunk_beyond_the_arrays_grid_is_the_users(tmp_path):
+    """Any chunk-shaped name inside an array's folder passed for cohort's: `CL/c/2026` in an
+    array of 5 chunks, and v2-style `CL/c/0.1`, were deleted by --overwrite (a probe)."""
+    out = tmp_path / "pop.zarr"
+    args = ["generate", str(PRIOR), "--n", "50", "--chunk-size", "10", "-o", str(out)]
+    assert runner.invoke(app, args).exit_code == 0
+    for name in ("2026", "0.1"):
+        (out / "CL" / "c" / name).write_text("notes")
+        res = runner.invoke(app, [*args, "--overwrite"])
+        assert res.exit_code == 2 and f"CL/c/{name}" in res.output, res.output
+        assert (out / "CL" / "c" / name).read_text() == "notes"
+        (out / "CL" / "c" / name).unlink()
+    assert runner.invoke(app, [*args, "--overwrite"]).exit_code == 0  # its own chunks only

@@ -268,6 +268,12 @@ def simulate(
             style = "[bold yellow]warning:[/]" if level == "warning" else "note:"
             err_console.print(f"{style} --dosing {escape(note)}")
     pop_ids = None
+    if "://" not in str(out):
+        inputs = {"--population": population, "--dosing": dosing}
+        for flag, given in inputs.items():
+            if given is not None and Path(given).resolve() == Path(out).resolve():
+                # the results replaced the population store and its provenance (a probe)
+                fail(f"--out {out} is the {flag} input: write the results to another path")
     if population is not None:
         m, pop = read_population(population, model)
         if isinstance(pop, tuple):  # a CSV with an ID column

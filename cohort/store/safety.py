@@ -295,7 +295,56 @@ def _not_chunks(array_dir: Path) -> list[str]:
         dirs.sort()
         links = [d for d in dirs if (Path(root) / d).is_symlink()]  # never a chunk folder
         files += [(Path(root) / n).relative_to(array_dir).as_posix() for n in names + links]
-    return stray_files(files, {""})
+    strays = stray_files(files, {""})
+    grid = _chunk_grid(array_dir)
+    if grid is not None:  # a name shaped like a chunk key must also be one of the array's
+        seen = set(strays)
+        strays += [f for f in files if f not in seen and _off_grid(f, *grid)]
+    return sorted(strays)
+
+
+def _chunk_grid(array_dir: Path) -> tuple[list[int], str, str] | None:
+    """``(chunks per dimension, key prefix, separator)`` of the zarr array in ``array_dir``,
+    or None where its metadata is not the regular grid cohort writes (then any chunk-shaped
+    name passes, as before). A user's ``c/2026`` in an array of 5 chunks was deleted as a
+    chunk (a probe)."""
+    try:
+        if (array_dir / "zarr.json").is_file():
+            meta = json.loads((array_dir / "zarr.json").read_text())
+            shape = meta["shape"]
+            chunks = meta["chunk_grid"]["configuration"]["chunk_shape"]
+            enc = meta.get("chunk_key_encoding", {})
+            sep = enc.get("configuration", {}).get(
+                "separator", "/" if enc.get("name", "default") == "default" else "."
+            )
+            prefix = "c" if enc.get("name", "default") == "default" else ""
+        else:
+            meta = json.loads((array_dir / ".zarray").read_text())
+            shape, chunks = meta["shape"], meta["chunks"]
+            sep, prefix = meta.get("dimension_separator") or ".", ""
+        counts = [-(-int(n) // max(int(c), 1)) for n, c in zip(shape, chunks, strict=True)]
+        return counts, prefix, sep
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+
+
+def _off_grid(rel: str, counts: list[int], prefix: str, sep: str) -> bool:
+    """Whether the file ``rel`` (relative to its array's folder) is not a chunk key of a grid
+    of ``counts`` chunks (metadata and zarr's temporary files are not keys either)."""
+    name = rel.rpartition("/")[2]
+    if name in ZARR_META or ZARR_TEMP.fullmatch(name):
+        return False
+    key = rel.replace("/", sep) if sep != "/" else rel
+    parts = key.split(sep) if key else []
+    if prefix:
+        if not parts or parts[0] != prefix:
+            return True
+        parts = parts[1:]
+    if not counts:  # a 0-d array: the prefix alone, or "0"
+        return parts not in ([], ["0"]) if prefix else parts != ["0"]
+    if len(parts) != len(counts) or not all(p.isdigit() for p in parts):
+        return True
+    return any(int(p) >= c for p, c in zip(parts, counts, strict=True))
 
 
 def _is_zarr_array(meta: Path) -> bool:
