@@ -169,6 +169,23 @@ def test_update_with_bad_records_exits_2_and_keeps_the_store(csvs, monkeypatch):
     assert res.exit_code == 2 and "is at TIME 1, before its last record" in flat(res)
     res = runner.invoke(app, ["twin", "fit", "day0.csv", "--prior", "nowhere.toml", "-o", "n.zarr"])
     assert res.exit_code == 2 and "nowhere.toml" in flat(res)
+    # an update running elsewhere holds the store from reading to saving: a second one is
+    # refused before it reads (two at once each read the same state and the later save
+    # dropped the earlier's records; a probe)
+    import json
+    import os
+    import socket
+
+    from cohort.store.lock import lock_path
+
+    held = {"pid": os.getppid(), "host": socket.gethostname(), "started": "now"}
+    lock_path(store).write_text(json.dumps(held))
+    try:
+        res = runner.invoke(app, ["twin", "update", store, "day1.csv"])
+    finally:
+        lock_path(store).unlink()
+    assert res.exit_code == 2 and f"is being written by process {os.getppid()}" in flat(res)
+    assert len(open_twins(store).history) == 1
 
 
 @pytest.mark.slow

@@ -144,7 +144,12 @@ def update(
         fail(f"no such file {data}")
     folder = report_folder(report, overwrite)
     t0 = time.perf_counter()
-    with console.status("updating twins"):
+    from cohort.store.lock import write_lock
+
+    # the store's lock from reading to saving: two updates run at once each read the same
+    # state and the later save dropped the earlier's records (a probe); now the second waits
+    # for nothing and is refused at once, naming the first
+    with write_lock(store), console.status("updating twins"):
         twins = open_twins(store, from_update)
         given = [k for k, v in scales.items() if v is not None]
         if given and not hasattr(twins, "replay"):
@@ -152,7 +157,7 @@ def update(
         extra = {"cluster": scheduler} if scheduler is not None else {}
         kept = checkpoint_for(store)
         tw = twins.update(str(data), method=method, checkpoint=kept, **extra)
-    path = tw.save(store)
+        path = tw.save(store)
     kept.remove()
     stored = f"update {_n_updates(path) - 1} stored" + (
         f" (from update {from_update})" if from_update is not None else ""
