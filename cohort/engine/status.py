@@ -30,8 +30,9 @@ STATUS_MESSAGES = {
     "--dtype float64), the fast path (--method fast), or Adaptive(rtol=1e-5, atol=1e-8)",
     Status.NONFINITE: "the solution became NaN or infinite: check the parameters (extreme "
     "values), or use a smaller fixed step / the adaptive engine",
-    Status.NEGATIVE: "a non-negative state went negative beyond round-off: use a smaller step "
-    "or the adaptive engine",
+    Status.NEGATIVE: "a non-negative state went negative beyond round-off: on the fast path "
+    "use a smaller step or the adaptive engine; on the adaptive engine tighten rtol/atol or "
+    "use a stiff solver (Adaptive(solver='Kvaerno5'))",
     Status.SOLVER_FAILED: "the solver failed (e.g. a singular Jacobian): check the parameters "
     "or try another solver",
     Status.INVALID_PARAMETERS: "a parameter is non-finite or outside its bounds (see "

@@ -436,7 +436,8 @@ def _layout_complete(path: Path | str) -> bool:
 ID_ATTRS = {"long_name": "patient ID in the dosing records"}
 # attributes that change between runs of the same inputs (not worth naming in a refusal)
 _VOLATILE = {"created", "spec_hash", "layout_complete", "parameters_written", "cohort_version",
-             "jax_version", "written_by", "title", RUN_TOKEN, NODES}  # fmt: skip
+             "jax_version", "written_by", "title", RUN_TOKEN, NODES,
+             "groups_planned", "groups_done"}  # fmt: skip  # a trial's progress, not its inputs
 
 
 def _differing(old: dict, new: dict, show: int = 4) -> list[str]:
