@@ -725,3 +725,18 @@ def test_a_minimum_target_sees_the_trough_before_a_bolus():
     value = float(target.value(np, ds.conc.values[0]))
     assert value == pytest.approx(20.0 * np.exp(-1.2), rel=1e-5)
     assert not target.attained(value)  # 6.0 < 7 mg/L: not attained (it read 8.66, attained)
+
+
+def test_two_results_at_one_time_are_said_at_identification():
+    """A second result at a time already observed (another DV) was taken silently when
+    identifying (an update says it): now said, naming both records (a probe)."""
+    from cohort.errors import CohortWarning
+    from cohort.twin.problem import read_records
+    from cohort.twin.synthetic import simulate_records
+
+    prior = _prior("priors/neonate_phenobarbital.toml")
+    records, _ = simulate_records(prior, 2, [2.0, 11.9], Regimen(amt=20.0), seed=3)
+    obs = records[records["EVID"] == 0].iloc[[0]].assign(DV=9.9)
+    twice = pd.concat([records, obs]).sort_values(["ID", "TIME"], kind="stable")
+    with pytest.warns(CohortWarning, match=r"2 results at one time .*all are used"):
+        read_records(twice.reset_index(drop=True), prior)

@@ -105,7 +105,31 @@ def read_records(
     _check_doses_first(data, prior, where)
     _warn_time_varying(data, prior, where)
     _warn_implausible_records(data, prior, where, covariates=new_rows is None)
+    if new_rows is None:  # an update says it by its own rows (records.append_records)
+        _warn_second_results(data)
     return data
+
+
+def _warn_second_results(data: Dataset) -> None:
+    """Two observations of one patient and output at one time with different values (a
+    corrected result kept beside the first?) are both used: said, as an update says it (an
+    identification took them silently; a probe)."""
+    rec = data.records
+    obs = rec[(rec["EVID"] == 0) & (rec["MDV"] == 0)]
+    keys = ["ID", "TIME", "CMT"] if "CMT" in obs else ["ID", "TIME"]
+    twice = obs[obs.duplicated(keys, keep=False)]
+    if twice.empty:
+        return
+    first = twice.iloc[0]
+    same = twice[(twice[keys] == first[keys]).all(axis=1)]
+    warnings.warn(
+        f"records {', '.join(str(int(r)) for r in same['ROW'])} (ID {show_id(first['ID'])}, "
+        f"TIME {first['TIME']:g}): {len(same)} results at one time (DV "
+        f"{', '.join(f'{v:g}' for v in same['DV'])}); all are used as separate samples. "
+        "To correct a result, keep only the corrected one",
+        CohortWarning,
+        stacklevel=4,
+    )
 
 
 def _row_names(data: Dataset, new_rows: np.ndarray | None):
