@@ -521,7 +521,10 @@ def _expanded(df: pd.DataFrame, state_names: Sequence[str], dose_targets: Sequen
         raise _err(j + 2, "TIME", why)
     _warn_dose_before_ss(time, code, np.isin(evid, (1, 4)), ss, addl, ii)
     # expansion, in the order the records are generated per row: reset, then doses k = 0..
-    reset = np.isin(evid, (3, 4))
+    # EVID 4 with SS=1 is EVID 1 with SS=1 (the steady state resets the system itself, as in
+    # NONMEM): a separate reset record at the same time was applied after the steady state
+    # and wiped it (a single dose's 3.125 for a steady state's 5.119; a probe)
+    reset = (evid == 3) | ((evid == 4) & (ss != 1))
     dosing = np.isin(evid, (1, 4))
     reps = np.where(dosing, np.minimum(addl, 2**62).astype(np.int64) + 1, 0)
     per_patient = np.bincount(code, weights=reps.astype(float), minlength=n)

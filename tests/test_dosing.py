@@ -384,3 +384,47 @@ def test_an_addl_dose_due_at_an_ss_record_is_said():
         with warnings.catch_warnings():
             warnings.simplefilter("error")
             cohort.dosing.event_table(pd.DataFrame(other), ["central"], ["central"])
+
+
+@pytest.mark.parametrize("method", ["closed_form", "diffrax", "fast"])
+def test_an_infusion_starting_at_a_later_reset_is_reset_away(method):
+    """An ADDL infusion due at the time of a later EVID 3 row: the reset stopped its start but
+    its end still ran, leaving a negative rate (closed form: every later dose vanished, status
+    ok; ODE engines: 'negative'). Now it is reset away like a bolus, and the later ADDL
+    infusions run: as the same doses written without the overlap."""
+    model = cohort.models.get("pk2_iv")
+    overlap = pd.DataFrame({"ID": 1, "TIME": [0.0, 12.0], "AMT": [100.0, 0.0], "EVID": [1, 3],
+                            "CMT": 1, "RATE": [20.0, 0.0], "ADDL": [3, 0],
+                            "II": [12.0, 0.0]})  # fmt: skip
+    apart = pd.DataFrame({"ID": 1, "TIME": [0.0, 12.0, 24.0], "AMT": [100.0, 0.0, 100.0],
+                          "EVID": [1, 3, 1], "CMT": 1, "RATE": [20.0, 0.0, 20.0],
+                          "ADDL": [0, 0, 1], "II": [0.0, 0.0, 12.0]})  # fmt: skip
+    grid = cohort.grid(0.0, 48.0, 0.5)
+    a = cohort.simulate(model, None, overlap, grid, method=method)
+    b = cohort.simulate(model, None, apart, grid, method=method)
+    assert a.status.values.tolist() == [0]
+    np.testing.assert_allclose(a.conc.values, b.conc.values, rtol=1e-9, atol=1e-12)
+    assert a.conc.values[0, grid > 30].min() > 0.1  # the later infusions ran
+
+
+@pytest.mark.parametrize("method", ["closed_form", "diffrax"])
+def test_evid_4_with_ss_is_evid_1_with_ss(method):
+    """EVID 4 + SS=1 gave a single dose (3.125 for 5.119): its reset was applied after the
+    steady state and wiped it. NONMEM (and mrgsolve) treat it as EVID 1 + SS=1."""
+    model = cohort.models.get("pk2_iv")
+    rows = {"ID": [1], "TIME": [10.0], "AMT": [100.0], "CMT": [1], "II": [12.0], "SS": [1]}
+    grid = cohort.grid(0.0, 36.0, 1.0)
+    four = cohort.simulate(model, None, pd.DataFrame({**rows, "EVID": [4]}), grid, method=method)
+    one = cohort.simulate(model, None, pd.DataFrame({**rows, "EVID": [1]}), grid, method=method)
+    np.testing.assert_array_equal(four.conc.values, one.conc.values)
+
+
+def test_a_modelled_duration_longer_than_ii_at_steady_state_marks_the_patient():
+    """SS=1 with RATE=-2 and D_central > II came out wrong with status ok (a given RATE that
+    long is refused): the patient is now invalid, its neighbour kept."""
+    rows = pd.DataFrame({"ID": [1, 2], "TIME": 0.0, "AMT": 120.0, "EVID": 1, "CMT": 1,
+                         "RATE": -2.0, "II": 12.0, "SS": 1, "ADDL": 2})  # fmt: skip
+    pop = {"D_central": np.array([15.0, 6.0])}
+    with pytest.warns(cohort.PatientsFailedWarning, match="longer than the SS=1 dose's II"):
+        ds = cohort.simulate(PK1_IV, pop, rows, TIMES, n=2)
+    assert ds.status.values.tolist() == [5, 0]

@@ -110,7 +110,28 @@ def resolve(model: Model, ev: dict, p: Tree, with_infusion: bool, with_ss: bool 
     if not with_ss:
         every = Changes(*(a[ev["time"].shape[0] :] for a in every))
     order = jnp.argsort(every.time, stable=True)
-    return Changes(*(a[order] for a in every))
+    return _cancel_reset_infusions(Changes(*(a[order] for a in every)), order, with_ss)
+
+
+def _cancel_reset_infusions(s: Changes, order, with_ss: bool) -> Changes:
+    """Infusions that start at the time of a reset (or steady state) ordered after them are
+    reset away, as a bolus given then is: their start and their end both change nothing.
+    The end alone still ran (its start was not before the reset) and left a negative rate
+    behind: every later dose of the patient vanished, or the solve failed (a probe)."""
+    n = s.time.shape[0]
+    idx = jnp.arange(n)
+    resets = (s.kind == RESET) | (s.kind == SS_BOLUS) | (s.kind == SS_INFUSION)
+    nxt = jnp.flip(jax.lax.cummin(jnp.flip(jnp.where(resets, idx, n))))  # next reset at/after
+    nxt_time = jnp.where(nxt < n, s.time[jnp.minimum(nxt, n - 1)], jnp.inf)
+    cancelled = (s.kind == RATE) & (s.rate > 0) & (nxt_time == s.time)
+    # to the unsorted layout [steady?, starts, ends]: a start's end sits one block later
+    e = n // 3 if with_ss else n // 2
+    first = e if with_ss else 0
+    flat = jnp.zeros(n, bool).at[order].set(cancelled)[first : first + e]
+    stop = (
+        jnp.zeros(n, bool).at[first : first + e].set(flat).at[first + e : first + 2 * e].set(flat)
+    )
+    return s._replace(rate=jnp.where(stop[order], 0.0, s.rate))
 
 
 def ss_lag_problem(model: Model, table, params: dict) -> str | None:
@@ -154,7 +175,9 @@ def missing_duration_params(model: Model, table) -> list[str]:
 
 def bad_durations(model: Model, table, params: dict):
     """Per patient: a RATE=-2 dose whose modelled duration (``D_<cmt>``) is not a finite
-    number > 0 (given over no time or negative time, the dose would vanish or turn negative)."""
+    number > 0 (given over no time or negative time, the dose would vanish or turn negative),
+    or, at SS=1, longer than II (overlapping infusions at steady state are not supported, as
+    for a given RATE; they came out wrong with status ok, a probe)."""
     import numpy as np
 
     bad = np.zeros(table.n_patients, bool)
@@ -165,7 +188,9 @@ def bad_durations(model: Model, table, params: dict):
         if name not in params:
             continue  # refused before: missing_duration_params
         d = np.broadcast_to(np.asarray(params[name], float), (table.n_patients,))
-        bad |= np.any(modelled & (table.cmt == c), axis=1) & ~(np.isfinite(d) & (d > 0))
+        here = modelled & (table.cmt == c)
+        bad |= np.any(here, axis=1) & ~(np.isfinite(d) & (d > 0))
+        bad |= np.any(here & table.ss & (d[:, None] > table.ii), axis=1)
     return bad
 
 

@@ -64,6 +64,16 @@ def _invalid_parameters(model, ds, status: np.ndarray, show: int = 4) -> list[st
     for name in sorted(k for k in ds.data_vars if str(k).startswith("D_")):
         v = np.asarray(ds[name].values, float)
         out = bad & ~(np.isfinite(v) & (v > 0))
+        if not out.any():  # the other reason: longer than II at steady state
+            out = bad & ~outside_any(model, ds, bad)
+            if out.any():
+                i = int(np.flatnonzero(out)[0])
+                lines.append(
+                    f"{name} (modelled infusion duration of RATE=-2 doses) longer than the "
+                    f"SS=1 dose's II for {int(out.sum()):,} patient(s) (e.g. "
+                    f"{patient_label(ds, i)}: {v[i]:.4g})"
+                )
+            continue
         if out.any():
             i = int(np.flatnonzero(out)[0])
             lines.append(
@@ -71,6 +81,15 @@ def _invalid_parameters(model, ds, status: np.ndarray, show: int = 4) -> list[st
                 f"{int(out.sum()):,} patient(s) (e.g. {patient_label(ds, i)}: {v[i]:.4g})"
             )
     return lines[:show] + ([f"... and {len(lines) - show} more"] if len(lines) > show else [])
+
+
+def outside_any(model, ds, bad: np.ndarray) -> np.ndarray:
+    """Of the patients ``bad``, those with a parameter outside its bounds."""
+    out = np.zeros(bad.shape, bool)
+    for q in model.parameters:
+        if q.name in ds:
+            out |= bad & outside_bounds(q, np.asarray(ds[q.name].values, float))
+    return out
 
 
 def patient_label(ds, i: int) -> str:

@@ -36,8 +36,8 @@ STATUS_MESSAGES = {
     Status.SOLVER_FAILED: "the solver failed (e.g. a singular Jacobian): check the parameters "
     "or try another solver",
     Status.INVALID_PARAMETERS: "a parameter is non-finite or outside its bounds (see "
-    "`cohort models MODEL`), or a RATE=-2 dose's modelled duration is not > 0: fix the "
-    "population; the patient was not simulated",
+    "`cohort models MODEL`), or a RATE=-2 dose's modelled duration is not > 0 (or, at SS=1, "
+    "longer than II): fix the population; the patient was not simulated",
     Status.SS_NOT_REACHED: "steady state (SS=1) not reached: the state still changed over a "
     "dosing interval after ss_max_cycles intervals (e.g. doses above a saturable "
     "elimination's capacity); for linear PK use the closed form (--method closed_form), "
