@@ -483,3 +483,13 @@ def test_overlapping_meals_queue_as_in_the_glucose_simulator():
     eating = np.flatnonzero(meal > 0)
     assert eating[0] == 60 and eating[-1] == 60 + 26 - 1 and meal.max() == 5000.0
     assert meal.sum() == 130_000.0
+
+
+def test_boluses_without_meals_and_unread_columns_are_said():
+    """A patient with boluses but no meal logged was fitted as fasting without a word (SI
+    bent to fit), and an extended bolus's DURATION column was dropped silently (a probe)."""
+    df = _truth_records(seed=6)
+    with pytest.warns(CohortWarning, match=r"23 U of boluses but no meal logged"):
+        cgm_data.read_cgm(df.assign(CHO=0.0))
+    with pytest.warns(CohortWarning, match=r"\['DURATION_MIN'\] are not read"):
+        cgm_data.read_cgm(df.assign(DURATION_MIN=30.0))

@@ -54,6 +54,16 @@ def read_cgm(table: pd.DataFrame | str) -> pd.DataFrame:
     if "ID" not in df:
         df["ID"] = 1
     unread = [c for c in df.columns if c not in (*REQUIRED, *OPTIONAL, "ROW")]
+    extra = [c for c in unread if c not in ("CHO", "BOLUS")]
+    if extra and "CHO" in df and "BOLUS" in df:  # with both present nothing else is read
+        warnings.warn(
+            f"CGM records: column(s) {extra} are not read (a twin reads {list(REQUIRED)} "
+            f"and {list(OPTIONAL)}; an extended bolus's duration, for one, is not: each "
+            "BOLUS is delivered within its minute)",
+            CohortWarning,
+            stacklevel=2,
+        )
+    meals_given = "CHO" in df
     for c, what in (("CHO", "meals"), ("BOLUS", "boluses")):
         if c not in df:  # a renamed column (INSULIN) was read as no insulin at all (a probe)
             hint = f"; column(s) {unread} are not read: rename yours to {c}" if unread else ""
@@ -69,6 +79,8 @@ def read_cgm(table: pd.DataFrame | str) -> pd.DataFrame:
     df = _merge_same_minute(df)
     _check(df)
     _implausible_units(df)
+    if meals_given:  # (a missing CHO column was said above)
+        _boluses_without_meals(df)
     df["CHO"] = df["CHO"].fillna(0.0)
     df["BOLUS"] = df["BOLUS"].fillna(0.0)
     df["BASAL"] = df.groupby("ID", sort=False)["BASAL"].ffill()
@@ -117,6 +129,25 @@ def _implausible_units(df: pd.DataFrame) -> None:
             stacklevel=3,
         )
     _implausible_insulin(df)
+
+
+def _boluses_without_meals(df: pd.DataFrame) -> None:
+    """Warn where a patient has boluses but no meal logged: the twin then takes the day as
+    fasting and bends its insulin sensitivity to fit (a probe: SI 2.7e-4 -> 1.0e-4 without
+    a word); usually the meals were not exported."""
+    units = df["BOLUS"].fillna(0.0).groupby(df["ID"], sort=False).sum()
+    grams = df["CHO"].fillna(0.0).groupby(df["ID"], sort=False).sum()
+    odd = units[(units > 0) & (grams <= 0)]
+    if len(odd):
+        pid = odd.index[0]
+        i = int(np.flatnonzero((df["ID"] == pid).to_numpy())[0])
+        warnings.warn(
+            f"{_where(df, i)}: the patient has {float(odd.iloc[0]):g} U of boluses but no meal "
+            f"logged ({len(odd)} patient(s)); the twin takes the days as fasting: add the "
+            "meals (CHO, g) if they were eaten",
+            CohortWarning,
+            stacklevel=3,
+        )
 
 
 def _above(df: pd.DataFrame, col: str, limit: float, units: str, what: str, fix: str) -> None:
@@ -202,11 +233,10 @@ def _merge_same_minute(df: pd.DataFrame) -> pd.DataFrame:
     at the same minute as separate rows. CHO and BOLUS add up (all empty stays empty), the
     last basal rate given holds (the setting in force from that minute), BW and the row
     number are the first row's; two different readings at one minute are refused."""
-    key = df["ID"].astype(str) + "\x00" + df["TIME"].astype(str)
-    dup = key.duplicated(keep=False).to_numpy()
+    dup = df.duplicated(["ID", "TIME"], keep=False).to_numpy()
     if not dup.any():
         return df
-    groups = df.groupby(key, sort=False)
+    groups = df.groupby(["ID", "TIME"], sort=False)
     spread = groups["CGM"].transform(lambda c: c.max() - c.min()).to_numpy()
     _first_bad(
         df,
@@ -216,8 +246,6 @@ def _merge_same_minute(df: pd.DataFrame) -> pd.DataFrame:
         "reading per minute (or give the later one the next minute)",
     )
     merged = groups.agg(
-        ID=("ID", "first"),
-        TIME=("TIME", "first"),
         CGM=("CGM", "first"),
         CHO=("CHO", lambda c: c.sum(min_count=1)),
         BOLUS=("BOLUS", lambda c: c.sum(min_count=1)),
@@ -225,7 +253,7 @@ def _merge_same_minute(df: pd.DataFrame) -> pd.DataFrame:
         BW=("BW", "first"),
         ROW=("ROW", "first"),
     )
-    return merged.reset_index(drop=True)
+    return merged.reset_index()
 
 
 def _check(df: pd.DataFrame) -> None:
