@@ -605,3 +605,31 @@ def test_a_file_named_like_a_chunk_beyond_the_arrays_grid_is_the_users(tmp_path)
         assert (out / "CL" / "c" / name).read_text() == "notes"
         (out / "CL" / "c" / name).unlink()
     assert runner.invoke(app, [*args, "--overwrite"]).exit_code == 0  # its own chunks only
+
+
+@pytest.mark.parametrize("suffix", [".zarr", ".nc"])
+def test_a_fit_overwrite_killed_midway_keeps_the_old_result(tmp_path, three_fits, suffix,
+                                                              monkeypatch):  # fmt: skip
+    """--overwrite deleted the old fit before the new one was written: killed in between,
+    neither was left (a probe). The old one now stays until the new one is complete."""
+    import xarray as xr
+
+    from cohort.inference import load_fit
+
+    res = three_fits["ml"]
+    out = tmp_path / f"fit{suffix}"
+    res.save(out)
+    before = float(load_fit(out)["fit_summary"].attrs["ofv"])
+    writer = "to_zarr" if suffix == ".zarr" else "to_netcdf"
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(xr.Dataset, writer, killed)
+    with pytest.raises(KeyboardInterrupt):
+        res.save(out, overwrite=True)
+    monkeypatch.undo()
+    assert float(load_fit(out)["fit_summary"].attrs["ofv"]) == before
+    res.save(out, overwrite=True)  # the killed save's leftover is cohort's: replaced
+    assert float(load_fit(out)["fit_summary"].attrs["ofv"]) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"fit{suffix}"]

@@ -740,3 +740,29 @@ def test_two_results_at_one_time_are_said_at_identification():
     twice = pd.concat([records, obs]).sort_values(["ID", "TIME"], kind="stable")
     with pytest.warns(CohortWarning, match=r"2 results at one time .*all are used"):
         read_records(twice.reset_index(drop=True), prior)
+
+
+def test_a_twin_store_overwrite_killed_midway_keeps_the_old_store(tmp_path, monkeypatch):
+    """--overwrite deleted the old twin store before writing the new one: killed in between,
+    the previous state was lost (a probe). The new store is now written aside and swapped."""
+    import xarray as xr
+
+    prior = _prior("priors/neonate_phenobarbital.toml")
+    from cohort.twin.synthetic import simulate_records
+
+    records, _ = simulate_records(prior, 2, [2.0, 11.9], Regimen(amt=20.0), seed=3)
+    tw = Twins.identify(prior, records)
+    out = tmp_path / "t.zarr"
+    tw.save(out)
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(xr.Dataset, "to_zarr", killed)
+    with pytest.raises(KeyboardInterrupt):
+        tw.save(out, overwrite=True)
+    monkeypatch.undo()
+    np.testing.assert_array_equal(open_twins(out).laplace.eta, tw.laplace.eta)
+    tw.save(out, overwrite=True)  # the killed replacement's leftover: cohort's, replaced
+    np.testing.assert_array_equal(open_twins(out).laplace.eta, tw.laplace.eta)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["t.zarr"]

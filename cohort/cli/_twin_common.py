@@ -41,7 +41,11 @@ def before_identifying(data: Path, out: Path, report: Path | None, overwrite: bo
     from cohort.twin.store import interrupted_first_save
 
     # the same command after a crash before the store's first commit writes it again
-    check_replaceable(out, overwrite=overwrite, resume=interrupted_first_save(out))
+    path = check_replaceable(out, overwrite=overwrite, resume=interrupted_first_save(out))
+    if overwrite and isinstance(path, Path):  # a user's file in the store: named now, not later
+        from cohort.store.safety import check_strays
+
+        check_strays(path)
     return report_folder(report, overwrite)
 
 

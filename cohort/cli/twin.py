@@ -73,24 +73,28 @@ def fit(
     Dask cluster with --scheduler: the same numbers either way). Finished blocks are kept in
     OUT's name with .blocks.zarr until the twins are saved: the same command after a crash
     computes only the rest."""
+    from cohort.store.lock import write_lock
     from cohort.twin import TwinPrior, Twins
 
     folder = before_identifying(data, out, report, overwrite)
     t0 = time.perf_counter()
-    kept = checkpoint_for(out)
-    with console.status("identifying twins"):
-        tw = Twins.identify(
-            TwinPrior.from_file(prior),
-            data,
-            method=method,
-            chains=chains,
-            warmup=warmup,
-            draws=draws,
-            seed=seed,
-            cluster=scheduler,
-            checkpoint=kept,
-        )
-    path = tw.save(out, overwrite=overwrite)
+    # the store's lock from the first block to the save: two runs at once into one -o were
+    # merged into one store as two identifications (a probe); the second is now refused
+    with write_lock(out):
+        kept = checkpoint_for(out)
+        with console.status("identifying twins"):
+            tw = Twins.identify(
+                TwinPrior.from_file(prior),
+                data,
+                method=method,
+                chains=chains,
+                warmup=warmup,
+                draws=draws,
+                seed=seed,
+                cluster=scheduler,
+                checkpoint=kept,
+            )
+        path = tw.save(out, overwrite=overwrite)
     kept.remove()
     sds = "SDs of the NUTS draws" if tw.samples is not None else "Laplace SDs"
     console.print(_summary(tw, f"{tw.prior.name}: individual MAP estimates ({sds})"))

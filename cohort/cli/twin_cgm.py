@@ -50,15 +50,18 @@ def cgm(
 
     check_scales({"--bolus-scale": bolus_scale, "--basal-scale": basal_scale,
                    "--meal-scale": meal_scale})  # fmt: skip
+    from cohort.store.lock import write_lock
+
     folder = before_identifying(data, out, report, overwrite)
     t0 = time.perf_counter()
-    kept = checkpoint_for(out)
-    with console.status("identifying CGM twins"):
-        tw = CGMTwins.identify(
-            TwinPrior.from_file(prior), str(data), method=method, chains=chains,
-            warmup=warmup, draws=draws, seed=seed, cluster=scheduler, checkpoint=kept,
-        )  # fmt: skip
-    path = tw.save(out, overwrite=overwrite)
+    with write_lock(out):  # from the first block to the save (see `cohort twin fit`)
+        kept = checkpoint_for(out)
+        with console.status("identifying CGM twins"):
+            tw = CGMTwins.identify(
+                TwinPrior.from_file(prior), str(data), method=method, chains=chains,
+                warmup=warmup, draws=draws, seed=seed, cluster=scheduler, checkpoint=kept,
+            )  # fmt: skip
+        path = tw.save(out, overwrite=overwrite)
     kept.remove()
     console.print(cgm_summary(tw, f"{tw.prior.name}: individual posteriors"))
     console.print(status_line(tw, time.perf_counter() - t0, path))

@@ -4,7 +4,6 @@ storage as netCDF or zarr (arviz InferenceData for NUTS/SVI, an xarray Dataset f
 from __future__ import annotations
 
 import dataclasses
-import os
 import warnings
 from pathlib import Path
 
@@ -22,8 +21,16 @@ from cohort.errors import OutputError
 from cohort.inference.layout import Layout, output_units
 from cohort.inference.ml import MLEstimate
 from cohort.inference.problem import BoundModel, Pop
-from cohort.store import locks_output, prepare_output
-from cohort.store.safety import NODES, SIGNATURE, remove_own, written_by_cohort
+from cohort.store import locks_output
+from cohort.store.safety import (
+    NODES,
+    SIGNATURE,
+    check_replaceable,
+    check_strays,
+    remove_own,
+    swap_into_place,
+    written_by_cohort,
+)
 from cohort.store.zarr_store import new_layout
 
 
@@ -164,7 +171,8 @@ class FitResult:
         path = Path(path)
         if path.suffix not in (".nc", ".zarr"):
             raise OutputError(f"--out {path}: use a .nc (netCDF) or .zarr path")
-        prepare_output(path, overwrite=overwrite)
+        # checked now, replaced only once the new result is complete (swap_into_place)
+        check_strays(check_replaceable(path, overwrite=overwrite))
         path.parent.mkdir(parents=True, exist_ok=True)
         groups = {"fit_summary": self.to_xarray()}
         table = self.observation_table()
@@ -218,7 +226,7 @@ def _write_groups(path: Path, groups: dict[str, xr.Dataset]) -> None:
         zarr.open_group(str(tmp), mode="r+").attrs.update(
             {"groups": list(groups), NODES: list(groups)}
         )
-    os.replace(tmp, path)
+    swap_into_place(tmp, path)
 
 
 def _partial_fit(path: Path) -> bool:

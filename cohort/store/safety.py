@@ -219,6 +219,33 @@ def prepare_output(
     return p
 
 
+def check_strays(path: Path, flag: str = "--out") -> None:
+    """Refuse (naming them) the files in the existing cohort directory ``path`` that cohort
+    did not write, before anything replaces it."""
+    if path.is_dir() and not is_empty_directory(path):
+        refuse_strays(flag, str(path), foreign_files(path))
+
+
+def swap_into_place(tmp: Path, path: Path) -> None:
+    """Put the complete new output ``tmp`` at ``path``, whose old content (checked as
+    replaceable before) is removed only once the new one is in place: a process killed
+    during an --overwrite left neither (the old one was deleted before the new one was
+    written; a probe). A file is replaced atomically; a directory is moved aside to
+    ``.NAME.replaced`` first, which a later run removes (a kill in between leaves the old
+    result there, never lost)."""
+    if not (path.is_dir() and not is_empty_directory(path)):
+        if path.is_dir():
+            path.rmdir()
+        os.replace(tmp, path)
+        return
+    aside = path.with_name(f".{path.name}.replaced")
+    if aside.exists():  # a killed swap's: cohort's, else refused
+        remove_own(aside, "replaced output of an earlier run")
+    os.replace(path, aside)
+    os.replace(tmp, path)
+    shutil.rmtree(aside)
+
+
 def remove_own(p: Path, what: str) -> None:
     """Delete the directory ``p`` that cohort wrote and now replaces by itself (a checkpoint of
     another computation, a partial group of an interrupted save), unless it holds files

@@ -30,9 +30,12 @@ from cohort.store import locks_output
 from cohort.store.safety import (
     NODES,
     check_path,
+    check_replaceable,
+    check_strays,
     is_empty_directory,
     prepare_output,
     remove_own,
+    swap_into_place,
     written_by_cohort,
 )
 from cohort.store.zarr_store import new_layout
@@ -97,6 +100,7 @@ def save_twins(twins, path: str | Path, *, overwrite: bool = False) -> Path:
     prior_json = twins.prior.to_json()
     if interrupted_first_save(path):  # killed before its first commit: nothing to keep
         remove_own(path, "twin store without a complete update")
+    final = path
     if path.exists() and not overwrite and not is_empty_directory(path):  # an empty one: new
         if not written_by_cohort(path):
             raise OutputError(f"{path} exists and was not written by cohort; choose a new path")
@@ -113,7 +117,20 @@ def save_twins(twins, path: str | Path, *, overwrite: bool = False) -> Path:
         if _group(k) in root:  # a partial group of an interrupted save: ours to replace
             remove_own(path / _group(k), "partial twin update")
     else:
-        prepare_output(path, overwrite=overwrite)
+        if overwrite and path.exists() and not is_empty_directory(path):
+            # the new store is written aside and swapped in complete: the old one was deleted
+            # first, and a kill then left neither (a probe)
+            check_strays(check_replaceable(path, overwrite=True))
+            path = path.with_name(f".{path.name}.partial")
+            if path.exists():  # a killed replacement's: cohort's, else refused
+                if not written_by_cohort(path):
+                    raise OutputError(
+                        f"{path} (the temporary name of this replacement) exists and was not "
+                        "written by cohort; move it away"
+                    )
+                remove_own(path, "partial twin store")
+        else:
+            prepare_output(path, overwrite=overwrite)
         path.parent.mkdir(parents=True, exist_ok=True)
         # one write with the mark: a store killed here is still a twin store of no update
         new_layout(
@@ -138,7 +155,9 @@ def save_twins(twins, path: str | Path, *, overwrite: bool = False) -> Path:
             str(path), group=f"{_group(k)}/{name}", mode="w", consolidated=False, zarr_format=3
         )
     zarr.open_group(str(path), mode="r+").attrs["n_updates"] = k + 1  # the commit
-    return path
+    if final is not path:
+        swap_into_place(path, final)
+    return final
 
 
 def _column(s: pd.Series) -> np.ndarray:
