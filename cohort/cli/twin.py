@@ -115,8 +115,12 @@ def _write_individual(tw, folder: Path, overwrite: bool) -> None:
 @app.command("update")
 @command(timed=True)
 def update(
-    store: Path = typer.Argument(..., help="twin store written by `cohort twin fit`"),
-    data: Path = typer.Argument(..., help="new records (at or after each patient's last one)"),
+    store: Path = typer.Argument(
+        ..., help="twin store written by `cohort twin fit` or `cohort twin cgm`"
+    ),
+    data: Path = typer.Argument(
+        ..., help="new records (PK twins: at or after each patient's last; CGM twins: after it)"
+    ),
     from_update: int = typer.Option(
         None, help="start from the twins as of this update (0: the fit) instead of the latest"
     ),
