@@ -566,3 +566,19 @@ def test_os_errors_name_the_file_and_say_what_a_full_disk_keeps():
     assert "--resume" in full
     denied = _os_error(PermissionError(errno.EACCES, "Permission denied", "runs/x.zarr"))
     assert denied == "runs/x.zarr: Permission denied"
+
+
+def test_adaptive_tolerances_from_the_command_line(tmp_path):
+    """tmdd_qss in float32 failed every patient at the default rtol 1e-8 (below float32's
+    precision: Kvaerno5's Newton steps fail), and the message's fix (loosen rtol/atol) had no
+    flag (a probe). --rtol/--atol set them; they belong to the adaptive engine."""
+    out = tmp_path / "t.zarr"
+    args = ["simulate", "--model", "tmdd_qss", "--n", "2", "--amt", "30", "--ii", "24",
+            "--addl", "2", "--t-end", "72", "--step", "24", "--dtype", "float32"]  # fmt: skip
+    res = runner.invoke(app, [*args, "--rtol", "1e-5", "--atol", "1e-8", "-o", str(out)])
+    assert res.exit_code == 0, res.output
+    ds = cohort.store.open_result(out)
+    assert (ds.status.values == 0).all() and np.isfinite(ds.conc.values).all()
+    assert "'rtol': 1e-05" in str(ds.attrs["solver_settings"])
+    res = runner.invoke(app, [*args, "--rtol", "1e-5", "--method", "fast", "-o", str(out) + "2"])
+    assert res.exit_code == 2 and "--rtol/--atol set the adaptive engine" in res.output

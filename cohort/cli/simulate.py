@@ -199,6 +199,10 @@ def simulate(
     tol: float = typer.Option(
         None, help="fast path accuracy instead of --dt: largest error relative to each peak"
     ),
+    rtol: float = typer.Option(
+        None, help="adaptive engine's relative tolerance [1e-8; float32: 1e-5 is reachable]"
+    ),
+    atol: float = typer.Option(None, help="adaptive engine's absolute tolerance [1e-10]"),
     chunk_size: int = typer.Option(None, help="patients per batch"),
     resume: bool = typer.Option(False, help="continue an interrupted run into --out"),
     overwrite: bool = typer.Option(False, help="replace an existing --out written by cohort"),
@@ -254,6 +258,14 @@ def simulate(
         fail("--dt and --tol: give the step or the accuracy, not both")
     if tol is not None and not 0 < tol < 1:
         fail(f"--tol must be in (0, 1), got {tol}")
+    tolerances = {k: v for k, v in (("rtol", rtol), ("atol", atol)) if v is not None}
+    for name, value in tolerances.items():
+        if not (np.isfinite(value) and 0 < value < 1):
+            fail(f"--{name} must be in (0, 1), got {value}")
+    if tolerances and method == "auto":
+        method = "diffrax"  # a tolerance is the adaptive engine's setting
+    if tolerances and method != "diffrax":
+        fail("--rtol/--atol set the adaptive engine's tolerances: use them with --method diffrax")
     dose = None
     if dosing is not None:
         if not dosing.is_file():
@@ -355,7 +367,7 @@ def simulate(
         pop,
         dose,
         grid(0, t_end, step),
-        method=RK4(dt=dt, tol=tol) if method == "fast" else method,
+        method=RK4(dt=dt, tol=tol) if method == "fast" else _adaptive(method, tolerances),
         dtype=dtype,
         out=str(out),
         resume=resume,
@@ -380,3 +392,12 @@ def simulate(
     console.print(f"done in {time.perf_counter() - t0:.1f} s -> [bold]{escape(str(out))}[/]")
     if n_bad == ds.sizes["patient"]:  # nothing usable: a script must not read it as success
         raise typer.Exit(1)
+
+
+def _adaptive(method: str, tolerances: dict):
+    """``method``, or the adaptive engine with the given tolerances (--rtol/--atol)."""
+    if not tolerances:
+        return method
+    from cohort.engine.diffrax_path import Adaptive
+
+    return Adaptive(**tolerances)

@@ -26,8 +26,9 @@ STATUS_MESSAGES = {
     Status.OK: "solved",
     Status.MAX_STEPS: "the adaptive solver hit max_steps: raise max_steps or loosen rtol/atol, "
     "or use a stiff solver (Kvaerno5) if the model is stiff; in float32 the default rtol 1e-8 "
-    "is below the precision (a stiff model's Newton steps then fail): use float64 (CLI: "
-    "--dtype float64), the fast path (--method fast), or Adaptive(rtol=1e-5, atol=1e-8)",
+    "is below the precision (a stiff model's Newton steps then fail): use float64, the fast "
+    "path, or rtol 1e-5 and atol 1e-8 (CLI: --rtol 1e-5 --atol 1e-8; Python: "
+    "method=Adaptive(rtol=1e-5, atol=1e-8))",
     Status.NONFINITE: "the solution became NaN or infinite: check the parameters (extreme "
     "values), or use a smaller fixed step / the adaptive engine",
     Status.NEGATIVE: "a non-negative state went negative beyond round-off: on the fast path "
