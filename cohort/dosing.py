@@ -189,19 +189,21 @@ def time_goes_back(
     """Why a patient's record earlier than the one before it is refused, and the fix. At a
     reset (EVID 3/4) NONMEM allows time to restart (crossover periods from 0); "sort by TIME"
     would then interleave the periods, so the fix given there is a shift."""
+    shift = (
+        f"shift this period's times (add {before - now:g} or more to TIME from this row on), "
+        "the reset still empties the compartments"
+    )
     if evid in (3, 4):
         return (
             f"time {now:g} at a reset record (EVID {evid}) is earlier than the previous record "
             f"({before:g}): NONMEM lets time restart there, cohort keeps one time axis per "
-            f"patient; shift this period's times (add {before - now:g} or more to TIME from "
-            "this row on), the reset still empties the compartments"
+            f"patient; {shift}"
         )
     if prev_evid in (3, 4):  # sorting would move this period before the reset
         return (
             f"time {now:g} is earlier than the reset record before it (EVID {prev_evid} at "
             f"{before:g}) of {whose}: if a new period starts there, cohort keeps one time axis "
-            f"per patient; shift this period's times (add {before - now:g} or more to TIME "
-            "from this row on), the reset still empties the compartments"
+            f"per patient; {shift}"
         )
     return (
         f"time {now:g} is earlier than the previous record ({before:g}) of {whose}; sort "
@@ -317,7 +319,7 @@ def records_table(
     per-patient frames, so 10^4-10^5 patients take well under a second). A user's dose row
     repeated whole is refused, as the fit's reader refuses it."""
     ex = _expanded(df, state_names, dose_targets)
-    _refuse_repeated_doses(df)
+    _refuse_repeated_doses(df, ex["row_dose"])
     n, code = ex["n"], ex["code"]
     counts = np.bincount(code, minlength=n)
     e = max(1, int(counts.max(initial=0)))
@@ -344,20 +346,20 @@ def records_table(
     return EventTable(**out, state_names=tuple(state_names))
 
 
-def _refuse_repeated_doses(df: pd.DataFrame) -> None:
-    """A dose row equal in every column to an earlier one is a row pasted twice far more
-    often than two identical doses meant (which one row with their sum gives): summed without
-    a word, it doubled the patient's exposure (a probe), where `cohort fit` refused it."""
+def implied_evid(amt, rate, ss) -> np.ndarray:
+    """EVID of rows that give none (numbers, missing as 0): a dose (1) where the row gives an
+    amount, a rate or a steady state, else an observation (0). An SS=1 infusion with AMT 0
+    and a RATE was read as an observation: all zeros (a probe)."""
+    amt, rate, ss = (np.asarray(x, float) for x in (amt, rate, ss))
+    return np.where((amt > 0) | (rate != 0) | (ss > 0), 1.0, 0.0)
+
+
+def _refuse_repeated_doses(df: pd.DataFrame, dose: np.ndarray) -> None:
+    """A dose row (``dose``: per row of ``df``, as :func:`_expanded` read it) equal in every
+    column to an earlier one is a row pasted twice far more often than two identical doses
+    meant (which one row with their sum gives): summed without a word, it doubled the
+    patient's exposure (a probe), where `cohort fit` refused it."""
     frame = df.reset_index(drop=True)
-    cols = {str(c).upper(): c for c in frame.columns}
-    if "AMT" not in cols or frame.empty:
-        return  # the reader names the missing column
-    amt = pd.to_numeric(frame[cols["AMT"]], errors="coerce").fillna(0.0).to_numpy()
-    if "EVID" in cols:
-        evid = pd.to_numeric(frame[cols["EVID"]], errors="coerce").to_numpy()
-        dose = np.isin(evid, (1, 4)) | (np.isnan(evid) & (amt > 0))
-    else:
-        dose = amt > 0
     repeated = np.flatnonzero(frame.duplicated(keep="first").to_numpy() & dose)
     if repeated.size:
         i = int(repeated[0])
@@ -444,9 +446,7 @@ def _expanded(df: pd.DataFrame, state_names: Sequence[str], dose_targets: Sequen
     addl = _numeric(df, "ADDL", 0.0)
     ii = _numeric(df, "II", 0.0)
     ss = _numeric(df, "SS", 0.0)
-    # without EVID a row is a dose when it gives an amount, a rate or a steady state (an
-    # SS=1 infusion with AMT 0 and a RATE was read as an observation: all zeros; a probe)
-    evid = np.where(np.isnan(evid), np.where((amt > 0) | (rate != 0) | (ss > 0), 1.0, 0.0), evid)
+    evid = np.where(np.isnan(evid), implied_evid(amt, rate, ss), evid)
     warn_amount_off_dose(amt, evid, np.arange(1, len(df) + 1), "dosing records: row(s)", 5)
     default_cmt = state_names.index(dose_targets[0]) + 1 if dose_targets else 1
     cmt_raw = df["CMT"].to_numpy() if "CMT" in df else np.full(len(df), default_cmt)
@@ -568,6 +568,7 @@ def _expanded(df: pd.DataFrame, state_names: Sequence[str], dose_targets: Sequen
     idx = np.lexsort((rank, rec["TIME"], rcode))
     out = {c: v[idx] for c, v in rec.items()}
     out["code"], out["n"] = rcode[idx], n
+    out["row_dose"] = dosing  # per input row: a dose (EVID 1/4, as inferred without EVID)
     return out
 
 

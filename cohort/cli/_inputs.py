@@ -167,10 +167,11 @@ def horizon_notes(dose, t_end: float, flag: str = "--t-end") -> list[tuple[str, 
                 return pd.Series(0.0, index=dose.index)
             return pd.to_numeric(dose[cols[name]], errors="coerce").fillna(0)
 
+        from cohort.dosing import implied_evid
+
         rate, ss = column("RATE"), column("SS")
-        gives = (amt.fillna(0) > 0) | (rate != 0) | (ss > 0)  # as the dosing reader infers
-        evid = (pd.to_numeric(dose[cols["EVID"]], errors="coerce") if "EVID" in cols
-                else pd.Series(np.where(gives, 1, 0), index=dose.index))  # fmt: skip
+        implied = pd.Series(implied_evid(amt.fillna(0), rate, ss), index=dose.index)
+        evid = pd.to_numeric(dose[cols["EVID"]], errors="coerce") if "EVID" in cols else implied
         # an SS=1 constant infusion has AMT 0 and a RATE
         doses = evid.isin((1, 4)).to_numpy() & ((amt.fillna(0) > 0) | (rate > 0)).to_numpy()
         unread = amt.isna() & dose[cols["AMT"]].notna()

@@ -48,11 +48,13 @@ def _invalid_parameters(model, ds, status: np.ndarray, show: int = 4) -> list[st
     population (e.g. a log-normal spread pushing a fraction above 1)."""
     bad = status == Status.INVALID_PARAMETERS
     lines = []
+    explained = np.zeros(bad.shape, bool)  # patients with a parameter out of bounds
     for q in model.parameters:
         if not bad.any() or q.name not in ds:
             continue
         v = np.asarray(ds[q.name].values, float)
         out = bad & outside_bounds(q, v)
+        explained |= out
         if out.any():
             i = int(np.flatnonzero(out)[0])
             lines.append(
@@ -65,7 +67,7 @@ def _invalid_parameters(model, ds, status: np.ndarray, show: int = 4) -> list[st
         v = np.asarray(ds[name].values, float)
         out = bad & ~(np.isfinite(v) & (v > 0))
         if not out.any():  # the other reason: longer than II at steady state
-            out = bad & ~outside_any(model, ds, bad)
+            out = bad & ~explained
             if out.any():
                 i = int(np.flatnonzero(out)[0])
                 lines.append(
@@ -81,15 +83,6 @@ def _invalid_parameters(model, ds, status: np.ndarray, show: int = 4) -> list[st
                 f"{int(out.sum()):,} patient(s) (e.g. {patient_label(ds, i)}: {v[i]:.4g})"
             )
     return lines[:show] + ([f"... and {len(lines) - show} more"] if len(lines) > show else [])
-
-
-def outside_any(model, ds, bad: np.ndarray) -> np.ndarray:
-    """Of the patients ``bad``, those with a parameter outside its bounds."""
-    out = np.zeros(bad.shape, bool)
-    for q in model.parameters:
-        if q.name in ds:
-            out |= bad & outside_bounds(q, np.asarray(ds[q.name].values, float))
-    return out
 
 
 def patient_label(ds, i: int) -> str:

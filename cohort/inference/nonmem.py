@@ -215,8 +215,9 @@ def _parameters(model, names: dict, scale: str, problems: list[str], optional: d
                 problems.append(f"$PK does not define {nm_name}")
             continue
         expr = _sympy(statements.full_expression(symbol))
-        seen |= {str(x) for x in expr.free_symbols} & eta_names
-        for theta in sorted({str(x) for x in expr.free_symbols} & set(thetas)):
+        free = {str(x) for x in expr.free_symbols}
+        seen |= free & eta_names
+        for theta in sorted(free & set(thetas)):
             # a THETA shared by two parameters (one exponent for CL and V, or V's typical
             # value written through CL's) was estimated twice, once per parameter (a probe)
             other = shared.setdefault(theta, name)

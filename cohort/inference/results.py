@@ -27,9 +27,8 @@ from cohort.store.safety import (
     SIGNATURE,
     check_replaceable,
     check_strays,
-    remove_own,
+    clear_leftover,
     swap_into_place,
-    written_by_cohort,
 )
 from cohort.store.zarr_store import new_layout
 
@@ -194,15 +193,12 @@ def _write_groups(path: Path, groups: dict[str, xr.Dataset]) -> None:
     The file is completed under a temporary name and renamed, so a crash never leaves half a
     result where a complete one is expected."""
     tmp = path.with_name(f".{path.name}.partial")
-    if tmp.is_dir() and written_by_cohort(tmp):  # a killed save's: removed unless it holds
-        remove_own(tmp, "partial fit result")  # files cohort did not write
-    elif tmp.is_file() and _hdf5_signature(tmp) and _partial_fit(tmp):  # a killed .nc save
-        tmp.unlink()
-    elif tmp.exists():
-        raise OutputError(
-            f"{str(tmp)!r} (the temporary name this fit is saved under) exists and is not a "
-            "fit cohort was saving; move it away, or save the fit under another name"
-        )
+    clear_leftover(  # a killed save's; anything else under the name is refused
+        tmp,
+        "partial fit result",
+        "(the temporary name this fit is saved under) exists and is not a fit cohort was "
+        "saving; move it away, or save the fit under another name",
+    )
     if path.suffix == ".nc":
         import h5py  # root attributes: cohort's signature (see cohort.store.safety)
 
@@ -227,27 +223,6 @@ def _write_groups(path: Path, groups: dict[str, xr.Dataset]) -> None:
             {"groups": list(groups), NODES: list(groups)}
         )
     swap_into_place(tmp, path)
-
-
-def _partial_fit(path: Path) -> bool:
-    """Whether the HDF5 file ``path`` carries cohort's signature (a fit save writes it
-    first)."""
-    import h5py
-
-    try:
-        with h5py.File(path, "r") as f:
-            value = f.attrs.get("written_by", b"")
-    except (OSError, ValueError):
-        return False
-    value = value.decode() if isinstance(value, bytes) else str(value)
-    return value.startswith(SIGNATURE)
-
-
-def _hdf5_signature(path: Path) -> bool:
-    """Whether ``path`` starts with HDF5's signature (its first 8 bytes only: a partial NUTS
-    result can be large)."""
-    with open(path, "rb") as f:
-        return f.read(8) == b"\x89HDF\r\n\x1a\n"
 
 
 def load_fit(path: str | Path) -> dict[str, xr.Dataset]:

@@ -140,11 +140,17 @@ def _accept(spec: PopulationSpec, values: dict[str, np.ndarray]) -> np.ndarray:
     return ok
 
 
-def _rejections(spec: PopulationSpec, seed: int, tried: int) -> str:
-    """What rejects the candidates, the commonest reasons first, from the first draws again
-    (only on the way to an error): "relax [[filters]]" was all a user was told when a
-    covariate effect's expression gave inf or NaN for every patient (a probe)."""
+def _first_draws(spec: PopulationSpec, seed: int, tried: int) -> dict[str, np.ndarray]:
+    """Covariates and parameters of the first candidates again (at most 10,000 of the
+    ``tried``): what the diagnostics below look at."""
     values, _ = draw_candidates(spec, seed, 0, min(tried, 10_000))
+    return values
+
+
+def _rejections(spec: PopulationSpec, values: dict[str, np.ndarray]) -> str:
+    """What rejects the candidates ``values`` (:func:`_first_draws`), the commonest reasons
+    first: "relax [[filters]]" was all a user was told when a covariate effect's expression
+    gave inf or NaN for every patient (a probe)."""
     n = len(next(iter(values.values())))
     reasons: dict[str, int] = {}
     for k, v in values.items():
@@ -168,13 +174,12 @@ def _rejections(spec: PopulationSpec, seed: int, tried: int) -> str:
     return "rejected by " + ", ".join(f"{k}: {v / n:.1%} of draws" for k, v in top) if top else ""
 
 
-def _warn_nonpositive_effects(spec: PopulationSpec, seed: int, tried: int) -> None:
+def _warn_nonpositive_effects(spec: PopulationSpec, values: dict[str, np.ndarray]) -> None:
     """Warn where a parameter's typical value × covariate effects is <= 0 for some draws: an
     effect (e.g. ``1 - 0.05 * (AGE - 40)``) then rejects the candidates of some covariate
     values, which reshapes the covariates' declared distribution without a word (AGE
     uniform 20-80 came out with median 39.8; a probe), or, unbounded, gives patients a
-    negative clearance. A spec mistake, not a filter."""
-    values, _ = draw_candidates(spec, seed, 0, min(tried, 10_000))
+    negative clearance. A spec mistake, not a filter (``values``: :func:`_first_draws`)."""
     cov = {c: values[c] for c in spec.covariate_names}
     typical = typical_values(spec, cov, len(next(iter(values.values()))))
     for p in spec.parameters:
@@ -274,10 +279,11 @@ def generate(
     kept: dict[str, list[np.ndarray]] = {k: [] for k in names}
     while written + buffered < n:
         if tried >= max_candidates:
+            why = _rejections(spec, _first_draws(spec, seed, tried))
             raise PopulationError(
                 f"{spec.path}: only {written + buffered} of the {n} patients asked for passed "
                 f"the bounds and filters in {tried:,} candidate draws (acceptance "
-                f"{(written + buffered) / tried:.2%}; {_rejections(spec, seed, tried)}); "
+                f"{(written + buffered) / tried:.2%}; {why}); "
                 "relax [[filters]] or parameter bounds, or allow more draws "
                 "(--max-candidates; Python: max_candidates=...)"
             )
@@ -317,10 +323,14 @@ def generate(
         "acceptance_rate": n / used,
         "model": spec.model or "",
     }
-    if used > n:  # what the rejected candidates fell to, for the user to see
-        attrs["rejected_by"] = _rejections(spec, seed, used)
-    if any(e.type in ("linear", "expression") for p in spec.parameters for e in p.effects):
-        _warn_nonpositive_effects(spec, seed, used)  # effects that can reach 0 or below
+    # effects that can reach 0 or below are checked on the same first draws
+    can_vanish = any(e.type in ("linear", "expression") for p in spec.parameters for e in p.effects)
+    if used > n or can_vanish:
+        first = _first_draws(spec, seed, used)
+        if used > n:  # what the rejected candidates fell to, for the user to see
+            attrs["rejected_by"] = _rejections(spec, first)
+        if can_vanish:
+            _warn_nonpositive_effects(spec, first)
     if group is not None:
         group.attrs.update(attrs)
         return open_population(out)

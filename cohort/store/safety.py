@@ -99,12 +99,7 @@ def _file_signature(path: Path) -> bool:
     suffix = path.suffix.lower()
     try:
         if suffix == ".nc":
-            import h5py  # netCDF-4 files are HDF5; h5py comes with h5netcdf
-
-            with h5py.File(path, "r") as f:
-                value = f.attrs.get("written_by", b"")
-            value = value.decode() if isinstance(value, bytes) else str(value)
-            return value.startswith(SIGNATURE)
+            return hdf5_signed(path)
         if suffix == ".png":
             with open(path, "rb") as f:
                 head = f.read(4096)
@@ -115,6 +110,20 @@ def _file_signature(path: Path) -> bool:
     except (OSError, ValueError):
         return False
     return False
+
+
+def hdf5_signed(path: Path) -> bool:
+    """Whether the HDF5 (netCDF-4) file at ``path`` carries cohort's signature among its root
+    attributes (a fit's save writes it first, so a killed save's file is recognised too)."""
+    import h5py  # netCDF-4 files are HDF5; h5py comes with h5netcdf
+
+    try:
+        with h5py.File(path, "r") as f:
+            value = f.attrs.get("written_by", b"")
+    except (OSError, ValueError):  # not HDF5 (h5py reads its signature first)
+        return False
+    value = value.decode() if isinstance(value, bytes) else str(value)
+    return value.startswith(SIGNATURE)
 
 
 def written_by_cohort(path: str | os.PathLike) -> bool:
@@ -239,11 +248,27 @@ def swap_into_place(tmp: Path, path: Path) -> None:
         os.replace(tmp, path)
         return
     aside = path.with_name(f".{path.name}.replaced")
-    if aside.exists():  # a killed swap's: cohort's, else refused
-        remove_own(aside, "replaced output of an earlier run")
+    clear_leftover(
+        aside,
+        "replaced output of an earlier run",
+        "(where an output being replaced is moved aside) exists and was not written by cohort; "
+        "move it away",
+    )
     os.replace(path, aside)
     os.replace(tmp, path)
     shutil.rmtree(aside)
+
+
+def clear_leftover(p: Path, what: str, refusal: str) -> None:
+    """Remove ``p``, a temporary name cohort writes under, where a killed run left it (a
+    directory cohort wrote and nothing else, or an HDF5 file with cohort's signature);
+    anything else there is the user's: refused, ``refusal`` saying why and what to do."""
+    if p.is_dir() and written_by_cohort(p):
+        remove_own(p, what)
+    elif p.is_file() and hdf5_signed(p):
+        p.unlink()
+    elif p.exists() or p.is_symlink():
+        raise OutputError(f"{str(p)!r} {refusal}")
 
 
 def remove_own(p: Path, what: str) -> None:

@@ -32,6 +32,7 @@ from cohort.store.safety import (
     check_path,
     check_replaceable,
     check_strays,
+    clear_leftover,
     is_empty_directory,
     prepare_output,
     remove_own,
@@ -122,13 +123,12 @@ def save_twins(twins, path: str | Path, *, overwrite: bool = False) -> Path:
             # first, and a kill then left neither (a probe)
             check_strays(check_replaceable(path, overwrite=True))
             path = path.with_name(f".{path.name}.partial")
-            if path.exists():  # a killed replacement's: cohort's, else refused
-                if not written_by_cohort(path):
-                    raise OutputError(
-                        f"{path} (the temporary name of this replacement) exists and was not "
-                        "written by cohort; move it away"
-                    )
-                remove_own(path, "partial twin store")
+            clear_leftover(  # a killed replacement's; anything else there is refused
+                path,
+                "partial twin store",
+                "(the temporary name of this replacement) exists and was not written by "
+                "cohort; move it away",
+            )
         else:
             prepare_output(path, overwrite=overwrite)
         path.parent.mkdir(parents=True, exist_ok=True)
