@@ -375,7 +375,7 @@ def test_serial_error_keys_are_checked(change, message):
     from cohort._toml import read_toml
     from cohort.population.spec import SpecError
 
-    raw, _ = read_toml(PRIOR, TwinError, "priors spec")
+    raw, _, _ = read_toml(PRIOR, TwinError, "priors spec")
     err = {**raw["error"], **change}
     err = {k: v for k, v in err.items() if v is not None}
     with pytest.raises((SpecError, TwinError), match=message):

@@ -582,3 +582,27 @@ def test_adaptive_tolerances_from_the_command_line(tmp_path):
     assert "'rtol': 1e-05" in str(ds.attrs["solver_settings"])
     res = runner.invoke(app, [*args, "--rtol", "1e-5", "--method", "fast", "-o", str(out) + "2"])
     assert res.exit_code == 2 and "--rtol/--atol set the adaptive engine" in res.output
+
+
+def test_a_categorical_covariates_coding_goes_with_its_codes(tmp_path):
+    """Which of 0/1 was M was lost from a simulation's SEX (a probe); its source too."""
+    spec = tmp_path / "sex.toml"
+    spec.write_text(
+        '[population]\nname = "s"\nmodel = "pk1_oral"\n[covariates.SEX]\n'
+        'distribution = "categorical"\ncategories = ["M", "F"]\nprobabilities = [0.5, 0.5]\n'
+        'units = "1"\ncitation = "a trial\'s table 1"\n'
+        '[parameters.CL]\ntypical = 3.0\nunits = "L/h"\ncitation = "t"\n'
+        'effects = [{ type = "categorical", covariate = "SEX", factors = { F = 0.8 } }]\n'
+    )
+    pop = cohort.population.generate(spec, 8, seed=1)
+    sim = cohort.simulate("pk1_oral", pop, cohort.Regimen(100.0, "depot"), [0.0, 1.0])
+    assert sim.SEX.attrs["categories"] == ["M", "F"]
+    assert sim.SEX.attrs["citation"] == "a trial's table 1"
+    np.testing.assert_array_equal(sim.SEX.values, pop.SEX.values)
+
+
+def test_time_units_other_than_the_models_are_refused():
+    """``time_units="min"`` relabelled a run solved in hours (a probe)."""
+    with pytest.raises(cohort.engine.inputs.InputError, match="pk1_iv runs in h"):
+        cohort.simulate("pk1_iv", {"CL": [2.0]}, cohort.Regimen(100.0, "central"), [0.0, 1.0],
+                        time_units="min")  # fmt: skip

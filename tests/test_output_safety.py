@@ -633,3 +633,28 @@ def test_a_fit_overwrite_killed_midway_keeps_the_old_result(tmp_path, three_fits
     res.save(out, overwrite=True)  # the killed save's leftover is cohort's: replaced
     assert float(load_fit(out)["fit_summary"].attrs["ofv"]) == before
     assert sorted(p.name for p in tmp_path.iterdir()) == [f"fit{suffix}"]
+
+
+def test_a_users_figure_under_a_name_cohort_once_wrote_is_kept(tmp_path):
+    """A user's own PNG saved over a report figure was replaced by ``--overwrite``: the
+    folder's list of files cohort wrote counted, not the file (a probe). A figure folder that
+    is a symbolic link (cohort wrote through it, outside the folder given) is refused."""
+    from cohort.errors import OutputError
+    from cohort.store.safety import claim_file, report_directory
+
+    folder = report_directory(tmp_path / "r_figures", overwrite=False, flag="report figures")
+    from matplotlib.figure import Figure
+
+    from cohort.store.figures import save_figure
+
+    fig = save_figure(Figure(), claim_file(folder, "forest.png", overwrite=False))
+    assert claim_file(folder, "forest.png", overwrite=True) == fig  # cohort's own: replaceable
+    fig.write_bytes(b"\x89PNG\r\n\x1a\n a user's own figure")
+    with pytest.raises(OutputError, match="not written by cohort"):
+        claim_file(folder, "forest.png", overwrite=True)
+    assert fig.read_bytes().endswith(b"a user's own figure")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (tmp_path / "link_figures").symlink_to(elsewhere)
+    with pytest.raises(OutputError, match="is a symbolic link"):
+        report_directory(tmp_path / "link_figures", overwrite=True, flag="report figures")

@@ -9,6 +9,7 @@ from scipy import stats
 
 from cohort.errors import CohortWarning
 from cohort.population import SpecError, generate, load_spec, match
+from cohort.population.generate import PopulationError
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -156,7 +157,7 @@ def test_filters_resample_until_n_accepted(tmp_path):
     assert ds.sizes["patient"] == 2_000
     assert thalf.min() >= 6.0 and thalf.max() <= 8.0
     assert 0.05 < ds.attrs["acceptance_rate"] < 0.9
-    assert ds.attrs["rejected_by"].startswith("rejected by filter '0.693 * V / CL'")
+    assert ds.attrs["rejected_by"].startswith("rejected by filter 'half-life' (0.693 * V / CL)")
 
 
 def test_an_effect_that_goes_nonpositive_is_said(tmp_path):
@@ -431,3 +432,63 @@ def test_a_population_nobody_passes_says_what_rejects_it(tmp_path):
     assert text != SPEC
     with pytest.raises(PopulationError, match=r"CL not finite \(inf/NaN from its expression"):
         generate(_written(tmp_path / "e.toml", text), 10, seed=1, max_candidates=500)
+
+
+PK1 = """
+[population]
+name = "named like a parameter"
+model = "pk1_oral"
+[covariates.F]
+distribution = "categorical"
+categories = [0, 1]
+probabilities = [0.5, 0.5]
+units = "1"
+citation = "test"
+[parameters.CL]
+typical = 3.0
+units = "L/h"
+citation = "test"
+[parameters.V]
+typical = 30.0
+units = "L"
+citation = "test"
+"""
+
+
+def test_a_covariate_named_like_a_model_parameter(tmp_path):
+    """A covariate is read by name in a simulation: a categorical ``F`` ("female") was
+    simulated as pk1_oral's bioavailability 0 or 1 without a word (a probe). Refused where it
+    cannot be meant, said where it can."""
+    p = tmp_path / "f.toml"
+    p.write_text(PK1)
+    with pytest.raises(SpecError, match=r"\[covariates.F\] has the name of pk1_oral's parameter F"):
+        load_spec(p)
+    p.write_text(PK1.replace(
+        'distribution = "categorical"\ncategories = [0, 1]\nprobabilities = [0.5, 0.5]',
+        'distribution = "uniform"\nlower = 0.5\nupper = 1.0',
+    ))  # fmt: skip
+    with pytest.warns(CohortWarning, match="a simulation of this population uses its values"):
+        load_spec(p)
+
+
+def test_a_population_the_spec_cannot_give_leaves_no_store(tmp_path):
+    """Its store only said "incomplete, rerun with --resume", which fails the same way, and
+    blocked a rerun with a corrected spec (a probe); a seed beyond 2**63 - 1 was a traceback
+    from inside JAX after the store was made."""
+    p = tmp_path / "tight.toml"
+    p.write_text(SPEC + '[[filters]]\nname = "none"\nexpression = "CL"\nlower = 1e6\n')
+    out = tmp_path / "pop.zarr"
+    with pytest.raises(PopulationError, match="only 0 of the 50 patients"):
+        generate(p, 50, seed=1, out=out)
+    assert not out.exists()
+    with pytest.raises(PopulationError, match=r"seed: an integer from 0 to 2\*\*63 - 1"):
+        generate(p, 50, seed=2**64 - 1, out=out)
+    assert not out.exists()
+
+
+def test_a_shipped_prior_is_found_by_name_anywhere(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    ds = generate("adult_pk_oral", 20, seed=1)
+    assert Path(ds.attrs["spec_path"]).resolve() == (ROOT / "priors/adult_pk_oral.toml").resolve()
+    with pytest.raises(SpecError, match="also found by name alone: adult_pk_oral"):
+        load_spec("priors/adult_pk_oral.toml")

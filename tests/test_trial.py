@@ -74,6 +74,21 @@ def test_ttest_vectorised_matches_scipy():
         assert (res["ci_low"][r], res["ci_high"][r]) == pytest.approx((lo, hi), rel=1e-10)
 
 
+def test_ttest_with_a_one_patient_arm_has_the_pooled_se_and_ci():
+    """An arm of one patient adds nothing to the pooled variance; its own 0/0 variance made the
+    SE and CI NaN while the trial still counted as rejecting (a probe)."""
+    from scipy.stats import ttest_ind
+
+    y = np.array([[1.0, 2.0, 3.5, 4.0, 7.0]])
+    arm = np.array([[1, 1, 1, 1, 0]])
+    res = stats.ttest(y, arm, 1, 0, np.ones(y.shape, bool))
+    ref = ttest_ind(y[0, :4], y[0, 4:])
+    assert res["p"][0] == pytest.approx(ref.pvalue, rel=1e-10)
+    lo, hi = ref.confidence_interval(0.95)
+    assert (res["ci_low"][0], res["ci_high"][0]) == pytest.approx((lo, hi), rel=1e-10)
+    assert res["se"][0] == pytest.approx(-4.375 / ref.statistic, rel=1e-10)
+
+
 # --- randomization -----------------------------------------------------------------------
 
 
@@ -233,6 +248,18 @@ def _raw():
             lambda r: r["endpoints"][2].update(observed=False, time=2.3),
             "[endpoints[2].time] 2.3 is not on the simulation grid",
         ),
+        # keys a type does not read were dropped: a cmax "at 12 h" was the window's maximum,
+        # a trough's `above` made no responder (a probe)
+        (
+            lambda r: r["endpoints"][1].update(time=12),
+            "[endpoints[1].time] not used by a cmax endpoint (it takes end, observed, output, "
+            "start): drop time",
+        ),
+        (
+            lambda r: r["endpoints"][2].update(above=5.0),
+            "[endpoints[2].above] not used by a ctrough endpoint",
+        ),
+        (lambda r: r["allocation"].update(ratio="1:2"), "[allocation.ratio] a list of whole"),
         # a biostatistician's probe: each ran with a silently wrong or merged result
         (
             lambda r: r["analysis"]["tests"].append(dict(r["analysis"]["tests"][1])),
@@ -404,6 +431,16 @@ def test_trial_killed_after_its_simulation_before_its_table_is_flagged(tmp_path,
 def test_missing_spec_file():
     with pytest.raises(TrialSpecError, match="no such trial spec"):
         ct.load("experiments/does_not_exist.toml")
+
+
+def test_a_shipped_spec_is_found_by_name_anywhere(tmp_path, monkeypatch):
+    """README's ``experiments/...`` paths exist only in a source checkout: cohort's own specs
+    are also found by their bare name (a new user's session)."""
+    monkeypatch.chdir(tmp_path)
+    spec = ct.load("theophylline_dose_ranging")
+    assert Path(spec.path).resolve() == THEO.resolve()
+    with pytest.raises(TrialSpecError, match="found by name alone: adult_pk_oral"):
+        ct.load("experiments/theophylline_dose_ranging.toml")
 
 
 # --- escalation --------------------------------------------------------------------------

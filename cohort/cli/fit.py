@@ -10,6 +10,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
+from cohort._seed import MAX_SEED
 from cohort.cli._common import command, console, err_console, fail, warn
 from cohort.cli._fit_table import estimates_table
 
@@ -311,7 +312,7 @@ def fit(
     allow_unconverged: bool = typer.Option(
         False, help="exit 0 even when the fit did not converge or landed in a flip-flop mode"
     ),
-    seed: int = typer.Option(0, help="random seed"),
+    seed: int = typer.Option(0, min=0, max=MAX_SEED, help="random seed"),
     overwrite: bool = typer.Option(False, help="replace an existing --out/--report by cohort"),
 ):
     """Fit a population model (ML, NUTS or SVI) and write estimates, EBEs and diagnostics."""

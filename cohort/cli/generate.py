@@ -10,6 +10,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
+from cohort._seed import MAX_SEED
 from cohort.cli._common import check_figure_path, command, console, err_console, fail, progress
 
 
@@ -17,7 +18,7 @@ from cohort.cli._common import check_figure_path, command, console, err_console,
 def generate(
     spec: Path = typer.Argument(..., help="prior spec, e.g. priors/adult_pk_oral.toml"),
     n: int = typer.Option(10_000, help="number of virtual patients"),
-    seed: int = typer.Option(1, help="random seed"),
+    seed: int = typer.Option(1, min=0, max=MAX_SEED, help="random seed"),
     out: Path = typer.Option(Path("runs/population.zarr"), "--out", "-o", help="zarr store"),
     chunk_size: int = typer.Option(200_000, help="patients per chunk"),
     resume: bool = typer.Option(False, help="finish an interrupted run into --out"),
@@ -38,10 +39,11 @@ def generate(
         fail(f"--chunk-size must be >= 1, got {chunk_size}")
     if max_candidates is not None and max_candidates < n:
         fail(f"--max-candidates must be >= --n ({n:,}), got {max_candidates:,}")
-    if not spec.is_file():
-        fail(
-            f"{spec} is a folder, not a spec file" if spec.is_dir() else f"no such spec file {spec}"
-        )
+    from cohort._toml import resolve
+
+    spec = resolve(spec)  # a bare name: cohort's own spec of that name
+    if spec.is_dir():
+        fail(f"{spec} is a folder, not a spec file")
     if plot is not None:
         if plot.suffix.lower() != ".png":
             fail(f"--plot {plot}: give a .png path (the figure is a PNG)")

@@ -11,6 +11,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
+from cohort._seed import MAX_SEED
 from cohort.cli._common import command, console, err_console, fail, progress
 from cohort.timing import describe, phases, step
 
@@ -75,7 +76,9 @@ def glucose(
     days: float = typer.Option(1.0, help="simulated days"),
     controller: str = typer.Option("basal-bolus", help="open-loop | basal-bolus | pid | hybrid"),
     scenario: str = typer.Option("random", help="fixed (45/70/80 g) | random (simglucose-like)"),
-    seed: int = typer.Option(0, help="seed of patients, meals and sensor noise"),
+    seed: int = typer.Option(
+        0, min=0, max=MAX_SEED, help="seed of patients, meals and sensor noise"
+    ),
     cgm_noise: bool = typer.Option(True, help="CGM sensor noise (Johnson SU, simglucose Dexcom)"),
     pump_increment: float = typer.Option(0.05, help="pump quantisation, U (0: none)"),
     period: float = typer.Option(5.0, help="control / CGM period, min"),

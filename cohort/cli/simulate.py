@@ -14,6 +14,7 @@ import numpy as np
 import typer
 from rich.markup import escape
 
+from cohort._seed import MAX_SEED
 from cohort.cli._common import (
     check_figure_path,
     command,
@@ -94,7 +95,7 @@ def demo(
     n: int = typer.Option(10_000, help="number of virtual patients"),
     out: Path = typer.Option(Path("runs/demo.zarr"), help="zarr store to write"),
     plot: Path = typer.Option(Path("runs/demo.png"), help="PNG figure to write"),
-    seed: int = typer.Option(1, help="random seed of the virtual cohort"),
+    seed: int = typer.Option(1, min=0, max=MAX_SEED, help="random seed of the virtual cohort"),
 ):
     """Simulate a default cohort: 2-cpt oral PK + indirect response, 320 mg q12h for 7 days.
 
@@ -158,7 +159,7 @@ def simulate(
     n: int = typer.Option(
         None, help="number of virtual patients [default: 1000, or one per ID of --dosing]"
     ),
-    seed: int = typer.Option(1, help="random seed"),
+    seed: int = typer.Option(1, min=0, max=MAX_SEED, help="random seed"),
     iiv: float = typer.Option(
         None,
         help="between-patient CV: log-normal around each typical value (its median: "

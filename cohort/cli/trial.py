@@ -10,6 +10,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
+from cohort._seed import MAX_SEED
 from cohort.cli._common import command, console, err_console, fail, progress
 
 
@@ -93,7 +94,7 @@ def trial(
         ..., help="trial spec, e.g. experiments/theophylline_dose_ranging.toml"
     ),
     out: Path = typer.Option(None, "--out", "-o", help="zarr store for the trial (optional)"),
-    seed: int = typer.Option(None, help="override the spec's seed"),
+    seed: int = typer.Option(None, min=0, max=MAX_SEED, help="override the spec's seed"),
     replicates: int = typer.Option(None, help="override the number of replicate trials"),
     n: int = typer.Option(None, help="override the patients per trial"),
     overwrite: bool = typer.Option(False, help="replace an existing --out/--report by cohort"),
@@ -110,10 +111,12 @@ def trial(
 ):
     """Simulate every arm x replicate of a trial spec, analyse it and print power."""
     import cohort.trial as ct
+    from cohort._toml import resolve
     from cohort.store import check_path, write_lock
 
-    if not spec.is_file():
-        fail(f"no such trial spec {spec}")
+    spec = resolve(spec)  # a bare name: cohort's own spec of that name
+    if spec.is_dir():
+        fail(f"{spec} is a folder, not a trial spec")
     for flag, value, lo in (("--replicates", replicates, 1), ("--n", n, 1), ("--seed", seed, 0)):
         if value is not None and value < lo:
             fail(f"{flag} must be >= {lo}, got {value}")

@@ -12,6 +12,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
+from cohort._seed import MAX_SEED
 from cohort.cli._cgm_report import REPLAY, cgm_replay, cgm_summary, check_scales
 from cohort.cli._common import command, console, fail
 from cohort.cli._twin_common import (
@@ -62,7 +63,7 @@ def fit(
         250, help="NUTS warmup iterations (step size; the Laplace covariance is the metric)"
     ),
     draws: int = typer.Option(500, help="NUTS draws per chain"),
-    seed: int = typer.Option(0, help="random seed"),
+    seed: int = typer.Option(0, min=0, max=MAX_SEED, help="random seed"),
     report: Path = typer.Option(None, help="directory for the individual table and figures"),
     overwrite: bool = typer.Option(False, help="replace an existing --out/--report by cohort"),
     scheduler: str = typer.Option(
@@ -267,7 +268,7 @@ def forecast(
         [], help="auc:OUT:START:END:LO:HI | level:OUT:TIME:LO:HI | min:OUT:START:END:LO"
     ),
     draws: int = typer.Option(500, help="posterior draws"),
-    seed: int = typer.Option(0, help="random seed"),
+    seed: int = typer.Option(0, min=0, max=MAX_SEED, help="random seed"),
     patient: list[str] = typer.Option([], "--id", help="only this patient (repeat for more)"),
     later: Path = typer.Option(None, help="later observations (CSV) drawn over the bands"),
     report: Path = typer.Option(Path("twin_forecast"), help="directory for CSV and figure"),
@@ -345,7 +346,7 @@ def dose(
     intervals: str = typer.Option(None, help="also choose the interval from these, e.g. 8,12,24"),
     objective: str = typer.Option("pta", help="pta (maximise attainment) | center"),
     draws: int = typer.Option(500, help="posterior draws"),
-    seed: int = typer.Option(0, help="random seed"),
+    seed: int = typer.Option(0, min=0, max=MAX_SEED, help="random seed"),
     patient: list[str] = typer.Option([], "--id", help="only this patient (repeat for more)"),
     report: Path = typer.Option(Path("twin_dose"), help="directory for CSV and figure"),
     overwrite: bool = typer.Option(False, help="replace an existing --report by cohort"),

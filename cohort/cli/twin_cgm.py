@@ -8,6 +8,7 @@ from pathlib import Path
 
 import typer
 
+from cohort._seed import MAX_SEED
 from cohort.cli._cgm_report import REPLAY, cgm_replay, cgm_summary, check_scales
 from cohort.cli._common import command, console
 from cohort.cli._twin_common import before_identifying, checkpoint_for, status_line
@@ -32,7 +33,7 @@ def cgm(
     chains: int = typer.Option(4, help="NUTS chains per patient"),
     warmup: int = typer.Option(500, help="NUTS warmup iterations (from the Laplace fit)"),
     draws: int = typer.Option(500, help="NUTS draws per chain"),
-    seed: int = typer.Option(0, help="random seed"),
+    seed: int = typer.Option(0, min=0, max=MAX_SEED, help="random seed"),
     bolus_scale: float = typer.Option(REPLAY["bolus_scale"], help="replay: boluses times this"),
     basal_scale: float = typer.Option(REPLAY["basal_scale"], help="replay: basal rate times this"),
     meal_scale: float = typer.Option(REPLAY["meal_scale"], help="replay: meals times this"),

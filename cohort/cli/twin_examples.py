@@ -10,6 +10,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
+from cohort._seed import MAX_SEED
 from cohort.cli._common import command, console, fail
 from cohort.cli._twin_common import report_file, report_folder
 
@@ -21,7 +22,7 @@ def example(
     folder: Path = typer.Argument(Path("twin_example"), help="directory for the example records"),
     n: int = typer.Option(20, help="vancomycin patients"),
     n_cgm: int = typer.Option(3, help="CGM patients (UVA/Padova reference adults, at most 10)"),
-    seed: int = typer.Option(1, help="random seed"),
+    seed: int = typer.Option(1, min=0, max=MAX_SEED, help="random seed"),
     overwrite: bool = typer.Option(False, help="replace an earlier example written by cohort"),
 ):
     """Write example records to try the twin commands on: simulated vancomycin TDM
@@ -72,7 +73,7 @@ def example(
 def mipd(
     n: int = typer.Option(200, help="simulated patients"),
     days: int = typer.Option(3, help="days (day 0 on label dosing in both arms)"),
-    seed: int = typer.Option(1, help="random seed"),
+    seed: int = typer.Option(1, min=0, max=MAX_SEED, help="random seed"),
     report: Path = typer.Option(Path("twin_mipd"), help="directory for tables and figure"),
     overwrite: bool = typer.Option(False, help="replace an existing --report by cohort"),
 ):

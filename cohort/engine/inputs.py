@@ -257,6 +257,9 @@ def _rows(population: Any) -> int:
     return -1
 
 
+_COVARIATE_ATTRS = ("units", "long_name", "categories", "comment", "distribution", "citation")
+
+
 def population_extras(
     model: Model, population: Any, outputs: tuple[str, ...] = ()
 ) -> tuple[dict[str, tuple[np.ndarray, dict]], dict[str, Any]]:
@@ -285,7 +288,9 @@ def population_extras(
     for k, (v, attrs) in cols.items():
         if k in skip or str(k).startswith("D_") or np.asarray(v).dtype.kind not in "biuf":
             continue
-        attrs = {a: attrs[a] for a in ("units", "long_name") if a in attrs}
+        # the coding of a categorical covariate goes with its codes (which of 0/1 was M was
+        # lost in the results; a probe), and its source with its values
+        attrs = {a: attrs[a] for a in _COVARIATE_ATTRS if a in attrs}
         attrs.setdefault("long_name", f"covariate {k} (not used by the model)")
         covariates[str(k)] = (np.asarray(v, dtype=float), attrs)
     return covariates, provenance

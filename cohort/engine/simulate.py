@@ -207,6 +207,8 @@ def simulate(
     ``cluster`` (a ``dask.distributed`` Client, Cluster or scheduler address; needs ``out``)
     spreads the chunks over Dask workers that write their own parts of the store: the result
     is bit-identical to a local run, and a worker lost mid-run has its chunks rerun.
+    ``time_units`` (optional) must be the model's own (``model.time_units``): times, dose
+    times and the result's time axis are in it.
     ``attrs``: extra attributes for the result (in a store: written with its layout, so a run
     killed at any point still carries them); cohort's provenance keys take precedence.
     """
@@ -217,7 +219,14 @@ def simulate(
     if times is None:
         raise InputError("times: give the save times, e.g. cohort.grid(0, 24, 0.25)")
     times = check_times(times)
-    time_units = time_units or model.time_units
+    if time_units is not None and time_units != model.time_units:
+        # it only relabelled the time axis: times in h were labelled min, unconverted (a probe)
+        raise InputError(
+            f"time_units: {model.name} runs in {model.time_units}, and times and doses are read "
+            f"in {model.time_units}; got {time_units!r}: convert the times (and dose times) to "
+            f"{model.time_units} and leave time_units out"
+        )
+    time_units = model.time_units
     if dtype in (np.float32, np.float64) or isinstance(dtype, np.dtype):
         dtype = np.dtype(dtype).name  # numpy's spelling of the same choice
     if dtype not in ("float32", "float64"):

@@ -28,6 +28,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
+from cohort._seed import check_seed
 from cohort._version import __version__
 from cohort.engine.batching import (
     LANES,
@@ -370,8 +371,7 @@ def _plan(
         raise InputError("patients: no patients (an empty table); give at least one")
     therapy = {k: np.broadcast_to(np.asarray(v, float), (n_pat,)) for k, v in therapy.items()}
     _check_therapy(therapy, patients)
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2**63:
-        raise InputError(f"seed: an integer from 0 to 2**63 - 1, got {seed!r}")
+    check_seed(seed, InputError)
     if isinstance(days, bool) or not isinstance(days, (int, float)) or not math.isfinite(days):
         raise InputError(f"days: a finite number of days, got {days!r}")
     n_periods = control_periods(days, options.period)

@@ -9,6 +9,7 @@ filter are skipped; the first ``n`` accepted candidates form the population.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import warnings
 from pathlib import Path
@@ -19,14 +20,15 @@ import jax.numpy as jnp
 import numpy as np
 import xarray as xr
 
+from cohort._seed import check_seed
 from cohort._version import __version__
-from cohort.errors import CohortError, CohortWarning
+from cohort.errors import CohortError, CohortWarning, OutputError
 from cohort.population import marginals
 from cohort.population.expr import evaluate
 from cohort.population.marginals import category_values
 from cohort.population.spec import PopulationSpec, load_spec
 from cohort.store.lock import locks_output
-from cohort.store.safety import NODES, check_store_name, prepare_output
+from cohort.store.safety import NODES, check_store_name, prepare_output, remove_own
 from cohort.store.zarr_store import (
     add_done_flags,
     add_patient_axis,
@@ -169,9 +171,14 @@ def _rejections(spec: PopulationSpec, values: dict[str, np.ndarray]) -> str:
             x = evaluate(f.expression, values)
             bad = ~(np.isfinite(x) & (x >= f.lower) & (x <= f.upper))
         if bad.any():
-            reasons[f"filter {f.expression!r}"] = int(bad.sum())
+            named = f"{f.name!r} ({f.expression})" if f.name != f.expression else repr(f.name)
+            reasons[f"filter {named}"] = int(bad.sum())
     top = sorted(reasons.items(), key=lambda kv: -kv[1])[:3]
-    return "rejected by " + ", ".join(f"{k}: {v / n:.1%} of draws" for k, v in top) if top else ""
+    if not top:
+        return ""
+    # the shares are of the candidates looked at (the first 10,000), not of all draws
+    of = "of draws" if n < 10_000 else f"of the first {n:,} draws"
+    return "rejected by " + ", ".join(f"{k}: {v / n:.1%} {of}" for k, v in top)
 
 
 def _warn_nonpositive_effects(spec: PopulationSpec, values: dict[str, np.ndarray]) -> None:
@@ -263,6 +270,7 @@ def generate(
         raise PopulationError(f"n: must be a positive integer, got {n!r}")
     if not isinstance(chunk_size, (int, np.integer)) or chunk_size < 1:
         raise PopulationError(f"chunk_size: must be a positive integer, got {chunk_size!r}")
+    check_seed(seed, PopulationError)
     names = spec.covariate_names + spec.parameter_names
     max_candidates = max_candidates or max(100 * n, 10_000)
     var_attrs = _var_attrs(spec)
@@ -270,10 +278,27 @@ def generate(
     group = None
     done = np.zeros(n_chunks, bool)
     if out is not None:
+        fresh = not (resume and Path(out).exists())
         group, done = _open_store(
             Path(out), spec, n, seed, chunk_size, names, var_attrs, resume, overwrite
         )
-        arrays = {name: group[name] for name in names}
+    try:
+        return _fill(spec, n, seed, chunk_size, names, var_attrs, max_candidates, group, done,
+                     out, progress)  # fmt: skip
+    except PopulationError:
+        # A population the spec cannot give: the store this run created would only say
+        # "incomplete, rerun with --resume", which fails the same way, and block a rerun
+        # with a corrected spec (a probe). It is this run's own: removed.
+        if out is not None and fresh:
+            with contextlib.suppress(OutputError):  # a file a user put there meanwhile: kept
+                remove_own(Path(out), "population store")
+        raise
+
+
+def _fill(spec, n, seed, chunk_size, names, var_attrs, max_candidates, group, done, out,
+          progress) -> xr.Dataset:  # fmt: skip
+    """Draw candidates until ``n`` pass, writing each full chunk (see :func:`generate`)."""
+    arrays = {name: group[name] for name in names} if group is not None else {}
     buffers: dict[str, list[np.ndarray]] = {k: [] for k in names}
     buffered = written = tried = used = 0
     kept: dict[str, list[np.ndarray]] = {k: [] for k in names}

@@ -345,6 +345,38 @@ def _check_against_model(path, params, model) -> None:
             )  # fmt: skip
 
 
+def _check_covariate_names(path, covariates, model) -> None:
+    """A covariate named like one of the model's parameters is that parameter in a simulation
+    (a population variable is read by name): a categorical ``F`` meant as "female" was
+    simulated as bioavailability 0 or 1 without a word (a probe). Refused where it cannot be
+    meant (a categorical covariate, or other units); a warning where it can (``BW`` in kg as
+    the glucose models' body weight)."""
+    import warnings
+
+    from cohort.errors import CohortWarning
+
+    params = {q.name: q for q in model.parameters}
+    for c in covariates:
+        q = params.get(c.name)
+        if q is None:
+            continue
+        what = f"{model.name}'s parameter {c.name} ({q.description}, {q.units})"
+        if c.distribution == "categorical" or _unit(c.units) != _unit(q.units):
+            kind = "a categorical covariate" if c.distribution == "categorical" else (
+                f"in {c.units!r}")  # fmt: skip
+            raise _err(
+                path, f"covariates.{c.name}", f"has the name of {what}, and a simulation "
+                f"would use it as that parameter, but it is {kind}: rename the covariate "
+                f"(e.g. {c.name}_COV, and in the effects that use it)"
+            )  # fmt: skip
+        warnings.warn(
+            f"{path}: covariate {c.name} has the name of {what}: a simulation of this "
+            f"population uses its values as that parameter (rename it if that is not meant)",
+            CohortWarning,
+            stacklevel=4,
+        )
+
+
 def _unit(units: str) -> str:
     """Units compared as written, up to spaces and the usual spellings of 'per hour'."""
     u = str(units).replace(" ", "").replace("h-1", "/h").replace("1/hr", "1/h")
@@ -372,7 +404,7 @@ def _matrix(path, key, m, size, what) -> np.ndarray:
 
 def load_spec(path: str | Path) -> PopulationSpec:
     """Read and validate a TOML prior spec."""
-    raw, digest = read_toml(path, SpecError, "spec file")
+    raw, digest, path = read_toml(path, SpecError, "spec file")
     return parse_spec(raw, str(path), digest)
 
 
@@ -479,6 +511,7 @@ def _parse_spec(raw: dict, path: str, digest: str | None) -> PopulationSpec:
                 f"({', '.join(get(model).parameter_names)})",
             )
         _check_against_model(path, params, get(model))
+        _check_covariate_names(path, covariates, get(model))
     iiv = raw.get("iiv", {})
     _check_keys(path, "iiv", iiv, {"parameters", "omega", "sd", "citation"})
     eta = tuple(iiv.get("parameters", ()))

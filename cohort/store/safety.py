@@ -134,9 +134,17 @@ def written_by_cohort(path: str | os.PathLike) -> bool:
     if p.is_file():
         if _file_signature(p):
             return True
+        if p.suffix.lower() in SIGNED_SUFFIXES:
+            # a format cohort signs: an unsigned file under a name cohort once wrote is the
+            # user's own since (a user's PNG saved over a report figure was replaced, a probe)
+            return False
         parent = _marker(p.parent)
         return parent is not None and p.name in parent.get("files", [])
     return False
+
+
+# Formats whose files carry cohort's signature in their content (see _file_signature).
+SIGNED_SUFFIXES = frozenset({".nc", ".png", ".md", ".html", ".htm"})
 
 
 # Suffixes of single-file formats: an output with one of these names was written as a zarr
@@ -446,6 +454,11 @@ def report_directory(
     ``create=False`` only checked (a command checks before its work and creates the folder
     when it writes, so a failed command leaves no empty folder behind)."""
     p = check_path(path, flag)
+    if p.is_symlink():  # cohort would write through it, outside the folder the user gave
+        raise OutputError(
+            f"{flag} {str(path)!r} is a symbolic link (to {str(p.resolve())!r}); give a real "
+            "directory, or remove the link"
+        )
     if p.exists():
         if p.is_file():
             raise OutputError(f"{flag} {str(path)!r} is a file; give a directory")

@@ -289,6 +289,7 @@ def _tables(result, analysis, sample_sizes, escalation, dose_pta) -> list:
         "estimate_q05",
         "estimate_q95",
         "n_mean",
+        "expected_n",  # a group-sequential design's expected sample size
         "power",
         "power_mc_low",
         "power_mc_high",
@@ -315,8 +316,9 @@ def _tables(result, analysis, sample_sizes, escalation, dose_pta) -> list:
     if analysis.looks is not None and len(analysis.looks):
         tables.append(
             (
-                "Stopping per look (efficacy, harm, futility), patients and expected sample "
-                "size; mean estimates of the trials stopping there, by reason (all: every "
+                "Stopping per look (efficacy, harm, futility) and patients (the expected "
+                "sample size is the power table's expected_n); mean estimates of the trials "
+                "stopping there, by reason (all: every "
                 "trial stopping there, at the last look every trial still running). They are "
                 "naive (not bias-adjusted): an efficacy stop happens when the estimate is large "
                 "(biased away from zero), a futility stop when it is small (biased towards it)",

@@ -88,7 +88,7 @@ class _Reader:
 
 def load(path: str | Path) -> TrialSpec:
     """Read and validate a trial spec file."""
-    raw, digest = read_toml(path, TrialSpecError, "trial spec")
+    raw, digest, path = read_toml(path, TrialSpecError, "trial spec")
     return parse(raw, str(path), base=Path(path).parent, digest=digest)
 
 
@@ -152,10 +152,12 @@ def _parse(raw: dict, path: str, base: Path | None, digest: str) -> TrialSpec:
     al = r.keys(
         "allocation", raw.get("allocation", {}), {"ratio", "block_size", "strata", "adaptive"}
     )
-    ratio = tuple(
-        r.int_(f"allocation.ratio[{i}]", x, 1)
-        for i, x in enumerate(al.get("ratio", [1] * len(arms)))
-    )
+    given = al.get("ratio", [1] * len(arms))
+    if not isinstance(given, list):  # "1:2" was read character by character
+        raise r.err(
+            "allocation.ratio", f"a list of whole numbers, one per arm (e.g. [1, 2]), got {given!r}"
+        )
+    ratio = tuple(r.int_(f"allocation.ratio[{i}]", x, 1) for i, x in enumerate(given))
     if len(ratio) != len(arms):
         raise r.err("allocation.ratio", f"needs one entry per arm ({len(arms)}), got {len(ratio)}")
     block = r.int_("allocation.block_size", al.get("block_size", sum(ratio) * 2))
@@ -398,6 +400,15 @@ def _assay(r: _Reader, i: int, a: Any) -> Assay:
 
 
 _EP_KEYS = {f.name for f in dataclasses.fields(Endpoint)}
+_EP_USES = {  # the keys each endpoint type reads (cohort/trial/endpoints.py)
+    "auc": {"output", "start", "end", "observed"},
+    "cmax": {"output", "start", "end", "observed"},
+    "ctrough": {"output", "time", "observed"},
+    "value": {"output", "time", "observed"},
+    "change": {"output", "time", "baseline", "observed"},
+    "responder": {"of", "above", "below"},
+    "tte": {"output", "baseline_hazard", "coefficient"},
+}
 
 
 def _endpoints(r: _Reader, eps: Any) -> tuple[Endpoint, ...]:
@@ -410,6 +421,14 @@ def _endpoints(r: _Reader, eps: Any) -> tuple[Endpoint, ...]:
         if not e.get("name"):
             raise r.err(f"{key}.name", "missing")
         kind = r.choice(f"{key}.type", e.get("type"), ENDPOINT_TYPES)
+        unused = sorted(set(e) - {"name", "type"} - _EP_USES[kind])
+        if unused:  # a cmax with `time = 12` was the whole window's maximum (a probe)
+            raise r.err(
+                f"{key}.{unused[0]}", f"not used by a {kind} endpoint (it takes "
+                f"{', '.join(sorted(_EP_USES[kind]))}): drop {', '.join(unused)}"
+                + (", or make a responder endpoint of it (type = \"responder\", of = ...)"
+                   if {"above", "below"} & set(unused) else "")
+            )  # fmt: skip
         vals = {k: v for k, v in e.items() if k not in ("name", "type", "output", "of", "observed")}
         for k, v in vals.items():
             r.num(f"{key}.{k}", v)

@@ -39,13 +39,14 @@ def ttest(y, arm, treat, control, mask, alpha=0.05, sided=2, **_) -> dict[str, n
     with np.errstate(invalid="ignore", divide="ignore"):
         ma = np.where(a, y, 0).sum(1) / na
         mb = np.where(b, y, 0).sum(1) / nb
-        va = np.where(a, (y - ma[:, None]) ** 2, 0).sum(1) / (na - 1)
-        vb = np.where(b, (y - mb[:, None]) ** 2, 0).sum(1) / (nb - 1)
-        res = stats.ttest_ind_from_stats(
-            ma, np.sqrt(va), na, mb, np.sqrt(vb), nb, alternative="greater"
-        )
+        ssa = np.where(a, (y - ma[:, None]) ** 2, 0).sum(1)
+        ssb = np.where(b, (y - mb[:, None]) ** 2, 0).sum(1)
+        # an arm of one patient adds nothing to the pooled variance; its own variance 0/0 made
+        # the SE and CI NaN while the test still rejected (a probe)
+        sda, sdb = (np.sqrt(np.where(n > 1, ss / (n - 1), 0.0)) for ss, n in ((ssa, na), (ssb, nb)))
+        res = stats.ttest_ind_from_stats(ma, sda, na, mb, sdb, nb, alternative="greater")
         df = na + nb - 2
-        se = np.sqrt(((na - 1) * va + (nb - 1) * vb) / df * (1 / na + 1 / nb))
+        se = np.sqrt((ssa + ssb) / df * (1 / na + 1 / nb))
     est = ma - mb
     q = stats.t.ppf(1 - alpha / 2, df)
     return {
