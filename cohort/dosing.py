@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from cohort.dosing_formats import date_column_problem, rates_from_durations
 from cohort.errors import CohortError, CohortWarning
 
 
@@ -421,6 +422,12 @@ def _expanded(df: pd.DataFrame, state_names: Sequence[str], dose_targets: Sequen
     ``TIME AMT RATE CMT EVID SS II``, ``code`` (patient index) and ``n`` (patients)."""
     df = df.reset_index(drop=True)
     df.columns = [str(c).upper() for c in df.columns]
+    dated = date_column_problem(df.columns)
+    if dated:
+        raise DosingError(f"dosing records: column {dated[0]}: {dated[1]}")
+    df, problems = rates_from_durations(df)
+    if problems:
+        raise _err(*problems[0])
     if "TIME" not in df:
         raise DosingError(
             f"dosing records: missing column TIME (hours since start); columns: {list(df.columns)}"

@@ -302,3 +302,45 @@ def test_text_columns_are_left_out_with_a_warning(tmp_path):
     assert ds.covariate_names == ("WT",)
     with pytest.raises(DataError, match=r"column WT: value 'x' is not a number"):
         read_nonmem(frame(WT=[70.0, "x", 70.0, 55.0, 55.0, 55.0]))
+
+
+def test_a_result_flagged_below_the_limit_with_an_empty_dv_is_censored():
+    """Laboratory exports flag a result below the limit and leave DV empty: it was left out as
+    "EVID 0 without a DV", the fit that of the data without it (a probe)."""
+    ds = read_nonmem(frame(CENS=[0, 0, 1, 0, 0, 0], LLOQ=[0, 0, 0.4, 0, 0, 0],
+                           DV=[".", 3.1, ".", ".", 1.9, 0.7]))  # fmt: skip
+    obs = ds.observations
+    assert obs.cens.tolist() == [[False, True], [False, False]]
+    assert obs.lloq[0, 1] == 0.4
+    with pytest.raises(DataError, match="value '<0.4' is not a number .*write CENS=1"):
+        read_nonmem(frame(DV=[".", 3.1, "<0.4", ".", 1.9, 0.7]))
+
+
+def test_infusion_durations_and_date_columns_of_other_tools():
+    """A DUR column (rxode2, Pmetrics) was an unused covariate and the infusions were fitted
+    as boluses; with a DATE column TIME is a clock time in NONMEM, and was read as elapsed
+    (a sample the next day placed 24 h early). DUR becomes NONMEM's RATE; dates are refused."""
+    iv = cohort.models.get("pk1_iv")
+    dur = read_nonmem(frame(CMT=[1, 1, 1, 1, 1, 1], DUR=[2, ".", ".", 0, ".", "."]), iv)
+    rate = read_nonmem(frame(CMT=[1, 1, 1, 1, 1, 1], RATE=[50, 0, 0, 0, 0, 0]), iv)
+    assert dur.covariate_names == ("WT",)
+    np.testing.assert_array_equal(dur.event_table(iv).rate, rate.event_table(iv).rate)
+    assert problems(frame(DUR=[2, ".", ".", 0, ".", "."], RATE=[50, 0, 0, 0, 0, 0])) == [(1, "DUR")]
+    for col in ("DAT1", "DATE"):
+        with pytest.raises(DataError, match=f"a {col} column makes TIME the clock time"):
+            read_nonmem(frame(**{col: ["01/05/2024"] * 6}))
+    with pytest.raises(DataError, match="value '08:00' is not a number .*a clock time"):
+        read_nonmem(frame(TIME=["08:00", 1.0, 4.0, 0.0, 2.0, 8.0]))
+    # the dosing reader of `cohort simulate --dosing` reads them the same way
+    table = cohort.dosing.records_table(
+        pd.DataFrame({"ID": [1], "TIME": [0.0], "AMT": [100.0], "DUR": [2.0]}),
+        ["central"],
+        ["central"],
+    )
+    assert table.rate[0, 0] == 50.0
+    with pytest.raises(cohort.DosingError, match="column DAT2: a DAT2 column"):
+        cohort.dosing.records_table(
+            pd.DataFrame({"TIME": [0.0], "AMT": [1.0], "DAT2": ["2024-01-05"]}),
+            ["central"],
+            ["central"],
+        )

@@ -425,3 +425,18 @@ def test_nonmem_method_names_are_understood(tmp_path):
     assert attrs["approximation"] == "foce" and float(attrs["ofv"]) == pytest.approx(
         116.803, abs=0.01
     )
+
+
+def test_parameters_left_out_of_params_are_named_and_can_be_fixed():
+    """With --params, the other parameters that change the fitted output were held at the
+    model's values without a word, and --fix CL=5 was refused as "not estimated" (a probe)."""
+    args = ["fit", str(DATA / "theoph_nonmem.csv"), "--model", "pk1_oral+emax", "--output",
+            "response", "--params", "E0,EMAX,EC50", "--iiv", "NOPE"]  # fmt: skip
+    res = runner.invoke(app, args)
+    text = " ".join(res.output.split())
+    assert "note: CL 2.8 L/h, V 32 L, KA 1 1/h, GAMMA 1 can change 'response' but are not" in text
+    res = runner.invoke(app, [*args, "--fix", "CL=5"])
+    text = " ".join(res.output.split())
+    assert "note: V 32 L, KA 1 1/h, GAMMA 1 can change" in text
+    assert "--iiv: ['NOPE'] are not among the estimated parameters" in text
+    assert "'CL'" in text  # now among the parameters (held at 5)

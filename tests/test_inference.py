@@ -687,3 +687,25 @@ def test_a_fit_stopped_while_its_objective_compiles_exits_cleanly():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode in (-signal.SIGINT, 130), proc.stderr[-2000:]  # not -SIGABRT
     assert proc.stderr.rstrip().endswith("KeyboardInterrupt")
+
+
+def test_a_combined_errors_vanishing_part_is_said():
+    """sigma_add 6.6e-5 with an SE of 10^5 % was reported without a word (a probe): a
+    combined error with one part negligible is a boundary solution, as an IIV at zero."""
+    from types import SimpleNamespace
+
+    from cohort.errors import CohortWarning
+    from cohort.inference.fit import _warn_boundary_residual
+
+    bm = SimpleNamespace(spec=SimpleNamespace(error=ErrorModel("combined")))
+    obs = SimpleNamespace(dv=np.array([[1.0, 2.0], [3.0, 0.0]]), mask=np.array([[1, 1], [1, 0]]))
+    data = SimpleNamespace(observations=obs)
+    with pytest.warns(CohortWarning, match=r"additive SD 6.6e-05 is negligible .* \(2\)"):
+        _warn_boundary_residual(bm, SimpleNamespace(sigma=[6.6e-5, 0.14]), data)
+    with pytest.warns(CohortWarning, match="support additive error alone"):
+        _warn_boundary_residual(bm, SimpleNamespace(sigma=[0.5, 1e-4]), data)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _warn_boundary_residual(bm, SimpleNamespace(sigma=[0.3, 0.14]), data)

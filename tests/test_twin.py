@@ -10,7 +10,7 @@ import pytest
 
 import cohort
 from cohort.dosing import Regimen
-from cohort.errors import CohortError
+from cohort.errors import CohortError, CohortWarning
 from cohort.twin import TwinError, TwinPrior, Twins, open_twins
 from cohort.twin.targets import AUC, Level, parse_target
 
@@ -766,3 +766,15 @@ def test_a_twin_store_overwrite_killed_midway_keeps_the_old_store(tmp_path, monk
     tw.save(out, overwrite=True)  # the killed replacement's leftover: cohort's, replaced
     np.testing.assert_array_equal(open_twins(out).laplace.eta, tw.laplace.eta)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["t.zarr"]
+
+
+def test_a_plan_starting_at_a_recorded_dose_is_said(vanco_twins):
+    """A dose planned at the time of a dose already recorded adds to it: a recommendation "at
+    48 h" came on top of the 1000 mg recorded at 48 h without a word (a probe)."""
+    tw, _, _, d1, _ = vanco_twins
+    dose_row = d1[d1["EVID"] == 1].groupby("ID").head(1).copy()
+    t_next = float(d1["TIME"].max()) + 1.0
+    dose_row["TIME"] = t_next
+    later = tw.update(dose_row)
+    with pytest.warns(CohortWarning, match=rf"first planned dose is at TIME {t_next:g}, where its"):
+        later.forecast(Regimen(500.0, "central", time=t_next), [t_next + 6.0], n_draws=20)

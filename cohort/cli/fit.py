@@ -166,6 +166,25 @@ def _spec(
         fail(str(exc))
     if params:
         names = [p.strip() for p in params.split(",")]
+        # a model parameter held by --fix NAME=VALUE is fitted as fixed: it was refused as
+        # "not among the estimated", so a user's own PK values could not be given (a probe)
+        for item in fix or ():
+            name = item.split("=", 1)[0].strip()
+            if name in model.parameter_names and name not in names and "=" in item:
+                names.append(name)
+        target = output or model.output_names[0]
+        reach = default_params(model, target if target in model.output_names else None)
+        held = [q for q in reach if q.name not in names]
+        if held:  # said, as without --params (they were held without a word)
+            default = {q.name: q for q in model.parameters}
+            shown = ", ".join(
+                f"{q.name} {default[q.name].default:g} {default[q.name].units}".removesuffix(" 1")
+                for q in held
+            )
+            err_console.print(
+                f"note: {shown} can change {target!r} but are not in --params: held at "
+                f"{model.name}'s values (--fix NAME=VALUE holds another value)"
+            )
     else:
         target = output or model.output_names[0]
         names = [

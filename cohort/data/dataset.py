@@ -26,6 +26,7 @@ from cohort.data.reader import (
     validate,
 )
 from cohort.dosing import DosingError, EventTable, event_table
+from cohort.dosing_formats import DATE_COLUMNS
 from cohort.errors import CohortWarning
 from cohort.models.base import Model
 
@@ -242,6 +243,10 @@ def read_nonmem(
     return Dataset(records, covariates, model)
 
 
+# Columns the reader interprets (a date column is refused there, not dropped as text here).
+READ_COLUMNS = STANDARD_COLUMNS | {"C", "DUR", *DATE_COLUMNS}
+
+
 def _text_columns(raw: pd.DataFrame, upper: dict) -> list:
     """Columns other than NONMEM's own (and the comment flag C) that hold text in most of
     their cells (STUDY, SEX as M/F, ANALYTE): not covariates. They are left out with a
@@ -249,7 +254,7 @@ def _text_columns(raw: pd.DataFrame, upper: dict) -> list:
     typos are reported by row)."""
     out = []
     for col in raw.columns:
-        if upper[col] in STANDARD_COLUMNS | {"C"} or raw[col].dtype.kind in "biuf":
+        if upper[col] in READ_COLUMNS or raw[col].dtype.kind in "biuf":
             continue
         cells = raw[col].astype(str).str.strip()
         given = raw[col].notna() & ~cells.isin(["", "."])

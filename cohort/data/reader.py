@@ -26,6 +26,7 @@ from cohort.dosing import (
     time_goes_back,
     warn_amount_off_dose,
 )
+from cohort.dosing_formats import date_column_problem, rates_from_durations
 from cohort.errors import CohortWarning, show_id
 from cohort.models.base import Model
 
@@ -213,6 +214,16 @@ def _numbers(raw: pd.Series, column: str, rows: np.ndarray, problems: list[Probl
         hint = (
             " (a decimal comma? write 1.5, not 1,5)" if re.fullmatch(r"[-+]?\d+,\d+", cell) else ""
         )
+        if column == "DV" and re.fullmatch(r"(<|&lt;|BLQ|BQL|LLOQ).*", cell, re.I):
+            hint = (
+                " (a result below the limit of quantification: write CENS=1, or BLQ=1, with "
+                "the limit in an LLOQ column or in DV; it is then fitted as censored, M3)"
+            )
+        elif column == "TIME" and re.fullmatch(r"\d{1,2}:\d{2}(:\d{2})?|\d{4}-\d\d-\d\d.*", cell):
+            hint = (
+                " (a clock time or date: write TIME as the time since the first record, e.g. "
+                "hours from the first dose)"
+            )
         problems.append(Problem(int(rows[i]), column, f"value {cell!r} is not a number{hint}"))
     return values
 
@@ -305,6 +316,13 @@ def validate(raw: pd.DataFrame, model: Model | None = None) -> pd.DataFrame:
     raw = raw.reset_index(drop=True)
     raw.columns = [str(c).strip().upper() for c in raw.columns]
     rows = np.arange(1, len(raw) + 1)
+    dated = date_column_problem(raw.columns)
+    if dated:
+        raise DataError([Problem(None, *dated)])
+    if not raw.columns.duplicated().any():
+        raw, found = rates_from_durations(raw)  # DUR (rxode2, Pmetrics) as NONMEM's RATE
+        if found:
+            raise DataError([Problem(*p) for p in found])
     dupe_cols = raw.columns[raw.columns.duplicated()].tolist()
     missing = [c for c in REQUIRED if c not in raw]
     problems = [Problem(None, c, "column appears more than once") for c in dupe_cols]
@@ -354,11 +372,12 @@ def validate(raw: pd.DataFrame, model: Model | None = None) -> pd.DataFrame:
     evid = out["EVID"].to_numpy()
     for i in np.flatnonzero(~np.isin(evid, (0, 1, 2, 3, 4)) & ~np.isnan(evid)):
         problems.append(Problem(int(rows[i]), "EVID", f"EVID {evid[i]:g} is not 0, 1, 2, 3 or 4"))
+    flagged_empty = _censored_without_dv(out, raw, evid, rows, problems)
     dv_missing = np.isnan(out["DV"].to_numpy())
     dv_text = dv_missing & ~_cells_missing(raw["DV"])  # e.g. '<0.1': a problem of its own
     if "MDV" not in out:
         out["MDV"] = np.where((evid != 0) | dv_missing, 1.0, 0.0)
-        unused = np.flatnonzero((evid == 0) & dv_missing & ~dv_text)
+        unused = np.flatnonzero((evid == 0) & dv_missing & ~dv_text & ~flagged_empty)
         if unused.size:  # said, not dropped silently
             shown = ", ".join(str(int(r)) for r in rows[unused][:5])
             warnings.warn(
@@ -436,6 +455,34 @@ _HINTS = {
     "DV": " (observed value; '.' or 0 on dose rows)",
     "AMT": " (dose amount; 0 on observation rows)",
 }
+
+
+def _censored_without_dv(out, raw, evid, rows, problems) -> np.ndarray:
+    """A result flagged below the limit (CENS or BLQ = 1) with an empty DV, as laboratory
+    exports write it, is a censored observation at its LLOQ: it was left out as "EVID 0
+    without a DV" and the fit was that of the data without it (a probe)."""
+    flag = np.zeros(len(out), bool)
+    for col in ("BLQ", "CENS"):
+        if col in out:
+            flag |= out[col].to_numpy() == 1
+    empty = flag & (evid == 0) & _cells_missing(raw["DV"])
+    if "MDV" in out:
+        empty &= out["MDV"].to_numpy() != 1  # MDV=1 leaves the record out, as said
+    if not empty.any():
+        return empty
+    lloq = out["LLOQ"].to_numpy() if "LLOQ" in out else np.full(len(out), np.nan)
+    # (with an MDV column the record is an observation and its missing DV and LLOQ are
+    # reported as such; without one it would become MDV=1, so it is reported here)
+    for i in np.flatnonzero(empty & ~(lloq > 0) & ("MDV" not in out)):
+        problems.append(
+            Problem(int(rows[i]), "LLOQ", "flagged below the limit (CENS/BLQ = 1) with no DV "
+                    "and no LLOQ: give the limit in an LLOQ column (or in DV)")
+        )  # fmt: skip
+    dv = out["DV"].to_numpy().copy()
+    given = empty & (lloq > 0)
+    dv[given] = lloq[given]  # M3 uses only the limit
+    out["DV"] = dv
+    return empty
 
 
 def _censoring(out: pd.DataFrame, obs: np.ndarray, rows: np.ndarray, problems: list) -> None:

@@ -266,6 +266,34 @@ def _boundary_iiv(bm, pop) -> str:
     )
 
 
+def _warn_boundary_residual(bm, pop, dataset) -> None:
+    """A combined error whose additive or proportional part ends negligible (its SE then
+    runs to 10^5 %) is a boundary solution as an IIV at zero is: said, with the simpler error
+    model the data support (a probe: sigma_add 6.6e-5 without a word)."""
+    if bm.spec.error.kind != "combined":
+        return
+    obs = dataset.observations
+    level = float(np.median(np.abs(np.asarray(obs.dv)[np.asarray(obs.mask, bool)])))
+    add, prop = (float(v) for v in np.asarray(pop.sigma, float)[:2])
+    if add < 0.01 * prop * level:
+        which, other, simpler = (
+            f"additive SD {add:.2g}",
+            f"proportional SD {prop:.3g}",
+            "proportional",
+        )
+    elif prop * level < 0.01 * add:
+        which, other, simpler = f"proportional SD {prop:.2g}", f"additive SD {add:.3g}", "additive"
+    else:
+        return
+    warnings.warn(
+        f"combined error: the {which} is negligible against the {other} at the median "
+        f"observation ({level:.3g}): a boundary solution (that SE is not meaningful); the data "
+        f"support {simpler} error alone (--error {simpler}; Python: ErrorModel('{simpler}'))",
+        CohortWarning,
+        stacklevel=3,
+    )
+
+
 def fit(
     model: Model | NLME | str,
     data: Dataset | pd.DataFrame | str | Path,
@@ -383,6 +411,7 @@ def fit(
         boundary = _boundary_iiv(bm, est.pop)
         if boundary:
             problems.append(boundary)
+        _warn_boundary_residual(bm, est.pop, dataset)
         fixed = set(Layout(bm).fixed_names())
         runaway = ", ".join(_beyond_plausible(bm, est.reported, fixed))
         if runaway:

@@ -9,6 +9,7 @@ gets bands with residual error (where the next measurement is expected to fall).
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 
 import jax.numpy as jnp
@@ -18,6 +19,7 @@ import xarray as xr
 
 from cohort._version import __version__
 from cohort.dosing import EventTable, Regimen, regimens_frame
+from cohort.errors import CohortWarning
 from cohort.inference import likelihood
 from cohort.twin import posterior
 from cohort.twin.prior import TwinError, show_id
@@ -98,6 +100,22 @@ def check_future(twins, regimen) -> None:
             "plan doses from the last record on; doses already given belong in the records "
             "(an update: `cohort twin update` or Twins.update)"
         )
+    # a plan starting at the time of a recorded dose adds to it: a dose recommended "at 48 h"
+    # came on top of the 1000 mg recorded at 48 h, without a word (a probe)
+    doses = rec[rec["EVID"].isin((1, 4)) & (rec["AMT"] > 0)]
+    given = doses.set_index(["ID", "TIME"])["AMT"].groupby(level=[0, 1]).sum()
+    for pid, t in first.items():
+        amt = given.get((pid, float(t)))
+        if amt is not None:
+            warnings.warn(
+                f"regimen: patient {show_id(pid)}'s first planned dose is at TIME {float(t):g}, "
+                f"where its records already hold a dose ({float(amt):g}); the planned doses "
+                "add to it. If the recorded dose is the first of this plan, start the plan at "
+                "the next dose time",
+                CohortWarning,
+                stacklevel=3,
+            )
+            break
 
 
 def event_table(twins, regimen) -> EventTable:
