@@ -440,3 +440,24 @@ def test_parameters_left_out_of_params_are_named_and_can_be_fixed():
     assert "note: V 32 L, KA 1 1/h, GAMMA 1 can change" in text
     assert "--iiv: ['NOPE'] are not among the estimated parameters" in text
     assert "'CL'" in text  # now among the parameters (held at 5)
+
+
+def test_a_degenerate_basin_of_the_scan_is_left_for_the_models_defaults(tmp_path):
+    """An Emax dataset (30 subjects simulated with E0 100, EMAX 50, EC50 1.5 by a probe's
+    own simulator, tests/data/emax_degenerate_start.csv) whose scan's best candidates all led
+    to EMAX and EC50 at 1e-10 (OFV 1160.458, "2 of 2 starts reached the best OFV"); the
+    model's defaults are now tried when the estimate leaves the plausible range, and reach
+    OFV 820.215 (the probe's own fit from E0 100, EMAX 50, EC50 1.5)."""
+    out = tmp_path / "emax.nc"
+    res = runner.invoke(app, [
+        "fit", str(DATA / "emax_degenerate_start.csv"), "--model", "pk1_oral+emax", "--output",
+        "response", "--method", "ml", "--params", "E0,EMAX,EC50", "--iiv", "E0,EMAX,EC50",
+        "-o", str(out),
+    ])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    assert "the model's defaults among them" in " ".join(res.output.split())
+    fit = load_fit(out)["fit_summary"]
+    assert fit.attrs["ofv"] == pytest.approx(820.215, abs=0.01)
+    every = {str(k): float(v) for k, v in zip(fit.parameter.values, fit.estimate.values)}
+    est = {k: every[k] for k in ("E0", "EMAX", "EC50")}
+    assert est == pytest.approx({"E0": 100.5, "EMAX": 54.06, "EC50": 1.799}, rel=2e-3)

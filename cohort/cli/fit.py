@@ -483,9 +483,15 @@ def fit(
             if d.get("candidates")
             else "the given initial estimates (runs from them, and after a pooled pre-fit)"
         )
+        defaults = (
+            " (the model's defaults among them: the scan's starts ended outside the plausible "
+            "range)"
+            if d.get("defaults_tried")
+            else ""
+        )
         console.print(
             f"initial estimates: {where}; {d['starts_agreeing']} of {d['starts']} starts "
-            "reached the best OFV"
+            f"reached the best OFV{defaults}"
         )
     if "mirror_ofv" in d:
         console.print(
