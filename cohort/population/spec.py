@@ -450,7 +450,13 @@ def _parse_spec(raw: dict, path: str, digest: str | None) -> PopulationSpec:
     cvars = tuple(corr.get("variables", ()))
     for v in cvars:
         if v not in cov_names:
-            raise _err(path, "correlation.variables", f"unknown covariate {v!r}")
+            hint = (
+                f": {v} is a parameter; parameters are correlated through their random effects "
+                "([iiv] omega, off-diagonal entries), [correlation] ties covariates"
+                if v in raw.get("parameters", {})
+                else f"; covariates: {', '.join(sorted(cov_names)) or 'none'}"
+            )
+            raise _err(path, "correlation.variables", f"unknown covariate {v!r}{hint}")
     if len(set(cvars)) != len(cvars):
         raise _err(path, "correlation.variables", "variables must be distinct")
     if cvars:
@@ -559,7 +565,10 @@ def _parse_spec(raw: dict, path: str, digest: str | None) -> PopulationSpec:
         except ExpressionError as exc:
             raise _err(path, f"{key}.expression", str(exc)) from None
         if unknown:
-            raise _err(path, f"{key}.expression", f"unknown name(s) {sorted(unknown)}")
+            raise _err(
+                path, f"{key}.expression",
+                f"unknown name(s) {sorted(unknown)}; known: {', '.join(sorted(known))}",
+            )  # fmt: skip
         if "lower" not in f and "upper" not in f:
             raise _err(path, key, "a filter needs lower and/or upper (it would filter nothing)")
         lo, hi = _bounds(path, key, f)
@@ -595,7 +604,10 @@ def _parse_spec(raw: dict, path: str, digest: str | None) -> PopulationSpec:
         except ExpressionError as exc:
             raise _err(path, f"{key}.expression", str(exc)) from None
         if unknown:
-            raise _err(path, f"{key}.expression", f"unknown name(s) {sorted(unknown)}")
+            raise _err(
+                path, f"{key}.expression",
+                f"unknown name(s) {sorted(unknown)}; known: {', '.join(sorted(known))}",
+            )  # fmt: skip
         args = {k: t[k] for k in ("mean", "sd", "median", "cv", "values") if k in t}
         targets.append(Target(str(t.get("name", t["expression"])), t["expression"], dist, args))
     digest = digest or hashlib.sha256(repr(raw).encode()).hexdigest()[:16]
