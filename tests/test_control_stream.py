@@ -235,6 +235,9 @@ def test_nonmem_pheno_control_stream_reproduces_nonmem(tmp_path):
             "THETA(4) is used by both CL and V",
         ),  # fmt: skip
         (("V = THETA(2)*EXP(ETA(2))", "V = 10*THETA(1)*EXP(ETA(2))"), "THETA(1) is used by"),
+        # found by a probe on pharmpy's NONMEM examples: a second $PROBLEM was ignored while
+        # its $COV set the first's SEs
+        (("$COVARIANCE\n", "$COVARIANCE\n$PROBLEM again\n"), "2 $PROBLEMs in one file"),
     ],
 )
 def test_unsupported_constructs_are_refused_with_the_reason(tmp_path, edit, message):
@@ -511,3 +514,21 @@ def test_log_transformed_dv_with_log_f_error_is_read_as_nonmem_reads_it(fitted, 
     records.to_csv(tmp_path / "sim.csv", index=False)
     with pytest.raises(ControlStreamError, match="record 2 has DV 1000: give log"):
         read_control_stream(tmp_path / "run.mod")
+
+
+def test_an_error_model_per_dvid_is_refused(tmp_path):
+    """pharmpy's pheno_dvid: ``IF (DVID.EQ.1) Y = F + F*EPS(1) ELSE Y = F + F*EPS(1) + EPS(2)``
+    was fitted with the first branch's error model for every record (a probe)."""
+    simulated_records(n=4).assign(DVID=1).to_csv(tmp_path / "sim.csv", index=False)
+    text = RUN_MOD.replace(
+        "$INPUT ID TIME AMT DV EVID CMT WT", "$INPUT ID TIME AMT DV EVID CMT WT DVID"
+    )
+    text = text.replace(
+        "Y = IPRED + IPRED*EPS(1)",
+        "IF (DVID.EQ.1) THEN\nY = IPRED + IPRED*EPS(1)\nELSE\nY = IPRED + IPRED*EPS(1) + EPS(2)"
+        "\nENDIF",
+    ).replace("$SIGMA 0.02", "$SIGMA 0.02\n$SIGMA 1")
+    (tmp_path / "run.mod").write_text(text)
+    res = runner.invoke(app, ["fit", str(tmp_path / "run.mod"), "-o", str(tmp_path / "f.nc")])
+    assert res.exit_code == 2, res.output
+    assert "$ERROR defines 2 dependent variables" in " ".join(res.output.split())

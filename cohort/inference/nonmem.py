@@ -103,6 +103,12 @@ def read_control_stream(path: str | Path) -> ControlStream:
     problems: list[str] = []
     # Records and subroutines first, on the text: pharmpy may not parse what cohort refuses.
     records = {r.upper() for r in re.findall(r"^\s*\$([A-Za-z]+)", code, flags=re.M)}
+    n_problems = len(re.findall(r"^\s*\$PROB\w*", code, flags=re.M | re.I))
+    if n_problems > 1:  # the second was ignored while its $COV set the first's SEs (a probe)
+        problems.append(
+            f"{n_problems} $PROBLEMs in one file (cohort fits one: keep the first problem's "
+            "records in a file of their own)"
+        )
     for rec in _UNSUPPORTED_RECORDS:
         if any(r.startswith(rec) for r in records):
             problems.append(f"${rec} records")
@@ -131,14 +137,26 @@ def read_control_stream(path: str | Path) -> ControlStream:
     except Exception as exc:  # noqa: BLE001 - pharmpy raises many types for bad streams
         raise ControlStreamError(f"{path.name}: not a readable control stream: {exc}") from None
     model_name, names, scale = _MODELS[key]
-    if trans1:
-        _check_trans1(model, key[0], problems)
-    optional = _DEPOT if model_name.endswith("_oral") else {}
-    bounds: dict[str, tuple[str, float, float]] = {}
-    params, eta_of, seen = _parameters(model, names, scale, problems, optional, bounds)
-    omega = _omega(model, eta_of, params, problems, seen)
-    error = _error(model, problems)
-    method, approx, note = _method(model, problems)
+    try:
+        if trans1:
+            _check_trans1(model, key[0], problems)
+        optional = _DEPOT if model_name.endswith("_oral") else {}
+        bounds: dict[str, tuple[str, float, float]] = {}
+        params, eta_of, seen = _parameters(model, names, scale, problems, optional, bounds)
+        omega = _omega(model, eta_of, params, problems, seen)
+        error = _error(model, problems)
+        method, approx, note = _method(model, problems)
+    except ControlStreamError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - sympy/pharmpy on constructs cohort cannot map
+        # e.g. a $PK variable set only inside IF blocks, with no default: sympy's "conditions
+        # must cover all reals" came out as a 205-line traceback (a probe)
+        detail = " ".join(str(exc).split())[:160] or "no detail"
+        problems.append(
+            f"a $PK/$ERROR construct cohort cannot map to its models ({type(exc).__name__}: "
+            f"{detail}); give every variable a value before IF blocks change it, or fit the "
+            "data with `cohort fit data.csv --model ...`"
+        )
     if problems:
         raise ControlStreamError(_message(path, problems))
     data = _dataset(model, path)
@@ -492,6 +510,13 @@ def _error(model, problems) -> ErrorModel:
     def shown(expr) -> str:
         return _shown(expr, labels)
 
+    if len(model.dependent_variables) > 1:  # only the first branch's error was fitted
+        problems.append(
+            f"$ERROR defines {len(model.dependent_variables)} dependent variables (one error "
+            "model per DVID); cohort fits one output with one error model: fit each DVID's "
+            "records apart"
+        )
+        return ErrorModel("additive")
     y_symbol = next(iter(model.dependent_variables))
     y = _sympy(model.statements.after_odes.full_expression(y_symbol))
     f_symbol = sympy.Symbol("F")
@@ -628,8 +653,10 @@ def _shown(expr, labels: dict[str, str] | None = None) -> str:
 
 def _prediction_written_out(model, y, pred):
     """``Y`` with the prediction in the forms NONMEM users write it put back as ``pred``:
-    ``IPRED = A(2)/V`` (the central amount over the scale's volume, F by another name) and a
-    zero-guarded ``IF (IPRED.EQ.0) IPRED = tiny`` used as the proportional error's factor."""
+    ``IPRED = A(2)/V`` (the central amount over the scale's volume, F by another name), a
+    zero-guarded ``IF (IPRED.EQ.0) IPRED = tiny`` used as the proportional error's factor, and
+    a log guarded for F <= 0 (``IPRED = LOG(.025)`` then ``IF (F.GT.0) IPRED = LOG(F)``: where
+    F is 0 the fit names the records, as for any zero prediction under log-additive error)."""
     import sympy
 
     amounts = [a for a in y.atoms(sympy.Function) if str(a).startswith("A_CENTRAL")]
@@ -647,7 +674,14 @@ def _prediction_written_out(model, y, pred):
         (tiny, cond), (value, other) = e.args
         return value == pred and other is sympy.true and tiny.is_number and abs(float(tiny)) < 1e-6
 
-    return y.replace(guarded, lambda e: pred)
+    def log_guarded(e) -> bool:  # IPRED = LOG(.025); IF (F.GT.0) IPRED = LOG(F) (a probe)
+        if not isinstance(e, sympy.Piecewise) or len(e.args) != 2:
+            return False
+        (value, _), (floor, other) = e.args
+        return value == sympy.log(pred) and other is sympy.true and floor.is_number
+
+    y = y.replace(guarded, lambda e: pred)
+    return y.replace(log_guarded, lambda e: sympy.log(pred))
 
 
 def _method(model, problems) -> tuple[str, str, str]:
@@ -723,7 +757,9 @@ def _dataset(model, path: Path) -> pd.DataFrame:
     except Exception as exc:  # noqa: BLE001
         raise ControlStreamError(f"{path.name}: cannot read $DATA: {exc}") from None
     if frame is None:
-        raise ControlStreamError(f"{path.name}: $DATA names no readable file")
+        named = re.search(r"^\s*\$DATA\s+(\S+)", path.read_text(errors="replace"), re.M | re.I)
+        which = f" ({named.group(1)}, relative to {path.resolve().parent})" if named else ""
+        raise ControlStreamError(f"{path.name}: $DATA names no readable file{which}")
     drop = [c.name for c in model.datainfo if c.drop and c.name in frame.columns]
     frame = frame.drop(columns=drop).reset_index(drop=True)
     # NONMEM's synonyms (``$INPUT ... CP=DV``): pharmpy keeps the label (CP) and types the
