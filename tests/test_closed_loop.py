@@ -189,6 +189,18 @@ def test_random_scenario_is_seeded_per_patient():
     assert not np.array_equal(big.start, scenarios.random_scenario(50, 3, seed=2).start)
 
 
+def test_random_scenario_draws_as_simglucose_does():
+    """simglucose 0.2.11's RandomScenario: snack times SD 30 min (15 here before a probe),
+    whole grams. The afternoon snack (15:00, window 14-16 h) over 20,000 patient-days: the SD
+    of a normal(900, 30) truncated to [840, 960] is 26.4 min (15-min SD: 15.0)."""
+    sc = scenarios.random_scenario(20_000, 1, seed=3)
+    snack = (sc.start >= 840) & (sc.start <= 960) & (sc.grams < 40)
+    t = sc.start[snack]
+    assert np.std(t) == pytest.approx(26.4, abs=1.0)
+    grams = sc.grams[np.isfinite(sc.start)]
+    assert np.all(grams == np.round(grams))
+
+
 def test_profile_scenario_equals_schedule():
     """A cohort-level rate profile of 5 g/min for 10 min is the same as a 50 g meal."""
     df = reference_patients().iloc[[0, 0]]

@@ -162,7 +162,10 @@ CASES = [
     (["trial", str(TRIAL), "--pta-doses", "1,x"], "--pta-doses"),
     (["trial", str(TRIAL), "--report", "r.pdf"], "--report r.pdf: give a .md or .html path"),
     (["trial", str(TRIAL), "--n", "3"], "use n >= 8"),
-    (["trial", str(TRIAL), "--seed", "-1"], "--seed must be >= 0"),
+    (
+        ["trial", str(TRIAL), "--seed", "-1"],
+        "Invalid value for '--seed': Input should be greater than or equal to 0",
+    ),
     (["trial", str(TRIAL), "--resume"], "--resume needs --out"),
     # what --sample-size/--escalation/--pta-doses need: tracebacks after the whole trial ran
     (["trial", str(ESCALATION), "--sample-size"], "add [analysis] sample_sizes"),

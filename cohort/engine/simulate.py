@@ -14,6 +14,7 @@ import datetime
 import functools
 import hashlib
 import math
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -45,6 +46,7 @@ from cohort.engine.inputs import (
 )
 from cohort.engine.status import status_attrs
 from cohort.engine.step_choice import choose_step, pilot_rows
+from cohort.errors import CohortWarning
 from cohort.models.base import Model
 from cohort.models.contract import check_contract
 from cohort.store import ID_ATTRS, ResultStore, indexed_coordinates, locks_output, open_result
@@ -254,6 +256,8 @@ def simulate(
                 f"{list(model.output_names + model.state_names)}"
             )
     _validate_events(model, table, params, patient_ids(dosing))
+    for note in model.record_notes(table):
+        warnings.warn(f"dosing: {note}", CohortWarning, stacklevel=3)
     engine.validate(model, table, params)
     if isinstance(engine, RK4) and engine.tol is not None and engine.dt is None:
         rows = pilot_rows(n_pat)

@@ -8,7 +8,7 @@ an optional open-loop ``bolus`` (U) is given over the meal's first minute.
 
 Random meals mimic simglucose's ``RandomScenario``: each day, each meal slot occurs with a
 probability (skipped meals otherwise) at a normally jittered time (truncated to the slot's
-window, rounded to the minute) with a normally distributed amount. Patient ``i`` draws from
+window, rounded to the minute) with a normally distributed amount in whole grams. Patient ``i`` draws from
 ``fold_in(PRNGKey(seed), i)``, so its meals do not depend on the cohort size.
 """
 
@@ -25,15 +25,16 @@ from scipy.special import ndtr, ndtri
 from cohort.errors import OptionError
 from cohort.models.glucose import EAT_RATE
 
-# simglucose RandomScenario: breakfast, snack, lunch, snack, dinner, snack
+# simglucose 0.2.11 RandomScenario: breakfast, snack, lunch, snack, dinner, snack (its snack
+# time SD is 30 min; 15 here until 2026-12-07, a probe)
 DEFAULT_SLOTS = (
     # (mean time h, time SD min, window h, probability, mean g, SD g)
     (7.0, 60.0, (5.0, 9.0), 0.95, 45.0, 10.0),
-    (9.5, 15.0, (9.0, 10.0), 0.3, 10.0, 5.0),
+    (9.5, 30.0, (9.0, 10.0), 0.3, 10.0, 5.0),
     (12.0, 60.0, (10.0, 14.0), 0.95, 70.0, 10.0),
-    (15.0, 15.0, (14.0, 16.0), 0.3, 10.0, 5.0),
+    (15.0, 30.0, (14.0, 16.0), 0.3, 10.0, 5.0),
     (18.0, 60.0, (16.0, 20.0), 0.95, 80.0, 10.0),
-    (21.5, 15.0, (20.0, 23.0), 0.3, 10.0, 5.0),
+    (21.5, 30.0, (20.0, 23.0), 0.3, 10.0, 5.0),
 )
 DEFAULT_MEALS = ((7.0, 45.0), (12.0, 70.0), (18.0, 80.0))  # (h, g) fixed three meals
 
@@ -206,7 +207,8 @@ def random_scenario(
     a, b = ndtr((lo - mean_t) / sd_t), ndtr((hi - mean_t) / sd_t)
     t = mean_t + sd_t * ndtri(a + u[..., 1] * (b - a))
     t = np.round(np.clip(t, lo, hi)) + 1440.0 * np.arange(days)[None, :, None]
-    g = np.maximum(mean_g.astype(float) + sd_g.astype(float) * ndtri(u[..., 2]), 0.0)
+    # whole grams, as simglucose rounds them
+    g = np.maximum(np.round(mean_g.astype(float) + sd_g.astype(float) * ndtri(u[..., 2])), 0.0)
     occurs = u[..., 0] < prob.astype(float)
     start = np.where(occurs, t, np.inf).reshape(n, days * k)
     grams = np.where(occurs, g, 0.0).reshape(n, days * k)

@@ -366,6 +366,16 @@ def _plan(
             raise InputError(f"{name}: must be 'float32' or 'float64', got {value!r}")
     patients, therapy = _split_therapy(patients)
     params = population_arrays(model, patients, None)
+    if isinstance(patients, pd.DataFrame | xr.Dataset) and "BW" not in patients:
+        # insulin and meals are dosed per kg: a table without BW ran everyone at the default
+        # patient's weight without a word (a probe)
+        warnings.warn(
+            f"patients: no BW column: every patient runs at {model.name}'s default body weight "
+            f"{model.defaults()['BW']:g} kg (insulin and meals act per kg); give each patient's "
+            "BW",
+            CohortWarning,
+            stacklevel=4,
+        )
     n_pat = len(params["BW"])
     if n_pat == 0:
         raise InputError("patients: no patients (an empty table); give at least one")

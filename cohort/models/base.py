@@ -112,6 +112,12 @@ class Model:
         computes them on the fly when given raw parameters. The default adds nothing."""
         return p
 
+    def record_notes(self, table: Any) -> list[str]:
+        """Warnings about dose records that run but are most likely not what was meant (a
+        glucose model's meal given as a bolus, grams where mg are read), given the run's
+        :class:`~cohort.dosing.EventTable`; none by default."""
+        return []
+
     def initial(self, p: Tree) -> Tree:
         """State at time zero before any dose; compartments empty by default."""
         like = p[self.parameters[0].name]

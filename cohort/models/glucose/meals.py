@@ -123,3 +123,41 @@ def combine(*records: pd.DataFrame) -> pd.DataFrame:
     df = pd.concat(records, ignore_index=True)
     keys = ["ID", "TIME"] if "ID" in df else ["TIME"]
     return df.sort_values(keys, kind="stable").reset_index(drop=True)
+
+
+def record_notes(table, *, bolus_meals: bool) -> list[str]:
+    """What a glucose model's dose records most likely got wrong, for :meth:`Model.
+    record_notes`: meals in grams where mg are read, insulin doses of hundreds of units (mg or
+    pmol?), and with ``bolus_meals`` a meal given as a bolus (UVA/Padova's gastric emptying
+    then runs at its fastest: 38 mg/dL above the same meal eaten at 5 g/min, a probe)."""
+    names = list(table.state_names)
+    dose = (table.evid == 1) & (table.amt > 0)
+    meal = dose & (table.cmt == names.index("qsto1"))
+    insulin = dose & (table.cmt == names.index("Isc1"))
+    notes = []
+
+    def first(mask) -> str:
+        i, k = (int(x[0]) for x in np.nonzero(mask))
+        return f"patient {i + 1} at {table.time[i, k]:g} min, AMT {table.amt[i, k]:g}"
+
+    small = meal & (table.amt < 1000.0)
+    if small.any():
+        notes.append(
+            f"{int(small.sum())} meal record(s) into qsto1 below 1 g ({first(small)} mg): meals "
+            "are in mg of carbohydrate (45 g = 45000 mg), not g"
+        )
+    big = insulin & (table.amt > 100.0)
+    if big.any():
+        notes.append(
+            f"{int(big.sum())} insulin record(s) into Isc1 above 100 U ({first(big)} U): insulin "
+            "is in U (rates in U/min); check the units"
+        )
+    bolus = meal & (table.rate == 0)
+    if bolus_meals and bolus.any():
+        notes.append(
+            f"{int(bolus.sum())} meal(s) given as a bolus into qsto1 ({first(bolus)} mg): eaten "
+            "at once, which sets gastric emptying to its fastest; give meals as infusions (RATE "
+            "in mg/min; simglucose eats at 5000 mg/min), e.g. with "
+            "cohort.models.glucose.meal_records"
+        )
+    return notes

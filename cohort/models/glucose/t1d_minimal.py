@@ -102,6 +102,12 @@ class T1DMinimal(Model):
     )
     dose_targets = ("qsto1", "Isc1")
     time_units = "min"
+
+    def record_notes(self, table) -> list[str]:
+        from cohort.models.glucose.meals import record_notes
+
+        return record_notes(table, bolus_meals=False)
+
     fast_dt = 1.0
 
     def initial(self, p: Tree) -> Tree:

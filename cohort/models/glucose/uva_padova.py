@@ -276,6 +276,12 @@ class UvaPadova(Model):
     )
     dose_targets = ("qsto1", "Isc1")
     time_units = "min"
+
+    def record_notes(self, table) -> list[str]:
+        from cohort.models.glucose.meals import record_notes
+
+        return record_notes(table, bolus_meals=True)
+
     fast_dt = 1.0
 
     def initial(self, p: Tree) -> Tree:
