@@ -8,8 +8,8 @@ an optional open-loop ``bolus`` (U) is given over the meal's first minute.
 
 Random meals mimic simglucose's ``RandomScenario``: each day, each meal slot occurs with a
 probability (skipped meals otherwise) at a normally jittered time (truncated to the slot's
-window, rounded to the minute) with a normally distributed amount in whole grams. Patient ``i`` draws from
-``fold_in(PRNGKey(seed), i)``, so its meals do not depend on the cohort size.
+window, rounded to the minute) with a normally distributed amount in whole grams. Patient
+``i`` draws from ``fold_in(PRNGKey(seed), i)``, so its meals do not depend on the cohort size.
 """
 
 from __future__ import annotations
