@@ -100,11 +100,6 @@ def check_population_model(model: Model, population: xr.Dataset) -> None:
         )
 
 
-# Other names of a parameter in users' tables: a glucose patient table with WT and no BW ran
-# every patient at the default body weight without a word (a probe).
-_SYNONYMS = {"BW": ("WT", "WGT", "WEIGHT", "BODYWEIGHT", "BODY_WEIGHT", "KG")}
-
-
 def _warn_near_misses(model: Model, extra: list, cols: dict) -> None:
     """A table's column that is not a parameter is kept as a covariate; one that differs from
     a parameter the table lacks only in case or by a typo ("gb" for Gb) is most likely meant as
@@ -113,10 +108,13 @@ def _warn_near_misses(model: Model, extra: list, cols: dict) -> None:
 
     missing = [p for p in model.parameter_names if p not in cols]
     lower = {p.lower(): p for p in missing}
+    # other names a parameter goes by (a patient table with WT and no BW ran every patient
+    # at the default body weight without a word; a probe)
+    aliases = {q.name: q.aliases for q in model.parameters}
     for col in map(str, extra):
         meant = (
             lower.get(col.lower())
-            or next((p for p in missing if col.upper() in _SYNONYMS.get(p, ())), None)
+            or next((p for p in missing if col.upper() in aliases[p]), None)
             or next(iter(difflib.get_close_matches(col, missing, n=1, cutoff=0.8)), None)
         )
         if meant is not None:

@@ -45,6 +45,11 @@ class Parameter:
     description: str = ""
     lower: float = 0.0
     upper: float = float("inf")
+    aliases: tuple[str, ...] = ()  # other names users' tables give it (e.g. WT for BW)
+
+
+# What tables call a body weight besides the parameter's own name.
+WEIGHT_ALIASES = ("WT", "WGT", "WEIGHT", "BODYWEIGHT", "BODY_WEIGHT")
 
 
 @dataclasses.dataclass(frozen=True)

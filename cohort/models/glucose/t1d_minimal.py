@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
-from cohort.models.base import Model, Output, Parameter, State, Tree, register
+from cohort.models.base import WEIGHT_ALIASES, Model, Output, Parameter, State, Tree, register
 
 _PER_MIN = "1/min"
 MAX_RATE = 2.0  # 1/min; as uva_padova: faster transfers are not physiological here
@@ -51,7 +51,7 @@ _STATES = (
 # 1/ksc = 11.2 min, f = 0.9; ke = m4 + m2·m30/(m1 + m30) = 0.278/min, their plasma insulin
 # clearance with the liver compartment at quasi-steady state.
 _PARAMETERS = (
-    Parameter("BW", "kg", 70.0, "body weight", 5.0, 300.0),
+    Parameter("BW", "kg", 70.0, "body weight", 5.0, 300.0, WEIGHT_ALIASES),
     Parameter(
         "Gb", "mg/dL", 140.0, "basal glucose (rest level at the usual basal insulin)", 20, 600
     ),

@@ -50,7 +50,16 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
-from cohort.models.base import Model, Output, Parameter, State, Tree, derived, register
+from cohort.models.base import (
+    WEIGHT_ALIASES,
+    Model,
+    Output,
+    Parameter,
+    State,
+    Tree,
+    derived,
+    register,
+)
 
 PMOL_PER_U = 6000.0  # simglucose's insulin conversion (U -> pmol)
 K_MEMORY = 1.2  # 1/min, relaxation of the idle meal-memory bank (see module docstring)
@@ -94,7 +103,7 @@ _PER_MIN = "1/min"
 # log-normal prior put 0.4 % of adults above 2/min, up to 4/min, which blew up at 1-min steps).
 MAX_RATE = 2.0  # 1/min
 _PARAMETERS = (
-    Parameter("BW", "kg", 68.706, "body weight", 5.0, 300.0),
+    Parameter("BW", "kg", 68.706, "body weight", 5.0, 300.0, WEIGHT_ALIASES),
     Parameter("Gb", "mg/dL", 149.02, "basal plasma glucose (defines the initial state)", 20, 600),
     Parameter("Ib", "pmol/L", 97.554, "basal plasma insulin (reference of X)", 1.0, 2000.0),
     Parameter("u2ss", "pmol/kg/min", 1.21697571391, "basal insulin delivery", 0.0, 50.0),
