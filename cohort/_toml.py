@@ -16,31 +16,33 @@ except ModuleNotFoundError:  # Python < 3.11
 SHIPPED = ("priors", "experiments")  # the repository's spec folders, shipped in the wheel
 
 
-def shipped_folders() -> list[Path]:
-    """Where cohort's own specs are: ``cohort/_shipped/<kind>`` in an installed wheel
-    (``pyproject.toml`` force-includes them), else the source checkout's ``priors/`` and
-    ``experiments/`` beside the package (an editable install)."""
+def shipped_folders(kind: str | None = None) -> list[Path]:
+    """Where cohort's own specs of ``kind`` (``priors``, ``experiments``; None: both) are:
+    ``cohort/_shipped/<kind>`` in an installed wheel (``pyproject.toml`` force-includes them),
+    else the source checkout's folders beside the package (an editable install)."""
     package = Path(__file__).resolve().parent
+    kinds = SHIPPED if kind is None else (kind,)
     for root in (package / "_shipped", package.parent):
-        found = [root / kind for kind in SHIPPED if (root / kind).is_dir()]
+        found = [root / k for k in kinds if (root / k).is_dir()]
         if found:
             return found
     return []
 
 
-def shipped_names() -> list[str]:
+def shipped_names(kind: str | None = None) -> list[str]:
     """The names cohort's own specs can be given by (``adult_pk_oral``, ...)."""
-    return sorted({f.stem for d in shipped_folders() for f in d.glob("*.toml")})
+    return sorted({f.stem for d in shipped_folders(kind) for f in d.glob("*.toml")})
 
 
-def resolve(path: str | Path) -> Path:
-    """``path``, or for a bare name of one of cohort's own specs (``adult_pk_oral`` or
-    ``adult_pk_oral.toml``, not found as given) the shipped file: README's examples wrote
-    ``priors/...``, which exists only in a source checkout (a new user's session)."""
+def resolve(path: str | Path, kind: str | None = None) -> Path:
+    """``path``, or for a bare name of one of cohort's own specs of ``kind``
+    (``adult_pk_oral`` or ``adult_pk_oral.toml``, not found as given) the shipped file:
+    README's examples wrote ``priors/...``, which exists only in a source checkout (a new
+    user's session)."""
     p = Path(path)
     if p.exists() or len(p.parts) != 1 or p.suffix not in ("", ".toml"):
         return p
-    for folder in shipped_folders():
+    for folder in shipped_folders(kind):
         candidate = folder / f"{p.stem}.toml"
         if candidate.is_file():
             return candidate
@@ -48,14 +50,14 @@ def resolve(path: str | Path) -> Path:
 
 
 def read_toml(
-    path: str | Path, error: type[Exception], what: str
+    path: str | Path, error: type[Exception], what: str, kind: str | None = None
 ) -> tuple[dict[str, Any], str, Path]:
     """``(contents, sha256 prefix, path read)`` of the TOML file ``path`` (or of cohort's own
-    spec of that bare name, :func:`resolve`); ``error(message)`` (naming the file) for a
+    spec of ``kind`` of that bare name, :func:`resolve`); ``error(message)`` (naming the file) for a
     missing, unreadable or malformed one. ``what`` says what the file should be."""
-    path = resolve(path)
+    path = resolve(path, kind)
     if not path.exists():
-        names = shipped_names()
+        names = shipped_names(kind)
         hint = (
             f" (relative to {Path.cwd()}); cohort's own specs are also found by name alone: "
             + ", ".join(names)

@@ -13,8 +13,12 @@ reader of dose records (``cohort simulate --dosing``, ``cohort fit``, twins).
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pandas as pd
+
+from cohort.errors import CohortWarning
 
 DATE_COLUMNS = ("DATE", "DAT1", "DAT2", "DAT3")
 
@@ -57,6 +61,16 @@ def rates_from_durations(df: pd.DataFrame) -> tuple[pd.DataFrame, list[tuple[int
     for i in np.flatnonzero(timed & np.isfinite(rate) & (rate != 0)):
         problems.append(
             (i + 1, "DUR", f"both RATE ({rate[i]:g}) and DUR ({dur[i]:g}): give one of them")
+        )
+    if problems:
+        return df, problems
+    if timed.any():  # a DUR that is not a duration (a disease's) would make infusions
+        warnings.warn(
+            f"records: column DUR read as infusion durations (RATE = AMT/DUR) on "
+            f"{int(timed.sum())} dose row(s), e.g. row {int(np.flatnonzero(timed)[0]) + 1}: "
+            f"AMT {amt[timed][0]:g} over {dur[timed][0]:g}; rename the column if it is not",
+            CohortWarning,
+            stacklevel=4,
         )
     out = df.drop(columns=[upper["DUR"]])
     new_rate = np.where(timed, amt / np.where(timed, dur, 1.0), np.nan_to_num(rate))

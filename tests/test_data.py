@@ -321,7 +321,8 @@ def test_infusion_durations_and_date_columns_of_other_tools():
     as boluses; with a DATE column TIME is a clock time in NONMEM, and was read as elapsed
     (a sample the next day placed 24 h early). DUR becomes NONMEM's RATE; dates are refused."""
     iv = cohort.models.get("pk1_iv")
-    dur = read_nonmem(frame(CMT=[1, 1, 1, 1, 1, 1], DUR=[2, ".", ".", 0, ".", "."]), iv)
+    with pytest.warns(CohortWarning, match="column DUR read as infusion durations .* row 1"):
+        dur = read_nonmem(frame(CMT=[1, 1, 1, 1, 1, 1], DUR=[2, ".", ".", 0, ".", "."]), iv)
     rate = read_nonmem(frame(CMT=[1, 1, 1, 1, 1, 1], RATE=[50, 0, 0, 0, 0, 0]), iv)
     assert dur.covariate_names == ("WT",)
     np.testing.assert_array_equal(dur.event_table(iv).rate, rate.event_table(iv).rate)
@@ -332,11 +333,16 @@ def test_infusion_durations_and_date_columns_of_other_tools():
     with pytest.raises(DataError, match="value '08:00' is not a number .*a clock time"):
         read_nonmem(frame(TIME=["08:00", 1.0, 4.0, 0.0, 2.0, 8.0]))
     # the dosing reader of `cohort simulate --dosing` reads them the same way
-    table = cohort.dosing.records_table(
-        pd.DataFrame({"ID": [1], "TIME": [0.0], "AMT": [100.0], "DUR": [2.0]}),
-        ["central"],
-        ["central"],
-    )
+    with pytest.warns(CohortWarning, match="column DUR read as infusion durations"):
+        table = cohort.dosing.records_table(
+            pd.DataFrame({"ID": [1], "TIME": [0.0], "AMT": [100.0], "DUR": [2.0]}),
+            ["central"],
+            ["central"],
+        )
+    # a control stream's data: $PK says what DUR is (kept as a covariate)
+    marked = frame(DUR=[2, ".", ".", 0, ".", "."])
+    marked.attrs["nonmem_items"] = True
+    assert "DUR" in read_nonmem(marked).covariate_names
     assert table.rate[0, 0] == 50.0
     with pytest.raises(cohort.DosingError, match="column DAT2: a DAT2 column"):
         cohort.dosing.records_table(

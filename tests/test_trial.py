@@ -439,7 +439,7 @@ def test_a_shipped_spec_is_found_by_name_anywhere(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     spec = ct.load("theophylline_dose_ranging")
     assert Path(spec.path).resolve() == THEO.resolve()
-    with pytest.raises(TrialSpecError, match="found by name alone: adult_pk_oral"):
+    with pytest.raises(TrialSpecError, match="found by name alone: pkpd_idr_sequential"):
         ct.load("experiments/theophylline_dose_ranging.toml")
 
 

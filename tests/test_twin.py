@@ -778,3 +778,15 @@ def test_a_plan_starting_at_a_recorded_dose_is_said(vanco_twins):
     later = tw.update(dose_row)
     with pytest.warns(CohortWarning, match=rf"first planned dose is at TIME {t_next:g}, where its"):
         later.forecast(Regimen(500.0, "central", time=t_next), [t_next + 6.0], n_draws=20)
+
+
+def test_an_updates_infusions_are_kept_when_the_first_records_had_none(vanco):
+    """An update's RATE column was cut to the first records' columns: with boluses only on
+    day 0, day 1's infusions ran as boluses without a word (a review)."""
+    prior, records, _ = vanco
+    d1, d2 = records[records.TIME <= 13.0], records[records.TIME > 13.0]
+    first = Twins.identify(prior, d1.drop(columns=["RATE"]).assign(AMT=d1.AMT))
+    later = first.update(d2)
+    doses = later.data.to_frame().query("EVID == 1 and TIME > 13")
+    np.testing.assert_array_equal(doses["RATE"].to_numpy(), d2.query("EVID == 1")["RATE"])
+    assert (doses["RATE"] > 0).all()

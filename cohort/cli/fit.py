@@ -164,6 +164,7 @@ def _spec(
         model = get_model(model_name)
     except KeyError as exc:
         fail(str(exc))
+    added: list[str] = []  # held by --fix alone: no random effect unless --iiv names it
     if params:
         names = [p.strip() for p in params.split(",")]
         # a model parameter held by --fix NAME=VALUE is fitted as fixed: it was refused as
@@ -172,8 +173,11 @@ def _spec(
             name = item.split("=", 1)[0].strip()
             if name in model.parameter_names and name not in names and "=" in item:
                 names.append(name)
+                added.append(name)
         target = output or model.output_names[0]
-        reach = default_params(model, target if target in model.output_names else None)
+        reach = default_params(
+            model, target if target in model.output_names + model.state_names else None
+        )
         held = [q for q in reach if q.name not in names]
         if held:  # said, as without --params (they were held without a word)
             default = {q.name: q for q in model.parameters}
@@ -199,7 +203,7 @@ def _spec(
                 f"note: {', '.join(held)} cannot change {target!r} (the fitted output): not "
                 f"estimated, held at {model.name}'s values; --output names another output"
             )
-    with_iiv = set(p.strip() for p in iiv.split(",")) if iiv else set(names)
+    with_iiv = set(p.strip() for p in iiv.split(",")) if iiv else set(names) - set(added)
     unknown = with_iiv - set(names)
     if unknown:
         fail(f"--iiv: {sorted(unknown)} are not among the estimated parameters {names}")

@@ -41,7 +41,7 @@ def generate(
         fail(f"--max-candidates must be >= --n ({n:,}), got {max_candidates:,}")
     from cohort._toml import resolve
 
-    spec = resolve(spec)  # a bare name: cohort's own spec of that name
+    spec = resolve(spec, "priors")  # a bare name: cohort's own spec of that name
     if spec.is_dir():
         fail(f"{spec} is a folder, not a spec file")
     if plot is not None:

@@ -114,10 +114,10 @@ def trial(
     from cohort._toml import resolve
     from cohort.store import check_path, write_lock
 
-    spec = resolve(spec)  # a bare name: cohort's own spec of that name
+    spec = resolve(spec, "experiments")  # a bare name: cohort's own spec of that name
     if spec.is_dir():
         fail(f"{spec} is a folder, not a trial spec")
-    for flag, value, lo in (("--replicates", replicates, 1), ("--n", n, 1), ("--seed", seed, 0)):
+    for flag, value, lo in (("--replicates", replicates, 1), ("--n", n, 1)):
         if value is not None and value < lo:
             fail(f"{flag} must be >= {lo}, got {value}")
     if resume and overwrite:

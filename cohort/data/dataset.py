@@ -238,7 +238,9 @@ def read_nonmem(
     dropped = {str(d).upper() for d in drop}
     raw = raw[[c for c in raw.columns if upper[c] not in dropped]]
     raw = raw.drop(columns=_text_columns(raw, upper))
-    records = validate(raw, model)
+    # a control stream's data (cohort.inference.nonmem marks it): $PK says what DUR is
+    durations = not (isinstance(source, pd.DataFrame) and source.attrs.get("nonmem_items"))
+    records = validate(raw, model, durations)
     covariates = tuple(c for c in records.columns if c not in STANDARD_COLUMNS | {"ROW"})
     return Dataset(records, covariates, model)
 

@@ -306,12 +306,14 @@ def _duplicates(frame: pd.DataFrame, rows: np.ndarray) -> list[Problem]:
     ]
 
 
-def validate(raw: pd.DataFrame, model: Model | None = None) -> pd.DataFrame:
+def validate(raw: pd.DataFrame, model: Model | None = None, durations: bool = True) -> pd.DataFrame:
     """Check NONMEM records and return them normalised (upper-case names, EVID/MDV filled).
 
     Raises :class:`DataError` listing every problem. The returned frame has a ``ROW`` column
     (1-based row of the input), float columns for the standard items, ``CENS``/``LLOQ``, the
     compartment column as given (numbers or state names) and one column per covariate.
+    ``durations=False`` keeps a ``DUR`` column as a covariate (a control stream's data, where
+    ``$PK`` says what DUR is) instead of reading it as infusion durations.
     """
     raw = raw.reset_index(drop=True)
     raw.columns = [str(c).strip().upper() for c in raw.columns]
@@ -319,7 +321,7 @@ def validate(raw: pd.DataFrame, model: Model | None = None) -> pd.DataFrame:
     dated = date_column_problem(raw.columns)
     if dated:
         raise DataError([Problem(None, *dated)])
-    if not raw.columns.duplicated().any():
+    if durations and not raw.columns.duplicated().any():
         raw, found = rates_from_durations(raw)  # DUR (rxode2, Pmetrics) as NONMEM's RATE
         if found:
             raise DataError([Problem(*p) for p in found])

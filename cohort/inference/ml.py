@@ -431,7 +431,7 @@ def _run_starts(bm, base, approx, init, pooled_start, starts, seed, maxiter, gto
         found = np.array([r[3] for r in runs])
         if len(runs) >= 2 and np.isfinite(found).any() and _agreeing(found, np.nanmin(found)) >= 2:
             break  # two starts reached the same best optimum: the rest would add nothing
-    if scan and not any(s is base for s, _ in plan) and _implausible(bm, runs, base):
+    if scan and not any(s is base for s, _ in plan) and _implausible(bm, runs):
         # The scan's best candidates can all lie in a degenerate basin: an Emax model's
         # EMAX and EC50 ran to 1e-10 from both (OFV 1160 against 820 from the model's
         # defaults; a probe). Its defaults are then tried as well; the best optimum is kept.
@@ -440,7 +440,7 @@ def _run_starts(bm, base, approx, init, pooled_start, starts, seed, maxiter, gto
     return runs, scan
 
 
-def _implausible(bm, runs, base: Pop) -> bool:
+def _implausible(bm, runs) -> bool:
     """Whether the best run's typical values (those without covariates) leave their model
     parameters' plausible ranges (not asked of a fit with a transform, whose estimated
     quantities are not the model's parameters)."""
@@ -450,7 +450,7 @@ def _implausible(bm, runs, base: Pop) -> bool:
     if not np.isfinite(ofvs).any():
         return True
     obj, _, x, _ = runs[int(np.nanargmin(np.where(np.isfinite(ofvs), ofvs, np.nan)))]
-    theta = np.exp(np.asarray(obj.functions["flat"].pop_at(x, base).theta, float))
+    theta = np.exp(np.asarray(obj.functions["flat"].pop_at(x, obj.base).theta, float))
     bounds = {q.name: q for q in bm.spec.model.parameters}
     for p, v in zip(bm.spec.params, theta):
         q = bounds.get(p.name)

@@ -181,6 +181,7 @@ def read_control_stream(path: str | Path) -> ControlStream:
         )
         for p in params
     )
+    data.attrs["nonmem_items"] = True  # its columns mean what $INPUT/$PK say (DUR: a covariate)
     spec = NLME(
         model_name, params=params, error=error, omega=omega["structure"], omega_corr=omega["corr"]
     )
@@ -677,8 +678,14 @@ def _prediction_written_out(model, y, pred):
     def log_guarded(e) -> bool:  # IPRED = LOG(.025); IF (F.GT.0) IPRED = LOG(F) (a probe)
         if not isinstance(e, sympy.Piecewise) or len(e.args) != 2:
             return False
-        (value, _), (floor, other) = e.args
-        return value == sympy.log(pred) and other is sympy.true and floor.is_number
+        (value, cond), (floor, other) = e.args
+        guard = (
+            isinstance(cond, sympy.StrictGreaterThan | sympy.GreaterThan)
+            and cond.lhs == pred
+            and cond.rhs.is_number
+            and abs(float(cond.rhs)) < 1e-6
+        )
+        return value == sympy.log(pred) and guard and other is sympy.true and floor.is_number
 
     y = y.replace(guarded, lambda e: pred)
     return y.replace(log_guarded, lambda e: sympy.log(pred))

@@ -404,7 +404,7 @@ def _matrix(path, key, m, size, what) -> np.ndarray:
 
 def load_spec(path: str | Path) -> PopulationSpec:
     """Read and validate a TOML prior spec."""
-    raw, digest, path = read_toml(path, SpecError, "spec file")
+    raw, digest, path = read_toml(path, SpecError, "spec file", "priors")
     return parse_spec(raw, str(path), digest)
 
 

@@ -454,11 +454,6 @@ def report_directory(
     ``create=False`` only checked (a command checks before its work and creates the folder
     when it writes, so a failed command leaves no empty folder behind)."""
     p = check_path(path, flag)
-    if p.is_symlink():  # cohort would write through it, outside the folder the user gave
-        raise OutputError(
-            f"{flag} {str(path)!r} is a symbolic link (to {str(p.resolve())!r}); give a real "
-            "directory, or remove the link"
-        )
     if p.exists():
         if p.is_file():
             raise OutputError(f"{flag} {str(path)!r} is a file; give a directory")

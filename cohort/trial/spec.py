@@ -88,7 +88,7 @@ class _Reader:
 
 def load(path: str | Path) -> TrialSpec:
     """Read and validate a trial spec file."""
-    raw, digest, path = read_toml(path, TrialSpecError, "trial spec")
+    raw, digest, path = read_toml(path, TrialSpecError, "trial spec", "experiments")
     return parse(raw, str(path), base=Path(path).parent, digest=digest)
 
 

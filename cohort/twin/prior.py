@@ -71,7 +71,7 @@ class TwinPrior:
     def from_spec(cls, path: str | Path) -> TwinPrior:
         """From a priors spec with an ``[error]`` section (e.g.
         ``priors/vancomycin_goti2018.toml``)."""
-        raw, digest, path = read_toml(path, TwinError, "priors spec")
+        raw, digest, path = read_toml(path, TwinError, "priors spec", "priors")
         return cls.from_raw(raw, str(path), digest)
 
     @classmethod

@@ -69,6 +69,11 @@ def append_records(
     if cov:
         first = old.groupby("ID", sort=False)[cov].first()
         frame = frame.join(first, on="ID")
+    # dose items the earlier records did not need (day 0 without infusions): NONMEM's default
+    # 0 there, not dropped from the update (its infusions ran as boluses; a review)
+    for c in ("RATE", "ADDL", "II", "SS"):
+        if c in frame.columns and c not in old.columns:
+            old = old.assign(**{c: 0.0})
     frame = frame[[c for c in old.columns if c in frame.columns]]
     combined = pd.concat([old, frame], ignore_index=True, sort=False)
     order = {pid: k for k, pid in enumerate(pd.unique(old["ID"]))}

@@ -140,13 +140,16 @@ def record_notes(table, *, bolus_meals: bool) -> list[str]:
         i, k = (int(x[0]) for x in np.nonzero(mask))
         return f"patient {i + 1} at {table.time[i, k]:g} min, AMT {table.amt[i, k]:g}"
 
-    small = meal & (table.amt < 1000.0)
+    # a record's duration in min (0: a bolus); meal_records' last piece of a bout may hold
+    # under 1 g at the eating rate, which is fine
+    minutes = np.where(table.rate > 0, table.amt / np.where(table.rate > 0, table.rate, 1), 0)
+    small = meal & (table.amt < 1000.0) & (table.rate < 100.0)
     if small.any():
         notes.append(
             f"{int(small.sum())} meal record(s) into qsto1 below 1 g ({first(small)} mg): meals "
             "are in mg of carbohydrate (45 g = 45000 mg), not g"
         )
-    big = insulin & (table.amt > 100.0)
+    big = insulin & (table.amt > 100.0) & (minutes <= 60.0)  # a bolus, not a day's basal
     if big.any():
         notes.append(
             f"{int(big.sum())} insulin record(s) into Isc1 above 100 U ({first(big)} U): insulin "
