@@ -461,3 +461,15 @@ def test_a_degenerate_basin_of_the_scan_is_left_for_the_models_defaults(tmp_path
     every = {str(k): float(v) for k, v in zip(fit.parameter.values, fit.estimate.values)}
     est = {k: every[k] for k in ("E0", "EMAX", "EC50")}
     assert est == pytest.approx({"E0": 100.5, "EMAX": 54.06, "EC50": 1.799}, rel=2e-3)
+
+
+def test_a_parameter_held_by_fix_alone_has_no_random_effect():
+    """``--params E0,EMAX,EC50 --fix CL=5``: CL is held at 5, without an IIV the user did not
+    ask for (a review: the default IIV set took every name, the held one too)."""
+    from cohort.cli.fit import _spec
+
+    spec = _spec("pk1_oral+emax", "E0,EMAX,EC50", None, "additive", "diagonal", None,
+                 fix=["CL=5"], output="response")  # fmt: skip
+    cl = next(p for p in spec.params if p.name == "CL")
+    assert cl.fixed and cl.init == 5.0 and not cl.iiv
+    assert all(p.iiv for p in spec.params if p.name != "CL")
