@@ -790,3 +790,14 @@ def test_an_updates_infusions_are_kept_when_the_first_records_had_none(vanco):
     doses = later.data.to_frame().query("EVID == 1 and TIME > 13")
     np.testing.assert_array_equal(doses["RATE"].to_numpy(), d2.query("EVID == 1")["RATE"])
     assert (doses["RATE"] > 0).all()
+
+
+def test_an_update_repeating_the_whole_history_is_named_a_cumulative_export(vanco_twins):
+    """A hospital system's cumulative export (day 0 again, then day 1) was refused as "was
+    this update applied before?", naming row 1 alone (a probe)."""
+    first, _, _, d1, d2 = vanco_twins
+    both = pd.concat([d1, d2]).sort_values(["ID", "TIME"], kind="stable")
+    with pytest.raises(TwinError, match=rf"{len(d1)} of them .* repeat every record the twin"):
+        first.update(both)
+    with pytest.raises(TwinError, match="was this update applied before"):
+        first.update(d1)

@@ -93,6 +93,13 @@ def _check_repeats(old: pd.DataFrame, new: pd.DataFrame) -> None:
     if again.size:
         r = new.iloc[again[0]]
         every = " (every record of this update)" if again.size == len(new) else ""
+        if again.size == len(old) < len(new):  # the whole history again, then new rows
+            raise TwinError(
+                f"update records: {again.size} of them (rows {int(r['ROW'])} to "
+                f"{int(new.iloc[again[-1]]['ROW'])}) repeat every record the twin has seen "
+                "(a cumulative export?); give only the records after them. The twins are "
+                "unchanged"
+            )
         raise TwinError(
             f"update record {int(r['ROW'])} (ID {show_id(r['ID'])}, TIME {r['TIME']:g}): the "
             f"twin has seen this record already{every}; was this update applied before? The "
