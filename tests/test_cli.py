@@ -305,6 +305,10 @@ def test_population_covariates_and_provenance_are_kept(tmp_path):
     assert sim.attrs["population"] == "adult_pk_oral"
     assert sim.attrs["population_spec_hash"] == popn.attrs["spec_hash"]
     assert sim.attrs["population_seed"] == popn.attrs["seed"]
+    # `cohort info` names the population's seed (it showed only the unused simulate seed)
+    shown = runner.invoke(app, ["info", str(tmp_path / "g")]).output
+    assert f"population_seed: {popn.attrs['seed']}" in shown
+    assert "acceptance_rate: 100.0%" in runner.invoke(app, ["info", str(gen)]).output
     # in memory, the same
     mem = cohort.simulate("pk1_oral", popn, cohort.Regimen(100.0, "depot"), [0.0, 1.0])
     np.testing.assert_array_equal(mem.WT.values, popn.WT.values)

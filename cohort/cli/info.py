@@ -171,12 +171,17 @@ def info(
         "solver_settings",
         "dtype",
         "seed",
+        "population_seed",  # a simulation of a generated population: the population's seed
+        "acceptance_rate",
+        "rejected_by",
         "cohort_version",
         "created",
         "spec_hash",
     ):
         if key in ds.attrs:
-            console.print(f"  {key}: {escape(str(ds.attrs[key]))}")
+            value = ds.attrs[key]
+            shown = f"{value:.1%}" if key == "acceptance_rate" else str(value)
+            console.print(f"  {key}: {escape(shown)}")
     if "status" in ds:
         from cohort.engine.status import STATUS_MEANINGS
 
