@@ -78,15 +78,20 @@ def attainment_curves(rec: pd.DataFrame, path: str | Path, max_patients: int = 1
     fig, ax = plt.subplots(figsize=(7, 4.2))
     # one colour per patient: the default 10-colour cycle gave patients 1 and 11 one colour
     colours = plt.get_cmap("tab20").colors
+    # with several intervals each curve is at the patient's chosen one: said (a reader took
+    # them all for the template's, a probe)
+    several = "ii" in rec and rec["ii"].nunique() > 1
     for k, (pid, row) in enumerate(rec.iloc[:max_patients].iterrows()):
         colour = colours[(2 * k) % 20 + (2 * k) // 20]  # the strong shades first
-        ax.plot(grid, pta[:, k], "o", ms=3, alpha=0.8, label=f"{pid}", color=colour)
+        label = f"{pid}, every {row['ii']:g}" if several else f"{pid}"
+        ax.plot(grid, pta[:, k], "o", ms=3, alpha=0.8, label=label, color=colour)
         ax.plot([row["dose"]], [row["pta"]], "*", ms=11, color=colour)
     ax.set_xlabel(f"dose per administration ({rec.attrs.get('dose_units', 'mg')})")
     ax.set_ylabel(f"P({rec.attrs['target']})")
     ax.set_ylim(-0.02, 1.02)
     shown = "" if len(rec) <= max_patients else f", first {max_patients} of {len(rec)} patients"
-    ax.set_title(f"target attainment by dose (★ recommended{shown})")
+    at = ", each at its recommended interval" if several else ""
+    ax.set_title(f"target attainment by dose (★ recommended{at}{shown})")
     ax.legend(title="patient", fontsize=7, ncol=2)
     return save_figure(fig, path)
 
