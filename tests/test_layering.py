@@ -22,7 +22,7 @@ ALLOWED = {
     "_toml": set(),
     "_started": set(),
     "_seed": set(),
-    "dosing_formats": set(),  # other tools' record columns, for dosing's and data's readers
+    "dosing_formats": {"errors"},  # other tools' record columns, for dosing's and data's readers
     "timing": {"_started"},
     "models": BASE,
     "dosing": BASE | {"dosing_formats"},
