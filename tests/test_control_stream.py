@@ -532,3 +532,24 @@ def test_an_error_model_per_dvid_is_refused(tmp_path):
     res = runner.invoke(app, ["fit", str(tmp_path / "run.mod"), "-o", str(tmp_path / "f.nc")])
     assert res.exit_code == 2, res.output
     assert "$ERROR defines 2 dependent variables" in " ".join(res.output.split())
+
+
+def test_a_concentration_written_as_amount_over_volume_without_a_scale(tmp_path):
+    """``CONC = A(2)/V`` with no ``S2`` (NONMEM's F is then the amount; pharmpy's pheno_conc,
+    mox2) was refused as "$PK does not define the scale": it is the same model as ``S2 = V``
+    with ``IPRED = F`` (pheno_conc fits to OFV 730.895, the MU-referenced pheno's 730.8947 in
+    NONMEM). ``Y = F + ...`` without a scale (an amount) stays refused."""
+    from cohort.inference.nonmem import read_control_stream
+
+    simulated_records(n=4).to_csv(tmp_path / "sim.csv", index=False)
+    (tmp_path / "scaled.mod").write_text(RUN_MOD)
+    (tmp_path / "unscaled.mod").write_text(
+        RUN_MOD.replace("S2 = V\n", "").replace("IPRED = F", "IPRED = A(2)/V")
+    )
+    scaled = read_control_stream(tmp_path / "scaled.mod")
+    unscaled = read_control_stream(tmp_path / "unscaled.mod")
+    assert unscaled.spec == scaled.spec
+    (tmp_path / "amount.mod").write_text(RUN_MOD.replace("S2 = V\n", ""))
+    res = runner.invoke(app, ["fit", str(tmp_path / "amount.mod"), "-o", str(tmp_path / "f.nc")])
+    assert res.exit_code == 2, res.output
+    assert "$ERROR uses the amount F itself" in " ".join(res.output.split())

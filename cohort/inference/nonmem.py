@@ -142,9 +142,12 @@ def read_control_stream(path: str | Path) -> ControlStream:
             _check_trans1(model, key[0], problems)
         optional = _DEPOT if model_name.endswith("_oral") else {}
         bounds: dict[str, tuple[str, float, float]] = {}
-        params, eta_of, seen = _parameters(model, names, scale, problems, optional, bounds)
+        volume = _unscaled_volume(model, names, scale)
+        params, eta_of, seen = _parameters(
+            model, names, scale, problems, optional, bounds, unscaled=volume is not None
+        )
         omega = _omega(model, eta_of, params, problems, seen)
-        error = _error(model, problems)
+        error = _error(model, problems, volume)
         method, approx, note = _method(model, problems)
     except ControlStreamError:
         raise
@@ -209,7 +212,34 @@ def _sympy(expr):
     return sympy.sympify(str(expr))
 
 
-def _parameters(model, names: dict, scale: str, problems: list[str], optional: dict, bounds: dict):
+def _unscaled_volume(model, names: dict, scale: str):
+    """The central volume's expression where ``$PK`` sets no scale (``S1``/``S2``): NONMEM's
+    F is then the amount, and ``$ERROR`` may write the concentration as ``A(1)/V`` (pheno_conc,
+    mox2: refused as "$PK does not define the scale", a probe). None where a scale is set or
+    there is no volume to divide by."""
+    statements = model.statements.before_odes
+    if statements.find_assignment(scale) is not None:
+        return None
+    defined = {str(s.symbol) for s in statements}
+    central = next(k for k, v in names.items() if v in ("V", "V1"))
+    symbol = next((a for a in _ALIASES.get(central, (central,)) if a in defined), None)
+    if symbol is None:
+        return None
+    import sympy
+
+    # $ERROR's expression names V itself (set before the ODEs) or, in full, its definition
+    return (sympy.Symbol(symbol), _sympy(statements.full_expression(symbol)))
+
+
+def _parameters(
+    model,
+    names: dict,
+    scale: str,
+    problems: list[str],
+    optional: dict,
+    bounds: dict,
+    unscaled: bool = False,
+):
     """One :class:`Param` per structural parameter (and per ``optional`` one $PK defines: a
     number is held fixed), the ETA name each uses, and every ETA their expressions hold (so
     that the ETAs of a parameter refused here are not also reported as unused)."""
@@ -269,7 +299,7 @@ def _parameters(model, names: dict, scale: str, problems: list[str], optional: d
         v = _sympy(statements.full_expression(v_symbol))
         if sympy.simplify(s - v) != 0:
             problems.append(f"{scale} must be the central volume (got {scale} = {s})")
-    else:
+    elif not unscaled:  # (unscaled: $ERROR must divide the amount by V, see _error)
         problems.append(f"$PK does not define the scale {scale} (e.g. {scale} = V)")
     return params, eta_of, seen
 
@@ -497,7 +527,7 @@ def _omega(model, eta_of, params, problems, seen: set[str] = frozenset()) -> dic
     return {"structure": structure, "sd": sd, "fixed": fixed, "corr": corr, "zero": zero}
 
 
-def _error(model, problems) -> ErrorModel:
+def _error(model, problems, volume=None) -> ErrorModel:
     """Y's residual error as an :class:`ErrorModel`: ``EPS`` (additive), ``F*EPS``
     (proportional), both (combined), ``LOG(F) + EPS`` (log-additive), or the SD written as
     THETAs with ``$SIGMA 1 FIX``: ``W = SQRT(THETA(a)**2 + (THETA(b)*IPRED)**2)``,
@@ -546,6 +576,18 @@ def _error(model, problems) -> ErrorModel:
     except Exception:  # noqa: BLE001 - no F statement: Y is written with F itself
         pass
     y = y.subs(f_symbol, pred)
+    if volume is not None:  # no scale: F is the amount; the concentration is F over V
+        conc = sympy.Symbol("CONC_")
+        y = sympy.expand(y)
+        for v in volume:
+            y = y.subs(pred / v, conc)
+        if pred in y.free_symbols:
+            problems.append(
+                "$PK defines no scale (S1/S2) and $ERROR uses the amount F itself: define the "
+                "scale (e.g. S1 = V), or write the concentration as A(1)/V"
+            )
+            return ErrorModel("additive")
+        y = y.subs(conc, pred)
     y = _prediction_written_out(model, y, pred)
     terms = sympy.Add.make_args(sympy.expand(y))
     add, prop, log = None, None, False
