@@ -73,9 +73,7 @@ def rates_from_durations(df: pd.DataFrame) -> tuple[pd.DataFrame, list[tuple[int
             stacklevel=4,
         )
     out = df.drop(columns=[upper["DUR"]])
-    new_rate = np.where(timed, amt / np.where(timed, dur, 1.0), np.nan_to_num(rate))
-    if "RATE" in upper:
-        out[upper["RATE"]] = np.where(timed, new_rate, out[upper["RATE"]])
-    else:
-        out["RATE"] = new_rate
+    column = upper.get("RATE", "RATE")
+    kept = out[column] if column in out else 0.0  # other rows' RATE cells as they were
+    out[column] = np.where(timed, amt / np.where(timed, dur, 1.0), kept)
     return out, problems

@@ -165,6 +165,10 @@ def _spec(
     except KeyError as exc:
         fail(str(exc))
     added: list[str] = []  # held by --fix alone: no random effect unless --iiv names it
+    target = output or model.output_names[0]
+    reach = default_params(
+        model, target if target in model.output_names + model.state_names else None
+    )
     if params:
         names = [p.strip() for p in params.split(",")]
         # a model parameter held by --fix NAME=VALUE is fitted as fixed: it was refused as
@@ -174,10 +178,6 @@ def _spec(
             if name in model.parameter_names and name not in names and "=" in item:
                 names.append(name)
                 added.append(name)
-        target = output or model.output_names[0]
-        reach = default_params(
-            model, target if target in model.output_names + model.state_names else None
-        )
         held = [q for q in reach if q.name not in names]
         if held:  # said, as without --params (they were held without a word)
             default = {q.name: q for q in model.parameters}
@@ -190,13 +190,7 @@ def _spec(
                 f"{model.name}'s values (--fix NAME=VALUE holds another value)"
             )
     else:
-        target = output or model.output_names[0]
-        names = [
-            p.name
-            for p in default_params(
-                model, target if target in model.output_names + model.state_names else None
-            )
-        ]
+        names = [p.name for p in reach]
         held = [p.name for p in default_params(model) if p.name not in names]
         if held:
             err_console.print(

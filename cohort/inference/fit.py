@@ -222,24 +222,6 @@ def _zero_predictions(bm, pop, eta, show: int = 5) -> str:
     )
 
 
-def _beyond_plausible(bm, reported: dict, fixed: set[str]) -> list[str]:
-    """Typical values outside their model parameter's plausible range (V2 = 6e6 L: the data
-    do not identify it, and the optimiser let it run off), as ``"V2 = 6.1e+06 L (above
-    1e+04)"``."""
-    if bm.spec.transform is not None:  # estimated quantities are not the model's parameters
-        return []
-    # a typical value with covariate effects is at the user's reference (e.g. per kg): the
-    # model's range need not apply to it
-    plain = {q.name for q in bm.spec.params if not q.covariates} - fixed
-    out = []
-    for p in bm.spec.model.parameters:
-        v = reported.get(p.name) if p.name in plain else None
-        if v is not None and np.isfinite(v) and not p.lower <= v <= p.upper:
-            side = f"above {p.upper:g}" if v > p.upper else f"below {p.lower:g}"
-            out.append(f"{p.name} = {v:.4g} {p.units} ({side})")
-    return out
-
-
 def _missing_se(est, fixed: set[str]) -> list[str]:
     """Estimated (not fixed) quantities whose standard error could not be computed."""
     if est.se_method == "none":
@@ -413,7 +395,7 @@ def fit(
             problems.append(boundary)
         _warn_boundary_residual(bm, est.pop, dataset)
         fixed = set(Layout(bm).fixed_names())
-        runaway = ", ".join(_beyond_plausible(bm, est.reported, fixed))
+        runaway = ", ".join(ml.beyond_plausible(bm, est.reported, fixed))
         if runaway:
             problems.append(
                 f"{runaway}: outside the model's plausible range; check the units of DV and "

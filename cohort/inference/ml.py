@@ -441,22 +441,34 @@ def _run_starts(bm, base, approx, init, pooled_start, starts, seed, maxiter, gto
 
 
 def _implausible(bm, runs) -> bool:
-    """Whether the best run's typical values (those without covariates) leave their model
-    parameters' plausible ranges (not asked of a fit with a transform, whose estimated
-    quantities are not the model's parameters)."""
-    if bm.spec.transform is not None:
-        return False
+    """Whether the best run's typical values leave their model parameters' plausible ranges
+    (:func:`beyond_plausible`)."""
     ofvs = np.array([r[3] for r in runs], float)
     if not np.isfinite(ofvs).any():
         return True
     obj, _, x, _ = runs[int(np.nanargmin(np.where(np.isfinite(ofvs), ofvs, np.nan)))]
     theta = np.exp(np.asarray(obj.functions["flat"].pop_at(x, obj.base).theta, float))
-    bounds = {q.name: q for q in bm.spec.model.parameters}
-    for p, v in zip(bm.spec.params, theta):
-        q = bounds.get(p.name)
-        if q is not None and not p.covariates and not p.fixed and not q.lower <= v <= q.upper:
-            return True
-    return False
+    # (a value run off to infinity counts too; the report's check leaves non-finite ones out)
+    reported = {p.name: min(float(v), np.finfo(float).max) for p, v in zip(bm.spec.params, theta)}
+    return bool(beyond_plausible(bm, reported, {p.name for p in bm.spec.params if p.fixed}))
+
+
+def beyond_plausible(bm, reported: dict, fixed: set[str]) -> list[str]:
+    """Typical values outside their model parameter's plausible range (V2 = 6e6 L: the data
+    do not identify it, and the optimiser let it run off), as ``"V2 = 6.1e+06 L (above
+    1e+04)"``."""
+    if bm.spec.transform is not None:  # estimated quantities are not the model's parameters
+        return []
+    # a typical value with covariate effects is at the user's reference (e.g. per kg): the
+    # model's range need not apply to it
+    plain = {q.name for q in bm.spec.params if not q.covariates} - fixed
+    out = []
+    for p in bm.spec.model.parameters:
+        v = reported.get(p.name) if p.name in plain else None
+        if v is not None and np.isfinite(v) and not p.lower <= v <= p.upper:
+            side = f"above {p.upper:g}" if v > p.upper else f"below {p.lower:g}"
+            out.append(f"{p.name} = {v:.4g} {p.units} ({side})")
+    return out
 
 
 def maximize(

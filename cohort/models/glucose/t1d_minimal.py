@@ -102,13 +102,12 @@ class T1DMinimal(Model):
     )
     dose_targets = ("qsto1", "Isc1")
     time_units = "min"
+    fast_dt = 1.0
 
     def record_notes(self, table) -> list[str]:
         from cohort.models.glucose.meals import record_notes
 
         return record_notes(table, bolus_meals=False)
-
-    fast_dt = 1.0
 
     def initial(self, p: Tree) -> Tree:
         """Empty gut, insulin at the ``basal`` steady state, glucose at ``G0`` with ``X`` at

@@ -285,13 +285,12 @@ class UvaPadova(Model):
     )
     dose_targets = ("qsto1", "Isc1")
     time_units = "min"
+    fast_dt = 1.0
 
     def record_notes(self, table) -> list[str]:
         from cohort.models.glucose.meals import record_notes
 
         return record_notes(table, bolus_meals=True)
-
-    fast_dt = 1.0
 
     def initial(self, p: Tree) -> Tree:
         """Basal steady state: empty gut, insulin at the ``u2ss`` steady state, ``Gp = Gb·Vg``.
