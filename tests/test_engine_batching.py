@@ -389,6 +389,54 @@ def test_adaptive_lockstep_groups_do_not_change_results():
         assert grouped[name].values.tobytes() == whole[name].values.tobytes(), name
 
 
+def test_engine_compiler_options_reach_xla_and_unknown_ones_fall_back(monkeypatch):
+    """An engine's XLA options are used for every batch program it compiles (the adaptive
+    engine compiles with XLA's classic CPU emitters: same values to round-off), and an
+    option this XLA does not know is dropped rather than failing the run."""
+    import dataclasses
+
+    import jax
+
+    from cohort.engine.diffrax_path import Adaptive
+    from cohort.population import lognormal
+
+    if jax.default_backend() == "cpu":
+        assert Adaptive().compiler_options(PKPD) == {"xla_cpu_use_fusion_emitters": False}
+    used = []
+    compile_ = jax.stages.Lowered.compile
+
+    def spy(self, compiler_options=None):
+        used.append(dict(compiler_options or {}))
+        return compile_(self, compiler_options=compiler_options)
+
+    monkeypatch.setattr(jax.stages.Lowered, "compile", spy)
+
+    @dataclasses.dataclass(frozen=True)
+    class Defaults(Adaptive):
+        def compiler_options(self, model):
+            return {}
+
+    @dataclasses.dataclass(frozen=True)
+    class Unknown(Adaptive):
+        def compiler_options(self, model):
+            return {"xla_cpu_no_such_option_in_any_xla": True}
+
+    pop = lognormal(PKPD, 40, seed=3)
+    dose = Regimen(amt=320.0, ii=12.0, addl=2, cmt="depot")
+    grid = np.linspace(0, 36, 37)
+    runs = {
+        name: cohort.simulate(PKPD, pop, dose, grid, method=engine)
+        for name, engine in (("own", Adaptive()), ("xla", Defaults()), ("unknown", Unknown()))
+    }
+    assert {"xla_cpu_no_such_option_in_any_xla": True} in used  # tried, then dropped
+    if jax.default_backend() == "cpu":
+        assert {"xla_cpu_use_fusion_emitters": False} in used
+    for name in ("conc", "response"):
+        own, xla = runs["own"][name].values, runs["xla"][name].values
+        np.testing.assert_allclose(own, xla, rtol=1e-12, atol=1e-12)
+        assert runs["unknown"][name].values.tobytes() == xla.tobytes()  # XLA's defaults
+
+
 @pytest.mark.slow
 def test_stiff_adaptive_lockstep_groups_do_not_change_results():
     """The same for an implicit solver (Kvaerno5 on the stiff TMDD model, one device)."""

@@ -61,6 +61,11 @@ class Engine(abc.ABC):
         """How many local devices a batch of ``model`` may be split over (``None``: all)."""
         return None
 
+    def compiler_options(self, model: Model) -> dict[str, Any]:
+        """XLA options for compiling this engine's batch programs (``{}``: XLA's defaults).
+        They apply to every batch size, so results stay bit-identical across batches."""
+        return {}
+
     def validate(self, model: Model, table: EventTable, params: dict[str, np.ndarray]) -> None:
         """Raise :class:`InputError` (naming the setting or record) if the run cannot work."""
         reason = self.supports(model)

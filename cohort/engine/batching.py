@@ -131,7 +131,13 @@ class BatchSolver:
     reused ones). A buffer still viewed from numpy is not donated (JAX then allocates a new
     one), so a forgotten view costs speed, never data."""
 
-    def __init__(self, run: BatchRun, n_devices: int = 1, cache_key: str | None = None):
+    def __init__(
+        self,
+        run: BatchRun,
+        n_devices: int = 1,
+        cache_key: str | None = None,
+        compiler_options: dict[str, Any] | None = None,
+    ):
         devices = jax.local_devices()[:n_devices]
         if n_devices > 1:
             mesh = jax.sharding.Mesh(np.array(devices), ("patient",))
@@ -158,6 +164,7 @@ class BatchSolver:
         self.inner = jax.jit(run)  # the plain solve (inputs, shared) -> (outs, status, extras)
         self._out_sharding = out_sharding
         self._cache_key = cache_key
+        self._compiler_options = dict(compiler_options or {})
         # input signature -> Future of (compiled batch program, output buffer spec): a program
         # being built on one thread (see `compile`) is waited for, not built twice
         self._programs: dict[Any, concurrent.futures.Future] = {}
@@ -231,7 +238,8 @@ class BatchSolver:
             shapes = jax.eval_shape(self.inner, inputs, shared)[0]
             spec = tuple((o, s.shape, str(s.dtype)) for o, s in shapes.items())
             if key is None:
-                return self._into.lower(inputs, shared, self._buffer_structs(spec)).compile(), spec
+                lowered = self._into.lower(inputs, shared, self._buffer_structs(spec))
+                return self._compiled(lowered), spec
 
             def flat(leaves, buffers):  # plain lists of arrays: any input pytree serializes
                 return self._into(*jax.tree.unflatten(tree, leaves), buffers)
@@ -242,7 +250,7 @@ class BatchSolver:
                     jax.tree.leaves((inputs, shared)), like
                 )
             except Exception:  # a construct jax.export refuses: run it as a plain jit
-                return self._into.lower(inputs, shared, like).compile(), spec
+                return self._compiled(self._into.lower(inputs, shared, like)), spec
             exported.save(key, stored)
         out = jax.tree.unflatten(stored.out_tree, stored.out_avals)[0]
         spec = tuple((o, a.shape, str(a.dtype)) for o, a in out.items())
@@ -253,12 +261,23 @@ class BatchSolver:
             leaves = [by_patient] * n_inputs + [whole] * (tree.num_leaves - n_inputs)
             call = jax.jit(stored.call, in_shardings=(leaves, buffers), donate_argnums=1)
         args = (jax.tree.leaves((inputs, shared)), self._buffer_structs(spec))
-        compiled = exported.lower(call, stored, *args).compile()
+        compiled = self._compiled(exported.lower(call, stored, *args))
 
         def program(inputs, shared, buffers):
             return compiled(jax.tree.leaves((inputs, shared)), buffers)
 
         return program, spec
+
+    def _compiled(self, lowered: Any) -> Callable:
+        """``lowered`` compiled with the engine's XLA options; with XLA's defaults when this
+        XLA no longer knows an option (they are speed settings, never needed for a result)."""
+        if self._compiler_options:
+            try:
+                return lowered.compile(compiler_options=self._compiler_options)
+            except jax.errors.JaxRuntimeError as exc:
+                if "No such compile option" not in str(exc):
+                    raise
+        return lowered.compile()
 
 
 def _dtype(leaf: Any) -> np.dtype:

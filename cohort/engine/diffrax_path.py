@@ -61,6 +61,20 @@ class Adaptive(Engine):
             return 1 if model.stiff else None
         return 1 if isinstance(self.pick_solver(model), _implicit()) else None
 
+    def compiler_options(self, model: Model) -> dict:
+        # XLA's CPU fusion emitters (its default) compile this program's many small fusions
+        # (a vmapped while loop of solver stages and step control) ~30 % slower than its
+        # classic emitters, which run it about as fast: a new user's first 100-patient
+        # ``cohort simulate`` of pk2_oral_idr compiled in 1.7-1.9 s against 1.3-1.4 s;
+        # solving 8,000 such patients over a 14-dose week took 4.26-4.37 s against
+        # 4.14-4.19 s, 4,000 stiff tmdd_qss patients (Kvaerno5) 25.4-26.4 s against
+        # 26.9-27.1 s (2-core CPU, issue 16). Values agree to round-off (1e-14). The fast
+        # path's long elementwise kernels are the opposite (twice as slow without the
+        # fusion emitters), so the option is this engine's alone.
+        if jax.default_backend() != "cpu":
+            return {}
+        return {"xla_cpu_use_fusion_emitters": False}
+
     def describe(self, model: Model) -> dict:
         default = "Kvaerno5" if model.stiff else "Tsit5"
         named = self.solver if isinstance(self.solver, str) else type(self.solver).__name__

@@ -85,7 +85,8 @@ def _solver(
         grid = hashlib.sha256(np.ascontiguousarray(times, float).tobytes()).hexdigest()
         key = repr(("simulate", model_key, engine, grid, t_first, infusion, ss_interval,
                     outputs, dtype))  # fmt: skip
-    return BatchSolver(run, n_devices, cache_key=key)
+    options = engine.compiler_options(model)
+    return BatchSolver(run, n_devices, cache_key=key, compiler_options=options)
 
 
 @dataclasses.dataclass
