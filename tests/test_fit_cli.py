@@ -473,3 +473,37 @@ def test_a_parameter_held_by_fix_alone_has_no_random_effect():
     cl = next(p for p in spec.params if p.name == "CL")
     assert cl.fixed and cl.init == 5.0 and not cl.iiv
     assert all(p.iiv for p in spec.params if p.name != "CL")
+
+
+def test_observations_of_several_dvids_are_refused_or_selected(tmp_path):
+    """A PK/PD file (DVID 1 concentrations, DVID 2 effects around 80-100) was fitted as one
+    output without a word: σ_add 31 mg/L. It is refused by row, naming the kinds; ``--dvid 1``
+    fits the concentrations alone and recovers the simulated CL, V and KA."""
+    spec = NLME(model="pk1_oral", error=ErrorModel("proportional"))
+    frame = design(12, [0.5, 1, 2, 4, 8, 24, 48, 72, 96, 120], amt=100.0, cmt="depot")
+    pk, _ = simulate_data(
+        spec,
+        frame,
+        seed=4,
+        typical={"CL": 0.135, "V": 8.0, "KA": 1.0},
+        omega={"CL": 0.2, "V": 0.2, "KA": 0.2},
+        sigma={"prop": 0.1},
+    )
+    pk["DVID"] = 1
+    effects = pk[pk["EVID"] == 0].assign(DVID=2, DV=lambda d: 100.0 - 50.0 * d["DV"] / 10.0)
+    both = pd.concat([pk, effects]).sort_values(["ID", "TIME", "DVID"], kind="stable")
+    path = tmp_path / "pkpd.csv"
+    both.to_csv(path, index=False)
+    common = ("--model", "pk1_oral", "--error", "proportional")
+    res, est, _ = _fit(tmp_path / "mixed", path, *common)
+    assert res.exit_code != 0 and est is None
+    said = _flat(res)
+    assert "column DVID" in said and "DVID 1: 120, DVID 2: 120" in said and "--dvid 1" in said
+    res, est, _ = _fit(tmp_path / "pk", path, *common, "--dvid", "1")
+    assert res.exit_code == 0, res.output
+    assert est["CL"] == pytest.approx(0.135, rel=0.15)
+    assert est["V"] == pytest.approx(8.0, rel=0.15)
+    assert est["KA"] == pytest.approx(1.0, rel=0.25)
+    assert est["sigma_prop"] == pytest.approx(0.1, rel=0.25)
+    res, _, _ = _fit(tmp_path / "none", path, *common, "--dvid", "3")
+    assert res.exit_code != 0 and "no observation has DVID 3" in _flat(res)

@@ -326,6 +326,9 @@ def fit(
         "correlations too)",
     ),
     starts: int = typer.Option(3, help="ML: fits from this many of the best initial candidates"),
+    dvid: float = typer.Option(
+        None, help="fit only the observations of this DVID (a PK/PD file's concentrations, say)"
+    ),
     allow_unconverged: bool = typer.Option(
         False, help="exit 0 even when the fit did not converge or landed in a flip-flop mode"
     ),
@@ -416,6 +419,7 @@ def fit(
                 seed=seed,
                 progress=progress,
                 starts=starts,
+                dvid=dvid,
             )
         except (DosingError, SpecError, ValueError) as exc:
             status.stop()

@@ -54,6 +54,7 @@ STANDARD_COLUMNS = frozenset(
         "CENS",
         "LLOQ",
         "BLQ",
+        "DVID",
     }
 )
 """NONMEM record columns; every other numeric column of a dataset is a covariate."""
@@ -358,7 +359,8 @@ def validate(raw: pd.DataFrame, model: Model | None = None, durations: bool = Tr
                          "stream's $DATA IGNORE=C is applied by `cohort fit run.mod`)")]
             )  # fmt: skip
     out = pd.DataFrame({"ROW": rows})
-    for col in ("ID", "TIME", "DV", "AMT", "EVID", "MDV", "RATE", "ADDL", "II", "SS", *CENSORING):
+    for col in ("ID", "TIME", "DV", "AMT", "EVID", "MDV", "RATE", "ADDL", "II", "SS", "DVID",
+                *CENSORING):  # fmt: skip
         if col in raw:
             out[col] = _numbers(raw[col], col, rows, problems)
     covariates = [c for c in raw.columns if c not in STANDARD + CENSORING + ("DVID", "C")]

@@ -49,11 +49,17 @@ def _spec(model: Any, params, error, omega, transform, output) -> NLME:
     return NLME(model=model, params=ps, error=err, omega=omega, transform=transform, output=output)
 
 
-def _dataset(data: Any, model: Model, output: str | None = None) -> Dataset:
+def _dataset(
+    data: Any, model: Model, output: str | None = None, dvid: float | None = None
+) -> Dataset:
     if isinstance(data, Dataset):
         ds = data.with_model(model)
+        if dvid is not None:
+            from cohort.data.dataset import observations_of_kind
+
+            ds = Dataset(observations_of_kind(ds.records, dvid), ds.covariate_names, ds.model)
     elif isinstance(data, (str, Path, pd.DataFrame)):
-        ds = read_nonmem(data, model)
+        ds = read_nonmem(data, model, dvid=dvid)
     else:
         raise ArgumentTypeError(
             f"data must be a Dataset, a DataFrame or a path; got {type(data).__name__}"
@@ -305,6 +311,7 @@ def fit(
     gates: diagnostics.Gates = diagnostics.Gates(),
     progress: Callable[[str], None] | None = None,
     starts: int = 3,
+    dvid: float | None = None,
 ) -> FitResult:
     """Fit an NLME model to NONMEM-style data.
 
@@ -324,7 +331,9 @@ def fit(
     selected as in ``cohort.simulate``: ``cohort.ClosedForm()`` (linear PK),
     ``cohort.Adaptive(rtol=..., atol=...)``, or ``auto`` (closed form for linear PK, else
     adaptive with rtol 1e-6, atol 1e-9, 4096 steps), ``closed_form``, ``diffrax``
-    (``ode_options``: the older way to pass ``Adaptive`` settings).
+    (``ode_options``: the older way to pass ``Adaptive`` settings). ``dvid``: fit only the
+    observations of that ``DVID`` (a PK/PD file's concentrations, say); a dataset with
+    observations of several DVIDs is refused without it.
     """
     if method not in METHODS:
         raise OptionError(f"method must be one of {METHODS}, got {method!r}")
@@ -343,7 +352,7 @@ def fit(
             f"omega {spec.omega!r}: block-diagonal Ω is fitted by method='ml' only for now "
             "(NUTS and SVI take 'diagonal' or 'full', with an LKJ prior)"
         )
-    dataset = _dataset(data, spec.model, spec.output)
+    dataset = _dataset(data, spec.model, spec.output, dvid)
     _check_bioavailability_identified(spec, dataset, method)
     if not is_cohort_code(spec.model):  # its rhs must take up the rate of what is infused
         table = dataset.event_table(spec.model)

@@ -426,6 +426,7 @@ def bind(spec: NLME, data: Dataset, engine: Any = "auto", options=None) -> Bound
     if engine == "diffrax" and np.any(n_ss > 1):
         raise DataError([Problem(None, "SS", "the ODE path supports one SS=1 record per subject")])
     _check_observed_compartments(spec, data)
+    _check_one_observation_kind(spec, data)
     effects, feats = _features(spec, data)
     obs = data.observations
     if obs.cens.any() and spec.error.kind == "log-additive" and np.any(obs.lloq[obs.cens] <= 0):
@@ -525,6 +526,37 @@ def _check_observed_compartments(spec: NLME, data: Dataset, show: int = 3) -> No
                 )
             ]
         )
+
+
+def _check_one_observation_kind(spec: NLME, data: Dataset) -> None:
+    """Observations of several ``DVID`` kinds (a PK/PD file: concentrations and effects) are
+    refused: the fit compares every DV with one output through one error model, so the
+    effects were fitted as concentrations without a word (a probe: σ_add 31 mg/L)."""
+    rec = data.records
+    if "DVID" not in rec:
+        return
+    obs = rec[(rec["EVID"] == 0) & (rec["MDV"] == 0)]
+    kinds = obs["DVID"].to_numpy()
+    found = np.unique(kinds[np.isfinite(kinds)])
+    if found.size + bool(np.isnan(kinds).any()) <= 1:
+        return
+    counts = ", ".join(f"DVID {k:g}: {int(np.sum(kinds == k))}" for k in found) + (
+        f", no DVID: {int(np.isnan(kinds).sum())}" if np.isnan(kinds).any() else ""
+    )
+    other = obs["ROW"].to_numpy()[kinds != kinds[0]]
+    raise DataError(
+        [
+            Problem(
+                int(other[0]),
+                "DVID",
+                f"observations of {found.size + bool(np.isnan(kinds).any())} kinds ({counts} "
+                f"records); the fit compares every DV with {spec.output!r} through one error "
+                "model, so they would be fitted as one: keep one kind's observations "
+                f"(`cohort fit --dvid {found[0]:g}`, `read_nonmem(..., dvid={found[0]:g})`) "
+                "and fit each other kind with the output it measures",
+            )
+        ]
+    )
 
 
 def check_measured_zeros(bm: BoundModel) -> None:
