@@ -507,3 +507,7 @@ def test_observations_of_several_dvids_are_refused_or_selected(tmp_path):
     assert est["sigma_prop"] == pytest.approx(0.1, rel=0.25)
     res, _, _ = _fit(tmp_path / "none", path, *common, "--dvid", "3")
     assert res.exit_code != 0 and "no observation has DVID 3" in _flat(res)
+    from cohort.data import read_nonmem
+
+    kept = read_nonmem(path, "pk1_oral", dvid=2)  # the effects, with every dose kept
+    assert kept.n_observations == 120 and (kept.records["EVID"] == 1).sum() == 12

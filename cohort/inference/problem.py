@@ -552,8 +552,9 @@ def _check_one_observation_kind(spec: NLME, data: Dataset) -> None:
                 f"observations of {found.size + bool(np.isnan(kinds).any())} kinds ({counts} "
                 f"records); the fit compares every DV with {spec.output!r} through one error "
                 "model, so they would be fitted as one: keep one kind's observations "
-                f"(`cohort fit --dvid {found[0]:g}`, `read_nonmem(..., dvid={found[0]:g})`) "
-                "and fit each other kind with the output it measures",
+                f"(`cohort fit --dvid {found[0]:g}`; read_nonmem(..., dvid={found[0]:g}) or "
+                f"cohort.fit(..., dvid={found[0]:g}); twins: records of that DVID and the "
+                "doses) and fit each other kind with the output it measures",
             )
         ]
     )

@@ -116,7 +116,7 @@ def _warn_second_results(data: Dataset) -> None:
     identification took them silently; a probe)."""
     rec = data.records
     obs = rec[(rec["EVID"] == 0) & (rec["MDV"] == 0)]
-    keys = ["ID", "TIME", "CMT"] if "CMT" in obs else ["ID", "TIME"]
+    keys = ["ID", "TIME"] + [k for k in ("CMT", "DVID") if k in obs]  # one kind at one time
     twice = obs[obs.duplicated(keys, keep=False)]
     if twice.empty:
         return
