@@ -368,6 +368,19 @@ def _simulated_ids(tmp_path, name: str, records: str) -> list:
     return cohort.open_result(out).ID.values.tolist()
 
 
+def test_engine_refusals_name_the_records_id(tmp_path):
+    """An engine's refusal named the patient by its position in the batch ("patient index
+    1"), which a user cannot find in the file: the record's ID is named too (a probe)."""
+    dose = tmp_path / "twoss.csv"
+    dose.write_text(
+        "ID,TIME,AMT,EVID,CMT,SS,II\n101,0,100,1,1,0,0\n205,0,100,1,1,1,12\n205,24,100,1,1,1,12\n"
+    )
+    args = ["simulate", "--model", "pk1_mm_oral", "--dosing", str(dose), "--t-end", "48"]
+    res = runner.invoke(app, [*args, "-o", str(tmp_path / "x.zarr")])
+    assert res.exit_code != 0
+    assert "ID 205 (patient index 1) has 2 SS=1 records" in " ".join(res.output.split())
+
+
 def test_simulate_takes_one_patient_per_dosing_id_by_default(tmp_path):
     """--dosing with 3 IDs and no --n: 3 virtual patients (it asked for the hidden default
     1000 to match); an explicit --n that disagrees is still an error."""

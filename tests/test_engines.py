@@ -114,6 +114,27 @@ def test_rk4_tolerance_is_met_on_a_nonlinear_model():
     assert steps[1e-3] > 2 * steps[1e-6]
 
 
+def test_rk4_tolerance_is_met_before_rk4_reaches_its_fourth_order_regime():
+    """Michaelis-Menten elimination an hour after a dose (a probe): the error barely falls
+    from h to h/2 there, and a step checked against h/2 missed ``tol=1e-5`` (1.25e-5) with a
+    larger step than ``tol=1e-4`` took. Checked against h/4, each tolerance is met and a
+    tighter one takes a smaller step."""
+    model = cohort.models.get("pk1_mm_oral")
+    pop = {"VMAX": [20.0], "KM": [0.5], "V": [10.0], "KA": [2.0], "F": [1.0], "ALAG": [0.3]}
+    pop = {k: np.asarray(v) for k, v in pop.items()}
+    dose = Regimen(amt=60.0, cmt="depot", ii=12.0, addl=5)
+    times = cohort.grid(0.0, 72.0, 1.0)
+    ref = cohort.simulate(model, pop, dose, times, method=Adaptive(rtol=1e-12, atol=1e-14))
+    peak = np.abs(ref.conc.values).max()
+    steps = {}
+    for tol in (1e-4, 1e-5):
+        ds = cohort.simulate(model, pop, dose, times, method=RK4(tol=tol))
+        err = np.abs(ds.conc.values - ref.conc.values).max() / peak
+        assert err <= tol, (tol, err)
+        steps[tol] = float(ds.attrs["solver_settings"].split("'dt': ")[1].split(",")[0])
+    assert steps[1e-5] < steps[1e-4]
+
+
 def test_inference_selects_its_engine_the_same_way():
     """``cohort.fit``/``bind`` take engine objects too; a fixed-step engine is refused."""
     from cohort.inference.problem import bind

@@ -14,6 +14,7 @@ import datetime
 import functools
 import hashlib
 import math
+import re
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -168,7 +169,20 @@ def _validate_events(model: Model, table: EventTable, params, ids=None) -> None:
             f"{missing[0]} column to the population, or give the dose a RATE > 0 or RATE=0"
         )
     if table.has_ss and (problem := ss_lag_problem(model, table, params)):
-        raise InputError(problem)
+        raise InputError(_with_ids(problem, ids))
+
+
+def _with_ids(message: str, ids) -> str:
+    """``message`` with each "patient index i" (the engines' position in the batch) named by
+    the records' ID as well, when the records have IDs (a user knows ID 205, not index 1)."""
+    if ids is None:
+        return message
+
+    def named(match: re.Match) -> str:
+        i = int(match.group(1))
+        return f"ID {ids[i]} (patient index {i})" if i < len(ids) else match.group(0)
+
+    return re.sub(r"patient index (\d+)", named, message)
 
 
 @locks_output("out")
@@ -256,10 +270,14 @@ def simulate(
                 f"outputs: {o!r} is not an output or state of {model.name!r}; choose from "
                 f"{list(model.output_names + model.state_names)}"
             )
-    _validate_events(model, table, params, patient_ids(dosing))
+    ids = patient_ids(dosing)
+    _validate_events(model, table, params, ids)
     for note in model.record_notes(table):
         warnings.warn(f"dosing: {note}", CohortWarning, stacklevel=3)
-    engine.validate(model, table, params)
+    try:
+        engine.validate(model, table, params)
+    except InputError as exc:
+        raise InputError(_with_ids(str(exc), ids)) from None
     if isinstance(engine, RK4) and engine.tol is not None and engine.dt is None:
         rows = pilot_rows(n_pat)
         pilot_params = {k: v[rows] for k, v in params.items()}
