@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import numpy as np
@@ -224,6 +225,44 @@ def test_lock_refuses_second_writer_and_recovers_stale_lock(tmp_path):
     assert not lock_path(out).exists()
     res = runner.invoke(app, sim_args(out))
     assert res.exit_code == 0, res.output
+
+
+def test_a_stale_lock_is_taken_over_by_one_writer_only(tmp_path):
+    """Several writers finding the same dead process's lock: one takes it over, the others
+    are refused (each used to remove the lock it had read as stale, the first's fresh one
+    among them, and two ran at once; a probe). Each writer holds the lock for a while and
+    says when it got in and out; no two holds overlap, and the lock is gone at the end."""
+    from cohort.store.lock import lock_path
+
+    out = tmp_path / "x.zarr"
+    lock_path(out).write_text(
+        json.dumps({"pid": 999_999_999, "host": socket.gethostname(), "started": "then"})
+    )
+    start = time.time() + 5.0  # after every process has imported: all try at once
+    script = textwrap.dedent(f"""
+        import time, warnings
+        from cohort.errors import OutputError
+        from cohort.store import write_lock
+        warnings.simplefilter("ignore")
+        time.sleep(max(0.0, {start!r} - time.time()))
+        try:
+            with write_lock({str(out)!r}):
+                t0 = time.time()
+                time.sleep(1.0)
+                print("held", t0, time.time(), flush=True)
+        except OutputError:
+            print("refused", flush=True)
+    """)
+    procs = [
+        subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+        for _ in range(4)
+    ]
+    said = [p.communicate(timeout=120)[0].split() for p in procs]
+    holds = sorted((float(w[1]), float(w[2])) for w in said if w and w[0] == "held")
+    assert holds and all(w and w[0] in ("held", "refused") for w in said), said
+    for (_, end), (start, _) in zip(holds, holds[1:]):
+        assert start >= end, holds  # one writer at a time
+    assert not lock_path(out).exists()
 
 
 def test_concurrent_overwrite_is_refused_and_first_store_intact(tmp_path):

@@ -3,8 +3,10 @@
 The lock is a sibling file ``.<name>.lock`` (outside the output, so replacing the output cannot
 remove another writer's lock) created with ``O_EXCL`` and holding the owner's PID, host and
 start time. A second writer is refused with who holds the lock. A lock whose owner is a dead
-process on this host is reported (a :class:`~cohort.CohortWarning`) and taken over; a lock from
-another host cannot be checked and is refused with how to remove it. The same process may
+process on this host is reported (a :class:`~cohort.CohortWarning`) and taken over by one
+writer (the check and the removal hold a ``flock`` on the folder, so two writers that both
+found it stale do not both go on); a lock from another host cannot be checked and is refused
+with how to remove it. The same process may
 re-enter its own lock (``trial.run`` holds it around ``simulate``).
 """
 
@@ -110,14 +112,19 @@ def write_lock(path: str | os.PathLike) -> Iterator[None]:
         if held.get("host") == host and held.get("pid") == os.getpid():
             break  # our own lock: re-entered
         if held.get("host") == host and not _alive(int(held.get("pid", -1))):
-            warnings.warn(
-                f"{str(path)!r}: removed a stale write lock left by process {held.get('pid')} "
-                f"(started {held.get('started')}), which is no longer running",
-                CohortWarning,
-                stacklevel=3,
-            )
-            with contextlib.suppress(FileNotFoundError):
-                lock.unlink()
+            with _serialized(lock.parent):
+                # Still the dead process's lock? Two writers that both read it must not both
+                # remove it: the second would remove the first's fresh lock (both then ran).
+                if _read(lock) == held:
+                    with contextlib.suppress(FileNotFoundError):
+                        lock.unlink()
+                    warnings.warn(
+                        f"{str(path)!r}: removed a stale write lock left by process "
+                        f"{held.get('pid')} (started {held.get('started')}), which is no "
+                        "longer running",
+                        CohortWarning,
+                        stacklevel=3,
+                    )
             continue
         where = "" if held.get("host") == host else f" on host {held.get('host')!r}"
         raise OutputError(
@@ -134,8 +141,31 @@ def write_lock(path: str | os.PathLike) -> Iterator[None]:
         yield
     finally:
         if created:
-            with contextlib.suppress(FileNotFoundError):
-                lock.unlink()
+            with _serialized(lock.parent):
+                if _read(lock) == owner:  # ours still (never another writer's lock)
+                    with contextlib.suppress(FileNotFoundError):
+                        lock.unlink()
+
+
+@contextlib.contextmanager
+def _serialized(folder: Path) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``folder`` while a lock file is checked and removed, so
+    that no other process removes or replaces it between the check and the removal. The
+    kernel drops it if the process dies. Where folders cannot be locked (no ``fcntl``, some
+    network file systems) this is a no-op: the lock is then as before, advisory."""
+    try:
+        import fcntl
+
+        fd = os.open(folder, os.O_RDONLY)
+    except (ImportError, OSError):
+        yield
+        return
+    try:
+        with contextlib.suppress(OSError):
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the flock
 
 
 def locks_output(argument: str = "out", flag: str = "--out") -> Callable[[F], F]:
