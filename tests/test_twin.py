@@ -436,6 +436,13 @@ def test_identification_killed_midway_resumes_from_its_checkpoint(vanco, tmp_pat
     with pytest.raises(OutputError, match="not written by cohort"):
         Twins.identify(prior, d1, checkpoint=user)
     assert (user / "data.txt").read_text() == "user's"
+    # a cohort store of another kind (a population the user named like a checkpoint) is
+    # refused, not removed as a stale checkpoint (a probe lost a 500-patient population)
+    population = tmp_path / "pop.blocks.zarr"
+    cohort.population.generate("adult_pk_oral", n=20, seed=1, out=str(population))
+    with pytest.raises(OutputError, match="not a twin checkpoint"):
+        Twins.identify(prior, d1, checkpoint=population)
+    assert len(cohort.open_result(population).patient) == 20
 
 
 @pytest.mark.parametrize(

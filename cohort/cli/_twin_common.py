@@ -54,10 +54,10 @@ def checkpoint_for(out: Path):
     (``<name>.blocks.zarr`` beside it), until the command has saved them (it then calls the
     checkpoint's ``remove``): rerunning the same command after a crash, even one during the
     save, computes only the blocks still missing."""
-    from cohort.twin.checkpoint import KeptCheckpoint
+    from cohort.twin.checkpoint import KeptCheckpoint, is_checkpoint
 
     path = out.with_name(out.name.removesuffix(".zarr") + ".blocks.zarr")
-    if path.exists():
+    if is_checkpoint(path):  # (anything else there is refused when the blocks are kept)
         console.print(
             f"{path}: blocks of an interrupted run; those computed from the same inputs are reused"
         )

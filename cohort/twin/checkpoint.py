@@ -55,6 +55,17 @@ def inputs_key(*items) -> str:
     return h.hexdigest()
 
 
+KIND = "twin checkpoint"  # the store's attrs["kind"]: a checkpoint, not another cohort store
+
+
+def is_checkpoint(path: str | Path) -> bool:
+    """Whether ``path`` holds a twin checkpoint (readable, and marked as one)."""
+    try:
+        return zarr.open_group(str(path), mode="r").attrs.get("kind") == KIND
+    except Exception:  # noqa: BLE001 - absent, not zarr, or a layout killed midway
+        return False
+
+
 class Checkpoint:
     """The blocks of one computation (``key``) finished so far, in the store at ``path``."""
 
@@ -68,14 +79,23 @@ class Checkpoint:
                     "move it away or choose another output"
                 )
             try:
-                stored = zarr.open_group(str(self.path), mode="r").attrs.get("key")
+                attrs = dict(zarr.open_group(str(self.path), mode="r").attrs)
             except Exception:  # noqa: BLE001 - a store killed while its layout was made
-                stored = None
+                attrs = {"kind": KIND}
+            if attrs.get("kind") != KIND:
+                # cohort's, but not a checkpoint: a population or simulation the user named
+                # <name>.blocks.zarr was removed as a stale checkpoint (a probe)
+                raise OutputError(
+                    f"{str(self.path)!r} is where the blocks of this run are kept, and it holds "
+                    "another cohort store (not a twin checkpoint); move it away or choose "
+                    "another output"
+                )
+            stored = attrs.get("key")
             if stored != key:  # another computation's blocks (or a broken layout): ours
                 remove_own(self.path, "checkpoint")
         if not self.path.exists():
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            new_layout(self.path, {"key": key})
+            new_layout(self.path, {"kind": KIND, "key": key})
         self.root = zarr.open_group(str(self.path), mode="r+")
 
     def finished(self) -> dict[int, tuple]:
