@@ -691,3 +691,39 @@ def test_a_users_figure_under_a_name_cohort_once_wrote_is_kept(tmp_path):
     with pytest.raises(OutputError, match="not written by cohort"):
         claim_file(folder, "forest.png", overwrite=True)
     assert fig.read_bytes().endswith(b"a user's own figure")
+
+
+def test_a_figure_killed_while_written_leaves_nothing_under_its_name(tmp_path, monkeypatch):
+    """A kill while matplotlib wrote a PNG left an empty, unsigned file under the figure's
+    name, which no rerun replaced (not cohort's, said --resume and --overwrite; a probe). The
+    figure is written beside its name and renamed into place; the next save cleans up."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
+    from cohort.store.figures import save_figure
+    from cohort.store.safety import claim_file, report_directory, written_by_cohort
+
+    folder = report_directory(tmp_path / "figs", overwrite=False, flag="--plots")
+    target = claim_file(folder, "band.png", overwrite=False, flag="--plots")
+    fig = Figure()
+    fig.add_subplot().plot([0, 1], [1, 0])
+
+    def killed(self, fname, **kwargs):
+        Path(fname).write_bytes(b"")  # the file exists, empty, when the process dies
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Figure, "savefig", killed)
+    with pytest.raises(KeyboardInterrupt):
+        save_figure(fig, target)
+    assert not target.exists()
+    monkeypatch.undo()
+    leftover = folder / f".band.png.{os.getpid() + 1}.tmp"  # another process's, killed
+    leftover.write_bytes(b"")
+    again = claim_file(folder, "band.png", overwrite=False, flag="--plots")
+    fig = Figure()
+    fig.add_subplot().plot([0, 1], [1, 0])
+    save_figure(fig, again)
+    assert written_by_cohort(again) and again.read_bytes()[:4] == b"\x89PNG"
+    assert sorted(p.name for p in folder.iterdir()) == [".cohort", "band.png"]
