@@ -443,6 +443,19 @@ def test_a_shipped_spec_is_found_by_name_anywhere(tmp_path, monkeypatch):
         ct.load("experiments/theophylline_dose_ranging.toml")
 
 
+def test_a_trial_specs_prior_may_be_named_like_on_the_command_line(tmp_path):
+    """``prior = "adult_pk_oral"`` in a user's own trial spec was "no such prior spec",
+    although README says cohort's own specs are found by name (a probe)."""
+    text = THEO.read_text().replace('"../priors/adult_pk_oral.toml"', '"adult_pk_oral"')
+    own = tmp_path / "mine.toml"
+    own.write_text(text)
+    spec = ct.load(own)
+    assert Path(spec.prior).name == "adult_pk_oral.toml"
+    own.write_text(text.replace('"adult_pk_oral"', '"adult_pk_orall"'))
+    with pytest.raises(TrialSpecError, match="found by name alone: adult_pk_oral"):
+        ct.load(own)
+
+
 # --- escalation --------------------------------------------------------------------------
 
 

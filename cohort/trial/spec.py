@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from cohort._toml import read_toml
+from cohort._toml import read_toml, resolve, shipped_names
 from cohort.population.expr import ExpressionError, names_in
 from cohort.trial.schema import (  # noqa: F401  (re-exported: the spec's public types)
     ENDPOINT_TYPES,
@@ -144,8 +144,15 @@ def _parse(raw: dict, path: str, base: Path | None, digest: str) -> TrialSpec:
     prior = Path(pop["prior"])
     if not prior.is_absolute() and base is not None:
         prior = base / prior
+    if not prior.exists():  # cohort's own priors by name alone, as on the command line
+        prior = resolve(pop["prior"], "priors")
     if not prior.exists():
-        raise r.err("population.prior", f"no such prior spec {str(prior)!r}")
+        names = ", ".join(shipped_names("priors"))
+        raise r.err(
+            "population.prior",
+            f"no such prior spec {str(Path(pop['prior']))!r} (relative to the trial spec's "
+            f"folder); cohort's own are also found by name alone: {names}",
+        )
     population = _prior_names(r, prior, model, t["model"])
     arms = _arms(r, raw.get("arms"), model)
     names = [a.name for a in arms]
