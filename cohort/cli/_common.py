@@ -104,7 +104,9 @@ def command(fn: F | None = None, *, timed: bool = False):
                     "\n[bold yellow]interrupted:[/] what was written so far is kept: simulate, "
                     "generate, glucose and trial finish their store when run again with "
                     "--resume; the twin commands (fit, cgm, update) reuse their finished blocks "
-                    "when the same command is run again; an existing twin store is unchanged"
+                    "when the same command is run again; an existing twin store keeps its "
+                    "last complete update (an interrupted one's partial group is ignored and "
+                    "replaced by the next)"
                 )
                 raise typer.Exit(130) from None
             finally:

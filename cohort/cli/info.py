@@ -64,7 +64,7 @@ def _twin_info(path: Path) -> None:
     """`cohort info` of a twin store: model, prior, patients, every stored update and the
     current estimates."""
     from cohort.twin import open_twins
-    from cohort.twin.store import update_log
+    from cohort.twin.store import update_group, update_log
 
     tw = open_twins(path)
     size = _disk_bytes(path)
@@ -108,6 +108,11 @@ def _twin_info(path: Path) -> None:
         est.caption = f"first 10 of {len(ind)} patients"
     console.print(est)
     console.print(f"  usable posteriors: {int(tw.ok.sum())}/{tw.n}")
+    if (path / update_group(len(log))).is_dir():  # written after the last commit: not a result
+        console.print(
+            f"  [yellow]{update_group(len(log))}: the partial group of an interrupted update, "
+            "ignored (the next update replaces it)[/]"
+        )
 
 
 def _human_bytes(n: int) -> str:

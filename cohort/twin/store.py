@@ -72,7 +72,8 @@ def digest(ds: xr.Dataset) -> str:
     return h.hexdigest()
 
 
-def _group(k: int) -> str:
+def update_group(k: int) -> str:
+    """The group of update ``k`` (0: the identification) in a twin store."""
     return f"update_{k:03d}"
 
 
@@ -115,8 +116,8 @@ def save_twins(twins, path: str | Path, *, overwrite: bool = False) -> Path:
         if stored != set(map(_plain, twins.ids.tolist())):
             raise TwinError(f"{path}: these twins are for other patients than the stored ones")
         k = int(attrs.get("n_updates", 0))
-        if _group(k) in root:  # a partial group of an interrupted save: ours to replace
-            remove_own(path / _group(k), "partial twin update")
+        if update_group(k) in root:  # a partial group of an interrupted save: ours to replace
+            remove_own(path / update_group(k), "partial twin update")
     else:
         if overwrite and path.exists() and not is_empty_directory(path):
             # the new store is written aside and swapped in complete: the old one was deleted
@@ -142,17 +143,17 @@ def save_twins(twins, path: str | Path, *, overwrite: bool = False) -> Path:
                 "ids": json.dumps([_plain(i) for i in twins.ids.tolist()]),
                 "n_updates": 0,
                 "cohort_version": __version__,
-                NODES: [_group(0)],
+                NODES: [update_group(0)],
             },
         )
         k = 0
     # the update groups it holds (safety.NODES), this one included before it is written: a
     # user's group added beside them stops --overwrite instead of being deleted
-    zarr.open_group(str(path), mode="r+").attrs[NODES] = [_group(i) for i in range(k + 1)]
+    zarr.open_group(str(path), mode="r+").attrs[NODES] = [update_group(i) for i in range(k + 1)]
     for name, ds in _datasets(twins).items():
         ds.attrs[DIGEST] = digest(ds)
         ds.to_zarr(
-            str(path), group=f"{_group(k)}/{name}", mode="w", consolidated=False, zarr_format=3
+            str(path), group=f"{update_group(k)}/{name}", mode="w", consolidated=False, zarr_format=3
         )
     zarr.open_group(str(path), mode="r+").attrs["n_updates"] = k + 1  # the commit
     if final is not path:
@@ -247,7 +248,7 @@ def open_twins(path: str | Path, update: int | None = None):
 
     def read(name):
         ds = xr.open_zarr(
-            str(path), group=f"{_group(k)}/{name}", consolidated=False, zarr_format=3
+            str(path), group=f"{update_group(k)}/{name}", consolidated=False, zarr_format=3
         ).load()
         if DIGEST in ds.attrs and ds.attrs[DIGEST] != digest(ds):
             raise DamagedGroup(
@@ -267,7 +268,7 @@ def open_twins(path: str | Path, update: int | None = None):
             else ""
         )
         raise OutputError(
-            f"{path}: update {k} ({_group(k)}) of the twin store cannot be read "
+            f"{path}: update {k} ({update_group(k)}) of the twin store cannot be read "
             f"({type(exc).__name__}: {exc}){earlier}"
         ) from None
 
@@ -284,7 +285,7 @@ def update_log(path: str | Path) -> list[dict]:
     lineages = []
     for k in range(n):
         try:
-            lineages.append(json.loads(root[f"{_group(k)}/map"].attrs.get("history", "[]")))
+            lineages.append(json.loads(root[f"{update_group(k)}/map"].attrs.get("history", "[]")))
         except Exception:  # noqa: BLE001 - a damaged group: open_twins names it when read
             lineages.append(None)
     rows = []
