@@ -153,7 +153,11 @@ def save_twins(twins, path: str | Path, *, overwrite: bool = False) -> Path:
     for name, ds in _datasets(twins).items():
         ds.attrs[DIGEST] = digest(ds)
         ds.to_zarr(
-            str(path), group=f"{update_group(k)}/{name}", mode="w", consolidated=False, zarr_format=3
+            str(path),
+            group=f"{update_group(k)}/{name}",
+            mode="w",
+            consolidated=False,
+            zarr_format=3,
         )
     zarr.open_group(str(path), mode="r+").attrs["n_updates"] = k + 1  # the commit
     if final is not path:
