@@ -196,6 +196,29 @@ def test_recommendation_agrees_with_grid_and_forecast(vanco_twins):
     assert (rec["doses"] == 4).all()
 
 
+def test_a_template_given_by_rate_keeps_its_infusion_length(vanco_twins):
+    """A template's RATE was kept as the rate of a 1-unit dose: every dose became a 0.002-h
+    bolus and peak targets got the wrong dose (a probe: 1,500 mg for a 2-h infusion's
+    2,500 mg). ``amt=1000, rate=500`` is a 2-h infusion, as ``duration=2`` says."""
+    tw = vanco_twins[2]
+    peak = Level("conc", 20.0, 30.0, time=73.0)
+    by = {
+        kind: tw.recommend(
+            Regimen(amt=1000.0, time=72.0, ii=12.0, addl=1, **given),
+            peak,
+            max_dose=3000.0,
+            strength=250.0,
+            n_draws=200,
+            seed=5,
+        )  # fmt: skip
+        for kind, given in (("duration", {"duration": 2.0}), ("rate", {"rate": 500.0}))
+    }
+    np.testing.assert_array_equal(by["rate"]["dose"], by["duration"]["dose"])
+    np.testing.assert_array_equal(by["rate"]["pta"], by["duration"]["pta"])
+    with pytest.raises(TwinError, match="needs the template's amt"):
+        tw.recommend(Regimen(amt=0.0, time=72.0, rate=500.0), peak, max_dose=3000.0)
+
+
 def test_a_patients_forecast_does_not_depend_on_the_others_selected(vanco_twins):
     """Monte Carlo draws are keyed to the patient, not to its position: patient 3's forecast
     (bands, attainment, draws with assay error) is the same alone as beside patients 1-2 (its

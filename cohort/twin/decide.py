@@ -101,7 +101,8 @@ def recommend(
 ) -> pd.DataFrame:
     """Per patient: the recommended amount per dose (a multiple of ``strength`` from the first
     at or above ``min_dose``, at most ``max_dose``) for the ``template`` regimen (its ``amt``
-    is replaced; an infusion keeps its duration), and optionally the best interval among
+    is replaced; an infusion keeps its duration: ``duration``, or ``amt / rate`` of the
+    template), and optionally the best interval among
     ``intervals`` (the regimen keeps its time span: every dose starting within it). Columns:
     ``dose``, ``ii``, ``doses`` (number of doses in the regimen), ``pta``
     (exact, at the recommended dose), ``dose_gradient`` (the continuous optimum),
@@ -115,6 +116,16 @@ def recommend(
     if target.output not in twins.prior.model.output_names:
         raise TwinError(f"target: {target.output!r} is not an output of the model")
     check_future(twins, template)  # a dose chosen for a time already past was recommended
+    if template.rate > 0 and template.duration is None:
+        # The infusion keeps the template's length amt / rate while its amount is chosen: a
+        # template's RATE kept as the rate of a 1-unit dose made every dose a 0.002-h bolus
+        # (peak targets were met with the wrong dose, a probe)
+        if not template.amt > 0:
+            raise TwinError(
+                f"template: an infusion given by rate={template.rate:g} needs the template's "
+                "amt to know its duration (amt / rate); give duration= instead"
+            )
+        template = dataclasses.replace(template, rate=0.0, duration=template.amt / template.rate)
     window_end = float(np.max(target.times()))
     if window_end <= template.time:
         raise TwinError(
