@@ -4,6 +4,8 @@ clear errors for bad records."""
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -831,3 +833,24 @@ def test_an_update_repeating_the_whole_history_is_named_a_cumulative_export(vanc
         first.update(both)
     with pytest.raises(TwinError, match="was this update applied before"):
         first.update(d1)
+
+
+def test_records_in_other_units_than_the_priors_are_said(vanco):
+    """TIME in minutes for an hourly prior gave twins with CL ten prior SDs from its typical
+    value, flagged ok, without a word (a probe): an estimate that far out is named."""
+    prior, records, _ = vanco
+    minutes = records.assign(TIME=records.TIME * 60.0)
+    for col in ("II",):
+        if col in minutes:
+            minutes[col] = minutes[col] * 60.0
+    if "RATE" in minutes:
+        minutes["RATE"] = minutes["RATE"] / 60.0
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
+        Twins.identify(prior, minutes)
+    assert any("8.1 prior SDs below the typical value" in str(w.message) for w in said), [
+        str(w.message) for w in said
+    ]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", cohort.CohortWarning)
+        Twins.identify(prior, records)  # in the prior's units: nothing to say

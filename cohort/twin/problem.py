@@ -239,6 +239,31 @@ def uninformed(prior: TwinPrior, ids, sd: np.ndarray, n_obs: np.ndarray) -> list
     ]
 
 
+FAR = 5.0  # prior SDs: the prior gives a random effect this far out 1 in 1.7 million
+
+
+def far_from_prior(prior: TwinPrior, ids, eta: np.ndarray) -> list[str]:
+    """A message naming the patients whose estimate of a random effect (``eta [N, q]``) lies
+    more than :data:`FAR` prior SDs from the typical value: records in other units than the
+    prior's (TIME in minutes, DV in g/L) give such twins, flagged ok, without a word (a
+    probe: CL 0.062 L/h, ten SDs below the prior's typical value)."""
+    sd = np.sqrt(np.diagonal(np.asarray(prior.omega, float)))
+    if sd.size == 0:
+        return []
+    z = np.asarray(eta, float) / np.where(sd > 0, sd, np.inf)
+    far = np.abs(z) > FAR
+    if not far.any():
+        return []
+    k, j = (int(i) for i in np.unravel_index(np.argmax(np.abs(z)), z.shape))  # the farthest
+    side = "above" if z[k, j] > 0 else "below"
+    return [
+        f"ID {show_id(ids[k])}: its {prior.eta_names[j]} estimate is {abs(z[k, j]):.1f} prior "
+        f"SDs {side} the typical value ({int(far.any(axis=1).sum())} patient(s)), which the "
+        "prior makes all but impossible; check the records' units against the prior's (TIME "
+        "in its time unit, AMT and DV in its amount and concentration units) and the doses"
+    ]
+
+
 def _warn_time_varying(data: Dataset, prior: TwinPrior, where) -> None:
     """Twins use each patient's baseline covariates (the first record's): say so, naming the
     first change, when a covariate the prior uses changes later (e.g. a new weight in an

@@ -21,6 +21,7 @@ from cohort.twin.prior import TwinError, TwinPrior
 from cohort.twin.problem import (
     TwinBound,
     bind_twins,
+    far_from_prior,
     implausible_parameters,
     prior_pop,
     read_records,
@@ -117,6 +118,7 @@ class Twins:
         ind = twins.individual()
         texts = implausible_parameters(prior, twins.ids, {n: ind[n] for n in prior.names})
         texts += uninformed(prior, twins.ids, sd, data.observations.count)
+        texts += far_from_prior(prior, twins.ids, lap.eta)
         for text in texts:
             warnings.warn(text, CohortWarning, stacklevel=3)
         return twins
