@@ -511,3 +511,13 @@ def test_observations_of_several_dvids_are_refused_or_selected(tmp_path):
 
     kept = read_nonmem(path, "pk1_oral", dvid=2)  # the effects, with every dose kept
     assert kept.n_observations == 120 and (kept.records["EVID"] == 1).sum() == 12
+    # nlmixr2's text kinds, the effects in a compartment pk1_oral lacks (NONMEM's CMT 3 of a
+    # PK/PD file): selected before the compartments are checked, rows numbered as in the file
+    text = both.assign(DVID=both["DVID"].map({1: "cp", 2: "pca"}))
+    text["CMT"] = np.where(text["DVID"].eq("pca") & text["EVID"].eq(0), "3", text["CMT"])
+    pk_only = read_nonmem(text, "pk1_oral", dvid="cp")
+    assert pk_only.n_observations == 120
+    assert set(pk_only.records["DVID"]) == {"cp"}
+    assert pk_only.records["ROW"].max() > 200  # the input's numbering, not the kept rows'
+    with pytest.raises(Exception, match="compartment number 3"):
+        read_nonmem(text, "pk1_oral")

@@ -854,3 +854,28 @@ def test_records_in_other_units_than_the_priors_are_said(vanco):
     with warnings.catch_warnings():
         warnings.simplefilter("error", cohort.CohortWarning)
         Twins.identify(prior, records)  # in the prior's units: nothing to say
+
+
+def test_an_update_of_several_dvids_is_refused_and_one_without_takes_the_twins_kind(
+    vanco_twins,
+):
+    """An update's DVID column was dropped when the twins' records had none, and effects
+    were pooled with concentrations without a word (a review); twins identified with one
+    DVID, updated without the column, were refused as two kinds."""
+    from cohort.twin.records import append_records
+
+    first, _, _, d1, d2 = vanco_twins
+    mixed = d2.assign(DVID=np.where(np.arange(len(d2)) % 2 == 0, 1, 2))
+    with pytest.raises(TwinError, match=r"update record \d+: observations of 2 kinds"):
+        append_records(first.data, mixed, first.prior.model)
+    own = cohort.read_nonmem(d1.assign(DVID=1), first.prior.model)
+    combined, _ = append_records(own, d2, first.prior.model)
+    assert set(combined["DVID"]) == {"1"}
+    _records_stage(dataclasses_replace_data(first, own), d2)
+
+
+def dataclasses_replace_data(tw, data):
+    """``tw`` with other (same patients') records, for the record stage alone."""
+    import dataclasses
+
+    return dataclasses.replace(tw, data=data)

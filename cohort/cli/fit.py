@@ -326,7 +326,7 @@ def fit(
         "correlations too)",
     ),
     starts: int = typer.Option(3, help="ML: fits from this many of the best initial candidates"),
-    dvid: float = typer.Option(
+    dvid: str = typer.Option(
         None, help="fit only the observations of this DVID (a PK/PD file's concentrations, say)"
     ),
     allow_unconverged: bool = typer.Option(

@@ -23,6 +23,7 @@ from cohort.data.reader import (
     as_data_error,
     dose_frame,
     read_table,
+    rows_of_kind,
     validate,
 )
 from cohort.dosing import DosingError, EventTable, event_table
@@ -217,18 +218,18 @@ def read_nonmem(
     model: Model | str | None = None,
     *,
     drop: tuple[str, ...] | list[str] = (),
-    dvid: float | None = None,
+    dvid: Any = None,
 ) -> Dataset:
     """Read and validate a NONMEM-style dataset from a file or a pandas DataFrame.
 
     Columns: ``ID TIME DV AMT`` (required), ``EVID MDV CMT RATE ADDL II SS`` (NONMEM defaults
-    when absent), ``BLQ``/``CENS`` (1 = below the limit of quantification) with ``LLOQ``
-    (or DV holding the limit), ``DVID`` (the kind of each observation); every other numeric
-    column is a covariate. ``drop`` names columns to ignore (e.g. text comments). ``dvid``
-    keeps only the observations of that ``DVID`` (dose records are all kept), as NONMEM's
-    ``IGNORE=(DVID.NE.1)``: a fit compares every observation with one model output. With
-    ``model`` the compartments and dose records are checked against it. Raises
-    :class:`DataError` listing every problem with row and column.
+    when absent), ``BLQ``/``CENS`` (1 = below the limit of quantification) with ``LLOQ`` (or DV
+    holding the limit), ``DVID`` (the kind of each observation); every other numeric column is a
+    covariate. ``drop`` names columns to ignore (e.g. text comments). ``dvid`` (a number or a
+    text label such as ``"cp"``) keeps only the observations of that ``DVID`` (dose records are
+    all kept), as NONMEM's ``IGNORE=(DVID.NE.1)``: a fit compares every observation with one
+    model output. With ``model`` the compartments and dose records are checked against it.
+    Raises :class:`DataError` listing every problem with row and column.
     """
     if isinstance(model, str):
         from cohort.models import get
@@ -244,37 +245,16 @@ def read_nonmem(
     raw = raw.drop(columns=_text_columns(raw, upper))
     # a control stream's data (cohort.inference.nonmem marks it): $PK says what DUR is
     durations = not (isinstance(source, pd.DataFrame) and source.attrs.get("nonmem_items"))
-    records = validate(raw, model, durations)
-    if dvid is not None:
-        records = observations_of_kind(records, dvid)
+    records = validate(raw, model, durations, dvid)
     covariates = tuple(c for c in records.columns if c not in STANDARD_COLUMNS | {"ROW"})
     return Dataset(records, covariates, model)
 
 
-def observations_of_kind(records: pd.DataFrame, dvid: float) -> pd.DataFrame:
-    """``records`` without the observations whose ``DVID`` is not ``dvid`` (every dose and
-    other event record is kept)."""
-    if isinstance(dvid, bool) or not isinstance(dvid, (int, float, np.integer, np.floating)):
-        raise DataError([Problem(None, "DVID", f"dvid must be a number, got {dvid!r}")])
-    if "DVID" not in records:
-        raise DataError(
-            [Problem(None, "DVID", f"dvid={dvid:g} was given but the dataset has no DVID column")]
-        )
-    observed = (records["EVID"] == 0).to_numpy()
-    kinds = records["DVID"].to_numpy()
-    if not np.any(observed & (kinds == dvid)):
-        found = sorted({float(k) for k in kinds[observed] if np.isfinite(k)})
-        raise DataError(
-            [
-                Problem(
-                    None,
-                    "DVID",
-                    f"no observation has DVID {dvid:g}; the observations' DVIDs are "
-                    f"{', '.join(f'{k:g}' for k in found) or 'all missing'}",
-                )
-            ]
-        )
-    return records[~observed | (kinds == dvid)].reset_index(drop=True)
+def observations_of_kind(records: pd.DataFrame, dvid: Any) -> pd.DataFrame:
+    """``records`` (validated) without the observations whose ``DVID`` is not ``dvid`` (every
+    dose and other event record is kept)."""
+    keep = rows_of_kind(records, dvid)
+    return records[keep].reset_index(drop=True)
 
 
 # Columns the reader interprets (a date column is refused there, not dropped as text here).

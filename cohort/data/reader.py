@@ -307,18 +307,79 @@ def _duplicates(frame: pd.DataFrame, rows: np.ndarray) -> list[Problem]:
     ]
 
 
-def validate(raw: pd.DataFrame, model: Model | None = None, durations: bool = True) -> pd.DataFrame:
+def dvid_label(value: Any) -> str:
+    """One ``DVID`` cell as a label: numbers in their shortest form (``1``, ``1.0`` and
+    ``"1"`` are ``"1"``), text stripped, ``""`` where missing."""
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return ""
+    text = str(value).strip()
+    if text.upper() in _MISSING:
+        return ""
+    try:
+        return f"{float(text):g}"
+    except ValueError:
+        return text
+
+
+def dvid_labels(column: pd.Series) -> np.ndarray:
+    """:func:`dvid_label` of every cell (an object array)."""
+    return np.array([dvid_label(v) for v in column.tolist()], dtype=object)
+
+
+def rows_of_kind(raw: pd.DataFrame, dvid: Any) -> np.ndarray:
+    """Rows to keep for observations of kind ``dvid``: every row but the observations
+    (``EVID`` 0, or without EVID no ``AMT``) of another ``DVID``."""
+    want = dvid_label(dvid)
+    if not want:
+        raise DataError([Problem(None, "DVID", f"dvid must name a kind, got {dvid!r}")])
+    if "DVID" not in raw:
+        raise DataError(
+            [Problem(None, "DVID", f"dvid={want} was given but the dataset has no DVID column")]
+        )
+    labels = dvid_labels(raw["DVID"])
+    if "EVID" in raw:
+        observed = pd.to_numeric(raw["EVID"], errors="coerce").to_numpy() == 0
+    else:
+        amt = pd.to_numeric(raw["AMT"], errors="coerce").to_numpy() if "AMT" in raw else None
+        observed = np.ones(len(raw), bool) if amt is None else ~(np.nan_to_num(amt) > 0)
+    if not np.any(observed & (labels == want)):
+        found = sorted({str(k) for k in labels[observed] if k})
+        raise DataError(
+            [
+                Problem(
+                    None,
+                    "DVID",
+                    f"no observation has DVID {want}; the observations' DVIDs are "
+                    f"{', '.join(found) or 'all missing'}",
+                )
+            ]
+        )
+    return ~observed | (labels == want)
+
+
+def validate(
+    raw: pd.DataFrame,
+    model: Model | None = None,
+    durations: bool = True,
+    dvid: Any = None,
+) -> pd.DataFrame:
     """Check NONMEM records and return them normalised (upper-case names, EVID/MDV filled).
 
     Raises :class:`DataError` listing every problem. The returned frame has a ``ROW`` column
     (1-based row of the input), float columns for the standard items, ``CENS``/``LLOQ``, the
     compartment column as given (numbers or state names) and one column per covariate.
     ``durations=False`` keeps a ``DUR`` column as a covariate (a control stream's data, where
-    ``$PK`` says what DUR is) instead of reading it as infusion durations.
+    ``$PK`` says what DUR is) instead of reading it as infusion durations. ``DVID`` is kept as
+    text labels (``"1"``, ``"cp"``; ``""`` where missing); ``dvid`` keeps only the
+    observations of that kind (before anything else is checked: another kind's rows may name
+    a compartment the model lacks), rows still numbered as in the input.
     """
     raw = raw.reset_index(drop=True)
     raw.columns = [str(c).strip().upper() for c in raw.columns]
     rows = np.arange(1, len(raw) + 1)
+    if dvid is not None:
+        keep = rows_of_kind(raw, dvid)
+        raw, rows = raw[keep].reset_index(drop=True), rows[keep]
     dated = date_column_problem(raw.columns)
     if dated:
         raise DataError([Problem(None, *dated)])
@@ -359,10 +420,11 @@ def validate(raw: pd.DataFrame, model: Model | None = None, durations: bool = Tr
                          "stream's $DATA IGNORE=C is applied by `cohort fit run.mod`)")]
             )  # fmt: skip
     out = pd.DataFrame({"ROW": rows})
-    for col in ("ID", "TIME", "DV", "AMT", "EVID", "MDV", "RATE", "ADDL", "II", "SS", "DVID",
-                *CENSORING):  # fmt: skip
+    for col in ("ID", "TIME", "DV", "AMT", "EVID", "MDV", "RATE", "ADDL", "II", "SS", *CENSORING):
         if col in raw:
             out[col] = _numbers(raw[col], col, rows, problems)
+    if "DVID" in raw:  # the kind of each observation: a label, numbers or text (nlmixr2's "cp")
+        out["DVID"] = dvid_labels(raw["DVID"])
     covariates = [c for c in raw.columns if c not in STANDARD + CENSORING + ("DVID", "C")]
     for col in covariates:
         out[col] = _numbers(raw[col], col, rows, problems)

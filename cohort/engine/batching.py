@@ -274,7 +274,7 @@ class BatchSolver:
         if self._compiler_options:
             try:
                 return lowered.compile(compiler_options=self._compiler_options)
-            except jax.errors.JaxRuntimeError as exc:
+            except RuntimeError as exc:  # JAX's JaxRuntimeError (XlaRuntimeError before)
                 if "No such compile option" not in str(exc):
                     raise
         return lowered.compile()

@@ -49,9 +49,7 @@ def _spec(model: Any, params, error, omega, transform, output) -> NLME:
     return NLME(model=model, params=ps, error=err, omega=omega, transform=transform, output=output)
 
 
-def _dataset(
-    data: Any, model: Model, output: str | None = None, dvid: float | None = None
-) -> Dataset:
+def _dataset(data: Any, model: Model, output: str | None = None, dvid: Any = None) -> Dataset:
     if isinstance(data, Dataset):
         ds = data.with_model(model)
         if dvid is not None:
@@ -311,7 +309,7 @@ def fit(
     gates: diagnostics.Gates = diagnostics.Gates(),
     progress: Callable[[str], None] | None = None,
     starts: int = 3,
-    dvid: float | None = None,
+    dvid: Any = None,
 ) -> FitResult:
     """Fit an NLME model to NONMEM-style data.
 

@@ -536,25 +536,26 @@ def _check_one_observation_kind(spec: NLME, data: Dataset) -> None:
     if "DVID" not in rec:
         return
     obs = rec[(rec["EVID"] == 0) & (rec["MDV"] == 0)]
-    kinds = obs["DVID"].to_numpy()
-    found = np.unique(kinds[np.isfinite(kinds)])
-    if found.size + bool(np.isnan(kinds).any()) <= 1:
+    kinds = obs["DVID"].astype(str).to_numpy()
+    found = list(dict.fromkeys(kinds.tolist()))  # in order of appearance; "" = no DVID
+    if len(found) <= 1:
         return
-    counts = ", ".join(f"DVID {k:g}: {int(np.sum(kinds == k))}" for k in found) + (
-        f", no DVID: {int(np.isnan(kinds).sum())}" if np.isnan(kinds).any() else ""
+    counts = ", ".join(
+        f"{'DVID ' + k if k else 'no DVID'}: {int(np.sum(kinds == k))}" for k in found
     )
-    other = obs["ROW"].to_numpy()[kinds != kinds[0]]
+    other = int(obs["ROW"].to_numpy()[kinds == found[1]][0])  # first row of the second kind
+    first = next(k for k in found if k)
     raise DataError(
         [
             Problem(
-                int(other[0]),
+                other,
                 "DVID",
-                f"observations of {found.size + bool(np.isnan(kinds).any())} kinds ({counts} "
-                f"records); the fit compares every DV with {spec.output!r} through one error "
-                "model, so they would be fitted as one: keep one kind's observations "
-                f"(`cohort fit --dvid {found[0]:g}`; read_nonmem(..., dvid={found[0]:g}) or "
-                f"cohort.fit(..., dvid={found[0]:g}); twins: records of that DVID and the "
-                "doses) and fit each other kind with the output it measures",
+                f"observations of {len(found)} kinds ({counts} records); the fit compares "
+                f"every DV with {spec.output!r} through one error model, so they would be "
+                f"fitted as one: keep one kind's observations (`cohort fit --dvid {first}`; "
+                f"read_nonmem(..., dvid={first!r}) or cohort.fit(..., dvid={first!r}); twins: "
+                "records of that DVID and the doses) and fit each other kind with the output "
+                "it measures",
             )
         ]
     )

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from cohort._toml import read_toml, resolve, shipped_names
+from cohort._toml import read_toml, shipped_folders, shipped_names
 from cohort.population.expr import ExpressionError, names_in
 from cohort.trial.schema import (  # noqa: F401  (re-exported: the spec's public types)
     ENDPOINT_TYPES,
@@ -144,8 +144,12 @@ def _parse(raw: dict, path: str, base: Path | None, digest: str) -> TrialSpec:
     prior = Path(pop["prior"])
     if not prior.is_absolute() and base is not None:
         prior = base / prior
-    if not prior.exists():  # cohort's own priors by name alone, as on the command line
-        prior = resolve(pop["prior"], "priors")
+    given = Path(pop["prior"])
+    if not prior.exists() and len(given.parts) == 1 and given.suffix in ("", ".toml"):
+        # a bare name: cohort's own prior of that name, as on the command line (never a file
+        # of the working folder: a spec's paths are relative to the spec)
+        own = [f / f"{given.stem}.toml" for f in shipped_folders("priors")]
+        prior = next((f for f in own if f.is_file()), prior)
     if not prior.exists():
         names = ", ".join(shipped_names("priors"))
         raise r.err(

@@ -61,7 +61,8 @@ KIND = "twin checkpoint"  # the store's attrs["kind"]: a checkpoint, not another
 def is_checkpoint(path: str | Path) -> bool:
     """Whether ``path`` holds a twin checkpoint (readable, and marked as one)."""
     try:
-        return zarr.open_group(str(path), mode="r").attrs.get("kind") == KIND
+        attrs = zarr.open_group(str(path), mode="r").attrs
+        return attrs.get("kind", KIND if "key" in attrs else None) == KIND
     except Exception:  # noqa: BLE001 - absent, not zarr, or a layout killed midway
         return False
 
@@ -82,6 +83,8 @@ class Checkpoint:
                 attrs = dict(zarr.open_group(str(self.path), mode="r").attrs)
             except Exception:  # noqa: BLE001 - a store killed while its layout was made
                 attrs = {"kind": KIND}
+            if "kind" not in attrs and "key" in attrs:  # written before checkpoints had a kind
+                attrs["kind"] = KIND
             if attrs.get("kind") != KIND:
                 # cohort's, but not a checkpoint: a population or simulation the user named
                 # <name>.blocks.zarr was removed as a stale checkpoint (a probe)
@@ -162,8 +165,8 @@ def _remove(path: Path) -> None:
     """Delete a checkpoint whose twins were returned (or saved). One that now also holds
     files cohort did not write is kept, with a warning: refusing there threw away the
     finished computation."""
-    if not (path.exists() and written_by_cohort(path)):
-        return
+    if not (path.exists() and written_by_cohort(path) and is_checkpoint(path)):
+        return  # never another kind of cohort store put there meanwhile
     found = foreign_files(path)
     if found:
         warnings.warn(

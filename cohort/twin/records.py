@@ -61,6 +61,7 @@ def append_records(
                 f"last record the twin has seen for this patient (TIME {last[pid]:g}); an "
                 "update adds what happened since. Refit with the corrected full records instead"
             )
+    checked = _one_kind(old, checked)
     rows = checked["ROW"].to_numpy(int)
     _warn_second_results(old, checked)
     frame = checked.drop(columns=["ROW"])
@@ -82,6 +83,32 @@ def append_records(
     idx = np.lexsort((pos, pd.to_numeric(combined["TIME"]).to_numpy(float), key))
     new_rows = np.concatenate([np.zeros(len(old), int), rows])[idx]
     return combined.iloc[idx].reset_index(drop=True), new_rows
+
+
+def _one_kind(old: pd.DataFrame, new: pd.DataFrame) -> pd.DataFrame:
+    """``new`` with its observations' ``DVID`` checked: an update of several kinds is refused
+    by row (twins learn from one output; a DVID column the earlier records lacked was
+    dropped, and effects were pooled with concentrations without a word, a review); an
+    update without DVID for twins whose observations are all of one kind takes that kind."""
+
+    def kinds(frame: pd.DataFrame) -> list[str]:
+        obs = frame[(frame["EVID"] == 0) & (frame["MDV"] == 0)]
+        return list(dict.fromkeys(obs["DVID"].astype(str).tolist())) if "DVID" in obs else []
+
+    found = kinds(new)
+    if len(found) > 1:
+        obs = new[(new["EVID"] == 0) & (new["MDV"] == 0)]
+        row = int(obs["ROW"].to_numpy()[obs["DVID"].astype(str).to_numpy() == found[1]][0])
+        shown = ", ".join(f"DVID {k}" if k else "no DVID" for k in found)
+        raise TwinError(
+            f"update record {row}: observations of {len(found)} kinds ({shown}); twins learn "
+            "from one output: give the records of one DVID with the doses. The twins are "
+            "unchanged"
+        )
+    seen = [k for k in kinds(old) if k]
+    if "DVID" not in new and len(seen) == 1:
+        return new.assign(DVID=seen[0])
+    return new
 
 
 def _check_repeats(old: pd.DataFrame, new: pd.DataFrame) -> None:
