@@ -293,6 +293,14 @@ def test_update_adds_a_day_and_keeps_the_previous_state(tmp_path, monkeypatch):
             lambda d: d.assign(TIME=d["TIME"].astype(object).where(d.index != 0, "07:00")),
             r"not a clock time",
         ),  # fmt: skip
+        # a hyperglycaemic day in mmol/L (every reading >= 10) ran as 11.8-20 mg/dL; 1-min
+        # readings with TIME in seconds (every step 60) as 30 days; an empty ID (a probe)
+        (lambda d: d.assign(CGM=d["CGM"].clip(lower=200) / 18.016), r"look like mmol/L"),
+        (
+            lambda d: d.assign(TIME=np.arange(len(d)) * 60),
+            r"TIME looks like seconds of a 1-min sensor",
+        ),  # fmt: skip
+        (lambda d: d.assign(ID=d.index.map(lambda i: np.nan if i == 4 else 1)), r"row 5: no ID"),
     ],
 )
 def test_bad_records_get_a_clear_error(change, message):
@@ -409,6 +417,27 @@ def test_carbohydrate_and_weight_in_other_units_are_said():
         cgm_data.read_cgm(df.assign(CHO=df["CHO"] / 20))
     with pytest.warns(CohortWarning, match=r"kg, not pounds"):
         cgm_data.read_cgm(df.assign(BW=df["BW"] * 2.2 + 100))
+    # meals of 2-8 exchanges of 10 g passed the median check alone (a probe)
+    exchanges = df.assign(CHO=np.where(df["CHO"] > 0, np.round(df["CHO"] / 10.0) + 2, 0.0))
+    with pytest.warns(CohortWarning, match=r"not carb exchanges"):
+        cgm_data.read_cgm(exchanges)
+
+
+def test_a_row_repeated_in_every_column_is_said():
+    """Rows at one minute add up (an export lists a meal and a bolus apart), so a repeated
+    export row doubled its meal and bolus without a word (a probe): said, naming it."""
+    df = _truth_records(seed=6)
+    meal = int(np.flatnonzero(df["CHO"].to_numpy() > 0)[0])
+    doubled = pd.concat([df.iloc[: meal + 1], df.iloc[[meal]], df.iloc[meal + 1 :]])
+    with pytest.warns(CohortWarning, match=rf"row {meal + 2} .*same as an earlier row"):
+        cgm_data.read_cgm(doubled.reset_index(drop=True))
+
+
+def test_an_empty_file_gets_a_clear_error(tmp_path):
+    empty = tmp_path / "empty.csv"
+    empty.write_text("")
+    with pytest.raises(TwinError, match="is empty; give a CSV with a header row"):
+        cgm_data.read_cgm(str(empty))
 
 
 def test_insulin_in_other_units_is_said():

@@ -668,11 +668,11 @@ def test_the_update_log_numbers_stored_updates_with_their_branches(vanco_twins, 
     latest's lineage 0, 1: the row named "1" was stored update 2 and update 1 was hidden."""
     from cohort.twin.store import update_log
 
-    first, updated, _, _, _ = vanco_twins
+    first, updated, _, _, d2 = vanco_twins
     path = tmp_path / "tw.zarr"
     first.save(path)
     updated.save(path)
-    updated.save(path)  # a second branch from update 0 (the same records: a stand-in)
+    first.update(d2).save(path)  # a second branch from update 0 (the same records again)
     log = update_log(path)
     assert [(e["update"], e["from"], e["step"]) for e in log] == [
         (0, None, "identify"), (1, 0, "update"), (2, 0, "update"),
@@ -879,3 +879,20 @@ def dataclasses_replace_data(tw, data):
     import dataclasses
 
     return dataclasses.replace(tw, data=data)
+
+
+def test_saving_an_older_twin_again_is_refused(vanco_twins, tmp_path):
+    """Saving the day-1 twins after their day-2 update made day 1 current again, and the
+    day-2 records could then be applied a second time (a probe). It is refused; saving the
+    latest again adds nothing."""
+    from cohort.twin.store import update_log
+
+    first, updated = vanco_twins[:2]
+    store = tmp_path / "tw.zarr"
+    first.save(store)
+    updated.save(store)
+    with pytest.raises(TwinError, match="stored already as update 0, and the store's latest"):
+        first.save(store)
+    updated.save(store)
+    assert [e["update"] for e in update_log(store)] == [0, 1]
+    assert open_twins(store).data.n_observations == 60

@@ -38,7 +38,10 @@ GRID_STEP = 60  # min; horizons are padded up to a multiple (one compiled progra
 def read_cgm(table: pd.DataFrame | str) -> pd.DataFrame:
     """The checked table (columns ``ID, TIME, CGM, CHO, BOLUS, BASAL, BW, ROW``); errors name
     the row (1-based data row), patient and column, and say what to fix."""
-    df = pd.read_csv(table) if isinstance(table, str) else table.copy()
+    try:
+        df = pd.read_csv(table) if isinstance(table, str) else table.copy()
+    except pd.errors.EmptyDataError:  # a 0-byte file: pandas' traceback reached the user
+        raise TwinError(f"CGM records: {table} is empty; give a CSV with a header row") from None
     if not isinstance(df, pd.DataFrame):
         raise TwinError(f"CGM records: expected a DataFrame or CSV path, got {type(table)}")
     df.columns = [str(c).strip().upper() for c in df.columns]
@@ -53,6 +56,12 @@ def read_cgm(table: pd.DataFrame | str) -> pd.DataFrame:
     df["ROW"] = np.arange(1, len(df) + 1)
     if "ID" not in df:
         df["ID"] = 1
+    no_id = df["ID"].isna() | df["ID"].astype(str).str.strip().isin(["", "."])
+    if no_id.any():  # it was "row 85 (ID nan): ... needs its body weight" (a probe)
+        raise TwinError(
+            f"CGM records, row {int(df['ROW'][no_id].iloc[0])}: no ID; every row needs its "
+            "patient's ID (or leave the ID column out for one patient)"
+        )
     unread = [c for c in df.columns if c not in (*REQUIRED, *OPTIONAL, "ROW")]
     extra = [c for c in unread if c not in ("CHO", "BOLUS")]
     if extra and "CHO" in df and "BOLUS" in df:  # with both present nothing else is read
@@ -97,6 +106,7 @@ BASAL_RANGE = (0.05, 10.0)  # U/h, a patient's median non-zero basal rate
 
 MAX_MEAL = 300.0  # g of carbohydrate in one entry
 EXCHANGE_MEDIAN = 5.0  # g: a patient's median meal below this looks like carb exchanges
+EXCHANGE_LARGEST = 15.0  # g: ... as does a patient whose every meal is at most this
 BW_RANGE = (2.0, 250.0)  # kg
 
 
@@ -107,7 +117,10 @@ def _implausible_units(df: pd.DataFrame) -> None:
     meals = df["CHO"].where(df["CHO"] > 0)
     median = meals.groupby(df["ID"], sort=False).median()
     counts = meals.groupby(df["ID"], sort=False).count()
-    small = median[(median < EXCHANGE_MEDIAN) & (counts >= 3)]
+    largest = meals.groupby(df["ID"], sort=False).max()
+    # a median meal under 5 g, or every meal at most 15 g (meals of 2-8 exchanges of 10 g
+    # passed the median alone, a probe)
+    small = median[((median < EXCHANGE_MEDIAN) | (largest <= EXCHANGE_LARGEST)) & (counts >= 3)]
     if len(small):
         i = int(np.flatnonzero((df["ID"] == small.index[0]).to_numpy())[0])
         warnings.warn(
@@ -236,6 +249,17 @@ def _merge_same_minute(df: pd.DataFrame) -> pd.DataFrame:
     dup = df.duplicated(["ID", "TIME"], keep=False).to_numpy()
     if not dup.any():
         return df
+    given = [c for c in df.columns if c != "ROW"]
+    same = df.duplicated(given, keep="first").to_numpy()
+    if same.any() and (df["CHO"].fillna(0)[same].gt(0) | df["BOLUS"].fillna(0)[same].gt(0)).any():
+        i = int(np.flatnonzero(same)[0])
+        warnings.warn(
+            f"{_where(df, i)}: the same as an earlier row in every column; rows at one minute "
+            "add up, so its meal and bolus count twice: if it is a repeated export row, "
+            "remove it",
+            CohortWarning,
+            stacklevel=4,
+        )
     groups = df.groupby(["ID", "TIME"], sort=False)
     spread = groups["CGM"].transform(lambda c: c.max() - c.min()).to_numpy()
     _first_bad(
@@ -260,6 +284,12 @@ def _check(df: pd.DataFrame) -> None:
     cgm = df["CGM"].to_numpy()
     out_of_range = ~np.isnan(cgm) & ~((cgm >= 10) & (cgm <= 1000))  # inf too
     readings = cgm[np.isfinite(cgm)]
+    if readings.size >= 3 and np.nanmedian(readings) < 30:
+        # No one's readings stay below 30 mg/dL: a whole file in mmol/L, also when every
+        # reading is >= 10 mmol/L (a hyperglycaemic day was read as 11.8-20 mg/dL, a probe)
+        _first_bad(df, np.isfinite(cgm), "CGM", "the readings are a median "
+                   f"{np.nanmedian(readings):g}: they look like mmol/L; give mg/dL "
+                   "(mmol/L x 18.016)")  # fmt: skip
     if out_of_range.any() and readings.size and np.nanmedian(readings) < 30:
         # a whole file in mmol/L (median 4-15) rather than one bad reading
         _first_bad(df, out_of_range, "CGM", "not in 10-1000 mg/dL: the readings look like "
@@ -287,6 +317,18 @@ def _check(df: pd.DataFrame) -> None:
     _first_bad(df, n_obs < 3, "CGM", "a patient needs at least 3 CGM readings")
     readings = df[df["CGM"].notna()]
     steps = readings.groupby("ID", sort=False)["TIME"].diff().dropna()
+    seconds = (
+        len(steps)
+        and float(steps.median()) == MAX_READING_STEP
+        and bool(np.all(np.mod(readings["TIME"].to_numpy(), MAX_READING_STEP) == 0))
+        and float(steps.min()) >= MAX_READING_STEP
+    )
+    if seconds:  # 1-min readings (Libre 3) with TIME in seconds: every step 60, none shorter
+        raise TwinError(
+            "CGM records, column TIME: every reading is a whole 60 apart (readings an hour "
+            "apart, where a CGM reads every 1-15 min): TIME looks like seconds of a 1-min "
+            "sensor; give minutes (divide by 60)"
+        )
     if len(steps) and float(steps.median()) > MAX_READING_STEP:
         raise TwinError(
             f"CGM records, column TIME: readings are a median {float(steps.median()):g} min "

@@ -116,6 +116,20 @@ def save_twins(twins, path: str | Path, *, overwrite: bool = False) -> Path:
         if stored != set(map(_plain, twins.ids.tolist())):
             raise TwinError(f"{path}: these twins are for other patients than the stored ones")
         k = int(attrs.get("n_updates", 0))
+        mine = json.loads(json.dumps(list(twins.history), default=float))
+        for j, lineage in enumerate(_lineages(root, k)):
+            if lineage != mine:
+                continue
+            if j == k - 1:  # the store's latest state already: nothing to add
+                return final
+            # an older object saved again became the latest, and the updates after it could
+            # then be applied a second time (a probe)
+            raise TwinError(
+                f"{path}: these twins are stored already as update {j}, and the store's latest "
+                f"is update {k - 1}: saving them again would make an older state current. "
+                f"Continue from the latest (open_twins({str(final)!r})), or from update {j} "
+                f"(open_twins(..., {j}), then update it)"
+            )
         if update_group(k) in root:  # a partial group of an interrupted save: ours to replace
             remove_own(path / update_group(k), "partial twin update")
     else:
@@ -277,6 +291,17 @@ def open_twins(path: str | Path, update: int | None = None):
         ) from None
 
 
+def _lineages(root, n: int) -> list[list | None]:
+    """Each stored update's history (its lineage of steps), None where unreadable."""
+    out = []
+    for k in range(n):
+        try:
+            out.append(json.loads(root[f"{update_group(k)}/map"].attrs.get("history", "[]")))
+        except Exception:  # noqa: BLE001 - a damaged group: open_twins names it when read
+            out.append(None)
+    return out
+
+
 def update_log(path: str | Path) -> list[dict]:
     """One row per stored update of the twin store at ``path``, in store order: ``update``
     (its number, as ``open_twins`` and ``--at-update`` take it), ``from`` (the stored update
@@ -285,13 +310,7 @@ def update_log(path: str | Path) -> list[dict]:
     (``--from-update``) leaves a branch: the latest update's own history then skips the
     abandoned one, and numbering its lineage 0, 1, ... named the wrong stored updates."""
     root = zarr.open_group(str(path), mode="r")
-    n = int(root.attrs.get("n_updates", 0))
-    lineages = []
-    for k in range(n):
-        try:
-            lineages.append(json.loads(root[f"{update_group(k)}/map"].attrs.get("history", "[]")))
-        except Exception:  # noqa: BLE001 - a damaged group: open_twins names it when read
-            lineages.append(None)
+    lineages = _lineages(root, int(root.attrs.get("n_updates", 0)))
     rows = []
     for k, lineage in enumerate(lineages):
         if not lineage:
