@@ -9,6 +9,7 @@ from cohort.cli._common import console, fail, patient_table
 from cohort.cli._twin_common import report_file
 
 # The altered therapy CGM twins replay by default (`twin cgm`, and `twin update` of CGM twins)
+REPORT_NAMES = ("individual.csv", "replay.csv", "replay.png")  # what --report holds
 REPLAY = {"bolus_scale": 0.8, "basal_scale": 1.2, "meal_scale": 1.0}
 
 

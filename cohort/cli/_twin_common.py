@@ -10,28 +10,32 @@ from rich.markup import escape
 from cohort.cli._common import console, fail
 
 
-def report_folder(path: Path | None, overwrite: bool) -> Path | None:
-    """``--report`` checked before any work; the folder is made by the first :func:`report_file`,
-    so a command that fails leaves nothing behind."""
+def report_folder(path: Path | None, overwrite: bool, flag: str = "--report") -> Path | None:
+    """``--report`` (or the command's ``flag`` for that folder) checked before any work; the
+    folder is made by the first :func:`report_file`, so a command that fails leaves nothing
+    behind."""
     from cohort.store import report_directory
 
     if path is None:
         return None
-    return report_directory(path, overwrite=overwrite, flag="--report", create=False)
+    return report_directory(path, overwrite=overwrite, flag=flag, create=False)
 
 
-def report_file(folder: Path, name: str, overwrite: bool) -> Path:
+def report_file(folder: Path, name: str, overwrite: bool, flag: str = "--report") -> Path:
     from cohort.store import report_directory
     from cohort.store.safety import claim_file
 
-    report_directory(folder, overwrite=overwrite, flag="--report")
-    return claim_file(folder, name, overwrite=overwrite)
+    report_directory(folder, overwrite=overwrite, flag=flag)
+    return claim_file(folder, name, overwrite=overwrite, flag=flag)
 
 
-def before_identifying(data: Path, out: Path, report: Path | None, overwrite: bool):
+def before_identifying(
+    data: Path, out: Path, report: Path | None, overwrite: bool, report_names: tuple = ()
+):
     """Every check on the paths before any work (not after hours of NUTS): the records exist,
-    ``out`` is a ``.zarr`` twin store that may be written, the report folder is cohort's.
-    Returns the report folder (or None)."""
+    ``out`` is a ``.zarr`` twin store that may be written, the report folder is cohort's and
+    its files ``report_names`` may be written (an existing one was refused only after the
+    fit, a probe). Returns the report folder (or None)."""
     from cohort.store import check_replaceable
 
     if not data.is_file():
@@ -46,7 +50,10 @@ def before_identifying(data: Path, out: Path, report: Path | None, overwrite: bo
         from cohort.store.safety import check_strays
 
         check_strays(path)
-    return report_folder(report, overwrite)
+    folder = report_folder(report, overwrite)
+    for name in report_names if folder is not None else ():
+        check_replaceable(folder / name, overwrite=overwrite, flag="--report")
+    return folder
 
 
 def checkpoint_for(out: Path):

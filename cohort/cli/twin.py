@@ -77,7 +77,7 @@ def fit(
     from cohort.store.lock import write_lock
     from cohort.twin import TwinPrior, Twins
 
-    folder = before_identifying(data, out, report, overwrite)
+    folder = before_identifying(data, out, report, overwrite, ("individual.csv", "shrinkage.png"))
     t0 = time.perf_counter()
     # the store's lock from the first block to the save: two runs at once into one -o were
     # merged into one store as two identifications (a probe); the second is now refused

@@ -9,7 +9,7 @@ from pathlib import Path
 import typer
 
 from cohort._seed import MAX_SEED
-from cohort.cli._cgm_report import REPLAY, cgm_replay, cgm_summary, check_scales
+from cohort.cli._cgm_report import REPLAY, REPORT_NAMES, cgm_replay, cgm_summary, check_scales
 from cohort.cli._common import command, console
 from cohort.cli._twin_common import before_identifying, checkpoint_for, status_line
 
@@ -53,7 +53,7 @@ def cgm(
                    "--meal-scale": meal_scale})  # fmt: skip
     from cohort.store.lock import write_lock
 
-    folder = before_identifying(data, out, report, overwrite)
+    folder = before_identifying(data, out, report, overwrite, REPORT_NAMES)
     t0 = time.perf_counter()
     with write_lock(out):  # from the first block to the save (see `cohort twin fit`)
         kept = checkpoint_for(out)

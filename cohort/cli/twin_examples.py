@@ -39,9 +39,9 @@ def example(
 
     if n < 1 or not 1 <= n_cgm <= 10:
         fail("--n must be >= 1 and --n-cgm between 1 and 10")
-    out = report_folder(folder, overwrite)
+    out = report_folder(folder, overwrite, flag="FOLDER")  # an argument, not --report
     names = ("day0.csv", "day1.csv", "truth.csv", "cgm_day1.csv", "cgm_day2.csv")
-    paths = {name: report_file(out, name, overwrite) for name in names}  # refused before any work
+    paths = {name: report_file(out, name, overwrite, flag="FOLDER") for name in names}
     vanco = PACKAGED_PRIORS / "vancomycin_goti2018.toml"
     with console.status("simulating example patients"):
         prior = TwinPrior.from_spec(vanco)
