@@ -293,13 +293,9 @@ def test_update_adds_a_day_and_keeps_the_previous_state(tmp_path, monkeypatch):
             lambda d: d.assign(TIME=d["TIME"].astype(object).where(d.index != 0, "07:00")),
             r"not a clock time",
         ),  # fmt: skip
-        # a hyperglycaemic day in mmol/L (every reading >= 10) ran as 11.8-20 mg/dL; 1-min
-        # readings with TIME in seconds (every step 60) as 30 days; an empty ID (a probe)
+        # a hyperglycaemic day in mmol/L (every reading >= 10) ran as 11.8-20 mg/dL; an
+        # empty ID was reported as a missing body weight (a probe)
         (lambda d: d.assign(CGM=d["CGM"].clip(lower=200) / 18.016), r"look like mmol/L"),
-        (
-            lambda d: d.assign(TIME=np.arange(len(d)) * 60),
-            r"TIME looks like seconds of a 1-min sensor",
-        ),  # fmt: skip
         (lambda d: d.assign(ID=d.index.map(lambda i: np.nan if i == 4 else 1)), r"row 5: no ID"),
     ],
 )
@@ -431,6 +427,14 @@ def test_a_row_repeated_in_every_column_is_said():
     doubled = pd.concat([df.iloc[: meal + 1], df.iloc[[meal]], df.iloc[meal + 1 :]])
     with pytest.warns(CohortWarning, match=rf"row {meal + 2} .*same as an earlier row"):
         cgm_data.read_cgm(doubled.reset_index(drop=True))
+
+
+def test_readings_whole_hours_apart_are_said():
+    """1-min readings with TIME in seconds (every step 60) ran as a 30-day record without a
+    word (a probe); hourly readings in minutes look the same, so it is said, not refused."""
+    df = _truth_records(seed=6)
+    with pytest.warns(CohortWarning, match=r"if TIME is in seconds of a 1-min sensor"):
+        cgm_data.read_cgm(df.assign(TIME=np.arange(len(df)) * 60))
 
 
 def test_an_empty_file_gets_a_clear_error(tmp_path):

@@ -871,6 +871,11 @@ def test_an_update_of_several_dvids_is_refused_and_one_without_takes_the_twins_k
     own = cohort.read_nonmem(d1.assign(DVID=1), first.prior.model)
     combined, _ = append_records(own, d2, first.prior.model)
     assert set(combined["DVID"]) == {"1"}
+    with pytest.raises(TwinError, match="observations of DVID 2, where the twins learnt from"):
+        append_records(own, d2.assign(DVID=2), first.prior.model)
+    from cohort.data.reader import dvid_label
+
+    assert dvid_label(1_000_001) != dvid_label(1_000_002) and dvid_label("1.0") == "1"
     _records_stage(dataclasses_replace_data(first, own), d2)
 
 

@@ -316,9 +316,10 @@ def dvid_label(value: Any) -> str:
     if text.upper() in _MISSING:
         return ""
     try:
-        return f"{float(text):g}"
+        number = float(text)
     except ValueError:
         return text
+    return str(int(number)) if number.is_integer() else repr(number)  # 1e6+1 stays apart
 
 
 def dvid_labels(column: pd.Series) -> np.ndarray:

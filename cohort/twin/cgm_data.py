@@ -250,8 +250,9 @@ def _merge_same_minute(df: pd.DataFrame) -> pd.DataFrame:
     if not dup.any():
         return df
     given = [c for c in df.columns if c != "ROW"]
-    same = df.duplicated(given, keep="first").to_numpy()
-    if same.any() and (df["CHO"].fillna(0)[same].gt(0) | df["BOLUS"].fillna(0)[same].gt(0)).any():
+    dosed = (df["CHO"].fillna(0).gt(0) | df["BOLUS"].fillna(0).gt(0)).to_numpy()
+    same = df.duplicated(given, keep="first").to_numpy() & dosed
+    if same.any():
         i = int(np.flatnonzero(same)[0])
         warnings.warn(
             f"{_where(df, i)}: the same as an earlier row in every column; rows at one minute "
@@ -324,10 +325,14 @@ def _check(df: pd.DataFrame) -> None:
         and float(steps.min()) >= MAX_READING_STEP
     )
     if seconds:  # 1-min readings (Libre 3) with TIME in seconds: every step 60, none shorter
-        raise TwinError(
-            "CGM records, column TIME: every reading is a whole 60 apart (readings an hour "
-            "apart, where a CGM reads every 1-15 min): TIME looks like seconds of a 1-min "
-            "sensor; give minutes (divide by 60)"
+        # said, not refused: hourly readings in minutes (SMBG) look the same, and a store
+        # holding them must still open
+        warnings.warn(
+            "CGM records, column TIME: the readings are whole hours apart (60, 120, ... min), "
+            "where a CGM reads every 1-15 min: if TIME is in seconds of a 1-min sensor, give "
+            "minutes (divide by 60)",
+            CohortWarning,
+            stacklevel=3,
         )
     if len(steps) and float(steps.median()) > MAX_READING_STEP:
         raise TwinError(

@@ -108,6 +108,13 @@ def _one_kind(old: pd.DataFrame, new: pd.DataFrame) -> pd.DataFrame:
     seen = [k for k in kinds(old) if k]
     if "DVID" not in new and len(seen) == 1:
         return new.assign(DVID=seen[0])
+    if len(seen) == 1 and found and found[0] and found[0] != seen[0]:
+        obs = new[(new["EVID"] == 0) & (new["MDV"] == 0)]
+        raise TwinError(
+            f"update record {int(obs['ROW'].iloc[0])}: observations of DVID {found[0]}, where "
+            f"the twins learnt from DVID {seen[0]}; twins learn from one output: give the "
+            f"records of DVID {seen[0]} with the doses. The twins are unchanged"
+        )
     return new
 
 
