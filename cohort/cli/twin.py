@@ -160,6 +160,13 @@ def update(
     # for nothing and is refused at once, naming the first
     with write_lock(store), console.status("updating twins"):
         twins = open_twins(store, from_update)
+        if folder is not None:  # before the update is computed and saved, not after (a probe)
+            from cohort.cli._cgm_report import REPORT_NAMES
+            from cohort.store import check_replaceable
+
+            cgm = hasattr(twins, "replay")
+            for name in REPORT_NAMES if cgm else ("individual.csv", "shrinkage.png"):
+                check_replaceable(folder / name, overwrite=overwrite, flag="--report")
         given = [k for k, v in scales.items() if v is not None]
         if given and not hasattr(twins, "replay"):
             fail(f"{', '.join(given)}: for CGM twins' replay; {store} holds PK twins")
