@@ -51,9 +51,16 @@ def before_identifying(
 
         check_strays(path)
     folder = report_folder(report, overwrite)
-    for name in report_names if folder is not None else ():
-        check_replaceable(folder / name, overwrite=overwrite, flag="--report")
+    check_report_files(folder, report_names, overwrite)
     return folder
+
+
+def check_report_files(folder: Path | None, names, overwrite: bool) -> None:
+    """Refuse, before any work, a file ``names`` of ``--report`` that may not be replaced."""
+    from cohort.store import check_replaceable
+
+    for name in names if folder is not None else ():
+        check_replaceable(folder / name, overwrite=overwrite, flag="--report")
 
 
 def checkpoint_for(out: Path):

@@ -13,10 +13,11 @@ from rich.markup import escape
 from rich.table import Table
 
 from cohort._seed import MAX_SEED
-from cohort.cli._cgm_report import REPLAY, cgm_replay, cgm_summary, check_scales
+from cohort.cli._cgm_report import REPLAY, REPORT_NAMES, cgm_replay, cgm_summary, check_scales
 from cohort.cli._common import command, console, fail
 from cohort.cli._twin_common import (
     before_identifying,
+    check_report_files,
     checkpoint_for,
     report_file,
     report_folder,
@@ -29,6 +30,7 @@ app = typer.Typer(
     help="digital twins: identify from records, update, forecast, recommend doses",
 )
 
+PK_REPORT_NAMES = ("individual.csv", "shrinkage.png")  # what a PK twin's --report holds
 _PRIOR_HELP = "population prior: a priors spec with an [error] section (.toml) or a saved fit"
 
 
@@ -77,7 +79,7 @@ def fit(
     from cohort.store.lock import write_lock
     from cohort.twin import TwinPrior, Twins
 
-    folder = before_identifying(data, out, report, overwrite, ("individual.csv", "shrinkage.png"))
+    folder = before_identifying(data, out, report, overwrite, PK_REPORT_NAMES)
     t0 = time.perf_counter()
     # the store's lock from the first block to the save: two runs at once into one -o were
     # merged into one store as two identifications (a probe); the second is now refused
@@ -160,13 +162,9 @@ def update(
     # for nothing and is refused at once, naming the first
     with write_lock(store), console.status("updating twins"):
         twins = open_twins(store, from_update)
-        if folder is not None:  # before the update is computed and saved, not after (a probe)
-            from cohort.cli._cgm_report import REPORT_NAMES
-            from cohort.store import check_replaceable
-
-            cgm = hasattr(twins, "replay")
-            for name in REPORT_NAMES if cgm else ("individual.csv", "shrinkage.png"):
-                check_replaceable(folder / name, overwrite=overwrite, flag="--report")
+        # before the update is computed and saved, not after (a probe)
+        names = REPORT_NAMES if hasattr(twins, "replay") else PK_REPORT_NAMES
+        check_report_files(folder, names, overwrite)
         given = [k for k, v in scales.items() if v is not None]
         if given and not hasattr(twins, "replay"):
             fail(f"{', '.join(given)}: for CGM twins' replay; {store} holds PK twins")

@@ -327,6 +327,17 @@ def dvid_labels(column: pd.Series) -> np.ndarray:
     return np.array([dvid_label(v) for v in column.tolist()], dtype=object)
 
 
+def observation_kinds(records: pd.DataFrame) -> dict[str, np.ndarray]:
+    """``{DVID label: ROW numbers}`` of the observations (EVID 0, MDV 0) of validated
+    ``records``, kinds in order of appearance (``""``: no DVID); ``{}`` without DVID."""
+    if "DVID" not in records:
+        return {}
+    obs = records[(records["EVID"] == 0) & (records["MDV"] == 0)]
+    labels = obs["DVID"].astype(str).to_numpy()
+    rows = obs["ROW"].to_numpy()
+    return {k: rows[labels == k] for k in dict.fromkeys(labels.tolist())}
+
+
 def rows_of_kind(raw: pd.DataFrame, dvid: Any) -> np.ndarray:
     """Rows to keep for observations of kind ``dvid``: every row but the observations
     (``EVID`` 0, or without EVID no ``AMT``) of another ``DVID``."""

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from cohort.data import Dataset
-from cohort.data.reader import DataError, Problem
+from cohort.data.reader import DataError, Problem, observation_kinds
 from cohort.engine.base import resolve_engine
 from cohort.engine.closed_form import ClosedForm
 from cohort.engine.diffrax_path import Adaptive
@@ -532,18 +532,12 @@ def _check_one_observation_kind(spec: NLME, data: Dataset) -> None:
     """Observations of several ``DVID`` kinds (a PK/PD file: concentrations and effects) are
     refused: the fit compares every DV with one output through one error model, so the
     effects were fitted as concentrations without a word (a probe: σ_add 31 mg/L)."""
-    rec = data.records
-    if "DVID" not in rec:
+    kinds = observation_kinds(data.records)
+    if len(kinds) <= 1:
         return
-    obs = rec[(rec["EVID"] == 0) & (rec["MDV"] == 0)]
-    kinds = obs["DVID"].astype(str).to_numpy()
-    found = list(dict.fromkeys(kinds.tolist()))  # in order of appearance; "" = no DVID
-    if len(found) <= 1:
-        return
-    counts = ", ".join(
-        f"{'DVID ' + k if k else 'no DVID'}: {int(np.sum(kinds == k))}" for k in found
-    )
-    other = int(obs["ROW"].to_numpy()[kinds == found[1]][0])  # first row of the second kind
+    found = list(kinds)
+    counts = ", ".join(f"{'DVID ' + k if k else 'no DVID'}: {len(r)}" for k, r in kinds.items())
+    other = int(kinds[found[1]][0])  # the first row of the second kind
     first = next(k for k in found if k)
     raise DataError(
         [

@@ -285,15 +285,12 @@ def _check(df: pd.DataFrame) -> None:
     cgm = df["CGM"].to_numpy()
     out_of_range = ~np.isnan(cgm) & ~((cgm >= 10) & (cgm <= 1000))  # inf too
     readings = cgm[np.isfinite(cgm)]
-    if readings.size >= 3 and np.nanmedian(readings) < 30:
-        # No one's readings stay below 30 mg/dL: a whole file in mmol/L, also when every
-        # reading is >= 10 mmol/L (a hyperglycaemic day was read as 11.8-20 mg/dL, a probe)
-        _first_bad(df, np.isfinite(cgm), "CGM", "the readings are a median "
-                   f"{np.nanmedian(readings):g}: they look like mmol/L; give mg/dL "
-                   "(mmol/L x 18.016)")  # fmt: skip
-    if out_of_range.any() and readings.size and np.nanmedian(readings) < 30:
-        # a whole file in mmol/L (median 4-15) rather than one bad reading
-        _first_bad(df, out_of_range, "CGM", "not in 10-1000 mg/dL: the readings look like "
+    if readings.size and np.nanmedian(readings) < 30:
+        # No one's readings stay below 30 mg/dL: a whole file in mmol/L (median 4-15), also
+        # when every reading is >= 10 mmol/L (a hyperglycaemic day was read as 11.8-20 mg/dL,
+        # a probe). Named at its first reading out of range, else its first reading.
+        _first_bad(df, out_of_range if out_of_range.any() else np.isfinite(cgm), "CGM",
+                   f"the readings are a median {np.nanmedian(readings):g}: they look like "
                    "mmol/L; give mg/dL (mmol/L x 18.016)")  # fmt: skip
     _first_bad(df, out_of_range, "CGM", "not in 10-1000 mg/dL")
     for col in ("CHO", "BOLUS", "BASAL"):

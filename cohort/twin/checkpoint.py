@@ -58,13 +58,22 @@ def inputs_key(*items) -> str:
 KIND = "twin checkpoint"  # the store's attrs["kind"]: a checkpoint, not another cohort store
 
 
+def _attrs(path: str | Path) -> dict | None:
+    """The root attributes of the store at ``path`` (one written before checkpoints had a
+    ``kind``, with only its ``key``, counts as a checkpoint); None where unreadable."""
+    try:
+        attrs = dict(zarr.open_group(str(path), mode="r").attrs)
+    except Exception:  # noqa: BLE001 - absent, not zarr, or a layout killed midway
+        return None
+    if "kind" not in attrs and "key" in attrs:
+        attrs["kind"] = KIND
+    return attrs
+
+
 def is_checkpoint(path: str | Path) -> bool:
     """Whether ``path`` holds a twin checkpoint (readable, and marked as one)."""
-    try:
-        attrs = zarr.open_group(str(path), mode="r").attrs
-        return attrs.get("kind", KIND if "key" in attrs else None) == KIND
-    except Exception:  # noqa: BLE001 - absent, not zarr, or a layout killed midway
-        return False
+    attrs = _attrs(path)
+    return attrs is not None and attrs.get("kind") == KIND
 
 
 class Checkpoint:
@@ -79,12 +88,9 @@ class Checkpoint:
                     f"checkpoint {str(self.path)!r} exists and was not written by cohort; "
                     "move it away or choose another output"
                 )
-            try:
-                attrs = dict(zarr.open_group(str(self.path), mode="r").attrs)
-            except Exception:  # noqa: BLE001 - a store killed while its layout was made
+            attrs = _attrs(self.path)
+            if attrs is None:  # unreadable: a layout killed while it was made, ours
                 attrs = {"kind": KIND}
-            if "kind" not in attrs and "key" in attrs:  # written before checkpoints had a kind
-                attrs["kind"] = KIND
             if attrs.get("kind") != KIND:
                 # cohort's, but not a checkpoint: a population or simulation the user named
                 # <name>.blocks.zarr was removed as a stale checkpoint (a probe)

@@ -15,6 +15,7 @@ from cohort.data.reader import (
     STANDARD_COLUMNS,
     DataError,
     Problem,
+    observation_kinds,
     read_table,
     validate,
 )
@@ -90,28 +91,21 @@ def _one_kind(old: pd.DataFrame, new: pd.DataFrame) -> pd.DataFrame:
     by row (twins learn from one output; a DVID column the earlier records lacked was
     dropped, and effects were pooled with concentrations without a word, a review); an
     update without DVID for twins whose observations are all of one kind takes that kind."""
-
-    def kinds(frame: pd.DataFrame) -> list[str]:
-        obs = frame[(frame["EVID"] == 0) & (frame["MDV"] == 0)]
-        return list(dict.fromkeys(obs["DVID"].astype(str).tolist())) if "DVID" in obs else []
-
-    found = kinds(new)
+    kinds = observation_kinds(new)
+    found = list(kinds)
     if len(found) > 1:
-        obs = new[(new["EVID"] == 0) & (new["MDV"] == 0)]
-        row = int(obs["ROW"].to_numpy()[obs["DVID"].astype(str).to_numpy() == found[1]][0])
         shown = ", ".join(f"DVID {k}" if k else "no DVID" for k in found)
         raise TwinError(
-            f"update record {row}: observations of {len(found)} kinds ({shown}); twins learn "
-            "from one output: give the records of one DVID with the doses. The twins are "
-            "unchanged"
+            f"update record {int(kinds[found[1]][0])}: observations of {len(found)} kinds "
+            f"({shown}); twins learn from one output: give the records of one DVID with the "
+            "doses. The twins are unchanged"
         )
-    seen = [k for k in kinds(old) if k]
+    seen = [k for k in observation_kinds(old.assign(ROW=0)) if k]
     if "DVID" not in new and len(seen) == 1:
         return new.assign(DVID=seen[0])
     if len(seen) == 1 and found and found[0] and found[0] != seen[0]:
-        obs = new[(new["EVID"] == 0) & (new["MDV"] == 0)]
         raise TwinError(
-            f"update record {int(obs['ROW'].iloc[0])}: observations of DVID {found[0]}, where "
+            f"update record {int(kinds[found[0]][0])}: observations of DVID {found[0]}, where "
             f"the twins learnt from DVID {seen[0]}; twins learn from one output: give the "
             f"records of DVID {seen[0]} with the doses. The twins are unchanged"
         )
