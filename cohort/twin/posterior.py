@@ -405,10 +405,23 @@ def _nuts_batch(
                 return jax.vmap(per_patient)(starts, inv_mass, keys, d)  # over patients
             return jax.lax.map(lambda a: per_patient(*a), (starts, inv_mass, keys, d))
 
-        return jax.jit(run)
+        if n_dev == 1:
+            return jax.jit(run)
+        # Chains are independent: each device runs its share of every patient's chains
+        # (shard_map, no communication), so a tree that one chain builds deeper holds up only
+        # the chains on its own device, and the cores work in parallel (one XLA CPU device
+        # runs its program on about one core).
+        spec, whole = jax.sharding.PartitionSpec(None, "chain"), jax.sharding.PartitionSpec()
+        mesh = jax.sharding.Mesh(np.array(jax.local_devices()[:n_dev]), ("chain",))
+        split = jax.shard_map(
+            run, mesh=mesh, in_specs=(whole, spec, whole, spec, whole),
+            out_specs=(spec, spec), check_vma=False,
+        )  # fmt: skip
+        return jax.jit(split)
 
+    n_dev = chain_devices(chains)
     what = (f"nuts:{chains}:{warmup}:{draws}:{max_tree_depth}:{lockstep}:{adapt_mass_matrix}:"
-            f"{target_accept}:{forward}")  # fmt: skip
+            f"{target_accept}:{forward}:{n_dev}")  # fmt: skip
     fn = _cached_key((key, what), build)
     cov = np.where(init.ok[:, None, None], init.cov, np.eye(q)[None])
     chol = np.linalg.cholesky(cov)
@@ -418,6 +431,13 @@ def _nuts_batch(
     z = np.asarray(z)  # [N, chain, draw, q]
     rhat, ess = diagnostics(z)
     return z, rhat, ess, np.asarray(div)  # divergent flags [N, chain, draw]
+
+
+def chain_devices(chains: int) -> int:
+    """How many local devices the NUTS chains are split over: the most that share the chains
+    equally (one CPU device per core as the CLI sets up, or several GPUs; 1 by default)."""
+    n = len(jax.local_devices())
+    return max(d for d in range(1, min(n, chains) + 1) if chains % d == 0)
 
 
 def _patient_streams(seed: int, index, chains: int, q: int) -> tuple[np.ndarray, np.ndarray]:
