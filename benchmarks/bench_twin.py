@@ -25,6 +25,10 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import RESULTS_DIR, OtherLoad, machine_info, write_json  # noqa: E402
 
+import cohort  # noqa: E402
+
+# as the CLI does: one JAX CPU device per core (each patient's NUTS chains split over them)
+cohort.use_cpu_cores()
 from cohort.dosing import Regimen  # noqa: E402
 from cohort.twin import TwinPrior, Twins  # noqa: E402
 from cohort.twin.synthetic import simulate_records  # noqa: E402

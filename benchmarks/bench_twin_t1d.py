@@ -26,6 +26,10 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import RESULTS_DIR, first_call, machine_info, write_json  # noqa: E402
 
+import cohort  # noqa: E402
+
+# as the CLI does: one JAX CPU device per core (each patient's NUTS chains split over them)
+cohort.use_cpu_cores()
 from cohort.models.glucose import reference_patients  # noqa: E402
 from cohort.twin import CGMTwins  # noqa: E402
 from cohort.twin.cgm_synthetic import meal_plan, uva_days  # noqa: E402

@@ -178,6 +178,31 @@ def test_a_posterior_with_many_divergences_is_not_converged():
     assert s.converged.tolist() == [True, True, False]
 
 
+def test_chains_in_separate_modes_are_told_apart_from_slow_ones():
+    """Chains that settled in two modes are named (the CLI says so: longer runs rarely join
+    them); well-mixed chains and one chain merely wider than the others are not."""
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    from cohort.cli._twin_common import status_line
+    from cohort.twin.posterior import Samples
+
+    rng = np.random.default_rng(0)
+    mixed = rng.standard_normal((1, 4, 500, 3))
+    modes = mixed.copy()
+    modes[0, 3, :, 1] = 0.3 * modes[0, 3, :, 1] - 3.0  # one chain in a narrow mode at -3
+    wide = mixed.copy()
+    wide[0, 2] *= 1.8  # a chain that wanders wider, centred with the others
+    eta = np.concatenate([mixed, modes, wide])
+    s = Samples(eta, rhat=np.array([[1.002] * 3, [1.4] * 3, [1.02] * 3]),
+                ess_bulk=np.full((3, 3), 900.0), divergences=np.zeros(3))  # fmt: skip
+    assert s.separated.tolist() == [False, True, False]
+    tw = SimpleNamespace(n=3, ok=s.converged, method="nuts", samples=s)
+    line = status_line(tw, 1.0, Path("t.zarr"))
+    assert "converged (R-hat < 1.01, ESS > 400, <= 1 % divergent): 1/3" in line
+    assert "1 of them with chains in separate modes" in line and "t.zarr" in line
+
+
 @pytest.mark.slow
 def test_nuts_sequential_update_matches_joint(vanco):
     prior, records, _ = vanco

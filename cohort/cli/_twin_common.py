@@ -90,4 +90,11 @@ def status_line(tw, seconds: float, path: Path) -> str:
             f"{int(s.divergences.sum())} divergences; converged (R-hat < 1.01, ESS > 400, "
             f"<= 1 % divergent): {int(s.converged.sum())}/{tw.n}"
         )
+        apart = int((s.separated & ~s.converged).sum())
+        if apart:
+            line += (
+                f"\n[yellow]{apart} of them with chains in separate modes[/]: the records leave "
+                "several explanations that the chains do not cross; longer runs rarely join "
+                "them, more records (another day) or a narrower prior does"
+            )
     return line

@@ -211,6 +211,7 @@ def modes(make_potential, params, eta0, data, *, key, steps: int = 30, hessian=N
     return Laplace(np.asarray(eta), np.asarray(cov), np.asarray(value), np.asarray(ok))
 
 
+SEPARATED_SD = 2.0  # see Samples.separated
 MAX_DIVERGENT = 0.01  # fraction of post-warmup transitions a converged posterior may have
 
 
@@ -233,6 +234,18 @@ class Samples:
         total = self.eta.shape[1] * self.eta.shape[2]
         few = np.asarray(self.divergences) <= MAX_DIVERGENT * total
         return np.all((self.rhat < 1.01) & (self.ess_bulk > 400), axis=1) & few
+
+    @property
+    def separated(self) -> np.ndarray:
+        """Per patient: chains that settled in different places (for some parameter, two
+        chains' means lie more than :data:`SEPARATED_SD` within-chain SDs apart), i.e. a
+        posterior with several modes that the chains do not cross. Longer runs rarely join
+        them; more data (another day of records) or a narrower prior does. Well-mixed chains'
+        means differ by about SD/√ESS (~0.1 SD)."""
+        means = self.eta.mean(axis=2)  # [N, chain, q]
+        within = self.eta.std(axis=2).mean(axis=1)  # [N, q]
+        gap = (means.max(axis=1) - means.min(axis=1)) / np.maximum(within, 1e-300)
+        return np.any(gap > SEPARATED_SD, axis=1)
 
 
 def nuts(
