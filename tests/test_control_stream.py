@@ -427,6 +427,56 @@ def test_estimates_outside_theta_bounds_are_not_accepted(tmp_path):
     assert "CL~WT = 0." in text and "upper bound 0.4" in text
 
 
+def test_a_rate_written_as_a_reciprocal_is_the_same_model(tmp_path):
+    """``KA = 1/MAT`` (MAT log-normal, with a WT exponent and in a BLOCK with V) is the model
+    KA = (1/θ)·(WT/70)^(−e)·exp(−η): read as exactly the spec of that model written directly
+    (typical value, exponent, $THETA bounds and the block's correlation all mapped). It was
+    refused ("KA: term -log(THETA(3))")."""
+    from cohort.inference.nonmem import read_control_stream
+
+    simulated_records(n=4).to_csv(tmp_path / "sim.csv", index=False)
+    base = RUN_MOD.replace(
+        "$OMEGA BLOCK(2) 0.1 0.01 0.1\n$OMEGA 0.1", "$OMEGA 0.1\n$OMEGA BLOCK(2) 0.1 {cov} 0.1"
+    )
+    direct = base.replace(
+        "KA = THETA(3)*EXP(ETA(3))", "KA = THETA(3)*(WT/70)**THETA(5)*EXP(ETA(3))"
+    )
+    cl_wt = "$THETA (-2, 0.5, 3)  ; CL_WT"
+    direct = direct.replace("$THETA (0, 1)        ; KA", "$THETA (0.2, 1.25, 5) ; KA").replace(
+        cl_wt, cl_wt + "\n$THETA (-3, -0.5, 2) ; KA_WT"
+    )
+    recip = base.replace(
+        "KA = THETA(3)*EXP(ETA(3))", "MAT = THETA(3)*(WT/70)**THETA(5)*EXP(ETA(3))\nKA = 1/MAT"
+    ).replace("$THETA (0, 1)        ; KA", "$THETA (0.2, 0.8, 5) ; MAT")
+    recip = recip.replace(cl_wt, cl_wt + "\n$THETA (-2, 0.5, 3) ; MAT_WT")
+    (tmp_path / "d.mod").write_text(direct.format(cov=0.01))
+    (tmp_path / "r.mod").write_text(recip.format(cov=-0.01))
+    d, r = read_control_stream(tmp_path / "d.mod"), read_control_stream(tmp_path / "r.mod")
+    assert r.spec == d.spec, (r.spec, d.spec)
+    assert r.bounds["KA"] == d.bounds["KA"] == ("THETA(3)", 0.2, 5.0)
+    assert r.bounds["KA~WT"] == d.bounds["KA~WT"] == ("THETA(5)", -3.0, 2.0)
+    assert "KA = 1/MAT is fitted as KA" in r.note and "KA" not in d.note
+
+
+def test_a_reciprocal_rate_fits_through_the_cli(tmp_path):
+    """The test stream with KA = 1/MAT: fitted as KA, said, recovering the truth, its OFV the
+    independent FOCE-I's at the reported estimates."""
+    records = simulated_records(n=40)
+    records.to_csv(tmp_path / "sim.csv", index=False)
+    text = RUN_MOD.replace(
+        "KA = THETA(3)*EXP(ETA(3))", "MAT = THETA(3)*EXP(ETA(3))\nKA = 1/MAT"
+    ).replace("$THETA (0, 1)        ; KA", "$THETA (0, 0.8)      ; MAT")
+    (tmp_path / "run.mod").write_text(text)
+    out = tmp_path / "fit.nc"
+    res = runner.invoke(app, ["fit", str(tmp_path / "run.mod"), "-o", str(out)])
+    assert res.exit_code == 0, res.output
+    assert "KA = 1/MAT is fitted as KA" in " ".join(res.output.split())
+    summary = load_fit(out)["fit_summary"]
+    est = _values(summary)
+    assert est["KA"] == pytest.approx(TRUTH["KA"], rel=0.25)
+    assert _focei_ofv(records, est) == pytest.approx(float(summary.attrs["ofv"]), abs=1e-3)
+
+
 def test_error_sd_written_as_thetas_with_sigma_fixed_at_one(fitted, tmp_path):
     """NONMEM's common W form (Y = IPRED + W*EPS(1), $SIGMA 1 FIX, the SD as THETAs) is the
     same statistical model as IPRED*EPS(1) with $SIGMA estimated: the same OFV and σ. It

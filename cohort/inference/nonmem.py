@@ -11,7 +11,10 @@ this module maps what it finds onto cohort's :class:`~cohort.inference.spec.NLME
 * Each ``$PK`` parameter must be log-normal in NONMEM's usual forms: ``THETA(i)`` or
   ``EXP(THETA(i))`` times covariate terms (``(WT/70)**THETA(j)``, ``WT`` or ``WT/70`` with
   a fixed exponent, ``EXP(THETA(j)*(AGE-40))``, ``IF(APGR.LT.5) TV = TV*(1+THETA(j))``)
-  times ``EXP(ETA(k))``; its ``THETA`` initial value and FIX are kept.
+  times ``EXP(ETA(k))``; its ``THETA`` initial value and FIX are kept. A reciprocal of that
+  form (``KA = 1/MAT`` with ``MAT = THETA(3)*EXP(ETA(3))``) is the same model of ``KA``
+  (typical value 1/THETA(3), the ETA negated, covariate exponents negated): fitted as ``KA``,
+  with a note saying so.
 * ``$OMEGA`` diagonal and ``BLOCK(n)`` structure with their initial variances and
   covariances (as initial correlations), ``FIX`` on a diagonal element or a whole block (held
   at its values), ``0 FIX`` (that random effect off); ``$SIGMA`` with ``$ERROR`` ``Y = F + EPS(1)``
@@ -143,12 +146,16 @@ def read_control_stream(path: str | Path) -> ControlStream:
         optional = _DEPOT if model_name.endswith("_oral") else {}
         bounds: dict[str, tuple[str, float, float]] = {}
         volume = _unscaled_volume(model, names, scale)
+        flipped: set[str] = set()  # parameters written as reciprocals (KA = 1/MAT)
+        notes: list[str] = []
         params, eta_of, seen = _parameters(
-            model, names, scale, problems, optional, bounds, unscaled=volume is not None
-        )
-        omega = _omega(model, eta_of, params, problems, seen)
+            model, names, scale, problems, optional, bounds, unscaled=volume is not None,
+            flipped=flipped, notes=notes,
+        )  # fmt: skip
+        omega = _omega(model, eta_of, params, problems, seen, flipped)
         error = _error(model, problems, volume)
         method, approx, note = _method(model, problems)
+        note = "; ".join(n for n in (note, *notes) if n)
     except ControlStreamError:
         raise
     except Exception as exc:  # noqa: BLE001 - sympy/pharmpy on constructs cohort cannot map
@@ -239,10 +246,16 @@ def _parameters(
     optional: dict,
     bounds: dict,
     unscaled: bool = False,
+    flipped: set | None = None,
+    notes: list | None = None,
 ):
     """One :class:`Param` per structural parameter (and per ``optional`` one $PK defines: a
     number is held fixed), the ETA name each uses, and every ETA their expressions hold (so
-    that the ETAs of a parameter refused here are not also reported as unused)."""
+    that the ETAs of a parameter refused here are not also reported as unused). A parameter
+    written as a reciprocal (``KA = 1/MAT``) is added to ``flipped`` (its ETA is the
+    negative of the control stream's) with a sentence in ``notes``."""
+    flipped = set() if flipped is None else flipped
+    notes = [] if notes is None else notes
     import sympy
 
     statements = model.statements.before_odes
@@ -281,7 +294,26 @@ def _parameters(
             params.append(Param(name, init=max(float(expr), 1e-12), iiv=False, fixed=True))
             continue
         found: dict = {}
+        inverse = nm_name in names and _reciprocal(expr, thetas)
+        if inverse:  # e.g. KA = 1/MAT, MAT = THETA(3)*EXP(ETA(3)): fitted as KA
+            expr = 1 / expr
         param, eta = _lognormal(name, expr, thetas, eta_names, columns, problems, found, labels)
+        if inverse:
+            if param is not None and any(c.kind == "binary" for c in param.covariates):
+                problems.append(
+                    f"{nm_name}: an IF covariate on a parameter written as a reciprocal "
+                    f"({nm_name} = {statements.find_assignment(symbol).expression}); write "
+                    f"{nm_name} itself with the IF"
+                )
+                continue
+            param, found = _inverted(param, found)
+            flipped.add(name)
+            own = statements.find_assignment(symbol).expression
+            typical = _shown(expr.subs(_etas(expr, eta_names)), labels)
+            notes.append(
+                f"{nm_name} = {own} is fitted as {name} = 1/({typical}) x exp(ETA) with ETA the "
+                f"negative of the control stream's (covariate exponents change sign)"
+            )
         bounds.update({k: (labels.get(t, t), lo, hi) for k, (t, lo, hi) in found.items()})
         if param is not None:
             params.append(param)
@@ -408,6 +440,49 @@ def _lognormal(name, expr, thetas, eta_names, columns, problems, bounds, labels=
     return param, eta
 
 
+def _reciprocal(expr, thetas) -> bool:
+    """Whether ``expr`` is a reciprocal of NONMEM's log-normal form (``KA = 1/MAT`` with
+    ``MAT = THETA(3)*EXP(ETA(3))``, or ``LOG(2)/THALF``): a THETA's log enters its log with a
+    minus sign. ``1/X`` is log-normal when ``X`` is, so it is fitted as cohort's parameter
+    with the reciprocal typical value, the opposite ETA and covariate exponents of the
+    opposite sign (:func:`_inverted`)."""
+    import sympy
+
+    log_expr = sympy.expand(sympy.expand_log(sympy.log(expr), force=True))
+    signs = {
+        sign
+        for term in sympy.Add.make_args(log_expr)
+        for x in term.free_symbols
+        if str(x) in thetas
+        for sign in (1, -1)
+        if sympy.simplify(term - sign * sympy.log(x)) == 0
+    }
+    return signs == {-1}  # (THETA(5)*WT/THETA(2) is neither: refused as written)
+
+
+def _etas(expr, eta_names) -> dict:
+    """``{ETA symbol: 0}`` for the ETAs in ``expr`` (its typical value is ``expr`` at 0)."""
+    return {x: 0 for x in expr.free_symbols if str(x) in eta_names}
+
+
+def _inverted(param: Param | None, found: dict):
+    """The :class:`Param` of ``1/X`` from that of ``X`` (see :func:`_reciprocal`), and the
+    ``$THETA`` bounds ``found`` for ``X`` mapped onto it."""
+    bounds = {}
+    for key, (theta, lo, hi) in found.items():
+        if "~" in key:  # a covariate exponent or coefficient: the opposite sign
+            bounds[key] = (theta, -hi, -lo)
+        else:  # the typical value: 1/hi .. 1/lo
+            bounds[key] = (theta, 1 / hi, 1 / lo if lo > 0 else math.inf)
+    if param is None:
+        return None, bounds
+    covariates = tuple(
+        dataclasses.replace(c, init=-c.init, fixed=-c.fixed if c.fixed is not None else None)
+        for c in param.covariates
+    )
+    return dataclasses.replace(param, init=1 / param.init, covariates=covariates), bounds
+
+
 def _occasion_column(pw, columns) -> str | None:
     """The data item a ``Piecewise`` switches on (``IF(VISI.EQ.3)``), or None."""
     import sympy
@@ -474,10 +549,14 @@ def _check_trans1(model, advan: int, problems: list[str]) -> None:
         problems.append(f"ADVAN{advan} TRANS1 with K = {k} (supported: K = CL/V)")
 
 
-def _omega(model, eta_of, params, problems, seen: set[str] = frozenset()) -> dict:
+def _omega(
+    model, eta_of, params, problems, seen: set[str] = frozenset(), flipped=frozenset()
+) -> dict:
     """Ω structure string, initial SDs (log scale) per parameter, the parameters whose SD is
     FIXed, and the initial correlations within each BLOCK (from its covariances). ETAs in
-    ``seen`` (used by a parameter already refused) are not reported again as unused."""
+    ``seen`` (used by a parameter already refused) are not reported again as unused. The
+    parameters in ``flipped`` (reciprocals: their ETA is the control stream's negated) take
+    the opposite correlation with the others."""
     values = {p.name: p for p in model.parameters}
     by_eta = {eta: name for name, eta in eta_of.items()}
     sd, blocks, fixed, corr, zero = {}, [], set(), {}, set()
@@ -521,6 +600,8 @@ def _omega(model, eta_of, params, problems, seen: set[str] = frozenset()) -> dic
                 if i != j:
                     cov = float(pars[(i, j)].init)
                     r = cov / math.sqrt(float(pars[(i, i)].init) * float(pars[(j, j)].init))
+                    if (by_eta[names[i]] in flipped) != (by_eta[names[j]] in flipped):
+                        r = -r
                     if r:
                         corr[f"{by_eta[names[j]]}+{by_eta[names[i]]}"] = r
     structure = ";".join(blocks) if blocks else "diagonal"
