@@ -205,6 +205,11 @@ def test_nonmem_pheno_control_stream_reproduces_nonmem(tmp_path):
     assert est["sigma_prop"] ** 2 == pytest.approx(ref["sigma2"], rel=0.03)
     assert se["CL"] == pytest.approx(0.000210, rel=0.1)  # NONMEM's $COV (sandwich) SEs
     assert se["V~APGR"] == pytest.approx(0.0838, rel=0.1)
+    # NONMEM's $SIGMA is the variance, saved beside the SD with its delta-method SE (NONMEM:
+    # 0.0132410, SE 0.00228)
+    assert est["sigma2_prop"] == pytest.approx(est["sigma_prop"] ** 2, rel=1e-12)
+    assert se["sigma2_prop"] == pytest.approx(2 * est["sigma_prop"] * se["sigma_prop"], rel=1e-4)
+    assert se["sigma2_prop"] == pytest.approx(0.00228, rel=0.15)
 
 
 @pytest.mark.parametrize(

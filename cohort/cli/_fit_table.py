@@ -36,7 +36,9 @@ def estimates_table(s: pd.DataFrame, title: str, method: str) -> Table:
                 _shown(row["rse_percent"], ".1f"),
                 str(row["units"]),
             )
-            if name.startswith("sigma_"):  # NONMEM's $SIGMA is a variance: shown beside the SD
+            if name.startswith("sigma_") and "sigma2_" + name[6:] not in s.index:
+                # NONMEM's $SIGMA is a variance, shown beside the SD: saved with the estimates
+                # since 2026-12-07, derived here for fits saved before
                 est, se = float(row["estimate"]), float(row["se"])
                 table.add_row(
                     "sigma2_" + name[6:],

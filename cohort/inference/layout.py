@@ -132,7 +132,9 @@ class Layout:
             for i, j in sorted(self.corr_pairs + self.corr_held):
                 out[f"corr_{self.eta_names[j]}_{self.eta_names[i]}"] = corr[..., i, j]
         for i in self.sigma_free:
-            out[("sigma_add", "sigma_prop")[i]] = pop.sigma[..., i]
+            kind = ("add", "prop")[i]
+            out[f"sigma_{kind}"] = pop.sigma[..., i]
+            out[f"sigma2_{kind}"] = pop.sigma[..., i] ** 2  # NONMEM's $SIGMA is a variance
         return out
 
     def report_names(self) -> list[str]:
@@ -146,7 +148,8 @@ class Layout:
             names += [f"omega_{name}", f"omega2_{name}"]
         pairs = sorted(self.corr_pairs + self.corr_held)
         names += [f"corr_{self.eta_names[j]}_{self.eta_names[i]}" for i, j in pairs]
-        names += [("sigma_add", "sigma_prop")[i] for i in self.sigma_free]
+        for i in self.sigma_free:
+            names += [f"sigma_{('add', 'prop')[i]}", f"sigma2_{('add', 'prop')[i]}"]
         return names
 
     def units(self, typical: bool = False) -> dict:
@@ -165,8 +168,13 @@ class Layout:
             out[f"omega_{name}"] = "1 (SD of log parameter)"
             out[f"omega2_{name}"] = "1 (variance of log parameter)"
         dv_units = output_units(spec)
-        out["sigma_add"] = "1 (SD of log DV)" if spec.error.kind == "log-additive" else dv_units
+        log_dv = spec.error.kind == "log-additive"
+        out["sigma_add"] = "1 (SD of log DV)" if log_dv else dv_units
+        out["sigma2_add"] = (
+            "1 (variance of log DV)" if log_dv else f"({dv_units})²" if dv_units else "1"
+        )
         out["sigma_prop"] = "1 (fraction of prediction)"
+        out["sigma2_prop"] = "1 (variance of the fraction)"
         return out
 
     def fixed_names(self) -> set:
