@@ -9,7 +9,7 @@ from scipy import stats
 
 from cohort.errors import CohortWarning
 from cohort.population import SpecError, generate, load_spec, match
-from cohort.population.generate import PopulationError
+from cohort.population.generate import PopulationError, open_population
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -234,6 +234,32 @@ def test_an_effect_that_goes_nonpositive_is_said(tmp_path):
             "covariates.HT.probabilities",
             "must run from 0 to 1",
         ),  # fmt: skip
+        # numpy took an extra argument as its output array: minimum(KA, 100, CL) wrote over
+        # CL, silently (a probe); too few was a traceback that left a store behind
+        (
+            (
+                "coefficient = 1.0 }]",
+                "coefficient = 1.0 }]\n"
+                '[[filters]]\nexpression = "minimum(CL, 100.0, V)"\nupper = 50',
+            ),
+            "filters[0]",
+            "minimum() takes 2 arguments, got 3",
+        ),  # fmt: skip
+        (
+            (
+                "coefficient = 1.0 }]",
+                'coefficient = 1.0 }]\n[[filters]]\nexpression = "sqrt() + CL"\nupper = 50',
+            ),
+            "filters[0]",
+            "sqrt() takes 1 argument, got 0",
+        ),  # fmt: skip
+        # keys only some distributions read were accepted and ignored on the others
+        (("cv = 0.3", "cv = 0.3\nscale = 70.0"), "covariates.AGE", "unknown key(s) ['scale']"),
+        (
+            ("matrix = [[1.0, 0.6, 0.2]", "matrix = [[1.0, nan, 0.2]"),
+            "correlation.matrix",
+            "finite numbers",
+        ),  # fmt: skip
         # a percent CV typed as a variance drew CL from 1e-20 to 1e21 (a new user's session)
         (
             ("omega = [[0.09, 0.03], [0.03, 0.04]]", "omega = [[900.0, 0.0], [0.0, 0.04]]"),
@@ -422,7 +448,7 @@ def test_a_population_nobody_passes_says_what_rejects_it(tmp_path):
     from cohort.population.generate import PopulationError
 
     text = SPEC + '[[filters]]\nexpression = "CL / V"\nupper = 0.01\n'
-    with pytest.raises(PopulationError, match=r"rejected by filter 'CL / V': 100\.0% of draws"):
+    with pytest.raises(PopulationError, match=r"rejected by filter 'CL / V': 100% of draws"):
         generate(_written(tmp_path / "f.toml", text), 10, seed=1, max_candidates=500)
     text = SPEC.replace(
         '{ type = "categorical", covariate = "SEX", factors = { M = 1.2 } },',
@@ -478,12 +504,46 @@ def test_a_population_the_spec_cannot_give_leaves_no_store(tmp_path):
     p = tmp_path / "tight.toml"
     p.write_text(SPEC + '[[filters]]\nname = "none"\nexpression = "CL"\nlower = 1e6\n')
     out = tmp_path / "pop.zarr"
-    with pytest.raises(PopulationError, match="only 0 of the 50 patients"):
+    with pytest.raises(PopulationError, match="0 of the first 10,000 candidate draws passed"):
         generate(p, 50, seed=1, out=out)
     assert not out.exists()
     with pytest.raises(PopulationError, match=r"seed: an integer from 0 to 2\*\*63 - 1"):
         generate(p, 50, seed=2**64 - 1, out=out)
     assert not out.exists()
+    # refused before the output is touched: an --overwrite keeps the good store it would have
+    # replaced, and the user's empty folder stays (both were removed for a run that gave
+    # nothing: a probe)
+    good = generate(_written(tmp_path / "ok.toml", SPEC), 20, seed=1, out=out)
+    before = good["CL"].values.copy()
+    with pytest.raises(PopulationError, match="relax"):
+        generate(p, 50, seed=1, out=out, overwrite=True)
+    np.testing.assert_array_equal(open_population(out)["CL"].values, before)
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    with pytest.raises(PopulationError, match="relax"):
+        generate(p, 50, seed=1, out=folder)
+    assert folder.is_dir() and not any(folder.iterdir())
+    # a spec that passes its first draws but not enough of them is refused up front too
+    rare = SPEC + '[[filters]]\nname = "rare"\nexpression = "CL"\nlower = 4.5\n'
+    with pytest.raises(PopulationError, match=r"need about .* draws, more than the 1,000 allowed"):
+        generate(_written(tmp_path / "rare.toml", rare), 500, seed=1, out=folder,
+                 max_candidates=1000)  # fmt: skip
+    assert folder.is_dir() and not any(folder.iterdir())
+
+
+def test_populations_are_the_same_with_jax_x64_switched_off(spec_path):
+    """JAX's x64 off (cohort turns it on at import): the 64-bit draws came back 32-bit and
+    every weight sat at its lower bound, with only a JAX warning (a probe)."""
+    import jax
+
+    ref = generate(spec_path, 200, seed=5)
+    jax.config.update("jax_enable_x64", False)
+    try:
+        got = generate(spec_path, 200, seed=5)
+    finally:
+        jax.config.update("jax_enable_x64", True)
+    for name in ref.data_vars:
+        np.testing.assert_array_equal(got[name].values, ref[name].values, name)
 
 
 def test_a_shipped_prior_is_found_by_name_anywhere(tmp_path, monkeypatch):

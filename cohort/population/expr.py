@@ -39,6 +39,9 @@ _FUNCS = {
     "minimum": np.minimum,
     "maximum": np.maximum,
 }
+# Arguments each function takes: numpy's ufuncs take one more positional argument as their
+# output array, so minimum(CRCL, 150, WT) wrote CRCL's capped values over WT (a probe).
+_ARITY = {"minimum": 2, "maximum": 2}
 
 
 class ExpressionError(CohortError, ValueError):
@@ -87,6 +90,12 @@ def _parse(expr: str) -> ast.Expression:
             if not isinstance(node.func, ast.Name) or node.func.id not in _FUNCS or node.keywords:
                 raise ExpressionError(
                     f"expression {expr!r}: only the functions {sorted(_FUNCS)} may be called"
+                )
+            want = _ARITY.get(node.func.id, 1)
+            if len(node.args) != want or any(isinstance(a, ast.Starred) for a in node.args):
+                raise ExpressionError(
+                    f"expression {expr!r}: {node.func.id}() takes {want} argument"
+                    f"{'s' if want > 1 else ''}, got {len(node.args)}"
                 )
     return tree
 

@@ -28,7 +28,13 @@ from cohort.population.expr import evaluate
 from cohort.population.marginals import category_values
 from cohort.population.spec import PopulationSpec, load_spec
 from cohort.store.lock import locks_output
-from cohort.store.safety import NODES, check_store_name, prepare_output, remove_own
+from cohort.store.safety import (
+    NODES,
+    check_store_name,
+    is_empty_directory,
+    prepare_output,
+    remove_own,
+)
 from cohort.store.zarr_store import (
     add_done_flags,
     add_patient_axis,
@@ -54,8 +60,11 @@ def _uniforms(seed: int, start: int, count: int, k: int) -> np.ndarray:
     """Uniforms in (0, 1), shape [count, k], for candidates start..start+count-1."""
     if k == 0:
         return np.zeros((count, 0))
-    key = jax.random.PRNGKey(seed)
-    bits = np.asarray(_bits(key, jnp.arange(start, start + count, dtype=jnp.uint32), k))
+    # 64-bit draws whatever the caller did to JAX's x64 switch (cohort turns it on at import;
+    # turned off, the uint64 bits came back as uint32 and every uniform was ~1e-10: a probe)
+    with jax.enable_x64(True):
+        key = jax.random.PRNGKey(seed)
+        bits = np.asarray(_bits(key, jnp.arange(start, start + count, dtype=jnp.uint32), k))
     return ((bits >> np.uint64(11)).astype(np.float64) + 0.5) * 2.0**-53
 
 
@@ -178,7 +187,7 @@ def _rejections(spec: PopulationSpec, values: dict[str, np.ndarray]) -> str:
         return ""
     # the shares are of the candidates looked at (the first 10,000), not of all draws
     of = "of draws" if n < 10_000 else f"of the first {n:,} draws"
-    return "rejected by " + ", ".join(f"{k}: {v / n:.1%} {of}" for k, v in top)
+    return "rejected by " + ", ".join(f"{k}: {100 * v / n:.3g}% {of}" for k, v in top)
 
 
 def _warn_nonpositive_effects(spec: PopulationSpec, values: dict[str, np.ndarray]) -> None:
@@ -277,8 +286,13 @@ def generate(
     n_chunks = math.ceil(n / chunk_size)
     group = None
     done = np.zeros(n_chunks, bool)
+    # A spec that cannot give n patients fails here, before the output path is touched (an
+    # --overwrite of a good store, or the user's empty folder, was removed for a run that then
+    # gave nothing: a probe).
+    _feasible(spec, n, seed, max_candidates)
     if out is not None:
         fresh = not (resume and Path(out).exists())
+        was_empty_folder = is_empty_directory(Path(out))
         group, done = _open_store(
             Path(out), spec, n, seed, chunk_size, names, var_attrs, resume, overwrite
         )
@@ -292,7 +306,27 @@ def generate(
         if out is not None and fresh:
             with contextlib.suppress(OutputError):  # a file a user put there meanwhile: kept
                 remove_own(Path(out), "population store")
+                if was_empty_folder:  # the user's folder, written into: left as it was
+                    Path(out).mkdir()
         raise
+
+
+def _feasible(spec: PopulationSpec, n: int, seed: int, max_candidates: int) -> None:
+    """Refuse (as :func:`_fill` would after all its draws) a spec whose first candidates'
+    acceptance cannot give ``n`` patients within ``max_candidates`` draws: none accepted, or
+    fewer than half of ``n`` expected."""
+    count = min(max_candidates, 10_000)
+    values, ok = draw_candidates(spec, seed, 0, count)
+    accepted = int(ok.sum())
+    if accepted and accepted / count * max_candidates >= n / 2:
+        return
+    raise PopulationError(
+        f"{spec.path}: {accepted} of the first {count:,} candidate draws passed the bounds "
+        f"and filters (acceptance {accepted / count:.2%}; {_rejections(spec, values)}): "
+        f"{n} patients need about {n * count / max(accepted, 1):,.0f} draws, more than the "
+        f"{max_candidates:,} allowed; relax [[filters]] or parameter bounds, or allow more "
+        "draws (--max-candidates; Python: max_candidates=...)"
+    )
 
 
 def _fill(spec, n, seed, chunk_size, names, var_attrs, max_candidates, group, done, out,

@@ -38,16 +38,9 @@ DISTRIBUTIONS = {
     "constant": ("value",),
 }
 MAX_LOG_SD = 3.0  # above this an [iiv] SD is a percentage typed as a log-scale SD
-_COV_OPTIONAL = {
-    "units",
-    "citation",
-    "description",
-    "lower",
-    "upper",
-    "probabilities",
-    "scale",
-    "loc",
-}
+_COV_OPTIONAL = {"units", "citation", "description", "lower", "upper"}
+# keys only some distributions read (a scipy-style ``scale`` on a lognormal was ignored)
+_COV_EXTRA = {"beta": {"loc", "scale"}, "empirical": {"probabilities"}}
 EFFECTS = {
     "power": ("covariate", "reference", "coefficient"),
     "linear": ("covariate", "reference", "coefficient"),
@@ -191,7 +184,9 @@ def _covariate(path, name, t) -> Covariate:
     dist = t.get("distribution")
     if dist is None:
         stray = sorted(
-            set(t) - {"distribution", *_COV_OPTIONAL} - set().union(*DISTRIBUTIONS.values())
+            set(t)
+            - {"distribution", *_COV_OPTIONAL, *set().union(*_COV_EXTRA.values())}
+            - set().union(*DISTRIBUTIONS.values())
         )
         hint = f" (unknown key(s) {stray}: a misspelling?)" if stray else ""
         raise _err(
@@ -206,7 +201,9 @@ def _covariate(path, name, t) -> Covariate:
             f"unknown distribution {dist!r}; choose from {sorted(DISTRIBUTIONS)}",
         )
     required = DISTRIBUTIONS[dist]
-    _check_keys(path, key, t, {"distribution", *required} | _COV_OPTIONAL)
+    _check_keys(
+        path, key, t, {"distribution", *required} | _COV_OPTIONAL | _COV_EXTRA.get(dist, set())
+    )
     for r in required:
         if r not in t and not (dist == "empirical" and r == "probabilities"):
             raise _err(path, key, f"distribution {dist!r} needs key {r!r}")
@@ -390,6 +387,8 @@ def _matrix(path, key, m, size, what) -> np.ndarray:
         raise _err(path, key, f"{what} must be a numeric square matrix") from None
     if a.shape != (size, size):
         raise _err(path, key, f"{what} must be {size}x{size}, got shape {a.shape}")
+    if not np.isfinite(a).all():
+        raise _err(path, key, f"{what} must hold finite numbers (got nan or inf)")
     if not np.allclose(a, a.T):
         raise _err(path, key, f"{what} must be symmetric")
     if np.min(np.linalg.eigvalsh(a)) <= 0:
