@@ -185,6 +185,25 @@ def _raw():
         ),
         (lambda r: r["population"].update(inclusion=["WT.__class__"]), "[population.inclusion[0]]"),
         (lambda r: r["arms"][1]["regimens"][0].update(amt="x"), "[arms[1].regimens[0].amt]"),
+        # nan passed every bound and failed inside the engine, naming neither (a probe)
+        (
+            lambda r: r["arms"][1]["regimens"][0].update(amt=float("nan")),
+            "[arms[1].regimens[0].amt] must be a finite number",
+        ),
+        # an endpoint named like a stored column replaced it or was replaced: "WT" tested body
+        # weight as Cmax, "arm" overwrote the allocation; "../x" crashed after the simulation
+        (
+            lambda r: r["endpoints"][1].update(name="WT"),
+            "[endpoints[1].name] 'WT' is a covariate or parameter of the prior",
+        ),
+        (
+            lambda r: r["endpoints"][1].update(name="arm"),
+            "[endpoints[1].name] 'arm' is a column every trial stores",
+        ),
+        (
+            lambda r: r["endpoints"][1].update(name="../../x"),
+            "[endpoints[1].name] '../../x': use letters, digits and _",
+        ),
         (lambda r: r["trial"].update(model="nope"), "[trial.model]"),
         (lambda r: r["pta"][0].update(target="auc2 > 1"), "[pta[0].target]"),
         # found by a new user's session: each ran before, with a wrong or silent result

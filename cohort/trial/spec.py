@@ -9,6 +9,8 @@ with the safe evaluator of :mod:`cohort.population.expr`.
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +56,8 @@ class _Reader:
     def num(self, key: str, v: Any, lo: float | None = None, hi: float | None = None) -> float:
         if isinstance(v, bool) or not isinstance(v, (int, float)):
             raise self.err(key, f"must be a number, got {v!r}")
+        if not math.isfinite(v):  # TOML's nan and inf passed every bound check (a probe)
+            raise self.err(key, f"must be a finite number, got {v!r}")
         if lo is not None and v < lo or hi is not None and v > hi:
             bound = f">= {lo:g}" if hi is None else f"<= {hi:g}" if lo is None else None
             raise self.err(key, f"must be {bound or f'in [{lo:g}, {hi:g}]'}, got {v!r}")
@@ -183,7 +187,7 @@ def _parse(raw: dict, path: str, base: Path | None, digest: str) -> TrialSpec:
         raise r.err("sampling.times", "give strictly increasing observation times")
     assays = tuple(_assay(r, i, a) for i, a in enumerate(sa.get("assay", [])))
     do = r.keys("dropout", raw.get("dropout", {}), {"hazard", "estimand"})
-    endpoints = _endpoints(r, raw.get("endpoints"))
+    endpoints = _endpoints(r, raw.get("endpoints"), population)
     ep_names = {e.name for e in endpoints}
     _check_windows(r, endpoints, times)
     _check_grid_times(r, endpoints, times, r.num("trial.grid_step", t.get("grid_step", 0.5), 1e-6))
@@ -422,15 +426,38 @@ _EP_USES = {  # the keys each endpoint type reads (cohort/trial/endpoints.py)
 }
 
 
-def _endpoints(r: _Reader, eps: Any) -> tuple[Endpoint, ...]:
+# per-patient variables a trial stores beside its endpoints
+_TRIAL_COLUMNS = (
+    "patient", "replicate", "enrol_index", "arm", "stratum", "dropout_time", "sim_row",
+)  # fmt: skip
+_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
+
+
+def _endpoints(r: _Reader, eps: Any, population=()) -> tuple[Endpoint, ...]:
+    """The ``[[endpoints]]``; their names become per-patient variables of the trial store
+    beside the trial's own columns and the prior's ``population`` names, so a name must be
+    a plain identifier none of those take (an endpoint "WT" was replaced by body weight and
+    tested as Cmax; "../x" failed after the whole simulation: a probe)."""
     if not isinstance(eps, list) or not eps:
         raise r.err("endpoints", "give at least one [[endpoints]] table")
     out: list[Endpoint] = []
+    taken = {**{c: "a column every trial stores" for c in _TRIAL_COLUMNS},
+             **{c: "a covariate or parameter of the prior" for c in population}}  # fmt: skip
     for i, e in enumerate(eps):
         key = f"endpoints[{i}]"
         r.keys(key, e, _EP_KEYS)
         if not e.get("name"):
             raise r.err(f"{key}.name", "missing")
+        name = str(e["name"])
+        if not _NAME.fullmatch(name):
+            raise r.err(
+                f"{key}.name", f"{name!r}: use letters, digits and _ (starting with a letter)"
+            )
+        made = [name, f"{name}_event"] if e.get("type") == "tte" else [name]
+        clash = next((m for m in made if m in taken), None)
+        if clash is not None:
+            raise r.err(f"{key}.name", f"{clash!r} is {taken[clash]}; name the endpoint otherwise")
+        taken.update({m: "another endpoint's variable" for m in made})
         kind = r.choice(f"{key}.type", e.get("type"), ENDPOINT_TYPES)
         unused = sorted(set(e) - {"name", "type"} - _EP_USES[kind])
         if unused:  # a cmax with `time = 12` was the whole window's maximum (a probe)
