@@ -458,9 +458,30 @@ def test_a_rate_written_as_a_reciprocal_is_the_same_model(tmp_path):
     (tmp_path / "r.mod").write_text(recip.format(cov=-0.01))
     d, r = read_control_stream(tmp_path / "d.mod"), read_control_stream(tmp_path / "r.mod")
     assert r.spec == d.spec, (r.spec, d.spec)
-    assert r.bounds["KA"] == d.bounds["KA"] == ("THETA(3)", 0.2, 5.0)
-    assert r.bounds["KA~WT"] == d.bounds["KA~WT"] == ("THETA(5)", -3.0, 2.0)
-    assert "KA = 1/MAT is fitted as KA" in r.note and "KA" not in d.note
+    assert "KA = 1/MAT is fitted as KA, log-normal with the reciprocal" in r.note
+    assert "KA" not in d.note
+    # EXP(ETA)/THETA: the reciprocal of a THETA with the ETA as written (not negated)
+    (tmp_path / "e.mod").write_text(
+        base.replace("KA = THETA(3)*EXP(ETA(3))", "KA = EXP(ETA(3))*(WT/70)**THETA(5)/THETA(3)")
+        .replace("$THETA (0, 1)        ; KA", "$THETA (0.2, 0.8, 5) ; MAT")
+        .replace(cl_wt, cl_wt + "\n$THETA (-3, -0.5, 2) ; KA_WT")
+        .format(cov=0.01)
+    )  # fmt: skip
+    assert read_control_stream(tmp_path / "e.mod").spec == d.spec
+    # $THETA bounds are checked on the THETA's own scale and said in its terms (a KA was
+    # reported against MAT's bound "above its upper bound", the THETA being below its lower)
+    assert d.bounds["KA"] == ("THETA(3)", 0.2, 5.0) and d.bounds["KA~WT"] == ("THETA(5)", -3, 2)
+    assert r.bounds["KA"] == ("THETA(3)", 0.2, 5.0) and r.bounds["KA~WT"] == ("THETA(5)", -2, 3)
+    assert set(r.inverted) == {"KA", "KA~WT"} and not d.inverted
+    assert r.outside_bounds({"KA": 1.25, "KA~WT": -0.5}) == []
+    assert sorted(r.outside_bounds({"KA": 0.1, "KA~WT": 2.5})) == [
+        "THETA(3) in $THETA = 10 (from KA = 0.1) is above its upper bound 5",
+        "THETA(5) in $THETA = -2.5 (from KA~WT = 2.5) is below its lower bound -2",
+    ]
+    assert sorted(d.outside_bounds({"KA": 0.1, "KA~WT": 2.5})) == [
+        "KA = 0.1 (THETA(3) in $THETA) is below its lower bound 0.2",
+        "KA~WT = 2.5 (THETA(5) in $THETA) is above its upper bound 2",
+    ]
 
 
 def test_a_reciprocal_rate_fits_through_the_cli(tmp_path):

@@ -55,8 +55,10 @@ def estimates_table(s: pd.DataFrame, title: str, method: str) -> Table:
     table.add_column("parameter", no_wrap=True)  # names whole (they were cut to "omega_…")
     # the interval is arviz's 90 % highest-density interval, not the 5th/95th percentiles
     diagnostics = ("R-hat", "ESS bulk") if mcmc else ()
-    for col in ("mean", "sd", "90 % HDI low", "90 % HDI high", *diagnostics):
+    for col in ("mean", "sd", "90 % HDI low", "90 % HDI high"):
         table.add_column(col, justify="right")
+    for col in diagnostics:  # whole headers: the units column wraps first on a narrow terminal
+        table.add_column(col, justify="right", no_wrap=True)
     table.add_column("units")
     for name, row in s.iterrows():
         if name.startswith("log_"):

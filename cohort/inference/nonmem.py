@@ -81,16 +81,33 @@ class ControlStream:
     # estimate name -> (THETA name, lower, upper) on the estimate's own scale, for $THETA
     # bounds that are finite: cohort estimates without them and checks them afterwards
     bounds: dict[str, tuple[str, float, float]] = dataclasses.field(default_factory=dict)
+    # estimates whose THETA enters inverted (KA = 1/MAT): name -> ("reciprocal", c) where the
+    # THETA is c/estimate, ("log-reciprocal", c) where it is log(c/estimate), or ("opposite",
+    # 1) where it is -estimate (a covariate exponent); their bounds above are the THETA's own
+    inverted: dict[str, tuple[str, float]] = dataclasses.field(default_factory=dict)
 
     def outside_bounds(self, estimates: dict[str, float]) -> list[str]:
-        """Estimates outside their ``$THETA`` bounds, each as a sentence."""
+        """Estimates outside their ``$THETA`` bounds, each as a sentence (in the THETA's own
+        terms where the estimate is its reciprocal or opposite)."""
         out = []
         for name, (theta, lo, hi) in self.bounds.items():
             v = estimates.get(name)
-            if v is None or lo <= v <= hi:
+            if v is None:
+                continue
+            shown = f"{name} = {v:.6g} ({theta} in $THETA)"
+            if name in self.inverted:
+                how, c = self.inverted[name]
+                if how == "opposite":
+                    v_theta = -v
+                elif v > 0:
+                    v_theta = c / v if how == "reciprocal" else math.log(c / v)
+                else:  # (a log-normal estimate is > 0)
+                    v_theta = math.nan
+                shown, v = f"{theta} in $THETA = {v_theta:.6g} (from {name} = {v:.6g})", v_theta
+            if lo <= v <= hi:
                 continue
             side = f"below its lower bound {lo:g}" if v < lo else f"above its upper bound {hi:g}"
-            out.append(f"{name} = {v:.6g} ({theta} in $THETA) is {side}")
+            out.append(f"{shown} is {side}")
         return out
 
 
@@ -146,11 +163,12 @@ def read_control_stream(path: str | Path) -> ControlStream:
         optional = _DEPOT if model_name.endswith("_oral") else {}
         bounds: dict[str, tuple[str, float, float]] = {}
         volume = _unscaled_volume(model, names, scale)
-        flipped: set[str] = set()  # parameters written as reciprocals (KA = 1/MAT)
+        flipped: set[str] = set()  # parameters with the ETA negated (KA = 1/MAT)
         notes: list[str] = []
+        inverted: dict = {}  # estimates whose THETA enters inverted (KA = 1/MAT)
         params, eta_of, seen = _parameters(
             model, names, scale, problems, optional, bounds, unscaled=volume is not None,
-            flipped=flipped, notes=notes,
+            flipped=flipped, notes=notes, inverted=inverted,
         )  # fmt: skip
         omega = _omega(model, eta_of, params, problems, seen, flipped)
         error = _error(model, problems, volume)
@@ -195,7 +213,9 @@ def read_control_stream(path: str | Path) -> ControlStream:
     spec = NLME(
         model_name, params=params, error=error, omega=omega["structure"], omega_corr=omega["corr"]
     )
-    return ControlStream(spec, data, method, approx, path, _standard_errors(code), note, bounds)
+    return ControlStream(
+        spec, data, method, approx, path, _standard_errors(code), note, bounds, inverted,
+    )  # fmt: skip
 
 
 def _standard_errors(code: str) -> str:
@@ -248,14 +268,17 @@ def _parameters(
     unscaled: bool = False,
     flipped: set | None = None,
     notes: list | None = None,
+    inverted: dict | None = None,
 ):
     """One :class:`Param` per structural parameter (and per ``optional`` one $PK defines: a
     number is held fixed), the ETA name each uses, and every ETA their expressions hold (so
     that the ETAs of a parameter refused here are not also reported as unused). A parameter
-    written as a reciprocal (``KA = 1/MAT``) is added to ``flipped`` (its ETA is the
-    negative of the control stream's) with a sentence in ``notes``."""
+    written as a reciprocal (``KA = 1/MAT``), or with ``EXP(-ETA)``, is added to ``flipped``
+    (its ETA is the negative of the control stream's); a reciprocal's estimates whose
+    ``$THETA`` bounds were recorded go into ``inverted``, with a sentence in ``notes``."""
     flipped = set() if flipped is None else flipped
     notes = [] if notes is None else notes
+    inverted = {} if inverted is None else inverted
     import sympy
 
     statements = model.statements.before_odes
@@ -294,25 +317,19 @@ def _parameters(
             params.append(Param(name, init=max(float(expr), 1e-12), iiv=False, fixed=True))
             continue
         found: dict = {}
-        inverse = nm_name in names and _reciprocal(expr, thetas)
-        if inverse:  # e.g. KA = 1/MAT, MAT = THETA(3)*EXP(ETA(3)): fitted as KA
-            expr = 1 / expr
-        param, eta = _lognormal(name, expr, thetas, eta_names, columns, problems, found, labels)
-        if inverse:
-            if param is not None and any(c.kind == "binary" for c in param.covariates):
-                problems.append(
-                    f"{nm_name}: an IF covariate on a parameter written as a reciprocal "
-                    f"({nm_name} = {statements.find_assignment(symbol).expression}); write "
-                    f"{nm_name} itself with the IF"
-                )
-                continue
-            param, found = _inverted(param, found)
+        signs: dict = {}  # EXP(-ETA), and the estimates whose THETA enters inverted
+        param, eta = _lognormal(
+            name, expr, thetas, eta_names, columns, problems, found, labels, signs
+        )
+        if signs.get("eta", 1) < 0:  # its ETA is the control stream's negated
             flipped.add(name)
+        back = {k: v for k, v in signs.items() if k != "eta"}
+        inverted.update(back)
+        if name in back:
             own = statements.find_assignment(symbol).expression
-            typical = _shown(expr.subs(_etas(expr, eta_names)), labels)
             notes.append(
-                f"{nm_name} = {own} is fitted as {name} = 1/({typical}) x exp(ETA) with ETA the "
-                f"negative of the control stream's (covariate exponents change sign)"
+                f"{nm_name} = {own} is fitted as {name}, log-normal with the reciprocal of its "
+                f"THETA as typical value{' and the ETA negated' if name in flipped else ''}"
             )
         bounds.update({k: (labels.get(t, t), lo, hi) for k, (t, lo, hi) in found.items()})
         if param is not None:
@@ -336,12 +353,17 @@ def _parameters(
     return params, eta_of, seen
 
 
-def _lognormal(name, expr, thetas, eta_names, columns, problems, bounds, labels=None):
+def _lognormal(name, expr, thetas, eta_names, columns, problems, bounds, labels=None, signs=None):
     """``expr`` as a cohort log-normal parameter: typical THETA x covariate effects x
-    exp(ETA). Returns ``(Param or None, eta name or None)``; finite ``$THETA`` bounds go
-    into ``bounds`` (see :attr:`ControlStream.bounds`)."""
+    exp(ETA), each possibly of the opposite sign in the log (``KA = 1/MAT`` with ``MAT =
+    THETA(3)*EXP(ETA(3))`` is KA = (1/THETA(3))·exp(−ETA(3)): log-normal too). Returns
+    ``(Param or None, eta name or None)``; finite ``$THETA`` bounds go into ``bounds`` (see
+    :attr:`ControlStream.bounds`); ``signs`` receives ``"eta": -1`` for an ETA entering as
+    EXP(-ETA) and, per estimate whose THETA enters inverted, how to get that THETA back
+    (see :attr:`ControlStream.inverted`)."""
     import sympy
 
+    signs = {} if signs is None else signs
     covariates: list[Covariate] = []
     piecewise = list(expr.atoms(sympy.Piecewise))
     for pw in piecewise:
@@ -367,22 +389,33 @@ def _lognormal(name, expr, thetas, eta_names, columns, problems, bounds, labels=
     typical, eta, constant = None, None, 0.0
     effects: dict[str, dict] = {}  # covariate column -> kind, coefficient THETA or fixed value
     offsets: dict[str, float] = {}  # THETA -> the number it multiplies alone (its reference)
+
+    def signed(term, atom) -> int:
+        """+1 or -1 where ``term`` is ``atom`` or ``-atom``, else 0."""
+        return 1 if term == atom else -1 if term == -atom else 0
+
     for term in sympy.Add.make_args(log_expr):
         free = {str(x) for x in term.free_symbols}
         theta_syms = [x for x in free if x in thetas]
         eta_syms = [x for x in free if x in eta_names]
         cols = [x for x in free if x in columns]
+        one_theta = free == set(theta_syms) and len(free) == 1
         if not free:
             constant += float(term)
-        elif term.func == sympy.log and free == set(theta_syms) and len(free) == 1:
-            typical = ("natural", theta_syms[0])
-        elif free == set(theta_syms) and len(free) == 1 and term == sympy.Symbol(theta_syms[0]):
-            typical = ("log", theta_syms[0])
-        elif free == set(eta_syms) and len(free) == 1 and term == sympy.Symbol(eta_syms[0]):
+        elif one_theta and signed(term, sympy.log(sympy.Symbol(theta_syms[0]))):
+            typical = (
+                "natural",
+                theta_syms[0],
+                signed(term, sympy.log(sympy.Symbol(theta_syms[0]))),
+            )
+        elif one_theta and signed(term, sympy.Symbol(theta_syms[0])):
+            typical = ("log", theta_syms[0], signed(term, sympy.Symbol(theta_syms[0])))
+        elif free == set(eta_syms) and len(free) == 1 and signed(term, sympy.Symbol(eta_syms[0])):
             if eta is not None:
                 problems.append(f"{name}: more than one ETA ({eta}, {eta_syms[0]})")
             eta = eta_syms[0]
-        elif free == set(theta_syms) and len(free) == 1:
+            signs["eta"] = signed(term, sympy.Symbol(eta))
+        elif one_theta:
             coef = sympy.simplify(term / sympy.Symbol(theta_syms[0]))
             if coef.is_number:  # -THETA*log(ref) (power) or -THETA*ref (exp)
                 offsets[theta_syms[0]] = offsets.get(theta_syms[0], 0.0) + float(coef)
@@ -400,9 +433,11 @@ def _lognormal(name, expr, thetas, eta_names, columns, problems, bounds, labels=
             col = sympy.Symbol(cols[0])
             power = sympy.simplify(term / sympy.log(col))
             linear = sympy.simplify(term / col)
-            if not power.has(col) and (power.is_number or str(power) in thetas):
+            if not power.has(col) and (
+                power.is_number or str(-power) in thetas or str(power) in thetas
+            ):
                 effects[cols[0]] = {"kind": "power", "coef": power}
-            elif not linear.has(col) and str(linear) in thetas:
+            elif not linear.has(col) and (str(linear) in thetas or str(-linear) in thetas):
                 effects[cols[0]] = {"kind": "exp", "coef": linear}
             else:
                 problems.append(f"{name}: covariate term {term}")
@@ -419,68 +454,53 @@ def _lognormal(name, expr, thetas, eta_names, columns, problems, bounds, labels=
             constant -= share * fixed
             covariates.append(Covariate(col, "power", ref=round(math.exp(-share), 9), fixed=fixed))
             continue
-        p = thetas[str(coef)]
-        _bound(bounds, f"{name}~{col}", p, str(coef))
-        off = offsets.pop(str(coef), 0.0)
+        sign = 1 if str(coef) in thetas else -1  # (WT/70)**(-THETA(5)), from KA = 1/MAT
+        theta = str(sign * coef)
+        p = thetas[theta]
+        key = f"{name}~{col}"
+        if sign > 0:
+            _bound(bounds, key, p, theta)
+        else:  # the THETA's own bounds; outside_bounds compares -estimate
+            _raw_bound(bounds, key, p, theta, typical=False)
+            signs[key] = ("opposite", 1.0)
+        off = offsets.pop(theta, 0.0) / sign
         ref = math.exp(-off) if e["kind"] == "power" else -off
-        covariates.append(Covariate(col, e["kind"], ref=ref, init=float(p.init),
-                                    fixed=float(p.init) if p.fix else None))  # fmt: skip
+        init = sign * float(p.init)
+        covariates.append(Covariate(col, e["kind"], ref=ref, init=init,
+                                    fixed=init if p.fix else None))  # fmt: skip
     for theta in offsets:
         problems.append(f"{name}: {theta} appears without a covariate")
-    form, theta = typical
+    form, theta, sign = typical
     p = thetas[theta]
-    init = float(p.init) if form == "natural" else math.exp(float(p.init))
-    init *= math.exp(constant)  # a numeric factor left in the typical value
-    _bound(bounds, name, p, theta, scale=math.exp(constant), log=form != "natural")
-    if not init > 0:
+    if sign < 0 and any(c.kind == "binary" for c in covariates):
+        problems.append(
+            f"{name}: an IF covariate on a parameter written as a reciprocal "
+            f"({_shown(expr, labels)}); write {name} itself with the IF"
+        )
+        return None, eta
+    value = float(p.init) if form == "natural" else math.exp(float(p.init))
+    if not value > 0:
         problems.append(f"{name}: typical value {theta} must start > 0 (log-normal)")
         return None, eta
+    init = value**sign * math.exp(constant)  # times a numeric factor left in the typical value
+    if sign > 0:
+        _bound(bounds, name, p, theta, scale=math.exp(constant), log=form != "natural")
+    else:  # 1/THETA: the THETA's own bounds; outside_bounds compares what the estimate gives
+        _raw_bound(bounds, name, p, theta, typical=form == "natural")
+        signs[name] = ("reciprocal" if form == "natural" else "log-reciprocal", math.exp(constant))
     param = Param(name, init=init, iiv=eta is not None, covariates=tuple(covariates),
                   fixed=bool(p.fix))  # fmt: skip
     return param, eta
 
 
-def _reciprocal(expr, thetas) -> bool:
-    """Whether ``expr`` is a reciprocal of NONMEM's log-normal form (``KA = 1/MAT`` with
-    ``MAT = THETA(3)*EXP(ETA(3))``, or ``LOG(2)/THALF``): a THETA's log enters its log with a
-    minus sign. ``1/X`` is log-normal when ``X`` is, so it is fitted as cohort's parameter
-    with the reciprocal typical value, the opposite ETA and covariate exponents of the
-    opposite sign (:func:`_inverted`)."""
-    import sympy
-
-    log_expr = sympy.expand(sympy.expand_log(sympy.log(expr), force=True))
-    signs = {
-        sign
-        for term in sympy.Add.make_args(log_expr)
-        for x in term.free_symbols
-        if str(x) in thetas
-        for sign in (1, -1)
-        if sympy.simplify(term - sign * sympy.log(x)) == 0
-    }
-    return signs == {-1}  # (THETA(5)*WT/THETA(2) is neither: refused as written)
-
-
-def _etas(expr, eta_names) -> dict:
-    """``{ETA symbol: 0}`` for the ETAs in ``expr`` (its typical value is ``expr`` at 0)."""
-    return {x: 0 for x in expr.free_symbols if str(x) in eta_names}
-
-
-def _inverted(param: Param | None, found: dict):
-    """The :class:`Param` of ``1/X`` from that of ``X`` (see :func:`_reciprocal`), and the
-    ``$THETA`` bounds ``found`` for ``X`` mapped onto it."""
-    bounds = {}
-    for key, (theta, lo, hi) in found.items():
-        if "~" in key:  # a covariate exponent or coefficient: the opposite sign
-            bounds[key] = (theta, -hi, -lo)
-        else:  # the typical value: 1/hi .. 1/lo
-            bounds[key] = (theta, 1 / hi, 1 / lo if lo > 0 else math.inf)
-    if param is None:
-        return None, bounds
-    covariates = tuple(
-        dataclasses.replace(c, init=-c.init, fixed=-c.fixed if c.fixed is not None else None)
-        for c in param.covariates
-    )
-    return dataclasses.replace(param, init=1 / param.init, covariates=covariates), bounds
+def _raw_bound(bounds: dict, name: str, p, theta: str, typical: bool) -> None:
+    """The finite ``$THETA`` bounds of ``theta`` as written (for an estimate its THETA enters
+    inverted: see :attr:`ControlStream.inverted`); a typical value's implied lower bound 0
+    is not recorded."""
+    lo, hi = float(p.lower), float(p.upper)
+    if p.fix or ((lo <= 0.0 if typical else lo == -math.inf) and hi == math.inf):
+        return
+    bounds[name] = (theta, lo, hi)
 
 
 def _occasion_column(pw, columns) -> str | None:
