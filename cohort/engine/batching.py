@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import functools
 import math
 import threading
 from collections.abc import Callable
@@ -194,8 +195,7 @@ class BatchSolver:
         batches (XLA compiles on one core; the closed-loop CLI overlaps it with patient
         sampling), and a batch arriving meanwhile waits for that build instead of repeating
         it."""
-        leaves, tree = jax.tree.flatten((inputs, shared))
-        sig = (tree, tuple((tuple(np.shape(v)), str(_dtype(v))) for v in leaves))
+        sig = _signature(inputs, shared)
         while True:
             with self._lock:
                 entry = self._programs.get(sig)
@@ -204,11 +204,10 @@ class BatchSolver:
                     entry = self._programs[sig] = concurrent.futures.Future()
             if build:
                 try:
-                    entry.set_result(self._program(inputs, shared))
+                    finish, spec = self._lowered(inputs, shared)
+                    entry.set_result((finish(), spec))
                 except BaseException as exc:
-                    with self._lock:
-                        del self._programs[sig]
-                    entry.set_exception(exc)
+                    self._failed(sig, entry, exc)
                     raise
             try:
                 return entry.result()
@@ -217,15 +216,46 @@ class BatchSolver:
                     raise
                 # another thread's build failed: build here (its error is then our own)
 
+    def compile_behind(self, inputs: Any, shared: Any) -> None:
+        """Trace and lower the program for inputs shaped like these now, and let XLA compile
+        it on a background thread (it holds no Python lock), so that the caller's own Python
+        work meanwhile (a store's layout, imports) costs no wall time; :meth:`compile` and
+        calls wait for it. Errors of the tracing are raised here, those of XLA by the first
+        call."""
+        sig = _signature(inputs, shared)
+        with self._lock:
+            if sig in self._programs:
+                return
+            entry = self._programs[sig] = concurrent.futures.Future()
+        try:
+            finish, spec = self._lowered(inputs, shared)
+        except BaseException as exc:
+            self._failed(sig, entry, exc)
+            raise
+
+        def build() -> None:
+            try:
+                entry.set_result((finish(), spec))
+            except BaseException as exc:  # noqa: BLE001 - handed to the waiting caller
+                self._failed(sig, entry, exc)
+
+        threading.Thread(target=build, name="compile-behind", daemon=True).start()
+
+    def _failed(self, sig, entry: concurrent.futures.Future, exc: BaseException) -> None:
+        with self._lock:
+            self._programs.pop(sig, None)
+        entry.set_exception(exc)
+
     def _buffer_structs(self, spec: tuple) -> dict:
         return {o: jax.ShapeDtypeStruct(shape, dtype, sharding=self._out_sharding)
                 for o, shape, dtype in spec}  # fmt: skip
 
-    def _program(self, inputs: Any, shared: Any) -> tuple[Callable, tuple]:
-        """The batch program for inputs shaped like these and its output buffers' spec,
-        compiled now (ahead of time, so that :meth:`compile` can run it on another thread): the
-        jitted solve, or with a ``cache_key`` (and the compilation cache on) the stored trace
-        of an earlier process (:mod:`cohort.engine.exported`), stored now when missing."""
+    def _lowered(self, inputs: Any, shared: Any) -> tuple[Callable[[], Callable], tuple]:
+        """The batch program for inputs shaped like these, traced and lowered, as a function
+        that compiles it (XLA's part, which :meth:`compile_behind` runs on another thread), and
+        its output buffers' spec: the jitted solve, or with a ``cache_key`` (and the
+        compilation cache on) the stored trace of an earlier process
+        (:mod:`cohort.engine.exported`), stored now when missing."""
         from cohort.engine import exported
 
         key = None
@@ -239,7 +269,7 @@ class BatchSolver:
             spec = tuple((o, s.shape, str(s.dtype)) for o, s in shapes.items())
             if key is None:
                 lowered = self._into.lower(inputs, shared, self._buffer_structs(spec))
-                return self._compiled(lowered), spec
+                return functools.partial(self._compiled, lowered), spec
 
             def flat(leaves, buffers):  # plain lists of arrays: any input pytree serializes
                 return self._into(*jax.tree.unflatten(tree, leaves), buffers)
@@ -250,7 +280,8 @@ class BatchSolver:
                     jax.tree.leaves((inputs, shared)), like
                 )
             except Exception:  # a construct jax.export refuses: run it as a plain jit
-                return self._compiled(self._into.lower(inputs, shared, like)), spec
+                lowered = self._into.lower(inputs, shared, like)
+                return functools.partial(self._compiled, lowered), spec
             exported.save(key, stored)
         out = jax.tree.unflatten(stored.out_tree, stored.out_avals)[0]
         spec = tuple((o, a.shape, str(a.dtype)) for o, a in out.items())
@@ -261,12 +292,17 @@ class BatchSolver:
             leaves = [by_patient] * n_inputs + [whole] * (tree.num_leaves - n_inputs)
             call = jax.jit(stored.call, in_shardings=(leaves, buffers), donate_argnums=1)
         args = (jax.tree.leaves((inputs, shared)), self._buffer_structs(spec))
-        compiled = self._compiled(exported.lower(call, stored, *args))
+        lowered = exported.lower(call, stored, *args)
 
-        def program(inputs, shared, buffers):
-            return compiled(jax.tree.leaves((inputs, shared)), buffers)
+        def finish() -> Callable:
+            compiled = self._compiled(lowered)
 
-        return program, spec
+            def program(inputs, shared, buffers):
+                return compiled(jax.tree.leaves((inputs, shared)), buffers)
+
+            return program
+
+        return finish, spec
 
     def _compiled(self, lowered: Any) -> Callable:
         """``lowered`` compiled with the engine's XLA options; with XLA's defaults when this
@@ -278,6 +314,12 @@ class BatchSolver:
                 if "No such compile option" not in str(exc):
                     raise
         return lowered.compile()
+
+
+def _signature(inputs: Any, shared: Any) -> tuple:
+    """What a compiled batch program depends on: the inputs' structure, shapes and dtypes."""
+    leaves, tree = jax.tree.flatten((inputs, shared))
+    return tree, tuple((tuple(np.shape(v)), str(_dtype(v))) for v in leaves)
 
 
 def _dtype(leaf: Any) -> np.dtype:

@@ -35,13 +35,6 @@ from cohort.store.safety import (
     prepare_output,
     remove_own,
 )
-from cohort.store.zarr_store import (
-    add_done_flags,
-    add_patient_axis,
-    new_layout,
-    open_result,
-    resumable_layout,
-)
 
 
 class PopulationError(CohortError, RuntimeError):
@@ -400,6 +393,12 @@ def _fill(spec, n, seed, chunk_size, names, var_attrs, max_candidates, group, do
 def _open_store(out, spec, n, seed, chunk_size, names, var_attrs, resume, overwrite):
     """The population store's group and its done flags: a new layout, or the one of an
     interrupted run of the same spec, n, seed and chunk size when ``resume``."""
+    from cohort.store.zarr_store import (
+        add_done_flags,
+        add_patient_axis,
+        new_layout,
+        resumable_layout,
+    )
 
     key = {"spec_hash": spec.digest, "n": int(n), "seed": int(seed), "chunk_size": chunk_size}
     check_store_name(out)
@@ -437,6 +436,8 @@ def _open_store(out, spec, n, seed, chunk_size, names, var_attrs, resume, overwr
 
 def open_population(path: str | Path) -> xr.Dataset:
     """A population store written by :func:`generate`, refusing one that is incomplete."""
+    from cohort.store.zarr_store import open_result
+
     ds = open_result(path)
     if "patient" not in ds.dims or not any(v.dims == ("patient",) for v in ds.data_vars.values()):
         what = ds.attrs.get("kind")

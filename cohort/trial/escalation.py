@@ -2,14 +2,14 @@
 
 A pool of virtual patients is simulated at every dose level (the spec's arms, in order) in one
 vectorized call; a patient's dose-limiting toxicity (DLT) at a level is the spec's
-``[escalation] toxicity`` expression evaluated on that patient's endpoints (e.g.
-``cmax > 20``) on its measured values: the true exposure rises with dose, but the assay error is
-drawn anew at each level, as each measurement's would be, so a patient near the threshold can
-have a DLT at one level and none at the next (7 of 500 pool patients of
-``experiments/theophylline_escalation.toml``). Each replicate escalation draws its patients from the pool at random with replacement, as draws from the
-population the pool samples (a virtual patient may then be enrolled twice in one trial: 59 %
-of 30-patient trials from a pool of 500; a larger ``pool`` makes it rarer) and applies the
-design's rules:
+``[escalation] toxicity`` expression evaluated on that patient's endpoints (e.g. ``cmax > 20``)
+on its measured values: the true exposure rises with dose, but the assay error is drawn anew at
+each level, as each measurement's would be, so a patient near the threshold can have a DLT at
+one level and none at the next (7 of 500 pool patients of
+``experiments/theophylline_escalation.toml``). Each replicate escalation draws its patients
+from the pool at random with replacement, as draws from the population the pool samples (a
+virtual patient may then be enrolled twice in one trial: 59 % of 30-patient trials from a pool
+of 500; a larger ``pool`` makes it rarer) and applies the design's rules:
 
 * **3+3** (Storer 1989, design "A"): 0/3 DLT escalate; 1/3 expand to 6, escalate if <= 1/6;
   >= 2 DLTs stop and de-escalate, expanding the lower dose to 6 if it has 3. MTD = highest dose
