@@ -116,6 +116,26 @@ def apart(fn: Callable[[], None]) -> Callable[[], None]:
     return run
 
 
+def waited(fn: Callable[[], None]) -> Callable[[], None]:
+    """``fn`` (to run on another thread) with its JAX events summed into the calling thread's
+    current :func:`phases` record as its own: work the caller waits for, moved to another
+    thread only so that its own Python work overlaps it (a program compiled while the store
+    is written). Outside a block, ``fn``."""
+    active = _stack()
+    parent = active[-1] if active else None
+    if parent is None:
+        return fn
+
+    def run() -> None:
+        with phases() as mine:
+            fn()
+        for key, value in mine.items():
+            if key not in ("startup", "wall") and isinstance(value, float | int):
+                parent[key] = parent.get(key, 0.0) + value
+
+    return run
+
+
 def summary(p: dict[str, float]) -> dict[str, float]:
     """``{"wall_s", "trace_s", "compile_s", "cache_hits", "cache_misses"}`` of a
     :func:`phases` record (what benchmarks store beside their timings)."""

@@ -24,6 +24,7 @@ import jax
 import numpy as np
 
 from cohort.engine.status import Status
+from cohort.timing import waited
 
 MAX_IN_FLIGHT = 3  # batches solved or queued ahead of the writer
 IN_FLIGHT_BYTES = 256 * 2**20  # ... fewer when their outputs would exceed this much memory
@@ -239,7 +240,9 @@ class BatchSolver:
             except BaseException as exc:  # noqa: BLE001 - handed to the waiting caller
                 self._failed(sig, entry, exc)
 
-        threading.Thread(target=build, name="compile-behind", daemon=True).start()
+        # the caller waits for this compile (it only overlaps its own Python work): its time
+        # is the caller's compile time
+        threading.Thread(target=waited(build), name="compile-behind", daemon=True).start()
 
     def _failed(self, sig, entry: concurrent.futures.Future, exc: BaseException) -> None:
         with self._lock:

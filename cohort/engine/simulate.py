@@ -51,7 +51,8 @@ from cohort.engine.step_choice import choose_step, pilot_rows
 from cohort.errors import CohortWarning
 from cohort.models.base import Model
 from cohort.models.contract import check_contract
-from cohort.store import locks_output
+from cohort.store import check_replaceable, locks_output
+from cohort.store.remote import is_url
 
 
 @functools.lru_cache(maxsize=32)
@@ -367,7 +368,10 @@ def _simulate_to_store(plan: _Plan, out, seed, time_units, resume, overwrite, pr
         check_reachable(cluster, out)
     elif not resume:
         # traced now, compiled by XLA on another thread while zarr is imported and the
-        # store's layout written (~0.4 s of a first 100-patient `cohort simulate`'s 4 s)
+        # store's layout written (~0.2 s of a first 100-patient `cohort simulate`'s 3.8 s);
+        # an output that may not be written is refused first, not after the tracing
+        if not is_url(out):
+            check_replaceable(out, overwrite=overwrite)
         prepared = _prepare(plan, shared)
         solver, inputs, _, batch = prepared
         first = padded_rows(inputs, 0, min(plan.chunk_size, plan.n_patients), batch)
