@@ -484,6 +484,31 @@ def test_a_rate_written_as_a_reciprocal_is_the_same_model(tmp_path):
     ]
 
 
+def test_a_centred_exponential_covariate_is_not_read_as_a_reciprocal(tmp_path):
+    """EXP(THETA(2) + THETA(5)*(SEX-1) + ETA(2)) (MU referencing) has a lone -THETA(5) term:
+    the covariate's reference, not a reciprocal typical value (a review: V started at
+    exp(-THETA(5)), THETA(2) dropped, and a correct fit was refused by V~SEX's bounds)."""
+    from cohort.inference.nonmem import read_control_stream
+
+    records = simulated_records(n=4)
+    records["SEX"] = records["ID"] % 2
+    records.to_csv(tmp_path / "sim.csv", index=False)
+    text = (
+        RUN_MOD.replace("EVID CMT WT", "EVID CMT WT SEX")
+        .replace("V = THETA(2)*EXP(ETA(2))", "V = EXP(THETA(2)+THETA(5)*(SEX-1)+ETA(2))")
+        .replace("$THETA (0, 20)       ; V", "$THETA (0, 3.0, 5) ; V")
+        .replace("; CL_WT", "; CL_WT\n$THETA (-1, 0.3, 1) ; V_SEX")
+    )  # fmt: skip
+    (tmp_path / "run.mod").write_text(text)
+    cs = read_control_stream(tmp_path / "run.mod")
+    (v,) = [p for p in cs.spec.params if p.name == "V"]
+    assert v.init == pytest.approx(np.exp(3.0)) and len(v.covariates) == 1
+    sex = v.covariates[0]
+    assert (sex.column, sex.kind, sex.ref, sex.init) == ("SEX", "exp", 1.0, 0.3)
+    assert cs.inverted == {} and "reciprocal" not in cs.note
+    assert cs.outside_bounds({"V": 20.0, "V~SEX": 0.3}) == []
+
+
 def test_a_reciprocal_rate_fits_through_the_cli(tmp_path):
     """The test stream with KA = 1/MAT: fitted as KA, said, recovering the truth, its OFV the
     independent FOCE-I's at the reported estimates."""

@@ -322,3 +322,33 @@ def test_status_is_written_after_the_outputs(tmp_path, monkeypatch):
     written = [name for name in order if name in ("conc", "status", "chunk_done")]
     per_chunk = [written[i : i + 3] for i in range(0, len(written), 3)][-4:]
     assert per_chunk == [["conc", "status", "chunk_done"]] * 4, written
+
+
+def test_a_store_that_fails_while_its_program_compiles_leaves_a_clean_exit(tmp_path):
+    """A first simulate compiles its program on a background thread while the store is
+    created; when the creation failed the process ended under a running XLA compile and
+    aborted in C++ (exit 134, "terminate called ...": a review). It now waits for it."""
+    import subprocess
+    import sys
+    import textwrap
+
+    code = textwrap.dedent(
+        """
+        import numpy as np, cohort
+        from cohort.store import zarr_store
+        def refuse(cls, *a, **k):
+            raise OSError("disk full")
+        zarr_store.ResultStore.create = classmethod(refuse)
+        try:
+            cohort.simulate("pk2_oral_idr", {"CL": np.full(100, 2.0)},
+                            cohort.Regimen(amt=100.0, cmt="depot"), cohort.grid(0.0, 24.0, 1.0),
+                            out="x.zarr")
+        except OSError as e:
+            print("refused:", e)
+        """
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "refused: disk full" in proc.stdout

@@ -168,6 +168,40 @@ def test_nuts_chains_split_over_two_devices_sample_the_exact_posterior():
     np.testing.assert_allclose(z.std(1), ref[:, 1], rtol=0.08)
 
 
+def test_a_mode_far_from_every_start_is_still_found():
+    """Wide prior (log-SD 1.5), proportional error, a flip-flop pair of modes: from the prior
+    mode the predictions are orders of magnitude off (2·U ≈ 4e7), and 5 Newton steps left
+    one patient at a point 1e5 above its mode, flagged unusable while its NUTS chains had
+    converged (a probe). Patients not converged are searched again with more steps."""
+    raw = {
+        "population": {"name": "flipflop", "model": "pk1_oral", "citation": "test"},
+        "parameters": {
+            "CL": {"typical": 3.0, "units": "L/h", "citation": "test"},
+            "V": {"typical": 9.4868, "units": "L", "citation": "test"},
+            "KA": {"typical": 0.31623, "units": "1/h", "citation": "test"},
+        },
+        "iiv": {"parameters": ["CL", "V", "KA"], "citation": "test",
+                "omega": [[0.25, 0, 0], [0, 2.25, 0], [0, 0, 2.25]]},
+        "error": {"kind": "proportional", "prop": 0.1, "output": "conc", "citation": "test"},
+    }  # fmt: skip
+    rng = np.random.default_rng(5)
+    times, rows = np.array([1, 2, 4, 6, 8, 12, 24, 36, 48.0]), []
+    for pid, (cl, v, ka) in {1: (3, 30, 1.0), 2: (3, 30, 1.0), 3: (3, 9.4868, 0.31623)}.items():
+        k = cl / v
+        c = 100 * ka / (v * (ka - k)) * (np.exp(-k * times) - np.exp(-ka * times))
+        rows.append(dict(ID=pid, TIME=0.0, AMT=100.0, EVID=1, CMT="depot", DV=np.nan))
+        for t, y in zip(times, c * (1 + 0.1 * rng.standard_normal(len(times))), strict=True):
+            rows.append(dict(ID=pid, TIME=t, AMT=0.0, EVID=0, CMT="conc", DV=y))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", CohortWarning)
+        tw = Twins.identify(TwinPrior.from_raw(raw), pd.DataFrame(rows))
+    assert tw.laplace.ok.all()
+    # patient 2's best mode (found by 30+ Newton steps from the prior mode; the other
+    # flip-flop mode has U 0.013 higher): 2·U = -38.107
+    np.testing.assert_allclose(tw.laplace.eta[1], [0.012, 1.142, 1.331], atol=2e-3)
+    assert tw.laplace.objective[1] == pytest.approx(-38.107, abs=1e-2)
+
+
 def test_a_posterior_with_many_divergences_is_not_converged():
     """R-hat and ESS alone passed a patient with 15.6 % divergent transitions as usable."""
     from cohort.twin.posterior import Samples

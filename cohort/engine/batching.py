@@ -222,7 +222,7 @@ class BatchSolver:
         it on a background thread (it holds no Python lock), so that the caller's own Python
         work meanwhile (a store's layout, imports) costs no wall time; :meth:`compile` and
         calls wait for it. Errors of the tracing are raised here, those of XLA by the first
-        call."""
+        call. A caller that gives up before calling waits with :meth:`settle`."""
         sig = _signature(inputs, shared)
         with self._lock:
             if sig in self._programs:
@@ -230,24 +230,38 @@ class BatchSolver:
             entry = self._programs[sig] = concurrent.futures.Future()
         try:
             finish, spec = self._lowered(inputs, shared)
+            compiled: list = []
+
+            def build() -> None:
+                # the caller waits for this compile (it only overlaps its own Python work):
+                # its time is the caller's compile time, recorded before the caller can see
+                # the program (and report its time)
+                try:
+                    waited(lambda: compiled.append(finish()))()
+                except BaseException as exc:  # noqa: BLE001 - handed to the waiting caller
+                    self._failed(sig, entry, exc)
+                    return
+                entry.set_result((compiled[0], spec))
+
+            threading.Thread(target=build, name="compile-behind", daemon=True).start()
         except BaseException as exc:
             self._failed(sig, entry, exc)
             raise
 
-        def build() -> None:
-            try:
-                entry.set_result((finish(), spec))
-            except BaseException as exc:  # noqa: BLE001 - handed to the waiting caller
-                self._failed(sig, entry, exc)
-
-        # the caller waits for this compile (it only overlaps its own Python work): its time
-        # is the caller's compile time
-        threading.Thread(target=waited(build), name="compile-behind", daemon=True).start()
+    def settle(self) -> None:
+        """Wait for the programs being compiled on other threads (their errors ignored: the
+        next call raises them): a process that exits while XLA compiles on a daemon thread
+        aborts in C++ ("terminate called ...")."""
+        with self._lock:
+            pending = list(self._programs.values())
+        concurrent.futures.wait(pending)
 
     def _failed(self, sig, entry: concurrent.futures.Future, exc: BaseException) -> None:
         with self._lock:
-            self._programs.pop(sig, None)
-        entry.set_exception(exc)
+            if self._programs.get(sig) is entry:
+                del self._programs[sig]
+        if not entry.done():
+            entry.set_exception(exc)
 
     def _buffer_structs(self, spec: tuple) -> dict:
         return {o: jax.ShapeDtypeStruct(shape, dtype, sharding=self._out_sharding)

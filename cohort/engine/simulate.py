@@ -53,6 +53,7 @@ from cohort.models.base import Model
 from cohort.models.contract import check_contract
 from cohort.store import check_replaceable, locks_output
 from cohort.store.remote import is_url
+from cohort.store.safety import check_store_name
 
 
 @functools.lru_cache(maxsize=32)
@@ -359,7 +360,7 @@ def _warn_failed(model: Model, ds: xr.Dataset) -> xr.Dataset:
 def _simulate_to_store(plan: _Plan, out, seed, time_units, resume, overwrite, progress, cluster):
     """Stream ``plan`` into the store at ``out`` (:func:`simulate` holds its write lock), here
     or on a Dask ``cluster``."""
-    model, params = plan.model, plan.params
+    model = plan.model
     shared = _Shared.of(plan)
     prepared = None
     if cluster is not None:
@@ -371,30 +372,18 @@ def _simulate_to_store(plan: _Plan, out, seed, time_units, resume, overwrite, pr
         # store's layout written (~0.2 s of a first 100-patient `cohort simulate`'s 3.8 s);
         # an output that may not be written is refused first, not after the tracing
         if not is_url(out):
-            check_replaceable(out, overwrite=overwrite)
+            check_store_name(out)
+            check_replaceable(out, overwrite=overwrite, resumable=True)
         prepared = _prepare(plan, shared)
         solver, inputs, _, batch = prepared
         first = padded_rows(inputs, 0, min(plan.chunk_size, plan.n_patients), batch)
         solver.compile_behind(first, None)
-    from cohort.store.zarr_store import ResultStore, open_result
-
-    store = ResultStore.create(
-        out,
-        n_patients=plan.n_patients,
-        times=plan.times,
-        time_units=time_units,
-        outputs={o: _output_attrs(model, o) for o in plan.outputs},
-        parameters={
-            **{k: (v, _param_attrs(model, k)) for k, v in params.items()},
-            **plan.covariates,
-        },
-        dtype=plan.dtype,
-        chunk_size=plan.chunk_size,
-        attrs=_provenance(plan, seed),
-        ids=plan.ids,
-        resume=resume,
-        overwrite=overwrite,
-    )
+    try:
+        store = _create_store(plan, out, seed, time_units, resume, overwrite)
+    except BaseException:
+        if prepared is not None:  # not while XLA compiles: an exiting process would abort
+            prepared[0].settle()
+        raise
     if cluster is None:
         _StoreTask(plan, shared, store.location, 0, token=store.token)(progress, prepared)
     else:
@@ -417,7 +406,33 @@ def _simulate_to_store(plan: _Plan, out, seed, time_units, resume, overwrite, pr
             progress=progress, name=f"simulate-{model.name}",
         )  # fmt: skip
     store.finish()
+    from cohort.store.zarr_store import open_result
+
     return open_result(out)
+
+
+def _create_store(plan: _Plan, out, seed, time_units, resume, overwrite):
+    """The result store of ``plan`` at ``out`` (new, replaced, or reopened to resume)."""
+    from cohort.store.zarr_store import ResultStore
+
+    model = plan.model
+    return ResultStore.create(
+        out,
+        n_patients=plan.n_patients,
+        times=plan.times,
+        time_units=time_units,
+        outputs={o: _output_attrs(model, o) for o in plan.outputs},
+        parameters={
+            **{k: (v, _param_attrs(model, k)) for k, v in plan.params.items()},
+            **plan.covariates,
+        },
+        dtype=plan.dtype,
+        chunk_size=plan.chunk_size,
+        attrs=_provenance(plan, seed),
+        ids=plan.ids,
+        resume=resume,
+        overwrite=overwrite,
+    )
 
 
 @dataclasses.dataclass

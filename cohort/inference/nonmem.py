@@ -394,12 +394,17 @@ def _lognormal(name, expr, thetas, eta_names, columns, problems, bounds, labels=
         """+1 or -1 where ``term`` is ``atom`` or ``-atom``, else 0."""
         return 1 if term == atom else -1 if term == -atom else 0
 
-    for term in sympy.Add.make_args(log_expr):
+    terms = sympy.Add.make_args(log_expr)
+    # how many terms each THETA enters: a typical value's THETA enters one; a covariate's
+    # coefficient enters its covariate's term and, centred, a term of its own (-THETA from
+    # EXP(THETA*(SEX-1))), which is a reference, not a reciprocal typical value (a review)
+    uses = {t: sum(sympy.Symbol(t) in term.free_symbols for term in terms) for t in thetas}
+    for term in terms:
         free = {str(x) for x in term.free_symbols}
         theta_syms = [x for x in free if x in thetas]
         eta_syms = [x for x in free if x in eta_names]
         cols = [x for x in free if x in columns]
-        one_theta = free == set(theta_syms) and len(free) == 1
+        one_theta = free == set(theta_syms) and len(free) == 1 and uses[theta_syms[0]] == 1
         if not free:
             constant += float(term)
         elif one_theta and signed(term, sympy.log(sympy.Symbol(theta_syms[0]))):
@@ -415,7 +420,7 @@ def _lognormal(name, expr, thetas, eta_names, columns, problems, bounds, labels=
                 problems.append(f"{name}: more than one ETA ({eta}, {eta_syms[0]})")
             eta = eta_syms[0]
             signs["eta"] = signed(term, sympy.Symbol(eta))
-        elif one_theta:
+        elif free == set(theta_syms) and len(free) == 1:
             coef = sympy.simplify(term / sympy.Symbol(theta_syms[0]))
             if coef.is_number:  # -THETA*log(ref) (power) or -THETA*ref (exp)
                 offsets[theta_syms[0]] = offsets.get(theta_syms[0], 0.0) + float(coef)

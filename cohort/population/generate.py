@@ -306,12 +306,14 @@ def generate(
 
 def _feasible(spec: PopulationSpec, n: int, seed: int, max_candidates: int) -> None:
     """Refuse (as :func:`_fill` would after all its draws) a spec whose first candidates'
-    acceptance cannot give ``n`` patients within ``max_candidates`` draws: none accepted, or
-    fewer than half of ``n`` expected."""
+    acceptance cannot give ``n`` patients within ``max_candidates`` draws: even at a generous
+    upper bound on the acceptance rate ((accepted + 3) / draws: the "rule of three" when none
+    passed), fewer than half of ``n`` would pass. A rare acceptance with many candidates
+    allowed (1e-4 with 10^7) goes on."""
     count = min(max_candidates, 10_000)
     values, ok = draw_candidates(spec, seed, 0, count)
     accepted = int(ok.sum())
-    if accepted and accepted / count * max_candidates >= n / 2:
+    if accepted >= n or (accepted + 3) / count * max_candidates >= n / 2:
         return
     raise PopulationError(
         f"{spec.path}: {accepted} of the first {count:,} candidate draws passed the bounds "

@@ -87,21 +87,53 @@ def starts(omega: np.ndarray, n: int, warm=None, draws: int = 1) -> np.ndarray:
     return np.stack(pts)
 
 
+# A mode whose Newton decrement gᵀH⁻¹g (twice the decrease a Newton step still promises, in
+# log-density units) is above this is not converged: its patients are searched again
+UNCONVERGED_DECREMENT = 1e-4
+POLISH_STEPS = 40  # Newton steps of that second search
+
+
 def map_laplace(
     bm: BoundModel, pop: Pop, eta0, iterations: int = 3, newton_steps: int = 5
 ) -> Laplace:
     """Modes searched from each of ``eta0 [S, N, q]`` (see :func:`starts`; the best kept per
-    patient) and Laplace covariances, for every patient in one vectorised computation."""
+    patient) and Laplace covariances, for every patient in one vectorised computation.
+    Patients whose search has not converged after ``newton_steps`` (a start where the
+    predictions are orders of magnitude off, e.g. a wide prior under proportional error,
+    needs more: seen 20 steps, left at a point 10⁵ above the mode) are searched again from
+    where they are with :data:`POLISH_STEPS` Newton steps, as one smaller batch; the rest
+    keep their first result (the common case pays nothing)."""
+    lap, decrement = _map_laplace(bm, pop, np.asarray(eta0, float), bm.arrays, iterations,
+                                  newton_steps)  # fmt: skip
+    redo = np.flatnonzero(~lap.ok | ~(decrement < UNCONVERGED_DECREMENT))
+    if redo.size:
+        sub = jax.tree_util.tree_map(lambda a: a[redo] if getattr(a, "ndim", 0) else a, bm.arrays)
+        again, _ = _map_laplace(bm, pop, lap.eta[redo][None], sub, 0, POLISH_STEPS)
+        take = again.ok | ~lap.ok[redo]  # usable now (or nothing better before)
+        take &= ~(again.objective > lap.objective[redo])
+        rows = redo[take]
+        for field in ("eta", "cov", "objective", "ok"):
+            getattr(lap, field)[rows] = getattr(again, field)[take]
+    return lap
+
+
+def _map_laplace(bm, pop, eta0, arrays, iterations, newton_steps):
+    """:func:`map_laplace`'s one vectorised search over the patients of ``arrays``: the
+    :class:`Laplace` result and each mode's Newton decrement."""
 
     def build():
         def run(pop, eta0, arrays):
             n_starts, n = eta0.shape[0], eta0.shape[1]
+            single = laplace.subject_data(arrays)
             # all starts as one larger batch: one copy of the model in the compiled program
             arrays = jax.tree_util.tree_map(
                 lambda a: jnp.concatenate([a] * n_starts) if a.ndim else a, arrays
             )
             eta0 = eta0.reshape(n_starts * n, -1)
-            eta, value, _ = laplace.mode_search(bm, pop, eta0, arrays, iterations, tol=1e-12)
+            if iterations:
+                eta, value, _ = laplace.mode_search(bm, pop, eta0, arrays, iterations, tol=1e-12)
+            else:  # polishing known points: Newton alone
+                eta, value = eta0, jnp.zeros(eta0.shape[0])
             omega_inv, _ = laplace.omega_inverse(bm, pop)
             u = _potential(bm, pop, omega_inv)
             d = laplace.subject_data(arrays)
@@ -110,13 +142,18 @@ def map_laplace(
                 eta, d
             )
             eta = jnp.where(jnp.isfinite(value)[:, None], eta_n, eta)
-            return best_start(u, eta, hess, d, n_starts)
+            eta, cov, value, ok = best_start(u, eta, hess, d, n_starts)
+            grad = jax.jacfwd(u) if forward else jax.grad(u)
+            g = jax.vmap(grad)(eta, single)
+            decrement = jnp.einsum("ni,nij,nj->n", g, cov, g)
+            return eta, cov, value, ok, jnp.where(jnp.isfinite(decrement), decrement, jnp.inf)
 
         return jax.jit(run)
 
     fn = _cached(bm, f"map_laplace:{iterations}:{newton_steps}", build)
-    eta, cov, value, ok = fn(pop, jnp.asarray(eta0, float), bm.arrays)
-    return Laplace(np.asarray(eta), np.asarray(cov), np.asarray(value), np.asarray(ok))
+    eta, cov, value, ok, decrement = fn(pop, jnp.asarray(eta0, float), arrays)
+    lap = Laplace(np.array(eta), np.array(cov), np.array(value), np.array(ok))
+    return lap, np.asarray(decrement)
 
 
 def fd_hessian(u, eta, d, h: float = 1e-4):
