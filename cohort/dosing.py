@@ -295,11 +295,11 @@ def records_from_frame(
 
 
 def warn_amount_off_dose(amt, evid, rows, label: str, stacklevel: int) -> np.ndarray:
-    """Warn once about AMT on EVID 0/2 records (not doses, as in NONMEM: said rather than
+    """Warn once about AMT on EVID 0/2/3 records (not doses, as in NONMEM: said rather than
     dropped silently; a dose coded EVID 0 would otherwise fail later as "no dose"). ``rows``:
     the row numbers the user sees; returns ``amt`` with those amounts zeroed."""
     amt = np.asarray(amt, float)
-    off = np.isin(evid, (0, 2)) & (np.nan_to_num(amt) != 0)
+    off = np.isin(evid, (0, 2, 3)) & (np.nan_to_num(amt) != 0)  # EVID 3: a reset only
     found = np.flatnonzero(off)
     if found.size:
         shown = ", ".join(str(int(r)) for r in np.asarray(rows)[found[:5]])
@@ -421,7 +421,8 @@ def _expanded(df: pd.DataFrame, state_names: Sequence[str], dose_targets: Sequen
     patient (first-appearance order) then time, generation order breaking ties: columns
     ``TIME AMT RATE CMT EVID SS II``, ``code`` (patient index) and ``n`` (patients)."""
     df = df.reset_index(drop=True)
-    df.columns = [str(c).upper() for c in df.columns]
+    # "RATE " (a space before the comma) was read as no RATE column: infusions ran as boluses
+    df.columns = [str(c).strip().upper() for c in df.columns]
     dated = date_column_problem(df.columns)
     if dated:
         raise DosingError(f"dosing records: column {dated[0]}: {dated[1]}")
@@ -444,6 +445,10 @@ def _expanded(df: pd.DataFrame, state_names: Sequence[str], dose_targets: Sequen
                 f"dosing records: column C flags row(s) {rows} as comments (NONMEM IGNORE=C); "
                 "cohort would dose them: remove those rows from the file"
             )
+    if "ID" in df:  # a missing ID made a patient called "." (a probe)
+        no_id = np.flatnonzero(_missing_cells(df["ID"]))
+        if no_id.size:
+            raise _err(int(no_id[0]) + 1, "ID", "missing ID; give every row its patient's ID")
     ids = df["ID"].to_numpy() if "ID" in df else np.zeros(len(df), dtype=int)
     time = _numeric(df, "TIME", np.nan)
     amt = _numeric(df, "AMT", 0.0)

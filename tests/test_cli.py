@@ -623,3 +623,35 @@ def test_time_units_other_than_the_models_are_refused():
     with pytest.raises(cohort.engine.inputs.InputError, match="pk1_iv runs in h"):
         cohort.simulate("pk1_iv", {"CL": [2.0]}, cohort.Regimen(100.0, "central"), [0.0, 1.0],
                         time_units="min")  # fmt: skip
+
+
+def test_a_dosing_header_with_spaces_is_read_as_written(tmp_path, monkeypatch):
+    """ "RATE " (a space before the comma) was no RATE column: the infusion ran as a bolus
+    (C(0) = 100/V instead of 0), and "ID " made one patient of each row (a probe). AMT on
+    an EVID 3 row is said, not dropped silently."""
+    import warnings
+
+    import numpy as np
+
+    from cohort.store import open_result
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "d.csv").write_text("ID ,TIME,AMT,RATE ,EVID\n1,0,100,10,1\n2,0,100,10,1\n")
+    res = runner.invoke(app, ["simulate", "--dosing", "d.csv", "--model", "pk1_iv", "--iiv",
+                              "0", "--t-end", "10", "--step", "5", "-o", "d.zarr"])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    ds = open_result(tmp_path / "d.zarr")
+    assert ds.sizes["patient"] == 2
+    cl, v = ds["CL"].values[0], ds["V"].values[0]
+    k = cl / v  # a 10-h infusion of 10/h from 0: C(t) = 10/CL (1 - exp(-k t))
+    np.testing.assert_allclose(ds.conc.values[0], 10 / cl * (1 - np.exp(-k * ds.time.values)),
+                               rtol=1e-9, atol=1e-12)  # fmt: skip
+    from cohort.dosing import records_table
+
+    frame = __import__("pandas").DataFrame(
+        {"ID": [1, 1], "TIME": [0.0, 5.0], "AMT": [100.0, 100.0], "EVID": [1, 3]}
+    )
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        records_table(frame, ("central",), ("central",))
+    assert any("AMT 100 on an EVID 3 record" in str(w.message) for w in seen)

@@ -52,6 +52,11 @@ def _files(d: Path) -> None:
     (d / "mine").mkdir()
     (d / "mine" / "thesis.txt").write_text("x")
     (d / "notes.nc").write_text("my notes")
+    # found by a probe: a missing ID became a patient "."; a row number pointed at a comment
+    (d / "noid.csv").write_text("ID,TIME,AMT,EVID\n1,0,100,1\n.,12,100,1\n")
+    (d / "commented.csv").write_text(
+        "# a comment\nID,TIME,AMT,EVID\n# note\n1,0,100,1\n# x\n1,-5,100,1\n"
+    )
 
 
 S = ["simulate", "--model", "pk1_oral", "-o", "out.zarr"]
@@ -91,6 +96,8 @@ CASES = [
     (["simulate", "--dosing", "binary.csv"], "not a text (UTF-8) table"),
     (["simulate", "--dosing", "dup.csv"], "['AMT'] appear more than once"),
     ([*S, "--dosing", "badamt.csv"], "row 1, column AMT"),
+    ([*S, "--dosing", "noid.csv"], "--dosing noid.csv: dosing record row 2, column ID: missing"),
+    ([*S, "--dosing", "commented.csv"], "commented.csv: dosing record row 4, column TIME"),
     ([*S, "--dosing", "nottime.csv"], "column TIME"),
     ([*S, "--dosing", "badcmt.csv"], "liver"),
     # NONMEM lets time restart at a reset; "sort records by TIME" would mix the periods

@@ -123,7 +123,7 @@ def _parameters_of_other_models(columns, model) -> dict[str, str]:
 
 def id_column(table):
     """The name of a table's ID column (any case), or None."""
-    return next((c for c in table.columns if str(c).upper() == "ID"), None)
+    return next((c for c in table.columns if str(c).strip().upper() == "ID"), None)
 
 
 def id_keys(column) -> list:

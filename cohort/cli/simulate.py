@@ -363,20 +363,30 @@ def simulate(
 
         pop = pd.DataFrame(pop)  # covariates ride along in a frame (a dict takes parameters only)
     t0 = time.perf_counter()
-    ds, spent = _run(
-        m,
-        pop,
-        dose,
-        grid(0, t_end, step),
-        method=RK4(dt=dt, tol=tol) if method == "fast" else _adaptive(method, tolerances),
-        dtype=dtype,
-        out=str(out),
-        resume=resume,
-        overwrite=overwrite,
-        seed=seed,
-        chunk_size=chunk_size,
-        cluster=scheduler,
-    )
+    from cohort.dosing import DosingError
+
+    try:
+        ds, spent = _run(
+            m,
+            pop,
+            dose,
+            grid(0, t_end, step),
+            method=RK4(dt=dt, tol=tol) if method == "fast" else _adaptive(method, tolerances),
+            dtype=dtype,
+            out=str(out),
+            resume=resume,
+            overwrite=overwrite,
+            seed=seed,
+            chunk_size=chunk_size,
+            cluster=scheduler,
+        )
+    except DosingError as exc:
+        if dosing is None:
+            raise
+        from cohort.data.reader import in_file_rows
+
+        # the file named, its rows numbered as the file numbers them (comment lines counted)
+        fail(f"--dosing {dosing}: {in_file_rows(str(exc), dose)}")
     console.print(summary_table(ds, list(m.output_names)))
     console.print(describe(spent), style="dim")
     status = np.asarray(ds["status"].values)

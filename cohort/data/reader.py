@@ -165,10 +165,14 @@ def read_table(path: str | Path) -> pd.DataFrame:
         raise DataError(
             [Problem(None, "file", f"{str(path)!r} is not a text (UTF-8) table; give a CSV")]
         ) from None
+    file_rows = None
     if "#" in text:  # comment lines (and a #-header) left out before parsing
         lines = text.splitlines(keepends=True)
-        rest = [line for line in lines[index + 1 :] if not _is_comment(line)]
+        kept = [k for k, line in enumerate(lines[index + 1 :], 1) if not _is_comment(line)]
+        rest = [lines[index + k] for k in kept]
         text = "".join([header if header.endswith("\n") else header + "\n", *rest])
+        if len(kept) < len(lines) - index - 1:
+            file_rows = np.asarray(kept)  # each record's row as the file numbers it
     try:
         table = pd.read_csv(
             io.StringIO(text), sep=sep, dtype=str, keep_default_na=False, skipinitialspace=True
@@ -183,7 +187,26 @@ def read_table(path: str | Path) -> pd.DataFrame:
         raise DataError(
             [Problem(None, "header", f"column(s) {dupes} appear more than once; keep one of each")]
         )
+    table.columns = [str(c).strip() for c in table.columns]  # "RATE " is RATE
+    if file_rows is not None and len(file_rows) == len(table):
+        table.attrs["file_rows"] = file_rows
     return table
+
+
+def in_file_rows(message: str, table: pd.DataFrame) -> str:
+    """``message`` with its record numbers ("row 3", "row(s) 3, 7") as the file numbers its
+    rows where ``table`` (from :func:`read_table`) left out ``#`` comment lines: an error
+    pointed at the comment line above the record (a probe)."""
+    rows = table.attrs.get("file_rows")
+    if rows is None:
+        return message
+
+    def at(m: re.Match) -> str:
+        numbers = [int(x) for x in m.group(2).split(", ")]
+        shown = [str(rows[k - 1]) if 1 <= k <= len(rows) else str(k) for k in numbers]
+        return m.group(1) + ", ".join(shown)
+
+    return re.sub(r"(\brow(?:\(s\))? )(\d+(?:, \d+)*)", at, message)
 
 
 def _cells_missing(raw: pd.Series) -> np.ndarray:
@@ -386,9 +409,10 @@ def validate(
     observations of that kind (before anything else is checked: another kind's rows may name
     a compartment the model lacks), rows still numbered as in the input.
     """
+    file_rows = raw.attrs.get("file_rows")
     raw = raw.reset_index(drop=True)
     raw.columns = [str(c).strip().upper() for c in raw.columns]
-    rows = np.arange(1, len(raw) + 1)
+    rows = np.arange(1, len(raw) + 1) if file_rows is None else np.asarray(file_rows)
     if dvid is not None:
         keep = rows_of_kind(raw, dvid)
         raw, rows = raw[keep].reset_index(drop=True), rows[keep]
