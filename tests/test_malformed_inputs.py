@@ -57,6 +57,9 @@ def _files(d: Path) -> None:
     (d / "commented.csv").write_text(
         "# a comment\nID,TIME,AMT,EVID\n# note\n1,0,100,1\n# x\n1,-5,100,1\n"
     )
+    (d / "fitc.csv").write_text(
+        "# c\nID,TIME,AMT,DV,EVID,CMT\n# note\n1,0,100,.,1,1\n1,1,0,5,0,1\n# x\n1,0.5,0,4,0,1\n"
+    )
 
 
 S = ["simulate", "--model", "pk1_oral", "-o", "out.zarr"]
@@ -98,6 +101,10 @@ CASES = [
     ([*S, "--dosing", "badamt.csv"], "row 1, column AMT"),
     ([*S, "--dosing", "noid.csv"], "--dosing noid.csv: dosing record row 2, column ID: missing"),
     ([*S, "--dosing", "commented.csv"], "commented.csv: dosing record row 4, column TIME"),
+    (
+        ["fit", "fitc.csv", "--model", "pk1_iv", "-o", "f.nc"],
+        "fitc.csv: dataset row 5, column TIME",
+    ),
     ([*S, "--dosing", "nottime.csv"], "column TIME"),
     ([*S, "--dosing", "badcmt.csv"], "liver"),
     # NONMEM lets time restart at a reset; "sort records by TIME" would mix the periods

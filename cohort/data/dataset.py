@@ -245,7 +245,12 @@ def read_nonmem(
     raw = raw.drop(columns=_text_columns(raw, upper))
     # a control stream's data (cohort.inference.nonmem marks it): $PK says what DUR is
     durations = not (isinstance(source, pd.DataFrame) and source.attrs.get("nonmem_items"))
-    records = validate(raw, model, durations, dvid)
+    try:
+        records = validate(raw, model, durations, dvid)
+    except DataError as exc:
+        if not isinstance(source, pd.DataFrame):  # the file named, as its rows are
+            exc.args = (f"{source}: {exc.args[0]}",)
+        raise
     covariates = tuple(c for c in records.columns if c not in STANDARD_COLUMNS | {"ROW"})
     return Dataset(records, covariates, model)
 
