@@ -231,13 +231,15 @@ class BatchSolver:
         try:
             finish, spec = self._lowered(inputs, shared)
             compiled: list = []
+            # the caller waits for this compile (it only overlaps its own Python work): its
+            # time is the caller's compile time, recorded before the caller can see the
+            # program (and report its time); wrapped here, on the caller's thread, whose
+            # record it joins
+            compile_it = waited(lambda: compiled.append(finish()))
 
             def build() -> None:
-                # the caller waits for this compile (it only overlaps its own Python work):
-                # its time is the caller's compile time, recorded before the caller can see
-                # the program (and report its time)
                 try:
-                    waited(lambda: compiled.append(finish()))()
+                    compile_it()
                 except BaseException as exc:  # noqa: BLE001 - handed to the waiting caller
                     self._failed(sig, entry, exc)
                     return
