@@ -100,20 +100,7 @@ def apart(fn: Callable[[], None]) -> Callable[[], None]:
     thread's: summed into the ``"alongside"`` record of the caller's current :func:`phases`
     block (the user did not wait for them; e.g. a fit's objective compiled while its initial
     estimates are scanned), which :func:`describe` shows as such. Outside a block, ``fn``."""
-    active = _stack()
-    parent = active[-1] if active else None
-    if parent is None:
-        return fn
-
-    def run() -> None:
-        with phases() as mine:
-            fn()
-        into = parent.setdefault("alongside", {})  # type: ignore[arg-type]
-        for key, value in mine.items():
-            if key != "startup" and isinstance(value, float | int):
-                into[key] = into.get(key, 0.0) + value
-
-    return run
+    return _on_thread(fn, lambda parent: parent.setdefault("alongside", {}), ("startup",))
 
 
 def waited(fn: Callable[[], None]) -> Callable[[], None]:
@@ -121,6 +108,12 @@ def waited(fn: Callable[[], None]) -> Callable[[], None]:
     current :func:`phases` record as its own: work the caller waits for, moved to another
     thread only so that its own Python work overlaps it (a program compiled while the store
     is written). Outside a block, ``fn``."""
+    return _on_thread(fn, lambda parent: parent, ("startup", "wall"))
+
+
+def _on_thread(fn, target, skipped: tuple[str, ...]) -> Callable[[], None]:
+    """``fn`` recorded in a :func:`phases` block of its own thread, whose numbers (but
+    ``skipped``) are then summed into ``target(parent)``, the calling thread's current record."""
     active = _stack()
     parent = active[-1] if active else None
     if parent is None:
@@ -129,9 +122,10 @@ def waited(fn: Callable[[], None]) -> Callable[[], None]:
     def run() -> None:
         with phases() as mine:
             fn()
+        into = target(parent)
         for key, value in mine.items():
-            if key not in ("startup", "wall") and isinstance(value, float | int):
-                parent[key] = parent.get(key, 0.0) + value
+            if key not in skipped and isinstance(value, float | int):
+                into[key] = into.get(key, 0.0) + value
 
     return run
 
