@@ -282,7 +282,7 @@ def generate(
     # A spec that cannot give n patients fails here, before the output path is touched (an
     # --overwrite of a good store, or the user's empty folder, was removed for a run that then
     # gave nothing: a probe).
-    _feasible(spec, n, seed, max_candidates)
+    first = _feasible(spec, n, seed, max_candidates, chunk_size)
     if out is not None:
         fresh = not (resume and Path(out).exists())
         was_empty_folder = is_empty_directory(Path(out))
@@ -291,7 +291,7 @@ def generate(
         )
     try:
         return _fill(spec, n, seed, chunk_size, names, var_attrs, max_candidates, group, done,
-                     out, progress)  # fmt: skip
+                     out, progress, first)  # fmt: skip
     except PopulationError:
         # A population the spec cannot give: the store this run created would only say
         # "incomplete, rerun with --resume", which fails the same way, and block a rerun
@@ -304,20 +304,22 @@ def generate(
         raise
 
 
-def _feasible(spec: PopulationSpec, n: int, seed: int, max_candidates: int) -> None:
-    """Refuse (as :func:`_fill` would after all its draws) a spec whose first candidates'
-    acceptance cannot give ``n`` patients within ``max_candidates`` draws: even at a generous
-    upper bound on the acceptance rate ((accepted + 3) / draws: the "rule of three" when none
-    passed), fewer than half of ``n`` would pass. A rare acceptance with many candidates
-    allowed (1e-4 with 10^7) goes on."""
-    count = min(max_candidates, 10_000)
+def _feasible(spec: PopulationSpec, n: int, seed: int, max_candidates: int, chunk_size: int):
+    """The first batch of candidates :func:`_fill` draws (``(values, ok)``, handed to it: drawn
+    once, in the one shape its compiled draw program has), refusing first a spec whose
+    acceptance there cannot give ``n`` patients within ``max_candidates`` draws: even at a
+    generous upper bound on the acceptance rate ((accepted + 3) / draws: the "rule of three"
+    when none passed), fewer than half of ``n`` would pass. A rare acceptance with many
+    candidates allowed (1e-4 with 10^7) goes on."""
+    count = min(chunk_size, max_candidates)
     values, ok = draw_candidates(spec, seed, 0, count)
     accepted = int(ok.sum())
     if accepted >= n or (accepted + 3) / count * max_candidates >= n / 2:
-        return
+        return values, ok
+    looked_at = {k: v[:10_000] for k, v in values.items()}  # as _first_draws
     raise PopulationError(
         f"{spec.path}: {accepted} of the first {count:,} candidate draws passed the bounds "
-        f"and filters (acceptance {accepted / count:.2%}; {_rejections(spec, values)}): "
+        f"and filters (acceptance {accepted / count:.2%}; {_rejections(spec, looked_at)}): "
         f"{n} patients need about {n * count / max(accepted, 1):,.0f} draws, more than the "
         f"{max_candidates:,} allowed; relax [[filters]] or parameter bounds, or allow more "
         "draws (--max-candidates; Python: max_candidates=...)"
@@ -325,8 +327,9 @@ def _feasible(spec: PopulationSpec, n: int, seed: int, max_candidates: int) -> N
 
 
 def _fill(spec, n, seed, chunk_size, names, var_attrs, max_candidates, group, done, out,
-          progress) -> xr.Dataset:  # fmt: skip
-    """Draw candidates until ``n`` pass, writing each full chunk (see :func:`generate`)."""
+          progress, first=None) -> xr.Dataset:  # fmt: skip
+    """Draw candidates until ``n`` pass, writing each full chunk (see :func:`generate`);
+    ``first``: the first batch's draws when :func:`_feasible` made them."""
     arrays = {name: group[name] for name in names} if group is not None else {}
     buffers: dict[str, list[np.ndarray]] = {k: [] for k in names}
     buffered = written = tried = used = 0
@@ -342,7 +345,10 @@ def _fill(spec, n, seed, chunk_size, names, var_attrs, max_candidates, group, do
                 "(--max-candidates; Python: max_candidates=...)"
             )
         count = min(chunk_size, max_candidates - tried)
-        values, ok = draw_candidates(spec, seed, tried, count)
+        if tried == 0 and first is not None:
+            values, ok = first
+        else:
+            values, ok = draw_candidates(spec, seed, tried, count)
         take = np.flatnonzero(ok)[: n - written - buffered]
         if take.size and written + buffered + take.size == n:
             # candidates up to the n-th accepted one: the same whatever the chunk size
