@@ -14,7 +14,7 @@ PKG = Path(__file__).resolve().parents[1] / "cohort"
 
 # What each top-level part of the package may import (besides itself); anything else, and any
 # part missing from this table, fails the test: a new subpackage states its place here.
-BASE = {"_version", "_started", "_seed", "errors", "devices", "_toml", "timing"}
+BASE = {"_version", "_started", "_seed", "_prng", "errors", "devices", "_toml", "timing"}
 ALLOWED = {
     "_version": set(),
     "errors": set(),
@@ -22,6 +22,7 @@ ALLOWED = {
     "_toml": set(),
     "_started": set(),
     "_seed": set(),
+    "_prng": set(),
     "dosing_formats": {"errors"},  # other tools' record columns, for dosing's and data's readers
     "timing": {"_started"},
     "models": BASE,

@@ -15,13 +15,11 @@ window, rounded to the minute) with a normally distributed amount in whole grams
 from __future__ import annotations
 
 import dataclasses
-import functools
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 from scipy.special import ndtr, ndtri
 
+from cohort import _prng
 from cohort.errors import OptionError
 from cohort.models.glucose import EAT_RATE
 
@@ -171,14 +169,6 @@ def single_meal(n: int, time: float, grams: float, bolus: float = 0.0) -> MealSc
     )
 
 
-@functools.partial(jax.jit, static_argnums=2)
-def _uniforms(seed, ids, shape: tuple[int, ...]):
-    key = jax.random.PRNGKey(seed)
-    return jax.vmap(lambda i: jax.random.uniform(jax.random.fold_in(key, i), shape, jnp.float64))(
-        ids
-    )
-
-
 def random_scenario(
     n: int,
     days: int,
@@ -195,9 +185,9 @@ def random_scenario(
     SD g)``. Amounts are truncated at 0; skipped meals are padded out (``start = inf``).
     """
     k = len(slots)
-    # numpy ids and a static shape: eager jnp.arange/zeros would each be an XLA compile
-    ids = np.arange(first_patient, first_patient + n, dtype=jax.dtypes.canonicalize_dtype(int))
-    u = np.asarray(_uniforms(seed, ids, (days, k, 3)))  # occur, time, grams
+    # jax.random.uniform(fold_in(PRNGKey(seed), patient), ...), hashed in numpy (no compile)
+    keys = _prng.fold_in(_prng.key(seed), np.arange(first_patient, first_patient + n))
+    u = _prng.uniform(keys, (days, k, 3))  # occur, time, grams
     mean_t, sd_t, window, prob, mean_g, sd_g = (np.asarray(c, dtype=object) for c in zip(*slots))
     lo = np.asarray([w[0] for w in window], float) * 60.0
     hi = np.asarray([w[1] for w in window], float) * 60.0

@@ -15,11 +15,10 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 import xarray as xr
 
+from cohort import _prng
 from cohort._seed import check_seed
 from cohort._version import __version__
 from cohort.errors import CohortError, CohortWarning, OutputError
@@ -41,23 +40,15 @@ class PopulationError(CohortError, RuntimeError):
     """Generation could not produce the requested population (e.g. filters reject too much)."""
 
 
-_bits = jax.jit(
-    lambda key, idx, k: jax.vmap(
-        lambda i: jax.random.bits(jax.random.fold_in(key, i), (k,), jnp.uint64)
-    )(idx),
-    static_argnums=2,
-)
-
-
 def _uniforms(seed: int, start: int, count: int, k: int) -> np.ndarray:
     """Uniforms in (0, 1), shape [count, k], for candidates start..start+count-1."""
     if k == 0:
         return np.zeros((count, 0))
-    # 64-bit draws whatever the caller did to JAX's x64 switch (cohort turns it on at import;
-    # turned off, the uint64 bits came back as uint32 and every uniform was ~1e-10: a probe)
-    with jax.enable_x64(True):
-        key = jax.random.PRNGKey(seed)
-        bits = np.asarray(_bits(key, jnp.arange(start, start + count, dtype=jnp.uint32), k))
+    # jax.random.bits(fold_in(PRNGKey(seed), i), (k,), uint64), hashed in numpy: no XLA
+    # compile, and 64-bit whatever the caller did to JAX's x64 switch (under jax.random with
+    # x64 off, the bits came back as uint32 and every uniform was ~1e-10: a probe)
+    keys = _prng.fold_in(_prng.key(seed), np.arange(start, start + count).astype(np.uint32))
+    bits = _prng.bits64(keys, (k,))
     return ((bits >> np.uint64(11)).astype(np.float64) + 0.5) * 2.0**-53
 
 
