@@ -264,20 +264,23 @@ def test_sensor_noise_follows_simglucose_cgm_noise():
     import jax.numpy as jnp
     from scipy.interpolate import interp1d
 
-    from cohort.glucose.sensor import initial_state, read_sensor, sensor_keys
+    from cohort.glucose.sensor import initial_state, knot_count, knot_normals, read_sensor
 
     sensor, period, n, readings = Sensor(), 5.0, 64, 600
-    keys = sensor_keys(3, jnp.arange(n))
+    count = knot_count(sensor, period, readings - 1)
+    z = jnp.asarray(knot_normals(3, np.arange(n), count, np.float64).T)
     level = jnp.full(n, 150.0)
 
     def step(s, k):
-        s, cgm = read_sensor(sensor, period, s, level, keys, k)
+        s, cgm = read_sensor(sensor, period, s, level, z, k)
         return s, cgm
 
     _, cgm = jax.lax.scan(step, initial_state(n, jnp.float64), jnp.arange(readings))
     noise = np.asarray(cgm).T - 150.0
-    # simglucose's generator from the same normals (knot j of patient i: key i folded with j)
+    # simglucose's generator from the same normals (knot j of patient i: key i folded with j,
+    # drawn here by jax.random itself)
     m, blocks = 30, readings // 30
+    keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.PRNGKey(3), i))(jnp.arange(n))
     z = np.asarray(jax.vmap(lambda key: jax.vmap(
         lambda j: jax.random.normal(jax.random.fold_in(key, j), (), jnp.float64)
     )(jnp.arange(blocks * 10 + 1)))(keys))  # fmt: skip

@@ -139,6 +139,7 @@ class BatchSolver:
         n_devices: int = 1,
         cache_key: str | None = None,
         compiler_options: dict[str, Any] | None = None,
+        host_inputs: Callable[[Any, Any], Any] | None = None,
     ):
         devices = jax.local_devices()[:n_devices]
         if n_devices > 1:
@@ -167,6 +168,10 @@ class BatchSolver:
         self._out_sharding = out_sharding
         self._cache_key = cache_key
         self._compiler_options = dict(compiler_options or {})
+        # (batch rows, shared) -> the inputs the program takes, computed on the host per batch:
+        # e.g. random draws keyed by patient id, which inside the program would add a
+        # random-bits compilation and outside it would be held for the whole cohort at once
+        self._host_inputs = host_inputs
         # input signature -> Future of (compiled batch program, output buffer spec): a program
         # being built on one thread (see `compile`) is waited for, not built twice
         self._programs: dict[Any, concurrent.futures.Future] = {}
@@ -181,7 +186,8 @@ class BatchSolver:
     def __call__(self, inputs: Any, shared: Any, buffers: dict | None):
         """Solve a batch into ``buffers`` (outputs of an earlier batch of the same shape, which
         become invalid), or into new ones when ``buffers`` is None."""
-        program, spec = self.compile(inputs, shared)
+        inputs = self._expand(inputs, shared)
+        program, spec = self._compile(inputs, shared)
         if buffers is None:
             # from host zeros rather than a jitted jnp.zeros, whose XLA compile (~0.06 s, too
             # quick for the persistent cache) every fresh process paid
@@ -196,6 +202,13 @@ class BatchSolver:
         batches (XLA compiles on one core; the closed-loop CLI overlaps it with patient
         sampling), and a batch arriving meanwhile waits for that build instead of repeating
         it."""
+        return self._compile(self._expand(inputs, shared), shared)
+
+    def _expand(self, inputs: Any, shared: Any) -> Any:
+        """A batch's rows as the program takes them (``host_inputs`` applied)."""
+        return inputs if self._host_inputs is None else self._host_inputs(inputs, shared)
+
+    def _compile(self, inputs: Any, shared: Any) -> tuple[Callable, tuple]:
         sig = _signature(inputs, shared)
         while True:
             with self._lock:
@@ -223,6 +236,7 @@ class BatchSolver:
         work meanwhile (a store's layout, imports) costs no wall time; :meth:`compile` and
         calls wait for it. Errors of the tracing are raised here, those of XLA by the first
         call. A caller that gives up before calling waits with :meth:`settle`."""
+        inputs = self._expand(inputs, shared)
         sig = _signature(inputs, shared)
         with self._lock:
             if sig in self._programs:

@@ -39,7 +39,7 @@ import jax.numpy as jnp
 from cohort.engine.common import track_extremes
 from cohort.engine.stepping import rk4_step_rolled
 from cohort.errors import OptionError
-from cohort.glucose.sensor import Sensor, initial_state, read_sensor, sensor_keys
+from cohort.glucose.sensor import Sensor, initial_state, read_sensor
 from cohort.models.base import State, Tree
 from cohort.models.glucose.uva_padova import basal_insulin_rate
 
@@ -223,14 +223,15 @@ def solve_closed_loop(
     n_periods: int,
     p: Tree,
     meals: MealInputs,
-    patient_ids: jax.Array,
-    seed: jax.Array,
+    noise: jax.Array,
     therapy: Tree | None = None,
     gsub: str = "Gsub",
     dtype: str = "float64",
 ):
     """Run ``n_periods`` control periods for a batch; ``p`` holds ``[N]`` parameter arrays,
-    ``therapy`` the patients' therapy settings for the controller (``CR``, ``CF``).
+    ``therapy`` the patients' therapy settings for the controller (``CR``, ``CF``), ``noise``
+    ``[N, count]`` the standard normals of each patient's CGM noise
+    (:func:`cohort.glucose.sensor.knot_normals`; ``[N, 0]`` without noise).
 
     Each minute: the meal memory is updated (simglucose's discrete ``Dbar``), then the
     physiology advances by RK4 steps of ``dt`` with meal, insulin and ``Dbar`` held, so the
@@ -258,7 +259,7 @@ def solve_closed_loop(
     y0 = {s: v for s, v in model.initial(p).items() if s in names}
     fdt = basal.dtype
     n = basal.shape[0]
-    keys = sensor_keys(seed, patient_ids)
+    z = jnp.asarray(noise, fdt).T  # time-major: a block's knots are one slice
     windows = eating_windows(meals)
     nonneg = {st.name for st in model.states if st.nonnegative and st.name in names}
     zeros = jnp.zeros(n, fdt)
@@ -270,7 +271,7 @@ def solve_closed_loop(
     def decide(y, sensor_state, ctrl_state, residual, k):
         t = (k * period).astype(fdt)
         g = model.output(gsub, y, p)
-        sensor_state, cgm = read_sensor(options.sensor, period, sensor_state, g, keys, k)
+        sensor_state, cgm = read_sensor(options.sensor, period, sensor_state, g, z, k)
         obs = Observation(cgm, _announced(meals, t, period), _announced(meals, t - period, period))
         ctrl_state, rate = controller(ctrl_state, obs, t)
         rate = jnp.clip(rate, 0.0, options.max_rate)

@@ -98,18 +98,38 @@ def spline_weights(period: float) -> np.ndarray:
     return make_interp_spline(knots, np.eye(BLOCK_KNOTS + 1), k=3)(offsets)
 
 
-def sensor_keys(seed, patient_ids):
-    base = jax.random.PRNGKey(seed)
-    return jax.vmap(lambda i: jax.random.fold_in(base, i))(patient_ids)
+def knot_count(sensor: Sensor | None, period: float, n_periods: int) -> int:
+    """Standard normals per patient that readings ``0 .. n_periods`` use (0 without noise):
+    one per knot of every block a reading falls in, or one per reading for periods over a
+    block."""
+    if sensor is None or not sensor.noise:
+        return 0
+    m = samples_per_block(period)
+    if m == 0:
+        return n_periods + 1
+    return (n_periods // m + 1) * BLOCK_KNOTS + 1
 
 
-def _normals(keys, k, dtype):
-    """Standard normals of knot ``k``, drawn in float64 whenever JAX has it and then rounded:
-    a float32 run reads the same noise as a float64 one (drawn in float32 the same key gave
-    other numbers: up to 96 mg/dL apart and TIR 7 points; a probe)."""
-    draw = jnp.float64 if jax.config.jax_enable_x64 else dtype
-    z = jax.vmap(lambda key: jax.random.normal(jax.random.fold_in(key, k), (), draw))(keys)
-    return z.astype(dtype)
+_SQRT2 = math.sqrt(2.0)
+
+
+def knot_normals(seed: int, patient_ids, count: int, dtype) -> np.ndarray:
+    """``[N, count]`` standard normals of the sensor noise: patient ``i``'s ``j``-th from
+    ``fold_in(fold_in(PRNGKey(seed), i), j)`` by ``jax.random.normal``'s recipe, in float64
+    and then rounded to ``dtype`` (a float32 run reads the same noise as a float64 one; drawn
+    in float32 the same key gave other numbers, up to 96 mg/dL apart: a probe).
+
+    Drawn on the host (:mod:`cohort._prng`, JAX's bits hashed in numpy; scipy's erfinv agrees
+    with XLA's to ~1e-14) and handed to the closed loop as an input: drawn inside it, the
+    random-bits program added ~0.85 s to every cold compile of the loop."""
+    from scipy import special
+
+    from cohort import _prng
+
+    keys = _prng.fold_in(_prng.key(int(seed)), np.asarray(patient_ids)[:, None])
+    keys = _prng.fold_in(keys, np.arange(count)[None, :])
+    u = _prng.uniform(keys, (), np.nextafter(-1.0, 0.0), 1.0)
+    return (_SQRT2 * special.erfinv(u)).astype(dtype)
 
 
 def _johnson(sensor: Sensor, e, xp=jnp):
@@ -117,28 +137,26 @@ def _johnson(sensor: Sensor, e, xp=jnp):
     return sensor.xi + sensor.lam * xp.sinh((e - sensor.gamma) / sensor.delta)
 
 
-def _new_block(sensor: Sensor, s: SensorState, keys, block, dtype) -> SensorState:
+def _new_block(sensor: Sensor, s: SensorState, z, block) -> SensorState:
     """The next block's knots: the AR(1) continued from the last block's final knot (the
-    first block draws its first knot), each knot's normal keyed by its global index."""
-    # the block's normals in one draw (one random-bits program, not eleven: XLA compile time)
-    index = jnp.concatenate(
-        [jnp.zeros(1, jnp.int32), 1 + block * BLOCK_KNOTS + jnp.arange(BLOCK_KNOTS)]
-    )
-    z = jax.vmap(lambda j: _normals(keys, j, dtype))(index)  # [11, N]
+    first block draws its first knot); ``z [count, N]``: the knots' normals
+    (:func:`knot_normals`, time-major), knot ``j`` of block ``b`` at ``1 + 10 b + j``."""
+    fresh = jax.lax.dynamic_slice_in_dim(z, 1 + block * BLOCK_KNOTS, BLOCK_KNOTS, 0)
     e = jnp.where(block == 0, z[0], s.e)
     chain = [e]
     for q in range(BLOCK_KNOTS):
-        e = sensor.pacf * (e + z[q + 1])
+        e = sensor.pacf * (e + fresh[q])
         chain.append(e)
     return SensorState(s.level, e, _johnson(sensor, jnp.stack(chain)))
 
 
-def read_sensor(sensor: Sensor | None, period: float, s: SensorState, g, keys, k):
+def read_sensor(sensor: Sensor | None, period: float, s: SensorState, g, z, k):
     """Advance the sensor by one period (``k`` > 0) or start it (``k`` = 0); return CGM.
 
-    Reading ``k`` takes the noise ``(k mod m) + 1`` periods into block ``k // m`` (``m``
-    readings a block), as simglucose's sensor draws its first reading one period into the
-    first block; a block's knots are drawn when its first reading is due."""
+    ``z [count, N]``: the noise's standard normals (:func:`knot_normals`, transposed; unused
+    without noise). Reading ``k`` takes the noise ``(k mod m) + 1`` periods into block
+    ``k // m`` (``m`` readings a block), as simglucose's sensor draws its first reading one
+    period into the first block; a block's knots are formed when its first reading is due."""
     if sensor is None:
         return s, g
     a = 1.0 - math.exp(-period / sensor.delay) if sensor.delay > 0 else 1.0
@@ -148,14 +166,12 @@ def read_sensor(sensor: Sensor | None, period: float, s: SensorState, g, keys, k
     m = samples_per_block(period)
     if sensor.noise and m == 0:  # periods over a block: an AR(1) of the knots themselves
         phi = sensor.pacf ** (period / KNOT_INTERVAL)
-        z = _normals(keys, k, g.dtype)
-        e = jnp.where(k == 0, z, phi * s.e + math.sqrt(1.0 - phi**2) * z)
+        zk = z[k]
+        e = jnp.where(k == 0, zk, phi * s.e + math.sqrt(1.0 - phi**2) * zk)
         s, noise = s._replace(e=e), _johnson(sensor, e)
     elif sensor.noise:
         block, offset = k // m, k % m
-        s = jax.lax.cond(
-            offset == 0, lambda st: _new_block(sensor, st, keys, block, g.dtype), lambda st: st, s
-        )
+        s = jax.lax.cond(offset == 0, lambda st: _new_block(sensor, st, z, block), lambda st: st, s)
         weights = jnp.asarray(spline_weights(float(period)), g.dtype)[offset]
         noise = jnp.tensordot(weights, s.knots, axes=1)
     return s, jnp.clip(level + noise, sensor.low, sensor.high)

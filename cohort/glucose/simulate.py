@@ -56,6 +56,7 @@ from cohort.glucose.metrics import (
 )
 from cohort.glucose.scenarios import MealScenario
 from cohort.glucose.scenarios import scenario as named_scenario
+from cohort.glucose.sensor import knot_count, knot_normals
 from cohort.models import get
 from cohort.models.base import Model
 from cohort.models.glucose import queued_meals
@@ -117,13 +118,14 @@ def _solver(
     model: Model, ctrl: Any, options: ClosedLoopOptions, n_periods: int, dtype: str, n_dev: int
 ) -> BatchSolver:
     """The batch solve ``((params, meals, patient ids, therapy), (profile, seed, weights))`` ->
-    time-major outputs, status and metrics (computed from the stored ``Gsub``)."""
+    time-major outputs, status and metrics (computed from the stored ``Gsub``). The CGM noise's
+    normals are drawn on the host for each batch from its patient ids and the seed."""
 
     def run(inputs, shared):
-        p, meals, ids, therapy = inputs
-        profile, seed, weights = shared
+        p, meals, therapy, noise = inputs
+        profile, _, weights = shared
         outs, finite, min_scaled = solve_closed_loop(
-            model, ctrl, options, n_periods, p, meals._replace(profile=profile), ids, seed,
+            model, ctrl, options, n_periods, p, meals._replace(profile=profile), noise,
             therapy, dtype=dtype,
         )  # fmt: skip
         status = stepping_status(finite, min_scaled, [outs["Gsub"]])
@@ -131,11 +133,17 @@ def _solver(
         metrics["cvga_zone"] = metrics.pop("cvga_code").astype(jnp.int8)
         return outs, status, metrics
 
+    count = knot_count(options.sensor, round(options.period), n_periods)
+
+    def with_noise(rows, shared):
+        p, meals, ids, therapy = rows
+        return p, meals, therapy, knot_normals(int(shared[1]), ids, count, meals.start.dtype)
+
     model_key = builtin_model_key(model)
     key = None
     if model_key is not None and is_cohort_code(ctrl, options, options.sensor):
         key = repr(("closed_loop", model_key, ctrl, options, n_periods, dtype))
-    return BatchSolver(run, n_dev, cache_key=key)
+    return BatchSolver(run, n_dev, cache_key=key, host_inputs=with_noise)
 
 
 def _spec_hash(model: Model, params, scenario: MealScenario, settings: tuple) -> str:
