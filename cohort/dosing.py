@@ -216,6 +216,16 @@ def _err(row: int, column: str, msg: str) -> DosingError:
     return DosingError(f"dosing record row {row}, column {column}: {msg}")
 
 
+def file_rows(df: pd.DataFrame) -> np.ndarray:
+    """Each record's row number as errors and warnings give it: as the file numbers it where
+    :func:`cohort.data.reader.read_table` left out ``#`` comment lines (its
+    ``attrs["file_rows"]``), else 1, 2, ... (header excluded)."""
+    rows = df.attrs.get("file_rows")
+    if rows is not None and len(rows) == len(df):
+        return np.asarray(rows, dtype=np.int64)
+    return np.arange(1, len(df) + 1)
+
+
 MISSING_AMT = (
     "a dose record (EVID 1) has no amount (an empty or '.' cell, which NONMEM reads as 0 and "
     "which would dose nothing); give AMT, or make the row an observation (EVID 0)"
@@ -229,7 +239,7 @@ def _missing_cells(column: pd.Series) -> np.ndarray:
     return (column.isna() | column.astype(str).str.strip().isin((".", "", "nan"))).to_numpy()
 
 
-def _numeric(df: pd.DataFrame, col: str, default: float) -> np.ndarray:
+def _numeric(df: pd.DataFrame, col: str, default: float, rows: np.ndarray) -> np.ndarray:
     if col not in df:
         return np.full(len(df), default, dtype=float)
     raw = df[col]
@@ -248,7 +258,7 @@ def _numeric(df: pd.DataFrame, col: str, default: float) -> np.ndarray:
                 " (a clock time? TIME is hours since the start, e.g. 08:00 on the first day "
                 "is 8 when the records start at midnight)"
             )
-        raise _err(r + 1, col, f"value {df[col].iloc[r]!r} is not a number{hint}")
+        raise _err(int(rows[r]), col, f"value {df[col].iloc[r]!r} is not a number{hint}")
     return values.fillna(default).to_numpy(dtype=float)
 
 
@@ -286,7 +296,7 @@ def records_from_frame(
 ) -> list[pd.DataFrame]:
     """Validate NONMEM-style records and split them per patient (ID order kept).
 
-    Rows are numbered from 1 as in the file (header excluded). Raises :class:`DosingError`.
+    Rows are numbered as in the file (:func:`file_rows`). Raises :class:`DosingError`.
     """
     ex = _expanded(df, state_names, dose_targets)
     bounds = np.searchsorted(ex["code"], np.arange(ex["n"] + 1))
@@ -320,7 +330,7 @@ def records_table(
     per-patient frames, so 10^4-10^5 patients take well under a second). A user's dose row
     repeated whole is refused, as the fit's reader refuses it."""
     ex = _expanded(df, state_names, dose_targets)
-    _refuse_repeated_doses(df, ex["row_dose"])
+    _refuse_repeated_doses(df, ex["row_dose"], ex["rows"])
     n, code = ex["n"], ex["code"]
     counts = np.bincount(code, minlength=n)
     e = max(1, int(counts.max(initial=0)))
@@ -355,7 +365,7 @@ def implied_evid(amt, rate, ss) -> np.ndarray:
     return np.where((amt > 0) | (rate != 0) | (ss > 0), 1.0, 0.0)
 
 
-def _refuse_repeated_doses(df: pd.DataFrame, dose: np.ndarray) -> None:
+def _refuse_repeated_doses(df: pd.DataFrame, dose: np.ndarray, rows: np.ndarray) -> None:
     """A dose row (``dose``: per row of ``df``, as :func:`_expanded` read it) equal in every
     column to an earlier one is a row pasted twice far more often than two identical doses
     meant (which one row with their sum gives): summed without a word, it doubled the
@@ -367,9 +377,9 @@ def _refuse_repeated_doses(df: pd.DataFrame, dose: np.ndarray) -> None:
         group = frame.groupby(list(frame.columns), dropna=False, sort=False).ngroup()
         first = int(np.flatnonzero((group == group.iloc[i]).to_numpy())[0])
         raise _err(
-            i + 1,
+            int(rows[i]),
             "AMT",
-            f"the dose repeats row {first + 1} in every column ({repeated.size} such row(s)); "
+            f"the dose repeats row {rows[first]} in every column ({repeated.size} such row(s)); "
             "remove the copy, or give two doses at one time as one row with their sum",
         )
 
@@ -377,7 +387,7 @@ def _refuse_repeated_doses(df: pd.DataFrame, dose: np.ndarray) -> None:
 MAX_RECORDS_PER_PATIENT = 100_000  # e.g. 11 years of hourly doses
 
 
-def _warn_dose_before_ss(time, code, dosing, ss, addl, ii) -> None:
+def _warn_dose_before_ss(time, code, dosing, ss, addl, ii, rows) -> None:
     """A dose before an SS=1 record at the same time, written as a row or implied by an
     earlier row's ADDL: NONMEM processes the rows in order and the SS=1 record resets the
     system, so that dose is lost there; cohort applies the steady state first and keeps it (a
@@ -389,8 +399,8 @@ def _warn_dose_before_ss(time, code, dosing, ss, addl, ii) -> None:
         while j >= 0 and code[j] == code[i] and time[j] == time[i]:
             if dosing[j]:
                 warnings.warn(
-                    f"dosing records: row {j + 1} doses at TIME {time[i]:g}, before the SS=1 "
-                    f"record of row {i + 1} at the same time; NONMEM's SS=1 resets the system "
+                    f"dosing records: row {rows[j]} doses at TIME {time[i]:g}, before the SS=1 "
+                    f"record of row {rows[i]} at the same time; NONMEM's SS=1 resets the system "
                     "and that dose is lost there, cohort applies the steady state first and "
                     "keeps it: put the SS=1 record first to keep the dose, or remove it",
                     CohortWarning,
@@ -404,9 +414,9 @@ def _warn_dose_before_ss(time, code, dosing, ss, addl, ii) -> None:
             k = (time[i] - time[j]) / ii[j]  # the additional dose due at the SS record's time
             if 1 <= round(k) <= addl[j] and abs(k - round(k)) < 1e-9:
                 warnings.warn(
-                    f"dosing records: the ADDL doses of row {j + 1} (every {ii[j]:g} from TIME "
+                    f"dosing records: the ADDL doses of row {rows[j]} (every {ii[j]:g} from TIME "
                     f"{time[j]:g}) include one at TIME {time[i]:g}, the time of the SS=1 record "
-                    f"of row {i + 1}; NONMEM's SS=1 resets the system and that dose is lost "
+                    f"of row {rows[i]}; NONMEM's SS=1 resets the system and that dose is lost "
                     "there, cohort applies the steady state first and keeps it: end the ADDL "
                     f"before it (ADDL={round(k) - 1}) to drop it, or give it as its own row "
                     "after the SS=1 record to keep it",
@@ -419,14 +429,16 @@ def _warn_dose_before_ss(time, code, dosing, ss, addl, ii) -> None:
 def _expanded(df: pd.DataFrame, state_names: Sequence[str], dose_targets: Sequence[str]) -> dict:
     """Checked records expanded to engine records (ADDL copies, EVID 3/4 resets), sorted by
     patient (first-appearance order) then time, generation order breaking ties: columns
-    ``TIME AMT RATE CMT EVID SS II``, ``code`` (patient index) and ``n`` (patients)."""
+    ``TIME AMT RATE CMT EVID SS II``, ``code`` (patient index), ``n`` (patients) and ``rows``
+    (each input row's number in errors and warnings, :func:`file_rows`)."""
+    rows = file_rows(df)
     df = df.reset_index(drop=True)
     # "RATE " (a space before the comma) was read as no RATE column: infusions ran as boluses
     df.columns = [str(c).strip().upper() for c in df.columns]
     dated = date_column_problem(df.columns)
     if dated:
         raise DosingError(f"dosing records: column {dated[0]}: {dated[1]}")
-    df, problems = rates_from_durations(df)
+    df, problems = rates_from_durations(df, rows)
     if problems:
         raise _err(*problems[0])
     if "TIME" not in df:
@@ -440,32 +452,32 @@ def _expanded(df: pd.DataFrame, state_names: Sequence[str], dose_targets: Sequen
     if "C" in df:
         flagged = np.flatnonzero(df["C"].astype(str).str.strip().isin(("C", "#")).to_numpy())
         if flagged.size:
-            rows = ", ".join(str(r + 1) for r in flagged[:5]) + (" ..." if flagged.size > 5 else "")
+            shown = ", ".join(str(r) for r in rows[flagged[:5]]) + " ..." * (flagged.size > 5)
             raise DosingError(
-                f"dosing records: column C flags row(s) {rows} as comments (NONMEM IGNORE=C); "
+                f"dosing records: column C flags row(s) {shown} as comments (NONMEM IGNORE=C); "
                 "cohort would dose them: remove those rows from the file"
             )
     if "ID" in df:  # a missing ID made a patient called "." (a probe)
         no_id = np.flatnonzero(_missing_cells(df["ID"]))
         if no_id.size:
-            raise _err(int(no_id[0]) + 1, "ID", "missing ID; give every row its patient's ID")
-    ids = df["ID"].to_numpy() if "ID" in df else np.zeros(len(df), dtype=int)
-    time = _numeric(df, "TIME", np.nan)
-    amt = _numeric(df, "AMT", 0.0)
-    evid = _numeric(df, "EVID", np.nan)
+            raise _err(int(rows[no_id[0]]), "ID", "missing ID; give every row its patient's ID")
+    ids = _id_key_array(df["ID"]) if "ID" in df else np.zeros(len(df), dtype=int)
+    time = _numeric(df, "TIME", np.nan, rows)
+    amt = _numeric(df, "AMT", 0.0, rows)
+    evid = _numeric(df, "EVID", np.nan, rows)
     no_amt = _missing_cells(df["AMT"])
-    rate = _numeric(df, "RATE", 0.0)
-    addl = _numeric(df, "ADDL", 0.0)
-    ii = _numeric(df, "II", 0.0)
-    ss = _numeric(df, "SS", 0.0)
+    rate = _numeric(df, "RATE", 0.0, rows)
+    addl = _numeric(df, "ADDL", 0.0, rows)
+    ii = _numeric(df, "II", 0.0, rows)
+    ss = _numeric(df, "SS", 0.0, rows)
     evid = np.where(np.isnan(evid), implied_evid(amt, rate, ss), evid)
-    warn_amount_off_dose(amt, evid, np.arange(1, len(df) + 1), "dosing records: row(s)", 5)
+    warn_amount_off_dose(amt, evid, rows, "dosing records: row(s)", 5)
     default_cmt = state_names.index(dose_targets[0]) + 1 if dose_targets else 1
     cmt_raw = df["CMT"].to_numpy() if "CMT" in df else np.full(len(df), default_cmt)
     cmt = np.zeros(len(df), dtype=int)
     cmt_cache: dict = {}
     for i in range(len(df)):
-        row = i + 1
+        row = int(rows[i])
         if np.isnan(time[i]):
             raise _err(row, "TIME", "missing time")
         if not np.isfinite(time[i]):
@@ -511,7 +523,15 @@ def _expanded(df: pd.DataFrame, state_names: Sequence[str], dose_targets: Sequen
         if ss[i] == 1 and ii[i] <= 0:
             raise _err(row, "II", "SS=1 needs the dosing interval II > 0")
         if ss[i] == 1 and rate[i] > 0 and amt[i] / rate[i] > ii[i]:
-            raise _err(row, "RATE", "SS=1 infusion lasts longer than II; not supported")
+            raise _err(
+                row,
+                "RATE",
+                f"the SS=1 infusion lasts AMT/RATE = {amt[i]:g}/{rate[i]:g} = "
+                f"{amt[i] / rate[i]:g}, longer than its interval II {ii[i]:g}: a steady state "
+                "of overlapping infusions is not supported; raise RATE (or lower AMT) so that "
+                "each infusion ends within II, or drop SS=1 and give the doses explicitly "
+                "(ADDL with II, enough of them to reach steady state)",
+            )
         key = (type(cmt_raw[i]), cmt_raw[i])
         if key not in cmt_cache:  # the same compartment value on many rows: checked once
             cmt_cache[key] = _cmt_index(cmt_raw[i], row, state_names, dose_targets)
@@ -523,15 +543,23 @@ def _expanded(df: pd.DataFrame, state_names: Sequence[str], dose_targets: Sequen
     starts = np.concatenate([[0], runs]) if len(code) else np.zeros(0, int)
     seen_twice = np.flatnonzero(pd.Series(code[starts]).duplicated().to_numpy())
     if seen_twice.size:
-        raise _err(
-            int(starts[seen_twice[0]]) + 1, "ID", "records of one patient must be contiguous"
-        )
+        i = int(starts[seen_twice[0]])
+        first = int(np.argmax(code == code[i]))
+        said = df["ID"].astype(str).str.strip().to_numpy() if "ID" in df else None
+        why = "records of one patient must be contiguous"
+        if said is not None and said[i] != said[first]:  # "01" after "1" (and "2")
+            why = (
+                f"IDs {said[first]} (row {rows[first]}) and {said[i]} are one subject, as "
+                f"NONMEM reads IDs (numbers), and {why}: write each subject's ID one way, "
+                "and give different subjects different numbers"
+            )
+        raise _err(int(rows[i]), "ID", why)
     back = np.flatnonzero((np.diff(time) < 0) & (np.diff(code) == 0))
     if back.size:
         j = int(back[0])
         why = time_goes_back(time[j + 1], time[j], int(evid[j + 1]), prev_evid=int(evid[j]))
-        raise _err(j + 2, "TIME", why)
-    _warn_dose_before_ss(time, code, np.isin(evid, (1, 4)), ss, addl, ii)
+        raise _err(int(rows[j + 1]), "TIME", why)
+    _warn_dose_before_ss(time, code, np.isin(evid, (1, 4)), ss, addl, ii, rows)
     # expansion, in the order the records are generated per row: reset, then doses k = 0..
     # EVID 4 with SS=1 is EVID 1 with SS=1 (the steady state resets the system itself, as in
     # NONMEM): a separate reset record at the same time was applied after the steady state
@@ -545,7 +573,7 @@ def _expanded(df: pd.DataFrame, state_names: Sequence[str], dose_targets: Sequen
         who = int(np.argmax(per_patient))
         j = int(np.flatnonzero((code == who) & dosing)[np.argmax(reps[(code == who) & dosing])])
         raise _err(
-            j + 1, "ADDL", f"{per_patient[who]:,.0f} doses for one patient after ADDL expansion "
+            rows[j], "ADDL", f"{per_patient[who]:,.0f} doses for one patient after ADDL expansion "
             f"(ADDL {addl[j]:g} every II {ii[j]:g}); at most {MAX_RECORDS_PER_PATIENT:,} are "
             "supported: check the units of II and ADDL, or give only the doses that fall in "
             "the simulated time"
@@ -557,7 +585,7 @@ def _expanded(df: pd.DataFrame, state_names: Sequence[str], dose_targets: Sequen
         too_far = ~np.isfinite(time + np.where(dosing, addl, 0) * np.where(dosing, ii, 0))
     if (too_far & dosing).any():
         j = int(np.flatnonzero(too_far & dosing)[0])
-        raise _err(j + 1, "ADDL", f"ADDL x II ({addl[j]:g} x {ii[j]:g}) is beyond any time; "
+        raise _err(int(rows[j]), "ADDL", f"ADDL x II ({addl[j]:g} x {ii[j]:g}) is beyond any time; "
                    "check the units of II and the number of additional doses")  # fmt: skip
     rec = {
         "TIME": np.concatenate([time[r_rows], time[src] + k * ii[src]]),
@@ -581,6 +609,7 @@ def _expanded(df: pd.DataFrame, state_names: Sequence[str], dose_targets: Sequen
     out = {c: v[idx] for c, v in rec.items()}
     out["code"], out["n"] = rcode[idx], n
     out["row_dose"] = dosing  # per input row: a dose (EVID 1/4, as inferred without EVID)
+    out["rows"] = rows
     return out
 
 
@@ -626,10 +655,27 @@ def patient_ids(dosing: Any) -> np.ndarray | None:
     so that a user can join them back to the file's patients."""
     if not isinstance(dosing, pd.DataFrame):
         return None
-    col = next((c for c in dosing.columns if str(c).upper() == "ID"), None)
+    col = next((c for c in dosing.columns if str(c).strip().upper() == "ID"), None)
     if col is None:
         return None
-    return id_values(pd.factorize(dosing[col].to_numpy())[1])
+    first = ~pd.Series(_id_key_array(dosing[col])).duplicated().to_numpy()  # as first written
+    return id_values(dosing[col].to_numpy()[first])
+
+
+def id_keys(column) -> list:
+    """Patient IDs of a column as the records' patients are told apart: numbers where every
+    ID is one, as NONMEM reads ID ("1", "01" and "1.0" are one subject; the CLI, the fit's
+    reader and the event table must count them alike), else the text as written."""
+    return _id_key_array(column).tolist()
+
+
+def _id_key_array(column) -> np.ndarray:
+    """:func:`id_keys` as an array (float, or text as objects)."""
+    column = pd.Series(column)
+    numbers = pd.to_numeric(column, errors="coerce")
+    if numbers.notna().all():
+        return numbers.to_numpy(dtype=float)
+    return column.astype(str).str.strip().to_numpy(dtype=object)
 
 
 def id_values(ids) -> np.ndarray:

@@ -44,10 +44,14 @@ def _numbers(column: pd.Series) -> tuple[np.ndarray, np.ndarray]:
     return values.to_numpy(float), (values.isna() & raw.notna()).to_numpy()
 
 
-def rates_from_durations(df: pd.DataFrame) -> tuple[pd.DataFrame, list[tuple[int, str, str]]]:
+def rates_from_durations(
+    df: pd.DataFrame, rows: np.ndarray | None = None
+) -> tuple[pd.DataFrame, list[tuple[int, str, str]]]:
     """``df`` with a ``DUR`` column turned into ``RATE`` on dose rows (``AMT`` > 0, ``DUR``
-    > 0), and the problems found as ``(1-based row, column, message)``. Without ``DUR``,
-    ``df`` itself."""
+    > 0), and the problems found as ``(row, column, message)``, rows numbered by ``rows``
+    (the row the user's file gives each record; 1, 2, ... without). Without ``DUR``, ``df``
+    itself."""
+    rows = np.arange(1, len(df) + 1) if rows is None else np.asarray(rows)
     upper = {str(c).strip().upper(): c for c in df.columns}
     if "DUR" not in upper:
         return df, []
@@ -56,18 +60,18 @@ def rates_from_durations(df: pd.DataFrame) -> tuple[pd.DataFrame, list[tuple[int
     rate = _numbers(df[upper["RATE"]])[0] if "RATE" in upper else np.full(len(df), np.nan)
     problems = []
     for i in np.flatnonzero(dur_text | (np.isfinite(dur) & (dur < 0)) | np.isinf(dur)):
-        problems.append((i + 1, "DUR", "an infusion's duration must be a number >= 0"))
+        problems.append((int(rows[i]), "DUR", "an infusion's duration must be a number >= 0"))
     timed = (np.nan_to_num(amt) > 0) & (np.nan_to_num(dur, posinf=0) > 0)
     for i in np.flatnonzero(timed & np.isfinite(rate) & (rate != 0)):
         problems.append(
-            (i + 1, "DUR", f"both RATE ({rate[i]:g}) and DUR ({dur[i]:g}): give one of them")
+            (int(rows[i]), "DUR", f"both RATE ({rate[i]:g}) and DUR ({dur[i]:g}): give one of them")
         )
     if problems:
         return df, problems
     if timed.any():  # a DUR that is not a duration (a disease's) would make infusions
         warnings.warn(
             f"records: column DUR read as infusion durations (RATE = AMT/DUR) on "
-            f"{int(timed.sum())} dose row(s), e.g. row {int(np.flatnonzero(timed)[0]) + 1}: "
+            f"{int(timed.sum())} dose row(s), e.g. row {int(rows[timed][0])}: "
             f"AMT {amt[timed][0]:g} over {dur[timed][0]:g}; rename the column if it is not",
             CohortWarning,
             stacklevel=4,

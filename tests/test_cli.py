@@ -655,3 +655,53 @@ def test_a_dosing_header_with_spaces_is_read_as_written(tmp_path, monkeypatch):
         warnings.simplefilter("always")
         records_table(frame, ("central",), ("central",))
     assert any("AMT 100 on an EVID 3 record" in str(w.message) for w in seen)
+
+
+def test_dosing_rows_are_numbered_as_the_file_numbers_them(tmp_path):
+    """With `#` comment lines the dosing reader numbered records by position: its warnings
+    pointed at the line above the record (errors were patched afterwards, in the text)."""
+    dose = tmp_path / "c.csv"
+    dose.write_text("ID,TIME,AMT,EVID,CMT\n# a comment\n# another\n1,0,100,1,1\n1,1,5,0,1\n")
+    args = ["simulate", "--model", "pk1_iv", "--dosing", str(dose), "-o", str(tmp_path / "x")]
+    res = runner.invoke(app, args)
+    assert res.exit_code == 0, res.output
+    assert "dosing records: row(s) 4: AMT 5 on an EVID 0 record" in " ".join(res.stderr.split())
+    dose.write_text(dose.read_text() + "# x\n1,2,abc,1,1\n1,3,100,1,1\n1,3,100,1,1\n")
+    res = runner.invoke(app, [*args[:-2], "-o", str(tmp_path / "y")])
+    assert res.exit_code == 2 and "dosing record row 6, column AMT: value 'abc'" in flat(res)
+    dose.write_text(dose.read_text().replace("abc", "100"))
+    res = runner.invoke(app, [*args[:-2], "-o", str(tmp_path / "z")])
+    assert res.exit_code == 2
+    assert "dosing record row 8, column AMT: the dose repeats row 7 in every column" in flat(res)
+
+
+def test_ids_1_and_01_are_one_patient_as_nonmem_reads_them(tmp_path):
+    """The CLI counted "1" and "01" as one patient (numbers), the event table as two (text):
+    the run was refused as "dosing describes 2 patients but the population has 1"."""
+    records = "ID,TIME,AMT,EVID,CMT\n1,0,100,1,1\n01,12,100,1,1\n2,0,100,1,1\n"
+    assert _simulated_ids(tmp_path, "one", records) == [1, 2]
+    frame = pd.read_csv(tmp_path / "one.csv", dtype=str)  # "01" kept as written
+    assert cohort.simulate("pk1_oral", None, frame, [0.0, 24.0]).ID.values.tolist() == [1, 2]
+    dose = tmp_path / "apart.csv"  # not contiguous: refused, both spellings named
+    dose.write_text("ID,TIME,AMT,EVID,CMT\n1,0,100,1,1\n2,0,100,1,1\n01,12,100,1,1\n")
+    res = runner.invoke(app, ["simulate", "--dosing", str(dose), "-o", str(tmp_path / "x")])
+    assert res.exit_code == 2
+    assert "dosing record row 3, column ID: IDs 1 (row 1) and 01 are one subject" in flat(res)
+    assert "write each subject's ID one way" in flat(res)
+
+
+def test_zero_padded_ids_pair_a_population_with_its_dosing_records():
+    """A population read with ID 001 as the number 1 and dosing records keeping "001" as text
+    were refused: "ID 001 has dose records but no parameters; ID 1 has parameters ..."."""
+    import io
+
+    pop = pd.read_csv(io.StringIO("ID,CL,V,KA\n001,2,20,1\n002,3,30,1\n"))
+    rows = "ID,TIME,AMT,EVID,CMT\n002,0,100,1,1\n001,0,50,1,1\n"
+    dose = pd.read_csv(io.StringIO(rows), dtype=str)
+    ds = cohort.simulate("pk1_oral", pop, dose, [0.0, 2.0])
+    assert ds.ID.values.tolist() == ["002", "001"]
+    # patient 002 (CL 3, V 30) took 100, patient 001 (CL 2, V 20) 50: paired by ID, not row
+    conc = ds["conc"].values[:, 1]
+    alone = cohort.simulate("pk1_oral", pop.iloc[[1]], dose.iloc[[0]], [0.0, 2.0])
+    np.testing.assert_allclose(conc[0], alone["conc"].values[0, 1], rtol=1e-12)
+    assert conc[0] > conc[1] > 0

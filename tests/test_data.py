@@ -350,3 +350,17 @@ def test_infusion_durations_and_date_columns_of_other_tools():
             ["central"],
             ["central"],
         )
+
+
+def test_fit_dataset_dose_warnings_number_rows_as_the_file(tmp_path):
+    """The fit path handed the dosing module records without the file's row numbers: with
+    `#` comment lines its warnings named the rows by position (row 1 and 2 below)."""
+    path = tmp_path / "ss.csv"
+    path.write_text(
+        "ID,TIME,AMT,DV,EVID,CMT,SS,II\n# comment\n1,0,100,.,1,1,0,0\n# another\n"
+        "1,0,200,.,1,1,1,12\n1,1,.,5,0,1,0,0\n"
+    )
+    data = read_nonmem(path)
+    said = r"row 2 doses at TIME 0, before the SS=1 record of row 4"
+    with pytest.warns(CohortWarning, match=said):
+        data.event_table(cohort.models.get("pk1_iv"))

@@ -428,3 +428,11 @@ def test_a_modelled_duration_longer_than_ii_at_steady_state_marks_the_patient():
     with pytest.warns(cohort.PatientsFailedWarning, match="longer than the SS=1 dose's II"):
         ds = cohort.simulate(PK1_IV, pop, rows, TIMES, n=2)
     assert ds.status.values.tolist() == [5, 0]
+
+
+def test_a_steady_state_infusion_longer_than_ii_says_the_fix():
+    """The refusal said "not supported" and no more."""
+    df = records(SS=[1, 0], RATE=[2.0, 0.0], II=[12.0, 0.0])
+    reject(df, 1, "RATE", r"lasts AMT/RATE = 100/2 = 50, longer than its interval II 12")
+    reject(df, 1, "RATE", r"raise RATE \(or lower AMT\) so that each infusion ends within II")
+    reject(df, 1, "RATE", r"or drop SS=1 and give the doses explicitly \(ADDL with II")

@@ -127,13 +127,11 @@ def id_column(table):
 
 
 def id_keys(column) -> list:
-    """Patient IDs of a table column, comparable across files ("7" and "7.0" are one ID)."""
-    import pandas as pd
+    """Patient IDs of a table column, comparable across files ("7" and "7.0" are one ID),
+    read as the dosing reader tells its patients apart."""
+    from cohort.dosing import id_keys as keys  # here: --help imports no pandas
 
-    numbers = pd.to_numeric(column, errors="coerce")
-    if numbers.notna().all():
-        return numbers.astype(float).tolist()
-    return column.astype(str).str.strip().tolist()
+    return keys(column)
 
 
 def horizon_notes(dose, t_end: float, flag: str = "--t-end") -> list[tuple[str, str]]:

@@ -383,10 +383,7 @@ def simulate(
     except DosingError as exc:
         if dosing is None:
             raise
-        from cohort.data.reader import in_file_rows
-
-        # the file named, its rows numbered as the file numbers them (comment lines counted)
-        fail(f"--dosing {dosing}: {in_file_rows(str(exc), dose)}")
+        fail(f"--dosing {dosing}: {exc}")  # rows as the file numbers them (the dosing reader)
     console.print(summary_table(ds, list(m.output_names)))
     console.print(describe(spent), style="dim")
     status = np.asarray(ds["status"].values)

@@ -190,7 +190,7 @@ class Dataset:
                 dose_frame(self.records, model), model.state_names, model.dose_targets
             )
         except DosingError as exc:
-            raise as_data_error(exc, self.records) from None
+            raise as_data_error(exc) from None
 
     def to_frame(self) -> pd.DataFrame:
         """The normalised NONMEM records (``DV`` NaN where missing) without the ROW column."""

@@ -193,22 +193,6 @@ def read_table(path: str | Path) -> pd.DataFrame:
     return table
 
 
-def in_file_rows(message: str, table: pd.DataFrame) -> str:
-    """``message`` with its record numbers ("row 3", "row(s) 3, 7") as the file numbers its
-    rows where ``table`` (from :func:`read_table`) left out ``#`` comment lines: an error
-    pointed at the comment line above the record (a probe)."""
-    rows = table.attrs.get("file_rows")
-    if rows is None:
-        return message
-
-    def at(m: re.Match) -> str:
-        numbers = [int(x) for x in m.group(2).split(", ")]
-        shown = [str(rows[k - 1]) if 1 <= k <= len(rows) else str(k) for k in numbers]
-        return m.group(1) + ", ".join(shown)
-
-    return re.sub(r"(\brow(?:\(s\))? )(\d+(?:, \d+)*)", at, message)
-
-
 def _cells_missing(raw: pd.Series) -> np.ndarray:
     if raw.dtype == object or pd.api.types.is_string_dtype(raw):
         text = raw.astype(str).str.strip().str.upper()
@@ -420,7 +404,7 @@ def validate(
     if dated:
         raise DataError([Problem(None, *dated)])
     if durations and not raw.columns.duplicated().any():
-        raw, found = rates_from_durations(raw)  # DUR (rxode2, Pmetrics) as NONMEM's RATE
+        raw, found = rates_from_durations(raw, rows)  # DUR (rxode2, Pmetrics) as NONMEM's RATE
         if found:
             raise DataError([Problem(*p) for p in found])
     dupe_cols = raw.columns[raw.columns.duplicated()].tolist()
@@ -653,16 +637,18 @@ def dose_frame(records: pd.DataFrame, model: Model) -> pd.DataFrame:
     if "CMT" in frame:  # observation rows may name outputs; the dosing module ignores them
         is_dose = frame["EVID"].isin((1, 4)).to_numpy()
         frame["CMT"] = frame["CMT"].where(is_dose, model.dose_targets[0])
+    if "ROW" in records:  # the dosing module's errors and warnings then number rows as the file
+        frame.attrs["file_rows"] = records["ROW"].to_numpy()
     return frame
 
 
-def as_data_error(exc: DosingError, records: pd.DataFrame) -> DataError:
-    """A dosing-module error re-expressed with the dataset's own row numbers."""
+def as_data_error(exc: DosingError) -> DataError:
+    """A dosing-module error as the dataset's: its rows are the file's already
+    (:func:`dose_frame` hands the dosing module each record's ``ROW``)."""
     text = str(exc)
     m = re.match(r"dosing record row (\d+), column (\w+): (.*)", text, re.S)
     if m:
-        row = int(records["ROW"].iloc[int(m.group(1)) - 1])
-        return DataError([Problem(row, m.group(2), m.group(3))])
+        return DataError([Problem(int(m.group(1)), m.group(2), m.group(3))])
     return DataError([Problem(None, "records", text)])
 
 
@@ -672,4 +658,4 @@ def dose_records(records: pd.DataFrame, model: Model) -> EventTable:
     try:
         return records_table(dose_frame(records, model), model.state_names, model.dose_targets)
     except DosingError as exc:
-        raise as_data_error(exc, records) from None
+        raise as_data_error(exc) from None

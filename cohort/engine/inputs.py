@@ -230,15 +230,19 @@ def paired_by_id(population: Any, dosing: Any) -> Any:
     matched by ``ID`` when both carry one: matching by row order would give one patient's
     parameters to another's doses whenever the two tables list them differently. IDs on one
     side only, or repeated in the population, are an :class:`InputError`."""
-    from cohort.dosing import patient_ids
+    from cohort.dosing import id_keys, patient_ids
 
     dose_ids = patient_ids(dosing)
     pop_ids = population_ids(population, _rows(population)) if dose_ids is not None else None
     if pop_ids is None:
         return population
-    where = {k: i for i, k in enumerate(pop_ids.tolist())}
-    missing = [k for k in dose_ids.tolist() if k not in where]
-    extra = [k for k in pop_ids.tolist() if k not in set(dose_ids.tolist())]
+    # compared as the dosing reader tells patients apart (numbers where every ID is one, as
+    # NONMEM reads ID): "001" in both files was one patient to each reader but "001" against
+    # 1 here, and the run was refused (a probe)
+    dose_keys, pop_keys = id_keys(dose_ids), id_keys(pop_ids)
+    where = {k: i for i, k in enumerate(pop_keys)}
+    missing = [dose_ids[j] for j, k in enumerate(dose_keys) if k not in where]
+    extra = [pop_ids[i] for i, k in enumerate(pop_keys) if k not in set(dose_keys)]
     if missing or extra:
         parts = [f"ID {missing[0]} has dose records but no parameters" if missing else "",
                  f"ID {extra[0]} has parameters but no dose records" if extra else ""]  # fmt: skip
@@ -246,7 +250,7 @@ def paired_by_id(population: Any, dosing: Any) -> Any:
             f"population and dosing: patient IDs differ ({'; '.join(p for p in parts if p)}); "
             "give both the same IDs"
         )
-    order = [where[k] for k in dose_ids.tolist()]
+    order = [where[k] for k in dose_keys]
     if order == list(range(len(order))):
         return population
     if isinstance(population, pd.DataFrame):
