@@ -26,13 +26,15 @@ def threefry2x32(k1, k2, x1, x2) -> tuple[np.ndarray, np.ndarray]:
     all uint32, broadcast together."""
     k1, k2, x1, x2 = np.broadcast_arrays(*(np.asarray(v, np.uint32) for v in (k1, k2, x1, x2)))
     ks = (k1, k2, k1 ^ k2 ^ _PARITY)
-    a, b = x1 + ks[0], x2 + ks[1]
-    for i in range(5):
-        for r in _ROTATIONS[i % 2]:
-            a = a + b
-            b = a ^ _rotl(b, r)
-        a = a + ks[(i + 1) % 3]
-        b = b + ks[(i + 2) % 3] + np.uint32(i + 1)
+    # uint32 sums wrap by design; numpy says so only for scalars (0-d inputs)
+    with np.errstate(over="ignore"):
+        a, b = x1 + ks[0], x2 + ks[1]
+        for i in range(5):
+            for r in _ROTATIONS[i % 2]:
+                a = a + b
+                b = a ^ _rotl(b, r)
+            a = a + ks[(i + 1) % 3]
+            b = b + ks[(i + 2) % 3] + np.uint32(i + 1)
     return a, b
 
 

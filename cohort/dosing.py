@@ -673,7 +673,9 @@ def _id_key_array(column) -> np.ndarray:
     """:func:`id_keys` as an array (float, or text as objects)."""
     column = pd.Series(column)
     numbers = pd.to_numeric(column, errors="coerce")
-    if numbers.notna().all():
+    # numbers only where a float holds each one exactly: two IDs beyond 2**53 (e.g. 17-digit
+    # record numbers) were one float, and one patient got both patients' doses (a review)
+    if numbers.notna().all() and (numbers.abs() < 2.0**53).all():
         return numbers.to_numpy(dtype=float)
     return column.astype(str).str.strip().to_numpy(dtype=object)
 
@@ -685,8 +687,9 @@ def id_values(ids) -> np.ndarray:
     numbers = pd.to_numeric(pd.Series(ids), errors="coerce").to_numpy(dtype=float)
     # "007" or "7.0" written as text are kept as written (zero-padded IDs are names)
     padded = any(isinstance(i, str) and re.match(r"\s*[-+]?0\d", i) for i in ids)
-    if len(ids) and np.isfinite(numbers).all() and not padded:
-        whole = np.all(numbers == np.round(numbers)) and np.abs(numbers).max() < 2**53
+    # beyond 2**53 a float64 no longer holds every whole number: such IDs stay text
+    if len(ids) and np.isfinite(numbers).all() and not padded and np.abs(numbers).max() < 2**53:
+        whole = np.all(numbers == np.round(numbers))
         return numbers.astype(np.int64) if whole else numbers
     return np.asarray([str(i).strip() for i in ids], dtype=str)
 

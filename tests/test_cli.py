@@ -705,3 +705,19 @@ def test_zero_padded_ids_pair_a_population_with_its_dosing_records():
     alone = cohort.simulate("pk1_oral", pop.iloc[[1]], dose.iloc[[0]], [0.0, 2.0])
     np.testing.assert_allclose(conc[0], alone["conc"].values[0, 1], rtol=1e-12)
     assert conc[0] > conc[1] > 0
+
+
+def test_ids_beyond_float_precision_stay_apart_and_one_subject_is_one_row():
+    """IDs read as numbers: two 17-digit IDs were one float (one patient got both doses),
+    and a population listing "1" and "01" lost a row without a word (a review)."""
+    import io
+
+    rows = "ID,TIME,AMT,EVID,CMT\n90071992547409921,0,100,1,1\n90071992547409922,0,50,1,1\n"
+    for dose in (pd.read_csv(io.StringIO(rows), dtype=str), pd.read_csv(io.StringIO(rows))):
+        ds = cohort.simulate("pk1_iv", None, dose, [0.0, 1.0])
+        assert ds.ID.values.tolist() == ["90071992547409921", "90071992547409922"]
+        np.testing.assert_allclose(ds["conc"].values[0] / ds["conc"].values[1], 2.0)
+    pop = pd.DataFrame({"ID": ["1", "01"], "CL": [1.0, 2.0], "V": [10.0, 10.0], "KA": [1.0, 1.0]})
+    dose = pd.DataFrame({"ID": ["1"], "TIME": [0.0], "AMT": [100.0], "EVID": [1], "CMT": [1]})
+    with pytest.raises(ValueError, match="IDs 1 and 01 are one patient"):
+        cohort.simulate("pk1_oral", pop, dose, [0.0, 1.0])

@@ -364,3 +364,10 @@ def test_fit_dataset_dose_warnings_number_rows_as_the_file(tmp_path):
     said = r"row 2 doses at TIME 0, before the SS=1 record of row 4"
     with pytest.warns(CohortWarning, match=said):
         data.event_table(cohort.models.get("pk1_iv"))
+
+
+def test_rows_flagged_in_column_c_are_named_as_the_file_numbers_them(tmp_path):
+    path = tmp_path / "c.csv"
+    path.write_text("ID,TIME,AMT,DV,C\n# one\n# two\n1,0,100,.,.\n1,1,.,5,C\n")
+    with pytest.raises(DataError, match=r"row 4, column C: column C flags row\(s\) 4 as"):
+        read_nonmem(path)

@@ -432,7 +432,7 @@ def validate(
         flagged = np.flatnonzero(raw["C"].astype(str).str.strip().isin(("C", "#")).to_numpy())
         if flagged.size:
             more = " ..." if flagged.size > 5 else ""
-            shown = ", ".join(str(r + 1) for r in flagged[:5]) + more
+            shown = ", ".join(str(r) for r in rows[flagged[:5]]) + more
             raise DataError(
                 [Problem(int(rows[flagged[0]]), "C",
                          f"column C flags row(s) {shown} as comments (NONMEM IGNORE=C); cohort "

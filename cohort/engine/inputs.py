@@ -240,7 +240,14 @@ def paired_by_id(population: Any, dosing: Any) -> Any:
     # NONMEM reads ID): "001" in both files was one patient to each reader but "001" against
     # 1 here, and the run was refused (a probe)
     dose_keys, pop_keys = id_keys(dose_ids), id_keys(pop_ids)
-    where = {k: i for i, k in enumerate(pop_keys)}
+    where: dict = {}
+    for i, k in enumerate(pop_keys):
+        if k in where:  # "1" and "01": one patient to the dosing records, two rows here
+            raise InputError(
+                f"population: IDs {pop_ids[where[k]]} and {pop_ids[i]} are one patient as the "
+                "dosing records read IDs (numbers); give each patient one row and one ID"
+            )
+        where[k] = i
     missing = [dose_ids[j] for j, k in enumerate(dose_keys) if k not in where]
     extra = [pop_ids[i] for i, k in enumerate(pop_keys) if k not in set(dose_keys)]
     if missing or extra:
