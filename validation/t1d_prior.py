@@ -52,7 +52,7 @@ def _stats(med, names) -> dict:
 
 def main() -> dict:
     jax.config.update("jax_enable_x64", True)
-    raw, _ = read_toml("priors/t1d_cgm_twin.toml", TwinError, "priors spec")
+    raw, *_ = read_toml("priors/t1d_cgm_twin.toml", TwinError, "priors spec")
     pts = reference_patients()
     t, g = meal_plan(len(pts), 1, seed=0)
     table, _ = uva_days(pts, t, g, 1, sensor=None)
