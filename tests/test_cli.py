@@ -721,3 +721,24 @@ def test_ids_beyond_float_precision_stay_apart_and_one_subject_is_one_row():
     dose = pd.DataFrame({"ID": ["1"], "TIME": [0.0], "AMT": [100.0], "EVID": [1], "CMT": [1]})
     with pytest.raises(ValueError, match="IDs 1 and 01 are one patient"):
         cohort.simulate("pk1_oral", pop, dose, [0.0, 1.0])
+
+
+def test_blank_lines_do_not_shift_row_numbers(tmp_path):
+    """pandas skips blank lines: with one before a bad record, the dosing, fit and population
+    readers named the wrong row (row 2 for the file's row 4; a probe)."""
+    dose = tmp_path / "d.csv"
+    dose.write_text("ID,TIME,AMT,EVID,CMT\n1,0,100,1,1\n\n# comment\n1,12,abc,1,1\n")
+    res = runner.invoke(app, ["simulate", "--model", "pk1_oral", "--dosing", str(dose),
+                              "-o", str(tmp_path / "a")])  # fmt: skip
+    assert res.exit_code == 2 and "row 4, column AMT" in flat(res)
+    pop = tmp_path / "pop.csv"
+    pop.write_text("ID,CL,V\n# c\n1,2.5,30\n\n2,abc,20\n")
+    good = tmp_path / "g.csv"
+    good.write_text("ID,TIME,AMT,EVID,CMT\n1,0,100,1,1\n2,0,100,1,1\n")
+    res = runner.invoke(app, ["simulate", "--model", "pk1_iv", "--population", str(pop),
+                              "--dosing", str(good), "-o", str(tmp_path / "b")])  # fmt: skip
+    assert res.exit_code == 2 and "row 4, column CL" in flat(res)
+    fit = tmp_path / "fit.csv"
+    fit.write_text("ID,TIME,AMT,DV\n1,0,100,.\n\n1,1,.,abc\n")
+    with pytest.raises(ValueError, match="row 3, column DV"):
+        cohort.data.read_nonmem(fit)

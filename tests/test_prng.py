@@ -37,6 +37,14 @@ def test_nested_fold_in_and_bounds_equal_jax_random():
     assert got.min() > -1.0 and got.max() < 1.0
 
 
+def test_normals_follow_jax_random_normal():
+    keys = _prng.fold_in(_prng.key(9), np.arange(300))
+    ref = jax.vmap(lambda i: jax.random.normal(jax.random.fold_in(jax.random.PRNGKey(9), i), (4,)))
+    np.testing.assert_allclose(
+        _prng.normal(keys, (4,)), ref(np.arange(300)), rtol=1e-12, atol=1e-13
+    )
+
+
 def test_patient_normals_follow_jax_random_normal():
     from cohort.models.glucose.patients import _standard_normal_draws
 

@@ -38,6 +38,8 @@ def read_population(path: Path, model_name: str | None):
         table = read_table(path)
     except DataError as exc:
         fail(f"--population {exc}")
+    # each row as the file numbers it (comment and blank lines counted)
+    file_rows = table.attrs.get("file_rows", np.arange(1, len(table) + 1))
     id_col = id_column(table)
     ids = None if id_col is None else id_keys(table[id_col])
     table = table.drop(columns=[] if id_col is None else [id_col])
@@ -76,7 +78,7 @@ def read_population(path: Path, model_name: str | None):
             shown = (
                 "the cell is empty" if cell in ("", "nan", "None") else f"{cell!r} is not a number"
             )
-            fail(f"--population {path}: row {i + 1}, column {c}: {shown}; give a number")
+            fail(f"--population {path}: row {file_rows[i]}, column {c}: {shown}; give a number")
     # numbers (an empty cell: NaN) ride along; a column with text in it is left out, said
     blank = {c: table[c].astype(str).str.strip().isin(("", "nan", ".")) for c in unknown}
     numbers = {c: pd.to_numeric(table[c].where(~blank[c]), errors="coerce") for c in unknown}

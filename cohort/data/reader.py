@@ -166,9 +166,12 @@ def read_table(path: str | Path) -> pd.DataFrame:
             [Problem(None, "file", f"{str(path)!r} is not a text (UTF-8) table; give a CSV")]
         ) from None
     file_rows = None
-    if "#" in text:  # comment lines (and a #-header) left out before parsing
+    # comment lines (and a #-header) left out before parsing; blank lines too, which pandas
+    # would skip itself, shifting the numbers of the rows after them (a probe)
+    if "#" in text or re.search(r"\n[ \t\r]*(\n|$)", text.rstrip("\r\n")):
         lines = text.splitlines(keepends=True)
-        kept = [k for k, line in enumerate(lines[index + 1 :], 1) if not _is_comment(line)]
+        kept = [k for k, line in enumerate(lines[index + 1 :], 1)
+                if line.strip() and not _is_comment(line)]  # fmt: skip
         rest = [lines[index + k] for k in kept]
         text = "".join([header if header.endswith("\n") else header + "\n", *rest])
         if len(kept) < len(lines) - index - 1:

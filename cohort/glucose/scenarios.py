@@ -19,7 +19,7 @@ import dataclasses
 import numpy as np
 from scipy.special import ndtr, ndtri
 
-from cohort import _prng
+import cohort._prng as _prng
 from cohort.errors import OptionError
 from cohort.models.glucose import EAT_RATE
 

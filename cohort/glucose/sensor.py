@@ -110,9 +110,6 @@ def knot_count(sensor: Sensor | None, period: float, n_periods: int) -> int:
     return (n_periods // m + 1) * BLOCK_KNOTS + 1
 
 
-_SQRT2 = math.sqrt(2.0)
-
-
 def knot_normals(seed: int, patient_ids, count: int, dtype) -> np.ndarray:
     """``[N, count]`` standard normals of the sensor noise: patient ``i``'s ``j``-th from
     ``fold_in(fold_in(PRNGKey(seed), i), j)`` by ``jax.random.normal``'s recipe, in float64
@@ -122,14 +119,11 @@ def knot_normals(seed: int, patient_ids, count: int, dtype) -> np.ndarray:
     Drawn on the host (:mod:`cohort._prng`, JAX's bits hashed in numpy; scipy's erfinv agrees
     with XLA's to ~1e-14) and handed to the closed loop as an input: drawn inside it, the
     random-bits program added ~0.85 s to every cold compile of the loop."""
-    from scipy import special
-
-    from cohort import _prng
+    import cohort._prng as _prng
 
     keys = _prng.fold_in(_prng.key(int(seed)), np.asarray(patient_ids)[:, None])
     keys = _prng.fold_in(keys, np.arange(count)[None, :])
-    u = _prng.uniform(keys, (), np.nextafter(-1.0, 0.0), 1.0)
-    return (_SQRT2 * special.erfinv(u)).astype(dtype)
+    return _prng.normal(keys, ()).astype(dtype)
 
 
 def _johnson(sensor: Sensor, e, xp=jnp):

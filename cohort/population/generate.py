@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from cohort import _prng
+import cohort._prng as _prng
 from cohort._seed import check_seed
 from cohort._version import __version__
 from cohort.errors import CohortError, CohortWarning, OutputError

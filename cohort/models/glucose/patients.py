@@ -18,9 +18,8 @@ from importlib import resources
 
 import numpy as np
 import pandas as pd
-from scipy import special
 
-from cohort import _prng
+import cohort._prng as _prng
 from cohort.errors import CohortError, OptionError
 from cohort.models.glucose.uva_padova import UvaPadova
 
@@ -161,19 +160,17 @@ def patient_prior(group: str, shrinkage: float = 0.1) -> PatientPrior:
 
 
 _WINDOW = 4  # attempts drawn at a time: ~99 % of adult draws are physiological
-_SQRT2 = np.sqrt(2.0)
 
 
 def _standard_normal_draws(
     seed: int, patients: np.ndarray, first_attempt: int, count: int, dim: int
 ) -> np.ndarray:
     """N(0, I) draws ``[patients, count, dim]``: patient ``i``'s attempts ``first_attempt,
-    ...`` use ``fold_in(fold_in(PRNGKey(seed), i), a)`` and ``jax.random.normal``'s recipe
-    (√2·erfinv of a uniform in (−1, 1)); the bits are JAX's, hashed in numpy
-    (:mod:`cohort._prng`: no XLA compile), and scipy's erfinv agrees with XLA's to ~1e-14."""
+    ...`` use ``fold_in(fold_in(PRNGKey(seed), i), a)`` and ``jax.random.normal``
+    (:func:`cohort._prng.normal`: JAX's bits hashed in numpy, no XLA compile)."""
     keys = _prng.fold_in(_prng.key(seed), np.asarray(patients)[:, None])
     keys = _prng.fold_in(keys, first_attempt + np.arange(count)[None, :])
-    return _SQRT2 * special.erfinv(_prng.uniform(keys, (dim,), np.nextafter(-1.0, 0.0), 1.0))
+    return _prng.normal(keys, (dim,))
 
 
 class Candidates:
