@@ -369,6 +369,33 @@ def test_a_program_compiled_on_another_thread_is_built_once_and_used():
         assert "traced and compiled alongside" in describe(caller, builders[0])
 
 
+def test_host_inputs_are_derived_per_batch_for_calls_and_ahead_of_time_compiles():
+    """``host_inputs`` turns a batch's rows into the program's inputs on the host (the closed
+    loop's CGM noise, keyed by patient id): each batch gets its own rows' values, and a
+    program compiled ahead of time from the rows is the one the calls use."""
+    import jax.numpy as jnp
+
+    def solve(inputs, shared):
+        x, extra = inputs
+        return {"y": jnp.stack([x + extra, x * shared])}, jnp.zeros(x.shape, jnp.int8), {}
+
+    seen = []
+
+    def expand(rows, shared):
+        seen.append(rows["id"].copy())
+        return rows["x"], 100.0 * rows["id"]
+
+    solver = batching.BatchSolver(solve, 1, host_inputs=expand)
+    rows = {"x": np.arange(16.0), "id": np.arange(16.0) + 40}
+    solver.compile(rows, np.float64(2.0))
+    n_programs = len(solver._programs)
+    out, _, _ = solver(rows, np.float64(2.0), None)
+    assert len(solver._programs) == n_programs == 1  # the ahead-of-time build was used
+    np.testing.assert_array_equal(np.asarray(out["y"][0]), rows["x"] + 100.0 * rows["id"])
+    np.testing.assert_array_equal(np.asarray(out["y"][1]), 2.0 * rows["x"])
+    assert len(seen) == 2 and (seen[1] == rows["id"]).all()
+
+
 def test_adaptive_lockstep_groups_do_not_change_results():
     """The adaptive engine steps a device's patients in groups of at most 256 on CPU (each
     group until its slowest patient is done): a patient's numbers must not depend on the
