@@ -218,7 +218,7 @@ def _err(row: int, column: str, msg: str) -> DosingError:
 
 def file_rows(df: pd.DataFrame) -> np.ndarray:
     """Each record's row number as errors and warnings give it: as the file numbers it where
-    :func:`cohort.data.reader.read_table` left out ``#`` comment lines (its
+    :func:`cohort.data.reader.read_table` left out comment or blank lines (its
     ``attrs["file_rows"]``), else 1, 2, ... (header excluded)."""
     rows = df.attrs.get("file_rows")
     if rows is not None and len(rows) == len(df):

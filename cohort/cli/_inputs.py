@@ -16,6 +16,7 @@ def read_population(path: Path, model_name: str | None):
     import pandas as pd
 
     from cohort.data.reader import DataError, read_table
+    from cohort.dosing import file_rows
     from cohort.engine.inputs import InputError, check_population_model
     from cohort.models import get as get_model
     from cohort.population import open_population
@@ -38,8 +39,7 @@ def read_population(path: Path, model_name: str | None):
         table = read_table(path)
     except DataError as exc:
         fail(f"--population {exc}")
-    # each row as the file numbers it (comment and blank lines counted)
-    file_rows = table.attrs.get("file_rows", np.arange(1, len(table) + 1))
+    rows = file_rows(table)  # as the file numbers them (comment and blank lines counted)
     id_col = id_column(table)
     ids = None if id_col is None else id_keys(table[id_col])
     table = table.drop(columns=[] if id_col is None else [id_col])
@@ -78,7 +78,7 @@ def read_population(path: Path, model_name: str | None):
             shown = (
                 "the cell is empty" if cell in ("", "nan", "None") else f"{cell!r} is not a number"
             )
-            fail(f"--population {path}: row {file_rows[i]}, column {c}: {shown}; give a number")
+            fail(f"--population {path}: row {rows[i]}, column {c}: {shown}; give a number")
     # numbers (an empty cell: NaN) ride along; a column with text in it is left out, said
     blank = {c: table[c].astype(str).str.strip().isin(("", "nan", ".")) for c in unknown}
     numbers = {c: pd.to_numeric(table[c].where(~blank[c]), errors="coerce") for c in unknown}

@@ -22,6 +22,7 @@ from cohort.data.coincident import warn_observations_at_additional_doses
 from cohort.dosing import (
     DosingError,
     EventTable,
+    file_rows,
     records_table,
     time_goes_back,
     warn_amount_off_dose,
@@ -165,7 +166,7 @@ def read_table(path: str | Path) -> pd.DataFrame:
         raise DataError(
             [Problem(None, "file", f"{str(path)!r} is not a text (UTF-8) table; give a CSV")]
         ) from None
-    file_rows = None
+    numbered = None
     # comment lines (and a #-header) left out before parsing; blank lines too, which pandas
     # would skip itself, shifting the numbers of the rows after them (a probe)
     if "#" in text or re.search(r"\n[ \t\r]*(\n|$)", text.rstrip("\r\n")):
@@ -175,7 +176,7 @@ def read_table(path: str | Path) -> pd.DataFrame:
         rest = [lines[index + k] for k in kept]
         text = "".join([header if header.endswith("\n") else header + "\n", *rest])
         if len(kept) < len(lines) - index - 1:
-            file_rows = np.asarray(kept)  # each record's row as the file numbers it
+            numbered = np.asarray(kept)  # each record's row as the file numbers it
     try:
         table = pd.read_csv(
             io.StringIO(text), sep=sep, dtype=str, keep_default_na=False, skipinitialspace=True
@@ -191,8 +192,8 @@ def read_table(path: str | Path) -> pd.DataFrame:
             [Problem(None, "header", f"column(s) {dupes} appear more than once; keep one of each")]
         )
     table.columns = [str(c).strip() for c in table.columns]  # "RATE " is RATE
-    if file_rows is not None and len(file_rows) == len(table):
-        table.attrs["file_rows"] = file_rows
+    if numbered is not None and len(numbered) == len(table):
+        table.attrs["file_rows"] = numbered
     return table
 
 
@@ -396,10 +397,9 @@ def validate(
     observations of that kind (before anything else is checked: another kind's rows may name
     a compartment the model lacks), rows still numbered as in the input.
     """
-    file_rows = raw.attrs.get("file_rows")
+    rows = file_rows(raw)  # as the file numbers them (comment and blank lines counted)
     raw = raw.reset_index(drop=True)
     raw.columns = [str(c).strip().upper() for c in raw.columns]
-    rows = np.arange(1, len(raw) + 1) if file_rows is None else np.asarray(file_rows)
     if dvid is not None:
         keep = rows_of_kind(raw, dvid)
         raw, rows = raw[keep].reset_index(drop=True), rows[keep]

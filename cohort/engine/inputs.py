@@ -249,7 +249,8 @@ def paired_by_id(population: Any, dosing: Any) -> Any:
             )
         where[k] = i
     missing = [dose_ids[j] for j, k in enumerate(dose_keys) if k not in where]
-    extra = [pop_ids[i] for i, k in enumerate(pop_keys) if k not in set(dose_keys)]
+    dosed = set(dose_keys)
+    extra = [pop_ids[i] for i, k in enumerate(pop_keys) if k not in dosed]
     if missing or extra:
         parts = [f"ID {missing[0]} has dose records but no parameters" if missing else "",
                  f"ID {extra[0]} has parameters but no dose records" if extra else ""]  # fmt: skip
