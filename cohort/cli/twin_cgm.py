@@ -32,7 +32,7 @@ def cgm(
     method: str = typer.Option("nuts", help="nuts | laplace (MAP + Laplace only)"),
     chains: int = typer.Option(4, help="NUTS chains per patient"),
     warmup: int = typer.Option(500, help="NUTS warmup iterations (from the Laplace fit)"),
-    draws: int = typer.Option(500, help="NUTS draws per chain"),
+    draws: int = typer.Option(1000, help="NUTS draws per chain"),
     seed: int = typer.Option(0, min=0, max=MAX_SEED, help="random seed"),
     bolus_scale: float = typer.Option(REPLAY["bolus_scale"], help="replay: boluses times this"),
     basal_scale: float = typer.Option(REPLAY["basal_scale"], help="replay: basal rate times this"),

@@ -81,7 +81,7 @@ class CGMTwins:
         eat_rate: float = cgm_data.EAT_RATE,
         chains: int = 4,
         warmup: int = 500,
-        draws: int = 500,
+        draws: int = 1000,
         seed: int = 0,
         max_tree_depth: int = 8,
         cluster=None,
@@ -92,15 +92,18 @@ class CGMTwins:
         ``method``: ``"nuts"`` (MAP + Laplace, then NUTS: ``chains`` × (``warmup`` +
         ``draws``) per patient, started at the Laplace approximation with its covariance as
         mass matrix; patients not converged are rerun with 2× warmup and 3× draws: a day of
-        CGM can leave a multimodal posterior, where 300 + 300 left a chain in a minor mode)
-        or ``"laplace"`` (MAP + Laplace only; ``"map"`` is the same). Patients are sampled
-        one after another inside one compiled program (chains vmapped), so a patient needing
-        long trajectories does not hold up the others. ``cluster``: a Dask Client, Cluster
-        or scheduler address: blocks of patients are identified as tasks on its workers,
-        with the numbers of a local run (:mod:`cohort.twin.blocks`). ``checkpoint``: a store
-        path where finished blocks are kept until the twins are returned (or a
-        ``KeptCheckpoint``, kept until you have saved them and call its ``remove``), so that
-        the same call after a crash computes only the rest (:mod:`cohort.twin.checkpoint`)."""
+        CGM can leave a multimodal posterior, where 300 + 300 left a chain in a minor mode;
+        1,000 draws because one day leaves SG and p2 weakly identified, slowly mixed
+        directions: with 500 the benchmark day's first pass reached R-hat 1.019 and bulk ESS
+        447, and its rerun tripled the time) or ``"laplace"`` (MAP + Laplace only; ``"map"``
+        is the same). Patients are sampled one after another inside one compiled program
+        (chains vmapped), so a patient needing long trajectories does not hold up the
+        others. ``cluster``: a Dask Client, Cluster or scheduler address: blocks of patients
+        are identified as tasks on its workers, with the numbers of a local run
+        (:mod:`cohort.twin.blocks`). ``checkpoint``: a store path where finished blocks are
+        kept until the twins are returned (or a ``KeptCheckpoint``, kept until you have
+        saved them and call its ``remove``), so that the same call after a crash computes
+        only the rest (:mod:`cohort.twin.checkpoint`)."""
         prior = prior if isinstance(prior, TwinPrior) else TwinPrior.from_file(prior)
         layout(prior)
         table = cgm_data.read_cgm(records)
@@ -115,7 +118,7 @@ class CGMTwins:
         method: str | None = None,
         chains: int = 4,
         warmup: int = 300,
-        draws: int = 500,
+        draws: int = 1000,
         seed: int = 1,
         max_tree_depth: int = 8,
         cluster=None,
