@@ -4,7 +4,7 @@ twins in one batch, time per patient-day reported).
 
 Data: UVA/Padova reference patients (simglucose 0.2.11 parameters), one day of three meals
 with boluses, simglucose's CGM noise. Public API only, user defaults (``CGMTwins.identify``
-with NUTS 4 × (500 + 500), tree depth 8). Baseline in this process: the gradient of the same
+with NUTS 4 × (500 + 1000), tree depth 8). Baseline in this process: the gradient of the same
 log-likelihood with the trajectory solved by diffrax (Tsit5, rtol 1e-6, the accuracy of our
 parallel-in-time solution against the ODE: < 0.15 mg/dL), the sequential solve a NUTS run
 would otherwise differentiate; ReplayBG (MATLAB, gradient-free MCMC) reports 37 min - 2.4 h

@@ -1,4 +1,5 @@
-"""Derive the empirical prior of priors/t1d_cgm_twin.toml: weakly regularised MAP fits of
+"""Derive the empirical prior of priors/t1d_cgm_twin_wide.toml (and of Gb, SI, kempt, kabs in
+priors/t1d_cgm_twin.toml, whose SG and p2 follow ReplayBG's priors): weakly regularised MAP fits of
 t1d_minimal to one noise-free day of each of the 30 UVA/Padova reference patients.
 
 Each patient eats the default meal plan (50/70/80 g at 7:00/12:00/18:30) with a bolus at its

@@ -20,9 +20,9 @@ from CGM, insulin and meal records::
 ``Isc1`` (boluses in U); meals are records into ``qsto1`` (mg, as infusions in mg/min).
 ``Ib`` is the plasma insulin of the patient's usual basal (the level at which glucose rests at
 ``Gb``): keep it when replaying an altered basal. Unlike UVA/Padova's 26 parameters, the six
-that a day of CGM informs (``Gb, SG, SI, p2, kempt, kabs``) are estimated by the CGM twin; the
-insulin kinetics, volumes and CGM lag are fixed at the medians of the 30 UVA/Padova reference
-patients (simglucose 0.2.11's table) — see ``priors/t1d_cgm_twin.toml``.
+that a day of CGM informs (``Gb, SG, SI, p2, kempt, kabs``; SG and p2 weakly) are estimated by
+the CGM twin; the insulin kinetics, volumes and CGM lag are fixed at the medians of the 30
+UVA/Padova reference patients (simglucose 0.2.11's table) — see ``priors/t1d_cgm_twin.toml``.
 """
 
 from __future__ import annotations
