@@ -428,18 +428,24 @@ def test_serial_error_keys_are_checked(change, message):
         TwinPrior.from_raw({**raw, "error": err}, "prior.toml")
 
 
+def _validation_script(name: str):
+    """``validation/<name>.py`` as a module (the validation scripts are not a package)."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).parent.parent / "validation" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
 @pytest.mark.slow
 def test_uva_padova_validation_numbers(tmp_path):
     """validation/t1d_twin.py on the first 10 reference patients (Laplace): the fit and
     replay figures stay at the level reported in README (30 patients: fit MARD median 7.9 %,
     replay MARD 10.4 %, mean-glucose coverage 80 %)."""
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).parent.parent / "validation" / "t1d_twin.py"
-    spec = importlib.util.spec_from_file_location("t1d_twin", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = _validation_script("t1d_twin")
     out = mod.main(["--patients", "10", "--out", str(tmp_path / "t1d.json")])
     assert out["fit_mard_day1"]["median"] < 10.0
     assert out["replay_mard_vs_truth"]["median"] < 13.0
@@ -450,13 +456,7 @@ def test_forecast_band_coverage_is_counted_per_reading():
     """validation/t1d_calibration.py's band check: readings drawn from the predictive
     distribution itself land in its 90 % and 50 % bands 90 % and 50 % of the time; readings
     outside the window, or missing, are not counted."""
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).parent.parent / "validation" / "t1d_calibration.py"
-    spec = importlib.util.spec_from_file_location("t1d_calibration", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = _validation_script("t1d_calibration")
     rng = np.random.default_rng(0)
     times = np.arange(0.0, 2880.0, 5.0)
     mean = 120.0 + 30.0 * np.sin(times / 200.0)

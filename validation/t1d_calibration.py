@@ -67,7 +67,6 @@ def coverage(times, draws, table: pd.DataFrame, ids, start: float, end: float) -
 
 
 def main(argv=None) -> dict:
-
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--nuts", action="store_true", help="NUTS posteriors (default Laplace)")
     ap.add_argument("--patients", type=int, default=30, help="first N reference patients")

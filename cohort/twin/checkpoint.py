@@ -2,12 +2,11 @@
 killed job) computes only the blocks still missing.
 
 A CGM NUTS twin costs 15–30 s per patient-day on 2 cores (40–100 s with the wide prior): a batch
-of a hundred runs for up to hours,
-and losing it to a killed process is what this prevents. The checkpoint is a zarr store of
-cohort's own, one group per finished block (its ``done`` attribute written last, so a block
-killed while it was written counts as missing); its ``key`` hashes every input of the
-computation, so a checkpoint of other records, prior or options is never mixed in: it is
-replaced instead.
+of a hundred runs for up to hours, and losing it to a killed process is what this prevents. The
+checkpoint is a zarr store of cohort's own, one group per finished block (its ``done`` attribute
+written last, so a block killed while it was written counts as missing); its ``key`` hashes
+every input of the computation, so a checkpoint of other records, prior or options is never
+mixed in: it is replaced instead.
 """
 
 from __future__ import annotations
