@@ -17,6 +17,7 @@ per patient-day on 2 cores.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import time
 from pathlib import Path
@@ -64,7 +65,13 @@ def gradient_ratio(table) -> dict:
 
     def loglik_diffrax(eta):
         z = d0["mu"] + chol @ eta
-        p = cgm_likelihood.model_params(lay, z, d0)
+        # one day, one occasion: the day's factor of Gb folded into Gb (the ODE model takes
+        # scalar parameters)
+        p = cgm_likelihood.model_params(dataclasses.replace(lay, iov=(), n_occ=1), z, d0)
+        if lay.iov:
+            k = lay.iov_index
+            for j, name in enumerate(lay.iov):
+                p[name] = p[name] * jnp.exp(z[k + j])
 
         def rhs(t, y, _):
             k = jnp.clip(jnp.floor(t).astype(int), 0, meal.shape[0] - 1)

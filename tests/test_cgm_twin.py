@@ -176,7 +176,9 @@ def test_map_recovers_known_parameters_with_gaps():
             assert abs(np.mean(z)) < 0.9, name
         covered.extend((lo < truth[name]) & (truth[name] < hi))
     assert np.mean(covered) >= 0.75  # 96 intervals at 90 %
-    assert np.all(tw.fitted().mard.values < 5.0)
+    # the day offsets (integrated out) leave a day's level free within ~offset_sd/√days of its
+    # readings: the curve itself (seen: one patient 5.6 %) is a little further off than without
+    assert np.all(tw.fitted().mard.values < 6.5)
 
 
 def test_replay_responds_to_therapy_in_the_right_direction():
@@ -213,7 +215,9 @@ def test_each_patient_is_replayed_over_its_own_records():
         own = metric_arrays(g[i][:, keep], time_weights(times[keep]))
         np.testing.assert_allclose(rep["mean"].values[i], own["mean"], rtol=1e-12)
         np.testing.assert_allclose(rep["tir_70_180"].values[i], own["tir_70_180"], rtol=1e-12)
-    assert np.all(tw.fitted().mard.values < 5.0)
+    # the day offsets (integrated out) leave a day's level free within ~offset_sd/√days of its
+    # readings: the curve itself (seen: one patient 5.6 %) is a little further off than without
+    assert np.all(tw.fitted().mard.values < 6.5)
 
 
 def test_glycemic_metrics_leave_gaps_out():
@@ -268,9 +272,13 @@ def test_update_adds_a_day_and_keeps_the_previous_state(tmp_path, monkeypatch):
     assert len(tw2.records) == len(df) and len(tw2.history) == 2
     joint = CGMTwins.identify(PRIOR, df, method="map")
     np.testing.assert_allclose(tw2.posterior.eta, joint.posterior.eta, atol=1e-5)
-    # a second day shrinks the posterior's volume (single SDs can grow at a moved mode)
+    # a second day shrinks the posterior's volume over what both estimate (single SDs can
+    # grow at a moved mode); day 2's factor of Gb is new
+    q = tw1.posterior.cov.shape[-1]
+    assert tw2.posterior.cov.shape[-1] == q + 1 and tw2.names[-1] == "Gb_occ2"
     assert np.all(
-        np.linalg.slogdet(tw2.posterior.cov)[1] < np.linalg.slogdet(tw1.posterior.cov)[1] - 1
+        np.linalg.slogdet(tw2.posterior.cov[:, :q, :q])[1]
+        < np.linalg.slogdet(tw1.posterior.cov)[1] - 1
     )
 
 
@@ -342,10 +350,13 @@ def test_layout_of_the_shipped_prior():
     lay = cgm_likelihood.layout(TwinPrior.from_spec(PRIOR))
     assert lay.estimated == ("Gb", "SG", "SI", "p2", "kempt", "kabs")
     assert lay.sigma and lay.ar1 and lay.insulin_fixed and lay.g0
-    assert lay.names[6:] == ("G0", "sigma", "ar1") and lay.error_index == 7
-    z = np.array([np.log(150.0), *np.zeros(5), 140.0, np.log(10.0), 2.0])
+    assert lay.names[6:] == ("G0", "sigma", "ar1", "Gb_occ1") and lay.error_index == 7
+    assert lay.iov == ("Gb",) and lay.n_occ == 1 and lay.iov_interval == 1440.0
+    z = np.array([np.log(150.0), *np.zeros(5), 140.0, np.log(10.0), 2.0, 0.1])
     nat = cgm_likelihood.natural(lay, z)
-    np.testing.assert_allclose(nat[[0, 6, 7, 8]], [150.0, 140.0, 10.0, 1 / (1 + np.exp(-2.0))])
+    np.testing.assert_allclose(
+        nat[[0, 6, 7, 8, 9]], [150.0, 140.0, 10.0, 1 / (1 + np.exp(-2.0)), 150 * np.exp(0.1)]
+    )
 
 
 def test_wide_prior_differs_only_in_sg_and_p2():
@@ -428,6 +439,97 @@ def test_serial_error_keys_are_checked(change, message):
         TwinPrior.from_raw({**raw, "error": err}, "prior.toml")
 
 
+def _prior_with(tmp_path, **sections) -> TwinPrior:
+    """The shipped prior with whole sections replaced (``None`` removes one)."""
+    from cohort._toml import read_toml
+
+    raw, _, _ = read_toml(PRIOR, TwinError, "priors spec")
+    raw = {k: v for k, v in {**raw, **sections}.items() if v is not None}
+    return TwinPrior.from_raw(raw, str(tmp_path / "prior.toml"))
+
+
+def test_a_day_factor_scales_its_parameter_on_its_day_only(tmp_path):
+    """[iov] on Gb and SI over two days: each day's values are the patient's times that day's
+    exp(κ), and equal factors on both days give the solution with the scaled parameters."""
+    iov = {"parameters": ["Gb", "SI"], "sd": [0.2, 0.3], "citation": "test"}
+    tw = CGMTwins(
+        _prior_with(tmp_path, iov=iov), cgm_data.read_cgm(_truth_records(days=2)), None, None
+    )
+    lay, _, data, _, _ = tw._bound()
+    assert lay.n_occ == 2 and lay.names[-4:] == ("Gb_occ1", "SI_occ1", "Gb_occ2", "SI_occ2")
+    d0 = jax.tree_util.tree_map(lambda a: a[0], data)
+    z = np.asarray(d0["mu"]).copy()
+    z[-4:] = [0.1, -0.2, 0.3, 0.4]
+    p = cgm_likelihood.model_params(lay, jnp.asarray(z), d0)
+    gb, si = np.exp(z[0]), np.exp(z[2])
+    n = d0["meal"].shape[0]
+    assert p["Gb"].shape == (n,) and p["SI"].shape == (n + 1,)
+    at = np.array([0, 1439, 1440, -1])
+    np.testing.assert_allclose(np.asarray(p["Gb"])[at], gb * np.exp([0.1, 0.1, 0.3, 0.3]))
+    np.testing.assert_allclose(np.asarray(p["SI"])[at], si * np.exp([-0.2, -0.2, 0.4, 0.4]))
+    nat = cgm_likelihood.natural(lay, z)
+    np.testing.assert_allclose(nat[-4:], [gb * np.exp(0.1), si * np.exp(-0.2), gb * np.exp(0.3),
+                                          si * np.exp(0.4)])  # fmt: skip
+    z[-4:] = [0.1, -0.2, 0.1, -0.2]
+    with_iov = cgm_likelihood.model_params(lay, jnp.asarray(z), d0)
+    plain = {**with_iov, "Gb": gb * np.exp(0.1), "SI": si * np.exp(-0.2)}
+    ins = d0["basal"] + d0["bolus"]
+    a = np.asarray(trajectory(with_iov, d0["meal"], ins)["IG"])
+    b = np.asarray(trajectory(plain, d0["meal"], ins)["IG"])
+    np.testing.assert_allclose(a, b, rtol=1e-12)
+
+
+@pytest.mark.parametrize(
+    ("iov", "message"),
+    [
+        ({"parameters": ["ke"], "sd": [0.2], "citation": "c"}, "no \\[iiv\\] entry"),
+        ({"parameters": ["Gb"], "sd": [0.2, 0.1], "citation": "c"}, "iov.sd"),
+        ({"parameters": ["Gb"], "sd": [20.0], "citation": "c"}, "iov.sd"),
+        ({"parameters": ["Gb"], "sd": [0.2]}, "iov.citation"),
+        ({"parameters": ["Gb"], "sd": [0.2], "interval": 90.5, "citation": "c"}, "iov.interval"),
+        ({"parameters": ["kabs"], "sd": [0.2], "citation": "c"}, "vary between occasions"),
+    ],
+)
+def test_occasion_variability_is_checked(tmp_path, iov, message):
+    from cohort.population.spec import SpecError
+
+    with pytest.raises((SpecError, TwinError), match=message):
+        prior = _prior_with(tmp_path, iov=iov)
+        cgm_likelihood.layout(prior)
+
+
+def test_a_forecast_of_the_next_day_covers_its_readings(tmp_path):
+    """Twins identified from day 1 of t1d_minimal's own two days (AR(1) noise), forecast
+    day 2 from its meals and insulin: the 90 % bands cover most readings; the first
+    prediction starts from the last reading's residual; bad plans get clear errors."""
+    dfs = [_truth_records(seed=s, days=2).assign(ID=s) for s in range(4)]
+    df = pd.concat(dfs, ignore_index=True)
+    tw = CGMTwins.identify(PRIOR, df[df.TIME < 1440], method="map")
+    plan = df[df.TIME >= 1440].drop(columns=["CGM", "BW"])
+    fc = tw.forecast(plan, n_draws=300, keep_draws=True)
+    assert fc["last_reading"].values.tolist() == [1435.0] * 4
+    t = fc.time.values
+    assert np.isnan(fc.cgm_q.values[:, :, t <= 1435]).all()
+    lo, hi = fc.cgm_q.sel(quantile=0.05).values, fc.cgm_q.sel(quantile=0.95).values
+    hits = []
+    for i in range(4):
+        rows = df[(df.ID == i) & (df.TIME >= 1440)]
+        k = np.searchsorted(t, rows.TIME.to_numpy(float))
+        hits.extend((lo[i, k] <= rows.CGM.to_numpy()) & (rows.CGM.to_numpy() <= hi[i, k]))
+    assert 0.8 <= np.mean(hits) <= 1.0, np.mean(hits)
+    # 5 min after the last reading the residual has kept most of its value (φ ≈ 0.8-0.9):
+    # the band there is far narrower than a day later
+    width = hi - lo
+    assert np.all(width[:, t == 1440][:, 0] < 0.7 * width[:, t == 2875][:, 0])
+    assert 0 <= float(fc.p_below_70_any.min()) and float(fc.p_below_70.max()) <= 1
+    with pytest.raises(TwinError, match="forecast: row 1 .*not after"):
+        tw.forecast(df[df.TIME < 1440].drop(columns="BW"))
+    with pytest.raises(TwinError, match="forecast: row 1: patient ID 9 has no twin"):
+        tw.forecast(plan.assign(ID=9))
+    with pytest.raises(TwinError, match="step"):
+        tw.forecast(plan, step=2.5)
+
+
 def _validation_script(name: str):
     """``validation/<name>.py`` as a module (the validation scripts are not a package)."""
     import importlib.util
@@ -464,10 +566,19 @@ def test_forecast_band_coverage_is_counted_per_reading():
     cgm = mean + 15.0 * rng.standard_normal((2, times.size))
     cgm[1, 300] = np.nan
     table = pd.concat([pd.DataFrame({"ID": i, "TIME": times, "CGM": cgm[i]}) for i in range(2)])
-    got = mod.coverage(times, draws, table, [0, 1], 1440.0, 2880.0)
+
+    def bands(d):  # the forecast's layout (CGMTwins.forecast)
+        import xarray as xr
+
+        qs = [0.05, 0.25, 0.5, 0.75, 0.95]
+        q = np.quantile(d, qs, axis=1)
+        return xr.Dataset({"cgm_q": (("quantile", "patient", "time"), q)},
+                          coords={"quantile": qs, "time": times})  # fmt: skip
+
+    got = mod.coverage(bands(draws), table, [0, 1], 1440.0, 2880.0)
     assert got["readings"] == 2 * 288 - 1
     assert abs(got["coverage_90"] - 0.9) < 0.04 and abs(got["coverage_50"] - 0.5) < 0.06
-    point = mod.coverage(times, draws * 0 + mean, table, [0, 1], 0.0, 1440.0)
+    point = mod.coverage(bands(draws * 0 + mean), table, [0, 1], 0.0, 1440.0)
     assert point["coverage_90"] < 0.05  # bands of zero width cover almost nothing
 
 

@@ -69,12 +69,29 @@ def test_cgm_identify_replay_update(csvs, monkeypatch):
     # reopened twins replay exactly as the ones that were saved
     again = tw.replay(n_draws=20)["mean"].values
     np.testing.assert_allclose(again, open_twins("cgm_twins.zarr").replay(n_draws=20)["mean"])
-    # forecast and dose are PK twins' commands: said in one line, nothing left behind
-    for args in (["forecast"], ["dose", "--target", "min:glucose:0:24:70", "--start", "0",
-                                "--max-dose", "10"]):  # fmt: skip
-        res = runner.invoke(app, ["twin", *args, "cgm_twins.zarr", "--report", "fc"])
-        assert res.exit_code == 2 and "holds CGM (type 1 diabetes) twins" in flat(res)
-        assert "Traceback" not in res.output and not (csvs / "fc").exists()
+    # the day-1 twin (update 0) forecasts day 2 from its meals and insulin
+    args = ["--at-update", "0", "--records", "day2.csv", "--later", "day2.csv", "--report", "fc"]
+    res = runner.invoke(app, ["twin", "forecast", "cgm_twins.zarr", *args])
+    assert res.exit_code == 0, res.output
+    assert "forecast of 1 CGM twins (500 draws)" in flat(res)
+    fc = pd.read_csv(csvs / "fc" / "forecast.csv")
+    # from the first grid time after the last day-1 reading to one step after the plan's last row
+    assert fc.time.min() == 1440 and fc.time.max() == 2880
+    day2 = pd.read_csv("day2.csv").merge(fc, left_on="TIME", right_on="time")
+    inside = (day2.cgm_q05 <= day2.CGM) & (day2.CGM <= day2.cgm_q95)
+    assert len(day2) == 288 and inside.mean() > 0.8
+    assert fc.p_below_70.between(0, 1).all() and (csvs / "fc" / "forecast.png").is_file()
+    # said in one line, nothing left behind: CGM twins need --records, take no PK regimen,
+    # and `dose` is for PK twins
+    for args, said in (
+        (["forecast"], "give --records"),
+        (["forecast", "--records", "day2.csv", "--amt", "5"], "--amt: for PK twins"),
+        (["dose", "--target", "min:glucose:0:24:70", "--start", "0", "--max-dose", "10"],
+         "holds CGM (type 1 diabetes) twins"),
+    ):  # fmt: skip
+        res = runner.invoke(app, ["twin", *args, "cgm_twins.zarr", "--report", "fc2"])
+        assert res.exit_code == 2 and said in flat(res), res.output
+        assert "Traceback" not in res.output and not (csvs / "fc2").exists()
 
 
 def test_cgm_bad_records_exit_with_the_row(csvs, monkeypatch):

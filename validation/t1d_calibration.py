@@ -4,11 +4,13 @@ often do the bands cover the readings?
 
 Data: the 30 UVA/Padova reference patients (simglucose 0.2.11 parameters), two days of
 jittered meals with boluses at their carbohydrate ratio, simglucose's CGM noise. The twins
-(t1d_minimal, the shipped prior unless ``--prior``) are identified from day 1 only. Bands:
-for each posterior draw, the noise-free CGM curve over both days plus that draw's AR(1)
-residual process (its SD and correlation per 5 min), drawn stationary (not conditioned on the
-last day-1 residual, so the first readings of day 2 get slightly wide bands). UVA/Padova is
-not t1d_minimal: this is a forecast of a misspecified model, as a real patient's would be.
+(t1d_minimal, the shipped prior unless ``--prior``) are identified from day 1 only, and
+forecast day 2 with :meth:`cohort.twin.CGMTwins.forecast`, as a user would: each posterior
+draw's curve, its AR(1) residual started at the last day-1 reading's, and (with the prior's
+``[iov]``) day 2's own factor of Gb drawn from its prior. UVA/Padova is not t1d_minimal:
+this is a forecast of a misspecified model, as a real patient's would be. The prior's
+``[iov]`` was estimated on other virtual patients (``validation/t1d_iov_prior.py``); these
+30 are held out.
 Run: ``python validation/t1d_calibration.py [--nuts] [--patients N] [--prior spec.toml]``
 -> ``validation/results/t1d_calibration_<method>.json``.
 """
@@ -23,36 +25,16 @@ import numpy as np
 import pandas as pd
 
 from cohort.models.glucose import reference_patients
-from cohort.twin import cgm_data
 from cohort.twin.cgm import CGMTwins
-from cohort.twin.cgm_likelihood import layout, natural
 from cohort.twin.cgm_synthetic import meal_plan, uva_days
 
 PRIOR = str(Path(__file__).resolve().parents[1] / "priors" / "t1d_cgm_twin.toml")
-STEP = 5.0
 
 
-def predictive(twins: CGMTwins, n_draws: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """``(times [T], draws [N, S, T])``: CGM readings predicted by each posterior draw, with
-    its residual noise, on the 5-min grid of the twins' records."""
-    lay = layout(twins.prior)
-    rep = twins.replay(n_draws=n_draws, step=STEP, output="CGM", seed=seed)
-    g = rep["glucose"].values  # [N, S, T], noise-free; the same draws as _z_draws(S, seed)
-    nat = natural(lay, twins._z_draws(n_draws, seed))  # [N, S, q]
-    sigma = nat[..., lay.names.index("sigma")][..., None]
-    rho = nat[..., lay.names.index("ar1")] ** (STEP / lay.ar1_interval)
-    rng = np.random.default_rng(seed)
-    e = np.empty(g.shape)
-    e[..., 0] = rng.standard_normal(g.shape[:2])
-    scale = np.sqrt(1.0 - rho**2)
-    for k in range(1, g.shape[-1]):
-        e[..., k] = rho * e[..., k - 1] + scale * rng.standard_normal(g.shape[:2])
-    return rep["time"].values, g + sigma * e
-
-
-def coverage(times, draws, table: pd.DataFrame, ids, start: float, end: float) -> dict:
-    """Fraction of readings in ``[start, end)`` inside the 50 % and 90 % bands."""
-    lo90, lo50, hi50, hi90 = np.nanquantile(draws, [0.05, 0.25, 0.75, 0.95], axis=1)
+def coverage(fc, table: pd.DataFrame, ids, start: float, end: float) -> dict:
+    """Fraction of readings in ``[start, end)`` inside the forecast's 50 % and 90 % bands."""
+    times = fc.time.to_numpy()
+    lo90, lo50, hi50, hi90 = (fc.cgm_q.sel(quantile=q).to_numpy() for q in (0.05, 0.25, 0.75, 0.95))
     hits = {"50": [], "90": []}
     for i, pid in enumerate(ids):
         rows = table[(table.ID == pid) & (table.TIME >= start) & (table.TIME < end)]
@@ -80,15 +62,13 @@ def main(argv=None) -> dict:
     times, grams = meal_plan(len(pts), 2, seed=args.seed, jitter=30)
     table, _ = uva_days(pts, times, grams, 2, seed=args.seed)
     tw1 = CGMTwins.identify(args.prior, table[table.TIME < 1440], method=method)
-    # day 1's posterior over both days' records: day 2 is forecast from day 2's inputs alone
-    both = CGMTwins(tw1.prior, cgm_data.read_cgm(table), tw1.posterior, tw1.samples, tw1.eat_rate)
-    t, draws = predictive(both, args.draws, 0)
+    fc = tw1.forecast(table[table.TIME >= 1440].drop(columns="CGM"), n_draws=args.draws)
     out = {
         "patients": len(pts),
         "method": method,
         "prior": Path(args.prior).name,
-        "day2_forecast": coverage(t, draws, table, both.ids, 1440.0, 2880.0),
-        "day1_fit": coverage(t, draws, table, both.ids, 0.0, 1440.0),
+        "day2_forecast": coverage(fc, table, tw1.ids, 1440.0, 2880.0),
+        "fit_mard_median": round(float(np.median(tw1.fitted().mard.values)), 2),
     }
     print(json.dumps(out, indent=2))
     path = args.out or Path(__file__).parent / "results" / f"t1d_calibration_{method}.json"

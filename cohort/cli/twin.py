@@ -276,10 +276,15 @@ def forecast(
     seed: int = typer.Option(0, min=0, max=MAX_SEED, help="random seed"),
     patient: list[str] = typer.Option([], "--id", help="only this patient (repeat for more)"),
     later: Path = typer.Option(None, help="later observations (CSV) drawn over the bands"),
+    records: Path = typer.Option(
+        None, help="CGM twins: meals and insulin planned after the last record (CSV)"
+    ),
     report: Path = typer.Option(Path("twin_forecast"), help="directory for CSV and figure"),
     overwrite: bool = typer.Option(False, help="replace an existing --report by cohort"),
 ):
-    """Posterior-predictive bands (5/25/50/75/95 %) and probability of target attainment."""
+    """Posterior-predictive bands (5/25/50/75/95 %) and probability of target attainment;
+    for CGM twins, the readings to come under --records' meals and insulin, with
+    P(glucose < 70) and P(glucose > 180)."""
     import pandas as pd
 
     from cohort.twin import plots
@@ -287,6 +292,14 @@ def forecast(
 
     targets = [parse_target(t) for t in target]
     _check_draws(draws)
+    if _is_cgm_store(store, at_update):
+        pk_options = {"--amt": amt, "--times": times, "--target": target or None}
+        _cgm_forecast(
+            store, at_update, records, draws, seed, patient, later, report, overwrite, pk_options
+        )
+        return
+    if records is not None:
+        fail(f"--records is for CGM twins; {store} holds PK twins (give --amt/--ii/--addl)")
     folder = report_folder(report, overwrite)
     tw = _pk_twins(store, patient, "forecast", at_update)
     t0 = time.perf_counter()
@@ -327,6 +340,71 @@ def forecast(
         console.print(f"report: {csv}, {fig}, {pta_csv}")
     else:
         console.print(f"report: {csv}, {fig}")
+
+
+def _is_cgm_store(store: Path, at_update: int | None) -> bool:
+    from cohort.twin import open_twins
+
+    return hasattr(open_twins(store, at_update), "replay")
+
+
+def _cgm_forecast(store, at_update, records, draws, seed, ids, later, report, overwrite,
+                  pk_options) -> None:  # fmt: skip
+    """``cohort twin forecast`` of CGM twins: bands of the readings to come."""
+    import pandas as pd
+
+    from cohort.twin import open_twins, plots
+    from cohort.twin.prior import show_id
+
+    given = [k for k, v in pk_options.items() if v is not None]
+    if given:
+        fail(f"{', '.join(given)}: for PK twins; CGM twins forecast the meals and insulin of "
+             "--records (a CSV: ID, TIME and CHO, BOLUS, BASAL)")  # fmt: skip
+    if records is None:
+        fail(f"{store} holds CGM twins: give --records, a CSV of the meals and insulin planned "
+             "after each patient's last record (ID, TIME, CHO, BOLUS, BASAL)")  # fmt: skip
+    if not records.is_file():
+        fail(f"--records {records}: no such file")
+    folder = report_folder(report, overwrite)
+    tw = open_twins(store, at_update)
+    plan = pd.read_csv(records)
+    if ids:
+        known = {show_id(i): i for i in tw.ids.tolist()}
+        missing = [i for i in ids if i not in known]
+        if missing:
+            fail(f"--id {missing[0]}: no such patient in {store}")
+        plan.columns = [str(c).strip().upper() for c in plan.columns]
+        if "ID" in plan:
+            plan = plan[plan["ID"].map(show_id).isin(ids)]
+    t0 = time.perf_counter()
+    fc = tw.forecast(plan, n_draws=draws, seed=seed)
+    if ids:
+        fc = fc.sel(patient=[known[i] for i in ids])
+    bands = fc[["cgm_q", "glucose_q"]].to_dataframe().unstack("quantile")
+    bands.columns = [f"{v.removesuffix('_q')}_q{int(round(100 * q)):02d}" for v, q in bands.columns]
+    probs = fc[["p_below_70", "p_above_180"]].to_dataframe()
+    table = bands.join(probs).dropna(subset=["cgm_q50"]).reset_index()
+    csv = report_file(folder, "forecast.csv", overwrite)
+    table.to_csv(csv, index=False)
+    later_frame = None
+    if later is not None:
+        later_frame = pd.read_csv(later)
+        later_frame.columns = [str(c).strip().upper() for c in later_frame.columns]
+    fig = plots.cgm_forecast_bands(tw, fc, report_file(folder, "forecast.png", overwrite),
+                                   later_frame)  # fmt: skip
+    console.print(f"forecast of {fc.sizes['patient']} CGM twins ({draws} draws) in "
+                  f"{time.perf_counter() - t0:.1f} s")  # fmt: skip
+    summary = Table("ID", "horizon (h)", "P(< 70 at any time)", "max P(< 70)", "max P(> 180)",
+                    title="forecast: probability of hypo- and hyperglycaemia")  # fmt: skip
+    for pid in fc["patient"].to_numpy()[:15]:
+        one = fc.sel(patient=pid)
+        ahead = np.isfinite(one["cgm_q"].sel(quantile=0.5).to_numpy())
+        hours = ahead.sum() * float(fc["time"][1] - fc["time"][0]) / 60
+        summary.add_row(str(pid), f"{hours:.1f}", f"{float(one['p_below_70_any']):.2f}",
+                        f"{float(one['p_below_70'].max()):.2f}",
+                        f"{float(one['p_above_180'].max()):.2f}")  # fmt: skip
+    console.print(summary)
+    console.print(f"report: {csv}, {fig}")
 
 
 @app.command("dose")

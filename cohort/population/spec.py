@@ -54,6 +54,7 @@ _TOP = {
     "correlation",
     "parameters",
     "iiv",
+    "iov",
     "error",
     "filters",
     "targets",
@@ -129,6 +130,19 @@ class ResidualError:
 
 
 @dataclasses.dataclass(frozen=True)
+class Occasions:
+    """Inter-occasion variability (``[iov]``): each ``interval`` (min, from a patient's first
+    record; default a day) of a record multiplies ``parameters`` by ``exp(κ)``, ``κ ~ N(0,
+    sd²)`` drawn per occasion, as NONMEM's IOV on top of the between-patient ``[iiv]``. Read
+    by CGM twins (the day-to-day variation one day of data cannot show)."""
+
+    parameters: tuple[str, ...]
+    sd: tuple[float, ...]
+    interval: float
+    citation: str
+
+
+@dataclasses.dataclass(frozen=True)
 class PopulationSpec:
     path: str
     name: str
@@ -144,6 +158,7 @@ class PopulationSpec:
     targets: tuple[Target, ...]
     digest: str
     error: ResidualError | None = None
+    iov: Occasions | None = None
 
     @property
     def covariate_names(self) -> tuple[str, ...]:
@@ -552,6 +567,7 @@ def _parse_spec(raw: dict, path: str, digest: str | None) -> PopulationSpec:
             )  # fmt: skip
     else:
         omega = np.zeros((0, 0))
+    iov = _occasions(path, raw["iov"], eta) if "iov" in raw else None
     known = cov_names | pnames
     filters = []
     for i, f in enumerate(raw.get("filters", [])):
@@ -626,11 +642,41 @@ def _parse_spec(raw: dict, path: str, digest: str | None) -> PopulationSpec:
         tuple(targets),
         digest,
         error,
+        iov,
     )
 
 
+def _occasions(path: str, t: dict, eta: tuple[str, ...]) -> Occasions:
+    _check_keys(path, "iov", t, {"parameters", "sd", "interval", "citation"})
+    names = tuple(t.get("parameters", ()))
+    if not names:
+        raise _err(path, "iov.parameters", "name the parameters that vary between occasions")
+    for k, v in enumerate(names):
+        if v in names[:k]:
+            raise _err(path, "iov.parameters", f"{v!r} is listed twice; give each once")
+        if v not in eta:  # log-normal parameters: exp(η + κ)
+            raise _err(
+                path, "iov.parameters", f"{v!r} has no [iiv] entry; IOV is on log-normal "
+                f"parameters with between-patient variability ({', '.join(eta) or 'none'})"
+            )  # fmt: skip
+    if not t.get("citation"):
+        raise _err(path, "iov.citation", "every number needs a citation")
+    sd = t.get("sd")
+    if not isinstance(sd, list) or len(sd) != len(names):
+        raise _err(path, "iov.sd", f"needs a list of {len(names)} log-scale SDs, one per parameter")
+    sd = tuple(_num(path, "iov.sd", v, positive=True) for v in sd)
+    if max(sd) > MAX_LOG_SD:
+        raise _err(path, "iov.sd", f"log-scale SDs above {MAX_LOG_SD:g}: give 0.2 for ~20 %")
+    interval = _num(path, "iov.interval", t.get("interval", 1440.0), positive=True)
+    if not float(interval).is_integer():
+        raise _err(path, "iov.interval", f"a whole number of minutes, got {interval}")
+    return Occasions(names, sd, float(interval), str(t["citation"]))
+
+
 def _error(path: str, t: dict) -> ResidualError:
-    serial = ("add_sd_log", "ar1", "ar1_sd_logit", "ar1_interval", "initial_sd")
+    serial = (
+        "add_sd_log", "ar1", "ar1_sd_logit", "ar1_interval", "initial_sd",
+    )  # fmt: skip
     _check_keys(path, "error", t, {"kind", "add", "prop", "output", "citation", *serial})
     kind = t.get("kind")
     if kind not in ERROR_KINDS:

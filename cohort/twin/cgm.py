@@ -7,8 +7,11 @@ estimated per patient, together with the residual SD and the AR(1) correlation o
 residuals where the prior's ``[error]`` asks for them (sensor noise and model misfit are
 serially correlated at 5-min sampling; independent errors would make the posterior far too
 narrow) and the glucose at the first record where it gives ``initial_sd`` (one noisy first
-reading would otherwise set the first hours of the curve). Everything else is fixed at the
-prior's values. Posteriors are MAP + Laplace, then
+reading would otherwise set the first hours of the curve). With ``[iov]``, the listed
+parameters also vary from occasion to occasion (a day, NONMEM's inter-occasion variability):
+one day of data cannot show how far the next will stray from it, and without it a twin
+forecasts the next day as if it were the same one. Everything else is fixed at the prior's
+values. Posteriors are MAP + Laplace, then
 per-patient NUTS (numpyro's kernel), for all patients in one vectorised program
 (:mod:`cohort.twin.posterior`), on the parallel-in-time solution of :mod:`cohort.twin.cgm_solve`.
 """
@@ -28,7 +31,7 @@ import pandas as pd
 import xarray as xr
 
 from cohort.errors import CohortWarning
-from cohort.twin import cgm_data, cgm_replay, posterior
+from cohort.twin import cgm_data, cgm_forecast, cgm_replay, posterior
 from cohort.twin.blocks import blocks, solve_blocks, take_rows
 from cohort.twin.cgm_likelihood import (
     Layout,
@@ -128,12 +131,29 @@ class CGMTwins:
         from the current one (MAP search from its mode, NUTS from its Laplace approximation
         at the new mode). Returns a new object; this one is left unchanged. ``cluster``,
         ``checkpoint``: as in :meth:`identify`."""
+        table = self._merged(new_records, "update")
+        out = CGMTwins(self.prior, table, None, None, self.eat_rate, [*self.history])  # type: ignore[arg-type]
+        method = method or self.method
+        # a new day's occasion factors start at their prior mean
+        warm = self.posterior.eta
+        warm = np.pad(warm, ((0, 0), (0, len(out.names) - warm.shape[1])))
+        out._fit(
+            method, warm, chains, warmup, draws, seed, max_tree_depth, cluster,
+            checkpoint,
+        )  # fmt: skip
+        return out
+
+    def _merged(
+        self, new_records: pd.DataFrame | str, what: str, min_readings: int = 3
+    ) -> pd.DataFrame:
+        """The records with ``new_records`` added (checked: known patients, later than each
+        patient's last row, the same body weight; the running basal carries over)."""
         new = pd.read_csv(new_records) if isinstance(new_records, str) else new_records.copy()
         new.columns = [str(c).strip().upper() for c in new.columns]
         if "ID" not in new:
             if len(self.ids) != 1:
                 raise TwinError(
-                    "update: the rows need an ID column (these twins are of many patients)"
+                    f"{what}: the rows need an ID column (these twins are of many patients)"
                 )
             new["ID"] = self.ids[0]
         known = set(self.ids.tolist())
@@ -141,7 +161,7 @@ class CGMTwins:
         if unknown:
             row = int(np.flatnonzero((new["ID"] == unknown[0]).to_numpy())[0]) + 1
             raise TwinError(
-                f"update: row {row}: patient ID {show_id(unknown[0])} has no twin (known: "
+                f"{what}: row {row}: patient ID {show_id(unknown[0])} has no twin (known: "
                 f"{', '.join(show_id(k) for k in sorted(known)[:10])}); identify new "
                 "patients with `cohort twin cgm` (Python: CGMTwins.identify)"
             )
@@ -154,7 +174,7 @@ class CGMTwins:
             if differs.any():
                 i = int(np.flatnonzero(differs.to_numpy())[0])
                 raise TwinError(
-                    f"update: row {i + 1} (ID {show_id(new['ID'].iloc[i])}): BW = "
+                    f"{what}: row {i + 1} (ID {show_id(new['ID'].iloc[i])}): BW = "
                     f"{given.iloc[i]:g} kg, but the twin was identified with "
                     f"{known_bw.iloc[i]:g} kg; a twin keeps one body weight (leave BW empty "
                     "or drop the column to keep it, or identify a new twin)"
@@ -167,25 +187,25 @@ class CGMTwins:
         carry = first & new["BASAL"].isna().to_numpy()
         if carry.any():  # the running basal rate carries over
             new.loc[carry, "BASAL"] = new["ID"][carry].map(last["BASAL"]).astype(float)
-        new = cgm_data.read_cgm(new)
+        new = cgm_data.read_cgm(new, min_readings)
         last_time = self.records.groupby("ID")["TIME"].max()
         gap = new.groupby("ID", sort=False)["TIME"].min() - last_time.reindex(new["ID"].unique())
         if (gap > MAX_UPDATE_GAP).any():
             pid = gap[gap > MAX_UPDATE_GAP].index[0]
             warnings.warn(
-                f"update: patient {show_id(pid)}'s new records start "
+                f"{what}: patient {show_id(pid)}'s new records start "
                 f"{float(gap[pid]) / 60:.1f} h after its last record; the twin assumes no "
                 "meals or boluses in between (basal at the last rate): add the records of the "
                 "gap, or identify from the new records alone",
                 CohortWarning,
-                stacklevel=2,
+                stacklevel=3,
             )
         early = new["TIME"].to_numpy() <= new["ID"].map(last_time).to_numpy()
         if early.any():
             row = new.iloc[int(np.flatnonzero(early)[0])]
             raise TwinError(
-                f"update: row {int(row['ROW'])} (ID {show_id(row['ID'])}, TIME "
-                f"{row['TIME']:g}) is not after that patient's last record: an update adds "
+                f"{what}: row {int(row['ROW'])} (ID {show_id(row['ID'])}, TIME "
+                f"{row['TIME']:g}) is not after that patient's last record: {what} takes "
                 "later rows only"
             )
         table = pd.concat([self.records.drop(columns="ROW"), new.drop(columns="ROW")])
@@ -196,13 +216,7 @@ class CGMTwins:
         with warnings.catch_warnings():  # the new rows were warned about above, the old ones
             warnings.simplefilter("ignore", CohortWarning)  # when the twin was identified
             table = cgm_data.read_cgm(table.reset_index(drop=True))
-        out = CGMTwins(self.prior, table, None, None, self.eat_rate, [*self.history])  # type: ignore[arg-type]
-        method = method or self.method
-        out._fit(
-            method, self.posterior.eta, chains, warmup, draws, seed, max_tree_depth, cluster,
-            checkpoint,
-        )  # fmt: skip
-        return out
+        return table
 
     # -- inference ------------------------------------------------------------------------
     @property
@@ -228,7 +242,7 @@ class CGMTwins:
         quantity, the fit's MARD (%) and ``ok``."""
         ps = self.parameters(n_draws)
         out = pd.DataFrame(index=pd.Index(self.ids, name="ID"))
-        for name in layout(self.prior).names:
+        for name in self.names:
             for q, tag in ((0.5, ""), (0.05, "_q05"), (0.95, "_q95")):
                 out[name + tag] = ps[name].sel(quantile=q).values
         out["mard"] = self.fitted().mard.values
@@ -247,7 +261,7 @@ class CGMTwins:
         """The ``records``, ``map`` and ``posterior`` groups of one update."""
         from cohort.twin.store import posterior_groups, records_group
 
-        lay = layout(self.prior)
+        lay = self._bound()[0]
         if self.samples is not None:
             eta = self.samples.eta
         else:
@@ -268,13 +282,14 @@ class CGMTwins:
         from cohort.twin.store import read_posterior
 
         fit = read("map")
-        lap, samples = read_posterior(fit, read, layout(prior).names)
-        history = json.loads(fit.attrs["history"])
-        return cls(prior, table, lap, samples, float(fit.attrs["eat_rate"]), history)
+        twins = cls(prior, table, None, None, float(fit.attrs["eat_rate"]))  # type: ignore[arg-type]
+        twins.posterior, twins.samples = read_posterior(fit, read, twins.names)
+        twins.history = json.loads(fit.attrs["history"])
+        return twins
 
     @property
     def names(self) -> tuple[str, ...]:
-        return layout(self.prior).names
+        return self._bound()[0].names
 
     def _bound(self):
         """Layout, grid inputs, per-patient data, potential factory and prior Cholesky factor
@@ -285,8 +300,8 @@ class CGMTwins:
         return cached
 
     def _bind(self):
-        lay = layout(self.prior)
         grid = cgm_data.grid_inputs(self.records, self.eat_rate)
+        lay = layout(self.prior, grid["meal"].shape[1])
         ids = self.ids
         mu_model = self.prior.log_typical(
             pd.DataFrame(index=pd.Index(ids, name="ID"))
@@ -312,7 +327,12 @@ class CGMTwins:
             params = jax.vmap(lambda z, d: model_params(lay, z, d))(data["mu"], data)
             data["plasma"] = jax.vmap(insulin_curve)(params, data["basal"] + data["bolus"])
         err = self.prior.spec.error
-        make = potential_factory(lay, float(err.add), float(err.prop), float(err.ar1 or 0.0))
+        make = potential_factory(
+            lay,
+            float(err.add),
+            float(err.prop),
+            float(err.ar1 or 0.0),
+        )
         return lay, grid, data, make, jnp.asarray(chol)
 
     def _fit(
@@ -364,18 +384,19 @@ class CGMTwins:
             eta = eta[:, idx]
         else:
             eta = posterior.laplace_draws(self.posterior, n_draws, seed, self.ids)
-        return self._z_of(eta)
+        return self._z_of(_with_new_occasions(eta, len(self.names), seed))
 
     def parameters(self, n_draws: int = 1000) -> xr.Dataset:
         """Posterior median and 5 %/95 % quantiles of every estimated quantity per patient
         (natural scale), with R-hat and bulk ESS when sampled."""
-        lay = layout(self.prior)
+        lay = self._bound()[0]
         nat = natural(lay, self._z_draws(n_draws, 0))
         q = np.quantile(nat, [0.05, 0.5, 0.95], axis=1)
         units = self.prior.model.units()
         ds = xr.Dataset(coords={"patient": self.ids, "quantile": [0.05, 0.5, 0.95]})
         for j, name in enumerate(lay.names):
-            attrs = {"units": units.get(name, "mg/dL" if name == "sigma" else "1")}
+            base = name.split("_occ")[0]  # an occasion's value of an [iov] parameter
+            attrs = {"units": units.get(base, "mg/dL" if name == "sigma" else "1")}
             ds[name] = (("quantile", "patient"), q[..., j], attrs)
         if self.samples is not None:
             ds["rhat"] = (("patient", "param"), self.samples.rhat)
@@ -387,6 +408,19 @@ class CGMTwins:
     # the records' days under altered therapy, and the fit to the CGM readings (MARD)
     replay = cgm_replay.replay
     fitted = cgm_replay.fitted
+    # the readings to come, given the meals and insulin planned after the last record
+    forecast = cgm_forecast.forecast
+
+
+def _with_new_occasions(eta: np.ndarray, q: int, seed: int) -> np.ndarray:
+    """``eta [..., q0]`` extended to ``q`` coordinates: the factors of occasions after those the
+    posterior has seen (records added for a forecast or an update: ``[iov]``'s occasions come
+    last) are drawn from their prior (standard normal in these coordinates)."""
+    extra = q - eta.shape[-1]
+    if extra <= 0:
+        return eta
+    new = np.random.default_rng([seed, 7]).standard_normal((*eta.shape[:-1], extra))
+    return np.concatenate([eta, new], axis=-1)
 
 
 def _fit_blocks(make, chol, lay: Layout, method: str, settings: dict, parts: list) -> list:

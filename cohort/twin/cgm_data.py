@@ -35,9 +35,10 @@ EAT_RATE = 5.0  # g/min, simglucose's T1DPatient.EAT_RATE
 GRID_STEP = 60  # min; horizons are padded up to a multiple (one compiled program per hour)
 
 
-def read_cgm(table: pd.DataFrame | str) -> pd.DataFrame:
+def read_cgm(table: pd.DataFrame | str, min_readings: int = 3) -> pd.DataFrame:
     """The checked table (columns ``ID, TIME, CGM, CHO, BOLUS, BASAL, BW, ROW``); errors name
-    the row (1-based data row), patient and column, and say what to fix."""
+    the row (1-based data row), patient and column, and say what to fix. ``min_readings``:
+    CGM readings each patient needs (0 for rows planned ahead, as a forecast reads)."""
     try:
         df = pd.read_csv(table) if isinstance(table, str) else table.copy()
     except pd.errors.EmptyDataError:  # a 0-byte file: pandas' traceback reached the user
@@ -86,7 +87,7 @@ def read_cgm(table: pd.DataFrame | str) -> pd.DataFrame:
         df[c] = _numeric(df, c)
     _check_times(df)
     df = _merge_same_minute(df)
-    _check(df)
+    _check(df, min_readings)
     _implausible_units(df)
     if meals_given:  # (a missing CHO column was said above)
         _boluses_without_meals(df)
@@ -281,7 +282,7 @@ def _merge_same_minute(df: pd.DataFrame) -> pd.DataFrame:
     return merged.reset_index()
 
 
-def _check(df: pd.DataFrame) -> None:
+def _check(df: pd.DataFrame, min_readings: int = 3) -> None:
     cgm = df["CGM"].to_numpy()
     out_of_range = ~np.isnan(cgm) & ~((cgm >= 10) & (cgm <= 1000))  # inf too
     readings = cgm[np.isfinite(cgm)]
@@ -312,7 +313,9 @@ def _check(df: pd.DataFrame) -> None:
         "body weight changes within a patient; give one value per patient",
     )
     n_obs = df.groupby("ID", sort=False)["CGM"].transform(lambda c: c.notna().sum()).to_numpy()
-    _first_bad(df, n_obs < 3, "CGM", "a patient needs at least 3 CGM readings")
+    _first_bad(
+        df, n_obs < min_readings, "CGM", f"a patient needs at least {min_readings} CGM readings"
+    )
     readings = df[df["CGM"].notna()]
     steps = readings.groupby("ID", sort=False)["TIME"].diff().dropna()
     seconds = (

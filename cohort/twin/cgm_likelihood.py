@@ -18,13 +18,17 @@ from cohort.twin.cgm_solve import glucose_curves, trajectory
 from cohort.twin.prior import TwinError, TwinPrior
 
 TRAJECTORY_KEY = {"CGM": "IG", "BG": "G", "insulin": "I"}
+# parameters that may vary between occasions ([iov]): those the solver takes per minute
+IOV_LENGTH = {"Gb": 0, "SG": 0, "SI": 1}  # extra entries beyond the T steps (SI: T + 1 points)
 
 
 @dataclasses.dataclass(frozen=True)
 class Layout:
     """Static structure of the unconstrained vector ``z = μ + L·η``: estimated model
-    parameters (log), the initial glucose ``G0`` (mg/dL) if estimated, then the log residual
-    SD and the logit AR(1) correlation if estimated."""
+    parameters (log), the initial glucose ``G0`` (mg/dL) if estimated, the log residual SD
+    and the logit AR(1) correlation if estimated, then (with ``[iov]``) the log factors κ of
+    the ``iov`` parameters, occasion by occasion (``n_occ`` occasions of ``iov_interval``
+    minutes from the first record)."""
 
     estimated: tuple[str, ...]
     fixed: tuple[str, ...]
@@ -34,6 +38,10 @@ class Layout:
     ar1_interval: float
     kind: str
     g0: bool = False  # initial glucose estimated (prior centred on the first reading)
+    iov: tuple[str, ...] = ()
+    iov_sd: tuple[float, ...] = ()
+    iov_interval: float = 1440.0
+    n_occ: int = 1
 
     @property
     def insulin_fixed(self) -> bool:
@@ -42,7 +50,13 @@ class Layout:
     @property
     def names(self) -> tuple[str, ...]:
         extra = ("G0",) * self.g0 + ("sigma",) * self.sigma + ("ar1",) * self.ar1
-        return (*self.estimated, *extra)
+        occ = tuple(f"{p}_occ{k + 1}" for k in range(self.n_occ) for p in self.iov)
+        return (*self.estimated, *extra, *occ)
+
+    @property
+    def iov_index(self) -> int:
+        """Index in ``z`` of the first occasion factor (after the error parameters)."""
+        return self.error_index + self.sigma + self.ar1
 
     @property
     def error_index(self) -> int:
@@ -50,7 +64,14 @@ class Layout:
         return len(self.estimated) + self.g0
 
 
-def layout(prior: TwinPrior) -> Layout:
+def n_occasions(interval: float, n_min: int) -> int:
+    """Occasions of ``interval`` minutes covering a grid of ``n_min`` minutes."""
+    return max(1, -(-int(n_min) // int(interval)))
+
+
+def layout(prior: TwinPrior, n_min: int = 0) -> Layout:
+    """The layout of ``prior``'s twins on records spanning ``n_min`` minutes (the number of
+    occasions of its ``[iov]``, if any)."""
     if prior.model.name != "t1d_minimal":
         raise TwinError(
             f"prior {prior.name!r} is for the model {prior.model.name!r}; CGM twins use "
@@ -62,6 +83,20 @@ def layout(prior: TwinPrior) -> Layout:
         raise TwinError(f"prior {prior.name!r}: [iiv] names no parameter to estimate")
     err = prior.spec.error
     fixed = tuple(n for n in prior.names if n not in prior.eta_names)
+    occ = prior.spec.iov
+    if occ is not None:
+        other = [n for n in occ.parameters if n not in IOV_LENGTH]
+        if other:
+            raise TwinError(
+                f"prior {prior.name!r}: [iov] on {other}: CGM twins let {list(IOV_LENGTH)} "
+                "vary between occasions"
+            )
+    iov = {} if occ is None else {
+        "iov": occ.parameters,
+        "iov_sd": occ.sd,
+        "iov_interval": occ.interval,
+        "n_occ": n_occasions(occ.interval, n_min),
+    }  # fmt: skip
     return Layout(
         prior.eta_names,
         fixed,
@@ -71,6 +106,7 @@ def layout(prior: TwinPrior) -> Layout:
         float(err.ar1_interval or 5.0),
         prior.error[0],
         err.initial_sd is not None,
+        **iov,
     )
 
 
@@ -89,6 +125,9 @@ def prior_moments(prior: TwinPrior, lay: Layout, mu_model: np.ndarray, first: np
     if lay.ar1:
         cols.append(np.full((n, 1), np.log(err.ar1 / (1.0 - err.ar1))))
         sds.append(err.ar1_sd_logit)
+    if lay.iov:  # κ ~ N(0, sd²) per occasion
+        cols.append(np.zeros((n, lay.n_occ * len(lay.iov))))
+        sds.extend(list(lay.iov_sd) * lay.n_occ)
     q = len(lay.names)
     chol = np.zeros((q, q))
     k = len(lay.estimated)
@@ -106,6 +145,12 @@ def model_params(lay: Layout, z, d, basal_scale=1.0):
     p["Ib"] = basal_plasma_insulin(p, d["u0"])  # glucose rests at Gb on the usual basal
     for k, v in d["defaults"].items():
         p.setdefault(k, v)
+    if lay.iov:  # per-minute values: each occasion's factor exp(κ)
+        n_min = d["meal"].shape[-1]
+        occ = jnp.minimum(jnp.arange(n_min + 1) // int(lay.iov_interval), lay.n_occ - 1)
+        kappa = z[lay.iov_index :].reshape(lay.n_occ, len(lay.iov))
+        for j, name in enumerate(lay.iov):
+            p[name] = p[name] * jnp.exp(kappa[occ[: n_min + IOV_LENGTH[name]], j])
     return p
 
 
@@ -153,8 +198,12 @@ def potential_factory(lay: Layout, add: float, prop: float, ar1: float):
 
 def natural(lay: Layout, z: np.ndarray) -> np.ndarray:
     """``z`` on the natural scale: exp for parameters and SD, G0 as it is (mg/dL), logistic
-    for the AR(1) ρ."""
+    for the AR(1) ρ, and for each occasion its value of each ``iov`` parameter."""
     k, e = len(lay.estimated), lay.error_index
-    s = e + lay.sigma
+    s, o = e + lay.sigma, lay.iov_index
     parts = [np.exp(z[..., :k]), z[..., k:e], np.exp(z[..., e:s])]
-    return np.concatenate([*parts, 1.0 / (1.0 + np.exp(-z[..., s:]))], axis=-1)
+    parts.append(1.0 / (1.0 + np.exp(-z[..., s:o])))
+    if lay.iov:
+        base = z[..., [lay.estimated.index(n) for n in lay.iov] * lay.n_occ]
+        parts.append(np.exp(base + z[..., o:]))
+    return np.concatenate(parts, axis=-1)

@@ -70,6 +70,45 @@ def forecast_bands(
     return save_figure(fig, path)
 
 
+def cgm_forecast_bands(
+    twins, fc: xr.Dataset, path: str | Path, later: pd.DataFrame | None = None, max_panels: int = 6
+) -> Path:
+    """CGM twins' forecasts per patient (the first ``max_panels``): 5–95 % and 25–75 % bands
+    and the median of the predicted readings, the last day of readings the twin has seen
+    (dots) and, when given, later readings (crosses: the forecast's check), with the
+    70–180 mg/dL range shaded. Times in hours since each patient's first record."""
+    ids = list(fc["patient"].to_numpy())[:max_panels]
+    cols = min(3, len(ids))
+    rows = -(-len(ids) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols, 3.2 * rows), squeeze=False)
+    rec = twins.records
+    t = fc["time"].to_numpy()
+    for ax, pid in zip(axes.ravel(), ids):
+        q = fc["cgm_q"].sel(patient=pid)
+        start = float(rec.loc[rec["ID"] == pid, "TIME"].iloc[0])
+        last = float(fc["last_reading"].sel(patient=pid))
+        ax.axhspan(70, 180, color="tab:green", alpha=0.07)
+        ax.fill_between(t / 60, q.sel(quantile=0.05), q.sel(quantile=0.95), alpha=0.2, label="90 %")
+        ax.fill_between(t / 60, q.sel(quantile=0.25), q.sel(quantile=0.75), alpha=0.3, label="50 %")
+        ax.plot(t / 60, q.sel(quantile=0.5), lw=1.2, label="median")
+        seen = rec[(rec["ID"] == pid) & rec["CGM"].notna()]
+        rel = seen["TIME"].to_numpy(float) - start
+        keep = rel >= last - 1440
+        ax.plot(rel[keep] / 60, seen["CGM"].to_numpy()[keep], ".", ms=2, color="k", label="seen")
+        if later is not None and "CGM" in later:
+            lt = later[(later["ID"] == pid) & later["CGM"].notna()]
+            ax.plot((lt["TIME"] - start) / 60, lt["CGM"], "x", ms=3, color="tab:red", label="later")
+        ax.set_title(f"patient {pid}")
+        ax.set_xlabel("time since the first record (h)")
+        ax.set_ylabel("CGM (mg/dL)")
+    for ax in axes.ravel()[len(ids) :]:
+        ax.axis("off")
+    axes[0, 0].legend(fontsize=7)
+    if fc.sizes["patient"] > len(ids):
+        fig.suptitle(f"first {len(ids)} of {fc.sizes['patient']} patients", fontsize=9)
+    return save_figure(fig, path)
+
+
 def attainment_curves(rec: pd.DataFrame, path: str | Path, max_patients: int = 12) -> Path:
     """Probability of target attainment against dose per patient (every strength on the grid
     was evaluated; points, not interpolated lines), the recommended dose marked."""

@@ -53,6 +53,12 @@ def _check_not_cgm(prior: TwinPrior) -> None:
             "residuals (ar1) or an estimated initial state (initial_sd) is for CGM twins "
             "(cohort.twin.CGMTwins, `cohort twin cgm`)"
         )
+    if prior.spec.iov is not None:
+        raise TwinError(
+            f"prior {prior.name!r}: inter-occasion variability ([iov]) is read by CGM twins "
+            "(cohort.twin.CGMTwins); PK twins have one set of parameters per patient: remove "
+            "[iov] from the spec"
+        )
 
 
 def nlme_of(prior: TwinPrior) -> NLME:
