@@ -176,9 +176,7 @@ def test_map_recovers_known_parameters_with_gaps():
             assert abs(np.mean(z)) < 0.9, name
         covered.extend((lo < truth[name]) & (truth[name] < hi))
     assert np.mean(covered) >= 0.75  # 96 intervals at 90 %
-    # the day offsets (integrated out) leave a day's level free within ~offset_sd/√days of its
-    # readings: the curve itself (seen: one patient 5.6 %) is a little further off than without
-    assert np.all(tw.fitted().mard.values < 6.5)
+    assert np.all(tw.fitted().mard.values < 5.0)
 
 
 def test_replay_responds_to_therapy_in_the_right_direction():
@@ -215,9 +213,7 @@ def test_each_patient_is_replayed_over_its_own_records():
         own = metric_arrays(g[i][:, keep], time_weights(times[keep]))
         np.testing.assert_allclose(rep["mean"].values[i], own["mean"], rtol=1e-12)
         np.testing.assert_allclose(rep["tir_70_180"].values[i], own["tir_70_180"], rtol=1e-12)
-    # the day offsets (integrated out) leave a day's level free within ~offset_sd/√days of its
-    # readings: the curve itself (seen: one patient 5.6 %) is a little further off than without
-    assert np.all(tw.fitted().mard.values < 6.5)
+    assert np.all(tw.fitted().mard.values < 5.0)
 
 
 def test_glycemic_metrics_leave_gaps_out():
@@ -528,6 +524,13 @@ def test_a_forecast_of_the_next_day_covers_its_readings(tmp_path):
         tw.forecast(plan.assign(ID=9))
     with pytest.raises(TwinError, match="step"):
         tw.forecast(plan, step=2.5)
+    with pytest.raises(TwinError, match="the plan has no rows"):
+        tw.forecast(plan.iloc[:0])
+    # a plan for two of the four: the others are not forecast
+    some = tw.forecast(plan[plan.ID.isin([1, 3])], n_draws=50)
+    ahead = np.isfinite(some.cgm_q.sel(quantile=0.5).values).any(axis=1)
+    assert ahead.tolist() == [False, True, False, True]
+    assert np.isnan(some.p_below_70_any.values[[0, 2]]).all()
 
 
 def _validation_script(name: str):

@@ -292,10 +292,16 @@ def forecast(
 
     targets = [parse_target(t) for t in target]
     _check_draws(draws)
-    if _is_cgm_store(store, at_update):
-        pk_options = {"--amt": amt, "--times": times, "--target": target or None}
+    from cohort.twin import open_twins
+
+    opened = open_twins(store, at_update)
+    if hasattr(opened, "replay"):  # CGM twins
+        pk_options = {
+            "--amt": amt, "--times": times, "--target": target or None, "--ii": ii or None,
+            "--addl": addl or None, "--duration": duration, "--start": start or None,
+        }  # fmt: skip
         _cgm_forecast(
-            store, at_update, records, draws, seed, patient, later, report, overwrite, pk_options
+            opened, store, records, draws, seed, patient, later, report, overwrite, pk_options
         )
         return
     if records is not None:
@@ -342,18 +348,20 @@ def forecast(
         console.print(f"report: {csv}, {fig}")
 
 
-def _is_cgm_store(store: Path, at_update: int | None) -> bool:
-    from cohort.twin import open_twins
-
-    return hasattr(open_twins(store, at_update), "replay")
-
-
-def _cgm_forecast(store, at_update, records, draws, seed, ids, later, report, overwrite,
-                  pk_options) -> None:  # fmt: skip
-    """``cohort twin forecast`` of CGM twins: bands of the readings to come."""
+def _read_csv(path: Path, option: str):
     import pandas as pd
 
-    from cohort.twin import open_twins, plots
+    try:
+        return pd.read_csv(path)
+    except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as exc:
+        fail(f"{option} {path}: not a readable CSV ({str(exc).splitlines()[0]})")
+
+
+def _cgm_forecast(tw, store, records, draws, seed, ids, later, report, overwrite,
+                  pk_options) -> None:  # fmt: skip
+    """``cohort twin forecast`` of the CGM twins ``tw`` (of ``store``): bands of the readings
+    to come."""
+    from cohort.twin import plots
     from cohort.twin.prior import show_id
 
     given = [k for k, v in pk_options.items() if v is not None]
@@ -365,9 +373,19 @@ def _cgm_forecast(store, at_update, records, draws, seed, ids, later, report, ov
              "after each patient's last record (ID, TIME, CHO, BOLUS, BASAL)")  # fmt: skip
     if not records.is_file():
         fail(f"--records {records}: no such file")
-    folder = report_folder(report, overwrite)
-    tw = open_twins(store, at_update)
-    plan = pd.read_csv(records)
+    later_frame = None
+    if later is not None:  # read before any work: a bad file leaves nothing behind
+        if not later.is_file():
+            fail(f"--later {later}: no such file")
+        later_frame = _read_csv(later, "--later")
+        later_frame.columns = [str(c).strip().upper() for c in later_frame.columns]
+        if "CGM" not in later_frame or "TIME" not in later_frame:
+            fail(f"--later {later}: needs TIME and CGM columns (and ID for several patients)")
+    if later_frame is not None and "ID" not in later_frame:
+        if tw.n != 1:
+            fail(f"--later {later}: needs an ID column ({store} holds {tw.n} twins)")
+        later_frame["ID"] = tw.ids[0]
+    plan = _read_csv(records, "--records")
     if ids:
         known = {show_id(i): i for i in tw.ids.tolist()}
         missing = [i for i in ids if i not in known]
@@ -376,6 +394,9 @@ def _cgm_forecast(store, at_update, records, draws, seed, ids, later, report, ov
         plan.columns = [str(c).strip().upper() for c in plan.columns]
         if "ID" in plan:
             plan = plan[plan["ID"].map(show_id).isin(ids)]
+    if plan.empty:
+        fail(f"--records {records}: no rows" + (f" for --id {', '.join(ids)}" if ids else ""))
+    folder = report_folder(report, overwrite)
     t0 = time.perf_counter()
     fc = tw.forecast(plan, n_draws=draws, seed=seed)
     if ids:
@@ -386,13 +407,9 @@ def _cgm_forecast(store, at_update, records, draws, seed, ids, later, report, ov
     table = bands.join(probs).dropna(subset=["cgm_q50"]).reset_index()
     csv = report_file(folder, "forecast.csv", overwrite)
     table.to_csv(csv, index=False)
-    later_frame = None
-    if later is not None:
-        later_frame = pd.read_csv(later)
-        later_frame.columns = [str(c).strip().upper() for c in later_frame.columns]
     fig = plots.cgm_forecast_bands(tw, fc, report_file(folder, "forecast.png", overwrite),
                                    later_frame)  # fmt: skip
-    console.print(f"forecast of {fc.sizes['patient']} CGM twins ({draws} draws) in "
+    console.print(f"forecast of {fc.sizes['patient']} CGM twins ({fc.attrs['draws']} draws) in "
                   f"{time.perf_counter() - t0:.1f} s")  # fmt: skip
     summary = Table("ID", "horizon (h)", "P(< 70 at any time)", "max P(< 70)", "max P(> 180)",
                     title="forecast: probability of hypo- and hyperglycaemia")  # fmt: skip

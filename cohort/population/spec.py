@@ -648,9 +648,10 @@ def _parse_spec(raw: dict, path: str, digest: str | None) -> PopulationSpec:
 
 def _occasions(path: str, t: dict, eta: tuple[str, ...]) -> Occasions:
     _check_keys(path, "iov", t, {"parameters", "sd", "interval", "citation"})
-    names = tuple(t.get("parameters", ()))
-    if not names:
-        raise _err(path, "iov.parameters", "name the parameters that vary between occasions")
+    names = t.get("parameters")
+    if not isinstance(names, list) or not names:
+        raise _err(path, "iov.parameters", 'a list of parameter names, e.g. ["Gb"]')
+    names = tuple(str(n) for n in names)
     for k, v in enumerate(names):
         if v in names[:k]:
             raise _err(path, "iov.parameters", f"{v!r} is listed twice; give each once")

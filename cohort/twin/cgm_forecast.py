@@ -42,7 +42,9 @@ def forecast(
     ``records``: the rows to come (``ID, TIME`` and any of ``CHO, BOLUS, BASAL``, later than
     each patient's last record, as for :meth:`~cohort.twin.cgm.CGMTwins.update`); CGM values
     in them are not used (update the twin to learn from them). ``step``: the forecast grid
-    (min). Returns ``cgm_q`` (predicted readings) and ``glucose_q`` (noise-free blood
+    (min). The horizon runs from the last reading to one ``step`` after the plan's last row
+    (or the end of its last meal); a patient without rows in the plan is not forecast (NaN).
+    Returns ``cgm_q`` (predicted readings) and ``glucose_q`` (noise-free blood
     glucose) ``[quantile, patient, time]``, ``p_below_70``/``p_above_180`` ``[patient, time]``
     and over the whole horizon ``p_below_70_any`` ``[patient]``; times are minutes since each
     patient's first record, NaN outside its horizon. ``keep_draws``: also the predicted
@@ -51,8 +53,16 @@ def forecast(
         raise TwinError(f"forecast: step must be a whole number of minutes >= 1, got {step!r}")
     if n_draws < 2:
         raise TwinError(f"forecast: n_draws must be >= 2 (bands come from draws), got {n_draws}")
-    future = pd.read_csv(records) if isinstance(records, str) else records.copy()
+    try:
+        future = pd.read_csv(records) if isinstance(records, str) else records.copy()
+    except (pd.errors.EmptyDataError, pd.errors.ParserError) as exc:
+        raise TwinError(f"forecast: {records} is not a readable CSV ({exc})") from None
     future.columns = [str(c).strip().upper() for c in future.columns]
+    if future.empty:
+        raise TwinError(
+            "forecast: the plan has no rows; give the meals and insulin to come (ID, TIME, "
+            "CHO, BOLUS, BASAL), later than each patient's last record"
+        )
     future["CGM"] = np.nan  # readings in the plan are not evidence (update() learns from them)
     table = twins._merged(future, "forecast", min_readings=0)
     ahead = type(twins)(twins.prior, table, twins.posterior, twins.samples, twins.eat_rate)
@@ -70,6 +80,9 @@ def forecast(
     ends = np.asarray(grid["end"], dtype=float).reshape(-1)
     times = np.arange(0, ends.max() + 1e-9, step)
     own = (times[None, :] > last_idx[:, None]) & (times[None, :] <= ends[:, None])
+    # a patient without rows in the plan is not forecast (its horizon would be one step)
+    planned = set(future["ID"]) if "ID" in future else set(twins.ids.tolist())
+    own &= np.isin(ahead.ids, list(planned))[:, None]
     keys = jax.random.split(jax.random.PRNGKey(seed), len(ends))
     program = _predict_program(lay, float(err.prop), int(step))
     pred = np.asarray(
@@ -112,7 +125,7 @@ def forecast(
         )
     ds["p_below_70_any"] = (
         "patient",
-        below.any(axis=2).mean(axis=1),
+        np.where(own.any(axis=1), below.any(axis=2).mean(axis=1), np.nan),
         {"long_name": "P(blood glucose < 70 mg/dL at any time of the horizon)"},
     )
     if keep_draws:
