@@ -707,3 +707,9 @@ def test_boluses_without_meals_and_unread_columns_are_said():
         cgm_data.read_cgm(df.assign(CHO=0.0))
     with pytest.warns(CohortWarning, match=r"\['DURATION_MIN'\] are not read"):
         cgm_data.read_cgm(df.assign(DURATION_MIN=30.0))
+
+
+def test_generating_from_a_prior_with_occasions_says_they_are_not_drawn():
+    with pytest.warns(CohortWarning, match=r"\[iov\] \(Gb\) is not drawn here"):
+        pop = cohort.population.generate(PRIOR, 5, seed=1)
+    assert pop.sizes["patient"] == 5 and np.all(pop["Gb"].values > 0)

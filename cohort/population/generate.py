@@ -264,6 +264,13 @@ def generate(
     if not isinstance(chunk_size, (int, np.integer)) or chunk_size < 1:
         raise PopulationError(f"chunk_size: must be a positive integer, got {chunk_size!r}")
     check_seed(seed, PopulationError)
+    if spec.iov is not None:
+        warnings.warn(
+            f"{spec.path}: [iov] ({', '.join(spec.iov.parameters)}) is not drawn here: each "
+            "virtual patient gets one set of parameters (CGM twins read [iov])",
+            CohortWarning,
+            stacklevel=2,
+        )
     names = spec.covariate_names + spec.parameter_names
     max_candidates = max_candidates or max(100 * n, 10_000)
     var_attrs = _var_attrs(spec)
