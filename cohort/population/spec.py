@@ -675,9 +675,7 @@ def _occasions(path: str, t: dict, eta: tuple[str, ...]) -> Occasions:
 
 
 def _error(path: str, t: dict) -> ResidualError:
-    serial = (
-        "add_sd_log", "ar1", "ar1_sd_logit", "ar1_interval", "initial_sd",
-    )  # fmt: skip
+    serial = ("add_sd_log", "ar1", "ar1_sd_logit", "ar1_interval", "initial_sd")
     _check_keys(path, "error", t, {"kind", "add", "prop", "output", "citation", *serial})
     kind = t.get("kind")
     if kind not in ERROR_KINDS:

@@ -327,12 +327,7 @@ class CGMTwins:
             params = jax.vmap(lambda z, d: model_params(lay, z, d))(data["mu"], data)
             data["plasma"] = jax.vmap(insulin_curve)(params, data["basal"] + data["bolus"])
         err = self.prior.spec.error
-        make = potential_factory(
-            lay,
-            float(err.add),
-            float(err.prop),
-            float(err.ar1 or 0.0),
-        )
+        make = potential_factory(lay, float(err.add), float(err.prop), float(err.ar1 or 0.0))
         return lay, grid, data, make, jnp.asarray(chol)
 
     def _fit(

@@ -69,8 +69,8 @@ def forecast(
     lay, grid, data, _, _ = ahead._bound()
     z = jnp.asarray(ahead._z_draws(n_draws, seed))
     ones = (1.0, 1.0, 1.0)
-    reading = np.asarray(_replay_program(lay, TRAJECTORY_KEY[lay.output])(z, data, *ones))
-    blood = np.asarray(_replay_program(lay, "G")(z, data, *ones))  # [N, S, T+1]
+    solve = _replay_program(lay, (TRAJECTORY_KEY[lay.output], "G"))  # one solve for both
+    reading, blood = (np.asarray(a) for a in solve(z, data, *ones))  # [N, S, T+1] each
     err = twins.prior.spec.error
     nat = natural(lay, np.asarray(z))
     sigma = nat[..., lay.names.index("sigma")] if lay.sigma else np.full(nat.shape[:2], err.add)
@@ -113,7 +113,6 @@ def forecast(
             np.nanquantile(bg, QUANTILES, axis=1),
             {"units": "mg/dL", "long_name": "blood glucose (noise-free model curve)"},
         )
-    below = np.where(own[:, None, :], bg < 70, False)
     for name, v, text in (
         ("p_below_70", bg < 70, "P(blood glucose < 70 mg/dL)"),
         ("p_above_180", bg > 180, "P(blood glucose > 180 mg/dL)"),
@@ -125,7 +124,7 @@ def forecast(
         )
     ds["p_below_70_any"] = (
         "patient",
-        np.where(own.any(axis=1), below.any(axis=2).mean(axis=1), np.nan),
+        np.where(own.any(axis=1), (bg < 70).any(axis=2).mean(axis=1), np.nan),  # NaN: False
         {"long_name": "P(blood glucose < 70 mg/dL at any time of the horizon)"},
     )
     if keep_draws:

@@ -109,11 +109,15 @@ def fitted(twins, n_draws: int = 200) -> xr.Dataset:
 
 
 @functools.lru_cache(maxsize=8)
-def _replay_program(lay: Layout, key: str):
+def _replay_program(lay: Layout, key: str | tuple[str, ...]):
+    """Trajectories ``[N, S, T+1]`` of the state ``key`` (or a tuple of them, from one solve)
+    for draws ``z [N, S, q]``."""
+
     def one(z, d, bolus_scale, basal_scale, meal_scale):
         p = model_params(lay, z, d, basal_scale)
         ins = basal_scale * d["basal"] + bolus_scale * d["bolus"]
-        return trajectory(p, meal_scale * d["meal"], ins)[key]
+        traj = trajectory(p, meal_scale * d["meal"], ins)
+        return traj[key] if isinstance(key, str) else tuple(traj[k] for k in key)
 
     per_draw = jax.vmap(one, in_axes=(0, None, None, None, None))
     return jax.jit(jax.vmap(per_draw, in_axes=(0, 0, None, None, None)))

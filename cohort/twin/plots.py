@@ -42,18 +42,13 @@ def forecast_bands(
     out = f"{twins.prior.output}_obs" if f"{twins.prior.output}_obs" in fc else twins.prior.output
     units = fc[out].attrs.get("units", "")
     ids = list(fc["patient"].to_numpy())[:max_panels]
-    cols = min(3, len(ids))
-    rows = -(-len(ids) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows), squeeze=False)
+    fig, axes = _panels(len(ids), 4.2)
     rec = twins.data.to_frame()
     seen = rec[(rec["EVID"] == 0) & (rec["MDV"] == 0)]
     t = fc["time"].to_numpy()
     for ax, pid in zip(axes.ravel(), ids):
         q = fc[out].sel(patient=pid)
-        ax.fill_between(t, q.sel(quantile=0.05), q.sel(quantile=0.95), alpha=0.2, label="90 %")
-        if 0.25 in q["quantile"]:
-            ax.fill_between(t, q.sel(quantile=0.25), q.sel(quantile=0.75), alpha=0.3, label="50 %")
-        ax.plot(t, q.sel(quantile=0.5), lw=1.2, label="median")
+        _bands(ax, t, q)
         s = seen[seen["ID"] == pid]
         ax.plot(s["TIME"], s["DV"], "o", ms=4, color="k", label="seen")
         if later is not None:
@@ -62,12 +57,7 @@ def forecast_bands(
         ax.set_title(f"patient {pid}")
         ax.set_xlabel(f"time ({twins.prior.model.time_units})")
         ax.set_ylabel(f"{twins.prior.output} ({units})")
-    for ax in axes.ravel()[len(ids) :]:
-        ax.axis("off")
-    axes[0, 0].legend(fontsize=7)
-    if fc.sizes["patient"] > len(ids):
-        fig.suptitle(f"first {len(ids)} of {fc.sizes['patient']} patients", fontsize=9)
-    return save_figure(fig, path)
+    return _finish(fig, axes, len(ids), fc.sizes["patient"], path)
 
 
 def cgm_forecast_bands(
@@ -78,9 +68,7 @@ def cgm_forecast_bands(
     (dots) and, when given, later readings (crosses: the forecast's check), with the
     70–180 mg/dL range shaded. Times in hours since each patient's first record."""
     ids = list(fc["patient"].to_numpy())[:max_panels]
-    cols = min(3, len(ids))
-    rows = -(-len(ids) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols, 3.2 * rows), squeeze=False)
+    fig, axes = _panels(len(ids), 4.6)
     rec = twins.records
     t = fc["time"].to_numpy()
     for ax, pid in zip(axes.ravel(), ids):
@@ -88,9 +76,7 @@ def cgm_forecast_bands(
         start = float(rec.loc[rec["ID"] == pid, "TIME"].iloc[0])
         last = float(fc["last_reading"].sel(patient=pid))
         ax.axhspan(70, 180, color="tab:green", alpha=0.07)
-        ax.fill_between(t / 60, q.sel(quantile=0.05), q.sel(quantile=0.95), alpha=0.2, label="90 %")
-        ax.fill_between(t / 60, q.sel(quantile=0.25), q.sel(quantile=0.75), alpha=0.3, label="50 %")
-        ax.plot(t / 60, q.sel(quantile=0.5), lw=1.2, label="median")
+        _bands(ax, t / 60, q)
         seen = rec[(rec["ID"] == pid) & rec["CGM"].notna()]
         rel = seen["TIME"].to_numpy(float) - start
         keep = rel >= last - 1440
@@ -101,11 +87,31 @@ def cgm_forecast_bands(
         ax.set_title(f"patient {pid}")
         ax.set_xlabel("time since the first record (h)")
         ax.set_ylabel("CGM (mg/dL)")
-    for ax in axes.ravel()[len(ids) :]:
+    return _finish(fig, axes, len(ids), fc.sizes["patient"], path)
+
+
+def _panels(n: int, width: float):
+    """A grid of ``n`` panels, three per row."""
+    cols = min(3, n)
+    rows = -(-n // cols)
+    return plt.subplots(rows, cols, figsize=(width * cols, 3.2 * rows), squeeze=False)
+
+
+def _bands(ax, t, q: xr.DataArray) -> None:
+    """90 % (and 50 %, when its quantiles are there) bands and the median of ``q``."""
+    ax.fill_between(t, q.sel(quantile=0.05), q.sel(quantile=0.95), alpha=0.2, label="90 %")
+    if 0.25 in q["quantile"]:
+        ax.fill_between(t, q.sel(quantile=0.25), q.sel(quantile=0.75), alpha=0.3, label="50 %")
+    ax.plot(t, q.sel(quantile=0.5), lw=1.2, label="median")
+
+
+def _finish(fig, axes, shown: int, total: int, path: str | Path) -> Path:
+    """Blank the unused panels, one legend, say when only the first patients are shown."""
+    for ax in axes.ravel()[shown:]:
         ax.axis("off")
     axes[0, 0].legend(fontsize=7)
-    if fc.sizes["patient"] > len(ids):
-        fig.suptitle(f"first {len(ids)} of {fc.sizes['patient']} patients", fontsize=9)
+    if total > shown:
+        fig.suptitle(f"first {shown} of {total} patients", fontsize=9)
     return save_figure(fig, path)
 
 
